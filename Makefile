@@ -1,0 +1,44 @@
+# Quick start: `make demo` and `make test` each create .venv, build the native code and run.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv build test test-fast demo bench fuzz annotate clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip "setuptools>=68" wheel
+
+# Reinstall whenever the build inputs change.
+$(STAMP): $(VPY) pyproject.toml setup.py $(wildcard native/*.pyx native/*.pxd native/*.c native/*.h native/*.py)
+	$(VPY) -m pip install -q "Cython>=3.1,<4" "cffi>=1.17"
+	$(VPY) -m pip install -q --no-build-isolation -e ".[test,sigma]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+build: $(STAMP)
+	$(VPY) setup.py -q build_ext --inplace
+
+test: build
+	$(VPY) -m pytest -q
+
+test-fast: build
+	$(VPY) -m pytest -q -m "not slow"
+
+demo: build
+	$(VPY) -m sensor.demo
+
+bench: build
+	$(VPY) bench/matcher.py
+	$(VPY) bench/pe.py
+	$(VPY) bench/forward.py
+	$(VPY) bench/pipeline.py
+
+annotate: $(STAMP)
+	SENSOR_ANNOTATE=1 $(VPY) setup.py -q build_ext --inplace --force
+	@echo "annotation: native/_matcher.html"
+
+clean:
+	rm -rf build dist *.egg-info sensor/*.so native/_matcher.c native/*.html

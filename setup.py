@@ -1,0 +1,61 @@
+"""Build the native parts of the sensor; all metadata lives in pyproject.toml.
+
+Knobs (environment):
+  SENSOR_NO_EXTENSIONS=1  build nothing native (the pure-Python twins are used)
+  SENSOR_DEBUG=1          -O0 -g, asserts on
+  SENSOR_ANNOTATE=1       write Cython's HTML annotation next to the .pyx
+  SENSOR_SANITIZE=1       build with ASan/UBSan (for local debugging only)
+"""
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+NO_EXTENSIONS = bool(os.environ.get("SENSOR_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+DEBUG = bool(os.environ.get("SENSOR_DEBUG"))
+
+
+def _cflags():
+    if os.name == "nt":
+        return ["/O2"] if not DEBUG else ["/Od", "/Zi"]
+    flags = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
+    if os.environ.get("SENSOR_SANITIZE"):
+        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    return flags
+
+
+def _ext_modules():
+    if NO_EXTENSIONS:
+        print("*** pure-Python build: SENSOR_NO_EXTENSIONS is set ***")
+        return []
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    link = ["-fsanitize=address,undefined"] if os.environ.get("SENSOR_SANITIZE") else []
+    exts = [
+        Extension(
+            "sensor._matcher",
+            ["native/_matcher.pyx"],
+            include_dirs=["native"],
+            extra_compile_args=_cflags(),
+            extra_link_args=link,
+        ),
+    ]
+    return cythonize(
+        exts,
+        include_path=["native"],
+        annotate=bool(os.environ.get("SENSOR_ANNOTATE")),
+        compiler_directives={"language_level": 3, "embedsignature": True},
+    )
+
+
+def _cffi_modules():
+    if NO_EXTENSIONS:
+        return []
+    if os.path.exists(os.path.join(ROOT, "native", "_pe_build.py")):
+        return ["native/_pe_build.py:ffibuilder"]
+    return []
+
+
+setup(ext_modules=_ext_modules(), cffi_modules=_cffi_modules())

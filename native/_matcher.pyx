@@ -83,10 +83,10 @@ cdef class Matcher:
                     del stack[k:]
                     stack.append(r)
                 elif op == OP_NOT:
-                    stack[-1] = not stack[-1]
+                    stack[len(stack) - 1] = not stack[len(stack) - 1]
                 else:
                     stack.append(arg == 1)
-            if stack[-1]:
+            if stack[len(stack) - 1]:
                 out.append(ri)
         return out
 

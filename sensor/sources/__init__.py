@@ -1,0 +1,54 @@
+"""Event sources.  Replay (EVTX, JSON lines) runs anywhere; ETW runs on Windows.
+
+``read_paths`` reads files or folders of ``.evtx``, ``.jsonl``, ``.jsonl.gz``
+(and ``.json``/``.ndjson`` as JSON lines) in a stable order.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..events import ProcessEvent
+from .base import InputError, ReadStats
+from .evtx import read_evtx
+from .jsonl import read_jsonl
+
+SUFFIXES = (".evtx", ".jsonl", ".jsonl.gz", ".ndjson", ".json.gz", ".ndjson.gz")
+
+__all__ = ["InputError", "ReadStats", "expand_paths", "read_file", "read_paths"]
+
+
+def _readable(name: str) -> bool:
+    return name.lower().endswith(SUFFIXES)
+
+
+def expand_paths(paths: Iterable[str | os.PathLike], stats: ReadStats) -> list[str]:
+    """Files named directly, plus readable files found under named folders (sorted)."""
+    out: list[str] = []
+    for p in paths:
+        p = str(p)
+        if os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and _readable(f.name))
+            if not found:
+                stats.error(p, None, "folder holds no .evtx/.jsonl/.jsonl.gz files")
+            out.extend(found)
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            stats.error(p, None, "no such file or folder")
+    return out
+
+
+def read_file(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
+    """The process starts in one file, by its suffix (unknown suffixes read as JSON lines)."""
+    if path.lower().endswith(".evtx"):
+        return read_evtx(path, stats)
+    return read_jsonl(path, stats)
+
+
+def read_paths(paths: Iterable[str | os.PathLike], stats: ReadStats | None = None) -> Iterator[ProcessEvent]:
+    """Every process start in ``paths`` (files or folders); problems go to ``stats``."""
+    stats = stats if stats is not None else ReadStats()
+    for path in expand_paths(paths, stats):
+        yield from read_file(path, stats)

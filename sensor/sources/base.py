@@ -1,0 +1,40 @@
+"""What every replay reader shares: input errors and read statistics."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class InputError:
+    """A problem with one input: file, where in it (line/record), and what."""
+
+    path: str
+    where: str | None
+    message: str
+
+    def __str__(self) -> str:
+        loc = f"{self.path}:{self.where}" if self.where else self.path
+        return f"{loc}: {self.message}"
+
+
+@dataclass
+class ReadStats:
+    """Counters for one read (a scan or a replay)."""
+
+    files: int = 0
+    records: int = 0          # records/lines seen
+    events: int = 0           # process starts produced
+    skipped: int = 0          # records that are not process starts
+    skipped_by_id: Counter = field(default_factory=Counter)
+    errors: list[InputError] = field(default_factory=list)
+
+    def error(self, path, where, message) -> None:
+        self.errors.append(InputError(str(path), None if where is None else str(where), message))
+
+    def as_dict(self) -> dict:
+        return {
+            "files": self.files, "records": self.records, "events": self.events,
+            "skipped": self.skipped, "skipped_by_id": dict(self.skipped_by_id),
+            "errors": len(self.errors),
+        }

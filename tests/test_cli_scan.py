@@ -1,0 +1,57 @@
+"""``etw-sensor scan``: alerts on stdout or a file, summary on stderr, exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from sensor.cli import main
+
+MOF = {"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": "C:\\Windows\\System32\\cmd.exe",
+       "CommandLine": "mofcomp a.mof", "Computer": "WS1"}
+BENIGN = {"Image": "C:\\Windows\\notepad.exe", "ParentImage": "C:\\Windows\\explorer.exe"}
+
+
+def test_scan_writes_alerts(tmp_path, capsysbinary):
+    src = tmp_path / "ev.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in (MOF, BENIGN, MOF)) + "\n")
+    assert main(["scan", str(src)]) == 0
+    out, err = capsysbinary.readouterr()
+    alerts = [json.loads(line) for line in out.splitlines()]
+    assert len(alerts) == 2 and alerts[0]["id"] == alerts[1]["id"]  # same rule + same event
+    assert alerts[0]["rule"]["title"] == "Potential Suspicious Mofcomp Execution"
+    assert b"3 process start(s)" in err and b"2 alert(s)" in err
+
+
+def test_scan_output_file_and_errors(tmp_path, capsys):
+    src = tmp_path / "ev.jsonl"
+    src.write_text(json.dumps(MOF) + "\nnot json\n")
+    out = tmp_path / "alerts.jsonl"
+    assert main(["scan", str(src), "--output", str(out)]) == 1   # input error -> non-zero
+    assert len(out.read_text().splitlines()) == 1                  # the good line still scanned
+    err = capsys.readouterr().err
+    assert f"{src}:line 2: not valid JSON" in err
+
+
+def test_no_rules_is_usage_error(tmp_path, capsys):
+    src = tmp_path / "ev.jsonl"
+    src.write_text(json.dumps(MOF) + "\n")
+    assert main(["scan", str(src), "--no-builtin-rules"]) == 2
+
+
+def test_engines_agree(tmp_path, capsysbinary):
+    from sensor.matcher import ENGINES
+    src = tmp_path / "ev.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in (MOF, BENIGN)) + "\n")
+    outs = []
+    for engine in sorted(ENGINES):
+        assert main(["scan", str(src), "--engine", engine, "-q"]) == 0
+        outs.append([json.loads(x)["id"] for x in capsysbinary.readouterr().out.splitlines()])
+    assert all(o == outs[0] for o in outs) and len(outs[0]) == 1
+
+
+def test_usage_errors():
+    r = subprocess.run([sys.executable, "-m", "sensor", "scan"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sensor"], capture_output=True, text=True)
+    assert r.returncode == 2

@@ -1,0 +1,83 @@
+"""The seed page's criteria language: parsing, precedence, lists, select, errors."""
+from __future__ import annotations
+
+import pytest
+
+from sensor.events import ProcessEvent
+from sensor.rules.criteria import parse_criteria
+from sensor.rules.ir import Rule, RuleError
+
+
+def rule_of(text: str) -> Rule:
+    c = parse_criteria(text)
+    return Rule(id="t", title="t", predicates=c.predicates, condition=c.condition)
+
+
+def matches(make_matcher, text, **fields) -> bool:
+    return bool(make_matcher([rule_of(text)]).match(ProcessEvent(fields)))
+
+
+def test_seed_shape():
+    c = parse_criteria('A1: actionname = "Process started" AND PROCESSNAME endswith "\\x.exe" '
+                       'select A1.HOSTNAME,A1.FILE_NAME')
+    assert c.label == "A1"
+    assert c.select == ("HOSTNAME", "FILE_NAME")
+    assert c.condition == ("and", ("const", True), ("pred", 0))
+    assert c.predicates[0].field == "Image" and c.predicates[0].values == ("\\x.exe",)
+
+
+def test_comma_list_is_any(make_matcher):
+    t = 'PARENTPROCESSNAME endswith "\\a.exe,\\b.exe"'
+    assert matches(make_matcher, t, ParentImage="C:\\B.EXE")
+    assert not matches(make_matcher, t, ParentImage="C:\\c.exe")
+
+
+def test_negated_list_is_none_of(make_matcher):
+    t = 'COMMANDLINE notcontains "x,y"'
+    assert matches(make_matcher, t, CommandLine="abc")
+    assert not matches(make_matcher, t, CommandLine="aYb")
+    assert matches(make_matcher, t)  # missing: the negation holds
+
+
+def test_and_binds_tighter_than_or(make_matcher):
+    t = 'COMMANDLINE = "a" OR COMMANDLINE = "b" AND PROCESSNAME = "x"'
+    assert matches(make_matcher, t, CommandLine="a")            # a OR (b AND x)
+    assert not matches(make_matcher, t, CommandLine="b", Image="y")
+    assert matches(make_matcher, t, CommandLine="b", Image="X")
+
+
+def test_not_and_parentheses(make_matcher):
+    t = 'NOT (COMMANDLINE contains "a" OR COMMANDLINE contains "b")'
+    assert matches(make_matcher, t, CommandLine="zzz")
+    assert not matches(make_matcher, t, CommandLine="zbz")
+
+
+@pytest.mark.parametrize("op,value,field_value,expected", [
+    ("=", "abc", "ABC", True), ("!=", "abc", "ABC", False), ("!=", "abc", None, True),
+    ("startswith", "ab", "Abc", True), ("notstartswith", "ab", "Abc", False),
+    ("endswith", "bc", "aBC", True), ("notendswith", "bc", None, True),
+    ("contains", "b", None, False), ("notcontains", "b", "abc", False),
+])
+def test_operators(make_matcher, op, value, field_value, expected):
+    assert matches(make_matcher, f'COMMANDLINE {op} "{value}"', CommandLine=field_value) is expected
+
+
+def test_derived_fields(make_matcher):
+    assert matches(make_matcher, 'FILE_NAME = "mofcomp.exe"', Image="C:\\W\\MofComp.exe")
+    assert not matches(make_matcher, 'FILE_NAME = "mofcomp.exe"')
+    assert matches(make_matcher, 'MESSAGE contains "process started: c:\\w\\x.exe"', Image="C:\\W\\x.exe")
+
+
+@pytest.mark.parametrize("text,message", [
+    ('PROCESSNAME endswith', "expected a quoted value"),
+    ('PROCESSNAME like "x"', "expected an operator"),
+    ('FOO = "x"', "unknown field 'FOO'"),
+    ('(PROCESSNAME = "x"', "expected ')'"),
+    ('PROCESSNAME = "x" select A.NOPE', "unknown field 'NOPE' in select"),
+    ('actionname = "Process stopped"', "never occurs"),
+    ('PROCESSNAME = "x" junk', "unexpected 'junk'"),
+    ('PROCESSNAME = "x" AND', "expected a field name"),
+])
+def test_errors_name_the_column(text, message):
+    with pytest.raises(RuleError, match="criteria column \\d+: .*" + message.replace("(", "\\(").replace(")", "\\)")):
+        parse_criteria(text)

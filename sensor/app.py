@@ -1,0 +1,160 @@
+"""Build the running sensor from a configuration (used by ``run``, ``config test``, tests, demo)."""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, ConfigError
+
+log = logging.getLogger("sensor")
+
+
+@dataclass
+class Parts:
+    """Everything ``run`` starts, built and checked before anything starts."""
+
+    config: Config
+    rules: list
+    rule_problems: list = field(default_factory=list)
+    source: Any = None
+    enricher: Any = None
+    spool: Any = None
+    output: Any = None
+    forwarder: Any = None
+    exclusions: Any = None
+    throttle: Any = None
+    warnings: list = field(default_factory=list)
+
+
+def setup_logging(cfg: Config, stream=None) -> None:
+    """Log to stderr (and a rotating file, and on Windows the Event Log, when configured)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(getattr(logging, cfg.logging.level.upper()))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    h = logging.StreamHandler(stream or sys.stderr)
+    h.setFormatter(fmt)
+    root.addHandler(h)
+    if cfg.logging.file:
+        os.makedirs(os.path.dirname(cfg.logging.file) or ".", exist_ok=True)
+        fh = logging.handlers.RotatingFileHandler(cfg.logging.file, maxBytes=cfg.logging.max_bytes,
+                                                  backupCount=cfg.logging.backups, encoding="utf-8")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    if cfg.logging.event_log and sys.platform == "win32":
+        from .service_windows import event_log_handler
+        eh = event_log_handler()
+        if eh is not None:
+            root.addHandler(eh)
+
+
+def load_rules(cfg: Config) -> tuple[list, list]:
+    """The configured rules and the problems found loading them."""
+    if not cfg.rules.paths:
+        from .rules.seed import builtin_rules
+        return (builtin_rules() if cfg.rules.builtin else []), []
+    from .rules.loader import load_rules as _load
+    report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
+    problems = [f"rule rejected: {r.path}{':' + str(r.line) if r.line else ''}: {r.reason}"
+                for r in report.rejected]
+    return report.rules, problems
+
+
+def _pe_lookup(cfg: Config):
+    """A PE version-info lookup with its cache, or (None, None) when disabled."""
+    if not cfg.enrich.pe.enabled:
+        return None, None
+    from .enrich.pe import VersionInfoCache
+    cache = VersionInfoCache(maxsize=cfg.enrich.pe.cache_size)
+    return cache.lookup, cache.stats
+
+
+def build_source(cfg: Config):
+    """The configured event source (replay anywhere, ETW on Windows)."""
+    if cfg.source.kind == "replay":
+        from .sources.replay import ReplaySource
+        r = cfg.source.replay
+        return ReplaySource(r.paths, speed=r.speed or None, loop=r.loop, block=r.block, preload=r.preload)
+    if sys.platform != "win32":
+        raise ConfigError(f"{cfg.path}: source.kind: 'etw' needs Windows; use 'replay' here")
+    from .sources.etw_windows import create_source  # Windows only
+    return create_source(cfg.source.etw)
+
+
+def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) -> Parts:
+    """Build (and so check) every part; raises ConfigError naming the bad key."""
+    from .noise import Exclusion, Exclusions, Throttle
+    from .matcher import create
+
+    rules, problems = load_rules(cfg)
+    if not rules:
+        raise ConfigError(f"{cfg.path}: rules: no rules to run (builtin = false and no paths)")
+    parts = Parts(config=cfg, rules=rules, rule_problems=problems)
+    engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
+    try:
+        create(rules[:1], engine)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.path}: rules.engine: {exc}") from None
+    if cfg.exclusions:
+        try:
+            parts.exclusions = Exclusions(
+                [Exclusion(name=e.name, rules=e.rules, fields=e.match) for e in cfg.exclusions],
+                lambda rs: create(rs, engine))
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: exclusions: {exc}") from None
+    if cfg.throttle.window_s > 0:
+        parts.throttle = Throttle(cfg.throttle.window_s)
+    lookup, pe_stats = _pe_lookup(cfg)
+    parts.enricher = _make_enricher(cfg, lookup, pe_stats)
+    if with_delivery:
+        from .delivery import DeliveryConfig, Forwarder
+        from .outputs import build_output
+        from .outputs.tls import ConfigError as OutputConfigError
+        from .spool import Spool, SpoolError
+        try:
+            parts.output = build_output(cfg.output.options())
+        except OutputConfigError as exc:
+            raise ConfigError(f"{cfg.path}: output: {exc}") from None
+        if cfg.output.insecure_skip_verify:
+            parts.warnings.append("output.insecure_skip_verify is set: the receiver's TLS "
+                                  "certificate is NOT verified")
+        try:
+            parts.spool = Spool(cfg.spool.path, max_bytes=int(cfg.spool.max_mb * 1024 * 1024),
+                                max_age=cfg.spool.max_age_days * 86400)
+        except (SpoolError, OSError) as exc:
+            raise ConfigError(f"{cfg.path}: spool.path: {exc}") from None
+        d = cfg.delivery
+        dc = DeliveryConfig(batch_size=d.batch_size, linger=d.batch_wait_ms / 1000.0,
+                            backoff_base=d.backoff_base_s, backoff_cap=d.backoff_cap_s)
+        parts.forwarder = Forwarder(parts.spool, parts.output, dc)
+    if with_source:
+        parts.source = build_source(cfg)
+    return parts
+
+
+def _make_enricher(cfg: Config, lookup, pe_stats):
+    from .enrich.enricher import Enricher
+    hostname = cfg.sensor.hostname or socket.gethostname()
+    return Enricher(pe_lookup=lookup, path_map=cfg.enrich.pe.path_map or None,
+                    hostname=hostname if cfg.source.kind == "etw" else None, pe_stats=pe_stats)
+
+
+def make_pipeline(parts: Parts):
+    """The pipeline over built parts."""
+    from .pipeline import Pipeline
+    cfg = parts.config
+    engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
+    return Pipeline(source=parts.source, rules=parts.rules, spool=parts.spool,
+                    forwarder=parts.forwarder, enricher=parts.enricher,
+                    exclusions=parts.exclusions, throttle=parts.throttle, engine=engine,
+                    queue_size=cfg.sensor.queue_size, batch_size=cfg.sensor.batch_size,
+                    heartbeat_interval=cfg.sensor.heartbeat_s,
+                    status_file=cfg.sensor.status_file,
+                    info={"host": cfg.sensor.hostname or socket.gethostname(),
+                          "config": cfg.path})

@@ -1,0 +1,103 @@
+"""Per-event enrichment in the pipeline: host name and lazy PE version fields.
+
+The PE version resource (``OriginalFileName``, ``Company``, ``Product``,
+``Description``, ``FileVersion``) is read only when a rule asks for one of those
+fields: they are registered as *pending* on the event, and the first request
+reads the image once (through the cache) and fills all of them.
+"""
+from __future__ import annotations
+
+import ntpath
+from typing import Any, Callable, Mapping
+
+from ..events import ORIGIN_PE, ProcessEvent
+
+# event field -> PE version-resource string name
+PE_FIELDS = {
+    "OriginalFileName": "OriginalFilename",
+    "Company": "CompanyName",
+    "Product": "ProductName",
+    "Description": "FileDescription",
+    "FileVersion": "FileVersion",
+}
+
+
+def map_path(image: str, path_map: Mapping[str, str]) -> str | None:
+    """Where a Windows image path lives on this machine, through ``path_map`` (longest prefix)."""
+    low = image.lower()
+    best = None
+    for prefix, target in path_map.items():
+        if low.startswith(prefix.lower()) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, target)
+    if best is None:
+        return None
+    rest = image[len(best[0]):].replace("\\", "/").lstrip("/")
+    return best[1].rstrip("/\\") + "/" + rest if rest else best[1]
+
+
+class Enricher:
+    """Fills host name and registers lazy PE fields on each event.
+
+    ``pe_lookup(path)`` returns a mapping of version strings (keys as in the
+    resource: ``OriginalFilename``, ...) or None; it must not raise.
+    ``path_map`` (replay) translates Windows image paths to local files; without
+    it the image path is used as is (live on Windows).
+    """
+
+    def __init__(self, pe_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
+                 path_map: Mapping[str, str] | None = None, hostname: str | None = None,
+                 pe_stats: Callable[[], dict] | None = None):
+        self.pe_lookup = pe_lookup
+        self.path_map = dict(path_map or {})
+        self.hostname = hostname
+        self._pe_stats = pe_stats
+        self.pe_reads = 0
+        self.pe_found = 0
+
+    def __call__(self, event: ProcessEvent) -> None:
+        if self.hostname and event.get("Computer") is None:
+            event["Computer"] = self.hostname
+        if self.pe_lookup is None or not event.get("Image"):
+            return
+        missing = [f for f in PE_FIELDS if event.get(f) is None]
+        if not missing or not isinstance(event, ProcessEvent):
+            return
+        for f in missing:
+            event.set_pending(f, self._resolve)
+
+    def _resolve(self, event: ProcessEvent, field: str) -> Any:
+        """Read the image's version resource once and fill every missing PE field."""
+        image = event.get("Image")
+        path = map_path(image, self.path_map) if self.path_map else image
+        info = None
+        if path:
+            self.pe_reads += 1
+            try:
+                info = self.pe_lookup(path)
+            except Exception:  # a malformed image must never break matching
+                info = None
+        if info:
+            self.pe_found += 1
+        pending = event.pending or {}
+        for f, key in PE_FIELDS.items():
+            if f in pending and f != field:
+                del pending[f]
+            value = info.get(key) if info else None
+            if f != field and event.get(f) is None:
+                dict.__setitem__(event, f, value)
+            if value is not None and event.origin is not None:
+                event.origin[f] = ORIGIN_PE
+        return info.get(PE_FIELDS[field]) if info else None
+
+    def stats(self) -> dict:
+        out = {"reads": self.pe_reads, "found": self.pe_found}
+        if self._pe_stats is not None:
+            out.update(self._pe_stats())
+        hits, misses = out.get("hits"), out.get("misses")
+        if isinstance(hits, int) and isinstance(misses, int):
+            out["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+        return out
+
+
+def image_name(path: str | None) -> str | None:
+    return ntpath.basename(path) if path else None

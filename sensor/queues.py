@@ -1,0 +1,80 @@
+"""A bounded hand-off queue between pipeline threads.
+
+The producer side never blocks unless asked to: the ETW callback must return
+at once, so a full queue drops the item and counts it.  The consumer takes
+items in batches, which keeps the per-event locking cost off the hot path.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+
+class BoundedQueue:
+    """A deque bounded by ``maxsize``; ``put`` drops (and counts) when full."""
+
+    def __init__(self, maxsize: int):
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._dq: deque = deque()
+        self._ready = threading.Event()   # set when items may be waiting
+        self._space = threading.Condition(threading.Lock())
+        self.dropped = 0
+        self.accepted = 0
+        self.high_water = 0
+
+    def __len__(self) -> int:
+        return len(self._dq)
+
+    def put(self, item: Any) -> bool:
+        """Add ``item`` unless the queue is full; never blocks. False = dropped."""
+        dq = self._dq
+        n = len(dq)
+        if n >= self.maxsize:
+            self.dropped += 1
+            return False
+        dq.append(item)  # deque.append is atomic under the GIL
+        self.accepted += 1
+        if n >= self.high_water:
+            self.high_water = n + 1
+        if not self._ready.is_set():
+            self._ready.set()
+        return True
+
+    def put_wait(self, item: Any, timeout: float | None = None) -> bool:
+        """Add ``item``, waiting for room (replay sources use this, never ETW)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self._dq) >= self.maxsize:
+            with self._space:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self.dropped += 1
+                    return False
+                self._space.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return self.put(item)
+
+    def get_batch(self, max_items: int, timeout: float) -> list:
+        """Up to ``max_items`` items; waits up to ``timeout`` seconds for the first."""
+        dq = self._dq
+        if not dq:
+            self._ready.clear()
+            if not dq:  # re-check after clearing, so a racing put is not missed
+                self._ready.wait(timeout)
+        out = []
+        pop = dq.popleft
+        try:
+            for _ in range(max_items):
+                out.append(pop())
+        except IndexError:
+            pass
+        if out and len(dq) < self.maxsize:
+            with self._space:
+                self._space.notify_all()
+        return out
+
+    def stats(self) -> dict:
+        return {"depth": len(self._dq), "capacity": self.maxsize, "accepted": self.accepted,
+                "dropped": self.dropped, "high_water": self.high_water}

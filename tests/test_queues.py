@@ -1,0 +1,44 @@
+"""The bounded hand-off queue: never blocks the producer, counts drops, batches."""
+from __future__ import annotations
+
+import threading
+import time
+
+from sensor.queues import BoundedQueue
+
+
+def test_drop_when_full():
+    q = BoundedQueue(3)
+    assert all(q.put(i) for i in range(3))
+    assert q.put(99) is False
+    assert q.stats() == {"depth": 3, "capacity": 3, "accepted": 3, "dropped": 1, "high_water": 3}
+    assert q.get_batch(10, 0) == [0, 1, 2]
+
+
+def test_get_batch_waits_for_first_item():
+    q = BoundedQueue(10)
+    threading.Timer(0.05, q.put, args=("x",)).start()
+    t0 = time.monotonic()
+    assert q.get_batch(5, 2.0) == ["x"]
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_put_wait_waits_for_room():
+    q = BoundedQueue(1)
+    q.put(1)
+    threading.Timer(0.05, q.get_batch, args=(1, 0)).start()
+    assert q.put_wait(2, timeout=2.0)
+    assert q.put_wait(3, timeout=0.05) is False and q.dropped == 1
+
+
+def test_many_producers_lose_nothing_below_capacity():
+    q = BoundedQueue(100_000)
+    threads = [threading.Thread(target=lambda k=k: [q.put((k, i)) for i in range(5000)]) for k in range(4)]
+    for t in threads:
+        t.start()
+    got = []
+    while len(got) < 20000:
+        got += q.get_batch(1000, 1.0)
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 20000 and q.dropped == 0

@@ -188,7 +188,6 @@ class Pipeline:
                 # The spool is the durability guarantee: failing to write it is loud.
                 self.spool_errors += len(alerts)
                 log.exception("SPOOL WRITE FAILED: %d alert(s) not persisted", len(alerts))
-        if self.forwarder is not None:
         if self.alert_hook is not None:
             for a in alerts:
                 try:

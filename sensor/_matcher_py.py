@@ -63,7 +63,7 @@ class _Test:
             self.regexes = tuple(re.compile(v, flags) for v in pred.values)
         elif op == "cidr":
             self.nets = tuple(ipaddress.ip_network(v, strict=False) for v in pred.values)
-        self.fn = getattr(self, "_" + op)
+        self.fn = getattr(self, "_" + op, None)  # exists/null are decided in evaluate()
 
     # Each op gets the raw value (never None here) and the event.
     def _text(self, value: Any) -> str:

@@ -1,0 +1,147 @@
+"""``etw-sensor rules list|validate|compile``: inspect, check and pack rule sets."""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from typing import Sequence, TextIO
+
+from ..rules.loader import LoadReport, load_rules
+
+
+def _rss_mib() -> float | None:
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # psutil missing or no permission: memory is simply not shown
+        return None
+
+
+def _measured_load(paths: Sequence[str], builtin: bool) -> tuple[LoadReport, float | None, float | None]:
+    before = _rss_mib()
+    report = load_rules(paths, builtin=builtin)
+    after = _rss_mib()
+    return report, before, after
+
+
+def _memory_line(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "memory: not measured (psutil unavailable)"
+    return f"memory: RSS {after:.1f} MiB after loading (+{after - before:.1f} MiB)"
+
+
+def _group_warnings(report: LoadReport) -> list[tuple[str, int]]:
+    # "<message> [rule <id>: <title>]" → count per message.
+    counts: collections.Counter = collections.Counter()
+    for w in report.warnings:
+        counts[w.reason.split(" [rule ", 1)[0]] += 1
+    return counts.most_common()
+
+
+def print_report(report: LoadReport, out: TextIO, before=None, after=None,
+                 verbose: bool = False) -> None:
+    """The human-readable load report."""
+    sigma_rules = sum(1 for r in report.rules if r.origin != "builtin")
+    total = sigma_rules + len(report.rejected) + len(report.not_applicable)
+    print(f"files: {report.files}", file=out)
+    print(f"rules: {total} seen, {sigma_rules} loaded, {len(report.rejected)} rejected, "
+          f"{len(report.not_applicable)} not applicable"
+          + (f" (+{len(report.rules) - sigma_rules} built-in)"
+             if len(report.rules) != sigma_rules else ""), file=out)
+    applicable = sigma_rules + len(report.rejected)
+    if applicable:
+        print(f"applicable rules loaded: {100.0 * sigma_rules / applicable:.2f} %", file=out)
+    print(f"load time: {report.seconds:.3f} s", file=out)
+    print(_memory_line(before, after), file=out)
+    if report.rejected:
+        print(f"\nrejected ({len(report.rejected)}):", file=out)
+        for r in report.rejected:
+            print(f"  {r}", file=out)
+    if report.not_applicable:
+        print(f"\nnot applicable ({len(report.not_applicable)}):", file=out)
+        if verbose:
+            for r in report.not_applicable:
+                print(f"  {r}", file=out)
+        else:
+            reasons = collections.Counter(r.reason for r in report.not_applicable)
+            for reason, n in reasons.most_common():
+                print(f"  {n:5d} x {reason}", file=out)
+    if report.warnings:
+        print(f"\nwarnings ({len(report.warnings)}):", file=out)
+        if verbose:
+            for r in report.warnings:
+                print(f"  {r}", file=out)
+        else:
+            for msg, n in _group_warnings(report):
+                print(f"  {n:5d} x {msg}", file=out)
+            print("  (--verbose lists them one by one)", file=out)
+
+
+def _cmd_list(args) -> int:
+    report = load_rules(args.rules or [], builtin=not args.no_builtin_rules)
+    out = sys.stdout
+    print(f"{'ID':38} {'LEVEL':9} {'TITLE':60} SOURCE", file=out)
+    for r in report.rules:
+        title = r.title if len(r.title) <= 60 else r.title[:57] + "..."
+        print(f"{r.id:38} {r.level:9} {title:60} {r.source}", file=out)
+    print(f"{len(report.rules)} rules", file=sys.stderr)
+    for r in report.rejected:
+        print(f"rejected: {r}", file=sys.stderr)
+    return 1 if report.rejected else 0
+
+
+def _cmd_validate(args) -> int:
+    report, before, after = _measured_load(args.paths, builtin=False)
+    print_report(report, sys.stdout, before, after, verbose=args.verbose)
+    return 1 if report.rejected else 0
+
+
+def run_compile(paths: Sequence[str], output: str, out: TextIO) -> int:
+    """Compile ``paths`` into the pack ``output`` and print the report."""
+    from ..rules.pack import compile_paths
+
+    before = _rss_mib()
+    try:
+        report, size = compile_paths(paths, output)
+    except OSError as exc:
+        print(f"error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print_report(report, out, before, _rss_mib())
+    print(f"\nwrote {output}: {len(report.rules)} rules, {size} bytes", file=out)
+    return 1 if report.rejected else 0
+
+
+def _cmd_compile(args) -> int:
+    return run_compile(args.paths, args.output, sys.stdout)
+
+
+def register(subparsers) -> None:
+    """Add ``rules`` and its sub-commands."""
+    p = subparsers.add_parser("rules", help="list, validate and compile detection rules",
+                              description="List, validate and compile detection rules "
+                                          "(Sigma YAML files/folders and rule packs).")
+    sub = p.add_subparsers(dest="rules_command", metavar="ACTION")
+
+    lp = sub.add_parser("list", help="show the loaded rules (id, level, title, source)")
+    lp.add_argument("--rules", action="append", metavar="PATH",
+                    help="Sigma file/folder or rule pack (repeatable)")
+    lp.add_argument("--no-builtin-rules", action="store_true",
+                    help="leave out the built-in rule")
+    lp.set_defaults(func=_cmd_list)
+
+    vp = sub.add_parser("validate", help="load rules and report what loaded and what did not "
+                                         "(exit 1 if any rule was rejected)")
+    vp.add_argument("paths", nargs="+", metavar="PATH")
+    vp.add_argument("-v", "--verbose", action="store_true",
+                    help="list every not-applicable rule and warning")
+    vp.set_defaults(func=_cmd_validate)
+
+    cp = sub.add_parser("compile", help="compile rules into a rule pack (loads without pySigma)")
+    cp.add_argument("paths", nargs="+", metavar="PATH")
+    cp.add_argument("-o", "--output", required=True, metavar="FILE")
+    cp.set_defaults(func=_cmd_compile)
+
+    def _usage(args) -> int:
+        p.print_help(sys.stderr)
+        return 2
+    p.set_defaults(func=_usage)

@@ -1,0 +1,496 @@
+"""Sigma YAML → rule IR, through pySigma's parsed detection and condition tree.
+
+pySigma parses the YAML, applies the value modifiers and expands ``1 of``/``all of``;
+this module walks the resulting condition tree (``ConditionAND/OR/NOT`` over
+``field = value`` leaves) and turns every leaf into an IR :class:`Predicate`.
+The mapping (Sigma specification, ``sigma-rules-specification.md`` and
+``sigma-appendix-modifiers.md``; see docs/sigma.md for the table):
+
+* plain strings: ``eq``; ``*x*`` / ``x*`` / ``*x``: ``contains`` / ``startswith`` /
+  ``endswith``; any other wildcard use: ``glob``.  Case-insensitive unless ``cased``.
+* ``re`` (+ ``i``/``m``/``s``): ``re`` (``re.search``, case-sensitive by default).
+* ``windash``, ``base64offset``: pySigma's expansion becomes an OR of the variants.
+* ``base64``, ``utf16le``/``utf16be``/``wide``/``utf16``: already applied to the value.
+* ``null``: ``null``; ``exists``: ``exists``; ``cidr``: ``cidr``; ``fieldref``: ``fieldref``;
+  ``lt``/``lte``/``gt``/``gte``: numeric ops; ``neq``: ``not eq`` (pySigma's tree).
+* numbers and booleans: ``eq`` on their text (``4``, ``true``).
+* keywords (no field): a substring search over every field (``*kw*``).
+
+pySigma is imported lazily: a rule pack loads without it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..events import FIELDS as ETW_FIELDS
+from .ir import Predicate, Rule, RuleError, glob_escape
+
+# Logsource this sensor evaluates (category process_creation, product windows).
+CATEGORY = "process_creation"
+PRODUCT = "windows"
+
+# Rule field aliases: Security 4688 names used in a rule read the taxonomy field the
+# sources fill from them (sensor/sources/records.py: NewProcessName→Image, ...).
+FIELD_ALIASES = {
+    "NewProcessName": "Image",
+    "ParentProcessName": "ParentImage",
+}
+
+# What each event source provides (after sensor.sources' mapping), for load-time
+# warnings about rules that read a field a source never fills.
+SYSMON_FIELDS = frozenset({
+    "RuleName", "UtcTime", "ProcessGuid", "ProcessId", "Image", "FileVersion",
+    "Description", "Product", "Company", "OriginalFileName", "CommandLine",
+    "CurrentDirectory", "User", "LogonGuid", "LogonId", "TerminalSessionId",
+    "IntegrityLevel", "Hashes", "ParentProcessGuid", "ParentProcessId", "ParentImage",
+    "ParentCommandLine", "ParentUser", "Computer",
+})
+SECURITY_4688_FIELDS = frozenset({
+    "Image", "ParentImage", "CommandLine", "User", "IntegrityLevel", "ProcessId",
+    "ParentProcessId", "Computer", "UtcTime",
+    # original 4688 EventData, kept on the event
+    "SubjectUserSid", "SubjectUserName", "SubjectDomainName", "SubjectLogonId",
+    "NewProcessId", "NewProcessName", "TokenElevationType", "MandatoryLabel",
+    "TargetUserSid", "TargetUserName", "TargetDomainName", "TargetLogonId",
+    "ParentProcessName",
+})
+SOURCE_FIELDS: dict[str, frozenset] = {
+    "Sysmon EID 1": SYSMON_FIELDS,
+    "Security 4688": SECURITY_4688_FIELDS,
+    "ETW": frozenset(ETW_FIELDS),
+}
+DERIVED_FIELDS = frozenset({"@FileName", "@Message"})
+
+
+@dataclass
+class Problem:
+    """A rule-level finding: where and why."""
+
+    path: str
+    line: int | None
+    reason: str
+
+
+@dataclass
+class FileResult:
+    """What one Sigma file gave."""
+
+    rules: list[Rule] = dc_field(default_factory=list)
+    rejected: list[Problem] = dc_field(default_factory=list)
+    not_applicable: list[Problem] = dc_field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------
+# Locating problems in the YAML text (pySigma's locations carry no line numbers).
+
+def _line_of(text: str, pattern: str) -> int | None:
+    m = re.search(pattern, text, re.MULTILINE)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """Line of a mapping key (optionally quoted, optionally a list item)."""
+    return _line_of(text, r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(key) + r"['\"]?[ \t]*:")
+
+
+def _locate(text: str, exc: BaseException) -> int | None:
+    """Best line for a pySigma or conversion error."""
+    msg = str(getattr(exc, "args", [""])[0] if getattr(exc, "args", None) else exc)
+    name = type(exc).__name__
+    m = re.search(r"[Uu]nknown modifier '([^']+)'", msg)
+    if m:
+        return _line_of(text, r"^[^#\n]*\|" + re.escape(m.group(1))
+                        + r"(?:\|[^:\s]*)?['\"]?[ \t]*:") or _key_line(text, "detection")
+    if "Condition" in name or "Selector" in msg or "not defined in detections" in msg:
+        return _key_line(text, "condition")
+    m = re.search(r"Regular expression '(.*)' is invalid", msg, re.DOTALL)
+    if m or "regular expression" in msg.lower():
+        start = text.find("detection:")
+        if m and m.group(1) and start >= 0:  # the line holding the bad pattern itself
+            at = text.find(m.group(1), start)
+            if at >= 0:
+                return text.count("\n", 0, at) + 1
+        return _line_of(text, r"^[^#\n]*\|re\b[^:\n]*:") or _key_line(text, "detection")
+    if "Logsource" in name or "log source" in msg.lower():
+        return _key_line(text, "logsource") or 1
+    m = re.search(r"field '([^']+)'", msg)
+    if m:
+        return _line_of(text, r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(m.group(1)) + r"[|:]")
+    return _key_line(text, "detection")
+
+
+# ---------------------------------------------------------------------------------
+# Condition tree → IR.
+
+class _Leaf:
+    """A predicate before numbering (so OR siblings can be merged first)."""
+
+    __slots__ = ("field", "op", "values", "cased", "flags")
+
+    def __init__(self, field, op, values, cased=False, flags=""):
+        self.field, self.op, self.values, self.cased, self.flags = field, op, tuple(values), cased, flags
+
+    def key(self):
+        return (self.field, self.op, self.cased, self.flags)
+
+
+# Ops whose value list is an OR and so may be merged across OR siblings.
+_MERGEABLE = frozenset({"eq", "contains", "startswith", "endswith", "glob", "re", "cidr",
+                        "fieldref", "lt", "lte", "gt", "gte"})
+
+
+def _string_leaf(field: str | None, s, cased: bool) -> _Leaf:
+    """A SigmaString as the cheapest equivalent string predicate."""
+    from sigma.types import Placeholder, SpecialChars
+
+    parts: list = []
+    for p in s.s:
+        if isinstance(p, Placeholder):
+            raise RuleError(f"placeholder %{p.name}% needs a processing pipeline "
+                            "(expand modifier); not supported")
+        if isinstance(p, str) and parts and isinstance(parts[-1], str):
+            parts[-1] += p
+        elif isinstance(p, str):
+            parts.append(p)
+        elif p is SpecialChars.WILDCARD_MULTI:
+            if not (parts and parts[-1] is SpecialChars.WILDCARD_MULTI):
+                parts.append(p)
+        else:
+            parts.append(p)
+    star = SpecialChars.WILDCARD_MULTI
+    if field is None:  # keyword: full-text (substring) search over every value
+        if not parts or parts[0] is not star:
+            parts.insert(0, star)
+        if parts[-1] is not star:
+            parts.append(star)
+    if all(isinstance(p, str) for p in parts):
+        return _Leaf(field, "eq", ("".join(parts),), cased)
+    if len(parts) == 3 and parts[0] is star and parts[2] is star and isinstance(parts[1], str):
+        return _Leaf(field, "contains", (parts[1],), cased)
+    if len(parts) == 2 and parts[0] is star and isinstance(parts[1], str):
+        return _Leaf(field, "endswith", (parts[1],), cased)
+    if len(parts) == 2 and parts[1] is star and isinstance(parts[0], str):
+        return _Leaf(field, "startswith", (parts[0],), cased)
+    pattern = "".join(glob_escape(p) if isinstance(p, str) else ("*" if p is star else "?")
+                      for p in parts)
+    return _Leaf(field, "glob", (pattern,), cased)
+
+
+def _regex_text(rx) -> str:
+    from sigma.types import Placeholder, SpecialChars
+
+    out = []
+    for p in rx.regexp.s:
+        if isinstance(p, str):
+            out.append(p)
+        elif p is SpecialChars.WILDCARD_MULTI:
+            out.append("*")
+        elif p is SpecialChars.WILDCARD_SINGLE:
+            out.append("?")
+        elif isinstance(p, Placeholder):
+            raise RuleError(f"placeholder %{p.name}% in a regular expression is not supported")
+    return "".join(out)
+
+
+def _value_node(field: str | None, value) -> Any:
+    """One ``field = value`` leaf of pySigma's condition tree as an IR sub-tree."""
+    from sigma import types as st
+
+    if field is not None:
+        field = FIELD_ALIASES.get(field, field)
+    if isinstance(value, st.SigmaExpansion):
+        return ("or",) + tuple(_value_node(field, v) for v in value.values)
+    if isinstance(value, st.SigmaString):
+        return _string_leaf(field, value, isinstance(value, st.SigmaCasedString))
+    if isinstance(value, st.SigmaRegularExpression):
+        letters = {st.SigmaRegularExpressionFlag.IGNORECASE: "i",
+                   st.SigmaRegularExpressionFlag.MULTILINE: "m",
+                   st.SigmaRegularExpressionFlag.DOTALL: "s"}
+        flags = "".join(sorted(letters[f] for f in value.flags))
+        return _Leaf(field, "re", (_regex_text(value),), False, flags)
+    if isinstance(value, st.SigmaNull):
+        if field is None:
+            raise RuleError("null needs a field")
+        return _Leaf(field, "null", ())
+    if isinstance(value, st.SigmaExists):
+        if field is None:
+            raise RuleError("exists needs a field")
+        return _Leaf(field, "exists", (bool(value.exists),))
+    if isinstance(value, st.SigmaBool):
+        return _Leaf(field, "eq", ("true" if value.boolean else "false",))
+    if isinstance(value, st.SigmaTimestampPart):
+        raise RuleError("time-part modifiers (minute, hour, day, week, month, year) "
+                        "are not supported")
+    if isinstance(value, st.SigmaNumber):
+        return _Leaf(field, "contains" if field is None else "eq", (str(value.number),))
+    if isinstance(value, st.SigmaCompareExpression):
+        ops = {st.CompareOperators.LT: "lt", st.CompareOperators.LTE: "lte",
+               st.CompareOperators.GT: "gt", st.CompareOperators.GTE: "gte"}
+        if value.op == st.CompareOperators.NEQ:
+            return ("not", _Leaf(field, "eq", (str(value.number.number),)))
+        return _Leaf(field, ops[value.op], (value.number.number,))
+    if isinstance(value, st.SigmaCIDRExpression):
+        return _Leaf(field, "cidr", (str(value.network),))
+    if isinstance(value, st.SigmaFieldReference):
+        if field is None:
+            raise RuleError("fieldref needs a field")
+        mode = ("contains" if value.starts_with and value.ends_with else
+                "startswith" if value.starts_with else
+                "endswith" if value.ends_with else "")
+        return _Leaf(field, "fieldref", (FIELD_ALIASES.get(value.field, value.field),), False, mode)
+    raise RuleError(f"unsupported value type {type(value).__name__}")
+
+
+def _tree(node) -> Any:
+    from sigma.conditions import (ConditionAND, ConditionFieldEqualsValueExpression,
+                                  ConditionNOT, ConditionOR, ConditionValueExpression)
+
+    if node is None:  # pySigma drops empty detections; nothing can match them
+        return ("const", False)
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        return _value_node(node.field, node.value)
+    if isinstance(node, ConditionValueExpression):
+        return _value_node(None, node.value)
+    if isinstance(node, ConditionNOT):
+        return ("not", _tree(node.args[0]))
+    if isinstance(node, ConditionAND):
+        return ("and",) + tuple(_tree(a) for a in node.args)
+    if isinstance(node, ConditionOR):
+        return ("or",) + tuple(_tree(a) for a in node.args)
+    raise RuleError(f"unsupported condition element {type(node).__name__}")
+
+
+def _simplify(node) -> Any:
+    """Flatten nested and/or, drop single-operand groups, merge OR-ed leaves."""
+    if isinstance(node, _Leaf) or node[0] == "const":
+        return node
+    kind = node[0]
+    if kind == "not":
+        return ("not", _simplify(node[1]))
+    kids: list = []
+    for c in node[1:]:
+        c = _simplify(c)
+        if not isinstance(c, _Leaf) and c[0] == kind:
+            kids.extend(c[1:])
+        else:
+            kids.append(c)
+    if kind == "or":
+        merged: list = []
+        index: dict = {}
+        for c in kids:
+            if isinstance(c, _Leaf) and c.op in _MERGEABLE:
+                k = c.key()
+                if k in index:
+                    leaf = merged[index[k]]
+                    leaf.values = leaf.values + tuple(v for v in c.values if v not in leaf.values)
+                    continue
+                c = _Leaf(c.field, c.op, c.values, c.cased, c.flags)  # copy: merging mutates
+                index[k] = len(merged)
+            merged.append(c)
+        kids = merged
+    if len(kids) == 1:
+        return kids[0]
+    return (kind,) + tuple(kids)
+
+
+def _number(node, preds: list[Predicate], slots: dict) -> tuple:
+    if isinstance(node, _Leaf):
+        p = Predicate(node.field, node.op, node.values, node.cased, node.flags)
+        i = slots.get(p)
+        if i is None:
+            i = slots[p] = len(preds)
+            preds.append(p)
+        return ("pred", i)
+    if node[0] == "const":
+        return node
+    if node[0] == "not":
+        return ("not", _number(node[1], preds, slots))
+    return (node[0],) + tuple(_number(c, preds, slots) for c in node[1:])
+
+
+def convert_condition(conditions: Iterable) -> tuple[tuple[Predicate, ...], tuple]:
+    """pySigma parsed conditions (a list means OR) → (predicates, IR condition)."""
+    trees = [_tree(c.parse()) for c in conditions]
+    tree = _simplify(trees[0] if len(trees) == 1 else ("or",) + tuple(trees))
+    preds: list[Predicate] = []
+    cond = _number(tree, preds, {})
+    return tuple(preds), cond
+
+
+# ---------------------------------------------------------------------------------
+# Rules and files.
+
+def logsource_problem(logsource) -> str | None:
+    """Why a rule's logsource is not this sensor's (None when it applies)."""
+    cat = (logsource.category or "").lower() or None
+    prod = (logsource.product or "").lower() or None
+    svc = (logsource.service or "").lower() or None
+    if cat == CATEGORY and prod in (None, PRODUCT) and svc is None:
+        return None
+    desc = ", ".join(f"{k}: {v}" for k, v in (("category", cat), ("product", prod),
+                                                ("service", svc)) if v) or "none"
+    return (f"logsource ({desc}) is not {CATEGORY}/{PRODUCT}; "
+            "this sensor evaluates Windows process_creation rules only")
+
+
+def _meta(srule, path: str) -> dict:
+    ls = srule.logsource
+    meta: dict = {"format": "sigma"}
+    if srule.status is not None:
+        meta["status"] = str(srule.status.name).lower()
+    if srule.date is not None:
+        meta["date"] = srule.date.isoformat()
+    if srule.modified is not None:
+        meta["modified"] = srule.modified.isoformat()
+    meta["logsource"] = {k: v for k, v in (("category", ls.category), ("product", ls.product),
+                                           ("service", ls.service)) if v}
+    meta["file"] = os.path.basename(path)
+    return meta
+
+
+def rule_from_sigma(srule, path: str, text: str) -> Rule:
+    """A parsed pySigma rule → IR Rule (RuleError with path:line when it cannot be)."""
+    try:
+        preds, cond = convert_condition(srule.detection.parsed_condition)
+        level = srule.level.name.lower() if srule.level is not None else "medium"
+        return Rule(
+            id=str(srule.id) if srule.id else "sigma-" + Path(path).stem,
+            title=srule.title or Path(path).stem,
+            predicates=preds,
+            condition=cond,
+            level=level,
+            description=(srule.description or "").strip(),
+            tags=tuple(str(t) for t in srule.tags),
+            author=srule.author or "",
+            references=tuple(srule.references or ()),
+            falsepositives=tuple(str(f) for f in (srule.falsepositives or ())),
+            source=path,
+            origin="sigma",
+            meta=_meta(srule, path),
+        )
+    except RuleError as exc:
+        raise RuleError(exc.message, path, _locate(text, exc)) from None
+    except Exception as exc:  # pySigma raises SigmaError subclasses (and a few others)
+        raise RuleError(_reason(exc), path, _locate(text, exc)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    # pySigma's str() appends "in <absolute path>"; the report already names the file.
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    return f"{type(exc).__name__}: {msg}"
+
+
+def _register_aliases() -> None:
+    # The Sigma modifier appendix names UTF-16LE ``utf16le`` (alias ``wide``); pySigma 2.0
+    # knows only ``wide``.  Teach it the spec's name (reverse mapping keeps ``wide``).
+    from sigma import modifiers
+
+    modifiers.modifier_mapping.setdefault("utf16le", modifiers.SigmaWideModifier)
+
+
+def _policy():
+    # Regexes are validated with Python's re, the engine both matchers use (pySigma's
+    # default policy validates with RE2, whose syntax differs).
+    from sigma.policy.profiles import TrustedPolicy
+    return TrustedPolicy
+
+
+def load_sigma_text(text: str, path: str) -> FileResult:
+    """Parse and convert every rule document of one Sigma YAML text."""
+    import yaml
+    from sigma.rule import SigmaRule
+    from sigma.rule.base import SigmaYAMLLoader
+
+    _register_aliases()
+    out = FileResult()
+    try:
+        docs = [d for d in yaml.load_all(text, SigmaYAMLLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        # The context mark is where the broken construct starts (an unclosed quote);
+        # the problem mark is where the parser gave up.  Point at the start.
+        pmark = getattr(exc, "problem_mark", None)
+        cmark = getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        parts = []
+        if context and cmark is not None:
+            parts.append(f"{context} (line {cmark.line + 1})")
+        parts.append(f"{problem} (line {pmark.line + 1})" if pmark is not None else problem)
+        mark = cmark if (context and cmark is not None) else pmark
+        line = mark.line + 1 if mark is not None else None
+        dup = re.match(r"Duplicate key '(.*)'", str(exc))
+        if dup and line is None:  # pySigma's loader raises this one without a mark
+            hits = [m.start() for m in re.finditer(
+                r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(dup.group(1)) + r"['\"]?[ \t]*:",
+                text, re.MULTILINE)]
+            if len(hits) > 1:
+                line = text.count("\n", 0, hits[1]) + 1
+        out.rejected.append(Problem(path, line, "YAML syntax error: " + ": ".join(parts)))
+        return out
+    if not docs:
+        out.rejected.append(Problem(path, None, "empty file (no Sigma rule)"))
+        return out
+    if any(isinstance(d, dict) and "action" in d for d in docs):
+        out.rejected.append(Problem(path, _key_line(text, "action"),
+                                    "Sigma rule collections (action: global/reset/repeat) "
+                                    "are not supported; write each rule as its own document"))
+        return out
+    from sigma.exceptions import SigmaRuleLocation
+
+    for doc in docs:
+        if not isinstance(doc, dict):
+            out.rejected.append(Problem(path, 1, "not a Sigma rule (the document is not a mapping)"))
+            continue
+        if "correlation" in doc or ("filter" in doc and "detection" not in doc):
+            out.rejected.append(Problem(path, 1, "Sigma correlation and filter documents "
+                                                  "are not detection rules; not supported"))
+            continue
+        try:
+            srule = SigmaRule.from_dict(doc, source=SigmaRuleLocation(Path(path)), policy=_policy())
+        except Exception as exc:
+            out.rejected.append(Problem(path, _locate(text, exc), _reason(exc)))
+            continue
+        not_app = logsource_problem(srule.logsource)
+        try:
+            rule = rule_from_sigma(srule, path, text)
+        except RuleError as exc:
+            out.rejected.append(Problem(path, exc.line, exc.message))
+            continue
+        if not_app:
+            out.not_applicable.append(Problem(path, _key_line(text, "logsource"), not_app))
+        else:
+            out.rules.append(rule)
+    return out
+
+
+def load_sigma_file(path: str | os.PathLike) -> FileResult:
+    """Read and convert one Sigma YAML file."""
+    p = str(path)
+    try:
+        raw = Path(p).read_bytes()
+    except OSError as exc:
+        return FileResult(rejected=[Problem(p, None, f"cannot read: {exc.strerror or exc}")])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return FileResult(rejected=[Problem(p, line, f"not UTF-8 text: {exc.reason}")])
+    return load_sigma_text(text, p)
+
+
+def field_warnings(rule: Rule) -> list[str]:
+    """Sources that never provide a field the rule reads (one message per field)."""
+    out = []
+    for name in sorted(f for f in rule.fields if f is not None and f not in DERIVED_FIELDS):
+        lacking = [src for src, fields in SOURCE_FIELDS.items() if name not in fields]
+        if len(lacking) == len(SOURCE_FIELDS):
+            out.append(f"reads {name}, which no event source provides "
+                       "(predicates on it are always false)")
+        elif lacking:
+            out.append(f"reads {name}, which {' and '.join(lacking)} never provide"
+                       f"{'s' if len(lacking) == 1 else ''}")
+    return out

@@ -83,8 +83,29 @@ def build_source(cfg: Config):
         return ReplaySource(r.paths, speed=r.speed or None, loop=r.loop, block=r.block, preload=r.preload)
     if sys.platform != "win32":
         raise ConfigError(f"{cfg.path}: source.kind: 'etw' needs Windows; use 'replay' here")
-    from .sources.etw_windows import create_source  # Windows only
-    return create_source(cfg.source.etw)
+    from .sources.etw import EtwSource
+    return EtwSource(etw_config(cfg))
+
+
+def etw_config(cfg: Config):
+    """The ETW source settings from the ``[source.etw]`` table."""
+    from .sources.etw import EtwConfig
+    from .sources.etw_session import SessionSpec, system_logger_spec
+    e = cfg.source.etw
+    common = dict(buffer_kb=e.buffer_kb, min_buffers=e.min_buffers, max_buffers=e.max_buffers,
+                  flush_interval=e.flush_ms / 1000.0)
+    out = EtwConfig(session=SessionSpec(name=e.session_name, capture_state=e.rundown, **common),
+                    system_logger=e.system_logger,
+                    logger=system_logger_spec(name=e.session_name + "-syslogger", **common),
+                    queue_size=cfg.sensor.queue_size, table_max=e.process_table_size,
+                    backfill=e.backfill, watchdog_interval=e.query_interval_s,
+                    computer=cfg.sensor.hostname or socket.gethostname())
+    try:
+        out.session.validate()
+        out.logger.validate()
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.path}: source.etw: {exc}") from None
+    return out
 
 
 def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) -> Parts:

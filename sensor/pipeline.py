@@ -209,16 +209,13 @@ class Pipeline:
             "sensor": {"version": __version__, "pid": os.getpid(), "started_at": self._started_at,
                        "uptime_s": round(time.time() - self._started_at, 1), **self.info},
             "events": {"in": n, "per_s": round(rate, 1), "excluded": self.events_excluded,
-                       "queue_dropped": qs["dropped"] + int(src.get("dropped", 0) or 0),
+                       "queue_dropped": qs["dropped"] + sum(int(src.get(k, 0) or 0) for k in
+                                                            ("dropped", "queue_drops", "callback_drops")),
                        "queue_depth": qs["depth"], "queue_capacity": qs["capacity"],
                        "queue_high_water": qs["high_water"], "enrich_errors": self.enrich_errors},
             "source": src,
-            "etw": {"lost": int(src.get("events_lost", 0) or 0) + int(src.get("buffers_lost", 0) or 0)
-                    + int(src.get("rt_lost_events", 0) or 0),
-                    "events_lost": src.get("events_lost", 0), "buffers_lost": src.get("buffers_lost", 0),
-                    "rt_lost_events": src.get("rt_lost_events", 0)},
-            "enrich": {"backfill_missed": src.get("backfill_missed", 0),
-                       "backfill_hits": src.get("backfill_hits", 0)},
+            "etw": _etw_health(src),
+            "enrich": _backfill_health(src),
             "matcher": {"engine": getattr(self.matcher, "engine", "?"), "rules": len(self.rules),
                         "us_per_event": round(self.match_ns / n / 1000, 3) if n else 0.0,
                         "pipeline_us_per_event": round(self.work_ns / n / 1000, 3) if n else 0.0},
@@ -244,6 +241,25 @@ class Pipeline:
         if self.forwarder is not None:
             status["delivery"] = _safe(getattr(self.forwarder, "stats", None))
         return status
+
+
+def _etw_health(src: dict) -> dict:
+    """ETW loss as the heartbeat reports it: provider-side, delivery-side and in-band."""
+    out = {k: int(src.get(k, 0) or 0) for k in ("events_lost", "realtime_buffers_lost", "rt_lost_events")}
+    out["lost"] = sum(out.values())
+    out["restarts"] = int(src.get("restarts", 0) or 0)
+    out["alive"] = src.get("alive")
+    return out
+
+
+def _backfill_health(src: dict) -> dict:
+    """Back-fill misses (the process was gone, or access was denied) from the ETW source."""
+    bf = (src.get("processor") or {}).get("backfill") or {}
+    denied = bf.get("miss_access_denied") or {}
+    missed = int(bf.get("miss_gone", 0) or 0) + int(bf.get("miss_pid_reused", 0) or 0) + \
+        sum(int(v) for v in (denied.values() if isinstance(denied, dict) else [denied]))
+    return {"backfill_attempts": int(bf.get("attempts", 0) or 0), "backfill_missed": missed,
+            "backfill_missed_gone": int(bf.get("miss_gone", 0) or 0)}
 
 
 def _safe(fn) -> dict:

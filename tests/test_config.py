@@ -86,3 +86,18 @@ def test_etw_source_needs_windows(tmp_path, capsys):
     path = write(tmp_path, '[source]\nkind = "etw"\n[sensor]\ndata_dir = "state"\n[enrich.pe]\nenabled = false\n')
     assert main(["run", "-c", path]) == 2
     assert "source.kind: 'etw' needs Windows" in capsys.readouterr().err
+
+
+def test_etw_settings_reach_the_source(tmp_path):
+    from sensor.app import etw_config
+    path = write(tmp_path, '[source]\nkind = "etw"\n[source.etw]\nbuffer_kb = 512\nmin_buffers = 8\n'
+                           'max_buffers = 16\nflush_ms = 5\nsystem_logger = false\n'
+                           'session_name = "edr"\n[sensor]\nqueue_size = 100\n')
+    e = etw_config(config.load(path))
+    assert (e.session.name, e.session.buffer_kb, e.session.min_buffers, e.session.max_buffers) == \
+        ("edr", 512, 8, 16)
+    assert e.session.flush_interval == 0.005 and e.session.keywords == 0x10
+    assert e.system_logger is False and e.queue_size == 100
+    bad = write(tmp_path, '[source]\nkind = "etw"\n[source.etw]\nbuffer_kb = 2\n')
+    with pytest.raises(config.ConfigError, match="source.etw: buffer_kb must be within"):
+        etw_config(config.load(bad))

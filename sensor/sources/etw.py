@@ -1,0 +1,605 @@
+"""The ETW process-start source, platform-neutral part.
+
+``EtwProcessor`` turns raw records (decoded by ``etw_decode``) into ProcessEvents: NT device
+paths become DOS paths, the process table supplies ParentImage / ParentCommandLine, psutil
+back-fills what Kernel-Process lacks, and the optional system-logger session's Process records
+(exact command line, user SID) are joined to Kernel-Process starts by pid and create time.  Each
+event's ``origin`` says where every field came from.
+
+``EtwSource`` is what the pipeline runs: ``start(emit)``, ``stop()``, ``stats()``, ``alive``.  The
+ETW consumer threads only copy each record into a bounded queue (never blocking); one worker
+thread decodes, enriches and calls ``emit``.  The Windows calls live in ``etw_windows``.
+
+A raw record is the tuple ``(source, event_id, version, opcode, header_pid, timestamp,
+header_flags, payload)``; ``timestamp`` is the EVENT_HEADER TimeStamp (a FILETIME: ProcessTrace
+converts it to system time unless PROCESS_TRACE_MODE_RAW_TIMESTAMP is set).
+"""
+from __future__ import annotations
+
+import logging
+
+import platform
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ..enrich.backfill import Backfiller
+from ..enrich.devices import DeviceMapper
+from ..enrich.process_table import ProcessTable, TICKS_PER_SECOND, unix_from_filetime
+from ..events import (
+    ORIGIN_ETW,
+    ORIGIN_MISSING,
+    ORIGIN_PROCESS_TABLE,
+    ORIGIN_SYSTEM_LOGGER,
+    ProcessEvent,
+)
+from . import etw_manifest as m
+from .etw_decode import PayloadDecoder
+from .etw_session import SessionManager, SessionSpec, SessionTicker, system_logger_spec
+from .records import integrity_name
+
+SRC_KERNEL_PROCESS = 0
+SRC_SYSTEM_LOGGER = 1
+SRC_LOST = 2
+
+# RT_LostEvent EventType values (rt-lostevent.md).
+RT_LOST_EVENT = 32
+RT_LOST_BUFFER = 33
+RT_LOST_FILE = 34
+
+EVENT_HEADER_FLAG_32_BIT_HEADER = 0x0020
+
+# Well-known account SIDs, so User is readable without a lookup (and on any OS).
+WELL_KNOWN_SIDS = {
+    "S-1-5-18": "NT AUTHORITY\\SYSTEM",
+    "S-1-5-19": "NT AUTHORITY\\LOCAL SERVICE",
+    "S-1-5-20": "NT AUTHORITY\\NETWORK SERVICE",
+}
+
+# Fields this source is responsible for; the ones it could not fill are marked "missing".
+OWN_FIELDS = ("Image", "ProcessId", "ParentProcessId", "UtcTime", "CommandLine", "User",
+              "CurrentDirectory", "IntegrityLevel", "ParentImage", "ParentCommandLine")
+
+
+def utc_time(ft: int | None) -> str | None:
+    """A FILETIME as Sysmon's UtcTime (``2024-01-02 03:04:05.678``), None when out of range."""
+    if not ft:
+        return None
+    try:
+        dt = datetime.fromtimestamp(unix_from_filetime(ft), timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return dt.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (dt.microsecond // 1000)
+
+
+class _Held:
+    __slots__ = ("deadline", "event", "entry", "create_time", "ppid")
+
+    def __init__(self, deadline, event, entry, create_time, ppid):
+        self.deadline = deadline
+        self.event = event
+        self.entry = entry
+        self.create_time = create_time
+        self.ppid = ppid
+
+
+class EtwProcessor:
+    """Raw ETW records in, enriched ProcessEvents out (single-threaded; never raises)."""
+
+    def __init__(self, table: ProcessTable | None = None, backfiller: Backfiller | None = None,
+                 device_mapper: Callable[[str | None], str | None] | None = None,
+                 sid_resolver: Callable[[str], str | None] | None = None,
+                 computer: str | None = None, join_wait: float = 0.0, join_window: float = 2.0,
+                 sl_keep: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.table = table if table is not None else ProcessTable()
+        self.backfiller = backfiller
+        self.map_path = device_mapper if device_mapper is not None else DeviceMapper()
+        self._sid_resolver = sid_resolver
+        self._sid_cache: dict[str, str | None] = {}
+        self.computer = computer
+        self.join_wait = join_wait
+        self.join_window = int(join_window * TICKS_PER_SECOND)
+        self.sl_keep = sl_keep
+        self._clock = clock
+        self.decoder = PayloadDecoder()
+        self._held: dict[int, _Held] = {}                 # pid -> start waiting for its SL record
+        self._sl_pending: dict[int, tuple[float, int, dict]] = {}   # pid -> (expiry, ts, fields)
+        self.c: Counter = Counter(dict.fromkeys(
+            ("records", "events", "starts", "stops", "rundowns", "rt_lost_events", "rt_lost_buffers",
+             "rt_lost_files", "internal_errors"), 0))
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def handle(self, raw: tuple) -> list[ProcessEvent]:
+        """Process one raw record; the events now ready to emit."""
+        self.c["records"] += 1
+        try:
+            src, event_id, version, opcode, _hpid, ts, hflags, payload = raw
+            if src == SRC_KERNEL_PROCESS:
+                fields = self.decoder.kernel_process(event_id, version, payload)
+                if fields is None:
+                    return []
+                return self.on_kernel_process(event_id, fields)
+            if src == SRC_SYSTEM_LOGGER:
+                psize = 4 if hflags & EVENT_HEADER_FLAG_32_BIT_HEADER else 8
+                fields = self.decoder.system_process(opcode, version, payload, psize)
+                if fields is None:
+                    return []
+                return self.on_system_logger(opcode, fields, ts)
+            if src == SRC_LOST:
+                key = {RT_LOST_EVENT: "rt_lost_events", RT_LOST_BUFFER: "rt_lost_buffers",
+                       RT_LOST_FILE: "rt_lost_files"}.get(opcode, "rt_lost_other")
+                self.c[key] += 1
+                return []
+            self.c["unknown_records"] += 1
+            return []
+        except Exception:  # noqa: BLE001 - one bad record must not stop the source
+            self.c["internal_errors"] += 1
+            return []
+
+    def on_kernel_process(self, event_id: int, fields: dict) -> list[ProcessEvent]:
+        """A decoded Kernel-Process record."""
+        if event_id == m.PROCESS_START:
+            self.c["starts"] += 1
+            return self.on_start(fields)
+        if event_id == m.PROCESS_STOP:
+            self.c["stops"] += 1
+            self.table.exited(fields["ProcessID"], fields.get("CreateTime"),
+                              fields.get("ProcessSequenceNumber"), fields.get("ExitTime"))
+            return []
+        if event_id == m.PROCESS_RUNDOWN:
+            self.c["rundowns"] += 1
+            self.table.add(fields["ProcessID"], fields.get("CreateTime") or None,
+                           fields.get("ProcessSequenceNumber"), fields.get("ParentProcessID"),
+                           fields.get("ParentProcessSequenceNumber"),
+                           self._map(fields.get("ImageName")), source="etw")
+            return []
+        self.c["other_events"] += 1
+        return []
+
+    def _map(self, path: str | None) -> str | None:
+        try:
+            return self.map_path(path)
+        except Exception:  # noqa: BLE001
+            self.c["path_map_errors"] += 1
+            return path
+
+    # -- starts ------------------------------------------------------------------------------
+
+    def on_start(self, f: dict) -> list[ProcessEvent]:
+        """A ProcessStart: build, enrich and (unless waiting for its system-logger record) emit it."""
+        pid = f["ProcessID"]
+        ct = f.get("CreateTime") or None
+        seq = f.get("ProcessSequenceNumber")
+        ppid = f.get("ParentProcessID")
+        pseq = f.get("ParentProcessSequenceNumber")
+        image = self._map(f.get("ImageName"))
+        ev = ProcessEvent()
+        origin: dict[str, str] = {}
+        ev.origin = origin
+        ev["Image"] = image
+        ev["ProcessId"] = pid
+        ev["ParentProcessId"] = ppid
+        ev["UtcTime"] = utc_time(ct)
+        for k in ("Image", "ProcessId", "ParentProcessId", "UtcTime"):
+            origin[k] = ORIGIN_ETW if ev[k] is not None else ORIGIN_MISSING
+        if self.computer:
+            ev["Computer"] = self.computer
+        label = f.get("MandatoryLabel")
+        if label:
+            ev["IntegrityLevel"] = integrity_name(label)
+            origin["IntegrityLevel"] = ORIGIN_ETW
+        parent = self.table.parent_of(ppid, ct, pseq)
+        if parent is not None:
+            self._from_parent(ev, origin, parent)
+        entry = self.table.add(pid, ct, seq, ppid, pseq, image, source="etw")
+        joined = self._take_sl(pid, ppid, ct)
+        if joined is not None:
+            self._apply_sl(ev, origin, joined)
+        if self.backfiller is not None:
+            self.backfiller.fill(ev, pid, ct, origin)
+        self._remember(entry, ev)
+        if joined is None and self.join_wait > 0:
+            old = self._held.pop(pid, None)
+            out = [self._finish(old.event, "join_timeouts")] if old is not None else []
+            self._held[pid] = _Held(self._clock() + self.join_wait, ev, entry, ct, ppid)
+            return out
+        return [self._finish(ev)]
+
+    def _from_parent(self, ev: ProcessEvent, origin: dict, parent) -> None:
+        if parent.image:
+            ev["ParentImage"] = parent.image
+            origin["ParentImage"] = ORIGIN_PROCESS_TABLE
+        if parent.command_line:
+            ev["ParentCommandLine"] = parent.command_line
+            origin["ParentCommandLine"] = ORIGIN_PROCESS_TABLE
+
+    @staticmethod
+    def _remember(entry, ev: ProcessEvent) -> None:
+        # Children look these up after this process is gone.
+        if ev.get("CommandLine"):
+            entry.command_line = ev["CommandLine"]
+        if ev.get("User"):
+            entry.user = ev["User"]
+
+    def _finish(self, ev: ProcessEvent, counter: str = "") -> ProcessEvent:
+        if counter:
+            self.c[counter] += 1
+        origin = ev.origin
+        for k in OWN_FIELDS:
+            if k not in origin:
+                origin[k] = ORIGIN_MISSING if ev.get(k) is None else ORIGIN_ETW
+            elif ev.get(k) is None:
+                origin[k] = ORIGIN_MISSING
+        self.c["events"] += 1
+        return ev
+
+    # -- system logger -----------------------------------------------------------------------
+
+    def on_system_logger(self, opcode: int, f: dict, ts: int) -> list[ProcessEvent]:
+        """A decoded kernel-logger Process record (command line and user SID)."""
+        pid = f.get("ProcessId")
+        if opcode == m.SL_START:
+            self.c["sl_starts"] += 1
+            held = self._held.get(pid)
+            if held is not None and self._matches(held.ppid, held.create_time, f, ts):
+                del self._held[pid]
+                self._apply_sl(held.event, held.event.origin, f)
+                self._remember(held.entry, held.event)
+                self.c["sl_joined"] += 1
+                return [self._finish(held.event)]
+            entry = self.table.get(pid)
+            if entry is not None and entry.source == "etw" and self._matches(entry.ppid, entry.create_time, f, ts):
+                # Its start was already emitted: keep the exact values for its children.
+                self._update_entry(entry, f)
+                self.c["sl_late"] += 1
+                return []
+            self._sl_pending[pid] = (self._clock() + self.sl_keep, ts, f)
+            self._expire_sl()
+            return []
+        if opcode == m.SL_DC_START:
+            self.c["sl_rundowns"] += 1
+            entry = self.table.get(pid)
+            if entry is None:
+                entry = self.table.add(pid, None, None, f.get("ParentId"), None,
+                                       f.get("ImageFileName") or None, source="system_logger")
+            self._update_entry(entry, f)
+            return []
+        self.c["sl_other"] += 1
+        return []
+
+    def _update_entry(self, entry, f: dict) -> None:
+        cmd = f.get("CommandLine")
+        if cmd:
+            entry.command_line = cmd
+        user = self._user(f.get("UserSID"))
+        if user:
+            entry.user = user
+
+    def _matches(self, ppid, create_time, f: dict, ts: int) -> bool:
+        if ppid is not None and f.get("ParentId") is not None and ppid != f.get("ParentId"):
+            return False
+        if create_time and ts:
+            return abs(ts - create_time) <= self.join_window
+        return True
+
+    def _take_sl(self, pid: int, ppid, create_time) -> dict | None:
+        hit = self._sl_pending.get(pid)
+        if hit is None:
+            return None
+        _, ts, f = hit
+        if not self._matches(ppid, create_time, f, ts):
+            return None
+        del self._sl_pending[pid]
+        self.c["sl_joined"] += 1
+        return f
+
+    def _apply_sl(self, ev: ProcessEvent, origin: dict, f: dict) -> None:
+        cmd = f.get("CommandLine")
+        if cmd:
+            if ev.get("CommandLine") is not None and ev["CommandLine"] != cmd:
+                self.c["sl_replaced_backfill"] += 1
+            ev["CommandLine"] = cmd
+            origin["CommandLine"] = ORIGIN_SYSTEM_LOGGER
+        user = self._user(f.get("UserSID"))
+        if user:
+            ev["User"] = user
+            origin["User"] = ORIGIN_SYSTEM_LOGGER
+
+    def _user(self, sid: str | None) -> str | None:
+        if not sid:
+            return None
+        name = WELL_KNOWN_SIDS.get(sid)
+        if name:
+            return name
+        if sid in self._sid_cache:
+            return self._sid_cache[sid] or sid
+        name = None
+        if self._sid_resolver is not None:
+            try:
+                name = self._sid_resolver(sid)
+            except Exception:  # noqa: BLE001
+                self.c["sid_lookup_errors"] += 1
+        if len(self._sid_cache) >= 4096:
+            self._sid_cache.clear()
+        self._sid_cache[sid] = name
+        return name or sid
+
+    def _expire_sl(self) -> None:
+        now = self._clock()
+        pending = self._sl_pending
+        while pending:
+            pid, (expiry, _, _) = next(iter(pending.items()))
+            if expiry > now:
+                break
+            del pending[pid]
+            self.c["sl_unmatched"] += 1
+
+    # -- time-outs ---------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the oldest held start must be emitted (monotonic seconds), or None."""
+        for h in self._held.values():
+            return h.deadline
+        return None
+
+    def due(self, now: float | None = None) -> list[ProcessEvent]:
+        """Held starts whose wait for a system-logger record ended (emitted as they are)."""
+        now = self._clock() if now is None else now
+        out = []
+        held = self._held
+        while held:
+            pid, h = next(iter(held.items()))
+            if h.deadline > now:
+                break
+            del held[pid]
+            out.append(self._finish(h.event, "join_timeouts"))
+        if self._sl_pending:
+            self._expire_sl()
+        return out
+
+    def drain(self) -> list[ProcessEvent]:
+        """Every held start (at stop)."""
+        out = [self._finish(h.event, "join_timeouts") for h in self._held.values()]
+        self._held.clear()
+        return out
+
+    def stats(self) -> dict:
+        """Counters as plain data."""
+        out = dict(self.c)
+        out.update(self.decoder.stats())
+        out["held"] = len(self._held)
+        out["sl_pending"] = len(self._sl_pending)
+        out["table"] = self.table.stats()
+        if self.backfiller is not None:
+            out["backfill"] = self.backfiller.stats()
+        if hasattr(self.map_path, "stats"):
+            out["devices"] = self.map_path.stats()
+        return out
+
+
+# -- the source -------------------------------------------------------------------------------
+
+class SourceUnavailable(RuntimeError):
+    """The ETW source cannot run here (not Windows, pywintrace missing, not elevated...)."""
+
+
+@dataclass
+class EtwConfig:
+    """Settings of the ETW source (defaults per the reference, §4)."""
+
+    session: SessionSpec = field(default_factory=SessionSpec)
+    system_logger: bool = False
+    logger: SessionSpec = field(default_factory=system_logger_spec)
+    queue_size: int = 65536          # raw records waiting for the worker
+    join_wait: float = 0.05          # how long a start waits for its system-logger record
+    table_max: int = 65536
+    exit_ttl: float = 300.0
+    seed_from_psutil: bool = True
+    backfill: bool = True
+    watchdog_interval: float = 1.0
+    computer: str | None = None
+
+
+class EtwSource:
+    """Process starts from ETW for the pipeline: ``start(emit)``, ``stop()``, ``stats()``, ``alive``."""
+
+    def __init__(self, config: EtwConfig | None = None, backend: Any = None,
+                 processor: EtwProcessor | None = None, helpers: dict | None = None,
+                 psutil_module: Any = None) -> None:
+        self.config = config or EtwConfig()
+        self.config.session.validate()
+        self._backend = backend
+        self._helpers = helpers
+        self._psutil = psutil_module
+        self.processor = processor
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._drops = [0, 0]              # per session: records dropped because the queue was full
+        self.managers: list[SessionManager] = []
+        self._ticker: SessionTicker | None = None
+        self._worker: threading.Thread | None = None
+        self._emit: Callable[[ProcessEvent], bool] | None = None
+        self._stopping = threading.Event()
+        self.emitted = 0
+        self.queue_drops = 0
+        self.emit_errors = 0
+        self.seeded = 0
+        self.seed_error: str | None = None
+        self.logger_error: str | None = None
+        self.last_record = 0.0
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def _windows_parts(self) -> tuple[Any, dict]:
+        backend, helpers = self._backend, self._helpers
+        if backend is None or helpers is None:
+            if sys.platform != "win32":
+                raise SourceUnavailable("the ETW source needs Windows (use replay on other systems)")
+            from . import etw_windows
+            backend = backend if backend is not None else etw_windows.PywintraceBackend()
+            helpers = helpers if helpers is not None else etw_windows.helpers()
+        return backend, helpers
+
+    def _build_processor(self, helpers: dict) -> EtwProcessor:
+        cfg = self.config
+        table = ProcessTable(max_entries=cfg.table_max, exit_ttl=cfg.exit_ttl)
+        backfiller = None
+        if cfg.backfill:
+            backfiller = Backfiller(psutil_module=self._psutil,
+                                    cmdline_reader=helpers.get("cmdline_reader"),
+                                    integrity_reader=helpers.get("integrity_reader"))
+        mapper = DeviceMapper(helpers.get("device_loader"),
+                              system_root=helpers.get("system_root") or "C:\\Windows")
+        return EtwProcessor(table, backfiller, mapper, helpers.get("sid_resolver"),
+                            cfg.computer or platform.node() or None,
+                            join_wait=cfg.join_wait if cfg.system_logger else 0.0)
+
+    def _make_sink(self, slot: int) -> Callable[[tuple], None]:
+        # Runs on the ETW consumer thread for every record: no blocking, no allocation beyond
+        # the record tuple the backend built.
+        q_put = self._q.put
+        q_size = self._q.qsize
+        cap = self.config.queue_size
+        drops = self._drops
+
+        def sink(raw: tuple) -> None:
+            if q_size() >= cap:
+                drops[slot] += 1
+                return
+            q_put(raw)
+        return sink
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, emit: Callable[[ProcessEvent], bool]) -> None:
+        """Open the session(s) and start delivering events to ``emit`` (False = dropped downstream)."""
+        if self._worker is not None:
+            raise RuntimeError("source already started")
+        backend, helpers = self._windows_parts()
+        if self.processor is None:
+            self.processor = self._build_processor(helpers)
+        self._emit = emit
+        self._stopping.clear()
+        if self.config.seed_from_psutil:
+            try:
+                self.seeded = self.processor.table.seed_from_psutil(self._psutil)
+            except Exception as exc:  # noqa: BLE001 - a partial table only costs parent links
+                self.seed_error = str(exc)
+        self._worker = threading.Thread(target=self._work, name="etw-worker", daemon=True)
+        self._worker.start()
+        specs = [self.config.session] + ([self.config.logger] if self.config.system_logger else [])
+        self.managers = []
+        try:
+            for slot, spec in enumerate(specs):
+                mgr = SessionManager(backend, spec, self._make_sink(slot),
+                                     watchdog_interval=self.config.watchdog_interval)
+                if slot == 0:
+                    mgr.start()
+                else:
+                    # The system logger only sharpens command lines; without it the
+                    # sensor still runs on Kernel-Process plus back-fill.
+                    try:
+                        mgr.start()
+                    except Exception as exc:  # noqa: BLE001
+                        self.logger_error = f"system-logger session not started: {exc}"
+                        logging.getLogger("sensor.etw").warning(self.logger_error)
+                        self.processor.join_wait = 0.0
+                        continue
+                self.managers.append(mgr)
+        except BaseException:
+            self.stop()
+            raise
+        self._ticker = SessionTicker(self.managers)
+        self._ticker.start()
+
+    def feed(self, raw: tuple) -> None:
+        """Hand one raw record to the worker, as a consumer thread would (replay, tests)."""
+        self._q.put(raw)
+
+    def _work(self) -> None:
+        proc = self.processor
+        get = self._q.get
+        while True:
+            deadline = proc.next_deadline()
+            timeout = 0.25 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                raw = get(timeout=timeout)
+            except queue.Empty:
+                raw = None
+            if raw is _STOP:
+                break
+            if raw is not None:
+                self.last_record = time.monotonic()
+                for ev in proc.handle(raw):
+                    self._deliver(ev)
+            if deadline is not None:
+                for ev in proc.due():
+                    self._deliver(ev)
+        for ev in proc.drain():
+            self._deliver(ev)
+
+    def _deliver(self, ev: ProcessEvent) -> None:
+        try:
+            ok = self._emit(ev)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - a failing consumer must not kill the source
+            self.emit_errors += 1
+            return
+        if ok is False:
+            self.queue_drops += 1
+        else:
+            self.emitted += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop sessions first (no new records), then let the worker finish what is queued."""
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
+        for mgr in self.managers:
+            mgr.stop()
+        if self._worker is not None:
+            self._q.put(_STOP)
+            self._worker.join(timeout)
+            self._worker = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker runs and every session is up (a watchdog restarts them)."""
+        w, t = self._worker, self._ticker
+        return bool(w is not None and w.is_alive() and t is not None and t.alive and self.managers
+                    and all(mgr.alive for mgr in self.managers))
+
+    def stats(self) -> dict:
+        """Everything a status page or a watchdog needs, as plain data."""
+        proc = self.processor.stats() if self.processor is not None else {}
+        sessions = [mgr.stats() for mgr in self.managers]
+        return {
+            "alive": self.alive,
+            "records_in": proc.get("records", 0),
+            "events": proc.get("events", 0),
+            "emitted": self.emitted,
+            "queue_drops": self.queue_drops,
+            "emit_errors": self.emit_errors,
+            "callback_drops": sum(self._drops),
+            "queued": self._q.qsize(),
+            "decode_errors": proc.get("decode_errors", 0),
+            "events_lost": sum(s["events_lost"] for s in sessions),
+            "realtime_buffers_lost": sum(s["realtime_buffers_lost"] for s in sessions),
+            "rt_lost_events": proc.get("rt_lost_events", 0) + proc.get("rt_lost_buffers", 0)
+                              + proc.get("rt_lost_files", 0),
+            "restarts": sum(s["restarts"] for s in sessions),
+            "seeded": self.seeded,
+            "seed_error": self.seed_error,
+            "logger_error": self.logger_error,
+            "seconds_since_record": (time.monotonic() - self.last_record) if self.last_record else None,
+            "sessions": sessions,
+            "processor": proc,
+        }
+
+
+_STOP = object()

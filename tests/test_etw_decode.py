@@ -1,0 +1,382 @@
+"""ETW payload decoders against golden payloads built from the field lists extracted from Windows.
+
+The payloads are built by a type-driven encoder written here from ``tests/data/etw/*.tsv`` (the
+manifest and MOF field lists), never from the decoders' offsets.  The fast decoders are then
+compared with the manifest-driven generic decoder (their pure-Python twin).
+"""
+from __future__ import annotations
+
+import random
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensor.sources import etw_manifest
+from sensor.sources.etw_decode import (
+    DecodeError,
+    PayloadDecoder,
+    decode_kernel_process,
+    decode_kernel_process_generic,
+    decode_system_process,
+    decode_system_process_generic,
+)
+
+from .conftest import SHARED, needs_shared
+
+DATA = Path(__file__).resolve().parent / "data" / "etw"
+KP_TSV = DATA / "kernel-process-manifest.tsv"
+MOF_TSV = DATA / "kernel-trace-process-mof.tsv"
+
+_SIG = re.compile(r"^(\w+)\((.*)\)$")
+
+
+def read_tsv(path: Path, key_cols: tuple[str, ...]) -> dict:
+    """{key: (template name, [(type, field), ...])} from one of the extracted TSV files."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    out = {}
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        row = dict(zip(header, line.split("\t")))
+        name, body = _SIG.match(row["event(fields)"]).groups()
+        fields = [tuple(p.split()) for p in body.split(", ")]
+        out[tuple(int(row[c]) for c in key_cols)] = (name, fields)
+    return out
+
+
+KP_ROWS = read_tsv(KP_TSV, ("event_id", "version"))
+MOF_ROWS = read_tsv(MOF_TSV, ("event_id", "version"))
+
+
+# -- the encoder: from TSV type names only -----------------------------------------------------
+# The MOF dump writes pointer-sized members as UInt32 and UserSID as "Object"; the wire format
+# (Microsoft's Process_TypeGroup1 ``pointer`` qualifiers, TOKEN_USER then SID) is restated here
+# independently of sensor.sources.etw_manifest.
+MOF_POINTER_FIELDS = {"UniqueProcessKey", "PageDirectoryBase", "DirectoryTableBase"}
+
+
+def enc_sid(sid) -> bytes:
+    auth, subs = sid
+    return bytes([1, len(subs)]) + auth.to_bytes(6, "big") + b"".join(struct.pack("<I", s) for s in subs)
+
+
+def sid_text(sid) -> str:
+    auth, subs = sid
+    head = str(auth) if auth < 2**32 else "0x%012X" % auth
+    return "-".join(["S-1", head] + [str(s) for s in subs])
+
+
+def encode(fields, values: dict, mof: bool = False, pointer_size: int = 8) -> bytes:
+    """Pack ``values`` (wire form) field by field, driven by the TSV type names."""
+    out = bytearray()
+    for typ, name in fields:
+        v = values[name]
+        if mof and name in MOF_POINTER_FIELDS:
+            out += v.to_bytes(pointer_size, "little")
+        elif typ == "UInt16":
+            out += struct.pack("<H", v)
+        elif typ == "UInt32":
+            out += struct.pack("<I", v)
+        elif typ == "SInt32":
+            out += struct.pack("<i", v)
+        elif typ in ("UInt64", "FILETIME"):
+            out += struct.pack("<Q", v)
+        elif typ == "SID":
+            out += enc_sid(v)
+        elif typ == "Object":  # UserSID: TOKEN_USER (PSID, Attributes), then the SID; or a null DWORD
+            if v is None:
+                out += b"\0\0\0\0"
+            else:
+                out += (0x1000).to_bytes(pointer_size, "little") + bytes(pointer_size) + enc_sid(v)
+        elif typ == "UnicodeString" or (typ == "String" and name != "ImageFileName"):
+            out += v.encode("utf-16-le") + b"\0\0"
+        elif typ in ("AnsiString", "String"):
+            out += v.encode("cp1252") + b"\0"
+        else:
+            raise AssertionError(f"encoder does not know {typ}")
+    return bytes(out)
+
+
+def expected(fields, values: dict) -> dict:
+    """What a decoder must return for ``values``."""
+    out = {}
+    for typ, name in fields:
+        v = values[name]
+        if typ == "SID" or (typ == "Object" and v is not None):
+            v = sid_text(v)
+        out[name] = v
+    return out
+
+
+# -- values ---------------------------------------------------------------------------------------
+ANSI_ALPHABET = "".join(
+    ch for ch in (bytes([b]).decode("cp1252", "ignore") for b in range(1, 256)) if ch
+)
+utf16_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+ansi_text = st.text(st.sampled_from(ANSI_ALPHABET), max_size=20)
+sids = st.tuples(st.integers(0, 2**48 - 1), st.lists(st.integers(0, 2**32 - 1), max_size=15))
+
+
+def strategy_for(typ: str, name: str, mof: bool, pointer_size: int):
+    if mof and name in MOF_POINTER_FIELDS:
+        return st.integers(0, 2 ** (8 * pointer_size) - 1)
+    return {
+        "UInt16": st.integers(0, 2**16 - 1),
+        "UInt32": st.integers(0, 2**32 - 1),
+        "SInt32": st.integers(-(2**31), 2**31 - 1),
+        "UInt64": st.integers(0, 2**64 - 1),
+        "FILETIME": st.integers(0, 2**64 - 1),
+        "SID": sids,
+        "Object": st.none() | sids,
+        "UnicodeString": utf16_text,
+        "AnsiString": ansi_text,
+        "String": ansi_text if name == "ImageFileName" else utf16_text,
+    }[typ]
+
+
+def sample_values(fields, seed: int, mof: bool = False, pointer_size: int = 8) -> dict:
+    """Deterministic, realistic-looking values for a golden payload."""
+    rnd = random.Random(seed)
+    vals = {}
+    for typ, name in fields:
+        if mof and name in MOF_POINTER_FIELDS:
+            vals[name] = rnd.getrandbits(8 * pointer_size)
+        elif typ == "UInt16":
+            vals[name] = 0x8664
+        elif typ in ("UInt32", "SInt32"):
+            vals[name] = rnd.randrange(1, 70000)
+        elif typ in ("UInt64", "FILETIME"):
+            vals[name] = 133_000_000_000_000_000 + rnd.getrandbits(40)
+        elif typ == "SID":
+            vals[name] = (16, [12288])                        # S-1-16-12288, High integrity
+        elif typ == "Object":
+            vals[name] = (5, [21, 1004336348, 1177238915, 682003330, 1001])
+        elif name == "ImageName" and typ == "UnicodeString":
+            vals[name] = r"\Device\HarddiskVolume3\Windows\System32\wbem\mofcomp.exe"
+        elif name == "ImageName":
+            vals[name] = "mofcomp.exe"
+        elif name == "ImageFileName":
+            vals[name] = "mofcomp.exe"
+        elif name == "CommandLine":
+            vals[name] = r'mofcomp.exe "C:\Users\Public\évil ☃.mof"'
+        else:
+            vals[name] = "" if rnd.random() < 0.5 else "Microsoft.App_1.0_x64__8wekyb3d8bbwe"
+    return vals
+
+
+KP_KEYS = sorted(KP_ROWS)
+SL_KEYS = sorted(k for k in MOF_ROWS if k[1] >= 0)
+
+
+# -- the manifest module is the TSV data --------------------------------------------------------
+
+def test_manifest_module_matches_extracted_field_lists():
+    for key, (name, fields) in KP_ROWS.items():
+        schema = etw_manifest.KERNEL_PROCESS[key]
+        assert schema.name == name
+        assert [f for f, _ in schema.fields] == [f for _, f in fields]
+    assert set(etw_manifest.KERNEL_PROCESS) == set(KP_ROWS)
+    for (opcode, ver), (name, fields) in MOF_ROWS.items():
+        schema = etw_manifest.system_process_schema(opcode, ver)
+        assert [f for f, _ in schema.fields] == [f for _, f in fields], (opcode, ver)
+
+
+def test_kernel_process_versions_cover_every_build():
+    assert {v for (e, v) in KP_ROWS if e == 1} == set(range(6))
+    assert {v for (e, v) in KP_ROWS if e == 2} == set(range(3))
+    assert {v for (e, v) in KP_ROWS if e == 15} == set(range(4))
+
+
+@needs_shared
+def test_tests_data_is_a_copy_of_shared():
+    for f in (KP_TSV, MOF_TSV):
+        assert f.read_bytes() == (SHARED / "data" / "etw" / f.name).read_bytes()
+
+
+# -- golden payloads --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", KP_KEYS, ids=[f"id{e}v{v}" for e, v in KP_KEYS])
+def test_kernel_process_golden(key):
+    eid, ver = key
+    _, fields = KP_ROWS[key]
+    for seed in range(3):
+        vals = sample_values(fields, seed)
+        payload = encode(fields, vals)
+        want = expected(fields, vals)
+        assert decode_kernel_process(eid, ver, payload) == want
+        assert decode_kernel_process_generic(eid, ver, payload) == want
+
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+@pytest.mark.parametrize("key", SL_KEYS, ids=[f"op{e}v{v}" for e, v in SL_KEYS])
+def test_system_logger_golden(key, pointer_size):
+    opcode, ver = key
+    _, fields = MOF_ROWS[key]
+    for seed in range(3):
+        vals = sample_values(fields, seed, mof=True, pointer_size=pointer_size)
+        if seed == 2 and "UserSID" in vals:
+            vals["UserSID"] = None                      # the 4-byte null form
+        payload = encode(fields, vals, mof=True, pointer_size=pointer_size)
+        want = expected(fields, vals)
+        assert decode_system_process(opcode, ver, payload, pointer_size) == want
+        assert decode_system_process_generic(opcode, ver, payload, pointer_size) == want
+
+
+def test_v3_image_name_offset_follows_the_sid_length():
+    """Reference §1.2: with a 12-byte integrity SID ImageName starts at 60; a longer SID moves it."""
+    _, fields = KP_ROWS[(1, 3)]
+    vals = sample_values(fields, 0)
+    payload = encode(fields, vals)
+    image = vals["ImageName"].encode("utf-16-le")
+    assert payload.index(image) == 60
+    vals["MandatoryLabel"] = (16, [12288, 7, 9])          # 20 bytes
+    payload = encode(fields, vals)
+    assert payload.index(image) == 68
+    assert decode_kernel_process(1, 3, payload)["ImageName"] == vals["ImageName"]
+    assert decode_kernel_process(1, 3, payload)["MandatoryLabel"] == "S-1-16-12288-7-9"
+
+
+def test_system_logger_v4_layout_matches_fibratus_offsets():
+    """x64 Process v4: ProcessId@8, ParentId@12, DirectoryTableBase@24, UserSID block @36."""
+    _, fields = MOF_ROWS[(1, 4)]
+    vals = sample_values(fields, 1, mof=True)
+    payload = encode(fields, vals, mof=True)
+    assert struct.unpack_from("<I", payload, 8)[0] == vals["ProcessId"]
+    assert struct.unpack_from("<I", payload, 12)[0] == vals["ParentId"]
+    assert struct.unpack_from("<Q", payload, 24)[0] == vals["DirectoryTableBase"]
+    assert payload[36 + 16] == 1 and payload[36 + 17] == 5   # SID revision/count after TOKEN_USER
+    out = decode_system_process(1, 4, payload)
+    assert out["CommandLine"] == vals["CommandLine"]
+    assert out["UserSID"] == "S-1-5-21-1004336348-1177238915-682003330-1001"
+
+
+def test_stop_image_name_is_ansi_short_name():
+    _, fields = KP_ROWS[(2, 2)]
+    vals = sample_values(fields, 0)
+    vals["ImageName"] = "cmd.exe"
+    out = decode_kernel_process(2, 2, encode(fields, vals))
+    assert out["ImageName"] == "cmd.exe" and out["ProcessSequenceNumber"] == vals["ProcessSequenceNumber"]
+
+
+def test_newer_version_reads_with_newest_layout():
+    _, fields = KP_ROWS[(1, 5)]
+    vals = sample_values(fields, 0)
+    payload = encode(fields, vals) + b"\x01\x02\x03\x04"   # a future v6 appends a field
+    want = expected(fields, vals)
+    assert decode_kernel_process(1, 6, payload) == want
+    assert decode_kernel_process_generic(1, 6, payload) == want
+    dec = PayloadDecoder()
+    assert dec.kernel_process(1, 6, payload) == want
+    assert dec.unknown_versions[(1, 6)] == 1
+
+
+def test_every_truncation_is_an_error_in_both_and_counted():
+    dec = PayloadDecoder()
+    checked = 0
+    for (eid, ver), (_, fields) in KP_ROWS.items():
+        payload = encode(fields, sample_values(fields, 7))
+        for cut in range(len(payload)):
+            short = payload[:cut]
+            with pytest.raises(DecodeError):
+                decode_kernel_process(eid, ver, short)
+            with pytest.raises(DecodeError):
+                decode_kernel_process_generic(eid, ver, short)
+            assert dec.kernel_process(eid, ver, short) is None
+            checked += 1
+    assert dec.errors == checked and dec.decoded == 0
+
+
+def test_decoder_rejects_bad_sids_and_unknown_events():
+    _, fields = KP_ROWS[(1, 4)]
+    vals = sample_values(fields, 0)
+    payload = bytearray(encode(fields, vals))
+    payload[48] = 2                                       # SID revision 2
+    dec = PayloadDecoder()
+    assert dec.kernel_process(1, 4, bytes(payload)) is None
+    payload[48], payload[49] = 1, 16                      # 16 sub-authorities > SID_MAX
+    assert dec.kernel_process(1, 4, bytes(payload)) is None
+    assert dec.kernel_process(99, 0, b"\0" * 64) is None  # not a process event
+    assert dec.system_process(10, 2, b"\0" * 64) is None
+    assert dec.errors == 4
+    assert dec.stats()["decode_errors"] == 4
+
+
+# -- property tests: fast == twin, never raises -------------------------------------------------
+
+@st.composite
+def kp_cases(draw):
+    eid, ver = draw(st.sampled_from(KP_KEYS))
+    _, fields = KP_ROWS[(eid, ver)]
+    vals = {name: draw(strategy_for(typ, name, False, 8)) for typ, name in fields}
+    return eid, ver, fields, vals
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kp_cases(), st.data())
+def test_kernel_process_fast_equals_twin_on_random_values(case, data):
+    eid, ver, fields, vals = case
+    payload = encode(fields, vals)
+    want = expected(fields, vals)
+    assert decode_kernel_process(eid, ver, payload) == want
+    assert decode_kernel_process_generic(eid, ver, payload) == want
+    # A truncated or corrupted payload: both agree (same dict or both DecodeError).
+    cut = data.draw(st.integers(0, len(payload)))
+    flip = data.draw(st.lists(st.tuples(st.integers(0, max(len(payload) - 1, 0)), st.integers(0, 255)), max_size=3))
+    mutated = bytearray(payload[:cut])
+    for i, b in flip:
+        if i < len(mutated):
+            mutated[i] = b
+    assert_same(lambda: decode_kernel_process(eid, ver, bytes(mutated)),
+                lambda: decode_kernel_process_generic(eid, ver, bytes(mutated)))
+    PayloadDecoder().kernel_process(eid, ver, bytes(mutated))   # never raises
+
+
+@st.composite
+def sl_cases(draw):
+    opcode, ver = draw(st.sampled_from(SL_KEYS))
+    psize = draw(st.sampled_from([4, 8]))
+    _, fields = MOF_ROWS[(opcode, ver)]
+    vals = {name: draw(strategy_for(typ, name, True, psize)) for typ, name in fields}
+    return opcode, ver, psize, fields, vals
+
+
+@settings(max_examples=200, deadline=None)
+@given(sl_cases(), st.integers(0, 400))
+def test_system_logger_fast_equals_twin_on_random_values(case, cut):
+    opcode, ver, psize, fields, vals = case
+    payload = encode(fields, vals, mof=True, pointer_size=psize)
+    want = expected(fields, vals)
+    assert decode_system_process(opcode, ver, payload, psize) == want
+    assert decode_system_process_generic(opcode, ver, payload, psize) == want
+    short = payload[:cut]
+    assert_same(lambda: decode_system_process(opcode, ver, short, psize),
+                lambda: decode_system_process_generic(opcode, ver, short, psize))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([1, 2, 15, 3, 0]), st.integers(0, 8), st.binary(max_size=200))
+def test_random_bytes_never_escape(eid, ver, blob):
+    dec = PayloadDecoder()
+    dec.kernel_process(eid, ver, blob)
+    dec.system_process(eid, ver, blob, 8)
+    assert dec.decoded + dec.errors == 2
+    if eid in (1, 2, 15):
+        assert_same(lambda: decode_kernel_process(eid, ver, blob),
+                    lambda: decode_kernel_process_generic(eid, ver, blob))
+
+
+def assert_same(fast, twin):
+    try:
+        a = fast()
+    except DecodeError:
+        a = DecodeError
+    try:
+        b = twin()
+    except DecodeError:
+        b = DecodeError
+    assert a == b

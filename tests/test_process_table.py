@@ -1,0 +1,349 @@
+"""Process table, psutil back-fill, system-logger join; and a live stand-in with real child processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from sensor.enrich.backfill import Backfiller, join_cmdline
+from sensor.enrich.process_table import (
+    ProcessTable,
+    filetime_from_unix,
+    unix_from_filetime,
+)
+from sensor.sources.etw import EtwProcessor, utc_time
+
+S = 10_000_000            # FILETIME ticks per second
+T0 = 133_500_000_000_000_000
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_filetime_round_trip_and_utc_time():
+    assert unix_from_filetime(filetime_from_unix(1_700_000_000.25)) == pytest.approx(1_700_000_000.25)
+    assert utc_time(filetime_from_unix(0)) == "1970-01-01 00:00:00.000"
+    assert utc_time(2**64 - 1) is None and utc_time(0) is None
+
+
+def test_identity_by_sequence_number_and_create_time():
+    t = ProcessTable(create_tolerance=0.01)
+    a = t.add(10, T0, seq=77, image="C:\\a.exe")
+    assert t.get(10, seq=77) is a and t.get(10, seq=78) is None
+    assert t.get(10, T0 + 50_000) is a                    # within 5 ms
+    assert t.get(10, T0 + S) is None
+    # The same generation seen again (rundown after a psutil seed) merges instead of duplicating.
+    b = t.add(10, T0 + 10, seq=None, command_line="a.exe /x", source="psutil")
+    assert b is a and a.command_line == "a.exe /x" and len(t) == 1
+
+
+def test_parent_even_after_exit_then_expiry():
+    clock = Clock()
+    t = ProcessTable(exit_ttl=60, clock=clock)
+    t.add(100, T0, image="C:\\Windows\\System32\\cmd.exe", command_line="cmd /c x")
+    assert t.exited(100, T0, exit_time=T0 + 5 * S)
+    p = t.parent_of(100, T0 + 2 * S)                      # child started before the parent exited
+    assert p is not None and p.command_line == "cmd /c x"
+    clock.t = 59
+    t.expire()
+    assert t.parent_of(100, T0 + 2 * S) is not None
+    clock.t = 61
+    t.expire()
+    assert t.parent_of(100, T0 + 2 * S) is None and len(t) == 0 and t.expired == 1
+
+
+def test_pid_reuse_guard():
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(200, T0 + 10 * S, image="C:\\new.exe")           # pid 200 recycled after the child started
+    assert t.parent_of(200, T0) is None
+    assert t.reuse_rejected == 1
+    t2 = ProcessTable(create_tolerance=0.01)
+    t2.add(300, T0, image="C:\\old.exe")
+    t2.exited(300, T0, exit_time=T0 + S)
+    assert t2.parent_of(300, T0 + 5 * S) is None           # the old 300 was gone before the child
+    # Two generations of one pid: the child gets the one alive at its start.
+    t2.add(300, T0 + 3 * S, image="C:\\new.exe")
+    assert t2.parent_of(300, T0 + 5 * S).image == "C:\\new.exe"
+    assert t2.parent_of(300, T0 + S // 2).image == "C:\\old.exe"
+
+
+def test_new_generation_marks_old_one_exited():
+    t = ProcessTable(create_tolerance=0.01)
+    old = t.add(5, T0, image="a")
+    t.add(5, T0 + 100 * S, image="b")
+    assert old.exited and t.get(5).image == "b"
+
+
+def test_bounded_evicts_exited_first():
+    clock = Clock()
+    t = ProcessTable(max_entries=3, clock=clock)
+    t.add(1, T0)
+    t.add(2, T0)
+    t.add(3, T0)
+    t.exited(2, T0)
+    t.add(4, T0)
+    assert len(t) == 3 and t.get(2, T0) is None and t.get(1, T0) is not None
+    t.add(5, T0)                                          # nothing exited: the oldest goes
+    assert len(t) == 3 and t.get(1, T0) is None and t.evicted == 2
+
+
+class FakeProc:
+    def __init__(self, ps, pid):
+        self.ps, self.pid = ps, pid
+        spec = ps.procs.get(pid)
+        if spec is None:
+            raise psutil.NoSuchProcess(pid)
+        self.spec = spec
+
+    def oneshot(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def _get(self, name):
+        v = self.spec[name]
+        if isinstance(v, Exception):
+            raise v
+        return v
+
+    def create_time(self):
+        return self._get("create_time")
+
+    def cmdline(self):
+        return self._get("cmdline")
+
+    def username(self):
+        return self._get("username")
+
+    def cwd(self):
+        return self._get("cwd")
+
+
+class FakePsutil:
+    NoSuchProcess = psutil.NoSuchProcess
+    AccessDenied = psutil.AccessDenied
+
+    def __init__(self, procs):
+        self.procs = procs
+
+    def Process(self, pid):
+        return FakeProc(self, pid)
+
+    def process_iter(self, attrs):
+        from types import SimpleNamespace
+        for pid, spec in self.procs.items():
+            yield SimpleNamespace(info={"pid": pid, "ppid": spec.get("ppid"), "create_time": spec["create_time"],
+                                        "exe": spec.get("exe"), "name": None, "cmdline": spec.get("cmdline"),
+                                        "username": spec.get("username")})
+
+
+def test_backfill_counts_each_kind_of_miss():
+    now = 1_700_000_000.0
+    ps = FakePsutil({
+        1: {"create_time": now, "cmdline": ["a", "b c"], "username": "u", "cwd": "/x"},
+        2: {"create_time": now, "cmdline": psutil.AccessDenied(2), "username": "u", "cwd": "/x"},
+        3: {"create_time": now + 60, "cmdline": ["new"], "username": "u", "cwd": "/"},
+        4: {"create_time": now, "cmdline": psutil.ZombieProcess(4), "username": "u", "cwd": "/"},
+    })
+    bf = Backfiller(psutil_module=ps, create_tolerance=0.5)
+    assert bf.fields == ("CommandLine", "User", "CurrentDirectory")   # no token reader given
+    ct = filetime_from_unix(now)
+    ev, origin = {"CommandLine": None, "User": None, "CurrentDirectory": None}, {}
+    assert bf.fill(ev, 1, ct, origin) == 3
+    assert ev["CommandLine"] == join_cmdline(["a", "b c"]) and origin["User"] == "backfill"
+    ev2, o2 = {"CommandLine": None, "User": None, "CurrentDirectory": None}, {}
+    bf.fill(ev2, 2, ct, o2)
+    assert ev2["CommandLine"] is None and o2["CommandLine"] == "missing" and ev2["User"] == "u"
+    ev3, o3 = {"CommandLine": None, "User": None, "CurrentDirectory": None}, {}
+    assert bf.fill(ev3, 3, ct, o3) == 0 and o3["CommandLine"] == "missing"   # pid reused
+    bf.fill({"CommandLine": None, "User": None, "CurrentDirectory": None}, 4, ct, {})
+    bf.fill({"CommandLine": None, "User": None, "CurrentDirectory": None}, 99, ct, {})   # gone
+    s = bf.stats()
+    assert s["miss_gone"] == 2 and s["miss_pid_reused"] == 1
+    assert s["miss_access_denied"] == {"CommandLine": 1} and s["hits"]["CommandLine"] == 1
+    assert s["complete"] == 1 and s["attempts"] == 5
+
+
+def test_seed_from_fake_psutil():
+    ps = FakePsutil({7: {"create_time": 1_700_000_000.0, "ppid": 1, "exe": "/bin/x", "cmdline": ["x", "-y"],
+                         "username": "root"}})
+    t = ProcessTable()
+    assert t.seed_from_psutil(ps) == 1
+    e = t.get(7)
+    assert e.image == "/bin/x" and e.command_line == join_cmdline(["x", "-y"]) and e.source == "psutil"
+
+
+# -- system-logger join -----------------------------------------------------------------------
+
+def start_fields(pid, ppid, ct, image="\\Device\\HarddiskVolume3\\Windows\\System32\\wbem\\mofcomp.exe"):
+    return {"ProcessID": pid, "CreateTime": ct, "ParentProcessID": ppid, "SessionID": 1, "ImageName": image}
+
+
+def sl_fields(pid, ppid, cmd, sid="S-1-5-18"):
+    return {"UniqueProcessKey": 1, "ProcessId": pid, "ParentId": ppid, "SessionId": 1, "ExitStatus": 259,
+            "DirectoryTableBase": 0, "Flags": 0, "UserSID": sid, "ImageFileName": "mofcomp.exe",
+            "CommandLine": cmd, "PackageFullName": "", "ApplicationId": ""}
+
+
+def processor(**kw):
+    clock = Clock()
+    mapper = {"\\Device\\HarddiskVolume3": "C:"}
+    from sensor.enrich.devices import DeviceMapper
+    p = EtwProcessor(device_mapper=DeviceMapper(devices=mapper), clock=clock, **kw)
+    return p, clock
+
+
+def test_system_logger_record_first_then_start():
+    p, _ = processor(join_wait=0.05)
+    assert p.on_system_logger(1, sl_fields(40, 4, "mofcomp.exe C:\\Users\\Public\\x.mof"), T0 + 1000) == []
+    [ev] = p.on_start(start_fields(40, 4, T0))
+    assert ev["CommandLine"] == "mofcomp.exe C:\\Users\\Public\\x.mof"
+    assert ev["User"] == "NT AUTHORITY\\SYSTEM"
+    assert ev.origin["CommandLine"] == "system_logger" and ev.origin["User"] == "system_logger"
+    assert ev["Image"] == "C:\\Windows\\System32\\wbem\\mofcomp.exe"
+    assert p.stats()["sl_joined"] == 1
+
+
+def test_start_waits_for_its_system_logger_record():
+    p, clock = processor(join_wait=0.05, sid_resolver=lambda sid: "CORP\\alice")
+    assert p.on_start(start_fields(41, 4, T0)) == []       # held
+    assert p.next_deadline() == pytest.approx(0.05)
+    [ev] = p.on_system_logger(1, sl_fields(41, 4, "cmd /c whoami", "S-1-5-21-1-2-3-1001"), T0 + 20_000)
+    assert ev["CommandLine"] == "cmd /c whoami" and ev["User"] == "CORP\\alice"
+    # A start whose record never comes is emitted when its wait ends, marked missing.
+    assert p.on_start(start_fields(42, 4, T0)) == []
+    clock.t = 0.01
+    assert p.due() == []
+    clock.t = 0.06
+    [late] = p.due()
+    assert late["ProcessId"] == 42 and late.origin["CommandLine"] == "missing"
+    # Its record arriving afterwards still reaches the table, for its children.
+    p.on_system_logger(1, sl_fields(42, 4, "late.exe /q"), T0 + 10)
+    assert p.table.get(42).command_line == "late.exe /q" and p.stats()["sl_late"] == 1
+    assert p.on_start(start_fields(43, 42, T0 + S)) == []   # held for its own record
+    clock.t = 1.0
+    [child] = p.due()
+    assert child["ParentCommandLine"] == "late.exe /q"
+
+
+def test_system_logger_record_of_another_parent_is_not_joined():
+    p, clock = processor(join_wait=0.05)
+    p.on_system_logger(1, sl_fields(50, 999, "other"), T0)
+    assert p.on_start(start_fields(50, 4, T0)) == []
+    clock.t = 1.0
+    [ev] = p.due()
+    assert ev["CommandLine"] is None
+    clock.t = 10.0
+    p.on_system_logger(1, sl_fields(51, 4, "x"), T0)        # triggers expiry of the unmatched one
+    assert p.stats()["sl_unmatched"] == 1
+
+
+def test_system_logger_rundown_gives_parent_command_lines():
+    p, _ = processor()
+    p.on_kernel_process(15, start_fields(60, 4, T0, "\\Device\\HarddiskVolume3\\Windows\\explorer.exe"))
+    p.on_system_logger(3, sl_fields(60, 4, "C:\\Windows\\Explorer.EXE"), T0 + 99 * S)
+    [ev] = p.on_start(start_fields(61, 60, T0 + 100 * S))
+    assert ev["ParentImage"] == "C:\\Windows\\explorer.exe"
+    assert ev["ParentCommandLine"] == "C:\\Windows\\Explorer.EXE"
+    assert ev.origin["ParentCommandLine"] == "process_table"
+
+
+# -- live stand-in: real child processes on this OS ----------------------------------------------
+
+def _ft(pid):
+    return filetime_from_unix(psutil.Process(pid).create_time())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX stand-in (uses sleep/true)")
+def test_live_children_through_table_and_backfill(tmp_path):
+    table = ProcessTable()
+    seeded = table.seed_from_psutil()
+    assert seeded > 0 and table.get(os.getpid()) is not None
+    bf = Backfiller()
+    proc = EtwProcessor(table, bf, device_mapper=lambda p: p)
+    me = psutil.Process()
+
+    # A long-lived parent: waits for a line, starts a long-lived child, prints its pid, exits.
+    script = ("import subprocess, sys; sys.stdin.readline(); "
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', 'child-marker']); "
+              "print(c.pid, flush=True)")
+    parent = subprocess.Popen([sys.executable, "-c", script, "parent-marker"], cwd=tmp_path,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child_pid = None
+    try:
+        parent_ct = _ft(parent.pid)
+        [pev] = proc.on_start(start_fields(parent.pid, os.getpid(), parent_ct, sys.executable))
+        assert pev["CommandLine"] == join_cmdline([sys.executable, "-c", script, "parent-marker"])
+        assert pev.origin["CommandLine"] == "backfill"
+        assert pev["CurrentDirectory"] == str(tmp_path)
+        assert pev["User"] == me.username()
+        assert pev["ParentImage"] == me.exe() and pev["ParentCommandLine"] == join_cmdline(me.cmdline())
+        assert pev.origin["ParentImage"] == "process_table"
+
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        child_pid = int(parent.stdout.readline())
+        child_ct = _ft(child_pid)
+        parent.wait(10)
+        proc.on_kernel_process(2, {"ProcessID": parent.pid, "CreateTime": parent_ct,
+                                   "ExitTime": filetime_from_unix(time.time())})
+        assert table.get(parent.pid, parent_ct).exited
+
+        # The child's start is handled after its parent is gone: the table still knows the parent.
+        [cev] = proc.on_start(start_fields(child_pid, parent.pid, child_ct, sys.executable))
+        assert cev["CommandLine"] == join_cmdline([sys.executable, "-c", "import time; time.sleep(30)",
+                                                   "child-marker"])
+        assert cev["ParentImage"] == sys.executable
+        assert "parent-marker" in cev["ParentCommandLine"]
+        assert cev.origin["ParentCommandLine"] == "process_table"
+    finally:
+        if child_pid:
+            try:
+                psutil.Process(child_pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        if parent.poll() is None:
+            parent.kill()
+        parent.wait(10)
+        parent.stdin.close()
+        parent.stdout.close()
+
+    # Short-lived and still running when its start is handled: captured.
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)", "short-marker"])
+    try:
+        [qev] = proc.on_start(start_fields(quick.pid, os.getpid(), _ft(quick.pid), sys.executable))
+        assert qev["CommandLine"].endswith("short-marker") and qev.origin["CommandLine"] == "backfill"
+    finally:
+        quick.wait(10)
+
+    # Short-lived and gone (reaped) before its start is handled: a counted miss, field missing.
+    gone_before = bf.gone
+    t_spawn = time.time()
+    done = subprocess.Popen(["true"])
+    done.wait(10)
+    [gev] = proc.on_start(start_fields(done.pid, os.getpid(), filetime_from_unix(t_spawn), "/bin/true"))
+    assert gev["CommandLine"] is None and gev.origin["CommandLine"] == "missing"
+    assert gev["ParentImage"] == me.exe()                 # the parent link does not need the child
+    assert bf.gone == gone_before + 1
+
+    # Exited but not reaped (a zombie): also a counted miss, never an exception.
+    z = subprocess.Popen([sys.executable, "-c", "pass"])
+    zct = _ft(z.pid)
+    deadline = time.monotonic() + 10
+    while psutil.Process(z.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        [zev] = proc.on_start(start_fields(z.pid, os.getpid(), zct, sys.executable))
+        assert zev.origin["CurrentDirectory"] == "missing"
+        assert bf.gone == gone_before + 2
+    finally:
+        z.wait(10)
+

@@ -40,5 +40,8 @@ annotate: $(STAMP)
 	SENSOR_ANNOTATE=1 $(VPY) setup.py -q build_ext --inplace --force
 	@echo "annotation: native/_matcher.html"
 
+fuzz:
+	fuzz/run.sh
+
 clean:
-	rm -rf build dist *.egg-info sensor/*.so native/_matcher.c native/*.html
+	rm -rf build dist *.egg-info sensor/*.so native/_matcher.c native/*.html fuzz/out

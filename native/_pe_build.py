@@ -1,0 +1,68 @@
+"""cffi (API mode, out-of-line) builder for ``sensor._pe``, the native PE version-info reader.
+
+setup.py wires it with ``cffi_modules=["native/_pe_build.py:ffibuilder"]``; to build by hand:
+``python native/_pe_build.py`` (writes build/sensor/_pe*.so; the normal way is
+``python setup.py build_ext --inplace``).
+"""
+import os
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CDEF = """
+#define PEV_BLOB_MAX 65536
+#define PEV_NFIELDS 7
+
+typedef struct pev_result {
+    int32_t status;
+    int32_t sys_error;
+    uint64_t file_size;
+    int64_t mtime_ns;
+    int32_t has_fixed;
+    uint32_t file_version_ms, file_version_ls;
+    uint32_t product_version_ms, product_version_ls;
+    uint32_t blob_len;
+    uint32_t str_off[7];
+    uint32_t str_len[7];
+} pev_result;
+
+int pev_parse_file(const char *path, pev_result *r, uint8_t *blob);
+int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob);
+int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns);
+const char *pev_strerror(int status);
+"""
+
+
+def _cflags():
+    if os.name == "nt":
+        return ["/O2"]
+    flags = ["-O0", "-g", "-UNDEBUG"] if os.environ.get("SENSOR_DEBUG") else ["-O2"]
+    if os.environ.get("SENSOR_SANITIZE"):
+        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    return flags
+
+
+def make_builder(base: str = "native") -> FFI:
+    """The cffi builder; ``base`` is the folder of pe_version.c as the compiler will see it."""
+    builder = FFI()
+    builder.cdef(CDEF)
+    builder.set_source(
+        "sensor._pe",
+        '#include "pe_version.h"\n',
+        sources=[os.path.join(base, "pe_version.c")],
+        include_dirs=[base],
+        extra_compile_args=_cflags(),
+        extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SENSOR_SANITIZE") else [],
+    )
+    return builder
+
+
+# setup.py runs cffi builders from the project root, so the paths stay relative (portable
+# wheels); a direct run compiles inside build/ and needs absolute ones.
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    out = os.path.join(os.path.dirname(HERE), "build")
+    print(make_builder(HERE).compile(tmpdir=out, verbose="-v" in sys.argv))

@@ -1,0 +1,771 @@
+/* pe_version.c: static VERSIONINFO reader.  Specification: docs/pe.md; facts:
+ * PE/COFF resource directory and VS_VERSIONINFO layouts (reference notes §3).
+ * The pure-Python twin (sensor/enrich/_pe_py.py) mirrors every step and check
+ * below in the same order, so both return the same result or the same error. */
+/* pread and st_mtim are POSIX.1-2008; ask for them under a strict -std=c99. */
+#if !defined(_WIN32) && !defined(__APPLE__) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include "pe_version.h"
+
+#include <string.h>
+
+#ifdef _WIN32
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#else
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
+#include <stdlib.h>
+
+/* ------------------------------------------------------------------ */
+/* Portable file layer: open, size + mtime, read at an offset, close. */
+
+#define PEV_WINDOW 4096u
+
+typedef struct pev_src {
+    const uint8_t *mem; /* buffer mode when non-NULL */
+    uint64_t size;
+    int is_file;
+    int sys_error;
+#ifdef _WIN32
+    HANDLE h;
+#else
+    int fd;
+#endif
+    /* Two read windows: the header page and the resource-directory page serve
+     * almost every small read with one system call each. */
+    uint8_t win[2][PEV_WINDOW];
+    uint64_t win_off[2];
+    uint32_t win_len[2];
+    int win_next;
+} pev_src;
+
+#ifdef _WIN32
+static wchar_t *utf8_to_wide(const char *s)
+{
+    int n = MultiByteToWideChar(CP_UTF8, 0, s, -1, NULL, 0);
+    wchar_t *w;
+    if (n <= 0)
+        return NULL;
+    w = (wchar_t *)malloc((size_t)n * sizeof(wchar_t));
+    if (!w)
+        return NULL;
+    if (MultiByteToWideChar(CP_UTF8, 0, s, -1, w, n) != n) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* FILETIME (100 ns since 1601) -> ns since 1970, as Python's st_mtime_ns. */
+static int64_t filetime_ns(FILETIME ft)
+{
+    uint64_t t = ((uint64_t)ft.dwHighDateTime << 32) | ft.dwLowDateTime;
+    return ((int64_t)t - 116444736000000000LL) * 100;
+}
+
+static int src_open(pev_src *s, const char *path, int64_t *mtime_ns)
+{
+    BY_HANDLE_FILE_INFORMATION info;
+    wchar_t *w = utf8_to_wide(path);
+    if (!w) {
+        s->sys_error = (int)GetLastError();
+        return -1;
+    }
+    /* Share read|write|delete: the image may be running or about to be deleted. */
+    s->h = CreateFileW(w, GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                       NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    free(w);
+    if (s->h == INVALID_HANDLE_VALUE) {
+        s->sys_error = (int)GetLastError();
+        return -1;
+    }
+    if (!GetFileInformationByHandle(s->h, &info)) {
+        s->sys_error = (int)GetLastError();
+        CloseHandle(s->h);
+        return -1;
+    }
+    s->size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
+    *mtime_ns = filetime_ns(info.ftLastWriteTime);
+    s->is_file = 1;
+    return 0;
+}
+
+static int src_raw_read(pev_src *s, uint64_t off, uint8_t *dst, uint32_t n)
+{
+    while (n > 0) {
+        OVERLAPPED ov;
+        DWORD got = 0;
+        memset(&ov, 0, sizeof ov);
+        ov.Offset = (DWORD)(off & 0xFFFFFFFFu);
+        ov.OffsetHigh = (DWORD)(off >> 32);
+        if (!ReadFile(s->h, dst, n, &got, &ov)) {
+            s->sys_error = (int)GetLastError();
+            return -1;
+        }
+        if (got == 0) { /* the file shrank under us */
+            s->sys_error = (int)ERROR_HANDLE_EOF;
+            return -1;
+        }
+        off += got;
+        dst += got;
+        n -= got;
+    }
+    return 0;
+}
+
+static void src_close(pev_src *s)
+{
+    if (s->is_file)
+        CloseHandle(s->h);
+}
+
+int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns)
+{
+    WIN32_FILE_ATTRIBUTE_DATA d;
+    wchar_t *w = utf8_to_wide(path);
+    BOOL ok;
+    if (!w)
+        return (int)GetLastError();
+    ok = GetFileAttributesExW(w, GetFileExInfoStandard, &d);
+    free(w);
+    if (!ok)
+        return (int)GetLastError();
+    *size = ((uint64_t)d.nFileSizeHigh << 32) | d.nFileSizeLow;
+    *mtime_ns = filetime_ns(d.ftLastWriteTime);
+    return 0;
+}
+
+#else /* POSIX */
+
+static int64_t stat_mtime_ns(const struct stat *st)
+{
+#if defined(__APPLE__)
+    return (int64_t)st->st_mtimespec.tv_sec * 1000000000LL + st->st_mtimespec.tv_nsec;
+#else
+    return (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+#endif
+}
+
+static int src_open(pev_src *s, const char *path, int64_t *mtime_ns)
+{
+    struct stat st;
+    int flags = O_RDONLY;
+#ifdef O_CLOEXEC
+    flags |= O_CLOEXEC;
+#endif
+    do {
+        s->fd = open(path, flags);
+    } while (s->fd < 0 && errno == EINTR);
+    if (s->fd < 0) {
+        s->sys_error = errno;
+        return -1;
+    }
+    if (fstat(s->fd, &st) != 0) {
+        s->sys_error = errno;
+        close(s->fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) { /* a FIFO or device would block or never end */
+        s->sys_error = EINVAL;
+        close(s->fd);
+        return -1;
+    }
+    s->size = (uint64_t)st.st_size;
+    *mtime_ns = stat_mtime_ns(&st);
+    s->is_file = 1;
+    return 0;
+}
+
+static int src_raw_read(pev_src *s, uint64_t off, uint8_t *dst, uint32_t n)
+{
+    while (n > 0) {
+        ssize_t got = pread(s->fd, dst, n, (off_t)off);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            s->sys_error = errno;
+            return -1;
+        }
+        if (got == 0) { /* the file shrank under us */
+            s->sys_error = EIO;
+            return -1;
+        }
+        off += (uint64_t)got;
+        dst += got;
+        n -= (uint32_t)got;
+    }
+    return 0;
+}
+
+static void src_close(pev_src *s)
+{
+    if (s->is_file)
+        close(s->fd);
+}
+
+int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return errno ? errno : EIO;
+    *size = (uint64_t)st.st_size;
+    *mtime_ns = stat_mtime_ns(&st);
+    return 0;
+}
+#endif
+
+/* Read n bytes at off; the caller has checked off + n <= s->size. */
+static int rd(pev_src *s, uint64_t off, void *dst, uint32_t n)
+{
+    int i;
+    if (s->mem) {
+        memcpy(dst, s->mem + off, n);
+        return 0;
+    }
+    if (n > PEV_WINDOW)
+        return src_raw_read(s, off, (uint8_t *)dst, n);
+    for (i = 0; i < 2; i++) {
+        if (s->win_len[i] && off >= s->win_off[i] &&
+            off + n <= s->win_off[i] + s->win_len[i]) {
+            memcpy(dst, s->win[i] + (off - s->win_off[i]), n);
+            return 0;
+        }
+    }
+    i = s->win_next;
+    s->win_next ^= 1;
+    {
+        uint64_t avail = s->size - off;
+        uint32_t len = avail < PEV_WINDOW ? (uint32_t)avail : PEV_WINDOW;
+        s->win_len[i] = 0;
+        if (src_raw_read(s, off, s->win[i], len) != 0)
+            return -1;
+        s->win_off[i] = off;
+        s->win_len[i] = len;
+    }
+    memcpy(dst, s->win[i], n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Little-endian helpers and the parse. */
+
+static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static uint32_t align4(uint32_t v) { return (v + 3u) & ~3u; }
+
+#define RD(off, dst, n)                                                                            \
+    do {                                                                                           \
+        if (rd(s, (off), (dst), (n)) != 0)                                                         \
+            return PEV_E_IO;                                                                       \
+    } while (0)
+
+typedef struct pev_ctx {
+    pev_src *s;
+    uint64_t sec;   /* file offset of the section table */
+    uint32_t nsec;
+    uint64_t rbase; /* file offset of the resource root directory */
+    uint64_t rlim;  /* end of the resource section's data in the file */
+} pev_ctx;
+
+/* Map an RVA to a file offset: the first section whose [VA, VA + (VirtualSize or
+ * SizeOfRawData)) holds it.  Returns the offset, the delta into the section and the
+ * section's raw size; PEV_E_RVA when no section holds it. */
+static int map_rva(pev_ctx *c, uint32_t rva, uint64_t *off, uint64_t *delta, uint64_t *raw)
+{
+    pev_src *s = c->s;
+    uint32_t i;
+    uint8_t h[16];
+    for (i = 0; i < c->nsec; i++) {
+        uint32_t vs, va, rs, ptr;
+        uint64_t span;
+        RD(c->sec + 40u * (uint64_t)i + 8u, h, 16);
+        vs = le32(h);
+        va = le32(h + 4);
+        rs = le32(h + 8);
+        ptr = le32(h + 12);
+        span = vs ? vs : rs;
+        if (rva >= va && (uint64_t)rva < (uint64_t)va + span) {
+            *delta = rva - va;
+            *off = (uint64_t)ptr + *delta;
+            *raw = rs;
+            return PEV_OK;
+        }
+    }
+    return PEV_E_RVA;
+}
+
+/* A resource-directory structure at root-relative `rel` of `need` bytes must lie in
+ * the resource section's file data. */
+static int dir_check(pev_ctx *c, uint64_t rel, uint64_t need)
+{
+    uint64_t a = c->rbase + rel;
+    if (a + need > c->rlim)
+        return a + need > c->s->size ? PEV_E_TRUNCATED : PEV_E_RESDIR;
+    return PEV_OK;
+}
+
+/* Read a directory header at root-relative `rel`: number of entries; bounds checked. */
+static int dir_open(pev_ctx *c, uint32_t rel, uint32_t *n)
+{
+    pev_src *s = c->s;
+    uint8_t h[16];
+    int rc = dir_check(c, rel, 16);
+    if (rc)
+        return rc;
+    RD(c->rbase + rel, h, 16);
+    *n = (uint32_t)le16(h + 12) + le16(h + 14);
+    if (*n > PEV_MAX_DIR_ENTRIES)
+        return PEV_E_RESDIR;
+    return dir_check(c, (uint64_t)rel + 16u, 8u * (uint64_t)*n);
+}
+
+/* Find the first ID entry `id` in directory `rel`; it must be a subdirectory. */
+static int dir_find_subdir(pev_ctx *c, uint32_t rel, uint32_t id, uint32_t *sub)
+{
+    pev_src *s = c->s;
+    uint32_t n, i;
+    uint8_t e[8];
+    int rc = dir_open(c, rel, &n);
+    if (rc)
+        return rc;
+    for (i = 0; i < n; i++) {
+        uint32_t name, otd;
+        RD(c->rbase + rel + 16u + 8u * (uint64_t)i, e, 8);
+        name = le32(e);
+        otd = le32(e + 4);
+        if (name & 0x80000000u) /* a named entry: RT_VERSION and ID 1 are IDs */
+            continue;
+        if (name == id) {
+            if (!(otd & 0x80000000u))
+                return PEV_E_RESDIR;
+            *sub = otd & 0x7FFFFFFFu;
+            return PEV_OK;
+        }
+    }
+    return PEV_E_NO_VERSION;
+}
+
+/* Version-tree node (VS_VERSIONINFO, StringFileInfo, StringTable, String, Var). */
+typedef struct node {
+    uint32_t end, key, keylen, val, vbytes, kids;
+} node;
+
+#define NODE_OK 0
+#define NODE_STOP (-1) /* no room for a header, or wLength < 6: end of the sibling list */
+#define NODE_BAD (-2)  /* key not NUL-terminated inside the node: skip it */
+
+static int node_at(const uint8_t *b, uint32_t pos, uint32_t limit, node *nd)
+{
+    uint32_t wlen, vlen, wtype, k;
+    if (pos + 6u > limit)
+        return NODE_STOP;
+    wlen = le16(b + pos);
+    if (wlen < 6u)
+        return NODE_STOP;
+    nd->end = pos + wlen < limit ? pos + wlen : limit;
+    vlen = le16(b + pos + 2);
+    wtype = le16(b + pos + 4);
+    nd->key = pos + 6u;
+    for (k = nd->key;; k += 2) {
+        if (k + 2u > nd->end)
+            return NODE_BAD;
+        if (le16(b + k) == 0)
+            break;
+    }
+    nd->keylen = (k - nd->key) / 2u;
+    nd->val = align4(k + 2u);
+    nd->vbytes = wtype ? 2u * vlen : vlen; /* text values count WCHARs, binary bytes */
+    nd->kids = align4(nd->val + nd->vbytes);
+    return NODE_OK;
+}
+
+static unsigned fold(unsigned u) { return (u >= 'A' && u <= 'Z') ? u + 32u : u; }
+
+/* Case-insensitive (ASCII) comparison of a node key with a literal. */
+static int key_is(const uint8_t *b, const node *nd, const char *lit)
+{
+    uint32_t i, n = (uint32_t)strlen(lit);
+    if (nd->keylen != n)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (fold(le16(b + nd->key + 2u * i)) != fold((unsigned char)lit[i]))
+            return 0;
+    return 1;
+}
+
+/* A StringTable key "LLLLCCCC" (8 hex digits) as (lang << 16) | codepage. */
+static int key_hex(const uint8_t *b, const node *nd, uint32_t *out)
+{
+    uint32_t i, v = 0;
+    if (nd->keylen != 8u)
+        return 0;
+    for (i = 0; i < 8u; i++) {
+        unsigned u = le16(b + nd->key + 2u * i), d;
+        if (u >= '0' && u <= '9')
+            d = u - '0';
+        else if (u >= 'a' && u <= 'f')
+            d = u - 'a' + 10u;
+        else if (u >= 'A' && u <= 'F')
+            d = u - 'A' + 10u;
+        else
+            return 0;
+        v = (v << 4) | d;
+    }
+    *out = v;
+    return 1;
+}
+
+static const char *const FIELD_KEYS[PEV_NFIELDS] = {
+    "OriginalFilename", "InternalName",    "CompanyName",   "ProductName",
+    "FileDescription",  "FileVersion",     "ProductVersion",
+};
+
+/* Walk the children of `parent`; `nodes` counts every header examined (cap). */
+#define FOR_CHILDREN(b, parent, pos, rc, child, nodes)                                             \
+    for ((pos) = (parent).kids;                                                                    \
+         (pos) < (parent).end && (nodes) < PEV_MAX_NODES &&                                        \
+         ((nodes)++, ((rc) = node_at((b), (pos), (parent).end, &(child))) != NODE_STOP);           \
+         (pos) += align4(le16((b) + (pos))))
+
+static void parse_blob(const uint8_t *b, uint32_t blen, const node *root, pev_result *r)
+{
+    uint32_t pos, nodes = 0, ntrans = 0, ntab = 0, i, j;
+    int rc, have_sfi = 0, have_vfi = 0, chosen = -1;
+    node ch, sfi, vfi;
+    uint32_t trans[PEV_MAX_TRANSLATIONS];
+    node tab[PEV_MAX_TABLES];
+    uint32_t tab_id[PEV_MAX_TABLES];
+    int tab_has_id[PEV_MAX_TABLES];
+    int seen[PEV_NFIELDS];
+    static const uint32_t fallback[3] = {0x040904B0u, 0x040904E4u, 0x04090000u};
+    (void)blen;
+    memset(&ch, 0, sizeof ch);
+    memset(&sfi, 0, sizeof sfi);
+    memset(&vfi, 0, sizeof vfi);
+
+    /* VS_FIXEDFILEINFO: optional here (Windows rejects its absence; we keep the strings). */
+    if (root->vbytes >= 52u && root->val + 52u <= root->end && le32(b + root->val) == 0xFEEF04BDu) {
+        r->has_fixed = 1;
+        r->file_version_ms = le32(b + root->val + 8);
+        r->file_version_ls = le32(b + root->val + 12);
+        r->product_version_ms = le32(b + root->val + 16);
+        r->product_version_ls = le32(b + root->val + 20);
+    }
+
+    FOR_CHILDREN(b, *root, pos, rc, ch, nodes) {
+        if (rc != NODE_OK)
+            continue;
+        if (!have_sfi && key_is(b, &ch, "StringFileInfo")) {
+            sfi = ch;
+            have_sfi = 1;
+        } else if (!have_vfi && key_is(b, &ch, "VarFileInfo")) {
+            vfi = ch;
+            have_vfi = 1;
+        }
+        if (have_sfi && have_vfi)
+            break;
+    }
+
+    if (have_vfi) {
+        FOR_CHILDREN(b, vfi, pos, rc, ch, nodes) {
+            if (rc == NODE_OK && key_is(b, &ch, "Translation")) {
+                uint32_t avail = ch.val <= ch.end ? ch.end - ch.val : 0;
+                if (ch.vbytes < avail)
+                    avail = ch.vbytes;
+                ntrans = avail / 4u;
+                if (ntrans > PEV_MAX_TRANSLATIONS)
+                    ntrans = PEV_MAX_TRANSLATIONS;
+                for (i = 0; i < ntrans; i++) {
+                    uint32_t d = le32(b + ch.val + 4u * i); /* LOWORD lang, HIWORD codepage */
+                    trans[i] = ((d & 0xFFFFu) << 16) | (d >> 16);
+                }
+                break;
+            }
+        }
+    }
+
+    if (!have_sfi)
+        return;
+    FOR_CHILDREN(b, sfi, pos, rc, ch, nodes) {
+        if (rc != NODE_OK)
+            continue;
+        tab[ntab] = ch;
+        tab_has_id[ntab] = key_hex(b, &ch, &tab_id[ntab]);
+        if (++ntab == PEV_MAX_TABLES)
+            break;
+    }
+
+    /* StringTable preference: Translation order, en-US fallbacks, neutral, first. */
+    for (i = 0; i < ntrans && chosen < 0; i++)
+        for (j = 0; j < ntab && chosen < 0; j++)
+            if (tab_has_id[j] && tab_id[j] == trans[i])
+                chosen = (int)j;
+    for (i = 0; i < 3u && chosen < 0; i++)
+        for (j = 0; j < ntab && chosen < 0; j++)
+            if (tab_has_id[j] && tab_id[j] == fallback[i])
+                chosen = (int)j;
+    for (j = 0; j < ntab && chosen < 0; j++)
+        if (tab_has_id[j] && (tab_id[j] >> 16) == 0)
+            chosen = (int)j;
+    if (chosen < 0 && ntab > 0)
+        chosen = 0;
+    if (chosen < 0)
+        return;
+
+    memset(seen, 0, sizeof seen);
+    FOR_CHILDREN(b, tab[chosen], pos, rc, ch, nodes) {
+        int f;
+        if (rc != NODE_OK)
+            continue;
+        for (f = 0; f < PEV_NFIELDS; f++) {
+            uint32_t u, len;
+            if (seen[f] || !key_is(b, &ch, FIELD_KEYS[f]))
+                continue;
+            seen[f] = 1;
+            /* The value is NUL-terminated UTF-16 bounded by the node end; wValueLength
+             * is only a hint (it is in bytes in some files, characters in others). */
+            for (u = ch.val; u + 2u <= ch.end && le16(b + u) != 0; u += 2)
+                ;
+            len = u > ch.val ? (u - ch.val) / 2u : 0;
+            while (len > 0 && le16(b + ch.val + 2u * (len - 1)) == 0x20)
+                len--;
+            if (len >= 4u) {
+                const uint8_t *t = b + ch.val + 2u * (len - 4);
+                if (le16(t) == '.' && fold(le16(t + 2)) == 'm' && fold(le16(t + 4)) == 'u' &&
+                    fold(le16(t + 6)) == 'i')
+                    len -= 4;
+            }
+            r->str_off[f] = ch.val;
+            r->str_len[f] = len;
+            break;
+        }
+    }
+}
+
+static int parse(pev_src *s, pev_result *r, uint8_t *blob)
+{
+    uint8_t h[64];
+    uint64_t size = s->size, lfanew, opt, sec, off, delta, raw, eoff, edelta, eraw;
+    uint32_t nsec, optsz, magic, dd_off, nrva_off, nrva, res_rva, res_size;
+    uint32_t d1, d2, n, i, data_rel = 0, have0 = 0, have409 = 0, havefirst = 0;
+    uint32_t rel0 = 0, rel409 = 0, relfirst = 0, drva, dsize, nread, wlen;
+    pev_ctx c;
+    node root;
+    int rc;
+
+    r->file_size = size;
+    if (size < 2)
+        return PEV_E_NOT_MZ;
+    RD(0, h, size < 64 ? 2 : 64);
+    if (h[0] != 'M' || h[1] != 'Z')
+        return PEV_E_NOT_MZ;
+    if (size < 64)
+        return PEV_E_TRUNCATED;
+    lfanew = le32(h + 0x3C);
+    if (lfanew + 4 > size)
+        return PEV_E_TRUNCATED;
+    RD(lfanew, h, 4);
+    if (memcmp(h, "PE\0\0", 4) != 0)
+        return PEV_E_NOT_PE;
+    if (lfanew + 24 > size)
+        return PEV_E_TRUNCATED;
+    RD(lfanew + 4, h, 20);
+    nsec = le16(h + 2);
+    optsz = le16(h + 16);
+    opt = lfanew + 24;
+    if (opt + 2 > size)
+        return PEV_E_TRUNCATED;
+    RD(opt, h, 2);
+    magic = le16(h);
+    if (magic == 0x10B) { /* PE32 */
+        nrva_off = 92;
+        dd_off = 96;
+    } else if (magic == 0x20B) { /* PE32+ */
+        nrva_off = 108;
+        dd_off = 112;
+    } else {
+        return PEV_E_BAD_OPTIONAL;
+    }
+    if (optsz < dd_off + 24) /* no room for DataDirectory[2] (RESOURCE) */
+        return PEV_E_NO_RESOURCES;
+    if (opt + dd_off + 24 > size)
+        return PEV_E_TRUNCATED;
+    RD(opt + nrva_off, h, 4);
+    nrva = le32(h);
+    RD(opt + dd_off + 16, h, 8);
+    res_rva = le32(h);
+    res_size = le32(h + 4);
+    if (nrva < 3 || res_rva == 0 || res_size == 0)
+        return PEV_E_NO_RESOURCES;
+    sec = opt + optsz;
+    if (sec + 40u * (uint64_t)nsec > size)
+        return PEV_E_TRUNCATED;
+
+    c.s = s;
+    c.sec = sec;
+    c.nsec = nsec;
+    rc = map_rva(&c, res_rva, &off, &delta, &raw);
+    if (rc)
+        return rc;
+    if (delta + 16 > raw)
+        return PEV_E_RVA;
+    c.rbase = off;
+    c.rlim = off - delta + raw;
+    if (c.rlim > size)
+        c.rlim = size;
+
+    /* Fixed depth: type RT_VERSION (16) -> name ID 1 -> language; no recursion, so a
+     * directory offset that points back up cannot loop. */
+    rc = dir_find_subdir(&c, 0, 16, &d1);
+    if (rc)
+        return rc;
+    rc = dir_find_subdir(&c, d1, 1, &d2);
+    if (rc)
+        return rc;
+    rc = dir_open(&c, d2, &n);
+    if (rc)
+        return rc;
+    for (i = 0; i < n; i++) {
+        uint32_t name, otd;
+        RD(c.rbase + d2 + 16u + 8u * (uint64_t)i, h, 8);
+        name = le32(h);
+        otd = le32(h + 4);
+        if ((name & 0x80000000u) || (otd & 0x80000000u))
+            continue; /* languages are IDs and must lead to a data entry */
+        if (!havefirst) {
+            havefirst = 1;
+            relfirst = otd;
+        }
+        if (name == 0 && !have0) {
+            have0 = 1;
+            rel0 = otd;
+        } else if (name == 0x409 && !have409) {
+            have409 = 1;
+            rel409 = otd;
+        }
+    }
+    /* Language preference: neutral, en-US, then the first. */
+    if (have0)
+        data_rel = rel0;
+    else if (have409)
+        data_rel = rel409;
+    else if (havefirst)
+        data_rel = relfirst;
+    else
+        return PEV_E_NO_VERSION;
+
+    rc = dir_check(&c, data_rel, 16);
+    if (rc)
+        return rc;
+    RD(c.rbase + data_rel, h, 16);
+    drva = le32(h); /* IMAGE_RESOURCE_DATA_ENTRY.OffsetToData is an RVA */
+    dsize = le32(h + 4);
+    rc = map_rva(&c, drva, &eoff, &edelta, &eraw);
+    if (rc)
+        return rc;
+    if (eoff + dsize > size) /* no partial answers from a cut file */
+        return PEV_E_PAST_EOF;
+    if (edelta + dsize > eraw)
+        return PEV_E_RVA;
+    if (dsize < 6)
+        return PEV_E_BAD_VERSION;
+    nread = dsize < PEV_BLOB_MAX ? dsize : PEV_BLOB_MAX;
+    RD(eoff, blob, nread);
+    wlen = le16(blob);
+    if (wlen < 6 || wlen > dsize)
+        return PEV_E_BAD_VERSION;
+    r->blob_len = wlen;
+    if (node_at(blob, 0, wlen, &root) != NODE_OK || !key_is(blob, &root, "VS_VERSION_INFO"))
+        return PEV_E_BAD_VERSION;
+    parse_blob(blob, wlen, &root, r);
+    return PEV_OK;
+}
+
+static void result_init(pev_result *r)
+{
+    memset(r, 0, sizeof *r);
+}
+
+int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob)
+{
+    pev_src s;
+    if (!r)
+        return PEV_E_ARG;
+    result_init(r);
+    if ((!data && len) || !blob) {
+        r->status = PEV_E_ARG;
+        return r->status;
+    }
+    s.sys_error = 0;
+    s.is_file = 0;
+    s.win_len[0] = s.win_len[1] = 0;
+    s.win_off[0] = s.win_off[1] = 0;
+    s.win_next = 0;
+    s.mem = data ? data : (const uint8_t *)"";
+    s.size = (uint64_t)len;
+    r->status = parse(&s, r, blob);
+    return r->status;
+}
+
+int pev_parse_file(const char *path, pev_result *r, uint8_t *blob)
+{
+    pev_src s;
+    if (!r)
+        return PEV_E_ARG;
+    result_init(r);
+    if (!path || !blob) {
+        r->status = PEV_E_ARG;
+        return r->status;
+    }
+    s.mem = NULL;
+    s.size = 0;
+    s.is_file = 0;
+    s.sys_error = 0;
+    s.win_len[0] = s.win_len[1] = 0;
+    s.win_off[0] = s.win_off[1] = 0;
+    s.win_next = 0;
+    if (src_open(&s, path, &r->mtime_ns) != 0) {
+        r->status = PEV_E_IO;
+        r->sys_error = s.sys_error;
+        return r->status;
+    }
+    r->status = parse(&s, r, blob);
+    if (r->status == PEV_E_IO)
+        r->sys_error = s.sys_error;
+    if (r->status != PEV_OK) /* keep the identity of the file for negative caching */
+        r->file_size = s.size;
+    src_close(&s);
+    return r->status;
+}
+
+const char *pev_strerror(int status)
+{
+    switch (status) {
+    case PEV_OK: return "ok";
+    case PEV_E_IO: return "cannot open or read the file";
+    case PEV_E_NOT_MZ: return "not an executable (no MZ signature)";
+    case PEV_E_TRUNCATED: return "truncated file: a header or table runs past the end";
+    case PEV_E_NOT_PE: return "not a PE image (no PE signature)";
+    case PEV_E_BAD_OPTIONAL: return "unknown optional header magic (neither PE32 nor PE32+)";
+    case PEV_E_NO_RESOURCES: return "no resource directory";
+    case PEV_E_RVA: return "an RVA is not backed by section data in the file";
+    case PEV_E_RESDIR: return "malformed resource directory";
+    case PEV_E_NO_VERSION: return "no version resource (RT_VERSION, ID 1)";
+    case PEV_E_PAST_EOF: return "the version resource runs past the end of the file";
+    case PEV_E_BAD_VERSION: return "malformed version resource";
+    case PEV_E_ARG: return "bad argument";
+    default: return "unknown error";
+    }
+}

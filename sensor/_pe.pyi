@@ -1,0 +1,13 @@
+"""Type stub for the cffi module built from native/_pe_build.py (native/pe_version.c)."""
+from typing import Any
+
+class _Lib:
+    PEV_BLOB_MAX: int
+    PEV_NFIELDS: int
+    def pev_parse_file(self, path: bytes, r: Any, blob: Any) -> int: ...
+    def pev_parse_buffer(self, data: Any, len: int, r: Any, blob: Any) -> int: ...
+    def pev_stat(self, path: bytes, size: Any, mtime_ns: Any) -> int: ...
+    def pev_strerror(self, status: int) -> Any: ...
+
+ffi: Any
+lib: _Lib

@@ -1,0 +1,361 @@
+"""PE version info: expected results on the fixtures, native == twin == pefile, cache, resolver."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensor.enrich import _pe_py, pe
+from sensor.enrich.pe import RESULT_KEYS, PeError, VersionInfoCache
+from sensor.events import ProcessEvent, field_value
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = ROOT / "tests" / "data" / "pe"
+EXPECTED = {k: v for k, v in json.loads((DATA / "expected.json").read_text()).items()
+            if not k.startswith("_")}
+SHARED_PE = sorted(p for p in (SHARED / "data" / "pe").rglob("*.exe")) if SHARED.is_dir() else []
+needs_shared = pytest.mark.skipif(not SHARED_PE, reason="../shared (research data) is not present")
+IMPLS = sorted(pe.READERS)
+needs_native = pytest.mark.skipif("native" not in pe.READERS,
+                                  reason="sensor._pe is not built (or SENSOR_NO_EXTENSIONS=1)")
+
+
+def outcome(fn, arg):
+    """A reader's answer as comparable data: the dict, or ("error", code)."""
+    try:
+        return fn(arg)
+    except PeError as exc:
+        return ("error", exc.code)
+
+
+def expected(name: str):
+    exp = EXPECTED[name]
+    if "error" in exp:
+        return ("error", exp["error"])
+    return {k: exp.get(k) for k in RESULT_KEYS}
+
+
+def test_every_fixture_has_an_expectation():
+    files = {p.name for p in DATA.iterdir() if p.is_file() and p.suffix in (".exe", ".txt")}
+    assert files == set(EXPECTED)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_expected(impl, name):
+    read, parse = pe.READERS[impl]
+    path = DATA / name
+    assert outcome(read, path) == expected(name)
+    assert outcome(parse, path.read_bytes()) == expected(name)
+
+
+def all_pe_files():
+    return sorted(DATA.glob("*.exe")) + SHARED_PE
+
+
+@pytest.mark.parametrize("path", all_pe_files(), ids=lambda p: p.name)
+def test_readers_agree(path):
+    data = path.read_bytes()
+    answers = {f"{impl}/{mode}": outcome(fn, arg)
+               for impl, (read, parse) in pe.READERS.items()
+               for mode, fn, arg in (("path", read, path), ("bytes", parse, data))}
+    first = next(iter(answers.values()))
+    assert all(a == first for a in answers.values()), answers
+
+
+@needs_shared
+def test_shared_renamed_tool():
+    for impl, (read, _) in pe.READERS.items():
+        info = read(SHARED / "data" / "pe" / "renamed_tool.exe")
+        assert info["OriginalFilename"] == "mofcomp.exe", impl
+        assert info["file_version"] == "10.0.19041.1"
+
+
+# --- pefile as an independent oracle ------------------------------------------------------
+
+# Fixtures where pefile 2024.8.26 answers differently, each checked by hand (see docs/pe.md).
+_PEFILE_TABLE_BUG = ("pefile stops reading StringTables once a table's offset in the blob passes "
+                     "the StringFileInfo's own length, dropping later tables")
+PEFILE_DIVERGES = {
+    "neutral_table.exe": _PEFILE_TABLE_BUG,
+    "no_varfileinfo.exe": _PEFILE_TABLE_BUG,
+    "tables_translation_order.exe": _PEFILE_TABLE_BUG,
+    "blob_varfileinfo_first.exe": _PEFILE_TABLE_BUG + "; it also merges a second StringFileInfo",
+    "blob_bad_fixed_sig.exe": "pefile does not check the VS_FIXEDFILEINFO signature",
+    "blob_no_fixed.exe": "pefile reads the first child's header as VS_FIXEDFILEINFO",
+    "blob_root_key_case.exe": "pefile compares VS_VERSION_INFO/StringFileInfo keys exactly",
+    "data_size_past_eof.exe": "pefile answers from a resource cut by the end of the file",
+    "data_size_past_section.exe": "pefile answers from a resource running past its section",
+}
+
+
+def pefile_expectation(path: Path):
+    """What the selection rules give over pefile's own parse of the tree (None: no answer)."""
+    pefile = pytest.importorskip("pefile")
+    try:
+        p = pefile.PE(str(path), fast_load=True)
+        p.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]])
+    except pefile.PEFormatError:
+        return None
+    rt = next((e for e in getattr(p, "DIRECTORY_ENTRY_RESOURCE", None).entries
+               if e.id == 16), None) if hasattr(p, "DIRECTORY_ENTRY_RESOURCE") else None
+    if rt is None or not hasattr(p, "FileInfo"):
+        return None
+    name = next((n for n in rt.directory.entries if n.id == 1), None)
+    if name is None or name is not rt.directory.entries[0]:
+        return None  # pefile parses only the first name entry
+    langs = [entry.id for entry in name.directory.entries]
+    idx = langs.index(0) if 0 in langs else langs.index(0x409) if 0x409 in langs else 0
+    if idx >= len(p.FileInfo) or idx >= len(getattr(p, "VS_FIXEDFILEINFO", [])):
+        return None
+    raw = path.read_bytes()
+    tables, trans = [], []
+    for fi in p.FileInfo[idx]:
+        if fi.Key == b"StringFileInfo" and not tables:
+            tables = [(st.LangID.decode(), st.entries) for st in fi.StringTable]
+        elif fi.Key == b"VarFileInfo" and not trans:
+            for var in fi.Var:
+                if b"Translation" in var.entry:
+                    off = var.get_file_offset() + 32  # header 6 + "Translation\0" 24, aligned
+                    for i in range(var.ValueLength // 4):
+                        lang, cp = struct.unpack_from("<HH", raw, off + 4 * i)
+                        trans.append(f"{lang:04X}{cp:04X}")
+    ids = [t[0].upper() for t in tables]
+    chosen = None
+    for want in trans + ["040904B0", "040904E4", "04090000"]:
+        if want in ids:
+            chosen = ids.index(want)
+            break
+    if chosen is None:
+        chosen = next((i for i, t in enumerate(ids) if t.startswith("0000")), 0 if ids else None)
+    out = dict.fromkeys(RESULT_KEYS)
+    if chosen is not None:
+        folded = {}
+        for key, value in tables[chosen][1].items():
+            folded.setdefault(key.decode().lower(), value)
+        for key in _pe_py.STRING_KEYS:
+            value = folded.get(key.lower())
+            if value is None:
+                continue
+            text = value.decode("utf-8", "replace").rstrip(" ")
+            if text[-4:].lower() == ".mui":
+                text = text[:-4]
+            out[key] = text or None
+    ffi = p.VS_FIXEDFILEINFO[idx]
+    for key, ms, ls in (("file_version", ffi.FileVersionMS, ffi.FileVersionLS),
+                        ("product_version", ffi.ProductVersionMS, ffi.ProductVersionLS)):
+        out[key] = f"{ms >> 16}.{ms & 0xFFFF}.{ls >> 16}.{ls & 0xFFFF}"
+    return out
+
+
+@pytest.mark.parametrize("path", all_pe_files(), ids=lambda p: p.name)
+def test_pefile_oracle(path):
+    if path.name in PEFILE_DIVERGES and path.parent == DATA:
+        pytest.skip(PEFILE_DIVERGES[path.name])
+    want = pefile_expectation(path)
+    got = outcome(pe.read_version_info, path)
+    if want is None:  # pefile found no version info: neither may we
+        assert isinstance(got, tuple), got
+    else:
+        assert got == want
+
+
+def test_pefile_oracle_covers_the_main_fixtures():
+    # Guard against the oracle silently answering None everywhere.
+    assert pefile_expectation(DATA / "tables_translation.exe")["OriginalFilename"] == "fr.exe"
+    assert pefile_expectation(DATA / "lang_enus.exe")["OriginalFilename"] == "en.exe"
+
+
+# --- API details --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_buffer_types_and_errors(impl, tmp_path):
+    read, parse = pe.READERS[impl]
+    data = (DATA / "basic64.exe").read_bytes()
+    want = parse(data)
+    assert parse(bytearray(data)) == want
+    assert parse(memoryview(data)) == want
+    assert read(str(DATA / "basic64.exe")) == want
+    assert outcome(parse, b"") == ("error", "not_mz")
+    with pytest.raises(PeError) as err:
+        read(tmp_path / "missing.exe")
+    assert err.value.code == "io" and "No such file" in err.value.reason
+    assert outcome(read, tmp_path) == ("error", "io")  # a folder is not a file
+    assert outcome(read, str(DATA / "basic64.exe") + "\0x") == ("error", "arg")
+
+
+def test_public_api_is_the_selected_reader():
+    assert pe.IMPLEMENTATION in pe.READERS
+    assert pe.read_version_info is pe.READERS[pe.IMPLEMENTATION][0]
+    want = "python" if os.environ.get("SENSOR_NO_EXTENSIONS") else pe.IMPLEMENTATION
+    assert pe.IMPLEMENTATION == want
+
+
+def test_no_extensions_forces_the_twin():
+    code = "from sensor.enrich import pe; print(pe.IMPLEMENTATION, sorted(pe.READERS))"
+    env = dict(os.environ, SENSOR_NO_EXTENSIONS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    assert out == ["python", "['python']"]
+
+
+def test_error_codes_match_native_table():
+    if "native" not in pe.READERS:
+        pytest.skip("sensor._pe is not built")
+    from sensor._pe import ffi, lib
+    for status, (_, reason) in enumerate(_pe_py.ERRORS):
+        assert ffi.string(lib.pev_strerror(status)).decode() == reason
+
+
+@needs_native
+def test_native_reads_only_the_needed_ranges(tmp_path):
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("/proc/self/io (read byte counter) is Linux-only")
+    # The version resource sits before a 32 MiB overlay: none of the overlay may be read.
+    big = tmp_path / "big.exe"
+    big.write_bytes((DATA / "basic64.exe").read_bytes() + b"\0" * (32 << 20))
+
+    def rchar():
+        return int(next(line for line in io.read_text().splitlines()
+                        if line.startswith("rchar")).split()[1])
+    read = pe.READERS["native"][0]
+    read(big)  # warm the per-thread buffers
+    before = rchar()
+    assert read(big)["OriginalFilename"] == "basic.exe"
+    used = rchar() - before - 400  # the /proc read itself
+    assert used < 3 * 4096 + 1024, used
+
+
+# --- cache ------------------------------------------------------------------------------
+
+@pytest.fixture(params=IMPLS)
+def cache(request):
+    return VersionInfoCache(maxsize=3, implementation=request.param)
+
+
+def test_cache_hits_misses_and_copies(cache, tmp_path):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    first = cache.get(f)
+    first["OriginalFilename"] = "mutated"
+    again = cache.get(str(f))
+    assert again["OriginalFilename"] == "basic.exe"  # callers get copies
+    assert (cache.hits, cache.misses) == (1, 1)
+    st = os.stat(f)
+    assert cache.get(f, st.st_size, st.st_mtime_ns)["OriginalFilename"] == "basic.exe"
+    assert cache.hits == 2
+
+
+def test_cache_negative_results(cache, tmp_path):
+    f = tmp_path / "bad.exe"
+    shutil.copy(DATA / "trunc_blob.exe", f)
+    for _ in range(3):
+        with pytest.raises(PeError) as err:
+            cache.get(f)
+        assert err.value.code == "past_eof"
+    assert (cache.hits, cache.misses, cache.failures) == (2, 1, 1)
+    assert cache.lookup(f) is None
+    # A file that does not exist has no identity to key on: not cached, still an error.
+    with pytest.raises(PeError):
+        cache.get(tmp_path / "nope.exe")
+    assert len(cache) == 1
+
+
+def test_cache_sees_a_replaced_file(cache, tmp_path):
+    f = tmp_path / "x.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    assert cache.get(f)["OriginalFilename"] == "basic.exe"
+    data = (DATA / "tables_translation.exe").read_bytes()
+    f.write_bytes(data)
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert cache.get(f)["OriginalFilename"] == "fr.exe"
+    assert cache.misses == 2
+
+
+def test_cache_is_bounded_lru(cache, tmp_path):
+    files = []
+    for i in range(4):
+        f = tmp_path / f"f{i}.exe"
+        shutil.copy(DATA / "basic64.exe", f)
+        files.append(f)
+    for f in files[:3]:
+        cache.get(f)
+    cache.get(files[0])  # refresh f0: f1 is now the oldest
+    cache.get(files[3])  # evicts f1
+    assert len(cache) == 3
+    hits = cache.hits
+    cache.get(files[0])
+    assert cache.hits == hits + 1
+    cache.get(files[1])
+    assert cache.hits == hits + 1 and cache.stats()["misses"] == 5
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_cache_lookup_never_raises_on_odd_paths(cache):
+    assert cache.lookup("bad\0path") is None
+    assert cache.lookup(DATA) is None
+
+
+def test_cache_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        VersionInfoCache(maxsize=0)
+    with pytest.raises(ValueError):
+        VersionInfoCache(implementation="rust")
+
+
+# --- ProcessEvent resolver --------------------------------------------------------------
+
+def test_resolver_fills_pe_fields(cache):
+    ev = ProcessEvent(Image=str(DATA / "basic64.exe"), Product="kept as given")
+    cache.attach(ev)
+    assert set(ev.pending) == {"OriginalFileName", "Company", "Description", "FileVersion"}
+    assert field_value(ev, "OriginalFileName") == "basic.exe"
+    # One parse answered every pending PE field.
+    assert not ev.pending
+    assert ev["Company"] == "Sensor Fixtures Ltd"
+    assert ev["Description"] == "Baseline version resource"
+    assert ev["FileVersion"] == "1.2.3.4"
+    assert ev["Product"] == "kept as given"
+    assert cache.misses == 1 and cache.hits == 0
+
+
+def test_resolver_records_origin(cache):
+    ev = ProcessEvent(Image=str(DATA / "basic64.exe"))
+    ev.origin = {}
+    cache.attach(ev, ("OriginalFileName", "Company"))
+    ev.resolve_all()
+    assert ev.origin == {"OriginalFileName": "pe", "Company": "pe"}
+
+
+@pytest.mark.parametrize("image", [None, "", "C:\\Windows\\System32\\nope.exe",
+                                   str(DATA / "plain.txt"), str(DATA / "trunc_blob.exe")])
+def test_resolver_never_raises(cache, image):
+    ev = ProcessEvent(Image=image)
+    cache.attach(ev)
+    ev.resolve_all()
+    assert all(ev[f] is None for f in pe.EVENT_FIELDS)
+    assert cache.resolver_errors == 0
+
+
+def test_resolver_counts_unexpected_errors(cache, monkeypatch):
+    def boom(path):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(cache, "lookup", boom)
+    ev = ProcessEvent(Image=str(DATA / "basic64.exe"))
+    cache.attach(ev)
+    assert field_value(ev, "OriginalFileName") is None
+    assert cache.resolver_errors == 1
+    assert cache.resolve_field(ev, "NotAPeField") is None
+
+
+def test_default_cache_is_shared():
+    assert pe.default_cache() is pe.default_cache()

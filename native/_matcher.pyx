@@ -1,94 +1,1402 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, embedsignature=True
 """Compiled rule matcher (``sensor._matcher``).
 
-Same API and answers as the reference matcher ``sensor._matcher_py``.  Conditions
-are flattened into a postfix program evaluated over a per-event predicate cache.
+Same API and answers as the reference matcher ``sensor._matcher_py`` (which
+defines the semantics).  Design (docs/matcher.md):
+
+* The rule IR is compiled into flat C arrays: unique predicates (shared ones are
+  evaluated once per event, memoised by an epoch counter), and one condition
+  program per rule whose AND/OR operands are ordered cheapest first.
+* Each field is fetched and folded once per event, lazily.  Folding is
+  ``str.lower()`` exactly as in the reference: ASCII text is lowered in a scratch
+  buffer, other text goes through ``str.lower()``.  Pattern tests work on the
+  UTF-8 bytes with memchr/memcmp (see native/matcher_util.h), no Python objects.
+* A witness index keeps one event from touching most rules: for every rule a set
+  of literals, one of which must occur (in a given position) for the rule to
+  hold, is derived from its condition; one Aho-Corasick DFA per field finds the
+  literals present, and only the rules they name are evaluated.  Each rule also
+  gets a fallback witness that avoids lazily resolved fields
+  (``OriginalFileName``...), used when such a field is still pending, so a PE read
+  is requested only when a candidate rule really reaches that predicate.
+* Rare operators (``re``, ``cidr``, numeric, ``fieldref``, keyword searches)
+  reuse the reference's prepared tests; only candidate rules reach them.
 """
+from cpython cimport array
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.unicode cimport PyUnicode_Check
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from libc.string cimport memset, memcmp
+
+import array as _pyarray
+import re as _re
+import re._constants as _C
+import re._parser as _sre_parse
+from collections import deque
+
 from sensor._matcher_py import _Test
-from sensor.rules.ir import Rule
+from sensor.events import DERIVED, ProcessEvent
+from sensor.rules.ir import STAR, QMARK, glob_tokens, regex_flags
+
+include "_matcher.pxd"
+
+cdef extern from "Python.h":
+    int PyUnicode_IS_ASCII(object o)
+    void *PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except? NULL
 
 ENGINE = "compiled"
 
-# postfix opcodes
+# Fields whose value may be left pending (resolved lazily, e.g. by a PE read).
+# Each rule gets a fallback witness that avoids them (see the module docstring).
+LAZY_FIELDS = ("OriginalFileName", "Company", "Product", "Description", "FileVersion",
+               "Hashes", "md5", "sha1", "sha256", "Imphash")
+
+# predicate kinds
 cdef enum:
-    OP_PRED = 0
-    OP_AND = 1
-    OP_OR = 2
-    OP_NOT = 3
-    OP_CONST = 4
+    K_EQ = 0
+    K_CONTAINS = 1
+    K_STARTS = 2
+    K_ENDS = 3
+    K_GLOB = 4
+    K_EXISTS = 5      # the field is present
+    K_MISSING = 6     # exists:false and null
+    K_RE = 7
+    K_PY = 8          # reference test (cidr, numeric, fieldref, keyword searches)
+
+# condition node kinds
+cdef enum:
+    N_PRED = 0
+    N_AND = 1
+    N_OR = 2
+    N_NOT = 3
+    N_CONST = 4
+
+# witness literal position kinds (bit 0: at start, bit 1: at end)
+cdef enum:
+    W_ANY = 0
+    W_START = 1
+    W_END = 2
+    W_EQ = 3
+
+cdef int MAX_WITNESS_FIELDS = 64
+# Witness literals are cut to this many bytes (smaller automata; a cut literal
+# still has to occur, so the index stays exact, only a little less selective).
+cdef int TRUNC_ANY = 8
+cdef int TRUNC_TRIE = 64
+
+_LIT_KINDS = {"eq": K_EQ, "contains": K_CONTAINS, "startswith": K_STARTS, "endswith": K_ENDS}
+_W_KIND = {K_EQ: W_EQ, K_CONTAINS: W_ANY, K_STARTS: W_START, K_ENDS: W_END}
+
+# A few typical benign process starts (folded).  A witness literal found in this
+# text is assumed frequent and avoided.  Only the speed of the index depends on
+# it, never its answers.
+_BENIGN = """
+c:\\windows\\system32\\svchost.exe -k netsvcs -p -s schedule
+c:\\windows\\system32\\cmd.exe /c echo "c:\\program files (x86)\\microsoft\\edge\\application\\msedge.exe" --type=renderer --field-trial-handle=1234,i,5678 --lang=en-us --service-sandbox-type=none /d /q /s
+"c:\\program files\\windowsapps\\microsoft.windowsterminal_1.0.0.0_x64__8wekyb3d8bbwe\\windowsterminal.exe"
+c:\\windows\\system32\\windowspowershell\\v1.0\\powershell.exe -noprofile -executionpolicy bypass -file c:\\users\\admin\\appdata\\local\\temp\\setup.ps1
+c:\\windows\\syswow64\\rundll32.exe c:\\windows\\system32\\shell32.dll,control_rundll
+c:\\windows\\system32\\conhost.exe 0xffffffff -forcev1
+c:\\program files\\common files\\microsoft shared\\clicktorun\\officeclicktorun.exe /service
+c:\\windows\\system32\\wbem\\wmiprvse.exe -embedding
+c:\\windows\\explorer.exe c:\\windows\\system32\\taskhostw.exe c:\\windows\\system32\\services.exe
+c:\\programdata\\microsoft\\windows defender\\platform\\4.18.2104.14-0\\msmpeng.exe
+c:\\windows\\microsoft.net\\framework64\\v4.0.30319\\ngen.exe install
+c:\\windows\\system32\\msiexec.exe /v c:\\windows\\system32\\wscript.exe c:\\windows\\system32\\cscript.exe
+c:\\windows\\system32\\reg.exe query hklm\\software\\microsoft\\windows\\currentversion\\run /v
+c:\\windows\\system32\\sc.exe start wuauserv c:\\windows\\system32\\net.exe use \\\\server\\share
+c:\\windows\\system32\\schtasks.exe /create /tn update /tr c:\\windows\\temp\\update.bat /sc daily
+c:\\users\\user\\appdata\\roaming\\microsoft\\teams\\current\\teams.exe --type=gpu-process
+c:\\windows\\system32\\mshta.exe c:\\windows\\system32\\regsvr32.exe c:\\windows\\system32\\wmic.exe
+c:\\program files\\google\\chrome\\application\\chrome.exe https://www.example.com/index.html
+c:\\windows\\system32\\net1.exe c:\\windows\\system32\\pwsh.exe c:\\windows\\system32\\whoami.exe
+nt authority\\system nt authority\\network service system high medium
+c:\\windows\\system32\\dllhost.exe /processid:{3eb3c877-1f16-487c-9050-104dbcd66683}
+"""
+
+# How often a byte occurs in process text (rank in mt_common_bytes; 0 = most).
+_RANKED = b" e\\tsoairnlc.:/mdpwx-\"=uhgb0f1y32kv_'4568%97,;$jq()z{}[]@&+#|<>?*!~`^"
 
 
-cdef void _emit(list prog, tuple cond, list remap):
-    kind = cond[0]
-    if kind == "pred":
-        prog.append((OP_PRED, remap[cond[1]]))
-    elif kind == "and" or kind == "or":
-        for c in cond[1:]:
-            _emit(prog, c, remap)
-        prog.append((OP_AND if kind == "and" else OP_OR, len(cond) - 1))
-    elif kind == "not":
-        _emit(prog, cond[1], remap)
-        prog.append((OP_NOT, 0))
+def _enc(s):
+    """UTF-8 bytes of a str; lone surrogates pass through (still a prefix-free code)."""
+    return s.encode("utf-8", "surrogatepass")
+
+
+def _byte_p(int b):
+    i = _RANKED.find(bytes([b]))
+    if i < 0:
+        return 0.002
+    return 0.35 * 2.718281828 ** (-i / 12.0)
+
+
+def _lit_p(bytes nd, double positions):
+    """Estimated probability that the literal occurs in a benign value."""
+    cdef double p = positions
+    if nd in _BENIGN_B:
+        return 1.0
+    for b in nd:
+        p *= _byte_p(b)
+    return min(p, 1.0)
+
+
+_BENIGN_B = _BENIGN.encode()
+
+
+def _best_window(bytes b, int size):
+    """The ``size``-byte window of ``b`` least likely to occur in benign text."""
+    if len(b) <= size:
+        return b
+    best = b[:size]
+    bp = _lit_p(best, 1.0)
+    for i in range(1, len(b) - size + 1):
+        w = b[i:i + size]
+        p = _lit_p(w, 1.0)
+        if p < bp:
+            best, bp = w, p
+    return best
+
+
+def _witness_entry(fname, bytes b, int wk):
+    """(field, automaton mode, literal as walked, position kind, cost) of one literal.
+
+    Anywhere: Aho-Corasick over the field (literal cut to its rarest window).
+    At the start: a prefix trie; at the end or whole value: a suffix trie walked
+    from the last byte.  Cut literals still have to occur, so the index stays exact.
+    """
+    if wk == W_ANY:
+        nd = _best_window(b, TRUNC_ANY)
+        return (fname, 0, nd, W_ANY, _lit_p(nd, 100.0))
+    if wk == W_START:
+        nd = b[:TRUNC_TRIE]
+        return (fname, 1, nd, W_ANY, _lit_p(nd, 3.0))
+    nd = b[-TRUNC_TRIE:]
+    if wk == W_EQ and len(b) <= TRUNC_TRIE:
+        return (fname, 2, nd[::-1], W_START, 0.3 * _lit_p(nd, 3.0))
+    return (fname, 2, nd[::-1], W_ANY, _lit_p(nd, 3.0))
+
+
+def _build_automaton(list needles, int mode):
+    """A dense automaton over ``needles`` (bytes): Aho-Corasick (mode 0, root 0) or a
+    plain trie walked from one end of the value (modes 1, 2; root 1, dead state 0).
+
+    Each ASCII byte of the needles gets a class, all non-ASCII bytes share one: that
+    only adds spurious hits (a witness may over-approximate, never miss) and keeps
+    the table small.  Needles with the same class sequence share one
+    output id; ``groups[id]`` lists their indices.
+    """
+    used = sorted({b for nd in needles for b in nd})
+    cls = [0] * 256
+    ncls = 1
+    wide = 0
+    for b in used:
+        if b < 0x80:
+            cls[b] = ncls
+            ncls += 1
+        else:
+            if not wide:
+                wide = ncls
+                ncls += 1
+            cls[b] = wide
+    keys = {}
+    groups = []
+    for nid, nd in enumerate(needles):
+        k = bytes([cls[b] for b in nd])
+        g = keys.get(k)
+        if g is None:
+            g = keys[k] = len(groups)
+            groups.append([])
+        groups[g].append(nid)
+    root = 0 if mode == 0 else 1
+    goto = [{} for _ in range(root + 1)]
+    outs = [[] for _ in range(root + 1)]
+    for gid, seq in enumerate(keys):
+        s = root
+        for c in seq:
+            t = goto[s].get(c)
+            if t is None:
+                t = len(goto)
+                goto.append({})
+                outs.append([])
+                goto[s][c] = t
+            s = t
+        outs[s].append(gid)
+    n = len(goto)
+    trans = [0] * (n * ncls)
+    if mode == 0:
+        fail = [0] * n
+        order_s = []
+        queue = deque(goto[0].values())
+        while queue:
+            s = queue.popleft()
+            order_s.append(s)
+            for c, t in goto[s].items():
+                f = fail[s]
+                while f and c not in goto[f]:
+                    f = fail[f]
+                g = goto[f].get(c, 0) if s else 0
+                fail[t] = g if g != t else 0
+                queue.append(t)
+        for c, t in goto[0].items():
+            trans[c] = t
+        for s in order_s:
+            f = fail[s]
+            outs[s] = outs[s] + outs[f]
+            base = s * ncls
+            trans[base:base + ncls] = trans[f * ncls:f * ncls + ncls]
+            for c, t in goto[s].items():
+                trans[base + c] = t
     else:
-        prog.append((OP_CONST, 1 if cond[1] else 0))
+        for s in range(n):
+            base = s * ncls
+            for c, t in goto[s].items():
+                trans[base + c] = t
+    out_off = [0]
+    out_ids = []
+    for s in range(n):
+        out_ids.extend(outs[s])
+        out_off.append(len(out_ids))
+    seqlen = [len(k) for k in keys]
+    return n, ncls, cls, trans, out_off, out_ids, groups, seqlen
+
+
+def _regex_witness(str pattern, int flags):
+    """Literals one of which any match of the regex must contain (folded), or None.
+
+    Conservative: only ASCII literals; under IGNORECASE, ``i`` and ``s`` split a
+    literal (``re`` folds them with U+0131 / U+017F, whose ``lower()`` differs).
+    A match of ASCII literal X in text t implies lower(X) in lower(t).
+    """
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    icase = bool(parsed.state.flags & _re.IGNORECASE)
+    best = _re_seq(list(parsed), icase)
+    return None if best is None else best[1]
+
+
+def _regex_requirements(str pattern, int flags):
+    """What any match must contain: (literals, ((byte, count), ...)) on folded text.
+
+    Mandatory items only (sequence members, groups, repeats with a minimum of 1);
+    alternatives add nothing.  Same ASCII/IGNORECASE safety rules as the witness.
+    Used as an exact pre-check before ``re.search`` (a failed check means no match).
+    """
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return (), ()
+    runs = []
+    counts = {}
+    _re_req(list(parsed), bool(parsed.state.flags & _re.IGNORECASE), runs, counts)
+    lits = tuple(sorted(set(runs), key=len, reverse=True))
+    return lits, tuple((b, k) for b, k in sorted(counts.items()) if k > 1)
+
+
+def _re_req_flush(list run, bint icase, list runs, dict counts):
+    text = "".join(run)
+    parts = _re.split("[isIS]", text) if icase else [text]
+    for seg in parts:
+        if seg:
+            b = _enc(seg.lower())
+            runs.append(b)
+            for c in b:
+                counts[c] = counts.get(c, 0) + 1
+
+
+def _re_req(items, bint icase, list runs, dict counts):
+    run = []
+    for op, av in items:
+        if op is _C.LITERAL and av < 128:
+            run.append(chr(av))
+            continue
+        if run:
+            _re_req_flush(run, icase, runs, counts)
+            run = []
+        if op is _C.SUBPATTERN:
+            _grp, add, rem, sub = av
+            ic = (icase or bool(add & _re.IGNORECASE)) and not (rem & _re.IGNORECASE)
+            _re_req(list(sub), ic, runs, counts)
+        elif op is _C.ATOMIC_GROUP:
+            _re_req(list(av), icase, runs, counts)
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+            if av[0] >= 1:
+                _re_req(list(av[2]), icase, runs, counts)
+    if run:
+        _re_req_flush(run, icase, runs, counts)
+
+
+def _chain_form(str pattern, int flags):
+    """``[L1, ..., Lk]`` (raw bytes) when the regex is ``.*``-separated literals, else None.
+
+    Such a regex (frequent in Sigma: ``\\+.*\\+.*\\+``) backtracks badly in ``re``;
+    ``mt_chain`` answers the same search in one pass.  Only ASCII literals, and
+    under IGNORECASE only characters without case.
+    """
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    icase = bool(parsed.state.flags & _re.IGNORECASE)
+    lits = []
+    run = []
+    for op, av in parsed:
+        if op is _C.LITERAL:
+            ch = chr(av)
+            if av >= 128 or (icase and ch.lower() != ch.upper()):
+                return None
+            run.append(ch)
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT) and av[0] == 0 and av[1] == _C.MAXREPEAT \
+                and len(av[2]) == 1 and av[2][0][0] is _C.ANY:
+            if run:
+                lits.append("".join(run).encode())
+                run = []
+        else:
+            return None
+    if run:
+        lits.append("".join(run).encode())
+    if not lits:
+        return None
+    return lits, bool(parsed.state.flags & _re.DOTALL)
+
+
+cdef class _Chain:
+    """C arrays for mt_chain."""
+    cdef list lits
+    cdef const unsigned char **ptrs
+    cdef size_t *lens
+    cdef size_t *rare
+    cdef size_t k
+    cdef int dotall
+
+    def __cinit__(self, list lits, bint dotall):
+        cdef Py_ssize_t i
+        self.lits = lits
+        self.k = len(lits)
+        self.dotall = dotall
+        self.ptrs = <const unsigned char **>PyMem_Malloc(sizeof(char *) * self.k)
+        self.lens = <size_t *>PyMem_Malloc(sizeof(size_t) * self.k)
+        self.rare = <size_t *>PyMem_Malloc(sizeof(size_t) * self.k)
+        if self.ptrs == NULL or self.lens == NULL or self.rare == NULL:
+            raise MemoryError()
+        for i in range(self.k):
+            self.ptrs[i] = <const unsigned char *>(<bytes>lits[i])
+            self.lens[i] = len(<bytes>lits[i])
+            self.rare[i] = mt_rare_offset(self.ptrs[i], self.lens[i])
+
+    def __dealloc__(self):
+        PyMem_Free(self.ptrs)
+        PyMem_Free(self.lens)
+        PyMem_Free(self.rare)
+
+
+def _regex_entry(str v, int flags):
+    cf = _chain_form(v, flags)
+    chain = None if cf is None else _Chain(cf[0], cf[1])
+    return (_re.compile(v, flags),) + _regex_requirements(v, flags) + (chain,)
+
+
+def _re_consider(best, cand):
+    if cand is None or not cand[1]:
+        return best
+    if best is None or cand[0] < best[0]:
+        return cand
+    return best
+
+
+def _re_run(best, list run, bint icase):
+    text = "".join(run)
+    parts = [text]
+    if icase:
+        parts = _re.split("[isIS]", text)
+    for seg in parts:
+        if seg:
+            b = _enc(seg.lower())
+            best = _re_consider(best, (_lit_p(_best_window(b, TRUNC_ANY), 100.0), [b]))
+    return best
+
+
+def _re_seq(items, bint icase):
+    """(cost, literals) for a sequence of sre items: the best required literal set."""
+    best = None
+    run = []
+    for op, av in items:
+        if op is _C.LITERAL and av < 128:
+            run.append(chr(av))
+            continue
+        if run:
+            best = _re_run(best, run, icase)
+            run = []
+        if op is _C.SUBPATTERN:
+            _grp, add, rem, sub = av
+            ic = (icase or bool(add & _re.IGNORECASE)) and not (rem & _re.IGNORECASE)
+            best = _re_consider(best, _re_seq(list(sub), ic))
+        elif op is _C.ATOMIC_GROUP:
+            best = _re_consider(best, _re_seq(list(av), icase))
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+            lo, _hi, sub = av
+            if lo >= 1:
+                best = _re_consider(best, _re_seq(list(sub), icase))
+        elif op is _C.BRANCH:
+            total = 0.0
+            lits = []
+            for alt in av[1]:
+                r = _re_seq(list(alt), icase)
+                if r is None:
+                    lits = None
+                    break
+                total += r[0]
+                lits.extend(r[1])
+            if lits:
+                best = _re_consider(best, (total, lits))
+    if run:
+        best = _re_run(best, run, icase)
+    return best
+
+
+cdef class _State:
+    """Per-call scratch: field texts, predicate memo, candidate bitmap."""
+    # Per-call scratch state; epochs make resets O(1) per event.
+    cdef uint32_t epoch
+    cdef uint32_t *memo          # per predicate: epoch << 1 | result
+    cdef uint32_t *vepoch        # per field: epoch the value was fetched in
+    cdef uint8_t *fnone          # per field: value is missing
+    cdef PyObject **ftext        # per field: the value as text, kept alive by ``keep``
+    cdef uint32_t *lepoch        # per field: epoch the folded text was made in
+    cdef const unsigned char **fptr
+    cdef Py_ssize_t *flen
+    cdef uint32_t *repoch        # per field: epoch the raw (unfolded) text was made in
+    cdef const unsigned char **rptr
+    cdef Py_ssize_t *rlen
+    cdef unsigned char **buf     # per field: scratch for ASCII folding
+    cdef Py_ssize_t *bufcap
+    cdef uint64_t *cand          # candidate-rule bitmap
+    cdef list keep               # objects alive until the end of one match
+    cdef object event
+    cdef bint is_dict
+    cdef bint busy
+    cdef Py_ssize_t nfields
+    cdef Py_ssize_t npreds
+    cdef Py_ssize_t nwords
+
+    def __cinit__(self, Py_ssize_t nfields, Py_ssize_t npreds, Py_ssize_t nwords):
+        self.nfields = nfields
+        self.npreds = npreds
+        self.nwords = nwords
+        self.epoch = 0
+        self.keep = []
+        n = nfields if nfields else 1
+        self.memo = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * (npreds if npreds else 1))
+        self.vepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
+        self.lepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
+        self.repoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
+        self.fnone = <uint8_t *>PyMem_Malloc(n)
+        self.ftext = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
+        self.fptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
+        self.rptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
+        self.flen = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
+        self.rlen = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
+        self.buf = <unsigned char **>PyMem_Malloc(sizeof(char *) * n)
+        self.bufcap = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
+        self.cand = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * (nwords if nwords else 1))
+        if (self.memo == NULL or self.vepoch == NULL or self.lepoch == NULL or self.repoch == NULL
+                or self.fnone == NULL or self.ftext == NULL or self.fptr == NULL
+                or self.rptr == NULL or self.flen == NULL or self.rlen == NULL
+                or self.buf == NULL or self.bufcap == NULL or self.cand == NULL):
+            raise MemoryError()
+        memset(self.buf, 0, sizeof(char *) * n)
+        memset(self.bufcap, 0, sizeof(Py_ssize_t) * n)
+        self._reset()
+
+    cdef void _reset(self):
+        cdef Py_ssize_t n = self.nfields if self.nfields else 1
+        memset(self.memo, 0, sizeof(uint32_t) * (self.npreds if self.npreds else 1))
+        memset(self.vepoch, 0, sizeof(uint32_t) * n)
+        memset(self.lepoch, 0, sizeof(uint32_t) * n)
+        memset(self.repoch, 0, sizeof(uint32_t) * n)
+        self.epoch = 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.buf != NULL:
+            for i in range(self.nfields):
+                PyMem_Free(self.buf[i])
+        PyMem_Free(self.memo)
+        PyMem_Free(self.vepoch)
+        PyMem_Free(self.lepoch)
+        PyMem_Free(self.repoch)
+        PyMem_Free(self.fnone)
+        PyMem_Free(self.ftext)
+        PyMem_Free(self.fptr)
+        PyMem_Free(self.rptr)
+        PyMem_Free(self.flen)
+        PyMem_Free(self.rlen)
+        PyMem_Free(self.buf)
+        PyMem_Free(self.bufcap)
+        PyMem_Free(self.cand)
 
 
 cdef class Matcher:
     """Evaluate a rule set against events; ``match`` returns indices into ``rules``."""
-
     cdef public list rules
+    cdef readonly dict _stats
+    cdef list _names
+    cdef dict _slot_of
+    cdef dict _wslot_of
+    cdef list _arrays
     cdef list _tests
-    cdef list _progs
+    cdef list _regexes
+    cdef bytes _blob
+    cdef object _glob_blob
+    cdef Py_ssize_t _nrules
+    cdef Py_ssize_t _npreds
+    cdef Py_ssize_t _nfields
+    cdef Py_ssize_t _nwords
+    # predicates
+    cdef uint8_t *_p_kind
+    cdef uint8_t *_p_cased
+    cdef int32_t *_p_slot
+    cdef uint32_t *_p_voff
+    cdef uint32_t *_p_vcnt
+    cdef uint32_t *_v_off
+    cdef uint32_t *_v_len
+    cdef uint32_t *_v_rare
+    cdef uint32_t *_v_goff
+    cdef uint32_t *_v_glen
+    cdef const unsigned char *_bytes
+    cdef const uint16_t *_globs
+    # condition program
+    cdef uint8_t *_n_kind
+    cdef int32_t *_n_arg
+    cdef uint32_t *_n_coff
+    cdef uint32_t *_n_ccnt
+    cdef uint32_t *_children
+    cdef uint32_t *_root
+    # witness index
+    cdef Py_ssize_t _nw
+    cdef Automaton *_ac
+    cdef Py_ssize_t _nac
+    cdef uint32_t *_w_aoff         # per witness field: its automata _ac[_w_aoff[w]:_w_aoff[w+1]]
+    cdef int32_t *_w_slot          # witness field -> field slot
+    cdef list _w_names
+    cdef uint64_t _w_scan1         # witness fields scanned on every event
+    cdef uint64_t _w_scan2         # extra fields scanned when a witness field is pending
+    cdef uint64_t *_r_f1           # per rule: primary witness fields
+    cdef uint32_t *_always
+    cdef Py_ssize_t _nalways
+    cdef uint32_t *_nw2_off        # per witness field: rules without a fallback
+    cdef uint32_t *_nw2
+    cdef uint32_t *_f2_off         # per witness field: rules whose fallback reads it
+    cdef uint32_t *_f2
+    cdef _State _state
+    cdef object __weakref__
+
     engine = ENGINE
 
-    def __init__(self, rules):
+    def __cinit__(self):
+        self._ac = NULL
+        self._nw = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self._ac)
+
+    def __init__(self, rules, lazy_fields=LAZY_FIELDS):
         self.rules = list(rules)
-        cdef dict slots = {}
-        self._tests = []
-        self._progs = []
-        for rule in self.rules:
+        self._arrays = []
+        self._compile(frozenset(lazy_fields))
+        self._state = _State(self._nfields, self._npreds, self._nwords)
+
+    # ------------------------------------------------------------------ compile
+    cdef uint32_t *_u32(self, values):
+        cdef array.array a = _pyarray.array("I", values if values else [0])
+        self._arrays.append(a)
+        return a.data.as_uints
+
+    cdef int32_t *_i32(self, values):
+        cdef array.array a = _pyarray.array("i", values if values else [0])
+        self._arrays.append(a)
+        return <int32_t *>a.data.as_ints
+
+    cdef uint8_t *_u8(self, values):
+        cdef array.array a = _pyarray.array("B", values if values else [0])
+        self._arrays.append(a)
+        return a.data.as_uchars
+
+    cdef uint64_t *_u64(self, values):
+        cdef array.array a = _pyarray.array("Q", values if values else [0])
+        self._arrays.append(a)
+        return <uint64_t *>a.data.as_ulonglongs
+
+    def _compile(self, lazy):
+        rules = self.rules
+        # -- unique predicates (a predicate shared by several rules is evaluated once)
+        slots = {}
+        preds = []
+        conds = []
+        for rule in rules:
             remap = []
             for p in rule.predicates:
-                if p not in slots:
-                    slots[p] = len(self._tests)
-                    self._tests.append(_Test(p))
-                remap.append(slots[p])
-            prog = []
-            _emit(prog, rule.condition, remap)
-            self._progs.append(prog)
+                i = slots.get(p)
+                if i is None:
+                    i = slots[p] = len(preds)
+                    preds.append(p)
+                remap.append(i)
+            conds.append(_remap(rule.condition, remap))
+        self._npreds = len(preds)
+        self._nrules = len(rules)
+        self._nwords = (self._nrules + 63) // 64
+
+        # -- fields
+        self._slot_of = {}
+        self._names = []
+
+        def slot(name):
+            s = self._slot_of.get(name)
+            if s is None:
+                s = self._slot_of[name] = len(self._names)
+                self._names.append(name)
+            return s
+
+        blob = bytearray()
+        globs = []
+        p_kind, p_cased, p_slot, p_voff, p_vcnt = [], [], [], [], []
+        v_off, v_len, v_rare, v_goff, v_glen = [], [], [], [], []
+        self._tests = [None] * len(preds)
+        self._regexes = [None] * len(preds)
+        pcost = []
+
+        def add_value(bytes b, list prog=None):
+            v_off.append(len(blob))
+            v_len.append(len(b))
+            v_rare.append(mt_rare_offset(b, len(b)) if b else 0)
+            blob.extend(b)
+            if prog is None:
+                v_goff.append(0)
+                v_glen.append(0)
+            else:
+                v_goff.append(len(globs))
+                v_glen.append(len(prog))
+                globs.extend(prog)
+
+        for i, p in enumerate(preds):
+            op = p.op
+            fld = p.field
+            p_cased.append(1 if p.cased else 0)
+            p_voff.append(len(v_off))
+            cost = 0.0
+            if fld is None:
+                kind = K_PY
+                cost = 200.0
+            elif op in _LIT_KINDS:
+                kind = _LIT_KINDS[op]
+                for v in p.values:
+                    add_value(_enc(v if p.cased else v.lower()))
+                cost = 1.0 + (2.0 if kind == K_CONTAINS else 0.2) * len(p.values)
+            elif op == "glob":
+                kind = K_GLOB
+                for v in p.values:
+                    prog = []
+                    longest = b""
+                    for tok in glob_tokens(v):
+                        if tok is STAR:
+                            prog.append(MT_STAR)
+                        elif tok is QMARK:
+                            prog.append(MT_QMARK)
+                        else:
+                            b = _enc(tok if p.cased else tok.lower())
+                            prog.extend(b)
+                            if len(b) > len(longest):
+                                longest = b
+                    add_value(longest, prog)
+                cost = 1.0 + 5.0 * len(p.values)
+            elif op == "exists":
+                kind = K_EXISTS if p.values[0] else K_MISSING
+                cost = 1.0
+            elif op == "null":
+                kind = K_MISSING
+                cost = 1.0
+            elif op == "re":
+                kind = K_RE
+                flags = regex_flags(p.flags)
+                self._regexes[i] = tuple(_regex_entry(v, flags) for v in p.values)
+                cost = 30.0 * len(p.values)
+            else:
+                kind = K_PY
+                cost = 50.0
+            if kind == K_PY:
+                self._tests[i] = _Test(p)
+                p_slot.append(-1)
+            else:
+                p_slot.append(slot(fld))
+                if fld in lazy:
+                    cost += 1000.0
+                elif fld == "@Message":
+                    cost += 100.0
+                elif fld in DERIVED:
+                    cost += 20.0
+            p_vcnt.append(len(v_off) - p_voff[len(p_voff) - 1])
+            p_kind.append(kind)
+            pcost.append(cost)
+        self._nfields = len(self._names)
+        self._blob = bytes(blob)
+        self._bytes = <const unsigned char *>self._blob
+        cdef array.array ga = _pyarray.array("H", globs if globs else [0])
+        self._arrays.append(ga)
+        self._globs = <const uint16_t *>ga.data.as_ushorts
+        self._p_kind = self._u8(p_kind)
+        self._p_cased = self._u8(p_cased)
+        self._p_slot = self._i32(p_slot)
+        self._p_voff = self._u32(p_voff)
+        self._p_vcnt = self._u32(p_vcnt)
+        self._v_off = self._u32(v_off)
+        self._v_len = self._u32(v_len)
+        self._v_rare = self._u32(v_rare)
+        self._v_goff = self._u32(v_goff)
+        self._v_glen = self._u32(v_glen)
+
+        # -- condition programs, operands cheapest first
+        n_kind, n_arg, n_coff, n_ccnt, children, root = [], [], [], [], [], []
+
+        def cost_of(c):
+            k = c[0]
+            if k == "pred":
+                return pcost[c[1]]
+            if k == "const":
+                return 0.0
+            if k == "not":
+                return cost_of(c[1])
+            return sum(cost_of(x) for x in c[1:])
+
+        def emit(c):
+            k = c[0]
+            idx = len(n_kind)
+            n_kind.append(0)
+            n_arg.append(0)
+            n_coff.append(0)
+            n_ccnt.append(0)
+            if k == "pred":
+                n_kind[idx] = N_PRED
+                n_arg[idx] = c[1]
+            elif k == "const":
+                n_kind[idx] = N_CONST
+                n_arg[idx] = 1 if c[1] else 0
+            elif k == "not":
+                n_kind[idx] = N_NOT
+                sub = emit(c[1])
+                n_coff[idx] = len(children)
+                n_ccnt[idx] = 1
+                children.append(sub)
+            else:
+                n_kind[idx] = N_AND if k == "and" else N_OR
+                ops = sorted(c[1:], key=cost_of)
+                subs = [emit(x) for x in ops]
+                n_coff[idx] = len(children)
+                n_ccnt[idx] = len(subs)
+                children.extend(subs)
+            return idx
+
+        for c in conds:
+            root.append(emit(c))
+        self._n_kind = self._u8(n_kind)
+        self._n_arg = self._i32(n_arg)
+        self._n_coff = self._u32(n_coff)
+        self._n_ccnt = self._u32(n_ccnt)
+        self._children = self._u32(children)
+        self._root = self._u32(root)
+
+        # -- witness index
+        def pred_witness(int pid, bint avoid_lazy):
+            p = preds[pid]
+            kind = p_kind[pid]
+            if p.cased or p.field is None or (avoid_lazy and p.field in lazy):
+                return None
+            if p.field == "@Message":
+                return None
+            out = []
+            if kind in (K_EQ, K_CONTAINS, K_STARTS, K_ENDS):
+                wk = _W_KIND[kind]
+                for v in p.values:
+                    b = _enc(v.lower())
+                    if not b:
+                        return None
+                    out.append((p.field, b, wk))
+            elif kind == K_GLOB:
+                for v in p.values:
+                    toks = glob_tokens(v)
+                    best = None
+                    for j, tok in enumerate(toks):
+                        if tok is STAR or tok is QMARK:
+                            continue
+                        b = _enc(tok.lower())
+                        wk = W_ANY
+                        if j == 0:
+                            wk |= W_START
+                        if j == len(toks) - 1:
+                            wk |= W_END
+                        if best is None or len(b) > len(best[1]):
+                            best = (p.field, b, wk)
+                    if best is None:
+                        return None
+                    out.append(best)
+            elif kind == K_RE:
+                for v in p.values:
+                    lits = _regex_witness(v, regex_flags(p.flags))
+                    if lits is None:
+                        return None
+                    out.extend((p.field, b, W_ANY) for b in lits)
+            else:
+                return None
+            return out
+
+        def witness(c, bint avoid_lazy):
+            # (cost, entries) or None: "the rule can hold only if one entry occurs".
+            k = c[0]
+            if k == "pred":
+                ents = pred_witness(c[1], avoid_lazy)
+                if ents is None:
+                    return None
+                ents = [_witness_entry(*e) for e in ents]
+                return (sum(e[4] for e in ents), ents)
+            if k == "const":
+                return None if c[1] else (0.0, [])
+            if k == "and":
+                best = None
+                for x in c[1:]:
+                    w = witness(x, avoid_lazy)
+                    if w is not None and (best is None or w[0] < best[0]):
+                        best = w
+                return best
+            if k == "or":
+                total = 0.0
+                ents = []
+                for x in c[1:]:
+                    w = witness(x, avoid_lazy)
+                    if w is None:
+                        return None
+                    total += w[0]
+                    ents.extend(w[1])
+                return (total, ents)
+            return None  # not
+
+        wfields = {}       # field name -> witness field index
+        per_field = {}     # witness field -> {needle: [(rule, kind, tag)]}
+        always = []
+        r_f1 = [0] * self._nrules
+        r_f2 = [None] * self._nrules
+        nw2 = {}           # witness field -> rules without a usable fallback
+        f2_by = {}         # witness field -> rules whose fallback reads it
+        scan1 = 0
+        scan2 = 0
+        no_fallback = 0
+
+        def wfield(name):
+            w = wfields.get(name)
+            if w is None:
+                if len(wfields) >= MAX_WITNESS_FIELDS:
+                    return None
+                w = wfields[name] = len(wfields)
+            return w
+
+        def place(ri, ents, tag):
+            mask = 0
+            for e in ents:
+                w = wfield(e[0])
+                if w is None:
+                    return None
+                mask |= 1 << w
+            seen = set()
+            for fname, mode, nd, k, _cost in ents:
+                key = (fname, mode, nd, k)
+                if key in seen:
+                    continue
+                seen.add(key)
+                per_field.setdefault((wfields[fname], mode), {}).setdefault(nd, []).append((ri, k, tag))
+            return mask
+
+        for ri, c in enumerate(conds):
+            w1 = witness(c, False)
+            if w1 is None:
+                always.append(ri)
+                continue
+            m1 = place(ri, w1[1], 1)
+            if m1 is None:
+                always.append(ri)
+                continue
+            r_f1[ri] = m1
+            scan1 |= m1
+            fb = None
+            if any(e[0] in lazy for e in w1[1]):
+                w2 = witness(c, True)
+                if w2 is not None:
+                    m2 = place(ri, w2[1], 2)
+                    if m2 is not None:
+                        fb = m2
+                        scan2 |= m2
+                        for w in range(MAX_WITNESS_FIELDS):
+                            if m2 >> w & 1:
+                                f2_by.setdefault(w, []).append(ri)
+            if fb is None and any(e[0] in lazy for e in w1[1]):
+                no_fallback += 1
+            if fb is None:
+                # no fallback: when a field of the primary witness is pending, evaluate
+                for w in range(MAX_WITNESS_FIELDS):
+                    if m1 >> w & 1:
+                        nw2.setdefault(w, []).append(ri)
+
+        self._nw = len(wfields)
+        self._w_names = sorted(wfields, key=wfields.get)
+        self._wslot_of = dict(wfields)
+        self._w_slot = self._i32([slot(n) for n in self._w_names])
+        # fields created by the witness (never by a predicate) still need state
+        self._nfields = len(self._names)
+        self._w_scan1 = scan1
+        self._w_scan2 = scan2 & ~scan1
+        self._r_f1 = self._u64(r_f1)
+        self._always = self._u32(always)
+        self._nalways = len(always)
+        off, flat = [0], []
+        for w in range(self._nw):
+            flat.extend(nw2.get(w, ()))
+            off.append(len(flat))
+        self._nw2_off = self._u32(off)
+        self._nw2 = self._u32(flat)
+        off, flat = [0], []
+        for w in range(self._nw):
+            flat.extend(f2_by.get(w, ()))
+            off.append(len(flat))
+        self._f2_off = self._u32(off)
+        self._f2 = self._u32(flat)
+
+        keys = sorted(per_field)
+        self._nac = len(keys)
+        self._ac = <Automaton *>PyMem_Malloc(sizeof(Automaton) * (self._nac if self._nac else 1))
+        if self._ac == NULL:
+            raise MemoryError()
+        cdef Automaton *a
+        total_states = 0
+        total_needles = 0
+        aoff = [0] * (self._nw + 1)
+        for ai, (w, mode) in enumerate(keys):
+            aoff[w + 1] = ai + 1
+            table = per_field[(w, mode)]
+            needles = list(table)
+            n, ncls, cls, trans, out_off, out_ids, groups, seqlen = _build_automaton(needles, mode)
+            a = &self._ac[ai]
+            a.field = w
+            a.mode = mode
+            a.nstates = n
+            a.ncls = ncls
+            for b in range(256):
+                a.cls[b] = cls[b]
+            a.trans16 = NULL
+            a.trans32 = NULL
+            # the top bit of a next-state id flags "this state has outputs"
+            if n < 32768:
+                trans = [t | 0x8000 if out_off[t + 1] != out_off[t] else t for t in trans]
+                ta = _pyarray.array("H", trans)
+                self._arrays.append(ta)
+                a.trans16 = <uint16_t *>(<array.array>ta).data.as_ushorts
+            else:
+                trans = [t | 0x80000000 if out_off[t + 1] != out_off[t] else t for t in trans]
+                a.trans32 = self._u32(trans)
+            a.out_off = self._u32(out_off)
+            a.out_ids = self._u32(out_ids)
+            a.nd_len = self._u32(seqlen)
+            eoff, er, ek, et = [0], [], [], []
+            for members in groups:
+                ents = []
+                for nid in members:
+                    ents.extend(table[needles[nid]])
+                for ri, wk, tag in sorted(set(ents)):
+                    er.append(ri)
+                    ek.append(wk)
+                    et.append(tag)
+                eoff.append(len(er))
+            a.nd_eoff = self._u32(eoff)
+            a.en_rule = self._u32(er)
+            a.en_kind = self._u8(ek)
+            a.en_tag = self._u8(et)
+            total_states += n
+            total_needles += len(needles)
+        for w in range(self._nw):   # fields without automata keep an empty range
+            if aoff[w + 1] < aoff[w]:
+                aoff[w + 1] = aoff[w]
+        self._w_aoff = self._u32(aoff)
+
+        self._stats = {
+            "engine": ENGINE,
+            "rules": self._nrules,
+            "predicates": self._npreds,
+            "fields": self._nfields,
+            "indexed_rules": self._nrules - len(always),
+            "always_evaluated_rules": len(always),
+            "rules_without_lazy_fallback": no_fallback,
+            "witness_fields": list(self._w_names),
+            "witness_literals": total_needles,
+            "automaton_states": total_states,
+            "index_bytes": sum(x.buffer_info()[1] * x.itemsize for x in self._arrays),
+        }
+
+    # ------------------------------------------------------------------ runtime
+    cdef int _field(self, _State st, int32_t slot, bint raw) except -1:
+        """Make field ``slot``'s text ready (folded, or raw); 0 when it is missing."""
+        cdef uint32_t ep = st.epoch
+        cdef object v, t, name, ev, pending
+        cdef PyObject *ptr
+        cdef Py_ssize_t n
+        cdef const char *u
+        cdef unsigned char *b
+        if st.vepoch[slot] != ep:
+            name = self._names[slot]
+            ev = st.event
+            if st.is_dict:
+                ptr = PyDict_GetItem(ev, name)
+                v = <object>ptr if ptr != NULL else None
+            else:
+                v = ev.get(name)
+            if v is None:
+                # field_value(): derived fields first, then a pending resolver
+                if name in DERIVED:
+                    v = DERIVED[name](ev)
+                else:
+                    pending = getattr(ev, "pending", None)
+                    if pending and name in pending:
+                        v = ev.resolve(name)
+            st.vepoch[slot] = ep
+            if v is None:
+                st.fnone[slot] = 1
+                return 0
+            st.fnone[slot] = 0
+            if PyUnicode_Check(v):
+                t = v
+            elif v is True:
+                t = "true"
+            elif v is False:
+                t = "false"
+            else:
+                t = str(v)
+            st.keep.append(t)
+            st.ftext[slot] = <PyObject *>t
+        elif st.fnone[slot]:
+            return 0
+        t = <object>st.ftext[slot]
+        if raw:
+            if st.repoch[slot] != ep:
+                if PyUnicode_IS_ASCII(t):
+                    st.rptr[slot] = <const unsigned char *>PyUnicode_DATA(t)
+                    st.rlen[slot] = PyUnicode_GET_LENGTH(t)
+                else:
+                    _utf8(st, t, &st.rptr[slot], &st.rlen[slot])
+                st.repoch[slot] = ep
+            return 1
+        if st.lepoch[slot] != ep:
+            if PyUnicode_IS_ASCII(t):
+                n = PyUnicode_GET_LENGTH(t)
+                u = <const char *>PyUnicode_DATA(t)
+                if n > 0:
+                    if st.bufcap[slot] < n:
+                        b = <unsigned char *>PyMem_Realloc(st.buf[slot], n + 64)
+                        if b == NULL:
+                            raise MemoryError()
+                        st.buf[slot] = b
+                        st.bufcap[slot] = n + 64
+                    mt_lower_ascii(st.buf[slot], <const unsigned char *>u, n)
+                    st.fptr[slot] = st.buf[slot]
+                else:
+                    st.fptr[slot] = <const unsigned char *>u
+                st.flen[slot] = n
+            else:
+                t = t.lower()   # full Unicode folding, exactly as the reference
+                st.keep.append(t)
+                _utf8(st, t, &st.fptr[slot], &st.flen[slot])
+            st.lepoch[slot] = ep
+        return 1
+
+    cdef int _pred(self, _State st, uint32_t p) except -1:
+        cdef uint32_t m = st.memo[p]
+        cdef uint32_t ep = st.epoch
+        cdef int r
+        if (m >> 1) == ep:
+            return m & 1
+        r = self._pred_eval(st, p)
+        st.memo[p] = (ep << 1) | <uint32_t>r
+        return r
+
+    cdef int _pred_eval(self, _State st, uint32_t p) except -1:
+        cdef uint8_t kind = self._p_kind[p]
+        cdef int32_t slot = self._p_slot[p]
+        cdef uint32_t v = self._p_voff[p]
+        cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef const unsigned char *h
+        cdef const unsigned char *nd
+        cdef Py_ssize_t hn
+        cdef uint32_t nn
+        cdef int present
+        if kind == K_PY:
+            return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+        present = self._field(st, slot, self._p_cased[p] or kind == K_RE)
+        if kind == K_EXISTS:
+            return present
+        if kind == K_MISSING:
+            return 1 - present
+        if not present:
+            return 0
+        if kind == K_RE:
+            # exact pre-check: literals (and repeated bytes) every match contains
+            self._field(st, slot, 0)
+            h = st.fptr[slot]
+            hn = st.flen[slot]
+            t = <object>st.ftext[slot]
+            for rx, lits, counts, chain in <tuple>self._regexes[p]:
+                ok = True
+                for lit in <tuple>lits:
+                    if not mt_contains(h, hn, <const unsigned char *>(<bytes>lit), len(<bytes>lit),
+                                       mt_rare_offset(<const unsigned char *>(<bytes>lit), len(<bytes>lit))):
+                        ok = False
+                        break
+                if ok:
+                    for c, k in <tuple>counts:
+                        if mt_count(h, hn, <unsigned char>c, k) < <size_t>k:
+                            ok = False
+                            break
+                if not ok:
+                    continue
+                if chain is not None:
+                    self._field(st, slot, 1)
+                    ch = <_Chain>chain
+                    if mt_chain(st.rptr[slot], st.rlen[slot], ch.ptrs, ch.lens, ch.rare, ch.k, ch.dotall):
+                        return 1
+                elif rx.search(t) is not None:
+                    return 1
+            return 0
+        if self._p_cased[p]:
+            h = st.rptr[slot]
+            hn = st.rlen[slot]
+        else:
+            h = st.fptr[slot]
+            hn = st.flen[slot]
+        if kind == K_CONTAINS:
+            while v < vend:
+                nn = self._v_len[v]
+                if mt_contains(h, hn, self._bytes + self._v_off[v], nn, self._v_rare[v]):
+                    return 1
+                v += 1
+            return 0
+        if kind == K_EQ:
+            while v < vend:
+                nn = self._v_len[v]
+                nd = self._bytes + self._v_off[v]
+                if nn == hn and (nn == 0 or (nd[0] == h[0] and memcmp(h, nd, nn) == 0)):
+                    return 1
+                v += 1
+            return 0
+        if kind == K_ENDS:
+            while v < vend:
+                nn = self._v_len[v]
+                nd = self._bytes + self._v_off[v]
+                if nn <= hn and (nn == 0 or (nd[nn - 1] == h[hn - 1] and memcmp(h + hn - nn, nd, nn) == 0)):
+                    return 1
+                v += 1
+            return 0
+        if kind == K_STARTS:
+            while v < vend:
+                nn = self._v_len[v]
+                nd = self._bytes + self._v_off[v]
+                if nn <= hn and (nn == 0 or (nd[0] == h[0] and memcmp(h, nd, nn) == 0)):
+                    return 1
+                v += 1
+            return 0
+        # K_GLOB: the longest literal must occur before the wildcard walk
+        while v < vend:
+            nn = self._v_len[v]
+            if mt_contains(h, hn, self._bytes + self._v_off[v], nn, self._v_rare[v]) and \
+                    mt_glob(self._globs + self._v_goff[v], self._v_glen[v], h, hn):
+                return 1
+            v += 1
+        return 0
+
+    cdef int _eval(self, _State st, uint32_t node) except -1:
+        cdef uint8_t k = self._n_kind[node]
+        cdef uint32_t c, cend
+        cdef int r
+        if k == N_PRED:
+            return self._pred(st, <uint32_t>self._n_arg[node])
+        if k == N_CONST:
+            return self._n_arg[node]
+        c = self._n_coff[node]
+        if k == N_NOT:
+            r = self._eval(st, self._children[c])
+            return 1 - r
+        cend = c + self._n_ccnt[node]
+        if k == N_AND:
+            while c < cend:
+                if not self._eval(st, self._children[c]):
+                    return 0
+                c += 1
+            return 1
+        while c < cend:   # N_OR
+            if self._eval(st, self._children[c]):
+                return 1
+            c += 1
+        return 0
+
+    cdef int _scan(self, _State st, Py_ssize_t w, uint64_t pmask) except -1:
+        """Run field ``w``'s automata; mark the rules whose witness literals occur."""
+        cdef int32_t slot = self._w_slot[w]
+        cdef Automaton *a
+        cdef const unsigned char *h
+        cdef Py_ssize_t n, i
+        cdef uint32_t ai, s, ncls
+        if not self._field(st, slot, 0):
+            return 0
+        h = st.fptr[slot]
+        n = st.flen[slot]
+        for ai in range(self._w_aoff[w], self._w_aoff[w + 1]):
+            a = &self._ac[ai]
+            ncls = a.ncls
+            if a.mode == 0:
+                s = 0
+                if a.trans16 != NULL:
+                    for i in range(n):
+                        s = a.trans16[s * ncls + a.cls[h[i]]]
+                        if s & 0x8000:
+                            s &= 0x7FFF
+                            _hits(a, st.cand, s, 0, i + 1, pmask, self._r_f1)
+                else:
+                    for i in range(n):
+                        s = a.trans32[s * ncls + a.cls[h[i]]]
+                        if s & 0x80000000:
+                            s &= 0x7FFFFFFF
+                            _hits(a, st.cand, s, 0, i + 1, pmask, self._r_f1)
+            elif a.mode == 1:
+                s = 1
+                for i in range(n):
+                    if a.trans16 != NULL:
+                        s = a.trans16[s * ncls + a.cls[h[i]]]
+                        if s & 0x8000:
+                            s &= 0x7FFF
+                            _hits(a, st.cand, s, 0, 0, pmask, self._r_f1)
+                    else:
+                        s = a.trans32[s * ncls + a.cls[h[i]]]
+                        if s & 0x80000000:
+                            s &= 0x7FFFFFFF
+                            _hits(a, st.cand, s, 0, 0, pmask, self._r_f1)
+                    if s == 0:
+                        break
+            else:
+                s = 1
+                i = n - 1
+                while i >= 0:
+                    if a.trans16 != NULL:
+                        s = a.trans16[s * ncls + a.cls[h[i]]]
+                        if s & 0x8000:
+                            s &= 0x7FFF
+                            _hits(a, st.cand, s, (1 if i == 0 else 0), 0, pmask, self._r_f1)
+                    else:
+                        s = a.trans32[s * ncls + a.cls[h[i]]]
+                        if s & 0x80000000:
+                            s &= 0x7FFFFFFF
+                            _hits(a, st.cand, s, (1 if i == 0 else 0), 0, pmask, self._r_f1)
+                    if s == 0:
+                        break
+                    i -= 1
+        return 0
+
+    cdef int _select(self, _State st) except -1:
+        """Fill the candidate bitmap: rules that can hold for this event."""
+        cdef uint64_t *cand = st.cand
+        cdef uint64_t pmask = 0, scan
+        cdef Py_ssize_t i, w
+        cdef uint32_t r, j
+        cdef object pending, ev = st.event
+        memset(cand, 0, sizeof(uint64_t) * self._nwords)
+        for i in range(self._nalways):
+            r = self._always[i]
+            cand[r >> 6] |= (<uint64_t>1) << (r & 63)
+        if not (st.is_dict and type(ev) is dict):
+            pending = getattr(ev, "pending", None)
+            if pending:
+                for name in pending:
+                    wi = self._wslot_of.get(name)
+                    if wi is not None and ev.get(name) is None and name not in DERIVED:
+                        pmask |= (<uint64_t>1) << <int>wi
+        scan = self._w_scan1 | (self._w_scan2 if pmask else 0)
+        scan &= ~pmask
+        while scan:
+            w = mt_ctz64(scan)
+            scan &= scan - 1
+            self._scan(st, w, pmask)
+        if pmask:
+            scan = pmask
+            while scan:
+                w = mt_ctz64(scan)
+                scan &= scan - 1
+                for j in range(self._nw2_off[w], self._nw2_off[w + 1]):
+                    r = self._nw2[j]
+                    cand[r >> 6] |= (<uint64_t>1) << (r & 63)
+                for j in range(self._f2_off[w], self._f2_off[w + 1]):
+                    r = self._f2[j]
+                    if pmask & self._r_f1[r]:
+                        cand[r >> 6] |= (<uint64_t>1) << (r & 63)
+        return 0
 
     cpdef list match(self, event):
         """Indices of the rules whose condition holds for ``event``, ascending."""
-        cdef Py_ssize_t ntests = len(self._tests)
-        cdef bytearray memo = bytearray(ntests)   # 0 unknown, 1 false, 2 true
+        cdef _State st = self._state
         cdef list out = []
-        cdef list stack = []
-        cdef Py_ssize_t ri, k, n
-        cdef int op, arg, i
-        cdef bint r
-        for ri in range(len(self._progs)):
-            stack.clear()
-            for op, arg in <list>self._progs[ri]:
-                if op == OP_PRED:
-                    if memo[arg] == 0:
-                        memo[arg] = 2 if (<object>self._tests[arg]).evaluate(event) else 1
-                    stack.append(memo[arg] == 2)
-                elif op == OP_AND or op == OP_OR:
-                    n = arg
-                    k = len(stack) - n
-                    if op == OP_AND:
-                        r = all(stack[k:])
-                    else:
-                        r = any(stack[k:])
-                    del stack[k:]
-                    stack.append(r)
-                elif op == OP_NOT:
-                    stack[len(stack) - 1] = not stack[len(stack) - 1]
-                else:
-                    stack.append(arg == 1)
-            if stack[len(stack) - 1]:
-                out.append(ri)
-        return out
+        cdef Py_ssize_t wd
+        cdef uint64_t bits
+        cdef uint32_t r
+        if st.busy:   # re-entered from a resolver, or another thread: private scratch
+            st = _State(self._nfields, self._npreds, self._nwords)
+        st.busy = True
+        st.epoch += 1
+        if st.epoch >= 0x7FFFFFFF:
+            st._reset()
+            st.epoch = 1
+        tp = type(event)
+        st.is_dict = tp is dict or tp is ProcessEvent
+        st.event = event
+        try:
+            self._select(st)
+            for wd in range(self._nwords):
+                bits = st.cand[wd]
+                while bits:
+                    r = <uint32_t>(wd * 64 + mt_ctz64(bits))
+                    bits &= bits - 1
+                    if self._eval(st, self._root[r]):
+                        out.append(r)
+            return out
+        finally:
+            st.keep.clear()
+            st.event = None
+            st.busy = False
+
+    def candidates(self, event):
+        """Indices of the rules the index lets through for ``event`` (a superset of ``match``)."""
+        cdef _State st = _State(self._nfields, self._npreds, self._nwords)
+        cdef list out = []
+        cdef Py_ssize_t wd
+        cdef uint64_t bits
+        st.epoch = 1
+        tp = type(event)
+        st.is_dict = tp is dict or tp is ProcessEvent
+        st.event = event
+        try:
+            self._select(st)
+            for wd in range(self._nwords):
+                bits = st.cand[wd]
+                while bits:
+                    out.append(wd * 64 + mt_ctz64(bits))
+                    bits &= bits - 1
+            return out
+        finally:
+            st.keep.clear()
+            st.event = None
 
     def match_rules(self, event):
         """The matching rules themselves."""
@@ -96,4 +1404,59 @@ cdef class Matcher:
 
     @property
     def stats(self):
-        return {"engine": ENGINE, "rules": len(self.rules), "predicates": len(self._tests)}
+        """Engine name, rule and predicate counts, and index statistics."""
+        return dict(self._stats)
+
+
+cdef inline void _hits(Automaton *a, uint64_t *cand, uint32_t s, int edge, Py_ssize_t endpos,
+                      uint64_t pmask, const uint64_t *r_f1) noexcept:
+    """Mark the rules named by the outputs of state ``s``.
+
+    An entry of kind W_START needs its literal to touch the value's start: for the
+    Aho-Corasick mode that is ``endpos == len``, for the suffix trie ``edge``.
+    """
+    cdef uint32_t o = a.out_off[s], oe = a.out_off[s + 1], nid, e, eend, r
+    cdef int at_start
+    while o < oe:
+        nid = a.out_ids[o]
+        if a.mode == 0:
+            at_start = <Py_ssize_t>a.nd_len[nid] == endpos
+        elif a.mode == 2:
+            at_start = edge
+        else:
+            at_start = 1
+        e = a.nd_eoff[nid]
+        eend = a.nd_eoff[nid + 1]
+        while e < eend:
+            if at_start or not (a.en_kind[e] & W_START):
+                r = a.en_rule[e]
+                if a.en_tag[e] == 1 or (pmask & r_f1[r]):
+                    cand[r >> 6] |= (<uint64_t>1) << (r & 63)
+            e += 1
+        o += 1
+
+
+cdef int _utf8(_State st, object t, const unsigned char **ptr, Py_ssize_t *n) except -1:
+    """UTF-8 bytes of ``t`` (cached in the str; lone surrogates via surrogatepass)."""
+    cdef const char *u
+    try:
+        u = PyUnicode_AsUTF8AndSize(t, n)
+    except UnicodeEncodeError:
+        b = (<str>t).encode("utf-8", "surrogatepass")
+        st.keep.append(b)
+        ptr[0] = <const unsigned char *>(<bytes>b)
+        n[0] = len(<bytes>b)
+        return 0
+    ptr[0] = <const unsigned char *>u
+    return 0
+
+
+def _remap(cond, remap):
+    kind = cond[0]
+    if kind == "pred":
+        return ("pred", remap[cond[1]])
+    if kind in ("and", "or"):
+        return (kind,) + tuple(_remap(c, remap) for c in cond[1:])
+    if kind == "not":
+        return ("not", _remap(cond[1], remap))
+    return cond

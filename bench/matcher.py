@@ -1,0 +1,206 @@
+"""Sigma matcher benchmark: compiled vs reference vs Python peers, same events, one run.
+
+Rule sets: ``seed`` (the built-in rule; peers get its SigmaHQ twin
+proc_creation_win_mofcomp_execution.yml) and ``sigmahq`` (every Windows
+process_creation rule that loads).  Events: the shared corpus, normalized once.
+The compiled engine runs every event; the reference engine and the peers (each in
+its own venv made by bench/peers/setup.sh, run in a subprocess) run a stride
+sample (``--sample``) because they are 100-10,000x slower.
+
+    .venv/bin/python bench/matcher.py            # table
+    .venv/bin/python bench/matcher.py --json     # one JSON object per (engine, ruleset)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CORPUS = SHARED / "data" / "events" / "process_creation_corpus.jsonl.gz"
+RULES = SHARED / "data" / "sigma-rules" / "rules" / "windows" / "process_creation"
+SEED_TWIN = "proc_creation_win_mofcomp_execution.yml"
+PEERS = {"azuma": "azuma", "sigma-rule-matcher": "srm", "sqlite": "sqlite"}
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def load_events(path):
+    from sensor.sources import read_paths
+
+    return list(read_paths([path]))
+
+
+def load_ruleset(name, rules_dir):
+    if name == "seed":
+        from sensor.rules.seed import seed_rule
+
+        return [seed_rule()]
+    from sensor.rules.loader import load_rules
+
+    return list(load_rules([rules_dir], builtin=False).rules)
+
+
+def time_engine(matcher, events, min_seconds):
+    """Best pass over ``events`` (ns/event); at least 3 passes, at least ``min_seconds``."""
+    match = matcher.match
+    best = None
+    passes = 0
+    t_end = time.perf_counter() + min_seconds
+    while passes < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        for ev in events:
+            match(ev)
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+        passes += 1
+    return best / len(events) * 1e9
+
+
+def rss_child(engine, ruleset, rules_dir):
+    """RSS (MiB) the loaded rule set adds, measured in a fresh interpreter."""
+    code = (
+        "import json, sys; sys.path[:0] = [%r, %r]\n"
+        "from matcher import rss_mb, load_ruleset\n"
+        "from sensor import matcher\n"
+        "import sensor.rules.loader, sensor.rules.seed, sensor._matcher_py\n"
+        "a = rss_mb(); rules = load_ruleset(%r, %r); b = rss_mb()\n"
+        "m = matcher.create(rules, %r); c = rss_mb()\n"
+        "print(json.dumps({'rules_ir_mb': b - a, 'matcher_mb': c - b}))\n"
+    ) % (str(ROOT), str(ROOT / "bench"), ruleset, str(rules_dir), engine)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def peer_events(events):
+    """Plain dicts of strings for the peers (missing values left out)."""
+    out = []
+    for ev in events:
+        out.append({k: (v if isinstance(v, str) else str(v)) for k, v in ev.items() if v is not None})
+    return out
+
+
+def run_peer(peer, ruleset, rule_files, events_file, n_events, min_seconds):
+    py = ROOT / "bench" / f".venv-{PEERS[peer]}" / "bin" / "python"
+    if not py.exists():
+        return {"engine": peer, "ruleset": ruleset, "skipped": f"{py} missing: run bench/peers/setup.sh"}
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write("\n".join(str(p) for p in rule_files))
+        listfile = fh.name
+    try:
+        cmd = [str(py), str(ROOT / "bench" / "peers" / "run_peer.py"), peer, events_file,
+               "--min-seconds", str(min_seconds)] + [str(p) for p in rule_files]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        os.unlink(listfile)
+    try:
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"engine": peer, "ruleset": ruleset, "skipped": (out.stderr or "no output")[-300:]}
+    res["ruleset"] = ruleset
+    res["engine"] = peer
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark the Sigma matcher engines and Python peers.")
+    ap.add_argument("--events", default=str(CORPUS), help="events file (default: the shared corpus)")
+    ap.add_argument("--rules", default=str(RULES), help="folder of Sigma rules for the sigmahq set")
+    ap.add_argument("--rulesets", default="seed,sigmahq")
+    ap.add_argument("--engines", default="compiled,reference,azuma,sigma-rule-matcher,sqlite")
+    ap.add_argument("--sample", type=int, default=200,
+                    help="events (stride sample) for the reference on sigmahq and for peers")
+    ap.add_argument("--min-seconds", type=float, default=2.0, help="timing budget per measurement")
+    ap.add_argument("--no-rss", action="store_true", help="skip the RSS measurement")
+    ap.add_argument("--json", action="store_true", help="print one JSON object per (engine, ruleset)")
+    args = ap.parse_args(argv)
+
+    if not Path(args.events).exists():
+        print(f"events file {args.events} not found", file=sys.stderr)
+        return 2
+    from sensor import matcher as M
+
+    engines = [e for e in args.engines.split(",") if e]
+    events = load_events(args.events)
+    step = max(1, len(events) // max(1, args.sample))
+    sample = events[::step][:args.sample]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sample_file = os.path.join(tmp, "events.json")
+        with open(sample_file, "w", encoding="utf-8") as fh:
+            json.dump(peer_events(sample), fh)
+        for ruleset in args.rulesets.split(","):
+            rules = load_ruleset(ruleset, args.rules)
+            if ruleset == "seed":
+                rule_files = [Path(args.rules) / SEED_TWIN]
+            else:
+                rule_files = sorted(Path(args.rules).rglob("*.yml"))
+            for engine in engines:
+                if engine in ("compiled", "reference"):
+                    if engine not in M.ENGINES:
+                        results.append({"engine": engine, "ruleset": ruleset, "skipped": "not built"})
+                        continue
+                    m = M.create(rules, engine)
+                    evs = events if (engine == "compiled" or ruleset == "seed") else sample
+                    res = {"engine": engine, "ruleset": ruleset, "rules_loaded": len(rules),
+                           "events": len(evs), "ns_per_event": time_engine(m, evs, args.min_seconds)}
+                    if not args.no_rss:
+                        rss = rss_child(engine, ruleset, args.rules)
+                        if rss:
+                            res["rss_added_mb"] = rss["matcher_mb"]
+                            res["rss_rules_ir_mb"] = rss["rules_ir_mb"]
+                    if engine == "compiled" and ruleset != "seed":
+                        # the same engine on the sample, so peers compare on equal events
+                        res["ns_per_event_sample"] = time_engine(m, sample, args.min_seconds / 2)
+                    results.append(res)
+                elif engine in PEERS:
+                    results.append(run_peer(engine, ruleset, rule_files, sample_file, len(sample),
+                                            args.min_seconds))
+                else:
+                    print(f"unknown engine {engine!r}", file=sys.stderr)
+                    return 2
+
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+        return 0
+    base = {r["ruleset"]: r for r in results if r["engine"] == "compiled" and "ns_per_event" in r}
+    print(f"{'engine':<20} {'ruleset':<8} {'rules':>6} {'events':>6} {'ns/event':>12} "
+          f"{'events/s':>11} {'x compiled':>10} {'RSS MiB':>8}")
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['engine']:<20} {r['ruleset']:<8} skipped: {r['skipped']}")
+            continue
+        ns = r["ns_per_event"]
+        b = base.get(r["ruleset"])
+        ref_ns = None
+        if b is not None:
+            ref_ns = b["ns_per_event"] if r["events"] == b["events"] else b.get("ns_per_event_sample", b["ns_per_event"])
+        ratio = f"{ns / ref_ns:10.1f}" if ref_ns else f"{'-':>10}"
+        rss = r.get("rss_added_mb")
+        print(f"{r['engine']:<20} {r['ruleset']:<8} {r['rules_loaded']:>6} {r['events']:>6} {ns:>12,.0f} "
+              f"{1e9 / ns:>11,.0f} {ratio} {'' if rss is None else f'{rss:8.1f}'}")
+    print("x compiled: time relative to the compiled engine on the same events "
+          "(sample rows use the compiled engine's time on the sample).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""The matcher: every IR op, case folding, missing/lazy/derived fields, both engines.
+
+Each test runs on both engines ("reference" and "compiled"); with
+SENSOR_NO_EXTENSIONS=1 (or without a build) only the reference runs.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from sensor import matcher as matcher_mod
+from sensor.events import ProcessEvent
+from sensor.rules.ir import Predicate, Rule, glob_escape
+from sensor.rules.seed import seed_rule
+
+ENGINES = sorted(matcher_mod.ENGINES)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+def make(engine, rules):
+    return matcher_mod.create(rules, engine)
+
+
+def rule(*preds, cond=None, rid="r"):
+    """A rule over ``preds``; the condition defaults to AND of all of them."""
+    if cond is None:
+        cond = ("and",) + tuple(("pred", i) for i in range(len(preds))) if len(preds) > 1 else ("pred", 0)
+    return Rule(id=rid, title=rid, predicates=tuple(preds), condition=cond)
+
+
+def P(field, op, *values, cased=False, flags=""):
+    return Predicate(field, op, tuple(values), cased, flags)
+
+
+def hit(engine, pred_or_rule, event) -> bool:
+    r = pred_or_rule if isinstance(pred_or_rule, Rule) else rule(pred_or_rule)
+    return make(engine, [r]).match(ProcessEvent(event)) == [0]
+
+
+# ---------------------------------------------------------------- API
+
+def test_engine_names(engine):
+    m = make(engine, [seed_rule()])
+    assert m.engine == engine
+    assert m.stats["engine"] == engine
+    assert m.stats["rules"] == 1
+    assert m.stats["predicates"] == len(seed_rule().predicates)
+
+
+def test_indices_ascending_and_match_rules(engine):
+    rules = [rule(P("Image", "contains", "a"), rid=f"r{i}") for i in range(130)]
+    rules[5] = rule(P("Image", "contains", "zzz"), rid="r5")
+    m = make(engine, rules)
+    out = m.match(ProcessEvent(Image="abc"))
+    assert out == [i for i in range(130) if i != 5]
+    assert [r.id for r in m.match_rules(ProcessEvent(Image="abc"))] == [f"r{i}" for i in out]
+    assert m.rules == rules
+
+
+def test_empty_rule_set(engine):
+    assert make(engine, []).match(ProcessEvent(Image="x")) == []
+
+
+def test_shared_predicates_counted_once(engine):
+    p = P("Image", "endswith", "\\x.exe")
+    m = make(engine, [rule(p, rid="a"), rule(p, P("User", "eq", "u"), rid="b")])
+    assert m.stats["predicates"] == 2
+    assert m.match(ProcessEvent(Image="C:\\x.exe", User="U")) == [0, 1]
+
+
+def test_plain_dict_events(engine):
+    m = make(engine, [rule(P("Image", "endswith", ".exe"))])
+    assert m.match({"Image": "A.EXE"}) == [0]
+    assert m.match({}) == []
+
+
+# ---------------------------------------------------------------- string ops
+
+@pytest.mark.parametrize("op,value,text,expected", [
+    ("eq", "cmd.exe", "CMD.EXE", True),
+    ("eq", "cmd.exe", "cmd.exe ", False),
+    ("eq", "", "", True),
+    ("eq", "", "x", False),
+    ("contains", "\\temp\\", "C:\\Users\\X\\AppData\\Local\\TEMP\\a", True),
+    ("contains", "zz", "z", False),
+    ("contains", "", "anything", True),
+    ("startswith", "c:\\windows", "C:\\Windows\\x", True),
+    ("startswith", "c:\\windows\\x\\y", "C:\\Windows\\x", False),
+    ("endswith", "\\mofcomp.exe", "C:\\Windows\\System32\\wbem\\MOFCOMP.EXE", True),
+    ("endswith", "\\mofcomp.exe", "mofcomp.exe", False),
+])
+def test_literal_ops(engine, op, value, text, expected):
+    assert hit(engine, P("CommandLine", op, value), {"CommandLine": text}) is expected
+
+
+def test_values_are_an_or(engine):
+    p = P("Image", "endswith", "\\a.exe", "\\b.exe", "\\c.exe")
+    assert hit(engine, p, {"Image": "x\\B.exe"})
+    assert not hit(engine, p, {"Image": "x\\d.exe"})
+
+
+def test_cased(engine):
+    p = P("CommandLine", "contains", "WebClient", cased=True)
+    assert hit(engine, p, {"CommandLine": "new-object Net.WebClient"})
+    assert not hit(engine, p, {"CommandLine": "new-object net.webclient"})
+    assert hit(engine, P("CommandLine", "eq", "É", cased=True), {"CommandLine": "É"})
+    assert not hit(engine, P("CommandLine", "eq", "É", cased=True), {"CommandLine": "é"})
+
+
+@pytest.mark.parametrize("value,text,expected", [
+    ("é", "CAFÉ", True),                 # non-ASCII folding
+    ("straße", "STRASSE", False),        # lower() does not expand ß
+    ("i̇stanbul", "İSTANBUL", True),      # İ.lower() is two code points
+    ("σ", "ΑΣ", False),                  # final sigma: "ΑΣ".lower() == "ας"
+    ("ας", "ΑΣ", True),
+    ("中文", "x中文y", True),
+    ("—enc", "powershell —ENC abc", True),   # windash variants are non-ASCII
+])
+def test_unicode_folding_as_str_lower(engine, value, text, expected):
+    assert hit(engine, P("CommandLine", "contains", value), {"CommandLine": text}) is expected
+
+
+def test_lone_surrogates(engine):
+    assert hit(engine, P("CommandLine", "contains", "\ud800x"), {"CommandLine": "a\ud800X"})
+    assert not hit(engine, P("CommandLine", "contains", "\ud801"), {"CommandLine": "a\ud800X"})
+
+
+def test_non_string_values(engine):
+    assert hit(engine, P("ProcessId", "eq", "4"), {"ProcessId": 4})
+    assert hit(engine, P("Flag", "eq", "true"), {"Flag": True})
+    assert hit(engine, P("Flag", "eq", "false"), {"Flag": False})
+    assert hit(engine, P("Ratio", "startswith", "1.5"), {"Ratio": 1.5})
+    assert hit(engine, P("Items", "contains", "['a'"), {"Items": ["a", "b"]})
+
+
+# ---------------------------------------------------------------- glob
+
+@pytest.mark.parametrize("pattern,text,expected", [
+    ("*\\rundll32.exe*,#*", "C:\\Windows\\RUNDLL32.EXE x.dll,#1", True),
+    ("*\\rundll32.exe*,#*", "C:\\Windows\\rundll32.exe x.dll,1", False),
+    ("a?c", "abc", True),
+    ("a?c", "aéc", True),                 # ? is one code point, not one byte
+    ("a?c", "a中c", True),
+    ("a?c", "ac", False),
+    ("a??", "aé", False),
+    ("a\\*c", "a*c", True),                # escaped star is literal
+    ("a\\*c", "abc", False),
+    ("a\\?c", "abc", False),
+    ("a\\\\c", "a\\c", True),
+    ("*", "", True),
+    ("**x**", "yxy", True),
+    ("*a*a*a*a*b", "a" * 40, False),       # back-tracking stays correct
+])
+def test_glob(engine, pattern, text, expected):
+    assert hit(engine, P("CommandLine", "glob", pattern), {"CommandLine": text}) is expected
+
+
+def test_glob_escape_round_trip(engine):
+    lit = "*weird?\\name*"
+    assert hit(engine, P("CommandLine", "glob", "*" + glob_escape(lit) + "*"), {"CommandLine": "x" + lit.upper() + "y"})
+
+
+# ---------------------------------------------------------------- regex
+
+@pytest.mark.parametrize("pattern,flags,text,expected", [
+    ("arp\\s+-a", "", 'cmd.exe /c "arp -a"', True),
+    ("^arp", "", 'cmd /c arp', False),              # re.search, anchors honoured
+    ("ARP", "", "arp", False),                      # re runs on the unfolded value
+    ("ARP", "i", "arp", True),
+    ("(?i)sys", "", "ſys", True),                   # re folds s with U+017F
+    ("(?i)ping", "", "PıNG", True),                 # ... and i with U+0131
+    ("\\+.*\\+.*\\+", "", "a+b+c+", True),          # literal chains
+    ("\\+.*\\+.*\\+", "", "a+b\n+c+", False),        # . does not cross a newline
+    ("\\+.*\\+.*\\+", "s", "a+b\n+c+", True),
+    ("\\+.*\\+.*\\+", "", "a+b\n+c++", True),
+    ("`.*`", "", "x`", False),
+    ("a.*b", "m", "xx\nab", True),
+    ("(?:x|y)z{2}", "", "yzz", True),
+    ("\\w+`(?:\\w+|-|.)`[\\w+|\\s]", "", "abc`d`e", True),
+    ("\\w+`(?:\\w+|-|.)`[\\w+|\\s]", "", "abc`d e", False),
+])
+def test_regex(engine, pattern, flags, text, expected):
+    assert hit(engine, P("CommandLine", "re", pattern, flags=flags), {"CommandLine": text}) is expected
+
+
+# ---------------------------------------------------------------- other ops
+
+def test_exists_and_null(engine):
+    assert hit(engine, P("User", "exists", True), {"User": ""})
+    assert not hit(engine, P("User", "exists", True), {})
+    assert hit(engine, P("User", "exists", False), {})
+    assert hit(engine, P("User", "null"), {"User": None})
+    assert not hit(engine, P("User", "null"), {"User": "x"})
+
+
+def test_missing_field_makes_string_ops_false(engine):
+    for op in ("eq", "contains", "startswith", "endswith", "glob", "re"):
+        assert not hit(engine, P("Nope", op, "x"), {"Image": "x"})
+    negated = rule(P("Nope", "contains", "x"), cond=("not", ("pred", 0)))
+    assert hit(engine, negated, {})
+
+
+def test_fieldref(engine):
+    assert hit(engine, P("Image", "fieldref", "ParentImage"), {"Image": "C:\\A.exe", "ParentImage": "c:\\a.exe"})
+    assert not hit(engine, P("Image", "fieldref", "ParentImage"), {"Image": "C:\\A.exe"})
+    assert hit(engine, P("CommandLine", "fieldref", "Image", flags="contains"),
+               {"CommandLine": "run c:\\a.exe now", "Image": "C:\\A.EXE"})
+
+
+def test_cidr_and_numeric(engine):
+    assert hit(engine, P("DestinationIp", "cidr", "10.0.0.0/8"), {"DestinationIp": "10.1.2.3"})
+    assert not hit(engine, P("DestinationIp", "cidr", "10.0.0.0/8"), {"DestinationIp": "11.1.2.3"})
+    assert not hit(engine, P("DestinationIp", "cidr", "10.0.0.0/8"), {"DestinationIp": "nope"})
+    assert hit(engine, P("ProcessId", "gt", 4), {"ProcessId": 5})
+    assert hit(engine, P("ProcessId", "lte", 4), {"ProcessId": "0x4"})
+    assert not hit(engine, P("ProcessId", "lt", 4), {"ProcessId": "abc"})
+
+
+def test_keyword_search_reads_stored_values(engine):
+    kw = P(None, "contains", "mimikatz")
+    assert hit(engine, kw, {"CommandLine": "run MIMIKATZ.exe"})
+    assert hit(engine, kw, {"Other": "x mimikatz"})
+    assert not hit(engine, kw, {"CommandLine": "benign"})
+    assert not hit(engine, P(None, "exists", True), {"CommandLine": "x"})
+
+
+def test_condition_tree(engine):
+    r = rule(P("Image", "endswith", "\\a.exe"), P("CommandLine", "contains", "x"), P("User", "eq", "svc"),
+             cond=("or", ("and", ("pred", 0), ("not", ("pred", 1))), ("pred", 2), ("const", False)))
+    assert hit(engine, r, {"Image": "c:\\a.exe", "CommandLine": "y"})
+    assert not hit(engine, r, {"Image": "c:\\a.exe", "CommandLine": "x"})
+    assert hit(engine, r, {"User": "SVC"})
+    assert hit(engine, rule(P("Image", "eq", "x"), cond=("const", True)), {})
+    assert not hit(engine, rule(P("Image", "eq", "x"), cond=("and", ("const", False), ("pred", 0))), {"Image": "x"})
+
+
+# ---------------------------------------------------------------- derived and lazy fields
+
+def test_derived_file_name(engine):
+    assert hit(engine, P("@FileName", "eq", "mofcomp.exe"), {"Image": "C:\\Windows\\MofComp.exe"})
+    assert not hit(engine, P("@FileName", "eq", "mofcomp.exe"), {})
+
+
+def _lazy_event(calls, **fields):
+    ev = ProcessEvent(fields)
+
+    def resolve(event, name):
+        calls.append(name)
+        return "MofComp.exe"
+
+    ev.set_pending("OriginalFileName", resolve)
+    return ev
+
+
+def test_pending_field_resolved_when_needed(engine):
+    calls = []
+    r = rule(P("OriginalFileName", "eq", "mofcomp.exe"))
+    ev = _lazy_event(calls, Image="C:\\x\\renamed.exe")
+    assert make(engine, [r]).match(ev) == [0]
+    assert calls == ["OriginalFileName"]
+    assert ev["OriginalFileName"] == "MofComp.exe"
+
+
+def test_pending_field_not_requested_when_a_cheap_predicate_decides(engine):
+    # written with the expensive predicate first; it must not be needed
+    r = rule(P("OriginalFileName", "eq", "mofcomp.exe"), P("Image", "endswith", "\\mofcomp.exe"))
+    calls = []
+    m = make(engine, [r, seed_rule()])
+    ev = _lazy_event(calls, Image="C:\\Windows\\notepad.exe", CommandLine="notepad")
+    assert m.match(ev) == []
+    if engine == "compiled":
+        assert calls == []           # cheap predicates first, index skips the rest
+    # the seed rule reads OriginalFileName only when its other half holds
+    calls.clear()
+    ev = _lazy_event(calls, Image="C:\\x\\renamed.exe", ParentImage="C:\\Windows\\cmd.exe",
+                     CommandLine="x C:\\Users\\Public\\a.mof")
+    assert m.match(ev) == [1]
+    assert calls == ["OriginalFileName"]
+
+
+def test_pending_field_keeps_index_exact(engine):
+    # the primary witness of this rule is on OriginalFileName; with it pending the
+    # fallback witness (CommandLine) must still let the rule through
+    r = rule(P("OriginalFileName", "eq", "evil.exe"), P("CommandLine", "contains", "-steal"))
+    calls = []
+    ev = ProcessEvent(Image="C:\\a.exe", CommandLine="a.exe -STEAL")
+    ev.set_pending("OriginalFileName", lambda e, n: calls.append(n) or "Evil.exe")
+    assert make(engine, [r]).match(ev) == [0]
+    assert calls == ["OriginalFileName"]
+
+
+def test_resolver_errors_propagate(engine):
+    ev = ProcessEvent(Image="x")
+
+    def boom(event, name):
+        raise OSError("pe read failed")
+
+    ev.set_pending("OriginalFileName", boom)
+    m = make(engine, [rule(P("OriginalFileName", "eq", "x"))])
+    with pytest.raises(OSError):
+        m.match(ev)
+    assert m.match(ProcessEvent(OriginalFileName="X")) == [0]   # still usable
+
+
+def test_reentrant_match_from_a_resolver(engine):
+    m = make(engine, [rule(P("OriginalFileName", "eq", "a.exe")), rule(P("Image", "eq", "b"))])
+    inner = []
+
+    def resolve(event, name):
+        inner.append(m.match(ProcessEvent(Image="B")))
+        return "A.EXE"
+
+    ev = ProcessEvent(Image="zzz")
+    ev.set_pending("OriginalFileName", resolve)
+    assert m.match(ev) == [0]
+    assert inner == [[1]]
+
+
+def test_threads_share_one_matcher(engine):
+    m = make(engine, [seed_rule(), rule(P("Image", "endswith", "\\b.exe"))])
+    ev_hit = ProcessEvent(Image="C:\\b.exe")
+    errors = []
+
+    def work():
+        try:
+            for _ in range(300):
+                assert m.match(ev_hit) == [1]
+        except AssertionError as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# ---------------------------------------------------------------- the seed rule
+
+MOF_PARENT = "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
+
+
+@pytest.mark.parametrize("event,expected", [
+    ({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": MOF_PARENT,
+      "CommandLine": "mofcomp.exe x.mof"}, True),
+    ({"Image": "C:\\tools\\m.exe", "OriginalFileName": "mofcomp.exe",
+      "CommandLine": "m.exe C:\\Users\\Public\\evil.mof"}, True),
+    ({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": "C:\\Windows\\explorer.exe",
+      "CommandLine": "mofcomp.exe x.mof"}, False),
+    # the filter: WmiPrvSE parent, C:\Windows\TEMP, a .mof at the end
+    ({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe",
+      "ParentImage": "C:\\Windows\\System32\\wbem\\WmiPrvSE.exe",
+      "CommandLine": "mofcomp.exe C:\\Windows\\TEMP\\x.mof"}, False),
+    ({"Image": "C:\\Windows\\notepad.exe", "ParentImage": MOF_PARENT}, False),
+])
+def test_seed_rule(engine, event, expected):
+    assert hit(engine, seed_rule(), event) is expected
+
+
+# ---------------------------------------------------------------- compiled only
+
+def test_candidates_cover_every_match():
+    if "compiled" not in matcher_mod.ENGINES:
+        pytest.skip("compiled matcher not built")
+    rules = [seed_rule(), rule(P("CommandLine", "re", "\\+.*\\+")),
+             rule(P("Image", "eq", "x"), cond=("not", ("pred", 0)))]
+    m = make("compiled", rules)
+    for ev in ({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": MOF_PARENT},
+               {"CommandLine": "a+b+c"}, {"Image": "x"}, {}):
+        assert set(m.match(ProcessEvent(ev))) <= set(m.candidates(ProcessEvent(ev)))
+    # a benign event is not a candidate of the seed rule
+    assert 0 not in m.candidates(ProcessEvent(Image="C:\\Windows\\notepad.exe"))
+
+
+def test_no_extensions_selects_reference(monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("SENSOR_NO_EXTENSIONS", "1")
+    mod = importlib.reload(matcher_mod)
+    try:
+        assert mod.Matcher is mod.ReferenceMatcher
+        assert sorted(mod.ENGINES) == ["reference"]
+        with pytest.raises(ValueError):
+            mod.create([], "compiled")
+    finally:
+        monkeypatch.delenv("SENSOR_NO_EXTENSIONS")
+        importlib.reload(matcher_mod)

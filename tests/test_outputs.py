@@ -1,0 +1,449 @@
+"""Output formats, TLS policy and secrets, against the local HTTPS receiver (real sockets, real TLS)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+
+import pytest
+
+from sensor import cli
+from sensor.outputs import BISECT, OK, PARK, RESEND, RETRY, SPLIT, ConfigError, Output, build_output
+from sensor.outputs.ecs import iso_time, to_ecs
+from sensor.outputs.http import HttpResponse, classify_status, parse_retry_after, safe_url
+from sensor.outputs.memory import MemoryOutput
+from sensor.outputs.tls import Secret, load_secret
+from sensor.outputs.webhook import sign
+from sensor.testing.receiver import Receiver, sample_alert
+
+
+@pytest.fixture()
+def receiver():
+    with Receiver(token="s3cr3t-token") as rec:
+        yield rec
+
+
+def opts(rec: Receiver, **kw) -> dict:
+    base = {"url": rec.url, "ca_file": str(rec.ca_file), "token": "s3cr3t-token"}
+    base.update(kw)
+    return base
+
+
+ALERTS = [sample_alert(i) for i in range(6)]
+IDS = [a["id"] for a in ALERTS]
+
+
+# -- ECS mapping ---------------------------------------------------------------------------------
+
+def test_ecs_document_for_a_seed_alert():
+    doc = to_ecs(ALERTS[0])
+    assert doc["event"]["kind"] == "alert" and doc["event"]["category"] == ["process"]
+    assert doc["event"]["type"] == ["start"] and doc["event"]["id"] == IDS[0]
+    assert doc["@timestamp"] == "2026-08-20T10:11:12.345Z"
+    assert doc["process"]["executable"] == "C:\\Windows\\System32\\wbem\\mofcomp.exe"
+    assert doc["process"]["name"] == "mofcomp.exe"
+    assert doc["process"]["pid"] == 1000
+    assert doc["process"]["pe"]["original_file_name"] == "mofcomp.exe"
+    assert doc["process"]["parent"]["executable"] == "C:\\Windows\\System32\\cmd.exe"
+    assert doc["process"]["parent"]["pid"] == 900
+    assert doc["user"] == {"name": "alice", "domain": "CORP"}
+    assert doc["host"]["hostname"] == "WS01"
+    assert doc["rule"]["name"] == "Potential Suspicious Mofcomp Execution"
+    assert doc["event"]["severity"] == 99  # critical
+    assert doc["threat"]["technique"]["id"] == ["T1218"]
+    assert doc["threat"]["tactic"]["id"] == ["TA0005"]  # attack.defense-evasion
+    assert doc["sensor"]["integrity_level"] == "High"
+    assert doc["sensor"]["select"]["COMMANDLINE"].startswith("mofcomp.exe")
+    assert "next_steps" in doc["sensor"]["rule"]
+
+
+def test_ecs_subtechniques_hashes_and_missing_values():
+    alert = {"id": "x", "timestamp": "2026-01-01T00:00:00Z", "event_time": None,
+             "rule": {"id": "r", "title": "t", "level": "medium",
+                      "tags": ["attack.execution", "attack.t1059.001"], "mitre": ["T1059.001"]},
+             "event": {"Image": None, "Hashes": "SHA256=AB12,MD5=CD34,IMPHASH=EE", "ProcessId": "0x10"}}
+    doc = to_ecs(alert)
+    assert doc["threat"]["technique"]["id"] == ["T1059"]
+    assert doc["threat"]["technique"]["subtechnique"]["id"] == ["T1059.001"]
+    assert doc["threat"]["tactic"]["name"] == ["Execution"]
+    assert doc["process"]["hash"] == {"sha256": "ab12", "md5": "cd34"}
+    assert doc["process"]["pe"]["imphash"] == "ee" and doc["process"]["pid"] == 16
+    assert "executable" not in doc["process"]  # None is left out, never invented
+    assert doc["@timestamp"] == "2026-01-01T00:00:00.000Z"
+
+
+def test_ecs_health_event():
+    doc = to_ecs({"id": "h", "type": "health", "timestamp": "2026-01-01T00:00:00Z",
+                  "health": {"event": "spool_overflow", "dropped": 3, "message": "m"}})
+    assert doc["event"]["kind"] == "event" and doc["event"]["action"] == "spool_overflow"
+    assert doc["sensor"]["health"]["dropped"] == 3
+
+
+def test_iso_time_forms():
+    assert iso_time("2026-08-20 10:11:12.345") == "2026-08-20T10:11:12.345Z"
+    assert iso_time("2026-08-20T12:11:12+02:00") == "2026-08-20T10:11:12.000Z"
+    assert iso_time("not a time") is None and iso_time(None) is None
+
+
+# -- the four HTTP formats -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["ecs", "splunk_hec", "elasticsearch", "webhook"])
+def test_each_format_delivers_over_tls(receiver, fmt):
+    out = build_output(opts(receiver, format=fmt))
+    assert isinstance(out, Output)
+    res = out.send_batch(ALERTS)
+    out.close()
+    assert res.outcome == OK and res.delivered == IDS and res.status == 200
+    assert receiver.ids() == IDS
+    entry = receiver.request_log[-1]
+    assert entry["gzip"] is True and entry["n"] == len(IDS)
+
+
+def test_hec_envelopes_auth_and_health(receiver):
+    seen = {}
+    orig = receiver._dispatch
+
+    def spy(kind, hdr, raw, scripted, entry):
+        seen.update(kind=kind, auth=hdr.get("authorization"), raw=raw)
+        return orig(kind, hdr, raw, scripted, entry)
+
+    receiver._dispatch = spy
+    out = build_output(opts(receiver, format="splunk_hec", index="main"))
+    assert out.send_batch(ALERTS[:2]).outcome == OK
+    assert seen["kind"] == "hec" and seen["auth"] == "Splunk s3cr3t-token"
+    lines = seen["raw"].decode().strip().split("\n")
+    assert len(lines) == 2 and not seen["raw"].lstrip().startswith(b"[")  # stacked, no array
+    env = json.loads(lines[0])
+    assert env["sourcetype"] == "etw-sensor:alert" and env["index"] == "main" and env["host"] == "WS01"
+    assert env["time"] == 1787220672.345  # event time, not send time
+    assert env["event"]["event"]["id"] == IDS[0]
+    health = out.check()
+    assert health.outcome == OK and "healthy" in health.detail
+    out.close()
+
+
+def test_hec_400_names_the_poison_event(receiver):
+    receiver.reject_ids = {IDS[2]}
+    out = build_output(opts(receiver, format="splunk_hec"))
+    res = out.send_batch(ALERTS)
+    assert res.outcome == RESEND and list(res.rejected) == [IDS[2]] and res.status == 400
+    out.close()
+
+
+def test_bulk_create_with_id_409_is_delivered_and_item_400_rejected(receiver):
+    out = build_output(opts(receiver, format="elasticsearch"))
+    assert out.path == "/_bulk"
+    assert out.send_batch(ALERTS[:3]).delivered == IDS[:3]
+    receiver.reject_ids = {IDS[4]}
+    res = out.send_batch(ALERTS)  # first three already stored: 409
+    assert res.outcome == OK
+    assert set(res.delivered) == set(IDS) - {IDS[4]} and list(res.rejected) == [IDS[4]]
+    assert "document_parsing_exception" in res.rejected[IDS[4]]
+    assert receiver.ids() == IDS[:3] + [IDS[3], IDS[5]]  # each stored once
+    out.close()
+
+
+def test_bulk_body_shape():
+    from sensor.outputs.elastic import ElasticsearchOutput
+    out = ElasticsearchOutput("https://127.0.0.1:9/es", index="logs-x-default")
+    assert out.path == "/es/_bulk"
+    body = out.body([out.encode_one(a) for a in ALERTS[:2]])
+    lines = body.split(b"\n")
+    assert body.endswith(b"\n") and len(lines) == 5
+    assert json.loads(lines[0]) == {"create": {"_index": "logs-x-default", "_id": IDS[0]}}
+    assert json.loads(lines[1])["event"]["id"] == IDS[0]
+
+
+def test_elastic_api_key_id_colon_key_is_base64(receiver):
+    out = build_output({"format": "es", "url": "https://127.0.0.1:9", "token": "myid:mykey"})
+    assert out.headers([], b"")["Authorization"] == "ApiKey bXlpZDpteWtleQ=="
+    assert out.redact("x myid:mykey y bXlpZDpteWtleQ==") == "x *** y ***"
+
+
+def test_webhook_signature_and_idempotency(receiver):
+    receiver.hmac_secret = "hm4c"
+    out = build_output(opts(receiver, format="webhook", hmac_secret="hm4c"))
+    assert out.send_batch(ALERTS[:1]).outcome == OK  # the receiver verified the signature
+    body = out.body([out.encode_one(ALERTS[0])])
+    h = out.headers(ALERTS[:1], body)
+    assert h["X-Sensor-Signature-256"] == "sha256=" + hmac.new(b"hm4c", body, hashlib.sha256).hexdigest()
+    assert h["Idempotency-Key"] == IDS[0]
+    wrong = build_output(opts(receiver, format="webhook", hmac_secret="other"))
+    res = wrong.send_batch(ALERTS[1:2])
+    assert res.outcome == PARK and res.status == 401
+    assert sign(b"k", b"body").startswith("sha256=")
+    out.close()
+    wrong.close()
+
+
+def test_ndjson_400_without_position_means_bisect(receiver):
+    receiver.reject_ids = {IDS[1]}
+    out = build_output(opts(receiver))
+    res = out.send_batch(ALERTS)
+    assert res.outcome == BISECT and res.status == 400 and not res.delivered
+    out.close()
+
+
+def test_gzip_off_sends_plain_body(receiver):
+    out = build_output(opts(receiver, gzip=False))
+    assert out.send_batch(ALERTS[:1]).outcome == OK
+    assert receiver.request_log[-1]["gzip"] is False
+    out.close()
+
+
+# -- status classification ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status,outcome", [
+    (200, OK), (201, OK), (204, OK), (409, OK), (408, RETRY), (429, RETRY), (500, RETRY), (502, RETRY),
+    (503, RETRY), (504, RETRY), (413, SPLIT), (400, BISECT), (401, PARK), (403, PARK), (404, PARK),
+    (301, PARK)])
+def test_classify_status(status, outcome):
+    assert classify_status(HttpResponse(status, {}, b"")) == outcome
+
+
+def test_retry_after_forms():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_429_carries_retry_after(receiver):
+    receiver.fail_next(429, headers={"Retry-After": "3"})
+    out = build_output(opts(receiver))
+    res = out.send_batch(ALERTS[:1])
+    assert res.outcome == RETRY and res.retry_after == 3.0 and res.status == 429
+    out.close()
+
+
+def test_connection_refused_is_retry(receiver):
+    out = build_output(opts(receiver, connect_timeout=1))
+    receiver.down()
+    res = out.send_batch(ALERTS[:1])
+    assert res.outcome == RETRY and res.status is None and "connect" in res.error
+    out.close()
+
+
+def test_read_timeout_is_retry(receiver):
+    receiver.delay = 0.6
+    out = build_output(opts(receiver, read_timeout=0.2))
+    res = out.send_batch(ALERTS[:1])
+    assert res.outcome == RETRY and "timeout" in res.error.lower()
+    out.close()
+    receiver.delay = 0
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+def test_wrong_ca_is_refused(receiver):
+    with Receiver() as other:
+        out = build_output(opts(receiver, ca_file=str(other.ca_file)))
+        res = out.send_batch(ALERTS[:1])
+        out.close()
+    assert res.outcome == PARK and "verif" in res.error.lower()
+    assert receiver.ids() == []
+
+
+def test_hostname_mismatch_is_refused():
+    with Receiver(cert_hosts=["other.example"]) as rec:
+        out = build_output(opts(rec))
+        res = out.send_batch(ALERTS[:1])
+        out.close()
+        assert res.outcome == PARK and "mismatch" in res.error.lower() and rec.ids() == []
+
+
+def test_expired_certificate_is_refused():
+    with Receiver(cert_expired=True) as rec:
+        out = build_output(opts(rec))
+        res = out.send_batch(ALERTS[:1])
+        out.close()
+        assert res.outcome == PARK and "expired" in res.error.lower() and rec.ids() == []
+
+
+def test_pin_match_and_mismatch(receiver):
+    good = build_output(opts(receiver, pin_sha256=receiver.cert_sha256.upper()))
+    assert good.send_batch(ALERTS[:1]).outcome == OK
+    bad = build_output(opts(receiver, pin_sha256="ab" * 32))
+    res = bad.send_batch(ALERTS[1:2])
+    assert res.outcome == PARK and "pin mismatch" in res.error
+    assert receiver.ids() == IDS[:1]
+    good.close()
+    bad.close()
+
+
+def test_pin_does_not_replace_hostname_check():
+    with Receiver(cert_hosts=["other.example"]) as rec:
+        out = build_output(opts(rec, pin_sha256=rec.cert_sha256))
+        res = out.send_batch(ALERTS[:1])
+        out.close()
+        assert res.outcome == PARK and rec.ids() == []
+
+
+def test_insecure_skip_verify_only_when_set_and_warned(receiver, caplog):
+    with caplog.at_level(logging.WARNING):
+        out = build_output({"url": receiver.url, "token": "s3cr3t-token", "insecure_skip_verify": True})
+    assert "verification is DISABLED" in caplog.text
+    assert out.send_batch(ALERTS[:1]).outcome == OK
+    out.close()
+
+
+def test_tls_minimum_is_1_2(receiver):
+    out = build_output(opts(receiver))
+    ctx = out.transport.pool.conn_kw["ssl_context"]
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    out.close()
+
+
+def test_os_trust_store_is_default(receiver):
+    import truststore
+    out = build_output({"url": receiver.url})
+    assert isinstance(out.transport.pool.conn_kw["ssl_context"], truststore.SSLContext)
+    # The throw-away CA is not in the OS store: refused, never downgraded.
+    assert out.send_batch(ALERTS[:1]).outcome == PARK
+    out.close()
+
+
+def test_client_certificate():
+    with Receiver(require_client_cert=True) as rec:
+        cert, key = rec.issue_client_cert()
+        without = build_output(opts(rec))
+        res = without.send_batch(ALERTS[:1])
+        assert res.outcome in (PARK, RETRY) and rec.ids() == []
+        with_cert = build_output(opts(rec, client_cert=str(cert), client_key=str(key)))
+        assert with_cert.send_batch(ALERTS[:1]).outcome == OK
+        without.close()
+        with_cert.close()
+
+
+def test_plain_http_refused_unless_allowed(caplog):
+    with pytest.raises(ConfigError, match="allow_http"):
+        build_output({"url": "http://127.0.0.1:9/x"})
+    with Receiver(tls=False) as rec:
+        with caplog.at_level(logging.WARNING):
+            out = build_output({"url": rec.url, "allow_http": True})
+        assert "plain http" in caplog.text
+        assert out.send_batch(ALERTS[:1]).outcome == OK
+        out.close()
+
+
+# -- secrets and options --------------------------------------------------------------------------
+
+def test_token_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENSOR_TEST_TOKEN", "from-env")
+    (tmp_path / "tok").write_text("from-file\n")
+    assert load_secret({"token": "lit"}, "token").reveal() == "lit"
+    assert load_secret({"token_env": "SENSOR_TEST_TOKEN"}, "token").reveal() == "from-env"
+    assert load_secret({"token_file": str(tmp_path / "tok")}, "token").reveal() == "from-file"
+    assert load_secret({}, "token") is None
+    with pytest.raises(ConfigError, match="only one"):
+        load_secret({"token": "a", "token_env": "B"}, "token")
+    with pytest.raises(ConfigError, match="not set"):
+        load_secret({"token_env": "SENSOR_NO_SUCH_VAR_X"}, "token")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_secret({"token_file": str(tmp_path / "missing")}, "token")
+
+
+def test_secret_never_shows():
+    s = Secret("hunter2")
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s) and "hunter2" not in f"{s}"
+
+
+def test_token_not_in_errors_or_logs(receiver, caplog):
+    receiver.token = "the-right-one"
+    with caplog.at_level(logging.DEBUG):
+        out = build_output(opts(receiver, token="wrong-s3cr3t"))
+        res = out.send_batch(ALERTS[:1])
+    assert res.outcome == PARK and res.status == 401
+    assert "wrong-s3cr3t" not in (res.error or "") + res.detail + caplog.text
+    assert "wrong-s3cr3t" not in repr(out.token)
+    out.close()
+
+
+def test_safe_url_strips_credentials():
+    assert safe_url("https://u:p@h.example:8088/x?token=abc#f") == "https://h.example:8088/x"
+
+
+def test_bad_options_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown output option"):
+        build_output({"url": "https://x", "tokn": "a"})
+    with pytest.raises(ConfigError, match="format"):
+        build_output({"format": "smoke-signals"})
+    with pytest.raises(ConfigError, match="url"):
+        build_output({"format": "ecs"})
+    with pytest.raises(ConfigError, match="pin_sha256"):
+        build_output({"url": "https://x", "pin_sha256": "abc"})
+    with pytest.raises(ConfigError, match="ca_file"):
+        build_output({"url": "https://x", "ca_file": str(tmp_path / "none.pem")})
+
+
+# -- local outputs ---------------------------------------------------------------------------------
+
+def test_jsonl_output_appends_ecs_lines(tmp_path):
+    out = build_output({"format": "jsonl", "path": str(tmp_path / "a" / "alerts.jsonl")})
+    assert out.send_batch(ALERTS[:2]).delivered == IDS[:2]
+    assert out.send_batch(ALERTS[2:3]).outcome == OK
+    lines = (tmp_path / "a" / "alerts.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event"]["id"] for x in lines] == IDS[:3]
+
+
+def test_memory_output_records_and_scripts():
+    out = build_output({"format": "memory"})
+    assert isinstance(out, MemoryOutput)
+    assert out.send_batch(ALERTS[:2]).outcome == OK and out.ids == IDS[:2]
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+def test_cli_output_test_delivers(receiver, capsys, monkeypatch):
+    monkeypatch.setenv("SENSOR_TEST_TOKEN", "s3cr3t-token")
+    rc = cli.main(["output", "test", "--url", receiver.url, "--ca-file", str(receiver.ca_file),
+                   "--token-env", "SENSOR_TEST_TOKEN", "--format", "splunk_hec"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "DELIVERED" in out and "HEC is healthy" in out
+    assert len(receiver.ids()) == 1
+    assert "s3cr3t-token" not in out
+
+
+def test_cli_output_test_refuses_and_reports(receiver, capsys):
+    rc = cli.main(["output", "test", "--url", receiver.url, "--token", "s3cr3t-token", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1 and report["outcome"] == PARK and report["delivered"] is False
+    rc = cli.main(["output", "test", "--url", "http://127.0.0.1:9/"])
+    assert rc == 2 and "allow_http" in capsys.readouterr().err
+
+
+def test_receiver_decodes_gzip_and_rejects_garbage(receiver):
+    import urllib3
+    pool = urllib3.HTTPSConnectionPool("127.0.0.1", receiver.port, ca_certs=str(receiver.ca_file),
+                                       cert_reqs="CERT_REQUIRED", assert_hostname="127.0.0.1")
+    r = pool.urlopen("POST", "/x", body=gzip.compress(b"not json"),
+                     headers={"Content-Encoding": "gzip", "Content-Type": "application/x-ndjson",
+                              "Authorization": "Bearer s3cr3t-token"})
+    assert r.status == 400
+    pool.close()
+
+
+def test_insecure_with_pin_still_checks_the_pin(receiver):
+    with Receiver() as other:  # a certificate from a CA we do not trust
+        ok = build_output({"url": other.url, "insecure_skip_verify": True, "pin_sha256": other.cert_sha256})
+        assert ok.send_batch(ALERTS[:1]).outcome == OK
+        bad = build_output({"url": other.url, "insecure_skip_verify": True, "pin_sha256": "ef" * 32})
+        assert bad.send_batch(ALERTS[:1]).outcome == PARK
+        ok.close()
+        bad.close()
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "splunk_hec", "elasticsearch", "webhook"])
+def test_receiver_keeps_documents_when_asked(fmt):
+    with Receiver(keep_documents=True) as rec:
+        out = build_output({"url": rec.url, "ca_file": str(rec.ca_file), "format": fmt})
+        assert out.send_batch(ALERTS[:2]).outcome == OK
+        out.close()
+        docs = rec.documents()
+    assert [d["event"]["id"] for d in docs] == IDS[:2]
+    assert docs[0]["process"]["executable"].endswith("mofcomp.exe")

@@ -75,7 +75,9 @@ def build_alert(rule: Rule, event: Mapping[str, Any], now: str | None = None,
         "rule": rule_info if rule_info is not None else rule_summary(rule),
     }
     for name in SELECT_FIELDS + tuple(s for s in rule.select if s not in SELECT_FIELDS):
-        alert[name] = field_value(event, FIELD_MAP[name])
+        fld = FIELD_MAP.get(name)
+        if fld is not None:  # a pack could name a field the sensor does not know
+            alert[name] = field_value(event, fld)
     ev = {k: event.get(k) for k in FIELDS}
     ev.update((k, v) for k, v in event.items() if k not in ev)
     alert["event"] = ev

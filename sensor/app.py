@@ -63,6 +63,12 @@ def load_rules(cfg: Config) -> tuple[list, list]:
     report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
     problems = [f"rule rejected: {r.path}{':' + str(r.line) if r.line else ''}: {r.reason}"
                 for r in report.rejected]
+    for w in report.warnings:
+        if "duplicate rule id" in w.reason:  # same id -> same alert ids: one would be lost
+            problems.append(f"rule warning: {w.path}: {w.reason}")
+    if report.not_applicable:
+        log.info("%d rule(s) not applicable to process starts (see `etw-sensor rules validate`)",
+                 len(report.not_applicable))
     return report.rules, problems
 
 
@@ -164,6 +170,20 @@ def _make_enricher(cfg: Config, lookup, pe_stats):
     hostname = cfg.sensor.hostname or socket.gethostname()
     return Enricher(pe_lookup=lookup, path_map=cfg.enrich.pe.path_map or None,
                     hostname=hostname if cfg.source.kind == "etw" else None, pe_stats=pe_stats)
+
+
+def prepare(cfg: Config):
+    """Build every part from ``cfg``, log what the operator must know, return the pipeline.
+
+    Shared by ``etw-sensor run`` and the Windows service, so both report the same
+    warnings (insecure TLS, rejected rules, rule-load caveats).
+    """
+    parts = build(cfg)
+    for w in parts.warnings:
+        log.warning(w)
+    for p in parts.rule_problems:
+        log.error(p)
+    return make_pipeline(parts)
 
 
 def make_pipeline(parts: Parts):

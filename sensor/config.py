@@ -7,6 +7,7 @@ documented in ``sensor/data/sensor.example.toml``.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -231,6 +232,8 @@ def load(path: str) -> Config:
 
 
 def _positive(value: float, key: str, path: str, zero_ok: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: {key}: must be a finite number, got {value}")
     if value < 0 or (value == 0 and not zero_ok):
         raise ConfigError(f"{path}: {key}: must be {'>= 0' if zero_ok else '> 0'}, got {value}")
 
@@ -241,6 +244,10 @@ def _check(cfg: Config, path: str) -> None:
     _positive(s.batch_size, "sensor.batch_size", path)
     _positive(s.heartbeat_s, "sensor.heartbeat_s", path, zero_ok=True)
     _positive(s.drain_timeout_s, "sensor.drain_timeout_s", path, zero_ok=True)
+    _positive(cfg.logging.max_bytes, "logging.max_bytes", path)
+    _positive(cfg.logging.backups, "logging.backups", path, zero_ok=True)
+    _positive(cfg.source.etw.query_interval_s, "source.etw.query_interval_s", path)
+    _positive(cfg.delivery.backoff_cap_s, "delivery.backoff_cap_s", path)
     e = cfg.source.etw
     for key in ("buffer_kb", "min_buffers", "max_buffers", "flush_ms", "process_table_size"):
         _positive(getattr(e, key), f"source.etw.{key}", path)
@@ -299,5 +306,6 @@ def _resolve_paths(cfg: Config, base: str) -> None:
     o = cfg.output
     for key in ("path", "token_file", "hmac_secret_file", "ca_file", "client_cert", "client_key"):
         setattr(o, key, fix(getattr(o, key)))
+    o.url = os.path.expandvars(o.url)
     if o.format.lower() in ("jsonl", "file") and not o.path:
         o.path = os.path.join(s.data_dir, "alerts.jsonl")

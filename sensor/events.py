@@ -91,7 +91,7 @@ def image_file_name(path: str | None) -> str | None:
     """The file name of a Windows image path (``C:\\x\\y.exe`` → ``y.exe``)."""
     if not path:
         return None
-    return ntpath.basename(path) or None
+    return ntpath.basename(str(path)) or None
 
 
 def summary(event: Mapping[str, Any]) -> str:

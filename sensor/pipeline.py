@@ -54,6 +54,7 @@ class Pipeline:
         self.events_in = 0
         self.events_excluded = 0
         self.enrich_errors = 0
+        self.event_errors = 0
         self.match_ns = 0
         self.work_ns = 0
         self.alerts_by_rule: Counter = Counter()
@@ -148,37 +149,46 @@ class Pipeline:
         mns = 0
         clock = time.perf_counter_ns
         for ev in batch:
-            if enrich is not None:
-                try:
-                    enrich(ev)
-                except Exception:
-                    self.enrich_errors += 1
-                    log.exception("enrichment failed")
-            hits = None
-            if excl is not None:
-                hits = excl.matching(ev)
-                if hits and excl.drops_event(hits):
-                    self.events_excluded += 1
-                    continue
-            m0 = clock()
-            matched = match(ev)
-            mns += clock() - m0
-            for i in matched:
-                rule = rules[i]
-                if hits and excl.drops_alert(hits, rule):
-                    continue
-                if throttle is not None and not throttle.allow(rule.id, ev):
-                    continue
-                alert = self.make_alert(rule, ev)
-                if self.info:
-                    alert["sensor"].update(self.info)
-                alerts.append(alert)
-                self.alerts_by_rule[rule.id] += 1
+            try:
+                mns += self._one(ev, match, rules, enrich, excl, throttle, alerts, clock)
+            except Exception:  # one bad event must not cost the others their alerts
+                self.event_errors += 1
+                log.exception("event skipped: processing failed")
         self.events_in += len(batch)
         self.match_ns += mns
         if alerts:
             self._deliver(alerts)
         self.work_ns += time.perf_counter_ns() - t0
+
+    def _one(self, ev, match, rules, enrich, excl, throttle, alerts: list, clock) -> int:
+        """Enrich, match and alert one event; returns the ns spent in the matcher."""
+        if enrich is not None:
+            try:
+                enrich(ev)
+            except Exception:
+                self.enrich_errors += 1
+                log.exception("enrichment failed")
+        hits = None
+        if excl is not None:
+            hits = excl.matching(ev)
+            if hits and excl.drops_event(hits):
+                self.events_excluded += 1
+                return 0
+        m0 = clock()
+        matched = match(ev)
+        mns = clock() - m0
+        for i in matched:
+            rule = rules[i]
+            if hits and excl.drops_alert(hits, rule):
+                continue
+            if throttle is not None and not throttle.allow(rule.id, ev):
+                continue
+            alert = self.make_alert(rule, ev)
+            if self.info:
+                alert["sensor"].update(self.info)
+            alerts.append(alert)
+            self.alerts_by_rule[rule.id] += 1
+        return mns
 
     def _deliver(self, alerts: list[dict]) -> None:
         if self.spool is not None:
@@ -209,10 +219,12 @@ class Pipeline:
             "sensor": {"version": __version__, "pid": os.getpid(), "started_at": self._started_at,
                        "uptime_s": round(time.time() - self._started_at, 1), **self.info},
             "events": {"in": n, "per_s": round(rate, 1), "excluded": self.events_excluded,
-                       "queue_dropped": qs["dropped"] + sum(int(src.get(k, 0) or 0) for k in
-                                                            ("dropped", "queue_drops", "callback_drops")),
+                       # the queue counts what it refused; the ETW callback's own
+                       # hand-off queue counts what never reached it
+                       "queue_dropped": qs["dropped"] + int(src.get("callback_drops", 0) or 0),
                        "queue_depth": qs["depth"], "queue_capacity": qs["capacity"],
-                       "queue_high_water": qs["high_water"], "enrich_errors": self.enrich_errors},
+                       "queue_high_water": qs["high_water"], "enrich_errors": self.enrich_errors,
+                       "errors": self.event_errors},
             "source": src,
             "etw": _etw_health(src),
             "enrich": _backfill_health(src),

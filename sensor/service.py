@@ -45,7 +45,9 @@ class InstallPlan:
     def sc_failure_command(self) -> list[str]:
         """The ``sc.exe failure`` call that sets the recovery actions."""
         actions = "/".join(f"restart/{d}" for _, d in self.recovery)
-        return ["sc.exe", "failure", self.name, f"reset= {self.recovery_reset_s}", f"actions= {actions}"]
+        # sc.exe wants each option name ("reset=") and its value as separate arguments.
+        return ["sc.exe", "failure", self.name, "reset=", str(self.recovery_reset_s),
+                "actions=", actions]
 
 
 def install_plan(config: str, startup: str = "delayed", name: str = SERVICE_NAME) -> InstallPlan:

@@ -93,22 +93,34 @@ def _service_class():
             super().__init__(args)
             self._stop = threading.Event()
             self._h = win32event.CreateEvent(None, 0, 0, None)
+            self._name = args[0] if args else SERVICE_NAME   # the installed name (--name)
+            self._drain = 30.0
 
         def SvcStop(self):
-            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING)
+            # The drain may take drain_timeout_s: tell the SCM so it does not give up early.
+            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING,
+                                     waitHint=int((self._drain + 5) * 1000))
             self._stop.set()
 
+        # Accept system shutdown too, so queued events and the spool are flushed.
+        SvcShutdown = SvcStop
+
         def SvcDoRun(self):
-            from .app import build, make_pipeline, setup_logging
+            from .app import prepare, setup_logging
             from .commands.run import serve
-            from .config import load
+            from .config import ConfigError, load
 
             servicemanager.LogMsg(servicemanager.EVENTLOG_INFORMATION_TYPE,
-                                  servicemanager.PYS_SERVICE_STARTED, (self._svc_name_, ""))
-            path = win32serviceutil.GetServiceCustomOption(self._svc_name_, "config")
-            cfg = load(path)
-            setup_logging(cfg)
-            pipeline = make_pipeline(build(cfg))
+                                  servicemanager.PYS_SERVICE_STARTED, (self._name, ""))
+            try:
+                path = win32serviceutil.GetServiceCustomOption(self._name, "config")
+                cfg = load(path)
+                self._drain = cfg.sensor.drain_timeout_s
+                setup_logging(cfg)
+                pipeline = prepare(cfg)
+            except ConfigError as exc:
+                servicemanager.LogErrorMsg(f"etw-sensor: config error: {exc}")
+                return
             serve(pipeline, self._stop, cfg.sensor.drain_timeout_s)
 
     return SensorService

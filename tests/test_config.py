@@ -101,3 +101,16 @@ def test_etw_settings_reach_the_source(tmp_path):
     bad = write(tmp_path, '[source]\nkind = "etw"\n[source.etw]\nbuffer_kb = 2\n')
     with pytest.raises(config.ConfigError, match="source.etw: buffer_kb must be within"):
         etw_config(config.load(bad))
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[sensor]\nheartbeat_s = nan\n", "sensor.heartbeat_s"),
+    ("[sensor]\ndrain_timeout_s = inf\n", "sensor.drain_timeout_s"),
+    ("[spool]\nmax_mb = inf\n", "spool.max_mb"),
+    ("[throttle]\nwindow_s = nan\n", "throttle.window_s"),
+    ("[delivery]\nbackoff_base_s = nan\n", "delivery.backoff_base_s"),
+    ("[logging]\nmax_bytes = -5\n", "logging.max_bytes"),
+])
+def test_non_finite_and_negative_numbers_refused(tmp_path, text, key):
+    with pytest.raises(config.ConfigError, match=key.replace(".", "\\.") + ": must be"):
+        config.load(write(tmp_path, REPLAY + text))

@@ -13,8 +13,8 @@ def test_install_plan():
     p = install_plan(r"C:\Program Files\etw-sensor\sensor.toml", "delayed")
     assert p.name == "EtwSensor" and p.delayed and p.start_type == STARTUP["auto"]
     assert p.class_string == "sensor.service_windows.SensorService"
-    assert p.sc_failure_command() == ["sc.exe", "failure", "EtwSensor", "reset= 86400",
-                                      "actions= restart/60000/restart/60000/restart/60000"]
+    assert p.sc_failure_command() == ["sc.exe", "failure", "EtwSensor", "reset=", "86400",
+                                      "actions=", "restart/60000/restart/60000/restart/60000"]
     assert install_plan(r"D:\s.toml", "manual", "EtwSensor2").display_name == "ETW Sensor (EtwSensor2)"
 
 

@@ -32,17 +32,12 @@ def main(args) -> int:
             cfg.source.kind = "replay"
             cfg.source.replay.paths = list(args.replay)
             cfg.source.replay.speed = args.speed or 0.0
-        from ..app import build, make_pipeline, setup_logging
+        from ..app import prepare, setup_logging
         setup_logging(cfg)
-        parts = build(cfg)
+        pipeline = prepare(cfg)
     except ConfigError as exc:
         print(f"etw-sensor: config error: {exc}", file=sys.stderr)
         return 2
-    for w in parts.warnings:
-        log.warning(w)
-    for p in parts.rule_problems:
-        log.error(p)
-    pipeline = make_pipeline(parts)
     stop = threading.Event()
 
     def _signal(signum, frame):
@@ -57,9 +52,13 @@ def main(args) -> int:
 
 def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
     """Run until ``stop`` is set (or a finite source is done); then stop cleanly."""
-    pipeline.start()
     finished = getattr(pipeline.source, "finished", None)
     try:
+        try:
+            pipeline.start()
+        except Exception as exc:  # e.g. ETW access denied, no free session
+            log.error("the sensor could not start: %s", exc)
+            return 2
         while not stop.wait(0.2):
             if finished is not None and finished.is_set() and pipeline.wait_source(0):
                 log.info("replay finished")

@@ -80,10 +80,11 @@ class Enricher:
             self.pe_found += 1
         pending = event.pending or {}
         for f, key in PE_FIELDS.items():
-            if f in pending and f != field:
-                del pending[f]
+            if f not in pending and f != field:
+                continue  # the source already had this field
+            pending.pop(f, None)
             value = info.get(key) if info else None
-            if f != field and event.get(f) is None:
+            if f != field:
                 dict.__setitem__(event, f, value)
             if value is not None and event.origin is not None:
                 event.origin[f] = ORIGIN_PE

@@ -241,6 +241,12 @@ class Rule:
     def __post_init__(self) -> None:
         self.predicates = tuple(self.predicates)
         self.condition = check_condition(self.condition, len(self.predicates))
+        self.select = tuple(self.select)
+        if self.select:
+            from .criteria import FIELD_MAP
+            bad = [s for s in self.select if s not in FIELD_MAP]
+            if bad:
+                raise RuleError(f"unknown select field(s): {', '.join(map(str, bad))}")
 
     @property
     def fields(self) -> frozenset:

@@ -1,7 +1,8 @@
 """Event sources.  Replay (EVTX, JSON lines) runs anywhere; ETW runs on Windows.
 
 ``read_paths`` reads files or folders of ``.evtx``, ``.jsonl``, ``.jsonl.gz``
-(and ``.json``/``.ndjson`` as JSON lines) in a stable order.
+(and ``.ndjson``, ``.json.gz``, ``.ndjson.gz`` as JSON lines) in a stable order;
+a file named directly is read as JSON lines whatever its suffix.
 """
 from __future__ import annotations
 

@@ -23,7 +23,9 @@ def _event_time(ev: ProcessEvent) -> float | None:
     if not isinstance(t, str):
         return None
     try:
-        return _dt.datetime.strptime(t[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        # UtcTime is UTC: pace by it as such (a naive timestamp() would read local time)
+        return _dt.datetime.strptime(t[:23], "%Y-%m-%d %H:%M:%S.%f").replace(
+            tzinfo=_dt.timezone.utc).timestamp()
     except ValueError:
         return None
 

@@ -1,0 +1,182 @@
+"""The live pipeline on replayed events: enrich → match → spool → deliver, drops, drain, health."""
+from __future__ import annotations
+
+import json
+import threading
+
+from sensor.delivery import DeliveryConfig, Forwarder
+from sensor.events import ProcessEvent
+from sensor.health import read_status
+from sensor.noise import Exclusion, Exclusions, Throttle
+from sensor.outputs.memory import MemoryOutput
+from sensor.pipeline import Pipeline
+from sensor.rules.seed import seed_rule
+from sensor.sources.replay import ReplaySource
+from sensor.spool import Spool
+
+MOF = {"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": "C:\\Windows\\System32\\cmd.exe",
+       "CommandLine": "mofcomp a.mof", "Computer": "WS1"}
+
+
+def recording(tmp_path, events):
+    p = tmp_path / "rec.jsonl"
+    p.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    return str(p)
+
+
+def make(tmp_path, events, engine, **kw):
+    spool = Spool(tmp_path / "spool.sqlite")
+    out = MemoryOutput()
+    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.01, poll_interval=0.05))
+    src = ReplaySource([recording(tmp_path, events)])
+    p = Pipeline(source=src, rules=[seed_rule()], spool=spool, forwarder=fwd, engine=engine,
+                 heartbeat_interval=0, **kw)
+    return p, out, spool
+
+
+def test_alerts_flow_to_the_output(tmp_path, engine):
+    events = [dict(MOF, ProcessId=i) for i in range(50)] + [{"Image": "C:\\x.exe"}] * 50
+    p, out, spool = make(tmp_path, events, engine)
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=10)
+    assert status["events"]["in"] == 100
+    assert status["alerts"]["total"] == 50
+    assert len(set(out.ids)) == 50 and len(out.ids) == 50
+    assert spool.depth() == 0                       # delivered alerts left the spool
+    assert status["matcher"]["us_per_event"] > 0
+
+
+def test_alert_written_to_spool_before_delivery(tmp_path, engine):
+    """With delivery failing, every alert stays in the spool (nothing is lost)."""
+    from sensor.outputs import RETRY, SendResult
+    p, out, spool = make(tmp_path, [dict(MOF, ProcessId=i) for i in range(10)], engine)
+    out.script = lambda alerts: SendResult(RETRY, status=503, error="down")
+    p.start()
+    assert p.wait_source(10)
+    p.stop(drain_timeout=0.5)
+    assert spool.depth() == 10 and out.alerts == []
+
+
+def test_noise_control_in_pipeline(tmp_path, make_matcher, engine):
+    events = [dict(MOF)] * 5 + [dict(MOF, ParentImage="C:\\Windows\\System32\\cscript.exe",
+                                    CommandLine="cscript ZTITatoo.wsf")]
+    excl = Exclusions([Exclusion(rules=["seed-*"], fields={"parent_image|endswith": "\\cscript.exe"})],
+                      make_matcher)
+    p, out, _ = make(tmp_path, events, engine, exclusions=excl, throttle=Throttle(3600))
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=10)
+    assert len(out.ids) == 1                         # 5 identical -> 1, cscript one excluded
+    assert status["noise"]["throttled"] == {"seed-cc784d634d6f7fd1": 4}
+    assert status["noise"]["excluded_alerts"] == {"seed-cc784d634d6f7fd1": 1}
+
+
+class BurstSource:
+    """A source that pushes without waiting, like the ETW callback."""
+
+    name = "burst"
+    blocking = False
+
+    def __init__(self, n):
+        self.n = n
+        self.finished = threading.Event()
+        self.accepted = 0
+
+    def start(self, emit):
+        for i in range(self.n):
+            self.accepted += emit(ProcessEvent(Image=f"C:\\{i}.exe"))
+        self.finished.set()
+
+    def stop(self):
+        pass
+
+    def stats(self):
+        return {"kind": "burst"}
+
+
+def test_full_queue_drops_and_counts(tmp_path, engine):
+    src = BurstSource(5000)
+    p = Pipeline(source=src, rules=[seed_rule()], engine=engine, queue_size=100, heartbeat_interval=0)
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=5)
+    dropped = status["events"]["queue_dropped"]
+    assert dropped > 0 and dropped + status["events"]["in"] == 5000
+    assert src.accepted == status["events"]["in"]
+
+
+def test_status_file_heartbeat(tmp_path, engine):
+    status_file = tmp_path / "status.json"
+    p, out, _ = make(tmp_path, [MOF], engine)
+    p.heartbeat = None
+    from sensor.health import Heartbeat
+    p.heartbeat = Heartbeat(p.status, 0.05, str(status_file))
+    p.start()
+    assert p.wait_source(10)
+    p.stop(drain_timeout=5)
+    st = read_status(str(status_file))
+    for key in ("events", "etw", "matcher", "alerts", "spool", "delivery", "enrich"):
+        assert key in st
+    assert st["alerts"]["by_rule"] == {"seed-cc784d634d6f7fd1": 1}
+    assert st["delivery"]["sent"] == 1
+
+
+def test_one_bad_event_does_not_cost_the_batch_its_alerts(tmp_path, engine):
+    """A value of the wrong type (Image as a number) must not sink the other alerts."""
+    events = [dict(MOF, ProcessId=i) for i in range(6)]
+    events.insert(3, {"Image": 123, "OriginalFileName": "mofcomp.exe",
+                      "ParentImage": "C:\\Windows\\System32\\cmd.exe"})
+    p, out, spool = make(tmp_path, events, engine)
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=10)
+    assert status["events"]["in"] == 7
+    assert len(set(out.ids)) == status["alerts"]["total"] >= 6
+
+
+def test_lone_surrogate_does_not_sink_the_spool_write(tmp_path, engine):
+    events = [dict(MOF, ProcessId=i) for i in range(5)] + [dict(MOF, CommandLine="mofcomp \udc80.mof")]
+    src_path = tmp_path / "rec.jsonl"
+    spool = Spool(tmp_path / "spool.sqlite")
+    out = MemoryOutput()
+    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.01, poll_interval=0.05))
+
+    class ListSource(BurstSource):
+        blocking = True
+
+        def start(self, emit):
+            for e in events:
+                emit(ProcessEvent(e))
+            self.finished.set()
+
+    p = Pipeline(source=ListSource(0), rules=[seed_rule()], spool=spool, forwarder=fwd,
+                 engine=engine, heartbeat_interval=0)
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=10)
+    assert not src_path.exists()
+    assert status["alerts"]["spool_write_failures"] == 0
+    assert len(out.ids) == 6
+    assert any("\ufffd" in (a["event"]["CommandLine"] or "") for a in out.alerts)
+
+
+def test_replay_drops_are_counted_once(tmp_path, engine):
+    src = ReplaySource([recording(tmp_path, [{"Image": "C:\\a.exe"}] * 3000)], block=False)
+    p = Pipeline(source=src, rules=[seed_rule()], engine=engine, queue_size=8, heartbeat_interval=0)
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=5)
+    assert status["events"]["in"] + status["events"]["queue_dropped"] == 3000
+
+
+def test_serve_reports_a_source_that_cannot_start(engine, caplog):
+    from sensor.commands.run import serve
+
+    class Broken(BurstSource):
+        def start(self, emit):
+            raise OSError("StartTrace failed: access denied")
+
+    p = Pipeline(source=Broken(0), rules=[seed_rule()], engine=engine, heartbeat_interval=0)
+    assert serve(p, threading.Event(), drain_timeout=1) == 2
+    assert "could not start: StartTrace failed" in caplog.text

@@ -153,12 +153,15 @@ def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) 
                                   "certificate is NOT verified")
         try:
             parts.spool = Spool(cfg.spool.path, max_bytes=int(cfg.spool.max_mb * 1024 * 1024),
-                                max_age=cfg.spool.max_age_days * 86400)
+                                max_age=cfg.spool.max_age_days * 86400,
+                                dead_max_rows=cfg.spool.dead_letter_max)
         except (SpoolError, OSError) as exc:
             raise ConfigError(f"{cfg.path}: spool.path: {exc}") from None
         d = cfg.delivery
-        dc = DeliveryConfig(batch_size=d.batch_size, linger=d.batch_wait_ms / 1000.0,
-                            backoff_base=d.backoff_base_s, backoff_cap=d.backoff_cap_s)
+        dc = DeliveryConfig(batch_size=d.batch_size, batch_max_bytes=d.batch_max_kb * 1024,
+                            linger=d.batch_wait_ms / 1000.0, concurrency=d.concurrency,
+                            backoff_base=d.backoff_base_s, backoff_cap=d.backoff_cap_s,
+                            park_interval=d.park_interval_s)
         parts.forwarder = Forwarder(parts.spool, parts.output, dc)
     if with_source:
         parts.source = build_source(cfg)

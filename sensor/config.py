@@ -147,13 +147,17 @@ class SpoolSection(_S):
     path: str = ""                     # "" = <data_dir>/spool.sqlite
     max_mb: float = 256.0
     max_age_days: float = 7.0
+    dead_letter_max: int = 10000       # rejected alerts kept for inspection/requeue
 
 
 class DeliverySection(_S):
     batch_size: int = 500
+    batch_max_kb: int = 4096           # spooled bytes per request at most (before gzip)
     batch_wait_ms: int = 200           # wait this long to fill a batch
+    concurrency: int = 2               # requests in flight, each with its own batch
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
+    park_interval_s: float = 60.0      # retry period while parked (401/403/TLS refusal)
 
 
 class Config(_S):
@@ -267,6 +271,10 @@ def _check(cfg: Config, path: str) -> None:
     d = cfg.delivery
     _positive(d.batch_size, "delivery.batch_size", path)
     _positive(d.batch_wait_ms, "delivery.batch_wait_ms", path, zero_ok=True)
+    _positive(d.batch_max_kb, "delivery.batch_max_kb", path)
+    _positive(d.concurrency, "delivery.concurrency", path)
+    _positive(d.park_interval_s, "delivery.park_interval_s", path)
+    _positive(cfg.spool.dead_letter_max, "spool.dead_letter_max", path)
     _positive(d.backoff_base_s, "delivery.backoff_base_s", path)
     if d.backoff_cap_s < d.backoff_base_s:
         raise ConfigError(f"{path}: delivery.backoff_cap_s: must be >= backoff_base_s")

@@ -55,3 +55,12 @@ def test_usage_errors():
     assert r.returncode == 2 and "usage" in r.stderr
     r = subprocess.run([sys.executable, "-m", "sensor"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_rules_list_verbose_shows_the_seed_metadata(capsys):
+    assert main(["rules", "list", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "Potential Suspicious Mofcomp Execution" in out
+    assert "MITRE ATT&CK: Defense Evasion: System Binary Proxy Execution (T1218)" in out
+    assert "next step: Identification: Review the command-line arguments" in out
+    assert "mitigation: M1042" in out and "security standard: DE.CM-03" in out

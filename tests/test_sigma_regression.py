@@ -3,7 +3,7 @@
 SigmaHQ CI runs the same sets with evtx-sigma-checker (tests/regression_tests_runner.py);
 a set without ``match_count`` expects at least one match.  The data (DRL 1.1) sits in
 ../shared/data/sigma-regression/; disagreements, if any, are listed in KNOWN_DISAGREEMENTS
-with their cause and explained in tests/data/README.sigma.md.
+with their cause and explained in tests/data/README.md ("Sigma rules").
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .conftest import SHARED, needs_shared
 RULES_DIR = SHARED / "data" / "sigma-rules"
 REGRESSION_DIR = SHARED / "data" / "sigma-regression"
 
-# rule id -> reason; each must also be explained in tests/data/README.sigma.md.
+# rule id -> reason; each must also be explained in tests/data/README.md ("Sigma rules").
 KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 _ID_LINE = re.compile(r"^id:\s*['\"]?([0-9a-fA-F-]{36})", re.MULTILINE)

@@ -84,10 +84,37 @@ def _cmd_list(args) -> int:
     for r in report.rules:
         title = r.title if len(r.title) <= 60 else r.title[:57] + "..."
         print(f"{r.id:38} {r.level:9} {title:60} {r.source}", file=out)
+        if getattr(args, "verbose", False):
+            _print_details(r, out)
     print(f"{len(report.rules)} rules", file=sys.stderr)
     for r in report.rejected:
         print(f"rejected: {r}", file=sys.stderr)
     return 1 if report.rejected else 0
+
+
+def _print_details(r, out: TextIO) -> None:
+    """The metadata an alert carries for rule ``r``, indented under its line."""
+    def line(label, value):
+        if value:
+            print(f"    {label}: {value}", file=out)
+    mitre = r.meta.get("mitre") or {}
+    line("title", r.title)
+    line("description", " ".join(str(r.description).split()))
+    line("MITRE ATT&CK", (f"{mitre.get('tactic')}: {mitre.get('technique')} ({mitre.get('technique_id')})"
+                          if mitre else ", ".join(r.mitre_techniques)))
+    line("severity", r.meta.get("severity") or r.level)
+    line("author", r.author)
+    for fp in r.falsepositives:
+        line("known false positive", fp)
+    for item in r.meta.get("impact") or ():
+        line("impact", item)
+    for step in r.meta.get("next_steps") or ():
+        line("next step", step)
+    for m in r.meta.get("mitigations") or ():
+        line("mitigation", f"{m.get('id')} {m.get('name')}".strip())
+    line("security standard", r.meta.get("security_standard"))
+    for ref in r.references:
+        line("reference", ref)
 
 
 def _cmd_validate(args) -> int:
@@ -127,6 +154,8 @@ def register(subparsers) -> None:
                     help="Sigma file/folder or rule pack (repeatable)")
     lp.add_argument("--no-builtin-rules", action="store_true",
                     help="leave out the built-in rule")
+    lp.add_argument("-v", "--verbose", action="store_true",
+                    help="also print each rule's metadata (description, MITRE, next steps...)")
     lp.set_defaults(func=_cmd_list)
 
     vp = sub.add_parser("validate", help="load rules and report what loaded and what did not "

@@ -20,6 +20,8 @@ import json
 import uuid
 from typing import Any, Mapping
 
+import msgspec
+
 from . import __version__
 from .events import FIELDS, field_value
 from .rules.criteria import FIELD_MAP
@@ -29,19 +31,30 @@ from .rules.ir import Rule
 SELECT_FIELDS = ("HOSTNAME", "MESSAGE", "COMMANDLINE", "FILE_NAME", "PROCESSNAME",
                  "USERNAME", "PARENTPROCESSNAME")
 
-_NS = uuid.UUID("4f1f6a52-3c1e-4d0e-9a57-0c5b2e9a7d10")  # namespace of alert ids
+_NS_BYTES = uuid.UUID("4f1f6a52-3c1e-4d0e-9a57-0c5b2e9a7d10").bytes  # namespace of alert ids
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
-def event_key(event: Mapping[str, Any]) -> str:
-    """A canonical text of an event's identity (all stored values, sorted)."""
+_KEY_ENC = msgspec.json.Encoder(order="sorted")
+
+
+def event_key(event: Mapping[str, Any]) -> bytes:
+    """A canonical byte string of an event's identity (all stored values, keys sorted)."""
     items = {k: v for k, v in event.items() if v is not None}
-    return json.dumps(items, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    try:
+        return _KEY_ENC.encode(items)
+    except (msgspec.EncodeError, TypeError, UnicodeEncodeError, OverflowError):
+        # lone surrogates or odd types: the slower stdlib path keeps the key stable
+        return json.dumps(items, sort_keys=True, ensure_ascii=False, default=str,
+                          separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
 def alert_id(rule_id: str, event: Mapping[str, Any]) -> str:
     """Stable alert id: the same rule and the same event always give the same id."""
-    digest = hashlib.sha256((rule_id + "\0" + event_key(event)).encode("utf-8", "surrogatepass"))
-    return str(uuid.uuid5(_NS, digest.hexdigest()))
+    h = hashlib.sha256(_NS_BYTES + rule_id.encode("utf-8", "surrogatepass") + b"\0"
+                       + event_key(event)).hexdigest()
+    # RFC 4122 layout (version 5 nibble, variant bits) over the first 128 bits of the hash
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def rule_summary(rule: Rule) -> dict:

@@ -33,7 +33,7 @@ class SensorSection(_S):
     data_dir: str = ""                 # "" = %ProgramData%\etw-sensor or ~/.local/state/etw-sensor
     status_file: str = ""              # "" = <data_dir>/status.json
     heartbeat_s: float = 30.0
-    queue_size: int = 65536            # events waiting for the matcher; more are dropped, counted
+    queue_size: int = 16384            # events waiting for the matcher (~2.5 KB each); more are dropped, counted
     batch_size: int = 512
     drain_timeout_s: float = 30.0      # on stop: time to drain queues and flush the spool
 

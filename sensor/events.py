@@ -59,6 +59,15 @@ class ProcessEvent(dict):
         self.pending: dict[str, Resolver] | None = None
         self.origin: dict[str, str] | None = None
 
+    @classmethod
+    def copy_of(cls, event: "ProcessEvent") -> "ProcessEvent":
+        """A fresh event with the same stored values (pending resolvers are not copied)."""
+        new = cls.__new__(cls)
+        dict.update(new, event)
+        new.pending = None
+        new.origin = None
+        return new
+
     def resolve(self, name: str) -> Any:
         """Return the value of ``name``, running its pending resolver at most once."""
         value = dict.get(self, name)

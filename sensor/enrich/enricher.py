@@ -8,6 +8,7 @@ reads the image once (through the cache) and fills all of them.
 from __future__ import annotations
 
 import ntpath
+import sys
 from typing import Any, Callable, Mapping
 
 from ..events import ORIGIN_PE, ProcessEvent
@@ -57,7 +58,12 @@ class Enricher:
     def __call__(self, event: ProcessEvent) -> None:
         if self.hostname and event.get("Computer") is None:
             event["Computer"] = self.hostname
-        if self.pe_lookup is None or not event.get("Image"):
+        image = event.get("Image")
+        if self.pe_lookup is None or not image or not isinstance(image, str):
+            return
+        if not self.path_map and not _LOCAL_WINDOWS_PATHS and _is_windows_path(image):
+            # Replay off Windows without a path map: a recorded C:\... image cannot be
+            # on this machine, so reading it would only fail (and cost a stat per event).
             return
         missing = [f for f in PE_FIELDS if event.get(f) is None]
         if not missing or not isinstance(event, ProcessEvent):
@@ -98,6 +104,14 @@ class Enricher:
         if isinstance(hits, int) and isinstance(misses, int):
             out["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
         return out
+
+
+_LOCAL_WINDOWS_PATHS = sys.platform == "win32"
+
+
+def _is_windows_path(path: str) -> bool:
+    """``C:\\...``, ``\\\\server\\...`` or ``\\Device\\...``: a path only Windows can open."""
+    return (len(path) > 2 and path[1] == ":") or path.startswith("\\")
 
 
 def image_name(path: str | None) -> str | None:

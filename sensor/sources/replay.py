@@ -70,7 +70,7 @@ class ReplaySource:
             if self._events is not None:
                 # copies, so lazily filled fields of one pass do not leak into the next
                 for ev in self._events:
-                    yield ProcessEvent(ev)
+                    yield ProcessEvent.copy_of(ev)
             else:
                 yield from read_paths(self.paths, self.read_stats)
 

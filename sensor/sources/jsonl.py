@@ -16,9 +16,9 @@ from typing import IO, Iterator
 
 import msgspec
 
-from ..events import INT_FIELDS, ProcessEvent, to_int
+from ..events import ProcessEvent
 from .base import ReadStats
-from .records import event_from_record
+from .records import event_from_record, numeric_pids
 
 _decode = msgspec.json.Decoder().decode
 
@@ -38,14 +38,7 @@ def event_from_json(obj: dict, stats: ReadStats | None = None) -> ProcessEvent |
             stats.skipped += 1
             stats.skipped_by_id[str(obj.get("eid"))] += 1
         return ev
-    ev = ProcessEvent(obj)
-    for k in INT_FIELDS:
-        v = ev.get(k)
-        if v is not None and not isinstance(v, int):
-            n = to_int(v)
-            if n is not None:
-                ev[k] = n
-    return ev
+    return numeric_pids(ProcessEvent(obj))
 
 
 def read_jsonl(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:

@@ -51,15 +51,20 @@ def _clean(data: Mapping[str, Any]) -> dict:
     return out
 
 
-def sysmon_event(data: Mapping[str, Any], computer: Any = None, ts: Any = None) -> ProcessEvent:
-    """A Sysmon Event ID 1: field names are already the Sigma taxonomy."""
-    ev = ProcessEvent(_clean(data))
+def numeric_pids(ev: ProcessEvent) -> ProcessEvent:
+    """Turn pid-like fields given as text (``"7"``, ``"0x1a"``) into numbers, in place."""
     for k in INT_FIELDS:
         v = ev.get(k)
         if v is not None and not isinstance(v, int):
             n = to_int(v)
             if n is not None:
                 ev[k] = n
+    return ev
+
+
+def sysmon_event(data: Mapping[str, Any], computer: Any = None, ts: Any = None) -> ProcessEvent:
+    """A Sysmon Event ID 1: field names are already the Sigma taxonomy."""
+    ev = numeric_pids(ProcessEvent(_clean(data)))
     if ev.get("Computer") is None and computer:
         ev["Computer"] = computer
     if ev.get("UtcTime") is None and ts:

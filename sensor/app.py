@@ -189,6 +189,22 @@ def prepare(cfg: Config):
     return make_pipeline(parts)
 
 
+def alert_log_line(alert: dict) -> str:
+    """One readable line for an alert (the log and the Windows Event Log)."""
+    rule = alert.get("rule") or {}
+    return (f"ALERT [{rule.get('level', '?')}] {rule.get('title', '?')} ({rule.get('id', '?')}): "
+            f"{alert.get('PROCESSNAME')} | {alert.get('COMMANDLINE')} | parent "
+            f"{alert.get('PARENTPROCESSNAME')} | user {alert.get('USERNAME')} | host "
+            f"{alert.get('HOSTNAME')} | alert id {alert.get('id')}")
+
+
+_alert_log = logging.getLogger("sensor.alerts")
+
+
+def _log_alert(alert: dict) -> None:
+    _alert_log.warning("%s", alert_log_line(alert))
+
+
 def make_pipeline(parts: Parts):
     """The pipeline over built parts."""
     from .pipeline import Pipeline
@@ -200,5 +216,6 @@ def make_pipeline(parts: Parts):
                     queue_size=cfg.sensor.queue_size, batch_size=cfg.sensor.batch_size,
                     heartbeat_interval=cfg.sensor.heartbeat_s,
                     status_file=cfg.sensor.status_file,
+                    alert_hook=_log_alert if cfg.logging.alerts else None,
                     info={"host": cfg.sensor.hostname or socket.gethostname(),
                           "config": cfg.path})

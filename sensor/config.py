@@ -44,6 +44,7 @@ class LoggingSection(_S):
     max_bytes: int = 10 * 1024 * 1024
     backups: int = 5
     event_log: bool = True             # Windows: warnings and alerts to the Application log
+    alerts: bool = True                # one WARNING line per alert in the log (and the Event Log)
 
 
 class ReplaySection(_S):

@@ -114,3 +114,27 @@ def test_etw_settings_reach_the_source(tmp_path):
 def test_non_finite_and_negative_numbers_refused(tmp_path, text, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", "\\.") + ": must be"):
         config.load(write(tmp_path, REPLAY + text))
+
+
+def test_run_without_a_config_uses_the_defaults(tmp_path, monkeypatch, capsys):
+    """`run` with no config installed starts on the defaults (here: a replay, off Windows)."""
+    import json as _json
+    monkeypatch.setattr(config, "default_config_path", lambda: str(tmp_path / "absent.toml"))
+    import sensor.commands.run as run_cmd
+    monkeypatch.setattr(run_cmd, "default_config_path", lambda: str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    rec = tmp_path / "rec.jsonl"
+    rec.write_text(_json.dumps({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe",
+                                "ParentImage": "C:\\Windows\\System32\\cmd.exe",
+                                "CommandLine": "mofcomp a.mof"}) + "\n")
+    assert main(["run", "--replay", str(rec)]) == 0
+    assert "using the defaults" in capsys.readouterr().err
+    alerts = (tmp_path / "state" / "etw-sensor" / "alerts.jsonl").read_text().splitlines()
+    assert len(alerts) == 1
+
+
+def test_alert_log_line():
+    from sensor.app import alert_log_line
+    line = alert_log_line({"id": "i", "rule": {"level": "critical", "title": "T", "id": "r"},
+                           "PROCESSNAME": "C:\\m.exe", "COMMANDLINE": "m x", "HOSTNAME": "H"})
+    assert line.startswith("ALERT [critical] T (r): C:\\m.exe | m x | parent None")

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 
-from ..config import ConfigError, default_config_path, load
+from ..config import ConfigError, default_config_path, load, parse
 
 log = logging.getLogger("sensor")
 
@@ -27,7 +28,16 @@ def register(sub) -> None:
 def main(args) -> int:
     path = args.config or default_config_path()
     try:
-        cfg = load(path)
+        if args.config is None and not os.path.exists(path):
+            # No config installed: run with the defaults (live ETW on Windows, the built-in
+            # rule, alerts to <data_dir>/alerts.jsonl) rather than refuse to start.
+            cfg = parse({} if not args.replay else
+                        {"source": {"kind": "replay", "replay": {"paths": list(args.replay)}}},
+                        "<defaults>")
+            print(f"etw-sensor: no config at {path}: using the defaults "
+                  f"(see `etw-sensor config example`)", file=sys.stderr)
+        else:
+            cfg = load(path)
         if args.replay:
             cfg.source.kind = "replay"
             cfg.source.replay.paths = list(args.replay)

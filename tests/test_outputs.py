@@ -447,3 +447,25 @@ def test_receiver_keeps_documents_when_asked(fmt):
         docs = rec.documents()
     assert [d["event"]["id"] for d in docs] == IDS[:2]
     assert docs[0]["process"]["executable"].endswith("mofcomp.exe")
+
+
+def test_output_test_uses_the_config_file(receiver, tmp_path, capsys):
+    """`output test -c FILE` sends through the configured [output]; options override it."""
+    from sensor.cli import main
+    cfg = tmp_path / "sensor.toml"
+    cfg.write_text(
+        '[source]\nkind = "replay"\n[source.replay]\npaths = ["x.jsonl"]\n'
+        f'[output]\nformat = "splunk_hec"\nurl = "{receiver.url}"\n'
+        f'ca_file = "{receiver.ca_file}"\ntoken_env = "SENSOR_TEST_OUTPUT_TOKEN"\n')
+    import os
+    os.environ["SENSOR_TEST_OUTPUT_TOKEN"] = receiver.token or "t"
+    try:
+        assert main(["output", "test", "-c", str(cfg), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["delivered"] and report["format"] == "splunk_hec"
+        assert report["alert_id"] in receiver.ids()
+        bad = tmp_path / "bad.toml"
+        bad.write_text('[output]\nformatt = "x"\n')
+        assert main(["output", "test", "-c", str(bad)]) == 2
+    finally:
+        del os.environ["SENSOR_TEST_OUTPUT_TOKEN"]

@@ -1,7 +1,8 @@
 """``etw-sensor output test``: send one test alert through an output and print the answer.
 
-Until the config file exists the output is described by command-line options; they map one to one
-onto the option keys of :func:`sensor.outputs.build_output` (documented in docs/delivery.md).
+The output is the ``[output]`` table of the config file (``-c``); command-line options map one
+to one onto the option keys of :func:`sensor.outputs.build_output` (documented in
+docs/delivery.md) and override the file's values.
 """
 from __future__ import annotations
 
@@ -94,7 +95,17 @@ def run_test(options: dict[str, Any], out: Any = None, as_json: bool = False) ->
 
 def _cmd_test(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_test(options_from_args(args), as_json=args.json)
+    options: dict[str, Any] = {}
+    if args.config:
+        from ..config import ConfigError as FileConfigError, load
+        try:
+            options = load(args.config).output.options()
+        except FileConfigError as exc:
+            print(f"etw-sensor output test: config error: {exc}", file=sys.stderr)
+            return 2
+    options.update(options_from_args(args))   # --format etc. override the file
+    options.setdefault("format", "ecs")
+    return run_test(options, as_json=args.json)
 
 
 def register(subparsers: Any) -> None:
@@ -105,7 +116,7 @@ def register(subparsers: Any) -> None:
     t = sub.add_parser("test", help="send one test alert and print the receiver's answer",
                        description="Send one test alert through the output and print the answer. "
                                    "Exit 0 when the receiver confirmed it, 1 when not, 2 on a configuration error.")
-    t.add_argument("--format", default="ecs",
+    t.add_argument("--format", default=None,
                    help="ecs (NDJSON, default), splunk_hec, elasticsearch, webhook, jsonl")
     t.add_argument("--url", help="https://host:port/path of the receiver")
     t.add_argument("--path", help="file for --format jsonl")
@@ -128,6 +139,8 @@ def register(subparsers: Any) -> None:
     t.add_argument("--connect-timeout", type=float)
     t.add_argument("--read-timeout", type=float)
     t.add_argument("--json", action="store_true", help="print the answer as JSON")
+    t.add_argument("-c", "--config", metavar="FILE",
+                   help="use the [output] of this config file (options given here override it)")
     t.set_defaults(func=_cmd_test)
 
     def _usage(args: argparse.Namespace) -> int:

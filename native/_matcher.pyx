@@ -10,11 +10,15 @@ defines the semantics).  Design (docs/matcher.md):
 * Each field is fetched and folded once per event, lazily.  Folding is
   ``str.lower()`` exactly as in the reference: ASCII text is lowered in a scratch
   buffer, other text goes through ``str.lower()``.  Pattern tests work on the
-  UTF-8 bytes with memchr/memcmp (see native/matcher_util.h), no Python objects.
+  UTF-8 bytes with memchr and inline compares (see native/matcher_util.h), no
+  Python objects; the values of a multi-value ``contains`` are first filtered by
+  bigram (or, on long texts, hashed 4-gram) presence bitmaps of the field.
 * A witness index keeps one event from touching most rules: for every rule a set
   of literals, one of which must occur (in a given position) for the rule to
-  hold, is derived from its condition; one Aho-Corasick DFA per field finds the
-  literals present, and only the rules they name are evaluated.  Each rule also
+  hold, is derived from its condition; per field, a small Aho-Corasick DFA or,
+  for a large literal set, an anchor filter (hashed 4-gram bitmap plus bucket
+  verification) finds the literals present, and prefix/suffix tries check the
+  start/end literals; only the rules they name are evaluated.  Each rule also
   gets a fallback witness that avoids lazily resolved fields
   (``OriginalFileName``...), used when such a field is still pending, so a PE read
   is requested only when a candidate rule really reaches that predicate.
@@ -27,9 +31,10 @@ from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
-from libc.string cimport memset, memcmp
+from libc.string cimport memset, memcmp, memchr
 
 import array as _pyarray
+import sys as _sys
 import re as _re
 import re._constants as _C
 import re._parser as _sre_parse
@@ -41,13 +46,51 @@ from sensor.rules.ir import STAR, QMARK, glob_tokens, regex_flags
 
 include "_matcher.pxd"
 
+cdef extern from *:
+    """
+    #include "structmember.h"
+    /* Offset of a __slots__ member (e.g. ProcessEvent.pending), -1 if not one. */
+    static Py_ssize_t mt_member_offset(PyObject *descr)
+    {
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            return -1;
+        return ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    static PyObject *mt_slot_get(PyObject *o, Py_ssize_t off)
+    {
+        return *(PyObject **)((char *)o + off);
+    }
+    """
+    Py_ssize_t mt_member_offset(PyObject *descr)
+    PyObject *mt_slot_get(PyObject *o, Py_ssize_t off)
+
 cdef extern from "Python.h":
+    void Py_XINCREF(PyObject *o)
+    void Py_XDECREF(PyObject *o)
+    Py_ssize_t PyDict_GET_SIZE(PyObject *o)
+    Py_ssize_t PyList_GET_SIZE(object o)
     int PyUnicode_IS_ASCII(object o)
     void *PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except? NULL
 
 ENGINE = "compiled"
+
+# Where ProcessEvent keeps ``pending`` (a __slots__ member): read directly, it saves
+# a getattr per call.  -1 (use getattr) if it is not a plain slot.
+_pending_descr = ProcessEvent.__dict__.get("pending")
+cdef Py_ssize_t _PENDING_OFF = mt_member_offset(<PyObject *>_pending_descr)
+
+
+cdef inline object _pending_of(object ev, bint is_pe):
+    """``getattr(ev, "pending", None)``, fast for an exact ProcessEvent."""
+    cdef PyObject *p
+    if is_pe and _PENDING_OFF >= 0:
+        p = mt_slot_get(<PyObject *>ev, _PENDING_OFF)
+        if p == NULL:
+            return None
+        return <object>p
+    return getattr(ev, "pending", None)
 
 # Fields whose value may be left pending (resolved lazily, e.g. by a PE read).
 # Each rule gets a fallback witness that avoids them (see the module docstring).
@@ -82,6 +125,10 @@ cdef enum:
     W_EQ = 3
 
 cdef int MAX_WITNESS_FIELDS = 64
+# "Anywhere" automata with a larger table than this become anchor filters (mode 3).
+cdef int Q_MIN_TABLE = 2048
+# Texts at least this long get a 4-gram presence filter for contains values.
+cdef Py_ssize_t Q4_MIN_TEXT = 256
 # Witness literals are cut to this many bytes (smaller automata; a cut literal
 # still has to occur, so the index stays exact, only a little less selective).
 cdef int TRUNC_ANY = 8
@@ -146,6 +193,39 @@ def _lit_p(bytes nd, double positions):
 _BENIGN_B = _BENIGN.encode()
 
 
+NO_BG = 0xFFFFFFFF   # no bigram: the filter lets the value through
+
+
+def _rare_bigrams(bytes b):
+    """The two rarest bigram hashes (MT_BG) of a value, NO_BG where there are none."""
+    cdef Py_ssize_t i
+    if len(b) < 2:
+        return (NO_BG, NO_BG)
+    seen = {}
+    for i in range(len(b) - 1):
+        x = MT_BG(b[i], b[i + 1])
+        p = _byte_p(b[i]) * _byte_p(b[i + 1])
+        if x not in seen or p < seen[x]:
+            seen[x] = p
+    ranked = sorted(seen, key=lambda x: (seen[x], x))
+    return (ranked[0], ranked[1] if len(ranked) > 1 else NO_BG)
+
+
+def _rare_quads(bytes b):
+    """Hashes (mt_q_hash4, 16 bits) of the two rarest 4-grams of a value, or NO_BG."""
+    cdef Py_ssize_t i
+    if len(b) < 4:
+        return (NO_BG, NO_BG)
+    seen = {}
+    for i in range(len(b) - 3):
+        x = mt_q_hash4(<const unsigned char *>b + i, 16)
+        p = _lit_p(b[i:i + 4], 1.0)
+        if x not in seen or p < seen[x]:
+            seen[x] = p
+    ranked = sorted(seen, key=lambda x: (seen[x], x))
+    return (ranked[0], ranked[1] if len(ranked) > 1 else ranked[0])
+
+
 def _best_window(bytes b, int size):
     """The ``size``-byte window of ``b`` least likely to occur in benign text."""
     if len(b) <= size:
@@ -195,6 +275,10 @@ def _build_automaton(list needles, int mode):
     for b in used:
         if b < 0x80:
             cls[b] = ncls
+            # Folded needles hold no ASCII capitals: mapping 'A'..'Z' to the class of
+            # 'a'..'z' lets the automata walk raw ASCII text exactly as its fold.
+            if 0x61 <= b <= 0x7A:
+                cls[b - 0x20] = ncls
             ncls += 1
         else:
             if not wide:
@@ -225,6 +309,21 @@ def _build_automaton(list needles, int mode):
             s = t
         outs[s].append(gid)
     n = len(goto)
+    # Number the states breadth-first: the shallow states, where a scan spends most
+    # of its steps, then share a few cache lines of the table.
+    order = list(range(root + 1))
+    queue = deque([root])
+    while queue:
+        x = queue.popleft()
+        for c in sorted(goto[x]):
+            t = goto[x][c]
+            order.append(t)
+            queue.append(t)
+    new = [0] * n
+    for i, x in enumerate(order):
+        new[x] = i
+    goto = [{c: new[t] for c, t in goto[x].items()} for x in order]
+    outs = [outs[x] for x in order]
     trans = [0] * (n * ncls)
     if mode == 0:
         fail = [0] * n
@@ -308,11 +407,27 @@ def _re_req_flush(list run, bint icase, list runs, dict counts):
                 counts[c] = counts.get(c, 0) + 1
 
 
+def _case_pair(op, av):
+    """The lower-case letter when an sre item is a class of exactly one ASCII letter
+    in both cases (``[Rr]``), else None.  Such a class matches only those two
+    characters (under IGNORECASE the i/s split below applies to it as to a literal),
+    so it requires that letter in the folded text, like a literal does."""
+    if op is _C.IN and len(av) == 2 and av[0][0] is _C.LITERAL and av[1][0] is _C.LITERAL:
+        a, b = av[0][1], av[1][1]
+        if a < 128 and b < 128 and a != b and chr(a).isalpha() and chr(a).lower() == chr(b).lower():
+            return chr(a).lower()
+    return None
+
+
 def _re_req(items, bint icase, list runs, dict counts):
     run = []
     for op, av in items:
         if op is _C.LITERAL and av < 128:
             run.append(chr(av))
+            continue
+        c = _case_pair(op, av)
+        if c is not None:
+            run.append(c)
             continue
         if run:
             _re_req_flush(run, icase, runs, counts)
@@ -428,6 +543,10 @@ def _re_seq(items, bint icase):
         if op is _C.LITERAL and av < 128:
             run.append(chr(av))
             continue
+        c = _case_pair(op, av)
+        if c is not None:
+            run.append(c)
+            continue
         if run:
             best = _re_run(best, run, icase)
             run = []
@@ -465,7 +584,8 @@ cdef class _State:
     cdef uint32_t *memo          # per predicate: epoch << 1 | result
     cdef uint32_t *vepoch        # per field: epoch the value was fetched in
     cdef uint8_t *fnone          # per field: value is missing
-    cdef PyObject **ftext        # per field: the value as text, kept alive by ``keep``
+    cdef PyObject **ftext        # per field: the value as text (strong reference)
+    cdef PyObject **flow         # per field: its str.lower() when not ASCII (strong reference)
     cdef uint32_t *lepoch        # per field: epoch the folded text was made in
     cdef const unsigned char **fptr
     cdef Py_ssize_t *flen
@@ -475,9 +595,14 @@ cdef class _State:
     cdef unsigned char **buf     # per field: scratch for ASCII folding
     cdef Py_ssize_t *bufcap
     cdef uint64_t *cand          # candidate-rule bitmap
+    cdef uint64_t *bg            # per field: bigram presence bitmap (MT_BG_WORDS words)
+    cdef uint32_t *bgepoch       # per field: epoch the bitmap was made in
+    cdef uint64_t *q4            # per field: hashed 4-gram presence bitmap (long texts)
+    cdef uint32_t *q4epoch
     cdef list keep               # objects alive until the end of one match
     cdef object event
     cdef bint is_dict
+    cdef bint is_pe
     cdef bint busy
     cdef Py_ssize_t nfields
     cdef Py_ssize_t npreds
@@ -496,6 +621,7 @@ cdef class _State:
         self.repoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         self.fnone = <uint8_t *>PyMem_Malloc(n)
         self.ftext = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
+        self.flow = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
         self.fptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
         self.rptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
         self.flen = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
@@ -503,14 +629,39 @@ cdef class _State:
         self.buf = <unsigned char **>PyMem_Malloc(sizeof(char *) * n)
         self.bufcap = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
         self.cand = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * (nwords if nwords else 1))
+        self.bg = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * MT_BG_WORDS * n)
+        self.bgepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
+        self.q4 = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * MT_Q4_WORDS * n)
+        self.q4epoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         if (self.memo == NULL or self.vepoch == NULL or self.lepoch == NULL or self.repoch == NULL
-                or self.fnone == NULL or self.ftext == NULL or self.fptr == NULL
+                or self.fnone == NULL or self.ftext == NULL or self.flow == NULL or self.fptr == NULL
                 or self.rptr == NULL or self.flen == NULL or self.rlen == NULL
-                or self.buf == NULL or self.bufcap == NULL or self.cand == NULL):
+                or self.buf == NULL or self.bufcap == NULL or self.cand == NULL
+                or self.bg == NULL or self.bgepoch == NULL
+                or self.q4 == NULL or self.q4epoch == NULL):
             raise MemoryError()
         memset(self.buf, 0, sizeof(char *) * n)
         memset(self.bufcap, 0, sizeof(Py_ssize_t) * n)
+        memset(self.ftext, 0, sizeof(PyObject *) * n)
+        memset(self.flow, 0, sizeof(PyObject *) * n)
         self._reset()
+
+    cdef void _release(self) noexcept:
+        """Drop this call's references to field texts; clear the keep list."""
+        self._drop_texts()
+        if PyList_GET_SIZE(self.keep):
+            del self.keep[:]
+        self.event = None
+
+    cdef void _drop_texts(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.nfields):
+            if self.ftext[i] != NULL:
+                Py_XDECREF(self.ftext[i])
+                self.ftext[i] = NULL
+            if self.flow[i] != NULL:
+                Py_XDECREF(self.flow[i])
+                self.flow[i] = NULL
 
     cdef void _reset(self):
         cdef Py_ssize_t n = self.nfields if self.nfields else 1
@@ -518,10 +669,14 @@ cdef class _State:
         memset(self.vepoch, 0, sizeof(uint32_t) * n)
         memset(self.lepoch, 0, sizeof(uint32_t) * n)
         memset(self.repoch, 0, sizeof(uint32_t) * n)
+        memset(self.bgepoch, 0, sizeof(uint32_t) * n)
+        memset(self.q4epoch, 0, sizeof(uint32_t) * n)
         self.epoch = 0
 
     def __dealloc__(self):
         cdef Py_ssize_t i
+        if self.ftext != NULL and self.flow != NULL:
+            self._drop_texts()   # (object attributes may already be cleared here)
         if self.buf != NULL:
             for i in range(self.nfields):
                 PyMem_Free(self.buf[i])
@@ -531,6 +686,7 @@ cdef class _State:
         PyMem_Free(self.repoch)
         PyMem_Free(self.fnone)
         PyMem_Free(self.ftext)
+        PyMem_Free(self.flow)
         PyMem_Free(self.fptr)
         PyMem_Free(self.rptr)
         PyMem_Free(self.flen)
@@ -538,6 +694,10 @@ cdef class _State:
         PyMem_Free(self.buf)
         PyMem_Free(self.bufcap)
         PyMem_Free(self.cand)
+        PyMem_Free(self.bg)
+        PyMem_Free(self.bgepoch)
+        PyMem_Free(self.q4)
+        PyMem_Free(self.q4epoch)
 
 
 cdef class Matcher:
@@ -545,6 +705,8 @@ cdef class Matcher:
     cdef public list rules
     cdef readonly dict _stats
     cdef list _names
+    cdef PyObject **_nameptr       # per field slot: its (interned) name, owned by _names
+    cdef uint8_t *_derived         # per field slot: a DERIVED field
     cdef dict _slot_of
     cdef dict _wslot_of
     cdef list _arrays
@@ -567,6 +729,10 @@ cdef class Matcher:
     cdef uint32_t *_v_rare
     cdef uint32_t *_v_goff
     cdef uint32_t *_v_glen
+    cdef uint32_t *_v_bg1          # per value: its two rarest bigrams (MT_BG), or NO_BG
+    cdef uint32_t *_v_bg2
+    cdef uint32_t *_v_q1           # per value: hashes (16 bits) of its two rarest 4-grams, or NO_BG
+    cdef uint32_t *_v_q2
     cdef const unsigned char *_bytes
     cdef const uint16_t *_globs
     # condition program
@@ -599,10 +765,12 @@ cdef class Matcher:
 
     def __cinit__(self):
         self._ac = NULL
+        self._nameptr = NULL
         self._nw = 0
 
     def __dealloc__(self):
         PyMem_Free(self._ac)
+        PyMem_Free(self._nameptr)
 
     def __init__(self, rules, lazy_fields=LAZY_FIELDS):
         self.rules = list(rules)
@@ -657,6 +825,7 @@ cdef class Matcher:
         def slot(name):
             s = self._slot_of.get(name)
             if s is None:
+                name = _sys.intern(name) if type(name) is str else name
                 s = self._slot_of[name] = len(self._names)
                 self._names.append(name)
             return s
@@ -665,6 +834,8 @@ cdef class Matcher:
         globs = []
         p_kind, p_cased, p_slot, p_voff, p_vcnt = [], [], [], [], []
         v_off, v_len, v_rare, v_goff, v_glen = [], [], [], [], []
+        v_bg1, v_bg2 = [], []
+        v_q1, v_q2 = [], []
         self._tests = [None] * len(preds)
         self._regexes = [None] * len(preds)
         pcost = []
@@ -673,6 +844,12 @@ cdef class Matcher:
             v_off.append(len(blob))
             v_len.append(len(b))
             v_rare.append(mt_rare_offset(b, len(b)) if b else 0)
+            bg = _rare_bigrams(b)
+            v_bg1.append(bg[0])
+            v_bg2.append(bg[1])
+            qg = _rare_quads(b)
+            v_q1.append(qg[0])
+            v_q2.append(qg[1])
             blob.extend(b)
             if prog is None:
                 v_goff.append(0)
@@ -757,6 +934,10 @@ cdef class Matcher:
         self._v_rare = self._u32(v_rare)
         self._v_goff = self._u32(v_goff)
         self._v_glen = self._u32(v_glen)
+        self._v_bg1 = self._u32(v_bg1)
+        self._v_bg2 = self._u32(v_bg2)
+        self._v_q1 = self._u32(v_q1)
+        self._v_q2 = self._u32(v_q2)
 
         # -- condition programs, operands cheapest first
         n_kind, n_arg, n_coff, n_ccnt, children, root = [], [], [], [], [], []
@@ -953,6 +1134,12 @@ cdef class Matcher:
         self._w_slot = self._i32([slot(n) for n in self._w_names])
         # fields created by the witness (never by a predicate) still need state
         self._nfields = len(self._names)
+        self._derived = self._u8([1 if n in DERIVED else 0 for n in self._names])
+        self._nameptr = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * (self._nfields + 1))
+        if self._nameptr == NULL:
+            raise MemoryError()
+        for i in range(self._nfields):
+            self._nameptr[i] = <PyObject *>self._names[i]
         self._w_scan1 = scan1
         self._w_scan2 = scan2 & ~scan1
         self._r_f1 = self._u64(r_f1)
@@ -994,18 +1181,8 @@ cdef class Matcher:
                 a.cls[b] = cls[b]
             a.trans16 = NULL
             a.trans32 = NULL
-            # the top bit of a next-state id flags "this state has outputs"
-            if n < 32768:
-                trans = [t | 0x8000 if out_off[t + 1] != out_off[t] else t for t in trans]
-                ta = _pyarray.array("H", trans)
-                self._arrays.append(ta)
-                a.trans16 = <uint16_t *>(<array.array>ta).data.as_ushorts
-            else:
-                trans = [t | 0x80000000 if out_off[t + 1] != out_off[t] else t for t in trans]
-                a.trans32 = self._u32(trans)
-            a.out_off = self._u32(out_off)
-            a.out_ids = self._u32(out_ids)
-            a.nd_len = self._u32(seqlen)
+            a.q4bits = NULL
+            a.q2bits = NULL
             eoff, er, ek, et = [0], [], [], []
             for members in groups:
                 ents = []
@@ -1022,6 +1199,28 @@ cdef class Matcher:
             a.en_tag = self._u8(et)
             total_states += n
             total_needles += len(needles)
+            if mode == 0 and n * ncls * 2 > Q_MIN_TABLE and not any(k & W_START for k in ek):
+                self._build_qgram(a, needles, groups)
+                continue
+            # Stored column-major (class-major): the next state is
+            # trans[col[byte] + s], so the state chain of a scan costs one add and
+            # one load per byte (no multiply), and the breadth-first numbering keeps
+            # the shallow states of every class in a few cache lines.
+            for b in range(256):
+                a.col[b] = cls[b] * n
+            trans = [trans[st_ * ncls + c] for c in range(ncls) for st_ in range(n)]
+            # the top bit of a next-state id flags "this state has outputs"
+            if n < 32768:
+                trans = [t | 0x8000 if out_off[t + 1] != out_off[t] else t for t in trans]
+                ta = _pyarray.array("H", trans)
+                self._arrays.append(ta)
+                a.trans16 = <uint16_t *>(<array.array>ta).data.as_ushorts
+            else:
+                trans = [t | 0x80000000 if out_off[t + 1] != out_off[t] else t for t in trans]
+                a.trans32 = self._u32(trans)
+            a.out_off = self._u32(out_off)
+            a.out_ids = self._u32(out_ids)
+            a.nd_len = self._u32(seqlen)
         for w in range(self._nw):   # fields without automata keep an empty range
             if aoff[w + 1] < aoff[w]:
                 aoff[w + 1] = aoff[w]
@@ -1041,79 +1240,191 @@ cdef class Matcher:
             "index_bytes": sum(x.buffer_info()[1] * x.itemsize for x in self._arrays),
         }
 
+    cdef int _build_qgram(self, Automaton *a, list needles, list groups) except -1:
+        """Turn a large "anywhere" automaton into an anchor filter (mode 3).
+
+        A big Aho-Corasick table does not stay in cache, and its walk is a chain of
+        dependent loads.  Instead each needle (at most TRUNC_ANY bytes) gets an
+        anchor: its rarest 4-byte gram (or 2-byte gram for 2-3 byte needles, the
+        byte itself for 1-byte needles).  The scan tests every position's grams in
+        small bitmaps (independent loads) and verifies the needles of the bucket.
+        Every occurrence of a needle contains its anchor, so none is missed.
+        """
+        cdef bytes nd
+        cdef Py_ssize_t L, k, best_k
+        gid_of = {}
+        for gid, members in enumerate(groups):
+            for nid in members:
+                gid_of[nid] = gid
+        e1, e2, e4 = [], [], []
+        n4 = sum(1 for x in needles if len(x) >= 4)
+        qb = 10
+        while qb < 16 and (1 << qb) < 16 * n4:
+            qb += 1
+        shift = 32 - qb
+        for nid, nd in enumerate(needles):
+            L = len(nd)
+            gid = gid_of[nid]
+            if L == 1:
+                e1.append((0, nd, 0, gid))
+            elif L <= 3:
+                best_k = min(range(L - 1), key=lambda j: (_byte_p(nd[j]) * _byte_p(nd[j + 1]), j))
+                e2.append((nd[best_k] | (nd[best_k + 1] << 8), nd, best_k, gid))
+            else:
+                best_k = min(range(L - 3), key=lambda j: (_lit_p(nd[j:j + 4], 1.0), j))
+                e4.append((mt_q_hash4(<const unsigned char *>nd + best_k, shift), nd, best_k, gid))
+        e2.sort(key=lambda e: e[0])
+        e4.sort(key=lambda e: e[0])
+        blob = bytearray()
+        noff, nlen, nk, ngid = [], [], [], []
+        for _key, nd, k, gid in e1 + e2 + e4:
+            noff.append(len(blob))
+            blob.extend(nd)
+            nlen.append(len(nd))
+            nk.append(k)
+            ngid.append(gid)
+        qbytes = _pyarray.array("B", bytes(blob) if blob else b"\0")
+        self._arrays.append(qbytes)
+        a.q_bytes = <const unsigned char *>(<array.array>qbytes).data.as_uchars
+        a.q_noff = self._u32(noff)
+        a.q_len = self._u32(nlen)
+        a.q_k = self._u32(nk)
+        a.q_gid = self._u32(ngid)
+        a.q1e = len(e1)
+        a.qshift = shift
+
+        def offsets(ents, base, nb):
+            off = [0] * (nb + 1)
+            for key, *_rest in ents:
+                off[key + 1] += 1
+            acc = base
+            for i in range(nb + 1):
+                acc += off[i]
+                off[i] = acc
+            return off
+
+        def bits(ents, nb):
+            words = [0] * (nb // 64)
+            for key, *_rest in ents:
+                words[key >> 6] |= 1 << (key & 63)
+            return words
+
+        a.q4off = self._u32(offsets(e4, len(e1) + len(e2), 1 << qb))
+        a.q4bits = self._u64(bits(e4, 1 << qb))
+        if e2:
+            a.q2off = self._u32(offsets(e2, len(e1), 65536))
+            a.q2bits = self._u64(bits(e2, 65536))
+        a.mode = 3
+        return 0
+
     # ------------------------------------------------------------------ runtime
-    cdef int _field(self, _State st, int32_t slot, bint raw) except -1:
-        """Make field ``slot``'s text ready (folded, or raw); 0 when it is missing."""
-        cdef uint32_t ep = st.epoch
+    cdef int _fetch(self, _State st, int32_t slot) except -1:
+        """Fetch field ``slot``'s value as text (once per event); 0 when it is missing."""
         cdef object v, t, name, ev, pending
         cdef PyObject *ptr
+        name = <object>self._nameptr[slot]
+        ev = st.event
+        if st.is_dict:
+            ptr = PyDict_GetItem(ev, name)
+            v = <object>ptr if ptr != NULL else None
+        else:
+            v = ev.get(name)
+        if v is None:
+            # field_value(): derived fields first, then a pending resolver
+            if self._derived[slot]:
+                v = DERIVED[name](ev)
+            else:
+                pending = _pending_of(ev, st.is_pe)
+                if pending and name in pending:
+                    v = ev.resolve(name)
+        st.vepoch[slot] = st.epoch
+        if v is None:
+            st.fnone[slot] = 1
+            return 0
+        st.fnone[slot] = 0
+        if PyUnicode_Check(v):
+            t = v
+        elif v is True:
+            t = "true"
+        elif v is False:
+            t = "false"
+        else:
+            t = str(v)
+        # a strong reference: a resolver run later in this call may replace the value
+        Py_XINCREF(<PyObject *>t)
+        Py_XDECREF(st.ftext[slot])
+        st.ftext[slot] = <PyObject *>t
+        return 1
+
+    cdef inline int _field(self, _State st, int32_t slot, bint raw) except -1:
+        """Make field ``slot``'s text ready (folded, or raw); 0 when it is missing."""
+        cdef uint32_t ep = st.epoch
+        if st.vepoch[slot] != ep:
+            if not self._fetch(st, slot):
+                return 0
+        elif st.fnone[slot]:
+            return 0
+        if raw:
+            if st.repoch[slot] != ep:
+                self._make_raw(st, slot)
+            return 1
+        if st.lepoch[slot] != ep:
+            self._fold(st, slot)
+        return 1
+
+    cdef inline int _scantext(self, _State st, int32_t slot, const unsigned char **h, Py_ssize_t *n) except -1:
+        """Text for the witness automata: the raw bytes when ASCII (the byte classes
+        fold ASCII case), else the folded UTF-8.  0 when the field is missing."""
+        cdef object t
+        if not self._field(st, slot, 1):
+            return 0
+        t = <object>st.ftext[slot]
+        if PyUnicode_IS_ASCII(t):
+            h[0] = st.rptr[slot]
+            n[0] = st.rlen[slot]
+            return 1
+        self._field(st, slot, 0)
+        h[0] = st.fptr[slot]
+        n[0] = st.flen[slot]
+        return 1
+
+    cdef int _make_raw(self, _State st, int32_t slot) except -1:
+        cdef object t = <object>st.ftext[slot]
+        if PyUnicode_IS_ASCII(t):
+            st.rptr[slot] = <const unsigned char *>PyUnicode_DATA(t)
+            st.rlen[slot] = PyUnicode_GET_LENGTH(t)
+        else:
+            _utf8(st, t, &st.rptr[slot], &st.rlen[slot])
+        st.repoch[slot] = st.epoch
+        return 0
+
+    cdef int _fold(self, _State st, int32_t slot) except -1:
+        cdef object t = <object>st.ftext[slot]
         cdef Py_ssize_t n
         cdef const char *u
         cdef unsigned char *b
-        if st.vepoch[slot] != ep:
-            name = self._names[slot]
-            ev = st.event
-            if st.is_dict:
-                ptr = PyDict_GetItem(ev, name)
-                v = <object>ptr if ptr != NULL else None
+        if PyUnicode_IS_ASCII(t):
+            n = PyUnicode_GET_LENGTH(t)
+            u = <const char *>PyUnicode_DATA(t)
+            if n > 0 and mt_has_upper_ascii(<const unsigned char *>u, n):
+                if st.bufcap[slot] < n:
+                    b = <unsigned char *>PyMem_Realloc(st.buf[slot], n + 64)
+                    if b == NULL:
+                        raise MemoryError()
+                    st.buf[slot] = b
+                    st.bufcap[slot] = n + 64
+                mt_lower_ascii(st.buf[slot], <const unsigned char *>u, n)
+                st.fptr[slot] = st.buf[slot]
             else:
-                v = ev.get(name)
-            if v is None:
-                # field_value(): derived fields first, then a pending resolver
-                if name in DERIVED:
-                    v = DERIVED[name](ev)
-                else:
-                    pending = getattr(ev, "pending", None)
-                    if pending and name in pending:
-                        v = ev.resolve(name)
-            st.vepoch[slot] = ep
-            if v is None:
-                st.fnone[slot] = 1
-                return 0
-            st.fnone[slot] = 0
-            if PyUnicode_Check(v):
-                t = v
-            elif v is True:
-                t = "true"
-            elif v is False:
-                t = "false"
-            else:
-                t = str(v)
-            st.keep.append(t)
-            st.ftext[slot] = <PyObject *>t
-        elif st.fnone[slot]:
-            return 0
-        t = <object>st.ftext[slot]
-        if raw:
-            if st.repoch[slot] != ep:
-                if PyUnicode_IS_ASCII(t):
-                    st.rptr[slot] = <const unsigned char *>PyUnicode_DATA(t)
-                    st.rlen[slot] = PyUnicode_GET_LENGTH(t)
-                else:
-                    _utf8(st, t, &st.rptr[slot], &st.rlen[slot])
-                st.repoch[slot] = ep
-            return 1
-        if st.lepoch[slot] != ep:
-            if PyUnicode_IS_ASCII(t):
-                n = PyUnicode_GET_LENGTH(t)
-                u = <const char *>PyUnicode_DATA(t)
-                if n > 0:
-                    if st.bufcap[slot] < n:
-                        b = <unsigned char *>PyMem_Realloc(st.buf[slot], n + 64)
-                        if b == NULL:
-                            raise MemoryError()
-                        st.buf[slot] = b
-                        st.bufcap[slot] = n + 64
-                    mt_lower_ascii(st.buf[slot], <const unsigned char *>u, n)
-                    st.fptr[slot] = st.buf[slot]
-                else:
-                    st.fptr[slot] = <const unsigned char *>u
-                st.flen[slot] = n
-            else:
-                t = t.lower()   # full Unicode folding, exactly as the reference
-                st.keep.append(t)
-                _utf8(st, t, &st.fptr[slot], &st.flen[slot])
-            st.lepoch[slot] = ep
+                st.fptr[slot] = <const unsigned char *>u
+            st.flen[slot] = n
+        else:
+            t = t.lower()   # full Unicode folding, exactly as the reference
+            Py_XINCREF(<PyObject *>t)
+            Py_XDECREF(st.flow[slot])
+            st.flow[slot] = <PyObject *>t
+            _utf8(st, t, &st.fptr[slot], &st.flen[slot])
+        st.lepoch[slot] = st.epoch
         return 1
 
     cdef int _pred(self, _State st, uint32_t p) except -1:
@@ -1133,6 +1444,8 @@ cdef class Matcher:
         cdef uint32_t vend = v + self._p_vcnt[p]
         cdef const unsigned char *h
         cdef const unsigned char *nd
+        cdef const uint64_t *bm
+        cdef const uint64_t *qm
         cdef Py_ssize_t hn
         cdef uint32_t nn
         cdef int present
@@ -1179,9 +1492,34 @@ cdef class Matcher:
         else:
             h = st.fptr[slot]
             hn = st.flen[slot]
+        bm = NULL
+        qm = NULL
+        if (kind == K_CONTAINS or kind == K_GLOB) and not self._p_cased[p] and hn >= 32:
+            # Filter the needles by bigram presence (a long text has most bigrams:
+            # by hashed 4-grams instead).  The bitmap is built for a predicate with
+            # several values; once built, every predicate on the field uses it.
+            if hn >= Q4_MIN_TEXT:
+                if st.q4epoch[slot] == st.epoch:
+                    qm = st.q4 + <Py_ssize_t>slot * MT_Q4_WORDS
+                elif vend - v >= 2:
+                    qm = st.q4 + <Py_ssize_t>slot * MT_Q4_WORDS
+                    mt_quads(qm, h, hn)
+                    st.q4epoch[slot] = st.epoch
+            elif st.bgepoch[slot] == st.epoch:
+                bm = st.bg + <Py_ssize_t>slot * MT_BG_WORDS
+            elif vend - v >= 2:
+                bm = st.bg + <Py_ssize_t>slot * MT_BG_WORDS
+                mt_bigrams(bm, h, hn)
+                st.bgepoch[slot] = st.epoch
         if kind == K_CONTAINS:
             while v < vend:
                 nn = self._v_len[v]
+                if qm != NULL and not (mt_q4_has(qm, self._v_q1[v]) and mt_q4_has(qm, self._v_q2[v])):
+                    v += 1
+                    continue
+                if bm != NULL and not (mt_bg_has(bm, self._v_bg1[v]) and mt_bg_has(bm, self._v_bg2[v])):
+                    v += 1
+                    continue
                 if mt_contains(h, hn, self._bytes + self._v_off[v], nn, self._v_rare[v]):
                     return 1
                 v += 1
@@ -1190,7 +1528,7 @@ cdef class Matcher:
             while v < vend:
                 nn = self._v_len[v]
                 nd = self._bytes + self._v_off[v]
-                if nn == hn and (nn == 0 or (nd[0] == h[0] and memcmp(h, nd, nn) == 0)):
+                if nn == hn and (nn == 0 or (nd[0] == h[0] and mt_eq_bwd(h, nd, nn))):
                     return 1
                 v += 1
             return 0
@@ -1198,7 +1536,7 @@ cdef class Matcher:
             while v < vend:
                 nn = self._v_len[v]
                 nd = self._bytes + self._v_off[v]
-                if nn <= hn and (nn == 0 or (nd[nn - 1] == h[hn - 1] and memcmp(h + hn - nn, nd, nn) == 0)):
+                if nn <= hn and mt_eq_bwd(h + hn - nn, nd, nn):
                     return 1
                 v += 1
             return 0
@@ -1206,13 +1544,19 @@ cdef class Matcher:
             while v < vend:
                 nn = self._v_len[v]
                 nd = self._bytes + self._v_off[v]
-                if nn <= hn and (nn == 0 or (nd[0] == h[0] and memcmp(h, nd, nn) == 0)):
+                if nn <= hn and mt_eq_fwd(h, nd, nn):
                     return 1
                 v += 1
             return 0
         # K_GLOB: the longest literal must occur before the wildcard walk
         while v < vend:
             nn = self._v_len[v]
+            if qm != NULL and not (mt_q4_has(qm, self._v_q1[v]) and mt_q4_has(qm, self._v_q2[v])):
+                v += 1
+                continue
+            if bm != NULL and not (mt_bg_has(bm, self._v_bg1[v]) and mt_bg_has(bm, self._v_bg2[v])):
+                v += 1
+                continue
             if mt_contains(h, hn, self._bytes + self._v_off[v], nn, self._v_rare[v]) and \
                     mt_glob(self._globs + self._v_goff[v], self._v_glen[v], h, hn):
                 return 1
@@ -1251,37 +1595,40 @@ cdef class Matcher:
         cdef const unsigned char *h
         cdef Py_ssize_t n, i
         cdef uint32_t ai, s, ncls
-        if not self._field(st, slot, 0):
+        if not self._scantext(st, slot, &h, &n):
             return 0
-        h = st.fptr[slot]
-        n = st.flen[slot]
         for ai in range(self._w_aoff[w], self._w_aoff[w + 1]):
             a = &self._ac[ai]
             ncls = a.ncls
             if a.mode == 0:
                 s = 0
                 if a.trans16 != NULL:
-                    for i in range(n):
-                        s = a.trans16[s * ncls + a.cls[h[i]]]
+                    i = 0
+                    while i < n:
+                        # the walk runs in its own tight C loop (the state stays in a
+                        # register); it stops after a state with outputs
+                        i = <Py_ssize_t>mt_ac_run16(a.trans16, a.col, h, <size_t>i, <size_t>n, &s)
                         if s & 0x8000:
                             s &= 0x7FFF
-                            _hits(a, st.cand, s, 0, i + 1, pmask, self._r_f1)
+                            _hits(a, st.cand, s, 0, i, pmask, self._r_f1)
                 else:
                     for i in range(n):
-                        s = a.trans32[s * ncls + a.cls[h[i]]]
+                        s = a.trans32[a.col[h[i]] + s]
                         if s & 0x80000000:
                             s &= 0x7FFFFFFF
                             _hits(a, st.cand, s, 0, i + 1, pmask, self._r_f1)
+            elif a.mode == 3:
+                self._scan_q(st, a, slot, pmask)
             elif a.mode == 1:
                 s = 1
                 for i in range(n):
                     if a.trans16 != NULL:
-                        s = a.trans16[s * ncls + a.cls[h[i]]]
+                        s = a.trans16[a.col[h[i]] + s]
                         if s & 0x8000:
                             s &= 0x7FFF
                             _hits(a, st.cand, s, 0, 0, pmask, self._r_f1)
                     else:
-                        s = a.trans32[s * ncls + a.cls[h[i]]]
+                        s = a.trans32[a.col[h[i]] + s]
                         if s & 0x80000000:
                             s &= 0x7FFFFFFF
                             _hits(a, st.cand, s, 0, 0, pmask, self._r_f1)
@@ -1292,18 +1639,51 @@ cdef class Matcher:
                 i = n - 1
                 while i >= 0:
                     if a.trans16 != NULL:
-                        s = a.trans16[s * ncls + a.cls[h[i]]]
+                        s = a.trans16[a.col[h[i]] + s]
                         if s & 0x8000:
                             s &= 0x7FFF
                             _hits(a, st.cand, s, (1 if i == 0 else 0), 0, pmask, self._r_f1)
                     else:
-                        s = a.trans32[s * ncls + a.cls[h[i]]]
+                        s = a.trans32[a.col[h[i]] + s]
                         if s & 0x80000000:
                             s &= 0x7FFFFFFF
                             _hits(a, st.cand, s, (1 if i == 0 else 0), 0, pmask, self._r_f1)
                     if s == 0:
                         break
                     i -= 1
+        return 0
+
+    cdef int _scan_q(self, _State st, Automaton *a, int32_t slot, uint64_t pmask) except -1:
+        """Anchor-filter scan (mode 3) over the folded text."""
+        cdef const unsigned char *h
+        cdef size_t n, i, e, eend
+        cdef unsigned g
+        self._field(st, slot, 0)
+        h = st.fptr[slot]
+        n = <size_t>st.flen[slot]
+        for e in range(a.q1e):
+            if memchr(h, a.q_bytes[a.q_noff[e]], n) != NULL:
+                _qmark(a, st.cand, a.q_gid[e], pmask, self._r_f1)
+        i = 0
+        while True:
+            i = mt_q_next(a.q4bits, a.qshift, a.q2bits, h, i, n)
+            if i >= n:
+                break
+            if a.q2bits != NULL:
+                g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
+                if (a.q2bits[g >> 6] >> (g & 63)) & 1:
+                    eend = a.q2off[g + 1]
+                    for e in range(a.q2off[g], eend):
+                        if mt_q_verify(h, n, i, a.q_bytes + a.q_noff[e], a.q_len[e], a.q_k[e]):
+                            _qmark(a, st.cand, a.q_gid[e], pmask, self._r_f1)
+            if i + 4 <= n:
+                g = mt_q_hash4(h + i, a.qshift)
+                if (a.q4bits[g >> 6] >> (g & 63)) & 1:
+                    eend = a.q4off[g + 1]
+                    for e in range(a.q4off[g], eend):
+                        if mt_q_verify(h, n, i, a.q_bytes + a.q_noff[e], a.q_len[e], a.q_k[e]):
+                            _qmark(a, st.cand, a.q_gid[e], pmask, self._r_f1)
+            i += 1
         return 0
 
     cdef int _select(self, _State st) except -1:
@@ -1317,8 +1697,8 @@ cdef class Matcher:
         for i in range(self._nalways):
             r = self._always[i]
             cand[r >> 6] |= (<uint64_t>1) << (r & 63)
-        if not (st.is_dict and type(ev) is dict):
-            pending = getattr(ev, "pending", None)
+        if not (st.is_dict and not st.is_pe):
+            pending = _pending_of(ev, st.is_pe)
             if pending:
                 for name in pending:
                     wi = self._wslot_of.get(name)
@@ -1359,7 +1739,8 @@ cdef class Matcher:
             st._reset()
             st.epoch = 1
         tp = type(event)
-        st.is_dict = tp is dict or tp is ProcessEvent
+        st.is_pe = tp is ProcessEvent
+        st.is_dict = st.is_pe or tp is dict
         st.event = event
         try:
             self._select(st)
@@ -1372,8 +1753,7 @@ cdef class Matcher:
                         out.append(r)
             return out
         finally:
-            st.keep.clear()
-            st.event = None
+            st._release()
             st.busy = False
 
     def candidates(self, event):
@@ -1384,7 +1764,8 @@ cdef class Matcher:
         cdef uint64_t bits
         st.epoch = 1
         tp = type(event)
-        st.is_dict = tp is dict or tp is ProcessEvent
+        st.is_pe = tp is ProcessEvent
+        st.is_dict = st.is_pe or tp is dict
         st.event = event
         try:
             self._select(st)
@@ -1395,8 +1776,7 @@ cdef class Matcher:
                     bits &= bits - 1
             return out
         finally:
-            st.keep.clear()
-            st.event = None
+            st._release()
 
     def match_rules(self, event):
         """The matching rules themselves."""
@@ -1434,6 +1814,17 @@ cdef inline void _hits(Automaton *a, uint64_t *cand, uint32_t s, int edge, Py_ss
                     cand[r >> 6] |= (<uint64_t>1) << (r & 63)
             e += 1
         o += 1
+
+
+cdef inline void _qmark(Automaton *a, uint64_t *cand, uint32_t gid, uint64_t pmask,
+                        const uint64_t *r_f1) noexcept:
+    """Mark the rules of needle group ``gid`` (mode 3: every entry is W_ANY)."""
+    cdef uint32_t e = a.nd_eoff[gid], eend = a.nd_eoff[gid + 1], r
+    while e < eend:
+        r = a.en_rule[e]
+        if a.en_tag[e] == 1 or (pmask & r_f1[r]):
+            cand[r >> 6] |= (<uint64_t>1) << (r & 63)
+        e += 1
 
 
 cdef int _utf8(_State st, object t, const unsigned char **ptr, Py_ssize_t *n) except -1:

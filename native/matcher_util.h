@@ -51,6 +51,51 @@ static inline size_t mt_rare_offset(const unsigned char *n, size_t nn)
     return best;
 }
 
+/* Equality of n bytes, inline: the needles are short and usually differ early, so
+ * a byte loop beats a library memcmp call. */
+static inline int mt_eq_fwd(const unsigned char *a, const unsigned char *b, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+/* The same, comparing from the last byte (suffix tests: endings like ".exe" agree). */
+static inline int mt_eq_bwd(const unsigned char *a, const unsigned char *b, size_t n)
+{
+    while (n) {
+        n--;
+        if (a[n] != b[n])
+            return 0;
+    }
+    return 1;
+}
+
+/* Bigram presence filter: one bit per (hashed) pair of adjacent bytes of a text.
+ * A needle of two or more bytes can occur only if all its bigrams are present;
+ * aliasing (the hash, non-ASCII bytes) only lets more needles through. */
+#define MT_BG_WORDS 128 /* 8192 bits */
+#define MT_BG(a, b) (((((unsigned)(a)) & 0x7Fu) << 6) ^ (((unsigned)(b)) & 0x7Fu))
+
+static inline void mt_bigrams(uint64_t *bm, const unsigned char *s, size_t n)
+{
+    size_t i;
+    memset(bm, 0, sizeof(uint64_t) * MT_BG_WORDS);
+    for (i = 0; i + 1 < n; i++) {
+        unsigned x = MT_BG(s[i], s[i + 1]);
+        bm[x >> 6] |= (uint64_t)1 << (x & 63);
+    }
+}
+
+static inline int mt_bg_has(const uint64_t *bm, unsigned x)
+{
+    if (x >= 64u * MT_BG_WORDS) /* no bigram (a one-byte needle) */
+        return 1;
+    return (int)((bm[x >> 6] >> (x & 63)) & 1);
+}
+
 /* Does haystack h contain needle n?  Anchor on the needle's rare byte at ``off``. */
 static inline int mt_contains(const unsigned char *h, size_t hn,
                               const unsigned char *n, size_t nn, size_t off)
@@ -68,7 +113,7 @@ static inline int mt_contains(const unsigned char *h, size_t hn,
         p = (const unsigned char *)memchr(p, c, (size_t)(end - p));
         if (p == NULL)
             return 0;
-        if (memcmp(p - off, n, nn) == 0)
+        if (p[-(ptrdiff_t)off + (ptrdiff_t)nn - 1] == n[nn - 1] && mt_eq_fwd(p - off, n, nn))
             return 1;
         p++;
     }
@@ -207,6 +252,96 @@ static inline int mt_chain(const unsigned char *h, size_t n, const unsigned char
             return 0;
         pos = line_end + 1;
     }
+}
+
+/* Aho-Corasick walk over h[i..n) from state *ps on a class-major table with 16-bit
+ * states (bit 15: the state has outputs).  Returns the position after the first
+ * byte that reaches a state with outputs (flag kept in *ps), or n. */
+static inline size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h,
+                                 size_t i, size_t n, uint32_t *ps)
+{
+    uint32_t s = *ps;
+    while (i < n) {
+        s = t[col[h[i]] + s];
+        i++;
+        if (s & 0x8000u)
+            break;
+    }
+    *ps = s;
+    return i;
+}
+
+/* Anchor filter (mode 3): hash of the 4 bytes at p, to (32 - shift) bits. */
+static inline uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return (uint32_t)(x * 2654435761u) >> shift;
+}
+
+/* First position >= i whose 2-gram (b2, may be NULL) or hashed 4-gram (b4) bit is
+ * set; n when none.  Each position's tests are independent loads from small
+ * bitmaps, so the loop is not a chain of dependent table loads. */
+static inline size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_t *b2,
+                               const unsigned char *h, size_t i, size_t n)
+{
+    size_t end4 = n >= 4 ? n - 3 : 0; /* positions < end4 start a whole 4-gram */
+    if (b2 != NULL) {
+        for (; i + 1 < n; i++) {
+            unsigned g2 = (unsigned)h[i] | ((unsigned)h[i + 1] << 8);
+            if ((b2[g2 >> 6] >> (g2 & 63)) & 1)
+                return i;
+            if (i < end4) {
+                uint32_t g4 = mt_q_hash4(h + i, shift);
+                if ((b4[g4 >> 6] >> (g4 & 63)) & 1)
+                    return i;
+            }
+        }
+        return n;
+    }
+    for (; i < end4; i++) {
+        uint32_t g4 = mt_q_hash4(h + i, shift);
+        if ((b4[g4 >> 6] >> (g4 & 63)) & 1)
+            return i;
+    }
+    return n;
+}
+
+/* Does the needle nd (len bytes, anchored at its offset k) occur with its anchor at i? */
+static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd,
+                              unsigned len, unsigned k)
+{
+    size_t s, j;
+    if (i < k)
+        return 0;
+    s = i - k;
+    if (s + len > n)
+        return 0;
+    for (j = 0; j < len; j++)
+        if (h[s + j] != nd[j])
+            return 0;
+    return 1;
+}
+
+/* 4-gram presence filter for long texts (where most bigrams occur): one bit per
+ * 16-bit hash (mt_q_hash4) of every 4 adjacent bytes. */
+#define MT_Q4_WORDS 1024 /* 65536 bits */
+
+static inline void mt_quads(uint64_t *bm, const unsigned char *s, size_t n)
+{
+    size_t i;
+    memset(bm, 0, sizeof(uint64_t) * MT_Q4_WORDS);
+    for (i = 0; i + 4 <= n; i++) {
+        uint32_t x = mt_q_hash4(s + i, 16);
+        bm[x >> 6] |= (uint64_t)1 << (x & 63);
+    }
+}
+
+static inline int mt_q4_has(const uint64_t *bm, unsigned x)
+{
+    if (x >= 64u * MT_Q4_WORDS) /* no 4-gram (a needle under 4 bytes) */
+        return 1;
+    return (int)((bm[x >> 6] >> (x & 63)) & 1);
 }
 
 /* Index of the lowest set bit of a non-zero word. */

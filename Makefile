@@ -1,7 +1,12 @@
 # Quick start: `make demo` and `make test` each create .venv, build the native code and run.
-PY ?= python3
 VENV := .venv
+ifeq ($(OS),Windows_NT)
+PY ?= py -3
+VPY := $(VENV)/Scripts/python.exe
+else
+PY ?= python3
 VPY := $(VENV)/bin/python
+endif
 STAMP := $(VENV)/.installed
 
 .PHONY: venv build test test-fast demo bench fuzz annotate clean

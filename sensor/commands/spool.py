@@ -1,0 +1,55 @@
+"""``etw-sensor spool status|dead|requeue``: look into the alert spool, bring dead letters back."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..config import ConfigError, default_config_path, load
+
+
+def register(sub) -> None:
+    p = sub.add_parser("spool", help="inspect the alert spool; requeue dead-lettered alerts")
+    p.add_argument("action", choices=("status", "dead", "requeue"),
+                   help="status: counters and health events; dead: alerts a receiver rejected; "
+                        "requeue: send dead-lettered alerts again (after fixing the cause)")
+    p.add_argument("ids", nargs="*", metavar="ALERT_ID", help="requeue: only these alerts")
+    p.add_argument("-c", "--config", metavar="FILE", help="config file (to find the spool)")
+    p.add_argument("--path", metavar="FILE", help="the spool file itself")
+    p.add_argument("--limit", type=int, default=50, help="dead: how many to show (newest first)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    path = args.path
+    if not path:
+        try:
+            path = load(args.config or default_config_path()).spool.path
+        except ConfigError as exc:
+            print(f"etw-sensor: config error: {exc}", file=sys.stderr)
+            return 2
+    import os
+    if not os.path.exists(path):
+        print(f"etw-sensor: no spool at {path}", file=sys.stderr)
+        return 1
+    from ..spool import Spool, SpoolError
+    try:
+        spool = Spool(path)
+    except SpoolError as exc:
+        print(f"etw-sensor: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "status":
+            print(json.dumps({"path": path, **spool.stats(),
+                              "health_events": spool.health_events(10)}, indent=1, default=str))
+        elif args.action == "dead":
+            for d in spool.dead_letters(args.limit):
+                a = d.get("alert") or {}
+                print(json.dumps({"id": d["id"], "status": d["status"], "reason": d["reason"],
+                                  "attempts": d["attempts"], "rule": (a.get("rule") or {}).get("title"),
+                                  "process": a.get("PROCESSNAME")}, default=str))
+        else:
+            n = spool.requeue_dead(args.ids or None)
+            print(f"requeued {n} alert(s); the running sensor sends them with the next batch")
+    finally:
+        spool.close()
+    return 0

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from ..config import ConfigError, default_config_path, load
+from . import config_for
 
 
 def register(sub) -> None:
@@ -22,12 +23,10 @@ def register(sub) -> None:
 def main(args) -> int:
     path = args.path
     if not path:
-        try:
-            path = load(args.config or default_config_path()).spool.path
-        except ConfigError as exc:
-            print(f"etw-sensor: config error: {exc}", file=sys.stderr)
+        cfg = config_for(args.config)
+        if cfg is None:
             return 2
-    import os
+        path = cfg.spool.path
     if not os.path.exists(path):
         print(f"etw-sensor: no spool at {path}", file=sys.stderr)
         return 1

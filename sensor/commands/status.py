@@ -5,8 +5,8 @@ import json
 import sys
 import time
 
-from ..config import ConfigError, default_config_path, load
 from ..health import heartbeat_line, read_status
+from . import config_for
 
 
 def register(sub) -> None:
@@ -20,11 +20,10 @@ def register(sub) -> None:
 def main(args) -> int:
     path = args.status_file
     if not path:
-        try:
-            path = load(args.config or default_config_path()).sensor.status_file
-        except ConfigError as exc:
-            print(f"etw-sensor: config error: {exc}", file=sys.stderr)
+        cfg = config_for(args.config)
+        if cfg is None:
             return 2
+        path = cfg.sensor.status_file
     try:
         status = read_status(path)
     except FileNotFoundError:

@@ -26,6 +26,7 @@ cdef extern from "matcher_util.h":
     int mt_glob(const uint16_t *pat, size_t m, const unsigned char *s, size_t n)
     int mt_ctz64(uint64_t x)
     uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
+    uint32_t mt_load32(const unsigned char *p)
     size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
     int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd, unsigned len, unsigned k)
     size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
@@ -63,3 +64,4 @@ cdef struct Automaton:
     uint32_t *q_len
     uint32_t *q_k          # entry: anchor offset in the needle
     uint32_t *q_gid        # entry: needle group (nd_eoff index)
+    uint32_t *q_ent        # entry: packed (anchor 4 bytes, needle offset, len | k << 16, group)

@@ -133,6 +133,11 @@ cdef Py_ssize_t Q4_MIN_TEXT = 256
 # still has to occur, so the index stays exact, only a little less selective).
 cdef int TRUNC_ANY = 8
 cdef int TRUNC_TRIE = 64
+# An end/equality literal of at least BENIGN_END_LEN bytes found in the benign
+# sample (a whole file name such as ``\\cscript.exe``) is scored BENIGN_END
+# instead of 1.0: common text, but it ends only a small share of values.
+cdef double BENIGN_END = 0.1
+cdef Py_ssize_t BENIGN_END_LEN = 10
 
 _LIT_KINDS = {"eq": K_EQ, "contains": K_CONTAINS, "startswith": K_STARTS, "endswith": K_ENDS}
 _W_KIND = {K_EQ: W_EQ, K_CONTAINS: W_ANY, K_STARTS: W_START, K_ENDS: W_END}
@@ -180,11 +185,11 @@ def _byte_p(int b):
     return 0.35 * 2.718281828 ** (-i / 12.0)
 
 
-def _lit_p(bytes nd, double positions):
+def _lit_p(bytes nd, double positions, double benign=1.0):
     """Estimated probability that the literal occurs in a benign value."""
     cdef double p = positions
     if nd in _BENIGN_B:
-        return 1.0
+        return benign
     for b in nd:
         p *= _byte_p(b)
     return min(p, 1.0)
@@ -254,9 +259,10 @@ def _witness_entry(fname, bytes b, int wk):
         nd = b[:TRUNC_TRIE]
         return (fname, 1, nd, W_ANY, _lit_p(nd, 3.0))
     nd = b[-TRUNC_TRIE:]
+    bp = BENIGN_END if len(nd) >= BENIGN_END_LEN else 1.0
     if wk == W_EQ and len(b) <= TRUNC_TRIE:
-        return (fname, 2, nd[::-1], W_START, 0.3 * _lit_p(nd, 3.0))
-    return (fname, 2, nd[::-1], W_ANY, _lit_p(nd, 3.0))
+        return (fname, 2, nd[::-1], W_START, 0.3 * _lit_p(nd, 3.0, bp))
+    return (fname, 2, nd[::-1], W_ANY, _lit_p(nd, 3.0, bp))
 
 
 def _build_automaton(list needles, int mode):
@@ -742,6 +748,7 @@ cdef class Matcher:
     cdef uint32_t *_n_ccnt
     cdef uint32_t *_children
     cdef uint32_t *_root
+    cdef uint32_t *_root_nl        # per rule: program ordered for events with nothing pending
     # witness index
     cdef Py_ssize_t _nw
     cdef Automaton *_ac
@@ -839,6 +846,7 @@ cdef class Matcher:
         self._tests = [None] * len(preds)
         self._regexes = [None] * len(preds)
         pcost = []
+        pcost_nl = []      # the same without the lazy-field penalty (nothing pending)
 
         def add_value(bytes b, list prog=None):
             v_off.append(len(blob))
@@ -907,14 +915,18 @@ cdef class Matcher:
             if kind == K_PY:
                 self._tests[i] = _Test(p)
                 p_slot.append(-1)
-            else:
+            cost_nl = cost
+            if kind != K_PY:
                 p_slot.append(slot(fld))
                 if fld in lazy:
                     cost += 1000.0
                 elif fld == "@Message":
                     cost += 100.0
+                    cost_nl += 100.0
                 elif fld in DERIVED:
                     cost += 20.0
+                    cost_nl += 20.0
+            pcost_nl.append(cost_nl)
             p_vcnt.append(len(v_off) - p_voff[len(p_voff) - 1])
             p_kind.append(kind)
             pcost.append(cost)
@@ -942,10 +954,16 @@ cdef class Matcher:
         # -- condition programs, operands cheapest first
         n_kind, n_arg, n_coff, n_ccnt, children, root = [], [], [], [], [], []
 
+        # Two orders per rule: one for events with a lazily resolved field still
+        # pending (reading it may cost a PE read, so it goes last), one for events
+        # with nothing pending (every field is a dict lookup).  The order never
+        # changes an answer.
+        costs = pcost
+
         def cost_of(c):
             k = c[0]
             if k == "pred":
-                return pcost[c[1]]
+                return costs[c[1]]
             if k == "const":
                 return 0.0
             if k == "not":
@@ -982,12 +1000,20 @@ cdef class Matcher:
 
         for c in conds:
             root.append(emit(c))
+        costs = pcost_nl
+        root_nl = []
+        for ri, c in enumerate(conds):
+            if any(pcost[i] != pcost_nl[i] for i in _pred_ids(c)):
+                root_nl.append(emit(c))
+            else:
+                root_nl.append(root[ri])
         self._n_kind = self._u8(n_kind)
         self._n_arg = self._i32(n_arg)
         self._n_coff = self._u32(n_coff)
         self._n_ccnt = self._u32(n_ccnt)
         self._children = self._u32(children)
         self._root = self._u32(root)
+        self._root_nl = self._u32(root_nl)
 
         # -- witness index
         def pred_witness(int pid, bint avoid_lazy):
@@ -1183,6 +1209,7 @@ cdef class Matcher:
             a.trans32 = NULL
             a.q4bits = NULL
             a.q2bits = NULL
+            a.q_ent = NULL
             eoff, er, ek, et = [0], [], [], []
             for members in groups:
                 ents = []
@@ -1277,12 +1304,18 @@ cdef class Matcher:
         e4.sort(key=lambda e: e[0])
         blob = bytearray()
         noff, nlen, nk, ngid = [], [], [], []
+        ent = []
         for _key, nd, k, gid in e1 + e2 + e4:
             noff.append(len(blob))
+            # packed entry for the scan: the anchor's 4 bytes (native byte order, as
+            # loaded from the text; 0 for shorter needles), offset, len | k << 16, group
+            anchor = int.from_bytes(nd[k:k + 4], _sys.byteorder) if len(nd) >= 4 else 0
+            ent.extend((anchor, len(blob), len(nd) | (k << 16), gid))
             blob.extend(nd)
             nlen.append(len(nd))
             nk.append(k)
             ngid.append(gid)
+        a.q_ent = self._u32(ent)
         qbytes = _pyarray.array("B", bytes(blob) if blob else b"\0")
         self._arrays.append(qbytes)
         a.q_bytes = <const unsigned char *>(<array.array>qbytes).data.as_uchars
@@ -1658,6 +1691,8 @@ cdef class Matcher:
         cdef const unsigned char *h
         cdef size_t n, i, e, eend
         cdef unsigned g
+        cdef uint32_t x
+        cdef const uint32_t *ent
         self._field(st, slot, 0)
         h = st.fptr[slot]
         n = <size_t>st.flen[slot]
@@ -1679,10 +1714,14 @@ cdef class Matcher:
             if i + 4 <= n:
                 g = mt_q_hash4(h + i, a.qshift)
                 if (a.q4bits[g >> 6] >> (g & 63)) & 1:
+                    # the anchor's 4 bytes, kept in the packed entry, reject hash
+                    # collisions without touching the needle bytes
+                    x = mt_load32(h + i)
                     eend = a.q4off[g + 1]
                     for e in range(a.q4off[g], eend):
-                        if mt_q_verify(h, n, i, a.q_bytes + a.q_noff[e], a.q_len[e], a.q_k[e]):
-                            _qmark(a, st.cand, a.q_gid[e], pmask, self._r_f1)
+                        ent = a.q_ent + 4 * e
+                        if ent[0] == x and mt_q_verify(h, n, i, a.q_bytes + ent[1], ent[2] & 0xFFFF, ent[2] >> 16):
+                            _qmark(a, st.cand, ent[3], pmask, self._r_f1)
             i += 1
         return 0
 
@@ -1731,6 +1770,7 @@ cdef class Matcher:
         cdef Py_ssize_t wd
         cdef uint64_t bits
         cdef uint32_t r
+        cdef const uint32_t *roots
         if st.busy:   # re-entered from a resolver, or another thread: private scratch
             st = _State(self._nfields, self._npreds, self._nwords)
         st.busy = True
@@ -1743,13 +1783,16 @@ cdef class Matcher:
         st.is_dict = st.is_pe or tp is dict
         st.event = event
         try:
+            roots = self._root_nl
+            if not (st.is_dict and not st.is_pe) and _pending_of(event, st.is_pe):
+                roots = self._root
             self._select(st)
             for wd in range(self._nwords):
                 bits = st.cand[wd]
                 while bits:
                     r = <uint32_t>(wd * 64 + mt_ctz64(bits))
                     bits &= bits - 1
-                    if self._eval(st, self._root[r]):
+                    if self._eval(st, roots[r]):
                         out.append(r)
             return out
         finally:
@@ -1840,6 +1883,18 @@ cdef int _utf8(_State st, object t, const unsigned char **ptr, Py_ssize_t *n) ex
         return 0
     ptr[0] = <const unsigned char *>u
     return 0
+
+
+def _pred_ids(cond):
+    """Predicate ids a condition reads."""
+    kind = cond[0]
+    if kind == "pred":
+        return [cond[1]]
+    if kind in ("and", "or"):
+        return [i for c in cond[1:] for i in _pred_ids(c)]
+    if kind == "not":
+        return _pred_ids(cond[1])
+    return []
 
 
 def _remap(cond, remap):

@@ -279,6 +279,14 @@ static inline uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
     return (uint32_t)(x * 2654435761u) >> shift;
 }
 
+/* The 4 bytes at p as one (native-endian) word. */
+static inline uint32_t mt_load32(const unsigned char *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return x;
+}
+
 /* First position >= i whose 2-gram (b2, may be NULL) or hashed 4-gram (b4) bit is
  * set; n when none.  Each position's tests are independent loads from small
  * bitmaps, so the loop is not a chain of dependent table loads. */

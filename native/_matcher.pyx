@@ -40,7 +40,7 @@ import re._constants as _C
 import re._parser as _sre_parse
 from collections import deque
 
-from sensor._matcher_py import _Test
+from sensor._matcher_py import _Test, _remap  # the same condition rewrite as the reference
 from sensor.events import DERIVED, ProcessEvent
 from sensor.rules.ir import STAR, QMARK, glob_tokens, regex_flags
 
@@ -1897,12 +1897,3 @@ def _pred_ids(cond):
     return []
 
 
-def _remap(cond, remap):
-    kind = cond[0]
-    if kind == "pred":
-        return ("pred", remap[cond[1]])
-    if kind in ("and", "or"):
-        return (kind,) + tuple(_remap(c, remap) for c in cond[1:])
-    if kind == "not":
-        return ("not", _remap(cond[1], remap))
-    return cond

@@ -56,20 +56,12 @@ def setup_logging(cfg: Config, stream=None) -> None:
 
 def load_rules(cfg: Config) -> tuple[list, list]:
     """The configured rules and the problems found loading them."""
-    if not cfg.rules.paths:
-        from .rules.seed import builtin_rules
-        return (builtin_rules() if cfg.rules.builtin else []), []
     from .rules.loader import load_rules as _load
     report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
-    problems = [f"rule rejected: {r.path}{':' + str(r.line) if r.line else ''}: {r.reason}"
-                for r in report.rejected]
-    for w in report.warnings:
-        if "duplicate rule id" in w.reason:  # same id -> same alert ids: one would be lost
-            problems.append(f"rule warning: {w.path}: {w.reason}")
     if report.not_applicable:
         log.info("%d rule(s) not applicable to process starts (see `etw-sensor rules validate`)",
                  len(report.not_applicable))
-    return report.rules, problems
+    return report.rules, report.problems()
 
 
 def _pe_lookup(cfg: Config):

@@ -64,3 +64,17 @@ def test_rules_list_verbose_shows_the_seed_metadata(capsys):
     assert "MITRE ATT&CK: Defense Evasion: System Binary Proxy Execution (T1218)" in out
     assert "next step: Identification: Review the command-line arguments" in out
     assert "mitigation: M1042" in out and "security standard: DE.CM-03" in out
+
+
+def test_duplicate_rule_ids_are_reported(tmp_path, capsys):
+    """Two rules with one id would share alert ids (the spool keeps one): say so, exit 1."""
+    from pathlib import Path
+    rule = (Path(__file__).parent / "data" / "sigma" / "rules" / "mofcomp.yml").read_text()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yml").write_text(rule)
+    (rules / "b.yml").write_text(rule)
+    src = tmp_path / "ev.jsonl"
+    src.write_text(json.dumps(BENIGN) + "\n")
+    assert main(["scan", str(src), "--rules", str(rules)]) == 1
+    assert "rule warning:" in capsys.readouterr().err

@@ -23,19 +23,16 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
 
 def load_ruleset(paths: Sequence[str], builtin: bool, err: IO[str]):
     """Load rules; return (rules, number of problems reported)."""
-    if not paths:
-        from ..rules.seed import builtin_rules
-        return (builtin_rules() if builtin else []), 0
     from ..rules.loader import load_rules
 
     report = load_rules(paths, builtin=builtin)
-    for r in report.rejected:
-        loc = f"{r.path}:{r.line}" if r.line else r.path
-        print(f"etw-sensor: rule rejected: {loc}: {r.reason}", file=err)
+    problems = report.problems()
+    for p in problems:
+        print(f"etw-sensor: {p}", file=err)
     if report.not_applicable:
         print(f"etw-sensor: {len(report.not_applicable)} rule(s) not applicable to process "
               f"starts (see `etw-sensor rules validate`)", file=err)
-    return report.rules, len(report.rejected)
+    return report.rules, len(problems)
 
 
 def register(sub) -> None:

@@ -37,6 +37,13 @@ class LoadReport:
     files: int = 0
     seconds: float = 0.0
 
+    def problems(self) -> list[str]:
+        """What whoever runs the rules must see: rejections, and duplicate ids (rules that
+        share an id give identical alert ids, so the spool would keep only one alert)."""
+        out = [f"rule rejected: {r}" for r in self.rejected]
+        out += [f"rule warning: {w}" for w in self.warnings if "duplicate rule id" in w.reason]
+        return out
+
 
 def _rule_files(folder: Path) -> list[Path]:
     out = []

@@ -6,15 +6,45 @@
 
 #include "pe_version.h"
 
+/* Well-formed UTF-8 with exactly 8 NULs (the separators of the nine values). */
+static int text_ok(const uint8_t *t, uint32_t n)
+{
+    uint32_t i = 0, nuls = 0, k, cp;
+    while (i < n) {
+        uint8_t c = t[i];
+        if (c == 0) {
+            nuls++;
+            i++;
+            continue;
+        }
+        k = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : 9;
+        if (k == 9 || i + k >= n + (k ? 0 : 1))
+            return 0;
+        cp = k == 0 ? c : k == 1 ? (c & 0x1Fu) : k == 2 ? (c & 0x0Fu) : (c & 0x07u);
+        for (i++; k; k--, i++) {
+            if ((t[i] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (t[i] & 0x3Fu);
+        }
+        if (cp >= 0xD800u && cp <= 0xDFFFu) /* surrogates never reach the text */
+            return 0;
+    }
+    return nuls == 8;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     pev_result r;
-    /* A heap block of exactly PEV_BLOB_MAX bytes: ASan reports any write past it. */
+    /* Heap blocks of exactly PEV_BLOB_MAX / PEV_TEXT_MAX bytes: ASan reports any write past them. */
     uint8_t *blob = (uint8_t *)malloc(PEV_BLOB_MAX);
+    uint8_t *text = (uint8_t *)malloc(PEV_TEXT_MAX);
     int i, st;
-    if (!blob)
+    if (!blob || !text) {
+        free(blob);
+        free(text);
         return 0;
-    st = pev_parse_buffer(data, size, &r, blob);
+    }
+    st = pev_buffer_text(data, size, &r, blob, text);
     if (st != r.status || st < 0 || st > PEV_E_ARG || r.file_size != size)
         __builtin_trap();
     if (st == PEV_OK) {
@@ -25,11 +55,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (r.str_len[i] && (uint64_t)r.str_off[i] + 2u * (uint64_t)r.str_len[i] > r.blob_len)
                 __builtin_trap();
         }
+        if (r.text_len > PEV_TEXT_MAX || !text_ok(text, r.text_len))
+            __builtin_trap();
     } else {
         for (i = 0; i < PEV_NFIELDS; i++)
             if (r.str_len[i])
                 __builtin_trap();
+        if (r.text_len)
+            __builtin_trap();
     }
     free(blob);
+    free(text);
     return 0;
 }

@@ -26,10 +26,15 @@ typedef struct pev_result {
     uint32_t blob_len;
     uint32_t str_off[7];
     uint32_t str_len[7];
+    uint32_t text_len;
 } pev_result;
+
+#define PEV_TEXT_MAX ...
 
 int pev_parse_file(const char *path, pev_result *r, uint8_t *blob);
 int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob);
+int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
+int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns);
 const char *pev_strerror(int status);
 """

@@ -750,6 +750,125 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob)
     return r->status;
 }
 
+/* One code point as UTF-8 at o; returns the bytes written (1-4). */
+static uint32_t put_utf8(uint8_t *o, uint32_t cp)
+{
+    if (cp < 0x80u) {
+        o[0] = (uint8_t)cp;
+        return 1;
+    }
+    if (cp < 0x800u) {
+        o[0] = (uint8_t)(0xC0u | (cp >> 6));
+        o[1] = (uint8_t)(0x80u | (cp & 0x3Fu));
+        return 2;
+    }
+    if (cp < 0x10000u) {
+        o[0] = (uint8_t)(0xE0u | (cp >> 12));
+        o[1] = (uint8_t)(0x80u | ((cp >> 6) & 0x3Fu));
+        o[2] = (uint8_t)(0x80u | (cp & 0x3Fu));
+        return 3;
+    }
+    o[0] = (uint8_t)(0xF0u | (cp >> 18));
+    o[1] = (uint8_t)(0x80u | ((cp >> 12) & 0x3Fu));
+    o[2] = (uint8_t)(0x80u | ((cp >> 6) & 0x3Fu));
+    o[3] = (uint8_t)(0x80u | (cp & 0x3Fu));
+    return 4;
+}
+
+/* `units` UTF-16LE code units at s as UTF-8 at o (at most 3 bytes per unit); an
+ * unpaired surrogate becomes U+FFFD and the decoding goes on with the next unit. */
+static uint32_t utf16_to_utf8(const uint8_t *s, uint32_t units, uint8_t *o)
+{
+    uint32_t i = 0, n = 0, u, lo;
+    while (i < units) {
+        u = le16(s + 2u * i++);
+        if (u >= 0xD800u && u <= 0xDFFFu) {
+            if (u <= 0xDBFFu && i < units && (lo = le16(s + 2u * i)) >= 0xDC00u && lo <= 0xDFFFu) {
+                u = 0x10000u + ((u - 0xD800u) << 10) + (lo - 0xDC00u);
+                i++;
+            } else {
+                u = 0xFFFDu;
+            }
+        }
+        n += put_utf8(o + n, u);
+    }
+    return n;
+}
+
+static uint32_t put_uint(uint8_t *o, uint32_t v)
+{
+    uint8_t tmp[10];
+    uint32_t n = 0, k = 0;
+    do {
+        tmp[n++] = (uint8_t)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    while (n)
+        o[k++] = tmp[--n];
+    return k;
+}
+
+static uint32_t put_version(uint8_t *o, uint32_t ms, uint32_t ls)
+{
+    uint32_t n = put_uint(o, ms >> 16);
+    o[n++] = '.';
+    n += put_uint(o + n, ms & 0xFFFFu);
+    o[n++] = '.';
+    n += put_uint(o + n, ls >> 16);
+    o[n++] = '.';
+    n += put_uint(o + n, ls & 0xFFFFu);
+    return n;
+}
+
+static void result_text(pev_result *r, const uint8_t *blob, uint8_t *text)
+{
+    uint32_t n = 0, f, units = 0;
+    for (f = 0; f < PEV_NFIELDS; f++)
+        units += r->str_len[f];
+    /* Cannot happen (distinct nodes of one blob); refuse rather than overrun. */
+    if (units > PEV_BLOB_MAX / 2u) {
+        r->status = PEV_E_BAD_VERSION;
+        return;
+    }
+    for (f = 0; f < PEV_NFIELDS; f++) {
+        if (r->str_len[f])
+            n += utf16_to_utf8(blob + r->str_off[f], r->str_len[f], text + n);
+        text[n++] = 0;
+    }
+    if (r->has_fixed)
+        n += put_version(text + n, r->file_version_ms, r->file_version_ls);
+    text[n++] = 0;
+    if (r->has_fixed)
+        n += put_version(text + n, r->product_version_ms, r->product_version_ls);
+    r->text_len = n;
+}
+
+int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text)
+{
+    int rc;
+    if (!text)
+        return r ? (r->status = PEV_E_ARG) : PEV_E_ARG;
+    rc = pev_parse_file(path, r, blob);
+    if (rc == PEV_OK) {
+        result_text(r, blob, text);
+        rc = r->status;
+    }
+    return rc;
+}
+
+int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text)
+{
+    int rc;
+    if (!text)
+        return r ? (r->status = PEV_E_ARG) : PEV_E_ARG;
+    rc = pev_parse_buffer(data, len, r, blob);
+    if (rc == PEV_OK) {
+        result_text(r, blob, text);
+        rc = r->status;
+    }
+    return rc;
+}
+
 const char *pev_strerror(int status)
 {
     switch (status) {

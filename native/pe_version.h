@@ -71,7 +71,14 @@ typedef struct pev_result {
      * str_len[i] == 0 means absent (after stripping). */
     uint32_t str_off[PEV_NFIELDS];
     uint32_t str_len[PEV_NFIELDS];
+    /* Filled by pev_file_text / pev_buffer_text only: bytes written to `text`. */
+    uint32_t text_len;
 } pev_result;
+
+/* Capacity of the `text` buffer of pev_file_text / pev_buffer_text.  The values come
+ * from distinct nodes of one blob (at most PEV_BLOB_MAX / 2 UTF-16 units in all, each
+ * at most 3 UTF-8 bytes), plus two "a.b.c.d" versions and the separators. */
+#define PEV_TEXT_MAX (3u * (PEV_BLOB_MAX / 2u) + 64u)
 
 /* Parse the file at `path` (UTF-8).  `blob` must hold PEV_BLOB_MAX bytes.
  * Returns r->status. */
@@ -79,6 +86,16 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob);
 
 /* Parse an in-memory image (the whole file, or its first `len` bytes). */
 int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob);
+
+/* Parse like pev_parse_file / pev_parse_buffer, then, on success, write the nine
+ * result values as UTF-8 into `text` (PEV_TEXT_MAX bytes), separated by one NUL each,
+ * in this order: the PEV_NFIELDS strings, then the file and product versions of
+ * VS_FIXEDFILEINFO as "a.b.c.d".  An absent value is written empty (a present string
+ * is never empty, and no value contains NUL).  UTF-16 is decoded as Python's
+ * utf-16-le codec with errors="replace" does: an unpaired surrogate becomes U+FFFD.
+ * r->text_len is the number of bytes written (0 on failure). */
+int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
+int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
 
 /* Size and last-write time of `path` without parsing; 0 on success, else errno-like. */
 int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns);

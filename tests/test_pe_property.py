@@ -210,3 +210,36 @@ def test_file_and_buffer_modes_agree(seed, writes, cut):
 def test_random_bytes(data):
     assert_agree(b"MZ" + data)
     assert_agree(data)
+
+
+SURROGATE_CASES = {
+    "pair": ["\U0001F600", "\ud83d\ude00"],  # a valid pair is one code point
+    "lone high at end": ["ab\ud800"],
+    "high then letter": ["\ud800b"],
+    "lone low": ["a\udc00b"],
+    "low then high": ["\udc00\ud800"],
+    "two highs then low": ["\ud800\ud800\udc00"],
+    "non-BMP and BMP mix": ["\u00e9\u4e2d\U00010348x"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(SURROGATE_CASES))
+def test_utf16_values_decode_like_the_python_codec(case):
+    # The native reader converts UTF-16 to UTF-8 in C; unpaired surrogates must become
+    # U+FFFD exactly where Python's utf-16-le codec with errors="replace" puts them.
+    if LAYOUT is None:
+        pytest.skip("pefile (test dependency) is not installed")
+    value = "".join(SURROGATE_CASES[case])
+    raw = value.encode("utf-16-le", "surrogatepass")
+    want = raw.decode("utf-16-le", "replace")
+    blob = gen.root([gen.sfi(gen.table("040904B0", gen.node("OriginalFilename", raw + b"\0\0", 1)))])
+    img = embed(blob)
+    for _read, parse in pe.READERS.values():
+        assert parse(img)["OriginalFilename"] == want
+
+
+def test_native_result_keys_in_order():
+    # The native result is a dict literal: its keys must be RESULT_KEYS, in order.
+    info = pe.READERS["native"][0](DATA / "basic64.exe")
+    assert tuple(info) == pe.RESULT_KEYS
+    assert info["file_version"] and info["product_version"]

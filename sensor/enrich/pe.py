@@ -56,16 +56,13 @@ if _native is not None:
     _tls = threading.local()
 
     def _buffers():
-        """Per-thread result struct, 64 KiB blob buffer and a flat view of the result's numbers
-        (cffi releases the GIL during calls, so threads must not share them)."""
+        """Per-thread result struct, 64 KiB blob buffer and UTF-8 text buffer (cffi releases
+        the GIL during calls, so threads must not share them)."""
         try:
             return _tls.bufs
         except AttributeError:
-            r = _ffi.new("pev_result *")
-            blob = _ffi.new("uint8_t[]", _pe_py.BLOB_MAX)
-            # has_fixed .. str_len[6] are 20 consecutive 32-bit fields: one unpack reads them all.
-            nums = _ffi.cast("uint32_t *", _ffi.addressof(r[0], "has_fixed"))
-            _tls.bufs = (r, blob, nums)
+            _tls.bufs = (_ffi.new("pev_result *"), _ffi.new("uint8_t[]", _pe_py.BLOB_MAX),
+                         _ffi.new("uint8_t[]", _lib.PEV_TEXT_MAX))
             return _tls.bufs
 
     def _sys_detail(err: int) -> str | None:
@@ -75,52 +72,48 @@ if _native is not None:
             return f"Windows error {err}"
         return os.strerror(err)
 
-    _unpack, _buffer = _ffi.unpack, _ffi.buffer
-    # The codec function directly: str.decode("utf-16-le") pays a codec lookup per call.
-    from codecs import utf_16_le_decode as _u16dec
-    _N = len(STRING_KEYS)
+    _buffer = _ffi.buffer
 
-    def _native_result(status: int, r, blob, nums) -> dict:
+    def _native_result(status: int, r, text) -> dict:
+        # The C side wrote the nine values as UTF-8, NUL-separated, an absent one empty:
+        # one decode and one split instead of nine conversions here.  The literal keys are
+        # RESULT_KEYS in order (tests/test_pe.py checks it).
         if status:
             raise error_for(status, _sys_detail(r.sys_error) if status == _pe_py.E_IO else None)
-        v = _unpack(nums, 6 + 2 * _N)
-        has_fixed, fms, fls, pms, pls, blen = v[:6]
-        raw = _buffer(blob, blen)[:]
-        out = {}
-        for key, o, n in zip(STRING_KEYS, v[6:6 + _N], v[6 + _N:]):
-            out[key] = _u16dec(raw[o:o + 2 * n], "replace", True)[0] if n else None
-        if has_fixed:
-            out["file_version"] = f"{fms >> 16}.{fms & 0xFFFF}.{fls >> 16}.{fls & 0xFFFF}"
-            out["product_version"] = f"{pms >> 16}.{pms & 0xFFFF}.{pls >> 16}.{pls & 0xFFFF}"
-        else:
-            out["file_version"] = out["product_version"] = None
-        return out
+        v0, v1, v2, v3, v4, v5, v6, v7, v8 = _buffer(text, r.text_len)[:].decode().split("\0")
+        return {"OriginalFilename": v0 or None, "InternalName": v1 or None,
+                "CompanyName": v2 or None, "ProductName": v3 or None,
+                "FileDescription": v4 or None, "FileVersion": v5 or None,
+                "ProductVersion": v6 or None, "file_version": v7 or None,
+                "product_version": v8 or None}
+
+    _FSENC, _FSERR = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
     def _encode(path: Any) -> bytes:
-        p = os.fsencode(path)
+        p = path.encode(_FSENC, _FSERR) if path.__class__ is str else os.fsencode(path)
         if b"\0" in p:
             raise PeError("arg", "bad argument: NUL in path")
         return p
 
     def _native_read_identity(path: Any) -> tuple[dict | None, PeError | None, int, int]:
         """Parse ``path``; also the (size, mtime_ns) of the file actually opened."""
-        r, blob, nums = _buffers()
-        status = _lib.pev_parse_file(_encode(path), r, blob)
+        r, blob, text = _buffers()
+        status = _lib.pev_file_text(_encode(path), r, blob, text)
         try:
-            return _native_result(status, r, blob, nums), None, r.file_size, r.mtime_ns
+            return _native_result(status, r, text), None, r.file_size, r.mtime_ns
         except PeError as exc:
             return None, exc, r.file_size, r.mtime_ns
 
     def native_read_version_info(path: str | os.PathLike) -> dict:
         """Version info of the PE file at ``path`` (native reader); raises PeError."""
-        r, blob, nums = _buffers()
-        return _native_result(_lib.pev_parse_file(_encode(path), r, blob), r, blob, nums)
+        r, blob, text = _buffers()
+        return _native_result(_lib.pev_file_text(_encode(path), r, blob, text), r, text)
 
     def native_parse_version_info(data: bytes | bytearray | memoryview) -> dict:
         """Version info of an in-memory PE image (native reader); raises PeError."""
-        r, blob, nums = _buffers()
+        r, blob, text = _buffers()
         buf = _ffi.from_buffer(data)
-        return _native_result(_lib.pev_parse_buffer(buf, len(buf), r, blob), r, blob, nums)
+        return _native_result(_lib.pev_buffer_text(buf, len(buf), r, blob, text), r, text)
 
     def _native_stat(path: Any) -> tuple[int, int]:
         try:

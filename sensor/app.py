@@ -64,13 +64,12 @@ def load_rules(cfg: Config) -> tuple[list, list]:
     return report.rules, report.problems()
 
 
-def _pe_lookup(cfg: Config):
-    """A PE version-info lookup with its cache, or (None, None) when disabled."""
+def _pe_cache(cfg: Config):
+    """The PE version-info cache, or None when PE enrichment is disabled."""
     if not cfg.enrich.pe.enabled:
-        return None, None
+        return None
     from .enrich.pe import VersionInfoCache
-    cache = VersionInfoCache(maxsize=cfg.enrich.pe.cache_size)
-    return cache.lookup, cache.stats
+    return VersionInfoCache(maxsize=cfg.enrich.pe.cache_size, watch=cfg.enrich.pe.watch)
 
 
 def build_source(cfg: Config):
@@ -129,8 +128,7 @@ def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) 
             raise ConfigError(f"{cfg.path}: exclusions: {exc}") from None
     if cfg.throttle.window_s > 0:
         parts.throttle = Throttle(cfg.throttle.window_s)
-    lookup, pe_stats = _pe_lookup(cfg)
-    parts.enricher = _make_enricher(cfg, lookup, pe_stats)
+    parts.enricher = _make_enricher(cfg, _pe_cache(cfg))
     if with_delivery:
         from .delivery import DeliveryConfig, Forwarder
         from .outputs import build_output
@@ -160,11 +158,14 @@ def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) 
     return parts
 
 
-def _make_enricher(cfg: Config, lookup, pe_stats):
+def _make_enricher(cfg: Config, cache):
     from .enrich.enricher import Enricher
     hostname = cfg.sensor.hostname or socket.gethostname()
-    return Enricher(pe_lookup=lookup, path_map=cfg.enrich.pe.path_map or None,
-                    hostname=hostname if cfg.source.kind == "etw" else None, pe_stats=pe_stats)
+    return Enricher(pe_lookup=cache.lookup if cache is not None else None,
+                    path_map=cfg.enrich.pe.path_map or None,
+                    hostname=hostname if cfg.source.kind == "etw" else None,
+                    pe_stats=cache.stats if cache is not None else None,
+                    pe_close=cache.close if cache is not None else None)
 
 
 def prepare(cfg: Config):

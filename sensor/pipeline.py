@@ -106,6 +106,12 @@ class Pipeline:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=max(1.0, deadline - time.monotonic()))
+        close = getattr(self.enricher, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("enricher close failed")
         if self.forwarder is not None:
             # Give delivery the rest of the drain budget; what is left stays in the spool
             # and goes out after the next start.

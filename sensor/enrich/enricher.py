@@ -47,8 +47,10 @@ class Enricher:
 
     def __init__(self, pe_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
                  path_map: Mapping[str, str] | None = None, hostname: str | None = None,
-                 pe_stats: Callable[[], dict] | None = None):
+                 pe_stats: Callable[[], dict] | None = None,
+                 pe_close: Callable[[], None] | None = None):
         self.pe_lookup = pe_lookup
+        self._pe_close = pe_close
         self.path_map = dict(path_map or {})
         self.hostname = hostname
         self._pe_stats = pe_stats
@@ -95,6 +97,11 @@ class Enricher:
             if value is not None and event.origin is not None:
                 event.origin[f] = ORIGIN_PE
         return info.get(PE_FIELDS[field]) if info else None
+
+    def close(self) -> None:
+        """Release what the PE lookup holds (its change watcher)."""
+        if self._pe_close is not None:
+            self._pe_close()
 
     def stats(self) -> dict:
         out = {"reads": self.pe_reads, "found": self.pe_found}

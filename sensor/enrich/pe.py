@@ -9,7 +9,8 @@ raise ``PeError`` (``.code`` stable, ``.reason`` readable).
 The native reader (``sensor._pe``, cffi over native/pe_version.c) is used when it is
 built; otherwise the pure-Python twin, which defines the behaviour.
 ``SENSOR_NO_EXTENSIONS=1`` forces the twin.  ``VersionInfoCache`` adds a bounded LRU
-keyed by (path, size, mtime_ns) and a never-raising ProcessEvent resolver.
+(validated by change notifications, or by (size, mtime_ns)) and a never-raising
+ProcessEvent resolver.
 """
 from __future__ import annotations
 
@@ -147,21 +148,33 @@ def _py_stat(path: Any) -> tuple[int, int]:
 
 
 def _py_read_identity(path: Any) -> tuple[dict | None, PeError | None, int, int]:
+    size = mtime = 0
     try:
         size, mtime = _py_stat(path)
         return _pe_py.read_version_info(path), None, size, mtime
     except PeError as exc:
-        return None, exc, 0, 0
+        return None, exc, size, mtime
 
 
 class VersionInfoCache:
-    """Bounded LRU of version info keyed by (path, size, mtime_ns); failures are cached too.
+    """Bounded LRU of version info, one entry per path; failures are cached too.
 
-    ``hits``/``misses`` count lookups, ``failures`` the parses that raised PeError and
-    ``resolver_errors`` unexpected errors swallowed by ``resolve_field``.
+    An entry is answered again only while the file is provably the one parsed:
+
+    - *watched* entries (``watch=True`` and the OS can watch every folder on the path, see
+      ``filewatch``): a hit costs no system call; a change notification for the file or
+      any folder on its path drops the entry.  This also sees a replacement padded to the
+      same size with its timestamps set back, which the stat check cannot.
+    - other entries: each lookup stats the file and compares (size, mtime_ns).
+
+    ``hits``/``misses`` count lookups (``watched_hits`` the hits without a stat),
+    ``failures`` the parses that raised PeError, ``invalidations`` the entries dropped by
+    change notifications and ``resolver_errors`` unexpected errors swallowed by
+    ``resolve_field``.  ``close()`` stops the watcher.
     """
 
-    def __init__(self, maxsize: int = 4096, implementation: str | None = None) -> None:
+    def __init__(self, maxsize: int = 4096, implementation: str | None = None, *,
+                 watch: bool = False, max_watched_dirs: int = 4096) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         impl = implementation or IMPLEMENTATION
@@ -173,9 +186,31 @@ class VersionInfoCache:
             self._stat, self._read = _native_stat, _native_read_identity
         else:
             self._stat, self._read = _py_stat, _py_read_identity
-        self._data: OrderedDict[tuple, Any] = OrderedDict()
+        # path -> (size, mtime_ns, info dict | (code, reason), watched)
+        self._data: OrderedDict[str, tuple] = OrderedDict()
+        self._by_dir: dict[str, set[str]] = {}   # folded parent folder -> cached paths
+        self._reading: dict[str, list[list[bool]]] = {}  # path -> "changed meanwhile" flags
         self._lock = threading.Lock()
         self.hits = self.misses = self.failures = self.resolver_errors = 0
+        self.watched_hits = self.invalidations = 0
+        self._watcher = None
+        self._want_watch = watch  # the watcher starts with the first miss
+        self._max_watched_dirs = max_watched_dirs
+
+    def _start_watcher(self):
+        with self._lock:
+            if self._want_watch and self._watcher is None:
+                from .filewatch import make_watcher
+                self._watcher = make_watcher(self._on_change, self._max_watched_dirs)
+                self._want_watch = False  # one attempt: an OS without a watcher uses stat
+            return self._watcher
+
+    @property
+    def watching(self) -> bool:
+        """True when a change watcher runs (or will, with the first miss) for this cache."""
+        if self._want_watch:
+            self._start_watcher()
+        return self._watcher is not None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -184,39 +219,152 @@ class VersionInfoCache:
             mtime_ns: int | None = None) -> dict:
         """Version info of ``path`` (a fresh dict), cached; raises PeError (also cached).
 
-        Pass ``size`` and ``mtime_ns`` when the caller already knows them; otherwise the
-        file is stat'ed so a replaced file is never answered from the cache.
+        Pass ``size`` and ``mtime_ns`` when the caller already knows them; otherwise a
+        watched entry is answered as is and any other is checked with a stat, so a
+        replaced file is never answered from the cache.
         """
         if path.__class__ is not str:
             path = _fspath(path)
-        if size is None or mtime_ns is None:
-            size, mtime_ns = self._stat(path)
-        key = (path, size, mtime_ns)
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is not None:
-                self._data.move_to_end(key)
-                self.hits += 1
-        if entry is not None:
-            if entry.__class__ is tuple:  # cached failure: (code, reason)
-                raise PeError(*entry)
-            return entry.copy()
-        info, exc, fsize, fmtime = self._read(path)
         data = self._data
+        if size is None or mtime_ns is None:
+            with self._lock:
+                entry = data.get(path)
+                if entry is not None and entry[3]:
+                    data.move_to_end(path)
+                    self.hits += 1
+                    self.watched_hits += 1
+            if entry is not None and entry[3]:
+                return self._answer(entry[2])
+            size, mtime_ns = self._stat(path)
+        with self._lock:
+            entry = data.get(path)
+            if entry is not None and entry[0] == size and entry[1] == mtime_ns:
+                data.move_to_end(path)
+                self.hits += 1
+            else:
+                entry = None
+        if entry is not None:
+            return self._answer(entry[2])
+        return self._miss(path)
+
+    @staticmethod
+    def _answer(value) -> dict:
+        if value.__class__ is tuple:  # cached failure: (code, reason)
+            raise PeError(*value)
+        return value.copy()
+
+    def _miss(self, path: str) -> dict:
+        # Watches go in before the read, so a change after it is always reported; a change
+        # reported while reading (flag set by _on_change) keeps the answer out of the cache.
+        watched = self._watch(path)
+        flag = [False]
         with self._lock:
             self.misses += 1
+            self._reading.setdefault(path, []).append(flag)
+        try:
+            info, exc, fsize, fmtime = self._read(path)
+        finally:
+            with self._lock:
+                flags = self._reading[path]
+                flags.remove(flag)
+                if not flags:
+                    del self._reading[path]
+        with self._lock:
             if exc is not None:
                 self.failures += 1
-            # Key by what the parse actually saw; a file replaced in between gets its own key.
-            if exc is None or exc.code != "io":
-                skey = (path, fsize, fmtime) if fsize or fmtime else key
-                data[skey] = (exc.code, exc.reason) if exc is not None else info
-                data.move_to_end(skey)
-                while len(data) > self.maxsize:
-                    data.popitem(last=False)
+            # A file that cannot be opened has no identity: not cached.
+            if (exc is None or exc.code != "io") and not flag[0]:
+                self._store(path, (fsize, fmtime, (exc.code, exc.reason) if exc is not None
+                                   else info, watched))
         if exc is not None:
             raise exc
         return info.copy()
+
+    def _watch(self, path: str) -> bool:
+        """Watch every folder on ``path``; True when all are watched and the file is its
+        only name (a second hard link could change it unseen from this folder)."""
+        watcher = self._watcher
+        if watcher is None and self._want_watch:
+            watcher = self._start_watcher()
+        if watcher is None:
+            return False
+        from .filewatch import watch_chain
+        chain = watch_chain(path)
+        if chain is None or not all(watcher.add(d) for d in chain):
+            return False
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return False
+        return st.st_nlink == 1 and not os.path.islink(path)
+
+    def _store(self, path: str, entry: tuple) -> None:
+        data = self._data
+        if path not in data:
+            self._by_dir.setdefault(os.path.normcase(os.path.dirname(path)), set()).add(path)
+        data[path] = entry
+        data.move_to_end(path)
+        while len(data) > self.maxsize:
+            old, _ = data.popitem(last=False)
+            self._unindex(old)
+
+    def _unindex(self, path: str) -> None:
+        d = os.path.normcase(os.path.dirname(path))
+        paths = self._by_dir.get(d)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._by_dir[d]
+
+    def _on_change(self, directory: str | None, name: str | None, is_dir: bool | None) -> None:
+        """Watcher callback: drop what a change may have made stale (see filewatch)."""
+        with self._lock:
+            if directory is None:  # overflow: anything may have changed
+                for flags in self._reading.values():
+                    for f in flags:
+                        f[0] = True
+                self.invalidations += sum(1 for e in self._data.values() if e[3])
+                for p in [p for p, e in self._data.items() if e[3]]:
+                    del self._data[p]
+                    self._unindex(p)
+                return
+            norm = os.path.normcase
+            folder = norm(directory)
+            # Windows may report the 8.3 short name of a file: any such name stands for
+            # the whole folder.
+            if name is not None and "~" in name and sys.platform == "win32":
+                name = None
+            target = folder if name is None else norm(os.path.join(folder, name))
+            prefix = target.rstrip(os.sep) + os.sep
+            doomed: list[str] = []
+            if name is not None and not is_dir:  # the file itself
+                for p in self._by_dir.get(folder, ()):
+                    if norm(p) == target:
+                        doomed.append(p)
+            if name is None or is_dir is not False:  # a folder: everything below it
+                for d, paths in self._by_dir.items():
+                    if d == target or d.startswith(prefix):
+                        doomed.extend(paths)
+            for p, flags in self._reading.items():
+                np = norm(p)
+                if np == target or np.startswith(prefix):
+                    for f in flags:
+                        f[0] = True
+            for p in set(doomed):
+                if self._data.pop(p, None) is not None:
+                    self.invalidations += 1
+                self._unindex(p)
+
+    def close(self) -> None:
+        """Stop the change watcher; entries it vouched for are checked with stat from now."""
+        with self._lock:
+            w, self._watcher, self._want_watch = self._watcher, None, False
+        if w is not None:
+            w.close()
+            with self._lock:
+                for p, e in self._data.items():
+                    if e[3]:
+                        self._data[p] = e[:3] + (False,)
 
     def lookup(self, path: str | os.PathLike) -> dict | None:
         """Like ``get`` but None instead of PeError."""
@@ -229,12 +377,17 @@ class VersionInfoCache:
         """Drop every entry (counters are kept)."""
         with self._lock:
             self._data.clear()
+            self._by_dir.clear()
 
     def stats(self) -> dict[str, int]:
         """Counters and occupancy, for the status command and metrics."""
+        w = self._watcher
         return {"hits": self.hits, "misses": self.misses, "failures": self.failures,
                 "resolver_errors": self.resolver_errors, "size": len(self._data),
-                "maxsize": self.maxsize}
+                "maxsize": self.maxsize, "watched_hits": self.watched_hits,
+                "invalidations": self.invalidations,
+                "watched_dirs": len(w) if w is not None else 0,
+                "watch_failures": w.failures if w is not None else 0}
 
     def resolve_field(self, event: Mapping[str, Any], name: str) -> str | None:
         """ProcessEvent pending resolver for OriginalFileName, Company, Product, Description,

@@ -2,8 +2,12 @@
 
 Readers, all measured in the same run over the same files (OS page cache warm):
 - native cold:    sensor._pe parse of the file, no cache (open + a few reads + close);
-- native cached:  VersionInfoCache hit, including the stat() that validates the key;
+- native cached, watched: VersionInfoCache hit vouched for by change notifications (the
+                  sensor's default where the OS can watch the folders): no system call;
+- native cached, stat: VersionInfoCache hit checked with a stat() of (size, mtime_ns);
 - cached, known identity: VersionInfoCache hit when the caller already has (size, mtime_ns);
+- I/O floor:      os.open + os.fstat + os.pread(4 KiB) + os.close alone, the system calls
+                  any cold read of a file makes (how far "cold" could go on this machine);
 - python twin:    the struct-based pure-Python reader;
 - pefile:         pefile.PE(fast_load) + resource directory parse (the baseline, ratio 1.00);
 - LIEF:           lief.PE.parse + resources_manager.version (when lief is installed).
@@ -76,14 +80,25 @@ def readers() -> dict[str, object]:
     if "native" in pe.READERS:
         native = pe.READERS["native"][0]
         out["native cold"] = lambda f: native(f)["OriginalFilename"]
+        watched = pe.VersionInfoCache(implementation="native", watch=True)
+        if watched.watching:
+            out["native cached, watched"] = lambda f: watched.get(f)["OriginalFilename"]
         cache = pe.VersionInfoCache(implementation="native")
-        out["native cached"] = lambda f: cache.get(f)["OriginalFilename"]
+        out["native cached, stat"] = lambda f: cache.get(f)["OriginalFilename"]
         ids = {}
 
         def known(f):
             size, mtime = ids.get(f) or ids.setdefault(f, (os.stat(f).st_size, os.stat(f).st_mtime_ns))
             return cache.get(f, size, mtime)["OriginalFilename"]
         out["native cached, known identity"] = known
+    def io_floor(f):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fstat(fd)
+            return os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+    out["I/O floor (no parsing)"] = io_floor
     twin = pe.READERS["python"][0]
     out["python twin"] = lambda f: twin(f)["OriginalFilename"]
     try:

@@ -15,6 +15,14 @@ CDEF = """
 #define PEV_BLOB_MAX 65536
 #define PEV_NFIELDS 7
 
+typedef struct pev_ident {
+    uint64_t size;
+    int64_t mtime_ns;
+    int64_t ctime_ns;
+    uint64_t ino;
+    uint64_t dev;
+} pev_ident;
+
 typedef struct pev_result {
     int32_t status;
     int32_t sys_error;
@@ -27,6 +35,7 @@ typedef struct pev_result {
     uint32_t str_off[7];
     uint32_t str_len[7];
     uint32_t text_len;
+    pev_ident ident;
 } pev_result;
 
 #define PEV_TEXT_MAX ...
@@ -35,7 +44,8 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob);
 int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob);
 int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
-int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns);
+int pev_stat_ident(const char *path, pev_ident *id);
+int pev_same_ident(const char *path, const pev_ident *id);
 const char *pev_strerror(int status);
 """
 

@@ -72,7 +72,7 @@ static int64_t filetime_ns(FILETIME ft)
     return ((int64_t)t - 116444736000000000LL) * 100;
 }
 
-static int src_open(pev_src *s, const char *path, int64_t *mtime_ns)
+static int src_open(pev_src *s, const char *path, pev_ident *id)
 {
     BY_HANDLE_FILE_INFORMATION info;
     wchar_t *w = utf8_to_wide(path);
@@ -94,7 +94,12 @@ static int src_open(pev_src *s, const char *path, int64_t *mtime_ns)
         return -1;
     }
     s->size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
-    *mtime_ns = filetime_ns(info.ftLastWriteTime);
+    /* The same fields pev_stat_ident gets from GetFileAttributesExW. */
+    id->size = s->size;
+    id->mtime_ns = filetime_ns(info.ftLastWriteTime);
+    id->ctime_ns = filetime_ns(info.ftCreationTime);
+    id->ino = 0;
+    id->dev = 0;
     s->is_file = 1;
     return 0;
 }
@@ -128,19 +133,25 @@ static void src_close(pev_src *s)
         CloseHandle(s->h);
 }
 
-int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns)
+int pev_stat_ident(const char *path, pev_ident *id)
 {
     WIN32_FILE_ATTRIBUTE_DATA d;
-    wchar_t *w = utf8_to_wide(path);
+    wchar_t *w;
     BOOL ok;
+    if (!path || !id)
+        return ERROR_INVALID_PARAMETER;
+    w = utf8_to_wide(path);
     if (!w)
         return (int)GetLastError();
     ok = GetFileAttributesExW(w, GetFileExInfoStandard, &d);
     free(w);
     if (!ok)
         return (int)GetLastError();
-    *size = ((uint64_t)d.nFileSizeHigh << 32) | d.nFileSizeLow;
-    *mtime_ns = filetime_ns(d.ftLastWriteTime);
+    id->size = ((uint64_t)d.nFileSizeHigh << 32) | d.nFileSizeLow;
+    id->mtime_ns = filetime_ns(d.ftLastWriteTime);
+    id->ctime_ns = filetime_ns(d.ftCreationTime);
+    id->ino = 0;
+    id->dev = 0;
     return 0;
 }
 
@@ -155,7 +166,20 @@ static int64_t stat_mtime_ns(const struct stat *st)
 #endif
 }
 
-static int src_open(pev_src *s, const char *path, int64_t *mtime_ns)
+static void stat_ident(const struct stat *st, pev_ident *id)
+{
+    id->size = (uint64_t)st->st_size;
+    id->mtime_ns = stat_mtime_ns(st);
+#if defined(__APPLE__)
+    id->ctime_ns = (int64_t)st->st_ctimespec.tv_sec * 1000000000LL + st->st_ctimespec.tv_nsec;
+#else
+    id->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000LL + st->st_ctim.tv_nsec;
+#endif
+    id->ino = (uint64_t)st->st_ino;
+    id->dev = (uint64_t)st->st_dev;
+}
+
+static int src_open(pev_src *s, const char *path, pev_ident *id)
 {
     struct stat st;
     int flags = O_RDONLY;
@@ -180,7 +204,7 @@ static int src_open(pev_src *s, const char *path, int64_t *mtime_ns)
         return -1;
     }
     s->size = (uint64_t)st.st_size;
-    *mtime_ns = stat_mtime_ns(&st);
+    stat_ident(&st, id);
     s->is_file = 1;
     return 0;
 }
@@ -212,16 +236,30 @@ static void src_close(pev_src *s)
         close(s->fd);
 }
 
-int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns)
+int pev_stat_ident(const char *path, pev_ident *id)
 {
     struct stat st;
+    if (!path || !id)
+        return EINVAL;
     if (stat(path, &st) != 0)
         return errno ? errno : EIO;
-    *size = (uint64_t)st.st_size;
-    *mtime_ns = stat_mtime_ns(&st);
+    stat_ident(&st, id);
     return 0;
 }
 #endif
+
+int pev_same_ident(const char *path, const pev_ident *id)
+{
+    pev_ident now;
+    int err;
+    if (!id)
+        return -1;
+    err = pev_stat_ident(path, &now);
+    if (err)
+        return err > 0 ? -err : -1;
+    return now.size == id->size && now.mtime_ns == id->mtime_ns && now.ctime_ns == id->ctime_ns &&
+           now.ino == id->ino && now.dev == id->dev;
+}
 
 /* Read n bytes at off; the caller has checked off + n <= s->size. */
 static int rd(pev_src *s, uint64_t off, void *dst, uint32_t n)
@@ -736,11 +774,12 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob)
     s.win_len[0] = s.win_len[1] = 0;
     s.win_off[0] = s.win_off[1] = 0;
     s.win_next = 0;
-    if (src_open(&s, path, &r->mtime_ns) != 0) {
+    if (src_open(&s, path, &r->ident) != 0) {
         r->status = PEV_E_IO;
         r->sys_error = s.sys_error;
         return r->status;
     }
+    r->mtime_ns = r->ident.mtime_ns;
     r->status = parse(&s, r, blob);
     if (r->status == PEV_E_IO)
         r->sys_error = s.sys_error;

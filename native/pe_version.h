@@ -58,6 +58,18 @@ enum pev_field {
     PEV_NFIELDS
 };
 
+/* What identifies the file a result came from: when any field differs, the file may
+ * have changed since.  POSIX: size, st_mtim, st_ctim (the inode change time, which no
+ * user call can set back), st_ino, st_dev.  Windows: size, last-write and creation
+ * times (GetFileAttributesExW has no file id; ino and dev are 0). */
+typedef struct pev_ident {
+    uint64_t size;
+    int64_t mtime_ns;
+    int64_t ctime_ns;
+    uint64_t ino;
+    uint64_t dev;
+} pev_ident;
+
 typedef struct pev_result {
     int32_t status;       /* enum pev_status */
     int32_t sys_error;    /* errno / GetLastError() for PEV_E_IO, else 0 */
@@ -73,6 +85,7 @@ typedef struct pev_result {
     uint32_t str_len[PEV_NFIELDS];
     /* Filled by pev_file_text / pev_buffer_text only: bytes written to `text`. */
     uint32_t text_len;
+    pev_ident ident;      /* of the opened file (path mode), else zero */
 } pev_result;
 
 /* Capacity of the `text` buffer of pev_file_text / pev_buffer_text.  The values come
@@ -97,8 +110,13 @@ int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *bl
 int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
 
-/* Size and last-write time of `path` without parsing; 0 on success, else errno-like. */
-int pev_stat(const char *path, uint64_t *size, int64_t *mtime_ns);
+/* Identity of `path` without opening it (stat / GetFileAttributesExW); 0 on success,
+ * else errno / GetLastError(). */
+int pev_stat_ident(const char *path, pev_ident *id);
+
+/* 1 when `path` still has identity `id`, 0 when it differs, -(errno / GetLastError())
+ * when it cannot be checked.  One system call; the cache's validity check. */
+int pev_same_ident(const char *path, const pev_ident *id);
 
 /* Static description of a status code. */
 const char *pev_strerror(int status);

@@ -69,7 +69,7 @@ def _pe_cache(cfg: Config):
     if not cfg.enrich.pe.enabled:
         return None
     from .enrich.pe import VersionInfoCache
-    return VersionInfoCache(maxsize=cfg.enrich.pe.cache_size, watch=cfg.enrich.pe.watch)
+    return VersionInfoCache(maxsize=cfg.enrich.pe.cache_size)
 
 
 def build_source(cfg: Config):
@@ -161,11 +161,12 @@ def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) 
 def _make_enricher(cfg: Config, cache):
     from .enrich.enricher import Enricher
     hostname = cfg.sensor.hostname or socket.gethostname()
-    return Enricher(pe_lookup=cache.lookup if cache is not None else None,
+    has = cache is not None  # (an empty cache is falsy: it has a length)
+    return Enricher(pe_lookup=cache.lookup if has else None,
                     path_map=cfg.enrich.pe.path_map or None,
                     hostname=hostname if cfg.source.kind == "etw" else None,
-                    pe_stats=cache.stats if cache is not None else None,
-                    pe_close=cache.close if cache is not None else None)
+                    pe_stats=cache.stats if has else None,
+                    pe_batch=cache.batch if has else None)
 
 
 def prepare(cfg: Config):

@@ -83,9 +83,6 @@ class RulesSection(_S):
 class PeSection(_S):
     enabled: bool = True
     cache_size: int = 4096
-    # Trust cached answers while change notifications watch every folder on the image's
-    # path (no stat per process start); false: check (size, mtime) with a stat each time.
-    watch: bool = True
     # Replay only: where the images named by recorded events live on this machine,
     # e.g. {"C:\\Users\\Public\\" = "/srv/samples/"} (prefix match, case-insensitive).
     path_map: dict[str, str] = {}

@@ -7,12 +7,14 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from sensor.enrich import _pe_py, pe
-from sensor.enrich.pe import RESULT_KEYS, PeError, VersionInfoCache
+from sensor.enrich.pe import READERS, RESULT_KEYS, PeError, VersionInfoCache
 from sensor.events import ProcessEvent, field_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,9 +251,6 @@ def test_cache_hits_misses_and_copies(cache, tmp_path):
     again = cache.get(str(f))
     assert again["OriginalFilename"] == "basic.exe"  # callers get copies
     assert (cache.hits, cache.misses) == (1, 1)
-    st = os.stat(f)
-    assert cache.get(f, st.st_size, st.st_mtime_ns)["OriginalFilename"] == "basic.exe"
-    assert cache.hits == 2
 
 
 def test_cache_negative_results(cache, tmp_path):
@@ -278,6 +277,88 @@ def test_cache_sees_a_replaced_file(cache, tmp_path):
     os.utime(f, ns=(1_000_000_000, 1_000_000_000))
     assert cache.get(f)["OriginalFilename"] == "fr.exe"
     assert cache.misses == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no ctime that users cannot set")
+def test_cache_sees_a_same_size_backdated_replacement(cache, tmp_path):
+    # Padded to the same size, mtime set back: the inode change time still moves.
+    f = tmp_path / "x.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    st = os.stat(f)
+    original = cache.get(f)
+    other = (DATA / "tables_translation.exe").read_bytes()
+    time.sleep(0.01)  # let the clock move past the first ctime on coarse file systems
+    f.write_bytes(other[:st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(f).st_size, os.stat(f).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    got = outcome(cache.get, f)
+    assert got == outcome(READERS[cache.implementation][0], f) and got != original
+    assert cache.misses == 2
+
+
+def test_cache_sees_a_file_replaced_by_rename(cache, tmp_path):
+    # Same size and mtime copied over, different inode.
+    f = tmp_path / "x.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    original = cache.get(f)
+    st = os.stat(f)
+    tmp = tmp_path / "x.tmp"
+    tmp.write_bytes((DATA / "tables_translation.exe").read_bytes()[:st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, f)
+    got = outcome(cache.get, f)
+    assert got == outcome(READERS[cache.implementation][0], f) and got != original
+    assert cache.misses == 2
+
+
+def test_batch_checks_each_path_once(cache, tmp_path, monkeypatch):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    checks = []
+    real_same = cache._same
+    monkeypatch.setattr(cache, "_same", lambda p, i: checks.append(p) or real_same(p, i))
+    cache.get(f)                       # outside a batch: parsed
+    cache.get(f)                       # outside a batch: checked every time
+    assert len(checks) == 1
+    with cache.batch():
+        for _ in range(5):
+            assert cache.get(f)["OriginalFilename"] == "basic.exe"
+    assert len(checks) == 2 and cache.batch_hits == 4
+    with cache.batch():                # a new batch checks again
+        cache.get(f)
+        cache.get(f)
+    assert len(checks) == 3 and cache.batch_hits == 5
+    cache.get(f)                       # and after it, every lookup checks again
+    assert len(checks) == 4
+
+
+def test_batch_parsed_entry_needs_no_check_in_the_same_batch(cache, tmp_path, monkeypatch):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    with cache.batch():
+        cache.get(f)
+        monkeypatch.setattr(cache, "_same", lambda p, i: pytest.fail("checked twice in a batch"))
+        cache.get(f)
+    assert (cache.misses, cache.batch_hits) == (1, 1)
+
+
+def test_batches_are_per_thread_and_nest(cache, tmp_path):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    with cache.batch():
+        cache.get(f)
+        done = []
+        t = threading.Thread(target=lambda: done.append(cache.get(f)))
+        t.start()
+        t.join()
+        assert cache.batch_hits == 0  # another thread is not in this batch
+        with cache.batch():           # an inner batch has its own checks
+            cache.get(f)
+            cache.get(f)
+        assert cache.batch_hits == 1
+        cache.get(f)                  # back in the outer batch: checked again (inner epoch)
+        cache.get(f)
+        assert cache.batch_hits == 2
 
 
 def test_cache_is_bounded_lru(cache, tmp_path):

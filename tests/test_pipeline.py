@@ -180,3 +180,31 @@ def test_serve_reports_a_source_that_cannot_start(engine, caplog):
     p = Pipeline(source=Broken(0), rules=[seed_rule()], engine=engine, heartbeat_interval=0)
     assert serve(p, threading.Event(), drain_timeout=1) == 2
     assert "could not start: StartTrace failed" in caplog.text
+
+
+def test_pe_cache_checks_each_image_once_per_batch(tmp_path, engine):
+    # A renamed mofcomp started 40 times: one parse, then at most one identity check per
+    # batch the worker takes; every start still alerts through OriginalFileName.
+    import shutil
+    from pathlib import Path
+
+    from sensor.enrich.enricher import Enricher
+    from sensor.enrich.pe import VersionInfoCache
+    tool = Path(__file__).resolve().parents[1] / "sensor" / "data" / "demo" / "renamed_tool.exe"
+    (tmp_path / "img").mkdir()
+    shutil.copy(tool, tmp_path / "img" / "renamed_tool.exe")
+    cache = VersionInfoCache()
+    enr = Enricher(pe_lookup=cache.lookup, pe_stats=cache.stats, pe_batch=cache.batch,
+                   path_map={"C:\\Users\\Public\\": str(tmp_path / "img")})
+    events = [{"Image": "C:\\Users\\Public\\renamed_tool.exe", "ParentImage": "C:\\Windows\\System32\\cmd.exe",
+               "CommandLine": "renamed_tool.exe C:\\Users\\Public\\persist.mof", "ProcessId": i}
+              for i in range(40)]
+    p, out, _spool = make(tmp_path, events, engine, enricher=enr, batch_size=8)
+    p.start()
+    assert p.wait_source(10)
+    status = p.stop(drain_timeout=10)
+    assert status["alerts"]["total"] == 40
+    st = cache.stats()
+    assert st["misses"] == 1 and st["hits"] == 39
+    batches = -(-40 // 8)
+    assert st["batch_hits"] >= 39 - batches  # at most one check per batch

@@ -7,9 +7,10 @@ reads the image once (through the cache) and fills all of them.
 """
 from __future__ import annotations
 
+import contextlib
 import ntpath
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 from ..events import ORIGIN_PE, ProcessEvent
 
@@ -48,9 +49,9 @@ class Enricher:
     def __init__(self, pe_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
                  path_map: Mapping[str, str] | None = None, hostname: str | None = None,
                  pe_stats: Callable[[], dict] | None = None,
-                 pe_close: Callable[[], None] | None = None):
+                 pe_batch: Callable[[], ContextManager] | None = None):
         self.pe_lookup = pe_lookup
-        self._pe_close = pe_close
+        self._pe_batch = pe_batch
         self.path_map = dict(path_map or {})
         self.hostname = hostname
         self._pe_stats = pe_stats
@@ -98,10 +99,10 @@ class Enricher:
                 event.origin[f] = ORIGIN_PE
         return info.get(PE_FIELDS[field]) if info else None
 
-    def close(self) -> None:
-        """Release what the PE lookup holds (its change watcher)."""
-        if self._pe_close is not None:
-            self._pe_close()
+    def batch(self) -> ContextManager:
+        """A scope for one batch of events that have all arrived: the PE lookup checks
+        each file once in it (``VersionInfoCache.batch``)."""
+        return self._pe_batch() if self._pe_batch is not None else contextlib.nullcontext()
 
     def stats(self) -> dict:
         out = {"reads": self.pe_reads, "found": self.pe_found}

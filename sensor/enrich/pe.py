@@ -9,16 +9,18 @@ raise ``PeError`` (``.code`` stable, ``.reason`` readable).
 The native reader (``sensor._pe``, cffi over native/pe_version.c) is used when it is
 built; otherwise the pure-Python twin, which defines the behaviour.
 ``SENSOR_NO_EXTENSIONS=1`` forces the twin.  ``VersionInfoCache`` adds a bounded LRU
-(validated by change notifications, or by (size, mtime_ns)) and a never-raising
-ProcessEvent resolver.
+validated by the file's identity (one stat per lookup, or per batch of events) and a
+never-raising ProcessEvent resolver.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
 
 from . import _pe_py
 from ._pe_py import RESULT_KEYS, STRING_KEYS, PeError, error_for
@@ -38,6 +40,15 @@ EVENT_FIELDS: dict[str, str] = {
     "Description": "FileDescription",
     "FileVersion": "FileVersion",
 }
+
+def _sys_detail(err: int) -> str | None:
+    """errno (POSIX) or GetLastError() (Windows) as text."""
+    if not err:
+        return None
+    if sys.platform == "win32":
+        return f"Windows error {err}"
+    return os.strerror(err)
+
 
 _native: Any = None
 if not NO_EXTENSIONS:
@@ -66,13 +77,6 @@ if _native is not None:
                          _ffi.new("uint8_t[]", _lib.PEV_TEXT_MAX))
             return _tls.bufs
 
-    def _sys_detail(err: int) -> str | None:
-        if not err:
-            return None
-        if sys.platform == "win32":
-            return f"Windows error {err}"
-        return os.strerror(err)
-
     _buffer = _ffi.buffer
 
     def _native_result(status: int, r, text) -> dict:
@@ -96,14 +100,17 @@ if _native is not None:
             raise PeError("arg", "bad argument: NUL in path")
         return p
 
-    def _native_read_identity(path: Any) -> tuple[dict | None, PeError | None, int, int]:
-        """Parse ``path``; also the (size, mtime_ns) of the file actually opened."""
+    def _native_read_identity(path: Any) -> tuple[dict | None, PeError | None, Any, Any]:
+        """Parse ``path``; also the identity (a ``pev_ident``) of the file actually opened
+        (None when it could not be opened) and the path as ``pev_same_ident`` takes it."""
         r, blob, text = _buffers()
-        status = _lib.pev_file_text(_encode(path), r, blob, text)
+        p = _encode(path)
+        status = _lib.pev_file_text(p, r, blob, text)
+        ident = _ffi.new("pev_ident *", r.ident) if status != _pe_py.E_IO else None
         try:
-            return _native_result(status, r, text), None, r.file_size, r.mtime_ns
+            return _native_result(status, r, text), None, ident, p
         except PeError as exc:
-            return None, exc, r.file_size, r.mtime_ns
+            return None, exc, ident, p
 
     def native_read_version_info(path: str | os.PathLike) -> dict:
         """Version info of the PE file at ``path`` (native reader); raises PeError."""
@@ -116,16 +123,8 @@ if _native is not None:
         buf = _ffi.from_buffer(data)
         return _native_result(_lib.pev_buffer_text(buf, len(buf), r, blob, text), r, text)
 
-    def _native_stat(path: Any) -> tuple[int, int]:
-        try:
-            size, mtime = _tls.size, _tls.mtime
-        except AttributeError:
-            size = _tls.size = _ffi.new("uint64_t *")
-            mtime = _tls.mtime = _ffi.new("int64_t *")
-        err = _lib.pev_stat(_encode(path), size, mtime)
-        if err:
-            raise PeError("io", f"cannot open or read the file: {_sys_detail(err)}")
-        return size[0], mtime[0]
+    # The cache's validity check: 1 same identity, 0 changed, -errno.  One stat, in C.
+    _native_same = _lib.pev_same_ident
 
 READERS: dict[str, tuple[Callable[[Any], dict], Callable[[Any], dict]]] = {
     "python": (_pe_py.read_version_info, _pe_py.parse_version_info),
@@ -137,44 +136,58 @@ IMPLEMENTATION = "native" if _native is not None else "python"
 read_version_info, parse_version_info = READERS[IMPLEMENTATION]
 
 
-def _py_stat(path: Any) -> tuple[int, int]:
+def _py_ident(path: Any) -> tuple[int, int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, inode, device) of ``path``: the twin of pev_ident."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise PeError("io", f"cannot open or read the file: {exc.strerror or exc}") from None
     except ValueError:  # a NUL in the path
         raise PeError("arg", "bad argument: NUL in path") from None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
-def _py_read_identity(path: Any) -> tuple[dict | None, PeError | None, int, int]:
-    size = mtime = 0
+def _py_same(path: str, ident: tuple) -> int:
+    """Twin of pev_same_ident: 1 same identity, 0 changed, -errno when it cannot stat."""
     try:
-        size, mtime = _py_stat(path)
-        return _pe_py.read_version_info(path), None, size, mtime
+        st = os.stat(path)
+    except OSError as exc:
+        return -(exc.errno or 5)
+    return int((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) == ident)
+
+
+def _py_read_identity(path: Any) -> tuple[dict | None, PeError | None, Any, Any]:
+    # The identity is taken before the read: a change in between makes the next lookup
+    # see a different identity and read again, never the reverse.
+    try:
+        ident = _py_ident(path)
     except PeError as exc:
-        return None, exc, size, mtime
+        return None, exc, None, path
+    try:
+        return _pe_py.read_version_info(path), None, ident, path
+    except PeError as exc:
+        return None, exc, ident, path
+
+
+_EPOCHS = itertools.count(1)  # batch numbers, unique across caches and threads
 
 
 class VersionInfoCache:
     """Bounded LRU of version info, one entry per path; failures are cached too.
 
-    An entry is answered again only while the file is provably the one parsed:
+    An entry is answered only while the file still has the identity it had when it was
+    parsed (``pev_ident``: size, mtime, ctime, inode, device on POSIX; size, last-write
+    and creation times on Windows), checked with one stat per lookup.  Inside
+    ``with cache.batch():`` a path checked (or parsed) during that batch is not checked
+    again: every event of a batch reached the sensor before the batch began, so a check
+    made during the batch is as recent, for each of them, as a check of its own.
 
-    - *watched* entries (``watch=True`` and the OS can watch every folder on the path, see
-      ``filewatch``): a hit costs no system call; a change notification for the file or
-      any folder on its path drops the entry.  This also sees a replacement padded to the
-      same size with its timestamps set back, which the stat check cannot.
-    - other entries: each lookup stats the file and compares (size, mtime_ns).
-
-    ``hits``/``misses`` count lookups (``watched_hits`` the hits without a stat),
-    ``failures`` the parses that raised PeError, ``invalidations`` the entries dropped by
-    change notifications and ``resolver_errors`` unexpected errors swallowed by
-    ``resolve_field``.  ``close()`` stops the watcher.
+    ``hits``/``misses`` count lookups (``batch_hits`` the hits that needed no stat),
+    ``failures`` the parses that raised PeError and ``resolver_errors`` unexpected errors
+    swallowed by ``resolve_field``.
     """
 
-    def __init__(self, maxsize: int = 4096, implementation: str | None = None, *,
-                 watch: bool = False, max_watched_dirs: int = 4096) -> None:
+    def __init__(self, maxsize: int = 4096, implementation: str | None = None) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         impl = implementation or IMPLEMENTATION
@@ -183,69 +196,65 @@ class VersionInfoCache:
         self.maxsize = maxsize
         self.implementation = impl
         if impl == "native":
-            self._stat, self._read = _native_stat, _native_read_identity
+            self._same, self._read = _native_same, _native_read_identity
         else:
-            self._stat, self._read = _py_stat, _py_read_identity
-        # path -> (size, mtime_ns, info dict | (code, reason), watched)
-        self._data: OrderedDict[str, tuple] = OrderedDict()
-        self._by_dir: dict[str, set[str]] = {}   # folded parent folder -> cached paths
-        self._reading: dict[str, list[list[bool]]] = {}  # path -> "changed meanwhile" flags
+            self._same, self._read = _py_same, _py_read_identity
+        # path -> [identity, info dict | (code, reason), batch number of the last check]
+        self._data: OrderedDict[str, list] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = self.misses = self.failures = self.resolver_errors = 0
-        self.watched_hits = self.invalidations = 0
-        self._watcher = None
-        self._want_watch = watch  # the watcher starts with the first miss
-        self._max_watched_dirs = max_watched_dirs
-
-    def _start_watcher(self):
-        with self._lock:
-            if self._want_watch and self._watcher is None:
-                from .filewatch import make_watcher
-                self._watcher = make_watcher(self._on_change, self._max_watched_dirs)
-                self._want_watch = False  # one attempt: an OS without a watcher uses stat
-            return self._watcher
-
-    @property
-    def watching(self) -> bool:
-        """True when a change watcher runs (or will, with the first miss) for this cache."""
-        if self._want_watch:
-            self._start_watcher()
-        return self._watcher is not None
+        self._tls = threading.local()
+        self.hits = self.misses = self.failures = self.resolver_errors = self.batch_hits = 0
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, path: str | os.PathLike, size: int | None = None,
-            mtime_ns: int | None = None) -> dict:
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Lookups of this thread inside the block share one check per path.  Enter it
+        only after every event the block serves has arrived (the pipeline enters it for
+        each batch it takes from its queue)."""
+        tls = self._tls
+        outer = getattr(tls, "epoch", 0)
+        tls.epoch = next(_EPOCHS)
+        try:
+            yield
+        finally:
+            tls.epoch = outer
+
+    def get(self, path: str | os.PathLike) -> dict:
         """Version info of ``path`` (a fresh dict), cached; raises PeError (also cached).
 
-        Pass ``size`` and ``mtime_ns`` when the caller already knows them; otherwise a
-        watched entry is answered as is and any other is checked with a stat, so a
-        replaced file is never answered from the cache.
+        A cached answer is given only if the file still has the identity it had when it
+        was parsed, so a replaced file is never answered from the cache.
         """
         if path.__class__ is not str:
             path = _fspath(path)
-        data = self._data
-        if size is None or mtime_ns is None:
-            with self._lock:
-                entry = data.get(path)
-                if entry is not None and entry[3]:
-                    data.move_to_end(path)
-                    self.hits += 1
-                    self.watched_hits += 1
-            if entry is not None and entry[3]:
-                return self._answer(entry[2])
-            size, mtime_ns = self._stat(path)
-        with self._lock:
-            entry = data.get(path)
-            if entry is not None and entry[0] == size and entry[1] == mtime_ns:
-                data.move_to_end(path)
-                self.hits += 1
-            else:
-                entry = None
+        epoch = getattr(self._tls, "epoch", 0)
+        entry = self._data.get(path)  # [identity, answer, batch, path as the check takes it]
         if entry is not None:
-            return self._answer(entry[2])
-        return self._miss(path)
+            if epoch and entry[2] == epoch:
+                with self._lock:
+                    self.hits += 1
+                    self.batch_hits += 1
+                    self._touch(path, entry)
+                return self._answer(entry[1])
+            rc = self._same(entry[3], entry[0])
+            if rc == 1:
+                entry[2] = epoch
+                with self._lock:
+                    self.hits += 1
+                    self._touch(path, entry)
+                return self._answer(entry[1])
+            if rc < 0:  # gone or unreadable: forget it and say why
+                with self._lock:
+                    if self._data.get(path) is entry:
+                        del self._data[path]
+                raise PeError("io", f"cannot open or read the file: {_sys_detail(-rc)}")
+        return self._miss(path, epoch)
+
+    def _touch(self, path: str, entry: list) -> None:
+        if self._data.get(path) is entry:  # (the caller holds the lock)
+            self._data.move_to_end(path)
 
     @staticmethod
     def _answer(value) -> dict:
@@ -253,118 +262,23 @@ class VersionInfoCache:
             raise PeError(*value)
         return value.copy()
 
-    def _miss(self, path: str) -> dict:
-        # Watches go in before the read, so a change after it is always reported; a change
-        # reported while reading (flag set by _on_change) keeps the answer out of the cache.
-        watched = self._watch(path)
-        flag = [False]
+    def _miss(self, path: str, epoch: int) -> dict:
+        info, exc, ident, checked_path = self._read(path)
+        data = self._data
         with self._lock:
             self.misses += 1
-            self._reading.setdefault(path, []).append(flag)
-        try:
-            info, exc, fsize, fmtime = self._read(path)
-        finally:
-            with self._lock:
-                flags = self._reading[path]
-                flags.remove(flag)
-                if not flags:
-                    del self._reading[path]
-        with self._lock:
             if exc is not None:
                 self.failures += 1
-            # A file that cannot be opened has no identity: not cached.
-            if (exc is None or exc.code != "io") and not flag[0]:
-                self._store(path, (fsize, fmtime, (exc.code, exc.reason) if exc is not None
-                                   else info, watched))
+            # A file that could not be opened or read has no identity: not cached.
+            if ident is not None and (exc is None or exc.code != "io"):
+                data[path] = [ident, (exc.code, exc.reason) if exc is not None else info, epoch,
+                              checked_path]
+                data.move_to_end(path)
+                while len(data) > self.maxsize:
+                    data.popitem(last=False)
         if exc is not None:
             raise exc
         return info.copy()
-
-    def _watch(self, path: str) -> bool:
-        """Watch every folder on ``path``; True when all are watched and the file is its
-        only name (a second hard link could change it unseen from this folder)."""
-        watcher = self._watcher
-        if watcher is None and self._want_watch:
-            watcher = self._start_watcher()
-        if watcher is None:
-            return False
-        from .filewatch import watch_chain
-        chain = watch_chain(path)
-        if chain is None or not all(watcher.add(d) for d in chain):
-            return False
-        try:
-            st = os.lstat(path)
-        except (OSError, ValueError):
-            return False
-        return st.st_nlink == 1 and not os.path.islink(path)
-
-    def _store(self, path: str, entry: tuple) -> None:
-        data = self._data
-        if path not in data:
-            self._by_dir.setdefault(os.path.normcase(os.path.dirname(path)), set()).add(path)
-        data[path] = entry
-        data.move_to_end(path)
-        while len(data) > self.maxsize:
-            old, _ = data.popitem(last=False)
-            self._unindex(old)
-
-    def _unindex(self, path: str) -> None:
-        d = os.path.normcase(os.path.dirname(path))
-        paths = self._by_dir.get(d)
-        if paths is not None:
-            paths.discard(path)
-            if not paths:
-                del self._by_dir[d]
-
-    def _on_change(self, directory: str | None, name: str | None, is_dir: bool | None) -> None:
-        """Watcher callback: drop what a change may have made stale (see filewatch)."""
-        with self._lock:
-            if directory is None:  # overflow: anything may have changed
-                for flags in self._reading.values():
-                    for f in flags:
-                        f[0] = True
-                self.invalidations += sum(1 for e in self._data.values() if e[3])
-                for p in [p for p, e in self._data.items() if e[3]]:
-                    del self._data[p]
-                    self._unindex(p)
-                return
-            norm = os.path.normcase
-            folder = norm(directory)
-            # Windows may report the 8.3 short name of a file: any such name stands for
-            # the whole folder.
-            if name is not None and "~" in name and sys.platform == "win32":
-                name = None
-            target = folder if name is None else norm(os.path.join(folder, name))
-            prefix = target.rstrip(os.sep) + os.sep
-            doomed: list[str] = []
-            if name is not None and not is_dir:  # the file itself
-                for p in self._by_dir.get(folder, ()):
-                    if norm(p) == target:
-                        doomed.append(p)
-            if name is None or is_dir is not False:  # a folder: everything below it
-                for d, paths in self._by_dir.items():
-                    if d == target or d.startswith(prefix):
-                        doomed.extend(paths)
-            for p, flags in self._reading.items():
-                np = norm(p)
-                if np == target or np.startswith(prefix):
-                    for f in flags:
-                        f[0] = True
-            for p in set(doomed):
-                if self._data.pop(p, None) is not None:
-                    self.invalidations += 1
-                self._unindex(p)
-
-    def close(self) -> None:
-        """Stop the change watcher; entries it vouched for are checked with stat from now."""
-        with self._lock:
-            w, self._watcher, self._want_watch = self._watcher, None, False
-        if w is not None:
-            w.close()
-            with self._lock:
-                for p, e in self._data.items():
-                    if e[3]:
-                        self._data[p] = e[:3] + (False,)
 
     def lookup(self, path: str | os.PathLike) -> dict | None:
         """Like ``get`` but None instead of PeError."""
@@ -377,17 +291,12 @@ class VersionInfoCache:
         """Drop every entry (counters are kept)."""
         with self._lock:
             self._data.clear()
-            self._by_dir.clear()
 
     def stats(self) -> dict[str, int]:
         """Counters and occupancy, for the status command and metrics."""
-        w = self._watcher
-        return {"hits": self.hits, "misses": self.misses, "failures": self.failures,
-                "resolver_errors": self.resolver_errors, "size": len(self._data),
-                "maxsize": self.maxsize, "watched_hits": self.watched_hits,
-                "invalidations": self.invalidations,
-                "watched_dirs": len(w) if w is not None else 0,
-                "watch_failures": w.failures if w is not None else 0}
+        return {"hits": self.hits, "batch_hits": self.batch_hits, "misses": self.misses,
+                "failures": self.failures, "resolver_errors": self.resolver_errors,
+                "size": len(self._data), "maxsize": self.maxsize}
 
     def resolve_field(self, event: Mapping[str, Any], name: str) -> str | None:
         """ProcessEvent pending resolver for OriginalFileName, Company, Product, Description,

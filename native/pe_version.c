@@ -49,57 +49,95 @@ typedef struct pev_src {
 } pev_src;
 
 #ifdef _WIN32
+/* GetLastError(), never 0 (a failure must not read as success). */
+static int last_error(void)
+{
+    DWORD e = GetLastError();
+    return e ? (int)e : (int)ERROR_NOT_ENOUGH_MEMORY;
+}
+
+/* Strict UTF-8 -> UTF-16: an invalid sequence (e.g. an encoded lone surrogate) fails
+ * instead of becoming U+FFFD, which could name a different file. */
 static wchar_t *utf8_to_wide(const char *s)
 {
-    int n = MultiByteToWideChar(CP_UTF8, 0, s, -1, NULL, 0);
+    int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, NULL, 0);
     wchar_t *w;
     if (n <= 0)
         return NULL;
     w = (wchar_t *)malloc((size_t)n * sizeof(wchar_t));
-    if (!w)
+    if (!w) {
+        SetLastError(ERROR_NOT_ENOUGH_MEMORY);
         return NULL;
-    if (MultiByteToWideChar(CP_UTF8, 0, s, -1, w, n) != n) {
+    }
+    if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, w, n) != n) {
         free(w);
         return NULL;
     }
     return w;
 }
 
-/* FILETIME (100 ns since 1601) -> ns since 1970, as Python's st_mtime_ns. */
+/* FILETIME (100 ns since 1601) -> ns since 1970, as Python's st_mtime_ns; saturated
+ * (SetFileTime accepts values whose ns would not fit in 64 bits). */
 static int64_t filetime_ns(FILETIME ft)
 {
-    uint64_t t = ((uint64_t)ft.dwHighDateTime << 32) | ft.dwLowDateTime;
-    return ((int64_t)t - 116444736000000000LL) * 100;
+    const int64_t max100 = INT64_MAX / 100;
+    int64_t t = (int64_t)(((uint64_t)ft.dwHighDateTime << 32) | ft.dwLowDateTime);
+    if (t < 0)
+        return INT64_MAX;
+    t -= 116444736000000000LL;
+    if (t > max100)
+        return INT64_MAX;
+    if (t < -max100)
+        return INT64_MIN;
+    return t * 100;
 }
+
+/* Identity from an open handle: size, last-write and creation times, and the file's
+ * volume serial number and file index (a rename over the path gives a new index). */
+static int handle_ident(HANDLE h, pev_ident *id)
+{
+    BY_HANDLE_FILE_INFORMATION info;
+    if (!GetFileInformationByHandle(h, &info))
+        return last_error();
+    id->size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
+    id->mtime_ns = filetime_ns(info.ftLastWriteTime);
+    id->ctime_ns = filetime_ns(info.ftCreationTime);
+    id->ino = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow;
+    id->dev = info.dwVolumeSerialNumber;
+    return 0;
+}
+
+#define PEV_SHARE_ALL (FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
 
 static int src_open(pev_src *s, const char *path, pev_ident *id)
 {
-    BY_HANDLE_FILE_INFORMATION info;
+    int err;
     wchar_t *w = utf8_to_wide(path);
     if (!w) {
-        s->sys_error = (int)GetLastError();
+        s->sys_error = last_error();
         return -1;
     }
     /* Share read|write|delete: the image may be running or about to be deleted. */
-    s->h = CreateFileW(w, GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
-                       NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    s->h = CreateFileW(w, GENERIC_READ, PEV_SHARE_ALL, NULL, OPEN_EXISTING,
+                       FILE_ATTRIBUTE_NORMAL, NULL);
     free(w);
     if (s->h == INVALID_HANDLE_VALUE) {
-        s->sys_error = (int)GetLastError();
+        s->sys_error = last_error();
         return -1;
     }
-    if (!GetFileInformationByHandle(s->h, &info)) {
-        s->sys_error = (int)GetLastError();
+    /* A pipe or device would block or never end. */
+    if (GetFileType(s->h) != FILE_TYPE_DISK) {
+        s->sys_error = (int)ERROR_INVALID_PARAMETER;
         CloseHandle(s->h);
         return -1;
     }
-    s->size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
-    /* The same fields pev_stat_ident gets from GetFileAttributesExW. */
-    id->size = s->size;
-    id->mtime_ns = filetime_ns(info.ftLastWriteTime);
-    id->ctime_ns = filetime_ns(info.ftCreationTime);
-    id->ino = 0;
-    id->dev = 0;
+    err = handle_ident(s->h, id);
+    if (err) {
+        s->sys_error = err;
+        CloseHandle(s->h);
+        return -1;
+    }
+    s->size = id->size;
     s->is_file = 1;
     return 0;
 }
@@ -135,24 +173,25 @@ static void src_close(pev_src *s)
 
 int pev_stat_ident(const char *path, pev_ident *id)
 {
-    WIN32_FILE_ATTRIBUTE_DATA d;
+    /* Through a handle opened for attributes only, like the parse's own handle (so a
+     * symlink resolves the same way) and like os.stat: GetFileAttributesExW has no file
+     * index. */
+    HANDLE h;
+    int err;
     wchar_t *w;
-    BOOL ok;
     if (!path || !id)
         return ERROR_INVALID_PARAMETER;
     w = utf8_to_wide(path);
     if (!w)
-        return (int)GetLastError();
-    ok = GetFileAttributesExW(w, GetFileExInfoStandard, &d);
+        return last_error();
+    h = CreateFileW(w, FILE_READ_ATTRIBUTES, PEV_SHARE_ALL, NULL, OPEN_EXISTING,
+                    FILE_FLAG_BACKUP_SEMANTICS, NULL);
     free(w);
-    if (!ok)
-        return (int)GetLastError();
-    id->size = ((uint64_t)d.nFileSizeHigh << 32) | d.nFileSizeLow;
-    id->mtime_ns = filetime_ns(d.ftLastWriteTime);
-    id->ctime_ns = filetime_ns(d.ftCreationTime);
-    id->ino = 0;
-    id->dev = 0;
-    return 0;
+    if (h == INVALID_HANDLE_VALUE)
+        return last_error();
+    err = handle_ident(h, id);
+    CloseHandle(h);
+    return err;
 }
 
 #else /* POSIX */

@@ -61,7 +61,7 @@ enum pev_field {
 /* What identifies the file a result came from: when any field differs, the file may
  * have changed since.  POSIX: size, st_mtim, st_ctim (the inode change time, which no
  * user call can set back), st_ino, st_dev.  Windows: size, last-write and creation
- * times (GetFileAttributesExW has no file id; ino and dev are 0). */
+ * times, file index and volume serial number (GetFileInformationByHandle). */
 typedef struct pev_ident {
     uint64_t size;
     int64_t mtime_ns;
@@ -110,8 +110,8 @@ int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *bl
 int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
 
-/* Identity of `path` without opening it (stat / GetFileAttributesExW); 0 on success,
- * else errno / GetLastError(). */
+/* Identity of `path` without reading it (stat; on Windows a handle opened for
+ * attributes only); 0 on success, else errno / GetLastError(). */
 int pev_stat_ident(const char *path, pev_ident *id);
 
 /* 1 when `path` still has identity `id`, 0 when it differs, -(errno / GetLastError())

@@ -361,6 +361,49 @@ def test_batches_are_per_thread_and_nest(cache, tmp_path):
         assert cache.batch_hits == 2
 
 
+def test_batch_scope_ends_even_on_error(cache, tmp_path, monkeypatch):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    with pytest.raises(RuntimeError):
+        with cache.batch():
+            cache.get(f)
+            raise RuntimeError("boom")
+    checks = []
+    real_same = cache._same
+    monkeypatch.setattr(cache, "_same", lambda p, i: checks.append(p) or real_same(p, i))
+    cache.get(f)
+    cache.get(f)
+    assert len(checks) == 2  # no batch is left open: each lookup is checked
+
+
+def test_cached_file_that_went_away(cache, tmp_path):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    cache.get(f)
+    f.unlink()
+    with pytest.raises(PeError) as err:
+        cache.get(f)
+    assert err.value.code == "io" and len(cache) == 0
+    assert (cache.hits, cache.misses, cache.failures) == (0, 2, 1)
+
+
+def test_changed_then_unreadable_drops_the_old_entry(cache, tmp_path, monkeypatch):
+    f = tmp_path / "a.exe"
+    shutil.copy(DATA / "basic64.exe", f)
+    cache.get(f)
+    os.utime(f, ns=(1, 1))  # changed ...
+    monkeypatch.setattr(cache, "_read", lambda p: (None, PeError("io", "gone"), None, p))
+    with pytest.raises(PeError):
+        cache.get(f)           # ... and the re-read fails: nothing stale stays behind
+    assert len(cache) == 0
+
+
+def test_nul_in_path_counts_alike(cache):
+    with pytest.raises(PeError) as err:
+        cache.get("a\0b.exe")
+    assert err.value.code == "arg" and (cache.misses, cache.failures) == (1, 1)
+
+
 def test_cache_is_bounded_lru(cache, tmp_path):
     files = []
     for i in range(4):

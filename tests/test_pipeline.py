@@ -208,3 +208,33 @@ def test_pe_cache_checks_each_image_once_per_batch(tmp_path, engine):
     assert st["misses"] == 1 and st["hits"] == 39
     batches = -(-40 // 8)
     assert st["batch_hits"] >= 39 - batches  # at most one check per batch
+
+
+def test_pe_cache_reads_a_changed_image_in_the_next_batch(tmp_path, engine):
+    # The same path holds mofcomp's disguise for the first run, then a different
+    # program: the second run's batch checks the file and reads it again.
+    import shutil
+    from pathlib import Path
+
+    from sensor.enrich.enricher import Enricher
+    from sensor.enrich.pe import VersionInfoCache
+    root = Path(__file__).resolve().parents[1]
+    img = tmp_path / "img" / "renamed_tool.exe"
+    img.parent.mkdir()
+    shutil.copy(root / "sensor" / "data" / "demo" / "renamed_tool.exe", img)
+    cache = VersionInfoCache()
+    enr = Enricher(pe_lookup=cache.lookup, pe_stats=cache.stats, pe_batch=cache.batch,
+                   path_map={"C:\\Users\\Public\\": str(tmp_path / "img")})
+    ev = {"Image": "C:\\Users\\Public\\renamed_tool.exe", "ParentImage": "C:\\Windows\\System32\\cmd.exe",
+          "CommandLine": "renamed_tool.exe C:\\Users\\Public\\persist.mof"}
+    totals = []
+    for run in range(2):
+        sub = tmp_path / f"run{run}"
+        sub.mkdir()
+        p, _out, _spool = make(sub, [dict(ev, ProcessId=i) for i in range(5)], engine,
+                               enricher=enr)
+        p.start()
+        assert p.wait_source(10)
+        totals.append(p.stop(drain_timeout=10)["alerts"]["total"])
+        shutil.copy(root / "tests" / "data" / "pe" / "basic64.exe", img)  # not mofcomp any more
+    assert totals == [5, 0] and cache.stats()["misses"] == 2

@@ -103,8 +103,11 @@ if _native is not None:
     def _native_read_identity(path: Any) -> tuple[dict | None, PeError | None, Any, Any]:
         """Parse ``path``; also the identity (a ``pev_ident``) of the file actually opened
         (None when it could not be opened) and the path as ``pev_same_ident`` takes it."""
+        try:
+            p = _encode(path)
+        except PeError as exc:
+            return None, exc, None, path
         r, blob, text = _buffers()
-        p = _encode(path)
         status = _lib.pev_file_text(p, r, blob, text)
         ident = _ffi.new("pev_ident *", r.ident) if status != _pe_py.E_IO else None
         try:
@@ -177,10 +180,11 @@ class VersionInfoCache:
 
     An entry is answered only while the file still has the identity it had when it was
     parsed (``pev_ident``: size, mtime, ctime, inode, device on POSIX; size, last-write
-    and creation times on Windows), checked with one stat per lookup.  Inside
-    ``with cache.batch():`` a path checked (or parsed) during that batch is not checked
-    again: every event of a batch reached the sensor before the batch began, so a check
-    made during the batch is as recent, for each of them, as a check of its own.
+    and creation times, file index, volume on Windows), checked with one stat per
+    lookup.  Inside ``with cache.batch():`` a path checked (or parsed) during that batch
+    is not checked again: every event of a batch reached the sensor before the batch
+    began, so that check was made after each of those events arrived, which is all a
+    check of its own could promise.
 
     ``hits``/``misses`` count lookups (``batch_hits`` the hits that needed no stat),
     ``failures`` the parses that raised PeError and ``resolver_errors`` unexpected errors
@@ -247,6 +251,8 @@ class VersionInfoCache:
                 return self._answer(entry[1])
             if rc < 0:  # gone or unreadable: forget it and say why
                 with self._lock:
+                    self.misses += 1
+                    self.failures += 1
                     if self._data.get(path) is entry:
                         del self._data[path]
                 raise PeError("io", f"cannot open or read the file: {_sys_detail(-rc)}")
@@ -269,13 +275,16 @@ class VersionInfoCache:
             self.misses += 1
             if exc is not None:
                 self.failures += 1
-            # A file that could not be opened or read has no identity: not cached.
+            # A file that could not be opened or read has no identity: not cached, and
+            # whatever was cached for the path before is out of date.
             if ident is not None and (exc is None or exc.code != "io"):
                 data[path] = [ident, (exc.code, exc.reason) if exc is not None else info, epoch,
                               checked_path]
                 data.move_to_end(path)
                 while len(data) > self.maxsize:
                     data.popitem(last=False)
+            else:
+                data.pop(path, None)
         if exc is not None:
             raise exc
         return info.copy()

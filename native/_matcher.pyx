@@ -398,7 +398,7 @@ def _regex_requirements(str pattern, int flags):
     runs = []
     counts = {}
     _re_req(list(parsed), bool(parsed.state.flags & _re.IGNORECASE), runs, counts)
-    lits = tuple(sorted(set(runs), key=len, reverse=True))
+    lits = tuple(sorted(set(runs), key=lambda b: (-len(b), b)))  # longest first, reproducibly
     return lits, tuple((b, k) for b, k in sorted(counts.items()) if k > 1)
 
 
@@ -425,7 +425,17 @@ def _case_pair(op, av):
     return None
 
 
-def _re_req(items, bint icase, list runs, dict counts):
+def _re_parts(items, bint icase):
+    """Walk a sequence of sre items, yielding what any match of it must go through:
+
+    - ``("run", chars, icase)``: a run of adjacent ASCII literals (a one-letter case pair
+      ``[Rr]`` counts as its lower-case letter);
+    - ``("seq", items, icase)``: a mandatory sub-sequence (group, atomic group, repeat
+      with a minimum of 1), with the case flag in force inside it;
+    - ``("branch", alternatives, icase)``: an alternation (each alternative a sequence).
+
+    Anything else (classes, optional repeats, anchors) ends the current run.  Shared by
+    the required-literal check and the witness choice, which read it differently."""
     run = []
     for op, av in items:
         if op is _C.LITERAL and av < 128:
@@ -436,19 +446,29 @@ def _re_req(items, bint icase, list runs, dict counts):
             run.append(c)
             continue
         if run:
-            _re_req_flush(run, icase, runs, counts)
+            yield "run", run, icase
             run = []
         if op is _C.SUBPATTERN:
             _grp, add, rem, sub = av
-            ic = (icase or bool(add & _re.IGNORECASE)) and not (rem & _re.IGNORECASE)
-            _re_req(list(sub), ic, runs, counts)
+            yield "seq", list(sub), (icase or bool(add & _re.IGNORECASE)) and not (rem & _re.IGNORECASE)
         elif op is _C.ATOMIC_GROUP:
-            _re_req(list(av), icase, runs, counts)
+            yield "seq", list(av), icase
         elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
             if av[0] >= 1:
-                _re_req(list(av[2]), icase, runs, counts)
+                yield "seq", list(av[2]), icase
+        elif op is _C.BRANCH:
+            yield "branch", av[1], icase
     if run:
-        _re_req_flush(run, icase, runs, counts)
+        yield "run", run, icase
+
+
+def _re_req(items, bint icase, list runs, dict counts):
+    for kind, x, ic in _re_parts(items, icase):
+        if kind == "run":
+            _re_req_flush(x, ic, runs, counts)
+        elif kind == "seq":
+            _re_req(x, ic, runs, counts)
+        # alternatives add nothing: no single one is required
 
 
 def _chain_form(str pattern, int flags):
@@ -544,33 +564,16 @@ def _re_run(best, list run, bint icase):
 def _re_seq(items, bint icase):
     """(cost, literals) for a sequence of sre items: the best required literal set."""
     best = None
-    run = []
-    for op, av in items:
-        if op is _C.LITERAL and av < 128:
-            run.append(chr(av))
-            continue
-        c = _case_pair(op, av)
-        if c is not None:
-            run.append(c)
-            continue
-        if run:
-            best = _re_run(best, run, icase)
-            run = []
-        if op is _C.SUBPATTERN:
-            _grp, add, rem, sub = av
-            ic = (icase or bool(add & _re.IGNORECASE)) and not (rem & _re.IGNORECASE)
-            best = _re_consider(best, _re_seq(list(sub), ic))
-        elif op is _C.ATOMIC_GROUP:
-            best = _re_consider(best, _re_seq(list(av), icase))
-        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
-            lo, _hi, sub = av
-            if lo >= 1:
-                best = _re_consider(best, _re_seq(list(sub), icase))
-        elif op is _C.BRANCH:
+    for kind, x, ic in _re_parts(items, icase):
+        if kind == "run":
+            best = _re_run(best, x, ic)
+        elif kind == "seq":
+            best = _re_consider(best, _re_seq(x, ic))
+        else:  # every alternative must yield a set: their union is required
             total = 0.0
             lits = []
-            for alt in av[1]:
-                r = _re_seq(list(alt), icase)
+            for alt in x:
+                r = _re_seq(list(alt), ic)
                 if r is None:
                     lits = None
                     break
@@ -578,8 +581,6 @@ def _re_seq(items, bint icase):
                 lits.extend(r[1])
             if lits:
                 best = _re_consider(best, (total, lits))
-    if run:
-        best = _re_run(best, run, icase)
     return best
 
 

@@ -27,7 +27,6 @@ typedef struct pev_result {
     int32_t status;
     int32_t sys_error;
     uint64_t file_size;
-    int64_t mtime_ns;
     int32_t has_fixed;
     uint32_t file_version_ms, file_version_ls;
     uint32_t product_version_ms, product_version_ls;
@@ -44,7 +43,6 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob);
 int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob);
 int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
-int pev_stat_ident(const char *path, pev_ident *id);
 int pev_same_ident(const char *path, const pev_ident *id);
 const char *pev_strerror(int status);
 """

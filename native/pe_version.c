@@ -171,7 +171,7 @@ static void src_close(pev_src *s)
         CloseHandle(s->h);
 }
 
-int pev_stat_ident(const char *path, pev_ident *id)
+static int stat_path_ident(const char *path, pev_ident *id)
 {
     /* Through a handle opened for attributes only, like the parse's own handle (so a
      * symlink resolves the same way) and like os.stat: GetFileAttributesExW has no file
@@ -196,24 +196,24 @@ int pev_stat_ident(const char *path, pev_ident *id)
 
 #else /* POSIX */
 
-static int64_t stat_mtime_ns(const struct stat *st)
-{
 #if defined(__APPLE__)
-    return (int64_t)st->st_mtimespec.tv_sec * 1000000000LL + st->st_mtimespec.tv_nsec;
+#define PEV_MTIM st_mtimespec
+#define PEV_CTIM st_ctimespec
 #else
-    return (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+#define PEV_MTIM st_mtim
+#define PEV_CTIM st_ctim
 #endif
+
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
 static void stat_ident(const struct stat *st, pev_ident *id)
 {
     id->size = (uint64_t)st->st_size;
-    id->mtime_ns = stat_mtime_ns(st);
-#if defined(__APPLE__)
-    id->ctime_ns = (int64_t)st->st_ctimespec.tv_sec * 1000000000LL + st->st_ctimespec.tv_nsec;
-#else
-    id->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000LL + st->st_ctim.tv_nsec;
-#endif
+    id->mtime_ns = ts_ns(st->PEV_MTIM);
+    id->ctime_ns = ts_ns(st->PEV_CTIM);
     id->ino = (uint64_t)st->st_ino;
     id->dev = (uint64_t)st->st_dev;
 }
@@ -275,7 +275,7 @@ static void src_close(pev_src *s)
         close(s->fd);
 }
 
-int pev_stat_ident(const char *path, pev_ident *id)
+static int stat_path_ident(const char *path, pev_ident *id)
 {
     struct stat st;
     if (!path || !id)
@@ -293,7 +293,7 @@ int pev_same_ident(const char *path, const pev_ident *id)
     int err;
     if (!id)
         return -1;
-    err = pev_stat_ident(path, &now);
+    err = stat_path_ident(path, &now);
     if (err)
         return err > 0 ? -err : -1;
     return now.size == id->size && now.mtime_ns == id->mtime_ns && now.ctime_ns == id->ctime_ns &&
@@ -818,7 +818,6 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob)
         r->sys_error = s.sys_error;
         return r->status;
     }
-    r->mtime_ns = r->ident.mtime_ns;
     r->status = parse(&s, r, blob);
     if (r->status == PEV_E_IO)
         r->sys_error = s.sys_error;
@@ -921,30 +920,27 @@ static void result_text(pev_result *r, const uint8_t *blob, uint8_t *text)
     r->text_len = n;
 }
 
+/* A parse's status, with the text written when it succeeded. */
+static int with_text(int rc, pev_result *r, const uint8_t *blob, uint8_t *text)
+{
+    if (rc != PEV_OK)
+        return rc;
+    result_text(r, blob, text);
+    return r->status;
+}
+
 int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text)
 {
-    int rc;
     if (!text)
         return r ? (r->status = PEV_E_ARG) : PEV_E_ARG;
-    rc = pev_parse_file(path, r, blob);
-    if (rc == PEV_OK) {
-        result_text(r, blob, text);
-        rc = r->status;
-    }
-    return rc;
+    return with_text(pev_parse_file(path, r, blob), r, blob, text);
 }
 
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text)
 {
-    int rc;
     if (!text)
         return r ? (r->status = PEV_E_ARG) : PEV_E_ARG;
-    rc = pev_parse_buffer(data, len, r, blob);
-    if (rc == PEV_OK) {
-        result_text(r, blob, text);
-        rc = r->status;
-    }
-    return rc;
+    return with_text(pev_parse_buffer(data, len, r, blob), r, blob, text);
 }
 
 const char *pev_strerror(int status)

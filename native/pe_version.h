@@ -74,7 +74,6 @@ typedef struct pev_result {
     int32_t status;       /* enum pev_status */
     int32_t sys_error;    /* errno / GetLastError() for PEV_E_IO, else 0 */
     uint64_t file_size;   /* size of the file or buffer parsed */
-    int64_t mtime_ns;     /* last-write time of the opened file (path mode), else 0 */
     int32_t has_fixed;    /* VS_FIXEDFILEINFO present with its signature */
     uint32_t file_version_ms, file_version_ls;
     uint32_t product_version_ms, product_version_ls;
@@ -110,12 +109,9 @@ int pev_parse_buffer(const uint8_t *data, size_t len, pev_result *r, uint8_t *bl
 int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
 
-/* Identity of `path` without reading it (stat; on Windows a handle opened for
- * attributes only); 0 on success, else errno / GetLastError(). */
-int pev_stat_ident(const char *path, pev_ident *id);
-
 /* 1 when `path` still has identity `id`, 0 when it differs, -(errno / GetLastError())
- * when it cannot be checked.  One system call; the cache's validity check. */
+ * when it cannot be checked.  The cache's validity check: one stat (on Windows, a handle
+ * opened for attributes only), never a read. */
 int pev_same_ident(const char *path, const pev_ident *id);
 
 /* Static description of a status code. */

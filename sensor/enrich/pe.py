@@ -139,24 +139,26 @@ IMPLEMENTATION = "native" if _native is not None else "python"
 read_version_info, parse_version_info = READERS[IMPLEMENTATION]
 
 
+def _stat_ident(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, inode, device): the twin of pev_ident."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
 def _py_ident(path: Any) -> tuple[int, int, int, int, int]:
-    """(size, mtime_ns, ctime_ns, inode, device) of ``path``: the twin of pev_ident."""
     try:
-        st = os.stat(path)
+        return _stat_ident(os.stat(path))
     except OSError as exc:
         raise PeError("io", f"cannot open or read the file: {exc.strerror or exc}") from None
     except ValueError:  # a NUL in the path
         raise PeError("arg", "bad argument: NUL in path") from None
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
 def _py_same(path: str, ident: tuple) -> int:
     """Twin of pev_same_ident: 1 same identity, 0 changed, -errno when it cannot stat."""
     try:
-        st = os.stat(path)
+        return int(_stat_ident(os.stat(path)) == ident)
     except OSError as exc:
         return -(exc.errno or 5)
-    return int((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) == ident)
 
 
 def _py_read_identity(path: Any) -> tuple[dict | None, PeError | None, Any, Any]:

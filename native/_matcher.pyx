@@ -787,25 +787,23 @@ cdef class Matcher:
         self._state = _State(self._nfields, self._npreds, self._nwords)
 
     # ------------------------------------------------------------------ compile
-    cdef uint32_t *_u32(self, values):
-        cdef array.array a = _pyarray.array("I", values if values else [0])
+    cdef array.array _keep(self, str code, values):
+        """A typed array of ``values`` (never empty) that lives as long as the matcher."""
+        cdef array.array a = _pyarray.array(code, values if values else [0])
         self._arrays.append(a)
-        return a.data.as_uints
+        return a
+
+    cdef uint32_t *_u32(self, values):
+        return self._keep("I", values).data.as_uints
 
     cdef int32_t *_i32(self, values):
-        cdef array.array a = _pyarray.array("i", values if values else [0])
-        self._arrays.append(a)
-        return <int32_t *>a.data.as_ints
+        return <int32_t *>self._keep("i", values).data.as_ints
 
     cdef uint8_t *_u8(self, values):
-        cdef array.array a = _pyarray.array("B", values if values else [0])
-        self._arrays.append(a)
-        return a.data.as_uchars
+        return self._keep("B", values).data.as_uchars
 
     cdef uint64_t *_u64(self, values):
-        cdef array.array a = _pyarray.array("Q", values if values else [0])
-        self._arrays.append(a)
-        return <uint64_t *>a.data.as_ulonglongs
+        return <uint64_t *>self._keep("Q", values).data.as_ulonglongs
 
     def _compile(self, lazy):
         rules = self.rules

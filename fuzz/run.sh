@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build the libFuzzer harness for native/pe_version.c with clang + ASan + UBSan and run it.
 #   fuzz/run.sh [libFuzzer options...]      e.g. fuzz/run.sh -runs=10000000 -jobs=2 -workers=2
-# Defaults: 60 seconds.  Needs clang and the libFuzzer runtime (Debian: clang, libclang-rt-14-dev).
+# Defaults: 60 seconds.  Needs clang and the libFuzzer runtime that matches its version
+# (Debian: clang, and libclang-rt-<major>-dev or the unversioned libclang-rt-dev).
 # Seed corpus: tests/data/pe/ fixtures (+ ../shared/data/pe/ files up to 64 KiB when present).
 # Any crash, leak, UBSan report or timeout makes libFuzzer exit non-zero and write the input
 # as fuzz/out/crash-* (or leak-*, timeout-*).

@@ -49,7 +49,7 @@ def _libfuzzer_missing(tmp_path) -> str | None:
     res = subprocess.run(["clang", "-fsanitize=fuzzer,address,undefined", str(probe),
                           "-o", str(tmp_path / "probe")], capture_output=True, text=True)
     if res.returncode:
-        return "clang cannot link libFuzzer (Debian: libclang-rt-14-dev): " + res.stderr[-200:]
+        return "clang cannot link libFuzzer (Debian: libclang-rt-dev, or libclang-rt-<major>-dev): " + res.stderr[-200:]
     return None
 
 
@@ -57,11 +57,13 @@ def test_short_fuzz_run(tmp_path):
     missing = _libfuzzer_missing(tmp_path)
     if missing:
         pytest.skip(missing)
-    seconds = min(45, int(os.environ.get("PE_FUZZ_SECONDS", "8")))
+    # a fixed number of executions, not a time budget: the same work on any machine
+    runs = int(os.environ.get("PE_FUZZ_RUNS", "20000"))
     env = dict(os.environ, FUZZ_OUT=str(tmp_path / "out"))
-    res = subprocess.run(["sh", str(ROOT / "fuzz" / "run.sh"), f"-max_total_time={seconds}"],
-                         env=env, capture_output=True, text=True, timeout=seconds + 120)
+    res = subprocess.run(["sh", str(ROOT / "fuzz" / "run.sh"), f"-runs={runs}"],
+                         env=env, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
-    runs = [line for line in res.stderr.splitlines() if line.startswith("stat::number_of_executed_units")]
-    assert runs and int(runs[0].split(":")[-1]) > 1000, res.stderr[-2000:]
-    assert not list((tmp_path / "out").glob("crash-*"))
+    done = [line for line in res.stderr.splitlines() if line.startswith("stat::number_of_executed_units")]
+    assert done and int(done[0].split(":")[-1]) >= runs, res.stderr[-2000:]
+    for kind in ("crash-*", "leak-*", "timeout-*"):
+        assert not list((tmp_path / "out").glob(kind)), kind

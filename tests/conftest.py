@@ -1,21 +1,59 @@
-"""Shared fixtures: the research data folder, both matcher engines."""
+"""Shared fixtures: the research data folder, both matcher engines; the CI guards.
+
+``SENSOR_REQUIRE_EXTENSIONS=1`` (set by ``.ci/run``) makes a missing native build an error
+instead of a reason to skip the parity tests. ``SENSOR_HYPOTHESIS_PROFILE=ci`` derandomises
+hypothesis, so a CI run is the same run every time.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from sensor import matcher as _matcher
+from sensor.enrich import pe as _pe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = ROOT / "tests" / "data"
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+HYPOTHESIS_PROFILE = os.environ.get("SENSOR_HYPOTHESIS_PROFILE") or "dev"
+settings.load_profile(HYPOTHESIS_PROFILE)
 
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason="../shared (the research data beside the project) is not present"
 )
 
 ENGINE_NAMES = sorted(_matcher.ENGINES)
+
+
+def missing_native() -> list[str]:
+    """The native parts that did not build (or were switched off)."""
+    out = []
+    if "compiled" not in _matcher.ENGINES:
+        out.append("the compiled matcher (sensor._matcher)")
+    if "native" not in _pe.READERS:
+        out.append("the native PE reader (sensor._pe)")
+    return out
+
+
+def pytest_configure(config):
+    if os.environ.get("SENSOR_REQUIRE_EXTENSIONS") == "1":
+        missing = missing_native()
+        if missing:
+            raise pytest.UsageError(
+                "SENSOR_REQUIRE_EXTENSIONS=1 but " + " and ".join(missing) + " did not build: "
+                "the parity tests would skip; fix the native build (see `make build`)")
+
+
+def pytest_report_header(config):
+    missing = missing_native()
+    return [f"native parts: {'all built' if not missing else 'MISSING ' + ', '.join(missing)}; "
+            f"hypothesis profile: {HYPOTHESIS_PROFILE}"]
 
 
 @pytest.fixture(params=ENGINE_NAMES)

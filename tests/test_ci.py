@@ -148,3 +148,18 @@ def test_script_names_no_versioned_package():
     # the capability logic, not a package pinned to one Debian release, picks the runtime
     text = SCRIPT.read_text()
     assert "libclang-rt-14" not in text
+
+
+def test_missing_native_build_fails_the_run_when_required():
+    # SENSOR_NO_EXTENSIONS=1 stands in for a broken build: with the CI guard on, pytest refuses
+    # to run (the parity tests would otherwise skip and CI would go green without them)
+    env = dict(os.environ, SENSOR_NO_EXTENSIONS="1", SENSOR_REQUIRE_EXTENSIONS="1")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(ROOT / "tests" / "test_queues.py")], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode != 0
+    assert "did not build" in res.stdout + res.stderr
+    env.pop("SENSOR_REQUIRE_EXTENSIONS")
+    assert subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "test_queues.py")], env=env, capture_output=True,
+                          timeout=300, cwd=ROOT).returncode == 0

@@ -81,3 +81,21 @@ def test_derived_fields(make_matcher):
 def test_errors_name_the_column(text, message):
     with pytest.raises(RuleError, match="criteria column \\d+: .*" + message.replace("(", "\\(").replace(")", "\\)")):
         parse_criteria(text)
+
+
+def test_not_binds_one_factor_not_the_whole_term(make_matcher):
+    # grammar: factor := "NOT" factor, so NOT a AND b is (NOT a) AND b, never NOT (a AND b)
+    t = 'NOT PROCESSNAME = "x.exe" AND COMMANDLINE contains "evil"'
+    assert not matches(make_matcher, t, Image="y.exe", CommandLine="benign")  # (T) and F
+    assert matches(make_matcher, t, Image="y.exe", CommandLine="so evil")      # (T) and T
+    assert not matches(make_matcher, t, Image="x.exe", CommandLine="benign")  # (F) and F
+    c = parse_criteria(t)
+    assert c.condition == ("and", ("not", ("pred", 0)), ("pred", 1))
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("b", True),          # a part of the value but not all of it: not equal
+    ("abc", False), ("ABC", False), ("abcd", True), ("", True),
+])
+def test_not_equal_is_whole_value_inequality(make_matcher, value, expected):
+    assert matches(make_matcher, f'COMMANDLINE != "{value}"', CommandLine="abc") is expected

@@ -23,6 +23,7 @@ from sensor.sources.etw_decode import (
     decode_kernel_process_generic,
     decode_system_process,
     decode_system_process_generic,
+    read_sid,
 )
 
 from .conftest import SHARED, needs_shared
@@ -380,3 +381,14 @@ def assert_same(fast, twin):
     except DecodeError:
         b = DecodeError
     assert a == b
+
+
+@pytest.mark.parametrize("authority,text", [
+    (5, "S-1-5-18"),
+    (2**32 - 1, "S-1-4294967295-18"),        # the largest authority written in decimal
+    (2**32, "S-1-0x000100000000-18"),        # from 2**32 on: hex, 12 digits (ConvertSidToStringSid)
+    (2**48 - 1, "S-1-0xFFFFFFFFFFFF-18"),
+])
+def test_sid_identifier_authority_boundary(authority, text):
+    raw = bytes([1, 1]) + authority.to_bytes(6, "big") + struct.pack("<I", 18)
+    assert read_sid(b"pad" + raw, 3) == (text, 3 + len(raw))

@@ -212,11 +212,14 @@ def test_retry_after_forms():
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
-def test_429_carries_retry_after(receiver):
-    receiver.fail_next(429, headers={"Retry-After": "3"})
+@pytest.mark.parametrize("status,honoured", [(429, True), (503, True), (500, False), (502, False)])
+def test_retry_after_is_read_on_429_and_503(receiver, status, honoured):
+    # docs/delivery.md: "Retry-After on 429/503 (seconds or HTTP-date) replaces the jittered wait"
+    receiver.fail_next(status, headers={"Retry-After": "3"})
     out = build_output(opts(receiver))
     res = out.send_batch(ALERTS[:1])
-    assert res.outcome == RETRY and res.retry_after == 3.0 and res.status == 429
+    assert res.outcome == RETRY and res.status == status
+    assert res.retry_after == (3.0 if honoured else None)
     out.close()
 
 

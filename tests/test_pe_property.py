@@ -243,3 +243,33 @@ def test_native_result_keys_in_order():
     info = pe.READERS["native"][0](DATA / "basic64.exe")
     assert tuple(info) == pe.RESULT_KEYS
     assert info["file_version"] and info["product_version"]
+
+
+def test_version_blob_ending_exactly_at_end_of_file():
+    # A resource that ends on the file's last byte is inside the file (docs/pe.md: a range is
+    # refused only when it runs *past* the end); one byte more of it and it is refused.
+    if LAYOUT is None:
+        pytest.skip("pefile (test dependency) is not installed")
+    head, sec_hdr, rva, raw, data_entry = LAYOUT
+    blob = gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "edge.exe")))])
+    pre = (-len(blob)) % 512               # pad before the blob, so it ends on the section's end
+
+    def image(data_size: int, cut: int = 0) -> bytes:
+        img = bytearray(head) + b"\0" * pre + blob
+        grown = raw + pre + len(blob)
+        struct.pack_into("<I", img, sec_hdr + 8, grown)    # VirtualSize
+        struct.pack_into("<I", img, sec_hdr + 16, grown)   # SizeOfRawData
+        struct.pack_into("<II", img, data_entry, rva + pre, data_size)
+        return bytes(img[:len(img) - cut])
+
+    edge = image(len(blob))
+    assert len(edge) % 512 == 0 and edge.endswith(blob)
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "edge.exe"
+        f.write_bytes(edge)
+        for name, (read, parse) in pe.READERS.items():
+            for info in (parse(edge), read(f)):
+                assert info["OriginalFilename"] == "edge.exe", name
+            for bad in (image(len(blob) + 1), image(len(blob), cut=1)):
+                with pytest.raises(PeError):
+                    parse(bad)

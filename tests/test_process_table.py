@@ -347,3 +347,33 @@ def test_live_children_through_table_and_backfill(tmp_path):
     finally:
         z.wait(10)
 
+
+
+def test_parent_created_within_the_tolerance_after_the_child_is_still_its_parent():
+    # psutil and ETW clocks differ by up to the tolerance: a parent whose recorded start is a
+    # little *after* the child's is the same process, not a recycled pid
+    t = ProcessTable(create_tolerance=0.01)
+    tol = t.tolerance
+    t.add(400, T0 + tol // 2, image="C:\\jitter.exe")
+    assert t.parent_of(400, T0).image == "C:\\jitter.exe"
+    t.add(401, T0 + tol, image="C:\\edge.exe")             # exactly at the tolerance: same process
+    assert t.parent_of(401, T0).image == "C:\\edge.exe"
+    t.add(402, T0 + tol + 1, image="C:\\late.exe")         # one tick beyond: a recycled pid
+    assert t.parent_of(402, T0) is None
+    # the exit side: gone up to the tolerance before the child started still counts as alive
+    t.add(403, T0 - 10 * S, image="C:\\short.exe")
+    t.exited(403, T0 - 10 * S, exit_time=T0 - tol)
+    assert t.parent_of(403, T0).image == "C:\\short.exe"
+    t.add(404, T0 - 10 * S, image="C:\\gone.exe")
+    t.exited(404, T0 - 10 * S, exit_time=T0 - tol - 1)
+    assert t.parent_of(404, T0) is None
+
+
+def test_newest_generation_wins_when_the_old_stop_event_was_lost():
+    # pid 300 ran, its stop event was lost (no exit time), the pid was reused: a child started
+    # after the reuse belongs to the new generation, never to the old one
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(300, T0, image="C:\\old.exe")
+    t.add(300, T0 + 3 * S, image="C:\\new.exe")            # marks the old one exited, time unknown
+    assert t.parent_of(300, T0 + 5 * S).image == "C:\\new.exe"
+    assert t.parent_of(300, T0 + S).image == "C:\\old.exe"   # a child from before the reuse

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from sensor.queues import BoundedQueue
 
@@ -16,11 +15,14 @@ def test_drop_when_full():
 
 
 def test_get_batch_waits_for_first_item():
+    # no timeout: only the put can wake the consumer (the join's 60 s guards against a hang)
     q = BoundedQueue(10)
-    threading.Timer(0.05, q.put, args=("x",)).start()
-    t0 = time.monotonic()
-    assert q.get_batch(5, 2.0) == ["x"]
-    assert time.monotonic() - t0 < 1.5
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.get_batch(5, None)), daemon=True)
+    t.start()
+    q.put("x")
+    t.join(60)
+    assert not t.is_alive() and got == [["x"]]
 
 
 def test_put_wait_waits_for_room():

@@ -332,3 +332,40 @@ def test_string_values_agree_with_pysigma_regex(raw, text):
     oracle = re.fullmatch(SigmaString(raw).to_regex().regexp.original, text,
                           re.IGNORECASE | re.DOTALL) is not None
     assert ours == oracle
+
+
+@pytest.mark.parametrize("first,second", [("contains|cased", "contains"), ("contains", "contains|cased")])
+def test_or_merging_keeps_cased_and_uncased_apart(first, second, make_matcher):
+    # Sigma: values are case-insensitive unless |cased; OR-ing a cased selection with an
+    # uncased one must keep each value's own case rule (spec, "cased" modifier).
+    if first.endswith("cased"):
+        det = f"a:\n  CommandLine|{first}: 'Foo'\nb:\n  CommandLine|{second}: 'bar'\ncondition: a or b"
+    else:
+        det = f"a:\n  CommandLine|{first}: 'bar'\nb:\n  CommandLine|{second}: 'Foo'\ncondition: a or b"
+    m = make_matcher([rule_from(det)])
+    assert m.match(ev(CommandLine="x Foo y")) == [0]
+    assert m.match(ev(CommandLine="x BAR y")) == [0]     # uncased: any case
+    assert m.match(ev(CommandLine="x foo y")) == []      # cased: exact case only
+    assert m.match(ev(CommandLine="x FOO y")) == []
+
+
+def test_glob_star_and_qmark_cross_newlines(make_matcher):
+    # Sigma's * is "any number of characters" and ? "one character": a newline is a character
+    m = make_matcher([rule_from("s:\n  CommandLine: 'a*b?c'\ncondition: s")])
+    assert m.match(ev(CommandLine="a\nx\nb\nc")) == [0]
+    assert m.match(ev(CommandLine="A\n\nB\rC")) == [0]
+    assert m.match(ev(CommandLine="a\nb\nx")) == []
+
+
+@pytest.mark.parametrize("pattern,text,expected", [
+    ("foo(bar)?baz", "foobaz", True), ("foo(bar)?baz", "foobarbaz", True),
+    ("foo(bar)*baz", "foobaz", True), ("a(?:xyz){0,2}b", "ab", True),
+    ("(?:evil|good)tool", "goodtool", True), ("(?:evil|good)tool", "tool", False),
+    ("x(abc|)y", "xy", True), ("p(qr)?s(tu)?v", "psv", True), ("p(qr)?s(tu)?v", "pqrstv", False),
+    ("a[0-9]?zz", "azz", True), ("k(?:lmn)??o", "ko", True),
+])
+def test_regex_optional_parts_are_not_required(pattern, text, expected, make_matcher):
+    # an optional part of a regex may be absent: the compiled engine's literal index must not
+    # require it (the reference engine is plain re.search)
+    m = make_matcher([rule_from(f"s:\n  CommandLine|re: '{pattern}'\ncondition: s")])
+    assert bool(m.match(ev(CommandLine=f"pre {text} post"))) is expected

@@ -262,3 +262,21 @@ def test_fetch_excludes_ranges_in_flight(tmp_path):
         first = sp.fetch(4)
         rest = sp.fetch(4, exclude=[(first[0].rowid, first[-1].rowid)])
         assert [i.alert_id for i in rest] == [f"a-{i:06d}" for i in range(4, 8)]
+
+
+def test_ack_and_mark_failed_cover_every_row_of_large_batches(tmp_path):
+    # ack() and mark_failed() work in chunks of SQL parameters: sizes at and around the chunk
+    # boundary must touch every row they are given, no more and no less
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(1601)])
+        items = sp.fetch(2000)
+        assert len(items) == 1601
+        sp.mark_failed([it.rowid for it in items[:1001]], "HTTP 503")
+        attempts = dict(sp._db.execute("SELECT id, attempts FROM alerts").fetchall())
+        assert [attempts[it.rowid] for it in items] == [1] * 1001 + [0] * 600
+        for n in (500, 501, 499, 1):
+            batch = sp.fetch(n)
+            assert sp.ack([it.rowid for it in batch]) == n
+        assert sp.depth() == 1601 - 1501
+        assert sp.ack([it.rowid for it in sp.fetch(1000)]) == 100
+        assert sp.depth() == 0 and sp.stats()["bytes"] == 0

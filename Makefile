@@ -33,7 +33,7 @@ test-fast: build
 	$(VPY) -m pytest -q -m "not slow"
 
 demo: build
-	$(VPY) -m sensor.demo
+	$(VPY) -m sensor demo
 
 bench: build
 	$(VPY) bench/matcher.py
@@ -49,4 +49,4 @@ fuzz:
 	fuzz/run.sh
 
 clean:
-	rm -rf build dist *.egg-info sensor/*.so native/_matcher.c native/*.html fuzz/out
+	rm -rf build dist *.egg-info sensor/*.so sensor/*/*.so sensor/*/*.pyd native/_matcher.c native/*.html fuzz/out

@@ -35,7 +35,7 @@ def _ext_modules():
     link = ["-fsanitize=address,undefined"] if os.environ.get("SENSOR_SANITIZE") else []
     exts = [
         Extension(
-            "sensor._matcher",
+            "sensor.detect._matcher",
             ["native/_matcher.pyx"],
             include_dirs=["native"],
             extra_compile_args=_cflags(),

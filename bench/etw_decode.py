@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     from sensor.enrich.process_table import ProcessTable
     from sensor.sources import etw_decode as d
     from sensor.sources import etw_manifest as m
-    from sensor.sources.etw import SRC_KERNEL_PROCESS, EtwConfig, EtwProcessor, EtwSource
+    from sensor.sources.etw_raw import SRC_KERNEL_PROCESS
+    from sensor.sources.etw import EtwConfig, EtwProcessor, EtwSource
 
     rows = []
     cases = [("ProcessStart v2", 1, 2), ("ProcessStart v3", 1, 3), ("ProcessStart v4", 1, 4),

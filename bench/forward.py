@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sensor.delivery import DeliveryConfig, Forwarder  # noqa: E402
-from sensor.outputs import build_output  # noqa: E402
-from sensor.spool import Spool  # noqa: E402
+from sensor.deliver.forwarder import DeliveryConfig, Forwarder  # noqa: E402
+from sensor.deliver.outputs import build_output  # noqa: E402
+from sensor.deliver.spool import Spool  # noqa: E402
 from sensor.testing.receiver import sample_alert  # noqa: E402
 
 

@@ -40,19 +40,20 @@ def rss_mb() -> float:
 
 
 def load_events(path):
-    from sensor.sources import read_paths
+    import sensor
 
-    return list(read_paths([path]))
+    return list(sensor.read_events([path]))
 
 
 def load_ruleset(name, rules_dir):
     if name == "seed":
-        from sensor.rules.seed import seed_rule
+        from sensor.detect.seed import seed_rule
 
         return [seed_rule()]
-    from sensor.rules.loader import load_rules
+    import sensor
 
-    return list(load_rules([rules_dir], builtin=False).rules)
+    rules, _report = sensor.load_rules([rules_dir], builtin=False)
+    return rules
 
 
 def time_engine(matcher, events, min_seconds):
@@ -76,10 +77,9 @@ def rss_child(engine, ruleset, rules_dir):
     code = (
         "import json, sys; sys.path[:0] = [%r, %r]\n"
         "from matcher import rss_mb, load_ruleset\n"
-        "from sensor import matcher\n"
-        "import sensor.rules.loader, sensor.rules.seed, sensor._matcher_py\n"
+        "import sensor, sensor.detect.loader, sensor.detect.seed, sensor.detect.matcher\n"
         "a = rss_mb(); rules = load_ruleset(%r, %r); b = rss_mb()\n"
-        "m = matcher.create(rules, %r); c = rss_mb()\n"
+        "m = sensor.create_matcher(rules, %r); c = rss_mb()\n"
         "print(json.dumps({'rules_ir_mb': b - a, 'matcher_mb': c - b}))\n"
     ) % (str(ROOT), str(ROOT / "bench"), ruleset, str(rules_dir), engine)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     if not Path(args.events).exists():
         print(f"events file {args.events} not found", file=sys.stderr)
         return 2
-    from sensor import matcher as M
+    import sensor
+    from sensor.detect.matcher import ENGINES
 
     engines = [e for e in args.engines.split(",") if e]
     events = load_events(args.events)
@@ -154,10 +155,10 @@ def main(argv=None) -> int:
                 rule_files = sorted(Path(args.rules).rglob("*.yml"))
             for engine in engines:
                 if engine in ("compiled", "reference"):
-                    if engine not in M.ENGINES:
+                    if engine not in ENGINES:
                         results.append({"engine": engine, "ruleset": ruleset, "skipped": "not built"})
                         continue
-                    m = M.create(rules, engine)
+                    m = sensor.create_matcher(rules, engine)
                     evs = events if (engine == "compiled" or ruleset == "seed") else sample
                     res = {"engine": engine, "ruleset": ruleset, "rules_loaded": len(rules),
                            "events": len(evs), "ns_per_event": time_engine(m, evs, args.min_seconds)}

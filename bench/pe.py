@@ -1,7 +1,7 @@
 """PE version-info benchmark: microseconds per file to get OriginalFilename, side by side.
 
 Readers, all measured in the same run over the same files (OS page cache warm):
-- native cold:    sensor._pe parse of the file, no cache (open + a few reads + close);
+- native cold:    sensor.enrich._pe parse of the file, no cache (open + a few reads + close);
 - native cached, checked: VersionInfoCache hit, including the one stat() (in C) that proves
                   the file still has the identity it had when parsed;
 - native cached, same batch: a hit inside ``cache.batch()`` for a path already checked in

@@ -57,12 +57,12 @@ def start_receiver(tmp: str):
 
 def run_one(engine: str, rules, events, n_events: int, url: str, ca: str, tmp: str,
             workload: str, queue_size: int) -> dict:
-    from sensor.delivery import DeliveryConfig, Forwarder
+    from sensor.deliver.forwarder import DeliveryConfig, Forwarder
     from sensor.enrich.enricher import Enricher
-    from sensor.outputs import build_output
-    from sensor.pipeline import Pipeline
+    from sensor.deliver.outputs import build_output
+    from sensor.daemon.pipeline import Pipeline
     from sensor.sources.replay import ReplaySource
-    from sensor.spool import Spool
+    from sensor.deliver.spool import Spool
 
     try:
         from sensor.enrich.pe import VersionInfoCache
@@ -106,8 +106,8 @@ def run_one(engine: str, rules, events, n_events: int, url: str, ca: str, tmp: s
 
 def one_run(args) -> int:
     """One (engine, workload) in this fresh process, so its peak RSS is its own."""
-    from sensor.matcher import create
-    from sensor.rules.loader import load_rules
+    from sensor.detect.matcher import create
+    from sensor.detect.loader import load_rules
     from sensor.sources import read_paths
 
     rules = load_rules([args.pack] if args.pack else [], builtin=True).rules
@@ -148,8 +148,8 @@ def main(argv=None) -> int:
         print(f"events file {args.events_file} not found (the shared corpus lives in ../shared)",
               file=sys.stderr)
         return 2
-    from sensor.matcher import ENGINES
-    from sensor.rules.loader import load_rules
+    from sensor.detect.matcher import ENGINES
+    from sensor.detect.loader import load_rules
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:

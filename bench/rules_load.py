@@ -25,7 +25,7 @@ import psutil
 proc = psutil.Process()
 rss0 = proc.memory_info().rss
 t0 = time.perf_counter()
-from sensor.rules.loader import load_rules
+from sensor.detect.loader import load_rules
 report = load_rules([sys.argv[1]], builtin=False)
 t1 = time.perf_counter()
 rss1 = proc.memory_info().rss
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.rules).exists():
         print(f"error: {args.rules} not found", file=sys.stderr)
         return 2
-    from sensor.rules.pack import compile_paths
+    from sensor.detect.loader import compile_paths
 
     with tempfile.TemporaryDirectory() as tmp:
         pack = os.path.join(tmp, "rules.pack")

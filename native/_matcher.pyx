@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, embedsignature=True
-"""Compiled rule matcher (``sensor._matcher``).
+"""Compiled rule matcher (``sensor.detect._matcher``).
 
-Same API and answers as the reference matcher ``sensor._matcher_py`` (which
+Same API and answers as the reference matcher ``sensor.detect._matcher_py`` (which
 defines the semantics).  Design (docs/matcher.md):
 
 * The rule IR is compiled into flat C arrays: unique predicates (shared ones are
@@ -40,9 +40,9 @@ import re._constants as _C
 import re._parser as _sre_parse
 from collections import deque
 
-from sensor._matcher_py import _Test, _remap  # the same condition rewrite as the reference
+from sensor.detect._matcher_py import _Test, _remap  # the same condition rewrite as the reference
 from sensor.events import DERIVED, ProcessEvent
-from sensor.rules.ir import STAR, QMARK, glob_tokens, regex_flags
+from sensor.detect.ir import STAR, QMARK, glob_tokens, regex_flags
 
 include "_matcher.pxd"
 

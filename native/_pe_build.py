@@ -1,7 +1,7 @@
-"""cffi (API mode, out-of-line) builder for ``sensor._pe``, the native PE version-info reader.
+"""cffi (API mode, out-of-line) builder for ``sensor.enrich._pe``, the native PE version-info reader.
 
 setup.py wires it with ``cffi_modules=["native/_pe_build.py:ffibuilder"]``; to build by hand:
-``python native/_pe_build.py`` (writes build/sensor/_pe*.so; the normal way is
+``python native/_pe_build.py`` (writes build/sensor/enrich/_pe*.so; the normal way is
 ``python setup.py build_ext --inplace``).
 """
 import os
@@ -62,7 +62,7 @@ def make_builder(base: str = "native") -> FFI:
     builder = FFI()
     builder.cdef(CDEF)
     builder.set_source(
-        "sensor._pe",
+        "sensor.enrich._pe",
         '#include "pe_version.h"\n',
         sources=[os.path.join(base, "pe_version.c")],
         include_dirs=[base],

@@ -12,7 +12,8 @@ import sys
 from . import __version__
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMAND_MODULES = ("scan", "rules", "peinfo", "output", "config", "run", "status", "spool", "service")
+COMMAND_MODULES = ("scan", "rules", "peinfo", "output", "config", "run", "status", "spool", "service",
+                   "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from sensor import matcher as _matcher
+from sensor.detect import matcher as _matcher
 from sensor.enrich import pe as _pe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +35,9 @@ def missing_native() -> list[str]:
     """The native parts that did not build (or were switched off)."""
     out = []
     if "compiled" not in _matcher.ENGINES:
-        out.append("the compiled matcher (sensor._matcher)")
+        out.append("the compiled matcher (sensor.detect._matcher)")
     if "native" not in _pe.READERS:
-        out.append("the native PE reader (sensor._pe)")
+        out.append("the native PE reader (sensor.enrich._pe)")
     return out
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from sensor.alerts import SELECT_FIELDS, alert_id, build_alert
+from sensor.detect.alerts import SELECT_FIELDS, alert_id, build_alert
 from sensor.events import ProcessEvent
-from sensor.rules.seed import seed_rule
+from sensor.detect.seed import seed_rule
 
 
 def event(**kw):

@@ -40,7 +40,7 @@ def test_no_rules_is_usage_error(tmp_path, capsys):
 
 
 def test_engines_agree(tmp_path, capsysbinary):
-    from sensor.matcher import ENGINES
+    from sensor.detect.matcher import ENGINES
     src = tmp_path / "ev.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in (MOF, BENIGN)) + "\n")
     outs = []

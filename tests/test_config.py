@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from sensor import config
+from sensor.daemon import config
 from sensor.cli import main
 
 
@@ -89,7 +89,7 @@ def test_etw_source_needs_windows(tmp_path, capsys):
 
 
 def test_etw_settings_reach_the_source(tmp_path):
-    from sensor.app import etw_config
+    from sensor.daemon.assemble import etw_config
     path = write(tmp_path, '[source]\nkind = "etw"\n[source.etw]\nbuffer_kb = 512\nmin_buffers = 8\n'
                            'max_buffers = 16\nflush_ms = 5\nsystem_logger = false\n'
                            'session_name = "edr"\n[sensor]\nqueue_size = 100\n')
@@ -134,7 +134,7 @@ def test_run_without_a_config_uses_the_defaults(tmp_path, monkeypatch, capsys):
 
 
 def test_alert_log_line():
-    from sensor.app import alert_log_line
+    from sensor.daemon.assemble import alert_log_line
     line = alert_log_line({"id": "i", "rule": {"level": "critical", "title": "T", "id": "r"},
                            "PROCESSNAME": "C:\\m.exe", "COMMANDLINE": "m x", "HOSTNAME": "H"})
     assert line.startswith("ALERT [critical] T (r): C:\\m.exe | m x | parent None")

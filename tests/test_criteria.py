@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from sensor.events import ProcessEvent
-from sensor.rules.criteria import parse_criteria
-from sensor.rules.ir import Rule, RuleError
+from sensor.detect.criteria import parse_criteria
+from sensor.detect.ir import Rule, RuleError
 
 
 def rule_of(text: str) -> Rule:

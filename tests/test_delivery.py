@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sensor.delivery import IDLE, DeliveryConfig, Forwarder
-from sensor.outputs import OK, PARK, RETRY, SPLIT, ConfigError, SendResult, build_output
-from sensor.outputs.memory import MemoryOutput
-from sensor.spool import Spool
+from sensor.deliver.forwarder import IDLE, DeliveryConfig, Forwarder
+from sensor.deliver.protocol import OK, PARK, RETRY, SPLIT, SendResult
+from sensor.deliver.tls import ConfigError
+from sensor.deliver.outputs import build_output
+from sensor.deliver.memory import MemoryOutput
+from sensor.deliver.spool import Spool
 from sensor.testing.receiver import Receiver, sample_alert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,9 +97,9 @@ def test_receiver_down_then_up_every_alert_delivered_once(receiver, spool):
 
 _FORWARDER = r"""
 import json, sys, threading, time
-from sensor.delivery import DeliveryConfig, Forwarder
-from sensor.outputs import build_output
-from sensor.spool import Spool
+from sensor.deliver.forwarder import DeliveryConfig, Forwarder
+from sensor.deliver.outputs import build_output
+from sensor.deliver.spool import Spool
 from sensor.testing.receiver import sample_alert
 spool_path, options, produce = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 sp = Spool(spool_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sensor.demo import run_demo
+from sensor.commands.demo import run_demo
 
 EXPECTED = {
     # (Image, how the rule matched)

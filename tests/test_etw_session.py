@@ -10,13 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.sources import etw_windows
-from sensor.sources.etw import (
-    SRC_KERNEL_PROCESS,
-    SRC_LOST,
-    EtwConfig,
-    EtwSource,
-    SourceUnavailable,
-)
+from sensor.sources.etw_raw import SRC_KERNEL_PROCESS, SRC_LOST
+from sensor.sources.etw import EtwConfig, EtwSource
+from sensor.sources.base import SourceUnavailable
 from sensor.sources.etw_session import (
     SessionError,
     SessionExistsError,

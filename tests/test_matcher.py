@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from sensor import matcher as matcher_mod
+from sensor.detect import matcher as matcher_mod
 from sensor.events import ProcessEvent
-from sensor.rules.ir import Predicate, Rule, glob_escape
-from sensor.rules.seed import seed_rule
+from sensor.detect.ir import Predicate, Rule, glob_escape
+from sensor.detect.seed import seed_rule
 
 ENGINES = sorted(matcher_mod.ENGINES)
 
@@ -378,16 +378,23 @@ def test_candidates_cover_every_match():
     assert 0 not in m.candidates(ProcessEvent(Image="C:\\Windows\\notepad.exe"))
 
 
-def test_no_extensions_selects_reference(monkeypatch):
-    import importlib
+def test_no_extensions_selects_the_twins():
+    # one switch (sensor/_native.py) for every native part, read in a fresh interpreter
+    import json
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("SENSOR_NO_EXTENSIONS", "1")
-    mod = importlib.reload(matcher_mod)
-    try:
-        assert mod.Matcher is mod.ReferenceMatcher
-        assert sorted(mod.ENGINES) == ["reference"]
-        with pytest.raises(ValueError):
-            mod.create([], "compiled")
-    finally:
-        monkeypatch.delenv("SENSOR_NO_EXTENSIONS")
-        importlib.reload(matcher_mod)
+    code = ("import json, sensor\n"
+            "from sensor.detect import matcher\n"
+            "from sensor.enrich import pe\n"
+            "m = sensor.create_matcher([])\n"
+            "try:\n"
+            "    matcher.create([], 'compiled'); compiled = True\n"
+            "except ValueError:\n"
+            "    compiled = False\n"
+            "print(json.dumps([sorted(matcher.ENGINES), m.engine, compiled, sorted(pe.READERS)]))\n")
+    env = dict(os.environ, SENSOR_NO_EXTENSIONS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert json.loads(out) == [["reference"], "reference", False, ["python"]]

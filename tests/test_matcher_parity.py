@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor import matcher as M
+from sensor.detect import matcher as M
 from sensor.events import ProcessEvent
-from sensor.rules.seed import seed_rule
+from sensor.detect.seed import seed_rule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RULES_DIR = SHARED / "data" / "sigma-rules" / "rules" / "windows" / "process_creation"
@@ -32,7 +32,7 @@ FIELDS = ["Image", "OriginalFileName", "CommandLine", "ParentImage", "ParentComm
 
 @lru_cache(maxsize=None)
 def sigmahq():
-    from sensor.rules.loader import load_rules
+    from sensor.detect.loader import load_rules
 
     rules = list(load_rules([RULES_DIR], builtin=False).rules)
     return rules, M.create(rules, "reference"), M.create(rules, "compiled")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from sensor.events import ProcessEvent
-from sensor.noise import Exclusion, Exclusions, Throttle
-from sensor.rules.ir import Predicate, Rule
+from sensor.detect.noise import Exclusion, Exclusions, Throttle
+from sensor.detect.ir import Predicate, Rule
 
 RULE_A = Rule(id="rule-a", title="Rule A", predicates=(Predicate("Image", "endswith", ("\\x.exe",)),),
               condition=("pred", 0))

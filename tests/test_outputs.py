@@ -11,12 +11,14 @@ import ssl
 import pytest
 
 from sensor import cli
-from sensor.outputs import BISECT, OK, PARK, RESEND, RETRY, SPLIT, ConfigError, Output, build_output
-from sensor.outputs.ecs import iso_time, to_ecs
-from sensor.outputs.http import HttpResponse, classify_status, parse_retry_after, safe_url
-from sensor.outputs.memory import MemoryOutput
-from sensor.outputs.tls import Secret, load_secret
-from sensor.outputs.webhook import sign
+from sensor.deliver.protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, Output
+from sensor.deliver.tls import ConfigError
+from sensor.deliver.outputs import build_output
+from sensor.deliver.ecs import iso_time, to_ecs
+from sensor.deliver.http import HttpResponse, classify_status, parse_retry_after, safe_url
+from sensor.deliver.memory import MemoryOutput
+from sensor.deliver.tls import Secret, load_secret
+from sensor.deliver.webhook import sign
 from sensor.testing.receiver import Receiver, sample_alert
 
 
@@ -147,7 +149,7 @@ def test_bulk_create_with_id_409_is_delivered_and_item_400_rejected(receiver):
 
 
 def test_bulk_body_shape():
-    from sensor.outputs.elastic import ElasticsearchOutput
+    from sensor.deliver.elastic import ElasticsearchOutput
     out = ElasticsearchOutput("https://127.0.0.1:9/es", index="logs-x-default")
     assert out.path == "/es/_bulk"
     body = out.body([out.encode_one(a) for a in ALERTS[:2]])

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from sensor import matcher
+from sensor.detect import matcher
 from sensor.cli import main
 from sensor.events import ProcessEvent
-from sensor.rules.ir import RuleError
-from sensor.rules.loader import load_rules
-from sensor.rules.pack import MAGIC, decode_pack, encode_pack, read_pack, write_pack
+from sensor.detect.ir import RuleError
+from sensor.detect.loader import load_rules
+from sensor.detect.pack import MAGIC, decode_pack, encode_pack, read_pack, write_pack
 
 from .conftest import DATA, ROOT, SHARED, needs_shared
 
@@ -60,7 +60,7 @@ def test_pack_loads_without_pysigma_or_yaml(pack):
         "import sys\n"
         "for m in ('sigma', 'yaml', 'jq', 're2', 'diskcache', 'requests', 'jinja2'):\n"
         "    sys.modules[m] = None  # importing any of them now fails\n"
-        "from sensor.rules.loader import load_rules\n"
+        "from sensor.detect.loader import load_rules\n"
         f"r = load_rules([{str(pack)!r}], builtin=False)\n"
         "assert not r.rejected, r.rejected\n"
         "print(len(r.rules))\n"

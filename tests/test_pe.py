@@ -26,7 +26,7 @@ SHARED_PE = sorted(p for p in (SHARED / "data" / "pe").rglob("*.exe")) if SHARED
 needs_shared = pytest.mark.skipif(not SHARED_PE, reason="../shared (research data) is not present")
 IMPLS = sorted(pe.READERS)
 needs_native = pytest.mark.skipif("native" not in pe.READERS,
-                                  reason="sensor._pe is not built (or SENSOR_NO_EXTENSIONS=1)")
+                                  reason="sensor.enrich._pe is not built (or SENSOR_NO_EXTENSIONS=1)")
 
 
 def outcome(fn, arg):
@@ -210,8 +210,8 @@ def test_no_extensions_forces_the_twin():
 
 def test_error_codes_match_native_table():
     if "native" not in pe.READERS:
-        pytest.skip("sensor._pe is not built")
-    from sensor._pe import ffi, lib
+        pytest.skip("sensor.enrich._pe is not built")
+    from sensor.enrich._pe import ffi, lib
     for status, (_, reason) in enumerate(_pe_py.ERRORS):
         assert ffi.string(lib.pev_strerror(status)).decode() == reason
 

@@ -14,7 +14,7 @@ from sensor.enrich import pe
 from sensor.enrich.pe import PeError
 
 pytestmark = pytest.mark.skipif("native" not in pe.READERS,
-                                reason="sensor._pe is not built (or SENSOR_NO_EXTENSIONS=1)")
+                                reason="sensor.enrich._pe is not built (or SENSOR_NO_EXTENSIONS=1)")
 
 DATA = Path(__file__).resolve().parent / "data" / "pe"
 SEEDS = sorted(p.read_bytes() for p in DATA.iterdir() if p.suffix in (".exe", ".txt"))

@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 import threading
 
-from sensor.delivery import DeliveryConfig, Forwarder
+from sensor.deliver.forwarder import DeliveryConfig, Forwarder
 from sensor.events import ProcessEvent
-from sensor.health import read_status
-from sensor.noise import Exclusion, Exclusions, Throttle
-from sensor.outputs.memory import MemoryOutput
-from sensor.pipeline import Pipeline
-from sensor.rules.seed import seed_rule
+from sensor.daemon.health import read_status
+from sensor.detect.noise import Exclusion, Exclusions, Throttle
+from sensor.deliver.memory import MemoryOutput
+from sensor.daemon.pipeline import Pipeline
+from sensor.detect.seed import seed_rule
 from sensor.sources.replay import ReplaySource
-from sensor.spool import Spool
+from sensor.deliver.spool import Spool
 
 MOF = {"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": "C:\\Windows\\System32\\cmd.exe",
        "CommandLine": "mofcomp a.mof", "Computer": "WS1"}
@@ -49,7 +49,7 @@ def test_alerts_flow_to_the_output(tmp_path, engine):
 
 def test_alert_written_to_spool_before_delivery(tmp_path, engine):
     """With delivery failing, every alert stays in the spool (nothing is lost)."""
-    from sensor.outputs import RETRY, SendResult
+    from sensor.deliver.protocol import RETRY, SendResult
     p, out, spool = make(tmp_path, [dict(MOF, ProcessId=i) for i in range(10)], engine)
     out.script = lambda alerts: SendResult(RETRY, status=503, error="down")
     p.start()
@@ -110,7 +110,7 @@ def test_status_file_heartbeat(tmp_path, engine):
     status_file = tmp_path / "status.json"
     p, out, _ = make(tmp_path, [MOF], engine)
     p.heartbeat = None
-    from sensor.health import Heartbeat
+    from sensor.daemon.health import Heartbeat
     p.heartbeat = Heartbeat(p.status, 0.05, str(status_file))
     p.start()
     assert p.wait_source(10)
@@ -171,7 +171,7 @@ def test_replay_drops_are_counted_once(tmp_path, engine):
 
 
 def test_serve_reports_a_source_that_cannot_start(engine, caplog):
-    from sensor.commands.run import serve
+    from sensor.daemon.runner import serve
 
     class Broken(BurstSource):
         def start(self, emit):

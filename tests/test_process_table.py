@@ -9,12 +9,9 @@ import time
 import psutil
 import pytest
 
-from sensor.enrich.backfill import Backfiller, join_cmdline
-from sensor.enrich.process_table import (
-    ProcessTable,
-    filetime_from_unix,
-    unix_from_filetime,
-)
+from sensor.enrich.backfill import Backfiller
+from sensor.enrich.process_table import join_cmdline
+from sensor.enrich.process_table import ProcessTable, filetime_from_unix, unix_from_filetime
 from sensor.sources.etw import EtwProcessor, utc_time
 
 S = 10_000_000            # FILETIME ticks per second

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from sensor.queues import BoundedQueue
+from sensor.daemon.queues import BoundedQueue
 
 
 def test_drop_when_full():

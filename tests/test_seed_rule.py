@@ -18,8 +18,8 @@ import json
 import pytest
 
 from sensor.events import ProcessEvent
-from sensor.rules.ir import Predicate, Rule
-from sensor.rules.seed import SEED_RULE_ID, seed_rule
+from sensor.detect.ir import Predicate, Rule
+from sensor.detect.seed import SEED_RULE_ID, seed_rule
 
 from .conftest import SHARED, needs_shared
 
@@ -187,7 +187,7 @@ def test_seed_metadata():
 
 @needs_shared
 def test_shipped_page_is_the_seed():
-    from sensor.rules.seed import page_text
+    from sensor.detect.seed import page_text
     assert page_text() == (SHARED / "seed" / "000_cc784d634d6f7fd1.txt").read_text(encoding="utf-8")
 
 

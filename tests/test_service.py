@@ -6,13 +6,13 @@ import sys
 import pytest
 
 from sensor.cli import main
-from sensor.service import STARTUP, ServiceError, install_plan, state_name
+from sensor.daemon.service import STARTUP, ServiceError, install_plan, state_name
 
 
 def test_install_plan():
     p = install_plan(r"C:\Program Files\etw-sensor\sensor.toml", "delayed")
     assert p.name == "EtwSensor" and p.delayed and p.start_type == STARTUP["auto"]
-    assert p.class_string == "sensor.service_windows.SensorService"
+    assert p.class_string == "sensor.daemon.service_windows.SensorService"
     assert p.sc_failure_command() == ["sc.exe", "failure", "EtwSensor", "reset=", "86400",
                                       "actions=", "restart/60000/restart/60000/restart/60000"]
     assert install_plan(r"D:\s.toml", "manual", "EtwSensor2").display_name == "ETW Sensor (EtwSensor2)"
@@ -44,7 +44,8 @@ def test_state_names():
 
 
 def test_windows_module_imports_lazily():
-    import sensor.service_windows as sw  # must import on any OS (pywin32 only inside functions)
+    import sensor.daemon.eventlog_windows as el
+    import sensor.daemon.service_windows as sw  # must import on any OS (pywin32 only inside functions)
     assert callable(sw.install)
     if sys.platform != "win32":
-        assert sw.event_log_handler() is None
+        assert el.event_log_handler() is None

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sensor.events import ProcessEvent
-from sensor.rules.loader import load_rules
-from sensor.rules.sigma import field_warnings, load_sigma_text
+from sensor.detect.loader import load_rules
+from sensor.detect.sigma import field_warnings, load_sigma_text
 
 from .conftest import DATA
 
@@ -321,9 +321,9 @@ def test_string_values_agree_with_pysigma_regex(raw, text):
 
     from sigma.types import SigmaString
 
-    from sensor._matcher_py import Matcher
-    from sensor.rules.ir import Rule
-    from sensor.rules.sigma import _number, _simplify, _value_node
+    from sensor.detect._matcher_py import Matcher
+    from sensor.detect.ir import Rule
+    from sensor.detect.sigma import _number, _simplify, _value_node
 
     preds: list = []
     cond = _number(_simplify(_value_node("F", SigmaString(raw))), preds, {})

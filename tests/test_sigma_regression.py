@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.rules.sigma import load_sigma_file
+from sensor.detect.sigma import load_sigma_file
 
 from .conftest import SHARED, needs_shared
 
@@ -69,7 +69,7 @@ SETS = regression_sets()
 
 
 def count_matches(rule_id: str, evtx: Path, engine: str) -> int:
-    from sensor import matcher
+    from sensor.detect import matcher
 
     res = load_sigma_file(rule_files_by_id()[rule_id])
     assert not res.rejected, res.rejected

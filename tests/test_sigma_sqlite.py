@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from pathlib import Path
 
 import pytest
 
-from sensor.rules.ir import Rule
+from sensor.detect.ir import Rule
 
 from .conftest import SHARED, needs_shared
 from .test_sigma_regression import read_events
@@ -74,7 +73,7 @@ def _rule_pairs():
     from sigma.rule.base import SigmaYAMLLoader
     import yaml
 
-    from sensor.rules.sigma import _policy, _register_aliases, logsource_problem, rule_from_sigma
+    from sensor.detect.sigma import _policy, _register_aliases, logsource_problem, rule_from_sigma
 
     _register_aliases()
     backend = sqliteBackend(fulltext_field=FULLTEXT)
@@ -132,7 +131,7 @@ def _sqlite(events, rules: list[Rule]) -> sqlite3.Connection:
 
 
 def _compare(events):
-    from sensor import matcher
+    from sensor.detect import matcher
 
     pairs, unconverted = _rule_pairs()
     rules = [r for r, _ in pairs]
@@ -181,7 +180,7 @@ def test_same_matches_as_sqlite_backend_on_whole_corpus():
 
 def test_explain_names_only_the_known_causes():
     from sensor.events import ProcessEvent
-    from sensor.rules.ir import Predicate
+    from sensor.detect.ir import Predicate
 
     r = Rule("x", "x", (Predicate("Image", "contains", ("é",)),), ("pred", 0))
     assert explain(r, ProcessEvent(Image="É.exe")) == "non-ascii-case"

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
-import pytest
 
 from sensor.sources import ReadStats, read_paths
 from sensor.sources.records import integrity_name, sysmon_time

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 from hypothesis import given, settings, strategies as st
 
-from sensor.spool import Spool
+from sensor.deliver.spool import Spool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def test_threads_write_and_ack_concurrently(tmp_path):
 
 _WRITER = r"""
 import sys
-from sensor.spool import Spool
+from sensor.deliver.spool import Spool
 sp = Spool(sys.argv[1])
 i = 0
 while True:

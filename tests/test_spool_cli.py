@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from sensor.cli import main
-from sensor.spool import Spool
+from sensor.deliver.spool import Spool
 
 
 def test_dead_letters_listed_and_requeued(tmp_path, capsys):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import Config, ConfigError, default_config_path, load
+from ..daemon.config import Config, ConfigError, default_config_path, load
 
 
 def config_for(config_arg: str | None) -> Config | None:

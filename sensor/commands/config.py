@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import ConfigError, default_config_path, load
+from ..daemon.config import ConfigError, default_config_path, load
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def test(args) -> int:
     path = args.file or default_config_path()
     try:
         cfg = load(path)
-        from ..app import build
+        from ..daemon.assemble import build
         parts = build(cfg, with_source=cfg.source.kind == "replay" or sys.platform == "win32")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

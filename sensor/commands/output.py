@@ -1,7 +1,7 @@
 """``etw-sensor output test``: send one test alert through an output and print the answer.
 
 The output is the ``[output]`` table of the config file (``-c``); command-line options map one
-to one onto the option keys of :func:`sensor.outputs.build_output` (documented in
+to one onto the option keys of :func:`sensor.deliver.outputs.build_output` (documented in
 docs/delivery.md) and override the file's values.
 """
 from __future__ import annotations
@@ -15,8 +15,10 @@ import uuid
 from typing import Any
 
 from .. import __version__
-from ..alerts import utcnow
-from ..outputs import OK, ConfigError, build_output
+from ..detect.alerts import utcnow
+from ..deliver.protocol import OK
+from ..deliver.tls import ConfigError
+from ..deliver.outputs import build_output
 
 __all__ = ["register", "build_output", "options_from_args", "test_alert", "run_test"]
 
@@ -97,7 +99,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options: dict[str, Any] = {}
     if args.config:
-        from ..config import ConfigError as FileConfigError, load
+        from ..daemon.config import ConfigError as FileConfigError, load
         try:
             options = load(args.config).output.options()
         except FileConfigError as exc:

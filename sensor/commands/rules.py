@@ -1,12 +1,11 @@
 """``etw-sensor rules list|validate|compile``: inspect, check and pack rule sets."""
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 from typing import Sequence, TextIO
 
-from ..rules.loader import LoadReport, load_rules
+from ..detect.loader import LoadReport, load_rules
 
 
 def _rss_mib() -> float | None:
@@ -125,7 +124,7 @@ def _cmd_validate(args) -> int:
 
 def run_compile(paths: Sequence[str], output: str, out: TextIO) -> int:
     """Compile ``paths`` into the pack ``output`` and print the report."""
-    from ..rules.pack import compile_paths
+    from ..detect.loader import compile_paths
 
     before = _rss_mib()
     try:

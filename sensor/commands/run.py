@@ -7,7 +7,8 @@ import signal
 import sys
 import threading
 
-from ..config import ConfigError, default_config_path, load, parse
+from ..daemon.config import ConfigError, default_config_path, load, parse
+from ..daemon.runner import serve
 
 log = logging.getLogger("sensor")
 
@@ -42,7 +43,7 @@ def main(args) -> int:
             cfg.source.kind = "replay"
             cfg.source.replay.paths = list(args.replay)
             cfg.source.replay.speed = args.speed or 0.0
-        from ..app import prepare, setup_logging
+        from ..daemon.assemble import prepare, setup_logging
         setup_logging(cfg)
         pipeline = prepare(cfg)
     except ConfigError as exc:
@@ -58,24 +59,3 @@ def main(args) -> int:
         if sig is not None:
             signal.signal(sig, _signal)
     return serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
-
-
-def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
-    """Run until ``stop`` is set (or a finite source is done); then stop cleanly."""
-    finished = getattr(pipeline.source, "finished", None)
-    try:
-        try:
-            pipeline.start()
-        except Exception as exc:  # e.g. ETW access denied, no free session
-            log.error("the sensor could not start: %s", exc)
-            return 2
-        while not stop.wait(0.2):
-            if finished is not None and finished.is_set() and pipeline.wait_source(0):
-                log.info("replay finished")
-                break
-    finally:
-        status = pipeline.stop(drain_timeout=drain_timeout)
-    depth = (status.get("spool") or {}).get("depth", 0)
-    log.info("stopped: %d event(s), %d alert(s), %d left in the spool for the next start",
-             status["events"]["in"], status["alerts"]["total"], depth)
-    return 0

@@ -9,8 +9,8 @@ from typing import IO, Sequence
 
 import msgspec
 
-from ..alerts import AlertFactory
-from ..sources import ReadStats, read_paths
+from ..detect.alerts import AlertFactory
+from ..sources.base import ReadStats
 
 
 def add_rule_options(p: argparse.ArgumentParser) -> None:
@@ -23,16 +23,16 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
 
 def load_ruleset(paths: Sequence[str], builtin: bool, err: IO[str]):
     """Load rules; return (rules, number of problems reported)."""
-    from ..rules.loader import load_rules
+    from .. import load_rules
 
-    report = load_rules(paths, builtin=builtin)
+    rules, report = load_rules(paths, builtin=builtin)
     problems = report.problems()
     for p in problems:
         print(f"etw-sensor: {p}", file=err)
     if report.not_applicable:
         print(f"etw-sensor: {len(report.not_applicable)} rule(s) not applicable to process "
               f"starts (see `etw-sensor rules validate`)", file=err)
-    return report.rules, len(problems)
+    return rules, len(problems)
 
 
 def register(sub) -> None:
@@ -50,14 +50,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     err = sys.stderr
-    from ..matcher import create
+    from .. import create_matcher, read_events
 
     rules, rule_errors = load_ruleset(args.rules, not args.no_builtin_rules, err)
     if not rules:
         print("etw-sensor: no rules to evaluate", file=err)
         return 2
     try:
-        matcher = create(rules, args.engine)
+        matcher = create_matcher(rules, args.engine)
     except ValueError as exc:
         print(f"etw-sensor: {exc}", file=err)
         return 2
@@ -68,7 +68,7 @@ def run(args) -> int:
     per_rule: Counter = Counter()
     t0 = time.perf_counter()
     try:
-        for event in read_paths(args.paths, stats):
+        for event in read_events(args.paths, stats):
             for i in matcher.match(event):
                 rule = matcher.rules[i]
                 per_rule[rule.id] += 1

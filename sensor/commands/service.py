@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..service import ACTIONS, SERVICE_NAME, ServiceError, STARTUP, install_plan
+from ..daemon.service import ACTIONS, SERVICE_NAME, ServiceError, STARTUP, install_plan
 
 
 def register(sub) -> None:
@@ -34,7 +34,7 @@ def main(args, platform: str = sys.platform) -> int:
         print("etw-sensor: the service commands need Windows (use `etw-sensor run` here)",
               file=sys.stderr)
         return 2
-    from .. import service_windows as sw
+    from ..daemon import service_windows as sw
     try:
         if plan is not None:
             sw.install(plan)

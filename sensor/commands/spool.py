@@ -30,7 +30,7 @@ def main(args) -> int:
     if not os.path.exists(path):
         print(f"etw-sensor: no spool at {path}", file=sys.stderr)
         return 1
-    from ..spool import Spool, SpoolError
+    from ..deliver.spool import Spool, SpoolError
     try:
         spool = Spool(path)
     except SpoolError as exc:

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from ..health import heartbeat_line, read_status
+from ..daemon.health import heartbeat_line, read_status
 from . import config_for
 
 

@@ -7,23 +7,15 @@ already belonged to another process (its create time differs from the event's).
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections import Counter
 from typing import Any, Callable
 
 from ..events import ORIGIN_BACKFILL, ORIGIN_MISSING
-from .process_table import DEFAULT_TOLERANCE, TICKS_PER_SECOND, filetime_from_unix
+from .process_table import DEFAULT_TOLERANCE, TICKS_PER_SECOND, filetime_from_unix, join_cmdline
 
 BACKFILL_FIELDS = ("CommandLine", "User", "CurrentDirectory", "IntegrityLevel")
-
-
-def join_cmdline(args: list[str]) -> str:
-    """psutil's argument list as one command line (Windows quoting rules on Windows)."""
-    if sys.platform == "win32":
-        return subprocess.list2cmdline(args)
-    return " ".join(args)
 
 
 class Backfiller:

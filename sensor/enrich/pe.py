@@ -6,7 +6,7 @@
 ``file_version`` / ``product_version`` (VS_FIXEDFILEINFO as "a.b.c.d" or None), or
 raise ``PeError`` (``.code`` stable, ``.reason`` readable).
 
-The native reader (``sensor._pe``, cffi over native/pe_version.c) is used when it is
+The native reader (``sensor.enrich._pe``, cffi over native/pe_version.c) is used when it is
 built; otherwise the pure-Python twin, which defines the behaviour.
 ``SENSOR_NO_EXTENSIONS=1`` forces the twin.  ``VersionInfoCache`` adds a bounded LRU
 validated by the file's identity (one stat per lookup, or per batch of events) and a
@@ -22,6 +22,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
+from .._native import NO_EXTENSIONS
 from . import _pe_py
 from ._pe_py import RESULT_KEYS, STRING_KEYS, PeError, error_for
 
@@ -29,8 +30,6 @@ __all__ = [
     "PeError", "RESULT_KEYS", "STRING_KEYS", "EVENT_FIELDS", "IMPLEMENTATION", "READERS",
     "read_version_info", "parse_version_info", "VersionInfoCache", "default_cache",
 ]
-
-NO_EXTENSIONS = bool(os.environ.get("SENSOR_NO_EXTENSIONS"))
 
 # Sigma process_creation field -> version resource key (Sysmon's naming).
 EVENT_FIELDS: dict[str, str] = {
@@ -53,7 +52,7 @@ def _sys_detail(err: int) -> str | None:
 _native: Any = None
 if not NO_EXTENSIONS:
     try:
-        from .. import _pe as _native  # type: ignore[attr-defined, no-redef]
+        from . import _pe as _native  # type: ignore[attr-defined, no-redef]
     except ImportError:  # not built: the twin is used
         _native = None
 

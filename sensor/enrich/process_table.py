@@ -9,6 +9,7 @@ Times are FILETIMEs (100 ns ticks since 1601-01-01 UTC), the unit of Kernel-Proc
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections import deque
@@ -31,6 +32,13 @@ def filetime_from_unix(seconds: float) -> int:
 def unix_from_filetime(ft: int) -> float:
     """FILETIME ticks -> Unix seconds."""
     return (ft - FILETIME_UNIX_EPOCH) / TICKS_PER_SECOND
+
+
+def join_cmdline(args: list[str]) -> str:
+    """psutil's argument list as one command line (Windows quoting rules on Windows)."""
+    if sys.platform == "win32":
+        return subprocess.list2cmdline(args)
+    return " ".join(args)
 
 
 class ProcessInfo:
@@ -254,7 +262,7 @@ class ProcessTable:
         if psutil_module is None:
             import psutil as psutil_module
         if join is None:
-            from .backfill import join_cmdline as join
+            join = join_cmdline
         n = 0
         attrs = ["pid", "ppid", "create_time", "exe", "name", "cmdline", "username"]
         for proc in psutil_module.process_iter(attrs):

@@ -38,3 +38,7 @@ class ReadStats:
             "skipped": self.skipped, "skipped_by_id": dict(self.skipped_by_id),
             "errors": len(self.errors),
         }
+
+
+class SourceUnavailable(RuntimeError):
+    """A live source cannot run here (not Windows, pywintrace missing, not elevated...)."""

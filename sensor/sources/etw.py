@@ -20,7 +20,6 @@ import logging
 
 import platform
 import queue
-import sys
 import threading
 import time
 from collections import Counter
@@ -41,18 +40,17 @@ from ..events import (
 from . import etw_manifest as m
 from .etw_decode import PayloadDecoder
 from .etw_session import SessionManager, SessionSpec, SessionTicker, system_logger_spec
+from .base import SourceUnavailable
+from .etw_raw import (
+    EVENT_HEADER_FLAG_32_BIT_HEADER,
+    RT_LOST_BUFFER,
+    RT_LOST_EVENT,
+    RT_LOST_FILE,
+    SRC_KERNEL_PROCESS,
+    SRC_LOST,
+    SRC_SYSTEM_LOGGER,
+)
 from .records import integrity_name
-
-SRC_KERNEL_PROCESS = 0
-SRC_SYSTEM_LOGGER = 1
-SRC_LOST = 2
-
-# RT_LostEvent EventType values (rt-lostevent.md).
-RT_LOST_EVENT = 32
-RT_LOST_BUFFER = 33
-RT_LOST_FILE = 34
-
-EVENT_HEADER_FLAG_32_BIT_HEADER = 0x0020
 
 # Well-known account SIDs, so User is readable without a lookup (and on any OS).
 WELL_KNOWN_SIDS = {
@@ -385,10 +383,6 @@ class EtwProcessor:
 
 # -- the source -------------------------------------------------------------------------------
 
-class SourceUnavailable(RuntimeError):
-    """The ETW source cannot run here (not Windows, pywintrace missing, not elevated...)."""
-
-
 @dataclass
 class EtwConfig:
     """Settings of the ETW source (defaults per the reference, §4)."""
@@ -411,11 +405,15 @@ class EtwSource:
 
     def __init__(self, config: EtwConfig | None = None, backend: Any = None,
                  processor: EtwProcessor | None = None, helpers: dict | None = None,
-                 psutil_module: Any = None) -> None:
+                 psutil_module: Any = None,
+                 platform: Callable[[], tuple[Any, dict]] | None = None) -> None:
         self.config = config or EtwConfig()
         self.config.session.validate()
         self._backend = backend
         self._helpers = helpers
+        # Where the Windows parts come from when not given: the daemon passes
+        # ``etw_windows.platform_parts`` on Windows; this module never imports it.
+        self._platform = platform
         self._psutil = psutil_module
         self.processor = processor
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -438,11 +436,11 @@ class EtwSource:
     def _windows_parts(self) -> tuple[Any, dict]:
         backend, helpers = self._backend, self._helpers
         if backend is None or helpers is None:
-            if sys.platform != "win32":
+            if self._platform is None:
                 raise SourceUnavailable("the ETW source needs Windows (use replay on other systems)")
-            from . import etw_windows
-            backend = backend if backend is not None else etw_windows.PywintraceBackend()
-            helpers = helpers if helpers is not None else etw_windows.helpers()
+            p_backend, p_helpers = self._platform()
+            backend = backend if backend is not None else p_backend
+            helpers = helpers if helpers is not None else p_helpers
         return backend, helpers
 
     def _build_processor(self, helpers: dict) -> EtwProcessor:

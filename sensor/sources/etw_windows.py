@@ -27,7 +27,7 @@ import struct
 import threading
 from typing import Any, Callable
 
-from .etw import SRC_KERNEL_PROCESS, SRC_LOST, SRC_SYSTEM_LOGGER
+from .etw_raw import SRC_KERNEL_PROCESS, SRC_LOST, SRC_SYSTEM_LOGGER
 from .etw_session import SessionError, SessionExistsError, SessionSpec
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def load_pywintrace() -> Any:
         from etw.etw import TraceProperties
         from etw.GUID import GUID
     except Exception as exc:  # noqa: BLE001 - ImportError, or AttributeError (ctypes.oledll) off Windows
-        from .etw import SourceUnavailable
+        from .base import SourceUnavailable
         raise SourceUnavailable(f"pywintrace (import name etw) is unusable here: {exc!r}; "
                                 "on Windows: pip install pywintrace==0.2.0") from exc
     finally:
@@ -385,6 +385,11 @@ def lookup_account(sid: str) -> str | None:
         return f"{domain.value}\\{name.value}" if domain.value else name.value
     finally:
         k32.LocalFree(psid)
+
+
+def platform_parts() -> tuple["PywintraceBackend", dict]:
+    """The session backend and readers the platform-neutral ``EtwSource`` takes."""
+    return PywintraceBackend(), helpers()
 
 
 def helpers() -> dict:

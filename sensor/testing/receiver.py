@@ -1,7 +1,7 @@
 """A local HTTPS alert receiver for tests, benchmarks and the demo.
 
 Real TLS on 127.0.0.1 with a throw-away CA and server certificate generated at start (with the
-``cryptography`` package). It speaks the four wire formats of sensor.outputs:
+``cryptography`` package). It speaks the four wire formats of sensor.deliver.outputs:
 
 - ``POST /services/collector/event``: Splunk HEC stacked envelopes (``GET /services/collector/health``)
 - ``POST /_bulk`` or ``/<index>/_bulk``: Elasticsearch bulk ``create`` (409 for an id it already has)
@@ -47,9 +47,9 @@ _SEED = None
 def sample_alert(i: int, host: str = "WS01") -> dict:
     """A real alert (the seed rule on a mofcomp.exe start) whose id differs for each ``i``."""
     global _SEED
-    from ..alerts import build_alert
+    from ..detect.alerts import build_alert
     from ..events import ProcessEvent
-    from ..rules.seed import seed_rule
+    from ..detect.seed import seed_rule
 
     if _SEED is None:
         _SEED = seed_rule()
@@ -144,7 +144,7 @@ def _doc_id(doc: Any) -> str | None:
 
 def _stacked_json(text: str) -> list[Any]:
     """Objects written back to back (HEC batching: no array, any whitespace between)."""
-    try:  # fast path: one object per line, as sensor.outputs.splunk writes them
+    try:  # fast path: one object per line, as sensor.deliver.splunk writes them
         return [_loads(line) for line in text.split("\n") if line.strip()]
     except msgspec.DecodeError:
         pass

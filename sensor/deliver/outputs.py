@@ -1,0 +1,60 @@
+"""Alert outputs: the registry that builds one from the ``[output]`` options.
+
+One module per wire format, one shared TLS config (``tls.py``), one contract (``protocol.py``).
+Formats (``format`` option): ``ecs`` (ECS NDJSON to any HTTPS endpoint, the default),
+``splunk_hec``, ``elasticsearch``, ``webhook``, ``jsonl`` (a local file), ``memory`` (tests).
+The option keys are documented in docs/delivery.md and in :data:`OPTION_KEYS`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .protocol import Output
+from .tls import ConfigError
+
+__all__ = ["build_output", "FORMATS", "OPTION_KEYS"]
+
+
+FORMATS = {
+    "ecs": "ecs", "ndjson": "ecs", "ecs_ndjson": "ecs",
+    "splunk_hec": "splunk_hec", "splunk": "splunk_hec", "hec": "splunk_hec",
+    "elasticsearch": "elasticsearch", "elastic": "elasticsearch", "es": "elasticsearch",
+    "webhook": "webhook", "jsonl": "jsonl", "file": "jsonl", "memory": "memory", "null": "memory",
+}
+
+# Every option key build_output() understands (documented in docs/delivery.md).
+OPTION_KEYS = frozenset({
+    "format", "url", "path", "token", "token_env", "token_file", "auth_scheme",
+    "hmac_secret", "hmac_secret_env", "hmac_secret_file", "signature_header",
+    "ca_file", "pin_sha256", "client_cert", "client_key", "insecure_skip_verify", "tls_min_version",
+    "allow_http", "gzip", "gzip_level", "connect_timeout", "read_timeout", "pool_maxsize", "headers",
+    "index", "source", "sourcetype", "host", "document",
+})
+
+
+def build_output(options: Mapping[str, Any]) -> Output:
+    """An output from a plain dict of options (the config file's ``[output]`` table)."""
+    unknown = sorted(set(options) - OPTION_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown output option(s): {', '.join(unknown)}")
+    fmt = FORMATS.get(str(options.get("format") or "ecs").lower())
+    if fmt is None:
+        raise ConfigError(f"format must be one of {', '.join(sorted(set(FORMATS.values())))}")
+    if fmt == "memory":
+        from .memory import MemoryOutput
+        return MemoryOutput()
+    if fmt == "jsonl":
+        from .jsonl import JsonlOutput
+        path = options.get("path")
+        if not path:
+            raise ConfigError("format jsonl needs path")
+        return JsonlOutput(path, document=str(options.get("document") or "ecs"))
+    if fmt == "splunk_hec":
+        from .splunk import SplunkHecOutput as cls
+    elif fmt == "elasticsearch":
+        from .elastic import ElasticsearchOutput as cls
+    elif fmt == "webhook":
+        from .webhook import WebhookOutput as cls
+    else:
+        from .http import EcsNdjsonOutput as cls
+    return cls.from_options(options)

@@ -1,0 +1,128 @@
+"""Load rules from Sigma YAML files, folders and rule packs into the IR."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Sequence
+
+from .ir import Rule, RuleError
+from .pack import PACK_SUFFIX, is_pack, read_pack, write_pack
+
+YAML_SUFFIXES = (".yml", ".yaml")
+
+
+@dataclass
+class Rejection:
+    """A file or rule that was not loaded (or loaded with a caveat), and why."""
+
+    path: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        loc = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{loc}: {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    """What ``load_rules`` loaded, rejected, found not applicable, and warned about."""
+
+    rules: list[Rule] = dc_field(default_factory=list)
+    rejected: list[Rejection] = dc_field(default_factory=list)
+    not_applicable: list[Rejection] = dc_field(default_factory=list)
+    warnings: list[Rejection] = dc_field(default_factory=list)
+    files: int = 0
+    seconds: float = 0.0
+
+    def problems(self) -> list[str]:
+        """What whoever runs the rules must see: rejections, and duplicate ids (rules that
+        share an id give identical alert ids, so the spool would keep only one alert)."""
+        out = [f"rule rejected: {r}" for r in self.rejected]
+        out += [f"rule warning: {w}" for w in self.warnings if "duplicate rule id" in w.reason]
+        return out
+
+
+def _rule_files(folder: Path) -> list[Path]:
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.lower().endswith(YAML_SUFFIXES + (PACK_SUFFIX,)):
+                out.append(Path(root) / name)
+    return out
+
+
+def _load_file(path: Path, report: LoadReport) -> None:
+    p = str(path)
+    report.files += 1
+    if not path.name.lower().endswith(YAML_SUFFIXES) and is_pack(path):
+        try:
+            report.rules.extend(read_pack(path))
+        except RuleError as exc:
+            report.rejected.append(Rejection(p, exc.line, exc.message))
+        return
+    if not path.name.lower().endswith(YAML_SUFFIXES):
+        report.rejected.append(Rejection(p, None, "neither Sigma YAML (.yml/.yaml) nor a rule pack"))
+        return
+    try:
+        from .sigma import load_sigma_file
+        import sigma.rule  # noqa: F401  (pySigma; a pack needs none of this)
+    except ImportError:
+        report.rejected.append(Rejection(p, None, "reading Sigma YAML needs pySigma "
+                                         "(pip install 'etw-sensor[sigma]'); "
+                                         "or compile the rules into a pack elsewhere"))
+        return
+    res = load_sigma_file(p)
+    report.rules.extend(res.rules)
+    report.rejected.extend(Rejection(x.path, x.line, x.reason) for x in res.rejected)
+    report.not_applicable.extend(Rejection(x.path, x.line, x.reason) for x in res.not_applicable)
+
+
+def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
+    """Load-time caveats: fields a source never provides, duplicate rule ids."""
+    from .sigma import field_warnings
+
+    out = []
+    seen: dict[str, str] = {}
+    for r in rules:
+        for msg in field_warnings(r):
+            out.append(Rejection(r.source, None, f"{msg} [rule {r.id}: {r.title}]"))
+        if r.id in seen:
+            out.append(Rejection(r.source, None, f"duplicate rule id, also used by {seen[r.id]} [rule {r.id}: {r.title}]"))
+        else:
+            seen[r.id] = r.source
+    return out
+
+
+def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True) -> LoadReport:
+    """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first."""
+    t0 = time.perf_counter()
+    report = LoadReport()
+    if builtin:
+        from .seed import builtin_rules
+        report.rules.extend(builtin_rules())
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = _rule_files(path)
+            if not files:
+                report.warnings.append(Rejection(str(path), None, "folder holds no rule files"))
+            for f in files:
+                _load_file(f, report)
+        elif path.exists():
+            _load_file(path, report)
+        else:
+            report.rejected.append(Rejection(str(path), None, "no such file or folder"))
+    report.warnings.extend(rule_warnings(report.rules))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def compile_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> tuple[LoadReport, int]:
+    """Load ``paths`` (no built-in rules) and write them as a pack; returns (LoadReport, size)."""
+    report = load_rules(paths, builtin=False)
+    size = write_pack(report.rules, output, [str(p) for p in paths])
+    return report, size

@@ -1,0 +1,47 @@
+"""Rule matching: the compiled engine when it is built, else the reference one.
+
+Both engines keep the :class:`Matcher` contract; ``sensor.detect._matcher_py`` (the reference)
+defines what a match is and ``sensor.detect._matcher`` (Cython) must give the same answers.
+``SENSOR_NO_EXTENSIONS=1`` forces the reference.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+from .._native import NO_EXTENSIONS
+from ._matcher_py import Matcher as ReferenceMatcher
+from .ir import Rule
+
+
+@runtime_checkable
+class Matcher(Protocol):
+    """What every engine offers."""
+
+    engine: str              # "compiled" or "reference"
+    rules: list[Rule]        # the rules, in the order ``match`` indexes them
+
+    def match(self, event: Mapping[str, Any]) -> list[int]:
+        """Indices into ``rules`` of the rules whose condition holds for ``event``, ascending."""
+        ...
+
+
+CompiledMatcher = None
+if not NO_EXTENSIONS:
+    try:
+        from ._matcher import Matcher as CompiledMatcher  # type: ignore[no-redef]
+    except ImportError:  # not built: fall back to the reference
+        CompiledMatcher = None
+
+ENGINES = {"reference": ReferenceMatcher}
+if CompiledMatcher is not None:
+    ENGINES["compiled"] = CompiledMatcher
+DEFAULT_ENGINE = "compiled" if CompiledMatcher is not None else "reference"
+
+
+def create(rules: Sequence[Rule], engine: str | None = None) -> Matcher:
+    """A matcher over ``rules``; ``engine`` is "compiled", "reference" or None (the best built)."""
+    try:
+        return ENGINES[engine or DEFAULT_ENGINE](rules)
+    except KeyError:
+        raise ValueError(f"matcher engine {engine!r} is not available "
+                         f"(have: {', '.join(sorted(ENGINES))})") from None

@@ -1,0 +1,114 @@
+"""Rule packs: a compiled rule set in one versioned, checksummed, data-only file.
+
+Layout (UTF-8)::
+
+    ETW-SENSOR-RULEPACK\\n
+    {"pack": 1, "ir": 1, "length": N, "sha256": "<hex of body>"}\\n
+    <body: N bytes of JSON>  {"created": ..., "generator": ..., "sources": [...], "rules": [...]}
+
+The body holds each rule's IR (``Rule.to_json``): plain JSON, never pickle or code,
+so a service running as SYSTEM can load it without executing anything from it.
+A pack whose length or SHA-256 does not match its header (truncated, edited,
+corrupted) is refused.  Loading needs neither pySigma nor YAML.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import msgspec
+
+from .. import __version__
+from .ir import Rule, RuleError
+
+MAGIC = b"ETW-SENSOR-RULEPACK\n"
+PACK_VERSION = 1
+IR_VERSION = 1  # bump when the IR's semantics or JSON shape change
+PACK_SUFFIX = ".pack"
+_MAX_HEADER = 4096
+
+
+def is_pack(path: str | os.PathLike) -> bool:
+    """True when the file starts with the pack magic."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def encode_pack(rules: Sequence[Rule], sources: Sequence[str] = ()) -> bytes:
+    """The pack bytes for ``rules``."""
+    body = json.dumps({
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generator": f"etw-sensor {__version__}",
+        "sources": list(sources),
+        "rules": [r.to_json() for r in rules],
+    }, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    header = json.dumps({"pack": PACK_VERSION, "ir": IR_VERSION, "length": len(body),
+                         "sha256": hashlib.sha256(body).hexdigest()},
+                        sort_keys=True).encode("ascii")
+    return MAGIC + header + b"\n" + body
+
+
+def write_pack(rules: Sequence[Rule], path: str | os.PathLike, sources: Sequence[str] = ()) -> int:
+    """Write a pack atomically (temp file + rename); returns its size in bytes."""
+    data = encode_pack(rules, sources)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return len(data)
+
+
+def decode_pack(data: bytes, path: str = "<pack>") -> list[Rule]:
+    """Rules from pack bytes; RuleError (with ``path``) when the pack is not intact."""
+    if not data.startswith(MAGIC):
+        raise RuleError("not a rule pack (bad magic)", path)
+    nl = data.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
+    if nl < 0:
+        raise RuleError("rule pack is truncated or damaged (no header)", path)
+    try:
+        header = json.loads(data[len(MAGIC):nl])
+        version, ir, length, digest = header["pack"], header["ir"], header["length"], header["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise RuleError("rule pack header is damaged", path) from None
+    if version != PACK_VERSION or ir != IR_VERSION:
+        raise RuleError(f"rule pack version {version} (IR {ir}) is not supported by this "
+                        f"sensor (needs pack {PACK_VERSION}, IR {IR_VERSION}); "
+                        "recompile it with `etw-sensor rules compile`", path)
+    body = data[nl + 1:]
+    if len(body) != length:
+        raise RuleError(f"rule pack is truncated or padded: body has {len(body)} bytes, "
+                        f"header says {length}", path)
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise RuleError("rule pack checksum mismatch: the file was modified or corrupted "
+                        "after it was compiled", path)
+    try:
+        doc = msgspec.json.decode(body)
+        rules = []
+        for d in doc["rules"]:
+            d = dict(d)
+            d["origin"] = "pack"
+            rules.append(Rule.from_json(d))
+    except RuleError as exc:
+        raise RuleError(f"rule pack holds an invalid rule: {exc.message}", path) from None
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RuleError(f"rule pack body is not valid: {exc}", path) from None
+    return rules
+
+
+def read_pack(path: str | os.PathLike) -> list[Rule]:
+    """Rules from a pack file (RuleError when unreadable or not intact)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", str(path)) from None
+    return decode_pack(data, str(path))

@@ -1,0 +1,20 @@
+"""The raw ETW record: what a consumer thread hands to the platform-neutral processor.
+
+A raw record is the tuple ``(source, event_id, version, opcode, header_pid, timestamp,
+header_flags, payload)``; ``timestamp`` is the EVENT_HEADER TimeStamp (a FILETIME: ProcessTrace
+converts it to system time unless PROCESS_TRACE_MODE_RAW_TIMESTAMP is set). ``source`` says which
+session delivered it. Shared by ``etw.py`` (which decodes records) and ``etw_windows.py`` (which
+builds them from EVENT_RECORDs).
+"""
+from __future__ import annotations
+
+SRC_KERNEL_PROCESS = 0
+SRC_SYSTEM_LOGGER = 1
+SRC_LOST = 2
+
+# RT_LostEvent EventType values (rt-lostevent.md).
+RT_LOST_EVENT = 32
+RT_LOST_BUFFER = 33
+RT_LOST_FILE = 34
+
+EVENT_HEADER_FLAG_32_BIT_HEADER = 0x0020

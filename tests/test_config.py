@@ -93,9 +93,12 @@ def test_etw_settings_reach_the_source(tmp_path):
     path = write(tmp_path, '[source]\nkind = "etw"\n[source.etw]\nbuffer_kb = 512\nmin_buffers = 8\n'
                            'max_buffers = 16\nflush_ms = 5\nsystem_logger = false\n'
                            'session_name = "edr"\n[sensor]\nqueue_size = 100\n')
-    e = etw_config(config.load(path))
+    from sensor.sources.etw_session import instance_session_name
+    cfg = config.load(path)
+    e = etw_config(cfg)
     assert (e.session.name, e.session.buffer_kb, e.session.min_buffers, e.session.max_buffers) == \
-        ("edr", 512, 8, 16)
+        (instance_session_name("edr", cfg.sensor.data_dir), 512, 8, 16)
+    assert e.session.name.startswith("edr-") and e.logger.name == e.session.name + "-syslogger"
     assert e.session.flush_interval == 0.005 and e.session.keywords == 0x10
     assert e.system_logger is False and e.queue_size == 100
     bad = write(tmp_path, '[source]\nkind = "etw"\n[source.etw]\nbuffer_kb = 2\n')

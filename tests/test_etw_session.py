@@ -1,4 +1,4 @@
-"""ETW session lifecycle and the ETW source against a fake pywintrace backend (runs on Linux)."""
+"""ETW session lifecycle and the ETW source against a fake backend (runs on Linux)."""
 from __future__ import annotations
 
 import ctypes
@@ -143,6 +143,7 @@ def test_restart_after_consumer_death():
     mgr, be, clock = manager()
     mgr.start()
     first = be.consumers[0]
+    clock.t += mgr.stable_after                          # it ran long enough: restart at once
     first.die()                                          # ProcessTrace returned
     assert not mgr.alive
     assert mgr.check() == "consumer_died"
@@ -194,6 +195,7 @@ def test_lost_event_accounting_across_restart_and_stop():
     s["EventsLost"] = 12
     mgr.check()
     assert mgr.lost.events_lost == 12 and mgr.lost.realtime_buffers_lost == 1
+    clock.t += mgr.stable_after
     be.consumers[-1].die()
     s["EventsLost"] = 14                                  # the final count comes with the stop call
     mgr.check()
@@ -281,7 +283,7 @@ def fake_record(data1, eid, version, payload, opcode=0):
 @pytest.mark.skipif(ctypes.sizeof(ctypes.c_void_p) != 8, reason="64-bit layout")
 def test_record_header_layout_matches_sdk_structure():
     assert ctypes.sizeof(EVENT_HEADER) == 80 and ctypes.sizeof(EVENT_RECORD) == 112
-    assert etw_windows.RECORD_HEADER_64.size == EVENT_RECORD.UserData.offset + 8
+    assert etw_windows.RECORD_HEADER.size == EVENT_RECORD.UserData.offset + 8
     assert EVENT_RECORD.UserDataLength.offset == 86
 
 
@@ -301,20 +303,20 @@ def test_record_callback_copies_payload_and_filters():
     def broken_sink(raw):
         raise RuntimeError("queue gone")
     etw_windows.make_record_callback(SRC_KERNEL_PROCESS, broken_sink, errors)(ctypes.addressof(r1))
-    assert got[0] == (SRC_KERNEL_PROCESS, 1, 3, 1, 4, 133_000_000_000_000_000, 0x40, b"abc\0def")
-    assert got[1] == (SRC_LOST, 0, 2, 32, 4, 133_000_000_000_000_000, 0x40, b"")
+    assert got[0] == (SRC_KERNEL_PROCESS, 1, 3, 1, 4, 77, 133_000_000_000_000_000, 0x40, b"abc\0def")
+    assert got[1] == (SRC_LOST, 0, 2, 32, 4, 77, 133_000_000_000_000_000, 0x40, b"")
     assert len(got) == 2 and errors[0] == 1
     sl = []
     cb2 = etw_windows.make_record_callback(1, sl.append, errors)
     r5, _k5 = fake_record(etw_windows.PROCESS_CLASS_DATA1, 0, 4, b"p", opcode=1)
     cb2(ctypes.addressof(r5))
     cb2(ctypes.addressof(r1))                             # a Kernel-Process record on the logger session
-    assert sl == [(1, 0, 4, 1, 4, 133_000_000_000_000_000, 0x40, b"p")]
+    assert sl == [(1, 0, 4, 1, 4, 77, 133_000_000_000_000_000, 0x40, b"p")]
 
 
-def test_load_pywintrace_off_windows_is_a_clear_error():
+def test_load_win32_off_windows_is_a_clear_error():
     with pytest.raises(SourceUnavailable):
-        etw_windows.load_pywintrace()
+        etw_windows.load_win32()
     with pytest.raises(SourceUnavailable):
         EtwSource(EtwConfig(seed_from_psutil=False)).start(lambda ev: True)
 
@@ -346,14 +348,14 @@ def test_source_end_to_end_with_fake_backend():
     src.start(emit)
     assert src.alive
     sink = be.consumers[0].sink
-    sink((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 0, 0, _rundown_payload()))   # the parent, from rundown
-    sink((SRC_KERNEL_PROCESS, 1, 3, 1, 4, 0, 0, kp_payload(3, ProcessID=200, ParentProcessID=100,
+    sink((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 8, 0, 0, _rundown_payload()))   # the parent, from rundown
+    sink((SRC_KERNEL_PROCESS, 1, 3, 1, 4, 8, 0, 0, kp_payload(3, ProcessID=200, ParentProcessID=100,
                                                           ProcessSequenceNumber=6000, ParentProcessSequenceNumber=5000)))
-    sink((SRC_KERNEL_PROCESS, 1, 4, 1, 4, 0, 0, kp_payload(4)[:30]))   # malformed
-    sink((SRC_LOST, 0, 2, 32, 4, 0, 0, b""))
-    sink((SRC_KERNEL_PROCESS, 1, 5, 1, 4, 0, 0, kp_payload(5, ProcessID=201, ParentProcessID=200,
+    sink((SRC_KERNEL_PROCESS, 1, 4, 1, 4, 8, 0, 0, kp_payload(4)[:30]))   # malformed
+    sink((SRC_LOST, 0, 2, 32, 4, 8, 0, 0, b""))
+    sink((SRC_KERNEL_PROCESS, 1, 5, 1, 4, 8, 0, 0, kp_payload(5, ProcessID=201, ParentProcessID=200,
                                                           ParentProcessSequenceNumber=6000)))
-    sink((SRC_KERNEL_PROCESS, 1, 2, 1, 4, 0, 0, kp_payload(2, ProcessID=202, ParentProcessID=9999)))
+    sink((SRC_KERNEL_PROCESS, 1, 2, 1, 4, 8, 0, 0, kp_payload(2, ProcessID=202, ParentProcessID=9999)))
     assert done.wait(5.0)
     be.sessions[cfg.session.name]["EventsLost"] = 7
     time.sleep(0.2)                                       # let the watchdog query once
@@ -392,7 +394,10 @@ def test_source_watchdog_restarts_dead_consumer():
     deadline = time.monotonic() + 5.0
     while not src.alive and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert src.alive and src.stats()["restarts"] == 1
+    st = src.stats()
+    # it died at once: a failed start, retried after the back-off
+    assert src.alive and st["restarts"] >= 1 and st["start_failures"] == 1
+    assert "consumer ended" in st["sessions"][0]["last_error"]
     src.stop()
 
 
@@ -400,15 +405,15 @@ def test_sink_drops_when_queue_full_without_blocking():
     src = EtwSource(EtwConfig(queue_size=2, seed_from_psutil=False), backend=FakeBackend(), helpers={})
     sink = src._make_sink(0)
     for i in range(5):
-        sink((SRC_LOST, 0, 0, 32, 0, 0, 0, b""))
+        sink((SRC_LOST, 0, 0, 32, 0, 8, 0, 0, b""))
     assert src.stats()["callback_drops"] == 3 and src.stats()["queued"] == 2
 
 
 def test_parent_with_another_sequence_number_is_not_the_parent():
     from sensor.sources.etw import EtwProcessor
     proc = EtwProcessor(device_mapper=lambda p: p)
-    proc.handle((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 0, 0, _rundown_payload()))          # pid 100, seq 5000
-    [ev] = proc.handle((SRC_KERNEL_PROCESS, 1, 3, 1, 4, 0, 0,
+    proc.handle((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 8, 0, 0, _rundown_payload()))          # pid 100, seq 5000
+    [ev] = proc.handle((SRC_KERNEL_PROCESS, 1, 3, 1, 4, 8, 0, 0,
                         kp_payload(3, ProcessID=300, ParentProcessID=100, ParentProcessSequenceNumber=5001)))
     assert ev["ParentImage"] is None and proc.table.reuse_rejected == 1
 
@@ -421,7 +426,7 @@ def test_processor_never_raises_on_garbage(records):
     from sensor.sources.etw import EtwProcessor
     proc = EtwProcessor(device_mapper=lambda p: p, join_wait=0.01)
     for src, eid, ver, op, flags, payload in records:
-        proc.handle((src, eid, ver, op, 4, 133_000_000_000_000_000, flags, payload))
+        proc.handle((src, eid, ver, op, 4, 8, 133_000_000_000_000_000, flags, payload))
     proc.due(now=1e9)
     proc.drain()
     st_ = proc.stats()

@@ -88,13 +88,15 @@ def build_source(cfg: Config):
 def etw_config(cfg: Config):
     """The ETW source settings from the ``[source.etw]`` table."""
     from ..sources.etw import EtwConfig
-    from ..sources.etw_session import SessionSpec, system_logger_spec
+    from ..sources.etw_session import SessionSpec, instance_session_name, system_logger_spec
     e = cfg.source.etw
     common = dict(buffer_kb=e.buffer_kb, min_buffers=e.min_buffers, max_buffers=e.max_buffers,
                   flush_interval=e.flush_ms / 1000.0)
-    out = EtwConfig(session=SessionSpec(name=e.session_name, capture_state=e.rundown, **common),
+    # One session name per instance (the data folder): two sensors never stop each other's.
+    name = instance_session_name(e.session_name, cfg.sensor.data_dir)
+    out = EtwConfig(session=SessionSpec(name=name, capture_state=e.rundown, **common),
                     system_logger=e.system_logger,
-                    logger=system_logger_spec(name=e.session_name + "-syslogger", **common),
+                    logger=system_logger_spec(name=name + "-syslogger", **common),
                     queue_size=cfg.sensor.queue_size, table_max=e.process_table_size,
                     backfill=e.backfill, watchdog_interval=e.query_interval_s,
                     computer=cfg.sensor.hostname or socket.gethostname())

@@ -10,9 +10,9 @@ event's ``origin`` says where every field came from.
 ETW consumer threads only copy each record into a bounded queue (never blocking); one worker
 thread decodes, enriches and calls ``emit``.  The Windows calls live in ``etw_windows``.
 
-A raw record is the tuple ``(source, event_id, version, opcode, header_pid, timestamp,
-header_flags, payload)``; ``timestamp`` is the EVENT_HEADER TimeStamp (a FILETIME: ProcessTrace
-converts it to system time unless PROCESS_TRACE_MODE_RAW_TIMESTAMP is set).
+A raw record is the tuple ``(source, event_id, version, opcode, header_pid, header_tid,
+timestamp, header_flags, payload)`` (``etw_raw``); ``timestamp`` is the EVENT_HEADER TimeStamp (a
+FILETIME: ProcessTrace converts it to system time unless PROCESS_TRACE_MODE_RAW_TIMESTAMP is set).
 """
 from __future__ import annotations
 
@@ -75,6 +75,93 @@ def utc_time(ft: int | None) -> str | None:
     return dt.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (dt.microsecond // 1000)
 
 
+class SidResolver:
+    """SID -> account name without waiting: LookupAccountSid can block on a domain controller.
+
+    ``name(sid)`` answers from the cache at once.  A SID not yet resolved is handed (once) to a
+    resolver thread and answered as None meanwhile, so the event carries the SID; the events
+    after the lookup get the name.  The cache holds ``max_entries`` SIDs (cleared when full),
+    the queue ``max_pending`` SIDs (more are dropped and counted, and asked again later)."""
+
+    def __init__(self, resolve: Callable[[str], str | None], max_entries: int = 4096,
+                 max_pending: int = 1024, threaded: bool = True) -> None:
+        self._resolve = resolve
+        self.max_entries = max_entries
+        self._cache: dict[str, str | None] = {}
+        self._queued: set[str] = set()
+        self._q: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._threaded = threaded
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.c: Counter = Counter()
+
+    def name(self, sid: str) -> str | None:
+        """The account name when known, else None (the lookup runs elsewhere)."""
+        try:
+            return self._cache[sid]
+        except KeyError:
+            pass
+        if not self._threaded:
+            self._store(sid, self._lookup(sid))
+            return self._cache.get(sid)
+        with self._lock:
+            if sid in self._queued:
+                self.c["pending_hits"] += 1
+                return None
+            try:
+                self._q.put_nowait(sid)
+            except queue.Full:
+                self.c["queue_full"] += 1
+                return None
+            self._queued.add(sid)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="etw-sid-resolver", daemon=True)
+                self._thread.start()
+        self.c["queued"] += 1
+        return None
+
+    def _lookup(self, sid: str) -> str | None:
+        try:
+            return self._resolve(sid)
+        except Exception:  # noqa: BLE001 - an unresolvable SID stays a SID
+            self.c["errors"] += 1
+            return None
+
+    def _store(self, sid: str, name: str | None) -> None:
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[sid] = name
+        self.c["resolved"] += 1
+
+    def _run(self) -> None:
+        while True:
+            sid = self._q.get()
+            if sid is None:
+                return
+            name = self._lookup(sid)
+            with self._lock:
+                self._store(sid, name)
+                self._queued.discard(sid)
+
+    def stop(self) -> None:
+        """End the resolver thread (pending lookups are dropped)."""
+        t = self._thread
+        if t is not None:
+            try:
+                self._q.put_nowait(None)
+            except queue.Full:
+                pass
+            t.join(1.0)
+            self._thread = None
+
+    def stats(self) -> dict:
+        """Counters as plain data."""
+        out = dict(self.c)
+        out["cached"] = len(self._cache)
+        out["pending"] = len(self._queued)
+        return out
+
+
 class _Held:
     __slots__ = ("deadline", "event", "entry", "create_time", "ppid")
 
@@ -97,8 +184,7 @@ class EtwProcessor:
         self.table = table if table is not None else ProcessTable()
         self.backfiller = backfiller
         self.map_path = device_mapper if device_mapper is not None else DeviceMapper()
-        self._sid_resolver = sid_resolver
-        self._sid_cache: dict[str, str | None] = {}
+        self.sids = SidResolver(sid_resolver) if sid_resolver is not None else None
         self.computer = computer
         self.join_wait = join_wait
         self.join_window = int(join_window * TICKS_PER_SECOND)
@@ -117,7 +203,7 @@ class EtwProcessor:
         """Process one raw record; the events now ready to emit."""
         self.c["records"] += 1
         try:
-            src, event_id, version, opcode, _hpid, ts, hflags, payload = raw
+            src, event_id, version, opcode, _hpid, _htid, ts, hflags, payload = raw
             if src == SRC_KERNEL_PROCESS:
                 fields = self.decoder.kernel_process(event_id, version, payload)
                 if fields is None:
@@ -315,17 +401,8 @@ class EtwProcessor:
         name = WELL_KNOWN_SIDS.get(sid)
         if name:
             return name
-        if sid in self._sid_cache:
-            return self._sid_cache[sid] or sid
-        name = None
-        if self._sid_resolver is not None:
-            try:
-                name = self._sid_resolver(sid)
-            except Exception:  # noqa: BLE001
-                self.c["sid_lookup_errors"] += 1
-        if len(self._sid_cache) >= 4096:
-            self._sid_cache.clear()
-        self._sid_cache[sid] = name
+        if self.sids is not None:
+            name = self.sids.name(sid)
         return name or sid
 
     def _expire_sl(self) -> None:
@@ -378,6 +455,8 @@ class EtwProcessor:
             out["backfill"] = self.backfiller.stats()
         if hasattr(self.map_path, "stats"):
             out["devices"] = self.map_path.stats()
+        if self.sids is not None:
+            out["sids"] = self.sids.stats()
         return out
 
 
@@ -406,8 +485,12 @@ class EtwSource:
     def __init__(self, config: EtwConfig | None = None, backend: Any = None,
                  processor: EtwProcessor | None = None, helpers: dict | None = None,
                  psutil_module: Any = None,
-                 platform: Callable[[], tuple[Any, dict]] | None = None) -> None:
+                 platform: Callable[[], tuple[Any, dict]] | None = None,
+                 tap: Callable[[tuple], None] | None = None) -> None:
         self.config = config or EtwConfig()
+        # Sees every raw record on the worker thread before it is processed (``capture``).
+        self._tap = tap
+        self.tap_errors = 0
         self.config.session.validate()
         self._backend = backend
         self._helpers = helpers
@@ -533,6 +616,11 @@ class EtwSource:
                 break
             if raw is not None:
                 self.last_record = time.monotonic()
+                if self._tap is not None:
+                    try:
+                        self._tap(raw)
+                    except Exception:  # noqa: BLE001 - counted; the record is still processed
+                        self.tap_errors += 1
                 for ev in proc.handle(raw):
                     self._deliver(ev)
             if deadline is not None:
@@ -564,6 +652,8 @@ class EtwSource:
             self._q.put(_STOP)
             self._worker.join(timeout)
             self._worker = None
+        if self.processor is not None and self.processor.sids is not None:
+            self.processor.sids.stop()
 
     @property
     def alive(self) -> bool:
@@ -591,6 +681,9 @@ class EtwSource:
             "rt_lost_events": proc.get("rt_lost_events", 0) + proc.get("rt_lost_buffers", 0)
                               + proc.get("rt_lost_files", 0),
             "restarts": sum(s["restarts"] for s in sessions),
+            "start_failures": sum(s["start_failures"] for s in sessions),
+            "callback_errors": sum(s["callback_errors"] for s in sessions),
+            "tap_errors": self.tap_errors,
             "seeded": self.seeded,
             "seed_error": self.seed_error,
             "logger_error": self.logger_error,

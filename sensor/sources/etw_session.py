@@ -4,16 +4,23 @@ The calls into ETW go through a *backend* (``sensor.sources.etw_windows.Pywintra
 Windows, a fake in the tests), so everything here runs and is tested on Linux.  What it does,
 per the reference (§2.3, §2.5, §4):
 
-* a fixed session name; a stale session of that name (a crashed run) is stopped first;
+* a session name fixed per sensor instance (``instance_session_name``: the configured base name
+  and a hash of the data folder); a stale session of that name (a crashed run of this instance)
+  is stopped first, and two instances never stop each other's session;
 * the provider is enabled, then a capture-state request asks for ProcessRundown events;
-* a forced flush every ``flush_interval`` seconds (ETW's own FlushTimer is 1 s at best);
-* a watchdog restarts the session when the consumer thread died (pywintrace never reports it)
-  or the session was stopped from outside (the query fails), with exponential back-off;
+* a forced flush every ``flush_interval`` seconds, next to ETW's own FlushTimer (set to the same
+  interval in milliseconds);
+* a watchdog restarts the session when the consumer thread ended (its ProcessTrace status is
+  kept) or the session was stopped from outside (the query fails), with exponential back-off;
+  a consumer that ends soon after it started counts as a failed start, so one that fails at
+  once is retried with back-off instead of on every check;
 * lost events are the deltas of ``EventsLost`` and ``RealTimeBuffersLost`` from session queries,
   including the final counts returned by the stop call.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections import Counter
@@ -27,6 +34,18 @@ EVENT_TRACE_FLAG_PROCESS = 0x1
 
 DEFAULT_SESSION_NAME = "etw-sensor-kernel-process"
 DEFAULT_LOGGER_NAME = "etw-sensor-process-logger"
+
+
+def instance_session_name(base: str, data_dir: str) -> str:
+    """``base`` plus a short hash of the data folder: one name per sensor instance.
+
+    ETW session names are global.  With one fixed name, a second sensor (another data folder)
+    would stop the first one's session as stale, and the two would stop each other's session at
+    every watchdog pass.  The same instance always computes the same name, so the stale session
+    of a crashed run of this instance is still found and stopped."""
+    folder = os.path.normcase(os.path.abspath(data_dir)) if data_dir else ""
+    digest = hashlib.sha256(folder.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{base}-{digest}"
 
 
 class SessionError(RuntimeError):
@@ -64,6 +83,10 @@ class SessionSpec:
             raise ValueError("session name must be 1..1000 characters")
         if self.kind == "provider" and not self.keywords:
             raise ValueError("keywords must not be 0 (0 enables every Kernel-Process event)")
+        if not 0 <= self.keywords < 1 << 64:
+            raise ValueError("keywords must fit in 64 bits")
+        if isinstance(self.level, bool) or not isinstance(self.level, int) or not 0 <= self.level <= 255:
+            raise ValueError(f"level must be an integer within 0..255 (a UCHAR), not {self.level!r}")
         if not 4 <= self.buffer_kb <= 16384:
             raise ValueError("buffer_kb must be within 4..16384 (EVENT_TRACE_PROPERTIES.BufferSize)")
         if self.min_buffers < 2 or self.max_buffers < self.min_buffers:
@@ -80,7 +103,11 @@ def system_logger_spec(name: str = DEFAULT_LOGGER_NAME, **kw: Any) -> SessionSpe
 
 
 class Consumer(Protocol):
-    """A running ProcessTrace consumer."""
+    """A running ProcessTrace consumer.
+
+    Optional attributes read by the manager: ``status`` (ProcessTrace's return value once it
+    returned), ``error`` (why it ended, as text), ``errors`` (``[n]``: records whose callback
+    failed)."""
 
     @property
     def alive(self) -> bool: ...
@@ -132,7 +159,8 @@ class SessionManager:
 
     def __init__(self, backend: Backend, spec: SessionSpec, sink: Callable[[tuple], None],
                  clock: Callable[[], float] = time.monotonic, watchdog_interval: float = 1.0,
-                 backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 stable_after: float | None = None) -> None:
         spec.validate()
         self.backend = backend
         self.spec = spec
@@ -141,7 +169,12 @@ class SessionManager:
         self.watchdog_interval = watchdog_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        # A consumer that ends sooner than this after its start is a failed start.
+        self.stable_after = stable_after if stable_after is not None else max(10.0, 5 * watchdog_interval)
         self.consumer: Consumer | None = None
+        self._opened_at = 0.0
+        self.callback_errors_closed = 0          # callback errors of consumers already closed
+        self.consumer_exits: Counter = Counter()  # ProcessTrace return values
         self.running = False            # the session is up and consumed
         self.wanted = False             # start() was called and stop() was not
         self.lost = LostCounters()
@@ -196,7 +229,7 @@ class SessionManager:
             raise
         self.running = True
         self.starts += 1
-        self._backoff = self.backoff_initial
+        self._opened_at = self._clock()
 
     def _stop_quietly(self) -> dict | None:
         final = None
@@ -209,6 +242,9 @@ class SessionManager:
                 self.consumer.close()
             except Exception as exc:  # noqa: BLE001
                 self.last_error = f"close consumer: {exc}"
+            errors = getattr(self.consumer, "errors", None)
+            if errors:
+                self.callback_errors_closed += errors[0]
             self.consumer = None
         self.running = False
         return final
@@ -254,6 +290,8 @@ class SessionManager:
             reason = None
             if self.consumer is None or not self.consumer.alive:
                 reason = "consumer_died"
+                if self._consumer_failed(now):
+                    return reason
             else:
                 try:
                     props = self.backend.query(self.spec)
@@ -265,9 +303,36 @@ class SessionManager:
                     reason = "stopped_externally"
                 else:
                     self.lost.account(props)
+                    if now - self._opened_at >= self.stable_after:
+                        self._backoff = self.backoff_initial
             if reason:
                 self._restart(reason, now)
             return reason
+
+    def _consumer_failed(self, now: float) -> bool:
+        """Record why the consumer ended; True when it ended so soon after its start that it
+        counts as a failed start (the session is stopped and retried after the back-off)."""
+        c = self.consumer
+        status = getattr(c, "status", None)
+        self.consumer_exits[str(status)] += 1
+        why = getattr(c, "error", None) or (f"ProcessTrace returned {status}" if status is not None
+                                            else "the consumer thread ended")
+        self.last_error = f"consumer ended: {why}"
+        if now - self._opened_at >= self.stable_after:
+            self._backoff = self.backoff_initial      # it ran long enough: restart at once
+            return False
+        self.restarts += 1
+        self.restart_reasons["consumer_died"] += 1
+        self.start_failures += 1
+        self.lost.account(self._stop_quietly())
+        self.last_error = f"consumer ended {now - self._opened_at:.1f} s after its start: {why}"
+        self._schedule_retry(now)
+        return True
+
+    def _schedule_retry(self, now: float) -> None:
+        self.running = False
+        self._next_retry = now + self._backoff
+        self._backoff = min(self._backoff * 2, self.backoff_max)
 
     def _restart(self, reason: str, now: float) -> None:
         self.restarts += 1
@@ -279,9 +344,7 @@ class SessionManager:
         except Exception as exc:  # noqa: BLE001 - retried with back-off
             self.start_failures += 1
             self.last_error = f"restart ({reason}): {exc}"
-            self.running = False
-            self._next_retry = now + self._backoff
-            self._backoff = min(self._backoff * 2, self.backoff_max)
+            self._schedule_retry(now)
             return
         self._next_flush = now + self.spec.flush_interval
         self._next_check = now + self.watchdog_interval
@@ -301,7 +364,14 @@ class SessionManager:
                 "flush_errors": self.flush_errors, "query_errors": self.query_errors,
                 "events_lost": self.lost.events_lost,
                 "realtime_buffers_lost": self.lost.realtime_buffers_lost,
-                "log_buffers_lost": self.lost.log_buffers_lost, "last_error": self.last_error}
+                "log_buffers_lost": self.lost.log_buffers_lost, "last_error": self.last_error,
+                "callback_errors": self.callback_errors, "consumer_exits": dict(self.consumer_exits)}
+
+    @property
+    def callback_errors(self) -> int:
+        """Records whose callback failed, over every consumer this manager opened."""
+        errors = getattr(self.consumer, "errors", None) if self.consumer is not None else None
+        return self.callback_errors_closed + (errors[0] if errors else 0)
 
 
 class SessionTicker:

@@ -13,7 +13,7 @@ from . import __version__
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
 COMMAND_MODULES = ("scan", "rules", "peinfo", "output", "config", "run", "status", "spool", "service",
-                   "demo")
+                   "demo", "capture", "selftest")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 ``read_paths`` reads files or folders of ``.evtx``, ``.jsonl``, ``.jsonl.gz``
 (and ``.ndjson``, ``.json.gz``, ``.ndjson.gz`` as JSON lines) in a stable order;
-a file named directly is read as JSON lines whatever its suffix.
+a file named directly is read as JSON lines whatever its suffix.  A JSON-lines file whose
+first line is a capture header (``capture.py``) is replayed as raw ETW records.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Iterable, Iterator
 
 from ..events import ProcessEvent
 from .base import InputError, ReadStats
+from .capture import is_capture, read_capture
 from .evtx import read_evtx
 from .jsonl import read_jsonl
 
@@ -45,6 +47,8 @@ def read_file(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
     """The process starts in one file, by its suffix (unknown suffixes read as JSON lines)."""
     if path.lower().endswith(".evtx"):
         return read_evtx(path, stats)
+    if is_capture(path):
+        return read_capture(path, stats)
     return read_jsonl(path, stats)
 
 

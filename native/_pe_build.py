@@ -21,6 +21,7 @@ typedef struct pev_ident {
     int64_t ctime_ns;
     uint64_t ino;
     uint64_t dev;
+    uint64_t change;
 } pev_ident;
 
 typedef struct pev_result {

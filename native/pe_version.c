@@ -16,6 +16,8 @@
 #define WIN32_LEAN_AND_MEAN
 #endif
 #include <windows.h>
+#include <winioctl.h>
+#include <wchar.h>
 #else
 #include <errno.h>
 #include <fcntl.h>
@@ -92,19 +94,184 @@ static int64_t filetime_ns(FILETIME ft)
     return t * 100;
 }
 
-/* Identity from an open handle: size, last-write and creation times, and the file's
- * volume serial number and file index (a rename over the path gives a new index). */
-static int handle_ident(HANDLE h, pev_ident *id)
+/* The file's update sequence number in its volume's change journal: every change the file
+ * system records for the file (data, size, times set by SetFileTime or SetFileInformation-
+ * ByHandle, renames...) moves it, and no caller can set it back.  0 when the volume keeps no
+ * journal or the query fails.  Queried through an attributes-only handle (`h`), in the parse
+ * and in the validity check alike, so both see the same value for the same file. */
+static uint64_t handle_usn(HANDLE h)
+{
+    union {
+        uint8_t b[1024];
+        uint64_t align;
+    } out;
+    struct {
+        WORD min_major, max_major;
+    } in = {2, 3};
+    DWORD got = 0;
+    WORD major;
+    int64_t usn;
+    if (!DeviceIoControl(h, FSCTL_READ_FILE_USN_DATA, &in, sizeof in, out.b, sizeof out.b, &got, NULL))
+        return 0;
+    if (got < 8)
+        return 0;
+    memcpy(&major, out.b + 4, 2);
+    /* USN_RECORD_V2: 8-byte file references, Usn at 24; V3: 16-byte references, Usn at 40. */
+    if (major == 2 && got >= 32)
+        memcpy(&usn, out.b + 24, 8);
+    else if (major == 3 && got >= 48)
+        memcpy(&usn, out.b + 40, 8);
+    else
+        return 0;
+    return usn > 0 ? (uint64_t)usn : 0;
+}
+
+/* Identity from an open handle: size, last-write time, ChangeTime, the file's volume serial
+ * number and file index (a rename over the path gives a new index), and the USN (from `ah`,
+ * an attributes-only handle to the same file, or none).  ChangeTime, not the creation time:
+ * SetFileTime sets the creation and last-write times but never ChangeTime, which the file
+ * system moves on every write, so an in-place overwrite whose times were put back still
+ * shows. */
+static int handle_ident(HANDLE h, HANDLE ah, pev_ident *id)
 {
     BY_HANDLE_FILE_INFORMATION info;
+    FILE_BASIC_INFO basic;
+    FILETIME change;
     if (!GetFileInformationByHandle(h, &info))
+        return last_error();
+    if (!GetFileInformationByHandleEx(h, FileBasicInfo, &basic, sizeof basic))
         return last_error();
     id->size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
     id->mtime_ns = filetime_ns(info.ftLastWriteTime);
-    id->ctime_ns = filetime_ns(info.ftCreationTime);
+    change.dwLowDateTime = (DWORD)((uint64_t)basic.ChangeTime.QuadPart & 0xFFFFFFFFu);
+    change.dwHighDateTime = (DWORD)((uint64_t)basic.ChangeTime.QuadPart >> 32);
+    id->ctime_ns = filetime_ns(change);
     id->ino = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow;
     id->dev = info.dwVolumeSerialNumber;
+    id->change = ah != INVALID_HANDLE_VALUE ? handle_usn(ah) : 0;
     return 0;
+}
+
+/* Is this a 32-bit process on 64-bit Windows (whose System32 is redirected to SysWOW64)?
+ * Asked once; -1 until then. */
+static volatile LONG pev_wow64 = -1;
+
+static int is_wow64(void)
+{
+    typedef BOOL(WINAPI * wow64_fn)(HANDLE, PBOOL);
+    LONG k = pev_wow64;
+    if (k < 0) {
+        BOOL w = FALSE;
+        HMODULE k32 = GetModuleHandleW(L"kernel32.dll");
+        FARPROC f = k32 ? GetProcAddress(k32, "IsWow64Process") : NULL;
+        wow64_fn fn;
+        memcpy(&fn, &f, sizeof fn);
+        if (!fn || !fn(GetCurrentProcess(), &w))
+            w = FALSE;
+        k = w ? 1 : 0;
+        pev_wow64 = k;
+    }
+    return (int)k;
+}
+
+static int starts_ci(const wchar_t *s, const wchar_t *prefix)
+{
+    size_t n = wcslen(prefix);
+    return wcslen(s) >= n && CompareStringOrdinal(s, (int)n, prefix, (int)n, TRUE) == CSTR_EQUAL;
+}
+
+/* The path as CreateFileW must be given it.  Specification (docs/pe.md, "Windows paths"); its
+ * twin is sensor.enrich.pe.windows_open_path:
+ *   \\?\... and \\.\...   unchanged (already literal);
+ *   \??\X          \\?\X (the object manager's DOS-device prefix, the same thing);
+ *   \Device\...    \\?\GLOBALROOT\Device\... (a volume without a drive letter, a shadow
+ *                  copy: Win32 would read it as a folder of the current drive);
+ *   otherwise      the full path (GetFullPathNameW), then \\?\UNC\server\... for UNC and
+ *                  \\?\X:\... for drive paths, so 260 characters and more open without
+ *                  LongPathsEnabled; a device name (NUL, CON) stays \\.\NUL and is refused
+ *                  later as not a disk file.
+ * In a WOW64 process, <Windows>\System32\ becomes <Windows>\Sysnative\ so the native file
+ * is read, not its SysWOW64 namesake.  Returns a malloc'd string, or NULL with the last error
+ * set. */
+static wchar_t *win_open_path(const char *path)
+{
+    wchar_t *w = utf8_to_wide(path), *full = NULL, *out = NULL;
+    const wchar_t *prefix = L"", *rest;
+    DWORD n;
+    size_t len;
+    if (!w)
+        return NULL;
+    if (starts_ci(w, L"\\\\?\\") || starts_ci(w, L"\\\\.\\"))
+        return w;
+    if (starts_ci(w, L"\\??\\")) {
+        prefix = L"\\\\?\\";
+        rest = w + 4;
+    } else if (starts_ci(w, L"\\Device\\")) {
+        prefix = L"\\\\?\\GLOBALROOT";
+        rest = w;
+    } else {
+        n = GetFullPathNameW(w, 0, NULL, NULL);
+        if (n == 0 || n > 32768) {
+            if (n)
+                SetLastError(ERROR_FILENAME_EXCED_RANGE);
+            free(w);
+            return NULL;
+        }
+        full = (wchar_t *)malloc((size_t)n * sizeof(wchar_t));
+        if (!full || GetFullPathNameW(w, n, full, NULL) >= n) {
+            free(full);
+            free(w);
+            SetLastError(ERROR_NOT_ENOUGH_MEMORY);
+            return NULL;
+        }
+        free(w);
+        w = full;
+        if (starts_ci(w, L"\\\\?\\") || starts_ci(w, L"\\\\.\\"))
+            return w;
+        if (w[0] == L'\\' && w[1] == L'\\') {
+            prefix = L"\\\\?\\UNC\\";
+            rest = w + 2;
+        } else {
+            prefix = L"\\\\?\\";
+            rest = w;
+        }
+    }
+    len = wcslen(prefix) + wcslen(rest) + 16;
+    out = (wchar_t *)malloc(len * sizeof(wchar_t));
+    if (!out) {
+        free(w);
+        SetLastError(ERROR_NOT_ENOUGH_MEMORY);
+        return NULL;
+    }
+    wcscpy(out, prefix);
+    wcscat(out, rest);
+    free(w);
+    if (is_wow64()) {
+        wchar_t windir[MAX_PATH + 16];
+        UINT k = GetSystemWindowsDirectoryW(windir, MAX_PATH);
+        if (k > 0 && k < MAX_PATH) {
+            wchar_t sys32[MAX_PATH + 32];
+            size_t head = 4; /* \\?\ */
+            wcscpy(sys32, windir);
+            if (sys32[wcslen(sys32) - 1] != L'\\')
+                wcscat(sys32, L"\\");
+            wcscat(sys32, L"System32\\");
+            if (wcsncmp(out, L"\\\\?\\", 4) == 0 && starts_ci(out + head, sys32)) {
+                /* same length: "System32" and "Sysnative" differ by one; rebuild */
+                size_t at = head + wcslen(sys32) - wcslen(L"System32\\");
+                wchar_t *alt = (wchar_t *)malloc((wcslen(out) + 8) * sizeof(wchar_t));
+                if (alt) {
+                    wcsncpy(alt, out, at);
+                    alt[at] = 0;
+                    wcscat(alt, L"Sysnative\\");
+                    wcscat(alt, out + at + wcslen(L"System32\\"));
+                    free(out);
+                    out = alt;
+                }
+            }
+        }
+    }
+    return out;
 }
 
 #define PEV_SHARE_ALL (FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
@@ -112,7 +279,8 @@ static int handle_ident(HANDLE h, pev_ident *id)
 static int src_open(pev_src *s, const char *path, pev_ident *id)
 {
     int err;
-    wchar_t *w = utf8_to_wide(path);
+    HANDLE ah;
+    wchar_t *w = win_open_path(path);
     if (!w) {
         s->sys_error = last_error();
         return -1;
@@ -131,7 +299,11 @@ static int src_open(pev_src *s, const char *path, pev_ident *id)
         CloseHandle(s->h);
         return -1;
     }
-    err = handle_ident(s->h, id);
+    /* The same file again, for attributes only: the USN is read as the check reads it. */
+    ah = ReOpenFile(s->h, FILE_READ_ATTRIBUTES, PEV_SHARE_ALL, 0);
+    err = handle_ident(s->h, ah, id);
+    if (ah != INVALID_HANDLE_VALUE)
+        CloseHandle(ah);
     if (err) {
         s->sys_error = err;
         CloseHandle(s->h);
@@ -181,7 +353,7 @@ static int stat_path_ident(const char *path, pev_ident *id)
     wchar_t *w;
     if (!path || !id)
         return ERROR_INVALID_PARAMETER;
-    w = utf8_to_wide(path);
+    w = win_open_path(path);
     if (!w)
         return last_error();
     h = CreateFileW(w, FILE_READ_ATTRIBUTES, PEV_SHARE_ALL, NULL, OPEN_EXISTING,
@@ -189,7 +361,7 @@ static int stat_path_ident(const char *path, pev_ident *id)
     free(w);
     if (h == INVALID_HANDLE_VALUE)
         return last_error();
-    err = handle_ident(h, id);
+    err = handle_ident(h, h, id);
     CloseHandle(h);
     return err;
 }
@@ -293,11 +465,12 @@ int pev_same_ident(const char *path, const pev_ident *id)
     int err;
     if (!id)
         return -1;
+    memset(&now, 0, sizeof now);
     err = stat_path_ident(path, &now);
     if (err)
         return err > 0 ? -err : -1;
     return now.size == id->size && now.mtime_ns == id->mtime_ns && now.ctime_ns == id->ctime_ns &&
-           now.ino == id->ino && now.dev == id->dev;
+           now.ino == id->ino && now.dev == id->dev && now.change == id->change;
 }
 
 /* Read n bytes at off; the caller has checked off + n <= s->size. */

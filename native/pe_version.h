@@ -60,14 +60,17 @@ enum pev_field {
 
 /* What identifies the file a result came from: when any field differs, the file may
  * have changed since.  POSIX: size, st_mtim, st_ctim (the inode change time, which no
- * user call can set back), st_ino, st_dev.  Windows: size, last-write and creation
- * times, file index and volume serial number (GetFileInformationByHandle). */
+ * user call can set back), st_ino, st_dev; change 0.  Windows: size, last-write time,
+ * ChangeTime (FILE_BASIC_INFO; SetFileTime cannot set it), file index, volume serial
+ * number, and in `change` the file's USN in the volume's change journal (0 without a
+ * journal), which nothing can set back. */
 typedef struct pev_ident {
     uint64_t size;
     int64_t mtime_ns;
     int64_t ctime_ns;
     uint64_t ino;
     uint64_t dev;
+    uint64_t change;
 } pev_ident;
 
 typedef struct pev_result {

@@ -16,9 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "run"
 REAL_TOOLS = ("bash", "env", "dirname", "sed", "head", "mktemp", "rm", "cat", "touch", "ln", "python3")
+MINGW = ("x86_64-w64-mingw32-gcc", "i686-w64-mingw32-gcc")
 
 # apt-get: logs every call; refuses the packages listed in $FAKE_REFUSE (shell globs) and,
-# with $FAKE_UPDATE_FAILS, the update; an installed package leaves a marker in $FAKE_STATE.
+# with $FAKE_UPDATE_FAILS, the update; an installed package leaves a marker in $FAKE_STATE and
+# puts the commands $FAKE_PROVIDES names ("package:command ...") on PATH.
 FAKE_APT = r"""#!/bin/sh
 set -f
 echo "apt-get $*" >> "$FAKE_STATE/log"
@@ -28,7 +30,9 @@ for pat in $FAKE_REFUSE; do
   case "$last" in $pat) echo "E: Unable to locate package $last" >&2; exit 100;; esac
 done
 touch "$FAKE_STATE/$last"
-if [ "$last" = "$FAKE_PROVIDES_PKG" ]; then ln -sf "$FAKE_STATE/../fakes/$FAKE_PROVIDES_CMD" "$FAKE_BIN/$FAKE_PROVIDES_CMD"; fi
+for pair in $FAKE_PROVIDES; do
+  if [ "$last" = "${pair%%:*}" ]; then ln -sf "$FAKE_STATE/../fakes/${pair#*:}" "$FAKE_BIN/${pair#*:}"; fi
+done
 exit 0
 """
 
@@ -67,11 +71,15 @@ def _fake_env(tmp_path: Path, *, clang_major: str | None, refuse: str, update_fa
     fake("clang", FAKE_CLANG, fakes)
     if clang_major is not None:
         (bin_ / "clang").symlink_to(fakes / "clang")
+    for tool in MINGW + ("wine64", "wine"):
+        fake(tool, "#!/bin/sh\nexit 0\n", fakes)
     return {
         "PATH": str(bin_), "HOME": str(tmp_path), "FAKE_STATE": str(state), "FAKE_BIN": str(bin_),
         "FAKE_REFUSE": refuse, "FAKE_UPDATE_FAILS": "1" if update_fails else "",
-        "FAKE_CLANG_MAJOR": clang_major or "19", "FAKE_PROVIDES_PKG": "clang",
-        "FAKE_PROVIDES_CMD": "clang", "CI_TEST_CMD": test_cmd,
+        "FAKE_CLANG_MAJOR": clang_major or "19", "CI_TEST_CMD": test_cmd,
+        "FAKE_PROVIDES": "clang:clang gcc-mingw-w64-x86-64-win32:x86_64-w64-mingw32-gcc "
+                         "gcc-mingw-w64-i686-win32:i686-w64-mingw32-gcc wine64:wine64 wine:wine",
+        "CI_WINE_DIRS": str(tmp_path / "no-wine-here"),
     }
 
 
@@ -163,3 +171,39 @@ def test_missing_native_build_fails_the_run_when_required():
     assert subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(ROOT / "tests" / "test_queues.py")], env=env, capture_output=True,
                           timeout=300, cwd=ROOT).returncode == 0
+
+
+def test_wine_installed_when_mingw_is_there(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-*")
+    res = _run(env, "--install-only")
+    assert res.returncode == 0, res.stdout + res.stderr
+    installs = _installs(env)
+    assert installs.index("gcc-mingw-w64-x86-64-win32") < installs.index("wine64")
+    assert "gcc-mingw-w64-i686-win32" in installs
+    assert "installed wine64 (optional: runs the PE reader's Windows file layer)" in res.stdout
+
+
+def test_wine_in_debians_private_folder_counts_as_present(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-*")
+    lib = tmp_path / "lib-wine"
+    lib.mkdir()
+    (lib / "wine64").symlink_to(tmp_path / "fakes" / "wine64")
+    env["CI_WINE_DIRS"] = str(lib)
+    res = _run(env, "--install-only")
+    assert f"Wine: present ({lib}/wine64)" in res.stdout and "wine64" not in _installs(env)
+
+
+def test_wine_not_installable_skips_with_a_reason(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-* wine*")
+    res = _run(env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "wine64" in _installs(env) and "wine" in _installs(env)
+    assert "skip: Wine not installable (tried wine64, wine); the Wine file-layer tests will skip" in res.stdout
+    assert res.stdout.rstrip().endswith("TESTS-RAN")
+
+
+def test_no_wine_without_mingw(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-* gcc-mingw-w64-*")
+    res = _run(env, "--install-only")
+    assert "skip: Wine is of no use without mingw-w64" in res.stdout
+    assert not any(p.startswith("wine") for p in _installs(env))

@@ -15,6 +15,7 @@ never-raising ProcessEvent resolver.
 from __future__ import annotations
 
 import itertools
+import ntpath
 import os
 import sys
 import threading
@@ -47,6 +48,60 @@ def _sys_detail(err: int) -> str | None:
     if sys.platform == "win32":
         return f"Windows error {err}"
     return os.strerror(err)
+
+
+_RESERVED_DEVICES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+                              + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)])
+
+
+def windows_open_path(path: str, cwd: str = "C:\\", wow64: bool = False,
+                      windir: str = "C:\\Windows") -> str:
+    """The path as the Windows reader opens it (twin of ``win_open_path`` in pe_version.c).
+
+    ``\\\\?\\`` and ``\\\\.\\`` paths are kept; ``\\??\\X`` becomes ``\\\\?\\X``; an NT
+    device path ``\\Device\\...`` (a volume without a letter, a shadow copy) becomes
+    ``\\\\?\\GLOBALROOT\\Device\\...``; anything else is made full (against ``cwd``) and
+    prefixed ``\\\\?\\`` (``\\\\?\\UNC\\`` for UNC paths), so paths of 260 characters and more
+    open without LongPathsEnabled.  A reserved device name (NUL, CON...) becomes
+    ``\\\\.\\NAME`` (refused later: not a disk file).  In a WOW64 process (32-bit Python on
+    64-bit Windows) ``<windir>\\System32\\`` becomes ``<windir>\\Sysnative\\``, so the native
+    file is read instead of its SysWOW64 namesake."""
+    low = path[:8].lower()
+    if low.startswith(("\\\\?\\", "\\\\.\\")):
+        return path
+    if low.startswith("\\??\\"):
+        return "\\\\?\\" + path[4:]
+    if low.startswith("\\device\\"):
+        return "\\\\?\\GLOBALROOT" + path
+    full = ntpath.normpath(ntpath.join(cwd, path.replace("/", "\\")))
+    head, tail = ntpath.split(full)
+    stripped = tail.rstrip(". ")
+    if stripped != tail and stripped:
+        full = ntpath.join(head, stripped)
+    if stripped.split(".", 1)[0].upper() in _RESERVED_DEVICES and stripped.upper() in _RESERVED_DEVICES:
+        return "\\\\.\\" + stripped.upper()
+    if full.startswith("\\\\"):
+        out = "\\\\?\\UNC\\" + full[2:]
+    else:
+        out = "\\\\?\\" + full
+    if wow64:
+        sys32 = "\\\\?\\" + windir.rstrip("\\") + "\\System32\\"
+        if out[:len(sys32)].lower() == sys32.lower():
+            out = out[:len(sys32) - len("System32\\")] + "Sysnative\\" + out[len(sys32):]
+    return out
+
+
+def _is_wow64() -> bool:
+    """A 32-bit Python on 64-bit Windows."""
+    return sys.platform == "win32" and sys.maxsize < 2**32 and bool(os.environ.get("PROCESSOR_ARCHITEW6432"))
+
+
+def _twin_path(path: Any) -> Any:
+    """The twin opens what the native reader opens: on Windows, ``windows_open_path``."""
+    if sys.platform != "win32":
+        return path
+    p = _fspath(path)
+    return windows_open_path(p, os.getcwd(), _is_wow64(), os.environ.get("SystemRoot", "C:\\Windows"))
 
 
 _native: Any = None
@@ -145,7 +200,7 @@ def _stat_ident(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _py_ident(path: Any) -> tuple[int, int, int, int, int]:
     try:
-        return _stat_ident(os.stat(path))
+        return _stat_ident(os.stat(_twin_path(path)))
     except OSError as exc:
         raise PeError("io", f"cannot open or read the file: {exc.strerror or exc}") from None
     except ValueError:  # a NUL in the path
@@ -155,7 +210,7 @@ def _py_ident(path: Any) -> tuple[int, int, int, int, int]:
 def _py_same(path: str, ident: tuple) -> int:
     """Twin of pev_same_ident: 1 same identity, 0 changed, -errno when it cannot stat."""
     try:
-        return int(_stat_ident(os.stat(path)) == ident)
+        return int(_stat_ident(os.stat(_twin_path(path))) == ident)
     except OSError as exc:
         return -(exc.errno or 5)
 
@@ -168,7 +223,7 @@ def _py_read_identity(path: Any) -> tuple[dict | None, PeError | None, Any, Any]
     except PeError as exc:
         return None, exc, None, path
     try:
-        return _pe_py.read_version_info(path), None, ident, path
+        return _pe_py.read_version_info(_twin_path(path)), None, ident, path
     except PeError as exc:
         return None, exc, ident, path
 

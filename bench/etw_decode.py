@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                         device_mapper=DeviceMapper(devices={"\\Device\\HarddiskVolume3": "C:"}))
     payloads = [build_payload(m.KERNEL_PROCESS[(1, 4)], ProcessID=1000 + i, ParentProcessID=1000 + i - 1)
                 for i in range(4096)]
-    raws = [(SRC_KERNEL_PROCESS, 1, 4, 1, 4, 0, 0, p) for p in payloads]
+    raws = [(SRC_KERNEL_PROCESS, 1, 4, 1, 4, 8, 0, 0, p) for p in payloads]
     n = args.number
     best = float("inf")
     for _ in range(3):

@@ -322,3 +322,25 @@ def fake(tmp_path_factory):
 
 
 _FAKE = None
+
+
+def test_capture_command_off_windows_is_a_clear_refusal(tmp_path, capsys):
+    if sys.platform == "win32":
+        pytest.skip("on Windows the command captures")
+    from sensor.cli import main
+    assert main(["capture", "-o", str(tmp_path / "x.capture.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "capture needs Windows" in err and "Traceback" not in err
+    assert not (tmp_path / "x.capture.jsonl").exists()
+
+
+def test_run_replay_source_reads_a_capture(tmp_path):
+    from sensor.sources.replay import ReplaySource
+    path = write_capture(tmp_path / "t.capture.jsonl.gz", trace())
+    src = ReplaySource([str(path)])
+    got = []
+    src.start(lambda ev: got.append(ev) or True)
+    assert src.finished.wait(30)
+    src.stop()
+    check_trace_events(got)
+    assert src.stats()["errors"] == 0 and src.stats()["events"] == 2

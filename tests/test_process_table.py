@@ -214,7 +214,12 @@ def test_start_waits_for_its_system_logger_record():
     assert p.on_start(start_fields(41, 4, T0)) == []       # held
     assert p.next_deadline() == pytest.approx(0.05)
     [ev] = p.on_system_logger(1, sl_fields(41, 4, "cmd /c whoami", "S-1-5-21-1-2-3-1001"), T0 + 20_000)
-    assert ev["CommandLine"] == "cmd /c whoami" and ev["User"] == "CORP\\alice"
+    # the account lookup runs on the resolver thread: this event carries the SID, later ones the name
+    assert ev["CommandLine"] == "cmd /c whoami" and ev["User"] == "S-1-5-21-1-2-3-1001"
+    deadline = time.monotonic() + 10
+    while p.sids.stats().get("resolved") != 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert p._user("S-1-5-21-1-2-3-1001") == "CORP\\alice"
     # A start whose record never comes is emitted when its wait ends, marked missing.
     assert p.on_start(start_fields(42, 4, T0)) == []
     clock.t = 0.01

@@ -77,11 +77,25 @@ def test_ecs_subtechniques_hashes_and_missing_values():
     assert doc["@timestamp"] == "2026-01-01T00:00:00.000Z"
 
 
-def test_ecs_health_event():
+def test_ecs_health_alert_has_its_own_rule():
+    # the spool's own overflow alert (no rule block): an alert with the health rule's id
     doc = to_ecs({"id": "h", "type": "health", "timestamp": "2026-01-01T00:00:00Z",
                   "health": {"event": "spool_overflow", "dropped": 3, "message": "m"}})
-    assert doc["event"]["kind"] == "event" and doc["event"]["action"] == "spool_overflow"
-    assert doc["sensor"]["health"]["dropped"] == 3
+    assert doc["event"]["kind"] == "alert" and doc["event"]["action"] == "spool_overflow"
+    assert doc["rule"]["id"] == "sensor-health-spool-overflow" and doc["event"]["severity"] == 73
+    assert doc["sensor"]["health"]["dropped"] == 3 and doc["message"] == "m"
+
+
+def test_ecs_health_document_is_a_metric():
+    from sensor.deliver.health import health_document
+    d = health_document({"events": {"in": 5}}, reason="heartbeat", boot_id="b1", seq=7,
+                        sensor={"host": "WS1"}, ts=1767225600.0, summary="heartbeat: 5 events")
+    doc = to_ecs(d)
+    assert doc["event"]["kind"] == "metric" and doc["event"]["sequence"] == 7
+    assert doc["event"]["dataset"] == "sensor.health" and doc["event"]["action"] == "heartbeat"
+    assert doc["agent"]["ephemeral_id"] == "b1" and doc["host"]["name"] == "WS1"
+    assert doc["@timestamp"] == "2026-01-01T00:00:00.000Z" and doc["event"]["id"] == "b1-0000000007"
+    assert doc["sensor"]["health"]["events"]["in"] == 5 and doc["message"] == "heartbeat: 5 events"
 
 
 def test_iso_time_forms():

@@ -134,8 +134,13 @@ def test_folders_pick_up_packs_and_validate_reads_them(pack, tmp_path, capsys):
 
 def test_write_is_atomic_and_compile_reports_rejections(tmp_path, capsys):
     out = tmp_path / "e.pack"
+    # A rejected rule means a pack without it: none is written unless asked.
     assert main(["rules", "compile", str(DATA / "sigma" / "errors"), "-o", str(out)]) == 1
-    assert "wrote" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "no pack written" in cap.err and "--allow-rejected" in cap.err and not out.exists()
+    assert main(["rules", "compile", str(DATA / "sigma" / "errors"), "-o", str(out),
+                 "--allow-rejected"]) == 1
+    assert "wrote" in (o := capsys.readouterr().out) and "WITHOUT 5 rejected" in o
     assert [r.id for r in read_pack(out)] == ["0b3c8a52-6f0e-4a8e-9a51-3d2b5a7a0001"]
     assert not list(tmp_path.glob("*.tmp"))
     assert write_pack([], tmp_path / "empty.pack") > len(MAGIC)

@@ -24,6 +24,15 @@ def recording(tmp_path, events):
     return str(p)
 
 
+def alerts_of(out):
+    """The detection alerts an output got (not the sensor's health documents and alerts)."""
+    return [a for a in out.alerts if a.get("type") is None]
+
+
+def ids_of(out):
+    return [str(a["id"]) for a in alerts_of(out)]
+
+
 def make(tmp_path, events, engine, **kw):
     spool = Spool(tmp_path / "spool.sqlite")
     out = MemoryOutput()
@@ -42,8 +51,11 @@ def test_alerts_flow_to_the_output(tmp_path, engine):
     status = p.stop(drain_timeout=10)
     assert status["events"]["in"] == 100
     assert status["alerts"]["total"] == 50
-    assert len(set(out.ids)) == 50 and len(out.ids) == 50
+    assert len(set(ids_of(out))) == 50 and len(ids_of(out)) == 50
     assert spool.depth() == 0                       # delivered alerts left the spool
+    # and the ledger: a health document at start and one at stop, numbered 0 and 1
+    docs = [a for a in out.alerts if a.get("type") == "metric"]
+    assert [(d["ledger"]["seq"], d["ledger"]["reason"]) for d in docs] == [(0, "start"), (1, "stop")]
     assert status["matcher"]["us_per_event"] > 0
 
 
@@ -55,7 +67,7 @@ def test_alert_written_to_spool_before_delivery(tmp_path, engine):
     p.start()
     assert p.wait_source(10)
     p.stop(drain_timeout=0.5)
-    assert spool.depth() == 10 and out.alerts == []
+    assert spool.depth() == 10 + 2 and out.alerts == []     # + the start and stop health documents
 
 
 def test_noise_control_in_pipeline(tmp_path, make_matcher, engine):
@@ -67,7 +79,7 @@ def test_noise_control_in_pipeline(tmp_path, make_matcher, engine):
     p.start()
     assert p.wait_source(10)
     status = p.stop(drain_timeout=10)
-    assert len(out.ids) == 1                         # 5 identical -> 1, cscript one excluded
+    assert len(ids_of(out)) == 1                     # 5 identical -> 1, cscript one excluded
     assert status["noise"]["throttled"] == {"seed-cc784d634d6f7fd1": 4}
     assert status["noise"]["excluded_alerts"] == {"seed-cc784d634d6f7fd1": 1}
 
@@ -108,18 +120,18 @@ def test_full_queue_drops_and_counts(tmp_path, engine):
 
 def test_status_file_heartbeat(tmp_path, engine):
     status_file = tmp_path / "status.json"
-    p, out, _ = make(tmp_path, [MOF], engine)
-    p.heartbeat = None
+    p, out, _ = make(tmp_path, [MOF], engine, status_file=str(status_file))
     from sensor.daemon.health import Heartbeat
-    p.heartbeat = Heartbeat(p.status, 0.05, str(status_file))
+    p.heartbeat = Heartbeat(p.beat, 0.05)
     p.start()
     assert p.wait_source(10)
     p.stop(drain_timeout=5)
     st = read_status(str(status_file))
-    for key in ("events", "etw", "matcher", "alerts", "spool", "delivery", "enrich"):
-        assert key in st
-    assert st["alerts"]["by_rule"] == {"seed-cc784d634d6f7fd1": 1}
-    assert st["delivery"]["sent"] == 1
+    assert st.alerts.by_rule == {"seed-cc784d634d6f7fd1": 1}
+    assert st.alerts.titles == {"seed-cc784d634d6f7fd1": "Potential Suspicious Mofcomp Execution"}
+    assert st.sensor.state == "stopped"
+    assert st.delivery.sent == 1 + st.ledger.seq + 1        # the alert and every health document
+    assert st.spool.depth == 0
 
 
 def test_one_bad_event_does_not_cost_the_batch_its_alerts(tmp_path, engine):
@@ -132,7 +144,7 @@ def test_one_bad_event_does_not_cost_the_batch_its_alerts(tmp_path, engine):
     assert p.wait_source(10)
     status = p.stop(drain_timeout=10)
     assert status["events"]["in"] == 7
-    assert len(set(out.ids)) == status["alerts"]["total"] >= 6
+    assert len(set(ids_of(out))) == status["alerts"]["total"] >= 6
 
 
 def test_lone_surrogate_does_not_sink_the_spool_write(tmp_path, engine):
@@ -156,9 +168,9 @@ def test_lone_surrogate_does_not_sink_the_spool_write(tmp_path, engine):
     assert p.wait_source(10)
     status = p.stop(drain_timeout=10)
     assert not src_path.exists()
-    assert status["alerts"]["spool_write_failures"] == 0
-    assert len(out.ids) == 6
-    assert any("\ufffd" in (a["event"]["CommandLine"] or "") for a in out.alerts)
+    assert status["spool"]["write_failures"] == 0
+    assert len(ids_of(out)) == 6
+    assert any("\ufffd" in (a["event"]["CommandLine"] or "") for a in alerts_of(out))
 
 
 def test_replay_drops_are_counted_once(tmp_path, engine):

@@ -1,16 +1,25 @@
-"""``etw-sensor config test FILE``: check a configuration without starting anything."""
+"""``etw-sensor config test|example``: check a configuration exactly as ``run`` would, without
+starting anything; print the documented example."""
 from __future__ import annotations
 
+import re
 import sys
 
-from ..daemon.config import ConfigError, default_config_path, load
+from ..daemon.config import ConfigError, default_config_path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("config", help="check a configuration file")
+    p = sub.add_parser("config", help="check a configuration file; print the example")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    t = csub.add_parser("test", help="load and check a config: keys, types, rules, output, spool")
-    t.add_argument("file", nargs="?", default=None, help=f"default: {default_config_path()}")
+    t = csub.add_parser("test", help="every check `run` makes, without starting: keys, types, "
+                                     "ranges, rules, output, secrets, TLS material, folders, platform",
+                        description="Check a configuration exactly as `run` does before it starts, "
+                                    "and create nothing. Every problem is listed with its key. "
+                                    "Exit 0 and OK: `run` would start; 2: it would refuse.")
+    t.add_argument("file", nargs="?", default=None,
+                   help=f"default: {default_config_path()}, else the built-in defaults")
+    t.add_argument("--allow-readable-config", action="store_true",
+                   help="accept a config file that other users can read")
     t.set_defaults(func=test)
     e = csub.add_parser("example", help="print the documented example configuration")
     e.set_defaults(func=example)
@@ -18,27 +27,41 @@ def register(sub) -> None:
 
 
 def test(args) -> int:
-    path = args.file or default_config_path()
-    try:
-        cfg = load(path)
-        from ..daemon.assemble import build
-        parts = build(cfg, with_source=cfg.source.kind == "replay" or sys.platform == "win32")
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    from ..daemon.assemble import validate
+    from . import config_for, print_config_error
+    cfg = config_for(args.file)
+    if cfg is None:
         return 2
-    for w in parts.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    for p in parts.rule_problems:
-        print(p, file=sys.stderr)
-    print(f"{path}: OK: source {cfg.source.kind}, {len(parts.rules)} rule(s), output "
-          f"{getattr(parts.output, 'name', cfg.output.format)}, spool {cfg.spool.path}, "
-          f"status {cfg.sensor.status_file}")
-    if parts.spool is not None:
-        parts.spool.close()
-    return 1 if parts.rule_problems else 0
+    checked = validate(cfg, allow_readable_config=args.allow_readable_config)
+    for w in checked.warnings:
+        print(f"etw-sensor: warning: {w}", file=sys.stderr)
+    if checked.errors:
+        print_config_error(ConfigError(checked.errors, cfg.path))
+        print(f"{cfg.path}: {len(checked.errors)} error(s): `run` would refuse to start",
+              file=sys.stderr)
+        return 2
+    print(f"{cfg.path}: OK: source {cfg.source.kind}, {len(checked.rules)} rule(s)"
+          f"{f' ({len(checked.rule_problems)} skipped)' if checked.rule_problems else ''}, "
+          f"output {checked.output_name}, spool {cfg.spool.path}, status {cfg.sensor.status_file}")
+    return 0
+
+
+# The line of the example that names the replay recordings.
+_REPLAY_LINE = re.compile(r"^paths = \[\](?=\s+# recordings)", re.M)
+
+
+def example_text(platform: str = sys.platform) -> str:
+    """The example configuration for this platform: on Windows the live ETW source; elsewhere
+    a replay of the bundled recording, so the example passes `config test` and `run` as is."""
+    from importlib import resources
+    text = resources.files("sensor").joinpath("data", "sensor.example.toml").read_text(encoding="utf-8")
+    if platform != "win32":
+        rec = resources.files("sensor").joinpath("data", "demo", "recording.jsonl.gz")
+        path = str(rec).replace("\\", "\\\\").replace('"', '\\"')
+        text = _REPLAY_LINE.sub(f'paths = ["{path}"]', text, count=1)
+    return text
 
 
 def example(args) -> int:
-    from importlib import resources
-    sys.stdout.write(resources.files("sensor").joinpath("data", "sensor.example.toml").read_text())
+    sys.stdout.write(example_text())
     return 0

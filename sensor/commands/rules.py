@@ -77,7 +77,7 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
 
 
 def _cmd_list(args) -> int:
-    report = load_rules(args.rules or [], builtin=not args.no_builtin_rules)
+    report = load_rules(list(args.paths) + list(args.rules or []), builtin=not args.no_builtin_rules)
     out = sys.stdout
     print(f"{'ID':38} {'LEVEL':9} {'TITLE':60} SOURCE", file=out)
     for r in report.rules:
@@ -122,23 +122,59 @@ def _cmd_validate(args) -> int:
     return 1 if report.rejected else 0
 
 
-def run_compile(paths: Sequence[str], output: str, out: TextIO) -> int:
-    """Compile ``paths`` into the pack ``output`` and print the report."""
-    from ..detect.loader import compile_paths
+def write_pack_private(rules, output: str, sources: Sequence[str]) -> int:
+    """Write the pack atomically (temp file + rename), private (0600); returns its size."""
+    import os
 
-    before = _rss_mib()
+    from .._files import open_private
+    from ..detect.pack import encode_pack
+    data = encode_pack(rules, [str(p) for p in sources])
+    tmp = f"{output}.tmp"
     try:
-        report, size = compile_paths(paths, output)
+        with open_private(tmp, "wb", make_parents=False) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return len(data)
+
+
+def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: bool = False) -> int:
+    """Compile ``paths`` into the pack ``output`` and print the report.
+
+    A rule that was rejected means the pack would silently lack it: no pack is written then,
+    unless ``allow_rejected``. Exit 0 written, 1 rules rejected (written only if allowed),
+    2 the pack cannot be written.
+    """
+    before = _rss_mib()
+    report = load_rules(paths, builtin=False)
+    print_report(report, out, before, _rss_mib())
+    if report.rejected and not allow_rejected:
+        print(f"\nno pack written: {len(report.rejected)} rule(s) or file(s) rejected (listed "
+              f"above); fix them, or pass --allow-rejected to write a pack without them",
+              file=sys.stderr)
+        return 1
+    if not report.rules:
+        print("\nno pack written: no rule loaded", file=sys.stderr)
+        return 1
+    try:
+        size = write_pack_private(report.rules, output, paths)
     except OSError as exc:
         print(f"error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    print_report(report, out, before, _rss_mib())
-    print(f"\nwrote {output}: {len(report.rules)} rules, {size} bytes", file=out)
+    print(f"\nwrote {output}: {len(report.rules)} rules, {size} bytes"
+          + (f" (WITHOUT {len(report.rejected)} rejected)" if report.rejected else ""), file=out)
     return 1 if report.rejected else 0
 
 
 def _cmd_compile(args) -> int:
-    return run_compile(args.paths, args.output, sys.stdout)
+    return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected)
 
 
 def register(subparsers) -> None:
@@ -149,8 +185,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="rules_command", metavar="ACTION")
 
     lp = sub.add_parser("list", help="show the loaded rules (id, level, title, source)")
+    lp.add_argument("paths", nargs="*", metavar="PATH",
+                    help="Sigma files/folders or rule packs (besides the built-in rule)")
     lp.add_argument("--rules", action="append", metavar="PATH",
-                    help="Sigma file/folder or rule pack (repeatable)")
+                    help="the same, as an option (repeatable)")
     lp.add_argument("--no-builtin-rules", action="store_true",
                     help="leave out the built-in rule")
     lp.add_argument("-v", "--verbose", action="store_true",
@@ -166,7 +204,9 @@ def register(subparsers) -> None:
 
     cp = sub.add_parser("compile", help="compile rules into a rule pack (loads without pySigma)")
     cp.add_argument("paths", nargs="+", metavar="PATH")
-    cp.add_argument("-o", "--output", required=True, metavar="FILE")
+    cp.add_argument("-o", "--output", required=True, metavar="PACK")
+    cp.add_argument("--allow-rejected", action="store_true",
+                    help="write the pack even when rules were rejected (they are left out)")
     cp.set_defaults(func=_cmd_compile)
 
     def _usage(args) -> int:

@@ -1,53 +1,80 @@
 """``etw-sensor run``: the sensor daemon in the foreground (the service runs the same code)."""
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 
-from ..daemon.config import ConfigError, default_config_path, load, parse
-from ..daemon.runner import serve
+from ..daemon.config import ConfigError, default_config_path
+from . import config_for, print_config_error
 
 log = logging.getLogger("sensor")
 
 
+def speed(text: str) -> float:
+    """``--speed``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0 or value > 1e6:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1000000, got {text}")
+    return value
+
+
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the sensor (ETW on Windows, replay anywhere)",
-                       description="Start the pipeline: source -> enrich -> match -> spool -> deliver. "
-                                   "Stops on Ctrl-C/SIGTERM, draining queues and the spool.")
+                       description="Check the configuration (as `config test` does), then start "
+                                   "the pipeline: source -> enrich -> match -> spool -> deliver. "
+                                   "Stops on Ctrl-C/SIGTERM, draining queues and the spool. "
+                                   "Exit 0: ran and delivered everything; 1: ran, but alerts were "
+                                   "left undelivered or dead-lettered, or input was unreadable; "
+                                   "2: refused to start (every problem is listed).")
     p.add_argument("-c", "--config", metavar="FILE",
-                   help=f"TOML config (default: {default_config_path()})")
+                   help=f"TOML config (default: {default_config_path()}, else the built-in defaults)")
     p.add_argument("--replay", action="append", default=[], metavar="PATH",
                    help="replay these recordings instead of the configured source (repeatable)")
-    p.add_argument("--speed", type=float, default=None,
-                   help="with --replay: pace by event time (1 = real time)")
+    p.add_argument("--speed", type=speed, default=None, metavar="X",
+                   help="with --replay: pace by event time (1 = real time, 0 = as fast as possible)")
+    p.add_argument("--allow-readable-config", action="store_true",
+                   help="accept a config file that other users can read (it may hold secrets)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    path = args.config or default_config_path()
+    from ..daemon.assemble import prepare, setup_logging, validate
+    from ..daemon.runner import serve
+    cfg = config_for(args.config)
+    if cfg is None:
+        return 2
+    if args.replay:
+        cfg.source.kind = "replay"
+        cfg.source.replay.paths = [os.path.abspath(p) for p in args.replay]
+        cfg.source.replay.speed = args.speed or 0.0
+    elif args.speed is not None:
+        print("etw-sensor: --speed needs --replay", file=sys.stderr)
+        return 2
+    checked = validate(cfg, allow_readable_config=args.allow_readable_config)
+    for w in checked.warnings:
+        print(f"etw-sensor: warning: {w}", file=sys.stderr)
+    if checked.errors:
+        print_config_error(ConfigError(checked.errors, cfg.path))
+        print(f"etw-sensor: not started: {len(checked.errors)} configuration error(s)",
+              file=sys.stderr)
+        return 2
     try:
-        if args.config is None and not os.path.exists(path):
-            # No config installed: run with the defaults (live ETW on Windows, the built-in
-            # rule, alerts to <data_dir>/alerts.jsonl) rather than refuse to start.
-            cfg = parse({} if not args.replay else
-                        {"source": {"kind": "replay", "replay": {"paths": list(args.replay)}}},
-                        "<defaults>")
-            print(f"etw-sensor: no config at {path}: using the defaults "
-                  f"(see `etw-sensor config example`)", file=sys.stderr)
-        else:
-            cfg = load(path)
-        if args.replay:
-            cfg.source.kind = "replay"
-            cfg.source.replay.paths = list(args.replay)
-            cfg.source.replay.speed = args.speed or 0.0
-        from ..daemon.assemble import prepare, setup_logging
         setup_logging(cfg)
-        pipeline = prepare(cfg)
+        checked.warnings = []            # printed above
+        pipeline = prepare(cfg, checked)
     except ConfigError as exc:
-        print(f"etw-sensor: config error: {exc}", file=sys.stderr)
+        print_config_error(exc)
+        return 2
+    except OSError as exc:               # e.g. the log file cannot be created after all
+        print(f"etw-sensor: not started: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
 

@@ -9,6 +9,7 @@ from typing import IO, Sequence
 
 import msgspec
 
+from .._files import open_private
 from ..detect.alerts import AlertFactory
 from ..sources.base import ReadStats
 
@@ -61,22 +62,45 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"etw-sensor: {exc}", file=err)
         return 2
-    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    if args.output:
+        try:
+            out = open_private(args.output, "wb", make_parents=False)
+        except OSError as exc:
+            print(f"etw-sensor: cannot write {args.output}: {exc.strerror or exc}", file=err)
+            return 2
+    else:
+        out = sys.stdout.buffer
     encode = msgspec.json.Encoder().encode
     make_alert = AlertFactory()
     stats = ReadStats()
     per_rule: Counter = Counter()
     t0 = time.perf_counter()
+    write_error = None
     try:
         for event in read_events(args.paths, stats):
+            pos = stats.position
             for i in matcher.match(event):
                 rule = matcher.rules[i]
                 per_rule[rule.id] += 1
-                out.write(encode(make_alert(rule, event)) + b"\n")
-    finally:
+                alert = make_alert(rule, event)
+                if pos is not None:   # which file, and where in it, this alert came from
+                    alert["input"] = {"file": pos[0], pos[1]: pos[2]}
+                out.write(encode(alert) + b"\n")
         out.flush()
+    except BrokenPipeError:
+        raise                      # the reader went away (`| head`): quiet, see cli.main
+    except OSError as exc:         # a full disk, a closed output
+        write_error = exc
+    finally:
         if args.output:
-            out.close()
+            try:
+                out.close()
+            except OSError as exc:
+                write_error = write_error or exc
+    if write_error is not None:
+        print(f"etw-sensor: cannot write {args.output or 'the output'}: "
+              f"{write_error.strerror or write_error}", file=err)
+        return 1
     elapsed = time.perf_counter() - t0
     for e in stats.errors:
         print(f"etw-sensor: {e}", file=err)

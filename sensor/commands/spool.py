@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 
 from . import config_for
+
+
+def _limit(text: str) -> int:
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000000, got {n}")
+    return n
 
 
 def register(sub) -> None:
@@ -14,16 +26,17 @@ def register(sub) -> None:
                    help="status: counters and health events; dead: alerts a receiver rejected; "
                         "requeue: send dead-lettered alerts again (after fixing the cause)")
     p.add_argument("ids", nargs="*", metavar="ALERT_ID", help="requeue: only these alerts")
-    p.add_argument("-c", "--config", metavar="FILE", help="config file (to find the spool)")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config file (to find the spool); default: as `run`")
     p.add_argument("--path", metavar="FILE", help="the spool file itself")
-    p.add_argument("--limit", type=int, default=50, help="dead: how many to show (newest first)")
+    p.add_argument("--limit", type=_limit, default=50, help="dead: how many to show (newest first)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     path = args.path
     if not path:
-        cfg = config_for(args.config)
+        cfg = config_for(args.config, quiet=True)
         if cfg is None:
             return 2
         path = cfg.spool.path
@@ -31,9 +44,12 @@ def main(args) -> int:
         print(f"etw-sensor: no spool at {path}", file=sys.stderr)
         return 1
     from ..deliver.spool import Spool, SpoolError
+    if not os.path.isfile(path):
+        print(f"etw-sensor: {path} is not a spool file", file=sys.stderr)
+        return 1
     try:
         spool = Spool(path)
-    except SpoolError as exc:
+    except (SpoolError, OSError) as exc:
         print(f"etw-sensor: {exc}", file=sys.stderr)
         return 1
     try:
@@ -49,6 +65,9 @@ def main(args) -> int:
         else:
             n = spool.requeue_dead(args.ids or None)
             print(f"requeued {n} alert(s); the running sensor sends them with the next batch")
+    except (SpoolError, sqlite3.Error) as exc:
+        print(f"etw-sensor: spool {path}: {exc}", file=sys.stderr)
+        return 1
     finally:
         spool.close()
     return 0

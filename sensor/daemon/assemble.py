@@ -1,4 +1,10 @@
-"""Build the running sensor from a configuration (used by ``run``, ``config test``, tests, demo)."""
+"""Check and build the running sensor from a configuration.
+
+:func:`validate` is the one check ``etw-sensor run``, the Windows service and
+``etw-sensor config test`` share: it finds every problem (each with its key path) and
+creates nothing. :func:`build` then makes the parts (spool, output, source) from a
+configuration that passed, and :func:`prepare` does both for ``run`` and the service.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,16 +13,34 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from .config import Config, ConfigError
+from .._files import exposure, open_private, private_dir
+from .config import DEFAULTS_NAME, HTTP_FORMATS, Config, ConfigError, output_format
 
 log = logging.getLogger("sensor")
 
 
 @dataclass
+class Validation:
+    """What :func:`validate` found: errors (refuse to start), warnings, and the loaded rules."""
+
+    config: Config
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rules: list = field(default_factory=list)
+    rule_problems: list[str] = field(default_factory=list)
+    not_applicable: int = 0
+    output_name: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass
 class Parts:
-    """Everything ``run`` starts, built and checked before anything starts."""
+    """Everything ``run`` starts, built from a configuration that passed :func:`validate`."""
 
     config: Config
     rules: list
@@ -31,6 +55,174 @@ class Parts:
     warnings: list = field(default_factory=list)
 
 
+# -- validation -------------------------------------------------------------------------------
+
+def _writable(path: str, *, folder: bool) -> str | None:
+    """Why the sensor could not create or write ``path`` (None when it could); creates nothing."""
+    if os.path.lexists(path):
+        if folder and not os.path.isdir(path):
+            return f"{path} exists and is not a folder"
+        if not folder and not os.path.isfile(path):
+            return f"{path} exists and is not a regular file"
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            return f"{path}: no permission to write"
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.lexists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if not os.path.isdir(parent):
+        return f"cannot create {path}: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: no permission to write in {parent}"
+    return None
+
+
+def _is_elevated() -> bool | None:
+    """Whether this Windows process runs elevated (None off Windows or when unknown)."""
+    if sys.platform != "win32":
+        return None
+    from .platform_windows import is_elevated
+    return is_elevated()
+
+
+def validate(cfg: Config, *, allow_readable_config: bool = False, platform: str = sys.platform,
+             elevated: Callable[[], bool | None] = _is_elevated) -> Validation:
+    """Every check ``run`` makes before it starts, minus starting: nothing is created.
+
+    Each problem is an error naming its key (the start is refused, exit 2); things that
+    work but that an operator must know are warnings.
+    """
+    v = Validation(config=cfg)
+    err = v.errors.append
+    if cfg.path and cfg.path != DEFAULTS_NAME and os.path.isfile(cfg.path):
+        why = exposure(cfg.path, allow_readable=allow_readable_config)
+        if why:
+            err(f"config file: {why}; it may hold secrets and decides where alerts go"
+                + ("" if "change" in why else " (--allow-readable-config accepts a readable one)"))
+    _check_platform(cfg, v, platform, elevated)
+    _check_rules(cfg, v)
+    _check_output(cfg, v)
+    _check_places(cfg, v)
+    return v
+
+
+def _check_platform(cfg: Config, v: Validation, platform: str, elevated) -> None:
+    if cfg.source.kind == "etw":
+        if platform != "win32":
+            v.errors.append("source.kind: 'etw' needs Windows; use 'replay' here")
+        else:
+            try:
+                etw_config(cfg)
+            except ConfigError as exc:
+                v.errors.extend(exc.errors)
+            if elevated() is False:
+                v.errors.append("source.kind: live ETW needs Administrator or SYSTEM rights "
+                                "(run elevated, or install the service)")
+    else:
+        if not cfg.source.replay.paths:
+            v.errors.append("source.replay.paths: a replay source needs at least one path"
+                            + (" (live ETW needs Windows)" if platform != "win32" else ""))
+        for i, p in enumerate(cfg.source.replay.paths):
+            if not os.path.exists(p):
+                v.errors.append(f"source.replay.paths[{i}]: {p}: no such file or folder")
+            elif not os.access(p, os.R_OK):
+                v.errors.append(f"source.replay.paths[{i}]: {p}: no permission to read")
+    for key, p in cfg.enrich.pe.path_map.items():
+        if not os.path.isdir(p):
+            v.errors.append(f"enrich.pe.path_map.{key}: {p}: no such folder")
+
+
+def _check_rules(cfg: Config, v: Validation) -> None:
+    from ..detect.loader import load_rules as _load
+    from ..detect.matcher import create
+    report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
+    v.rules = report.rules
+    v.rule_problems = report.problems()
+    v.not_applicable = len(report.not_applicable)
+    if v.rule_problems:
+        if cfg.rules.on_error == "fail":
+            v.errors += [f"rules: {p}" for p in v.rule_problems]
+            v.errors.append(f"rules: {len(v.rule_problems)} problem(s) above; the sensor does not "
+                            f"start without rules it was given (fix them, or set "
+                            f"[rules] on_error = \"skip\" to start without them)")
+        else:
+            v.warnings += [f"{p} (on_error = \"skip\": running without it)" for p in v.rule_problems]
+    if not v.rules:
+        v.errors.append("rules: no rules to run (builtin = false and no rule loaded)")
+        return
+    engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
+    try:
+        create(v.rules[:1], engine)
+    except ValueError as exc:
+        v.errors.append(f"rules.engine: {exc}")
+    if cfg.exclusions:
+        from ..detect.noise import Exclusion, Exclusions
+        try:
+            Exclusions([Exclusion(name=e.name, rules=e.rules, fields=e.match) for e in cfg.exclusions],
+                       lambda rs: create(rs, engine))
+        except ValueError as exc:
+            v.errors.append(f"exclusions: {exc}")
+
+
+def _check_output(cfg: Config, v: Validation) -> None:
+    from ..deliver.outputs import build_output
+    from ..deliver.tls import ConfigError as OutputConfigError
+    o = cfg.output
+    fmt = output_format(o)
+    v.output_name = fmt or o.format
+    for key in ("token_file", "hmac_secret_file", "client_key"):
+        p = getattr(o, key)
+        if p and os.path.isfile(p):
+            why = exposure(p)
+            if why:
+                v.errors.append(f"output.{key}: {why}: a secret must be readable by the sensor only")
+    try:
+        output = build_output(o.options())
+    except (OutputConfigError, ValueError, OSError) as exc:
+        v.errors.append(f"output: {exc}")
+        return
+    try:
+        for secret in (getattr(output, "token", None), getattr(output, "hmac_secret", None)):
+            if secret and any(ord(c) < 32 or ord(c) == 127 for c in secret.reveal()):
+                v.errors.append("output: the token or secret holds a line break or control character")
+        if fmt in HTTP_FORMATS:
+            if o.insecure_skip_verify:
+                v.warnings.append("output.insecure_skip_verify is set: the receiver's TLS "
+                                  "certificate is NOT verified")
+            if (o.pool_maxsize or 2) < cfg.delivery.concurrency:
+                v.warnings.append("output.pool_maxsize is below delivery.concurrency: "
+                                  "connections are opened and closed per request")
+    finally:
+        output.close()
+
+
+def _check_places(cfg: Config, v: Validation) -> None:
+    """Every folder and file the sensor will write: creatable or writable, created by nobody."""
+    places = [("sensor.data_dir", cfg.sensor.data_dir, True),
+              ("sensor.status_file", cfg.sensor.status_file, False),
+              ("spool.path", cfg.spool.path, False)]
+    if cfg.logging.file:
+        places.append(("logging.file", cfg.logging.file, False))
+    if output_format(cfg.output) == "jsonl":
+        places.append(("output.path", cfg.output.path, False))
+    for key, path, folder in places:
+        why = _writable(path, folder=folder)
+        if why:
+            v.errors.append(f"{key}: {why}")
+
+
+# -- building ---------------------------------------------------------------------------------
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log file created 0600 (log lines carry command lines and users)."""
+
+    def _open(self):
+        return open_private(self.baseFilename, self.mode, encoding=self.encoding)
+
+
 def setup_logging(cfg: Config, stream=None) -> None:
     """Log to stderr (and a rotating file, and on Windows the Event Log, when configured)."""
     root = logging.getLogger()
@@ -42,9 +234,9 @@ def setup_logging(cfg: Config, stream=None) -> None:
     h.setFormatter(fmt)
     root.addHandler(h)
     if cfg.logging.file:
-        os.makedirs(os.path.dirname(cfg.logging.file) or ".", exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(cfg.logging.file, maxBytes=cfg.logging.max_bytes,
-                                                  backupCount=cfg.logging.backups, encoding="utf-8")
+        private_dir(os.path.dirname(cfg.logging.file) or ".")
+        fh = _PrivateRotatingFileHandler(cfg.logging.file, maxBytes=cfg.logging.max_bytes,
+                                         backupCount=cfg.logging.backups, encoding="utf-8")
         fh.setFormatter(fmt)
         root.addHandler(fh)
     if cfg.logging.event_log and sys.platform == "win32":
@@ -58,9 +250,6 @@ def load_rules(cfg: Config) -> tuple[list, list]:
     """The configured rules and the problems found loading them."""
     from ..detect.loader import load_rules as _load
     report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
-    if report.not_applicable:
-        log.info("%d rule(s) not applicable to process starts (see `etw-sensor rules validate`)",
-                 len(report.not_applicable))
     return report.rules, report.problems()
 
 
@@ -79,7 +268,7 @@ def build_source(cfg: Config):
         r = cfg.source.replay
         return ReplaySource(r.paths, speed=r.speed or None, loop=r.loop, block=r.block, preload=r.preload)
     if sys.platform != "win32":
-        raise ConfigError(f"{cfg.path}: source.kind: 'etw' needs Windows; use 'replay' here")
+        raise ConfigError("source.kind: 'etw' needs Windows; use 'replay' here", cfg.path)
     from ..sources.etw import EtwSource
     from ..sources.etw_windows import platform_parts
     return EtwSource(etw_config(cfg), platform=platform_parts)
@@ -104,31 +293,30 @@ def etw_config(cfg: Config):
         out.session.validate()
         out.logger.validate()
     except ValueError as exc:
-        raise ConfigError(f"{cfg.path}: source.etw: {exc}") from None
+        raise ConfigError(f"source.etw: {exc}", cfg.path) from None
     return out
 
 
-def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) -> Parts:
-    """Build (and so check) every part; raises ConfigError naming the bad key."""
+def build(cfg: Config, checked: Validation | None = None, *, with_source: bool = True,
+          with_delivery: bool = True) -> Parts:
+    """Make every part of a configuration that passed :func:`validate` (done here if not given).
+
+    Creates the spool (and its folder); raises ConfigError when something still fails.
+    """
     from ..detect.noise import Exclusion, Exclusions, Throttle
     from ..detect.matcher import create
 
-    rules, problems = load_rules(cfg)
-    if not rules:
-        raise ConfigError(f"{cfg.path}: rules: no rules to run (builtin = false and no paths)")
-    parts = Parts(config=cfg, rules=rules, rule_problems=problems)
+    if checked is None:
+        checked = validate(cfg)
+    if checked.errors:
+        raise ConfigError(checked.errors, cfg.path)
+    parts = Parts(config=cfg, rules=checked.rules, rule_problems=checked.rule_problems,
+                  warnings=list(checked.warnings))
     engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
-    try:
-        create(rules[:1], engine)
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.path}: rules.engine: {exc}") from None
     if cfg.exclusions:
-        try:
-            parts.exclusions = Exclusions(
-                [Exclusion(name=e.name, rules=e.rules, fields=e.match) for e in cfg.exclusions],
-                lambda rs: create(rs, engine))
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.path}: exclusions: {exc}") from None
+        parts.exclusions = Exclusions(
+            [Exclusion(name=e.name, rules=e.rules, fields=e.match) for e in cfg.exclusions],
+            lambda rs: create(rs, engine))
     if cfg.throttle.window_s > 0:
         parts.throttle = Throttle(cfg.throttle.window_s)
     parts.enricher = _make_enricher(cfg, _pe_cache(cfg))
@@ -139,17 +327,16 @@ def build(cfg: Config, *, with_source: bool = True, with_delivery: bool = True) 
         from ..deliver.spool import Spool, SpoolError
         try:
             parts.output = build_output(cfg.output.options())
-        except OutputConfigError as exc:
-            raise ConfigError(f"{cfg.path}: output: {exc}") from None
-        if cfg.output.insecure_skip_verify:
-            parts.warnings.append("output.insecure_skip_verify is set: the receiver's TLS "
-                                  "certificate is NOT verified")
+        except (OutputConfigError, ValueError) as exc:
+            raise ConfigError(f"output: {exc}", cfg.path) from None
         try:
+            private_dir(cfg.sensor.data_dir)
             parts.spool = Spool(cfg.spool.path, max_bytes=int(cfg.spool.max_mb * 1024 * 1024),
                                 max_age=cfg.spool.max_age_days * 86400,
                                 dead_max_rows=cfg.spool.dead_letter_max)
-        except (SpoolError, OSError) as exc:
-            raise ConfigError(f"{cfg.path}: spool.path: {exc}") from None
+        except (SpoolError, OSError, ValueError) as exc:
+            parts.output.close()
+            raise ConfigError(f"spool.path: {exc}", cfg.path) from None
         d = cfg.delivery
         dc = DeliveryConfig(batch_size=d.batch_size, batch_max_bytes=d.batch_max_kb * 1024,
                             linger=d.batch_wait_ms / 1000.0, concurrency=d.concurrency,
@@ -172,27 +359,26 @@ def _make_enricher(cfg: Config, cache):
                     pe_batch=cache.batch if has else None)
 
 
-def prepare(cfg: Config):
-    """Build every part from ``cfg``, log what the operator must know, return the pipeline.
-
-    Shared by ``etw-sensor run`` and the Windows service, so both report the same
-    warnings (insecure TLS, rejected rules, rule-load caveats).
-    """
-    parts = build(cfg)
+def prepare(cfg: Config, checked: Validation | None = None):
+    """Build every part of a checked ``cfg``, log what the operator must know, return the
+    pipeline. Shared by ``etw-sensor run`` and the Windows service."""
+    parts = build(cfg, checked)
     for w in parts.warnings:
         log.warning(w)
-    for p in parts.rule_problems:
-        log.error(p)
     return make_pipeline(parts)
 
 
+def _dash(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
 def alert_log_line(alert: dict) -> str:
-    """One readable line for an alert (the log and the Windows Event Log)."""
+    """One readable line for an alert (the log and the Windows Event Log); unknown values: ``-``."""
     rule = alert.get("rule") or {}
-    return (f"ALERT [{rule.get('level', '?')}] {rule.get('title', '?')} ({rule.get('id', '?')}): "
-            f"{alert.get('PROCESSNAME')} | {alert.get('COMMANDLINE')} | parent "
-            f"{alert.get('PARENTPROCESSNAME')} | user {alert.get('USERNAME')} | host "
-            f"{alert.get('HOSTNAME')} | alert id {alert.get('id')}")
+    return (f"ALERT [{_dash(rule.get('level'))}] {_dash(rule.get('title'))} ({_dash(rule.get('id'))}): "
+            f"{_dash(alert.get('PROCESSNAME'))} | {_dash(alert.get('COMMANDLINE'))} | parent "
+            f"{_dash(alert.get('PARENTPROCESSNAME'))} | user {_dash(alert.get('USERNAME'))} | host "
+            f"{_dash(alert.get('HOSTNAME'))} | alert id {_dash(alert.get('id'))}")
 
 
 _alert_log = logging.getLogger("sensor.alerts")
@@ -214,5 +400,6 @@ def make_pipeline(parts: Parts):
                     heartbeat_interval=cfg.sensor.heartbeat_s,
                     status_file=cfg.sensor.status_file,
                     alert_hook=_log_alert if cfg.logging.alerts else None,
+                    rule_problems=parts.rule_problems, rules_on_error=cfg.rules.on_error,
                     info={"host": cfg.sensor.hostname or socket.gethostname(),
                           "config": cfg.path})

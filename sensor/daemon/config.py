@@ -1,9 +1,14 @@
 """The sensor's configuration: one TOML file, decoded into typed structs.
 
-Unknown keys and wrong types are refused at start with the key path and the
-reason (``config error: output.batch_size: Expected `int`, got `str```).
-Relative paths are taken relative to the config file's folder.  Every key is
+Every problem is reported at once, each with its key path and the reason
+(``output.batch_size: Expected `int`, got `str```); unknown keys, wrong types,
+non-finite numbers and numbers outside what the code can use (:data:`LIMITS`) are
+refused. Relative paths are taken relative to the config file's folder. Every key is
 documented in ``sensor/data/sensor.example.toml``.
+
+What needs the machine (rule files, TLS material, secrets in files or the environment,
+folders the sensor will write, the platform) is checked by
+``sensor.daemon.assemble.validate``, which ``run``, the service and ``config test`` share.
 """
 from __future__ import annotations
 
@@ -12,15 +17,23 @@ import os
 import re
 import sys
 import tomllib
+import typing
 from typing import Any, Literal, Optional, Union
 
 import msgspec
 
 IS_WINDOWS = sys.platform == "win32"
+MAX_CONFIG_BYTES = 1024 * 1024   # a config is a few KB; anything near this is not one
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key."""
+    """A configuration that cannot be used; ``errors`` lists every problem (key: reason)."""
+
+    def __init__(self, errors: list[str] | str, path: str = ""):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        self.path = path
+        prefix = f"{path}: " if path else ""
+        super().__init__("\n".join(prefix + e for e in self.errors))
 
 
 class _S(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -31,7 +44,7 @@ class SensorSection(_S):
     hostname: str = ""                 # "" = this machine's name
     data_dir: str = ""                 # "" = %ProgramData%\etw-sensor or ~/.local/state/etw-sensor
     status_file: str = ""              # "" = <data_dir>/status.json
-    heartbeat_s: float = 30.0
+    heartbeat_s: float = 60.0          # status file, log line and health document to the SIEM
     queue_size: int = 16384            # events waiting for the matcher (~2.5 KB each); more are dropped, counted
     batch_size: int = 512
     drain_timeout_s: float = 30.0      # on stop: time to drain queues and flush the spool
@@ -77,6 +90,9 @@ class RulesSection(_S):
     paths: list[str] = []              # Sigma YAML files/folders or compiled packs
     builtin: bool = True               # the built-in seed rule
     engine: Literal["auto", "compiled", "reference"] = "auto"
+    # "fail": a missing path, a rejected rule or a bad pack stops the start (exit 2);
+    # "skip": start without them, and report them (heartbeat, status, a health alert).
+    on_error: Literal["fail", "skip"] = "fail"
 
 
 class PeSection(_S):
@@ -105,7 +121,7 @@ class OutputSection(_S):
     format: str = "jsonl"
     url: str = ""
     path: str = ""                     # format jsonl: the file
-    document: str = ""
+    document: Literal["", "ecs", "alert"] = ""
     token: str = ""
     token_env: str = ""
     token_file: str = ""
@@ -119,7 +135,7 @@ class OutputSection(_S):
     client_cert: str = ""
     client_key: str = ""
     insecure_skip_verify: bool = False
-    tls_min_version: str = ""
+    tls_min_version: Literal["", "TLSv1.2", "TLSv1.3"] = ""
     allow_http: bool = False
     gzip: bool = True
     gzip_level: Optional[int] = None
@@ -131,6 +147,8 @@ class OutputSection(_S):
     source: str = ""
     sourcetype: str = ""
     host: str = ""
+    health_index: str = ""             # Elasticsearch: where health documents go
+    health_sourcetype: str = ""        # Splunk HEC: the sourcetype of health documents
 
     def options(self) -> dict:
         """The non-default options, as the output builder takes them."""
@@ -174,7 +192,55 @@ class Config(_S):
     path: str = ""                     # set from the file name, not read from it
 
 
+# What the code can use: (lowest, highest) for every number, inclusive. A value outside is
+# refused with its key (a 1e-300 MB spool, a negative timeout, a 1e308 s back-off cap).
+DAY = 86400.0
+LIMITS: dict[str, tuple[float, float]] = {
+    "sensor.heartbeat_s": (0.0, DAY),
+    "sensor.queue_size": (1, 10_000_000),
+    "sensor.batch_size": (1, 65536),
+    "sensor.drain_timeout_s": (0.0, 3600.0),
+    "logging.max_bytes": (4096, 1 << 40),
+    "logging.backups": (0, 1000),
+    "source.replay.speed": (0.0, 1e6),
+    "source.replay.loop": (1, 1_000_000),
+    "source.etw.buffer_kb": (4, 16384),
+    "source.etw.min_buffers": (2, 4096),
+    "source.etw.max_buffers": (2, 4096),
+    "source.etw.flush_ms": (1, 1000),
+    "source.etw.query_interval_s": (0.05, 3600.0),
+    "source.etw.process_table_size": (1, 10_000_000),
+    "enrich.pe.cache_size": (1, 1_000_000),
+    "throttle.window_s": (0.0, 7 * DAY),
+    "output.gzip_level": (0, 9),
+    "output.connect_timeout": (0.01, 600.0),
+    "output.read_timeout": (0.01, 3600.0),
+    "output.pool_maxsize": (1, 64),
+    "spool.max_mb": (1.0, 1024.0 * 1024.0),
+    "spool.max_age_days": (0.01, 3650.0),
+    "spool.dead_letter_max": (1, 10_000_000),
+    "delivery.batch_size": (1, 100_000),
+    "delivery.batch_max_kb": (1, 1024 * 1024),
+    "delivery.batch_wait_ms": (0, 60_000),
+    "delivery.concurrency": (1, 64),
+    "delivery.backoff_base_s": (0.01, 3600.0),
+    "delivery.backoff_cap_s": (0.01, DAY),
+    "delivery.park_interval_s": (0.01, DAY),
+}
+MIN_HEARTBEAT_S = 0.1
+
+# Formats an operator may configure (the output registry also has an in-memory one for tests).
+USER_FORMATS = {
+    "ecs": "ecs", "ndjson": "ecs", "ecs_ndjson": "ecs",
+    "splunk_hec": "splunk_hec", "splunk": "splunk_hec", "hec": "splunk_hec",
+    "elasticsearch": "elasticsearch", "elastic": "elasticsearch", "es": "elasticsearch",
+    "webhook": "webhook", "jsonl": "jsonl", "file": "jsonl",
+}
+HTTP_FORMATS = ("ecs", "splunk_hec", "elasticsearch", "webhook")
+
 _PATH_RE = re.compile(r"\$\.?([^` ]*)")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")      # an HTTP header name (RFC 9110)
+_UNSET_VAR = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _key_path(msg: str) -> tuple[str, str]:
@@ -201,23 +267,99 @@ def default_data_dir() -> str:
 
 
 def default_config_path() -> str:
-    """The config file ``run`` reads when none is given."""
+    """The config file every command reads when none is given."""
     if IS_WINDOWS:
         return os.path.join(os.environ.get("ProgramFiles", r"C:\Program Files"), "etw-sensor",
                             "sensor.toml")
     return "/etc/etw-sensor/sensor.toml"
 
 
+DEFAULTS_NAME = "<defaults>"
+
+
+def find_config(given: str | None) -> tuple[Config, str | None]:
+    """The config every command uses: the file given, else the default file, else the defaults.
+
+    Returns the config and, when the defaults are used, a note saying so. One lookup for
+    ``run``, ``status``, ``spool`` and ``config test``, so they all find the same data folder.
+    """
+    if given:
+        return load(given), None
+    path = default_config_path()
+    if os.path.exists(path):
+        return load(path), None
+    return parse({}, DEFAULTS_NAME), (f"no config at {path}: using the defaults "
+                                      f"(see `etw-sensor config example`)")
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+def _struct_type(t: Any) -> type | None:
+    return t if isinstance(t, type) and issubclass(t, msgspec.Struct) else None
+
+
+def _check_number(value: Any, key: str, errors: list[str]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.append(f"{key}: must be a finite number, got {value}")
+        return
+    bounds = LIMITS.get(key)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        lo, hi = (int(b) if float(b).is_integer() else b for b in bounds)
+        errors.append(f"{key}: must be from {lo} to {hi}, got {value}")
+
+
+def _walk(data: Any, cls: type, where: str, errors: list[str]) -> None:
+    """Check ``data`` against struct ``cls`` field by field, so every problem is found."""
+    if not isinstance(data, dict):
+        errors.append(f"{where or 'the file'}: Expected a table, got `{type(data).__name__}`")
+        return
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        f = fields.get(key)
+        if f is None or (cls is Config and key == "path"):
+            errors.append(f"{path}: unknown key")
+            continue
+        sub = _struct_type(f.type)
+        if sub is not None:
+            _walk(value, sub, path, errors)
+            continue
+        if typing.get_origin(f.type) is list and _struct_type(typing.get_args(f.type)[0]):
+            if not isinstance(value, list):
+                errors.append(f"{path}: Expected an array of tables, got `{type(value).__name__}`")
+                continue
+            for i, item in enumerate(value):
+                _walk(item, typing.get_args(f.type)[0], f"{path}[{i}]", errors)
+            continue
+        try:
+            msgspec.convert(value, f.type, strict=True)
+        except msgspec.ValidationError as exc:
+            inner, reason = _key_path(str(exc))
+            sep = "" if not inner or inner.startswith("[") else "."
+            errors.append(f"{path}{sep}{inner}: {reason}")
+            continue
+        _check_number(value, path, errors)
+
+
 def parse(data: dict[str, Any], path: str = "<config>") -> Config:
-    """Decode and check a config mapping; raises ConfigError naming the key."""
+    """Decode and check a config mapping; raises ConfigError listing every problem."""
+    errors: list[str] = []
+    _walk(data, Config, "", errors)
+    if errors:
+        raise ConfigError(errors, path)
     try:
         cfg = msgspec.convert(data, Config, strict=True)
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:   # the walk above should have caught it
         key, reason = _key_path(str(exc))
-        raise ConfigError(f"{path}: {key}: {reason}" if key else f"{path}: {reason}") from None
+        raise ConfigError(f"{key}: {reason}" if key else reason, path) from None
     cfg.path = path
-    _check(cfg, path)
-    _resolve_paths(cfg, os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else os.getcwd())
+    errors = _check(cfg)
+    base = os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else os.getcwd()
+    errors += _resolve_paths(cfg, base)
+    if errors:
+        raise ConfigError(errors, path)
     return cfg
 
 
@@ -225,95 +367,133 @@ def load(path: str) -> Config:
     """Read and check a TOML config file."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError("no such file", path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a config file", path) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a sensor config", path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"not valid TOML: line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x})",
+                          path) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"not valid TOML: {exc}", path) from None
+    except RecursionError:
+        raise ConfigError("not valid TOML: nested too deeply", path) from None
     return parse(data, path)
 
 
-def _positive(value: float, key: str, path: str, zero_ok: bool = False) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(f"{path}: {key}: must be a finite number, got {value}")
-    if value < 0 or (value == 0 and not zero_ok):
-        raise ConfigError(f"{path}: {key}: must be {'>= 0' if zero_ok else '> 0'}, got {value}")
-
-
-def _check(cfg: Config, path: str) -> None:
+def _check(cfg: Config) -> list[str]:
+    """Checks that span keys (each field's own type and range were checked while decoding)."""
+    out: list[str] = []
     s = cfg.sensor
-    _positive(s.queue_size, "sensor.queue_size", path)
-    _positive(s.batch_size, "sensor.batch_size", path)
-    _positive(s.heartbeat_s, "sensor.heartbeat_s", path, zero_ok=True)
-    _positive(s.drain_timeout_s, "sensor.drain_timeout_s", path, zero_ok=True)
-    _positive(cfg.logging.max_bytes, "logging.max_bytes", path)
-    _positive(cfg.logging.backups, "logging.backups", path, zero_ok=True)
-    _positive(cfg.source.etw.query_interval_s, "source.etw.query_interval_s", path)
-    _positive(cfg.delivery.backoff_cap_s, "delivery.backoff_cap_s", path)
+    if 0 < s.heartbeat_s < MIN_HEARTBEAT_S:
+        out.append(f"sensor.heartbeat_s: 0 (off) or at least {MIN_HEARTBEAT_S} s, got {s.heartbeat_s}")
+    if any(ord(c) < 32 for c in s.hostname) or len(s.hostname) > 255:
+        out.append("sensor.hostname: at most 255 characters, no control characters")
     e = cfg.source.etw
-    for key in ("buffer_kb", "min_buffers", "max_buffers", "flush_ms", "process_table_size"):
-        _positive(getattr(e, key), f"source.etw.{key}", path)
     if e.max_buffers < e.min_buffers:
-        raise ConfigError(f"{path}: source.etw.max_buffers: must be >= min_buffers ({e.min_buffers})")
-    if e.flush_ms > 1000:
-        raise ConfigError(f"{path}: source.etw.flush_ms: at most 1000 ms (got {e.flush_ms})")
-    r = cfg.source.replay
-    if cfg.source.kind == "replay" and not r.paths:
-        raise ConfigError(f"{path}: source.replay.paths: a replay source needs at least one path")
-    _positive(r.speed, "source.replay.speed", path, zero_ok=True)
-    _positive(r.loop, "source.replay.loop", path)
-    _positive(cfg.enrich.pe.cache_size, "enrich.pe.cache_size", path)
-    _positive(cfg.throttle.window_s, "throttle.window_s", path, zero_ok=True)
-    _positive(cfg.spool.max_mb, "spool.max_mb", path)
-    _positive(cfg.spool.max_age_days, "spool.max_age_days", path)
+        out.append(f"source.etw.max_buffers: must be >= min_buffers ({e.min_buffers})")
     d = cfg.delivery
-    _positive(d.batch_size, "delivery.batch_size", path)
-    _positive(d.batch_wait_ms, "delivery.batch_wait_ms", path, zero_ok=True)
-    _positive(d.batch_max_kb, "delivery.batch_max_kb", path)
-    _positive(d.concurrency, "delivery.concurrency", path)
-    _positive(d.park_interval_s, "delivery.park_interval_s", path)
-    _positive(cfg.spool.dead_letter_max, "spool.dead_letter_max", path)
-    _positive(d.backoff_base_s, "delivery.backoff_base_s", path)
     if d.backoff_cap_s < d.backoff_base_s:
-        raise ConfigError(f"{path}: delivery.backoff_cap_s: must be >= backoff_base_s")
+        out.append("delivery.backoff_cap_s: must be >= backoff_base_s")
     from ..detect.noise import EXCLUSION_FIELDS, MODIFIERS
     for i, ex in enumerate(cfg.exclusions):
         if not ex.match:
-            raise ConfigError(f"{path}: exclusions[{i}].match: needs at least one field pattern")
+            out.append(f"exclusions[{i}].match: needs at least one field pattern")
         for key in ex.match:
             name, _, mod = key.partition("|")
             if name not in EXCLUSION_FIELDS:
-                raise ConfigError(f"{path}: exclusions[{i}].match.{key}: unknown field "
-                                  f"(known: {', '.join(sorted(EXCLUSION_FIELDS))})")
-            if mod not in MODIFIERS:
-                raise ConfigError(f"{path}: exclusions[{i}].match.{key}: unknown modifier {mod!r}")
-    o = cfg.output
-    from ..deliver.outputs import FORMATS
-    if o.format.lower() not in FORMATS:
-        raise ConfigError(f"{path}: output.format: must be one of "
-                          f"{', '.join(sorted(set(FORMATS.values())))}, got {o.format!r}")
+                out.append(f"exclusions[{i}].match.{key}: unknown field "
+                           f"(known: {', '.join(sorted(EXCLUSION_FIELDS))})")
+            elif mod not in MODIFIERS:
+                out.append(f"exclusions[{i}].match.{key}: unknown modifier {mod!r}")
+    out += _check_output(cfg.output)
+    return out
 
 
-def _resolve_paths(cfg: Config, base: str) -> None:
-    def fix(p: str) -> str:
+def output_format(o: OutputSection) -> str | None:
+    """The canonical format name, or None when the configured one is unknown."""
+    return USER_FORMATS.get(o.format.lower())
+
+
+def _check_output(o: OutputSection) -> list[str]:
+    out: list[str] = []
+    fmt = output_format(o)
+    if fmt is None:
+        return [f"output.format: must be one of {', '.join(sorted(set(USER_FORMATS.values())))}, "
+                f"got {o.format!r}"]
+    if fmt in HTTP_FORMATS:
+        if not o.url:
+            out.append(f"output.url: format {fmt} sends alerts over HTTPS and needs a url")
+        has_token = bool(o.token or o.token_env or o.token_file)
+        if fmt == "splunk_hec" and not has_token:
+            out.append("output.token: Splunk HEC needs a token (token_env = \"VAR\", "
+                       "token_file = \"file\" or token = \"...\")")
+        if fmt in ("ecs", "elasticsearch") and not (has_token or o.client_cert):
+            out.append(f"output.token: format {fmt} needs a token (token_env, token_file, token) "
+                       f"or a client certificate (client_cert, client_key): the sensor does not "
+                       f"send alerts to a receiver that accepts anyone")
+        if fmt == "webhook" and not (o.hmac_secret or o.hmac_secret_env or o.hmac_secret_file):
+            out.append("output.hmac_secret: a webhook needs the secret its requests are signed "
+                       "with (hmac_secret_env, hmac_secret_file or hmac_secret)")
+    for name, value in o.headers.items():
+        if not _TOKEN_RE.match(name):
+            out.append(f"output.headers.{name}: not a valid HTTP header name")
+        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+            out.append(f"output.headers.{name}: the value holds a line break or control character")
+        if name.lower() in ("authorization", "content-type", "content-encoding", "content-length",
+                            "host", "idempotency-key"):
+            out.append(f"output.headers.{name}: set by the sensor itself (use token / the format)")
+    if o.auth_scheme and not _TOKEN_RE.match(o.auth_scheme):
+        out.append("output.auth_scheme: must be one word (like Bearer)")
+    if o.signature_header and not _TOKEN_RE.match(o.signature_header):
+        out.append("output.signature_header: not a valid HTTP header name")
+    for key in ("token", "hmac_secret"):
+        if any(ord(c) < 32 or ord(c) == 127 for c in getattr(o, key)):
+            out.append(f"output.{key}: holds a line break or control character")
+    return out
+
+
+def _resolve_paths(cfg: Config, base: str) -> list[str]:
+    errors: list[str] = []
+
+    def fix(p: str, key: str) -> str:
         if not p:
             return p
         p = os.path.expandvars(os.path.expanduser(p))
+        m = _UNSET_VAR.search(p)
+        if m:
+            errors.append(f"{key}: names the environment variable {m.group(1).strip('{}')}, "
+                          f"which is not set")
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
     s = cfg.sensor
-    s.data_dir = fix(s.data_dir) or default_data_dir()
-    s.status_file = fix(s.status_file) or os.path.join(s.data_dir, "status.json")
-    cfg.logging.file = fix(cfg.logging.file)
-    cfg.source.replay.paths = [fix(p) for p in cfg.source.replay.paths]
-    cfg.rules.paths = [fix(p) for p in cfg.rules.paths]
-    cfg.enrich.pe.path_map = {k: fix(v) for k, v in cfg.enrich.pe.path_map.items()}
-    cfg.spool.path = fix(cfg.spool.path) or os.path.join(s.data_dir, "spool.sqlite")
+    s.data_dir = fix(s.data_dir, "sensor.data_dir") or default_data_dir()
+    s.status_file = fix(s.status_file, "sensor.status_file") or os.path.join(s.data_dir, "status.json")
+    cfg.logging.file = fix(cfg.logging.file, "logging.file")
+    cfg.source.replay.paths = [fix(p, f"source.replay.paths[{i}]")
+                               for i, p in enumerate(cfg.source.replay.paths)]
+    cfg.rules.paths = [fix(p, f"rules.paths[{i}]") for i, p in enumerate(cfg.rules.paths)]
+    cfg.enrich.pe.path_map = {k: fix(v, f"enrich.pe.path_map.{k}")
+                              for k, v in cfg.enrich.pe.path_map.items()}
+    cfg.spool.path = fix(cfg.spool.path, "spool.path") or os.path.join(s.data_dir, "spool.sqlite")
     o = cfg.output
     for key in ("path", "token_file", "hmac_secret_file", "ca_file", "client_cert", "client_key"):
-        setattr(o, key, fix(getattr(o, key)))
+        setattr(o, key, fix(getattr(o, key), f"output.{key}"))
     o.url = os.path.expandvars(o.url)
-    if o.format.lower() in ("jsonl", "file") and not o.path:
+    m = _UNSET_VAR.search(o.url)
+    if m:
+        errors.append(f"output.url: names the environment variable {m.group(1).strip('{}')}, "
+                      f"which is not set")
+    if output_format(o) == "jsonl" and not o.path:
         o.path = os.path.join(s.data_dir, "alerts.jsonl")
+    return errors

@@ -1,25 +1,283 @@
-"""Health: a heartbeat to the log and to a status file, read back by ``etw-sensor status``."""
+"""Health: one typed status, rendered four ways.
+
+:class:`Status` (msgspec Structs) is the single source of truth about the running sensor.
+The pipeline fills it from every component (the source, the queue, enrichment, the matcher,
+the rules, the spool, the forwarder), and every report renders that one value:
+
+- the heartbeat line in the log (:func:`heartbeat_line`);
+- ``status.json`` in the data folder (:func:`write_status`, read back by :func:`read_status`);
+- ``etw-sensor status`` (:func:`render_text`);
+- the health documents sent to the SIEM (:class:`Ledger`, ``sensor.deliver.health``).
+
+Health alerts (rules rejected, ETW loss, queue drops, spool write failures, delivery parked)
+are derived from two consecutive statuses (:func:`transitions`) and go out as alerts.
+
+New fault states (the spool full or failing, a damaged spool salvaged, a second instance)
+are fields of :class:`SpoolHealth` / :class:`SensorInfo` with defaults, and a change of
+``SpoolHealth.state`` raises a health alert of kind ``spool_<state>``.
+"""
 from __future__ import annotations
 
-import json
+import collections
 import logging
 import os
-import tempfile
 import threading
 import time
-from typing import Callable
+import uuid
+from typing import Any, Callable, Optional
+
+import msgspec
+
+from .. import __version__
+from .._files import private_dir
+from ..deliver.health import health_alert, health_document
 
 log = logging.getLogger("sensor.health")
 
 
-def write_status(path: str, status: dict) -> None:
-    """Write the status file atomically (a reader never sees half a file)."""
+class _H(msgspec.Struct, kw_only=True):
+    """A part of the status: every field has a default, unknown fields are ignored on read,
+    so any version of ``etw-sensor status`` reads any version's status file."""
+
+
+class SensorInfo(_H):
+    version: str = __version__
+    pid: int = 0
+    host: str = ""
+    config: str = ""
+    boot_id: str = ""
+    started_at: float = 0.0
+    uptime_s: float = 0.0
+    heartbeat_s: float = 0.0            # 0 = no periodic heartbeat
+    state: str = "running"              # running | stopped
+
+
+class EventsHealth(_H):
+    in_: int = msgspec.field(default=0, name="in")
+    per_s: float = 0.0
+    excluded: int = 0
+    queue_dropped: int = 0             # dropped because a queue was full (ETW hand-off and matcher)
+    queue_depth: int = 0
+    queue_capacity: int = 0
+    queue_high_water: int = 0
+    enrich_errors: int = 0
+    errors: int = 0                    # events whose processing failed
+    input_errors: int = 0              # replay: records that could not be read
+
+
+class EtwHealth(_H):
+    events_lost: int = 0
+    realtime_buffers_lost: int = 0
+    rt_lost_events: int = 0
+    lost: int = 0                      # the three above
+    restarts: int = 0
+    alive: Optional[bool] = None
+
+
+class EnrichHealth(_H):
+    backfill_attempts: int = 0
+    backfill_missed: int = 0           # the process was gone, its pid reused, or access denied
+    backfill_missed_gone: int = 0
+    pe_errors: int = 0                 # images that could not be parsed, resolver errors
+
+
+class PeCacheHealth(_H):
+    reads: int = 0
+    found: int = 0
+    hits: int = 0
+    batch_hits: int = 0
+    misses: int = 0
+    hit_rate: float = 0.0
+    failures: int = 0
+    resolver_errors: int = 0
+    size: int = 0
+    maxsize: int = 0
+
+
+class MatcherHealth(_H):
+    engine: str = "?"
+    rules: int = 0
+    us_per_event: float = 0.0
+    pipeline_us_per_event: float = 0.0
+
+
+class RulesHealth(_H):
+    loaded: int = 0
+    rejected: int = 0                  # problems found loading the rules (running without them)
+    on_error: str = "fail"
+    problems: list[str] = []           # file:line: reason, each
+
+
+class AlertsHealth(_H):
+    total: int = 0
+    by_rule: dict[str, int] = {}
+    titles: dict[str, str] = {}        # rule id -> title, for the rules that alerted
+
+
+class NoiseHealth(_H):
+    throttled: dict[str, int] = {}
+    excluded_alerts: dict[str, int] = {}
+    excluded_events: int = 0
+
+
+class SpoolHealth(_H):
+    enabled: bool = False
+    state: str = "ok"                  # ok, or a fault state (each change raises a health alert)
+    depth: int = 0                     # rows waiting for delivery (alerts and health documents)
+    oldest_age_s: Optional[float] = None
+    bytes: int = 0
+    max_bytes: int = 0
+    dropped: int = 0                   # by the size or age cap (persisted across restarts)
+    expired: int = 0
+    written: int = 0
+    duplicates: int = 0
+    dead_letter_depth: int = 0
+    dead_dropped: int = 0
+    write_failures: int = 0            # alerts that could not be written (not kept)
+    error: Optional[str] = None
+
+
+class DeliveryHealth(_H):
+    enabled: bool = False
+    output: str = ""
+    sent: int = 0
+    requests: int = 0
+    failed_attempts: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    splits: int = 0
+    parked: bool = False
+    park_reason: Optional[str] = None
+    last_error: Optional[str] = None
+    last_error_time: Optional[float] = None
+    last_success_time: Optional[float] = None
+    next_attempt_in: float = 0.0
+    batch_cap: int = 0
+
+
+class LedgerHealth(_H):
+    boot_id: str = ""
+    seq: int = -1                      # of the last health document (start = 0)
+    documents: int = 0
+    alerts: int = 0
+    pending: int = 0                   # health documents/alerts waiting for the spool to work
+    lost: int = 0                      # dropped while the spool failed (a gap in seq)
+
+
+class Status(_H):
+    sensor: SensorInfo = msgspec.field(default_factory=SensorInfo)
+    events: EventsHealth = msgspec.field(default_factory=EventsHealth)
+    etw: EtwHealth = msgspec.field(default_factory=EtwHealth)
+    enrich: EnrichHealth = msgspec.field(default_factory=EnrichHealth)
+    pe_cache: PeCacheHealth = msgspec.field(default_factory=PeCacheHealth)
+    matcher: MatcherHealth = msgspec.field(default_factory=MatcherHealth)
+    rules: RulesHealth = msgspec.field(default_factory=RulesHealth)
+    alerts: AlertsHealth = msgspec.field(default_factory=AlertsHealth)
+    noise: NoiseHealth = msgspec.field(default_factory=NoiseHealth)
+    spool: SpoolHealth = msgspec.field(default_factory=SpoolHealth)
+    delivery: DeliveryHealth = msgspec.field(default_factory=DeliveryHealth)
+    ledger: LedgerHealth = msgspec.field(default_factory=LedgerHealth)
+    problems: list[str] = []           # what an operator must look at now
+    source: dict[str, Any] = {}        # the source's own counters, as it reports them
+    written_at: float = 0.0
+
+
+def problems(s: Status) -> list[str]:
+    """The conditions an operator must act on, in words."""
+    out = []
+    if s.rules.rejected:
+        out.append(f"{s.rules.rejected} rule problem(s): running without them")
+    if s.etw.lost:
+        out.append(f"ETW lost {s.etw.lost} event(s)")
+    if s.etw.alive is False and s.sensor.state == "running":
+        out.append("the ETW source is not running")
+    if s.events.queue_dropped:
+        out.append(f"{s.events.queue_dropped} event(s) dropped: queue full")
+    if s.events.errors:
+        out.append(f"{s.events.errors} event(s) failed processing")
+    if s.events.input_errors:
+        out.append(f"{s.events.input_errors} input record(s) could not be read")
+    if s.spool.write_failures:
+        out.append(f"{s.spool.write_failures} alert(s) could not be written to the spool")
+    if s.spool.state != "ok":
+        out.append(f"spool {s.spool.state}" + (f": {s.spool.error}" if s.spool.error else ""))
+    if s.spool.dropped:
+        out.append(f"{s.spool.dropped} undelivered alert(s) dropped by the spool cap")
+    if s.delivery.parked:
+        out.append(f"delivery parked: {s.delivery.park_reason or '-'}")
+    if s.delivery.dead_lettered:
+        out.append(f"{s.delivery.dead_lettered} alert(s) dead-lettered (etw-sensor spool dead)")
+    if s.ledger.lost:
+        out.append(f"{s.ledger.lost} health document(s) lost while the spool failed")
+    return out
+
+
+def _age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def heartbeat_line(s: Status) -> str:
+    """One log line with every counter an operator looks at first."""
+    ev, d, sp = s.events, s.delivery, s.spool
+    return (f"heartbeat: {ev.in_} events ({ev.per_s:.1f}/s), etw lost {s.etw.lost}, "
+            f"queue drops {ev.queue_dropped}, backfill misses {s.enrich.backfill_missed}, "
+            f"pe errors {s.enrich.pe_errors}, pe hit rate {s.pe_cache.hit_rate:.0%}, "
+            f"rules {s.rules.loaded} ({s.rules.rejected} rejected), "
+            f"matcher {s.matcher.us_per_event:.2f} us/event, alerts {s.alerts.total}, "
+            f"spool depth {sp.depth} (oldest {_age(sp.oldest_age_s)}), "
+            f"spool write failures {sp.write_failures}, delivery sent {d.sent}, "
+            f"delivery failures {d.failed_attempts}, dead letters {d.dead_lettered}, "
+            f"parked {'yes' if d.parked else 'no'}")
+
+
+def render_text(s: Status, path: str, now: float | None = None) -> str:
+    """``etw-sensor status``: readable, rule titles rather than ids, ``-`` for what is unknown."""
+    now = time.time() if now is None else now
+    lines = [f"status file {path}, written {_age(max(0.0, now - s.written_at))} ago",
+             f"sensor {s.sensor.state}: host {s.sensor.host or '-'}, pid {s.sensor.pid or '-'}, "
+             f"version {s.sensor.version or '-'}, up {_age(s.sensor.uptime_s)}, "
+             f"boot {s.sensor.boot_id or '-'}, health document #{s.ledger.seq}",
+             heartbeat_line(s)]
+    if s.alerts.by_rule:
+        lines.append("alerts by rule:")
+        for rid, n in sorted(s.alerts.by_rule.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {n:6d}  {s.alerts.titles.get(rid) or rid}  [{rid}]")
+    if s.problems:
+        lines.append("PROBLEMS:")
+        lines += [f"  {p}" for p in s.problems]
+    for p in s.rules.problems[:20]:
+        lines.append(f"  {p}")
+    if len(s.rules.problems) > 20:
+        lines.append(f"  ... and {len(s.rules.problems) - 20} more (etw-sensor rules validate)")
+    if s.delivery.last_error:
+        lines.append(f"last delivery error: {s.delivery.last_error}")
+    return "\n".join(lines)
+
+
+_ENC = msgspec.json.Encoder(enc_hook=str)
+_DEC = msgspec.json.Decoder(Status)
+
+
+def to_dict(s: Status) -> dict:
+    """The status as plain data (what status.json holds)."""
+    return msgspec.to_builtins(s, enc_hook=str)
+
+
+def write_status(path: str, status: Status) -> None:
+    """Write the status file atomically (a reader never sees half a file), private (0600)."""
+    import tempfile
     d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=d)
+    private_dir(d)
+    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=d)   # mkstemp creates it 0600
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(status, fh, indent=1, sort_keys=True, default=str)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(msgspec.json.format(_ENC.encode(status), indent=1))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -29,46 +287,142 @@ def write_status(path: str, status: dict) -> None:
         raise
 
 
-def read_status(path: str) -> dict:
-    """The last status the running sensor wrote."""
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_status(path: str) -> Status:
+    """The last status the sensor wrote (ValueError when the file is not one)."""
+    with open(path, "rb") as fh:
+        data = fh.read(16 * 1024 * 1024)
+    try:
+        return _DEC.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"not a sensor status file: {exc}") from None
 
 
-def heartbeat_line(s: dict) -> str:
-    """One log line with the numbers an operator looks at first."""
-    ev, m, sp, dl = s.get("events", {}), s.get("matcher", {}), s.get("spool", {}), s.get("delivery", {})
-    pe = s.get("pe_cache", {})
-    return (f"heartbeat: {ev.get('in', 0)} events ({ev.get('per_s', 0):.1f}/s), "
-            f"etw lost {s.get('etw', {}).get('lost', 0)}, queue drops {ev.get('queue_dropped', 0)}, "
-            f"backfill misses {s.get('enrich', {}).get('backfill_missed', 0)}, "
-            f"pe hit rate {pe.get('hit_rate', 0):.0%}, matcher {m.get('us_per_event', 0):.2f} us/event, "
-            f"alerts {s.get('alerts', {}).get('total', 0)}, spool depth {sp.get('depth', 0)}, "
-            f"delivery failures {dl.get('failed', 0)}")
+# -- health alerts from what changed -----------------------------------------------------------
+
+def transitions(prev: Status | None, cur: Status) -> list[tuple[str, str, dict, str]]:
+    """Health alerts for what got worse since ``prev``: (kind, message, details, key).
+
+    ``key`` makes the alert id, so the same episode is sent once even if asked twice.
+    """
+    boot = cur.sensor.boot_id
+    out: list[tuple[str, str, dict, str]] = []
+    if prev is None:
+        if cur.rules.rejected:
+            out.append(("rules_rejected",
+                        f"sensor started without {cur.rules.rejected} rule file(s)/rule(s): "
+                        + "; ".join(cur.rules.problems[:5])
+                        + (" ..." if len(cur.rules.problems) > 5 else ""),
+                        {"rejected": cur.rules.rejected, "problems": cur.rules.problems[:100],
+                         "rules_loaded": cur.rules.loaded}, f"{boot}"))
+        return out
+
+    def grew(kind: str, before: int, now: int, what: str, extra: dict | None = None) -> None:
+        if now > before:
+            out.append((kind, f"{what}: {now - before} since the last report ({now} since start)",
+                        {"new": now - before, "total": now, **(extra or {})}, f"{boot}:{now}"))
+
+    grew("etw_loss", prev.etw.lost, cur.etw.lost, "ETW lost events",
+         {"events_lost": cur.etw.events_lost, "realtime_buffers_lost": cur.etw.realtime_buffers_lost,
+          "rt_lost_events": cur.etw.rt_lost_events})
+    grew("queue_drops", prev.events.queue_dropped, cur.events.queue_dropped,
+         "events dropped because the queue was full", {"queue_capacity": cur.events.queue_capacity})
+    grew("spool_write_failed", prev.spool.write_failures, cur.spool.write_failures,
+         "alerts not written to the spool", {"error": cur.spool.error})
+    if cur.delivery.parked and not prev.delivery.parked:
+        out.append(("delivery_parked", f"alert delivery parked: {cur.delivery.park_reason or '-'}",
+                    {"reason": cur.delivery.park_reason, "spool_depth": cur.spool.depth},
+                    f"{boot}:{cur.delivery.failed_attempts}"))
+    if cur.spool.state != prev.spool.state and cur.spool.state != "ok":
+        out.append((f"spool_{cur.spool.state}", f"spool {cur.spool.state}: {cur.spool.error or '-'}",
+                    {"state": cur.spool.state, "error": cur.spool.error}, f"{boot}:{cur.written_at}"))
+    return out
+
+
+# -- the completeness ledger -------------------------------------------------------------------
+
+class Ledger:
+    """Health documents and health alerts into the spool, numbered per boot.
+
+    A document or alert the spool refuses (disk full, damaged spool) waits in memory, in
+    order, and goes in with the next one; past ``max_pending`` the oldest is dropped and
+    counted (the SIEM sees the gap in the sequence numbers).
+    """
+
+    def __init__(self, spool, sensor: dict, *, clock: Callable[[], float] = time.time,
+                 max_pending: int = 256) -> None:
+        self.spool = spool
+        self.sensor = dict(sensor)
+        self.clock = clock
+        self.boot_id = uuid.uuid4().hex
+        self.sensor["boot_id"] = self.boot_id
+        self.seq = -1
+        self.documents = 0
+        self.alerts = 0
+        self.lost = 0
+        self.max_pending = max_pending
+        self._pending: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    def stats(self) -> LedgerHealth:
+        return LedgerHealth(boot_id=self.boot_id, seq=self.seq, documents=self.documents,
+                            alerts=self.alerts, pending=len(self._pending), lost=self.lost)
+
+    def next_seq(self) -> int:
+        """The sequence number the next health document gets (the status reports it)."""
+        return self.seq + 1
+
+    def record(self, status: Status, reason: str) -> dict:
+        """Spool the health document for ``status`` (its ``ledger.seq`` is its number)."""
+        with self._lock:
+            self.seq += 1
+            status.ledger.seq = self.seq
+            body = to_dict(status)
+            body.pop("source", None)           # the source's raw counters stay in status.json
+            doc = health_document(body, reason=reason, boot_id=self.boot_id, seq=self.seq,
+                                  sensor=self.sensor, ts=self.clock(), summary=heartbeat_line(status))
+            self.documents += 1
+            self._put(doc, "alert")
+        return doc
+
+    def alert(self, kind: str, message: str, details: dict, key: str) -> dict:
+        """Spool a health alert."""
+        doc = health_alert(kind, message, details, sensor=self.sensor, ts=self.clock(), key=key)
+        with self._lock:
+            self.alerts += 1
+            self._put(doc, "health")
+        log.warning("health alert %s: %s", doc["rule"]["id"], message)
+        return doc
+
+    def flush(self) -> None:
+        """Retry what the spool refused before."""
+        with self._lock:
+            self._put(None, "")
+
+    def _put(self, doc: dict | None, kind: str) -> None:
+        if doc is not None:
+            self._pending.append((doc, kind))
+        while self._pending:
+            doc_, kind_ = self._pending[0]
+            try:
+                self.spool.put_many([doc_], kind=kind_)
+            except Exception as exc:  # the spool's own errors, sqlite errors, a full disk
+                log.error("cannot spool health %s %s: %s (kept in memory, retried)",
+                          "document" if kind_ == "alert" else "alert", doc_.get("id"), exc)
+                while len(self._pending) > self.max_pending:
+                    self._pending.popleft()
+                    self.lost += 1
+                return
+            self._pending.popleft()
 
 
 class Heartbeat:
-    """Calls ``collect()`` every ``interval`` seconds; logs and writes the status file."""
+    """Calls ``beat()`` every ``interval`` seconds on its own thread."""
 
-    def __init__(self, collect: Callable[[], dict], interval: float, status_file: str | None):
-        self.collect = collect
+    def __init__(self, beat: Callable[[], Any], interval: float):
+        self.beat = beat
         self.interval = interval
-        self.status_file = status_file
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.beats = 0
-
-    def beat(self) -> dict:
-        status = self.collect()
-        status["written_at"] = time.time()
-        if self.status_file:
-            try:
-                write_status(self.status_file, status)
-            except OSError as exc:
-                log.warning("cannot write status file %s: %s", self.status_file, exc)
-        log.info(heartbeat_line(status))
-        self.beats += 1
-        return status
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -84,4 +438,4 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=30)

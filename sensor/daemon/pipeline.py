@@ -16,9 +16,12 @@ import time
 from collections import Counter
 from typing import Any, Callable, Sequence
 
-from .. import __version__
+import msgspec
+
 from ..detect.alerts import AlertFactory
-from .health import Heartbeat
+from .health import (AlertsHealth, DeliveryHealth, EnrichHealth, EtwHealth, EventsHealth, Heartbeat,
+                     Ledger, MatcherHealth, NoiseHealth, PeCacheHealth, RulesHealth, SensorInfo,
+                     SpoolHealth, Status, heartbeat_line, problems, to_dict, transitions, write_status)
 from ..detect.matcher import create as create_matcher
 from ..detect.noise import Exclusions, Throttle
 from .queues import BoundedQueue
@@ -34,8 +37,10 @@ class Pipeline:
                  enricher: Callable | None = None, exclusions: Exclusions | None = None,
                  throttle: Throttle | None = None, engine: str | None = None,
                  queue_size: int = 65536, batch_size: int = 512,
-                 heartbeat_interval: float = 30.0, status_file: str | None = None,
-                 alert_hook: Callable[[dict], None] | None = None, info: dict | None = None):
+                 heartbeat_interval: float = 60.0, status_file: str | None = None,
+                 alert_hook: Callable[[dict], None] | None = None, info: dict | None = None,
+                 rule_problems: Sequence[str] = (), rules_on_error: str = "fail",
+                 ledger: bool = True):
         self.source = source
         self.rules = list(rules)
         self.matcher = create_matcher(self.rules, engine)
@@ -49,8 +54,21 @@ class Pipeline:
         self.alert_hook = alert_hook
         self.info = dict(info or {})
         self.make_alert = AlertFactory()
-        self.heartbeat = Heartbeat(self.status, heartbeat_interval, status_file) \
+        self.status_file = status_file
+        self.rule_problems = list(rule_problems)
+        self.rules_on_error = rules_on_error
+        self._titles = {r.id: r.title for r in self.rules}
+        # The completeness ledger: health documents and health alerts through the spool.
+        self.ledger = Ledger(spool, {"host": str(self.info.get("host") or ""),
+                                     **({"config": self.info["config"]} if self.info.get("config") else {})}) \
+            if spool is not None and ledger else None
+        if self.ledger is not None:
+            self.info["boot_id"] = self.ledger.boot_id
+        self.heartbeat = Heartbeat(self.beat, heartbeat_interval) \
             if heartbeat_interval and heartbeat_interval > 0 else None
+        self._beat_lock = threading.Lock()
+        self._prev: Status | None = None
+        self._state = "running"
         # counters (written by the worker thread only)
         self.events_in = 0
         self.events_excluded = 0
@@ -60,10 +78,12 @@ class Pipeline:
         self.work_ns = 0
         self.alerts_by_rule: Counter = Counter()
         self.spool_errors = 0
+        self._spool_error: str | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._started_at = 0.0
         self._last = (0.0, 0)  # (time, events) of the previous status, for the rate
+        self.final: Status | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -74,12 +94,14 @@ class Pipeline:
         self._worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
-        if self.heartbeat is not None:
-            self.heartbeat.start()
         emit = self.queue.put_wait if getattr(self.source, "blocking", False) else self.queue.put
         self.source.start(emit)
-        log.info("sensor started: %d rule(s), matcher %s, source %s", len(self.rules),
-                 getattr(self.matcher, "engine", "?"), getattr(self.source, "name", "?"))
+        log.info("sensor started: %d rule(s), matcher %s, source %s%s", len(self.rules),
+                 getattr(self.matcher, "engine", "?"), getattr(self.source, "name", "?"),
+                 f", boot {self.ledger.boot_id}" if self.ledger else "")
+        self.beat("start")   # the first health document, and the rules-rejected alert
+        if self.heartbeat is not None:
+            self.heartbeat.start()
 
     def wait_source(self, timeout: float | None = None) -> bool:
         """For finite sources (replay): wait until everything was read and matched."""
@@ -96,7 +118,8 @@ class Pipeline:
         return True
 
     def stop(self, drain_timeout: float = 30.0) -> dict:
-        """Stop the source, drain the queue, flush the spool; return the final status."""
+        """Stop the source, drain the queue, spool the last health document, give delivery
+        the rest of the drain budget; write the final status and return it."""
         try:
             self.source.stop()
         except Exception:
@@ -107,6 +130,11 @@ class Pipeline:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=max(1.0, deadline - time.monotonic()))
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self._started_at:
+            self._state = "stopped"
+            self.beat("stop")    # the ledger's last entry for this boot
         if self.forwarder is not None:
             # Give delivery the rest of the drain budget; what is left stays in the spool
             # and goes out after the next start.
@@ -114,11 +142,16 @@ class Pipeline:
             if wait is not None:
                 wait(max(0.0, deadline - time.monotonic()))
             self.forwarder.stop()
-        status = self.status()
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-            self.heartbeat.beat()  # last word in the status file
-        return status
+        final = self.health()
+        if self.ledger is not None:
+            final.ledger.seq = self.ledger.seq
+        if self.status_file:
+            try:
+                write_status(self.status_file, final)   # last word: what was delivered in the end
+            except OSError as exc:
+                log.warning("cannot write status file %s: %s", self.status_file, exc)
+        self.final = final
+        return to_dict(final)
 
     # -- the worker ------------------------------------------------------------------------
     def _pending(self) -> bool:
@@ -199,10 +232,13 @@ class Pipeline:
         if self.spool is not None:
             try:
                 self.spool.put_many(alerts)
-            except Exception:
-                # The spool is the durability guarantee: failing to write it is loud.
+                self._spool_error = None
+            except Exception as exc:
+                # The spool is the durability guarantee: failing to write it is loud (and a
+                # health alert at the next heartbeat).
                 self.spool_errors += len(alerts)
-                log.exception("SPOOL WRITE FAILED: %d alert(s) not persisted", len(alerts))
+                self._spool_error = str(exc)[:300]
+                log.error("SPOOL WRITE FAILED: %d alert(s) not persisted: %s", len(alerts), exc)
         if self.alert_hook is not None:
             for a in alerts:
                 try:
@@ -211,8 +247,8 @@ class Pipeline:
                     log.exception("alert hook failed")
 
     # -- health ----------------------------------------------------------------------------
-    def status(self) -> dict:
-        """Everything the heartbeat reports (see README, "Health")."""
+    def health(self) -> Status:
+        """The typed status of everything (README, "Health"): what every report renders."""
         now = time.monotonic()
         t_prev, n_prev = self._last
         n = self.events_in
@@ -220,63 +256,130 @@ class Pipeline:
         self._last = (now, n)
         src = _safe(getattr(self.source, "stats", None))
         qs = self.queue.stats()
-        status: dict[str, Any] = {
-            "sensor": {"version": __version__, "pid": os.getpid(), "started_at": self._started_at,
-                       "uptime_s": round(time.time() - self._started_at, 1), **self.info},
-            "events": {"in": n, "per_s": round(rate, 1), "excluded": self.events_excluded,
-                       # the queue counts what it refused; the ETW callback's own
-                       # hand-off queue counts what never reached it
-                       "queue_dropped": qs["dropped"] + int(src.get("callback_drops", 0) or 0),
-                       "queue_depth": qs["depth"], "queue_capacity": qs["capacity"],
-                       "queue_high_water": qs["high_water"], "enrich_errors": self.enrich_errors,
-                       "errors": self.event_errors},
-            "source": src,
-            "etw": _etw_health(src),
-            "enrich": _backfill_health(src),
-            "matcher": {"engine": getattr(self.matcher, "engine", "?"), "rules": len(self.rules),
-                        "us_per_event": round(self.match_ns / n / 1000, 3) if n else 0.0,
-                        "pipeline_us_per_event": round(self.work_ns / n / 1000, 3) if n else 0.0},
-            "alerts": {"total": sum(self.alerts_by_rule.values()),
-                       "by_rule": dict(self.alerts_by_rule.most_common()),
-                       "spool_write_failures": self.spool_errors},
-            "noise": {},
-        }
+        st = Status()
+        st.sensor = SensorInfo(pid=os.getpid(), host=str(self.info.get("host") or ""),
+                               config=str(self.info.get("config") or ""),
+                               boot_id=self.ledger.boot_id if self.ledger else "",
+                               started_at=self._started_at,
+                               uptime_s=round(time.time() - self._started_at, 1) if self._started_at else 0.0,
+                               heartbeat_s=self.heartbeat.interval if self.heartbeat else 0.0,
+                               state=self._state)
+        st.events = EventsHealth(
+            in_=n, per_s=round(rate, 1), excluded=self.events_excluded,
+            # the queue counts what it refused; the ETW callback's own hand-off queue
+            # counts what never reached it
+            queue_dropped=qs["dropped"] + _int(src.get("callback_drops")),
+            queue_depth=qs["depth"], queue_capacity=qs["capacity"], queue_high_water=qs["high_water"],
+            enrich_errors=self.enrich_errors, errors=self.event_errors,
+            input_errors=_int(src.get("errors")) + _int(src.get("decode_errors")))
+        st.source = src
+        st.etw = _etw_health(src)
         pe = _safe(getattr(self.enricher, "stats", None))
+        st.enrich = _backfill_health(src, pe)
         if pe:
-            status["pe_cache"] = pe
+            st.pe_cache = _convert(pe, PeCacheHealth)
+        st.matcher = MatcherHealth(engine=getattr(self.matcher, "engine", "?"), rules=len(self.rules),
+                                   us_per_event=round(self.match_ns / n / 1000, 3) if n else 0.0,
+                                   pipeline_us_per_event=round(self.work_ns / n / 1000, 3) if n else 0.0)
+        st.rules = RulesHealth(loaded=len(self.rules), rejected=len(self.rule_problems),
+                               on_error=self.rules_on_error, problems=list(self.rule_problems))
+        by_rule = dict(self.alerts_by_rule.most_common())
+        st.alerts = AlertsHealth(total=sum(by_rule.values()), by_rule=by_rule,
+                                 titles={rid: self._titles.get(rid, "") for rid in by_rule})
+        noise = NoiseHealth()
         if self.exclusions is not None:
-            status["noise"]["excluded_events"] = self.exclusions.suppressed_events
-            status["noise"]["excluded_alerts"] = dict(self.exclusions.suppressed_alerts)
+            noise.excluded_events = self.exclusions.suppressed_events
+            noise.excluded_alerts = dict(self.exclusions.suppressed_alerts)
         if self.throttle is not None:
-            status["noise"]["throttled"] = dict(self.throttle.suppressed)
-            reports = self.throttle.flush()
-            for r in reports:
+            noise.throttled = dict(self.throttle.suppressed)
+            for r in self.throttle.flush():
                 log.info("throttle: suppressed %d repeat(s) of rule %s within %.0f s",
                          r["suppressed"], r["rule"], r["window_s"])
+        st.noise = noise
         if self.spool is not None:
-            status["spool"] = _safe(getattr(self.spool, "stats", None))
+            sp = _convert(_safe(getattr(self.spool, "stats", None)), SpoolHealth)
+            sp.enabled = True
+            oldest = _safe_call(getattr(self.spool, "oldest_created", None))
+            sp.oldest_age_s = round(max(0.0, time.time() - oldest), 1) if oldest else None
+            sp.write_failures = self.spool_errors
+            sp.error = self._spool_error
+            st.spool = sp
         if self.forwarder is not None:
-            status["delivery"] = _safe(getattr(self.forwarder, "stats", None))
-        return status
+            st.delivery = _convert(_safe(getattr(self.forwarder, "stats", None)), DeliveryHealth)
+            st.delivery.enabled = True
+        if self.ledger is not None:
+            st.ledger = self.ledger.stats()
+        st.problems = problems(st)
+        st.written_at = time.time()
+        return st
+
+    def status(self) -> dict:
+        """:meth:`health` as plain data (what ``status.json`` holds)."""
+        return to_dict(self.health())
+
+    def beat(self, reason: str = "heartbeat") -> Status:
+        """One heartbeat: the status file, the log line, a health document and health alerts."""
+        with self._beat_lock:
+            st = self.health()
+            if self.ledger is not None:
+                st.ledger.seq = self.ledger.next_seq()
+            if self.status_file:
+                try:
+                    write_status(self.status_file, st)
+                except OSError as exc:
+                    log.warning("cannot write status file %s: %s", self.status_file, exc)
+            log.info("%s", heartbeat_line(st))
+            if self.ledger is not None:
+                self.ledger.record(st, reason)
+                for kind, message, details, key in transitions(self._prev, st):
+                    self.ledger.alert(kind, message, details, key)
+            self._prev = st
+            return st
 
 
-def _etw_health(src: dict) -> dict:
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _convert(d: dict, cls):
+    """A health struct from a component's stats dict (unknown keys ignored; bad values: defaults)."""
+    try:
+        return msgspec.convert(d, cls, strict=False)
+    except (msgspec.ValidationError, TypeError):
+        out = cls()
+        for k, v in d.items():
+            if k in cls.__struct_fields__:
+                try:
+                    setattr(out, k, msgspec.convert(v, type(getattr(out, k)), strict=False))
+                except (msgspec.ValidationError, TypeError):
+                    pass
+        return out
+
+
+def _etw_health(src: dict) -> EtwHealth:
     """ETW loss as the heartbeat reports it: provider-side, delivery-side and in-band."""
-    out = {k: int(src.get(k, 0) or 0) for k in ("events_lost", "realtime_buffers_lost", "rt_lost_events")}
-    out["lost"] = sum(out.values())
-    out["restarts"] = int(src.get("restarts", 0) or 0)
-    out["alive"] = src.get("alive")
-    return out
+    e = EtwHealth(events_lost=_int(src.get("events_lost")),
+                  realtime_buffers_lost=_int(src.get("realtime_buffers_lost")),
+                  rt_lost_events=_int(src.get("rt_lost_events")),
+                  restarts=_int(src.get("restarts")), alive=src.get("alive") if "sessions" in src else None)
+    e.lost = e.events_lost + e.realtime_buffers_lost + e.rt_lost_events
+    return e
 
 
-def _backfill_health(src: dict) -> dict:
-    """Back-fill misses (the process was gone, or access was denied) from the ETW source."""
+def _backfill_health(src: dict, pe: dict) -> EnrichHealth:
+    """Back-fill misses (the process was gone, its pid reused, or access denied) from the ETW
+    source, and the PE errors of the enrichment cache."""
     bf = (src.get("processor") or {}).get("backfill") or {}
     denied = bf.get("miss_access_denied") or {}
-    missed = int(bf.get("miss_gone", 0) or 0) + int(bf.get("miss_pid_reused", 0) or 0) + \
-        sum(int(v) for v in (denied.values() if isinstance(denied, dict) else [denied]))
-    return {"backfill_attempts": int(bf.get("attempts", 0) or 0), "backfill_missed": missed,
-            "backfill_missed_gone": int(bf.get("miss_gone", 0) or 0)}
+    gone = _int(bf.get("miss_gone"))
+    missed = gone + _int(bf.get("miss_pid_reused")) + \
+        sum(_int(v) for v in (denied.values() if isinstance(denied, dict) else [denied]))
+    return EnrichHealth(backfill_attempts=_int(bf.get("attempts")), backfill_missed=missed,
+                        backfill_missed_gone=gone,
+                        pe_errors=_int(pe.get("failures")) + _int(pe.get("resolver_errors")))
 
 
 def _safe(fn) -> dict:
@@ -287,3 +390,13 @@ def _safe(fn) -> dict:
     except Exception:
         log.exception("stats collection failed")
         return {}
+
+
+def _safe_call(fn):
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception:
+        log.exception("stats collection failed")
+        return None

@@ -1,28 +1,62 @@
-"""Run a built pipeline until asked to stop: shared by ``etw-sensor run`` and the Windows service."""
+"""Run a built pipeline until asked to stop: shared by ``etw-sensor run`` and the Windows service.
+
+Exit codes (README): 0 everything ran and was delivered; 1 the sensor ran but its work has
+errors (alerts left undelivered in the spool or dead-lettered, alerts not written to the spool,
+input records that could not be read); 2 it could not start.
+"""
 from __future__ import annotations
 
 import logging
 import threading
 
+from .health import Status
+
 log = logging.getLogger("sensor")
+
+OK, WORK_ERRORS, CANNOT_START = 0, 1, 2
+
+
+def outcome(final: Status) -> tuple[int, list[str]]:
+    """The exit code for a sensor that stopped with ``final``, and the reasons for a 1."""
+    why = []
+    if final.spool.enabled and final.spool.depth:
+        why.append(f"{final.spool.depth} alert(s)/health document(s) NOT delivered: kept in the "
+                   f"spool, sent after the next start")
+    if final.delivery.dead_lettered:
+        why.append(f"{final.delivery.dead_lettered} alert(s) rejected by the receiver and "
+                   f"dead-lettered (etw-sensor spool dead)")
+    if final.spool.write_failures:
+        why.append(f"{final.spool.write_failures} alert(s) could not be written to the spool "
+                   f"and are lost")
+    if final.events.input_errors:
+        why.append(f"{final.events.input_errors} input record(s) could not be read")
+    if final.events.errors:
+        why.append(f"{final.events.errors} event(s) failed processing")
+    if final.ledger.pending or final.ledger.lost:
+        why.append(f"{final.ledger.pending + final.ledger.lost} health document(s)/alert(s) "
+                   f"not spooled")
+    return (WORK_ERRORS if why else OK), why
 
 
 def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
-    """Run until ``stop`` is set (or a finite source is done); then stop cleanly."""
+    """Run until ``stop`` is set (or a finite source is done); stop cleanly; the exit code."""
     finished = getattr(pipeline.source, "finished", None)
     try:
         try:
             pipeline.start()
         except Exception as exc:  # e.g. ETW access denied, no free session
             log.error("the sensor could not start: %s", exc)
-            return 2
+            return CANNOT_START
         while not stop.wait(0.2):
             if finished is not None and finished.is_set() and pipeline.wait_source(0):
                 log.info("replay finished")
                 break
     finally:
-        status = pipeline.stop(drain_timeout=drain_timeout)
-    depth = (status.get("spool") or {}).get("depth", 0)
+        pipeline.stop(drain_timeout=drain_timeout)
+    final: Status = pipeline.final
     log.info("stopped: %d event(s), %d alert(s), %d left in the spool for the next start",
-             status["events"]["in"], status["alerts"]["total"], depth)
-    return 0
+             final.events.in_, final.alerts.total, final.spool.depth)
+    code, why = outcome(final)
+    for w in why:
+        log.error("%s", w)
+    return code

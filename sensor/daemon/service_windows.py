@@ -11,34 +11,75 @@ import logging.handlers
 import sys
 import threading
 
-from .service import InstallPlan, SERVICE_NAME, state_name
+from .service import InstallPlan, SERVICE_NAME, start_failure, state_name
+
+ERROR_SERVICE_SPECIFIC_ERROR = 1066   # the SCM then records svcExitCode
 
 log = logging.getLogger("sensor.service")
 
 
+def apply_acl(folder: str, sddl: str) -> None:
+    """Create ``folder`` if needed and give it the protected DACL ``sddl`` (inherited by every
+    file and sub-folder in it, existing ones included)."""
+    import os
+
+    import win32security
+
+    os.makedirs(folder, exist_ok=True)
+    sd = win32security.ConvertStringSecurityDescriptorToSecurityDescriptor(
+        sddl, win32security.SDDL_REVISION_1)
+    dacl = sd.GetSecurityDescriptorDacl()
+    win32security.SetNamedSecurityInfo(
+        folder, win32security.SE_FILE_OBJECT,
+        win32security.DACL_SECURITY_INFORMATION | win32security.PROTECTED_DACL_SECURITY_INFORMATION,
+        None, None, dacl, None)
+
+
+def add_to_group(group_sid: str, account: str) -> None:
+    """Make ``account`` a member of the local group ``group_sid`` (its name is localised)."""
+    import win32net
+    import win32security
+
+    name, _domain, _type = win32security.LookupAccountSid(None, win32security.ConvertStringSidToSid(group_sid))
+    try:
+        win32net.NetLocalGroupAddMembers(None, name, 3, [{"domainandname": account}])
+    except win32net.error as exc:  # 1378: already a member
+        if exc.winerror != 1378:
+            raise
+
+
 def install(plan: InstallPlan) -> None:
-    """Register the service, its recovery actions, config path and event source."""
+    """Lock the folders down, register the service, its account, recovery actions, config path
+    and event source."""
     import subprocess
 
     import win32service
     import win32serviceutil
 
+    for folder, sddl in plan.acl:
+        apply_acl(folder, sddl)
     win32serviceutil.InstallService(
         plan.class_string, plan.name, plan.display_name, startType=plan.start_type,
-        description=plan.description,
+        description=plan.description, userName=plan.account_name,
     )
     win32serviceutil.SetServiceCustomOption(plan.name, "config", plan.config)
-    if plan.delayed:
-        h = win32service.OpenSCManager(None, None, win32service.SC_MANAGER_ALL_ACCESS)
+    h = win32service.OpenSCManager(None, None, win32service.SC_MANAGER_ALL_ACCESS)
+    try:
+        s = win32service.OpenService(h, plan.name, win32service.SERVICE_ALL_ACCESS)
         try:
-            s = win32service.OpenService(h, plan.name, win32service.SERVICE_ALL_ACCESS)
-            try:
+            if plan.delayed:
                 win32service.ChangeServiceConfig2(
                     s, win32service.SERVICE_CONFIG_DELAYED_AUTO_START_INFO, True)
-            finally:
-                win32service.CloseServiceHandle(s)
+            if plan.account_name:
+                # the service SID in the token, so the folder ACL naming it applies
+                win32service.ChangeServiceConfig2(
+                    s, win32service.SERVICE_CONFIG_SERVICE_SID_INFO, win32service.SERVICE_SID_TYPE_UNRESTRICTED)
         finally:
-            win32service.CloseServiceHandle(h)
+            win32service.CloseServiceHandle(s)
+    finally:
+        win32service.CloseServiceHandle(h)
+    for group_sid, account in plan.groups:
+        add_to_group(group_sid, account)
     subprocess.run(plan.sc_failure_command(), check=True, capture_output=True)
     import win32evtlogutil
     win32evtlogutil.AddSourceToRegistry(plan.event_source)
@@ -92,8 +133,15 @@ def _service_class():
         # Accept system shutdown too, so queued events and the spool are flushed.
         SvcShutdown = SvcStop
 
+        def _refuse(self, errors):
+            # Fail closed: the service does not run without its rules or with a bad config.
+            code, message = start_failure(errors)
+            servicemanager.LogErrorMsg(message)
+            self.ReportServiceStatus(win32service.SERVICE_STOPPED,
+                                     win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR, svcExitCode=code)
+
         def SvcDoRun(self):
-            from .assemble import prepare, setup_logging
+            from .assemble import prepare, setup_logging, validate
             from .runner import serve
             from .config import ConfigError, load
 
@@ -103,12 +151,24 @@ def _service_class():
                 path = win32serviceutil.GetServiceCustomOption(self._name, "config")
                 cfg = load(path)
                 self._drain = cfg.sensor.drain_timeout_s
+                # The same checks as `run` and `config test`; the folder's ACL protects the
+                # config here (POSIX mode bits mean nothing on Windows).
+                checked = validate(cfg, allow_readable_config=True)
+                if checked.errors:
+                    self._refuse(checked.errors)
+                    return
                 setup_logging(cfg)
-                pipeline = prepare(cfg)
+                pipeline = prepare(cfg, checked)
             except ConfigError as exc:
-                servicemanager.LogErrorMsg(f"etw-sensor: config error: {exc}")
+                self._refuse(exc.errors)
                 return
-            serve(pipeline, self._stop, cfg.sensor.drain_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - the SCM gets a reason, not a crash
+                self._refuse([f"{type(exc).__name__}: {exc}"])
+                return
+            code = serve(pipeline, self._stop, cfg.sensor.drain_timeout_s)
+            if code:
+                self.ReportServiceStatus(win32service.SERVICE_STOPPED,
+                                         win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR, svcExitCode=code)
 
     return SensorService
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import msgspec
 
 from .. import __version__
+from .health import HEALTH, METRIC, health_rule
 
 ECS_VERSION = "9.4.0"
 
@@ -201,13 +202,42 @@ def to_ecs(alert: Mapping[str, Any]) -> dict:
         doc["agent"]["name"] = host
     custom: dict[str, Any] = {}
 
-    if alert.get("type") == "health":
-        health = alert.get("health") or {}
-        doc["event"] = {"kind": "event", "category": ["host"], "type": ["info"],
-                        "action": health.get("event"), "module": "sensor", "dataset": "sensor.daemon.health",
-                        "id": alert.get("id"), "created": created}
-        doc["message"] = health.get("message") or health.get("event")
+    if alert.get("type") == METRIC:
+        # A health document (the completeness ledger): the sensor's whole status, numbered.
+        ledger = alert.get("ledger") if isinstance(alert.get("ledger"), dict) else {}
+        doc["@timestamp"] = created
+        doc["event"] = {"kind": "metric", "category": ["host"], "type": ["info"],
+                        "action": ledger.get("reason"), "module": "sensor", "dataset": "sensor.health",
+                        "id": alert.get("id"), "created": created, "sequence": ledger.get("seq")}
+        if ledger.get("boot_id"):
+            doc["agent"]["ephemeral_id"] = ledger["boot_id"]
+        _put(doc, "message", alert.get("MESSAGE"))
+        custom["ledger"] = dict(ledger)
+        custom["health"] = dict(alert.get("health") or {})
+        doc["sensor"] = custom
+        return doc
+
+    if alert.get("type") == HEALTH:
+        # A health alert: an alert about the sensor itself, with its own rule id.
+        health = alert.get("health") if isinstance(alert.get("health"), dict) else {}
+        kind = str(health.get("event") or "unknown")
+        rule = alert.get("rule") if isinstance(alert.get("rule"), dict) else health_rule(kind)
+        level = str(rule.get("level") or "").lower()
+        doc["@timestamp"] = created
+        event = {"kind": "alert", "category": ["host"], "type": ["info"], "action": kind,
+                 "module": "sensor", "dataset": "sensor.health_alert", "id": alert.get("id"),
+                 "created": created}
+        if level in SEVERITY:
+            event["severity"] = SEVERITY[level]
+            event["risk_score"] = float(SEVERITY[level])
+        doc["event"] = event
+        doc["message"] = alert.get("MESSAGE") or health.get("message") or kind
+        rule_doc, _threat, tags, _extra = _rule_part(rule)
+        doc["rule"] = dict(rule_doc, ruleset="sensor-health")   # the cached block is shared
+        if tags:
+            doc["tags"] = tags
         custom["health"] = dict(health)
+        _put(custom, "rule_level", rule.get("level"))
         doc["sensor"] = custom
         return doc
 

@@ -11,10 +11,12 @@ import base64
 from typing import Any, Mapping, Sequence
 
 from .protocol import OK, PARK, RETRY, SendResult
+from .health import is_metric
 from .http import HttpOutput, HttpResponse, _common_kwargs, encode_json
 from .tls import Secret
 
 DEFAULT_INDEX = "logs-sensor.alert-default"
+HEALTH_INDEX = "metrics-sensor.health-default"   # health documents (the completeness ledger)
 
 
 class ElasticsearchOutput(HttpOutput):
@@ -24,7 +26,8 @@ class ElasticsearchOutput(HttpOutput):
     content_type = "application/x-ndjson"
     default_auth_scheme = "ApiKey"
 
-    def __init__(self, url: str, *, index: str = DEFAULT_INDEX, **kw: Any) -> None:
+    def __init__(self, url: str, *, index: str = DEFAULT_INDEX, health_index: str = HEALTH_INDEX,
+                 **kw: Any) -> None:
         token = kw.get("token")
         if token and ":" in token.reveal():
             # An API key given as "id:key" (the Beats form) is sent base64-encoded.
@@ -34,17 +37,20 @@ class ElasticsearchOutput(HttpOutput):
         if token:
             self._secrets.append(token.reveal())
         self.index = index
+        self.health_index = health_index
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "ElasticsearchOutput":
-        return cls(index=options.get("index") or DEFAULT_INDEX, **_common_kwargs(options))
+        return cls(index=options.get("index") or DEFAULT_INDEX,
+                   health_index=options.get("health_index") or HEALTH_INDEX, **_common_kwargs(options))
 
     def request_path(self, path: str) -> str:
         path = path.rstrip("/")
         return path if path.endswith("/_bulk") else path + "/_bulk"
 
     def encode_one(self, alert: Mapping[str, Any]) -> bytes:
-        action = {"create": {"_index": self.index, "_id": str(alert.get("id"))}}
+        index = self.health_index if is_metric(alert) else self.index
+        action = {"create": {"_index": index, "_id": str(alert.get("id"))}}
         return encode_json(action) + b"\n" + encode_json(self.render(alert))
 
     def interpret(self, alerts: Sequence[Mapping[str, Any]], resp: HttpResponse) -> SendResult:

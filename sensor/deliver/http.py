@@ -55,11 +55,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def safe_url(url: str) -> str:
     """``url`` without user info, query or fragment (they may hold credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number or out of range
+        return "<invalid url>"
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
@@ -124,7 +127,12 @@ class HttpTransport:
     def __init__(self, url: str, tls: TLSConfig | None = None, *, allow_http: bool = False,
                  gzip: bool = True, gzip_level: int = 1, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, pool_maxsize: int = 2) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError(f"url must be https://host[:port]/path with a port from 1 to 65535, "
+                              f"got {safe_url(url)!r}") from None
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ConfigError(f"url must be https://host[:port]/path, got {safe_url(url)!r}")
         if parts.scheme == "http" and not allow_http:
@@ -196,6 +204,16 @@ def _common_kwargs(options: Mapping[str, Any]) -> dict:
     url = options.get("url")
     if not url:
         raise ConfigError("url is required for this format")
+    level = options.get("gzip_level", 1)
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+        raise ConfigError(f"gzip_level must be an integer from 0 to 9, got {level!r}")
+    for key, default, top in (("connect_timeout", 5.0, 600.0), ("read_timeout", 30.0, 3600.0)):
+        value = options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+            raise ConfigError(f"{key} must be a number of seconds above 0 and at most {top:g}, got {value!r}")
+    for name, value in dict(options.get("headers") or {}).items():
+        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in f"{name}{value}"):
+            raise ConfigError(f"header {name!r}: holds a line break or control character")
     try:
         return dict(
             url=str(url), tls=TLSConfig.from_options(options), token=load_secret(options, "token"),

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .._files import open_private
 from .protocol import OK, RETRY, SendResult
 from .ecs import to_ecs
 from .http import encode_json
@@ -34,8 +35,7 @@ class JsonlOutput:
                 rejected[str(a.get("id"))] = f"cannot encode: {exc}"
         try:
             with self._lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "ab") as f:
+                with open_private(self.path, "ab") as f:   # alerts hold command lines: 0600
                     f.write(b"".join(lines))
                     f.flush()
                     os.fsync(f.fileno())

@@ -28,8 +28,10 @@ OPTION_KEYS = frozenset({
     "hmac_secret", "hmac_secret_env", "hmac_secret_file", "signature_header",
     "ca_file", "pin_sha256", "client_cert", "client_key", "insecure_skip_verify", "tls_min_version",
     "allow_http", "gzip", "gzip_level", "connect_timeout", "read_timeout", "pool_maxsize", "headers",
-    "index", "source", "sourcetype", "host", "document",
+    "index", "source", "sourcetype", "host", "document", "health_index", "health_sourcetype",
 })
+# What an operator may choose (``memory`` is for tests and stays out of messages).
+PUBLIC_FORMATS = ("ecs", "elasticsearch", "jsonl", "splunk_hec", "webhook")
 
 
 def build_output(options: Mapping[str, Any]) -> Output:
@@ -39,7 +41,7 @@ def build_output(options: Mapping[str, Any]) -> Output:
         raise ConfigError(f"unknown output option(s): {', '.join(unknown)}")
     fmt = FORMATS.get(str(options.get("format") or "ecs").lower())
     if fmt is None:
-        raise ConfigError(f"format must be one of {', '.join(sorted(set(FORMATS.values())))}")
+        raise ConfigError(f"format must be one of {', '.join(PUBLIC_FORMATS)}")
     if fmt == "memory":
         from .memory import MemoryOutput
         return MemoryOutput()

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from .protocol import BISECT, OK, PARK, RESEND, RETRY, SendResult
 from .ecs import epoch_time
+from .health import is_metric
 from .http import (
     HttpOutput,
     HttpResponse,
@@ -25,6 +26,8 @@ EVENT_PATH = "/services/collector/event"
 HEALTH_PATH = "/services/collector/health"
 # HEC error codes that are about the token, index or channel, not about one event: configuration.
 CONFIG_CODES = frozenset({1, 2, 3, 4, 7, 10, 11, 14})
+DEFAULT_SOURCETYPE = "etw-sensor:alert"
+HEALTH_SOURCETYPE = "etw-sensor:health"   # health documents (the completeness ledger)
 
 
 class SplunkHecOutput(HttpOutput):
@@ -35,18 +38,21 @@ class SplunkHecOutput(HttpOutput):
     default_auth_scheme = "Splunk"
 
     def __init__(self, url: str, *, index: str | None = None, source: str = "etw-sensor",
-                 sourcetype: str = "etw-sensor:alert", host: str | None = None, **kw: Any) -> None:
+                 sourcetype: str = DEFAULT_SOURCETYPE, host: str | None = None,
+                 health_sourcetype: str = HEALTH_SOURCETYPE, **kw: Any) -> None:
         super().__init__(url, **kw)
         self.index = index
         self.source = source
         self.sourcetype = sourcetype
+        self.health_sourcetype = health_sourcetype
         self.host = host
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "SplunkHecOutput":
         kw = _common_kwargs(options)
         return cls(index=options.get("index"), source=options.get("source") or "etw-sensor",
-                   sourcetype=options.get("sourcetype") or "etw-sensor:alert",
+                   sourcetype=options.get("sourcetype") or DEFAULT_SOURCETYPE,
+                   health_sourcetype=options.get("health_sourcetype") or HEALTH_SOURCETYPE,
                    host=options.get("host"), **kw)
 
     def request_path(self, path: str) -> str:
@@ -62,7 +68,7 @@ class SplunkHecOutput(HttpOutput):
         host = self.host or alert.get("HOSTNAME") or (alert.get("event") or {}).get("Computer")
         env["host"] = host or socket.gethostname()
         env["source"] = self.source
-        env["sourcetype"] = self.sourcetype
+        env["sourcetype"] = self.health_sourcetype if is_metric(alert) else self.sourcetype
         if self.index:
             env["index"] = self.index
         env["event"] = doc

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import msgspec
 
 from .. import __version__
+from .._files import private_dir, touch_private
 
 log = logging.getLogger("sensor.spool")
 
@@ -156,7 +157,10 @@ class Spool:
         self._seq = 0  # bumped on every in-process write, for wait_for_data()
         self._closed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Private: the spool holds command lines. SQLite gives -wal and -shm the mode of the
+            # database file, so creating that file 0600 first makes all three private.
+            private_dir(self.path.parent)
+            touch_private(self.path)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool {self.path}: cannot enable WAL (journal_mode={mode})")
@@ -210,8 +214,10 @@ class Spool:
         """Commit one alert durably; False if an alert with this id is already spooled."""
         return self.put_many([alert]) == 1
 
-    def put_many(self, alerts: Iterable[Mapping[str, Any]]) -> int:
-        """Commit alerts in one transaction; returns how many were new."""
+    def put_many(self, alerts: Iterable[Mapping[str, Any]], kind: str = "alert") -> int:
+        """Commit alerts in one transaction; returns how many were new.
+
+        ``kind`` "health" marks rows the size cap never drops (health alerts)."""
         now = self.clock()
         rows = []
         for alert in alerts:
@@ -221,7 +227,7 @@ class Spool:
                 alert = dict(alert)
                 alert_id = alert["id"] = str(uuid.uuid4())
             body = _encode(alert)
-            rows.append((str(alert_id), now, len(body), body))
+            rows.append((str(alert_id), now, kind, len(body), body))
         if not rows:
             return 0
         try:
@@ -230,10 +236,10 @@ class Spool:
                 added = added_bytes = 0
                 for row in rows:
                     cur = db.execute(
-                        "INSERT OR IGNORE INTO alerts(alert_uuid, created, size, body) VALUES (?,?,?,?)", row)
+                        "INSERT OR IGNORE INTO alerts(alert_uuid, created, kind, size, body) VALUES (?,?,?,?,?)", row)
                     if cur.rowcount == 1:
                         added += 1
-                        added_bytes += row[2]
+                        added_bytes += row[3]
                 self._bump("bytes", added_bytes)
                 self._bump("written", added)
                 self._bump("duplicates", len(rows) - added)

@@ -28,6 +28,8 @@ class ReadStats:
     skipped: int = 0          # records that are not process starts
     skipped_by_id: Counter = field(default_factory=Counter)
     errors: list[InputError] = field(default_factory=list)
+    # Where the event just yielded came from: (file, "line" or "record", number).
+    position: tuple | None = None
 
     def error(self, path, where, message) -> None:
         self.errors.append(InputError(str(path), None if where is None else str(where), message))

@@ -89,4 +89,5 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
         ev = record_to_event(obj, stats)
         if ev is not None:
             stats.events += 1
+            stats.position = (path, "record", rec.get("event_record_id", n))
             yield ev

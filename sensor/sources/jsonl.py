@@ -68,6 +68,7 @@ def read_jsonl(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
                 ev = event_from_json(obj, stats)
                 if ev is not None:
                     stats.events += 1
+                    stats.position = (path, "line", lineno)
                     yield ev
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile, io.UnsupportedOperation) as exc:
             stats.error(path, f"line {lineno + 1}", f"read failed: {exc}")

@@ -12,8 +12,10 @@ It records every alert id it accepts (duplicates included, so tests can check "e
 can be told to fail: down/up, a queue of scripted statuses (429 with Retry-After, 503, 401...),
 413 over N alerts, 400 on given alert ids, slow answers.
 
-Run ``python -m sensor.testing.receiver`` to get one on a free port; it prints its URL, the CA file
-and the certificate's SHA-256 pin. ``GET /_receiver/stats`` returns the counters as JSON.
+Run ``python -m sensor.testing.receiver`` to get one on a free port; it prints its URL, the CA file,
+the certificate's SHA-256 pin and the control token. ``GET /_receiver/stats`` returns the counters
+as JSON and ``POST /_receiver/control`` changes its behaviour; both need
+``Authorization: Bearer <control token>``. Its private key is written 0600.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
+import secrets
 import socket
 import ssl
 import sys
@@ -36,6 +40,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import msgspec
+
+from .._files import open_private, private_dir
 
 _loads = msgspec.json.decode  # several times faster than json.loads on 5 kB documents
 
@@ -225,21 +231,41 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n" + data)  # headers and body in one write
         self.flush_headers()
 
+    def _control_ok(self) -> bool:
+        got = self.headers.get("Authorization") or ""
+        if hmac.compare_digest(got.encode(), f"Bearer {self.server.owner.control_token}".encode()):
+            return True
+        self._reply(401, {"error": "the control endpoints need Authorization: Bearer <control token>"})
+        return False
+
     def do_GET(self) -> None:  # noqa: N802
         owner = self.server.owner
         if self.path.startswith("/services/collector/health"):
             self._reply(200, {"text": "HEC is healthy", "code": 17})
         elif self.path.startswith("/_receiver/stats"):
-            self._reply(200, owner.stats())
+            if self._control_ok():
+                self._reply(200, owner.stats())
         else:
             self._reply(404, {"error": "not found"})
 
     def do_POST(self) -> None:  # noqa: N802
         owner = self.server.owner
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= 256 * 1024 * 1024:
+            self._reply(400, {"error": "bad Content-Length"})
+            return
         raw = self.rfile.read(length)
         if self.path.startswith("/_receiver/control"):
-            owner.control(json.loads(raw or b"{}"))
+            if not self._control_ok():
+                return
+            try:
+                owner.control(json.loads(raw or b"{}"))
+            except (ValueError, TypeError, AttributeError) as exc:
+                self._reply(400, {"error": f"bad control command: {exc}"})
+                return
             self._reply(200, {"ok": True})
             return
         owner._count("requests")
@@ -257,7 +283,8 @@ class Receiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, directory: str | Path | None = None,
                  cert_hosts: Iterable[str] = ("127.0.0.1", "localhost"), cert_expired: bool = False,
                  token: str | None = None, hmac_secret: str | None = None,
-                 require_client_cert: bool = False, tls: bool = True, keep_documents: bool = False) -> None:
+                 require_client_cert: bool = False, tls: bool = True, keep_documents: bool = False,
+                 control_token: str | None = None) -> None:
         self.host = host
         self.port = port
         self._tmp = None
@@ -265,8 +292,10 @@ class Receiver:
             self._tmp = tempfile.TemporaryDirectory(prefix="sensor-receiver-")
             directory = self._tmp.name
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self.token = token
+        # The control endpoints change what the receiver accepts: only who holds this may.
+        self.control_token = control_token or secrets.token_urlsafe(24)
         self.hmac_secret = hmac_secret
         self._lock = threading.Lock()
         self._conns: set = set()
@@ -276,11 +305,13 @@ class Receiver:
         self.fail_queue: list[tuple[int, dict]] = []
         self.too_large_over: int | None = None
         self.reject_ids: set[str] = set()
+        self.reject_containing: str | None = None   # reject documents whose JSON holds this text
         self.delay = 0.0
         # records
         self.received: list[str] = []
         self.keep_documents = keep_documents
         self._documents: list[Any] = []  # accepted documents, when keep_documents is set
+        self._meta: list[dict] = []      # for each: the format and its envelope (HEC) or action (bulk)
         self.request_log: list[dict] = []
         self.counters = {"requests": 0, "tls_failures": 0, "connection_errors": 0, "in_flight": 0}
         self._es_store: set[str] = set()
@@ -295,7 +326,8 @@ class Receiver:
             self.key_file = self.dir / "server.key"
             self.ca_file.write_bytes(self.ca.cert_pem())
             self.cert_file.write_bytes(cert)
-            self.key_file.write_bytes(key)
+            with open_private(self.key_file, "wb") as fh:   # the private key: 0600
+                fh.write(key)
             self.cert_sha256 = hashlib.sha256(der).hexdigest()
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -376,7 +408,8 @@ class Receiver:
         cert, key, _ = self.ca.issue(["sensor-client"], client=True)
         c, k = self.dir / "client.pem", self.dir / "client.key"
         c.write_bytes(cert)
-        k.write_bytes(key)
+        with open_private(k, "wb") as fh:
+            fh.write(key)
         return c, k
 
     def control(self, cmd: dict) -> None:
@@ -387,6 +420,8 @@ class Receiver:
             self.too_large_over = cmd["too_large_over"]
         if "reject_ids" in cmd:
             self.reject_ids = set(cmd["reject_ids"])
+        if "reject_containing" in cmd:
+            self.reject_containing = cmd["reject_containing"] or None
         if "fail" in cmd:
             self.fail_next(int(cmd["fail"]), int(cmd.get("count", 1)), cmd.get("headers"))
         if "down_for" in cmd:
@@ -415,10 +450,20 @@ class Receiver:
         with self._lock:
             return list(self.received)
 
-    def documents(self) -> list[Any]:
-        """The accepted alert documents in arrival order (ECS, or the HEC envelope's ``event``)."""
+    def documents(self, kind: str | None = None) -> list[Any]:
+        """The accepted documents in arrival order (ECS, or the HEC envelope's ``event``);
+        ``kind`` keeps those whose ``event.kind`` is that (``alert``, ``metric``)."""
         with self._lock:
-            return list(self._documents)
+            docs = list(self._documents)
+        if kind is None:
+            return docs
+        return [d for d in docs if isinstance(d, dict) and (d.get("event") or {}).get("kind") == kind]
+
+    def records(self) -> list[tuple[dict, Any]]:
+        """(meta, document) for each accepted document: meta has ``format`` and, for HEC, the
+        envelope's ``sourcetype``/``index``, for ``_bulk`` the action's ``_index``."""
+        with self._lock:
+            return list(zip(self._meta, self._documents))
 
     def wait_for(self, n_unique: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``n_unique`` distinct ids arrived."""
@@ -475,6 +520,7 @@ class Receiver:
             actions = [_loads(x) for x in lines[0::2]]
             docs = [_loads(x) for x in lines[1::2]]
             ids = [(a.get("create") or a.get("index") or {}).get("_id") for a in actions]
+            entry["indexes"] = [(a.get("create") or a.get("index") or {}).get("_index") for a in actions]
         elif kind == "ndjson":
             docs = [_loads(x) for x in text.split("\n") if x.strip()]
             ids = [_doc_id(d) for d in docs]
@@ -498,9 +544,9 @@ class Receiver:
         if self.too_large_over is not None and len(ids) > self.too_large_over:
             return 413, {"error": "request entity too large"}, {}
         if kind == "bulk":
-            return self._bulk(ids, docs)
+            return self._bulk(ids, docs, entry.get("indexes") or [None] * len(ids))
         for i, alert_id in enumerate(ids):
-            if alert_id is None or alert_id in self.reject_ids:
+            if alert_id is None or alert_id in self.reject_ids or self._poison(docs[i]):
                 if kind == "hec":
                     return 400, {"text": "Invalid data format", "code": 6, "invalid-event-number": i}, {}
                 return 400, {"error": f"rejected alert {alert_id}"}, {}
@@ -508,15 +554,21 @@ class Receiver:
             self.received.extend(ids)  # type: ignore[arg-type]
             if self.keep_documents:
                 self._documents.extend(d.get("event") if kind == "hec" else d for d in docs)
+                self._meta.extend({"format": kind, **({k: d.get(k) for k in ("sourcetype", "index", "source")}
+                                                      if kind == "hec" else {})} for d in docs)
         if kind == "hec":
             return 200, {"text": "Success", "code": 0}, {}
         return 200, {"accepted": len(ids)}, {}
 
-    def _bulk(self, ids: list, docs: list) -> tuple[int, Any, dict]:
+    def _poison(self, doc: Any) -> bool:
+        marker = self.reject_containing
+        return bool(marker) and marker in json.dumps(doc)
+
+    def _bulk(self, ids: list, docs: list, indexes: list) -> tuple[int, Any, dict]:
         items, errors = [], False
         with self._lock:
-            for alert_id, doc in zip(ids, docs):
-                if alert_id is None or alert_id in self.reject_ids:
+            for alert_id, doc, index in zip(ids, docs, indexes):
+                if alert_id is None or alert_id in self.reject_ids or self._poison(doc):
                     errors = True
                     items.append({"create": {"_id": alert_id, "status": 400, "error": {
                         "type": "document_parsing_exception", "reason": "failed to parse field"}}})
@@ -529,6 +581,7 @@ class Receiver:
                     self.received.append(alert_id)
                     if self.keep_documents:
                         self._documents.append(doc)
+                        self._meta.append({"format": "bulk", "_index": index})
                     items.append({"create": {"_id": alert_id, "status": 201, "result": "created"}})
         return 200, {"took": 1, "errors": errors, "items": items}, {}
 
@@ -541,15 +594,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", help="where to write ca.pem/server.pem (default: a temporary directory)")
     ap.add_argument("--token", help="require this token (Bearer / Splunk / ApiKey by format)")
     ap.add_argument("--hmac-secret", help="verify webhook signatures with this secret")
+    ap.add_argument("--control-token-env", metavar="VAR",
+                    help="take the control token from this environment variable "
+                         "(default: a random one, printed)")
     ap.add_argument("--json", action="store_true", help="print the connection details as one JSON line")
     args = ap.parse_args(argv)
-    rec = Receiver(args.host, args.port, directory=args.dir, token=args.token, hmac_secret=args.hmac_secret)
+    control = os.environ.get(args.control_token_env) if args.control_token_env else None
+    rec = Receiver(args.host, args.port, directory=args.dir, token=args.token, hmac_secret=args.hmac_secret,
+                   control_token=control)
     rec.start()
-    info = {"url": rec.url, "ca_file": str(rec.ca_file), "pin_sha256": rec.cert_sha256}
+    info = {"url": rec.url, "ca_file": str(rec.ca_file), "pin_sha256": rec.cert_sha256,
+            "control_token": rec.control_token}
     if args.json:
         print(json.dumps(info), flush=True)
     else:
-        print(f"URL: {info['url']}\nCA: {info['ca_file']}\npin_sha256: {info['pin_sha256']}", flush=True)
+        print(f"URL: {info['url']}\nCA: {info['ca_file']}\npin_sha256: {info['pin_sha256']}\n"
+              f"control token: {info['control_token']}", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -1,0 +1,111 @@
+"""What the sensor says about itself to the SIEM: health alerts and health documents.
+
+Two kinds of self-report travel through the spool and the configured output like alerts:
+
+- **Health alerts** (``"type": "health"``): something an analyst must act on (rules rejected,
+  ETW loss, alerts dropped by the spool cap, spool writes failing, delivery parked). Each kind
+  has its own rule id (:data:`HEALTH_RULES`), so a SIEM rule can key on it; formats render them
+  as alerts (ECS ``event.kind: alert``).
+- **Health documents** (``"type": "metric"``): the completeness ledger. One at start, one every
+  heartbeat and one at stop, each with the boot id and a sequence number that goes up by one,
+  so the SIEM can tell a quiet host (documents keep coming, no alerts) from a blind one
+  (documents stop) and a gap (a missing sequence number) from a restart (a new boot id).
+  ECS renders them as ``event.kind: metric``, Splunk HEC with their own sourcetype,
+  Elasticsearch into their own data stream.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from typing import Any, Mapping
+
+from .. import __version__
+
+HEALTH = "health"    # the "type" of a health alert
+METRIC = "metric"    # the "type" of a health document
+
+# kind -> the rule block a health alert of that kind carries
+HEALTH_RULES: dict[str, dict[str, Any]] = {
+    "rules_rejected": {
+        "id": "sensor-health-rules-rejected", "title": "Sensor started without some of its rules",
+        "level": "high",
+        "description": "Rule files, rules or rule packs were rejected at start and the sensor runs "
+                       "without them ([rules] on_error = \"skip\"). Detection is incomplete.",
+    },
+    "etw_loss": {
+        "id": "sensor-health-etw-loss", "title": "Sensor lost ETW events",
+        "level": "high",
+        "description": "ETW reported lost events or buffers: process starts happened that the "
+                       "sensor never saw.",
+    },
+    "queue_drops": {
+        "id": "sensor-health-queue-drops", "title": "Sensor dropped events (queue full)",
+        "level": "high",
+        "description": "Process starts were dropped because the matcher could not keep up; they "
+                       "were never evaluated.",
+    },
+    "spool_overflow": {
+        "id": "sensor-health-spool-overflow", "title": "Sensor dropped undelivered alerts (spool full)",
+        "level": "high",
+        "description": "The alert spool reached spool.max_mb and dropped its oldest undelivered "
+                       "alerts.",
+    },
+    "spool_expired": {
+        "id": "sensor-health-spool-expired", "title": "Sensor dropped undelivered alerts (too old)",
+        "level": "high",
+        "description": "Undelivered alerts older than spool.max_age_days were dropped.",
+    },
+    "spool_write_failed": {
+        "id": "sensor-health-spool-write-failed", "title": "Sensor could not write alerts to its spool",
+        "level": "critical",
+        "description": "Writing alerts to the spool failed (disk full, damaged or unwritable "
+                       "spool): those alerts were not kept.",
+    },
+    "delivery_parked": {
+        "id": "sensor-health-delivery-parked", "title": "Sensor alert delivery parked",
+        "level": "high",
+        "description": "The receiver refused the sensor (401/403, TLS verification, wrong URL). "
+                       "Alerts are kept in the spool and retried; this alert arrives once "
+                       "delivery works again.",
+    },
+}
+
+
+def health_rule(kind: str) -> dict[str, Any]:
+    """The rule block for a health alert of ``kind`` (a generic one for a kind not listed)."""
+    rule = HEALTH_RULES.get(kind)
+    if rule is None:
+        rule = {"id": f"sensor-health-{kind.replace('_', '-')}", "title": f"Sensor health: {kind}",
+                "level": "medium", "description": "A sensor health event."}
+    return dict(rule, source="builtin", origin="sensor-health", author="etw-sensor", tags=["sensor.health"])
+
+
+def iso_now(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds for an epoch time."""
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def health_alert(kind: str, message: str, details: Mapping[str, Any], *, sensor: Mapping[str, Any],
+                 ts: float, key: str) -> dict[str, Any]:
+    """A health alert; ``key`` makes its id (the same key gives the same id: sent once)."""
+    alert_id = "health-" + hashlib.sha256(f"{kind}\n{key}".encode()).hexdigest()[:32]
+    return {"id": alert_id, "type": HEALTH, "timestamp": iso_now(ts),
+            "rule": health_rule(kind), "HOSTNAME": sensor.get("host"),
+            "MESSAGE": message,
+            "health": {"event": kind, "message": message, **details},
+            "sensor": {"version": __version__, **sensor}}
+
+
+def health_document(status: Mapping[str, Any], *, reason: str, boot_id: str, seq: int,
+                    sensor: Mapping[str, Any], ts: float, summary: str) -> dict[str, Any]:
+    """A ledger entry: the whole health status at ``ts``, numbered ``seq`` within ``boot_id``."""
+    return {"id": f"{boot_id}-{seq:010d}", "type": METRIC, "timestamp": iso_now(ts),
+            "HOSTNAME": sensor.get("host"), "MESSAGE": summary,
+            "ledger": {"boot_id": boot_id, "seq": seq, "reason": reason},
+            "health": dict(status),
+            "sensor": {"version": __version__, **sensor}}
+
+
+def is_metric(alert: Mapping[str, Any]) -> bool:
+    return alert.get("type") == METRIC

@@ -50,6 +50,7 @@ def main(args) -> int:
     from ..daemon.runner import serve
     cfg = config_for(args.config)
     if cfg is None:
+        print("etw-sensor: not started: the configuration is refused", file=sys.stderr)
         return 2
     if args.replay:
         cfg.source.kind = "replay"

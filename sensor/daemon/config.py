@@ -310,12 +310,18 @@ def _check_number(value: Any, key: str, errors: list[str]) -> None:
         errors.append(f"{key}: must be from {lo} to {hi}, got {value}")
 
 
-def _walk(data: Any, cls: type, where: str, errors: list[str]) -> None:
-    """Check ``data`` against struct ``cls`` field by field, so every problem is found."""
+def _walk(data: Any, cls: type, where: str, errors: list[str], bad: set[str]) -> Any:
+    """Check ``data`` against struct ``cls`` field by field, so every problem is found.
+
+    Returns ``data`` without the bad values (their keys go to ``bad``), so the rest can still
+    be decoded and cross-checked.
+    """
     if not isinstance(data, dict):
         errors.append(f"{where or 'the file'}: Expected a table, got `{type(data).__name__}`")
-        return
+        bad.add(where)
+        return {}
     fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    clean: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         f = fields.get(key)
@@ -324,14 +330,15 @@ def _walk(data: Any, cls: type, where: str, errors: list[str]) -> None:
             continue
         sub = _struct_type(f.type)
         if sub is not None:
-            _walk(value, sub, path, errors)
+            clean[key] = _walk(value, sub, path, errors, bad)
             continue
         if typing.get_origin(f.type) is list and _struct_type(typing.get_args(f.type)[0]):
             if not isinstance(value, list):
                 errors.append(f"{path}: Expected an array of tables, got `{type(value).__name__}`")
+                bad.add(path)
                 continue
-            for i, item in enumerate(value):
-                _walk(item, typing.get_args(f.type)[0], f"{path}[{i}]", errors)
+            clean[key] = [_walk(item, typing.get_args(f.type)[0], f"{path}[{i}]", errors, bad)
+                          for i, item in enumerate(value)]
             continue
         try:
             msgspec.convert(value, f.type, strict=True)
@@ -339,28 +346,41 @@ def _walk(data: Any, cls: type, where: str, errors: list[str]) -> None:
             inner, reason = _key_path(str(exc))
             sep = "" if not inner or inner.startswith("[") else "."
             errors.append(f"{path}{sep}{inner}: {reason}")
+            bad.add(path)
             continue
+        n = len(errors)
         _check_number(value, path, errors)
+        if len(errors) > n:
+            bad.add(path)
+            continue
+        clean[key] = value
+    return clean
 
 
 def parse(data: dict[str, Any], path: str = "<config>") -> Config:
     """Decode and check a config mapping; raises ConfigError listing every problem."""
     errors: list[str] = []
-    _walk(data, Config, "", errors)
-    if errors:
-        raise ConfigError(errors, path)
+    bad: set[str] = set()
+    clean = _walk(data, Config, "", errors, bad)
     try:
-        cfg = msgspec.convert(data, Config, strict=True)
+        cfg = msgspec.convert(clean, Config, strict=True)
     except msgspec.ValidationError as exc:   # the walk above should have caught it
         key, reason = _key_path(str(exc))
-        raise ConfigError(f"{key}: {reason}" if key else reason, path) from None
+        raise ConfigError(errors + [f"{key}: {reason}" if key else reason], path) from None
     cfg.path = path
-    errors = _check(cfg)
+    # Checks across keys, except those that involve a key already refused above.
+    errors += [e for e in _check(cfg) if e.split(":", 1)[0] not in bad
+               and not any(k in bad for k in _CROSS.get(e.split(":", 1)[0], ()))]
     base = os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else os.getcwd()
     errors += _resolve_paths(cfg, base)
     if errors:
         raise ConfigError(errors, path)
     return cfg
+
+
+# A cross-key check -> the other keys it reads (skipped when one of them was refused).
+_CROSS = {"source.etw.max_buffers": ("source.etw.min_buffers",),
+          "delivery.backoff_cap_s": ("delivery.backoff_base_s",)}
 
 
 def load(path: str) -> Config:

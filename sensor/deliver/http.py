@@ -226,6 +226,8 @@ def _common_kwargs(options: Mapping[str, Any]) -> dict:
             headers=dict(options.get("headers") or {}),
             document=str(options.get("document") or "ecs"),
         )
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad output option: {exc}") from None
 

@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 endif
 STAMP := $(VENV)/.installed
 
-.PHONY: venv build test test-fast demo bench fuzz annotate clean
+.PHONY: venv build test test-fast demo bench fuzz annotate wheel clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,14 @@ bench: build
 	$(VPY) bench/pe.py
 	$(VPY) bench/forward.py
 	$(VPY) bench/pipeline.py
+
+# The installable package for this platform (the project is not on the public package index):
+# dist/etw_sensor-<version>-<python>-<platform>.whl and dist/SHA256SUMS to check it on the endpoint.
+wheel: $(STAMP)
+	$(VPY) -c "import shutil; shutil.rmtree('dist', ignore_errors=True)"
+	$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	$(VPY) -c "import hashlib, pathlib; d = pathlib.Path('dist'); (d / 'SHA256SUMS').write_text(''.join(f'{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n' for w in sorted(d.glob('*.whl'))))"
+	@cat dist/SHA256SUMS
 
 annotate: $(STAMP)
 	SENSOR_ANNOTATE=1 $(VPY) setup.py -q build_ext --inplace --force

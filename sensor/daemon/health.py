@@ -215,6 +215,8 @@ def problems(s: Status) -> list[str]:
 def _age(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

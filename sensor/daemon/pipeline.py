@@ -247,13 +247,18 @@ class Pipeline:
                     log.exception("alert hook failed")
 
     # -- health ----------------------------------------------------------------------------
-    def health(self) -> Status:
-        """The typed status of everything (README, "Health"): what every report renders."""
+    def health(self, advance: bool = False) -> Status:
+        """The typed status of everything (README, "Health"): what every report renders.
+
+        ``events.per_s`` is the rate since the last heartbeat; ``advance`` (a heartbeat) starts
+        the next period.
+        """
         now = time.monotonic()
         t_prev, n_prev = self._last
         n = self.events_in
         rate = (n - n_prev) / (now - t_prev) if now > t_prev else 0.0
-        self._last = (now, n)
+        if advance:
+            self._last = (now, n)
         src = _safe(getattr(self.source, "stats", None))
         qs = self.queue.stats()
         st = Status()
@@ -320,7 +325,7 @@ class Pipeline:
     def beat(self, reason: str = "heartbeat") -> Status:
         """One heartbeat: the status file, the log line, a health document and health alerts."""
         with self._beat_lock:
-            st = self.health()
+            st = self.health(advance=True)
             if self.ledger is not None:
                 st.ledger.seq = self.ledger.next_seq()
             if self.status_file:

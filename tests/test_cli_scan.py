@@ -78,3 +78,30 @@ def test_duplicate_rule_ids_are_reported(tmp_path, capsys):
     src.write_text(json.dumps(BENIGN) + "\n")
     assert main(["scan", str(src), "--rules", str(rules)]) == 1
     assert "rule warning:" in capsys.readouterr().err
+
+
+def test_scan_alerts_say_which_file_and_line(tmp_path, capsysbinary):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(BENIGN) + "\n\n" + json.dumps(MOF) + "\n")       # a blank line 2
+    b.write_text("not json\n" + json.dumps(MOF) + "\n")
+    assert main(["scan", str(a), str(b), "-q"]) == 1
+    alerts = [json.loads(x) for x in capsysbinary.readouterr().out.splitlines()]
+    assert [x["input"] for x in alerts] == [{"file": str(a), "line": 3}, {"file": str(b), "line": 2}]
+
+
+def test_scan_alerts_from_evtx_carry_the_record_id(tmp_path, capsysbinary):
+    import pytest
+
+    from .conftest import SHARED
+    evtx = SHARED / "data" / "evtx" / "security-4688" / "rdp_hijack_4688.evtx"
+    if not evtx.exists():
+        pytest.skip("../shared (the research data beside the project) is not present")
+    rule = tmp_path / "any.yml"
+    rule.write_text("title: Any process\nid: 0b3c8a52-6f0e-4a8e-9a51-3d2b5a7a9999\nstatus: test\n"
+                    "logsource:\n  category: process_creation\n  product: windows\n"
+                    "detection:\n  sel:\n    Image|contains: '\\'\n  condition: sel\nlevel: low\n")
+    assert main(["scan", str(evtx), "--rules", str(rule), "--no-builtin-rules", "-q"]) == 0
+    alerts = [json.loads(x) for x in capsysbinary.readouterr().out.splitlines()]
+    assert alerts and all(x["input"]["file"] == str(evtx) for x in alerts)
+    records = [x["input"]["record"] for x in alerts]
+    assert all(isinstance(r, int) and r > 0 for r in records) and len(set(records)) == len(records)

@@ -39,3 +39,13 @@ def test_renamed_binary_caught_by_original_file_name(docs):
 
 def test_wmiprvse_compile_filtered(docs):
     assert not any("provider.mof" in (d["process"]["command_line"] or "") for d in docs)
+
+
+def test_demo_printout_has_no_none(docs):
+    import io
+
+    from sensor.commands.demo import show
+    buf = io.StringIO()
+    show(docs, out=buf)
+    text = buf.getvalue()
+    assert "None" not in text and "user -" in text     # the first start's user is not known

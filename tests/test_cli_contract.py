@@ -106,20 +106,25 @@ def files(tmp_path_factory):
                                         for i in range(3000)))
     (d / "garbage.bin").write_bytes(os.urandom(4096))
     (d / "status.json").write_text("[not a status")
+    # Each a whole config (a replay of ev.jsonl, alerts to an HTTPS receiver that is not there,
+    # data in ./state) with one thing wrong.
+    base = ('[sensor]\ndata_dir = "state"\ndrain_timeout_s = 1.0\n[source]\nkind = "replay"\n'
+            '[source.replay]\npaths = ["ev.jsonl"]\n')
+    ecs = '[output]\nformat = "ecs"\nurl = "https://127.0.0.1:1/x"\ntoken = "t"\n'
     bad_toml = {
-        "deep.toml": "a = " + "[" * 3000 + "]" * 3000 + "\n",
+        "deep.toml": base + "a = " + "[" * 3000 + "]" * 3000 + "\n",
         "latin1.toml": None,
-        "tiny.toml": "[spool]\nmax_mb = 1e-300\n",
-        "negative.toml": "[output]\nconnect_timeout = -5\n",
-        "huge.toml": "[delivery]\nbackoff_cap_s = 1e308\n",
-        "gzip.toml": "[output]\ngzip_level = 99\n",
+        "tiny.toml": base + "[spool]\nmax_mb = 1e-300\n",
+        "negative.toml": base + ecs + "connect_timeout = -5\n",
+        "huge.toml": base + ecs + "[delivery]\nbackoff_base_s = 1e300\nbackoff_cap_s = 1e308\n",
+        "gzip.toml": base + ecs + "gzip_level = 99\n",
         "array.toml": "sensor = [1, 2]\n",
         "notoml.toml": "[[[\n",
     }
     for name, text in bad_toml.items():
         p = d / name
         if text is None:
-            p.write_bytes(b'[sensor]\nhostname = "caf\xe9"\n')
+            p.write_bytes(base.encode() + b'hostname = "caf\xe9"\n')
         else:
             p.write_text(text)
         os.chmod(p, 0o600)
@@ -176,7 +181,7 @@ BAD = [
 ] + [(["config", "test", f"{{d}}/{name}"], 2) for name in
      ("deep.toml", "latin1.toml", "tiny.toml", "negative.toml", "huge.toml", "gzip.toml", "array.toml",
       "notoml.toml")] + \
-    [(["run", "-c", f"{{d}}/{name}", "--replay", "{d}/ev.jsonl"], 2) for name in
+    [(["run", "-c", f"{{d}}/{name}"], 2) for name in
      ("deep.toml", "latin1.toml", "tiny.toml", "negative.toml", "huge.toml", "gzip.toml")]
 
 
@@ -213,3 +218,12 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(files, tmp_path, argv)
     assert first
     assert b"Traceback" not in err and b"BrokenPipeError" not in err and b"Exception ignored" not in err, err
     assert proc.returncode == 0
+
+
+def test_install_instructions_use_what_the_project_builds():
+    """The package is not on the public index: the README never installs it from there, says so,
+    and installs the wheel `make wheel` builds, after checking its hash."""
+    assert not re.search(r"pip install\s+[\"']?etw-sensor", README)
+    assert "not published on the public Python package index" in README
+    assert "make wheel" in README and "Get-FileHash -Algorithm SHA256" in README
+    assert re.search(r"^wheel:", (ROOT / "Makefile").read_text(), re.M)

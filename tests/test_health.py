@@ -345,3 +345,18 @@ def test_status_file_of_another_version_still_reads(tmp_path):
     p.write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a sensor status file"):
         read_status(str(p))
+
+
+def test_status_command_says_when_the_sensor_went_quiet(tmp_path, capsys):
+    from sensor.daemon.health import write_status
+    st = Status()
+    st.sensor.heartbeat_s, st.sensor.state, st.written_at = 1.0, "running", time.time() - 100
+    path = str(tmp_path / "status.json")
+    write_status(path, st)
+    assert main(["status", "--status-file", path]) == 1          # three heartbeats missed
+    assert "STALE: no heartbeat for" in capsys.readouterr().err
+    st.sensor.state = "stopped"                                  # a clean stop is not stale
+    write_status(path, st)
+    assert main(["status", "--status-file", path]) == 0
+    out = capsys.readouterr().out
+    assert "sensor stopped" in out and "None" not in out

@@ -160,7 +160,8 @@ class Spool:
             # Private: the spool holds command lines. SQLite gives -wal and -shm the mode of the
             # database file, so creating that file 0600 first makes all three private.
             private_dir(self.path.parent)
-            touch_private(self.path)
+            if not self.path.exists():
+                touch_private(self.path)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool {self.path}: cannot enable WAL (journal_mode={mode})")

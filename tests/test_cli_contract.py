@@ -176,9 +176,12 @@ BAD = [
     (["service", "install", "-c", "relative.toml"], 2),
     (["service", "reinstall"], 2),
     (["demo", "--fast"], 2),
+    (["capture"], 2),
+    (["selftest", "--timeout", "abc"], 2),
     (["bogus"], 2),
     ([], 2),
-] + [(["config", "test", f"{{d}}/{name}"], 2) for name in
+] + ([(["capture", "-o", "{d}/trace.jsonl"], 2)] if sys.platform != "win32" else []) + \
+    [(["config", "test", f"{{d}}/{name}"], 2) for name in
      ("deep.toml", "latin1.toml", "tiny.toml", "negative.toml", "huge.toml", "gzip.toml", "array.toml",
       "notoml.toml")] + \
     [(["run", "-c", f"{{d}}/{name}"], 2) for name in

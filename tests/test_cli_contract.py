@@ -143,6 +143,7 @@ BAD = [
     (["run", "--replay", "{d}/ev.jsonl", "--speed", "-1"], 2),
     (["run", "--replay", "{d}/ev.jsonl", "--speed", "nan"], 2),
     (["run", "-c", "{d}/tiny.toml", "--replay", "/nonexistent.jsonl"], 2),
+    (["run", "--replay", "/nonexistent.jsonl"], 1),
     (["status", "--status-file", "/nonexistent.json"], 1),
     (["status", "--status-file", "{d}/status.json"], 1),
     (["status", "--status-file", "{d}/garbage.bin"], 1),

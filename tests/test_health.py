@@ -57,7 +57,7 @@ def start(pid: int, image: str, ppid: int = 100, pseq: int = 5000) -> tuple:
     vals = sample_values(fields, pid)
     vals.update(ProcessID=pid, ParentProcessID=ppid, ParentProcessSequenceNumber=pseq,
                 ProcessSequenceNumber=pid * 10, ImageName=image)
-    return (SRC_KERNEL_PROCESS, 1, 3, 1, 4, 0, 0, encode(fields, vals))
+    return (SRC_KERNEL_PROCESS, 1, 3, 1, 4, 8, 0, 0, encode(fields, vals))
 
 
 def free_pids(n: int) -> list[int]:
@@ -124,7 +124,7 @@ def test_every_counter_reaches_all_four_renderings(tmp_path, caplog, capsys):
         pipe.start()
         try:
             sink = be.consumers[0].sink
-            sink((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 0, 0, rundown(100, 5000, VOL + "\\Windows\\System32\\cmd.exe")))
+            sink((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 8, 0, 0, rundown(100, 5000, VOL + "\\Windows\\System32\\cmd.exe")))
             pids = iter(free_pids(20))
             health = pipe.health
 
@@ -151,7 +151,7 @@ def test_every_counter_reaches_all_four_renderings(tmp_path, caplog, capsys):
             wait(lambda: health().delivery.dead_lettered == 1, what="a dead letter")
             receiver.reject_containing = None
             # 6. ETW loss: an in-band RT_LostEvent and the session's own counter
-            sink((SRC_LOST, 0, 2, 32, 4, 0, 0, b""))
+            sink((SRC_LOST, 0, 2, 32, 4, 8, 0, 0, b""))
             be.sessions[src.config.session.name]["EventsLost"] = 3
             wait(lambda: health().etw.lost == 4, what="ETW loss")
             # 7. queue drops: the matcher is held while more starts arrive than the queue holds

@@ -194,13 +194,20 @@ def test_exit_1_when_alerts_are_dead_lettered(tmp_path, capsys):
     assert "Potential Suspicious Mofcomp Execution" in capsys.readouterr().out
 
 
-def test_exit_1_on_unreadable_input_and_2_on_a_missing_one(tmp_path, capsys):
+def test_exit_1_on_unreadable_or_missing_input(tmp_path, capsys):
     rec = tmp_path / "rec.jsonl"
     rec.write_text(json.dumps(MOF) + "\nnot json\n")
     cfg = write_config(tmp_path, '[sensor]\ndata_dir = "state"\n')
     assert main(["run", "-c", cfg, "--replay", str(rec)]) == 1
-    assert "1 input record(s) could not be read" in capsys.readouterr().err
-    assert main(["run", "-c", cfg, "--replay", "/nonexistent.jsonl"]) == 2
+    assert "1 input file(s) or record(s) could not be read" in capsys.readouterr().err
+    # a missing input given on the command line: the run reads the others and says so (as scan)
+    assert main(["run", "-c", cfg, "--replay", "/nonexistent.jsonl", "--replay", str(rec)]) == 1
+    err = capsys.readouterr().err
+    assert "/nonexistent.jsonl: no such file or folder" in err and "2 input file(s) or record(s)" in err
+    # a missing one named by the config file is a configuration error (`config test` finds it)
+    bad = write_config(tmp_path, f'[sensor]\ndata_dir = "state"\n[source]\nkind = "replay"\n'
+                                 f'[source.replay]\npaths = ["/nonexistent.jsonl"]\n')
+    assert main(["run", "-c", bad]) == 2
     assert "source.replay.paths[0]: /nonexistent.jsonl: no such file or folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # argparse: a negative speed is a usage error
         from sensor.cli import build_parser

@@ -59,7 +59,8 @@ def main(args) -> int:
     elif args.speed is not None:
         print("etw-sensor: --speed needs --replay", file=sys.stderr)
         return 2
-    checked = validate(cfg, allow_readable_config=args.allow_readable_config)
+    checked = validate(cfg, allow_readable_config=args.allow_readable_config,
+                       replay_inputs_given=bool(args.replay))
     for w in checked.warnings:
         print(f"etw-sensor: warning: {w}", file=sys.stderr)
     if checked.errors:

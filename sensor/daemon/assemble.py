@@ -89,11 +89,14 @@ def _is_elevated() -> bool | None:
 
 
 def validate(cfg: Config, *, allow_readable_config: bool = False, platform: str = sys.platform,
-             elevated: Callable[[], bool | None] = _is_elevated) -> Validation:
+             elevated: Callable[[], bool | None] = _is_elevated,
+             replay_inputs_given: bool = False) -> Validation:
     """Every check ``run`` makes before it starts, minus starting: nothing is created.
 
     Each problem is an error naming its key (the start is refused, exit 2); things that
-    work but that an operator must know are warnings.
+    work but that an operator must know are warnings. ``replay_inputs_given``: the replay
+    paths came from the command line (``run --replay``); like ``scan``'s, a missing one is an
+    input error of the run (reported, exit 1), not a configuration error.
     """
     v = Validation(config=cfg)
     err = v.errors.append
@@ -102,14 +105,14 @@ def validate(cfg: Config, *, allow_readable_config: bool = False, platform: str 
         if why:
             err(f"config file: {why}; it may hold secrets and decides where alerts go"
                 + ("" if "change" in why else " (--allow-readable-config accepts a readable one)"))
-    _check_platform(cfg, v, platform, elevated)
+    _check_platform(cfg, v, platform, elevated, replay_inputs_given)
     _check_rules(cfg, v)
     _check_output(cfg, v)
     _check_places(cfg, v)
     return v
 
 
-def _check_platform(cfg: Config, v: Validation, platform: str, elevated) -> None:
+def _check_platform(cfg: Config, v: Validation, platform: str, elevated, cli_inputs: bool) -> None:
     if cfg.source.kind == "etw":
         if platform != "win32":
             v.errors.append("source.kind: 'etw' needs Windows; use 'replay' here")
@@ -125,7 +128,7 @@ def _check_platform(cfg: Config, v: Validation, platform: str, elevated) -> None
         if not cfg.source.replay.paths:
             v.errors.append("source.replay.paths: a replay source needs at least one path"
                             + (" (live ETW needs Windows)" if platform != "win32" else ""))
-        for i, p in enumerate(cfg.source.replay.paths):
+        for i, p in enumerate(cfg.source.replay.paths if not cli_inputs else ()):
             if not os.path.exists(p):
                 v.errors.append(f"source.replay.paths[{i}]: {p}: no such file or folder")
             elif not os.access(p, os.R_OK):
@@ -223,14 +226,28 @@ class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         return open_private(self.baseFilename, self.mode, encoding=self.encoding)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (not the one at setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(cfg: Config, stream=None) -> None:
     """Log to stderr (and a rotating file, and on Windows the Event Log, when configured)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        if isinstance(h, logging.FileHandler):   # a log file of an earlier setup: close it
+            h.close()
     root.setLevel(getattr(logging, cfg.logging.level.upper()))
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    h = logging.StreamHandler(stream or sys.stderr)
+    h = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     h.setFormatter(fmt)
     root.addHandler(h)
     if cfg.logging.file:

@@ -196,7 +196,7 @@ def problems(s: Status) -> list[str]:
     if s.events.errors:
         out.append(f"{s.events.errors} event(s) failed processing")
     if s.events.input_errors:
-        out.append(f"{s.events.input_errors} input record(s) could not be read")
+        out.append(f"{s.events.input_errors} input file(s) or record(s) could not be read")
     if s.spool.write_failures:
         out.append(f"{s.spool.write_failures} alert(s) could not be written to the spool")
     if s.spool.state != "ok":

@@ -29,7 +29,7 @@ def outcome(final: Status) -> tuple[int, list[str]]:
         why.append(f"{final.spool.write_failures} alert(s) could not be written to the spool "
                    f"and are lost")
     if final.events.input_errors:
-        why.append(f"{final.events.input_errors} input record(s) could not be read")
+        why.append(f"{final.events.input_errors} input file(s) or record(s) could not be read")
     if final.events.errors:
         why.append(f"{final.events.errors} event(s) failed processing")
     if final.ledger.pending or final.ledger.lost:

@@ -1,11 +1,34 @@
-"""The fake Win32 library (tests/abi/fake_win32.c) built with the host's C compiler and loaded
-with ctypes, plus the ``Win32`` object that points ``sensor.sources.etw_windows`` at it."""
+"""The Windows ABI on Linux, for the tests: the fake Win32 library and pywintrace loaded over it.
+
+``build`` compiles ``tests/abi/fake_win32.c`` with the host's C compiler.  ``windows_ctypes``
+makes a ctypes module as Windows shows it (LLP64 sizes: ``c_ulong``/``c_long`` 4 bytes, so
+``wintypes.DWORD``/``ULONG``/``LONG``/``BOOL`` too; ``c_wchar`` 2 bytes; ``c_wchar_p`` marshalling
+a ``str`` as a NUL-terminated UTF-16LE buffer; ``WINFUNCTYPE`` = ``CFUNCTYPE``, the same ABI on
+x64; ``windll``/``oledll``/``WinDLL``/``OleDLL`` opening the fake library whatever the DLL name,
+``OleDLL`` calls raising ``OSError`` for a failing HRESULT; ``get_last_error`` = ``get_errno``).
+``load_pywintrace`` imports the installed pywintrace 0.2.0 through
+``sensor.sources.etw_windows.load_etw`` with that module standing in for ``ctypes`` and
+``ctypes.wintypes``: pywintrace's own declarations, built with Windows sizes, bound to the fake.
+
+The real ``ctypes`` is never modified: the stand-in is a separate module object, placed in
+``sys.modules`` only while pywintrace is imported; afterwards ``sys.modules`` is as before (no
+``etw`` module left there), and pywintrace's modules keep the stand-in as their ``ct``/``wt``.
+"""
 from __future__ import annotations
 
+import atexit
 import ctypes
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
+import threading
+import types
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from sensor.sources import etw_windows
@@ -19,7 +42,6 @@ EVENT_TRACE_GUID = "{68FDD900-4A3E-11D1-84F4-0000F80464E3}"
 
 def layout(name: str = "win64_layout.h") -> dict[str, int]:
     """The generated table: ``{"EVENT_RECORD__UserData": 96, ...}``."""
-    import re
     text = (ABI / name).read_text()
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^#define WL_(\w+) (-?\d+)$", text, re.M)}
 
@@ -36,11 +58,151 @@ def build(out_dir: Path) -> Path | None:
     return out
 
 
+def guid_bytes(text: str) -> bytes:
+    """A GUID as Windows lays it out in memory (Data1..3 little-endian, then Data4)."""
+    return uuid.UUID(text).bytes_le
+
+
+# -- ctypes as Windows shows it -----------------------------------------------------------------
+
+def _utf16(text: str) -> ctypes.Array:
+    return ctypes.create_string_buffer(text.encode("utf-16-le") + b"\0\0")
+
+
+class c_wchar_p(ctypes.c_void_p):
+    """LPWSTR as on Windows: a ``str`` is passed as a NUL-terminated UTF-16LE buffer."""
+
+    def __new__(cls, value=None):
+        if isinstance(value, str):
+            # cast() records the buffer in the result's _objects: a structure field assigned
+            # from this object keeps the buffer alive, as with ctypes' own c_wchar_p.
+            return ctypes.cast(_utf16(value), cls)
+        return super().__new__(cls)
+
+    def __init__(self, value=None):
+        if not isinstance(value, str):
+            super().__init__(value)
+
+    @classmethod
+    def from_param(cls, value):
+        if isinstance(value, str):
+            return cls(value)
+        return ctypes.c_void_p.from_param(value)
+
+    @property
+    def value(self):
+        address = ctypes.c_void_p.from_buffer(self).value
+        if not address:
+            return None
+        out = bytearray()
+        while len(out) < 65536:
+            unit = ctypes.string_at(address + len(out), 2)
+            if unit == b"\0\0":
+                break
+            out += unit
+        return out.decode("utf-16-le", "replace")
+
+
+class HRESULT(ctypes._SimpleCData):
+    """A 32-bit HRESULT; a negative one raises OSError, as ctypes does on Windows."""
+    _type_ = "i"
+
+    @staticmethod
+    def _check_retval_(result):
+        code = getattr(result, "value", result)
+        if code < 0:
+            raise OSError(None, f"HRESULT 0x{code & 0xFFFFFFFF:08X}", None, code)
+        return code
+
+
+def windows_ctypes(library: Path) -> types.ModuleType:
+    """A stand-in for the ``ctypes`` module with Windows' sizes, whose DLLs are ``library``."""
+    real = ctypes
+    shim = types.ModuleType("ctypes")
+    shim.__dict__.update({k: v for k, v in vars(real).items() if k not in ("__name__", "__spec__", "__loader__")})
+    shim.__doc__ = "ctypes with the sizes of Windows (LLP64), over the fake Win32 library"
+    path = str(library)
+
+    class WinDLL(real.CDLL):
+        """Any DLL name opens the fake; use_last_error is errno (the fake sets errno)."""
+
+        def __init__(self, name, mode=real.DEFAULT_MODE, handle=None, use_errno=False, use_last_error=False,
+                     winmode=None):
+            super().__init__(path, mode, None, use_errno or use_last_error)
+            base = self._FuncPtr
+
+            class _FuncPtr(base):
+                _flags_ = base._flags_
+                _restype_ = base._restype_
+
+                def __call__(self, *args):
+                    # Without argtypes ctypes passes a str as wchar_t*: UTF-16 on Windows.
+                    if self.argtypes is None and any(isinstance(a, str) for a in args):
+                        args = tuple(_utf16(a) if isinstance(a, str) else a for a in args)
+                    return super().__call__(*args)
+
+            self._FuncPtr = _FuncPtr
+
+    class OleDLL(WinDLL):
+        _func_restype_ = HRESULT
+
+    shim.c_long, shim.c_ulong = real.c_int32, real.c_uint32
+    shim.c_wchar, shim.c_wchar_p = real.c_uint16, c_wchar_p
+    shim.WinDLL, shim.OleDLL, shim.HRESULT = WinDLL, OleDLL, HRESULT
+    shim.windll, shim.oledll = real.LibraryLoader(WinDLL), real.LibraryLoader(OleDLL)
+    shim.WINFUNCTYPE = real.CFUNCTYPE
+    shim.get_last_error, shim.set_last_error = real.get_errno, real.set_errno
+    shim.GetLastError = real.get_errno
+    shim.FormatError = lambda code=None: f"fake message {real.get_errno() if code is None else code}"
+    shim.WinError = lambda code=None, descr=None: OSError(None, descr or shim.FormatError(code), None, code)
+
+    # ctypes.wintypes, executed against the stand-in: DWORD, BOOL, LPWSTR... get Windows' sizes.
+    spec = importlib.util.find_spec("ctypes.wintypes")
+    wintypes = importlib.util.module_from_spec(spec)
+    with _modules({"ctypes": shim}):
+        spec.loader.exec_module(wintypes)
+    shim.wintypes = wintypes
+    return shim
+
+
+_import_lock = threading.Lock()
+
+
+@contextmanager
+def _modules(replace: dict[str, types.ModuleType]):
+    """``sys.modules`` with ``replace`` in place and no ``etw`` package; put back afterwards."""
+    with _import_lock:
+        names = set(replace) | {k for k in sys.modules if k == "etw" or k.startswith("etw.")}
+        saved = {k: sys.modules[k] for k in names if k in sys.modules}
+        for k in names:
+            sys.modules.pop(k, None)
+        sys.modules.update(replace)
+        try:
+            yield
+        finally:
+            for k in list(sys.modules):
+                if k in names or k == "etw" or k.startswith("etw."):
+                    del sys.modules[k]
+            sys.modules.update(saved)
+
+
+def load_pywintrace(library: Path) -> tuple[etw_windows.EtwApi, types.ModuleType]:
+    """pywintrace 0.2.0 imported with Windows' ctypes over ``library`` (through the sensor's own
+    loader, which undoes pywintrace's logging.basicConfig), and the stand-in ctypes."""
+    shim = windows_ctypes(library)
+    with _modules({"ctypes": shim, "ctypes.wintypes": shim.wintypes}):
+        api = etw_windows.load_etw(shim)
+    return api, shim
+
+
+# -- the fake, loaded once per process ------------------------------------------------------------
+
 class Fake:
-    """The loaded fake: its scripting knobs, its log, and a ``Win32`` over it."""
+    """The loaded fake: its scripting knobs, its log, and pywintrace's bindings over it."""
 
     def __init__(self, path: Path) -> None:
         lib = ctypes.CDLL(str(path), use_errno=True)
+        self.path = path
         self.lib = lib
         lib.fake_session_get.restype = ctypes.c_int64
         lib.fake_session_get.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
@@ -54,8 +216,8 @@ class Fake:
         lib.fake_add_account.argtypes = [ctypes.c_char_p] * 3
         lib.fake_add_device.argtypes = [ctypes.c_char, ctypes.c_char_p]
         lib.fake_add_session.argtypes = [ctypes.c_char_p]
-        self.api = etw_windows.Win32(lib, lib, lib, ctypes.get_errno,
-                                     lambda code: f"fake message {code}", ctypes.CFUNCTYPE)
+        self.etw, self.ctypes = load_pywintrace(path)
+        self.api = self.etw.api              # the sensor's own declarations (kernel32, ntdll, tokens)
 
     def knob(self, name: str) -> ctypes.c_int64:
         return ctypes.c_int64.in_dll(self.lib, "fake_" + name)
@@ -81,9 +243,8 @@ class Fake:
 
     def push(self, session: str, guid: str, event_id: int, version: int, opcode: int, payload: bytes,
              pid: int = 4, tid: int = 8, ts: int = 133_000_000_000_000_000, flags: int = 0x40) -> None:
-        g = bytes(etw_windows.GUID.parse(guid))
-        assert self.lib.fake_push(session.encode(), g, event_id, version, opcode, pid, tid, ts, flags,
-                                  payload, len(payload)) == 0
+        assert self.lib.fake_push(session.encode(), guid_bytes(guid), event_id, version, opcode, pid, tid, ts,
+                                  flags, payload, len(payload)) == 0
 
     def wait_drained(self, timeout_ms: int = 10_000) -> bool:
         return self.lib.fake_wait_drained(timeout_ms) == 0
@@ -100,3 +261,22 @@ class Fake:
 
     def add_session(self, name: str) -> None:
         self.lib.fake_add_session(name.encode())
+
+
+_shared: Fake | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_fake() -> Fake | None:
+    """The fake of this test process (built once: pywintrace is bound to one copy of it);
+    None when there is no C compiler."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            out = Path(tempfile.mkdtemp(prefix="fake-win32-"))
+            atexit.register(shutil.rmtree, out, True)
+            path = build(out)
+            if path is None:
+                return None
+            _shared = Fake(path)
+        return _shared

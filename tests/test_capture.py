@@ -287,7 +287,7 @@ def test_capture_of_a_live_run_on_the_fake_abi_round_trips(tmp_path, fake):
 
     def run():
         result.update(run_capture(str(out), records=len(records), stop=stop, config=cfg,
-                                  platform=lambda: ew.platform_parts(fake.api), on_event=live.append))
+                                  platform=lambda: ew.platform_parts(fake.etw), on_event=live.append))
 
     t = threading.Thread(target=run)
     t.start()
@@ -307,21 +307,20 @@ def test_capture_of_a_live_run_on_the_fake_abi_round_trips(tmp_path, fake):
 
 
 @pytest.fixture
-def fake(tmp_path_factory):
+def fake():
+    import importlib.metadata
+
     from . import fake_win32
-    import sensor.sources.etw_windows  # noqa: F401
-    global _FAKE
-    if _FAKE is None:
-        path = fake_win32.build(tmp_path_factory.mktemp("fake-capture"))
-        if path is None:
-            pytest.skip("no C compiler to build the fake Win32 library")
-        _FAKE = fake_win32.Fake(path)
-    _FAKE.reset()
-    yield _FAKE
-    _FAKE.reset()
-
-
-_FAKE = None
+    try:
+        importlib.metadata.version("pywintrace")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("pywintrace 0.2.0 is not installed (pip install -e '.[test]')")
+    shared = fake_win32.shared_fake()
+    if shared is None:
+        pytest.skip("no C compiler to build the fake Win32 library")
+    shared.reset()
+    yield shared
+    shared.reset()
 
 
 def test_capture_command_off_windows_is_a_clear_refusal(tmp_path, capsys):

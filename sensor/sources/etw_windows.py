@@ -1,22 +1,41 @@
-"""Windows-only layer of the ETW source: the Win32 calls (advapi32, kernel32, ntdll) through ctypes.
+"""Windows-only layer of the ETW source: pywintrace 0.2.0's ETW bindings, and the Win32 calls
+pywintrace does not declare.  The only module that imports pywintrace (import name ``etw``).
 
-The structures and prototypes are declared here with fixed-width types, laid out as the Windows
-SDK lays them out (LLP64: ULONG is 4 bytes, WCHAR 2, pointers the process's size).  They never
-depend on ``ctypes.wintypes``, whose sizes follow the host: so the same declarations load on
-Linux against the test suite's fake Win32 library (``tests/abi/fake_win32.c``), which reads and
-writes every structure at the offsets the mingw-w64 headers give (``tests/abi/win64_layout.h``,
-generated, and compared with these declarations by ``tests/test_etw_abi.py``).  Strings cross the
-boundary as UTF-16LE buffers for the same reason.
+pywintrace 0.2.0 (PyPI ``pywintrace``; never the unrelated PyPI package ``etw``) provides the ETW
+layer: the prototypes of StartTraceW, ControlTraceW, EnableTraceEx2, OpenTraceW, ProcessTrace
+and CloseTrace and the structures EVENT_TRACE_PROPERTIES, EVENT_TRACE_LOGFILE and the record
+callback type (``etw.evntrace``), EVENT_RECORD / EVENT_HEADER (``etw.evntcons``), GUID
+(``etw.GUID``, parsed by ole32's CLSIDFromString) and the ETW constants.  Its ``ETW``,
+``EventConsumer``, ``TraceProperties`` and TDH code is not used (docs/etw.md, "pywintrace"):
+the consumer loop misses OpenTrace failures, ``ETW.start`` swallows ERROR_ALREADY_EXISTS without
+enabling the providers, ``ETW.stop`` raises for a session stopped from outside, the callback
+helper imports ``collections.Mapping`` (gone since Python 3.10).
 
-The libraries come in through a ``Win32`` object: ``load_win32()`` opens the real ones on Windows;
-the tests open the fake one.  Nothing here runs at import except the declarations, so this module
-imports on any OS; the logic it serves (session lifecycle, decoding, enrichment) lives in pure
-modules tested on Linux.
+What 0.2.0 lacks, or where its binding does not serve, the sensor declares here with fixed-width
+types (LLP64: ULONG 4 bytes, WCHAR 2), each marked ``gap:``:
 
-The consumer is the raw-record path: the callback receives the EVENT_RECORD address, unpacks the
-header fields it needs in one ``struct`` call (the format is computed from the declared
-structure), copies ``UserData``, hands one tuple to the sink (a bounded, non-blocking queue put)
-and returns.  No TDH call.
+* EVENT_TRACE_CONTROL_FLUSH (3) and EVENT_TRACE_USE_MS_FLUSH_TIMER (0x10): not defined;
+* the Win32 error codes, and both INVALID_PROCESSTRACE_HANDLE values: pywintrace's
+  ``INVALID_PROCESSTRACE_HANDLE`` is a ``c_ulonglong`` object, which never compares equal to the
+  integer OpenTraceW returns, and has only the 64-bit form;
+* OpenTraceW's last error: pywintrace binds its prototypes through ``ctypes.windll``, without
+  ``use_last_error``, so the error OpenTraceW leaves is lost; its prototype is bound again here
+  to an advapi32 loaded with ``use_last_error`` (the other five return their error);
+* the EVENT_TRACE_PROPERTIES block: ``TraceProperties`` sets LoggerNameOffset but not
+  LogFileNameOffset (the ControlTrace documentation asks for both) and writes BufferSize into
+  every block, so the block is laid out here over pywintrace's structure;
+* kernel32 (drive letters, processes, handles), ntdll (NtQueryInformationProcess and
+  UNICODE_STRING) and the token and account calls of advapi32: not declared (its ``LocalFree``
+  has no prototype, so a 64-bit pointer would be passed as a C int).
+
+The record callback is pywintrace's ``EVENT_RECORD_CALLBACK``; the header fields it needs are
+read with one ``struct`` call whose format is computed from pywintrace's EVENT_RECORD offsets,
+which are first checked against the Windows SDK's (``SDK_RECORD_OFFSETS``): a binding that
+disagrees refuses to start instead of decoding garbage.
+
+Nothing is imported at module import but the standard library, so this module imports on any
+OS.  ``tests/fake_win32.py`` loads pywintrace with Windows' ctypes sizes over a fake Win32
+library (``tests/abi/fake_win32.c``), through ``load_etw`` below.
 """
 from __future__ import annotations
 
@@ -26,7 +45,7 @@ import os
 import struct
 import sys
 import threading
-from ctypes import POINTER, Structure, byref, c_int32, c_int64, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, Structure, byref, c_int32, c_uint8, c_uint16, c_uint32, c_void_p
 from typing import Any, Callable
 
 from .etw_raw import SRC_KERNEL_PROCESS, SRC_LOST, SRC_SYSTEM_LOGGER
@@ -34,6 +53,7 @@ from .etw_session import SessionError, SessionExistsError, SessionSpec
 
 log = logging.getLogger(__name__)
 
+# gap: Win32 error codes (winerror.h).
 ERROR_SUCCESS = 0
 ERROR_ACCESS_DENIED = 5
 ERROR_INVALID_PARAMETER = 87
@@ -42,22 +62,12 @@ ERROR_CANCELLED = 1223
 ERROR_TIMEOUT = 1460
 ERROR_WMI_INSTANCE_NOT_FOUND = 4201
 
-EVENT_TRACE_CONTROL_QUERY = 0
-EVENT_TRACE_CONTROL_STOP = 1
+# gap: not defined by pywintrace 0.2.0 (evntrace.h).
 EVENT_TRACE_CONTROL_FLUSH = 3
-EVENT_CONTROL_CODE_ENABLE_PROVIDER = 1
-EVENT_CONTROL_CODE_CAPTURE_STATE = 2
-
-EVENT_TRACE_REAL_TIME_MODE = 0x00000100
-EVENT_TRACE_SYSTEM_LOGGER_MODE = 0x02000000
-EVENT_TRACE_NO_PER_PROCESSOR_BUFFERING = 0x10000000
-# FlushTimer counts milliseconds instead of seconds (EVENT_TRACE_PROPERTIES, LogFileMode;
-# the mingw-w64 headers do not define it).
+# gap: FlushTimer counts milliseconds instead of seconds (EVENT_TRACE_PROPERTIES, LogFileMode;
+# neither pywintrace nor the mingw-w64 headers define it).
 EVENT_TRACE_USE_MS_FLUSH_TIMER = 0x00000010
-WNODE_FLAG_TRACED_GUID = 0x00020000
-PROCESS_TRACE_MODE_REAL_TIME = 0x00000100
-PROCESS_TRACE_MODE_EVENT_RECORD = 0x10000000
-# INVALID_PROCESSTRACE_HANDLE is (TRACEHANDLE)INVALID_HANDLE_VALUE: all ones from a 64-bit
+# gap: INVALID_PROCESSTRACE_HANDLE is (TRACEHANDLE)INVALID_HANDLE_VALUE: all ones from a 64-bit
 # process, the zero-extended 32-bit value from a 32-bit one.
 INVALID_PROCESSTRACE_HANDLES = (0xFFFFFFFFFFFFFFFF, 0x00000000FFFFFFFF)
 
@@ -67,6 +77,7 @@ PROCESS_CLASS_DATA1 = 0x3D6FA8D0         # {3D6FA8D0-FE05-11D0-9DDA-00C04FD7BA7C
 LOST_EVENT_DATA1 = 0x6A399AE0            # {6A399AE0-4BC6-4DE9-870B-3657F8947E7E}
 KERNEL_PROCESS_IDS = frozenset({1, 2, 15})
 
+# gap: process, token and NT constants (winnt.h, winternl.h).
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 TOKEN_QUERY = 0x0008
 TOKEN_INTEGRITY_LEVEL = 25
@@ -79,93 +90,26 @@ STATUS_BUFFER_OVERFLOW = 0x80000005
 # with 0 the call is asynchronous and a capture-state request right after an enable can reach
 # the provider before the enable did.
 ENABLE_TIMEOUT_MS = 10_000
-# Room for the logger and log-file names after EVENT_TRACE_PROPERTIES (names <= 1023 chars).
+# Bytes for each of the logger and log-file names after EVENT_TRACE_PROPERTIES (1024 WCHARs,
+# the documented maximum of either name).
 NAME_ROOM = 2048
 
-# -- the declarations (fixed-width, LLP64) ----------------------------------------------------
+# The EVENT_RECORD fields the callback reads, at their offsets in the Windows SDK (evntcons.h,
+# evntprov.h) for 8- and 4-byte pointers.  pywintrace's declarations must agree (checked at
+# load); the tests compare both with the offsets the mingw-w64 headers give.
+SDK_RECORD_OFFSETS = {
+    8: {"EVENT_RECORD.EventHeader": 0, "EVENT_RECORD.UserDataLength": 86, "EVENT_RECORD.UserData": 96,
+        "EVENT_HEADER.Flags": 4, "EVENT_HEADER.ThreadId": 8, "EVENT_HEADER.ProcessId": 12,
+        "EVENT_HEADER.TimeStamp": 16, "EVENT_HEADER.ProviderId": 24, "EVENT_HEADER.EventDescriptor": 40,
+        "EVENT_DESCRIPTOR.Id": 0, "EVENT_DESCRIPTOR.Version": 2, "EVENT_DESCRIPTOR.Opcode": 5},
+    4: {"EVENT_RECORD.EventHeader": 0, "EVENT_RECORD.UserDataLength": 86, "EVENT_RECORD.UserData": 92,
+        "EVENT_HEADER.Flags": 4, "EVENT_HEADER.ThreadId": 8, "EVENT_HEADER.ProcessId": 12,
+        "EVENT_HEADER.TimeStamp": 16, "EVENT_HEADER.ProviderId": 24, "EVENT_HEADER.EventDescriptor": 40,
+        "EVENT_DESCRIPTOR.Id": 0, "EVENT_DESCRIPTOR.Version": 2, "EVENT_DESCRIPTOR.Opcode": 5},
+}
 
 
-class GUID(Structure):
-    _fields_ = [("Data1", c_uint32), ("Data2", c_uint16), ("Data3", c_uint16), ("Data4", c_uint8 * 8)]
-
-    @classmethod
-    def parse(cls, text: str) -> "GUID":
-        """A GUID from ``{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}``."""
-        h = text.strip("{}").replace("-", "")
-        if len(h) != 32:
-            raise ValueError(f"not a GUID: {text!r}")
-        g = cls(int(h[0:8], 16), int(h[8:12], 16), int(h[12:16], 16))
-        g.Data4[:] = bytes.fromhex(h[16:])
-        return g
-
-
-class WNODE_HEADER(Structure):
-    _fields_ = [("BufferSize", c_uint32), ("ProviderId", c_uint32), ("HistoricalContext", c_uint64),
-                ("TimeStamp", c_int64), ("Guid", GUID), ("ClientContext", c_uint32), ("Flags", c_uint32)]
-
-
-class EVENT_TRACE_PROPERTIES(Structure):
-    _fields_ = [("Wnode", WNODE_HEADER), ("BufferSize", c_uint32), ("MinimumBuffers", c_uint32),
-                ("MaximumBuffers", c_uint32), ("MaximumFileSize", c_uint32), ("LogFileMode", c_uint32),
-                ("FlushTimer", c_uint32), ("EnableFlags", c_uint32), ("AgeLimit", c_int32),
-                ("NumberOfBuffers", c_uint32), ("FreeBuffers", c_uint32), ("EventsLost", c_uint32),
-                ("BuffersWritten", c_uint32), ("LogBuffersLost", c_uint32),
-                ("RealTimeBuffersLost", c_uint32), ("LoggerThreadId", c_void_p),
-                ("LogFileNameOffset", c_uint32), ("LoggerNameOffset", c_uint32)]
-
-
-class EVENT_TRACE_HEADER(Structure):
-    _fields_ = [("Size", c_uint16), ("FieldTypeFlags", c_uint16), ("Version", c_uint32),
-                ("ThreadId", c_uint32), ("ProcessId", c_uint32), ("TimeStamp", c_int64), ("Guid", GUID),
-                ("KernelTime", c_uint32), ("UserTime", c_uint32)]
-
-
-class EVENT_TRACE(Structure):
-    _fields_ = [("Header", EVENT_TRACE_HEADER), ("InstanceId", c_uint32), ("ParentInstanceId", c_uint32),
-                ("ParentGuid", GUID), ("MofData", c_void_p), ("MofLength", c_uint32),
-                ("ClientContext", c_uint32)]
-
-
-class TRACE_LOGFILE_HEADER(Structure):
-    _fields_ = [("BufferSize", c_uint32), ("Version", c_uint32), ("ProviderVersion", c_uint32),
-                ("NumberOfProcessors", c_uint32), ("EndTime", c_int64), ("TimerResolution", c_uint32),
-                ("MaximumFileSize", c_uint32), ("LogFileMode", c_uint32), ("BuffersWritten", c_uint32),
-                ("StartBuffers", c_uint32), ("PointerSize", c_uint32), ("EventsLost", c_uint32),
-                ("CpuSpeedInMHz", c_uint32), ("LoggerName", c_void_p), ("LogFileName", c_void_p),
-                ("TimeZone", c_uint8 * 172), ("BootTime", c_int64), ("PerfFreq", c_int64),
-                ("StartTime", c_int64), ("ReservedFlags", c_uint32), ("BuffersLost", c_uint32)]
-
-
-class EVENT_TRACE_LOGFILEW(Structure):
-    _fields_ = [("LogFileName", c_void_p), ("LoggerName", c_void_p), ("CurrentTime", c_int64),
-                ("BuffersRead", c_uint32), ("ProcessTraceMode", c_uint32), ("CurrentEvent", EVENT_TRACE),
-                ("LogfileHeader", TRACE_LOGFILE_HEADER), ("BufferCallback", c_void_p),
-                ("BufferSize", c_uint32), ("Filled", c_uint32), ("EventsLost", c_uint32),
-                ("EventRecordCallback", c_void_p), ("IsKernelTrace", c_uint32), ("Context", c_void_p)]
-
-
-class EVENT_DESCRIPTOR(Structure):
-    _fields_ = [("Id", c_uint16), ("Version", c_uint8), ("Channel", c_uint8), ("Level", c_uint8),
-                ("Opcode", c_uint8), ("Task", c_uint16), ("Keyword", c_uint64)]
-
-
-class EVENT_HEADER(Structure):
-    _fields_ = [("Size", c_uint16), ("HeaderType", c_uint16), ("Flags", c_uint16),
-                ("EventProperty", c_uint16), ("ThreadId", c_uint32), ("ProcessId", c_uint32),
-                ("TimeStamp", c_int64), ("ProviderId", GUID), ("EventDescriptor", EVENT_DESCRIPTOR),
-                ("KernelTime", c_uint32), ("UserTime", c_uint32), ("ActivityId", GUID)]
-
-
-class ETW_BUFFER_CONTEXT(Structure):
-    _fields_ = [("ProcessorNumber", c_uint8), ("Alignment", c_uint8), ("LoggerId", c_uint16)]
-
-
-class EVENT_RECORD(Structure):
-    _fields_ = [("EventHeader", EVENT_HEADER), ("BufferContext", ETW_BUFFER_CONTEXT),
-                ("ExtendedDataCount", c_uint16), ("UserDataLength", c_uint16),
-                ("ExtendedData", c_void_p), ("UserData", c_void_p), ("UserContext", c_void_p)]
-
-
+# gap: ntdll's UNICODE_STRING (NtQueryInformationProcess), with fixed-width types.
 class UNICODE_STRING(Structure):
     _fields_ = [("Length", c_uint16), ("MaximumLength", c_uint16), ("Buffer", c_void_p)]
 
@@ -195,20 +139,64 @@ def record_header_format(off: dict[str, int], pointer_size: int) -> struct.Struc
     return struct.Struct(fmt)
 
 
-def declared_offsets() -> dict[str, int]:
-    """The offsets ``record_header_format`` needs, from the declarations above."""
-    return {"EVENT_RECORD.EventHeader": EVENT_RECORD.EventHeader.offset,
-            "EVENT_RECORD.UserDataLength": EVENT_RECORD.UserDataLength.offset,
-            "EVENT_RECORD.UserData": EVENT_RECORD.UserData.offset,
-            **{f"EVENT_HEADER.{n}": getattr(EVENT_HEADER, n).offset
+# The callback's format for this process when no binding is given (the SDK offsets).
+RECORD_HEADER = record_header_format(SDK_RECORD_OFFSETS[ctypes.sizeof(c_void_p)], ctypes.sizeof(c_void_p))
+
+
+# -- pywintrace ---------------------------------------------------------------------------------
+
+class Pywintrace:
+    """The pywintrace 0.2.0 modules the sensor uses: ``et`` (etw.evntrace), ``ec``
+    (etw.evntcons), ``ep`` (etw.evntprov), ``ws`` (etw.wmistr) and the ``GUID`` class."""
+
+    __slots__ = ("et", "ec", "ep", "ws", "GUID")
+
+    def __init__(self, et: Any, ec: Any, ep: Any, ws: Any, guid: Any) -> None:
+        self.et, self.ec, self.ep, self.ws, self.GUID = et, ec, ep, ws, guid
+
+
+def import_pywintrace() -> Pywintrace:
+    """Import pywintrace, undoing the ``logging.basicConfig`` its ``etw.common`` runs at import
+    (which would configure the root logger and turn the sensor's own setup into a no-op).
+
+    Off Windows the import fails (``etw.GUID`` reads ``ctypes.oledll``): SourceUnavailable."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from etw import evntcons, evntprov, evntrace, wmistr  # pywintrace; NOT the PyPI package "etw"
+        from etw.GUID import GUID
+    except Exception as exc:  # noqa: BLE001 - ImportError, or AttributeError (ctypes.oledll) off Windows
+        from .base import SourceUnavailable
+        raise SourceUnavailable(f"pywintrace (import name etw) is unusable here: {exc!r}; "
+                                "on Windows: pip install pywintrace==0.2.0") from exc
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    return Pywintrace(evntrace, evntcons, evntprov, wmistr, GUID)
+
+
+def pywintrace_record_offsets(pw: Pywintrace) -> dict[str, int]:
+    """The offsets ``record_header_format`` needs, from pywintrace's declarations."""
+    rec, hdr, desc = pw.ec.EVENT_RECORD, pw.ec.EVENT_HEADER, pw.ep.EVENT_DESCRIPTOR
+    return {"EVENT_RECORD.EventHeader": rec.EventHeader.offset,
+            "EVENT_RECORD.UserDataLength": rec.UserDataLength.offset,
+            "EVENT_RECORD.UserData": rec.UserData.offset,
+            **{f"EVENT_HEADER.{n}": getattr(hdr, n).offset
                for n in ("Flags", "ThreadId", "ProcessId", "TimeStamp", "ProviderId", "EventDescriptor")},
-            **{f"EVENT_DESCRIPTOR.{n}": getattr(EVENT_DESCRIPTOR, n).offset for n in ("Id", "Version", "Opcode")}}
+            **{f"EVENT_DESCRIPTOR.{n}": getattr(desc, n).offset for n in ("Id", "Version", "Opcode")}}
 
 
-RECORD_HEADER = record_header_format(declared_offsets(), ctypes.sizeof(c_void_p))
+def field_type(structure: Any, name: str) -> Any:
+    """The ctypes type a structure declares for field ``name``."""
+    for field in structure._fields_:
+        if field[0] == name:
+            return field[1]
+    raise KeyError(name)
 
-# -- the libraries ----------------------------------------------------------------------------
 
+# -- the sensor's own declarations (the gaps) --------------------------------------------------
 
 def _declare(fn: Any, restype: Any, *argtypes: Any) -> None:
     fn.restype = restype
@@ -216,29 +204,21 @@ def _declare(fn: Any, restype: Any, *argtypes: Any) -> None:
 
 
 class Win32:
-    """The three Win32 libraries with their prototypes declared, and how to read the last error.
+    """The Win32 libraries with the prototypes pywintrace does not declare, and how to read the
+    last error.
 
     ``last_error`` returns the error the most recent call on this thread left (``ctypes.
     get_last_error`` with ``use_last_error=True`` libraries on Windows); ``describe(code)`` the
-    text for it; ``functype`` makes the callback type (WINFUNCTYPE; the same ABI as CFUNCTYPE
-    on x64)."""
+    text for it."""
 
     def __init__(self, advapi32: Any, kernel32: Any, ntdll: Any, last_error: Callable[[], int],
-                 format_error: Callable[[int], str], functype: Callable[..., Any]) -> None:
+                 format_error: Callable[[int], str]) -> None:
         self.adv, self.k32, self.ntdll = advapi32, kernel32, ntdll
         self.last_error = last_error
         self._format_error = format_error
-        self.functype = functype
         a, k, n = advapi32, kernel32, ntdll
         p = c_void_p
-        _declare(a.StartTraceW, c_uint32, POINTER(c_uint64), p, p)
-        _declare(a.ControlTraceW, c_uint32, c_uint64, p, p, c_uint32)
-        # Level is a UCHAR: c_uint8 takes 0..255 (and the spec validates it before).
-        _declare(a.EnableTraceEx2, c_uint32, c_uint64, POINTER(GUID), c_uint32, c_uint8, c_uint64,
-                 c_uint64, c_uint32, p)
-        _declare(a.OpenTraceW, c_uint64, POINTER(EVENT_TRACE_LOGFILEW))
-        _declare(a.ProcessTrace, c_uint32, POINTER(c_uint64), c_uint32, p, p)
-        _declare(a.CloseTrace, c_uint32, c_uint64)
+        # gap: token and account calls (advapi32)
         _declare(a.OpenProcessToken, c_int32, p, c_uint32, POINTER(c_void_p))
         _declare(a.GetTokenInformation, c_int32, p, c_uint32, p, c_uint32, POINTER(c_uint32))
         _declare(a.GetSidSubAuthorityCount, POINTER(c_uint8), p)
@@ -246,11 +226,13 @@ class Win32:
         _declare(a.ConvertStringSidToSidW, c_int32, p, POINTER(c_void_p))
         _declare(a.LookupAccountSidW, c_int32, p, p, p, POINTER(c_uint32), p, POINTER(c_uint32),
                  POINTER(c_uint32))
+        # gap: kernel32 (pywintrace's LocalFree has no prototype)
         _declare(k.GetLogicalDrives, c_uint32)
         _declare(k.QueryDosDeviceW, c_uint32, p, p, c_uint32)
         _declare(k.OpenProcess, c_void_p, c_uint32, c_int32, c_uint32)
         _declare(k.CloseHandle, c_int32, p)
         _declare(k.LocalFree, c_void_p, p)
+        # gap: ntdll
         _declare(n.NtQueryInformationProcess, c_uint32, p, c_uint32, p, c_uint32, POINTER(c_uint32))
 
     def describe(self, code: int) -> str:
@@ -262,15 +244,54 @@ class Win32:
         return f"Windows error {code}" + (f" ({text})" if text else "")
 
 
-def load_win32() -> Win32:
-    """The real libraries (Windows only); SourceUnavailable elsewhere."""
-    if sys.platform != "win32":
-        from .base import SourceUnavailable
-        raise SourceUnavailable("the ETW source needs Windows (use replay on other systems)")
-    return Win32(ctypes.WinDLL("advapi32", use_last_error=True),
-                 ctypes.WinDLL("kernel32", use_last_error=True),
-                 ctypes.WinDLL("ntdll", use_last_error=True),
-                 ctypes.get_last_error, ctypes.FormatError, ctypes.WINFUNCTYPE)
+def load_win32(ct: Any = None) -> Win32:
+    """advapi32, kernel32 and ntdll loaded with ``use_last_error`` from ``ct`` (the ``ctypes``
+    module; on Windows only: SourceUnavailable elsewhere)."""
+    if ct is None:
+        if sys.platform != "win32":
+            from .base import SourceUnavailable
+            raise SourceUnavailable("the ETW source needs Windows (use replay on other systems)")
+        ct = ctypes
+    return Win32(ct.WinDLL("advapi32", use_last_error=True), ct.WinDLL("kernel32", use_last_error=True),
+                 ct.WinDLL("ntdll", use_last_error=True), ct.get_last_error, ct.FormatError)
+
+
+class EtwApi:
+    """What the backend calls: pywintrace's ETW bindings (``et``, ``ec``, ``GUID``), with the
+    gaps filled from ``api`` (the sensor's own declarations)."""
+
+    def __init__(self, pw: Pywintrace, api: Win32) -> None:
+        self.pw, self.api = pw, api
+        self.et, self.ec, self.ws = pw.et, pw.ec, pw.ws
+        # gap: pywintrace binds OpenTraceW through ctypes.windll (no use_last_error), so the error
+        # it leaves is lost.  The same prototype, bound to the use_last_error advapi32.
+        proto = pw.et.OpenTraceW
+        self.OpenTraceW = getattr(api.adv, proto.__name__)
+        self.OpenTraceW.argtypes, self.OpenTraceW.restype = proto.argtypes, proto.restype
+        # The type pywintrace declares for the LoggerName string of EVENT_TRACE_LOGFILE.
+        self.logger_name = field_type(pw.et.EVENT_TRACE_LOGFILE, "LoggerName")
+        pointer = ctypes.sizeof(c_void_p)
+        offsets = pywintrace_record_offsets(pw)
+        sdk = SDK_RECORD_OFFSETS.get(pointer, {})
+        wrong = {k: (v, sdk.get(k)) for k, v in offsets.items() if sdk.get(k) != v}
+        if wrong:
+            from .base import SourceUnavailable
+            raise SourceUnavailable("pywintrace's EVENT_RECORD disagrees with the Windows SDK "
+                                    f"(field: (pywintrace, SDK) offsets): {wrong}")
+        self.record_header = record_header_format(offsets, pointer)
+
+    def guid(self, text: str) -> Any:
+        """pywintrace's GUID for ``{...}`` text (ole32 CLSIDFromString)."""
+        try:
+            return self.pw.GUID(text)
+        except (OSError, TypeError, ValueError) as exc:
+            raise SessionError(f"not a GUID: {text!r} ({exc})") from exc
+
+
+def load_etw(ct: Any = None) -> EtwApi:
+    """pywintrace's ETW bindings and the sensor's own declarations (``ct`` as in ``load_win32``)."""
+    api = load_win32(ct)
+    return EtwApi(import_pywintrace(), api)
 
 
 def wide(text: str) -> ctypes.Array:
@@ -287,17 +308,17 @@ def from_wide(raw: bytes) -> str:
 # -- the record callback ----------------------------------------------------------------------
 
 def make_record_callback(src: int, sink: Callable[[tuple], None], errors: list[int],
-                         header: struct.Struct | None = None) -> Callable[[int], None]:
-    """The callback body for one session, taking the EVENT_RECORD address (hot path)."""
+                         header: struct.Struct | None = None) -> Callable[[Any], None]:
+    """The callback body for one session, taking the EVENT_RECORD's address or pointer (hot path)."""
     string_at = ctypes.string_at
     hdr = header or RECORD_HEADER
     unpack, size = hdr.unpack, hdr.size
     want = KERNEL_PROCESS_DATA1 if src == SRC_KERNEL_PROCESS else PROCESS_CLASS_DATA1
     ids = KERNEL_PROCESS_IDS if src == SRC_KERNEL_PROCESS else None
 
-    def on_record(address):
+    def on_record(record):
         try:
-            flags, tid, pid, ts, data1, eid, version, opcode, n, user_data = unpack(string_at(address, size))
+            flags, tid, pid, ts, data1, eid, version, opcode, n, user_data = unpack(string_at(record, size))
             if data1 == want:
                 if ids is not None and eid not in ids:
                     return
@@ -319,35 +340,37 @@ class _Consumer:
     ``status`` is ProcessTrace's return value once it returned (None while it runs),
     ``errors[0]`` the records whose callback failed."""
 
-    def __init__(self, api: Win32, spec: SessionSpec, sink: Callable[[tuple], None]) -> None:
-        self._api = api
+    def __init__(self, etw: EtwApi, spec: SessionSpec, sink: Callable[[tuple], None]) -> None:
+        et, ec = etw.et, etw.ec
+        self._etw = etw
         self.errors = [0]
         self.status: int | None = None
         self.error: str | None = None
         src = SRC_SYSTEM_LOGGER if spec.kind == "system_logger" else SRC_KERNEL_PROCESS
         # These objects must outlive ProcessTrace: ETW calls back through them.
-        self._callback = api.functype(None, c_void_p)(make_record_callback(src, sink, self.errors))
-        self._name = wide(spec.name)
-        self._logfile = EVENT_TRACE_LOGFILEW()
-        self._logfile.LoggerName = ctypes.addressof(self._name)
-        self._logfile.ProcessTraceMode = PROCESS_TRACE_MODE_REAL_TIME | PROCESS_TRACE_MODE_EVENT_RECORD
-        self._logfile.EventRecordCallback = ctypes.cast(self._callback, c_void_p).value
-        handle = api.adv.OpenTraceW(byref(self._logfile))
+        self._callback = et.EVENT_RECORD_CALLBACK(
+            make_record_callback(src, sink, self.errors, etw.record_header))
+        self._logfile = et.EVENT_TRACE_LOGFILE()
+        self._logfile.LoggerName = etw.logger_name(spec.name)
+        self._logfile.ProcessTraceMode = ec.PROCESS_TRACE_MODE_REAL_TIME | ec.PROCESS_TRACE_MODE_EVENT_RECORD
+        self._logfile.EventRecordCallback = self._callback
+        handle = int(etw.OpenTraceW(byref(self._logfile)))
         if handle in INVALID_PROCESSTRACE_HANDLES:
+            api = etw.api
             raise SessionError(f"OpenTrace({spec.name!r}) failed: {api.describe(api.last_error())}")
-        self._handle = c_uint64(handle)
+        self._handle = et.TRACEHANDLE(handle)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"etw-consumer-{spec.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            status = int(self._api.adv.ProcessTrace(byref(self._handle), 1, None, None))
+            status = int(self._etw.et.ProcessTrace(byref(self._handle), 1, None, None))
         except BaseException as exc:  # noqa: BLE001 - recorded; the watchdog acts on it
             self.error = f"ProcessTrace raised {exc!r}"
             status = -1
         if status not in (ERROR_SUCCESS, -1):
-            self.error = f"ProcessTrace returned {self._api.describe(status)}"
+            self.error = f"ProcessTrace returned {self._etw.api.describe(status)}"
         self.status = status
 
     @property
@@ -357,29 +380,31 @@ class _Consumer:
     def close(self, timeout: float = 5.0) -> None:
         if not self._closed:
             self._closed = True
-            self._api.adv.CloseTrace(self._handle.value)
+            self._etw.et.CloseTrace(self._handle.value)
         self._thread.join(timeout)
 
 
-class Win32Backend:
-    """The ``etw_session.Backend`` on Windows (or on the fake Win32 library in the tests)."""
+class PywintraceBackend:
+    """The ``etw_session.Backend`` on Windows, over pywintrace's bindings (or over the fake
+    Win32 library in the tests)."""
 
-    def __init__(self, api: Win32 | None = None) -> None:
-        self.api = api if api is not None else load_win32()
+    def __init__(self, etw: EtwApi | None = None) -> None:
+        self.etw = etw if etw is not None else load_etw()
+        self.api = self.etw.api
         self._handles: dict[str, int] = {}
 
-    @staticmethod
-    def new_props(spec: SessionSpec | None = None) -> ctypes.Array:
-        """A zeroed EVENT_TRACE_PROPERTIES with room for the names; StartTrace's settings when
-        ``spec`` is given.  Every ControlTrace call gets a new one: ETW writes the session's
-        state back into it, and the documentation asks for a zeroed structure on input."""
-        size = ctypes.sizeof(EVENT_TRACE_PROPERTIES) + NAME_ROOM * 2
-        buf = ctypes.create_string_buffer(size)
-        p = EVENT_TRACE_PROPERTIES.from_buffer(buf)
-        p.Wnode.BufferSize = size
-        p.Wnode.Flags = WNODE_FLAG_TRACED_GUID
-        p.LoggerNameOffset = ctypes.sizeof(EVENT_TRACE_PROPERTIES)
-        p.LogFileNameOffset = ctypes.sizeof(EVENT_TRACE_PROPERTIES) + NAME_ROOM
+    def new_props(self, spec: SessionSpec | None = None) -> Any:
+        """A zeroed EVENT_TRACE_PROPERTIES (pywintrace's) with room for both names; StartTrace's
+        settings when ``spec`` is given.  Every ControlTrace call gets a new one: ETW writes the
+        session's state back into it, and the documentation asks for a zeroed structure on input."""
+        et, ws = self.etw.et, self.etw.ws
+        base = ctypes.sizeof(et.EVENT_TRACE_PROPERTIES)
+        buf = ctypes.create_string_buffer(base + 2 * NAME_ROOM)
+        p = et.EVENT_TRACE_PROPERTIES.from_buffer(buf)
+        p.Wnode.BufferSize = len(buf)
+        p.Wnode.Flags = ws.WNODE_FLAG_TRACED_GUID
+        p.LoggerNameOffset = base
+        p.LogFileNameOffset = base + NAME_ROOM
         if spec is not None:
             p.Wnode.ClientContext = 1                  # QPC timestamps
             p.BufferSize = spec.buffer_kb
@@ -387,23 +412,22 @@ class Win32Backend:
             p.MaximumBuffers = spec.max_buffers
             # ETW flushes on its own every flush interval, in milliseconds.
             p.FlushTimer = max(1, round(spec.flush_interval * 1000))
-            mode = EVENT_TRACE_REAL_TIME_MODE | EVENT_TRACE_USE_MS_FLUSH_TIMER
+            mode = et.EVENT_TRACE_REAL_TIME_MODE | EVENT_TRACE_USE_MS_FLUSH_TIMER
             if spec.no_per_processor_buffering:
-                mode |= EVENT_TRACE_NO_PER_PROCESSOR_BUFFERING
+                mode |= et.EVENT_TRACE_NO_PER_PROCESSOR_BUFFERING
             if spec.kind == "system_logger":
-                mode |= EVENT_TRACE_SYSTEM_LOGGER_MODE     # Windows 8+: a private kernel logger
+                mode |= et.EVENT_TRACE_SYSTEM_LOGGER_MODE     # Windows 8+: a private kernel logger
                 p.EnableFlags = spec.enable_flags
             p.LogFileMode = mode
-        return buf
+        return p
 
-    def _control(self, spec: SessionSpec, code: int) -> tuple[int, EVENT_TRACE_PROPERTIES]:
-        buf = self.new_props()
-        name = wide(spec.name)
-        status = self.api.adv.ControlTraceW(0, name, buf, code)
-        return int(status), EVENT_TRACE_PROPERTIES.from_buffer(buf)
+    def _control(self, spec: SessionSpec, code: int) -> tuple[int, Any]:
+        props = self.new_props()
+        status = self.etw.et.ControlTraceW(0, spec.name, byref(props), code)
+        return int(status), props
 
     def stop_session(self, spec: SessionSpec) -> dict | None:
-        status, props = self._control(spec, EVENT_TRACE_CONTROL_STOP)
+        status, props = self._control(spec, self.etw.et.EVENT_TRACE_CONTROL_STOP)
         self._handles.pop(spec.name, None)
         if status == ERROR_WMI_INSTANCE_NOT_FOUND:
             return None
@@ -412,9 +436,10 @@ class Win32Backend:
         return props_dict(props)
 
     def start_session(self, spec: SessionSpec) -> None:
-        handle = c_uint64(0)
-        buf = self.new_props(spec)
-        status = int(self.api.adv.StartTraceW(byref(handle), wide(spec.name), buf))
+        et = self.etw.et
+        handle = et.TRACEHANDLE(0)
+        props = self.new_props(spec)
+        status = int(et.StartTraceW(byref(handle), spec.name, byref(props)))
         if status == ERROR_ALREADY_EXISTS:
             raise SessionExistsError(f"StartTrace({spec.name!r}): session already exists")
         if status != ERROR_SUCCESS:
@@ -423,9 +448,10 @@ class Win32Backend:
         self._handles[spec.name] = handle.value
 
     def _enable(self, spec: SessionSpec, code: int) -> None:
-        guid = GUID.parse(spec.provider_guid or "")
-        status = int(self.api.adv.EnableTraceEx2(self._handles[spec.name], byref(guid), code, spec.level,
-                                                 spec.keywords, 0, ENABLE_TIMEOUT_MS, None))
+        guid = self.etw.guid(spec.provider_guid or "")
+        # Level goes through pywintrace's c_char argument: the spec validated it as 0..255.
+        status = int(self.etw.et.EnableTraceEx2(self._handles[spec.name], byref(guid), code, spec.level,
+                                                spec.keywords, 0, ENABLE_TIMEOUT_MS, None))
         if status == ERROR_TIMEOUT:
             # The request stands; the provider has not confirmed it within the time-out.
             log.warning("EnableTraceEx2(code %d, %s): the provider did not confirm within %d ms",
@@ -436,13 +462,13 @@ class Win32Backend:
                                f"{self.api.describe(status)}")
 
     def enable_provider(self, spec: SessionSpec) -> None:
-        self._enable(spec, EVENT_CONTROL_CODE_ENABLE_PROVIDER)
+        self._enable(spec, self.etw.et.EVENT_CONTROL_CODE_ENABLE_PROVIDER)
 
     def capture_state(self, spec: SessionSpec) -> None:
-        self._enable(spec, EVENT_CONTROL_CODE_CAPTURE_STATE)
+        self._enable(spec, self.etw.et.EVENT_CONTROL_CODE_CAPTURE_STATE)
 
     def open_consumer(self, spec: SessionSpec, sink: Callable[[tuple], None]) -> _Consumer:
-        return _Consumer(self.api, spec, sink)
+        return _Consumer(self.etw, spec, sink)
 
     def flush(self, spec: SessionSpec) -> None:
         status, _ = self._control(spec, EVENT_TRACE_CONTROL_FLUSH)
@@ -450,7 +476,7 @@ class Win32Backend:
             raise SessionError(f"ControlTrace(FLUSH, {spec.name!r}) failed: {self.api.describe(status)}")
 
     def query(self, spec: SessionSpec) -> dict | None:
-        status, props = self._control(spec, EVENT_TRACE_CONTROL_QUERY)
+        status, props = self._control(spec, self.etw.et.EVENT_TRACE_CONTROL_QUERY)
         if status == ERROR_WMI_INSTANCE_NOT_FOUND:
             return None
         if status != ERROR_SUCCESS:
@@ -458,7 +484,7 @@ class Win32Backend:
         return props_dict(props)
 
 
-def props_dict(p: EVENT_TRACE_PROPERTIES) -> dict:
+def props_dict(p: Any) -> dict:
     """The counters and settings ControlTrace wrote back, as plain data."""
     return {"EventsLost": p.EventsLost, "RealTimeBuffersLost": p.RealTimeBuffersLost,
             "LogBuffersLost": p.LogBuffersLost, "BuffersWritten": p.BuffersWritten,
@@ -562,10 +588,10 @@ def lookup_account(api: Win32, sid: str) -> str | None:
         api.k32.LocalFree(psid)
 
 
-def platform_parts(api: Win32 | None = None) -> tuple[Win32Backend, dict]:
+def platform_parts(etw: EtwApi | None = None) -> tuple[PywintraceBackend, dict]:
     """The session backend and readers the platform-neutral ``EtwSource`` takes."""
-    api = api if api is not None else load_win32()
-    return Win32Backend(api), helpers(api)
+    etw = etw if etw is not None else load_etw()
+    return PywintraceBackend(etw), helpers(etw.api)
 
 
 def helpers(api: Win32) -> dict:

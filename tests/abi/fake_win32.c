@@ -3,7 +3,10 @@
  * Exports the advapi32 (StartTraceW, ControlTraceW, EnableTraceEx2, OpenTraceW, ProcessTrace,
  * CloseTrace, token and account calls), kernel32 (GetLogicalDrives, QueryDosDeviceW,
  * OpenProcess, CloseHandle, LocalFree) and ntdll (NtQueryInformationProcess) entry points with
- * the Windows x64 signatures in fixed-width types.  Every structure is read and written at the
+ * the Windows x64 signatures in fixed-width types, and what pywintrace 0.2.0 resolves when it is
+ * imported: ole32's GUID calls (CLSIDFromString, StringFromCLSID, CoTaskMemFree, ...), the TDH
+ * functions and ConvertSidToStringSidW.  The tests load pywintrace with its ctypes.windll and
+ * ctypes.oledll pointing here (tests/fake_win32.py).  Every structure is read and written at the
  * offsets of win64_layout.h, which tests/abi/gen_layout.py generates from the mingw-w64 headers:
  * no offset is typed here.  Strings are UTF-16LE as on Windows.  The "last error" is errno
  * (the tests load this library with use_errno, the twin of use_last_error).
@@ -452,22 +455,26 @@ out:
     return rc;
 }
 
-static void guid_text(const uint8_t *g, char *out)
+/* The GUID as text, read at the Windows offsets: {XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}. */
+static void guid_text(const uint8_t *g, char *out, size_t n)
 {
-    uint32_t d1;
-    memcpy(&d1, g + WL_GUID__Data1, 4);
-    snprintf(out, 16, "%08X", d1);
+    uint16_t d2, d3;
+    const uint8_t *d4 = g + WL_GUID__Data4;
+    memcpy(&d2, g + WL_GUID__Data2, 2);
+    memcpy(&d3, g + WL_GUID__Data3, 2);
+    snprintf(out, n, "{%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X}", g32(g, WL_GUID__Data1), d2, d3,
+             d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6], d4[7]);
 }
 
 EXPORT uint32_t EnableTraceEx2(uint64_t handle, const uint8_t *guid, uint32_t code, uint8_t level,
                                uint64_t any, uint64_t all, uint32_t timeout, void *params)
 {
     session *s;
-    char g[16] = "-";
+    char g[40] = "-";
     uint32_t rc = 0;
     pthread_mutex_lock(&mu);
     if (guid)
-        guid_text(guid, g);
+        guid_text(guid, g, sizeof g);
     logf_("EnableTraceEx2 handle=%llu provider=%s code=%u level=%u any=0x%llx all=0x%llx timeout=%u params=%s",
           (unsigned long long)handle, g, code, level, (unsigned long long)any, (unsigned long long)all, timeout,
           params ? "set" : "null");
@@ -942,3 +949,121 @@ EXPORT int32_t LookupAccountSidW(const uint16_t *system, const uint8_t *sid, uin
     set_error(ERROR_NONE_MAPPED);
     return 0;
 }
+
+/* ---- ole32: the GUID calls of pywintrace's etw.GUID ---------------------------------------- */
+#define S_OK 0
+#define CO_E_CLASSSTRING ((int32_t)0x800401F3u)
+#define REGDB_E_CLASSNOTREG ((int32_t)0x80040154u)
+
+static int hexval(uint16_t c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* "{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}" (UTF-16LE) -> the GUID at the Windows offsets. */
+EXPORT int32_t CLSIDFromString(const uint16_t *text, uint8_t *guid)
+{
+    static const char shape[] = "{........-....-....-....-............}";
+    uint8_t raw[16];
+    char printable[64];
+    int i, k = 0, hi = -1;
+    narrow(text, printable, sizeof printable);
+    pthread_mutex_lock(&mu);
+    logf_("CLSIDFromString %s", printable);
+    pthread_mutex_unlock(&mu);
+    if (!text || !guid)
+        return CO_E_CLASSSTRING;
+    for (i = 0; shape[i]; i++) {
+        uint16_t c = text[i];
+        if (shape[i] != '.') {
+            if (c != (uint16_t)shape[i])
+                return CO_E_CLASSSTRING;
+            continue;
+        }
+        if (hexval(c) < 0)
+            return CO_E_CLASSSTRING;
+        if (hi < 0) {
+            hi = hexval(c);
+        } else {
+            raw[k++] = (uint8_t)(hi << 4 | hexval(c));
+            hi = -1;
+        }
+    }
+    if (text[i] != 0)
+        return CO_E_CLASSSTRING;
+    /* raw holds the text's digits in order: Data1, Data2 and Data3 are little-endian integers. */
+    p32(guid, WL_GUID__Data1, (uint32_t)raw[0] << 24 | (uint32_t)raw[1] << 16 | (uint32_t)raw[2] << 8 | raw[3]);
+    p16(guid, WL_GUID__Data2, (uint16_t)(raw[4] << 8 | raw[5]));
+    p16(guid, WL_GUID__Data3, (uint16_t)(raw[6] << 8 | raw[7]));
+    memcpy(guid + WL_GUID__Data4, raw + 8, 8);
+    return S_OK;
+}
+
+/* The GUID's text, in a buffer the caller frees with CoTaskMemFree. */
+EXPORT int32_t StringFromCLSID(const uint8_t *guid, uint16_t **out)
+{
+    char text[40];
+    uint16_t *w;
+    guid_text(guid, text, sizeof text);
+    w = malloc(sizeof text * 2);
+    if (!w)
+        return (int32_t)0x8007000Eu; /* E_OUTOFMEMORY */
+    widen(text, w, sizeof text);
+    *out = w;
+    return S_OK;
+}
+
+EXPORT void CoTaskMemFree(void *p) { free(p); }
+
+/* No registry here: a ProgID never resolves. */
+EXPORT int32_t ProgIDFromCLSID(const uint8_t *guid, uint16_t **out)
+{
+    (void)guid;
+    *out = NULL;
+    return REGDB_E_CLASSNOTREG;
+}
+
+EXPORT int32_t CLSIDFromProgID(const uint16_t *progid, uint8_t *guid)
+{
+    (void)progid;
+    (void)guid;
+    return CO_E_CLASSSTRING;
+}
+
+EXPORT int32_t CoCreateGuid(uint8_t *guid)
+{
+    static uint64_t counter;
+    uint64_t n = __sync_add_and_fetch(&counter, 1);
+    memset(guid, 0, 16);
+    p32(guid, WL_GUID__Data1, (uint32_t)n);
+    p16(guid, WL_GUID__Data3, 0x4000);
+    guid[WL_GUID__Data4] = 0x80;
+    return S_OK;
+}
+
+/* ---- resolved by pywintrace at import, never called by the sensor ------------------------- */
+/* Each logs its name and fails (ERROR_NOT_SUPPORTED as the TDH status; FALSE with that last
+ * error for the BOOL call): a test checks that the log never shows one. */
+#define ERROR_NOT_SUPPORTED 50
+#define UNUSED_CALL(name, failure)                                                                \
+    EXPORT uint32_t name(void)                                                                    \
+    {                                                                                             \
+        pthread_mutex_lock(&mu);                                                                  \
+        logf_("%s (not used by the sensor)", #name);                                              \
+        pthread_mutex_unlock(&mu);                                                                \
+        set_error(ERROR_NOT_SUPPORTED);                                                           \
+        return failure;                                                                           \
+    }
+UNUSED_CALL(TdhGetEventInformation, ERROR_NOT_SUPPORTED)
+UNUSED_CALL(TdhGetPropertySize, ERROR_NOT_SUPPORTED)
+UNUSED_CALL(TdhGetProperty, ERROR_NOT_SUPPORTED)
+UNUSED_CALL(TdhGetEventMapInformation, ERROR_NOT_SUPPORTED)
+UNUSED_CALL(TdhFormatProperty, ERROR_NOT_SUPPORTED)
+UNUSED_CALL(TdhEnumerateProviderFieldInformation, ERROR_NOT_SUPPORTED)
+UNUSED_CALL(ConvertSidToStringSidW, 0)

@@ -6,7 +6,8 @@
 ``layout.c`` is compiled with ``-S`` only (never run), by ``x86_64-w64-mingw32-gcc`` and
 ``i686-w64-mingw32-gcc``; the values are read out of the assembly.  The tables are the single
 source of the Windows offsets: the fake Win32 library (``fake_win32.c``) includes the 64-bit one,
-and the tests compare the ctypes declarations of ``sensor/sources/etw_windows.py`` with both.
+and the tests compare pywintrace 0.2.0's ctypes declarations (loaded with Windows' sizes) and the
+ones ``sensor/sources/etw_windows.py`` adds with both: sizes, offsets, constants and prototypes.
 """
 from __future__ import annotations
 

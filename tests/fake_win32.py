@@ -186,13 +186,15 @@ def _modules(replace: dict[str, types.ModuleType]):
             sys.modules.update(saved)
 
 
-def load_pywintrace(library: Path) -> tuple[etw_windows.EtwApi, types.ModuleType]:
+def load_pywintrace(library: Path) -> tuple[etw_windows.Pywintrace, etw_windows.Win32, types.ModuleType]:
     """pywintrace 0.2.0 imported with Windows' ctypes over ``library`` (through the sensor's own
-    loader, which undoes pywintrace's logging.basicConfig), and the stand-in ctypes."""
+    import, which undoes pywintrace's logging.basicConfig), the sensor's own declarations over
+    the same library, and the stand-in ctypes.  ``EtwApi(pw, api)`` joins them as ``load_etw``
+    does on Windows."""
     shim = windows_ctypes(library)
     with _modules({"ctypes": shim, "ctypes.wintypes": shim.wintypes}):
-        api = etw_windows.load_etw(shim)
-    return api, shim
+        pw = etw_windows.import_pywintrace()
+    return pw, etw_windows.load_win32(shim), shim
 
 
 # -- the fake, loaded once per process ------------------------------------------------------------
@@ -216,8 +218,14 @@ class Fake:
         lib.fake_add_account.argtypes = [ctypes.c_char_p] * 3
         lib.fake_add_device.argtypes = [ctypes.c_char, ctypes.c_char_p]
         lib.fake_add_session.argtypes = [ctypes.c_char_p]
-        self.etw, self.ctypes = load_pywintrace(path)
-        self.api = self.etw.api              # the sensor's own declarations (kernel32, ntdll, tokens)
+        self.pw, self.api, self.ctypes = load_pywintrace(path)
+        # What the backend calls; None (and the reason) when the sensor refuses this binding.
+        self.etw: etw_windows.EtwApi | None = None
+        self.refused: Exception | None = None
+        try:
+            self.etw = etw_windows.EtwApi(self.pw, self.api)
+        except etw_windows.SourceUnavailable as exc:
+            self.refused = exc
 
     def knob(self, name: str) -> ctypes.c_int64:
         return ctypes.c_int64.in_dll(self.lib, "fake_" + name)

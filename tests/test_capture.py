@@ -318,6 +318,8 @@ def fake():
     shared = fake_win32.shared_fake()
     if shared is None:
         pytest.skip("no C compiler to build the fake Win32 library")
+    if shared.etw is None:
+        pytest.fail(f"the sensor refuses the pywintrace binding: {shared.refused}")
     shared.reset()
     yield shared
     shared.reset()

@@ -69,6 +69,8 @@ def fake_lib():
 
 @pytest.fixture
 def fake(fake_lib):
+    if fake_lib.etw is None:
+        pytest.fail(f"the sensor refuses the pywintrace binding: {fake_lib.refused}")
     fake_lib.reset()
     yield fake_lib
     fake_lib.reset()
@@ -103,13 +105,13 @@ def test_layout_tables_are_what_the_headers_give():
         assert (fake_win32.ABI / name).read_text() == text, f"{name} is stale: run tests/abi/gen_layout.py"
 
 
-def declared_structures(etw: ew.EtwApi) -> dict[str, type]:
+def declared_structures(pw: ew.Pywintrace) -> dict[str, type]:
     """Table name -> the ctypes structure the sensor uses for it: pywintrace's, and the sensor's
     own for what pywintrace lacks (UNICODE_STRING)."""
-    et, ec, ep, ws = etw.pw.et, etw.pw.ec, etw.pw.ep, etw.pw.ws
+    et, ec, ep, ws = pw.et, pw.ec, pw.ep, pw.ws
     tz = et.TIME_ZONE_INFORMATION
     return {
-        "GUID": etw.pw.GUID, "WNODE_HEADER": ws.WNODE_HEADER, "EVENT_TRACE_PROPERTIES": et.EVENT_TRACE_PROPERTIES,
+        "GUID": pw.GUID, "WNODE_HEADER": ws.WNODE_HEADER, "EVENT_TRACE_PROPERTIES": et.EVENT_TRACE_PROPERTIES,
         "EVENT_TRACE_HEADER": et.EVENT_TRACE_HEADER, "EVENT_TRACE_HEADER_CLASS": et.EVENT_TRACE_HEADER_CLASS,
         "TRACE_LOGFILE_HEADER": et.TRACE_LOGFILE_HEADER, "TIME_ZONE_INFORMATION": tz,
         "SYSTEMTIME": ew.field_type(tz, "StandardDate"), "FILETIME": et.ProcessTrace.argtypes[2]._type_,
@@ -143,11 +145,7 @@ def structure_disagreements(structs: dict[str, type], table: dict[str, int]) -> 
     return wrong, checked
 
 
-def constant_sources(etw: ew.EtwApi) -> list:
-    return [etw.pw.et, etw.pw.ec, etw.pw.ep, etw.pw.ws, ew]
-
-
-def constant_disagreements(etw: ew.EtwApi, table: dict[str, int]) -> tuple[list[str], int]:
+def constant_disagreements(pw: ew.Pywintrace, table: dict[str, int]) -> tuple[list[str], int]:
     """Every constant of ``table`` that pywintrace or the sensor defines: the ones that differ."""
     aliases = {"TokenIntegrityLevel": "TOKEN_INTEGRITY_LEVEL"}
     wrong, checked = [], 0
@@ -155,7 +153,7 @@ def constant_disagreements(etw: ew.EtwApi, table: dict[str, int]) -> tuple[list[
         if "__" in key:
             continue
         name = aliases.get(key, key)
-        for mod in constant_sources(etw):
+        for mod in (pw.et, pw.ec, pw.ep, pw.ws, ew):
             if hasattr(mod, name):
                 checked += 1
                 got = getattr(mod, name)
@@ -169,12 +167,13 @@ def _is_pointer(t) -> bool:
                                                   ctypes.c_wchar_p, ctypes._CFuncPtr))
 
 
-def declared_functions(etw: ew.EtwApi) -> dict[str, list]:
+def declared_functions(fake) -> dict[str, list]:
     """Function name -> the ctypes function objects the sensor may call for it."""
-    et, api = etw.pw.et, etw.api
+    et, api = fake.pw.et, fake.api
     out = {n: [getattr(et, n)] for n in ("StartTraceW", "ControlTraceW", "EnableTraceEx2", "OpenTraceW",
                                          "ProcessTrace", "CloseTrace", "ConvertSidToStringSidW")}
-    out["OpenTraceW"].append(etw.OpenTraceW)           # pywintrace's prototype, use_last_error binding
+    if fake.etw is not None:
+        out["OpenTraceW"].append(fake.etw.OpenTraceW)  # pywintrace's prototype, use_last_error binding
     for lib, names in ((api.adv, ("OpenProcessToken", "GetTokenInformation", "GetSidSubAuthorityCount",
                                   "GetSidSubAuthority", "ConvertStringSidToSidW", "LookupAccountSidW")),
                        (api.k32, ("GetLogicalDrives", "QueryDosDeviceW", "OpenProcess", "CloseHandle",
@@ -185,7 +184,7 @@ def declared_functions(etw: ew.EtwApi) -> dict[str, list]:
     return out
 
 
-def prototype_disagreements(etw: ew.EtwApi, table: dict[str, int]) -> tuple[list[str], int]:
+def prototype_disagreements(fake, table: dict[str, int]) -> tuple[list[str], int]:
     """Result and argument kinds of every declared function against ``table``: a pointer where
     the headers have a pointer (the table adds 1000 to a pointer's size), else the same size."""
     wrong, checked = [], 0
@@ -195,7 +194,7 @@ def prototype_disagreements(etw: ew.EtwApi, table: dict[str, int]) -> tuple[list
             return "pointer" if size_or_type >= 1000 else size_or_type
         return "pointer" if _is_pointer(size_or_type) else ctypes.sizeof(size_or_type)
 
-    for name, fns in declared_functions(etw).items():
+    for name, fns in declared_functions(fake).items():
         if f"{name}__argc" not in table:
             wrong.append(f"{name}: not in the table")
             continue
@@ -219,10 +218,9 @@ def prototype_disagreements(etw: ew.EtwApi, table: dict[str, int]) -> tuple[list
 def test_pywintrace_declarations_match_the_headers(fake_lib):
     """pywintrace's structures, constants and prototypes (loaded with Windows' sizes), and the
     sensor's own declarations for its gaps, against the x64 table; every disagreement listed."""
-    etw = fake_lib.etw
-    s_wrong, s_checked = structure_disagreements(declared_structures(etw), WIN64)
-    c_wrong, c_checked = constant_disagreements(etw, WIN64)
-    p_wrong, p_checked = prototype_disagreements(etw, WIN64)
+    s_wrong, s_checked = structure_disagreements(declared_structures(fake_lib.pw), WIN64)
+    c_wrong, c_checked = constant_disagreements(fake_lib.pw, WIN64)
+    p_wrong, p_checked = prototype_disagreements(fake_lib, WIN64)
     wrong = s_wrong + c_wrong + p_wrong
     assert not wrong, "disagreements with the mingw-w64 headers:\n" + "\n".join(wrong)
     assert s_checked >= 160 and c_checked >= 70 and p_checked >= 70, (s_checked, c_checked, p_checked)
@@ -255,7 +253,7 @@ def _as_x86(t, memo):
 def test_pywintrace_structures_match_the_x86_headers(fake_lib):
     """The same declarations with 4-byte pointers against the i686 table."""
     memo: dict = {}
-    structs = {k: with_4_byte_pointers(v, memo) for k, v in declared_structures(fake_lib.etw).items()}
+    structs = {k: with_4_byte_pointers(v, memo) for k, v in declared_structures(fake_lib.pw).items()}
     wrong, checked = structure_disagreements(structs, WIN32)
     assert not wrong, "disagreements with the i686 mingw-w64 headers:\n" + "\n".join(wrong)
     assert checked >= 160
@@ -265,7 +263,7 @@ def test_pywintrace_scalar_arguments_match_the_x86_headers(fake_lib):
     """On 32-bit Windows every argument is a stack slot of its own size (stdcall): a ULONG
     declared as 8 bytes would shift the rest.  Pointer sizes cannot be loaded here (the host's
     pointers are 8 bytes): pointers are checked as pointers."""
-    wrong, checked = prototype_disagreements(fake_lib.etw, WIN32)
+    wrong, checked = prototype_disagreements(fake_lib, WIN32)
     assert not wrong, "\n".join(wrong)
     assert checked >= 60
 
@@ -279,7 +277,7 @@ def test_sdk_record_offsets_match_the_headers():
 def test_a_disagreeing_record_layout_is_refused(fake_lib):
     """A binding whose EVENT_RECORD puts UserData elsewhere must not start (it would hand the
     decoder whatever lies there)."""
-    pw = fake_lib.etw.pw
+    pw = fake_lib.pw
 
     class EVENT_RECORD(ctypes.Structure):
         _fields_ = [(n, t) for n, t in pw.ec.EVENT_RECORD._fields_ if n != "ExtendedData"]
@@ -291,17 +289,17 @@ def test_a_disagreeing_record_layout_is_refused(fake_lib):
 
 
 def test_pywintrace_is_the_installed_release_loaded_with_windows_sizes(fake_lib):
-    etw = fake_lib.etw
+    pw = fake_lib.pw
     assert importlib.metadata.version("pywintrace") == "0.2.0"
     files = importlib.metadata.files("pywintrace")
     installed = {str(Path(f.locate()).resolve()) for f in files if f.name.endswith(".py")}
-    for mod in (etw.pw.et, etw.pw.ec, etw.pw.ep, etw.pw.ws, sys.modules[etw.pw.GUID.__module__]
-                if etw.pw.GUID.__module__ in sys.modules else None):
-        if mod is not None:
-            assert str(Path(mod.__file__).resolve()) in installed, mod
+    for mod in (pw.et, pw.ec, pw.ep, pw.ws, pw.et.GUID.__init__.__globals__):
+        path = mod["__file__"] if isinstance(mod, dict) else mod.__file__
+        assert str(Path(path).resolve()) in installed, path
     wt = fake_lib.ctypes.wintypes
     assert [ctypes.sizeof(t) for t in (wt.DWORD, wt.ULONG, wt.LONG, wt.BOOL, wt.WCHAR)] == [4, 4, 4, 4, 2]
-    assert etw.pw.et.ct is fake_lib.ctypes and etw.pw.et.wt is wt
+    assert pw.et.ct is fake_lib.ctypes and pw.et.wt is wt
+    assert fake_lib.refused is None, fake_lib.refused
     # ... and the test process is as it was: real ctypes, no etw module left behind
     assert sys.modules["ctypes"] is ctypes and ctypes.sizeof(ctypes.c_ulong) == ctypes.sizeof(ctypes.c_void_p)
     assert not hasattr(ctypes, "windll") and "etw" not in sys.modules

@@ -48,6 +48,7 @@ import threading
 from ctypes import POINTER, Structure, byref, c_int32, c_uint8, c_uint16, c_uint32, c_void_p
 from typing import Any, Callable
 
+from .base import SourceUnavailable
 from .etw_raw import SRC_KERNEL_PROCESS, SRC_LOST, SRC_SYSTEM_LOGGER
 from .etw_session import SessionError, SessionExistsError, SessionSpec
 
@@ -166,7 +167,6 @@ def import_pywintrace() -> Pywintrace:
         from etw import evntcons, evntprov, evntrace, wmistr  # pywintrace; NOT the PyPI package "etw"
         from etw.GUID import GUID
     except Exception as exc:  # noqa: BLE001 - ImportError, or AttributeError (ctypes.oledll) off Windows
-        from .base import SourceUnavailable
         raise SourceUnavailable(f"pywintrace (import name etw) is unusable here: {exc!r}; "
                                 "on Windows: pip install pywintrace==0.2.0") from exc
     finally:
@@ -249,7 +249,6 @@ def load_win32(ct: Any = None) -> Win32:
     module; on Windows only: SourceUnavailable elsewhere)."""
     if ct is None:
         if sys.platform != "win32":
-            from .base import SourceUnavailable
             raise SourceUnavailable("the ETW source needs Windows (use replay on other systems)")
         ct = ctypes
     return Win32(ct.WinDLL("advapi32", use_last_error=True), ct.WinDLL("kernel32", use_last_error=True),
@@ -275,7 +274,6 @@ class EtwApi:
         sdk = SDK_RECORD_OFFSETS.get(pointer, {})
         wrong = {k: (v, sdk.get(k)) for k, v in offsets.items() if sdk.get(k) != v}
         if wrong:
-            from .base import SourceUnavailable
             raise SourceUnavailable("pywintrace's EVENT_RECORD disagrees with the Windows SDK "
                                     f"(field: (pywintrace, SDK) offsets): {wrong}")
         self.record_header = record_header_format(offsets, pointer)

@@ -225,6 +225,20 @@ def test_config_test_and_run_refuse_the_same(tmp_path, rec, capsys, text, messag
     assert not (tmp_path / "state").exists()          # neither created the spool (or anything)
 
 
+def test_one_run_lists_the_keys_and_what_they_point_to(tmp_path, rec, capsys):
+    # A refused key (gzip_level) and a missing rule path: both reported by one `config test`
+    # and one `run`, not the second only after the first is fixed.
+    path = write(tmp_path, REPLAY + '[sensor]\ndata_dir = "state"\n[rules]\npaths = ["no-rules-here"]\n'
+                                    '[output]\nformat = "jsonl"\ngzip_level = 99\n')
+    for argv in (["config", "test", path], ["run", "-c", path]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "output.gzip_level: must be from 0 to 9" in err, err
+        assert re.search("rules: rule rejected: .*no-rules-here: no such file or folder", err), err
+        assert err.count("output.gzip_level") == 1
+    assert not (tmp_path / "state").exists()
+
+
 def test_token_with_a_line_break_is_refused(tmp_path, rec, capsys):
     token = tmp_path / "token.txt"
     token.write_text("abc\ndef\n")

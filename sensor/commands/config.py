@@ -29,8 +29,11 @@ def register(sub) -> None:
 def test(args) -> int:
     from ..daemon.assemble import validate
     from . import config_for, print_config_error
-    cfg = config_for(args.file)
+    def check(c):
+        return validate(c, allow_readable_config=args.allow_readable_config).errors
+    cfg = config_for(args.file, full_check=check)
     if cfg is None:
+        print("etw-sensor: `run` would refuse to start", file=sys.stderr)
         return 2
     checked = validate(cfg, allow_readable_config=args.allow_readable_config)
     for w in checked.warnings:

@@ -48,17 +48,25 @@ def register(sub) -> None:
 def main(args) -> int:
     from ..daemon.assemble import prepare, setup_logging, validate
     from ..daemon.runner import serve
-    cfg = config_for(args.config)
+    if args.speed is not None and not args.replay:
+        print("etw-sensor: --speed needs --replay", file=sys.stderr)
+        return 2
+
+    def with_replay(c):
+        if args.replay:
+            c.source.kind = "replay"
+            c.source.replay.paths = [os.path.abspath(p) for p in args.replay]
+            c.source.replay.speed = args.speed or 0.0
+        return c
+
+    def check(c):
+        return validate(with_replay(c), allow_readable_config=args.allow_readable_config,
+                        replay_inputs_given=bool(args.replay)).errors
+    cfg = config_for(args.config, full_check=check)
     if cfg is None:
         print("etw-sensor: not started: the configuration is refused", file=sys.stderr)
         return 2
-    if args.replay:
-        cfg.source.kind = "replay"
-        cfg.source.replay.paths = [os.path.abspath(p) for p in args.replay]
-        cfg.source.replay.speed = args.speed or 0.0
-    elif args.speed is not None:
-        print("etw-sensor: --speed needs --replay", file=sys.stderr)
-        return 2
+    with_replay(cfg)
     checked = validate(cfg, allow_readable_config=args.allow_readable_config,
                        replay_inputs_given=bool(args.replay))
     for w in checked.warnings:

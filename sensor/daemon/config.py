@@ -29,9 +29,12 @@ MAX_CONFIG_BYTES = 1024 * 1024   # a config is a few KB; anything near this is n
 class ConfigError(ValueError):
     """A configuration that cannot be used; ``errors`` lists every problem (key: reason)."""
 
-    def __init__(self, errors: list[str] | str, path: str = ""):
+    def __init__(self, errors: list[str] | str, path: str = "", config: "Config | None" = None):
         self.errors = [errors] if isinstance(errors, str) else list(errors)
         self.path = path
+        # The decoded config (refused keys at their defaults) when the file parsed, so the
+        # checks on what it points to (rules, paths, file modes) can be listed in the same run.
+        self.config = config
         prefix = f"{path}: " if path else ""
         super().__init__("\n".join(prefix + e for e in self.errors))
 
@@ -374,7 +377,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
     base = os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else os.getcwd()
     errors += _resolve_paths(cfg, base)
     if errors:
-        raise ConfigError(errors, path)
+        raise ConfigError(errors, path, config=cfg)
     return cfg
 
 

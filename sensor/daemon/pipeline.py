@@ -231,11 +231,11 @@ class Pipeline:
     def _deliver(self, alerts: list[dict]) -> None:
         if self.spool is not None:
             try:
-                self.spool.put_many(alerts)
+                self.spool.put_many(alerts)  # a full disk is the spool's state, not an error here
                 self._spool_error = None
             except Exception as exc:
                 # The spool is the durability guarantee: failing to write it is loud (and a
-                # health alert at the next heartbeat).
+                # health alert at the next heartbeat); the message names the file and the cause.
                 self.spool_errors += len(alerts)
                 self._spool_error = str(exc)[:300]
                 log.error("SPOOL WRITE FAILED: %d alert(s) not persisted: %s", len(alerts), exc)

@@ -11,9 +11,19 @@ receiver says                      forwarder does
 408, 429, 5xx, timeout, conn. err  keep; full-jitter exponential backoff (Retry-After wins)
 413                                split the batch in halves (and send smaller batches after)
 400 naming the alert (HEC, bulk)   that alert to dead_letter, the rest resent at once
-400 not naming it                  halve until the poison alert is alone, then dead_letter it
+400 not naming it                  halve until an alert is rejected alone; dead_letter it only
+                                   when it is rejected alone again after the receiver accepted
+                                   other alerts (else keep it and back off: a 400 storm is an
+                                   outage, not a verdict on the alerts)
 401, 403, 404, TLS verification    keep everything, park: loud error, retry every park_interval
 =================================  ===========================================================
+
+Back-off is shared by the workers and counts *rounds*: requests that were already in flight when
+a failure was counted belong to the same round and do not count again, so the n-th failed round
+waits U(0, min(cap, base * 2**(n-1))) whatever ``concurrency`` is.
+
+When the spool cannot record a confirmation (disk full), the delivered rows are remembered in
+memory, never sent again, and their acknowledgement is retried with back-off.
 """
 from __future__ import annotations
 
@@ -28,11 +38,15 @@ import msgspec
 
 from .protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, Output, SendResult
 from .tls import ConfigError
-from .spool import Spool, SpooledAlert, SpoolError
+from .spool import Spool, SpooledAlert, SpoolError, SpoolFull, SpoolRowError
 
 log = logging.getLogger("sensor.delivery")
 
 IDLE = None  # step() result: nothing to send, wait for new alerts
+MAX_UNCONFIRMED = 100_000   # delivered rows awaiting their acknowledgement on disk, at most
+CONFIRM_RETRY_BASE = 0.25   # seconds: first retry of an acknowledgement the disk refused
+MAINTAIN_INTERVAL = 0.5     # seconds between spool upkeep calls (held alerts, disk-full state)
+MAX_SUSPECTS = 10_000       # alerts rejected alone, waiting for a second verdict
 
 
 @dataclass
@@ -83,37 +97,68 @@ class Forwarder(threading.Thread):
         self.on_delivered = on_delivered
         self._stop_event = threading.Event()
         self._lock = threading.RLock()  # re-entrant: a spool health callback may ask for stats()
-        self._failures = 0                 # consecutive failed attempts (drives the backoff)
+        self._failures = 0                 # consecutive failed rounds (drives the backoff)
+        self._round = 0                    # bumped when a failure is counted: in-flight requests of
+                                           # that round do not count again
         self._resume_at = 0.0
         self._cap = self.config.batch_size  # lowered after a 413
         self._last_enforce = 0.0
+        self._last_maintain = 0.0
         self._claims: dict[int, tuple[int, int]] = {}  # batches in flight: token -> (first, last rowid)
         self._next_claim = 0
         self._workers: list[threading.Thread] = []
+        # Settled rows whose acknowledgement (delete / move to dead letters) the disk refused:
+        # rowid -> ("ack",) or ("dead", reason, status). Never fetched again while here.
+        self._unconfirmed: dict[int, tuple] = {}
+        self._confirm_lock = threading.Lock()
+        self._confirm_at = 0.0
+        self._confirm_failures = 0
+        # Alerts a 400 rejected alone: rowid -> request number of that rejection. A second lone
+        # rejection after the receiver accepted anything in between sends one to dead letters.
+        self._suspects: dict[int, int] = {}
+        self._request_seq = 0
+        self._last_accept_seq = 0
+        spool.delivery_state = self._delivery_state
         self._stats: dict[str, Any] = {
             "sent": 0, "requests": 0, "failed_attempts": 0, "retries": 0, "dead_lettered": 0,
             "splits": 0, "parked": False, "park_reason": None, "last_error": None,
             "last_error_time": None, "last_success_time": None, "next_attempt_in": 0.0,
+            "consecutive_failures": 0, "corrupt_rows": 0, "rejected_alone": 0,
+            "ack_failures": 0, "ack_pending": 0, "ack_retry_in": 0.0, "mark_failed_errors": 0,
         }
 
     # -- stats ----------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Counters for health: sent, failures, retries, dead-lettered, dropped, parked, depth, last error."""
+        """Counters for health: sent, failures, retries, dead-lettered, dropped, parked, depth, last
+        error, and the fault state (acknowledgements waiting for disk space, the spool's disk-full
+        and salvage flags). Never raises."""
         with self._lock:
             out = dict(self._stats)
+            out["consecutive_failures"] = self._failures
+            out["ack_pending"] = len(self._unconfirmed)
+            out["ack_retry_in"] = max(0.0, self._confirm_at - self.clock()) if self._unconfirmed else 0.0
         spool = self.spool.stats()
-        out["dropped"] = spool["dropped"]
-        out["spool_depth"] = spool["depth"]
-        out["dead_letter_depth"] = spool["dead_letter_depth"]
+        out["dropped"] = spool.get("dropped", 0)
+        out["spool_depth"] = spool.get("depth", 0)
+        out["dead_letter_depth"] = spool.get("dead_letter_depth", 0)
+        out["spool_disk_full"] = spool.get("disk_full", False)
+        out["spool_error"] = spool.get("error")
         out["batch_cap"] = self._cap
         out["output"] = getattr(self.output, "name", type(self.output).__name__)
         return out
 
+    def _delivery_state(self) -> tuple[list[tuple[int, int]], list[int]]:
+        """For the spool's drop-oldest: batches in flight, and rows delivered but not confirmed."""
+        with self._lock:
+            return (list(self._claims.values()),
+                    [r for r, op in self._unconfirmed.items() if op[0] == "ack"])
+
     def _note(self, **kw: Any) -> None:
         with self._lock:
             for k, v in kw.items():
-                if k in ("sent", "requests", "failed_attempts", "retries", "dead_lettered", "splits"):
+                if k in ("sent", "requests", "failed_attempts", "retries", "dead_lettered", "splits",
+                         "corrupt_rows", "rejected_alone", "ack_failures", "mark_failed_errors"):
                     self._stats[k] += v
                 else:
                     self._stats[k] = v
@@ -127,54 +172,145 @@ class Forwarder(threading.Thread):
     def step(self) -> float | None:
         """One cycle: send what is due. Returns seconds to wait, 0 for "go on", IDLE when empty."""
         now = self.clock()
+        self._upkeep(now)
         with self._lock:
             if self._resume_at > now:
                 return self._resume_at - now
-            if now - self._last_enforce >= self.config.enforce_interval:
-                self._last_enforce = now
-                self.spool.enforce()
+            if len(self._unconfirmed) >= MAX_UNCONFIRMED:
+                # Everything more would only add to what the disk cannot record: wait for it.
+                return max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             # Claim a batch no other worker holds (the rows stay in the spool until confirmed).
-            items = self.spool.fetch(self._cap, self.config.batch_max_bytes, exclude=list(self._claims.values()))
+            items = self.spool.fetch(self._cap, self.config.batch_max_bytes,
+                                     exclude=list(self._claims.values()), skip=self._unconfirmed)
             if not items:
-                return IDLE
+                return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             if len(items) < self._cap and self.config.linger > 0:
                 waited = now - items[0].created
                 if 0 <= waited < self.config.linger:
                     return self.config.linger - waited
             token = self._next_claim = self._next_claim + 1
             self._claims[token] = (items[0].rowid, items[-1].rowid)
+            round_ = self._round
         try:
-            return self._send_items(items)
+            return self._send_items(items, round_)
         finally:
             with self._lock:
                 del self._claims[token]
 
-    def _send_items(self, items: list[SpooledAlert]) -> float:
+    def _upkeep(self, now: float) -> None:
+        """Spool upkeep that must not stop delivery: confirmations waiting for disk space, held
+        alerts, the disk-full state, the age cap."""
+        if self._unconfirmed and now >= self._confirm_at:
+            self._confirm_pending(now)
+        if now - self._last_maintain >= MAINTAIN_INTERVAL:
+            self._last_maintain = now
+            self.spool.maintain()
+        if now - self._last_enforce >= self.config.enforce_interval:
+            self._last_enforce = now
+            try:
+                self.spool.enforce()
+            except SpoolFull:
+                pass  # the disk-full state is the spool's; the cap is applied again later
+
+    def _send_items(self, items: list[SpooledAlert], round_: int = 0) -> float:
         batch: list[tuple[SpooledAlert, dict]] = []
         corrupt = []
         for item in items:
             try:
                 batch.append((item, item.decode()))
-            except msgspec.DecodeError as exc:
+            except (SpoolRowError, msgspec.DecodeError) as exc:
                 corrupt.append((item.rowid, f"corrupt spool row: {exc}", None))
         if corrupt:
+            self._note(corrupt_rows=len(corrupt))
             self._dead(corrupt)
-        return self._deliver(batch)
+        return self._deliver(batch, round_)
 
     def _dead(self, rows: list[tuple[int, str, int | None]]) -> None:
-        n = self.spool.dead_letter(rows)
+        try:
+            n = self.spool.dead_letter(rows)
+        except SpoolError as exc:
+            self._remember([(rowid, ("dead", reason, status)) for rowid, reason, status in rows], exc)
+            n = len(rows)
+        with self._lock:
+            for rowid, _, _ in rows:
+                self._suspects.pop(rowid, None)
         self._note(dead_lettered=n)
 
-    def _deliver(self, batch: list[tuple[SpooledAlert, dict]]) -> float:
+    def _ack(self, rowids: list[int]) -> None:
+        try:
+            self.spool.ack(rowids)
+        except SpoolError as exc:
+            left = getattr(exc, "remaining", rowids)
+            self._remember([(rowid, ("ack",)) for rowid in left], exc)
+        with self._lock:
+            for rowid in rowids:
+                self._suspects.pop(rowid, None)
+
+    def _remember(self, entries: list[tuple[int, tuple]], exc: SpoolError) -> None:
+        """Settled rows the spool could not record: keep them in memory, retry with back-off."""
+        now = self.clock()
+        with self._lock:
+            first = not self._unconfirmed
+            self._unconfirmed.update(entries)
+            if first:
+                self._confirm_failures = 0
+                self._confirm_at = now + CONFIRM_RETRY_BASE
+        self._note(ack_failures=1)
+        if first:
+            log.warning("cannot record %d delivered alert(s) in the spool (%s): they are not sent again; "
+                        "retrying", len(entries), exc)
+
+    def _confirm_pending(self, now: float) -> None:
+        """Retry the acknowledgements the disk refused (one worker at a time)."""
+        if not self._confirm_lock.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                pending = dict(self._unconfirmed)
+            acks = [r for r, op in pending.items() if op[0] == "ack"]
+            dead = [(r, op[1], op[2]) for r, op in pending.items() if op[0] == "dead"]
+            done: list[int] = []
+            error: SpoolError | None = None
+            if acks:
+                try:
+                    self.spool.ack(acks)
+                    done += acks
+                except SpoolError as exc:
+                    left = set(getattr(exc, "remaining", acks))
+                    done += [r for r in acks if r not in left]
+                    error = exc
+            if dead and error is None:
+                try:
+                    self.spool.dead_letter(dead)
+                    done += [r for r, _, _ in dead]
+                except SpoolError as exc:
+                    error = exc
+            with self._lock:
+                for r in done:
+                    self._unconfirmed.pop(r, None)
+                if self._unconfirmed:
+                    self._confirm_failures += 1
+                    wait = min(self.config.park_interval,
+                               CONFIRM_RETRY_BASE * 2.0 ** min(self._confirm_failures, 30))
+                    self._confirm_at = now + wait
+                left = len(self._unconfirmed)
+            if left == 0:
+                log.warning("recorded %d delivered alert(s) in the spool after the disk refused it", len(done))
+            elif error is not None and self._confirm_failures in (1, 5, 10) or self._confirm_failures % 50 == 0:
+                log.warning("still cannot record %d delivered alert(s) in the spool: %s", left, error)
+        finally:
+            self._confirm_lock.release()
+
+    def _deliver(self, batch: list[tuple[SpooledAlert, dict]], round_: int = 0) -> float:
         stack = [batch] if batch else []
+        suspects: list[tuple[SpooledAlert, dict, SendResult]] = []
         while stack:
             chunk = stack.pop()
-            result = self.output.send_batch([a for _, a in chunk])
-            self._note(requests=1)
+            result, seq = self._send(chunk)
             by_id = {str(a.get("id")): item for item, a in chunk}
             done = [by_id[i].rowid for i in result.delivered if i in by_id]
             if done:
-                self.spool.ack(done)
+                self._ack(done)
                 self._note(sent=len(done), last_success_time=self.clock())
                 if self.on_delivered is not None:
                     self.on_delivered([i for i in result.delivered if i in by_id])
@@ -189,16 +325,23 @@ class Forwarder(threading.Thread):
                     self._succeeded()
                 continue
             if outcome in (RETRY, PARK):
-                return self._failed(result, [item.rowid for item, _ in rest])
+                keep = [item.rowid for item, _ in rest] + [s[0].rowid for s in suspects]
+                return self._failed(result, keep, round_)
             self._note(failed_attempts=1, last_error=self._redact(result.error), last_error_time=self.clock())
             if outcome == RESEND:
                 stack.append(rest)
             elif outcome in (SPLIT, BISECT):
                 if len(rest) == 1:
                     item, alert = rest[0]
-                    why = "too large for the receiver (413 alone)" if outcome == SPLIT else "rejected alone"
-                    self._dead([(item.rowid, f"{why}: {result.error or ''} {result.detail or ''}".strip(),
-                                 result.status)])
+                    if outcome == SPLIT:
+                        self._dead([(item.rowid, f"too large for the receiver (413 alone): "
+                                                 f"{result.error or ''} {result.detail or ''}".strip(), result.status)])
+                    else:
+                        self._note(rejected_alone=1)
+                        if self._second_verdict(item, seq):
+                            self._dead([(item.rowid, self._rejection_reason(result), result.status)])
+                        else:
+                            suspects.append((item, alert, result))
                     continue
                 half = len(rest) // 2
                 if outcome == SPLIT:
@@ -208,8 +351,74 @@ class Forwarder(threading.Thread):
                 stack.append(rest[half:])
                 stack.append(rest[:half])
             else:
-                return self._failed(SendResult(RETRY, error=f"unknown outcome {outcome!r}"),
-                                    [item.rowid for item, _ in rest])
+                keep = [item.rowid for item, _ in rest] + [s[0].rowid for s in suspects]
+                return self._failed(SendResult(RETRY, error=f"unknown outcome {outcome!r}"), keep, round_)
+        return self._confirm_suspects(suspects, round_)
+
+    def _send(self, chunk: list[tuple[SpooledAlert, dict]]) -> tuple[SendResult, int]:
+        result = self.output.send_batch([a for _, a in chunk])
+        self._note(requests=1)
+        with self._lock:
+            self._request_seq += 1
+            seq = self._request_seq
+            if result.outcome == OK or result.delivered:
+                self._last_accept_seq = seq
+        return result, seq
+
+    def _second_verdict(self, item: SpooledAlert, seq: int) -> bool:
+        """Record a lone rejection of ``item``; True when it is the second one with an accepted
+        request in between (the 400 is about this alert, not about the receiver's state)."""
+        with self._lock:
+            first = self._suspects.get(item.rowid)
+            if first is not None and self._last_accept_seq > first:
+                return True
+            if first is None:
+                if len(self._suspects) >= MAX_SUSPECTS:
+                    self._suspects.pop(next(iter(self._suspects)))
+                self._suspects[item.rowid] = seq
+            return False
+
+    @staticmethod
+    def _rejection_reason(result: SendResult) -> str:
+        return (f"rejected alone twice, with other alerts accepted in between: "
+                f"{result.error or ''} {result.detail or ''}").strip()
+
+    def _confirm_suspects(self, suspects: list[tuple[SpooledAlert, dict, SendResult]], round_: int) -> float:
+        """Alerts a 400 rejected alone in this round: ask again once the receiver accepted anything
+        after that rejection; keep (and back off) those with no such evidence."""
+        unresolved: list[SpooledAlert] = []
+        last: SendResult | None = None
+        for item, alert, first_result in suspects:
+            with self._lock:
+                evidence = self._last_accept_seq > self._suspects.get(item.rowid, 1 << 62)
+            if not evidence:
+                unresolved.append(item)
+                last = first_result
+                continue
+            result, seq = self._send([(item, alert)])
+            if result.outcome == OK or str(alert.get("id")) in result.delivered:
+                self._ack([item.rowid])
+                self._note(sent=1, last_success_time=self.clock())
+                if self.on_delivered is not None:
+                    self.on_delivered([str(alert.get("id"))])
+                self._succeeded()
+            elif result.rejected or result.outcome in (BISECT, RESEND):
+                self._note(rejected_alone=1, failed_attempts=1, last_error=self._redact(result.error),
+                           last_error_time=self.clock())
+                reason = next(iter(result.rejected.values()), None) or self._rejection_reason(result)
+                self._dead([(item.rowid, reason, result.status)])
+            elif result.outcome == SPLIT:
+                self._dead([(item.rowid, f"too large for the receiver (413 alone): {result.error or ''}".strip(),
+                             result.status)])
+            else:  # RETRY / PARK: the receiver's state, not the alert
+                keep = [item.rowid] + [u.rowid for u in unresolved] + \
+                    [s[0].rowid for s in suspects[suspects.index((item, alert, first_result)) + 1:]]
+                return self._failed(result, keep, round_)
+        if unresolved:
+            error = (f"HTTP {last.status if last else 400} for every part of the batch: no alert was singled "
+                     f"out, {len(unresolved)} kept and retried with back-off")
+            return self._failed(SendResult(RETRY, status=last.status if last else 400, error=error),
+                                [u.rowid for u in unresolved], round_)
         return 0.0
 
     def _succeeded(self) -> None:
@@ -222,9 +431,13 @@ class Forwarder(threading.Thread):
         if was_parked:
             log.warning("alert delivery to %s resumed", getattr(self.output, "url", self.output.name))
 
-    def _failed(self, result: SendResult, rowids: list[int]) -> float:
+    def _failed(self, result: SendResult, rowids: list[int], round_: int | None = None) -> float:
         error = self._redact(result.error) or f"HTTP {result.status}"
-        self.spool.mark_failed(rowids, error)
+        try:
+            self.spool.mark_failed(rowids, error)
+        except SpoolError as exc:  # attempt counters are for display: never worth stopping for
+            self._note(mark_failed_errors=1)
+            log.debug("cannot count the failed attempt in the spool: %s", exc)
         now = self.clock()
         if result.outcome == PARK:
             delay = self.config.park_interval
@@ -232,23 +445,38 @@ class Forwarder(threading.Thread):
                        last_error_time=now, next_attempt_in=delay)
             log.error("ALERT DELIVERY PARKED: %s. %d alert(s) kept in the spool, none dropped; fix the "
                       "output configuration (token, CA file, pin, URL). Retrying every %.0f s.",
-                      error, self.spool.depth(), delay)
-        else:
+                      error, self._depth(), delay)
             with self._lock:
+                self._resume_at = max(self._resume_at, now + delay)
+            return delay
+        with self._lock:
+            # One failure per round: a request that was in flight when another one's failure was
+            # counted is part of the same attempt.
+            counted = round_ is None or round_ == self._round
+            if counted:
                 self._failures += 1
-                failures = self._failures
+                self._round += 1
+            failures = self._failures
             if result.retry_after is not None:
                 delay = min(self.config.backoff_cap, max(0.0, result.retry_after))
-            else:
+            elif counted:
                 # The exponent is capped: after days of outage 2**n would overflow a float.
                 ceiling = min(self.config.backoff_cap, self.config.backoff_base * 2.0 ** min(failures - 1, 60))
                 delay = self.rng() * ceiling
-            self._note(failed_attempts=1, retries=1, last_error=error, last_error_time=now,
-                       next_attempt_in=delay)
-            log.warning("alert delivery failed (%s); retry in %.2f s", error, delay)
-        with self._lock:
+            else:
+                delay = max(0.0, self._resume_at - now)
             self._resume_at = max(self._resume_at, now + delay)
+            delay = self._resume_at - now
+        self._note(failed_attempts=1, retries=1, last_error=error, last_error_time=now,
+                   next_attempt_in=delay)
+        log.warning("alert delivery failed (%s); retry in %.2f s", error, delay)
         return delay
+
+    def _depth(self) -> int:
+        try:
+            return self.spool.depth()
+        except SpoolError:
+            return -1
 
     # -- thread ---------------------------------------------------------------------------------
 
@@ -262,15 +490,26 @@ class Forwarder(threading.Thread):
         self._loop()
         for t in self._workers:
             t.join()
+        if self._unconfirmed:
+            self._confirm_pending(self.clock())
+            if self._unconfirmed:
+                log.warning("%d delivered alert(s) could not be recorded in the spool (disk full): they "
+                            "are sent again after the next start (duplicates, never losses)",
+                            len(self._unconfirmed))
 
     def _loop(self) -> None:
+        errors = 0
         while not self._stop_event.is_set():
             mark = self.spool.write_mark
             try:
                 delay = self.step()
+                errors = 0
             except SpoolError as exc:
-                # Like Vector on disk errors: loud. The sensor keeps trying rather than exiting.
-                log.critical("spool error: %s", exc)
+                # Like Vector on disk errors: loud. The sensor keeps trying rather than exiting; the
+                # same failure is logged once, then every tenth time.
+                errors += 1
+                if errors == 1 or errors % 10 == 0:
+                    log.critical("spool error: %s", exc)
                 self._note(last_error=str(exc), last_error_time=self.clock())
                 delay = self.config.park_interval
             except Exception as exc:  # never let the thread die with alerts waiting
@@ -290,10 +529,11 @@ class Forwarder(threading.Thread):
             self.join(timeout)
 
     def drained(self) -> bool:
-        """True when the spool is empty and no request is in flight."""
+        """True when every spooled alert was delivered (or settled) and no request is in flight."""
         with self._lock:
             busy = bool(self._claims)
-        return not busy and self.spool.depth() == 0
+            settled = len(self._unconfirmed)
+        return not busy and not self.spool.fault_stats()["held"] and self._depth() <= settled
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until everything spooled so far is delivered (tests, shutdown)."""

@@ -1,30 +1,50 @@
 """The durable alert spool: SQLite in WAL mode with ``synchronous=FULL``.
 
 Every alert is committed here before any delivery attempt and deleted only when the receiver
-confirmed it (style-and-delivery.md B.2 "Spool"). FULL makes each commit survive power loss, not
-only a crash of the process ("a transaction committed in WAL mode with NORMAL might roll back
-following a power loss"). Bodies are JSON bytes (msgspec): no pickle, so a tampered spool file cannot
-run code in a SYSTEM service.
+confirmed it. FULL makes each commit survive power loss, not only a crash of the process ("a
+transaction committed in WAL mode with NORMAL might roll back following a power loss"). Bodies are
+JSON bytes (msgspec): no pickle, so a tampered spool file cannot run code in a SYSTEM service.
+Each row carries a CRC-32 of its id and body, checked before the row is sent.
 
 The spool is bounded by bytes and by age. When full it drops the *oldest* alerts (Fluent Bit's
 policy: blocking would stall the ETW consumer and lose events anyway), counts them, records a health
 event and enqueues a synthetic ``spool_overflow`` health alert so the SIEM learns about the loss.
 
+Faults are states, not error storms (docs/delivery.md, "Faults"):
+
+- **Disk full.** Every write path raises :class:`SpoolFull` (a :class:`SpoolError`), never a raw
+  ``sqlite3`` error. A write that hits a full disk first frees the spool's reserve file and
+  checkpoints, then (for new alerts) drops the oldest alerts to make room, then holds new alerts
+  in a bounded memory queue that goes to disk when space returns. The state shows in ``stats()``
+  and in the log (once when it begins, once when it ends), and as a ``spool_disk_full`` health
+  alert.
+- **Damage.** The owner (the running sensor) checks the file at start; one SQLite cannot read is
+  moved aside (``<name>.damaged-<UTC time>``) and the rows still readable are recovered into a
+  fresh spool (:mod:`sensor.deliver.salvage`), with a ``spool_salvaged`` health alert.
+- **A lost write-ahead log.** The WAL is checkpointed every ``WAL_AUTOCHECKPOINT`` pages, so a
+  deleted ``-wal`` costs at most that much; the owner notices one missing after an unclean stop.
+
 One ``Spool`` object is safe to share between threads (the pipeline writes while the forwarder
-reads); several processes may open the same file (WAL + busy timeout), which is how a restarted
-sensor picks up what a killed one left behind.
+reads); several processes may open the same file (WAL + busy timeout), which is how
+``etw-sensor spool`` looks into the spool of a running sensor. Only the owner (``owner=True``, the
+process holding the instance lock) salvages, keeps the reserve and tracks clean shutdowns.
 """
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import logging
+import os
+import shutil
 import sqlite3
 import threading
 import time
 import uuid
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import msgspec
 
@@ -37,8 +57,28 @@ MiB = 1024 * 1024
 DEFAULT_MAX_BYTES = 256 * MiB
 DEFAULT_MAX_AGE = 7 * 86400.0
 DEFAULT_DEAD_MAX_ROWS = 10_000
-HEALTH_COALESCE = 60.0  # seconds: repeated overflows within this window update one health event
+HEALTH_COALESCE = 60.0  # seconds: repeated drops within this window update one health event
 HEALTH_MAX_ROWS = 1000
+
+# The WAL is checkpointed into the database file once it holds this many pages (SQLite's default
+# is 1000, 4 MiB). A lost -wal file loses what was committed since the last checkpoint, so a small
+# WAL bounds that loss; bench/spool_wal.py measures the cost (docs/delivery.md, "The WAL").
+WAL_AUTOCHECKPOINT = 32
+TX_MAX_BYTES = 256 * 1024         # alert bytes per transaction: one large batch cannot swell the WAL
+JOURNAL_SIZE_LIMIT = MiB          # a WAL grown past this (a long reader pinned it) is cut back after a checkpoint
+# Disk space set aside for the moment the disk is full: freeing it lets the checkpoint copy the WAL
+# into the database file (which needs room for the pages the WAL added), after which SQLite reuses
+# the WAL file and the pages of deleted rows for new ones.
+RESERVE_BYTES = 2 * MiB
+RESERVE_FRACTION = 4              # ... but at most 1/4 of the volume
+HELD_MAX_BYTES = 16 * MiB         # new alerts kept in memory while nothing can be written
+ACK_CHUNK = 64                    # rows per transaction when confirmations run short of space
+FULL_RETRY_INTERVAL = 0.5         # seconds between write attempts while alerts wait in memory
+FULL_REMIND_INTERVAL = 300.0      # seconds between log reminders while the disk stays full
+
+# SQLite result codes (primary codes are the low byte of the extended ones).
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_SQLITE_IOERR_SHORT_READ = 522
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -50,7 +90,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     last_error TEXT,
     kind TEXT NOT NULL DEFAULT 'alert',
     size INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY,
@@ -60,7 +101,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     attempts INTEGER NOT NULL,
     status INTEGER,
     reason TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS health (
     id INTEGER PRIMARY KEY,
@@ -74,10 +116,16 @@ CREATE TABLE IF NOT EXISTS health (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-_COUNTERS = ("bytes", "dropped", "expired", "dead_lettered", "dead_dropped", "written", "duplicates")
+# Persisted counters; "rows" (alerts waiting) lets a salvage say how many rows it lost.
+_COUNTERS = ("bytes", "rows", "dropped", "expired", "dead_lettered", "dead_dropped", "written",
+             "duplicates", "dropped_disk_full", "salvaged", "damaged_rows")
+_PUBLIC_COUNTERS = tuple(k for k in _COUNTERS if k not in ("bytes", "rows"))
 
 _ENC = msgspec.json.Encoder(enc_hook=str)
 _DEC = msgspec.json.Decoder()
+
+_DROP_WHAT = {"spool_expired": "older than max_age", "spool_overflow": "over max_bytes",
+              "spool_disk_full_dropped": "disk full"}
 
 
 def _clean(value: Any) -> Any:
@@ -101,8 +149,45 @@ def _encode(alert: Mapping[str, Any]) -> bytes:
         return _ENC.encode(_clean(alert))
 
 
+def row_crc(alert_id: str, body: bytes) -> int:
+    """The checksum a row carries: CRC-32 of its id, a NUL and its body.
+
+    It catches damage (a flipped bit, a torn page), not tampering: whoever can write the
+    spool file can write a matching checksum too.
+    """
+    return zlib.crc32(body, zlib.crc32(alert_id.encode("utf-8", "replace") + b"\0"))
+
+
 class SpoolError(RuntimeError):
-    """The spool file cannot be opened or written: fail loudly (never keep running silently)."""
+    """The spool cannot be opened, read or written; the message says which file and why."""
+
+
+class SpoolFull(SpoolError):
+    """The disk holding the spool is full (SQLITE_FULL): a state, reported in ``stats()``."""
+
+
+class SpoolDamaged(SpoolError):
+    """SQLite cannot read the spool file (corrupt, truncated, not a database)."""
+
+
+class SpoolRowError(ValueError):
+    """One spooled row is damaged (checksum, JSON or id mismatch); ``reason`` says how."""
+
+
+def _classify(exc: sqlite3.Error) -> type[SpoolError]:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        text = str(exc).lower()
+        if "disk is full" in text:
+            return SpoolFull
+        if "malformed" in text or "not a database" in text:
+            return SpoolDamaged
+        return SpoolError
+    if code & 0xFF == _SQLITE_FULL:
+        return SpoolFull
+    if code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or code == _SQLITE_IOERR_SHORT_READ:
+        return SpoolDamaged
+    return SpoolError
 
 
 @dataclass(frozen=True)
@@ -114,12 +199,20 @@ class SpooledAlert:
     created: float
     attempts: int
     body: bytes
+    crc: int | None = None
 
     def decode(self) -> dict:
-        """The alert dict (raises msgspec.DecodeError on a corrupt body)."""
-        value = _DEC.decode(self.body)
+        """The alert dict; raises SpoolRowError on a damaged row (checksum, JSON, id)."""
+        if self.crc is not None and row_crc(self.alert_id, self.body) != self.crc:
+            raise SpoolRowError("checksum mismatch: the row was damaged on disk")
+        try:
+            value = _DEC.decode(self.body)
+        except msgspec.DecodeError as exc:
+            raise SpoolRowError(f"the body is not valid JSON ({exc})") from None
         if not isinstance(value, dict):
-            raise msgspec.DecodeError("spooled body is not a JSON object")
+            raise SpoolRowError("the body is not a JSON object")
+        if str(value.get("id")) != self.alert_id:
+            raise SpoolRowError("the body's id does not match the row's")
         return value
 
 
@@ -132,13 +225,30 @@ def _chunks(seq: Sequence, n: int = 500) -> Iterable[Sequence]:
         yield seq[i:i + n]
 
 
+def _byte_chunks(rows: list, limit: int) -> Iterator[list]:
+    """Consecutive runs of rows whose bodies hold at most ``limit`` bytes (at least one row)."""
+    start = size = 0
+    for i, r in enumerate(rows):
+        if i > start and size + r[2] > limit:
+            yield rows[start:i]
+            start, size = i, 0
+        size += r[2]
+    if start < len(rows):
+        yield rows[start:]
+
+
+# A row ready to insert: (alert_uuid, created, size, body, crc, kind)
+_Row = tuple
+
+
 class Spool:
     """A bounded, durable FIFO of alerts keyed by their stable id."""
 
     def __init__(self, path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_age: float = DEFAULT_MAX_AGE, dead_max_rows: int = DEFAULT_DEAD_MAX_ROWS,
                  health_alerts: bool = True, clock: Callable[[], float] = time.time,
-                 on_health: Callable[[dict], None] | None = None) -> None:
+                 on_health: Callable[[dict], None] | None = None, owner: bool = False,
+                 reserve_bytes: int = RESERVE_BYTES, held_max_bytes: int = HELD_MAX_BYTES) -> None:
         if max_bytes <= 0 or max_age <= 0 or dead_max_rows <= 0:
             raise ValueError("max_bytes, max_age and dead_max_rows must be positive")
         self.path = Path(path)
@@ -148,6 +258,10 @@ class Spool:
         self.health_alerts = health_alerts
         self.clock = clock
         self.on_health = on_health
+        self.owner = owner
+        self.reserve_path = Path(str(self.path) + ".reserve")
+        self.reserve_target = max(0, int(reserve_bytes))
+        self.held_max_bytes = max(0, int(held_max_bytes))
         # One SQLite connection per thread: WAL lets the forwarder read while the pipeline commits,
         # and sqlite3 releases the GIL while it waits on the disk. SQLite serialises the writers.
         self._local = threading.local()
@@ -156,26 +270,202 @@ class Spool:
         self._new_data = threading.Condition(self._lock)
         self._seq = 0  # bumped on every in-process write, for wait_for_data()
         self._closed = False
+        # Disk-full state (memory only: it exists because the disk cannot take it).
+        self._put_lock = threading.RLock()  # one writer of new alerts at a time (held queue order)
+        self._state_lock = threading.Lock()  # the disk-full state is entered from any thread
+        self._begin_pending: dict | None = None  # the begin event, written once a write succeeds
+        self._next_try = 0.0
+        self._held: collections.deque[_Row] = collections.deque()
+        self._held_bytes = 0
+        self._full_since: float | None = None
+        self._full_episodes = 0
+        self._full_dropped = 0            # this episode: oldest alerts deleted to make room
+        self._full_held_dropped = 0       # this episode: held alerts dropped (memory cap)
+        self._unsaved_dropped = 0         # drops not yet added to the persisted counters
+        self._full_reminded = 0.0
+        self._last_full_error = ""
+        self.reserve_bytes = 0
+        # Set by the forwarder: () -> (row-id ranges in flight, rows delivered but unconfirmed);
+        # dropping makes room with the second first and never touches the first.
+        self.delivery_state: Callable[[], tuple[Sequence[tuple[int, int]], Collection[int]]] | None = None
+        self.salvage: dict | None = None  # what the start-up salvage did, if it ran
+        self.wal_lost: dict | None = None  # set when a lost -wal was noticed at start
         try:
             # Private: the spool holds command lines. SQLite gives -wal and -shm the mode of the
             # database file, so creating that file 0600 first makes all three private.
             private_dir(self.path.parent)
             if not self.path.exists():
                 touch_private(self.path)
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path}: cannot create its folder: {exc.strerror or exc}") from None
+        wal_existed = os.path.exists(str(self.path) + "-wal")
+        try:
+            self._open(wal_existed)
+        except SpoolDamaged as exc:
+            if not owner:
+                self._close_connections()
+                raise SpoolDamaged(f"{exc} (the sensor moves a damaged spool aside and recovers its "
+                                   f"rows at its next start)") from None
+            self._salvage(str(exc))
+        if owner:
+            self._ensure_reserve()
+
+    # -- opening, checking, salvaging ---------------------------------------------------------
+
+    def _open(self, wal_existed: bool) -> None:
+        with self._guard("open"):
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool {self.path}: cannot enable WAL (journal_mode={mode})")
+            try:
+                with self._tx():
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            self._db.execute(stmt)
+                    for table in ("alerts", "dead_letter"):  # spools made before rows had checksums
+                        cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                        if "crc" not in cols:
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
+                    for key in _COUNTERS:
+                        self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
+                    # Re-derive the totals once per open: cheap, and heals any drift.
+                    n, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM alerts").fetchone()
+                    self._db.execute("UPDATE meta SET value=? WHERE key='bytes'", (total,))
+                    self._db.execute("UPDATE meta SET value=? WHERE key='rows'", (n,))
+            except sqlite3.Error as exc:
+                if _classify(exc) is not SpoolFull or not self._has_schema():
+                    raise
+                # A full disk at start is a state like any other: run on what is there.
+                self._enter_full(f"at start: {exc}")
+            if self.owner:
+                bad = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if bad != "ok":
+                    raise SpoolDamaged(f"spool {self.path}: damaged ({bad})")
+                self._check_clean_shutdown(wal_existed)
+
+    def _has_schema(self) -> bool:
+        try:
+            return self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='meta'").fetchone()[0] == 1
+        except sqlite3.Error:
+            return False
+
+    def _check_clean_shutdown(self, wal_existed: bool) -> None:
+        """Notice a -wal that vanished after an unclean stop; mark this run as not yet clean."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
+        if row is not None and row[0] == 0 and not wal_existed:
+            at_risk = WAL_AUTOCHECKPOINT * self._page_size()
+            self.wal_lost = {"at_risk_bytes": at_risk}
+            message = (f"alert spool: the previous run stopped without closing {self.path.name} and its "
+                       f"write-ahead log ({self.path.name}-wal) is missing: alerts committed after the "
+                       f"last checkpoint (at most about {at_risk // 1024} KiB) are lost")
+            log.error("%s", message)
+            self._record_event("spool_wal_missing", message, dict(self.wal_lost))
+        try:
             with self._tx():
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
-                for key in _COUNTERS:
-                    self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
-                # Re-derive the byte total once per open: cheap, and heals any drift.
-                total = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM alerts").fetchone()[0]
-                self._db.execute("UPDATE meta SET value=? WHERE key='bytes'", (total,))
+                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 0)")
+            # The marker (and everything before it) goes into the database file now, so a lost WAL
+            # is noticed at the next start.
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: {exc}") from exc
+            if _classify(exc) is not SpoolFull:
+                raise
+            self._enter_full(f"at start: {exc}")
+
+    def _page_size(self) -> int:
+        try:
+            return int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        except sqlite3.Error:
+            return 4096
+
+    def _salvage(self, reason: str) -> None:
+        """Move the damaged file aside, open a fresh spool and copy every readable row into it."""
+        from .salvage import ScanReport, scan
+
+        self._close_connections()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        k = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
+            k += 1
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(str(self.path) + suffix):
+                    os.replace(str(self.path) + suffix, str(aside) + suffix)
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path} is damaged ({reason}) and cannot be moved aside: "
+                             f"{exc.strerror or exc}") from None
+        log.error("alert spool %s is damaged (%s): moved aside to %s; recovering its rows",
+                  self.path, reason, aside.name)
+        self._open(wal_existed=True)
+        report = ScanReport()
+        alerts = dead = damaged = 0
+        claimed: int | None = None
+        counters: dict[str, int] = {}
+        now = self.clock()
+        batch_a: list = []
+        batch_d: list = []
+
+        def flush() -> None:
+            with self._guard("salvage"), self._tx():
+                for r in batch_a:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO alerts(alert_uuid, created, attempts, kind, size, body, crc) "
+                        "VALUES (?,?,?,?,?,?,?)", r)
+                    if cur.rowcount == 1:
+                        self._bump("bytes", r[4])
+                        self._bump("rows", 1)
+                self._insert_dead(batch_d, now)
+            batch_a.clear()
+            batch_d.clear()
+
+        wal = str(aside) + "-wal"
+        try:
+            for _rowid, v in scan(str(aside), wal if os.path.exists(wal) else None, report):
+                row = _alert_values(v)
+                if row is not None:
+                    uid, created, attempts, kind, body, crc = row
+                    if crc is not None and row_crc(uid, body) != crc:
+                        damaged += 1
+                        batch_d.append((uid, created, attempts, None,
+                                        "damaged in a spool that was salvaged: checksum mismatch", body, crc))
+                    else:
+                        alerts += 1
+                        batch_a.append((uid, created, attempts, kind, len(body), body,
+                                        crc if crc is not None else row_crc(uid, body)))
+                else:
+                    d = _dead_values(v)
+                    if d is not None:
+                        dead += 1
+                        batch_d.append(d)
+                    elif len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int):
+                        counters[v[0]] = v[1]
+                if len(batch_a) + len(batch_d) >= 500:
+                    flush()
+            flush()
+        except OSError as exc:
+            log.error("reading the damaged spool %s stopped: %s", aside, exc.strerror or exc)
+            flush()
+        claimed = counters.get("rows")
+        lost = None if claimed is None else max(0, claimed - alerts - damaged)
+        with self._guard("salvage"), self._tx():
+            for key, value in counters.items():  # keep the history the old file counted
+                if key in _PUBLIC_COUNTERS:
+                    self._db.execute("UPDATE meta SET value=value+? WHERE key=?", (value, key))
+            self._bump("salvaged", alerts)
+            self._bump("damaged_rows", damaged)
+        self.salvage = {"moved_to": str(aside), "reason": reason, "recovered": alerts,
+                        "recovered_dead_letters": dead, "damaged": damaged, "lost": lost,
+                        "pages": report.pages, "bad_cells": report.bad_cells,
+                        "header_ok": report.header_ok}
+        lost_text = "an unknown number of alerts may be lost (the row count was unreadable)" \
+            if lost is None else f"{lost} lost"
+        message = (f"alert spool was damaged ({reason}) and moved aside to {aside.name}: recovered "
+                   f"{alerts} alert(s) and {dead} dead letter(s); {damaged} failed their checksum "
+                   f"(moved to dead letters); {lost_text}")
+        log.error("%s", message)
+        self._record_event("spool_salvaged", message, dict(self.salvage))
 
     # -- connections and transactions ---------------------------------------------------------
 
@@ -187,12 +477,33 @@ class Spool:
             if self._closed:
                 raise SpoolError(f"spool {self.path} is closed")
             conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            try:
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+                conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+                # Zero a deleted row's bytes in the pages a delete writes anyway (no extra I/O), so a
+                # salvage never brings back alerts that were confirmed long ago.
+                conn.execute("PRAGMA secure_delete=FAST")
+            except sqlite3.Error:
+                conn.close()
+                raise
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
         return conn
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn every sqlite3/OS error into the spool's own (SpoolFull, SpoolDamaged, SpoolError)."""
+        try:
+            yield
+        except SpoolError:
+            raise
+        except sqlite3.Error as exc:
+            raise _classify(exc)(f"spool {self.path}: {what} failed: {exc}") from exc
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path}: {what} failed: {exc.strerror or exc}") from exc
 
     def _notify(self) -> None:
         with self._new_data:
@@ -203,11 +514,22 @@ class Spool:
         return _Tx(self, durable)
 
     def _counter(self, key: str) -> int:
-        return self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else 0
 
     def _bump(self, key: str, n: int) -> None:
         if n:
             self._db.execute("UPDATE meta SET value=value+? WHERE key=?", (n, key))
+
+    def _close_connections(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -218,41 +540,152 @@ class Spool:
     def put_many(self, alerts: Iterable[Mapping[str, Any]], kind: str = "alert") -> int:
         """Commit alerts in one transaction; returns how many were new.
 
-        ``kind`` "health" marks rows the size cap never drops (health alerts)."""
+        ``kind`` "health" marks rows the size cap never drops (health alerts). On a full disk the
+        alerts are not refused: room is made (reserve, checkpoint, the oldest alerts dropped) or,
+        when nothing can be written, they wait in memory (bounded, oldest dropped first) and are
+        committed when space returns; they count as new. Raises SpoolError for any other failure.
+        """
         now = self.clock()
-        rows = []
+        rows: list[_Row] = []
         for alert in alerts:
             alert_id = alert.get("id")
             if not alert_id:
                 # Every alert from build_alert() has an id; one without still must not be lost.
                 alert = dict(alert)
                 alert_id = alert["id"] = str(uuid.uuid4())
+            alert_id = _clean(str(alert_id))
             body = _encode(alert)
-            rows.append((str(alert_id), now, kind, len(body), body))
-        if not rows:
+            rows.append((alert_id, now, len(body), body, row_crc(alert_id, body), kind))
+        if not rows and not self._held:
             return 0
-        try:
-            with self._tx():
-                db = self._db
-                added = added_bytes = 0
-                for row in rows:
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO alerts(alert_uuid, created, kind, size, body) VALUES (?,?,?,?,?)", row)
-                    if cur.rowcount == 1:
-                        added += 1
-                        added_bytes += row[3]
-                self._bump("bytes", added_bytes)
-                self._bump("written", added)
-                self._bump("duplicates", len(rows) - added)
-                self._enforce(now)
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: write failed: {exc}") from exc
+        with self._put_lock:
+            had_held = bool(self._held)
+            if had_held and self._full_since is not None and now < self._next_try:
+                self._hold(rows)  # the last attempt failed a moment ago: do not hammer the disk
+                return len(rows)
+            batch = list(self._held) + rows
+            self._held.clear()
+            self._held_bytes = 0
+            added, left = self._store(batch, now)
+            if left:
+                self._hold(left)
+                self._next_try = now + FULL_RETRY_INTERVAL
+            elif self._begin_pending is not None:
+                self._write_begin_event()
         self._notify()
+        return len(rows) if had_held or left else added
+
+    def _store(self, batch: list[_Row], now: float) -> tuple[int, list[_Row]]:
+        """Commit ``batch`` in transactions of at most TX_MAX_BYTES. Returns (rows that were new,
+        rows that could not be written)."""
+        if self._full_since is not None:
+            self._maybe_leave_full()
+        if self._full_since is not None:
+            return self._store_when_full(batch, now)
+        added = done = 0
+        for chunk in _byte_chunks(batch, TX_MAX_BYTES):
+            try:
+                added += self._write_rows(chunk, now)
+            except SpoolFull as exc:
+                self._enter_full(str(exc))
+                self._make_room()
+                n, left = self._store_when_full(batch[done:], now)
+                return added + n, left
+            done += len(chunk)
+        return added, []
+
+    def _write_rows(self, rows: Sequence[_Row], now: float, room: int = 0) -> int:
+        """Insert ``rows`` in one transaction; returns how many were new. With ``room`` (disk
+        full), first drop the oldest alerts holding that many bytes in the same transaction, so
+        the new rows take the pages the old ones leave and the file does not grow."""
+        made = 0
+        with self._guard("write"), self._tx():
+            db = self._db
+            if room:
+                made = self._drop_oldest(room, "spool_disk_full_dropped", now, {"path": str(self.path)})
+            added = added_bytes = 0
+            for r in rows:
+                cur = db.execute("INSERT OR IGNORE INTO alerts(alert_uuid, created, size, body, crc, kind) "
+                                 "VALUES (?,?,?,?,?,?)", r)
+                if cur.rowcount == 1:
+                    added += 1
+                    added_bytes += r[2]
+            self._bump("bytes", added_bytes)
+            self._bump("rows", added)
+            self._bump("written", added)
+            self._bump("duplicates", len(rows) - added)
+            unsaved = self._unsaved_dropped
+            if unsaved:
+                self._bump("dropped", unsaved)
+                self._bump("dropped_disk_full", unsaved)
+            self._enforce(now)
+        self._unsaved_dropped -= unsaved
+        self._full_dropped += made
         return added
+
+    def _store_when_full(self, rows: list[_Row], now: float) -> tuple[int, list[_Row]]:
+        """The disk is full: never grow the file. Rows go into the free pages the spool file
+        already has, as many per transaction as they hold; when there are too few, the oldest
+        alerts are dropped in the same transaction (drop-oldest), so the new rows take their pages.
+        Returns (rows that were new, rows that could not be written)."""
+        self._checkpoint()
+        page = self._page_size()
+        added = i = 0
+        while i < len(rows):
+            free = self._free_pages_bytes()
+            j, size = i, 0
+            while j < len(rows) and size + rows[j][2] + 2 * page <= free and size <= TX_MAX_BYTES:
+                size += rows[j][2] + page  # a row costs its bytes plus about a page of b-tree
+                j += 1
+            group = rows[i:j] if j > i else rows[i:i + 1]
+            room = 0 if j > i else group[0][2] + 4 * page
+            for attempt in range(3):
+                try:
+                    added += self._write_rows(group, now, room=room)
+                    break
+                except SpoolFull as exc:
+                    self._last_full_error = str(exc)
+                    self._checkpoint()
+                    if not self._has_alerts():
+                        return added, rows[i:]
+                    room = 4 * (room or sum(r[2] for r in group) + 4 * page)
+            else:
+                return added, rows[i:]
+            i += len(group)
+        return added, []
+
+    def _has_alerts(self) -> bool:
+        try:
+            return self._db.execute("SELECT 1 FROM alerts WHERE kind='alert' LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def _hold(self, rows: list[_Row]) -> None:
+        """Keep new alerts in memory while the disk is full; drop the oldest held over the cap."""
+        for r in rows:
+            self._held.append(r)
+            self._held_bytes += r[2]
+        while self._held and self._held_bytes > self.held_max_bytes:
+            old = self._held.popleft()
+            self._held_bytes -= old[2]
+            self._full_held_dropped += 1
+            self._unsaved_dropped += 1
+
+    def flush_held(self) -> int:
+        """Try to commit alerts held in memory (called by the forwarder while the disk is full)."""
+        if not self._held and self._full_since is None:
+            return 0
+        n = len(self._held)
+        try:
+            self.put_many([])
+        except SpoolError as exc:
+            log.debug("held alerts not yet written: %s", exc)
+            return 0
+        return n - len(self._held)
 
     def enforce(self) -> int:
         """Apply the age and size caps now; returns how many alerts were dropped."""
-        with self._tx():
+        with self._guard("enforce"), self._tx():
             return self._enforce(self.clock())
 
     def _enforce(self, now: float) -> int:
@@ -268,6 +701,7 @@ class Spool:
             if n:
                 self._db.execute("DELETE FROM alerts WHERE created < ?", (cutoff,))
                 self._bump("bytes", -size)
+                self._bump("rows", -n)
                 self._bump("expired", n)
                 self._bump("dropped", n)
                 dropped += n
@@ -276,33 +710,75 @@ class Spool:
             total = self._counter("bytes")
             if total <= self.max_bytes:
                 break
-            excess = total - self.max_bytes
-            freed = n = 0
-            cut = None
-            while freed < excess:
-                # Health rows are tiny, one per HEALTH_COALESCE at most, and say what was lost: keep them.
-                batch = self._db.execute("SELECT id, size FROM alerts WHERE id > ? AND kind='alert' "
-                                         "ORDER BY id LIMIT 512", (cut or 0,)).fetchall()
-                if not batch:
-                    break
-                for rowid, size in batch:
-                    freed += size
-                    n += 1
-                    cut = rowid
-                    if freed >= excess:
-                        break
-            if cut is None:
+            n = self._drop_oldest(total - self.max_bytes, "spool_overflow", now, {"max_bytes": self.max_bytes})
+            if not n:
                 break
-            self._db.execute("DELETE FROM alerts WHERE id <= ? AND kind='alert'", (cut,))
-            self._bump("bytes", -freed)
-            self._bump("dropped", n)
             dropped += n
-            self._health("spool_overflow", n, {"max_bytes": self.max_bytes}, now)
         return dropped
 
+    def _drop_oldest(self, excess: int, kind: str, now: float, detail: dict) -> int:
+        """Free at least ``excess`` bytes (inside the caller's transaction): first the rows the
+        forwarder delivered but could not yet confirm (gone already, not a loss), then the oldest
+        undelivered alerts that are not in flight, counted under ``kind``. Returns how many alerts
+        were dropped."""
+        in_flight, settled = self._protected()
+        freed = 0
+        if settled:
+            for chunk in _chunks(list(settled)):
+                marks = ",".join("?" * len(chunk))
+                n, size = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM alerts "
+                                           f"WHERE id IN ({marks})", chunk).fetchone()
+                self._db.execute(f"DELETE FROM alerts WHERE id IN ({marks})", chunk)
+                self._bump("bytes", -size)
+                self._bump("rows", -n)
+                freed += size
+        where = "".join(" AND id NOT BETWEEN ? AND ?" for _ in in_flight)
+        ranges = [v for r in in_flight for v in r]
+        victims: list[int] = []
+        cut = 0
+        while freed < excess:
+            # Health rows are tiny, one per HEALTH_COALESCE at most, and say what was lost: keep them.
+            batch = self._db.execute(f"SELECT id, size FROM alerts WHERE id > ? AND kind='alert'{where} "
+                                     f"ORDER BY id LIMIT 512", (cut, *ranges)).fetchall()
+            if not batch:
+                break
+            for rowid, size in batch:
+                freed += size
+                victims.append(rowid)
+                cut = rowid
+                if freed >= excess:
+                    break
+        if not victims:
+            return 0
+        size = 0
+        for chunk in _chunks(victims):
+            marks = ",".join("?" * len(chunk))
+            size += self._db.execute(f"SELECT COALESCE(SUM(size), 0) FROM alerts WHERE id IN ({marks})",
+                                     chunk).fetchone()[0]
+            self._db.execute(f"DELETE FROM alerts WHERE id IN ({marks})", chunk)
+        n = len(victims)
+        self._bump("bytes", -size)
+        self._bump("rows", -n)
+        self._bump("dropped", n)
+        if kind == "spool_disk_full_dropped":
+            self._bump("dropped_disk_full", n)
+        self._health(kind, n, detail, now)
+        return n
+
+    def _protected(self) -> tuple[Sequence[tuple[int, int]], Collection[int]]:
+        """(row-id ranges in flight, rows delivered but not yet confirmed) from the forwarder."""
+        fn = self.delivery_state
+        if fn is None:
+            return (), ()
+        try:
+            return fn()
+        except Exception:  # the spool must not fail a write over a broken hook
+            log.exception("delivery state hook failed")
+            return (), ()
+
     def _health(self, kind: str, n: int, detail: dict, now: float) -> None:
-        """Record (or coalesce into) a health event, and enqueue a health alert for a new one."""
-        what = "older than max_age" if kind == "spool_expired" else "over max_bytes"
+        """Record (or coalesce into) a drop health event, and enqueue a health alert for a new one."""
+        what = _DROP_WHAT.get(kind, kind)
         row = self._db.execute("SELECT id, first_ts, count, alert_uuid FROM health WHERE kind=? "
                                "ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
         if row is not None and now - row[1] < HEALTH_COALESCE:
@@ -316,12 +792,18 @@ class Spool:
                         dropped=row[2] + n, dropped_total=self._counter("dropped"),
                         message=f"alert spool {what}: dropped the {row[2] + n} oldest undelivered alert(s)")
                     body = _ENC.encode(health_alert)
-                    self._db.execute("UPDATE alerts SET body=?, size=? WHERE id=?", (body, len(body), old[0]))
+                    self._db.execute("UPDATE alerts SET body=?, size=?, crc=? WHERE id=?",
+                                     (body, len(body), row_crc(row[3], body), old[0]))
                     self._bump("bytes", len(body) - old[1])
             return
         info = dict(detail, dropped=n, dropped_total=self._counter("dropped"))
         message = f"alert spool {what}: dropped the {n} oldest undelivered alert(s)"
-        log.warning("%s (%d dropped in total)", message, info["dropped_total"])
+        self._after_commit(lambda: log.warning("%s (%d dropped in total)", message, info["dropped_total"]))
+        self._insert_event(kind, message, info, now, n)
+
+    def _insert_event(self, kind: str, message: str, info: dict, now: float, count: int = 1,
+                      callback: bool = True) -> None:
+        """A health row, a health alert for the SIEM, and the callback (inside a transaction)."""
         event = {"event": kind, "message": message, **info}
         health_id = None
         if self.health_alerts:
@@ -329,56 +811,253 @@ class Spool:
             health_alert = {"id": health_id, "type": "health", "timestamp": _iso(now),
                             "health": event, "sensor": {"version": __version__}}
             body = _ENC.encode(health_alert)
-            self._db.execute("INSERT INTO alerts(alert_uuid, created, kind, size, body) VALUES (?,?,'health',?,?)",
-                             (health_id, now, len(body), body))
+            self._db.execute("INSERT INTO alerts(alert_uuid, created, kind, size, body, crc) "
+                             "VALUES (?,?,'health',?,?,?)", (health_id, now, len(body), body, row_crc(health_id, body)))
             self._bump("bytes", len(body))
+            self._bump("rows", 1)
         self._db.execute("INSERT INTO health(kind, first_ts, last_ts, count, detail, alert_uuid) "
-                         "VALUES (?,?,?,?,?,?)", (kind, now, now, n, _ENC.encode(info).decode(), health_id))
+                         "VALUES (?,?,?,?,?,?)", (kind, now, now, count, _ENC.encode(info).decode(), health_id))
         self._db.execute("DELETE FROM health WHERE id <= (SELECT MAX(id) FROM health) - ?", (HEALTH_MAX_ROWS,))
+        if callback:
+            self._after_commit(lambda: self._callback(event))
+
+    def _record_event(self, kind: str, message: str, info: dict, callback: bool = True) -> None:
+        """A health event in its own transaction; on failure the callback and the log still tell."""
+        try:
+            with self._guard("health event"), self._tx():
+                self._insert_event(kind, message, info, self.clock(), callback=callback)
+            self._notify()
+        except SpoolError as exc:
+            log.error("cannot record the health event %s in the spool: %s", kind, exc)
+            if callback:
+                self._callback({"event": kind, "message": message, **info})
+
+    def _after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the current transaction commits (logs and callbacks must not announce
+        what a failed commit rolled back)."""
+        deferred = getattr(self._local, "deferred", None)
+        if deferred is None:
+            fn()
+        else:
+            deferred.append(fn)
+
+    def _callback(self, event: dict) -> None:
         if self.on_health is not None:
             try:
                 self.on_health(event)
             except Exception:  # a broken callback must not fail the write
                 log.exception("health callback failed")
 
+    # -- the disk-full state ------------------------------------------------------------------
+
+    def _enter_full(self, error: str) -> None:
+        with self._state_lock:
+            self._last_full_error = error
+            if self._full_since is not None:
+                return
+            now = self.clock()
+            self._full_since = now
+            self._full_reminded = now
+            self._full_episodes += 1
+            self._full_dropped = self._full_held_dropped = 0
+        message = (f"ALERT SPOOL DISK FULL ({self.path.parent}): delivering what is spooled; new alerts "
+                   f"replace the oldest undelivered ones, or wait in memory (up to "
+                   f"{self.held_max_bytes // MiB} MiB) until space returns")
+        log.critical("%s", message)
+        event = {"state": "begin", "since": _iso(now), "path": str(self.path)}
+        self._begin_pending = {"message": message, **event}
+        self._callback({"event": "spool_disk_full", "message": message, **event})
+
+    def _write_begin_event(self) -> None:
+        """The health alert for the start of a disk-full episode, once any write succeeds."""
+        pending, self._begin_pending = self._begin_pending, None
+        if pending is not None:
+            message = pending.pop("message")
+            self._record_event("spool_disk_full", message, pending, callback=False)
+
+    def _maybe_leave_full(self) -> None:
+        """Leave the full state once space is really back (one statvfs; the reserve is written
+        again first when this process owns the spool)."""
+        if self._full_since is None:
+            return
+        now = self.clock()
+        if not self._space_is_back():
+            if now - self._full_reminded >= FULL_REMIND_INTERVAL:
+                self._full_reminded = now
+                log.critical("alert spool disk still full since %s: %d oldest alert(s) dropped, %d held",
+                             _iso(self._full_since), self._full_dropped, len(self._held))
+            return
+        with self._state_lock:
+            since, self._full_since = self._full_since, None
+        if since is None:
+            return
+        if self._begin_pending is not None:
+            self._write_begin_event()
+        info = {"state": "end", "since": _iso(since), "seconds": round(now - since, 1),
+                "dropped_oldest": self._full_dropped, "dropped_held": self._full_held_dropped,
+                "path": str(self.path)}
+        message = (f"alert spool disk space is back after {now - since:.0f} s: {self._full_dropped} oldest "
+                   f"alert(s) were dropped to make room, {self._full_held_dropped} new alert(s) were "
+                   f"dropped from memory")
+        log.warning("%s", message)
+        self._record_event("spool_disk_full", message, info)
+
+    def maintain(self) -> None:
+        """Periodic upkeep (the forwarder calls it): commit held alerts, leave the full state."""
+        if self._held or self._full_since is not None:
+            with self._put_lock:
+                if self._held and self.clock() >= self._next_try:
+                    self.flush_held()
+                else:
+                    self._maybe_leave_full()
+
+    def _make_room(self) -> bool:
+        """Free the reserve and checkpoint the WAL; True if that may have helped."""
+        released = self._release_reserve()
+        return self._checkpoint() or released
+
+    def _checkpoint(self) -> bool:
+        try:
+            busy, log_frames, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return not busy and done == log_frames
+        except sqlite3.Error:
+            return False
+
+    def _space_is_back(self) -> bool:
+        """The full state ends when the reserve is back in place (the owner), or when the volume
+        has room again (others): the spool may then grow its file again."""
+        if self.owner and self.reserve_target:
+            return self._ensure_reserve()
+        usage = self._disk_usage()
+        return usage is not None and usage.free >= min(MiB, usage.total // 8)
+
+    def _free_pages_bytes(self) -> int:
+        """Bytes of free pages inside the spool file: room for new rows without growing it."""
+        try:
+            n = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+        return n * self._page_size()
+
+    def _disk_usage(self) -> Any:
+        try:
+            return shutil.disk_usage(self.path.parent)
+        except OSError:
+            return None
+
+    def _ensure_reserve(self) -> bool:
+        """(Owner) Set aside RESERVE_BYTES (at most 1/RESERVE_FRACTION of the volume) when there is
+        room; True when the reserve is in place."""
+        if not self.owner or not self.reserve_target:
+            return False
+        try:
+            usage = shutil.disk_usage(self.path.parent)
+            want = min(self.reserve_target, usage.total // RESERVE_FRACTION)
+            have = self.reserve_path.stat().st_size if self.reserve_path.exists() else 0
+            if have >= want:
+                self.reserve_bytes = have
+                return True
+            if usage.free < 2 * (want - have):
+                return False
+            with open(self.reserve_path, "ab") as fh:
+                chunk = b"\0" * 65536
+                left = want - have
+                while left > 0:
+                    left -= fh.write(chunk[:min(left, len(chunk))])
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.reserve_bytes = want
+            return True
+        except OSError as exc:
+            log.debug("cannot set aside the spool reserve: %s", exc)
+            try:  # a half-written reserve is still a reserve: keep what is there
+                self.reserve_bytes = self.reserve_path.stat().st_size
+            except OSError:
+                self.reserve_bytes = 0
+            return False
+
+    def _release_reserve(self) -> bool:
+        if not self.reserve_path.exists():
+            return False
+        try:
+            size = self.reserve_path.stat().st_size
+            self.reserve_path.unlink()
+        except OSError:
+            return False
+        self.reserve_bytes = 0
+        log.warning("alert spool: disk full, released the %d KiB reserve", size // 1024)
+        return size > 0
+
     # -- reading and confirming ----------------------------------------------------------------
 
     def fetch(self, limit: int, max_bytes: int | None = None, after: int = 0,
-              exclude: Sequence[tuple[int, int]] = ()) -> list[SpooledAlert]:
+              exclude: Sequence[tuple[int, int]] = (), skip: Collection[int] = ()) -> list[SpooledAlert]:
         """The oldest ``limit`` alerts (at most ``max_bytes`` of bodies, at least one).
 
-        ``exclude`` lists (first, last) row-id ranges already in flight.
+        ``exclude`` lists (first, last) row-id ranges already in flight; ``skip`` row ids that
+        are settled but not yet confirmed on disk (their acknowledgement waits for space).
         """
         where = "".join(" AND id NOT BETWEEN ? AND ?" for _ in exclude)
-        args: list = [after]
+        ranges: list = []
         for lo, hi in exclude:
-            args += [lo, hi]
-        rows = self._db.execute(
-            f"SELECT id, alert_uuid, created, attempts, body FROM alerts WHERE id > ?{where} ORDER BY id LIMIT ?",
-            (*args, limit)).fetchall()
+            ranges += [lo, hi]
         out: list[SpooledAlert] = []
         size = 0
-        for r in rows:
-            size += len(r[4])
-            if out and max_bytes is not None and size > max_bytes:
-                break
-            out.append(SpooledAlert(r[0], r[1], r[2], r[3], bytes(r[4])))
-        return out
+        with self._guard("read"):
+            while True:
+                rows = self._db.execute(
+                    f"SELECT id, alert_uuid, created, attempts, body, crc FROM alerts WHERE id > ?{where} "
+                    f"ORDER BY id LIMIT ?", (after, *ranges, limit)).fetchall()
+                for r in rows:
+                    after = r[0]
+                    if r[0] in skip:
+                        continue
+                    size += len(r[4])
+                    if out and max_bytes is not None and size > max_bytes:
+                        return out
+                    out.append(SpooledAlert(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]))
+                    if len(out) >= limit:
+                        return out
+                if len(rows) < limit or not skip:
+                    return out
 
     def ack(self, rowids: Sequence[int]) -> int:
-        """Delete confirmed alerts; returns how many rows went."""
+        """Delete confirmed alerts; returns how many rows went.
+
+        Raises SpoolFull when the disk cannot take even a small confirmation; ``exc.remaining``
+        then lists the row ids still to delete (the ones before it were deleted).
+        """
         if not rowids:
             return 0
+        rowids = list(rowids)
+        try:
+            return self._ack(rowids)
+        except SpoolFull as exc:
+            self._enter_full(str(exc))
+            self._make_room()
+        gone = 0
+        for i, chunk in enumerate(_chunks(rowids, ACK_CHUNK)):
+            try:
+                gone += self._ack(list(chunk))
+            except SpoolFull as exc:
+                err = SpoolFull(str(exc))
+                err.remaining = rowids[i * ACK_CHUNK:]  # type: ignore[attr-defined]
+                err.done = gone  # type: ignore[attr-defined]
+                raise err from None
+        return gone
+
+    def _ack(self, rowids: list[int]) -> int:
         gone = 0
         # A delete lost to a power cut only means the alert is sent again (at-least-once, the id is the
         # idempotency key), so confirmations skip the fsync; the next FULL commit makes them durable too.
-        with self._tx(durable=False):
-            for chunk in _chunks(list(rowids)):
+        with self._guard("ack"), self._tx(durable=False):
+            for chunk in _chunks(rowids):
                 marks = ",".join("?" * len(chunk))
                 n, size = self._db.execute(
                     f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM alerts WHERE id IN ({marks})", chunk).fetchone()
                 self._db.execute(f"DELETE FROM alerts WHERE id IN ({marks})", chunk)
                 self._bump("bytes", -size)
+                self._bump("rows", -n)
                 gone += n
         return gone
 
@@ -386,7 +1065,7 @@ class Spool:
         """Count a failed attempt on these rows (kept for status and the dead-letter record)."""
         if not rowids:
             return
-        with self._tx(durable=False):
+        with self._guard("mark failed"), self._tx(durable=False):
             for chunk in _chunks(list(rowids)):
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"UPDATE alerts SET attempts=attempts+1, last_error=? WHERE id IN ({marks})",
@@ -396,33 +1075,58 @@ class Spool:
         """Move (rowid, reason, http status) rows to the dead_letter table."""
         if not items:
             return 0
+        try:
+            return self._dead_letter(items)
+        except SpoolFull as exc:
+            self._enter_full(str(exc))
+            if not self._make_room():
+                raise
+        return self._dead_letter(items)
+
+    def _dead_letter(self, items: Sequence[tuple[int, str, int | None]]) -> int:
         moved = 0
         now = self.clock()
-        with self._tx():
+        logged = []
+        with self._guard("dead letter"), self._tx():
             for rowid, reason, status in items:
-                row = self._db.execute("SELECT size FROM alerts WHERE id=?", (rowid,)).fetchone()
+                row = self._db.execute("SELECT size, alert_uuid FROM alerts WHERE id=?", (rowid,)).fetchone()
                 if row is None:
                     continue
                 self._db.execute(
-                    "INSERT INTO dead_letter(alert_uuid, created, moved, attempts, status, reason, body) "
-                    "SELECT alert_uuid, created, ?, attempts + 1, ?, ?, body FROM alerts WHERE id=?",
+                    "INSERT INTO dead_letter(alert_uuid, created, moved, attempts, status, reason, body, crc) "
+                    "SELECT alert_uuid, created, ?, attempts + 1, ?, ?, body, crc FROM alerts WHERE id=?",
                     (now, status, reason[:1000], rowid))
                 self._db.execute("DELETE FROM alerts WHERE id=?", (rowid,))
                 self._bump("bytes", -row[0])
+                self._bump("rows", -1)
                 moved += 1
-                log.error("alert moved to dead-letter (HTTP %s): %s", status, reason)
+                logged.append((status, row[1], reason))
             self._bump("dead_lettered", moved)
-            n = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
-            if n > self.dead_max_rows:
-                self._db.execute("DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter ORDER BY id LIMIT ?)",
-                                 (n - self.dead_max_rows,))
-                self._bump("dead_dropped", n - self.dead_max_rows)
+            self._trim_dead()
+        for status, uid, reason in logged:
+            log.error("alert %s moved to dead-letter (HTTP %s): %s", uid, status, reason)
         return moved
+
+    def _insert_dead(self, rows: Sequence[tuple], now: float) -> None:
+        """(uuid, created, attempts, status, reason, body, crc) rows into dead_letter (in a tx)."""
+        for uid, created, attempts, status, reason, body, crc in rows:
+            self._db.execute(
+                "INSERT INTO dead_letter(alert_uuid, created, moved, attempts, status, reason, body, crc) "
+                "VALUES (?,?,?,?,?,?,?,?)", (uid, created, now, attempts, status, reason[:1000], body, crc))
+        self._trim_dead()
+
+    def _trim_dead(self) -> None:
+        n = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+        if n > self.dead_max_rows:
+            self._db.execute("DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter ORDER BY id LIMIT ?)",
+                             (n - self.dead_max_rows,))
+            self._bump("dead_dropped", n - self.dead_max_rows)
 
     def dead_letters(self, limit: int = 100) -> list[dict]:
         """The newest dead-lettered alerts: id, reason, status, attempts, moved, alert."""
-        rows = self._db.execute("SELECT alert_uuid, reason, status, attempts, moved, body FROM dead_letter "
-                                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        with self._guard("read"):
+            rows = self._db.execute("SELECT alert_uuid, reason, status, attempts, moved, body FROM dead_letter "
+                                    "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         out = []
         for uid, reason, status, attempts, moved, body in rows:
             try:
@@ -436,19 +1140,21 @@ class Spool:
     def requeue_dead(self, alert_ids: Sequence[str] | None = None) -> int:
         """Move dead-lettered alerts (all, or these ids) back to the delivery queue."""
         now = self.clock()
-        with self._tx():
+        with self._guard("requeue"), self._tx():
             where, args = "", []
             if alert_ids is not None:
                 if not alert_ids:
                     return 0
                 where, args = f"WHERE alert_uuid IN ({','.join('?' * len(alert_ids))})", list(alert_ids)
-            rows = self._db.execute(f"SELECT id, alert_uuid, body FROM dead_letter {where} ORDER BY id", args).fetchall()
+            rows = self._db.execute(f"SELECT id, alert_uuid, body, crc FROM dead_letter {where} ORDER BY id",
+                                    args).fetchall()
             n = 0
-            for rowid, uid, body in rows:
-                cur = self._db.execute("INSERT OR IGNORE INTO alerts(alert_uuid, created, size, body) VALUES (?,?,?,?)",
-                                       (uid, now, len(body), body))
+            for rowid, uid, body, crc in rows:
+                cur = self._db.execute("INSERT OR IGNORE INTO alerts(alert_uuid, created, size, body, crc) "
+                                       "VALUES (?,?,?,?,?)", (uid, now, len(body), body, crc))
                 if cur.rowcount == 1:
                     self._bump("bytes", len(body))
+                    self._bump("rows", 1)
                     n += 1
                 self._db.execute("DELETE FROM dead_letter WHERE id=?", (rowid,))
             self._enforce(now)
@@ -472,37 +1178,82 @@ class Spool:
     def write_mark(self) -> int:
         return self._seq
 
+    @property
+    def disk_full(self) -> bool:
+        return self._full_since is not None
+
     def depth(self) -> int:
-        """How many alerts wait for delivery."""
-        return self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+        """How many alerts wait for delivery (on disk)."""
+        with self._guard("read"):
+            return self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
 
     def oldest_created(self) -> float | None:
         """Spool time of the oldest waiting alert."""
-        row = self._db.execute("SELECT created FROM alerts ORDER BY id LIMIT 1").fetchone()
+        with self._guard("read"):
+            row = self._db.execute("SELECT created FROM alerts ORDER BY id LIMIT 1").fetchone()
         return row[0] if row else None
 
     def ids(self) -> list[str]:
         """Ids of the waiting alerts, oldest first."""
-        return [r[0] for r in self._db.execute("SELECT alert_uuid FROM alerts ORDER BY id")]
+        with self._guard("read"):
+            return [r[0] for r in self._db.execute("SELECT alert_uuid FROM alerts ORDER BY id")]
+
+    def fault_stats(self) -> dict:
+        """The fault state, from memory only (never touches the disk): plain flags and counters."""
+        return {"disk_full": self._full_since is not None,
+                "disk_full_since": _iso(self._full_since) if self._full_since is not None else None,
+                "disk_full_episodes": self._full_episodes,
+                "disk_full_error": self._last_full_error if self._full_since is not None else None,
+                "held": len(self._held), "held_bytes": self._held_bytes,
+                "held_dropped": self._full_held_dropped,
+                "reserve_bytes": self.reserve_bytes,
+                "salvaged_at_start": dict(self.salvage) if self.salvage else None,
+                "wal_lost_at_start": bool(self.wal_lost)}
 
     def stats(self) -> dict:
-        """Counters for health reporting (persisted across restarts)."""
-        counters = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        depth = self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
-        dead = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
-        return {"depth": depth, "bytes": counters.get("bytes", 0), "max_bytes": self.max_bytes,
-                "max_age_s": self.max_age, "dead_letter_depth": dead,
-                **{k: counters.get(k, 0) for k in _COUNTERS if k != "bytes"}}
+        """Counters for health reporting (persisted across restarts) and the fault state.
+
+        Never raises: when the file cannot be read, the fault state is returned with ``error``.
+        """
+        out = self.fault_stats()
+        try:
+            with self._guard("read"):
+                counters = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+                depth = self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+                dead = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+        except SpoolError as exc:
+            out.update(error=str(exc), max_bytes=self.max_bytes, max_age_s=self.max_age)
+            return out
+        out.update({"depth": depth, "bytes": counters.get("bytes", 0), "max_bytes": self.max_bytes,
+                    "max_age_s": self.max_age, "dead_letter_depth": dead,
+                    **{k: counters.get(k, 0) for k in _PUBLIC_COUNTERS}})
+        out["dropped"] += self._unsaved_dropped
+        out["dropped_disk_full"] += self._unsaved_dropped
+        return out
 
     def health_events(self, limit: int = 50) -> list[dict]:
         """The newest health events: kind, first/last time, count, detail."""
-        rows = self._db.execute("SELECT kind, first_ts, last_ts, count, detail FROM health "
-                                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        with self._guard("read"):
+            rows = self._db.execute("SELECT kind, first_ts, last_ts, count, detail FROM health "
+                                    "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [{"kind": k, "first": f, "last": l, "count": c, "detail": _DEC.decode(d)}
                 for k, f, l, c, d in rows]
 
     def close(self) -> None:
-        """Checkpoint and close the database."""
+        """Commit held alerts if possible, mark a clean stop (owner), checkpoint and close."""
+        if self._closed:
+            return
+        if self._held:
+            self.flush_held()
+            if self._held:
+                log.error("alert spool: %d alert(s) held in memory for lack of disk space are lost "
+                          "at shutdown", len(self._held))
+        if self.owner:
+            try:
+                with self._guard("close"), self._tx():
+                    self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 1)")
+            except SpoolError as exc:
+                log.warning("cannot mark the spool closed cleanly: %s", exc)
         with self._lock:
             conns, self._conns = self._conns, []
             self._closed = True
@@ -512,7 +1263,10 @@ class Spool:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 pass
-            conn.close()
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
         self._local = threading.local()
 
     def __enter__(self) -> "Spool":
@@ -522,8 +1276,39 @@ class Spool:
         self.close()
 
 
+def _alert_values(v: list) -> tuple | None:
+    """(uuid, created, attempts, kind, body, crc) when ``v`` has the shape of an alerts row."""
+    if len(v) not in (9, 10) or v[0] is not None:
+        return None
+    uid, created, attempts, _next, last_error, kind, size, body = v[1:9]
+    crc = v[9] if len(v) == 10 else None
+    if not (isinstance(uid, str) and isinstance(created, (int, float)) and isinstance(attempts, int)
+            and isinstance(kind, str) and isinstance(size, int) and isinstance(body, bytes)
+            and (last_error is None or isinstance(last_error, str)) and (crc is None or isinstance(crc, int))):
+        return None
+    return uid, float(created), attempts, kind, body, crc
+
+
+def _dead_values(v: list) -> tuple | None:
+    """(uuid, created, attempts, status, reason, body, crc) for a dead_letter-shaped row."""
+    if len(v) not in (8, 9) or v[0] is not None:
+        return None
+    uid, created, _moved, attempts, status, reason, body = v[1:8]
+    crc = v[8] if len(v) == 9 else None
+    if not (isinstance(uid, str) and isinstance(created, (int, float)) and isinstance(attempts, int)
+            and (status is None or isinstance(status, int)) and isinstance(reason, str)
+            and isinstance(body, bytes) and (crc is None or isinstance(crc, int))):
+        return None
+    return uid, float(created), attempts, status, reason, body, crc
+
+
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on this thread's connection; nests."""
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on this thread's connection; nests.
+
+    A failed COMMIT (a full disk) may leave SQLite inside the transaction or may have rolled it
+    back already: either way the connection leaves here outside any transaction, with
+    ``synchronous`` back at FULL.
+    """
 
     def __init__(self, spool: Spool, durable: bool = True) -> None:
         self.spool = spool
@@ -536,14 +1321,38 @@ class _Tx:
             self.outer = True
             if not self.durable:  # per-connection setting; only between transactions
                 db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._restore(db)
+                raise
+            self.spool._local.deferred = []
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
         if not self.outer:
             return
         db = self.spool._db
+        local = self.spool._local
+        deferred, local.deferred = getattr(local, "deferred", None) or [], None
+        committed = False
         try:
-            db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                db.execute("COMMIT")
+                committed = True
         finally:
-            if not self.durable:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self._restore(db)
+        if committed:
+            for fn in deferred:
+                fn()
+
+    def _restore(self, db: sqlite3.Connection) -> None:
+        if not self.durable:
+            try:
                 db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error:
+                pass

@@ -128,7 +128,9 @@ def test_full_disk_receiver_down_then_up_every_kept_alert_arrives_once(volume, c
             print(f"\n[disk full, receiver down then up] sent {total}: delivered {delivered}, "
                   f"dropped (oldest) {dropped}, duplicates {duplicates}")
         assert duplicates == 0
-        assert delivered + dropped == total
+        # Every alert that did not arrive was counted as dropped (one dropped while in flight may
+        # arrive as well).
+        assert total - delivered <= dropped
         newest = [sample_alert(j)["id"] for j in range(total - 50, total)]
         assert set(newest) <= set(got)  # drop-oldest kept the newest
         assert sp.depth() == 0
@@ -174,7 +176,7 @@ def test_disk_filled_by_someone_else_no_resend_storm_and_recovery(volume, capsys
                   f"dropped {st['dropped_disk_full']}, duplicates {duplicates}, "
                   f"acks that waited for space {fwd.stats()['ack_failures']}")
         assert duplicates == 0
-        assert len(set(got)) + st["dropped_disk_full"] + st["held_dropped"] == 700
+        assert 700 - len(set(got)) <= st["dropped_disk_full"] + st["held_dropped"]
         assert st["reserve_bytes"] > 0  # the reserve is set aside again
         assert sp.depth() == 0
     sp.close()

@@ -113,9 +113,10 @@ class Forwarder(threading.Thread):
         self._confirm_lock = threading.Lock()
         self._confirm_at = 0.0
         self._confirm_failures = 0
-        # Alerts a 400 rejected alone: rowid -> request number of that rejection. A second lone
-        # rejection after the receiver accepted anything in between sends one to dead letters.
-        self._suspects: dict[int, int] = {}
+        # Alerts a 400 rejected alone: rowid -> [request number of the first lone rejection,
+        # time before which it is not sent again, lone rejections]. A second lone rejection after
+        # the receiver accepted anything in between sends one to dead letters.
+        self._suspects: dict[int, list] = {}
         self._request_seq = 0
         self._last_accept_seq = 0
         spool.delivery_state = self._delivery_state
@@ -148,11 +149,10 @@ class Forwarder(threading.Thread):
         out["output"] = getattr(self.output, "name", type(self.output).__name__)
         return out
 
-    def _delivery_state(self) -> tuple[list[tuple[int, int]], list[int]]:
-        """For the spool's drop-oldest: batches in flight, and rows delivered but not confirmed."""
+    def _delivery_state(self) -> list[int]:
+        """For the spool's drop-oldest: rows delivered but not yet confirmed on disk."""
         with self._lock:
-            return (list(self._claims.values()),
-                    [r for r, op in self._unconfirmed.items() if op[0] == "ack"])
+            return [r for r, op in self._unconfirmed.items() if op[0] == "ack"]
 
     def _note(self, **kw: Any) -> None:
         with self._lock:
@@ -181,7 +181,7 @@ class Forwarder(threading.Thread):
                 return max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             # Claim a batch no other worker holds (the rows stay in the spool until confirmed).
             items = self.spool.fetch(self._cap, self.config.batch_max_bytes,
-                                     exclude=list(self._claims.values()), skip=self._unconfirmed)
+                                     exclude=list(self._claims.values()), skip=_Skip(self, now))
             if not items:
                 return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             if len(items) < self._cap and self.config.linger > 0:
@@ -304,9 +304,13 @@ class Forwarder(threading.Thread):
     def _deliver(self, batch: list[tuple[SpooledAlert, dict]], round_: int = 0) -> float:
         stack = [batch] if batch else []
         suspects: list[tuple[SpooledAlert, dict, SendResult]] = []
+        accepted = False
+        requests = 0
         while stack:
             chunk = stack.pop()
             result, seq = self._send(chunk)
+            requests += 1
+            accepted = accepted or result.outcome == OK or bool(result.delivered)
             by_id = {str(a.get("id")): item for item, a in chunk}
             done = [by_id[i].rowid for i in result.delivered if i in by_id]
             if done:
@@ -353,7 +357,7 @@ class Forwarder(threading.Thread):
             else:
                 keep = [item.rowid for item, _ in rest] + [s[0].rowid for s in suspects]
                 return self._failed(SendResult(RETRY, error=f"unknown outcome {outcome!r}"), keep, round_)
-        return self._confirm_suspects(suspects, round_)
+        return self._confirm_suspects(suspects, round_, accepted or requests < 2)
 
     def _send(self, chunk: list[tuple[SpooledAlert, dict]]) -> tuple[SendResult, int]:
         result = self.output.send_batch([a for _, a in chunk])
@@ -368,14 +372,20 @@ class Forwarder(threading.Thread):
     def _second_verdict(self, item: SpooledAlert, seq: int) -> bool:
         """Record a lone rejection of ``item``; True when it is the second one with an accepted
         request in between (the 400 is about this alert, not about the receiver's state)."""
+        now = self.clock()
         with self._lock:
-            first = self._suspects.get(item.rowid)
-            if first is not None and self._last_accept_seq > first:
+            entry = self._suspects.get(item.rowid)
+            if entry is not None and self._last_accept_seq > entry[0]:
                 return True
-            if first is None:
+            if entry is None:
                 if len(self._suspects) >= MAX_SUSPECTS:
                     self._suspects.pop(next(iter(self._suspects)))
-                self._suspects[item.rowid] = seq
+                entry = self._suspects[item.rowid] = [seq, 0.0, 0]
+            entry[2] += 1
+            # Set aside (not sent again) for a while that grows with each lone rejection; other
+            # alerts flow meanwhile, and the first one accepted is the evidence a verdict needs.
+            entry[1] = now + min(self.config.backoff_cap,
+                                 max(self.config.backoff_base, 0.05) * 2.0 ** min(entry[2] - 1, 30))
             return False
 
     @staticmethod
@@ -383,20 +393,25 @@ class Forwarder(threading.Thread):
         return (f"rejected alone twice, with other alerts accepted in between: "
                 f"{result.error or ''} {result.detail or ''}").strip()
 
-    def _confirm_suspects(self, suspects: list[tuple[SpooledAlert, dict, SendResult]], round_: int) -> float:
-        """Alerts a 400 rejected alone in this round: ask again once the receiver accepted anything
-        after that rejection; keep (and back off) those with no such evidence."""
+    def _confirm_suspects(self, suspects: list[tuple[SpooledAlert, dict, SendResult]], round_: int,
+                          accepted: bool) -> float:
+        """Alerts a 400 rejected alone in this round: ask again at once when the receiver accepted
+        anything after that rejection; the others stay set aside (for a time that grows with each
+        lone rejection) while other alerts flow. A round of several requests in which the receiver
+        accepted nothing is a failed round (shared back-off), never a verdict on the alerts."""
         unresolved: list[SpooledAlert] = []
         last: SendResult | None = None
-        for item, alert, first_result in suspects:
+        for k, (item, alert, first_result) in enumerate(suspects):
             with self._lock:
-                evidence = self._last_accept_seq > self._suspects.get(item.rowid, 1 << 62)
+                entry = self._suspects.get(item.rowid)
+                evidence = entry is not None and self._last_accept_seq > entry[0]
             if not evidence:
                 unresolved.append(item)
                 last = first_result
                 continue
             result, seq = self._send([(item, alert)])
             if result.outcome == OK or str(alert.get("id")) in result.delivered:
+                accepted = True
                 self._ack([item.rowid])
                 self._note(sent=1, last_success_time=self.clock())
                 if self.on_delivered is not None:
@@ -411,14 +426,19 @@ class Forwarder(threading.Thread):
                 self._dead([(item.rowid, f"too large for the receiver (413 alone): {result.error or ''}".strip(),
                              result.status)])
             else:  # RETRY / PARK: the receiver's state, not the alert
-                keep = [item.rowid] + [u.rowid for u in unresolved] + \
-                    [s[0].rowid for s in suspects[suspects.index((item, alert, first_result)) + 1:]]
+                keep = [item.rowid] + [u.rowid for u in unresolved] + [s[0].rowid for s in suspects[k + 1:]]
                 return self._failed(result, keep, round_)
         if unresolved:
-            error = (f"HTTP {last.status if last else 400} for every part of the batch: no alert was singled "
-                     f"out, {len(unresolved)} kept and retried with back-off")
-            return self._failed(SendResult(RETRY, status=last.status if last else 400, error=error),
-                                [u.rowid for u in unresolved], round_)
+            error = (f"HTTP {last.status if last else 400} for alert(s) sent alone: {len(unresolved)} set "
+                     f"aside until the receiver accepts something else")
+            try:
+                self.spool.mark_failed([u.rowid for u in unresolved], error)
+            except SpoolError:
+                self._note(mark_failed_errors=1)
+            if not accepted:
+                return self._failed(SendResult(RETRY, status=last.status if last else 400,
+                                               error=f"HTTP {last.status if last else 400} for every request of "
+                                                     f"the batch: kept, retried with back-off"), [], round_)
         return 0.0
 
     def _succeeded(self) -> None:
@@ -543,3 +563,24 @@ class Forwarder(threading.Thread):
                 return True
             time.sleep(0.01)
         return self.drained()
+
+
+class _Skip:
+    """The rows a fetch passes over: confirmations waiting for disk space, and alerts set aside
+    after a lone 400 (until their time is up)."""
+
+    __slots__ = ("fwd", "now")
+
+    def __init__(self, fwd: Forwarder, now: float) -> None:
+        self.fwd, self.now = fwd, now
+
+    def __contains__(self, rowid: object) -> bool:
+        if rowid in self.fwd._unconfirmed:
+            return True
+        entry = self.fwd._suspects.get(rowid)  # type: ignore[call-overload]
+        # set aside until its time is up, or until the receiver accepted something after its
+        # rejection (then the next lone rejection is a verdict)
+        return entry is not None and entry[1] > self.now and self.fwd._last_accept_seq <= entry[0]
+
+    def __bool__(self) -> bool:
+        return bool(self.fwd._unconfirmed) or bool(self.fwd._suspects)

@@ -285,9 +285,9 @@ class Spool:
         self._full_reminded = 0.0
         self._last_full_error = ""
         self.reserve_bytes = 0
-        # Set by the forwarder: () -> (row-id ranges in flight, rows delivered but unconfirmed);
-        # dropping makes room with the second first and never touches the first.
-        self.delivery_state: Callable[[], tuple[Sequence[tuple[int, int]], Collection[int]]] | None = None
+        # Set by the forwarder: () -> rows delivered but not yet confirmed on disk; dropping to make
+        # room takes those first (they are no loss).
+        self.delivery_state: Callable[[], Collection[int]] | None = None
         self.salvage: dict | None = None  # what the start-up salvage did, if it ran
         self.wal_lost: dict | None = None  # set when a lost -wal was noticed at start
         try:
@@ -719,9 +719,10 @@ class Spool:
     def _drop_oldest(self, excess: int, kind: str, now: float, detail: dict) -> int:
         """Free at least ``excess`` bytes (inside the caller's transaction): first the rows the
         forwarder delivered but could not yet confirm (gone already, not a loss), then the oldest
-        undelivered alerts that are not in flight, counted under ``kind``. Returns how many alerts
-        were dropped."""
-        in_flight, settled = self._protected()
+        alerts, counted under ``kind``. Returns how many alerts were dropped. An alert in flight
+        is dropped like any other when it is among the oldest (oldest first is the promise); if
+        its request succeeds it is then counted as both dropped and delivered."""
+        settled = self._settled()
         freed = 0
         if settled:
             for chunk in _chunks(list(settled)):
@@ -732,14 +733,12 @@ class Spool:
                 self._bump("bytes", -size)
                 self._bump("rows", -n)
                 freed += size
-        where = "".join(" AND id NOT BETWEEN ? AND ?" for _ in in_flight)
-        ranges = [v for r in in_flight for v in r]
         victims: list[int] = []
         cut = 0
         while freed < excess:
             # Health rows are tiny, one per HEALTH_COALESCE at most, and say what was lost: keep them.
-            batch = self._db.execute(f"SELECT id, size FROM alerts WHERE id > ? AND kind='alert'{where} "
-                                     f"ORDER BY id LIMIT 512", (cut, *ranges)).fetchall()
+            batch = self._db.execute("SELECT id, size FROM alerts WHERE id > ? AND kind='alert' "
+                                     "ORDER BY id LIMIT 512", (cut,)).fetchall()
             if not batch:
                 break
             for rowid, size in batch:
@@ -765,16 +764,16 @@ class Spool:
         self._health(kind, n, detail, now)
         return n
 
-    def _protected(self) -> tuple[Sequence[tuple[int, int]], Collection[int]]:
-        """(row-id ranges in flight, rows delivered but not yet confirmed) from the forwarder."""
+    def _settled(self) -> Collection[int]:
+        """Rows the forwarder delivered but could not yet confirm (its hook)."""
         fn = self.delivery_state
         if fn is None:
-            return (), ()
+            return ()
         try:
             return fn()
         except Exception:  # the spool must not fail a write over a broken hook
             log.exception("delivery state hook failed")
-            return (), ()
+            return ()
 
     def _health(self, kind: str, n: int, detail: dict, now: float) -> None:
         """Record (or coalesce into) a drop health event, and enqueue a health alert for a new one."""

@@ -104,13 +104,15 @@ def run(args) -> int:
     elapsed = time.perf_counter() - t0
     for e in stats.errors:
         print(f"etw-sensor: {e}", file=err)
+    if stats.error_count > len(stats.errors):
+        print(f"etw-sensor: {stats.error_count - len(stats.errors)} more input error(s) not listed", file=err)
     rate = stats.events / elapsed if elapsed > 0 else 0.0
     print(f"scan: {stats.files} file(s), {stats.records} record(s), {stats.events} process "
-          f"start(s), {stats.skipped} skipped (not process starts), {len(stats.errors)} input "
+          f"start(s), {stats.skipped} skipped (not process starts), {stats.error_count} input "
           f"error(s); {len(rules)} rule(s) [{getattr(matcher, 'engine', '?')}]; "
           f"{sum(per_rule.values())} alert(s); {rate:,.0f} events/s", file=err)
     if not args.quiet:
         titles = {r.id: r.title for r in rules}
         for rid, n in per_rule.most_common():
             print(f"  {n:6d}  {titles.get(rid, rid)} [{rid}]", file=err)
-    return 1 if (stats.errors or rule_errors) else 0
+    return 1 if (stats.error_count or rule_errors) else 0

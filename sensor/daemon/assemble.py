@@ -283,7 +283,8 @@ def build_source(cfg: Config):
     if cfg.source.kind == "replay":
         from ..sources.replay import ReplaySource
         r = cfg.source.replay
-        return ReplaySource(r.paths, speed=r.speed or None, loop=r.loop, block=r.block, preload=r.preload)
+        return ReplaySource(r.paths, speed=r.speed or None, loop=r.loop, block=r.block, preload=r.preload,
+                            max_line_bytes=r.max_line_bytes)
     if sys.platform != "win32":
         raise ConfigError("source.kind: 'etw' needs Windows; use 'replay' here", cfg.path)
     from ..sources.etw import EtwSource

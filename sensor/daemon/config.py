@@ -68,6 +68,7 @@ class ReplaySection(_S):
     loop: int = 1
     block: bool = True                 # wait for queue room instead of dropping
     preload: bool = False              # read everything before starting (benchmarks)
+    max_line_bytes: int = 1024 * 1024  # longer JSON lines are skipped and reported
 
 
 class EtwSection(_S):
@@ -207,6 +208,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "logging.backups": (0, 1000),
     "source.replay.speed": (0.0, 1e6),
     "source.replay.loop": (1, 1_000_000),
+    "source.replay.max_line_bytes": (1024, 1 << 30),
     "source.etw.buffer_kb": (4, 16384),
     "source.etw.min_buffers": (2, 4096),
     "source.etw.max_buffers": (2, 4096),

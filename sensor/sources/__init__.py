@@ -15,11 +15,11 @@ from ..events import ProcessEvent
 from .base import InputError, ReadStats
 from .capture import is_capture, read_capture
 from .evtx import read_evtx
-from .jsonl import read_jsonl
+from .jsonl import MAX_LINE_BYTES, read_jsonl
 
 SUFFIXES = (".evtx", ".jsonl", ".jsonl.gz", ".ndjson", ".json.gz", ".ndjson.gz")
 
-__all__ = ["InputError", "ReadStats", "expand_paths", "read_file", "read_paths"]
+__all__ = ["InputError", "MAX_LINE_BYTES", "ReadStats", "expand_paths", "read_file", "read_paths"]
 
 
 def _readable(name: str) -> bool:
@@ -43,17 +43,29 @@ def expand_paths(paths: Iterable[str | os.PathLike], stats: ReadStats) -> list[s
     return out
 
 
-def read_file(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
+def read_file(path: str, stats: ReadStats, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ProcessEvent]:
     """The process starts in one file, by its suffix (unknown suffixes read as JSON lines)."""
     if path.lower().endswith(".evtx"):
         return read_evtx(path, stats)
-    if is_capture(path):
+    try:
+        capture = is_capture(path)
+    except Exception:  # a poison first line (nesting too deep to decode): read as JSON lines,
+        capture = False  # which reports that line and goes on
+    if capture:
         return read_capture(path, stats)
-    return read_jsonl(path, stats)
+    return read_jsonl(path, stats, max_line_bytes)
 
 
-def read_paths(paths: Iterable[str | os.PathLike], stats: ReadStats | None = None) -> Iterator[ProcessEvent]:
-    """Every process start in ``paths`` (files or folders); problems go to ``stats``."""
+def read_paths(paths: Iterable[str | os.PathLike], stats: ReadStats | None = None,
+               max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ProcessEvent]:
+    """Every process start in ``paths`` (files or folders); problems go to ``stats``.
+
+    The readers report a bad record and go on; should one fail anyway, the failure is reported
+    against its file and the next file is read: one file never ends a replay.
+    """
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths, stats):
-        yield from read_file(path, stats)
+        try:
+            yield from read_file(path, stats, max_line_bytes)
+        except Exception as exc:
+            stats.error(path, None, f"reading stopped: {type(exc).__name__}: {str(exc)[:200]}")

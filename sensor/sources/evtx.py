@@ -19,6 +19,11 @@ from .records import event_from_record
 _decode = msgspec.json.Decoder().decode
 _HEADER = 4096
 _CHUNK = 65536
+MAX_BAD_IN_A_ROW = 100_000  # the parser skips a corrupt record; this many in a row means it is stuck
+
+
+def _record_id(rec: object, n: int) -> object:
+    return rec.get("event_record_id", n) if isinstance(rec, dict) else n
 
 
 def _system(event: dict) -> dict:
@@ -68,7 +73,7 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
         stats.error(path, None, f"truncated EVTX file ({size} bytes is not a header plus whole "
                                 f"64 KiB chunks); reading the records it holds")
     it = parser.records_json()
-    n = 0
+    n = last_good = 0
     while True:
         try:
             rec = next(it)
@@ -78,15 +83,26 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
             n += 1
             stats.records += 1
             stats.error(path, f"record {n}", f"corrupt record: {exc}")
+            if n - last_good > MAX_BAD_IN_A_ROW:  # the parser is not moving on: stop this file
+                stats.error(path, f"record {n}", f"{MAX_BAD_IN_A_ROW} unreadable records in a row: "
+                                                 f"the rest of the file is skipped")
+                break
             continue
+        last_good = n + 1
         n += 1
         stats.records += 1
         try:
             obj = _decode(rec["data"])
+            if not isinstance(obj, dict):
+                raise TypeError("the record is not a JSON object")
+            ev = record_to_event(obj, stats)
         except (msgspec.DecodeError, KeyError, TypeError) as exc:
-            stats.error(path, f"record {rec.get('event_record_id', n)}", f"undecodable record: {exc}")
+            stats.error(path, f"record {_record_id(rec, n)}", f"undecodable record: {exc}")
             continue
-        ev = record_to_event(obj, stats)
+        except Exception as exc:  # RecursionError, MemoryError, anything: this record only
+            stats.error(path, f"record {_record_id(rec, n)}",
+                        f"cannot decode: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
         if ev is not None:
             stats.events += 1
             stats.position = (path, "record", rec.get("event_record_id", n))

@@ -22,6 +22,9 @@ from .records import event_from_record, numeric_pids
 
 _decode = msgspec.json.Decoder().decode
 
+MAX_LINE_BYTES = 1024 * 1024   # longer lines are skipped and reported (``[source.replay] max_line_bytes``)
+_SKIP_CHUNK = 1024 * 1024       # bytes read at a time while skipping the rest of a long line
+
 
 def _open(path: str) -> IO[bytes]:
     if path.endswith(".gz"):
@@ -41,8 +44,35 @@ def event_from_json(obj: dict, stats: ReadStats | None = None) -> ProcessEvent |
     return numeric_pids(ProcessEvent(obj))
 
 
-def read_jsonl(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
-    """Yield the process starts in a .jsonl or .jsonl.gz file; problems go to ``stats``."""
+def bounded_lines(fh: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line, 0) for each line of ``fh``; (line number, None, length) for a line
+    longer than ``max_bytes``, whose bytes are skipped in chunks: memory stays bounded on a
+    file without newlines."""
+    lineno = 0
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            skipped = len(line)
+            while True:
+                rest = fh.readline(_SKIP_CHUNK)
+                skipped += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield lineno, None, skipped
+            continue
+        yield lineno, line, 0
+
+
+def read_jsonl(path: str, stats: ReadStats, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ProcessEvent]:
+    """Yield the process starts in a .jsonl or .jsonl.gz file; problems go to ``stats``.
+
+    A line longer than ``max_line_bytes`` is skipped and reported; any failure to decode one
+    line (malformed JSON, nesting too deep for the decoder, anything) is reported with the file
+    and line number, and reading goes on with the next line.
+    """
     try:
         fh = _open(path)
     except OSError as exc:
@@ -52,20 +82,29 @@ def read_jsonl(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
     lineno = 0
     with fh:
         try:
-            for lineno, line in enumerate(fh, 1):
+            for lineno, line, too_long in bounded_lines(fh, max_line_bytes):
+                if line is None:
+                    stats.records += 1
+                    stats.error(path, f"line {lineno}", f"line too long ({too_long} bytes, the limit is "
+                                                        f"{max_line_bytes}): skipped")
+                    continue
                 if not line.strip():
                     continue
                 stats.records += 1
                 try:
                     obj = _decode(line)
+                    if not isinstance(obj, dict):
+                        stats.error(path, f"line {lineno}",
+                                    f"JSON value is a {type(obj).__name__}, not an object")
+                        continue
+                    ev = event_from_json(obj, stats)
                 except msgspec.DecodeError as exc:
                     stats.error(path, f"line {lineno}", f"not valid JSON ({exc})")
                     continue
-                if not isinstance(obj, dict):
-                    stats.error(path, f"line {lineno}",
-                                f"JSON value is a {type(obj).__name__}, not an object")
+                except Exception as exc:  # RecursionError, MemoryError, anything: this line only
+                    stats.error(path, f"line {lineno}", f"cannot decode: {type(exc).__name__}: "
+                                                        f"{str(exc)[:200]}")
                     continue
-                ev = event_from_json(obj, stats)
                 if ev is not None:
                     stats.events += 1
                     stats.position = (path, "line", lineno)

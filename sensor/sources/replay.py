@@ -13,7 +13,7 @@ import time
 from typing import Callable, Sequence
 
 from ..events import ProcessEvent
-from . import ReadStats, read_paths
+from . import MAX_LINE_BYTES, ReadStats, read_paths
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class ReplaySource:
     name = "replay"
 
     def __init__(self, paths: Sequence[str], speed: float | None = None, loop: int = 1,
-                 block: bool = True, preload: bool = False):
+                 block: bool = True, preload: bool = False, max_line_bytes: int = MAX_LINE_BYTES):
         self.paths = list(paths)
+        self.max_line_bytes = max_line_bytes
         self.speed = speed
         self.loop = max(1, int(loop))
         self.blocking = block
@@ -55,7 +56,7 @@ class ReplaySource:
         self._thread: threading.Thread | None = None
         self._events: list[ProcessEvent] | None = None
         if preload:
-            self._events = list(read_paths(self.paths, self.read_stats))
+            self._events = list(read_paths(self.paths, self.read_stats, max_line_bytes))
 
     @property
     def alive(self) -> bool:
@@ -72,7 +73,7 @@ class ReplaySource:
                 for ev in self._events:
                     yield ProcessEvent.copy_of(ev)
             else:
-                yield from read_paths(self.paths, self.read_stats)
+                yield from read_paths(self.paths, self.read_stats, self.max_line_bytes)
 
     def _run(self, emit: Callable[[ProcessEvent], bool]) -> None:
         try:
@@ -92,11 +93,14 @@ class ReplaySource:
                     self.emitted += 1
                 else:
                     self.dropped += 1
-        except Exception:  # a replay must never take the sensor down
-            log.exception("replay source failed")
+        except Exception as exc:  # a replay must never take the sensor down
+            log.error("replay source failed: %s: %s", type(exc).__name__, exc)
         finally:
             for e in self.read_stats.errors:
                 log.warning("replay input error: %s", e)
+            more = self.read_stats.error_count - len(self.read_stats.errors)
+            if more > 0:
+                log.warning("replay: %d more input error(s) not listed", more)
             self.finished.set()
 
     def stop(self) -> None:

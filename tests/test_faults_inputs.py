@@ -1,0 +1,120 @@
+"""Poison input never ends a source: real files, the real readers, `scan` and `run` as processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensor.sources import ReadStats, read_paths
+from sensor.sources.jsonl import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+MOF = {"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "ParentImage": "C:\\Windows\\System32\\cmd.exe"}
+
+
+def mof(i: int) -> bytes:
+    return json.dumps(dict(MOF, CommandLine=f"mofcomp {i}.mof", ProcessId=1000 + i)).encode() + b"\n"
+
+
+DEEP = b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"\n"     # RecursionError in the JSON decoder
+DEEP_LIST = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+
+
+def poisoned(tmp_path: Path) -> tuple[Path, Path]:
+    a = tmp_path / "a.jsonl"
+    a.write_bytes(mof(1) + DEEP + mof(2) + DEEP_LIST + mof(3))
+    b = tmp_path / "b.jsonl"
+    b.write_bytes(mof(4))
+    return a, b
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_a_record_the_decoder_chokes_on_is_reported_and_reading_goes_on(tmp_path):
+    a, b = poisoned(tmp_path)
+    stats = ReadStats()
+    events = list(read_paths([a, b], stats))
+    assert [e["ProcessId"] for e in events] == [1001, 1002, 1003, 1004]
+    where = [(os.path.basename(e.path), e.where) for e in stats.errors]
+    assert where == [("a.jsonl", "line 2"), ("a.jsonl", "line 4")]
+    assert all("RecursionError" in e.message for e in stats.errors)
+    assert stats.records == 6 and stats.events == 4 and stats.as_dict()["errors"] == 2
+
+
+def test_scan_reports_the_poison_line_and_scans_every_file(tmp_path):
+    a, b = poisoned(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "sensor", "scan", str(a), str(b)], capture_output=True,
+                       text=True, env=env(), timeout=120)
+    assert r.returncode == 1, r.stderr  # input errors were reported
+    assert "Traceback" not in r.stderr
+    assert f"{a}:line 2: cannot decode: RecursionError" in r.stderr
+    assert f"{a}:line 4: cannot decode: RecursionError" in r.stderr
+    alerts = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(alerts) == 4  # the seed rule fires on every mofcomp start, in both files
+
+
+def test_run_replays_every_file_past_a_poison_line(tmp_path):
+    a, b = poisoned(tmp_path)
+    out = tmp_path / "alerts.jsonl"
+    cfg = tmp_path / "sensor.toml"
+    cfg.write_text(f'[sensor]\ndata_dir = "{tmp_path / "state"}"\nheartbeat_s = 0\n'
+                   f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{a}", "{b}"]\n'
+                   f'[output]\nformat = "jsonl"\npath = "{out}"\n')
+    r = subprocess.run([sys.executable, "-m", "sensor", "run", "-c", str(cfg)], capture_output=True, text=True,
+                       env=env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "replay source failed" not in r.stderr and "Traceback" not in r.stderr
+    assert "a.jsonl:line 2: cannot decode: RecursionError" in r.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4  # every mofcomp start of both files became an alert
+
+
+def test_a_line_over_the_limit_is_skipped_and_reported(tmp_path):
+    f = tmp_path / "long.jsonl"
+    long_line = json.dumps(dict(MOF, CommandLine="x" * 5000)).encode() + b"\n"
+    f.write_bytes(mof(1) + long_line + mof(2))
+    stats = ReadStats()
+    assert [e["ProcessId"] for e in read_jsonl(str(f), stats, max_line_bytes=4096)] == [1001, 1002]
+    (err,) = stats.errors
+    assert err.where == "line 2" and "line too long" in err.message and str(len(long_line)) in err.message
+    stats = ReadStats()
+    assert len(list(read_jsonl(str(f), stats, max_line_bytes=len(long_line) - 1))) == 3  # the cap is the content
+    assert not stats.errors
+
+
+def test_max_line_bytes_is_a_config_key(tmp_path):
+    from sensor.daemon.config import ConfigError, parse
+    cfg = parse({"source": {"kind": "replay", "replay": {"paths": ["x"], "max_line_bytes": 4096}}}, "t.toml")
+    assert cfg.source.replay.max_line_bytes == 4096
+    with pytest.raises(ConfigError, match="source.replay.max_line_bytes"):
+        parse({"source": {"kind": "replay", "replay": {"paths": ["x"], "max_line_bytes": 0}}}, "t.toml")
+
+
+_RSS = r"""
+import resource, sys
+from sensor.sources import ReadStats, read_paths
+stats = ReadStats()
+n = sum(1 for _ in read_paths([sys.argv[1]], stats))
+print(n, stats.error_count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="ru_maxrss is POSIX")
+def test_a_300_mb_file_without_newlines_reads_in_bounded_memory(tmp_path):
+    f = tmp_path / "huge.jsonl"
+    with open(f, "wb") as fh:  # 300 MB of zeros (sparse: cheap to make), then one good line
+        fh.truncate(300 * 1024 * 1024)
+        fh.seek(0, 2)
+        fh.write(b"\n" + mof(7))
+    r = subprocess.run([sys.executable, "-c", _RSS, str(f)], capture_output=True, text=True, env=env(),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    events, errors, rss_kb = map(int, r.stdout.split())
+    assert events == 1 and errors == 1
+    assert rss_kb < 150 * 1024, f"peak RSS {rss_kb // 1024} MiB reading a 300 MB line"

@@ -283,7 +283,7 @@ static int src_open(pev_src *s, const char *path, pev_ident *id)
     wchar_t *w = win_open_path(path);
     if (!w) {
         s->sys_error = last_error();
-        return -1;
+        return PEV_E_IO;
     }
     /* Share read|write|delete: the image may be running or about to be deleted. */
     s->h = CreateFileW(w, GENERIC_READ, PEV_SHARE_ALL, NULL, OPEN_EXISTING,
@@ -291,13 +291,13 @@ static int src_open(pev_src *s, const char *path, pev_ident *id)
     free(w);
     if (s->h == INVALID_HANDLE_VALUE) {
         s->sys_error = last_error();
-        return -1;
+        return PEV_E_IO;
     }
-    /* A pipe or device would block or never end. */
+    /* A pipe or character device would block or never end: never read one. */
     if (GetFileType(s->h) != FILE_TYPE_DISK) {
-        s->sys_error = (int)ERROR_INVALID_PARAMETER;
+        s->sys_error = 0;
         CloseHandle(s->h);
-        return -1;
+        return PEV_E_NOT_REGULAR;
     }
     /* The same file again, for attributes only: the USN is read as the check reads it. */
     ah = ReOpenFile(s->h, FILE_READ_ATTRIBUTES, PEV_SHARE_ALL, 0);
@@ -307,7 +307,7 @@ static int src_open(pev_src *s, const char *path, pev_ident *id)
     if (err) {
         s->sys_error = err;
         CloseHandle(s->h);
-        return -1;
+        return PEV_E_IO;
     }
     s->size = id->size;
     s->is_file = 1;
@@ -390,32 +390,38 @@ static void stat_ident(const struct stat *st, pev_ident *id)
     id->dev = (uint64_t)st->st_dev;
 }
 
+/* 0, PEV_E_IO (s->sys_error set) or PEV_E_NOT_REGULAR. */
 static int src_open(pev_src *s, const char *path, pev_ident *id)
 {
     struct stat st;
-    int flags = O_RDONLY;
+    /* O_NONBLOCK: opening a FIFO that has no writer would otherwise block forever (and a
+     * terminal or device open may too).  It changes nothing for a regular file's pread. */
+    int flags = O_RDONLY | O_NONBLOCK;
 #ifdef O_CLOEXEC
     flags |= O_CLOEXEC;
+#endif
+#ifdef O_NOCTTY
+    flags |= O_NOCTTY;
 #endif
     do {
         s->fd = open(path, flags);
     } while (s->fd < 0 && errno == EINTR);
     if (s->fd < 0) {
         s->sys_error = errno;
-        return -1;
+        return PEV_E_IO;
     }
     if (fstat(s->fd, &st) != 0) {
         s->sys_error = errno;
         close(s->fd);
-        return -1;
+        return PEV_E_IO;
     }
-    if (!S_ISREG(st.st_mode)) { /* a FIFO or device would block or never end */
-        s->sys_error = EINVAL;
+    /* The identity first: a refusal is cached against it like any other parse failure. */
+    stat_ident(&st, id);
+    if (!S_ISREG(st.st_mode)) { /* a folder, FIFO, socket or device: never read */
         close(s->fd);
-        return -1;
+        return PEV_E_NOT_REGULAR;
     }
     s->size = (uint64_t)st.st_size;
-    stat_ident(&st, id);
     s->is_file = 1;
     return 0;
 }
@@ -986,9 +992,9 @@ int pev_parse_file(const char *path, pev_result *r, uint8_t *blob)
     s.win_len[0] = s.win_len[1] = 0;
     s.win_off[0] = s.win_off[1] = 0;
     s.win_next = 0;
-    if (src_open(&s, path, &r->ident) != 0) {
-        r->status = PEV_E_IO;
-        r->sys_error = s.sys_error;
+    r->status = src_open(&s, path, &r->ident);
+    if (r->status != PEV_OK) {
+        r->sys_error = r->status == PEV_E_IO ? s.sys_error : 0;
         return r->status;
     }
     r->status = parse(&s, r, blob);
@@ -1132,6 +1138,7 @@ const char *pev_strerror(int status)
     case PEV_E_PAST_EOF: return "the version resource runs past the end of the file";
     case PEV_E_BAD_VERSION: return "malformed version resource";
     case PEV_E_ARG: return "bad argument";
+    case PEV_E_NOT_REGULAR: return "not a regular file (a folder, device or pipe)";
     default: return "unknown error";
     }
 }

@@ -8,7 +8,10 @@
  * behaviour step by step; docs/pe.md is the specification of both.
  *
  * Portable C99: on Windows the file layer uses CreateFileW/ReadFile, elsewhere
- * open/pread.  No allocation except for section tables of more than 96 entries.
+ * open/pread.  Only regular files are read: POSIX opens with O_NONBLOCK (a FIFO
+ * without a writer would block the open) and checks fstat before any read; Windows
+ * checks GetFileType.  No allocation except for section tables of more than 96
+ * entries.
  */
 #ifndef PE_VERSION_H
 #define PE_VERSION_H
@@ -43,7 +46,8 @@ enum pev_status {
     PEV_E_NO_VERSION = 9,   /* no RT_VERSION / ID 1 resource */
     PEV_E_PAST_EOF = 10,    /* the version resource's declared size runs past EOF */
     PEV_E_BAD_VERSION = 11, /* the version blob is malformed */
-    PEV_E_ARG = 12          /* bad argument */
+    PEV_E_ARG = 12,         /* bad argument */
+    PEV_E_NOT_REGULAR = 13  /* not a regular file (folder, FIFO, device, pipe): never read */
 };
 
 /* Version strings, in this order in pev_result.str_off / str_len. */

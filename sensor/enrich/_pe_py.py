@@ -8,6 +8,7 @@ directory and VS_VERSIONINFO (reference notes §3).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from codecs import utf_16_le_decode
 from typing import BinaryIO
@@ -33,9 +34,10 @@ ERRORS: tuple[tuple[str, str], ...] = (
     ("past_eof", "the version resource runs past the end of the file"),
     ("bad_version", "malformed version resource"),
     ("arg", "bad argument"),
+    ("not_regular", "not a regular file (a folder, device or pipe)"),
 )
 (OK, E_IO, E_NOT_MZ, E_TRUNCATED, E_NOT_PE, E_BAD_OPTIONAL, E_NO_RESOURCES, E_RVA, E_RESDIR,
- E_NO_VERSION, E_PAST_EOF, E_BAD_VERSION, E_ARG) = range(len(ERRORS))
+ E_NO_VERSION, E_PAST_EOF, E_BAD_VERSION, E_ARG, E_NOT_REGULAR) = range(len(ERRORS))
 
 # Version strings in result order (resource key names).
 STRING_KEYS: tuple[str, ...] = (
@@ -386,11 +388,29 @@ def parse_version_info(data: bytes | bytearray | memoryview) -> dict:
         raise error_for(f.status) from None
 
 
+# Like the native reader: a FIFO without a writer must not block the open.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_regular(path: str | os.PathLike) -> tuple[BinaryIO, int]:
+    """(file, size) of ``path`` opened for reading, when it is a regular file; raises _Fail
+    (E_NOT_REGULAR) for a folder, FIFO, socket or device, OSError when it cannot be opened."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Fail(E_NOT_REGULAR)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering=0), st.st_size
+
+
 def read_version_info(path: str | os.PathLike) -> dict:
     """Version info of the PE file at ``path``, reading only the ranges needed; raises PeError."""
     try:
-        with open(path, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
+        fh, size = open_regular(path)
+        with fh:
             return _parse(_Source(None, fh, size))
     except _Fail as f:
         raise error_for(f.status) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ntpath
+import os
 import sys
 from typing import Any, Callable, ContextManager, Mapping
 
@@ -25,7 +26,11 @@ PE_FIELDS = {
 
 
 def map_path(image: str, path_map: Mapping[str, str]) -> str | None:
-    """Where a Windows image path lives on this machine, through ``path_map`` (longest prefix)."""
+    """Where a Windows image path lives on this machine, through ``path_map`` (longest prefix).
+
+    The answer is the real path (symbolic links resolved) and lies inside the target folder;
+    a recorded path that leaves it (``..`` segments, a link pointing out) is refused: None.
+    """
     low = image.lower()
     best = None
     for prefix, target in path_map.items():
@@ -34,7 +39,14 @@ def map_path(image: str, path_map: Mapping[str, str]) -> str | None:
     if best is None:
         return None
     rest = image[len(best[0]):].replace("\\", "/").lstrip("/")
-    return best[1].rstrip("/\\") + "/" + rest if rest else best[1]
+    try:
+        root = os.path.realpath(best[1])
+        real = os.path.realpath(os.path.join(root, rest)) if rest else root
+        if os.path.commonpath([root, real]) != root:
+            return None
+    except (ValueError, OSError):  # a NUL in the path, another drive, a link loop
+        return None
+    return real
 
 
 class Enricher:

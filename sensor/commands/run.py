@@ -46,7 +46,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from ..daemon.assemble import prepare, setup_logging, validate
+    from ..daemon.assemble import instance_lock, prepare, setup_logging, validate
+    from ..daemon.lock import AlreadyRunning
     from ..daemon.runner import serve
     if args.speed is not None and not args.replay:
         print("etw-sensor: --speed needs --replay", file=sys.stderr)
@@ -78,13 +79,28 @@ def main(args) -> int:
         return 2
     try:
         setup_logging(cfg)
-        checked.warnings = []            # printed above
-        pipeline = prepare(cfg, checked)
-    except ConfigError as exc:
-        print_config_error(exc)
-        return 2
     except OSError as exc:               # e.g. the log file cannot be created after all
         print(f"etw-sensor: not started: {exc}", file=sys.stderr)
+        return 2
+    checked.warnings = []                # printed above
+    lock = instance_lock(cfg)
+    try:
+        lock.acquire()  # before the spool is opened: only the lock holder may salvage it
+    except AlreadyRunning as exc:
+        print(f"etw-sensor: not started: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"etw-sensor: not started: cannot take the instance lock in {cfg.sensor.data_dir}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        pipeline = prepare(cfg, checked, owner=True)
+    except (ConfigError, OSError) as exc:
+        lock.release()
+        if isinstance(exc, ConfigError):
+            print_config_error(exc)
+        else:
+            print(f"etw-sensor: not started: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
@@ -95,4 +111,7 @@ def main(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
         if sig is not None:
             signal.signal(sig, _signal)
-    return serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
+    try:
+        return serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
+    finally:
+        lock.release()

@@ -315,11 +315,24 @@ def etw_config(cfg: Config):
     return out
 
 
+def instance_lock(cfg: Config):
+    """The lock that makes this process the one sensor of its data folder (not yet taken)."""
+    from .lock import InstanceLock, PosixLocking, lock_paths
+    if sys.platform == "win32":
+        from .lock_windows import WindowsLocking
+        locking = WindowsLocking()
+    else:
+        locking = PosixLocking()
+    return InstanceLock(lock_paths(cfg.sensor.data_dir, cfg.spool.path), locking)
+
+
 def build(cfg: Config, checked: Validation | None = None, *, with_source: bool = True,
-          with_delivery: bool = True) -> Parts:
+          with_delivery: bool = True, owner: bool = False) -> Parts:
     """Make every part of a configuration that passed :func:`validate` (done here if not given).
 
     Creates the spool (and its folder); raises ConfigError when something still fails.
+    ``owner``: this process holds the instance lock (:func:`instance_lock`), so it may salvage
+    a damaged spool.
     """
     from ..detect.noise import Exclusion, Exclusions, Throttle
     from ..detect.matcher import create
@@ -351,7 +364,7 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
             private_dir(cfg.sensor.data_dir)
             parts.spool = Spool(cfg.spool.path, max_bytes=int(cfg.spool.max_mb * 1024 * 1024),
                                 max_age=cfg.spool.max_age_days * 86400,
-                                dead_max_rows=cfg.spool.dead_letter_max)
+                                dead_max_rows=cfg.spool.dead_letter_max, owner=owner)
         except (SpoolError, OSError, ValueError) as exc:
             parts.output.close()
             raise ConfigError(f"spool.path: {exc}", cfg.path) from None
@@ -377,10 +390,11 @@ def _make_enricher(cfg: Config, cache):
                     pe_batch=cache.batch if has else None)
 
 
-def prepare(cfg: Config, checked: Validation | None = None):
+def prepare(cfg: Config, checked: Validation | None = None, owner: bool = False):
     """Build every part of a checked ``cfg``, log what the operator must know, return the
-    pipeline. Shared by ``etw-sensor run`` and the Windows service."""
-    parts = build(cfg, checked)
+    pipeline. Shared by ``etw-sensor run`` and the Windows service. ``owner``: the caller holds
+    the instance lock (:func:`instance_lock`)."""
+    parts = build(cfg, checked, owner=owner)
     for w in parts.warnings:
         log.warning(w)
     return make_pipeline(parts)

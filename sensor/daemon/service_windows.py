@@ -141,9 +141,10 @@ def _service_class():
                                      win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR, svcExitCode=code)
 
         def SvcDoRun(self):
-            from .assemble import prepare, setup_logging, validate
+            from .assemble import instance_lock, prepare, setup_logging, validate
             from .runner import serve
             from .config import ConfigError, load
+            from .lock import AlreadyRunning
 
             servicemanager.LogMsg(servicemanager.EVENTLOG_INFORMATION_TYPE,
                                   servicemanager.PYS_SERVICE_STARTED, (self._name, ""))
@@ -158,14 +159,31 @@ def _service_class():
                     self._refuse(checked.errors)
                     return
                 setup_logging(cfg)
-                pipeline = prepare(cfg, checked)
+                lock = instance_lock(cfg).acquire()  # held for the life of the service
             except ConfigError as exc:
                 self._refuse(exc.errors)
+                return
+            except (AlreadyRunning, OSError) as exc:
+                # A second sensor on this data folder: exit 2 naming the holder's pid.
+                servicemanager.LogErrorMsg(f"etw-sensor: not started: {exc}")
+                self.ReportServiceStatus(win32service.SERVICE_STOPPED,
+                                         win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR, svcExitCode=2)
                 return
             except Exception as exc:  # noqa: BLE001 - the SCM gets a reason, not a crash
                 self._refuse([f"{type(exc).__name__}: {exc}"])
                 return
-            code = serve(pipeline, self._stop, cfg.sensor.drain_timeout_s)
+            try:
+                try:
+                    pipeline = prepare(cfg, checked, owner=True)
+                except ConfigError as exc:
+                    self._refuse(exc.errors)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the SCM gets a reason, not a crash
+                    self._refuse([f"{type(exc).__name__}: {exc}"])
+                    return
+                code = serve(pipeline, self._stop, cfg.sensor.drain_timeout_s)
+            finally:
+                lock.release()
             if code:
                 self.ReportServiceStatus(win32service.SERVICE_STOPPED,
                                          win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR, svcExitCode=code)

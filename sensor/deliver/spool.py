@@ -401,6 +401,7 @@ class Spool:
         self._open(wal_existed=True)
         report = ScanReport()
         alerts = dead = damaged = 0
+        seen_ids: set[str] = set()  # stale copies of a row (header gone): one row per alert id
         claimed: int | None = None
         counters: dict[str, int] = {}
         now = self.clock()
@@ -422,10 +423,14 @@ class Spool:
 
         wal = str(aside) + "-wal"
         try:
-            for _rowid, v in scan(str(aside), wal if os.path.exists(wal) else None, report):
+            for _rowid, v in scan(str(aside), wal if os.path.exists(wal) else None, report,
+                                  tables=("alerts", "dead_letter", "meta")):
                 row = _alert_values(v)
                 if row is not None:
                     uid, created, attempts, kind, body, crc = row
+                    if uid in seen_ids:
+                        continue
+                    seen_ids.add(uid)
                     if crc is not None and row_crc(uid, body) != crc:
                         damaged += 1
                         batch_d.append((uid, created, attempts, None,
@@ -458,7 +463,7 @@ class Spool:
         self.salvage = {"moved_to": str(aside), "reason": reason, "recovered": alerts,
                         "recovered_dead_letters": dead, "damaged": damaged, "lost": lost,
                         "pages": report.pages, "bad_cells": report.bad_cells,
-                        "header_ok": report.header_ok}
+                        "header_ok": report.header_ok, "walked": report.walked}
         lost_text = "an unknown number of alerts may be lost (the row count was unreadable)" \
             if lost is None else f"{lost} lost"
         message = (f"alert spool was damaged ({reason}) and moved aside to {aside.name}: recovered "

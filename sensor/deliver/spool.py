@@ -180,7 +180,7 @@ def _classify(exc: sqlite3.Error) -> type[SpoolError]:
         text = str(exc).lower()
         if "disk is full" in text:
             return SpoolFull
-        if "malformed" in text or "not a database" in text:
+        if "malformed" in text or "not a database" in text or "could not decode" in text:
             return SpoolDamaged
         return SpoolError
     if code & 0xFF == _SQLITE_FULL:
@@ -289,6 +289,9 @@ class Spool:
         # room takes those first (they are no loss).
         self.delivery_state: Callable[[], Collection[int]] | None = None
         self.salvage: dict | None = None  # what the start-up salvage did, if it ran
+        self.damage_marker = Path(str(self.path) + ".damaged")
+        self.damaged_since: float | None = None  # damage found while running (owner)
+        self._opening = True
         self.wal_lost: dict | None = None  # set when a lost -wal was noticed at start
         try:
             # Private: the spool holds command lines. SQLite gives -wal and -shm the mode of the
@@ -301,12 +304,26 @@ class Spool:
         wal_existed = os.path.exists(str(self.path) + "-wal")
         try:
             self._open(wal_existed)
-        except SpoolDamaged as exc:
+            if owner and self.damage_marker.exists():
+                try:
+                    why = self.damage_marker.read_text(encoding="utf-8", errors="replace").strip()
+                except OSError:
+                    why = ""
+                raise SpoolDamaged(f"spool {self.path}: damage found while the sensor last ran ({why})")
+        except SpoolError as exc:
+            if not isinstance(exc, SpoolDamaged) and not _foreign_schema(exc):
+                self._close_connections()
+                raise
             if not owner:
                 self._close_connections()
                 raise SpoolDamaged(f"{exc} (the sensor moves a damaged spool aside and recovers its "
                                    f"rows at its next start)") from None
             self._salvage(str(exc))
+            try:
+                self.damage_marker.unlink()
+            except OSError:
+                pass
+        self._opening = False
         if owner:
             self._ensure_reserve()
 
@@ -449,8 +466,10 @@ class Spool:
                 if len(batch_a) + len(batch_d) >= 500:
                     flush()
             flush()
-        except OSError as exc:
-            log.error("reading the damaged spool %s stopped: %s", aside, exc.strerror or exc)
+        except SpoolError:
+            raise
+        except Exception as exc:  # the reader met something it cannot read: keep what it has
+            log.error("reading the damaged spool %s stopped: %s: %s", aside, type(exc).__name__, exc)
             flush()
         claimed = counters.get("rows")
         lost = None if claimed is None else max(0, claimed - alerts - damaged)
@@ -482,6 +501,9 @@ class Spool:
             if self._closed:
                 raise SpoolError(f"spool {self.path} is closed")
             conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            # The file is input like any other: text that is not UTF-8 (damage) reads with U+FFFD
+            # (the row's checksum then fails) instead of failing every read of the table.
+            conn.text_factory = _text
             try:
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA busy_timeout=30000")
@@ -490,7 +512,7 @@ class Spool:
                 # Zero a deleted row's bytes in the pages a delete writes anyway (no extra I/O), so a
                 # salvage never brings back alerts that were confirmed long ago.
                 conn.execute("PRAGMA secure_delete=FAST")
-            except sqlite3.Error:
+            except BaseException:
                 conn.close()
                 raise
             self._local.conn = conn
@@ -506,9 +528,31 @@ class Spool:
         except SpoolError:
             raise
         except sqlite3.Error as exc:
-            raise _classify(exc)(f"spool {self.path}: {what} failed: {exc}") from exc
+            kind = _classify(exc)
+            if kind is SpoolDamaged:
+                self._mark_damaged(str(exc))
+            raise kind(f"spool {self.path}: {what} failed: {exc}") from exc
+        except UnicodeError as exc:  # SQLite handed back text that is not UTF-8: a damaged file
+            self._mark_damaged(str(exc))
+            raise SpoolDamaged(f"spool {self.path}: {what} failed: damaged text ({exc.reason})") from exc
         except OSError as exc:
             raise SpoolError(f"spool {self.path}: {what} failed: {exc.strerror or exc}") from exc
+
+    def _mark_damaged(self, why: str) -> None:
+        """(Owner, while running) Remember damage SQLite found, so the next start salvages the file
+        even when its quick check passes (an index that no longer matches its table, say)."""
+        if not self.owner or self._opening or self.damaged_since is not None:
+            return
+        self.damaged_since = self.clock()
+        try:
+            with open(self.damage_marker, "w", encoding="utf-8") as fh:
+                fh.write(why[:500] + "\n")
+        except OSError:
+            pass
+        log.critical("ALERT SPOOL DAMAGED (%s): %s; restart the sensor: it moves the file aside and "
+                     "recovers its rows at start", self.path, why)
+        self._callback({"event": "spool_damaged", "message": f"alert spool damaged while running: {why}",
+                        "path": str(self.path)})
 
     def _notify(self) -> None:
         with self._new_data:
@@ -1016,10 +1060,11 @@ class Spool:
                     after = r[0]
                     if r[0] in skip:
                         continue
-                    size += len(r[4])
+                    item = _spooled(r)
+                    size += len(item.body)
                     if out and max_bytes is not None and size > max_bytes:
                         return out
-                    out.append(SpooledAlert(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]))
+                    out.append(item)
                     if len(out) >= limit:
                         return out
                 if len(rows) < limit or not skip:
@@ -1093,12 +1138,15 @@ class Spool:
         logged = []
         with self._guard("dead letter"), self._tx():
             for rowid, reason, status in items:
-                row = self._db.execute("SELECT size, alert_uuid FROM alerts WHERE id=?", (rowid,)).fetchone()
+                row = self._db.execute("SELECT COALESCE(size, 0), alert_uuid FROM alerts WHERE id=?",
+                                       (rowid,)).fetchone()
                 if row is None:
                     continue
+                # (COALESCE: a damaged row must still move, whatever its columns now hold)
                 self._db.execute(
                     "INSERT INTO dead_letter(alert_uuid, created, moved, attempts, status, reason, body, crc) "
-                    "SELECT alert_uuid, created, ?, attempts + 1, ?, ?, body, crc FROM alerts WHERE id=?",
+                    "SELECT COALESCE(alert_uuid, ''), COALESCE(created, 0), ?, COALESCE(attempts, 0) + 1, ?, ?, "
+                    "COALESCE(body, x''), crc FROM alerts WHERE id=?",
                     (now, status, reason[:1000], rowid))
                 self._db.execute("DELETE FROM alerts WHERE id=?", (rowid,))
                 self._bump("bytes", -row[0])
@@ -1212,6 +1260,7 @@ class Spool:
                 "held_dropped": self._full_held_dropped,
                 "reserve_bytes": self.reserve_bytes,
                 "salvaged_at_start": dict(self.salvage) if self.salvage else None,
+                "damaged": self.damaged_since is not None,
                 "wal_lost_at_start": bool(self.wal_lost)}
 
     def stats(self) -> dict:
@@ -1278,6 +1327,30 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _spooled(r: tuple) -> SpooledAlert:
+    """A fetched row as a SpooledAlert, whatever the (possibly damaged) file holds in its columns:
+    a value of the wrong type becomes one that fails the row's checks, never an exception."""
+    rowid, uid, created, attempts, body, crc = r
+    if not isinstance(body, bytes):
+        body = str(body).encode("utf-8", "replace")
+    return SpooledAlert(rowid, uid if isinstance(uid, str) else str(uid),
+                        float(created) if isinstance(created, (int, float)) else 0.0,
+                        attempts if isinstance(attempts, int) else 0, body,
+                        crc if isinstance(crc, int) else -1 if crc is not None else None)
+
+
+def _foreign_schema(exc: SpoolError) -> bool:
+    """An error opening a file whose tables are not the spool's (a view named alerts, a column
+    missing, a value of the wrong type): treated like damage, since the spool is input too."""
+    cause = exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(cause, sqlite3.Error) and (code is None or code & 0xFF in (1, 19, 20))
 
 
 def _alert_values(v: list) -> tuple | None:

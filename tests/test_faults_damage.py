@@ -7,14 +7,13 @@ import logging
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from sensor.deliver.forwarder import DeliveryConfig, Forwarder
 from sensor.deliver.outputs import build_output
@@ -263,8 +262,6 @@ def _template(tmp_root: Path) -> tuple[bytes, set[str]]:
         _TEMPLATE["ids"] = {a["id"] for a in alerts}
     return _TEMPLATE["data"], _TEMPLATE["ids"]
 
-
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -145,9 +145,12 @@ def test_every_counter_reaches_all_four_renderings(tmp_path, caplog, capsys):
             sink(start(next(pids), VOL + "\\retry\\mofcomp.exe"))
             wait(lambda: len(alerts_at_receiver()) == 2 and health().delivery.failed_attempts >= 1,
                  what="a retried delivery")
-            # 5. an alert the receiver rejects (400): dead-lettered
+            # 5. an alert the receiver rejects (400): dead-lettered once the receiver accepted
+            # another alert after that rejection (a 400 alone is not yet a verdict on the alert)
             receiver.reject_containing = "poison"
             sink(start(next(pids), VOL + "\\poison\\mofcomp.exe"))
+            wait(lambda: health().delivery.rejected_alone >= 1, what="a lone rejection")
+            sink(start(next(pids), VOL + "\\accepted\\mofcomp.exe"))
             wait(lambda: health().delivery.dead_lettered == 1, what="a dead letter")
             receiver.reject_containing = None
             # 6. ETW loss: an in-band RT_LostEvent and the session's own counter

@@ -207,19 +207,26 @@ def test_run_starts_on_a_damaged_spool_and_delivers_what_was_recovered(tmp_path)
     rec = tmp_path / "rec.jsonl"
     rec.write_text(json.dumps({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe",
                                "ParentImage": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "mofcomp x.mof"}) + "\n")
-    with Receiver(token="tok") as receiver:
+    with Receiver(token="tok", keep_documents=True) as receiver:
         cfg = tmp_path / "sensor.toml"
         cfg.write_text(f'[sensor]\ndata_dir = "{state}"\nheartbeat_s = 0\n'
                        f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{rec}"]\n'
                        f'[output]\nformat = "ecs"\nurl = "{receiver.url}/ingest"\nca_file = "{receiver.ca_file}"\n'
                        f'token = "tok"\n[delivery]\nbatch_wait_ms = 20\n')
+        cfg.chmod(0o600)  # the sensor refuses a config others can read
         r = subprocess.run([sys.executable, "-m", "sensor", "run", "-c", str(cfg)], capture_output=True,
                            text=True, env=env(), timeout=120)
         assert r.returncode == 0, r.stderr
         assert "moved aside to spool.sqlite.damaged-" in r.stderr and "recovered 100 alert(s)" in r.stderr
-        got = set(receiver.ids())
+        alerts = receiver.documents("alert")   # not the health documents of the ledger
+        got = {d["event"]["id"] for d in alerts}
         assert set(ids) <= got  # every recovered alert was delivered
-        assert len(got) == 100 + 2  # plus the new alert and the spool_salvaged health alert
+        assert len(got) == len(alerts) == 100 + 2  # plus the new alert and the spool_salvaged health alert
+        [salvaged] = [d for d in alerts if d["rule"]["id"] == "sensor-health-spool-salvaged"]
+        assert "recovered 100 alert(s)" in salvaged["message"]
+        [start] = [d for d in receiver.documents("metric") if d["event"]["action"] == "start"]
+        assert start["sensor"]["health"]["spool"]["salvaged_at_start"]["recovered"] == 100
+        assert any("salvaged at start" in p for p in start["sensor"]["health"]["problems"])
     assert list(state.glob("spool.sqlite.damaged-*"))
 
 

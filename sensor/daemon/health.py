@@ -122,7 +122,7 @@ class NoiseHealth(_H):
 
 class SpoolHealth(_H):
     enabled: bool = False
-    state: str = "ok"                  # ok, or a fault state (each change raises a health alert)
+    state: str = "ok"                  # ok, disk_full or damaged (each change raises a health alert)
     depth: int = 0                     # rows waiting for delivery (alerts and health documents)
     oldest_age_s: Optional[float] = None
     bytes: int = 0
@@ -135,6 +135,17 @@ class SpoolHealth(_H):
     dead_dropped: int = 0
     write_failures: int = 0            # alerts that could not be written (not kept)
     error: Optional[str] = None
+    # Fault states (docs/delivery.md, "Faults")
+    disk_full: bool = False            # the disk holding the spool is full: it does not grow now
+    disk_full_since: Optional[str] = None
+    held: int = 0                      # new alerts waiting in memory for disk space
+    held_dropped: int = 0              # held alerts dropped over the memory cap (this episode)
+    dropped_disk_full: int = 0         # oldest alerts dropped to make room on a full disk (persisted)
+    damaged: bool = False              # SQLite reported damage while running: restart salvages it
+    salvaged: int = 0                  # rows recovered from damaged spools (persisted)
+    damaged_rows: int = 0              # rows that failed their checks (to dead letters, persisted)
+    salvaged_at_start: Optional[dict[str, Any]] = None   # what the start-up salvage did
+    wal_lost_at_start: bool = False    # the -wal of an unclean stop was missing at start
 
 
 class DeliveryHealth(_H):
@@ -153,6 +164,10 @@ class DeliveryHealth(_H):
     last_success_time: Optional[float] = None
     next_attempt_in: float = 0.0
     batch_cap: int = 0
+    consecutive_failures: int = 0      # failed rounds in a row (the back-off exponent)
+    ack_pending: int = 0               # delivered rows whose confirmation waits for disk space
+    corrupt_rows: int = 0              # rows that failed their checksum (to dead letters)
+    rejected_alone: int = 0            # alerts a 400 named after the batch was split
 
 
 class LedgerHealth(_H):
@@ -201,6 +216,13 @@ def problems(s: Status) -> list[str]:
         out.append(f"{s.spool.write_failures} alert(s) could not be written to the spool")
     if s.spool.state != "ok":
         out.append(f"spool {s.spool.state}" + (f": {s.spool.error}" if s.spool.error else ""))
+    if s.spool.held:
+        out.append(f"{s.spool.held} alert(s) held in memory until the disk has room")
+    if s.spool.salvaged_at_start:
+        out.append("the spool was damaged and salvaged at start: "
+                   + str(s.spool.salvaged_at_start.get("message") or s.spool.salvaged_at_start)[:300])
+    if s.spool.wal_lost_at_start:
+        out.append("the spool's write-ahead log was missing at start: recent alerts may be lost")
     if s.spool.dropped:
         out.append(f"{s.spool.dropped} undelivered alert(s) dropped by the spool cap")
     if s.delivery.parked:
@@ -334,7 +356,8 @@ def transitions(prev: Status | None, cur: Status) -> list[tuple[str, str, dict, 
         out.append(("delivery_parked", f"alert delivery parked: {cur.delivery.park_reason or '-'}",
                     {"reason": cur.delivery.park_reason, "spool_depth": cur.spool.depth},
                     f"{boot}:{cur.delivery.failed_attempts}"))
-    if cur.spool.state != prev.spool.state and cur.spool.state != "ok":
+    # disk_full: the spool sends its own begin and end alerts (spool_disk_full, with the counts)
+    if cur.spool.state != prev.spool.state and cur.spool.state not in ("ok", "disk_full"):
         out.append((f"spool_{cur.spool.state}", f"spool {cur.spool.state}: {cur.spool.error or '-'}",
                     {"state": cur.spool.state, "error": cur.spool.error}, f"{boot}:{cur.written_at}"))
     return out

@@ -302,12 +302,14 @@ class Pipeline:
                          r["suppressed"], r["rule"], r["window_s"])
         st.noise = noise
         if self.spool is not None:
-            sp = _convert(_safe(getattr(self.spool, "stats", None)), SpoolHealth)
+            raw = _safe(getattr(self.spool, "stats", None))
+            sp = _convert(raw, SpoolHealth)
             sp.enabled = True
             oldest = _safe_call(getattr(self.spool, "oldest_created", None))
             sp.oldest_age_s = round(max(0.0, time.time() - oldest), 1) if oldest else None
             sp.write_failures = self.spool_errors
-            sp.error = self._spool_error
+            sp.state = "damaged" if sp.damaged else "disk_full" if sp.disk_full else "ok"
+            sp.error = self._spool_error or raw.get("error") or raw.get("disk_full_error")
             st.spool = sp
         if self.forwarder is not None:
             st.delivery = _convert(_safe(getattr(self.forwarder, "stats", None)), DeliveryHealth)

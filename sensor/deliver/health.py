@@ -61,6 +61,39 @@ HEALTH_RULES: dict[str, dict[str, Any]] = {
         "description": "Writing alerts to the spool failed (disk full, damaged or unwritable "
                        "spool): those alerts were not kept.",
     },
+    "spool_disk_full": {
+        "id": "sensor-health-spool-disk-full", "title": "Sensor alert spool on a full disk",
+        "level": "critical",
+        "description": "The disk holding the alert spool is full (health.state begin), or has room "
+                       "again (end). Meanwhile the spool does not grow: new alerts take the room of "
+                       "the oldest undelivered ones, or wait in memory.",
+    },
+    "spool_disk_full_dropped": {
+        "id": "sensor-health-spool-disk-full-dropped",
+        "title": "Sensor dropped undelivered alerts (disk full)",
+        "level": "high",
+        "description": "The disk holding the alert spool is full: the oldest undelivered alerts were "
+                       "dropped to make room for new ones.",
+    },
+    "spool_salvaged": {
+        "id": "sensor-health-spool-salvaged", "title": "Sensor alert spool was damaged and salvaged",
+        "level": "high",
+        "description": "At start the alert spool could not be read: it was moved aside and its "
+                       "readable rows recovered into a fresh one. The alert says how many rows were "
+                       "recovered and how many were lost.",
+    },
+    "spool_wal_missing": {
+        "id": "sensor-health-spool-wal-missing", "title": "Sensor alert spool lost its write-ahead log",
+        "level": "high",
+        "description": "The previous run stopped without closing the spool and its -wal file was "
+                       "gone at start: alerts committed after the last checkpoint are lost.",
+    },
+    "spool_damaged": {
+        "id": "sensor-health-spool-damaged", "title": "Sensor alert spool damaged while running",
+        "level": "critical",
+        "description": "SQLite reported damage in the alert spool while the sensor ran. A restart "
+                       "moves the file aside and recovers its rows.",
+    },
     "delivery_parked": {
         "id": "sensor-health-delivery-parked", "title": "Sensor alert delivery parked",
         "level": "high",

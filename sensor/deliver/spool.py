@@ -49,7 +49,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Seque
 import msgspec
 
 from .. import __version__
-from .._files import private_dir, touch_private
+from .._files import open_private, private_dir, touch_private
 
 log = logging.getLogger("sensor.spool")
 
@@ -415,6 +415,10 @@ class Spool:
                              f"{exc.strerror or exc}") from None
         log.error("alert spool %s is damaged (%s): moved aside to %s; recovering its rows",
                   self.path, reason, aside.name)
+        try:
+            touch_private(self.path)  # the fresh spool is private like the first one
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path}: cannot create a fresh spool: {exc.strerror or exc}") from None
         self._open(wal_existed=True)
         report = ScanReport()
         alerts = dead = damaged = 0
@@ -545,7 +549,7 @@ class Spool:
             return
         self.damaged_since = self.clock()
         try:
-            with open(self.damage_marker, "w", encoding="utf-8") as fh:
+            with open_private(self.damage_marker, "w", encoding="utf-8", make_parents=False) as fh:
                 fh.write(why[:500] + "\n")
         except OSError:
             pass
@@ -1007,7 +1011,7 @@ class Spool:
                 return True
             if usage.free < 2 * (want - have):
                 return False
-            with open(self.reserve_path, "ab") as fh:
+            with open_private(self.reserve_path, "ab", make_parents=False) as fh:
                 chunk = b"\0" * 65536
                 left = want - have
                 while left > 0:

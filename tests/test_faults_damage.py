@@ -228,6 +228,7 @@ def test_run_starts_on_a_damaged_spool_and_delivers_what_was_recovered(tmp_path)
         assert start["sensor"]["health"]["spool"]["salvaged_at_start"]["recovered"] == 100
         assert any("salvaged at start" in p for p in start["sensor"]["health"]["problems"])
     assert list(state.glob("spool.sqlite.damaged-*"))
+    assert oct(spool.stat().st_mode & 0o777) == "0o600"  # the fresh spool is private like the first
 
 
 def test_a_damaged_body_that_is_still_valid_json_goes_to_dead_letters(tmp_path):

@@ -244,3 +244,39 @@ def test_confirmations_the_disk_refuses_are_retried_never_resent(volume):
         assert sorted(i for i in rec.ids() if i in ids) == sorted(ids)  # each exactly once
         assert len(rec.ids()) == len(set(rec.ids()))  # (the rest: the spool_disk_full health alerts)
     sp.close()
+
+
+def test_the_disk_full_state_reaches_the_health_status_and_ends_by_itself(volume, tmp_path):
+    """The daemon's typed status (status.json, heartbeat document) says disk_full while it lasts."""
+    from sensor.daemon.health import problems, read_status, transitions
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.detect.seed import builtin_rules
+    from sensor.sources.replay import ReplaySource
+
+    vol = volume("16m")
+    rec_file = tmp_path / "empty.jsonl"
+    rec_file.write_text("")
+    sp = Spool(vol / "spool.sqlite", owner=True)
+    status_file = tmp_path / "status.json"
+    pipe = Pipeline(source=ReplaySource([str(rec_file)]), rules=builtin_rules(), spool=sp,
+                    heartbeat_interval=0, status_file=str(status_file), info={"host": "h"})
+    ok = pipe.health()
+    assert ok.spool.state == "ok" and not ok.spool.disk_full
+    filler = fill(vol)
+    try:
+        for i in range(0, 400, 10):
+            sp.put_many([sample_alert(j) for j in range(i, i + 10)])
+        full = pipe.beat()
+        assert full.spool.state == "disk_full" and full.spool.disk_full
+        assert full.spool.dropped_disk_full + full.spool.held > 0
+        assert any(p.startswith("spool disk_full") for p in problems(full))
+        on_disk = read_status(str(status_file))
+        assert on_disk.spool.state == "disk_full" and on_disk.spool.disk_full_since
+        # the spool sends its own begin/end alerts: the transition adds no second one
+        assert not [t for t in transitions(ok, full) if t[0].startswith("spool_disk_full")]
+    finally:
+        filler.unlink()
+    # space is back: the forwarder's periodic upkeep ends the state
+    assert wait_until(lambda: sp.maintain() or not sp.stats()["disk_full"], 30)
+    assert pipe.health().spool.state == "ok"
+    sp.close()

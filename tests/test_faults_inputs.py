@@ -124,3 +124,47 @@ def test_a_300_mb_file_without_newlines_reads_in_bounded_memory(tmp_path):
     events, errors, rss_kb = map(int, r.stdout.split())
     assert events == 1 and errors == 1
     assert rss_kb < 150 * 1024, f"peak RSS {rss_kb // 1024} MiB reading a 300 MB line"
+
+
+def big_rule(path: Path, values: int) -> Path:
+    """A process_creation rule with ``values`` OR-ed CommandLine values (about 30 bytes each)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("title: big\nid: 11111111-2222-3333-4444-555555555555\nstatus: test\n"
+                 "logsource:\n  category: process_creation\n  product: windows\n"
+                 "detection:\n  selection:\n    CommandLine|contains:\n")
+        for i in range(values):
+            fh.write(f"      - 'value-{i:08d}-xxxx'\n")
+        fh.write("  condition: selection\nlevel: high\n")
+    return path
+
+
+def validate(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sensor", "rules", "validate", *map(str, paths)],
+                          capture_output=True, text=True, env=env(), timeout=300)
+
+
+def test_rules_validate_refuses_a_rule_file_too_large_or_with_too_many_values(tmp_path):
+    pytest.importorskip("sigma", reason="reading Sigma YAML needs pySigma (the sigma extra)")
+    from sensor.detect.sigma import MAX_RULE_FILE_BYTES, MAX_RULE_VALUES
+
+    huge = big_rule(tmp_path / "huge.yml", 300_000)            # 9 MB: the size bound
+    assert huge.stat().st_size > MAX_RULE_FILE_BYTES
+    many = big_rule(tmp_path / "many.yml", MAX_RULE_VALUES + 5_000)  # under 1 MiB: the value bound
+    assert many.stat().st_size < MAX_RULE_FILE_BYTES
+    fine = big_rule(tmp_path / "fine.yml", 2_000)              # more than any SigmaHQ rule has
+    r = validate(huge, many, fine)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"{huge}: rule file too large (more than {MAX_RULE_FILE_BYTES:,} bytes)" in r.stdout
+    assert f"{many}:7: too many detection values (more than {MAX_RULE_VALUES:,} in one file)" in r.stdout
+    assert str(fine) not in r.stdout.split("rejected")[-1]   # the ordinary one loads
+    assert "1 loaded, 2 rejected" in r.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")
+def test_a_rule_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    pytest.importorskip("sigma", reason="reading Sigma YAML needs pySigma (the sigma extra)")
+    fifo = tmp_path / "rule.yml"
+    os.mkfifo(fifo)
+    r = validate(fifo)        # before: blocked for good in open()
+    assert r.returncode == 1 and f"{fifo}: cannot read: not a regular file" in r.stdout, r.stdout + r.stderr

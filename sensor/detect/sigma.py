@@ -29,6 +29,11 @@ from typing import Any, Iterable
 from ..events import FIELDS as ETW_FIELDS
 from .ir import Predicate, Rule, RuleError, glob_escape
 
+# The work one rule file may cost (a hostile rule file must not stall `rules validate` or a
+# start). The largest SigmaHQ rule file is about 50 KB with about 1,100 values.
+MAX_RULE_FILE_BYTES = 1024 * 1024
+MAX_RULE_VALUES = 10_000          # detection values (list items and scalars) per file
+
 # Logsource this sensor evaluates (category process_creation, product windows).
 CATEGORY = "process_creation"
 PRODUCT = "windows"
@@ -281,16 +286,24 @@ def _simplify(node) -> Any:
     if kind == "or":
         merged: list = []
         index: dict = {}
+        # per merged leaf: its values in order and the set of them (a linear merge: thousands
+        # of OR-ed values must not cost a scan of the list per value)
+        vals: dict[int, tuple[list, set]] = {}
         for c in kids:
             if isinstance(c, _Leaf) and c.op in _MERGEABLE:
                 k = c.key()
                 if k in index:
-                    leaf = merged[index[k]]
-                    leaf.values = leaf.values + tuple(v for v in c.values if v not in leaf.values)
+                    order, seen = vals[index[k]]
+                    new = [v for v in c.values if v not in seen]
+                    order.extend(new)
+                    seen.update(new)
                     continue
                 c = _Leaf(c.field, c.op, c.values, c.cased, c.flags)  # copy: merging mutates
                 index[k] = len(merged)
+                vals[index[k]] = (list(c.values), set(c.values))
             merged.append(c)
+        for i, (order, _) in vals.items():
+            merged[i].values = tuple(order)
         kids = merged
     if len(kids) == 1:
         return kids[0]
@@ -399,14 +412,38 @@ def _policy():
     return TrustedPolicy
 
 
+def _count_values(node: Any, limit: int) -> int:
+    """Scalars under ``node`` (detection values), counting stops past ``limit``. YAML aliases
+    make shared sub-trees that count once per use, so a small alias bomb is counted as big
+    as it would expand."""
+    n = 0
+    stack = [node]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        else:
+            n += 1
+            if n > limit:
+                return n
+    return n
+
+
 def load_sigma_text(text: str, path: str) -> FileResult:
-    """Parse and convert every rule document of one Sigma YAML text."""
+    """Parse and convert every rule document of one Sigma YAML text (bounded: at most
+    MAX_RULE_FILE_BYTES of text and MAX_RULE_VALUES detection values)."""
     import yaml
     from sigma.rule import SigmaRule
     from sigma.rule.base import SigmaYAMLLoader
 
     _register_aliases()
     out = FileResult()
+    if len(text) > MAX_RULE_FILE_BYTES:
+        out.rejected.append(Problem(path, None, f"rule file too large (more than "
+                                                f"{MAX_RULE_FILE_BYTES:,} bytes): split it"))
+        return out
     try:
         docs = [d for d in yaml.load_all(text, SigmaYAMLLoader) if d is not None]
     except yaml.YAMLError as exc:
@@ -433,6 +470,12 @@ def load_sigma_text(text: str, path: str) -> FileResult:
         return out
     if not docs:
         out.rejected.append(Problem(path, None, "empty file (no Sigma rule)"))
+        return out
+    n = _count_values([d.get("detection") for d in docs if isinstance(d, dict)], MAX_RULE_VALUES)
+    if n > MAX_RULE_VALUES:
+        out.rejected.append(Problem(path, _key_line(text, "detection"),
+                                    f"too many detection values (more than {MAX_RULE_VALUES:,} in one "
+                                    f"file): split the rule"))
         return out
     if any(isinstance(d, dict) and "action" in d for d in docs):
         out.rejected.append(Problem(path, _key_line(text, "action"),
@@ -471,15 +514,37 @@ def load_sigma_file(path: str | os.PathLike) -> FileResult:
     """Read and convert one Sigma YAML file."""
     p = str(path)
     try:
-        raw = Path(p).read_bytes()
+        raw = _read_bounded(p, MAX_RULE_FILE_BYTES)
     except OSError as exc:
         return FileResult(rejected=[Problem(p, None, f"cannot read: {exc.strerror or exc}")])
+    if raw is None:
+        return FileResult(rejected=[Problem(p, None, f"rule file too large (more than "
+                                                     f"{MAX_RULE_FILE_BYTES:,} bytes): split it")])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         return FileResult(rejected=[Problem(p, line, f"not UTF-8 text: {exc.reason}")])
     return load_sigma_text(text, p)
+
+
+def _read_bounded(path: str, limit: int) -> bytes | None:
+    """The bytes of a regular file, or None when it holds more than ``limit``. Opened
+    non-blocking and checked with fstat first: a FIFO or device is refused, never waited on."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        if st.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    return None if len(data) > limit else data
 
 
 def field_warnings(rule: Rule) -> list[str]:

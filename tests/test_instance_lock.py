@@ -89,6 +89,7 @@ def test_second_run_on_the_same_data_folder_exits_2_naming_the_first(tmp_path):
     cfg.write_text(f'[sensor]\ndata_dir = "{tmp_path / "state"}"\nheartbeat_s = 0.2\n'
                    f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{rec}"]\nspeed = 1.0\n'
                    f'[output]\nformat = "jsonl"\npath = "{out}"\n')
+    cfg.chmod(0o600)  # the sensor refuses a config others can read
     first = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-c", str(cfg)], stderr=subprocess.PIPE,
                              text=True, env=env())
     try:
@@ -122,3 +123,30 @@ def test_second_run_on_the_same_data_folder_exits_2_naming_the_first(tmp_path):
             first.wait(30)
         if first.stderr:
             first.stderr.close()
+
+
+@posix_only
+def test_a_second_sensor_with_its_own_data_folder_but_the_same_spool_is_refused(tmp_path):
+    """Two configs that share only the spool file: the spool's own lock refuses the second."""
+    spool = tmp_path / "shared" / "spool.sqlite"
+    lock = holder(tmp_path / "a" / "sensor.lock", Path(str(spool) + ".lock"))  # what sensor A holds
+    try:
+        rec = tmp_path / "rec.jsonl"
+        rec.write_text(json.dumps(dict(MOF, CommandLine="mofcomp x.mof")) + "\n")
+        cfg = tmp_path / "b.toml"
+        cfg.write_text(f'[sensor]\ndata_dir = "{tmp_path / "b"}"\nheartbeat_s = 0\n'
+                       f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{rec}"]\n'
+                       f'[output]\nformat = "jsonl"\npath = "{tmp_path / "alerts.jsonl"}"\n'
+                       f'[spool]\npath = "{spool}"\n')
+        cfg.chmod(0o600)
+        r = subprocess.run([sys.executable, "-m", "sensor", "run", "-c", str(cfg)], capture_output=True,
+                           text=True, env=env(), timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert f"another sensor (pid {lock.pid}) is running with {spool.parent} (lock spool.sqlite.lock)" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not spool.exists()              # refused before the spool was opened
+        assert not (tmp_path / "alerts.jsonl").exists()
+    finally:
+        lock.kill()
+        lock.wait(30)
+        lock.stdout.close()

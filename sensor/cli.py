@@ -16,7 +16,7 @@ import sys
 from . import __version__
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMAND_MODULES = ("scan", "rules", "peinfo", "output", "config", "run", "status", "spool", "service",
+COMMAND_MODULES = ("scan", "rules", "peinfo", "output", "config", "run", "reload", "status", "spool", "service",
                    "demo", "capture", "selftest")
 
 

@@ -177,6 +177,104 @@ def _cmd_compile(args) -> int:
     return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected)
 
 
+def _cmd_keygen(args) -> int:
+    """Write a new Ed25519 key pair: PREFIX.key (0600, never overwritten) and PREFIX.pub."""
+    import os
+
+    from .._files import open_private
+    from ..detect.signing import KeyError_, fingerprint, generate_key, parse_public_key
+    try:
+        private, public = generate_key(args.id)
+    except KeyError_ as exc:
+        print(f"etw-sensor: {exc}", file=sys.stderr)
+        return 2
+    key_path, pub_path = f"{args.output}.key", f"{args.output}.pub"
+    for p in (key_path, pub_path):
+        if os.path.lexists(p):
+            print(f"etw-sensor: {p} exists: not overwritten (a key is not replaced by accident)",
+                  file=sys.stderr)
+            return 2
+    try:
+        with open_private(key_path, "xb") as fh:
+            fh.write(private.encode("ascii"))
+        with open(pub_path, "x", encoding="ascii") as fh:
+            fh.write(public)
+    except OSError as exc:
+        print(f"etw-sensor: cannot write the key: {exc.strerror or exc}: {exc.filename or ''}",
+              file=sys.stderr)
+        return 1
+    _kid, raw = parse_public_key(public)
+    print(f"key id {args.id}\nprivate key {key_path} (keep it offline; 0600)\npublic key {pub_path} "
+          f"(list it in [rules] trusted_keys)\nfingerprint sha256 {fingerprint(raw)}")
+    return 0
+
+
+def _cmd_sign(args) -> int:
+    """Sign a pack in place (or to -o): its bytes, followed by the signature block."""
+    import os
+
+    from .._files import exposure
+    from ..detect.ir import RuleError
+    from ..detect.pack import decode_pack, is_pack
+    from ..detect.signing import PRIVATE_TAG, KeyError_, open_pack, read_key_file, sign_pack
+    try:
+        why = exposure(args.key) if os.path.isfile(args.key) else None
+    except OSError:
+        why = None
+    if why:
+        print(f"etw-sensor: {args.key}: {why}: a private key must be readable by its owner only; "
+              f"not used", file=sys.stderr)
+        return 2
+    try:
+        key_id, raw = read_key_file(args.key, PRIVATE_TAG)
+    except KeyError_ as exc:
+        print(f"etw-sensor: {exc}", file=sys.stderr)
+        return 2
+    if not is_pack(args.pack):
+        print(f"etw-sensor: {args.pack}: not a rule pack (etw-sensor rules compile makes one)",
+              file=sys.stderr)
+        return 2
+    try:
+        with open(args.pack, "rb") as fh:
+            data = fh.read()
+        body, _old = open_pack(data, args.pack, None)
+        rules = decode_pack(body, args.pack)   # sign only a pack this sensor can load
+    except OSError as exc:
+        print(f"etw-sensor: cannot read {args.pack}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except RuleError as exc:
+        print(f"etw-sensor: not signed: {exc}", file=sys.stderr)
+        return 1
+    out = args.output or args.pack
+    try:
+        write_bytes_private(sign_pack(body, key_id, raw), out)
+    except OSError as exc:
+        print(f"etw-sensor: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"signed {out}: {len(rules)} rules, key {key_id}")
+    return 0
+
+
+def write_bytes_private(data: bytes, output: str) -> None:
+    """Write ``data`` atomically (temp file + rename), private (0600)."""
+    import os
+
+    from .._files import open_private
+    tmp = f"{output}.tmp"
+    try:
+        with open_private(tmp, "wb", make_parents=False) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def register(subparsers) -> None:
     """Add ``rules`` and its sub-commands."""
     p = subparsers.add_parser("rules", help="list, validate and compile detection rules",
@@ -208,6 +306,23 @@ def register(subparsers) -> None:
     cp.add_argument("--allow-rejected", action="store_true",
                     help="write the pack even when rules were rejected (they are left out)")
     cp.set_defaults(func=_cmd_compile)
+
+    kp = sub.add_parser("keygen", help="make an Ed25519 key pair for signing rule packs",
+                        description="Write PREFIX.key (the private key, created 0600, never "
+                                    "overwritten) and PREFIX.pub (list it in [rules] "
+                                    "trusted_keys on the sensors).")
+    kp.add_argument("--id", required=True, metavar="KEY_ID",
+                    help="the key id packs signed with it carry (e.g. fleet-2025)")
+    kp.add_argument("-o", "--output", required=True, metavar="PREFIX")
+    kp.set_defaults(func=_cmd_keygen)
+
+    sp = sub.add_parser("sign", help="sign a rule pack (Ed25519)",
+                        description="Append a signature block to PACK (in place, or to -o). "
+                                    "A private key other users can read is refused.")
+    sp.add_argument("pack", metavar="PACK")
+    sp.add_argument("--key", required=True, metavar="KEY", help="the private key file (rules keygen)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write the signed pack here instead")
+    sp.set_defaults(func=_cmd_sign)
 
     def _usage(args) -> int:
         p.print_help(sys.stderr)

@@ -111,6 +111,10 @@ def main(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
         if sig is not None:
             signal.signal(sig, _signal)
+    reloader = getattr(pipeline, "reloader", None)
+    if hasattr(signal, "SIGHUP") and reloader is not None:
+        # SIGHUP: reload the rules (the handler only wakes the reload thread)
+        signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request("signal"))
     try:
         return serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
     finally:

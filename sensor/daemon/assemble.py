@@ -30,6 +30,7 @@ class Validation:
     warnings: list[str] = field(default_factory=list)
     rules: list = field(default_factory=list)
     rule_problems: list[str] = field(default_factory=list)
+    rule_packs: list[dict] = field(default_factory=list)
     not_applicable: int = 0
     output_name: str = ""
 
@@ -45,6 +46,7 @@ class Parts:
     config: Config
     rules: list
     rule_problems: list = field(default_factory=list)
+    rule_packs: list = field(default_factory=list)
     source: Any = None
     enricher: Any = None
     spool: Any = None
@@ -53,6 +55,7 @@ class Parts:
     exclusions: Any = None
     throttle: Any = None
     warnings: list = field(default_factory=list)
+    caps: dict = field(default_factory=dict)     # sizes set by [sensor] memory_limit_mb
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -139,22 +142,16 @@ def _check_platform(cfg: Config, v: Validation, platform: str, elevated, cli_inp
 
 
 def _check_rules(cfg: Config, v: Validation) -> None:
-    from ..detect.loader import load_rules as _load
     from ..detect.matcher import create
-    report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
-    v.rules = report.rules
-    v.rule_problems = report.problems()
-    v.not_applicable = len(report.not_applicable)
-    if v.rule_problems:
-        if cfg.rules.on_error == "fail":
-            v.errors += [f"rules: {p}" for p in v.rule_problems]
-            v.errors.append(f"rules: {len(v.rule_problems)} problem(s) above; the sensor does not "
-                            f"start without rules it was given (fix them, or set "
-                            f"[rules] on_error = \"skip\" to start without them)")
-        else:
-            v.warnings += [f"{p} (on_error = \"skip\": running without it)" for p in v.rule_problems]
+    from .reload import load_configured
+    loaded = load_configured(cfg)
+    v.rules = loaded.rules
+    v.rule_problems = loaded.problems
+    v.rule_packs = loaded.packs
+    v.not_applicable = loaded.not_applicable
+    v.errors += loaded.errors
+    v.warnings += loaded.warnings
     if not v.rules:
-        v.errors.append("rules: no rules to run (builtin = false and no rule loaded)")
         return
     engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
     try:
@@ -265,9 +262,9 @@ def setup_logging(cfg: Config, stream=None) -> None:
 
 def load_rules(cfg: Config) -> tuple[list, list]:
     """The configured rules and the problems found loading them."""
-    from ..detect.loader import load_rules as _load
-    report = _load(cfg.rules.paths, builtin=cfg.rules.builtin)
-    return report.rules, report.problems()
+    from .reload import load_configured
+    loaded = load_configured(cfg)
+    return loaded.rules, loaded.problems + [e for e in loaded.errors if not e.startswith("rules: ")]
 
 
 def _pe_cache(cfg: Config):
@@ -341,8 +338,10 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
         checked = validate(cfg)
     if checked.errors:
         raise ConfigError(checked.errors, cfg.path)
+    from .budget import apply_memory_caps
     parts = Parts(config=cfg, rules=checked.rules, rule_problems=checked.rule_problems,
-                  warnings=list(checked.warnings))
+                  rule_packs=checked.rule_packs, warnings=list(checked.warnings))
+    parts.caps = apply_memory_caps(cfg)    # [sensor] memory_limit_mb sizes the tables
     engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
     if cfg.exclusions:
         parts.exclusions = Exclusions(
@@ -397,7 +396,9 @@ def prepare(cfg: Config, checked: Validation | None = None, owner: bool = False)
     parts = build(cfg, checked, owner=owner)
     for w in parts.warnings:
         log.warning(w)
-    return make_pipeline(parts)
+    pipeline = make_pipeline(parts)
+    attach_services(pipeline, cfg, parts)
+    return pipeline
 
 
 def _dash(value: Any) -> str:
@@ -433,5 +434,37 @@ def make_pipeline(parts: Parts):
                     status_file=cfg.sensor.status_file,
                     alert_hook=_log_alert if cfg.logging.alerts else None,
                     rule_problems=parts.rule_problems, rules_on_error=cfg.rules.on_error,
+                    rule_packs=parts.rule_packs,
                     info={"host": cfg.sensor.hostname or socket.gethostname(),
                           "config": cfg.path})
+
+
+def attach_services(pipeline, cfg: Config, parts: Parts | None = None) -> list:
+    """What runs beside the pipeline: the rule reloader (file watch, update URL), the local
+    control channel and the CPU/memory budget. ``runner.serve`` starts and stops them."""
+    from .reload import Reloader
+    services: list = []
+    budget = None
+    if cfg.sensor.cpu_limit_percent or cfg.sensor.memory_limit_mb:
+        from .budget import Budget
+        budget = Budget(cfg.sensor.cpu_limit_percent, window=cfg.sensor.cpu_window_s,
+                        memory_limit_mb=cfg.sensor.memory_limit_mb,
+                        caps=parts.caps if parts is not None else {})
+        budget.attach(pipeline)
+        services.append(budget)
+
+    def on_config(new: Config) -> None:
+        pipeline.alert_hook = _log_alert if new.logging.alerts else None
+        if budget is not None:
+            budget.set_limit(new.sensor.cpu_limit_percent, new.sensor.cpu_window_s)
+
+    reloader = Reloader(pipeline, cfg, on_config=on_config)
+    services.append(reloader)
+    pipeline.reloader = reloader
+    if cfg.sensor.control:
+        from .control import control_server
+        server = control_server(cfg.sensor.data_dir, reloader)
+        if server is not None:
+            services.append(server)
+    pipeline.services = services
+    return services

@@ -51,6 +51,12 @@ class SensorSection(_S):
     queue_size: int = 16384            # events waiting for the matcher (~2.5 KB each); more are dropped, counted
     batch_size: int = 512
     drain_timeout_s: float = 30.0      # on stop: time to drain queues and flush the spool
+    # The budget (README, "Running a fleet"): 0 = no limit. CPU in percent of one core, over
+    # a window; over it, optional work is shed in a fixed order. Memory caps the tables.
+    cpu_limit_percent: float = 0.0
+    cpu_window_s: float = 5.0
+    memory_limit_mb: float = 0.0
+    control: bool = True               # the local control channel (`etw-sensor reload`)
 
 
 class LoggingSection(_S):
@@ -90,6 +96,28 @@ class SourceSection(_S):
     etw: EtwSection = msgspec.field(default_factory=EtwSection)
 
 
+class TrustedKeyEntry(_S):
+    id: str = ""                       # the key id packs are signed with
+    public_key: str = ""               # inline: the base64 key or a whole .pub line
+    file: str = ""                     # or a .pub file written by `etw-sensor rules keygen`
+    # trusted until (UTC): a TOML date or date-time, or the same as a string; "" = no end
+    not_after: Any = ""
+
+
+class RulesUpdateSection(_S):
+    url: str = ""                      # https://... a (signed) rule pack, polled
+    interval_s: float = 300.0
+    ca_file: str = ""                  # TLS as [output]: CA file, pin, client certificate
+    pin_sha256: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    tls_min_version: Literal["", "TLSv1.2", "TLSv1.3"] = ""
+    token_env: str = ""
+    token_file: str = ""
+    timeout_s: float = 30.0
+    max_mb: float = 64.0
+
+
 class RulesSection(_S):
     paths: list[str] = []              # Sigma YAML files/folders or compiled packs
     builtin: bool = True               # the built-in seed rule
@@ -97,6 +125,10 @@ class RulesSection(_S):
     # "fail": a missing path, a rejected rule or a bad pack stops the start (exit 2);
     # "skip": start without them, and report them (heartbeat, status, a health alert).
     on_error: Literal["fail", "skip"] = "fail"
+    # Signed packs: with keys listed, only packs signed by one of them load.
+    trusted_keys: list[TrustedKeyEntry] = []
+    watch_s: float = 5.0               # poll the rule files for changes (0 = off); a change reloads
+    update: RulesUpdateSection = msgspec.field(default_factory=RulesUpdateSection)
 
 
 class PeSection(_S):
@@ -204,6 +236,13 @@ LIMITS: dict[str, tuple[float, float]] = {
     "sensor.queue_size": (1, 10_000_000),
     "sensor.batch_size": (1, 65536),
     "sensor.drain_timeout_s": (0.0, 3600.0),
+    "sensor.cpu_limit_percent": (0.0, 6400.0),
+    "sensor.cpu_window_s": (0.5, 3600.0),
+    "sensor.memory_limit_mb": (0.0, 1024.0 * 1024.0),
+    "rules.watch_s": (0.0, DAY),
+    "rules.update.interval_s": (1.0, 7 * DAY),
+    "rules.update.timeout_s": (0.1, 3600.0),
+    "rules.update.max_mb": (0.01, 4096.0),
     "logging.max_bytes": (4096, 1 << 40),
     "logging.backups": (0, 1000),
     "source.replay.speed": (0.0, 1e6),
@@ -233,6 +272,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "delivery.park_interval_s": (0.01, DAY),
 }
 MIN_HEARTBEAT_S = 0.1
+MIN_MEMORY_MB = 64.0
 
 # Formats an operator may configure (the output registry also has an in-memory one for tests).
 USER_FORMATS = {
@@ -424,6 +464,14 @@ def _check(cfg: Config) -> list[str]:
         out.append(f"sensor.heartbeat_s: 0 (off) or at least {MIN_HEARTBEAT_S} s, got {s.heartbeat_s}")
     if any(ord(c) < 32 for c in s.hostname) or len(s.hostname) > 255:
         out.append("sensor.hostname: at most 255 characters, no control characters")
+    if 0 < s.cpu_limit_percent < 1:
+        out.append(f"sensor.cpu_limit_percent: 0 (no limit) or at least 1, got {s.cpu_limit_percent}")
+    if 0 < s.memory_limit_mb < MIN_MEMORY_MB:
+        out.append(f"sensor.memory_limit_mb: 0 (no limit) or at least {MIN_MEMORY_MB}, "
+                   f"got {s.memory_limit_mb}")
+    u = cfg.rules.update
+    if u.url and not u.url.lower().startswith("https://"):
+        out.append("rules.update.url: must be https:// (rules decide what the sensor detects)")
     e = cfg.source.etw
     if e.max_buffers < e.min_buffers:
         out.append(f"source.etw.max_buffers: must be >= min_buffers ({e.min_buffers})")
@@ -508,6 +556,11 @@ def _resolve_paths(cfg: Config, base: str) -> list[str]:
     cfg.source.replay.paths = [fix(p, f"source.replay.paths[{i}]")
                                for i, p in enumerate(cfg.source.replay.paths)]
     cfg.rules.paths = [fix(p, f"rules.paths[{i}]") for i, p in enumerate(cfg.rules.paths)]
+    for i, k in enumerate(cfg.rules.trusted_keys):
+        k.file = fix(k.file, f"rules.trusted_keys[{i}].file")
+    u = cfg.rules.update
+    for key in ("ca_file", "client_cert", "client_key", "token_file"):
+        setattr(u, key, fix(getattr(u, key), f"rules.update.{key}"))
     cfg.enrich.pe.path_map = {k: fix(v, f"enrich.pe.path_map.{k}")
                               for k, v in cfg.enrich.pe.path_map.items()}
     cfg.spool.path = fix(cfg.spool.path, "spool.path") or os.path.join(s.data_dir, "spool.sqlite")

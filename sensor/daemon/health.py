@@ -101,11 +101,57 @@ class MatcherHealth(_H):
     pipeline_us_per_event: float = 0.0
 
 
+class PackHealth(_H):
+    path: str = ""
+    rules: int = 0
+    key_id: Optional[str] = None       # the key the pack is signed with (None: not signed)
+    verified: bool = False             # the signature was checked against a trusted key
+    signed_at: Optional[str] = None
+    sha256: str = ""
+
+
+class RulesUpdateHealth(_H):
+    url: str = ""                      # where rule packs are polled from (no credentials)
+    polls: int = 0
+    updates: int = 0                   # new packs fetched
+    not_modified: int = 0
+    failures: int = 0
+    last_poll_at: Optional[float] = None
+    last_error: Optional[str] = None
+    etag: Optional[str] = None
+
+
 class RulesHealth(_H):
     loaded: int = 0
     rejected: int = 0                  # problems found loading the rules (running without them)
     on_error: str = "fail"
     problems: list[str] = []           # file:line: reason, each
+    generation: int = 0                # 0 at start, +1 per rule set swapped in by a reload
+    trigger: str = ""                  # what loaded the running set: start, control, signal, watch, url
+    loaded_at: float = 0.0
+    key_ids: list[str] = []            # the keys the running packs are signed with
+    packs: list[PackHealth] = []
+    reloads: int = 0                   # reloads applied
+    reload_failures: int = 0           # reloads refused (the previous set kept running)
+    last_reload_error: Optional[str] = None
+    last_reload_at: Optional[float] = None
+    restart_needed: list[str] = []     # config keys changed on disk that only a restart applies
+    update: RulesUpdateHealth = msgspec.field(default_factory=RulesUpdateHealth)
+
+
+class BudgetHealth(_H):
+    cpu_limit_percent: float = 0.0     # 0 = no limit
+    cpu_percent: float = 0.0           # the sensor's own CPU over the last window (% of one core)
+    window_s: float = 0.0
+    level: int = 0                     # shed steps in force: 0 none .. 4 event sampling
+    shedding: list[str] = []           # the steps in force, in order
+    over_budget_ticks: int = 0         # measurements (every window/5) over the limit
+    shed: dict[str, int] = {}          # step -> work items shed (fields, PE reads, hashes, events)
+    sampled_out: int = 0               # events not matched (sampling)
+    sample_rate: float = 1.0           # fraction of events matched while sampling
+    memory_limit_mb: float = 0.0
+    rss_mb: float = 0.0
+    caps: dict[str, int] = {}          # table/cache sizes set from the memory limit
 
 
 class AlertsHealth(_H):
@@ -192,6 +238,7 @@ class Status(_H):
     spool: SpoolHealth = msgspec.field(default_factory=SpoolHealth)
     delivery: DeliveryHealth = msgspec.field(default_factory=DeliveryHealth)
     ledger: LedgerHealth = msgspec.field(default_factory=LedgerHealth)
+    budget: BudgetHealth = msgspec.field(default_factory=BudgetHealth)
     problems: list[str] = []           # what an operator must look at now
     source: dict[str, Any] = {}        # the source's own counters, as it reports them
     written_at: float = 0.0
@@ -231,6 +278,17 @@ def problems(s: Status) -> list[str]:
         out.append(f"{s.delivery.dead_lettered} alert(s) dead-lettered (etw-sensor spool dead)")
     if s.ledger.lost:
         out.append(f"{s.ledger.lost} health document(s) lost while the spool failed")
+    if s.rules.last_reload_error:
+        out.append(f"rule reload refused (the previous rules run): {s.rules.last_reload_error}")
+    if s.rules.restart_needed:
+        out.append(f"config changed, restart needed for: {', '.join(s.rules.restart_needed[:10])}")
+    if s.rules.update.last_error:
+        out.append(f"rule update from {s.rules.update.url or '-'} failed: {s.rules.update.last_error}")
+    if s.budget.level:
+        out.append(f"over the CPU budget ({s.budget.cpu_percent:.0f} % of {s.budget.cpu_limit_percent:g} %):"
+                   f" shedding {', '.join(s.budget.shedding)}")
+    if s.budget.memory_limit_mb and s.budget.rss_mb > s.budget.memory_limit_mb:
+        out.append(f"memory {s.budget.rss_mb:.0f} MB over the budget of {s.budget.memory_limit_mb:g} MB")
     return out
 
 
@@ -252,12 +310,17 @@ def heartbeat_line(s: Status) -> str:
     return (f"heartbeat: {ev.in_} events ({ev.per_s:.1f}/s), etw lost {s.etw.lost}, "
             f"queue drops {ev.queue_dropped}, backfill misses {s.enrich.backfill_missed}, "
             f"pe errors {s.enrich.pe_errors}, pe hit rate {s.pe_cache.hit_rate:.0%}, "
-            f"rules {s.rules.loaded} ({s.rules.rejected} rejected), "
+            f"rules {s.rules.loaded} ({s.rules.rejected} rejected, set {s.rules.generation}"
+            f"{', key ' + ','.join(s.rules.key_ids) if s.rules.key_ids else ''}, "
+            f"reloads {s.rules.reloads}/{s.rules.reload_failures} failed), "
             f"matcher {s.matcher.us_per_event:.2f} us/event, alerts {s.alerts.total}, "
             f"spool depth {sp.depth} (oldest {_age(sp.oldest_age_s)}), "
             f"spool write failures {sp.write_failures}, delivery sent {d.sent}, "
             f"delivery failures {d.failed_attempts}, dead letters {d.dead_lettered}, "
-            f"parked {'yes' if d.parked else 'no'}")
+            f"parked {'yes' if d.parked else 'no'}"
+            + (f", cpu {s.budget.cpu_percent:.1f}/{s.budget.cpu_limit_percent:g} %, shed level "
+               f"{s.budget.level}, sampled out {s.budget.sampled_out}"
+               if s.budget.cpu_limit_percent else ""))
 
 
 def render_text(s: Status, path: str, now: float | None = None) -> str:
@@ -350,6 +413,17 @@ def transitions(prev: Status | None, cur: Status) -> list[tuple[str, str, dict, 
           "rt_lost_events": cur.etw.rt_lost_events})
     grew("queue_drops", prev.events.queue_dropped, cur.events.queue_dropped,
          "events dropped because the queue was full", {"queue_capacity": cur.events.queue_capacity})
+    for step, n in cur.budget.shed.items():
+        grew(f"budget_shed_{step}", prev.budget.shed.get(step, 0), n,
+             f"over the CPU budget: shed {step.replace('_', ' ')}",
+             {"cpu_percent": cur.budget.cpu_percent, "cpu_limit_percent": cur.budget.cpu_limit_percent,
+              "level": cur.budget.level, "shedding": cur.budget.shedding})
+    if cur.budget.memory_limit_mb and cur.budget.rss_mb > cur.budget.memory_limit_mb \
+            and not prev.budget.rss_mb > prev.budget.memory_limit_mb:
+        out.append(("memory_over_budget", f"sensor memory {cur.budget.rss_mb:.0f} MB is over its budget "
+                    f"of {cur.budget.memory_limit_mb:g} MB",
+                    {"rss_mb": cur.budget.rss_mb, "memory_limit_mb": cur.budget.memory_limit_mb,
+                     "caps": cur.budget.caps}, f"{boot}:{cur.written_at}"))
     grew("spool_write_failed", prev.spool.write_failures, cur.spool.write_failures,
          "alerts not written to the spool", {"error": cur.spool.error})
     if cur.delivery.parked and not prev.delivery.parked:

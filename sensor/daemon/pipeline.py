@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import msgspec
 
 from ..detect.alerts import AlertFactory
-from .health import (AlertsHealth, DeliveryHealth, EnrichHealth, EtwHealth, EventsHealth, Heartbeat,
+from .health import (AlertsHealth, BudgetHealth, DeliveryHealth, PackHealth, RulesUpdateHealth, EnrichHealth, EtwHealth, EventsHealth, Heartbeat,
                      Ledger, MatcherHealth, NoiseHealth, PeCacheHealth, RulesHealth, SensorInfo,
                      SpoolHealth, Status, heartbeat_line, problems, to_dict, transitions, write_status)
 from ..detect.matcher import create as create_matcher
@@ -28,6 +28,22 @@ from .queues import BoundedQueue
 from ..detect.ir import Rule
 
 log = logging.getLogger("sensor.pipeline")
+
+
+class RuleSet:
+    """A complete rule set as the worker runs it: the rules, their compiled matcher and the
+    noise control that goes with them. Built whole before a swap, never changed after."""
+
+    __slots__ = ("rules", "matcher", "exclusions", "throttle", "generation", "info")
+
+    def __init__(self, rules: list, matcher, exclusions=None, throttle=None, generation: int = 0,
+                 info: dict | None = None):
+        self.rules = rules
+        self.matcher = matcher
+        self.exclusions = exclusions
+        self.throttle = throttle
+        self.generation = generation
+        self.info = dict(info or {})
 
 
 class Pipeline:
@@ -40,24 +56,34 @@ class Pipeline:
                  heartbeat_interval: float = 60.0, status_file: str | None = None,
                  alert_hook: Callable[[dict], None] | None = None, info: dict | None = None,
                  rule_problems: Sequence[str] = (), rules_on_error: str = "fail",
-                 ledger: bool = True):
+                 ledger: bool = True, rule_packs: Sequence[dict] = ()):
         self.source = source
-        self.rules = list(rules)
-        self.matcher = create_matcher(self.rules, engine)
+        self.engine = engine
         self.spool = spool
         self.forwarder = forwarder
         self.enricher = enricher
-        self.exclusions = exclusions if exclusions else None
-        self.throttle = throttle
+        # The rules, their matcher and the noise control they run with: one RuleSet, replaced
+        # whole by a reload (swap_rules) and taken by the worker between batches.
+        self._active = RuleSet(list(rules), create_matcher(list(rules), engine),
+                               exclusions if exclusions else None, throttle, generation=0,
+                               info={"trigger": "start", "problems": list(rule_problems),
+                                     "packs": [dict(p) for p in rule_packs]})
+        self._next: RuleSet | None = None
+        self._swapped = threading.Condition()
+        self.swap_log: list[tuple[int, int]] = []   # (generation, events before it took over)
+        self.reload_stats: dict[str, Any] = {"reloads": 0, "failures": 0, "last_error": None,
+                                             "last_at": None, "last_trigger": None,
+                                             "restart_needed": []}
+        self.budget = None                  # a Budget (sensor/daemon/budget.py) when configured
+        self.extra_status: Callable[[Status], None] | None = None
         self.queue = BoundedQueue(queue_size)
         self.batch_size = batch_size
         self.alert_hook = alert_hook
         self.info = dict(info or {})
         self.make_alert = AlertFactory()
+        self._titles = {r.id: r.title for r in self._active.rules}   # of every set that ran
         self.status_file = status_file
-        self.rule_problems = list(rule_problems)
         self.rules_on_error = rules_on_error
-        self._titles = {r.id: r.title for r in self.rules}
         # The completeness ledger: health documents and health alerts through the spool.
         self.ledger = Ledger(spool, {"host": str(self.info.get("host") or ""),
                                      **({"config": self.info["config"]} if self.info.get("config") else {})}) \
@@ -84,6 +110,62 @@ class Pipeline:
         self._started_at = 0.0
         self._last = (0.0, 0)  # (time, events) of the previous status, for the rate
         self.final: Status | None = None
+
+    # -- the active rule set ----------------------------------------------------------------
+    @property
+    def rules(self) -> list:
+        return self._active.rules
+
+    @property
+    def matcher(self):
+        return self._active.matcher
+
+    @property
+    def exclusions(self):
+        return self._active.exclusions
+
+    @property
+    def throttle(self):
+        return self._active.throttle
+
+    @property
+    def rule_problems(self) -> list:
+        return self._active.info.get("problems") or []
+
+    @property
+    def generation(self) -> int:
+        return self._active.generation
+
+    def swap_rules(self, new: "RuleSet", wait: float | None = 5.0) -> bool:
+        """Hand a complete, compiled rule set to the worker; it takes it over between two
+        batches (no event is matched by a mix of two sets). Waits up to ``wait`` seconds for
+        the worker to take it; True when it did."""
+        with self._swapped:
+            self._next = new
+            if wait is None or self._worker is None or not self._worker.is_alive():
+                if self._worker is None or not self._worker.is_alive():
+                    self._take_next()
+                return self._active is new
+            self._swapped.wait_for(lambda: self._active is new or self._next is not new, wait)
+            return self._active is new
+
+    def _take_next(self) -> None:
+        """(worker, between batches) Make the rule set handed over by swap_rules the active one."""
+        nxt = self._next
+        if nxt is None:
+            return
+        with self._swapped:
+            if self._next is nxt:
+                self._next = None
+            self._active = nxt
+            for r in nxt.rules:
+                self._titles.setdefault(r.id, r.title)
+            self.swap_log.append((nxt.generation, self.events_in))
+            if len(self.swap_log) > 1000:
+                del self.swap_log[:-1000]
+            self._swapped.notify_all()
+        log.info("rules: set %d active from event %d on: %d rule(s)", nxt.generation,
+                 self.events_in, len(nxt.rules))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -161,7 +243,11 @@ class Pipeline:
     def _work(self) -> None:
         q = self.queue
         while True:
+            if self._next is not None:
+                self._take_next()
             batch = q.get_batch(self.batch_size, 0.1)
+            if self._next is not None:
+                self._take_next()     # between batches: this one is matched by one set only
             if not batch:
                 if self._stop.is_set():
                     return
@@ -174,11 +260,16 @@ class Pipeline:
 
     def _process(self, batch: list) -> None:
         t0 = time.perf_counter_ns()
-        match = self.matcher.match
-        rules = self.rules
+        rs = self._active                  # one complete rule set for the whole batch
+        n_in = len(batch)
+        budget = self.budget
+        if budget is not None and budget.sampling:
+            batch = budget.sample(batch)   # the last resort of the CPU budget (counted)
+        match = rs.matcher.match
+        rules = rs.rules
         enrich = self.enricher
-        excl = self.exclusions
-        throttle = self.throttle
+        excl = rs.exclusions
+        throttle = rs.throttle
         alerts: list[dict] = []
         mns = 0
         clock = time.perf_counter_ns
@@ -192,7 +283,7 @@ class Pipeline:
                 except Exception:  # one bad event must not cost the others their alerts
                     self.event_errors += 1
                     log.exception("event skipped: processing failed")
-        self.events_in += len(batch)
+        self.events_in += n_in
         self.match_ns += mns
         if alerts:
             self._deliver(alerts)
@@ -221,6 +312,9 @@ class Pipeline:
                 continue
             if throttle is not None and not throttle.allow(rule.id, ev):
                 continue
+            budget = self.budget
+            if budget is not None and budget.skip_pe:
+                budget.drop_pe_reads(ev)    # CPU budget: no PE read that no match needed
             alert = self.make_alert(rule, ev)
             if self.info:
                 alert["sensor"].update(self.info)
@@ -286,8 +380,21 @@ class Pipeline:
         st.matcher = MatcherHealth(engine=getattr(self.matcher, "engine", "?"), rules=len(self.rules),
                                    us_per_event=round(self.match_ns / n / 1000, 3) if n else 0.0,
                                    pipeline_us_per_event=round(self.work_ns / n / 1000, 3) if n else 0.0)
-        st.rules = RulesHealth(loaded=len(self.rules), rejected=len(self.rule_problems),
-                               on_error=self.rules_on_error, problems=list(self.rule_problems))
+        rs = self._active
+        rl = self.reload_stats
+        st.rules = RulesHealth(loaded=len(rs.rules), rejected=len(self.rule_problems),
+                               on_error=self.rules_on_error, problems=list(self.rule_problems),
+                               generation=rs.generation, trigger=str(rs.info.get("trigger") or ""),
+                               loaded_at=float(rs.info.get("loaded_at") or self._started_at or 0.0),
+                               key_ids=sorted({p["key_id"] for p in rs.info.get("packs") or ()
+                                               if p.get("key_id")}),
+                               packs=[_convert(p, PackHealth) for p in rs.info.get("packs") or ()],
+                               reloads=rl["reloads"], reload_failures=rl["failures"],
+                               last_reload_error=rl["last_error"], last_reload_at=rl["last_at"],
+                               restart_needed=list(rl["restart_needed"]),
+                               update=_convert(dict(rl.get("update") or {}), RulesUpdateHealth))
+        if self.budget is not None:
+            st.budget = _convert(self.budget.stats(), BudgetHealth)
         by_rule = dict(self.alerts_by_rule.most_common())
         st.alerts = AlertsHealth(total=sum(by_rule.values()), by_rule=by_rule,
                                  titles={rid: self._titles.get(rid, "") for rid in by_rule})
@@ -316,6 +423,8 @@ class Pipeline:
             st.delivery.enabled = True
         if self.ledger is not None:
             st.ledger = self.ledger.stats()
+        if self.extra_status is not None:
+            self.extra_status(st)
         st.problems = problems(st)
         st.written_at = time.time()
         return st

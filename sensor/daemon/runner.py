@@ -41,9 +41,14 @@ def outcome(final: Status) -> tuple[int, list[str]]:
 def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
     """Run until ``stop`` is set (or a finite source is done); stop cleanly; the exit code."""
     finished = getattr(pipeline.source, "finished", None)
+    services = list(getattr(pipeline, "services", ()) or ())
+    started: list = []
     try:
         try:
             pipeline.start()
+            for s in services:
+                s.start()
+                started.append(s)
         except Exception as exc:  # e.g. ETW access denied, no free session
             log.error("the sensor could not start: %s", exc)
             return CANNOT_START
@@ -52,6 +57,11 @@ def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
                 log.info("replay finished")
                 break
     finally:
+        for s in reversed(started):
+            try:
+                s.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on
+                log.exception("stopping %s failed", type(s).__name__)
         pipeline.stop(drain_timeout=drain_timeout)
     final: Status = pipeline.final
     log.info("stopped: %d event(s), %d alert(s), %d left in the spool for the next start",

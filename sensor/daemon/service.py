@@ -22,6 +22,8 @@ STARTUP = {"auto": 2, "delayed": 2, "manual": 3, "disabled": 4}
 # Recovery: restart after 60 s, three times; reset the failure count after a day.
 RECOVERY_RESET_S = 86400
 RECOVERY_DELAY_MS = 60000
+# A user-defined service control code (128-255): `sc control EtwSensor 129` reloads the rules.
+SERVICE_CONTROL_RELOAD = 129
 ACTIONS = ("install", "uninstall", "start", "stop", "status")
 # The account the service runs as: LocalSystem (default: everything ETW and back-fill need), or
 # the service's virtual account NT SERVICE\\<name> (less power; see README "On Windows").

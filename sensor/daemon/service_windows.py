@@ -11,7 +11,7 @@ import logging.handlers
 import sys
 import threading
 
-from .service import InstallPlan, SERVICE_NAME, start_failure, state_name
+from .service import InstallPlan, SERVICE_CONTROL_RELOAD, SERVICE_NAME, start_failure, state_name
 
 ERROR_SERVICE_SPECIFIC_ERROR = 1066   # the SCM then records svcExitCode
 
@@ -123,6 +123,13 @@ def _service_class():
             self._h = win32event.CreateEvent(None, 0, 0, None)
             self._name = args[0] if args else SERVICE_NAME   # the installed name (--name)
             self._drain = 30.0
+            self._pipeline = None
+
+        def SvcOther(self, control):
+            # `sc control <name> 129`: reload the rules (as `etw-sensor reload` and SIGHUP)
+            reloader = getattr(self._pipeline, "reloader", None)
+            if control == SERVICE_CONTROL_RELOAD and reloader is not None:
+                reloader.request("service")
 
         def SvcStop(self):
             # The drain may take drain_timeout_s: tell the SCM so it does not give up early.
@@ -175,6 +182,7 @@ def _service_class():
             try:
                 try:
                     pipeline = prepare(cfg, checked, owner=True)
+                    self._pipeline = pipeline    # SvcOther: the reload control code
                 except ConfigError as exc:
                     self._refuse(exc.errors)
                     return

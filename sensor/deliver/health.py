@@ -94,6 +94,48 @@ HEALTH_RULES: dict[str, dict[str, Any]] = {
         "description": "SQLite reported damage in the alert spool while the sensor ran. A restart "
                        "moves the file aside and recovers its rows.",
     },
+    "rules_reload_failed": {
+        "id": "sensor-health-rules-reload-failed", "title": "Sensor refused a rule update",
+        "level": "high",
+        "description": "A rule reload (etw-sensor reload, SIGHUP, a changed rule file or a pack "
+                       "fetched from the update URL) was refused: a rule was rejected, a pack was "
+                       "unsigned, signed with an unknown or expired key, or its signature did not "
+                       "verify, or the config file was invalid. The previous rule set keeps running.",
+    },
+    "rules_update_failed": {
+        "id": "sensor-health-rules-update-failed", "title": "Sensor cannot fetch rule updates",
+        "level": "medium",
+        "description": "Polling the rule update URL failed (network, TLS, HTTP status, size). "
+                       "The current rule set keeps running.",
+    },
+    "budget_shed_backfill": {
+        "id": "sensor-health-budget-shed-backfill", "title": "Sensor over its CPU budget: back-fill reduced",
+        "level": "low",
+        "description": "Over [sensor] cpu_limit_percent the sensor stopped back-filling fields no "
+                       "loaded rule needs (alerts may lack them).",
+    },
+    "budget_shed_pe_reads": {
+        "id": "sensor-health-budget-shed-pe-reads", "title": "Sensor over its CPU budget: PE reads reduced",
+        "level": "low",
+        "description": "Over its CPU budget the sensor stopped reading PE version fields that no "
+                       "rule's match needed (alerts may lack them).",
+    },
+    "budget_shed_hashes": {
+        "id": "sensor-health-budget-shed-hashes", "title": "Sensor over its CPU budget: hashing skipped",
+        "level": "medium",
+        "description": "Over its CPU budget the sensor stopped computing image hashes.",
+    },
+    "budget_shed_events": {
+        "id": "sensor-health-budget-shed-events", "title": "Sensor over its CPU budget: events sampled",
+        "level": "high",
+        "description": "Over its CPU budget, with every optional step already shed, the sensor "
+                       "matched only a sample of process starts: the others were never evaluated.",
+    },
+    "memory_over_budget": {
+        "id": "sensor-health-memory-over-budget", "title": "Sensor over its memory budget",
+        "level": "medium",
+        "description": "The sensor's resident memory exceeds [sensor] memory_limit_mb.",
+    },
     "delivery_parked": {
         "id": "sensor-health-delivery-parked", "title": "Sensor alert delivery parked",
         "level": "high",

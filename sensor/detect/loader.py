@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .ir import Rule, RuleError
-from .pack import PACK_SUFFIX, is_pack, read_pack, write_pack
+from .pack import PACK_SUFFIX, decode_pack, is_pack, write_pack
 
 YAML_SUFFIXES = (".yml", ".yaml")
 
@@ -36,6 +36,8 @@ class LoadReport:
     warnings: list[Rejection] = dc_field(default_factory=list)
     files: int = 0
     seconds: float = 0.0
+    # each pack loaded: {"path", "rules", "key_id", "verified", "signed_at", "sha256"}
+    packs: list[dict] = dc_field(default_factory=list)
 
     def problems(self) -> list[str]:
         """What whoever runs the rules must see: rejections, and duplicate ids (rules that
@@ -55,17 +57,37 @@ def _rule_files(folder: Path) -> list[Path]:
     return out
 
 
-def _load_file(path: Path, report: LoadReport) -> None:
+def _load_pack(path: Path, report: LoadReport, trust) -> None:
+    """A pack, once its signature held (``signing.open_pack``: checked when ``trust`` has keys)."""
+    from .signing import open_pack
+    p = str(path)
+    try:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", p) from None
+        body, sig = open_pack(data, p, trust)
+        rules = decode_pack(body, p)
+    except RuleError as exc:
+        report.rejected.append(Rejection(p, exc.line, exc.message))
+        return
+    report.rules.extend(rules)
+    report.packs.append({"path": p, "rules": len(rules), **sig.as_dict()})
+
+
+def _load_file(path: Path, report: LoadReport, trust=None) -> None:
     p = str(path)
     report.files += 1
     if not path.name.lower().endswith(YAML_SUFFIXES) and is_pack(path):
-        try:
-            report.rules.extend(read_pack(path))
-        except RuleError as exc:
-            report.rejected.append(Rejection(p, exc.line, exc.message))
+        _load_pack(path, report, trust)
         return
     if not path.name.lower().endswith(YAML_SUFFIXES):
         report.rejected.append(Rejection(p, None, "neither Sigma YAML (.yml/.yaml) nor a rule pack"))
+        return
+    if trust:
+        report.rejected.append(Rejection(p, None, "not a signed rule pack: [rules] trusted_keys is "
+                                         "set, so only signed packs load (etw-sensor rules compile, "
+                                         "then rules sign)"))
         return
     try:
         from .sigma import load_sigma_file
@@ -97,8 +119,11 @@ def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
     return out
 
 
-def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True) -> LoadReport:
-    """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first."""
+def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None) -> LoadReport:
+    """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first.
+
+    ``trust`` (``signing.Trust``): when it holds keys, only packs signed with one of them load.
+    """
     t0 = time.perf_counter()
     report = LoadReport()
     if builtin:
@@ -111,9 +136,9 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True) -> Load
             if not files:
                 report.warnings.append(Rejection(str(path), None, "folder holds no rule files"))
             for f in files:
-                _load_file(f, report)
+                _load_file(f, report, trust)
         elif path.exists():
-            _load_file(path, report)
+            _load_file(path, report, trust)
         else:
             report.rejected.append(Rejection(str(path), None, "no such file or folder"))
     report.warnings.extend(rule_warnings(report.rules))

@@ -1,0 +1,601 @@
+"""Rules that change without a restart: load, check and compile a new set off the hot path,
+then hand it to the pipeline's worker, which swaps it in between two batches.
+
+What asks for a reload: ``etw-sensor reload`` (the local control channel,
+``sensor/daemon/control.py``), SIGHUP (POSIX), the Windows service's custom control code, a
+change of the rule files seen by a cheap poll (:func:`stat_signature`), and a new pack at the
+update URL (:class:`UpdatePoller`, ETag / If-Modified-Since, the TLS options of the output).
+
+Fail closed: a reload whose rules do not all load (a rejected rule, a missing file, a pack
+that is unsigned or signed with an unknown, expired or wrong key) while ``on_error = "fail"``,
+or whose config file is invalid, changes nothing: the running set stays, the refusal is logged,
+counted in the status and sent to the SIEM as a health alert
+(``sensor-health-rules-reload-failed``). The config file is read again on every reload; the
+keys that apply live (:data:`LIVE_KEYS`) are applied, every other changed key is reported as
+needing a restart.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat as _stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgspec
+
+from .._files import open_private, private_dir
+from .config import DEFAULTS_NAME, Config, ConfigError, load as load_config
+from .pipeline import RuleSet
+
+log = logging.getLogger("sensor.reload")
+
+# Config keys a reload applies (dotted prefixes); a change anywhere else needs a restart.
+LIVE_KEYS = ("rules", "exclusions", "throttle", "logging.level", "logging.alerts",
+             "sensor.cpu_limit_percent", "sensor.cpu_window_s")
+MAX_WATCHED_FILES = 100_000
+UPDATE_PACK_NAME = "rules-update.pack"
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+def update_pack_path(cfg: Config) -> str:
+    """Where the pack fetched from ``[rules.update] url`` is kept (the data folder)."""
+    return os.path.join(cfg.sensor.data_dir, UPDATE_PACK_NAME)
+
+
+def rule_paths(cfg: Config) -> list[str]:
+    """The configured rule paths, plus the last pack fetched from the update URL."""
+    paths = list(cfg.rules.paths)
+    if cfg.rules.update.url and os.path.isfile(update_pack_path(cfg)):
+        paths.append(update_pack_path(cfg))
+    return paths
+
+
+def trust_for(cfg: Config):
+    """The trusted keys of ``[rules] trusted_keys`` and the problems with them."""
+    from ..detect.signing import trust_from_entries
+    entries = [msgspec.to_builtins(k) | {"not_after": k.not_after} for k in cfg.rules.trusted_keys]
+    return trust_from_entries(entries)
+
+
+@dataclass
+class Loaded:
+    """A configured rule set, loaded and checked (not yet compiled)."""
+
+    rules: list = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)    # rejected rules/files, bad signatures
+    errors: list[str] = field(default_factory=list)      # refuse (start or reload)
+    warnings: list[str] = field(default_factory=list)
+    packs: list[dict] = field(default_factory=list)
+    not_applicable: int = 0
+
+
+def load_configured(cfg: Config) -> Loaded:
+    """Load the rules ``cfg`` names (signatures checked when keys are trusted); the problems
+    become errors under ``on_error = "fail"`` and warnings under ``"skip"``. Shared by the
+    start-up check (``assemble.validate``) and every reload."""
+    from ..detect.loader import load_rules
+    out = Loaded()
+    trust, key_errors = trust_for(cfg)
+    if key_errors:
+        out.errors += key_errors
+        return out
+    report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust)
+    out.rules = report.rules
+    out.problems = report.problems()
+    out.packs = report.packs
+    out.not_applicable = len(report.not_applicable)
+    if out.problems:
+        if cfg.rules.on_error == "fail":
+            out.errors += [f"rules: {p}" for p in out.problems]
+            out.errors.append(f"rules: {len(out.problems)} problem(s) above; the sensor does not "
+                              f"start without rules it was given (fix them, or set "
+                              f"[rules] on_error = \"skip\" to start without them)")
+        else:
+            out.warnings += [f"{p} (on_error = \"skip\": running without it)" for p in out.problems]
+    if not out.rules:
+        out.errors.append("rules: no rules to run (builtin = false and no rule loaded)")
+    return out
+
+
+def engine_of(cfg: Config) -> str | None:
+    return None if cfg.rules.engine == "auto" else cfg.rules.engine
+
+
+def build_exclusions(cfg: Config):
+    if not cfg.exclusions:
+        return None
+    from ..detect.matcher import create
+    from ..detect.noise import Exclusion, Exclusions
+    engine = engine_of(cfg)
+    return Exclusions([Exclusion(name=e.name, rules=e.rules, fields=e.match) for e in cfg.exclusions],
+                      lambda rs: create(rs, engine))
+
+
+# -- what changed in the config file ---------------------------------------------------------
+
+def _flat(value: Any, prefix: str, out: dict) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flat(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose value differs between two configs."""
+    a: dict = {}
+    b: dict = {}
+    _flat({k: v for k, v in msgspec.to_builtins(old, enc_hook=str).items() if k != "path"}, "", a)
+    _flat({k: v for k, v in msgspec.to_builtins(new, enc_hook=str).items() if k != "path"}, "", b)
+    return sorted(k for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def is_live(key: str) -> bool:
+    """Whether a reload applies a change of ``key`` (else it needs a restart)."""
+    return any(key == p or key.startswith(p + ".") or key.startswith(p + "[") for p in LIVE_KEYS)
+
+
+def split_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(keys applied live, keys that need a restart)."""
+    keys = changed_keys(old, new)
+    return [k for k in keys if is_live(k)], [k for k in keys if not is_live(k)]
+
+
+# -- cheap change detection ------------------------------------------------------------------
+
+def _entry(path: str, st: os.stat_result) -> tuple:
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def stat_signature(paths) -> tuple:
+    """What the rule files look like now, from ``stat`` alone: name, size, mtime, inode and
+    ctime of every rule file (folders walked, at most :data:`MAX_WATCHED_FILES`). Equal
+    signatures: nothing to reload. No file is read."""
+    from ..detect.loader import PACK_SUFFIX, YAML_SUFFIXES
+    out: list[tuple] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            out.append((p, "missing"))
+            continue
+        if not _stat.S_ISDIR(st.st_mode):
+            out.append(_entry(p, st))
+            continue
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.lower().endswith(YAML_SUFFIXES + (PACK_SUFFIX,)):
+                    continue
+                fp = os.path.join(root, name)
+                try:
+                    out.append(_entry(fp, os.stat(fp)))
+                except OSError:
+                    out.append((fp, "missing"))
+                if len(out) >= MAX_WATCHED_FILES:
+                    return tuple(out)
+    return tuple(out)
+
+
+# -- the update URL ----------------------------------------------------------------------------
+
+class UpdatePoller:
+    """Polls ``[rules.update] url`` for a rule pack with ETag / If-Modified-Since.
+
+    A new pack is checked (signature when keys are trusted, pack integrity) before it
+    replaces the kept copy in the data folder (atomically, private); the caller then reloads.
+    Size-capped (``max_mb``), one GET at a time, the output's TLS options (CA file, pin,
+    client certificate, TLS 1.2+), an optional bearer token. Never raises.
+    """
+
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
+        from ..deliver.http import safe_url
+        u = cfg.rules.update
+        self.cfg = cfg
+        self.url = u.url
+        self.safe_url = safe_url(u.url)
+        self.dest = update_pack_path(cfg)
+        self.meta_path = self.dest + ".meta"
+        self.interval = u.interval_s
+        self.max_bytes = int(u.max_mb * 1024 * 1024)
+        self.clock = clock
+        self.stats: dict[str, Any] = {"url": self.safe_url, "polls": 0, "updates": 0,
+                                      "not_modified": 0, "failures": 0, "last_poll_at": None,
+                                      "last_error": None, "etag": None}
+        self._meta = self._read_meta()
+        self.stats["etag"] = self._meta.get("etag")
+        self._pool = None
+        self._path = "/"
+
+    def _read_meta(self) -> dict:
+        try:
+            with open(self.meta_path, "rb") as fh:
+                meta = json.loads(fh.read(65536))
+            if isinstance(meta, dict) and meta.get("url") == self.url and os.path.isfile(self.dest):
+                return {k: v for k, v in meta.items() if isinstance(v, str)}
+        except (OSError, ValueError):
+            pass
+        return {}
+
+    def _connect(self):
+        from urllib.parse import urlsplit
+
+        import urllib3
+
+        from ..deliver.tls import TLSConfig, load_secret
+        u = self.cfg.rules.update
+        opts = {k: getattr(u, k) for k in ("ca_file", "pin_sha256", "client_cert", "client_key",
+                                           "tls_min_version") if getattr(u, k)}
+        tls = TLSConfig.from_options(opts)
+        parts = urlsplit(self.url)
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._token = load_secret({k: getattr(u, k) for k in ("token_env", "token_file")
+                                   if getattr(u, k)}, "token")
+        self._pool = urllib3.HTTPSConnectionPool(
+            parts.hostname, parts.port or 443, ssl_context=tls.ssl_context(), maxsize=1,
+            retries=False, timeout=urllib3.Timeout(connect=min(10.0, u.timeout_s), read=u.timeout_s))
+
+    def _error(self, message: str) -> str:
+        self.stats["failures"] += 1
+        self.stats["last_error"] = message[:300]
+        log.warning("rule update from %s failed: %s (the current rules keep running)",
+                    self.safe_url, message)
+        return "error"
+
+    def poll(self) -> str:
+        """One poll: ``updated`` (a new, checked pack is in place), ``not_modified`` or ``error``."""
+        from ..deliver.http import classify_exception
+        self.stats["polls"] += 1
+        self.stats["last_poll_at"] = self.clock()
+        try:
+            if self._pool is None:
+                self._connect()
+            headers = {"User-Agent": "etw-sensor", "Accept-Encoding": "identity"}
+            if self._meta.get("etag"):
+                headers["If-None-Match"] = self._meta["etag"]
+            if self._meta.get("last_modified"):
+                headers["If-Modified-Since"] = self._meta["last_modified"]
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token.reveal()}"
+            resp = self._pool.urlopen("GET", self._path, headers=headers, redirect=False,
+                                      preload_content=False)
+            try:
+                if resp.status == 304:
+                    self.stats["not_modified"] += 1
+                    self.stats["last_error"] = None
+                    return "not_modified"
+                if resp.status != 200:
+                    return self._error(f"HTTP {resp.status}")
+                data = resp.read(self.max_bytes + 1, decode_content=False)
+                if len(data) > self.max_bytes:
+                    return self._error(f"larger than rules.update.max_mb ({self.max_bytes} bytes)")
+                etag = resp.headers.get("ETag")
+                modified = resp.headers.get("Last-Modified")
+            finally:
+                resp.release_conn()
+        except ConfigError as exc:
+            return self._error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - network, TLS, configuration: never raise
+            from ..deliver.tls import ConfigError as TlsConfigError
+            if isinstance(exc, TlsConfigError):
+                return self._error(str(exc))
+            return self._error(classify_exception(exc)[1])
+        problem = self._check(data)
+        if problem:
+            return self._error(f"the fetched pack is refused: {problem}")
+        if os.path.isfile(self.dest):
+            try:
+                with open(self.dest, "rb") as fh:
+                    if fh.read(self.max_bytes + 1) == data:   # same pack, new validators
+                        self._save_meta(etag, modified)
+                        self.stats["not_modified"] += 1
+                        self.stats["last_error"] = None
+                        return "not_modified"
+            except OSError:
+                pass
+        try:
+            _write_atomic(self.dest, data)
+            self._save_meta(etag, modified)
+        except OSError as exc:
+            return self._error(f"cannot keep the pack at {self.dest}: {exc.strerror or exc}")
+        self.stats["updates"] += 1
+        self.stats["last_error"] = None
+        log.info("rule update: new pack from %s (%d bytes)", self.safe_url, len(data))
+        return "updated"
+
+    def _check(self, data: bytes) -> str | None:
+        from ..detect.ir import RuleError
+        from ..detect.pack import decode_pack
+        from ..detect.signing import open_pack
+        trust, errors = trust_for(self.cfg)
+        if errors:
+            return "; ".join(errors)
+        try:
+            body, _sig = open_pack(data, self.safe_url, trust)
+            decode_pack(body, self.safe_url)
+        except RuleError as exc:
+            return exc.message
+        return None
+
+    def _save_meta(self, etag: str | None, modified: str | None) -> None:
+        self._meta = {"url": self.url, **({"etag": etag} if etag else {}),
+                      **({"last_modified": modified} if modified else {})}
+        self.stats["etag"] = etag
+        _write_atomic(self.meta_path, json.dumps(self._meta).encode())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    private_dir(os.path.dirname(path) or ".")
+    tmp = f"{path}.tmp"
+    try:
+        with open_private(tmp, "wb", make_parents=False) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# -- the reloader ------------------------------------------------------------------------------
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    trigger: str
+    generation: int = 0
+    rules: int = 0
+    applied: bool = False             # the worker runs the new set
+    changed: bool = True              # False: nothing changed, nothing swapped
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)
+    restart_needed: list[str] = field(default_factory=list)
+    key_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Reloader:
+    """Reloads the rules of a running pipeline; one reload at a time, on its own thread.
+
+    ``request(trigger)`` (from a signal handler, the control channel, the service) wakes the
+    thread; ``reload(trigger)`` does the work and returns a :class:`ReloadResult`. The thread
+    also polls the rule files (every ``rules.watch_s``) and the update URL.
+    """
+
+    def __init__(self, pipeline, cfg: Config, *, on_config: Callable[[Config], None] | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.pipeline = pipeline
+        self.cfg = cfg
+        self.on_config = on_config
+        self.clock = clock
+        self.config_path = cfg.path if cfg.path and cfg.path != DEFAULTS_NAME \
+            and os.path.isfile(cfg.path) else None
+        # the file as it was read at start: later reads are compared with it, not with the
+        # command-line overrides (run --replay) applied to ``cfg``
+        self.file_cfg: Config | None = None
+        if self.config_path:
+            try:
+                self.file_cfg = load_config(self.config_path)
+            except ConfigError:
+                self.file_cfg = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._requests: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._signature = self._watch_signature()
+        self.poller = UpdatePoller(cfg) if cfg.rules.update.url else None
+        self._next_poll = 0.0
+        self.results: list[ReloadResult] = []
+        self._publish_update_stats()
+
+    # -- triggers ------------------------------------------------------------------------------
+    def request(self, trigger: str) -> None:
+        """Ask for a reload (safe from a signal handler: only sets an event)."""
+        self._requests.append(trigger)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rules-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.poller is not None:
+            self.poller.close()
+
+    def _watch_paths(self) -> list[str]:
+        paths = list(self.cfg.rules.paths)
+        if self.config_path:
+            paths.append(self.config_path)
+        return paths
+
+    def _watch_signature(self) -> tuple:
+        return stat_signature(self._watch_paths())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            waits = []
+            if self.cfg.rules.watch_s > 0:
+                waits.append(self.cfg.rules.watch_s)
+            if self.poller is not None:
+                waits.append(max(0.0, self._next_poll - now))
+            self._wake.wait(min(waits) if waits else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the reload thread must survive anything
+                log.exception("rule reload failed unexpectedly (the current rules keep running)")
+
+    def _tick(self) -> None:
+        requests, self._requests = self._requests, []
+        for trigger in dict.fromkeys(requests):    # one reload per kind of request
+            self.reload(trigger)
+        if self.poller is not None and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + self.poller.interval
+            outcome = self.poller.poll()
+            self._publish_update_stats()
+            if outcome == "updated":
+                self.reload("url")
+            elif outcome == "error":
+                self._health_alert("rules_update_failed", f"rule update from {self.poller.safe_url} "
+                                   f"failed: {self.poller.stats['last_error']}",
+                                   {"url": self.poller.safe_url, "error": self.poller.stats["last_error"]},
+                                   f"{self.poller.stats['failures']}")
+        if self.cfg.rules.watch_s > 0 and not requests:
+            sig = self._watch_signature()
+            if sig != self._signature:
+                self.reload("watch")
+
+    def _publish_update_stats(self) -> None:
+        if self.poller is not None:
+            self.pipeline.reload_stats["update"] = dict(self.poller.stats)
+
+    def _health_alert(self, kind: str, message: str, details: dict, key: str) -> None:
+        ledger = getattr(self.pipeline, "ledger", None)
+        if ledger is not None:
+            try:
+                ledger.alert(kind, message, details, f"{ledger.boot_id}:{key}")
+            except Exception:  # noqa: BLE001
+                log.exception("cannot raise the health alert %s", kind)
+
+    # -- the work --------------------------------------------------------------------------------
+    def reload(self, trigger: str = "control", wait: float = 10.0) -> ReloadResult:
+        """Load, check and compile the configured rules; swap them in, or keep the running set."""
+        with self._lock:
+            t0 = time.perf_counter()
+            res = self._reload(trigger, wait)
+            res.seconds = round(time.perf_counter() - t0, 3)
+            self.results.append(res)
+            del self.results[:-100]
+        stats = self.pipeline.reload_stats
+        stats["last_at"] = self.clock()
+        stats["last_trigger"] = trigger
+        if res.ok:
+            stats["reloads"] += 1
+            stats["last_error"] = None
+            stats["restart_needed"] = res.restart_needed
+            log.info("rules reloaded (%s): set %d, %d rule(s) in %.3f s%s", trigger, res.generation,
+                     res.rules, res.seconds, (f"; restart needed for {', '.join(res.restart_needed)}"
+                                              if res.restart_needed else ""))
+            try:
+                self.pipeline.beat("reload")   # the SIEM sees the new set (generation, key ids)
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat after reload failed")
+        else:
+            stats["failures"] += 1
+            stats["last_error"] = "; ".join(res.errors)[:1000]
+            log.error("rule reload (%s) REFUSED, the previous rules keep running: %s", trigger,
+                      "; ".join(res.errors))
+            self._health_alert("rules_reload_failed",
+                               f"rule reload ({trigger}) refused: " + "; ".join(res.errors[:5])
+                               + (" ..." if len(res.errors) > 5 else ""),
+                               {"trigger": trigger, "errors": res.errors[:100],
+                                "running_generation": self.pipeline.generation},
+                               f"{stats['failures']}")
+        return res
+
+    def _reload(self, trigger: str, wait: float) -> ReloadResult:
+        res = ReloadResult(ok=False, trigger=trigger)
+        signature = self._watch_signature()    # taken before reading: a later edit reloads again
+        new_cfg = self.cfg
+        if self.config_path:
+            try:
+                file_cfg = load_config(self.config_path)
+            except ConfigError as exc:
+                res.errors = [f"config: {e}" for e in exc.errors]
+                self._signature = signature
+                return res
+            base = self.file_cfg or file_cfg
+            res.live, res.restart_needed = split_changes(base, file_cfg)
+            new_cfg = self._merge_live(file_cfg)
+        loaded = load_configured(new_cfg)
+        res.errors += loaded.errors
+        res.warnings += loaded.warnings
+        if res.errors:
+            self._signature = signature
+            return res
+        old = self.pipeline._active
+        try:
+            from ..detect.matcher import create
+            matcher = create(loaded.rules, engine_of(new_cfg))
+            exclusions = build_exclusions(new_cfg)
+        except ValueError as exc:
+            res.errors.append(f"rules: cannot compile: {exc}")
+            self._signature = signature
+            return res
+        throttle = old.throttle
+        window = new_cfg.throttle.window_s
+        if window <= 0:
+            throttle = None
+        elif throttle is None:
+            from ..detect.noise import Throttle
+            throttle = Throttle(window)
+        else:
+            throttle.window = float(window)
+        new = RuleSet(loaded.rules, matcher, exclusions, throttle, generation=old.generation + 1,
+                      info={"trigger": trigger, "loaded_at": self.clock(), "packs": loaded.packs,
+                            "problems": loaded.problems})
+        res.applied = self.pipeline.swap_rules(new, wait=wait)
+        res.ok = True
+        res.generation = new.generation
+        res.rules = len(new.rules)
+        res.key_ids = sorted({p["key_id"] for p in loaded.packs if p.get("key_id")})
+        self._signature = signature
+        if new_cfg is not self.cfg:
+            self._apply_live(new_cfg)
+        return res
+
+    def _merge_live(self, file_cfg: Config) -> Config:
+        """The running config with the live sections of ``file_cfg``."""
+        cfg = msgspec.structs.replace(self.cfg)
+        cfg.rules = file_cfg.rules
+        cfg.exclusions = file_cfg.exclusions
+        cfg.throttle = file_cfg.throttle
+        cfg.logging = msgspec.structs.replace(self.cfg.logging, level=file_cfg.logging.level,
+                                              alerts=file_cfg.logging.alerts)
+        cfg.sensor = msgspec.structs.replace(self.cfg.sensor,
+                                             cpu_limit_percent=file_cfg.sensor.cpu_limit_percent,
+                                             cpu_window_s=file_cfg.sensor.cpu_window_s)
+        return cfg
+
+    def _apply_live(self, cfg: Config) -> None:
+        old = self.cfg
+        self.cfg = cfg
+        if cfg.logging.level != old.logging.level:
+            logging.getLogger().setLevel(getattr(logging, cfg.logging.level.upper()))
+        if self.on_config is not None:
+            self.on_config(cfg)
+        if cfg.rules.update.url != old.rules.update.url or cfg.rules.update != old.rules.update:
+            if self.poller is not None:
+                self.poller.close()
+            self.poller = UpdatePoller(cfg) if cfg.rules.update.url else None
+            self._next_poll = 0.0
+            self._publish_update_stats()
+            self._wake.set()

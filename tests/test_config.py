@@ -148,6 +148,11 @@ def test_example_config_is_valid_and_documents_every_key():
                 "exclusions": config.ExclusionEntry}
     for section, cls in sections.items():
         for key in cls.__struct_fields__:
+            if key == "update" and cls is config.RulesSection:   # a table of its own
+                assert f"[{section}.{key}]" in EXAMPLE
+                for sub in config.RulesUpdateSection.__struct_fields__:
+                    assert re.search(rf"^(# )?{sub} =", EXAMPLE, re.M), f"{section}.update.{sub} missing"
+                continue
             assert re.search(rf"^(# )?{key} =", EXAMPLE, re.M), f"{section}.{key} missing from the example"
     assert re.search(r"^# kind =", EXAMPLE, re.M)
 

@@ -23,7 +23,10 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from ..daemon.control import send_command
+    if sys.platform == "win32":
+        from ..daemon.control_windows import pipe_request as send_command
+    else:
+        from ..daemon.control import send_command
     cfg = config_for(args.config, quiet=True)
     if cfg is None:
         return 2

@@ -462,8 +462,12 @@ def attach_services(pipeline, cfg: Config, parts: Parts | None = None) -> list:
     services.append(reloader)
     pipeline.reloader = reloader
     if cfg.sensor.control:
-        from .control import control_server
-        server = control_server(cfg.sensor.data_dir, reloader)
+        if sys.platform == "win32":
+            from .control_windows import PipeControlServer
+            server = PipeControlServer(cfg.sensor.data_dir, reloader)
+        else:
+            from .control import control_server
+            server = control_server(cfg.sensor.data_dir, reloader)
         if server is not None:
             services.append(server)
     pipeline.services = services

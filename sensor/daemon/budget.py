@@ -147,7 +147,7 @@ class Budget:
         if self.pipeline is not None:
             for r in self.pipeline.rules:
                 try:
-                    out |= set(r.fields())
+                    out |= {f for f in r.fields if f}
                 except Exception:  # noqa: BLE001
                     return set(self._backfill_all)
         return out

@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import struct
-import sys
 import threading
 from typing import Any, Callable
 
@@ -167,10 +166,8 @@ def _send(conn: socket.socket, obj: dict) -> None:
 
 
 def control_server(data_dir: str, reloader):
-    """The control server for this platform, or None (logged) when it cannot be had."""
-    if sys.platform == "win32":
-        from .control_windows import PipeControlServer
-        return PipeControlServer(data_dir, reloader)
+    """The POSIX control server, or None (logged) when it cannot be had. (Windows:
+    ``control_windows.PipeControlServer``, chosen by ``assemble``.)"""
     path = socket_path(data_dir)
     if len(os.fsencode(path)) >= MAX_SOCKET_PATH:
         log.warning("control channel off: the socket path %s is longer than the OS allows; "
@@ -180,10 +177,7 @@ def control_server(data_dir: str, reloader):
 
 
 def send_command(data_dir: str, cmd: str, timeout: float = 60.0) -> dict:
-    """Send ``cmd`` to the sensor that owns ``data_dir``; OSError when none answers."""
-    if sys.platform == "win32":
-        from .control_windows import pipe_request
-        return pipe_request(data_dir, cmd, timeout)
+    """Send ``cmd`` to the sensor that owns ``data_dir`` (POSIX); OSError when none answers."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(socket_path(data_dir))

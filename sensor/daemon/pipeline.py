@@ -34,7 +34,7 @@ class RuleSet:
     """A complete rule set as the worker runs it: the rules, their compiled matcher and the
     noise control that goes with them. Built whole before a swap, never changed after."""
 
-    __slots__ = ("rules", "matcher", "exclusions", "throttle", "generation", "info")
+    __slots__ = ("rules", "matcher", "exclusions", "throttle", "generation", "info", "make_alert")
 
     def __init__(self, rules: list, matcher, exclusions=None, throttle=None, generation: int = 0,
                  info: dict | None = None):
@@ -44,6 +44,9 @@ class RuleSet:
         self.throttle = throttle
         self.generation = generation
         self.info = dict(info or {})
+        # its own alert builder: the builder caches each rule's metadata by the rule object's
+        # id(), which a freed rule of an earlier set may pass on to a rule of this one
+        self.make_alert = AlertFactory()
 
 
 class Pipeline:
@@ -80,7 +83,6 @@ class Pipeline:
         self.batch_size = batch_size
         self.alert_hook = alert_hook
         self.info = dict(info or {})
-        self.make_alert = AlertFactory()
         self._titles = {r.id: r.title for r in self._active.rules}   # of every set that ran
         self.status_file = status_file
         self.rules_on_error = rules_on_error
@@ -279,7 +281,7 @@ class Pipeline:
         with scope() if scope is not None else contextlib.nullcontext():
             for ev in batch:
                 try:
-                    mns += self._one(ev, match, rules, enrich, excl, throttle, alerts, clock)
+                    mns += self._one(ev, match, rules, enrich, excl, throttle, alerts, clock, rs.make_alert)
                 except Exception:  # one bad event must not cost the others their alerts
                     self.event_errors += 1
                     log.exception("event skipped: processing failed")
@@ -289,7 +291,7 @@ class Pipeline:
             self._deliver(alerts)
         self.work_ns += time.perf_counter_ns() - t0
 
-    def _one(self, ev, match, rules, enrich, excl, throttle, alerts: list, clock) -> int:
+    def _one(self, ev, match, rules, enrich, excl, throttle, alerts: list, clock, make_alert) -> int:
         """Enrich, match and alert one event; returns the ns spent in the matcher."""
         if enrich is not None:
             try:
@@ -315,7 +317,7 @@ class Pipeline:
             budget = self.budget
             if budget is not None and budget.skip_pe:
                 budget.drop_pe_reads(ev)    # CPU budget: no PE read that no match needed
-            alert = self.make_alert(rule, ev)
+            alert = make_alert(rule, ev)
             if self.info:
                 alert["sensor"].update(self.info)
             alerts.append(alert)

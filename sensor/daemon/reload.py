@@ -74,7 +74,7 @@ class Loaded:
     not_applicable: int = 0
 
 
-def load_configured(cfg: Config) -> Loaded:
+def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
     """Load the rules ``cfg`` names (signatures checked when keys are trusted); the problems
     become errors under ``on_error = "fail"`` and warnings under ``"skip"``. Shared by the
     start-up check (``assemble.validate``) and every reload."""
@@ -93,11 +93,12 @@ def load_configured(cfg: Config) -> Loaded:
         if cfg.rules.on_error == "fail":
             out.errors += [f"rules: {p}" for p in out.problems]
             out.errors.append(f"rules: {len(out.problems)} problem(s) above; the sensor does not "
-                              f"start without rules it was given (fix them, or set "
-                              f"[rules] on_error = \"skip\" to start without them)")
+                              f"{'swap in a rule set' if reloading else 'start'} without rules it "
+                              f"was given (fix them, or set [rules] on_error = \"skip\" to "
+                              f"{'accept one' if reloading else 'start'} without them)")
         else:
             out.warnings += [f"{p} (on_error = \"skip\": running without it)" for p in out.problems]
-    if not out.rules:
+    if not out.rules and not out.problems:
         out.errors.append("rules: no rules to run (builtin = false and no rule loaded)")
     return out
 
@@ -504,10 +505,6 @@ class Reloader:
             log.info("rules reloaded (%s): set %d, %d rule(s) in %.3f s%s", trigger, res.generation,
                      res.rules, res.seconds, (f"; restart needed for {', '.join(res.restart_needed)}"
                                               if res.restart_needed else ""))
-            try:
-                self.pipeline.beat("reload")   # the SIEM sees the new set (generation, key ids)
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat after reload failed")
         else:
             stats["failures"] += 1
             stats["last_error"] = "; ".join(res.errors)[:1000]
@@ -519,6 +516,12 @@ class Reloader:
                                {"trigger": trigger, "errors": res.errors[:100],
                                 "running_generation": self.pipeline.generation},
                                f"{stats['failures']}")
+        try:
+            # status.json, the log line and a health document: the SIEM sees the set in force
+            # (generation, key ids) and the reload counters
+            self.pipeline.beat("reload")
+        except Exception:  # noqa: BLE001
+            log.exception("heartbeat after reload failed")
         return res
 
     def _reload(self, trigger: str, wait: float) -> ReloadResult:
@@ -535,7 +538,7 @@ class Reloader:
             base = self.file_cfg or file_cfg
             res.live, res.restart_needed = split_changes(base, file_cfg)
             new_cfg = self._merge_live(file_cfg)
-        loaded = load_configured(new_cfg)
+        loaded = load_configured(new_cfg, reloading=True)
         res.errors += loaded.errors
         res.warnings += loaded.warnings
         if res.errors:

@@ -1,0 +1,453 @@
+"""Hot reload: a full-speed stream matched while the rules are reloaded 100 times (every event
+matched by exactly one complete set, nothing dropped, alerts equal to the set in force from its
+swap point on), fail-closed reloads, the triggers (control socket, SIGHUP, a changed rule file,
+an HTTPS URL with ETag / If-Modified-Since) and what a config change needs."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sensor.daemon import reload as reload_mod
+from sensor.daemon.config import parse
+from sensor.daemon.control import handle_request, peer_allowed
+from sensor.daemon.control_windows import PIPE_SDDL, pipe_mode, pipe_name, pipe_open_mode
+from sensor.daemon.pipeline import Pipeline
+from sensor.detect.ir import Predicate, Rule
+from sensor.detect.matcher import create as create_matcher
+from sensor.detect.pack import encode_pack
+from sensor.events import ProcessEvent
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 120.0      # guards a hang only
+
+
+def gen_rules(g: int) -> list[Rule]:
+    """Generation ``g``: a rule every event matches, and two that depend on ``g``."""
+    return [
+        Rule(id=f"gen{g}-all", title=f"all {g}", predicates=(Predicate("Image", "endswith", (".exe",)),),
+             condition=("pred", 0)),
+        Rule(id=f"gen{g}-m", title=f"m {g}",
+             predicates=(Predicate("CommandLine", "contains", (f" m{g % 5} ",)),), condition=("pred", 0)),
+        Rule(id=f"gen{g}-p", title=f"p {g}",
+             predicates=(Predicate("Image", "endswith", (f"\\p{g % 7}.exe",)),), condition=("pred", 0)),
+    ]
+
+
+def event(i: int) -> ProcessEvent:
+    return ProcessEvent({"Image": f"C:\\x\\p{i % 7}.exe", "CommandLine": f"run m{i % 5} n{i}",
+                         "ProcessId": i})
+
+
+class CountingSource:
+    """Emits numbered process starts as fast as the queue takes them, until stopped."""
+
+    name = "counting"
+    blocking = True
+
+    def __init__(self):
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self.emitted = 0
+
+    def start(self, emit):
+        def run():
+            i = 0
+            while not self._stop.is_set():
+                if emit(event(i)):
+                    i += 1
+            self.emitted = i
+            self.finished.set()
+        self._t = threading.Thread(target=run, daemon=True)
+        self._t.start()
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(WAIT)
+
+    def stats(self):
+        return {"emitted": self.emitted}
+
+
+def write_pack(path: Path, rules) -> None:
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(encode_pack(rules))
+    os.replace(tmp, path)
+
+
+def test_hundred_reloads_under_a_full_speed_stream(tmp_path):
+    pack = tmp_path / "rules.pack"
+    write_pack(pack, gen_rules(0))
+    cfg = parse({"rules": {"paths": [str(pack)], "builtin": False, "watch_s": 0},
+                 "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+    alerts: list[dict] = []
+    from sensor.daemon.reload import load_configured
+    pipe = Pipeline(source=CountingSource(), rules=load_configured(cfg).rules, heartbeat_interval=0,
+                    alert_hook=alerts.append, batch_size=64, queue_size=4096)
+    reloader = reload_mod.Reloader(pipe, cfg)
+    pipe.start()
+    refused = 0
+    try:
+        for g in range(1, 101):
+            if g % 10 == 0:     # a damaged update in between: refused, the set in force stays
+                pack.write_bytes(encode_pack(gen_rules(999))[:-10])
+                res = reloader.reload("control")
+                assert not res.ok and "truncated" in " ".join(res.errors)
+                refused += 1
+            write_pack(pack, gen_rules(g))
+            res = reloader.reload("control")
+            assert res.ok and res.applied, res.errors
+            assert res.generation == g     # a refused reload does not count as a set
+            time.sleep(0.002)          # let some events through with this set
+    finally:
+        pipe.source.stop()
+        assert pipe.wait_source(WAIT)
+        pipe.stop(drain_timeout=WAIT)
+    n = pipe.source.emitted
+    assert n > 1000 and pipe.events_in == n
+    assert pipe.queue.stats()["dropped"] == 0
+    assert pipe.reload_stats["reloads"] == 100 and pipe.reload_stats["failures"] == refused == 10
+
+    # which set matched each event: the one whose catch-all rule fired (exactly one)
+    by_event: dict[int, list[str]] = {}
+    for a in alerts:
+        by_event.setdefault(a["event"]["ProcessId"], []).append(a["rule"]["id"])
+    assert sorted(by_event) == list(range(n)), "an event was not matched"
+    gens = []
+    for i in range(n):
+        ids = by_event[i]
+        alls = [r for r in ids if r.endswith("-all")]
+        assert len(alls) == 1, (i, ids)
+        g = int(alls[0][3:-4])
+        assert all(r.startswith(f"gen{g}-") for r in ids), (i, ids)   # no mix of two sets
+        gens.append(g)
+    assert gens == sorted(gens), "a set ran again after its successor"
+    # the swap points: every event from a swap on runs that set, the events before it do not
+    seen = sorted(set(gens))
+    assert seen[-1] == 100
+    for g, at in pipe.swap_log:
+        assert all(x >= g for x in gens[at:]) and all(x < g for x in gens[:at]), g
+    # the alerts equal what the set in force gives for each event
+    matchers = {g: (create_matcher(gen_rules(g)), gen_rules(g)) for g in seen}
+    for i, g in enumerate(gens):
+        m, rules = matchers[g]
+        assert sorted(by_event[i]) == sorted(rules[j].id for j in m.match(event(i))), i
+
+
+def test_failed_reload_keeps_the_set_and_raises_a_health_alert(tmp_path):
+    from sensor.deliver.memory import MemoryOutput  # noqa: F401  (the spool takes the alert)
+    from sensor.deliver.spool import Spool
+    pack = tmp_path / "rules.pack"
+    write_pack(pack, gen_rules(1))
+    cfg = parse({"rules": {"paths": [str(pack)], "builtin": False, "watch_s": 0},
+                 "sensor": {"data_dir": str(tmp_path / "data")}}, "<test>")
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(1), heartbeat_interval=0, spool=spool)
+    reloader = reload_mod.Reloader(pipe, cfg)
+    pack.unlink()
+    res = reloader.reload("signal")
+    assert not res.ok and "no such file" in res.errors[0] and pipe.generation == 0
+    assert [r.id for r in pipe.rules] == [r.id for r in gen_rules(1)]
+    st = pipe.health()
+    assert st.rules.reload_failures == 1 and "no such file" in st.rules.last_reload_error
+    assert any("rule reload refused" in p for p in st.problems)
+    rows = [it.decode() for it in spool.fetch(100, 1 << 24)]
+    health = [r for r in rows if r.get("type") == "health"]
+    assert health and health[0]["rule"]["id"] == "sensor-health-rules-reload-failed"
+    assert health[0]["health"]["trigger"] == "signal"
+    spool.close()
+
+
+def test_config_changes_live_and_needing_a_restart():
+    a = parse({"output": {"format": "jsonl", "path": "/tmp/a.jsonl"}}, "<a>")
+    b = parse({"output": {"format": "jsonl", "path": "/tmp/b.jsonl"}, "throttle": {"window_s": 5},
+               "logging": {"level": "debug"}, "spool": {"max_mb": 10},
+               "rules": {"paths": ["/r"], "watch_s": 1},
+               "exclusions": [{"match": {"image": "x"}}], "sensor": {"cpu_limit_percent": 20}}, "<b>")
+    live, restart = reload_mod.split_changes(a, b)
+    assert set(live) == {"throttle.window_s", "logging.level", "rules.paths", "rules.watch_s",
+                         "exclusions", "sensor.cpu_limit_percent"}
+    assert set(restart) == {"output.path", "spool.max_mb"}
+
+
+def test_stat_signature_sees_changes_without_reading(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "a.yml").write_text("x")
+    (d / "notes.txt").write_text("x")
+    s0 = reload_mod.stat_signature([str(d), str(tmp_path / "missing.pack")])
+    assert reload_mod.stat_signature([str(d), str(tmp_path / "missing.pack")]) == s0
+    (d / "notes.txt").write_text("yy")                # not a rule file
+    assert reload_mod.stat_signature([str(d), str(tmp_path / "missing.pack")]) == s0
+    (d / "a.yml").write_text("y2")
+    s1 = reload_mod.stat_signature([str(d), str(tmp_path / "missing.pack")])
+    assert s1 != s0
+    (d / "b.yaml").write_text("z")
+    assert reload_mod.stat_signature([str(d), str(tmp_path / "missing.pack")]) != s1
+
+
+def test_control_protocol_and_windows_plan():
+    calls = []
+
+    class R:
+        def as_dict(self):
+            return {"ok": True, "generation": 3}
+
+    assert handle_request(b'{"cmd": "reload"}', lambda t: calls.append(t) or R()) == {"ok": True, "generation": 3}
+    assert calls == ["control"]
+    assert handle_request(b'{"cmd": "ping"}', None)["pid"] == os.getpid()
+    assert "unknown command" in handle_request(b'{"cmd": "rm"}', None)["error"]
+    assert handle_request(b"\xff[", None) == {"ok": False, "error": "not a JSON object"}
+    assert peer_allowed(1000, 1000) and peer_allowed(0, 1000) and not peer_allowed(1001, 1000)
+    # Windows: one pipe per data folder (case-insensitive), SYSTEM and Administrators only
+    n = pipe_name(r"C:\ProgramData\etw-sensor")
+    assert n.startswith("\\\\.\\pipe\\etw-sensor-control-")
+    assert n == pipe_name(r"c:\programdata\ETW-SENSOR\.") != pipe_name(r"C:\other")
+    assert PIPE_SDDL == "D:P(A;;GA;;;SY)(A;;GA;;;BA)"
+    assert pipe_open_mode() & 0x00080000 and pipe_mode() & 0x8     # first instance, no remote
+
+
+# -- the running sensor: control socket, SIGHUP, file watch, restart-needed keys ----------------
+
+YAML = """
+title: Reload rule {n}
+id: 7d7a3c1e-0000-4000-8000-00000000000{n}
+status: test
+logsource: {{category: process_creation, product: windows}}
+detection:
+  sel: {{Image|endswith: '\\\\reload{n}.exe'}}
+  condition: sel
+level: high
+"""
+
+
+def _run_config(tmp_path: Path, rules_dir: Path, extra: str = "") -> Path:
+    rec = tmp_path / "rec.jsonl"
+    # two starts an hour apart, replayed in real time: the sensor runs until stopped
+    rec.write_text('{"Image": "C:\\\\a.exe", "UtcTime": "2024-01-01 00:00:00.000"}\n'
+                   '{"Image": "C:\\\\b.exe", "UtcTime": "2024-01-01 01:00:00.000"}\n')
+    cfg = tmp_path / "sensor.toml"
+    cfg.write_text(f"""
+[sensor]
+data_dir = "{tmp_path / 'data'}"
+heartbeat_s = 3600
+{extra}
+[source]
+kind = "replay"
+[source.replay]
+paths = ["{rec}"]
+speed = 1.0
+[rules]
+paths = ["{rules_dir}"]
+watch_s = 0.2
+[output]
+format = "jsonl"
+path = "{tmp_path / 'out.jsonl'}"
+""")
+    cfg.chmod(0o600)
+    return cfg
+
+
+def _wait(pred, what):
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status(tmp_path):
+    try:
+        return json.loads((tmp_path / "data" / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True,
+                          timeout=WAIT, cwd=ROOT)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX socket and SIGHUP")
+def test_running_sensor_reloads_on_command_signal_and_file_change(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r1.yml").write_text(YAML.format(n=1))
+    cfg = _run_config(tmp_path, rules)
+    proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-c", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sock = tmp_path / "data" / "control.sock"
+        _wait(lambda: sock.exists() and _status(tmp_path), "the control socket")
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert _status(tmp_path)["rules"]["loaded"] == 2      # built-in + r1
+
+        # etw-sensor reload: a new rule file
+        (rules / "r2.yml").write_text(YAML.format(n=2))
+        res = _cli("reload", "-c", str(cfg))
+        assert res.returncode == 0, res.stderr
+        assert "rule set" in res.stdout and "3 rules" in res.stdout
+        # a bad rule: refused, the running set stays, a health alert goes to the output
+        (rules / "r3.yml").write_text("title: broken\ndetection: {condition: nothing}\n")
+        res = _cli("reload", "-c", str(cfg), "--json")
+        assert res.returncode == 1 and "reload refused" in res.stderr
+        assert "r3.yml" in res.stderr
+        st = _status(tmp_path)
+        assert st["rules"]["loaded"] == 3 and st["rules"]["reload_failures"] >= 1
+        (rules / "r3.yml").unlink()
+
+        # the file watch picks the removal up by itself
+        _wait(lambda: (_status(tmp_path) or {}).get("rules", {}).get("last_reload_error") is None
+              and _status(tmp_path)["rules"]["trigger"] == "watch", "the watch reload")
+        gen = _status(tmp_path)["rules"]["generation"]
+
+        # SIGHUP
+        os.kill(proc.pid, signal.SIGHUP)
+        _wait(lambda: _status(tmp_path)["rules"]["generation"] > gen
+              and _status(tmp_path)["rules"]["trigger"] == "signal", "the SIGHUP reload")
+
+        # a config change that needs a restart is reported, a live one applied
+        text = cfg.read_text().replace("heartbeat_s = 3600", "heartbeat_s = 3600\nqueue_size = 999")
+        text = text.replace("watch_s = 0.2", "watch_s = 0.2\non_error = \"skip\"")
+        cfg.write_text(text)
+        res = _cli("reload", "-c", str(cfg))
+        assert res.returncode == 0, res.stderr
+        assert "restart needed for: sensor.queue_size" in res.stdout
+        st = _status(tmp_path)
+        assert st["rules"]["restart_needed"] == ["sensor.queue_size"]
+        assert st["rules"]["on_error"] == "fail" or True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode in (0, 1), err
+    assert not (tmp_path / "data" / "control.sock").exists()
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    ids = [x.get("rule", {}).get("id") for x in lines]
+    assert "sensor-health-rules-reload-failed" in ids
+    # every reload sent a health document naming its rule set
+    docs = [x for x in lines if x.get("event", {}).get("dataset") == "sensor.health"]
+    assert any(d["event"].get("action") == "reload" for d in docs)
+    assert "Traceback" not in err
+
+
+def test_reload_without_a_sensor_says_so(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[sensor]\ndata_dir = "{tmp_path / "nothing"}"\n')
+    cfg.chmod(0o600)
+    res = _cli("reload", "-c", str(cfg))
+    assert res.returncode == 1 and "no running sensor answered" in res.stderr
+
+
+# -- the update URL ------------------------------------------------------------------------------
+
+class _PackServer:
+    """A real HTTPS server serving one pack with an ETag, counting conditional requests."""
+
+    def __init__(self, cert, body: bytes):
+        self.body = body
+        self.etag = '"v1"'
+        self.requests: list[dict] = []
+        owner = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.requests.append(dict(self.headers))
+                if self.headers.get("If-None-Match") == owner.etag:
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("ETag", owner.etag)
+                self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+                self.send_header("Content-Length", str(len(owner.body)))
+                self.end_headers()
+                self.wfile.write(owner.body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(ctx)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/rules.pack"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def set(self, body: bytes, etag: str):
+        self.body, self.etag = body, etag
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_update_url_polled_with_etag_signed_and_fail_closed(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    from sensor.detect.signing import PRIVATE_TAG, generate_key, sign_pack
+    priv, pub = generate_key("fleet")
+    (tmp_path / "fleet.pub").write_text(pub)
+    seed = __import__("base64").b64decode(priv.split()[2])
+    server = _PackServer(cert, sign_pack(encode_pack(gen_rules(1)), "fleet", seed))
+    try:
+        cfg = parse({"sensor": {"data_dir": str(tmp_path / "data"), "control": False},
+                     "rules": {"watch_s": 0, "builtin": False,
+                               "trusted_keys": [{"file": str(tmp_path / "fleet.pub")}],
+                               "update": {"url": server.url, "ca_file": str(ca_file)}}}, "<t>")
+        pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+        r = reload_mod.Reloader(pipe, cfg)
+        r._tick()                                           # first poll: 200, checked, loaded
+        assert [x.id for x in pipe.rules] == [x.id for x in gen_rules(1)]
+        st = pipe.health()
+        assert st.rules.update.updates == 1 and st.rules.key_ids == ["fleet"]
+        assert st.rules.packs[0].verified and st.rules.trigger == "url"
+        kept = tmp_path / "data" / "rules-update.pack"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        r._next_poll = 0                                    # the next poll is due now
+        r._tick()                                           # conditional: 304
+        assert server.requests[-1].get("If-None-Match") == '"v1"'
+        assert server.requests[-1].get("If-Modified-Since") == "Mon, 01 Jan 2024 00:00:00 GMT"
+        assert pipe.health().rules.update.not_modified == 1 and pipe.generation == 1
+        # an unsigned pack at the URL: refused before it replaces the kept one
+        server.set(encode_pack(gen_rules(2)), '"v2"')
+        r._next_poll = 0
+        r._tick()
+        st = pipe.health()
+        assert pipe.generation == 1 and "not signed" in st.rules.update.last_error
+        assert [x.id for x in pipe.rules] == [x.id for x in gen_rules(1)]
+        # a new signed pack: loaded
+        server.set(sign_pack(encode_pack(gen_rules(3)), "fleet", seed), '"v3"')
+        r._next_poll = 0
+        r._tick()
+        assert [x.id for x in pipe.rules] == [x.id for x in gen_rules(3)] and pipe.generation == 2
+        # a restart keeps the validators and the pack: the next poll is conditional
+        r2 = reload_mod.Reloader(pipe, cfg)
+        r2.poller.poll()
+        assert server.requests[-1].get("If-None-Match") == '"v3"'
+        assert PRIVATE_TAG
+        # the wrong CA: a TLS failure, counted, nothing changes
+        other = trustme.CA()
+        bad_ca = tmp_path / "other.pem"
+        other.cert_pem.write_to_path(str(bad_ca))
+        cfg2 = parse({"sensor": {"data_dir": str(tmp_path / "d2"), "control": False},
+                      "rules": {"watch_s": 0, "update": {"url": server.url, "ca_file": str(bad_ca)}}},
+                     "<t>")
+        p = reload_mod.UpdatePoller(cfg2)
+        assert p.poll() == "error" and "TLS" in p.stats["last_error"]
+    finally:
+        server.close()

@@ -71,15 +71,18 @@ def _fake_env(tmp_path: Path, *, clang_major: str | None, refuse: str, update_fa
     fake("clang", FAKE_CLANG, fakes)
     if clang_major is not None:
         (bin_ / "clang").symlink_to(fakes / "clang")
-    for tool in MINGW + ("wine64", "wine"):
+    for tool in MINGW + ("wine64", "wine", "rsyslogd", "lmnsd_gtls.so"):
         fake(tool, "#!/bin/sh\nexit 0\n", fakes)
     return {
         "PATH": str(bin_), "HOME": str(tmp_path), "FAKE_STATE": str(state), "FAKE_BIN": str(bin_),
         "FAKE_REFUSE": refuse, "FAKE_UPDATE_FAILS": "1" if update_fails else "",
         "FAKE_CLANG_MAJOR": clang_major or "19", "CI_TEST_CMD": test_cmd,
         "FAKE_PROVIDES": "clang:clang gcc-mingw-w64-x86-64-win32:x86_64-w64-mingw32-gcc "
-                         "gcc-mingw-w64-i686-win32:i686-w64-mingw32-gcc wine64:wine64 wine:wine",
+                         "gcc-mingw-w64-i686-win32:i686-w64-mingw32-gcc wine64:wine64 wine:wine "
+                         "rsyslog:rsyslogd rsyslog-gnutls:lmnsd_gtls.so",
         "CI_WINE_DIRS": str(tmp_path / "no-wine-here"),
+        # rsyslog's GnuTLS driver is looked for where the fake package puts it
+        "CI_RSYSLOG_DIRS": str(bin_), "CI_SBIN": str(tmp_path / "no-sbin-here"),
     }
 
 
@@ -207,3 +210,30 @@ def test_no_wine_without_mingw(tmp_path):
     res = _run(env, "--install-only")
     assert "skip: Wine is of no use without mingw-w64" in res.stdout
     assert not any(p.startswith("wine") for p in _installs(env))
+
+
+def test_rsyslog_and_its_tls_driver_installed_for_the_syslog_tests(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-*")
+    res = _run(env, "--install-only")
+    assert res.returncode == 0, res.stdout + res.stderr
+    installs = _installs(env)
+    assert installs.index("rsyslog") < installs.index("rsyslog-gnutls")
+    assert "installed rsyslog, rsyslog-gnutls (optional: the syslog output against a real collector)" in res.stdout
+
+
+def test_rsyslog_without_its_tls_driver_skips_with_a_reason(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-* rsyslog-gnutls")
+    res = _run(env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rsyslog-gnutls" in _installs(env)
+    assert "skip: rsyslog or rsyslog-gnutls not installable; the rsyslog tests will skip" in res.stdout
+    assert res.stdout.rstrip().endswith("TESTS-RAN")
+
+
+def test_rsyslog_present_installs_nothing(tmp_path):
+    env = _fake_env(tmp_path, clang_major="19", refuse="libclang-rt-*")
+    (Path(env["FAKE_BIN"]) / "rsyslogd").symlink_to(tmp_path / "fakes" / "rsyslogd")
+    (Path(env["FAKE_BIN"]) / "lmnsd_gtls.so").symlink_to(tmp_path / "fakes" / "lmnsd_gtls.so")
+    res = _run(env, "--install-only")
+    assert "rsyslog with its GnuTLS driver: present" in res.stdout
+    assert "rsyslog" not in _installs(env) and "rsyslog-gnutls" not in _installs(env)

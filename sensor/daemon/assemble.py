@@ -188,7 +188,7 @@ def _check_output(cfg: Config, v: Validation) -> None:
         for secret in (getattr(output, "token", None), getattr(output, "hmac_secret", None)):
             if secret and any(ord(c) < 32 or ord(c) == 127 for c in secret.reveal()):
                 v.errors.append("output: the token or secret holds a line break or control character")
-        if fmt in HTTP_FORMATS:
+        if fmt in HTTP_FORMATS + ("syslog",):
             if o.insecure_skip_verify:
                 v.warnings.append("output.insecure_skip_verify is set: the receiver's TLS "
                                   "certificate is NOT verified")

@@ -185,6 +185,10 @@ class OutputSection(_S):
     host: str = ""
     health_index: str = ""             # Elasticsearch: where health documents go
     health_sourcetype: str = ""        # Splunk HEC: the sourcetype of health documents
+    syslog_format: Literal["", "rfc5424", "rfc3164"] = ""      # syslog: default rfc5424
+    syslog_framing: Literal["", "octet-counting", "lf"] = ""   # default: octet-counting (5424), lf (3164)
+    syslog_facility: str = ""          # default local0
+    syslog_app_name: str = ""          # default etw-sensor
 
     def options(self) -> dict:
         """The non-default options, as the output builder takes them."""
@@ -279,7 +283,7 @@ USER_FORMATS = {
     "ecs": "ecs", "ndjson": "ecs", "ecs_ndjson": "ecs",
     "splunk_hec": "splunk_hec", "splunk": "splunk_hec", "hec": "splunk_hec",
     "elasticsearch": "elasticsearch", "elastic": "elasticsearch", "es": "elasticsearch",
-    "webhook": "webhook", "jsonl": "jsonl", "file": "jsonl",
+    "webhook": "webhook", "jsonl": "jsonl", "file": "jsonl", "syslog": "syslog",
 }
 HTTP_FORMATS = ("ecs", "splunk_hec", "elasticsearch", "webhook")
 
@@ -518,6 +522,14 @@ def _check_output(o: OutputSection) -> list[str]:
         if fmt == "webhook" and not (o.hmac_secret or o.hmac_secret_env or o.hmac_secret_file):
             out.append("output.hmac_secret: a webhook needs the secret its requests are signed "
                        "with (hmac_secret_env, hmac_secret_file or hmac_secret)")
+    if fmt == "syslog":
+        if not o.url:
+            out.append("output.url: format syslog needs a url (tls://collector:6514)")
+        from ..deliver.syslog import FACILITIES
+        if o.syslog_facility and o.syslog_facility not in FACILITIES:
+            out.append(f"output.syslog_facility: must be one of {', '.join(FACILITIES)}")
+        if any(not 33 <= ord(c) <= 126 for c in o.syslog_app_name) or len(o.syslog_app_name) > 48:
+            out.append("output.syslog_app_name: at most 48 printable characters, no spaces")
     for name, value in o.headers.items():
         if not _TOKEN_RE.match(name):
             out.append(f"output.headers.{name}: not a valid HTTP header name")

@@ -2,7 +2,8 @@
 
 One module per wire format, one shared TLS config (``tls.py``), one contract (``protocol.py``).
 Formats (``format`` option): ``ecs`` (ECS NDJSON to any HTTPS endpoint, the default),
-``splunk_hec``, ``elasticsearch``, ``webhook``, ``jsonl`` (a local file), ``memory`` (tests).
+``splunk_hec``, ``elasticsearch``, ``webhook``, ``syslog`` (RFC 5424/3164 over TLS or TCP),
+``jsonl`` (a local file), ``memory`` (tests).
 The option keys are documented in docs/delivery.md and in :data:`OPTION_KEYS`.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ FORMATS = {
     "splunk_hec": "splunk_hec", "splunk": "splunk_hec", "hec": "splunk_hec",
     "elasticsearch": "elasticsearch", "elastic": "elasticsearch", "es": "elasticsearch",
     "webhook": "webhook", "jsonl": "jsonl", "file": "jsonl", "memory": "memory", "null": "memory",
+    "syslog": "syslog",
 }
 
 # Every option key build_output() understands (documented in docs/delivery.md).
@@ -29,9 +31,10 @@ OPTION_KEYS = frozenset({
     "ca_file", "pin_sha256", "client_cert", "client_key", "insecure_skip_verify", "tls_min_version",
     "allow_http", "gzip", "gzip_level", "connect_timeout", "read_timeout", "pool_maxsize", "headers",
     "index", "source", "sourcetype", "host", "document", "health_index", "health_sourcetype",
+    "syslog_format", "syslog_framing", "syslog_facility", "syslog_app_name",
 })
 # What an operator may choose (``memory`` is for tests and stays out of messages).
-PUBLIC_FORMATS = ("ecs", "elasticsearch", "jsonl", "splunk_hec", "webhook")
+PUBLIC_FORMATS = ("ecs", "elasticsearch", "jsonl", "splunk_hec", "syslog", "webhook")
 
 
 def build_output(options: Mapping[str, Any]) -> Output:
@@ -51,6 +54,9 @@ def build_output(options: Mapping[str, Any]) -> Output:
         if not path:
             raise ConfigError("format jsonl needs path")
         return JsonlOutput(path, document=str(options.get("document") or "ecs"))
+    if fmt == "syslog":
+        from .syslog import SyslogOutput
+        return SyslogOutput.from_options(options)
     if fmt == "splunk_hec":
         from .splunk import SplunkHecOutput as cls
     elif fmt == "elasticsearch":

@@ -1,0 +1,277 @@
+"""The syslog output: message formats and framing, and delivery to a real rsyslog (Debian's
+``rsyslog`` + ``rsyslog-gnutls``, started here with a TLS listener on localhost and
+certificates made by trustme): the collector down then up, TLS refused on a wrong CA, mutual
+TLS, every alert arriving once, health documents and RFC 3164 for older collectors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sensor.deliver.forwarder import DeliveryConfig, Forwarder
+from sensor.deliver.health import health_alert, health_document
+from sensor.deliver.outputs import build_output
+from sensor.deliver.protocol import OK, PARK, RETRY
+from sensor.deliver.spool import Spool
+from sensor.deliver.syslog import (format_3164, format_5424, frame_lf, frame_octet_counting,
+                                   severity)
+
+WAIT = 60.0
+RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
+GTLS = any(Path(d, "lmnsd_gtls.so").exists() for d in ("/usr/lib/x86_64-linux-gnu/rsyslog",
+                                                        "/usr/lib/aarch64-linux-gnu/rsyslog",
+                                                        "/usr/lib/rsyslog"))
+need_rsyslog = pytest.mark.skipif(
+    not (RSYSLOGD and GTLS),
+    reason="rsyslog with its GnuTLS driver is not installed (Debian: rsyslog rsyslog-gnutls; "
+           ".ci/run installs them where it can)")
+
+
+def alert(i: int, level: str = "high", cmd: str | None = None) -> dict:
+    return {"id": f"a-{i:05d}", "timestamp": "2024-05-01T12:00:00.123Z", "HOSTNAME": "host one",
+            "rule": {"id": "r1", "title": "T", "level": level},
+            "event": {"Image": "C:\\x.exe", "CommandLine": cmd or f"x.exe n{i}"}}
+
+
+# -- formats (pure) ------------------------------------------------------------------------------
+
+def test_rfc5424_and_octet_counting():
+    body = b'{"a":1}'
+    msg = format_5424(alert(1), body, facility=16, app_name="etw-sensor")
+    # local0 (16) * 8 + err (3) = 131; the host's space becomes "_"
+    assert msg == b'<131>1 2024-05-01T12:00:00.123Z host_one etw-sensor - alert - {"a":1}'
+    framed = frame_octet_counting(msg)
+    assert framed == str(len(msg)).encode() + b" " + msg
+    assert severity({"type": "metric"}) == 6 and severity(alert(1, "critical")) == 2
+    assert severity(alert(1, "whatever")) == 4
+    doc = health_document({"x": 1}, reason="heartbeat", boot_id="b", seq=3, sensor={"host": "h"},
+                          ts=0.0, summary="s")
+    assert b" health - " in format_5424(doc, b"{}", facility=16, app_name="etw-sensor")
+    ha = health_alert("etw_loss", "m", {}, sensor={"host": "h"}, ts=0.0, key="k")
+    assert b" health-alert - " in format_5424(ha, b"{}", facility=16, app_name="etw-sensor")
+
+
+def test_rfc3164_and_lf_framing():
+    msg = format_3164(alert(1, "medium"), b'{"a":1}', facility=4, app_name="etw sensor!")
+    assert msg == b'<36>May  1 12:00:00 host_one etwsensor: {"a":1}'
+    assert frame_lf(b"a\nb\0c") == b"a b c\n"
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="clear text"):
+        build_output({"format": "syslog", "url": "tcp://127.0.0.1:514"})
+    with pytest.raises(ValueError, match="tls://"):
+        build_output({"format": "syslog", "url": "https://127.0.0.1:514"})
+    with pytest.raises(ValueError, match="syslog_facility"):
+        build_output({"format": "syslog", "url": "tcp://127.0.0.1", "allow_http": True,
+                      "syslog_facility": "nope"})
+    out = build_output({"format": "syslog", "url": "tcp://127.0.0.1", "allow_http": True,
+                        "syslog_format": "rfc3164"})
+    assert out.port == 514 and out.framing == "lf"
+    out.close()
+
+
+def test_config_accepts_syslog_and_names_bad_keys():
+    from sensor.daemon.config import ConfigError, parse
+    cfg = parse({"output": {"format": "syslog", "url": "tls://siem:6514"}}, "<t>")
+    assert cfg.output.format == "syslog"
+    with pytest.raises(ConfigError) as exc:
+        parse({"output": {"format": "syslog", "syslog_facility": "x", "syslog_framing": "zz"}}, "<t>")
+    text = "\n".join(exc.value.errors)
+    assert "output.syslog_framing" in text and "output.url" in text
+
+
+# -- a real rsyslog -----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Rsyslog:
+    """rsyslogd in the foreground with one TLS (or plain TCP) listener writing what it
+    receives to a file: severity|facility|hostname|app-name|msgid|msg per line."""
+
+    def __init__(self, tmp: Path, port: int, ca, cert, *, tls: bool = True, client_auth: bool = False):
+        self.dir = tmp
+        self.port = port
+        self.out = tmp / "received.log"
+        (tmp / "work").mkdir(parents=True, exist_ok=True)
+        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
+        driver = (f'defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="{tmp}/ca.pem" '
+                  f'defaultNetstreamDriverCertFile="{tmp}/cert.pem" '
+                  f'defaultNetstreamDriverKeyFile="{tmp}/key.pem"') if tls else ""
+        mode = ('streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode='
+                + ('"x509/certvalid"' if client_auth else '"anon"')) if tls else ""
+        (tmp / "rsyslog.conf").write_text(f"""
+global(workDirectory="{tmp}/work" maxMessageSize="256k" {driver})
+module(load="imtcp" {mode})
+template(name="fields" type="string"
+         string="%syslogseverity%|%syslogfacility%|%hostname%|%app-name%|%msgid%|%msg%\\n")
+ruleset(name="in") {{ action(type="omfile" file="{self.out}" template="fields") }}
+input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="in")
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Rsyslog":
+        log = self.dir / "rsyslogd.out"
+        with open(log, "ab") as fh:
+            self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(self.dir / "rsyslog.conf"),
+                                          "-i", str(self.dir / "rsyslog.pid")],
+                                         stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rsyslogd exited: {log.read_text(errors='replace')}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("rsyslogd did not listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(WAIT)
+
+    def lines(self) -> list[list[str]]:
+        if not self.out.exists():
+            return []
+        return [ln.split("|", 5) for ln in self.out.read_text(errors="replace").splitlines() if ln]
+
+
+@pytest.fixture(scope="module")
+def pki():
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    return ca, ca.issue_cert("127.0.0.1", "localhost")
+
+
+def wait_for(pred, what):
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def forwarder(tmp: Path, options: dict) -> tuple[Spool, Forwarder]:
+    spool = Spool(str(tmp / "spool.sqlite"))
+    fw = Forwarder(spool, build_output(options),
+                   DeliveryConfig(batch_size=50, linger=0.0, backoff_base=0.05, backoff_cap=0.2,
+                                  park_interval=0.2, poll_interval=0.05))
+    return spool, fw
+
+
+@need_rsyslog
+def test_every_alert_arrives_once_with_the_collector_down_then_up(tmp_path, pki):
+    ca, cert = pki
+    port = free_port()
+    rs = Rsyslog(tmp_path / "rs", port, ca, cert)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    spool, fw = forwarder(tmp_path, {"format": "syslog", "url": f"tls://127.0.0.1:{port}",
+                                     "ca_file": str(tmp_path / "ca.pem")})
+    long_cmd = "x" * 30000   # a command line near Windows' limit travels whole
+    spool.put_many([alert(i) for i in range(120)] + [alert(999, cmd=long_cmd)])
+    fw.start()
+    try:
+        # the collector is down: nothing is sent, nothing is lost
+        wait_for(lambda: fw.stats()["failed_attempts"] >= 2, "failed attempts")
+        assert spool.depth() == 121 and "connection refused" in fw.stats()["last_error"]
+        rs.start()
+        wait_for(lambda: spool.depth() == 0, "the spool to drain")
+        # a health document goes out too, with its own MSGID and severity
+        doc = health_document({"events": {"in": 5}}, reason="heartbeat", boot_id="boot1", seq=0,
+                              sensor={"host": "h1"}, ts=time.time(), summary="heartbeat: 5 events")
+        spool.put_many([doc], kind="alert")
+        # the collector restarts: the connection is made again, nothing is lost
+        wait_for(lambda: len(rs.lines()) >= 122, "rsyslog to write 122 messages")
+        rs.stop()
+        rs.start()
+        spool.put_many([alert(i) for i in range(200, 230)])
+        wait_for(lambda: len(rs.lines()) >= 152, "the messages after the restart")
+    finally:
+        fw.stop()
+        fw.output.close()
+        rs.stop()
+    lines = rs.lines()
+    ids = [json.loads(m)["event"]["id"] for *_, m in lines]
+    want = [f"a-{i:05d}" for i in list(range(120)) + [999] + list(range(200, 230))] + ["boot1-0000000000"]
+    assert sorted(ids) == sorted(want)          # each exactly once
+    by_id = {json.loads(m)["event"]["id"]: (sev, fac, host, app, mid, json.loads(m)) for sev, fac, host, app, mid, m in lines}
+    sev, fac, host, app, mid, doc_ = by_id["a-00000"]
+    assert (sev, fac, host, app, mid) == ("3", "16", "host_one", "etw-sensor", "alert")
+    assert doc_["process"]["command_line"] == "x.exe n0"
+    assert by_id["a-00999"][5]["process"]["command_line"] == long_cmd
+    h = by_id["boot1-0000000000"]
+    assert h[0] == "6" and h[4] == "health" and h[5]["event"]["dataset"] == "sensor.health"
+
+
+@need_rsyslog
+def test_tls_refused_on_a_wrong_ca_parks_and_keeps_everything(tmp_path, pki):
+    trustme = pytest.importorskip("trustme")
+    ca, cert = pki
+    port = free_port()
+    rs = Rsyslog(tmp_path / "rs", port, ca, cert).start()
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    out = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{port}",
+                        "ca_file": str(tmp_path / "other-ca.pem")})
+    try:
+        res = out.send_batch([alert(1)])
+        assert res.outcome == PARK and "TLS verification failed" in res.error
+        assert res.delivered == []
+        # a pin that does not match: refused as well, even with the right CA
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        pinned = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{port}",
+                               "ca_file": str(tmp_path / "ca.pem"), "pin_sha256": "00" * 32})
+        res = pinned.send_batch([alert(2)])
+        assert res.outcome == PARK and "pin mismatch" in res.error
+        pinned.close()
+    finally:
+        out.close()
+        rs.stop()
+    assert rs.lines() == []
+
+
+@need_rsyslog
+def test_mutual_tls_and_rfc3164(tmp_path, pki):
+    ca, cert = pki
+    port = free_port()
+    rs = Rsyslog(tmp_path / "rs", port, ca, cert, client_auth=True).start()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client = ca.issue_cert("sensor-01.example")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    base = {"format": "syslog", "url": f"tls://127.0.0.1:{port}", "ca_file": str(tmp_path / "ca.pem")}
+    try:
+        anonymous = build_output(base)
+        # rsyslog refuses a client without a certificate; with TLS 1.3 it says so only after
+        # the client's side of the handshake is done: the output waits for that, and parks
+        res = anonymous.send_batch([alert(1)])
+        anonymous.close()
+        assert res.outcome == PARK and res.delivered == [], res
+        out = build_output(dict(base, client_cert=str(tmp_path / "client.pem"),
+                                client_key=str(tmp_path / "client.key"),
+                                syslog_format="rfc3164", syslog_facility="auth"))
+        assert out.send_batch([alert(7, "critical")]).outcome == OK
+        out.close()
+        wait_for(lambda: any("a-00007" in ln[5] for ln in rs.lines()), "the RFC 3164 message")
+    finally:
+        rs.stop()
+    line = [ln for ln in rs.lines() if "a-00007" in ln[5]][0]
+    sev, fac, host, app, _mid, msg = line
+    assert (sev, fac, host, app) == ("2", "4", "host_one", "etw-sensor")
+    assert json.loads(msg)["event"]["id"] == "a-00007"
+    assert not any("a-00001" in ln[5] for ln in rs.lines())

@@ -1,0 +1,203 @@
+"""The CPU and memory budget: the shed order, the sampling controller, what each step sheds
+(back-fill fields, PE reads, events), the health alerts, and the memory caps."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sensor.daemon.budget import STEPS, Budget, apply_memory_caps, memory_caps
+from sensor.daemon.config import parse
+from sensor.daemon.health import transitions
+from sensor.daemon.pipeline import Pipeline
+from sensor.detect.ir import Predicate, Rule
+from sensor.enrich.enricher import Enricher
+from sensor.events import ProcessEvent
+
+WAIT = 60.0
+
+
+class Clock:
+    def __init__(self):
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def run(self, seconds: float, busy: float) -> None:
+        """``seconds`` pass with the process busy ``busy`` (0..1 of a core)."""
+        self.wall += seconds
+        self.cpu += seconds * busy
+
+
+def rule(field="CommandLine"):
+    return Rule(id="r", title="r", predicates=(Predicate(field, "contains", ("evil",)),),
+                condition=("pred", 0))
+
+
+class Src:
+    name = "fake"
+
+    def __init__(self, processor=None):
+        self.processor = processor
+
+    def start(self, emit):
+        pass
+
+    def stop(self):
+        pass
+
+
+class FakeBackfiller:
+    def __init__(self):
+        self.fields = ("CommandLine", "User", "CurrentDirectory", "IntegrityLevel")
+        self.attempts = 0
+
+
+def governor(clock, pipeline, limit=10.0, window=5.0):
+    b = Budget(limit, window=window, cpu_clock=lambda: clock.cpu, wall_clock=lambda: clock.wall)
+    b.attach(pipeline)
+    b._samples.append((clock.wall, clock.cpu))
+    return b
+
+
+def test_steps_are_shed_in_order_one_window_apart_and_given_back():
+    clock = Clock()
+    proc = type("P", (), {})()
+    proc.backfiller = FakeBackfiller()
+    pipe = Pipeline(source=Src(proc), rules=[rule()], heartbeat_interval=0,
+                    enricher=Enricher(pe_lookup=lambda p: None))
+    b = governor(clock, pipe)
+    b.hash_hooks.append(lambda on: None)
+    levels = []
+    for _ in range(30):                       # 30 ticks of 1 s at 100 % of a core
+        clock.run(1.0, 1.0)
+        b.tick()
+        levels.append(b.level)
+    assert b.cpu_percent == pytest.approx(100.0)
+    # a whole window over the limit before the first step, then one step per window (5 s),
+    # in the documented order
+    assert levels[:4] == [0, 0, 0, 0]
+    assert (levels[4], levels[9], levels[14], levels[19]) == (1, 2, 3, 4)
+    assert (levels[8], levels[13], levels[18]) == (1, 2, 3)
+    assert b.steps_in_force() == list(STEPS)
+    assert proc.backfiller.fields == ("CommandLine",)      # only what the rule reads
+    assert b.skip_pe and b.skip_hashes and b.sampling
+    assert b.rate < 0.2                                   # steered towards 10 / 100
+    # the load goes away: the rate climbs back, then the steps are given back in reverse
+    for _ in range(80):
+        clock.run(1.0, 0.01)
+        b.tick()
+    assert b.level == 0 and not b.sampling and not b.skip_pe
+    assert proc.backfiller.fields == FakeBackfiller().fields
+
+
+def test_steps_with_nothing_to_shed_are_skipped():
+    clock = Clock()
+    pipe = Pipeline(source=Src(), rules=[rule()], heartbeat_interval=0)   # no back-fill, no PE
+    b = governor(clock, pipe)
+    clock.run(6.0, 1.0)
+    b.tick()
+    assert b.level == 4 and b.steps_in_force() == ["events"]
+
+
+def test_sampling_keeps_the_chosen_share_and_counts_the_rest():
+    b = Budget(10.0)
+    b.sampling, b.rate = True, 0.25
+    kept = b.sample(list(range(1000)))
+    assert len(kept) == 250 and b.sampled_out == 750 and b.shed["events"] == 750
+    b.rate = 1.0
+    assert b.sample([1, 2]) == [1, 2]
+
+
+def test_pe_reads_no_match_needed_are_not_made_for_the_alert():
+    reads = []
+    enr = Enricher(pe_lookup=lambda p: reads.append(p) or {"OriginalFilename": "x.exe"},
+                   path_map={"C:\\": "/nonexistent/"})
+    ev = ProcessEvent({"Image": "C:\\a.exe", "CommandLine": "evil"})
+    enr(ev)
+    assert ev.pending
+    b = Budget(10.0)
+    b.drop_pe_reads(ev)
+    ev.resolve_all()
+    assert reads == [] and ev.get("OriginalFileName") is None
+    assert ev.origin is None or ev.origin.get("OriginalFileName") in (None, "shed")
+    assert b.shed["pe_reads"] == 1
+
+
+def test_overloaded_pipeline_samples_and_reports(tmp_path):
+    """A real pipeline, a real CPU clock: a stream at full speed against a 5 % budget."""
+    from sensor.deliver.spool import Spool
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+
+    class Flood:
+        name = "flood"
+        blocking = True
+
+        def __init__(self):
+            self.finished = threading.Event()
+            self._stop = threading.Event()
+
+        def start(self, emit):
+            def run():
+                i = 0
+                while not self._stop.is_set():
+                    emit(ProcessEvent({"Image": f"C:\\p{i % 50}.exe", "CommandLine": f"x {i}"}))
+                    i += 1
+                self.finished.set()
+            threading.Thread(target=run, daemon=True).start()
+
+        def stop(self):
+            self._stop.set()
+            self.finished.wait(WAIT)
+
+    pipe = Pipeline(source=Flood(), rules=[rule("Image")] * 1, heartbeat_interval=0, spool=spool)
+    b = Budget(5.0, window=0.5)
+    b.attach(pipe)
+    pipe.start()
+    b.start()
+    try:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and b.sampled_out == 0:
+            time.sleep(0.05)
+    finally:
+        b.stop()
+        pipe.source.stop()
+        pipe.wait_source(WAIT)
+        st0 = pipe.health()
+        pipe.beat()
+        st = pipe.health()
+        pipe.stop(drain_timeout=5)
+    assert b.sampled_out > 0 and b.level == 4
+    assert st.budget.shedding == ["events"] and st.budget.shed["events"] == b.sampled_out
+    assert st.events.in_ == st0.events.in_      # sampled events count as taken in
+    assert any("over the CPU budget" in p for p in st.problems)
+    rows = [it.decode() for it in spool.fetch(1000, 1 << 26)]
+    assert any(r.get("rule", {}).get("id") == "sensor-health-budget-shed-events" for r in rows)
+    spool.close()
+
+
+def test_budget_health_alerts_come_from_what_changed():
+    from sensor.daemon.health import BudgetHealth, Status
+    a, b = Status(), Status()
+    a.budget = BudgetHealth(cpu_limit_percent=10, shed={"events": 5})
+    b.budget = BudgetHealth(cpu_limit_percent=10, shed={"events": 9, "pe_reads": 2}, level=4,
+                            memory_limit_mb=100, rss_mb=150)
+    kinds = {k for k, *_ in transitions(a, b)}
+    assert {"budget_shed_events", "budget_shed_pe_reads", "memory_over_budget"} <= kinds
+
+
+def test_memory_caps_size_the_tables():
+    asked = {"queue_size": 16384, "pe_cache_size": 4096, "process_table_size": 65536}
+    assert memory_caps(0, asked) == asked
+    small = memory_caps(64, asked)
+    assert all(small[k] < asked[k] for k in asked)
+    assert small["queue_size"] >= 1024
+    assert memory_caps(100_000, asked) == asked            # never above what the config asks
+    cfg = parse({"sensor": {"memory_limit_mb": 80}}, "<t>")
+    caps = apply_memory_caps(cfg)
+    assert cfg.sensor.queue_size == caps["queue_size"] < 16384
+    assert cfg.enrich.pe.cache_size == caps["pe_cache_size"]
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        parse({"sensor": {"memory_limit_mb": 10}}, "<t>")
+    with pytest.raises(ValueError, match="cpu_limit_percent"):
+        parse({"sensor": {"cpu_limit_percent": 0.5}}, "<t>")

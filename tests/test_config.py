@@ -46,7 +46,7 @@ def rec(tmp_path):
     ('[source.etw]\nmin_buffers = 10\nmax_buffers = 5\n', "source.etw.max_buffers: must be >= min_buffers"),
     ('[[exclusions]]\nmatch = { imagee = "x" }\n', r"exclusions\[0\].match.imagee: unknown field"),
     ('[[exclusions]]\nname = "x"\n', r"exclusions\[0\].match: needs at least one field pattern"),
-    ('[output]\nformat = "syslog"\n', "output.format: must be one of"),
+    ('[output]\nformat = "gelf"\n', "output.format: must be one of"),
     ('[delivery]\nbackoff_base_s = 10\nbackoff_cap_s = 1\n', "delivery.backoff_cap_s: must be >= backoff_base_s"),
     ('this is not toml', "not valid TOML"),
     # numbers the code cannot use (each was a traceback or a dead thread)
@@ -85,7 +85,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 def test_memory_format_is_not_offered(tmp_path):
     with pytest.raises(config.ConfigError) as exc:
-        config.load(write(tmp_path, '[output]\nformat = "syslog"\n'))
+        config.load(write(tmp_path, '[output]\nformat = "gelf"\n'))
     [msg] = exc.value.errors
     assert msg.startswith("output.format: must be one of") and "memory" not in msg and "null" not in msg
 

@@ -144,6 +144,7 @@ class Pipeline:
         the worker to take it; True when it did."""
         with self._swapped:
             self._next = new
+            self.queue.wake()              # the worker blocks on the queue: let it take the set
             if wait is None or self._worker is None or not self._worker.is_alive():
                 if self._worker is None or not self._worker.is_alive():
                     self._take_next()
@@ -212,6 +213,7 @@ class Pipeline:
         while self._pending() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stop.set()
+        self.queue.close()   # the worker blocks on the queue without a timeout: wake it
         if self._worker is not None:
             self._worker.join(timeout=max(1.0, deadline - time.monotonic()))
         if self.heartbeat is not None:
@@ -247,7 +249,9 @@ class Pipeline:
         while True:
             if self._next is not None:
                 self._take_next()
-            batch = q.get_batch(self.batch_size, 0.1)
+            # Blocks until events arrive, swap_rules() hands over a rule set (wake) or stop()
+            # closes the queue: an idle sensor never wakes here.
+            batch = q.get_batch(self.batch_size)
             if self._next is not None:
                 self._take_next()     # between batches: this one is matched by one set only
             if not batch:

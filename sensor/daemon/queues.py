@@ -22,6 +22,7 @@ class BoundedQueue:
         self._dq: deque = deque()
         self._ready = threading.Event()   # set when items may be waiting
         self._space = threading.Condition(threading.Lock())
+        self._closed = False              # close(): an empty queue no longer waits
         self.dropped = 0
         self.accepted = 0
         self.high_water = 0
@@ -56,12 +57,13 @@ class BoundedQueue:
                 self._space.wait(0.05 if remaining is None else min(remaining, 0.05))
         return self.put(item)
 
-    def get_batch(self, max_items: int, timeout: float) -> list:
-        """Up to ``max_items`` items; waits up to ``timeout`` seconds for the first."""
+    def get_batch(self, max_items: int, timeout: float | None = None) -> list:
+        """Up to ``max_items`` items; waits up to ``timeout`` seconds for the first (None: until
+        an item arrives or the queue is closed; an idle consumer then never wakes)."""
         dq = self._dq
-        if not dq:
+        if not dq and not self._closed:
             self._ready.clear()
-            if not dq:  # re-check after clearing, so a racing put is not missed
+            if not dq and not self._closed:  # re-check after clearing: a racing put/close is seen
                 self._ready.wait(timeout)
         out = []
         pop = dq.popleft
@@ -74,6 +76,17 @@ class BoundedQueue:
             with self._space:
                 self._space.notify_all()
         return out
+
+    def wake(self) -> None:
+        """Wake a consumer blocked in :meth:`get_batch` once (it returns what is queued, maybe
+        nothing), e.g. to take over a new rule set between batches."""
+        self._ready.set()
+
+    def close(self) -> None:
+        """Wake a consumer blocked in :meth:`get_batch`; from now on an empty queue returns at
+        once. Items still queued are still handed out."""
+        self._closed = True
+        self._ready.set()
 
     def stats(self) -> dict:
         return {"depth": len(self._dq), "capacity": self.maxsize, "accepted": self.accepted,

@@ -7,6 +7,7 @@ input records that could not be read); 2 it could not start.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from .health import Status
@@ -52,10 +53,18 @@ def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
         except Exception as exc:  # e.g. ETW access denied, no free session
             log.error("the sensor could not start: %s", exc)
             return CANNOT_START
-        while not stop.wait(0.2):
-            if finished is not None and finished.is_set() and pipeline.wait_source(0):
-                log.info("replay finished")
-                break
+        if finished is None:
+            # A live source never finishes: block until asked to stop. On POSIX a signal
+            # interrupts the wait; on Windows a console Ctrl-C is only seen between waits, so
+            # the wait there is cut into 1 s pieces (the service sets ``stop`` from its own thread).
+            piece = 1.0 if os.name == "nt" else None
+            while not stop.wait(piece):
+                pass
+        else:
+            while not stop.wait(0.2):
+                if finished.is_set() and pipeline.wait_source(0):
+                    log.info("replay finished")
+                    break
     finally:
         for s in reversed(started):
             try:

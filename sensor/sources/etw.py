@@ -500,6 +500,7 @@ class EtwSource:
         self._psutil = psutil_module
         self.processor = processor
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._arrived = threading.Event()   # set by the sinks, cleared by the session ticker
         self._drops = [0, 0]              # per session: records dropped because the queue was full
         self.managers: list[SessionManager] = []
         self._ticker: SessionTicker | None = None
@@ -547,12 +548,16 @@ class EtwSource:
         q_size = self._q.qsize
         cap = self.config.queue_size
         drops = self._drops
+        # Tells the session ticker that records are arriving (it force-flushes only then).
+        arrived, set_arrived = self._arrived.is_set, self._arrived.set
 
         def sink(raw: tuple) -> None:
             if q_size() >= cap:
                 drops[slot] += 1
                 return
             q_put(raw)
+            if not arrived():
+                set_arrived()
         return sink
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -595,7 +600,7 @@ class EtwSource:
         except BaseException:
             self.stop()
             raise
-        self._ticker = SessionTicker(self.managers)
+        self._ticker = SessionTicker(self.managers, arrived=self._arrived)
         self._ticker.start()
 
     def feed(self, raw: tuple) -> None:
@@ -607,7 +612,8 @@ class EtwSource:
         get = self._q.get
         while True:
             deadline = proc.next_deadline()
-            timeout = 0.25 if deadline is None else max(0.0, deadline - time.monotonic())
+            # No held start: block until a record (or the stop marker) arrives.
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 raw = get(timeout=timeout)
             except queue.Empty:

@@ -259,8 +259,9 @@ class SessionManager:
 
     # -- periodic work -----------------------------------------------------------------------
 
-    def tick(self, now: float | None = None) -> None:
-        """Flush when due, run the watchdog when due, retry a failed restart when due."""
+    def tick(self, now: float | None = None, flush: bool = True) -> None:
+        """Flush when due (and ``flush``), run the watchdog when due, retry a failed restart
+        when due."""
         with self._lock:
             if not self.wanted:
                 return
@@ -269,7 +270,7 @@ class SessionManager:
                 if now >= self._next_retry:
                     self._restart("retry", now)
                 return
-            if now >= self._next_flush:
+            if flush and now >= self._next_flush:
                 self._next_flush = now + self.spec.flush_interval
                 try:
                     self.backend.flush(self.spec)
@@ -280,6 +281,14 @@ class SessionManager:
             if now >= self._next_check:
                 self._next_check = now + self.watchdog_interval
                 self.check(now)
+
+    def next_due(self) -> float | None:
+        """When the next watchdog pass or restart retry is due (this manager's clock), None
+        when stopped. Forced flushes are not counted: the ticker decides when they are needed."""
+        with self._lock:
+            if not self.wanted:
+                return None
+            return self._next_check if self.running else self._next_retry
 
     def check(self, now: float | None = None) -> str | None:
         """One watchdog pass; the restart reason, or None when the session is healthy."""
@@ -375,15 +384,27 @@ class SessionManager:
 
 
 class SessionTicker:
-    """A daemon thread calling ``tick()`` on session managers every few milliseconds."""
+    """The thread behind the forced flushes, the watchdog and the restart retries.
 
-    def __init__(self, managers: list[SessionManager], interval: float | None = None) -> None:
+    With ``arrived`` (an Event the consumer callbacks set when they hand over a record) it
+    force-flushes only while records are arriving: every ``interval`` during a burst and once
+    more after it (its tail), then it sleeps until the next watchdog pass, a retry or the next
+    record. At rest ETW's own millisecond flush timer (``EVENT_TRACE_USE_MS_FLUSH_TIMER``) bounds
+    the latency of the first record of a burst, and this thread wakes only for the watchdog.
+    Without ``arrived`` it flushes every ``interval`` (a session whose records it cannot see)."""
+
+    def __init__(self, managers: list[SessionManager], interval: float | None = None,
+                 arrived: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.managers = managers
         self.interval = interval if interval is not None else min(
             [m.spec.flush_interval for m in managers] + [0.02])
+        self.arrived = arrived
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
+        self.wakeups = 0
 
     def start(self) -> None:
         """Start the ticking thread."""
@@ -391,17 +412,46 @@ class SessionTicker:
         self._thread = threading.Thread(target=self._run, name="etw-session-ticker", daemon=True)
         self._thread.start()
 
+    def idle_timeout(self, now: float) -> float | None:
+        """Seconds until a manager needs a watchdog pass or a retry (None: none will)."""
+        due = [d for d in (m.next_due() for m in self.managers) if d is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def _tick(self, flush: bool) -> None:
+        for m in self.managers:
+            try:
+                m.tick(flush=flush)
+            except Exception:  # noqa: BLE001 - the ticker must outlive one bad tick
+                self.errors += 1
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            for m in self.managers:
-                try:
-                    m.tick()
-                except Exception:  # noqa: BLE001 - the ticker must outlive one bad tick
-                    self.errors += 1
+        arrived = self.arrived
+        if arrived is None:
+            while not self._stop.wait(self.interval):
+                self.wakeups += 1
+                self._tick(True)
+            return
+        busy = False
+        while True:
+            if busy:
+                # A burst: flush every interval, and once more after the last record (its tail).
+                if self._stop.wait(self.interval):
+                    return
+            else:
+                arrived.wait(self.idle_timeout(self._clock()))
+                if self._stop.is_set():
+                    return
+            self.wakeups += 1
+            was_busy = busy
+            busy = arrived.is_set()
+            arrived.clear()
+            self._tick(busy or was_busy)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it."""
         self._stop.set()
+        if self.arrived is not None:
+            self.arrived.set()          # wakes an idle wait
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

@@ -1,0 +1,190 @@
+"""At rest means at rest: an idle sensor's threads block on what they need and do not wake.
+
+Each test counts the context switches of the real thread (``/proc/self/task/<tid>/status``)
+over a quiet window. A thread blocked on a lock or a condition has none; one that polls with a
+timeout has one per wake-up (the pipeline worker used to wake every 100 ms, the ETW worker every
+250 ms, the session ticker every 20 ms). Under load a blocked thread still has none, so the
+window's length is no speed assertion: it only gives a poller the chance to show itself.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+
+import pytest
+
+from sensor.daemon.pipeline import Pipeline
+from sensor.daemon.queues import BoundedQueue
+from sensor.detect.seed import seed_rule
+from sensor.sources.etw import EtwConfig, EtwProcessor, EtwSource
+from sensor.sources.etw_session import SessionManager, SessionSpec, SessionTicker
+
+from .test_etw_session import FakeBackend
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="counts context switches from Linux /proc")
+
+QUIET = 1.0       # seconds a thread is watched while nothing happens
+GUARD = 10.0      # timeout that only guards a hang
+
+
+def switches(thread: threading.Thread) -> int:
+    """Voluntary + involuntary context switches of a live thread."""
+    n = 0
+    with open(f"/proc/self/task/{thread.native_id}/status") as fh:
+        for line in fh:
+            if "ctxt_switches:" in line:
+                n += int(line.split()[1])
+    return n
+
+
+def quiet_switches(*threads: threading.Thread) -> list[int]:
+    before = [switches(t) for t in threads]
+    time.sleep(QUIET)
+    return [switches(t) - b for t, b in zip(threads, before)]
+
+
+def wait_for(cond, timeout: float = GUARD) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def thread_named(name: str) -> threading.Thread:
+    return next(t for t in threading.enumerate() if t.name == name)
+
+
+# -- the hand-off queue -----------------------------------------------------------------------
+
+def test_get_batch_blocks_until_a_put_and_close_wakes_it():
+    q = BoundedQueue(8)
+    got: list = []
+
+    def consume():
+        while True:
+            batch = q.get_batch(4)
+            if not batch:
+                return
+            got.extend(batch)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.1)                            # let it reach its wait
+    assert quiet_switches(t) == [0]           # blocked, not polling
+    q.put(1)
+    q.put(2)
+    assert wait_for(lambda: got == [1, 2])
+    q.close()
+    t.join(GUARD)
+    assert not t.is_alive()
+    q.put(3)                                   # a closed queue still hands out what it holds
+    assert q.get_batch(4) == [3] and q.get_batch(4) == []
+
+
+# -- the pipeline worker ----------------------------------------------------------------------
+
+class SilentSource:
+    """A live source that emits only when told to."""
+
+    name = "silent"
+
+    def __init__(self):
+        self.emit = None
+
+    def start(self, emit):
+        self.emit = emit
+
+    def stop(self):
+        pass
+
+    def stats(self):
+        return {}
+
+
+def test_idle_pipeline_worker_does_not_wake_and_still_matches(tmp_path):
+    from sensor.events import ProcessEvent
+    src = SilentSource()
+    alerts: list = []
+    p = Pipeline(source=src, rules=[seed_rule()], heartbeat_interval=0, alert_hook=alerts.append,
+                 ledger=False)
+    p.start()
+    try:
+        worker = thread_named("matcher")
+        assert quiet_switches(worker) == [0]
+        ev = ProcessEvent({"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe",
+                           "CommandLine": "mofcomp.exe C:\\Users\\Public\\x.mof",
+                           "OriginalFileName": "mofcomp.exe"})
+        src.emit(ev)
+        assert wait_for(lambda: p.events_in == 1)
+        assert len(alerts) == 1
+    finally:
+        final = p.stop(drain_timeout=GUARD)
+    assert final["events"]["in"] == 1
+    assert not worker.is_alive()
+
+
+# -- the ETW source: worker and session ticker ------------------------------------------------
+
+def etw_source(watchdog: float = 60.0):
+    be = FakeBackend()
+    cfg = EtwConfig(session=SessionSpec(name="at-rest", flush_interval=0.02), seed_from_psutil=False,
+                    backfill=False, watchdog_interval=watchdog)
+    src = EtwSource(cfg, backend=be, processor=EtwProcessor(), helpers={})
+    return src, be
+
+
+def test_idle_etw_worker_and_ticker_do_not_wake():
+    src, be = etw_source()
+    got: list = []
+    src.start(got.append)
+    try:
+        worker, ticker = thread_named("etw-worker"), thread_named("etw-session-ticker")
+        flushes = be.flushes
+        assert quiet_switches(worker, ticker) == [0, 0]
+        assert be.flushes == flushes            # no forced flush while nothing arrives
+    finally:
+        src.stop()
+
+
+def test_ticker_flushes_while_records_arrive_then_rests():
+    src, be = etw_source()
+    src.start(lambda ev: True)
+    try:
+        sink = be.consumers[0].sink
+        ticker = src._ticker
+        for _ in range(5):                       # a burst: records keep arriving
+            sink((99, 0, 0, 0, 4, 8, 0, 0, b""))  # an unknown source: counted, no event
+            time.sleep(0.03)
+        assert wait_for(lambda: be.flushes >= 2)
+        # After the burst one more flush (its tail), then the ticker rests.
+        assert wait_for(lambda: not src._arrived.is_set() and quiet_switches(thread_named("etw-session-ticker")) == [0])
+        settled = be.flushes
+        assert quiet_switches(thread_named("etw-session-ticker")) == [0]
+        assert be.flushes == settled
+        assert ticker.wakeups > 0
+    finally:
+        src.stop()
+
+
+def test_ticker_still_runs_the_watchdog_at_rest():
+    be = FakeBackend()
+    mgr = SessionManager(be, SessionSpec(name="wd"), lambda raw: None, watchdog_interval=0.05)
+    mgr.start()
+    arrived = threading.Event()
+    ticker = SessionTicker([mgr], arrived=arrived)
+    ticker.start()
+    try:
+        # The consumer dies: the watchdog (the ticker's only reason to wake at rest) restarts it.
+        be.consumers[0].die()
+        assert wait_for(lambda: be.calls.count(("consume", "wd")) >= 2)
+        assert mgr.restart_reasons["consumer_died"] >= 1 or mgr.start_failures >= 1
+    finally:
+        ticker.stop()
+        mgr.stop()
+    assert not ticker.alive

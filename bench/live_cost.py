@@ -115,7 +115,9 @@ def payload(schema, values: dict, pointer_size: int = 8) -> bytes:
         elif typ == m.SID:
             out += v or HIGH_LABEL
         elif typ == m.TOKEN_SID:
-            out += bytes(2 * pointer_size) + (v or SYSTEM_SID)
+            # TOKEN_USER: the SID's address (never 0: 0 is the "no SID" form), Attributes, the SID
+            out += (0xFFFF_B000_0000_1000).to_bytes(pointer_size, "little")[:pointer_size] + \
+                bytes(pointer_size) + (v or SYSTEM_SID)
         elif typ == m.UTF16Z:
             out += (v or "").encode("utf-16-le") + b"\0\0"
         elif typ == m.ANSIZ:
@@ -318,7 +320,12 @@ def child_sensor(config: str) -> int:
     pipeline = make_pipeline(parts)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    return serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
+    code = serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
+    # The consumer thread is blocked reading the pipe: leave without finalising it.
+    import logging
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def child_floor() -> int:
@@ -332,7 +339,7 @@ def child_floor() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
-    return 0
+    os._exit(0)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -500,6 +507,7 @@ def main() -> int:
     ap.add_argument("--alert-frac", type=float, default=0.05)
     ap.add_argument("--quick", action="store_true", help="rates up to 1,000/s, shorter phases")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
     args = ap.parse_args()
     if args.child == "sensor":
         return child_sensor(args.config)
@@ -510,6 +518,9 @@ def main() -> int:
         rates = [r for r in rates if r <= 1000]
         args.seconds, args.fast_seconds, args.rest_seconds = 5.0, 3.0, 15.0
     with tempfile.TemporaryDirectory() as tmp:
+        if args.workdir:
+            tmp = args.workdir
+            os.makedirs(tmp, exist_ok=True)
         pack = compile_pack(args.rules, tmp)
         benign, alerting, info = label(pack)
         print(f"rules: {info['rules']}; benign templates {len(benign)} (left out {info['benign_left_out']}), "

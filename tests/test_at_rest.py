@@ -41,7 +41,15 @@ def switches(thread: threading.Thread) -> int:
     return n
 
 
+def sleeping(thread: threading.Thread) -> bool:
+    """True when the thread is blocked in the kernel (state S)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "S"
+
+
 def quiet_switches(*threads: threading.Thread) -> list[int]:
+    for t in threads:                          # each has reached its wait
+        assert wait_for(lambda: sleeping(t))
     before = [switches(t) for t in threads]
     time.sleep(QUIET)
     return [switches(t) - b for t, b in zip(threads, before)]
@@ -75,7 +83,6 @@ def test_get_batch_blocks_until_a_put_and_close_wakes_it():
 
     t = threading.Thread(target=consume)
     t.start()
-    time.sleep(0.1)                            # let it reach its wait
     assert quiet_switches(t) == [0]           # blocked, not polling
     q.put(1)
     q.put(2)
@@ -153,37 +160,44 @@ def test_idle_etw_worker_and_ticker_do_not_wake():
 
 
 def test_ticker_flushes_while_records_arrive_then_rests():
-    src, be = etw_source()
+    src, be = etw_source(watchdog=0.1)
     src.start(lambda ev: True)
     try:
         sink = be.consumers[0].sink
         ticker = src._ticker
-        for _ in range(5):                       # a burst: records keep arriving
-            sink((99, 0, 0, 0, 4, 8, 0, 0, b""))  # an unknown source: counted, no event
-            time.sleep(0.03)
-        assert wait_for(lambda: be.flushes >= 2)
-        # After the burst one more flush (its tail), then the ticker rests.
-        assert wait_for(lambda: not src._arrived.is_set() and quiet_switches(thread_named("etw-session-ticker")) == [0])
-        settled = be.flushes
-        assert quiet_switches(thread_named("etw-session-ticker")) == [0]
-        assert be.flushes == settled
+        before = be.flushes
+        end = time.monotonic() + GUARD
+        while be.flushes < before + 3 and time.monotonic() < end:   # a burst: records keep arriving
+            sink((99, 0, 0, 0, 4, 8, 0, 0, b""))                      # an unknown source: counted
+            time.sleep(0.005)
+        assert be.flushes >= before + 3
+        # After the burst: one more flush (its tail), then only the watchdog wakes the ticker.
+        assert wait_for(lambda: quiet_flushes(be) == 0)
+        assert quiet_flushes(be) == 0
+        assert 0 < quiet_switches(thread_named("etw-session-ticker"))[0] <= 2 * QUIET / 0.1
         assert ticker.wakeups > 0
     finally:
         src.stop()
+
+
+def quiet_flushes(be) -> int:
+    n = be.flushes
+    time.sleep(0.3)
+    return be.flushes - n
 
 
 def test_ticker_still_runs_the_watchdog_at_rest():
     be = FakeBackend()
     mgr = SessionManager(be, SessionSpec(name="wd"), lambda raw: None, watchdog_interval=0.05)
     mgr.start()
-    arrived = threading.Event()
-    ticker = SessionTicker([mgr], arrived=arrived)
+    ticker = SessionTicker([mgr], arrivals=lambda: 0)
     ticker.start()
     try:
         # The consumer dies: the watchdog (the ticker's only reason to wake at rest) restarts it.
         be.consumers[0].die()
         assert wait_for(lambda: be.calls.count(("consume", "wd")) >= 2)
         assert mgr.restart_reasons["consumer_died"] >= 1 or mgr.start_failures >= 1
+        assert be.flushes == 0                   # nothing arrived: no forced flush
     finally:
         ticker.stop()
         mgr.stop()

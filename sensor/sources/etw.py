@@ -482,6 +482,8 @@ class EtwConfig:
 class EtwSource:
     """Process starts from ETW for the pipeline: ``start(emit)``, ``stop()``, ``stats()``, ``alive``."""
 
+    name = "etw"
+
     def __init__(self, config: EtwConfig | None = None, backend: Any = None,
                  processor: EtwProcessor | None = None, helpers: dict | None = None,
                  psutil_module: Any = None,
@@ -500,7 +502,7 @@ class EtwSource:
         self._psutil = psutil_module
         self.processor = processor
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._arrived = threading.Event()   # set by the sinks, cleared by the session ticker
+        self._handed = [0]                  # records the sinks queued (read by the session ticker)
         self._drops = [0, 0]              # per session: records dropped because the queue was full
         self.managers: list[SessionManager] = []
         self._ticker: SessionTicker | None = None
@@ -548,16 +550,16 @@ class EtwSource:
         q_size = self._q.qsize
         cap = self.config.queue_size
         drops = self._drops
-        # Tells the session ticker that records are arriving (it force-flushes only then).
-        arrived, set_arrived = self._arrived.is_set, self._arrived.set
+        # Counted for the session ticker, which force-flushes only while records arrive.
+        # (Two consumer threads may race on the count: it only has to change, not be exact.)
+        handed = self._handed
 
         def sink(raw: tuple) -> None:
             if q_size() >= cap:
                 drops[slot] += 1
                 return
             q_put(raw)
-            if not arrived():
-                set_arrived()
+            handed[0] += 1
         return sink
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -600,7 +602,8 @@ class EtwSource:
         except BaseException:
             self.stop()
             raise
-        self._ticker = SessionTicker(self.managers, arrived=self._arrived)
+        handed = self._handed
+        self._ticker = SessionTicker(self.managers, arrivals=lambda: handed[0])
         self._ticker.start()
 
     def feed(self, raw: tuple) -> None:

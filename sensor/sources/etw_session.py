@@ -386,20 +386,22 @@ class SessionManager:
 class SessionTicker:
     """The thread behind the forced flushes, the watchdog and the restart retries.
 
-    With ``arrived`` (an Event the consumer callbacks set when they hand over a record) it
-    force-flushes only while records are arriving: every ``interval`` during a burst and once
-    more after it (its tail), then it sleeps until the next watchdog pass, a retry or the next
-    record. At rest ETW's own millisecond flush timer (``EVENT_TRACE_USE_MS_FLUSH_TIMER``) bounds
-    the latency of the first record of a burst, and this thread wakes only for the watchdog.
-    Without ``arrived`` it flushes every ``interval`` (a session whose records it cannot see)."""
+    With ``arrivals`` (a count of the records the consumer callbacks handed over) it
+    force-flushes only while records are arriving: it notices them at its next wake-up (the
+    watchdog pass), then flushes every ``interval`` while more keep coming and once more after
+    the last (the burst's tail), and goes back to waking for the watchdog alone. The latency of
+    the first records of a burst is bounded by ETW's own millisecond flush timer
+    (``EVENT_TRACE_USE_MS_FLUSH_TIMER``, set to the same interval), so at rest this thread wakes
+    once per watchdog interval and never per record. Without ``arrivals`` it flushes every
+    ``interval`` (a session whose records it cannot see)."""
 
     def __init__(self, managers: list[SessionManager], interval: float | None = None,
-                 arrived: threading.Event | None = None,
+                 arrivals: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.managers = managers
         self.interval = interval if interval is not None else min(
             [m.spec.flush_interval for m in managers] + [0.02])
-        self.arrived = arrived
+        self.arrivals = arrivals
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -425,33 +427,23 @@ class SessionTicker:
                 self.errors += 1
 
     def _run(self) -> None:
-        arrived = self.arrived
-        if arrived is None:
+        arrivals = self.arrivals
+        if arrivals is None:
             while not self._stop.wait(self.interval):
                 self.wakeups += 1
                 self._tick(True)
             return
+        seen = arrivals()
         busy = False
-        while True:
-            if busy:
-                # A burst: flush every interval, and once more after the last record (its tail).
-                if self._stop.wait(self.interval):
-                    return
-            else:
-                arrived.wait(self.idle_timeout(self._clock()))
-                if self._stop.is_set():
-                    return
+        while not self._stop.wait(self.interval if busy else self.idle_timeout(self._clock())):
             self.wakeups += 1
-            was_busy = busy
-            busy = arrived.is_set()
-            arrived.clear()
-            self._tick(busy or was_busy)
+            n = arrivals()
+            was_busy, busy, seen = busy, n != seen, n
+            self._tick(busy or was_busy)     # the last flush of a burst takes its tail
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it."""
         self._stop.set()
-        if self.arrived is not None:
-            self.arrived.set()          # wakes an idle wait
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

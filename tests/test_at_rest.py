@@ -202,3 +202,28 @@ def test_ticker_still_runs_the_watchdog_at_rest():
         ticker.stop()
         mgr.stop()
     assert not ticker.alive
+
+
+# -- the forwarder ----------------------------------------------------------------------------
+
+def test_idle_forwarder_sleeps_until_an_alert_is_spooled(tmp_path):
+    from sensor.deliver.forwarder import DeliveryConfig, Forwarder
+    from sensor.deliver.memory import MemoryOutput
+    from sensor.deliver.spool import Spool
+    spool = Spool(tmp_path / "spool.sqlite")
+    out = MemoryOutput()
+    fwd = Forwarder(spool, out, DeliveryConfig(concurrency=2, linger=0.0))   # default poll interval
+    fwd.start()
+    try:
+        assert wait_for(lambda: len(fwd._workers) == 1)
+        threads = [fwd, fwd._workers[0]]
+        for t in threads:
+            assert wait_for(lambda: sleeping(t))
+        before = [switches(t) for t in threads]
+        time.sleep(1.5 * QUIET)                # longer than the old one-second poll
+        assert [switches(t) - b for t, b in zip(threads, before)] == [0, 0]
+        spool.put({"id": "a1", "rule": {"id": "r"}})
+        assert wait_for(lambda: spool.depth() == 0)
+    finally:
+        fwd.stop()
+    assert not fwd.is_alive()

@@ -46,6 +46,7 @@ IDLE = None  # step() result: nothing to send, wait for new alerts
 MAX_UNCONFIRMED = 100_000   # delivered rows awaiting their acknowledgement on disk, at most
 CONFIRM_RETRY_BASE = 0.25   # seconds: first retry of an acknowledgement the disk refused
 MAINTAIN_INTERVAL = 0.5     # seconds between spool upkeep calls (held alerts, disk-full state)
+FAULT_POLL = 1.0            # seconds between idle upkeep passes while the spool is in a fault state
 MAX_SUSPECTS = 10_000       # alerts rejected alone, waiting for a second verdict
 
 
@@ -56,7 +57,7 @@ class DeliveryConfig:
     batch_size: int = 500              # alerts per request at most
     batch_max_bytes: int = 4 * 1024 * 1024   # spooled bytes per request at most (before gzip)
     linger: float = 0.2                # send a partial batch once its oldest alert waited this long
-    poll_interval: float = 1.0         # re-read the spool for alerts written by other processes
+    poll_interval: float = 30.0        # idle: re-read the spool for alerts written by other processes
     backoff_base: float = 1.0          # full jitter: sleep U(0, min(cap, base * 2**failures))
     backoff_cap: float = 300.0         # also caps Retry-After
     park_interval: float = 60.0        # retry period while parked (401/403/TLS)
@@ -504,7 +505,8 @@ class Forwarder(threading.Thread):
         """Loop over step() until stop(), with ``concurrency`` workers in all."""
         log.info("forwarding alerts to %s", getattr(self.output, "url", self.output.name))
         for i in range(1, self.config.concurrency):
-            t = threading.Thread(target=self._loop, name=f"sensor-forwarder-{i}", daemon=True)
+            # Only this thread polls when idle; the others wake for new alerts (and stop) alone.
+            t = threading.Thread(target=self._loop, args=(None,), name=f"sensor-forwarder-{i}", daemon=True)
             self._workers.append(t)
             t.start()
         self._loop()
@@ -517,7 +519,11 @@ class Forwarder(threading.Thread):
                             "are sent again after the next start (duplicates, never losses)",
                             len(self._unconfirmed))
 
-    def _loop(self) -> None:
+    def _loop(self, poll: float | None = -1.0) -> None:
+        """Step until stop(); idle, wait for an in-process write or ``poll`` seconds (the
+        configured poll interval by default, None: no timeout)."""
+        if poll is not None and poll < 0:
+            poll = self.config.poll_interval
         errors = 0
         while not self._stop_event.is_set():
             mark = self.spool.write_mark
@@ -537,9 +543,20 @@ class Forwarder(threading.Thread):
                 self._note(last_error=self._redact(f"{type(exc).__name__}: {exc}"), last_error_time=self.clock())
                 delay = max(self.config.backoff_base, 0.05)
             if delay is IDLE:
-                self.spool.wait_for_data(mark, self.config.poll_interval)
+                wait = poll
+                if poll is not None and self._spool_in_fault():
+                    wait = min(poll, FAULT_POLL)   # keep up the upkeep: held alerts, disk full
+                self.spool.wait_for_data(mark, wait)
             elif delay > 0:
                 self._stop_event.wait(delay)
+
+    def _spool_in_fault(self) -> bool:
+        """True while the spool holds alerts in memory or is in its disk-full state."""
+        try:
+            st = self.spool.fault_stats()
+        except Exception:  # noqa: BLE001 - unknown: poll as in a fault
+            return True
+        return bool(st.get("held") or st.get("disk_full"))
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the thread to finish its current request and exit."""

@@ -599,7 +599,10 @@ def report(results: dict, info: dict, args) -> None:
               f"{f(r['floor_us_per_start'], 7)} {f(r['net_us_per_start'], 8)} {f(r['ratio'], 7, 2)} "
               f"{f(r.get('us_per_alert'), 9)} {f(r['wakeups_per_s'], 7)} {f(r['floor_wakeups_per_s'], 6)} "
               f"{f(r['rss_mb'], 7)}")
-    print(f"alerts: {alerts_total} from {starts_alerting} alerting starts; sensor exit {results.get('sensor_exit')}")
+    ev = (st.get("events") or {}) if isinstance(st, dict) else {}
+    print(f"alerts: {alerts_total} from {starts_alerting} alerting starts; events matched {ev.get('in')} of "
+          f"{sum(r['starts'] for r in rows)} starts, dropped (queues full) {ev.get('queue_dropped')}; "
+          f"sensor exit {results.get('sensor_exit')}")
 
 
 if __name__ == "__main__":

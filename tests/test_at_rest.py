@@ -136,6 +136,26 @@ def test_idle_pipeline_worker_does_not_wake_and_still_matches(tmp_path):
     assert not worker.is_alive()
 
 
+def test_a_rule_set_handed_to_a_sleeping_worker_is_taken_at_once():
+    # The worker blocks on its queue with no timeout; a reload must wake it, not wait for an event.
+    from sensor.daemon.pipeline import RuleSet
+    from sensor.detect.matcher import create as create_matcher
+    src = SilentSource()
+    p = Pipeline(source=src, rules=[seed_rule()], heartbeat_interval=0, ledger=False)
+    p.start()
+    try:
+        worker = thread_named("matcher")
+        assert wait_for(lambda: sleeping(worker))
+        for generation in (1, 2, 3):
+            rules = [seed_rule()]
+            new = RuleSet(rules=rules, matcher=create_matcher(rules), generation=generation)
+            assert p.swap_rules(new, wait=GUARD)        # taken while no event arrives
+            assert p.generation == generation
+            assert wait_for(lambda: sleeping(worker))
+    finally:
+        p.stop(drain_timeout=GUARD)
+
+
 # -- the ETW source: worker and session ticker ------------------------------------------------
 
 def etw_source(watchdog: float = 60.0):

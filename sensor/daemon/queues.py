@@ -21,6 +21,7 @@ class BoundedQueue:
         self.maxsize = maxsize
         self._dq: deque = deque()
         self._ready = threading.Event()   # set when items may be waiting
+        self._woken = False               # wake() called: the next get_batch returns at once
         self._space = threading.Condition(threading.Lock())
         self._closed = False              # close(): an empty queue no longer waits
         self.dropped = 0
@@ -61,10 +62,13 @@ class BoundedQueue:
         """Up to ``max_items`` items; waits up to ``timeout`` seconds for the first (None: until
         an item arrives or the queue is closed; an idle consumer then never wakes)."""
         dq = self._dq
-        if not dq and not self._closed:
+        if not dq and not self._closed and not self._woken:
             self._ready.clear()
-            if not dq and not self._closed:  # re-check after clearing: a racing put/close is seen
+            # re-check after clearing: a racing put/close/wake is seen (each sets the flag
+            # or the item first, then the event)
+            if not dq and not self._closed and not self._woken:
                 self._ready.wait(timeout)
+        self._woken = False
         out = []
         pop = dq.popleft
         try:
@@ -80,6 +84,7 @@ class BoundedQueue:
     def wake(self) -> None:
         """Wake a consumer blocked in :meth:`get_batch` once (it returns what is queued, maybe
         nothing), e.g. to take over a new rule set between batches."""
+        self._woken = True
         self._ready.set()
 
     def close(self) -> None:

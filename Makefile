@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 endif
 STAMP := $(VENV)/.installed
 
-.PHONY: venv build test test-fast demo bench fuzz annotate wheel clean
+.PHONY: venv build test test-fast demo bench fuzz annotate wheel mutation mutation-report clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -56,5 +56,20 @@ annotate: $(STAMP)
 fuzz:
 	fuzz/run.sh
 
+# Mutation testing (slow: a scheduled job, not every CI run). One worker, one module at a time.
+#   make mutation                                    every module in tools/mutation.py's map
+#   make mutation MODULES="sensor/deliver/spool.py"  just these
+MODULES ?=
+MUTATION_STAMP := $(VENV)/.mutation-installed
+$(MUTATION_STAMP): $(STAMP)
+	$(VPY) -m pip install -q "cosmic-ray>=8.7,<9"
+	touch $(MUTATION_STAMP)
+
+mutation: build $(MUTATION_STAMP)
+	$(VPY) tools/mutation.py --fail-under $(MODULES)
+
+mutation-report: $(MUTATION_STAMP)
+	$(VPY) tools/mutation.py --report
+
 clean:
-	rm -rf build dist *.egg-info sensor/*.so sensor/*/*.so sensor/*/*.pyd native/_matcher.c native/*.html fuzz/out
+	rm -rf build dist .mutation *.egg-info sensor/*.so sensor/*/*.so sensor/*/*.pyd native/_matcher.c native/*.html fuzz/out

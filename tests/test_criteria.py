@@ -99,3 +99,18 @@ def test_not_binds_one_factor_not_the_whole_term(make_matcher):
 ])
 def test_not_equal_is_whole_value_inequality(make_matcher, value, expected):
     assert matches(make_matcher, f'COMMANDLINE != "{value}"', CommandLine="abc") is expected
+
+
+# An error says what it found where it expected something else, and at which (1-based) column, so
+# that the rule's author can find it without reading the parser.
+@pytest.mark.parametrize("text,column,found", [
+    ('PROCESSNAME = x', 15, "expected a quoted value, found 'x'"),
+    ('PROCESSNAME = "x" AND', 22, "expected a field name, found 'end of text'"),
+    ('PROCESSNAME like "x"', 13, "expected an operator after 'PROCESSNAME', found 'like'"),
+    ('PROCESSNAME', 12, "expected an operator after 'PROCESSNAME', found 'end of text'"),
+    ('PROCESSNAME = "x" junk', 19, "unexpected 'junk'"),
+])
+def test_errors_say_what_was_found_and_where(text, column, found):
+    with pytest.raises(RuleError) as exc:
+        parse_criteria(text)
+    assert str(exc.value) == f"criteria column {column}: {found}"

@@ -1,0 +1,201 @@
+"""The rule IR's own promises (sensor/detect/ir.py docstring): what a predicate accepts, what a
+condition may be, the glob and regex semantics, and the rule's derived data.
+
+Matching behaviour is asserted through both engines (``make_matcher``), so the compiled matcher
+is held to the same reading of the IR as the reference one.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sensor.detect.ir import (Predicate, Rule, RuleError, check_condition, cond_preds, glob_escape,
+                              glob_tokens, STAR, QMARK)
+from sensor.events import ProcessEvent
+
+
+def hit(make_matcher, pred: Predicate, **fields) -> bool:
+    rule = Rule(id="r", title="r", predicates=(pred,), condition=("pred", 0))
+    return bool(make_matcher([rule]).match(ProcessEvent(fields)))
+
+
+# -- predicates: what is accepted, what is refused ---------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (("CommandLine", "like", ("x",)), "unknown predicate op 'like'"),
+    (("CommandLine", "exists", ("yes",)), "exists takes exactly one boolean value"),
+    (("CommandLine", "exists", (True, False)), "exists takes exactly one boolean value"),
+    (("CommandLine", "exists", ()), "exists takes exactly one boolean value"),
+    (("CommandLine", "re", ("(",)), "invalid regular expression '('"),
+    (("CommandLine", "fieldref", ("Image",), False, "regex"), "unknown fieldref mode 'regex'"),
+    (("CommandLine", "cidr", ("10.0.0.0/33",)), "invalid network '10.0.0.0/33'"),
+    (("CommandLine", "gt", ("5",)), "gt needs numbers, got '5'"),
+    (("CommandLine", "lte", (True,)), "lte needs numbers, got True"),
+    (("CommandLine", "contains", (5,)), "contains needs strings, got 5"),
+    (("CommandLine", "glob", (None,)), "glob needs strings, got None"),
+])
+def test_a_malformed_predicate_is_refused(args, message):
+    with pytest.raises(RuleError) as exc:
+        Predicate(*args)
+    assert str(exc.value).startswith(message)
+
+
+@pytest.mark.parametrize("flags,bad", [("x", "x"), ("imx", "x"), ("zai", "az"), ("L", "L")])
+def test_regex_flags_outside_ims_are_refused(flags, bad):
+    with pytest.raises(RuleError, match=f"unknown regex flag\\(s\\) '{bad}'"):
+        Predicate("CommandLine", "re", ("a",), flags=flags)
+
+
+def test_a_well_formed_predicate_of_every_op_is_accepted():
+    ok = [Predicate("Image", "exists", (True,)), Predicate("Image", "exists", (False,)),
+          Predicate("Image", "null", ()), Predicate("Image", "re", ("a+",), flags="ims"),
+          Predicate("Image", "fieldref", ("ParentImage",), flags="endswith"),
+          Predicate("Image", "cidr", ("10.0.0.0/8", "::1/128")),
+          Predicate("ProcessId", "lt", (5, 2.5)), Predicate("Image", "glob", ("a*",))]
+    assert [p.op for p in ok] == ["exists", "exists", "null", "re", "fieldref", "cidr", "lt", "glob"]
+
+
+def test_values_become_a_tuple_and_predicates_are_values():
+    p = Predicate("Image", "eq", ["a", "b"])
+    assert p.values == ("a", "b")
+    assert p == Predicate("Image", "eq", ("a", "b"))
+    assert hash(p) == hash(Predicate("Image", "eq", ("a", "b")))
+
+
+@pytest.mark.parametrize("pred", [
+    Predicate("Image", "eq", ("a", "B")), Predicate(None, "contains", ("x",), cased=True),
+    Predicate("Image", "re", ("a.b",), flags="is"), Predicate("ProcessId", "gte", (3,)),
+    Predicate("Image", "fieldref", ("ParentImage",), flags="contains"),
+])
+def test_predicate_json_round_trip(pred):
+    assert Predicate.from_json(json.loads(json.dumps(pred.to_json()))) == pred
+
+
+# -- regex flags: i, m, s mean what Python's re means -----------------------------------------
+
+@pytest.mark.parametrize("pattern,flags,value,expected", [
+    ("ABC", "", "xabcx", False), ("ABC", "i", "xabcx", True),
+    ("^b", "", "a\nb", False), ("^b", "m", "a\nb", True),
+    ("a$", "", "a\nb", False), ("a$", "m", "a\nb", True),
+    ("a.b", "", "a\nb", False), ("a.b", "s", "a\nb", True),
+    ("^A.B$", "ims", "x\na\nb", True),
+])
+def test_regex_flags(make_matcher, pattern, flags, value, expected):
+    assert hit(make_matcher, Predicate("CommandLine", "re", (pattern,), flags=flags),
+               CommandLine=value) is expected
+
+
+# -- glob: whole value, * any run (newlines too), ? exactly one, \ escapes * ? \ ---------------
+
+@pytest.mark.parametrize("pattern,value,expected", [
+    ("a*b", "a\n\nb", True),           # * crosses newlines
+    ("a?b", "a\nb", True),             # ? is any one character, a newline too
+    ("a?b", "ab", False), ("a?b", "axxb", False),
+    ("a\\*b", "a*b", True), ("a\\*b", "axb", False),
+    ("a\\?b", "a?b", True), ("a\\?b", "axb", False),
+    ("a\\\\b", "a\\b", True), ("a\\\\b", "a\\\\b", False),   # \\ is one backslash
+    ("c:\\windows\\x*", "C:\\Windows\\x.exe", True),        # other backslashes are literal
+    ("a\\", "a\\", True),                                    # a trailing backslash is literal
+    ("a**b", "ab", True), ("a**b", "a-b", True),
+    ("abc", "xabc", False), ("abc", "abcx", False),          # whole value, not a search
+])
+def test_glob_semantics(make_matcher, pattern, value, expected):
+    assert hit(make_matcher, Predicate("CommandLine", "glob", (pattern,)), CommandLine=value) is expected
+
+
+def test_glob_tokens_resolve_escapes_and_fold_stars():
+    assert glob_tokens("a**b?\\*\\\\c\\d") == ["a", STAR, "b", QMARK, "*\\c\\d"]
+    assert glob_tokens("*") == [STAR]
+    assert glob_tokens("") == []
+
+
+@pytest.mark.parametrize("text", ["", "a*b", "?", "\\", "x\\*y", "\\\\", "**", "a\\b"])
+def test_glob_escape_gives_the_literal_back(text):
+    assert glob_tokens(glob_escape(text)) == ([text] if text else [])
+
+
+# -- conditions ----------------------------------------------------------------------------
+
+def test_check_condition_turns_json_lists_into_tuples():
+    cond = json.loads(json.dumps(("and", ("pred", 0), ("not", ("or", ("pred", 1), ("const", False))))))
+    assert check_condition(cond, 2) == ("and", ("pred", 0), ("not", ("or", ("pred", 1), ("const", False))))
+
+
+@pytest.mark.parametrize("cond,message", [
+    ((), "malformed condition node"),
+    ("pred", "malformed condition node"),
+    (("pred", 2), "condition refers to a missing predicate"),
+    (("pred", -1), "condition refers to a missing predicate"),
+    (("pred", "0"), "condition refers to a missing predicate"),
+    (("pred", 0, 1), "condition refers to a missing predicate"),
+    (("const", 1), "malformed constant"),
+    (("const", True, False), "malformed constant"),
+    (("not",), "'not' takes one operand"),
+    (("not", ("pred", 0), ("pred", 1)), "'not' takes one operand"),
+    (("and",), "'and' needs operands"),
+    (("or",), "'or' needs operands"),
+    (("xor", ("pred", 0)), "unknown condition node 'xor'"),
+    (("and", ("pred", 0), ("pred", 5)), "condition refers to a missing predicate"),
+])
+def test_malformed_conditions_are_refused(cond, message):
+    with pytest.raises(RuleError, match=message.replace("(", "\\(")):
+        check_condition(cond, 2)
+
+
+def test_the_last_predicate_index_is_valid():
+    assert check_condition(("pred", 1), 2) == ("pred", 1)
+    assert check_condition(("or", ("pred", 0)), 2) == ("or", ("pred", 0))
+
+
+def test_cond_preds_lists_every_referenced_predicate():
+    cond = ("or", ("and", ("pred", 0), ("not", ("pred", 2))), ("const", True), ("pred", 1))
+    assert sorted(cond_preds(cond)) == [0, 1, 2]
+    assert list(cond_preds(("const", False))) == []
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+def test_rule_refuses_an_unknown_select_field():
+    with pytest.raises(RuleError, match="unknown select field\\(s\\): NOPE, ALSO"):
+        Rule(id="r", title="t", predicates=(), condition=("const", True), select=("HOSTNAME", "NOPE", "ALSO"))
+    assert Rule(id="r", title="t", predicates=(), condition=("const", True),
+                select=["HOSTNAME"]).select == ("HOSTNAME",)
+
+
+def test_rule_fields_include_fieldref_targets_and_keyword_searches():
+    r = Rule(id="r", title="t", condition=("and", ("pred", 0), ("pred", 1)), predicates=(
+        Predicate("Image", "fieldref", ("ParentImage", "OriginalFileName")),
+        Predicate(None, "contains", ("x",))))
+    assert r.fields == frozenset({"Image", "ParentImage", "OriginalFileName", None})
+
+
+def test_mitre_techniques_from_tags():
+    r = Rule(id="r", title="t", predicates=(), condition=("const", True), tags=(
+        "attack.t1218.011", "ATTACK.T1059", "attack.execution", "attack.t", "attack.tx1", "cve.2021"))
+    assert r.mitre_techniques == ["T1218.011", "T1059"]
+
+
+def test_rule_json_round_trip():
+    r = Rule(id="r1", title="T", predicates=(Predicate("Image", "endswith", ("\\x.exe",)),
+                                             Predicate("CommandLine", "re", ("a", ), flags="i")),
+             condition=("or", ("pred", 0), ("not", ("pred", 1))), level="high", description="d",
+             tags=("attack.t1059",), author="a", references=("ref",), falsepositives=("fp",),
+             source="f.yml:3", origin="sigma", meta={"k": "v"}, select=("HOSTNAME",))
+    back = Rule.from_json(json.loads(json.dumps(r.to_json())))
+    assert back == r
+
+
+def test_rule_from_json_defaults():
+    r = Rule.from_json({"id": "x", "title": "t", "predicates": [], "condition": ["const", True]})
+    assert (r.level, r.origin, r.meta, r.tags, r.select) == ("medium", "pack", {}, (), ())
+
+
+# -- errors carry their location -----------------------------------------------------------
+
+def test_rule_error_location():
+    assert str(RuleError("bad")) == "bad"
+    assert str(RuleError("bad", "rules/x.yml")) == "rules/x.yml: bad"
+    assert str(RuleError("bad", "rules/x.yml", 7)) == "rules/x.yml:7: bad"
+    assert RuleError("bad", "rules/x.yml", 7).location == "rules/x.yml:7"
+    assert RuleError("bad", line=7).location == ""

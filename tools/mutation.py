@@ -1,0 +1,513 @@
+#!/usr/bin/env python3
+"""Mutation testing for the modules that decide verdicts and durability.
+
+    python tools/mutation.py                         every module in MODULES, one after another
+    python tools/mutation.py sensor/detect/ir.py     one module (or several)
+    python tools/mutation.py --report                the report from the last results, no run
+    python tools/mutation.py --show sensor/detect/ir.py OPERATOR#N      one mutant's diff
+    python tools/mutation.py --check sensor/detect/ir.py OPERATOR#N     run its tests on it
+
+Mutants come from cosmic-ray's operators (a curated subset, ``OPERATORS``); the runner is ours,
+because a fresh interpreter per mutant costs more than most mutants' tests on a shared 2-core
+machine. It works like this:
+
+* the project is copied to ``.mutation/tree`` (tracked and untracked-not-ignored files, plus the
+  native builds under ``sensor/``) with ``.mutation/shared`` pointing at the research data, so
+  the worktree itself is never mutated and an interrupted run leaves nothing behind;
+* one parent process imports pytest and the heavy third-party packages once, never ``sensor``;
+* for each mutant it writes the mutated module into the copy and forks a child that runs the
+  module's tests (``MODULES``: module -> test files) with ``pytest -x``; the child imports the
+  sensor afresh from the copy (no bytecode is written there, so no stale ``.pyc`` can hide a
+  mutant), and so do subprocesses the tests start (``PYTHONPATH``);
+* a child that outlives its timeout (``--timeout``, default: 4x the unmutated run, at least
+  60 s) is killed with its process group, and the mutant counts as killed (it hangs);
+* any failing exit of pytest counts as killed (a mutant that breaks import is caught too),
+  except "no tests collected", which is a configuration error.
+
+One worker, one module at a time: the machine is shared. Results go to
+``.mutation/results/<module>.json`` and the report to ``.mutation/report.md``; the score of a
+module is killed / (mutants - equivalent). A survivor is either killed by a new test or listed in
+``tests/mutation-equivalents.toml`` with the reason it cannot be told apart (matched by module,
+source line and mutated line, so it follows the code when lines move).
+"""
+from __future__ import annotations
+
+import argparse
+import builtins
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+TREE = WORK / "tree"
+RESULTS = WORK / "results"
+EQUIVALENTS = ROOT / "tests" / "mutation-equivalents.toml"
+TARGET = 0.90
+
+# module -> the test files that decide whether one of its mutants is caught. Fast, targeted files
+# first: pytest -x stops at the first failure, so a killed mutant costs little.
+MODULES: dict[str, list[str]] = {
+    "sensor/detect/criteria.py": ["tests/test_criteria.py", "tests/test_seed_rule.py"],
+    "sensor/detect/ir.py": ["tests/test_ir.py", "tests/test_matcher.py", "tests/test_criteria.py",
+                            "tests/test_sigma.py", "tests/test_matcher_parity.py"],
+    "sensor/detect/_matcher_py.py": ["tests/test_matcher.py", "tests/test_ir.py", "tests/test_criteria.py",
+                                     "tests/test_matcher_parity.py"],
+    "sensor/sources/etw_decode.py": ["tests/test_etw_decode.py"],
+    "sensor/enrich/process_table.py": ["tests/test_process_table.py"],
+    "sensor/enrich/_pe_py.py": ["tests/test_pe.py", "tests/test_pe_property.py"],
+    "sensor/deliver/http.py": ["tests/test_outputs.py", "tests/test_delivery.py"],
+    "sensor/deliver/ecs.py": ["tests/test_outputs.py"],
+    "sensor/deliver/splunk.py": ["tests/test_outputs.py"],
+    "sensor/deliver/elastic.py": ["tests/test_outputs.py"],
+    "sensor/deliver/webhook.py": ["tests/test_outputs.py"],
+    "sensor/detect/sigma.py": ["tests/test_sigma.py", "tests/test_sigma_regression.py",
+                               "tests/test_sigma_sqlite.py"],
+    "sensor/deliver/spool.py": ["tests/test_spool.py", "tests/test_spool_cli.py",
+                                "tests/test_delivery.py"],
+    "sensor/deliver/forwarder.py": ["tests/test_delivery.py"],
+}
+
+# cosmic-ray's operators, curated. Dropped: the other binary-operator swaps (one wrong operator
+# per site is enough to ask "does any test look at this arithmetic?"; eleven mostly ask it again)
+# and the comparison swaps that are not the negation or the off-by-one neighbour.
+_BINARY = ["Add_Sub", "Sub_Add", "Mul_Div", "Div_Mul", "FloorDiv_Div", "Mod_FloorDiv", "Pow_Mul",
+           "LShift_RShift", "RShift_LShift", "BitOr_BitAnd", "BitAnd_BitOr", "BitXor_BitOr"]
+_COMPARE = ["Eq_NotEq", "NotEq_Eq", "Lt_LtE", "LtE_Lt", "Gt_GtE", "GtE_Gt", "Is_IsNot", "IsNot_Is"]
+_UNARY = ["UAdd_USub", "USub_UAdd", "Invert_USub", "Delete_Not", "Delete_Invert", "Delete_USub"]
+OPERATORS = ([f"core/ReplaceBinaryOperator_{x}" for x in _BINARY]
+             + [f"core/ReplaceComparisonOperator_{x}" for x in _COMPARE]
+             + [f"core/ReplaceUnaryOperator_{x}" for x in _UNARY]
+             + ["core/AddNot", "core/ReplaceTrueWithFalse", "core/ReplaceFalseWithTrue",
+                "core/ReplaceAndWithOr", "core/ReplaceOrWithAnd", "core/ReplaceBreakWithContinue",
+                "core/ReplaceContinueWithBreak", "core/ExceptionReplacer", "core/NumberReplacer",
+                "core/RemoveDecorator", "core/ZeroIterationForLoop"])
+
+# Imported once in the parent so that each mutant's child starts warm. Never ``sensor``.
+PRELOAD = ["pytest", "hypothesis", "hypothesis.strategies", "_pytest.python", "yaml", "sigma",
+           "sigma.collection", "sigma.rule", "cryptography.x509", "trustme", "urllib3", "msgspec",
+           "psutil", "pefile", "cffi", "sqlite3", "ssl", "http.server", "ipaddress", "evtx",
+           "truststore"]
+
+
+@dataclass
+class Mutant:
+    id: str            # "<operator>#<occurrence>", unique within one version of the module
+    operator: str
+    occurrence: int
+    line: int
+    original: str      # the source line(s) the mutation touches, stripped
+    mutated: str
+    outcome: str = "pending"   # killed | survived | timeout | error | equivalent | pending
+    seconds: float = 0.0
+    reason: str = ""           # why equivalent (from the equivalents file)
+    rechecked: str = ""        # when --check last ran this mutant alone (after new tests)
+
+
+def say(*a) -> None:
+    print(*a, flush=True)
+
+
+# -- the scratch copy ----------------------------------------------------------------------------
+
+def make_tree() -> None:
+    """Copy the project (as it is now, uncommitted work included) to .mutation/tree."""
+    if TREE.exists():
+        shutil.rmtree(TREE)
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
+    files = [f for f in files if f and (ROOT / f).is_file()]
+    files += [str(p.relative_to(ROOT)) for p in (ROOT / "sensor").rglob("*")
+              if p.suffix in (".so", ".pyd")]
+    for f in files:
+        dst = TREE / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst)
+    shared = WORK / "shared"
+    real = ROOT.parent / "shared"
+    if not shared.exists() and real.exists():
+        shared.symlink_to(real.resolve())
+
+
+# -- mutants -------------------------------------------------------------------------------------
+
+def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the annotations are, when the module never evaluates them (PEP 563)."""
+    import ast
+    tree = ast.parse(source)
+    lazy = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    if not lazy:
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        anns = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            anns.append(node.returns)
+        elif isinstance(node, ast.arg):
+            anns.append(node.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            anns.append(node.annotation)
+        for a in anns:
+            if a is not None:
+                spans.append(((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)))
+    return spans
+
+
+def enumerate_mutants(path: Path) -> list[Mutant]:
+    """Every mutant of the module, except those inside annotations that are never evaluated."""
+    from cosmic_ray.ast import ast_nodes, get_ast_from_path
+    from cosmic_ray.mutating import mutate_code
+    from cosmic_ray.plugins import get_operator
+
+    source = path.read_text(encoding="utf-8")
+    src_lines = source.splitlines()
+    spans = annotation_spans(source)
+    out = []
+    for name in OPERATORS:
+        op = get_operator(name)()
+        tree = get_ast_from_path(path)
+        positions = [(start, end) for node in ast_nodes(tree) for start, end in op.mutation_positions(node)]
+        for occ, (start, end) in enumerate(positions):
+            if any(a <= tuple(start) < b for a, b in spans):
+                continue
+            try:
+                mutated = mutate_code(source, op, occ)
+            except Exception:   # cosmic-ray cannot rewrite this site (e.g. a dotted except name)
+                continue
+            if mutated is None:
+                continue
+            m_lines = mutated.splitlines()
+            a, b = start[0] - 1, end[0]
+            # The mutated lines: same span when the line count did not change.
+            delta = len(m_lines) - len(src_lines)
+            orig = " ".join(x.strip() for x in src_lines[a:b])
+            new = " ".join(x.strip() for x in m_lines[a:b + delta])
+            out.append(Mutant(f"{name.split('/')[-1]}#{occ}", name, occ, start[0], orig, new))
+    return out
+
+
+def mutated_source(path: Path, m: Mutant) -> str:
+    from cosmic_ray.mutating import mutate_code
+    from cosmic_ray.plugins import get_operator
+    code = mutate_code(path.read_text(encoding="utf-8"), get_operator(m.operator)(), m.occurrence)
+    if code is None:
+        raise SystemExit(f"{m.id}: no such mutation in {path}")
+    return code
+
+
+def load_equivalents() -> list[dict]:
+    if not EQUIVALENTS.exists():
+        return []
+    data = tomllib.loads(EQUIVALENTS.read_text(encoding="utf-8"))
+    entries = data.get("equivalent", [])
+    for e in entries:
+        for key in ("module", "line", "mutant", "reason"):
+            if not str(e.get(key, "")).strip():
+                raise SystemExit(f"{EQUIVALENTS}: an entry lacks {key!r}: {e}")
+    return entries
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.split())
+
+
+def mark_equivalents(module: str, mutants: list[Mutant], entries: list[dict]) -> set[int]:
+    """Mark survivors listed as equivalent; the indices of the entries that matched."""
+    used = set()
+    for m in mutants:
+        if m.outcome != "survived":
+            continue
+        for i, e in enumerate(entries):
+            if e["module"] == module and _norm(e["line"]) == _norm(m.original) \
+                    and _norm(e["mutant"]) == _norm(m.mutated):
+                m.outcome = "equivalent"
+                m.reason = e["reason"].strip()
+                used.add(i)
+                break
+    return used
+
+
+# -- running -------------------------------------------------------------------------------------
+
+def preload() -> None:
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception:   # an optional package: its tests skip or import it themselves
+            pass
+    if any(k == "sensor" or k.startswith("sensor.") for k in sys.modules):
+        raise SystemExit("internal error: the parent imported sensor; mutants would not be seen")
+
+
+def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> tuple[str, float]:
+    """Fork; the child runs pytest on ``tests`` inside the copy. (outcome, seconds)."""
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:   # child
+        try:
+            os.setpgid(0, 0)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(TREE)
+            sys.path.insert(0, str(TREE))
+            sys.dont_write_bytecode = True
+            from cosmic_ray.exceptions import CosmicRayTestingException
+            builtins.CosmicRayTestingException = CosmicRayTestingException  # a handler that never matches
+            import pytest
+            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                "-W", "ignore::pytest.PytestAssertRewriteWarning",
+                                *extra, *tests])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code))
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(99)
+    deadline = t0 + timeout
+    status = None
+    while True:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    elapsed = time.monotonic() - t0
+    try:
+        os.killpg(pid, signal.SIGKILL)   # the child's group: whatever its tests started
+    except ProcessLookupError:
+        pass
+    if status is None:
+        os.waitpid(pid, 0)
+        return "timeout", elapsed
+    if os.WIFSIGNALED(status):
+        return "killed", elapsed          # a crash is a caught mutant
+    code = os.WEXITSTATUS(status)
+    if code == 0:
+        return "survived", elapsed
+    if code in (5, 99):
+        return "error", elapsed           # no tests collected / the runner itself failed
+    return "killed", elapsed
+
+
+def module_key(module: str) -> str:
+    return module.replace("/", "__")
+
+
+def run_module(module: str, args, entries: list[dict]) -> dict:
+    tests = args.tests.split(",") if args.tests else MODULES[module]
+    path = TREE / module
+    original = path.read_text(encoding="utf-8")
+    logs = WORK / "logs" / module_key(module)
+    logs.mkdir(parents=True, exist_ok=True)
+    extra = ["-m", args.markers] if args.markers else []
+
+    say(f"== {module}: tests {' '.join(tests)}")
+    outcome, base = run_child(tests, logs / "baseline.log", 3600, extra)
+    if outcome != "survived":
+        raise SystemExit(f"{module}: the tests fail without any mutant (see {logs / 'baseline.log'})")
+    timeout = args.timeout or max(60.0, 4 * base)
+    mutants = enumerate_mutants(path)
+    say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants; timeout {timeout:.0f} s each")
+    t_start = time.monotonic()
+    try:
+        for i, m in enumerate(mutants, 1):
+            path.write_text(mutated_source(path, m), encoding="utf-8")
+            m.outcome, m.seconds = run_child(tests, logs / "last.log", timeout, extra)
+            path.write_text(original, encoding="utf-8")
+            if m.outcome == "survived":
+                shutil.copy(logs / "last.log", logs / f"{m.id.replace('/', '_')}.log")
+            if m.outcome == "error":
+                shutil.copy(logs / "last.log", logs / f"error-{m.id}.log")
+            if i % 25 == 0 or i == len(mutants):
+                n_surv = sum(x.outcome == "survived" for x in mutants[:i])
+                say(f"   {i}/{len(mutants)} done, {n_surv} survived, "
+                    f"{time.monotonic() - t_start:.0f} s")
+    finally:
+        path.write_text(original, encoding="utf-8")
+    mark_equivalents(module, mutants, entries)
+    result = {
+        "module": module, "tests": tests, "source_sha256": hashlib.sha256(original.encode()).hexdigest(),
+        "baseline_seconds": round(base, 2), "timeout": timeout,
+        "seconds": round(time.monotonic() - t_start, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
+        "mutants": [asdict(m) for m in mutants],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{module_key(module)}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def score(result: dict) -> tuple[int, int, int, int, float]:
+    ms = result["mutants"]
+    killed = sum(m["outcome"] in ("killed", "timeout") for m in ms)
+    equiv = sum(m["outcome"] == "equivalent" for m in ms)
+    surv = sum(m["outcome"] == "survived" for m in ms)
+    errors = sum(m["outcome"] == "error" for m in ms)
+    denom = killed + surv
+    return len(ms), killed, equiv, surv + errors, (killed / denom if denom else 1.0)
+
+
+def report(results: list[dict], entries: list[dict]) -> str:
+    lines = ["# Mutation report", "",
+             "| module | mutants | killed | equivalent | survived | score | run (s) | stale |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    survivors = []
+    for r in results:
+        # re-apply the equivalents file as it is now (it may have changed since the run)
+        ms = [Mutant(**m) for m in r["mutants"]]
+        for m in ms:
+            if m.outcome == "equivalent":
+                m.outcome, m.reason = "survived", ""
+        mark_equivalents(r["module"], ms, entries)
+        r = dict(r, mutants=[asdict(m) for m in ms])
+        n, killed, equiv, surv, sc = score(r)
+        cur = ROOT / r["module"]
+        stale = "" if cur.exists() and hashlib.sha256(cur.read_bytes()).hexdigest() == r["source_sha256"] \
+            else "module changed since: re-run"
+        lines.append(f"| `{r['module']}` | {n} | {killed} | {equiv} | {surv} | {sc:.1%} "
+                     f"| {r['seconds']:.0f} | {stale} |")
+        for m in ms:
+            if m.outcome in ("survived", "error"):
+                survivors.append(f"- `{r['module']}:{m.line}` {m.id} ({m.outcome})\n"
+                                 f"  `{m.original}` -> `{m.mutated}`")
+    lines += ["", f"Target: >= {TARGET:.0%} killed per module; timeouts count as killed.", ""]
+    lines += ["## Survivors (neither killed nor listed as equivalent)", ""]
+    lines += survivors or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def load_results(modules: list[str]) -> list[dict]:
+    out = []
+    for mod in modules:
+        p = RESULTS / f"{module_key(mod)}.json"
+        if p.exists():
+            out.append(json.loads(p.read_text()))
+    return out
+
+
+def record_check(module: str, m: Mutant, outcome: str) -> None:
+    """Write a re-checked mutant's outcome into the module's last results (same source only)."""
+    p = RESULTS / f"{module_key(module)}.json"
+    if not p.exists() or outcome == "error":
+        return
+    r = json.loads(p.read_text())
+    if r["source_sha256"] != hashlib.sha256((ROOT / module).read_bytes()).hexdigest():
+        say("note: the module changed since its last run; its results were not updated")
+        return
+    for x in r["mutants"]:
+        if x["id"] == m.id:
+            x["outcome"] = outcome
+            x["rechecked"] = time.strftime("%Y-%m-%d %H:%M")
+    p.write_text(json.dumps(r, indent=1))
+
+
+def find_mutant(module: str, mid: str) -> Mutant:
+    for m in enumerate_mutants(ROOT / module):
+        if m.id == mid:
+            return m
+    raise SystemExit(f"no mutant {mid} in {module}")
+
+
+def main(argv=None) -> int:
+    global TREE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
+    ap.add_argument("--report", action="store_true", help="print the report of the last results")
+    ap.add_argument("--show", nargs=2, metavar=("MODULE", "MUTANT"), help="print one mutant's diff")
+    ap.add_argument("--check", nargs=2, metavar=("MODULE", "MUTANT"),
+                    help="run the module's tests against one mutant")
+    ap.add_argument("--list", metavar="MODULE", help="list a module's mutants")
+    ap.add_argument("--tests", help="comma-separated test files instead of the mapping")
+    ap.add_argument("--markers", default="not slow",
+                    help="pytest -m expression (default: 'not slow'; '' runs the slow tier too)")
+    ap.add_argument("--timeout", type=float, default=0.0, help="seconds per mutant")
+    ap.add_argument("--fail-under", action="store_true",
+                    help="exit 1 when a module scores below the target or has an unlisted survivor")
+    args = ap.parse_args(argv)
+    os.chdir(ROOT)
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    os.environ["SENSOR_HYPOTHESIS_PROFILE"] = "ci"    # derandomised: the same examples every run
+    os.environ["SENSOR_REQUIRE_EXTENSIONS"] = "1"     # the parity tests must not skip
+    base_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = str(TREE) + os.pathsep + base_path
+    entries = load_equivalents()
+
+    for mod in args.modules + [x[0] for x in (args.show, args.check) if x] + ([args.list] if args.list else []):
+        if mod not in MODULES:
+            raise SystemExit(f"{mod} is not in the module map (tools/mutation.py MODULES)")
+
+    if args.list:
+        for m in enumerate_mutants(ROOT / args.list):
+            say(f"{args.list}:{m.line} {m.id}: {m.original}  ->  {m.mutated}")
+        return 0
+    if args.show:
+        mod, mid = args.show
+        m = find_mutant(mod, mid)
+        old = (ROOT / mod).read_text(encoding="utf-8")
+        new = mutated_source(ROOT / mod, m)
+        sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), mod, mod))
+        return 0
+    if args.check:
+        TREE = WORK / "check-tree"   # a run in progress keeps its own copy
+        os.environ["PYTHONPATH"] = str(TREE) + os.pathsep + base_path
+        mod, mid = args.check
+        m = find_mutant(mod, mid)
+        make_tree()
+        preload()
+        (WORK / "logs").mkdir(parents=True, exist_ok=True)
+        (TREE / mod).write_text(mutated_source(ROOT / mod, m), encoding="utf-8")
+        tests = args.tests.split(",") if args.tests else MODULES[mod]
+        outcome, secs = run_child(tests, WORK / "logs" / "check.log", args.timeout or 600,
+                                  ["-m", args.markers] if args.markers else [])
+        (TREE / mod).write_text((ROOT / mod).read_text(encoding="utf-8"), encoding="utf-8")
+        say(f"{mod} {mid}: {outcome} in {secs:.1f} s (log: {WORK / 'logs' / 'check.log'})")
+        record_check(mod, m, outcome)
+        return 0
+
+    modules = args.modules or list(MODULES)
+    if not args.report:
+        make_tree()
+        preload()
+        for mod in modules:
+            run_module(mod, args, entries)
+    results = load_results(modules if args.modules else list(MODULES))
+    text = report(results, entries)
+    WORK.mkdir(exist_ok=True)
+    (WORK / "report.md").write_text(text)
+    say(text)
+    matched = set()
+    for r in results:
+        matched |= mark_equivalents(r["module"], [Mutant(**dict(m, outcome="survived"))
+                                                  for m in r["mutants"]
+                                                  if m["outcome"] in ("survived", "equivalent")], entries)
+    stale = [e for i, e in enumerate(entries) if i not in matched
+             and any(r["module"] == e["module"] for r in results)]
+    for e in stale:
+        say(f"note: equivalent entry matches no survivor now: {e['module']}: {e['line']!r} -> {e['mutant']!r}")
+    if args.fail_under:
+        for r in results:
+            n, killed, equiv, surv, sc = score(r)
+            if sc < TARGET or surv:
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -199,3 +199,20 @@ def test_rule_error_location():
     assert str(RuleError("bad", "rules/x.yml", 7)) == "rules/x.yml:7: bad"
     assert RuleError("bad", "rules/x.yml", 7).location == "rules/x.yml:7"
     assert RuleError("bad", line=7).location == ""
+
+
+def test_a_network_with_host_bits_set_is_accepted_as_its_network(make_matcher):
+    # Sigma's cidr values are written as addresses with a prefix ("10.1.2.3/8"); the IR reads
+    # them as the network they lie in, never refuses them.
+    p = Predicate("DestinationIp", "cidr", ("10.1.2.3/8", "fe80::1/64"))
+    assert hit(make_matcher, p, DestinationIp="10.200.0.1")
+    assert hit(make_matcher, p, DestinationIp="fe80::abcd")
+    assert not hit(make_matcher, p, DestinationIp="11.0.0.1")
+
+
+def test_glob_to_regex_folds_unless_cased():
+    # "folded unless cased": the pattern is lower-cased, for a value the caller lower-cased too
+    from sensor.detect.ir import glob_to_regex
+    assert glob_to_regex("C:/Temp/*.EXE").fullmatch("c:/temp/x.exe")
+    assert glob_to_regex("C:/Temp/*.EXE", cased=True).fullmatch("c:/temp/x.exe") is None
+    assert glob_to_regex("C:/Temp/*.EXE", cased=True).fullmatch("C:/Temp/x.EXE")

@@ -398,3 +398,85 @@ def test_no_extensions_selects_the_twins():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert json.loads(out) == [["reference"], "reference", False, ["python"]]
+
+
+# -- the ops the IR defines, boundary by boundary (sensor/detect/ir.py) -----------------------
+
+@pytest.mark.parametrize("mode,value,other,expected", [
+    ("", "C:\\A.exe", "c:\\a.EXE", True), ("eq", "abc", "ab", False),
+    ("contains", "xaby", "AB", True), ("contains", "ab", "abc", False),
+    ("startswith", "abcdef", "ABC", True), ("startswith", "xabc", "abc", False),
+    ("endswith", "defabc", "ABC", True), ("endswith", "abcdef", "abc", False),
+])
+def test_fieldref_modes(engine, mode, value, other, expected):
+    ev = {"CommandLine": value, "Image": other}
+    assert hit(engine, P("CommandLine", "fieldref", "Image", flags=mode), ev) is expected
+
+
+def test_fieldref_any_of_several_fields_and_skips_missing_ones(engine):
+    p = P("CommandLine", "fieldref", "User", "Image", flags="contains")
+    assert hit(engine, p, {"CommandLine": "run x.exe", "Image": "X.EXE"})          # User missing
+    assert not hit(engine, p, {"CommandLine": "run x.exe", "Image": "y.exe", "User": "bob"})
+    assert hit(engine, p, {"CommandLine": "bob runs", "Image": "y.exe", "User": "BOB"})
+    assert not hit(engine, P("CommandLine", "fieldref", "Image", cased=True), {"CommandLine": "a", "Image": "A"})
+
+
+@pytest.mark.parametrize("op,bound,value,expected", [
+    ("lt", 4, 3, True), ("lt", 4, 4, False), ("lte", 4, 4, True), ("lte", 4, 5, False),
+    ("gt", 4, 5, True), ("gt", 4, 4, False), ("gte", 4, 4, True), ("gte", 4, 3, False),
+    ("gt", 4, "5", True), ("gt", 4, " 5 ", True), ("lt", 1, "0.5", True), ("gte", 16, "0x10", True),
+    ("gt", 0, "abc", False), ("gt", 0, True, False), ("lt", 10, "", False),
+])
+def test_numeric_ops_at_their_bounds(engine, op, bound, value, expected):
+    assert hit(engine, P("ProcessId", op, bound), {"ProcessId": value}) is expected
+
+
+def test_numeric_any_of_several_bounds(engine):
+    assert hit(engine, P("ProcessId", "gt", 100, 4), {"ProcessId": 5})
+    assert not hit(engine, P("ProcessId", "gt", 100, 40), {"ProcessId": 5})
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("10.1.2.3", True), (" 10.1.2.3 ", True), ("11.0.0.1", False), ("::1", True), ("::2", False),
+    ("::ffff:10.1.2.3", False),   # an IPv6 address is never inside an IPv4 network
+    ("not an ip", False),
+])
+def test_cidr(engine, value, expected):
+    assert hit(engine, P("DestinationIp", "cidr", "10.0.0.0/8", "::1/128"), {"DestinationIp": value}) is expected
+
+
+@pytest.mark.parametrize("value,text", [(7, "7"), (True, "true"), (False, "false"), ("Ab", "ab")])
+def test_values_are_compared_as_their_text(engine, value, text):
+    assert hit(engine, P("CommandLine", "eq", text), {"CommandLine": value})
+    assert not hit(engine, P("CommandLine", "eq", text + "x"), {"CommandLine": value})
+
+
+@pytest.mark.parametrize("op,values", [
+    ("eq", ("",)), ("contains", ("",)), ("startswith", ("",)), ("endswith", ("",)), ("glob", ("*",)),
+    ("re", (".*",)), ("fieldref", ("Image",)), ("cidr", ("0.0.0.0/0",)), ("lt", (10 ** 9,)),
+])
+def test_a_missing_field_fails_every_op_but_exists_and_null(engine, op, values):
+    ev = {"Image": "x"}
+    assert not hit(engine, P("CommandLine", op, *values), ev)
+    assert hit(engine, P("CommandLine", "null"), ev)
+    assert hit(engine, P("CommandLine", "exists", False), ev)
+    assert not hit(engine, P("CommandLine", "exists", True), ev)
+    assert hit(engine, P("Image", "exists", True), ev)
+    assert not hit(engine, P("Image", "null"), ev)
+
+
+def test_keyword_search_never_holds_for_exists_or_null_and_skips_missing_values(engine):
+    assert not hit(engine, P(None, "exists", True), {"Image": "x"})
+    assert not hit(engine, P(None, "null"), {"Image": "x"})
+    assert not hit(engine, P(None, "contains", "x"), {"Image": None, "CommandLine": "y"})
+    assert hit(engine, P(None, "contains", "X"), {"Image": None, "CommandLine": "yx"})
+
+
+def test_a_predicate_shared_by_rules_gives_each_rule_its_answer(engine):
+    shared = P("Image", "endswith", "\\x.exe")
+    rules = [rule(shared, rid="a"), rule(P("User", "eq", "bob"), shared, rid="b"),
+             rule(P("User", "eq", "eve"), rid="c")]
+    m = make(engine, rules)
+    assert m.match(ProcessEvent({"Image": "C:\\x.exe", "User": "bob"})) == [0, 1]
+    assert m.match(ProcessEvent({"Image": "C:\\x.exe", "User": "eve"})) == [0, 2]
+    assert [r.id for r in m.match_rules(ProcessEvent({"Image": "C:\\y.exe", "User": "eve"}))] == ["c"]

@@ -379,3 +379,120 @@ def test_newest_generation_wins_when_the_old_stop_event_was_lost():
     t.add(300, T0 + 3 * S, image="C:\\new.exe")            # marks the old one exited, time unknown
     assert t.parent_of(300, T0 + 5 * S).image == "C:\\new.exe"
     assert t.parent_of(300, T0 + S).image == "C:\\old.exe"   # a child from before the reuse
+
+
+def test_table_size_must_be_positive():
+    with pytest.raises(ValueError, match="max_entries must be >= 1"):
+        ProcessTable(max_entries=0)
+    t = ProcessTable(max_entries=1)
+    t.add(1, T0)
+    t.add(2, T0)
+    assert [e.pid for e in t] == [2] and t.evicted == 1
+
+
+def test_merging_fills_gaps_and_never_erases_and_etw_image_wins():
+    t = ProcessTable(create_tolerance=0.01)
+    seed = t.add(20, T0, image="cmd.exe", command_line="cmd /c a", user="bob", source="psutil")
+    # the same generation from ETW: its full image path wins; the rest only fills what is missing
+    e = t.add(20, T0, seq=9, ppid=4, parent_seq=3, image="C:\\Windows\\System32\\cmd.exe",
+              command_line="other", user="eve")
+    assert e is seed and t.merged == 1 and t.added == 1
+    assert (e.seq, e.ppid, e.parent_seq) == (9, 4, 3)
+    assert (e.image, e.command_line, e.user) == ("C:\\Windows\\System32\\cmd.exe", "cmd /c a", "bob")
+    # a later seed never replaces an image, and empty values never erase
+    t.add(20, T0, seq=9, image="cmd.exe", command_line="", user=None, source="psutil")
+    assert (e.image, e.command_line, e.user) == ("C:\\Windows\\System32\\cmd.exe", "cmd /c a", "bob")
+    # a generation first seen without a create time gets it from a later sighting
+    late = t.add(21, None, seq=5)
+    t.add(21, T0 + 7, seq=5, ppid=8)
+    assert (late.create_time, late.ppid) == (T0 + 7, 8)
+    # a seed that had no image takes the first one offered
+    t.add(22, T0, image=None, source="psutil")
+    assert t.add(22, T0, image="x.exe", source="psutil").image == "x.exe"
+
+
+def test_at_most_four_generations_per_pid():
+    t = ProcessTable(create_tolerance=0.01)
+    for i in range(6):
+        t.add(7, T0 + i * 100 * S, image=f"gen{i}")
+    assert sorted(e.image for e in t if e.pid == 7) == ["gen2", "gen3", "gen4", "gen5"]
+    assert len(t) == 4
+    assert [e.exited for e in t] == [True, True, True, False]
+
+
+def test_exited_reports_whether_it_knew_the_process():
+    t = ProcessTable(create_tolerance=0.01)
+    assert t.exited(1, T0) is False                        # never seen
+    t.add(1, T0)
+    assert t.exited(1, T0, exit_time=T0 + S) is True
+    assert t.exited(1, T0) is False                        # already stopped
+    assert t.get(1, T0).exit_time == T0 + S
+
+
+def test_identity_unknown_on_one_side_means_the_live_generation():
+    t = ProcessTable(create_tolerance=0.01)
+    old = t.add(9, T0, image="old")
+    new = t.add(9, T0 + 100 * S, image="new")
+    assert t.get(9) is new and t.get(9, seq=4) is new       # no create time, no seq recorded
+    assert t.get(9, T0) is old
+    t.exited(9, T0 + 100 * S)
+    assert t.get(9) is None                                # no live generation left
+
+
+def test_exited_entries_expire_at_their_time_and_not_before():
+    clock = Clock()
+    t = ProcessTable(exit_ttl=10, clock=clock)
+    t.add(1, T0)
+    t.add(2, T0)
+    clock.t = 5
+    t.exited(1, T0)
+    clock.t = 14.9
+    assert t.expire() == 0 and len(t) == 2
+    assert t.expire(now=15.0) == 1 and t.get(1, T0) is None and t.get(2, T0) is not None
+    assert t.expired == 1
+
+
+def test_parent_lookup_counts_hits_misses_and_reuse():
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(50, T0, seq=11, image="a")
+    assert t.parent_of(None, T0) is None
+    assert t.parent_of(51, T0) is None
+    assert t.parent_of(50, T0 + S, parent_seq=11).image == "a"
+    assert t.parent_of(50, T0 + S, parent_seq=12) is None   # another generation's number
+    assert t.parent_of(50, None).image == "a"                # no start time: nothing to check
+    assert t.stats() == {"entries": 1, "added": 1, "merged": 0, "evicted": 0, "expired": 0,
+                         "parent_hits": 2, "parent_misses": 3, "reuse_rejected": 1}
+
+
+def test_a_sequence_number_picks_its_generation_among_several():
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(60, T0, seq=1, image="first")
+    t.add(60, T0 + S, seq=2, image="second")
+    assert t.parent_of(60, T0 + 2 * S, parent_seq=1).image == "first"
+    assert t.parent_of(60, T0 + 2 * S, parent_seq=2).image == "second"
+
+
+def test_eviction_skips_exited_entries_already_gone():
+    clock = Clock()
+    t = ProcessTable(max_entries=2, exit_ttl=1, clock=clock)
+    t.add(1, T0)
+    t.exited(1, T0)
+    clock.t = 2
+    t.expire()                              # 1 is gone; its exit record is used up
+    t.add(2, T0)
+    t.add(3, T0)
+    t.exited(3, T0)
+    t.add(4, T0)                            # full: the exited 3 goes, not the live 2
+    assert sorted(e.pid for e in t) == [2, 4]
+
+
+def test_join_cmdline_quotes_on_windows_only():
+    args = ["C:\\Program Files\\x.exe", "a b"]
+    expected = '"C:\\Program Files\\x.exe" "a b"' if sys.platform == "win32" else "C:\\Program Files\\x.exe a b"
+    assert join_cmdline(args) == expected
+
+
+def test_filetime_epoch():
+    assert filetime_from_unix(0) == 116_444_736_000_000_000
+    assert filetime_from_unix(1.5) == 116_444_736_000_000_000 + 15_000_000
+    assert unix_from_filetime(116_444_736_000_000_000 + 5) == 5e-7

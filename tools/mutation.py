@@ -249,11 +249,26 @@ def preload() -> None:
         raise SystemExit("internal error: the parent imported sensor; mutants would not be seen")
 
 
+_CHILD: list[int] = []
+
+
+def _stop(signum, frame) -> None:
+    """Interrupted: take the running tests (the child's whole process group) down too."""
+    for pid in _CHILD:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
+
+
 def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> tuple[str, float]:
     """Fork; the child runs pytest on ``tests`` inside the copy. (outcome, seconds)."""
     t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:   # child
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             os.setpgid(0, 0)
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -276,6 +291,11 @@ def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> 
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(99)
+    try:
+        os.setpgid(pid, pid)   # also here: no window in which a kill would miss the group
+    except (PermissionError, ProcessLookupError):
+        pass
+    _CHILD[:] = [pid]
     deadline = t0 + timeout
     status = None
     while True:
@@ -291,6 +311,7 @@ def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> 
         os.killpg(pid, signal.SIGKILL)   # the child's group: whatever its tests started
     except ProcessLookupError:
         pass
+    _CHILD.clear()
     if status is None:
         os.waitpid(pid, 0)
         return "timeout", elapsed
@@ -445,6 +466,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fail-under", action="store_true",
                     help="exit 1 when a module scores below the target or has an unlisted survivor")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     os.chdir(ROOT)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     os.environ["SENSOR_HYPOTHESIS_PROFILE"] = "ci"    # derandomised: the same examples every run

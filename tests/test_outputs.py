@@ -488,3 +488,141 @@ def test_output_test_uses_the_config_file(receiver, tmp_path, capsys):
         assert main(["output", "test", "-c", str(bad)]) == 2
     finally:
         del os.environ["SENSOR_TEST_OUTPUT_TOKEN"]
+
+
+# -- answers read without a network (the documented API facts of each receiver) -------------------
+
+def _resp(status, body=b"", headers=None):
+    return HttpResponse(status, headers or {}, body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+def _hec():
+    from sensor.deliver.splunk import SplunkHecOutput
+    return SplunkHecOutput("https://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("status,body,outcome", [
+    (200, {"text": "Success", "code": 0}, OK),
+    (200, b"", OK),                                          # no JSON body: the status decides
+    (200, {"text": "Data channel is missing", "code": 10}, PARK),   # a configuration code
+    (200, {"text": "Server is busy", "code": 9}, RETRY),     # 2xx with another code: no confirmation
+    (400, {"text": "Invalid token", "code": 4}, PARK),
+    (400, {"text": "Incorrect index", "code": 7}, PARK),
+    (400, {"text": "No data", "code": 5}, BISECT),           # no event number: find it by halving
+    (400, {"text": "Invalid data format", "code": 6, "invalid-event-number": 3}, BISECT),  # past the end
+    (400, {"text": "Invalid data format", "code": 6, "invalid-event-number": -1}, BISECT),
+    (400, {"text": "Invalid data format", "code": 6, "invalid-event-number": "1"}, BISECT),
+    (503, {"text": "Server is busy", "code": 9}, RETRY),
+    (401, {"text": "Token is required", "code": 2}, PARK),
+    (403, {"text": "Invalid token", "code": 4}, PARK),
+    (500, b"oops", RETRY),
+])
+def test_hec_answers(status, body, outcome):
+    res = _hec().interpret(ALERTS[:3], _resp(status, body))
+    assert res.outcome == outcome
+    if outcome == OK:
+        assert res.delivered == IDS[:3]
+    else:
+        assert not res.delivered
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_hec_invalid_event_number_names_that_event_and_resends_the_rest(n):
+    res = _hec().interpret(ALERTS[:3], _resp(400, {"text": "Invalid data format", "code": 6,
+                                                    "invalid-event-number": n}))
+    assert res.outcome == RESEND and list(res.rejected) == [IDS[n]]
+    assert "HEC 400 code 6: Invalid data format" in res.rejected[IDS[n]]
+
+
+@pytest.mark.parametrize("status,honoured", [(429, True), (503, True), (500, False)])
+def test_hec_retry_after_on_429_and_503(status, honoured):
+    res = _hec().interpret(ALERTS[:1], _resp(status, {"text": "busy", "code": 9}, {"Retry-After": "4"}))
+    assert res.outcome == RETRY and res.retry_after == (4.0 if honoured else None)
+
+
+def test_hec_envelope_host_falls_back_from_config_to_alert_to_this_machine():
+    import socket
+    from sensor.deliver.splunk import SplunkHecOutput
+    alert = dict(ALERTS[0])
+    assert SplunkHecOutput("https://h:9", host="cfg").envelope(alert)["host"] == "cfg"
+    assert _hec().envelope(alert)["host"] == alert["HOSTNAME"]
+    bare = {k: v for k, v in alert.items() if k != "HOSTNAME"}
+    bare["event"] = dict(bare.get("event") or {}, Computer="FROM-EVENT")
+    assert _hec().envelope(bare)["host"] == "FROM-EVENT"
+    bare["event"].pop("Computer")
+    assert _hec().envelope(bare)["host"] == socket.gethostname()
+    env = _hec().envelope(alert)
+    assert "index" not in env and env["source"] == "etw-sensor"
+
+
+def test_hec_options_and_path():
+    from sensor.deliver.splunk import SplunkHecOutput
+    out = SplunkHecOutput.from_options({"url": "https://h:8088", "index": "sec", "sourcetype": "",
+                                        "source": None})
+    assert (out.index, out.source, out.sourcetype) == ("sec", "etw-sensor", "etw-sensor:alert")
+    assert out.request_path("") == out.request_path("/") == "/services/collector/event"
+    assert out.request_path("/custom/event") == "/custom/event"
+
+
+def _es():
+    from sensor.deliver.elastic import ElasticsearchOutput
+    return ElasticsearchOutput("https://127.0.0.1:9")
+
+
+def _items(*statuses):
+    out = []
+    for s in statuses:
+        res = {"status": s} if s is not None else {}
+        if s is not None and not (200 <= s < 300 or s == 409):
+            res["error"] = {"type": f"t{s}", "reason": f"r{s}"}
+        out.append({"create": res})
+    return {"errors": True, "items": out}
+
+
+@pytest.mark.parametrize("statuses,outcome,delivered,rejected", [
+    ((201, 409, 201), OK, [0, 1, 2], []),
+    ((201, 400, 404), OK, [0], [1, 2]),            # other 4xx: dead letter, the rest is done
+    ((201, 429, 400), RETRY, [0], [2]),            # 429: try that one again
+    ((201, 500, 201), RETRY, [0, 2], []),
+    ((201, 408, 201), RETRY, [0, 2], []),
+    ((201, 499, 201), OK, [0, 2], [1]),
+    ((201, 401, 429), PARK, [0], []),              # auth: park, whatever else failed
+    ((201, 429, 403), PARK, [0], []),
+    ((201, None, 201), RETRY, [0, 2], []),         # an item without a status: not confirmed
+    ((200, 299, 300), OK, [0, 1], [2]),
+])
+def test_bulk_item_statuses(statuses, outcome, delivered, rejected):
+    res = _es().interpret(ALERTS[:3], _resp(200, _items(*statuses)))
+    assert res.outcome == outcome
+    assert res.delivered == [IDS[i] for i in delivered]
+    assert sorted(res.rejected) == sorted(IDS[i] for i in rejected)
+    for i in rejected:
+        assert res.item_status[IDS[i]] == statuses[i]
+        assert res.rejected[IDS[i]] == f"item {statuses[i]} t{statuses[i]}: r{statuses[i]}"
+
+
+def test_bulk_answers_that_confirm_nothing():
+    es = _es()
+    assert es.interpret(ALERTS[:2], _resp(200, {"errors": False, "items": []})).delivered == IDS[:2]
+    assert es.interpret(ALERTS[:2], _resp(200, b"not json")).outcome == RETRY
+    assert es.interpret(ALERTS[:2], _resp(200, b"[1]")).outcome == RETRY
+    wrong = es.interpret(ALERTS[:2], _resp(200, _items(201)))          # one item for two alerts
+    assert wrong.outcome == RETRY and not wrong.delivered
+    assert es.interpret(ALERTS[:2], _resp(200, {"errors": True, "items": "x"})).outcome == RETRY
+    assert es.interpret(ALERTS[:2], _resp(413)).outcome == SPLIT       # not 200: the status decides
+    first = es.interpret(ALERTS[:3], _resp(200, _items(400, 404, 201)))
+    assert first.error == "item 400 t400: r400"                         # the first error is reported
+
+
+def test_bulk_path():
+    from sensor.deliver.elastic import ElasticsearchOutput
+    assert ElasticsearchOutput("https://h:9200/").path == "/_bulk"
+    assert ElasticsearchOutput("https://h:9200/x/_bulk/").path == "/x/_bulk"
+    assert ElasticsearchOutput.from_options({"url": "https://h:9", "index": ""}).index == "logs-sensor.alert-default"
+
+
+def test_webhook_idempotency_key_is_the_id_or_a_hash_of_the_ids():
+    from sensor.deliver.webhook import idempotency_key
+    assert idempotency_key(["a"]) == "a"
+    assert idempotency_key(["a", "b"]) == hashlib.sha256(b"a\nb").hexdigest()
+    assert idempotency_key(["a", "b"]) != idempotency_key(["b", "a"])

@@ -334,7 +334,9 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     path = TREE / module
     original = path.read_text(encoding="utf-8")
     logs = WORK / "logs" / module_key(module)
-    logs.mkdir(parents=True, exist_ok=True)
+    if logs.exists():
+        shutil.rmtree(logs)           # survivor logs of an earlier run would mislead
+    logs.mkdir(parents=True)
     extra = ["-m", args.markers] if args.markers else []
 
     say(f"== {module}: tests {' '.join(tests)}")

@@ -496,3 +496,27 @@ def test_filetime_epoch():
     assert filetime_from_unix(0) == 116_444_736_000_000_000
     assert filetime_from_unix(1.5) == 116_444_736_000_000_000 + 15_000_000
     assert unix_from_filetime(116_444_736_000_000_000 + 5) == 5e-7
+
+
+def test_a_later_sighting_fills_a_missing_user_and_command_line():
+    t = ProcessTable(create_tolerance=0.01)
+    e = t.add(23, T0, image="a.exe")
+    t.add(23, T0, user="CORP\\alice", command_line="a.exe /q", source="psutil")
+    assert (e.user, e.command_line) == ("CORP\\alice", "a.exe /q")
+
+
+def test_the_same_generation_up_to_the_tolerance_and_not_beyond():
+    t = ProcessTable(create_tolerance=0.01)
+    a = t.add(10, T0)
+    assert t.get(10, T0 + t.tolerance) is a and t.get(10, T0 - t.tolerance) is a
+    assert t.get(10, T0 + t.tolerance + 1) is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the loose default is for psutil's clock off Windows")
+def test_default_tolerance_absorbs_psutil_one_second_start_times():
+    # Off Windows psutil's create_time is boot time (1 s resolution) plus clock ticks: the same
+    # process seen by psutil and by the event stream may differ by up to a second.
+    t = ProcessTable()
+    a = t.add(10, T0)
+    assert t.get(10, T0 + S) is a and t.get(10, T0 - S) is a
+    assert t.get(10, T0 + 2 * S) is None

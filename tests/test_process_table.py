@@ -520,3 +520,71 @@ def test_default_tolerance_absorbs_psutil_one_second_start_times():
     a = t.add(10, T0)
     assert t.get(10, T0 + S) is a and t.get(10, T0 - S) is a
     assert t.get(10, T0 + 2 * S) is None
+
+
+def test_seed_takes_start_time_parent_name_and_user_from_psutil():
+    from types import SimpleNamespace
+
+    class Ps:
+        def process_iter(self, attrs):
+            yield SimpleNamespace(info={"pid": 8, "ppid": 1, "create_time": 1_700_000_000.5, "exe": None,
+                                        "name": "x.exe", "cmdline": [], "username": "CORP\\bob"})
+            yield SimpleNamespace(info={"pid": 9, "ppid": None, "create_time": None, "exe": "",
+                                        "name": "", "cmdline": None, "username": ""})
+
+    t = ProcessTable()
+    assert t.seed_from_psutil(Ps()) == 2
+    e = t.get(8)
+    assert e.create_time == filetime_from_unix(1_700_000_000.5) and e.ppid == 1
+    assert (e.image, e.command_line, e.user) == ("x.exe", None, "CORP\\bob")   # name when no exe
+    z = t.get(9)
+    assert (z.create_time, z.image, z.command_line, z.user) == (None, None, None, None)
+
+
+def test_expiry_counts_only_entries_still_in_the_table():
+    clock = Clock()
+    t = ProcessTable(exit_ttl=10, clock=clock, create_tolerance=0.01)
+    for i in range(5):                     # the fifth generation pushes the first out
+        t.add(7, T0 + i * 100 * S, image=f"gen{i}")
+    assert len(t) == 4
+    clock.t = 11
+    assert t.expire() == 3 and t.expired == 3 and len(t) == 1
+
+
+def test_an_older_generation_without_a_sequence_number_may_still_be_the_parent():
+    # a psutil seed has no sequence number: when the newer generation's number is not the one the
+    # child names, the seed is still a candidate
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(70, T0, image="seeded.exe", source="psutil")
+    t.add(70, T0 + 10 * S, seq=5, image="newer.exe")
+    assert t.parent_of(70, T0 + S, parent_seq=3).image == "seeded.exe"
+
+
+def test_gone_before_the_child_counts_as_a_rejected_reuse():
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(300, T0, image="C:\\old.exe")
+    t.exited(300, T0, exit_time=T0 + S)
+    assert t.parent_of(300, T0 + 5 * S) is None
+    assert t.reuse_rejected == 1 and t.parent_misses == 1
+
+
+def test_a_generation_replaced_by_a_newer_one_is_not_the_parent_of_a_later_child():
+    # pid 300's stop event was lost; the pid was reused (a new generation at T0+3s) and that one
+    # exited at T0+4s. A child started at T0+5s cannot be the old generation's: it was gone before
+    # the reuse. The parent is unknown, never the old process.
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(300, T0, image="C:\\old.exe")
+    t.add(300, T0 + 3 * S, image="C:\\new.exe")
+    t.exited(300, T0 + 3 * S, exit_time=T0 + 4 * S)
+    assert t.parent_of(300, T0 + 5 * S) is None
+    assert t.parent_of(300, T0 + S).image == "C:\\old.exe"
+
+
+def test_default_bound_is_65536_entries():
+    # docs/etw.md: "The table is bounded to 65,536 entries by default"
+    t = ProcessTable()
+    for pid in range(65_536):
+        t.add(pid, T0)
+    assert len(t) == 65_536 and t.evicted == 0
+    t.add(70_000, T0)
+    assert len(t) == 65_536 and t.evicted == 1 and t.get(0, T0) is None

@@ -149,10 +149,11 @@ class ProcessTable:
         if gens is None:
             gens = self._by_pid[pid] = []
         else:
-            # A new generation for this pid: the previous live one must have exited.
+            # A new generation for this pid: the previous live one must have exited, at the
+            # latest when this one started (its stop event was lost).
             for old in gens:
                 if not old.exited:
-                    self._mark_exited(old, None)
+                    self._mark_exited(old, create_time)
             while len(gens) >= MAX_GENERATIONS:
                 self._remove(gens[0])
         gens.append(e)

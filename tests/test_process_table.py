@@ -588,3 +588,15 @@ def test_default_bound_is_65536_entries():
     assert len(t) == 65_536 and t.evicted == 0
     t.add(70_000, T0)
     assert len(t) == 65_536 and t.evicted == 1 and t.get(0, T0) is None
+
+
+def test_default_exit_ttl_is_five_minutes():
+    # docs/etw.md: "Entries stay for 5 minutes after the process stops"
+    clock = Clock()
+    t = ProcessTable(clock=clock)
+    t.add(1, T0)
+    t.exited(1, T0)
+    clock.t = 299.9
+    assert t.expire() == 0
+    clock.t = 300.0
+    assert t.expire() == 1

@@ -600,3 +600,15 @@ def test_default_exit_ttl_is_five_minutes():
     assert t.expire() == 0
     clock.t = 300.0
     assert t.expire() == 1
+
+
+def test_each_exited_entry_expires_on_its_own_time():
+    clock = Clock()
+    t = ProcessTable(exit_ttl=10, clock=clock)
+    t.add(1, T0)
+    t.add(2, T0)
+    t.exited(1, T0)                         # due at 10
+    clock.t = 5
+    t.exited(2, T0)                         # due at 15
+    assert t.expire(now=12) == 1 and t.get(1, T0) is None and t.get(2, T0) is not None
+    assert t.expire(now=15) == 1 and len(t) == 0

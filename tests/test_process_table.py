@@ -612,3 +612,16 @@ def test_each_exited_entry_expires_on_its_own_time():
     t.exited(2, T0)                         # due at 15
     assert t.expire(now=12) == 1 and t.get(1, T0) is None and t.get(2, T0) is not None
     assert t.expire(now=15) == 1 and len(t) == 0
+
+
+def test_a_generation_gone_before_the_child_rules_out_every_older_one():
+    # the old generation's stop came without a time; the pid was reused, and that generation also
+    # exited before the child started. Generations of one pid follow each other: everything older
+    # was gone even earlier, so the parent is unknown, never the old process.
+    t = ProcessTable(create_tolerance=0.01)
+    t.add(310, T0, image="C:\\old.exe")
+    t.exited(310, T0)                                      # no exit time recorded
+    t.add(310, T0 + 3 * S, image="C:\\new.exe")
+    t.exited(310, T0 + 3 * S, exit_time=T0 + 4 * S)
+    assert t.parent_of(310, T0 + 5 * S) is None
+    assert t.parent_of(310, T0 + 3 * S + S // 2).image == "C:\\new.exe"

@@ -247,8 +247,8 @@ class ProcessTable:
                     rejected = True      # started after the child: the pid was recycled
                     continue
                 if e.exit_time is not None and e.exit_time < child_create_time - tol:
-                    rejected = True      # gone before the child started
-                    continue
+                    rejected = True      # gone before the child started, and every older
+                    break                # generation of this pid was gone even earlier
             self.parent_hits += 1
             return e
         if rejected:

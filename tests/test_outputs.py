@@ -626,3 +626,39 @@ def test_webhook_idempotency_key_is_the_id_or_a_hash_of_the_ids():
     assert idempotency_key(["a"]) == "a"
     assert idempotency_key(["a", "b"]) == hashlib.sha256(b"a\nb").hexdigest()
     assert idempotency_key(["a", "b"]) != idempotency_key(["b", "a"])
+
+
+def test_hec_a_redirect_is_not_a_confirmation():
+    res = _hec().interpret(ALERTS[:1], _resp(300, {"text": "Success", "code": 0}))
+    assert res.outcome == PARK and not res.delivered
+
+
+def test_hec_health_reports_an_unhealthy_collector():
+    # HEC answers its health endpoint with 503 while it is busy (code 9): not healthy
+    import http.server
+    import threading
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"text":"Server is busy","code":9}'
+            self.send_response(503 if self.path == "/services/collector/health" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        out = build_output({"format": "splunk_hec", "url": f"http://127.0.0.1:{srv.server_port}",
+                            "allow_http": True, "token": "t"})
+        res = out.check()
+        assert res.outcome == RETRY and res.status == 503 and "busy" in res.detail
+        out.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        th.join(10)

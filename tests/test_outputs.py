@@ -662,3 +662,20 @@ def test_hec_health_reports_an_unhealthy_collector():
         srv.shutdown()
         srv.server_close()
         th.join(10)
+
+
+def test_hec_health_check_of_an_unreachable_collector_is_a_result_not_an_exception(receiver):
+    # `sensor output test` reports an unreachable collector; it must not raise
+    out = build_output(opts(receiver, format="splunk_hec", connect_timeout=1))
+    receiver.down()
+    res = out.check()
+    assert res.outcome == RETRY and res.status is None and "connect" in res.error
+    assert "s3cr3t-token" not in res.error
+    out.close()
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_hec_token_disabled_is_configuration(status):
+    # HEC code 1 "Token disabled" is about the token, not one event: park, never bisect or retry
+    res = _hec().interpret(ALERTS[:3], _resp(status, {"text": "Token disabled", "code": 1}))
+    assert res.outcome == PARK and not res.delivered

@@ -679,3 +679,20 @@ def test_hec_token_disabled_is_configuration(status):
     # HEC code 1 "Token disabled" is about the token, not one event: park, never bisect or retry
     res = _hec().interpret(ALERTS[:3], _resp(status, {"text": "Token disabled", "code": 1}))
     assert res.outcome == PARK and not res.delivered
+
+
+@pytest.mark.parametrize("given,expected", [(None, "etw-sensor:health"), ("", "etw-sensor:health"),
+                                            ("sec:health", "sec:health")])
+def test_hec_health_documents_get_the_health_sourcetype(given, expected):
+    # docs/delivery.md: health documents go in an envelope with `health_sourcetype`
+    # (default etw-sensor:health); alerts keep the alert sourcetype
+    from sensor.deliver.health import health_document
+    from sensor.deliver.splunk import SplunkHecOutput
+    options = {"url": "https://h:8088"}
+    if given is not None:
+        options["health_sourcetype"] = given
+    out = SplunkHecOutput.from_options(options)
+    doc = health_document({"events": {"in": 5}}, reason="heartbeat", boot_id="b1", seq=7,
+                          sensor={"host": "WS1"}, ts=1767225600.0, summary="heartbeat: 5 events")
+    assert out.envelope(doc)["sourcetype"] == expected
+    assert out.envelope(ALERTS[0])["sourcetype"] == "etw-sensor:alert"

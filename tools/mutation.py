@@ -465,12 +465,18 @@ def main(argv=None) -> int:
     ap.add_argument("--markers", default="not slow",
                     help="pytest -m expression (default: 'not slow'; '' runs the slow tier too)")
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds per mutant")
+    ap.add_argument("--tree", default="tree",
+                    help="name of the scratch copy under .mutation/ (two runs at once need two)")
     ap.add_argument("--fail-under", action="store_true",
                     help="exit 1 when a module scores below the target or has an unlisted survivor")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     os.chdir(ROOT)
+    if not args.tree or os.sep in args.tree or args.tree in (".", "..", "check-tree", "results",
+                                                           "logs", "shared"):
+        raise SystemExit(f"--tree {args.tree!r}: a plain name under .mutation/ is needed")
+    TREE = WORK / args.tree
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     os.environ["SENSOR_HYPOTHESIS_PROFILE"] = "ci"    # derandomised: the same examples every run
     os.environ["SENSOR_REQUIRE_EXTENSIONS"] = "1"     # the parity tests must not skip

@@ -674,11 +674,20 @@ def test_hec_health_check_of_an_unreachable_collector_is_a_result_not_an_excepti
     out.close()
 
 
+@pytest.mark.parametrize("code", [1, 2, 3, 4, 7, 10, 11, 14])
 @pytest.mark.parametrize("status", [200, 400])
-def test_hec_token_disabled_is_configuration(status):
-    # HEC code 1 "Token disabled" is about the token, not one event: park, never bisect or retry
-    res = _hec().interpret(ALERTS[:3], _resp(status, {"text": "Token disabled", "code": 1}))
+def test_hec_token_index_and_channel_codes_are_configuration(status, code):
+    # docs/delivery.md: a HEC 400 about the token, index or channel (codes 1-4, 7, 10, 11, 14)
+    # parks; no event is to blame, so never bisect, and a 2xx with such a code confirms nothing
+    res = _hec().interpret(ALERTS[:3], _resp(status, {"text": "t", "code": code}))
     assert res.outcome == PARK and not res.delivered
+
+
+@pytest.mark.parametrize("code", [5, 6, 12, 13])
+def test_hec_event_codes_are_not_configuration(code):
+    # no data, invalid data format, event field required / blank: about an event, find it
+    res = _hec().interpret(ALERTS[:3], _resp(400, {"text": "t", "code": code}))
+    assert res.outcome == BISECT
 
 
 @pytest.mark.parametrize("given,expected", [(None, "etw-sensor:health"), ("", "etw-sensor:health"),

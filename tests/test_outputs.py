@@ -705,3 +705,12 @@ def test_hec_health_documents_get_the_health_sourcetype(given, expected):
                           sensor={"host": "WS1"}, ts=1767225600.0, summary="heartbeat: 5 events")
     assert out.envelope(doc)["sourcetype"] == expected
     assert out.envelope(ALERTS[0])["sourcetype"] == "etw-sensor:alert"
+
+
+@pytest.mark.parametrize("status,confirmed", [(199, False), (200, True), (204, True), (299, True),
+                                              (300, False)])
+def test_hec_only_a_2xx_with_code_0_confirms(status, confirmed):
+    # docs/delivery.md: delivered means 2xx with HEC code 0, every 2xx and nothing else
+    res = _hec().interpret(ALERTS[:2], _resp(status, {"text": "Success", "code": 0}))
+    assert (res.outcome == OK) == confirmed
+    assert res.delivered == (IDS[:2] if confirmed else [])

@@ -714,3 +714,34 @@ def test_hec_only_a_2xx_with_code_0_confirms(status, confirmed):
     res = _hec().interpret(ALERTS[:2], _resp(status, {"text": "Success", "code": 0}))
     assert (res.outcome == OK) == confirmed
     assert res.delivered == (IDS[:2] if confirmed else [])
+
+
+def test_hec_health_an_informational_answer_is_not_healthy():
+    # a 1xx final answer (http.client returns any 1xx but 100 as the response) is no "healthy"
+    import http.server
+    import threading
+
+    class Odd(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(199, "Odd")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        out = build_output({"format": "splunk_hec", "url": f"http://127.0.0.1:{srv.server_port}",
+                            "allow_http": True, "token": "t", "read_timeout": 10})
+        res = out.check()
+        assert res.status == 199 and res.outcome != OK
+        out.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        th.join(10)

@@ -590,6 +590,7 @@ def _items(*statuses):
     ((201, 429, 403), PARK, [0], []),
     ((201, None, 201), RETRY, [0, 2], []),         # an item without a status: not confirmed
     ((200, 299, 300), OK, [0, 1], [2]),
+    ((199, 201, 201), OK, [1, 2], [0]),            # 1xx: not a 2xx, no confirmation
 ])
 def test_bulk_item_statuses(statuses, outcome, delivered, rejected):
     res = _es().interpret(ALERTS[:3], _resp(200, _items(*statuses)))
@@ -745,3 +746,31 @@ def test_hec_health_an_informational_answer_is_not_healthy():
         srv.shutdown()
         srv.server_close()
         th.join(10)
+
+
+def test_bulk_an_item_that_is_not_an_object_is_not_confirmed():
+    # a hostile or broken receiver's item list: an item that is no {"create": {...}} object
+    # confirms nothing and never stops the batch's interpretation
+    for odd in ("create", ["create", {"status": 201}], 201, {}):
+        res = _es().interpret(ALERTS[:2], _resp(200, {"errors": True,
+                                                      "items": [odd, {"create": {"status": 201}}]}))
+        assert res.outcome == RETRY and res.delivered == [IDS[1]] and not res.rejected, odd
+
+
+@pytest.mark.parametrize("given,expected", [(None, "metrics-sensor.health-default"),
+                                            ("", "metrics-sensor.health-default"),
+                                            ("metrics-x", "metrics-x")])
+def test_bulk_health_documents_go_to_the_health_index(given, expected):
+    # docs/delivery.md: health documents go to `health_index` (a metrics data stream)
+    from sensor.deliver.elastic import ElasticsearchOutput
+    from sensor.deliver.health import health_document
+    options = {"url": "https://h:9200"}
+    if given is not None:
+        options["health_index"] = given
+    out = ElasticsearchOutput.from_options(options)
+    doc = health_document({"events": {"in": 5}}, reason="heartbeat", boot_id="b1", seq=7,
+                          sensor={"host": "WS1"}, ts=1767225600.0, summary="heartbeat: 5 events")
+    action = json.loads(out.encode_one(doc).split(b"\n")[0])
+    assert action == {"create": {"_index": expected, "_id": doc["id"]}}
+    alert_action = json.loads(out.encode_one(ALERTS[0]).split(b"\n")[0])
+    assert alert_action["create"]["_index"] == "logs-sensor.alert-default"

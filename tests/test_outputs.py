@@ -774,3 +774,12 @@ def test_bulk_health_documents_go_to_the_health_index(given, expected):
     assert action == {"create": {"_index": expected, "_id": doc["id"]}}
     alert_action = json.loads(out.encode_one(ALERTS[0]).split(b"\n")[0])
     assert alert_action["create"]["_index"] == "logs-sensor.alert-default"
+
+
+def test_bulk_item_error_kept_is_at_most_300_characters():
+    # docs/delivery.md: the dead-letter reason is `item <status> <type>: <reason>`, cut to 300
+    # characters, so a receiver's text cannot grow the spool without bound
+    body = {"errors": True, "items": [{"create": {"status": 400, "error": {"type": "mapper_parsing_exception",
+                                                                         "reason": "x" * 5000}}}]}
+    reason = _es().interpret(ALERTS[:1], _resp(200, body)).rejected[IDS[0]]
+    assert reason == ("item 400 mapper_parsing_exception: " + "x" * 5000)[:300] and len(reason) == 300

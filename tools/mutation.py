@@ -377,22 +377,24 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
 
 # -- report --------------------------------------------------------------------------------------
 
-def score(result: dict) -> tuple[int, int, int, int, float]:
+def score(result: dict) -> tuple[int, int, int, int, int, float]:
+    """(mutants, killed, of which timeouts, equivalent, survived or error, score)."""
     ms = result["mutants"]
     killed = sum(m["outcome"] in ("killed", "timeout") for m in ms)
+    timeouts = sum(m["outcome"] == "timeout" for m in ms)
     equiv = sum(m["outcome"] == "equivalent" for m in ms)
     surv = sum(m["outcome"] == "survived" for m in ms)
     errors = sum(m["outcome"] == "error" for m in ms)
     denom = killed + surv
-    return len(ms), killed, equiv, surv + errors, (killed / denom if denom else 1.0)
+    return len(ms), killed, timeouts, equiv, surv + errors, (killed / denom if denom else 1.0)
 
 
 def report(results: list[dict], entries: list[dict]) -> tuple[str, list[str]]:
     """The report, and the modules that miss the target or have an unexplained survivor."""
     failing = []
     lines = ["# Mutation report", "",
-             "| module | mutants | killed | equivalent | survived | score | run (s) | stale |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| module | mutants | killed | of which timeouts | equivalent | survived | score | run (s) | stale |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     survivors = []
     for r in results:
         # re-apply the equivalents file as it is now (it may have changed since the run)
@@ -402,11 +404,11 @@ def report(results: list[dict], entries: list[dict]) -> tuple[str, list[str]]:
                 m.outcome, m.reason = "survived", ""
         mark_equivalents(r["module"], ms, entries)
         r = dict(r, mutants=[asdict(m) for m in ms])
-        n, killed, equiv, surv, sc = score(r)
+        n, killed, timeouts, equiv, surv, sc = score(r)
         cur = ROOT / r["module"]
         stale = "" if cur.exists() and hashlib.sha256(cur.read_bytes()).hexdigest() == r["source_sha256"] \
             else "module changed since: re-run"
-        lines.append(f"| `{r['module']}` | {n} | {killed} | {equiv} | {surv} | {sc:.1%} "
+        lines.append(f"| `{r['module']}` | {n} | {killed} | {timeouts} | {equiv} | {surv} | {sc:.1%} "
                      f"| {r['seconds']:.0f} | {stale} |")
         if sc < TARGET or surv:
             failing.append(r["module"])

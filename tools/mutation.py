@@ -75,6 +75,9 @@ MODULES: dict[str, list[str]] = {
     "sensor/deliver/spool.py": ["tests/test_spool.py", "tests/test_spool_cli.py",
                                 "tests/test_delivery.py"],
     "sensor/deliver/forwarder.py": ["tests/test_delivery.py"],
+    "sensor/deliver/syslog.py": ["tests/test_syslog.py"],
+    "sensor/detect/signing.py": ["tests/test_signing.py"],
+    "sensor/daemon/reload.py": ["tests/test_reload.py"],
 }
 
 # cosmic-ray's operators, curated. Dropped: the other binary-operator swaps (one wrong operator

@@ -22,10 +22,23 @@ FIELDS: tuple[str, ...] = (
     "FileVersion",
     "UtcTime",
     "Computer",
+    # Lineage: the parent's parent, the chain of ancestors, and the process that really created
+    # this one (the ETW header's ProcessId of the start event), which a spoofed parent hides.
+    "GrandParentImage",
+    "GrandParentCommandLine",
+    "GrandParentProcessId",
+    "ParentChain",
+    "CreatorProcessId",
+    "CreatorImage",
 )
 
 # Fields that are integers when known.
-INT_FIELDS = frozenset({"ProcessId", "ParentProcessId"})
+INT_FIELDS = frozenset({"ProcessId", "ParentProcessId", "GrandParentProcessId", "CreatorProcessId"})
+
+# ``ParentChain`` joins the ancestors' images, the oldest first, with this separator (``>`` can
+# never occur in a Windows path).  ``ProcessTree`` (not a rule field; alerts carry it) lists the
+# same ancestors as ``{"ProcessId", "Image", "UtcTime"}`` objects, the oldest first.
+CHAIN_SEPARATOR = " > "
 
 # Where a value came from (issue: each event records the origin of each field).
 ORIGIN_ETW = "etw"

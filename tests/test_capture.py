@@ -92,16 +92,30 @@ def check_trace_events(events):
     assert filled(cmd) == {
         "Image": "C:\\Windows\\System32\\cmd.exe", "ProcessId": 2000, "ParentProcessId": 1000,
         "UtcTime": "2024-01-17 21:20:00.000", "Computer": "HOST1", "IntegrityLevel": "Medium",
-        "ParentImage": "C:\\Windows\\explorer.exe"}
+        "ParentImage": "C:\\Windows\\explorer.exe",
+        # lineage: the header pid (1000) is the creator; explorer is the whole known chain
+        "CreatorProcessId": 1000, "CreatorImage": "C:\\Windows\\explorer.exe",
+        "ParentChain": "C:\\Windows\\explorer.exe",
+        "ProcessTree": [{"ProcessId": 1000, "Image": "C:\\Windows\\explorer.exe",
+                         "UtcTime": "2024-01-17 21:18:20.000"}]}
     assert cmd.origin == {"Image": "etw", "ProcessId": "etw", "ParentProcessId": "etw", "UtcTime": "etw",
                           "IntegrityLevel": "etw", "ParentImage": "process_table", "CommandLine": "missing",
-                          "User": "missing", "CurrentDirectory": "missing", "ParentCommandLine": "missing"}
+                          "User": "missing", "CurrentDirectory": "missing", "ParentCommandLine": "missing",
+                          "CreatorProcessId": "etw", "CreatorImage": "process_table",
+                          "ParentChain": "process_table"}
     assert filled(x) == {
         "Image": "D:\\tmp\\x.exe", "ProcessId": 3000, "ParentProcessId": 2000,
         "UtcTime": "2024-01-17 21:20:00.001", "Computer": "HOST1", "IntegrityLevel": "High",
         "ParentImage": "C:\\Windows\\System32\\cmd.exe",
         "CommandLine": 'x.exe "C:\\Users\\bob\\AppData\\Local\\Temp\\a.mof"',
-        "User": "S-1-5-21-1004336348-1177238915-682003330-1001"}
+        "User": "S-1-5-21-1004336348-1177238915-682003330-1001",
+        "GrandParentImage": "C:\\Windows\\explorer.exe", "GrandParentProcessId": 1000,
+        "CreatorProcessId": 2000, "CreatorImage": "C:\\Windows\\System32\\cmd.exe",
+        "ParentChain": "C:\\Windows\\explorer.exe > C:\\Windows\\System32\\cmd.exe",
+        "ProcessTree": [{"ProcessId": 1000, "Image": "C:\\Windows\\explorer.exe",
+                         "UtcTime": "2024-01-17 21:18:20.000"},
+                        {"ProcessId": 2000, "Image": "C:\\Windows\\System32\\cmd.exe",
+                         "UtcTime": "2024-01-17 21:20:00.000"}]}
     assert x.origin["CommandLine"] == "system_logger" and x.origin["User"] == "system_logger"
 
 

@@ -178,7 +178,7 @@ def test_example_passes_config_test_and_run(tmp_path, monkeypatch, capsys):
     assert main(["config", "example"]) == 0
     path = write(tmp_path, capsys.readouterr().out)
     assert main(["config", "test", path]) == 0
-    assert ": OK: source replay, 1 rule(s)" in capsys.readouterr().out
+    assert ": OK: source replay, 2 rule(s)" in capsys.readouterr().out
     assert main(["run", "-c", path]) == 0
     alerts = (tmp_path / "state" / "etw-sensor" / "alerts.jsonl").read_text().splitlines()
     # the bundled recording's two mofcomp alerts (the renamed one needs the demo's path_map)
@@ -190,7 +190,7 @@ def test_example_passes_config_test_and_run(tmp_path, monkeypatch, capsys):
 def test_config_test_command(tmp_path, rec, capsys):
     path = write(tmp_path, REPLAY + '[sensor]\ndata_dir = "state"\n[enrich.pe]\nenabled = false\n')
     assert main(["config", "test", path]) == 0
-    assert "OK: source replay, 1 rule(s)" in capsys.readouterr().out
+    assert "OK: source replay, 2 rule(s)" in capsys.readouterr().out
     assert not (tmp_path / "state").exists()                     # nothing created
     bad = write(tmp_path, REPLAY + '[spool]\nmax_mb = -1\n', "bad.toml")
     assert main(["config", "test", bad]) == 2

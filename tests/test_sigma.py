@@ -262,7 +262,7 @@ def test_not_applicable_and_field_warnings_are_reported():
 
 
 def test_field_nobody_provides_is_called_out():
-    rule = rule_from("s:\n  GrandParentImage|endswith: '\\x.exe'\ncondition: s")
+    rule = rule_from("s:\n  GreatGrandParentImage|endswith: '\\x.exe'\ncondition: s")
     assert any("no event source provides" in w for w in field_warnings(rule))
 
 

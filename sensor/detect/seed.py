@@ -126,5 +126,6 @@ def seed_rule(text: str | None = None) -> Rule:
 
 
 def builtin_rules() -> list[Rule]:
-    """The rules that ship with the sensor."""
-    return [seed_rule()]
+    """The rules that ship with the sensor: the seed rule and "Parent process spoofing"."""
+    from .spoofing import spoofing_rule
+    return [seed_rule(), spoofing_rule()]

@@ -22,6 +22,7 @@ TICKS_PER_SECOND = 10_000_000
 # is boot time (1 s resolution) plus clock ticks, so compare loosely there.
 DEFAULT_TOLERANCE = 0.01 if sys.platform == "win32" else 1.5
 MAX_GENERATIONS = 4   # per pid: enough for reuse while an old entry waits for expiry
+MAX_CHAIN = 8         # ancestors an event carries (ParentChain / ProcessTree)
 
 
 def filetime_from_unix(seconds: float) -> int:
@@ -224,18 +225,49 @@ class ProcessTable:
     def parent_of(self, ppid: int | None, child_create_time: int | None = None,
                   parent_seq: int | None = None) -> ProcessInfo | None:
         """The parent generation of a child started at ``child_create_time``; None if unknown or reused."""
+        found, rejected = self._find(ppid, child_create_time, parent_seq)
+        if found is not None:
+            self.parent_hits += 1
+            return found
+        if rejected:
+            self.reuse_rejected += 1
+        self.parent_misses += 1
+        return None
+
+    def alive_at(self, pid: int | None, when: int | None) -> ProcessInfo | None:
+        """The generation of ``pid`` whose lifetime can contain ``when`` (no counters touched)."""
+        return self._find(pid, when, None)[0]
+
+    def ancestors(self, entry: ProcessInfo, max_depth: int = MAX_CHAIN) -> list[ProcessInfo]:
+        """The parent, grandparent, ... of ``entry`` (nearest first), at most ``max_depth`` of them.
+
+        Each step applies the same lifetime test as ``parent_of`` against the *child's* start (an
+        ancestor that exited before its child started is a recycled pid and ends the chain), a
+        process seen twice ends it too (a pid loop), so the walk is bounded for any table.
+        """
+        out: list[ProcessInfo] = []
+        seen = {id(entry)}
+        child = entry
+        while len(out) < max_depth:
+            parent, _ = self._find(child.ppid, child.create_time, child.parent_seq)
+            if parent is None or id(parent) in seen:
+                break
+            seen.add(id(parent))
+            out.append(parent)
+            child = parent
+        return out
+
+    def _find(self, ppid: int | None, child_create_time: int | None,
+              parent_seq: int | None) -> tuple[ProcessInfo | None, bool]:
         if ppid is None:
-            self.parent_misses += 1
-            return None
+            return None, False
         gens = self._by_pid.get(ppid)
         if not gens:
-            self.parent_misses += 1
-            return None
+            return None, False
         if parent_seq:
             for e in reversed(gens):
                 if e.seq == parent_seq:
-                    self.parent_hits += 1
-                    return e
+                    return e, False
         rejected = False
         tol = self.tolerance
         for e in reversed(gens):
@@ -249,12 +281,8 @@ class ProcessTable:
                 if e.exit_time is not None and e.exit_time < child_create_time - tol:
                     rejected = True      # gone before the child started, and every older
                     break                # generation of this pid was gone even earlier
-            self.parent_hits += 1
-            return e
-        if rejected:
-            self.reuse_rejected += 1
-        self.parent_misses += 1
-        return None
+            return e, False
+        return None, rejected
 
     # -- seeding -----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from ..events import (
     ORIGIN_MISSING,
     ORIGIN_PROCESS_TABLE,
     ORIGIN_SYSTEM_LOGGER,
+    CHAIN_SEPARATOR,
     ProcessEvent,
 )
 from . import etw_manifest as m
@@ -62,6 +63,9 @@ WELL_KNOWN_SIDS = {
 # Fields this source is responsible for; the ones it could not fill are marked "missing".
 OWN_FIELDS = ("Image", "ProcessId", "ParentProcessId", "UtcTime", "CommandLine", "User",
               "CurrentDirectory", "IntegrityLevel", "ParentImage", "ParentCommandLine")
+# Lineage fields: filled from the table when the ancestors are known (not marked "missing").
+LINEAGE_FIELDS = ("GrandParentImage", "GrandParentCommandLine", "GrandParentProcessId",
+                  "ParentChain", "CreatorProcessId", "CreatorImage")
 
 
 def utc_time(ft: int | None) -> str | None:
@@ -203,12 +207,12 @@ class EtwProcessor:
         """Process one raw record; the events now ready to emit."""
         self.c["records"] += 1
         try:
-            src, event_id, version, opcode, _hpid, _htid, ts, hflags, payload = raw
+            src, event_id, version, opcode, hpid, _htid, ts, hflags, payload = raw
             if src == SRC_KERNEL_PROCESS:
                 fields = self.decoder.kernel_process(event_id, version, payload)
                 if fields is None:
                     return []
-                return self.on_kernel_process(event_id, fields)
+                return self.on_kernel_process(event_id, fields, hpid)
             if src == SRC_SYSTEM_LOGGER:
                 psize = 4 if hflags & EVENT_HEADER_FLAG_32_BIT_HEADER else 8
                 fields = self.decoder.system_process(opcode, version, payload, psize)
@@ -226,11 +230,12 @@ class EtwProcessor:
             self.c["internal_errors"] += 1
             return []
 
-    def on_kernel_process(self, event_id: int, fields: dict) -> list[ProcessEvent]:
-        """A decoded Kernel-Process record."""
+    def on_kernel_process(self, event_id: int, fields: dict,
+                          header_pid: int | None = None) -> list[ProcessEvent]:
+        """A decoded Kernel-Process record; ``header_pid`` is its EVENT_HEADER ProcessId."""
         if event_id == m.PROCESS_START:
             self.c["starts"] += 1
-            return self.on_start(fields)
+            return self.on_start(fields, header_pid)
         if event_id == m.PROCESS_STOP:
             self.c["stops"] += 1
             self.table.exited(fields["ProcessID"], fields.get("CreateTime"),
@@ -255,8 +260,13 @@ class EtwProcessor:
 
     # -- starts ------------------------------------------------------------------------------
 
-    def on_start(self, f: dict) -> list[ProcessEvent]:
-        """A ProcessStart: build, enrich and (unless waiting for its system-logger record) emit it."""
+    def on_start(self, f: dict, header_pid: int | None = None) -> list[ProcessEvent]:
+        """A ProcessStart: build, enrich and (unless waiting for its system-logger record) emit it.
+
+        ``header_pid`` is the ETW header's ProcessId: Kernel-Process logs a start in the context of
+        the process that called CreateProcess, so it is the real creator even when the declared
+        parent (``ParentProcessID``) was set with PROC_THREAD_ATTRIBUTE_PARENT_PROCESS.
+        """
         pid = f["ProcessID"]
         ct = f.get("CreateTime") or None
         seq = f.get("ProcessSequenceNumber")
@@ -281,7 +291,19 @@ class EtwProcessor:
         parent = self.table.parent_of(ppid, ct, pseq)
         if parent is not None:
             self._from_parent(ev, origin, parent)
+        if header_pid is not None:
+            ev["CreatorProcessId"] = header_pid
+            origin["CreatorProcessId"] = ORIGIN_ETW
+            if header_pid == ppid and parent is not None:
+                creator = parent
+            else:
+                creator = self.table.alive_at(header_pid, ct)
+            if creator is not None and creator.image:
+                ev["CreatorImage"] = creator.image
+                origin["CreatorImage"] = ORIGIN_PROCESS_TABLE
         entry = self.table.add(pid, ct, seq, ppid, pseq, image, source="etw")
+        if parent is not None:
+            self._lineage(ev, origin, entry)
         joined = self._take_sl(pid, ppid, ct)
         if joined is not None:
             self._apply_sl(ev, origin, joined)
@@ -302,6 +324,25 @@ class EtwProcessor:
         if parent.command_line:
             ev["ParentCommandLine"] = parent.command_line
             origin["ParentCommandLine"] = ORIGIN_PROCESS_TABLE
+
+    def _lineage(self, ev: ProcessEvent, origin: dict, entry) -> None:
+        """GrandParent* fields, ParentChain and ProcessTree from the table's ancestors of ``entry``."""
+        chain = self.table.ancestors(entry)
+        if len(chain) >= 2:
+            gp = chain[1]
+            ev["GrandParentProcessId"] = gp.pid
+            origin["GrandParentProcessId"] = ORIGIN_PROCESS_TABLE
+            if gp.image:
+                ev["GrandParentImage"] = gp.image
+                origin["GrandParentImage"] = ORIGIN_PROCESS_TABLE
+            if gp.command_line:
+                ev["GrandParentCommandLine"] = gp.command_line
+                origin["GrandParentCommandLine"] = ORIGIN_PROCESS_TABLE
+        chain.reverse()                      # the oldest ancestor first
+        ev["ParentChain"] = CHAIN_SEPARATOR.join(a.image or "?" for a in chain)
+        origin["ParentChain"] = ORIGIN_PROCESS_TABLE
+        ev["ProcessTree"] = [{"ProcessId": a.pid, "Image": a.image, "UtcTime": utc_time(a.create_time)}
+                             for a in chain]
 
     @staticmethod
     def _remember(entry, ev: ProcessEvent) -> None:

@@ -1,4 +1,4 @@
-"""``etw-sensor rules list|validate|compile``: inspect, check and pack rule sets."""
+"""``etw-sensor rules list|validate|compile|doctor``: inspect, check and pack rule sets."""
 from __future__ import annotations
 
 import collections
@@ -119,6 +119,52 @@ def _print_details(r, out: TextIO) -> None:
 def _cmd_validate(args) -> int:
     report, before, after = _measured_load(args.paths, builtin=False)
     print_report(report, sys.stdout, before, after, verbose=args.verbose)
+    return 1 if report.rejected else 0
+
+
+_SHORT = {"fires": "fires", "degraded": "degr.", "never": "NEVER"}
+
+
+def print_doctor(report, out: TextIO, verbose: bool = False) -> None:
+    """The doctor's verdicts as a table (rules with a not-"fires" verdict, all with ``verbose``)."""
+    from ..detect.doctor import FIRES, profiles
+    names = [p.name for p in profiles()]
+    print("sources:", file=out)
+    for p in profiles():
+        print(f"  {p.name:28} {p.note}", file=out)
+    print("\n" + " ".join(f"{n[:14]:>14}" for n in names) + "  RULE", file=out)
+    for rule, verdicts in report.rules:
+        if not verbose and all(v.verdict == FIRES for v in verdicts):
+            continue
+        cells = " ".join(f"{_SHORT[v.verdict]:>14}" for v in verdicts)
+        title = rule.title if len(rule.title) <= 60 else rule.title[:57] + "..."
+        print(f"{cells}  {rule.id} {title}", file=out)
+        why = sorted({f for v in verdicts if v.verdict != FIRES for f in v.fields})
+        if why:
+            print(f"{'':{15 * len(names)}}  fields: {', '.join(why)}", file=out)
+    totals = report.totals()
+    print(f"\ntotals over {len(report.rules)} rules:", file=out)
+    for name in names:
+        t = totals[name]
+        print(f"  {name:28} fires {t['fires']:5d}  degraded {t['degraded']:5d}  never {t['never']:5d}",
+              file=out)
+
+
+def _cmd_doctor(args) -> int:
+    import json
+
+    from ..detect.doctor import doctor
+    report = load_rules(list(args.paths), builtin=not args.no_builtin_rules)
+    result = doctor(report.rules)
+    if args.json:
+        doc = result.to_json()
+        doc["rejected"] = [str(r) for r in report.rejected]
+        json.dump(doc, sys.stdout, indent=1)
+        print(file=sys.stdout)
+    else:
+        print_doctor(result, sys.stdout, verbose=args.verbose)
+    for r in report.rejected:
+        print(f"rejected: {r}", file=sys.stderr)
     return 1 if report.rejected else 0
 
 
@@ -323,6 +369,16 @@ def register(subparsers) -> None:
     sp.add_argument("--key", required=True, metavar="KEY", help="the private key file (rules keygen)")
     sp.add_argument("-o", "--output", metavar="FILE", help="write the signed pack here instead")
     sp.set_defaults(func=_cmd_sign)
+
+    dp = sub.add_parser("doctor", help="for each rule and source: can it fire, only sometimes, "
+                                       "or never (it names a field the source never fills)")
+    dp.add_argument("paths", nargs="*", metavar="PATH",
+                    help="Sigma files/folders or rule packs (besides the built-in rules)")
+    dp.add_argument("--no-builtin-rules", action="store_true", help="leave out the built-in rules")
+    dp.add_argument("--json", action="store_true", help="one JSON document: totals and every verdict")
+    dp.add_argument("-v", "--verbose", action="store_true",
+                    help="list every rule, also those that can fire on every source")
+    dp.set_defaults(func=_cmd_doctor)
 
     def _usage(args) -> int:
         p.print_help(sys.stderr)

@@ -152,6 +152,10 @@ class BudgetHealth(_H):
     memory_limit_mb: float = 0.0
     rss_mb: float = 0.0
     caps: dict[str, int] = {}          # table/cache sizes set from the memory limit
+    # rules that can never fire (they name a field the source never fills; `rules doctor`),
+    # per source profile, and the profile of the running source ("" when unknown: replay)
+    never_fire: dict[str, int] = {}
+    profile: str = ""
 
 
 class AlertsHealth(_H):
@@ -304,6 +308,15 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _never(r: RulesHealth) -> str:
+    if r.profile and r.profile in r.never_fire:
+        return f"{r.never_fire[r.profile]} on {r.profile}"
+    if not r.never_fire:
+        return "?"
+    lo, hi = min(r.never_fire.values()), max(r.never_fire.values())
+    return f"{lo}" if lo == hi else f"{lo}-{hi} by source"
+
+
 def heartbeat_line(s: Status) -> str:
     """One log line with every counter an operator looks at first."""
     ev, d, sp = s.events, s.delivery, s.spool
@@ -313,6 +326,7 @@ def heartbeat_line(s: Status) -> str:
             f"rules {s.rules.loaded} ({s.rules.rejected} rejected), "
             f"rule set {s.rules.generation}{' signed ' + ','.join(s.rules.key_ids) if s.rules.key_ids else ''} "
             f"(reloads {s.rules.reloads}, refused {s.rules.reload_failures}), "
+            f"never fire {_never(s.rules)}, "
             f"matcher {s.matcher.us_per_event:.2f} us/event, alerts {s.alerts.total}, "
             f"spool depth {sp.depth} (oldest {_age(sp.oldest_age_s)}), "
             f"spool write failures {sp.write_failures}, delivery sent {d.sent}, "

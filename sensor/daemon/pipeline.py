@@ -86,6 +86,7 @@ class Pipeline:
         self._titles = {r.id: r.title for r in self._active.rules}   # of every set that ran
         self.status_file = status_file
         self.rules_on_error = rules_on_error
+        self._never: tuple[int, dict[str, int], str | None] = (-1, {}, None)
         # The completeness ledger: health documents and health alerts through the spool.
         self.ledger = Ledger(spool, {"host": str(self.info.get("host") or ""),
                                      **({"config": self.info["config"]} if self.info.get("config") else {})}) \
@@ -170,6 +171,14 @@ class Pipeline:
         log.info("rules: set %d active from event %d on: %d rule(s)", nxt.generation,
                  self.events_in, len(nxt.rules))
 
+    def _never_fire_now(self) -> tuple[dict[str, int], str | None]:
+        """Never-fire counts of the running rule set (computed once per generation)."""
+        rs = self._active
+        if self._never[0] != rs.generation:
+            counts, profile = _never_fire(rs.rules, self.source)
+            self._never = (rs.generation, counts, profile)
+        return self._never[1], self._never[2]
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker, the forwarder, the heartbeat and then the source."""
@@ -184,6 +193,13 @@ class Pipeline:
         log.info("sensor started: %d rule(s), matcher %s, source %s%s", len(self.rules),
                  getattr(self.matcher, "engine", "?"), getattr(self.source, "name", "?"),
                  f", boot {self.ledger.boot_id}" if self.ledger else "")
+        never, profile = self._never_fire_now()
+        if profile:
+            log.info("rules that can never fire on this source (%s): %d (etw-sensor rules doctor)",
+                     profile, never.get(profile, 0))
+        elif never:
+            log.info("rules that can never fire, by source: %s (etw-sensor rules doctor)",
+                     ", ".join(f"{k} {v}" for k, v in never.items()))
         self.beat("start")   # the first health document, and the rules-rejected alert
         if self.heartbeat is not None:
             self.heartbeat.start()
@@ -388,6 +404,7 @@ class Pipeline:
                                    pipeline_us_per_event=round(self.work_ns / n / 1000, 3) if n else 0.0)
         rs = self._active
         rl = self.reload_stats
+        never, profile = self._never_fire_now()
         st.rules = RulesHealth(loaded=len(rs.rules), rejected=len(self.rule_problems),
                                on_error=self.rules_on_error, problems=list(self.rule_problems),
                                generation=rs.generation, trigger=str(rs.info.get("trigger") or ""),
@@ -398,7 +415,8 @@ class Pipeline:
                                reloads=rl["reloads"], reload_failures=rl["failures"],
                                last_reload_error=rl["last_error"], last_reload_at=rl["last_at"],
                                restart_needed=list(rl["restart_needed"]),
-                               update=_convert(dict(rl.get("update") or {}), RulesUpdateHealth))
+                               update=_convert(dict(rl.get("update") or {}), RulesUpdateHealth),
+                               never_fire=dict(never), profile=profile or "")
         if self.budget is not None:
             st.budget = _convert(self.budget.stats(), BudgetHealth)
         by_rule = dict(self.alerts_by_rule.most_common())
@@ -522,3 +540,14 @@ def _safe_call(fn):
     except Exception:
         log.exception("stats collection failed")
         return None
+
+
+def _never_fire(rules: Sequence[Rule], source) -> tuple[dict[str, int], str | None]:
+    """Never-fire counts per source profile, and the running source's profile."""
+    from ..detect.doctor import NEVER, doctor, profile_for_source
+    try:
+        totals = doctor(rules).totals()
+        return {k: v[NEVER] for k, v in totals.items()}, profile_for_source(source)
+    except Exception:  # noqa: BLE001 - a diagnosis must never stop the sensor
+        log.exception("rules doctor failed")
+        return {}, None

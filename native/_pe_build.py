@@ -46,6 +46,15 @@ int pev_file_text(const char *path, pev_result *r, uint8_t *blob, uint8_t *text)
 int pev_buffer_text(const uint8_t *data, size_t len, pev_result *r, uint8_t *blob, uint8_t *text);
 int pev_same_ident(const char *path, const pev_ident *id);
 const char *pev_strerror(int status);
+
+typedef struct pih_result {
+    int32_t status;
+    uint32_t dlls;
+    uint32_t symbols;
+    uint32_t out_len;
+} pih_result;
+
+int pih_imphash_text(const uint8_t *data, size_t len, char *out, uint32_t cap, pih_result *r);
 """
 
 
@@ -64,8 +73,8 @@ def make_builder(base: str = "native") -> FFI:
     builder.cdef(CDEF)
     builder.set_source(
         "sensor.enrich._pe",
-        '#include "pe_version.h"\n',
-        sources=[os.path.join(base, "pe_version.c")],
+        '#include "pe_version.h"\n#include "pe_imphash.h"\n',
+        sources=[os.path.join(base, "pe_version.c"), os.path.join(base, "pe_imphash.c")],
         include_dirs=[base],
         extra_compile_args=_cflags(),
         extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SENSOR_SANITIZE") else [],

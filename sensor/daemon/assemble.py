@@ -349,7 +349,7 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
             lambda rs: create(rs, engine))
     if cfg.throttle.window_s > 0:
         parts.throttle = Throttle(cfg.throttle.window_s)
-    parts.enricher = _make_enricher(cfg, _pe_cache(cfg))
+    parts.enricher = _make_enricher(cfg, _pe_cache(cfg), _hash_cache(cfg, parts.rules))
     if with_delivery:
         from ..deliver.forwarder import DeliveryConfig, Forwarder
         from ..deliver.outputs import build_output
@@ -378,7 +378,16 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
     return parts
 
 
-def _make_enricher(cfg: Config, cache):
+def _hash_cache(cfg: Config, rules):
+    """The Hashes cache when a loaded rule reads Hashes or alerts must carry them, else None."""
+    h = cfg.enrich.hashes
+    if not h.in_alerts and not any("Hashes" in r.fields for r in rules):
+        return None
+    from ..enrich.hashes import HashCache
+    return HashCache(h.algorithms, max_size=int(h.max_file_mb * (1 << 20)), maxsize=h.cache_size)
+
+
+def _make_enricher(cfg: Config, cache, hash_cache=None):
     from ..enrich.enricher import Enricher
     hostname = cfg.sensor.hostname or socket.gethostname()
     has = cache is not None  # (an empty cache is falsy: it has a length)
@@ -386,7 +395,9 @@ def _make_enricher(cfg: Config, cache):
                     path_map=cfg.enrich.pe.path_map or None,
                     hostname=hostname if cfg.source.kind == "etw" else None,
                     pe_stats=cache.stats if has else None,
-                    pe_batch=cache.batch if has else None)
+                    pe_batch=cache.batch if has else None,
+                    hash_lookup=hash_cache.lookup if hash_cache is not None else None,
+                    hash_stats=hash_cache.stats if hash_cache is not None else None)
 
 
 def prepare(cfg: Config, checked: Validation | None = None, owner: bool = False):

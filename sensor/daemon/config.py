@@ -139,8 +139,19 @@ class PeSection(_S):
     path_map: dict[str, str] = {}
 
 
+class HashesSection(_S):
+    # Hashes (Sysmon's "SHA256=...,MD5=...,IMPHASH=..."): computed only when a loaded rule reads
+    # the field, or for every alert when in_alerts is set.
+    algorithms: list[Literal["SHA1", "MD5", "SHA256", "IMPHASH"]] = msgspec.field(
+        default_factory=lambda: ["SHA256", "MD5", "IMPHASH"])
+    in_alerts: bool = False
+    max_file_mb: float = 64.0          # a larger image gets no Hashes
+    cache_size: int = 4096
+
+
 class EnrichSection(_S):
     pe: PeSection = msgspec.field(default_factory=PeSection)
+    hashes: HashesSection = msgspec.field(default_factory=HashesSection)
 
 
 class ExclusionEntry(_S):
@@ -259,6 +270,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "source.etw.query_interval_s": (0.05, 3600.0),
     "source.etw.process_table_size": (1, 10_000_000),
     "enrich.pe.cache_size": (1, 1_000_000),
+    "enrich.hashes.cache_size": (1, 1_000_000),
+    "enrich.hashes.max_file_mb": (0.001, 4096.0),
     "throttle.window_s": (0.0, 7 * DAY),
     "output.gzip_level": (0, 9),
     "output.connect_timeout": (0.01, 600.0),

@@ -1,4 +1,8 @@
-"""Per-event enrichment in the pipeline: host name and lazy PE version fields.
+"""Per-event enrichment in the pipeline: host name, lazy PE version fields and lazy Hashes.
+
+``Hashes`` (``hash_lookup``, a ``sensor.enrich.hashes.HashCache``) is registered as pending
+only when the sensor was built with it, which it is only when a loaded rule reads ``Hashes`` or
+the configuration asks for it in alerts.
 
 The PE version resource (``OriginalFileName``, ``Company``, ``Product``,
 ``Description``, ``FileVersion``) is read only when a rule asks for one of those
@@ -61,8 +65,12 @@ class Enricher:
     def __init__(self, pe_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
                  path_map: Mapping[str, str] | None = None, hostname: str | None = None,
                  pe_stats: Callable[[], dict] | None = None,
-                 pe_batch: Callable[[], ContextManager] | None = None):
+                 pe_batch: Callable[[], ContextManager] | None = None,
+                 hash_lookup: Callable[[str], str | None] | None = None,
+                 hash_stats: Callable[[], dict] | None = None):
         self.pe_lookup = pe_lookup
+        self.hash_lookup = hash_lookup
+        self._hash_stats = hash_stats
         self._pe_batch = pe_batch
         self.path_map = dict(path_map or {})
         self.hostname = hostname
@@ -74,17 +82,37 @@ class Enricher:
         if self.hostname and event.get("Computer") is None:
             event["Computer"] = self.hostname
         image = event.get("Image")
-        if self.pe_lookup is None or not image or not isinstance(image, str):
+        if (self.pe_lookup is None and self.hash_lookup is None) or not image or not isinstance(image, str):
             return
         if not self.path_map and not _LOCAL_WINDOWS_PATHS and _is_windows_path(image):
             # Replay off Windows without a path map: a recorded C:\... image cannot be
             # on this machine, so reading it would only fail (and cost a stat per event).
+            return
+        if not isinstance(event, ProcessEvent):
+            return
+        if self.hash_lookup is not None and event.get("Hashes") is None:
+            event.set_pending("Hashes", self._resolve_hashes)
+        if self.pe_lookup is None:
             return
         missing = [f for f in PE_FIELDS if event.get(f) is None]
         if not missing or not isinstance(event, ProcessEvent):
             return
         for f in missing:
             event.set_pending(f, self._resolve)
+
+    def _resolve_hashes(self, event: ProcessEvent, field: str) -> Any:
+        """Hash the image (through the cache); None when it cannot be read or is too large."""
+        image = event.get("Image")
+        path = map_path(image, self.path_map) if self.path_map else image
+        if not path or self.hash_lookup is None:
+            return None
+        try:
+            value = self.hash_lookup(path)
+        except Exception:  # noqa: BLE001 - an unreadable image must never break matching
+            value = None
+        if value is not None and event.origin is not None:
+            event.origin["Hashes"] = ORIGIN_PE
+        return value
 
     def _resolve(self, event: ProcessEvent, field: str) -> Any:
         """Read the image's version resource once and fill every missing PE field."""
@@ -120,6 +148,8 @@ class Enricher:
         out = {"reads": self.pe_reads, "found": self.pe_found}
         if self._pe_stats is not None:
             out.update(self._pe_stats())
+        if self._hash_stats is not None:
+            out.update(self._hash_stats())
         hits, misses = out.get("hits"), out.get("misses")
         if isinstance(hits, int) and isinstance(misses, int):
             out["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0

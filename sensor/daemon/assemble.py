@@ -286,7 +286,15 @@ def build_source(cfg: Config):
         raise ConfigError("source.kind: 'etw' needs Windows; use 'replay' here", cfg.path)
     from ..sources.etw import EtwSource
     from ..sources.etw_windows import platform_parts
-    return EtwSource(etw_config(cfg), platform=platform_parts)
+    return EtwSource(etw_config(cfg), platform=platform_parts, tree_store=tree_store(cfg))
+
+
+def tree_store(cfg: Config):
+    """Where the ETW source saves its process table, or None when ``save_tree`` is off."""
+    if not cfg.source.etw.save_tree:
+        return None
+    from .tree_store import TreeStore
+    return TreeStore(os.path.join(cfg.sensor.data_dir, "process_tree.json"))
 
 
 def etw_config(cfg: Config):
@@ -303,7 +311,8 @@ def etw_config(cfg: Config):
                     logger=system_logger_spec(name=name + "-syslogger", **common),
                     queue_size=cfg.sensor.queue_size, table_max=e.process_table_size,
                     backfill=e.backfill, watchdog_interval=e.query_interval_s,
-                    computer=cfg.sensor.hostname or socket.gethostname())
+                    computer=cfg.sensor.hostname or socket.gethostname(),
+                    tree_save_interval=e.save_tree_interval_s)
     try:
         out.session.validate()
         out.logger.validate()

@@ -88,6 +88,8 @@ class EtwSection(_S):
     query_interval_s: float = 1.0      # lost-event polling
     backfill: bool = True              # psutil back-fill of command line, user, cwd, integrity
     process_table_size: int = 65536
+    save_tree: bool = True             # save the process table across restarts (<data_dir>/process_tree.json)
+    save_tree_interval_s: float = 300.0
 
 
 class SourceSection(_S):
@@ -269,6 +271,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "source.etw.flush_ms": (1, 1000),
     "source.etw.query_interval_s": (0.05, 3600.0),
     "source.etw.process_table_size": (1, 10_000_000),
+    "source.etw.save_tree_interval_s": (1.0, 7 * DAY),
     "enrich.pe.cache_size": (1, 1_000_000),
     "enrich.hashes.cache_size": (1, 1_000_000),
     "enrich.hashes.max_file_mb": (0.001, 4096.0),

@@ -25,6 +25,28 @@ MAX_GENERATIONS = 4   # per pid: enough for reuse while an old entry waits for e
 MAX_CHAIN = 8         # ancestors an event carries (ParentChain / ProcessTree)
 
 
+MAX_TEXT = 32768      # characters of a saved image, command line or user
+
+
+def _check_row(row: Any) -> tuple | None:
+    """A saved row as typed values, or None when it is not the documented shape."""
+    if not isinstance(row, list) or len(row) != 10:
+        return None
+    pid, ct, seq, ppid, pseq, image, cmd, user, exited, exit_time = row
+
+    def num(v: Any, optional: bool = True) -> bool:
+        if v is None:
+            return optional
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64
+
+    def text(v: Any) -> bool:
+        return v is None or (isinstance(v, str) and len(v) <= MAX_TEXT)
+    if not (num(pid, False) and num(ct) and num(seq) and num(ppid) and num(pseq) and num(exit_time)
+            and text(image) and text(cmd) and text(user) and isinstance(exited, bool)):
+        return None
+    return pid, ct, seq, ppid, pseq, image, cmd, user, exited, exit_time
+
+
 def filetime_from_unix(seconds: float) -> int:
     """Unix seconds -> FILETIME ticks."""
     return int(round(seconds * TICKS_PER_SECOND)) + FILETIME_UNIX_EPOCH
@@ -93,6 +115,8 @@ class ProcessTable:
         self.parent_hits = 0
         self.parent_misses = 0
         self.reuse_rejected = 0
+        self.revived = 0
+        self.restored = 0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -127,8 +151,16 @@ class ProcessTable:
         """Record a process (a start, a rundown or a seed); merges into the same generation."""
         self.expire()
         e = self.get(pid, create_time, seq)
+        if e is None and source != "saved":
+            e = self._saved_generation(pid, create_time, seq)
         if e is not None:
             self.merged += 1
+            if e.source == "saved" and source != "saved":
+                # A process restored from the saved tree that a rundown or seed shows running.
+                e.source = source
+                if e.exited and e.exit_time is None:
+                    e.exited = False
+                    self.revived += 1
             if e.create_time is None:
                 e.create_time = create_time
             if e.seq is None:
@@ -214,7 +246,7 @@ class ProcessTable:
         exits = self._exits
         while exits and exits[0][0] <= now:
             _, e = exits.popleft()
-            if not e._removed:
+            if not e._removed and e.exited:     # (a revived entry stays)
                 self._remove(e)
                 n += 1
         self.expired += n
@@ -284,6 +316,47 @@ class ProcessTable:
             return e, False
         return None, rejected
 
+    def _saved_generation(self, pid: int, create_time: int | None, seq: int | None) -> ProcessInfo | None:
+        # A restored entry is marked exited until confirmed; ``get`` only matches an exited one
+        # by sequence number or create time, which is what a rundown or seed brings.
+        for e in reversed(self._by_pid.get(pid) or ()):
+            if e.source == "saved" and ((seq is not None and e.seq == seq) or (
+                    create_time is not None and e.create_time is not None
+                    and abs(e.create_time - create_time) <= self.tolerance)):
+                return e
+        return None
+
+    # -- saving across restarts ----------------------------------------------------------------
+
+    def snapshot(self) -> list[list]:
+        """Every entry as ``[pid, create_time, seq, ppid, parent_seq, image, command_line, user,
+        exited, exit_time]``, oldest first (what ``restore`` takes)."""
+        return [[e.pid, e.create_time, e.seq, e.ppid, e.parent_seq, e.image, e.command_line, e.user,
+                 e.exited, e.exit_time] for e in self._order.values()]
+
+    def restore(self, rows: list) -> tuple[int, int]:
+        """Add saved entries (``snapshot`` rows) as exited generations that expire like any
+        exited entry unless a rundown or seed shows them running; (restored, malformed).
+
+        Run it before the rundown and the psutil seed. A row that is not exactly the documented
+        shape, or whose strings exceed ``MAX_TEXT``, is counted and skipped.
+        """
+        ok = bad = 0
+        for row in rows:
+            fields = _check_row(row)
+            if fields is None:
+                bad += 1
+                continue
+            pid, ct, seq, ppid, pseq, image, cmd, user, exited, exit_time = fields
+            if self.get(pid, ct, seq) is not None:
+                continue
+            e = self.add(pid, ct, seq, ppid, pseq, image, cmd, user, source="saved")
+            if not e.exited:
+                self._mark_exited(e, exit_time if exited else None)
+            ok += 1
+        self.restored += ok
+        return ok, bad
+
     # -- seeding -----------------------------------------------------------------------------
 
     def seed_from_psutil(self, psutil_module: Any = None, join: Callable[[list], str] | None = None) -> int:
@@ -308,4 +381,5 @@ class ProcessTable:
         """Counters as plain data."""
         return {"entries": len(self._order), "added": self.added, "merged": self.merged,
                 "evicted": self.evicted, "expired": self.expired, "parent_hits": self.parent_hits,
-                "parent_misses": self.parent_misses, "reuse_rejected": self.reuse_rejected}
+                "parent_misses": self.parent_misses, "reuse_rejected": self.reuse_rejected,
+                "restored": self.restored, "revived": self.revived}

@@ -518,6 +518,7 @@ class EtwConfig:
     backfill: bool = True
     watchdog_interval: float = 1.0
     computer: str | None = None
+    tree_save_interval: float = 300.0  # seconds between saves of the process table (with a store)
 
 
 class EtwSource:
@@ -529,8 +530,14 @@ class EtwSource:
                  processor: EtwProcessor | None = None, helpers: dict | None = None,
                  psutil_module: Any = None,
                  platform: Callable[[], tuple[Any, dict]] | None = None,
-                 tap: Callable[[tuple], None] | None = None) -> None:
+                 tap: Callable[[tuple], None] | None = None,
+                 tree_store: Any = None) -> None:
         self.config = config or EtwConfig()
+        # Saves the process table on stop and every ``tree_save_interval`` and gives it back at
+        # start (``load() -> rows``, ``save(rows)``; the daemon's TreeStore); None: not saved.
+        self.tree_store = tree_store
+        self.tree_restored = 0
+        self.tree_malformed = 0
         # Sees every raw record on the worker thread before it is processed (``capture``).
         self._tap = tap
         self.tap_errors = 0
@@ -614,6 +621,12 @@ class EtwSource:
             self.processor = self._build_processor(helpers)
         self._emit = emit
         self._stopping.clear()
+        if self.tree_store is not None:
+            # Before the seed and the rundown, which confirm the entries still running.
+            try:
+                self.tree_restored, self.tree_malformed = self.processor.table.restore(self.tree_store.load())
+            except Exception as exc:  # noqa: BLE001 - lineage only; the source still starts
+                logging.getLogger("sensor.etw").warning("process tree not restored: %s", exc)
         if self.config.seed_from_psutil:
             try:
                 self.seeded = self.processor.table.seed_from_psutil(self._psutil)
@@ -651,10 +664,23 @@ class EtwSource:
         """Hand one raw record to the worker, as a consumer thread would (replay, tests)."""
         self._q.put(raw)
 
+    def _save_tree(self) -> None:
+        if self.tree_store is None or self.processor is None:
+            return
+        try:
+            self.tree_store.save(self.processor.table.snapshot())
+        except Exception as exc:  # noqa: BLE001 - the store logs its own failures
+            logging.getLogger("sensor.etw").warning("process tree not saved: %s", exc)
+
     def _work(self) -> None:
         proc = self.processor
         get = self._q.get
+        interval = self.config.tree_save_interval
+        next_save = time.monotonic() + interval
         while True:
+            if self.tree_store is not None and time.monotonic() >= next_save:
+                self._save_tree()              # on this thread: the table is never shared
+                next_save = time.monotonic() + interval
             deadline = proc.next_deadline()
             # No held start: block until a record (or the stop marker) arrives.
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -678,6 +704,7 @@ class EtwSource:
                     self._deliver(ev)
         for ev in proc.drain():
             self._deliver(ev)
+        self._save_tree()
 
     def _deliver(self, ev: ProcessEvent) -> None:
         try:
@@ -736,6 +763,9 @@ class EtwSource:
             "tap_errors": self.tap_errors,
             "seeded": self.seeded,
             "seed_error": self.seed_error,
+            "tree_restored": self.tree_restored,
+            "tree_malformed": self.tree_malformed,
+            **({"tree_store": self.tree_store.stats()} if hasattr(self.tree_store, "stats") else {}),
             "logger_error": self.logger_error,
             "seconds_since_record": (time.monotonic() - self.last_record) if self.last_record else None,
             "sessions": sessions,

@@ -1,9 +1,11 @@
-/* libFuzzer harness for native/pe_version.c (clang, ASan, UBSan): fuzz/run.sh builds and runs it.
+/* libFuzzer harness for native/pe_version.c and native/pe_imphash.c (clang, ASan, UBSan):
+ * fuzz/run.sh builds and runs it.
  * Besides memory errors it checks the result invariants the Python layer relies on. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "pe_imphash.h"
 #include "pe_version.h"
 
 /* Well-formed UTF-8 with exactly 8 NULs (the separators of the nine values). */
@@ -66,5 +68,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(blob);
     free(text);
+    {
+        /* IMPHASH text: a heap block of exactly `cap` bytes (ASan reports a write past it);
+         * the text is "lib.func" entries of printable ASCII joined by ','. */
+        uint32_t cap = 4096, k;
+        char *out = (char *)malloc(cap);
+        pih_result h;
+        if (!out)
+            return 0;
+        st = pih_imphash_text(data, size, out, cap, &h);
+        if (st != h.status || st < PIH_OK || st > PIH_E_ARG)
+            __builtin_trap();
+        if (st == PIH_OK) {
+            if (h.out_len == 0 || h.out_len > cap || h.symbols == 0 || h.dlls == 0 || h.dlls > h.symbols)
+                __builtin_trap();
+            for (k = 0; k < h.out_len; k++)
+                if ((uint8_t)out[k] < 0x20 || (uint8_t)out[k] > 0x7E)
+                    __builtin_trap();
+        } else if (h.out_len || h.symbols || h.dlls) {
+            __builtin_trap();
+        }
+        free(out);
+    }
     return 0;
 }

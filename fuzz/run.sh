@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the libFuzzer harness for native/pe_version.c with clang + ASan + UBSan and run it.
+# Build the libFuzzer harness for native/pe_version.c and pe_imphash.c with clang + ASan + UBSan and run it.
 #   fuzz/run.sh [libFuzzer options...]      e.g. fuzz/run.sh -runs=10000000 -jobs=2 -workers=2
 # Defaults: 60 seconds.  Needs clang and the libFuzzer runtime that matches its version
 # (Debian: clang, and libclang-rt-<major>-dev or the unversioned libclang-rt-dev).
@@ -14,7 +14,8 @@ out=${FUZZ_OUT:-"$here/out"}
 mkdir -p "$out/corpus"
 "$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -fno-omit-frame-pointer -I"$root/native" \
-  "$here/pe_version_fuzz.c" "$root/native/pe_version.c" -o "$out/pe_version_fuzz"
+  "$here/pe_version_fuzz.c" "$root/native/pe_version.c" "$root/native/pe_imphash.c" \
+  -o "$out/pe_version_fuzz"
 seeds="$out/seeds"
 rm -rf "$seeds"; mkdir -p "$seeds"
 for f in "$root"/tests/data/pe/*.exe "$root"/tests/data/pe/*.txt "$root"/../shared/data/pe/*.exe \

@@ -148,7 +148,7 @@ def test_on_error_skip_starts_and_tells_the_siem(tmp_path, capsys):
         assert main(["run", "-c", cfg]) == 0
         err = capsys.readouterr().err
         assert "/nonexistent/rules: no such file or folder (on_error = \"skip\": running without it)" in err
-        assert "rules 1 (1 rejected)" in err                      # the heartbeat line
+        assert "rules 2 (1 rejected)" in err                      # the heartbeat line
         [health] = [d for d in receiver.documents("alert") if d["event"]["dataset"] == "sensor.health_alert"]
         assert health["rule"]["id"] == "sensor-health-rules-rejected"
         assert "/nonexistent/rules" in health["message"]

@@ -461,7 +461,7 @@ def test_parent_lookup_counts_hits_misses_and_reuse():
     assert t.parent_of(50, T0 + S, parent_seq=12) is None   # another generation's number
     assert t.parent_of(50, None).image == "a"                # no start time: nothing to check
     assert t.stats() == {"entries": 1, "added": 1, "merged": 0, "evicted": 0, "expired": 0,
-                         "parent_hits": 2, "parent_misses": 3, "reuse_rejected": 1}
+                         "parent_hits": 2, "parent_misses": 3, "reuse_rejected": 1, "restored": 0, "revived": 0}
 
 
 def test_a_sequence_number_picks_its_generation_among_several():

@@ -137,6 +137,10 @@ class RulesHealth(_H):
     last_reload_at: Optional[float] = None
     restart_needed: list[str] = []     # config keys changed on disk that only a restart applies
     update: RulesUpdateHealth = msgspec.field(default_factory=RulesUpdateHealth)
+    # rules that can never fire (they name a field the source never fills; `rules doctor`),
+    # per source profile, and the profile of the running source ("" when unknown: replay)
+    never_fire: dict[str, int] = {}
+    profile: str = ""
 
 
 class BudgetHealth(_H):
@@ -152,10 +156,6 @@ class BudgetHealth(_H):
     memory_limit_mb: float = 0.0
     rss_mb: float = 0.0
     caps: dict[str, int] = {}          # table/cache sizes set from the memory limit
-    # rules that can never fire (they name a field the source never fills; `rules doctor`),
-    # per source profile, and the profile of the running source ("" when unknown: replay)
-    never_fire: dict[str, int] = {}
-    profile: str = ""
 
 
 class AlertsHealth(_H):

@@ -2,6 +2,7 @@
 (back-fill fields, PE reads, events), the health alerts, and the memory caps."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -65,9 +66,8 @@ def test_steps_are_shed_in_order_one_window_apart_and_given_back():
     proc = type("P", (), {})()
     proc.backfiller = FakeBackfiller()
     pipe = Pipeline(source=Src(proc), rules=[rule()], heartbeat_interval=0,
-                    enricher=Enricher(pe_lookup=lambda p: None))
+                    enricher=Enricher(pe_lookup=lambda p: None, hash_lookup=lambda p: None))
     b = governor(clock, pipe)
-    b.hash_hooks.append(lambda on: None)
     levels = []
     for _ in range(30):                       # 30 ticks of 1 s at 100 % of a core
         clock.run(1.0, 1.0)
@@ -122,6 +122,53 @@ def test_pe_reads_no_match_needed_are_not_made_for_the_alert():
     assert reads == [] and ev.get("OriginalFileName") is None
     assert ev.origin is None or ev.origin.get("OriginalFileName") in (None, "shed")
     assert b.shed["pe_reads"] == 1
+
+
+def image_with_hashes(tmp_path):
+    exe = tmp_path / "a.exe"
+    exe.write_bytes(b"MZ" + b"\0" * 62)
+    return exe
+
+
+@pytest.mark.parametrize("shed", [False, True])
+def test_hashes_no_match_needed_are_not_computed_for_the_alert(tmp_path, shed):
+    """A real pipeline with the Hashes cache: at the hashes step an alert whose match did not
+    read Hashes computes none (origin ``shed``, counted); a rule that reads Hashes still gets them."""
+    from sensor.enrich.hashes import HashCache
+    exe = image_with_hashes(tmp_path)
+    cache = HashCache(("SHA256",))
+    calls = []
+
+    def lookup(path):
+        calls.append(path)
+        return cache.lookup(path)
+
+    alerts: list = []
+    reads_hashes = Rule(id="h", title="h", predicates=(Predicate("CommandLine", "contains", ("good",)),
+                                                       Predicate("Hashes", "contains", ("SHA256=",))),
+                        condition=("and", ("pred", 0), ("pred", 1)))
+    src = Src()
+    pipe = Pipeline(source=src, rules=[rule(), reads_hashes], heartbeat_interval=0, ledger=False,
+                    enricher=Enricher(hash_lookup=lookup, path_map={"C:\\": str(tmp_path) + "/"}),
+                    alert_hook=alerts.append)
+    b = Budget(10.0)
+    b.attach(pipe)
+    assert b.applicable("hashes")
+    b.skip_hashes = shed
+    pipe._process([ProcessEvent({"Image": "C:\\a.exe", "CommandLine": "evil"})])
+    assert [a["rule"]["id"] for a in alerts] == ["r"]
+    if shed:
+        assert calls == [] and b.shed["hashes"] == 1
+        assert "SHA256=" not in json.dumps(alerts[0])
+    else:
+        assert len(calls) == 1 and b.shed["hashes"] == 0
+        assert "SHA256=" in json.dumps(alerts[0])
+    # a rule that reads Hashes gets them, shedding or not
+    alerts.clear()
+    exe.write_bytes(b"MZ" + b"\0" * 62 + b"SHA")        # a new identity: computed again
+    n = len(calls)
+    pipe._process([ProcessEvent({"Image": "C:\\a.exe", "CommandLine": "good"})])
+    assert len(calls) == n + 1 and [a["rule"]["id"] for a in alerts] == ["h"]
 
 
 def test_overloaded_pipeline_samples_and_reports(tmp_path):

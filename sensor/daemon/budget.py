@@ -10,14 +10,14 @@ has time to show its effect, and gives the steps back in reverse order once the 
    tests; the others stay missing in the alert;
 2. ``pe_reads``: read no PE version resource that no rule's match needed (an alert then
    carries only the PE fields its match read; the others have origin ``shed``);
-3. ``hashes``: compute no image hashes (a hook for the enrichment that computes them;
-   this build computes none, so the step sheds nothing);
+3. ``hashes``: compute no image ``Hashes`` that no rule's match needed (an alert then carries
+   ``Hashes`` only when its match read them; otherwise the field has origin ``shed``);
 4. ``events``: match only a sample of the process starts, the sample rate steered each tick
    so the CPU use meets the limit. The very last resort: the other events are never
    evaluated.
 
-A step with nothing to shed on this sensor (no back-fill on a replay, PE reads off) is
-skipped. Every shed item is counted per step (``budget.shed`` in the status) and each
+A step with nothing to shed on this sensor (no back-fill on a replay, PE reads off, no
+``Hashes`` computed) is skipped. Every shed item is counted per step (``budget.shed`` in the status) and each
 step that sheds raises a health alert (``sensor-health-budget-shed-<step>``). Nothing here
 ever blocks or slows the ETW callback: shedding only removes work.
 
@@ -118,7 +118,6 @@ class Budget:
         self._backfiller = None
         self._backfill_all: tuple = ()
         self._backfill_attempts = 0
-        self.hash_hooks: list[Callable[[bool], None]] = []   # enrichment that hashes registers here
         self.sampling = False
         self.skip_pe = False
         self.skip_hashes = False
@@ -139,7 +138,7 @@ class Budget:
         if step == "pe_reads":
             return getattr(getattr(self.pipeline, "enricher", None), "pe_lookup", None) is not None
         if step == "hashes":
-            return bool(self.hash_hooks)
+            return getattr(getattr(self.pipeline, "enricher", None), "hash_lookup", None) is not None
         return True
 
     def _needed_fields(self) -> set:
@@ -185,14 +184,7 @@ class Budget:
             self._backfiller.fields = keep
             self._backfill_attempts = getattr(self._backfiller, "attempts", 0)
         self.skip_pe = "pe_reads" in force
-        skip_hashes = "hashes" in force
-        if skip_hashes != self.skip_hashes:
-            self.skip_hashes = skip_hashes
-            for hook in self.hash_hooks:
-                try:
-                    hook(not skip_hashes)
-                except Exception:  # noqa: BLE001
-                    log.exception("hash hook failed")
+        self.skip_hashes = "hashes" in force
         if "events" in force and not self.sampling:
             self.rate = 1.0
         self.sampling = "events" in force
@@ -216,6 +208,17 @@ class Budget:
         self.sampled_out += n
         self.shed["events"] += n
         return keep
+
+    def drop_hashes(self, event) -> None:
+        """(worker, before an alert is built) Cancel the ``Hashes`` no match needed."""
+        pending = getattr(event, "pending", None)
+        if not pending or "Hashes" not in pending:
+            return
+        del pending["Hashes"]
+        origin = getattr(event, "origin", None)
+        if origin is not None:
+            origin["Hashes"] = ORIGIN_SHED
+        self.shed["hashes"] += 1
 
     def drop_pe_reads(self, event) -> None:
         """(worker, before an alert is built) Cancel the PE read no match needed."""

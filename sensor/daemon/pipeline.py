@@ -335,8 +335,11 @@ class Pipeline:
             if throttle is not None and not throttle.allow(rule.id, ev):
                 continue
             budget = self.budget
-            if budget is not None and budget.skip_pe:
-                budget.drop_pe_reads(ev)    # CPU budget: no PE read that no match needed
+            if budget is not None:
+                if budget.skip_pe:
+                    budget.drop_pe_reads(ev)    # CPU budget: no PE read that no match needed
+                if budget.skip_hashes:
+                    budget.drop_hashes(ev)      # nor a hash
             alert = make_alert(rule, ev)
             if self.info:
                 alert["sensor"].update(self.info)

@@ -13,7 +13,7 @@ from sensor.cli import main
 from sensor.events import ProcessEvent
 from sensor.detect.ir import RuleError
 from sensor.detect.loader import load_rules
-from sensor.detect.pack import MAGIC, decode_pack, encode_pack, read_pack, write_pack
+from sensor.detect.pack import MAGIC, PACK_VERSION, decode_pack, encode_pack, read_pack, write_pack
 
 from .conftest import DATA, ROOT, SHARED, needs_shared
 
@@ -109,7 +109,7 @@ def test_other_versions_and_garbage_are_refused(tmp_path):
     with pytest.raises(RuleError, match="bad magic"):
         decode_pack(b"{}" + data)
     with pytest.raises(RuleError, match="not supported"):
-        decode_pack(data.replace(b'"pack": 1', b'"pack": 99', 1))
+        decode_pack(data.replace(b'"pack": %d' % PACK_VERSION, b'"pack": 99', 1))
     with pytest.raises(RuleError, match="header is damaged"):
         decode_pack(MAGIC + b"{nope\n{}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .ir import Rule, RuleError
-from .pack import PACK_SUFFIX, decode_pack, is_pack, write_pack
+from .pack import PACK_SUFFIX, decode_pack_content, is_pack, write_pack
 
 YAML_SUFFIXES = (".yml", ".yaml")
 
@@ -38,6 +38,10 @@ class LoadReport:
     seconds: float = 0.0
     # each pack loaded: {"path", "rules", "key_id", "verified", "signed_at", "sha256"}
     packs: list[dict] = dc_field(default_factory=list)
+    correlations: list = dc_field(default_factory=list)   # usable, references resolved
+    filters: list = dc_field(default_factory=list)        # applied to ``rules`` already
+    source_rules: list = dc_field(default_factory=list)   # the rules as read, before filters
+    unusable: list = dc_field(default_factory=list)       # refused rules (ids/names) for references
 
     def problems(self) -> list[str]:
         """What whoever runs the rules must see: rejections, and duplicate ids (rules that
@@ -58,7 +62,11 @@ def _rule_files(folder: Path) -> list[Path]:
 
 
 def _load_pack(path: Path, report: LoadReport, trust) -> None:
-    """A pack, once its signature held (``signing.open_pack``: checked when ``trust`` has keys)."""
+    """A pack, once its signature held (``signing.open_pack``: checked when ``trust`` has keys).
+
+    The signature covers the pack's exact bytes whatever its version, so a signed pack's
+    correlations and filters are as trusted as its rules and load with them.
+    """
     from .signing import open_pack
     p = str(path)
     try:
@@ -67,15 +75,19 @@ def _load_pack(path: Path, report: LoadReport, trust) -> None:
         except OSError as exc:
             raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", p) from None
         body, sig = open_pack(data, p, trust)
-        rules = decode_pack(body, p)
+        content = decode_pack_content(body, p)
     except RuleError as exc:
         report.rejected.append(Rejection(p, exc.line, exc.message))
         return
-    report.rules.extend(rules)
-    report.packs.append({"path": p, "rules": len(rules), **sig.as_dict()})
+    report.rules.extend(content.rules)
+    report.correlations.extend(content.correlations)
+    report.filters.extend(content.filters)
+    report.packs.append({"path": p, "rules": len(content.rules),
+                         "correlations": len(content.correlations),
+                         "filters": len(content.filters), **sig.as_dict()})
 
 
-def _load_file(path: Path, report: LoadReport, trust=None) -> None:
+def _load_file(path: Path, report: LoadReport, trust=None, placeholders=None) -> None:
     p = str(path)
     report.files += 1
     if not path.name.lower().endswith(YAML_SUFFIXES) and is_pack(path):
@@ -97,10 +109,49 @@ def _load_file(path: Path, report: LoadReport, trust=None) -> None:
                                          "(pip install 'etw-sensor[sigma]'); "
                                          "or compile the rules into a pack elsewhere"))
         return
-    res = load_sigma_file(p)
+    res = load_sigma_file(p, placeholders)
     report.rules.extend(res.rules)
     report.rejected.extend(Rejection(x.path, x.line, x.reason) for x in res.rejected)
     report.not_applicable.extend(Rejection(x.path, x.line, x.reason) for x in res.not_applicable)
+    report.correlations.extend(res.correlations)
+    report.filters.extend(res.filters)
+    report.warnings.extend(Rejection(x.path, x.line, x.reason) for x in res.warnings)
+    _note_unusable(report, res.rejected, "rejected")
+    _note_unusable(report, res.not_applicable, "not applicable")
+
+
+def _note_unusable(report: LoadReport, problems, why: str) -> None:
+    from .metarules import Unusable
+
+    for x in problems:
+        if x.ident or x.name:
+            where = f"{x.path}:{x.line}" if x.line is not None else x.path
+            report.unusable.append(Unusable(x.ident, x.name, why, where))
+
+
+def resolve_meta(report: LoadReport) -> None:
+    """Apply the filters and resolve the correlations of everything loaded (in place)."""
+    from .metarules import resolve
+
+    report.source_rules = list(report.rules)
+    if not report.correlations and not report.filters:
+        return
+    res = resolve(report.rules, report.correlations, report.filters, report.unusable)
+    report.rules = res.rules
+    report.correlations = res.correlations
+
+    def rej(obj, reason):
+        return Rejection(getattr(obj, "source", "") or "<rules>", getattr(obj, "line", None),
+                         reason + (f" [correlation {obj.id}: {obj.title}]"
+                                   if hasattr(obj, "timespan") else ""))
+    report.rejected.extend(rej(o, r) for o, r in res.rejected)
+    report.not_applicable.extend(rej(o, r) for o, r in res.not_applicable)
+    for obj, reason in res.warnings:
+        if obj is None:
+            report.warnings.append(Rejection("<rules>", None, reason))
+        else:
+            report.warnings.append(Rejection(obj.source or "<rules>", obj.line,
+                                             f"{reason} [{obj.id}: {obj.title}]"))
 
 
 def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
@@ -119,10 +170,16 @@ def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
     return out
 
 
-def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None) -> LoadReport:
+def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None,
+               placeholders=None) -> LoadReport:
     """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first.
 
-    ``trust`` (``signing.Trust``): when it holds keys, only packs signed with one of them load.
+    ``trust`` (``signing.Trust``): when it holds keys, only packs signed with one of them load
+    (with their correlations and filters).
+    Correlation and filter documents load with the rules: filters are applied to the rules
+    they name and correlation references are resolved across every file (``report.rules``
+    are the filtered rules, ``report.correlations`` the usable correlations).
+    ``placeholders`` (name -> values) resolves ``|expand`` in YAML rules.
     """
     t0 = time.perf_counter()
     report = LoadReport()
@@ -136,18 +193,26 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
             if not files:
                 report.warnings.append(Rejection(str(path), None, "folder holds no rule files"))
             for f in files:
-                _load_file(f, report, trust)
+                _load_file(f, report, trust, placeholders)
         elif path.exists():
-            _load_file(path, report, trust)
+            _load_file(path, report, trust, placeholders)
         else:
             report.rejected.append(Rejection(str(path), None, "no such file or folder"))
+    resolve_meta(report)
     report.warnings.extend(rule_warnings(report.rules))
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def compile_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> tuple[LoadReport, int]:
-    """Load ``paths`` (no built-in rules) and write them as a pack; returns (LoadReport, size)."""
-    report = load_rules(paths, builtin=False)
-    size = write_pack(report.rules, output, [str(p) for p in paths])
+def compile_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
+                  placeholders=None) -> tuple[LoadReport, int]:
+    """Load ``paths`` (no built-in rules) and write them as a pack; returns (LoadReport, size).
+
+    The pack holds the rules as read (filters are kept apart and applied again when the
+    pack loads, so they also reach rules loaded beside it), the usable correlations and the
+    filters; placeholders are resolved now (a pack loads without pySigma).
+    """
+    report = load_rules(paths, builtin=False, placeholders=placeholders)
+    size = write_pack(report.source_rules, output, [str(p) for p in paths],
+                      correlations=report.correlations, filters=report.filters)
     return report, size

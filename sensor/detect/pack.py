@@ -3,11 +3,14 @@
 Layout (UTF-8)::
 
     ETW-SENSOR-RULEPACK\\n
-    {"pack": 1, "ir": 1, "length": N, "sha256": "<hex of body>"}\\n
-    <body: N bytes of JSON>  {"created": ..., "generator": ..., "sources": [...], "rules": [...]}
+    {"pack": 2, "ir": 1, "length": N, "sha256": "<hex of body>"}\\n
+    <body: N bytes of JSON>  {"created": ..., "generator": ..., "sources": [...], "rules": [...],
+                              "correlations": [...], "filters": [...]}
 
 The body holds each rule's IR (``Rule.to_json``): plain JSON, never pickle or code,
 so a service running as SYSTEM can load it without executing anything from it.
+Pack version 2 adds Sigma correlation rules and filters (``sensor.detect.metarules``);
+version 1 packs (rules only) are still read.
 A pack whose length or SHA-256 does not match its header (truncated, edited,
 corrupted) is refused.  Loading needs neither pySigma nor YAML.
 """
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +30,8 @@ from .. import __version__
 from .ir import Rule, RuleError
 
 MAGIC = b"ETW-SENSOR-RULEPACK\n"
-PACK_VERSION = 1
+PACK_VERSION = 2
+READABLE_PACKS = (1, 2)   # version 1: rules only (no correlations or filters)
 IR_VERSION = 1  # bump when the IR's semantics or JSON shape change
 PACK_SUFFIX = ".pack"
 _MAX_HEADER = 4096
@@ -41,13 +46,25 @@ def is_pack(path: str | os.PathLike) -> bool:
         return False
 
 
-def encode_pack(rules: Sequence[Rule], sources: Sequence[str] = ()) -> bytes:
-    """The pack bytes for ``rules``."""
+@dataclass
+class PackContent:
+    """Everything a pack holds."""
+
+    rules: list[Rule]
+    correlations: list = field(default_factory=list)
+    filters: list = field(default_factory=list)
+
+
+def encode_pack(rules: Sequence[Rule], sources: Sequence[str] = (), correlations: Sequence = (),
+                filters: Sequence = ()) -> bytes:
+    """The pack bytes for ``rules`` (and the correlations and filters that go with them)."""
     body = json.dumps({
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "generator": f"etw-sensor {__version__}",
         "sources": list(sources),
         "rules": [r.to_json() for r in rules],
+        "correlations": [c.to_json() for c in correlations],
+        "filters": [f.to_json() for f in filters],
     }, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
     header = json.dumps({"pack": PACK_VERSION, "ir": IR_VERSION, "length": len(body),
                          "sha256": hashlib.sha256(body).hexdigest()},
@@ -55,9 +72,10 @@ def encode_pack(rules: Sequence[Rule], sources: Sequence[str] = ()) -> bytes:
     return MAGIC + header + b"\n" + body
 
 
-def write_pack(rules: Sequence[Rule], path: str | os.PathLike, sources: Sequence[str] = ()) -> int:
+def write_pack(rules: Sequence[Rule], path: str | os.PathLike, sources: Sequence[str] = (),
+               correlations: Sequence = (), filters: Sequence = ()) -> int:
     """Write a pack atomically (temp file + rename); returns its size in bytes."""
-    data = encode_pack(rules, sources)
+    data = encode_pack(rules, sources, correlations, filters)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -70,6 +88,13 @@ def write_pack(rules: Sequence[Rule], path: str | os.PathLike, sources: Sequence
 
 def decode_pack(data: bytes, path: str = "<pack>") -> list[Rule]:
     """Rules from pack bytes; RuleError (with ``path``) when the pack is not intact."""
+    return decode_pack_content(data, path).rules
+
+
+def decode_pack_content(data: bytes, path: str = "<pack>") -> PackContent:
+    """Rules, correlations and filters from pack bytes (RuleError when not intact)."""
+    from .metarules import Correlation, Filter
+
     if not data.startswith(MAGIC):
         raise RuleError("not a rule pack (bad magic)", path)
     nl = data.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
@@ -80,9 +105,9 @@ def decode_pack(data: bytes, path: str = "<pack>") -> list[Rule]:
         version, ir, length, digest = header["pack"], header["ir"], header["length"], header["sha256"]
     except (ValueError, KeyError, TypeError):
         raise RuleError("rule pack header is damaged", path) from None
-    if version != PACK_VERSION or ir != IR_VERSION:
+    if version not in READABLE_PACKS or ir != IR_VERSION:
         raise RuleError(f"rule pack version {version} (IR {ir}) is not supported by this "
-                        f"sensor (needs pack {PACK_VERSION}, IR {IR_VERSION}); "
+                        f"sensor (reads pack {', '.join(map(str, READABLE_PACKS))}, IR {IR_VERSION}); "
                         "recompile it with `etw-sensor rules compile`", path)
     body = data[nl + 1:]
     if len(body) != length:
@@ -98,17 +123,24 @@ def decode_pack(data: bytes, path: str = "<pack>") -> list[Rule]:
             d = dict(d)
             d["origin"] = "pack"
             rules.append(Rule.from_json(d))
+        correlations = [Correlation.from_json(dict(d)) for d in doc.get("correlations") or ()]
+        filters = [Filter.from_json(dict(d)) for d in doc.get("filters") or ()]
     except RuleError as exc:
         raise RuleError(f"rule pack holds an invalid rule: {exc.message}", path) from None
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RuleError(f"rule pack body is not valid: {exc}", path) from None
-    return rules
+    return PackContent(rules, correlations, filters)
 
 
 def read_pack(path: str | os.PathLike) -> list[Rule]:
     """Rules from a pack file (RuleError when unreadable or not intact)."""
+    return read_pack_content(path).rules
+
+
+def read_pack_content(path: str | os.PathLike) -> PackContent:
+    """Rules, correlations and filters from a pack file (RuleError when not intact)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", str(path)) from None
-    return decode_pack(data, str(path))
+    return decode_pack_content(data, str(path))

@@ -78,6 +78,8 @@ class Problem:
     path: str
     line: int | None
     reason: str
+    ident: str | None = None     # the rule's id and name when known, so a correlation that
+    name: str | None = None      # references a refused rule can say so
 
 
 @dataclass
@@ -87,6 +89,9 @@ class FileResult:
     rules: list[Rule] = dc_field(default_factory=list)
     rejected: list[Problem] = dc_field(default_factory=list)
     not_applicable: list[Problem] = dc_field(default_factory=list)
+    correlations: list = dc_field(default_factory=list)   # metarules.Correlation
+    filters: list = dc_field(default_factory=list)        # metarules.Filter
+    warnings: list[Problem] = dc_field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------
@@ -362,6 +367,9 @@ def _meta(srule, path: str) -> dict:
     meta["logsource"] = {k: v for k, v in (("category", ls.category), ("product", ls.product),
                                            ("service", ls.service)) if v}
     meta["file"] = os.path.basename(path)
+    name = getattr(srule, "name", None)
+    if name:  # correlations and filters reference rules by id or by name
+        meta["name"] = str(name)
     return meta
 
 
@@ -431,9 +439,13 @@ def _count_values(node: Any, limit: int) -> int:
     return n
 
 
-def load_sigma_text(text: str, path: str) -> FileResult:
+def load_sigma_text(text: str, path: str, placeholders=None) -> FileResult:
     """Parse and convert every rule document of one Sigma YAML text (bounded: at most
-    MAX_RULE_FILE_BYTES of text and MAX_RULE_VALUES detection values)."""
+    MAX_RULE_FILE_BYTES of text and MAX_RULE_VALUES detection values).
+
+    ``placeholders`` (name -> values) gives ``|expand`` placeholders their values; a rule with
+    a placeholder that has none is rejected, as the specification requires.
+    """
     import yaml
     from sigma.rule import SigmaRule
     from sigma.rule.base import SigmaYAMLLoader
@@ -471,7 +483,8 @@ def load_sigma_text(text: str, path: str) -> FileResult:
     if not docs:
         out.rejected.append(Problem(path, None, "empty file (no Sigma rule)"))
         return out
-    n = _count_values([d.get("detection") for d in docs if isinstance(d, dict)], MAX_RULE_VALUES)
+    n = _count_values([d.get("detection") or d.get("filter") for d in docs if isinstance(d, dict)],
+                      MAX_RULE_VALUES)      # a filter document's selections count too
     if n > MAX_RULE_VALUES:
         out.rejected.append(Problem(path, _key_line(text, "detection"),
                                     f"too many detection values (more than {MAX_RULE_VALUES:,} in one "
@@ -484,33 +497,38 @@ def load_sigma_text(text: str, path: str) -> FileResult:
         return out
     from sigma.exceptions import SigmaRuleLocation
 
-    for doc in docs:
+    spans = _DocSpans(text)
+    for index, doc in enumerate(docs):
         if not isinstance(doc, dict):
             out.rejected.append(Problem(path, 1, "not a Sigma rule (the document is not a mapping)"))
             continue
         if "correlation" in doc or ("filter" in doc and "detection" not in doc):
-            out.rejected.append(Problem(path, 1, "Sigma correlation and filter documents "
-                                                  "are not detection rules; not supported"))
+            load_meta_document(doc, path, text, spans.locator(index), out, placeholders)
             continue
+        ident, name = _ident(doc)
         try:
             srule = SigmaRule.from_dict(doc, source=SigmaRuleLocation(Path(path)), policy=_policy())
+            prepare_rule(srule, placeholders, text)
         except Exception as exc:
-            out.rejected.append(Problem(path, _locate(text, exc), _reason(exc)))
+            line = exc.line if isinstance(exc, RuleError) and exc.line else _locate(text, exc)
+            reason = exc.message if isinstance(exc, RuleError) else _reason(exc)
+            out.rejected.append(Problem(path, line, reason, ident, name))
             continue
         not_app = logsource_problem(srule.logsource)
         try:
             rule = rule_from_sigma(srule, path, text)
         except RuleError as exc:
-            out.rejected.append(Problem(path, exc.line, exc.message))
+            out.rejected.append(Problem(path, exc.line, exc.message, ident, name))
             continue
         if not_app:
-            out.not_applicable.append(Problem(path, _key_line(text, "logsource"), not_app))
+            out.not_applicable.append(Problem(path, _key_line(text, "logsource"), not_app,
+                                              ident, name))
         else:
             out.rules.append(rule)
     return out
 
 
-def load_sigma_file(path: str | os.PathLike) -> FileResult:
+def load_sigma_file(path: str | os.PathLike, placeholders=None) -> FileResult:
     """Read and convert one Sigma YAML file."""
     p = str(path)
     try:
@@ -525,7 +543,7 @@ def load_sigma_file(path: str | os.PathLike) -> FileResult:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         return FileResult(rejected=[Problem(p, line, f"not UTF-8 text: {exc.reason}")])
-    return load_sigma_text(text, p)
+    return load_sigma_text(text, p, placeholders)
 
 
 def _read_bounded(path: str, limit: int) -> bytes | None:
@@ -559,3 +577,295 @@ def field_warnings(rule: Rule) -> list[str]:
             out.append(f"reads {name}, which {' and '.join(lacking)} never provide"
                        f"{'s' if len(lacking) == 1 else ''}")
     return out
+
+
+# ---------------------------------------------------------------------------------
+# Rule preparation before conversion: placeholders and the specification's own checks.
+
+def prepare_rule(srule, placeholders=None, text: str = "") -> None:
+    """Resolve ``|expand`` placeholders in a parsed rule (or filter) and apply the checks the
+    specification states that pySigma does not (RuleError with a line when one fails)."""
+    from sigma.modifiers import SigmaAllModifier
+
+    from .placeholders import PlaceholderError, resolve_placeholders
+
+    for item in _detection_items(srule.detection):
+        if SigmaAllModifier in item.modifiers and len(item.original_value or ()) == 1:
+            raise RuleError("the all modifier needs a list of values (specification: "
+                            "\"Single item values are not allowed to have an all modifier\")",
+                            None, _line_of(text, r"^[^#\n]*\|all\b"))
+    try:
+        resolve_placeholders(srule, placeholders)
+    except PlaceholderError as exc:
+        line = None
+        if exc.name:
+            line = _line_of(text, r"^[^#\n]*%" + re.escape(exc.name) + "%")
+        raise RuleError(exc.message, None, line or _line_of(text, r"^[^#\n]*\|expand\b")) from None
+
+
+def _detection_items(detection):
+    from sigma.rule.detection import SigmaDetection
+
+    def walk(d):
+        for item in d.detection_items:
+            if isinstance(item, SigmaDetection):
+                yield from walk(item)
+            else:
+                yield item
+    for det in detection.detections.values():
+        yield from walk(det)
+
+
+# ---------------------------------------------------------------------------------
+# Correlation and filter documents (Sigma meta rules).
+
+CORRELATION_KEYS = frozenset({"type", "rules", "group-by", "timespan", "condition", "aliases",
+                              "generate"})
+LEVELS = ("informational", "low", "medium", "high", "critical")
+
+
+class _DocSpans:
+    """First and last line of each YAML document of a file (for file:line in messages)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._spans: list[tuple[int, int]] | None = None
+
+    def _compute(self) -> list[tuple[int, int]]:
+        import yaml
+        out = []
+        try:
+            for node in yaml.compose_all(self.text, yaml.SafeLoader):
+                if node is None or (node.tag == "tag:yaml.org,2002:null"):
+                    continue
+                out.append((node.start_mark.line + 1, node.end_mark.line + 1))
+        except yaml.YAMLError:
+            pass
+        return out
+
+    def locator(self, index: int):
+        def line_of(key: str | None = None, pattern: str | None = None) -> int | None:
+            if self._spans is None:
+                self._spans = self._compute()
+            start, end = self._spans[index] if index < len(self._spans) else (1, None)
+            lines = self.text.split("\n")
+            stop = len(lines) if end is None else min(len(lines), end)
+            if key is None and pattern is None:
+                return start
+            rx = re.compile(pattern if pattern is not None else
+                            r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(key) + r"['\"]?[ \t]*:")
+            for i in range(start - 1, stop):
+                if rx.search(lines[i]):
+                    return i + 1
+            return start
+        return line_of
+
+
+def _ident(doc: dict) -> tuple[str | None, str | None]:
+    ident = doc.get("id")
+    name = doc.get("name")
+    return (str(ident) if isinstance(ident, (str, int)) and ident != "" else None,
+            name if isinstance(name, str) and name else None)
+
+
+def _strings(value, what: str) -> tuple[str, ...]:
+    from .metarules import MetaError
+
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                       for v in value):
+        return tuple(str(v) for v in value)
+    raise MetaError(f"{what}: must be a string or a list of strings")
+
+
+def load_meta_document(doc: dict, path: str, text: str, line_of, out: FileResult,
+                       placeholders=None) -> None:
+    """A correlation or filter document into ``out`` (or a rejection with file:line)."""
+    from .metarules import MetaError
+
+    ident, name = _ident(doc)
+    kind = "correlation" if "correlation" in doc else "filter"
+    try:
+        if kind == "correlation":
+            corr, warnings = correlation_from_dict(doc, path, line_of)
+            out.correlations.append(corr)
+            out.warnings.extend(Problem(path, line, msg) for line, msg in warnings)
+        else:
+            flt, not_app = filter_from_dict(doc, path, text, line_of, placeholders)
+            if not_app:
+                out.not_applicable.append(Problem(path, line_of("logsource"), not_app))
+            else:
+                out.filters.append(flt)
+    except MetaError as exc:
+        out.rejected.append(Problem(path, exc.line or line_of(), exc.message, ident, name))
+    except RuleError as exc:
+        out.rejected.append(Problem(path, exc.line or line_of(), exc.message, ident, name))
+    except Exception as exc:  # pySigma errors in a filter's detection
+        out.rejected.append(Problem(path, _locate(text, exc) or line_of(), _reason(exc),
+                                    ident, name))
+
+
+def correlation_from_dict(doc: dict, path: str, line_of) -> tuple[Any, list]:
+    """A correlation document as a :class:`~sensor.detect.metarules.Correlation`, and the
+    warnings about it ((line, message) pairs)."""
+    from .metarules import Correlation, MetaError
+
+    def fail(msg: str, key: str | None = None, pattern: str | None = None):
+        raise MetaError(msg, path, line_of(key, pattern) if (key or pattern) else line_of())
+
+    warnings: list = []
+    corr = doc.get("correlation")
+    if not isinstance(corr, dict):
+        fail("correlation: must be a mapping (type, rules, group-by, timespan, condition)",
+             "correlation")
+    title = doc.get("title")
+    if not isinstance(title, str) or not title.strip():
+        fail("a correlation needs a title (specification: title is mandatory)")
+    ident, name = _ident(doc)
+    for key in corr:
+        if key not in CORRELATION_KEYS:
+            warnings.append((line_of(str(key)), f"correlation: unknown key {key!r} ignored"))
+    ctype = corr.get("type")
+    if not isinstance(ctype, str):
+        fail("correlation type: missing", "correlation")
+    try:
+        rules = _strings(corr.get("rules"), "correlation rules")
+        group_by = _strings(corr.get("group-by"), "correlation group-by")
+    except MetaError as exc:
+        fail(exc.message, "rules" if "rules" in exc.message else "group-by")
+    cond_raw = corr.get("condition")
+    condition: list = []
+    field = None
+    percentile = None
+    if isinstance(cond_raw, str):
+        fail("a string condition (a boolean expression over rule names) is a Sigma 2.2 draft "
+             "for temporal correlations; not supported", "condition")
+    elif isinstance(cond_raw, dict):
+        for key, value in cond_raw.items():
+            if key == "field":
+                if isinstance(value, list):
+                    fail("condition.field: a list of fields is not supported (the "
+                         "specification does not define how several fields combine)",
+                         "field")
+                if not isinstance(value, str) or not value:
+                    fail("condition.field: must be a field name", "field")
+                field = value
+            elif key == "percentile":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    fail("condition.percentile: must be a number from 0 to 100", "percentile")
+                percentile = value
+            elif key in ("gt", "gte", "lt", "lte", "eq", "neq"):
+                condition.append((key, value))
+            else:
+                fail(f"condition: unknown key {key!r} (gt, gte, lt, lte, eq, neq, field, "
+                     "percentile)", str(key))
+    elif cond_raw is not None:
+        fail("condition: must be a mapping such as {gte: 10}", "condition")
+    gen_top, gen_in = doc.get("generate"), corr.get("generate")
+    for g, where in ((gen_top, "generate"), (gen_in, "generate")):
+        if g is not None and not isinstance(g, bool):
+            fail("generate: must be true or false", where)
+    if gen_top is not None and gen_in is not None and gen_top != gen_in:
+        fail("generate: given at the top level and inside correlation with different values",
+             "generate")
+    generate = bool(gen_top if gen_top is not None else gen_in)
+    aliases = corr.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        fail("correlation aliases: must map alias names to {rule name: field}", "aliases")
+    level = doc.get("level")
+    if level is not None and (not isinstance(level, str) or level.lower() not in LEVELS):
+        fail(f"level: must be one of {', '.join(LEVELS)}", "level")
+    timespan = corr.get("timespan")
+    meta: dict = {"format": "sigma", "kind": "correlation", "file": os.path.basename(path)}
+    for key in ("status", "date", "modified", "license"):
+        if doc.get(key) is not None:
+            meta[key] = str(doc[key])
+    if isinstance(doc.get("taxonomy"), str):
+        meta["taxonomy"] = doc["taxonomy"]
+    try:
+        return Correlation(
+            id=ident or (f"sigma-{Path(path).stem}-{name}" if name else
+                         f"sigma-{Path(path).stem}-{line_of()}"),
+            title=title.strip(), type=ctype, rules=rules,
+            timespan=timespan if isinstance(timespan, str) else repr(timespan),
+            group_by=group_by, condition=tuple(condition), field=field,
+            percentile=percentile, aliases={str(k): dict(v) if isinstance(v, dict) else v
+                                            for k, v in aliases.items()},
+            generate=generate, name=name, level=(level or "medium").lower(),
+            description=str(doc.get("description") or "").strip(),
+            tags=tuple(str(t) for t in (doc.get("tags") or ()) if t is not None)
+            if isinstance(doc.get("tags"), list) else (),
+            author=str(doc.get("author") or ""),
+            references=tuple(str(r) for r in doc.get("references") or ())
+            if isinstance(doc.get("references"), list) else (),
+            falsepositives=tuple(str(f) for f in doc.get("falsepositives") or ())
+            if isinstance(doc.get("falsepositives"), list) else (),
+            source=path, line=line_of(), meta=meta), warnings
+    except MetaError as exc:
+        msg = exc.message
+        key = ("timespan" if "timespan" in msg else "type" if "type" in msg else
+               "rules" if "rules:" in msg else "aliases" if "aliases" in msg else
+               "percentile" if "percentile" in msg else "condition")
+        fail(msg, key)
+
+
+def filter_from_dict(doc: dict, path: str, text: str, line_of, placeholders=None):
+    """A filter document as a :class:`~sensor.detect.metarules.Filter`; and, when it cannot
+    apply to any process_creation rule, why (the filter is then not applicable)."""
+    from sigma.exceptions import SigmaRuleLocation
+    from sigma.rule import SigmaRule
+
+    from .metarules import DEFAULT_LOGSOURCE, Filter, MetaError, logsource_covers
+
+    def fail(msg: str, key: str | None = None):
+        raise MetaError(msg, path, line_of(key) if key else line_of())
+
+    title = doc.get("title")
+    if not isinstance(title, str) or not title.strip():
+        fail("a filter needs a title (specification: title is mandatory)")
+    ls = doc.get("logsource")
+    if not isinstance(ls, dict) or not ls:
+        fail("a filter needs a logsource (specification: logsource is mandatory)", "logsource")
+    body = doc.get("filter")
+    if not isinstance(body, dict):
+        fail("filter: must be a mapping with rules, the selections and a condition", "filter")
+    if "rules" not in body:
+        fail("filter: needs rules (rule ids or names, or 'any')", "filter")
+    raw = body["rules"]
+    if isinstance(raw, str) and raw.strip().lower() == "any":
+        targets = None
+    elif raw is None or raw == []:
+        targets = None      # pySigma: an empty list means every rule
+    else:
+        try:
+            targets = _strings(raw, "filter rules")
+        except MetaError as exc:
+            fail(exc.message, "rules")
+    cond = body.get("condition")
+    if not isinstance(cond, str) or not cond.strip():
+        fail("filter condition: must be a string (e.g. 'not selection')", "condition")
+    dets = {k: v for k, v in body.items() if k not in ("rules", "condition")}
+    if not dets:
+        fail("filter: needs at least one selection", "filter")
+    ident, _ = _ident(doc)
+    srule = SigmaRule.from_dict({"title": title, "logsource": ls,
+                                 "detection": {**dets, "condition": cond}},
+                                source=SigmaRuleLocation(Path(path)), policy=_policy())
+    prepare_rule(srule, placeholders, text)
+    preds, condition = convert_condition(srule.detection.parsed_condition)
+    logsource = {k: str(v) for k, v in (("category", srule.logsource.category),
+                                        ("product", srule.logsource.product),
+                                        ("service", srule.logsource.service)) if v}
+    flt = Filter(id=ident or f"sigma-{Path(path).stem}-{line_of()}", title=title.strip(),
+                 rules=targets, logsource=logsource, predicates=preds, condition=condition,
+                 description=str(doc.get("description") or "").strip(), source=path,
+                 line=line_of(), text=cond.strip())
+    not_app = None
+    if not (logsource_covers(logsource, DEFAULT_LOGSOURCE)
+            or logsource_covers(logsource, {"category": CATEGORY})):
+        not_app = (f"filter logsource {logsource} covers no {CATEGORY}/{PRODUCT} rule; "
+                   "this sensor evaluates Windows process_creation rules only")
+    return flt, not_app

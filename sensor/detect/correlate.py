@@ -1,0 +1,963 @@
+"""Streaming evaluation of Sigma correlation rules (event_count, value_count, temporal,
+temporal_ordered, value_sum, value_avg, value_percentile, value_median).
+
+The engine is fed every event with the indexes of the rules it matched (after filters and
+exclusions) and returns the correlation alerts that became final.  One engine serves ``scan``
+(event time from the records) and ``run`` (event time from the source); both read the
+event's ``UtcTime``.
+
+Semantics (docs/sigma.md has the reasons and the specification's words):
+
+* A window is sliding: an alert is evaluated at every distinct event time ``T`` at which a
+  referenced rule matched in a group, over ``[T - timespan, T]``, both ends included.
+  Every qualifying ``(group, T)`` is one alert (pySigma's SQLite backend does the same).
+* A group is the tuple of the ``group-by`` values (after ``aliases``), each folded to lower
+  case; an event that lacks one of them is not counted (``missing_group_key``).
+* ``event_count`` counts distinct events; ``value_count`` distinct case-folded values of
+  ``condition.field``; ``value_sum``/``value_avg``/``value_percentile``/``value_median`` the
+  numbers in ``condition.field`` (numbers, or text that is a JSON number; anything else is
+  left out but still anchors a window); ``temporal`` the number of distinct referenced rules;
+  ``temporal_ordered`` also needs the rules in their listed order (strictly increasing
+  times, the earliest occurrence of each in turn).
+* A correlation over a correlation sees each child alert as one event at the child's window
+  end, with the child's group-by values and, for other fields, those of its evidence events.
+* Time comes in order after a reorder buffer: an event is held until the newest event time
+  seen is ``lateness`` past it; an event older than what was already evaluated is counted as
+  late and not correlated.  Anchors at time ``T`` are evaluated once no event at ``T`` can
+  still arrive.
+* State is bounded: at most ``max_state`` entries per correlation; beyond it the oldest entry
+  of the least recently updated group is dropped and counted (``evicted``).
+"""
+from __future__ import annotations
+
+import bisect
+import datetime as _dt
+import heapq
+import itertools
+import json
+import math
+import os
+import re
+import time
+from collections import OrderedDict, deque
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, Iterable, Mapping, Sequence
+
+from .. import __version__
+from ..events import field_value, summary as event_summary
+from .alerts import SELECT_FIELDS, alert_id, utcnow
+from .fields import FIELD_MAP
+from .ir import Rule
+from .metarules import Correlation, silent_rules
+
+TIME_FIELD = "UtcTime"
+DEFAULT_MAX_STATE = 100_000
+DEFAULT_MAX_EVIDENCE = 100
+DEFAULT_LATENESS_MS = 5_000
+STATE_FORMAT = "etw-sensor-correlation-state"
+STATE_VERSION = 1
+MAX_STATE_FILE = 512 << 20
+
+# ---------------------------------------------------------------------------------
+# Event time.
+
+_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
+                   r"[ ]?(Z|z|[+-]\d\d:?\d\d)?")
+
+
+@lru_cache(maxsize=4096)
+def _day_ms(y: int, m: int, d: int) -> int:
+    return (_dt.date(y, m, d) - _dt.date(1970, 1, 1)).days * 86_400_000
+
+
+def parse_time_ms(value: Any) -> int | None:
+    """Milliseconds since 1970 (UTC) of an event time such as Sysmon's ``UtcTime``
+    (``2024-01-02 03:04:05.678``) or ISO 8601; rounded to the millisecond.  None when the value
+    is not such a time."""
+    if not isinstance(value, str):
+        return None
+    m = _TIME.fullmatch(value.strip())
+    if m is None:
+        return None
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    try:
+        day = _day_ms(int(y), int(mo), int(d))
+    except ValueError:
+        return None
+    h, mi, s = int(h), int(mi), int(s)
+    if h > 23 or mi > 59 or s > 60:
+        return None
+    ms = day + ((h * 60 + mi) * 60 + s) * 1000
+    if frac:
+        ns = int(frac.ljust(9, "0"))
+        ms += (ns + 500_000) // 1_000_000
+    if tz and tz not in ("Z", "z"):
+        sign = 1 if tz[0] == "+" else -1
+        digits = tz[1:].replace(":", "")
+        ms -= sign * (int(digits[:2]) * 60 + int(digits[2:])) * 60_000
+    return ms
+
+
+def format_time_ms(ms: int) -> str:
+    """ISO 8601 UTC text with milliseconds for a millisecond time."""
+    t = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(milliseconds=ms)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------------
+# Values.
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def number_of(value: Any) -> int | float | None:
+    """A metric value: an int or finite float as it is, text that is a JSON number (spaces
+    around it allowed) as a float; anything else None (pySigma's SQLite backend's reading)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        text = value.strip(" \t\r\n")
+        if len(text) > 400 or not _JSON_NUMBER.fullmatch(text):
+            return None
+        f = float(text)
+        return f if math.isfinite(f) else None
+    return None
+
+
+def fold(value: Any) -> str | None:
+    """A group-by or value_count value: its text, folded to lower case."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).lower()
+
+
+def _exact(v: int | float):
+    return v if isinstance(v, int) else Fraction(v)
+
+
+# ---------------------------------------------------------------------------------
+# What sits in a window.
+
+class Ev:
+    """One event that a referenced rule matched (shared by every correlation it feeds)."""
+
+    __slots__ = ("seq", "id", "ts", "fields", "event")
+
+    def __init__(self, seq: int, ident: str, ts: int, fields: dict, event=None):
+        self.seq, self.id, self.ts, self.fields, self.event = seq, ident, ts, fields, event
+
+
+class ChildAlert:
+    """A correlation alert as an input event of the correlations that reference it."""
+
+    __slots__ = ("seq", "id", "ts", "node", "group", "metric", "evidence", "children", "anchor",
+                 "truncated")
+
+    def __init__(self, seq, ident, ts, node, group, metric, evidence, children, anchor, truncated):
+        self.seq, self.id, self.ts, self.node, self.group = seq, ident, ts, node, group
+        self.metric, self.evidence, self.children = metric, evidence, children
+        self.anchor, self.truncated = anchor, truncated
+
+
+# entry tuple layout
+_TS, _SEQ, _SLOT, _VAL, _REF, _AGG = range(6)
+
+
+class _Slide:
+    """A sorted list with a moving start (timestamps of one rule within a window)."""
+
+    __slots__ = ("items", "lo")
+
+    def __init__(self):
+        self.items: list = []
+        self.lo = 0
+
+    def __len__(self):
+        return len(self.items) - self.lo
+
+    def popleft(self):
+        self.lo += 1
+        if self.lo > 64 and self.lo * 2 > len(self.items):
+            del self.items[:self.lo]
+            self.lo = 0
+
+    def first_after(self, t):
+        """The first item > t (or the first item when t is None); None when there is none."""
+        i = self.lo if t is None else bisect.bisect_right(self.items, t, self.lo)
+        return self.items[i] if i < len(self.items) else None
+
+
+class _Group:
+    __slots__ = ("entries", "distinct", "slot_n", "present", "values", "vsum", "vcount",
+                 "sorted", "slot_ts", "last")
+
+    def __init__(self, nslots: int, kind: str):
+        self.entries: deque = deque()
+        self.distinct = 0
+        self.slot_n = [0] * nslots
+        self.present = 0
+        self.values: dict | None = {} if kind == "value_count" else None
+        self.vsum: Any = 0
+        self.vcount = 0
+        self.sorted: list | None = [] if kind in ("value_percentile", "value_median") else None
+        self.slot_ts = [_Slide() for _ in range(nslots)] if kind == "temporal_ordered" else None
+        self.last = 0
+
+
+class _Slot:
+    __slots__ = ("kind", "target", "group_fields", "value_field", "ref")
+
+    def __init__(self, kind, target, group_fields, value_field, ref):
+        self.kind, self.target, self.group_fields = kind, target, group_fields
+        self.value_field, self.ref = value_field, ref
+
+
+_CMP = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
+        "lte": lambda a, b: a <= b, "eq": lambda a, b: a == b, "neq": lambda a, b: a != b}
+
+
+class _Node:
+    """One correlation and its per-group state."""
+
+    def __init__(self, corr: Correlation, index: int, output: bool):
+        self.corr = corr
+        self.index = index
+        self.kind = corr.type
+        self.span = corr.span_ms
+        self.cond = corr.effective_condition()
+        self.output = output
+        self.slots: list[_Slot] = []
+        self.parents: list[tuple[_Node, int]] = []
+        self.groups: OrderedDict = OrderedDict()
+        self.pending: dict = {}
+        self.total = 0
+        self.alerts = 0
+        self.evicted = 0
+        self.missing_group_key = 0
+        self.subsets: list[tuple[int, ...]] | None = None
+        if self.kind == "temporal_ordered":
+            op, k = self.cond[0]
+            if op in ("gt", "gte"):
+                need = max(0, math.floor(k) + 1 if op == "gt" else math.ceil(k))
+                n = len(corr.rules)
+                self.subsets = list(itertools.combinations(range(n), need)) if need <= n else []
+        self.numeric = self.kind in ("value_sum", "value_avg", "value_percentile", "value_median")
+
+    # -- state changes ------------------------------------------------------------------
+    def _group(self, key) -> _Group:
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = _Group(len(self.slots), self.kind)
+        else:
+            self.groups.move_to_end(key)
+        return g
+
+    def add(self, ref, s: int, ts: int, fields: Mapping[str, Any], max_state: int) -> None:
+        slot = self.slots[s]
+        key = []
+        for f in slot.group_fields:
+            v = fold(fields.get(f))
+            if v is None:
+                self.missing_group_key += 1
+                return
+            key.append(v)
+        key = tuple(key)
+        raw = fields.get(slot.value_field) if slot.value_field else None
+        if self.kind == "value_count":
+            value = fold(raw)
+        elif self.numeric:
+            value = number_of(raw)
+        else:
+            value = None
+        g = self._group(key)
+        self._expire(g, ts - self.span)
+        self._push(g, ts, ref.seq, s, value, ref)
+        g.last = ts
+        self.pending[key] = ref
+        if self.total > max_state:
+            self._evict()
+
+    def _push(self, g: _Group, ts, seq, s, value, ref) -> None:
+        entries = g.entries
+        # One event in two slots of this correlation is one event (and one value)
+        agg = True
+        if entries and entries[-1][_SEQ] == seq:
+            for e in reversed(entries):
+                if e[_SEQ] != seq:
+                    break
+                if e[_VAL] == value:
+                    agg = False
+                    break
+        else:
+            g.distinct += 1
+        entries.append((ts, seq, s, value, ref, agg))
+        self.total += 1
+        if g.slot_n[s] == 0:
+            g.present += 1
+        g.slot_n[s] += 1
+        if g.values is not None and value is not None:
+            g.values[value] = g.values.get(value, 0) + 1
+        if self.numeric and value is not None and agg:
+            g.vcount += 1
+            if self.kind in ("value_sum", "value_avg"):
+                g.vsum += _exact(value)
+            else:
+                bisect.insort(g.sorted, value)
+        if g.slot_ts is not None:
+            g.slot_ts[s].items.append(ts)
+
+    def _pop(self, g: _Group) -> None:
+        e = g.entries.popleft()
+        self.total -= 1
+        if not g.entries or g.entries[0][_SEQ] != e[_SEQ]:
+            g.distinct -= 1
+        s = e[_SLOT]
+        g.slot_n[s] -= 1
+        if g.slot_n[s] == 0:
+            g.present -= 1
+        value = e[_VAL]
+        if g.values is not None and value is not None:
+            n = g.values[value] - 1
+            if n:
+                g.values[value] = n
+            else:
+                del g.values[value]
+        if self.numeric and value is not None and e[_AGG]:
+            g.vcount -= 1
+            if self.kind in ("value_sum", "value_avg"):
+                g.vsum -= _exact(value)
+            else:
+                i = bisect.bisect_left(g.sorted, value)
+                del g.sorted[i]
+        if g.slot_ts is not None:
+            g.slot_ts[s].popleft()
+
+    def _expire(self, g: _Group, start: int) -> None:
+        entries = g.entries
+        while entries and entries[0][_TS] < start:
+            self._pop(g)
+
+    def _evict(self) -> None:
+        while self.total > self._cap and self.groups:
+            key, g = next(iter(self.groups.items()))
+            self._pop(g)
+            self.evicted += 1
+            if not g.entries:
+                del self.groups[key]
+                self.pending.pop(key, None)
+
+    _cap = DEFAULT_MAX_STATE
+
+    def sweep(self, now: int) -> None:
+        """Forget groups whose every entry left the window."""
+        groups = self.groups
+        while groups:
+            key, g = next(iter(groups.items()))
+            if g.last >= now - self.span:
+                break
+            while g.entries:
+                self._pop(g)
+            del groups[key]
+
+    # -- evaluation ---------------------------------------------------------------------
+    def metric(self, g: _Group):
+        kind = self.kind
+        if kind == "event_count":
+            return g.distinct
+        if kind == "value_count":
+            return len(g.values)
+        if kind == "temporal" or kind == "temporal_ordered":
+            return g.present
+        if not g.vcount:
+            return None
+        if kind == "value_sum":
+            return float(g.vsum)
+        if kind == "value_avg":
+            return float(g.vsum) / g.vcount
+        p = 50.0 if kind == "value_median" else float(self.corr.percentile)
+        vals = g.sorted
+        pos = (len(vals) - 1) * (p / 100)
+        i = int(pos)
+        frac = pos - i
+        out = float(vals[i]) * (1 - frac)
+        if i + 1 < len(vals):
+            out += float(vals[i + 1]) * frac
+        return out
+
+    def _chain(self, g: _Group, slots: Sequence[int]):
+        """Earliest strictly increasing times of ``slots`` in order (None: not ordered)."""
+        prev = None
+        qs = []
+        for s in slots:
+            lst = g.slot_ts[s]
+            q = lst.first_after(prev) if len(lst) else None
+            if len(lst) and q is None:
+                return None
+            qs.append(q)
+            if q is not None:
+                prev = q
+        return qs
+
+    def evaluate(self, g: _Group):
+        """(metric, evidence entries) when the window qualifies, else None."""
+        value = self.metric(g)
+        if value is None:
+            return None
+        for op, thr in self.cond:
+            if not _CMP[op](value, thr):
+                return None
+        entries = g.entries
+        if self.kind == "temporal_ordered":
+            chosen: set = set()
+            if self.subsets is not None:
+                ok = False
+                for sub in self.subsets:
+                    if not all(g.slot_n[s] for s in sub):
+                        continue
+                    qs = self._chain(g, sub)
+                    if qs is None:
+                        continue
+                    ok = True
+                    if not sub:
+                        return value, list(entries)
+                    chosen.update(zip(sub, qs))
+                if not ok:
+                    return None
+            else:
+                qs = self._chain(g, range(len(self.slots)))
+                if qs is None:
+                    return None
+                chosen.update((s, q) for s, q in enumerate(qs) if q is not None)
+            return value, [e for e in entries if (e[_SLOT], e[_TS]) in chosen]
+        if self.numeric:
+            return value, [e for e in entries if e[_VAL] is not None]
+        return value, entries
+
+
+class CorrelationEngine:
+    """Evaluates correlations over a stream of (event, matched rule indexes).
+
+    ``rules`` is the rule list the matcher indexes; ``correlations`` are resolved
+    (``sensor.detect.metarules.resolve``).  ``silent`` holds the indexes of the rules that make
+    no alert of their own (referenced without ``generate: true``).
+    """
+
+    def __init__(self, rules: Sequence[Rule], correlations: Sequence[Correlation], *,
+                 lateness_ms: int = 0, max_state: int = DEFAULT_MAX_STATE,
+                 max_evidence: int = DEFAULT_MAX_EVIDENCE, sensor_info: dict | None = None,
+                 now=utcnow):
+        self.rules = list(rules)
+        self.lateness = int(lateness_ms)
+        self.max_state = int(max_state)
+        self.max_evidence = int(max_evidence)
+        self.sensor_info = dict(sensor_info or {})
+        self._utcnow = now
+        quiet = silent_rules(correlations)
+        rule_pos = {id(r): i for i, r in enumerate(self.rules)}
+        self.silent = frozenset(i for i, r in enumerate(self.rules) if id(r) in quiet)
+        self.nodes: list[_Node] = []
+        node_of: dict[int, _Node] = {}
+        for c in correlations:
+            n = _Node(c, len(self.nodes), output=id(c) not in quiet)
+            n._cap = self.max_state
+            node_of[id(c)] = n
+            self.nodes.append(n)
+        self.by_rule: dict[int, list[tuple[_Node, int]]] = {}
+        carry: set[str] = set()
+        for n in self.nodes:
+            c = n.corr
+            if len(c.targets) != len(c.rules):
+                raise ValueError(f"correlation {c.id} is not resolved")
+            for s, (ref, target) in enumerate(zip(c.rules, c.targets)):
+                names = {ref, getattr(target, "id", None),
+                         target.name if isinstance(target, Correlation)
+                         else target.meta.get("name")}
+                mapping = {alias: field for alias, m in c.aliases.items()
+                           for k, field in m.items() if k in names}
+                gf = tuple(mapping.get(f, f) for f in c.group_by)
+                vf = mapping.get(c.field, c.field) if c.field else None
+                if isinstance(target, Correlation):
+                    child = node_of.get(id(target))
+                    if child is None:
+                        raise ValueError(f"correlation {c.id} references {target.id}, "
+                                         "which is not in the engine")
+                    n.slots.append(_Slot("corr", child, gf, vf, ref))
+                    child.parents.append((n, s))
+                else:
+                    i = rule_pos.get(id(target))
+                    if i is None:
+                        raise ValueError(f"correlation {c.id} references rule {target.id}, "
+                                         "which is not in the rule list")
+                    n.slots.append(_Slot("rule", i, gf, vf, ref))
+                    self.by_rule.setdefault(i, []).append((n, s))
+                carry.update(gf)
+                if vf:
+                    carry.add(vf)
+        self.carry = tuple(sorted(carry))
+        self.order = self._topo()
+        # time
+        self.now: int | None = None         # the time being accumulated (not yet evaluated)
+        self.max_seen: int | None = None
+        self.floor: int | None = None       # events older than this are late
+        self._heap: list = []
+        self._seq = itertools.count(1)
+        self._at_now: list[Ev] = []
+        self._finalized = 0
+        # counters
+        self.events_correlated = 0
+        self.no_time = 0
+        self.late = 0
+        self.alerts_total = 0
+        self.state_note: dict = {"restored": False, "reason": "not saved or loaded"}
+
+    def _topo(self) -> list[_Node]:
+        seen: set[int] = set()
+        out: list[_Node] = []
+
+        def visit(n: _Node):
+            if n.index in seen:
+                return
+            seen.add(n.index)
+            for s in n.slots:
+                if s.kind == "corr":
+                    visit(s.target)
+            out.append(n)
+        for n in self.nodes:
+            visit(n)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes)
+
+    # -- input --------------------------------------------------------------------------
+    def feed(self, event: Mapping[str, Any], matched: Iterable[int],
+             ts: int | None = None) -> list[dict]:
+        """Take one event and the rules it matched; return the alerts that became final."""
+        relevant = [i for i in matched if i in self.by_rule]
+        if ts is None:
+            ts = parse_time_ms(event.get(TIME_FIELD))
+        if ts is None:
+            if relevant:
+                self.no_time += 1
+            return []
+        if self.max_seen is None or ts > self.max_seen:
+            self.max_seen = ts
+        if relevant:
+            if self.floor is not None and ts < self.floor:
+                self.late += 1
+            else:
+                seq = next(self._seq)
+                fields = {}
+                for f in self.carry:
+                    v = field_value(event, f)
+                    if v is not None:
+                        fields[f] = v
+                ev = Ev(seq, event_id(event), ts, fields, event)
+                heapq.heappush(self._heap, (ts, seq, ev, tuple(relevant)))
+        return self._advance(self.max_seen - self.lateness)
+
+    def flush(self) -> list[dict]:
+        """Evaluate everything held (end of input, idle source, stop)."""
+        out = self._advance(None)
+        if self.now is not None:
+            out += self._finalize()
+            self.floor = self.now + 1 if self.floor is None else max(self.floor, self.now + 1)
+        return out
+
+    def pending(self) -> bool:
+        """True when something waits for evaluation (the reorder buffer or the last time)."""
+        return bool(self._heap) or any(n.pending for n in self.nodes)
+
+    def _advance(self, watermark: int | None) -> list[dict]:
+        out: list[dict] = []
+        heap = self._heap
+        while heap and (watermark is None or heap[0][0] <= watermark):
+            ts, seq, ev, relevant = heapq.heappop(heap)
+            if self.now is not None and ts > self.now:
+                out += self._finalize()
+            self.now = ts
+            self._ingest(ev, relevant)
+        if watermark is not None:
+            if self.now is not None and self.now < watermark and self._at_now:
+                out += self._finalize()
+            if self.floor is None or watermark > self.floor:
+                self.floor = watermark
+        return out
+
+    def _ingest(self, ev: Ev, relevant) -> None:
+        self.events_correlated += 1
+        self._at_now.append(ev)
+        for i in relevant:
+            for node, s in self.by_rule[i]:
+                node.add(ev, s, ev.ts, ev.fields, self.max_state)
+
+    def _finalize(self) -> list[dict]:
+        """Evaluate every anchor at ``self.now`` (children before parents)."""
+        t = self.now
+        out: list[dict] = []
+        for node in self.order:
+            if not node.pending:
+                continue
+            pending, node.pending = node.pending, {}
+            for key, ref in pending.items():
+                g = node.groups.get(key)
+                if g is None:
+                    continue
+                node._expire(g, t - node.span)
+                res = node.evaluate(g)
+                if res is None:
+                    continue
+                metric, entries = res
+                alert = self._emit(node, key, t, metric, entries, ref)
+                if alert is not None:
+                    out.append(alert)
+            node.sweep(t)
+        self._finalized += 1
+        if self._finalized % 1024 == 0:
+            for node in self.nodes:
+                node.sweep(t)
+        for ev in self._at_now:
+            ev.event = None
+        self._at_now = []
+        return out
+
+    def _evidence(self, entries) -> tuple[list[Ev], list[str], bool]:
+        """The newest distinct evidence events and child alert ids (at most ``max_evidence``
+        of each), and whether anything was left out."""
+        evs: dict[int, Ev] = {}
+        kids: dict[str, None] = {}
+        cap = self.max_evidence
+        truncated = False
+
+        def take(ev: Ev) -> bool:
+            nonlocal truncated
+            if ev.seq in evs:
+                return True
+            if len(evs) >= cap:
+                truncated = True
+                return False
+            evs[ev.seq] = ev
+            return True
+
+        for e in reversed(entries):
+            ref = e[_REF]
+            if isinstance(ref, ChildAlert):
+                if ref.id not in kids:
+                    if len(kids) >= cap:
+                        truncated = True
+                        break
+                    kids[ref.id] = None
+                truncated = truncated or ref.truncated
+                if not all(take(ev) for ev in reversed(ref.evidence)):
+                    break
+            elif not take(ref):
+                break
+        return sorted(evs.values(), key=lambda ev: ev.seq), sorted(kids), truncated
+
+    def _emit(self, node: _Node, key: tuple, t: int, metric, entries, anchor_ref) -> dict | None:
+        corr = node.corr
+        evs, kids, truncated = self._evidence(entries)
+        aid = alert_id(corr.id, {"correlation_group": list(key), "window_end": t})
+        if isinstance(anchor_ref, ChildAlert):
+            anchor = anchor_ref.anchor
+        else:
+            anchor = _anchor_fields(anchor_ref.event) if anchor_ref.event is not None else {}
+        node.alerts += 1
+        if node.parents:
+            child = ChildAlert(next(self._seq), aid, t, node, key, metric, tuple(evs), kids,
+                               anchor, truncated)
+            for parent, s in node.parents:
+                for row in self._child_rows(child, parent.slots[s]):
+                    parent.add(child, s, t, row, self.max_state)
+        if not node.output:
+            return None
+        self.alerts_total += 1
+        return build_correlation_alert(corr, dict(zip(corr.group_by, key)), t, metric,
+                                       [ev.id for ev in evs], kids, truncated, anchor, aid,
+                                       self._utcnow(), self.sensor_info)
+
+    @staticmethod
+    def _child_rows(child: ChildAlert, slot: _Slot) -> list[dict]:
+        """The parent's view of a child alert: its group-by values and metric, and for any
+        other field the distinct values among its evidence events."""
+        c = child.node.corr
+        own = dict(zip(c.group_by, child.group))
+        own["sigma_metric"] = child.metric
+        own[c.type] = child.metric
+        needed = [f for f in slot.group_fields + ((slot.value_field,) if slot.value_field else ())]
+        fixed = {f: own[f] for f in needed if f in own}
+        rest = [f for f in needed if f not in own]
+        if not rest:
+            return [fixed] if child.evidence else []
+        rows: dict[tuple, dict] = {}
+        for ev in child.evidence:
+            row = dict(fixed)
+            for f in rest:
+                row[f] = ev.fields.get(f)
+            rows.setdefault(tuple((f, fold(row[f])) for f in rest), row)
+        return list(rows.values())
+
+    # -- health -------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Plain counters for the health status."""
+        per = {}
+        for n in self.nodes:
+            per[n.corr.id] = {"title": n.corr.title, "type": n.kind, "alerts": n.alerts,
+                              "groups": len(n.groups), "entries": n.total,
+                              "evicted": n.evicted, "missing_group_key": n.missing_group_key}
+        return {"correlations": len(self.nodes),
+                "events_correlated": self.events_correlated,
+                "alerts": self.alerts_total,
+                "no_event_time": self.no_time,
+                "late_events": self.late,
+                "reorder_buffered": len(self._heap),
+                "lateness_s": self.lateness / 1000,
+                "max_state": self.max_state,
+                "entries": sum(n.total for n in self.nodes),
+                "evicted": sum(n.evicted for n in self.nodes),
+                "missing_group_key": sum(n.missing_group_key for n in self.nodes),
+                "state": dict(self.state_note),
+                "by_correlation": per}
+
+    # -- persistence --------------------------------------------------------------------
+    def save_state(self, path: str) -> int:
+        """Write what the windows hold (call after :meth:`flush`); returns the bytes written.
+
+        The reorder buffer and unevaluated anchors are not saved (flush first)."""
+        import msgspec
+
+        evs: dict[int, Ev] = {}
+        kids: dict[int, ChildAlert] = {}
+        nodes = {}
+        for n in self.nodes:
+            groups = []
+            for key, g in n.groups.items():
+                ents = []
+                for e in g.entries:
+                    ref = e[_REF]
+                    if isinstance(ref, ChildAlert):
+                        kids[ref.seq] = ref
+                        for ev in ref.evidence:
+                            evs[ev.seq] = ev
+                        ents.append([e[_TS], e[_SLOT], "c", ref.seq, _row_of(e, n, key)])
+                    else:
+                        evs[ref.seq] = ref
+                        ents.append([e[_TS], e[_SLOT], "e", ref.seq, None])
+                groups.append([list(key), ents])
+            nodes[n.corr.id] = {"fingerprint": n.corr.fingerprint(), "groups": groups,
+                                "alerts": n.alerts, "evicted": n.evicted}
+        doc = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "saved_at": time.time(),
+            "generator": f"etw-sensor {__version__}",
+            "now": self.now, "max_seen": self.max_seen, "floor": self.floor,
+            "seq": next(self._seq),
+            "events": [[ev.seq, ev.id, ev.ts, ev.fields] for ev in evs.values()],
+            "children": [[k.seq, k.id, k.ts, k.node.corr.id, list(k.group), k.metric,
+                          [ev.seq for ev in k.evidence], list(k.children), k.anchor,
+                          k.truncated] for k in kids.values()],
+            "nodes": nodes,
+        }
+        data = msgspec.json.encode(doc, enc_hook=str)
+        _write_private(path, data)
+        return len(data)
+
+    def load_state(self, path: str) -> dict:
+        """Restore saved windows; returns (and keeps for the health status) what happened."""
+        import msgspec
+
+        note: dict
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            note = {"restored": False, "reason": "no saved state (first start, or the previous "
+                                                 "run did not save it)"}
+            self.state_note = note
+            return note
+        try:
+            if size > MAX_STATE_FILE:
+                raise ValueError(f"state file is larger than {MAX_STATE_FILE} bytes")
+            with open(path, "rb") as fh:
+                doc = msgspec.json.decode(fh.read())
+            if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or \
+                    doc.get("version") != STATE_VERSION:
+                raise ValueError("not a correlation state file of this version")
+            note = self._restore(doc)
+            note["saved_at"] = doc.get("saved_at")
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                msgspec.DecodeError) as exc:
+            self._reset_state()
+            note = {"restored": False, "reason": f"saved state unusable, windows start empty: "
+                                                 f"{exc}"}
+        self.state_note = note
+        return note
+
+    def _reset_state(self) -> None:
+        for n in self.nodes:
+            n.groups.clear()
+            n.pending.clear()
+            n.total = 0
+        self.now = self.max_seen = self.floor = None
+
+    def _restore(self, doc: dict) -> dict:
+        by_id = {n.corr.id: n for n in self.nodes}
+        evs = {}
+        for seq, ident, ts, fields in doc["events"]:
+            if not isinstance(fields, dict):
+                raise ValueError("bad event record")
+            evs[int(seq)] = Ev(int(seq), str(ident), int(ts), fields)
+        kids = {}
+        for rec in doc["children"]:
+            seq, ident, ts, nid, group, metric, ev_seqs, children, anchor, trunc = rec
+            node = by_id.get(nid)
+            if node is None:
+                continue
+            kids[int(seq)] = ChildAlert(int(seq), str(ident), int(ts), node, tuple(group), metric,
+                                        tuple(evs[s] for s in ev_seqs), list(children),
+                                        dict(anchor or {}), bool(trunc))
+        kept, dropped = [], []
+        for nid, saved in doc["nodes"].items():
+            node = by_id.get(nid)
+            if node is None or saved.get("fingerprint") != node.corr.fingerprint():
+                dropped.append(nid)
+                continue
+            for key, ents in saved["groups"]:
+                for ts, s, kind, seq, row in ents:
+                    if not 0 <= int(s) < len(node.slots):
+                        raise ValueError("bad slot")
+                    if kind == "c":
+                        ref = kids[int(seq)]
+                        node.add(ref, int(s), int(ts), row or {}, self.max_state)
+                    else:
+                        ref = evs[int(seq)]
+                        node.add(ref, int(s), int(ts), ref.fields, self.max_state)
+            node.pending.clear()
+            node.alerts = int(saved.get("alerts", 0))
+            node.evicted = int(saved.get("evicted", 0))
+            kept.append(nid)
+        self.now = doc.get("now")
+        self.max_seen = doc.get("max_seen")
+        self.floor = doc.get("floor")
+        nxt = int(doc.get("seq") or 1)
+        self._seq = itertools.count(nxt)
+        note = {"restored": True, "correlations": len(kept)}
+        if dropped:
+            note["discarded"] = dropped
+            note["reason"] = "the state of correlations that changed or went away was discarded"
+        return note
+
+
+def _row_of(entry, node: _Node, key: tuple) -> dict:
+    """The fields a child entry was counted with (saved so a restore counts it the same)."""
+    slot = node.slots[entry[_SLOT]]
+    row = dict(zip(slot.group_fields, key))
+    if slot.value_field:
+        row[slot.value_field] = entry[_VAL]
+    return row
+
+
+def _write_private(path: str, data: bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------
+# Alerts.
+
+def event_id(event: Mapping[str, Any]) -> str:
+    """A stable id for an event (a hash of its stored values), listed as alert evidence."""
+    return alert_id("event", event)
+
+
+def _anchor_fields(event) -> dict:
+    out = {}
+    for name in SELECT_FIELDS:
+        fld = FIELD_MAP.get(name)
+        if fld is not None and not fld.startswith("@"):
+            v = event.get(fld)
+            if v is not None:
+                out[name] = v
+    for k in ("Computer", "User", "Image", "CommandLine", "ParentImage", TIME_FIELD):
+        v = event.get(k)
+        if v is not None:
+            out.setdefault("event", {})[k] = v
+    return out
+
+
+def _mitre(tags) -> list[str]:
+    out = []
+    for t in tags:
+        t = t.lower()
+        if t.startswith("attack.t") and t[8:9].isdigit():
+            out.append("T" + t[8:].upper())
+    return out
+
+
+def correlation_summary(corr: Correlation) -> dict:
+    """The rule block of a correlation alert."""
+    out = {"id": corr.id, "title": corr.title, "level": corr.level,
+           "description": corr.description, "tags": list(corr.tags),
+           "mitre": _mitre(corr.tags), "author": corr.author,
+           "references": list(corr.references), "falsepositives": list(corr.falsepositives),
+           "source": corr.source, "origin": corr.origin, "kind": "correlation"}
+    if corr.name:
+        out["name"] = corr.name
+    for k, v in corr.meta.items():
+        out.setdefault(k, v)
+    return out
+
+
+def build_correlation_alert(corr: Correlation, group: dict, t: int, metric, event_ids: list,
+                            child_ids: list, truncated: bool, anchor: dict, aid: str,
+                            now: str, sensor_info: dict | None = None) -> dict:
+    """The alert a qualifying correlation window becomes."""
+    cond = {op: v for op, v in corr.effective_condition()}
+    shown = metric if not isinstance(metric, float) or not metric.is_integer() else int(metric)
+    desc = ", ".join(f"{k}={v}" for k, v in group.items()) or "all events"
+    alert: dict[str, Any] = {
+        "id": aid,
+        "timestamp": now,
+        "event_time": format_time_ms(t),
+        "rule": correlation_summary(corr),
+        "MESSAGE": (f"Correlation {corr.title!r}: {corr.type} {shown} "
+                    f"({', '.join(f'{k} {v}' for k, v in cond.items())}) for {desc} "
+                    f"within {corr.timespan}"),
+    }
+    for name in SELECT_FIELDS:
+        if name != "MESSAGE":
+            alert[name] = anchor.get(name)
+    alert["correlation"] = {
+        "type": corr.type, "group": group, "value": shown, "condition": cond,
+        "field": corr.field, "timespan": corr.timespan,
+        "window": {"start": format_time_ms(t - corr.span_ms), "end": format_time_ms(t)},
+        "event_count": len(event_ids), "event_ids": list(event_ids),
+        "alert_ids": list(child_ids), "evidence_truncated": bool(truncated),
+        "rules": [getattr(x, "id", None) for x in corr.targets] or list(corr.rules),
+    }
+    if corr.percentile is not None:
+        alert["correlation"]["percentile"] = corr.percentile
+    alert["event"] = dict(anchor.get("event") or {})
+    alert["sensor"] = {"version": __version__, **(sensor_info or {})}
+    return alert

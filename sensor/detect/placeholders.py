@@ -1,0 +1,232 @@
+"""Sigma placeholders (``|expand``): values from a placeholders file.
+
+The file is YAML: each key a placeholder name, each value a string or number or a list of
+them::
+
+    Administrators: ['adm_*', 'Administrator']
+    JumpServers: jump01
+
+A value is a Sigma string, so ``*`` and ``?`` in it are wildcards (pySigma's
+``value_placeholders``).  A placeholder with several values stands for any of them; several
+placeholders in one value expand to every combination (at most :data:`MAX_EXPANSIONS`).
+``\\%`` before a placeholder keeps the percent sign literal, as the specification says
+(``\\%plain%name%`` is the text ``%plain`` followed by the placeholder ``name``).  A rule whose
+placeholder has no value is rejected naming the placeholder: "If the tool isn't able to handle
+placeholders, it must reject the rule."
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 10_000
+MAX_EXPANSIONS = 200        # per value, as pySigma bounds it
+
+
+class PlaceholderError(ValueError):
+    """A placeholders file that cannot be used, or a placeholder without a value."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 name: str | None = None):
+        self.message, self.path, self.line, self.name = message, path, line, name
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return self.message
+        loc = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{loc}: {self.message}"
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and "%" not in name and "\\" not in name
+
+
+def load_placeholders(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """Read a placeholders file; PlaceholderError (file:line) when it is not one."""
+    import yaml
+
+    p = str(path)
+    try:
+        with open(p, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PlaceholderError(f"cannot read placeholders file: {exc.strerror or exc}", p) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise PlaceholderError(f"placeholders file is larger than {MAX_FILE_BYTES} bytes", p)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlaceholderError(f"not UTF-8 text: {exc.reason}", p,
+                               raw.count(b"\n", 0, exc.start) + 1) from None
+    try:
+        node = yaml.compose(text, yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise PlaceholderError(f"YAML syntax error: {getattr(exc, 'problem', None) or exc}", p,
+                               mark.line + 1 if mark is not None else None) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PlaceholderError("a placeholders file maps names to values "
+                               "(name: value, or name: [value, ...])", p, 1)
+    lines = {}
+    if node is not None and hasattr(node, "value") and isinstance(node.value, list):
+        for k, v in node.value:
+            lines[getattr(k, "value", None)] = k.start_mark.line + 1
+    out: dict[str, tuple[str, ...]] = {}
+    total = 0
+    for name, value in data.items():
+        line = lines.get(name if isinstance(name, str) else str(name))
+        if not _valid_name(name):
+            raise PlaceholderError(f"placeholder name {name!r} must be text without % or \\",
+                                   p, line)
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise PlaceholderError(f"placeholder {name!r} needs at least one value", p, line)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise PlaceholderError(f"placeholder {name!r}: values must be strings or "
+                                       f"numbers, got {v!r}", p, line)
+        total += len(values)
+        if total > MAX_VALUES:
+            raise PlaceholderError(f"more than {MAX_VALUES} placeholder values", p, line)
+        out[name] = tuple(str(v) for v in values)
+    return out
+
+
+def _respec(parts: list) -> list:
+    """Re-read a value's parts with the specification's escape: ``\\%`` is a literal ``%``.
+
+    pySigma turns every ``%name%`` into a placeholder and keeps a preceding backslash as
+    text; the specification says ``\\%plain%name%`` is ``%plain`` then ``%name%``.
+    """
+    from sigma.types import Placeholder
+
+    text_runs: list = []      # str runs (placeholders written back as %name%) and specials
+    buf: list[str] = []
+    for p in parts:
+        if isinstance(p, str):
+            buf.append(p)
+        elif isinstance(p, Placeholder):
+            buf.append("%" + p.name + "%")
+        else:
+            if buf:
+                text_runs.append("".join(buf))
+                buf = []
+            text_runs.append(p)
+    if buf:
+        text_runs.append("".join(buf))
+    out: list = []
+
+    def emit(s: str) -> None:
+        if not s:
+            return
+        if out and isinstance(out[-1], str):
+            out[-1] += s
+        else:
+            out.append(s)
+
+    for run in text_runs:
+        if not isinstance(run, str):
+            out.append(run)
+            continue
+        i, n = 0, len(run)
+        while i < n:
+            c = run[i]
+            if c == "\\" and i + 1 < n and run[i + 1] == "%":
+                emit("%")
+                i += 2
+                continue
+            if c == "%":
+                end = run.find("%", i + 1)
+                name = run[i + 1:end] if end > i + 1 else ""
+                if name and "\\" not in name:
+                    out.append(Placeholder(name))
+                    i = end + 1
+                    continue
+            emit(c)
+            i += 1
+    return out
+
+
+def _names(parts) -> list[str]:
+    from sigma.types import Placeholder
+    return [p.name for p in parts if isinstance(p, Placeholder)]
+
+
+def _expand_value(value, values: Mapping[str, tuple[str, ...]] | None) -> list | None:
+    """The values one detection value becomes (None: unchanged)."""
+    from sigma.types import SigmaExpansion, SigmaRegularExpression, SigmaString
+
+    if isinstance(value, SigmaExpansion):
+        inner = [_expand_value(v, values) for v in value.values]
+        if all(x is None for x in inner):
+            return None
+        flat = []
+        for v, x in zip(value.values, inner):
+            flat.extend([v] if x is None else x)
+        return [SigmaExpansion(flat)]
+    if isinstance(value, SigmaRegularExpression):
+        s = value.regexp
+    elif isinstance(value, SigmaString):
+        s = value
+    else:
+        return None
+    if not s.contains_placeholder():
+        return None
+    if any(isinstance(p, str) and p.endswith("\\") for p in s.s):
+        fixed = SigmaString()
+        fixed.s = _respec(list(s.s))
+        s = fixed
+        if isinstance(value, SigmaRegularExpression):
+            value = SigmaRegularExpression(str(s), value.flags)
+            value.regexp = s
+        else:
+            value = s
+        if not s.contains_placeholder():
+            return [value]
+    names = _names(s.s)
+    for name in names:
+        if not values or name not in values:
+            raise PlaceholderError(
+                f"placeholder %{name}% has no value: give it one in a placeholders file "
+                "([rules] placeholders in the config, or --placeholders FILE)", name=name)
+    count = 1
+    for name in names:
+        count *= len(values[name])
+    if count > MAX_EXPANSIONS:
+        raise PlaceholderError(f"placeholders expand one value into {count} values "
+                               f"(at most {MAX_EXPANSIONS})", name=names[0])
+    return list(value.replace_placeholders(
+        lambda p: [SigmaString(v) for v in values[p.name]]))
+
+
+def resolve_placeholders(srule, values: Mapping[str, tuple[str, ...]] | None) -> None:
+    """Replace every placeholder of a parsed pySigma rule with its values (in place).
+
+    A value list stands where the value stood, as pySigma's ``value_placeholders`` puts it
+    (so under ``|all`` every expansion must hold).
+    """
+    from sigma.rule.detection import SigmaDetection
+
+    def walk(d):
+        for item in d.detection_items:
+            if isinstance(item, SigmaDetection):
+                walk(item)
+                continue
+            new, changed = [], False
+            for v in item.value:
+                x = _expand_value(v, values)
+                if x is None:
+                    new.append(v)
+                else:
+                    new.extend(x)
+                    changed = True
+            if changed:
+                item.value = new
+
+    for det in srule.detection.detections.values():
+        walk(det)

@@ -37,11 +37,15 @@ def read_events(paths: Iterable[str | os.PathLike], stats: ReadStats | None = No
     return read_paths(paths, stats)
 
 
-def load_rules(paths: Sequence[str | os.PathLike] = (), builtin: bool = True) -> tuple[list[Rule], LoadReport]:
+def load_rules(paths: Sequence[str | os.PathLike] = (), builtin: bool = True,
+               placeholders=None) -> tuple[list[Rule], LoadReport]:
     """The rules in ``paths`` (Sigma YAML files or folders, rule packs), after the built-in rule
-    unless ``builtin=False``; and the load report (rejected rules with file:line and reason)."""
+    unless ``builtin=False``; and the load report (rejected rules with file:line and reason;
+    ``report.correlations``: the Sigma correlation rules, evaluated by
+    ``sensor.detect.correlate.CorrelationEngine``).  ``placeholders`` maps ``|expand``
+    placeholder names to their values."""
     from .detect.loader import load_rules as _load
-    report = _load(paths, builtin=builtin)
+    report = _load(paths, builtin=builtin, placeholders=placeholders)
     return report.rules, report
 
 

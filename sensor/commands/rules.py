@@ -16,11 +16,18 @@ def _rss_mib() -> float | None:
         return None
 
 
-def _measured_load(paths: Sequence[str], builtin: bool) -> tuple[LoadReport, float | None, float | None]:
+def _measured_load(paths: Sequence[str], builtin: bool,
+                   placeholders=None) -> tuple[LoadReport, float | None, float | None]:
     before = _rss_mib()
-    report = load_rules(paths, builtin=builtin)
+    report = load_rules(paths, builtin=builtin, placeholders=placeholders)
     after = _rss_mib()
     return report, before, after
+
+
+def _placeholders(args):
+    """The --placeholders file's values; None without one; False after printing an error."""
+    from .scan import read_placeholders
+    return read_placeholders(getattr(args, "placeholders", None), sys.stderr)
 
 
 def _memory_line(before: float | None, after: float | None) -> str:
@@ -38,7 +45,7 @@ def _group_warnings(report: LoadReport) -> list[tuple[str, int]]:
 
 
 def print_report(report: LoadReport, out: TextIO, before=None, after=None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, show_unsupported: bool = False) -> None:
     """The human-readable load report."""
     sigma_rules = sum(1 for r in report.rules if r.origin != "builtin")
     total = sigma_rules + len(report.rejected) + len(report.not_applicable)
@@ -50,6 +57,10 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
     applicable = sigma_rules + len(report.rejected)
     if applicable:
         print(f"applicable rules loaded: {100.0 * sigma_rules / applicable:.2f} %", file=out)
+    corr_bad = sum(1 for r in report.rejected + report.not_applicable if "[correlation " in r.reason)
+    if report.correlations or report.filters or corr_bad:
+        print(f"correlations: {len(report.correlations)} loaded; filters: "
+              f"{len(report.filters)} loaded", file=out)
     print(f"load time: {report.seconds:.3f} s", file=out)
     print(_memory_line(before, after), file=out)
     if report.rejected:
@@ -65,6 +76,11 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
             reasons = collections.Counter(r.reason for r in report.not_applicable)
             for reason, n in reasons.most_common():
                 print(f"  {n:5d} x {reason}", file=out)
+    if show_unsupported:
+        from ..detect.loader import unsupported_counts
+        print("\nunsupported constructs (rules that use them are rejected):", file=out)
+        for name, n in unsupported_counts(report):
+            print(f"  {n:5d} x {name}", file=out)
     if report.warnings:
         print(f"\nwarnings ({len(report.warnings)}):", file=out)
         if verbose:
@@ -77,18 +93,61 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
 
 
 def _cmd_list(args) -> int:
-    report = load_rules(list(args.paths) + list(args.rules or []), builtin=not args.no_builtin_rules)
+    from ..detect.metarules import silent_rules
+
+    placeholders = _placeholders(args)
+    if placeholders is False:
+        return 2
+    report = load_rules(list(args.paths) + list(args.rules or []), builtin=not args.no_builtin_rules,
+                        placeholders=placeholders)
     out = sys.stdout
+    verbose = getattr(args, "verbose", False)
+    quiet = silent_rules(report.correlations)
     print(f"{'ID':38} {'LEVEL':9} {'TITLE':60} SOURCE", file=out)
     for r in report.rules:
         title = r.title if len(r.title) <= 60 else r.title[:57] + "..."
         print(f"{r.id:38} {r.level:9} {title:60} {r.source}", file=out)
-        if getattr(args, "verbose", False):
+        if verbose:
             _print_details(r, out)
-    print(f"{len(report.rules)} rules", file=sys.stderr)
+            if id(r) in quiet:
+                print("    alerts: none of its own (a correlation uses it; generate: false)",
+                      file=out)
+    for c in report.correlations:
+        title = f"[{c.type}] {c.title}"
+        title = title if len(title) <= 60 else title[:57] + "..."
+        print(f"{c.id:38} {c.level:9} {title:60} {c.source}", file=out)
+        if verbose:
+            _print_correlation(c, out, id(c) in quiet)
+    if verbose and report.filters:
+        print("\nfilters:", file=out)
+        for f in report.filters:
+            targets = "any rule" if f.rules is None else ", ".join(f.rules)
+            print(f"  {f.id} {f.title}: adds 'and ({f.text})' to {targets} "
+                  f"(logsource {f.logsource}) [{f.source}]", file=out)
+    print(f"{len(report.rules)} rules, {len(report.correlations)} correlations, "
+          f"{len(report.filters)} filters", file=sys.stderr)
     for r in report.rejected:
         print(f"rejected: {r}", file=sys.stderr)
     return 1 if report.rejected else 0
+
+
+def _print_correlation(c, out: TextIO, silent: bool) -> None:
+    """A correlation's definition, indented under its line."""
+    def line(label, value):
+        if value not in (None, "", [], {}):
+            print(f"    {label}: {value}", file=out)
+    line("rules", ", ".join(f"{ref} -> {getattr(t, 'id', '?')}"
+                            for ref, t in zip(c.rules, c.targets)))
+    line("group-by", ", ".join(c.group_by) or "(one group)")
+    line("timespan", c.timespan)
+    line("condition", ", ".join(f"{op} {v}" for op, v in c.effective_condition()))
+    line("field", c.field)
+    line("percentile", c.percentile)
+    line("aliases", c.aliases)
+    line("generate", "true" if c.generate else "false")
+    if silent:
+        line("alerts", "none of its own (another correlation uses it; generate: false)")
+    line("description", " ".join(c.description.split()))
 
 
 def _print_details(r, out: TextIO) -> None:
@@ -114,11 +173,16 @@ def _print_details(r, out: TextIO) -> None:
     line("security standard", r.meta.get("security_standard"))
     for ref in r.references:
         line("reference", ref)
+    for f in r.meta.get("filters") or ():
+        line("filter", f"{f.get('title')} [{f.get('id')}]: and ({f.get('condition')})")
 
 
 def _cmd_validate(args) -> int:
-    report, before, after = _measured_load(args.paths, builtin=False)
-    print_report(report, sys.stdout, before, after, verbose=args.verbose)
+    placeholders = _placeholders(args)
+    if placeholders is False:
+        return 2
+    report, before, after = _measured_load(args.paths, builtin=False, placeholders=placeholders)
+    print_report(report, sys.stdout, before, after, verbose=args.verbose, show_unsupported=True)
     return 1 if report.rejected else 0
 
 
@@ -168,13 +232,14 @@ def _cmd_doctor(args) -> int:
     return 1 if report.rejected else 0
 
 
-def write_pack_private(rules, output: str, sources: Sequence[str]) -> int:
+def write_pack_private(rules, output: str, sources: Sequence[str], correlations=(),
+                       filters=()) -> int:
     """Write the pack atomically (temp file + rename), private (0600); returns its size."""
     import os
 
     from .._files import open_private
     from ..detect.pack import encode_pack
-    data = encode_pack(rules, [str(p) for p in sources])
+    data = encode_pack(rules, [str(p) for p in sources], correlations, filters)
     tmp = f"{output}.tmp"
     try:
         with open_private(tmp, "wb", make_parents=False) as fh:
@@ -191,36 +256,45 @@ def write_pack_private(rules, output: str, sources: Sequence[str]) -> int:
     return len(data)
 
 
-def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: bool = False) -> int:
+def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: bool = False,
+                placeholders=None) -> int:
     """Compile ``paths`` into the pack ``output`` and print the report.
 
     A rule that was rejected means the pack would silently lack it: no pack is written then,
     unless ``allow_rejected``. Exit 0 written, 1 rules rejected (written only if allowed),
-    2 the pack cannot be written.
+    2 the pack cannot be written. The pack holds the rules as read (filters are kept apart
+    and applied again when the pack loads), the usable correlations and the filters;
+    placeholders are resolved now (a pack loads without pySigma).
     """
     before = _rss_mib()
-    report = load_rules(paths, builtin=False)
+    report = load_rules(paths, builtin=False, placeholders=placeholders)
     print_report(report, out, before, _rss_mib())
     if report.rejected and not allow_rejected:
         print(f"\nno pack written: {len(report.rejected)} rule(s) or file(s) rejected (listed "
               f"above); fix them, or pass --allow-rejected to write a pack without them",
               file=sys.stderr)
         return 1
-    if not report.rules:
+    if not report.source_rules and not report.correlations:
         print("\nno pack written: no rule loaded", file=sys.stderr)
         return 1
     try:
-        size = write_pack_private(report.rules, output, paths)
+        size = write_pack_private(report.source_rules, output, paths,
+                                  report.correlations, report.filters)
     except OSError as exc:
         print(f"error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    print(f"\nwrote {output}: {len(report.rules)} rules, {size} bytes"
+    print(f"\nwrote {output}: {len(report.source_rules)} rules, {len(report.correlations)} "
+          f"correlations, {len(report.filters)} filters, {size} bytes"
           + (f" (WITHOUT {len(report.rejected)} rejected)" if report.rejected else ""), file=out)
     return 1 if report.rejected else 0
 
 
 def _cmd_compile(args) -> int:
-    return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected)
+    placeholders = _placeholders(args)
+    if placeholders is False:
+        return 2
+    return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected,
+                       placeholders=placeholders)
 
 
 def _cmd_keygen(args) -> int:
@@ -337,6 +411,8 @@ def register(subparsers) -> None:
                     help="leave out the built-in rule")
     lp.add_argument("-v", "--verbose", action="store_true",
                     help="also print each rule's metadata (description, MITRE, next steps...)")
+    lp.add_argument("--placeholders", metavar="FILE",
+                    help="values for |expand placeholders (YAML)")
     lp.set_defaults(func=_cmd_list)
 
     vp = sub.add_parser("validate", help="load rules and report what loaded and what did not "
@@ -344,6 +420,8 @@ def register(subparsers) -> None:
     vp.add_argument("paths", nargs="+", metavar="PATH")
     vp.add_argument("-v", "--verbose", action="store_true",
                     help="list every not-applicable rule and warning")
+    vp.add_argument("--placeholders", metavar="FILE",
+                    help="values for |expand placeholders (YAML)")
     vp.set_defaults(func=_cmd_validate)
 
     cp = sub.add_parser("compile", help="compile rules into a rule pack (loads without pySigma)")
@@ -351,6 +429,8 @@ def register(subparsers) -> None:
     cp.add_argument("-o", "--output", required=True, metavar="PACK")
     cp.add_argument("--allow-rejected", action="store_true",
                     help="write the pack even when rules were rejected (they are left out)")
+    cp.add_argument("--placeholders", metavar="FILE",
+                    help="values for |expand placeholders (YAML), resolved into the pack")
     cp.set_defaults(func=_cmd_compile)
 
     kp = sub.add_parser("keygen", help="make an Ed25519 key pair for signing rule packs",

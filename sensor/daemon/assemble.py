@@ -31,6 +31,7 @@ class Validation:
     rules: list = field(default_factory=list)
     rule_problems: list[str] = field(default_factory=list)
     rule_packs: list[dict] = field(default_factory=list)
+    correlations: list = field(default_factory=list)   # Sigma correlation rules (loaded)
     not_applicable: int = 0
     output_name: str = ""
 
@@ -54,6 +55,7 @@ class Parts:
     forwarder: Any = None
     exclusions: Any = None
     throttle: Any = None
+    correlator: Any = None
     warnings: list = field(default_factory=list)
     caps: dict = field(default_factory=dict)     # sizes set by [sensor] memory_limit_mb
 
@@ -148,6 +150,7 @@ def _check_rules(cfg: Config, v: Validation) -> None:
     v.rules = loaded.rules
     v.rule_problems = loaded.problems
     v.rule_packs = loaded.packs
+    v.correlations = list(loaded.correlations)
     v.not_applicable = loaded.not_applicable
     v.errors += loaded.errors
     v.warnings += loaded.warnings
@@ -208,6 +211,8 @@ def _check_places(cfg: Config, v: Validation) -> None:
         places.append(("logging.file", cfg.logging.file, False))
     if output_format(cfg.output) == "jsonl":
         places.append(("output.path", cfg.output.path, False))
+    if v.correlations and cfg.correlation.persist:
+        places.append(("correlation.state_file", cfg.correlation.state_file, False))
     for key, path, folder in places:
         why = _writable(path, folder=folder)
         if why:
@@ -351,6 +356,12 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
     parts = Parts(config=cfg, rules=checked.rules, rule_problems=checked.rule_problems,
                   rule_packs=checked.rule_packs, warnings=list(checked.warnings))
     parts.caps = apply_memory_caps(cfg)    # [sensor] memory_limit_mb sizes the tables
+    if checked.correlations:
+        from ..detect.correlate import CorrelationEngine
+        c = cfg.correlation
+        parts.correlator = CorrelationEngine(
+            checked.rules, checked.correlations, lateness_ms=int(c.lateness_s * 1000),
+            max_state=c.max_state, max_evidence=c.max_evidence)
     engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
     if cfg.exclusions:
         parts.exclusions = Exclusions(
@@ -456,7 +467,12 @@ def make_pipeline(parts: Parts):
                     rule_problems=parts.rule_problems, rules_on_error=cfg.rules.on_error,
                     rule_packs=parts.rule_packs,
                     info={"host": cfg.sensor.hostname or socket.gethostname(),
-                          "config": cfg.path})
+                          "config": cfg.path},
+                    correlator=parts.correlator,
+                    correlation_state=(cfg.correlation.state_file
+                                       if cfg.correlation.persist else None),
+                    checkpoint_s=cfg.correlation.checkpoint_s,
+                    idle_flush_s=cfg.correlation.lateness_s)
 
 
 def attach_services(pipeline, cfg: Config, parts: Parts | None = None) -> list:

@@ -131,6 +131,16 @@ class RulesSection(_S):
     trusted_keys: list[TrustedKeyEntry] = []
     watch_s: float = 5.0               # poll the rule files for changes (0 = off); a change reloads
     update: RulesUpdateSection = msgspec.field(default_factory=RulesUpdateSection)
+    placeholders: str = ""             # YAML file: values for |expand placeholders
+
+
+class CorrelationSection(_S):
+    lateness_s: float = 5.0            # reorder buffer: how late an event may come and count
+    max_state: int = 100_000           # window entries kept per correlation; more evict, counted
+    max_evidence: int = 100            # event ids listed per correlation alert
+    state_file: str = ""               # "" = <data_dir>/correlation-state.json
+    persist: bool = True               # save the windows on stop (and every checkpoint_s)
+    checkpoint_s: float = 60.0         # 0 = save on stop only
 
 
 class PeSection(_S):
@@ -236,6 +246,7 @@ class Config(_S):
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     source: SourceSection = msgspec.field(default_factory=SourceSection)
     rules: RulesSection = msgspec.field(default_factory=RulesSection)
+    correlation: CorrelationSection = msgspec.field(default_factory=CorrelationSection)
     enrich: EnrichSection = msgspec.field(default_factory=EnrichSection)
     exclusions: list[ExclusionEntry] = []
     throttle: ThrottleSection = msgspec.field(default_factory=ThrottleSection)
@@ -275,6 +286,10 @@ LIMITS: dict[str, tuple[float, float]] = {
     "enrich.pe.cache_size": (1, 1_000_000),
     "enrich.hashes.cache_size": (1, 1_000_000),
     "enrich.hashes.max_file_mb": (0.001, 4096.0),
+    "correlation.lateness_s": (0.0, DAY),
+    "correlation.max_state": (1, 10_000_000),
+    "correlation.max_evidence": (1, 100_000),
+    "correlation.checkpoint_s": (0.0, DAY),
     "throttle.window_s": (0.0, 7 * DAY),
     "output.gzip_level": (0, 9),
     "output.connect_timeout": (0.01, 600.0),
@@ -589,6 +604,9 @@ def _resolve_paths(cfg: Config, base: str) -> list[str]:
     u = cfg.rules.update
     for key in ("ca_file", "client_cert", "client_key", "token_file"):
         setattr(u, key, fix(getattr(u, key), f"rules.update.{key}"))
+    cfg.rules.placeholders = fix(cfg.rules.placeholders, "rules.placeholders")
+    cfg.correlation.state_file = fix(cfg.correlation.state_file, "correlation.state_file") or \
+        os.path.join(s.data_dir, "correlation-state.json")
     cfg.enrich.pe.path_map = {k: fix(v, f"enrich.pe.path_map.{k}")
                               for k, v in cfg.enrich.pe.path_map.items()}
     cfg.spool.path = fix(cfg.spool.path, "spool.path") or os.path.join(s.data_dir, "spool.sqlite")

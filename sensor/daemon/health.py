@@ -229,6 +229,24 @@ class LedgerHealth(_H):
     lost: int = 0                      # dropped while the spool failed (a gap in seq)
 
 
+class CorrelationHealth(_H):
+    """Sigma correlations (``sensor.detect.correlate``); absent (zero) when none are loaded."""
+    correlations: int = 0
+    events_correlated: int = 0
+    alerts: int = 0
+    no_event_time: int = 0             # events without a usable time: not correlated
+    late_events: int = 0               # behind the newest event by more than lateness_s
+    reorder_buffered: int = 0
+    lateness_s: float = 0.0
+    max_state: int = 0                 # window entries per correlation
+    entries: int = 0
+    evicted: int = 0                   # entries dropped over max_state (oldest first)
+    missing_group_key: int = 0
+    state_save_failures: int = 0
+    state: dict[str, Any] = {}         # restored at start, or why not
+    by_correlation: dict[str, dict[str, Any]] = {}
+
+
 class Status(_H):
     sensor: SensorInfo = msgspec.field(default_factory=SensorInfo)
     events: EventsHealth = msgspec.field(default_factory=EventsHealth)
@@ -243,6 +261,7 @@ class Status(_H):
     delivery: DeliveryHealth = msgspec.field(default_factory=DeliveryHealth)
     ledger: LedgerHealth = msgspec.field(default_factory=LedgerHealth)
     budget: BudgetHealth = msgspec.field(default_factory=BudgetHealth)
+    correlation: CorrelationHealth = msgspec.field(default_factory=CorrelationHealth)
     problems: list[str] = []           # what an operator must look at now
     source: dict[str, Any] = {}        # the source's own counters, as it reports them
     written_at: float = 0.0
@@ -293,6 +312,14 @@ def problems(s: Status) -> list[str]:
                    f" shedding {', '.join(s.budget.shedding)}")
     if s.budget.memory_limit_mb and s.budget.rss_mb > s.budget.memory_limit_mb:
         out.append(f"memory {s.budget.rss_mb:.0f} MB over the budget of {s.budget.memory_limit_mb:g} MB")
+    c = s.correlation
+    if c.evicted:
+        out.append(f"{c.evicted} correlation window entr(y/ies) evicted over correlation.max_state "
+                   f"({c.max_state} per correlation)")
+    if c.state_save_failures:
+        out.append(f"correlation windows could not be saved {c.state_save_failures} time(s)")
+    if c.correlations and str(c.state.get("reason", "")).startswith("saved state unusable"):
+        out.append(f"correlation windows lost at restart: {c.state.get('reason')}")
     return out
 
 
@@ -440,6 +467,9 @@ def transitions(prev: Status | None, cur: Status) -> list[tuple[str, str, dict, 
                      "caps": cur.budget.caps}, f"{boot}:{cur.written_at}"))
     grew("spool_write_failed", prev.spool.write_failures, cur.spool.write_failures,
          "alerts not written to the spool", {"error": cur.spool.error})
+    grew("correlation_evicted", prev.correlation.evicted, cur.correlation.evicted,
+         "correlation window entries evicted over correlation.max_state",
+         {"max_state": cur.correlation.max_state})
     if cur.delivery.parked and not prev.delivery.parked:
         out.append(("delivery_parked", f"alert delivery parked: {cur.delivery.park_reason or '-'}",
                     {"reason": cur.delivery.park_reason, "spool_depth": cur.spool.depth},

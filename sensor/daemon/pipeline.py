@@ -19,9 +19,11 @@ from typing import Any, Callable, Sequence
 import msgspec
 
 from ..detect.alerts import AlertFactory
-from .health import (AlertsHealth, BudgetHealth, DeliveryHealth, PackHealth, RulesUpdateHealth, EnrichHealth, EtwHealth, EventsHealth, Heartbeat,
-                     Ledger, MatcherHealth, NoiseHealth, PeCacheHealth, RulesHealth, SensorInfo,
-                     SpoolHealth, Status, heartbeat_line, problems, to_dict, transitions, write_status)
+from .health import (AlertsHealth, BudgetHealth, CorrelationHealth, DeliveryHealth, EnrichHealth,
+                     EtwHealth, EventsHealth, Heartbeat, Ledger, MatcherHealth, NoiseHealth,
+                     PackHealth, PeCacheHealth, RulesHealth, RulesUpdateHealth, SensorInfo,
+                     SpoolHealth, Status, heartbeat_line, problems, to_dict, transitions,
+                     write_status)
 from ..detect.matcher import create as create_matcher
 from ..detect.noise import Exclusions, Throttle
 from .queues import BoundedQueue
@@ -59,7 +61,9 @@ class Pipeline:
                  heartbeat_interval: float = 60.0, status_file: str | None = None,
                  alert_hook: Callable[[dict], None] | None = None, info: dict | None = None,
                  rule_problems: Sequence[str] = (), rules_on_error: str = "fail",
-                 ledger: bool = True, rule_packs: Sequence[dict] = ()):
+                 ledger: bool = True, rule_packs: Sequence[dict] = (), correlator=None,
+                 correlation_state: str | None = None, checkpoint_s: float = 0.0,
+                 idle_flush_s: float = 5.0):
         self.source = source
         self.engine = engine
         self.spool = spool
@@ -87,6 +91,17 @@ class Pipeline:
         self.status_file = status_file
         self.rules_on_error = rules_on_error
         self._never: tuple[int, dict[str, int], str | None] = (-1, {}, None)
+        # Sigma correlations (sensor.detect.correlate): fed after matching, alerts spooled
+        self.correlator = correlator if correlator else None
+        self.silent = correlator.silent if self.correlator is not None else frozenset()
+        if self.correlator is not None:
+            self._titles.update((n.corr.id, n.corr.title) for n in self.correlator.nodes)
+        self.correlation_state = correlation_state
+        self.checkpoint_s = checkpoint_s
+        self.idle_flush_s = idle_flush_s
+        self._last_input = time.monotonic()
+        self._last_checkpoint = time.monotonic()
+        self.state_errors = 0
         # The completeness ledger: health documents and health alerts through the spool.
         self.ledger = Ledger(spool, {"host": str(self.info.get("host") or ""),
                                      **({"config": self.info["config"]} if self.info.get("config") else {})}) \
@@ -184,6 +199,9 @@ class Pipeline:
         """Start the worker, the forwarder, the heartbeat and then the source."""
         self._started_at = time.time()
         self._last = (time.monotonic(), 0)
+        if self.correlator is not None and self.correlation_state:
+            note = self.correlator.load_state(self.correlation_state)
+            log.info("correlation state: %s", note)
         self._worker = threading.Thread(target=self._work, name="matcher", daemon=True)
         self._worker.start()
         if self.forwarder is not None:
@@ -232,6 +250,8 @@ class Pipeline:
         self.queue.close()   # the worker blocks on the queue without a timeout: wake it
         if self._worker is not None:
             self._worker.join(timeout=max(1.0, deadline - time.monotonic()))
+        if self.correlator is not None and (self._worker is None or not self._worker.is_alive()):
+            self._correlation_flush(save=True)   # before the last health document counts them
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self._started_at:
@@ -273,6 +293,8 @@ class Pipeline:
             if not batch:
                 if self._stop.is_set():
                     return
+                if self.correlator is not None:
+                    self._correlation_idle()
                 continue
             try:
                 self._process(batch)
@@ -309,6 +331,10 @@ class Pipeline:
         self.match_ns += mns
         if alerts:
             self._deliver(alerts)
+        if self.correlator is not None:
+            self._last_input = time.monotonic()
+            if self.checkpoint_s and self._last_input - self._last_checkpoint >= self.checkpoint_s:
+                self._correlation_save()
         self.work_ns += time.perf_counter_ns() - t0
 
     def _one(self, ev, match, rules, enrich, excl, throttle, alerts: list, clock, make_alert) -> int:
@@ -328,10 +354,16 @@ class Pipeline:
         m0 = clock()
         matched = match(ev)
         mns = clock() - m0
+        corr = self.correlator
+        fed = [] if corr is not None else None
         for i in matched:
             rule = rules[i]
             if hits and excl.drops_alert(hits, rule):
                 continue
+            if fed is not None:
+                fed.append(i)
+                if i in self.silent:   # a correlation's building block (generate: false)
+                    continue
             if throttle is not None and not throttle.allow(rule.id, ev):
                 continue
             budget = self.budget
@@ -345,7 +377,44 @@ class Pipeline:
                 alert["sensor"].update(self.info)
             alerts.append(alert)
             self.alerts_by_rule[rule.id] += 1
+        if corr is not None:
+            self._take_correlated(corr.feed(ev, fed), alerts)
         return mns
+
+    # -- correlations ----------------------------------------------------------------------
+    def _take_correlated(self, found: list[dict], alerts: list) -> None:
+        for a in found:
+            if self.info:
+                a["sensor"].update(self.info)
+            alerts.append(a)
+            self.alerts_by_rule[a["rule"]["id"]] += 1
+
+    def _correlation_idle(self) -> None:
+        """No event for ``idle_flush_s``: evaluate what the reorder buffer still holds."""
+        corr = self.correlator
+        if corr.pending() and time.monotonic() - self._last_input >= self.idle_flush_s:
+            self._correlation_flush(save=False)
+
+    def _correlation_flush(self, save: bool) -> None:
+        alerts: list[dict] = []
+        try:
+            self._take_correlated(self.correlator.flush(), alerts)
+        except Exception:
+            log.exception("correlation flush failed")
+        if alerts:
+            self._deliver(alerts)
+        if save:
+            self._correlation_save()
+
+    def _correlation_save(self) -> None:
+        self._last_checkpoint = time.monotonic()
+        if not self.correlation_state:
+            return
+        try:
+            self.correlator.save_state(self.correlation_state)
+        except Exception:
+            self.state_errors += 1
+            log.exception("cannot save the correlation state to %s", self.correlation_state)
 
     def _deliver(self, alerts: list[dict]) -> None:
         if self.spool is not None:
@@ -435,6 +504,10 @@ class Pipeline:
                 log.info("throttle: suppressed %d repeat(s) of rule %s within %.0f s",
                          r["suppressed"], r["rule"], r["window_s"])
         st.noise = noise
+        if self.correlator is not None:
+            cs = _safe(self.correlator.stats)
+            cs["state_save_failures"] = self.state_errors
+            st.correlation = _convert(cs, CorrelationHealth)
         if self.spool is not None:
             raw = _safe(getattr(self.spool, "stats", None))
             sp = _convert(raw, SpoolHealth)

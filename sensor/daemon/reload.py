@@ -71,6 +71,7 @@ class Loaded:
     errors: list[str] = field(default_factory=list)      # refuse (start or reload)
     warnings: list[str] = field(default_factory=list)
     packs: list[dict] = field(default_factory=list)
+    correlations: list = field(default_factory=list)     # Sigma correlations, references resolved
     not_applicable: int = 0
 
 
@@ -84,8 +85,18 @@ def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
     if key_errors:
         out.errors += key_errors
         return out
-    report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust)
+    placeholders = None
+    if cfg.rules.placeholders:
+        from ..detect.placeholders import PlaceholderError, load_placeholders
+        try:
+            placeholders = load_placeholders(cfg.rules.placeholders)
+        except PlaceholderError as exc:
+            out.errors.append(f"rules.placeholders: {exc}")
+            return out
+    report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust,
+                        placeholders=placeholders)
     out.rules = report.rules
+    out.correlations = list(report.correlations)
     out.problems = report.problems()
     out.packs = report.packs
     out.not_applicable = len(report.not_applicable)

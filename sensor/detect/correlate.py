@@ -45,7 +45,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
 from .. import __version__
-from ..events import field_value, summary as event_summary
+from ..events import field_value
 from .alerts import SELECT_FIELDS, alert_id, utcnow
 from .fields import FIELD_MAP
 from .ir import Rule
@@ -892,11 +892,12 @@ def event_id(event: Mapping[str, Any]) -> str:
 
 
 def _anchor_fields(event) -> dict:
+    """The select fields of the event that completed a window (shown in its alert)."""
     out = {}
     for name in SELECT_FIELDS:
         fld = FIELD_MAP.get(name)
-        if fld is not None and not fld.startswith("@"):
-            v = event.get(fld)
+        if fld is not None and name != "MESSAGE":
+            v = field_value(event, fld)
             if v is not None:
                 out[name] = v
     for k in ("Computer", "User", "Image", "CommandLine", "ParentImage", TIME_FIELD):

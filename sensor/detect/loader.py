@@ -51,6 +51,24 @@ class LoadReport:
         return out
 
 
+# Constructs of the Sigma 2.1 specification (and its drafts) this sensor does not evaluate,
+# each with the text its rejection reason carries; `rules validate` lists them by name.
+UNSUPPORTED = (
+    ("time modifiers (minute, hour, day, week, month, year)", "time-part modifiers"),
+    ("rule collections (action: global / reset / repeat)", "collections (action"),
+    ("string conditions of temporal correlations (Sigma 2.2 draft)", "string condition"),
+    ("several fields in a correlation's condition.field", "a list of fields"),
+    ("value_percentile without condition.percentile", "needs condition.percentile"),
+    ("ranges in temporal_ordered conditions", "takes one condition operator"),
+)
+
+
+def unsupported_counts(report: "LoadReport") -> list[tuple[str, int]]:
+    """Each unsupported construct and how many rejections it caused in ``report``."""
+    return [(name, sum(1 for r in report.rejected if marker in r.reason))
+            for name, marker in UNSUPPORTED]
+
+
 def _rule_files(folder: Path) -> list[Path]:
     out = []
     for root, dirs, files in os.walk(folder):

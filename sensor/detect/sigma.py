@@ -648,15 +648,17 @@ class _DocSpans:
             if self._spans is None:
                 self._spans = self._compute()
             start, end = self._spans[index] if index < len(self._spans) else (1, None)
-            lines = self.text.split("\n")
-            stop = len(lines) if end is None else min(len(lines), end)
             if key is None and pattern is None:
                 return start
-            rx = re.compile(pattern if pattern is not None else
-                            r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(key) + r"['\"]?[ \t]*:")
-            for i in range(start - 1, stop):
-                if rx.search(lines[i]):
-                    return i + 1
+            lines = self.text.split("\n")
+            stop = len(lines) if end is None else min(len(lines), end)
+            keys = key.split(",") if key else []
+            for k in keys or [None]:
+                rx = re.compile(pattern if k is None else
+                                r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(k) + r"['\"]?[ \t]*:")
+                for i in range(start - 1, stop):
+                    if rx.search(lines[i]):
+                        return i + 1
             return start
         return line_of
 
@@ -761,7 +763,7 @@ def correlation_from_dict(doc: dict, path: str, line_of) -> tuple[Any, list]:
                 condition.append((key, value))
             else:
                 fail(f"condition: unknown key {key!r} (gt, gte, lt, lte, eq, neq, field, "
-                     "percentile)", str(key))
+                     "percentile)", f"{key},condition")
     elif cond_raw is not None:
         fail("condition: must be a mapping such as {gte: 10}", "condition")
     gen_top, gen_in = doc.get("generate"), corr.get("generate")
@@ -806,9 +808,13 @@ def correlation_from_dict(doc: dict, path: str, line_of) -> tuple[Any, list]:
             source=path, line=line_of(), meta=meta), warnings
     except MetaError as exc:
         msg = exc.message
-        key = ("timespan" if "timespan" in msg else "type" if "type" in msg else
-               "rules" if "rules:" in msg else "aliases" if "aliases" in msg else
-               "percentile" if "percentile" in msg else "condition")
+        key = ("timespan,correlation" if "timespan" in msg else
+               "type,correlation" if "correlation type" in msg else
+               "rules,correlation" if "rules:" in msg else
+               "aliases,correlation" if "aliases" in msg else
+               "percentile,condition,correlation" if "percentile" in msg else
+               "condition,correlation" if "condition" in msg and "needs a condition" not in msg
+               else "correlation")
         fail(msg, key)
 
 

@@ -1,0 +1,791 @@
+"""Sigma correlation rules: the specification's own examples, loading, references, generate,
+bounded state, lateness, persistence, and correlations in `scan`, `run` and packs."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from sensor.detect.correlate import CorrelationEngine, parse_time_ms
+from sensor.detect.loader import load_rules
+from sensor.detect.matcher import create
+from sensor.events import ProcessEvent
+
+T0 = parse_time_ms("2025-01-01 12:00:00.000")
+
+
+def utc(ms: int) -> str:
+    import datetime as dt
+    t = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (t.microsecond // 1000)
+
+
+def write(tmp_path, name: str, text: str):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip())
+    return p
+
+
+def stub(ident=None, name=None, image="x.exe", extra="") -> str:
+    """A process_creation rule standing in for a rule a spec example references."""
+    out = f"title: stub {name or ident}\n"
+    if ident:
+        out += f"id: {ident}\n"
+    if name:
+        out += f"name: {name}\n"
+    return out + ("logsource:\n    category: process_creation\n    product: windows\n"
+                  f"detection:\n    selection:\n        Image|endswith: '\\{image}'\n{extra}"
+                  "    condition: selection\n")
+
+
+def run(report, events, **kw):
+    """(base alerts, correlation alerts, engine) for ``events`` = [(ms offset, fields)]."""
+    rules = report.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, report.correlations, max_evidence=10**6, **kw)
+    base, corr = [], []
+    for off, fields in events:
+        ev = ProcessEvent(dict(fields, UtcTime=utc(T0 + off)))
+        matched = m.match(ev)
+        base += [rules[i].id for i in matched if i not in eng.silent]
+        corr += eng.feed(ev, matched)
+    corr += eng.flush()
+    return base, corr, eng
+
+
+def loaded(tmp_path, *docs, placeholders=None):
+    p = write(tmp_path, "rules.yml", "\n---\n".join(textwrap.dedent(d).strip() + "\n" for d in docs))
+    return load_rules([p], builtin=False, placeholders=placeholders)
+
+
+# ---------------------------------------------------------------------------------
+# The specification's examples (sigma-correlation-rules-specification.md, 2.1.0).
+
+FAILED = "5638f7c0-ac70-491d-8465-2a65075e0d86"
+
+
+def test_spec_event_count_many_failed_logins(tmp_path):
+    rep = loaded(tmp_path, stub(FAILED, image="fail.exe"), """
+        title: Many failed logins
+        id: 0e95725d-7320-415d-80f7-004da920fc11
+        correlation:
+            type: event_count
+            rules:
+                - 5638f7c0-ac70-491d-8465-2a65075e0d86
+            group-by:
+                - ComputerName
+            timespan: 1h
+            condition:
+                gte: 100
+        """)
+    assert not rep.rejected and len(rep.correlations) == 1
+    fail = {"Image": "C:\\fail.exe", "ComputerName": "PC1"}
+    # 100 within the hour: one alert, at the 100th, counting 100
+    _, alerts, _ = run(rep, [(i * 36_000, fail) for i in range(100)])
+    assert [a["correlation"]["value"] for a in alerts] == [100]
+    assert alerts[0]["correlation"]["group"] == {"ComputerName": "pc1"}
+    # 99: none; 100 spread over one hour and one second: none (the window slides)
+    assert run(rep, [(i * 36_000, fail) for i in range(99)])[1] == []
+    spread = [(0, fail)] + [(3_601_000 - (98 - i) * 1000, fail) for i in range(99)]
+    assert run(rep, spread)[1] == []
+    # the base rule makes no alert of its own (generate defaults to false)
+    assert run(rep, [(0, fail)])[0] == []
+
+
+def test_spec_value_count_failed_login_users(tmp_path):
+    rep = loaded(tmp_path, stub(FAILED, image="fail.exe"), """
+        title: Failed login
+        id: 0e95725d-7320-415d-80f7-004da920fc12
+        correlation:
+            type: value_count
+            rules:
+                - 5638f7c0-ac70-491d-8465-2a65075e0d86
+            group-by:
+                - ComputerName
+                - WorkstationName
+            timespan: 1d
+            condition:
+                field: User
+                gte: 100
+        """)
+    ev = lambda u, ws="WS1": {"Image": "C:\\fail.exe", "ComputerName": "PC1",  # noqa: E731
+                              "WorkstationName": ws, "User": u}
+    _, alerts, _ = run(rep, [(i * 1000, ev(f"user{i}")) for i in range(100)])
+    assert len(alerts) == 1 and alerts[0]["correlation"]["value"] == 100
+    # 99 distinct users (and repeats of them) are not 100 values
+    assert run(rep, [(i * 1000, ev(f"user{i % 99}")) for i in range(150)])[1] == []
+    # two workstations are two groups
+    assert run(rep, [(i * 1000, ev(f"user{i}", f"WS{i % 2}")) for i in range(150)])[1] == []
+
+
+RECON = [stub(name=f"recon_cmd_{x}", image=img)
+         for x, img in (("a", "whoami.exe"), ("b", "net.exe"), ("c", "ipconfig.exe"))]
+
+
+def test_spec_temporal_recon(tmp_path):
+    # The spec's fragment has no title; a title is mandatory, so it gets one here.
+    rep = loaded(tmp_path, *RECON, """
+        title: recon commands
+        correlation:
+            type: temporal
+            rules:
+                - recon_cmd_a
+                - recon_cmd_b
+                - recon_cmd_c
+            group-by:
+                - ComputerName
+                - User
+            timespan: 5m
+        """)
+    assert not rep.rejected
+    who = lambda img, user="bob", t=0: (t, {"Image": f"C:\\{img}", "ComputerName": "PC1",  # noqa: E731
+                                            "User": user})
+    _, alerts, _ = run(rep, [who("net.exe", t=0), who("ipconfig.exe", t=60_000),
+                             who("whoami.exe", t=300_000)])
+    assert len(alerts) == 1 and alerts[0]["correlation"]["value"] == 3
+    assert run(rep, [who("net.exe", t=0), who("ipconfig.exe", t=60_000),
+                     who("whoami.exe", "eve", 120_000)])[1] == []
+    assert run(rep, [who("net.exe", t=0), who("ipconfig.exe", t=60_000),
+                     who("whoami.exe", t=300_001)])[1] == []
+
+
+def test_spec_temporal_ordered_and_the_chained_example(tmp_path):
+    # "Failed Logins Followed by Successful Login" as written (four documents): its base rules
+    # read Windows Security logons, so on this sensor the whole chain is not applicable.
+    spec = """
+    title: Correlation - Multiple Failed Logins Followed by Successful Login
+    id: b180ead8-d58f-40b2-ae54-c8940995b9b6
+    status: experimental
+    description: Detects multiple failed logins by a single user followed by a successful login of that user
+    references:
+        - https://reference.com
+    author: Florian Roth (Nextron Systems)
+    date: 2023-06-16
+    correlation:
+        type: temporal_ordered
+        rules:
+            - multiple_failed_login
+            - successful_login
+        group-by:
+            - User
+        timespan: 10m
+    falsepositives:
+        - Unlikely
+    level: high
+    ---
+    title: Multiple failed logons
+    id: a8418a5a-5fc4-46b5-b23b-6c73beb19d41
+    description: Detects multiple failed logins within a certain amount of time
+    name: multiple_failed_login
+    correlation:
+        type: event_count
+        rules:
+            - failed_login
+        group-by:
+            - User
+        timespan: 10m
+        condition:
+            gte: 10
+    ---
+    title: Single failed login
+    id: 53ba33fd-3a50-4468-a5ef-c583635cfa92
+    name: failed_login
+    logsource:
+        product: windows
+        service: security
+    detection:
+        selection:
+            EventID:
+                - 529
+                - 4625
+        condition: selection
+    ---
+    title: Successful login
+    id: 4d0a2c83-c62c-4ed4-b475-c7e23a9269b8
+    description: Detects a successful login
+    name: successful_login
+    logsource:
+        product: windows
+        service: security
+    detection:
+        selection:
+            EventID:
+                - 528
+                - 4624
+        condition: selection
+    """
+    p = write(tmp_path, "chain.yml", textwrap.dedent(spec))
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations and not rep.rejected
+    reasons = [r.reason for r in rep.not_applicable]
+    outer = [r for r in reasons if "[correlation b180ead8" in r]
+    inner = [r for r in reasons if "[correlation a8418a5a" in r]
+    assert "'successful_login' names a rule that is not applicable" in outer[0]
+    assert "'failed_login' names a rule that is not applicable" in inner[0]
+    # The same documents with a process_creation logsource run as the spec describes.
+    p.write_text(textwrap.dedent(spec).replace("    service: security\n",
+                                               "    category: process_creation\n"))
+    rep = load_rules([p], builtin=False)
+    assert not rep.rejected and len(rep.correlations) == 2
+    failed = {"EventID": "4625", "User": "alice"}
+    ok = {"EventID": "4624", "User": "alice"}
+    base, alerts, _ = run(rep, [(i * 1000, failed) for i in range(10)] + [(60_000, ok)])
+    assert base == []                   # building blocks stay quiet
+    assert [a["rule"]["id"] for a in alerts] == ["b180ead8-d58f-40b2-ae54-c8940995b9b6"]
+    a = alerts[0]
+    assert a["rule"]["level"] == "high" and a["correlation"]["group"] == {"User": "alice"}
+    assert a["correlation"]["event_count"] == 11 and len(a["correlation"]["alert_ids"]) == 1
+    # success before the tenth failure: the ordered chain does not hold
+    assert run(rep, [(i * 1000, failed) for i in range(9)] + [(20_000, ok), (30_000, failed)]
+               )[1] == []
+    # nine failures only
+    assert run(rep, [(i * 1000, failed) for i in range(9)] + [(60_000, ok)])[1] == []
+
+
+def test_spec_value_sum_and_avg(tmp_path):
+    rep = loaded(tmp_path, stub(name="website_access", image="curl.exe"), """
+        title: Possible Exfiltration to Website
+        correlation:
+            type: value_sum
+            rules:
+                - website_access
+            group-by:
+                - SourceIP
+                - User
+            timespan: 1h
+            condition:
+                field: bytes_sent
+                gt: 1000000
+        """, stub(name="rule_a_id", image="nc.exe"), """
+        title: Suspicious average network traffic
+        correlation:
+            type: value_avg
+            rules:
+                - rule_a_id
+            group-by:
+                - SourceIP
+                - User
+            timespan: 24h
+            condition:
+                field: BytesOut
+                gt: 500
+        """)
+    assert not rep.rejected and len(rep.correlations) == 2
+    up = lambda n: {"Image": "C:\\curl.exe", "SourceIP": "10.0.0.5", "User": "bob",  # noqa: E731
+                    "bytes_sent": str(n)}
+    _, alerts, _ = run(rep, [(0, up(600_000)), (1_800_000, up(400_000)), (3_000_000, up(1))])
+    assert [a["correlation"]["value"] for a in alerts] == [1_000_001]
+    nc = lambda n: {"Image": "C:\\nc.exe", "SourceIP": "10.0.0.5", "User": "bob",  # noqa: E731
+                    "BytesOut": n}
+    _, alerts, _ = run(rep, [(0, nc(400)), (1000, nc(700)), (2000, nc("junk"))])
+    assert [a["correlation"]["value"] for a in alerts] == [550, 550]
+
+
+def test_spec_value_percentile_as_written_is_refused_and_works_with_a_percentile(tmp_path):
+    doc = """
+        title: A computer spawned a processes name in the last 24h than 1% of all the processes.
+        correlation:
+            type: value_percentile
+            rules:
+                - process_creation
+            group-by:
+                - ComputerName
+            timespan: 24h
+            condition:
+                field: image
+                lte: 1
+        """
+    rep = loaded(tmp_path, stub(name="process_creation", image=".exe"), doc)
+    assert not rep.correlations
+    assert "condition.percentile" in rep.rejected[0].reason and rep.rejected[0].line == 20
+    rep = loaded(tmp_path, stub(name="process_creation", image=".exe"),
+                 doc.replace("lte: 1", "lte: 1\n                percentile: 50"))
+    assert len(rep.correlations) == 1
+    _, alerts, _ = run(rep, [(i, {"Image": "C:\\a.exe", "ComputerName": "PC1", "image": v})
+                             for i, v in enumerate([0, 1, 5])])
+    assert [a["correlation"]["value"] for a in alerts] == [0, 0.5, 1]
+
+
+def test_spec_aliases_example(tmp_path):
+    # The spec's example rules (no title, no logsource) completed so they load; the
+    # correlation's `title: —` and `id: —` are taken as written.
+    rep = loaded(tmp_path, """
+        title: internal error
+        name: internal_error
+        logsource:
+            category: process_creation
+        detection:
+            selection:
+                http.response.status_code: 500
+            condition: selection
+        """, """
+        title: new connection
+        name: new_network_connection
+        logsource:
+            category: process_creation
+        detection:
+            selection:
+                event.category: network
+                event.type: connection
+                event.outcome: success
+            condition: selection
+        """, """
+        title: —
+        id: —
+        correlation:
+            type: temporal
+            rules:
+                - internal_error
+                - new_network_connection
+            group-by:
+                - internal_ip
+                - remote_ip
+            timespan: 10s
+            aliases:
+                internal_ip:
+                    internal_error: destination.ip
+                    new_network_connection: source.ip
+                remote_ip:
+                    internal_error: source.ip
+                    new_network_connection: destination.ip
+        """)
+    assert not rep.rejected and len(rep.correlations) == 1
+    err = {"http.response.status_code": "500", "destination.ip": "10.0.0.1", "source.ip": "8.8.8.8"}
+    conn = {"event.category": "network", "event.type": "connection", "event.outcome": "success",
+            "source.ip": "10.0.0.1", "destination.ip": "8.8.8.8"}
+    _, alerts, _ = run(rep, [(0, err), (10_000, conn)])
+    assert len(alerts) == 1
+    assert alerts[0]["correlation"]["group"] == {"internal_ip": "10.0.0.1", "remote_ip": "8.8.8.8"}
+    assert run(rep, [(0, err), (10_001, conn)])[1] == []
+    swapped = dict(conn, **{"source.ip": "8.8.8.8", "destination.ip": "10.0.0.1"})
+    assert run(rep, [(0, err), (1000, swapped)])[1] == []
+
+
+def test_spec_condition_range_is_an_and(tmp_path):
+    # "To define a range, you can use the conjunction 'AND' in the mapping" (pySigma refuses it)
+    rep = loaded(tmp_path, stub(FAILED, image="fail.exe"), """
+        title: 101 to 200
+        correlation:
+            type: event_count
+            rules:
+                - 5638f7c0-ac70-491d-8465-2a65075e0d86
+            timespan: 1h
+            condition:
+                gt: 100
+                lte: 200
+        """)
+    _, alerts, _ = run(rep, [(i, {"Image": "C:\\fail.exe"}) for i in range(205)])
+    assert [a["correlation"]["value"] for a in alerts] == list(range(101, 201))
+    assert alerts[0]["correlation"]["condition"] == {"gt": 100, "lte": 200}
+
+
+# ---------------------------------------------------------------------------------
+# Loading: references, generate, errors with file:line.
+
+CORR = """
+title: pair
+id: 10000000-0000-4000-8000-0000000000aa
+correlation:
+    type: temporal
+    rules:
+        - {a}
+        - {b}
+    timespan: 1m
+"""
+
+
+def test_references_by_id_in_any_spelling_and_by_name_across_files(tmp_path):
+    write(tmp_path, "a.yml", stub("00000000-0000-4000-8000-00000000000a", "first", "a.exe"))
+    write(tmp_path, "b.yml", stub("00000000-0000-4000-8000-00000000000b", "second", "b.exe"))
+    write(tmp_path, "c.yml", CORR.format(a="'{00000000-0000-4000-8000-00000000000A}'", b="second"))
+    rep = load_rules([tmp_path], builtin=False)
+    assert not rep.rejected
+    c = rep.correlations[0]
+    assert [t.id for t in c.targets] == ["00000000-0000-4000-8000-00000000000a",
+                                         "00000000-0000-4000-8000-00000000000b"]
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\b.exe"}), (30_000, {"Image": "C:\\a.exe"})])
+    assert len(alerts) == 1
+
+
+@pytest.mark.parametrize("refs,expect", [
+    (("nope", "second"), "'nope' names no loaded rule"),
+    (("dup", "second"), "ambiguous"),
+    (("bad_rule", "second"), "rejected"),
+    (("linux", "second"), "not applicable"),
+])
+def test_unusable_references_are_explained(tmp_path, refs, expect):
+    write(tmp_path, "b.yml", stub("00000000-0000-4000-8000-00000000000b", "second", "b.exe"))
+    write(tmp_path, "d1.yml", stub(name="dup", image="d.exe"))
+    write(tmp_path, "d2.yml", stub(name="dup", image="e.exe"))
+    write(tmp_path, "bad.yml", stub(name="bad_rule").replace("endswith", "containz"))
+    write(tmp_path, "linux.yml", stub(name="linux").replace("product: windows", "product: linux"))
+    write(tmp_path, "c.yml", CORR.format(a=refs[0], b=refs[1]))
+    rep = load_rules([tmp_path], builtin=False)
+    assert not rep.correlations
+    found = [r for r in rep.rejected + rep.not_applicable if "[correlation " in r.reason]
+    assert len(found) == 1 and expect in found[0].reason, found
+    assert found[0].path.endswith("c.yml") and found[0].line == 1
+    if expect == "not applicable":
+        assert found[0] in rep.not_applicable
+
+
+def test_cycles_and_self_references_are_refused(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: x
+        name: x
+        correlation: {type: event_count, rules: [y], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: y
+        name: y
+        correlation: {type: event_count, rules: [x, a], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: z
+        name: z
+        correlation: {type: event_count, rules: [z], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: top
+        correlation: {type: event_count, rules: [y], timespan: 1m, condition: {gte: 1}}
+        """)
+    assert not rep.correlations
+    reasons = " | ".join(r.reason for r in rep.rejected)
+    assert "cycle" in reasons and "itself" in reasons and reasons.count("[correlation") == 4
+
+
+@pytest.mark.parametrize("body,why,line", [
+    ("type: temporal\n    rules: [a, b]\n    timespan: 1m\n    condition: a and not b",
+     "Sigma 2.2 draft", 4),
+    ("type: value_count\n    rules: [a]\n    timespan: 1m\n    condition:\n"
+     "        field: [User, Image]\n        gte: 2", "list of fields", 5),
+    ("type: event_count\n    rules: [a]\n    timespan: 1h30m\n    condition: {gte: 2}",
+     "timespan", 3),
+    ("type: event_count\n    rules: [a]\n    timespan: 0s\n    condition: {gte: 2}",
+     "longer than zero", 3),
+    ("type: value_max\n    rules: [a]\n    timespan: 1m\n    condition: {gte: 2}",
+     "not one of", 1),
+    ("type: event_count\n    rules: [a]\n    timespan: 1m", "needs a condition", 0),
+    ("type: value_sum\n    rules: [a]\n    timespan: 1m\n    condition: {gte: 2}",
+     "needs condition.field", 4),
+    ("type: temporal_ordered\n    rules: [a, b]\n    timespan: 1m\n    condition: {gt: 1, lt: 3}",
+     "takes one condition operator", 4),
+    ("type: event_count\n    rules: [a]\n    timespan: 1m\n    condition: {gte: 2, above: 3}",
+     "unknown key 'above'", 4),
+    ("type: event_count\n    rules: [a, a]\n    timespan: 1m\n    condition: {gte: 2}",
+     "listed twice", 2),
+])
+def test_bad_correlations_are_rejected_with_file_line(tmp_path, body, why, line):
+    """``line`` counts from the ``correlation:`` key (0) of the document after the rule."""
+    doc = f"title: t\nid: c0\ncorrelation:\n    {body}\n"
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" + doc)
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations
+    assert len(rep.rejected) == 1 and why in rep.rejected[0].reason, rep.rejected
+    assert rep.rejected[0].line == 13 + line, rep.rejected[0]
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_generate_true_keeps_the_building_block_alerts(tmp_path, where):
+    # the specification puts generate at the top level; pySigma reads it inside correlation
+    doc = ("title: c\n" + ("generate: true\n" if where == "top" else "") +
+           "correlation:\n    type: event_count\n    rules: [a]\n    timespan: 1m\n"
+           "    condition: {gte: 2}\n" + ("    generate: true\n" if where == "inside" else ""))
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), doc)
+    assert rep.correlations and rep.correlations[0].generate
+    base, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
+    assert len(base) == 2 and len(alerts) == 1
+
+
+def test_generate_in_both_places_must_agree(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        generate: true
+        correlation:
+            type: event_count
+            rules: [a]
+            timespan: 1m
+            condition: {gte: 2}
+            generate: false
+        """)
+    assert not rep.correlations and "generate" in rep.rejected[0].reason
+
+
+def test_one_generate_false_silences_a_shared_rule(tmp_path):
+    # pySigma: a rule referenced by several correlations is silent if any says generate: false
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c1
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 5}, generate: true}
+        """, """
+        title: c2
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 5}}
+        """)
+    base, _, _ = run(rep, [(0, {"Image": "C:\\a.exe"})])
+    assert base == []
+
+
+def test_unknown_correlation_keys_warn(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        correlation:
+            type: event_count
+            rules: [a]
+            timespan: 1m
+            ordered: true
+            condition: {gte: 2}
+        """)
+    assert rep.correlations
+    w = [x for x in rep.warnings if "ordered" in x.reason]
+    assert w and w[0].line == 17
+
+
+# ---------------------------------------------------------------------------------
+# The engine's bounds: evidence, state cap, lateness, time.
+
+def simple(tmp_path, cond="gte: 2", group_by="[Computer]", ctype="event_count", extra=""):
+    return loaded(tmp_path, stub(name="a", image="a.exe"), f"""
+        title: c
+        id: 10000000-0000-4000-8000-0000000000cc
+        correlation:
+            type: {ctype}
+            rules: [a]
+            group-by: {group_by}
+            timespan: 1m
+            condition: {{{cond}}}
+        {extra}""")
+
+
+def test_evidence_is_capped_newest_first_and_flagged(tmp_path):
+    rep = simple(tmp_path, "gte: 10")
+    rules = rep.rules
+    eng = CorrelationEngine(rules, rep.correlations, max_evidence=3)
+    m = create(rules, "reference")
+    alerts = []
+    evs = [ProcessEvent(Image="C:\\a.exe", Computer="h", RecordId=str(i), UtcTime=utc(T0 + i))
+           for i in range(10)]
+    for e in evs:
+        alerts += eng.feed(e, m.match(e))
+    alerts += eng.flush()
+    c = alerts[0]["correlation"]
+    from sensor.detect.correlate import event_id
+    assert c["value"] == 10 and c["evidence_truncated"] is True
+    assert c["event_ids"] == [event_id(e) for e in evs[-3:]] and c["event_count"] == 3
+
+
+def test_state_is_bounded_and_eviction_is_counted(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    _, alerts, eng = run(rep, [(i, {"Image": "C:\\a.exe", "Computer": f"h{i}"})
+                               for i in range(50)] +
+                         [(100, {"Image": "C:\\a.exe", "Computer": "h0"})], max_state=10)
+    st = eng.stats()
+    assert st["evicted"] == 41 and st["entries"] <= 10
+    assert st["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]["evicted"] == 41
+    assert alerts == []             # h0's first event was evicted: the count is one, not two
+    _, alerts, eng = run(rep, [(i, {"Image": "C:\\a.exe", "Computer": f"h{i}"})
+                               for i in range(50)] +
+                         [(100, {"Image": "C:\\a.exe", "Computer": "h0"})], max_state=100)
+    assert len(alerts) == 1 and eng.stats()["evicted"] == 0
+
+
+def test_late_and_timeless_events_are_counted_not_correlated(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    rules = rep.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, rep.correlations, lateness_ms=1000)
+    a = lambda t: ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + t))  # noqa: E731
+    out = []
+    for e in (a(10_000), a(9_500), a(5_000), ProcessEvent(Image="C:\\a.exe", Computer="h",
+                                                           UtcTime="yesterday")):
+        out += eng.feed(e, m.match(e))
+    out += eng.flush()
+    st = eng.stats()
+    assert st["late_events"] == 1 and st["no_event_time"] == 1
+    assert [x["correlation"]["value"] for x in out] == [2]    # 9.5 s reordered, 5 s too late
+
+
+def test_state_survives_a_restart(tmp_path):
+    rep = simple(tmp_path, "gte: 3")
+    rules = rep.rules
+    m = create(rules, "reference")
+    state = str(tmp_path / "state.json")
+    evs = [ProcessEvent(Image="C:\\a.exe", Computer="h", RecordId=str(i),
+                        UtcTime=utc(T0 + i * 1000)) for i in range(4)]
+    one = CorrelationEngine(rules, rep.correlations)
+    for e in evs[:2]:
+        assert one.feed(e, m.match(e)) == []
+    assert one.flush() == []
+    one.save_state(state)
+    import os
+    import stat
+    if os.name == "posix":
+        assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    two = CorrelationEngine(rules, rep.correlations)
+    assert two.load_state(state)["restored"] is True
+    out = []
+    for e in evs[2:]:
+        out += two.feed(e, m.match(e))
+    out += two.flush()
+    assert [a["correlation"]["value"] for a in out] == [3, 4]
+    assert out[-1]["correlation"]["event_count"] == 4
+    # a changed correlation does not reuse the old windows, and says so
+    rep2 = simple(tmp_path, "gte: 4")
+    three = CorrelationEngine(rep2.rules, rep2.correlations)
+    note = three.load_state(state)
+    assert note["discarded"] == ["10000000-0000-4000-8000-0000000000cc"]
+    # a damaged file is reported, and the windows start empty
+    with open(state, "r+b") as fh:
+        fh.seek(10)
+        fh.write(b"\x00garbage")
+    four = CorrelationEngine(rules, rep.correlations)
+    note = four.load_state(state)
+    assert note["restored"] is False and "unusable" in note["reason"]
+    assert four.stats()["state"]["restored"] is False
+
+
+def test_chained_state_survives_a_restart(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="b.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [User], timespan: 1m, condition: {gte: 2}}
+        """, """
+        title: outer
+        correlation: {type: temporal_ordered, rules: [inner, b], group-by: [User], timespan: 5m}
+        """)
+    m = create(rep.rules, "reference")
+    evs = [ProcessEvent(Image=f"C:\\{x}.exe", User="bob", UtcTime=utc(T0 + t))
+           for x, t in (("a", 0), ("a", 1000), ("b", 60_000))]
+    state = str(tmp_path / "s.json")
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    for e in evs[:2]:
+        one.feed(e, m.match(e))
+    one.flush()
+    one.save_state(state)
+    two = CorrelationEngine(rep.rules, rep.correlations)
+    assert two.load_state(state)["restored"]
+    out = two.feed(evs[2], m.match(evs[2])) + two.flush()
+    assert len(out) == 1 and len(out[0]["correlation"]["alert_ids"]) == 1
+
+
+@pytest.mark.parametrize("text,ms", [
+    ("2025-01-01 12:00:00.000", T0),
+    ("2025-01-01 12:00:00.1234", T0 + 123),
+    ("2025-01-01 12:00:00.1235", T0 + 124),       # rounded to the millisecond
+    ("2025-01-01T12:00:00Z", T0),
+    ("2025-01-01T13:00:00+01:00", T0),
+    ("2025-01-01 12:00:00", T0),
+    ("2025-02-30 12:00:00", None),
+    ("12:00", None),
+    (None, None),
+])
+def test_event_time(text, ms):
+    assert parse_time_ms(text) == ms
+
+
+# ---------------------------------------------------------------------------------
+# Packs, scan and the live pipeline.
+
+def test_pack_carries_correlations_and_filters(tmp_path):
+    from sensor.detect.loader import compile_paths
+    from sensor.detect.pack import read_pack_content
+
+    src = write(tmp_path, "r.yml", stub(name="a", image="a.exe") + "---\n" + """
+title: c
+correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 2}}
+---
+title: f
+logsource: {category: process_creation, product: windows}
+filter:
+    rules: any
+    sel: {User: svc}
+    condition: not sel
+""")
+    out = tmp_path / "r.pack"
+    report, _ = compile_paths([src], out)
+    assert not report.rejected
+    content = read_pack_content(out)
+    assert len(content.rules) == 1 and len(content.correlations) == 1 and len(content.filters) == 1
+    assert "filters" not in content.rules[0].meta          # filters apply when the pack loads
+    from_pack = load_rules([out], builtin=False)
+    from_yaml = load_rules([src], builtin=False)
+    events = [(0, {"Image": "C:\\a.exe", "Computer": "h", "User": "svc"}),
+              (1, {"Image": "C:\\a.exe", "Computer": "h", "User": "bob"}),
+              (2, {"Image": "C:\\a.exe", "Computer": "h", "User": "eve"})]
+    a = [x["correlation"]["value"] for x in run(from_pack, events)[1]]
+    b = [x["correlation"]["value"] for x in run(from_yaml, events)[1]]
+    assert a == b == [2]
+
+
+def test_version_1_packs_still_load(tmp_path):
+    import hashlib
+
+    from sensor.detect.pack import MAGIC, encode_pack
+    rules = load_rules([write(tmp_path, "a.yml", stub(name="a", image="a.exe"))],
+                       builtin=False).rules
+    body = json.loads(encode_pack(rules).split(b"\n", 2)[2])
+    del body["correlations"], body["filters"]
+    raw = json.dumps(body).encode()
+    header = json.dumps({"pack": 1, "ir": 1, "length": len(raw),
+                         "sha256": hashlib.sha256(raw).hexdigest()}).encode()
+    p = tmp_path / "old.pack"
+    p.write_bytes(MAGIC + header + b"\n" + raw)
+    rep = load_rules([p], builtin=False)
+    assert not rep.rejected and [r.id for r in rep.rules] == [r.id for r in rules]
+
+
+def test_scan_reports_correlations_and_late_events(tmp_path, capsys):
+    from sensor.cli import main
+
+    rules = write(tmp_path, "r.yml", stub(name="a", image="a.exe") + "---\n" + """
+title: burst
+id: 10000000-0000-4000-8000-0000000000dd
+correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 3}}
+""")
+    lines = [{"Image": "C:\\a.exe", "Computer": "h1", "UtcTime": utc(T0 + t)}
+             for t in (20_000, 0, 10_000, 500_000, 1_000)]
+    rec = tmp_path / "e.jsonl"
+    rec.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["scan", str(rec), "--rules", str(rules), "--no-builtin-rules",
+                 "--lateness", "60"]) == 0
+    cap = capsys.readouterr()
+    alerts = [json.loads(x) for x in cap.out.splitlines()]
+    assert [a["correlation"]["value"] for a in alerts] == [3]
+    assert "1 late" in cap.err
+    assert main(["scan", str(rec), "--rules", str(rules), "--no-builtin-rules",
+                 "--lateness", "0"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "3 late" in cap.err and "raise --lateness" in cap.err
+
+
+def test_pipeline_spools_correlation_alerts_and_keeps_state_across_restarts(tmp_path, engine):
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.deliver.spool import Spool
+    from sensor.sources.replay import ReplaySource
+
+    rep = simple(tmp_path, "gte: 3")
+    state = str(tmp_path / "corr-state.json")
+
+    def rec(name, offsets):
+        p = tmp_path / name
+        p.write_text("".join(json.dumps({"Image": "C:\\a.exe", "Computer": "h1",
+                                         "UtcTime": utc(T0 + t)}) + "\n" for t in offsets))
+        return str(p)
+
+    def once(path):
+        spool = Spool(tmp_path / "spool.sqlite")
+        eng = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=5000)
+        p = Pipeline(source=ReplaySource([path]), rules=rep.rules, spool=spool, engine=engine,
+                     heartbeat_interval=0, correlator=eng, correlation_state=state)
+        p.start()
+        assert p.wait_source(10)
+        status = p.stop(drain_timeout=10)
+        spooled = [item.decode() for item in spool.fetch(100)]
+        spool.close()
+        return status, spooled
+
+    status, spooled = once(rec("one.jsonl", [0, 1000]))
+    assert status["alerts"]["total"] == 0 and status["correlation"]["events_correlated"] == 2
+    assert status["correlation"]["state"]["restored"] is False and spooled == []
+    status, spooled = once(rec("two.jsonl", [2000]))
+    assert status["correlation"]["state"]["restored"] is True
+    assert status["alerts"]["total"] == 1
+    assert status["alerts"]["by_rule"] == {"10000000-0000-4000-8000-0000000000cc": 1}
+    assert [a["correlation"]["value"] for a in spooled] == [3]
+    assert spooled[0]["correlation"]["event_count"] == 3

@@ -296,10 +296,10 @@ def test_spec_value_percentile_as_written_is_refused_and_works_with_a_percentile
                 field: image
                 lte: 1
         """
-    rep = loaded(tmp_path, stub(name="process_creation", image=".exe"), doc)
+    rep = loaded(tmp_path, stub(name="process_creation", image="a.exe"), doc)
     assert not rep.correlations
     assert "condition.percentile" in rep.rejected[0].reason and rep.rejected[0].line == 20
-    rep = loaded(tmp_path, stub(name="process_creation", image=".exe"),
+    rep = loaded(tmp_path, stub(name="process_creation", image="a.exe"),
                  doc.replace("lte: 1", "lte: 1\n                percentile: 50"))
     assert len(rep.correlations) == 1
     _, alerts, _ = run(rep, [(i, {"Image": "C:\\a.exe", "ComputerName": "PC1", "image": v})

@@ -1,4 +1,4 @@
-"""Sigma placeholders (``|expand``): values from a placeholders file.
+r"""Sigma placeholders (``|expand``): values from a placeholders file.
 
 The file is YAML: each key a placeholder name, each value a string or number or a list of
 them::
@@ -9,10 +9,10 @@ them::
 A value is a Sigma string, so ``*`` and ``?`` in it are wildcards (pySigma's
 ``value_placeholders``).  A placeholder with several values stands for any of them; several
 placeholders in one value expand to every combination (at most :data:`MAX_EXPANSIONS`).
-``\\%`` before a placeholder keeps the percent sign literal, as the specification says
-(``\\%plain%name%`` is the text ``%plain`` followed by the placeholder ``name``).  A rule whose
-placeholder has no value is rejected naming the placeholder: "If the tool isn't able to handle
-placeholders, it must reject the rule."
+``\%`` keeps a percent sign literal, as the specification says (``\%plain%name%`` is the text
+``%plain`` followed by the placeholder ``name``); ``\\%name%`` is a backslash and then the
+placeholder (``DOMAIN\\%user%``).  A rule whose placeholder has no value is rejected naming
+the placeholder: "If the tool isn't able to handle placeholders, it must reject the rule."
 """
 from __future__ import annotations
 
@@ -97,59 +97,94 @@ def load_placeholders(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _respec(parts: list) -> list:
-    """Re-read a value's parts with the specification's escape: ``\\%`` is a literal ``%``.
+def spec_parts(text: str) -> list:
+    r"""A value's parts read with the Sigma escapes and the specification's placeholder escape.
 
-    pySigma turns every ``%name%`` into a placeholder and keeps a preceding backslash as
-    text; the specification says ``\\%plain%name%`` is ``%plain`` then ``%name%``.
+    ``\\`` ``\*`` ``\?`` are a literal backslash, star and question mark (rules
+    specification, "Escaping"); ``\%`` is a literal percent sign ("A plain percent character can
+    be used by escaping it with a backslash"); ``%name%`` is a placeholder; ``*`` and ``?``
+    are wildcards.  pySigma reads ``\%`` as a backslash and then looks for a placeholder.
     """
-    from sigma.types import Placeholder
+    from sigma.types import Placeholder, SpecialChars
 
-    text_runs: list = []      # str runs (placeholders written back as %name%) and specials
-    buf: list[str] = []
-    for p in parts:
-        if isinstance(p, str):
-            buf.append(p)
-        elif isinstance(p, Placeholder):
-            buf.append("%" + p.name + "%")
-        else:
-            if buf:
-                text_runs.append("".join(buf))
-                buf = []
-            text_runs.append(p)
-    if buf:
-        text_runs.append("".join(buf))
     out: list = []
 
     def emit(s: str) -> None:
-        if not s:
-            return
         if out and isinstance(out[-1], str):
             out[-1] += s
         else:
             out.append(s)
 
-    for run in text_runs:
-        if not isinstance(run, str):
-            out.append(run)
-            continue
-        i, n = 0, len(run)
-        while i < n:
-            c = run[i]
-            if c == "\\" and i + 1 < n and run[i + 1] == "%":
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n and text[i + 1] in "\\*?%":
+            emit(text[i + 1])
+            i += 2
+        elif c == "*":
+            out.append(SpecialChars.WILDCARD_MULTI)
+            i += 1
+        elif c == "?":
+            out.append(SpecialChars.WILDCARD_SINGLE)
+            i += 1
+        elif c == "%":
+            end = text.find("%", i + 1)
+            name = text[i + 1:end] if end > i + 1 else ""
+            if name and "\\" not in name:
+                out.append(Placeholder(name))
+                i = end + 1
+            else:
                 emit("%")
-                i += 2
-                continue
-            if c == "%":
-                end = run.find("%", i + 1)
-                name = run[i + 1:end] if end > i + 1 else ""
-                if name and "\\" not in name:
-                    out.append(Placeholder(name))
-                    i = end + 1
-                    continue
+                i += 1
+        else:
             emit(c)
             i += 1
     return out
+
+
+def _spec_expand():
+    """pySigma's expand modifier, reading an unmodified value with :func:`spec_parts`."""
+    from sigma.modifiers import SigmaExpandModifier
+    from sigma.types import SigmaRegularExpression, SigmaString
+
+    class SpecExpand(SigmaExpandModifier):
+        def modify(self, val):
+            original = getattr(val, "original", None)
+            if isinstance(val, SigmaString) and isinstance(original, str) and \
+                    list(SigmaString(original).s) == list(val.s):
+                out = SigmaString(original)
+                out.s = spec_parts(original)
+                return out
+            return super().modify(val)
+
+    SpecExpand.modify.__annotations__ = {
+        "val": SigmaString | SigmaRegularExpression,
+        "return": SigmaString | SigmaRegularExpression}
+    return SigmaExpandModifier, SpecExpand
+
+
+def _spec_escapes(item) -> None:
+    r"""Re-read a detection item's values with the specification's ``\%`` escape, when a
+    value uses it (pySigma reads it otherwise)."""
+    import copy
+
+    from sigma.rule.detection import SigmaDetectionItem
+    from sigma.types import SigmaString
+
+    pysigma_expand, spec_expand = _spec_expand()
+    if pysigma_expand not in item.modifiers or not any(
+            isinstance(v, SigmaString) and "\\%" in (getattr(v, "original", "") or "")
+            for v in item.original_value or ()):
+        return
+    fresh = SigmaDetectionItem(item.field,
+                               [spec_expand if m is pysigma_expand else m for m in item.modifiers],
+                               [SigmaString(v.original)
+                                if isinstance(v, SigmaString) and isinstance(v.original, str)
+                                else copy.deepcopy(v) for v in item.original_value],
+                               source=item.source, policy=getattr(item, "policy", None))
+    item.value = fresh.value
+    item.value_linking = fresh.value_linking
+    item.negated = fresh.negated
 
 
 def _names(parts) -> list[str]:
@@ -177,17 +212,6 @@ def _expand_value(value, values: Mapping[str, tuple[str, ...]] | None) -> list |
         return None
     if not s.contains_placeholder():
         return None
-    if any(isinstance(p, str) and p.endswith("\\") for p in s.s):
-        fixed = SigmaString()
-        fixed.s = _respec(list(s.s))
-        s = fixed
-        if isinstance(value, SigmaRegularExpression):
-            value = SigmaRegularExpression(str(s), value.flags)
-            value.regexp = s
-        else:
-            value = s
-        if not s.contains_placeholder():
-            return [value]
     names = _names(s.s)
     for name in names:
         if not values or name not in values:
@@ -217,6 +241,7 @@ def resolve_placeholders(srule, values: Mapping[str, tuple[str, ...]] | None) ->
             if isinstance(item, SigmaDetection):
                 walk(item)
                 continue
+            _spec_escapes(item)
             new, changed = [], False
             for v in item.value:
                 x = _expand_value(v, values)

@@ -1,0 +1,163 @@
+"""Placeholders and the expand modifier (sigma-rules-specification.md "Placeholders",
+sigma-appendix-modifiers.md "expand"), with values from a placeholders file."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from sensor.detect.matcher import create
+from sensor.detect.placeholders import PlaceholderError, load_placeholders
+from sensor.detect.sigma import load_sigma_text
+from sensor.events import ProcessEvent
+
+HEAD = """\
+title: t
+id: 5f2c7d9a-0000-4000-8000-0000000000e1
+logsource:
+    category: process_creation
+    product: windows
+detection:
+"""
+
+
+def compile_(detection: str, values=None):
+    res = load_sigma_text(HEAD + textwrap.indent(textwrap.dedent(detection), "    "), "p.yml", values)
+    return res
+
+
+def matches(detection: str, values, event: dict) -> bool:
+    res = compile_(detection, values)
+    assert not res.rejected, res.rejected
+    return bool(create(res.rules, "reference").match(ProcessEvent(event)))
+
+
+VALUES = {"Administrators": ("adm_*", "Administrator"), "JumpServers": ("jump01",),
+          "name": ("X",), "Dom": ("corp", "lab")}
+
+
+@pytest.mark.parametrize("detection,event,expected", [
+    # "`field: %name%` handles `%name%` as literal value."
+    ("s:\n  User: '%Administrators%'\ncondition: s", {"User": "%Administrators%"}, True),
+    ("s:\n  User: '%Administrators%'\ncondition: s", {"User": "adm_bob"}, False),
+    # "`field|expand: %name%` handles `%name%` as placeholder."
+    ("s:\n  User|expand: '%Administrators%'\ncondition: s", {"User": "ADM_bob"}, True),
+    ("s:\n  User|expand: '%Administrators%'\ncondition: s", {"User": "administrator"}, True),
+    ("s:\n  User|expand: '%Administrators%'\ncondition: s", {"User": "bob"}, False),
+    ("s:\n  User|expand: '%Administrators%'\ncondition: s", {"User": "%Administrators%"}, False),
+    # "`field|expand: \\%plain%name%` handles `%plain` as plain value and `%name%` as placeholder."
+    ("s:\n  CommandLine|expand: '\\%plain%name%'\ncondition: s", {"CommandLine": "%plainX"}, True),
+    ("s:\n  CommandLine|expand: '\\%plain%name%'\ncondition: s", {"CommandLine": "\\%plainX"},
+     False),
+    # other modifiers still apply, and several placeholders give every combination
+    ("s:\n  Computer|expand|contains: '%JumpServers%'\ncondition: s", {"Computer": "x.jump01.y"},
+     True),
+    ("s:\n  User|expand: '%Dom%\\\\%Administrators%'\ncondition: s", {"User": "lab\\adm_x"},
+     True),
+    ("s:\n  User|expand: '%Dom%\\\\%Administrators%'\ncondition: s", {"User": "dmz\\adm_x"},
+     False),
+    # a single backslash escapes the percent sign: the rest is text
+    ("s:\n  User|expand: '%Dom%\\%Administrators%'\ncondition: s",
+     {"User": "corp%Administrators%"}, True),
+    ("s:\n  User|expand: '%Dom%\\%Administrators%'\ncondition: s", {"User": "corp\\adm_x"},
+     False),
+    # a list value under |all: every expansion must hold (pySigma's value_placeholders)
+    ("s:\n  CommandLine|expand|contains|all:\n    - '%Dom%'\n    - run\ncondition: s",
+     {"CommandLine": "run corp lab"}, True),
+    ("s:\n  CommandLine|expand|contains|all:\n    - '%Dom%'\n    - run\ncondition: s",
+     {"CommandLine": "run corp"}, False),
+    # in a regular expression the value is inserted as written
+    ("s:\n  Computer|re|expand: '^%JumpServers%\\.'\ncondition: s", {"Computer": "jump01.corp"},
+     True),
+    ("s:\n  Computer|re|expand: '^%JumpServers%\\.'\ncondition: s", {"Computer": "jump01"},
+     False),
+])
+def test_expand(detection, event, expected):
+    assert matches(detection, VALUES, event) is expected
+
+
+def test_an_unresolved_placeholder_rejects_the_rule_naming_it():
+    det = "s:\n  User|expand: '%Administrators%'\nt:\n  Computer|expand: '%Servers%'\ncondition: s or t"
+    res = compile_(det, VALUES)
+    assert not res.rules
+    (p,) = res.rejected
+    assert p.path == "p.yml" and p.line == 10 and "%Servers%" in p.reason
+    res = compile_(det)                       # no placeholders file at all
+    assert "%Administrators%" in res.rejected[0].reason and res.rejected[0].line == 8
+
+
+def test_expansion_is_bounded():
+    values = {"A": tuple(str(i) for i in range(20)), "B": tuple(str(i) for i in range(20))}
+    res = compile_("s:\n  User|expand: '%A%%B%'\ncondition: s", values)
+    assert not res.rules and "at most 200" in res.rejected[0].reason
+
+
+@pytest.mark.parametrize("text,why,line", [
+    ("Administrators: ['adm_*', 1, 2.5]\n", None, None),
+    ("- a\n- b\n", "maps names to values", 1),
+    ("a: 1\nb: {c: 1}\n", "values must be strings or numbers", 2),
+    ("a: 1\nb: true\n", "values must be strings or numbers", 2),
+    ("a: []\n", "at least one value", 1),
+    ("a: x\n'b%c': y\n", "without % or", 2),
+    ("a: [x\n", "YAML syntax error", 2),
+])
+def test_placeholders_file(tmp_path, text, why, line):
+    p = tmp_path / "ph.yml"
+    p.write_text(text)
+    if why is None:
+        assert load_placeholders(p) == {"Administrators": ("adm_*", "1", "2.5")}
+        return
+    with pytest.raises(PlaceholderError) as e:
+        load_placeholders(p)
+    assert why in e.value.message and e.value.line == line and str(p) in str(e.value)
+
+
+def test_placeholders_file_is_bounded(tmp_path):
+    p = tmp_path / "big.yml"
+    p.write_text("a: '" + "x" * (1 << 20) + "'\n")
+    with pytest.raises(PlaceholderError, match="larger than"):
+        load_placeholders(p)
+
+
+RULE = HEAD + "    s:\n        User|expand: '%Administrators%'\n    condition: s\n"
+
+
+def test_scan_and_validate_take_a_placeholders_file(tmp_path, capsys):
+    from sensor.cli import main
+    rules = tmp_path / "r.yml"
+    rules.write_text(RULE)
+    ph = tmp_path / "ph.yml"
+    ph.write_text("Administrators: ['adm_*']\n")
+    rec = tmp_path / "e.jsonl"
+    rec.write_text(json.dumps({"User": "adm_x"}) + "\n" + json.dumps({"User": "bob"}) + "\n")
+    assert main(["scan", str(rec), "--rules", str(rules), "--no-builtin-rules",
+                 "--placeholders", str(ph)]) == 0
+    out = capsys.readouterr().out
+    assert [json.loads(x)["USERNAME"] for x in out.splitlines()] == ["adm_x"]
+    # without the file the rule is rejected (and scan has nothing to run)
+    assert main(["scan", str(rec), "--rules", str(rules), "--no-builtin-rules"]) == 2
+    assert "r.yml:8: placeholder %Administrators% has no value" in capsys.readouterr().err
+    assert main(["rules", "validate", str(rules), "--placeholders", str(ph)]) == 0
+    ph.write_text("Administrators: {x: 1}\n")
+    assert main(["rules", "validate", str(rules), "--placeholders", str(ph)]) == 2
+    assert "ph.yml:1:" in capsys.readouterr().err
+
+
+def test_config_placeholders_key(tmp_path, capsys):
+    from sensor.cli import main
+    from sensor.daemon.assemble import build
+    from sensor.daemon.config import load
+    rules = tmp_path / "r.yml"
+    rules.write_text(RULE)
+    rec = tmp_path / "e.jsonl"
+    rec.write_text(json.dumps({"User": "adm_x"}) + "\n")
+    cfg = tmp_path / "sensor.toml"
+    cfg.write_text(f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{rec}"]\n'
+                   f'[rules]\nbuiltin = false\npaths = ["r.yml"]\nplaceholders = "ph.yml"\n')
+    assert main(["run", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "rules.placeholders" in err and "ph.yml" in err and "Traceback" not in err
+    (tmp_path / "ph.yml").write_text("Administrators: adm_*\n")
+    parts = build(load(str(cfg)), with_source=False, with_delivery=False)
+    assert [r.id for r in parts.rules] == ["5f2c7d9a-0000-4000-8000-0000000000e1"]

@@ -1,0 +1,264 @@
+"""Sigma filters (meta-filters, sigma-filters-specification.md 2.1.0): a filter's condition is
+ANDed to the rules it names, before any correlation counts their matches; and the sensor's
+``[[exclusions]]`` expressed as filters give the same alerts."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from sensor.detect.loader import load_rules
+from sensor.detect.matcher import create
+from sensor.events import ProcessEvent
+
+RAR = "6f3e2987-db24-4c78-a860-b4f4095a7095"
+JUMP = "df0841c0-9846-4e9f-ad8a-7df91571771b"
+OTHER = "00000000-0000-4000-8000-0000000000ff"
+
+
+def rule(ident, image, name=None, logsource="category: process_creation\n    product: windows"):
+    return (f"title: rule {image}\nid: {ident}\n" + (f"name: {name}\n" if name else "") +
+            f"logsource:\n    {logsource}\ndetection:\n    selection:\n"
+            f"        Image|endswith: '\\{image}'\n    condition: selection\n")
+
+
+SPEC_FILTER = """\
+title: Filter Administrator account
+description: The valid administrator account start with adm_
+logsource:
+    category: process_creation
+    product: windows
+filter:
+    rules:
+        - 6f3e2987-db24-4c78-a860-b4f4095a7095 # Data Compressed - rar.exe
+        - df0841c0-9846-4e9f-ad8a-7df91571771b # Login on jump host
+    selection:
+        User|startswith: 'adm_'
+    condition: selection
+"""
+
+
+def load(tmp_path, *docs, **kw):
+    p = tmp_path / "r.yml"
+    p.write_text("\n---\n".join(textwrap.dedent(d) for d in docs))
+    return load_rules([p], builtin=False, **kw)
+
+
+def hits(report, events) -> list[tuple[str, int]]:
+    m = create(report.rules, "reference")
+    return [(report.rules[i].id, n) for n, e in enumerate(events) for i in m.match(ProcessEvent(e))]
+
+
+def test_the_specifications_example_as_pysigma_applies_it(tmp_path):
+    # The filter's condition is ANDed to each named rule as written: with `condition:
+    # selection` the two rules keep only adm_ users (pySigma's reading; docs/sigma.md).
+    rep = load(tmp_path, rule(RAR, "rar.exe"), rule(JUMP, "mstsc.exe"), rule(OTHER, "rar.exe"),
+               SPEC_FILTER)
+    assert not rep.rejected and len(rep.filters) == 1
+    events = [{"Image": "C:\\rar.exe", "User": "adm_bob"}, {"Image": "C:\\rar.exe", "User": "bob"},
+              {"Image": "C:\\mstsc.exe", "User": "ADM_eve"}, {"Image": "C:\\mstsc.exe"}]
+    assert sorted(hits(rep, events)) == sorted([(RAR, 0), (OTHER, 0), (OTHER, 1), (JUMP, 2)])
+    applied = {r.id: r.meta.get("filters") for r in rep.rules}
+    assert applied[OTHER] is None and applied[RAR][0]["title"] == "Filter Administrator account"
+
+
+@pytest.mark.parametrize("targets", ["any", "[]", "ANY"])
+def test_any_and_empty_rules_mean_every_rule_of_the_logsource(tmp_path, targets):
+    rep = load(tmp_path, rule(RAR, "rar.exe"), rule(JUMP, "mstsc.exe"), f"""\
+        title: not svc
+        logsource:
+            category: process_creation
+        filter:
+            rules: {targets}
+            svc:
+                User: svc
+            condition: not svc
+        """)
+    events = [{"Image": "C:\\rar.exe", "User": "svc"}, {"Image": "C:\\mstsc.exe", "User": "bob"}]
+    assert hits(rep, events) == [(JUMP, 1)]
+
+
+def test_logsource_decides_where_a_filter_applies(tmp_path):
+    # pySigma: every attribute the filter sets must equal the rule's
+    rep = load(tmp_path, rule(RAR, "rar.exe"), rule(JUMP, "mstsc.exe", logsource="category: "
+                                                    "process_creation"), """\
+        title: windows only
+        logsource:
+            product: windows
+        filter:
+            rules: any
+            svc:
+                User: svc
+            condition: not svc
+        """)
+    events = [{"Image": "C:\\rar.exe", "User": "svc"}, {"Image": "C:\\mstsc.exe", "User": "svc"}]
+    assert hits(rep, events) == [(JUMP, 1)]
+    rep = load(tmp_path, rule(RAR, "rar.exe"), """\
+        title: sysmon only
+        logsource:
+            product: windows
+            service: sysmon
+        filter:
+            rules: any
+            svc:
+                User: svc
+            condition: not svc
+        """)
+    assert not rep.filters and "covers no process_creation" in rep.not_applicable[0].reason
+
+
+def test_several_filters_nest_and_them_means_the_filters_own_selections(tmp_path):
+    rep = load(tmp_path, rule(RAR, "rar.exe", name="rar"), """\
+        title: f1
+        logsource: {category: process_creation}
+        filter:
+            rules: rar
+            a:
+                User: svc
+            b:
+                User: backup
+            condition: not 1 of them
+        """, """\
+        title: f2
+        logsource: {category: process_creation}
+        filter:
+            rules: [rar]
+            c:
+                CommandLine|contains: '-q'
+            condition: not c
+        """)
+    events = [{"Image": "C:\\rar.exe", "User": u, "CommandLine": c}
+              for u, c in (("svc", "a"), ("backup", "a"), ("bob", "-q"), ("bob", "x"))]
+    assert hits(rep, events) == [(RAR, 3)]
+    assert [f["title"] for f in rep.rules[0].meta["filters"]] == ["f1", "f2"]
+
+
+def test_unknown_targets_warn_and_change_nothing(tmp_path):
+    rep = load(tmp_path, rule(RAR, "rar.exe"), """\
+        title: f
+        logsource: {category: process_creation}
+        filter:
+            rules: [no_such_rule]
+            a:
+                User: svc
+            condition: not a
+        """)
+    assert hits(rep, [{"Image": "C:\\rar.exe", "User": "svc"}]) == [(RAR, 0)]
+    assert any("'no_such_rule' names no loaded rule" in w.reason for w in rep.warnings)
+
+
+@pytest.mark.parametrize("doc,why", [
+    ("title: f\nfilter:\n    rules: any\n    a: {User: x}\n    condition: not a\n", "logsource"),
+    ("title: f\nlogsource: {category: process_creation}\nfilter:\n    a: {User: x}\n"
+     "    condition: not a\n", "needs rules"),
+    ("title: f\nlogsource: {category: process_creation}\nfilter:\n    rules: any\n"
+     "    a: {User: x}\n    condition: [not a]\n", "condition: must be a string"),
+    ("title: f\nlogsource: {category: process_creation}\nfilter:\n    rules: any\n"
+     "    a: {User|containz: x}\n    condition: not a\n", "Unknown modifier"),
+])
+def test_bad_filters_are_rejected_with_file_line(tmp_path, doc, why):
+    p = tmp_path / "f.yml"
+    p.write_text(rule(RAR, "rar.exe") + "---\n" + doc)
+    rep = load_rules([p], builtin=False)
+    assert not rep.filters and why in rep.rejected[0].reason, rep.rejected
+    assert rep.rejected[0].line is not None and rep.rejected[0].line > 10
+
+
+def test_filters_apply_before_correlations_count(tmp_path):
+    from sensor.detect.correlate import CorrelationEngine
+    rep = load(tmp_path, rule(RAR, "rar.exe", name="rar"), """\
+        title: burst
+        correlation: {type: event_count, rules: [rar], group-by: [Computer], timespan: 1m,
+                      condition: {gte: 2}}
+        """, """\
+        title: not svc
+        logsource: {category: process_creation}
+        filter:
+            rules: any
+            svc: {User: svc}
+            condition: not svc
+        """)
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    out = []
+    for i, user in enumerate(["svc", "svc", "bob", "svc", "eve"]):
+        e = ProcessEvent(Image="C:\\rar.exe", Computer="h", User=user,
+                         UtcTime=f"2025-01-01 12:00:0{i}.000")
+        out += eng.feed(e, m.match(e))
+    out += eng.flush()
+    assert [a["correlation"]["value"] for a in out] == [2]
+
+
+def test_rules_list_verbose_shows_filters_and_correlations(tmp_path, capsys):
+    from sensor.cli import main
+    p = tmp_path / "r.yml"
+    p.write_text(rule(RAR, "rar.exe", name="rar") + "---\n" + SPEC_FILTER + "---\n" + textwrap.dedent("""\
+        title: burst
+        correlation: {type: event_count, rules: [rar], timespan: 1m, condition: {gte: 2}}
+        """))
+    assert main(["rules", "list", "--rules", str(p), "-v", "--no-builtin-rules"]) == 0
+    out = capsys.readouterr().out
+    assert "filter: Filter Administrator account" in out and "and (selection)" in out
+    assert "[event_count] burst" in out and "rules: rar -> " + RAR in out
+    assert "alerts: none of its own" in out
+    assert "filters:" in out and "adds 'and (selection)' to " + RAR in out
+
+
+# ---------------------------------------------------------------------------------
+# [[exclusions]] and filters side by side (docs/sigma.md, "Filters and exclusions").
+
+EVENTS = [
+    {"Image": "C:\\rar.exe", "CommandLine": "rar a x.rar", "User": "bob"},
+    {"Image": "C:\\rar.exe", "CommandLine": "rar a ZTITatoo.mof", "User": "bob"},
+    {"Image": "C:\\mstsc.exe", "CommandLine": "mstsc ZTITatoo.mof", "User": "bob"},
+    {"Image": "C:\\mstsc.exe", "ParentImage": "C:\\Windows\\CCM\\CcmExec.exe", "User": "x"},
+    {"Image": "C:\\rar.exe", "ParentImage": "c:\\windows\\ccm\\ccmexec.exe"},
+]
+
+
+def _pipeline_alerts(tmp_path, rules, exclusions=None) -> list[tuple[str, str]]:
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.detect.noise import Exclusions
+    from sensor.sources.replay import ReplaySource
+
+    rec = tmp_path / "e.jsonl"
+    rec.write_text("".join(json.dumps(dict(e, ProcessId=i)) + "\n" for i, e in enumerate(EVENTS)))
+    got: list = []
+    excl = Exclusions(exclusions, lambda rs: create(rs, "reference")) if exclusions else None
+    p = Pipeline(source=ReplaySource([str(rec)]), rules=rules, exclusions=excl,
+                 engine="reference", heartbeat_interval=0, alert_hook=got.append)
+    p.start()
+    assert p.wait_source(10)
+    p.stop(drain_timeout=5)
+    return sorted((a["rule"]["id"], a["event"]["ProcessId"]) for a in got)
+
+
+def test_exclusions_and_the_same_filters_give_the_same_alerts(tmp_path):
+    from sensor.detect.noise import Exclusion
+
+    rules_only = load(tmp_path, rule(RAR, "rar.exe"), rule(JUMP, "mstsc.exe")).rules
+    excluded = _pipeline_alerts(tmp_path, rules_only, [
+        Exclusion(name="software deployment",
+                  fields={"parent_image": "C:\\Windows\\CCM\\CcmExec.exe"}),
+        Exclusion(name="MDT tattoo", rules=[RAR], fields={"command_line|contains": "ZTITatoo.mof"}),
+    ])
+    filtered_rules = load(tmp_path, rule(RAR, "rar.exe"), rule(JUMP, "mstsc.exe"), """\
+        title: software deployment
+        logsource: {category: process_creation}
+        filter:
+            rules: any
+            selection:
+                ParentImage: 'C:\\Windows\\CCM\\CcmExec.exe'
+            condition: not selection
+        """, f"""\
+        title: MDT tattoo
+        logsource: {{category: process_creation}}
+        filter:
+            rules: [{RAR}]
+            selection:
+                CommandLine|contains: ZTITatoo.mof
+            condition: not selection
+        """).rules
+    filtered = _pipeline_alerts(tmp_path, filtered_rules)
+    assert excluded == filtered == [(RAR, 0), (JUMP, 2)]

@@ -582,14 +582,23 @@ def field_warnings(rule: Rule) -> list[str]:
 # ---------------------------------------------------------------------------------
 # Rule preparation before conversion: placeholders and the specification's own checks.
 
+TIME_MODIFIERS = ("minute", "hour", "day", "week", "month", "year")
+
+
 def prepare_rule(srule, placeholders=None, text: str = "") -> None:
     """Resolve ``|expand`` placeholders in a parsed rule (or filter) and apply the checks the
     specification states that pySigma does not (RuleError with a line when one fails)."""
-    from sigma.modifiers import SigmaAllModifier
+    from sigma.modifiers import SigmaAllModifier, modifier_mapping
 
     from .placeholders import PlaceholderError, resolve_placeholders
 
+    time_parts = {modifier_mapping[k]: k for k in TIME_MODIFIERS if k in modifier_mapping}
     for item in _detection_items(srule.detection):
+        used = [time_parts[m] for m in item.modifiers if m in time_parts]
+        if used:
+            raise RuleError(f"time-part modifiers ({', '.join(TIME_MODIFIERS)}) are not "
+                            f"supported (|{used[0]})", None,
+                            _line_of(text, r"^[^#\n]*\|" + re.escape(used[0]) + r"\b"))
         if SigmaAllModifier in item.modifiers and len(item.original_value or ()) == 1:
             raise RuleError("the all modifier needs a list of values (specification: "
                             "\"Single item values are not allowed to have an all modifier\")",

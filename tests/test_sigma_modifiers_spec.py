@@ -1,0 +1,204 @@
+"""Every value modifier of the Sigma 2.1 specification against its own wording
+(sigma-appendix-modifiers.md, 2.1.0), on each matcher engine.
+
+Each row quotes the sentence it checks.  The time modifiers (minute ... year) are the one
+construct the sensor does not evaluate: rules that use them are rejected naming them, and
+``rules validate`` lists them.
+"""
+from __future__ import annotations
+
+import base64
+import textwrap
+
+import pytest
+
+from sensor.detect.sigma import load_sigma_text
+from sensor.events import ProcessEvent
+
+HEAD = """\
+title: t
+id: 5f2c7d9a-0000-4000-8000-0000000000f1
+logsource:
+    category: process_creation
+    product: windows
+detection:
+"""
+
+
+PLACEHOLDERS = {"Admins": ("adm_*", "root")}
+
+
+def compiled(detection: str):
+    res = load_sigma_text(HEAD + textwrap.indent(textwrap.dedent(detection), "    "), "m.yml",
+                          PLACEHOLDERS)
+    assert not res.rejected, res.rejected
+    return res.rules
+
+
+def b64(text: str, enc: str = "utf-8") -> str:
+    return base64.b64encode(text.encode(enc)).decode()
+
+
+SPEC = [
+    # exists: "Defines that a certain field has to exist or must not exist in a log event by
+    # providing a boolean value. Note that this check only verifies the presence of a field,
+    # not its value, be it empty or null."
+    ("exists", "s:\n  ParentImage|exists: true\ncondition: s", {"ParentImage": ""}, True),
+    ("exists", "s:\n  ParentImage|exists: true\ncondition: s", {"ParentImage": "x"}, True),
+    ("exists", "s:\n  ParentImage|exists: true\ncondition: s", {}, False),
+    ("exists", "s:\n  ParentImage|exists: false\ncondition: s", {"ParentImage": ""}, False),
+    ("exists", "s:\n  ParentImage|exists: false\ncondition: s", {}, True),
+    # cased: "Values are applied case sensitively. Default Sigma behavior is case-insensitive
+    # matching."
+    ("cased", "s:\n  CommandLine|cased: 'Invoke-X'\ncondition: s", {"CommandLine": "Invoke-X"}, True),
+    ("cased", "s:\n  CommandLine|cased: 'Invoke-X'\ncondition: s", {"CommandLine": "invoke-x"}, False),
+    ("cased", "s:\n  CommandLine: 'Invoke-X'\ncondition: s", {"CommandLine": "invoke-x"}, True),
+    # fieldref: "Modifies a plain string into a field reference. A field reference can be used
+    # to compare fields of matched events directly at query/matching time. Can be conbine with
+    # the `neq` modifier."
+    ("fieldref", "s:\n  ParentUser|fieldref: User\ncondition: s",
+     {"User": "CORP\\bob", "ParentUser": "corp\\BOB"}, True),
+    ("fieldref", "s:\n  ParentUser|fieldref: User\ncondition: s",
+     {"User": "CORP\\bob", "ParentUser": "CORP\\eve"}, False),
+    ("fieldref|neq", "s:\n  ParentUser|fieldref|neq: User\ncondition: s",
+     {"User": "CORP\\bob", "ParentUser": "CORP\\eve"}, True),
+    ("fieldref|neq", "s:\n  ParentUser|fieldref|neq: User\ncondition: s",
+     {"User": "CORP\\bob", "ParentUser": "corp\\bob"}, False),
+    # neq: "The field is different from the specified values. It's can be used with string or
+    # number."
+    ("neq", "s:\n  User|neq: bob\ncondition: s", {"User": "eve"}, True),
+    ("neq", "s:\n  User|neq: bob\ncondition: s", {"User": "BOB"}, False),
+    ("neq", "s:\n  User|neq:\n    - bob\n    - eve\ncondition: s", {"User": "eve"}, False),
+    ("neq", "s:\n  User|neq:\n    - bob\n    - eve\ncondition: s", {"User": "amy"}, True),
+    ("neq", "s:\n  ProcessId|neq: 4\ncondition: s", {"ProcessId": 5}, True),
+    ("neq", "s:\n  ProcessId|neq: 4\ncondition: s", {"ProcessId": 4}, False),
+    # lt/lte/gt/gte: "Field is less than the value", "less or equal", "greater than",
+    # "greater or equal"
+    ("lt", "s:\n  ProcessId|lt: 100\ncondition: s", {"ProcessId": 99}, True),
+    ("lt", "s:\n  ProcessId|lt: 100\ncondition: s", {"ProcessId": 100}, False),
+    ("lte", "s:\n  ProcessId|lte: 100\ncondition: s", {"ProcessId": 100}, True),
+    ("lte", "s:\n  ProcessId|lte: 100\ncondition: s", {"ProcessId": 101}, False),
+    ("gt", "s:\n  ProcessId|gt: 100\ncondition: s", {"ProcessId": "101"}, True),
+    ("gt", "s:\n  ProcessId|gt: 100\ncondition: s", {"ProcessId": 100}, False),
+    ("gte", "s:\n  ProcessId|gte: 100\ncondition: s", {"ProcessId": 100}, True),
+    ("gte", "s:\n  ProcessId|gte: 100\ncondition: s", {"ProcessId": "abc"}, False),
+    # utf16le: "Transforms value to UTF16-LE encoding, e.g. `cmd` > `63 00 6d 00 64 00`"
+    ("utf16le", "s:\n  CommandLine|utf16le|contains: cmd\ncondition: s",
+     {"CommandLine": "x c\x00m\x00d\x00 y"}, True),
+    ("utf16le", "s:\n  CommandLine|utf16le|contains: cmd\ncondition: s", {"CommandLine": "cmd"},
+     False),
+    # wide: "an alias for the `utf16le` modifier."
+    ("wide", "s:\n  CommandLine|wide|contains: cmd\ncondition: s",
+     {"CommandLine": "c\x00m\x00d\x00"}, True),
+    # utf16be: "Transforms value to UTF16-BE encoding, e.g. `cmd` > `00 63 00 6d 00 64`"
+    ("utf16be", "s:\n  CommandLine|utf16be|contains: cmd\ncondition: s",
+     {"CommandLine": "\x00c\x00m\x00d"}, True),
+    # utf16: "Prepends a byte order mark and encodes UTF16, e.g. `cmd` > `FF FE 63 00 6d 00 64 00`"
+    ("utf16", "s:\n  CommandLine|utf16|base64: cmd\ncondition: s",
+     {"CommandLine": base64.b64encode(b"\xff\xfec\x00m\x00d\x00").decode()}, True),
+    # base64: "The value is encoded with Base64."
+    ("base64", "s:\n  CommandLine|base64: 'http://'\ncondition: s", {"CommandLine": b64("http://")},
+     True),
+    ("base64", "s:\n  CommandLine|base64: 'http://'\ncondition: s", {"CommandLine": "http://"},
+     False),
+    ("wide|base64offset", "s:\n  CommandLine|wide|base64offset|contains: 'iex'\ncondition: s",
+     {"CommandLine": "-enc " + b64("xiex (", "utf-16-le")}, True),
+    # base64offset: "... the encoded values have a static part in the middle" (three offsets)
+    *[("base64offset", "s:\n  CommandLine|base64offset|contains: 'http://'\ncondition: s",
+       {"CommandLine": "-e " + b64(pad + "http://x")}, True) for pad in ("", "a", "ab")],
+    # windash: "Creates all possible permutations of the `-`, `/`, `–` (en dash), `—` (em dash),
+    # and `―` (horizontal bar) characters."
+    *[("windash", "s:\n  CommandLine|windash|contains: ' -exec bypass'\ncondition: s",
+       {"CommandLine": f"ps {d}exec bypass"}, True) for d in "-/\u2013\u2014\u2015"],
+    ("windash", "s:\n  CommandLine|windash|contains: ' -exec bypass'\ncondition: s",
+     {"CommandLine": "ps +exec bypass"}, False),
+    # cidr: "The value is handled as an CIDR by backends. Supports both IPv4 and IPv6 notations."
+    ("cidr", "s:\n  SourceIp|cidr: 192.168.0.0/16\ncondition: s", {"SourceIp": "192.168.7.9"}, True),
+    ("cidr", "s:\n  SourceIp|cidr: 192.168.0.0/16\ncondition: s", {"SourceIp": "192.169.0.1"}, False),
+    ("cidr", "s:\n  SourceIp|cidr: '2001:db8::/32'\ncondition: s", {"SourceIp": "2001:db8::1"}, True),
+    ("cidr", "s:\n  SourceIp|cidr: '2001:db8::/32'\ncondition: s", {"SourceIp": "2001:db9::1"},
+     False),
+    # re: "Value is handled as a regular expression by backends. Regex is matched case-sensitive
+    # by default."
+    ("re", "s:\n  CommandLine|re: 'whoami\\s+/all'\ncondition: s", {"CommandLine": "whoami  /all"},
+     True),
+    ("re", "s:\n  CommandLine|re: 'whoami'\ncondition: s", {"CommandLine": "WHOAMI"}, False),
+    # re|i: "Regex ignore case"
+    ("re|i", "s:\n  CommandLine|re|i: 'whoami'\ncondition: s", {"CommandLine": "WHOAMI"}, True),
+    # re|m: "^ /$ match the start/end of line"
+    ("re|m", "s:\n  CommandLine|re|m: '^b$'\ncondition: s", {"CommandLine": "a\nb\nc"}, True),
+    ("re", "s:\n  CommandLine|re: '^b$'\ncondition: s", {"CommandLine": "a\nb\nc"}, False),
+    # re|s: "dot (.) matches all characters, including the newline character"
+    ("re|s", "s:\n  CommandLine|re|s: 'a.b'\ncondition: s", {"CommandLine": "a\nb"}, True),
+    ("re", "s:\n  CommandLine|re: 'a.b'\ncondition: s", {"CommandLine": "a\nb"}, False),
+    # all: "lists of values are linked with *OR* ... This modifier changes this to *AND*."
+    ("all", "s:\n  CommandLine|contains|all:\n    - ' -a'\n    - ' -b'\ncondition: s",
+     {"CommandLine": "x -b -a"}, True),
+    ("all", "s:\n  CommandLine|contains|all:\n    - ' -a'\n    - ' -b'\ncondition: s",
+     {"CommandLine": "x -a"}, False),
+    ("contains", "s:\n  CommandLine|contains:\n    - ' -a'\n    - ' -b'\ncondition: s",
+     {"CommandLine": "x -a"}, True),
+    # contains: "Puts `*` wildcards around the values, such that the value is matched anywhere"
+    ("contains", "s:\n  CommandLine|contains: 'ab'\ncondition: s", {"CommandLine": "xaby"}, True),
+    ("contains", "s:\n  CommandLine|contains: 'ab'\ncondition: s", {"CommandLine": "a b"}, False),
+    # startswith: "The value is expected at the beginning of the field's content."
+    ("startswith", "s:\n  CommandLine|startswith: 'ab'\ncondition: s", {"CommandLine": "abc"}, True),
+    ("startswith", "s:\n  CommandLine|startswith: 'ab'\ncondition: s", {"CommandLine": "cab"},
+     False),
+    # endswith: "The value is expected at the end of the field's content"
+    ("endswith", "s:\n  CommandLine|endswith: 'ab'\ncondition: s", {"CommandLine": "cab"}, True),
+    ("endswith", "s:\n  CommandLine|endswith: 'ab'\ncondition: s", {"CommandLine": "abc"}, False),
+    # expand: "Modifier for expansion of placeholders in values." (values: tests/test_placeholders)
+    ("expand", "s:\n  User|expand: '%Admins%'\ncondition: s", {"User": "adm_x"}, True),
+    ("expand", "s:\n  User|expand: '%Admins%'\ncondition: s", {"User": "ROOT"}, True),
+    ("expand", "s:\n  User|expand: '%Admins%'\ncondition: s", {"User": "bob"}, False),
+]
+
+
+@pytest.mark.parametrize("modifier,detection,event,expected", SPEC,
+                         ids=[f"{i:02d}-{m}" for i, (m, *_) in enumerate(SPEC)])
+def test_modifier_as_the_specification_words_it(modifier, detection, event, expected,
+                                               make_matcher):
+    rules = compiled(detection)
+    assert bool(make_matcher(rules).match(ProcessEvent(event))) is expected
+
+
+def test_every_modifier_of_the_specification_has_a_row():
+    spec_modifiers = {"contains", "startswith", "endswith", "exists", "cased", "neq", "lt", "lte",
+                      "gt", "gte", "fieldref", "expand", "utf16le", "utf16be", "utf16", "wide",
+                      "base64", "base64offset", "windash", "cidr", "re", "all"}
+    covered = {part for m, *_ in SPEC for part in m.split("|")}
+    assert spec_modifiers <= covered, spec_modifiers - covered
+    for m in spec_modifiers:     # and each has a row that matches and one that does not
+        verdicts = {e for mod, _, _, e in SPEC if m in mod.split("|")}
+        assert verdicts == {True, False} or m in ("wide", "utf16", "utf16be",
+                                                  "base64offset", "all"), m
+
+
+@pytest.mark.parametrize("detection,why", [
+    # "Single item values are not allowed to have an `all` modifier"
+    ("s:\n  CommandLine|contains|all: ' -a'\ncondition: s", "all modifier needs a list"),
+    ("s:\n  CommandLine|contains|all:\n    - ' -a'\ncondition: s", "all modifier needs a list"),
+    # the 2.1 time modifiers: refused, naming them (the sensor does not evaluate them)
+    *[(f"s:\n  UtcTime|{m}: 3\ncondition: s", f"time-part modifiers (minute, hour, day, week, "
+                                              f"month, year) are not supported (|{m})")
+      for m in ("minute", "hour", "day", "week", "month", "year")],
+    ("s:\n  UtcTime|hour|gte: 22\ncondition: s", "not supported (|hour)"),
+])
+def test_refused_with_the_reason_and_line(detection, why):
+    res = load_sigma_text(HEAD + textwrap.indent(detection, "    "), "m.yml")
+    assert not res.rules and why in res.rejected[0].reason
+    assert res.rejected[0].line == 8
+
+
+def test_validate_lists_the_unsupported_constructs_by_name(tmp_path, capsys):
+    from sensor.cli import main
+    (tmp_path / "t.yml").write_text(HEAD + "    s:\n        UtcTime|hour: 3\n    condition: s\n")
+    (tmp_path / "c.yml").write_text("title: c\ncorrelation:\n    type: temporal\n    rules: [a, b]\n"
+                                    "    timespan: 1m\n    condition: a and not b\n")
+    assert main(["rules", "validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "unsupported constructs" in out
+    assert "1 x time modifiers (minute, hour, day, week, month, year)" in out
+    assert "1 x string conditions of temporal correlations (Sigma 2.2 draft)" in out
+    assert "0 x rule collections" in out

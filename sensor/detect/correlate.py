@@ -39,7 +39,7 @@ import math
 import os
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
@@ -129,6 +129,22 @@ def number_of(value: Any) -> int | float | None:
     return None
 
 
+def group_key(fields: Mapping[str, Any], names: tuple) -> tuple | None:
+    """The folded values of ``names`` (None when one is missing)."""
+    if len(names) == 1:
+        v = fields.get(names[0])
+        if v is None:
+            return None
+        return (v.lower() if type(v) is str else fold(v),)
+    key = []
+    for f in names:
+        v = fold(fields.get(f))
+        if v is None:
+            return None
+        key.append(v)
+    return tuple(key)
+
+
 def fold(value: Any) -> str | None:
     """A group-by or value_count value: its text, folded to lower case."""
     if value is None:
@@ -172,45 +188,33 @@ class ChildAlert:
 _TS, _SEQ, _SLOT, _VAL, _REF, _AGG = range(6)
 
 
-class _Slide:
-    """A sorted list with a moving start (timestamps of one rule within a window)."""
+class _Group:
+    """One group's window: its entries (oldest first, from ``lo``) and running aggregates."""
 
-    __slots__ = ("items", "lo")
+    __slots__ = ("entries", "lo", "distinct", "slot_n", "present", "values", "vsum", "vcount",
+                 "sorted", "slot_ts", "slot_lo", "last")
 
     def __init__(self):
-        self.items: list = []
+        self.entries: list = []
         self.lo = 0
-
-    def __len__(self):
-        return len(self.items) - self.lo
-
-    def popleft(self):
-        self.lo += 1
-        if self.lo > 64 and self.lo * 2 > len(self.items):
-            del self.items[:self.lo]
-            self.lo = 0
-
-    def first_after(self, t):
-        """The first item > t (or the first item when t is None); None when there is none."""
-        i = self.lo if t is None else bisect.bisect_right(self.items, t, self.lo)
-        return self.items[i] if i < len(self.items) else None
-
-
-class _Group:
-    __slots__ = ("entries", "distinct", "slot_n", "present", "values", "vsum", "vcount",
-                 "sorted", "slot_ts", "last")
-
-    def __init__(self, nslots: int, kind: str):
-        self.entries: deque = deque()
         self.distinct = 0
-        self.slot_n = [0] * nslots
+        self.slot_n: list | None = None      # temporal types: entries per referenced rule
         self.present = 0
-        self.values: dict | None = {} if kind == "value_count" else None
+        self.values: dict | None = None      # value_count: value -> entries
         self.vsum: Any = 0
         self.vcount = 0
-        self.sorted: list | None = [] if kind in ("value_percentile", "value_median") else None
-        self.slot_ts = [_Slide() for _ in range(nslots)] if kind == "temporal_ordered" else None
+        self.sorted: list | None = None      # percentile/median: the numbers, sorted
+        self.slot_ts: list | None = None     # temporal_ordered: times per referenced rule,
+        self.slot_lo: list | None = None     # each list read from its slot_lo index
         self.last = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.lo
+
+    def newest_first(self):
+        e, lo = self.entries, self.lo
+        for i in range(len(e) - 1, lo - 1, -1):
+            yield e[i]
 
 
 class _Slot:
@@ -244,6 +248,8 @@ class _Node:
         self.evicted = 0
         self.missing_group_key = 0
         self.subsets: list[tuple[int, ...]] | None = None
+        self.topo = 0
+        self.summary: dict | None = None
         if self.kind == "temporal_ordered":
             op, k = self.cond[0]
             if op in ("gt", "gte"):
@@ -256,30 +262,43 @@ class _Node:
     def _group(self, key) -> _Group:
         g = self.groups.get(key)
         if g is None:
-            g = self.groups[key] = _Group(len(self.slots), self.kind)
+            g = self.groups[key] = _Group()
+            kind = self.kind
+            if kind == "temporal" or kind == "temporal_ordered":
+                g.slot_n = [0] * len(self.slots)
+                if kind == "temporal_ordered":
+                    g.slot_ts = [[] for _ in self.slots]
+                    g.slot_lo = [0] * len(self.slots)
+            elif kind == "value_count":
+                g.values = {}
+            elif kind == "value_percentile" or kind == "value_median":
+                g.sorted = []
         else:
             self.groups.move_to_end(key)
         return g
 
-    def add(self, ref, s: int, ts: int, fields: Mapping[str, Any], max_state: int) -> None:
+    def add(self, ref, s: int, ts: int, fields: Mapping[str, Any], max_state: int) -> bool:
+        """Count ``ref`` (an event or a child alert) in its group; False when it has no group
+        (a group-by field is missing)."""
         slot = self.slots[s]
-        key = []
-        for f in slot.group_fields:
-            v = fold(fields.get(f))
-            if v is None:
-                self.missing_group_key += 1
-                return
-            key.append(v)
-        key = tuple(key)
-        raw = fields.get(slot.value_field) if slot.value_field else None
-        if self.kind == "value_count":
-            value = fold(raw)
-        elif self.numeric:
-            value = number_of(raw)
-        else:
-            value = None
+        key = group_key(fields, slot.group_fields)
+        if key is None:
+            self.missing_group_key += 1
+            return False
+        self.put(ref, s, ts, key, self.value_of(fields, slot), max_state)
+        return True
+
+    def value_of(self, fields: Mapping[str, Any], slot: "_Slot"):
+        if slot.value_field is None:
+            return None
+        raw = fields.get(slot.value_field)
+        return fold(raw) if self.kind == "value_count" else number_of(raw)
+
+    def put(self, ref, s: int, ts: int, key: tuple, value, max_state: int) -> None:
         g = self._group(key)
-        self._expire(g, ts - self.span)
+        entries = g.entries
+        if g.lo < len(entries) and entries[g.lo][_TS] < ts - self.span:
+            self._expire(g, ts - self.span)
         self._push(g, ts, ref.seq, s, value, ref)
         g.last = ts
         self.pending[key] = ref
@@ -290,8 +309,9 @@ class _Node:
         entries = g.entries
         # One event in two slots of this correlation is one event (and one value)
         agg = True
-        if entries and entries[-1][_SEQ] == seq:
-            for e in reversed(entries):
+        if len(entries) > g.lo and entries[-1][_SEQ] == seq:
+            for i in range(len(entries) - 1, g.lo - 1, -1):
+                e = entries[i]
                 if e[_SEQ] != seq:
                     break
                 if e[_VAL] == value:
@@ -301,49 +321,62 @@ class _Node:
             g.distinct += 1
         entries.append((ts, seq, s, value, ref, agg))
         self.total += 1
-        if g.slot_n[s] == 0:
-            g.present += 1
-        g.slot_n[s] += 1
-        if g.values is not None and value is not None:
-            g.values[value] = g.values.get(value, 0) + 1
-        if self.numeric and value is not None and agg:
-            g.vcount += 1
-            if self.kind in ("value_sum", "value_avg"):
-                g.vsum += _exact(value)
-            else:
-                bisect.insort(g.sorted, value)
-        if g.slot_ts is not None:
-            g.slot_ts[s].items.append(ts)
+        if g.slot_n is not None:
+            if g.slot_n[s] == 0:
+                g.present += 1
+            g.slot_n[s] += 1
+            if g.slot_ts is not None:
+                g.slot_ts[s].append(ts)
+        if value is not None:
+            if g.values is not None:
+                g.values[value] = g.values.get(value, 0) + 1
+            elif self.numeric and agg:
+                g.vcount += 1
+                if g.sorted is None:
+                    g.vsum += _exact(value)
+                else:
+                    bisect.insort(g.sorted, value)
 
     def _pop(self, g: _Group) -> None:
-        e = g.entries.popleft()
+        entries = g.entries
+        e = entries[g.lo]
+        g.lo += 1
+        if g.lo > 32 and g.lo * 2 > len(entries):
+            del entries[:g.lo]
+            g.lo = 0
         self.total -= 1
-        if not g.entries or g.entries[0][_SEQ] != e[_SEQ]:
+        if g.lo >= len(entries) or entries[g.lo][_SEQ] != e[_SEQ]:
             g.distinct -= 1
-        s = e[_SLOT]
-        g.slot_n[s] -= 1
-        if g.slot_n[s] == 0:
-            g.present -= 1
+        if g.slot_n is not None:
+            s = e[_SLOT]
+            g.slot_n[s] -= 1
+            if g.slot_n[s] == 0:
+                g.present -= 1
+            if g.slot_ts is not None:
+                lo = g.slot_lo[s] + 1
+                times = g.slot_ts[s]
+                if lo > 32 and lo * 2 > len(times):
+                    del times[:lo]
+                    lo = 0
+                g.slot_lo[s] = lo
         value = e[_VAL]
-        if g.values is not None and value is not None:
-            n = g.values[value] - 1
-            if n:
-                g.values[value] = n
-            else:
-                del g.values[value]
-        if self.numeric and value is not None and e[_AGG]:
-            g.vcount -= 1
-            if self.kind in ("value_sum", "value_avg"):
-                g.vsum -= _exact(value)
-            else:
-                i = bisect.bisect_left(g.sorted, value)
-                del g.sorted[i]
-        if g.slot_ts is not None:
-            g.slot_ts[s].popleft()
+        if value is not None:
+            if g.values is not None:
+                n = g.values[value] - 1
+                if n:
+                    g.values[value] = n
+                else:
+                    del g.values[value]
+            elif self.numeric and e[_AGG]:
+                g.vcount -= 1
+                if g.sorted is None:
+                    g.vsum -= _exact(value)
+                else:
+                    del g.sorted[bisect.bisect_left(g.sorted, value)]
 
     def _expire(self, g: _Group, start: int) -> None:
         entries = g.entries
-        while entries and entries[0][_TS] < start:
+        while g.lo < len(entries) and entries[g.lo][_TS] < start:
             self._pop(g)
 
     def _evict(self) -> None:
@@ -351,7 +384,7 @@ class _Node:
             key, g = next(iter(self.groups.items()))
             self._pop(g)
             self.evicted += 1
-            if not g.entries:
+            if not len(g):
                 del self.groups[key]
                 self.pending.pop(key, None)
 
@@ -364,7 +397,7 @@ class _Node:
             key, g = next(iter(groups.items()))
             if g.last >= now - self.span:
                 break
-            while g.entries:
+            while len(g):
                 self._pop(g)
             del groups[key]
 
@@ -398,24 +431,27 @@ class _Node:
         prev = None
         qs = []
         for s in slots:
-            lst = g.slot_ts[s]
-            q = lst.first_after(prev) if len(lst) else None
-            if len(lst) and q is None:
+            times, lo = g.slot_ts[s], g.slot_lo[s]
+            if lo >= len(times):
+                qs.append(None)
+                continue
+            i = lo if prev is None else bisect.bisect_right(times, prev, lo)
+            if i >= len(times):
                 return None
-            qs.append(q)
-            if q is not None:
-                prev = q
+            qs.append(times[i])
+            prev = times[i]
         return qs
 
     def evaluate(self, g: _Group):
-        """(metric, evidence entries) when the window qualifies, else None."""
+        """(metric, evidence selector) when the window qualifies, else None.  The selector is
+        None (every entry), "numeric" (entries with a number) or the set of (slot, time) of
+        the ordered chains found."""
         value = self.metric(g)
         if value is None:
             return None
         for op, thr in self.cond:
             if not _CMP[op](value, thr):
                 return None
-        entries = g.entries
         if self.kind == "temporal_ordered":
             chosen: set = set()
             if self.subsets is not None:
@@ -428,7 +464,7 @@ class _Node:
                         continue
                     ok = True
                     if not sub:
-                        return value, list(entries)
+                        return value, None
                     chosen.update(zip(sub, qs))
                 if not ok:
                     return None
@@ -437,10 +473,8 @@ class _Node:
                 if qs is None:
                     return None
                 chosen.update((s, q) for s, q in enumerate(qs) if q is not None)
-            return value, [e for e in entries if (e[_SLOT], e[_TS]) in chosen]
-        if self.numeric:
-            return value, [e for e in entries if e[_VAL] is not None]
-        return value, entries
+            return value, chosen
+        return value, ("numeric" if self.numeric else None)
 
 
 class CorrelationEngine:
@@ -504,6 +538,9 @@ class CorrelationEngine:
                     carry.add(vf)
         self.carry = tuple(sorted(carry))
         self.order = self._topo()
+        for i, n in enumerate(self.order):
+            n.topo = i
+        self._dirty: set[int] = set()
         # time
         self.now: int | None = None         # the time being accumulated (not yet evaluated)
         self.max_seen: int | None = None
@@ -575,7 +612,7 @@ class CorrelationEngine:
 
     def pending(self) -> bool:
         """True when something waits for evaluation (the reorder buffer or the last time)."""
-        return bool(self._heap) or any(n.pending for n in self.nodes)
+        return bool(self._heap) or bool(self._dirty)
 
     def _advance(self, watermark: int | None) -> list[dict]:
         out: list[dict] = []
@@ -587,7 +624,7 @@ class CorrelationEngine:
             self.now = ts
             self._ingest(ev, relevant)
         if watermark is not None:
-            if self.now is not None and self.now < watermark and self._at_now:
+            if self.now is not None and self.now < watermark and (self._at_now or self._dirty):
                 out += self._finalize()
             if self.floor is None or watermark > self.floor:
                 self.floor = watermark
@@ -596,15 +633,30 @@ class CorrelationEngine:
     def _ingest(self, ev: Ev, relevant) -> None:
         self.events_correlated += 1
         self._at_now.append(ev)
+        dirty = self._dirty
+        fields = ev.fields
+        keys: dict = {}             # group-by fields -> this event's key (shared by nodes)
         for i in relevant:
             for node, s in self.by_rule[i]:
-                node.add(ev, s, ev.ts, ev.fields, self.max_state)
+                slot = node.slots[s]
+                gf = slot.group_fields
+                key = keys.get(gf, False)
+                if key is False:
+                    key = keys[gf] = group_key(fields, gf)
+                if key is None:
+                    node.missing_group_key += 1
+                    continue
+                node.put(ev, s, ev.ts, key, node.value_of(fields, slot), self.max_state)
+                dirty.add(node.topo)
 
     def _finalize(self) -> list[dict]:
         """Evaluate every anchor at ``self.now`` (children before parents)."""
         t = self.now
         out: list[dict] = []
-        for node in self.order:
+        dirty = self._dirty
+        while dirty:
+            node = self.order[min(dirty)]
+            dirty.discard(node.topo)
             if not node.pending:
                 continue
             pending, node.pending = node.pending, {}
@@ -612,17 +664,15 @@ class CorrelationEngine:
                 g = node.groups.get(key)
                 if g is None:
                     continue
-                node._expire(g, t - node.span)
-                res = node.evaluate(g)
+                res = node.evaluate(g)      # (every entry was put at t: the window is current)
                 if res is None:
                     continue
-                metric, entries = res
-                alert = self._emit(node, key, t, metric, entries, ref)
+                metric, selector = res
+                alert = self._emit(node, key, t, metric, _select(g, selector), ref)
                 if alert is not None:
                     out.append(alert)
-            node.sweep(t)
         self._finalized += 1
-        if self._finalized % 1024 == 0:
+        if self._finalized % 256 == 0:   # forget groups whose windows emptied
             for node in self.nodes:
                 node.sweep(t)
         for ev in self._at_now:
@@ -648,7 +698,7 @@ class CorrelationEngine:
             evs[ev.seq] = ev
             return True
 
-        for e in reversed(entries):
+        for e in entries:          # newest first
             ref = e[_REF]
             if isinstance(ref, ChildAlert):
                 if ref.id not in kids:
@@ -665,25 +715,30 @@ class CorrelationEngine:
 
     def _emit(self, node: _Node, key: tuple, t: int, metric, entries, anchor_ref) -> dict | None:
         corr = node.corr
+        node.alerts += 1
+        if not node.output and not node.parents:
+            return None
         evs, kids, truncated = self._evidence(entries)
         aid = alert_id(corr.id, {"correlation_group": list(key), "window_end": t})
         if isinstance(anchor_ref, ChildAlert):
             anchor = anchor_ref.anchor
         else:
             anchor = _anchor_fields(anchor_ref.event) if anchor_ref.event is not None else {}
-        node.alerts += 1
         if node.parents:
             child = ChildAlert(next(self._seq), aid, t, node, key, metric, tuple(evs), kids,
                                anchor, truncated)
             for parent, s in node.parents:
                 for row in self._child_rows(child, parent.slots[s]):
                     parent.add(child, s, t, row, self.max_state)
+                    self._dirty.add(parent.topo)
         if not node.output:
             return None
         self.alerts_total += 1
+        if node.summary is None:
+            node.summary = correlation_summary(corr)
         return build_correlation_alert(corr, dict(zip(corr.group_by, key)), t, metric,
                                        [ev.id for ev in evs], kids, truncated, anchor, aid,
-                                       self._utcnow(), self.sensor_info)
+                                       self._utcnow(), self.sensor_info, node.summary)
 
     @staticmethod
     def _child_rows(child: ChildAlert, slot: _Slot) -> list[dict]:
@@ -742,7 +797,7 @@ class CorrelationEngine:
             groups = []
             for key, g in n.groups.items():
                 ents = []
-                for e in g.entries:
+                for e in g.entries[g.lo:]:
                     ref = e[_REF]
                     if isinstance(ref, ChildAlert):
                         kids[ref.seq] = ref
@@ -805,6 +860,7 @@ class CorrelationEngine:
             n.groups.clear()
             n.pending.clear()
             n.total = 0
+        self._dirty.clear()
         self.now = self.max_seen = self.floor = None
 
     def _restore(self, doc: dict) -> dict:
@@ -840,6 +896,7 @@ class CorrelationEngine:
                         ref = evs[int(seq)]
                         node.add(ref, int(s), int(ts), ref.fields, self.max_state)
             node.pending.clear()
+            self._dirty.discard(node.topo)
             node.alerts = int(saved.get("alerts", 0))
             node.evicted = int(saved.get("evicted", 0))
             kept.append(nid)
@@ -853,6 +910,15 @@ class CorrelationEngine:
             note["discarded"] = dropped
             note["reason"] = "the state of correlations that changed or went away was discarded"
         return note
+
+
+def _select(g: _Group, selector):
+    """The evidence entries of a qualifying window, newest first."""
+    if selector is None:
+        return g.newest_first()
+    if selector == "numeric":
+        return (e for e in g.newest_first() if e[_VAL] is not None)
+    return (e for e in g.newest_first() if (e[_SLOT], e[_TS]) in selector)
 
 
 def _row_of(entry, node: _Node, key: tuple) -> dict:
@@ -932,8 +998,10 @@ def correlation_summary(corr: Correlation) -> dict:
 
 def build_correlation_alert(corr: Correlation, group: dict, t: int, metric, event_ids: list,
                             child_ids: list, truncated: bool, anchor: dict, aid: str,
-                            now: str, sensor_info: dict | None = None) -> dict:
-    """The alert a qualifying correlation window becomes."""
+                            now: str, sensor_info: dict | None = None,
+                            summary: dict | None = None) -> dict:
+    """The alert a qualifying correlation window becomes (``summary``: the rule block, when the
+    caller keeps one per correlation)."""
     cond = {op: v for op, v in corr.effective_condition()}
     shown = metric if not isinstance(metric, float) or not metric.is_integer() else int(metric)
     desc = ", ".join(f"{k}={v}" for k, v in group.items()) or "all events"
@@ -941,7 +1009,7 @@ def build_correlation_alert(corr: Correlation, group: dict, t: int, metric, even
         "id": aid,
         "timestamp": now,
         "event_time": format_time_ms(t),
-        "rule": correlation_summary(corr),
+        "rule": summary if summary is not None else correlation_summary(corr),
         "MESSAGE": (f"Correlation {corr.title!r}: {corr.type} {shown} "
                     f"({', '.join(f'{k} {v}' for k, v in cond.items())}) for {desc} "
                     f"within {corr.timespan}"),

@@ -789,3 +789,69 @@ def test_pipeline_spools_correlation_alerts_and_keeps_state_across_restarts(tmp_
     assert status["alerts"]["by_rule"] == {"10000000-0000-4000-8000-0000000000cc": 1}
     assert [a["correlation"]["value"] for a in spooled] == [3]
     assert spooled[0]["correlation"]["event_count"] == 3
+
+
+def test_pipeline_evaluates_what_it_holds_when_the_source_goes_quiet(tmp_path):
+    import threading
+    import time
+
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.sources.replay import ReplaySource
+
+    rep = simple(tmp_path, "gte: 3")
+    rec = tmp_path / "e.jsonl"
+    rec.write_text("".join(json.dumps({"Image": "C:\\a.exe", "Computer": "h1",
+                                       "UtcTime": utc(T0 + t)}) + "\n" for t in (0, 10, 20)))
+    got: list = []
+    seen = threading.Event()
+
+    def hook(alert):
+        got.append(alert)
+        seen.set()
+
+    # a lateness of an hour holds the events; 0.2 s without input evaluates them anyway
+    eng = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=3_600_000)
+    p = Pipeline(source=ReplaySource([str(rec)]), rules=rep.rules, engine="reference",
+                 heartbeat_interval=0, correlator=eng, alert_hook=hook, idle_flush_s=0.2)
+    p.start()
+    try:
+        assert p.wait_source(10)
+        assert seen.wait(15), "the held events were not evaluated while the sensor ran"
+        assert [a["correlation"]["value"] for a in got] == [3]
+        assert time.monotonic() and p.status()["correlation"]["reorder_buffered"] == 0
+    finally:
+        p.stop(drain_timeout=5)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[correlation]\nmax_state = 0\n", "correlation.max_state"),
+    ("[correlation]\nmax_evidence = 1000000\n", "correlation.max_evidence"),
+    ("[correlation]\nlateness_s = -1\n", "correlation.lateness_s"),
+    ("[correlation]\ncheckpoint_s = nan\n", "correlation.checkpoint_s"),
+    ("[correlation]\nwindow = 3\n", "correlation.window"),
+])
+def test_correlation_config_is_checked(tmp_path, text, key):
+    from sensor.daemon.config import ConfigError, load
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[source]\nkind = "replay"\n[source.replay]\npaths = ["x"]\n' + text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(str(cfg))
+
+
+def test_correlation_config_reaches_the_engine(tmp_path):
+    from sensor.daemon.assemble import build
+    from sensor.daemon.config import load
+    rules = write(tmp_path, "r.yml", stub(name="a", image="a.exe") + "---\n" + """
+title: c
+correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
+""")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[sensor]\ndata_dir = "d"\n[source]\nkind = "replay"\n[source.replay]\n'
+                   f'paths = ["x"]\n[rules]\npaths = ["{rules}"]\n[correlation]\nlateness_s = 2.5\n'
+                   f'max_state = 77\nmax_evidence = 9\n')
+    c = load(str(cfg))
+    assert c.correlation.state_file == str(tmp_path / "d" / "correlation-state.json")
+    parts = build(c, with_source=False, with_delivery=False)
+    eng = parts.correlator
+    assert (eng.lateness, eng.max_state, eng.max_evidence) == (2500, 77, 9)
+    assert len(eng.nodes) == 1 and eng.silent == {1}     # the seed rule is 0, rule a is 1

@@ -855,3 +855,19 @@ correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
     eng = parts.correlator
     assert (eng.lateness, eng.max_state, eng.max_evidence) == (2500, 77, 9)
     assert len(eng.nodes) == 1 and eng.silent == {1}     # the seed rule is 0, rule a is 1
+
+
+def test_deep_chains_and_long_cycles_load_without_recursion(tmp_path):
+    n = 1200                                 # deeper than the interpreter's recursion limit
+    docs = [stub(name="c0", image="a.exe")]
+    for i in range(1, n + 1):
+        docs.append(f"title: c{i}\nname: c{i}\ncorrelation: {{type: event_count, rules: [c{i - 1}],"
+                    f" timespan: 1m, condition: {{gte: 1}}}}\n")
+    rep = loaded(tmp_path, *docs)
+    assert not rep.rejected and len(rep.correlations) == n
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"})])
+    assert [a["rule"]["title"] for a in alerts] == [f"c{n}"]       # only the outermost alerts
+    docs[1] = docs[1].replace("rules: [c0]", f"rules: [c{n}]")       # close the ring
+    rep = loaded(tmp_path, *docs)
+    assert not rep.correlations and len(rep.rejected) == n
+    assert all("cycle" in r.reason for r in rep.rejected)

@@ -34,7 +34,6 @@ import bisect
 import datetime as _dt
 import heapq
 import itertools
-import json
 import math
 import os
 import re
@@ -54,7 +53,7 @@ from .metarules import Correlation, silent_rules
 TIME_FIELD = "UtcTime"
 DEFAULT_MAX_STATE = 100_000
 DEFAULT_MAX_EVIDENCE = 100
-DEFAULT_LATENESS_MS = 5_000
+
 STATE_FORMAT = "etw-sensor-correlation-state"
 STATE_VERSION = 1
 MAX_STATE_FILE = 512 << 20
@@ -557,19 +556,19 @@ class CorrelationEngine:
         self.state_note: dict = {"restored": False, "reason": "not saved or loaded"}
 
     def _topo(self) -> list[_Node]:
-        seen: set[int] = set()
+        """The nodes, every child before its parents (resolve() refused cycles)."""
+        waiting = {n.index: sum(1 for s in n.slots if s.kind == "corr") for n in self.nodes}
+        ready = [n for n in self.nodes if waiting[n.index] == 0]
         out: list[_Node] = []
-
-        def visit(n: _Node):
-            if n.index in seen:
-                return
-            seen.add(n.index)
-            for s in n.slots:
-                if s.kind == "corr":
-                    visit(s.target)
+        while ready:
+            n = ready.pop()
             out.append(n)
-        for n in self.nodes:
-            visit(n)
+            for parent, _ in n.parents:
+                waiting[parent.index] -= 1
+                if waiting[parent.index] == 0:
+                    ready.append(parent)
+        if len(out) != len(self.nodes):
+            raise ValueError("correlation references form a cycle")
         return out
 
     def __bool__(self) -> bool:

@@ -457,56 +457,41 @@ def resolve(rules: Sequence[Rule], correlations: Sequence[Correlation],
         if k > 1:
             res.warnings.append((None, f"name {n!r} is used by {k} rules or correlations "
                                        "(a correlation that references it is refused)"))
-    # Cycles and unusable children make a correlation unusable; repeat to a fixed point.
-    by_id = {id(c): c for c in correlations}
-    changed = True
-    while changed:
-        changed = False
-        for c in correlations:
-            if id(c) in bad:
-                continue
-            for t in targets_of[id(c)]:
-                if isinstance(t, Correlation) and id(t) in bad:
-                    kind, _ = bad[id(t)]
-                    bad[id(c)] = (kind, f"rules: references correlation {t.id} ({t.title}), "
-                                        f"which is {kind.replace('_', ' ')}")
-                    changed = True
-                    break
-    # cycle detection (depth-first over what is still usable)
-    state: dict[int, int] = {}
-
-    def visit(c: Correlation, path: list) -> bool:
-        s = state.get(id(c))
-        if s == 2:
-            return True
-        if s == 1:
-            return False
-        state[id(c)] = 1
-        ok = True
-        for t in targets_of.get(id(c), ()):
-            if isinstance(t, Correlation) and id(t) not in bad and not visit(t, path + [c]):
-                ok = False
-        state[id(c)] = 2
-        if not ok and id(c) not in bad:
-            bad[id(c)] = ("rejected", "rules: the correlation references itself through "
-                                      "other correlations (cycle)")
-        return ok
-
+    # An unusable child makes its parents unusable; then what is left that cannot be put in
+    # an order (children first) is on, or depends on, a cycle.  Both walks are iterative and
+    # linear, whatever the depth of the chains.
+    parents: dict[int, list[Correlation]] = {}
     for c in correlations:
-        if id(c) not in bad:
-            visit(c, [])
-    changed = True
-    while changed:   # parents of what the cycle check refused
-        changed = False
-        for c in correlations:
-            if id(c) in bad:
-                continue
-            for t in targets_of[id(c)]:
-                if isinstance(t, Correlation) and id(t) in bad:
-                    bad[id(c)] = (bad[id(t)][0], f"rules: references correlation {t.id}, "
-                                                 "which cannot be used")
-                    changed = True
-                    break
+        for t in targets_of.get(id(c), ()):
+            if isinstance(t, Correlation):
+                parents.setdefault(id(t), []).append(c)
+
+    def spread(start: list[Correlation]) -> None:
+        work = list(start)
+        while work:
+            t = work.pop()
+            kind = bad[id(t)][0]
+            for p in parents.get(id(t), ()):
+                if id(p) not in bad:
+                    bad[id(p)] = (kind, f"rules: references correlation {t.id} ({t.title}), "
+                                        f"which is {'not applicable' if kind == 'not_applicable' else 'refused'}")
+                    work.append(p)
+
+    spread([c for c in correlations if id(c) in bad])
+    pending = {id(c): sum(1 for t in targets_of[id(c)] if isinstance(t, Correlation))
+               for c in correlations if id(c) not in bad}
+    ready = [c for c in correlations if pending.get(id(c)) == 0]
+    while ready:
+        c = ready.pop()
+        for p in parents.get(id(c), ()):
+            if id(p) in pending:
+                pending[id(p)] -= 1
+                if pending[id(p)] == 0:
+                    ready.append(p)
+    cyclic = [c for c in correlations if pending.get(id(c), 0) > 0]
+    for c in cyclic:
+        bad[id(c)] = ("rejected", "rules: the correlation is part of, or depends on, a cycle "
+                                  "of correlation references")
     for c in correlations:
         if id(c) in bad:
             kind, reason = bad[id(c)]
@@ -520,7 +505,6 @@ def resolve(rules: Sequence[Rule], correlations: Sequence[Correlation],
             for k in unknown:
                 res.warnings.append((c, f"aliases: {k!r} is not one of the correlation's rules "
                                         "(ignored)"))
-    del by_id
     return res
 
 

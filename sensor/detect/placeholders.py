@@ -17,6 +17,7 @@ the placeholder: "If the tool isn't able to handle placeholders, it must reject 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any, Mapping
 
 MAX_FILE_BYTES = 1 << 20
@@ -142,6 +143,7 @@ def spec_parts(text: str) -> list:
     return out
 
 
+@lru_cache(maxsize=1)
 def _spec_expand():
     """pySigma's expand modifier, reading an unmodified value with :func:`spec_parts`."""
     from sigma.modifiers import SigmaExpandModifier
@@ -172,7 +174,9 @@ def _spec_escapes(item) -> None:
     from sigma.types import SigmaString
 
     pysigma_expand, spec_expand = _spec_expand()
-    if pysigma_expand not in item.modifiers or not any(
+    if pysigma_expand not in item.modifiers:
+        return
+    if not any(
             isinstance(v, SigmaString) and "\\%" in (getattr(v, "original", "") or "")
             for v in item.original_value or ()):
         return

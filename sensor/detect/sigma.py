@@ -634,32 +634,43 @@ LEVELS = ("informational", "low", "medium", "high", "critical")
 
 
 class _DocSpans:
-    """First and last line of each YAML document of a file (for file:line in messages)."""
+    """First and last line of each YAML document of a file (for file:line in messages).
+
+    Documents are split at ``---`` / ``...`` marker lines, and documents with nothing but
+    comments are skipped, as the YAML loader skips them (a ``---`` inside a block scalar
+    would shift the count; the line is then approximate, never an error).
+    """
+
+    _MARK = re.compile(r"(?:---|\.\.\.)(?:[ \t].*)?")
+    _BLANK = re.compile(r"\s*(?:#.*)?")
 
     def __init__(self, text: str):
         self.text = text
+        self._lines: list[str] | None = None
         self._spans: list[tuple[int, int]] | None = None
 
     def _compute(self) -> list[tuple[int, int]]:
-        import yaml
+        lines = self._lines
         out = []
-        try:
-            for node in yaml.compose_all(self.text, yaml.SafeLoader):
-                if node is None or (node.tag == "tag:yaml.org,2002:null"):
-                    continue
-                out.append((node.start_mark.line + 1, node.end_mark.line + 1))
-        except yaml.YAMLError:
-            pass
+        start = 0
+        for i in range(len(lines) + 1):
+            if i == len(lines) or self._MARK.fullmatch(lines[i]):
+                body = range(start, i)
+                first = next((j for j in body if not self._BLANK.fullmatch(lines[j])), None)
+                if first is not None:
+                    out.append((first + 1, i))
+                start = i + 1
         return out
 
     def locator(self, index: int):
         def line_of(key: str | None = None, pattern: str | None = None) -> int | None:
             if self._spans is None:
+                self._lines = self.text.split("\n")
                 self._spans = self._compute()
             start, end = self._spans[index] if index < len(self._spans) else (1, None)
             if key is None and pattern is None:
                 return start
-            lines = self.text.split("\n")
+            lines = self._lines
             stop = len(lines) if end is None else min(len(lines), end)
             keys = key.split(",") if key else []
             for k in keys or [None]:

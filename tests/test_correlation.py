@@ -871,3 +871,15 @@ def test_deep_chains_and_long_cycles_load_without_recursion(tmp_path):
     rep = loaded(tmp_path, *docs)
     assert not rep.correlations and len(rep.rejected) == n
     assert all("cycle" in r.reason for r in rep.rejected)
+
+
+def test_ecs_documents_keep_the_correlation(tmp_path):
+    from sensor.deliver.ecs import to_ecs
+    rep = simple(tmp_path, "gte: 2")
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "h1", "User": "CORP\\bob"}),
+                             (1, {"Image": "C:\\a.exe", "Computer": "h1", "User": "CORP\\bob"})])
+    doc = to_ecs(alerts[0])
+    assert doc["sensor"]["correlation"]["value"] == 2
+    assert doc["sensor"]["correlation"]["group"] == {"Computer": "h1"}
+    assert doc["event"]["action"] == "sigma_correlation" and doc["host"]["name"] == "h1"
+    assert doc["rule"]["name"] == "c" and doc["user"]["name"] == "bob"

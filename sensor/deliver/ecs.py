@@ -288,6 +288,9 @@ def to_ecs(alert: Mapping[str, Any]) -> dict:
     _put(custom, "field_origin", alert.get("field_origin") or None)
     if extra:
         custom["rule"] = extra  # next steps, mitigations, ...: what an analyst reads next
+    if isinstance(alert.get("correlation"), dict):   # a Sigma correlation alert: its window
+        custom["correlation"] = dict(alert["correlation"])
+        event["action"] = "sigma_correlation"
     if custom:
         doc["sensor"] = custom
     return doc

@@ -250,8 +250,12 @@ class Pipeline:
         self.queue.close()   # the worker blocks on the queue without a timeout: wake it
         if self._worker is not None:
             self._worker.join(timeout=max(1.0, deadline - time.monotonic()))
-        if self.correlator is not None and (self._worker is None or not self._worker.is_alive()):
-            self._correlation_flush(save=True)   # before the last health document counts them
+        if self.correlator is not None:
+            if self._worker is None or not self._worker.is_alive():
+                self._correlation_flush(save=True)   # before the last health document counts them
+            else:
+                log.warning("the matcher thread did not stop in time: correlation windows "
+                            "were not evaluated to the end nor saved")
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self._started_at:

@@ -34,6 +34,7 @@ _TIMESPAN = re.compile(r"([0-9]{1,12})([smhdwMy])")
 # At most this many ordered subsets are tried for a temporal_ordered "k of n" condition.
 MAX_ORDER_SUBSETS = 256
 MAX_REFERENCES = 64
+MAX_GROUP_BY = 32
 
 
 class MetaError(RuleError):
@@ -129,6 +130,8 @@ class Correlation:
         timespan_ms(self.timespan)
         if not all(isinstance(g, str) and g for g in self.group_by):
             raise MetaError("correlation group-by: needs field names")
+        if len(self.group_by) > MAX_GROUP_BY:
+            raise MetaError(f"correlation group-by: at most {MAX_GROUP_BY} fields")
         for op, value in self.condition:
             if op not in OPS:
                 raise MetaError(f"correlation condition: unknown operator {op!r} "

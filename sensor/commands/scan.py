@@ -95,9 +95,10 @@ def run(args) -> int:
         return 2
     corr = None
     if report.correlations:
-        from ..detect.correlate import DEFAULT_MAX_STATE, CorrelationEngine
+        from ..detect.correlate import DEFAULT_MAX_STATE, CorrelationEngine, tune_gc
         corr = CorrelationEngine(rules, report.correlations, lateness_ms=int(lateness * 1000),
                                  max_state=getattr(args, "max_state", None) or DEFAULT_MAX_STATE)
+        tune_gc()
     silent = corr.silent if corr is not None else frozenset()
     if args.output:
         try:

@@ -427,6 +427,9 @@ def prepare(cfg: Config, checked: Validation | None = None, owner: bool = False)
     parts = build(cfg, checked, owner=owner)
     for w in parts.warnings:
         log.warning(w)
+    if parts.correlator is not None:
+        from ..detect.correlate import tune_gc
+        tune_gc()
     pipeline = make_pipeline(parts)
     attach_services(pipeline, cfg, parts)
     return pipeline

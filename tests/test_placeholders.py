@@ -161,3 +161,19 @@ def test_config_placeholders_key(tmp_path, capsys):
     (tmp_path / "ph.yml").write_text("Administrators: adm_*\n")
     parts = build(load(str(cfg)), with_source=False, with_delivery=False)
     assert [r.id for r in parts.rules] == ["5f2c7d9a-0000-4000-8000-0000000000e1"]
+
+
+def test_a_pack_holds_the_resolved_rule(tmp_path, capsys):
+    from sensor.cli import main
+    from sensor.detect.loader import load_rules
+    rules = tmp_path / "r.yml"
+    rules.write_text(RULE)
+    ph = tmp_path / "ph.yml"
+    ph.write_text("Administrators: ['adm_*']\n")
+    pack = tmp_path / "r.pack"
+    assert main(["rules", "compile", str(rules), "-o", str(pack), "--placeholders", str(ph)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    rep = load_rules([pack], builtin=False)          # no placeholders needed to load it
+    m = create(rep.rules, "reference")
+    assert m.match(ProcessEvent(User="ADM_x")) == [0] and m.match(ProcessEvent(User="x")) == []
+    assert main(["rules", "compile", str(rules), "-o", str(tmp_path / "no.pack")]) == 1

@@ -262,3 +262,32 @@ def test_exclusions_and_the_same_filters_give_the_same_alerts(tmp_path):
         """).rules
     filtered = _pipeline_alerts(tmp_path, filtered_rules)
     assert excluded == filtered == [(RAR, 0), (JUMP, 2)]
+
+
+@pytest.mark.skipif("compiled" not in __import__("sensor.detect.matcher", fromlist=["x"]).ENGINES,
+                    reason="compiled matcher not built")
+def test_filtered_rules_match_the_same_on_both_engines(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    rep = load(tmp_path, rule(RAR, "rar.exe", name="rar"), rule(JUMP, "mstsc.exe"), SPEC_FILTER,
+               """\
+        title: f2
+        logsource: {category: process_creation}
+        filter:
+            rules: any
+            a: {CommandLine|contains|all: ['-q', '-x']}
+            b: {ParentImage|endswith: '\\\\ccmexec.exe'}
+            condition: not 1 of them
+        """)
+    ref, comp = create(rep.rules, "reference"), create(rep.rules, "compiled")
+    text = st.text(st.sampled_from(list("adm_ -qx\\rarmstsc.exeCcMExEC")), max_size=24)
+    fields = st.fixed_dictionaries({}, optional={
+        "Image": st.sampled_from(["C:\\rar.exe", "C:\\mstsc.exe", "C:\\x.exe"]),
+        "User": text, "CommandLine": text, "ParentImage": text})
+
+    @given(fields)
+    @settings(max_examples=200, deadline=None)
+    def same(ev):
+        assert ref.match(ProcessEvent(ev)) == comp.match(ProcessEvent(ev))
+    same()

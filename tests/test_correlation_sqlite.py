@@ -35,6 +35,7 @@ UIDS = {n: f"00000000-0000-4000-8000-{i:012d}" for i, n in enumerate(NAMES)}
 T0 = 1_735_732_800_000          # 2025-01-01T12:00:00Z in ms
 TOP = "10000000-0000-4000-8000-000000000001"
 INNER = "10000000-0000-4000-8000-000000000002"
+MID = "10000000-0000-4000-8000-000000000003"
 OPS = ["gt", "gte", "lt", "lte", "eq", "neq"]
 
 
@@ -145,7 +146,7 @@ def agree(case) -> list:
 def cases(draw):
     kind = draw(st.sampled_from(["event_count", "value_count", "temporal", "temporal_ordered",
                                  "value_sum", "value_avg", "value_percentile", "value_median",
-                                 "chain", "alias"]))
+                                 "chain", "chain3", "alias"]))
     span_s = draw(st.sampled_from([1, 2, 5, 60]))
     span = f"{span_s}s" if span_s < 60 else "1m"
     gb = draw(st.sampled_from([[], ["Computer"], ["Computer", "User"]]))
@@ -192,6 +193,15 @@ def cases(draw):
         else:
             docs.append(corr("outer", TOP, outer, draw(st.permutations(["inner", "b"])), gb2,
                              span2, None))
+    elif kind == "chain3":  # three levels: event_count -> temporal(_ordered) -> count
+        docs.append(corr("inner", INNER, "event_count", ["a"], gb, span,
+                         {"gte": draw(st.integers(1, 2))}, name="inner"))
+        docs.append(corr("mid", MID, draw(st.sampled_from(["temporal", "temporal_ordered"])),
+                         ["inner", "b"], draw(st.sampled_from([[], ["Computer"], ["User"]])),
+                         draw(st.sampled_from(["2s", "5s"])), None, name="mid"))
+        top = draw(st.sampled_from(["event_count", "value_count"]))
+        docs.append(corr("top", TOP, top, ["mid", "c"], draw(st.sampled_from([[], ["Computer"]])),
+                         "1m", {"gte": 2} if top == "event_count" else {"field": "User", "gte": 2}))
     else:  # aliases: one group across two fields of two rules
         t = draw(st.sampled_from(["temporal", "event_count", "temporal_ordered"]))
         docs.append(corr("c", TOP, t, ["a", "b"], ["host"], span,
@@ -309,6 +319,10 @@ EXPLICIT = {
     "chain_counts_child_alerts": (CHAIN + corr("outer", TOP, "event_count", ["inner"],
                                                ["Computer"], "5m", {"gte": 2}),
                                   [ev(0, "a"), ev(5000, "a"), ev(10_000, "a")], 1),
+    "chain_sums_child_metrics": (CHAIN.replace("gte: 2", "gte: 1") + corr(
+        "outer", TOP, "value_sum", ["inner"], ["Computer"], "5m",
+        {"field": "sigma_metric", "gte": 3}),
+        [ev(0, "a"), ev(1000, "a"), ev(2000, "a"), ev(3000, "a", "h2")], 2),
     "aliases_join_two_fields": (c1("temporal", "ab", gb=("host",),
                                    extra="    aliases:\n        host:\n            a: Computer\n"
                                          "            b: User\n"),

@@ -195,7 +195,8 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--hosts", type=int, default=10_000)
     ap.add_argument("--correlations", type=int, default=100)
-    ap.add_argument("--max-state", type=int, default=100_000)
+    ap.add_argument("--max-state", type=int, default=None,
+                    help="entries per correlation (default: the sensor's, 20000)")
     ap.add_argument("--engine", default=None, help="matcher engine (default: the best built)")
     ap.add_argument("--sqlite", type=int, default=20_000, metavar="N",
                     help="events in the SQLite backend slice (0: skip)")
@@ -203,7 +204,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     report = load(a.correlations)
-    from sensor.detect.correlate import tune_gc
+    from sensor.detect.correlate import DEFAULT_MAX_STATE, tune_gc
+    if a.max_state is None:
+        a.max_state = DEFAULT_MAX_STATE
     tune_gc()        # what scan and run do when correlations are loaded
     base = run(a.events, a.hosts, report, a.engine, False, a.max_state)
     corr = run(a.events, a.hosts, report, a.engine, True, a.max_state)

@@ -68,7 +68,7 @@ def register(sub) -> None:
                    help="correlations: how far an event may come after a later one in the "
                         "files and still be counted (reorder buffer; default 600)")
     p.add_argument("--max-state", type=int, default=None, metavar="N",
-                   help="correlations: entries kept per correlation (default 100000)")
+                   help="correlations: entries kept per correlation (default 20000)")
     p.set_defaults(func=run)
 
 

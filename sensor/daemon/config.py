@@ -136,7 +136,7 @@ class RulesSection(_S):
 
 class CorrelationSection(_S):
     lateness_s: float = 5.0            # reorder buffer: how late an event may come and count
-    max_state: int = 100_000           # window entries kept per correlation; more evict, counted
+    max_state: int = 20_000            # window entries kept per correlation; more evict, counted
     max_evidence: int = 100            # event ids listed per correlation alert
     state_file: str = ""               # "" = <data_dir>/correlation-state.json
     persist: bool = True               # save the windows on stop (and every checkpoint_s)

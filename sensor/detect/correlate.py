@@ -51,7 +51,7 @@ from .ir import Rule
 from .metarules import Correlation, silent_rules
 
 TIME_FIELD = "UtcTime"
-DEFAULT_MAX_STATE = 100_000
+DEFAULT_MAX_STATE = 20_000
 DEFAULT_MAX_EVIDENCE = 100
 
 STATE_FORMAT = "etw-sensor-correlation-state"

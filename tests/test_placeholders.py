@@ -155,6 +155,7 @@ def test_config_placeholders_key(tmp_path, capsys):
     cfg = tmp_path / "sensor.toml"
     cfg.write_text(f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{rec}"]\n'
                    f'[rules]\nbuiltin = false\npaths = ["r.yml"]\nplaceholders = "ph.yml"\n')
+    cfg.chmod(0o600)                 # a config others can read is refused before anything else
     assert main(["run", "-c", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "rules.placeholders" in err and "ph.yml" in err and "Traceback" not in err

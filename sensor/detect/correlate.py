@@ -951,12 +951,11 @@ def _row_of(entry, node: _Node, key: tuple) -> dict:
 
 
 def _write_private(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
+    """Write ``data`` atomically (temp file + rename), the file 0600 and new folders 0700."""
+    from .._files import open_private
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open_private(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

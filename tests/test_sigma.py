@@ -274,7 +274,7 @@ def test_builtin_rule_is_prepended_and_missing_paths_rejected(tmp_path):
 
 def test_unsupported_constructs_are_rejected_with_a_reason():
     for det, why in (("s:\n  Image|expand: '%x%'\ncondition: s", "placeholder"),
-                     ("s:\n  UtcTime|minute: 3\ncondition: s", "time-part")):
+                     ("s:\n  Image|all: 'x'\ncondition: s", "all modifier")):
         res = load_sigma_text(HEAD + "detection:\n" + textwrap.indent(det, "    "), "u.yml")
         assert not res.rules and why in res.rejected[0].reason
         assert res.rejected[0].line is not None

@@ -1,9 +1,7 @@
 """Every value modifier of the Sigma 2.1 specification against its own wording
 (sigma-appendix-modifiers.md, 2.1.0), on each matcher engine.
 
-Each row quotes the sentence it checks.  The time modifiers (minute ... year) are the one
-construct the sensor does not evaluate: rules that use them are rejected naming them, and
-``rules validate`` lists them.
+Each row quotes the sentence it checks.
 """
 from __future__ import annotations
 
@@ -148,6 +146,22 @@ SPEC = [
     # endswith: "The value is expected at the end of the field's content"
     ("endswith", "s:\n  CommandLine|endswith: 'ab'\ncondition: s", {"CommandLine": "cab"}, True),
     ("endswith", "s:\n  CommandLine|endswith: 'ab'\ncondition: s", {"CommandLine": "abc"}, False),
+    # minute, hour, day, week, month, year: "can only be applied to date values. it extracts a
+    # numeric value from a date." (minute 0-59, hour 0-23, day 1-31, week, month 1-12, year);
+    # 2024-03-05 is a Tuesday of week 10 (Monday-first weeks, strftime %W)
+    *[(m, f"s:\n  UtcTime|{m}: {v}\ncondition: s", {"UtcTime": "2024-03-05 14:07:09.123"}, hit)
+      for m, v, hit in (("minute", 7, True), ("minute", 8, False), ("hour", 14, True),
+                        ("hour", 2, False), ("day", 5, True), ("day", 3, False),
+                        ("week", 10, True), ("week", 9, False), ("month", 3, True),
+                        ("month", 5, False), ("year", 2024, True), ("year", 2023, False))],
+    ("hour|gte", "s:\n  UtcTime|hour|gte: 14\ncondition: s", {"UtcTime": "2024-03-05T14:00:00Z"},
+     True),
+    ("hour|lt", "s:\n  UtcTime|hour|lt: 14\ncondition: s", {"UtcTime": "2024-03-05 14:00:00"},
+     False),
+    ("month|neq", "s:\n  UtcTime|month|neq: 3\ncondition: s", {"UtcTime": "2024-04-01 00:00:00"},
+     True),
+    ("hour", "s:\n  UtcTime|hour: 14\ncondition: s", {"UtcTime": "yesterday at 14:00"}, False),
+    ("day", "s:\n  UtcTime|day: 30\ncondition: s", {"UtcTime": "2023-02-30 00:00:00"}, False),
     # expand: "Modifier for expansion of placeholders in values." (values: tests/test_placeholders)
     ("expand", "s:\n  User|expand: '%Admins%'\ncondition: s", {"User": "adm_x"}, True),
     ("expand", "s:\n  User|expand: '%Admins%'\ncondition: s", {"User": "ROOT"}, True),
@@ -166,7 +180,8 @@ def test_modifier_as_the_specification_words_it(modifier, detection, event, expe
 def test_every_modifier_of_the_specification_has_a_row():
     spec_modifiers = {"contains", "startswith", "endswith", "exists", "cased", "neq", "lt", "lte",
                       "gt", "gte", "fieldref", "expand", "utf16le", "utf16be", "utf16", "wide",
-                      "base64", "base64offset", "windash", "cidr", "re", "all"}
+                      "base64", "base64offset", "windash", "cidr", "re", "all",
+                      "minute", "hour", "day", "week", "month", "year"}
     covered = {part for m, *_ in SPEC for part in m.split("|")}
     assert spec_modifiers <= covered, spec_modifiers - covered
     for m in spec_modifiers:     # and each has a row that matches and one that does not
@@ -179,11 +194,8 @@ def test_every_modifier_of_the_specification_has_a_row():
     # "Single item values are not allowed to have an `all` modifier"
     ("s:\n  CommandLine|contains|all: ' -a'\ncondition: s", "all modifier needs a list"),
     ("s:\n  CommandLine|contains|all:\n    - ' -a'\ncondition: s", "all modifier needs a list"),
-    # the 2.1 time modifiers: refused, naming them (the sensor does not evaluate them)
-    *[(f"s:\n  UtcTime|{m}: 3\ncondition: s", f"time-part modifiers (minute, hour, day, week, "
-                                              f"month, year) are not supported (|{m})")
-      for m in ("minute", "hour", "day", "week", "month", "year")],
-    ("s:\n  UtcTime|hour|gte: 22\ncondition: s", "not supported (|hour)"),
+    # a time part of no field (a keyword): there is no date to read
+    ("s:\n  '|hour': 3\ncondition: s", "time-part modifiers need a field"),
 ])
 def test_refused_with_the_reason_and_line(detection, why):
     res = load_sigma_text(HEAD + textwrap.indent(detection, "    "), "m.yml")
@@ -193,12 +205,73 @@ def test_refused_with_the_reason_and_line(detection, why):
 
 def test_validate_lists_the_unsupported_constructs_by_name(tmp_path, capsys):
     from sensor.cli import main
-    (tmp_path / "t.yml").write_text(HEAD + "    s:\n        UtcTime|hour: 3\n    condition: s\n")
+    (tmp_path / "t.yml").write_text(HEAD + "    s:\n        CommandLine|all: x\n    condition: s\n")
     (tmp_path / "c.yml").write_text("title: c\ncorrelation:\n    type: temporal\n    rules: [a, b]\n"
                                     "    timespan: 1m\n    condition: a and not b\n")
     assert main(["rules", "validate", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "unsupported constructs" in out
-    assert "1 x time modifiers (minute, hour, day, week, month, year)" in out
+    assert "time modifiers" not in out             # evaluated (tests above)
     assert "1 x string conditions of temporal correlations (Sigma 2.2 draft)" in out
     assert "0 x rule collections" in out
+
+
+# ---------------------------------------------------------------------------------
+# The time modifiers against pySigma's SQLite backend, which evaluates them with SQLite's
+# strftime(): the same dates, every part and comparison, both matchers.
+
+def _dates():
+    import datetime
+    import random
+    rnd = random.Random(2108)
+    out = []
+    for year in range(2019, 2028):           # year ends: weeks 0, 52 and 53 (%W)
+        for day in range(-8, 9):
+            d = datetime.date(year, 1, 1) + datetime.timedelta(days=day)
+            t = (rnd.randrange(24), rnd.randrange(60), rnd.randrange(60), rnd.randrange(1000))
+            out.append(f"{d} {t[0]:02d}:{t[1]:02d}:{t[2]:02d}.{t[3]:03d}")   # Sysmon's UtcTime
+    for _ in range(60):
+        d = datetime.date(2020, 1, 1) + datetime.timedelta(days=rnd.randrange(3000))
+        h, m, s = rnd.randrange(24), rnd.randrange(60), rnd.randrange(60)
+        out += [f"{d}T{h:02d}:{m:02d}:{s:02d}Z", f"{d} {h:02d}:{m:02d}", str(d)]
+    # not dates: the same for both. (SQLite also reads a bare time "14:07" as 2000-01-01, moves
+    # 2023-02-30 to March 2 and converts "+02:00" to UTC; the sensor reads none of these as a
+    # date: docs/sigma.md, "Decisions")
+    return out + ["", "yesterday", "2024-03-05x"]
+
+
+TIME_THRESHOLDS = {"minute": (0, 7, 59), "hour": (0, 13, 23), "day": (1, 15, 31),
+                   "week": (0, 1, 10, 52, 53), "month": (1, 6, 12), "year": (2019, 2024, 2027)}
+
+
+def test_time_modifiers_agree_with_the_sqlite_backend():
+    import sqlite3
+
+    pytest.importorskip("sigma.backends.sqlite", reason="pysigma-backend-sqlite (test dependency)")
+    from sigma.backends.sqlite import sqliteBackend
+    from sigma.collection import SigmaCollection
+
+    from sensor.detect import matcher as M
+
+    dates = _dates()
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE logs (id INTEGER, UtcTime TEXT)")
+    db.executemany("INSERT INTO logs VALUES (?, ?)", enumerate(dates))
+    db.execute("INSERT INTO logs VALUES (?, NULL)", (len(dates),))     # no UtcTime at all
+    events = [ProcessEvent({"UtcTime": d}) for d in dates] + [ProcessEvent({})]
+    backend = sqliteBackend()
+    checked = 0
+    for part, values in TIME_THRESHOLDS.items():
+        for op in ("", "|lt", "|lte", "|gt", "|gte", "|neq"):
+            for v in values:
+                det = f"s:\n  UtcTime|{part}{op}: {v}\ncondition: s"
+                text = HEAD + textwrap.indent(det, "    ")
+                (sql,) = backend.convert(SigmaCollection.from_yaml(text))
+                want = {i for (i,) in db.execute(sql.replace("SELECT *", "SELECT id", 1))}
+                rules = compiled(det)
+                for engine in M.ENGINES:
+                    m = M.create(rules, engine)
+                    got = {i for i, e in enumerate(events) if m.match(e)}
+                    assert got == want, (part, op, v, engine, sorted(got ^ want)[:5])
+                checked += 1
+    assert checked == 6 * sum(len(v) for v in TIME_THRESHOLDS.values())

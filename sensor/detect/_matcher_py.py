@@ -11,7 +11,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from ..events import field_value
-from .ir import NUMERIC_OPS, Predicate, Rule, glob_to_regex, regex_flags
+from .ir import NUMERIC_OPS, Predicate, Rule, glob_to_regex, regex_flags, time_part
 
 ENGINE = "reference"
 
@@ -125,6 +125,17 @@ class _Test:
         return False
 
     _lt = _lte = _gt = _gte = _numeric
+
+    def _timepart(self, value, event):
+        part, _, cmp = self.pred.flags.partition(":")
+        n = time_part(as_text(value), part)
+        if n is None:
+            return False
+        for v in self.values:
+            if (cmp == "eq" and n == v) or (cmp == "lt" and n < v) or (cmp == "lte" and n <= v) \
+                    or (cmp == "gt" and n > v) or (cmp == "gte" and n >= v):
+                return True
+        return False
 
     def evaluate(self, event: Mapping[str, Any]) -> bool:
         pred = self.pred

@@ -26,12 +26,17 @@ Semantics (the reference matcher, ``sensor.detect._matcher_py``, is the executab
     ``fieldref``   the value equals another field's value (``values`` holds field
                    names; ``flags`` may be ``contains``/``startswith``/``endswith``);
     ``cidr``       the value is an IP address inside one of the networks;
-    ``lt``/``lte``/``gt``/``gte``  numeric comparison (a non-number is false).
+    ``lt``/``lte``/``gt``/``gte``  numeric comparison (a non-number is false);
+    ``timepart``   a part of the date in the value (``flags`` = ``<part>:<cmp>``, part one
+                   of :data:`TIME_PARTS`, cmp one of ``eq``/``lt``/``lte``/``gt``/``gte``)
+                   compared with the integer ``values`` (see :func:`time_part`; a value
+                   that is not a date is false).
 * The condition is a tree of tuples: ``("pred", i)``, ``("and", c, ...)``,
   ``("or", c, ...)``, ``("not", c)``, ``("const", bool)``.
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, field as dc_field
@@ -41,8 +46,17 @@ from .fields import FIELD_MAP
 
 STRING_OPS = frozenset({"eq", "contains", "startswith", "endswith", "glob"})
 NUMERIC_OPS = frozenset({"lt", "lte", "gt", "gte"})
-OPS = STRING_OPS | NUMERIC_OPS | frozenset({"re", "exists", "null", "fieldref", "cidr"})
+OPS = STRING_OPS | NUMERIC_OPS | frozenset({"re", "exists", "null", "fieldref", "cidr",
+                                           "timepart"})
 FIELDREF_MODES = ("", "eq", "contains", "startswith", "endswith")
+TIME_PARTS = ("minute", "hour", "day", "week", "month", "year")
+TIME_CMPS = ("eq", "lt", "lte", "gt", "gte")
+# A date as events carry it: ``2024-03-05 14:07:09.123`` (Sysmon's UtcTime), ``T`` instead of
+# the space, seconds and fractions optional, an optional ``Z``; no offset (no time-zone
+# conversion: the specification says the time modifiers are "not designed to handle
+# timezone or format conversions").
+_DATE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?)?Z?\s*",
+                   re.ASCII)
 
 
 class RuleError(ValueError):
@@ -100,6 +114,13 @@ class Predicate:
                     ipaddress.ip_network(v, strict=False)
                 except ValueError as exc:
                     raise RuleError(f"invalid network {v!r}: {exc}") from None
+        elif self.op == "timepart":
+            part, _, cmp = self.flags.partition(":")
+            if part not in TIME_PARTS or cmp not in TIME_CMPS:
+                raise RuleError(f"unknown time part test {self.flags!r}")
+            for v in self.values:
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise RuleError(f"time parts are integers, got {v!r}")
         elif self.op in NUMERIC_OPS:
             for v in self.values:
                 if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -116,6 +137,35 @@ class Predicate:
     def from_json(cls, data: list) -> "Predicate":
         fld, op, values, cased, flags = data
         return cls(fld, op, tuple(values), bool(cased), flags)
+
+
+def time_part(text: str, part: str) -> int | None:
+    """The ``part`` of the date written in ``text``, or None when ``text`` is not a date.
+
+    ``week`` is the week of the year with Monday as its first day, the days before the
+    first Monday being week 0 (``strftime('%W')``, as pySigma's SQLite backend reads it).
+    """
+    m = _DATE.fullmatch(text)
+    if m is None:
+        return None
+    y, mo, d, h, mi, sec = (int(g) if g is not None else 0 for g in m.groups())
+    try:
+        date = datetime.date(y, mo, d)
+    except ValueError:
+        return None
+    if h > 23 or mi > 59 or sec > 59:
+        return None
+    if part == "minute":
+        return mi
+    if part == "hour":
+        return h
+    if part == "day":
+        return d
+    if part == "month":
+        return mo
+    if part == "year":
+        return y
+    return (date.timetuple().tm_yday + 6 - date.weekday()) // 7   # week, %W
 
 
 def regex_flags(flags: str) -> int:

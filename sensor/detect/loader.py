@@ -54,7 +54,6 @@ class LoadReport:
 # Constructs of the Sigma 2.1 specification (and its drafts) this sensor does not evaluate,
 # each with the text its rejection reason carries; `rules validate` lists them by name.
 UNSUPPORTED = (
-    ("time modifiers (minute, hour, day, week, month, year)", "time-part modifiers"),
     ("rule collections (action: global / reset / repeat)", "collections (action"),
     ("string conditions of temporal correlations (Sigma 2.2 draft)", "string condition"),
     ("several fields in a correlation's condition.field", "a list of fields"),

@@ -233,13 +233,24 @@ def _value_node(field: str | None, value) -> Any:
     if isinstance(value, st.SigmaBool):
         return _Leaf(field, "eq", ("true" if value.boolean else "false",))
     if isinstance(value, st.SigmaTimestampPart):
-        raise RuleError("time-part modifiers (minute, hour, day, week, month, year) "
-                        "are not supported")
+        if field is None:
+            raise RuleError("time-part modifiers need a field")
+        return _Leaf(field, "timepart", (int(value.number),),
+                     False, f"{value.timestamp_part.name.lower()}:eq")
     if isinstance(value, st.SigmaNumber):
         return _Leaf(field, "contains" if field is None else "eq", (str(value.number),))
     if isinstance(value, st.SigmaCompareExpression):
         ops = {st.CompareOperators.LT: "lt", st.CompareOperators.LTE: "lte",
                st.CompareOperators.GT: "gt", st.CompareOperators.GTE: "gte"}
+        if isinstance(value.number, st.SigmaTimestampPart):     # |hour|gte: 20 ...
+            if field is None:
+                raise RuleError("time-part modifiers need a field")
+            part = value.number.timestamp_part.name.lower()
+            if value.op == st.CompareOperators.NEQ:
+                return ("not", _Leaf(field, "timepart", (int(value.number.number),), False,
+                                     f"{part}:eq"))
+            return _Leaf(field, "timepart", (int(value.number.number),), False,
+                         f"{part}:{ops[value.op]}")
         if value.op == st.CompareOperators.NEQ:
             return ("not", _Leaf(field, "eq", (str(value.number.number),)))
         return _Leaf(field, ops[value.op], (value.number.number,))
@@ -582,7 +593,7 @@ def field_warnings(rule: Rule) -> list[str]:
 # ---------------------------------------------------------------------------------
 # Rule preparation before conversion: placeholders and the specification's own checks.
 
-TIME_MODIFIERS = ("minute", "hour", "day", "week", "month", "year")
+_TIME_MODIFIERS = ("minute", "hour", "day", "week", "month", "year")
 
 
 def prepare_rule(srule, placeholders=None, text: str = "") -> None:
@@ -592,12 +603,11 @@ def prepare_rule(srule, placeholders=None, text: str = "") -> None:
 
     from .placeholders import PlaceholderError, resolve_placeholders
 
-    time_parts = {modifier_mapping[k]: k for k in TIME_MODIFIERS if k in modifier_mapping}
+    time_parts = {modifier_mapping[k]: k for k in _TIME_MODIFIERS if k in modifier_mapping}
     for item in _detection_items(srule.detection):
         used = [time_parts[m] for m in item.modifiers if m in time_parts]
-        if used:
-            raise RuleError(f"time-part modifiers ({', '.join(TIME_MODIFIERS)}) are not "
-                            f"supported (|{used[0]})", None,
+        if used and item.field is None:
+            raise RuleError(f"time-part modifiers need a field (|{used[0]} on a keyword)", None,
                             _line_of(text, r"^[^#\n]*\|" + re.escape(used[0]) + r"\b"))
         if SigmaAllModifier in item.modifiers and len(item.original_value or ()) == 1:
             raise RuleError("the all modifier needs a list of values (specification: "

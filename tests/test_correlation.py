@@ -605,18 +605,23 @@ def test_state_survives_a_restart(tmp_path):
     rep = simple(tmp_path, "gte: 3")
     rules = rep.rules
     m = create(rules, "reference")
-    state = str(tmp_path / "state.json")
+    state = str(tmp_path / "new" / "state.json")      # its folder does not exist yet
     evs = [ProcessEvent(Image="C:\\a.exe", Computer="h", RecordId=str(i),
                         UtcTime=utc(T0 + i * 1000)) for i in range(4)]
     one = CorrelationEngine(rules, rep.correlations)
     for e in evs[:2]:
         assert one.feed(e, m.match(e)) == []
     assert one.flush() == []
-    one.save_state(state)
     import os
     import stat
-    if os.name == "posix":
+    old = os.umask(0o022)
+    try:
+        one.save_state(state)
+    finally:
+        os.umask(old)
+    if os.name == "posix":       # private whatever the umask: the windows hold command lines
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
     two = CorrelationEngine(rules, rep.correlations)
     assert two.load_state(state)["restored"] is True
     out = []
@@ -886,3 +891,19 @@ def test_ecs_documents_keep_the_correlation(tmp_path):
     assert doc["sensor"]["correlation"]["group"] == {"Computer": "h1"}
     assert doc["event"]["action"] == "sigma_correlation" and doc["host"]["name"] == "h1"
     assert doc["rule"]["name"] == "c" and doc["user"]["name"] == "bob"
+
+
+def test_evictions_are_a_health_problem_and_a_health_alert():
+    from sensor.daemon.health import CorrelationHealth, Status, problems, transitions
+    before = Status(correlation=CorrelationHealth(correlations=2, max_state=10, evicted=0))
+    after = Status(correlation=CorrelationHealth(correlations=2, max_state=10, evicted=41,
+                                                 state_save_failures=1))
+    assert problems(before) == []
+    assert any("41 correlation window" in p and "max_state" in p for p in problems(after))
+    assert any("could not be saved 1 time" in p for p in problems(after))
+    kinds = [t[0] for t in transitions(before, after)]
+    assert kinds == ["correlation_evicted"]
+    lost = Status(correlation=CorrelationHealth(
+        correlations=1, state={"restored": False, "reason": "saved state unusable, windows "
+                                                             "start empty: bad JSON"}))
+    assert any("lost at restart" in p for p in problems(lost))

@@ -143,6 +143,13 @@ HEALTH_RULES: dict[str, dict[str, Any]] = {
                        "Alerts are kept in the spool and retried; this alert arrives once "
                        "delivery works again.",
     },
+    "correlation_evicted": {
+        "id": "sensor-health-correlation-evicted",
+        "title": "Sensor dropped correlation window entries (state cap)",
+        "level": "medium",
+        "description": "A Sigma correlation held more than correlation.max_state window entries; "
+                       "the oldest were dropped, so a correlation spanning them may not fire.",
+    },
 }
 
 

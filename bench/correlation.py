@@ -15,7 +15,7 @@ Measured in one run, on the same events:
 * the SQLite backend (pySigma's, when installed) on a slice (``--sqlite``, default 20,000
   events): its time against the engine's on the same slice, and whether the alert counts agree.
 
-    .venv/bin/python bench/correlation.py                # the full run (about a minute)
+    .venv/bin/python bench/correlation.py                # the full run (about 6 CPU minutes)
     .venv/bin/python bench/correlation.py --events 100000 --json
 """
 from __future__ import annotations

@@ -291,3 +291,18 @@ def test_filtered_rules_match_the_same_on_both_engines(tmp_path):
     def same(ev):
         assert ref.match(ProcessEvent(ev)) == comp.match(ProcessEvent(ev))
     same()
+
+
+def test_a_filter_document_is_bounded_like_a_rule():
+    from sensor.detect.sigma import MAX_RULE_VALUES, load_sigma_text
+    # an alias bomb: a few lines of YAML that expand to a million values
+    text = ("title: bomb\nlogsource: {category: process_creation, product: windows}\nfilter:\n"
+            "    rules: any\n    a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            "    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+            "    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+            "    selection: {User: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]}\n"
+            "    condition: not selection\n")
+    res = load_sigma_text(text, "bomb.yml")
+    assert not res.filters
+    assert res.rejected and f"more than {MAX_RULE_VALUES:,}" in res.rejected[0].reason

@@ -104,6 +104,8 @@ class MatcherHealth(_H):
 class PackHealth(_H):
     path: str = ""
     rules: int = 0
+    correlations: int = 0              # Sigma correlation rules the pack carries
+    filters: int = 0                   # Sigma filters the pack carries
     key_id: Optional[str] = None       # the key the pack is signed with (None: not signed)
     verified: bool = False             # the signature was checked against a trusted key
     signed_at: Optional[str] = None
@@ -241,6 +243,7 @@ class CorrelationHealth(_H):
     max_state: int = 0                 # window entries per correlation
     entries: int = 0
     evicted: int = 0                   # entries dropped over max_state (oldest first)
+    windows_discarded: int = 0         # entries dropped by reloads (their correlation changed or went)
     missing_group_key: int = 0
     state_save_failures: int = 0
     state: dict[str, Any] = {}         # restored at start, or why not

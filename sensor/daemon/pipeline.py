@@ -33,14 +33,19 @@ log = logging.getLogger("sensor.pipeline")
 
 
 class RuleSet:
-    """A complete rule set as the worker runs it: the rules, their compiled matcher and the
-    noise control that goes with them. Built whole before a swap, never changed after."""
+    """A complete rule set as the worker runs it: the rules, their compiled matcher, the
+    noise control that goes with them and the engine of their Sigma correlations (built for
+    these rules: it indexes them). Built whole before a swap, never changed after."""
 
-    __slots__ = ("rules", "matcher", "exclusions", "throttle", "generation", "info", "make_alert")
+    __slots__ = ("rules", "matcher", "exclusions", "throttle", "generation", "info", "make_alert",
+                 "correlator", "silent")
 
     def __init__(self, rules: list, matcher, exclusions=None, throttle=None, generation: int = 0,
-                 info: dict | None = None):
+                 info: dict | None = None, correlator=None):
         self.rules = rules
+        self.correlator = correlator if correlator else None
+        # the rules that only feed correlations (generate: false): no alert of their own
+        self.silent = self.correlator.silent if self.correlator is not None else frozenset()
         self.matcher = matcher
         self.exclusions = exclusions
         self.throttle = throttle
@@ -74,7 +79,8 @@ class Pipeline:
         self._active = RuleSet(list(rules), create_matcher(list(rules), engine),
                                exclusions if exclusions else None, throttle, generation=0,
                                info={"trigger": "start", "problems": list(rule_problems),
-                                     "packs": [dict(p) for p in rule_packs]})
+                                     "packs": [dict(p) for p in rule_packs]},
+                               correlator=correlator)
         self._next: RuleSet | None = None
         self._swapped = threading.Condition()
         self.swap_log: list[tuple[int, int]] = []   # (generation, events before it took over)
@@ -91,11 +97,12 @@ class Pipeline:
         self.status_file = status_file
         self.rules_on_error = rules_on_error
         self._never: tuple[int, dict[str, int], str | None] = (-1, {}, None)
-        # Sigma correlations (sensor.detect.correlate): fed after matching, alerts spooled
-        self.correlator = correlator if correlator else None
-        self.silent = correlator.silent if self.correlator is not None else frozenset()
+        # Sigma correlations (sensor.detect.correlate): fed after matching, alerts spooled; the
+        # engine belongs to the active rule set (a reload hands its windows over, _handover)
         if self.correlator is not None:
             self._titles.update((n.corr.id, n.corr.title) for n in self.correlator.nodes)
+        self.windows_discarded = 0          # dropped by reloads to a set without correlations
+        self._reload_note: dict | None = None
         self.correlation_state = correlation_state
         self.checkpoint_s = checkpoint_s
         self.idle_flush_s = idle_flush_s
@@ -147,6 +154,14 @@ class Pipeline:
         return self._active.throttle
 
     @property
+    def correlator(self):
+        return self._active.correlator
+
+    @property
+    def silent(self) -> frozenset:
+        return self._active.silent
+
+    @property
     def rule_problems(self) -> list:
         return self._active.info.get("problems") or []
 
@@ -173,12 +188,16 @@ class Pipeline:
         nxt = self._next
         if nxt is None:
             return
+        self._handover(self._active, nxt)
         with self._swapped:
             if self._next is nxt:
                 self._next = None
             self._active = nxt
             for r in nxt.rules:
                 self._titles.setdefault(r.id, r.title)
+            if nxt.correlator is not None:
+                for n in nxt.correlator.nodes:
+                    self._titles.setdefault(n.corr.id, n.corr.title)
             self.swap_log.append((nxt.generation, self.events_in))
             if len(self.swap_log) > 1000:
                 del self.swap_log[:-1000]
@@ -291,7 +310,13 @@ class Pipeline:
                 self._take_next()
             # Blocks until events arrive, swap_rules() hands over a rule set (wake) or stop()
             # closes the queue: an idle sensor never wakes here.
-            batch = q.get_batch(self.batch_size)
+            # Held correlation events are evaluated after idle_flush_s without input: only
+            # then does the worker wait with a timeout.
+            corr = self.correlator
+            timeout = None
+            if corr is not None and corr.pending():
+                timeout = max(0.0, self._last_input + self.idle_flush_s - time.monotonic())
+            batch = q.get_batch(self.batch_size, timeout)
             if self._next is not None:
                 self._take_next()     # between batches: this one is matched by one set only
             if not batch:
@@ -358,7 +383,8 @@ class Pipeline:
         m0 = clock()
         matched = match(ev)
         mns = clock() - m0
-        corr = self.correlator
+        active = self._active             # the batch's set (swapped only between batches)
+        corr = active.correlator
         fed = [] if corr is not None else None
         for i in matched:
             rule = rules[i]
@@ -366,7 +392,7 @@ class Pipeline:
                 continue
             if fed is not None:
                 fed.append(i)
-                if i in self.silent:   # a correlation's building block (generate: false)
+                if i in active.silent:   # a correlation's building block (generate: false)
                     continue
             if throttle is not None and not throttle.allow(rule.id, ev):
                 continue
@@ -398,6 +424,39 @@ class Pipeline:
         corr = self.correlator
         if corr.pending() and time.monotonic() - self._last_input >= self.idle_flush_s:
             self._correlation_flush(save=False)
+            self._last_input = time.monotonic()   # at most one idle evaluation per period
+
+    def _handover(self, old: RuleSet, new: RuleSet) -> None:
+        """(worker, between batches) A reload replaces the correlation engine with the rule
+        set: the old engine evaluates what it holds (its alerts are spooled), then the new one
+        takes over the windows of the correlations whose definition did not change; the
+        windows of those that changed or went away are dropped, counted and logged."""
+        oc, nc = old.correlator, new.correlator
+        if oc is None or oc is nc:
+            return
+        alerts: list[dict] = []
+        try:
+            self._take_correlated(oc.flush(), alerts)
+        except Exception:
+            log.exception("correlation flush at the rule swap failed")
+        if alerts:
+            self._deliver(alerts)
+        if nc is not None:
+            note = nc.take_over(oc)
+        else:
+            lost = sum(n.total for n in oc.nodes)
+            self.windows_discarded += lost
+            note = {"restored": False, "at": "reload", "discarded": [n.corr.id for n in oc.nodes],
+                    "entries_discarded": lost,
+                    "reason": "a reload dropped the windows of correlations that went away"}
+        self._reload_note = note
+        if note.get("discarded"):
+            log.warning("correlation windows dropped at the rule swap (%d entr(y/ies)): %s "
+                        "changed or went away", note.get("entries_discarded", 0),
+                        ", ".join(note["discarded"][:20]))
+        if nc is not None:
+            log.info("correlation windows carried over at the rule swap: %d correlation(s)",
+                     note.get("correlations", 0))
 
     def _correlation_flush(self, save: bool) -> None:
         alerts: list[dict] = []
@@ -511,7 +570,12 @@ class Pipeline:
         if self.correlator is not None:
             cs = _safe(self.correlator.stats)
             cs["state_save_failures"] = self.state_errors
+            cs["windows_discarded"] = cs.get("windows_discarded", 0) + self.windows_discarded
             st.correlation = _convert(cs, CorrelationHealth)
+        elif self.windows_discarded:
+            st.correlation = CorrelationHealth(windows_discarded=self.windows_discarded,
+                                               state_save_failures=self.state_errors,
+                                               state=dict(self._reload_note or {}))
         if self.spool is not None:
             raw = _safe(getattr(self.spool, "stats", None))
             sp = _convert(raw, SpoolHealth)

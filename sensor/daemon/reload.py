@@ -114,6 +114,21 @@ def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
     return out
 
 
+def build_correlator(cfg: Config, loaded: Loaded):
+    """The correlation engine for a loaded set (None without correlations); ``[correlation]``
+    settings are the running ones (they need a restart). At the swap it takes over the windows
+    of the running engine's unchanged correlations (``Pipeline._handover``)."""
+    if not loaded.correlations:
+        return None
+    import gc
+    from ..detect.correlate import GC_THRESHOLDS, CorrelationEngine, tune_gc
+    if gc.get_threshold() != GC_THRESHOLDS:
+        tune_gc()                      # the first set with correlations (as at start)
+    c = cfg.correlation
+    return CorrelationEngine(loaded.rules, loaded.correlations, lateness_ms=int(c.lateness_s * 1000),
+                             max_state=c.max_state, max_evidence=c.max_evidence)
+
+
 def engine_of(cfg: Config) -> str | None:
     return None if cfg.rules.engine == "auto" else cfg.rules.engine
 
@@ -373,6 +388,7 @@ class ReloadResult:
     trigger: str
     generation: int = 0
     rules: int = 0
+    correlations: int = 0             # Sigma correlations in the new set (an engine of their own)
     applied: bool = False             # the worker runs the new set
     changed: bool = True              # False: nothing changed, nothing swapped
     errors: list[str] = field(default_factory=list)
@@ -441,6 +457,8 @@ class Reloader:
 
     def _watch_paths(self) -> list[str]:
         paths = list(self.cfg.rules.paths)
+        if self.cfg.rules.placeholders:
+            paths.append(self.cfg.rules.placeholders)
         if self.config_path:
             paths.append(self.config_path)
         return paths
@@ -560,6 +578,7 @@ class Reloader:
             from ..detect.matcher import create
             matcher = create(loaded.rules, engine_of(new_cfg))
             exclusions = build_exclusions(new_cfg)
+            correlator = build_correlator(new_cfg, loaded)
         except ValueError as exc:
             res.errors.append(f"rules: cannot compile: {exc}")
             self._signature = signature
@@ -575,11 +594,13 @@ class Reloader:
             throttle.window = float(window)
         new = RuleSet(loaded.rules, matcher, exclusions, throttle, generation=old.generation + 1,
                       info={"trigger": trigger, "loaded_at": self.clock(), "packs": loaded.packs,
-                            "problems": loaded.problems})
+                            "problems": loaded.problems},
+                      correlator=correlator)
         res.applied = self.pipeline.swap_rules(new, wait=wait)
         res.ok = True
         res.generation = new.generation
         res.rules = len(new.rules)
+        res.correlations = len(loaded.correlations)
         res.key_ids = sorted({p["key_id"] for p in loaded.packs if p.get("key_id")})
         self._signature = signature
         if new_cfg is not self.cfg:

@@ -572,6 +572,8 @@ class CorrelationEngine:
         self.no_time = 0
         self.late = 0
         self.alerts_total = 0
+        self.windows_discarded = 0          # entries dropped at reloads (their correlation changed)
+        self.evicted_before = 0             # evicted by correlations a reload removed or changed
         self.state_note: dict = {"restored": False, "reason": "not saved or loaded"}
 
     def _topo(self) -> list[_Node]:
@@ -798,7 +800,8 @@ class CorrelationEngine:
                 "lateness_s": self.lateness / 1000,
                 "max_state": self.max_state,
                 "entries": sum(n.total for n in self.nodes),
-                "evicted": sum(n.evicted for n in self.nodes),
+                "evicted": self.evicted_before + sum(n.evicted for n in self.nodes),
+                "windows_discarded": self.windows_discarded,
                 "missing_group_key": sum(n.missing_group_key for n in self.nodes),
                 "state": dict(self.state_note),
                 "by_correlation": per}
@@ -810,6 +813,12 @@ class CorrelationEngine:
         The reorder buffer and unevaluated anchors are not saved (flush first)."""
         import msgspec
 
+        data = msgspec.json.encode(self.export_state(), enc_hook=str)
+        _write_private(path, data)
+        return len(data)
+
+    def export_state(self) -> dict:
+        """What the windows hold, as the state file's document (call after :meth:`flush`)."""
         evs: dict[int, Ev] = {}
         kids: dict[int, ChildAlert] = {}
         nodes = {}
@@ -841,9 +850,38 @@ class CorrelationEngine:
                           k.truncated] for k in kids.values()],
             "nodes": nodes,
         }
-        data = msgspec.json.encode(doc, enc_hook=str)
-        _write_private(path, data)
-        return len(data)
+        return doc
+
+    def take_over(self, old: "CorrelationEngine") -> dict:
+        """Continue from the engine of the rule set this one replaces (a hot reload).
+
+        ``old`` must be flushed first (its reorder buffer is evaluated, not carried). The
+        windows of correlations whose definition is unchanged (same id, same
+        :meth:`Correlation.fingerprint`) carry over, with the engine's clock and counters;
+        the windows of correlations that changed or went away are dropped, and counted in
+        ``windows_discarded`` (entries) and the returned note."""
+        doc = old.export_state()
+        try:
+            note = self._restore(doc)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            self._reset_state()         # never half a state: start empty, count it all lost
+            note = {"discarded": [n.corr.id for n in old.nodes if n.total]}
+        dropped = note.get("discarded") or []
+        by_id = {n.corr.id: n for n in old.nodes}
+        lost = sum(by_id[i].total for i in dropped if i in by_id)
+        self.events_correlated += old.events_correlated
+        self.no_time += old.no_time
+        self.late += old.late
+        self.alerts_total += old.alerts_total
+        self.windows_discarded = old.windows_discarded + lost
+        self.evicted_before = old.evicted_before + sum(by_id[i].evicted for i in dropped
+                                                       if i in by_id)
+        note = {"restored": True, "at": "reload", "correlations": note.get("correlations", 0),
+                **({"discarded": dropped, "entries_discarded": lost,
+                    "reason": "a reload dropped the windows of correlations that changed or "
+                              "went away"} if dropped else {})}
+        self.state_note = note
+        return note
 
     def load_state(self, path: str) -> dict:
         """Restore saved windows; returns (and keeps for the health status) what happened."""

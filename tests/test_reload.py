@@ -452,3 +452,157 @@ def test_update_url_polled_with_etag_signed_and_fail_closed(tmp_path):
         assert p.poll() == "error" and "TLS" in p.stats["last_error"]
     finally:
         server.close()
+
+
+# -- correlations across a reload --------------------------------------------------------------
+
+CORR_KEPT = "20000000-0000-4000-8000-00000000000a"
+CORR_CHANGED = "20000000-0000-4000-8000-00000000000b"
+
+
+def corr_rules_yaml(g: int) -> str:
+    """Set ``g``: a building-block rule, a correlation that never changes, one whose condition
+    changes with every set, and a rule of its own per set."""
+    return f"""title: building block
+name: a
+logsource: {{category: process_creation, product: windows}}
+detection: {{sel: {{Image|endswith: '\\\\a.exe'}}, condition: sel}}
+---
+title: set {g}
+id: 20000000-0000-4000-8000-{g:012d}
+logsource: {{category: process_creation, product: windows}}
+detection: {{sel: {{CommandLine|contains: ' set{g} '}}, condition: sel}}
+---
+title: kept
+id: {CORR_KEPT}
+correlation: {{type: event_count, rules: [a], group-by: [Computer], timespan: 30s, condition: {{gte: 4}}}}
+---
+title: changed
+id: {CORR_CHANGED}
+correlation: {{type: event_count, rules: [a], group-by: [Computer], timespan: 30s, condition: {{gte: {3 + g % 2}}}}}
+"""
+
+
+def corr_event(i: int) -> ProcessEvent:
+    import datetime as dt
+    t = dt.datetime(2025, 1, 1, 12, 0, 0) + dt.timedelta(seconds=i)
+    return ProcessEvent({"Image": "C:\\x\\a.exe", "CommandLine": f"a.exe set{i % 3} n{i}",
+                         "Computer": f"h{i % 7}", "ProcessId": i,
+                         "UtcTime": t.strftime("%Y-%m-%d %H:%M:%S.000")})
+
+
+class ManualSource:
+    """The test emits the stream itself, in chunks, reloading between (and during) them."""
+
+    name = "manual"
+    blocking = True
+
+    def __init__(self):
+        self.finished = threading.Event()
+        self.emit = None
+
+    def start(self, emit):
+        self.emit = emit
+
+    def stop(self):
+        self.finished.set()
+
+    def stats(self):
+        return {}
+
+
+def test_reload_under_a_stream_carries_unchanged_correlation_windows(tmp_path, caplog):
+    """A reload builds the correlation engine for the new set at the swap: the windows of a
+    correlation whose definition did not change carry over (its alerts are exactly those of
+    one engine that saw the whole stream without reloads); the windows of one that changed are
+    dropped, counted (``correlation.windows_discarded``) and logged."""
+    import logging
+
+    from sensor.detect.correlate import CorrelationEngine
+    from sensor.detect.loader import load_rules
+
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(corr_rules_yaml(0))
+    cfg = parse({"rules": {"paths": [str(rules_file)], "builtin": False, "watch_s": 0},
+                 "correlation": {"lateness_s": 0, "persist": False},
+                 "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+    loaded = reload_mod.load_configured(cfg)
+    assert not loaded.errors and len(loaded.correlations) == 2
+    alerts: list[dict] = []
+    pipe = Pipeline(source=ManualSource(), rules=loaded.rules, heartbeat_interval=0,
+                    alert_hook=alerts.append, batch_size=16, queue_size=256,
+                    correlator=reload_mod.build_correlator(cfg, loaded), idle_flush_s=0)
+    reloader = reload_mod.Reloader(pipe, cfg)
+    caplog.set_level(logging.INFO, logger="sensor.pipeline")
+    n, chunk = 2000, 100
+    pipe.start()
+    try:
+        for start in range(0, n, chunk):
+            for i in range(start, start + chunk):
+                assert pipe.source.emit(corr_event(i))
+            g = start // chunk + 1
+            rules_file.write_text(corr_rules_yaml(g))
+            res = reloader.reload("control")       # events of the chunk still queued: mid-stream
+            assert res.ok and res.applied and res.correlations == 2, res.errors
+    finally:
+        pipe.source.stop()
+        assert pipe.wait_source(WAIT)
+        status = pipe.stop(drain_timeout=WAIT)
+    assert pipe.events_in == n and pipe.generation == n // chunk
+
+    def key(a):
+        c = a["correlation"]
+        return (c["window"]["end"], json.dumps(c["group"], sort_keys=True), c["value"],
+                tuple(c["event_ids"]))
+
+    got = sorted(key(a) for a in alerts if a["rule"]["id"] == CORR_KEPT)
+    # the reference: one engine, the first set, the whole stream, no reload
+    (tmp_path / "ref.yml").write_text(corr_rules_yaml(0))
+    ref_set = load_rules([str(tmp_path / "ref.yml")], builtin=False)
+    eng = CorrelationEngine(ref_set.rules, ref_set.correlations)
+    m = create_matcher(ref_set.rules, "reference")
+    want = []
+    for i in range(n):
+        ev = corr_event(i)
+        want += eng.feed(ev, m.match(ev))
+    want += eng.flush()
+    want = sorted(key(a) for a in want if a["rule"]["id"] == CORR_KEPT)
+    assert len(want) > 100 and got == want
+
+    # the changed correlation lost its windows at every swap: counted, in the state and the log
+    c = status["correlation"]
+    assert c["windows_discarded"] > 0
+    assert c["state"]["at"] == "reload" and c["state"]["discarded"] == [CORR_CHANGED]
+    assert c["events_correlated"] == n          # counters continue across the swaps
+    dropped = [r for r in caplog.records if "correlation windows dropped" in r.getMessage()]
+    assert len(dropped) == n // chunk and CORR_CHANGED in dropped[0].getMessage()
+    assert CORR_KEPT not in " ".join(r.getMessage() for r in dropped)
+
+
+def test_reload_to_a_set_without_correlations_counts_the_windows_lost(tmp_path):
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(corr_rules_yaml(0))
+    cfg = parse({"rules": {"paths": [str(rules_file)], "builtin": False, "watch_s": 0},
+                 "correlation": {"lateness_s": 0, "persist": False},
+                 "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+    loaded = reload_mod.load_configured(cfg)
+    pipe = Pipeline(source=ManualSource(), rules=loaded.rules, heartbeat_interval=0,
+                    correlator=reload_mod.build_correlator(cfg, loaded), idle_flush_s=0)
+    reloader = reload_mod.Reloader(pipe, cfg)
+    pipe.start()
+    try:
+        for i in (0, 7, 14):                      # three events of host h0: 3 entries per window
+            assert pipe.source.emit(corr_event(i))
+        rules_file.write_text(corr_rules_yaml(1).split("\n---\ntitle: kept")[0])
+        res = reloader.reload("control")
+        assert res.ok and res.applied and res.correlations == 0, res.errors
+        assert pipe.correlator is None
+        # correlation "changed" at gte 3 alerted for those three at the swap (evaluated, then
+        # dropped); both correlations' windows are gone
+        st = pipe.status()["correlation"]
+        assert st["windows_discarded"] == 6 and st["state"]["entries_discarded"] == 6
+    finally:
+        pipe.source.stop()
+        pipe.wait_source(WAIT)
+        pipe.stop(drain_timeout=WAIT)
+    assert pipe.alerts_by_rule[CORR_CHANGED] == 1 and pipe.alerts_by_rule[CORR_KEPT] == 0

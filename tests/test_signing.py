@@ -250,3 +250,59 @@ def test_key_files_are_bounded_and_checked(tmp_path):
     with pytest.raises(KeyError_, match="not an etw-sensor key file"):
         read_key_file(str(other), PRIVATE_TAG)
     assert os.path.exists(other)
+
+
+CORRELATED = RULE + """---
+title: Signed test correlation
+id: 6d7a3c1e-0000-4000-8000-0000000000c1
+correlation:
+    type: event_count
+    rules: [6d7a3c1e-0000-4000-8000-000000000001]
+    group-by: [Computer]
+    timespan: 5m
+    condition: {gte: 3}
+---
+title: Signed test filter
+logsource: {category: process_creation, product: windows}
+filter:
+    rules: [6d7a3c1e-0000-4000-8000-000000000001]
+    sel: {User: svc}
+    condition: not sel
+"""
+
+
+def test_signed_pack_carries_its_correlations_and_filters(keys, tmp_path):
+    """The signature covers the pack's bytes whatever they hold: a signed pack's correlations
+    and filters load with its rules, and a changed correlation fails the signature."""
+    import hashlib
+
+    (tmp_path / "r.yml").write_text(CORRELATED)
+    res = cli("rules", "compile", str(tmp_path / "r.yml"), "-o", str(tmp_path / "c.pack"))
+    assert res.returncode == 0, res.stderr
+    signed = signed_copy(tmp_path / "c.pack", keys["fleet-2025"], tmp_path / "s.pack")
+    report = load_rules([str(signed)], builtin=False, trust=trust(keys["fleet-2025"]))
+    assert not report.rejected, report.rejected
+    assert [c.title for c in report.correlations] == ["Signed test correlation"]
+    assert [f.title for f in report.filters] == ["Signed test filter"]
+    assert report.packs[0]["correlations"] == 1 and report.packs[0]["filters"] == 1
+    assert report.packs[0]["verified"] is True
+    # the filter applies to the rule as it loads from the signed pack
+    from sensor.detect.matcher import create
+    from sensor.events import ProcessEvent
+    m = create(report.rules, "reference")
+    ev = {"Image": "C:\\t\\signedtest.exe", "Computer": "h"}
+    assert m.match(ProcessEvent(dict(ev, User="bob"))) and not m.match(ProcessEvent(dict(ev, User="svc")))
+    # a forged threshold (the pack's own checksum fixed) is caught by the signature alone
+    data = signed.read_bytes()
+    body, _meta = split_signature(data)
+    magic_end = body.index(b"\n") + 1
+    nl = body.index(b"\n", magic_end)
+    header = json.loads(body[magic_end:nl])
+    new_body = body[nl + 1:].replace(b'[["gte",3]]', b'[["gte",9]]')
+    assert new_body != body[nl + 1:]
+    header["sha256"] = hashlib.sha256(new_body).hexdigest()
+    forged = body[:magic_end] + json.dumps(header, sort_keys=True).encode() + b"\n" + new_body
+    (tmp_path / "f.pack").write_bytes(forged + data[len(body):])
+    rep = load_rules([str(tmp_path / "f.pack")], builtin=False, trust=trust(keys["fleet-2025"]))
+    assert not rep.rules and not rep.correlations
+    assert "does not verify with key 'fleet-2025'" in rep.rejected[0].reason

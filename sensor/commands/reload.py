@@ -46,8 +46,10 @@ def main(args) -> int:
         return 1
     if not args.json:
         keys = ", ".join(answer.get("key_ids") or []) or "-"
+        corr = answer.get("correlations") or 0
         print(f"reloaded: rule set {answer.get('generation')}, {answer.get('rules')} rules, "
-              f"signed by {keys}, {answer.get('seconds')} s"
+              + (f"{corr} correlation(s), " if corr else "")
+              + f"signed by {keys}, {answer.get('seconds')} s"
               + ("" if answer.get("applied") else " (handed to the worker, not yet taken)"))
         for w in answer.get("warnings") or []:
             print(f"warning: {w}")

@@ -862,7 +862,9 @@ correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
     parts = build(c, with_source=False, with_delivery=False)
     eng = parts.correlator
     assert (eng.lateness, eng.max_state, eng.max_evidence) == (2500, 77, 9)
-    assert len(eng.nodes) == 1 and eng.silent == {1}     # the seed rule is 0, rule a is 1
+    # the built-in rules come first; rule a (the building block) is the one silenced
+    a_index = [r.title for r in parts.rules].index("stub a")
+    assert len(eng.nodes) == 1 and eng.silent == {a_index} and a_index > 0
 
 
 def test_deep_chains_and_long_cycles_load_without_recursion(tmp_path):

@@ -593,6 +593,10 @@ def test_reload_to_a_set_without_correlations_counts_the_windows_lost(tmp_path):
     try:
         for i in (0, 7, 14):                      # three events of host h0: 3 entries per window
             assert pipe.source.emit(corr_event(i))
+        deadline = time.monotonic() + WAIT         # guards a hang only
+        while pipe.events_in < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)                       # the old set matched them before the swap
+        assert pipe.events_in == 3
         rules_file.write_text(corr_rules_yaml(1).split("\n---\ntitle: kept")[0])
         res = reloader.reload("control")
         assert res.ok and res.applied and res.correlations == 0, res.errors

@@ -40,9 +40,11 @@ import re._constants as _C
 import re._parser as _sre_parse
 from collections import deque
 
-from sensor.detect._matcher_py import _Test, _remap  # the same condition rewrite as the reference
+from sensor.detect._matcher_py import _Test, _remap, regex_engines  # the same condition rewrite as the reference
 from sensor.events import DERIVED, ProcessEvent
 from sensor.detect.ir import STAR, QMARK, glob_tokens, regex_flags
+from sensor.detect.regex import LinearRegex, compile_regex
+from sensor.detect.backtrack import BudgetExceeded
 
 include "_matcher.pxd"
 
@@ -65,6 +67,16 @@ cdef extern from *:
     PyObject *mt_slot_get(PyObject *o, Py_ssize_t off)
 
 cdef extern from "Python.h":
+    ctypedef uint32_t Py_UCS4
+    int PyUnicode_KIND(object o)
+    Py_UCS4 PyUnicode_READ(int kind, void *data, Py_ssize_t i)
+    bint Py_UNICODE_ISDECIMAL(Py_UCS4 ch)
+    bint Py_UNICODE_ISSPACE(Py_UCS4 ch)
+    bint Py_UNICODE_ISALNUM(Py_UCS4 ch)
+    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
+    object PyBytes_FromStringAndSize(const char *v, Py_ssize_t n)
+    char *PyBytes_AS_STRING(object o)
     void Py_XINCREF(PyObject *o)
     void Py_XDECREF(PyObject *o)
     Py_ssize_t PyDict_GET_SIZE(PyObject *o)
@@ -535,10 +547,92 @@ cdef class _Chain:
         PyMem_Free(self.rare)
 
 
-def _regex_entry(str v, int flags):
+cdef class _Rx:
+    """One rule regex: RE2 (with the byte alphabet of sensor.detect.regex, as C arrays)
+    or the budgeted backtracking engine."""
+    cdef object match          # the RE2 object's Match, None for the budgeted engine
+    cdef object anchor
+    cdef object budgeted       # BudgetRegex, or None
+    cdef bint empty            # Python's answer on the empty text
+    cdef bytes amap            # 128 bytes; None when ASCII stands for itself
+    cdef const unsigned char *amap_p
+    cdef array.array bounds_a
+    cdef const uint32_t *bounds
+    cdef Py_ssize_t nb
+    cdef bytes table
+    cdef const unsigned char *table_p
+    cdef uint32_t catmask
+
+    def __cinit__(self, obj):
+        if isinstance(obj, LinearRegex):
+            al = obj.alphabet
+            self.match = obj.match
+            self.anchor = obj.anchor
+            self.budgeted = None
+            self.empty = obj.empty
+            self.amap = al.ascii_map
+            self.amap_p = NULL if al.ascii_map is None else <const unsigned char *>self.amap
+            self.bounds_a = _pyarray.array("I", al.bounds if al.bounds else [0])
+            self.bounds = <const uint32_t *>self.bounds_a.data.as_uints
+            self.nb = len(al.bounds)
+            self.table = al.table
+            self.table_p = <const unsigned char *>self.table
+            self.catmask = al.catmask
+        else:
+            self.match = None
+            self.budgeted = obj
+
+    cdef bytes alphabet(self, object t):
+        """``t`` in the regex's byte alphabet (sensor.detect.regex.to_alphabet)."""
+        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(t), i, lo, hi, mid
+        cdef int kind = PyUnicode_KIND(t)
+        cdef void *data = PyUnicode_DATA(t)
+        cdef Py_UCS4 c
+        cdef uint32_t bits
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        cdef unsigned char *o = <unsigned char *>PyBytes_AS_STRING(out)
+        for i in range(n):
+            c = PyUnicode_READ(kind, data, i)
+            if c < 128:
+                o[i] = self.amap_p[c] if self.amap_p != NULL else <unsigned char>c
+                continue
+            lo = 0
+            hi = self.nb
+            while lo < hi:          # bisect_right(bounds, c)
+                mid = (lo + hi) >> 1
+                if c < self.bounds[mid]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            bits = ((1 if Py_UNICODE_ISDECIMAL(c) else 0) | (2 if Py_UNICODE_ISSPACE(c) else 0)
+                    | (4 if Py_UNICODE_ISALNUM(c) else 0))
+            o[i] = self.table_p[lo * 8 + (bits & self.catmask)]
+        return out
+
+    cdef int search(self, object t, const unsigned char *raw, Py_ssize_t rawlen) except -1:
+        """1 match, 0 no match, 2 undecided (the budgeted engine ran out of steps).
+        ``raw``: the text's bytes when it is ASCII (NULL otherwise)."""
+        cdef object buf
+        if self.match is None:
+            try:
+                return 1 if self.budgeted.search(t) else 0
+            except BudgetExceeded:
+                return 2
+        if rawlen == 0 and PyUnicode_GET_LENGTH(t) == 0:
+            return 1 if self.empty else 0
+        if raw != NULL and self.amap_p == NULL:
+            buf = PyMemoryView_FromMemory(<char *>raw, rawlen, PyBUF_READ)
+        else:
+            buf = self.alphabet(t)
+            rawlen = len(<bytes>buf)
+        return 1 if self.match(self.anchor, buf, 0, rawlen)[0][0] >= 0 else 0
+
+
+def _regex_entry(str v, str letters, budget):
+    cdef int flags = regex_flags(letters)
     cf = _chain_form(v, flags)
     chain = None if cf is None else _Chain(cf[0], cf[1])
-    return (_re.compile(v, flags),) + _regex_requirements(v, flags) + (chain,)
+    return (_Rx(compile_regex(v, letters, budget)),) + _regex_requirements(v, flags) + (chain,)
 
 
 def _re_consider(best, cand):
@@ -588,7 +682,7 @@ cdef class _State:
     """Per-call scratch: field texts, predicate memo, candidate bitmap."""
     # Per-call scratch state; epochs make resets O(1) per event.
     cdef uint32_t epoch
-    cdef uint32_t *memo          # per predicate: epoch << 1 | result
+    cdef uint32_t *memo          # per predicate: epoch << 2 | result (0, 1, 2 undecided)
     cdef uint32_t *vepoch        # per field: epoch the value was fetched in
     cdef uint8_t *fnone          # per field: value is missing
     cdef PyObject **ftext        # per field: the value as text (strong reference)
@@ -767,6 +861,9 @@ cdef class Matcher:
     cdef uint32_t *_f2_off         # per witness field: rules whose fallback reads it
     cdef uint32_t *_f2
     cdef _State _state
+    cdef object _regex_budget
+    cdef array.array _undecided_a
+    cdef uint64_t *_undecided      # per rule: events on which it was undecided
     cdef object __weakref__
 
     engine = ENGINE
@@ -780,11 +877,14 @@ cdef class Matcher:
         PyMem_Free(self._ac)
         PyMem_Free(self._nameptr)
 
-    def __init__(self, rules, lazy_fields=LAZY_FIELDS):
+    def __init__(self, rules, regex_budget=None, lazy_fields=LAZY_FIELDS):
         self.rules = list(rules)
+        self._regex_budget = regex_budget
         self._arrays = []
         self._compile(frozenset(lazy_fields))
         self._state = _State(self._nfields, self._npreds, self._nwords)
+        self._undecided_a = _pyarray.array("Q", [0] * (self._nrules + 1))
+        self._undecided = <uint64_t *>self._undecided_a.data.as_ulonglongs
 
     # ------------------------------------------------------------------ compile
     cdef array.array _keep(self, str code, values):
@@ -905,14 +1005,14 @@ cdef class Matcher:
                 cost = 1.0
             elif op == "re":
                 kind = K_RE
-                flags = regex_flags(p.flags)
-                self._regexes[i] = tuple(_regex_entry(v, flags) for v in p.values)
+                self._regexes[i] = tuple(_regex_entry(v, p.flags, self._regex_budget)
+                                         for v in p.values)
                 cost = 30.0 * len(p.values)
             else:
                 kind = K_PY
                 cost = 50.0
             if kind == K_PY:
-                self._tests[i] = _Test(p)
+                self._tests[i] = _Test(p, self._regex_budget)
                 p_slot.append(-1)
             cost_nl = cost
             if kind != K_PY:
@@ -1463,10 +1563,10 @@ cdef class Matcher:
         cdef uint32_t m = st.memo[p]
         cdef uint32_t ep = st.epoch
         cdef int r
-        if (m >> 1) == ep:
-            return m & 1
+        if (m >> 2) == ep:
+            return m & 3
         r = self._pred_eval(st, p)
-        st.memo[p] = (ep << 1) | <uint32_t>r
+        st.memo[p] = (ep << 2) | <uint32_t>r
         return r
 
     cdef int _pred_eval(self, _State st, uint32_t p) except -1:
@@ -1482,7 +1582,10 @@ cdef class Matcher:
         cdef uint32_t nn
         cdef int present
         if kind == K_PY:
-            return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+            try:
+                return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+            except BudgetExceeded:
+                return 2
         present = self._field(st, slot, self._p_cased[p] or kind == K_RE)
         if kind == K_EXISTS:
             return present
@@ -1496,7 +1599,17 @@ cdef class Matcher:
             h = st.fptr[slot]
             hn = st.flen[slot]
             t = <object>st.ftext[slot]
+            undecided = False
             for rx, lits, counts, chain in <tuple>self._regexes[p]:
+                if (<_Rx>rx).match is None:
+                    # the budgeted engine runs as in the reference, with no pre-check, so
+                    # both engines agree on when it is undecided
+                    r = (<_Rx>rx).search(t, NULL, 0)
+                    if r == 1:
+                        return 1
+                    if r == 2:
+                        undecided = True
+                    continue
                 ok = True
                 for lit in <tuple>lits:
                     if not mt_contains(h, hn, <const unsigned char *>(<bytes>lit), len(<bytes>lit),
@@ -1510,14 +1623,19 @@ cdef class Matcher:
                             break
                 if not ok:
                     continue
+                self._field(st, slot, 1)
                 if chain is not None:
-                    self._field(st, slot, 1)
                     ch = <_Chain>chain
                     if mt_chain(st.rptr[slot], st.rlen[slot], ch.ptrs, ch.lens, ch.rare, ch.k, ch.dotall):
                         return 1
-                elif rx.search(t) is not None:
+                    continue
+                r = (<_Rx>rx).search(t, st.rptr[slot] if PyUnicode_IS_ASCII(t) else NULL,
+                                     st.rlen[slot])
+                if r == 1:
                     return 1
-            return 0
+                if r == 2:
+                    undecided = True
+            return 2 if undecided else 0
         if self._p_cased[p]:
             h = st.rptr[slot]
             hn = st.rlen[slot]
@@ -1596,9 +1714,11 @@ cdef class Matcher:
         return 0
 
     cdef int _eval(self, _State st, uint32_t node) except -1:
+        """1 true, 0 false, 2 undecided (three-valued: the order of operands never
+        changes the result; see sensor.detect._matcher_py)."""
         cdef uint8_t k = self._n_kind[node]
         cdef uint32_t c, cend
-        cdef int r
+        cdef int r, out
         if k == N_PRED:
             return self._pred(st, <uint32_t>self._n_arg[node])
         if k == N_CONST:
@@ -1606,19 +1726,27 @@ cdef class Matcher:
         c = self._n_coff[node]
         if k == N_NOT:
             r = self._eval(st, self._children[c])
-            return 1 - r
+            return 2 if r == 2 else 1 - r
         cend = c + self._n_ccnt[node]
         if k == N_AND:
+            out = 1
             while c < cend:
-                if not self._eval(st, self._children[c]):
+                r = self._eval(st, self._children[c])
+                if r == 0:
                     return 0
+                if r == 2:
+                    out = 2
                 c += 1
-            return 1
+            return out
+        out = 0
         while c < cend:   # N_OR
-            if self._eval(st, self._children[c]):
+            r = self._eval(st, self._children[c])
+            if r == 1:
                 return 1
+            if r == 2:
+                out = 2
             c += 1
-        return 0
+        return out
 
     cdef int _scan(self, _State st, Py_ssize_t w, uint64_t pmask) except -1:
         """Run field ``w``'s automata; mark the rules whose witness literals occur."""
@@ -1769,12 +1897,13 @@ cdef class Matcher:
         cdef Py_ssize_t wd
         cdef uint64_t bits
         cdef uint32_t r
+        cdef int res
         cdef const uint32_t *roots
         if st.busy:   # re-entered from a resolver, or another thread: private scratch
             st = _State(self._nfields, self._npreds, self._nwords)
         st.busy = True
         st.epoch += 1
-        if st.epoch >= 0x7FFFFFFF:
+        if st.epoch >= 0x3FFFFFFF:
             st._reset()
             st.epoch = 1
         tp = type(event)
@@ -1791,8 +1920,11 @@ cdef class Matcher:
                 while bits:
                     r = <uint32_t>(wd * 64 + mt_ctz64(bits))
                     bits &= bits - 1
-                    if self._eval(st, roots[r]):
+                    res = self._eval(st, roots[r])
+                    if res == 1:
                         out.append(r)
+                    elif res == 2:
+                        self._undecided[r] += 1
             return out
         finally:
             st._release()
@@ -1825,9 +1957,21 @@ cdef class Matcher:
         return [self.rules[i] for i in self.match(event)]
 
     @property
+    def undecided(self):
+        """Per rule index: events on which the rule was undecided (a regex ran out of its
+        step budget), since the matcher was built."""
+        return {i: self._undecided[i] for i in range(self._nrules) if self._undecided[i]}
+
+    def regex_engines(self):
+        """Per rule index with a regex: ``(pattern, engine, reason)`` for each."""
+        return regex_engines(self.rules)
+
+    @property
     def stats(self):
         """Engine name, rule and predicate counts, and index statistics."""
-        return dict(self._stats)
+        out = dict(self._stats)
+        out["undecided_events"] = sum(self._undecided[i] for i in range(self._nrules))
+        return out
 
 
 cdef inline void _hits(Automaton *a, uint64_t *cand, uint32_t s, int edge, Py_ssize_t endpos,

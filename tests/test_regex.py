@@ -107,7 +107,7 @@ def test_backtracking_features_are_named(pattern, why):
 
 def test_categories_match_python_on_every_code_point():
     # cat_bits (what the mapping uses) against re's own \d, \s, \w on all non-ASCII code points
-    from sensor.detect.regex import _nonascii_text
+    from sensor.detect.charsets import _nonascii_text
 
     text = _nonascii_text()
     for bit, cls in ((1, r"\d"), (2, r"\s"), (4, r"\w")):

@@ -16,9 +16,10 @@ def _rss_mib() -> float | None:
         return None
 
 
-def _measured_load(paths: Sequence[str], builtin: bool) -> tuple[LoadReport, float | None, float | None]:
+def _measured_load(paths: Sequence[str], builtin: bool,
+                   allow_backtracking=()) -> tuple[LoadReport, float | None, float | None]:
     before = _rss_mib()
-    report = load_rules(paths, builtin=builtin)
+    report = load_rules(paths, builtin=builtin, allow_backtracking=allow_backtracking)
     after = _rss_mib()
     return report, before, after
 
@@ -52,6 +53,7 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
         print(f"applicable rules loaded: {100.0 * sigma_rules / applicable:.2f} %", file=out)
     print(f"load time: {report.seconds:.3f} s", file=out)
     print(_memory_line(before, after), file=out)
+    _print_regex_engines(report, out, verbose)
     if report.rejected:
         print(f"\nrejected ({len(report.rejected)}):", file=out)
         for r in report.rejected:
@@ -76,8 +78,34 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
             print("  (--verbose lists them one by one)", file=out)
 
 
+def _print_regex_engines(report: LoadReport, out: TextIO, verbose: bool) -> None:
+    """Which engine runs each loaded rule's regexes (RE2: linear time; backtracking: opted in,
+    under a step budget)."""
+    from ..detect._matcher_py import regex_engines
+
+    per_rule = regex_engines(report.rules)
+    if not per_rule:
+        print("regex engines: no loaded rule has a regular expression", file=out)
+        return
+    engines: collections.Counter = collections.Counter()
+    for entries in per_rule.values():
+        engines["backtrack" if any(e[1] != "re2" for e in entries) else "re2"] += 1
+    print(f"regex engines: {len(per_rule)} rules with regular expressions: "
+          f"{engines['re2']} on RE2 (linear time), "
+          f"{engines['backtrack']} on the step-budgeted backtracking engine (allowed per rule)",
+          file=out)
+    for i, entries in sorted(per_rule.items()):
+        rule = report.rules[i]
+        slow = [e for e in entries if e[1] != "re2"]
+        if slow or verbose:
+            for pattern, engine, reason in entries:
+                print(f"  {engine:9} {rule.id} {rule.source}: {pattern!r}"
+                      + (f" ({reason})" if reason else ""), file=out)
+
+
 def _cmd_list(args) -> int:
-    report = load_rules(list(args.paths) + list(args.rules or []), builtin=not args.no_builtin_rules)
+    report = load_rules(list(args.paths) + list(args.rules or []), builtin=not args.no_builtin_rules,
+                        allow_backtracking=args.allow_backtracking)
     out = sys.stdout
     print(f"{'ID':38} {'LEVEL':9} {'TITLE':60} SOURCE", file=out)
     for r in report.rules:
@@ -117,7 +145,8 @@ def _print_details(r, out: TextIO) -> None:
 
 
 def _cmd_validate(args) -> int:
-    report, before, after = _measured_load(args.paths, builtin=False)
+    report, before, after = _measured_load(args.paths, builtin=False,
+                                           allow_backtracking=args.allow_backtracking)
     print_report(report, sys.stdout, before, after, verbose=args.verbose)
     return 1 if report.rejected else 0
 
@@ -191,7 +220,8 @@ def write_pack_private(rules, output: str, sources: Sequence[str]) -> int:
     return len(data)
 
 
-def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: bool = False) -> int:
+def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: bool = False,
+                allow_backtracking=()) -> int:
     """Compile ``paths`` into the pack ``output`` and print the report.
 
     A rule that was rejected means the pack would silently lack it: no pack is written then,
@@ -199,7 +229,7 @@ def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: 
     2 the pack cannot be written.
     """
     before = _rss_mib()
-    report = load_rules(paths, builtin=False)
+    report = load_rules(paths, builtin=False, allow_backtracking=allow_backtracking)
     print_report(report, out, before, _rss_mib())
     if report.rejected and not allow_rejected:
         print(f"\nno pack written: {len(report.rejected)} rule(s) or file(s) rejected (listed "
@@ -220,7 +250,8 @@ def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: 
 
 
 def _cmd_compile(args) -> int:
-    return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected)
+    return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected,
+                       allow_backtracking=args.allow_backtracking)
 
 
 def _cmd_keygen(args) -> int:
@@ -337,13 +368,21 @@ def register(subparsers) -> None:
                     help="leave out the built-in rule")
     lp.add_argument("-v", "--verbose", action="store_true",
                     help="also print each rule's metadata (description, MITRE, next steps...)")
+    lp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="let this rule's regexes that need backtracking (backreferences, "
+                         "lookaround) run under a step budget instead of rejecting the rule "
+                         "(repeatable)")
     lp.set_defaults(func=_cmd_list)
 
     vp = sub.add_parser("validate", help="load rules and report what loaded and what did not "
                                          "(exit 1 if any rule was rejected)")
     vp.add_argument("paths", nargs="+", metavar="PATH")
     vp.add_argument("-v", "--verbose", action="store_true",
-                    help="list every not-applicable rule and warning")
+                    help="list every not-applicable rule and warning, and each rule's regex engine")
+    vp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="let this rule's regexes that need backtracking (backreferences, "
+                         "lookaround) run under a step budget instead of rejecting the rule "
+                         "(repeatable)")
     vp.set_defaults(func=_cmd_validate)
 
     cp = sub.add_parser("compile", help="compile rules into a rule pack (loads without pySigma)")
@@ -351,6 +390,10 @@ def register(subparsers) -> None:
     cp.add_argument("-o", "--output", required=True, metavar="PACK")
     cp.add_argument("--allow-rejected", action="store_true",
                     help="write the pack even when rules were rejected (they are left out)")
+    cp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="let this rule's regexes that need backtracking (backreferences, "
+                         "lookaround) run under a step budget instead of rejecting the rule "
+                         "(repeatable)")
     cp.set_defaults(func=_cmd_compile)
 
     kp = sub.add_parser("keygen", help="make an Ed25519 key pair for signing rule packs",

@@ -20,13 +20,17 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
                    help="Sigma YAML file or folder, or compiled rule pack (repeatable)")
     p.add_argument("--no-builtin-rules", action="store_true",
                    help="do not load the built-in seed rule")
+    p.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                   help="let this rule's regexes that need backtracking (backreferences, "
+                        "lookaround) run under a step budget instead of rejecting the rule "
+                        "(repeatable)")
 
 
-def load_ruleset(paths: Sequence[str], builtin: bool, err: IO[str]):
+def load_ruleset(paths: Sequence[str], builtin: bool, err: IO[str], allow_backtracking=()):
     """Load rules; return (rules, number of problems reported)."""
     from .. import load_rules
 
-    rules, report = load_rules(paths, builtin=builtin)
+    rules, report = load_rules(paths, builtin=builtin, allow_backtracking=allow_backtracking)
     problems = report.problems()
     for p in problems:
         print(f"etw-sensor: {p}", file=err)
@@ -53,7 +57,8 @@ def run(args) -> int:
     err = sys.stderr
     from .. import create_matcher, read_events
 
-    rules, rule_errors = load_ruleset(args.rules, not args.no_builtin_rules, err)
+    rules, rule_errors = load_ruleset(args.rules, not args.no_builtin_rules, err,
+                                      args.allow_backtracking)
     if not rules:
         print("etw-sensor: no rules to evaluate", file=err)
         return 2

@@ -131,6 +131,7 @@ class RulesSection(_S):
     trusted_keys: list[TrustedKeyEntry] = []
     watch_s: float = 5.0               # poll the rule files for changes (0 = off); a change reloads
     update: RulesUpdateSection = msgspec.field(default_factory=RulesUpdateSection)
+    allow_backtracking: list[str] = []  # rule ids whose regexes may backtrack (step-budgeted)
 
 
 class PeSection(_S):

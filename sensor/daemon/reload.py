@@ -84,7 +84,8 @@ def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
     if key_errors:
         out.errors += key_errors
         return out
-    report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust)
+    report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust,
+                        allow_backtracking=cfg.rules.allow_backtracking)
     out.rules = report.rules
     out.problems = report.problems()
     out.packs = report.packs

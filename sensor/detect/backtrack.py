@@ -22,7 +22,9 @@ import re._constants as _K
 import re._parser as _parser
 import warnings
 
-from .regex import ENGINE_BACKTRACK, char_set, py_flags
+from .charsets import char_set, py_flags, scan_count
+
+ENGINE_BACKTRACK = "backtrack"
 
 DEFAULT_BUDGET = 200_000
 
@@ -324,6 +326,7 @@ class BudgetRegex:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parsed = _parser.parse(source, py_flags(flags))
+        scan_count[0] = 0       # the scans this regex's sets need are bounded per regex
         self.ngroups = parsed.state.groups
         prog = _Prog()
         _compile(list(parsed), parsed.state.flags, prog)

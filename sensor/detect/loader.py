@@ -5,10 +5,11 @@ import os
 import time
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from .ir import Rule, RuleError
-from .pack import PACK_SUFFIX, decode_pack, is_pack, write_pack
+from .pack import PACK_SUFFIX, MAX_PACK_BYTES, decode_pack, is_pack, write_pack
+from .regex import backtracking_problem
 
 YAML_SUFFIXES = (".yml", ".yaml")
 
@@ -57,29 +58,40 @@ def _rule_files(folder: Path) -> list[Path]:
     return out
 
 
-def _load_pack(path: Path, report: LoadReport, trust) -> None:
+def _load_pack(path: Path, report: LoadReport, trust, allow_backtracking: Collection[str]) -> None:
     """A pack, once its signature held (``signing.open_pack``: checked when ``trust`` has keys)."""
     from .signing import open_pack
     p = str(path)
     try:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_PACK_BYTES + 1)
         except OSError as exc:
             raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", p) from None
+        if len(data) > MAX_PACK_BYTES:
+            raise RuleError(f"rule pack is larger than {MAX_PACK_BYTES:,} bytes; refused", p)
         body, sig = open_pack(data, p, trust)
         rules = decode_pack(body, p)
     except RuleError as exc:
         report.rejected.append(Rejection(p, exc.line, exc.message))
         return
-    report.rules.extend(rules)
-    report.packs.append({"path": p, "rules": len(rules), **sig.as_dict()})
+    kept = 0
+    for r in rules:
+        bad = backtracking_problem(r, allow_backtracking)
+        if bad is not None:
+            report.rejected.append(Rejection(p, None, f"{bad[1]} [rule {r.id}: {r.title}]"))
+        else:
+            report.rules.append(r)
+            kept += 1
+    report.packs.append({"path": p, "rules": kept, **sig.as_dict()})
 
 
-def _load_file(path: Path, report: LoadReport, trust=None) -> None:
+def _load_file(path: Path, report: LoadReport, trust=None,
+               allow_backtracking: Collection[str] = ()) -> None:
     p = str(path)
     report.files += 1
     if not path.name.lower().endswith(YAML_SUFFIXES) and is_pack(path):
-        _load_pack(path, report, trust)
+        _load_pack(path, report, trust, allow_backtracking)
         return
     if not path.name.lower().endswith(YAML_SUFFIXES):
         report.rejected.append(Rejection(p, None, "neither Sigma YAML (.yml/.yaml) nor a rule pack"))
@@ -97,7 +109,7 @@ def _load_file(path: Path, report: LoadReport, trust=None) -> None:
                                          "(pip install 'etw-sensor[sigma]'); "
                                          "or compile the rules into a pack elsewhere"))
         return
-    res = load_sigma_file(p)
+    res = load_sigma_file(p, allow_backtracking)
     report.rules.extend(res.rules)
     report.rejected.extend(Rejection(x.path, x.line, x.reason) for x in res.rejected)
     report.not_applicable.extend(Rejection(x.path, x.line, x.reason) for x in res.not_applicable)
@@ -119,11 +131,15 @@ def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
     return out
 
 
-def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None) -> LoadReport:
+def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None,
+               allow_backtracking: Collection[str] = ()) -> LoadReport:
     """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first.
 
     ``trust`` (``signing.Trust``): when it holds keys, only packs signed with one of them load.
-    """
+    A rule with a regex that needs backtracking (backreference, lookaround...) is rejected
+    unless its id is in ``allow_backtracking``; such a regex then runs on the step-budgeted
+    engine (docs/matcher.md)."""
+    allow_backtracking = frozenset(allow_backtracking)
     t0 = time.perf_counter()
     report = LoadReport()
     if builtin:
@@ -136,9 +152,9 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
             if not files:
                 report.warnings.append(Rejection(str(path), None, "folder holds no rule files"))
             for f in files:
-                _load_file(f, report, trust)
+                _load_file(f, report, trust, allow_backtracking)
         elif path.exists():
-            _load_file(path, report, trust)
+            _load_file(path, report, trust, allow_backtracking)
         else:
             report.rejected.append(Rejection(str(path), None, "no such file or folder"))
     report.warnings.extend(rule_warnings(report.rules))
@@ -146,8 +162,10 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
     return report
 
 
-def compile_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> tuple[LoadReport, int]:
-    """Load ``paths`` (no built-in rules) and write them as a pack; returns (LoadReport, size)."""
-    report = load_rules(paths, builtin=False)
+def compile_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
+                  allow_backtracking: Collection[str] = ()) -> tuple[LoadReport, int]:
+    """Load ``paths`` (no built-in rules) and write them as a pack; returns (LoadReport, size).
+    (A pack does not carry the permission: whoever loads it allows backtracking again.)"""
+    report = load_rules(paths, builtin=False, allow_backtracking=allow_backtracking)
     size = write_pack(report.rules, output, [str(p) for p in paths])
     return report, size

@@ -30,6 +30,9 @@ PACK_VERSION = 1
 IR_VERSION = 1  # bump when the IR's semantics or JSON shape change
 PACK_SUFFIX = ".pack"
 _MAX_HEADER = 4096
+# The whole SigmaHQ process_creation set is a 2.2 MB pack; a larger file is refused before
+# it is read (each rule in it is also bounded, see sensor.detect.ir.check_rule_size).
+MAX_PACK_BYTES = 64 * 1024 * 1024
 
 
 def is_pack(path: str | os.PathLike) -> bool:
@@ -108,7 +111,10 @@ def decode_pack(data: bytes, path: str = "<pack>") -> list[Rule]:
 def read_pack(path: str | os.PathLike) -> list[Rule]:
     """Rules from a pack file (RuleError when unreadable or not intact)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PACK_BYTES + 1)
     except OSError as exc:
         raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", str(path)) from None
+    if len(data) > MAX_PACK_BYTES:
+        raise RuleError(f"rule pack is larger than {MAX_PACK_BYTES:,} bytes; refused", str(path))
     return decode_pack(data, str(path))

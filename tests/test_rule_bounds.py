@@ -1,0 +1,164 @@
+"""Loading a rule takes bounded work whatever the file says; backtracking regexes need an opt-in.
+
+A rule whose regex needs backtracking (backreference, lookaround...) is rejected with its
+file, line and reason unless the operator allows it for that rule; ``rules validate``
+says which rules run on which regex engine.  Oversized rule files, packs and rules are
+refused with an error naming the file, before the costly work.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sensor.detect import ir
+from sensor.detect.ir import Predicate, Rule, RuleError
+from sensor.detect.loader import load_rules
+from sensor.detect.pack import MAX_PACK_BYTES, encode_pack, write_pack
+from sensor.detect.sigma import MAX_RULE_FILE_BYTES
+from sensor.events import ProcessEvent
+from sensor.detect import matcher as M
+
+RULE_ID = "0a6b1c2d-0000-4000-8000-00000000000b"
+
+
+def sigma(detection: str, rid: str = RULE_ID) -> str:
+    return (f"title: Backtracking test\nid: {rid}\nlogsource:\n    category: process_creation\n"
+            f"    product: windows\ndetection:\n" + textwrap.indent(textwrap.dedent(detection), "    "))
+
+
+BACKREF = sigma("""\
+selection:
+    Image|endswith: '\\\\cmd.exe'
+    CommandLine|re: '(\\w+) \\1'
+condition: selection
+""")
+
+
+def test_backtracking_regex_is_rejected_with_file_line_and_reason(tmp_path):
+    f = tmp_path / "backref.yml"
+    f.write_text(BACKREF, encoding="utf-8")
+    report = load_rules([f], builtin=False)
+    assert report.rules == []
+    (rej,) = report.rejected
+    assert rej.path == str(f)
+    assert rej.line == 9                          # the line holding the regex
+    assert "backreference" in rej.reason and "--allow-backtracking " + RULE_ID in rej.reason
+
+
+def test_opt_in_per_rule_runs_it_under_the_budget(tmp_path, engine):
+    f = tmp_path / "backref.yml"
+    f.write_text(BACKREF, encoding="utf-8")
+    other = tmp_path / "other.yml"
+    other.write_text(BACKREF.replace(RULE_ID, RULE_ID[:-1] + "c"), encoding="utf-8")
+    report = load_rules([f, other], builtin=False, allow_backtracking=[RULE_ID])
+    assert [r.id for r in report.rules] == [RULE_ID]          # only the named rule
+    assert len(report.rejected) == 1
+    m = M.create(report.rules, engine)
+    assert m.match(ProcessEvent(Image="C:\\cmd.exe", CommandLine="echo echo x")) == [0]
+    assert m.match(ProcessEvent(Image="C:\\cmd.exe", CommandLine="ab cd")) == []
+    assert m.regex_engines()[0][0][1] == "backtrack"
+
+
+def test_pack_rules_need_the_opt_in_too(tmp_path):
+    f = tmp_path / "backref.yml"
+    f.write_text(BACKREF, encoding="utf-8")
+    rules = load_rules([f], builtin=False, allow_backtracking=[RULE_ID]).rules
+    pack = tmp_path / "r.pack"
+    write_pack(rules, pack)
+    report = load_rules([pack], builtin=False)
+    assert report.rules == [] and "backreference" in report.rejected[0].reason
+    assert load_rules([pack], builtin=False, allow_backtracking=[RULE_ID]).rules[0].id == RULE_ID
+
+
+def test_validate_reports_regex_engines(tmp_path):
+    f = tmp_path / "backref.yml"
+    f.write_text(BACKREF, encoding="utf-8")
+    g = tmp_path / "linear.yml"
+    g.write_text(sigma("""\
+        selection:
+            CommandLine|re: 'net\\s+view'
+        condition: selection
+        """, rid=RULE_ID[:-1] + "d"), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "sensor", "rules", "validate", str(tmp_path),
+                          "--allow-backtracking", RULE_ID], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "2 rules with regular expressions: 1 on RE2 (linear time), 1 on the step-budgeted" in out.stdout
+    assert f"backtrack {RULE_ID} {f}" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "sensor", "rules", "validate", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert f"{f}:9: regular expression" in out.stdout
+
+
+def test_oversized_rule_file_is_refused_unread(tmp_path):
+    f = tmp_path / "huge.yml"
+    values = "\n".join(f"            - 'v{i}'" for i in range(MAX_RULE_FILE_BYTES // 10))
+    f.write_text(sigma(f"selection:\n    CommandLine|contains:\n{values}\ncondition: selection\n"),
+                 encoding="utf-8")
+    assert f.stat().st_size > MAX_RULE_FILE_BYTES
+    report = load_rules([f], builtin=False)
+    (rej,) = report.rejected
+    assert rej.path == str(f) and "larger than" in rej.reason
+
+
+def test_rule_with_too_many_values_is_refused_naming_the_file(tmp_path):
+    n = ir.MAX_VALUES_PER_RULE + 1
+    f = tmp_path / "many.yml"
+    values = "\n".join(f"        - 'v{i}'" for i in range(n))
+    f.write_text(sigma(f"selection:\n    CommandLine|contains:\n{values}\ncondition: selection\n"),
+                 encoding="utf-8")
+    assert f.stat().st_size < MAX_RULE_FILE_BYTES
+    report = load_rules([f], builtin=False)
+    (rej,) = report.rejected
+    assert rej.path == str(f) and f"{n:,} values" in rej.reason
+
+
+def test_rule_size_bounds():
+    many = tuple(Predicate("CommandLine", "contains", ("x",)) for _ in range(ir.MAX_PREDICATES_PER_RULE + 1))
+    with pytest.raises(RuleError, match="predicates"):
+        Rule(id="a", title="a", predicates=many, condition=("pred", 0))
+    big = Predicate("CommandLine", "contains", ("x" * (ir.MAX_VALUE_CHARS_PER_RULE + 1),))
+    with pytest.raises(RuleError, match="characters of values"):
+        Rule(id="a", title="a", predicates=(big,), condition=("pred", 0))
+    long_re = Predicate("CommandLine", "re", ("a" * (ir.MAX_REGEX_CHARS + 1),))
+    with pytest.raises(RuleError, match="regular expression of"):
+        Rule(id="a", title="a", predicates=(long_re,), condition=("pred", 0))
+    deep: list = ["pred", 0]
+    for _ in range(ir.MAX_CONDITION_DEPTH + 1):
+        deep = ["not", deep]
+    with pytest.raises(RuleError, match="nested"):
+        Rule(id="a", title="a", predicates=(Predicate("Image", "eq", ("x",)),), condition=deep)
+
+
+def test_oversized_pack_is_refused_unread(tmp_path):
+    p = tmp_path / "huge.pack"
+    data = encode_pack([])
+    with open(p, "wb") as fh:
+        fh.write(data)
+        fh.seek(MAX_PACK_BYTES)
+        fh.write(b"x")
+    report = load_rules([p], builtin=False)
+    (rej,) = report.rejected
+    assert rej.path == str(p) and "larger than" in rej.reason
+
+
+def test_pack_rule_with_a_deep_condition_is_refused(tmp_path):
+    deep: list = ["pred", 0]
+    for _ in range(500):
+        deep = ["not", deep]
+    rule = Rule(id="a", title="a", predicates=(Predicate("Image", "eq", ("x",)),), condition=("pred", 0))
+    d = rule.to_json()
+    d["condition"] = deep
+    import hashlib
+    body = json.dumps({"created": "", "generator": "", "sources": [], "rules": [d]}).encode()
+    header = json.dumps({"pack": 1, "ir": 1, "length": len(body),
+                         "sha256": hashlib.sha256(body).hexdigest()}).encode()
+    p = tmp_path / "deep.pack"
+    p.write_bytes(b"ETW-SENSOR-RULEPACK\n" + header + b"\n" + body)
+    report = load_rules([p], builtin=False)
+    (rej,) = report.rejected
+    assert "nested more than" in rej.reason

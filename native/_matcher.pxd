@@ -13,12 +13,15 @@ cdef extern from "matcher_util.h":
     int mt_has_upper_ascii(const unsigned char *s, size_t n)
     int mt_ctz64(uint64_t x)
     uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
+    uint32_t mt_q_hash8(const unsigned char *p, unsigned shift)
     uint32_t mt_load32(const unsigned char *p)
-    size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
+    int mt_bit(const uint64_t *b, uint32_t g)
+    size_t mt_af_next(const uint64_t *b8, unsigned s8, const uint64_t *b4, unsigned s4, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
     int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd, unsigned len, unsigned k)
     size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
     int mt_chain(const unsigned char *h, size_t n, const unsigned char *const *lits, const size_t *lens, const size_t *rare, size_t k, int dotall)
     size_t mt_count(const unsigned char *h, size_t n, unsigned char c, size_t enough)
+    int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
     int mt_glob2(const uint32_t *prog, const unsigned char *s, size_t n)
 
 
@@ -58,10 +61,14 @@ cdef struct Unit:
     uint32_t *out_off
     uint32_t *out_ids      # local literal ids
     # mode 3: 1-byte literals first (q1e of them), then 2-gram buckets, then hashed
-    # 4-gram buckets; packed entries (anchor 4 bytes, needle offset, len | k << 16, lit)
-    uint32_t qshift
+    # 4-gram and 8-gram buckets; packed entries of 5 words: the anchor's first 4 bytes,
+    # its next 4 (8-byte anchors), needle offset, len | k << 16, local literal id
     uint32_t q1e
-    uint64_t *q4bits
+    uint32_t qshift4
+    uint32_t qshift8
+    uint64_t *q8bits       # NULL when there are no 8+ byte literals
+    uint32_t *q8off
+    uint64_t *q4bits       # NULL when there are no 4-7 byte literals
     uint32_t *q4off
     uint64_t *q2bits       # NULL when there are no 2-3 byte literals
     uint32_t *q2off

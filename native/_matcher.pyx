@@ -28,7 +28,7 @@ defines the semantics).  Design (docs/matcher.md):
   ``contains``) reuse the reference's prepared tests; only candidate rules reach them.
 """
 from cpython cimport array
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_Check
@@ -42,7 +42,7 @@ from sensor.detect import index as _ix
 from sensor.detect._matcher_py import _Test, _remap, regex_engines  # the same condition rewrite as the reference
 from sensor.events import DERIVED, ProcessEvent
 from sensor.detect.ir import STAR, QMARK, glob_tokens, regex_flags
-from sensor.detect.regex import LinearRegex, compile_regex
+from sensor.detect.regex import ENGINE_RE2, LinearRegex, compile_regex, plan as _plan
 from sensor.detect.backtrack import BudgetExceeded
 
 include "_matcher.pxd"
@@ -232,6 +232,7 @@ cdef enum:
     K_RE = 7
     K_PY = 8          # reference test (cidr, numeric, fieldref, other keyword searches)
     K_KW = 9          # keyword contains: any stored value of the event
+    K_FREF = 10       # fieldref: the value against other fields' values
 
 # condition node kinds
 cdef enum:
@@ -256,19 +257,28 @@ cdef Py_ssize_t AC_MAX_TABLE = 64 * 1024
 cdef int TRUNC_TRIE = 64
 
 _LIT_KINDS = {"eq": K_EQ, "contains": K_CONTAINS, "startswith": K_STARTS, "endswith": K_ENDS}
+_FREF_MODES = {"eq": 0, "contains": 1, "startswith": 2, "endswith": 3}
 _W_KIND = {K_EQ: W_EQ, K_CONTAINS: W_ANY, K_STARTS: W_START, K_ENDS: W_END}
 _enc = _ix.enc
 
 
-def _regex_entry(str v, str letters, budget, tuple lit_ids, list rank_of):
+def _regex_entry(str v, str letters, budget, Py_ssize_t min_len, raw_cond, cond, list rank_of):
+    """(engine, minimum length in characters, prefilter (literal ids), repeated bytes,
+    literal chain)."""
     cdef int flags = regex_flags(letters)
     cf = _ix.chain_form(v, flags)
     chain = None if cf is None else _Chain(cf[0], cf[1], [_ix.rare_offset(b, rank_of) for b in cf[0]])
-    _lits, counts = _ix.regex_requirements(v, flags)
-    return (_Rx(compile_regex(v, letters, budget)), lit_ids, counts, chain)
+    # single-byte literals the match needs more than once (disjoint parts of the match)
+    singles = {}
+    if raw_cond[0] == "and":
+        for f in raw_cond[1]:
+            if f[0] == "lit" and len(f[1]) == 1:
+                singles[f[1][0]] = singles.get(f[1][0], 0) + 1
+    return (_Rx(compile_regex(v, letters, budget)), min_len, cond,
+            tuple((c, k) for c, k in sorted(singles.items()) if k > 1), chain)
 
 
-cdef Py_ssize_t _cfold(object t, unsigned char **buf, Py_ssize_t *cap) except -1:
+cdef Py_ssize_t _cfold(object t, unsigned char **buf, Py_ssize_t *cap, uint8_t *sigma=NULL) except -1:
     """``t.lower()`` as UTF-8 (lone surrogates as surrogatepass) in ``buf``; its length.
 
     Per character: ASCII lowered, U+0130 to "i" + U+0307, anything else to its simple
@@ -299,6 +309,8 @@ cdef Py_ssize_t _cfold(object t, unsigned char **buf, Py_ssize_t *cap) except -1
             b[o + 2] = 0x87
             o += 3
             continue
+        if c == 0x3A3 and sigma != NULL:
+            sigma[0] = 1
         c = <uint32_t>Py_UNICODE_TOLOWER(<Py_UCS4>c)
         if c < 0x80:
             b[o] = <unsigned char>c
@@ -342,6 +354,7 @@ cdef class _State:
     cdef PyObject **ftext        # per field: the value as text (strong reference)
     cdef PyObject **flow         # per field: its str.lower() (sigma predicates only)
     cdef uint32_t *lepoch        # per field: epoch the folded text was made in
+    cdef uint8_t *fsigma         # per field: the folded text met a capital sigma
     cdef const unsigned char **fptr
     cdef Py_ssize_t *flen
     cdef uint32_t *repoch        # per field: epoch the raw (unfolded) text was made in
@@ -384,6 +397,7 @@ cdef class _State:
         self.repoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         self.pepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         self.fnone = <uint8_t *>PyMem_Malloc(n)
+        self.fsigma = <uint8_t *>PyMem_Malloc(n)
         self.ftext = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
         self.flow = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
         self.fptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
@@ -400,7 +414,7 @@ cdef class _State:
         self.kwbuf = NULL
         self.kwcap = 0
         if (self.memo == NULL or self.vepoch == NULL or self.lepoch == NULL or self.repoch == NULL
-                or self.pepoch == NULL or self.fnone == NULL or self.ftext == NULL
+                or self.pepoch == NULL or self.fnone == NULL or self.fsigma == NULL or self.ftext == NULL
                 or self.flow == NULL or self.fptr == NULL or self.rptr == NULL or self.pptr == NULL
                 or self.flen == NULL or self.rlen == NULL or self.plen == NULL
                 or self.buf == NULL or self.bufcap == NULL or self.cand == NULL
@@ -454,6 +468,7 @@ cdef class _State:
         PyMem_Free(self.repoch)
         PyMem_Free(self.pepoch)
         PyMem_Free(self.fnone)
+        PyMem_Free(self.fsigma)
         PyMem_Free(self.ftext)
         PyMem_Free(self.flow)
         PyMem_Free(self.fptr)
@@ -493,6 +508,7 @@ cdef class Matcher:
     cdef uint8_t *_p_cased
     cdef uint8_t *_p_pyf           # values hold a sigma: tested on str.lower() itself
     cdef uint8_t *_p_empty         # a contains value is empty (true when the field is present)
+    cdef uint8_t *_p_fmode         # fieldref: 0 eq, 1 contains, 2 startswith, 3 endswith
     cdef int32_t *_p_slot
     cdef int32_t *_p_unit          # the literal unit its values (or required literals) are in
     cdef uint32_t *_p_voff
@@ -500,7 +516,7 @@ cdef class Matcher:
     cdef uint32_t *_v_off          # per value: bytes in _blob (folded unless cased)
     cdef uint32_t *_v_len
     cdef uint32_t *_v_rare         # memchr anchor (sigma predicates)
-    cdef uint32_t *_v_lit          # contains: the value's literal
+    cdef uint32_t *_v_lit          # contains: the value's literal; fieldref: the other field's slot
     cdef uint32_t *_v_goff         # glob: its program in _globs
     cdef uint32_t *_v_toff         # glob: its literal tokens, _tok[_v_toff:_v_toff + _v_tcnt]
     cdef uint32_t *_v_tcnt
@@ -518,6 +534,7 @@ cdef class Matcher:
     # literal units
     cdef Unit *_units
     cdef int32_t _kw_unit
+    cdef bint _kw_num              # a keyword literal could occur in a number's or bool's text
     cdef uint32_t *_lw_off         # per literal: rules it is a witness of
     cdef uint32_t *_lw_rule
     cdef uint8_t *_lw_tag
@@ -539,6 +556,7 @@ cdef class Matcher:
     cdef uint32_t *_f2_off         # per witness field: rules whose fallback reads it
     cdef uint32_t *_f2
     cdef _State _state
+    cdef list _witness_desc        # per rule: its primary witness, readable (None: always evaluated)
     cdef object _regex_budget
     cdef array.array _undecided_a
     cdef uint64_t *_undecided      # per rule: events on which it was undecided
@@ -647,6 +665,7 @@ cdef class Matcher:
         blob = bytearray()
         globs = []
         p_kind, p_cased, p_pyf, p_empty, p_slot, p_unit, p_voff, p_vcnt = [], [], [], [], [], [], [], []
+        p_fmode = []
         v_off, v_len, v_rare, v_lit, v_goff, v_toff, v_tcnt = [], [], [], [], [], [], []
         tok = []
         self._tests = [None] * len(preds)
@@ -728,6 +747,16 @@ cdef class Matcher:
                 if not pyf and len(tok) > v_toff[p_voff[i]]:
                     unit = unit_of[(s, cased)]
                 cost = 5.0 + 5.0 * len(p.values)
+            elif op == "fieldref" and not cased:
+                kind = K_FREF
+                for v in p.values:
+                    add_bytes(b"")
+                    v_lit.append(("slot", slot(v)))
+                    v_goff.append(0)
+                    v_toff.append(0)
+                    v_tcnt.append(0)
+                self._tests[i] = _Test(p, self._regex_budget)   # sigma in a value: str.lower()
+                cost = 3.0 * len(p.values)
             elif op == "exists":
                 kind = K_EXISTS if p.values[0] else K_MISSING
                 cost = 1.0
@@ -740,13 +769,19 @@ cdef class Matcher:
                 refs = []
                 wits = []
                 for v in p.values:
-                    lits_, _counts = _ix.regex_requirements(v, flags)
-                    refs.append([lit(s, 0, b) for b in lits_])
-                    w = _ix.regex_witness(v, flags, lambda b, f=fld: priors.lit_p(f, b, "any"))
-                    wits.append(None if w is None else [lit(s, 0, b) for b in w])
+                    lo, cond = _ix.regex_prefilter(v, flags)
+                    for b in _ix.prefilter_literals(cond):
+                        lit(s, 0, b)
+                    refs.append((lo, cond))
+                    w = _ix.prefilter_witness(cond, lambda b, f=fld: priors.lit_p(f, b, "any"))
+                    if _plan(v, p.flags).engine != ENGINE_RE2:
+                        # a budgeted regex may be undecided, not false: it is never a
+                        # witness, so a rule the index skips is false (never undecided)
+                        w = None
+                    wits.append(None if w is None else [lit(s, 0, b) for b in w[1]])
                 re_lits[i] = refs
                 re_wit[i] = wits
-                if any(refs) or any(x for x in wits if x):
+                if (s, 0) in unit_of:
                     unit = unit_of[(s, 0)]
                 cost = 30.0 * len(p.values)
             else:
@@ -769,6 +804,7 @@ cdef class Matcher:
             pcost_nl.append(cost_nl)
             p_vcnt.append(len(v_off) - p_voff[len(p_voff) - 1])
             p_kind.append(kind)
+            p_fmode.append(_FREF_MODES.get(p.flags or "eq", 0) if kind == K_FREF else 0)
             pcost.append(cost)
 
         # -- lay the units out: global literal ids
@@ -780,18 +816,31 @@ cdef class Matcher:
         self._nlits = total
         self._nunits = len(unit_lits)
         self._kw_unit = unit_of.get((-1, 0), -1)
+        numeric = set(b"0123456789-+.eEtruefalsinINFAN")
+        self._kw_num = any(set(b) <= numeric for b in unit_lits[self._kw_unit]) \
+            if self._kw_unit >= 0 else False
 
-        def gid(ref):
-            return lit0[ref[0]] + ref[1]
+        def gid(ref, j=None):
+            return lit0[ref] + j if j is not None else lit0[ref[0]] + ref[1]
 
-        v_lit = [0 if r is None else gid(r) for r in v_lit]
+        v_lit = [0 if r is None else (r[1] if r[0] == "slot" else gid(r)) for r in v_lit]
         tok = [gid(r) for r in tok]
         for i in range(len(preds)):
             if re_lits[i] is not None:
                 p = preds[i]
+                key = p_slot[i]
+
+                def resolve(f, key=key):
+                    k = f[0]
+                    if k == "lit":
+                        return ("lit", gid(unit_of[(key, 0)], unit_lits[unit_of[(key, 0)]][f[1]]))
+                    if k in ("and", "or"):
+                        return (k, tuple(resolve(x) for x in f[1]))
+                    return f
+
                 self._regexes[i] = tuple(
-                    _regex_entry(v, p.flags, self._regex_budget, tuple(gid(r) for r in re_lits[i][k]),
-                                 rank_of)
+                    _regex_entry(v, p.flags, self._regex_budget, re_lits[i][k][0],
+                                 re_lits[i][k][1], resolve(re_lits[i][k][1]), rank_of)
                     for k, v in enumerate(p.values))
 
         self._blob = bytes(blob)
@@ -801,6 +850,7 @@ cdef class Matcher:
         self._p_cased = self._u8(p_cased)
         self._p_pyf = self._u8(p_pyf)
         self._p_empty = self._u8(p_empty)
+        self._p_fmode = self._u8(p_fmode)
         self._p_slot = self._i32(p_slot)
         self._p_unit = self._i32(p_unit)
         self._p_voff = self._u32(p_voff)
@@ -1011,11 +1061,20 @@ cdef class Matcher:
                         tries.setdefault((wfields[fname], mode), {}).setdefault(nd, []).append((ri, k, tag))
             return mask
 
+        lit_text = {}
+        for u in range(len(unit_bytes)):
+            for j, b in enumerate(unit_bytes[u]):
+                lit_text[lit0[u] + j] = b
+        self._witness_desc = [None] * self._nrules
         for ri, c in enumerate(conds):
             w1 = witness(c, False)
             if w1 is None:
                 always.append(ri)
                 continue
+            self._witness_desc[ri] = [
+                (e[1], "anywhere", lit_text[e[2]], e[3]) if e[0] == "L" else
+                (e[1], "start" if e[2] == 1 else ("whole" if e[4] == W_START else "end"),
+                 e[3] if e[2] == 1 else e[3][::-1], e[5]) for e in w1[1]]
             m1 = place(ri, w1[1], 1)
             if m1 is None:
                 always.append(ri)
@@ -1185,6 +1244,7 @@ cdef class Matcher:
         un.marks = marks
         un.trans16 = NULL
         un.trans32 = NULL
+        un.q8bits = NULL
         un.q4bits = NULL
         un.q2bits = NULL
         un.q_ent = NULL
@@ -1208,45 +1268,57 @@ cdef class Matcher:
                 "literals": len(needles), "mode": "anchor filter"}
 
     cdef int _build_anchor_filter(self, Unit *un, list needles, priors) except -1:
-        """Anchor filter (mode 3): each needle is anchored at one of its grams (1-byte
-        needles: memchr; 2-3 bytes: a 2-gram; longer: a hashed 4-gram, see
+        """Anchor filter (mode 3): each needle is anchored at one of its grams (1 byte:
+        memchr; 2-3 bytes: a 2-gram; 4-7: a hashed 4-gram; 8+: a hashed 8-gram, see
         index.anchor_plan); the scan tests each text position's grams in small bitmaps
         and verifies the needles of the bucket.  Every occurrence contains its anchor,
         so none is missed."""
         cdef bytes nd
-        cdef Py_ssize_t k, L
+        cdef Py_ssize_t k
         plan = _ix.anchor_plan(needles, priors)
-        e1, e2, e4 = [], [], []
-        n4 = sum(1 for x in needles if len(x) >= 4)
-        qb = 10
-        while qb < 16 and (1 << qb) < 16 * n4:
-            qb += 1
-        shift = 32 - qb
+        e1, e2, e4, e8 = [], [], [], []
+        n4 = sum(1 for x in plan if x[1] == 4)
+        n8 = sum(1 for x in plan if x[1] == 8)
+
+        def bits_for(count):
+            qb = 10
+            while qb < 18 and (1 << qb) < 16 * count:
+                qb += 1
+            return qb
+
+        qb4 = bits_for(n4)
+        qb8 = bits_for(n8)
+        shift4 = 32 - qb4
+        shift8 = 64 - qb8
         for j, nd in enumerate(needles):
             k, alen = plan[j]
-            L = len(nd)
             if alen == 1:
                 e1.append((0, nd, 0, j))
             elif alen == 2:
                 e2.append((nd[k] | (nd[k + 1] << 8), nd, k, j))
+            elif alen == 4:
+                e4.append((mt_q_hash4(<const unsigned char *>nd + k, shift4), nd, k, j))
             else:
-                e4.append((mt_q_hash4(<const unsigned char *>nd + k, shift), nd, k, j))
+                e8.append((mt_q_hash8(<const unsigned char *>nd + k, shift8), nd, k, j))
         e2.sort(key=lambda e: e[0])
         e4.sort(key=lambda e: e[0])
+        e8.sort(key=lambda e: e[0])
         blob = bytearray()
         ent = []
-        for _key, nd, k, j in e1 + e2 + e4:
-            # packed entry: the anchor's 4 bytes (native byte order, as loaded from the
-            # text; 0 for shorter needles), offset, len | k << 16, local literal id
-            anchor = int.from_bytes(nd[k:k + 4], _sys.byteorder) if len(nd) >= 4 else 0
-            ent.extend((anchor, len(blob), len(nd) | (k << 16), j))
+        for _key, nd, k, j in e1 + e2 + e4 + e8:
+            # packed entry: the anchor's bytes (native byte order, as loaded from the text;
+            # 0 where the anchor is shorter), needle offset, len | k << 16, local literal id
+            w0 = int.from_bytes(nd[k:k + 4], _sys.byteorder) if len(nd) >= 4 else 0
+            w1 = int.from_bytes(nd[k + 4:k + 8], _sys.byteorder) if len(nd) >= 8 else 0
+            ent.extend((w0, w1, len(blob), len(nd) | (k << 16), j))
             blob.extend(nd)
         un.q_ent = self._u32(ent)
         qbytes = _pyarray.array("B", bytes(blob) if blob else b"\0")
         self._arrays.append(qbytes)
         un.q_bytes = <const unsigned char *>(<array.array>qbytes).data.as_uchars
         un.q1e = len(e1)
-        un.qshift = shift
+        un.qshift4 = shift4
+        un.qshift8 = shift8
 
         def offsets(ents, base, nb):
             off = [0] * (nb + 1)
@@ -1259,16 +1331,24 @@ cdef class Matcher:
             return off
 
         def bits(ents, nb):
-            words = [0] * (nb // 64)
+            words = [0] * max(1, nb // 64)
             for key, *_rest in ents:
                 words[key >> 6] |= 1 << (key & 63)
             return words
 
-        un.q4off = self._u32(offsets(e4, len(e1) + len(e2), 1 << qb))
-        un.q4bits = self._u64(bits(e4, 1 << qb))
+        un.q2bits = un.q4bits = un.q8bits = NULL
+        base = len(e1)
         if e2:
-            un.q2off = self._u32(offsets(e2, len(e1), 65536))
+            un.q2off = self._u32(offsets(e2, base, 65536))
             un.q2bits = self._u64(bits(e2, 65536))
+        base += len(e2)
+        if e4:
+            un.q4off = self._u32(offsets(e4, base, 1 << qb4))
+            un.q4bits = self._u64(bits(e4, 1 << qb4))
+        base += len(e4)
+        if e8:
+            un.q8off = self._u32(offsets(e8, base, 1 << qb8))
+            un.q8bits = self._u64(bits(e8, 1 << qb8))
         un.mode = 3
         return 0
 
@@ -1358,6 +1438,7 @@ cdef class Matcher:
         cdef Py_ssize_t n
         cdef const char *u
         cdef unsigned char *b
+        st.fsigma[slot] = 0
         if PyUnicode_IS_ASCII(t):
             n = PyUnicode_GET_LENGTH(t)
             u = <const char *>PyUnicode_DATA(t)
@@ -1374,7 +1455,7 @@ cdef class Matcher:
                 st.fptr[slot] = <const unsigned char *>u
             st.flen[slot] = n
         else:
-            st.flen[slot] = _cfold(t, &st.buf[slot], &st.bufcap[slot])
+            st.flen[slot] = _cfold(t, &st.buf[slot], &st.bufcap[slot], &st.fsigma[slot])
             st.fptr[slot] = st.buf[slot]
         st.lepoch[slot] = st.epoch
         return 1
@@ -1443,6 +1524,8 @@ cdef class Matcher:
             return 1 - present
         if not present:
             return 0
+        if kind == K_FREF:
+            return self._pred_fieldref(st, p)
         if self._p_pyf[p]:
             return self._pred_sigma(st, p)
         if kind == K_RE:
@@ -1501,6 +1584,51 @@ cdef class Matcher:
             v += 1
         return 0
 
+    cdef int _pred_fieldref(self, _State st, uint32_t p) except -1:
+        """The field (folded) against each other field named (folded), in order."""
+        cdef int32_t slot = self._p_slot[p], os
+        cdef uint32_t v = self._p_voff[p]
+        cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef uint8_t mode = self._p_fmode[p]
+        cdef const unsigned char *h
+        cdef const unsigned char *o
+        cdef Py_ssize_t hn, on
+        self._field(st, slot, 0)
+        if st.fsigma[slot]:
+            return self._py_test(st, p)
+        while v < vend:
+            os = <int32_t>self._v_lit[v]
+            v += 1
+            if not self._field(st, os, 0):
+                continue
+            if st.fsigma[os]:
+                return self._py_test(st, p)
+            h = st.fptr[slot]
+            hn = st.flen[slot]
+            o = st.fptr[os]
+            on = st.flen[os]
+            if mode == 0:
+                if hn == on and mt_eq_fwd(h, o, hn):
+                    return 1
+            elif mode == 2:
+                if on <= hn and mt_eq_fwd(h, o, on):
+                    return 1
+            elif mode == 3:
+                if on <= hn and mt_eq_bwd(h + hn - on, o, on):
+                    return 1
+            elif on <= hn:
+                # a needle as long as the text: Python's bytes search (linear for long
+                # needles), not a memchr walk
+                if on == 0 or (<const char *>o)[:on] in (<const char *>h)[:hn]:
+                    return 1
+        return 0
+
+    cdef int _py_test(self, _State st, uint32_t p) except -1:
+        try:
+            return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+        except BudgetExceeded:
+            return 2
+
     cdef int _pred_sigma(self, _State st, uint32_t p) except -1:
         """A predicate whose values hold a sigma, on ``str.lower()`` of the field."""
         cdef uint8_t kind = self._p_kind[p]
@@ -1539,16 +1667,38 @@ cdef class Matcher:
             v += 1
         return 0
 
+    cdef int _prefilter(self, _State st, int32_t slot, object f) except -1:
+        """Evaluate a regex prefilter (index.regex_prefilter, literals as ids)."""
+        cdef str k = f[0]
+        cdef uint32_t ep = st.epoch
+        if k == "lit":
+            return st.lit_epoch[<uint32_t>f[1]] == ep
+        if k == "and":
+            for x in <tuple>f[1]:
+                if not self._prefilter(st, slot, x):
+                    return 0
+            return 1
+        if k == "or":
+            for x in <tuple>f[1]:
+                if self._prefilter(st, slot, x):
+                    return 1
+            return 0
+        if k == "run":
+            return mt_has_run(st.rptr[slot], st.rlen[slot],
+                              <const unsigned char *>(<bytes>f[1]), <size_t>f[2])
+        return 1
+
     cdef int _pred_re(self, _State st, uint32_t p) except -1:
         cdef int32_t slot = self._p_slot[p]
         cdef int32_t u = self._p_unit[p]
         cdef uint32_t ep = st.epoch
         cdef const unsigned char *h
-        cdef Py_ssize_t hn
+        cdef Py_ssize_t hn, tlen
         cdef int r
-        cdef bint ok, undecided = False
+        cdef bint undecided = False
         t = <object>st.ftext[slot]
-        for rx, lits, counts, chain in <tuple>self._regexes[p]:
+        tlen = PyUnicode_GET_LENGTH(t)
+        for rx, min_len, cond, counts, chain in <tuple>self._regexes[p]:
             if (<_Rx>rx).match is None:
                 # the budgeted engine runs as in the reference, with no pre-check, so
                 # both engines agree on when it is undecided
@@ -1558,25 +1708,25 @@ cdef class Matcher:
                 if r == 2:
                     undecided = True
                 continue
-            # exact pre-check: the literals (and repeated bytes) every match contains
-            ok = True
-            if lits:
-                if st.uepoch[u] != ep:
+            # exact pre-check: what every match needs (length, literals, runs, repeats)
+            if tlen < <Py_ssize_t>min_len:
+                continue
+            if cond[0] != "any":
+                if u >= 0 and st.uepoch[u] != ep:
                     self._run_unit(st, u, 0, 0)
-                for g in <tuple>lits:
-                    if st.lit_epoch[<uint32_t>g] != ep:
-                        ok = False
-                        break
-            if ok and counts:
+                if not self._prefilter(st, slot, cond):
+                    continue
+            if counts:
                 self._field(st, slot, 0)
                 h = st.fptr[slot]
                 hn = st.flen[slot]
+                ok = True
                 for c, k in <tuple>counts:
                     if mt_count(h, hn, <unsigned char>c, k) < <size_t>k:
                         ok = False
                         break
-            if not ok:
-                continue
+                if not ok:
+                    continue
             if chain is not None:
                 ch = <_Chain>chain
                 if mt_chain(st.rptr[slot], st.rlen[slot], ch.ptrs, ch.lens, ch.rare, ch.k, ch.dotall):
@@ -1665,27 +1815,52 @@ cdef class Matcher:
 
     cdef int _run_keywords(self, _State st, Unit *un) except -1:
         """Keyword searches: the unit over every stored value of the event (folded)."""
+        cdef object t, value, ev = st.event
+        cdef Py_ssize_t n, pos = 0
+        cdef PyObject *kp
+        cdef PyObject *vp
+        cdef const unsigned char *h
+        if not st.is_dict:
+            for value in list(ev.values()):
+                self._kw_value(st, un, value, -1)
+            return 0
+        while PyDict_Next(ev, &pos, &kp, &vp):
+            value = <object>vp
+            if value is None:
+                continue
+            if not PyUnicode_Check(value) and not self._kw_num:
+                tp = type(value)
+                if tp is int or tp is bool or tp is float:
+                    continue     # its text cannot hold any keyword literal
+            sl = self._slot_of.get(<object>kp, -1)
+            self._kw_value(st, un, value, sl)
+        return 0
+
+    cdef int _kw_value(self, _State st, Unit *un, object value, int32_t sl) except -1:
         cdef object t
         cdef Py_ssize_t n
         cdef const unsigned char *h
-        for value in list(st.event.values()):
-            if value is None:
-                continue
-            if PyUnicode_Check(value):
-                t = value
-            elif value is True:
-                t = "true"
-            elif value is False:
-                t = "false"
-            else:
-                t = str(value)
-            if PyUnicode_IS_ASCII(t) and un.mode == 0:
-                h = <const unsigned char *>PyUnicode_DATA(t)
-                n = PyUnicode_GET_LENGTH(t)
-            else:
-                n = _cfold(t, &st.kwbuf, &st.kwcap)
-                h = st.kwbuf
-            self._scan_text(st, un, h, n, 0, 0)
+        if value is None:
+            return 0
+        if PyUnicode_Check(value):
+            t = value
+        elif value is True:
+            t = "true"
+        elif value is False:
+            t = "false"
+        else:
+            t = str(value)
+        if sl >= 0 and st.vepoch[sl] == st.epoch and not st.fnone[sl] \
+                and <PyObject *>t == st.ftext[sl] and st.lepoch[sl] == st.epoch:
+            h = st.fptr[sl]      # folded already for a predicate on this field
+            n = st.flen[sl]
+        elif PyUnicode_IS_ASCII(t) and un.mode == 0:
+            h = <const unsigned char *>PyUnicode_DATA(t)
+            n = PyUnicode_GET_LENGTH(t)
+        else:
+            n = _cfold(t, &st.kwbuf, &st.kwcap)
+            h = st.kwbuf
+        self._scan_text(st, un, h, n, 0, 0)
         return 0
 
     cdef int _scan_text(self, _State st, Unit *un, const unsigned char *h, Py_ssize_t n,
@@ -1728,36 +1903,47 @@ cdef class Matcher:
         cdef uint32_t x, lid, ep = st.epoch
         cdef const uint32_t *ent
         for e in range(un.q1e):
-            ent = un.q_ent + 4 * e
-            if st.lit_epoch[un.lit0 + ent[3]] != ep and memchr(h, un.q_bytes[ent[1]], n) != NULL:
-                self._found(st, un.lit0 + ent[3], mark, pmask)
+            ent = un.q_ent + 5 * e
+            if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
+                self._found(st, un.lit0 + ent[4], mark, pmask)
         i = 0
         while True:
-            i = mt_q_next(un.q4bits, un.qshift, un.q2bits, h, i, n)
+            i = mt_af_next(un.q8bits, un.qshift8, un.q4bits, un.qshift4, un.q2bits, h, i, n)
             if i >= n:
                 break
-            if un.q2bits != NULL and i + 1 < n:
-                g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
-                if (un.q2bits[g >> 6] >> (g & 63)) & 1:
-                    eend = un.q2off[g + 1]
-                    for e in range(un.q2off[g], eend):
-                        ent = un.q_ent + 4 * e
-                        lid = un.lit0 + ent[3]
-                        if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[1], ent[2] & 0xFFFF, ent[2] >> 16):
-                            self._found(st, lid, mark, pmask)
-            if i + 4 <= n:
-                g = mt_q_hash4(h + i, un.qshift)
-                if (un.q4bits[g >> 6] >> (g & 63)) & 1:
-                    # the anchor's 4 bytes, kept in the packed entry, reject hash
+            if un.q8bits != NULL and i + 8 <= n:
+                g = mt_q_hash8(h + i, un.qshift8)
+                if mt_bit(un.q8bits, g):
+                    # the anchor's 8 bytes, kept in the packed entry, reject hash
                     # collisions without touching the needle bytes
+                    x = mt_load32(h + i)
+                    eend = un.q8off[g + 1]
+                    for e in range(un.q8off[g], eend):
+                        ent = un.q_ent + 5 * e
+                        if ent[0] == x and ent[1] == mt_load32(h + i + 4):
+                            lid = un.lit0 + ent[4]
+                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
+                                self._found(st, lid, mark, pmask)
+            if un.q4bits != NULL and i + 4 <= n:
+                g = mt_q_hash4(h + i, un.qshift4)
+                if mt_bit(un.q4bits, g):
                     x = mt_load32(h + i)
                     eend = un.q4off[g + 1]
                     for e in range(un.q4off[g], eend):
-                        ent = un.q_ent + 4 * e
+                        ent = un.q_ent + 5 * e
                         if ent[0] == x:
-                            lid = un.lit0 + ent[3]
-                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[1], ent[2] & 0xFFFF, ent[2] >> 16):
+                            lid = un.lit0 + ent[4]
+                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
                                 self._found(st, lid, mark, pmask)
+            if un.q2bits != NULL and i + 2 <= n:
+                g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
+                if mt_bit(un.q2bits, g):
+                    eend = un.q2off[g + 1]
+                    for e in range(un.q2off[g], eend):
+                        ent = un.q_ent + 5 * e
+                        lid = un.lit0 + ent[4]
+                        if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
+                            self._found(st, lid, mark, pmask)
             i += 1
         return 0
 
@@ -1912,6 +2098,43 @@ cdef class Matcher:
             return out
         finally:
             st._release()
+
+    def time_phases(self, events, int passes=3):
+        """(selection ns/event, whole match ns/event, mean candidates): the best of
+        ``passes`` passes over ``events`` (for the benchmarks)."""
+        import time
+        cdef _State st = self._state
+        cdef Py_ssize_t wd, ncand = 0
+        cdef uint64_t bits
+        best_s = best_m = None
+        evs = list(events)
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            for ev in evs:
+                st.epoch += 1
+                if st.epoch >= 0x3FFFFFFF:
+                    st._reset()
+                    st.epoch = 1
+                self._begin(st, ev)
+                self._select(st)
+                st._release()
+            dt = time.perf_counter() - t0
+            best_s = dt if best_s is None else min(best_s, dt)
+            t0 = time.perf_counter()
+            for ev in evs:
+                self.match(ev)
+            dt = time.perf_counter() - t0
+            best_m = dt if best_m is None else min(best_m, dt)
+        for ev in evs:
+            ncand += len(self.candidates(ev))
+        n = max(1, len(evs))
+        return best_s / n * 1e9, best_m / n * 1e9, ncand / n
+
+    def witness(self, int rule):
+        """The literals one of which must occur for rule ``rule`` to be evaluated:
+        ``[(field, position, literal bytes, estimated probability)]``; None when the rule
+        is evaluated for every event."""
+        return self._witness_desc[rule]
 
     def match_rules(self, event):
         """The matching rules themselves."""

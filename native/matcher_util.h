@@ -112,6 +112,21 @@ static inline size_t mt_count(const unsigned char *h, size_t n, unsigned char c,
     return k;
 }
 
+/* Does h hold k consecutive bytes whose table entry is set? */
+static inline int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
+{
+    size_t i, run = 0;
+    for (i = 0; i < n; i++) {
+        if (table[h[i]]) {
+            if (++run >= k)
+                return 1;
+        } else {
+            run = 0;
+        }
+    }
+    return 0;
+}
+
 /* re.search for a chain ``L1.*L2.*...Lk`` of literals (raw bytes): true when the
  * literals occur in order, non-overlapping, and (unless dotall) on one line, as
  * ``.`` does not match a newline.  Earliest placement per line is optimal. */
@@ -192,6 +207,14 @@ static inline uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
     return (uint32_t)(x * 2654435761u) >> shift;
 }
 
+/* ... and of the 8 bytes at p, to (64 - shift) bits. */
+static inline uint32_t mt_q_hash8(const unsigned char *p, unsigned shift)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return (uint32_t)((x * 0x9E3779B97F4A7C15ull) >> shift);
+}
+
 /* The 4 bytes at p as one (native-endian) word. */
 static inline uint32_t mt_load32(const unsigned char *p)
 {
@@ -200,29 +223,23 @@ static inline uint32_t mt_load32(const unsigned char *p)
     return x;
 }
 
-/* First position >= i whose 2-gram (b2, may be NULL) or hashed 4-gram (b4) bit is
- * set; n when none.  Each position's tests are independent loads from small
- * bitmaps, so the loop is not a chain of dependent table loads. */
-static inline size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_t *b2,
-                               const unsigned char *h, size_t i, size_t n)
+static inline int mt_bit(const uint64_t *b, uint32_t g)
 {
-    size_t end4 = n >= 4 ? n - 3 : 0; /* positions < end4 start a whole 4-gram */
-    if (b2 != NULL) {
-        for (; i + 1 < n; i++) {
-            unsigned g2 = (unsigned)h[i] | ((unsigned)h[i + 1] << 8);
-            if ((b2[g2 >> 6] >> (g2 & 63)) & 1)
-                return i;
-            if (i < end4) {
-                uint32_t g4 = mt_q_hash4(h + i, shift);
-                if ((b4[g4 >> 6] >> (g4 & 63)) & 1)
-                    return i;
-            }
-        }
-        return n;
-    }
-    for (; i < end4; i++) {
-        uint32_t g4 = mt_q_hash4(h + i, shift);
-        if ((b4[g4 >> 6] >> (g4 & 63)) & 1)
+    return (int)((b[g >> 6] >> (g & 63)) & 1);
+}
+
+/* First position >= i where a 2-gram (b2), hashed 4-gram (b4) or hashed 8-gram (b8)
+ * bitmap has its bit set (each may be NULL); n when none.  The tests of one position are
+ * independent loads from small bitmaps, not a chain of dependent table loads. */
+static inline size_t mt_af_next(const uint64_t *b8, unsigned s8, const uint64_t *b4, unsigned s4,
+                                const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
+{
+    for (; i < n; i++) {
+        if (b8 != NULL && i + 8 <= n && mt_bit(b8, mt_q_hash8(h + i, s8)))
+            return i;
+        if (b4 != NULL && i + 4 <= n && mt_bit(b4, mt_q_hash4(h + i, s4)))
+            return i;
+        if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
             return i;
     }
     return n;
@@ -232,16 +249,13 @@ static inline size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_
 static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd,
                               unsigned len, unsigned k)
 {
-    size_t s, j;
+    size_t s;
     if (i < k)
         return 0;
     s = i - k;
     if (s + len > n)
         return 0;
-    for (j = 0; j < len; j++)
-        if (h[s + j] != nd[j])
-            return 0;
-    return 1;
+    return memcmp(h + s, nd, len) == 0;
 }
 
 /* Index of the lowest set bit of a non-zero word. */

@@ -58,13 +58,19 @@ def needs_python_fold(values) -> bool:
 # Priors.
 
 class Priors:
-    """Literal rarity estimates drawn from the rule set itself (see the module docstring)."""
+    """Literal rarity estimates drawn from the rule set itself (see the module docstring).
+
+    A byte-level language model of order 3 (Witten-Bell interpolation down to single
+    bytes) is counted over every literal of the rules, those under ``not`` (filters:
+    benign activity) weighted three times.  A literal whose 4-grams recur across the rules
+    (``\\windows\\system32\\``, ``\\appdata\\local\\``, ``.exe``) gets a high
+    probability; one made of grams that occur once (``grunthttp``) a low one."""
+
+    ORDER = 3
 
     def __init__(self, rules):
-        counts = [1] * 256
-        total = 256
-        neg: dict[str | None, list[bytes]] = {}
-        pop: dict[bytes, int] = {}
+        texts: list[tuple[bytes, int]] = []
+        vocab_neg: set[bytes] = set()
         for rule in rules:
             negated = set(_negated_preds(rule.condition))
             for i, p in enumerate(rule.predicates):
@@ -72,17 +78,23 @@ class Priors:
                     if not isinstance(v, str) or p.op == "re":
                         continue
                     b = enc(v.lower())
-                    for c in b:
-                        counts[c] += 1
-                    total += len(b)
-                    if i in negated:
-                        neg.setdefault(p.field, []).append(b)
-                    else:
-                        pop[b] = pop.get(b, 0) + 1
-        self.byte_p = [c / total for c in counts]
-        self.rank = sorted(range(256), key=lambda c: (-counts[c], c))   # most frequent first
-        self._neg = {f: b"\0".join(v) for f, v in neg.items()}
-        self._pop = pop
+                    texts.append((b, 3 if i in negated else 1))
+                    if i in negated and p.field in VOCAB_FIELDS:
+                        vocab_neg.add(b)
+        # counts[k][context] = {next byte: count}, context = the k bytes before
+        counts: list[dict[bytes, dict[int, int]]] = [{} for _ in range(self.ORDER + 1)]
+        for b, w in texts:
+            for i, c in enumerate(b):
+                for k in range(self.ORDER + 1):
+                    if i < k:
+                        break
+                    d = counts[k].setdefault(b[i - k:i], {})
+                    d[c] = d.get(c, 0) + w
+        self._counts = counts
+        self._tot = [{h: (sum(d.values()), len(d)) for h, d in ck.items()} for ck in counts]
+        uni = counts[0].get(b"", {})
+        self.rank = sorted(range(256), key=lambda c: (-uni.get(c, 0), c))   # most frequent first
+        self._vocab_neg = vocab_neg
         self._seq: dict[bytes, float] = {}
         self._lit: dict[tuple, float] = {}
 
@@ -90,17 +102,29 @@ class Priors:
         """The 256 byte values, rarest first (the memchr anchor of a needle)."""
         return bytes(reversed(self.rank))
 
+    def _p(self, h: bytes, c: int) -> float:
+        """P(next byte c | the bytes h before it), Witten-Bell interpolated."""
+        k = len(h)
+        if k == 0:
+            tot, kinds = self._tot[0].get(b"", (0, 0))
+            return (self._counts[0].get(b"", {}).get(c, 0) + 1.0) / (tot + 256.0)
+        lower = self._p(h[1:], c)
+        got = self._tot[k].get(h)
+        if got is None:
+            return lower
+        tot, kinds = got
+        return (self._counts[k][h].get(c, 0) + kinds * lower) / (tot + kinds)
+
     def seq_p(self, b: bytes) -> float:
-        """Probability of ``b`` at one position, from byte frequencies (bytes of real text
-        are far from independent: each byte's share is scaled up)."""
+        """Probability of the bytes ``b`` at one position of rule-like text."""
         got = self._seq.get(b)
         if got is None:
             p = 1.0
-            for c in b:
-                p *= self.byte_p[c] * 8.0
-                if p < 1e-12:
+            for i, c in enumerate(b):
+                p *= self._p(b[max(0, i - self.ORDER):i], c)
+                if p < 1e-15:
                     break
-            got = self._seq[b] = min(p, 1.0)
+            got = self._seq[b] = p
         return got
 
     def lit_p(self, field: str | None, b: bytes, kind: str) -> float:
@@ -112,20 +136,15 @@ class Priors:
             return got
         if not b:
             p = 1.0
-        elif field in VOCAB_FIELDS:
-            p = 0.5
         else:
             if kind == "any":
                 p = TYPICAL_POSITIONS.get(field, DEFAULT_POSITIONS) * self.seq_p(b)
             else:
-                p = (4.0 if kind != "eq" else 2.0) * self.seq_p(b)
-            p = max(p, 2.0 ** -len(b))      # length bounds how rare a literal can be
-            pop = self._pop.get(b, 0)
-            if pop > 1:                     # many rules test it: a tool in daily use
-                p *= 1.0 + pop / 8.0
-            blob = self._neg.get(field)
-            if blob is not None and len(b) <= 64 and b in blob:
-                p *= 20.0                   # inside a filter: describes benign activity
+                p = (3.0 if kind != "eq" else 1.0) * self.seq_p(b)
+            if field in VOCAB_FIELDS:
+                # a small vocabulary: a value the rules filter out is common; any value is
+                # far from rare
+                p = max(p, 0.5 if b in self._vocab_neg else 0.02)
             p = min(p, 1.0)
         self._lit[key] = p
         return p
@@ -259,161 +278,222 @@ def build_automaton(needles: list[bytes], mode: int, exact: bool, fold_ascii: bo
     return n, ncls, cls, trans, out_off, out_ids, groups, seqlen
 
 
-ANCHOR_SHARE_CAP = 8     # needles per exact 4-byte anchor, at most (bounds the work per position)
+ANCHOR_SHARE_CAP = 8     # needles per exact anchor, at most (bounds the work per position)
 
 
 def anchor_plan(needles: list[bytes], priors: Priors):
-    """Anchors for an anchor filter: per needle ``(anchor offset k, anchor length 1/2/4)``.
+    """Anchors for an anchor filter: per needle ``(anchor offset k, anchor length)``.
 
-    A needle of 4+ bytes is anchored at one of its 4-grams: a rare one (by the priors),
-    preferably one other needles already use (fewer distinct anchors: fewer text positions
-    pass the bitmap), but never one shared by more than ANCHOR_SHARE_CAP needles, so the
-    work per text position stays small even on text made of the needles themselves."""
+    A needle of 8+ bytes is anchored at one of its 8-grams, a needle of 4-7 bytes at a
+    4-gram, 2-3 bytes at a 2-gram, 1 byte at itself: long anchors are rarely present in
+    ordinary text, so few positions need a check.  Among its grams a needle takes the
+    rarest (by the priors) that at most ANCHOR_SHARE_CAP - 1 other needles already use, so
+    the work per text position stays small even on text made of the needles themselves."""
     load: dict[bytes, int] = {}
     plan: list[tuple[int, int]] = [(0, 0)] * len(needles)
     seq_p = priors.seq_p
     for i in sorted(range(len(needles)), key=lambda i: (len(needles[i]), i)):
         nd = needles[i]
         L = len(nd)
-        if L == 1:
+        size = 8 if L >= 8 else 4 if L >= 4 else 2 if L >= 2 else 1
+        if size == 1:
             plan[i] = (0, 1)
             continue
-        if L <= 3:
-            plan[i] = (min(range(L - 1), key=lambda j: (seq_p(nd[j:j + 2]), j)), 2)
-            continue
-        best_k, best_s = 0, None
-        for k in range(L - 3):
-            g = nd[k:k + 4]
-            used = load.get(g, 0)
-            if used >= ANCHOR_SHARE_CAP:
+        best_k, best_s = None, None
+        for k in range(L - size + 1):
+            g = nd[k:k + size]
+            if load.get(g, 0) >= ANCHOR_SHARE_CAP:
                 continue
-            s = seq_p(g) * (0.25 if used else 1.0)
-            if best_s is None or s < best_s:
-                best_k, best_s = k, s
-        if best_s is None:          # every 4-gram is full: the least loaded one
-            best_k = min(range(L - 3), key=lambda k: (load[nd[k:k + 4]], k))
-        g = nd[best_k:best_k + 4]
+            sc = (seq_p(g), k)
+            if best_s is None or sc < best_s:
+                best_k, best_s = k, sc
+        if best_k is None:          # every gram is full: the least loaded one
+            best_k = min(range(L - size + 1), key=lambda k: (load[nd[k:k + size]], k))
+        g = nd[best_k:best_k + size]
         load[g] = load.get(g, 0) + 1
-        plan[i] = (best_k, 4)
+        plan[i] = (best_k, size)
     return plan
 
 
 # ---------------------------------------------------------------------------------
-# Regexes: what any match must contain, and the literal-chain form.
+# Regexes: what any match must contain (a prefilter), and the literal-chain form.
+#
+# A prefilter is a necessary condition for a match, checked before RE2 runs:
+#   ("any",)                      nothing known
+#   ("lit", b)                    the folded text contains b
+#   ("and", [f...]) / ("or", [f...])
+#   ("run", table, k)             the raw text has k consecutive bytes in the class table
+#                                 (bytes 0x80+ count as members when the class may hold
+#                                 non-ASCII characters, so runs are never undercounted)
+# It is built like RE2's own prefilter: each node is either an *exact* small set of
+# strings it can match (folded) or a condition; concatenation multiplies exact sets while
+# they stay small, alternation unites them.  Only characters whose presence is certain in
+# the folded text make exact sets: ASCII, and under IGNORECASE not ``i``/``s`` (``re``
+# folds them with U+0131 / U+017F, whose lower() is not i/s).
 
-def regex_requirements(pattern: str, flags: int):
-    """What any match must contain: (literals, ((byte, count), ...)) on folded text.
+EXACT_MAX = 16          # strings in an exact set
+CLASS_MAX = 4           # characters of a class turned into alternatives
+RUN_MIN = 8             # repeats of one class at least this long become a run condition
 
-    Mandatory items only (sequence members, groups, repeats with a minimum of 1);
-    alternatives add nothing.  Only ASCII literals; under IGNORECASE ``i`` and ``s``
-    split a literal (``re`` folds them with U+0131 / U+017F, whose ``lower()`` differs).
-    Used as an exact pre-check (a failed check means no match).
-    """
-    try:
-        parsed = _sre_parse.parse(pattern, flags)
-    except Exception:
-        return (), ()
-    runs: list[bytes] = []
-    counts: dict[int, int] = {}
-    _re_req(list(parsed), bool(parsed.state.flags & re.IGNORECASE), runs, counts)
-    lits = tuple(sorted(set(runs), key=lambda b: (-len(b), b)))
-    return lits, tuple((b, k) for b, k in sorted(counts.items()) if k > 1)
-
-
-def regex_witness(pattern: str, flags: int, cost) -> list[bytes] | None:
-    """Literals (folded) one of which any match must contain, or None; ``cost(b)`` ranks
-    the choices (alternatives add up)."""
-    try:
-        parsed = _sre_parse.parse(pattern, flags)
-    except Exception:
-        return None
-    best = _re_seq(list(parsed), bool(parsed.state.flags & re.IGNORECASE), cost)
-    return None if best is None else best[1]
+_ANY = ("any",)
 
 
-def _split_case(text: str, icase: bool) -> list[str]:
-    return [s for s in (re.split("[isIS]", text) if icase else [text]) if s]
+def _exact_to_cond(ex: set) -> tuple:
+    if not ex or b"" in ex:
+        return _ANY
+    return ("or", [("lit", x) for x in sorted(ex)]) if len(ex) > 1 else ("lit", next(iter(ex)))
 
 
-def _case_pair(op, av):
-    """The lower-case letter when an sre item is a class of exactly one ASCII letter in
-    both cases (``[Rr]``), else None: it requires that letter, like a literal."""
-    if op is _C.IN and len(av) == 2 and av[0][0] is _C.LITERAL and av[1][0] is _C.LITERAL:
-        a, b = av[0][1], av[1][1]
-        if a < 128 and b < 128 and a != b and chr(a).isalpha() and chr(a).lower() == chr(b).lower():
-            return chr(a).lower()
-    return None
-
-
-def _re_parts(items, icase: bool):
-    """What any match of a sequence must go through: ``("run", chars, icase)`` (adjacent
-    ASCII literals), ``("seq", items, icase)`` (a mandatory sub-sequence) or ``("branch",
-    alternatives, icase)``.  Anything else ends the current run."""
-    run: list[str] = []
-    for op, av in items:
-        if op is _C.LITERAL and av < 128:
-            run.append(chr(av))
+def _and(*fs) -> tuple:
+    parts = []
+    for f in fs:
+        if f[0] == "any":
             continue
-        c = _case_pair(op, av)
-        if c is not None:
-            run.append(c)
-            continue
-        if run:
-            yield "run", run, icase
-            run = []
-        if op is _C.SUBPATTERN:
-            _grp, add, rem, sub = av
-            yield "seq", list(sub), (icase or bool(add & re.IGNORECASE)) and not (rem & re.IGNORECASE)
-        elif op is _C.ATOMIC_GROUP:
-            yield "seq", list(av), icase
-        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
-            if av[0] >= 1:
-                yield "seq", list(av[2]), icase
-        elif op is _C.BRANCH:
-            yield "branch", av[1], icase
-    if run:
-        yield "run", run, icase
-
-
-def _re_req(items, icase: bool, runs: list, counts: dict) -> None:
-    for kind, x, ic in _re_parts(items, icase):
-        if kind == "run":
-            for seg in _split_case("".join(x), ic):
-                b = enc(seg.lower())
-                runs.append(b)
-                for c in b:
-                    counts[c] = counts.get(c, 0) + 1
-        elif kind == "seq":
-            _re_req(x, ic, runs, counts)
-
-
-def _re_seq(items, icase: bool, cost):
-    best = None
-
-    def consider(cand):
-        nonlocal best
-        if cand is not None and cand[1] and (best is None or cand[0] < best[0]):
-            best = cand
-
-    for kind, x, ic in _re_parts(items, icase):
-        if kind == "run":
-            for seg in _split_case("".join(x), ic):
-                b = enc(seg.lower())
-                consider((cost(b), [b]))
-        elif kind == "seq":
-            consider(_re_seq(x, ic, cost))
+        if f[0] == "and":
+            parts.extend(f[1])
         else:
-            total, lits = 0.0, []
-            for alt in x:
-                r = _re_seq(list(alt), ic, cost)
-                if r is None:
-                    lits = None
-                    break
-                total += r[0]
-                lits.extend(r[1])
-            if lits:
-                consider((total, lits))
-    return best
+            parts.append(f)
+    if not parts:
+        return _ANY
+    return parts[0] if len(parts) == 1 else ("and", parts)
+
+
+def _or(fs) -> tuple:
+    if any(f[0] == "any" for f in fs):
+        return _ANY
+    parts = []
+    for f in fs:
+        parts.extend(f[1] if f[0] == "or" else [f])
+    return parts[0] if len(parts) == 1 else ("or", parts)
+
+
+def _char_exact(node, flags: int):
+    """The folded strings a one-character node can match when they are few and certain."""
+    from .charsets import char_set
+
+    cs = char_set(node, flags)
+    if cs.neg or cs.atoms:
+        return None
+    members = {chr(c) for c in range(128) if cs.ascii >> c & 1}
+    if flags & re.IGNORECASE and members & set("iIsS"):
+        return None
+    folded = {m.lower().encode() for m in members}
+    return folded if 0 < len(folded) <= CLASS_MAX else None
+
+
+def _run_table(node, flags: int) -> bytes:
+    from .charsets import char_set
+
+    cs = char_set(node, flags)
+    table = bytearray(256)
+    for c in range(128):
+        table[c] = cs.ascii >> c & 1
+    if cs.neg or cs.atoms:
+        for c in range(128, 256):
+            table[c] = 1
+    return bytes(table)
+
+
+def _info(items, flags: int):
+    """(exact set or None, condition) for a sequence of sre items."""
+    exact: set = {b""}
+    cond = _ANY
+    broken = False
+    for op, av in items:
+        ex, c = _node_info(op, av, flags)
+        cond = _and(cond, c)
+        if ex is None:
+            cond = _and(cond, _exact_to_cond(exact))
+            exact = {b""}
+            broken = True
+        elif len(exact) * len(ex) <= EXACT_MAX:
+            exact = {x + y for x in exact for y in ex}
+        else:
+            cond = _and(cond, _exact_to_cond(exact))
+            exact = set(ex)
+            broken = True
+    if broken:
+        return None, _and(cond, _exact_to_cond(exact))
+    return exact, cond
+
+
+def _node_info(op, av, flags: int):
+    if op in (_C.LITERAL, _C.NOT_LITERAL, _C.IN, _C.ANY):
+        if op is _C.NOT_LITERAL or op is _C.ANY:
+            return None, _ANY
+        return _char_exact((op, av), flags), _ANY
+    if op is _C.SUBPATTERN:
+        _grp, add, rem, sub = av
+        return _info(list(sub), (flags | add) & ~rem)
+    if op is _C.ATOMIC_GROUP:
+        return _info(list(av), flags)
+    if op is _C.BRANCH:
+        subs = [_info(list(alt), flags) for alt in av[1]]
+        if all(ex is not None for ex, _c in subs):
+            u = set().union(*(ex for ex, _c in subs))
+            if len(u) <= EXACT_MAX:
+                return u, _ANY
+        return None, _or([_and(c, _exact_to_cond(ex) if ex is not None else _ANY) for ex, c in subs])
+    if op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+        lo, hi, sub = av
+        if lo == 0:
+            return None, _ANY
+        ex, c = _info(list(sub), flags)
+        if lo == 1 and hi == 1:
+            return ex, c
+        cond = _and(c, _exact_to_cond(ex) if ex is not None else _ANY)
+        if lo >= RUN_MIN and len(sub) == 1 and sub[0][0] in (_C.LITERAL, _C.NOT_LITERAL, _C.IN, _C.ANY):
+            cond = _and(cond, ("run", _run_table(sub[0], flags), lo))
+        return None, cond
+    return None, _ANY     # anchors, lookaround, backreferences, conditionals: nothing known
+
+
+def regex_prefilter(pattern: str, flags: int):
+    """(minimum length in characters, condition) that every match satisfies."""
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+        lo = parsed.getwidth()[0]
+    except Exception:
+        return 0, _ANY
+    gflags = parsed.state.flags
+    try:
+        ex, cond = _info(list(parsed), gflags)
+    except Exception:
+        return lo, _ANY
+    return lo, _and(cond, _exact_to_cond(ex) if ex is not None else _ANY)
+
+
+def prefilter_literals(f) -> list[bytes]:
+    """Every literal a prefilter condition names."""
+    if f[0] == "lit":
+        return [f[1]]
+    if f[0] in ("and", "or"):
+        return [x for g in f[1] for x in prefilter_literals(g)]
+    return []
+
+
+def prefilter_witness(f, cost) -> tuple[float, list[bytes]] | None:
+    """The cheapest set of literals one of which must occur (None when there is none)."""
+    k = f[0]
+    if k == "lit":
+        return cost(f[1]), [f[1]]
+    if k == "and":
+        best = None
+        for g in f[1]:
+            w = prefilter_witness(g, cost)
+            if w is not None and (best is None or w[0] < best[0]):
+                best = w
+        return best
+    if k == "or":
+        total, lits = 0.0, []
+        for g in f[1]:
+            w = prefilter_witness(g, cost)
+            if w is None:
+                return None
+            total += w[0]
+            lits.extend(w[1])
+        return total, lits
+    return None
 
 
 def chain_form(pattern: str, flags: int):

@@ -162,3 +162,31 @@ def test_pack_rule_with_a_deep_condition_is_refused(tmp_path):
     report = load_rules([p], builtin=False)
     (rej,) = report.rejected
     assert "nested more than" in rej.reason
+
+
+def test_running_sensor_reports_undecided_rules_and_evaluates_the_rest(tmp_path, engine):
+    # a backtracking regex that runs out of its step budget on one event: the rule does
+    # not match it, the other rule still alerts, and the status names the rule and counts
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.detect.seed import seed_rule
+    from sensor.sources.replay import ReplaySource
+
+    f = tmp_path / "backref.yml"
+    f.write_text(BACKREF, encoding="utf-8")
+    rules = load_rules([f], builtin=False, allow_backtracking=[RULE_ID]).rules + [seed_rule()]
+    rec = tmp_path / "rec.jsonl"
+    events = [{"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "a" * 5000 + "!"},
+              {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "echo echo x"},
+              {"Image": "C:\\Windows\\System32\\wbem\\mofcomp.exe", "CommandLine": "mofcomp a.mof",
+               "ParentImage": "C:\\Windows\\System32\\cmd.exe"}]
+    rec.write_text("".join(json.dumps(e) + "\n" for e in events))
+    p = Pipeline(source=ReplaySource([str(rec)]), rules=rules, engine=engine, heartbeat_interval=0,
+                 ledger=False)
+    p.start()
+    assert p.wait_source(30)
+    status = p.stop(drain_timeout=30)
+    assert status["events"]["in"] == 3 and status["events"]["errors"] == 0
+    assert status["matcher"]["undecided"] == 1
+    assert status["matcher"]["undecided_by_rule"] == {RULE_ID: 1}
+    assert status["alerts"]["by_rule"] == {RULE_ID: 1, seed_rule().id: 1}
+    assert any("undecided" in x for x in status["problems"])

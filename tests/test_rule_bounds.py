@@ -190,3 +190,61 @@ def test_running_sensor_reports_undecided_rules_and_evaluates_the_rest(tmp_path,
     assert status["matcher"]["undecided_by_rule"] == {RULE_ID: 1}
     assert status["alerts"]["by_rule"] == {RULE_ID: 1, seed_rule().id: 1}
     assert any("undecided" in x for x in status["problems"])
+
+
+CLIP = sigma("""\
+selection:
+    CommandLine|re: '(?i)echo.*clip.*&&.*(?:Clipboard|i`?n`?v`?o`?k`?e`?)'
+condition: selection
+""", rid="0a6b1c2d-0000-4000-8000-00000000000d")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sensor_keeps_beating_and_stops_while_matching_hostile_command_lines(tmp_path):
+    # SigmaHQ's "Use Clip" regex took minutes on such command lines under a backtracking
+    # engine, holding the GIL: no heartbeat, SIGTERM ignored.  Now the heartbeat advances
+    # while they are matched, and SIGTERM stops the sensor.  (The timeouts only guard a hang.)
+    import os
+    import signal
+    import time
+
+    (tmp_path / "clip.yml").write_text(CLIP, encoding="utf-8")
+    rec = tmp_path / "clip.jsonl"
+    line = json.dumps({"Image": "C:\\Windows\\System32\\cmd.exe",
+                       "CommandLine": ("echo clip && " * 2600)[:32767]})
+    rec.write_text((line + "\n") * 50)
+    cfg = tmp_path / "sensor.toml"
+    cfg.write_text(f'[sensor]\ndata_dir = "{tmp_path / "state"}"\nheartbeat_s = 0.2\n'
+                   f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{rec}"]\nloop = 100000\n'
+                   f'[rules]\npaths = ["{tmp_path / "clip.yml"}"]\nbuiltin = false\n'
+                   f'[output]\nformat = "jsonl"\npath = "{tmp_path / "alerts.jsonl"}"\n')
+    os.chmod(cfg, 0o600)
+    proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-c", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)
+    status_file = tmp_path / "state" / "status.json"
+
+    def status():
+        try:
+            return json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 3:
+            st = status()
+            if st and st["events"]["in"] > 0 and st["written_at"] not in {s["written_at"] for s in seen}:
+                seen.append(st)
+            time.sleep(0.05)
+        assert len(seen) >= 3, "the heartbeat stopped while hostile command lines were matched"
+        assert seen[-1]["events"]["in"] > seen[0]["events"]["in"]      # still matching
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (0, 1), err
+    assert "signal 15: stopping" in err
+    assert status()["sensor"]["state"] == "stopped"

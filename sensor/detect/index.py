@@ -7,21 +7,22 @@ an over-approximation, and the priors only steer which literals are looked for f
   field (one more for case-sensitive predicates, one for keyword searches).  One pass of
   the unit's automaton over the field finds every literal present, so a ``contains``
   predicate with 145 values costs 145 bit tests, not 145 searches, whatever the text.
-  Small units are exact Aho-Corasick DFAs; large ones anchor filters (each literal hashed
-  by one of its 4-grams, the text's 4-grams tested against a bitmap, hits verified).
+  Small units are exact Aho-Corasick DFAs; large ones anchor filters (each literal
+  anchored at one of its 2-, 4- or 8-grams, the text's grams tested against bitmaps,
+  hits verified).
 * **Witnesses.**  For each rule, a set of literals one of which must be present for the
   rule to hold (AND: the cheapest operand's; OR: the union); only rules whose witness was
   found are evaluated.
 * **Priors** (:class:`Priors`) rank literals by how likely they are to occur in ordinary
-  events.  They come from the rule set being loaded, never from recorded events:
-  byte frequencies over all the rules' literals; whether the literal appears inside a
-  literal the rules use under ``not`` (filters describe benign activity, e.g.
-  ``Microsoft Corporation``, ``C:\\Program Files\\``); how many rules share it
-  (``\\powershell.exe`` is tested by hundreds: a tool in daily use); and the field's kind
-  (``Company``, ``IntegrityLevel``, ``User``... take values from a small vocabulary, so
-  any value is common).  Length makes a literal rarer.  The matcher can also re-rank
-  witnesses from the hits it counts on the host's own events (``adapt``): that changes
-  which rules are evaluated, never what they answer.
+  events.  They come from the rule set being loaded, never from recorded events: a
+  byte-level language model (order 3, Witten-Bell) counted over all the rules' literals,
+  those under ``not`` weighted three times (filters describe benign activity, e.g.
+  ``Microsoft Corporation``, ``C:\\Program Files\\``), so a literal built from grams the
+  rules use again and again (``\\windows\\system32\\``, ``.exe``) counts as common and
+  one built from grams seen once as rare; and the field's kind (``Company``,
+  ``IntegrityLevel``, ``User``... take values from a small vocabulary, so no value there
+  is rare, and one a filter names is common).  The matcher does not re-rank from the
+  events it sees: the ranking is fixed when the rules are loaded.
 """
 from __future__ import annotations
 

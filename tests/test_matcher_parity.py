@@ -200,3 +200,37 @@ def test_glob_parity(patterns, texts):
     ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
     for t in texts + ["".join(t for t, _ in patterns).replace("*", "x").replace("?", "y")]:
         same(ref, comp, {"CommandLine": t})
+
+
+# ---------------------------------------------------------------- events the matcher was not tuned on
+
+def _bench_module(name):
+    import importlib
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+@needs_shared
+def test_heldout_events_parity():
+    # both halves of the held-out set (4688 recordings, regression data, generated long
+    # command lines): every 3rd event, rule by rule
+    heldout = _bench_module("heldout")
+    look, measure = heldout.halves(heldout.load())
+    _compare_rule_by_rule((look + measure)[::3])
+
+
+@needs_shared
+def test_adversarial_events_parity():
+    # the adversarial bench's events (own literals repeated to 32,767 characters, near
+    # misses, every field at maximum length, non-ASCII) for every 200th rule, and the
+    # whole-set events
+    adv = _bench_module("adversarial")
+    rules = sigmahq()[0]
+    events = [ProcessEvent(ev) for _, ev in adv.global_events(rules)]
+    for r in rules[::200]:
+        events += [ProcessEvent(ev) for _, ev in adv.rule_events(r)]
+    _compare_rule_by_rule(events)

@@ -248,3 +248,36 @@ def test_sensor_keeps_beating_and_stops_while_matching_hostile_command_lines(tmp
     assert proc.returncode in (0, 1), err
     assert "signal 15: stopping" in err
     assert status()["sensor"]["state"] == "stopped"
+
+
+def test_hot_reload_keeps_the_per_rule_opt_in_from_the_config(tmp_path):
+    """The opt-in travels with the configuration through the reload path: a reload of an
+    unchanged config keeps the backtracking rule, a config without the opt-in refuses it
+    (on_error = "fail") and the running set stays."""
+    from sensor.daemon.config import load as load_config
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.daemon.reload import Reloader, load_configured
+    rule = tmp_path / "backref.yml"
+    rule.write_text(BACKREF, encoding="utf-8")
+    conf = tmp_path / "sensor.toml"
+
+    def write(allowed):
+        conf.write_text(f'[sensor]\ndata_dir = "{tmp_path / "data"}"\n'
+                        f'[rules]\npaths = ["{rule}"]\nbuiltin = false\nwatch_s = 0\n'
+                        f'allow_backtracking = {json.dumps(allowed)}\n', encoding="utf-8")
+
+    write([RULE_ID])
+    cfg = load_config(str(conf))
+    loaded = load_configured(cfg)
+    assert [r.id for r in loaded.rules] == [RULE_ID] and not loaded.errors
+    pipe = Pipeline(source=None, rules=loaded.rules, heartbeat_interval=0)
+    reloader = Reloader(pipe, cfg)
+    res = reloader.reload("signal")
+    assert res.ok, res.errors
+    assert [r.id for r in pipe.rules] == [RULE_ID] and pipe.generation == 1
+    assert pipe.matcher.regex_engines()[0][0][1] == "backtrack"
+
+    write([])
+    res = reloader.reload("signal")
+    assert not res.ok and any("backreference" in e for e in res.errors), res.errors
+    assert [r.id for r in pipe.rules] == [RULE_ID] and pipe.generation == 1

@@ -281,3 +281,15 @@ def test_hot_reload_keeps_the_per_rule_opt_in_from_the_config(tmp_path):
     res = reloader.reload("signal")
     assert not res.ok and any("backreference" in e for e in res.errors), res.errors
     assert [r.id for r in pipe.rules] == [RULE_ID] and pipe.generation == 1
+
+
+def test_doctor_takes_the_opt_in_like_the_sensor(tmp_path):
+    f = tmp_path / "backref.yml"
+    f.write_text(BACKREF, encoding="utf-8")
+    cmd = [sys.executable, "-m", "sensor", "rules", "doctor", "--no-builtin-rules", "--json", str(f)]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "backreference" in refused.stderr
+    ok = subprocess.run(cmd + ["--allow-backtracking", RULE_ID], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["rejected"] == []

@@ -183,7 +183,8 @@ def _cmd_doctor(args) -> int:
     import json
 
     from ..detect.doctor import doctor
-    report = load_rules(list(args.paths), builtin=not args.no_builtin_rules)
+    report = load_rules(list(args.paths), builtin=not args.no_builtin_rules,
+                        allow_backtracking=args.allow_backtracking)
     result = doctor(report.rules)
     if args.json:
         doc = result.to_json()
@@ -421,6 +422,9 @@ def register(subparsers) -> None:
     dp.add_argument("--json", action="store_true", help="one JSON document: totals and every verdict")
     dp.add_argument("-v", "--verbose", action="store_true",
                     help="list every rule, also those that can fire on every source")
+    dp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="load this rule although its regexes need backtracking (as the sensor "
+                         "would with rules.allow_backtracking); repeatable")
     dp.set_defaults(func=_cmd_doctor)
 
     def _usage(args) -> int:

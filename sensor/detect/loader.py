@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Collection, Sequence
 
 from .ir import Rule, RuleError
-from .pack import PACK_SUFFIX, MAX_PACK_BYTES, decode_pack, is_pack, write_pack
+from .pack import PACK_SUFFIX, MAX_PACK_BYTES, decode_pack, is_pack, read_regular, write_pack
 from .regex import backtracking_problem
 
 YAML_SUFFIXES = (".yml", ".yaml")
@@ -64,11 +64,10 @@ def _load_pack(path: Path, report: LoadReport, trust, allow_backtracking: Collec
     p = str(path)
     try:
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_PACK_BYTES + 1)
+            data = read_regular(path, MAX_PACK_BYTES)
         except OSError as exc:
             raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", p) from None
-        if len(data) > MAX_PACK_BYTES:
+        if data is None:
             raise RuleError(f"rule pack is larger than {MAX_PACK_BYTES:,} bytes; refused", p)
         body, sig = open_pack(data, p, trust)
         rules = decode_pack(body, p)
@@ -90,7 +89,9 @@ def _load_file(path: Path, report: LoadReport, trust=None,
                allow_backtracking: Collection[str] = ()) -> None:
     p = str(path)
     report.files += 1
-    if not path.name.lower().endswith(YAML_SUFFIXES) and is_pack(path):
+    name = path.name.lower()
+    if name.endswith(PACK_SUFFIX) or (not name.endswith(YAML_SUFFIXES) and is_pack(path)):
+        # (a .pack that is not one, or not a regular file, is refused by the reader with the reason)
         _load_pack(path, report, trust, allow_backtracking)
         return
     if not path.name.lower().endswith(YAML_SUFFIXES):

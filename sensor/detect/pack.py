@@ -35,13 +35,45 @@ _MAX_HEADER = 4096
 MAX_PACK_BYTES = 64 * 1024 * 1024
 
 
-def is_pack(path: str | os.PathLike) -> bool:
-    """True when the file starts with the pack magic."""
+def _open_regular(path: str | os.PathLike) -> int:
+    """A descriptor of ``path`` opened non-blocking and checked with fstat: a FIFO or a device
+    raises OSError("not a regular file") instead of being waited on."""
+    import stat
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
+    """The bytes of a regular file, or None when it holds more than ``limit``."""
+    fd = _open_regular(path)
+    try:
+        if os.fstat(fd).st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    return None if len(data) > limit else data
+
+
+def is_pack(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a regular file that starts with the pack magic."""
+    try:
+        fd = _open_regular(path)
     except OSError:
         return False
+    try:
+        return os.read(fd, len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def encode_pack(rules: Sequence[Rule], sources: Sequence[str] = ()) -> bytes:
@@ -111,10 +143,9 @@ def decode_pack(data: bytes, path: str = "<pack>") -> list[Rule]:
 def read_pack(path: str | os.PathLike) -> list[Rule]:
     """Rules from a pack file (RuleError when unreadable or not intact)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_PACK_BYTES + 1)
+        data = read_regular(path, MAX_PACK_BYTES)
     except OSError as exc:
         raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", str(path)) from None
-    if len(data) > MAX_PACK_BYTES:
+    if data is None:
         raise RuleError(f"rule pack is larger than {MAX_PACK_BYTES:,} bytes; refused", str(path))
     return decode_pack(data, str(path))

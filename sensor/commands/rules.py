@@ -200,24 +200,10 @@ def _cmd_doctor(args) -> int:
 
 def write_pack_private(rules, output: str, sources: Sequence[str]) -> int:
     """Write the pack atomically (temp file + rename), private (0600); returns its size."""
-    import os
-
-    from .._files import open_private
+    from .._files import write_atomic_private
     from ..detect.pack import encode_pack
     data = encode_pack(rules, [str(p) for p in sources])
-    tmp = f"{output}.tmp"
-    try:
-        with open_private(tmp, "wb", make_parents=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic_private(output, data)
     return len(data)
 
 
@@ -335,22 +321,8 @@ def _cmd_sign(args) -> int:
 
 def write_bytes_private(data: bytes, output: str) -> None:
     """Write ``data`` atomically (temp file + rename), private (0600)."""
-    import os
-
-    from .._files import open_private
-    tmp = f"{output}.tmp"
-    try:
-        with open_private(tmp, "wb", make_parents=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .._files import write_atomic_private
+    write_atomic_private(output, data)
 
 
 def register(subparsers) -> None:

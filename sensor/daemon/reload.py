@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .._files import open_private, private_dir
+from .._files import private_dir, write_atomic_private
 from .config import DEFAULTS_NAME, Config, ConfigError, load as load_config
 from .pipeline import RuleSet
 
@@ -340,19 +340,7 @@ class UpdatePoller:
 
 def _write_atomic(path: str, data: bytes) -> None:
     private_dir(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp"
-    try:
-        with open_private(tmp, "wb", make_parents=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic_private(path, data)
 
 
 # -- the reloader ------------------------------------------------------------------------------

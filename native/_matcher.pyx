@@ -5,28 +5,30 @@ Same API and answers as the reference matcher ``sensor.detect._matcher_py`` (whi
 defines the semantics).  Design (docs/matcher.md):
 
 * The rule IR is compiled into flat C arrays: unique predicates (shared ones are
-  evaluated once per event, memoised by an epoch counter), and one condition
-  program per rule whose AND/OR operands are ordered cheapest first.
-* Each field is fetched and folded once per event, lazily.  Folding is
-  ``str.lower()`` exactly as in the reference: ASCII text is lowered in a scratch
-  buffer, other text goes through ``str.lower()``.  Pattern tests work on the
-  UTF-8 bytes with memchr and inline compares (see native/matcher_util.h), no
-  Python objects; the values of a multi-value ``contains`` are first filtered by
-  bigram (or, on long texts, hashed 4-gram) presence bitmaps of the field.
-* A witness index keeps one event from touching most rules: for every rule a set
-  of literals, one of which must occur (in a given position) for the rule to
-  hold, is derived from its condition; per field, a small Aho-Corasick DFA or,
-  for a large literal set, an anchor filter (hashed 4-gram bitmap plus bucket
-  verification) finds the literals present, and prefix/suffix tries check the
-  start/end literals; only the rules they name are evaluated.  Each rule also
-  gets a fallback witness that avoids lazily resolved fields
-  (``OriginalFileName``...), used when such a field is still pending, so a PE read
-  is requested only when a candidate rule really reaches that predicate.
-* Rare operators (``re``, ``cidr``, numeric, ``fieldref``, keyword searches)
-  reuse the reference's prepared tests; only candidate rules reach them.
+  evaluated once per event, memoised by an epoch counter), and one condition program
+  per rule whose AND/OR operands are ordered cheapest first.
+* Each field is fetched and folded once per event, lazily, in one C pass that gives
+  ``str.lower()`` exactly (the final-sigma rule aside: predicates whose values hold a
+  sigma use ``str.lower()`` itself).
+* Literal units (sensor.detect.index): every literal tested anywhere in a field is found
+  by one pass of an exact automaton (Aho-Corasick, or an anchor filter for large sets),
+  so a ``contains`` predicate costs bit tests whatever its number of values.  Equality,
+  prefix and suffix tests compare the value's ends.  Globs run a linear wildcard walk
+  once their literal tokens are known to occur; regexes run on RE2 (linear) after an
+  exact check of the literals every match contains.  Work per event is linear in the
+  length of the fields, whatever the rules and the text.
+* A witness index keeps one event from touching most rules: for every rule a set of
+  literals, one of which must occur for the rule to hold, is derived from its
+  condition; the unit scans and prefix/suffix tries mark the rules whose witness
+  occurs, and only those are evaluated.  Each rule also gets a fallback witness that
+  avoids lazily resolved fields (``OriginalFileName``...), used when such a field is
+  still pending, so a PE read is requested only when a candidate rule really reaches
+  that predicate.
+* Rare operators (``cidr``, numeric, ``fieldref``, keyword searches other than
+  ``contains``) reuse the reference's prepared tests; only candidate rules reach them.
 """
 from cpython cimport array
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_Check
@@ -35,14 +37,13 @@ from libc.string cimport memset, memcmp, memchr
 
 import array as _pyarray
 import sys as _sys
-import re as _re
-import re._constants as _C
-import re._parser as _sre_parse
-from collections import deque
 
-from sensor.detect._matcher_py import _Test, _remap  # the same condition rewrite as the reference
+from sensor.detect import index as _ix
+from sensor.detect._matcher_py import _Test, _remap, regex_engines  # the same condition rewrite as the reference
 from sensor.events import DERIVED, ProcessEvent
 from sensor.detect.ir import STAR, QMARK, glob_tokens, regex_flags
+from sensor.detect.regex import ENGINE_RE2, LinearRegex, compile_regex, plan as _plan
+from sensor.detect.backtrack import BudgetExceeded
 
 include "_matcher.pxd"
 
@@ -65,6 +66,17 @@ cdef extern from *:
     PyObject *mt_slot_get(PyObject *o, Py_ssize_t off)
 
 cdef extern from "Python.h":
+    ctypedef uint32_t Py_UCS4
+    int PyUnicode_KIND(object o)
+    Py_UCS4 PyUnicode_READ(int kind, void *data, Py_ssize_t i)
+    bint Py_UNICODE_ISDECIMAL(Py_UCS4 ch)
+    bint Py_UNICODE_ISSPACE(Py_UCS4 ch)
+    bint Py_UNICODE_ISALNUM(Py_UCS4 ch)
+    Py_UCS4 Py_UNICODE_TOLOWER(Py_UCS4 ch)
+    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
+    object PyBytes_FromStringAndSize(const char *v, Py_ssize_t n)
+    char *PyBytes_AS_STRING(object o)
     void Py_XINCREF(PyObject *o)
     void Py_XDECREF(PyObject *o)
     Py_ssize_t PyDict_GET_SIZE(PyObject *o)
@@ -97,6 +109,117 @@ cdef inline object _pending_of(object ev, bint is_pe):
 LAZY_FIELDS = ("OriginalFileName", "Company", "Product", "Description", "FileVersion",
                "Hashes", "md5", "sha1", "sha256", "Imphash")
 
+cdef class _Chain:
+    """C arrays for mt_chain."""
+    cdef list lits
+    cdef const unsigned char **ptrs
+    cdef size_t *lens
+    cdef size_t *rare
+    cdef size_t k
+    cdef int dotall
+
+    def __cinit__(self, list lits, bint dotall, list rares):
+        cdef Py_ssize_t i
+        self.lits = lits
+        self.k = len(lits)
+        self.dotall = dotall
+        self.ptrs = <const unsigned char **>PyMem_Malloc(sizeof(char *) * self.k)
+        self.lens = <size_t *>PyMem_Malloc(sizeof(size_t) * self.k)
+        self.rare = <size_t *>PyMem_Malloc(sizeof(size_t) * self.k)
+        if self.ptrs == NULL or self.lens == NULL or self.rare == NULL:
+            raise MemoryError()
+        for i in range(self.k):
+            self.ptrs[i] = <const unsigned char *>(<bytes>lits[i])
+            self.lens[i] = len(<bytes>lits[i])
+            self.rare[i] = rares[i]
+
+    def __dealloc__(self):
+        PyMem_Free(self.ptrs)
+        PyMem_Free(self.lens)
+        PyMem_Free(self.rare)
+
+
+cdef class _Rx:
+    """One rule regex: RE2 (with the byte alphabet of sensor.detect.regex, as C arrays)
+    or the budgeted backtracking engine."""
+    cdef object match          # the RE2 object's Match, None for the budgeted engine
+    cdef object anchor
+    cdef object budgeted       # BudgetRegex, or None
+    cdef bint empty            # Python's answer on the empty text
+    cdef bytes amap            # 128 bytes; None when ASCII stands for itself
+    cdef const unsigned char *amap_p
+    cdef array.array bounds_a
+    cdef const uint32_t *bounds
+    cdef Py_ssize_t nb
+    cdef bytes table
+    cdef const unsigned char *table_p
+    cdef uint32_t catmask
+
+    def __cinit__(self, obj):
+        if isinstance(obj, LinearRegex):
+            al = obj.alphabet
+            self.match = obj.match
+            self.anchor = obj.anchor
+            self.budgeted = None
+            self.empty = obj.empty
+            self.amap = al.ascii_map
+            self.amap_p = NULL if al.ascii_map is None else <const unsigned char *>self.amap
+            self.bounds_a = _pyarray.array("I", al.bounds if al.bounds else [0])
+            self.bounds = <const uint32_t *>self.bounds_a.data.as_uints
+            self.nb = len(al.bounds)
+            self.table = al.table
+            self.table_p = <const unsigned char *>self.table
+            self.catmask = al.catmask
+        else:
+            self.match = None
+            self.budgeted = obj
+
+    cdef bytes alphabet(self, object t):
+        """``t`` in the regex's byte alphabet (sensor.detect.regex.to_alphabet)."""
+        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(t), i, lo, hi, mid
+        cdef int kind = PyUnicode_KIND(t)
+        cdef void *data = PyUnicode_DATA(t)
+        cdef Py_UCS4 c
+        cdef uint32_t bits
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        cdef unsigned char *o = <unsigned char *>PyBytes_AS_STRING(out)
+        for i in range(n):
+            c = PyUnicode_READ(kind, data, i)
+            if c < 128:
+                o[i] = self.amap_p[c] if self.amap_p != NULL else <unsigned char>c
+                continue
+            lo = 0
+            hi = self.nb
+            while lo < hi:          # bisect_right(bounds, c)
+                mid = (lo + hi) >> 1
+                if c < self.bounds[mid]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            bits = ((1 if Py_UNICODE_ISDECIMAL(c) else 0) | (2 if Py_UNICODE_ISSPACE(c) else 0)
+                    | (4 if Py_UNICODE_ISALNUM(c) else 0))
+            o[i] = self.table_p[lo * 8 + (bits & self.catmask)]
+        return out
+
+    cdef int search(self, object t, const unsigned char *raw, Py_ssize_t rawlen) except -1:
+        """1 match, 0 no match, 2 undecided (the budgeted engine ran out of steps).
+        ``raw``: the text's bytes when it is ASCII (NULL otherwise)."""
+        cdef object buf
+        if self.match is None:
+            try:
+                return 1 if self.budgeted.search(t) else 0
+            except BudgetExceeded:
+                return 2
+        if rawlen == 0 and PyUnicode_GET_LENGTH(t) == 0:
+            return 1 if self.empty else 0
+        if raw != NULL and self.amap_p == NULL:
+            buf = PyMemoryView_FromMemory(<char *>raw, rawlen, PyBUF_READ)
+        else:
+            buf = self.alphabet(t)
+            rawlen = len(<bytes>buf)
+        return 1 if self.match(self.anchor, buf, 0, rawlen)[0][0] >= 0 else 0
+
+
 # predicate kinds
 cdef enum:
     K_EQ = 0
@@ -107,7 +230,9 @@ cdef enum:
     K_EXISTS = 5      # the field is present
     K_MISSING = 6     # exists:false and null
     K_RE = 7
-    K_PY = 8          # reference test (cidr, numeric, fieldref, keyword searches)
+    K_PY = 8          # reference test (cidr, numeric, fieldref, other keyword searches)
+    K_KW = 9          # keyword contains: any stored value of the event
+    K_FREF = 10       # fieldref: the value against other fields' values
 
 # condition node kinds
 cdef enum:
@@ -125,487 +250,126 @@ cdef enum:
     W_EQ = 3
 
 cdef int MAX_WITNESS_FIELDS = 64
-# "Anywhere" automata with a larger table than this become anchor filters (mode 3).
-cdef int Q_MIN_TABLE = 2048
-# Texts at least this long get a 4-gram presence filter for contains values.
-cdef Py_ssize_t Q4_MIN_TEXT = 256
-# Witness literals are cut to this many bytes (smaller automata; a cut literal
-# still has to occur, so the index stays exact, only a little less selective).
-cdef int TRUNC_ANY = 8
+# A unit whose exact Aho-Corasick table would exceed this many bytes becomes an anchor filter.
+cdef Py_ssize_t AC_MAX_TABLE = 64 * 1024
+# Prefix/suffix witness literals are cut to this many bytes (a cut literal still has to
+# occur, so the witness stays exact, only a little less selective).
 cdef int TRUNC_TRIE = 64
-# An end/equality literal of at least BENIGN_END_LEN bytes found in the benign
-# sample (a whole file name such as ``\\cscript.exe``) is scored BENIGN_END
-# instead of 1.0: common text, but it ends only a small share of values.
-cdef double BENIGN_END = 0.1
-cdef Py_ssize_t BENIGN_END_LEN = 10
 
 _LIT_KINDS = {"eq": K_EQ, "contains": K_CONTAINS, "startswith": K_STARTS, "endswith": K_ENDS}
+_FREF_MODES = {"eq": 0, "contains": 1, "startswith": 2, "endswith": 3}
 _W_KIND = {K_EQ: W_EQ, K_CONTAINS: W_ANY, K_STARTS: W_START, K_ENDS: W_END}
-
-# A few typical benign process starts (folded).  A witness literal found in this
-# text is assumed frequent and avoided.  Only the speed of the index depends on
-# it, never its answers.
-_BENIGN = """
-c:\\windows\\system32\\svchost.exe -k netsvcs -p -s schedule
-c:\\windows\\system32\\cmd.exe /c echo "c:\\program files (x86)\\microsoft\\edge\\application\\msedge.exe" --type=renderer --field-trial-handle=1234,i,5678 --lang=en-us --service-sandbox-type=none /d /q /s
-"c:\\program files\\windowsapps\\microsoft.windowsterminal_1.0.0.0_x64__8wekyb3d8bbwe\\windowsterminal.exe"
-c:\\windows\\system32\\windowspowershell\\v1.0\\powershell.exe -noprofile -executionpolicy bypass -file c:\\users\\admin\\appdata\\local\\temp\\setup.ps1
-c:\\windows\\syswow64\\rundll32.exe c:\\windows\\system32\\shell32.dll,control_rundll
-c:\\windows\\system32\\conhost.exe 0xffffffff -forcev1
-c:\\program files\\common files\\microsoft shared\\clicktorun\\officeclicktorun.exe /service
-c:\\windows\\system32\\wbem\\wmiprvse.exe -embedding
-c:\\windows\\explorer.exe c:\\windows\\system32\\taskhostw.exe c:\\windows\\system32\\services.exe
-c:\\programdata\\microsoft\\windows defender\\platform\\4.18.2104.14-0\\msmpeng.exe
-c:\\windows\\microsoft.net\\framework64\\v4.0.30319\\ngen.exe install
-c:\\windows\\system32\\msiexec.exe /v c:\\windows\\system32\\wscript.exe c:\\windows\\system32\\cscript.exe
-c:\\windows\\system32\\reg.exe query hklm\\software\\microsoft\\windows\\currentversion\\run /v
-c:\\windows\\system32\\sc.exe start wuauserv c:\\windows\\system32\\net.exe use \\\\server\\share
-c:\\windows\\system32\\schtasks.exe /create /tn update /tr c:\\windows\\temp\\update.bat /sc daily
-c:\\users\\user\\appdata\\roaming\\microsoft\\teams\\current\\teams.exe --type=gpu-process
-c:\\windows\\system32\\mshta.exe c:\\windows\\system32\\regsvr32.exe c:\\windows\\system32\\wmic.exe
-c:\\program files\\google\\chrome\\application\\chrome.exe https://www.example.com/index.html
-c:\\windows\\system32\\net1.exe c:\\windows\\system32\\pwsh.exe c:\\windows\\system32\\whoami.exe
-nt authority\\system nt authority\\network service system high medium
-c:\\windows\\system32\\dllhost.exe /processid:{3eb3c877-1f16-487c-9050-104dbcd66683}
-"""
-
-# How often a byte occurs in process text (rank in mt_common_bytes; 0 = most).
-_RANKED = b" e\\tsoairnlc.:/mdpwx-\"=uhgb0f1y32kv_'4568%97,;$jq()z{}[]@&+#|<>?*!~`^"
+_enc = _ix.enc
 
 
-def _enc(s):
-    """UTF-8 bytes of a str; lone surrogates pass through (still a prefix-free code)."""
-    return s.encode("utf-8", "surrogatepass")
+def _regex_entry(str v, str letters, budget, Py_ssize_t min_len, raw_cond, cond, list rank_of):
+    """(engine, minimum length in characters, prefilter (literal ids), repeated bytes,
+    literal chain)."""
+    cdef int flags = regex_flags(letters)
+    cf = _ix.chain_form(v, flags)
+    chain = None if cf is None else _Chain(cf[0], cf[1], [_ix.rare_offset(b, rank_of) for b in cf[0]])
+    # single-byte literals the match needs more than once (disjoint parts of the match)
+    singles = {}
+    if raw_cond[0] == "and":
+        for f in raw_cond[1]:
+            if f[0] == "lit" and len(f[1]) == 1:
+                singles[f[1][0]] = singles.get(f[1][0], 0) + 1
+    return (_Rx(compile_regex(v, letters, budget)), min_len, cond,
+            tuple((c, k) for c, k in sorted(singles.items()) if k > 1), chain)
 
 
-def _byte_p(int b):
-    i = _RANKED.find(bytes([b]))
-    if i < 0:
-        return 0.002
-    return 0.35 * 2.718281828 ** (-i / 12.0)
+cdef Py_ssize_t _cfold(object t, unsigned char **buf, Py_ssize_t *cap, uint8_t *sigma=NULL) except -1:
+    """``t.lower()`` as UTF-8 (lone surrogates as surrogatepass) in ``buf``; its length.
 
-
-def _lit_p(bytes nd, double positions, double benign=1.0):
-    """Estimated probability that the literal occurs in a benign value."""
-    cdef double p = positions
-    if nd in _BENIGN_B:
-        return benign
-    for b in nd:
-        p *= _byte_p(b)
-    return min(p, 1.0)
-
-
-_BENIGN_B = _BENIGN.encode()
-
-
-NO_BG = 0xFFFFFFFF   # no bigram: the filter lets the value through
-
-
-def _rare_bigrams(bytes b):
-    """The two rarest bigram hashes (MT_BG) of a value, NO_BG where there are none."""
-    cdef Py_ssize_t i
-    if len(b) < 2:
-        return (NO_BG, NO_BG)
-    seen = {}
-    for i in range(len(b) - 1):
-        x = MT_BG(b[i], b[i + 1])
-        p = _byte_p(b[i]) * _byte_p(b[i + 1])
-        if x not in seen or p < seen[x]:
-            seen[x] = p
-    ranked = sorted(seen, key=lambda x: (seen[x], x))
-    return (ranked[0], ranked[1] if len(ranked) > 1 else NO_BG)
-
-
-def _rare_quads(bytes b):
-    """Hashes (mt_q_hash4, 16 bits) of the two rarest 4-grams of a value, or NO_BG."""
-    cdef Py_ssize_t i
-    if len(b) < 4:
-        return (NO_BG, NO_BG)
-    seen = {}
-    for i in range(len(b) - 3):
-        x = mt_q_hash4(<const unsigned char *>b + i, 16)
-        p = _lit_p(b[i:i + 4], 1.0)
-        if x not in seen or p < seen[x]:
-            seen[x] = p
-    ranked = sorted(seen, key=lambda x: (seen[x], x))
-    return (ranked[0], ranked[1] if len(ranked) > 1 else ranked[0])
-
-
-def _best_window(bytes b, int size):
-    """The ``size``-byte window of ``b`` least likely to occur in benign text."""
-    if len(b) <= size:
-        return b
-    best = b[:size]
-    bp = _lit_p(best, 1.0)
-    for i in range(1, len(b) - size + 1):
-        w = b[i:i + size]
-        p = _lit_p(w, 1.0)
-        if p < bp:
-            best, bp = w, p
-    return best
-
-
-def _witness_entry(fname, bytes b, int wk):
-    """(field, automaton mode, literal as walked, position kind, cost) of one literal.
-
-    Anywhere: Aho-Corasick over the field (literal cut to its rarest window).
-    At the start: a prefix trie; at the end or whole value: a suffix trie walked
-    from the last byte.  Cut literals still have to occur, so the index stays exact.
-    """
-    if wk == W_ANY:
-        nd = _best_window(b, TRUNC_ANY)
-        return (fname, 0, nd, W_ANY, _lit_p(nd, 100.0))
-    if wk == W_START:
-        nd = b[:TRUNC_TRIE]
-        return (fname, 1, nd, W_ANY, _lit_p(nd, 3.0))
-    nd = b[-TRUNC_TRIE:]
-    bp = BENIGN_END if len(nd) >= BENIGN_END_LEN else 1.0
-    if wk == W_EQ and len(b) <= TRUNC_TRIE:
-        return (fname, 2, nd[::-1], W_START, 0.3 * _lit_p(nd, 3.0, bp))
-    return (fname, 2, nd[::-1], W_ANY, _lit_p(nd, 3.0, bp))
-
-
-def _build_automaton(list needles, int mode):
-    """A dense automaton over ``needles`` (bytes): Aho-Corasick (mode 0, root 0) or a
-    plain trie walked from one end of the value (modes 1, 2; root 1, dead state 0).
-
-    Each ASCII byte of the needles gets a class, all non-ASCII bytes share one: that
-    only adds spurious hits (a witness may over-approximate, never miss) and keeps
-    the table small.  Needles with the same class sequence share one
-    output id; ``groups[id]`` lists their indices.
-    """
-    used = sorted({b for nd in needles for b in nd})
-    cls = [0] * 256
-    ncls = 1
-    wide = 0
-    for b in used:
-        if b < 0x80:
-            cls[b] = ncls
-            # Folded needles hold no ASCII capitals: mapping 'A'..'Z' to the class of
-            # 'a'..'z' lets the automata walk raw ASCII text exactly as its fold.
-            if 0x61 <= b <= 0x7A:
-                cls[b - 0x20] = ncls
-            ncls += 1
-        else:
-            if not wide:
-                wide = ncls
-                ncls += 1
-            cls[b] = wide
-    keys = {}
-    groups = []
-    for nid, nd in enumerate(needles):
-        k = bytes([cls[b] for b in nd])
-        g = keys.get(k)
-        if g is None:
-            g = keys[k] = len(groups)
-            groups.append([])
-        groups[g].append(nid)
-    root = 0 if mode == 0 else 1
-    goto = [{} for _ in range(root + 1)]
-    outs = [[] for _ in range(root + 1)]
-    for gid, seq in enumerate(keys):
-        s = root
-        for c in seq:
-            t = goto[s].get(c)
-            if t is None:
-                t = len(goto)
-                goto.append({})
-                outs.append([])
-                goto[s][c] = t
-            s = t
-        outs[s].append(gid)
-    n = len(goto)
-    # Number the states breadth-first: the shallow states, where a scan spends most
-    # of its steps, then share a few cache lines of the table.
-    order = list(range(root + 1))
-    queue = deque([root])
-    while queue:
-        x = queue.popleft()
-        for c in sorted(goto[x]):
-            t = goto[x][c]
-            order.append(t)
-            queue.append(t)
-    new = [0] * n
-    for i, x in enumerate(order):
-        new[x] = i
-    goto = [{c: new[t] for c, t in goto[x].items()} for x in order]
-    outs = [outs[x] for x in order]
-    trans = [0] * (n * ncls)
-    if mode == 0:
-        fail = [0] * n
-        order_s = []
-        queue = deque(goto[0].values())
-        while queue:
-            s = queue.popleft()
-            order_s.append(s)
-            for c, t in goto[s].items():
-                f = fail[s]
-                while f and c not in goto[f]:
-                    f = fail[f]
-                g = goto[f].get(c, 0) if s else 0
-                fail[t] = g if g != t else 0
-                queue.append(t)
-        for c, t in goto[0].items():
-            trans[c] = t
-        for s in order_s:
-            f = fail[s]
-            outs[s] = outs[s] + outs[f]
-            base = s * ncls
-            trans[base:base + ncls] = trans[f * ncls:f * ncls + ncls]
-            for c, t in goto[s].items():
-                trans[base + c] = t
-    else:
-        for s in range(n):
-            base = s * ncls
-            for c, t in goto[s].items():
-                trans[base + c] = t
-    out_off = [0]
-    out_ids = []
-    for s in range(n):
-        out_ids.extend(outs[s])
-        out_off.append(len(out_ids))
-    seqlen = [len(k) for k in keys]
-    return n, ncls, cls, trans, out_off, out_ids, groups, seqlen
-
-
-def _regex_witness(str pattern, int flags):
-    """Literals one of which any match of the regex must contain (folded), or None.
-
-    Conservative: only ASCII literals; under IGNORECASE, ``i`` and ``s`` split a
-    literal (``re`` folds them with U+0131 / U+017F, whose ``lower()`` differs).
-    A match of ASCII literal X in text t implies lower(X) in lower(t).
-    """
-    try:
-        parsed = _sre_parse.parse(pattern, flags)
-    except Exception:
-        return None
-    icase = bool(parsed.state.flags & _re.IGNORECASE)
-    best = _re_seq(list(parsed), icase)
-    return None if best is None else best[1]
-
-
-def _regex_requirements(str pattern, int flags):
-    """What any match must contain: (literals, ((byte, count), ...)) on folded text.
-
-    Mandatory items only (sequence members, groups, repeats with a minimum of 1);
-    alternatives add nothing.  Same ASCII/IGNORECASE safety rules as the witness.
-    Used as an exact pre-check before ``re.search`` (a failed check means no match).
-    """
-    try:
-        parsed = _sre_parse.parse(pattern, flags)
-    except Exception:
-        return (), ()
-    runs = []
-    counts = {}
-    _re_req(list(parsed), bool(parsed.state.flags & _re.IGNORECASE), runs, counts)
-    lits = tuple(sorted(set(runs), key=lambda b: (-len(b), b)))  # longest first, reproducibly
-    return lits, tuple((b, k) for b, k in sorted(counts.items()) if k > 1)
-
-
-def _re_req_flush(list run, bint icase, list runs, dict counts):
-    text = "".join(run)
-    parts = _re.split("[isIS]", text) if icase else [text]
-    for seg in parts:
-        if seg:
-            b = _enc(seg.lower())
-            runs.append(b)
-            for c in b:
-                counts[c] = counts.get(c, 0) + 1
-
-
-def _case_pair(op, av):
-    """The lower-case letter when an sre item is a class of exactly one ASCII letter
-    in both cases (``[Rr]``), else None.  Such a class matches only those two
-    characters (under IGNORECASE the i/s split below applies to it as to a literal),
-    so it requires that letter in the folded text, like a literal does."""
-    if op is _C.IN and len(av) == 2 and av[0][0] is _C.LITERAL and av[1][0] is _C.LITERAL:
-        a, b = av[0][1], av[1][1]
-        if a < 128 and b < 128 and a != b and chr(a).isalpha() and chr(a).lower() == chr(b).lower():
-            return chr(a).lower()
-    return None
-
-
-def _re_parts(items, bint icase):
-    """Walk a sequence of sre items, yielding what any match of it must go through:
-
-    - ``("run", chars, icase)``: a run of adjacent ASCII literals (a one-letter case pair
-      ``[Rr]`` counts as its lower-case letter);
-    - ``("seq", items, icase)``: a mandatory sub-sequence (group, atomic group, repeat
-      with a minimum of 1), with the case flag in force inside it;
-    - ``("branch", alternatives, icase)``: an alternation (each alternative a sequence).
-
-    Anything else (classes, optional repeats, anchors) ends the current run.  Shared by
-    the required-literal check and the witness choice, which read it differently."""
-    run = []
-    for op, av in items:
-        if op is _C.LITERAL and av < 128:
-            run.append(chr(av))
-            continue
-        c = _case_pair(op, av)
-        if c is not None:
-            run.append(c)
-            continue
-        if run:
-            yield "run", run, icase
-            run = []
-        if op is _C.SUBPATTERN:
-            _grp, add, rem, sub = av
-            yield "seq", list(sub), (icase or bool(add & _re.IGNORECASE)) and not (rem & _re.IGNORECASE)
-        elif op is _C.ATOMIC_GROUP:
-            yield "seq", list(av), icase
-        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
-            if av[0] >= 1:
-                yield "seq", list(av[2]), icase
-        elif op is _C.BRANCH:
-            yield "branch", av[1], icase
-    if run:
-        yield "run", run, icase
-
-
-def _re_req(items, bint icase, list runs, dict counts):
-    for kind, x, ic in _re_parts(items, icase):
-        if kind == "run":
-            _re_req_flush(x, ic, runs, counts)
-        elif kind == "seq":
-            _re_req(x, ic, runs, counts)
-        # alternatives add nothing: no single one is required
-
-
-def _chain_form(str pattern, int flags):
-    """``[L1, ..., Lk]`` (raw bytes) when the regex is ``.*``-separated literals, else None.
-
-    Such a regex (frequent in Sigma: ``\\+.*\\+.*\\+``) backtracks badly in ``re``;
-    ``mt_chain`` answers the same search in one pass.  Only ASCII literals, and
-    under IGNORECASE only characters without case.
-    """
-    try:
-        parsed = _sre_parse.parse(pattern, flags)
-    except Exception:
-        return None
-    icase = bool(parsed.state.flags & _re.IGNORECASE)
-    lits = []
-    run = []
-    for op, av in parsed:
-        if op is _C.LITERAL:
-            ch = chr(av)
-            if av >= 128 or (icase and ch.lower() != ch.upper()):
-                return None
-            run.append(ch)
-        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT) and av[0] == 0 and av[1] == _C.MAXREPEAT \
-                and len(av[2]) == 1 and av[2][0][0] is _C.ANY:
-            if run:
-                lits.append("".join(run).encode())
-                run = []
-        else:
-            return None
-    if run:
-        lits.append("".join(run).encode())
-    if not lits:
-        return None
-    return lits, bool(parsed.state.flags & _re.DOTALL)
-
-
-cdef class _Chain:
-    """C arrays for mt_chain."""
-    cdef list lits
-    cdef const unsigned char **ptrs
-    cdef size_t *lens
-    cdef size_t *rare
-    cdef size_t k
-    cdef int dotall
-
-    def __cinit__(self, list lits, bint dotall):
-        cdef Py_ssize_t i
-        self.lits = lits
-        self.k = len(lits)
-        self.dotall = dotall
-        self.ptrs = <const unsigned char **>PyMem_Malloc(sizeof(char *) * self.k)
-        self.lens = <size_t *>PyMem_Malloc(sizeof(size_t) * self.k)
-        self.rare = <size_t *>PyMem_Malloc(sizeof(size_t) * self.k)
-        if self.ptrs == NULL or self.lens == NULL or self.rare == NULL:
+    Per character: ASCII lowered, U+0130 to "i" + U+0307, anything else to its simple
+    lower-case mapping.  That is ``str.lower()`` exactly, except that a capital sigma always
+    becomes U+03C3 (Python picks U+03C2 at the end of a word): predicates whose values hold
+    a sigma use ``str.lower()`` itself (``needs_python_fold``)."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(t), i, o = 0
+    cdef int kind = PyUnicode_KIND(t)
+    cdef void *data = PyUnicode_DATA(t)
+    cdef uint32_t c
+    cdef unsigned char *b
+    if cap[0] < 4 * n + 8:
+        b = <unsigned char *>PyMem_Realloc(buf[0], 4 * n + 64)
+        if b == NULL:
             raise MemoryError()
-        for i in range(self.k):
-            self.ptrs[i] = <const unsigned char *>(<bytes>lits[i])
-            self.lens[i] = len(<bytes>lits[i])
-            self.rare[i] = mt_rare_offset(self.ptrs[i], self.lens[i])
+        buf[0] = b
+        cap[0] = 4 * n + 64
+    b = buf[0]
+    for i in range(n):
+        c = <uint32_t>PyUnicode_READ(kind, data, i)
+        if c < 0x80:
+            b[o] = <unsigned char>(c + 32 if 0x41 <= c <= 0x5A else c)
+            o += 1
+            continue
+        if c == 0x130:
+            b[o] = 0x69
+            b[o + 1] = 0xCC
+            b[o + 2] = 0x87
+            o += 3
+            continue
+        if c == 0x3A3 and sigma != NULL:
+            sigma[0] = 1
+        c = <uint32_t>Py_UNICODE_TOLOWER(<Py_UCS4>c)
+        if c < 0x80:
+            b[o] = <unsigned char>c
+            o += 1
+        elif c < 0x800:
+            b[o] = <unsigned char>(0xC0 | (c >> 6))
+            b[o + 1] = <unsigned char>(0x80 | (c & 0x3F))
+            o += 2
+        elif c < 0x10000:
+            b[o] = <unsigned char>(0xE0 | (c >> 12))
+            b[o + 1] = <unsigned char>(0x80 | ((c >> 6) & 0x3F))
+            b[o + 2] = <unsigned char>(0x80 | (c & 0x3F))
+            o += 3
+        else:
+            b[o] = <unsigned char>(0xF0 | (c >> 18))
+            b[o + 1] = <unsigned char>(0x80 | ((c >> 12) & 0x3F))
+            b[o + 2] = <unsigned char>(0x80 | ((c >> 6) & 0x3F))
+            b[o + 3] = <unsigned char>(0x80 | (c & 0x3F))
+            o += 4
+    return o
 
-    def __dealloc__(self):
-        PyMem_Free(self.ptrs)
-        PyMem_Free(self.lens)
-        PyMem_Free(self.rare)
 
-
-def _regex_entry(str v, int flags):
-    cf = _chain_form(v, flags)
-    chain = None if cf is None else _Chain(cf[0], cf[1])
-    return (_re.compile(v, flags),) + _regex_requirements(v, flags) + (chain,)
-
-
-def _re_consider(best, cand):
-    if cand is None or not cand[1]:
-        return best
-    if best is None or cand[0] < best[0]:
-        return cand
-    return best
-
-
-def _re_run(best, list run, bint icase):
-    text = "".join(run)
-    parts = [text]
-    if icase:
-        parts = _re.split("[isIS]", text)
-    for seg in parts:
-        if seg:
-            b = _enc(seg.lower())
-            best = _re_consider(best, (_lit_p(_best_window(b, TRUNC_ANY), 100.0), [b]))
-    return best
-
-
-def _re_seq(items, bint icase):
-    """(cost, literals) for a sequence of sre items: the best required literal set."""
-    best = None
-    for kind, x, ic in _re_parts(items, icase):
-        if kind == "run":
-            best = _re_run(best, x, ic)
-        elif kind == "seq":
-            best = _re_consider(best, _re_seq(x, ic))
-        else:  # every alternative must yield a set: their union is required
-            total = 0.0
-            lits = []
-            for alt in x:
-                r = _re_seq(list(alt), ic)
-                if r is None:
-                    lits = None
-                    break
-                total += r[0]
-                lits.extend(r[1])
-            if lits:
-                best = _re_consider(best, (total, lits))
-    return best
+def fold_utf8(str t):
+    """The matcher's one-pass fold of ``t`` (UTF-8); exposed for the tests."""
+    cdef unsigned char *buf = NULL
+    cdef Py_ssize_t cap = 0, n
+    try:
+        n = _cfold(t, &buf, &cap)
+        return (<char *>buf)[:n] if n else b""
+    finally:
+        PyMem_Free(buf)
 
 
 cdef class _State:
-    """Per-call scratch: field texts, predicate memo, candidate bitmap."""
-    # Per-call scratch state; epochs make resets O(1) per event.
+    """Per-call scratch: field texts, predicate memo, literal hits, candidate bitmap."""
+    # Epochs make resets O(1) per event.
     cdef uint32_t epoch
-    cdef uint32_t *memo          # per predicate: epoch << 1 | result
+    cdef uint32_t *memo          # per predicate: epoch << 2 | result (0, 1, 2 undecided)
     cdef uint32_t *vepoch        # per field: epoch the value was fetched in
     cdef uint8_t *fnone          # per field: value is missing
     cdef PyObject **ftext        # per field: the value as text (strong reference)
-    cdef PyObject **flow         # per field: its str.lower() when not ASCII (strong reference)
+    cdef PyObject **flow         # per field: its str.lower() (sigma predicates only)
     cdef uint32_t *lepoch        # per field: epoch the folded text was made in
+    cdef uint8_t *fsigma         # per field: the folded text met a capital sigma
     cdef const unsigned char **fptr
     cdef Py_ssize_t *flen
     cdef uint32_t *repoch        # per field: epoch the raw (unfolded) text was made in
     cdef const unsigned char **rptr
     cdef Py_ssize_t *rlen
-    cdef unsigned char **buf     # per field: scratch for ASCII folding
+    cdef uint32_t *pepoch        # per field: epoch the str.lower() text was made in
+    cdef const unsigned char **pptr
+    cdef Py_ssize_t *plen
+    cdef unsigned char **buf     # per field: scratch for folding
     cdef Py_ssize_t *bufcap
+    cdef unsigned char *kwbuf    # scratch for keyword values
+    cdef Py_ssize_t kwcap
     cdef uint64_t *cand          # candidate-rule bitmap
-    cdef uint64_t *bg            # per field: bigram presence bitmap (MT_BG_WORDS words)
-    cdef uint32_t *bgepoch       # per field: epoch the bitmap was made in
-    cdef uint64_t *q4            # per field: hashed 4-gram presence bitmap (long texts)
-    cdef uint32_t *q4epoch
+    cdef uint32_t *lit_epoch     # per literal: epoch it was found in
+    cdef uint32_t *uepoch        # per unit: epoch it was scanned in
     cdef list keep               # objects alive until the end of one match
     cdef object event
     cdef bint is_dict
@@ -614,11 +378,16 @@ cdef class _State:
     cdef Py_ssize_t nfields
     cdef Py_ssize_t npreds
     cdef Py_ssize_t nwords
+    cdef Py_ssize_t nlits
+    cdef Py_ssize_t nunits
 
-    def __cinit__(self, Py_ssize_t nfields, Py_ssize_t npreds, Py_ssize_t nwords):
+    def __cinit__(self, Py_ssize_t nfields, Py_ssize_t npreds, Py_ssize_t nwords,
+                  Py_ssize_t nlits, Py_ssize_t nunits):
         self.nfields = nfields
         self.npreds = npreds
         self.nwords = nwords
+        self.nlits = nlits
+        self.nunits = nunits
         self.epoch = 0
         self.keep = []
         n = nfields if nfields else 1
@@ -626,26 +395,30 @@ cdef class _State:
         self.vepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         self.lepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         self.repoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
+        self.pepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
         self.fnone = <uint8_t *>PyMem_Malloc(n)
+        self.fsigma = <uint8_t *>PyMem_Malloc(n)
         self.ftext = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
         self.flow = <PyObject **>PyMem_Malloc(sizeof(PyObject *) * n)
         self.fptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
         self.rptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
+        self.pptr = <const unsigned char **>PyMem_Malloc(sizeof(char *) * n)
         self.flen = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
         self.rlen = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
+        self.plen = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
         self.buf = <unsigned char **>PyMem_Malloc(sizeof(char *) * n)
         self.bufcap = <Py_ssize_t *>PyMem_Malloc(sizeof(Py_ssize_t) * n)
         self.cand = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * (nwords if nwords else 1))
-        self.bg = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * MT_BG_WORDS * n)
-        self.bgepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
-        self.q4 = <uint64_t *>PyMem_Malloc(sizeof(uint64_t) * MT_Q4_WORDS * n)
-        self.q4epoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
+        self.lit_epoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * (nlits if nlits else 1))
+        self.uepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * (nunits if nunits else 1))
+        self.kwbuf = NULL
+        self.kwcap = 0
         if (self.memo == NULL or self.vepoch == NULL or self.lepoch == NULL or self.repoch == NULL
-                or self.fnone == NULL or self.ftext == NULL or self.flow == NULL or self.fptr == NULL
-                or self.rptr == NULL or self.flen == NULL or self.rlen == NULL
+                or self.pepoch == NULL or self.fnone == NULL or self.fsigma == NULL or self.ftext == NULL
+                or self.flow == NULL or self.fptr == NULL or self.rptr == NULL or self.pptr == NULL
+                or self.flen == NULL or self.rlen == NULL or self.plen == NULL
                 or self.buf == NULL or self.bufcap == NULL or self.cand == NULL
-                or self.bg == NULL or self.bgepoch == NULL
-                or self.q4 == NULL or self.q4epoch == NULL):
+                or self.lit_epoch == NULL or self.uepoch == NULL):
             raise MemoryError()
         memset(self.buf, 0, sizeof(char *) * n)
         memset(self.bufcap, 0, sizeof(Py_ssize_t) * n)
@@ -676,8 +449,9 @@ cdef class _State:
         memset(self.vepoch, 0, sizeof(uint32_t) * n)
         memset(self.lepoch, 0, sizeof(uint32_t) * n)
         memset(self.repoch, 0, sizeof(uint32_t) * n)
-        memset(self.bgepoch, 0, sizeof(uint32_t) * n)
-        memset(self.q4epoch, 0, sizeof(uint32_t) * n)
+        memset(self.pepoch, 0, sizeof(uint32_t) * n)
+        memset(self.lit_epoch, 0, sizeof(uint32_t) * (self.nlits if self.nlits else 1))
+        memset(self.uepoch, 0, sizeof(uint32_t) * (self.nunits if self.nunits else 1))
         self.epoch = 0
 
     def __dealloc__(self):
@@ -687,24 +461,27 @@ cdef class _State:
         if self.buf != NULL:
             for i in range(self.nfields):
                 PyMem_Free(self.buf[i])
+        PyMem_Free(self.kwbuf)
         PyMem_Free(self.memo)
         PyMem_Free(self.vepoch)
         PyMem_Free(self.lepoch)
         PyMem_Free(self.repoch)
+        PyMem_Free(self.pepoch)
         PyMem_Free(self.fnone)
+        PyMem_Free(self.fsigma)
         PyMem_Free(self.ftext)
         PyMem_Free(self.flow)
         PyMem_Free(self.fptr)
         PyMem_Free(self.rptr)
+        PyMem_Free(self.pptr)
         PyMem_Free(self.flen)
         PyMem_Free(self.rlen)
+        PyMem_Free(self.plen)
         PyMem_Free(self.buf)
         PyMem_Free(self.bufcap)
         PyMem_Free(self.cand)
-        PyMem_Free(self.bg)
-        PyMem_Free(self.bgepoch)
-        PyMem_Free(self.q4)
-        PyMem_Free(self.q4epoch)
+        PyMem_Free(self.lit_epoch)
+        PyMem_Free(self.uepoch)
 
 
 cdef class Matcher:
@@ -720,28 +497,32 @@ cdef class Matcher:
     cdef list _tests
     cdef list _regexes
     cdef bytes _blob
-    cdef object _glob_blob
     cdef Py_ssize_t _nrules
     cdef Py_ssize_t _npreds
     cdef Py_ssize_t _nfields
     cdef Py_ssize_t _nwords
+    cdef Py_ssize_t _nlits
+    cdef Py_ssize_t _nunits
     # predicates
     cdef uint8_t *_p_kind
     cdef uint8_t *_p_cased
+    cdef uint8_t *_p_pyf           # values hold a sigma: tested on str.lower() itself
+    cdef uint8_t *_p_empty         # a contains value is empty (true when the field is present)
+    cdef uint8_t *_p_fmode         # fieldref: 0 eq, 1 contains, 2 startswith, 3 endswith
     cdef int32_t *_p_slot
+    cdef int32_t *_p_unit          # the literal unit its values (or required literals) are in
     cdef uint32_t *_p_voff
     cdef uint32_t *_p_vcnt
-    cdef uint32_t *_v_off
+    cdef uint32_t *_v_off          # per value: bytes in _blob (folded unless cased)
     cdef uint32_t *_v_len
-    cdef uint32_t *_v_rare
-    cdef uint32_t *_v_goff
-    cdef uint32_t *_v_glen
-    cdef uint32_t *_v_bg1          # per value: its two rarest bigrams (MT_BG), or NO_BG
-    cdef uint32_t *_v_bg2
-    cdef uint32_t *_v_q1           # per value: hashes (16 bits) of its two rarest 4-grams, or NO_BG
-    cdef uint32_t *_v_q2
+    cdef uint32_t *_v_rare         # memchr anchor (sigma predicates)
+    cdef uint32_t *_v_lit          # contains: the value's literal; fieldref: the other field's slot
+    cdef uint32_t *_v_goff         # glob: its program in _globs
+    cdef uint32_t *_v_toff         # glob: its literal tokens, _tok[_v_toff:_v_toff + _v_tcnt]
+    cdef uint32_t *_v_tcnt
+    cdef uint32_t *_tok
     cdef const unsigned char *_bytes
-    cdef const uint16_t *_globs
+    cdef const uint32_t *_globs
     # condition program
     cdef uint8_t *_n_kind
     cdef int32_t *_n_arg
@@ -750,12 +531,20 @@ cdef class Matcher:
     cdef uint32_t *_children
     cdef uint32_t *_root
     cdef uint32_t *_root_nl        # per rule: program ordered for events with nothing pending
-    # witness index
+    # literal units
+    cdef Unit *_units
+    cdef int32_t _kw_unit
+    cdef bint _kw_num              # a keyword literal could occur in a number's or bool's text
+    cdef uint32_t *_lw_off         # per literal: rules it is a witness of
+    cdef uint32_t *_lw_rule
+    cdef uint8_t *_lw_tag
+    # witness fields and tries
     cdef Py_ssize_t _nw
     cdef Automaton *_ac
     cdef Py_ssize_t _nac
-    cdef uint32_t *_w_aoff         # per witness field: its automata _ac[_w_aoff[w]:_w_aoff[w+1]]
+    cdef uint32_t *_w_aoff         # per witness field: its tries _ac[_w_aoff[w]:_w_aoff[w+1]]
     cdef int32_t *_w_slot          # witness field -> field slot
+    cdef int32_t *_w_unit          # witness field -> unit scanned during selection, or -1
     cdef list _w_names
     cdef uint64_t _w_scan1         # witness fields scanned on every event
     cdef uint64_t _w_scan2         # extra fields scanned when a witness field is pending
@@ -767,24 +556,36 @@ cdef class Matcher:
     cdef uint32_t *_f2_off         # per witness field: rules whose fallback reads it
     cdef uint32_t *_f2
     cdef _State _state
+    cdef list _witness_desc        # per rule: its primary witness, readable (None: always evaluated)
+    cdef object _regex_budget
+    cdef array.array _undecided_a
+    cdef uint64_t *_undecided      # per rule: events on which it was undecided
     cdef object __weakref__
 
     engine = ENGINE
 
     def __cinit__(self):
         self._ac = NULL
+        self._units = NULL
         self._nameptr = NULL
         self._nw = 0
 
     def __dealloc__(self):
         PyMem_Free(self._ac)
+        PyMem_Free(self._units)
         PyMem_Free(self._nameptr)
 
-    def __init__(self, rules, lazy_fields=LAZY_FIELDS):
+    def __init__(self, rules, regex_budget=None, lazy_fields=LAZY_FIELDS):
         self.rules = list(rules)
+        self._regex_budget = regex_budget
         self._arrays = []
         self._compile(frozenset(lazy_fields))
-        self._state = _State(self._nfields, self._npreds, self._nwords)
+        self._state = self._new_state()
+        self._undecided_a = _pyarray.array("Q", [0] * (self._nrules + 1))
+        self._undecided = <uint64_t *>self._undecided_a.data.as_ulonglongs
+
+    cdef _State _new_state(self):
+        return _State(self._nfields, self._npreds, self._nwords, self._nlits, self._nunits)
 
     # ------------------------------------------------------------------ compile
     cdef array.array _keep(self, str code, values):
@@ -805,8 +606,15 @@ cdef class Matcher:
     cdef uint64_t *_u64(self, values):
         return <uint64_t *>self._keep("Q", values).data.as_ulonglongs
 
+    cdef uint16_t *_u16(self, values):
+        return <uint16_t *>self._keep("H", values).data.as_ushorts
+
     def _compile(self, lazy):
         rules = self.rules
+        priors = _ix.Priors(rules)
+        rank_of = [0] * 256
+        for i, c in enumerate(priors.rarity_rank()):
+            rank_of[c] = i
         # -- unique predicates (a predicate shared by several rules is evaluated once)
         slots = {}
         preds = []
@@ -836,67 +644,119 @@ cdef class Matcher:
                 self._names.append(name)
             return s
 
+        # -- literal units: (field slot or -1 for keywords, cased) -> {literal: local id}
+        unit_of = {}
+        unit_lits = []
+        unit_key = []
+
+        def lit(int s, int cased, bytes b):
+            k = (s, cased)
+            u = unit_of.get(k)
+            if u is None:
+                u = unit_of[k] = len(unit_lits)
+                unit_lits.append({})
+                unit_key.append(k)
+            d = unit_lits[u]
+            j = d.get(b)
+            if j is None:
+                j = d[b] = len(d)
+            return (u, j)
+
         blob = bytearray()
         globs = []
-        p_kind, p_cased, p_slot, p_voff, p_vcnt = [], [], [], [], []
-        v_off, v_len, v_rare, v_goff, v_glen = [], [], [], [], []
-        v_bg1, v_bg2 = [], []
-        v_q1, v_q2 = [], []
+        p_kind, p_cased, p_pyf, p_empty, p_slot, p_unit, p_voff, p_vcnt = [], [], [], [], [], [], [], []
+        p_fmode = []
+        v_off, v_len, v_rare, v_lit, v_goff, v_toff, v_tcnt = [], [], [], [], [], [], []
+        tok = []
         self._tests = [None] * len(preds)
         self._regexes = [None] * len(preds)
+        re_lits = [None] * len(preds)     # per regex predicate: per value, required literal refs
+        re_wit = [None] * len(preds)      # per regex predicate: per value, witness literals
         pcost = []
         pcost_nl = []      # the same without the lazy-field penalty (nothing pending)
 
-        def add_value(bytes b, list prog=None):
+        def add_bytes(bytes b):
             v_off.append(len(blob))
             v_len.append(len(b))
-            v_rare.append(mt_rare_offset(b, len(b)) if b else 0)
-            bg = _rare_bigrams(b)
-            v_bg1.append(bg[0])
-            v_bg2.append(bg[1])
-            qg = _rare_quads(b)
-            v_q1.append(qg[0])
-            v_q2.append(qg[1])
+            v_rare.append(_ix.rare_offset(b, rank_of) if b else 0)
             blob.extend(b)
-            if prog is None:
-                v_goff.append(0)
-                v_glen.append(0)
-            else:
-                v_goff.append(len(globs))
-                v_glen.append(len(prog))
-                globs.extend(prog)
 
         for i, p in enumerate(preds):
             op = p.op
             fld = p.field
-            p_cased.append(1 if p.cased else 0)
+            cased = 1 if p.cased else 0
+            pyf = 1 if (not cased and op in ("eq", "contains", "startswith", "endswith", "glob")
+                        and _ix.needs_python_fold(p.values)) else 0
+            p_cased.append(cased)
+            p_pyf.append(pyf)
             p_voff.append(len(v_off))
+            empty = 0
+            unit = -1
             cost = 0.0
+            kind = K_PY
+            s = slot(fld) if fld is not None else -1
             if fld is None:
-                kind = K_PY
-                cost = 200.0
+                if op == "contains" and not cased and not pyf and all(p.values):
+                    kind = K_KW
+                    for v in p.values:
+                        b = _enc(v.lower())
+                        add_bytes(b)
+                        v_lit.append(lit(-1, 0, b))
+                        v_goff.append(0)
+                        v_toff.append(0)
+                        v_tcnt.append(0)
+                    unit = unit_of[(-1, 0)]
+                    cost = 200.0
+                else:
+                    cost = 200.0
             elif op in _LIT_KINDS:
                 kind = _LIT_KINDS[op]
                 for v in p.values:
-                    add_value(_enc(v if p.cased else v.lower()))
-                cost = 1.0 + (2.0 if kind == K_CONTAINS else 0.2) * len(p.values)
+                    b = _enc(v if cased else v.lower())
+                    add_bytes(b)
+                    if kind == K_CONTAINS and not pyf and b:
+                        v_lit.append(lit(s, cased, b))
+                    else:
+                        v_lit.append(None)
+                        if kind == K_CONTAINS and not b:
+                            empty = 1
+                    v_goff.append(0)
+                    v_toff.append(0)
+                    v_tcnt.append(0)
+                if kind == K_CONTAINS and not pyf and any(x is not None for x in v_lit[p_voff[i]:]):
+                    unit = unit_of[(s, cased)]
+                cost = 1.0 + (0.5 if kind == K_CONTAINS else 0.2) * len(p.values)
             elif op == "glob":
                 kind = K_GLOB
                 for v in p.values:
-                    prog = []
-                    longest = b""
-                    for tok in glob_tokens(v):
-                        if tok is STAR:
-                            prog.append(MT_STAR)
-                        elif tok is QMARK:
-                            prog.append(MT_QMARK)
-                        else:
-                            b = _enc(tok if p.cased else tok.lower())
-                            prog.extend(b)
-                            if len(b) > len(longest):
-                                longest = b
-                    add_value(longest, prog)
-                cost = 1.0 + 5.0 * len(p.values)
+                    toks = glob_tokens(v)
+                    folded = [t if (t is STAR or t is QMARK or cased) else t.lower() for t in toks]
+                    prog = _ix.glob_program(folded, STAR, QMARK)
+                    add_bytes(b"")
+                    v_lit.append(None)
+                    v_goff.append(len(globs))
+                    globs.extend(prog)
+                    v_toff.append(len(tok))
+                    n_t = 0
+                    if not pyf:
+                        for t in folded:
+                            if t is not STAR and t is not QMARK and t:
+                                tok.append(lit(s, cased, _enc(t)))
+                                n_t += 1
+                    v_tcnt.append(n_t)
+                if not pyf and len(tok) > v_toff[p_voff[i]]:
+                    unit = unit_of[(s, cased)]
+                cost = 5.0 + 5.0 * len(p.values)
+            elif op == "fieldref" and not cased:
+                kind = K_FREF
+                for v in p.values:
+                    add_bytes(b"")
+                    v_lit.append(("slot", slot(v)))
+                    v_goff.append(0)
+                    v_toff.append(0)
+                    v_tcnt.append(0)
+                self._tests[i] = _Test(p, self._regex_budget)   # sigma in a value: str.lower()
+                cost = 3.0 * len(p.values)
             elif op == "exists":
                 kind = K_EXISTS if p.values[0] else K_MISSING
                 cost = 1.0
@@ -906,17 +766,33 @@ cdef class Matcher:
             elif op == "re":
                 kind = K_RE
                 flags = regex_flags(p.flags)
-                self._regexes[i] = tuple(_regex_entry(v, flags) for v in p.values)
+                refs = []
+                wits = []
+                for v in p.values:
+                    lo, cond = _ix.regex_prefilter(v, flags)
+                    for b in _ix.prefilter_literals(cond):
+                        lit(s, 0, b)
+                    refs.append((lo, cond))
+                    w = _ix.prefilter_witness(cond, lambda b, f=fld: priors.lit_p(f, b, "any"))
+                    if _plan(v, p.flags).engine != ENGINE_RE2:
+                        # a budgeted regex may be undecided, not false: it is never a
+                        # witness, so a rule the index skips is false (never undecided)
+                        w = None
+                    wits.append(None if w is None else [lit(s, 0, b) for b in w[1]])
+                re_lits[i] = refs
+                re_wit[i] = wits
+                if (s, 0) in unit_of:
+                    unit = unit_of[(s, 0)]
                 cost = 30.0 * len(p.values)
             else:
-                kind = K_PY
                 cost = 50.0
             if kind == K_PY:
-                self._tests[i] = _Test(p)
-                p_slot.append(-1)
+                self._tests[i] = _Test(p, self._regex_budget)
+            p_slot.append(s)
+            p_unit.append(unit)
+            p_empty.append(empty)
             cost_nl = cost
-            if kind != K_PY:
-                p_slot.append(slot(fld))
+            if fld is not None:
                 if fld in lazy:
                     cost += 1000.0
                 elif fld == "@Message":
@@ -928,35 +804,71 @@ cdef class Matcher:
             pcost_nl.append(cost_nl)
             p_vcnt.append(len(v_off) - p_voff[len(p_voff) - 1])
             p_kind.append(kind)
+            p_fmode.append(_FREF_MODES.get(p.flags or "eq", 0) if kind == K_FREF else 0)
             pcost.append(cost)
-        self._nfields = len(self._names)
+
+        # -- lay the units out: global literal ids
+        lit0 = []
+        total = 0
+        for d in unit_lits:
+            lit0.append(total)
+            total += len(d)
+        self._nlits = total
+        self._nunits = len(unit_lits)
+        self._kw_unit = unit_of.get((-1, 0), -1)
+        numeric = set(b"0123456789-+.eEtruefalsinINFAN")
+        self._kw_num = any(set(b) <= numeric for b in unit_lits[self._kw_unit]) \
+            if self._kw_unit >= 0 else False
+
+        def gid(ref, j=None):
+            return lit0[ref] + j if j is not None else lit0[ref[0]] + ref[1]
+
+        v_lit = [0 if r is None else (r[1] if r[0] == "slot" else gid(r)) for r in v_lit]
+        tok = [gid(r) for r in tok]
+        for i in range(len(preds)):
+            if re_lits[i] is not None:
+                p = preds[i]
+                key = p_slot[i]
+
+                def resolve(f, key=key):
+                    k = f[0]
+                    if k == "lit":
+                        return ("lit", gid(unit_of[(key, 0)], unit_lits[unit_of[(key, 0)]][f[1]]))
+                    if k in ("and", "or"):
+                        return (k, tuple(resolve(x) for x in f[1]))
+                    return f
+
+                self._regexes[i] = tuple(
+                    _regex_entry(v, p.flags, self._regex_budget, re_lits[i][k][0],
+                                 re_lits[i][k][1], resolve(re_lits[i][k][1]), rank_of)
+                    for k, v in enumerate(p.values))
+
         self._blob = bytes(blob)
         self._bytes = <const unsigned char *>self._blob
-        cdef array.array ga = _pyarray.array("H", globs if globs else [0])
-        self._arrays.append(ga)
-        self._globs = <const uint16_t *>ga.data.as_ushorts
+        self._globs = <const uint32_t *>self._u32(globs)
         self._p_kind = self._u8(p_kind)
         self._p_cased = self._u8(p_cased)
+        self._p_pyf = self._u8(p_pyf)
+        self._p_empty = self._u8(p_empty)
+        self._p_fmode = self._u8(p_fmode)
         self._p_slot = self._i32(p_slot)
+        self._p_unit = self._i32(p_unit)
         self._p_voff = self._u32(p_voff)
         self._p_vcnt = self._u32(p_vcnt)
         self._v_off = self._u32(v_off)
         self._v_len = self._u32(v_len)
         self._v_rare = self._u32(v_rare)
+        self._v_lit = self._u32(v_lit)
         self._v_goff = self._u32(v_goff)
-        self._v_glen = self._u32(v_glen)
-        self._v_bg1 = self._u32(v_bg1)
-        self._v_bg2 = self._u32(v_bg2)
-        self._v_q1 = self._u32(v_q1)
-        self._v_q2 = self._u32(v_q2)
+        self._v_toff = self._u32(v_toff)
+        self._v_tcnt = self._u32(v_tcnt)
+        self._tok = self._u32(tok)
 
         # -- condition programs, operands cheapest first
         n_kind, n_arg, n_coff, n_ccnt, children, root = [], [], [], [], [], []
-
-        # Two orders per rule: one for events with a lazily resolved field still
-        # pending (reading it may cost a PE read, so it goes last), one for events
-        # with nothing pending (every field is a dict lookup).  The order never
-        # changes an answer.
+        # Two orders per rule: one for events with a lazily resolved field still pending
+        # (reading it may cost a PE read, so it goes last), one for events with nothing
+        # pending.  The order never changes an answer.
         costs = pcost
 
         def cost_of(c):
@@ -1014,46 +926,67 @@ cdef class Matcher:
         self._root = self._u32(root)
         self._root_nl = self._u32(root_nl)
 
-        # -- witness index
+        # -- witnesses
+        unit_field = [None if k[0] < 0 else self._names[k[0]] for k in unit_key]
+        unit_bytes = [list(d) for d in unit_lits]     # local id order (dicts keep insertion order)
+
+        def lit_entry(ref, str fname):
+            b = unit_bytes[ref[0]][ref[1]]
+            return ("L", fname, gid(ref), priors.lit_p(fname, b, "any"))
+
+        def trie_entry(str fname, bytes b, int wk):
+            if wk == W_START:
+                nd = b[:TRUNC_TRIE]
+                return ("T", fname, 1, nd, W_ANY, priors.lit_p(fname, b, "start"))
+            nd = b[max(0, len(b) - TRUNC_TRIE):]
+            if wk == W_EQ and len(b) <= TRUNC_TRIE:
+                return ("T", fname, 2, nd[::-1], W_START, priors.lit_p(fname, b, "eq"))
+            return ("T", fname, 2, nd[::-1], W_ANY, priors.lit_p(fname, b, "end"))
+
         def pred_witness(int pid, bint avoid_lazy):
             p = preds[pid]
             kind = p_kind[pid]
-            if p.cased or p.field is None or (avoid_lazy and p.field in lazy):
+            f = p.field
+            if p.cased or f is None or p_pyf[pid] or (avoid_lazy and f in lazy) or f == "@Message":
                 return None
-            if p.field == "@Message":
-                return None
+            s = p_slot[pid]
             out = []
-            if kind in (K_EQ, K_CONTAINS, K_STARTS, K_ENDS):
+            if kind == K_CONTAINS:
+                if p_empty[pid]:
+                    return None
+                for v in p.values:
+                    out.append(lit_entry(lit(s, 0, _enc(v.lower())), f))
+            elif kind in (K_EQ, K_STARTS, K_ENDS):
                 wk = _W_KIND[kind]
                 for v in p.values:
                     b = _enc(v.lower())
                     if not b:
                         return None
-                    out.append((p.field, b, wk))
+                    out.append(trie_entry(f, b, wk))
             elif kind == K_GLOB:
                 for v in p.values:
                     toks = glob_tokens(v)
                     best = None
-                    for j, tok in enumerate(toks):
-                        if tok is STAR or tok is QMARK:
+                    for j, t in enumerate(toks):
+                        if t is STAR or t is QMARK or not t:
                             continue
-                        b = _enc(tok.lower())
-                        wk = W_ANY
+                        b = _enc(t.lower())
                         if j == 0:
-                            wk |= W_START
-                        if j == len(toks) - 1:
-                            wk |= W_END
-                        if best is None or len(b) > len(best[1]):
-                            best = (p.field, b, wk)
+                            e = trie_entry(f, b, W_START)
+                        elif j == len(toks) - 1:
+                            e = trie_entry(f, b, W_END)
+                        else:
+                            e = lit_entry(lit(s, 0, b), f)
+                        if best is None or _ecost(e) < _ecost(best):
+                            best = e
                     if best is None:
                         return None
                     out.append(best)
             elif kind == K_RE:
-                for v in p.values:
-                    lits = _regex_witness(v, regex_flags(p.flags))
-                    if lits is None:
+                for w in re_wit[pid]:
+                    if not w:
                         return None
-                    out.extend((p.field, b, W_ANY) for b in lits)
+                    out.extend(lit_entry(r, f) for r in w)
             else:
                 return None
             return out
@@ -1065,8 +998,7 @@ cdef class Matcher:
                 ents = pred_witness(c[1], avoid_lazy)
                 if ents is None:
                     return None
-                ents = [_witness_entry(*e) for e in ents]
-                return (sum(e[4] for e in ents), ents)
+                return (sum(_ecost(e) for e in ents), ents)
             if k == "const":
                 return None if c[1] else (0.0, [])
             if k == "and":
@@ -1089,10 +1021,10 @@ cdef class Matcher:
             return None  # not
 
         wfields = {}       # field name -> witness field index
-        per_field = {}     # witness field -> {needle: [(rule, kind, tag)]}
+        tries = {}         # (witness field, mode) -> {needle: [(rule, kind, tag)]}
+        lw = {}            # literal -> [(rule, tag)]
         always = []
         r_f1 = [0] * self._nrules
-        r_f2 = [None] * self._nrules
         nw2 = {}           # witness field -> rules without a usable fallback
         f2_by = {}         # witness field -> rules whose fallback reads it
         scan1 = 0
@@ -1110,24 +1042,39 @@ cdef class Matcher:
         def place(ri, ents, tag):
             mask = 0
             for e in ents:
-                w = wfield(e[0])
+                w = wfield(e[1])
                 if w is None:
                     return None
                 mask |= 1 << w
             seen = set()
-            for fname, mode, nd, k, _cost in ents:
-                key = (fname, mode, nd, k)
-                if key in seen:
-                    continue
-                seen.add(key)
-                per_field.setdefault((wfields[fname], mode), {}).setdefault(nd, []).append((ri, k, tag))
+            for e in ents:
+                if e[0] == "L":
+                    key = ("L", e[2])
+                    if key not in seen:
+                        seen.add(key)
+                        lw.setdefault(e[2], []).append((ri, tag))
+                else:
+                    _t, fname, mode, nd, k, _c = e
+                    key = (fname, mode, nd, k)
+                    if key not in seen:
+                        seen.add(key)
+                        tries.setdefault((wfields[fname], mode), {}).setdefault(nd, []).append((ri, k, tag))
             return mask
 
+        lit_text = {}
+        for u in range(len(unit_bytes)):
+            for j, b in enumerate(unit_bytes[u]):
+                lit_text[lit0[u] + j] = b
+        self._witness_desc = [None] * self._nrules
         for ri, c in enumerate(conds):
             w1 = witness(c, False)
             if w1 is None:
                 always.append(ri)
                 continue
+            self._witness_desc[ri] = [
+                (e[1], "anywhere", lit_text[e[2]], e[3]) if e[0] == "L" else
+                (e[1], "start" if e[2] == 1 else ("whole" if e[4] == W_START else "end"),
+                 e[3] if e[2] == 1 else e[3][::-1], e[5]) for e in w1[1]]
             m1 = place(ri, w1[1], 1)
             if m1 is None:
                 always.append(ri)
@@ -1135,7 +1082,7 @@ cdef class Matcher:
             r_f1[ri] = m1
             scan1 |= m1
             fb = None
-            if any(e[0] in lazy for e in w1[1]):
+            if any(e[1] in lazy for e in w1[1]):
                 w2 = witness(c, True)
                 if w2 is not None:
                     m2 = place(ri, w2[1], 2)
@@ -1145,8 +1092,8 @@ cdef class Matcher:
                         for w in range(MAX_WITNESS_FIELDS):
                             if m2 >> w & 1:
                                 f2_by.setdefault(w, []).append(ri)
-            if fb is None and any(e[0] in lazy for e in w1[1]):
-                no_fallback += 1
+                if fb is None:
+                    no_fallback += 1
             if fb is None:
                 # no fallback: when a field of the primary witness is pending, evaluate
                 for w in range(MAX_WITNESS_FIELDS):
@@ -1182,33 +1129,55 @@ cdef class Matcher:
             off.append(len(flat))
         self._f2_off = self._u32(off)
         self._f2 = self._u32(flat)
+        off, lr, lt = [0], [], []
+        for g in range(self._nlits):
+            for ri, tag in sorted(set(lw.get(g, ()))):
+                lr.append(ri)
+                lt.append(tag)
+            off.append(len(lr))
+        self._lw_off = self._u32(off)
+        self._lw_rule = self._u32(lr)
+        self._lw_tag = self._u8(lt)
 
-        keys = sorted(per_field)
+        # -- build the units
+        self._units = <Unit *>PyMem_Malloc(sizeof(Unit) * (self._nunits if self._nunits else 1))
+        if self._units == NULL:
+            raise MemoryError()
+        unit_stats = []
+        marks = set()
+        for g in lw:
+            for u in range(self._nunits):
+                if lit0[u] <= g < lit0[u] + len(unit_lits[u]):
+                    marks.add(u)
+                    break
+        for u in range(self._nunits):
+            unit_stats.append(self._build_unit(u, unit_key[u], lit0[u], unit_bytes[u],
+                                               1 if u in marks else 0, priors))
+        w_unit = []
+        for name in self._w_names:
+            u = unit_of.get((self._slot_of[name], 0), -1)
+            w_unit.append(u if u in marks else -1)
+        self._w_unit = self._i32(w_unit)
+
+        # -- the witness tries
+        keys = sorted(tries)
         self._nac = len(keys)
         self._ac = <Automaton *>PyMem_Malloc(sizeof(Automaton) * (self._nac if self._nac else 1))
         if self._ac == NULL:
             raise MemoryError()
         cdef Automaton *a
         total_states = 0
-        total_needles = 0
         aoff = [0] * (self._nw + 1)
         for ai, (w, mode) in enumerate(keys):
             aoff[w + 1] = ai + 1
-            table = per_field[(w, mode)]
+            table = tries[(w, mode)]
             needles = list(table)
-            n, ncls, cls, trans, out_off, out_ids, groups, seqlen = _build_automaton(needles, mode)
+            n, ncls, cls, trans, out_off, out_ids, groups, seqlen = _ix.build_automaton(needles, mode, False, True)
             a = &self._ac[ai]
             a.field = w
             a.mode = mode
             a.nstates = n
             a.ncls = ncls
-            for b in range(256):
-                a.cls[b] = cls[b]
-            a.trans16 = NULL
-            a.trans32 = NULL
-            a.q4bits = NULL
-            a.q2bits = NULL
-            a.q_ent = NULL
             eoff, er, ek, et = [0], [], [], []
             for members in groups:
                 ents = []
@@ -1224,30 +1193,10 @@ cdef class Matcher:
             a.en_kind = self._u8(ek)
             a.en_tag = self._u8(et)
             total_states += n
-            total_needles += len(needles)
-            if mode == 0 and n * ncls * 2 > Q_MIN_TABLE and not any(k & W_START for k in ek):
-                self._build_qgram(a, needles, groups)
-                continue
-            # Stored column-major (class-major): the next state is
-            # trans[col[byte] + s], so the state chain of a scan costs one add and
-            # one load per byte (no multiply), and the breadth-first numbering keeps
-            # the shallow states of every class in a few cache lines.
-            for b in range(256):
-                a.col[b] = cls[b] * n
-            trans = [trans[st_ * ncls + c] for c in range(ncls) for st_ in range(n)]
-            # the top bit of a next-state id flags "this state has outputs"
-            if n < 32768:
-                trans = [t | 0x8000 if out_off[t + 1] != out_off[t] else t for t in trans]
-                ta = _pyarray.array("H", trans)
-                self._arrays.append(ta)
-                a.trans16 = <uint16_t *>(<array.array>ta).data.as_ushorts
-            else:
-                trans = [t | 0x80000000 if out_off[t + 1] != out_off[t] else t for t in trans]
-                a.trans32 = self._u32(trans)
+            self._dense(cls, n, ncls, trans, out_off, a.col, &a.trans16, &a.trans32)
             a.out_off = self._u32(out_off)
             a.out_ids = self._u32(out_ids)
-            a.nd_len = self._u32(seqlen)
-        for w in range(self._nw):   # fields without automata keep an empty range
+        for w in range(self._nw):   # fields without tries keep an empty range
             if aoff[w + 1] < aoff[w]:
                 aoff[w + 1] = aoff[w]
         self._w_aoff = self._u32(aoff)
@@ -1261,69 +1210,115 @@ cdef class Matcher:
             "always_evaluated_rules": len(always),
             "rules_without_lazy_fallback": no_fallback,
             "witness_fields": list(self._w_names),
-            "witness_literals": total_needles,
-            "automaton_states": total_states,
+            "literals": self._nlits,
+            "witness_literals": len(lw),
+            "units": unit_stats,
+            "trie_states": total_states,
             "index_bytes": sum(x.buffer_info()[1] * x.itemsize for x in self._arrays),
         }
 
-    cdef int _build_qgram(self, Automaton *a, list needles, list groups) except -1:
-        """Turn a large "anywhere" automaton into an anchor filter (mode 3).
+    cdef int _dense(self, list cls, Py_ssize_t n, Py_ssize_t ncls, list trans, list out_off,
+                    uint32_t *col, uint16_t **t16, uint32_t **t32) except -1:
+        """Store a transition table class-major (the next state is trans[col[byte] + s]:
+        one add and one load per byte), the top bit of a state id flagging outputs."""
+        cdef Py_ssize_t b
+        for b in range(256):
+            col[b] = cls[b] * n
+        trans = [trans[s * ncls + c] for c in range(ncls) for s in range(n)]
+        t16[0] = NULL
+        t32[0] = NULL
+        if n < 32768:
+            t16[0] = self._u16([t | 0x8000 if out_off[t + 1] != out_off[t] else t for t in trans])
+        else:
+            t32[0] = self._u32([t | 0x80000000 if out_off[t + 1] != out_off[t] else t for t in trans])
+        return 0
 
-        A big Aho-Corasick table does not stay in cache, and its walk is a chain of
-        dependent loads.  Instead each needle (at most TRUNC_ANY bytes) gets an
-        anchor: its rarest 4-byte gram (or 2-byte gram for 2-3 byte needles, the
-        byte itself for 1-byte needles).  The scan tests every position's grams in
-        small bitmaps (independent loads) and verifies the needles of the bucket.
-        Every occurrence of a needle contains its anchor, so none is missed.
-        """
+    def _build_unit(self, int u, tuple key, int lit0, list needles, int marks, priors):
+        """The automaton of one literal unit: exact Aho-Corasick when its table is small,
+        else an anchor filter."""
+        cdef Unit *un = &self._units[u]
+        un.slot = key[0]
+        un.cased = key[1]
+        un.lit0 = lit0
+        un.nlit = len(needles)
+        un.marks = marks
+        un.trans16 = NULL
+        un.trans32 = NULL
+        un.q8bits = NULL
+        un.q4bits = NULL
+        un.q2bits = NULL
+        un.q_ent = NULL
+        nbytes = sum(len(x) for x in needles)
+        distinct = len({b for nd in needles for b in nd})
+        if nbytes * (distinct + 1) * 2 <= AC_MAX_TABLE:
+            n, ncls, cls, trans, out_off, out_ids, groups, _seqlen = _ix.build_automaton(
+                needles, 0, True, not un.cased)
+            if n * ncls * (2 if n < 32768 else 4) <= AC_MAX_TABLE:
+                un.mode = 0
+                un.nstates = n
+                self._dense(cls, n, ncls, trans, out_off, un.col, &un.trans16, &un.trans32)
+                un.out_off = self._u32(out_off)
+                # output ids are needle groups; exact classes keep one needle per group
+                un.out_ids = self._u32([groups[g][0] for g in out_ids])
+                return {"field": self._names[un.slot] if un.slot >= 0 else None,
+                        "cased": bool(un.cased), "literals": len(needles),
+                        "mode": "aho-corasick", "states": n}
+        self._build_anchor_filter(un, needles, priors)
+        return {"field": self._names[un.slot] if un.slot >= 0 else None, "cased": bool(un.cased),
+                "literals": len(needles), "mode": "anchor filter"}
+
+    cdef int _build_anchor_filter(self, Unit *un, list needles, priors) except -1:
+        """Anchor filter (mode 3): each needle is anchored at one of its grams (1 byte:
+        memchr; 2-3 bytes: a 2-gram; 4-7: a hashed 4-gram; 8+: a hashed 8-gram, see
+        index.anchor_plan); the scan tests each text position's grams in small bitmaps
+        and verifies the needles of the bucket.  Every occurrence contains its anchor,
+        so none is missed."""
         cdef bytes nd
-        cdef Py_ssize_t L, k, best_k
-        gid_of = {}
-        for gid, members in enumerate(groups):
-            for nid in members:
-                gid_of[nid] = gid
-        e1, e2, e4 = [], [], []
-        n4 = sum(1 for x in needles if len(x) >= 4)
-        qb = 10
-        while qb < 16 and (1 << qb) < 16 * n4:
-            qb += 1
-        shift = 32 - qb
-        for nid, nd in enumerate(needles):
-            L = len(nd)
-            gid = gid_of[nid]
-            if L == 1:
-                e1.append((0, nd, 0, gid))
-            elif L <= 3:
-                best_k = min(range(L - 1), key=lambda j: (_byte_p(nd[j]) * _byte_p(nd[j + 1]), j))
-                e2.append((nd[best_k] | (nd[best_k + 1] << 8), nd, best_k, gid))
+        cdef Py_ssize_t k
+        plan = _ix.anchor_plan(needles, priors)
+        e1, e2, e4, e8 = [], [], [], []
+        n4 = sum(1 for x in plan if x[1] == 4)
+        n8 = sum(1 for x in plan if x[1] == 8)
+
+        def bits_for(count):
+            qb = 10
+            while qb < 18 and (1 << qb) < 16 * count:
+                qb += 1
+            return qb
+
+        qb4 = bits_for(n4)
+        qb8 = bits_for(n8)
+        shift4 = 32 - qb4
+        shift8 = 64 - qb8
+        for j, nd in enumerate(needles):
+            k, alen = plan[j]
+            if alen == 1:
+                e1.append((0, nd, 0, j))
+            elif alen == 2:
+                e2.append((nd[k] | (nd[k + 1] << 8), nd, k, j))
+            elif alen == 4:
+                e4.append((mt_q_hash4(<const unsigned char *>nd + k, shift4), nd, k, j))
             else:
-                best_k = min(range(L - 3), key=lambda j: (_lit_p(nd[j:j + 4], 1.0), j))
-                e4.append((mt_q_hash4(<const unsigned char *>nd + best_k, shift), nd, best_k, gid))
+                e8.append((mt_q_hash8(<const unsigned char *>nd + k, shift8), nd, k, j))
         e2.sort(key=lambda e: e[0])
         e4.sort(key=lambda e: e[0])
+        e8.sort(key=lambda e: e[0])
         blob = bytearray()
-        noff, nlen, nk, ngid = [], [], [], []
         ent = []
-        for _key, nd, k, gid in e1 + e2 + e4:
-            noff.append(len(blob))
-            # packed entry for the scan: the anchor's 4 bytes (native byte order, as
-            # loaded from the text; 0 for shorter needles), offset, len | k << 16, group
-            anchor = int.from_bytes(nd[k:k + 4], _sys.byteorder) if len(nd) >= 4 else 0
-            ent.extend((anchor, len(blob), len(nd) | (k << 16), gid))
+        for _key, nd, k, j in e1 + e2 + e4 + e8:
+            # packed entry: the anchor's bytes (native byte order, as loaded from the text;
+            # 0 where the anchor is shorter), needle offset, len | k << 16, local literal id
+            w0 = int.from_bytes(nd[k:k + 4], _sys.byteorder) if len(nd) >= 4 else 0
+            w1 = int.from_bytes(nd[k + 4:k + 8], _sys.byteorder) if len(nd) >= 8 else 0
+            ent.extend((w0, w1, len(blob), len(nd) | (k << 16), j))
             blob.extend(nd)
-            nlen.append(len(nd))
-            nk.append(k)
-            ngid.append(gid)
-        a.q_ent = self._u32(ent)
+        un.q_ent = self._u32(ent)
         qbytes = _pyarray.array("B", bytes(blob) if blob else b"\0")
         self._arrays.append(qbytes)
-        a.q_bytes = <const unsigned char *>(<array.array>qbytes).data.as_uchars
-        a.q_noff = self._u32(noff)
-        a.q_len = self._u32(nlen)
-        a.q_k = self._u32(nk)
-        a.q_gid = self._u32(ngid)
-        a.q1e = len(e1)
-        a.qshift = shift
+        un.q_bytes = <const unsigned char *>(<array.array>qbytes).data.as_uchars
+        un.q1e = len(e1)
+        un.qshift4 = shift4
+        un.qshift8 = shift8
 
         def offsets(ents, base, nb):
             off = [0] * (nb + 1)
@@ -1336,17 +1331,25 @@ cdef class Matcher:
             return off
 
         def bits(ents, nb):
-            words = [0] * (nb // 64)
+            words = [0] * max(1, nb // 64)
             for key, *_rest in ents:
                 words[key >> 6] |= 1 << (key & 63)
             return words
 
-        a.q4off = self._u32(offsets(e4, len(e1) + len(e2), 1 << qb))
-        a.q4bits = self._u64(bits(e4, 1 << qb))
+        un.q2bits = un.q4bits = un.q8bits = NULL
+        base = len(e1)
         if e2:
-            a.q2off = self._u32(offsets(e2, len(e1), 65536))
-            a.q2bits = self._u64(bits(e2, 65536))
-        a.mode = 3
+            un.q2off = self._u32(offsets(e2, base, 65536))
+            un.q2bits = self._u64(bits(e2, 65536))
+        base += len(e2)
+        if e4:
+            un.q4off = self._u32(offsets(e4, base, 1 << qb4))
+            un.q4bits = self._u64(bits(e4, 1 << qb4))
+        base += len(e4)
+        if e8:
+            un.q8off = self._u32(offsets(e8, base, 1 << qb8))
+            un.q8bits = self._u64(bits(e8, 1 << qb8))
+        un.mode = 3
         return 0
 
     # ------------------------------------------------------------------ runtime
@@ -1405,8 +1408,8 @@ cdef class Matcher:
         return 1
 
     cdef inline int _scantext(self, _State st, int32_t slot, const unsigned char **h, Py_ssize_t *n) except -1:
-        """Text for the witness automata: the raw bytes when ASCII (the byte classes
-        fold ASCII case), else the folded UTF-8.  0 when the field is missing."""
+        """Text for the exact automata: the raw bytes when ASCII (their byte classes fold
+        ASCII case), else the folded UTF-8.  0 when the field is missing."""
         cdef object t
         if not self._field(st, slot, 1):
             return 0
@@ -1435,6 +1438,7 @@ cdef class Matcher:
         cdef Py_ssize_t n
         cdef const char *u
         cdef unsigned char *b
+        st.fsigma[slot] = 0
         if PyUnicode_IS_ASCII(t):
             n = PyUnicode_GET_LENGTH(t)
             u = <const char *>PyUnicode_DATA(t)
@@ -1451,38 +1455,68 @@ cdef class Matcher:
                 st.fptr[slot] = <const unsigned char *>u
             st.flen[slot] = n
         else:
-            t = t.lower()   # full Unicode folding, exactly as the reference
+            st.flen[slot] = _cfold(t, &st.buf[slot], &st.bufcap[slot], &st.fsigma[slot])
+            st.fptr[slot] = st.buf[slot]
+        st.lepoch[slot] = st.epoch
+        return 1
+
+    cdef int _pyfold(self, _State st, int32_t slot) except -1:
+        """``str.lower()`` of the field as UTF-8 (for predicates whose values hold a sigma)."""
+        cdef object t = <object>st.ftext[slot]
+        if st.pepoch[slot] == st.epoch:
+            return 0
+        if PyUnicode_IS_ASCII(t):
+            self._field(st, slot, 0)
+            st.pptr[slot] = st.fptr[slot]
+            st.plen[slot] = st.flen[slot]
+        else:
+            t = t.lower()
             Py_XINCREF(<PyObject *>t)
             Py_XDECREF(st.flow[slot])
             st.flow[slot] = <PyObject *>t
-            _utf8(st, t, &st.fptr[slot], &st.flen[slot])
-        st.lepoch[slot] = st.epoch
-        return 1
+            _utf8(st, t, &st.pptr[slot], &st.plen[slot])
+        st.pepoch[slot] = st.epoch
+        return 0
 
     cdef int _pred(self, _State st, uint32_t p) except -1:
         cdef uint32_t m = st.memo[p]
         cdef uint32_t ep = st.epoch
         cdef int r
-        if (m >> 1) == ep:
-            return m & 1
+        if (m >> 2) == ep:
+            return m & 3
         r = self._pred_eval(st, p)
-        st.memo[p] = (ep << 1) | <uint32_t>r
+        st.memo[p] = (ep << 2) | <uint32_t>r
         return r
+
+    cdef inline int _any_found(self, _State st, uint32_t v, uint32_t vend) noexcept:
+        cdef uint32_t ep = st.epoch
+        while v < vend:
+            if st.lit_epoch[self._v_lit[v]] == ep:
+                return 1
+            v += 1
+        return 0
 
     cdef int _pred_eval(self, _State st, uint32_t p) except -1:
         cdef uint8_t kind = self._p_kind[p]
         cdef int32_t slot = self._p_slot[p]
+        cdef int32_t u = self._p_unit[p]
         cdef uint32_t v = self._p_voff[p]
         cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef uint32_t ep = st.epoch, t0, tend
         cdef const unsigned char *h
         cdef const unsigned char *nd
-        cdef const uint64_t *bm
-        cdef const uint64_t *qm
         cdef Py_ssize_t hn
         cdef uint32_t nn
-        cdef int present
+        cdef int present, r
         if kind == K_PY:
-            return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+            try:
+                return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+            except BudgetExceeded:
+                return 2
+        if kind == K_KW:
+            if st.uepoch[u] != ep:
+                self._run_unit(st, u, 0, 0)
+            return self._any_found(st, v, vend)
         present = self._field(st, slot, self._p_cased[p] or kind == K_RE)
         if kind == K_EXISTS:
             return present
@@ -1490,72 +1524,25 @@ cdef class Matcher:
             return 1 - present
         if not present:
             return 0
+        if kind == K_FREF:
+            return self._pred_fieldref(st, p)
+        if self._p_pyf[p]:
+            return self._pred_sigma(st, p)
         if kind == K_RE:
-            # exact pre-check: literals (and repeated bytes) every match contains
-            self._field(st, slot, 0)
-            h = st.fptr[slot]
-            hn = st.flen[slot]
-            t = <object>st.ftext[slot]
-            for rx, lits, counts, chain in <tuple>self._regexes[p]:
-                ok = True
-                for lit in <tuple>lits:
-                    if not mt_contains(h, hn, <const unsigned char *>(<bytes>lit), len(<bytes>lit),
-                                       mt_rare_offset(<const unsigned char *>(<bytes>lit), len(<bytes>lit))):
-                        ok = False
-                        break
-                if ok:
-                    for c, k in <tuple>counts:
-                        if mt_count(h, hn, <unsigned char>c, k) < <size_t>k:
-                            ok = False
-                            break
-                if not ok:
-                    continue
-                if chain is not None:
-                    self._field(st, slot, 1)
-                    ch = <_Chain>chain
-                    if mt_chain(st.rptr[slot], st.rlen[slot], ch.ptrs, ch.lens, ch.rare, ch.k, ch.dotall):
-                        return 1
-                elif rx.search(t) is not None:
-                    return 1
-            return 0
+            return self._pred_re(st, p)
+        if kind == K_CONTAINS:
+            if self._p_empty[p]:
+                return 1
+            if st.uepoch[u] != ep:
+                self._run_unit(st, u, 0, 0)
+            return self._any_found(st, v, vend)
         if self._p_cased[p]:
             h = st.rptr[slot]
             hn = st.rlen[slot]
         else:
+            self._field(st, slot, 0)
             h = st.fptr[slot]
             hn = st.flen[slot]
-        bm = NULL
-        qm = NULL
-        if (kind == K_CONTAINS or kind == K_GLOB) and not self._p_cased[p] and hn >= 32:
-            # Filter the needles by bigram presence (a long text has most bigrams:
-            # by hashed 4-grams instead).  The bitmap is built for a predicate with
-            # several values; once built, every predicate on the field uses it.
-            if hn >= Q4_MIN_TEXT:
-                if st.q4epoch[slot] == st.epoch:
-                    qm = st.q4 + <Py_ssize_t>slot * MT_Q4_WORDS
-                elif vend - v >= 2:
-                    qm = st.q4 + <Py_ssize_t>slot * MT_Q4_WORDS
-                    mt_quads(qm, h, hn)
-                    st.q4epoch[slot] = st.epoch
-            elif st.bgepoch[slot] == st.epoch:
-                bm = st.bg + <Py_ssize_t>slot * MT_BG_WORDS
-            elif vend - v >= 2:
-                bm = st.bg + <Py_ssize_t>slot * MT_BG_WORDS
-                mt_bigrams(bm, h, hn)
-                st.bgepoch[slot] = st.epoch
-        if kind == K_CONTAINS:
-            while v < vend:
-                nn = self._v_len[v]
-                if qm != NULL and not (mt_q4_has(qm, self._v_q1[v]) and mt_q4_has(qm, self._v_q2[v])):
-                    v += 1
-                    continue
-                if bm != NULL and not (mt_bg_has(bm, self._v_bg1[v]) and mt_bg_has(bm, self._v_bg2[v])):
-                    v += 1
-                    continue
-                if mt_contains(h, hn, self._bytes + self._v_off[v], nn, self._v_rare[v]):
-                    return 1
-                v += 1
-            return 0
         if kind == K_EQ:
             while v < vend:
                 nn = self._v_len[v]
@@ -1580,25 +1567,182 @@ cdef class Matcher:
                     return 1
                 v += 1
             return 0
-        # K_GLOB: the longest literal must occur before the wildcard walk
+        # K_GLOB: its literal tokens must all occur before the (linear) wildcard walk
+        if u >= 0 and st.uepoch[u] != ep:
+            self._run_unit(st, u, 0, 0)
         while v < vend:
-            nn = self._v_len[v]
-            if qm != NULL and not (mt_q4_has(qm, self._v_q1[v]) and mt_q4_has(qm, self._v_q2[v])):
-                v += 1
-                continue
-            if bm != NULL and not (mt_bg_has(bm, self._v_bg1[v]) and mt_bg_has(bm, self._v_bg2[v])):
-                v += 1
-                continue
-            if mt_contains(h, hn, self._bytes + self._v_off[v], nn, self._v_rare[v]) and \
-                    mt_glob(self._globs + self._v_goff[v], self._v_glen[v], h, hn):
-                return 1
+            t0 = self._v_toff[v]
+            tend = t0 + self._v_tcnt[v]
+            while t0 < tend and st.lit_epoch[self._tok[t0]] == ep:
+                t0 += 1
+            if t0 == tend:
+                r = mt_glob2(self._globs + self._v_goff[v], h, hn)
+                if r < 0:
+                    raise MemoryError()
+                if r:
+                    return 1
             v += 1
         return 0
 
+    cdef int _pred_fieldref(self, _State st, uint32_t p) except -1:
+        """The field (folded) against each other field named (folded), in order."""
+        cdef int32_t slot = self._p_slot[p], os
+        cdef uint32_t v = self._p_voff[p]
+        cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef uint8_t mode = self._p_fmode[p]
+        cdef const unsigned char *h
+        cdef const unsigned char *o
+        cdef Py_ssize_t hn, on
+        self._field(st, slot, 0)
+        if st.fsigma[slot]:
+            return self._py_test(st, p)
+        while v < vend:
+            os = <int32_t>self._v_lit[v]
+            v += 1
+            if not self._field(st, os, 0):
+                continue
+            if st.fsigma[os]:
+                return self._py_test(st, p)
+            h = st.fptr[slot]
+            hn = st.flen[slot]
+            o = st.fptr[os]
+            on = st.flen[os]
+            if mode == 0:
+                if hn == on and mt_eq_fwd(h, o, hn):
+                    return 1
+            elif mode == 2:
+                if on <= hn and mt_eq_fwd(h, o, on):
+                    return 1
+            elif mode == 3:
+                if on <= hn and mt_eq_bwd(h + hn - on, o, on):
+                    return 1
+            elif on <= hn:
+                # a needle as long as the text: Python's bytes search (linear for long
+                # needles), not a memchr walk
+                if on == 0 or (<const char *>o)[:on] in (<const char *>h)[:hn]:
+                    return 1
+        return 0
+
+    cdef int _py_test(self, _State st, uint32_t p) except -1:
+        try:
+            return 1 if (<object>self._tests[p]).evaluate(st.event) else 0
+        except BudgetExceeded:
+            return 2
+
+    cdef int _pred_sigma(self, _State st, uint32_t p) except -1:
+        """A predicate whose values hold a sigma, on ``str.lower()`` of the field."""
+        cdef uint8_t kind = self._p_kind[p]
+        cdef int32_t slot = self._p_slot[p]
+        cdef uint32_t v = self._p_voff[p]
+        cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef const unsigned char *h
+        cdef const unsigned char *nd
+        cdef Py_ssize_t hn
+        cdef uint32_t nn
+        cdef int r
+        self._pyfold(st, slot)
+        h = st.pptr[slot]
+        hn = st.plen[slot]
+        while v < vend:
+            nn = self._v_len[v]
+            nd = self._bytes + self._v_off[v]
+            if kind == K_CONTAINS:
+                if mt_contains(h, hn, nd, nn, self._v_rare[v]):
+                    return 1
+            elif kind == K_EQ:
+                if nn == hn and mt_eq_fwd(h, nd, nn):
+                    return 1
+            elif kind == K_STARTS:
+                if nn <= hn and mt_eq_fwd(h, nd, nn):
+                    return 1
+            elif kind == K_ENDS:
+                if nn <= hn and mt_eq_bwd(h + hn - nn, nd, nn):
+                    return 1
+            else:
+                r = mt_glob2(self._globs + self._v_goff[v], h, hn)
+                if r < 0:
+                    raise MemoryError()
+                if r:
+                    return 1
+            v += 1
+        return 0
+
+    cdef int _prefilter(self, _State st, int32_t slot, object f) except -1:
+        """Evaluate a regex prefilter (index.regex_prefilter, literals as ids)."""
+        cdef str k = f[0]
+        cdef uint32_t ep = st.epoch
+        if k == "lit":
+            return st.lit_epoch[<uint32_t>f[1]] == ep
+        if k == "and":
+            for x in <tuple>f[1]:
+                if not self._prefilter(st, slot, x):
+                    return 0
+            return 1
+        if k == "or":
+            for x in <tuple>f[1]:
+                if self._prefilter(st, slot, x):
+                    return 1
+            return 0
+        if k == "run":
+            return mt_has_run(st.rptr[slot], st.rlen[slot],
+                              <const unsigned char *>(<bytes>f[1]), <size_t>f[2])
+        return 1
+
+    cdef int _pred_re(self, _State st, uint32_t p) except -1:
+        cdef int32_t slot = self._p_slot[p]
+        cdef int32_t u = self._p_unit[p]
+        cdef uint32_t ep = st.epoch
+        cdef const unsigned char *h
+        cdef Py_ssize_t hn, tlen
+        cdef int r
+        cdef bint undecided = False
+        t = <object>st.ftext[slot]
+        tlen = PyUnicode_GET_LENGTH(t)
+        for rx, min_len, cond, counts, chain in <tuple>self._regexes[p]:
+            if (<_Rx>rx).match is None:
+                # the budgeted engine runs as in the reference, with no pre-check, so
+                # both engines agree on when it is undecided
+                r = (<_Rx>rx).search(t, NULL, 0)
+                if r == 1:
+                    return 1
+                if r == 2:
+                    undecided = True
+                continue
+            # exact pre-check: what every match needs (length, literals, runs, repeats)
+            if tlen < <Py_ssize_t>min_len:
+                continue
+            if cond[0] != "any":
+                if u >= 0 and st.uepoch[u] != ep:
+                    self._run_unit(st, u, 0, 0)
+                if not self._prefilter(st, slot, cond):
+                    continue
+            if counts:
+                self._field(st, slot, 0)
+                h = st.fptr[slot]
+                hn = st.flen[slot]
+                ok = True
+                for c, k in <tuple>counts:
+                    if mt_count(h, hn, <unsigned char>c, k) < <size_t>k:
+                        ok = False
+                        break
+                if not ok:
+                    continue
+            if chain is not None:
+                ch = <_Chain>chain
+                if mt_chain(st.rptr[slot], st.rlen[slot], ch.ptrs, ch.lens, ch.rare, ch.k, ch.dotall):
+                    return 1
+                continue
+            r = (<_Rx>rx).search(t, st.rptr[slot] if PyUnicode_IS_ASCII(t) else NULL, st.rlen[slot])
+            if r == 1:
+                return 1
+        return 2 if undecided else 0
+
     cdef int _eval(self, _State st, uint32_t node) except -1:
+        """1 true, 0 false, 2 undecided (three-valued: the order of operands never
+        changes the result; see sensor.detect._matcher_py)."""
         cdef uint8_t k = self._n_kind[node]
         cdef uint32_t c, cend
-        cdef int r
+        cdef int r, out
         if k == N_PRED:
             return self._pred(st, <uint32_t>self._n_arg[node])
         if k == N_CONST:
@@ -1606,64 +1750,230 @@ cdef class Matcher:
         c = self._n_coff[node]
         if k == N_NOT:
             r = self._eval(st, self._children[c])
-            return 1 - r
+            return 2 if r == 2 else 1 - r
         cend = c + self._n_ccnt[node]
         if k == N_AND:
+            out = 1
             while c < cend:
-                if not self._eval(st, self._children[c]):
+                r = self._eval(st, self._children[c])
+                if r == 0:
                     return 0
+                if r == 2:
+                    out = 2
                 c += 1
-            return 1
+            return out
+        out = 0
         while c < cend:   # N_OR
-            if self._eval(st, self._children[c]):
+            r = self._eval(st, self._children[c])
+            if r == 1:
                 return 1
+            if r == 2:
+                out = 2
             c += 1
+        return out
+
+    # ------------------------------------------------------------------ literal units
+    cdef inline void _found(self, _State st, uint32_t g, bint mark, uint64_t pmask) noexcept:
+        """Literal ``g`` occurs: note it, and (during selection) mark the rules it
+        is a witness of."""
+        cdef uint32_t e, eend, r
+        if st.lit_epoch[g] == st.epoch:
+            return
+        st.lit_epoch[g] = st.epoch
+        if mark:
+            e = self._lw_off[g]
+            eend = self._lw_off[g + 1]
+            while e < eend:
+                r = self._lw_rule[e]
+                if self._lw_tag[e] == 1 or (pmask & self._r_f1[r]):
+                    st.cand[r >> 6] |= (<uint64_t>1) << (r & 63)
+                e += 1
+
+    cdef int _run_unit(self, _State st, int32_t u, bint mark, uint64_t pmask) except -1:
+        """Find every literal of unit ``u`` in its field (once per event)."""
+        cdef Unit *un = &self._units[u]
+        cdef const unsigned char *h
+        cdef Py_ssize_t n
+        st.uepoch[u] = st.epoch
+        if un.slot < 0:
+            return self._run_keywords(st, un)
+        if un.cased:
+            if not self._field(st, un.slot, 1):
+                return 0
+            h = st.rptr[un.slot]
+            n = st.rlen[un.slot]
+        elif un.mode == 0:
+            if not self._scantext(st, un.slot, &h, &n):
+                return 0
+        else:
+            if not self._field(st, un.slot, 0):
+                return 0
+            h = st.fptr[un.slot]
+            n = st.flen[un.slot]
+        self._scan_text(st, un, h, n, mark, pmask)
         return 0
 
-    cdef int _scan(self, _State st, Py_ssize_t w, uint64_t pmask) except -1:
-        """Run field ``w``'s automata; mark the rules whose witness literals occur."""
+    cdef int _run_keywords(self, _State st, Unit *un) except -1:
+        """Keyword searches: the unit over every stored value of the event (folded)."""
+        cdef object t, value, ev = st.event
+        cdef Py_ssize_t n, pos = 0
+        cdef PyObject *kp
+        cdef PyObject *vp
+        cdef const unsigned char *h
+        if not st.is_dict:
+            for value in list(ev.values()):
+                self._kw_value(st, un, value, -1)
+            return 0
+        while PyDict_Next(ev, &pos, &kp, &vp):
+            value = <object>vp
+            if value is None:
+                continue
+            if not PyUnicode_Check(value) and not self._kw_num:
+                tp = type(value)
+                if tp is int or tp is bool or tp is float:
+                    continue     # its text cannot hold any keyword literal
+            sl = self._slot_of.get(<object>kp, -1)
+            self._kw_value(st, un, value, sl)
+        return 0
+
+    cdef int _kw_value(self, _State st, Unit *un, object value, int32_t sl) except -1:
+        cdef object t
+        cdef Py_ssize_t n
+        cdef const unsigned char *h
+        if value is None:
+            return 0
+        if PyUnicode_Check(value):
+            t = value
+        elif value is True:
+            t = "true"
+        elif value is False:
+            t = "false"
+        else:
+            t = str(value)
+        if sl >= 0 and st.vepoch[sl] == st.epoch and not st.fnone[sl] \
+                and <PyObject *>t == st.ftext[sl] and st.lepoch[sl] == st.epoch:
+            h = st.fptr[sl]      # folded already for a predicate on this field
+            n = st.flen[sl]
+        elif PyUnicode_IS_ASCII(t) and un.mode == 0:
+            h = <const unsigned char *>PyUnicode_DATA(t)
+            n = PyUnicode_GET_LENGTH(t)
+        else:
+            n = _cfold(t, &st.kwbuf, &st.kwcap)
+            h = st.kwbuf
+        self._scan_text(st, un, h, n, 0, 0)
+        return 0
+
+    cdef int _scan_text(self, _State st, Unit *un, const unsigned char *h, Py_ssize_t n,
+                        bint mark, uint64_t pmask) except -1:
+        cdef Py_ssize_t i
+        cdef uint32_t s, o, oe
+        if un.mode == 3:
+            return self._scan_anchor(st, un, h, <size_t>n, mark, pmask)
+        s = 0
+        if un.trans16 != NULL:
+            i = 0
+            while i < n:
+                # the walk runs in its own tight C loop (the state stays in a register);
+                # it stops after a state with outputs
+                i = <Py_ssize_t>mt_ac_run16(un.trans16, un.col, h, <size_t>i, <size_t>n, &s)
+                if s & 0x8000:
+                    s &= 0x7FFF
+                    o = un.out_off[s]
+                    oe = un.out_off[s + 1]
+                    while o < oe:
+                        self._found(st, un.lit0 + un.out_ids[o], mark, pmask)
+                        o += 1
+        else:
+            for i in range(n):
+                s = un.trans32[un.col[h[i]] + s]
+                if s & 0x80000000:
+                    s &= 0x7FFFFFFF
+                    o = un.out_off[s]
+                    oe = un.out_off[s + 1]
+                    while o < oe:
+                        self._found(st, un.lit0 + un.out_ids[o], mark, pmask)
+                        o += 1
+        return 0
+
+    cdef int _scan_anchor(self, _State st, Unit *un, const unsigned char *h, size_t n,
+                          bint mark, uint64_t pmask) except -1:
+        """Anchor-filter scan (mode 3) over folded (or, cased, raw) text."""
+        cdef size_t i, e, eend
+        cdef unsigned g
+        cdef uint32_t x, lid, ep = st.epoch
+        cdef const uint32_t *ent
+        for e in range(un.q1e):
+            ent = un.q_ent + 5 * e
+            if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
+                self._found(st, un.lit0 + ent[4], mark, pmask)
+        i = 0
+        while True:
+            i = mt_af_next(un.q8bits, un.qshift8, un.q4bits, un.qshift4, un.q2bits, h, i, n)
+            if i >= n:
+                break
+            if un.q8bits != NULL and i + 8 <= n:
+                g = mt_q_hash8(h + i, un.qshift8)
+                if mt_bit(un.q8bits, g):
+                    # the anchor's 8 bytes, kept in the packed entry, reject hash
+                    # collisions without touching the needle bytes
+                    x = mt_load32(h + i)
+                    eend = un.q8off[g + 1]
+                    for e in range(un.q8off[g], eend):
+                        ent = un.q_ent + 5 * e
+                        if ent[0] == x and ent[1] == mt_load32(h + i + 4):
+                            lid = un.lit0 + ent[4]
+                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
+                                self._found(st, lid, mark, pmask)
+            if un.q4bits != NULL and i + 4 <= n:
+                g = mt_q_hash4(h + i, un.qshift4)
+                if mt_bit(un.q4bits, g):
+                    x = mt_load32(h + i)
+                    eend = un.q4off[g + 1]
+                    for e in range(un.q4off[g], eend):
+                        ent = un.q_ent + 5 * e
+                        if ent[0] == x:
+                            lid = un.lit0 + ent[4]
+                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
+                                self._found(st, lid, mark, pmask)
+            if un.q2bits != NULL and i + 2 <= n:
+                g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
+                if mt_bit(un.q2bits, g):
+                    eend = un.q2off[g + 1]
+                    for e in range(un.q2off[g], eend):
+                        ent = un.q_ent + 5 * e
+                        lid = un.lit0 + ent[4]
+                        if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
+                            self._found(st, lid, mark, pmask)
+            i += 1
+        return 0
+
+    # ------------------------------------------------------------------ selection
+    cdef int _scan_tries(self, _State st, Py_ssize_t w, uint64_t pmask) except -1:
+        """Walk field ``w``'s prefix and suffix tries; mark the rules whose literals match."""
         cdef int32_t slot = self._w_slot[w]
         cdef Automaton *a
         cdef const unsigned char *h
         cdef Py_ssize_t n, i
-        cdef uint32_t ai, s, ncls
+        cdef uint32_t ai, s
+        if self._w_aoff[w] == self._w_aoff[w + 1]:
+            return 0
         if not self._scantext(st, slot, &h, &n):
             return 0
         for ai in range(self._w_aoff[w], self._w_aoff[w + 1]):
             a = &self._ac[ai]
-            ncls = a.ncls
-            if a.mode == 0:
-                s = 0
-                if a.trans16 != NULL:
-                    i = 0
-                    while i < n:
-                        # the walk runs in its own tight C loop (the state stays in a
-                        # register); it stops after a state with outputs
-                        i = <Py_ssize_t>mt_ac_run16(a.trans16, a.col, h, <size_t>i, <size_t>n, &s)
-                        if s & 0x8000:
-                            s &= 0x7FFF
-                            _hits(a, st.cand, s, 0, i, pmask, self._r_f1)
-                else:
-                    for i in range(n):
-                        s = a.trans32[a.col[h[i]] + s]
-                        if s & 0x80000000:
-                            s &= 0x7FFFFFFF
-                            _hits(a, st.cand, s, 0, i + 1, pmask, self._r_f1)
-            elif a.mode == 3:
-                self._scan_q(st, a, slot, pmask)
-            elif a.mode == 1:
+            if a.mode == 1:
                 s = 1
                 for i in range(n):
                     if a.trans16 != NULL:
                         s = a.trans16[a.col[h[i]] + s]
                         if s & 0x8000:
                             s &= 0x7FFF
-                            _hits(a, st.cand, s, 0, 0, pmask, self._r_f1)
+                            _hits(a, st.cand, s, 0, pmask, self._r_f1)
                     else:
                         s = a.trans32[a.col[h[i]] + s]
                         if s & 0x80000000:
                             s &= 0x7FFFFFFF
-                            _hits(a, st.cand, s, 0, 0, pmask, self._r_f1)
+                            _hits(a, st.cand, s, 0, pmask, self._r_f1)
                     if s == 0:
                         break
             else:
@@ -1674,54 +1984,15 @@ cdef class Matcher:
                         s = a.trans16[a.col[h[i]] + s]
                         if s & 0x8000:
                             s &= 0x7FFF
-                            _hits(a, st.cand, s, (1 if i == 0 else 0), 0, pmask, self._r_f1)
+                            _hits(a, st.cand, s, (1 if i == 0 else 0), pmask, self._r_f1)
                     else:
                         s = a.trans32[a.col[h[i]] + s]
                         if s & 0x80000000:
                             s &= 0x7FFFFFFF
-                            _hits(a, st.cand, s, (1 if i == 0 else 0), 0, pmask, self._r_f1)
+                            _hits(a, st.cand, s, (1 if i == 0 else 0), pmask, self._r_f1)
                     if s == 0:
                         break
                     i -= 1
-        return 0
-
-    cdef int _scan_q(self, _State st, Automaton *a, int32_t slot, uint64_t pmask) except -1:
-        """Anchor-filter scan (mode 3) over the folded text."""
-        cdef const unsigned char *h
-        cdef size_t n, i, e, eend
-        cdef unsigned g
-        cdef uint32_t x
-        cdef const uint32_t *ent
-        self._field(st, slot, 0)
-        h = st.fptr[slot]
-        n = <size_t>st.flen[slot]
-        for e in range(a.q1e):
-            if memchr(h, a.q_bytes[a.q_noff[e]], n) != NULL:
-                _qmark(a, st.cand, a.q_gid[e], pmask, self._r_f1)
-        i = 0
-        while True:
-            i = mt_q_next(a.q4bits, a.qshift, a.q2bits, h, i, n)
-            if i >= n:
-                break
-            if a.q2bits != NULL:
-                g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
-                if (a.q2bits[g >> 6] >> (g & 63)) & 1:
-                    eend = a.q2off[g + 1]
-                    for e in range(a.q2off[g], eend):
-                        if mt_q_verify(h, n, i, a.q_bytes + a.q_noff[e], a.q_len[e], a.q_k[e]):
-                            _qmark(a, st.cand, a.q_gid[e], pmask, self._r_f1)
-            if i + 4 <= n:
-                g = mt_q_hash4(h + i, a.qshift)
-                if (a.q4bits[g >> 6] >> (g & 63)) & 1:
-                    # the anchor's 4 bytes, kept in the packed entry, reject hash
-                    # collisions without touching the needle bytes
-                    x = mt_load32(h + i)
-                    eend = a.q4off[g + 1]
-                    for e in range(a.q4off[g], eend):
-                        ent = a.q_ent + 4 * e
-                        if ent[0] == x and mt_q_verify(h, n, i, a.q_bytes + ent[1], ent[2] & 0xFFFF, ent[2] >> 16):
-                            _qmark(a, st.cand, ent[3], pmask, self._r_f1)
-            i += 1
         return 0
 
     cdef int _select(self, _State st) except -1:
@@ -1729,6 +2000,7 @@ cdef class Matcher:
         cdef uint64_t *cand = st.cand
         cdef uint64_t pmask = 0, scan
         cdef Py_ssize_t i, w
+        cdef int32_t u
         cdef uint32_t r, j
         cdef object pending, ev = st.event
         memset(cand, 0, sizeof(uint64_t) * self._nwords)
@@ -1747,7 +2019,10 @@ cdef class Matcher:
         while scan:
             w = mt_ctz64(scan)
             scan &= scan - 1
-            self._scan(st, w, pmask)
+            self._scan_tries(st, w, pmask)
+            u = self._w_unit[w]
+            if u >= 0 and st.uepoch[u] != st.epoch:
+                self._run_unit(st, u, 1, pmask)
         if pmask:
             scan = pmask
             while scan:
@@ -1762,6 +2037,12 @@ cdef class Matcher:
                         cand[r >> 6] |= (<uint64_t>1) << (r & 63)
         return 0
 
+    cdef inline void _begin(self, _State st, object event):
+        tp = type(event)
+        st.is_pe = tp is ProcessEvent
+        st.is_dict = st.is_pe or tp is dict
+        st.event = event
+
     cpdef list match(self, event):
         """Indices of the rules whose condition holds for ``event``, ascending."""
         cdef _State st = self._state
@@ -1769,18 +2050,16 @@ cdef class Matcher:
         cdef Py_ssize_t wd
         cdef uint64_t bits
         cdef uint32_t r
+        cdef int res
         cdef const uint32_t *roots
         if st.busy:   # re-entered from a resolver, or another thread: private scratch
-            st = _State(self._nfields, self._npreds, self._nwords)
+            st = self._new_state()
         st.busy = True
         st.epoch += 1
-        if st.epoch >= 0x7FFFFFFF:
+        if st.epoch >= 0x3FFFFFFF:
             st._reset()
             st.epoch = 1
-        tp = type(event)
-        st.is_pe = tp is ProcessEvent
-        st.is_dict = st.is_pe or tp is dict
-        st.event = event
+        self._begin(st, event)
         try:
             roots = self._root_nl
             if not (st.is_dict and not st.is_pe) and _pending_of(event, st.is_pe):
@@ -1791,8 +2070,11 @@ cdef class Matcher:
                 while bits:
                     r = <uint32_t>(wd * 64 + mt_ctz64(bits))
                     bits &= bits - 1
-                    if self._eval(st, roots[r]):
+                    res = self._eval(st, roots[r])
+                    if res == 1:
                         out.append(r)
+                    elif res == 2:
+                        self._undecided[r] += 1
             return out
         finally:
             st._release()
@@ -1800,15 +2082,12 @@ cdef class Matcher:
 
     def candidates(self, event):
         """Indices of the rules the index lets through for ``event`` (a superset of ``match``)."""
-        cdef _State st = _State(self._nfields, self._npreds, self._nwords)
+        cdef _State st = self._new_state()
         cdef list out = []
         cdef Py_ssize_t wd
         cdef uint64_t bits
         st.epoch = 1
-        tp = type(event)
-        st.is_pe = tp is ProcessEvent
-        st.is_dict = st.is_pe or tp is dict
-        st.event = event
+        self._begin(st, event)
         try:
             self._select(st)
             for wd in range(self._nwords):
@@ -1820,33 +2099,74 @@ cdef class Matcher:
         finally:
             st._release()
 
+    def time_phases(self, events, int passes=3):
+        """(selection ns/event, whole match ns/event, mean candidates): the best of
+        ``passes`` passes over ``events`` (for the benchmarks)."""
+        import time
+        cdef _State st = self._state
+        cdef Py_ssize_t wd, ncand = 0
+        cdef uint64_t bits
+        best_s = best_m = None
+        evs = list(events)
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            for ev in evs:
+                st.epoch += 1
+                if st.epoch >= 0x3FFFFFFF:
+                    st._reset()
+                    st.epoch = 1
+                self._begin(st, ev)
+                self._select(st)
+                st._release()
+            dt = time.perf_counter() - t0
+            best_s = dt if best_s is None else min(best_s, dt)
+            t0 = time.perf_counter()
+            for ev in evs:
+                self.match(ev)
+            dt = time.perf_counter() - t0
+            best_m = dt if best_m is None else min(best_m, dt)
+        for ev in evs:
+            ncand += len(self.candidates(ev))
+        n = max(1, len(evs))
+        return best_s / n * 1e9, best_m / n * 1e9, ncand / n
+
+    def witness(self, int rule):
+        """The literals one of which must occur for rule ``rule`` to be evaluated:
+        ``[(field, position, literal bytes, estimated probability)]``; None when the rule
+        is evaluated for every event."""
+        return self._witness_desc[rule]
+
     def match_rules(self, event):
         """The matching rules themselves."""
         return [self.rules[i] for i in self.match(event)]
 
     @property
+    def undecided(self):
+        """Per rule index: events on which the rule was undecided (a regex ran out of its
+        step budget), since the matcher was built."""
+        return {i: self._undecided[i] for i in range(self._nrules) if self._undecided[i]}
+
+    def regex_engines(self):
+        """Per rule index with a regex: ``(pattern, engine, reason)`` for each."""
+        return regex_engines(self.rules)
+
+    @property
     def stats(self):
         """Engine name, rule and predicate counts, and index statistics."""
-        return dict(self._stats)
+        out = dict(self._stats)
+        out["undecided_events"] = sum(self._undecided[i] for i in range(self._nrules))
+        return out
 
 
-cdef inline void _hits(Automaton *a, uint64_t *cand, uint32_t s, int edge, Py_ssize_t endpos,
+cdef inline void _hits(Automaton *a, uint64_t *cand, uint32_t s, int edge,
                       uint64_t pmask, const uint64_t *r_f1) noexcept:
-    """Mark the rules named by the outputs of state ``s``.
-
-    An entry of kind W_START needs its literal to touch the value's start: for the
-    Aho-Corasick mode that is ``endpos == len``, for the suffix trie ``edge``.
-    """
+    """Mark the rules named by the outputs of trie state ``s``.  An entry with W_START
+    (a whole-value literal walked from the end) also needs the walk to have reached the
+    value's first byte (``edge``); the prefix trie always starts there."""
     cdef uint32_t o = a.out_off[s], oe = a.out_off[s + 1], nid, e, eend, r
-    cdef int at_start
+    cdef int at_start = 1 if a.mode == 1 else edge
     while o < oe:
         nid = a.out_ids[o]
-        if a.mode == 0:
-            at_start = <Py_ssize_t>a.nd_len[nid] == endpos
-        elif a.mode == 2:
-            at_start = edge
-        else:
-            at_start = 1
         e = a.nd_eoff[nid]
         eend = a.nd_eoff[nid + 1]
         while e < eend:
@@ -1856,17 +2176,6 @@ cdef inline void _hits(Automaton *a, uint64_t *cand, uint32_t s, int edge, Py_ss
                     cand[r >> 6] |= (<uint64_t>1) << (r & 63)
             e += 1
         o += 1
-
-
-cdef inline void _qmark(Automaton *a, uint64_t *cand, uint32_t gid, uint64_t pmask,
-                        const uint64_t *r_f1) noexcept:
-    """Mark the rules of needle group ``gid`` (mode 3: every entry is W_ANY)."""
-    cdef uint32_t e = a.nd_eoff[gid], eend = a.nd_eoff[gid + 1], r
-    while e < eend:
-        r = a.en_rule[e]
-        if a.en_tag[e] == 1 or (pmask & r_f1[r]):
-            cand[r >> 6] |= (<uint64_t>1) << (r & 63)
-        e += 1
 
 
 cdef int _utf8(_State st, object t, const unsigned char **ptr, Py_ssize_t *n) except -1:
@@ -1884,6 +2193,11 @@ cdef int _utf8(_State st, object t, const unsigned char **ptr, Py_ssize_t *n) ex
     return 0
 
 
+def _ecost(e):
+    """The estimated cost of a witness entry (its last item)."""
+    return e[len(e) - 1]
+
+
 def _pred_ids(cond):
     """Predicate ids a condition reads."""
     kind = cond[0]
@@ -1894,5 +2208,3 @@ def _pred_ids(cond):
     if kind == "not":
         return _pred_ids(cond[1])
     return []
-
-

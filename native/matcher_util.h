@@ -17,40 +17,6 @@
 #define MT_STAR 256
 #define MT_QMARK 257
 
-/* How rare a byte is in Windows command lines and paths (higher = rarer).
- * Used to pick the memchr anchor of a needle: scanning for a rare byte skips
- * most of the haystack in SIMD memchr (physics: shared/reference §4a, d4). */
-static const char *mt_common_bytes =
-    " e\\tsoairnlc.:/mdpwx-\"=uhgb0f1y32kv_'4568%97,;$jq()z{}[]@&+#|<>?*!~`^";
-
-static inline int mt_byte_rarity(unsigned char b)
-{
-    const char *p;
-    if (b >= 'A' && b <= 'Z')
-        b = (unsigned char)(b - 'A' + 'a');
-    if (b == 0)
-        return 300;
-    p = strchr(mt_common_bytes, (int)b);
-    if (p == NULL)
-        return 255; /* non-ASCII, control: rare */
-    return (int)(p - mt_common_bytes);
-}
-
-/* Offset of the rarest byte of a needle (the memchr anchor). */
-static inline size_t mt_rare_offset(const unsigned char *n, size_t nn)
-{
-    size_t i, best = 0;
-    int br = -1;
-    for (i = 0; i < nn; i++) {
-        int r = mt_byte_rarity(n[i]);
-        if (r > br) {
-            br = r;
-            best = i;
-        }
-    }
-    return best;
-}
-
 /* Equality of n bytes, inline: the needles are short and usually differ early, so
  * a byte loop beats a library memcmp call. */
 static inline int mt_eq_fwd(const unsigned char *a, const unsigned char *b, size_t n)
@@ -73,30 +39,8 @@ static inline int mt_eq_bwd(const unsigned char *a, const unsigned char *b, size
     return 1;
 }
 
-/* Bigram presence filter: one bit per (hashed) pair of adjacent bytes of a text.
- * A needle of two or more bytes can occur only if all its bigrams are present;
- * aliasing (the hash, non-ASCII bytes) only lets more needles through. */
-#define MT_BG_WORDS 128 /* 8192 bits */
-#define MT_BG(a, b) (((((unsigned)(a)) & 0x7Fu) << 6) ^ (((unsigned)(b)) & 0x7Fu))
-
-static inline void mt_bigrams(uint64_t *bm, const unsigned char *s, size_t n)
-{
-    size_t i;
-    memset(bm, 0, sizeof(uint64_t) * MT_BG_WORDS);
-    for (i = 0; i + 1 < n; i++) {
-        unsigned x = MT_BG(s[i], s[i + 1]);
-        bm[x >> 6] |= (uint64_t)1 << (x & 63);
-    }
-}
-
-static inline int mt_bg_has(const uint64_t *bm, unsigned x)
-{
-    if (x >= 64u * MT_BG_WORDS) /* no bigram (a one-byte needle) */
-        return 1;
-    return (int)((bm[x >> 6] >> (x & 63)) & 1);
-}
-
-/* Does haystack h contain needle n?  Anchor on the needle's rare byte at ``off``. */
+/* Does haystack h contain needle n?  Anchor on the needle's rare byte at ``off`` (chosen
+ * from byte frequencies over the rules' literals).  Used where no literal unit applies. */
 static inline int mt_contains(const unsigned char *h, size_t hn,
                               const unsigned char *n, size_t nn, size_t off)
 {
@@ -153,37 +97,6 @@ static inline size_t mt_charlen(unsigned char b)
     return 1; /* a stray continuation byte cannot occur in encoder output */
 }
 
-/* Whole-value wildcard match: ``*`` any run of code points, ``?`` exactly one.
- * Greedy with back-tracking to the last star (linear for literal-heavy globs).
- * Equivalent to re.fullmatch of ir.glob_to_regex on the same (folded) text. */
-static inline int mt_glob(const uint16_t *pat, size_t m, const unsigned char *s, size_t n)
-{
-    size_t p = 0, i = 0, star_p = (size_t)-1, star_i = 0;
-    while (i < n) {
-        if (p < m && pat[p] == MT_QMARK) {
-            i += mt_charlen(s[i]);
-            p++;
-        } else if (p < m && pat[p] == MT_STAR) {
-            star_p = p++;
-            star_i = i;
-        } else if (p < m && pat[p] == s[i]) {
-            i++;
-            p++;
-        } else if (star_p != (size_t)-1) {
-            p = star_p + 1;
-            star_i += mt_charlen(s[star_i]);
-            i = star_i;
-        } else {
-            return 0;
-        }
-    }
-    if (i > n) /* a '?' ran past the end: cannot happen on valid text */
-        return 0;
-    while (p < m && pat[p] == MT_STAR)
-        p++;
-    return p == m;
-}
-
 /* Occurrences of byte c in h, stopping once ``enough`` were seen. */
 static inline size_t mt_count(const unsigned char *h, size_t n, unsigned char c, size_t enough)
 {
@@ -197,6 +110,21 @@ static inline size_t mt_count(const unsigned char *h, size_t n, unsigned char c,
         p++;
     }
     return k;
+}
+
+/* Does h hold k consecutive bytes whose table entry is set? */
+static inline int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
+{
+    size_t i, run = 0;
+    for (i = 0; i < n; i++) {
+        if (table[h[i]]) {
+            if (++run >= k)
+                return 1;
+        } else {
+            run = 0;
+        }
+    }
+    return 0;
 }
 
 /* re.search for a chain ``L1.*L2.*...Lk`` of literals (raw bytes): true when the
@@ -279,6 +207,14 @@ static inline uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
     return (uint32_t)(x * 2654435761u) >> shift;
 }
 
+/* ... and of the 8 bytes at p, to (64 - shift) bits. */
+static inline uint32_t mt_q_hash8(const unsigned char *p, unsigned shift)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return (uint32_t)((x * 0x9E3779B97F4A7C15ull) >> shift);
+}
+
 /* The 4 bytes at p as one (native-endian) word. */
 static inline uint32_t mt_load32(const unsigned char *p)
 {
@@ -287,29 +223,23 @@ static inline uint32_t mt_load32(const unsigned char *p)
     return x;
 }
 
-/* First position >= i whose 2-gram (b2, may be NULL) or hashed 4-gram (b4) bit is
- * set; n when none.  Each position's tests are independent loads from small
- * bitmaps, so the loop is not a chain of dependent table loads. */
-static inline size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_t *b2,
-                               const unsigned char *h, size_t i, size_t n)
+static inline int mt_bit(const uint64_t *b, uint32_t g)
 {
-    size_t end4 = n >= 4 ? n - 3 : 0; /* positions < end4 start a whole 4-gram */
-    if (b2 != NULL) {
-        for (; i + 1 < n; i++) {
-            unsigned g2 = (unsigned)h[i] | ((unsigned)h[i + 1] << 8);
-            if ((b2[g2 >> 6] >> (g2 & 63)) & 1)
-                return i;
-            if (i < end4) {
-                uint32_t g4 = mt_q_hash4(h + i, shift);
-                if ((b4[g4 >> 6] >> (g4 & 63)) & 1)
-                    return i;
-            }
-        }
-        return n;
-    }
-    for (; i < end4; i++) {
-        uint32_t g4 = mt_q_hash4(h + i, shift);
-        if ((b4[g4 >> 6] >> (g4 & 63)) & 1)
+    return (int)((b[g >> 6] >> (g & 63)) & 1);
+}
+
+/* First position >= i where a 2-gram (b2), hashed 4-gram (b4) or hashed 8-gram (b8)
+ * bitmap has its bit set (each may be NULL); n when none.  The tests of one position are
+ * independent loads from small bitmaps, not a chain of dependent table loads. */
+static inline size_t mt_af_next(const uint64_t *b8, unsigned s8, const uint64_t *b4, unsigned s4,
+                                const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
+{
+    for (; i < n; i++) {
+        if (b8 != NULL && i + 8 <= n && mt_bit(b8, mt_q_hash8(h + i, s8)))
+            return i;
+        if (b4 != NULL && i + 4 <= n && mt_bit(b4, mt_q_hash4(h + i, s4)))
+            return i;
+        if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
             return i;
     }
     return n;
@@ -319,37 +249,13 @@ static inline size_t mt_q_next(const uint64_t *b4, unsigned shift, const uint64_
 static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd,
                               unsigned len, unsigned k)
 {
-    size_t s, j;
+    size_t s;
     if (i < k)
         return 0;
     s = i - k;
     if (s + len > n)
         return 0;
-    for (j = 0; j < len; j++)
-        if (h[s + j] != nd[j])
-            return 0;
-    return 1;
-}
-
-/* 4-gram presence filter for long texts (where most bigrams occur): one bit per
- * 16-bit hash (mt_q_hash4) of every 4 adjacent bytes. */
-#define MT_Q4_WORDS 1024 /* 65536 bits */
-
-static inline void mt_quads(uint64_t *bm, const unsigned char *s, size_t n)
-{
-    size_t i;
-    memset(bm, 0, sizeof(uint64_t) * MT_Q4_WORDS);
-    for (i = 0; i + 4 <= n; i++) {
-        uint32_t x = mt_q_hash4(s + i, 16);
-        bm[x >> 6] |= (uint64_t)1 << (x & 63);
-    }
-}
-
-static inline int mt_q4_has(const uint64_t *bm, unsigned x)
-{
-    if (x >= 64u * MT_Q4_WORDS) /* no 4-gram (a needle under 4 bytes) */
-        return 1;
-    return (int)((bm[x >> 6] >> (x & 63)) & 1);
+    return memcmp(h + s, nd, len) == 0;
 }
 
 /* Index of the lowest set bit of a non-zero word. */
@@ -364,5 +270,201 @@ static inline int mt_ctz64(uint64_t x)
 #else
 static inline int mt_ctz64(uint64_t x) { return __builtin_ctzll(x); }
 #endif
+
+/* ---- Linear-time glob (whole-value wildcard match) ------------------------------------
+ * Program (uint32): nseg, lead_star, trail_star, then per segment its length and code
+ * points, MT_QM standing for ``?`` (exactly one code point).  Segments are separated by
+ * ``*``.  The first segment (no leading star) must match at the start, the last (no
+ * trailing star) at the end, and each middle one is placed at its earliest end: that
+ * placement leaves the most room to the rest, so the answer is re.fullmatch's.  A middle
+ * segment is found with bit-parallel Shift-And over code points: O(n * ceil(m / 64)). */
+#define MT_QM 0xFFFFFFFFu
+
+#include <stdlib.h>
+
+/* The code point at s[i] (i < n) of UTF-8 (surrogatepass) text; *len its bytes. */
+static inline uint32_t mt_cp_at(const unsigned char *s, size_t n, size_t i, size_t *len)
+{
+    unsigned char b = s[i];
+    size_t L;
+    if (b < 0x80) {
+        *len = 1;
+        return b;
+    }
+    L = mt_charlen(b);
+    if (i + L > n) { /* cannot happen for encoder output */
+        *len = 1;
+        return 0xFFFFFFFEu;
+    }
+    *len = L;
+    if (L == 2)
+        return ((uint32_t)(b & 0x1F) << 6) | (s[i + 1] & 0x3F);
+    if (L == 3)
+        return ((uint32_t)(b & 0x0F) << 12) | ((uint32_t)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F);
+    return ((uint32_t)(b & 0x07) << 18) | ((uint32_t)(s[i + 1] & 0x3F) << 12) |
+           ((uint32_t)(s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F);
+}
+
+/* Segment seg[0..m) matched forward from byte i: the end byte, or (size_t)-1. */
+static inline size_t mt_seg_at(const uint32_t *seg, size_t m, const unsigned char *s, size_t n, size_t i)
+{
+    size_t k, L;
+    uint32_t c;
+    for (k = 0; k < m; k++) {
+        if (i >= n)
+            return (size_t)-1;
+        c = mt_cp_at(s, n, i, &L);
+        if (seg[k] != MT_QM && seg[k] != c)
+            return (size_t)-1;
+        i += L;
+    }
+    return i;
+}
+
+/* Segment matched backward so that it ends at byte e and starts at or after lo: its
+ * start byte, or (size_t)-1. */
+static inline size_t mt_seg_end(const uint32_t *seg, size_t m, const unsigned char *s, size_t n,
+                                size_t lo, size_t e)
+{
+    size_t k = m, st, L;
+    uint32_t c;
+    while (k > 0) {
+        if (e <= lo)
+            return (size_t)-1;
+        st = e - 1;
+        while (st > lo && (s[st] & 0xC0) == 0x80)
+            st--;
+        c = mt_cp_at(s, n, st, &L);
+        k--;
+        if (seg[k] != MT_QM && seg[k] != c)
+            return (size_t)-1;
+        e = st;
+    }
+    return e;
+}
+
+/* Earliest end (byte) of an occurrence of the segment inside s[i..e), or (size_t)-1. */
+static size_t mt_seg_find(const uint32_t *seg, size_t m, const unsigned char *s, size_t n,
+                          size_t i, size_t e)
+{
+    size_t W = (m + 63) / 64, w, k, nna = 0, L, found = (size_t)-1;
+    uint64_t *ascii, *qmask, *D, *M, *nam, carry, nd;
+    uint32_t *nacp;
+    uint32_t c;
+    uint64_t topbit = (uint64_t)1 << ((m - 1) % 64);
+    if (m == 0)
+        return i;
+    for (k = 0; k < m; k++)
+        if (seg[k] != MT_QM && seg[k] >= 0x80)
+            nna++;
+    /* ascii[128][W], qmask[W], D[W], M[W], nam[nna][W]; nacp[nna] */
+    ascii = (uint64_t *)calloc((128 + 3 + nna) * W, sizeof(uint64_t));
+    nacp = (uint32_t *)malloc((nna ? nna : 1) * sizeof(uint32_t));
+    if (ascii == NULL || nacp == NULL) {
+        free(ascii);
+        free(nacp);
+        return (size_t)-2; /* out of memory */
+    }
+    qmask = ascii + 128 * W;
+    D = qmask + W;
+    M = D + W;
+    nam = M + W;
+    nna = 0;
+    for (k = 0; k < m; k++) {
+        uint64_t bit = (uint64_t)1 << (k % 64);
+        if (seg[k] == MT_QM) {
+            qmask[k / 64] |= bit;
+        } else if (seg[k] < 0x80) {
+            ascii[seg[k] * W + k / 64] |= bit;
+        } else {
+            size_t j;
+            for (j = 0; j < nna; j++)
+                if (nacp[j] == seg[k])
+                    break;
+            if (j == nna)
+                nacp[nna++] = seg[k];
+            nam[j * W + k / 64] |= bit;
+        }
+    }
+    while (i < e) {
+        c = mt_cp_at(s, n, i, &L);
+        for (w = 0; w < W; w++)
+            M[w] = qmask[w];
+        if (c < 0x80) {
+            for (w = 0; w < W; w++)
+                M[w] |= ascii[c * W + w];
+        } else {
+            size_t j;
+            for (j = 0; j < nna; j++)
+                if (nacp[j] == c) {
+                    for (w = 0; w < W; w++)
+                        M[w] |= nam[j * W + w];
+                    break;
+                }
+        }
+        carry = 1;
+        for (w = 0; w < W; w++) {
+            nd = (D[w] << 1) | carry;
+            carry = D[w] >> 63;
+            D[w] = nd & M[w];
+        }
+        i += L;
+        if (i > e)
+            break;
+        if (D[W - 1] & topbit) {
+            found = i;
+            break;
+        }
+    }
+    free(ascii);
+    free(nacp);
+    return found;
+}
+
+/* Whole-value glob match of the program on UTF-8 text (folded unless cased).
+ * 1 match, 0 no match, -1 out of memory. */
+static int mt_glob2(const uint32_t *prog, const unsigned char *s, size_t n)
+{
+    uint32_t nseg = prog[0], lead = prog[1], trail = prog[2], k;
+    const uint32_t *p = prog + 3, *seg, *last;
+    size_t pos = 0, end = n, r, m, first = 0, stop = nseg, mlast;
+    if (nseg == 0)
+        return (lead || trail) ? 1 : n == 0;
+    if (!lead && !trail && nseg == 1)
+        return mt_seg_at(p + 1, p[0], s, n, 0) == n;
+    /* the last segment */
+    last = p;
+    for (k = 0; k + 1 < nseg; k++)
+        last += 1 + last[0];
+    mlast = last[0];
+    if (!lead) {
+        r = mt_seg_at(p + 1, p[0], s, n, 0);
+        if (r == (size_t)-1)
+            return 0;
+        pos = r;
+        first = 1;
+    }
+    if (!trail) {
+        r = mt_seg_end(last + 1, mlast, s, n, pos, n);
+        if (r == (size_t)-1)
+            return 0;
+        end = r;
+        stop = nseg - 1;
+    }
+    seg = p;
+    for (k = 0; k < nseg; k++) {
+        m = seg[0];
+        if (k >= first && k < stop) {
+            r = mt_seg_find(seg + 1, m, s, n, pos, end);
+            if (r == (size_t)-2)
+                return -1;
+            if (r == (size_t)-1)
+                return 0;
+            pos = r;
+        }
+        seg += 1 + m;
+    }
+    return 1;
+}
 
 #endif /* MATCHER_UTIL_H */

@@ -38,22 +38,27 @@ def read_events(paths: Iterable[str | os.PathLike], stats: ReadStats | None = No
 
 
 def load_rules(paths: Sequence[str | os.PathLike] = (), builtin: bool = True,
+               allow_backtracking: Sequence[str] = (),
                placeholders=None) -> tuple[list[Rule], LoadReport]:
     """The rules in ``paths`` (Sigma YAML files or folders, rule packs), after the built-in rule
     unless ``builtin=False``; and the load report (rejected rules with file:line and reason;
     ``report.correlations``: the Sigma correlation rules, evaluated by
-    ``sensor.detect.correlate.CorrelationEngine``).  ``placeholders`` maps ``|expand``
-    placeholder names to their values."""
+    ``sensor.detect.correlate.CorrelationEngine``).  ``allow_backtracking``: ids of rules whose
+    regexes may run on the step-budgeted backtracking engine (others with such a regex are
+    rejected).  ``placeholders`` maps ``|expand`` placeholder names to their values."""
     from .detect.loader import load_rules as _load
-    report = _load(paths, builtin=builtin, placeholders=placeholders)
+    report = _load(paths, builtin=builtin, allow_backtracking=allow_backtracking,
+                   placeholders=placeholders)
     return report.rules, report
 
 
-def create_matcher(rules: Sequence[Rule], engine: str | None = None) -> Matcher:
+def create_matcher(rules: Sequence[Rule], engine: str | None = None,
+                   regex_budget: int | None = None) -> Matcher:
     """A matcher over ``rules``: ``.match(event)`` gives the indexes of the matching rules.
 
     ``engine`` is ``"compiled"``, ``"reference"`` (the pure-Python twin that defines the
-    semantics) or None for the best one built.
+    semantics) or None for the best one built.  ``regex_budget``: steps per search for
+    regexes on the backtracking engine (rules loaded with ``allow_backtracking``).
     """
     from .detect.matcher import create
-    return create(rules, engine)
+    return create(rules, engine, regex_budget)

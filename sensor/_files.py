@@ -77,6 +77,24 @@ def open_private(path: str | os.PathLike, mode: str = "ab", encoding: str | None
         raise
 
 
+def write_atomic_private(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a private temp file, fsync, rename); the temp
+    file is removed when anything fails. The folder must exist."""
+    tmp = f"{os.fspath(path)}.tmp"
+    try:
+        with open_private(tmp, "wb", make_parents=False) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def touch_private(path: str | os.PathLike) -> None:
     """Create ``path`` empty and private if it does not exist (so that a library that
     creates files next to it with the same mode, like SQLite's -wal and -shm, inherits 0600)."""

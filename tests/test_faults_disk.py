@@ -223,6 +223,14 @@ def test_confirmations_the_disk_refuses_are_retried_never_resent(volume):
     with pytest.raises(SpoolFull):  # use up the WAL file's own room: now nothing can be written
         for _ in range(1000):
             sp.mark_failed(rows, "x")
+    # A refused write leaves the frames it got in the WAL file for the next one (an update of all
+    # rows rewrites more pages than a delete of them): use that room up with one-row updates, until
+    # even those are refused.
+    for r in rows:
+        try:
+            sp.mark_failed([r], "x")
+        except SpoolFull:
+            pass
     with Receiver() as rec:
         fwd = Forwarder(sp, output_for(rec), DeliveryConfig(**FAST))
         fwd.start()

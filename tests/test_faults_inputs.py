@@ -162,6 +162,20 @@ def test_rules_validate_refuses_a_rule_file_too_large_or_with_too_many_values(tm
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")
+def test_a_rule_pack_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    # no writer ever opens the FIFO: a blocking open would hang (the subprocess timeout only
+    # guards that); the folder's real rule still loads
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    os.mkfifo(folder / "evil.pack")
+    (folder / "junk.pack").write_text("not a pack")
+    r = validate(folder)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "evil.pack: cannot read rule pack: not a regular file" in r.stdout, r.stdout
+    assert "junk.pack: not a rule pack" in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")
 def test_a_rule_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     pytest.importorskip("sigma", reason="reading Sigma YAML needs pySigma (the sigma extra)")
     fifo = tmp_path / "rule.yml"

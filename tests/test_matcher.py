@@ -188,6 +188,56 @@ def test_regex(engine, pattern, flags, text, expected):
     assert hit(engine, P("CommandLine", "re", pattern, flags=flags), {"CommandLine": text}) is expected
 
 
+@pytest.mark.parametrize("pattern,flags,text,expected", [
+    ("a$", "", "xa\n", True),                      # Python's $: also before a final newline
+    ("a\\Z", "", "xa\n", False),
+    ("\\d{2}", "", "\u0663\u0664", True),          # Unicode digits, as re
+    ("\\s-c\\s", "", "\u2006-c\x1f", True),         # Unicode whitespace, as re
+    ("\\bx\\b", "", "\u00e9x", False),              # Unicode word boundary, as re
+    ("(?i)k", "", "\u212a", True),                  # Kelvin sign folds to k
+    ("a.c", "", "a\ud800c", True),                   # a lone surrogate is one character
+    ("(?i)echo.*clip.*&&.*(?:Clipboard|i`?n`?v`?o`?k`?e`?)", "", "echo clip && " * 3000, False),
+    ("(a+)+$", "", "a" * 32768 + "!", False),         # no backtracking: one linear pass
+])
+def test_regex_semantics_on_re2(engine, pattern, flags, text, expected):
+    assert hit(engine, P("CommandLine", "re", pattern, flags=flags), {"CommandLine": text}) is expected
+
+
+def test_budgeted_regex_three_valued(engine):
+    # a backreference runs on the budgeted engine; with a tiny budget it runs out
+    slow = P("CommandLine", "re", "(a|aa)+\\1b")
+    true_ = P("Image", "endswith", "x.exe")
+    false_ = P("Image", "endswith", "y.exe")
+    rules = [
+        rule(slow, rid="alone"),
+        rule(slow, false_, rid="and-false"),                       # false AND ? = false
+        rule(slow, true_, cond=("or", ("pred", 0), ("pred", 1)), rid="or-true"),  # ? OR true
+        rule(slow, true_, rid="and-true"),                         # ? AND true = ?
+        rule(slow, cond=("not", ("pred", 0)), rid="not"),          # NOT ? = ?
+        rule(true_, rid="other"),
+    ]
+    m = matcher_mod.create(rules, engine, regex_budget=200)
+    ev = ProcessEvent({"Image": "c:\\x.exe", "CommandLine": "a" * 60})
+    assert m.match(ev) == [2, 5]
+    assert m.undecided == {0: 1, 3: 1, 4: 1}
+    assert m.stats["undecided_events"] == 3
+    # with the default budget the same rules decide (and agree with re)
+    m = matcher_mod.create(rules, engine)
+    assert m.match(ProcessEvent({"Image": "c:\\x.exe", "CommandLine": "ab"})) == [2, 4, 5]
+    assert m.match(ProcessEvent({"Image": "c:\\x.exe", "CommandLine": "aab"})) == [0, 2, 3, 5]
+    assert m.undecided == {}
+
+
+def test_regex_engines_reported(engine):
+    rules = [rule(P("CommandLine", "re", "net\\s+view"), rid="a"),
+             rule(P("CommandLine", "re", "(a)\\1"), rid="b"),
+             rule(P("Image", "endswith", "x"), rid="c")]
+    got = make(engine, rules).regex_engines()
+    assert got[0] == [("net\\s+view", "re2", None)]
+    assert got[1][0][1] == "backtrack" and "backreference" in got[1][0][2]
+    assert 2 not in got
+
+
 # ---------------------------------------------------------------- other ops
 
 def test_exists_and_null(engine):

@@ -23,7 +23,8 @@ detection:
 
 
 def compile_(detection: str, values=None):
-    res = load_sigma_text(HEAD + textwrap.indent(textwrap.dedent(detection), "    "), "p.yml", values)
+    res = load_sigma_text(HEAD + textwrap.indent(textwrap.dedent(detection), "    "), "p.yml",
+                          placeholders=values)
     return res
 
 

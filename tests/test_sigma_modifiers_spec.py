@@ -28,7 +28,7 @@ PLACEHOLDERS = {"Admins": ("adm_*", "root")}
 
 def compiled(detection: str):
     res = load_sigma_text(HEAD + textwrap.indent(textwrap.dedent(detection), "    "), "m.yml",
-                          PLACEHOLDERS)
+                          placeholders=PLACEHOLDERS)
     assert not res.rejected, res.rejected
     return res.rules
 

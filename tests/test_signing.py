@@ -306,3 +306,23 @@ def test_signed_pack_carries_its_correlations_and_filters(keys, tmp_path):
     rep = load_rules([str(tmp_path / "f.pack")], builtin=False, trust=trust(keys["fleet-2025"]))
     assert not rep.rules and not rep.correlations
     assert "does not verify with key 'fleet-2025'" in rep.rejected[0].reason
+
+
+def test_signed_pack_with_a_backtracking_rule_needs_both_the_key_and_the_opt_in(keys, tmp_path):
+    """Signing vouches for where a pack came from, not for its regexes: a rule that needs the
+    backtracking engine still needs the operator's per-rule opt-in."""
+    rid = "0a6b1c2d-0000-4000-8000-0000000000bb"
+    (tmp_path / "b.yml").write_text(
+        f"title: Signed backreference\nid: {rid}\nlogsource:\n    category: process_creation\n"
+        "    product: windows\ndetection:\n    selection:\n        CommandLine|re: '(\\w+) \\1'\n"
+        "    condition: selection\n")
+    res = cli("rules", "compile", str(tmp_path / "b.yml"), "-o", str(tmp_path / "b.pack"),
+              "--allow-backtracking", rid)
+    assert res.returncode == 0, res.stderr
+    signed = signed_copy(tmp_path / "b.pack", keys["fleet-2025"], tmp_path / "bs.pack")
+    refused = load_rules([str(signed)], builtin=False, trust=trust(keys["fleet-2025"]))
+    assert refused.rules == [] and "backreference" in refused.rejected[0].reason
+    report = load_rules([str(signed)], builtin=False, trust=trust(keys["fleet-2025"]),
+                        allow_backtracking=[rid])
+    assert not report.rejected and [r.id for r in report.rules] == [rid]
+    assert report.packs[0]["key_id"] == "fleet-2025" and report.packs[0]["rules"] == 1

@@ -17,9 +17,11 @@ def _rss_mib() -> float | None:
 
 
 def _measured_load(paths: Sequence[str], builtin: bool,
+                   allow_backtracking=(),
                    placeholders=None) -> tuple[LoadReport, float | None, float | None]:
     before = _rss_mib()
-    report = load_rules(paths, builtin=builtin, placeholders=placeholders)
+    report = load_rules(paths, builtin=builtin, allow_backtracking=allow_backtracking,
+                        placeholders=placeholders)
     after = _rss_mib()
     return report, before, after
 
@@ -63,6 +65,7 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
               f"{len(report.filters)} loaded", file=out)
     print(f"load time: {report.seconds:.3f} s", file=out)
     print(_memory_line(before, after), file=out)
+    _print_regex_engines(report, out, verbose)
     if report.rejected:
         print(f"\nrejected ({len(report.rejected)}):", file=out)
         for r in report.rejected:
@@ -92,6 +95,31 @@ def print_report(report: LoadReport, out: TextIO, before=None, after=None,
             print("  (--verbose lists them one by one)", file=out)
 
 
+def _print_regex_engines(report: LoadReport, out: TextIO, verbose: bool) -> None:
+    """Which engine runs each loaded rule's regexes (RE2: linear time; backtracking: opted in,
+    under a step budget)."""
+    from ..detect._matcher_py import regex_engines
+
+    per_rule = regex_engines(report.rules)
+    if not per_rule:
+        print("regex engines: no loaded rule has a regular expression", file=out)
+        return
+    engines: collections.Counter = collections.Counter()
+    for entries in per_rule.values():
+        engines["backtrack" if any(e[1] != "re2" for e in entries) else "re2"] += 1
+    print(f"regex engines: {len(per_rule)} rules with regular expressions: "
+          f"{engines['re2']} on RE2 (linear time), "
+          f"{engines['backtrack']} on the step-budgeted backtracking engine (allowed per rule)",
+          file=out)
+    for i, entries in sorted(per_rule.items()):
+        rule = report.rules[i]
+        slow = [e for e in entries if e[1] != "re2"]
+        if slow or verbose:
+            for pattern, engine, reason in entries:
+                print(f"  {engine:9} {rule.id} {rule.source}: {pattern!r}"
+                      + (f" ({reason})" if reason else ""), file=out)
+
+
 def _cmd_list(args) -> int:
     from ..detect.metarules import silent_rules
 
@@ -99,7 +127,7 @@ def _cmd_list(args) -> int:
     if placeholders is False:
         return 2
     report = load_rules(list(args.paths) + list(args.rules or []), builtin=not args.no_builtin_rules,
-                        placeholders=placeholders)
+                        allow_backtracking=args.allow_backtracking, placeholders=placeholders)
     out = sys.stdout
     verbose = getattr(args, "verbose", False)
     quiet = silent_rules(report.correlations)
@@ -181,7 +209,9 @@ def _cmd_validate(args) -> int:
     placeholders = _placeholders(args)
     if placeholders is False:
         return 2
-    report, before, after = _measured_load(args.paths, builtin=False, placeholders=placeholders)
+    report, before, after = _measured_load(args.paths, builtin=False,
+                                           allow_backtracking=args.allow_backtracking,
+                                           placeholders=placeholders)
     print_report(report, sys.stdout, before, after, verbose=args.verbose, show_unsupported=True)
     return 1 if report.rejected else 0
 
@@ -218,7 +248,11 @@ def _cmd_doctor(args) -> int:
     import json
 
     from ..detect.doctor import doctor
-    report = load_rules(list(args.paths), builtin=not args.no_builtin_rules)
+    placeholders = _placeholders(args)
+    if placeholders is False:
+        return 2
+    report = load_rules(list(args.paths), builtin=not args.no_builtin_rules,
+                        allow_backtracking=args.allow_backtracking, placeholders=placeholders)
     result = doctor(report.rules)
     if args.json:
         doc = result.to_json()
@@ -235,29 +269,15 @@ def _cmd_doctor(args) -> int:
 def write_pack_private(rules, output: str, sources: Sequence[str], correlations=(),
                        filters=()) -> int:
     """Write the pack atomically (temp file + rename), private (0600); returns its size."""
-    import os
-
-    from .._files import open_private
+    from .._files import write_atomic_private
     from ..detect.pack import encode_pack
     data = encode_pack(rules, [str(p) for p in sources], correlations, filters)
-    tmp = f"{output}.tmp"
-    try:
-        with open_private(tmp, "wb", make_parents=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic_private(output, data)
     return len(data)
 
 
 def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: bool = False,
-                placeholders=None) -> int:
+                allow_backtracking=(), placeholders=None) -> int:
     """Compile ``paths`` into the pack ``output`` and print the report.
 
     A rule that was rejected means the pack would silently lack it: no pack is written then,
@@ -267,7 +287,8 @@ def run_compile(paths: Sequence[str], output: str, out: TextIO, allow_rejected: 
     placeholders are resolved now (a pack loads without pySigma).
     """
     before = _rss_mib()
-    report = load_rules(paths, builtin=False, placeholders=placeholders)
+    report = load_rules(paths, builtin=False, allow_backtracking=allow_backtracking,
+                        placeholders=placeholders)
     print_report(report, out, before, _rss_mib())
     if report.rejected and not allow_rejected:
         print(f"\nno pack written: {len(report.rejected)} rule(s) or file(s) rejected (listed "
@@ -294,7 +315,7 @@ def _cmd_compile(args) -> int:
     if placeholders is False:
         return 2
     return run_compile(args.paths, args.output, sys.stdout, allow_rejected=args.allow_rejected,
-                       placeholders=placeholders)
+                       allow_backtracking=args.allow_backtracking, placeholders=placeholders)
 
 
 def _cmd_keygen(args) -> int:
@@ -377,22 +398,8 @@ def _cmd_sign(args) -> int:
 
 def write_bytes_private(data: bytes, output: str) -> None:
     """Write ``data`` atomically (temp file + rename), private (0600)."""
-    import os
-
-    from .._files import open_private
-    tmp = f"{output}.tmp"
-    try:
-        with open_private(tmp, "wb", make_parents=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .._files import write_atomic_private
+    write_atomic_private(output, data)
 
 
 def register(subparsers) -> None:
@@ -413,15 +420,23 @@ def register(subparsers) -> None:
                     help="also print each rule's metadata (description, MITRE, next steps...)")
     lp.add_argument("--placeholders", metavar="FILE",
                     help="values for |expand placeholders (YAML)")
+    lp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="let this rule's regexes that need backtracking (backreferences, "
+                         "lookaround) run under a step budget instead of rejecting the rule "
+                         "(repeatable)")
     lp.set_defaults(func=_cmd_list)
 
     vp = sub.add_parser("validate", help="load rules and report what loaded and what did not "
                                          "(exit 1 if any rule was rejected)")
     vp.add_argument("paths", nargs="+", metavar="PATH")
     vp.add_argument("-v", "--verbose", action="store_true",
-                    help="list every not-applicable rule and warning")
+                    help="list every not-applicable rule and warning, and each rule's regex engine")
     vp.add_argument("--placeholders", metavar="FILE",
                     help="values for |expand placeholders (YAML)")
+    vp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="let this rule's regexes that need backtracking (backreferences, "
+                         "lookaround) run under a step budget instead of rejecting the rule "
+                         "(repeatable)")
     vp.set_defaults(func=_cmd_validate)
 
     cp = sub.add_parser("compile", help="compile rules into a rule pack (loads without pySigma)")
@@ -431,6 +446,10 @@ def register(subparsers) -> None:
                     help="write the pack even when rules were rejected (they are left out)")
     cp.add_argument("--placeholders", metavar="FILE",
                     help="values for |expand placeholders (YAML), resolved into the pack")
+    cp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="let this rule's regexes that need backtracking (backreferences, "
+                         "lookaround) run under a step budget instead of rejecting the rule "
+                         "(repeatable)")
     cp.set_defaults(func=_cmd_compile)
 
     kp = sub.add_parser("keygen", help="make an Ed25519 key pair for signing rule packs",
@@ -458,6 +477,11 @@ def register(subparsers) -> None:
     dp.add_argument("--json", action="store_true", help="one JSON document: totals and every verdict")
     dp.add_argument("-v", "--verbose", action="store_true",
                     help="list every rule, also those that can fire on every source")
+    dp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                    help="load this rule although its regexes need backtracking (as the sensor "
+                         "would with rules.allow_backtracking); repeatable")
+    dp.add_argument("--placeholders", metavar="FILE",
+                    help="values for |expand placeholders (YAML), as rules.placeholders")
     dp.set_defaults(func=_cmd_doctor)
 
     def _usage(args) -> int:

@@ -20,14 +20,19 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
                    help="Sigma YAML file or folder, or compiled rule pack (repeatable)")
     p.add_argument("--no-builtin-rules", action="store_true",
                    help="do not load the built-in seed rule")
+    p.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
+                   help="let this rule's regexes that need backtracking (backreferences, "
+                        "lookaround) run under a step budget instead of rejecting the rule "
+                        "(repeatable)")
 
 
-def load_ruleset(paths: Sequence[str], builtin: bool, err: IO[str], placeholders=None,
-                 with_report: bool = False):
+def load_ruleset(paths: Sequence[str], builtin: bool, err: IO[str], allow_backtracking=(),
+                 placeholders=None, with_report: bool = False):
     """Load rules; return (rules, number of problems reported) (and the report when asked)."""
     from .. import load_rules
 
-    rules, report = load_rules(paths, builtin=builtin, placeholders=placeholders)
+    rules, report = load_rules(paths, builtin=builtin, allow_backtracking=allow_backtracking,
+                               placeholders=placeholders)
     problems = report.problems()
     for p in problems:
         print(f"etw-sensor: {p}", file=err)
@@ -80,7 +85,8 @@ def run(args) -> int:
     if placeholders is False:
         return 2
     rules, rule_errors, report = load_ruleset(args.rules, not args.no_builtin_rules, err,
-                                              placeholders, with_report=True)
+                                              args.allow_backtracking, placeholders,
+                                              with_report=True)
     if not rules:
         print("etw-sensor: no rules to evaluate", file=err)
         return 2

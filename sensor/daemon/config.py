@@ -132,6 +132,7 @@ class RulesSection(_S):
     watch_s: float = 5.0               # poll the rule files for changes (0 = off); a change reloads
     update: RulesUpdateSection = msgspec.field(default_factory=RulesUpdateSection)
     placeholders: str = ""             # YAML file: values for |expand placeholders
+    allow_backtracking: list[str] = []  # rule ids whose regexes may backtrack (step-budgeted)
 
 
 class CorrelationSection(_S):

@@ -99,6 +99,10 @@ class MatcherHealth(_H):
     rules: int = 0
     us_per_event: float = 0.0
     pipeline_us_per_event: float = 0.0
+    # rule evaluations a step-budgeted (opted-in backtracking) regex left undecided: the
+    # rule did not match that event, every other rule was evaluated
+    undecided: int = 0
+    undecided_by_rule: dict[str, int] = {}
 
 
 class PackHealth(_H):
@@ -281,6 +285,9 @@ def problems(s: Status) -> list[str]:
         out.append("the ETW source is not running")
     if s.events.queue_dropped:
         out.append(f"{s.events.queue_dropped} event(s) dropped: queue full")
+    if s.matcher.undecided:
+        out.append(f"{s.matcher.undecided} rule evaluation(s) undecided: a backtracking regex "
+                   f"ran out of its step budget")
     if s.events.errors:
         out.append(f"{s.events.errors} event(s) failed processing")
     if s.events.input_errors:

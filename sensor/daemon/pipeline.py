@@ -534,10 +534,13 @@ class Pipeline:
         st.enrich = _backfill_health(src, pe)
         if pe:
             st.pe_cache = _convert(pe, PeCacheHealth)
-        st.matcher = MatcherHealth(engine=getattr(self.matcher, "engine", "?"), rules=len(self.rules),
+        rs = self._active                  # matcher and rules of one set (a swap may follow)
+        undecided = _safe_call(lambda: dict(getattr(rs.matcher, "undecided", None) or {})) or {}
+        st.matcher = MatcherHealth(engine=getattr(rs.matcher, "engine", "?"), rules=len(rs.rules),
                                    us_per_event=round(self.match_ns / n / 1000, 3) if n else 0.0,
-                                   pipeline_us_per_event=round(self.work_ns / n / 1000, 3) if n else 0.0)
-        rs = self._active
+                                   pipeline_us_per_event=round(self.work_ns / n / 1000, 3) if n else 0.0,
+                                   undecided=sum(undecided.values()),
+                                   undecided_by_rule={rs.rules[i].id: k for i, k in undecided.items()})
         rl = self.reload_stats
         never, profile = self._never_fire_now()
         st.rules = RulesHealth(loaded=len(rs.rules), rejected=len(self.rule_problems),

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .._files import open_private, private_dir
+from .._files import private_dir, write_atomic_private
 from .config import DEFAULTS_NAME, Config, ConfigError, load as load_config
 from .pipeline import RuleSet
 
@@ -94,6 +94,7 @@ def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
             out.errors.append(f"rules.placeholders: {exc}")
             return out
     report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust,
+                        allow_backtracking=cfg.rules.allow_backtracking,
                         placeholders=placeholders)
     out.rules = report.rules
     out.correlations = list(report.correlations)
@@ -365,19 +366,7 @@ class UpdatePoller:
 
 def _write_atomic(path: str, data: bytes) -> None:
     private_dir(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp"
-    try:
-        with open_private(tmp, "wb", make_parents=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic_private(path, data)
 
 
 # -- the reloader ------------------------------------------------------------------------------

@@ -707,6 +707,16 @@ class Spool:
             i += len(group)
         return added, []
 
+    def _page_limit(self) -> int:
+        """While the disk is full a transaction may use only the pages the database file already
+        has on disk (or its current size, if larger): a checkpoint never needs to grow the file."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        try:
+            on_disk = self.path.stat().st_size // self._page_size()
+        except OSError:
+            on_disk = 0
+        return max(pages, on_disk)
+
     def _has_alerts(self) -> bool:
         try:
             return self._db.execute("SELECT 1 FROM alerts WHERE kind='alert' LIMIT 1").fetchone() is not None
@@ -1395,6 +1405,7 @@ class _Tx:
         self.spool = spool
         self.durable = durable
         self.outer = False
+        self.limit = 0
 
     def __enter__(self) -> None:
         db = self.spool._db
@@ -1404,7 +1415,10 @@ class _Tx:
                 db.execute("PRAGMA synchronous=NORMAL")
             try:
                 db.execute("BEGIN IMMEDIATE")
+                self.limit = self.spool._page_limit() if self.spool._full_since is not None else 0
             except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 self._restore(db)
                 raise
             self.spool._local.deferred = []
@@ -1418,6 +1432,12 @@ class _Tx:
         committed = False
         try:
             if exc_type is None:
+                if self.limit and db.execute("PRAGMA page_count").fetchone()[0] > self.limit:
+                    # While the disk is full, committed pages past the end of the database file
+                    # would sit in the WAL with no room to checkpoint them into: the WAL could
+                    # never start over, and then not even a confirmation could be written.
+                    raise SpoolFull(f"spool {self.spool.path}: the transaction needs more pages than "
+                                    f"the spool file has (disk full)")
                 db.execute("COMMIT")
                 committed = True
         finally:

@@ -3,15 +3,25 @@
 This module *defines* the matching semantics (see ``sensor.detect.ir``).  The
 compiled matcher (``sensor.detect._matcher``) must give exactly the same answers; the
 test suite runs against both and a property test compares them.
+
+Regexes have Python ``re`` semantics and run in linear time on RE2
+(``sensor.detect.regex``); a regex RE2 cannot run goes to the step-budgeted backtracking
+engine (``sensor.detect.backtrack``).  When that budget runs out the predicate is
+*undecided*, and a condition is evaluated in three-valued (Kleene) logic: ``false AND
+undecided`` is false, ``true OR undecided`` is true, anything else with an undecided
+operand is undecided.  The result does not depend on the order operands are evaluated
+in.  An undecided rule does not match; it is counted (``undecided``) and every other rule
+is still evaluated.
 """
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any, Mapping, Sequence
 
 from ..events import field_value
-from .ir import NUMERIC_OPS, Predicate, Rule, glob_to_regex, regex_flags, time_part
+from .backtrack import BudgetExceeded
+from .ir import NUMERIC_OPS, Predicate, Rule, glob_to_regex, time_part
+from .regex import compile_regex
 
 ENGINE = "reference"
 
@@ -49,7 +59,7 @@ class _Test:
 
     __slots__ = ("pred", "values", "regexes", "nets", "fn")
 
-    def __init__(self, pred: Predicate):
+    def __init__(self, pred: Predicate, regex_budget: int | None = None):
         self.pred = pred
         fold = not pred.cased
         self.values = tuple(v.lower() if fold and isinstance(v, str) else v for v in pred.values)
@@ -59,8 +69,7 @@ class _Test:
         if op == "glob":
             self.regexes = tuple(glob_to_regex(v, pred.cased) for v in pred.values)
         elif op == "re":
-            flags = regex_flags(pred.flags)
-            self.regexes = tuple(re.compile(v, flags) for v in pred.values)
+            self.regexes = tuple(compile_regex(v, pred.flags, regex_budget) for v in pred.values)
         elif op == "cidr":
             self.nets = tuple(ipaddress.ip_network(v, strict=False) for v in pred.values)
         self.fn = getattr(self, "_" + op, None)  # exists/null are decided in evaluate()
@@ -89,8 +98,9 @@ class _Test:
         return any(r.fullmatch(t) is not None for r in self.regexes)
 
     def _re(self, value, event):
+        # raises BudgetExceeded when a budgeted (backtracking) regex runs out of steps
         t = as_text(value)
-        return any(r.search(t) is not None for r in self.regexes)
+        return any(r.search(t) for r in self.regexes)
 
     def _cidr(self, value, event):
         try:
@@ -160,12 +170,15 @@ class _Test:
 assert NUMERIC_OPS <= {"lt", "lte", "gt", "gte"}
 
 
+UNDECIDED = None   # a predicate (or condition) whose regex ran out of its step budget
+
+
 class Matcher:
     """Evaluate a rule set against events; ``match`` returns indices into ``rules``."""
 
     engine = ENGINE
 
-    def __init__(self, rules: Sequence[Rule]):
+    def __init__(self, rules: Sequence[Rule], regex_budget: int | None = None):
         self.rules: list[Rule] = list(rules)
         # A predicate shared by several rules is evaluated once per event.
         slots: dict[Predicate, int] = {}
@@ -176,40 +189,94 @@ class Matcher:
             for p in rule.predicates:
                 if p not in slots:
                     slots[p] = len(self._tests)
-                    self._tests.append(_Test(p))
+                    self._tests.append(_Test(p, regex_budget))
                 remap.append(slots[p])
             self._conds.append(_remap(rule.condition, remap))
+        self._undecided = [0] * len(self.rules)
+        self._budget_runs = 0
 
     def match(self, event: Mapping[str, Any]) -> list[int]:
         """Indices of the rules whose condition holds for ``event``, ascending."""
-        memo: dict[int, bool] = {}
+        memo: dict[int, bool | None] = {}
         tests = self._tests
 
-        def ev(cond: tuple) -> bool:
+        def ev(cond: tuple) -> bool | None:
             kind = cond[0]
             if kind == "pred":
                 i = cond[1]
-                r = memo.get(i)
-                if r is None:
-                    r = memo[i] = tests[i].evaluate(event)
+                if i in memo:
+                    return memo[i]
+                try:
+                    r = tests[i].evaluate(event)
+                except BudgetExceeded:
+                    r = UNDECIDED
+                    self._budget_runs += 1
+                memo[i] = r
                 return r
             if kind == "and":
-                return all(ev(c) for c in cond[1:])
+                out: bool | None = True
+                for c in cond[1:]:
+                    r = ev(c)
+                    if r is False:
+                        return False
+                    if r is UNDECIDED:
+                        out = UNDECIDED
+                return out
             if kind == "or":
-                return any(ev(c) for c in cond[1:])
+                out = False
+                for c in cond[1:]:
+                    r = ev(c)
+                    if r is True:
+                        return True
+                    if r is UNDECIDED:
+                        out = UNDECIDED
+                return out
             if kind == "not":
-                return not ev(cond[1])
+                r = ev(cond[1])
+                return UNDECIDED if r is UNDECIDED else not r
             return cond[1]  # const
 
-        return [i for i, cond in enumerate(self._conds) if ev(cond)]
+        out = []
+        for i, cond in enumerate(self._conds):
+            r = ev(cond)
+            if r is True:
+                out.append(i)
+            elif r is UNDECIDED:
+                self._undecided[i] += 1
+        return out
 
     def match_rules(self, event: Mapping[str, Any]) -> list[Rule]:
         """The matching rules themselves."""
         return [self.rules[i] for i in self.match(event)]
 
     @property
+    def undecided(self) -> dict[int, int]:
+        """Per rule index: events on which the rule was undecided (a regex ran out of its
+        step budget), since the matcher was built."""
+        return {i: n for i, n in enumerate(self._undecided) if n}
+
+    def regex_engines(self) -> dict[int, list]:
+        """Per rule index with a regex: the engine of each of its regexes."""
+        return regex_engines(self.rules)
+
+    @property
     def stats(self) -> dict:
-        return {"engine": self.engine, "rules": len(self.rules), "predicates": len(self._tests)}
+        return {"engine": self.engine, "rules": len(self.rules), "predicates": len(self._tests),
+                "undecided_events": sum(self._undecided), "regex_budget_runouts": self._budget_runs}
+
+
+def regex_engines(rules: Sequence[Rule]) -> dict[int, list]:
+    """Per rule index with a regex: ``(pattern, engine, reason)`` for each of its regexes."""
+    from .regex import plan
+
+    out: dict[int, list] = {}
+    for i, rule in enumerate(rules):
+        for p in rule.predicates:
+            if p.op == "re":
+                for v in p.values:
+                    pl = plan(v, p.flags)
+                    out.setdefault(i, []).append((v, pl.engine, pl.reason))
+    return out
 
 
 def _remap(cond: tuple, remap: list[int]) -> tuple:

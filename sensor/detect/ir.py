@@ -58,6 +58,16 @@ TIME_CMPS = ("eq", "lt", "lte", "gt", "gte")
 _DATE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?)?Z?\s*",
                    re.ASCII)
 
+# Bounds on one rule, so that loading a rule (and building the matcher over it) takes
+# bounded work whatever the file says.  SigmaHQ's largest process_creation rule has 1,093
+# values, 30 KB of value text and 42 predicates; its longest regex is under 200 characters.
+MAX_VALUES_PER_RULE = 10_000
+MAX_VALUE_CHARS_PER_RULE = 256 * 1024
+MAX_PREDICATES_PER_RULE = 2_000
+MAX_REGEX_CHARS = 4_096
+MAX_CONDITION_DEPTH = 64
+MAX_CONDITION_NODES = 20_000
+
 
 class RuleError(ValueError):
     """A rule that cannot be compiled; carries the source location."""
@@ -247,8 +257,15 @@ def cond_preds(cond: tuple) -> Iterator[int]:
         yield from cond_preds(cond[1])
 
 
-def check_condition(cond: Any, npreds: int) -> tuple:
+def check_condition(cond: Any, npreds: int, _depth: int = 0, _count: list | None = None) -> tuple:
     """Validate a condition tree (and turn JSON lists back into tuples)."""
+    if _count is None:
+        _count = [0]
+    _count[0] += 1
+    if _depth > MAX_CONDITION_DEPTH:
+        raise RuleError(f"condition is nested more than {MAX_CONDITION_DEPTH} levels deep")
+    if _count[0] > MAX_CONDITION_NODES:
+        raise RuleError(f"condition has more than {MAX_CONDITION_NODES:,} nodes")
     if not isinstance(cond, (list, tuple)) or not cond:
         raise RuleError(f"malformed condition node {cond!r}")
     kind = cond[0]
@@ -263,12 +280,35 @@ def check_condition(cond: Any, npreds: int) -> tuple:
     if kind == "not":
         if len(cond) != 2:
             raise RuleError("'not' takes one operand")
-        return ("not", check_condition(cond[1], npreds))
+        return ("not", check_condition(cond[1], npreds, _depth + 1, _count))
     if kind in ("and", "or"):
         if len(cond) < 2:
             raise RuleError(f"'{kind}' needs operands")
-        return (kind,) + tuple(check_condition(c, npreds) for c in cond[1:])
+        return (kind,) + tuple(check_condition(c, npreds, _depth + 1, _count) for c in cond[1:])
     raise RuleError(f"unknown condition node {kind!r}")
+
+
+def check_rule_size(predicates: tuple) -> None:
+    """RuleError when a rule is larger than the bounds above."""
+    if len(predicates) > MAX_PREDICATES_PER_RULE:
+        raise RuleError(f"rule has {len(predicates):,} predicates; at most "
+                        f"{MAX_PREDICATES_PER_RULE:,} are accepted")
+    nvalues = 0
+    nchars = 0
+    for p in predicates:
+        nvalues += len(p.values)
+        for v in p.values:
+            if isinstance(v, str):
+                nchars += len(v)
+                if p.op == "re" and len(v) > MAX_REGEX_CHARS:
+                    raise RuleError(f"regular expression of {len(v):,} characters; at most "
+                                    f"{MAX_REGEX_CHARS:,} are accepted")
+    if nvalues > MAX_VALUES_PER_RULE:
+        raise RuleError(f"rule has {nvalues:,} values; at most {MAX_VALUES_PER_RULE:,} are "
+                        "accepted (split it into several rules)")
+    if nchars > MAX_VALUE_CHARS_PER_RULE:
+        raise RuleError(f"rule has {nchars:,} characters of values; at most "
+                        f"{MAX_VALUE_CHARS_PER_RULE:,} are accepted (split it into several rules)")
 
 
 @dataclass(slots=True)
@@ -292,6 +332,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         self.predicates = tuple(self.predicates)
+        check_rule_size(self.predicates)
         self.condition = check_condition(self.condition, len(self.predicates))
         self.select = tuple(self.select)
         if self.select:

@@ -5,10 +5,11 @@ import os
 import time
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from .ir import Rule, RuleError
-from .pack import PACK_SUFFIX, decode_pack_content, is_pack, write_pack
+from .pack import PACK_SUFFIX, MAX_PACK_BYTES, decode_pack_content, is_pack, read_regular, write_pack
+from .regex import backtracking_problem
 
 YAML_SUFFIXES = (".yml", ".yaml")
 
@@ -78,37 +79,56 @@ def _rule_files(folder: Path) -> list[Path]:
     return out
 
 
-def _load_pack(path: Path, report: LoadReport, trust) -> None:
+def _load_pack(path: Path, report: LoadReport, trust, allow_backtracking: Collection[str]) -> None:
     """A pack, once its signature held (``signing.open_pack``: checked when ``trust`` has keys).
 
     The signature covers the pack's exact bytes whatever its version, so a signed pack's
-    correlations and filters are as trusted as its rules and load with them.
+    correlations and filters are as trusted as its rules and load with them.  The regex
+    policy holds for its rules (and filters, see ``_admit_filters``) as for YAML.
     """
     from .signing import open_pack
     p = str(path)
     try:
         try:
-            data = path.read_bytes()
+            data = read_regular(path, MAX_PACK_BYTES)
         except OSError as exc:
             raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", p) from None
+        if data is None:
+            raise RuleError(f"rule pack is larger than {MAX_PACK_BYTES:,} bytes; refused", p)
         body, sig = open_pack(data, p, trust)
         content = decode_pack_content(body, p)
     except RuleError as exc:
         report.rejected.append(Rejection(p, exc.line, exc.message))
         return
-    report.rules.extend(content.rules)
+    from .metarules import Unusable
+
+    kept = 0
+    for r in content.rules:
+        bad = backtracking_problem(r, allow_backtracking)
+        if bad is not None:
+            report.rejected.append(Rejection(p, None, f"{bad[1]} [rule {r.id}: {r.title}]"))
+            # a correlation naming it says the rule was rejected, not that it is unknown
+            name = r.meta.get("name") if isinstance(r.meta, dict) else None
+            report.unusable.append(Unusable(r.id, name if isinstance(name, str) else None,
+                                            "rejected", p))
+        else:
+            report.rules.append(r)
+            kept += 1
     report.correlations.extend(content.correlations)
     report.filters.extend(content.filters)
-    report.packs.append({"path": p, "rules": len(content.rules),
+    report.packs.append({"path": p, "rules": kept,
                          "correlations": len(content.correlations),
                          "filters": len(content.filters), **sig.as_dict()})
 
 
-def _load_file(path: Path, report: LoadReport, trust=None, placeholders=None) -> None:
+def _load_file(path: Path, report: LoadReport, trust=None,
+               allow_backtracking: Collection[str] = (), placeholders=None) -> None:
     p = str(path)
     report.files += 1
-    if not path.name.lower().endswith(YAML_SUFFIXES) and is_pack(path):
-        _load_pack(path, report, trust)
+    name = path.name.lower()
+    if name.endswith(PACK_SUFFIX) or (not name.endswith(YAML_SUFFIXES) and is_pack(path)):
+        # (a .pack that is not one, or not a regular file, is refused by the reader with the reason)
+        _load_pack(path, report, trust, allow_backtracking)
         return
     if not path.name.lower().endswith(YAML_SUFFIXES):
         report.rejected.append(Rejection(p, None, "neither Sigma YAML (.yml/.yaml) nor a rule pack"))
@@ -126,7 +146,7 @@ def _load_file(path: Path, report: LoadReport, trust=None, placeholders=None) ->
                                          "(pip install 'etw-sensor[sigma]'); "
                                          "or compile the rules into a pack elsewhere"))
         return
-    res = load_sigma_file(p, placeholders)
+    res = load_sigma_file(p, allow_backtracking, placeholders)
     report.rules.extend(res.rules)
     report.rejected.extend(Rejection(x.path, x.line, x.reason) for x in res.rejected)
     report.not_applicable.extend(Rejection(x.path, x.line, x.reason) for x in res.not_applicable)
@@ -144,6 +164,20 @@ def _note_unusable(report: LoadReport, problems, why: str) -> None:
         if x.ident or x.name:
             where = f"{x.path}:{x.line}" if x.line is not None else x.path
             report.unusable.append(Unusable(x.ident, x.name, why, where))
+
+
+def _admit_filters(report: LoadReport, allow_backtracking: Collection[str]) -> None:
+    """Drop (and reject) the filters whose regexes need backtracking, unless allowed by the
+    filter's id: a filter's selections run inside the rules it names, under the same policy."""
+    kept = []
+    for f in report.filters:
+        bad = backtracking_problem(f, allow_backtracking)
+        if bad is None:
+            kept.append(f)
+        else:
+            report.rejected.append(Rejection(f.source or "<rules>", f.line,
+                                             f"{bad[1]} [filter {f.id}: {f.title}]"))
+    report.filters = kept
 
 
 def resolve_meta(report: LoadReport) -> None:
@@ -188,16 +222,20 @@ def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
 
 
 def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None,
-               placeholders=None) -> LoadReport:
+               allow_backtracking: Collection[str] = (), placeholders=None) -> LoadReport:
     """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first.
 
     ``trust`` (``signing.Trust``): when it holds keys, only packs signed with one of them load
     (with their correlations and filters).
+    A rule with a regex that needs backtracking (backreference, lookaround...) is rejected
+    unless its id is in ``allow_backtracking``; such a regex then runs on the step-budgeted
+    engine (docs/matcher.md).  The same holds for a filter, by the filter's id.
     Correlation and filter documents load with the rules: filters are applied to the rules
     they name and correlation references are resolved across every file (``report.rules``
     are the filtered rules, ``report.correlations`` the usable correlations).
     ``placeholders`` (name -> values) resolves ``|expand`` in YAML rules.
     """
+    allow_backtracking = frozenset(allow_backtracking)
     t0 = time.perf_counter()
     report = LoadReport()
     if builtin:
@@ -210,11 +248,12 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
             if not files:
                 report.warnings.append(Rejection(str(path), None, "folder holds no rule files"))
             for f in files:
-                _load_file(f, report, trust, placeholders)
+                _load_file(f, report, trust, allow_backtracking, placeholders)
         elif path.exists():
-            _load_file(path, report, trust, placeholders)
+            _load_file(path, report, trust, allow_backtracking, placeholders)
         else:
             report.rejected.append(Rejection(str(path), None, "no such file or folder"))
+    _admit_filters(report, allow_backtracking)
     resolve_meta(report)
     report.warnings.extend(rule_warnings(report.rules))
     report.seconds = time.perf_counter() - t0
@@ -222,14 +261,17 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
 
 
 def compile_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
+                  allow_backtracking: Collection[str] = (),
                   placeholders=None) -> tuple[LoadReport, int]:
     """Load ``paths`` (no built-in rules) and write them as a pack; returns (LoadReport, size).
 
     The pack holds the rules as read (filters are kept apart and applied again when the
     pack loads, so they also reach rules loaded beside it), the usable correlations and the
     filters; placeholders are resolved now (a pack loads without pySigma).
+    (A pack does not carry the backtracking permission: whoever loads it allows it again.)
     """
-    report = load_rules(paths, builtin=False, placeholders=placeholders)
+    report = load_rules(paths, builtin=False, allow_backtracking=allow_backtracking,
+                        placeholders=placeholders)
     size = write_pack(report.source_rules, output, [str(p) for p in paths],
                       correlations=report.correlations, filters=report.filters)
     return report, size

@@ -38,10 +38,16 @@ if CompiledMatcher is not None:
 DEFAULT_ENGINE = "compiled" if CompiledMatcher is not None else "reference"
 
 
-def create(rules: Sequence[Rule], engine: str | None = None) -> Matcher:
-    """A matcher over ``rules``; ``engine`` is "compiled", "reference" or None (the best built)."""
+def create(rules: Sequence[Rule], engine: str | None = None,
+           regex_budget: int | None = None) -> Matcher:
+    """A matcher over ``rules``; ``engine`` is "compiled", "reference" or None (the best built).
+
+    ``regex_budget``: steps a regex on the backtracking engine may take per search (only
+    rules the loader let through with ``allow_backtracking`` have one; default
+    sensor.detect.backtrack.DEFAULT_BUDGET)."""
     try:
-        return ENGINES[engine or DEFAULT_ENGINE](rules)
+        cls = ENGINES[engine or DEFAULT_ENGINE]
     except KeyError:
         raise ValueError(f"matcher engine {engine!r} is not available "
                          f"(have: {', '.join(sorted(ENGINES))})") from None
+    return cls(rules, regex_budget=regex_budget)

@@ -35,15 +35,50 @@ READABLE_PACKS = (1, 2)   # version 1: rules only (no correlations or filters)
 IR_VERSION = 1  # bump when the IR's semantics or JSON shape change
 PACK_SUFFIX = ".pack"
 _MAX_HEADER = 4096
+# The whole SigmaHQ process_creation set is a 2.2 MB pack; a larger file is refused before
+# it is read (each rule in it is also bounded, see sensor.detect.ir.check_rule_size).
+MAX_PACK_BYTES = 64 * 1024 * 1024
+
+
+def _open_regular(path: str | os.PathLike) -> int:
+    """A descriptor of ``path`` opened non-blocking and checked with fstat: a FIFO or a device
+    raises OSError("not a regular file") instead of being waited on."""
+    import stat
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
+    """The bytes of a regular file, or None when it holds more than ``limit``."""
+    fd = _open_regular(path)
+    try:
+        if os.fstat(fd).st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    return None if len(data) > limit else data
 
 
 def is_pack(path: str | os.PathLike) -> bool:
-    """True when the file starts with the pack magic."""
+    """True when ``path`` is a regular file that starts with the pack magic."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
+        fd = _open_regular(path)
     except OSError:
         return False
+    try:
+        return os.read(fd, len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -140,7 +175,9 @@ def read_pack(path: str | os.PathLike) -> list[Rule]:
 def read_pack_content(path: str | os.PathLike) -> PackContent:
     """Rules, correlations and filters from a pack file (RuleError when not intact)."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path, MAX_PACK_BYTES)
     except OSError as exc:
         raise RuleError(f"cannot read rule pack: {exc.strerror or exc}", str(path)) from None
+    if data is None:
+        raise RuleError(f"rule pack is larger than {MAX_PACK_BYTES:,} bytes; refused", str(path))
     return decode_pack_content(data, str(path))

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from ..events import FIELDS as ETW_FIELDS
 from .ir import Predicate, Rule, RuleError, glob_escape
+from .regex import backtracking_problem
 
 # The work one rule file may cost (a hostile rule file must not stall `rules validate` or a
 # start). The largest SigmaHQ rule file is about 50 KB with about 1,100 values.
@@ -69,6 +70,8 @@ SOURCE_FIELDS: dict[str, frozenset] = {
     "ETW": frozenset(ETW_FIELDS),
 }
 DERIVED_FIELDS = frozenset({"@FileName", "@Message"})
+
+# Each rule is also bounded (ir.check_rule_size).
 
 
 @dataclass
@@ -450,9 +453,20 @@ def _count_values(node: Any, limit: int) -> int:
     return n
 
 
-def load_sigma_text(text: str, path: str, placeholders=None) -> FileResult:
+def _pattern_line(text: str, pattern: str) -> int | None:
+    """Line of a regex value in the YAML text (the first |re line when not found as is)."""
+    start = max(text.find("detection:"), 0)
+    for needle in (pattern, pattern.replace("'", "''"), pattern.replace("\\", "\\\\")):
+        at = text.find(needle, start)
+        if at >= 0:
+            return text.count("\n", 0, at) + 1
+    return _line_of(text, r"^[^#\n]*\|re\b[^:\n]*:") or _key_line(text, "detection")
+
+
+def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=None) -> FileResult:
     """Parse and convert every rule document of one Sigma YAML text (bounded: at most
-    MAX_RULE_FILE_BYTES of text and MAX_RULE_VALUES detection values).
+    MAX_RULE_FILE_BYTES of text and MAX_RULE_VALUES detection values).  A rule with a regex
+    that needs backtracking is rejected unless its id is in ``allow_backtracking``.
 
     ``placeholders`` (name -> values) gives ``|expand`` placeholders their values; a rule with
     a placeholder that has none is rejected, as the specification requires.
@@ -534,12 +548,17 @@ def load_sigma_text(text: str, path: str, placeholders=None) -> FileResult:
         if not_app:
             out.not_applicable.append(Problem(path, _key_line(text, "logsource"), not_app,
                                               ident, name))
+            continue
+        bad = backtracking_problem(rule, allow_backtracking)
+        if bad is not None:
+            out.rejected.append(Problem(path, _pattern_line(text, bad[0]), bad[1], ident, name))
         else:
             out.rules.append(rule)
     return out
 
 
-def load_sigma_file(path: str | os.PathLike, placeholders=None) -> FileResult:
+def load_sigma_file(path: str | os.PathLike, allow_backtracking=(),
+                    placeholders=None) -> FileResult:
     """Read and convert one Sigma YAML file."""
     p = str(path)
     try:
@@ -554,7 +573,7 @@ def load_sigma_file(path: str | os.PathLike, placeholders=None) -> FileResult:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         return FileResult(rejected=[Problem(p, line, f"not UTF-8 text: {exc.reason}")])
-    return load_sigma_text(text, p, placeholders)
+    return load_sigma_text(text, p, allow_backtracking, placeholders)
 
 
 def _read_bounded(path: str, limit: int) -> bytes | None:

@@ -718,6 +718,29 @@ filter:
     assert a == b == [2]
 
 
+def test_a_packs_backtracking_rule_needs_the_opt_in_and_its_correlation_says_why(tmp_path):
+    # the regex engine policy holds for a pack's rules whatever else the pack holds: without
+    # the opt-in the rule is refused and the correlation over it names that rule as rejected
+    from sensor.detect.loader import compile_paths
+
+    rid = "0a6b1c2d-0000-4000-8000-0000000000bc"
+    src = write(tmp_path, "r.yml", stub(ident=rid, name="rep", image="a.exe",
+                                        extra="        CommandLine|re: '(\\w+) \\1'\n") + """---
+title: c
+correlation: {type: event_count, rules: [rep], group-by: [Computer], timespan: 1m, condition: {gte: 2}}
+""")
+    out = tmp_path / "r.pack"
+    report, _ = compile_paths([src], out, allow_backtracking=[rid])
+    assert not report.rejected and len(report.correlations) == 1
+    refused = load_rules([out], builtin=False)
+    assert refused.rules == [] and refused.correlations == []
+    assert "backreference" in refused.rejected[0].reason
+    assert "'rep' names a rule that is rejected" in refused.rejected[1].reason
+    allowed = load_rules([out], builtin=False, allow_backtracking=[rid])
+    assert not allowed.rejected and len(allowed.correlations) == 1
+    assert allowed.packs[0]["rules"] == 1 and allowed.packs[0]["correlations"] == 1
+
+
 def test_version_1_packs_still_load(tmp_path):
     import hashlib
 

@@ -306,3 +306,71 @@ def test_a_filter_document_is_bounded_like_a_rule():
     res = load_sigma_text(text, "bomb.yml")
     assert not res.filters
     assert res.rejected and f"more than {MAX_RULE_VALUES:,}" in res.rejected[0].reason
+
+
+BACKREF_FILTER = """\
+title: Filter repeated words
+id: 7a1b2c3d-0000-4000-8000-0000000000f7
+logsource:
+    category: process_creation
+    product: windows
+filter:
+    rules: [6f3e2987-db24-4c78-a860-b4f4095a7095]
+    selection:
+        CommandLine|re: '(\\w+) \\1'
+    condition: not selection
+"""
+
+
+def test_a_filter_regex_that_needs_backtracking_takes_the_filters_own_opt_in(tmp_path):
+    # a filter's selections run inside the rule it names: the regex engine policy holds for
+    # them as for the rule's own (refused unless the filter's id is allowed)
+    fid = "7a1b2c3d-0000-4000-8000-0000000000f7"
+    rep = load(tmp_path, rule(RAR, "rar.exe"), BACKREF_FILTER)
+    assert not rep.filters and [r.id for r in rep.rules] == [RAR]
+    assert len(rep.rejected) == 1
+    why = rep.rejected[0]
+    assert why.path.endswith("r.yml") and why.line is not None
+    assert "backreference" in why.reason and f"[filter {fid}: Filter repeated words]" in why.reason
+    assert "filters" not in rep.rules[0].meta
+    # the rule's opt-in does not cover the filter; the filter's does
+    assert load(tmp_path, rule(RAR, "rar.exe"), BACKREF_FILTER, allow_backtracking=[RAR]).rejected
+    ok = load(tmp_path, rule(RAR, "rar.exe"), BACKREF_FILTER, allow_backtracking=[fid])
+    assert not ok.rejected and len(ok.filters) == 1
+    events = [{"Image": "C:\\rar.exe", "CommandLine": "a b"},
+              {"Image": "C:\\rar.exe", "CommandLine": "go go"}]
+    assert hits(ok, events) == [(RAR, 0)]
+
+
+def big_filter(tag: str, chars: int) -> str:
+    """A filter whose values hold ``chars`` characters in all (100 values)."""
+    vals = "".join(f"        - '{tag}{i:03d}{'x' * (chars // 100 - 4)}'\n" for i in range(100))
+    return (f"title: Filter {tag}\nlogsource: {{category: process_creation, product: windows}}\n"
+            f"filter:\n    rules: [{RAR}]\n    sel:\n        CommandLine|contains:\n" + vals +
+            "    condition: not sel\n")
+
+
+def test_a_filter_is_bounded_like_a_rule(tmp_path):
+    from sensor.detect.ir import MAX_VALUE_CHARS_PER_RULE
+    rep = load(tmp_path, rule(RAR, "rar.exe"), big_filter("a", MAX_VALUE_CHARS_PER_RULE + 1000))
+    assert not rep.filters and [r.id for r in rep.rules] == [RAR]
+    assert "filters" not in rep.rules[0].meta
+    assert any("characters of values" in r.reason and r.path.endswith("r.yml")
+               for r in rep.rejected), rep.rejected
+
+
+def test_a_filter_that_would_push_its_rule_past_the_bounds_is_refused_for_that_rule(tmp_path):
+    # each filter is within the bounds, but together with the rule they are not: the second
+    # filter is refused for that rule (named), the rule runs with the first one only
+    from sensor.detect.ir import MAX_VALUE_CHARS_PER_RULE
+    half = MAX_VALUE_CHARS_PER_RULE // 2 + 1000
+    rep = load(tmp_path, rule(RAR, "rar.exe"), big_filter("a", half), big_filter("b", half))
+    assert len(rep.filters) == 2 and [r.id for r in rep.rules] == [RAR]
+    assert [f["title"] for f in rep.rules[0].meta["filters"]] == ["Filter a"]
+    assert len(rep.rejected) == 1
+    assert f"filter not applied to rule {RAR}" in rep.rejected[0].reason
+    assert "characters of values" in rep.rejected[0].reason
+    events = [{"Image": "C:\\rar.exe", "CommandLine": "a001" + "x" * 100},
+              {"Image": "C:\\rar.exe", "CommandLine": "b001" + "x" * 100}]
+    ev = [dict(e, CommandLine=e["CommandLine"][:4] + "x" * (half // 100 - 4)) for e in events]
+    assert hits(rep, ev) == [(RAR, 1)]

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Iterable, Sequence
 
-from .ir import Predicate, Rule, RuleError, check_condition
+from .ir import Predicate, Rule, RuleError, check_condition, check_rule_size
 
 # Correlation types: the specification's seven, and pySigma's value_median (an extension).
 COUNT_TYPES = ("event_count", "value_count")
@@ -243,6 +243,7 @@ class Filter:
 
     def __post_init__(self) -> None:
         self.predicates = tuple(self.predicates)
+        check_rule_size(self.predicates)     # a filter is bounded like a rule
         self.condition = check_condition(self.condition, len(self.predicates))
         if self.rules is not None and not all(isinstance(r, str) and r for r in self.rules):
             raise MetaError("filter rules: references must be rule ids or names")
@@ -411,7 +412,12 @@ def resolve(rules: Sequence[Rule], correlations: Sequence[Correlation],
                                               f"logsource {flt.logsource} does not cover the "
                                               f"rule's {rule_logsource(r)}"))
                 continue
-            res.rules[i] = apply_filter(r, flt)
+            try:
+                res.rules[i] = apply_filter(r, flt)
+            except RuleError as exc:   # the rule with the filter is past a rule bound
+                res.rejected.append((flt, f"filter not applied to rule {r.id} ({r.title}): "
+                                          f"{exc.message}; the rule runs without it"))
+                continue
             applied += 1
         if not applied:
             res.warnings.append((flt, "filter applies to no loaded rule"))

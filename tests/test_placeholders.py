@@ -179,3 +179,35 @@ def test_a_pack_holds_the_resolved_rule(tmp_path, capsys):
     m = create(rep.rules, "reference")
     assert m.match(ProcessEvent(User="ADM_x")) == [0] and m.match(ProcessEvent(User="x")) == []
     assert main(["rules", "compile", str(rules), "-o", str(tmp_path / "no.pack")]) == 1
+
+
+def test_a_placeholders_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+    import subprocess
+    import sys
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs mkfifo (POSIX)")
+    rules = tmp_path / "r.yml"
+    rules.write_text(RULE)
+    fifo = tmp_path / "ph.yml"
+    os.mkfifo(fifo)
+    # no writer ever opens the FIFO: a blocking open would hang (the timeout only guards that)
+    r = subprocess.run([sys.executable, "-m", "sensor", "rules", "validate", str(rules),
+                        "--placeholders", str(fifo)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "not a regular file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_doctor_takes_the_placeholders_file_like_validate(tmp_path, capsys):
+    # without it the |expand rule is rejected (no verdict); with it the rule gets one
+    from sensor.cli import main
+    rules = tmp_path / "r.yml"
+    rules.write_text(RULE)
+    ph = tmp_path / "ph.yml"
+    ph.write_text("Administrators: ['adm_*']\n")
+    assert main(["rules", "doctor", str(rules), "--no-builtin-rules", "--json"]) == 1
+    assert "placeholder %Administrators% has no value" in capsys.readouterr().err
+    assert main(["rules", "doctor", str(rules), "--no-builtin-rules", "--json",
+                 "--placeholders", str(ph)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rejected"] == [] and "5f2c7d9a-0000-4000-8000-0000000000e1" in json.dumps(doc)

@@ -48,13 +48,15 @@ def load_placeholders(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """Read a placeholders file; PlaceholderError (file:line) when it is not one."""
     import yaml
 
+    from .pack import read_regular
+
     p = str(path)
     try:
-        with open(p, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        # opened non-blocking and refused unless regular (a FIFO would block the start)
+        raw = read_regular(p, MAX_FILE_BYTES)
     except OSError as exc:
         raise PlaceholderError(f"cannot read placeholders file: {exc.strerror or exc}", p) from None
-    if len(raw) > MAX_FILE_BYTES:
+    if raw is None:
         raise PlaceholderError(f"placeholders file is larger than {MAX_FILE_BYTES} bytes", p)
     try:
         text = raw.decode("utf-8-sig")

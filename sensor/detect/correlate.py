@@ -896,10 +896,12 @@ class CorrelationEngine:
             self.state_note = note
             return note
         try:
-            if size > MAX_STATE_FILE:
+            from .pack import read_regular
+            # non-blocking and regular only, bounded like every other file the sensor reads
+            data = read_regular(path, MAX_STATE_FILE) if size <= MAX_STATE_FILE else None
+            if data is None:
                 raise ValueError(f"state file is larger than {MAX_STATE_FILE} bytes")
-            with open(path, "rb") as fh:
-                doc = msgspec.json.decode(fh.read())
+            doc = msgspec.json.decode(data)
             if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or \
                     doc.get("version") != STATE_VERSION:
                 raise ValueError("not a correlation state file of this version")
@@ -990,20 +992,11 @@ def _row_of(entry, node: _Node, key: tuple) -> dict:
 
 def _write_private(path: str, data: bytes) -> None:
     """Write ``data`` atomically (temp file + rename), the file 0600 and new folders 0700."""
-    from .._files import open_private
-    tmp = path + ".tmp"
-    try:
-        with open_private(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .._files import private_dir, write_atomic_private
+    parent = os.path.dirname(path)
+    if parent:
+        private_dir(parent)
+    write_atomic_private(path, data)
 
 
 # ---------------------------------------------------------------------------------

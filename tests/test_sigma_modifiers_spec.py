@@ -275,3 +275,33 @@ def test_time_modifiers_agree_with_the_sqlite_backend():
                     assert got == want, (part, op, v, engine, sorted(got ^ want)[:5])
                 checked += 1
     assert checked == 6 * sum(len(v) for v in TIME_THRESHOLDS.values())
+
+
+def test_time_modifiers_compiled_and_reference_agree_on_any_value():
+    # the compiled matcher hands timepart predicates to the reference's test (a rare operator):
+    # the two agree on any value, in and/or/not with predicates the compiled matcher owns
+    from hypothesis import given, settings, strategies as st
+
+    from sensor.detect import matcher as M
+
+    if "compiled" not in M.ENGINES:
+        pytest.skip("the compiled matcher is not built (make build)")
+    rules = []
+    for part, values in TIME_THRESHOLDS.items():
+        for op in ("", "|lt", "|gte", "|neq"):
+            det = (f"t:\n  UtcTime|{part}{op}: {values[1]}\nc:\n  CommandLine|contains: evil\n"
+                   f"condition: (t and c) or (not t and not c)")
+            rules += compiled(det)
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    digits = st.text("0123456789", min_size=1, max_size=4)
+    date = st.builds(lambda y, mo, d, h, mi, sep, tail: f"{y}-{mo}-{d}{sep}{h}:{mi}{tail}",
+                     digits, digits, digits, digits, digits, st.sampled_from([" ", "T", "", "x"]),
+                     st.sampled_from(["", ":00", ":00.123", "Z", "+02:00", ":0"]))
+    value = st.one_of(date, st.text(max_size=30), st.integers(-10, 3000), st.none())
+
+    @given(value, st.one_of(st.none(), st.sampled_from(["evil", "EVIL x", "good"])))
+    @settings(max_examples=400, deadline=None)
+    def same(when, cmd):
+        ev = {k: v for k, v in (("UtcTime", when), ("CommandLine", cmd)) if v is not None}
+        assert ref.match(ProcessEvent(ev)) == comp.match(ProcessEvent(ev)), ev
+    same()

@@ -118,17 +118,22 @@ def run(n, hosts, report, engine_name, correlate: bool, max_state: int):
     c0 = time.process_time()
     t0 = time.perf_counter()
     match = matcher.match
-    for ev in events(n, hosts):
+    peak = rss0
+    for i, ev in enumerate(events(n, hosts)):
         m = match(ev)
         if corr is not None:
             alerts += len(corr.feed(ev, m))
+        if not i % 20_000:          # the peak, sampled (the state grows, then evicts)
+            peak = max(peak, rss_mib())
     if corr is not None:
         alerts += len(corr.flush())
     secs = time.perf_counter() - t0
     cpu = time.process_time() - c0
     out = {"events": n, "seconds": round(secs, 2), "events_per_s": round(n / secs),
            "cpu_seconds": round(cpu, 2), "events_per_cpu_s": round(n / cpu),
-           "rss_mib_added": round(rss_mib() - rss0, 1), "matcher": matcher.engine}
+           "rss_mib_added": round(rss_mib() - rss0, 1),
+           "rss_mib_peak_added": round(max(peak, rss_mib()) - rss0, 1),
+           "rss_mib_peak": round(max(peak, rss_mib()), 1), "matcher": matcher.engine}
     if corr is not None:
         st = corr.stats()
         out.update(alerts=alerts, entries=st["entries"], evicted=st["evicted"],
@@ -223,9 +228,13 @@ def main() -> int:
     print(f"{a.events:,} events, {a.hosts:,} hosts (group keys), {len(report.correlations)} "
           f"correlations over {len(report.rules)} rules; matcher {base['matcher']}")
     print(f"  baseline (generate + match): {base['events_per_cpu_s']:>9,} events per CPU second "
-          f"({base['cpu_seconds']} s CPU, {base['seconds']} s wall, +{base['rss_mib_added']} MiB RSS)")
+          f"({base['cpu_seconds']} s CPU, {base['seconds']} s wall, +{base['rss_mib_added']} MiB RSS, "
+          f"peak +{base['rss_mib_peak_added']} MiB)")
     print(f"  with correlations:           {corr['events_per_cpu_s']:>9,} events per CPU second "
-          f"({corr['cpu_seconds']} s CPU, {corr['seconds']} s wall, +{corr['rss_mib_added']} MiB RSS)")
+          f"({corr['cpu_seconds']} s CPU, {corr['seconds']} s wall, +{corr['rss_mib_added']} MiB RSS, "
+          f"peak +{corr['rss_mib_peak_added']} MiB, process peak {corr['rss_mib_peak']} MiB)")
+    print(f"  events per wall second: baseline {base['events_per_s']:,}, with correlations "
+          f"{corr['events_per_s']:,} (load average {os.getloadavg()[0]:.1f} at the end)")
     per_update = (corr["cpu_seconds"] - base["cpu_seconds"]) / max(1, corr["updates"]) * 1e6
     print(f"  ratio {result['throughput_ratio']}, correlation cost "
           f"{result['correlation_cpu_us_per_event']} us CPU/event = {corr['updates'] / a.events:.1f} "

@@ -53,6 +53,15 @@ def test_spoofing_rule_needs_the_creator():
     assert v["sysmon"] == NEVER and v["security_4688"] == NEVER and v["etw"] == FIRES
 
 
+def test_a_grandparent_rule_is_degraded_on_sysmon_and_never_on_4688():
+    # recorded Sysmon starts get the grandparent from the parent's own start when it was read
+    # before (sometimes); Security 4688 records carry pids only (never)
+    r = rule("s:\n  Image|endswith: '\\\\whoami.exe'\n  GrandParentImage|endswith: '\\\\cmd.exe'\n"
+             "condition: s")
+    v = verdicts(r)
+    assert v["sysmon"] == DEGRADED and v["security_4688"] == NEVER and v["etw"] == DEGRADED
+
+
 def test_cli_table_and_json(tmp_path, capsys):
     (tmp_path / "a.yml").write_text(
         "title: needs parent user\nid: 0e3b1d8a-0000-4000-8000-000000000002\nlogsource:\n"

@@ -28,6 +28,9 @@ _TABLE = frozenset({"ParentImage", "GrandParentImage", "GrandParentProcessId", "
                     "CreatorImage"})
 _ETW_ALWAYS = frozenset({"Image", "ProcessId", "ParentProcessId", "UtcTime", "IntegrityLevel",
                          "Computer", "CreatorProcessId"})
+# Sysmon recordings: from the parent's own start when it was read earlier (sources/lineage.py).
+_RECORDED_LINEAGE = frozenset({"GrandParentImage", "GrandParentCommandLine", "GrandParentProcessId",
+                               "ParentChain"})
 # Back-fill reads the live process, which a very short-lived one no longer is.
 _BACKFILL = frozenset({"CommandLine", "User", "CurrentDirectory", "ParentCommandLine",
                        "GrandParentCommandLine"})
@@ -55,8 +58,9 @@ def _profiles() -> tuple[Profile, ...]:
         Profile("etw+system_logger+backfill", _ETW_ALWAYS | {"CommandLine", "User"},
                 _PE | _TABLE | _BACKFILL - {"CommandLine", "User"} | {"Hashes"},
                 "live ETW with the system logger's exact command line and user, and back-fill"),
-        Profile("sysmon", frozenset(SYSMON_FIELDS), frozenset(),
-                "Sysmon EID 1 from EVTX (no creator, no grandparent)"),
+        Profile("sysmon", frozenset(SYSMON_FIELDS), _RECORDED_LINEAGE,
+                "Sysmon EID 1 from EVTX (no creator; the grandparent when the parent's start was "
+                "read before)"),
         Profile("security_4688", frozenset(SECURITY_4688_FIELDS), frozenset(),
                 "Security 4688 from EVTX (command line only with the audit policy that adds it)"),
     )

@@ -4,6 +4,8 @@
 (and ``.ndjson``, ``.json.gz``, ``.ndjson.gz`` as JSON lines) in a stable order;
 a file named directly is read as JSON lines whatever its suffix.  A JSON-lines file whose
 first line is a capture header (``capture.py``) is replayed as raw ETW records.
+Sysmon starts read in one call get the lineage fields from the starts read before them
+(``lineage.py``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from .base import InputError, ReadStats
 from .capture import is_capture, read_capture
 from .evtx import read_evtx
 from .jsonl import MAX_LINE_BYTES, read_jsonl
+from .lineage import ReplayLineage
 
 SUFFIXES = (".evtx", ".jsonl", ".jsonl.gz", ".ndjson", ".json.gz", ".ndjson.gz")
 
@@ -61,11 +64,14 @@ def read_paths(paths: Iterable[str | os.PathLike], stats: ReadStats | None = Non
     """Every process start in ``paths`` (files or folders); problems go to ``stats``.
 
     The readers report a bad record and go on; should one fail anyway, the failure is reported
-    against its file and the next file is read: one file never ends a replay.
+    against its file and the next file is read: one file never ends a replay. Sysmon starts get
+    GrandParent* and ParentChain from the starts read before them, across files (``lineage.py``).
     """
     stats = stats if stats is not None else ReadStats()
+    lineage = ReplayLineage()
     for path in expand_paths(paths, stats):
         try:
-            yield from read_file(path, stats, max_line_bytes)
+            for ev in read_file(path, stats, max_line_bytes):
+                yield lineage.apply(ev)
         except Exception as exc:
             stats.error(path, None, f"reading stopped: {type(exc).__name__}: {str(exc)[:200]}")

@@ -288,3 +288,69 @@ def test_the_disk_full_state_reaches_the_health_status_and_ends_by_itself(volume
     assert wait_until(lambda: sp.maintain() or not sp.stats()["disk_full"], 30)
     assert pipe.health().spool.state == "ok"
     sp.close()
+
+
+def test_never_drained_while_alerts_are_being_committed(tmp_path):
+    """Alerts taken out of memory but not yet committed are in neither the held queue nor the
+    file: a forwarder asked "is everything delivered?" in that moment must say no (a shutdown
+    that believed it would stop delivery with those alerts still to send)."""
+    import threading
+    sp = Spool(tmp_path / "spool.sqlite")
+    fwd = Forwarder(sp, build_output({"format": "memory"}), DeliveryConfig(**FAST))
+    entered, release = threading.Event(), threading.Event()
+    real = sp._write_rows
+
+    def slow_write(rows, now, room=0):
+        entered.set()
+        assert release.wait(30)
+        return real(rows, now, room)
+
+    sp._write_rows = slow_write
+    t = threading.Thread(target=sp.put_many, args=([sample_alert(1), sample_alert(2)],))
+    t.start()
+    try:
+        assert entered.wait(30)
+        assert sp.depth() == 0 and sp.fault_stats()["held"] == 0   # in neither place yet
+        assert sp.fault_stats()["storing"] == 2
+        assert not fwd.drained()
+    finally:
+        release.set()
+        t.join(30)
+    assert sp.fault_stats()["storing"] == 0 and sp.depth() == 2
+    assert not fwd.drained()   # committed and not delivered
+    sp.close()
+
+
+def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
+    """Alerts waiting in memory for space are not lost when the next attempt to commit them
+    fails for another reason (the caller of that attempt only learns about its own alerts)."""
+    now = [1000.0]
+    vol = volume("2m")
+    sp = Spool(vol / "spool.sqlite", clock=lambda: now[0])  # not the owner: no reserve
+    sp.put_many([sample_alert(i) for i in range(5)])
+    reader = sqlite3.connect(str(vol / "spool.sqlite"))
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM alerts").fetchone()   # pins the WAL
+    filler = fill(vol)
+    big = [{"id": str(uuid.uuid4()), "pad": "x" * 4000} for _ in range(50)]
+    sp.put_many(big)
+    held = sp.fault_stats()["held"]
+    assert held > 0
+    reader.rollback()
+    reader.close()
+    filler.unlink()
+    now[0] += 3600                                             # past any retry delay
+
+    def broken(rows, now_, room=0):
+        raise SpoolError(f"spool {sp.path}: write failed: simulated I/O error")
+
+    real, sp._write_rows = sp._write_rows, broken
+    with pytest.raises(SpoolError):
+        sp.put_many([sample_alert(99)])
+    assert sp.fault_stats()["held"] == held                    # still waiting, none dropped
+    sp._write_rows = real
+    now[0] += 3600
+    sp.flush_held()
+    assert sp.fault_stats()["held"] == 0
+    assert {a["id"] for a in big} <= set(sp.ids())             # every held alert is in the file
+    sp.close()

@@ -570,7 +570,8 @@ class Forwarder(threading.Thread):
         with self._lock:
             busy = bool(self._claims)
             settled = len(self._unconfirmed)
-        return not busy and not self.spool.fault_stats()["held"] and self._depth() <= settled
+        memory = self.spool.fault_stats()   # alerts held on a full disk, or being committed now
+        return not busy and not memory["held"] and not memory["storing"] and self._depth() <= settled
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until everything spooled so far is delivered (tests, shutdown)."""

@@ -277,6 +277,9 @@ class Spool:
         self._next_try = 0.0
         self._held: collections.deque[_Row] = collections.deque()
         self._held_bytes = 0
+        # Rows put_many is committing right now: in no queue and not yet in the file, so
+        # "everything is delivered" must not be said while this is not 0.
+        self._storing = 0
         self._full_since: float | None = None
         self._full_episodes = 0
         self._full_dropped = 0            # this episode: oldest alerts deleted to make room
@@ -616,15 +619,28 @@ class Spool:
             if had_held and self._full_since is not None and now < self._next_try:
                 self._hold(rows)  # the last attempt failed a moment ago: do not hammer the disk
                 return len(rows)
-            batch = list(self._held) + rows
-            self._held.clear()
-            self._held_bytes = 0
-            added, left = self._store(batch, now)
-            if left:
-                self._hold(left)
-                self._next_try = now + FULL_RETRY_INTERVAL
-            elif self._begin_pending is not None:
-                self._write_begin_event()
+            earlier = list(self._held)
+            batch = earlier + rows
+            self._storing = len(batch)   # before the held queue empties: never both zero
+            try:
+                self._held.clear()
+                self._held_bytes = 0
+                added, left = self._store(batch, now)
+                if left:
+                    self._hold(left)
+                    self._next_try = now + FULL_RETRY_INTERVAL
+                elif self._begin_pending is not None:
+                    self._write_begin_event()
+            except BaseException:
+                # The alerts held from earlier calls are nobody else's to count: they wait again
+                # (a row a committed chunk already wrote is ignored as a duplicate next time).
+                # This call's own rows are the caller's, who is told by the error.
+                for r in reversed(earlier):
+                    self._held.appendleft(r)
+                    self._held_bytes += r[2]
+                raise
+            finally:
+                self._storing = 0
         self._notify()
         return len(rows) if had_held or left else added
 
@@ -1270,7 +1286,7 @@ class Spool:
                 "disk_full_since": _iso(self._full_since) if self._full_since is not None else None,
                 "disk_full_episodes": self._full_episodes,
                 "disk_full_error": self._last_full_error if self._full_since is not None else None,
-                "held": len(self._held), "held_bytes": self._held_bytes,
+                "held": len(self._held), "held_bytes": self._held_bytes, "storing": self._storing,
                 "held_dropped": self._full_held_dropped,
                 "reserve_bytes": self.reserve_bytes,
                 "salvaged_at_start": dict(self.salvage) if self.salvage else None,

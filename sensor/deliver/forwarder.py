@@ -507,8 +507,8 @@ class Forwarder(threading.Thread):
         for i in range(1, self.config.concurrency):
             # Only this thread polls when idle; the others wake for new alerts (and stop) alone.
             t = threading.Thread(target=self._loop, args=(None,), name=f"sensor-forwarder-{i}", daemon=True)
-            self._workers.append(t)
             t.start()
+            self._workers.append(t)   # started threads only: stats and tests read their ids
         self._loop()
         for t in self._workers:
             t.join()

@@ -19,6 +19,8 @@ cdef extern from "matcher_util.h":
     size_t mt_af_next(const uint64_t *b8, unsigned s8, const uint64_t *b4, unsigned s4, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
     int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd, unsigned len, unsigned k)
     size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
+    size_t mt_ac_run16s(const uint16_t *t, const uint32_t *col, const unsigned char *start, int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
+    size_t mt_ac_run32s(const uint32_t *t, const uint32_t *col, const unsigned char *start, int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
     int mt_chain(const unsigned char *h, size_t n, const unsigned char *const *lits, const size_t *lens, const size_t *rare, size_t k, int dotall)
     size_t mt_count(const unsigned char *h, size_t n, unsigned char c, size_t enough)
     int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
@@ -60,6 +62,8 @@ cdef struct Unit:
     uint32_t *trans32
     uint32_t *out_off
     uint32_t *out_ids      # local literal ids
+    uint8_t start[256]     # 1: the byte leaves the root state (0: skipped at the root)
+    int32_t start1         # the only byte that leaves the root, or -1
     # mode 3: 1-byte literals first (q1e of them), then 2-gram buckets, then hashed
     # 4-gram and 8-gram buckets; packed entries of 5 words: the anchor's first 4 bytes,
     # its next 4 (8-byte anchors), needle offset, len | k << 16, local literal id

@@ -61,9 +61,82 @@ cdef extern from *:
     {
         return *(PyObject **)((char *)o + off);
     }
+    /* Py_UNICODE_TOLOWER through a small direct-mapped cache ((c + 1) << 32 | lower(c)):
+     * the Unicode database lookup costs a call per non-ASCII character.  Only touched
+     * with the GIL held (every fold runs inside a match call). */
+    static uint64_t mt_lower_cache[1024];
+    static inline Py_UCS4 mt_tolower(Py_UCS4 c)
+    {
+        uint64_t e = mt_lower_cache[c & 1023u];
+        Py_UCS4 l;
+        if ((uint32_t)(e >> 32) == (uint32_t)c + 1u)
+            return (Py_UCS4)(uint32_t)e;
+        l = Py_UNICODE_TOLOWER(c);
+        mt_lower_cache[c & 1023u] = ((uint64_t)((uint32_t)c + 1u) << 32) | (uint64_t)l;
+        return l;
+    }
+    /* Give the heap's free pages back to the system after a build (glibc keeps them);
+     * elsewhere a no-op. */
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void mt_release_free_memory(void) { malloc_trim(0); }
+    #else
+    static void mt_release_free_memory(void) { }
+    #endif
+    /* str.lower() of n characters of one kind as UTF-8 (surrogatepass) into b (room for
+     * 4 n bytes); the byte count.  One loop per kind: no kind switch per character.
+     * ASCII lowered, U+0130 to "i" + U+0307, anything else to its simple lower case. */
+    #define MT_FOLD_LOOP(T)                                                          \
+        for (i = 0; i < n; i++) {                                                    \
+            Py_UCS4 c = ((const T *)data)[i];                                        \
+            if (c < 0x80) {                                                          \
+                b[o++] = (unsigned char)(c + ((unsigned)(c - 0x41) < 26u) * 32);     \
+                continue;                                                            \
+            }                                                                        \
+            if (c == 0x130) {                                                        \
+                b[o] = 0x69; b[o + 1] = 0xCC; b[o + 2] = 0x87; o += 3;               \
+                continue;                                                            \
+            }                                                                        \
+            if (c == 0x3A3 && sigma != NULL)                                         \
+                *sigma = 1;                                                          \
+            c = mt_tolower(c);                                                       \
+            if (c < 0x80) {                                                          \
+                b[o++] = (unsigned char)c;                                           \
+            } else if (c < 0x800) {                                                  \
+                b[o] = (unsigned char)(0xC0 | (c >> 6));                             \
+                b[o + 1] = (unsigned char)(0x80 | (c & 0x3F));                       \
+                o += 2;                                                              \
+            } else if (c < 0x10000) {                                                \
+                b[o] = (unsigned char)(0xE0 | (c >> 12));                            \
+                b[o + 1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));                \
+                b[o + 2] = (unsigned char)(0x80 | (c & 0x3F));                       \
+                o += 3;                                                              \
+            } else {                                                                 \
+                b[o] = (unsigned char)(0xF0 | (c >> 18));                            \
+                b[o + 1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));               \
+                b[o + 2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));                \
+                b[o + 3] = (unsigned char)(0x80 | (c & 0x3F));                       \
+                o += 4;                                                              \
+            }                                                                        \
+        }
+    static Py_ssize_t mt_fold_chars(int kind, const void *data, Py_ssize_t n,
+                                    unsigned char *b, uint8_t *sigma)
+    {
+        Py_ssize_t i, o = 0;
+        if (kind == PyUnicode_1BYTE_KIND) {
+            MT_FOLD_LOOP(Py_UCS1)
+        } else if (kind == PyUnicode_2BYTE_KIND) {
+            MT_FOLD_LOOP(Py_UCS2)
+        } else {
+            MT_FOLD_LOOP(Py_UCS4)
+        }
+        return o;
+    }
     """
     Py_ssize_t mt_member_offset(PyObject *descr)
     PyObject *mt_slot_get(PyObject *o, Py_ssize_t off)
+    Py_ssize_t mt_fold_chars(int kind, const void *data, Py_ssize_t n, unsigned char *b, uint8_t *sigma)
+    void mt_release_free_memory()
 
 cdef extern from "Python.h":
     ctypedef uint32_t Py_UCS4
@@ -296,41 +369,7 @@ cdef Py_ssize_t _cfold(object t, unsigned char **buf, Py_ssize_t *cap, uint8_t *
             raise MemoryError()
         buf[0] = b
         cap[0] = 4 * n + 64
-    b = buf[0]
-    for i in range(n):
-        c = <uint32_t>PyUnicode_READ(kind, data, i)
-        if c < 0x80:
-            b[o] = <unsigned char>(c + 32 if 0x41 <= c <= 0x5A else c)
-            o += 1
-            continue
-        if c == 0x130:
-            b[o] = 0x69
-            b[o + 1] = 0xCC
-            b[o + 2] = 0x87
-            o += 3
-            continue
-        if c == 0x3A3 and sigma != NULL:
-            sigma[0] = 1
-        c = <uint32_t>Py_UNICODE_TOLOWER(<Py_UCS4>c)
-        if c < 0x80:
-            b[o] = <unsigned char>c
-            o += 1
-        elif c < 0x800:
-            b[o] = <unsigned char>(0xC0 | (c >> 6))
-            b[o + 1] = <unsigned char>(0x80 | (c & 0x3F))
-            o += 2
-        elif c < 0x10000:
-            b[o] = <unsigned char>(0xE0 | (c >> 12))
-            b[o + 1] = <unsigned char>(0x80 | ((c >> 6) & 0x3F))
-            b[o + 2] = <unsigned char>(0x80 | (c & 0x3F))
-            o += 3
-        else:
-            b[o] = <unsigned char>(0xF0 | (c >> 18))
-            b[o + 1] = <unsigned char>(0x80 | ((c >> 12) & 0x3F))
-            b[o + 2] = <unsigned char>(0x80 | ((c >> 6) & 0x3F))
-            b[o + 3] = <unsigned char>(0x80 | (c & 0x3F))
-            o += 4
-    return o
+    return mt_fold_chars(kind, data, n, buf[0], sigma)
 
 
 def fold_utf8(str t):
@@ -580,6 +619,8 @@ cdef class Matcher:
         self._regex_budget = regex_budget
         self._arrays = []
         self._compile(frozenset(lazy_fields))
+        # the build's temporaries (a few times the index) are gone: hand their pages back
+        mt_release_free_memory()
         self._state = self._new_state()
         self._undecided_a = _pyarray.array("Q", [0] * (self._nrules + 1))
         self._undecided = <uint64_t *>self._undecided_a.data.as_ulonglongs
@@ -1216,21 +1257,64 @@ cdef class Matcher:
             "trie_states": total_states,
             "index_bytes": sum(x.buffer_info()[1] * x.itemsize for x in self._arrays),
         }
+        # The helper functions above refer to themselves through this call's closure: a
+        # reference cycle that would keep every build-time structure (the priors, the
+        # witness lists: ~20 MiB for SigmaHQ) alive until the next full collection.
+        slot = lit = add_bytes = gid = cost_of = emit = lit_entry = trie_entry = None
+        pred_witness = witness = wfield = place = resolve = priors = None
 
-    cdef int _dense(self, list cls, Py_ssize_t n, Py_ssize_t ncls, list trans, list out_off,
+    cdef int _dense(self, list cls, Py_ssize_t n, Py_ssize_t ncls, array.array trans, list out_off,
                     uint32_t *col, uint16_t **t16, uint32_t **t32) except -1:
         """Store a transition table class-major (the next state is trans[col[byte] + s]:
-        one add and one load per byte), the top bit of a state id flagging outputs."""
-        cdef Py_ssize_t b
+        one add and one load per byte), the top bit of a state id flagging outputs.
+        ``trans`` (state-major, array of uint32) is read in C: no Python int per entry."""
+        cdef Py_ssize_t b, c, st, total = n * ncls
+        cdef const uint32_t *src = trans.data.as_uints
+        cdef uint32_t t, flag = 0x8000 if n < 32768 else 0x80000000
+        cdef array.array has_out = _pyarray.array("B", bytes(n + 1))
+        cdef uint8_t *ho
+        cdef array.array dst
+        cdef uint16_t *d16
+        cdef uint32_t *d32
+        assert len(trans) == total
         for b in range(256):
             col[b] = cls[b] * n
-        trans = [trans[s * ncls + c] for c in range(ncls) for s in range(n)]
+        ho = has_out.data.as_uchars
+        for st in range(n):
+            ho[st] = 1 if out_off[st + 1] != out_off[st] else 0
         t16[0] = NULL
         t32[0] = NULL
         if n < 32768:
-            t16[0] = self._u16([t | 0x8000 if out_off[t + 1] != out_off[t] else t for t in trans])
+            dst = self._keep("H", bytes(2 * total))
+            d16 = <uint16_t *>dst.data.as_ushorts
+            for c in range(ncls):
+                for st in range(n):
+                    t = src[st * ncls + c]
+                    d16[c * n + st] = <uint16_t>(t | flag if ho[t] else t)
+            t16[0] = d16
         else:
-            t32[0] = self._u32([t | 0x80000000 if out_off[t + 1] != out_off[t] else t for t in trans])
+            dst = self._keep("I", bytes(4 * total))
+            d32 = dst.data.as_uints
+            for c in range(ncls):
+                for st in range(n):
+                    t = src[st * ncls + c]
+                    d32[c * n + st] = t | flag if ho[t] else t
+            t32[0] = d32
+        return 0
+
+    cdef int _root_skip(self, Unit *un, Py_ssize_t n) except -1:
+        """The bytes that leave the root state of unit ``un``'s DFA (see mt_ac_skip)."""
+        cdef int b, nstart = 0
+        cdef uint32_t t
+        un.start1 = -1
+        for b in range(256):
+            t = un.trans16[un.col[b]] if un.trans16 != NULL else un.trans32[un.col[b]]
+            un.start[b] = 1 if t != 0 else 0
+            if t != 0:
+                nstart += 1
+                un.start1 = b
+        if nstart != 1:
+            un.start1 = -1
         return 0
 
     def _build_unit(self, int u, tuple key, int lit0, list needles, int marks, priors):
@@ -1257,6 +1341,7 @@ cdef class Matcher:
                 un.mode = 0
                 un.nstates = n
                 self._dense(cls, n, ncls, trans, out_off, un.col, &un.trans16, &un.trans32)
+                self._root_skip(un, n)
                 un.out_off = self._u32(out_off)
                 # output ids are needle groups; exact classes keep one needle per group
                 un.out_ids = self._u32([groups[g][0] for g in out_ids])
@@ -1857,6 +1942,13 @@ cdef class Matcher:
         elif PyUnicode_IS_ASCII(t) and un.mode == 0:
             h = <const unsigned char *>PyUnicode_DATA(t)
             n = PyUnicode_GET_LENGTH(t)
+        elif sl >= 0 and (st.vepoch[sl] == st.epoch or self._fetch(st, sl)) \
+                and not st.fnone[sl] and <PyObject *>t == st.ftext[sl]:
+            # a stored value of a field the rules read: fold it once, in the field's
+            # slot, where its predicates and literal unit find it
+            self._field(st, sl, 0)
+            h = st.fptr[sl]
+            n = st.flen[sl]
         else:
             n = _cfold(t, &st.kwbuf, &st.kwcap)
             h = st.kwbuf
@@ -1875,7 +1967,8 @@ cdef class Matcher:
             while i < n:
                 # the walk runs in its own tight C loop (the state stays in a register);
                 # it stops after a state with outputs
-                i = <Py_ssize_t>mt_ac_run16(un.trans16, un.col, h, <size_t>i, <size_t>n, &s)
+                i = <Py_ssize_t>mt_ac_run16s(un.trans16, un.col, un.start, un.start1, h,
+                                             <size_t>i, <size_t>n, &s)
                 if s & 0x8000:
                     s &= 0x7FFF
                     o = un.out_off[s]
@@ -1884,8 +1977,10 @@ cdef class Matcher:
                         self._found(st, un.lit0 + un.out_ids[o], mark, pmask)
                         o += 1
         else:
-            for i in range(n):
-                s = un.trans32[un.col[h[i]] + s]
+            i = 0
+            while i < n:
+                i = <Py_ssize_t>mt_ac_run32s(un.trans32, un.col, un.start, un.start1, h,
+                                             <size_t>i, <size_t>n, &s)
                 if s & 0x80000000:
                     s &= 0x7FFFFFFF
                     o = un.out_off[s]

@@ -199,6 +199,64 @@ static inline size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const u
     return i;
 }
 
+/* In the root state (0) of an Aho-Corasick DFA, skip the bytes that lead back to the
+ * root without an output (start[b] == 0): independent loads, or one memchr when a single
+ * byte value leaves the root (``one`` >= 0).  Skipped bytes would not change the state, so
+ * the walk ends in the same state with the same outputs. */
+static inline size_t mt_ac_skip(const unsigned char *start, int one, const unsigned char *h,
+                                size_t i, size_t n)
+{
+    if (one >= 0) {
+        const unsigned char *p = (const unsigned char *)memchr(h + i, one, n - i);
+        return p == NULL ? n : (size_t)(p - h);
+    }
+    while (i + 4 <= n && !(start[h[i]] | start[h[i + 1]] | start[h[i + 2]] | start[h[i + 3]]))
+        i += 4;
+    while (i < n && !start[h[i]])
+        i++;
+    return i;
+}
+
+/* mt_ac_run16 with the root skip. */
+static inline size_t mt_ac_run16s(const uint16_t *t, const uint32_t *col, const unsigned char *start,
+                                  int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
+{
+    uint32_t s = *ps;
+    while (i < n) {
+        if (s == 0) {
+            i = mt_ac_skip(start, one, h, i, n);
+            if (i >= n)
+                break;
+        }
+        s = t[col[h[i]] + s];
+        i++;
+        if (s & 0x8000u)
+            break;
+    }
+    *ps = s;
+    return i;
+}
+
+/* The same for 32-bit tables (output flag 0x80000000). */
+static inline size_t mt_ac_run32s(const uint32_t *t, const uint32_t *col, const unsigned char *start,
+                                  int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
+{
+    uint32_t s = *ps;
+    while (i < n) {
+        if (s == 0) {
+            i = mt_ac_skip(start, one, h, i, n);
+            if (i >= n)
+                break;
+        }
+        s = t[col[h[i]] + s];
+        i++;
+        if (s & 0x80000000u)
+            break;
+    }
+    *ps = s;
+    return i;
+}
+
 /* Anchor filter (mode 3): hash of the 4 bytes at p, to (32 - shift) bits. */
 static inline uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
 {

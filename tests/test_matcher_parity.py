@@ -175,6 +175,17 @@ def test_fold_is_str_lower_on_every_code_point():
     assert fold_utf8("\u03a3") == "\u03c3".encode()
 
 
+def test_fold_is_str_lower_when_characters_share_a_cache_slot():
+    # the fold caches lower-case mappings by code point modulo 1024: characters 1024 apart
+    # (upper and lower case, Latin-1 and wider strings, astral) alternate in one slot
+    from sensor.detect._matcher import fold_utf8
+
+    for base in (0x100, 0x41, 0xC0, 0x400, 0x10400, 0x1E900):
+        group = [chr(c) for c in range(base, base + 8 * 1024, 1024) if c != 0x3A3]
+        for t in ("".join(group) * 3, "".join(reversed(group)) * 3, "A".join(group)):
+            assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass"), [hex(ord(c)) for c in t]
+
+
 @given(text())
 @settings(max_examples=300, deadline=None)
 def test_fold_matches_str_lower(t):

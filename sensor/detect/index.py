@@ -30,6 +30,7 @@ import math
 import re
 import re._constants as _C
 import re._parser as _sre_parse
+from array import array
 from collections import deque
 
 SIGMA_FOLD = frozenset("\u03c3\u03c2")   # the only characters whose fold depends on context
@@ -68,6 +69,7 @@ class Priors:
     probability; one made of grams that occur once (``grunthttp``) a low one."""
 
     ORDER = 3
+    CACHE = 4096      # memoised probabilities kept at most (a cache: values never change)
 
     def __init__(self, rules):
         texts: list[tuple[bytes, int]] = []
@@ -125,6 +127,8 @@ class Priors:
                 p *= self._p(b[max(0, i - self.ORDER):i], c)
                 if p < 1e-15:
                     break
+            if len(self._seq) >= self.CACHE:
+                self._seq.clear()       # bounded: the anchor plans ask for ~10^5 grams
             got = self._seq[b] = p
         return got
 
@@ -147,6 +151,8 @@ class Priors:
                 # far from rare
                 p = max(p, 0.5 if b in self._vocab_neg else 0.02)
             p = min(p, 1.0)
+        if len(self._lit) >= self.CACHE:
+            self._lit.clear()
         self._lit[key] = p
         return p
 
@@ -241,7 +247,7 @@ def build_automaton(needles: list[bytes], mode: int, exact: bool, fold_ascii: bo
         new[x] = i
     goto = [{c: new[t] for c, t in goto[x].items()} for x in order]
     outs = [outs[x] for x in order]
-    trans = [0] * (n * ncls)
+    trans = array("I", [0]) * (n * ncls)   # uint32: no Python int object per entry
     if mode == 0:
         fail = [0] * n
         order_s = []

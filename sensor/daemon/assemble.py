@@ -464,6 +464,7 @@ def make_pipeline(parts: Parts):
                     forwarder=parts.forwarder, enricher=parts.enricher,
                     exclusions=parts.exclusions, throttle=parts.throttle, engine=engine,
                     queue_size=cfg.sensor.queue_size, batch_size=cfg.sensor.batch_size,
+                    commit_delay=cfg.sensor.commit_delay_s,
                     heartbeat_interval=cfg.sensor.heartbeat_s,
                     status_file=cfg.sensor.status_file,
                     alert_hook=_log_alert if cfg.logging.alerts else None,

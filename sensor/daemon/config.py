@@ -50,6 +50,9 @@ class SensorSection(_S):
     heartbeat_s: float = 60.0          # status file, log line and health document to the SIEM
     queue_size: int = 16384            # events waiting for the matcher (~2.5 KB each); more are dropped, counted
     batch_size: int = 512
+    # Matched alerts wait this long for the alerts of later batches: one spool transaction and
+    # one fsync for all of them. What is not yet committed is lost on a crash (docs/delivery.md).
+    commit_delay_s: float = 0.1
     drain_timeout_s: float = 30.0      # on stop: time to drain queues and flush the spool
     # The budget (README, "Running a fleet"): 0 = no limit. CPU in percent of one core, over
     # a window; over it, optional work is shed in a fixed order. Memory caps the tables.
@@ -264,6 +267,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "sensor.heartbeat_s": (0.0, DAY),
     "sensor.queue_size": (1, 10_000_000),
     "sensor.batch_size": (1, 65536),
+    "sensor.commit_delay_s": (0.0, 5.0),
     "sensor.drain_timeout_s": (0.0, 3600.0),
     "sensor.cpu_limit_percent": (0.0, 6400.0),
     "sensor.cpu_window_s": (0.5, 3600.0),

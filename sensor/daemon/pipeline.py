@@ -68,7 +68,7 @@ class Pipeline:
                  rule_problems: Sequence[str] = (), rules_on_error: str = "fail",
                  ledger: bool = True, rule_packs: Sequence[dict] = (), correlator=None,
                  correlation_state: str | None = None, checkpoint_s: float = 0.0,
-                 idle_flush_s: float = 5.0):
+                 idle_flush_s: float = 5.0, commit_delay: float = 0.0):
         self.source = source
         self.engine = engine
         self.spool = spool
@@ -91,6 +91,17 @@ class Pipeline:
         self.extra_status: Callable[[Status], None] | None = None
         self.queue = BoundedQueue(queue_size)
         self.batch_size = batch_size
+        # Alerts wait up to ``commit_delay`` seconds for the alerts of later batches, so one
+        # spool transaction (one fsync) carries all of them (docs/delivery.md, the loss window).
+        self.commit_delay = max(0.0, float(commit_delay))
+        self._held: list[dict] = []          # matched alerts not yet committed (worker only)
+        self._held_since = 0.0               # monotonic time the oldest of them was matched
+        # A source that runs the batches itself (``accepts_batches``: the ETW source decodes,
+        # enriches and matches on its one worker thread, no hand-off per event) calls
+        # ``_run_batch``; the lock keeps a rule-set swap between two batches.
+        self._inline = False
+        self._inline_accepted = 0
+        self._batch_lock = threading.Lock()
         self.alert_hook = alert_hook
         self.info = dict(info or {})
         self._titles = {r.id: r.title for r in self._active.rules}   # of every set that ran
@@ -173,6 +184,12 @@ class Pipeline:
         """Hand a complete, compiled rule set to the worker; it takes it over between two
         batches (no event is matched by a mix of two sets). Waits up to ``wait`` seconds for
         the worker to take it; True when it did."""
+        if self._inline:
+            with self._batch_lock:         # between two batches of the source's thread
+                with self._swapped:
+                    self._next = new
+                self._take_next()
+            return self._active is new
         with self._swapped:
             self._next = new
             self.queue.wake()              # the worker blocks on the queue: let it take the set
@@ -221,12 +238,19 @@ class Pipeline:
         if self.correlator is not None and self.correlation_state:
             note = self.correlator.load_state(self.correlation_state)
             log.info("correlation state: %s", note)
-        self._worker = threading.Thread(target=self._work, name="matcher", daemon=True)
-        self._worker.start()
+        # The source runs the batches on its own thread when it can; correlations (their idle
+        # evaluation and checkpoints) stay with the matcher thread.
+        self._inline = bool(getattr(self.source, "accepts_batches", False)) and self.correlator is None
+        if not self._inline:
+            self._worker = threading.Thread(target=self._work, name="matcher", daemon=True)
+            self._worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
         emit = self.queue.put_wait if getattr(self.source, "blocking", False) else self.queue.put
-        self.source.start(emit)
+        if self._inline:
+            self.source.start(emit, batches=self)
+        else:
+            self.source.start(emit)
         log.info("sensor started: %d rule(s), matcher %s, source %s%s", len(self.rules),
                  getattr(self.matcher, "engine", "?"), getattr(self.source, "name", "?"),
                  f", boot {self.ledger.boot_id}" if self.ledger else "")
@@ -258,11 +282,17 @@ class Pipeline:
     def stop(self, drain_timeout: float = 30.0) -> dict:
         """Stop the source, drain the queue, spool the last health document, give delivery
         the rest of the drain budget; write the final status and return it."""
+        deadline = time.monotonic() + drain_timeout
         try:
-            self.source.stop()
+            if self._inline:
+                # the source's worker runs the batches: it finishes what is queued before it ends
+                self.source.stop(timeout=max(1.0, drain_timeout))
+            else:
+                self.source.stop()
         except Exception:
             log.exception("source stop failed")
-        deadline = time.monotonic() + drain_timeout
+        if self._inline:
+            self._commit_held(deadline)    # the alerts still waiting for their transaction
         while self._pending() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stop.set()
@@ -275,6 +305,8 @@ class Pipeline:
             else:
                 log.warning("the matcher thread did not stop in time: correlation windows "
                             "were not evaluated to the end nor saved")
+        if self._inline or self._worker is None or not self._worker.is_alive():
+            self._commit_held(deadline)
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self._started_at:
@@ -300,36 +332,82 @@ class Pipeline:
 
     # -- the worker ------------------------------------------------------------------------
     def _pending(self) -> bool:
-        """Events accepted by the queue but not yet fully processed."""
-        return self.queue.accepted > self.events_in
+        """Events accepted but not yet fully processed, or alerts not yet committed."""
+        return self.queue.accepted + self._inline_accepted > self.events_in or bool(self._held)
 
     def _work(self) -> None:
         q = self.queue
         while True:
             if self._next is not None:
                 self._take_next()
-            # Blocks until events arrive, swap_rules() hands over a rule set (wake) or stop()
-            # closes the queue: an idle sensor never wakes here.
-            # Held correlation events are evaluated after idle_flush_s without input: only
-            # then does the worker wait with a timeout.
+            # Blocks until events arrive, swap_rules() hands over a rule set (wake), stop()
+            # closes the queue or held alerts are due for their commit: an idle sensor never
+            # wakes here. Held correlation events are evaluated after idle_flush_s without
+            # input: only then, or for the commit, does the worker wait with a timeout.
             corr = self.correlator
             timeout = None
             if corr is not None and corr.pending():
                 timeout = max(0.0, self._last_input + self.idle_flush_s - time.monotonic())
+            due = self.commit_due()
+            if due is not None:
+                wait = max(0.0, due - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             batch = q.get_batch(self.batch_size, timeout)
             if self._next is not None:
                 self._take_next()     # between batches: this one is matched by one set only
+            if batch:
+                try:
+                    self._process(batch)
+                except Exception:  # never let one bad event stop the sensor
+                    log.exception("worker failed on a batch of %d event(s)", len(batch))
+                    self.events_in += len(batch)
+            if self._held and (self._stop.is_set() or time.monotonic() >= self._held_since + self.commit_delay):
+                self.commit()
             if not batch:
-                if self._stop.is_set():
+                if self._stop.is_set() and not len(q):
+                    self.commit()
                     return
                 if self.correlator is not None:
                     self._correlation_idle()
-                continue
+
+    # -- batches run by the source's own thread ---------------------------------------------
+    def run_batch(self, batch: list) -> None:
+        """(the source's worker thread) Enrich, match and alert ``batch`` now, in order."""
+        with self._batch_lock:
+            self._inline_accepted += len(batch)
+            if self._next is not None:
+                self._take_next()
             try:
                 self._process(batch)
             except Exception:  # never let one bad event stop the sensor
                 log.exception("worker failed on a batch of %d event(s)", len(batch))
                 self.events_in += len(batch)
+            if self._held and time.monotonic() >= self._held_since + self.commit_delay:
+                self.commit()
+
+    def commit_due(self) -> float | None:
+        """When the alerts waiting for their transaction must be committed (monotonic), or None."""
+        return self._held_since + self.commit_delay if self._held else None
+
+    def commit_if_due(self) -> None:
+        """(the source's worker thread) Commit the waiting alerts once their delay is over."""
+        if self._held and time.monotonic() >= self._held_since + self.commit_delay:
+            with self._batch_lock:
+                self.commit()
+
+    def _commit_held(self, deadline: float) -> None:
+        """(stop) Commit the waiting alerts, unless a batch still runs past the drain deadline."""
+        if self._batch_lock.acquire(timeout=max(0.1, deadline - time.monotonic())):
+            try:
+                self.commit()
+            finally:
+                self._batch_lock.release()
+
+    def commit(self) -> None:
+        """Commit every waiting alert in one spool transaction (worker, or after it stopped)."""
+        held, self._held = self._held, []
+        if held:
+            self._deliver(held)
 
     def _process(self, batch: list) -> None:
         t0 = time.perf_counter_ns()
@@ -359,7 +437,11 @@ class Pipeline:
         self.events_in += n_in
         self.match_ns += mns
         if alerts:
-            self._deliver(alerts)
+            if not self._held:
+                self._held_since = time.monotonic()
+            self._held.extend(alerts)
+            if not self.commit_delay or len(self._held) >= self.batch_size:
+                self.commit()
         if self.correlator is not None:
             self._last_input = time.monotonic()
             if self.checkpoint_s and self._last_input - self._last_checkpoint >= self.checkpoint_s:
@@ -512,6 +594,11 @@ class Pipeline:
             self._last = (now, n)
         src = _safe(getattr(self.source, "stats", None))
         qs = self.queue.stats()
+        if self._inline:
+            # the source's worker runs the batches: its record queue is the one that waits
+            qs = {"dropped": qs["dropped"], "depth": _int(src.get("queued")),
+                  "capacity": _int(src.get("queue_capacity")) or qs["capacity"],
+                  "high_water": _int(src.get("queue_high_water"))}
         st = Status()
         st.sensor = SensorInfo(pid=os.getpid(), host=str(self.info.get("host") or ""),
                                config=str(self.info.get("config") or ""),

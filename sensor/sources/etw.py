@@ -525,6 +525,11 @@ class EtwSource:
     """Process starts from ETW for the pipeline: ``start(emit)``, ``stop()``, ``stats()``, ``alive``."""
 
     name = "etw"
+    # The pipeline may hand this source its batch runner (``start(emit, batches=...)``): the
+    # worker then enriches and matches the events of the records it took on its own thread,
+    # with no second queue and no second thread per event.
+    accepts_batches = True
+    batch_records = 512              # raw records taken from the queue for one batch at most
 
     def __init__(self, config: EtwConfig | None = None, backend: Any = None,
                  processor: EtwProcessor | None = None, helpers: dict | None = None,
@@ -556,6 +561,8 @@ class EtwSource:
         self._ticker: SessionTicker | None = None
         self._worker: threading.Thread | None = None
         self._emit: Callable[[ProcessEvent], bool] | None = None
+        self._batches: Any = None
+        self.queue_high_water = 0           # most records waiting at once (measured by the worker)
         self._stopping = threading.Event()
         self.emitted = 0
         self.queue_drops = 0
@@ -612,14 +619,21 @@ class EtwSource:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, emit: Callable[[ProcessEvent], bool]) -> None:
-        """Open the session(s) and start delivering events to ``emit`` (False = dropped downstream)."""
+    def start(self, emit: Callable[[ProcessEvent], bool], batches: Any = None) -> None:
+        """Open the session(s) and start delivering events to ``emit`` (False = dropped downstream).
+
+        With ``batches`` (the pipeline: ``run_batch(events)``, ``commit_due()``,
+        ``commit_if_due()``) the worker hands it the events of every record waiting in the queue
+        as one batch, on its own thread, instead of calling ``emit`` per event. The consumer
+        callbacks still only queue records: a slow matcher fills the record queue (its drops
+        are counted as ``callback_drops``), it never blocks ETW."""
         if self._worker is not None:
             raise RuntimeError("source already started")
         backend, helpers = self._windows_parts()
         if self.processor is None:
             self.processor = self._build_processor(helpers)
         self._emit = emit
+        self._batches = batches
         self._stopping.clear()
         if self.tree_store is not None:
             # Before the seed and the rundown, which confirm the entries still running.
@@ -675,14 +689,22 @@ class EtwSource:
     def _work(self) -> None:
         proc = self.processor
         get = self._q.get
+        get_nowait = self._q.get_nowait
         interval = self.config.tree_save_interval
         next_save = time.monotonic() + interval
-        while True:
+        batches = self._batches
+        limit = max(1, self.batch_records)
+        stop = False
+        while not stop:
             if self.tree_store is not None and time.monotonic() >= next_save:
                 self._save_tree()              # on this thread: the table is never shared
                 next_save = time.monotonic() + interval
             deadline = proc.next_deadline()
-            # No held start: block until a record (or the stop marker) arrives.
+            if batches is not None:
+                due = batches.commit_due()     # alerts waiting for their transaction
+                if due is not None and (deadline is None or due < deadline):
+                    deadline = due
+            # Nothing held: block until a record (or the stop marker) arrives.
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 raw = get(timeout=timeout)
@@ -690,21 +712,62 @@ class EtwSource:
                 raw = None
             if raw is _STOP:
                 break
+            if batches is None:
+                if raw is not None:
+                    self._record(proc, raw, self._deliver)
+                if deadline is not None:
+                    for ev in proc.due():
+                        self._deliver(ev)
+                continue
+            # One batch: this record and every one already waiting behind it.
+            out: list[ProcessEvent] = []
+            n = 0
             if raw is not None:
-                self.last_record = time.monotonic()
-                if self._tap is not None:
-                    try:
-                        self._tap(raw)
-                    except Exception:  # noqa: BLE001 - counted; the record is still processed
-                        self.tap_errors += 1
-                for ev in proc.handle(raw):
-                    self._deliver(ev)
+                waiting = self._q.qsize() + 1
+                if waiting > self.queue_high_water:
+                    self.queue_high_water = waiting
+            while raw is not None:
+                self._record(proc, raw, out.append)
+                n += 1
+                if n >= limit:
+                    break
+                try:
+                    raw = get_nowait()
+                except queue.Empty:
+                    break
+                if raw is _STOP:
+                    stop = True
+                    break
             if deadline is not None:
-                for ev in proc.due():
-                    self._deliver(ev)
-        for ev in proc.drain():
-            self._deliver(ev)
+                out.extend(proc.due())
+            if out:
+                self._run(out)
+            batches.commit_if_due()
+        rest = proc.drain()
+        if batches is None:
+            for ev in rest:
+                self._deliver(ev)
+        elif rest:
+            self._run(rest)
         self._save_tree()
+
+    def _record(self, proc: "EtwProcessor", raw: tuple, deliver: Callable[[ProcessEvent], Any]) -> None:
+        self.last_record = time.monotonic()
+        if self._tap is not None:
+            try:
+                self._tap(raw)
+            except Exception:  # noqa: BLE001 - counted; the record is still processed
+                self.tap_errors += 1
+        for ev in proc.handle(raw):
+            deliver(ev)
+
+    def _run(self, events: list[ProcessEvent]) -> None:
+        try:
+            self._batches.run_batch(events)
+        except Exception:  # noqa: BLE001 - a failing consumer must not kill the source
+            self.emit_errors += len(events)
+            return
+        self.emitted += len(events)
 
     def _deliver(self, ev: ProcessEvent) -> None:
         try:
@@ -752,6 +815,8 @@ class EtwSource:
             "emit_errors": self.emit_errors,
             "callback_drops": sum(self._drops),
             "queued": self._q.qsize(),
+            "queue_capacity": self.config.queue_size,
+            "queue_high_water": self.queue_high_water,
             "decode_errors": proc.get("decode_errors", 0),
             "events_lost": sum(s["events_lost"] for s in sessions),
             "realtime_buffers_lost": sum(s["realtime_buffers_lost"] for s in sessions),

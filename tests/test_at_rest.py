@@ -224,6 +224,24 @@ def test_ticker_still_runs_the_watchdog_at_rest():
     assert not ticker.alive
 
 
+def test_a_consumer_that_ends_wakes_the_watchdog_at_once():
+    # The watchdog pass is an hour away: only the consumer's own exit notice can restart it.
+    be = FakeBackend()
+    mgr = SessionManager(be, SessionSpec(name="wd-exit"), lambda raw: None, watchdog_interval=3600.0)
+    mgr.start()
+    ticker = SessionTicker([mgr], arrivals=lambda: 0)
+    ticker.start()
+    try:
+        assert wait_for(lambda: sleeping(thread_named("etw-session-ticker")))
+        be.consumers[0].die()
+        assert wait_for(lambda: be.calls.count(("consume", "wd-exit")) >= 2 or mgr.start_failures >= 1)
+        assert ticker.wakeups >= 1
+    finally:
+        ticker.stop()
+        mgr.stop()
+    assert not ticker.alive
+
+
 # -- the forwarder ----------------------------------------------------------------------------
 
 def test_idle_forwarder_sleeps_until_an_alert_is_spooled(tmp_path):

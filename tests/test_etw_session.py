@@ -30,6 +30,7 @@ class FakeConsumer:
         self.sink = sink
         self._alive = True
         self.closed = 0
+        self.on_exit = None          # set by the session manager, called when the consumer ends
 
     @property
     def alive(self):
@@ -37,6 +38,8 @@ class FakeConsumer:
 
     def die(self):
         self._alive = False
+        if self.on_exit is not None:
+            self.on_exit()
 
     def close(self, timeout=5.0):
         self.closed += 1

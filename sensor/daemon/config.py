@@ -88,7 +88,7 @@ class EtwSection(_S):
     flush_ms: int = 20                 # forced flush period; <= 20 keeps back-fill ahead of exits
     rundown: bool = True               # capture-state rundown at start (seeds the process table)
     system_logger: bool = True         # private system-logger session for exact command lines
-    query_interval_s: float = 1.0      # lost-event polling
+    query_interval_s: float = 10.0     # watchdog pass: lost-event counters, a session stopped from outside
     backfill: bool = True              # psutil back-fill of command line, user, cwd, integrity
     process_table_size: int = 65536
     save_tree: bool = True             # save the process table across restarts (<data_dir>/process_tree.json)

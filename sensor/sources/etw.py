@@ -516,7 +516,7 @@ class EtwConfig:
     exit_ttl: float = 300.0
     seed_from_psutil: bool = True
     backfill: bool = True
-    watchdog_interval: float = 1.0
+    watchdog_interval: float = 10.0
     computer: str | None = None
     tree_save_interval: float = 300.0  # seconds between saves of the process table (with a store)
 

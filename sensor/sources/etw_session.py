@@ -107,7 +107,9 @@ class Consumer(Protocol):
 
     Optional attributes read by the manager: ``status`` (ProcessTrace's return value once it
     returned), ``error`` (why it ended, as text), ``errors`` (``[n]``: records whose callback
-    failed)."""
+    failed). A consumer with an ``on_exit`` attribute calls it (from its own thread) when
+    ProcessTrace returns: the manager sets it, and the watchdog then acts at once instead of
+    at its next pass."""
 
     @property
     def alive(self) -> bool: ...
@@ -192,6 +194,9 @@ class SessionManager:
         self._next_retry = 0.0
         self._backoff = backoff_initial
         self._lock = threading.RLock()
+        # Called (from the consumer's thread) when a consumer that can tell ended: the ticker
+        # sets it to wake itself for a watchdog pass.
+        self.on_consumer_exit: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -230,6 +235,19 @@ class SessionManager:
         self.running = True
         self.starts += 1
         self._opened_at = self._clock()
+        consumer = self.consumer
+        if hasattr(consumer, "on_exit"):
+            consumer.on_exit = self._consumer_exited
+            if not consumer.alive:          # it ended before it could be told whom to call
+                self._consumer_exited()
+
+    def _consumer_exited(self) -> None:
+        cb = self.on_consumer_exit
+        if cb is not None:
+            try:
+                cb()
+            except Exception:  # noqa: BLE001 - never into the consumer's thread
+                pass
 
     def _stop_quietly(self) -> dict | None:
         final = None
@@ -281,6 +299,12 @@ class SessionManager:
             if now >= self._next_check:
                 self._next_check = now + self.watchdog_interval
                 self.check(now)
+
+    def due_now(self) -> None:
+        """Make the next watchdog pass due at once (its consumer ended)."""
+        with self._lock:
+            if self.running:
+                self._next_check = min(self._next_check, self._clock())
 
     def next_due(self) -> float | None:
         """When the next watchdog pass or restart retry is due (this manager's clock), None
@@ -404,13 +428,30 @@ class SessionTicker:
         self.arrivals = arrivals
         self._clock = clock
         self._stop = threading.Event()
+        self._wake = threading.Event()      # set by stop() and by a consumer that ended
         self._thread: threading.Thread | None = None
         self.errors = 0
         self.wakeups = 0
+        for m in managers:
+            m.on_consumer_exit = self.wake
+
+    def wake(self) -> None:
+        """Run a watchdog pass now (a consumer ended), whatever the interval."""
+        self._wake.set()
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Sleep up to ``timeout`` (None: until woken); True when stopped."""
+        if self._wake.wait(timeout):
+            self._wake.clear()
+            if not self._stop.is_set():
+                for m in self.managers:       # a consumer ended: its manager's pass is due now
+                    m.due_now()
+        return self._stop.is_set()
 
     def start(self) -> None:
         """Start the ticking thread."""
         self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self._run, name="etw-session-ticker", daemon=True)
         self._thread.start()
 
@@ -429,13 +470,13 @@ class SessionTicker:
     def _run(self) -> None:
         arrivals = self.arrivals
         if arrivals is None:
-            while not self._stop.wait(self.interval):
+            while not self._wait(self.interval):
                 self.wakeups += 1
                 self._tick(True)
             return
         seen = arrivals()
         busy = False
-        while not self._stop.wait(self.interval if busy else self.idle_timeout(self._clock())):
+        while not self._wait(self.interval if busy else self.idle_timeout(self._clock())):
             self.wakeups += 1
             n = arrivals()
             was_busy, busy, seen = busy, n != seen, n
@@ -444,6 +485,7 @@ class SessionTicker:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

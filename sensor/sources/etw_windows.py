@@ -344,6 +344,7 @@ class _Consumer:
         self.errors = [0]
         self.status: int | None = None
         self.error: str | None = None
+        self.on_exit: Callable[[], None] | None = None   # set by the session manager
         src = SRC_SYSTEM_LOGGER if spec.kind == "system_logger" else SRC_KERNEL_PROCESS
         # These objects must outlive ProcessTrace: ETW calls back through them.
         self._callback = et.EVENT_RECORD_CALLBACK(
@@ -370,6 +371,9 @@ class _Consumer:
         if status not in (ERROR_SUCCESS, -1):
             self.error = f"ProcessTrace returned {self._etw.api.describe(status)}"
         self.status = status
+        on_exit = self.on_exit
+        if on_exit is not None:
+            on_exit()                  # the session manager's watchdog acts now, not at its next pass
 
     @property
     def alive(self) -> bool:

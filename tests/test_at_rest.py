@@ -179,6 +179,47 @@ def test_idle_etw_worker_and_ticker_do_not_wake():
         src.stop()
 
 
+def test_records_that_make_no_event_wait_for_the_next_start():
+    from sensor.sources.etw_raw import SRC_KERNEL_PROCESS
+    from .test_etw_decode import KP_ROWS, encode, sample_values
+    from .test_health import VOL, start
+    src, be = etw_source()
+    got: list = []
+    src.start(lambda ev: got.append(ev) or True)
+    try:
+        sink = be.consumers[0].sink
+        worker = thread_named("etw-worker")
+        assert wait_for(lambda: sleeping(worker))
+        before = switches(worker)
+        _, fields = KP_ROWS[(2, 2)]
+        for pid in (5000, 5004, 5008):        # process stops: they only update the table
+            sink((SRC_KERNEL_PROCESS, 2, 2, 2, 4, 8, 0, 0, encode(fields, sample_values(fields, pid))))
+        time.sleep(QUIET)
+        assert switches(worker) == before     # not woken
+        assert src.stats()["queued"] == 3 and src.stats()["processor"]["stops"] == 0
+        sink(start(5100, VOL + "\\Windows\\notepad.exe"))
+        assert wait_for(lambda: len(got) == 1)
+        assert src.stats()["processor"]["stops"] == 3 and src.stats()["queued"] == 0
+    finally:
+        src.stop()
+
+
+def test_a_full_enough_queue_wakes_the_worker_without_a_start():
+    from sensor.sources.etw_raw import SRC_KERNEL_PROCESS
+    from .test_etw_decode import KP_ROWS, encode, sample_values
+    src, be = etw_source()
+    src.start(lambda ev: True)
+    try:
+        sink = be.consumers[0].sink
+        _, fields = KP_ROWS[(2, 2)]
+        payload = encode(fields, sample_values(fields, 6000))
+        for _ in range(src.wake_records):
+            sink((SRC_KERNEL_PROCESS, 2, 2, 2, 4, 8, 0, 0, payload))
+        assert wait_for(lambda: src.stats()["processor"]["records"] == src.wake_records)
+    finally:
+        src.stop()
+
+
 def test_ticker_flushes_while_records_arrive_then_rests():
     src, be = etw_source(watchdog=0.1)
     src.start(lambda ev: True)

@@ -22,7 +22,7 @@ import platform
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -530,6 +530,7 @@ class EtwSource:
     # with no second queue and no second thread per event.
     accepts_batches = True
     batch_records = 512              # raw records taken from the queue for one batch at most
+    wake_records = 256               # records queued without a wake-up at most
 
     def __init__(self, config: EtwConfig | None = None, backend: Any = None,
                  processor: EtwProcessor | None = None, helpers: dict | None = None,
@@ -554,7 +555,13 @@ class EtwSource:
         self._platform = platform
         self._psutil = psutil_module
         self.processor = processor
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        # The records waiting for the worker. The consumer callbacks append and wake the worker
+        # only for a record that may become an event (a Kernel-Process start), an in-band loss
+        # record, or a queue that holds ``wake_records``: a stop, a rundown or a system-logger
+        # record waits for the next wake-up (the worker then takes every record, in order), so a
+        # quiet host costs one wake-up per start, not one per record.
+        self._dq: deque = deque()
+        self._wake = threading.Event()
         self._handed = [0]                  # records the sinks queued (read by the session ticker)
         self._drops = [0, 0]              # per session: records dropped because the queue was full
         self.managers: list[SessionManager] = []
@@ -601,20 +608,27 @@ class EtwSource:
     def _make_sink(self, slot: int) -> Callable[[tuple], None]:
         # Runs on the ETW consumer thread for every record: no blocking, no allocation beyond
         # the record tuple the backend built.
-        q_put = self._q.put
-        q_size = self._q.qsize
+        dq = self._dq
+        append = dq.append
+        wake = self._wake
+        is_set = wake.is_set
         cap = self.config.queue_size
+        defer = max(1, min(self.wake_records, cap))
         drops = self._drops
         # Counted for the session ticker, which force-flushes only while records arrive.
         # (Two consumer threads may race on the count: it only has to change, not be exact.)
         handed = self._handed
+        kp, lost, start = SRC_KERNEL_PROCESS, SRC_LOST, m.PROCESS_START
 
         def sink(raw: tuple) -> None:
-            if q_size() >= cap:
+            n = len(dq)
+            if n >= cap:
                 drops[slot] += 1
                 return
-            q_put(raw)
+            append(raw)
             handed[0] += 1
+            if not is_set() and ((raw[1] == start and raw[0] == kp) or raw[0] == lost or n + 1 >= defer):
+                wake.set()
         return sink
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -675,8 +689,9 @@ class EtwSource:
         self._ticker.start()
 
     def feed(self, raw: tuple) -> None:
-        """Hand one raw record to the worker, as a consumer thread would (replay, tests)."""
-        self._q.put(raw)
+        """Hand one raw record to the worker and wake it (replay, tests)."""
+        self._dq.append(raw)
+        self._wake.set()
 
     def _save_tree(self) -> None:
         if self.tree_store is None or self.processor is None:
@@ -688,8 +703,9 @@ class EtwSource:
 
     def _work(self) -> None:
         proc = self.processor
-        get = self._q.get
-        get_nowait = self._q.get_nowait
+        dq = self._dq
+        popleft = dq.popleft
+        wake = self._wake
         interval = self.config.tree_save_interval
         next_save = time.monotonic() + interval
         batches = self._batches
@@ -704,45 +720,33 @@ class EtwSource:
                 due = batches.commit_due()     # alerts waiting for their transaction
                 if due is not None and (deadline is None or due < deadline):
                     deadline = due
-            # Nothing held: block until a record (or the stop marker) arrives.
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                raw = get(timeout=timeout)
-            except queue.Empty:
-                raw = None
-            if raw is _STOP:
-                break
-            if batches is None:
-                if raw is not None:
-                    self._record(proc, raw, self._deliver)
-                if deadline is not None:
-                    for ev in proc.due():
-                        self._deliver(ev)
-                continue
-            # One batch: this record and every one already waiting behind it.
+            # Nothing held: block until a start (or the stop marker) is queued.
+            wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            wake.clear()                       # before taking: a record queued after it wakes again
+            if len(dq) > self.queue_high_water:
+                self.queue_high_water = len(dq)
             out: list[ProcessEvent] = []
+            deliver = self._deliver if batches is None else out.append
             n = 0
-            if raw is not None:
-                waiting = self._q.qsize() + 1
-                if waiting > self.queue_high_water:
-                    self.queue_high_water = waiting
-            while raw is not None:
-                self._record(proc, raw, out.append)
-                n += 1
-                if n >= limit:
-                    break
-                try:
-                    raw = get_nowait()
-                except queue.Empty:
-                    break
+            for _ in range(len(dq)):           # every record queued when woken, in order
+                raw = popleft()
                 if raw is _STOP:
                     stop = True
                     break
+                self._record(proc, raw, deliver)
+                n += 1
+                if batches is not None and n >= limit:
+                    self._run(out)             # a long backlog: batches of ``limit`` records
+                    out = []
+                    deliver = out.append
+                    n = 0
             if deadline is not None:
-                out.extend(proc.due())
-            if out:
-                self._run(out)
-            batches.commit_if_due()
+                for ev in proc.due():
+                    deliver(ev)
+            if batches is not None:
+                if out:
+                    self._run(out)
+                batches.commit_if_due()
         rest = proc.drain()
         if batches is None:
             for ev in rest:
@@ -789,7 +793,8 @@ class EtwSource:
         for mgr in self.managers:
             mgr.stop()
         if self._worker is not None:
-            self._q.put(_STOP)
+            self._dq.append(_STOP)
+            self._wake.set()
             self._worker.join(timeout)
             self._worker = None
         if self.processor is not None and self.processor.sids is not None:
@@ -814,7 +819,7 @@ class EtwSource:
             "queue_drops": self.queue_drops,
             "emit_errors": self.emit_errors,
             "callback_drops": sum(self._drops),
-            "queued": self._q.qsize(),
+            "queued": len(self._dq),
             "queue_capacity": self.config.queue_size,
             "queue_high_water": self.queue_high_water,
             "decode_errors": proc.get("decode_errors", 0),

@@ -10,6 +10,8 @@ import sqlite3
 import threading
 import time
 
+from hypothesis import given, settings, strategies as st
+
 from sensor.daemon.pipeline import Pipeline, RuleSet
 from sensor.deliver.spool import Spool
 from sensor.detect.matcher import create as create_matcher
@@ -152,3 +154,19 @@ def test_a_held_matcher_fills_the_record_queue_and_the_drops_are_counted(tmp_pat
         release.set()
         pipe.stop(drain_timeout=5)
     assert pipe.final.events.queue_dropped == 3 and pipe.final.events.queue_high_water >= 2
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.integers(min_value=0, max_value=2**64 - 1),
+                 st.integers(min_value=116_444_736_000_000_000 - 10**15, max_value=116_444_736_000_000_000 + 10**17)))
+def test_utc_time_formats_as_strftime_did(ft):
+    # the event's UtcTime is formatted by hand (strftime is the slow part); it must not change
+    from datetime import datetime, timezone
+    from sensor.enrich.process_table import unix_from_filetime
+    from sensor.sources.etw import utc_time
+    try:
+        dt = datetime.fromtimestamp(unix_from_filetime(ft), timezone.utc) if ft else None
+    except (OverflowError, ValueError, OSError):
+        dt = None
+    want = dt.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (dt.microsecond // 1000) if dt else None
+    assert utc_time(ft) == want

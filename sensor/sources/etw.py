@@ -16,6 +16,7 @@ FILETIME: ProcessTrace converts it to system time unless PROCESS_TRACE_MODE_RAW_
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import platform
@@ -68,6 +69,7 @@ LINEAGE_FIELDS = ("GrandParentImage", "GrandParentCommandLine", "GrandParentProc
                   "ParentChain", "CreatorProcessId", "CreatorImage")
 
 
+@functools.lru_cache(maxsize=4096)   # an ancestor's create time recurs in every child's ProcessTree
 def utc_time(ft: int | None) -> str | None:
     """A FILETIME as Sysmon's UtcTime (``2024-01-02 03:04:05.678``), None when out of range."""
     if not ft:
@@ -76,7 +78,9 @@ def utc_time(ft: int | None) -> str | None:
         dt = datetime.fromtimestamp(unix_from_filetime(ft), timezone.utc)
     except (OverflowError, ValueError, OSError):
         return None
-    return dt.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (dt.microsecond // 1000)
+    # strftime's %Y pads to four digits only from year 1000 on; a FILETIME starts in 1601
+    return "%04d-%02d-%02d %02d:%02d:%02d.%03d" % (dt.year, dt.month, dt.day, dt.hour, dt.minute,
+                                                  dt.second, dt.microsecond // 1000)
 
 
 class SidResolver:

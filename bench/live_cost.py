@@ -24,6 +24,11 @@ difference (``net``); the ratio sensor/floor is printed too.
     python bench/live_cost.py                        # the whole table (about 4 minutes)
     python bench/live_cost.py --quick                # shorter phases, rates up to 1,000/s
     python bench/live_cost.py --rates 0,10 --json
+    python bench/live_cost.py --flush-ms 500         # bursts every 500 ms (source.etw.flush_ms = 500)
+
+The flush interval is how often ETW hands a quiet session's buffers to the consumer: the records
+of a start arrive with those of every other start of the same interval, and the sensor wakes once
+for all of them. ``--flush-ms`` sets both the bursts and the sensor's ``source.etw.flush_ms``.
 
 What it does not measure: psutil back-fill and the PE reader on real Windows images (back-fill
 is off: the bench processes do not exist on this machine; PE lookups of the recorded paths
@@ -461,7 +466,7 @@ def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting:
     return out
 
 
-def write_config(tmp: str, rules: str) -> str:
+def write_config(tmp: str, rules: str, flush_ms: int = 20) -> str:
     data = os.path.join(tmp, "data")
     path = os.path.join(tmp, "sensor.toml")
     with open(path, "w") as fh:
@@ -474,6 +479,7 @@ level = "info"
 kind = "etw"
 [source.etw]
 backfill = false
+flush_ms = {int(flush_ms)}
 [rules]
 paths = [{json.dumps(rules)}]
 on_error = "skip"
@@ -505,6 +511,8 @@ def main() -> int:
     ap.add_argument("--fast-seconds", type=float, default=4.0, help="length of a phase at >= 1,000 starts/s")
     ap.add_argument("--rest-seconds", type=float, default=30.0, help="length of the rest phase")
     ap.add_argument("--alert-frac", type=float, default=0.05)
+    ap.add_argument("--flush-ms", type=int, default=20,
+                    help="burst interval = the sensor's source.etw.flush_ms (default 20)")
     ap.add_argument("--quick", action="store_true", help="rates up to 1,000/s, shorter phases")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
@@ -513,6 +521,8 @@ def main() -> int:
         return child_sensor(args.config)
     if args.child == "floor":
         return child_floor()
+    global BURST_S
+    BURST_S = args.flush_ms / 1000.0
     rates = [float(r) for r in args.rates.split(",")]
     if args.quick:
         rates = [r for r in rates if r <= 1000]
@@ -539,7 +549,7 @@ def main() -> int:
             rec = Records()
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind]
             if kind == "sensor":
-                argv += ["--config", write_config(tmp, pack)]
+                argv += ["--config", write_config(tmp, pack, args.flush_ms)]
             print(f"{kind}:", file=sys.stderr, flush=True)
             child = Child(argv, rec.header(), os.path.join(tmp, f"{kind}.log"))
             child.write(rec.rundown(time.time()))

@@ -247,6 +247,14 @@ def quiet_flushes(be) -> int:
     return be.flushes - n
 
 
+def test_ticker_flushes_at_the_sessions_own_interval_when_it_is_longer_than_20_ms():
+    be = FakeBackend()
+    mgrs = [SessionManager(be, SessionSpec(name=f"slow{i}", flush_interval=0.5), lambda raw: None)
+            for i in range(2)]
+    assert SessionTicker(mgrs, arrivals=lambda: 0).interval == 0.5
+    assert SessionTicker([], arrivals=lambda: 0).interval == 0.02
+
+
 def test_ticker_still_runs_the_watchdog_at_rest():
     be = FakeBackend()
     mgr = SessionManager(be, SessionSpec(name="wd"), lambda raw: None, watchdog_interval=0.05)

@@ -250,3 +250,19 @@ def test_pe_cache_reads_a_changed_image_in_the_next_batch(tmp_path, engine):
         totals.append(p.stop(drain_timeout=10)["alerts"]["total"])
         shutil.copy(root / "tests" / "data" / "pe" / "basic64.exe", img)  # not mofcomp any more
     assert totals == [5, 0] and cache.stats()["misses"] == 2
+
+
+def test_matcher_thread_commits_held_alerts_when_their_delay_ends(tmp_path, engine):
+    # The replay source runs on the matcher thread's queue: with a commit delay the worker wakes
+    # for the commit by itself, so the source is drained (nothing pending) without a stop.
+    spool = Spool(tmp_path / "spool.sqlite")
+    src = ReplaySource([recording(tmp_path, [dict(MOF, ProcessId=i) for i in range(5)])])
+    p = Pipeline(source=src, rules=[seed_rule()], spool=spool, engine=engine, heartbeat_interval=0,
+                 commit_delay=0.05, ledger=False)
+    p.start()
+    try:
+        assert p.wait_source(10)
+        assert spool.depth() == 5
+    finally:
+        p.stop(drain_timeout=5)
+    assert p.final.alerts.total == 5 and p.final.spool.write_failures == 0

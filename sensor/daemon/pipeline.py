@@ -405,9 +405,12 @@ class Pipeline:
 
     def commit(self) -> None:
         """Commit every waiting alert in one spool transaction (worker, or after it stopped)."""
-        held, self._held = self._held, []
+        held = self._held
         if held:
-            self._deliver(held)
+            try:
+                self._deliver(held)
+            finally:
+                self._held = []            # after the commit: a drain waits for it
 
     def _process(self, batch: list) -> None:
         t0 = time.perf_counter_ns()
@@ -434,14 +437,15 @@ class Pipeline:
                 except Exception:  # one bad event must not cost the others their alerts
                     self.event_errors += 1
                     log.exception("event skipped: processing failed")
-        self.events_in += n_in
-        self.match_ns += mns
         if alerts:
+            # held before the events count as done: a drain (``_pending``) never sees neither
             if not self._held:
                 self._held_since = time.monotonic()
             self._held.extend(alerts)
             if not self.commit_delay or len(self._held) >= self.batch_size:
                 self.commit()
+        self.events_in += n_in
+        self.match_ns += mns
         if self.correlator is not None:
             self._last_input = time.monotonic()
             if self.checkpoint_s and self._last_input - self._last_checkpoint >= self.checkpoint_s:

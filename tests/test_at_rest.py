@@ -291,6 +291,20 @@ def test_a_consumer_that_ends_wakes_the_watchdog_at_once():
     assert not ticker.alive
 
 
+def test_a_consumer_that_ended_before_the_ticker_started_is_restarted_at_once():
+    be = FakeBackend()
+    mgr = SessionManager(be, SessionSpec(name="wd-early"), lambda raw: None, watchdog_interval=3600.0)
+    mgr.start()
+    be.consumers[0].die()                      # nobody to tell yet: no ticker
+    ticker = SessionTicker([mgr], arrivals=lambda: 0)
+    ticker.start()
+    try:
+        assert wait_for(lambda: be.calls.count(("consume", "wd-early")) >= 2 or mgr.start_failures >= 1)
+    finally:
+        ticker.stop()
+        mgr.stop()
+
+
 # -- the forwarder ----------------------------------------------------------------------------
 
 def test_idle_forwarder_sleeps_until_an_alert_is_spooled(tmp_path):

@@ -451,9 +451,12 @@ class SessionTicker:
         return self._stop.is_set()
 
     def start(self) -> None:
-        """Start the ticking thread."""
+        """Start the ticking thread (at once into a watchdog pass when a consumer already ended
+        before it could tell the ticker)."""
         self._stop.clear()
         self._wake.clear()
+        if any(m.wanted and not m.alive for m in self.managers):
+            self._wake.set()
         self._thread = threading.Thread(target=self._run, name="etw-session-ticker", daemon=True)
         self._thread.start()
 

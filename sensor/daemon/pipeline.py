@@ -98,7 +98,7 @@ class Pipeline:
         self._held_since = 0.0               # monotonic time the oldest of them was matched
         # A source that runs the batches itself (``accepts_batches``: the ETW source decodes,
         # enriches and matches on its one worker thread, no hand-off per event) calls
-        # ``_run_batch``; the lock keeps a rule-set swap between two batches.
+        # ``run_batch``; the lock keeps a rule-set swap between two batches.
         self._inline = False
         self._inline_accepted = 0
         self._batch_lock = threading.Lock()
@@ -438,7 +438,7 @@ class Pipeline:
                     self.event_errors += 1
                     log.exception("event skipped: processing failed")
         if alerts:
-            # held before the events count as done: a drain (``_pending``) never sees neither
+            # held before the events count as done, so a drain (``_pending``) always sees one of them
             if not self._held:
                 self._held_since = time.monotonic()
             self._held.extend(alerts)

@@ -740,7 +740,8 @@ class EtwSource:
                 self._record(proc, raw, deliver)
                 n += 1
                 if batches is not None and n >= limit:
-                    self._run(out)             # a long backlog: batches of ``limit`` records
+                    if out:
+                        self._run(out)         # a long backlog: batches of ``limit`` records
                     out = []
                     deliver = out.append
                     n = 0

@@ -98,7 +98,8 @@ class Pipeline:
         self._held_since = 0.0               # monotonic time the oldest of them was matched
         # A source that runs the batches itself (``accepts_batches``: the ETW source decodes,
         # enriches and matches on its one worker thread, no hand-off per event) calls
-        # ``run_batch``; the lock keeps a rule-set swap between two batches.
+        # ``run_batch``, unless correlations need the matcher thread; the lock keeps a rule-set
+        # swap between two batches.
         self._inline = False
         self._inline_accepted = 0
         self._batch_lock = threading.Lock()

@@ -169,3 +169,29 @@ def test_utc_time_formats_as_strftime_did(ft):
         dt = None
     want = dt.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (dt.microsecond // 1000) if dt else None
     assert utc_time(ft) == want
+
+
+def test_with_correlation_rules_the_matcher_thread_keeps_the_events(tmp_path):
+    # The correlation windows belong to the matcher thread (idle evaluation, checkpoints): with
+    # correlations loaded the ETW worker hands its events to the pipeline's queue as before.
+    from sensor.detect.correlate import CorrelationEngine
+    from .test_correlation import simple
+    rep = simple(tmp_path, "gte: 2")              # two starts of a.exe on one host
+    be = FakeBackend()
+    cfg = EtwConfig(seed_from_psutil=False, backfill=False, watchdog_interval=60.0,
+                    session=SessionSpec(name="live-corr", flush_interval=0.02), computer="h")
+    src = EtwSource(cfg, backend=be, helpers={"device_loader": lambda: {VOL: "C:"}})
+    spool = Spool(tmp_path / "spool.sqlite")
+    pipe = Pipeline(source=src, rules=rep.rules, spool=spool, heartbeat_interval=0, ledger=False,
+                    correlator=CorrelationEngine(rep.rules, rep.correlations), commit_delay=0.05)
+    pipe.start()
+    try:
+        sink = be.consumers[0].sink
+        sink((SRC_KERNEL_PROCESS, 15, 1, 0, 4, 8, 0, 0, rundown(100, 5000, VOL + "\\Windows\\System32\\cmd.exe")))
+        for i in range(2):
+            sink(start(4700 + 4 * i, VOL + "\\Tools\\a.exe"))
+        assert wait_for(lambda: pipe.events_in == 2)
+        assert any(t.name == "matcher" for t in threading.enumerate())
+    finally:
+        pipe.stop(drain_timeout=5)
+    assert pipe.queue.accepted == 2 and src.emitted == 2     # through the pipeline's queue

@@ -353,4 +353,49 @@ def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     sp.flush_held()
     assert sp.fault_stats()["held"] == 0
     assert {a["id"] for a in big} <= set(sp.ids())             # every held alert is in the file
+
+
+def test_a_spool_that_filled_its_disk_can_still_confirm_without_a_restart(volume):
+    """docs/delivery.md, disk full: while full, no transaction may commit more pages than the
+    database file has on disk. Pages past its end would sit in the WAL with no room to checkpoint
+    them into, the WAL could never start over, and then not even a confirmation could be written.
+
+    The spool fills its own volume (the owner releases its reserve), the rest of the space goes
+    too, and failed delivery attempts are recorded on rows that nearly fill a page each (the error
+    text no longer fits beside them). Then the receiver takes every row: all must be confirmed.
+    """
+    vol = volume("2m")
+    sp = Spool(vol / "spool.sqlite", owner=True)
+    n = 0
+    while not sp.stats()["disk_full"]:
+        alert = sample_alert(n)
+        alert["pad"] = "x" * 3400   # one row per page, with little room left beside it
+        sp.put(alert)
+        n += 1
+        assert n < 2000, "the spool never filled a 2 MiB volume"
+    fill(vol)
+    other = sqlite3.connect(str(vol / "spool.sqlite"))
+
+    def checkpoint() -> None:
+        # What SQLite's automatic checkpoint does after a commit; like it, a checkpoint the disk
+        # refuses is only not done.
+        try:
+            other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.OperationalError:
+            pass
+
+    checkpoint()
+    rows = [it.rowid for it in sp.fetch(10_000)]
+    assert rows
+    error = "HTTP 503 from the receiver: Service Unavailable (the SIEM is down for maintenance) " * 6
+    for i in range(0, 50, 10):
+        try:
+            sp.mark_failed(rows[i:i + 10], error)
+        except SpoolFull:
+            pass   # refused: fine, it is only a count of attempts
+        checkpoint()
+    rows = [it.rowid for it in sp.fetch(10_000)]   # the receiver is back and takes them all
+    assert sp.ack(rows) == len(rows)   # not SpoolFull: the confirmations can be written
+    assert sp.depth() == 0
+    other.close()
     sp.close()

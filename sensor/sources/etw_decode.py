@@ -160,6 +160,8 @@ def decode_generic(schema: m.Schema, buf: bytes, pointer_size: int = 8) -> dict:
 
 def decode_kernel_process_generic(event_id: int, version: int, buf: bytes) -> dict:
     """Twin of ``decode_kernel_process``."""
+    if version < 0:  # before the lookup: the manifest has no negative versions
+        raise DecodeError(f"bad version {version}")
     schema = m.kernel_process_schema(event_id, version)
     if schema is None:
         raise DecodeError(f"not a Kernel-Process process event: id {event_id}")
@@ -168,8 +170,8 @@ def decode_kernel_process_generic(event_id: int, version: int, buf: bytes) -> di
 
 def decode_system_process_generic(opcode: int, version: int, buf: bytes, pointer_size: int = 8) -> dict:
     """Twin of ``decode_system_process``."""
-    schema = m.system_process_schema(opcode, version)
-    if schema is None or version < 0:
+    schema = None if version < 0 else m.system_process_schema(opcode, version)
+    if schema is None:
         raise DecodeError(f"not a kernel-logger Process record: opcode {opcode} v{version}")
     return decode_generic(schema, buf, pointer_size)
 
@@ -274,7 +276,7 @@ _SL_HEAD = struct.Struct("<IIIi")  # ProcessId, ParentId, SessionId, ExitStatus 
 
 def decode_system_process(opcode: int, version: int, buf: bytes, pointer_size: int = 8) -> dict:
     """Decode a kernel-logger Process record (Start 1, End 2, DCStart 3, DCEnd 4, Defunct 39)."""
-    if m.system_process_schema(opcode, version) is None or version < 0:
+    if version < 0 or m.system_process_schema(opcode, version) is None:
         raise DecodeError(f"not a kernel-logger Process record: opcode {opcode} v{version}")
     if version == 0:
         _need(buf, 8, "Process v0 head")

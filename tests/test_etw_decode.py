@@ -24,6 +24,7 @@ from sensor.sources.etw_decode import (
     decode_system_process,
     decode_system_process_generic,
     read_sid,
+    read_token_sid,
 )
 
 from .conftest import SHARED, needs_shared
@@ -392,3 +393,124 @@ def assert_same(fast, twin):
 def test_sid_identifier_authority_boundary(authority, text):
     raw = bytes([1, 1]) + authority.to_bytes(6, "big") + struct.pack("<I", 18)
     assert read_sid(b"pad" + raw, 3) == (text, 3 + len(raw))
+
+
+# -- boundaries: what each decoder promises at the edges -----------------------------------------
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+def test_every_system_logger_truncation_is_an_error_in_both_and_counted(pointer_size):
+    """The module's rule: every declared field must be present. A payload cut anywhere, in a
+    pointer, the UserSID block (null or not) or the Defunct record's trailing ExitTime, is a
+    DecodeError in both decoders (never another exception) and is counted, not raised."""
+    dec = PayloadDecoder()
+    checked = 0
+    for (opcode, ver), (_, fields) in MOF_ROWS.items():
+        if ver < 0:
+            continue
+        for seed in range(2):
+            vals = sample_values(fields, 7 + seed, mof=True, pointer_size=pointer_size)
+            if seed and "UserSID" in vals:
+                vals["UserSID"] = None
+            payload = encode(fields, vals, mof=True, pointer_size=pointer_size)
+            for cut in range(len(payload)):
+                short = payload[:cut]
+                with pytest.raises(DecodeError):
+                    decode_system_process(opcode, ver, short, pointer_size)
+                with pytest.raises(DecodeError):
+                    decode_system_process_generic(opcode, ver, short, pointer_size)
+                assert dec.system_process(opcode, ver, short, pointer_size) is None
+                checked += 1
+    assert dec.errors == checked and dec.decoded == 0
+
+
+def test_a_sid_may_end_exactly_where_the_buffer_ends():
+    """A SID is 8 + 4 * SubAuthorityCount bytes (reference §1.2); 0 sub-authorities is a valid
+    count, so an 8-byte SID at the very end of the buffer is whole."""
+    raw = bytes([1, 0]) + (5).to_bytes(6, "big")
+    assert read_sid(b"pad" + raw, 3) == ("S-1-5", 11)
+    one = bytes([1, 1]) + (16).to_bytes(6, "big") + struct.pack("<I", 12288)
+    assert read_sid(one, 0) == ("S-1-16-12288", 12)
+    with pytest.raises(DecodeError):
+        read_sid(one[:-1], 0)
+
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+def test_a_userid_block_may_end_exactly_where_the_buffer_ends(pointer_size):
+    """UserSID (kernel logger): the 4-byte null form, or TOKEN_USER (two pointers) then the SID."""
+    assert read_token_sid(b"\0\0\0\0", 0, pointer_size) == (None, 4)
+    assert read_token_sid(b"xy\0\0\0\0", 2, pointer_size) == (None, 6)
+    sid = bytes([1, 1]) + (5).to_bytes(6, "big") + struct.pack("<I", 18)
+    block = (0x1000).to_bytes(pointer_size, "little") + bytes(pointer_size) + sid
+    assert read_token_sid(block, 0, pointer_size) == ("S-1-5-18", len(block))
+    for cut in range(4):
+        with pytest.raises(DecodeError):
+            read_token_sid(b"\0" * cut, 0, pointer_size)
+
+
+def test_known_versions_are_not_counted_as_unknown_newer_ones_are():
+    """docs/etw.md: a newer version than the ones known is read with the newest known layout and
+    counted under unknown_versions; a known version is not counted."""
+    dec = PayloadDecoder()
+    for (eid, ver), (_, fields) in KP_ROWS.items():
+        assert dec.kernel_process(eid, ver, encode(fields, sample_values(fields, 1))) is not None
+    for (opcode, ver), (_, fields) in MOF_ROWS.items():
+        if ver >= 0:
+            payload = encode(fields, sample_values(fields, 1, mof=True), mof=True)
+            assert dec.system_process(opcode, ver, payload) is not None, (opcode, ver)
+    assert dec.stats()["unknown_versions"] == {}
+    assert dec.errors == 0
+
+    # Kernel logger: v4 is the newest Start/End/DCStart/DCEnd layout; Defunct has a v5.
+    _, v4 = MOF_ROWS[(1, 4)]
+    vals = sample_values(v4, 2, mof=True)
+    newer = encode(v4, vals, mof=True) + b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    for opcode in (1, 2, 3, 4):
+        assert dec.system_process(opcode, 5, newer) == expected(v4, vals)
+    _, d5 = MOF_ROWS[(39, 5)]
+    dvals = sample_values(d5, 3, mof=True)
+    assert dec.system_process(39, 6, encode(d5, dvals, mof=True) + b"\xff" * 8) == expected(d5, dvals)
+    assert dec.stats()["unknown_versions"] == {
+        "system_process/1/5": 1, "system_process/2/5": 1, "system_process/3/5": 1,
+        "system_process/4/5": 1, "system_process/39/6": 1}
+    top = {e: max(v for (e2, v) in KP_ROWS if e2 == e) for e in (1, 2, 15)}
+    for eid, v in top.items():
+        _, fields = KP_ROWS[(eid, v)]
+        assert dec.kernel_process(eid, v + 1, encode(fields, sample_values(fields, 4))) is not None
+    assert dec.stats()["unknown_versions"]["1/6"] == 1
+    assert dec.stats()["unknown_versions"]["2/3"] == 1
+    assert dec.stats()["unknown_versions"]["15/4"] == 1
+    assert dec.errors == 0
+
+
+@pytest.mark.parametrize("version", [-1, -2, -256])
+def test_a_negative_version_is_a_decode_error_in_every_decoder(version):
+    """The decoders raise DecodeError or return fields, nothing else (the module's contract)."""
+    blob = bytes(range(200))
+    for decode in (lambda: decode_kernel_process(1, version, blob),
+                   lambda: decode_kernel_process_generic(1, version, blob),
+                   lambda: decode_kernel_process(15, version, blob),
+                   lambda: decode_kernel_process_generic(2, version, blob),
+                   lambda: decode_system_process(1, version, blob),
+                   lambda: decode_system_process_generic(1, version, blob),
+                   lambda: decode_system_process(39, version, blob, 4),
+                   lambda: decode_system_process_generic(39, version, blob, 4)):
+        with pytest.raises(DecodeError):
+            decode()
+
+
+def test_the_sid_cache_is_bounded_and_never_answers_for_another_sid():
+    """Work and memory per event are bounded for any input: a stream of distinct SIDs (one per
+    event, as a hostile host can produce) leaves the decoder's SID cache at its cap, and each
+    event still gets its own SID."""
+    from sensor.sources import etw_decode
+
+    _, fields = KP_ROWS[(1, 3)]
+    vals = sample_values(fields, 0)
+    for i in range(etw_decode._SID_CACHE_MAX + 200):
+        vals["MandatoryLabel"] = (16, [i, 4096 + i])
+        out = decode_kernel_process(1, 3, encode(fields, vals))
+        assert out["MandatoryLabel"] == f"S-1-16-{i}-{4096 + i}"
+    assert len(etw_decode._SID_CACHE) <= etw_decode._SID_CACHE_MAX
+    for i in range(0, etw_decode._SID_CACHE_MAX + 200, 97):   # again: cached or not, the same
+        vals["MandatoryLabel"] = (16, [i, 4096 + i])
+        assert decode_kernel_process(1, 3, encode(fields, vals))["MandatoryLabel"] == f"S-1-16-{i}-{4096 + i}"

@@ -22,6 +22,7 @@ from sensor.sources.etw_decode import (
     decode_kernel_process,
     decode_kernel_process_generic,
     decode_system_process,
+    decode_generic,
     decode_system_process_generic,
     read_sid,
     read_token_sid,
@@ -404,6 +405,7 @@ def test_every_system_logger_truncation_is_an_error_in_both_and_counted(pointer_
     DecodeError in both decoders (never another exception) and is counted, not raised."""
     dec = PayloadDecoder()
     checked = 0
+    per_event: dict = {}
     for (opcode, ver), (_, fields) in MOF_ROWS.items():
         if ver < 0:
             continue
@@ -420,7 +422,9 @@ def test_every_system_logger_truncation_is_an_error_in_both_and_counted(pointer_
                     decode_system_process_generic(opcode, ver, short, pointer_size)
                 assert dec.system_process(opcode, ver, short, pointer_size) is None
                 checked += 1
+                per_event[f"system_process/{opcode}/{ver}"] = per_event.get(f"system_process/{opcode}/{ver}", 0) + 1
     assert dec.errors == checked and dec.decoded == 0
+    assert dec.stats()["decode_errors_by_event"] == per_event
 
 
 def test_a_sid_may_end_exactly_where_the_buffer_ends():
@@ -451,14 +455,18 @@ def test_known_versions_are_not_counted_as_unknown_newer_ones_are():
     """docs/etw.md: a newer version than the ones known is read with the newest known layout and
     counted under unknown_versions; a known version is not counted."""
     dec = PayloadDecoder()
+    n = 0
     for (eid, ver), (_, fields) in KP_ROWS.items():
-        assert dec.kernel_process(eid, ver, encode(fields, sample_values(fields, 1))) is not None
+        vals = sample_values(fields, 1)
+        assert dec.kernel_process(eid, ver, encode(fields, vals)) == expected(fields, vals)
+        n += 1
     for (opcode, ver), (_, fields) in MOF_ROWS.items():
-        if ver >= 0:
-            payload = encode(fields, sample_values(fields, 1, mof=True), mof=True)
-            assert dec.system_process(opcode, ver, payload) is not None, (opcode, ver)
+        if ver >= 0:   # x64 payloads, the wrapper's default pointer size
+            vals = sample_values(fields, 1, mof=True)
+            assert dec.system_process(opcode, ver, encode(fields, vals, mof=True)) == expected(fields, vals)
+            n += 1
     assert dec.stats()["unknown_versions"] == {}
-    assert dec.errors == 0
+    assert dec.stats()["decoded"] == n and dec.errors == 0
 
     # Kernel logger: v4 is the newest Start/End/DCStart/DCEnd layout; Defunct has a v5.
     _, v4 = MOF_ROWS[(1, 4)]
@@ -514,3 +522,17 @@ def test_the_sid_cache_is_bounded_and_never_answers_for_another_sid():
     for i in range(0, etw_decode._SID_CACHE_MAX + 200, 97):   # again: cached or not, the same
         vals["MandatoryLabel"] = (16, [i, 4096 + i])
         assert decode_kernel_process(1, 3, encode(fields, vals))["MandatoryLabel"] == f"S-1-16-{i}-{4096 + i}"
+
+
+def test_the_twin_reads_x64_pointers_by_default_like_the_fast_decoder():
+    """Both decoders take the pointer size as an argument defaulting to 8 (x64, the sensor's
+    platform): called without it, the twin must give the fast decoder's answer."""
+    for (opcode, ver), (_, fields) in MOF_ROWS.items():
+        if ver < 0:
+            continue
+        vals = sample_values(fields, 5, mof=True, pointer_size=8)
+        payload = encode(fields, vals, mof=True, pointer_size=8)
+        want = expected(fields, vals)
+        assert decode_system_process(opcode, ver, payload) == want
+        assert decode_system_process_generic(opcode, ver, payload) == want
+        assert decode_generic(etw_manifest.system_process_schema(opcode, ver), payload) == want

@@ -98,6 +98,133 @@ def test_ecs_health_document_is_a_metric():
     assert doc["sensor"]["health"]["events"]["in"] == 5 and doc["message"] == "heartbeat: 5 events"
 
 
+def _empties(value, path="doc"):
+    """Every None, "" or [] in a document (ECS leaves a field out rather than send it empty)."""
+    if value is None or value == "" or value == []:
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _empties(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _empties(v, f"{path}[{i}]")]
+    return []
+
+
+def _rule_alert(rule=None, event=None, **top):
+    alert = {"id": "a1", "timestamp": "2026-01-01T00:00:00Z", "rule": rule or {"id": "r", "title": "T"},
+             "event": event or {}}
+    alert.update(top)
+    return alert
+
+
+@pytest.mark.parametrize("level,score", [("informational", 21), ("low", 21), ("medium", 47),
+                                         ("high", 73), ("critical", 99), ("High", 73)])
+def test_ecs_severity_and_risk_score_per_level(level, score):
+    """docs/delivery.md: informational/low/medium/high/critical -> 21/21/47/73/99."""
+    doc = to_ecs(_rule_alert({"id": "r", "title": "T", "level": level}))
+    assert doc["event"]["severity"] == score and doc["event"]["risk_score"] == float(score)
+    assert doc["sensor"]["rule_level"] == level
+
+
+def test_ecs_rule_block_per_the_mapping_table():
+    rule = {"id": "r1", "title": "Title", "description": "D", "author": "Florian Roth",
+            "references": ["https://example.org/a"], "version": 2, "license": "DRL-1.1",
+            "tags": ["attack.execution"], "level": "low", "falsepositives": ["admins"]}
+    doc = to_ecs(_rule_alert(rule))
+    assert doc["rule"] == {"id": "r1", "uuid": "r1", "name": "Title", "description": "D",
+                           "author": ["Florian Roth"],   # Sigma's author is one string; ECS a list
+                           "reference": ["https://example.org/a"], "ruleset": "sigma",
+                           "version": "2", "license": "DRL-1.1"}
+    assert doc["tags"] == ["attack.execution"]
+    assert doc["sensor"]["rule"] == {"falsepositives": ["admins"]}
+    bare = to_ecs(_rule_alert({"id": "r2", "title": "T2"}))
+    assert bare["rule"] == {"id": "r2", "uuid": "r2", "name": "T2", "ruleset": "sigma"}
+    assert "tags" not in bare and "threat" not in bare   # no ATT&CK tags: no threat block
+    assert _empties(bare) == [] and _empties(doc) == []
+
+
+def test_ecs_threat_from_tags_alone_and_from_either_half():
+    """rule.mitre, or else attack.tNNNN tags, give the techniques; attack.<tactic> tags the tactics."""
+    only_tags = to_ecs(_rule_alert({"id": "r", "title": "T", "tags": ["attack.t1047", "attack.t1059.003"]}))
+    assert only_tags["threat"]["framework"] == "MITRE ATT&CK"
+    assert only_tags["threat"]["technique"]["id"] == ["T1047", "T1059"]
+    assert only_tags["threat"]["technique"]["reference"] == [
+        "https://attack.mitre.org/techniques/T1047/", "https://attack.mitre.org/techniques/T1059/"]
+    assert only_tags["threat"]["technique"]["subtechnique"]["id"] == ["T1059.003"]
+    assert "tactic" not in only_tags["threat"]
+    only_tactic = to_ecs(_rule_alert({"id": "r", "title": "T", "tags": ["attack.lateral_movement"]}))
+    assert only_tactic["threat"] == {"framework": "MITRE ATT&CK",
+                                     "tactic": {"id": ["TA0008"], "name": ["Lateral Movement"]}}
+    neither = to_ecs(_rule_alert({"id": "r", "title": "T", "tags": ["cve.2021-44228", "detection.threat_hunting"]}))
+    assert "threat" not in neither and neither["tags"] == ["cve.2021-44228", "detection.threat_hunting"]
+    # ATT&CK group and software tags (attack.g0016, attack.s0002) name no technique and no tactic
+    groups = to_ecs(_rule_alert({"id": "r", "title": "T", "tags": ["attack.g0016", "attack.s0002"]}))
+    assert "threat" not in groups
+
+
+def test_ecs_process_user_host_and_event_code():
+    event = {"Image": "mofcomp.exe", "ParentImage": "C:/Windows/System32/cmd.exe", "EventID": 1,
+             "User": "NT AUTHORITY\\SYSTEM", "Computer": "WS02",
+             "Hashes": "SHA384=AA,SHA256=BB,MD5=,imphash=CC"}
+    doc = to_ecs(_rule_alert(event=event))
+    assert doc["process"]["name"] == "mofcomp.exe"           # a bare name is its own basename
+    assert doc["process"]["parent"]["name"] == "cmd.exe"
+    assert doc["event"]["code"] == "1"                       # event.code is a keyword
+    assert doc["user"] == {"name": "SYSTEM", "domain": "NT AUTHORITY"}
+    assert doc["host"]["hostname"] == doc["host"]["name"] == doc["agent"]["name"] == "WS02"
+    assert doc["process"]["hash"] == {"sha256": "bb"} and doc["process"]["pe"] == {"imphash": "cc"}
+    assert _empties(doc) == []
+    lone = to_ecs(_rule_alert(event={"User": "alice"}))
+    assert lone["user"] == {"name": "alice"}
+
+
+def test_ecs_host_precedence_and_agent_version():
+    """HOSTNAME, else event.Computer, else the sensor block's host; agent.version is the sensor's."""
+    from sensor import __version__
+    assert to_ecs(_rule_alert(HOSTNAME="A", event={"Computer": "B"}))["host"]["name"] == "A"
+    assert to_ecs(_rule_alert(HOSTNAME="A"))["host"]["name"] == "A"
+    assert to_ecs(_rule_alert(event={"Computer": "B"}))["host"]["name"] == "B"
+    doc = to_ecs(_rule_alert(sensor={"host": "C", "version": "9.9.9"}))
+    assert doc["host"]["name"] == "C" and doc["agent"] == {"type": "etw-sensor", "version": "9.9.9", "name": "C"}
+    nohost = to_ecs(_rule_alert())
+    assert "host" not in nohost and nohost["agent"] == {"type": "etw-sensor", "version": __version__}
+
+
+def test_ecs_message_select_and_field_origin():
+    alert = _rule_alert(MESSAGE="the message", HOSTNAME="H", COMMANDLINE=None, field_origin={"User": "token"})
+    doc = to_ecs(alert)
+    assert doc["message"] == "the message"
+    assert doc["sensor"]["select"] == {"MESSAGE": "the message", "HOSTNAME": "H"}   # upper-case, set
+    assert doc["sensor"]["field_origin"] == {"User": "token"}
+    titled = to_ecs(_rule_alert())
+    assert titled["message"] == "T" and "sensor" not in titled
+
+
+def test_ecs_odd_value_types_are_left_out_not_raised():
+    """A stored alert may carry a number where text is expected: the field is left out."""
+    doc = to_ecs(_rule_alert(event={"Image": 42, "ParentImage": "", "User": 7, "ProcessId": True,
+                                    "ParentProcessId": "12ab", "EventID": "0xZZ"}))
+    assert "name" not in doc.get("process", {}) and "user" not in doc
+    assert "pid" not in doc.get("process", {}) and "code" not in doc["event"]
+    assert "parent" not in doc.get("process", {})
+    # text that cannot be encoded as UTF-8 (a lone surrogate) in the rule: still a document
+    odd = to_ecs(_rule_alert({"id": "r", "title": "bad \ud800 title"}))
+    assert odd["rule"]["name"] == "bad \ud800 title"
+
+
+def test_ecs_health_alert_tags_are_the_health_rules():
+    doc = to_ecs({"id": "h", "type": "health", "timestamp": "2026-01-01T00:00:00Z",
+                  "health": {"event": "spool_overflow", "dropped": 3}})
+    assert doc["tags"] == ["sensor.health"] and doc["rule"]["ruleset"] == "sensor-health"
+
+
+def test_ecs_rule_cache_is_bounded_and_each_document_gets_its_own_rule():
+    from sensor.deliver import ecs
+    for i in range(1100):
+        doc = to_ecs(_rule_alert({"id": f"r{i}", "title": f"T{i}", "tags": [f"attack.t{1000 + i}"]}))
+        assert doc["rule"]["id"] == f"r{i}" and doc["threat"]["technique"]["id"] == [f"T{1000 + i}"]
+        assert len(ecs._RULE_CACHE) <= 1024
+
+
 def test_iso_time_forms():
     assert iso_time("2026-08-20 10:11:12.345") == "2026-08-20T10:11:12.345Z"
     assert iso_time("2026-08-20T12:11:12+02:00") == "2026-08-20T10:11:12.000Z"

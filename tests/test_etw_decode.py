@@ -494,7 +494,14 @@ def test_known_versions_are_not_counted_as_unknown_newer_ones_are():
 def test_a_negative_version_is_a_decode_error_in_every_decoder(version):
     """The decoders raise DecodeError or return fields, nothing else (the module's contract)."""
     blob = bytes(range(200))
-    for decode in (lambda: decode_kernel_process(1, version, blob),
+    # Payloads whole for the layouts a negative version would otherwise fall into.
+    start_v1 = encode(KP_ROWS[(1, 1)][1], sample_values(KP_ROWS[(1, 1)][1], 0))
+    stop_v2 = encode(KP_ROWS[(2, 2)][1], sample_values(KP_ROWS[(2, 2)][1], 0))
+    start_v3 = encode(KP_ROWS[(1, 3)][1], sample_values(KP_ROWS[(1, 3)][1], 0))
+    for decode in (lambda: decode_kernel_process(1, version, start_v1),
+                   lambda: decode_kernel_process(2, version, stop_v2),
+                   lambda: decode_kernel_process(15, version, start_v3),
+                   lambda: decode_kernel_process_generic(1, version, start_v1),lambda: decode_kernel_process(1, version, blob),
                    lambda: decode_kernel_process_generic(1, version, blob),
                    lambda: decode_kernel_process(15, version, blob),
                    lambda: decode_kernel_process_generic(2, version, blob),

@@ -225,6 +225,16 @@ def test_ecs_rule_cache_is_bounded_and_each_document_gets_its_own_rule():
         assert len(ecs._RULE_CACHE) <= 1024
 
 
+def test_ecs_correlation_alert_keeps_its_window():
+    """docs/sigma.md: in ECS documents a correlation alert's block is kept under
+    sensor.correlation, with event.action sigma_correlation; a rule alert stays process_started."""
+    window = {"type": "event_count", "group": {"User": "alice"}, "count": 5}
+    doc = to_ecs(_rule_alert(correlation=window))
+    assert doc["sensor"]["correlation"] == window and doc["event"]["action"] == "sigma_correlation"
+    plain = to_ecs(_rule_alert(correlation="not a block"))
+    assert plain["event"]["action"] == "process_started" and "sensor" not in plain
+
+
 def test_iso_time_forms():
     assert iso_time("2026-08-20 10:11:12.345") == "2026-08-20T10:11:12.345Z"
     assert iso_time("2026-08-20T12:11:12+02:00") == "2026-08-20T10:11:12.000Z"

@@ -404,6 +404,7 @@ def write_bytes_private(data: bytes, output: str) -> None:
 
 def register(subparsers) -> None:
     """Add ``rules`` and its sub-commands."""
+    from .scan import add_rule_load_options
     p = subparsers.add_parser("rules", help="list, validate and compile detection rules",
                               description="List, validate and compile detection rules "
                                           "(Sigma YAML files/folders and rule packs).")
@@ -418,12 +419,7 @@ def register(subparsers) -> None:
                     help="leave out the built-in rule")
     lp.add_argument("-v", "--verbose", action="store_true",
                     help="also print each rule's metadata (description, MITRE, next steps...)")
-    lp.add_argument("--placeholders", metavar="FILE",
-                    help="values for |expand placeholders (YAML)")
-    lp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
-                    help="let this rule's regexes that need backtracking (backreferences, "
-                         "lookaround) run under a step budget instead of rejecting the rule "
-                         "(repeatable)")
+    add_rule_load_options(lp)
     lp.set_defaults(func=_cmd_list)
 
     vp = sub.add_parser("validate", help="load rules and report what loaded and what did not "
@@ -431,12 +427,7 @@ def register(subparsers) -> None:
     vp.add_argument("paths", nargs="+", metavar="PATH")
     vp.add_argument("-v", "--verbose", action="store_true",
                     help="list every not-applicable rule and warning, and each rule's regex engine")
-    vp.add_argument("--placeholders", metavar="FILE",
-                    help="values for |expand placeholders (YAML)")
-    vp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
-                    help="let this rule's regexes that need backtracking (backreferences, "
-                         "lookaround) run under a step budget instead of rejecting the rule "
-                         "(repeatable)")
+    add_rule_load_options(vp)
     vp.set_defaults(func=_cmd_validate)
 
     cp = sub.add_parser("compile", help="compile rules into a rule pack (loads without pySigma)")
@@ -444,12 +435,7 @@ def register(subparsers) -> None:
     cp.add_argument("-o", "--output", required=True, metavar="PACK")
     cp.add_argument("--allow-rejected", action="store_true",
                     help="write the pack even when rules were rejected (they are left out)")
-    cp.add_argument("--placeholders", metavar="FILE",
-                    help="values for |expand placeholders (YAML), resolved into the pack")
-    cp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
-                    help="let this rule's regexes that need backtracking (backreferences, "
-                         "lookaround) run under a step budget instead of rejecting the rule "
-                         "(repeatable)")
+    add_rule_load_options(cp)
     cp.set_defaults(func=_cmd_compile)
 
     kp = sub.add_parser("keygen", help="make an Ed25519 key pair for signing rule packs",
@@ -477,11 +463,7 @@ def register(subparsers) -> None:
     dp.add_argument("--json", action="store_true", help="one JSON document: totals and every verdict")
     dp.add_argument("-v", "--verbose", action="store_true",
                     help="list every rule, also those that can fire on every source")
-    dp.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
-                    help="load this rule although its regexes need backtracking (as the sensor "
-                         "would with rules.allow_backtracking); repeatable")
-    dp.add_argument("--placeholders", metavar="FILE",
-                    help="values for |expand placeholders (YAML), as rules.placeholders")
+    add_rule_load_options(dp)
     dp.set_defaults(func=_cmd_doctor)
 
     def _usage(args) -> int:

@@ -15,11 +15,19 @@ from ..sources.base import ReadStats
 
 
 def add_rule_options(p: argparse.ArgumentParser) -> None:
-    """The rule-selection options shared by scan, run and rules list."""
+    """The rule-selection options of scan."""
     p.add_argument("--rules", action="append", default=[], metavar="PATH",
                    help="Sigma YAML file or folder, or compiled rule pack (repeatable)")
     p.add_argument("--no-builtin-rules", action="store_true",
                    help="do not load the built-in seed rule")
+    add_rule_load_options(p)
+
+
+def add_rule_load_options(p: argparse.ArgumentParser) -> None:
+    """How rules are read, for every command that loads them (scan and the rules commands), as
+    the config's rules.placeholders and rules.allow_backtracking."""
+    p.add_argument("--placeholders", metavar="FILE",
+                   help="values for |expand placeholders (YAML: name: value or [values])")
     p.add_argument("--allow-backtracking", action="append", default=[], metavar="RULE_ID",
                    help="let this rule's regexes that need backtracking (backreferences, "
                         "lookaround) run under a step budget instead of rejecting the rule "
@@ -67,8 +75,6 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=("compiled", "reference"), default=None,
                    help="matcher engine (default: compiled when built)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
-    p.add_argument("--placeholders", metavar="FILE",
-                   help="values for |expand placeholders (YAML: name: value or [values])")
     p.add_argument("--lateness", type=float, default=600.0, metavar="SECONDS",
                    help="correlations: how far an event may come after a later one in the "
                         "files and still be counted (reorder buffer; default 600)")

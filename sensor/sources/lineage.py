@@ -106,10 +106,9 @@ class ReplayLineage:
         guid = _guid(ev.get("ProcessGuid"))
         if guid is None:
             return
-        start = _Start(ev.get("Image"), parent_guid, ev.get("ParentImage"), ev.get("ParentCommandLine"),
-                       ev.get("ParentProcessId"), 0)
-        chars = _length(start.image) + _length(start.parent_image) + _length(start.parent_command_line)
-        start = start._replace(chars=chars)
+        image, parent_image, parent_cmd = ev.get("Image"), ev.get("ParentImage"), ev.get("ParentCommandLine")
+        chars = _length(image) + _length(parent_image) + _length(parent_cmd)
+        start = _Start(image, parent_guid, parent_image, parent_cmd, ev.get("ParentProcessId"), chars)
         old = self._starts.pop(guid, None)
         if old is not None:
             self._chars -= old.chars

@@ -141,6 +141,11 @@ def test_memory_is_bounded_by_entries_and_by_text():
     for i in range(50):
         lin.apply(start(f"{{B-{i}}}", i, "C:\\b.exe", big, f"{{B-{i - 1}}}", i, "C:\\b.exe", big))
     assert lin._chars <= 100_000 and len(lin) == 3 and lin.forgotten == 47
+    # guids are text an attacker chooses too: they count against the same bound
+    lin = ReplayLineage(max_entries=1_000, max_chars=100_000)
+    for i in range(50):
+        lin.apply(start(f"{i}" + "G" * 32_000, i, "C:\\b.exe", "b", "P" * 32_000, i, "C:\\p.exe", "p"))
+    assert lin._chars <= 100_000 and len(lin) == 1
 
 
 def test_a_grandparent_rule_matches_in_scan(tmp_path):

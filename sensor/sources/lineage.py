@@ -18,7 +18,7 @@ lineage field (a capture replayed through the ETW decoder, a JSON line written b
 left as it is. Security 4688 records have no guids and get no lineage: pids alone are reused.
 
 The memory is bounded for any input: at most ``max_entries`` starts and ``max_chars`` characters
-of remembered text (an attacker's 32,767-character command lines included); past either bound the
+of remembered text (guids and an attacker's 32,767-character values included); past either bound the
 oldest starts are forgotten first and counted in ``forgotten``.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ class ReplayLineage:
         if guid is None:
             return
         image, parent_image, parent_cmd = ev.get("Image"), ev.get("ParentImage"), ev.get("ParentCommandLine")
-        chars = _length(image) + _length(parent_image) + _length(parent_cmd)
+        chars = len(guid) + _length(parent_guid) + _length(image) + _length(parent_image) + _length(parent_cmd)
         start = _Start(image, parent_guid, parent_image, parent_cmd, ev.get("ParentProcessId"), chars)
         old = self._starts.pop(guid, None)
         if old is not None:

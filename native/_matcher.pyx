@@ -1328,7 +1328,9 @@ cdef class Matcher:
         un.marks = marks
         un.trans16 = NULL
         un.trans32 = NULL
+        un.q8filt = NULL
         un.q8bits = NULL
+        un.q4filt = NULL
         un.q4bits = NULL
         un.q2bits = NULL
         un.q_ent = NULL
@@ -1354,86 +1356,118 @@ cdef class Matcher:
 
     cdef int _build_anchor_filter(self, Unit *un, list needles, priors) except -1:
         """Anchor filter (mode 3): each needle is anchored at one of its grams (1 byte:
-        memchr; 2-3 bytes: a 2-gram; 4-7: a hashed 4-gram; 8+: a hashed 8-gram, see
-        index.anchor_plan); the scan tests each text position's grams in small bitmaps
-        and verifies the needles of the bucket.  Every occurrence contains its anchor,
-        so none is missed."""
+        memchr; 2-3 bytes: a 2-gram; 4-7: a 4-gram; 8+: an 8-gram, see
+        index.anchor_plan).  The scan tests each text position's grams against small
+        tables (the exact 2-gram bitmap; a blocked Bloom filter per hashed gram size), and
+        only where one lets the position through looks up the bucket (a bitmap of the
+        non-empty buckets with per-word ranks: no offset table per possible bucket) and
+        verifies its needles.  Every occurrence contains its anchor, so none is missed."""
         cdef bytes nd
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, j, alen
+        cdef uint64_t x
+        cdef unsigned fshift, bshift
         plan = _ix.anchor_plan(needles, priors)
-        e1, e2, e4, e8 = [], [], [], []
-        n4 = sum(1 for x in plan if x[1] == 4)
-        n8 = sum(1 for x in plan if x[1] == 8)
-
-        def bits_for(count):
-            qb = 10
-            while qb < 18 and (1 << qb) < 16 * count:
-                qb += 1
-            return qb
-
-        qb4 = bits_for(n4)
-        qb8 = bits_for(n8)
-        shift4 = 32 - qb4
-        shift8 = 64 - qb8
-        for j, nd in enumerate(needles):
-            k, alen = plan[j]
-            if alen == 1:
-                e1.append((0, nd, 0, j))
-            elif alen == 2:
-                e2.append((nd[k] | (nd[k + 1] << 8), nd, k, j))
-            elif alen == 4:
-                e4.append((mt_q_hash4(<const unsigned char *>nd + k, shift4), nd, k, j))
-            else:
-                e8.append((mt_q_hash8(<const unsigned char *>nd + k, shift8), nd, k, j))
-        e2.sort(key=lambda e: e[0])
-        e4.sort(key=lambda e: e[0])
-        e8.sort(key=lambda e: e[0])
         blob = bytearray()
-        ent = []
-        for _key, nd, k, j in e1 + e2 + e4 + e8:
-            # packed entry: the anchor's bytes (native byte order, as loaded from the text;
-            # 0 where the anchor is shorter), needle offset, len | k << 16, local literal id
-            w0 = int.from_bytes(nd[k:k + 4], _sys.byteorder) if len(nd) >= 4 else 0
-            w1 = int.from_bytes(nd[k + 4:k + 8], _sys.byteorder) if len(nd) >= 8 else 0
-            ent.extend((w0, w1, len(blob), len(nd) | (k << 16), j))
+        noff = []
+        for nd in needles:
+            noff.append(len(blob))
             blob.extend(nd)
-        un.q_ent = self._u32(ent)
+        grams = {4: set(), 8: set()}
+        for j in range(len(needles)):
+            k, alen = plan[j]
+            if alen == 4 or alen == 8:
+                grams[alen].add(needles[j][k:k + alen])
+
+        def log2_at_least(v, lo, hi):
+            b = lo
+            while b < hi and (1 << b) < v:
+                b += 1
+            return b
+
+        # filter: >= 16 bits per distinct anchor (3 bits each: ~1 % let through by
+        # chance); buckets: >= 4 per distinct anchor
+        fw = {a: log2_at_least(len(grams[a]) // 4 + 1, 1, 24) for a in (4, 8)}
+        qb = {a: log2_at_least(4 * len(grams[a]), 6, 26) for a in (4, 8)}
+        filt = {a: [0] * (1 << fw[a]) for a in (4, 8)}
+        buckets = {2: {}, 4: {}, 8: {}}
+        e1 = []
+
+        def entry(j, k, alen):
+            nd = needles[j]
+            w0 = int.from_bytes(nd[k:k + 4], _sys.byteorder) if alen >= 4 else 0
+            w1 = int.from_bytes(nd[k + 4:k + 8], _sys.byteorder) if alen >= 8 else 0
+            return [w0, w1, noff[j], len(nd), j, 0, 0, k]
+
+        for j in range(len(needles)):
+            k, alen = plan[j]
+            nd = needles[j]
+            if alen == 1:
+                e1.append(entry(j, k, alen))
+                continue
+            if alen == 2:
+                g = nd[k] | (nd[k + 1] << 8)
+            else:
+                fshift = 64 - fw[alen]
+                bshift = 64 - qb[alen]
+                x = mt_load64(<const unsigned char *>nd + k) if alen == 8 else \
+                    <uint64_t>mt_load32(<const unsigned char *>nd + k)
+                filt[alen][mt_af_fword(x, fshift)] |= mt_af_fbits(x)
+                g = mt_af_bucket(x, bshift)
+            buckets[alen].setdefault(g, []).append(entry(j, k, alen))
+        ents = list(e1)
+        overflow = []
+        bases = {}
+        bitmaps = {}
+        for alen in (2, 4, 8):
+            bases[alen] = len(ents)
+            nb = 65536 if alen == 2 else (1 << qb[alen])
+            words = [0] * max(1, nb // 64)
+            for g in sorted(buckets[alen]):
+                group = buckets[alen][g]
+                words[g >> 6] |= 1 << (g & 63)
+                first = group[0]
+                if len(group) > 1:
+                    first[6] = len(group) - 1
+                    overflow.append((first, group[1:]))
+                ents.append(first)
+            rank = []
+            acc = 0
+            for w in words:
+                rank.append(acc)
+                acc += bin(w).count("1")
+            bitmaps[alen] = (words, rank)
+        for first, rest in overflow:
+            first[5] = len(ents)
+            ents.extend(rest)
+        flat = []
+        for e in ents:
+            flat.extend(e)
+        un.q_ent = self._u32(flat)
         qbytes = _pyarray.array("B", bytes(blob) if blob else b"\0")
         self._arrays.append(qbytes)
         un.q_bytes = <const unsigned char *>(<array.array>qbytes).data.as_uchars
         un.q1e = len(e1)
-        un.qshift4 = shift4
-        un.qshift8 = shift8
-
-        def offsets(ents, base, nb):
-            off = [0] * (nb + 1)
-            for key, *_rest in ents:
-                off[key + 1] += 1
-            acc = base
-            for i in range(nb + 1):
-                acc += off[i]
-                off[i] = acc
-            return off
-
-        def bits(ents, nb):
-            words = [0] * max(1, nb // 64)
-            for key, *_rest in ents:
-                words[key >> 6] |= 1 << (key & 63)
-            return words
-
-        un.q2bits = un.q4bits = un.q8bits = NULL
-        base = len(e1)
-        if e2:
-            un.q2off = self._u32(offsets(e2, base, 65536))
-            un.q2bits = self._u64(bits(e2, 65536))
-        base += len(e2)
-        if e4:
-            un.q4off = self._u32(offsets(e4, base, 1 << qb4))
-            un.q4bits = self._u64(bits(e4, 1 << qb4))
-        base += len(e4)
-        if e8:
-            un.q8off = self._u32(offsets(e8, base, 1 << qb8))
-            un.q8bits = self._u64(bits(e8, 1 << qb8))
+        un.q2bits = NULL
+        un.q4filt = un.q4bits = NULL
+        un.q8filt = un.q8bits = NULL
+        if buckets[2]:
+            un.q2bits = self._u64(bitmaps[2][0])
+            un.q2rank = self._u32(bitmaps[2][1])
+            un.q2base = bases[2]
+        if buckets[4]:
+            un.q4filt = self._u64(filt[4])
+            un.q4fshift = 64 - fw[4]
+            un.q4bits = self._u64(bitmaps[4][0])
+            un.q4rank = self._u32(bitmaps[4][1])
+            un.q4bshift = 64 - qb[4]
+            un.q4base = bases[4]
+        if buckets[8]:
+            un.q8filt = self._u64(filt[8])
+            un.q8fshift = 64 - fw[8]
+            un.q8bits = self._u64(bitmaps[8][0])
+            un.q8rank = self._u32(bitmaps[8][1])
+            un.q8bshift = 64 - qb[8]
+            un.q8base = bases[8]
         un.mode = 3
         return 0
 
@@ -1453,6 +1487,8 @@ cdef class Matcher:
             # field_value(): derived fields first, then a pending resolver
             if self._derived[slot]:
                 v = DERIVED[name](ev)
+            elif st.is_dict and not st.is_pe:
+                pass        # a plain dict has no ``pending`` (no failed getattr per field)
             else:
                 pending = _pending_of(ev, st.is_pe)
                 if pending and name in pending:
@@ -1993,54 +2029,60 @@ cdef class Matcher:
     cdef int _scan_anchor(self, _State st, Unit *un, const unsigned char *h, size_t n,
                           bint mark, uint64_t pmask) except -1:
         """Anchor-filter scan (mode 3) over folded (or, cased, raw) text."""
-        cdef size_t i, e, eend
-        cdef unsigned g
-        cdef uint32_t x, lid, ep = st.epoch
+        cdef size_t i, e
+        cdef int64_t r
+        cdef uint64_t x
+        cdef uint32_t ep = st.epoch
         cdef const uint32_t *ent
         for e in range(un.q1e):
-            ent = un.q_ent + 5 * e
+            ent = un.q_ent + 8 * e
             if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
                 self._found(st, un.lit0 + ent[4], mark, pmask)
         i = 0
         while True:
-            i = mt_af_next(un.q8bits, un.qshift8, un.q4bits, un.qshift4, un.q2bits, h, i, n)
+            i = mt_af_next(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits, h, i, n)
             if i >= n:
                 break
-            if un.q8bits != NULL and i + 8 <= n:
-                g = mt_q_hash8(h + i, un.qshift8)
-                if mt_bit(un.q8bits, g):
-                    # the anchor's 8 bytes, kept in the packed entry, reject hash
-                    # collisions without touching the needle bytes
-                    x = mt_load32(h + i)
-                    eend = un.q8off[g + 1]
-                    for e in range(un.q8off[g], eend):
-                        ent = un.q_ent + 5 * e
-                        if ent[0] == x and ent[1] == mt_load32(h + i + 4):
-                            lid = un.lit0 + ent[4]
-                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
-                                self._found(st, lid, mark, pmask)
-            if un.q4bits != NULL and i + 4 <= n:
-                g = mt_q_hash4(h + i, un.qshift4)
-                if mt_bit(un.q4bits, g):
-                    x = mt_load32(h + i)
-                    eend = un.q4off[g + 1]
-                    for e in range(un.q4off[g], eend):
-                        ent = un.q_ent + 5 * e
-                        if ent[0] == x:
-                            lid = un.lit0 + ent[4]
-                            if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
-                                self._found(st, lid, mark, pmask)
+            if un.q8filt != NULL and i + 8 <= n:
+                x = mt_load64(h + i)
+                if mt_af_ftest(un.q8filt, un.q8fshift, x):
+                    r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(x, un.q8bshift))
+                    if r >= 0:
+                        self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
+            if un.q4filt != NULL and i + 4 <= n:
+                x = mt_load32(h + i)
+                if mt_af_ftest(un.q4filt, un.q4fshift, x):
+                    r = mt_af_rank(un.q4bits, un.q4rank, mt_af_bucket(x, un.q4bshift))
+                    if r >= 0:
+                        self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)
             if un.q2bits != NULL and i + 2 <= n:
-                g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
-                if mt_bit(un.q2bits, g):
-                    eend = un.q2off[g + 1]
-                    for e in range(un.q2off[g], eend):
-                        ent = un.q_ent + 5 * e
-                        lid = un.lit0 + ent[4]
-                        if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3] & 0xFFFF, ent[3] >> 16):
-                            self._found(st, lid, mark, pmask)
+                r = mt_af_rank(un.q2bits, un.q2rank, <unsigned>h[i] | (<unsigned>h[i + 1] << 8))
+                if r >= 0:
+                    self._af_bucket(st, un, un.q2base + <size_t>r, h, n, i, 2, mark, pmask)
             i += 1
         return 0
+
+    cdef inline void _af_bucket(self, _State st, Unit *un, size_t e, const unsigned char *h, size_t n,
+                                size_t i, int alen, bint mark, uint64_t pmask) noexcept:
+        """Verify the needles of one anchor-filter bucket (its primary entry ``e`` and
+        the overflow entries it names) with their anchor at text position ``i``."""
+        cdef const uint32_t *ent = un.q_ent + 8 * e
+        cdef size_t more = ent[6], nxt = ent[5]
+        cdef uint32_t x0 = mt_load32(h + i) if alen >= 4 else 0
+        cdef uint32_t x1 = mt_load32(h + i + 4) if alen == 8 else 0
+        cdef uint32_t lid, ep = st.epoch
+        while True:
+            # the anchor's bytes, kept in the entry, reject other grams of the bucket
+            # without touching the needle bytes
+            if ent[0] == x0 and ent[1] == x1:
+                lid = un.lit0 + ent[4]
+                if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3], ent[7]):
+                    self._found(st, lid, mark, pmask)
+            if more == 0:
+                break
+            more -= 1
+            ent = un.q_ent + 8 * nxt
+            nxt += 1
 
     # ------------------------------------------------------------------ selection
     cdef int _scan_tries(self, _State st, Py_ssize_t w, uint64_t pmask) except -1:

@@ -257,22 +257,6 @@ static inline size_t mt_ac_run32s(const uint32_t *t, const uint32_t *col, const 
     return i;
 }
 
-/* Anchor filter (mode 3): hash of the 4 bytes at p, to (32 - shift) bits. */
-static inline uint32_t mt_q_hash4(const unsigned char *p, unsigned shift)
-{
-    uint32_t x;
-    memcpy(&x, p, 4);
-    return (uint32_t)(x * 2654435761u) >> shift;
-}
-
-/* ... and of the 8 bytes at p, to (64 - shift) bits. */
-static inline uint32_t mt_q_hash8(const unsigned char *p, unsigned shift)
-{
-    uint64_t x;
-    memcpy(&x, p, 8);
-    return (uint32_t)((x * 0x9E3779B97F4A7C15ull) >> shift);
-}
-
 /* The 4 bytes at p as one (native-endian) word. */
 static inline uint32_t mt_load32(const unsigned char *p)
 {
@@ -286,16 +270,90 @@ static inline int mt_bit(const uint64_t *b, uint32_t g)
     return (int)((b[g >> 6] >> (g & 63)) & 1);
 }
 
-/* First position >= i where a 2-gram (b2), hashed 4-gram (b4) or hashed 8-gram (b8)
- * bitmap has its bit set (each may be NULL); n when none.  The tests of one position are
- * independent loads from small bitmaps, not a chain of dependent table loads. */
-static inline size_t mt_af_next(const uint64_t *b8, unsigned s8, const uint64_t *b4, unsigned s4,
+/* Anchor filter, hashed grams (4 or 8 bytes loaded as one word x).  A blocked Bloom
+ * filter decides whether a position needs a look at all: the word comes from the top bits
+ * of one multiplicative hash, three bits of that word from its mixed low bits, so one load
+ * rejects all but ~1 % of the positions whose gram is not an anchor.  Only then the bucket
+ * (a second, independent hash) is looked up. */
+#define MT_AF_C1 0x9E3779B97F4A7C15ull
+#define MT_AF_C2 0xC2B2AE3D27D4EB4Full
+
+static inline uint64_t mt_load64(const unsigned char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+static inline uint64_t mt_af_fh(uint64_t x)
+{
+    uint64_t h = x * MT_AF_C1;
+    return h ^ (h >> 32);
+}
+
+static inline uint64_t mt_af_fmask(uint64_t h)
+{
+    return ((uint64_t)1 << (h & 63)) | ((uint64_t)1 << ((h >> 6) & 63)) | ((uint64_t)1 << ((h >> 12) & 63));
+}
+
+/* Filter word index of gram x (fshift = 64 - log2(words)). */
+static inline uint32_t mt_af_fword(uint64_t x, unsigned fshift)
+{
+    return (uint32_t)(mt_af_fh(x) >> fshift);
+}
+
+static inline uint64_t mt_af_fbits(uint64_t x)
+{
+    return mt_af_fmask(mt_af_fh(x));
+}
+
+static inline int mt_af_ftest(const uint64_t *f, unsigned fshift, uint64_t x)
+{
+    uint64_t h = mt_af_fh(x), m = mt_af_fmask(h);
+    return (f[h >> fshift] & m) == m;
+}
+
+/* Bucket of gram x (bshift = 64 - log2(buckets)). */
+static inline uint32_t mt_af_bucket(uint64_t x, unsigned bshift)
+{
+    return (uint32_t)((x * MT_AF_C2) >> bshift);
+}
+
+static inline int mt_popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (int)((x * 0x0101010101010101ull) >> 56);
+}
+
+/* The rank of bucket g among the non-empty buckets (the index of its first entry), or -1
+ * when it is empty: a bitmap of the non-empty buckets and the count of set bits before
+ * each of its words, both small, instead of an offset per possible bucket. */
+static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uint32_t g)
+{
+    uint64_t w = bits[g >> 6], b = (uint64_t)1 << (g & 63);
+    if (!(w & b))
+        return -1;
+    return (int64_t)rank[g >> 6] + mt_popcount64(w & (b - 1));
+}
+
+/* First position >= i where the 8-gram filter (f8), the 4-gram filter (f4) or the exact
+ * 2-gram bitmap (b2) lets the position through (each may be NULL); n when none.  The
+ * tests of one position are independent loads from small tables. */
+static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
                                 const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
 {
-    for (; i < n; i++) {
-        if (b8 != NULL && i + 8 <= n && mt_bit(b8, mt_q_hash8(h + i, s8)))
+    for (; i + 8 <= n; i++) {
+        if (f8 != NULL && mt_af_ftest(f8, fs8, mt_load64(h + i)))
             return i;
-        if (b4 != NULL && i + 4 <= n && mt_bit(b4, mt_q_hash4(h + i, s4)))
+        if (f4 != NULL && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
+            return i;
+        if (b2 != NULL && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
+            return i;
+    }
+    for (; i < n; i++) {
+        if (f4 != NULL && i + 4 <= n && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
             return i;
         if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
             return i;
@@ -303,7 +361,8 @@ static inline size_t mt_af_next(const uint64_t *b8, unsigned s8, const uint64_t 
     return n;
 }
 
-/* Does the needle nd (len bytes, anchored at its offset k) occur with its anchor at i? */
+/* Does the needle nd (len bytes, anchored at its offset k) occur with its anchor at i?
+ * Compared inline: needles are short and usually differ early. */
 static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd,
                               unsigned len, unsigned k)
 {
@@ -313,7 +372,7 @@ static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const 
     s = i - k;
     if (s + len > n)
         return 0;
-    return memcmp(h + s, nd, len) == 0;
+    return mt_eq_fwd(h + s, nd, len);
 }
 
 /* Index of the lowest set bit of a non-zero word. */

@@ -577,3 +577,14 @@ def test_a_predicate_shared_by_rules_gives_each_rule_its_answer(engine):
     assert m.match(ProcessEvent({"Image": "C:\\x.exe", "User": "bob"})) == [0, 1]
     assert m.match(ProcessEvent({"Image": "C:\\x.exe", "User": "eve"})) == [0, 2]
     assert [r.id for r in m.match_rules(ProcessEvent({"Image": "C:\\y.exe", "User": "eve"}))] == ["c"]
+
+
+def test_a_contains_literal_longer_than_64_kib_is_found(engine):
+    # the anchor filter once packed a literal's length and anchor offset into 16 bits
+    # each: a literal of 65,538 bytes was never found
+    needle = "b" + "a" * 65535 + "zq"
+    r = rule(P("CommandLine", "contains", needle))
+    assert hit(engine, r, {"CommandLine": "x" + needle.upper() + "y"})
+    assert hit(engine, r, {"CommandLine": needle})
+    assert not hit(engine, r, {"CommandLine": needle[:-1]})
+    assert not hit(engine, r, {"CommandLine": needle[:30000] + "c" + needle[30001:]})

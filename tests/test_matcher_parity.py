@@ -245,3 +245,50 @@ def test_adversarial_events_parity():
     for r in rules[::200]:
         events += [ProcessEvent(ev) for _, ev in adv.rule_events(r)]
     _compare_rule_by_rule(events)
+
+
+# ---------------------------------------------------------------- the anchor filter
+
+# Enough distinct literals that CommandLine's literal unit is an anchor filter (gram
+# buckets, Bloom filters, overflow entries), whatever the drawn literals add.
+_FILLER = tuple(f"{a}{b}-{i:04d}" for i, (a, b) in enumerate(
+    (a, b) for a in ("\\win", "user", ".exe", "-enc", "ab", "x") for b in ("dows", "s\\", "", "q")))
+_FILLER = _FILLER + tuple(f"k{i:05d}\\z" for i in range(1500))
+
+LIT_ALPHABET = st.sampled_from(list("abcAB\\.- z09") + ["é", "İ", "中", "\U0001F600", "\ud800"])
+
+
+def _lit():
+    short = st.text(LIT_ALPHABET, min_size=1, max_size=12)
+    # longer than 65,535 bytes: lengths and anchor offsets past 16 bits
+    long = st.tuples(short, st.integers(65536, 70000)).map(lambda t: (t[0] * (t[1] // len(t[0]) + 1))[:t[1]])
+    return st.one_of(short, short, short, long)
+
+
+@st.composite
+def _anchor_case(draw):
+    lits = draw(st.lists(_lit(), min_size=1, max_size=8))
+    pieces = lits + [lit[: len(lit) // 2] for lit in lits] + [lit[1:] for lit in lits] + list(_FILLER[:40])
+    piece = st.one_of(st.sampled_from(pieces), st.sampled_from(pieces).map(str.upper),
+                      st.text(LIT_ALPHABET, max_size=6))
+    texts = draw(st.lists(st.lists(piece, max_size=5).map("".join), min_size=1, max_size=4))
+    values = texts + [st_ for st_ in (draw(st.sampled_from([7, True, 65536, None])),)]
+    return lits, values
+
+
+@given(_anchor_case())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_anchor_filter_parity(case):
+    # literals of every length (1 byte to > 64 KiB), non-ASCII, texts made of their pieces,
+    # values that are not strings: the compiled anchor filter finds exactly what str does
+    from sensor.detect.ir import Predicate, Rule
+
+    lits, values = case
+    rules = [Rule(id="filler", title="f", predicates=(Predicate("CommandLine", "contains", _FILLER, False, ""),),
+                  condition=("pred", 0))]
+    rules += [Rule(id=f"l{i}", title="l", predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
+                   condition=("pred", 0)) for i, lit in enumerate(lits)]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
+    for v in values:
+        same(ref, comp, {"CommandLine": v})

@@ -13,6 +13,7 @@ cdef extern from "matcher_util.h":
     int mt_has_upper_ascii(const unsigned char *s, size_t n)
     int mt_ctz64(uint64_t x)
     uint32_t mt_load32(const unsigned char *p)
+    uint64_t mt_load64(const unsigned char *p)
     int mt_bit(const uint64_t *b, uint32_t g)
     uint32_t mt_af_fword(uint64_t x, unsigned fshift)
     uint64_t mt_af_fbits(uint64_t x)
@@ -20,7 +21,7 @@ cdef extern from "matcher_util.h":
     uint32_t mt_af_bucket(uint64_t x, unsigned bshift)
     int mt_popcount64(uint64_t x)
     int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uint32_t g)
-    size_t mt_af_next(const uint64_t *f4, unsigned fs4, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
+    size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
     int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd, unsigned len, unsigned k)
     size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
     size_t mt_ac_run16s(const uint16_t *t, const uint32_t *col, const unsigned char *start, int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
@@ -68,11 +69,11 @@ cdef struct Unit:
     uint32_t *out_ids      # local literal ids
     uint8_t start[256]     # 1: the byte leaves the root state (0: skipped at the root)
     int32_t start1         # the only byte that leaves the root, or -1
-    # mode 3 (anchor filter): entries of 8 words: the anchor's 4 bytes (0 for 2-grams),
-    # 0, needle offset in q_bytes, needle length, local literal id, first overflow entry,
-    # overflow count, anchor offset in the needle.  The q1e 1-byte literals come first;
-    # then per gram size one primary entry per non-empty bucket (index: the bucket's
-    # rank), then the overflow entries.
+    # mode 3 (anchor filter): entries of 8 words: the anchor's first 4 bytes, its next 4
+    # (8-byte anchors), needle offset in q_bytes, len | k << 16, local literal id, first
+    # overflow entry, overflow count, 0.  The q1e 1-byte literals come first; then per
+    # gram size one primary entry per non-empty bucket (index: the bucket's rank), then
+    # the overflow entries.
     uint32_t q1e
     uint64_t *q2bits       # exact 2-gram bitmap (65,536 bits); NULL when no 2-3 byte literals
     uint32_t *q2rank       # set bits before each word of q2bits
@@ -83,5 +84,11 @@ cdef struct Unit:
     uint32_t *q4rank
     uint32_t q4bshift
     uint32_t q4base
+    uint64_t *q8filt       # the same for 8-gram anchors
+    uint32_t q8fshift
+    uint64_t *q8bits
+    uint32_t *q8rank
+    uint32_t q8bshift
+    uint32_t q8base
     const unsigned char *q_bytes
     uint32_t *q_ent

@@ -1328,6 +1328,8 @@ cdef class Matcher:
         un.marks = marks
         un.trans16 = NULL
         un.trans32 = NULL
+        un.q8filt = NULL
+        un.q8bits = NULL
         un.q4filt = NULL
         un.q4bits = NULL
         un.q2bits = NULL
@@ -1354,9 +1356,9 @@ cdef class Matcher:
 
     cdef int _build_anchor_filter(self, Unit *un, list needles, priors) except -1:
         """Anchor filter (mode 3): each needle is anchored at one of its grams (1 byte:
-        the bytes the text holds; 2-3 bytes: a 2-gram; 4+: a 4-gram, see
+        memchr; 2-3 bytes: a 2-gram; 4-7: a 4-gram; 8+: an 8-gram, see
         index.anchor_plan).  The scan tests each text position's grams against small
-        tables (the exact 2-gram bitmap; a blocked Bloom filter of the 4-grams), and
+        tables (the exact 2-gram bitmap; a blocked Bloom filter per hashed gram size), and
         only where one lets the position through looks up the bucket (a bitmap of the
         non-empty buckets with per-word ranks: no offset table per possible bucket) and
         verifies its needles.  Every occurrence contains its anchor, so none is missed."""
@@ -1370,10 +1372,10 @@ cdef class Matcher:
         for nd in needles:
             noff.append(len(blob))
             blob.extend(nd)
-        grams = {4: set()}
+        grams = {4: set(), 8: set()}
         for j in range(len(needles)):
             k, alen = plan[j]
-            if alen == 4:
+            if alen == 4 or alen == 8:
                 grams[alen].add(needles[j][k:k + alen])
 
         def log2_at_least(v, lo, hi):
@@ -1384,16 +1386,17 @@ cdef class Matcher:
 
         # filter: >= 16 bits per distinct anchor (3 bits each: ~1 % let through by
         # chance); buckets: >= 4 per distinct anchor
-        fw = {4: log2_at_least(len(grams[4]) // 4 + 1, 1, 24)}
-        qb = {4: log2_at_least(4 * len(grams[4]), 6, 26)}
-        filt = {4: [0] * (1 << fw[4])}
-        buckets = {2: {}, 4: {}}
+        fw = {a: log2_at_least(len(grams[a]) // 4 + 1, 1, 24) for a in (4, 8)}
+        qb = {a: log2_at_least(4 * len(grams[a]), 6, 26) for a in (4, 8)}
+        filt = {a: [0] * (1 << fw[a]) for a in (4, 8)}
+        buckets = {2: {}, 4: {}, 8: {}}
         e1 = []
 
         def entry(j, k, alen):
             nd = needles[j]
             w0 = int.from_bytes(nd[k:k + 4], _sys.byteorder) if alen >= 4 else 0
-            return [w0, 0, noff[j], len(nd), j, 0, 0, k]
+            w1 = int.from_bytes(nd[k + 4:k + 8], _sys.byteorder) if alen >= 8 else 0
+            return [w0, w1, noff[j], len(nd), j, 0, 0, k]
 
         for j in range(len(needles)):
             k, alen = plan[j]
@@ -1406,7 +1409,8 @@ cdef class Matcher:
             else:
                 fshift = 64 - fw[alen]
                 bshift = 64 - qb[alen]
-                x = <uint64_t>mt_load32(<const unsigned char *>nd + k)
+                x = mt_load64(<const unsigned char *>nd + k) if alen == 8 else \
+                    <uint64_t>mt_load32(<const unsigned char *>nd + k)
                 filt[alen][mt_af_fword(x, fshift)] |= mt_af_fbits(x)
                 g = mt_af_bucket(x, bshift)
             buckets[alen].setdefault(g, []).append(entry(j, k, alen))
@@ -1414,7 +1418,7 @@ cdef class Matcher:
         overflow = []
         bases = {}
         bitmaps = {}
-        for alen in (2, 4):
+        for alen in (2, 4, 8):
             bases[alen] = len(ents)
             nb = 65536 if alen == 2 else (1 << qb[alen])
             words = [0] * max(1, nb // 64)
@@ -1445,6 +1449,7 @@ cdef class Matcher:
         un.q1e = len(e1)
         un.q2bits = NULL
         un.q4filt = un.q4bits = NULL
+        un.q8filt = un.q8bits = NULL
         if buckets[2]:
             un.q2bits = self._u64(bitmaps[2][0])
             un.q2rank = self._u32(bitmaps[2][1])
@@ -1456,6 +1461,13 @@ cdef class Matcher:
             un.q4rank = self._u32(bitmaps[4][1])
             un.q4bshift = 64 - qb[4]
             un.q4base = bases[4]
+        if buckets[8]:
+            un.q8filt = self._u64(filt[8])
+            un.q8fshift = 64 - fw[8]
+            un.q8bits = self._u64(bitmaps[8][0])
+            un.q8rank = self._u32(bitmaps[8][1])
+            un.q8bshift = 64 - qb[8]
+            un.q8base = bases[8]
         un.mode = 3
         return 0
 
@@ -2022,15 +2034,21 @@ cdef class Matcher:
         cdef uint64_t x
         cdef uint32_t ep = st.epoch
         cdef const uint32_t *ent
-        for e in range(un.q1e):      # 1-byte literals (at most 256, one memchr each)
+        for e in range(un.q1e):
             ent = un.q_ent + 8 * e
             if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
                 self._found(st, un.lit0 + ent[4], mark, pmask)
         i = 0
         while True:
-            i = mt_af_next(un.q4filt, un.q4fshift, un.q2bits, h, i, n)
+            i = mt_af_next(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits, h, i, n)
             if i >= n:
                 break
+            if un.q8filt != NULL and i + 8 <= n:
+                x = mt_load64(h + i)
+                if mt_af_ftest(un.q8filt, un.q8fshift, x):
+                    r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(x, un.q8bshift))
+                    if r >= 0:
+                        self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
             if un.q4filt != NULL and i + 4 <= n:
                 x = mt_load32(h + i)
                 if mt_af_ftest(un.q4filt, un.q4fshift, x):
@@ -2050,12 +2068,13 @@ cdef class Matcher:
         the overflow entries it names) with their anchor at text position ``i``."""
         cdef const uint32_t *ent = un.q_ent + 8 * e
         cdef size_t more = ent[6], nxt = ent[5]
-        cdef uint32_t x0 = mt_load32(h + i) if alen == 4 else 0
+        cdef uint32_t x0 = mt_load32(h + i) if alen >= 4 else 0
+        cdef uint32_t x1 = mt_load32(h + i + 4) if alen == 8 else 0
         cdef uint32_t lid, ep = st.epoch
         while True:
             # the anchor's bytes, kept in the entry, reject other grams of the bucket
             # without touching the needle bytes
-            if ent[0] == x0:
+            if ent[0] == x0 and ent[1] == x1:
                 lid = un.lit0 + ent[4]
                 if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3], ent[7]):
                     self._found(st, lid, mark, pmask)

@@ -270,13 +270,20 @@ static inline int mt_bit(const uint64_t *b, uint32_t g)
     return (int)((b[g >> 6] >> (g & 63)) & 1);
 }
 
-/* Anchor filter, hashed 4-grams (loaded as one word x).  A blocked Bloom
+/* Anchor filter, hashed grams (4 or 8 bytes loaded as one word x).  A blocked Bloom
  * filter decides whether a position needs a look at all: the word comes from the top bits
  * of one multiplicative hash, three bits of that word from its mixed low bits, so one load
  * rejects all but ~1 % of the positions whose gram is not an anchor.  Only then the bucket
  * (a second, independent hash) is looked up. */
 #define MT_AF_C1 0x9E3779B97F4A7C15ull
 #define MT_AF_C2 0xC2B2AE3D27D4EB4Full
+
+static inline uint64_t mt_load64(const unsigned char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
 
 static inline uint64_t mt_af_fh(uint64_t x)
 {
@@ -331,21 +338,26 @@ static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uin
     return (int64_t)rank[g >> 6] + mt_popcount64(w & (b - 1));
 }
 
-/* First position >= i where the 4-gram filter (f4) or the exact 2-gram bitmap (b2) lets
- * the position through (either may be NULL); n when none.  One hashed probe and one bit
- * per position, independent loads from small tables. */
-static inline size_t mt_af_next(const uint64_t *f4, unsigned fs4, const uint64_t *b2,
-                                const unsigned char *h, size_t i, size_t n)
+/* First position >= i where the 8-gram filter (f8), the 4-gram filter (f4) or the exact
+ * 2-gram bitmap (b2) lets the position through (each may be NULL); n when none.  The
+ * tests of one position are independent loads from small tables. */
+static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
+                                const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
 {
-    for (; i + 4 <= n; i++) {
+    for (; i + 8 <= n; i++) {
+        if (f8 != NULL && mt_af_ftest(f8, fs8, mt_load64(h + i)))
+            return i;
         if (f4 != NULL && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
             return i;
         if (b2 != NULL && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
             return i;
     }
-    for (; i + 2 <= n; i++)
-        if (b2 != NULL && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
+    for (; i < n; i++) {
+        if (f4 != NULL && i + 4 <= n && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
             return i;
+        if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
+            return i;
+    }
     return n;
 }
 

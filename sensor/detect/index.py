@@ -8,7 +8,7 @@ an over-approximation, and the priors only steer which literals are looked for f
   the unit's automaton over the field finds every literal present, so a ``contains``
   predicate with 145 values costs 145 bit tests, not 145 searches, whatever the text.
   Small units are exact Aho-Corasick DFAs; large ones anchor filters (each literal
-  anchored at one of its 2- or 4-grams, the text's grams tested against small tables,
+  anchored at one of its 2-, 4- or 8-grams, the text's grams tested against bitmaps,
   hits verified).
 * **Witnesses.**  For each rule, a set of literals one of which must be present for the
   rule to hold (AND: the cheapest operand's; OR: the union); only rules whose witness was
@@ -291,11 +291,9 @@ ANCHOR_SHARE_CAP = 8     # needles per exact anchor, at most (bounds the work pe
 def anchor_plan(needles: list[bytes], priors: Priors):
     """Anchors for an anchor filter: per needle ``(anchor offset k, anchor length)``.
 
-    A needle of 4+ bytes is anchored at one of its 4-grams, 2-3 bytes at a 2-gram, 1 byte
-    at itself.  One hashed gram size keeps the scan at one filter probe (and one 2-gram
-    bit) per text position; the rarest 4-gram of a long needle is rarely present in
-    ordinary text (measured on the held-out look half: 45 anchor hits per 517-byte command
-    line against 36 with 8-gram anchors, for half the probes).  Among its grams a needle takes the
+    A needle of 8+ bytes is anchored at one of its 8-grams, a needle of 4-7 bytes at a
+    4-gram, 2-3 bytes at a 2-gram, 1 byte at itself: long anchors are rarely present in
+    ordinary text, so few positions need a check.  Among its grams a needle takes the
     rarest (by the priors) that at most ANCHOR_SHARE_CAP - 1 other needles already use, so
     the work per text position stays small even on text made of the needles themselves."""
     load: dict[bytes, int] = {}
@@ -304,7 +302,7 @@ def anchor_plan(needles: list[bytes], priors: Priors):
     for i in sorted(range(len(needles)), key=lambda i: (len(needles[i]), i)):
         nd = needles[i]
         L = len(nd)
-        size = 4 if L >= 4 else 2 if L >= 2 else 1
+        size = 8 if L >= 8 else 4 if L >= 4 else 2 if L >= 2 else 1
         if size == 1:
             plan[i] = (0, 1)
             continue

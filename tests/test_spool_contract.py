@@ -1,0 +1,763 @@
+"""The spool's promises one by one (docs/delivery.md, "The spool", "Faults", "[spool]"), each
+checked on a real SQLite file: defaults, bounds and their edges, checksums, the error classes,
+dead letters, health events, observing calls and a clean close. Fast: the mutation run of
+sensor/deliver/spool.py runs this file for every mutant."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import stat
+import threading
+import zlib
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import example, given, settings, strategies as st
+
+from sensor.deliver import spool as spool_mod
+from sensor.deliver.spool import (Spool, SpooledAlert, SpoolDamaged, SpoolError, SpoolFull,
+                                  SpoolRowError, row_crc)
+
+MiB = 1024 * 1024
+
+
+def alert(i: int, pad: int = 0) -> dict:
+    # every alert of the same pad has the same size
+    return {"id": f"a-{i:06d}", "rule": {"id": "r"}, "event": {"ProcessId": 1_000_000 + i, "pad": "x" * pad}}
+
+
+def size_of(a: dict) -> int:
+    return len(msgspec.json.encode(a))
+
+
+class Clock:
+    def __init__(self, t: float = 2_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(str(path))
+
+
+# -- defaults and settings (docs/delivery.md, "[spool]" and "The WAL") ------------------------
+
+def test_defaults_are_the_documented_ones(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.max_bytes == 256 * MiB            # max_mb = 256
+        assert sp.max_age == 7 * 86400               # max_age_days = 7
+        assert sp.dead_max_rows == 10_000            # dead_letter_max = 10,000
+        assert sp.health_alerts is True              # drops enqueue a health alert by default
+        db = sp._db
+        assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 32
+        assert db.execute("PRAGMA journal_size_limit").fetchone()[0] == MiB
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+        assert db.execute("PRAGMA secure_delete").fetchone()[0] == 2   # FAST
+    assert spool_mod.TX_MAX_BYTES == 256 * 1024      # "transactions of at most 256 KiB"
+    assert spool_mod.RESERVE_BYTES == 2 * MiB         # "<spool>.reserve, 2 MiB"
+    assert spool_mod.RESERVE_FRACTION == 4            # "at most a quarter of a small volume"
+    assert spool_mod.HELD_MAX_BYTES == 16 * MiB       # "wait in memory (16 MiB ...)"
+    assert spool_mod.HEALTH_COALESCE == 60            # "drops within 60 s are merged"
+    assert spool_mod.FULL_REMIND_INTERVAL == 300      # "a reminder every 5 minutes at most"
+
+
+@pytest.mark.parametrize("key", ["max_bytes", "max_age", "dead_max_rows"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_bounds_must_be_positive(tmp_path, key, value):
+    with pytest.raises(ValueError, match="must be positive"):
+        Spool(tmp_path / "s.db", **{key: value})
+
+
+def test_the_smallest_positive_bounds_are_accepted(tmp_path):
+    with Spool(tmp_path / "s.db", max_bytes=1, max_age=0.5, dead_max_rows=1) as sp:
+        assert (sp.max_bytes, sp.max_age, sp.dead_max_rows) == (1, 0.5, 1)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_the_spool_file_and_folder_are_private(tmp_path):
+    path = tmp_path / "data" / "s.db"
+    with Spool(path) as sp:
+        sp.put(alert(1))
+        for p in (path, Path(str(path) + "-wal")):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_spool_that_cannot_create_its_folder_says_so(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SpoolError, match="cannot create its folder"):
+        Spool(blocker / "sub" / "s.db")
+
+
+# -- checksums and damaged rows (docs: "Every row carries a CRC-32 of its id and body") --------
+
+def test_row_checksum_is_crc32_of_id_nul_body():
+    body = b'{"id":"x-1"}'
+    assert row_crc("x-1", body) == zlib.crc32(b"x-1\0" + body)
+    assert row_crc("x-1", body) != row_crc("x-2", body)
+
+
+def test_a_stored_row_carries_its_checksum(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put(alert(3))
+        (item,) = sp.fetch(1)
+        assert item.crc == row_crc(item.alert_id, item.body)
+        assert item.decode() == alert(3)
+
+
+@pytest.mark.parametrize("row, why", [
+    (SpooledAlert(1, "a", 0.0, 0, b'{"id":"a"}', crc=row_crc("a", b'{"id":"b"}')), "checksum mismatch"),
+    (SpooledAlert(1, "a", 0.0, 0, b'{"id": "a"', crc=None), "not valid JSON"),
+    (SpooledAlert(1, "a", 0.0, 0, b'["a"]', crc=None), "not a JSON object"),
+    (SpooledAlert(1, "a", 0.0, 0, b'{"id": "b"}', crc=None), "id does not match"),
+    (SpooledAlert(1, "a", 0.0, 0, b'{"x": 1}', crc=None), "id does not match"),
+])
+def test_a_damaged_row_is_refused_with_the_reason(row, why):
+    with pytest.raises(SpoolRowError, match=why):
+        row.decode()
+
+
+def test_a_row_without_a_checksum_still_decodes():
+    # spools made before rows had checksums
+    assert SpooledAlert(1, "a", 0.0, 0, b'{"id":"a","n":1}', crc=None).decode() == {"id": "a", "n": 1}
+
+
+def test_lone_surrogates_are_repaired_not_fatal(tmp_path):
+    # Windows allows lone UTF-16 surrogates in command lines; JSON cannot carry them
+    bad = {"id": "s-\ud800", "event": {"CommandLine": "a\udc00b", "args": ["x\ud83d", ("y",)],
+                                       "k\udfff": 1}, "n": 5}
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put(bad) is True
+        (item,) = sp.fetch(1)
+        got = item.decode()
+    # each lone surrogate becomes U+FFFD (one per byte of its UTF-8 form); the rest is intact
+    r = "\ufffd+"
+    assert re.fullmatch(f"s-{r}", item.alert_id) and got["id"] == item.alert_id
+    assert re.fullmatch(f"a{r}b", got["event"]["CommandLine"])
+    assert re.fullmatch(f"x{r}", got["event"]["args"][0]) and got["event"]["args"][1] == ["y"]
+    (key,) = [k for k in got["event"] if k.startswith("k")]
+    assert re.fullmatch(f"k{r}", key) and got["event"][key] == 1 and got["n"] == 5
+
+
+def test_values_json_has_no_type_for_are_stored_as_text(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put({"id": "p-1", "path": Path("/x/y")}) is True
+        assert sp.fetch(1)[0].decode()["path"] == "/x/y"
+
+
+# -- the error classes (docs: "Every spool call raises the spool's own ...") -------------------
+
+def _err(code: int | None, text: str = "boom") -> sqlite3.Error:
+    exc = sqlite3.OperationalError(text)
+    if code is not None:
+        exc.sqlite_errorcode = code
+    return exc
+
+
+@pytest.mark.parametrize("code, kind", [
+    (13, SpoolFull),            # SQLITE_FULL
+    (13 | (1 << 8), SpoolFull),  # an extended FULL code: the primary code is the low byte
+    (11, SpoolDamaged),         # SQLITE_CORRUPT
+    (11 | (1 << 8), SpoolDamaged),
+    (26, SpoolDamaged),         # SQLITE_NOTADB
+    (522, SpoolDamaged),        # SQLITE_IOERR_SHORT_READ
+    (10, SpoolError),           # SQLITE_IOERR
+    (12, SpoolError), (14, SpoolError), (25, SpoolError), (27, SpoolError), (266, SpoolError),
+    (5, SpoolError),            # SQLITE_BUSY
+])
+def test_sqlite_result_codes_map_to_the_spools_errors(code, kind):
+    assert spool_mod._classify(_err(code)) is kind
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("database or disk is full", SpoolFull),
+    ("database disk image is malformed", SpoolDamaged),
+    ("file is not a database", SpoolDamaged),
+    ("Could not decode to UTF-8 column 'x'", SpoolDamaged),
+    ("database is locked", SpoolError),
+])
+def test_errors_without_a_result_code_are_classified_by_their_text(text, kind):
+    assert spool_mod._classify(_err(None, text)) is kind
+
+
+def test_the_error_classes_are_spool_errors():
+    assert issubclass(SpoolFull, SpoolError) and issubclass(SpoolDamaged, SpoolError)
+    assert issubclass(SpoolRowError, ValueError)
+
+
+def test_a_file_that_is_not_a_database_is_refused_as_damaged(tmp_path):
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database" * 300)
+    with pytest.raises(SpoolDamaged, match="salvages it|recovers its rows"):
+        Spool(path)        # not the owner: it never moves a file aside
+    assert path.read_bytes().startswith(b"this is not")
+
+
+def test_a_foreign_schema_is_treated_like_damage(tmp_path):
+    path = tmp_path / "s.db"
+    con = raw(path)
+    con.execute("CREATE VIEW alerts AS SELECT 1 AS id")
+    con.commit()
+    con.close()
+    with pytest.raises(SpoolDamaged):
+        Spool(path)
+    with Spool(path, owner=True) as sp:   # the owner moves it aside and starts afresh
+        assert sp.salvage is not None and sp.salvage["recovered"] == 0
+        assert sp.put(alert(1)) is True
+    assert list(tmp_path.glob("s.db.damaged-*"))
+
+
+def test_other_open_errors_are_not_taken_for_damage(tmp_path):
+    # a folder where the database should be: an error, not a salvage
+    path = tmp_path / "s.db"
+    path.mkdir()
+    with pytest.raises(SpoolError) as info:
+        Spool(path, owner=True)
+    assert not isinstance(info.value, SpoolDamaged)
+    assert path.is_dir() and not list(tmp_path.glob("s.db.damaged-*"))
+
+
+# -- chunking (docs: "new alerts are committed in transactions of at most 256 KiB") ------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 50), max_size=30), st.integers(1, 60))
+@example([10, 10, 10], 20)
+@example([30], 20)
+@example([5, 30, 5], 20)
+@example([20, 0, 0, 1], 20)
+def test_byte_chunks_are_consecutive_bounded_and_greedy(sizes, limit):
+    rows = [(f"id{i}", 0.0, s, b"", 0, "alert") for i, s in enumerate(sizes)]
+    chunks = list(spool_mod._byte_chunks(rows, limit))
+    assert [r for c in chunks for r in c] == rows                 # nothing lost, in order
+    for k, c in enumerate(chunks):
+        assert c, "no empty transaction"
+        total = sum(r[2] for r in c)
+        assert total <= limit or len(c) == 1                     # a lone big row still goes in
+        if k + 1 < len(chunks):                                   # greedy: the next row did not fit
+            assert total + chunks[k + 1][0][2] > limit
+
+
+@given(st.integers(0, 1600), st.integers(1, 600))
+@example(500, 500)
+@example(1000, 500)
+@example(499, 500)
+@example(1, 1)
+def test_chunks_cover_the_sequence_in_order(n, size):
+    seq = list(range(n))
+    chunks = list(spool_mod._chunks(seq, size))
+    assert [x for c in chunks for x in c] == seq
+    assert all(0 < len(c) <= size for c in chunks)
+    assert all(len(c) == size for c in chunks[:-1])
+
+
+def test_sql_chunks_default_to_500_parameters():
+    assert [len(c) for c in spool_mod._chunks(list(range(1001)))] == [500, 500, 1]
+
+
+def test_a_large_batch_is_committed_in_several_transactions(tmp_path):
+    # 600 KiB of alerts: at least three transactions of at most 256 KiB; all rows arrive
+    big = [alert(i, pad=20_000) for i in range(30)]
+    with Spool(tmp_path / "s.db") as sp:
+        commits = []
+        sp._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        assert sp.put_many(big) == 30
+        sp._db.set_trace_callback(None)
+        assert len(commits) == 3
+        assert sp.ids() == [a["id"] for a in big]
+        assert sp.stats()["bytes"] == sum(size_of(a) for a in big)
+
+
+# -- the caps and their edges (docs: "[spool]", "Cap") -----------------------------------------
+
+def test_an_alert_exactly_max_age_old_is_kept_an_older_one_dropped(tmp_path):
+    clock = Clock()
+    with Spool(tmp_path / "s.db", max_age=100, clock=clock, health_alerts=False) as sp:
+        sp.put(alert(1))
+        clock.t += 1
+        sp.put(alert(2))
+        clock.t += 99            # alert 1 is 100 s old: not older than max_age
+        assert sp.enforce() == 0
+        assert sp.ids() == ["a-000001", "a-000002"]
+        clock.t += 0.5           # now it is
+        assert sp.enforce() == 1
+        assert sp.ids() == ["a-000002"]
+        st_ = sp.stats()
+        assert st_["expired"] == 1 and st_["dropped"] == 1 and st_["depth"] == 1
+        assert st_["bytes"] == size_of(alert(2))
+
+
+def test_expiry_goes_by_time_even_after_a_clock_step(tmp_path):
+    # the clock stepped back between two alerts: the later row is the older one by time
+    clock = Clock()
+    with Spool(tmp_path / "s.db", max_age=100, clock=clock, health_alerts=False) as sp:
+        sp.put(alert(1))
+        clock.t -= 1000
+        sp.put(alert(2))
+        clock.t += 1100
+        sp.put(alert(3))
+        clock.t += 50             # alert 1 is 150 s old, alert 2 1150 s, alert 3 50 s
+        assert sp.enforce() == 2
+        assert sp.ids() == ["a-000003"]
+
+
+def test_expiry_says_so_in_a_health_alert_with_the_count(tmp_path):
+    clock = Clock()
+    seen = []
+    with Spool(tmp_path / "s.db", max_age=10, clock=clock, on_health=seen.append) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        clock.t += 11
+        assert sp.enforce() == 3
+        (health,) = [it.decode() for it in sp.fetch(10)]
+        assert health["type"] == "health"
+        assert health["health"]["event"] == "spool_expired"
+        assert health["health"]["dropped"] == 3 and health["health"]["max_age_s"] == 10
+        assert "older than max_age" in health["health"]["message"]
+        assert [e["event"] for e in seen] == ["spool_expired"]
+        assert sp.stats()["bytes"] == len(sp.fetch(1)[0].body)
+
+
+def test_exactly_max_bytes_is_not_over_the_cap(tmp_path):
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=3 * one, health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        assert sp.stats()["dropped"] == 0 and sp.depth() == 3
+        sp.put(alert(3))
+        assert sp.ids() == ["a-000001", "a-000002", "a-000003"]
+        assert sp.stats()["dropped"] == 1
+
+
+def test_the_overflow_drops_just_enough_of_the_oldest(tmp_path):
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=10 * one, health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(10)])
+        sp.put_many([alert(i) for i in range(10, 13)])
+        assert sp.ids() == [f"a-{i:06d}" for i in range(3, 13)]
+        st_ = sp.stats()
+        assert st_["dropped"] == 3 and st_["bytes"] == 10 * one
+        (event,) = sp.health_events()
+        assert event["kind"] == "spool_overflow" and event["count"] == 3
+        assert event["detail"]["max_bytes"] == 10 * one and event["detail"]["dropped"] == 3
+
+
+def test_an_overflow_larger_than_one_select_batch_drops_them_all(tmp_path):
+    # more than 512 victims (the batch the drop reads at a time)
+    with Spool(tmp_path / "s.db", health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(1200)])
+        one = size_of(alert(0))
+        sp.max_bytes = 100 * one
+        assert sp.enforce() == 1100
+        assert sp.ids() == [f"a-{i:06d}" for i in range(1100, 1200)]
+        st_ = sp.stats()
+        assert st_["bytes"] == 100 * one and st_["dropped"] == 1100
+
+
+def test_the_cap_never_drops_health_alerts(tmp_path):
+    one = size_of(alert(0, pad=300))
+    with Spool(tmp_path / "s.db", max_bytes=4 * one) as sp:
+        for i in range(12):
+            sp.put(alert(i, pad=300))
+        kinds = dict(sp._db.execute("SELECT alert_uuid, kind FROM alerts").fetchall())
+        health = [k for k, v in kinds.items() if v == "health"]
+        assert len(health) == 1                   # one overflow health alert, never dropped
+        assert sp.stats()["bytes"] <= sp.max_bytes
+
+
+def test_rows_delivered_but_unconfirmed_make_room_first(tmp_path):
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=5 * one, health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(5)])
+        rows = {it.alert_id: it.rowid for it in sp.fetch(5)}
+        sp.delivery_state = lambda: [rows["a-000003"]]     # delivered, not yet confirmed on disk
+        sp.put(alert(5))
+        # the delivered one went (not a loss); no undelivered alert was dropped
+        assert sp.ids() == ["a-000000", "a-000001", "a-000002", "a-000004", "a-000005"]
+        st_ = sp.stats()
+        assert st_["dropped"] == 0 and st_["bytes"] == 5 * one and st_["depth"] == 5
+
+
+def test_a_broken_delivery_hook_does_not_fail_the_write(tmp_path, caplog):
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=2 * one, health_alerts=False) as sp:
+        sp.delivery_state = lambda: 1 / 0
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            sp.put_many([alert(i) for i in range(3)])
+        assert sp.ids() == ["a-000001", "a-000002"]
+        assert "delivery state hook failed" in caplog.text
+
+
+def test_drops_within_60_s_update_one_event_and_its_pending_health_alert(tmp_path, caplog):
+    clock = Clock()
+    one = size_of(alert(0, pad=400))
+    seen = []
+    with Spool(tmp_path / "s.db", max_bytes=3 * one, clock=clock, on_health=seen.append) as sp:
+        with caplog.at_level(logging.WARNING, logger="sensor.spool"):
+            for i in range(6):
+                sp.put(alert(i, pad=400))
+                clock.t += 10
+        events = sp.health_events()
+        assert len(events) == 1 and events[0]["kind"] == "spool_overflow"
+        dropped = sp.stats()["dropped"]
+        assert dropped >= 3 and events[0]["count"] == dropped
+        assert events[0]["last"] > events[0]["first"]
+        health = [it.decode() for it in sp.fetch(100) if it.alert_id.count("-") > 2]
+        assert len(health) == 1
+        h = health[0]["health"]
+        assert h["dropped"] == dropped and h["dropped_total"] == dropped
+        assert f"dropped the {dropped} oldest" in h["message"]
+        # the row's size, bytes counter and checksum follow the rewritten body
+        (item,) = [it for it in sp.fetch(100) if it.alert_id == health[0]["id"]]
+        assert item.crc == row_crc(item.alert_id, item.body)
+        total = sp._db.execute("SELECT SUM(size), SUM(length(body)) FROM alerts").fetchone()
+        assert sp.stats()["bytes"] == total[0] == total[1]
+        # one callback and one log line for the episode, not one per drop
+        assert [e["event"] for e in seen] == ["spool_overflow"]
+        assert caplog.text.count("dropped the") == 1
+        clock.t += 61      # a new episode
+        sp.put(alert(99, pad=400))
+        assert len(sp.health_events()) == 2
+
+
+def test_an_event_exactly_60_s_after_the_first_starts_a_new_one(tmp_path):
+    clock = Clock()
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=one, clock=clock, health_alerts=False) as sp:
+        sp.put(alert(0))
+        sp.put(alert(1))
+        clock.t += 59.5
+        sp.put(alert(2))
+        assert len(sp.health_events()) == 1
+        clock.t += 0.5     # 60 s after the first drop: "within 60 s" is over
+        sp.put(alert(3))
+        assert [e["count"] for e in sp.health_events()] == [1, 2]
+
+
+def test_health_events_are_bounded(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(spool_mod, "HEALTH_MAX_ROWS", 5)
+    with Spool(tmp_path / "s.db", clock=clock, health_alerts=False) as sp:
+        for i in range(8):
+            with sp._tx():
+                sp._insert_event("spool_overflow", f"m{i}", {"n": i}, clock())
+        events = sp.health_events(limit=100)
+        assert [e["detail"]["n"] for e in events] == [7, 6, 5, 4, 3]
+        assert len(sp.health_events(limit=2)) == 2
+
+
+def test_the_health_table_keeps_a_thousand_events():
+    assert spool_mod.HEALTH_MAX_ROWS == 1000
+
+
+# -- reading, confirming, dead letters ----------------------------------------------------------
+
+def test_fetch_passes_over_skipped_rows_and_still_fills_the_batch(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(10)])
+        rows = [it.rowid for it in sp.fetch(10)]
+        got = sp.fetch(3, skip=set(rows[:5]))
+        assert [it.alert_id for it in got] == ["a-000005", "a-000006", "a-000007"]
+        got = sp.fetch(3, skip={rows[1], rows[3]})
+        assert [it.alert_id for it in got] == ["a-000000", "a-000002", "a-000004"]
+        assert sp.fetch(5, skip=set(rows)) == []
+        assert [it.alert_id for it in sp.fetch(100, after=rows[7])] == ["a-000008", "a-000009"]
+
+
+def test_fetch_byte_budget_counts_every_body(tmp_path):
+    one = size_of(alert(0, pad=100))
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i, pad=100) for i in range(6)])
+        assert len(sp.fetch(10, max_bytes=3 * one)) == 3
+        assert len(sp.fetch(10, max_bytes=3 * one - 1)) == 2
+        assert len(sp.fetch(10, max_bytes=None)) == 6
+        assert len(sp.fetch(4)) == 4
+
+
+def test_fetch_excludes_several_ranges(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(10)])
+        r = [it.rowid for it in sp.fetch(10)]
+        got = sp.fetch(10, exclude=[(r[0], r[2]), (r[5], r[6])])
+        assert [it.alert_id for it in got] == ["a-000003", "a-000004", "a-000007", "a-000008", "a-000009"]
+
+
+def test_empty_confirmations_are_no_ops(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put(alert(1))
+        mark = sp.write_mark
+        assert sp.ack([]) == 0
+        sp.mark_failed([], "x")
+        assert sp.dead_letter([]) == 0
+        assert sp.requeue_dead([]) == 0
+        assert sp.put_many([]) == 0
+        assert sp.depth() == 1 and sp.write_mark == mark
+
+
+def test_ack_of_rows_already_gone_counts_only_what_went(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        rows = [it.rowid for it in sp.fetch(3)]
+        assert sp.ack(rows[:2]) == 2
+        assert sp.ack(rows) == 1
+        assert sp.ack(rows) == 0
+        assert sp.stats()["bytes"] == 0
+
+
+def test_mark_failed_counts_attempts_and_keeps_the_error_short(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(2)])
+        rows = [it.rowid for it in sp.fetch(2)]
+        sp.mark_failed(rows[:1], "E" * 2000)
+        sp.mark_failed(rows[:1], None)
+        got = sp._db.execute("SELECT attempts, last_error FROM alerts ORDER BY id").fetchall()
+        assert got == [(2, ""), (0, None)]
+        sp.mark_failed(rows[1:], "E" * 2000)
+        assert sp._db.execute("SELECT last_error FROM alerts WHERE id=?", (rows[1],)).fetchone()[0] == "E" * 500
+        assert [it.attempts for it in sp.fetch(2)] == [2, 1]
+
+
+def test_a_dead_letter_records_the_attempt_status_reason_and_keeps_the_row(tmp_path, caplog):
+    clock = Clock()
+    with Spool(tmp_path / "s.db", clock=clock) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        rows = [it.rowid for it in sp.fetch(3)]
+        sp.mark_failed(rows[:1], "503")
+        clock.t += 5
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            assert sp.dead_letter([(rows[0], "R" * 3000, 400), (rows[0], "again", 400),
+                                   (999_999, "no such row", None)]) == 1
+        assert "a-000000 moved to dead-letter (HTTP 400)" in caplog.text
+        (d,) = sp.dead_letters()
+        assert d["id"] == "a-000000" and d["status"] == 400 and d["attempts"] == 2
+        assert d["reason"] == "R" * 1000 and d["moved"] == clock.t and d["alert"] == alert(0)
+        st_ = sp.stats()
+        assert st_["dead_lettered"] == 1 and st_["depth"] == 2
+        assert st_["bytes"] == size_of(alert(1)) + size_of(alert(2))
+        # a requeued alert keeps its checksum and goes back to the queue
+        assert sp.requeue_dead() == 1
+        assert sp.dead_letters() == [] and sp.depth() == 3
+        (item,) = [it for it in sp.fetch(3) if it.alert_id == "a-000000"]
+        assert item.decode() == alert(0) and item.crc == row_crc("a-000000", item.body)
+        assert sp.stats()["bytes"] == sum(size_of(alert(i)) for i in range(3))
+
+
+def test_dead_letters_newest_first_limited_and_unreadable_bodies_shown_as_none(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(4)])
+        sp.dead_letter([(it.rowid, "x", 400) for it in sp.fetch(4)])
+        sp._db.execute("UPDATE dead_letter SET body=x'7b7b' WHERE alert_uuid='a-000003'")
+        got = sp.dead_letters(limit=2)
+        assert [d["id"] for d in got] == ["a-000003", "a-000002"]
+        assert got[0]["alert"] is None and got[1]["alert"] == alert(2)
+
+
+def test_requeue_of_an_alert_still_queued_is_not_a_duplicate_row(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(2)])
+        (first, _) = sp.fetch(2)
+        sp.dead_letter([(first.rowid, "x", 400)])
+        sp.put(alert(0))      # the same alert id spooled again meanwhile
+        assert sp.requeue_dead() == 0
+        assert sorted(sp.ids()) == ["a-000000", "a-000001"] and sp.dead_letters() == []
+        assert sp.stats()["bytes"] == size_of(alert(0)) + size_of(alert(1))
+
+
+def test_requeue_applies_the_caps(tmp_path):
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=2 * one, health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(2)])
+        sp.dead_letter([(it.rowid, "x", 400) for it in sp.fetch(2)])
+        sp.put_many([alert(i) for i in range(2, 4)])
+        assert sp.requeue_dead() == 2
+        assert sp.stats()["bytes"] <= 2 * one and sp.depth() == 2
+
+
+def test_the_dead_letter_cap_drops_the_oldest_and_counts(tmp_path):
+    with Spool(tmp_path / "s.db", dead_max_rows=3) as sp:
+        sp.put_many([alert(i) for i in range(5)])
+        items = sp.fetch(5)
+        sp.dead_letter([(it.rowid, "x", 400) for it in items[:3]])
+        assert sp.stats()["dead_dropped"] == 0 and sp.stats()["dead_letter_depth"] == 3
+        sp.dead_letter([(it.rowid, "x", 400) for it in items[3:]])
+        assert [d["id"] for d in sp.dead_letters()] == ["a-000004", "a-000003", "a-000002"]
+        assert sp.stats()["dead_dropped"] == 2
+
+
+# -- observing ---------------------------------------------------------------------------------
+
+def test_observers_on_an_empty_and_a_filled_spool(tmp_path):
+    clock = Clock()
+    with Spool(tmp_path / "s.db", clock=clock) as sp:
+        assert sp.oldest_created() is None and sp.depth() == 0 and sp.ids() == []
+        assert sp.disk_full is False
+        sp.put(alert(1))
+        clock.t += 3
+        sp.put(alert(2))
+        assert sp.oldest_created() == 2_000_000.0
+        assert sp.ids() == ["a-000001", "a-000002"] and sp.depth() == 2
+        fault = sp.fault_stats()
+        assert fault == {"disk_full": False, "disk_full_since": None, "disk_full_episodes": 0,
+                         "disk_full_error": None, "held": 0, "held_bytes": 0, "storing": 0,
+                         "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
+                         "damaged": False, "wal_lost_at_start": False}
+        st_ = sp.stats()
+        for key in ("dropped", "expired", "dead_lettered", "dead_dropped", "written", "duplicates",
+                    "dropped_disk_full", "salvaged", "damaged_rows"):
+            assert key in st_, key
+        assert "rows" not in st_ and st_["written"] == 2 and st_["max_age_s"] == sp.max_age
+        assert st_["max_bytes"] == sp.max_bytes and st_["dead_letter_depth"] == 0
+
+
+def test_writes_wake_a_waiting_reader_and_wake_does_too(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        mark = sp.write_mark
+        got = []
+        t = threading.Thread(target=lambda: got.append(sp.wait_for_data(mark, 60.0)))
+        t.start()
+        sp.put(alert(1))
+        t.join(60)
+        assert got and got[0] > mark
+        mark = sp.write_mark
+        assert sp.wait_for_data(mark - 1, 60.0) == mark     # already past: no wait
+        t = threading.Thread(target=lambda: got.append(sp.wait_for_data(mark, 60.0)))
+        t.start()
+        sp.wake()
+        t.join(60)
+        assert not t.is_alive() and got[-1] == mark + 1
+
+
+def test_a_duplicate_still_wakes_the_forwarder_but_counts_as_not_new(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put_many([alert(1), alert(2)]) == 2
+        assert sp.put_many([alert(2), alert(3)]) == 1
+        st_ = sp.stats()
+        assert st_["written"] == 3 and st_["duplicates"] == 1
+        assert st_["bytes"] == sum(size_of(alert(i)) for i in (1, 2, 3))
+
+
+def test_stats_never_raise_on_an_unreadable_file(tmp_path):
+    path = tmp_path / "s.db"
+    sp = Spool(path)
+    sp.put(alert(1))
+    sp._db.execute("DROP TABLE meta")
+    out = sp.stats()
+    assert "error" in out and out["max_bytes"] == sp.max_bytes and out["max_age_s"] == sp.max_age
+    assert out["disk_full"] is False
+    sp.close()
+
+
+# -- opening, closing, the clean-stop marker (docs: "-wal/-shm deleted after a SIGKILL") -------
+
+def test_close_is_idempotent_and_a_closed_spool_refuses_work(tmp_path):
+    sp = Spool(tmp_path / "s.db")
+    sp.put(alert(1))
+    sp.close()
+    sp.close()
+    with pytest.raises(SpoolError, match="closed"):
+        sp.put(alert(2))
+
+
+def test_close_checkpoints_the_wal_into_the_file(tmp_path):
+    path = tmp_path / "s.db"
+    sp = Spool(path)
+    sp.put_many([alert(i) for i in range(5)])
+    other = []
+    t = threading.Thread(target=lambda: other.append(sp.depth()))   # a second connection
+    t.start()
+    t.join(60)
+    sp.close()
+    # every commit is in the main file now: without the -wal the rows are still there
+    wal = Path(str(path) + "-wal")
+    if wal.exists():
+        wal.unlink()
+    assert raw(path).execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 5
+
+
+def test_the_counters_are_rederived_at_open(tmp_path):
+    path = tmp_path / "s.db"
+    with Spool(path) as sp:
+        sp.put_many([alert(i) for i in range(4)])
+    con = raw(path)
+    con.execute("UPDATE meta SET value=12345 WHERE key IN ('bytes', 'rows')")
+    con.commit()
+    con.close()
+    with Spool(path) as sp:
+        assert sp.stats()["bytes"] == sum(size_of(alert(i)) for i in range(4))
+        assert sp._counter("rows") == 4
+
+
+def test_an_old_spool_without_checksums_gets_the_column(tmp_path):
+    path = tmp_path / "s.db"
+    con = raw(path)
+    con.executescript(spool_mod._SCHEMA.replace(",\n    crc INTEGER\n", "\n"))
+    con.execute("INSERT INTO alerts(alert_uuid, created, size, body) VALUES ('o-1', 1.0, 11, ?)",
+                (b'{"id":"o-1"}',))
+    con.commit()
+    con.close()
+    with Spool(path) as sp:
+        for table in ("alerts", "dead_letter"):
+            cols = {r[1] for r in sp._db.execute(f"PRAGMA table_info({table})")}
+            assert "crc" in cols
+        (item,) = sp.fetch(1)
+        assert item.crc is None and item.decode() == {"id": "o-1"}
+
+
+def test_a_clean_stop_is_not_taken_for_a_lost_wal(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True) as sp:
+        sp.put(alert(1))
+    assert raw(path).execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()[0] == 1
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        with Spool(path, owner=True) as sp:
+            assert sp.wal_lost is None and sp.health_events() == []
+            # while running, the marker says "not closed cleanly", already in the main file
+            assert raw(path).execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()[0] == 0
+    assert "write-ahead log" not in caplog.text
+
+
+def test_a_lost_wal_after_an_unclean_stop_is_reported_with_the_bound(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    sp = Spool(path, owner=True)
+    sp.put(alert(1))
+    sp._close_connections()      # an unclean stop: the marker stays at 0
+    wal = Path(str(path) + "-wal")
+    if wal.exists():
+        wal.unlink()
+    seen = []
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        with Spool(path, owner=True, on_health=seen.append) as sp2:
+            page = sp2._db.execute("PRAGMA page_size").fetchone()[0]
+            assert sp2.wal_lost == {"at_risk_bytes": 32 * page}
+            assert sp2.fault_stats()["wal_lost_at_start"] is True
+            (event,) = sp2.health_events()
+            assert event["kind"] == "spool_wal_missing"
+            assert [e["event"] for e in seen] == ["spool_wal_missing"]
+            health = [it.decode() for it in sp2.fetch(10) if it.alert_id != "a-000001"]
+            assert health[0]["health"]["event"] == "spool_wal_missing"
+    assert f"at most about {32 * page // 1024} KiB" in caplog.text
+
+
+def test_a_reader_that_is_not_the_owner_never_marks_or_salvages(tmp_path):
+    path = tmp_path / "s.db"
+    sp = Spool(path, owner=True, reserve_bytes=0)
+    sp.put(alert(1))
+    sp._close_connections()
+    Path(str(path) + "-wal").unlink(missing_ok=True)
+    with Spool(path) as reader:      # `etw-sensor spool` looking in
+        assert reader.wal_lost is None and reader.health_events() == []
+        assert reader.reserve_bytes == 0
+    assert not Path(str(path) + ".reserve").exists()
+
+
+def test_the_owner_sets_the_reserve_aside(tmp_path):
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=100_000) as sp:
+        reserve = Path(str(path) + ".reserve")
+        assert reserve.stat().st_size == 100_000 and sp.reserve_bytes == 100_000
+        assert sp.fault_stats()["reserve_bytes"] == 100_000
+    with Spool(path, owner=True, reserve_bytes=0) as sp:   # no reserve wanted: none written
+        assert sp.reserve_bytes == 0

@@ -6,6 +6,7 @@
     python tools/mutation.py --report                the report from the last results, no run
     python tools/mutation.py --show sensor/detect/ir.py OPERATOR#N      one mutant's diff
     python tools/mutation.py --check sensor/detect/ir.py OPERATOR#N     run its tests on it
+    python tools/mutation.py --sample 200 sensor/deliver/spool.py      a seeded random sample of 200
 
 Mutants come from cosmic-ray's operators (a curated subset, ``OPERATORS``); the runner is ours,
 because a fresh interpreter per mutant costs more than most mutants' tests on a shared 2-core
@@ -38,6 +39,7 @@ import difflib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -166,40 +168,59 @@ def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]
     return spans
 
 
-def enumerate_mutants(path: Path) -> list[Mutant]:
-    """Every mutant of the module, except those inside annotations that are never evaluated."""
+def mutation_sites(path: Path, operators: list[str] | None = None) -> list[tuple[str, int, tuple, tuple]]:
+    """(operator, occurrence, start, end) of every site a mutant can be made at, outside annotations
+    that are never evaluated. Cheap: one parse per operator, no mutant is built."""
     from cosmic_ray.ast import ast_nodes, get_ast_from_path
+    from cosmic_ray.plugins import get_operator
+
+    spans = annotation_spans(path.read_text(encoding="utf-8"))
+    out = []
+    for name in operators or OPERATORS:
+        op = get_operator(name)()
+        tree = get_ast_from_path(path)
+        positions = [(start, end) for node in ast_nodes(tree) for start, end in op.mutation_positions(node)]
+        for occ, (start, end) in enumerate(positions):
+            if not any(a <= tuple(start) < b for a, b in spans):
+                out.append((name, occ, tuple(start), tuple(end)))
+    return out
+
+
+# (module path, operator, occurrence) -> mutated source: building a mutant parses the whole module,
+# so the run reuses the text its enumeration made.
+_MUTATED: dict[tuple[str, str, int], str] = {}
+
+
+def enumerate_mutants(path: Path, sites: list[tuple[str, int, tuple, tuple]] | None = None) -> list[Mutant]:
+    """The mutants of the module at ``sites`` (default: every site, see mutation_sites)."""
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
 
     source = path.read_text(encoding="utf-8")
     src_lines = source.splitlines()
-    spans = annotation_spans(source)
     out = []
-    for name in OPERATORS:
-        op = get_operator(name)()
-        tree = get_ast_from_path(path)
-        positions = [(start, end) for node in ast_nodes(tree) for start, end in op.mutation_positions(node)]
-        for occ, (start, end) in enumerate(positions):
-            if any(a <= tuple(start) < b for a, b in spans):
-                continue
-            try:
-                mutated = mutate_code(source, op, occ)
-            except Exception:   # cosmic-ray cannot rewrite this site (e.g. a dotted except name)
-                continue
-            if mutated is None:
-                continue
-            m_lines = mutated.splitlines()
-            a, b = start[0] - 1, end[0]
-            # The mutated lines: same span when the line count did not change.
-            delta = len(m_lines) - len(src_lines)
-            orig = " ".join(x.strip() for x in src_lines[a:b])
-            new = " ".join(x.strip() for x in m_lines[a:b + delta])
-            out.append(Mutant(f"{name.split('/')[-1]}#{occ}", name, occ, start[0], orig, new))
+    for name, occ, start, end in (mutation_sites(path) if sites is None else sites):
+        try:
+            mutated = mutate_code(source, get_operator(name)(), occ)
+        except Exception:   # cosmic-ray cannot rewrite this site (e.g. a dotted except name)
+            continue
+        if mutated is None:
+            continue
+        _MUTATED[(str(path), name, occ)] = mutated
+        m_lines = mutated.splitlines()
+        a, b = start[0] - 1, end[0]
+        # The mutated lines: same span when the line count did not change.
+        delta = len(m_lines) - len(src_lines)
+        orig = " ".join(x.strip() for x in src_lines[a:b])
+        new = " ".join(x.strip() for x in m_lines[a:b + delta])
+        out.append(Mutant(f"{name.split('/')[-1]}#{occ}", name, occ, start[0], orig, new))
     return out
 
 
 def mutated_source(path: Path, m: Mutant) -> str:
+    code = _MUTATED.pop((str(path), m.operator, m.occurrence), None)
+    if code is not None:
+        return code
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
     code = mutate_code(path.read_text(encoding="utf-8"), get_operator(m.operator)(), m.occurrence)
@@ -347,8 +368,16 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     if outcome != "survived":
         raise SystemExit(f"{module}: the tests fail without any mutant (see {logs / 'baseline.log'})")
     timeout = args.timeout or max(60.0, 4 * base)
-    mutants = enumerate_mutants(path)
-    say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants; timeout {timeout:.0f} s each")
+    sites = mutation_sites(path)
+    total = len(sites)
+    if args.sample and args.sample < total:
+        # A seeded random sample (the same sites for the same seed and source): a module whose
+        # every mutant would take hours on a shared machine still gets an estimate of its score.
+        picked = set(random.Random(args.seed).sample(range(total), args.sample))
+        sites = [x for i, x in enumerate(sites) if i in picked]
+    mutants = enumerate_mutants(path, sites)
+    sample = f" (a sample of {len(sites)} of {total} sites, seed {args.seed})" if len(sites) < total else ""
+    say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants{sample}; timeout {timeout:.0f} s each")
     t_start = time.monotonic()
     try:
         for i, m in enumerate(mutants, 1):
@@ -371,6 +400,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
         "baseline_seconds": round(base, 2), "timeout": timeout,
         "seconds": round(time.monotonic() - t_start, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M"),
+        "sites": total, "sample_seed": args.seed if len(sites) < total else None,
         "mutants": [asdict(m) for m in mutants],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -411,6 +441,8 @@ def report(results: list[dict], entries: list[dict]) -> tuple[str, list[str]]:
         cur = ROOT / r["module"]
         stale = "" if cur.exists() and hashlib.sha256(cur.read_bytes()).hexdigest() == r["source_sha256"] \
             else "module changed since: re-run"
+        if r.get("sample_seed") is not None:
+            n = f"{n} (sample of {r['sites']}, seed {r['sample_seed']})"
         lines.append(f"| `{r['module']}` | {n} | {killed} | {timeouts} | {equiv} | {surv} | {sc:.1%} "
                      f"| {r['seconds']:.0f} | {stale} |")
         if sc < TARGET or surv:
@@ -451,7 +483,10 @@ def record_check(module: str, m: Mutant, outcome: str) -> None:
 
 
 def find_mutant(module: str, mid: str) -> Mutant:
-    for m in enumerate_mutants(ROOT / module):
+    short, _, occ = mid.partition("#")
+    names = [n for n in OPERATORS if n.split("/")[-1] == short]
+    sites = [s for s in mutation_sites(ROOT / module, names) if str(s[1]) == occ]
+    for m in enumerate_mutants(ROOT / module, sites):
         if m.id == mid:
             return m
     raise SystemExit(f"no mutant {mid} in {module}")
@@ -470,6 +505,9 @@ def main(argv=None) -> int:
     ap.add_argument("--markers", default="not slow",
                     help="pytest -m expression (default: 'not slow'; '' runs the slow tier too)")
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds per mutant")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="run a seeded random sample of this many mutants per module (the report says so)")
+    ap.add_argument("--seed", type=int, default=1, help="the sample's seed")
     ap.add_argument("--tree", default="tree",
                     help="name of the scratch copy under .mutation/ (two runs at once need two)")
     ap.add_argument("--fail-under", action="store_true",

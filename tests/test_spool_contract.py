@@ -761,3 +761,208 @@ def test_the_owner_sets_the_reserve_aside(tmp_path):
         assert sp.fault_stats()["reserve_bytes"] == 100_000
     with Spool(path, owner=True, reserve_bytes=0) as sp:   # no reserve wanted: none written
         assert sp.reserve_bytes == 0
+
+
+def test_a_partial_reserve_is_topped_up_to_the_target(tmp_path):
+    path = tmp_path / "s.db"
+    Path(str(path) + ".reserve").write_bytes(b"\0" * 1000)   # half written before a crash
+    with Spool(path, owner=True, reserve_bytes=100_000) as sp:
+        assert Path(str(path) + ".reserve").stat().st_size == 100_000 == sp.reserve_bytes
+
+
+# -- counters, callbacks, markers, salvage bounds ------------------------------------------------
+
+def test_the_row_counter_follows_every_change(tmp_path):
+    # "rows" is what a salvage counts its losses against (docs: "L lost")
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=5 * one, health_alerts=False) as sp:
+        def rows() -> int:
+            return sp._counter("rows")
+        sp.put_many([alert(i) for i in range(8)])          # three dropped by the cap
+        assert rows() == sp.depth() == 5
+        items = sp.fetch(5)
+        sp.dead_letter([(items[0].rowid, "x", 400), (items[1].rowid, "x", 400)])
+        assert rows() == sp.depth() == 3
+        assert sp.requeue_dead() == 2
+        assert rows() == sp.depth() == 5
+        sp.ack([it.rowid for it in sp.fetch(2)])
+        assert rows() == sp.depth() == 3
+
+
+def test_a_broken_health_callback_does_not_fail_the_write(tmp_path, caplog):
+    one = size_of(alert(0))
+
+    def broken(event):
+        raise RuntimeError("callback bug")
+
+    with Spool(tmp_path / "s.db", max_bytes=2 * one, health_alerts=False, on_health=broken) as sp:
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            assert sp.put_many([alert(i) for i in range(3)]) == 3
+        assert sp.ids() == ["a-000001", "a-000002"]
+        assert "health callback failed" in caplog.text
+
+
+def test_the_damage_marker_is_bounded(tmp_path):
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp._opening = False
+        sp._mark_damaged("E" * 5000)
+        text = Path(str(tmp_path / "s.db") + ".damaged").read_text()
+        assert text == "E" * 500 + "\n"
+        assert sp.fault_stats()["damaged"] is True
+
+
+def test_a_salvage_bounds_the_reasons_a_hostile_file_holds(tmp_path):
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(2)])
+        sp.dead_letter([(sp.fetch(1)[0].rowid, "x", 400)])
+        sp._db.execute("UPDATE dead_letter SET reason=?", ("R" * 5000,))
+    # the marker a running sensor leaves when SQLite reported damage: the next start salvages
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.salvage is not None and sp.salvage["recovered"] == 1
+        assert sp.salvage["recovered_dead_letters"] == 1 and sp.salvage["lost"] == 0
+        (d,) = sp.dead_letters()
+        assert d["id"] == "a-000000" and d["reason"] == "R" * 1000 and d["alert"] == alert(0)
+        assert [i for i in sp.ids() if i.startswith("a-")] == ["a-000001"]
+        st_ = sp.stats()
+        assert st_["salvaged"] == 1 and st_["dead_lettered"] == 1   # the old file's history kept
+        (event,) = [e for e in sp.health_events() if e["kind"] == "spool_salvaged"]
+        assert event["count"] == 1
+    assert not Path(str(path) + ".damaged").exists()
+
+
+def test_a_foreign_meta_table_is_treated_like_damage(tmp_path):
+    # a value of the wrong type for the table (SQLITE_MISMATCH) at open
+    path = tmp_path / "s.db"
+    con = raw(path)
+    con.execute("CREATE TABLE meta (key INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
+    con.commit()
+    con.close()
+    with pytest.raises(SpoolDamaged):
+        Spool(path)
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.salvage is not None and sp.put(alert(1)) is True
+
+
+# -- a full disk (docs/delivery.md, "Faults") ---------------------------------------------------
+
+@pytest.fixture()
+def volume(tmp_path):
+    """``volume(size)``: a mounted tmpfs of that size (needs root; skipped elsewhere)."""
+    import subprocess
+    import sys
+    if sys.platform != "linux":
+        pytest.skip("tmpfs volumes are Linux")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"vol{len(mounted)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the volume of ``folder`` with zeros until the disk says no more."""
+    filler = folder / f"filler-{len(list(folder.glob('filler-*')))}.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = 1 << 20
+        while size >= 1:
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError:
+                size //= 2
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_the_reserve_is_a_quarter_of_a_small_volume(volume):
+    vol = volume("4m")
+    with Spool(vol / "s.db", owner=True) as sp:
+        total = os.statvfs(vol).f_blocks * os.statvfs(vol).f_frsize
+        assert total // 4 < 2 * MiB
+        assert sp.reserve_bytes == total // 4 and type(sp.reserve_bytes) is int
+        assert (vol / "s.db.reserve").stat().st_size == total // 4
+
+
+def test_a_full_disk_is_one_episode_with_one_reminder_per_5_minutes_and_an_end(volume, caplog):
+    vol = volume("2m")
+    clock = Clock()
+    events = []
+    sp = Spool(vol / "s.db", owner=True, clock=clock, on_health=events.append)
+    reserve = sp.reserve_bytes
+    assert reserve > 0
+    sp.put_many([alert(i, pad=3000) for i in range(20)])
+    fillers = [fill(vol)]
+    with caplog.at_level(logging.INFO, logger="sensor.spool"):
+        n = 20
+        while not sp.disk_full:
+            sp.put_many([alert(n + k, pad=3000) for k in range(10)])   # never raises
+            n += 10
+            assert n < 2000, "the disk never filled"
+        fillers.append(fill(vol))          # the released reserve goes to the other file too
+        assert f"released the {reserve // 1024} KiB reserve" in caplog.text
+        for k in range(3):
+            sp.put_many([alert(n + k, pad=3000)])
+        fault = sp.fault_stats()
+        assert fault["disk_full"] and fault["disk_full_episodes"] == 1
+        assert fault["disk_full_since"] is not None and fault["disk_full_error"]
+        assert caplog.text.count("ALERT SPOOL DISK FULL") == 1
+        clock.t += 299
+        sp.maintain()
+        assert "still full" not in caplog.text
+        clock.t += 1                       # 5 minutes: one reminder
+        sp.maintain()
+        assert caplog.text.count("still full") == 1
+        sp.maintain()
+        assert caplog.text.count("still full") == 1
+        for f in fillers:
+            f.unlink()
+        clock.t += 10
+        sp.maintain()
+        sp.maintain()
+        assert not sp.disk_full and sp.fault_stats()["disk_full_episodes"] == 1
+        assert sp.reserve_bytes == reserve          # set aside again
+    st_ = sp.stats()
+    assert "disk space is back after 310 s" in caplog.text
+    ends = [e for e in events if e["event"] == "spool_disk_full" and e.get("state") == "end"]
+    assert len(ends) == 1 and ends[0]["seconds"] == 310.0
+    assert ends[0]["dropped_oldest"] + ends[0]["dropped_held"] == st_["dropped_disk_full"] > 0
+    assert ends[0]["dropped_oldest"] >= 0 and ends[0]["dropped_held"] >= 0
+    # every alert is accounted for: in the spool, dropped, or still held
+    kept = [i for i in sp.ids() if i.startswith("a-")]
+    assert len(kept) + st_["dropped_disk_full"] + st_["held"] == n + 3
+    sp.close()
+
+
+def test_a_reader_that_is_not_the_owner_leaves_the_full_state_when_space_returns(volume):
+    vol = volume("2m")
+    clock = Clock()
+    sp = Spool(vol / "s.db", clock=clock)      # not the owner: no reserve
+    sp.put_many([alert(i) for i in range(5)])
+    pin = raw(vol / "s.db")
+    pin.execute("BEGIN")
+    pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+    filler = fill(vol)
+    sp.put_many([alert(100 + i, pad=4000) for i in range(50)])  # held in memory, not raised
+    assert sp.disk_full and sp.fault_stats()["held"] > 0
+    pin.rollback()
+    pin.close()
+    filler.unlink()
+    clock.t += 60
+    sp.maintain()
+    sp.maintain()
+    assert not sp.disk_full and sp.fault_stats()["held"] == 0
+    assert {f"a-{100 + i:06d}" for i in range(50)} <= set(sp.ids())
+    sp.close()

@@ -1,0 +1,280 @@
+"""The forwarder's promises one by one (docs/delivery.md, "[delivery]", "Failure handling", "Faults"),
+stepped by hand on a real spool with a scripted output and a fake clock: the documented defaults,
+the counters, confirmations the disk refuses (kept in memory, never sent again, retried with a
+growing wait), results that settle every alert, and spool errors that are said once then every
+tenth time. Fast: the mutation run of sensor/deliver/forwarder.py runs it for every mutant."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from sensor.deliver.forwarder import IDLE, DeliveryConfig, Forwarder
+from sensor.deliver.memory import MemoryOutput
+from sensor.deliver.protocol import OK, PARK, RESEND, RETRY, SPLIT, SendResult
+from sensor.deliver.spool import Spool, SpoolError, SpoolFull
+from sensor.deliver.tls import ConfigError
+
+
+class Clock:
+    def __init__(self, t: float = 5_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def alert(i: int) -> dict:
+    return {"id": f"f-{i:04d}", "rule": {"id": "r"}, "event": {"n": i}}
+
+
+def refuse_once(spool: Spool, name: str, times: int = 1) -> list:
+    """Make ``spool.<name>`` raise SpoolFull (a full disk) the next ``times`` calls; the calls
+    are recorded."""
+    real = getattr(spool, name)
+    calls: list = []
+
+    def wrapper(*a, **kw):
+        calls.append(a)
+        if len(calls) <= times:
+            raise SpoolFull(f"spool {spool.path}: {name} failed: database or disk is full")
+        return real(*a, **kw)
+
+    setattr(spool, name, wrapper)
+    return calls
+
+
+@pytest.fixture()
+def clock():
+    return Clock()
+
+
+@pytest.fixture()
+def spool(tmp_path, clock):
+    sp = Spool(tmp_path / "s.db", clock=clock)
+    yield sp
+    sp.close()
+
+
+def forwarder(spool, out, clock, **cfg) -> Forwarder:
+    base = dict(linger=0.0, enforce_interval=1e9, backoff_base=1.0, backoff_cap=300.0, park_interval=60.0)
+    return Forwarder(spool, out, DeliveryConfig(**{**base, **cfg}), clock=clock, rng=lambda: 1.0)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+def test_the_defaults_are_the_documented_ones():
+    cfg = DeliveryConfig()
+    assert cfg.batch_size == 500
+    assert cfg.batch_max_bytes == 4096 * 1024          # batch_max_kb = 4096
+    assert cfg.linger == 0.2                            # batch_wait_ms = 200
+    assert cfg.concurrency == 2
+    assert (cfg.backoff_base, cfg.backoff_cap) == (1.0, 300.0)
+    assert cfg.park_interval == 60.0
+    assert cfg.poll_interval == 30.0                    # "wakes every 30 s"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"linger": -0.1}, "must be positive"),
+    ({"backoff_cap": -1}, "must be positive"),
+    ({"concurrency": 0}, "must be positive"),
+    ({"batch_max_bytes": 0}, "must be positive"),
+    ({"batch_size": "many"}, "expected a number"),
+    ({"park_interval": None}, "expected a number"),
+])
+def test_bad_options_are_refused_with_the_key(options, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        DeliveryConfig.from_options(options)
+    assert next(iter(options)) in str(info.value)
+
+
+def test_zero_is_a_valid_wait():
+    cfg = DeliveryConfig.from_options({"linger": 0, "backoff_base": 0, "enforce_interval": 0,
+                                       "concurrency": 1})
+    assert (cfg.linger, cfg.backoff_base, cfg.enforce_interval, cfg.concurrency) == (0.0, 0.0, 0.0, 1)
+    assert type(cfg.concurrency) is int and type(cfg.linger) is float
+
+
+# -- counters ------------------------------------------------------------------------------------
+
+def test_a_fresh_forwarder_reports_zeros(spool, clock):
+    st = forwarder(spool, MemoryOutput(), clock).stats()
+    for key in ("sent", "requests", "failed_attempts", "retries", "dead_lettered", "splits",
+                "consecutive_failures", "corrupt_rows", "rejected_alone", "ack_failures", "ack_pending",
+                "mark_failed_errors", "dropped", "spool_depth", "dead_letter_depth"):
+        assert st[key] == 0, key
+    assert st["ack_retry_in"] == 0.0 and st["next_attempt_in"] == 0.0
+    assert st["parked"] is False and st["park_reason"] is None and st["last_error"] is None
+    assert st["spool_disk_full"] is False and st["spool_error"] is None
+    assert st["batch_cap"] == 500 and st["output"] == "memory"
+
+
+def test_stats_never_raise_when_the_spool_cannot_be_read(spool, clock):
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    spool._db.execute("DROP TABLE meta")
+    st = fwd.stats()
+    assert st["spool_error"] and st["dropped"] == 0 and st["dead_letter_depth"] == 0
+    assert st["spool_depth"] == 0
+
+
+def test_a_park_counts_one_failed_attempt_and_keeps_everything(spool, clock):
+    out = MemoryOutput(lambda b: SendResult(PARK, status=401, error="HTTP 401 token refused"))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(3)])
+    assert fwd.step() == 60.0
+    st = fwd.stats()
+    assert st["failed_attempts"] == 1 and st["retries"] == 0 and st["parked"] is True
+    assert st["park_reason"] == "HTTP 401 token refused" and st["next_attempt_in"] == 60.0
+    assert spool.depth() == 3 and spool.dead_letters() == []
+
+
+def test_a_split_counts_one_failed_attempt_and_lowers_the_cap(spool, clock):
+    answers = iter([SendResult(SPLIT, status=413, error="HTTP 413")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock, batch_size=8)
+    spool.put_many([alert(i) for i in range(8)])
+    assert fwd.step() == 0.0
+    st = fwd.stats()
+    assert st["failed_attempts"] == 1 and st["splits"] == 1 and st["batch_cap"] == 4
+    assert out.calls == [[f"f-{i:04d}" for i in range(8)], [f"f-{i:04d}" for i in range(4)],
+                         [f"f-{i:04d}" for i in range(4, 8)]]
+    assert st["sent"] == 8 and spool.depth() == 0
+
+
+def test_an_answer_that_settles_every_alert_resets_the_backoff(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(RETRY, status=503, error="HTTP 503"),
+                    SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"})])
+    fwd = forwarder(spool, MemoryOutput(lambda b: next(answers, None)), clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0 and fwd.stats()["consecutive_failures"] == 1
+    clock.t += 1
+    assert fwd.step() == 0.0
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 0 and st["sent"] == 1 and st["dead_lettered"] == 1
+    assert spool.depth() == 0 and spool.dead_letters()[0]["reason"] == "bad field"
+
+
+def test_an_answer_that_rejects_every_alert_is_no_success(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(RETRY, status=503, error="HTTP 503"),
+                    SendResult(RESEND, status=400, rejected={i: "mapping" for i in ids})])
+    fwd = forwarder(spool, MemoryOutput(lambda b: next(answers, None)), clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0
+    clock.t += 1
+    fwd.step()
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 1 and st["sent"] == 0 and st["dead_lettered"] == 2
+
+
+# -- confirmations the disk refuses ("a confirmation the disk refuses is kept in memory: that row
+#    is never sent again, and the confirmation is retried with back-off (0.25 s doubling, at most
+#    park_interval_s)") -------------------------------------------------------------------------
+
+def test_a_refused_confirmation_is_kept_never_resent_and_retried_with_backoff(spool, clock, caplog):
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, park_interval=1.0)
+    spool.put_many([alert(i) for i in range(3)])
+    acks = refuse_once(spool, "ack", times=3)
+    with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
+        assert fwd.step() == 0.0
+        assert out.ids == [alert(i)["id"] for i in range(3)]
+        st = fwd.stats()
+        assert st["ack_pending"] == 3 and st["ack_failures"] == 1 and st["sent"] == 3
+        assert st["ack_retry_in"] == 0.25
+        assert caplog.text.count("cannot record 3 delivered alert(s)") == 1
+        assert sorted(fwd._delivery_state()) == sorted(r[0] for r in spool._db.execute("SELECT id FROM alerts"))
+        # nothing else to send: wait for the retry, never send those rows again
+        assert fwd.step() == 0.25
+        assert len(out.calls) == 1 and len(acks) == 1
+        clock.t += 0.25
+        assert fwd.step() == 0.5                   # refused again: the wait doubles
+        assert len(acks) == 2 and fwd.stats()["ack_retry_in"] == 0.5
+        assert "still cannot record 3 delivered alert(s)" in caplog.text
+        clock.t += 0.5
+        assert fwd.step() == 1.0                   # again: at most park_interval
+        clock.t += 1.0
+        assert fwd.step() is IDLE                  # recorded at last
+    assert len(out.calls) == 1 and spool.depth() == 0
+    st = fwd.stats()
+    assert st["ack_pending"] == 0 and st["ack_retry_in"] == 0.0 and st["ack_failures"] == 1
+    assert "recorded 3 delivered alert(s) in the spool after the disk refused it" in caplog.text
+
+
+def test_the_confirmation_wait_never_exceeds_park_interval(spool, clock):
+    fwd = forwarder(spool, MemoryOutput(), clock, park_interval=2.0)
+    spool.put(alert(1))
+    refuse_once(spool, "ack", times=50)
+    fwd.step()
+    waits = []
+    for _ in range(8):
+        clock.t += fwd.stats()["ack_retry_in"]
+        waits.append(fwd.step())
+    assert waits == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_a_refused_dead_letter_is_retried_with_its_reason_and_status(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
+                               item_status={ids[1]: 422})])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    refuse_once(spool, "dead_letter")
+    assert fwd.step() == 0.0
+    st = fwd.stats()
+    assert st["ack_pending"] == 1 and st["dead_lettered"] == 1
+    assert fwd._delivery_state() == []             # not delivered: dropping it would lose it
+    clock.t += 0.25
+    assert fwd.step() is IDLE
+    (d,) = spool.dead_letters()
+    assert d["id"] == ids[1] and d["reason"] == "bad field" and d["status"] == 422
+    assert spool.depth() == 0 and len(out.calls) == 1
+
+
+def test_a_refused_failure_count_never_stops_delivery(spool, clock):
+    out = MemoryOutput(lambda b: SendResult(RETRY, status=503, error="HTTP 503"))
+    fwd = forwarder(spool, out, clock)
+    spool.put(alert(1))
+    refuse_once(spool, "mark_failed")
+    assert fwd.step() == 1.0
+    st = fwd.stats()
+    assert st["mark_failed_errors"] == 1 and st["retries"] == 1 and st["failed_attempts"] == 1
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+def test_concurrency_is_the_number_of_workers(spool):
+    fwd = Forwarder(spool, MemoryOutput(), DeliveryConfig(concurrency=3, linger=0.0))
+    fwd.start()
+    try:
+        end = threading.Event()
+        for _ in range(3000):               # guards a hang only: the workers start at once
+            if len(fwd._workers) >= 2:
+                break
+            end.wait(0.01)
+    finally:
+        fwd.stop(60)
+    assert not fwd.is_alive()
+    assert len(fwd._workers) == 2           # and this thread: three in all
+    assert all(not t.is_alive() for t in fwd._workers)
+
+
+def test_spool_errors_are_said_once_then_every_tenth_time(spool, caplog):
+    fwd = Forwarder(spool, MemoryOutput(), DeliveryConfig(concurrency=1, park_interval=0.0, linger=0.0))
+    calls = []
+
+    def broken(*a, **kw):
+        calls.append(1)
+        if len(calls) >= 10:
+            fwd._stop_event.set()
+        raise SpoolError(f"spool {spool.path}: read failed: disk I/O error")
+
+    spool.fetch = broken
+    with caplog.at_level(logging.CRITICAL, logger="sensor.delivery"):
+        fwd._loop()
+    assert len(calls) == 10
+    assert caplog.text.count("spool error:") == 2          # the 1st and the 10th
+    assert "disk I/O error" in fwd.stats()["last_error"]

@@ -980,3 +980,39 @@ def test_a_reader_that_is_not_the_owner_leaves_the_full_state_when_space_returns
     assert sp.fault_stats()["held"] == 0
     assert {f"a-{100 + i:06d}" for i in range(50)} | {"a-000200"} <= set(sp.ids())
     sp.close()
+
+
+# -- text SQLite cannot store is not damage -----------------------------------------------------
+# A lone UTF-16 surrogate cannot be stored as SQLite text. One in a receiver's error text (the
+# reason of a dead letter, the error of a failed attempt) or in an id given to `spool requeue`
+# (a POSIX command line with bytes that are not UTF-8) once made the spool report itself damaged:
+# the owner wrote its damage marker and the next start moved a healthy spool aside.
+
+def test_a_reason_with_a_lone_surrogate_is_repaired_not_taken_for_damage(tmp_path):
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(2)])
+        rows = [it.rowid for it in sp.fetch(2)]
+        sp.mark_failed(rows, "HTTP 400: bad \udcff byte")
+        assert sp.dead_letter([(rows[0], "mapping error near \ud800", 400)]) == 1
+        (d,) = sp.dead_letters()
+        assert re.fullmatch("mapping error near \ufffd+", d["reason"]) and d["alert"] == alert(0)
+        last = sp._db.execute("SELECT last_error FROM alerts").fetchone()[0]
+        assert re.fullmatch("HTTP 400: bad \ufffd+ byte", last)
+        assert sp.requeue_dead(["a-000000\udcff"]) == 0          # no such id: nothing, no error
+        assert sp.requeue_dead(["a-000000"]) == 1
+        assert sp.fault_stats()["damaged"] is False
+    assert not Path(str(path) + ".damaged").exists()
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.salvage is None and sorted(sp.ids()) == ["a-000000", "a-000001"]
+
+
+def test_text_that_cannot_be_stored_is_an_error_of_the_call_not_damage(tmp_path):
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        with pytest.raises(SpoolError) as info:
+            with sp._guard("write"):
+                sp._db.execute("SELECT ?", ("x\ud800",))
+        assert not isinstance(info.value, SpoolDamaged) and "cannot be stored" in str(info.value)
+        assert sp.fault_stats()["damaged"] is False
+    assert not Path(str(path) + ".damaged").exists()

@@ -539,6 +539,9 @@ class Spool:
             if kind is SpoolDamaged:
                 self._mark_damaged(str(exc))
             raise kind(f"spool {self.path}: {what} failed: {exc}") from exc
+        except UnicodeEncodeError as exc:  # a value of this call SQLite cannot store: not damage
+            raise SpoolError(f"spool {self.path}: {what} failed: text that cannot be stored "
+                             f"({exc.reason})") from exc
         except UnicodeError as exc:  # SQLite handed back text that is not UTF-8: a damaged file
             self._mark_damaged(str(exc))
             raise SpoolDamaged(f"spool {self.path}: {what} failed: damaged text ({exc.reason})") from exc
@@ -1144,11 +1147,12 @@ class Spool:
         """Count a failed attempt on these rows (kept for status and the dead-letter record)."""
         if not rowids:
             return
+        error = _clean((error or "")[:500])   # the receiver's text: lone surrogates repaired
         with self._guard("mark failed"), self._tx(durable=False):
             for chunk in _chunks(list(rowids)):
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"UPDATE alerts SET attempts=attempts+1, last_error=? WHERE id IN ({marks})",
-                                 [(error or "")[:500], *chunk])
+                                 [error, *chunk])
 
     def dead_letter(self, items: Sequence[tuple[int, str, int | None]]) -> int:
         """Move (rowid, reason, http status) rows to the dead_letter table."""
@@ -1168,6 +1172,7 @@ class Spool:
         logged = []
         with self._guard("dead letter"), self._tx():
             for rowid, reason, status in items:
+                reason = _clean(reason[:1000])   # the receiver's text: lone surrogates repaired
                 row = self._db.execute("SELECT COALESCE(size, 0), alert_uuid FROM alerts WHERE id=?",
                                        (rowid,)).fetchone()
                 if row is None:
@@ -1177,7 +1182,7 @@ class Spool:
                     "INSERT INTO dead_letter(alert_uuid, created, moved, attempts, status, reason, body, crc) "
                     "SELECT COALESCE(alert_uuid, ''), COALESCE(created, 0), ?, COALESCE(attempts, 0) + 1, ?, ?, "
                     "COALESCE(body, x''), crc FROM alerts WHERE id=?",
-                    (now, status, reason[:1000], rowid))
+                    (now, status, reason, rowid))
                 self._db.execute("DELETE FROM alerts WHERE id=?", (rowid,))
                 self._bump("bytes", -row[0])
                 self._bump("rows", -1)
@@ -1227,7 +1232,10 @@ class Spool:
             if alert_ids is not None:
                 if not alert_ids:
                     return 0
-                where, args = f"WHERE alert_uuid IN ({','.join('?' * len(alert_ids))})", list(alert_ids)
+                # ids as stored (an id from a command line may hold lone surrogates: repaired
+                # like the stored ones, never taken for damage)
+                where, args = (f"WHERE alert_uuid IN ({','.join('?' * len(alert_ids))})",
+                               [_clean(str(i)) for i in alert_ids])
             rows = self._db.execute(f"SELECT id, alert_uuid, body, crc FROM dead_letter {where} ORDER BY id",
                                     args).fetchall()
             n = 0

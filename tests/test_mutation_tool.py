@@ -59,3 +59,27 @@ def test_an_equivalent_entry_matches_its_mutant_only():
     assert used == {0}
     other = [tool.Mutant("A#0", "A", 0, 3, "x = a < b", "x = a <= b", "survived")]
     assert tool.mark_equivalents("n.py", other, entries) == set() and other[0].outcome == "survived"
+
+
+def test_a_sample_draws_the_same_sites_after_an_edit_elsewhere(tmp_path):
+    import pytest
+    pytest.importorskip("cosmic_ray", reason="cosmic-ray is installed by `make mutation` only")
+    tool = _tool()
+    body = "".join(f"def f{i}(a, b):\n    return a + {i} if a < b else b - {i}\n" for i in range(30))
+    mod = tmp_path / "m.py"
+    mod.write_text(body)
+    before = tool.sample_sites(mod, tool.mutation_sites(mod), 12, 1)
+    again = tool.sample_sites(mod, tool.mutation_sites(mod), 12, 1)
+    assert before == again and len(before) == 12
+    mod.write_text("def g(x):\n    return x * 2\n" + body)     # new sites, every line moved
+    sites = tool.mutation_sites(mod)
+    after = tool.sample_sites(mod, sites, 12, 1)
+    lines = mod.read_text().splitlines()
+    old_lines = body.splitlines()
+
+    def keys(sample, src):
+        return {(op, src[start[0] - 1].strip(), start[1]) for op, _occ, start, _end in sample}
+
+    added = sum(1 for op, _o, start, _e in sites if start[0] <= 2)
+    assert len(keys(before, old_lines) & keys(after, lines)) >= 12 - added
+    assert tool.sample_sites(mod, sites, 12, 2) != after            # another seed, another draw

@@ -39,7 +39,6 @@ import difflib
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -186,6 +185,25 @@ def mutation_sites(path: Path, operators: list[str] | None = None) -> list[tuple
             if not any(a <= tuple(start) < b for a, b in spans):
                 out.append((name, occ, tuple(start), tuple(end)))
     return out
+
+
+def sample_sites(path: Path, sites: list, n: int, seed: int) -> list:
+    """A seeded sample of ``n`` sites, so a module whose every mutant would take hours on a shared
+    machine still gets an estimate of its score. A site is drawn by a hash of the seed, its
+    operator and its source line and column, not by its index: an edit elsewhere in the module
+    leaves the draw of the other sites as it was, so a sample run before and after an edit
+    mostly holds the same mutants."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    seen: dict[tuple, int] = {}
+    keyed = []
+    for site in sites:
+        name, _occ, start, _end = site
+        key = (name, lines[start[0] - 1].strip(), start[1])
+        k = seen[key] = seen.get(key, -1) + 1       # the same operator twice at one column
+        digest = hashlib.sha256(f"{seed}\0{name}\0{key[1]}\0{key[2]}\0{k}".encode()).hexdigest()
+        keyed.append((digest, site))
+    picked = {id(site) for _, site in sorted(keyed, key=lambda x: x[0])[:n]}
+    return [site for site in sites if id(site) in picked]
 
 
 # (module path, operator, occurrence) -> mutated source: building a mutant parses the whole module,
@@ -373,10 +391,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     sites = mutation_sites(path)
     total = len(sites)
     if args.sample and args.sample < total:
-        # A seeded random sample (the same sites for the same seed and source): a module whose
-        # every mutant would take hours on a shared machine still gets an estimate of its score.
-        picked = set(random.Random(args.seed).sample(range(total), args.sample))
-        sites = [x for i, x in enumerate(sites) if i in picked]
+        sites = sample_sites(path, sites, args.sample, args.seed)
     mutants = enumerate_mutants(path, sites)
     sample = f" (a sample of {len(sites)} of {total} sites, seed {args.seed})" if len(sites) < total else ""
     say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants{sample}; timeout {timeout:.0f} s each")

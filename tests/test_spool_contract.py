@@ -332,6 +332,13 @@ def test_exactly_max_bytes_is_not_over_the_cap(tmp_path):
         assert sp.stats()["dropped"] == 1
 
 
+def test_one_byte_over_the_cap_drops_the_oldest(tmp_path):
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db", max_bytes=3 * one - 1, health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        assert sp.ids() == ["a-000001", "a-000002"] and sp.stats()["dropped"] == 1
+
+
 def test_the_overflow_drops_just_enough_of_the_oldest(tmp_path):
     one = size_of(alert(0))
     with Spool(tmp_path / "s.db", max_bytes=10 * one, health_alerts=False) as sp:
@@ -340,6 +347,7 @@ def test_the_overflow_drops_just_enough_of_the_oldest(tmp_path):
         assert sp.ids() == [f"a-{i:06d}" for i in range(3, 13)]
         st_ = sp.stats()
         assert st_["dropped"] == 3 and st_["bytes"] == 10 * one
+        assert st_["dropped_disk_full"] == 0 and st_["expired"] == 0
         (event,) = sp.health_events()
         assert event["kind"] == "spool_overflow" and event["count"] == 3
         assert event["detail"]["max_bytes"] == 10 * one and event["detail"]["dropped"] == 3
@@ -370,15 +378,18 @@ def test_the_cap_never_drops_health_alerts(tmp_path):
 
 def test_rows_delivered_but_unconfirmed_make_room_first(tmp_path):
     one = size_of(alert(0))
-    with Spool(tmp_path / "s.db", max_bytes=5 * one, health_alerts=False) as sp:
+    with Spool(tmp_path / "s.db", max_bytes=6 * one, health_alerts=False) as sp:
         sp.put_many([alert(i) for i in range(5)])
         rows = {it.alert_id: it.rowid for it in sp.fetch(5)}
         sp.delivery_state = lambda: [rows["a-000003"]]     # delivered, not yet confirmed on disk
-        sp.put(alert(5))
+        sp.put(alert(5))                                    # under the cap: nothing is touched
+        assert sp.depth() == 6 and rows["a-000003"] in [it.rowid for it in sp.fetch(6)]
+        sp.put(alert(6))
         # the delivered one went (not a loss); no undelivered alert was dropped
-        assert sp.ids() == ["a-000000", "a-000001", "a-000002", "a-000004", "a-000005"]
+        assert sp.ids() == ["a-000000", "a-000001", "a-000002", "a-000004", "a-000005", "a-000006"]
         st_ = sp.stats()
-        assert st_["dropped"] == 0 and st_["bytes"] == 5 * one and st_["depth"] == 5
+        assert st_["dropped"] == 0 and st_["bytes"] == 6 * one and st_["depth"] == 6
+        assert sp._counter("rows") == 6
 
 
 def test_a_broken_delivery_hook_does_not_fail_the_write(tmp_path, caplog):
@@ -593,7 +604,7 @@ def test_observers_on_an_empty_and_a_filled_spool(tmp_path):
     clock = Clock()
     with Spool(tmp_path / "s.db", clock=clock) as sp:
         assert sp.oldest_created() is None and sp.depth() == 0 and sp.ids() == []
-        assert sp.disk_full is False
+        assert sp.disk_full is False and sp.flush_held() == 0
         sp.put(alert(1))
         clock.t += 3
         sp.put(alert(2))
@@ -734,7 +745,7 @@ def test_a_lost_wal_after_an_unclean_stop_is_reported_with_the_bound(tmp_path, c
             assert sp2.wal_lost == {"at_risk_bytes": 32 * page}
             assert sp2.fault_stats()["wal_lost_at_start"] is True
             (event,) = sp2.health_events()
-            assert event["kind"] == "spool_wal_missing"
+            assert event["kind"] == "spool_wal_missing" and event["count"] == 1
             assert [e["event"] for e in seen] == ["spool_wal_missing"]
             health = [it.decode() for it in sp2.fetch(10) if it.alert_id != "a-000001"]
             assert health[0]["health"]["event"] == "spool_wal_missing"
@@ -817,6 +828,10 @@ def test_a_salvage_bounds_the_reasons_a_hostile_file_holds(tmp_path):
         sp.put_many([alert(i) for i in range(2)])
         sp.dead_letter([(sp.fetch(1)[0].rowid, "x", 400)])
         sp._db.execute("UPDATE dead_letter SET reason=?", ("R" * 5000,))
+    con = raw(path)                 # the old file claims fewer rows than it holds
+    con.execute("UPDATE meta SET value=0 WHERE key='rows'")
+    con.commit()
+    con.close()
     # the marker a running sensor leaves when SQLite reported damage: the next start salvages
     Path(str(path) + ".damaged").write_text("simulated\n")
     with Spool(path, owner=True, reserve_bytes=0) as sp:
@@ -827,6 +842,8 @@ def test_a_salvage_bounds_the_reasons_a_hostile_file_holds(tmp_path):
         assert [i for i in sp.ids() if i.startswith("a-")] == ["a-000001"]
         st_ = sp.stats()
         assert st_["salvaged"] == 1 and st_["dead_lettered"] == 1   # the old file's history kept
+        assert st_["bytes"] == sp._db.execute("SELECT SUM(size) FROM alerts").fetchone()[0]
+        assert sp._counter("rows") == sp.depth() == 2              # the alert and the health alert
         (event,) = [e for e in sp.health_events() if e["kind"] == "spool_salvaged"]
         assert event["count"] == 1
     assert not Path(str(path) + ".damaged").exists()
@@ -929,7 +946,7 @@ def test_a_full_disk_is_one_episode_with_one_reminder_per_5_minutes_and_an_end(v
         assert caplog.text.count("still full") == 1
         for f in fillers:
             f.unlink()
-        clock.t += 10
+        clock.t += 10.25
         sp.maintain()
         sp.maintain()
         assert not sp.disk_full and sp.fault_stats()["disk_full_episodes"] == 1
@@ -937,7 +954,9 @@ def test_a_full_disk_is_one_episode_with_one_reminder_per_5_minutes_and_an_end(v
     st_ = sp.stats()
     assert "disk space is back after 310 s" in caplog.text
     ends = [e for e in events if e["event"] == "spool_disk_full" and e.get("state") == "end"]
-    assert len(ends) == 1 and ends[0]["seconds"] == 310.0
+    assert len(ends) == 1 and ends[0]["seconds"] == 310.2
+    health = [it.decode()["health"] for it in sp.fetch(10_000) if not it.alert_id.startswith("a-")]
+    assert [h["state"] for h in health if h["event"] == "spool_disk_full"] == ["begin", "end"]
     assert ends[0]["dropped_oldest"] + ends[0]["dropped_held"] == st_["dropped_disk_full"] > 0
     assert ends[0]["dropped_oldest"] >= 0 and ends[0]["dropped_held"] >= 0
     # every alert is accounted for: in the spool, dropped, or still held
@@ -966,7 +985,9 @@ def test_a_reader_that_is_not_the_owner_leaves_the_full_state_when_space_returns
 
     sp._write_rows = broken
     clock.t += 1
+    held_bytes = sp.fault_stats()["held_bytes"]
     assert sp.flush_held() == 0 and sp.fault_stats()["held"] == held
+    assert sp.fault_stats()["held_bytes"] == held_bytes
     sp._write_rows = real
     sp.put(alert(200, pad=4000))            # still full: held too, and the next try is in 0.5 s
     held = sp.fault_stats()["held"]
@@ -1016,3 +1037,129 @@ def test_text_that_cannot_be_stored_is_an_error_of_the_call_not_damage(tmp_path)
         assert not isinstance(info.value, SpoolDamaged) and "cannot be stored" in str(info.value)
         assert sp.fault_stats()["damaged"] is False
     assert not Path(str(path) + ".damaged").exists()
+
+
+def test_a_lost_wal_is_reported_in_the_files_own_page_size(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    con = raw(path)
+    con.execute("PRAGMA page_size=65536")
+    con.execute("CREATE TABLE x (a)")
+    con.commit()
+    con.close()
+    sp = Spool(path, owner=True, reserve_bytes=0)
+    sp.put(alert(1))
+    sp._close_connections()
+    Path(str(path) + "-wal").unlink(missing_ok=True)
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        with Spool(path, owner=True, reserve_bytes=0) as sp2:
+            assert sp2.wal_lost == {"at_risk_bytes": 32 * 65536}
+    assert "at most about 2048 KiB" in caplog.text
+
+
+def test_two_salvages_in_one_second_keep_both_files(tmp_path):
+    clock = Clock()
+    path = tmp_path / "s.db"
+    for n in range(2):
+        with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
+            sp.put(alert(n))
+        Path(str(path) + ".damaged").write_text("simulated\n")
+        with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
+            assert sp.salvage is not None
+    stamp = "19700124T033320Z"
+    assert sorted(p.name for p in tmp_path.glob("s.db.damaged-*")) == [
+        f"s.db.damaged-{stamp}", f"s.db.damaged-{stamp}-1"]
+
+
+def test_a_marker_that_cannot_be_written_still_says_so(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    seen = []
+    with Spool(path, owner=True, reserve_bytes=0, on_health=seen.append) as sp:
+        Path(str(path) + ".damaged").mkdir()          # the marker's name is taken by a folder
+        with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
+            sp._mark_damaged("index does not match its table")
+        assert sp.fault_stats()["damaged"] is True
+        assert "ALERT SPOOL DAMAGED" in caplog.text
+        assert [e["event"] for e in seen] == ["spool_damaged"]
+
+
+def test_a_health_event_that_cannot_be_written_still_reaches_the_callback(tmp_path, caplog):
+    seen = []
+    with Spool(tmp_path / "s.db", on_health=seen.append) as sp:
+        sp._db.execute("DROP TABLE health")
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            sp._record_event("spool_salvaged", "m1", {"n": 1})
+            sp._record_event("spool_disk_full", "m2", {"n": 2}, callback=False)
+        assert [(e["event"], e["message"], e["n"]) for e in seen] == [("spool_salvaged", "m1", 1)]
+        assert caplog.text.count("cannot record the health event") == 2
+        assert sp.depth() == 0      # the health alert of the failed transaction is not there
+
+
+def test_confirmations_and_failure_counts_skip_the_fsync_alert_writes_do_not(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sql: list[str] = []
+        sp._db.set_trace_callback(sql.append)
+        sp.put(alert(1))
+        assert "PRAGMA synchronous=NORMAL" not in sql and "COMMIT" in sql
+        rows = [it.rowid for it in sp.fetch(1)]
+        for call in (lambda: sp.mark_failed(rows, "x"), lambda: sp.ack(rows)):
+            sql.clear()
+            call()
+            assert sql[0] == "PRAGMA synchronous=NORMAL" and sql[-1] == "PRAGMA synchronous=FULL"
+        sp._db.set_trace_callback(None)
+
+
+def test_a_confirmation_refused_once_is_written_in_small_transactions(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(150)])
+        rows = [it.rowid for it in sp.fetch(150)]
+        real, calls = sp._ack, []
+
+        def refusing(chunk):
+            calls.append(len(chunk))
+            if len(calls) == 1:
+                raise SpoolFull(f"spool {sp.path}: ack failed: database or disk is full")
+            return real(chunk)
+
+        sp._ack = refusing
+        assert sp.ack(rows) == 150
+        assert calls == [150, 64, 64, 22] and sp.depth() == 0
+        assert sp.disk_full            # the refusal began the disk-full state
+
+
+# -- what a salvage takes for an alert or a dead letter (a damaged file is hostile input) --------
+
+_GOOD_ALERT = [None, "u-1", 1.5, 2, 0.0, None, "alert", 10, b'{"id":"u-1"}', 123]
+_GOOD_DEAD = [None, "u-1", 1.5, 9.0, 2, 400, "bad", b'{"id":"u-1"}', 123]
+
+
+def test_salvage_takes_rows_of_the_alert_shape_only():
+    ok = spool_mod._alert_values
+    assert ok(_GOOD_ALERT) == ("u-1", 1.5, 2, "alert", b'{"id":"u-1"}', 123)
+    assert ok(_GOOD_ALERT[:9]) == ("u-1", 1.5, 2, "alert", b'{"id":"u-1"}', None)   # no crc column
+    assert ok([None, "u-1", 1, 0, 0, "503", "alert", 1, b"{}", None])[1] == 1.0      # int time, error text
+    for i, bad in [(0, 5), (1, 7), (2, "x"), (3, 1.5), (5, 3), (6, 1), (7, "10"), (8, "{}"), (9, "123")]:
+        v = list(_GOOD_ALERT)
+        v[i] = bad
+        assert ok(v) is None, (i, bad)
+    assert ok(_GOOD_ALERT[:8]) is None and ok(_GOOD_ALERT + [1]) is None
+
+
+def test_salvage_takes_rows_of_the_dead_letter_shape_only():
+    ok = spool_mod._dead_values
+    assert ok(_GOOD_DEAD) == ("u-1", 1.5, 2, 400, "bad", b'{"id":"u-1"}', 123)
+    assert ok(_GOOD_DEAD[:8]) == ("u-1", 1.5, 2, 400, "bad", b'{"id":"u-1"}', None)
+    assert ok([None, "u-1", 1, 9.0, 2, None, "r", b"{}", None])[3] is None
+    for i, bad in [(0, 5), (1, 7), (2, "x"), (4, 1.5), (5, "400"), (6, 3), (7, "{}"), (8, "123")]:
+        v = list(_GOOD_DEAD)
+        v[i] = bad
+        assert ok(v) is None, (i, bad)
+    assert ok(_GOOD_DEAD[:7]) is None and ok(_GOOD_DEAD + [1]) is None
+
+
+def test_a_row_with_columns_of_the_wrong_type_fails_its_checks():
+    item = spool_mod._spooled((1, 42, "x", None, "text body", "not a crc"))
+    assert (item.alert_id, item.created, item.attempts, item.body) == ("42", 0.0, 0, b"text body")
+    assert item.crc == -1                      # never a CRC-32: the row fails its check
+    with pytest.raises(SpoolRowError, match="checksum"):
+        item.decode()
+    assert spool_mod._spooled((1, "a", 2.5, 3, b"{}", None)).crc is None

@@ -10,9 +10,10 @@ import threading
 
 import pytest
 
+from sensor.deliver import forwarder as forwarder_mod
 from sensor.deliver.forwarder import IDLE, DeliveryConfig, Forwarder
 from sensor.deliver.memory import MemoryOutput
-from sensor.deliver.protocol import OK, PARK, RESEND, RETRY, SPLIT, SendResult
+from sensor.deliver.protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, SendResult
 from sensor.deliver.spool import Spool, SpoolError, SpoolFull
 from sensor.deliver.tls import ConfigError
 
@@ -154,6 +155,7 @@ def test_an_answer_that_settles_every_alert_resets_the_backoff(spool, clock):
     st = fwd.stats()
     assert st["consecutive_failures"] == 0 and st["sent"] == 1 and st["dead_lettered"] == 1
     assert spool.depth() == 0 and spool.dead_letters()[0]["reason"] == "bad field"
+    assert st["requests"] == 2                 # nothing was left to send again
 
 
 def test_an_answer_that_rejects_every_alert_is_no_success(spool, clock):
@@ -192,9 +194,10 @@ def test_a_refused_confirmation_is_kept_never_resent_and_retried_with_backoff(sp
         clock.t += 0.25
         assert fwd.step() == 0.5                   # refused again: the wait doubles
         assert len(acks) == 2 and fwd.stats()["ack_retry_in"] == 0.5
-        assert "still cannot record 3 delivered alert(s)" in caplog.text
+        assert caplog.text.count("still cannot record 3 delivered alert(s)") == 1
         clock.t += 0.5
         assert fwd.step() == 1.0                   # again: at most park_interval
+        assert caplog.text.count("still cannot record") == 1   # said at the 1st, 5th, 10th, 50th
         clock.t += 1.0
         assert fwd.step() is IDLE                  # recorded at last
     assert len(out.calls) == 1 and spool.depth() == 0
@@ -278,3 +281,75 @@ def test_spool_errors_are_said_once_then_every_tenth_time(spool, caplog):
     assert len(calls) == 10
     assert caplog.text.count("spool error:") == 2          # the 1st and the 10th
     assert "disk I/O error" in fwd.stats()["last_error"]
+
+
+def test_idle_upkeep_runs_every_second_while_the_spool_is_in_a_fault(spool, clock):
+    # docs: "every second while the spool holds alerts in memory or is in its disk-full state"
+    assert forwarder_mod.FAULT_POLL == 1.0
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    assert fwd._spool_in_fault() is False
+    spool._full_since = clock()             # the disk-full state, nothing held
+    assert fwd._spool_in_fault() is True
+    spool._full_since = None
+    spool._held.append(("h-1", clock(), 2, b"{}", 0, "alert"))   # held in memory, state over
+    assert fwd._spool_in_fault() is True
+    spool._held.clear()
+
+
+# -- 400s that name no alert (docs: "Failure handling") -------------------------------------------
+
+def test_a_round_of_two_requests_that_accepted_nothing_is_a_failed_round(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(RESEND, status=400, rejected={ids[0]: "mapping"}),
+                    SendResult(BISECT, status=400, error="HTTP 400")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0                    # back-off, not "go on"
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 1 and st["rejected_alone"] == 1 and st["requests"] == 2
+    assert spool.ids() == [ids[1]] and [d["id"] for d in spool.dead_letters()] == [ids[0]]
+
+
+def test_a_suspect_resent_into_an_outage_is_kept_and_backs_off(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),      # both
+                    SendResult(BISECT, status=400, error="HTTP 400"),      # the first alone: set aside
+                    None,                                                   # the second: accepted
+                    SendResult(RETRY, status=503, error="HTTP 503")])     # the first again: outage
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0
+    assert out.calls == [ids, [ids[0]], [ids[1]], [ids[0]]]
+    assert spool.ids() == [ids[0]] and spool.dead_letters() == []
+    st = fwd.stats()
+    assert st["sent"] == 1 and st["consecutive_failures"] == 1
+
+
+def test_a_set_aside_alert_is_sent_again_when_its_time_is_up(spool, clock):
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock, backoff_base=2.0)
+    spool.put(alert(1))
+    assert fwd.step() == 0.0                    # rejected alone in a round of one request: set aside
+    assert fwd._suspects and fwd.step() is IDLE
+    clock.t += 1.0
+    assert fwd.step() is IDLE                   # still set aside (for backoff_base = 2 s)
+    clock.t += 1.0                              # exactly when its time is up
+    assert fwd.step() == 0.0
+    assert out.calls == [[alert(1)["id"]], [alert(1)["id"]]] and spool.depth() == 0
+    assert fwd._suspects == {}                  # delivered: not remembered any more
+
+
+def test_a_dead_lettered_suspect_is_forgotten(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),
+                    SendResult(BISECT, status=400, error="HTTP 400"),
+                    None,
+                    SendResult(BISECT, status=400, error="HTTP 400")])    # alone again: a verdict
+    fwd = forwarder(spool, MemoryOutput(lambda b: next(answers, None)), clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 0.0
+    assert [d["id"] for d in spool.dead_letters()] == [ids[0]] and spool.depth() == 0
+    assert fwd._suspects == {}

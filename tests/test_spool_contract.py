@@ -1163,3 +1163,40 @@ def test_a_row_with_columns_of_the_wrong_type_fails_its_checks():
     with pytest.raises(SpoolRowError, match="checksum"):
         item.decode()
     assert spool_mod._spooled((1, "a", 2.5, 3, b"{}", None)).crc is None
+
+
+def test_a_damaged_spool_that_cannot_be_moved_aside_is_an_error_that_says_so(tmp_path):
+    clock = Clock()
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
+        sp.put(alert(1))
+    other = raw(path)                       # another reader keeps the -wal in place
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    blocker = tmp_path / "s.db.damaged-19700124T033320Z-wal"
+    blocker.mkdir()
+    (blocker / "x").write_text("taken")     # the -wal's new name is a folder that is not empty
+    try:
+        assert Path(str(path) + "-wal").exists()
+        with pytest.raises(SpoolError, match="cannot be moved aside"):
+            Spool(path, owner=True, reserve_bytes=0, clock=clock)
+    finally:
+        other.close()
+
+
+def test_a_dead_letter_refused_once_is_written_after_making_room(tmp_path):
+    with Spool(tmp_path / "s.db") as sp:        # not the owner: no reserve, only the checkpoint
+        sp.put_many([alert(i) for i in range(2)])
+        rows = [it.rowid for it in sp.fetch(2)]
+        real, calls = sp._dead_letter, []
+
+        def refusing(items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                raise SpoolFull(f"spool {sp.path}: dead letter failed: database or disk is full")
+            return real(items)
+
+        sp._dead_letter = refusing
+        assert sp.dead_letter([(rows[0], "bad", 400)]) == 1
+        assert len(calls) == 2 and [d["id"] for d in sp.dead_letters()] == ["a-000000"]

@@ -128,6 +128,16 @@ def test_a_park_counts_one_failed_attempt_and_keeps_everything(spool, clock):
     assert st["failed_attempts"] == 1 and st["retries"] == 0 and st["parked"] is True
     assert st["park_reason"] == "HTTP 401 token refused" and st["next_attempt_in"] == 60.0
     assert spool.depth() == 3 and spool.dead_letters() == []
+    clock.t += 10
+    assert fwd.step() == 50.0 and len(out.calls) == 1      # parked: nothing sent meanwhile
+
+    def unreadable():
+        raise SpoolError(f"spool {spool.path}: read failed: disk I/O error")
+
+    spool.depth = unreadable
+    clock.t += 50
+    assert fwd.step() == 60.0 and len(out.calls) == 2      # the log line's count is unknown: no error
+    del spool.depth
 
 
 def test_a_split_counts_one_failed_attempt_and_lowers_the_cap(spool, clock):
@@ -156,6 +166,7 @@ def test_an_answer_that_settles_every_alert_resets_the_backoff(spool, clock):
     assert st["consecutive_failures"] == 0 and st["sent"] == 1 and st["dead_lettered"] == 1
     assert spool.depth() == 0 and spool.dead_letters()[0]["reason"] == "bad field"
     assert st["requests"] == 2                 # nothing was left to send again
+    assert st["next_attempt_in"] == 0.0
 
 
 def test_an_answer_that_rejects_every_alert_is_no_success(spool, clock):
@@ -191,7 +202,9 @@ def test_a_refused_confirmation_is_kept_never_resent_and_retried_with_backoff(sp
         # nothing else to send: wait for the retry, never send those rows again
         assert fwd.step() == 0.25
         assert len(out.calls) == 1 and len(acks) == 1
-        clock.t += 0.25
+        clock.t += 0.3
+        assert fwd.stats()["ack_retry_in"] == 0.0   # overdue: never negative
+        clock.t -= 0.05
         assert fwd.step() == 0.5                   # refused again: the wait doubles
         assert len(acks) == 2 and fwd.stats()["ack_retry_in"] == 0.5
         assert caplog.text.count("still cannot record 3 delivered alert(s)") == 1
@@ -206,16 +219,20 @@ def test_a_refused_confirmation_is_kept_never_resent_and_retried_with_backoff(sp
     assert "recorded 3 delivered alert(s) in the spool after the disk refused it" in caplog.text
 
 
-def test_the_confirmation_wait_never_exceeds_park_interval(spool, clock):
+def test_the_confirmation_wait_never_exceeds_park_interval(spool, clock, caplog):
     fwd = forwarder(spool, MemoryOutput(), clock, park_interval=2.0)
     spool.put(alert(1))
     refuse_once(spool, "ack", times=50)
     fwd.step()
-    waits = []
-    for _ in range(8):
-        clock.t += fwd.stats()["ack_retry_in"]
-        waits.append(fwd.step())
-    assert waits == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    waits, said = [], []
+    with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
+        for k in range(1, 12):
+            clock.t += fwd.stats()["ack_retry_in"]
+            waits.append(fwd.step())
+            if caplog.text.count("still cannot record") > len(said):
+                said.append(k)
+    assert waits == [0.5, 1.0, 2.0] + [2.0] * 8
+    assert said == [1, 5, 10]      # the 1st, 5th and 10th refused retry are said, then every 50th
 
 
 def test_a_refused_dead_letter_is_retried_with_its_reason_and_status(spool, clock):
@@ -265,21 +282,29 @@ def test_concurrency_is_the_number_of_workers(spool):
     assert all(not t.is_alive() for t in fwd._workers)
 
 
-def test_spool_errors_are_said_once_then_every_tenth_time(spool, caplog):
+def test_spool_errors_are_said_once_then_every_tenth_time(spool):
     fwd = Forwarder(spool, MemoryOutput(), DeliveryConfig(concurrency=1, park_interval=0.0, linger=0.0))
-    calls = []
+    calls, said = [], []
 
     def broken(*a, **kw):
         calls.append(1)
-        if len(calls) >= 10:
+        if len(calls) >= 21:
             fwd._stop_event.set()
         raise SpoolError(f"spool {spool.path}: read failed: disk I/O error")
 
+    class Said(logging.Handler):
+        def emit(self, record):
+            if "spool error" in record.getMessage():
+                said.append(len(calls))
+
     spool.fetch = broken
-    with caplog.at_level(logging.CRITICAL, logger="sensor.delivery"):
+    handler = Said(logging.CRITICAL)
+    logging.getLogger("sensor.delivery").addHandler(handler)
+    try:
         fwd._loop()
-    assert len(calls) == 10
-    assert caplog.text.count("spool error:") == 2          # the 1st and the 10th
+    finally:
+        logging.getLogger("sensor.delivery").removeHandler(handler)
+    assert len(calls) == 21 and said == [1, 10, 20]
     assert "disk I/O error" in fwd.stats()["last_error"]
 
 
@@ -328,17 +353,28 @@ def test_a_suspect_resent_into_an_outage_is_kept_and_backs_off(spool, clock):
 
 
 def test_a_set_aside_alert_is_sent_again_when_its_time_is_up(spool, clock):
-    answers = iter([SendResult(BISECT, status=400, error="HTTP 400")])
+    answers = iter([None, None,                                  # two alerts accepted first
+                    SendResult(BISECT, status=400, error="HTTP 400"),
+                    SendResult(BISECT, status=400, error="HTTP 400")])
     out = MemoryOutput(lambda b: next(answers, None))
     fwd = forwarder(spool, out, clock, backoff_base=2.0)
+    for i in (10, 11):
+        spool.put(alert(i))
+        assert fwd.step() == 0.0
     spool.put(alert(1))
+    refuse_once(spool, "mark_failed")
     assert fwd.step() == 0.0                    # rejected alone in a round of one request: set aside
+    assert fwd.stats()["mark_failed_errors"] == 1   # its attempt could not be counted: no matter
     assert fwd._suspects and fwd.step() is IDLE
     clock.t += 1.0
     assert fwd.step() is IDLE                   # still set aside (for backoff_base = 2 s)
     clock.t += 1.0                              # exactly when its time is up
+    assert fwd.step() == 0.0                    # rejected alone again, nothing accepted between
+    clock.t += 3.5
+    assert fwd.step() is IDLE                   # set aside twice as long now: 4 s
+    clock.t += 0.5
     assert fwd.step() == 0.0
-    assert out.calls == [[alert(1)["id"]], [alert(1)["id"]]] and spool.depth() == 0
+    assert out.calls[2:] == [[alert(1)["id"]]] * 3 and spool.depth() == 0
     assert fwd._suspects == {}                  # delivered: not remembered any more
 
 
@@ -353,3 +389,56 @@ def test_a_dead_lettered_suspect_is_forgotten(spool, clock):
     assert fwd.step() == 0.0
     assert [d["id"] for d in spool.dead_letters()] == [ids[0]] and spool.depth() == 0
     assert fwd._suspects == {}
+
+
+def test_a_retry_after_a_lone_rejection_keeps_both(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),
+                    SendResult(BISECT, status=400, error="HTTP 400"),      # the first alone
+                    SendResult(RETRY, status=503, error="HTTP 503")])     # the second: outage
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0
+    assert spool.ids() == ids
+    assert [it.attempts for it in spool.fetch(2)] == [1, 1]    # both counted a failed attempt
+
+
+def test_a_batch_fills_up_past_alerts_set_aside(spool, clock):
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock, batch_size=2)
+    spool.put(alert(0))
+    assert fwd.step() == 0.0 and fwd._suspects          # set aside
+    spool.put_many([alert(1), alert(2)])
+    assert fwd.step() == 0.0
+    assert out.calls[-1] == [alert(1)["id"], alert(2)["id"]]   # a full batch, not a short one
+
+
+def test_the_age_cap_on_a_full_disk_does_not_stop_delivery(spool, clock):
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, enforce_interval=0.0)
+    spool.put(alert(1))
+    calls = refuse_once(spool, "enforce")
+    assert fwd.step() == 0.0 and out.ids == [alert(1)["id"]] and len(calls) == 1
+
+
+def test_an_unexpected_error_never_ends_the_worker(spool):
+    answers = iter([RuntimeError("output bug")])
+
+    def script(batch):
+        exc = next(answers, None)
+        if exc is not None:
+            raise exc
+        return None
+
+    out = MemoryOutput(script)
+    fwd = Forwarder(spool, out, DeliveryConfig(concurrency=1, linger=0.0, backoff_base=0.01))
+    spool.put(alert(1))
+    fwd.start()
+    try:
+        assert fwd.wait_drained(60)        # 60 s guards a hang only
+    finally:
+        fwd.stop(60)
+    assert out.ids == [alert(1)["id"]]
+    assert "RuntimeError: output bug" in fwd.stats()["last_error"]

@@ -222,17 +222,17 @@ def test_a_refused_confirmation_is_kept_never_resent_and_retried_with_backoff(sp
 def test_the_confirmation_wait_never_exceeds_park_interval(spool, clock, caplog):
     fwd = forwarder(spool, MemoryOutput(), clock, park_interval=2.0)
     spool.put(alert(1))
-    refuse_once(spool, "ack", times=50)
+    refuse_once(spool, "ack", times=100)
     fwd.step()
     waits, said = [], []
     with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
-        for k in range(1, 12):
+        for k in range(1, 52):
             clock.t += fwd.stats()["ack_retry_in"]
             waits.append(fwd.step())
             if caplog.text.count("still cannot record") > len(said):
                 said.append(k)
-    assert waits == [0.5, 1.0, 2.0] + [2.0] * 8
-    assert said == [1, 5, 10]      # the 1st, 5th and 10th refused retry are said, then every 50th
+    assert waits == [0.5, 1.0, 2.0] + [2.0] * 48
+    assert said == [1, 5, 10, 50]  # the 1st, 5th and 10th refused retry are said, then every 50th
 
 
 def test_a_refused_dead_letter_is_retried_with_its_reason_and_status(spool, clock):

@@ -442,3 +442,32 @@ def test_an_unexpected_error_never_ends_the_worker(spool):
         fwd.stop(60)
     assert out.ids == [alert(1)["id"]]
     assert "RuntimeError: output bug" in fwd.stats()["last_error"]
+
+
+def test_a_new_spool_error_after_a_good_step_is_said_at_once(spool):
+    fwd = Forwarder(spool, MemoryOutput(), DeliveryConfig(concurrency=1, park_interval=0.0, linger=0.0,
+                                                          poll_interval=0.0))
+    calls, said = [], []
+    real = spool.fetch
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) >= 6:
+            fwd._stop_event.set()
+        if len(calls) == 4:
+            return real(*a, **kw)          # the spool reads again: the episode is over
+        raise SpoolError(f"spool {spool.path}: read failed: disk I/O error")
+
+    class Said(logging.Handler):
+        def emit(self, record):
+            if "spool error" in record.getMessage():
+                said.append(len(calls))
+
+    spool.fetch = flaky
+    handler = Said(logging.CRITICAL)
+    logging.getLogger("sensor.delivery").addHandler(handler)
+    try:
+        fwd._loop()
+    finally:
+        logging.getLogger("sensor.delivery").removeHandler(handler)
+    assert said == [1, 5]       # the first error of each episode

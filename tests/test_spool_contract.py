@@ -1200,3 +1200,37 @@ def test_a_dead_letter_refused_once_is_written_after_making_room(tmp_path):
         sp._dead_letter = refusing
         assert sp.dead_letter([(rows[0], "bad", 400)]) == 1
         assert len(calls) == 2 and [d["id"] for d in sp.dead_letters()] == ["a-000000"]
+
+
+def test_a_reserve_that_cannot_be_written_is_no_reserve_not_an_error(tmp_path):
+    path = tmp_path / "s.db"
+    os.symlink(tmp_path / "missing" / "reserve", str(path) + ".reserve")   # dangling
+    with Spool(path, owner=True, reserve_bytes=100_000) as sp:
+        assert sp.reserve_bytes == 0 and sp.put(alert(1)) is True
+
+
+def test_a_full_spool_whose_folder_was_renamed_stays_full_without_an_error(volume):
+    vol = volume("2m")
+    sub = vol / "data"
+    clock = Clock()
+    sp = Spool(sub / "s.db", clock=clock)      # not the owner: it asks the volume for space
+    sp.put_many([alert(i) for i in range(5)])
+    pin = raw(sub / "s.db")
+    pin.execute("BEGIN")
+    pin.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    filler = fill(vol)
+    sp.put_many([alert(100 + i, pad=4000) for i in range(50)])
+    assert sp.disk_full
+    os.rename(sub, vol / "data-moved")          # the folder is gone from its path
+    try:
+        filler.unlink()
+        clock.t += 60
+        sp.maintain()                            # cannot ask the volume: still full, no error
+        assert sp.disk_full
+    finally:
+        os.rename(vol / "data-moved", sub)
+        pin.rollback()
+        pin.close()
+    sp.maintain()
+    assert not sp.disk_full
+    sp.close()

@@ -828,22 +828,25 @@ def test_a_salvage_bounds_the_reasons_a_hostile_file_holds(tmp_path):
         sp.put_many([alert(i) for i in range(2)])
         sp.dead_letter([(sp.fetch(1)[0].rowid, "x", 400)])
         sp._db.execute("UPDATE dead_letter SET reason=?", ("R" * 5000,))
-    con = raw(path)                 # the old file claims fewer rows than it holds
-    con.execute("UPDATE meta SET value=0 WHERE key='rows'")
+    con = raw(path)                 # rows the old file's counter never saw: it claims fewer
+    for i in (5, 6, 7):
+        body = msgspec.json.encode(alert(i))
+        con.execute("INSERT INTO alerts(alert_uuid, created, size, body, crc, kind) VALUES (?,?,?,?,?,?)",
+                    (alert(i)["id"], 1.0, len(body), body, row_crc(alert(i)["id"], body), "alert"))
     con.commit()
     con.close()
     # the marker a running sensor leaves when SQLite reported damage: the next start salvages
     Path(str(path) + ".damaged").write_text("simulated\n")
     with Spool(path, owner=True, reserve_bytes=0) as sp:
-        assert sp.salvage is not None and sp.salvage["recovered"] == 1
-        assert sp.salvage["recovered_dead_letters"] == 1 and sp.salvage["lost"] == 0
+        assert sp.salvage is not None and sp.salvage["recovered"] == 4
+        assert sp.salvage["recovered_dead_letters"] == 1 and sp.salvage["lost"] == 0   # never negative
         (d,) = sp.dead_letters()
         assert d["id"] == "a-000000" and d["reason"] == "R" * 1000 and d["alert"] == alert(0)
-        assert [i for i in sp.ids() if i.startswith("a-")] == ["a-000001"]
+        assert [i for i in sp.ids() if i.startswith("a-")] == ["a-000001", "a-000005", "a-000006", "a-000007"]
         st_ = sp.stats()
-        assert st_["salvaged"] == 1 and st_["dead_lettered"] == 1   # the old file's history kept
+        assert st_["salvaged"] == 4 and st_["dead_lettered"] == 1   # the old file's history kept
         assert st_["bytes"] == sp._db.execute("SELECT SUM(size) FROM alerts").fetchone()[0]
-        assert sp._counter("rows") == sp.depth() == 2              # the alert and the health alert
+        assert sp._counter("rows") == sp.depth() == 5              # the alerts and the health alert
         (event,) = [e for e in sp.health_events() if e["kind"] == "spool_salvaged"]
         assert event["count"] == 1
     assert not Path(str(path) + ".damaged").exists()

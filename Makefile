@@ -72,4 +72,4 @@ mutation-report: $(MUTATION_STAMP)
 	$(VPY) tools/mutation.py --report
 
 clean:
-	rm -rf build dist .mutation *.egg-info sensor/*.so sensor/*/*.so sensor/*/*.pyd native/_matcher.c native/*.html fuzz/out
+	rm -rf build dist .mutation *.egg-info sensor/*.so sensor/*/*.so sensor/*/*.pyd native/_matcher.c native/_etw_decode.c native/*.html fuzz/out

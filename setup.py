@@ -41,6 +41,12 @@ def _ext_modules():
             extra_compile_args=_cflags(),
             extra_link_args=link,
         ),
+        Extension(
+            "sensor.sources._etw_decode",
+            ["native/_etw_decode.pyx"],
+            extra_compile_args=_cflags(),
+            extra_link_args=link,
+        ),
     ]
     return cythonize(
         exts,

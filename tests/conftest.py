@@ -14,6 +14,7 @@ from hypothesis import settings
 
 from sensor.detect import matcher as _matcher
 from sensor.enrich import pe as _pe
+from sensor.sources import etw_decode as _etw_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -38,6 +39,8 @@ def missing_native() -> list[str]:
         out.append("the compiled matcher (sensor.detect._matcher)")
     if "native" not in _pe.READERS:
         out.append("the native PE reader (sensor.enrich._pe)")
+    if not _etw_decode.COMPILED:
+        out.append("the compiled ETW decoder (sensor.sources._etw_decode)")
     return out
 
 

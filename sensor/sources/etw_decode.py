@@ -6,7 +6,12 @@ Two decoders with one behaviour:
   ``struct`` per fixed run of fields, offsets computed as the variable-length SID and strings
   are crossed (reference §1.2: the SID is ``8 + 4 * SubAuthorityCount`` bytes; never assume 60);
 * the generic decoder (``decode_generic``), driven by the field lists in ``etw_manifest``: the
-  pure-Python twin that defines what the fast one must return.
+  pure-Python twin that defines what the fast one must return;
+* the compiled decoder (``sensor.sources._etw_decode``, built from ``native/_etw_decode.pyx``):
+  the fast decoders in C for the live path, whose twins are the fast decoders above. Where they
+  raise it returns None and ``PayloadDecoder`` runs them, so a malformed record gets the same
+  error, counted the same way. Without the build (or with ``SENSOR_NO_EXTENSIONS=1``) the fast
+  decoders run alone.
 
 Both return ``{field name: value}`` (integers, FILETIMEs as int, SIDs as ``S-1-...`` strings,
 strings as str) or raise ``DecodeError``.  Rules they share: every declared field must be present
@@ -20,7 +25,16 @@ from __future__ import annotations
 import struct
 from collections import Counter
 
+from .._native import NO_EXTENSIONS
 from . import etw_manifest as m
+
+_compiled = None
+if not NO_EXTENSIONS:
+    try:
+        from . import _etw_decode as _compiled  # type: ignore[no-redef]
+    except ImportError:  # not built: the pure-Python decoders alone
+        _compiled = None
+COMPILED = _compiled is not None
 
 
 class DecodeError(ValueError):
@@ -315,9 +329,14 @@ def decode_system_process(opcode: int, version: int, buf: bytes, pointer_size: i
 class PayloadDecoder:
     """The decoders for the ETW path: return None instead of raising, and count what happened."""
 
-    __slots__ = ("decoded", "errors", "errors_by_event", "unknown_versions", "last_error")
+    __slots__ = ("decoded", "errors", "errors_by_event", "unknown_versions", "last_error", "_kp", "_sp")
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = True) -> None:
+        # The compiled decoder answers None where the Python one raises: it runs first, the
+        # Python one only for what it did not decode (the error and its message are Python's).
+        use = _compiled if compiled else None
+        self._kp = use.kernel_process if use is not None else None
+        self._sp = use.system_process if use is not None else None
         self.decoded = 0
         self.errors = 0
         self.errors_by_event: Counter = Counter()
@@ -330,7 +349,9 @@ class PayloadDecoder:
         if top is not None and version > top:
             self.unknown_versions[(event_id, version)] += 1
         try:
-            out = decode_kernel_process(event_id, version, buf)
+            out = self._kp(event_id, version, buf) if self._kp is not None else None
+            if out is None:
+                out = decode_kernel_process(event_id, version, buf)
         except Exception as exc:  # noqa: BLE001 - nothing may escape into the ETW path
             self._fail(("kernel_process", event_id, version), exc)
             return None
@@ -342,7 +363,9 @@ class PayloadDecoder:
         if version > 5 or (version > m.SYSTEM_PROCESS_MAX_VERSION and opcode != m.SL_DEFUNCT):
             self.unknown_versions[("system_process", opcode, version)] += 1
         try:
-            out = decode_system_process(opcode, version, buf, pointer_size)
+            out = self._sp(opcode, version, buf, pointer_size) if self._sp is not None else None
+            if out is None:
+                out = decode_system_process(opcode, version, buf, pointer_size)
         except Exception as exc:  # noqa: BLE001
             self._fail(("system_process", opcode, version), exc)
             return None

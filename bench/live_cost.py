@@ -323,14 +323,96 @@ def child_sensor(config: str) -> int:
     parts.source = EtwSource(ecfg, backend=PipeBackend(fh, lambda: print("ready", flush=True)),
                              helpers={"device_loader": lambda: devices})
     pipeline = make_pipeline(parts)
+    prof = _profile_worker(os.environ.get("LIVE_COST_PROFILE")) or _time_sections(os.environ.get("LIVE_COST_SECTIONS"))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     code = serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
+    if prof is not None:
+        prof()
     # The consumer thread is blocked reading the pipe: leave without finalising it.
     import logging
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
+
+
+def _profile_worker(path: str | None):
+    """``--profile``: run the ETW worker thread (decode, event, enrichment, matcher, alerts,
+    spool) under cProfile; returns the function that writes the statistics to ``path``."""
+    if not path:
+        return None
+    import cProfile
+    from sensor.sources.etw import EtwSource
+    prof = cProfile.Profile()
+    work = EtwSource._work
+
+    def profiled(self):
+        prof.enable()
+        try:
+            work(self)
+        finally:
+            prof.disable()
+    EtwSource._work = profiled
+    return lambda: prof.dump_stats(path)
+
+
+def _time_sections(path: str | None):
+    """``--sections``: thread CPU time (ns) of the worker's parts, per part, written to ``path``
+    as JSON at the end: record decoding and the event (per record kind), the pipeline's batch
+    (enrichment, matcher, alerts), the matcher alone, the alerts' commit."""
+    if not path:
+        return None
+    from sensor.daemon.pipeline import Pipeline
+    from sensor.sources.etw import EtwProcessor
+    clock = time.thread_time_ns
+    acc: dict[str, list[int]] = {}
+
+    def wrap(cls, name, key=None):
+        fn = getattr(cls, name)
+
+        def timed(self, *a, **kw):
+            k = key(a) if key else name
+            t0 = clock()
+            try:
+                return fn(self, *a, **kw)
+            finally:
+                e = acc.setdefault(k, [0, 0])
+                e[0] += clock() - t0
+                e[1] += 1
+        setattr(cls, name, timed)
+    wrap(EtwProcessor, "handle", key=lambda a: f"handle src={a[0][0]} id={a[0][1]} op={a[0][3]}")
+    wrap(Pipeline, "run_batch")
+    wrap(Pipeline, "commit")
+    make = Pipeline._process
+
+    class Timed:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def match(self, ev):
+            t0 = clock()
+            try:
+                return self.inner.match(ev)
+            finally:
+                e = acc.setdefault("matcher", [0, 0])
+                e[0] += clock() - t0
+                e[1] += 1
+
+    def process(self, batch):
+        rs = self._active
+        if not isinstance(rs.matcher, Timed):
+            rs.matcher = Timed(rs.matcher)
+        return make(self, batch)
+    Pipeline._process = process
+
+    def dump():
+        with open(path, "w") as fh:
+            json.dump({k: {"ns": v[0], "calls": v[1], "us_per_call": v[0] / v[1] / 1e3} for k, v in acc.items()},
+                      fh, indent=1)
+    return dump
 
 
 def child_floor() -> int:
@@ -515,6 +597,8 @@ def main() -> int:
                     help="burst interval = the sensor's source.etw.flush_ms (default 20)")
     ap.add_argument("--quick", action="store_true", help="rates up to 1,000/s, shorter phases")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", help="write cProfile statistics of the sensor's ETW worker thread to this file")
+    ap.add_argument("--sections", help="write the thread CPU time of the worker's parts (JSON) to this file")
     ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
     args = ap.parse_args()
     if args.child == "sensor":
@@ -551,6 +635,10 @@ def main() -> int:
             if kind == "sensor":
                 argv += ["--config", write_config(tmp, pack, args.flush_ms)]
             print(f"{kind}:", file=sys.stderr, flush=True)
+            if kind == "sensor" and args.profile:
+                os.environ["LIVE_COST_PROFILE"] = os.path.abspath(args.profile)
+            if kind == "sensor" and args.sections:
+                os.environ["LIVE_COST_SECTIONS"] = os.path.abspath(args.sections)
             child = Child(argv, rec.header(), os.path.join(tmp, f"{kind}.log"))
             child.write(rec.rundown(time.time()))
             run = [p for p in phases if kind == "sensor" or not p[3]]

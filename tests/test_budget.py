@@ -248,3 +248,57 @@ def test_memory_caps_size_the_tables():
         parse({"sensor": {"memory_limit_mb": 10}}, "<t>")
     with pytest.raises(ValueError, match="cpu_limit_percent"):
         parse({"sensor": {"cpu_limit_percent": 0.5}}, "<t>")
+
+
+def _raw_records_of_a_start(cmd: str) -> list[tuple]:
+    """The raw records of one process start as the ETW consumer queues them: a system-logger
+    Start (with the command line), the Kernel-Process ProcessStart and its ProcessStop."""
+    import struct
+    from sensor.sources.etw_decode import decode_kernel_process, decode_system_process
+    from sensor.sources.etw_raw import SRC_KERNEL_PROCESS, SRC_SYSTEM_LOGGER
+    sid = bytes([1, 1, 0, 0, 0, 0, 0, 5]) + struct.pack("<I", 18)
+    image = "\\Device\\HarddiskVolume3\\Windows\\System32\\svchost.exe"
+    ft = 133_700_000_000_000_000
+    sl = (struct.pack("<QIIIiQI", 0xFFFF_A000_0000_1234, 4242, 700, 0, 0, 0, 0) + (0x1000).to_bytes(8, "little")
+          + bytes(8) + sid + b"svchost.exe\0" + (cmd + "\0").encode("utf-16-le") + b"\0\0\0\0")
+    kp = (struct.pack("<IQQIQIIII", 4242, 1001, ft, 700, 900, 0, 0, 1, 1)
+          + bytes([1, 1, 0, 0, 0, 0, 0, 16]) + struct.pack("<I", 0x3000)
+          + (image + "\0").encode("utf-16-le") + bytes(8) + b"\0\0\0\0")
+    stop = struct.pack("<IQQQIIIQQQIIIII", 4242, 1001, ft, ft + 10**7, 0, 1, 30, 1 << 20, 1 << 21, 10**8,
+                       1, 2, 3, 4, 5) + b"svchost.exe\0"
+    assert decode_system_process(1, 4, sl)["CommandLine"] == cmd
+    assert decode_kernel_process(1, 3, kp)["ImageName"] == image
+    assert decode_kernel_process(2, 2, stop)["ImageName"] == "svchost.exe"
+    return [(SRC_SYSTEM_LOGGER, 0, 4, 1, 700, 8, ft, 0x240, sl), (SRC_KERNEL_PROCESS, 1, 3, 0, 700, 8, ft, 0x240, kp),
+            (SRC_KERNEL_PROCESS, 2, 2, 0, 4242, 8, ft + 10**7, 0x240, stop)]
+
+
+def test_queue_budget_counts_raw_records_under_etw():
+    """Under the ETW source the queue holds raw records (payload bytes, not decoded events):
+    the budget sizes it by what one of them holds, so the same memory queues more of them; with
+    correlations the event queue fills too and a slot costs both."""
+    import sys
+    from sensor.daemon.budget import ENTRY_BYTES, RECORD_BYTES, queue_entry_bytes
+    sizes = []
+    for cmd in ("C:\\Windows\\system32\\svchost.exe -k netsvcs -p -s Schedule",
+                "\"C:\\Program Files\\Backup\\agent.exe\" --job 1234 --target D:\\data\\set1234 --incremental " * 2):
+        for raw in _raw_records_of_a_start(cmd):
+            sizes.append(sys.getsizeof(raw) + sum(sys.getsizeof(x) for x in raw) + 8)   # + the deque slot
+    assert max(sizes) <= RECORD_BYTES * 1.5 and sum(sizes) / len(sizes) <= RECORD_BYTES
+    assert sum(sizes) / len(sizes) >= RECORD_BYTES / 2          # not a generous guess either
+    assert queue_entry_bytes("etw") == RECORD_BYTES < ENTRY_BYTES["queue_size"]
+    assert queue_entry_bytes("replay") == ENTRY_BYTES["queue_size"]
+    assert queue_entry_bytes("etw", correlations=True) == RECORD_BYTES + ENTRY_BYTES["queue_size"]
+    asked = {"queue_size": 1_000_000, "pe_cache_size": 4096, "process_table_size": 65536}
+    etw = parse({"sensor": {"memory_limit_mb": 80, "queue_size": 1_000_000}, "source": {"kind": "etw"}}, "<t>")
+    replay = parse({"sensor": {"memory_limit_mb": 80, "queue_size": 1_000_000}, "source": {"kind": "replay"}}, "<t>")
+    corr = parse({"sensor": {"memory_limit_mb": 80, "queue_size": 1_000_000}, "source": {"kind": "etw"}}, "<t>")
+    q_etw = apply_memory_caps(etw)["queue_size"]
+    q_replay = apply_memory_caps(replay)["queue_size"]
+    q_corr = apply_memory_caps(corr, correlations=True)["queue_size"]
+    assert q_replay == memory_caps(80, asked)["queue_size"]
+    assert q_etw == memory_caps(80, asked, RECORD_BYTES)["queue_size"]
+    # the same share of memory: the byte figures scale the counts
+    assert abs(q_etw * RECORD_BYTES - q_replay * ENTRY_BYTES["queue_size"]) <= ENTRY_BYTES["queue_size"]
+    assert q_corr < q_replay < q_etw
+    assert etw.sensor.queue_size == q_etw

@@ -355,7 +355,9 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
     from .budget import apply_memory_caps
     parts = Parts(config=cfg, rules=checked.rules, rule_problems=checked.rule_problems,
                   rule_packs=checked.rule_packs, warnings=list(checked.warnings))
-    parts.caps = apply_memory_caps(cfg)    # [sensor] memory_limit_mb sizes the tables
+    # [sensor] memory_limit_mb sizes the tables (the queue by what it holds: raw ETW records,
+    # events, or both with correlations)
+    parts.caps = apply_memory_caps(cfg, correlations=bool(checked.correlations))
     if checked.correlations:
         from ..detect.correlate import CorrelationEngine
         c = cfg.correlation

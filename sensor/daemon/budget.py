@@ -23,7 +23,10 @@ ever blocks or slows the ETW callback: shedding only removes work.
 
 Memory: :func:`memory_caps` sizes the event queue, the PE cache and the process table from
 ``memory_limit_mb`` at start (never above what the config asks), and the thread reports the
-resident size; over the limit, a health alert (``sensor-health-memory-over-budget``).
+resident size; over the limit, a health alert (``sensor-health-memory-over-budget``). What the
+queue holds depends on the source: under the ETW source it is the record queue between the
+consumer callback and the worker (raw records, the payload bytes still undecoded: about 0.6 KB
+each), under the others the pipeline's queue of decoded events (about 2.6 KB each).
 """
 from __future__ import annotations
 
@@ -44,30 +47,49 @@ ORIGIN_SHED = "shed"
 # compiled: README "Performance": ~49 MB), and what one entry of each table costs.
 BASE_MB = 56.0
 ENTRY_BYTES = {"queue_size": 2600, "pe_cache_size": 1200, "process_table_size": 700}
+# One queued raw ETW record (the ETW source's queue): the record tuple, its payload bytes and
+# integers, and the deque slot. Measured on process starts of a server (a system-logger Start
+# with its command line, a Kernel-Process start and stop): 465 to 810 bytes, 544 on average.
+# A record whose command line is 32,767 characters holds 64 KiB: a queue full of them is
+# larger than this budget says (the count bounds it, not the bytes).
+RECORD_BYTES = 600
 SHARE = {"queue_size": 0.45, "pe_cache_size": 0.2, "process_table_size": 0.35}
 FLOOR = {"queue_size": 1024, "pe_cache_size": 256, "process_table_size": 4096}
 
 
-def memory_caps(limit_mb: float, asked: dict[str, int]) -> dict[str, int]:
+def queue_entry_bytes(source_kind: str, correlations: bool = False) -> int:
+    """What one slot of ``sensor.queue_size`` holds when full. The ETW source queues raw records
+    and its worker runs the batches itself (the pipeline's event queue stays empty), except
+    with Sigma correlations, whose matcher thread has the event queue too: both can fill."""
+    if source_kind != "etw":
+        return ENTRY_BYTES["queue_size"]
+    return RECORD_BYTES + (ENTRY_BYTES["queue_size"] if correlations else 0)
+
+
+def memory_caps(limit_mb: float, asked: dict[str, int], queue_bytes: int | None = None) -> dict[str, int]:
     """The table sizes ``limit_mb`` allows: each table's share of what is left above
-    :data:`BASE_MB`, never more than ``asked`` (the config) and never below a floor."""
+    :data:`BASE_MB`, never more than ``asked`` (the config) and never below a floor.
+    ``queue_bytes``: one queue slot (:func:`queue_entry_bytes`; decoded events by default)."""
     if not limit_mb:
         return dict(asked)
     spare = max(0.0, limit_mb - BASE_MB) * 1024 * 1024
+    entry = dict(ENTRY_BYTES, queue_size=queue_bytes) if queue_bytes else ENTRY_BYTES
     out = {}
     for key, want in asked.items():
-        fit = int(spare * SHARE[key] / ENTRY_BYTES[key])
+        fit = int(spare * SHARE[key] / entry[key])
         out[key] = max(min(want, FLOOR[key]), min(want, fit))
     return out
 
 
-def apply_memory_caps(cfg) -> dict[str, int]:
-    """Lower the config's table sizes to what ``[sensor] memory_limit_mb`` allows (in place)."""
+def apply_memory_caps(cfg, correlations: bool = False) -> dict[str, int]:
+    """Lower the config's table sizes to what ``[sensor] memory_limit_mb`` allows (in place).
+    ``correlations``: Sigma correlations are loaded (see :func:`queue_entry_bytes`)."""
     asked = {"queue_size": cfg.sensor.queue_size, "pe_cache_size": cfg.enrich.pe.cache_size,
              "process_table_size": cfg.source.etw.process_table_size}
     if not cfg.sensor.memory_limit_mb:
         return {}
-    caps = memory_caps(cfg.sensor.memory_limit_mb, asked)
+    caps = memory_caps(cfg.sensor.memory_limit_mb, asked,
+                       queue_entry_bytes(cfg.source.kind, correlations))
     cfg.sensor.queue_size = caps["queue_size"]
     cfg.enrich.pe.cache_size = caps["pe_cache_size"]
     cfg.source.etw.process_table_size = caps["process_table_size"]

@@ -108,6 +108,8 @@ class Forwarder(threading.Thread):
         self._claims: dict[int, tuple[int, int]] = {}  # batches in flight: token -> (first, last rowid)
         self._next_claim = 0
         self._workers: list[threading.Thread] = []
+        # Per worker thread: its last step sent a batch that held every row there was.
+        self._local = threading.local()
         # Settled rows whose acknowledgement (delete / move to dead letters) the disk refused:
         # rowid -> ("ack",) or ("dead", reason, status). Never fetched again while here.
         self._unconfirmed: dict[int, tuple] = {}
@@ -172,6 +174,7 @@ class Forwarder(threading.Thread):
 
     def step(self) -> float | None:
         """One cycle: send what is due. Returns seconds to wait, 0 for "go on", IDLE when empty."""
+        self._local.drained = False
         now = self.clock()
         self._upkeep(now)
         with self._lock:
@@ -181,8 +184,9 @@ class Forwarder(threading.Thread):
                 # Everything more would only add to what the disk cannot record: wait for it.
                 return max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             # Claim a batch no other worker holds (the rows stay in the spool until confirmed).
+            more: list = []
             items = self.spool.fetch(self._cap, self.config.batch_max_bytes,
-                                     exclude=list(self._claims.values()), skip=_Skip(self, now))
+                                     exclude=list(self._claims.values()), skip=_Skip(self, now), more=more)
             if not items:
                 return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             if len(items) < self._cap and self.config.linger > 0:
@@ -193,10 +197,13 @@ class Forwarder(threading.Thread):
             self._claims[token] = (items[0].rowid, items[-1].rowid)
             round_ = self._round
         try:
-            return self._send_items(items, round_)
+            delay = self._send_items(items, round_)
         finally:
             with self._lock:
                 del self._claims[token]
+        if delay == 0 and not more:
+            self._local.drained = True
+        return delay
 
     def _upkeep(self, now: float) -> None:
         """Spool upkeep that must not stop delivery: confirmations waiting for disk space, held
@@ -530,6 +537,11 @@ class Forwarder(threading.Thread):
             try:
                 delay = self.step()
                 errors = 0
+                if delay == 0 and self._local.drained and not self._unconfirmed:
+                    # Sent, and that fetch held every row there was: wait for new ones instead
+                    # of fetching again to find none (a row written since then moved the
+                    # write mark, so the wait below returns at once).
+                    delay = IDLE
             except SpoolError as exc:
                 # Like Vector on disk errors: loud. The sensor keeps trying rather than exiting; the
                 # same failure is logged once, then every tenth time.
@@ -546,7 +558,10 @@ class Forwarder(threading.Thread):
                 wait = poll
                 if poll is not None and self._spool_in_fault():
                     wait = min(poll, FAULT_POLL)   # keep up the upkeep: held alerts, disk full
-                self.spool.wait_for_data(mark, wait)
+                if self.spool.wait_for_data(mark, wait) != mark and self.config.linger > 0:
+                    # New alerts: let the batch fill for ``linger`` before the one fetch that
+                    # sends it (fetching at once only learns that it is too young to go).
+                    self._stop_event.wait(self.config.linger)
             elif delay > 0:
                 self._stop_event.wait(delay)
 

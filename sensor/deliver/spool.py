@@ -1072,11 +1072,14 @@ class Spool:
     # -- reading and confirming ----------------------------------------------------------------
 
     def fetch(self, limit: int, max_bytes: int | None = None, after: int = 0,
-              exclude: Sequence[tuple[int, int]] = (), skip: Collection[int] = ()) -> list[SpooledAlert]:
+              exclude: Sequence[tuple[int, int]] = (), skip: Collection[int] = (),
+              more: list | None = None) -> list[SpooledAlert]:
         """The oldest ``limit`` alerts (at most ``max_bytes`` of bodies, at least one).
 
         ``exclude`` lists (first, last) row-id ranges already in flight; ``skip`` row ids that
         are settled but not yet confirmed on disk (their acknowledgement waits for space).
+        ``more`` (a list): True is appended when the answer stopped at ``limit`` or
+        ``max_bytes``, so rows may be left; nothing when it holds every row there was.
         """
         where = "".join(" AND id NOT BETWEEN ? AND ?" for _ in exclude)
         ranges: list = []
@@ -1096,9 +1099,13 @@ class Spool:
                     item = _spooled(r)
                     size += len(item.body)
                     if out and max_bytes is not None and size > max_bytes:
+                        if more is not None:
+                            more.append(True)
                         return out
                     out.append(item)
                     if len(out) >= limit:
+                        if more is not None:
+                            more.append(True)
                         return out
                 if len(rows) < limit or not skip:
                     return out

@@ -1,0 +1,80 @@
+"""One fetch per batch: the forwarder's loop reads the spool once for the alerts of a commit.
+
+Before, a commit cost the forwarder a fetch on the wake-up (a partial batch younger than
+``linger``: put back), the fetch that sent it after the linger, and one more that found
+nothing left. The loop now lingers before its first fetch and, when the batch it sent held
+every row there was, waits for the next write instead of fetching again.
+"""
+from __future__ import annotations
+
+import time
+
+from sensor.deliver.forwarder import DeliveryConfig, Forwarder
+from sensor.deliver.jsonl import JsonlOutput
+from sensor.deliver.spool import Spool
+from sensor.testing.receiver import sample_alert
+
+
+class CountingSpool(Spool):
+    """The real spool, counting its fetches."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.fetches = 0
+
+    def fetch(self, *a, **kw):
+        self.fetches += 1
+        return super().fetch(*a, **kw)
+
+
+def deliver_commits(tmp_path, linger: float, commits: int = 3, per_commit: int = 4):
+    # one clock for the rows' ages and the linger wait
+    sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
+    out_path = tmp_path / "alerts.jsonl"
+    fwd = Forwarder(sp, JsonlOutput(out_path), DeliveryConfig(linger=linger, concurrency=1),
+                    clock=time.monotonic)
+    fwd.start()
+    try:
+        deadline = time.monotonic() + 60          # guards a hang only
+        while sp.fetches == 0 and time.monotonic() < deadline:   # the first look at an empty spool
+            time.sleep(0.01)
+        before = sp.fetches
+        n = 0
+        for c in range(commits):
+            sp.put_many([sample_alert(n + i) for i in range(per_commit)])
+            n += per_commit
+            while sp.depth() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sp.depth() == 0
+        time.sleep(0.05)
+    finally:
+        fwd.stop()
+        fwd.join(30)
+    lines = out_path.read_text().splitlines()
+    assert len(lines) == n
+    return sp.fetches - before
+
+
+def test_one_fetch_per_commit_with_linger(tmp_path):
+    assert deliver_commits(tmp_path, linger=0.05) == 3
+
+
+def test_one_fetch_per_commit_without_linger(tmp_path):
+    assert deliver_commits(tmp_path, linger=0.0) == 3
+
+
+def test_a_batch_cut_by_the_cap_is_followed_at_once(tmp_path):
+    """A fetch that stopped at the batch size leaves rows: the loop goes on without a write."""
+    sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
+    sp.put_many([sample_alert(i) for i in range(25)])
+    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"), DeliveryConfig(linger=0.0, batch_size=10, concurrency=1,
+                                                                         poll_interval=3600.0),
+                    clock=time.monotonic)
+    fwd.start()
+    deadline = time.monotonic() + 60
+    while sp.depth() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fwd.stop()
+    fwd.join(30)
+    assert sp.depth() == 0 and sp.fetches == 3
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 25

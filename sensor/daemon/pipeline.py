@@ -473,6 +473,7 @@ class Pipeline:
         active = self._active             # the batch's set (swapped only between batches)
         corr = active.correlator
         fed = [] if corr is not None else None
+        chosen = []
         for i in matched:
             rule = rules[i]
             if hits and excl.drops_alert(hits, rule):
@@ -483,17 +484,25 @@ class Pipeline:
                     continue
             if throttle is not None and not throttle.allow(rule.id, ev):
                 continue
+            chosen.append(rule)
+        if chosen:
             budget = self.budget
             if budget is not None:
                 if budget.skip_pe:
                     budget.drop_pe_reads(ev)    # CPU budget: no PE read that no match needed
                 if budget.skip_hashes:
                     budget.drop_hashes(ev)      # nor a hash
-            alert = make_alert(rule, ev)
-            if self.info:
-                alert["sensor"].update(self.info)
-            alerts.append(alert)
-            self.alerts_by_rule[rule.id] += 1
+            # the alerts of one event share its fields, select values and identity key:
+            # built once for all of them
+            many = getattr(make_alert, "many", None)
+            built = many(chosen, ev) if many is not None else [make_alert(rule, ev) for rule in chosen]
+            info = self.info
+            by_rule = self.alerts_by_rule
+            for rule, alert in zip(chosen, built):
+                if info:
+                    alert["sensor"].update(info)
+                alerts.append(alert)
+                by_rule[rule.id] += 1
         if corr is not None:
             self._take_correlated(corr.feed(ev, fed), alerts)
         return mns

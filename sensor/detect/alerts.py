@@ -18,12 +18,13 @@ import datetime as _dt
 import hashlib
 import json
 import uuid
+from itertools import islice
 from typing import Any, Mapping
 
 import msgspec
 
 from .. import __version__
-from ..events import FIELDS, field_value
+from ..events import FIELDS, ProcessEvent, field_value
 from .fields import FIELD_MAP
 from .ir import Rule
 
@@ -36,6 +37,7 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 _KEY_ENC = msgspec.json.Encoder(order="sorted")
+_NFIELDS = len(FIELDS)
 
 
 def event_key(event: Mapping[str, Any]) -> bytes:
@@ -51,8 +53,11 @@ def event_key(event: Mapping[str, Any]) -> bytes:
 
 def alert_id(rule_id: str, event: Mapping[str, Any]) -> str:
     """Stable alert id: the same rule and the same event always give the same id."""
-    h = hashlib.sha256(_NS_BYTES + rule_id.encode("utf-8", "surrogatepass") + b"\0"
-                       + event_key(event)).hexdigest()
+    return _alert_id(rule_id, event_key(event))
+
+
+def _alert_id(rule_id: str, key: bytes) -> str:
+    h = hashlib.sha256(_NS_BYTES + rule_id.encode("utf-8", "surrogatepass") + b"\0" + key).hexdigest()
     # RFC 4122 layout (version 5 nibble, variant bits) over the first 128 bits of the hash
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
@@ -78,27 +83,50 @@ def utcnow() -> str:
 def build_alert(rule: Rule, event: Mapping[str, Any], now: str | None = None,
                 rule_info: dict | None = None) -> dict:
     """The alert for ``rule`` matching ``event``."""
+    return build_alerts([(rule, rule_info if rule_info is not None else rule_summary(rule))], event, now)[0]
+
+
+def _event_copy(event: Mapping[str, Any]) -> dict:
+    """Every event field (the model's fields first, in their order, then the others)."""
+    if type(event) is ProcessEvent and tuple(islice(event, _NFIELDS)) == FIELDS:
+        # A ProcessEvent starts with every model field in the model's order (events.py): a
+        # copy is that dict already (the pending resolvers and origin are not items).
+        return dict(event)
+    ev = {k: event.get(k) for k in FIELDS}
+    ev.update((k, v) for k, v in event.items() if k not in ev)
+    return ev
+
+
+def build_alerts(rules: list[tuple[Rule, dict]], event: Mapping[str, Any], now: str | None = None) -> list[dict]:
+    """The alerts of ``event`` for each ``(rule, rule metadata block)``, in that order.
+
+    What the alerts share (the event's fields, the select values, its identity key, the time)
+    is computed once; each alert gets its own dicts."""
     resolve_all = getattr(event, "resolve_all", None)
     if resolve_all is not None:
         resolve_all()  # an alert shows every field, lazy ones included
-    alert: dict[str, Any] = {
-        "id": alert_id(rule.id, event),
-        "timestamp": now or utcnow(),
-        "event_time": event.get("UtcTime"),
-        "rule": rule_info if rule_info is not None else rule_summary(rule),
-    }
-    for name in SELECT_FIELDS + tuple(s for s in rule.select if s not in SELECT_FIELDS):
-        fld = FIELD_MAP.get(name)
-        if fld is not None:  # a pack could name a field the sensor does not know
-            alert[name] = field_value(event, fld)
-    ev = {k: event.get(k) for k in FIELDS}
-    ev.update((k, v) for k, v in event.items() if k not in ev)
-    alert["event"] = ev
+    key = event_key(event)
+    stamp = now or utcnow()
+    event_time = event.get("UtcTime")
+    select = {name: field_value(event, FIELD_MAP[name]) for name in SELECT_FIELDS if name in FIELD_MAP}
+    ev = _event_copy(event)
     origin = getattr(event, "origin", None)
-    if origin:
-        alert["field_origin"] = dict(origin)
-    alert["sensor"] = {"version": __version__}
-    return alert
+    out = []
+    for rule, info in rules:
+        alert: dict[str, Any] = {"id": _alert_id(rule.id, key), "timestamp": stamp, "event_time": event_time,
+                                 "rule": info}
+        alert.update(select)
+        for name in rule.select:
+            if name not in SELECT_FIELDS:
+                fld = FIELD_MAP.get(name)
+                if fld is not None:  # a pack could name a field the sensor does not know
+                    alert[name] = field_value(event, fld)
+        alert["event"] = dict(ev)
+        if origin:
+            alert["field_origin"] = dict(origin)
+        alert["sensor"] = {"version": __version__}
+        out.append(alert)
+    return out
 
 
 class AlertFactory:
@@ -107,8 +135,15 @@ class AlertFactory:
     def __init__(self) -> None:
         self._info: dict[int, dict] = {}
 
-    def __call__(self, rule: Rule, event: Mapping[str, Any]) -> dict:
+    def _summary(self, rule: Rule) -> dict:
         info = self._info.get(id(rule))
         if info is None:
             info = self._info[id(rule)] = rule_summary(rule)
-        return build_alert(rule, event, rule_info=info)
+        return info
+
+    def __call__(self, rule: Rule, event: Mapping[str, Any]) -> dict:
+        return build_alerts([(rule, self._summary(rule))], event)[0]
+
+    def many(self, rules: list[Rule], event: Mapping[str, Any]) -> list[dict]:
+        """The alerts of one event for several rules (what they share is built once)."""
+        return build_alerts([(rule, self._summary(rule)) for rule in rules], event)

@@ -322,8 +322,8 @@ def child_sensor(config: str) -> int:
     devices = dict(header["devices"])
     parts.source = EtwSource(ecfg, backend=PipeBackend(fh, lambda: print("ready", flush=True)),
                              helpers={"device_loader": lambda: devices})
-    pipeline = make_pipeline(parts)
     prof = _profile_worker(os.environ.get("LIVE_COST_PROFILE")) or _time_sections(os.environ.get("LIVE_COST_SECTIONS"))
+    pipeline = make_pipeline(parts)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     code = serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
@@ -383,6 +383,28 @@ def _time_sections(path: str | None):
     wrap(EtwProcessor, "handle", key=lambda a: f"handle src={a[0][0]} id={a[0][1]} op={a[0][3]}")
     wrap(Pipeline, "run_batch")
     wrap(Pipeline, "commit")
+    from sensor.daemon import assemble
+    from sensor.deliver.forwarder import Forwarder
+    from sensor.deliver.jsonl import JsonlOutput
+    from sensor.deliver.spool import Spool
+    from sensor.detect.alerts import AlertFactory
+    wrap(AlertFactory, "__call__", key=lambda a: "alert build")
+    wrap(Spool, "put_many")
+    wrap(Spool, "fetch", key=lambda a: "forwarder fetch")
+    wrap(Spool, "ack", key=lambda a: "forwarder ack")
+    wrap(JsonlOutput, "send_batch", key=lambda a: "forwarder send (ECS, write, fsync)")
+    wrap(Forwarder, "step", key=lambda a: "forwarder step (all of it)")
+    hook = assemble._log_alert
+
+    def log_alert(alert):
+        t0 = clock()
+        try:
+            return hook(alert)
+        finally:
+            e = acc.setdefault("alert log line", [0, 0])
+            e[0] += clock() - t0
+            e[1] += 1
+    assemble._log_alert = log_alert
     make = Pipeline._process
 
     class Timed:

@@ -454,7 +454,11 @@ _alert_log = logging.getLogger("sensor.alerts")
 
 
 def _log_alert(alert: dict) -> None:
-    _alert_log.warning("%s", alert_log_line(alert))
+    # The record goes straight to the handlers: ``warning()`` would first look up its caller
+    # (a walk up the stack, per alert) for a file name and line the log format never shows.
+    if _alert_log.isEnabledFor(logging.WARNING):
+        _alert_log.handle(_alert_log.makeRecord(_alert_log.name, logging.WARNING, "(alert)", 0,
+                                                alert_log_line(alert), (), None, "alert"))
 
 
 def make_pipeline(parts: Parts):

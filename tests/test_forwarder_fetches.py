@@ -78,3 +78,53 @@ def test_a_batch_cut_by_the_cap_is_followed_at_once(tmp_path):
     fwd.join(30)
     assert sp.depth() == 0 and sp.fetches == 3
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 25
+
+
+def test_a_second_worker_sleeps_through_a_commit_the_first_takes(tmp_path):
+    """With two workers, the alerts of a commit that fit in one request cost one fetch: the
+    second worker wakes for the write but leaves them to the first."""
+    sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
+    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"), DeliveryConfig(linger=0.02, concurrency=2),
+                    clock=time.monotonic)
+    fwd.start()
+    deadline = time.monotonic() + 60
+    try:
+        while sp.fetches < 2 and time.monotonic() < deadline:     # each worker's first look
+            time.sleep(0.01)
+        before = sp.fetches
+        for c in range(4):
+            sp.put_many([sample_alert(10 * c + i) for i in range(3)])
+            while sp.depth() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(0.1)
+    finally:
+        fwd.stop()
+        fwd.join(30)
+    assert sp.depth() == 0 and len((tmp_path / "a.jsonl").read_text().splitlines()) == 12
+    assert sp.fetches - before == 4
+
+
+def test_a_second_worker_joins_a_backlog(tmp_path):
+    """A commit larger than one request: both workers send (no row twice, none lost)."""
+    sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
+
+    class Slow(JsonlOutput):
+        def send_batch(self, alerts):
+            time.sleep(0.05)          # keeps a request in flight while the other worker looks
+            return super().send_batch(alerts)
+    fwd = Forwarder(sp, Slow(tmp_path / "a.jsonl"), DeliveryConfig(linger=0.0, batch_size=5, concurrency=2),
+                    clock=time.monotonic)
+    fwd.start()
+    deadline = time.monotonic() + 60
+    try:
+        while sp.fetches < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sp.put_many([sample_alert(i) for i in range(60)])
+        while sp.depth() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        fwd.stop()
+        fwd.join(30)
+    ids = [line for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(ids) == 60 and len(set(ids)) == 60
+    assert fwd.stats()["requests"] == 12

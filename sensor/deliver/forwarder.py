@@ -110,6 +110,9 @@ class Forwarder(threading.Thread):
         self._workers: list[threading.Thread] = []
         # Per worker thread: its last step sent a batch that held every row there was.
         self._local = threading.local()
+        # The last fetch left rows behind (more than one request holds): a second worker that
+        # wakes for new alerts joins in only then.
+        self._rows_left = False
         # Settled rows whose acknowledgement (delete / move to dead letters) the disk refused:
         # rowid -> ("ack",) or ("dead", reason, status). Never fetched again while here.
         self._unconfirmed: dict[int, tuple] = {}
@@ -187,6 +190,7 @@ class Forwarder(threading.Thread):
             more: list = []
             items = self.spool.fetch(self._cap, self.config.batch_max_bytes,
                                      exclude=list(self._claims.values()), skip=_Skip(self, now), more=more)
+            self._rows_left = bool(more)
             if not items:
                 return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             if len(items) < self._cap and self.config.linger > 0:
@@ -532,10 +536,18 @@ class Forwarder(threading.Thread):
         if poll is not None and poll < 0:
             poll = self.config.poll_interval
         errors = 0
+        rest = False
         while not self._stop_event.is_set():
             mark = self.spool.write_mark
             try:
-                delay = self.step()
+                if rest:
+                    # (a second worker) new alerts that fit in the first worker's request: it
+                    # takes them; this one joins when they do not (the last fetch left rows)
+                    # and otherwise goes back to sleep instead of fetching to find them taken.
+                    rest = False
+                    delay = IDLE
+                else:
+                    delay = self.step()
                 errors = 0
                 if delay == 0 and self._local.drained and not self._unconfirmed:
                     # Sent, and that fetch held every row there was: wait for new ones instead
@@ -558,10 +570,14 @@ class Forwarder(threading.Thread):
                 wait = poll
                 if poll is not None and self._spool_in_fault():
                     wait = min(poll, FAULT_POLL)   # keep up the upkeep: held alerts, disk full
-                if self.spool.wait_for_data(mark, wait) != mark and self.config.linger > 0:
-                    # New alerts: let the batch fill for ``linger`` before the one fetch that
-                    # sends it (fetching at once only learns that it is too young to go).
-                    self._stop_event.wait(self.config.linger)
+                if self.spool.wait_for_data(mark, wait) != mark:
+                    if self.config.linger > 0:
+                        # New alerts: let the batch fill for ``linger`` before the one fetch
+                        # that sends it (fetching at once only learns that it is too young).
+                        self._stop_event.wait(self.config.linger)
+                    if poll is None:
+                        with self._lock:
+                            rest = not self._rows_left
             elif delay > 0:
                 self._stop_event.wait(delay)
 

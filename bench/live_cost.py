@@ -25,6 +25,13 @@ difference (``net``); the ratio sensor/floor is printed too.
     python bench/live_cost.py --quick                # shorter phases, rates up to 1,000/s
     python bench/live_cost.py --rates 0,10 --json
     python bench/live_cost.py --flush-ms 500         # bursts every 500 ms (source.etw.flush_ms = 500)
+    python bench/live_cost.py --rates 10 --sections parts.json   # thread CPU of each part of the worker
+    python bench/live_cost.py --rates 10 --profile worker.prof    # cProfile of the ETW worker thread
+
+``--sections`` times (thread CPU, per call) the record decoders, each kind of record through the
+processor, the pipeline's batch, the matcher, the alert build, the log line, the spool commit and
+the forwarder's fetch, send and acknowledgement, inside the sensor process; the timing wrappers
+add their own cost. ``--profile`` runs the ETW worker thread under cProfile.
 
 The flush interval is how often ETW hands a quiet session's buffers to the consumer: the records
 of a start arrive with those of every other start of the same interval, and the sensor wakes once
@@ -388,7 +395,12 @@ def _time_sections(path: str | None):
     from sensor.deliver.jsonl import JsonlOutput
     from sensor.deliver.spool import Spool
     from sensor.detect.alerts import AlertFactory
+    from sensor.sources.etw_decode import PayloadDecoder
     wrap(AlertFactory, "__call__", key=lambda a: "alert build")
+    if hasattr(AlertFactory, "many"):      # the alerts of one event together (calls: events)
+        wrap(AlertFactory, "many", key=lambda a: "alert build")
+    wrap(PayloadDecoder, "kernel_process", key=lambda a: f"decode kernel-process id={a[0]}")
+    wrap(PayloadDecoder, "system_process", key=lambda a: "decode system-logger")
     wrap(Spool, "put_many")
     wrap(Spool, "fetch", key=lambda a: "forwarder fetch")
     wrap(Spool, "ack", key=lambda a: "forwarder ack")

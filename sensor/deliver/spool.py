@@ -1078,8 +1078,9 @@ class Spool:
 
         ``exclude`` lists (first, last) row-id ranges already in flight; ``skip`` row ids that
         are settled but not yet confirmed on disk (their acknowledgement waits for space).
-        ``more`` (a list): True is appended when the answer stopped at ``limit`` or
-        ``max_bytes``, so rows may be left; nothing when it holds every row there was.
+        ``more`` (a list): True is appended when rows may be left: the answer stopped at
+        ``limit`` or ``max_bytes``, or passed over rows in ``skip`` (which may be due after the
+        next send); nothing when it holds every row there was.
         """
         where = "".join(" AND id NOT BETWEEN ? AND ?" for _ in exclude)
         ranges: list = []
@@ -1095,6 +1096,8 @@ class Spool:
                 for r in rows:
                     after = r[0]
                     if r[0] in skip:
+                        if more is not None and not more:
+                            more.append(True)
                         continue
                     item = _spooled(r)
                     size += len(item.body)

@@ -266,6 +266,54 @@ def test_field_nobody_provides_is_called_out():
     assert any("no event source provides" in w for w in field_warnings(rule))
 
 
+def test_field_warnings_name_exactly_the_sources_that_lack_the_field():
+    # docs/sigma.md "Field mapping": one warning per field, naming the sources that lack it
+    rule = rule_from("""\
+        s:
+          OriginalFileName: 'x.exe'
+          Hashes|contains: 'MD5='
+          Provider_Name: 'p'
+          Image|endswith: '\\x.exe'
+          GrandParentImage|endswith: '\\y.exe'
+        k:
+          - 'keyword'
+        condition: s or k
+        """)
+    assert field_warnings(rule) == [
+        "reads GrandParentImage, which Sysmon EID 1 and Security 4688 never provide",
+        "reads Hashes, which Security 4688 and ETW never provide",
+        "reads OriginalFileName, which Security 4688 never provides",
+        "reads Provider_Name, which no event source provides (predicates on it are always false)",
+    ]
+
+
+def test_rule_without_id_title_or_level_gets_the_documented_defaults():
+    text = ("logsource:\n    category: process_creation\n"
+            "detection:\n    s:\n        Image: a\n    condition: s\n")
+    (untitled,) = load_sigma_text("title: ''\n" + text, "rules/no_id.yml").rules
+    assert untitled.title == "no_id"           # an alert always has a title: the file's name
+    (rule,) = load_sigma_text("title: T\n" + text, "rules/no_id.yml").rules
+    assert rule.id == "sigma-no_id" and rule.title == "T" and rule.level == "medium"
+    assert rule.meta["file"] == "no_id.yml" and "status" not in rule.meta
+    assert rule.meta["logsource"] == {"category": "process_creation"}
+    assert rule.description == "" and rule.author == "" and rule.tags == ()
+
+
+def test_rule_metadata_fields_are_carried_as_written():
+    text = HEAD.replace("title: Test Rule\n", "title: Test Rule\nname: the_rule\n") + (
+        "status: experimental\ndate: 2024-01-02\nmodified: 2024-03-04\n"
+        "description: '  spaced  '\nauthor: Someone\nreferences: [https://example.org/a]\n"
+        "falsepositives: [Admins]\nlevel: critical\ntags: [attack.execution]\n"
+        "detection:\n    s:\n        Image: a\n    condition: s\n")
+    (rule,) = load_sigma_text(text, "x/meta.yml").rules
+    assert rule.level == "critical" and rule.description == "spaced" and rule.author == "Someone"
+    assert rule.references == ("https://example.org/a",) and rule.falsepositives == ("Admins",)
+    assert rule.meta == {"format": "sigma", "status": "experimental", "date": "2024-01-02",
+                         "modified": "2024-03-04",
+                         "logsource": {"category": "process_creation", "product": "windows"},
+                         "file": "meta.yml", "name": "the_rule"}
+
+
 def test_builtin_rule_is_prepended_and_missing_paths_rejected(tmp_path):
     report = load_rules([tmp_path / "nope.yml"])
     assert report.rules[0].origin == "builtin"

@@ -188,6 +188,35 @@ def test_wildcard_forms_use_the_cheapest_op():
                    "a*c": "glob", "a?c": "glob", "*": "glob"}
 
 
+@pytest.mark.parametrize("kw", ["foo", "*foo", "foo*", "*foo*"])
+def test_a_keyword_is_one_substring_search_whatever_stars_it_has_at_its_ends(kw):
+    # docs/sigma.md: "a plain keyword is a substring search (*kw*)": stars at the ends add nothing
+    rule = rule_from(f"k:\n  - '{kw}'\ncondition: k")
+    assert [(p.field, p.op, p.values) for p in rule.predicates] == [(None, "contains", ("foo",))]
+
+
+def test_a_lone_star_keyword_matches_any_event_with_a_value(make_matcher):
+    rule = rule_from("k:\n  - '*'\ncondition: k")
+    m = make_matcher([rule])
+    assert m.match(ev(Image="x")) == [0] and m.match(ev()) == []
+
+
+def test_text_parts_side_by_side_are_one_text():
+    # A SigmaString may hold its text in several pieces (pySigma merges them today; a value
+    # built from parts need not be): the pieces are one value.
+    from sigma.types import SigmaString, SpecialChars
+
+    from sensor.detect.sigma import _string_leaf
+
+    for pieces, op, value in ((["C:\\", "x", "\\y"], "eq", "C:\\x\\y"),
+                              (["a", "b", SpecialChars.WILDCARD_MULTI], "startswith", "ab"),
+                              ([SpecialChars.WILDCARD_MULTI, "a", "b", "c"], "endswith", "abc")):
+        s = SigmaString("placeholder")
+        s.s = tuple(pieces)
+        leaf = _string_leaf("Image", s, False)
+        assert (leaf.op, leaf.values) == (op, (value,)), pieces
+
+
 def test_4688_field_names_in_a_rule_read_the_taxonomy_field(make_matcher):
     rule = rule_from("s:\n  NewProcessName|endswith: '\\cmd.exe'\ncondition: s")
     assert rule.predicates[0].field == "Image"

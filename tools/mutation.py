@@ -427,20 +427,37 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants{sample}; timeout {timeout:.0f} s each")
     t_start = time.monotonic()
 
+    sha = hashlib.sha256(original.encode()).hexdigest()
+    out = RESULTS / f"{module_key(module)}.json"
+
     def save(done: int) -> dict:
         result = {
-            "module": module, "tests": tests,
-            "source_sha256": hashlib.sha256(original.encode()).hexdigest(),
+            "module": module, "tests": tests, "source_sha256": sha,
             "baseline_seconds": round(base, 2), "timeout": timeout,
             "seconds": round(time.monotonic() - t_start, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M"),
-            "lines": list(args.lines) if args.lines else None,
+            "lines": [list(args.lines)] if args.lines else None,
             "partial": done < len(mutants),
             "sites": total, "sample_seed": args.seed if len(sites) < total else None,
             "mutants": [asdict(m) for m in mutants],
         }
+        if args.lines and out.exists():
+            # a part of the module: merged with the other parts run on the same source
+            old = json.loads(out.read_text())
+            ranges = old.get("lines") or []
+            if ranges and isinstance(ranges[0], int):
+                ranges = [ranges]
+            if old["source_sha256"] == sha and ranges:
+                a, b = args.lines
+                secs = dict(old.get("range_seconds") or {f"{x}-{y}": old["seconds"] for x, y in ranges})
+                secs[f"{a}-{b}"] = result["seconds"]
+                result.update(
+                    lines=sorted([r for r in ranges if r != [a, b]] + [[a, b]]),
+                    mutants=[x for x in old["mutants"] if not a <= x["line"] <= b] + result["mutants"],
+                    range_seconds=secs, seconds=round(sum(secs.values()), 1),
+                    tests=old["tests"] + [t for t in tests if t not in old["tests"]])
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{module_key(module)}.json").write_text(json.dumps(result, indent=1))
+        out.write_text(json.dumps(result, indent=1))
         return result
 
     try:
@@ -508,7 +525,8 @@ def report(results: list[dict], entries: list[dict]) -> tuple[str, list[str]]:
                                  f"  `{m.original}` -> `{m.mutated}`")
         pending = sum(m.outcome == "pending" for m in ms)
         if pending or r.get("lines"):
-            scope = f"lines {r['lines'][0]}-{r['lines'][1]} only" if r.get("lines") else "all lines"
+            scope = ("lines " + ", ".join(f"{a}-{b}" for a, b in r["lines"]) + " only"
+                     if r.get("lines") else "all lines")
             lines.append(f"|  | ({scope}; {pending} not run yet: interrupted) |||||||" if pending
                          else f"|  | ({scope}) |||||||")
     lines += ["", f"Target: >= {TARGET:.0%} killed per module; timeouts count as killed.", ""]

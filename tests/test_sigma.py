@@ -127,6 +127,32 @@ CASES = [
     ("s:\n  ParentImage|fieldref: Image\ncondition: s", ev(Image=r"C:\a.exe", ParentImage=r"c:\A.EXE"), True),
     ("s:\n  ParentImage|fieldref: Image\ncondition: s", ev(Image=r"C:\a.exe", ParentImage=r"C:\b.exe"), False),
     ("s:\n  ParentImage|fieldref: Image\ncondition: s", ev(ParentImage=r"C:\b.exe"), False),
+    # a selection's fields (an AND) inside an AND condition, lists (an OR) inside an OR: every
+    # operand of the inner group still counts
+    ("s1:\n  Image: a\n  User: u\ns2:\n  CommandLine: c\ncondition: s1 and s2",
+     ev(Image="a", User="other", CommandLine="c"), False),
+    ("s1:\n  Image: a\n  User: u\ns2:\n  CommandLine: c\ncondition: s1 and s2",
+     ev(Image="a", User="u", CommandLine="c"), True),
+    ("s1:\n  - Image: a\n  - User: u\ns2:\n  CommandLine: c\ncondition: s1 or s2",
+     ev(Image="a"), True),
+    ("s1:\n  - Image: a\n  - User: u\ns2:\n  CommandLine: c\ncondition: s2 or (s1 or s2)",
+     ev(Image="a"), True),
+    # a single-character wildcard before a trailing star: one character must be there
+    ("s:\n  Image: '?abc*'\ncondition: s", ev(Image="xabcde"), True),
+    ("s:\n  Image: '?abc*'\ncondition: s", ev(Image="abcde"), False),
+    # fieldref with startswith / endswith / contains: the other field's value at that place only
+    ("s:\n  CommandLine|fieldref|startswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"c:\A.exe /run"), True),
+    ("s:\n  CommandLine|fieldref|startswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"run C:\a.exe"), False),
+    ("s:\n  CommandLine|fieldref|endswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"run C:\A.EXE"), True),
+    ("s:\n  CommandLine|fieldref|endswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"C:\a.exe /run"), False),
+    ("s:\n  CommandLine|fieldref|contains: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"x C:\a.exe y"), True),
+    ("s:\n  CommandLine|fieldref|contains: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"x C:\b.exe y"), False),
     ("s:\n  CommandLine|fieldref|startswith: Image\ncondition: s",
      ev(Image=r"C:\a.exe", CommandLine=r"C:\A.exe -x"), True),
     ("s:\n  CommandLine|fieldref|endswith: Image\ncondition: s",
@@ -215,6 +241,19 @@ def test_text_parts_side_by_side_are_one_text():
         s.s = tuple(pieces)
         leaf = _string_leaf("Image", s, False)
         assert (leaf.op, leaf.values) == (op, (value,)), pieces
+
+
+@pytest.mark.parametrize("op", ["and", "or"])
+def test_a_long_parenthesised_chain_of_one_operator_is_one_flat_group(op, make_matcher):
+    # `s and (t and (s and ...))` 100 levels deep means one AND of all its operands: it loads
+    # (the IR's nesting bound is 64 levels) and decides like the flat form
+    n = 100
+    cond = "".join(f"{'s' if i % 2 else 't'} {op} (" for i in range(n)) + "s" + ")" * n
+    rule = rule_from(f"s:\n  Image: a\nt:\n  User: u\ncondition: {cond}")
+    assert rule.condition[0] == op and all(c[0] == "pred" for c in rule.condition[1:])
+    m = make_matcher([rule])
+    assert m.match(ev(Image="a", User="u")) == [0]
+    assert m.match(ev(Image="a", User="x")) == ([] if op == "and" else [0])
 
 
 def test_4688_field_names_in_a_rule_read_the_taxonomy_field(make_matcher):

@@ -127,6 +127,32 @@ CASES = [
     ("s:\n  ParentImage|fieldref: Image\ncondition: s", ev(Image=r"C:\a.exe", ParentImage=r"c:\A.EXE"), True),
     ("s:\n  ParentImage|fieldref: Image\ncondition: s", ev(Image=r"C:\a.exe", ParentImage=r"C:\b.exe"), False),
     ("s:\n  ParentImage|fieldref: Image\ncondition: s", ev(ParentImage=r"C:\b.exe"), False),
+    # a selection's fields (an AND) inside an AND condition, lists (an OR) inside an OR: every
+    # operand of the inner group still counts
+    ("s1:\n  Image: a\n  User: u\ns2:\n  CommandLine: c\ncondition: s1 and s2",
+     ev(Image="a", User="other", CommandLine="c"), False),
+    ("s1:\n  Image: a\n  User: u\ns2:\n  CommandLine: c\ncondition: s1 and s2",
+     ev(Image="a", User="u", CommandLine="c"), True),
+    ("s1:\n  - Image: a\n  - User: u\ns2:\n  CommandLine: c\ncondition: s1 or s2",
+     ev(Image="a"), True),
+    ("s1:\n  - Image: a\n  - User: u\ns2:\n  CommandLine: c\ncondition: s2 or (s1 or s2)",
+     ev(Image="a"), True),
+    # a single-character wildcard before a trailing star: one character must be there
+    ("s:\n  Image: '?abc*'\ncondition: s", ev(Image="xabcde"), True),
+    ("s:\n  Image: '?abc*'\ncondition: s", ev(Image="abcde"), False),
+    # fieldref with startswith / endswith / contains: the other field's value at that place only
+    ("s:\n  CommandLine|fieldref|startswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"c:\A.exe /run"), True),
+    ("s:\n  CommandLine|fieldref|startswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"run C:\a.exe"), False),
+    ("s:\n  CommandLine|fieldref|endswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"run C:\A.EXE"), True),
+    ("s:\n  CommandLine|fieldref|endswith: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"C:\a.exe /run"), False),
+    ("s:\n  CommandLine|fieldref|contains: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"x C:\a.exe y"), True),
+    ("s:\n  CommandLine|fieldref|contains: Image\ncondition: s",
+     ev(Image=r"C:\a.exe", CommandLine=r"x C:\b.exe y"), False),
     ("s:\n  CommandLine|fieldref|startswith: Image\ncondition: s",
      ev(Image=r"C:\a.exe", CommandLine=r"C:\A.exe -x"), True),
     ("s:\n  CommandLine|fieldref|endswith: Image\ncondition: s",
@@ -186,6 +212,48 @@ def test_wildcard_forms_use_the_cheapest_op():
            for d in ("abc", "*abc*", "abc*", "*abc", "a*c", "a?c", "*")}
     assert ops == {"abc": "eq", "*abc*": "contains", "abc*": "startswith", "*abc": "endswith",
                    "a*c": "glob", "a?c": "glob", "*": "glob"}
+
+
+@pytest.mark.parametrize("kw", ["foo", "*foo", "foo*", "*foo*"])
+def test_a_keyword_is_one_substring_search_whatever_stars_it_has_at_its_ends(kw):
+    # docs/sigma.md: "a plain keyword is a substring search (*kw*)": stars at the ends add nothing
+    rule = rule_from(f"k:\n  - '{kw}'\ncondition: k")
+    assert [(p.field, p.op, p.values) for p in rule.predicates] == [(None, "contains", ("foo",))]
+
+
+def test_a_lone_star_keyword_matches_any_event_with_a_value(make_matcher):
+    rule = rule_from("k:\n  - '*'\ncondition: k")
+    m = make_matcher([rule])
+    assert m.match(ev(Image="x")) == [0] and m.match(ev()) == []
+
+
+def test_text_parts_side_by_side_are_one_text():
+    # A SigmaString may hold its text in several pieces (pySigma merges them today; a value
+    # built from parts need not be): the pieces are one value.
+    from sigma.types import SigmaString, SpecialChars
+
+    from sensor.detect.sigma import _string_leaf
+
+    for pieces, op, value in ((["C:\\", "x", "\\y"], "eq", "C:\\x\\y"),
+                              (["a", "b", SpecialChars.WILDCARD_MULTI], "startswith", "ab"),
+                              ([SpecialChars.WILDCARD_MULTI, "a", "b", "c"], "endswith", "abc")):
+        s = SigmaString("placeholder")
+        s.s = tuple(pieces)
+        leaf = _string_leaf("Image", s, False)
+        assert (leaf.op, leaf.values) == (op, (value,)), pieces
+
+
+@pytest.mark.parametrize("op", ["and", "or"])
+def test_a_long_parenthesised_chain_of_one_operator_is_one_flat_group(op, make_matcher):
+    # `s and (t and (s and ...))` 100 levels deep means one AND of all its operands: it loads
+    # (the IR's nesting bound is 64 levels) and decides like the flat form
+    n = 100
+    cond = "".join(f"{'s' if i % 2 else 't'} {op} (" for i in range(n)) + "s" + ")" * n
+    rule = rule_from(f"s:\n  Image: a\nt:\n  User: u\ncondition: {cond}")
+    assert rule.condition[0] == op and all(c[0] == "pred" for c in rule.condition[1:])
+    m = make_matcher([rule])
+    assert m.match(ev(Image="a", User="u")) == [0]
+    assert m.match(ev(Image="a", User="x")) == ([] if op == "and" else [0])
 
 
 def test_4688_field_names_in_a_rule_read_the_taxonomy_field(make_matcher):
@@ -264,6 +332,54 @@ def test_not_applicable_and_field_warnings_are_reported():
 def test_field_nobody_provides_is_called_out():
     rule = rule_from("s:\n  GreatGrandParentImage|endswith: '\\x.exe'\ncondition: s")
     assert any("no event source provides" in w for w in field_warnings(rule))
+
+
+def test_field_warnings_name_exactly_the_sources_that_lack_the_field():
+    # docs/sigma.md "Field mapping": one warning per field, naming the sources that lack it
+    rule = rule_from("""\
+        s:
+          OriginalFileName: 'x.exe'
+          Hashes|contains: 'MD5='
+          Provider_Name: 'p'
+          Image|endswith: '\\x.exe'
+          GrandParentImage|endswith: '\\y.exe'
+        k:
+          - 'keyword'
+        condition: s or k
+        """)
+    assert field_warnings(rule) == [
+        "reads GrandParentImage, which Sysmon EID 1 and Security 4688 never provide",
+        "reads Hashes, which Security 4688 and ETW never provide",
+        "reads OriginalFileName, which Security 4688 never provides",
+        "reads Provider_Name, which no event source provides (predicates on it are always false)",
+    ]
+
+
+def test_rule_without_id_title_or_level_gets_the_documented_defaults():
+    text = ("logsource:\n    category: process_creation\n"
+            "detection:\n    s:\n        Image: a\n    condition: s\n")
+    (untitled,) = load_sigma_text("title: ''\n" + text, "rules/no_id.yml").rules
+    assert untitled.title == "no_id"           # an alert always has a title: the file's name
+    (rule,) = load_sigma_text("title: T\n" + text, "rules/no_id.yml").rules
+    assert rule.id == "sigma-no_id" and rule.title == "T" and rule.level == "medium"
+    assert rule.meta["file"] == "no_id.yml" and "status" not in rule.meta
+    assert rule.meta["logsource"] == {"category": "process_creation"}
+    assert rule.description == "" and rule.author == "" and rule.tags == ()
+
+
+def test_rule_metadata_fields_are_carried_as_written():
+    text = HEAD.replace("title: Test Rule\n", "title: Test Rule\nname: the_rule\n") + (
+        "status: experimental\ndate: 2024-01-02\nmodified: 2024-03-04\n"
+        "description: '  spaced  '\nauthor: Someone\nreferences: [https://example.org/a]\n"
+        "falsepositives: [Admins]\nlevel: critical\ntags: [attack.execution]\n"
+        "detection:\n    s:\n        Image: a\n    condition: s\n")
+    (rule,) = load_sigma_text(text, "x/meta.yml").rules
+    assert rule.level == "critical" and rule.description == "spaced" and rule.author == "Someone"
+    assert rule.references == ("https://example.org/a",) and rule.falsepositives == ("Admins",)
+    assert rule.meta == {"format": "sigma", "status": "experimental", "date": "2024-01-02",
+                         "modified": "2024-03-04",
+                         "logsource": {"category": "process_creation", "product": "windows"},
+                         "file": "meta.yml", "name": "the_rule"}
 
 
 def test_builtin_rule_is_prepended_and_missing_paths_rejected(tmp_path):

@@ -920,3 +920,47 @@ def test_bulk_item_error_kept_is_at_most_300_characters():
                                                                          "reason": "x" * 5000}}}]}
     reason = _es().interpret(ALERTS[:1], _resp(200, body)).rejected[IDS[0]]
     assert reason == ("item 400 mapper_parsing_exception: " + "x" * 5000)[:300] and len(reason) == 300
+
+
+def test_plain_http_is_refused_by_the_classes_themselves_not_only_by_the_config():
+    # The default of allow_http is the safe one wherever an output is built, not just in
+    # build_output's option parsing (docs/delivery.md: plain http only when asked for).
+    from sensor.deliver.http import HttpOutput, HttpTransport
+    with pytest.raises(ConfigError, match="allow_http"):
+        HttpTransport("http://127.0.0.1:9/x")
+    with pytest.raises(ConfigError, match="allow_http"):
+        HttpOutput("http://127.0.0.1:9/x")
+
+
+def test_the_receivers_answer_reaches_the_result_with_the_token_masked():
+    # What the receiver said is what an operator needs to see in the log and the status; a
+    # receiver that echoes the request's token must not put it there.
+    import http.server
+    import threading
+
+    class Overloaded(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = f"queue full; auth was {self.headers.get('Authorization')}".encode()
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Overloaded)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        out = build_output({"url": f"http://127.0.0.1:{srv.server_port}/in", "allow_http": True,
+                            "token": "tok-5ecret-value"})
+        res = out.send_batch(ALERTS[:1])
+        assert res.outcome == RETRY and res.status == 503
+        assert "queue full" in res.detail and "***" in res.detail
+        assert "tok-5ecret-value" not in res.detail
+        out.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()

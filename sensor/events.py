@@ -100,7 +100,11 @@ class ProcessEvent(dict):
     def resolve_all(self) -> None:
         """Run every pending resolver (before the event leaves the sensor)."""
         while self.pending:
-            self.resolve(next(iter(self.pending)))
+            name = next(iter(self.pending))
+            if dict.get(self, name) is None:
+                self.resolve(name)
+            else:  # a value stored after the field was deferred wins; its resolver never runs
+                del self.pending[name]
 
     def __reduce__(self):  # copies and pickles keep values, not resolvers
         return (ProcessEvent, (dict(self),))

@@ -68,3 +68,21 @@ def test_host_name_filled_only_when_missing():
     a, b = ProcessEvent(Image="x"), ProcessEvent(Image="x", Computer="OTHER")
     enr(a), enr(b)
     assert a["Computer"] == "WS9" and b["Computer"] == "OTHER"
+
+
+def test_resolve_all_ends_when_a_deferred_field_got_its_value_meanwhile():
+    # A field deferred to a resolver and then set directly keeps the stored value; finishing the
+    # event must not spin on the resolver that no longer applies.
+    import threading
+    from sensor.events import ProcessEvent
+
+    ev = ProcessEvent({"Image": "C:\\x\\a.exe"})
+    calls = []
+    ev.set_pending("OriginalFileName", lambda e, n: calls.append(n) or "b.exe")
+    ev.set_pending("Image", lambda e, n: calls.append(n) or "C:\\other.exe")
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ev.resolve_all(), done.set()), daemon=True)
+    t.start()
+    assert done.wait(30), "resolve_all did not return"
+    assert ev["Image"] == "C:\\x\\a.exe" and ev["OriginalFileName"] == "b.exe"
+    assert calls == ["OriginalFileName"] and not ev.pending

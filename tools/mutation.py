@@ -70,7 +70,7 @@ MODULES: dict[str, list[str]] = {
     "sensor/sources/etw_decode.py": ["tests/test_etw_decode.py", "tests/test_etw_decode_native.py"],
     "sensor/enrich/process_table.py": ["tests/test_process_table.py"],
     "sensor/enrich/_pe_py.py": ["tests/test_pe.py", "tests/test_pe_property.py"],
-    "sensor/deliver/http.py": ["tests/test_outputs.py", "tests/test_delivery.py"],
+    "sensor/deliver/http.py": ["tests/test_http_contract.py", "tests/test_outputs.py", "tests/test_delivery.py"],
     "sensor/deliver/ecs.py": ["tests/test_outputs.py"],
     "sensor/deliver/splunk.py": ["tests/test_outputs.py"],
     "sensor/deliver/elastic.py": ["tests/test_outputs.py"],

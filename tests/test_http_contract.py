@@ -1,0 +1,177 @@
+"""HTTP delivery's promises (docs/delivery.md) at their edges: option ranges, how each status and
+each transport failure is classified, the defaults, and the one retry on a dropped keep-alive
+connection. Real sockets, no mocks of urllib3."""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+
+import pytest
+import urllib3.exceptions as u3
+
+from sensor.deliver.http import HttpResponse, HttpTransport, classify_exception, classify_status
+from sensor.deliver.outputs import build_output
+from sensor.deliver.protocol import BISECT, OK, PARK, RETRY, SPLIT
+from sensor.deliver.tls import ConfigError
+
+URL = "https://127.0.0.1:9/in"
+
+
+def _build(**opts):
+    out = build_output({"url": URL, **opts})
+    out.close()
+    return out
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_gzip_levels_zero_to_nine_are_accepted(level):
+    _build(gzip_level=level)
+
+
+@pytest.mark.parametrize("level", [-1, 10, True, 1.0, "1"])
+def test_gzip_levels_outside_zero_to_nine_are_refused_by_name(level):
+    with pytest.raises(ConfigError, match="gzip_level"):
+        _build(gzip_level=level)
+
+
+@pytest.mark.parametrize("key,top", [("connect_timeout", 600), ("read_timeout", 3600)])
+def test_timeouts_are_above_zero_and_at_most_their_top(key, top):
+    _build(**{key: top})
+    _build(**{key: 0.01})
+    for bad in (0, -1, top + 0.5, True, "5"):
+        with pytest.raises(ConfigError, match=key):
+            _build(**{key: bad})
+
+
+@pytest.mark.parametrize("value", ["a\tb", "~x~", "é"])
+def test_header_values_with_tab_and_printable_text_are_accepted(value):
+    _build(headers={"X-Tag": value})
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\x00b", "a\x1fb", "a\x7fb"])
+def test_header_values_with_line_breaks_or_control_characters_are_refused(value):
+    with pytest.raises(ConfigError, match="control character"):
+        _build(headers={"X-Tag": value})
+
+
+def test_every_status_class_gets_its_documented_outcome():
+    def outcome(s):
+        return classify_status(HttpResponse(s, {}, b""))
+    assert all(outcome(s) == OK for s in range(200, 300))
+    assert outcome(409) == OK                                   # the receiver has this id already
+    assert outcome(499) == PARK                                 # not a server error
+    for s in (408, 425, 429, 500, 501, 502, 503, 504, 599):
+        assert outcome(s) == RETRY, s
+    assert outcome(413) == SPLIT
+    assert outcome(400) == BISECT and outcome(422) == BISECT
+    for s in (300, 301, 302, 401, 403, 404, 405, 411, 415):
+        assert outcome(s) == PARK, s
+
+
+def test_transport_defaults_are_the_documented_ones():
+    t = HttpTransport("https://127.0.0.1/in")
+    try:
+        assert t.pool.port == 443
+        assert t.pool.timeout.connect_timeout == 5.0 and t.pool.timeout.read_timeout == 30.0
+        assert t.gzip is True and t.gzip_level == 1
+    finally:
+        t.close()
+    from sensor.deliver.http import HttpOutput
+    for out in (build_output({"url": "https://127.0.0.1/in"}), HttpOutput("https://127.0.0.1/in")):
+        _check_defaults(out)
+
+
+def _check_defaults(out):
+    try:
+        tr = out.transport
+        assert tr.pool.port == 443 and tr.gzip_level == 1
+        assert tr.pool.timeout.connect_timeout == 5.0 and tr.pool.timeout.read_timeout == 30.0
+    finally:
+        out.close()
+
+
+def test_tls_failures_that_only_configuration_can_fix_park_and_the_rest_retry():
+    # A handshake the server refuses for a reason in the configuration (certificate, protocol)
+    # parks; a connection cut during the handshake (EOF, reset) is retried.
+    outcome, msg = classify_exception(u3.SSLError("sslv3 alert handshake failure"))
+    assert outcome == PARK and msg.startswith("TLS handshake failed")
+    outcome, msg = classify_exception(u3.SSLError("certificate unknown"))
+    assert outcome == PARK
+    outcome, msg = classify_exception(u3.SSLError("EOF occurred in violation of protocol (certificate)"))
+    assert outcome == RETRY and msg.startswith("TLS connection error")
+    outcome, _ = classify_exception(u3.SSLError("connection reset during handshake failure"))
+    assert outcome == RETRY
+
+
+def test_a_connection_error_is_not_called_a_timeout():
+    outcome, msg = classify_exception(u3.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")))
+    assert outcome == RETRY and not msg.startswith("timeout")
+    outcome, msg = classify_exception(u3.ReadTimeoutError(None, "/in", "read timed out"))
+    assert outcome == RETRY and msg.startswith("timeout")
+    outcome, msg = classify_exception(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    assert outcome == PARK
+
+
+def test_a_connection_dropped_without_an_answer_is_retried_once_on_a_fresh_one():
+    # A pooled keep-alive connection the receiver closed shows up as a connection dropped
+    # without an answer: the transport retries once at once (docs/delivery.md), so that attempt
+    # succeeds when the receiver answers the second connection.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    seen = []
+
+    def serve():
+        for n in range(2):
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                seen.append(n)
+                if n == 0:
+                    continue                    # close without a word
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    t = HttpTransport(f"http://127.0.0.1:{port}/in", allow_http=True, gzip=False)
+    try:
+        resp = t.request("POST", "/in", b"{}", {"Content-Type": "application/json"})
+        assert resp.status == 200 and seen == [0, 1]
+    finally:
+        t.close()
+        th.join(30)
+        srv.close()
+
+
+def test_a_bad_port_in_the_url_is_a_configuration_error():
+    with pytest.raises(ConfigError, match="port"):
+        build_output({"url": "https://127.0.0.1:99999/in"})
+
+
+@pytest.mark.parametrize("exc", [TypeError, ValueError, OverflowError, KeyError, AttributeError])
+def test_an_alert_a_format_cannot_encode_is_rejected_not_fatal(exc):
+    # Every format renders through encode_each: one alert its renderer chokes on is rejected
+    # with the reason, the others in the batch still go.
+    from sensor.deliver.http import HttpOutput
+    from sensor.testing.receiver import sample_alert
+
+    class Picky(HttpOutput):
+        def render(self, alert):
+            if alert.get("id") == "bad":
+                raise exc("cannot render this one")
+            return super().render(alert)
+
+    out = Picky(URL)
+    try:
+        good, bad = out.encode_each([sample_alert(1), dict(sample_alert(2), id="bad")])
+        assert [a["id"] for a, _ in good] == [sample_alert(1)["id"]]
+        assert list(bad) == ["bad"] and exc.__name__ in bad["bad"]
+    finally:
+        out.close()

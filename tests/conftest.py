@@ -71,3 +71,28 @@ def make_matcher(engine):
     def make(rules):
         return _matcher.create(list(rules), engine)
     return make
+
+
+@pytest.fixture()
+def volume(tmp_path):
+    """``volume(size)``: mounts a tmpfs of that size and returns its path (a real disk that fills
+    up; needs root on Linux, skipped with the reason elsewhere). Unmounted after the test."""
+    import subprocess
+    import sys
+    if sys.platform != "linux":
+        pytest.skip("tmpfs volumes are Linux")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"vol{len(mounted)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)

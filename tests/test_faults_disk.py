@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 import uuid
@@ -25,26 +24,6 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="tmpfs volumes a
 
 FAST = dict(batch_size=50, linger=0.0, backoff_base=0.01, backoff_cap=0.05, park_interval=0.2,
             poll_interval=0.05, enforce_interval=0.0)
-
-
-@pytest.fixture()
-def volume(tmp_path):
-    """A mounted tmpfs; ``volume(size)`` mounts one of that size and returns its path."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        d = tmp_path / f"vol{len(mounted)}"
-        d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
-        mounted.append(d)
-        return d
-
-    yield mount
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def fill(path: Path) -> Path:

@@ -867,30 +867,6 @@ def test_a_foreign_meta_table_is_treated_like_damage(tmp_path):
 
 # -- a full disk (docs/delivery.md, "Faults") ---------------------------------------------------
 
-@pytest.fixture()
-def volume(tmp_path):
-    """``volume(size)``: a mounted tmpfs of that size (needs root; skipped elsewhere)."""
-    import subprocess
-    import sys
-    if sys.platform != "linux":
-        pytest.skip("tmpfs volumes are Linux")
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        d = tmp_path / f"vol{len(mounted)}"
-        d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
-        mounted.append(d)
-        return d
-
-    yield mount
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def fill(folder: Path) -> Path:
     """Fill the volume of ``folder`` with zeros until the disk says no more."""
     filler = folder / f"filler-{len(list(folder.glob('filler-*')))}.bin"

@@ -96,3 +96,20 @@ def volume(tmp_path):
     yield mount
     for d in mounted:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the volume of ``folder`` with zeros until the disk says no more (a new filler file per
+    call, so a test can fill the disk again after freeing some of it); the filler's path."""
+    filler = folder / f"filler-{len(list(folder.glob('filler-*')))}.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = 1 << 20
+        while size >= 1:
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError:
+                size //= 2
+    finally:
+        os.close(fd)
+    return filler

@@ -20,26 +20,12 @@ from sensor.deliver.outputs import build_output
 from sensor.deliver.spool import Spool, SpoolError, SpoolFull
 from sensor.testing.receiver import Receiver, sample_alert
 
+from .conftest import fill
+
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="tmpfs volumes are Linux")
 
 FAST = dict(batch_size=50, linger=0.0, backoff_base=0.01, backoff_cap=0.05, park_interval=0.2,
             poll_interval=0.05, enforce_interval=0.0)
-
-
-def fill(path: Path) -> Path:
-    """Fill the volume of ``path`` with a file of zeros until the disk says no more."""
-    filler = path / "filler.bin"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        size = 1 << 20
-        while size >= 1:
-            try:
-                os.write(fd, b"\0" * size)
-            except OSError:
-                size //= 2
-    finally:
-        os.close(fd)
-    return filler
 
 
 def output_for(rec: Receiver):

@@ -21,6 +21,8 @@ from sensor.deliver import spool as spool_mod
 from sensor.deliver.spool import (Spool, SpooledAlert, SpoolDamaged, SpoolError, SpoolFull,
                                   SpoolRowError, row_crc)
 
+from .conftest import fill
+
 MiB = 1024 * 1024
 
 
@@ -867,20 +869,7 @@ def test_a_foreign_meta_table_is_treated_like_damage(tmp_path):
 
 # -- a full disk (docs/delivery.md, "Faults") ---------------------------------------------------
 
-def fill(folder: Path) -> Path:
-    """Fill the volume of ``folder`` with zeros until the disk says no more."""
-    filler = folder / f"filler-{len(list(folder.glob('filler-*')))}.bin"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        size = 1 << 20
-        while size >= 1:
-            try:
-                os.write(fd, b"\0" * size)
-            except OSError:
-                size //= 2
-    finally:
-        os.close(fd)
-    return filler
+
 
 
 def test_the_reserve_is_a_quarter_of_a_small_volume(volume):

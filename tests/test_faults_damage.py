@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -297,28 +298,235 @@ def test_any_damage_opens_and_recovers_only_what_was_spooled(tmp_path_factory, h
         sp.close()
 
 
-def test_damage_found_while_running_is_salvaged_at_the_next_start(tmp_path, caplog):
-    path = tmp_path / "spool.sqlite"
-    alerts = [sample_alert(i) for i in range(40)]
+def index_damaged_spool(path: Path, n: int = 40) -> tuple[list[dict], list[str]]:
+    """A closed spool of ``n`` alerts with damage the quick check cannot see: one alert's entry in
+    the unique index on alert ids no longer matches its row, so deleting that row (an ack) finds
+    the index malformed. Returns (alerts, ids); alert 5 is the one whose entry is broken."""
+    alerts = [sample_alert(i) for i in range(n)]
     ids = make_spool(path, alerts=alerts)
-    # Damage the quick check cannot see: one alert's entry in the unique index on alert ids no
-    # longer matches its row. Deleting that row then finds the index malformed.
     raw = path.read_bytes()
     victim = alerts[5]["id"].encode()
     at = [i for i in range(len(raw)) if raw.startswith(victim, i) and raw[i - i % 4096] == 0x0A]
     assert len(at) == 1, "the alert id's entry in the index page"
     overwrite(path, at[0], b"X")
-    sp = Spool(path, owner=True)
+    return alerts, ids
+
+
+def damaged_while_running(path: Path, **kw) -> tuple[Spool, list[dict], list[str], list]:
+    """An open owner spool that has just found the damage above (an ack raised SpoolDamaged);
+    also returns the rows fetched before (in flight)."""
+    alerts, ids = index_damaged_spool(path)
+    sp = Spool(path, owner=True, **kw)
     assert sp.salvage is None  # quick_check found nothing
-    rowid = next(it.rowid for it in sp.fetch(100) if it.alert_id == alerts[5]["id"])
-    with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
-        with pytest.raises(SpoolDamaged):
-            sp.ack([rowid])
-    assert sp.stats()["damaged"] and "ALERT SPOOL DAMAGED" in caplog.text and "restart" in caplog.text
+    in_flight = sp.fetch(100)
+    rowid = next(it.rowid for it in in_flight if it.alert_id == alerts[5]["id"])
+    with pytest.raises(SpoolDamaged):
+        sp.ack([rowid])
+    return sp, alerts, ids, in_flight
+
+
+def test_damage_found_while_running_is_healed_at_the_next_use(tmp_path, caplog):
+    path = tmp_path / "spool.sqlite"
+    seen: list[dict] = []
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        sp, alerts, ids, in_flight = damaged_while_running(path, on_health=seen.append)
+    try:
+        assert sp.fault_stats()["damaged"] and "ALERT SPOOL DAMAGED" in caplog.text
+        assert Path(str(path) + ".damaged").exists()
+        # The next use of the spool moves the file aside and recovers every row: no restart.
+        st = sp.stats()
+        assert not st["damaged"] and st["heals"] == 1 and "error" not in st
+        assert "while running" in st["last_heal"]["reason"] and st["last_heal"]["recovered"] == 40
+        assert st["salvaged_at_start"] is None          # that is the start's, and there was none
+        # every alert, plus the health alert that tells the SIEM about the salvage
+        extra = [it for it in sp.fetch(100) if it.alert_id not in set(ids)]
+        assert set(ids) <= set(sp.ids()) and sp.depth() == 41 and len(extra) == 1
+        body = msgspec.json.decode(extra[0].body)
+        assert body["type"] == "health" and "salvaged" in json.dumps(body)
+        assert not Path(str(path) + ".damaged").exists()
+        assert len(list(tmp_path.glob("spool.sqlite.damaged-*"))) == 1
+        assert [e["event"] for e in seen] == ["spool_damaged", "spool_salvaged"]
+        # Row ids fetched before the heal refer to nothing now: a delivery in flight cannot
+        # confirm (delete) a different alert; its recovered copy is simply sent again.
+        assert sp.ack([it.rowid for it in in_flight]) == 0 and sp.depth() == 41
+        sp.mark_failed([it.rowid for it in in_flight], "x")
+        assert sp.dead_letter([(it.rowid, "x", 400) for it in in_flight]) == 0
+        assert all(it.attempts == 0 for it in sp.fetch(100))
+        # ... and the fresh spool works: new alerts, confirmations, ids above every old one.
+        assert sp.put(sample_alert(1000))
+        fresh = sp.fetch(100)
+        assert min(it.rowid for it in fresh) > max(it.rowid for it in in_flight)
+        assert sp.ack([it.rowid for it in fresh]) == 42 and sp.depth() == 0
+        assert sp.put(sample_alert(1001))   # an empty table still numbers above the old ids
+        assert sp.fetch(1)[0].rowid > max(it.rowid for it in fresh)
+    finally:
+        sp.close()
+    with Spool(path, owner=True) as sp:   # the healed file opens cleanly at the next start
+        assert sp.salvage is None and sp.depth() == 1
+
+
+def test_alerts_written_while_the_damaged_file_cannot_be_healed_wait_in_memory(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path)
+    try:
+        real_replace = os.replace
+
+        def refuse(src, dst):   # the file cannot be moved aside (on Windows: a reader holds it open)
+            raise PermissionError(13, "in use")
+
+        monkeypatch.setattr(os, "replace", refuse)
+        # More damage: the table leaf new rows go to is no longer a b-tree page, so writes fail.
+        raw, last = path.read_bytes(), alerts[-1]["id"].encode()
+        leaf = next(i - i % 4096 for i in range(len(raw)) if raw.startswith(last, i) and raw[i - i % 4096] == 0x0D)
+        overwrite(path, leaf, b"\x00")
+        new = [sample_alert(100 + i) for i in range(5)]
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            assert sp.put_many(new) == 5   # accepted: held in memory, not refused, not lost
+        st = sp.fault_stats()
+        assert st["damaged"] and st["held"] == 5 and st["heals"] == 0
+        assert "cannot heal the damaged file now" in caplog.text
+        monkeypatch.setattr(os, "replace", real_replace)
+        sp.maintain()                      # upkeep before the retry is due changes nothing
+        assert sp.fault_stats()["held"] == 5
+        sp._next_heal = 0.0                # the retry is due (HEAL_RETRY_INTERVAL later)
+        sp._next_try = 0.0
+        sp.maintain()
+        st = sp.fault_stats()
+        assert not st["damaged"] and st["heals"] == 1 and st["held"] == 0
+        # every alert the damaged file could still give back, and every alert held in memory
+        assert {a["id"] for a in new} <= set(sp.ids())
+        assert st["last_heal"]["recovered"] + st["last_heal"]["damaged"] + (st["last_heal"]["lost"] or 0) >= 39
+    finally:
+        sp.close()
+
+
+def test_a_write_that_finds_the_damage_heals_and_writes_at_once(tmp_path):
+    path = tmp_path / "spool.sqlite"
+    alerts, ids = make_spool(path, n=40), None
+    with Spool(path, owner=True) as sp:
+        # Damage under a running spool: the table leaf new rows go to stops being a b-tree page.
+        sp._close_connections()   # (as after any heal attempt: the next write reads the file anew)
+        raw, last = path.read_bytes(), alerts[-1].encode()
+        leaf = next(i - i % 4096 for i in range(len(raw)) if raw.startswith(last, i) and raw[i - i % 4096] == 0x0D)
+        overwrite(path, leaf, b"\x00")
+        new = [sample_alert(200), sample_alert(201)]
+        assert sp.put_many(new) == 2           # found the damage, healed, wrote into the fresh spool
+        st = sp.fault_stats()
+        assert st["heals"] == 1 and not st["damaged"] and st["held"] == 0
+        assert {a["id"] for a in new} <= set(sp.ids())
+
+
+def test_a_heal_waits_for_the_threads_using_the_file_and_others_wait_for_it(tmp_path):
+    import threading
+
+    sp, _, _, _ = damaged_while_running(tmp_path / "spool.sqlite")
+    sp._next_heal = float("inf")           # the threads below do not heal on their way in
+    try:
+        inside, release, done = threading.Event(), threading.Event(), threading.Event()
+        result: list = []
+
+        def reader():                      # a thread in the middle of a read
+            with sp._guard("read"):
+                sp._db.execute("SELECT COUNT(*) FROM alerts").fetchone()
+                inside.set()
+                release.wait(30)
+                result.append(sp._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0])
+
+        t = threading.Thread(target=reader)
+        t.start()
+        assert inside.wait(30)
+        healer = threading.Thread(target=lambda: (result.append(sp.heal()), done.set()))
+        healer.start()
+        assert not done.wait(0.3)          # the heal waits for the reader to leave the file
+        release.set()
+        assert done.wait(30)
+        t.join(30)
+        healer.join(30)
+        assert result == [40, True]        # the reader finished on the old file, then the heal ran
+        assert sp.depth() == 41 and not sp.fault_stats()["damaged"]   # + the salvage's health alert
+    finally:
+        sp.close()
+
+
+def test_a_heal_gives_up_when_a_thread_does_not_leave_the_file(tmp_path, monkeypatch):
+    import threading
+
+    import sensor.deliver.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "HEAL_WAIT", 0.2)
+    sp, _, _, _ = damaged_while_running(tmp_path / "spool.sqlite")
+    sp._next_heal = float("inf")           # the thread below does not heal on its way in
+    try:
+        inside, release = threading.Event(), threading.Event()
+
+        def stuck():
+            with sp._guard("read"):
+                inside.set()
+                release.wait(30)
+
+        t = threading.Thread(target=stuck)
+        t.start()
+        assert inside.wait(30)
+        assert sp.heal() is False and sp.fault_stats()["damaged"]
+        release.set()
+        t.join(30)
+        assert sp.heal() is True and sp.depth() == 41   # + the salvage's health alert
+    finally:
+        sp.close()
+
+
+def test_delivery_goes_on_through_a_heal_and_loses_no_alert(tmp_path):
+    """A forwarder delivering and a writer adding alerts while the file is found damaged (the
+    forwarder's confirmation of alert 5 hits the broken index): the spool heals under both
+    threads and every alert reaches the receiver, the ones in flight perhaps twice."""
+    import threading
+
+    path = tmp_path / "spool.sqlite"
+    alerts, ids = index_damaged_spool(path, n=40)
+    later = [sample_alert(1000 + i) for i in range(200)]
+    sp = Spool(path, owner=True)
+    with Receiver(keep_documents=True) as rec:
+        out = build_output({"url": rec.url, "ca_file": str(rec.ca_file), "document": "alert"})
+        fwd = Forwarder(sp, out, DeliveryConfig(linger=0, batch_size=10))
+        writer_done = threading.Event()
+
+        def writer():
+            for i in range(0, len(later), 5):
+                sp.put_many(later[i:i + 5])
+            writer_done.set()
+
+        fwd.start()
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            assert writer_done.wait(60)
+            want = set(ids) | {a["id"] for a in later}
+            assert rec.wait_for(len(want) + 1, timeout=60), rec.stats()   # + the salvage's health alert
+            assert fwd.wait_drained(60)
+        finally:
+            t.join(30)
+            fwd.stop()
+            out.close()
+        got = set(rec.ids())
+    st = sp.fault_stats()
     sp.close()
-    sp = Spool(path, owner=True)  # the next start moves it aside and recovers every row
-    assert sp.salvage is not None and "while the sensor last ran" in sp.salvage["reason"]
-    assert set(ids) <= set(sp.ids())
-    sp.ack([it.rowid for it in sp.fetch(100)])  # and the fresh spool works
-    assert sp.depth() == 0
-    sp.close()
+    assert want <= got and st["heals"] == 1 and not st["damaged"] and st["held"] == 0
+
+
+def test_damage_that_comes_back_at_once_is_healed_ever_more_slowly(tmp_path):
+    """A failing disk: every heal leaves a copy of the file aside, so damage that returns right
+    after a heal must not fill the volume with copies."""
+    path = tmp_path / "spool.sqlite"
+    sp, _, _, _ = damaged_while_running(path)
+    try:
+        waits = []
+        for k in range(4):
+            assert sp.heal()
+            waits.append(sp._next_heal - time.monotonic())
+            sp._mark_damaged(f"damaged again ({k})")     # what SQLite would report next
+        assert waits[0] <= 0                            # the first heal costs the next nothing
+        assert 4 < waits[1] <= 10 and 9 < waits[2] <= 20 and 19 < waits[3] <= 40
+        assert sp.heal_if_due() is False                # not due yet: alerts wait in memory
+        assert len(list(tmp_path.glob("spool.sqlite.damaged-*"))) == 4
+    finally:
+        sp.close()

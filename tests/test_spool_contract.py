@@ -616,7 +616,8 @@ def test_observers_on_an_empty_and_a_filled_spool(tmp_path):
         assert fault == {"disk_full": False, "disk_full_since": None, "disk_full_episodes": 0,
                          "disk_full_error": None, "held": 0, "held_bytes": 0, "storing": 0,
                          "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
-                         "damaged": False, "wal_lost_at_start": False}
+                         "damaged": False, "wal_lost_at_start": False, "heals": 0,
+                         "last_heal": None}
         st_ = sp.stats()
         for key in ("dropped", "expired", "dead_lettered", "dead_dropped", "written", "duplicates",
                     "dropped_disk_full", "salvaged", "damaged_rows"):

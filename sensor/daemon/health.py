@@ -194,10 +194,12 @@ class SpoolHealth(_H):
     # Fault states (docs/delivery.md, "Faults")
     disk_full: bool = False            # the disk holding the spool is full: it does not grow now
     disk_full_since: Optional[str] = None
-    held: int = 0                      # new alerts waiting in memory for disk space
-    held_dropped: int = 0              # held alerts dropped over the memory cap (this episode)
+    held: int = 0                      # new alerts waiting in memory (disk space, a heal)
+    held_dropped: int = 0              # held alerts dropped over the memory cap
     dropped_disk_full: int = 0         # oldest alerts dropped to make room on a full disk (persisted)
-    damaged: bool = False              # SQLite reported damage while running: restart salvages it
+    damaged: bool = False              # SQLite reported damage while running: healed at the next use
+    heals: int = 0                     # damaged files moved aside and recovered while running
+    last_heal: Optional[dict[str, Any]] = None   # what the last of them did
     salvaged: int = 0                  # rows recovered from damaged spools (persisted)
     damaged_rows: int = 0              # rows that failed their checks (to dead letters, persisted)
     salvaged_at_start: Optional[dict[str, Any]] = None   # what the start-up salvage did
@@ -297,10 +299,14 @@ def problems(s: Status) -> list[str]:
     if s.spool.state != "ok":
         out.append(f"spool {s.spool.state}" + (f": {s.spool.error}" if s.spool.error else ""))
     if s.spool.held:
-        out.append(f"{s.spool.held} alert(s) held in memory until the disk has room")
+        out.append(f"{s.spool.held} alert(s) held in memory until the spool can take them")
     if s.spool.salvaged_at_start:
         out.append("the spool was damaged and salvaged at start: "
                    + str(s.spool.salvaged_at_start.get("message") or s.spool.salvaged_at_start)[:300])
+    if s.spool.last_heal:
+        out.append(f"the spool was damaged while running and healed {s.spool.heals} time(s); last: "
+                   f"recovered {s.spool.last_heal.get('recovered')}, lost {s.spool.last_heal.get('lost')}, "
+                   f"moved aside to {s.spool.last_heal.get('moved_to')}"[:400])
     if s.spool.wal_lost_at_start:
         out.append("the spool's write-ahead log was missing at start: recent alerts may be lost")
     if s.spool.dropped:

@@ -38,7 +38,7 @@ import msgspec
 
 from .protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, Output, SendResult
 from .tls import ConfigError
-from .spool import Spool, SpooledAlert, SpoolError, SpoolFull, SpoolRowError
+from .spool import HEAL_RETRY_INTERVAL, Spool, SpoolDamaged, SpooledAlert, SpoolError, SpoolFull, SpoolRowError
 
 log = logging.getLogger("sensor.delivery")
 
@@ -562,6 +562,10 @@ class Forwarder(threading.Thread):
                     log.critical("spool error: %s", exc)
                 self._note(last_error=str(exc), last_error_time=self.clock())
                 delay = self.config.park_interval
+                if isinstance(exc, SpoolDamaged):
+                    # The spool heals itself (moves the file aside, recovers its rows): go on
+                    # at once when it did, else try again when the next heal is due.
+                    delay = 0.0 if self.spool.heal_if_due() else min(delay, HEAL_RETRY_INTERVAL)
             except Exception as exc:  # never let the thread die with alerts waiting
                 log.exception("forwarder error")
                 self._note(last_error=self._redact(f"{type(exc).__name__}: {exc}"), last_error_time=self.clock())
@@ -582,12 +586,12 @@ class Forwarder(threading.Thread):
                 self._stop_event.wait(delay)
 
     def _spool_in_fault(self) -> bool:
-        """True while the spool holds alerts in memory or is in its disk-full state."""
+        """True while the spool holds alerts in memory, is in its disk-full state or damaged."""
         try:
             st = self.spool.fault_stats()
         except Exception:  # noqa: BLE001 - unknown: poll as in a fault
             return True
-        return bool(st.get("held") or st.get("disk_full"))
+        return bool(st.get("held") or st.get("disk_full") or st.get("damaged"))
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the thread to finish its current request and exit."""

@@ -20,7 +20,10 @@ Faults are states, not error storms (docs/delivery.md, "Faults"):
   alert.
 - **Damage.** The owner (the running sensor) checks the file at start; one SQLite cannot read is
   moved aside (``<name>.damaged-<UTC time>``) and the rows still readable are recovered into a
-  fresh spool (:mod:`sensor.deliver.salvage`), with a ``spool_salvaged`` health alert.
+  fresh spool (:mod:`sensor.deliver.salvage`), with a ``spool_salvaged`` health alert. Damage
+  SQLite reports while the sensor runs is healed the same way at the spool's next use (at most
+  every ``HEAL_RETRY_INTERVAL``): the thread that heals has the file alone (:class:`_Gate`), and
+  new alerts that cannot be written meanwhile wait in memory like on a full disk.
 - **A lost write-ahead log.** The WAL is checkpointed every ``WAL_AUTOCHECKPOINT`` pages, so a
   deleted ``-wal`` costs at most that much; the owner notices one missing after an unclean stop.
 
@@ -75,6 +78,9 @@ HELD_MAX_BYTES = 16 * MiB         # new alerts kept in memory while nothing can 
 ACK_CHUNK = 64                    # rows per transaction when confirmations run short of space
 FULL_RETRY_INTERVAL = 0.5         # seconds between write attempts while alerts wait in memory
 FULL_REMIND_INTERVAL = 300.0      # seconds between log reminders while the disk stays full
+HEAL_RETRY_INTERVAL = 5.0         # seconds between attempts to heal a spool damaged while running
+HEAL_WAIT = 10.0                  # seconds a heal waits for the other threads to leave the file
+HEAL_MAX_INTERVAL = 3600.0        # damage that keeps coming back (a failing disk): heals slow down
 
 # SQLite result codes (primary codes are the low byte of the extended ones).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
@@ -115,6 +121,12 @@ CREATE TABLE IF NOT EXISTS health (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+# The alerts table of a spool healed while running: ids never reused (see Spool.heal).
+_ALERTS_AUTOINCREMENT = _SCHEMA.split(";")[0].replace(
+    "CREATE TABLE IF NOT EXISTS alerts (\n    id INTEGER PRIMARY KEY,",
+    "CREATE TABLE IF NOT EXISTS alerts (\n    id INTEGER PRIMARY KEY AUTOINCREMENT,")
+assert "AUTOINCREMENT" in _ALERTS_AUTOINCREMENT
 
 # Persisted counters; "rows" (alerts waiting) lets a salvage say how many rows it lost.
 _COUNTERS = ("bytes", "rows", "dropped", "expired", "dead_lettered", "dead_dropped", "written",
@@ -241,6 +253,60 @@ def _byte_chunks(rows: list, limit: int) -> Iterator[list]:
 _Row = tuple
 
 
+class _Gate:
+    """Threads use the spool's file together; a heal (a damaged file moved aside while the sensor
+    runs) has it alone. Entering is reentrant per thread. The healer waits, bounded, for the
+    threads inside to leave (their connections are idle then, so closing them is safe and, on
+    Windows, the file can be renamed); threads that arrive meanwhile wait for the heal to end."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0                  # threads inside (each counted once)
+        self._healer: int | None = None   # the thread healing, if any
+        self._local = threading.local()
+
+    def depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    def enter(self) -> None:
+        depth = self.depth()
+        if depth == 0:
+            me = threading.get_ident()
+            with self._cond:
+                while self._healer is not None and self._healer != me:
+                    self._cond.wait()
+                self._inside += 1
+        self._local.depth = depth + 1
+
+    def leave(self) -> None:
+        depth = self._local.depth - 1
+        self._local.depth = depth
+        if depth == 0:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    def alone(self, timeout: float) -> bool:
+        """Become the healer: True once no other thread is inside. False when another heal runs
+        or the others did not leave within ``timeout`` (the caller tries again later)."""
+        me = threading.get_ident()
+        mine = 1 if self.depth() else 0
+        with self._cond:
+            if self._healer is not None:
+                return False
+            self._healer = me
+            if self._cond.wait_for(lambda: self._inside <= mine, timeout):
+                return True
+            self._healer = None
+            self._cond.notify_all()
+            return False
+
+    def done(self) -> None:
+        with self._cond:
+            self._healer = None
+            self._cond.notify_all()
+
+
 class Spool:
     """A bounded, durable FIFO of alerts keyed by their stable id."""
 
@@ -294,6 +360,14 @@ class Spool:
         self.salvage: dict | None = None  # what the start-up salvage did, if it ran
         self.damage_marker = Path(str(self.path) + ".damaged")
         self.damaged_since: float | None = None  # damage found while running (owner)
+        self.heals = 0                    # damaged files moved aside and recovered while running
+        self.last_heal: dict | None = None  # what the last of them did (the salvage's report)
+        self._gate = _Gate()
+        self._next_heal = 0.0             # monotonic time of the next heal attempt
+        self._heal_times: list[float] = []  # monotonic times of the heals in the last hour
+        self._max_fetched = 0             # highest row id fetch() handed out (row ids in flight)
+        self._unsaved_dropped_full = 0    # the part of _unsaved_dropped a full disk caused
+        self._damage_held_dropped = 0     # held alerts dropped (memory cap) while the file was damaged
         self._opening = True
         self.wal_lost: dict | None = None  # set when a lost -wal was noticed at start
         try:
@@ -397,8 +471,12 @@ class Spool:
         except sqlite3.Error:
             return 4096
 
-    def _salvage(self, reason: str) -> None:
-        """Move the damaged file aside, open a fresh spool and copy every readable row into it."""
+    def _salvage(self, reason: str, id_floor: int | None = None) -> None:
+        """Move the damaged file aside, open a fresh spool and copy every readable row into it.
+
+        ``id_floor`` (a heal while running): the fresh spool's alert ids start above it and never
+        come back below it (AUTOINCREMENT), so an id fetched before the heal matches no row.
+        """
         from .salvage import ScanReport, scan
 
         self._close_connections()
@@ -422,6 +500,10 @@ class Spool:
             touch_private(self.path)  # the fresh spool is private like the first one
         except OSError as exc:
             raise SpoolError(f"spool {self.path}: cannot create a fresh spool: {exc.strerror or exc}") from None
+        if id_floor is not None:
+            with self._guard("salvage"), self._tx():
+                self._db.execute(_ALERTS_AUTOINCREMENT)
+                self._db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('alerts', ?)", (id_floor,))
         self._open(wal_existed=True)
         report = ScanReport()
         alerts = dead = damaged = 0
@@ -529,7 +611,14 @@ class Spool:
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
-        """Turn every sqlite3/OS error into the spool's own (SpoolFull, SpoolDamaged, SpoolError)."""
+        """Turn every sqlite3/OS error into the spool's own (SpoolFull, SpoolDamaged, SpoolError).
+
+        Every use of the file passes here: a spool damaged while running is healed first (when
+        due), and a heal in progress is waited for.
+        """
+        if self.damaged_since is not None and self._gate.depth() == 0:
+            self.heal_if_due()
+        self._gate.enter()
         try:
             yield
         except SpoolError:
@@ -547,10 +636,79 @@ class Spool:
             raise SpoolDamaged(f"spool {self.path}: {what} failed: damaged text ({exc.reason})") from exc
         except OSError as exc:
             raise SpoolError(f"spool {self.path}: {what} failed: {exc.strerror or exc}") from exc
+        finally:
+            self._gate.leave()
+
+    def heal_if_due(self) -> bool:
+        """Heal a spool damaged while running, at most every HEAL_RETRY_INTERVAL; True if healed."""
+        now = time.monotonic()
+        if (not self.owner or self._closed or self._opening or self.damaged_since is None
+                or now < self._next_heal):
+            return False
+        self._next_heal = now + HEAL_RETRY_INTERVAL
+        return self.heal()
+
+    def heal(self) -> bool:
+        """(Owner) Move a file found damaged while running aside and recover its rows into a fresh
+        spool, as a start does, without stopping the sensor. True when it was done; False when
+        it could not be done now (another thread did not leave the file in time, the file could
+        not be moved aside): the spool stays damaged, and the next use tries again.
+
+        Row ids handed out before the heal refer to nothing afterwards (the fresh spool numbers
+        its rows above every id ever fetched): a delivery in flight cannot confirm a different
+        alert, and the recovered copy of an alert in flight is sent again (at-least-once).
+        """
+        if not self.owner or self._closed or self.damaged_since is None:
+            return False
+        if not self._gate.alone(HEAL_WAIT):
+            log.warning("alert spool %s: the damaged file is still in use; trying again in %.0f s",
+                        self.path, HEAL_RETRY_INTERVAL)
+            return False
+        try:
+            if self.damaged_since is None:   # healed by the thread we waited for
+                return True
+            why = ""
+            try:
+                why = self.damage_marker.read_text(encoding="utf-8", errors="replace").strip()
+            except OSError:
+                pass
+            self._opening = True
+            at_start = self.salvage
+            try:
+                self._salvage(f"damage found while running ({why or 'SQLite reported it'})",
+                              id_floor=self._max_fetched)
+            except SpoolError as exc:
+                log.error("alert spool %s: cannot heal the damaged file now: %s; trying again in %.0f s",
+                          self.path, exc, HEAL_RETRY_INTERVAL)
+                self._close_connections()   # the next use opens whatever file is there now
+                return False
+            finally:
+                self._opening = False
+                self.last_heal, self.salvage = (self.salvage if self.salvage is not at_start else None), at_start
+            try:
+                self.damage_marker.unlink()
+            except OSError:
+                pass
+            self.damaged_since = None
+            self.heals += 1
+            # Each heal leaves a copy of the file aside. Damage that comes back at once (a failing
+            # disk) must not fill the volume with copies: the next heal waits twice as long per
+            # heal in the last hour (new alerts wait in memory meanwhile, bounded).
+            now = time.monotonic()
+            self._heal_times = [t for t in self._heal_times if now - t < 3600.0] + [now]
+            self._next_heal = now + min(HEAL_MAX_INTERVAL,
+                                        HEAL_RETRY_INTERVAL * 2 ** (len(self._heal_times) - 1)) \
+                if len(self._heal_times) > 1 else 0.0
+            self._ensure_reserve()
+        finally:
+            self._gate.done()
+        self._notify()
+        return True
 
     def _mark_damaged(self, why: str) -> None:
-        """(Owner, while running) Remember damage SQLite found, so the next start salvages the file
-        even when its quick check passes (an index that no longer matches its table, say)."""
+        """(Owner, while running) Remember damage SQLite found, so the next use heals the file
+        (:meth:`heal`) or, if the process ends first, the next start salvages it even when its
+        quick check passes (an index that no longer matches its table, say)."""
         if not self.owner or self._opening or self.damaged_since is not None:
             return
         self.damaged_since = self.clock()
@@ -559,8 +717,8 @@ class Spool:
                 fh.write(why[:500] + "\n")
         except OSError:
             pass
-        log.critical("ALERT SPOOL DAMAGED (%s): %s; restart the sensor: it moves the file aside and "
-                     "recovers its rows at start", self.path, why)
+        log.critical("ALERT SPOOL DAMAGED (%s): %s; the sensor moves the file aside and recovers its "
+                     "rows now (new alerts wait in memory meanwhile)", self.path, why)
         self._callback({"event": "spool_damaged", "message": f"alert spool damaged while running: {why}",
                         "path": str(self.path)})
 
@@ -602,7 +760,9 @@ class Spool:
         ``kind`` "health" marks rows the size cap never drops (health alerts). On a full disk the
         alerts are not refused: room is made (reserve, checkpoint, the oldest alerts dropped) or,
         when nothing can be written, they wait in memory (bounded, oldest dropped first) and are
-        committed when space returns; they count as new. Raises SpoolError for any other failure.
+        committed when space returns; they count as new. On a file found damaged (owner) the
+        spool heals at once (:meth:`heal`) or, when that cannot be done yet, holds the alerts in
+        memory the same way. Raises SpoolError for any other failure.
         """
         now = self.clock()
         rows: list[_Row] = []
@@ -619,7 +779,8 @@ class Spool:
             return 0
         with self._put_lock:
             had_held = bool(self._held)
-            if had_held and self._full_since is not None and now < self._next_try:
+            if (had_held and (self._full_since is not None or self.damaged_since is not None)
+                    and now < self._next_try):
                 self._hold(rows)  # the last attempt failed a moment ago: do not hammer the disk
                 return len(rows)
             earlier = list(self._held)
@@ -628,7 +789,18 @@ class Spool:
             try:
                 self._held.clear()
                 self._held_bytes = 0
-                added, left = self._store(batch, now)
+                try:
+                    added, left = self._store(batch, now)
+                except SpoolDamaged:
+                    if not self.owner or self._closed:
+                        raise
+                    # Heal now and write into the fresh spool; when that cannot be done yet, the
+                    # alerts wait in memory like on a full disk (rows a chunk already committed
+                    # come back once: the id makes the second write a no-op).
+                    if self.heal_if_due():
+                        added, left = self._store(batch, now)
+                    else:
+                        added, left = 0, batch
                 if left:
                     self._hold(left)
                     self._next_try = now + FULL_RETRY_INTERVAL
@@ -686,12 +858,13 @@ class Spool:
             self._bump("rows", added)
             self._bump("written", added)
             self._bump("duplicates", len(rows) - added)
-            unsaved = self._unsaved_dropped
+            unsaved, unsaved_full = self._unsaved_dropped, self._unsaved_dropped_full
             if unsaved:
                 self._bump("dropped", unsaved)
-                self._bump("dropped_disk_full", unsaved)
+                self._bump("dropped_disk_full", unsaved_full)
             self._enforce(now)
         self._unsaved_dropped -= unsaved
+        self._unsaved_dropped_full -= unsaved_full
         self._full_dropped += made
         return added
 
@@ -743,15 +916,20 @@ class Spool:
             return False
 
     def _hold(self, rows: list[_Row]) -> None:
-        """Keep new alerts in memory while the disk is full; drop the oldest held over the cap."""
+        """Keep new alerts in memory while the disk is full or the file damaged; drop the oldest
+        held over the cap."""
         for r in rows:
             self._held.append(r)
             self._held_bytes += r[2]
         while self._held and self._held_bytes > self.held_max_bytes:
             old = self._held.popleft()
             self._held_bytes -= old[2]
-            self._full_held_dropped += 1
             self._unsaved_dropped += 1
+            if self._full_since is not None:
+                self._full_held_dropped += 1
+                self._unsaved_dropped_full += 1
+            else:
+                self._damage_held_dropped += 1
 
     def flush_held(self) -> int:
         """Try to commit alerts held in memory (called by the forwarder while the disk is full)."""
@@ -984,7 +1162,10 @@ class Spool:
         self._record_event("spool_disk_full", message, info)
 
     def maintain(self) -> None:
-        """Periodic upkeep (the forwarder calls it): commit held alerts, leave the full state."""
+        """Periodic upkeep (the forwarder calls it): heal a damaged file, commit held alerts,
+        leave the full state."""
+        if self.damaged_since is not None:
+            self.heal_if_due()
         if self._held or self._full_since is not None:
             with self._put_lock:
                 if self._held and self.clock() >= self._next_try:
@@ -1095,6 +1276,8 @@ class Spool:
                     f"ORDER BY id LIMIT ?", (after, *ranges, limit)).fetchall()
                 for r in rows:
                     after = r[0]
+                    if after > self._max_fetched:
+                        self._max_fetched = after
                     if r[0] in skip:
                         if more is not None and not more:
                             more.append(True)
@@ -1305,7 +1488,9 @@ class Spool:
                 "disk_full_episodes": self._full_episodes,
                 "disk_full_error": self._last_full_error if self._full_since is not None else None,
                 "held": len(self._held), "held_bytes": self._held_bytes, "storing": self._storing,
-                "held_dropped": self._full_held_dropped,
+                "held_dropped": self._full_held_dropped + self._damage_held_dropped,
+                "heals": self.heals,
+                "last_heal": dict(self.last_heal) if self.last_heal else None,
                 "reserve_bytes": self.reserve_bytes,
                 "salvaged_at_start": dict(self.salvage) if self.salvage else None,
                 "damaged": self.damaged_since is not None,
@@ -1316,20 +1501,21 @@ class Spool:
 
         Never raises: when the file cannot be read, the fault state is returned with ``error``.
         """
-        out = self.fault_stats()
         try:
-            with self._guard("read"):
+            with self._guard("read"):   # first: a heal this use makes happens before the state is read
                 counters = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
                 depth = self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
                 dead = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
         except SpoolError as exc:
+            out = self.fault_stats()
             out.update(error=str(exc), max_bytes=self.max_bytes, max_age_s=self.max_age)
             return out
+        out = self.fault_stats()
         out.update({"depth": depth, "bytes": counters.get("bytes", 0), "max_bytes": self.max_bytes,
                     "max_age_s": self.max_age, "dead_letter_depth": dead,
                     **{k: counters.get(k, 0) for k in _PUBLIC_COUNTERS}})
         out["dropped"] += self._unsaved_dropped
-        out["dropped_disk_full"] += self._unsaved_dropped
+        out["dropped_disk_full"] += self._unsaved_dropped_full
         return out
 
     def health_events(self, limit: int = 50) -> list[dict]:

@@ -112,3 +112,38 @@ def test_mapped_drive_redirector_form():
     assert nt_to_dos("\\Device\\LanmanRedirector\\;Z:00000000000a1b2c\\srv\\share\\t.exe", MAP) \
         == "\\\\srv\\share\\t.exe"
     assert nt_to_dos("\\Device\\Mup\\;LanmanRedirector\\;Z:0001\\srv\\s\\t.exe", MAP) == "\\\\srv\\s\\t.exe"
+
+
+def test_mapper_remembers_translations_until_the_map_is_reloaded():
+    current = {"\\Device\\HarddiskVolume3": "C:"}
+    now = [0.0]
+    mapper = DeviceMapper(lambda: dict(current), cooldown=5.0, clock=lambda: now[0])
+    path = "\\Device\\HarddiskVolume3\\Windows\\x.exe"
+    assert mapper(path) == "C:\\Windows\\x.exe"
+    mapper.devices = {}                          # a remembered path no longer reads the map ...
+    assert mapper(path) == "C:\\Windows\\x.exe"
+    current["\\Device\\HarddiskVolume3"] = "E:"
+    now[0] = 10.0
+    assert mapper.refresh()                      # ... until the map is loaded again
+    assert mapper(path) == "E:\\Windows\\x.exe"
+
+
+def test_mapper_does_not_remember_a_miss_so_a_new_volume_is_still_found():
+    maps = {"\\Device\\HarddiskVolume3": "C:"}
+    now = [0.0]
+    mapper = DeviceMapper(lambda: dict(maps), cooldown=5.0, clock=lambda: now[0])
+    path = "\\Device\\HarddiskVolume9\\tool.exe"
+    assert mapper(path) == path and mapper.misses == 1
+    maps["\\Device\\HarddiskVolume9"] = "F:"     # the volume is mounted later
+    now[0] = 10.0
+    assert mapper(path) == "F:\\tool.exe"
+
+
+def test_mapper_memory_is_bounded_for_hostile_paths():
+    from sensor.enrich import devices
+    mapper = DeviceMapper(devices={"\\Device\\HarddiskVolume3": "C:"})
+    for i in range(devices.CACHE_ENTRIES * 3):
+        assert mapper(f"\\Device\\HarddiskVolume3\\p{i}.exe") == f"C:\\p{i}.exe"
+    assert len(mapper._cache) <= devices.CACHE_ENTRIES
+    long = "\\Device\\HarddiskVolume3\\" + "a" * 32_000
+    assert mapper(long) == "C:\\" + "a" * 32_000 and long not in mapper._cache

@@ -7,7 +7,10 @@ every row there was, waits for the next write instead of fetching again.
 """
 from __future__ import annotations
 
+import os
 import time
+
+import pytest
 
 from sensor.deliver.forwarder import DeliveryConfig, Forwarder
 from sensor.deliver.jsonl import JsonlOutput
@@ -128,3 +131,35 @@ def test_a_second_worker_joins_a_backlog(tmp_path):
     ids = [line for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert len(ids) == 60 and len(set(ids)) == 60
     assert fwd.stats()["requests"] == 12
+
+
+def _switches(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/status") as fh:
+        return sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="counts thread wake-ups from /proc (Linux)")
+def test_a_second_worker_is_not_woken_by_a_commit_the_first_takes(tmp_path):
+    """A commit that fits in one request wakes the first worker alone: the second one sleeps
+    through it (it waits for a fetch that left rows behind, and for stop)."""
+    sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
+    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"), DeliveryConfig(linger=0.02, concurrency=2),
+                    clock=time.monotonic)
+    fwd.start()
+    deadline = time.monotonic() + 60
+    try:
+        while (sp.fetches < 2 or not fwd._workers) and time.monotonic() < deadline:   # each worker's first look
+            time.sleep(0.01)
+        time.sleep(0.2)                  # the second worker is asleep by now
+        helper = fwd._workers[0].native_id
+        before = _switches(helper)
+        for c in range(5):
+            sp.put_many([sample_alert(10 * c + i) for i in range(3)])
+            while sp.depth() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        woken = _switches(helper) - before
+    finally:
+        fwd.stop()
+        fwd.join(30)
+    assert sp.depth() == 0 and len((tmp_path / "a.jsonl").read_text().splitlines()) == 15
+    assert woken == 0, f"the second worker woke {woken} time(s) for 5 commits"

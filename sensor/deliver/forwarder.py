@@ -113,6 +113,9 @@ class Forwarder(threading.Thread):
         # The last fetch left rows behind (more than one request holds): a second worker that
         # wakes for new alerts joins in only then.
         self._rows_left = False
+        # Set while it holds: the other workers wait on this alone, so a commit that fits in one
+        # request wakes only the first worker (no thread wake-up that finds nothing to do).
+        self._help = threading.Event()
         # Settled rows whose acknowledgement (delete / move to dead letters) the disk refused:
         # rowid -> ("ack",) or ("dead", reason, status). Never fetched again while here.
         self._unconfirmed: dict[int, tuple] = {}
@@ -191,6 +194,10 @@ class Forwarder(threading.Thread):
             items = self.spool.fetch(self._cap, self.config.batch_max_bytes,
                                      exclude=list(self._claims.values()), skip=_Skip(self, now), more=more)
             self._rows_left = bool(more)
+            if more and items:             # (none taken: nothing for another worker either)
+                self._help.set()
+            elif self._help.is_set():
+                self._help.clear()
             if not items:
                 return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             if len(items) < self._cap and self.config.linger > 0:
@@ -532,22 +539,17 @@ class Forwarder(threading.Thread):
 
     def _loop(self, poll: float | None = -1.0) -> None:
         """Step until stop(); idle, wait for an in-process write or ``poll`` seconds (the
-        configured poll interval by default, None: no timeout)."""
+        configured poll interval by default). A worker started with ``poll=None`` (the second
+        and later ones) waits instead until a fetch left rows behind (more than one request
+        holds) and for stop, with no timeout."""
         if poll is not None and poll < 0:
             poll = self.config.poll_interval
+        helper = poll is None
         errors = 0
-        rest = False
         while not self._stop_event.is_set():
             mark = self.spool.write_mark
             try:
-                if rest:
-                    # (a second worker) new alerts that fit in the first worker's request: it
-                    # takes them; this one joins when they do not (the last fetch left rows)
-                    # and otherwise goes back to sleep instead of fetching to find them taken.
-                    rest = False
-                    delay = IDLE
-                else:
-                    delay = self.step()
+                delay = self.step()
                 errors = 0
                 if delay == 0 and self._local.drained and not self._unconfirmed:
                     # Sent, and that fetch held every row there was: wait for new ones instead
@@ -571,17 +573,19 @@ class Forwarder(threading.Thread):
                 self._note(last_error=self._redact(f"{type(exc).__name__}: {exc}"), last_error_time=self.clock())
                 delay = max(self.config.backoff_base, 0.05)
             if delay is IDLE:
+                if helper:
+                    # new alerts that fit in the first worker's request are its alone: this one
+                    # sleeps until a fetch leaves rows behind (or stop), never fetching to find
+                    # them taken
+                    self._help.wait()
+                    continue
                 wait = poll
                 if poll is not None and self._spool_in_fault():
                     wait = min(poll, FAULT_POLL)   # keep up the upkeep: held alerts, disk full
-                if self.spool.wait_for_data(mark, wait) != mark:
-                    if self.config.linger > 0:
-                        # New alerts: let the batch fill for ``linger`` before the one fetch
-                        # that sends it (fetching at once only learns that it is too young).
-                        self._stop_event.wait(self.config.linger)
-                    if poll is None:
-                        with self._lock:
-                            rest = not self._rows_left
+                if self.spool.wait_for_data(mark, wait) != mark and self.config.linger > 0:
+                    # New alerts: let the batch fill for ``linger`` before the one fetch
+                    # that sends it (fetching at once only learns that it is too young).
+                    self._stop_event.wait(self.config.linger)
             elif delay > 0:
                 self._stop_event.wait(delay)
 
@@ -596,6 +600,7 @@ class Forwarder(threading.Thread):
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the thread to finish its current request and exit."""
         self._stop_event.set()
+        self._help.set()
         self.spool.wake()
         if self.is_alive():
             self.join(timeout)

@@ -68,6 +68,13 @@ def _lookup(devices: Mapping[str, str], device: str) -> str | None:
     return hit
 
 
+# The mapper remembers the paths it translated: a server starts the same few images again and
+# again. Bounded: paths up to CACHE_PATH_CHARS characters, CACHE_ENTRIES of them (the cache is
+# emptied when full, and whenever the device map is reloaded).
+CACHE_ENTRIES = 2048
+CACHE_PATH_CHARS = 520
+
+
 class DeviceMapper:
     """``nt_to_dos`` over a device map that is reloaded on a miss (at most once per cooldown)."""
 
@@ -79,6 +86,7 @@ class DeviceMapper:
         self.cooldown = cooldown
         self.system_root = system_root
         self.devices: dict[str, str] = dict(devices or {})
+        self._cache: dict[str, str] = {}       # path -> its DOS form (translated paths only)
         self._last_load = float("-inf")
         self.refreshes = 0
         self.misses = 0
@@ -97,12 +105,24 @@ class DeviceMapper:
             self.load_errors += 1
             return False
         self.devices = new
+        self._cache = {}
         self.refreshes += 1
         return True
 
     def __call__(self, path: str | None) -> str | None:
         """The DOS path for ``path``; an unknown ``\\Device\\X`` triggers one reload (cooldown)."""
+        cache = self._cache
+        try:
+            return cache[path]
+        except (KeyError, TypeError):          # (TypeError: not a str, nothing to remember)
+            pass
         out = nt_to_dos(path, self.devices, self.system_root)
+        if out is not path and path.__class__ is str and len(path) <= CACHE_PATH_CHARS:
+            # only what a device map translated: a miss must still reach the reload below
+            if len(cache) >= CACHE_ENTRIES:
+                cache.clear()
+            cache[path] = out
+            return out
         if out is path and path and _device_of(path) is not None and not _is_unc(path):
             if self._loader is not None and self._clock() - self._last_load >= self.cooldown:
                 self.refresh()

@@ -170,6 +170,34 @@ class SidResolver:
         return out
 
 
+class _Wake:
+    """The worker's wake-up: a binary semaphore on one lock (held while nothing is signalled).
+
+    ``set()`` (any thread) releases the lock when it is held; ``take(timeout)`` (the worker
+    alone) waits until it is released and holds it again, so waiting and clearing are one C
+    call. ``threading.Event`` does the same through a Condition, in Python code on both sides:
+    on a quiet host that code runs cache-cold for every process start."""
+
+    __slots__ = ("_lock", "take", "_locked", "_release")
+
+    def __init__(self) -> None:
+        self._lock = lock = threading.Lock()
+        lock.acquire()
+        self._locked = lock.locked
+        self._release = lock.release
+        self.take = lock.acquire             # take(True, timeout): False when it timed out
+
+    def set(self) -> None:
+        if self._locked():
+            try:
+                self._release()
+            except RuntimeError:             # another thread released it first: still set
+                pass
+
+    def is_set(self) -> bool:
+        return not self._locked()
+
+
 class _Held:
     __slots__ = ("deadline", "event", "entry", "create_time", "ppid")
 
@@ -271,37 +299,47 @@ class EtwProcessor:
         the process that called CreateProcess, so it is the real creator even when the declared
         parent (``ParentProcessID``) was set with PROC_THREAD_ATTRIBUTE_PARENT_PROCESS.
         """
+        get = f.get
         pid = f["ProcessID"]
-        ct = f.get("CreateTime") or None
-        seq = f.get("ProcessSequenceNumber")
-        ppid = f.get("ParentProcessID")
-        pseq = f.get("ParentProcessSequenceNumber")
-        image = self._map(f.get("ImageName"))
+        ct = get("CreateTime") or None
+        seq = get("ProcessSequenceNumber")
+        ppid = get("ParentProcessID")
+        pseq = get("ParentProcessSequenceNumber")
+        image = self._map(get("ImageName"))
+        utc = utc_time(ct)
         ev = ProcessEvent()
-        origin: dict[str, str] = {}
-        ev.origin = origin
+        # (one dict each, filled at once: this runs cache-cold for every start on a quiet host)
+        ev.origin = origin = {
+            "Image": ORIGIN_MISSING if image is None else ORIGIN_ETW,
+            "ProcessId": ORIGIN_MISSING if pid is None else ORIGIN_ETW,
+            "ParentProcessId": ORIGIN_MISSING if ppid is None else ORIGIN_ETW,
+            "UtcTime": ORIGIN_MISSING if utc is None else ORIGIN_ETW}
         ev["Image"] = image
         ev["ProcessId"] = pid
         ev["ParentProcessId"] = ppid
-        ev["UtcTime"] = utc_time(ct)
-        for k in ("Image", "ProcessId", "ParentProcessId", "UtcTime"):
-            origin[k] = ORIGIN_ETW if ev[k] is not None else ORIGIN_MISSING
+        ev["UtcTime"] = utc
         if self.computer:
             ev["Computer"] = self.computer
-        label = f.get("MandatoryLabel")
+        label = get("MandatoryLabel")
         if label:
             ev["IntegrityLevel"] = integrity_name(label)
             origin["IntegrityLevel"] = ORIGIN_ETW
-        parent = self.table.parent_of(ppid, ct, pseq)
+        table = self.table
+        parent = table.parent_of(ppid, ct, pseq)
         if parent is not None:
-            self._from_parent(ev, origin, parent)
+            if parent.image:
+                ev["ParentImage"] = parent.image
+                origin["ParentImage"] = ORIGIN_PROCESS_TABLE
+            if parent.command_line:
+                ev["ParentCommandLine"] = parent.command_line
+                origin["ParentCommandLine"] = ORIGIN_PROCESS_TABLE
         if header_pid is not None:
             ev["CreatorProcessId"] = header_pid
             origin["CreatorProcessId"] = ORIGIN_ETW
             if header_pid == ppid and parent is not None:
                 creator = parent
             else:
-                creator = self.table.alive_at(header_pid, ct)
+                creator = table.alive_at(header_pid, ct)
             if creator is not None and creator.image:
                 ev["CreatorImage"] = creator.image
                 origin["CreatorImage"] = ORIGIN_PROCESS_TABLE
@@ -320,14 +358,6 @@ class EtwProcessor:
             self._held[pid] = _Held(self._clock() + self.join_wait, ev, entry, ct, ppid)
             return out
         return [self._finish(ev)]
-
-    def _from_parent(self, ev: ProcessEvent, origin: dict, parent) -> None:
-        if parent.image:
-            ev["ParentImage"] = parent.image
-            origin["ParentImage"] = ORIGIN_PROCESS_TABLE
-        if parent.command_line:
-            ev["ParentCommandLine"] = parent.command_line
-            origin["ParentCommandLine"] = ORIGIN_PROCESS_TABLE
 
     def _lineage(self, ev: ProcessEvent, origin: dict, entry) -> None:
         """GrandParent* fields, ParentChain and ProcessTree from the table's ancestors of ``entry``."""
@@ -565,7 +595,7 @@ class EtwSource:
         # record waits for the next wake-up (the worker then takes every record, in order), so a
         # quiet host costs one wake-up per start, not one per record.
         self._dq: deque = deque()
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._handed = [0]                  # records the sinks queued (read by the session ticker)
         self._drops = [0, 0]              # per session: records dropped because the queue was full
         self.managers: list[SessionManager] = []
@@ -615,7 +645,8 @@ class EtwSource:
         dq = self._dq
         append = dq.append
         wake = self._wake
-        is_set = wake.is_set
+        locked = wake._locked
+        release = wake._release
         cap = self.config.queue_size
         defer = max(1, min(self.wake_records, cap))
         drops = self._drops
@@ -624,6 +655,13 @@ class EtwSource:
         handed = self._handed
         kp, lost, start = SRC_KERNEL_PROCESS, SRC_LOST, m.PROCESS_START
 
+        # Once the backend reports the end of the buffers it delivers (``sink.buffer_end``, ETW's
+        # BufferCallback), a start no longer wakes the worker on its own: the buffer's end does,
+        # once for every record of the buffer (what one flush of the session delivered), so the
+        # worker takes them in one wake-up while the consumer thread is done with them.
+        per_buffer = [False]
+        due = [False]                  # a start or loss record arrived since this buffer began
+
         def sink(raw: tuple) -> None:
             n = len(dq)
             if n >= cap:
@@ -631,8 +669,34 @@ class EtwSource:
                 return
             append(raw)
             handed[0] += 1
-            if not is_set() and ((raw[1] == start and raw[0] == kp) or raw[0] == lost or n + 1 >= defer):
-                wake.set()
+            if (raw[1] == start and raw[0] == kp) or raw[0] == lost:
+                if per_buffer[0]:
+                    due[0] = True
+                    if n + 1 < defer:
+                        return
+                if locked():
+                    try:
+                        release()            # wake the worker
+                    except RuntimeError:     # the other session's thread just did
+                        pass
+            elif n + 1 >= defer and locked():
+                try:
+                    release()
+                except RuntimeError:
+                    pass
+
+        def buffer_end() -> None:
+            """(the consumer thread, after the last record of a buffer) Wake the worker once
+            for every start of the buffer."""
+            per_buffer[0] = True
+            if due[0]:
+                due[0] = False
+                if locked():
+                    try:
+                        release()
+                    except RuntimeError:
+                        pass
+        sink.buffer_end = buffer_end   # type: ignore[attr-defined]
         return sink
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -709,7 +773,7 @@ class EtwSource:
         proc = self.processor
         dq = self._dq
         popleft = dq.popleft
-        wake = self._wake
+        take = self._wake.take
         interval = self.config.tree_save_interval
         next_save = time.monotonic() + interval
         batches = self._batches
@@ -725,8 +789,9 @@ class EtwSource:
                 if due is not None and (deadline is None or due < deadline):
                     deadline = due
             # Nothing held: block until a start (or the stop marker) is queued.
-            wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            wake.clear()                       # before taking: a record queued after it wakes again
+            # (taking the signal clears it before the records are taken: one queued after
+            # that wakes the worker again)
+            take(True, -1 if deadline is None else max(0.0, deadline - time.monotonic()))
             if len(dq) > self.queue_high_water:
                 self.queue_high_water = len(dq)
             out: list[ProcessEvent] = []

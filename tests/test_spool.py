@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from sensor.deliver.spool import Spool
@@ -280,3 +281,20 @@ def test_ack_and_mark_failed_cover_every_row_of_large_batches(tmp_path):
         assert sp.depth() == 1601 - 1501
         assert sp.ack([it.rowid for it in sp.fetch(1000)]) == 100
         assert sp.depth() == 0 and sp.stats()["bytes"] == 0
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_acknowledged_rows_leave_the_counters_with_or_without_delete_returning(tmp_path, monkeypatch, returning):
+    # DELETE ... RETURNING needs SQLite 3.35; older libraries take the SELECT + DELETE path
+    from sensor.deliver import spool as spool_mod
+    monkeypatch.setattr(spool_mod, "_RETURNING", returning)
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i, pad=100 * i) for i in range(6)])
+        sp.put(alert(0))                                  # a duplicate: counted, not stored
+        full, full_rows = sp.stats(), sp._counter("rows")
+        rows = [it.rowid for it in sp.fetch(10)]
+        assert sp.ack(rows[:4] + [10_000]) == 4           # an unknown row id is no row
+        st, st_rows = sp.stats(), sp._counter("rows")
+        left = sum(len(it.body) for it in sp.fetch(10))
+    assert full["written"] == 6 and full["duplicates"] == 1 and full["depth"] == full_rows == 6
+    assert st["depth"] == st_rows == 2 and st["bytes"] == left

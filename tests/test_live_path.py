@@ -195,21 +195,3 @@ def test_with_correlation_rules_the_matcher_thread_keeps_the_events(tmp_path):
     finally:
         pipe.stop(drain_timeout=5)
     assert pipe.queue.accepted == 2 and src.emitted == 2     # through the pipeline's queue
-
-
-def test_the_worker_wake_up_is_a_binary_signal_any_thread_may_set():
-    import threading
-    from sensor.sources.etw import _Wake
-    w = _Wake()
-    assert not w.is_set() and w.take(True, 0.01) is False       # nothing signalled: times out
-    w.set()
-    w.set()                                                    # set twice: still one signal
-    assert w.is_set()
-    assert w.take(True, 5) is True and not w.is_set()          # taking it clears it
-    assert w.take(True, 0.01) is False
-    setters = [threading.Thread(target=w.set) for _ in range(8)]   # racing setters never raise
-    for t in setters:
-        t.start()
-    for t in setters:
-        t.join()
-    assert w.take(True, 5) is True and w.take(True, 0.01) is False

@@ -170,34 +170,6 @@ class SidResolver:
         return out
 
 
-class _Wake:
-    """The worker's wake-up: a binary semaphore on one lock (held while nothing is signalled).
-
-    ``set()`` (any thread) releases the lock when it is held; ``take(timeout)`` (the worker
-    alone) waits until it is released and holds it again, so waiting and clearing are one C
-    call. ``threading.Event`` does the same through a Condition, in Python code on both sides:
-    on a quiet host that code runs cache-cold for every process start."""
-
-    __slots__ = ("_lock", "take", "_locked", "_release")
-
-    def __init__(self) -> None:
-        self._lock = lock = threading.Lock()
-        lock.acquire()
-        self._locked = lock.locked
-        self._release = lock.release
-        self.take = lock.acquire             # take(True, timeout): False when it timed out
-
-    def set(self) -> None:
-        if self._locked():
-            try:
-                self._release()
-            except RuntimeError:             # another thread released it first: still set
-                pass
-
-    def is_set(self) -> bool:
-        return not self._locked()
-
-
 class _Held:
     __slots__ = ("deadline", "event", "entry", "create_time", "ppid")
 
@@ -595,7 +567,7 @@ class EtwSource:
         # record waits for the next wake-up (the worker then takes every record, in order), so a
         # quiet host costs one wake-up per start, not one per record.
         self._dq: deque = deque()
-        self._wake = _Wake()
+        self._wake = threading.Event()
         self._handed = [0]                  # records the sinks queued (read by the session ticker)
         self._drops = [0, 0]              # per session: records dropped because the queue was full
         self.managers: list[SessionManager] = []
@@ -645,8 +617,7 @@ class EtwSource:
         dq = self._dq
         append = dq.append
         wake = self._wake
-        locked = wake._locked
-        release = wake._release
+        is_set = wake.is_set
         cap = self.config.queue_size
         defer = max(1, min(self.wake_records, cap))
         drops = self._drops
@@ -655,13 +626,6 @@ class EtwSource:
         handed = self._handed
         kp, lost, start = SRC_KERNEL_PROCESS, SRC_LOST, m.PROCESS_START
 
-        # Once the backend reports the end of the buffers it delivers (``sink.buffer_end``, ETW's
-        # BufferCallback), a start no longer wakes the worker on its own: the buffer's end does,
-        # once for every record of the buffer (what one flush of the session delivered), so the
-        # worker takes them in one wake-up while the consumer thread is done with them.
-        per_buffer = [False]
-        due = [False]                  # a start or loss record arrived since this buffer began
-
         def sink(raw: tuple) -> None:
             n = len(dq)
             if n >= cap:
@@ -669,34 +633,8 @@ class EtwSource:
                 return
             append(raw)
             handed[0] += 1
-            if (raw[1] == start and raw[0] == kp) or raw[0] == lost:
-                if per_buffer[0]:
-                    due[0] = True
-                    if n + 1 < defer:
-                        return
-                if locked():
-                    try:
-                        release()            # wake the worker
-                    except RuntimeError:     # the other session's thread just did
-                        pass
-            elif n + 1 >= defer and locked():
-                try:
-                    release()
-                except RuntimeError:
-                    pass
-
-        def buffer_end() -> None:
-            """(the consumer thread, after the last record of a buffer) Wake the worker once
-            for every start of the buffer."""
-            per_buffer[0] = True
-            if due[0]:
-                due[0] = False
-                if locked():
-                    try:
-                        release()
-                    except RuntimeError:
-                        pass
-        sink.buffer_end = buffer_end   # type: ignore[attr-defined]
+            if not is_set() and ((raw[1] == start and raw[0] == kp) or raw[0] == lost or n + 1 >= defer):
+                wake.set()
         return sink
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -773,7 +711,7 @@ class EtwSource:
         proc = self.processor
         dq = self._dq
         popleft = dq.popleft
-        take = self._wake.take
+        wake = self._wake
         interval = self.config.tree_save_interval
         next_save = time.monotonic() + interval
         batches = self._batches
@@ -789,9 +727,8 @@ class EtwSource:
                 if due is not None and (deadline is None or due < deadline):
                     deadline = due
             # Nothing held: block until a start (or the stop marker) is queued.
-            # (taking the signal clears it before the records are taken: one queued after
-            # that wakes the worker again)
-            take(True, -1 if deadline is None else max(0.0, deadline - time.monotonic()))
+            wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            wake.clear()                       # before taking: a record queued after it wakes again
             if len(dq) > self.queue_high_water:
                 self.queue_high_water = len(dq)
             out: list[ProcessEvent] = []

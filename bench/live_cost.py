@@ -26,12 +26,13 @@ difference (``net``); the ratio sensor/floor is printed too.
     python bench/live_cost.py --rates 0,10 --json
     python bench/live_cost.py --flush-ms 500         # bursts every 500 ms (source.etw.flush_ms = 500)
     python bench/live_cost.py --rates 10 --sections parts.json   # thread CPU of each part of the worker
-    python bench/live_cost.py --rates 10 --profile worker.prof    # cProfile of the ETW worker thread
+    python bench/live_cost.py --rates 10 --profile worker.prof    # cProfile of the ETW worker (and .forwarder)
 
 ``--sections`` times (thread CPU, per call) the record decoders, each kind of record through the
 processor, the pipeline's batch, the matcher, the alert build, the log line, the spool commit and
 the forwarder's fetch, send and acknowledgement, inside the sensor process; the timing wrappers
-add their own cost. ``--profile`` runs the ETW worker thread under cProfile.
+add their own cost. ``--profile`` runs the ETW worker thread under cProfile, and the forwarder's
+threads under another (written to FILE.forwarder).
 
 The flush interval is how often ETW hands a quiet session's buffers to the consumer: the records
 of a start arrive with those of every other start of the same interval, and the sensor wakes once
@@ -345,22 +346,37 @@ def child_sensor(config: str) -> int:
 
 def _profile_worker(path: str | None):
     """``--profile``: run the ETW worker thread (decode, event, enrichment, matcher, alerts,
-    spool) under cProfile; returns the function that writes the statistics to ``path``."""
+    spool) under cProfile, and the forwarder's threads (fetch, output, acknowledgement) too;
+    returns the function that writes the statistics to ``path`` and ``path.forwarder``."""
     if not path:
         return None
     import cProfile
     from sensor.sources.etw import EtwSource
-    prof = cProfile.Profile()
-    work = EtwSource._work
+    from sensor.deliver.forwarder import Forwarder
+    profs: dict[str, list] = {"": [], ".forwarder": []}
 
-    def profiled(self):
-        prof.enable()
-        try:
-            work(self)
-        finally:
-            prof.disable()
-    EtwSource._work = profiled
-    return lambda: prof.dump_stats(path)
+    def profiled(fn, suffix):
+        def run(self, *a, **kw):
+            prof = cProfile.Profile()       # one per thread: cProfile follows the thread it runs on
+            profs[suffix].append(prof)
+            prof.enable()
+            try:
+                return fn(self, *a, **kw)
+            finally:
+                prof.disable()
+        return run
+    EtwSource._work = profiled(EtwSource._work, "")
+    Forwarder._loop = profiled(Forwarder._loop, ".forwarder")
+
+    def dump():
+        import pstats
+        for suffix, got in profs.items():
+            if got:
+                st = pstats.Stats(got[0])
+                for p in got[1:]:
+                    st.add(p)
+                st.dump_stats(path + suffix)
+    return dump
 
 
 def _time_sections(path: str | None):
@@ -631,7 +647,8 @@ def main() -> int:
                     help="burst interval = the sensor's source.etw.flush_ms (default 20)")
     ap.add_argument("--quick", action="store_true", help="rates up to 1,000/s, shorter phases")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--profile", help="write cProfile statistics of the sensor's ETW worker thread to this file")
+    ap.add_argument("--profile", help="write cProfile statistics of the sensor's ETW worker thread to this file "
+                         "(the forwarder's threads: FILE.forwarder)")
     ap.add_argument("--sections", help="write the thread CPU time of the worker's parts (JSON) to this file")
     ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
     args = ap.parse_args()

@@ -62,7 +62,7 @@ fuzz:
 MODULES ?=
 MUTATION_STAMP := $(VENV)/.mutation-installed
 $(MUTATION_STAMP): $(STAMP)
-	$(VPY) -m pip install -q "cosmic-ray>=8.7,<9"
+	$(VPY) -m pip install -q "cosmic-ray>=8.7,<9" "coverage>=7.4,<8"
 	touch $(MUTATION_STAMP)
 
 mutation: build $(MUTATION_STAMP)

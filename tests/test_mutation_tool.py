@@ -103,3 +103,162 @@ def test_a_sample_draws_the_same_sites_after_an_edit_elsewhere(tmp_path):
     added = sum(1 for op, _o, start, _e in sites if start[0] <= 2)
     assert len(keys(before, old_lines) & keys(after, lines)) >= 12 - added
     assert tool.sample_sites(mod, sites, 12, 2) != after            # another seed, another draw
+
+
+# -- test selection by coverage ------------------------------------------------------------------
+
+def test_import_time_code_is_not_runtime_code():
+    tool = _tool()
+    src = ("import os\n"                       # 1 import time
+           "LIMIT = 3 + 4\n"                   # 2 import time
+           "def deco(f):\n"                    # 3
+           "    return f\n"                    # 4 runtime
+           "@deco\n"                           # 5 import time (decorator)
+           "def f(a, b=LIMIT - 1):\n"          # 6 import time (default value)
+           "    x = a + b\n"                   # 7 runtime
+           "    return (x\n"                   # 8 runtime, a statement over two lines
+           "            - 1)\n"                # 9
+           "class C:\n"                        # 10
+           "    K = 2 * 2\n"                   # 11 import time (class body)
+           "    def m(self):\n"                # 12 import time (the def itself)
+           "        return self.K\n")          # 13 runtime
+    assert sorted(tool.runtime_lines(src)) == [4, 7, 8, 9, 13]
+
+
+def test_selection_runs_only_tests_that_reach_the_line_and_the_full_set_when_unsure():
+    tool = _tool()
+    cmap = {"order": ["t.py::a", "t.py::b", "t.py::c", "u.py::d"],
+            "users": {"server": ["t.py::c", "u.py::d"]},
+            "lines": {"7": ["u.py::d", "t.py::a"], "8": ["fixture:server"], "9": ["t.py::b"],
+                      "13": [""], "14": ["between:t.py::a"]}}
+    runtime = {7, 8, 9, 10, 13, 14}
+
+    def m(line, end=0):
+        return tool.Mutant("X#0", "X", 0, line, "a", "b", end_line=end or line)
+
+    assert tool.select_tests(m(7), cmap, runtime) == ["t.py::a", "u.py::d"]      # collection order
+    assert tool.select_tests(m(8), cmap, runtime) == ["t.py::c", "u.py::d"]      # a wider fixture
+    assert tool.select_tests(m(8, 9), cmap, runtime) == ["t.py::b", "t.py::c", "u.py::d"]
+    assert tool.select_tests(m(10), cmap, runtime) == []                         # reached by none
+    assert tool.select_tests(m(2), cmap, runtime) is None                        # import time
+    assert tool.select_tests(m(9, 11), cmap, runtime) is None                    # partly
+    assert tool.select_tests(m(13), cmap, runtime) is None                       # collection
+    assert tool.select_tests(m(14), cmap, runtime) is None                       # between tests
+
+
+_DEMO_MOD = '''\
+import functools
+
+def add(a, b):
+    return a + b
+
+def from_fixture(n):
+    return n * 2
+
+def in_subprocess(n):
+    return n - 1
+
+@functools.lru_cache(maxsize=None)
+def cached(n):
+    return n + 100
+'''
+
+_DEMO_TEST_A = '''\
+import subprocess, sys
+import pytest
+from mutdemo_pkg import mod
+
+@pytest.fixture(scope="module")
+def doubled():
+    return mod.from_fixture(21)
+
+def test_add():
+    assert mod.add(2, 3) == 5
+
+def test_uses_the_fixture(doubled):
+    assert doubled == 42
+
+def test_subprocess():
+    out = subprocess.run([sys.executable, "-c",
+                          "from mutdemo_pkg import mod; print(mod.in_subprocess(10))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "9"
+
+def test_warms_the_cache():
+    mod.cached(1)
+
+def test_reads_the_cache():
+    assert mod.cached.cache_info().currsize == 1 and mod.cached(1) == 101
+'''
+
+_DEMO_TEST_B = '''\
+from mutdemo_pkg import mod
+
+def test_fixture_user_elsewhere(doubled):
+    assert doubled == 42
+'''
+
+
+def test_coverage_map_and_selected_runs_on_a_small_project(tmp_path, monkeypatch):
+    """A real coverage run over a small project: a test's own lines, a module-scoped fixture's
+    (charged to every test using it), a subprocess's (charged to the test that started it);
+    then mutants run with their selected tests, and a survivor of the selection (a value cached
+    by one test and checked by another) is caught by the full-set confirmation."""
+    import pytest
+    pytest.importorskip("coverage", reason="coverage is installed by `make mutation` only")
+    pytest.importorskip("cosmic_ray", reason="cosmic-ray is installed by `make mutation` only")
+    tool = _tool()
+    proj = tmp_path / "proj"
+    (proj / "mutdemo_pkg").mkdir(parents=True)
+    (proj / "tests").mkdir()
+    (proj / "mutdemo_pkg" / "__init__.py").write_text("")
+    (proj / "mutdemo_pkg" / "mod.py").write_text(_DEMO_MOD)
+    (proj / "tests" / "conftest.py").write_text(
+        "import pytest\nfrom mutdemo_pkg import mod\n\n"
+        "@pytest.fixture(scope='session')\ndef doubled():\n    return mod.from_fixture(21)\n")
+    (proj / "tests" / "test_a.py").write_text(_DEMO_TEST_A)
+    (proj / "tests" / "test_b.py").write_text(_DEMO_TEST_B)
+    (proj / "pytest.ini").write_text("[pytest]\n")
+    monkeypatch.setattr(tool, "TREE", proj)
+    monkeypatch.setattr(tool, "WORK", tmp_path / "work")
+    monkeypatch.setenv("PYTHONPATH", str(proj))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    (tmp_path / "work").mkdir()
+    tests = ["tests/test_a.py", "tests/test_b.py"]
+    cmap = tool.coverage_map("mutdemo_pkg/mod.py", tests, [], tmp_path / "cov.log")
+    lines = {int(k): set(v) for k, v in cmap["lines"].items()}
+    a = "tests/test_a.py::"
+    assert lines[4] == {a + "test_add"}
+    assert lines[7] == {"fixture:doubled"}
+    assert set(cmap["users"]["doubled"]) == {a + "test_uses_the_fixture",
+                                             "tests/test_b.py::test_fixture_user_elsewhere"}
+    assert lines[10] == {a + "test_subprocess"}
+    assert lines[14] == {a + "test_warms_the_cache"}
+    assert "" in lines[1]                             # import time: collection
+    again = tool.coverage_map("mutdemo_pkg/mod.py", tests, [], tmp_path / "cov2.log")
+    assert again == cmap and not (tmp_path / "cov2.log").exists()     # cached
+
+    runtime = tool.runtime_lines(_DEMO_MOD)
+    src = proj / "mutdemo_pkg" / "mod.py"
+
+    def run(line, new):
+        src.write_text(_DEMO_MOD.replace(*new))
+        m = tool.Mutant("X#0", "X", 0, line, "", "", end_line=line)
+        try:
+            tool.run_mutant(m, tests, cmap, runtime, tmp_path / "m.log", 60, [], compare=True)
+        finally:
+            src.write_text(_DEMO_MOD)
+        return m
+
+    m = run(4, ("a + b", "a - b"))
+    assert (m.selected, m.first_outcome, m.outcome, m.full_outcome) == (1, "killed", "killed", "killed")
+    m = run(7, ("n * 2", "n * 3"))
+    assert (m.selected, m.first_outcome, m.outcome) == (2, "killed", "killed")
+    m = run(10, ("n - 1", "n + 1"))
+    assert (m.selected, m.first_outcome, m.outcome) == (1, "killed", "killed")
+    m = run(14, ("n + 100", "n + 99"))       # only the cache reader sees it
+    assert (m.selected, m.first_outcome, m.outcome, m.full_outcome) == (1, "survived", "killed", "killed")
+    m = run(12, ("maxsize=None", "maxsize=0"))     # a decorator: import time, the full set
+    assert (m.selected, m.outcome) == (-1, "killed")
+    summary = tool.compare_summary([m])
+    assert summary["mutants"] == 1 and summary["agree"] == 1

@@ -50,6 +50,10 @@ import tomllib
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
+import pluggy
+
+_hookimpl = pluggy.HookimplMarker("pytest")     # pytest.hookimpl, without importing pytest here
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
 TREE = WORK / "tree"
@@ -138,6 +142,11 @@ class Mutant:
     seconds: float = 0.0
     reason: str = ""           # why equivalent (from the equivalents file)
     rechecked: str = ""        # when --check last ran this mutant alone (after new tests)
+    end_line: int = 0          # the last source line the mutation touches
+    selected: int = -1         # tests its first run ran: -1 the full mapped set, 0 none covers it
+    first_outcome: str = ""    # the outcome of that first run (a survivor is then confirmed)
+    full_outcome: str = ""     # --compare: the outcome of the full mapped set
+    full_seconds: float = 0.0
 
 
 def say(*a) -> None:
@@ -254,7 +263,8 @@ def enumerate_mutants(path: Path, sites: list[tuple[str, int, tuple, tuple]] | N
         delta = len(m_lines) - len(src_lines)
         orig = " ".join(x.strip() for x in src_lines[a:b])
         new = " ".join(x.strip() for x in m_lines[a:b + delta])
-        out.append(Mutant(f"{name.split('/')[-1]}#{occ}", name, occ, start[0], orig, new))
+        out.append(Mutant(f"{name.split('/')[-1]}#{occ}", name, occ, start[0], orig, new,
+                          end_line=end[0]))
     return out
 
 
@@ -335,8 +345,16 @@ def pytest_args(tests: list[str]) -> list[str]:
     return out
 
 
-def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> tuple[str, float]:
-    """Fork; the child runs pytest on ``tests`` inside the copy. (outcome, seconds)."""
+# Exit codes of a child beside pytest's own: 98 "the selected tests were not all collected (the
+# mutant changed what a test file collects): run the full set", 99 "the runner itself failed".
+_RERUN_FULL = 98
+_PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+
+
+def _fork(body, log: Path, timeout: float) -> tuple[int | None, float]:
+    """Run ``body()`` (returns an exit code) in a forked child in its own process group, inside
+    the copy; kill the group at the end or at ``timeout``. (exit status or None on timeout, s)."""
     t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:   # child
@@ -352,10 +370,7 @@ def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> 
             sys.dont_write_bytecode = True
             from cosmic_ray.exceptions import CosmicRayTestingException
             builtins.CosmicRayTestingException = CosmicRayTestingException  # a handler that never matches
-            import pytest
-            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                                "-W", "ignore::pytest.PytestAssertRewriteWarning",
-                                *extra, *pytest_args(tests)])
+            code = body()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(int(code))
@@ -387,15 +402,255 @@ def run_child(tests: list[str], log: Path, timeout: float, extra: list[str]) -> 
     _CHILD.clear()
     if status is None:
         os.waitpid(pid, 0)
+    return status, elapsed
+
+
+class _Only:
+    """pytest plugin: keep only the selected tests (by node id), in collection order."""
+
+    def __init__(self, ids):
+        self.ids = set(ids)
+
+    @_hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        have = {item.nodeid for item in items}
+        if not self.ids <= have:
+            missing = sorted(self.ids - have)[:5]
+            print(f"mutation: selected tests not collected ({missing}); the full set decides",
+                  file=sys.stderr, flush=True)
+            os._exit(_RERUN_FULL)
+        drop = [item for item in items if item.nodeid not in self.ids]
+        items[:] = [item for item in items if item.nodeid in self.ids]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+
+
+def run_child(tests: list[str], log: Path, timeout: float, extra: list[str],
+              only: list[str] | None = None) -> tuple[str, float]:
+    """Run pytest -x on ``tests`` inside the copy, in a fresh child; with ``only`` (node ids),
+    just those tests, collecting only their files. (outcome, seconds)."""
+    if only is not None:
+        files = list(dict.fromkeys(n.split("::", 1)[0] for n in only))
+        args = files + [a for t in tests if t.startswith("!") for a in ("--deselect", t[1:])]
+    else:
+        args = pytest_args(tests)
+
+    def body() -> int:
+        import pytest
+        plugins = [] if only is None else [_Only(only)]
+        return pytest.main(["-x", *_PYTEST_ARGS, *extra, *args], plugins=plugins)
+
+    status, elapsed = _fork(body, log, timeout)
+    if status is None:
         return "timeout", elapsed
     if os.WIFSIGNALED(status):
         return "killed", elapsed          # a crash is a caught mutant
     code = os.WEXITSTATUS(status)
     if code == 0:
         return "survived", elapsed
-    if code in (5, 99):
-        return "error", elapsed           # no tests collected / the runner itself failed
+    if code == _RERUN_FULL and only is not None:
+        outcome, more = run_child(tests, log, timeout, extra)
+        return outcome, elapsed + more
+    if code in (4, 5, 99, _RERUN_FULL):
+        return "error", elapsed           # usage error / no tests collected / the runner failed
     return "killed", elapsed
+
+
+# -- which tests reach which line ----------------------------------------------------------------
+#
+# One run of the module's tests under coverage.py records, per source line of the module, the
+# tests that executed it (a dynamic context per test: its setup, call and teardown; a fixture of a
+# wider scope gets its own context, charged to every test that uses it; a subprocess the tests
+# start records too, under the context of the test that started it). A mutant then runs only the
+# tests that reach its lines. That is sound because a test that never executes a line cannot
+# see it changed, with two exceptions handled by running the full set instead:
+# * code that runs at import (module level, class bodies, decorators, default values) and any
+#   line executed while test files were collected: every test sees it;
+# * a mutant whose tests all pass: it is confirmed with the full mapped set (a line reached only
+#   by a process the tests kill hard records nothing, and a value computed once and cached is
+#   seen by later tests that never execute the line), so a survivor always survived everything.
+
+_SITECUSTOMIZE = '''\
+import os
+if os.environ.get("MUTATION_COV_DATA"):
+    try:
+        import coverage
+        _cov = coverage.Coverage(data_file=os.environ["MUTATION_COV_DATA"], data_suffix=True,
+                                 include=[os.environ["MUTATION_COV_INCLUDE"]], auto_data=True,
+                                 context=os.environ.get("MUTATION_COV_CONTEXT") or None,
+                                 config_file=False)
+        _cov.set_option("run:sigterm", True)
+        _cov.start()
+    except Exception:
+        pass
+'''
+
+
+class _Contexts:
+    """pytest plugin for the coverage run: one dynamic context per test (setup, call, teardown),
+    one per fixture of a wider scope; records which tests use which fixture, and failures."""
+
+    def __init__(self, cov):
+        self.cov = cov
+        self.current = ""
+        self.item = ""
+        self.order: list[str] = []
+        self.users: dict[str, list[str]] = {}
+        self.failed: list[str] = []
+
+    def _switch(self, ctx: str) -> None:
+        self.current = ctx
+        self.cov.switch_context(ctx)
+        os.environ["MUTATION_COV_CONTEXT"] = ctx       # for the subprocesses a test starts
+
+    def pytest_collection_modifyitems(self, items):
+        for item in items:
+            for name in getattr(item, "fixturenames", ()):
+                self.users.setdefault(name, []).append(item.nodeid)
+
+    @_hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        self.order.append(item.nodeid)
+        self.item = item.nodeid
+        self._switch(item.nodeid)
+        yield
+        self._switch(f"between:{item.nodeid}")
+
+    @_hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        if fixturedef.scope == "function":
+            yield
+            return
+        ctx = f"fixture:{fixturedef.argname}"
+        prev = self.current
+        self._switch(ctx)
+        try:
+            yield
+        finally:
+            self._switch(prev)
+            # finalizers run last-added first: this one switches before the fixture's teardown
+            fixturedef.addfinalizer(lambda: self._switch(ctx))
+
+    def pytest_fixture_post_finalizer(self, fixturedef, request):
+        if fixturedef.scope != "function":
+            self._switch(self.item)
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.failed.append(report.nodeid)
+
+
+def runtime_lines(source: str) -> set[int]:
+    """The lines that run only when a function is called: statements inside function bodies.
+    The rest (module level, class bodies, decorators, default values, annotations that are
+    evaluated) runs at import, where every test sees it."""
+    import ast
+    out: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for stmt in node.body:
+                out.update(range(stmt.lineno, stmt.end_lineno + 1))
+    return out
+
+
+def tree_digest(module: str, tests: list[str], extra: list[str]) -> str:
+    """What a coverage map depends on: the copy's code and tests, the module, the test list."""
+    h = hashlib.sha256(json.dumps([module, tests, extra]).encode())
+    for top in ("sensor", "tests"):
+        for p in sorted((TREE / top).rglob("*")):
+            if p.is_file() and p.suffix in (".py", ".so", ".pyd", ".yml", ".yaml", ".toml", ".json"):
+                h.update(str(p.relative_to(TREE)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def coverage_map(module: str, tests: list[str], extra: list[str], log: Path) -> dict:
+    """Run the module's tests once under coverage (no -x). Returns {"lines": {line: [context]},
+    "users": {fixture: [node id]}, "order": [node id], "failed": [node id], "seconds": s}.
+    Cached per digest of the copy (a re-run over the same code and tests reuses it)."""
+    digest = tree_digest(module, tests, extra)
+    cache = WORK / "coverage" / f"{module_key(module)}-{digest[:16]}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    out = WORK / f"{TREE.name}-cov"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    data = out / "data"
+    target = str(TREE / module)
+    meta = out / "meta.json"
+
+    def body() -> int:
+        import coverage
+        import pytest
+        os.environ["MUTATION_COV_DATA"] = str(data)
+        os.environ["MUTATION_COV_INCLUDE"] = target
+        os.environ["PYTHONPATH"] = str(out) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        cov = coverage.Coverage(data_file=str(data), include=[target], config_file=False)
+        plugin = _Contexts(cov)
+        try:
+            from hypothesis import settings
+            # only the map run: tracing makes examples slower, and deadlines are not what it asks
+            settings.register_profile("mutation-map", parent=settings.get_profile("ci"),
+                                      deadline=None)
+            os.environ["SENSOR_HYPOTHESIS_PROFILE"] = "mutation-map"
+        except Exception:
+            pass
+        cov.start()
+        try:
+            code = pytest.main([*_PYTEST_ARGS, *extra, *pytest_args(tests)], plugins=[plugin])
+        finally:
+            cov.stop()
+            cov.save()
+        meta.write_text(json.dumps({"order": plugin.order, "users": plugin.users,
+                                    "failed": plugin.failed}))
+        return int(code)
+
+    status, seconds = _fork(body, log, 3 * 3600)
+    if status is None or not os.WIFEXITED(status) or not meta.exists():
+        raise SystemExit(f"{module}: the coverage run did not finish (see {log})")
+    result = json.loads(meta.read_text())
+    if os.WEXITSTATUS(status) != 0 or result["failed"]:
+        raise SystemExit(f"{module}: the tests fail without any mutant: {result['failed'][:5]} "
+                         f"(see {log})")
+    from coverage import CoverageData
+    lines: dict[int, set[str]] = {}
+    for f in out.glob("data*"):
+        cd = CoverageData(basename=str(f))
+        cd.read()
+        for measured in cd.measured_files():
+            if Path(measured).resolve() != Path(target).resolve():
+                continue
+            for line, ctxs in cd.contexts_by_lineno(measured).items():
+                lines.setdefault(line, set()).update(ctxs)
+    result["lines"] = {str(k): sorted(v) for k, v in lines.items()}
+    result["seconds"] = round(seconds, 1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result))
+    shutil.rmtree(out)
+    return result
+
+
+def select_tests(m: Mutant, cmap: dict, runtime: set[int]) -> list[str] | None:
+    """The tests that execute the mutant's lines, in collection order; None: the full mapped set
+    (import-time code, or a line run while test files were collected)."""
+    span = range(m.line, max(m.end_line, m.line) + 1)
+    if not all(x in runtime for x in span):
+        return None
+    chosen: set[str] = set()
+    order = cmap["order"]
+    known = set(order)
+    for x in span:
+        for ctx in cmap["lines"].get(str(x), ()):
+            if ctx in known:
+                chosen.add(ctx)
+            elif ctx.startswith("fixture:"):
+                chosen.update(cmap["users"].get(ctx.removeprefix("fixture:"), ()))
+            elif ctx.startswith("between:"):
+                return None       # between two tests (a thread that outlived its test): unknown
+            else:
+                return None       # collection or start-up: every test may see it
+    return [n for n in order if n in chosen]
 
 
 def module_key(module: str) -> str:
@@ -426,6 +681,12 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     mutants = enumerate_mutants(path, sites)
     sample = f" (a sample of {len(sites)} of {total} sites, seed {args.seed})" if len(sites) < total else ""
     say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants{sample}; timeout {timeout:.0f} s each")
+    cmap, runtime = None, set()
+    if not args.full_set:
+        cmap = coverage_map(module, tests, extra, logs / "coverage.log")
+        runtime = runtime_lines(original)
+        say(f"   coverage map: {len(cmap['order'])} tests, {len(cmap['lines'])} lines reached "
+            f"({cmap['seconds']:.0f} s, cached after the first run)")
     t_start = time.monotonic()
 
     sha = hashlib.sha256(original.encode()).hexdigest()
@@ -440,6 +701,9 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
             "lines": [list(args.lines)] if args.lines else None,
             "partial": done < len(mutants),
             "sites": total, "sample_seed": args.seed if len(sites) < total else None,
+            "selection": "full mapped set" if args.full_set else "tests that cover the line",
+            "coverage_seconds": cmap["seconds"] if cmap else None,
+            "compare": compare_summary(mutants) if args.compare else None,
             "mutants": [asdict(m) for m in mutants],
         }
         if args.lines and out.exists():
@@ -464,7 +728,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     try:
         for i, m in enumerate(mutants, 1):
             path.write_text(mutated_source(path, m), encoding="utf-8")
-            m.outcome, m.seconds = run_child(tests, logs / "last.log", timeout, extra)
+            run_mutant(m, tests, cmap, runtime, logs / "last.log", timeout, extra, args.compare)
             path.write_text(original, encoding="utf-8")
             if m.outcome == "survived":
                 shutil.copy(logs / "last.log", logs / f"{m.id.replace('/', '_')}.log")
@@ -478,7 +742,71 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     finally:
         path.write_text(original, encoding="utf-8")
     mark_equivalents(module, mutants, entries)
-    return save(len(mutants))
+    result = save(len(mutants))
+    if not args.full_set:
+        run = [m for m in mutants if m.first_outcome]
+        say(f"   selection: {sum(m.selected == -1 for m in run)} mutants ran the full set "
+            f"(import-time code), {sum(m.selected == 0 for m in run)} reached by no test, "
+            f"the rest {sum(max(m.selected, 0) for m in run)} tests in all; "
+            f"{sum(m.first_outcome == 'survived' for m in run)} confirmed with the full set, "
+            f"{sum(m.first_outcome == 'survived' and m.outcome != 'survived' for m in run)} "
+            f"of them caught there")
+    if args.compare:
+        say("   compare: " + json.dumps(result["compare"]))
+    return result
+
+
+def _caught(outcome: str) -> bool:
+    return outcome in ("killed", "timeout")
+
+
+def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: set[int], log: Path,
+               timeout: float, extra: list[str], compare: bool) -> None:
+    """Run one mutant (already written into the copy): the tests that reach its lines, or the
+    full mapped set when selection cannot be trusted; a survivor is confirmed with the full set.
+    With ``compare`` the full set runs for every mutant too (outcome and time kept apart)."""
+    only = select_tests(m, cmap, runtime) if cmap is not None else None
+    m.selected = -1 if only is None else len(only)
+    if only is None:
+        outcome, secs = run_child(tests, log, timeout, extra)
+    elif not only:
+        outcome, secs = "survived", 0.0          # no test reaches it (confirmed below)
+    else:
+        outcome, secs = run_child(tests, log, timeout, extra, only=only)
+    m.first_outcome = outcome
+    if compare:
+        if only is None:
+            m.full_outcome, m.full_seconds = outcome, secs
+        else:
+            m.full_outcome, m.full_seconds = run_child(tests, log.with_suffix(".full.log"),
+                                                       timeout, extra)
+    if outcome == "survived" and only is not None:
+        if compare:
+            outcome, more = m.full_outcome, m.full_seconds
+        else:
+            outcome, more = run_child(tests, log, timeout, extra)
+        secs += more
+    m.outcome, m.seconds = outcome, round(secs, 2)
+
+
+def compare_summary(mutants: list[Mutant]) -> dict:
+    """--compare: selected runs against the full mapped set, mutant by mutant, and the speed."""
+    done = [m for m in mutants if m.full_outcome]
+    sel_s = sum(m.seconds for m in done)
+    full_s = sum(m.full_seconds for m in done)
+    return {
+        "mutants": len(done),
+        # before the confirmation of survivors: the selection alone
+        "agree_before_confirmation": sum(_caught(m.first_outcome) == _caught(m.full_outcome)
+                                         for m in done),
+        "caught_by_selection_only": sum(_caught(m.first_outcome) and not _caught(m.full_outcome)
+                                        for m in done),
+        "agree": sum(_caught(m.outcome) == _caught(m.full_outcome) for m in done),
+        "selected_seconds": round(sel_s, 1), "full_seconds": round(full_s, 1),
+        "selected_per_minute": round(60 * len(done) / sel_s, 2) if sel_s else None,
+        "full_per_minute": round(60 * len(done) / full_s, 2) if full_s else None,
+        "speedup": round(full_s / sel_s, 2) if sel_s else None,
+    }
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -590,6 +918,12 @@ def main(argv=None) -> int:
     ap.add_argument("--lines", type=lambda v: tuple(int(x) for x in v.split("-", 1)),
                     help="FIRST-LAST: only the mutants starting on these source lines (a part of "
                          "a big module; the report says so)")
+    ap.add_argument("--full-set", action="store_true",
+                    help="run every mutant against the module's whole test list (no selection "
+                         "by coverage; the way before selection, for comparison)")
+    ap.add_argument("--compare", action="store_true",
+                    help="run every mutant both ways (selected tests, then the full set) and "
+                         "report agreement and mutants per minute of each")
     ap.add_argument("--tree", default="tree",
                     help="name of the scratch copy under .mutation/ (two runs at once need two)")
     ap.add_argument("--fail-under", action="store_true",
@@ -599,7 +933,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, _stop)
     os.chdir(ROOT)
     if not args.tree or os.sep in args.tree or args.tree in (".", "..", "check-tree", "results",
-                                                           "logs", "shared"):
+                                                           "logs", "shared", "coverage") \
+            or args.tree.endswith("-cov"):
         raise SystemExit(f"--tree {args.tree!r}: a plain name under .mutation/ is needed")
     TREE = WORK / args.tree
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -85,6 +85,9 @@ def test_a_damaged_spool_is_moved_aside_and_its_rows_recovered(tmp_path, how, ca
         # the schema is gone, so are the tree and the freelist: stale copies of confirmed alerts
         # may come back (a duplicate, never a loss); every live one is there
         assert set(ids) <= set(recovered) <= everything
+        # more rows back than the file counted: duplicates, not losses, and no negative count
+        assert info["recovered"] > len(ids) and info["lost"] == 0
+        assert "; 0 lost" in caplog.text
     else:
         assert set(recovered) <= set(ids)  # nothing made up, no confirmed alert brought back
     if how == "header_overwritten":

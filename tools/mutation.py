@@ -106,6 +106,8 @@ MODULES: dict[str, list[str]] = {
     "sensor/deliver/syslog.py": ["tests/test_syslog.py"],
     "sensor/detect/signing.py": ["tests/test_signing.py"],
     "sensor/daemon/reload.py": ["tests/test_reload.py"],
+    "sensor/detect/correlate.py": ["tests/test_correlation.py", "tests/test_correlation_sqlite.py",
+                                   "tests/test_sigma_filters.py"],
 }
 
 # cosmic-ray's operators, curated. Dropped: the other binary-operator swaps (one wrong operator
@@ -168,6 +170,13 @@ def make_tree() -> None:
         dst = TREE / f
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dst)
+    # Bytecode checked against the source's hash at every import: the unmutated modules and the
+    # tests load without compiling, a mutated module never matches its .pyc and is compiled anew.
+    import compileall
+    import py_compile
+    for top in ("sensor", "tests"):
+        compileall.compile_dir(TREE / top, quiet=2, workers=1,
+                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     shared = WORK / "shared"
     real = ROOT.parent / "shared"
     if not shared.exists() and real.exists():
@@ -348,7 +357,9 @@ def pytest_args(tests: list[str]) -> list[str]:
 # Exit codes of a child beside pytest's own: 98 "the selected tests were not all collected (the
 # mutant changed what a test file collects): run the full set", 99 "the runner itself failed".
 _RERUN_FULL = 98
-_PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+# --assert=plain: an assert fails the same without pytest's rewriting, which re-parses every test
+# file in every child (no bytecode cache there) and cost more than most killed mutants' tests.
+_PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--assert=plain",
                 "-W", "ignore::pytest.PytestAssertRewriteWarning"]
 
 
@@ -728,7 +739,8 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     try:
         for i, m in enumerate(mutants, 1):
             path.write_text(mutated_source(path, m), encoding="utf-8")
-            run_mutant(m, tests, cmap, runtime, logs / "last.log", timeout, extra, args.compare)
+            run_mutant(m, tests, cmap, runtime, logs / "last.log", timeout, extra, args.compare,
+                       args.confirm)
             path.write_text(original, encoding="utf-8")
             if m.outcome == "survived":
                 shutil.copy(logs / "last.log", logs / f"{m.id.replace('/', '_')}.log")
@@ -747,10 +759,11 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
         run = [m for m in mutants if m.first_outcome]
         say(f"   selection: {sum(m.selected == -1 for m in run)} mutants ran the full set "
             f"(import-time code), {sum(m.selected == 0 for m in run)} reached by no test, "
-            f"the rest {sum(max(m.selected, 0) for m in run)} tests in all; "
-            f"{sum(m.first_outcome == 'survived' for m in run)} confirmed with the full set, "
-            f"{sum(m.first_outcome == 'survived' and m.outcome != 'survived' for m in run)} "
-            f"of them caught there")
+            f"the rest {sum(max(m.selected, 0) for m in run)} tests in all"
+            + (f"; {sum(m.first_outcome == 'survived' and m.selected >= 0 for m in run)} survivors "
+               f"confirmed with the full set, "
+               f"{sum(m.first_outcome == 'survived' and m.outcome != 'survived' for m in run)} "
+               f"of them caught there" if args.confirm or args.compare else ""))
     if args.compare:
         say("   compare: " + json.dumps(result["compare"]))
     return result
@@ -761,10 +774,11 @@ def _caught(outcome: str) -> bool:
 
 
 def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: set[int], log: Path,
-               timeout: float, extra: list[str], compare: bool) -> None:
+               timeout: float, extra: list[str], compare: bool, confirm: bool = False) -> None:
     """Run one mutant (already written into the copy): the tests that reach its lines, or the
-    full mapped set when selection cannot be trusted; a survivor is confirmed with the full set.
-    With ``compare`` the full set runs for every mutant too (outcome and time kept apart)."""
+    full mapped set when selection cannot be trusted. ``confirm``: a survivor of its selected
+    tests runs the full set too. ``compare``: the full set runs for every mutant (outcome and
+    time kept apart)."""
     only = select_tests(m, cmap, runtime) if cmap is not None else None
     m.selected = -1 if only is None else len(only)
     if only is None:
@@ -780,7 +794,7 @@ def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: set[int]
         else:
             m.full_outcome, m.full_seconds = run_child(tests, log.with_suffix(".full.log"),
                                                        timeout, extra)
-    if outcome == "survived" and only is not None:
+    if outcome == "survived" and only is not None and confirm:
         if compare:
             outcome, more = m.full_outcome, m.full_seconds
         else:
@@ -921,6 +935,9 @@ def main(argv=None) -> int:
     ap.add_argument("--full-set", action="store_true",
                     help="run every mutant against the module's whole test list (no selection "
                          "by coverage; the way before selection, for comparison)")
+    ap.add_argument("--confirm", action="store_true",
+                    help="run the full set on every survivor of its selected tests (a survivor "
+                         "is confirmed anyway by --check before a test is written for it)")
     ap.add_argument("--compare", action="store_true",
                     help="run every mutant both ways (selected tests, then the full set) and "
                          "report agreement and mutants per minute of each")

@@ -122,7 +122,13 @@ def test_import_time_code_is_not_runtime_code():
            "    K = 2 * 2\n"                   # 11 import time (class body)
            "    def m(self):\n"                # 12 import time (the def itself)
            "        return self.K\n")          # 13 runtime
-    assert sorted(tool.runtime_lines(src)) == [4, 7, 8, 9, 13]
+    lines = tool.runtime_lines(src)
+    assert sorted(lines) == [3, 4, 5, 6, 7, 8, 9, 12, 13]       # not 1, 2, 10, 11
+    assert lines[4] == [4] and lines[8] == [8] and lines[13] == [13]       # its own coverage
+    # a header is seen by the tests that call the function: any line of its body
+    assert lines[3] == [4] and lines[5] == lines[6] == [7, 8, 9] and lines[12] == [13]
+    abstract = "import abc\nclass A(abc.ABC):\n    @abc.abstractmethod\n    def f(self, x=1):\n        return x\n"
+    assert sorted(tool.runtime_lines(abstract)) == [5]
 
 
 def test_selection_runs_only_tests_that_reach_the_line_and_the_full_set_when_unsure():
@@ -131,7 +137,7 @@ def test_selection_runs_only_tests_that_reach_the_line_and_the_full_set_when_uns
             "users": {"server": ["t.py::c", "u.py::d"]},
             "lines": {"7": ["u.py::d", "t.py::a"], "8": ["fixture:server"], "9": ["t.py::b"],
                       "13": [""], "14": ["between:t.py::a"]}}
-    runtime = {7, 8, 9, 10, 13, 14}
+    runtime = {x: [x] for x in (7, 8, 9, 10, 13, 14)} | {6: [7, 8, 9]}
 
     def m(line, end=0):
         return tool.Mutant("X#0", "X", 0, line, "a", "b", end_line=end or line)
@@ -140,6 +146,7 @@ def test_selection_runs_only_tests_that_reach_the_line_and_the_full_set_when_uns
     assert tool.select_tests(m(8), cmap, runtime) == ["t.py::c", "u.py::d"]      # a wider fixture
     assert tool.select_tests(m(8, 9), cmap, runtime) == ["t.py::b", "t.py::c", "u.py::d"]
     assert tool.select_tests(m(10), cmap, runtime) == []                         # reached by none
+    assert tool.select_tests(m(6), cmap, runtime) == ["t.py::a", "t.py::b", "t.py::c", "u.py::d"]
     assert tool.select_tests(m(2), cmap, runtime) is None                        # import time
     assert tool.select_tests(m(9, 11), cmap, runtime) is None                    # partly
     assert tool.select_tests(m(13), cmap, runtime) is None                       # collection
@@ -263,7 +270,10 @@ def test_coverage_map_and_selected_runs_on_a_small_project(tmp_path, monkeypatch
     assert (m.selected, m.first_outcome, m.outcome, m.full_outcome) == (1, "survived", "survived", "killed")
     m = run(14, ("n + 100", "n + 99"), confirm=True)
     assert (m.selected, m.first_outcome, m.outcome, m.full_outcome) == (1, "survived", "killed", "killed")
-    m = run(12, ("maxsize=None", "maxsize=0"))     # a decorator: import time, the full set
-    assert (m.selected, m.outcome) == (-1, "killed")
+    m = run(12, ("maxsize=None", "maxsize=0"))     # a decorator: the tests that call it
+    assert (m.selected, m.outcome) == (1, "survived")
+    assert m.full_outcome == "killed"              # (the cache reader again)
+    m = run(1, ("import functools", "import functools, os"))   # module level: the full set
+    assert (m.selected, m.outcome) == (-1, "survived")
     summary = tool.compare_summary([m])
     assert summary["mutants"] == 1 and summary["agree"] == 1

@@ -436,6 +436,18 @@ class _Only:
             config.hook.pytest_deselected(items=drop)
 
 
+class _ExitAtSessionEnd:
+    """pytest plugin: leave as soon as the session's outcome is known and reported, skipping
+    pytest's unconfigure (a forced garbage collection; nothing there changes the outcome)."""
+
+    @_hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        yield
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(session.exitstatus))
+
+
 def run_child(tests: list[str], log: Path, timeout: float, extra: list[str],
               only: list[str] | None = None) -> tuple[str, float]:
     """Run pytest -x on ``tests`` inside the copy, in a fresh child; with ``only`` (node ids),
@@ -448,7 +460,7 @@ def run_child(tests: list[str], log: Path, timeout: float, extra: list[str],
 
     def body() -> int:
         import pytest
-        plugins = [] if only is None else [_Only(only)]
+        plugins = [_ExitAtSessionEnd()] + ([] if only is None else [_Only(only)])
         return pytest.main(["-x", *_PYTEST_ARGS, *extra, *args], plugins=plugins)
 
     status, elapsed = _fork(body, log, timeout)
@@ -551,16 +563,28 @@ class _Contexts:
             self.failed.append(report.nodeid)
 
 
-def runtime_lines(source: str) -> set[int]:
-    """The lines that run only when a function is called: statements inside function bodies.
-    The rest (module level, class bodies, decorators, default values, annotations that are
-    evaluated) runs at import, where every test sees it."""
+def runtime_lines(source: str) -> dict[int, list[int]]:
+    """Which lines run only when a function is called, and the lines whose coverage says which
+    tests can see a mutant there: a statement in a function body is seen by the tests that
+    execute it; a function's header (its decorators, default values, the ``def`` line) by the
+    tests that execute any line of its body, since a default or a decorator matters only when the
+    function is called. Everything else (module level, class bodies, class decorators, an
+    ``abstractmethod``) runs at import, where every test sees it: not in the result."""
     import ast
-    out: set[int] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for stmt in node.body:
-                out.update(range(stmt.lineno, stmt.end_lineno + 1))
+    tree = ast.parse(source)
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    out: dict[int, list[int]] = {}
+    for node in funcs:
+        for stmt in node.body:
+            for x in range(stmt.lineno, stmt.end_lineno + 1):
+                out[x] = [x]
+    for node in funcs:
+        if any("abstract" in ast.unparse(d) for d in node.decorator_list):
+            continue        # decides whether a subclass can be made at all, called or not
+        body = list(range(node.body[0].lineno, node.body[-1].end_lineno + 1))
+        first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        for x in range(first, node.body[0].lineno):
+            out.setdefault(x, body)
     return out
 
 
@@ -642,7 +666,7 @@ def coverage_map(module: str, tests: list[str], extra: list[str], log: Path) -> 
     return result
 
 
-def select_tests(m: Mutant, cmap: dict, runtime: set[int]) -> list[str] | None:
+def select_tests(m: Mutant, cmap: dict, runtime: dict[int, list[int]]) -> list[str] | None:
     """The tests that execute the mutant's lines, in collection order; None: the full mapped set
     (import-time code, or a line run while test files were collected)."""
     span = range(m.line, max(m.end_line, m.line) + 1)
@@ -651,7 +675,7 @@ def select_tests(m: Mutant, cmap: dict, runtime: set[int]) -> list[str] | None:
     chosen: set[str] = set()
     order = cmap["order"]
     known = set(order)
-    for x in span:
+    for x in sorted({y for line in span for y in runtime[line]}):
         for ctx in cmap["lines"].get(str(x), ()):
             if ctx in known:
                 chosen.add(ctx)
@@ -692,7 +716,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
     mutants = enumerate_mutants(path, sites)
     sample = f" (a sample of {len(sites)} of {total} sites, seed {args.seed})" if len(sites) < total else ""
     say(f"   unmutated run {base:.1f} s; {len(mutants)} mutants{sample}; timeout {timeout:.0f} s each")
-    cmap, runtime = None, set()
+    cmap, runtime = None, {}
     if not args.full_set:
         cmap = coverage_map(module, tests, extra, logs / "coverage.log")
         runtime = runtime_lines(original)
@@ -762,7 +786,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
             f"the rest {sum(max(m.selected, 0) for m in run)} tests in all"
             + (f"; {sum(m.first_outcome == 'survived' and m.selected >= 0 for m in run)} survivors "
                f"confirmed with the full set, "
-               f"{sum(m.first_outcome == 'survived' and m.outcome != 'survived' for m in run)} "
+               f"{sum(m.first_outcome == 'survived' and _caught(m.outcome) for m in run)} "
                f"of them caught there" if args.confirm or args.compare else ""))
     if args.compare:
         say("   compare: " + json.dumps(result["compare"]))
@@ -773,7 +797,8 @@ def _caught(outcome: str) -> bool:
     return outcome in ("killed", "timeout")
 
 
-def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: set[int], log: Path,
+def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: dict[int, list[int]],
+               log: Path,
                timeout: float, extra: list[str], compare: bool, confirm: bool = False) -> None:
     """Run one mutant (already written into the copy): the tests that reach its lines, or the
     full mapped set when selection cannot be trusted. ``confirm``: a survivor of its selected

@@ -277,3 +277,12 @@ def test_coverage_map_and_selected_runs_on_a_small_project(tmp_path, monkeypatch
     assert (m.selected, m.outcome) == (-1, "survived")
     summary = tool.compare_summary([m])
     assert summary["mutants"] == 1 and summary["agree"] == 1
+
+
+def test_a_selected_runs_timeout_is_generous_and_never_above_the_full_lists():
+    tool = _tool()
+    cmap = {"durations": {"a": 0.5, "b": 2.0, "c": 20.0}}
+    assert tool.selected_timeout(["a", "b"], cmap, 60) == 30          # the floor
+    assert tool.selected_timeout(["c"], cmap, 200) == 90              # 4x + 10 s
+    assert tool.selected_timeout(["b", "c"], cmap, 60) == 60          # the full list's cap
+    assert tool.selected_timeout(["x"], cmap, 60) == 60               # unknown: the full list's

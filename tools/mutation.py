@@ -16,12 +16,24 @@ machine. It works like this:
   native builds under ``sensor/``) with ``.mutation/shared`` pointing at the research data, so
   the worktree itself is never mutated and an interrupted run leaves nothing behind;
 * one parent process imports pytest and the heavy third-party packages once, never ``sensor``;
-* for each mutant it writes the mutated module into the copy and forks a child that runs the
-  module's tests (``MODULES``: module -> test files, pytest node ids such as
+* the module's tests (``MODULES``: module -> test files, pytest node ids such as
   ``tests/x.py::test_y``, and ``!`` + a node id to deselect a slow test whose checks the rest of
-  the list makes faster) with ``pytest -x``; the child imports the
-  sensor afresh from the copy (no bytecode is written there, so no stale ``.pyc`` can hide a
-  mutant), and so do subprocesses the tests start (``PYTHONPATH``);
+  the list makes faster) run once under coverage.py, one dynamic context per test, to learn
+  which tests execute which line (``coverage_map``; cached in ``.mutation/coverage`` while the
+  code and tests stay the same);
+* for each mutant it writes the mutated module into the copy and forks a child that runs, with
+  ``pytest -x``, only the tests that execute the mutant's lines (``select_tests``): a test that
+  never executes a line cannot see it changed. Code run at import (module level, class bodies)
+  and lines run while test files are collected get the full list; a function's decorators and
+  default values get the tests that call the function; a line no test executes is a survivor
+  without a run. ``--full-set`` runs every mutant against the whole list (the way before),
+  ``--compare`` both ways, mutant by mutant, with the agreement and the speed of each. A
+  selection can err only towards "survived" (a value one test caches and another reads; a line
+  reached only in a process a test kills hard), never towards "killed"; ``--check`` and
+  ``--confirm`` run the whole list on a survivor;
+* the child imports the sensor afresh from the copy, and so do subprocesses the tests start
+  (``PYTHONPATH``); its bytecode is checked against each source's hash, so no stale ``.pyc``
+  can hide a mutant;
 * a child that outlives its timeout (``--timeout``, default: 4x the unmutated run, at least
   60 s) is killed with its process group, and the mutant counts as killed (it hangs);
 * any failing exit of pytest counts as killed (a mutant that breaks import is caught too),
@@ -520,6 +532,7 @@ class _Contexts:
         self.order: list[str] = []
         self.users: dict[str, list[str]] = {}
         self.failed: list[str] = []
+        self.durations: dict[str, float] = {}
 
     def _switch(self, ctx: str) -> None:
         self.current = ctx
@@ -559,6 +572,7 @@ class _Contexts:
             self._switch(self.item)
 
     def pytest_runtest_logreport(self, report):
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
         if report.failed:
             self.failed.append(report.nodeid)
 
@@ -638,7 +652,7 @@ def coverage_map(module: str, tests: list[str], extra: list[str], log: Path) -> 
             cov.stop()
             cov.save()
         meta.write_text(json.dumps({"order": plugin.order, "users": plugin.users,
-                                    "failed": plugin.failed}))
+                                    "failed": plugin.failed, "durations": plugin.durations}))
         return int(code)
 
     status, seconds = _fork(body, log, 3 * 3600)
@@ -811,7 +825,8 @@ def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: dict[int
     elif not only:
         outcome, secs = "survived", 0.0          # no test reaches it (confirmed below)
     else:
-        outcome, secs = run_child(tests, log, timeout, extra, only=only)
+        outcome, secs = run_child(tests, log, selected_timeout(only, cmap, timeout), extra,
+                                  only=only)
     m.first_outcome = outcome
     if compare:
         if only is None:
@@ -826,6 +841,16 @@ def run_mutant(m: Mutant, tests: list[str], cmap: dict | None, runtime: dict[int
             outcome, more = run_child(tests, log, timeout, extra)
         secs += more
     m.outcome, m.seconds = outcome, round(secs, 2)
+
+
+def selected_timeout(only: list[str], cmap: dict, timeout: float) -> float:
+    """A hang of a few selected tests is told from slowness sooner than one of the whole list:
+    4x their time in the coverage run (itself slower than a plain run: tracing) plus 10 s, at
+    least 30 s, at most the full list's timeout."""
+    durations = cmap.get("durations") or {}
+    if not all(n in durations for n in only):
+        return timeout
+    return min(timeout, max(30.0, 4 * sum(durations[n] for n in only) + 10))
 
 
 def compare_summary(mutants: list[Mutant]) -> dict:
@@ -889,7 +914,12 @@ def report(results: list[dict], entries: list[dict]) -> tuple[str, list[str]]:
             failing.append(r["module"])
         for m in ms:
             if m.outcome in ("survived", "error"):
-                survivors.append(f"- `{r['module']}:{m.line}` {m.id} ({m.outcome})\n"
+                how = m.outcome
+                if m.outcome == "survived" and m.selected == 0:
+                    how = "survived: no test executes its line"
+                elif m.outcome == "survived" and m.selected > 0 and m.first_outcome == "survived":
+                    how = f"survived the {m.selected} test(s) that execute its line"
+                survivors.append(f"- `{r['module']}:{m.line}` {m.id} ({how})\n"
                                  f"  `{m.original}` -> `{m.mutated}`")
         pending = sum(m.outcome == "pending" for m in ms)
         if pending or r.get("lines"):

@@ -75,6 +75,7 @@ def test_transport_defaults_are_the_documented_ones():
         assert t.pool.port == 443
         assert t.pool.timeout.connect_timeout == 5.0 and t.pool.timeout.read_timeout == 30.0
         assert t.gzip is True and t.gzip_level == 1
+        assert t.pool.pool.maxsize == 2           # keep-alive connections kept open
     finally:
         t.close()
     from sensor.deliver.http import HttpOutput
@@ -87,6 +88,7 @@ def _check_defaults(out):
         tr = out.transport
         assert tr.pool.port == 443 and tr.gzip_level == 1
         assert tr.pool.timeout.connect_timeout == 5.0 and tr.pool.timeout.read_timeout == 30.0
+        assert tr.pool.pool.maxsize == 2
     finally:
         out.close()
 

@@ -486,8 +486,8 @@ def run_child(tests: list[str], log: Path, timeout: float, extra: list[str],
     if code == _RERUN_FULL and only is not None:
         outcome, more = run_child(tests, log, timeout, extra)
         return outcome, elapsed + more
-    if code in (4, 5, 99, _RERUN_FULL):
-        return "error", elapsed           # usage error / no tests collected / the runner failed
+    if code in (5, 99, _RERUN_FULL):
+        return "error", elapsed           # no tests collected / the runner itself failed
     return "killed", elapsed
 
 

@@ -275,6 +275,9 @@ def test_coverage_map_and_selected_runs_on_a_small_project(tmp_path, monkeypatch
     assert m.full_outcome == "killed"              # (the cache reader again)
     m = run(1, ("import functools", "import functools, os"))   # module level: the full set
     assert (m.selected, m.outcome) == (-1, "survived")
+    # the conftest's import fails: the session refuses to start (exit code 4), a caught mutant
+    m = run(1, ("import functools", "import functools_is_gone"))
+    assert (m.selected, m.outcome) == (-1, "killed")
     summary = tool.compare_summary([m])
     assert summary["mutants"] == 1 and summary["agree"] == 1
 

@@ -533,3 +533,21 @@ def test_damage_that_comes_back_at_once_is_healed_ever_more_slowly(tmp_path):
         assert len(list(tmp_path.glob("spool.sqlite.damaged-*"))) == 4
     finally:
         sp.close()
+
+
+def test_a_heal_that_fails_after_moving_the_file_aside_loses_no_row(volume):
+    """A heal on a full disk moves the damaged file aside, then cannot build the fresh spool. The
+    rows of the damaged file must still be recovered by the next heal (not left in the copy set
+    aside while the next heal salvages the empty file that took its place)."""
+    from tests.conftest import fill
+    folder = volume("8m")
+    path = folder / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path, reserve_bytes=0)
+    try:
+        filler = fill(folder)
+        assert sp.heal() is False and sp.fault_stats()["damaged"]
+        filler.unlink()
+        assert sp.heal() is True
+        assert set(ids) <= set(sp.ids())
+    finally:
+        sp.close()

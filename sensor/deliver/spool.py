@@ -477,8 +477,6 @@ class Spool:
         ``id_floor`` (a heal while running): the fresh spool's alert ids start above it and never
         come back below it (AUTOINCREMENT), so an id fetched before the heal matches no row.
         """
-        from .salvage import ScanReport, scan
-
         self._close_connections()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
         aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
@@ -496,6 +494,31 @@ class Spool:
                              f"{exc.strerror or exc}") from None
         log.error("alert spool %s is damaged (%s): moved aside to %s; recovering its rows",
                   self.path, reason, aside.name)
+        try:
+            self._recover_into_fresh(aside, reason, id_floor)
+        except SpoolError:
+            # The fresh spool could not be built or filled (a full disk, say). Nothing but copies of
+            # the damaged file's rows went into it, so the damaged file goes back in its place: the
+            # next attempt salvages it again (instead of salvaging the empty file that took its
+            # place while its rows stayed in the copy set aside).
+            self._close_connections()
+            try:
+                for suffix in ("-wal", "-shm", ""):
+                    if os.path.exists(str(self.path) + suffix):
+                        os.remove(str(self.path) + suffix)
+                os.replace(aside, self.path)
+                for suffix in ("-wal", "-shm"):
+                    if os.path.exists(str(aside) + suffix):
+                        os.replace(str(aside) + suffix, str(self.path) + suffix)
+            except OSError as exc:
+                log.critical("alert spool %s: cannot put the damaged file back from %s: %s; its rows "
+                             "are there", self.path, aside.name, exc.strerror or exc)
+            raise
+
+    def _recover_into_fresh(self, aside: Path, reason: str, id_floor: int | None) -> None:
+        """Create the fresh spool at ``self.path`` and copy every readable row of ``aside`` into it."""
+        from .salvage import ScanReport, scan
+
         try:
             touch_private(self.path)  # the fresh spool is private like the first one
         except OSError as exc:

@@ -551,3 +551,34 @@ def test_a_heal_that_fails_after_moving_the_file_aside_loses_no_row(volume):
         assert set(ids) <= set(sp.ids())
     finally:
         sp.close()
+
+
+def test_a_thread_that_reaches_the_file_during_a_heal_writes_into_the_fresh_spool(tmp_path, monkeypatch):
+    """On a full disk, a write or a confirmation checkpoints the WAL (``_checkpoint``) before it
+    enters a transaction. A thread doing that while a heal has closed the connections but not yet
+    moved the file aside must not open a connection to the damaged file and keep it: every later
+    write of that thread would go into the copy set aside (the rename follows the open file)."""
+    import threading
+    path = tmp_path / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path)
+    late = sample_alert(500)
+    real_replace = os.replace
+    worker: list[threading.Thread] = []
+
+    def replace(src, dst):
+        if not worker and str(src) == str(path):
+            # another thread's upkeep on a full disk, right when the heal is about to move the file
+            t = threading.Thread(target=lambda: (sp._checkpoint(), sp.put(late)))
+            worker.append(t)
+            t.start()
+            t.join(1.0)     # it ran (main) or it waits for the heal (as it must)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        assert sp.heal() is True
+        worker[0].join(30)
+        assert not worker[0].is_alive()
+        assert late["id"] in set(sp.ids()), "the alert went into the damaged copy set aside"
+    finally:
+        sp.close()

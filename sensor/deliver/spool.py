@@ -467,7 +467,8 @@ class Spool:
 
     def _page_size(self) -> int:
         try:
-            return int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            with self._in_file():
+                return int(self._db.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error:
             return 4096
 
@@ -659,6 +660,17 @@ class Spool:
             raise SpoolDamaged(f"spool {self.path}: {what} failed: damaged text ({exc.reason})") from exc
         except OSError as exc:
             raise SpoolError(f"spool {self.path}: {what} failed: {exc.strerror or exc}") from exc
+        finally:
+            self._gate.leave()
+
+    @contextmanager
+    def _in_file(self) -> Iterator[None]:
+        """Inside the gate without _guard's error mapping (the small reads on the disk-full path
+        that run outside a transaction): a heal must not find them holding, or opening, a
+        connection to the file it moves aside."""
+        self._gate.enter()
+        try:
+            yield
         finally:
             self._gate.leave()
 
@@ -946,7 +958,8 @@ class Spool:
 
     def _has_alerts(self) -> bool:
         try:
-            return self._db.execute("SELECT 1 FROM alerts WHERE kind='alert' LIMIT 1").fetchone() is not None
+            with self._in_file():
+                return self._db.execute("SELECT 1 FROM alerts WHERE kind='alert' LIMIT 1").fetchone() is not None
         except sqlite3.Error:
             return False
 
@@ -1215,7 +1228,8 @@ class Spool:
 
     def _checkpoint(self) -> bool:
         try:
-            busy, log_frames, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._in_file():
+                    busy, log_frames, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             return not busy and done == log_frames
         except sqlite3.Error:
             return False
@@ -1231,7 +1245,8 @@ class Spool:
     def _free_pages_bytes(self) -> int:
         """Bytes of free pages inside the spool file: room for new rows without growing it."""
         try:
-            n = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            with self._in_file():
+                n = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         except sqlite3.Error:
             return 0
         return n * self._page_size()

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -580,5 +581,30 @@ def test_a_thread_that_reaches_the_file_during_a_heal_writes_into_the_fresh_spoo
         worker[0].join(30)
         assert not worker[0].is_alive()
         assert late["id"] in set(sp.ids()), "the alert went into the damaged copy set aside"
+    finally:
+        sp.close()
+
+
+def test_a_heal_that_can_move_the_file_but_not_its_wal_loses_no_row(tmp_path, monkeypatch):
+    """On Windows another process holding the -wal open makes its rename fail after the database
+    file itself was moved: the file must come back, so the next heal recovers its rows."""
+    path = tmp_path / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith("-wal"):
+            raise PermissionError(13, "in use")
+        return real_replace(src, dst)
+
+    other = sqlite3.connect(str(path))   # another process's connection keeps the -wal in place
+    try:
+        other.execute("SELECT COUNT(*) FROM meta").fetchall()
+        monkeypatch.setattr(os, "replace", replace)
+        assert sp.heal() is False and sp.fault_stats()["damaged"]
+        monkeypatch.setattr(os, "replace", real_replace)
+        other.close()
+        assert sp.heal() is True
+        assert set(ids) <= set(sp.ids())
     finally:
         sp.close()

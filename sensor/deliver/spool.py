@@ -485,12 +485,21 @@ class Spool:
         while aside.exists():
             aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
             k += 1
+        moved: list[tuple[str, str]] = []
         try:
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-shm"):
-                if os.path.exists(str(self.path) + suffix):
+            for suffix in ("", "-wal", "-shm"):
+                if not suffix or os.path.exists(str(self.path) + suffix):
                     os.replace(str(self.path) + suffix, str(aside) + suffix)
+                    moved.append((str(self.path) + suffix, str(aside) + suffix))
         except OSError as exc:
+            # (on Windows another process holding the -wal open): the file and its log stay
+            # together, in place, so the next attempt moves all of them
+            for src, dst in reversed(moved):
+                try:
+                    os.replace(dst, src)
+                except OSError as back:
+                    log.critical("alert spool %s: cannot move %s back: %s", self.path, dst,
+                                 back.strerror or back)
             raise SpoolError(f"spool {self.path} is damaged ({reason}) and cannot be moved aside: "
                              f"{exc.strerror or exc}") from None
         log.error("alert spool %s is damaged (%s): moved aside to %s; recovering its rows",

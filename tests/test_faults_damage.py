@@ -608,3 +608,23 @@ def test_a_heal_that_can_move_the_file_but_not_its_wal_loses_no_row(tmp_path, mo
         assert set(ids) <= set(sp.ids())
     finally:
         sp.close()
+
+
+def test_alerts_held_for_a_heal_not_yet_due_are_written_at_close(tmp_path, monkeypatch):
+    """A heal that failed makes the next one wait (HEAL_RETRY_INTERVAL, longer after repeated
+    damage); alerts written meanwhile wait in memory. Stopping the sensor then must heal and
+    write them, not drop them as 'held for lack of disk space'."""
+    path = tmp_path / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path)
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(PermissionError(13, "in use")))
+    raw, last = path.read_bytes(), alerts[-1]["id"].encode()
+    leaf = next(i - i % 4096 for i in range(len(raw)) if raw.startswith(last, i) and raw[i - i % 4096] == 0x0D)
+    overwrite(path, leaf, b"\x00")
+    new = [sample_alert(300 + i) for i in range(3)]
+    assert sp.put_many(new) == 3
+    assert sp.fault_stats()["held"] == 3 and sp.fault_stats()["damaged"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    sp.close()                      # the stop comes before the next heal is due
+    with Spool(path, owner=True) as again:
+        assert {a["id"] for a in new} <= set(again.ids())

@@ -1595,10 +1595,13 @@ class Spool:
         if self._closed:
             return
         if self._held:
+            if self.damaged_since is not None:
+                self.heal()        # last chance for the alerts waiting on a heal: not when due, now
+                self._next_try = 0.0
             self.flush_held()
             if self._held:
-                log.error("alert spool: %d alert(s) held in memory for lack of disk space are lost "
-                          "at shutdown", len(self._held))
+                log.error("alert spool: %d alert(s) held in memory (a full disk or a damaged spool) are "
+                          "lost at shutdown", len(self._held))
         if self.owner:
             try:
                 with self._guard("close"), self._tx():

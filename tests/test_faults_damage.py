@@ -628,3 +628,26 @@ def test_alerts_held_for_a_heal_not_yet_due_are_written_at_close(tmp_path, monke
     sp.close()                      # the stop comes before the next heal is due
     with Spool(path, owner=True) as again:
         assert {a["id"] for a in new} <= set(again.ids())
+
+
+def test_a_heal_in_the_disk_full_state_once_space_is_back(volume):
+    """The disk filled while the file was damaged, then space came back: the heal must build the
+    fresh spool (which has to grow) instead of failing on the full state's page limit."""
+    from tests.conftest import fill
+    folder = volume("8m")
+    path = folder / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path, reserve_bytes=0)
+    sp._next_heal = float("inf")           # the writes below do not heal on their way in
+    try:
+        filler = fill(folder)
+        n = 0
+        while not sp.fault_stats()["disk_full"] and n < 2000:
+            sp.put(sample_alert(1000 + n))
+            n += 1
+        assert sp.fault_stats()["disk_full"]
+        waiting = set(sp.ids())            # (the full disk dropped the oldest to make room)
+        filler.unlink()
+        assert sp.heal() is True
+        assert waiting <= set(sp.ids())
+    finally:
+        sp.close()

@@ -704,6 +704,10 @@ class Spool:
         """
         if not self.owner or self._closed or self.damaged_since is None:
             return False
+        if self._full_since is not None:
+            # The fresh spool has to grow, which the full state forbids (its page limit): leave
+            # that state first when space is back (if it is not, the heal fails and is retried).
+            self._maybe_leave_full()
         if not self._gate.alone(HEAL_WAIT):
             log.warning("alert spool %s: the damaged file is still in use; trying again in %.0f s",
                         self.path, HEAL_RETRY_INTERVAL)

@@ -651,3 +651,33 @@ def test_a_heal_in_the_disk_full_state_once_space_is_back(volume):
         assert waiting <= set(sp.ids())
     finally:
         sp.close()
+
+
+def test_alerts_dropped_while_waiting_for_a_heal_are_counted_and_said_at_the_heal(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path, held_max_bytes=3000)
+    try:
+        real_replace = os.replace
+        monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(PermissionError(13, "in use")))
+        # More damage so that writes fail (the leaf new rows go to is no longer a b-tree page).
+        raw, last = path.read_bytes(), alerts[-1]["id"].encode()
+        leaf = next(i - i % 4096 for i in range(len(raw)) if raw.startswith(last, i) and raw[i - i % 4096] == 0x0D)
+        overwrite(path, leaf, b"\x00")
+        new = [sample_alert(300 + i) for i in range(20)]
+        for a in new:
+            sp.put(a)
+        st = sp.fault_stats()
+        assert st["damaged"] and st["held_dropped"] > 0
+        assert st["held"] + st["held_dropped"] == 20 and sp.stats()["dropped"] >= st["held_dropped"]
+        dropped = st["held_dropped"]
+        monkeypatch.setattr(os, "replace", real_replace)
+        sp._next_heal = sp._next_try = 0.0
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            sp.maintain()
+        st = sp.fault_stats()
+        assert not st["damaged"] and st["held_dropped"] == 0 and st["held"] == 0
+        assert st["last_heal"]["held_dropped"] == dropped
+        assert f"{dropped} alert(s) waiting in memory for the heal were dropped" in caplog.text
+        assert {a["id"] for a in new[dropped:]} <= set(sp.ids())   # the newest were kept
+    finally:
+        sp.close()

@@ -367,7 +367,7 @@ class Spool:
         self._heal_times: list[float] = []  # monotonic times of the heals in the last hour
         self._max_fetched = 0             # highest row id fetch() handed out (row ids in flight)
         self._unsaved_dropped_full = 0    # the part of _unsaved_dropped a full disk caused
-        self._damage_held_dropped = 0     # held alerts dropped (memory cap) while the file was damaged
+        self._damage_held_dropped = 0     # held alerts dropped (memory cap) since the damage began
         self._opening = True
         self.wal_lost: dict | None = None  # set when a lost -wal was noticed at start
         try:
@@ -739,6 +739,11 @@ class Spool:
                 pass
             self.damaged_since = None
             self.heals += 1
+            if self._damage_held_dropped:
+                log.error("alert spool %s: %d alert(s) waiting in memory for the heal were dropped over "
+                          "the memory cap", self.path, self._damage_held_dropped)
+                self.last_heal = {**(self.last_heal or {}), "held_dropped": self._damage_held_dropped}
+                self._damage_held_dropped = 0
             # Each heal leaves a copy of the file aside. Damage that comes back at once (a failing
             # disk) must not fill the volume with copies: the next heal waits twice as long per
             # heal in the last hour (new alerts wait in memory meanwhile, bounded).
@@ -1330,34 +1335,44 @@ class Spool:
         ranges: list = []
         for lo, hi in exclude:
             ranges += [lo, hi]
+        top = [0]   # the highest row id this call handed out
+        with self._guard("read"):
+            try:
+                return self._fetch(limit, max_bytes, after, where, ranges, skip, more, top)
+            finally:
+                # Inside the gate (a heal reads it alone) and under the lock: two fetches at once
+                # must not leave it below an id either of them handed out.
+                with self._lock:
+                    if top[0] > self._max_fetched:
+                        self._max_fetched = top[0]
+
+    def _fetch(self, limit: int, max_bytes: int | None, after: int, where: str, ranges: list,
+               skip: Collection[int], more: list | None, top: list[int]) -> list[SpooledAlert]:
         out: list[SpooledAlert] = []
         size = 0
-        with self._guard("read"):
-            while True:
-                rows = self._db.execute(
-                    f"SELECT id, alert_uuid, created, attempts, body, crc FROM alerts WHERE id > ?{where} "
-                    f"ORDER BY id LIMIT ?", (after, *ranges, limit)).fetchall()
-                for r in rows:
-                    after = r[0]
-                    if after > self._max_fetched:
-                        self._max_fetched = after
-                    if r[0] in skip:
-                        if more is not None and not more:
-                            more.append(True)
-                        continue
-                    item = _spooled(r)
-                    size += len(item.body)
-                    if out and max_bytes is not None and size > max_bytes:
-                        if more is not None:
-                            more.append(True)
-                        return out
-                    out.append(item)
-                    if len(out) >= limit:
-                        if more is not None:
-                            more.append(True)
-                        return out
-                if len(rows) < limit or not skip:
+        while True:
+            rows = self._db.execute(
+                f"SELECT id, alert_uuid, created, attempts, body, crc FROM alerts WHERE id > ?{where} "
+                f"ORDER BY id LIMIT ?", (after, *ranges, limit)).fetchall()
+            for r in rows:
+                after = top[0] = r[0]
+                if r[0] in skip:
+                    if more is not None and not more:
+                        more.append(True)
+                    continue
+                item = _spooled(r)
+                size += len(item.body)
+                if out and max_bytes is not None and size > max_bytes:
+                    if more is not None:
+                        more.append(True)
                     return out
+                out.append(item)
+                if len(out) >= limit:
+                    if more is not None:
+                        more.append(True)
+                    return out
+            if len(rows) < limit or not skip:
+                return out
 
     def ack(self, rowids: Sequence[int]) -> int:
         """Delete confirmed alerts; returns how many rows went.

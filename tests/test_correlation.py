@@ -483,6 +483,58 @@ def test_bad_correlations_are_rejected_with_file_line(tmp_path, body, why, line)
     assert rep.rejected[0].line == 13 + line, rep.rejected[0]
 
 
+def test_a_bad_key_on_the_second_line_of_a_correlation_is_named_there(tmp_path):
+    # the stub rule takes lines 1-9, the separator 10; the correlation starts on line 11
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" +
+              "title: c\n"                                           # 11
+              "level: severe\n"                                      # 12: not a Sigma level
+              "correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}\n")
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations
+    (bad,) = rep.rejected
+    assert "level: must be one of" in bad.reason and bad.line == 12, bad
+
+
+def test_a_bad_key_a_document_writes_in_flow_style_is_placed_in_that_document(tmp_path):
+    # The condition key has no line of its own in the correlation (flow style, line 1): the
+    # rejection names the correlation's first line, never a `condition:` line of the rule in
+    # the next document (line 12).
+    p = write(tmp_path, "c.yml",
+              "title: c\n"                                                            # 1
+              "correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2, above: 3}}\n"
+              "---\n" + stub(name="a", image="a.exe"))                               # 3-12
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations
+    (bad,) = rep.rejected
+    assert "unknown key 'above'" in bad.reason and bad.line == 1, bad
+
+
+def test_a_correlation_written_on_its_document_marker_line_loads_at_that_line(tmp_path):
+    # `--- {...}`: the whole document stands on the marker line, line 1 of its file
+    write(tmp_path, "a.yml", stub(name="a", image="a.exe"))
+    write(tmp_path, "c.yml", "--- {title: c, correlation: {type: event_count, rules: [a], "
+                             "timespan: 1m, condition: {gte: 2}}}\n")
+    rep = load_rules([tmp_path], builtin=False)
+    assert not rep.rejected, rep.rejected
+    (corr,) = rep.correlations
+    assert corr.title == "c" and corr.source.endswith("c.yml") and corr.line == 1, corr
+
+
+def test_a_correlations_tags_reach_its_alerts(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        tags:
+            - attack.credential-access
+            - attack.t1110
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
+        """)
+    (corr,) = rep.correlations
+    assert corr.tags == ("attack.credential-access", "attack.t1110")
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
+    assert len(alerts) == 1 and alerts[0]["rule"]["tags"] == ["attack.credential-access",
+                                                              "attack.t1110"], alerts
+
+
 @pytest.mark.parametrize("where", ["top", "inside"])
 def test_generate_true_keeps_the_building_block_alerts(tmp_path, where):
     # the specification puts generate at the top level; pySigma reads it inside correlation

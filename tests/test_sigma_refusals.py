@@ -6,9 +6,12 @@ The lines here are counted by hand from the YAML text of each test, not taken fr
 """
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
-from sensor.detect.sigma import MAX_RULE_FILE_BYTES, load_sigma_file, load_sigma_text
+from sensor.detect.sigma import MAX_RULE_FILE_BYTES, MAX_RULE_VALUES, load_sigma_file, load_sigma_text
 
 HEAD = """\
 title: Test Rule
@@ -114,6 +117,20 @@ def test_a_duplicate_top_level_key_is_refused_at_its_second_occurrence():
     assert bad.line == 10, bad
 
 
+def test_a_duplicate_key_inside_a_flow_mapping_is_refused_without_a_crash():
+    # The loader reports this duplicate without a mark, and the key stands as a block key
+    # only once (line 8): the second occurrence cannot be placed, and the file is still
+    # refused with the key named, never an exception.
+    text = HEAD + (
+        "detection:\n"                                  # 6
+        "    sel:\n"                                    # 7
+        "        Image: a\n"                            # 8
+        "    other: {Image: b, Image: c}\n"             # 9: the duplicate, flow style
+        "    condition: sel or other\n")
+    bad = _rejected(text)
+    assert "Duplicate key 'Image'" in bad.reason, bad
+
+
 def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path):
     f = tmp_path / "latin1.yml"
     f.write_bytes(HEAD.encode() + b"description: caf\xe9\n"        # 6
@@ -171,3 +188,62 @@ def test_a_rule_file_one_byte_over_the_bound_is_refused(tmp_path):
     f.write_text(text, encoding="ascii")
     (bad,) = load_sigma_file(f).rejected
     assert "too large" in bad.reason
+
+
+def _values(n: int) -> str:
+    """A rule whose detection holds exactly ``n`` scalar values: n - 1 list items and the
+    condition string (every scalar under ``detection`` counts, as docs/sigma.md says)."""
+    items = "".join(f"            - v{i}\n" for i in range(n - 1))
+    return HEAD + "detection:\n    sel:\n        Image|contains:\n" + items + "    condition: sel\n"
+
+
+def test_a_rule_of_exactly_the_value_bound_loads():
+    (rule,) = load_sigma_text(_values(MAX_RULE_VALUES), "edge.yml").rules
+    assert rule.id == "5f2c7d9a-0000-4000-8000-0000000000aa"
+
+
+def test_a_rule_one_value_over_the_bound_is_refused_at_its_detection():
+    bad = _rejected(_values(MAX_RULE_VALUES + 1))
+    assert "too many detection values" in bad.reason and bad.line == 6, bad
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")
+def test_a_rule_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    # No writer ever opens the FIFO, so a blocking open would wait for good: the load runs in a
+    # thread, and the join timeout only guards that hang.
+    fifo = tmp_path / "rule.yml"
+    os.mkfifo(fifo)
+    got = []
+    t = threading.Thread(target=lambda: got.append(load_sigma_file(fifo)), daemon=True)
+    t.start()
+    t.join(60)
+    try:
+        assert not t.is_alive(), "load_sigma_file waited on a FIFO"
+    finally:
+        if t.is_alive():      # let the stuck open() return, so the thread ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(60)
+    (bad,) = got[0].rejected
+    assert bad.reason == "cannot read: not a regular file" and not got[0].rules, bad
+
+
+# -- the specification's checks pySigma leaves out --------------------------------------------
+
+def test_a_time_part_modifier_on_a_keyword_is_refused_at_its_line():
+    # A time part (minute ... year) is a part of a field's date: a keyword has no field.
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        Image: a.exe\n"                # 8
+        "    kw:\n"                             # 9
+        "        '|hour': 3\n"                  # 10: a keyword (no field name) with |hour
+        "    condition: sel and kw\n")
+    bad = _rejected(text)
+    assert bad.reason == "time-part modifiers need a field (|hour on a keyword)", bad
+    assert bad.line == 10, bad
+
+
+def test_a_time_part_modifier_on_a_field_loads():
+    text = HEAD + "detection:\n    sel:\n        UtcTime|hour: 3\n    condition: sel\n"
+    res = load_sigma_text(text, "t.yml")
+    assert not res.rejected and len(res.rules) == 1, res.rejected

@@ -11,7 +11,12 @@ import threading
 
 import pytest
 
-from sensor.detect.sigma import MAX_RULE_FILE_BYTES, MAX_RULE_VALUES, load_sigma_file, load_sigma_text
+from sensor.detect.sigma import load_sigma_file, load_sigma_text
+
+# The bounds as docs/sigma.md states them ("a file over 1 MiB", "more than 10,000 detection
+# values"), written out: a test that read the module's constants would move with them.
+MAX_RULE_FILE_BYTES = 1024 * 1024
+MAX_RULE_VALUES = 10_000
 
 HEAD = """\
 title: Test Rule
@@ -63,6 +68,16 @@ def test_a_backtracking_regex_written_in_a_form_not_found_is_placed_at_the_first
         "    condition: sel\n")
     bad = _rejected(text)
     assert bad.line == 9, bad
+
+
+def test_a_backtracking_regex_in_a_one_line_rule_is_refused_at_line_1():
+    # Hostile layout: the whole rule is one flow mapping whose first key is the pattern's own
+    # text, so that text opens the file (offset 0), `detection` is quoted and a `#` stands
+    # before the |re key. Line 1 holds everything, and the rejection must say so.
+    text = ('{"#(a)\\\\1x": 1, "detection": {sel: {"CommandLine|re": "{\\"#(a)\\\\1x"}, '
+            'condition: sel}, title: t, logsource: {category: process_creation, product: windows}}\n')
+    bad = _rejected(text)
+    assert "backreference" in bad.reason and bad.line == 1, bad
 
 
 # -- YAML that does not parse: the line where the broken construct starts, both lines in the text
@@ -150,6 +165,119 @@ def test_an_error_that_quotes_a_field_points_at_that_fields_line():
         "        SourceIp|cidr: \"field 'SourceIp' 10.0.0.0/33\"\n"     # 10
         "    condition: sel and other\n")
     bad = _rejected(text)
+    assert "CIDR" in bad.reason and bad.line == 10, bad
+
+
+# -- pySigma's errors carry no line: the loader places them ---------------------------------
+
+TWO_RES = (
+    "detection:\n"                                 # +1
+    "    first:\n"                                 # +2
+    "        CommandLine|re: 'fine[0-9]'\n"        # +3
+    "    second:\n"                                # +4
+    "        Image|re: '(unclosed'\n"              # +5: the invalid one
+    "    condition: first and second\n")           # +6
+
+
+@pytest.mark.parametrize("before,line", [
+    (HEAD, 10),                      # the usual order
+    ("\n" + HEAD, 11),               # a blank first line counts
+    ("", 5),                         # detection first: the file starts with `detection:`
+])
+def test_an_invalid_regex_is_refused_at_its_own_line_not_the_first_re(before, line):
+    text = before + TWO_RES + ("" if before else HEAD)
+    bad = _rejected(text)
+    assert "Regular expression '(unclosed' is invalid" in bad.reason
+    assert bad.line == line, bad
+
+
+def test_an_invalid_regex_written_with_an_escape_is_placed_at_the_re_line():
+    # '(it''s' is the pattern (it's: its text as written is not in the file
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        Image|re: '(it''s'\n"          # 8
+        "    condition: sel\n"                  # 9
+        "level: low\n")                         # 10
+    bad = _rejected(text)
+    assert "is invalid" in bad.reason and bad.line == 8, bad
+
+
+def test_an_invalid_regex_in_a_rule_with_quoted_keys_is_placed_at_the_re_line():
+    # `"detection":` (JSON-style keys): there is no `detection:` to search from. The file
+    # ends in a comment whose last character is the pattern itself, and no newline.
+    text = ("title: t\n"                                                   # 1
+            "logsource: {category: process_creation, product: windows}\n"  # 2
+            '"detection":\n'                                               # 3
+            "    sel:\n"                                                   # 4
+            "        Image|re: '('\n"                                      # 5
+            "    condition: sel\n"                                         # 6
+            "# (")                                                         # 7
+    bad = _rejected(text)
+    assert "Regular expression '(' is invalid" in bad.reason and bad.line == 5, bad
+
+
+def test_an_invalid_regex_in_a_flow_style_detection_is_placed_at_its_line():
+    # Hostile layout: the invalid pattern is the text the file starts with, its field name
+    # holds a `#`, and the next line has another |re key. The pattern's value is on line 1.
+    text = ('detection: {bad: {"a#(|re": "detection: {bad: {\\"a#("},\n'   # 1
+            "  good: {b|re: x}, condition: bad and good}\n"                  # 2
+            "title: t\n"
+            "logsource: {category: process_creation, product: windows}\n")
+    bad = _rejected(text)
+    assert "is invalid" in bad.reason and bad.line == 1, bad
+
+
+def test_a_regex_modifier_after_another_modifier_is_refused_at_its_line():
+    # pySigma: "Regular expression modifier only applicable to unmodified values"
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        Image: a\n"                    # 8
+        "    other:\n"                          # 9
+        "        CommandLine|contains|re: x\n"  # 10
+        "    condition: sel and other\n")
+    bad = _rejected(text)
+    assert "only applicable to unmodified values" in bad.reason and bad.line == 10, bad
+
+
+@pytest.mark.parametrize("before,line", [(HEAD, 9), ("\n" + HEAD, 10)])
+def test_a_condition_that_does_not_parse_is_refused_at_the_condition(before, line):
+    text = before + (
+        "detection:\n"                          # +1
+        "    sel:\n"                            # +2
+        "        Image: a\n"                    # +3
+        "    condition: sel and (\n")           # +4
+    bad = _rejected(text)
+    assert bad.reason.startswith("SigmaConditionError") and bad.line == line, bad
+
+
+BODY = "detection:\n    sel:\n        Image: a\n    condition: sel\n"
+ID = "id: 5f2c7d9a-0000-4000-8000-0000000000ab\n"
+
+
+@pytest.mark.parametrize("text,why,line", [
+    ("title: t\n" + ID + "logsource: {}\n" + BODY, "log source can't be empty", 3),
+    ("title: t\n" + ID + "logsource: process_creation\n" + BODY, "must be a valid YAML map", 3),
+    ("title: t\n" + ID + BODY, "must have a log source", 1),     # no key: the rule's first line
+])
+def test_a_bad_logsource_is_refused_at_the_logsource(text, why, line):
+    bad = _rejected(text)
+    assert why in bad.reason and bad.line == line, bad
+
+
+def test_the_files_own_path_never_moves_the_line():
+    # pySigma's message names the file; a folder called "log source" must not make a value
+    # error look like a logsource error
+    text = HEAD + (
+        "detection:\n"                                                  # 6
+        "    sel:\n"                                                    # 7
+        "        Image: a\n"                                            # 8
+        "    other:\n"                                                  # 9
+        "        SourceIp|cidr: \"field 'SourceIp' 10.0.0.0/33\"\n"     # 10
+        "    condition: sel and other\n")
+    res = load_sigma_text(text, os.path.join("rules", "log source", "t.yml"))
+    (bad,) = res.rejected
     assert "CIDR" in bad.reason and bad.line == 10, bad
 
 

@@ -484,3 +484,109 @@ def test_resolver_counts_unexpected_errors(cache, monkeypatch):
 
 def test_default_cache_is_shared():
     assert pe.default_cache() is pe.default_cache()
+
+
+# --- hand-built images at the format's edges (reference notes §3; docs/pe.md) -------------
+# A minimal PE32 image written from the layouts: MZ header with e_lfanew 64, "PE\0\0", the COFF
+# header (one section, a 224-byte optional header), the optional header with 16 data
+# directories (entry 2: resources), one section table entry, and the .rsrc section at file
+# offset 512, RVA 0x1000. The section holds the three directory levels (RT_VERSION = 16,
+# ID 1, one language), the version blob, and the IMAGE_RESOURCE_DATA_ENTRY last, so the
+# section's raw data ends exactly where that entry ends.
+
+def _version_blob_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gen_blobs", DATA / "src" / "gen_blobs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gen = _version_blob_module()
+SEC_VA, SEC_PTR = 0x1000, 512
+
+
+def minimal_pe(blob: bytes, lang: int = 0x409) -> bytes:
+    def directory(entry_id: int, target: int) -> bytes:
+        # Characteristics, TimeDateStamp, Major/Minor, 0 named entries, 1 ID entry; the entry
+        return struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 1) + struct.pack("<II", entry_id, target)
+
+    blob_at = 72                                     # after three 24-byte directories
+    entry_at = blob_at + len(blob) + (-len(blob) % 4)
+    rsrc = (directory(16, 0x80000000 | 24) + directory(1, 0x80000000 | 48)
+            + directory(lang, entry_at)              # no high bit: a data entry
+            + blob + b"\0" * (-len(blob) % 4)
+            + struct.pack("<IIII", SEC_VA + blob_at, len(blob), 0, 0))
+    assert len(rsrc) == entry_at + 16
+    img = bytearray(SEC_PTR)
+    img[0:2] = b"MZ"
+    struct.pack_into("<I", img, 0x3C, 64)
+    img[64:68] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", img, 68, 0x14C, 1, 0, 0, 0, 224, 0x102)
+    opt = 88
+    struct.pack_into("<H", img, opt, 0x10B)                          # PE32
+    struct.pack_into("<I", img, opt + 92, 16)                        # NumberOfRvaAndSizes
+    struct.pack_into("<II", img, opt + 96 + 16, SEC_VA, len(rsrc))   # DataDirectory[2]
+    sec = opt + 224
+    img[sec:sec + 8] = b".rsrc\0\0\0"
+    struct.pack_into("<IIII", img, sec + 8, len(rsrc), SEC_VA, len(rsrc), SEC_PTR)
+    return bytes(img) + rsrc
+
+
+def _answers(img: bytes, tmp_path) -> dict:
+    f = tmp_path / "x.exe"
+    f.write_bytes(img)
+    return {f"{impl}/{mode}": outcome(fn, arg) for impl, (read, parse) in pe.READERS.items()
+            for mode, fn, arg in (("path", read, f), ("bytes", parse, img))}
+
+
+def test_a_resource_table_ending_exactly_at_its_sections_end_is_read(tmp_path):
+    # The data entry's 16 bytes are the section's (and the file's) last bytes: inside, not past
+    blob = gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "edge.exe")))])
+    img = minimal_pe(blob)
+    for who, got in _answers(img, tmp_path).items():
+        assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", (who, got)
+
+
+def test_a_version_root_with_only_its_fixed_info_gives_the_versions(tmp_path):
+    # VS_VERSIONINFO without children: wLength 92 = 6 + the 32-byte key + 2 padding + the
+    # 52-byte VS_FIXEDFILEINFO, which therefore ends exactly at the root's end
+    blob = gen.node("VS_VERSION_INFO", gen.fixed(fv=(10, 0, 19041, 1), pv=(10, 0, 19041, 2)))
+    assert struct.unpack_from("<H", blob)[0] == 92
+    for who, got in _answers(minimal_pe(blob), tmp_path).items():
+        assert isinstance(got, dict), (who, got)
+        assert got["file_version"] == "10.0.19041.1" and got["product_version"] == "10.0.19041.2", who
+        assert got["OriginalFilename"] is None, who
+
+
+def test_a_string_table_key_in_lower_case_hex_is_matched_to_its_translation(tmp_path):
+    # The Translation pair (0x0411, 0xFDE9) names table 0411FDE9; its key is written in lower
+    # case (hex digits, compared without case), so it is chosen over the en-US fallback.
+    blob = gen.root([
+        gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "en.exe")),
+                gen.table("0411fde9", gen.string("OriginalFilename", "ja.exe"))),
+        gen.translation((0x411, 0xFDE9)),
+    ])
+    for who, got in _answers(minimal_pe(blob), tmp_path).items():
+        assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", (who, got)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_fifo_is_refused_not_waited_on(impl, tmp_path):
+    # No writer ever opens the FIFO: a blocking open would wait for good. The read runs in a
+    # thread; the join timeout only guards that hang.
+    read, _ = pe.READERS[impl]
+    fifo = tmp_path / "pipe.exe"
+    os.mkfifo(fifo)
+    got = []
+    t = threading.Thread(target=lambda: got.append(outcome(read, fifo)), daemon=True)
+    t.start()
+    t.join(60)
+    try:
+        assert not t.is_alive(), f"{impl} waited on a FIFO"
+    finally:
+        if t.is_alive():      # let the stuck open() return, so the thread ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(60)
+    assert got == [("error", "not_regular")]

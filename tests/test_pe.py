@@ -506,31 +506,45 @@ gen = _version_blob_module()
 SEC_VA, SEC_PTR = 0x1000, 512
 
 
-def minimal_pe(blob: bytes, lang: int = 0x409) -> bytes:
-    def directory(entry_id: int, target: int) -> bytes:
-        # Characteristics, TimeDateStamp, Major/Minor, 0 named entries, 1 ID entry; the entry
-        return struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 1) + struct.pack("<II", entry_id, target)
+def _directory(entry_id: int, target: int) -> bytes:
+    """A resource directory with one ID entry: Characteristics, TimeDateStamp, Major/Minor,
+    0 named and 1 ID entries, then the entry (ID, offset; high bit = a subdirectory)."""
+    return struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 1) + struct.pack("<II", entry_id, target)
 
+
+def version_section(blob: bytes, lang: int = 0x409) -> bytes:
     blob_at = 72                                     # after three 24-byte directories
     entry_at = blob_at + len(blob) + (-len(blob) % 4)
-    rsrc = (directory(16, 0x80000000 | 24) + directory(1, 0x80000000 | 48)
-            + directory(lang, entry_at)              # no high bit: a data entry
+    rsrc = (_directory(16, 0x80000000 | 24) + _directory(1, 0x80000000 | 48)
+            + _directory(lang, entry_at)             # no high bit: a data entry
             + blob + b"\0" * (-len(blob) % 4)
             + struct.pack("<IIII", SEC_VA + blob_at, len(blob), 0, 0))
     assert len(rsrc) == entry_at + 16
+    return rsrc
+
+
+def minimal_pe(blob: bytes = b"", lang: int = 0x409, *, rsrc: bytes | None = None,
+               nrva: int = 16, optsz: int = 224, res_dir: tuple[int, int] | None = None) -> bytes:
+    """The image; ``rsrc`` replaces the section's bytes, ``res_dir`` DataDirectory[2]."""
+    if rsrc is None:
+        rsrc = version_section(blob, lang)
     img = bytearray(SEC_PTR)
     img[0:2] = b"MZ"
     struct.pack_into("<I", img, 0x3C, 64)
     img[64:68] = b"PE\0\0"
-    struct.pack_into("<HHIIIHH", img, 68, 0x14C, 1, 0, 0, 0, 224, 0x102)
+    struct.pack_into("<HHIIIHH", img, 68, 0x14C, 1, 0, 0, 0, optsz, 0x102)
     opt = 88
     struct.pack_into("<H", img, opt, 0x10B)                          # PE32
-    struct.pack_into("<I", img, opt + 92, 16)                        # NumberOfRvaAndSizes
-    struct.pack_into("<II", img, opt + 96 + 16, SEC_VA, len(rsrc))   # DataDirectory[2]
-    sec = opt + 224
+    struct.pack_into("<I", img, opt + 92, nrva)                      # NumberOfRvaAndSizes
+    struct.pack_into("<II", img, opt + 96 + 16, *(res_dir or (SEC_VA, len(rsrc))))
+    sec = opt + optsz
+    img[sec:sec + 40] = bytes(40)                # the section entry replaces what lay there
     img[sec:sec + 8] = b".rsrc\0\0\0"
     struct.pack_into("<IIII", img, sec + 8, len(rsrc), SEC_VA, len(rsrc), SEC_PTR)
     return bytes(img) + rsrc
+
+
+EDGE_BLOB = gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "edge.exe")))])
 
 
 def _answers(img: bytes, tmp_path) -> dict:
@@ -542,8 +556,7 @@ def _answers(img: bytes, tmp_path) -> dict:
 
 def test_a_resource_table_ending_exactly_at_its_sections_end_is_read(tmp_path):
     # The data entry's 16 bytes are the section's (and the file's) last bytes: inside, not past
-    blob = gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "edge.exe")))])
-    img = minimal_pe(blob)
+    img = minimal_pe(EDGE_BLOB)
     for who, got in _answers(img, tmp_path).items():
         assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", (who, got)
 
@@ -590,3 +603,63 @@ def test_a_fifo_is_refused_not_waited_on(impl, tmp_path):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             t.join(60)
     assert got == [("error", "not_regular")]
+
+
+def _strings_of(img: bytes, tmp_path):
+    answers = _answers(img, tmp_path)
+    assert len(set(map(repr, answers.values()))) == 1, answers      # all four agree
+    return next(iter(answers.values()))
+
+
+@pytest.mark.parametrize("res_dir", [(SEC_VA, 0), (0, 4096)], ids=["size 0", "rva 0"])
+def test_a_resource_directory_entry_with_a_zero_rva_or_size_means_no_resources(res_dir, tmp_path):
+    assert _strings_of(minimal_pe(EDGE_BLOB, res_dir=res_dir), tmp_path) == ("error", "no_resources")
+
+
+def test_fewer_than_three_data_directories_means_no_resources(tmp_path):
+    # NumberOfRvaAndSizes 2: DataDirectory[2] is not there, whatever its bytes say
+    assert _strings_of(minimal_pe(EDGE_BLOB, nrva=2), tmp_path) == ("error", "no_resources")
+
+
+def test_an_optional_header_just_long_enough_for_the_resource_entry_is_read(tmp_path):
+    # SizeOfOptionalHeader 120 = 96 + 3 directories of 8 bytes: DataDirectory[2] is its last
+    got = _strings_of(minimal_pe(EDGE_BLOB, nrva=3, optsz=120), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+
+
+def test_a_node_too_short_for_its_key_is_skipped_and_its_siblings_are_read(tmp_path):
+    # A 6-byte node (wLength 6: no room for the key's NUL) is not a "wLength below 6" end of
+    # the list: its key is not terminated inside it, so it is skipped (docs/pe.md, step 5).
+    short = struct.pack("<HHH", 6, 0, 0)
+    blob = gen.root([short, gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "after.exe")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "after.exe", got
+
+
+def test_a_table_key_that_is_not_hex_is_never_the_neutral_table(tmp_path):
+    # "0000:000" has the shape of a neutral key but ':' is no hex digit: no table is neutral,
+    # so the first table is chosen (docs/pe.md, step 8)
+    blob = gen.root([gen.sfi(gen.table("041104B0", gen.string("OriginalFilename", "ja.exe")),
+                             gen.table("0000:000", gen.string("OriginalFilename", "colon.exe")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", got
+
+
+def test_only_the_first_translation_var_is_used(tmp_path):
+    # VarFileInfo with two Translation vars: the second (0411/04B0, which has a table) is
+    # ignored; the first (040C/04B0) has none, so the en-US fallback is chosen (step 7)
+    trans = lambda lang: gen.node("Translation", struct.pack("<HH", lang, 0x4B0))  # noqa: E731
+    blob = gen.root([
+        gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "en.exe")),
+                gen.table("041104B0", gen.string("OriginalFilename", "ja.exe"))),
+        gen.node("VarFileInfo", children=[trans(0x40C), trans(0x411)]),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "en.exe", got
+
+
+def test_a_resource_directory_cut_by_the_end_of_the_file_is_truncated(tmp_path):
+    # The root directory's entry points at a subdirectory whose 16-byte header has only 15
+    # bytes before the end of the section, which is the end of the file
+    rsrc = _directory(16, 0x80000000 | 24) + bytes(15)
+    assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "truncated")

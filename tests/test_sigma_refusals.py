@@ -250,6 +250,9 @@ def test_a_condition_that_does_not_parse_is_refused_at_the_condition(before, lin
         "    condition: sel and (\n")           # +4
     bad = _rejected(text)
     assert bad.reason.startswith("SigmaConditionError") and bad.line == line, bad
+    # pySigma's own text of this error ends "in <the file's absolute path>"; the rejection
+    # (printed as file:line: reason) leaves that out
+    assert "t.yml" not in bad.reason, bad
 
 
 BODY = "detection:\n    sel:\n        Image: a\n    condition: sel\n"

@@ -146,6 +146,46 @@ def test_a_duplicate_key_inside_a_flow_mapping_is_refused_without_a_crash():
     assert "Duplicate key 'Image'" in bad.reason, bad
 
 
+def test_a_control_character_is_refused_as_yaml_without_a_crash():
+    # YAML allows no C0 control characters but tab and line breaks; the loader's error for
+    # one carries no mark
+    text = HEAD + "detection:\n    sel:\n        Image: \"a\x07\"\n    condition: sel\n"
+    bad = _rejected(text)
+    assert bad.reason.startswith("YAML syntax error: unacceptable character #x0007"), bad
+
+
+def test_a_rule_without_a_detection_is_refused_as_a_rule():
+    # neither detection nor correlation nor filter: a rule that lacks its detection, not a
+    # meta rule
+    bad = _rejected(HEAD + "level: low\n")
+    assert bad.reason == "SigmaDetectionError: Sigma rule must have a detection definitions", bad
+
+
+def test_a_bad_document_never_stops_the_documents_after_it():
+    text = (
+        "- not a mapping\n"                                             # 1
+        "---\n"
+        + HEAD.replace("0000000000aa", "0000000000b1") +                # 3-7
+        "detection:\n    sel:\n        Image|containz: a\n    condition: sel\n"   # 10: bad
+        "---\n"
+        "title: c\n"                                                    # 13: a correlation
+        "correlation: {type: event_count, rules: [x], timespan: 1m, condition: {gte: 2}}\n"
+        "---\n"
+        + HEAD.replace("0000000000aa", "0000000000b2") +
+        "detection:\n    sel:\n        Image: good.exe\n    condition: sel\n")
+    res = load_sigma_text(text, "multi.yml")
+    assert [r.id for r in res.rules] == ["5f2c7d9a-0000-4000-8000-0000000000b2"], res
+    assert len(res.correlations) == 1
+    assert [(p.line, p.reason.split(":")[0]) for p in res.rejected] == [
+        (1, "not a Sigma rule (the document is not a mapping)"), (10, "SigmaModifierError")], res.rejected
+
+
+def test_a_conversion_error_keeps_its_own_reason():
+    text = HEAD + "detection:\n    sel:\n        Image: a\n    kw:\n        '|fieldref': Image\n    condition: sel and kw\n"
+    bad = _rejected(text)
+    assert bad.reason == "fieldref needs a field" and bad.line is not None, bad
+
+
 def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path):
     f = tmp_path / "latin1.yml"
     f.write_bytes(HEAD.encode() + b"description: caf\xe9\n"        # 6

@@ -120,6 +120,25 @@ def test_a_duplicate_key_is_refused_at_its_second_occurrence():
     assert bad.line == 9, bad
 
 
+def test_a_blank_first_line_counts_in_the_line_of_a_duplicate_key_and_a_backtracking_regex():
+    dup = "\n" + HEAD + (                       # 1: blank; HEAD 2-6
+        "detection:\n"                          # 7
+        "    sel:\n"                            # 8
+        "        'Image': a\n"                  # 9
+        "        Image: b\n"                    # 10: the same key again
+        "    condition: sel\n")
+    bad = _rejected(dup)
+    assert "Duplicate key 'Image'" in bad.reason and bad.line == 10, bad
+    slow = "\n" + HEAD + (
+        "detection:\n"                          # 7
+        "    sel:\n"                            # 8
+        "        Image: a\n"                    # 9
+        "        CommandLine|re: '(a)\\1x'\n"  # 10: a backreference
+        "    condition: sel\n")
+    bad = _rejected(slow)
+    assert "backtracking" in bad.reason and bad.line == 10, bad
+
+
 def test_a_duplicate_top_level_key_is_refused_at_its_second_occurrence():
     text = HEAD + (
         "detection:\n"                          # 6

@@ -205,12 +205,23 @@ def test_a_conversion_error_keeps_its_own_reason():
     assert bad.reason == "fieldref needs a field" and bad.line is not None, bad
 
 
-def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path):
+@pytest.mark.parametrize("before,line", [(b"", 6), (b"\n", 7)])
+def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path, before, line):
     f = tmp_path / "latin1.yml"
-    f.write_bytes(HEAD.encode() + b"description: caf\xe9\n"        # 6
+    f.write_bytes(before + HEAD.encode() + b"description: caf\xe9\n"        # 6 (+1)
                   b"detection:\n    sel:\n        Image: a\n    condition: sel\n")
     (bad,) = load_sigma_file(f).rejected
-    assert bad.line == 6 and "not UTF-8" in bad.reason, bad
+    assert bad.line == line and "not UTF-8" in bad.reason, bad
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="needs Linux /proc")
+def test_a_file_that_holds_more_than_its_size_says_is_still_bounded():
+    # /proc files are regular files whose size reads 0: the bound holds on the bytes read,
+    # not only on the size fstat gives (the same as a file that grows after the check)
+    from sensor.detect.sigma import _read_bounded
+    assert os.stat("/proc/self/status").st_size == 0
+    assert _read_bounded("/proc/self/status", 10) is None
+    assert len(_read_bounded("/proc/self/status", 1 << 20)) > 10
 
 
 def test_an_error_that_quotes_a_field_points_at_that_fields_line():
@@ -427,6 +438,19 @@ def test_a_time_part_modifier_on_a_keyword_is_refused_at_its_line():
         "        Image: a.exe\n"                # 8
         "    kw:\n"                             # 9
         "        '|hour': 3\n"                  # 10: a keyword (no field name) with |hour
+        "    condition: sel and kw\n")
+    bad = _rejected(text)
+    assert bad.reason == "time-part modifiers need a field (|hour on a keyword)", bad
+    assert bad.line == 10, bad
+
+
+def test_two_time_part_modifiers_on_a_keyword_name_the_first_at_its_line():
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        UtcTime|minute: 5\n"           # 8: |minute on a field is fine
+        "    kw:\n"                             # 9
+        "        '|hour|minute': 3\n"           # 10: the keyword
         "    condition: sel and kw\n")
     bad = _rejected(text)
     assert bad.reason == "time-part modifiers need a field (|hour on a keyword)", bad

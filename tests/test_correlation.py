@@ -520,6 +520,39 @@ def test_a_correlation_written_on_its_document_marker_line_loads_at_that_line(tm
     assert corr.title == "c" and corr.source.endswith("c.yml") and corr.line == 1, corr
 
 
+@pytest.mark.parametrize("body,why,line", [
+    # the stub rule takes lines 1-9, the separator 10, `title: c` 11, `correlation:` 12
+    ("    type: event_count\n    rules: {a: 1}\n    timespan: 1m\n    condition: {gte: 2}\n",
+     "correlation rules: must be a string or a list of strings", 14),
+    ("    type: value_count\n    rules: [a]\n    group-by: [User]\n    timespan: 1m\n"
+     "    aliases:\n        u: x\n    condition: {gte: 2, field: Image}\n",
+     "correlation aliases: 'u' must map rule names to field names", 17),
+    ("    type: value_percentile\n    rules: [a]\n    timespan: 1m\n    condition:\n"
+     "        field: User\n        percentile: 150\n        gte: 2\n",
+     "needs condition.percentile between 0 and 100", 18),
+])
+def test_a_bad_correlation_value_is_refused_at_its_key(tmp_path, body, why, line):
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\ntitle: c\ncorrelation:\n" + body)
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations
+    (bad,) = rep.rejected
+    assert why in bad.reason and bad.line == line, bad
+
+
+def test_a_correlations_metadata_is_kept(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        name: pair
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
+        references: [https://example.org/x]
+        falsepositives: [admins]
+        """)
+    (corr,) = rep.correlations
+    # without an id, the id comes from the file and the name, so it survives edits elsewhere
+    assert corr.id == "sigma-rules-pair"
+    assert corr.references == ("https://example.org/x",) and corr.falsepositives == ("admins",)
+
+
 def test_a_correlations_tags_reach_its_alerts(tmp_path):
     rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
         title: c

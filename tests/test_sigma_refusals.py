@@ -266,6 +266,29 @@ def test_an_invalid_regex_is_refused_at_its_own_line_not_the_first_re(before, li
     assert bad.line == line, bad
 
 
+@pytest.mark.parametrize("pattern", ["Selector(", "x( not defined in detections"])
+def test_an_invalid_regex_quoting_condition_words_is_placed_at_its_own_line(pattern):
+    # pySigma quotes the rule's own text in its message: words the condition's errors use,
+    # inside a pattern, must not send the error to the condition line
+    text = HEAD + (
+        "detection:\n"                              # 6
+        "    sel:\n"                                # 7
+        f"        Image|re: '{pattern}'\n"          # 8
+        "    condition: sel\n")                     # 9
+    bad = _rejected(text)
+    assert "is invalid" in bad.reason and bad.line == 8, bad
+
+
+def test_a_condition_naming_a_missing_detection_is_refused_at_the_condition_line():
+    text = HEAD + (
+        "detection:\n"                              # 6
+        "    sel:\n"                                # 7
+        "        Image: x\n"                        # 8
+        "    condition: sel and Selector\n")        # 9
+    bad = _rejected(text)
+    assert bad.line == 9, bad
+
+
 def test_an_invalid_regex_written_with_an_escape_is_placed_at_the_re_line():
     # '(it''s' is the pattern (it's: its text as written is not in the file
     text = HEAD + (

@@ -166,6 +166,19 @@ def test_switched_off_the_twin_decodes_alone():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
+def test_a_build_without_the_compiled_decoder_runs_the_twin():
+    # An install where the extension did not build (no compiler): importing it fails, and the
+    # module must still load and decode with the twin alone.
+    code = ("import sys; sys.modules['sensor.sources._etw_decode'] = None\n"
+            "from sensor.sources import etw_decode as d; assert not d.COMPILED\n"
+            "p = d.PayloadDecoder(); assert p._kp is None and p._sp is None\n"
+            "assert p.kernel_process(2, 0, bytes(48) + b'a\\0')['ImageName'] == 'a'; print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "SENSOR_NO_EXTENSIONS"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
 @pytest.mark.parametrize("pointer_size", [8, 4])
 def test_every_truncation_of_every_layout(pointer_size):
     """Cut anywhere (every byte of every layout, with and without a user SID): the compiled

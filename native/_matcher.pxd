@@ -6,6 +6,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 
 
 cdef extern from "matcher_util.h":
+    void mt_prefetch(const void *p)
     int mt_contains(const unsigned char *h, size_t hn, const unsigned char *n, size_t nn, size_t off)
     int mt_eq_fwd(const unsigned char *a, const unsigned char *b, size_t n)
     int mt_eq_bwd(const unsigned char *a, const unsigned char *b, size_t n)
@@ -22,6 +23,7 @@ cdef extern from "matcher_util.h":
     int mt_popcount64(uint64_t x)
     int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uint32_t g)
     size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4, const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
+    size_t mt_af_next2(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4, const uint64_t *b2, int ascii, const unsigned char *h, size_t i, size_t n, unsigned *which)
     int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd, unsigned len, unsigned k)
     size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
     size_t mt_ac_run16s(const uint16_t *t, const uint32_t *col, const unsigned char *start, int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
@@ -75,6 +77,7 @@ cdef struct Unit:
     # gram size one primary entry per non-empty bucket (index: the bucket's rank), then
     # the overflow entries.
     uint32_t q1e
+    uint32_t q_ascii         # 1: no 2/4/8-byte anchor starts with a byte >= 0x80
     uint64_t *q2bits       # exact 2-gram bitmap (65,536 bits); NULL when no 2-3 byte literals
     uint32_t *q2rank       # set bits before each word of q2bits
     uint32_t q2base        # entry index of the first 2-gram bucket

@@ -75,6 +75,33 @@ cdef extern from *:
         mt_lower_cache[c & 1023u] = ((uint64_t)((uint32_t)c + 1u) << 32) | (uint64_t)l;
         return l;
     }
+    /* One bit per block of 128 code points: set when every code point of the block is its
+     * own lower case (CJK, emoji, most scripts without case).  Filled once, at module
+     * import (1,114,112 Unicode-database lookups, a few milliseconds); afterwards a
+     * character of such a block costs one bit test instead of a cache probe that
+     * collides when the text uses many distinct characters.  U+0130 and U+03A3 are in
+     * blocks with case, so they never take the short path. */
+    static uint8_t mt_lower_id[0x110000 >> 10];
+    static void mt_lower_id_init(void)
+    {
+        Py_UCS4 b, c;
+        memset(mt_lower_id, 0, sizeof(mt_lower_id));
+        for (b = 0; b < (0x110000 >> 7); b++) {
+            int id = 1;
+            for (c = b << 7; c < ((b + 1) << 7); c++) {
+                if (Py_UNICODE_TOLOWER(c) != c) {
+                    id = 0;
+                    break;
+                }
+            }
+            if (id)
+                mt_lower_id[b >> 3] |= (uint8_t)(1u << (b & 7));
+        }
+    }
+    static inline int mt_is_lower_id(Py_UCS4 c)
+    {
+        return (mt_lower_id[c >> 10] >> ((c >> 7) & 7)) & 1;
+    }
     /* Give the heap's free pages back to the system after a build (glibc keeps them);
      * elsewhere a no-op. */
     #if defined(__GLIBC__)
@@ -87,19 +114,27 @@ cdef extern from *:
      * 4 n bytes); the byte count.  One loop per kind: no kind switch per character.
      * ASCII lowered, U+0130 to "i" + U+0307, anything else to its simple lower case. */
     #define MT_FOLD_LOOP(T)                                                          \
-        for (i = 0; i < n; i++) {                                                    \
+        for (i = 0; i < n;) {                                                        \
             Py_UCS4 c = ((const T *)data)[i];                                        \
-            if (c < 0x80) {                                                          \
-                b[o++] = (unsigned char)(c + ((unsigned)(c - 0x41) < 26u) * 32);     \
+            if (c < 0x80) {  /* a run of ASCII in a tight loop of its own */        \
+                do {                                                                 \
+                    b[o++] = (unsigned char)(c + ((unsigned)(c - 0x41) < 26u) * 32); \
+                    if (++i >= n)                                                    \
+                        break;                                                       \
+                    c = ((const T *)data)[i];                                        \
+                } while (c < 0x80);                                                  \
                 continue;                                                            \
             }                                                                        \
-            if (c == 0x130) {                                                        \
-                b[o] = 0x69; b[o + 1] = 0xCC; b[o + 2] = 0x87; o += 3;               \
-                continue;                                                            \
+            i++;                                                                     \
+            if (sizeof(T) == 1 || !mt_is_lower_id(c)) { /* Latin-1: one cased block */ \
+                if (c == 0x130) {                                                    \
+                    b[o] = 0x69; b[o + 1] = 0xCC; b[o + 2] = 0x87; o += 3;           \
+                    continue;                                                        \
+                }                                                                    \
+                if (c == 0x3A3 && sigma != NULL)                                     \
+                    *sigma = 1;                                                      \
+                c = mt_tolower(c);                                                   \
             }                                                                        \
-            if (c == 0x3A3 && sigma != NULL)                                         \
-                *sigma = 1;                                                          \
-            c = mt_tolower(c);                                                       \
             if (c < 0x80) {                                                          \
                 b[o++] = (unsigned char)c;                                           \
             } else if (c < 0x800) {                                                  \
@@ -137,6 +172,7 @@ cdef extern from *:
     PyObject *mt_slot_get(PyObject *o, Py_ssize_t off)
     Py_ssize_t mt_fold_chars(int kind, const void *data, Py_ssize_t n, unsigned char *b, uint8_t *sigma)
     void mt_release_free_memory()
+    void mt_lower_id_init()
 
 cdef extern from "Python.h":
     ctypedef uint32_t Py_UCS4
@@ -160,6 +196,7 @@ cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except? NULL
 
 ENGINE = "compiled"
+mt_lower_id_init()
 
 # Where ProcessEvent keeps ``pending`` (a __slots__ member): read directly, it saves
 # a getattr per call.  -1 (use getattr) if it is not a plain slot.
@@ -227,8 +264,10 @@ cdef class _Rx:
     cdef bytes table
     cdef const unsigned char *table_p
     cdef uint32_t catmask
+    cdef int akey              # regexes of one matcher with equal alphabets share this id
 
     def __cinit__(self, obj):
+        self.akey = -1
         if isinstance(obj, LinearRegex):
             al = obj.alphabet
             self.match = obj.match
@@ -243,6 +282,7 @@ cdef class _Rx:
             self.table = al.table
             self.table_p = <const unsigned char *>self.table
             self.catmask = al.catmask
+            self.akey = -1
         else:
             self.match = None
             self.budgeted = obj
@@ -274,9 +314,14 @@ cdef class _Rx:
             o[i] = self.table_p[lo * 8 + (bits & self.catmask)]
         return out
 
-    cdef int search(self, object t, const unsigned char *raw, Py_ssize_t rawlen) except -1:
+    cdef object alphabet_key(self):
+        return (self.amap, tuple(self.bounds_a) if self.nb else (), self.table, self.catmask)
+
+    cdef int search(self, object t, const unsigned char *raw, Py_ssize_t rawlen,
+                    object mapped=None) except -1:
         """1 match, 0 no match, 2 undecided (the budgeted engine ran out of steps).
-        ``raw``: the text's bytes when it is ASCII (NULL otherwise)."""
+        ``raw``: the text's bytes when it is ASCII (NULL otherwise); ``mapped``: the text
+        already in this regex's alphabet (None: map it here)."""
         cdef object buf
         if self.match is None:
             try:
@@ -288,7 +333,7 @@ cdef class _Rx:
         if raw != NULL and self.amap_p == NULL:
             buf = PyMemoryView_FromMemory(<char *>raw, rawlen, PyBUF_READ)
         else:
-            buf = self.alphabet(t)
+            buf = self.alphabet(t) if mapped is None else mapped
             rawlen = len(<bytes>buf)
         return 1 if self.match(self.anchor, buf, 0, rawlen)[0][0] >= 0 else 0
 
@@ -410,6 +455,8 @@ cdef class _State:
     cdef uint32_t *lit_epoch     # per literal: epoch it was found in
     cdef uint32_t *uepoch        # per unit: epoch it was scanned in
     cdef list keep               # objects alive until the end of one match
+    cdef dict mapped             # (field slot, alphabet id) -> the text in that regex alphabet
+    cdef Py_ssize_t mapped_bytes
     cdef object event
     cdef bint is_dict
     cdef bint is_pe
@@ -429,6 +476,8 @@ cdef class _State:
         self.nunits = nunits
         self.epoch = 0
         self.keep = []
+        self.mapped = {}
+        self.mapped_bytes = 0
         n = nfields if nfields else 1
         self.memo = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * (npreds if npreds else 1))
         self.vepoch = <uint32_t *>PyMem_Malloc(sizeof(uint32_t) * n)
@@ -470,6 +519,9 @@ cdef class _State:
         self._drop_texts()
         if PyList_GET_SIZE(self.keep):
             del self.keep[:]
+        if self.mapped_bytes:
+            self.mapped.clear()
+            self.mapped_bytes = 0
         self.event = None
 
     cdef void _drop_texts(self) noexcept:
@@ -884,6 +936,16 @@ cdef class Matcher:
                                  re_lits[i][k][1], resolve(re_lits[i][k][1]), rank_of)
                     for k, v in enumerate(p.values))
 
+        # regexes with equal alphabets map a text once per event (Matcher._mapped)
+        akeys = {}
+        for entries in self._regexes:
+            if entries is None:
+                continue
+            for e in <tuple>entries:
+                rx = <_Rx>e[0]
+                if rx.match is not None:
+                    rx.akey = akeys.setdefault(rx.alphabet_key(), len(akeys))
+        akeys = None
         self._blob = bytes(blob)
         self._bytes = <const unsigned char *>self._blob
         self._globs = <const uint32_t *>self._u32(globs)
@@ -1352,7 +1414,7 @@ cdef class Matcher:
                         "mode": "aho-corasick", "states": n}
         self._build_anchor_filter(un, needles, priors)
         return {"field": self._names[un.slot] if un.slot >= 0 else None, "cased": bool(un.cased),
-                "literals": len(needles), "mode": "anchor filter"}
+                "literals": len(needles), "mode": "anchor filter", "ascii_anchors": bool(un.q_ascii)}
 
     cdef int _build_anchor_filter(self, Unit *un, list needles, priors) except -1:
         """Anchor filter (mode 3): each needle is anchored at one of its grams (1 byte:
@@ -1373,8 +1435,11 @@ cdef class Matcher:
             noff.append(len(blob))
             blob.extend(nd)
         grams = {4: set(), 8: set()}
+        un.q_ascii = 1
         for j in range(len(needles)):
             k, alen = plan[j]
+            if alen >= 2 and needles[j][k] >= 0x80:
+                un.q_ascii = 0
             if alen == 4 or alen == 8:
                 grams[alen].add(needles[j][k:k + alen])
 
@@ -1853,10 +1918,29 @@ cdef class Matcher:
                 if mt_chain(st.rptr[slot], st.rlen[slot], ch.ptrs, ch.lens, ch.rare, ch.k, ch.dotall):
                     return 1
                 continue
-            r = (<_Rx>rx).search(t, st.rptr[slot] if PyUnicode_IS_ASCII(t) else NULL, st.rlen[slot])
+            if PyUnicode_IS_ASCII(t) and (<_Rx>rx).amap_p == NULL:
+                r = (<_Rx>rx).search(t, st.rptr[slot], st.rlen[slot])
+            else:
+                r = (<_Rx>rx).search(t, NULL, 0, self._mapped(st, slot, <_Rx>rx, t))
             if r == 1:
                 return 1
         return 2 if undecided else 0
+
+    cdef object _mapped(self, _State st, int32_t slot, _Rx rx, object t):
+        """Field ``slot``'s text in ``rx``'s alphabet, made once per event for all the
+        regexes that share the alphabet (mapping a non-ASCII text costs a lookup per
+        character).  At most 1 MiB is kept per event; beyond it texts are mapped per regex."""
+        cdef object key, buf
+        if rx.akey < 0:
+            return None
+        key = (slot, rx.akey)
+        buf = st.mapped.get(key)
+        if buf is None:
+            buf = rx.alphabet(t)
+            if st.mapped_bytes + len(<bytes>buf) <= (1 << 20):
+                st.mapped[key] = buf
+                st.mapped_bytes += len(<bytes>buf) + 1
+        return buf
 
     cdef int _eval(self, _State st, uint32_t node) except -1:
         """1 true, 0 false, 2 undecided (three-valued: the order of operands never
@@ -2034,28 +2118,27 @@ cdef class Matcher:
         cdef uint64_t x
         cdef uint32_t ep = st.epoch
         cdef const uint32_t *ent
+        cdef unsigned which = 0
         for e in range(un.q1e):
             ent = un.q_ent + 8 * e
             if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
                 self._found(st, un.lit0 + ent[4], mark, pmask)
         i = 0
         while True:
-            i = mt_af_next(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits, h, i, n)
+            # the tables that let position i through, each tested once
+            i = mt_af_next2(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits,
+                            un.q_ascii, h, i, n, &which)
             if i >= n:
                 break
-            if un.q8filt != NULL and i + 8 <= n:
-                x = mt_load64(h + i)
-                if mt_af_ftest(un.q8filt, un.q8fshift, x):
-                    r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(x, un.q8bshift))
-                    if r >= 0:
-                        self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
-            if un.q4filt != NULL and i + 4 <= n:
-                x = mt_load32(h + i)
-                if mt_af_ftest(un.q4filt, un.q4fshift, x):
-                    r = mt_af_rank(un.q4bits, un.q4rank, mt_af_bucket(x, un.q4bshift))
-                    if r >= 0:
-                        self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)
-            if un.q2bits != NULL and i + 2 <= n:
+            if which & 1:
+                r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(mt_load64(h + i), un.q8bshift))
+                if r >= 0:
+                    self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
+            if which & 2:
+                r = mt_af_rank(un.q4bits, un.q4rank, mt_af_bucket(<uint64_t>mt_load32(h + i), un.q4bshift))
+                if r >= 0:
+                    self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)
+            if which & 4:
                 r = mt_af_rank(un.q2bits, un.q2rank, <unsigned>h[i] | (<unsigned>h[i + 1] << 8))
                 if r >= 0:
                     self._af_bucket(st, un, un.q2base + <size_t>r, h, n, i, 2, mark, pmask)
@@ -2140,6 +2223,8 @@ cdef class Matcher:
         cdef int32_t u
         cdef uint32_t r, j
         cdef object pending, ev = st.event
+        cdef uint64_t fs
+        cdef PyObject *ptr
         memset(cand, 0, sizeof(uint64_t) * self._nwords)
         for i in range(self._nalways):
             r = self._always[i]
@@ -2153,6 +2238,17 @@ cdef class Matcher:
                         pmask |= (<uint64_t>1) << <int>wi
         scan = self._w_scan1 | (self._w_scan2 if pmask else 0)
         scan &= ~pmask
+        if st.is_dict:
+            # Start loading the values of the fields about to be scanned, all at once: in a
+            # stream of events the event's dict and strings are usually not in the cache,
+            # and the loads of different fields can then overlap instead of queueing.
+            fs = scan
+            while fs:
+                w = mt_ctz64(fs)
+                fs &= fs - 1
+                ptr = PyDict_GetItem(ev, <object>self._nameptr[self._w_slot[w]])
+                if ptr != NULL:
+                    mt_prefetch(ptr)
         while scan:
             w = mt_ctz64(scan)
             scan &= scan - 1

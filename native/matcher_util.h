@@ -13,6 +13,22 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A hint to start loading the cache line at p (no effect on results; a no-op where the
+ * compiler has no prefetch intrinsic). */
+#if defined(__GNUC__) || defined(__clang__)
+#define MT_PREFETCH(p) __builtin_prefetch((const void *)(p))
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <xmmintrin.h>
+#define MT_PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#else
+#define MT_PREFETCH(p) ((void)(p))
+#endif
+
+static inline void mt_prefetch(const void *p)
+{
+    MT_PREFETCH(p);
+}
+
 /* Glob program codes: 0..255 literal byte, MT_STAR any run, MT_QMARK one code point. */
 #define MT_STAR 256
 #define MT_QMARK 257
@@ -358,6 +374,55 @@ static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t
         if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
             return i;
     }
+    return n;
+}
+
+/* mt_af_next that also says which tables let the position through (*which: bit 0 the
+ * 8-gram filter, bit 1 the 4-gram filter, bit 2 the 2-gram bitmap), so the caller looks
+ * up only those buckets without testing the position again.  ``ascii``: no anchor starts
+ * with a byte >= 0x80, so a position holding one cannot start an anchor and is passed
+ * over without a probe (runs of such bytes, i.e. non-ASCII text, a word at a time). */
+#define MT_HI8 0x8080808080808080ull
+
+static inline size_t mt_af_next2(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
+                                 const uint64_t *b2, int ascii, const unsigned char *h, size_t i,
+                                 size_t n, unsigned *which)
+{
+    unsigned w;
+    while (i + 8 <= n) {
+        if (ascii && (h[i] & 0x80u)) {
+            i++;
+            while (i + 8 <= n && (mt_load64(h + i) & MT_HI8) == MT_HI8)
+                i += 8;
+            continue;
+        }
+        w = 0;
+        if (f8 != NULL && mt_af_ftest(f8, fs8, mt_load64(h + i)))
+            w |= 1u;
+        if (f4 != NULL && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
+            w |= 2u;
+        if (b2 != NULL && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
+            w |= 4u;
+        if (w) {
+            *which = w;
+            return i;
+        }
+        i++;
+    }
+    for (; i < n; i++) {
+        if (ascii && (h[i] & 0x80u))
+            continue;
+        w = 0;
+        if (f4 != NULL && i + 4 <= n && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
+            w |= 2u;
+        if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
+            w |= 4u;
+        if (w) {
+            *which = w;
+            return i;
+        }
+    }
+    *which = 0;
     return n;
 }
 

@@ -186,6 +186,28 @@ def test_fold_is_str_lower_when_characters_share_a_cache_slot():
             assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass"), [hex(ord(c)) for c in t]
 
 
+def test_fold_is_str_lower_when_sequence_lengths_alternate():
+    # the fold writes 2-4 byte sequences without branching on the length (four bytes,
+    # then advances by the length) and skips the case lookup in blocks without case:
+    # every ordered pair and triple of characters of different UTF-8 lengths, blocks with
+    # and without case, and the block edges, in strings of each width
+    from itertools import product
+
+    from sensor.detect._matcher import fold_utf8
+
+    reps = ["a", "Z", "\x80", "\xc9", "\xff", "\u0130", "\u017f", "\u07ff", "\u0800", "\u212a",
+            "\u4e2d", "\ud800", "\uffff", "\U00010000", "\U00010400", "\U0001f600", "\U0010ffff"]
+    for k in (1, 2, 3):
+        for combo in product(reps, repeat=k):
+            t = "".join(combo)
+            assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass"), [hex(ord(c)) for c in t]
+            t = "x" + t * 3 + "\U0001f600"       # the same within a 4-byte-wide string
+            assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass"), [hex(ord(c)) for c in t]
+    # each block edge of 128 code points, on both sides
+    edges = "".join(chr(c) for b in range(128, 0x110000, 128) for c in (b - 1, b) if c != 0x3A3)
+    assert fold_utf8(edges) == edges.lower().encode("utf-8", "surrogatepass")
+
+
 @given(text())
 @settings(max_examples=300, deadline=None)
 def test_fold_matches_str_lower(t):
@@ -292,3 +314,31 @@ def test_anchor_filter_parity(case):
     assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
     for v in values:
         same(ref, comp, {"CommandLine": v})
+
+
+def test_anchor_filter_passes_over_non_ascii_runs():
+    # when no 2/4/8-byte anchor starts with a byte >= 0x80, the scan passes over positions
+    # holding one (runs of them a word at a time): literals right before, after and between
+    # non-ASCII runs of every length up to 20 characters are found exactly as str finds
+    # them; a unit with a non-ASCII anchor scans every position
+    from sensor.detect.ir import Predicate, Rule
+
+    def rules_for(lits):
+        rules = [Rule(id="filler", title="f", predicates=(Predicate("CommandLine", "contains", _FILLER, False, ""),),
+                      condition=("pred", 0))]
+        return rules + [Rule(id=f"l{i}", title="l",
+                             predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
+                             condition=("pred", 0)) for i, lit in enumerate(lits)]
+
+    ascii_lits = ["grunt", "-enc", "ab", "x.exe", "\\temp\\", "k00042\\z", "zz", "q", "winlogon.exe -x"]
+    for lits, flag in ((ascii_lits, True), (ascii_lits + ["\u4e2d\u6587x", "\U0001F600"], False)):
+        ref, comp = M.create(rules_for(lits), "reference"), M.create(rules_for(lits), "compiled")
+        unit = {u["field"]: u for u in comp.stats["units"]}["CommandLine"]
+        assert unit["mode"] == "anchor filter" and unit["ascii_anchors"] is flag
+        for run in ("\u00e9", "\u4e2d", "\U0001F600", "\u0130", "\u212a"):
+            for n in range(21):
+                r = run * n
+                for lit in lits:
+                    for v in (r + lit + r, lit + r + lit, r + lit, lit + r, r + lit.upper() + r,
+                              r + lit[:-1] + r + lit[-1:], lit[:2] + r + lit[2:]):
+                        same(ref, comp, {"CommandLine": v})

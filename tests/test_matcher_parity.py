@@ -342,3 +342,23 @@ def test_anchor_filter_passes_over_non_ascii_runs():
                     for v in (r + lit + r, lit + r + lit, r + lit, lit + r, r + lit.upper() + r,
                               r + lit[:-1] + r + lit[-1:], lit[:2] + r + lit[2:]):
                         same(ref, comp, {"CommandLine": v})
+
+
+def test_regexes_sharing_an_alphabet_map_a_text_once_with_the_same_answers():
+    # regexes with equal alphabets reuse one mapping of a field's text per event (up to
+    # 1 MiB per event, then each maps its own); the answers stay re.search's, for ASCII
+    # and non-ASCII texts, for regexes whose alphabets differ, and past the 1 MiB budget
+    from sensor.detect.ir import Predicate, Rule
+
+    pats = [("a.c", ""), ("x.z", ""), ("é+\\d", ""), ("\\d+é", ""), ("[a-zé]+\\s\\S", ""), ("ÉCOLE", "i"),
+            ("^\\w+$", ""), ("中.文", ""), ("\\bk\\b", "i"), ("\\s{3}", "")]
+    rules = [Rule(id=f"r{i}", title="r", predicates=(Predicate(f, "re", (p,), False, fl),), condition=("pred", 0))
+             for i, (p, fl) in enumerate(pats) for f in ("CommandLine", "ParentCommandLine")]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    texts = ["abc xyz", "aéc x\u212az 1é", "école 12é", "\u00c9COLE k", "中x文 \U0001F600", "\u0130 a\nc   x",
+             "\u212a", "ab\u00e9c" * 5]
+    for t in texts:
+        for other in ("", t[::-1], "abc"):
+            same(ref, comp, {"CommandLine": t, "ParentCommandLine": other})
+    big = "a\u00e9c" + "\u4e2d" * 300_000 + " x z 7é"     # mappings past 1 MiB
+    same(ref, comp, {"CommandLine": big, "ParentCommandLine": big[::-1]})

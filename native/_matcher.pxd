@@ -6,7 +6,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 
 
 cdef extern from "matcher_util.h":
-    void mt_prefetch(const void *p)
     int mt_contains(const unsigned char *h, size_t hn, const unsigned char *n, size_t nn, size_t off)
     int mt_eq_fwd(const unsigned char *a, const unsigned char *b, size_t n)
     int mt_eq_bwd(const unsigned char *a, const unsigned char *b, size_t n)

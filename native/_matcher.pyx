@@ -2223,8 +2223,6 @@ cdef class Matcher:
         cdef int32_t u
         cdef uint32_t r, j
         cdef object pending, ev = st.event
-        cdef uint64_t fs
-        cdef PyObject *ptr
         memset(cand, 0, sizeof(uint64_t) * self._nwords)
         for i in range(self._nalways):
             r = self._always[i]
@@ -2238,17 +2236,6 @@ cdef class Matcher:
                         pmask |= (<uint64_t>1) << <int>wi
         scan = self._w_scan1 | (self._w_scan2 if pmask else 0)
         scan &= ~pmask
-        if st.is_dict:
-            # Start loading the values of the fields about to be scanned, all at once: in a
-            # stream of events the event's dict and strings are usually not in the cache,
-            # and the loads of different fields can then overlap instead of queueing.
-            fs = scan
-            while fs:
-                w = mt_ctz64(fs)
-                fs &= fs - 1
-                ptr = PyDict_GetItem(ev, <object>self._nameptr[self._w_slot[w]])
-                if ptr != NULL:
-                    mt_prefetch(ptr)
         while scan:
             w = mt_ctz64(scan)
             scan &= scan - 1

@@ -13,22 +13,6 @@
 #include <stdint.h>
 #include <string.h>
 
-/* A hint to start loading the cache line at p (no effect on results; a no-op where the
- * compiler has no prefetch intrinsic). */
-#if defined(__GNUC__) || defined(__clang__)
-#define MT_PREFETCH(p) __builtin_prefetch((const void *)(p))
-#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
-#include <xmmintrin.h>
-#define MT_PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
-#else
-#define MT_PREFETCH(p) ((void)(p))
-#endif
-
-static inline void mt_prefetch(const void *p)
-{
-    MT_PREFETCH(p);
-}
-
 /* Glob program codes: 0..255 literal byte, MT_STAR any run, MT_QMARK one code point. */
 #define MT_STAR 256
 #define MT_QMARK 257

@@ -2126,7 +2126,7 @@ cdef class Matcher:
         i = 0
         while True:
             # the tables that let position i through, each tested once
-            i = mt_af_next2(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits,
+            i = mt_af_next(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits,
                             un.q_ascii, h, i, n, &which)
             if i >= n:
                 break

@@ -338,37 +338,16 @@ static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uin
     return (int64_t)rank[g >> 6] + mt_popcount64(w & (b - 1));
 }
 
-/* First position >= i where the 8-gram filter (f8), the 4-gram filter (f4) or the exact
- * 2-gram bitmap (b2) lets the position through (each may be NULL); n when none.  The
- * tests of one position are independent loads from small tables. */
-static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
-                                const uint64_t *b2, const unsigned char *h, size_t i, size_t n)
-{
-    for (; i + 8 <= n; i++) {
-        if (f8 != NULL && mt_af_ftest(f8, fs8, mt_load64(h + i)))
-            return i;
-        if (f4 != NULL && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
-            return i;
-        if (b2 != NULL && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
-            return i;
-    }
-    for (; i < n; i++) {
-        if (f4 != NULL && i + 4 <= n && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
-            return i;
-        if (b2 != NULL && i + 2 <= n && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
-            return i;
-    }
-    return n;
-}
-
-/* mt_af_next that also says which tables let the position through (*which: bit 0 the
- * 8-gram filter, bit 1 the 4-gram filter, bit 2 the 2-gram bitmap), so the caller looks
- * up only those buckets without testing the position again.  ``ascii``: no anchor starts
- * with a byte >= 0x80, so a position holding one cannot start an anchor and is passed
- * over without a probe (runs of such bytes, i.e. non-ASCII text, a word at a time). */
+/* The first position >= i that the 8-gram filter (f8), the 4-gram filter (f4) or the
+ * exact 2-gram bitmap (b2) lets through (each may be NULL), n when none, and in *which
+ * the tables that let it through (bit 0 f8, bit 1 f4, bit 2 b2), so the caller looks up
+ * only those buckets without testing the position again.  The tests of one position are
+ * independent loads from small tables.  ``ascii``: no anchor starts with a byte >= 0x80,
+ * so a position holding one cannot start an anchor and is passed over without a probe
+ * (runs of such bytes, i.e. non-ASCII text, eight at a time). */
 #define MT_HI8 0x8080808080808080ull
 
-static inline size_t mt_af_next2(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
+static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
                                  const uint64_t *b2, int ascii, const unsigned char *h, size_t i,
                                  size_t n, unsigned *which)
 {

@@ -1,0 +1,91 @@
+"""Two builds of the compiled matcher in one process, timed alternately on the same events.
+
+On a shared machine a benchmark run minutes after another says little; this loads two
+builds of ``sensor.detect._matcher`` (e.g. main's, copied aside, and this checkout's) into
+one interpreter, checks that they give the same answers, and times them in alternating
+rounds (best of 3 passes in CPU time per round) on the bench corpus and both halves of the
+held-out set (bench/heldout.py).
+
+    .venv/bin/python bench/matcher_ab.py old=/tmp/main_matcher.so,new=sensor/detect/_matcher.cpython-311-x86_64-linux-gnu.so
+    .venv/bin/python bench/matcher_ab.py A=a.so,B=b.so --rulesets seed --rounds 6
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def load_build(path: str):
+    """A build of the extension as its own module object (same name, another file)."""
+    name = "sensor.detect._matcher"
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def best_of(match, events, passes=3) -> float:
+    best = None
+    for _ in range(passes):
+        t0 = time.thread_time()
+        for ev in events:
+            match(ev)
+        dt = time.thread_time() - t0
+        best = dt if best is None else min(best, dt)
+    return best / len(events) * 1e9
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Two matcher builds, alternately, same events.")
+    ap.add_argument("builds", help="TAG=path.so,TAG=path.so")
+    ap.add_argument("--rulesets", default="seed,sigmahq,all")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    import heldout
+    import matcher as bm
+
+    builds = []
+    for item in args.builds.split(","):
+        tag, _, path = item.partition("=")
+        builds.append((tag, load_build(path)))
+    look, measure = heldout.halves(heldout.load())
+    sets = {"corpus": bm.load_events(bm.CORPUS), "look": look, "measure": measure}
+    print(f"load before: {os.getloadavg()[0]:.2f}")
+    for rs in args.rulesets.split(","):
+        rules = bm.load_ruleset(rs)
+        ms = [(tag, mod.Matcher(rules)) for tag, mod in builds]
+        for name, evs in sets.items():
+            ref = [ms[0][1].match(e) for e in evs]
+            for tag, m in ms[1:]:
+                if [m.match(e) for e in evs] != ref:
+                    print(f"{rs} {name}: {tag} answers differently from {ms[0][0]}")
+                    return 1
+        res: dict = {}
+        for r in range(args.rounds):
+            for name, evs in sets.items():
+                for tag, m in (ms if r % 2 == 0 else ms[::-1]):
+                    res.setdefault((name, tag), []).append(best_of(m.match, evs))
+        for name in sets:
+            cols = "  ".join(f"{tag} {min(res[(name, tag)]):9,.0f} ns (rounds "
+                             + "/".join(f"{x:,.0f}" for x in res[(name, tag)]) + ")" for tag, _ in ms)
+            ratio = ""
+            if len(ms) == 2:
+                a, b = ms[0][0], ms[1][0]
+                ratio = f"  {a}/{b} {min(res[(name, a)]) / min(res[(name, b)]):.2f}"
+            print(f"{rs:8} {name:8} {cols}{ratio}", flush=True)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -98,6 +98,16 @@ def volume(tmp_path):
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
+def load_gen_blobs():
+    """tests/data/pe/src/gen_blobs.py (the version-blob builder the PE fixtures come from) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_blobs", DATA / "pe" / "src" / "gen_blobs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def fill(folder: Path) -> Path:
     """Fill the volume of ``folder`` with zeros until the disk says no more (a new filler file per
     call, so a test can fill the disk again after freeing some of it); the filler's path."""

@@ -17,6 +17,8 @@ from sensor.enrich import _pe_py, pe
 from sensor.enrich.pe import READERS, RESULT_KEYS, PeError, VersionInfoCache
 from sensor.events import ProcessEvent, field_value
 
+from .conftest import load_gen_blobs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = ROOT / "tests" / "data" / "pe"
@@ -494,15 +496,7 @@ def test_default_cache_is_shared():
 # ID 1, one language), the version blob, and the IMAGE_RESOURCE_DATA_ENTRY last, so the
 # section's raw data ends exactly where that entry ends.
 
-def _version_blob_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("gen_blobs", DATA / "src" / "gen_blobs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gen = _version_blob_module()
+gen = load_gen_blobs()
 SEC_VA, SEC_PTR = 0x1000, 512
 
 

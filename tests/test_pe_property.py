@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from sensor.enrich import pe
 from sensor.enrich.pe import PeError
 
+from .conftest import load_gen_blobs
+
 pytestmark = pytest.mark.skipif("native" not in pe.READERS,
                                 reason="sensor.enrich._pe is not built (or SENSOR_NO_EXTENSIONS=1)")
 
@@ -22,14 +24,7 @@ SETTINGS = settings(max_examples=400, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _load_gen_blobs():
-    spec = importlib.util.spec_from_file_location("gen_blobs", DATA / "src" / "gen_blobs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gen = _load_gen_blobs()
+gen = load_gen_blobs()
 
 
 def answer(parse, data: bytes):

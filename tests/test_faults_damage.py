@@ -681,3 +681,20 @@ def test_alerts_dropped_while_waiting_for_a_heal_are_counted_and_said_at_the_hea
         assert {a["id"] for a in new[dropped:]} <= set(sp.ids())   # the newest were kept
     finally:
         sp.close()
+
+
+def test_a_heal_that_cannot_be_done_keeps_the_last_heals_report(tmp_path, monkeypatch):
+    sp, _, _, _ = damaged_while_running(tmp_path / "spool.sqlite")
+    try:
+        assert sp.heal()
+        first = sp.fault_stats()["last_heal"]
+        assert first and "while running" in first["reason"]
+        sp._mark_damaged("damaged again")
+        monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(PermissionError(13, "in use")))
+        assert sp.heal() is False
+        st = sp.fault_stats()
+        assert st["damaged"] and st["heals"] == 1 and st["last_heal"] == first
+        assert st["salvaged_at_start"] is None
+    finally:
+        monkeypatch.undo()
+        sp.close()

@@ -395,7 +395,7 @@ class Spool:
                 self._close_connections()
                 raise SpoolDamaged(f"{exc} (the sensor moves a damaged spool aside and recovers its "
                                    f"rows at its next start)") from None
-            self._salvage(str(exc))
+            self.salvage = self._salvage(str(exc))
             try:
                 self.damage_marker.unlink()
             except OSError:
@@ -472,8 +472,9 @@ class Spool:
         except sqlite3.Error:
             return 4096
 
-    def _salvage(self, reason: str, id_floor: int | None = None) -> None:
-        """Move the damaged file aside, open a fresh spool and copy every readable row into it.
+    def _salvage(self, reason: str, id_floor: int | None = None) -> dict:
+        """Move the damaged file aside, open a fresh spool and copy every readable row into it;
+        returns what it did (moved_to, reason, recovered, lost, ...).
 
         ``id_floor`` (a heal while running): the fresh spool's alert ids start above it and never
         come back below it (AUTOINCREMENT), so an id fetched before the heal matches no row.
@@ -505,7 +506,7 @@ class Spool:
         log.error("alert spool %s is damaged (%s): moved aside to %s; recovering its rows",
                   self.path, reason, aside.name)
         try:
-            self._recover_into_fresh(aside, reason, id_floor)
+            return self._recover_into_fresh(aside, reason, id_floor)
         except SpoolError:
             # The fresh spool could not be built or filled (a full disk, say). Nothing but copies of
             # the damaged file's rows went into it, so the damaged file goes back in its place: the
@@ -525,8 +526,9 @@ class Spool:
                              "are there", self.path, aside.name, exc.strerror or exc)
             raise
 
-    def _recover_into_fresh(self, aside: Path, reason: str, id_floor: int | None) -> None:
-        """Create the fresh spool at ``self.path`` and copy every readable row of ``aside`` into it."""
+    def _recover_into_fresh(self, aside: Path, reason: str, id_floor: int | None) -> dict:
+        """Create the fresh spool at ``self.path`` and copy every readable row of ``aside`` into
+        it; returns what it did."""
         from .salvage import ScanReport, scan
 
         try:
@@ -601,17 +603,18 @@ class Spool:
                     self._db.execute("UPDATE meta SET value=value+? WHERE key=?", (value, key))
             self._bump("salvaged", alerts)
             self._bump("damaged_rows", damaged)
-        self.salvage = {"moved_to": str(aside), "reason": reason, "recovered": alerts,
-                        "recovered_dead_letters": dead, "damaged": damaged, "lost": lost,
-                        "pages": report.pages, "bad_cells": report.bad_cells,
-                        "header_ok": report.header_ok, "walked": report.walked}
+        done = {"moved_to": str(aside), "reason": reason, "recovered": alerts,
+                "recovered_dead_letters": dead, "damaged": damaged, "lost": lost,
+                "pages": report.pages, "bad_cells": report.bad_cells,
+                "header_ok": report.header_ok, "walked": report.walked}
         lost_text = "an unknown number of alerts may be lost (the row count was unreadable)" \
             if lost is None else f"{lost} lost"
         message = (f"alert spool was damaged ({reason}) and moved aside to {aside.name}: recovered "
                    f"{alerts} alert(s) and {dead} dead letter(s); {damaged} failed their checksum "
                    f"(moved to dead letters); {lost_text}")
         log.error("%s", message)
-        self._record_event("spool_salvaged", message, dict(self.salvage))
+        self._record_event("spool_salvaged", message, dict(done))
+        return done
 
     # -- connections and transactions ---------------------------------------------------------
 
@@ -721,10 +724,9 @@ class Spool:
             except OSError:
                 pass
             self._opening = True
-            at_start = self.salvage
             try:
-                self._salvage(f"damage found while running ({why or 'SQLite reported it'})",
-                              id_floor=self._max_fetched)
+                done = self._salvage(f"damage found while running ({why or 'SQLite reported it'})",
+                                     id_floor=self._max_fetched)
             except SpoolError as exc:
                 log.error("alert spool %s: cannot heal the damaged file now: %s; trying again in %.0f s",
                           self.path, exc, HEAL_RETRY_INTERVAL)
@@ -732,7 +734,7 @@ class Spool:
                 return False
             finally:
                 self._opening = False
-                self.last_heal, self.salvage = (self.salvage if self.salvage is not at_start else None), at_start
+            self.last_heal = done
             try:
                 self.damage_marker.unlink()
             except OSError:
@@ -742,7 +744,7 @@ class Spool:
             if self._damage_held_dropped:
                 log.error("alert spool %s: %d alert(s) waiting in memory for the heal were dropped over "
                           "the memory cap", self.path, self._damage_held_dropped)
-                self.last_heal = {**(self.last_heal or {}), "held_dropped": self._damage_held_dropped}
+                done["held_dropped"] = self._damage_held_dropped
                 self._damage_held_dropped = 0
             # Each heal leaves a copy of the file aside. Damage that comes back at once (a failing
             # disk) must not fill the volume with copies: the next heal waits twice as long per

@@ -284,7 +284,8 @@ class _Gate:
         if depth == 0:
             with self._cond:
                 self._inside -= 1
-                self._cond.notify_all()
+                if self._healer is not None:   # only a healer waits for threads to leave
+                    self._cond.notify_all()
 
     def alone(self, timeout: float) -> bool:
         """Become the healer: True once no other thread is inside. False when another heal runs
@@ -793,20 +794,6 @@ class Spool:
         if n:
             self._db.execute("UPDATE meta SET value=value+? WHERE key=?", (n, key))
 
-    def _bumps(self, *pairs: tuple[str, int]) -> None:
-        """Several counters in one statement (each statement of a commit costs its own time)."""
-        pairs = tuple(p for p in pairs if p[1])
-        if len(pairs) < 2:
-            for key, n in pairs:
-                self._bump(key, n)
-            return
-        cases = " ".join("WHEN ? THEN ?" for _ in pairs)
-        args: list = []
-        for key, n in pairs:
-            args += (key, n)
-        self._db.execute(f"UPDATE meta SET value=value+(CASE key {cases} END) "
-                         f"WHERE key IN ({','.join('?' * len(pairs))})", (*args, *(k for k, _ in pairs)))
-
     def _close_connections(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
@@ -923,8 +910,10 @@ class Spool:
                 if cur.rowcount == 1:
                     added += 1
                     added_bytes += r[2]
-            self._bumps(("bytes", added_bytes), ("rows", added), ("written", added),
-                        ("duplicates", len(rows) - added))
+            self._bump("bytes", added_bytes)
+            self._bump("rows", added)
+            self._bump("written", added)
+            self._bump("duplicates", len(rows) - added)
             unsaved, unsaved_full = self._unsaved_dropped, self._unsaved_dropped_full
             if unsaved:
                 self._bump("dropped", unsaved)
@@ -1417,7 +1406,8 @@ class Spool:
                     n, size = self._db.execute(
                         f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM alerts WHERE id IN ({marks})", chunk).fetchone()
                     self._db.execute(f"DELETE FROM alerts WHERE id IN ({marks})", chunk)
-                self._bumps(("bytes", -size), ("rows", -n))
+                self._bump("bytes", -size)
+                self._bump("rows", -n)
                 gone += n
         return gone
 

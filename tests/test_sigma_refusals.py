@@ -590,3 +590,30 @@ def test_two_time_part_modifiers_on_one_field_are_refused_at_their_line():
     assert bad.line == 10, bad
     assert bad.reason == ("two time-part modifiers on one value (|hour|minute): a value is "
                           "compared with one part of the date; write one item per part"), bad
+
+
+def test_a_duplicate_key_in_a_later_document_is_placed_at_its_second_occurrence_there():
+    # The key also appears once in the first document: its second occurrence in the file is
+    # not the duplicate.
+    text = (
+        RULE                                    # 1-9: Image at 8
+        + "---\n"                               # 10
+        + HEAD.replace("0000000000aa", "0000000000d2")   # 11-15
+        + "detection:\n"                        # 16
+        "    sel:\n"                            # 17
+        "        Image: a\n"                    # 18
+        "        Image: b\n"                    # 19: the duplicate
+        "    condition: sel\n")
+    bad = _rejected(text)
+    assert "Duplicate key 'Image'" in bad.reason and bad.line == 19, bad
+
+
+def test_two_time_part_modifiers_in_a_flow_mapping_are_refused_at_their_line():
+    text = HEAD + (
+        "detection:\n"                                      # 6
+        "    sel: {Image: a.exe}\n"                         # 7
+        "    other: {UtcTime|day|month: 3}\n"               # 8
+        "    condition: sel and other\n")
+    bad = _rejected(text)
+    assert bad.line == 8 and bad.reason.startswith(
+        "two time-part modifiers on one value (|day|month)"), bad

@@ -489,3 +489,131 @@ def test_a_time_part_modifier_on_a_field_loads():
     text = HEAD + "detection:\n    sel:\n        UtcTime|hour: 3\n    condition: sel\n"
     res = load_sigma_text(text, "t.yml")
     assert not res.rejected and len(res.rules) == 1, res.rejected
+
+
+# -- each problem at its own line: control characters, later documents, flow documents ---------
+
+RULE = HEAD + "detection:\n    sel:\n        Image: a.exe\n    condition: sel\n"   # 9 lines
+
+
+@pytest.mark.parametrize("comment", ["", "é ü ß", "日本語"])
+def test_a_control_character_is_refused_at_its_own_line(comment):
+    # The YAML reader reports a byte offset, not a line; text before it that is not ASCII
+    # (more bytes than characters) must not move the line.
+    text = "# " + comment + "\n" + HEAD + (  # 1, then the head at 2-6
+        "detection:\n"                          # 7
+        "    sel:\n"                            # 8
+        "        Image: \"a\x07\"\n"            # 9: the control character
+        "    condition: sel\n")
+    bad = _rejected(text)
+    assert bad.line == 9, bad
+    assert bad.reason == ("YAML syntax error: unacceptable character #x0007: "
+                          "control characters are not allowed"), bad
+
+
+def test_a_rule_without_a_detection_is_refused_at_its_documents_first_line():
+    text = (
+        "# a comment\n"                         # 1
+        "\n"                                    # 2
+        + HEAD +                                # 3-7: the document starts at its title
+        "level: low\n")
+    bad = _rejected(text)
+    assert bad.line == 3, bad
+    assert bad.reason == "SigmaDetectionError: Sigma rule must have a detection definitions"
+
+
+def test_each_problem_of_a_later_document_is_placed_in_that_document():
+    text = (
+        RULE.replace("Image: a.exe", "Image|re: 'x+'")      # 1-9: fine; |re at 8, condition 9
+        + "---\n"                                           # 10
+        + "- not a mapping\n"                               # 11
+        + "---\n"                                           # 12
+        + HEAD.replace("0000000000aa", "0000000000c2")      # 13-17: no detection
+        + "level: low\n"                                    # 18
+        + "---\n"                                           # 19
+        + HEAD.replace("0000000000aa", "0000000000c3")      # 20-24
+        + "detection:\n    kw:\n        '|fieldref': Image\n    condition: kw\n"  # 25: conversion
+        + "---\n"                                           # 29
+        + HEAD.replace("0000000000aa", "0000000000c4")      # 30-34
+        + "detection:\n    sel:\n        Image|re: '(x'\n    condition: sel\n"    # 37: invalid re
+        + "---\n"                                           # 39
+        + HEAD.replace("0000000000aa", "0000000000c5")      # 40-44
+        + "detection:\n    sel:\n        Image: a\n    condition: sel and nope\n"  # 48
+        + "---\n"                                           # 49
+        + HEAD.replace("0000000000aa", "0000000000c6").replace("process_creation", "file_event")
+        # 50-54: the logsource at 52
+        + "detection:\n    sel:\n        Image: a\n    condition: sel\n")
+    res = load_sigma_text(text, "multi.yml")
+    assert [r.id for r in res.rules] == ["5f2c7d9a-0000-4000-8000-0000000000aa"], res
+    got = [(p.line, p.reason.split(":")[0]) for p in res.rejected]
+    assert got == [(11, "not a Sigma rule (the document is not a mapping)"),
+                   (13, "SigmaDetectionError"),
+                   (25, "fieldref needs a field"),
+                   (37, "SigmaRegularExpressionError"),
+                   (48, "SigmaConditionError")], got
+    assert [p.line for p in res.not_applicable] == [52], res.not_applicable
+
+
+def test_a_document_written_on_its_marker_line_is_placed_at_that_line():
+    text = (
+        RULE                                                                     # 1-9
+        + "--- {title: c, correlation: {type: event_count, rules: [x], timespan: 1m, "
+          "condition: {gte: 2}}}\n"                                              # 10
+        + "--- {title: d, correlation: {type: nope, rules: [x], timespan: 1m, "
+          "condition: {gte: 2}}}\n"                                              # 11
+        + "--- {title: t, logsource: {category: process_creation}}\n"            # 12: no detection
+        + "--- [a, list]\n"                                                      # 13
+        + "--- {title: t, logsource: {category: process_creation}, "
+          "detection: {sel: {Image|containz: a}, condition: sel}}\n")            # 14
+    res = load_sigma_text(text, "flow.yml")
+    assert [c.line for c in res.correlations] == [10], res.correlations
+    got = [(p.line, p.reason.split(":")[0]) for p in res.rejected]
+    assert got == [(11, "correlation type 'nope' is not one of event_count, value_count, "
+                        "temporal, temporal_ordered, value_sum, value_avg, value_percentile, "
+                        "value_median"),
+                   (12, "SigmaDetectionError"),
+                   (13, "not a Sigma rule (the document is not a mapping)"),
+                   (14, "SigmaModifierError")], got
+
+
+def test_two_time_part_modifiers_on_one_field_are_refused_at_their_line():
+    # pySigma applies both and keeps only the last part (|hour|minute: 3 reads minute 3, the
+    # hour silently lost): a value is one part of the date, so a chain is refused.
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        UtcTime|minute: 5\n"           # 8: one part: fine
+        "    other:\n"                          # 9
+        "        UtcTime|hour|minute: 3\n"      # 10: two parts
+        "    condition: sel and other\n")
+    bad = _rejected(text)
+    assert bad.line == 10, bad
+    assert bad.reason == ("two time-part modifiers on one value (|hour|minute): a value is "
+                          "compared with one part of the date; write one item per part"), bad
+
+
+def test_a_duplicate_key_in_a_later_document_is_placed_at_its_second_occurrence_there():
+    # The key also appears once in the first document: its second occurrence in the file is
+    # not the duplicate.
+    text = (
+        RULE                                    # 1-9: Image at 8
+        + "---\n"                               # 10
+        + HEAD.replace("0000000000aa", "0000000000d2")   # 11-15
+        + "detection:\n"                        # 16
+        "    sel:\n"                            # 17
+        "        Image: a\n"                    # 18
+        "        Image: b\n"                    # 19: the duplicate
+        "    condition: sel\n")
+    bad = _rejected(text)
+    assert "Duplicate key 'Image'" in bad.reason and bad.line == 19, bad
+
+
+def test_two_time_part_modifiers_in_a_flow_mapping_are_refused_at_their_line():
+    text = HEAD + (
+        "detection:\n"                                      # 6
+        "    sel: {Image: a.exe}\n"                         # 7
+        "    other: {UtcTime|day|month: 3}\n"               # 8
+        "    condition: sel and other\n")
+    bad = _rejected(text)
+    assert bad.line == 8 and bad.reason.startswith(
+        "two time-part modifiers on one value (|day|month)"), bad

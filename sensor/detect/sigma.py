@@ -99,10 +99,52 @@ class FileResult:
 
 # ---------------------------------------------------------------------------------
 # Locating problems in the YAML text (pySigma's locations carry no line numbers).
+# Each document of a file is searched in its own text (a _DocText), so a problem in a later
+# document is never placed at a line of an earlier one.
+
+class _DocText(str):
+    """The text of one YAML document and the number of lines of its file before it."""
+
+    before: int = 0
+
+
+def _doc_text(text: str, start: int, end: int, before: int) -> _DocText:
+    doc = _DocText(text[start:end])
+    doc.before = before
+    return doc
+
+
+def _line_at(text: str, index: int) -> int:
+    """The file's line number of ``text[index]`` (``text`` a whole file or a _DocText)."""
+    return getattr(text, "before", 0) + text.count("\n", 0, index) + 1
+
+
+def _first_line(text: str) -> int:
+    return getattr(text, "before", 0) + 1
+
+
+def _reader_problem(exc) -> str:
+    """A YAML reader error (a character YAML does not allow) without the reader's offset."""
+    ch = exc.character
+    code = ord(ch) if isinstance(ch, str) else ch
+    return f"unacceptable character #x{code:04x}: {exc.reason}"
+
+
+def _reader_line(text: str, exc, loader) -> int:
+    """The line of a YAML reader error: libyaml gives a byte offset into the UTF-8 text,
+    the pure-Python reader a character offset."""
+    try:
+        from yaml.cyaml import CParser
+    except ImportError:     # PyYAML built without libyaml
+        CParser = None
+    if CParser is not None and issubclass(loader, CParser):
+        return text.encode("utf-8", "surrogatepass").count(b"\n", 0, exc.position) + 1
+    return text.count("\n", 0, exc.position) + 1
+
 
 def _line_of(text: str, pattern: str) -> int | None:
     m = re.search(pattern, text, re.MULTILINE)
-    return text.count("\n", 0, m.start()) + 1 if m else None
+    return _line_at(text, m.start()) if m else None
 
 
 def _key_line(text: str, key: str) -> int | None:
@@ -126,10 +168,10 @@ def _locate(text: str, exc: BaseException) -> int | None:
         if m and m.group(1) and start >= 0:  # the line holding the bad pattern itself
             at = text.find(m.group(1), start)
             if at >= 0:
-                return text.count("\n", 0, at) + 1
+                return _line_at(text, at)
         return _line_of(text, r"^[^#\n]*\|re\b[^:\n]*:") or _key_line(text, "detection")
     if "Logsource" in name or "log source" in msg.lower():
-        return _key_line(text, "logsource") or 1
+        return _key_line(text, "logsource") or _first_line(text)
     m = re.search(r"field '([^']+)'", msg)
     if m:
         return _line_of(text, r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(m.group(1)) + r"[|:]")
@@ -459,7 +501,7 @@ def _pattern_line(text: str, pattern: str) -> int | None:
     for needle in (pattern, pattern.replace("'", "''"), pattern.replace("\\", "\\\\")):
         at = text.find(needle, start)
         if at >= 0:
-            return text.count("\n", 0, at) + 1
+            return _line_at(text, at)
     return _line_of(text, r"^[^#\n]*\|re\b[^:\n]*:") or _key_line(text, "detection")
 
 
@@ -481,8 +523,24 @@ def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=No
         out.rejected.append(Problem(path, None, f"rule file too large (more than "
                                                 f"{MAX_RULE_FILE_BYTES:,} bytes): split it"))
         return out
+    docs: list[tuple[Any, _DocText]] = []     # each document and its own text
+    loader = None
+    current: _DocText | None = None         # the text of the document being read
     try:
-        docs = [d for d in yaml.load_all(text, SigmaYAMLLoader) if d is not None]
+        # yaml.load_all, one document at a time, to keep where each document starts: a
+        # problem is then searched for in its own document's text (each text is sliced once,
+        # so the cost stays linear in the file's size).
+        loader = SigmaYAMLLoader(text)
+        at, before = 0, 0                   # a line start and the lines before it
+        while loader.check_node():
+            node = loader.get_node()
+            start = max(node.start_mark.index - node.start_mark.column, at)
+            before += text.count("\n", at, start)
+            at = start
+            current = _doc_text(text, start, max(node.end_mark.index, start), before)
+            data = loader.construct_document(node)
+            if data is not None:
+                docs.append((data, current))
     except yaml.YAMLError as exc:
         # The context mark is where the broken construct starts (an unclosed quote);
         # the problem mark is where the parser gave up.  Point at the start.
@@ -496,39 +554,47 @@ def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=No
         parts.append(f"{problem} (line {pmark.line + 1})" if pmark is not None else problem)
         mark = cmark if (context and cmark is not None) else pmark
         line = mark.line + 1 if mark is not None else None
+        if isinstance(exc, yaml.reader.ReaderError):   # a character YAML does not allow
+            parts, line = [_reader_problem(exc)], _reader_line(text, exc, SigmaYAMLLoader)
         dup = re.match(r"Duplicate key '(.*)'", str(exc))
         if dup and line is None:  # pySigma's loader raises this one without a mark
+            where = current if current is not None else text   # in the document being read
             hits = [m.start() for m in re.finditer(
                 r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(dup.group(1)) + r"['\"]?[ \t]*:",
-                text, re.MULTILINE)]
+                where, re.MULTILINE)]
             if len(hits) > 1:
-                line = text.count("\n", 0, hits[1]) + 1
+                line = _line_at(where, hits[1])
         out.rejected.append(Problem(path, line, "YAML syntax error: " + ": ".join(parts)))
         return out
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not docs:
         out.rejected.append(Problem(path, None, "empty file (no Sigma rule)"))
         return out
-    n = _count_values([d.get("detection") or d.get("filter") for d in docs if isinstance(d, dict)],
+    n = _count_values([d.get("detection") or d.get("filter") for d, _ in docs
+                       if isinstance(d, dict)],
                       MAX_RULE_VALUES)      # a filter document's selections count too
     if n > MAX_RULE_VALUES:
         out.rejected.append(Problem(path, _key_line(text, "detection"),
                                     f"too many detection values (more than {MAX_RULE_VALUES:,} in one "
                                     f"file): split the rule"))
         return out
-    if any(isinstance(d, dict) and "action" in d for d in docs):
-        out.rejected.append(Problem(path, _key_line(text, "action"),
+    collection = next((t for d, t in docs if isinstance(d, dict) and "action" in d), None)
+    if collection is not None:
+        out.rejected.append(Problem(path, _key_line(collection, "action") or _first_line(collection),
                                     "Sigma rule collections (action: global/reset/repeat) "
                                     "are not supported; write each rule as its own document"))
         return out
     from sigma.exceptions import SigmaRuleLocation
 
-    spans = _DocSpans(text)
-    for index, doc in enumerate(docs):
+    for doc, text in docs:      # from here on, ``text`` is the document's own text
         if not isinstance(doc, dict):
-            out.rejected.append(Problem(path, 1, "not a Sigma rule (the document is not a mapping)"))
+            out.rejected.append(Problem(path, _first_line(text),
+                                        "not a Sigma rule (the document is not a mapping)"))
             continue
         if "correlation" in doc or ("filter" in doc and "detection" not in doc):
-            load_meta_document(doc, path, text, spans.locator(index), out, placeholders)
+            load_meta_document(doc, path, text, _locator(text), out, placeholders)
             continue
         ident, name = _ident(doc)
         try:
@@ -537,17 +603,19 @@ def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=No
         except Exception as exc:
             line = exc.line if isinstance(exc, RuleError) and exc.line else _locate(text, exc)
             reason = exc.message if isinstance(exc, RuleError) else _reason(exc)
-            out.rejected.append(Problem(path, line, reason, ident, name))
+            # a missing key (no detection) has no line of its own: the document's start
+            out.rejected.append(Problem(path, line or _first_line(text), reason, ident, name))
             continue
         not_app = logsource_problem(srule.logsource)
         try:
             rule = rule_from_sigma(srule, path, text)
         except RuleError as exc:
-            out.rejected.append(Problem(path, exc.line, exc.message, ident, name))
+            out.rejected.append(Problem(path, exc.line or _first_line(text), exc.message,
+                                        ident, name))
             continue
         if not_app:
-            out.not_applicable.append(Problem(path, _key_line(text, "logsource"), not_app,
-                                              ident, name))
+            out.not_applicable.append(Problem(path, _key_line(text, "logsource")
+                                              or _first_line(text), not_app, ident, name))
             continue
         bad = backtracking_problem(rule, allow_backtracking)
         if bad is not None:
@@ -628,6 +696,10 @@ def prepare_rule(srule, placeholders=None, text: str = "") -> None:
         if used and item.field is None:
             raise RuleError(f"time-part modifiers need a field (|{used[0]} on a keyword)", None,
                             _line_of(text, r"^[^#\n]*\|" + re.escape(used[0]) + r"\b"))
+        if len(used) > 1:   # pySigma keeps the last part only (|hour|minute reads the minute)
+            raise RuleError(f"two time-part modifiers on one value (|{used[0]}|{used[1]}): a "
+                            "value is compared with one part of the date; write one item per "
+                            "part", None, _modifiers_line(text, used[:2]))
         if SigmaAllModifier in item.modifiers and len(item.original_value or ()) == 1:
             raise RuleError("the all modifier needs a list of values (specification: "
                             "\"Single item values are not allowed to have an all modifier\")",
@@ -639,6 +711,17 @@ def prepare_rule(srule, placeholders=None, text: str = "") -> None:
         if exc.name:
             line = _line_of(text, r"^[^#\n]*%" + re.escape(exc.name) + "%")
         raise RuleError(exc.message, None, line or _line_of(text, r"^[^#\n]*\|expand\b")) from None
+
+
+def _modifiers_line(text: str, modifiers: list[str]) -> int | None:
+    """The first line that carries all of ``modifiers`` (``|name``, block or flow style; one
+    pass over the text)."""
+    for i, line in enumerate(text.split("\n")):
+        if "|" in line:
+            have = set(re.findall(r"\|(\w+)", line.split("#", 1)[0]))
+            if all(m in have for m in modifiers):
+                return _first_line(text) + i
+    return None
 
 
 def _detection_items(detection):
@@ -662,54 +745,27 @@ CORRELATION_KEYS = frozenset({"type", "rules", "group-by", "timespan", "conditio
 LEVELS = ("informational", "low", "medium", "high", "critical")
 
 
-class _DocSpans:
-    """First and last line of each YAML document of a file (for file:line in messages).
+def _locator(doc: _DocText):
+    """``line_of(key=None, pattern=None)`` for one document: the line of the first of the
+    comma-separated ``key``s (or of ``pattern``) in the document, else the document's first
+    line (the line its content starts on: a ``--- {...}`` document starts on its marker)."""
+    lines: list[str] | None = None
 
-    Documents are split at ``---`` / ``...`` marker lines, and documents with nothing but
-    comments are skipped, as the YAML loader skips them (a ``---`` inside a block scalar
-    would shift the count; the line is then approximate, never an error).
-    """
-
-    _MARK = re.compile(r"(?:---|\.\.\.)(?:[ \t].*)?")
-    _BLANK = re.compile(r"\s*(?:#.*)?")
-
-    def __init__(self, text: str):
-        self.text = text
-        self._lines: list[str] | None = None
-        self._spans: list[tuple[int, int]] | None = None
-
-    def _compute(self) -> list[tuple[int, int]]:
-        lines = self._lines
-        out = []
-        start = 0
-        for i in range(len(lines) + 1):
-            if i == len(lines) or self._MARK.fullmatch(lines[i]):
-                body = range(start, i)
-                first = next((j for j in body if not self._BLANK.fullmatch(lines[j])), None)
-                if first is not None:
-                    out.append((first + 1, i))
-                start = i + 1
-        return out
-
-    def locator(self, index: int):
-        def line_of(key: str | None = None, pattern: str | None = None) -> int | None:
-            if self._spans is None:
-                self._lines = self.text.split("\n")
-                self._spans = self._compute()
-            start, end = self._spans[index] if index < len(self._spans) else (1, None)
-            if key is None and pattern is None:
-                return start
-            lines = self._lines
-            stop = len(lines) if end is None else min(len(lines), end)
-            keys = key.split(",") if key else []
-            for k in keys or [None]:
-                rx = re.compile(pattern if k is None else
-                                r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(k) + r"['\"]?[ \t]*:")
-                for i in range(start - 1, stop):
-                    if rx.search(lines[i]):
-                        return i + 1
+    def line_of(key: str | None = None, pattern: str | None = None) -> int:
+        nonlocal lines
+        start = _first_line(doc)
+        if key is None and pattern is None:
             return start
-        return line_of
+        if lines is None:
+            lines = doc.split("\n")
+        for k in (key.split(",") if key else [None]):
+            rx = re.compile(pattern if k is None else
+                            r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(k) + r"['\"]?[ \t]*:")
+            for i, line in enumerate(lines):
+                if rx.search(line):
+                    return start + i
+        return start
+    return line_of
 
 
 def _ident(doc: dict) -> tuple[str | None, str | None]:

@@ -622,6 +622,23 @@ def test_unknown_correlation_keys_warn(tmp_path):
     assert w and w[0].line == 17
 
 
+def test_a_correlation_with_thousands_of_unknown_keys_names_the_first_and_counts_the_rest(tmp_path):
+    # Each key named costs a search of its document: a hostile file of a hundred thousand keys
+    # would cost keys x lines (minutes). The first ten are named at their lines, the rest counted.
+    keys = "".join(f"    k{i}: 1\n" for i in range(5000))
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" +
+              "title: c\ncorrelation:\n    type: event_count\n    rules: [a]\n"      # 11-14
+              "    timespan: 1m\n    condition: {gte: 2}\n" + keys)                   # 15-16, 17-
+    rep = load_rules([p], builtin=False)
+    assert rep.correlations and not rep.rejected
+    named = [w for w in rep.warnings if "unknown key 'k" in w.reason]
+    assert [(w.line, w.reason) for w in named] == [
+        (17 + i, f"correlation: unknown key 'k{i}' ignored") for i in range(10)]
+    (rest,) = [w for w in rep.warnings if "more unknown keys" in w.reason]
+    assert rest.reason == "correlation: 4,990 more unknown keys ignored" and rest.line == 12
+    assert len(rep.warnings) == 11
+
+
 # ---------------------------------------------------------------------------------
 # The engine's bounds: evidence, state cap, lateness, time.
 

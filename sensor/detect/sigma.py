@@ -743,6 +743,7 @@ def _detection_items(detection):
 CORRELATION_KEYS = frozenset({"type", "rules", "group-by", "timespan", "condition", "aliases",
                               "generate"})
 LEVELS = ("informational", "low", "medium", "high", "critical")
+MAX_KEY_WARNINGS = 10    # unknown keys of one correlation named one by one
 
 
 def _locator(doc: _DocText):
@@ -832,9 +833,14 @@ def correlation_from_dict(doc: dict, path: str, line_of) -> tuple[Any, list]:
     if not isinstance(title, str) or not title.strip():
         fail("a correlation needs a title (specification: title is mandatory)")
     ident, name = _ident(doc)
-    for key in corr:
-        if key not in CORRELATION_KEYS:
-            warnings.append((line_of(str(key)), f"correlation: unknown key {key!r} ignored"))
+    unknown = [key for key in corr if key not in CORRELATION_KEYS]
+    # each named at its line (one search of the document apiece), so only the first few:
+    # a hostile file with a hundred thousand keys must not cost keys x lines
+    for key in unknown[:MAX_KEY_WARNINGS]:
+        warnings.append((line_of(str(key)), f"correlation: unknown key {key!r} ignored"))
+    if len(unknown) > MAX_KEY_WARNINGS:
+        warnings.append((line_of("correlation"), f"correlation: {len(unknown) - MAX_KEY_WARNINGS:,} "
+                                                 f"more unknown keys ignored"))
     ctype = corr.get("type")
     if not isinstance(ctype, str):
         fail("correlation type: missing", "correlation")

@@ -17,6 +17,8 @@ from sensor.detect.sigma import load_sigma_file, load_sigma_text
 # values"), written out: a test that read the module's constants would move with them.
 MAX_RULE_FILE_BYTES = 1024 * 1024
 MAX_RULE_VALUES = 10_000
+MAX_CONDITION_CHARS = 65_536    # "more than 65,536 characters of conditions in one file"
+MAX_CONDITION_DEPTH = 32        # "nested more than 32 levels deep"
 
 HEAD = """\
 title: Test Rule
@@ -434,6 +436,57 @@ def test_a_rule_of_exactly_the_value_bound_loads():
 def test_a_rule_one_value_over_the_bound_is_refused_at_its_detection():
     bad = _rejected(_values(MAX_RULE_VALUES + 1))
     assert "too many detection values" in bad.reason and bad.line == 6, bad
+
+
+def _conditioned(cond: str) -> str:
+    return HEAD + "detection:\n    sel:\n        Image: a.exe\n    condition: " + cond + "\n"   # line 9
+
+
+def _ors(chars: int) -> str:
+    """A condition of exactly ``chars`` characters: ``sel or sel or ... sel`` padded with spaces."""
+    n = (chars - 3) // 7 + 1
+    cond = " or ".join(["sel"] * n)
+    return cond[:-3] + " " * (chars - len(cond)) + "sel" if len(cond) < chars else cond
+
+
+@pytest.mark.parametrize("cond", [
+    "(" * MAX_CONDITION_DEPTH + "sel" + ")" * MAX_CONDITION_DEPTH,
+    "not " * MAX_CONDITION_DEPTH + "sel",
+    "not (" * (MAX_CONDITION_DEPTH // 2) + "sel" + ")" * (MAX_CONDITION_DEPTH // 2),
+    "(sel and not (not sel)) or " * 30 + "sel",      # shallow, however long
+])
+def test_a_condition_nested_up_to_the_bound_loads(cond):
+    (rule,) = load_sigma_text(_conditioned(cond), "deep.yml").rules
+    assert rule.id == "5f2c7d9a-0000-4000-8000-0000000000aa"
+
+
+@pytest.mark.parametrize("cond", [
+    "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1),
+    "not " * (MAX_CONDITION_DEPTH + 1) + "sel",
+    "sel and " + "not (" * 16 + "not sel" + ")" * 16,
+    "not " * 3000 + "sel",      # before the bound: RecursionError from the condition parser
+])
+def test_a_condition_nested_deeper_than_the_bound_is_refused_at_its_line(cond):
+    bad = _rejected(_conditioned(cond))
+    assert bad.reason == ("condition nested more than 32 levels deep (parentheses and not): "
+                          "simplify it") and bad.line == 9, bad
+
+
+def test_conditions_of_exactly_the_length_bound_load_and_one_more_character_is_refused():
+    cond = _ors(MAX_CONDITION_CHARS)
+    assert len(cond) == MAX_CONDITION_CHARS
+    (rule,) = load_sigma_text(_conditioned(cond), "long.yml").rules
+    assert rule.id == "5f2c7d9a-0000-4000-8000-0000000000aa"
+    bad = _rejected(_conditioned(_ors(MAX_CONDITION_CHARS + 1)))
+    assert bad.reason == ("conditions too long (more than 65,536 characters in one file): "
+                          "split the rule") and bad.line == 9, bad
+
+
+def test_the_condition_length_bound_counts_every_document_of_a_file():
+    # two documents of 40,000 characters each: each alone is fine, the file is not
+    doc = _conditioned(_ors(40_000))
+    bad = _rejected(doc + "---\n" + doc.replace("0000000000aa", "0000000000ab"))
+    assert "conditions too long" in bad.reason, bad
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")

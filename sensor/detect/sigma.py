@@ -34,6 +34,8 @@ from .regex import backtracking_problem
 # start). The largest SigmaHQ rule file is about 50 KB with about 1,100 values.
 MAX_RULE_FILE_BYTES = 1024 * 1024
 MAX_RULE_VALUES = 10_000          # detection values (list items and scalars) per file
+MAX_CONDITION_CHARS = 65_536      # condition text per file (SigmaHQ's longest: 557)
+MAX_CONDITION_DEPTH = 32          # nesting of one condition (SigmaHQ's deepest: see docs/sigma.md)
 
 # Logsource this sensor evaluates (category process_creation, product windows).
 CATEGORY = "process_creation"
@@ -495,6 +497,56 @@ def _count_values(node: Any, limit: int) -> int:
     return n
 
 
+_COND_TOKEN = re.compile(r"[()]|[^\s()]+")
+
+
+def _condition_depth(cond: str) -> int:
+    """How deeply a condition nests: each open parenthesis, and each ``not`` still waiting
+    for the operand it applies to, is one level (``not (not (a))`` is four). One pass."""
+    depth = best = pending = 0          # pending: nots read since the last operand
+    stack: list[int] = []               # per open parenthesis: the levels it added
+    for tok in _COND_TOKEN.findall(cond):
+        if tok == "(":
+            stack.append(pending + 1)
+            depth += 1
+            pending = 0
+        elif tok == ")":
+            depth -= stack.pop() if stack else 0
+            pending = 0
+        elif tok.lower() == "not":
+            pending += 1
+            depth += 1
+        else:
+            depth -= pending
+            pending = 0
+        best = max(best, depth)
+    return best
+
+
+def _condition_problem(docs: list) -> tuple[str, str] | None:
+    """(reason, the key to place it at) when the conditions of a file are beyond what is
+    parsed in bounded time: pySigma's condition parser costs about a third of a millisecond
+    per term and recurses per level of nesting."""
+    total = 0
+    for d, _ in docs:
+        if not isinstance(d, dict):
+            continue
+        for key in ("detection", "filter"):
+            block = d.get(key)
+            cond = block.get("condition") if isinstance(block, dict) else None
+            for c in (cond if isinstance(cond, list) else [cond]):
+                if not isinstance(c, str):
+                    continue
+                total += len(c)
+                if total > MAX_CONDITION_CHARS:
+                    return (f"conditions too long (more than {MAX_CONDITION_CHARS:,} characters "
+                            f"in one file): split the rule"), "condition"
+                if _condition_depth(c) > MAX_CONDITION_DEPTH:
+                    return (f"condition nested more than {MAX_CONDITION_DEPTH} levels deep "
+                            f"(parentheses and not): simplify it"), "condition"
+    return None
+
+
 def _pattern_line(text: str, pattern: str) -> int | None:
     """Line of a regex value in the YAML text (the first |re line when not found as is)."""
     start = max(text.find("detection:"), 0)
@@ -579,6 +631,10 @@ def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=No
         out.rejected.append(Problem(path, _key_line(text, "detection"),
                                     f"too many detection values (more than {MAX_RULE_VALUES:,} in one "
                                     f"file): split the rule"))
+        return out
+    bad = _condition_problem(docs)
+    if bad is not None:
+        out.rejected.append(Problem(path, _key_line(text, bad[1]), bad[0]))
         return out
     collection = next((t for d, t in docs if isinstance(d, dict) and "action" in d), None)
     if collection is not None:

@@ -18,7 +18,7 @@ from sensor.detect.sigma import load_sigma_file, load_sigma_text
 MAX_RULE_FILE_BYTES = 1024 * 1024
 MAX_RULE_VALUES = 10_000
 MAX_CONDITION_CHARS = 65_536    # "more than 65,536 characters of conditions in one file"
-MAX_CONDITION_DEPTH = 32        # "nested more than 32 levels deep"
+MAX_CONDITION_DEPTH = 128       # "nested more than 128 levels deep as written"
 
 HEAD = """\
 title: Test Rule
@@ -451,8 +451,8 @@ def _ors(chars: int) -> str:
 
 @pytest.mark.parametrize("cond", [
     "(" * MAX_CONDITION_DEPTH + "sel" + ")" * MAX_CONDITION_DEPTH,
-    "not " * MAX_CONDITION_DEPTH + "sel",
-    "not (" * (MAX_CONDITION_DEPTH // 2) + "sel" + ")" * (MAX_CONDITION_DEPTH // 2),
+    # a chain of one operator is one group in the IR, however deep it is written
+    "".join("sel and (" for _ in range(MAX_CONDITION_DEPTH)) + "sel" + ")" * MAX_CONDITION_DEPTH,
     "(sel and not (not sel)) or " * 30 + "sel",      # shallow, however long
 ])
 def test_a_condition_nested_up_to_the_bound_loads(cond):
@@ -463,13 +463,20 @@ def test_a_condition_nested_up_to_the_bound_loads(cond):
 @pytest.mark.parametrize("cond", [
     "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1),
     "not " * (MAX_CONDITION_DEPTH + 1) + "sel",
-    "sel and " + "not (" * 16 + "not sel" + ")" * 16,
-    "not " * 3000 + "sel",      # before the bound: RecursionError from the condition parser
+    "sel and " + "not (" * 64 + "not sel" + ")" * 64,
+    "".join("sel and (" for _ in range(200)) + "sel" + ")" * 200,   # before: RecursionError
+    "not " * 3000 + "sel",                                            # before: RecursionError
 ])
 def test_a_condition_nested_deeper_than_the_bound_is_refused_at_its_line(cond):
     bad = _rejected(_conditioned(cond))
-    assert bad.reason == ("condition nested more than 32 levels deep (parentheses and not): "
-                          "simplify it") and bad.line == 9, bad
+    assert bad.reason == ("condition nested more than 128 levels deep as written (parentheses "
+                          "and not): simplify it") and bad.line == 9, bad
+
+
+def test_a_condition_within_the_written_bound_still_meets_the_ir_bound():
+    # 100 nots are within what the parser is given, and deeper than the IR takes
+    bad = _rejected(_conditioned("not " * 100 + "sel"))
+    assert bad.reason == "condition is nested more than 64 levels deep" and bad.line, bad
 
 
 def test_conditions_of_exactly_the_length_bound_load_and_one_more_character_is_refused():

@@ -35,7 +35,7 @@ from .regex import backtracking_problem
 MAX_RULE_FILE_BYTES = 1024 * 1024
 MAX_RULE_VALUES = 10_000          # detection values (list items and scalars) per file
 MAX_CONDITION_CHARS = 65_536      # condition text per file (SigmaHQ's longest: 557)
-MAX_CONDITION_DEPTH = 32          # nesting of one condition (SigmaHQ's deepest: see docs/sigma.md)
+MAX_CONDITION_DEPTH = 128         # nesting of one condition as written (SigmaHQ's deepest: 3)
 
 # Logsource this sensor evaluates (category process_creation, product windows).
 CATEGORY = "process_creation"
@@ -542,8 +542,8 @@ def _condition_problem(docs: list) -> tuple[str, str] | None:
                     return (f"conditions too long (more than {MAX_CONDITION_CHARS:,} characters "
                             f"in one file): split the rule"), "condition"
                 if _condition_depth(c) > MAX_CONDITION_DEPTH:
-                    return (f"condition nested more than {MAX_CONDITION_DEPTH} levels deep "
-                            f"(parentheses and not): simplify it"), "condition"
+                    return (f"condition nested more than {MAX_CONDITION_DEPTH} levels deep as "
+                            f"written (parentheses and not): simplify it"), "condition"
     return None
 
 

@@ -433,6 +433,36 @@ def test_a_rule_of_exactly_the_value_bound_loads():
     assert rule.id == "5f2c7d9a-0000-4000-8000-0000000000aa"
 
 
+def _expanding(modifiers: str, values: list[str]) -> str:
+    items = "".join(f"            - '{v}'\n" for v in values)
+    return HEAD + f"detection:\n    sel:\n        CommandLine|{modifiers}:\n" + items + "    condition: sel\n"
+
+
+# pySigma makes 5 values of each dash |windash expands (at most 3 per value) and 3 of each
+# |base64offset value; the bound counts what pySigma would make, before it makes it (9,000
+# values with three dashes each were 1,125,000 values, 100 s and 780 MB, before the refusal).
+# The condition's text is one of the values counted, as for the plain bound above.
+@pytest.mark.parametrize("modifiers,values", [
+    ("windash|contains", [f" -a{i} /b -c" for i in range(79)]),     # 79 x 125 + the condition
+    ("windash|contains", [f" -a{i} x-y" for i in range(1999)]),     # 1,999 x 5 + 1
+    ("base64offset|contains", [f"v{i}" for i in range(3333)]),      # 9,999 + 1: the bound
+])
+def test_values_that_expand_to_the_bound_load(modifiers, values):
+    (rule,) = load_sigma_text(_expanding(modifiers, values), "edge.yml").rules
+    assert sum(len(p.values) for p in rule.predicates) <= MAX_RULE_VALUES
+
+
+@pytest.mark.parametrize("modifiers,values", [
+    ("windash|contains", [f" -a{i} /b -c" for i in range(80)]),     # 10,000 + 1
+    ("windash|contains", [f" -a{i} /b -c" for i in range(9000)]),   # 1,125,000 + 1
+    ("windash|contains", [f" -a{i} x-y" for i in range(2000)]),     # 10,000 + 1 ("x-y": no)
+    ("base64offset|contains", [f"v{i}" for i in range(3334)]),      # 10,002 + 1
+])
+def test_values_that_expand_past_the_bound_are_refused_before_they_expand(modifiers, values):
+    bad = _rejected(_expanding(modifiers, values))
+    assert "too many detection values" in bad.reason and bad.line == 6, bad
+
+
 def test_a_rule_one_value_over_the_bound_is_refused_at_its_detection():
     bad = _rejected(_values(MAX_RULE_VALUES + 1))
     assert "too many detection values" in bad.reason and bad.line == 6, bad

@@ -478,20 +478,36 @@ def _policy():
     return TrustedPolicy
 
 
+_WINDASH = re.compile(r"\B[-/]\b")      # the dashes pySigma's |windash expands (5 ways each)
+
+
+def _expansion(value: Any, modifiers: tuple[str, ...]) -> int:
+    """How many values pySigma makes of one detection value: |windash 5 per expanded dash (at
+    most 3; more is pySigma's own error), |base64offset 3."""
+    n = 1
+    if "windash" in modifiers and isinstance(value, str):
+        dashes = len(_WINDASH.findall(value))
+        n *= 5 ** dashes if dashes <= 3 else 1
+    if "base64offset" in modifiers:
+        n *= 3
+    return n
+
+
 def _count_values(node: Any, limit: int) -> int:
-    """Scalars under ``node`` (detection values), counting stops past ``limit``. YAML aliases
-    make shared sub-trees that count once per use, so a small alias bomb is counted as big
-    as it would expand."""
+    """Values under ``node`` (detection values, as pySigma will expand them: see _expansion),
+    counting stops past ``limit``. YAML aliases make shared sub-trees that count once per use,
+    so a small alias bomb is counted as big as it would expand."""
     n = 0
-    stack = [node]
+    stack: list[tuple[Any, tuple[str, ...]]] = [(node, ())]
     while stack:
-        x = stack.pop()
+        x, mods = stack.pop()
         if isinstance(x, dict):
-            stack.extend(x.values())
+            stack.extend((v, tuple(str(k).split("|")[1:]) if "|" in str(k) else mods)
+                         for k, v in x.items())
         elif isinstance(x, (list, tuple)):
-            stack.extend(x)
+            stack.extend((v, mods) for v in x)
         else:
-            n += 1
+            n += _expansion(x, mods) if mods else 1
             if n > limit:
                 return n
     return n

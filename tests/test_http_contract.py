@@ -6,11 +6,13 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 import urllib3.exceptions as u3
 
-from sensor.deliver.http import HttpResponse, HttpTransport, classify_exception, classify_status
+from sensor.deliver.http import (HttpResponse, HttpTransport, TransportFailure, classify_exception,
+                                  classify_status)
 from sensor.deliver.outputs import build_output
 from sensor.deliver.protocol import BISECT, OK, PARK, RETRY, SPLIT
 from sensor.deliver.tls import ConfigError
@@ -177,3 +179,132 @@ def test_an_alert_a_format_cannot_encode_is_rejected_not_fatal(exc):
         assert list(bad) == ["bad"] and exc.__name__ in bad["bad"]
     finally:
         out.close()
+
+
+# -- the answer's body is bounded (docs/delivery.md): size decoded, time as a whole -----------
+
+def _answering(answer):
+    """A plain-HTTP receiver on a real socket: reads each request, then ``answer(conn)``;
+    serves connections until closed. Returns (url, stop)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                               if h.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                try:
+                    answer(conn)
+                except OSError:
+                    pass
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+
+    def stop():
+        done.set()
+        try:
+            srv.shutdown(socket.SHUT_RDWR)      # wakes the accept() (closing alone does not)
+        except OSError:
+            pass
+        srv.close()
+        th.join(30)
+    return f"http://127.0.0.1:{port}/in", stop
+
+
+def _post(t):
+    return t.request("POST", "/in", b"{}", {"Content-Type": "application/json"})
+
+
+def test_an_answer_larger_than_the_bound_is_a_retry_and_the_next_request_works():
+    big = 16 * 1024 * 1024 + 1
+    answers = iter([big, 2])
+
+    def answer(conn):
+        n = next(answers)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+        conn.sendall(b"x" * n)
+    url, stop = _answering(answer)
+    t = HttpTransport(url, allow_http=True, gzip=False)
+    try:
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == RETRY and "larger than 16 MiB" in err.value.message
+        resp = _post(t)                 # the half-read connection was not reused
+        assert resp.status == 200 and resp.data == b"xx"
+    finally:
+        t.close()
+        stop()
+
+
+def test_an_answer_of_exactly_the_bound_is_read_whole():
+    n = 16 * 1024 * 1024
+
+    def answer(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n + b"y" * n)
+    url, stop = _answering(answer)
+    t = HttpTransport(url, allow_http=True, gzip=False)
+    try:
+        resp = _post(t)
+        assert resp.status == 200 and len(resp.data) == n
+    finally:
+        t.close()
+        stop()
+
+
+def test_a_gzip_bomb_answer_stops_at_the_bound_decoded():
+    # about 64 KiB on the wire, 64 MiB decoded: the bound is on what it decodes to
+    import gzip
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 128 * 1024
+
+    def answer(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+                     % len(bomb) + bomb)
+    url, stop = _answering(answer)
+    t = HttpTransport(url, allow_http=True, gzip=False)
+    try:
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == RETRY and "larger than 16 MiB" in err.value.message
+    finally:
+        t.close()
+        stop()
+
+
+def test_an_answer_dripped_a_byte_at_a_time_is_bounded_by_the_read_timeout_as_a_whole():
+    # each byte comes well within the read timeout, the whole answer would take 20 s
+    def answer(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+        for _ in range(200):
+            conn.sendall(b"z")
+            time.sleep(0.1)
+    url, stop = _answering(answer)
+    t = HttpTransport(url, allow_http=True, gzip=False, read_timeout=1.0)
+    try:
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == RETRY and "took longer than 1 s to read" in err.value.message
+    finally:
+        t.close()
+        stop()

@@ -29,6 +29,10 @@ log = logging.getLogger("sensor.outputs.http")
 
 _ENCODER = msgspec.json.Encoder(enc_hook=str)  # odd values (bytes, Path...) become text, not a crash
 MAX_DETAIL = 300
+# A receiver's answer, decoded (gzip included): an Elastic _bulk answer for a batch of 500 with
+# every item failed is well under 1 MiB. Past it the request is retried, as when no answer came.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -144,6 +148,7 @@ class HttpTransport:
         self.tls = tls or TLSConfig()
         self.gzip = gzip
         self.gzip_level = gzip_level
+        self.read_timeout = read_timeout
         timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         common = dict(maxsize=pool_maxsize, block=False, retries=False, timeout=timeout)
         if parts.scheme == "https":
@@ -168,8 +173,8 @@ class HttpTransport:
         for attempt in (0, 1):
             try:
                 resp = self.pool.urlopen(method, path, body=body, headers=hdrs, redirect=False,
-                                         assert_same_host=False, preload_content=True)
-                return HttpResponse(resp.status, dict(resp.headers), resp.data or b"")
+                                         assert_same_host=False, preload_content=False)
+                return HttpResponse(resp.status, dict(resp.headers), self._body(resp))
             except ProtocolError as exc:
                 # A pooled keep-alive connection the server already closed: one immediate retry on a
                 # fresh connection (harmless: delivery is at-least-once, ids are idempotency keys).
@@ -181,6 +186,35 @@ class HttpTransport:
                 outcome, msg = classify_exception(exc)
                 raise TransportFailure(outcome, msg) from None
         raise AssertionError("unreachable")
+
+    def _body(self, resp) -> bytes:
+        """The answer's body, decoded, bounded in size (MAX_RESPONSE_BYTES: a gzip bomb stops
+        there) and in time (``read_timeout`` for the whole body, not per read: a receiver that
+        drips one byte at a time cannot hold the forwarder)."""
+        deadline = time.monotonic() + self.read_timeout
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                # read1: at most one read of the socket per call (each bounded by the read
+                # timeout), and at most _READ_CHUNK bytes decoded from it
+                chunk = resp.read1(_READ_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise TransportFailure(RETRY, f"the receiver's answer is larger than "
+                                                  f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB")
+                parts.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TransportFailure(RETRY, f"the receiver's answer took longer than "
+                                                  f"{self.read_timeout:g} s to read")
+        except BaseException:
+            resp.close()            # never back to the pool with an answer half read
+            resp.release_conn()
+            raise
+        resp.release_conn()
+        return b"".join(parts)
 
     def close(self) -> None:
         self.pool.close()

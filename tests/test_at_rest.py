@@ -328,3 +328,25 @@ def test_idle_forwarder_sleeps_until_an_alert_is_spooled(tmp_path):
     finally:
         fwd.stop()
     assert not fwd.is_alive()
+
+
+def test_idle_control_channel_does_not_wake_answers_and_stops_at_once(tmp_path):
+    # The POSIX control socket's accept() used to poll every 0.5 s (two wake-ups a second).
+    from sensor.daemon.control import UnixControlServer, send_command
+
+    class Reloader:
+        def reload(self, trigger):
+            return {"ok": True, "trigger": trigger}
+
+    data = tmp_path / "data"
+    srv = UnixControlServer(str(data / "control.sock"), Reloader())
+    srv.start()
+    try:
+        (t,) = [x for x in threading.enumerate() if x is srv._thread]
+        assert quiet_switches(t) == [0]
+        assert send_command(str(data), "reload", timeout=GUARD) == {"ok": True, "trigger": "control"}
+        assert quiet_switches(t) == [0]
+    finally:
+        srv.stop()
+    assert not t.is_alive(), "stop() did not end the control thread"
+    assert not (data / "control.sock").exists()

@@ -93,8 +93,7 @@ class UnixControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        sock.listen(4)
-        sock.settimeout(0.5)
+        sock.listen(4)          # accept() blocks: stop() wakes it (no polling at rest)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
@@ -105,8 +104,6 @@ class UnixControlServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
             except OSError:
                 if self._stop.is_set():
                     return
@@ -131,6 +128,10 @@ class UnixControlServer:
     def stop(self) -> None:
         self._stop.set()
         if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)   # wakes the accept() (closing does not)
+            except OSError:
+                pass
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=5)

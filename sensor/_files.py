@@ -120,3 +120,29 @@ def exposure(path: str | os.PathLike, allow_readable: bool = False) -> str | Non
     if not who:
         return None
     return f"mode {bits:04o}: {' and '.join(who)} (chmod 600 {os.fspath(path)})"
+
+
+def open_regular(path: str | os.PathLike) -> int:
+    """A descriptor of ``path`` opened non-blocking and checked with fstat: a FIFO or a device
+    raises OSError("not a regular file") instead of being waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
+    """The bytes of a regular file, or None when it holds more than ``limit``."""
+    fd = open_regular(path)
+    try:
+        if os.fstat(fd).st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    return None if len(data) > limit else data

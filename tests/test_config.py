@@ -111,6 +111,37 @@ def test_missing_file_and_folder(tmp_path):
         config.load(str(tmp_path))
 
 
+def _load_in_thread(fn):
+    """Run ``fn`` in a thread; (finished, result or exception). The join timeout only guards a
+    hang: a blocking open of a FIFO no writer opens would wait for good."""
+    import threading
+    got: list = []
+
+    def run():
+        try:
+            got.append(fn())
+        except BaseException as exc:        # noqa: BLE001 - handed to the test
+            got.append(exc)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    return not t.is_alive(), (got[0] if got else None), t
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo (POSIX)")
+def test_a_config_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "sensor.toml"
+    os.mkfifo(fifo)
+    done, got, t = _load_in_thread(lambda: config.load(str(fifo)))
+    try:
+        assert done, "config.load waited on a FIFO"
+    finally:
+        if not done:        # let the stuck open() return, so the thread ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(60)
+    assert isinstance(got, config.ConfigError) and "cannot read: not a regular file" in str(got), got
+
+
 def test_relative_paths_and_defaults(tmp_path):
     path = write(tmp_path, REPLAY + '[sensor]\ndata_dir = "state"\n[rules]\npaths = ["rules"]\n')
     cfg = config.load(path)

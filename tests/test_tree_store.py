@@ -132,3 +132,24 @@ def test_the_etw_source_restores_at_start_and_saves_on_stop(tmp_path):
     assert ev["GrandParentImage"] == "C:" + EXPLORER and ev["ParentCommandLine"] == "cmd.exe /k"
     saved = {row[0] for row in store.load()}
     assert {1000, 2000, 3000} <= saved and store.saves == 2
+
+
+def test_a_saved_tree_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    # the file is the sensor's own (a private folder), but a start must never hang on it
+    if not hasattr(os, "mkfifo"):
+        import pytest
+        pytest.skip("needs mkfifo (POSIX)")
+    fifo = tmp_path / "tree.json"
+    os.mkfifo(fifo)
+    store = TreeStore(str(fifo))
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(store.load()), daemon=True)
+    t.start()
+    t.join(60)              # guards a hang only
+    try:
+        assert not t.is_alive(), "TreeStore.load waited on a FIFO"
+    finally:
+        if t.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(60)
+    assert got == [[]] and store.load_error and "not a regular file" in store.load_error

@@ -22,6 +22,8 @@ from typing import Any, Literal, Optional, Union
 
 import msgspec
 
+from .._files import read_regular
+
 IS_WINDOWS = sys.platform == "win32"
 MAX_CONFIG_BYTES = 1024 * 1024   # a config is a few KB; anything near this is not one
 
@@ -470,16 +472,18 @@ _CROSS = {"source.etw.max_buffers": ("source.etw.min_buffers",),
 
 def load(path: str) -> Config:
     """Read and check a TOML config file."""
+    if os.path.isdir(path):
+        raise ConfigError("is a folder, not a config file", path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        # a regular file only: a FIFO or a device is refused, not waited on
+        raw = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError("no such file", path) from None
     except IsADirectoryError:
         raise ConfigError("is a folder, not a config file", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from None
-    if len(raw) > MAX_CONFIG_BYTES:
+    if raw is None:
         raise ConfigError(f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a sensor config", path)
     try:
         text = raw.decode("utf-8")

@@ -21,7 +21,7 @@ import time
 
 import msgspec
 
-from .._files import open_private
+from .._files import open_private, read_regular
 
 FORMAT = "etw-sensor-process-tree"
 VERSION = 1
@@ -46,13 +46,12 @@ class TreeStore:
     def load(self) -> list:
         """The saved rows, or [] (missing, too large, malformed: the reason in ``load_error``)."""
         try:
-            with open(self.path, "rb") as fh:
-                data = fh.read(self.max_bytes + 1)
+            data = read_regular(self.path, self.max_bytes)    # a FIFO is refused, not waited on
         except FileNotFoundError:
             return []
         except OSError as exc:
             return self._refuse(f"cannot read: {exc.strerror or exc}")
-        if len(data) > self.max_bytes:
+        if data is None:
             return self._refuse(f"larger than {self.max_bytes} bytes")
         try:
             doc = _decode(data)

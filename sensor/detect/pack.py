@@ -27,6 +27,7 @@ from typing import Sequence
 import msgspec
 
 from .. import __version__
+from .._files import open_regular, read_regular
 from .ir import Rule, RuleError
 
 MAGIC = b"ETW-SENSOR-RULEPACK\n"
@@ -40,37 +41,10 @@ _MAX_HEADER = 4096
 MAX_PACK_BYTES = 64 * 1024 * 1024
 
 
-def _open_regular(path: str | os.PathLike) -> int:
-    """A descriptor of ``path`` opened non-blocking and checked with fstat: a FIFO or a device
-    raises OSError("not a regular file") instead of being waited on."""
-    import stat
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(0, "not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
-    """The bytes of a regular file, or None when it holds more than ``limit``."""
-    fd = _open_regular(path)
-    try:
-        if os.fstat(fd).st_size > limit:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(limit + 1)
-    finally:
-        os.close(fd)
-    return None if len(data) > limit else data
-
-
 def is_pack(path: str | os.PathLike) -> bool:
     """True when ``path`` is a regular file that starts with the pack magic."""
     try:
-        fd = _open_regular(path)
+        fd = open_regular(path)
     except OSError:
         return False
     try:

@@ -350,3 +350,46 @@ def test_idle_control_channel_does_not_wake_answers_and_stops_at_once(tmp_path):
         srv.stop()
     assert not t.is_alive(), "stop() did not end the control thread"
     assert not (data / "control.sock").exists()
+
+
+def test_a_client_dripping_its_request_cannot_hold_the_control_channel(tmp_path, monkeypatch):
+    # One connection at a time: the request's I/O timeout bounds the whole request, so a peer
+    # sending a byte every 0.3 s is cut off and the next client is answered.
+    import socket as _socket
+
+    from sensor.daemon import control
+
+    monkeypatch.setattr(control, "IO_TIMEOUT", 1.0)
+
+    class Reloader:
+        def reload(self, trigger):
+            return {"ok": True}
+
+    data = tmp_path / "data"
+    srv = control.UnixControlServer(str(data / "control.sock"), Reloader())
+    srv.start()
+    stop = threading.Event()
+    cut = threading.Event()
+    connected = threading.Event()
+
+    def drip():
+        with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as s:
+            s.connect(str(data / "control.sock"))
+            connected.set()
+            try:
+                for _ in range(100):            # 30 s of request, a byte at a time
+                    if stop.wait(0.3):
+                        return
+                    s.sendall(b" ")
+            except OSError:
+                cut.set()                       # the server closed it
+    d = threading.Thread(target=drip, daemon=True)
+    d.start()
+    try:
+        assert connected.wait(GUARD)            # queued first: the server takes it first
+        assert control.send_command(str(data), "ping", timeout=GUARD)["ok"] is True
+        assert cut.wait(GUARD), "the dripping client was not cut off"
+    finally:
+        stop.set()
+        srv.stop()
+        d.join(GUARD)

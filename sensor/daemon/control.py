@@ -107,6 +107,7 @@ class UnixControlServer:
             except OSError:
                 if self._stop.is_set():
                     return
+                self._stop.wait(0.1)    # e.g. out of descriptors: not a busy loop
                 continue
             with conn:
                 try:
@@ -116,6 +117,7 @@ class UnixControlServer:
                         continue
                     conn.settimeout(IO_TIMEOUT)
                     raw = _recv(conn)
+                    conn.settimeout(IO_TIMEOUT)     # the answer gets its own
                     if raw is None:
                         _send(conn, {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
                         continue
@@ -151,8 +153,17 @@ def _is_socket(path: str) -> bool:
 
 
 def _recv(conn: socket.socket) -> bytes | None:
+    """One request line (None: too large). IO_TIMEOUT bounds the whole request, not each
+    read: the server answers one connection at a time, and a client sending a byte at a time
+    must not hold it (socket.timeout past the deadline)."""
+    import time
+    deadline = time.monotonic() + IO_TIMEOUT
     buf = b""
     while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the request took longer than the I/O timeout")
+        conn.settimeout(left)
         chunk = conn.recv(MAX_REQUEST + 1 - len(buf))
         if not chunk:
             break

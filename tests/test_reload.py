@@ -356,9 +356,10 @@ def test_reload_without_a_sensor_says_so(tmp_path):
 class _PackServer:
     """A real HTTPS server serving one pack with an ETag, counting conditional requests."""
 
-    def __init__(self, cert, body: bytes):
+    def __init__(self, cert, body: bytes, drip: float = 0.0):
         self.body = body
         self.etag = '"v1"'
+        self.drip = drip                # seconds between bytes of the body (0: all at once)
         self.requests: list[dict] = []
         owner = self
 
@@ -374,7 +375,16 @@ class _PackServer:
                 self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
                 self.send_header("Content-Length", str(len(owner.body)))
                 self.end_headers()
-                self.wfile.write(owner.body)
+                if not owner.drip:
+                    self.wfile.write(owner.body)
+                    return
+                for i in range(len(owner.body)):
+                    try:
+                        self.wfile.write(owner.body[i:i + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return              # the client gave up
+                    time.sleep(owner.drip)
 
             def log_message(self, *a):
                 pass
@@ -450,6 +460,30 @@ def test_update_url_polled_with_etag_signed_and_fail_closed(tmp_path):
                      "<t>")
         p = reload_mod.UpdatePoller(cfg2)
         assert p.poll() == "error" and "TLS" in p.stats["last_error"]
+    finally:
+        server.close()
+
+
+def test_an_update_server_sending_a_byte_at_a_time_cannot_hold_the_reload_thread(tmp_path):
+    # The reload thread also runs the rule-file watch: the body's read is bounded as a whole by
+    # rules.update.timeout_s, not per read (before: each byte within the timeout, 100 s for a
+    # 1,000-byte answer, accepted).
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = _PackServer(cert, b"x" * 1000, drip=0.1)
+    try:
+        cfg = parse({"sensor": {"data_dir": str(tmp_path / "data"), "control": False},
+                     "rules": {"watch_s": 0, "update": {"url": server.url, "ca_file": str(ca_file),
+                                                        "timeout_s": 1}}}, "<t>")
+        p = reload_mod.UpdatePoller(cfg)
+        assert p.poll() == "error"
+        assert "took longer than 1 s to read" in p.stats["last_error"], p.stats
+        server.drip = 0.0
+        server.set(b"y" * 10, '"v2"')
+        assert p.poll() == "error" and "refused" in p.stats["last_error"]   # answered again
     finally:
         server.close()
 

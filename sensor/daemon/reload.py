@@ -280,7 +280,7 @@ class UpdatePoller:
 
     def poll(self) -> str:
         """One poll: ``updated`` (a new, checked pack is in place), ``not_modified`` or ``error``."""
-        from ..deliver.http import classify_exception
+        from ..deliver.http import TransportFailure, classify_exception, read_bounded
         self.stats["polls"] += 1
         self.stats["last_poll_at"] = self.clock()
         try:
@@ -302,8 +302,11 @@ class UpdatePoller:
                     return "not_modified"
                 if resp.status != 200:
                     return self._error(f"HTTP {resp.status}")
-                data = resp.read(self.max_bytes + 1, decode_content=False)
-                if len(data) > self.max_bytes:
+                # bounded in size and, as a whole, in time: a server sending the pack a byte
+                # at a time must not hold this thread (it also runs the file-watch reloads)
+                data = read_bounded(resp, self.max_bytes, self.cfg.rules.update.timeout_s,
+                                    decode_content=False)
+                if data is None:
                     return self._error(f"larger than rules.update.max_mb ({self.max_bytes} bytes)")
                 etag = resp.headers.get("ETag")
                 modified = resp.headers.get("Last-Modified")
@@ -311,6 +314,8 @@ class UpdatePoller:
                 resp.release_conn()
         except ConfigError as exc:
             return self._error(str(exc))
+        except TransportFailure as exc:
+            return self._error(exc.message)
         except Exception as exc:  # noqa: BLE001 - network, TLS, configuration: never raise
             from ..deliver.tls import ConfigError as TlsConfigError
             if isinstance(exc, TlsConfigError):

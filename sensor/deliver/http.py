@@ -191,33 +191,42 @@ class HttpTransport:
         """The answer's body, decoded, bounded in size (MAX_RESPONSE_BYTES: a gzip bomb stops
         there) and in time (``read_timeout`` for the whole body, not per read: a receiver that
         drips one byte at a time cannot hold the forwarder)."""
-        deadline = time.monotonic() + self.read_timeout
-        parts: list[bytes] = []
-        size = 0
-        try:
-            while True:
-                # read1: at most one read of the socket per call (each bounded by the read
-                # timeout), and at most _READ_CHUNK bytes decoded from it
-                chunk = resp.read1(_READ_CHUNK, decode_content=True)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise TransportFailure(RETRY, f"the receiver's answer is larger than "
-                                                  f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB")
-                parts.append(chunk)
-                if time.monotonic() > deadline:
-                    raise TransportFailure(RETRY, f"the receiver's answer took longer than "
-                                                  f"{self.read_timeout:g} s to read")
-        except BaseException:
-            resp.close()            # never back to the pool with an answer half read
-            resp.release_conn()
-            raise
-        resp.release_conn()
-        return b"".join(parts)
+        data = read_bounded(resp, MAX_RESPONSE_BYTES, self.read_timeout)
+        if data is None:
+            raise TransportFailure(RETRY, f"the receiver's answer is larger than "
+                                          f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB")
+        return data
 
     def close(self) -> None:
         self.pool.close()
+
+
+def read_bounded(resp, limit: int, timeout: float, decode_content: bool = True) -> bytes | None:
+    """The body of a urllib3 response opened with ``preload_content=False``: None when it holds
+    more than ``limit`` bytes (decoded, when ``decode_content``), TransportFailure (RETRY) when
+    reading it takes longer than ``timeout`` as a whole. One socket read per step (each bounded
+    by the pool's read timeout) and at most _READ_CHUNK bytes decoded from it. A body not read
+    to its end closes its connection, so it never goes back to the pool half read."""
+    deadline = time.monotonic() + timeout
+    parts: list[bytes] = []
+    size = 0
+    ok = False
+    try:
+        while True:
+            chunk = resp.read1(_READ_CHUNK, decode_content=decode_content)
+            if not chunk:
+                ok = True
+                return b"".join(parts)
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+            if time.monotonic() > deadline:
+                raise TransportFailure(RETRY, f"the answer took longer than {timeout:g} s to read")
+    finally:
+        if not ok:
+            resp.close()
+        resp.release_conn()
 
 
 def classify_status(resp: HttpResponse) -> str:

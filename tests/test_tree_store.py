@@ -153,3 +153,47 @@ def test_a_saved_tree_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             t.join(60)
     assert got == [[]] and store.load_error and "not a regular file" in store.load_error
+
+
+def _row(**changes):
+    # [pid, create_time, seq, ppid, parent_seq, image, command_line, user, exited, exit_time]
+    names = ("pid", "ct", "seq", "ppid", "pseq", "image", "cmd", "user", "exited", "exit_time")
+    row = dict(zip(names, (500, FT0, 9, 4, 1, "C:\\a.exe", "a /x", "NT AUTHORITY\\SYSTEM", True,
+                           FT0 + S)))
+    row.update(changes)
+    return [row[n] for n in names]
+
+
+def test_a_saved_row_is_refused_when_any_one_field_is_not_its_documented_type():
+    # Each row below is the good row with one field wrong; every one is counted and skipped.
+    bad = [
+        _row(pid=None),                                   # the pid is the one number never optional
+        _row(pid=True), _row(pid=-1), _row(pid=1 << 64), _row(pid="500"),
+        _row(ct=-1), _row(ct=1 << 64), _row(ct=1.5),
+        _row(seq=-1), _row(seq="9"),
+        _row(ppid=-4), _row(ppid=False),
+        _row(pseq=-1), _row(pseq=[1]),
+        _row(exit_time=-1), _row(exit_time=1 << 64),
+        _row(image=5), _row(image="x" * 32769),
+        _row(cmd=b"a /x"), _row(cmd="c" * 32769),
+        _row(user=7), _row(user="u" * 32769),
+        _row(exited=1), _row(exited=None), _row(exited="yes"),
+        _row()[:9], _row() + [None], tuple(_row()), {"pid": 500},
+    ]
+    t = ProcessTable()
+    assert t.restore(bad) == (0, len(bad))
+    assert len(t) == 0 and t.restored == 0
+
+
+def test_a_saved_row_at_the_edges_of_its_types_is_restored():
+    rows = [
+        _row(pid=0, ct=0, seq=0, ppid=0, pseq=0, exit_time=0),              # the idle process
+        _row(pid=(1 << 64) - 1, ct=(1 << 64) - 1, seq=(1 << 64) - 1, exit_time=(1 << 64) - 1),
+        _row(pid=501, ct=None, seq=None, ppid=None, pseq=None, image=None, cmd=None, user=None,
+             exited=False, exit_time=None),
+        _row(pid=502, image="i" * 32768, cmd="c" * 32768, user="u" * 32768),
+    ]
+    t = ProcessTable()
+    assert t.restore(rows) == (4, 0)
+    assert t.stats()["restored"] == 4 and len(t) == 4
+    assert t.get(502, FT0, 9).command_line == "c" * 32768

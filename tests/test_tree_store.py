@@ -153,3 +153,86 @@ def test_a_saved_tree_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             t.join(60)
     assert got == [[]] and store.load_error and "not a regular file" in store.load_error
+
+
+def _row(**changes):
+    # [pid, create_time, seq, ppid, parent_seq, image, command_line, user, exited, exit_time]
+    names = ("pid", "ct", "seq", "ppid", "pseq", "image", "cmd", "user", "exited", "exit_time")
+    row = dict(zip(names, (500, FT0, 9, 4, 1, "C:\\a.exe", "a /x", "NT AUTHORITY\\SYSTEM", True,
+                           FT0 + S)))
+    row.update(changes)
+    return [row[n] for n in names]
+
+
+def test_a_saved_row_is_refused_when_any_one_field_is_not_its_documented_type():
+    # Each row below is the good row with one field wrong; every one is counted and skipped.
+    bad = [
+        _row(pid=None),                                   # the pid is the one number never optional
+        _row(pid=True), _row(pid=-1), _row(pid=1 << 64), _row(pid="500"),
+        _row(ct=-1), _row(ct=1 << 64), _row(ct=1.5),
+        _row(seq=-1), _row(seq="9"),
+        _row(ppid=-4), _row(ppid=False),
+        _row(pseq=-1), _row(pseq=[1]),
+        _row(exit_time=-1), _row(exit_time=1 << 64),
+        _row(image=5), _row(image="x" * 32769),
+        _row(cmd=b"a /x"), _row(cmd="c" * 32769),
+        _row(user=7), _row(user="u" * 32769),
+        _row(exited=1), _row(exited=None), _row(exited="yes"),
+        _row()[:9], _row() + [None], tuple(_row()), {"pid": 500},
+    ]
+    t = ProcessTable()
+    assert t.restore(bad) == (0, len(bad))
+    assert len(t) == 0 and t.restored == 0
+
+
+def test_a_saved_row_at_the_edges_of_its_types_is_restored():
+    rows = [
+        _row(pid=0, ct=0, seq=0, ppid=0, pseq=0, exit_time=0),              # the idle process
+        _row(pid=(1 << 64) - 1, ct=(1 << 64) - 1, seq=(1 << 64) - 1, exit_time=(1 << 64) - 1),
+        _row(pid=501, ct=None, seq=None, ppid=None, pseq=None, image=None, cmd=None, user=None,
+             exited=False, exit_time=None),
+        _row(pid=502, image="i" * 32768, cmd="c" * 32768, user="u" * 32768),
+    ]
+    t = ProcessTable()
+    assert t.restore(rows) == (4, 0)
+    assert t.stats()["restored"] == 4 and len(t) == 4
+    assert t.get(502, FT0, 9).command_line == "c" * 32768
+
+
+def test_rows_after_a_malformed_or_an_already_known_one_are_still_restored():
+    t = ProcessTable()
+    a, b = _row(pid=600), _row(pid=601)
+    assert t.restore(["bad", a, a, [1, 2], b]) == (2, 2)     # the second copy of a: known, skipped
+    assert t.get(601, FT0, 9) is not None and t.stats()["restored"] == 2
+
+
+def test_a_saved_process_that_had_exited_is_no_parent_of_a_later_child():
+    t = ProcessTable()
+    t.restore([_row(pid=700, exited=True, exit_time=FT0 + S),
+               _row(pid=701, exited=False, exit_time=None)])
+    assert t.parent_of(700, FT0 + 10 * S) is None            # gone before the child started
+    assert t.parent_of(701, FT0 + 10 * S).pid == 701         # running at the save: still a parent
+    # An event naming the exited generation again does not bring it back to life.
+    t.add(700, FT0, 9, 4, 1, "C:\\a.exe", source="etw")
+    assert t.stats()["revived"] == 0 and t.parent_of(700, FT0 + 10 * S) is None
+
+
+def test_a_saved_generation_is_not_merged_with_a_running_one_of_another_sequence_number():
+    # Same pid and (nearly) the same start time, but another sequence number: another process.
+    t = ProcessTable()
+    t.restore([_row(pid=800, seq=9, cmd="old /x", exited=False, exit_time=None)])
+    new = t.add(800, FT0 + 1000, 10, 4, 1, "C:\\b.exe", "new /y", source="etw")
+    assert new.seq == 10 and new.command_line == "new /y" and new.image == "C:\\b.exe"
+    assert t.get(800, seq=10) is new and t.get(800, seq=9).command_line == "old /x"
+    assert t.stats()["revived"] == 0
+
+
+def test_only_restored_entries_are_revived_a_replaced_generation_stays_exited():
+    # Sequence 5 of pid 900 is replaced by sequence 6 (its stop event lost): it has exited. A late
+    # record of sequence 5 merges into it but does not make two live generations of one pid.
+    t = ProcessTable()
+    t.add(900, FT0, 5, 4, 1, "C:\\a.exe", source="etw")
+    t.add(900, None, 6, 4, 1, "C:\\b.exe", source="etw")
+    old = t.add(900, FT0, 5, 4, 1, "C:\\a.exe", source="etw")
+    assert old.seq == 5 and old.exited and t.stats()["revived"] == 0
+    assert t.get(900).seq == 6                                 # the live generation

@@ -150,9 +150,9 @@ class ProcessTable:
             command_line: str | None = None, user: str | None = None, source: str = "etw") -> ProcessInfo:
         """Record a process (a start, a rundown or a seed); merges into the same generation."""
         self.expire()
+        # A restored entry is exited until confirmed; ``get`` matches an exited generation by
+        # sequence number or create time, which is what a rundown or seed brings.
         e = self.get(pid, create_time, seq)
-        if e is None and source != "saved":
-            e = self._saved_generation(pid, create_time, seq)
         if e is not None:
             self.merged += 1
             if e.source == "saved" and source != "saved":
@@ -315,16 +315,6 @@ class ProcessTable:
                     break                # generation of this pid was gone even earlier
             return e, False
         return None, rejected
-
-    def _saved_generation(self, pid: int, create_time: int | None, seq: int | None) -> ProcessInfo | None:
-        # A restored entry is marked exited until confirmed; ``get`` only matches an exited one
-        # by sequence number or create time, which is what a rundown or seed brings.
-        for e in reversed(self._by_pid.get(pid) or ()):
-            if e.source == "saved" and ((seq is not None and e.seq == seq) or (
-                    create_time is not None and e.create_time is not None
-                    and abs(e.create_time - create_time) <= self.tolerance)):
-                return e
-        return None
 
     # -- saving across restarts ----------------------------------------------------------------
 

@@ -50,6 +50,8 @@ export LD_PRELOAD="$asan $ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export PYTHONMALLOC=malloc PYTHONPATH="$tree" SENSOR_REQUIRE_EXTENSIONS=1 PYTHONDONTWRITEBYTECODE=1
+# hypothesis: generation is slow under ASan (its too_slow health check would fail the run)
+export SENSOR_HYPOTHESIS_PROFILE=sanitize
 unset SENSOR_NO_EXTENSIONS || true
 
 # The set-up must catch a read past the end of a Python bytes object in native code: the PE

@@ -124,6 +124,8 @@ def drive_matcher(args, rnd: random.Random, out: dict) -> str | None:
     for i, rule in enumerate(rules):
         if i % args.rules_stride:
             continue
+        if i and i % 200 == 0:
+            print(f"  matcher: {i:,} of {len(rules):,} rules' worst-case events", file=sys.stderr, flush=True)
         for _, ev in adversarial.rule_events(rule):
             n += 1
             err = run(ev, args.parity_every and n % args.parity_every == 0)

@@ -112,7 +112,9 @@ def drive_matcher(args, rnd: random.Random, out: dict) -> str | None:
         events += 2
         if got != got_d:
             return f"ProcessEvent and dict differ: {got} != {got_d}"
-        if check:
+        # the reference matcher's globs are Python regexes (``.*`` backtracks: a 32K value
+        # against a three-star glob takes minutes), so only short events are compared
+        if check and max((len(v) for v in ev.values() if isinstance(v, str)), default=0) <= args.parity_max:
             want = ref.match(ProcessEvent(ev))
             checked += 1
             if got != want:
@@ -288,6 +290,8 @@ def main(argv=None) -> int:
     ap.add_argument("--random-events", type=int, default=300)
     ap.add_argument("--rules-stride", type=int, default=1)
     ap.add_argument("--parity-every", type=int, default=10, help="0: no reference matcher")
+    ap.add_argument("--parity-max", type=int, default=2000,
+                    help="compare with the reference only events whose fields are at most this long")
     ap.add_argument("--records", type=int, default=20000)
     ap.add_argument("--cuts", type=int, default=40, help="random truncations per valid record")
     ap.add_argument("--pe-variants", type=int, default=40)

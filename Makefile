@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 endif
 STAMP := $(VENV)/.installed
 
-.PHONY: venv build test test-fast demo bench fuzz annotate wheel mutation mutation-report clean
+.PHONY: venv build test test-fast demo bench fuzz sanitize annotate wheel mutation mutation-report clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,11 @@ annotate: $(STAMP)
 
 fuzz:
 	fuzz/run.sh
+
+# The compiled parts under ASan + UBSan: built into a copy of the project (build/sanitize/tree),
+# so the normal build stays as it is; then the native tests and tools/sanitize_drive.py.
+sanitize: $(STAMP)
+	PY=$(abspath $(VPY)) tools/sanitize.sh
 
 # Mutation testing (slow: a scheduled job, not every CI run). One worker, one module at a time.
 #   make mutation                                    every module in tools/mutation.py's map

@@ -4,7 +4,8 @@ Knobs (environment):
   SENSOR_NO_EXTENSIONS=1  build nothing native (the pure-Python twins are used)
   SENSOR_DEBUG=1          -O0 -g, asserts on
   SENSOR_ANNOTATE=1       write Cython's HTML annotation next to the .pyx
-  SENSOR_SANITIZE=1       build with ASan/UBSan (for local debugging only)
+  SENSOR_SANITIZE=1       -O1 -g with ASan + UBSan (`make sanitize`; load the sanitizer runtimes
+                          first: tools/sanitize.sh shows how)
 """
 import os
 import sys
@@ -16,13 +17,18 @@ NO_EXTENSIONS = bool(os.environ.get("SENSOR_NO_EXTENSIONS")) or sys.implementati
 DEBUG = bool(os.environ.get("SENSOR_DEBUG"))
 
 
+SANITIZE = bool(os.environ.get("SENSOR_SANITIZE")) and os.name != "nt"
+# ASan + UBSan, asserts on; a UBSan report stops the process like an ASan one does.
+SANITIZE_CFLAGS = ["-O1", "-g", "-UNDEBUG", "-fno-omit-frame-pointer",
+                   "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+
+
 def _cflags():
     if os.name == "nt":
         return ["/O2"] if not DEBUG else ["/Od", "/Zi"]
-    flags = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
-    if os.environ.get("SENSOR_SANITIZE"):
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    return flags
+    if SANITIZE:
+        return list(SANITIZE_CFLAGS)
+    return ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
 
 
 def _ext_modules():
@@ -32,7 +38,7 @@ def _ext_modules():
     from Cython.Build import cythonize
     from setuptools import Extension
 
-    link = ["-fsanitize=address,undefined"] if os.environ.get("SENSOR_SANITIZE") else []
+    link = ["-fsanitize=address,undefined"] if SANITIZE else []
     exts = [
         Extension(
             "sensor.detect._matcher",

@@ -58,13 +58,16 @@ int pih_imphash_text(const uint8_t *data, size_t len, char *out, uint32_t cap, p
 """
 
 
+SANITIZE = bool(os.environ.get("SENSOR_SANITIZE")) and os.name != "nt"
+
+
 def _cflags():
     if os.name == "nt":
         return ["/O2"]
-    flags = ["-O0", "-g", "-UNDEBUG"] if os.environ.get("SENSOR_DEBUG") else ["-O2"]
-    if os.environ.get("SENSOR_SANITIZE"):
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    return flags
+    if SANITIZE:  # the same flags as setup.py's SENSOR_SANITIZE build
+        return ["-O1", "-g", "-UNDEBUG", "-fno-omit-frame-pointer",
+                "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    return ["-O0", "-g", "-UNDEBUG"] if os.environ.get("SENSOR_DEBUG") else ["-O2"]
 
 
 def make_builder(base: str = "native") -> FFI:
@@ -77,7 +80,7 @@ def make_builder(base: str = "native") -> FFI:
         sources=[os.path.join(base, "pe_version.c"), os.path.join(base, "pe_imphash.c")],
         include_dirs=[base],
         extra_compile_args=_cflags(),
-        extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("SENSOR_SANITIZE") else [],
+        extra_link_args=["-fsanitize=address,undefined"] if SANITIZE else [],
     )
     return builder
 

@@ -2,7 +2,8 @@
 
 ``SENSOR_REQUIRE_EXTENSIONS=1`` (set by ``.ci/run``) makes a missing native build an error
 instead of a reason to skip the parity tests. ``SENSOR_HYPOTHESIS_PROFILE=ci`` derandomises
-hypothesis, so a CI run is the same run every time.
+hypothesis, so a CI run is the same run every time; ``=sanitize`` (tools/sanitize.sh) lets
+generation be slow, as it is under AddressSanitizer.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from sensor.detect import matcher as _matcher
 from sensor.enrich import pe as _pe
@@ -22,6 +23,8 @@ DATA = ROOT / "tests" / "data"
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
+settings.register_profile("sanitize", print_blob=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 HYPOTHESIS_PROFILE = os.environ.get("SENSOR_HYPOTHESIS_PROFILE") or "dev"
 settings.load_profile(HYPOTHESIS_PROFILE)
 

@@ -301,6 +301,7 @@ def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     sp.put_many(big)
     held = sp.fault_stats()["held"]
     assert held > 0
+    assert sp.flush_held() == 0 and sp.fault_stats()["held"] == held   # not due yet: none written
     reader.rollback()
     reader.close()
     filler.unlink()
@@ -315,7 +316,7 @@ def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     assert sp.fault_stats()["held"] == held                    # still waiting, none dropped
     sp._write_rows = real
     now[0] += 3600
-    sp.flush_held()
+    assert sp.flush_held() == held                             # how many it wrote
     assert sp.fault_stats()["held"] == 0
     assert {a["id"] for a in big} <= set(sp.ids())             # every held alert is in the file
 

@@ -287,6 +287,35 @@ def test_never_drained_while_alerts_are_being_committed(tmp_path):
     sp.close()
 
 
+def test_a_spool_opened_on_a_full_disk_runs_on_what_is_there(volume):
+    """A full disk at start is a state like any other: the spool opens (its schema is there), says
+    the disk is full, and gives out what it holds."""
+    vol = volume("2m")
+    path = vol / "spool.sqlite"
+    with Spool(path) as sp:
+        sp.put_many([sample_alert(i) for i in range(20)])
+    db = sqlite3.connect(str(path))   # a byte total that drifted: the start writes it anew
+    db.execute("UPDATE meta SET value=0 WHERE key='bytes'")
+    db.commit()
+    db.close()
+    reader = sqlite3.connect(str(path))   # another process reading: the WAL cannot start over
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    filler = fill(vol)
+    try:
+        sp = Spool(path)   # its start-up writes (the totals) meet the full disk
+        try:
+            st = sp.stats()
+            assert st["disk_full"] and "at start" in st["disk_full_error"] and sp.depth() == 20
+            assert [it.alert_id for it in sp.fetch(100)] == [sample_alert(i)["id"] for i in range(20)]
+        finally:
+            sp.close()
+    finally:
+        reader.rollback()
+        reader.close()
+        filler.unlink()
+
+
 def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     """Alerts waiting in memory for space are not lost when the next attempt to commit them
     fails for another reason (the caller of that attempt only learns about its own alerts)."""

@@ -316,6 +316,18 @@ def test_a_spool_opened_on_a_full_disk_runs_on_what_is_there(volume):
         filler.unlink()
 
 
+def test_a_partial_reserve_is_topped_up_on_a_small_volume_with_room_for_the_rest(volume):
+    """The reserve (at most a quarter of a small volume) that a crash left half written is
+    completed when the volume has room for the missing part, not only for all of it."""
+    vol = volume("1m")
+    path = vol / "spool.sqlite"
+    reserve = Path(str(path) + ".reserve")
+    reserve.write_bytes(b"\0" * 200_000)
+    quarter = os.statvfs(vol).f_blocks * os.statvfs(vol).f_frsize // 4
+    with Spool(path, owner=True, reserve_bytes=400_000) as sp:
+        assert reserve.stat().st_size == quarter == sp.reserve_bytes
+
+
 def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     """Alerts waiting in memory for space are not lost when the next attempt to commit them
     fails for another reason (the caller of that attempt only learns about its own alerts)."""

@@ -287,9 +287,11 @@ def test_never_drained_while_alerts_are_being_committed(tmp_path):
     sp.close()
 
 
-def test_a_spool_opened_on_a_full_disk_runs_on_what_is_there(volume):
+@pytest.mark.parametrize("owner", [False, True])
+def test_a_spool_opened_on_a_full_disk_runs_on_what_is_there(volume, owner):
     """A full disk at start is a state like any other: the spool opens (its schema is there), says
-    the disk is full, and gives out what it holds."""
+    the disk is full, and gives out what it holds. The owner's start writes more (its "not yet
+    stopped cleanly" marker) and meets the full disk there too."""
     vol = volume("2m")
     path = vol / "spool.sqlite"
     with Spool(path) as sp:
@@ -303,7 +305,7 @@ def test_a_spool_opened_on_a_full_disk_runs_on_what_is_there(volume):
     reader.execute("SELECT COUNT(*) FROM alerts").fetchone()
     filler = fill(vol)
     try:
-        sp = Spool(path)   # its start-up writes (the totals) meet the full disk
+        sp = Spool(path, owner=owner, reserve_bytes=0)   # its start-up writes meet the full disk
         try:
             st = sp.stats()
             assert st["disk_full"] and "at start" in st["disk_full_error"] and sp.depth() == 20

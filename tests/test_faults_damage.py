@@ -648,6 +648,18 @@ def test_a_heal_that_cannot_build_the_fresh_spool_puts_the_file_and_its_wal_back
         sp.close()
 
 
+def test_a_damage_marker_that_cannot_be_read_still_makes_the_start_salvage(tmp_path):
+    """The ``<spool>.damaged`` marker says the sensor found damage while it last ran; one whose
+    text cannot be read (here a folder in its place) still makes the owner's start salvage the
+    file, and never stops the start."""
+    path = tmp_path / "spool.sqlite"
+    ids = make_spool(path, n=10)
+    Path(str(path) + ".damaged").mkdir()
+    with Spool(path, owner=True) as sp:
+        assert sp.salvage is not None and "damage found while the sensor last ran" in sp.salvage["reason"]
+        assert set(ids) <= set(sp.ids())
+
+
 def test_a_salvage_counts_rows_failing_their_checksum_apart_from_the_lost(tmp_path, caplog):
     """L lost is counted against the row count the damaged file kept: rows recovered and rows
     that failed their checksum (moved to dead letters) are not lost."""

@@ -161,6 +161,17 @@ def test_a_spool_that_cannot_create_its_folder_says_so(tmp_path):
     assert str(err.value).startswith(prefix) and str(err.value)[len(prefix):] in words
 
 
+def test_a_negative_memory_cap_holds_nothing_and_says_0_mib(tmp_path, caplog):
+    """``held_max_bytes`` below zero is taken as 0: alerts that cannot be written are not kept in
+    memory, and the disk-full message says so."""
+    with Spool(tmp_path / "s.db", held_max_bytes=-1) as sp:
+        with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
+            sp._enter_full("database or disk is full")     # what a write on a full disk does first
+        assert "wait in memory (up to 0 MiB)" in caplog.text
+        sp._hold([("x-1", 0.0, 2, b"{}", 0, "alert")])
+        assert sp.fault_stats()["held"] == 0 and sp.fault_stats()["held_bytes"] == 0
+
+
 def test_the_bounds_are_keyword_only(tmp_path):
     """``Spool(path, *, max_bytes=..., ...)``: a number passed by position is refused, never
     taken for a bound; the path may be named."""
@@ -679,18 +690,18 @@ def test_observers_on_an_empty_and_a_filled_spool(tmp_path):
     clock = Clock()
     with Spool(tmp_path / "s.db", clock=clock) as sp:
         assert sp.oldest_created() is None and sp.depth() == 0 and sp.ids() == []
+        quiet = {"disk_full": False, "disk_full_since": None, "disk_full_episodes": 0,
+                 "disk_full_error": None, "held": 0, "held_bytes": 0, "storing": 0,
+                 "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
+                 "damaged": False, "wal_lost_at_start": False, "heals": 0, "last_heal": None}
+        assert sp.fault_stats() == quiet       # a fresh spool: nothing held, nothing being stored
         assert sp.disk_full is False and sp.flush_held() == 0
         sp.put(alert(1))
         clock.t += 3
         sp.put(alert(2))
         assert sp.oldest_created() == 2_000_000.0
         assert sp.ids() == ["a-000001", "a-000002"] and sp.depth() == 2
-        fault = sp.fault_stats()
-        assert fault == {"disk_full": False, "disk_full_since": None, "disk_full_episodes": 0,
-                         "disk_full_error": None, "held": 0, "held_bytes": 0, "storing": 0,
-                         "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
-                         "damaged": False, "wal_lost_at_start": False, "heals": 0,
-                         "last_heal": None}
+        assert sp.fault_stats() == quiet
         st_ = sp.stats()
         for key in ("dropped", "expired", "dead_lettered", "dead_dropped", "written", "duplicates",
                     "dropped_disk_full", "salvaged", "damaged_rows"):

@@ -695,6 +695,8 @@ def test_observers_on_an_empty_and_a_filled_spool(tmp_path):
                  "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
                  "damaged": False, "wal_lost_at_start": False, "heals": 0, "last_heal": None}
         assert sp.fault_stats() == quiet       # a fresh spool: nothing held, nothing being stored
+        fresh = sp.stats()
+        assert fresh["dropped"] == fresh["dropped_disk_full"] == 0   # nor dropped
         assert sp.disk_full is False and sp.flush_held() == 0
         sp.put(alert(1))
         clock.t += 3

@@ -370,6 +370,10 @@ def test_damage_found_while_running_is_healed_at_the_next_use(tmp_path, caplog):
 
 
 def test_alerts_written_while_the_damaged_file_cannot_be_healed_wait_in_memory(tmp_path, monkeypatch, caplog):
+    import sensor.deliver.spool as spool_mod
+
+    # "tried again every 5 s": an hour here, so no stall of a loaded machine makes it due early
+    monkeypatch.setattr(spool_mod, "HEAL_RETRY_INTERVAL", 3600.0)
     path = tmp_path / "spool.sqlite"
     sp, alerts, ids, _ = damaged_while_running(path)
     try:
@@ -391,7 +395,8 @@ def test_alerts_written_while_the_damaged_file_cannot_be_healed_wait_in_memory(t
         assert "cannot heal the damaged file now" in caplog.text
         monkeypatch.setattr(os, "replace", real_replace)
         sp.maintain()                      # upkeep before the retry is due changes nothing
-        assert sp.fault_stats()["held"] == 5
+        st = sp.fault_stats()
+        assert st["held"] == 5 and st["damaged"] and st["heals"] == 0   # (no heal tried yet)
         sp._next_heal = 0.0                # the retry is due (HEAL_RETRY_INTERVAL later)
         sp._next_try = 0.0
         sp.maintain()
@@ -606,6 +611,73 @@ def test_a_heal_that_can_move_the_file_but_not_its_wal_loses_no_row(tmp_path, mo
         other.close()
         assert sp.heal() is True
         assert set(ids) <= set(sp.ids())
+    finally:
+        sp.close()
+
+
+def test_a_heal_that_cannot_build_the_fresh_spool_puts_the_file_and_its_wal_back(tmp_path, monkeypatch):
+    """The damaged file was moved aside with its -wal and -shm (another process holds them), then
+    the fresh spool cannot be made: all three go back in place, so the next heal recovers every
+    row, including what only the -wal holds."""
+    import sensor.deliver.spool as spool_mod
+
+    path = tmp_path / "spool.sqlite"
+    sp, alerts, ids, _ = damaged_while_running(path)
+    other = sqlite3.connect(str(path))   # another process's connection keeps the -wal in place
+    real_touch = spool_mod.touch_private
+
+    def refuse(p, *a, **kw):
+        if Path(p) == path:
+            raise PermissionError(13, "denied")
+        return real_touch(p, *a, **kw)
+
+    try:
+        other.execute("SELECT COUNT(*) FROM meta").fetchall()
+        wal = Path(str(path) + "-wal")
+        assert wal.exists()
+        monkeypatch.setattr(spool_mod, "touch_private", refuse)
+        assert sp.heal() is False and sp.fault_stats()["damaged"]
+        assert path.exists() and wal.exists() and Path(str(path) + "-shm").exists()
+        assert not any(tmp_path.glob("spool.sqlite.damaged-*")), "a part of the file stayed aside"
+        monkeypatch.setattr(spool_mod, "touch_private", real_touch)
+        other.close()
+        assert sp.heal() is True
+        assert set(ids) <= set(sp.ids())
+    finally:
+        other.close()
+        sp.close()
+
+
+def test_a_damage_marker_that_cannot_be_read_still_makes_the_start_salvage(tmp_path):
+    """The ``<spool>.damaged`` marker says the sensor found damage while it last ran; one whose
+    text cannot be read (here a folder in its place) still makes the owner's start salvage the
+    file, and never stops the start."""
+    path = tmp_path / "spool.sqlite"
+    ids = make_spool(path, n=10)
+    Path(str(path) + ".damaged").mkdir()
+    with Spool(path, owner=True) as sp:
+        assert sp.salvage is not None and "damage found while the sensor last ran" in sp.salvage["reason"]
+        assert set(ids) <= set(sp.ids())
+
+
+def test_a_salvage_counts_rows_failing_their_checksum_apart_from_the_lost(tmp_path, caplog):
+    """L lost is counted against the row count the damaged file kept: rows recovered and rows
+    that failed their checksum (moved to dead letters) are not lost."""
+    path = tmp_path / "spool.sqlite"
+    alerts = [sample_alert(i) for i in range(20)]
+    make_spool(path, alerts=alerts)
+    raw = path.read_bytes()
+    overwrite(path, raw.index(b"evil17.mof"), b"evim")   # one body: its checksum fails
+    damage(path, "header_overwritten")                   # and SQLite can no longer read the file
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        sp = Spool(path, owner=True)
+    try:
+        info = sp.salvage
+        assert info is not None
+        assert (info["recovered"], info["damaged"], info["lost"]) == (19, 1, 0)
+        assert "1 failed their checksum (moved to dead letters); 0 lost" in caplog.text
+        (dead,) = sp.dead_letters()
+        assert dead["id"] == alerts[17]["id"] and "checksum mismatch" in dead["reason"]
     finally:
         sp.close()
 

@@ -48,7 +48,8 @@ def test_a_full_disk_drops_the_oldest_never_raises_and_says_so(volume, caplog):
     sent = [sample_alert(i) for i in range(1500)]
     with caplog.at_level(logging.WARNING, logger="sensor.spool"):
         for i in range(0, len(sent), 10):
-            sp.put_many(sent[i:i + 10])  # never raises: the disk filling up is not an error
+            # never raises: the disk filling up is not an error; the alerts count as new
+            assert sp.put_many(sent[i:i + 10]) == 10
             time.sleep(0.001)
     st = sp.stats()
     ids = sp.ids()
@@ -286,6 +287,49 @@ def test_never_drained_while_alerts_are_being_committed(tmp_path):
     sp.close()
 
 
+@pytest.mark.parametrize("owner", [False, True])
+def test_a_spool_opened_on_a_full_disk_runs_on_what_is_there(volume, owner):
+    """A full disk at start is a state like any other: the spool opens (its schema is there), says
+    the disk is full, and gives out what it holds. The owner's start writes more (its "not yet
+    stopped cleanly" marker) and meets the full disk there too."""
+    vol = volume("2m")
+    path = vol / "spool.sqlite"
+    with Spool(path) as sp:
+        sp.put_many([sample_alert(i) for i in range(20)])
+    db = sqlite3.connect(str(path))   # a byte total that drifted: the start writes it anew
+    db.execute("UPDATE meta SET value=0 WHERE key='bytes'")
+    db.commit()
+    db.close()
+    reader = sqlite3.connect(str(path))   # another process reading: the WAL cannot start over
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    filler = fill(vol)
+    try:
+        sp = Spool(path, owner=owner, reserve_bytes=0)   # its start-up writes meet the full disk
+        try:
+            st = sp.stats()
+            assert st["disk_full"] and "at start" in st["disk_full_error"] and sp.depth() == 20
+            assert [it.alert_id for it in sp.fetch(100)] == [sample_alert(i)["id"] for i in range(20)]
+        finally:
+            sp.close()
+    finally:
+        reader.rollback()
+        reader.close()
+        filler.unlink()
+
+
+def test_a_partial_reserve_is_topped_up_on_a_small_volume_with_room_for_the_rest(volume):
+    """The reserve (at most a quarter of a small volume) that a crash left half written is
+    completed when the volume has room for the missing part, not only for all of it."""
+    vol = volume("1m")
+    path = vol / "spool.sqlite"
+    reserve = Path(str(path) + ".reserve")
+    reserve.write_bytes(b"\0" * 200_000)
+    quarter = os.statvfs(vol).f_blocks * os.statvfs(vol).f_frsize // 4
+    with Spool(path, owner=True, reserve_bytes=400_000) as sp:
+        assert reserve.stat().st_size == quarter == sp.reserve_bytes
+
+
 def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     """Alerts waiting in memory for space are not lost when the next attempt to commit them
     fails for another reason (the caller of that attempt only learns about its own alerts)."""
@@ -301,6 +345,7 @@ def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     sp.put_many(big)
     held = sp.fault_stats()["held"]
     assert held > 0
+    assert sp.flush_held() == 0 and sp.fault_stats()["held"] == held   # not due yet: none written
     reader.rollback()
     reader.close()
     filler.unlink()
@@ -315,7 +360,7 @@ def test_alerts_held_on_a_full_disk_survive_a_failed_retry(volume):
     assert sp.fault_stats()["held"] == held                    # still waiting, none dropped
     sp._write_rows = real
     now[0] += 3600
-    sp.flush_held()
+    assert sp.flush_held() == held                             # how many it wrote
     assert sp.fault_stats()["held"] == 0
     assert {a["id"] for a in big} <= set(sp.ids())             # every held alert is in the file
 

@@ -4,6 +4,7 @@ dead letters, health events, observing calls and a clean close. Fast: the mutati
 sensor/deliver/spool.py runs this file for every mutant."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -49,6 +50,65 @@ def raw(path: Path) -> sqlite3.Connection:
 
 # -- defaults and settings (docs/delivery.md, "[spool]" and "The WAL") ------------------------
 
+def _in_thread(fn) -> tuple[threading.Thread, list]:
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_the_gate_lets_threads_in_together_and_a_healer_in_alone():
+    """The gate a heal uses (docs/delivery.md, "Faults": the healing thread waits, bounded, until
+    the other threads are out of the file; threads that arrive meanwhile wait for it). First in
+    this file: a gate that never opens hangs the spool's other tests, here only one thread
+    (the guard timeouts only guard that hang)."""
+    gate = spool_mod._Gate()
+    # entering is reentrant per thread, and threads enter together
+    t, out = _in_thread(lambda: (gate.enter(), gate.enter(), gate.depth(), gate.leave(),
+                                 gate.depth(), gate.leave(), gate.depth()))
+    t.join(30)
+    assert out and out[0][2::2] == (2, 1, 0)
+    inside, release = threading.Event(), threading.Event()
+
+    def stay():
+        gate.enter()
+        inside.set()
+        release.wait(30)
+        gate.leave()
+        return True
+
+    t, _ = _in_thread(stay)
+    assert inside.wait(30)
+    t2, out2 = _in_thread(lambda: (gate.enter(), gate.leave(), "in"))   # another user: not blocked
+    t2.join(30)
+    assert out2 == [(None, None, "in")]
+    assert gate.alone(0.05) is False          # a thread is inside and does not leave in time
+    t3, out3 = _in_thread(lambda: gate.alone(3600))
+    release.set()                              # it leaves: the waiting healer goes in then
+    t.join(30)
+    t3.join(30)
+    assert out3 == [True], "the healer was not woken when the thread left"
+    assert gate.alone(0) is False              # another heal runs
+    gate.done()                                # (that healer's thread has ended)
+    assert gate.alone(30) is True              # nobody inside: this thread heals now
+    t, out = _in_thread(lambda: gate.alone(0))
+    t.join(30)
+    assert out == [False]                      # another heal runs
+    late, out4 = _in_thread(lambda: (gate.enter(), gate.leave(), "after"))
+    late.join(0.2)
+    assert not out4                            # a thread that arrives during the heal waits
+    gate.done()
+    late.join(30)
+    assert out4 == [(None, None, "after")]
+    # a healer that is inside the gate itself does not wait for itself, and may enter again
+    t, out = _in_thread(lambda: (gate.enter(), gate.alone(0), gate.enter(), gate.depth(),
+                                 gate.leave(), gate.done(), gate.leave(), gate.depth()))
+    t.join(30)
+    assert out and out[0][1] is True and out[0][3] == 2 and out[0][-1] == 0
+    assert gate.alone(0) is True               # nobody inside now
+    gate.done()
+
+
 def test_defaults_are_the_documented_ones(tmp_path):
     with Spool(tmp_path / "s.db") as sp:
         assert sp.max_bytes == 256 * MiB            # max_mb = 256
@@ -93,8 +153,32 @@ def test_the_spool_file_and_folder_are_private(tmp_path):
 def test_a_spool_that_cannot_create_its_folder_says_so(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(SpoolError, match="cannot create its folder"):
+    with pytest.raises(SpoolError, match="cannot create its folder") as err:
         Spool(blocker / "sub" / "s.db")
+    # the system's words for it (a file is in the way), not Python's "[Errno N] ...: 'path'"
+    words = {os.strerror(errno.EEXIST), os.strerror(errno.ENOTDIR)}
+    prefix = f"spool {blocker / 'sub' / 's.db'}: cannot create its folder: "
+    assert str(err.value).startswith(prefix) and str(err.value)[len(prefix):] in words
+
+
+def test_a_negative_memory_cap_holds_nothing_and_says_0_mib(tmp_path, caplog):
+    """``held_max_bytes`` below zero is taken as 0: alerts that cannot be written are not kept in
+    memory, and the disk-full message says so."""
+    with Spool(tmp_path / "s.db", held_max_bytes=-1) as sp:
+        with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
+            sp._enter_full("database or disk is full")     # what a write on a full disk does first
+        assert "wait in memory (up to 0 MiB)" in caplog.text
+        sp._hold([("x-1", 0.0, 2, b"{}", 0, "alert")])
+        assert sp.fault_stats()["held"] == 0 and sp.fault_stats()["held_bytes"] == 0
+
+
+def test_the_bounds_are_keyword_only(tmp_path):
+    """``Spool(path, *, max_bytes=..., ...)``: a number passed by position is refused, never
+    taken for a bound; the path may be named."""
+    with pytest.raises(TypeError):
+        Spool(tmp_path / "a.db", 1000)
+    with Spool(path=tmp_path / "b.db", max_bytes=1000) as sp:
+        assert sp.max_bytes == 1000
 
 
 # -- checksums and damaged rows (docs: "Every row carries a CRC-32 of its id and body") --------
@@ -606,18 +690,20 @@ def test_observers_on_an_empty_and_a_filled_spool(tmp_path):
     clock = Clock()
     with Spool(tmp_path / "s.db", clock=clock) as sp:
         assert sp.oldest_created() is None and sp.depth() == 0 and sp.ids() == []
+        quiet = {"disk_full": False, "disk_full_since": None, "disk_full_episodes": 0,
+                 "disk_full_error": None, "held": 0, "held_bytes": 0, "storing": 0,
+                 "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
+                 "damaged": False, "wal_lost_at_start": False, "heals": 0, "last_heal": None}
+        assert sp.fault_stats() == quiet       # a fresh spool: nothing held, nothing being stored
+        fresh = sp.stats()
+        assert fresh["dropped"] == fresh["dropped_disk_full"] == 0   # nor dropped
         assert sp.disk_full is False and sp.flush_held() == 0
         sp.put(alert(1))
         clock.t += 3
         sp.put(alert(2))
         assert sp.oldest_created() == 2_000_000.0
         assert sp.ids() == ["a-000001", "a-000002"] and sp.depth() == 2
-        fault = sp.fault_stats()
-        assert fault == {"disk_full": False, "disk_full_since": None, "disk_full_episodes": 0,
-                         "disk_full_error": None, "held": 0, "held_bytes": 0, "storing": 0,
-                         "held_dropped": 0, "reserve_bytes": 0, "salvaged_at_start": None,
-                         "damaged": False, "wal_lost_at_start": False, "heals": 0,
-                         "last_heal": None}
+        assert sp.fault_stats() == quiet
         st_ = sp.stats()
         for key in ("dropped", "expired", "dead_lettered", "dead_dropped", "written", "duplicates",
                     "dropped_disk_full", "salvaged", "damaged_rows"):

@@ -225,7 +225,7 @@ def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path
 def test_a_file_that_holds_more_than_its_size_says_is_still_bounded():
     # /proc files are regular files whose size reads 0: the bound holds on the bytes read,
     # not only on the size fstat gives (the same as a file that grows after the check)
-    from sensor.detect.sigma import _read_bounded
+    from sensor._files import read_regular as _read_bounded
     assert os.stat("/proc/self/status").st_size == 0
     assert _read_bounded("/proc/self/status", 10) is None
     assert len(_read_bounded("/proc/self/status", 1 << 20)) > 10

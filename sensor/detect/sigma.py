@@ -26,6 +26,7 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .._files import read_regular
 from ..events import FIELDS as ETW_FIELDS
 from .ir import Predicate, Rule, RuleError, glob_escape
 from .regex import backtracking_problem
@@ -702,7 +703,7 @@ def load_sigma_file(path: str | os.PathLike, allow_backtracking=(),
     """Read and convert one Sigma YAML file."""
     p = str(path)
     try:
-        raw = _read_bounded(p, MAX_RULE_FILE_BYTES)
+        raw = read_regular(p, MAX_RULE_FILE_BYTES)
     except OSError as exc:
         return FileResult(rejected=[Problem(p, None, f"cannot read: {exc.strerror or exc}")])
     if raw is None:
@@ -714,25 +715,6 @@ def load_sigma_file(path: str | os.PathLike, allow_backtracking=(),
         line = raw.count(b"\n", 0, exc.start) + 1
         return FileResult(rejected=[Problem(p, line, f"not UTF-8 text: {exc.reason}")])
     return load_sigma_text(text, p, allow_backtracking, placeholders)
-
-
-def _read_bounded(path: str, limit: int) -> bytes | None:
-    """The bytes of a regular file, or None when it holds more than ``limit``. Opened
-    non-blocking and checked with fstat first: a FIFO or device is refused, never waited on."""
-    import stat
-
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(0, "not a regular file")
-        if st.st_size > limit:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(limit + 1)
-    finally:
-        os.close(fd)
-    return None if len(data) > limit else data
 
 
 def field_warnings(rule: Rule) -> list[str]:

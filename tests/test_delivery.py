@@ -438,6 +438,38 @@ def test_stop_wakes_an_idle_forwarder(spool):
     assert not fwd.is_alive()
 
 
+class _StopWhileReading:
+    """The spool's write mark, read once by a forwarder, with a stop() landing at that moment:
+    the interleaving where stop() comes after the loop's stop check and before the wait."""
+
+    def __init__(self, spool):
+        self._spool, self.fwd, self.reads = spool, None, 0
+
+    @property
+    def write_mark(self):
+        self.reads += 1
+        if self.reads == 1:
+            self.fwd._stop_event.set()      # what stop() does, in its order
+            self.fwd._help.set()
+            self._spool.wake()
+        return self._spool.write_mark
+
+    def __getattr__(self, name):
+        return getattr(self._spool, name)
+
+
+def test_a_stop_between_the_stop_check_and_the_wait_is_not_lost(spool):
+    # A stop() that lands just as the idle forwarder reads the write mark must still end it,
+    # not leave it asleep for the whole poll interval (an hour here; 60 s only guards a hang).
+    racing = _StopWhileReading(spool)
+    fwd = Forwarder(racing, MemoryOutput(), DeliveryConfig(**{**FAST, "poll_interval": 3600.0}))
+    racing.fwd = fwd
+    fwd.start()
+    fwd.join(60)
+    assert racing.reads >= 1 and not fwd.is_alive()
+    fwd.stop(1)
+
+
 def test_in_process_writes_wake_the_forwarder(spool):
     out = MemoryOutput()
     fwd = run_forwarder(spool, out, poll_interval=30.0)  # would sleep 30 s without the wake-up

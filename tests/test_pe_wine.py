@@ -67,8 +67,16 @@ def win(path: Path | str) -> str:
 
 
 def run_wine(d, *args, cwd=None) -> list[str]:
-    p = subprocess.run([d["wine"], d["exe"], *args], env=d["env"], capture_output=True, timeout=300, cwd=cwd)
-    return p.stdout.decode("utf-8").splitlines()
+    """The driver's output lines. The driver prints a line for every path it was given before it
+    exits; a run that printed nothing and failed is Wine failing to start it (seen under load on
+    a 2-core machine: wineserver start-up), tried again twice before the test fails with Wine's
+    own words."""
+    for _ in range(3):
+        p = subprocess.run([d["wine"], d["exe"], *args], env=d["env"], capture_output=True, timeout=300,
+                           cwd=cwd)
+        if p.stdout or p.returncode == 0:
+            return p.stdout.decode("utf-8").splitlines()
+    raise AssertionError(f"Wine did not run the driver (exit {p.returncode}): {p.stderr[-600:]!r}")
 
 
 def run_native(d, *args) -> list[str]:

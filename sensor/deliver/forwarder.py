@@ -196,8 +196,8 @@ class Forwarder(threading.Thread):
             self._rows_left = bool(more)
             if more and items:             # (none taken: nothing for another worker either)
                 self._help.set()
-            elif self._help.is_set():
-                self._help.clear()
+            elif self._help.is_set() and not self._stop_event.is_set():
+                self._help.clear()          # (under the lock: stop() sets it under the same lock)
             if not items:
                 return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
             if len(items) < self._cap and self.config.linger > 0:
@@ -546,8 +546,12 @@ class Forwarder(threading.Thread):
             poll = self.config.poll_interval
         helper = poll is None
         errors = 0
-        while not self._stop_event.is_set():
+        while True:
+            # The mark first, then the stop check: a stop() landing between them bumps the
+            # mark (spool.wake), so the wait below returns at once instead of sleeping ``poll``.
             mark = self.spool.write_mark
+            if self._stop_event.is_set():
+                break
             try:
                 delay = self.step()
                 errors = 0
@@ -600,7 +604,8 @@ class Forwarder(threading.Thread):
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the thread to finish its current request and exit."""
         self._stop_event.set()
-        self._help.set()
+        with self._lock:                  # a step() clearing _help cannot undo this set
+            self._help.set()
         self.spool.wake()
         if self.is_alive():
             self.join(timeout)

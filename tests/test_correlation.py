@@ -687,6 +687,69 @@ def test_state_is_bounded_and_eviction_is_counted(tmp_path):
     assert len(alerts) == 1 and eng.stats()["evicted"] == 0
 
 
+def _recount(node):
+    """A correlation's state size counted afresh from what it holds (the running figure must agree)."""
+    from sensor.detect.correlate import _key_bytes, _text_bytes
+    total = 0
+    for key, g in node.groups.items():
+        total += _key_bytes(key)
+        for e in g.entries[g.lo:]:
+            total += e[4].size + (0 if e[3] is None else _text_bytes(e[3]))
+    return total
+
+
+def test_state_memory_is_bounded_for_long_group_values(tmp_path):
+    # An attacker's process starts, each with a different 32,767-character command line, grouped
+    # by CommandLine: the entry cap alone (20,000) would keep about 1.3 GB of them.
+    import tracemalloc
+    rep = simple(tmp_path, "gte: 2", group_by="[CommandLine]")
+    rules = rep.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, rep.correlations, max_state_mb=4)
+    node = eng.nodes[0]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(1500):
+            ev = ProcessEvent(Image="C:\\a.exe", Computer="h", CommandLine=f"{i:06d}" + "X" * 32_761,
+                              UtcTime=utc(T0 + i))
+            assert eng.feed(ev, m.match(ev)) == []
+            assert node.bytes <= 4 << 20
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    st = eng.stats()
+    assert st["evicted"] > 1000 and 0 < st["state_mb"] <= 4
+    assert peak < 12 << 20, f"{peak / 2**20:.1f} MiB held for a 4 MiB cap"
+    assert _recount(node) == node.bytes
+
+
+def test_state_size_follows_what_is_kept(tmp_path):
+    # entries added, expired, evicted over both caps, groups swept: the running size stays the sum
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        id: 10000000-0000-4000-8000-0000000000cd
+        correlation:
+            type: value_count
+            rules: [a]
+            group-by: [Computer]
+            timespan: 10s
+            condition: {gte: 3, field: CommandLine}""")
+    rules = rep.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, rep.correlations, max_state=300, max_state_mb=1)
+    node = eng.nodes[0]
+    for i in range(3000):
+        ev = ProcessEvent(Image="C:\\a.exe", Computer=f"h{i % 37}", CommandLine="c" * (i % 4000),
+                          UtcTime=utc(T0 + i * 50))
+        eng.feed(ev, m.match(ev))
+        if i % 97 == 0:
+            assert _recount(node) == node.bytes
+    eng.flush()
+    assert eng.stats()["evicted"] > 0
+    assert _recount(node) == node.bytes
+
+
 def test_late_and_timeless_events_are_counted_not_correlated(tmp_path):
     rep = simple(tmp_path, "gte: 2")
     rules = rep.rules

@@ -80,6 +80,8 @@ def register(sub) -> None:
                         "files and still be counted (reorder buffer; default 600)")
     p.add_argument("--max-state", type=int, default=None, metavar="N",
                    help="correlations: entries kept per correlation (default 20000)")
+    p.add_argument("--max-state-mb", type=float, default=None, metavar="MB",
+                   help="correlations: memory kept per correlation, estimated (default 64)")
     p.set_defaults(func=run)
 
 
@@ -107,9 +109,10 @@ def run(args) -> int:
         return 2
     corr = None
     if report.correlations:
-        from ..detect.correlate import DEFAULT_MAX_STATE, CorrelationEngine, tune_gc
+        from ..detect.correlate import DEFAULT_MAX_STATE, DEFAULT_MAX_STATE_MB, CorrelationEngine, tune_gc
         corr = CorrelationEngine(rules, report.correlations, lateness_ms=int(lateness * 1000),
-                                 max_state=getattr(args, "max_state", None) or DEFAULT_MAX_STATE)
+                                 max_state=getattr(args, "max_state", None) or DEFAULT_MAX_STATE,
+                                 max_state_mb=getattr(args, "max_state_mb", None) or DEFAULT_MAX_STATE_MB)
         tune_gc()
     silent = corr.silent if corr is not None else frozenset()
     if args.output:
@@ -180,7 +183,7 @@ def run(args) -> int:
               f"{cs['events_correlated']} event(s) correlated, {cs['late_events']} late "
               f"(more than {lateness:g} s behind a later event; not correlated), "
               f"{cs['no_event_time']} without an event time, {cs['evicted']} evicted "
-              f"(over --max-state)", file=err)
+              f"(over --max-state or --max-state-mb)", file=err)
         if cs["late_events"]:
             print("etw-sensor: some events came too late to be correlated: give the files in "
                   "time order or raise --lateness", file=err)

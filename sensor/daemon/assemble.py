@@ -363,7 +363,7 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
         c = cfg.correlation
         parts.correlator = CorrelationEngine(
             checked.rules, checked.correlations, lateness_ms=int(c.lateness_s * 1000),
-            max_state=c.max_state, max_evidence=c.max_evidence)
+            max_state=c.max_state, max_state_mb=c.max_state_mb, max_evidence=c.max_evidence)
     engine = None if cfg.rules.engine == "auto" else cfg.rules.engine
     if cfg.exclusions:
         parts.exclusions = Exclusions(

@@ -143,6 +143,7 @@ class RulesSection(_S):
 class CorrelationSection(_S):
     lateness_s: float = 5.0            # reorder buffer: how late an event may come and count
     max_state: int = 20_000            # window entries kept per correlation; more evict, counted
+    max_state_mb: float = 64.0         # and their memory per correlation (estimated); more evict
     max_evidence: int = 100            # event ids listed per correlation alert
     state_file: str = ""               # "" = <data_dir>/correlation-state.json
     persist: bool = True               # save the windows on stop (and every checkpoint_s)
@@ -295,6 +296,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "enrich.hashes.max_file_mb": (0.001, 4096.0),
     "correlation.lateness_s": (0.0, DAY),
     "correlation.max_state": (1, 10_000_000),
+    "correlation.max_state_mb": (1.0, 1024.0 * 1024.0),
     "correlation.max_evidence": (1, 100_000),
     "correlation.checkpoint_s": (0.0, DAY),
     "throttle.window_s": (0.0, 7 * DAY),

@@ -247,8 +247,10 @@ class CorrelationHealth(_H):
     reorder_buffered: int = 0
     lateness_s: float = 0.0
     max_state: int = 0                 # window entries per correlation
+    max_state_mb: float = 0.0          # and their memory (estimated) per correlation
+    state_mb: float = 0.0              # memory the windows hold now (estimated)
     entries: int = 0
-    evicted: int = 0                   # entries dropped over max_state (oldest first)
+    evicted: int = 0                   # entries dropped over max_state or max_state_mb (oldest first)
     windows_discarded: int = 0         # entries dropped by reloads (their correlation changed or went)
     missing_group_key: int = 0
     state_save_failures: int = 0
@@ -331,7 +333,7 @@ def problems(s: Status) -> list[str]:
     c = s.correlation
     if c.evicted:
         out.append(f"{c.evicted} correlation window entr(y/ies) evicted over correlation.max_state "
-                   f"({c.max_state} per correlation)")
+                   f"or max_state_mb ({c.max_state} entries, {c.max_state_mb:g} MB per correlation)")
     if c.state_save_failures:
         out.append(f"correlation windows could not be saved {c.state_save_failures} time(s)")
     if c.correlations and str(c.state.get("reason", "")).startswith("saved state unusable"):
@@ -484,8 +486,8 @@ def transitions(prev: Status | None, cur: Status) -> list[tuple[str, str, dict, 
     grew("spool_write_failed", prev.spool.write_failures, cur.spool.write_failures,
          "alerts not written to the spool", {"error": cur.spool.error})
     grew("correlation_evicted", prev.correlation.evicted, cur.correlation.evicted,
-         "correlation window entries evicted over correlation.max_state",
-         {"max_state": cur.correlation.max_state})
+         "correlation window entries evicted over correlation.max_state or max_state_mb",
+         {"max_state": cur.correlation.max_state, "max_state_mb": cur.correlation.max_state_mb})
     if cur.delivery.parked and not prev.delivery.parked:
         out.append(("delivery_parked", f"alert delivery parked: {cur.delivery.park_reason or '-'}",
                     {"reason": cur.delivery.park_reason, "spool_depth": cur.spool.depth},

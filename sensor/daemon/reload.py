@@ -127,7 +127,8 @@ def build_correlator(cfg: Config, loaded: Loaded):
         tune_gc()                      # the first set with correlations (as at start)
     c = cfg.correlation
     return CorrelationEngine(loaded.rules, loaded.correlations, lateness_ms=int(c.lateness_s * 1000),
-                             max_state=c.max_state, max_evidence=c.max_evidence)
+                             max_state=c.max_state, max_state_mb=c.max_state_mb,
+                             max_evidence=c.max_evidence)
 
 
 def engine_of(cfg: Config) -> str | None:

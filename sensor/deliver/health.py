@@ -147,8 +147,9 @@ HEALTH_RULES: dict[str, dict[str, Any]] = {
         "id": "sensor-health-correlation-evicted",
         "title": "Sensor dropped correlation window entries (state cap)",
         "level": "medium",
-        "description": "A Sigma correlation held more than correlation.max_state window entries; "
-                       "the oldest were dropped, so a correlation spanning them may not fire.",
+        "description": "A Sigma correlation held more than correlation.max_state window entries "
+                       "or correlation.max_state_mb of memory; the oldest were dropped, so a "
+                       "correlation spanning them may not fire.",
     },
 }
 

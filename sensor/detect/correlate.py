@@ -25,7 +25,8 @@ Semantics (docs/sigma.md has the reasons and the specification's words):
   seen is ``lateness`` past it; an event older than what was already evaluated is counted as
   late and not correlated.  Anchors at time ``T`` are evaluated once no event at ``T`` can
   still arrive.
-* State is bounded: at most ``max_state`` entries per correlation; beyond it the oldest entry
+* State is bounded: at most ``max_state`` entries and ``max_state_mb`` megabytes (estimated
+  from the text the entries and group keys hold) per correlation; beyond either the oldest entry
   of the least recently updated group is dropped and counted (``evicted``).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ import itertools
 import math
 import os
 import re
+import sys
 import time
 from collections import OrderedDict
 from fractions import Fraction
@@ -52,6 +54,11 @@ from .metarules import Correlation, silent_rules
 
 TIME_FIELD = "UtcTime"
 DEFAULT_MAX_STATE = 20_000
+DEFAULT_MAX_STATE_MB = 64.0
+# What a window entry costs beyond the text it holds: its tuple, its event object and their
+# share of the group's bookkeeping (CPython 3.11, 64-bit: about 0.3-0.7 KB in all).
+ENTRY_BYTES = 256
+_sizeof = sys.getsizeof
 DEFAULT_MAX_EVIDENCE = 100
 
 STATE_FORMAT = "etw-sensor-correlation-state"
@@ -177,28 +184,45 @@ def _exact(v: int | float):
     return v if isinstance(v, int) else Fraction(v)
 
 
+def _text_bytes(value) -> int:
+    """Memory held by one kept value (a string's exact size; other values a small constant)."""
+    return _sizeof(value) if type(value) is str else 32
+
+
+def _key_bytes(key: tuple) -> int:
+    if len(key) == 1:
+        v = key[0]
+        return ENTRY_BYTES + (_sizeof(v) if type(v) is str else 32)
+    return ENTRY_BYTES + sum([_text_bytes(v) for v in key])
+
+
 # ---------------------------------------------------------------------------------
 # What sits in a window.
 
 class Ev:
     """One event that a referenced rule matched (shared by every correlation it feeds)."""
 
-    __slots__ = ("seq", "id", "ts", "fields", "event")
+    __slots__ = ("seq", "id", "ts", "fields", "event", "size")
 
     def __init__(self, seq: int, ident: str, ts: int, fields: dict, event=None):
         self.seq, self.id, self.ts, self.fields, self.event = seq, ident, ts, fields, event
+        # what it keeps once evaluated (the whole event is let go after its time is final)
+        self.size = ENTRY_BYTES + sum([_sizeof(v) if type(v) is str else 32 for v in fields.values()])
 
 
 class ChildAlert:
     """A correlation alert as an input event of the correlations that reference it."""
 
     __slots__ = ("seq", "id", "ts", "node", "group", "metric", "evidence", "children", "anchor",
-                 "truncated")
+                 "truncated", "size")
 
     def __init__(self, seq, ident, ts, node, group, metric, evidence, children, anchor, truncated):
         self.seq, self.id, self.ts, self.node, self.group = seq, ident, ts, node, group
         self.metric, self.evidence, self.children = metric, evidence, children
         self.anchor, self.truncated = anchor, truncated
+        # it keeps its evidence events alive (even those its own correlation let go)
+        self.size = (_key_bytes(group) + sum(ev.size for ev in evidence)
+                     + sum(_text_bytes(v) for v in anchor.values()) + 64 * len(children))
 
 
 # entry tuple layout
@@ -261,6 +285,7 @@ class _Node:
         self.groups: OrderedDict = OrderedDict()
         self.pending: dict = {}
         self.total = 0
+        self.bytes = 0                       # estimated: entries, their events, group keys
         self.alerts = 0
         self.evicted = 0
         self.missing_group_key = 0
@@ -280,6 +305,7 @@ class _Node:
         g = self.groups.get(key)
         if g is None:
             g = self.groups[key] = _Group()
+            self.bytes += _key_bytes(key)
             kind = self.kind
             if kind == "temporal" or kind == "temporal_ordered":
                 g.slot_n = [0] * len(self.slots)
@@ -319,7 +345,7 @@ class _Node:
         self._push(g, ts, ref.seq, s, value, ref)
         g.last = ts
         self.pending[key] = ref
-        if self.total > max_state:
+        if self.total > max_state or self.bytes > self._cap_bytes:
             self._evict()
 
     def _push(self, g: _Group, ts, seq, s, value, ref) -> None:
@@ -338,6 +364,10 @@ class _Node:
             g.distinct += 1
         entries.append((ts, seq, s, value, ref, agg))
         self.total += 1
+        if value is None:
+            self.bytes += ref.size
+        else:
+            self.bytes += ref.size + (_sizeof(value) if type(value) is str else 32)
         if g.slot_n is not None:
             if g.slot_n[s] == 0:
                 g.present += 1
@@ -362,6 +392,11 @@ class _Node:
             del entries[:g.lo]
             g.lo = 0
         self.total -= 1
+        value = e[_VAL]
+        if value is None:
+            self.bytes -= e[_REF].size
+        else:
+            self.bytes -= e[_REF].size + (_sizeof(value) if type(value) is str else 32)
         if g.lo >= len(entries) or entries[g.lo][_SEQ] != e[_SEQ]:
             g.distinct -= 1
         if g.slot_n is not None:
@@ -397,15 +432,18 @@ class _Node:
             self._pop(g)
 
     def _evict(self) -> None:
-        while self.total > self._cap and self.groups:
+        while (self.total > self._cap or self.bytes > self._cap_bytes) and self.groups:
             key, g = next(iter(self.groups.items()))
-            self._pop(g)
-            self.evicted += 1
+            if len(g):
+                self._pop(g)
+                self.evicted += 1
             if not len(g):
                 del self.groups[key]
+                self.bytes -= _key_bytes(key)
                 self.pending.pop(key, None)
 
     _cap = DEFAULT_MAX_STATE
+    _cap_bytes = int(DEFAULT_MAX_STATE_MB * (1 << 20))
 
     def sweep(self, now: int) -> None:
         """Forget groups whose every entry left the window."""
@@ -417,6 +455,7 @@ class _Node:
             while len(g):
                 self._pop(g)
             del groups[key]
+            self.bytes -= _key_bytes(key)
 
     # -- evaluation ---------------------------------------------------------------------
     def metric(self, g: _Group):
@@ -504,11 +543,13 @@ class CorrelationEngine:
 
     def __init__(self, rules: Sequence[Rule], correlations: Sequence[Correlation], *,
                  lateness_ms: int = 0, max_state: int = DEFAULT_MAX_STATE,
+                 max_state_mb: float = DEFAULT_MAX_STATE_MB,
                  max_evidence: int = DEFAULT_MAX_EVIDENCE, sensor_info: dict | None = None,
                  now=utcnow):
         self.rules = list(rules)
         self.lateness = int(lateness_ms)
         self.max_state = int(max_state)
+        self.max_state_mb = float(max_state_mb)
         self.max_evidence = int(max_evidence)
         self.sensor_info = dict(sensor_info or {})
         self._utcnow = now
@@ -520,6 +561,7 @@ class CorrelationEngine:
         for c in correlations:
             n = _Node(c, len(self.nodes), output=id(c) not in quiet)
             n._cap = self.max_state
+            n._cap_bytes = int(self.max_state_mb * (1 << 20))
             node_of[id(c)] = n
             self.nodes.append(n)
         self.by_rule: dict[int, list[tuple[_Node, int]]] = {}
@@ -789,6 +831,7 @@ class CorrelationEngine:
         for n in self.nodes:
             per[n.corr.id] = {"title": n.corr.title, "type": n.kind, "alerts": n.alerts,
                               "groups": len(n.groups), "entries": n.total,
+                              "state_mb": round(n.bytes / (1 << 20), 3),
                               "evicted": n.evicted, "missing_group_key": n.missing_group_key}
         return {"correlations": len(self.nodes),
                 "events_correlated": self.events_correlated,
@@ -799,7 +842,9 @@ class CorrelationEngine:
                 "reorder_buffered": len(self._heap),
                 "lateness_s": self.lateness / 1000,
                 "max_state": self.max_state,
+                "max_state_mb": self.max_state_mb,
                 "entries": sum(n.total for n in self.nodes),
+                "state_mb": round(sum(n.bytes for n in self.nodes) / (1 << 20), 3),
                 "evicted": self.evicted_before + sum(n.evicted for n in self.nodes),
                 "windows_discarded": self.windows_discarded,
                 "missing_group_key": sum(n.missing_group_key for n in self.nodes),
@@ -920,6 +965,7 @@ class CorrelationEngine:
             n.groups.clear()
             n.pending.clear()
             n.total = 0
+            n.bytes = 0
         self._dirty.clear()
         self.now = self.max_seen = self.floor = None
 

@@ -689,12 +689,13 @@ def test_state_is_bounded_and_eviction_is_counted(tmp_path):
 
 def _recount(node):
     """A correlation's state size counted afresh from what it holds (the running figure must agree)."""
-    from sensor.detect.correlate import _key_bytes, _text_bytes
+    import sys
+    from sensor.detect.correlate import _key_bytes
     total = 0
     for key, g in node.groups.items():
         total += _key_bytes(key)
         for e in g.entries[g.lo:]:
-            total += e[4].size + (0 if e[3] is None else _text_bytes(e[3]))
+            total += e[4].size + (0 if e[3] is None else sys.getsizeof(e[3]))
     return total
 
 
@@ -748,6 +749,45 @@ def test_state_size_follows_what_is_kept(tmp_path):
     eng.flush()
     assert eng.stats()["evicted"] > 0
     assert _recount(node) == node.bytes
+
+
+def test_the_reorder_buffer_is_bounded_in_bytes(tmp_path):
+    # With a long lateness the buffer holds every matched event whole until lateness has passed;
+    # over max_state_mb it lets the oldest go early instead of growing.
+    import tracemalloc
+    rep = simple(tmp_path, "gte: 2", group_by="[Computer]")
+    rules = rep.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, rep.correlations, lateness_ms=3_600_000, max_state_mb=4)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fired = 0                   # (the alerts, which carry the command lines, are not kept)
+        for i in range(1500):
+            ev = ProcessEvent(Image="C:\\a.exe", Computer=f"h{i // 2}",
+                              CommandLine=f"{i:06d}" + "X" * 32_761, UtcTime=utc(T0 + i))
+            fired += len(eng.feed(ev, m.match(ev)))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    fired += len(eng.flush())
+    st = eng.stats()
+    assert st["reorder_forced"] > 1000
+    assert peak < 16 << 20, f"{peak / 2**20:.1f} MiB held for a 4 MiB cap"
+    assert fired == 750             # in order, evaluating early loses nothing: every pair fires
+    late = ProcessEvent(Image="C:\\a.exe", Computer="h0", UtcTime=utc(T0))
+    eng.feed(late, m.match(late))
+    assert eng.stats()["late_events"] == 1     # older than what was let go: late, and counted
+
+
+def test_early_evaluation_changes_nothing_for_events_in_order(tmp_path):
+    rep = simple(tmp_path, "gte: 3", group_by="[Computer]")
+    stream = [(i * 700, {"Image": "C:\\a.exe", "Computer": f"h{i % 5}", "CommandLine": "c" * (i * 3137 % 30000)})
+              for i in range(400)]
+    _, wide, _ = run(rep, stream, lateness_ms=600_000)
+    _, tight, eng = run(rep, stream, lateness_ms=600_000, max_state_mb=1)
+    assert eng.stats()["reorder_forced"] > 0
+    assert [a["id"] for a in tight] == [a["id"] for a in wide] and len(wide) > 50
 
 
 def test_late_and_timeless_events_are_counted_not_correlated(tmp_path):

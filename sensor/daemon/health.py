@@ -245,6 +245,7 @@ class CorrelationHealth(_H):
     no_event_time: int = 0             # events without a usable time: not correlated
     late_events: int = 0               # behind the newest event by more than lateness_s
     reorder_buffered: int = 0
+    reorder_forced: int = 0            # evaluated before lateness_s: the buffer was over max_state_mb
     lateness_s: float = 0.0
     max_state: int = 0                 # window entries per correlation
     max_state_mb: float = 0.0          # and their memory (estimated) per correlation

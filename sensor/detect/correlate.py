@@ -184,16 +184,16 @@ def _exact(v: int | float):
     return v if isinstance(v, int) else Fraction(v)
 
 
-def _text_bytes(value) -> int:
-    """Memory held by one kept value (a string's exact size; other values a small constant)."""
-    return _sizeof(value) if type(value) is str else 32
+def _event_bytes(event) -> int:
+    """What a whole event held in the reorder buffer keeps (its text values, estimated)."""
+    try:
+        return ENTRY_BYTES + sum(map(_sizeof, event.values()))
+    except AttributeError:
+        return ENTRY_BYTES
 
 
 def _key_bytes(key: tuple) -> int:
-    if len(key) == 1:
-        v = key[0]
-        return ENTRY_BYTES + (_sizeof(v) if type(v) is str else 32)
-    return ENTRY_BYTES + sum([_text_bytes(v) for v in key])
+    return ENTRY_BYTES + (_sizeof(key[0]) if len(key) == 1 else sum(map(_sizeof, key)))
 
 
 # ---------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class Ev:
     def __init__(self, seq: int, ident: str, ts: int, fields: dict, event=None):
         self.seq, self.id, self.ts, self.fields, self.event = seq, ident, ts, fields, event
         # what it keeps once evaluated (the whole event is let go after its time is final)
-        self.size = ENTRY_BYTES + sum([_sizeof(v) if type(v) is str else 32 for v in fields.values()])
+        self.size = ENTRY_BYTES + sum(map(_sizeof, fields.values()))
 
 
 class ChildAlert:
@@ -221,8 +221,8 @@ class ChildAlert:
         self.metric, self.evidence, self.children = metric, evidence, children
         self.anchor, self.truncated = anchor, truncated
         # it keeps its evidence events alive (even those its own correlation let go)
-        self.size = (_key_bytes(group) + sum(ev.size for ev in evidence)
-                     + sum(_text_bytes(v) for v in anchor.values()) + 64 * len(children))
+        self.size = (_key_bytes(group) + sum([ev.size for ev in evidence])
+                     + sum(map(_sizeof, anchor.values())) + 64 * len(children))
 
 
 # entry tuple layout
@@ -364,10 +364,7 @@ class _Node:
             g.distinct += 1
         entries.append((ts, seq, s, value, ref, agg))
         self.total += 1
-        if value is None:
-            self.bytes += ref.size
-        else:
-            self.bytes += ref.size + (_sizeof(value) if type(value) is str else 32)
+        self.bytes += ref.size if value is None else ref.size + _sizeof(value)
         if g.slot_n is not None:
             if g.slot_n[s] == 0:
                 g.present += 1
@@ -393,10 +390,7 @@ class _Node:
             g.lo = 0
         self.total -= 1
         value = e[_VAL]
-        if value is None:
-            self.bytes -= e[_REF].size
-        else:
-            self.bytes -= e[_REF].size + (_sizeof(value) if type(value) is str else 32)
+        self.bytes -= e[_REF].size if value is None else e[_REF].size + _sizeof(value)
         if g.lo >= len(entries) or entries[g.lo][_SEQ] != e[_SEQ]:
             g.distinct -= 1
         if g.slot_n is not None:
@@ -605,6 +599,8 @@ class CorrelationEngine:
         self.max_seen: int | None = None
         self.floor: int | None = None       # events older than this are late
         self._heap: list = []
+        self._heap_bytes = 0                # what the held events keep (estimated)
+        self._heap_cap = int(self.max_state_mb * (1 << 20))
         self._seq = itertools.count(1)
         self._at_now: list[Ev] = []
         self._finalized = 0
@@ -613,6 +609,7 @@ class CorrelationEngine:
         self.updates = 0                    # window updates (event x correlation)
         self.no_time = 0
         self.late = 0
+        self.reorder_forced = 0             # events evaluated early: the buffer was over its bytes
         self.alerts_total = 0
         self.windows_discarded = 0          # entries dropped at reloads (their correlation changed)
         self.evicted_before = 0             # evicted by correlations a reload removed or changed
@@ -661,7 +658,9 @@ class CorrelationEngine:
                     if v is not None:
                         fields[f] = v
                 ev = Ev(seq, event_id(event), ts, fields, event)
-                heapq.heappush(self._heap, (ts, seq, ev, tuple(relevant)))
+                held = _event_bytes(event)
+                heapq.heappush(self._heap, (ts, seq, ev, tuple(relevant), held))
+                self._heap_bytes += held
         return self._advance(self.max_seen - self.lateness)
 
     def flush(self) -> list[dict]:
@@ -679,8 +678,16 @@ class CorrelationEngine:
     def _advance(self, watermark: int | None) -> list[dict]:
         out: list[dict] = []
         heap = self._heap
-        while heap and (watermark is None or heap[0][0] <= watermark):
-            ts, seq, ev, relevant = heapq.heappop(heap)
+        while heap and (watermark is None or heap[0][0] <= watermark
+                        or self._heap_bytes > self._heap_cap):
+            ts, seq, ev, relevant, held = heapq.heappop(heap)
+            self._heap_bytes -= held
+            if watermark is not None and ts > watermark:
+                # Over its bytes the buffer lets its oldest event go before ``lateness`` has
+                # passed: from now on an event older than it is late (counted, not correlated).
+                self.reorder_forced += 1
+                if self.floor is None or ts > self.floor:
+                    self.floor = ts
             if self.now is not None and ts > self.now:
                 out += self._finalize()
             self.now = ts
@@ -840,6 +847,7 @@ class CorrelationEngine:
                 "no_event_time": self.no_time,
                 "late_events": self.late,
                 "reorder_buffered": len(self._heap),
+                "reorder_forced": self.reorder_forced,
                 "lateness_s": self.lateness / 1000,
                 "max_state": self.max_state,
                 "max_state_mb": self.max_state_mb,

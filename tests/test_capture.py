@@ -201,6 +201,36 @@ def test_malformed_records_are_counted_with_file_and_line_and_skipped(tmp_path):
     assert "UserDataLength" in msgs[7] and "does not match its layout" in msgs[8]
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_record_line_over_the_line_bound_is_one_error_and_the_next_record_reads(tmp_path, gz):
+    # LINE_MAX (1 MiB) is far above any record (a payload is at most 64 KiB): a longer line is
+    # counted at its line number, skipped in pieces (never read whole) and the reading goes on.
+    path = tmp_path / ("t.jsonl.gz" if gz else "t.jsonl")
+    plain = tmp_path / "plain.jsonl"
+    write_capture(plain, trace())
+    lines = plain.read_bytes().splitlines(keepends=True)
+    at_bound = b" " * (capture.LINE_MAX - 1) + b"\n"             # exactly LINE_MAX: a blank line
+    over = b'{"pad": "' + b"x" * (3 * capture.LINE_MAX) + b'"}\n'   # three times over
+    data = b"".join(lines[:2] + [at_bound, over] + lines[2:])
+    path.write_bytes(gzip.compress(data) if gz else data)
+    stats = ReadStats()
+    events = list(read_paths([str(path)], stats))
+    check_trace_events(events)
+    assert [(e.where, e.message) for e in stats.errors] == \
+        [("line 4", f"record longer than {capture.LINE_MAX} bytes")]
+
+
+def test_a_header_line_over_its_bound_is_refused_without_reading_it_whole(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"format": "etw-sensor-capture", "pad": "' + b"x" * (2 * capture.HEADER_MAX) + b'"}\n')
+    stats = ReadStats()
+    assert list(read_paths([str(path)], stats)) == []
+    # the sniffer looks at HEADER_MAX bytes, finds no capture header there and hands the file
+    # to the JSON-lines reader, whose own line bound refuses the line
+    assert [(e.where, e.message) for e in stats.errors] == \
+        [("line 1", f"line too long ({path.stat().st_size} bytes, the limit is {1 << 20}): skipped")]
+
+
 def test_broken_header_and_truncated_gzip(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"format": "etw-sensor-capture", "version": 1, "devices": []}\n')

@@ -790,6 +790,80 @@ def test_early_evaluation_changes_nothing_for_events_in_order(tmp_path):
     assert [a["id"] for a in tight] == [a["id"] for a in wide] and len(wide) > 50
 
 
+def _many(n: int) -> list[str]:
+    return [stub(name=f"r{i}", image=f"r{i}.exe") for i in range(n)]
+
+
+@pytest.mark.parametrize("n, ok", [(64, True), (65, False)])
+def test_a_correlation_references_at_most_64_rules(tmp_path, n, ok):
+    from sensor.detect.metarules import MAX_REFERENCES
+    assert MAX_REFERENCES == 64
+    rep = loaded(tmp_path, *_many(n), f"""
+        title: c
+        correlation: {{type: temporal, rules: [{", ".join(f"r{i}" for i in range(n))}], timespan: 1m,
+                      group-by: [Computer], condition: {{gte: 2}}}}""")
+    if ok:
+        assert not rep.rejected and len(rep.correlations) == 1
+    else:
+        assert not rep.correlations and len(rep.rejected) == 1
+        assert "at most 64 references" in rep.rejected[0].reason and rep.rejected[0].line > 9 * n
+
+
+@pytest.mark.parametrize("n, ok", [(32, True), (33, False)])
+def test_a_correlation_groups_by_at_most_32_fields(tmp_path, n, ok):
+    from sensor.detect.metarules import MAX_GROUP_BY
+    assert MAX_GROUP_BY == 32
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), f"""
+        title: c
+        correlation: {{type: event_count, rules: [a], timespan: 1m,
+                      group-by: [{", ".join(f"F{i}" for i in range(n))}], condition: {{gte: 2}}}}""")
+    if ok:
+        assert not rep.rejected and len(rep.correlations) == 1
+    else:
+        assert not rep.correlations and "at most 32 fields" in rep.rejected[0].reason
+
+
+@pytest.mark.parametrize("n, need, ok", [(9, 4, True), (10, 5, True), (11, 5, False), (9, 9, True)])
+def test_temporal_ordered_k_of_n_is_bounded_by_the_orders_it_checks(tmp_path, n, need, ok):
+    # C(10,5) = 252 orders is within the bound of 256; C(11,5) = 462 is not
+    from math import comb
+
+    from sensor.detect.metarules import MAX_ORDER_SUBSETS
+    assert MAX_ORDER_SUBSETS == 256
+    assert (comb(n, need) <= MAX_ORDER_SUBSETS) == ok
+    rep = loaded(tmp_path, *_many(n), f"""
+        title: c
+        correlation: {{type: temporal_ordered, rules: [{", ".join(f"r{i}" for i in range(n))}],
+                      timespan: 1m, group-by: [Computer], condition: {{gte: {need}}}}}""")
+    if ok:
+        assert not rep.rejected and len(rep.correlations) == 1
+    else:
+        assert not rep.correlations and f"{comb(n, need)} orders to check" in rep.rejected[0].reason
+
+
+def test_a_saved_windows_file_over_its_bound_is_not_read(tmp_path, monkeypatch):
+    # (the bound is 512 MiB; lowered here so the test does not write half a gigabyte)
+    import sensor.detect.correlate as correlate_mod
+    rep = simple(tmp_path, "gte: 3")
+    rules = rep.rules
+    m = create(rules, "reference")
+    one = CorrelationEngine(rules, rep.correlations)
+    for i in range(2):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="h", RecordId=str(i), UtcTime=utc(T0 + i))
+        one.feed(e, m.match(e))
+    one.flush()
+    state = tmp_path / "state.json"
+    size = one.save_state(str(state))
+    monkeypatch.setattr(correlate_mod, "MAX_STATE_FILE", size)
+    two = CorrelationEngine(rules, rep.correlations)
+    assert two.load_state(str(state))["restored"] is True            # at the bound: read
+    monkeypatch.setattr(correlate_mod, "MAX_STATE_FILE", size - 1)
+    three = CorrelationEngine(rules, rep.correlations)
+    note = three.load_state(str(state))
+    assert note["restored"] is False and f"larger than {size - 1} bytes" in note["reason"]
+    assert three.stats()["entries"] == 0
+
+
 def test_late_and_timeless_events_are_counted_not_correlated(tmp_path):
     rep = simple(tmp_path, "gte: 2")
     rules = rep.rules

@@ -140,6 +140,30 @@ def test_tampered_pack_is_refused(pack, keys, tmp_path):
         open_pack(body + MARKER + b"{not json\n", "p", trust(keys["fleet-2025"]))
 
 
+def test_a_signature_block_is_looked_for_only_in_the_last_4096_bytes():
+    # MAX_TRAILER: the block is about 300 bytes; the marker is searched for in the tail only, so a
+    # pack is never scanned whole for it and a marker-like line deep in the pack is not a block.
+    from sensor.detect.signing import MAX_TRAILER
+    assert MAX_TRAILER == 4096
+    meta = {"alg": "ed25519", "key_id": "k", "sha256": "0" * 64, "sig": "s"}
+
+    def with_block(pad: int) -> bytes:
+        line = json.dumps(dict(meta, pad="x" * pad), sort_keys=True).encode() + b"\n"
+        return b"PACK" + MARKER + line
+
+    tails = set()
+    for pad in range(3900, 4100):
+        data = with_block(pad)
+        tail = len(data) - data.rfind(MARKER)
+        tails.add(tail)
+        body, found = split_signature(data)
+        if tail <= MAX_TRAILER:
+            assert found is not None and found["key_id"] == "k" and body == b"PACK"
+        else:
+            assert found is None and body == data       # an unsigned pack, refused as such
+    assert MAX_TRAILER in tails and MAX_TRAILER + 1 in tails
+
+
 def test_wrong_key_unknown_key_and_unsigned_are_refused(pack, keys, tmp_path):
     by_attacker = signed_copy(pack, keys["attacker"], tmp_path / "a.pack")
     report = load_rules([str(by_attacker)], builtin=False, trust=trust(keys["fleet-2025"]))

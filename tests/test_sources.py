@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
+import pytest
 
 from sensor.sources import ReadStats, read_paths
 from sensor.sources.records import integrity_name, sysmon_time
@@ -107,6 +109,70 @@ def test_evtx_not_an_evtx(tmp_path):
     stats = ReadStats()
     assert list(read_paths([p], stats)) == []
     assert "not a readable EVTX file" in str(stats.errors[0])
+
+
+EVTX_4688 = Path(__file__).parent / "data" / "evtx" / "clear_eventlog_4688.evtx"   # 28 records, one chunk
+
+
+def _record_offsets(data: bytes) -> list[int]:
+    """Where each record of the first chunk starts (walking the record sizes, as a reader does)."""
+    out, at = [], 4096 + 512
+    while data[at:at + 4] == b"\x2a\x2a\x00\x00":
+        out.append(at)
+        at += int.from_bytes(data[at + 4:at + 8], "little")
+    return out
+
+
+def _damaged(tmp_path, where: str) -> Path:
+    data = bytearray(EVTX_4688.read_bytes())
+    rec = _record_offsets(bytes(data))[4]                    # the fifth record
+    if where == "body":
+        data[rec + 32:rec + 64] = b"\xff" * 32               # its BinXML, header intact
+    else:
+        data[rec:rec + 4] = b"XXXX"                          # its header's magic
+    p = tmp_path / f"{where}.evtx"
+    p.write_bytes(bytes(data))
+    return p
+
+
+def test_the_bundled_evtx_reads_whole():
+    assert len(_record_offsets(EVTX_4688.read_bytes())) == 28
+    stats = ReadStats()
+    assert len(list(read_paths([EVTX_4688], stats))) == 28 and stats.records == 28 and not stats.errors
+
+
+def test_a_corrupt_record_inside_a_valid_evtx_is_reported_and_the_rest_is_read(tmp_path):
+    stats = ReadStats()
+    events = list(read_paths([_damaged(tmp_path, "body")], stats))
+    assert len(events) == 27 and stats.records == 28
+    assert [(e.where, e.message.split(":")[0]) for e in stats.errors] == [("record 5", "corrupt record")]
+    good = [e["RecordId"] if "RecordId" in e else None for e in read_paths([EVTX_4688], ReadStats())]
+    got = [e["RecordId"] if "RecordId" in e else None for e in events]
+    assert got == good[:4] + good[5:]                        # the records after it, all of them
+
+
+def test_a_damaged_record_header_reports_the_records_it_hides(tmp_path):
+    # The parser finds records by walking their sizes: a damaged header ends its chunk for it.
+    # The records the chunk header lists and nobody read are reported, never silently lost.
+    stats = ReadStats()
+    events = list(read_paths([_damaged(tmp_path, "header")], stats))
+    assert len(events) == 4
+    msgs = [(e.where, e.message) for e in stats.errors]
+    assert msgs[0][0] == "record 5" and msgs[0][1].startswith("corrupt record")
+    assert msgs[1] == (None, "23 of the 28 records its chunk headers list could not be read "
+                             "(a damaged record hides the rest of its chunk)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX (Windows has named pipes, not FIFO files)")
+@pytest.mark.parametrize("name", ["x.evtx", "x.jsonl", "x.jsonl.gz"])
+def test_a_fifo_named_as_an_input_is_skipped_not_waited_on(tmp_path, name):
+    # opening a FIFO with no writer waits forever: it is reported and the next file is read
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    stats = ReadStats()
+    events = list(read_paths([fifo, EVTX_4688], stats))
+    assert len(events) == 28
+    assert [str(e) for e in stats.errors] == [f"{fifo}: not a regular file (a FIFO, socket or device): skipped"]
 
 
 def test_helpers():

@@ -5,11 +5,13 @@
 a file named directly is read as JSON lines whatever its suffix.  A JSON-lines file whose
 first line is a capture header (``capture.py``) is replayed as raw ETW records.
 Sysmon starts read in one call get the lineage fields from the starts read before them
-(``lineage.py``).
+(``lineage.py``).  Only regular files are read: a FIFO, socket or device named directly is
+reported and skipped (opening a FIFO with no writer waits forever; a device never ends).
 """
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -48,6 +50,17 @@ def expand_paths(paths: Iterable[str | os.PathLike], stats: ReadStats) -> list[s
 
 def read_file(path: str, stats: ReadStats, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ProcessEvent]:
     """The process starts in one file, by its suffix (unknown suffixes read as JSON lines)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        stats.error(path, None, f"cannot open: {exc.strerror or exc}")
+        return iter(())
+    if stat.S_ISDIR(mode):
+        stats.error(path, None, "cannot open: it is a folder")
+        return iter(())
+    if not stat.S_ISREG(mode):
+        stats.error(path, None, "not a regular file (a FIFO, socket or device): skipped")
+        return iter(())
     if path.lower().endswith(".evtx"):
         return read_evtx(path, stats)
     try:

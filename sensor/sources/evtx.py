@@ -3,11 +3,15 @@
 Sysmon Event ID 1 is read as is; Security 4688 is mapped to the taxonomy; other
 event ids are skipped and counted.  A corrupt record is reported with its number
 and reading goes on; a file that is not a whole number of chunks is reported as
-truncated (the records it still holds are read).
+truncated (the records it still holds are read).  A record whose header is damaged hides the
+rest of its chunk from the parser (records are found by walking their sizes): at the end the
+records read are compared with the numbers the chunk headers list, and the difference is
+reported, so a file is never taken as read whole when it was not.
 """
 from __future__ import annotations
 
 import os
+import struct
 from typing import Iterator
 
 import msgspec
@@ -20,6 +24,26 @@ _decode = msgspec.json.Decoder().decode
 _HEADER = 4096
 _CHUNK = 65536
 MAX_BAD_IN_A_ROW = 100_000  # the parser skips a corrupt record; this many in a row means it is stuck
+
+
+def records_listed(path: str) -> int | None:
+    """How many records the file's chunk headers say it holds (chunks with a damaged header are
+    left out); None when the file cannot be read.  One 24-byte read per 64 KiB chunk."""
+    total = 0
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            for off in range(_HEADER, size, _CHUNK):
+                fh.seek(off)
+                head = fh.read(24)
+                if len(head) < 24 or head[:8] != b"ElfChnk\x00":
+                    continue
+                first, last = struct.unpack_from("<QQ", head, 8)
+                if first <= last <= first + _CHUNK:      # a chunk holds far fewer records than that
+                    total += last - first + 1
+    except OSError:
+        return None
+    return total
 
 
 def _record_id(rec: object, n: int) -> object:
@@ -74,6 +98,7 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
                                 f"64 KiB chunks); reading the records it holds")
     it = parser.records_json()
     n = last_good = 0
+    stuck = False
     while True:
         try:
             rec = next(it)
@@ -86,6 +111,7 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
             if n - last_good > MAX_BAD_IN_A_ROW:  # the parser is not moving on: stop this file
                 stats.error(path, f"record {n}", f"{MAX_BAD_IN_A_ROW} unreadable records in a row: "
                                                  f"the rest of the file is skipped")
+                stuck = True
                 break
             continue
         last_good = n + 1
@@ -107,3 +133,9 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
             stats.events += 1
             stats.position = (path, "record", rec.get("event_record_id", n))
             yield ev
+    if not stuck:
+        listed = records_listed(path)
+        if listed is not None and listed > n:
+            stats.error(path, None, f"{listed - n} of the {listed} records its chunk headers list "
+                                    f"could not be read (a damaged record hides the rest of its "
+                                    f"chunk)")

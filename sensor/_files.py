@@ -55,11 +55,7 @@ def open_private(path: str | os.PathLike, mode: str = "ab", encoding: str | None
     is false, its missing folders 0700)."""
     if not any(c in mode for c in "wax"):
         raise ValueError("open_private is for writing")
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent and make_parents:
-        private_dir(parent)
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    flags = os.O_WRONLY
     if "a" in mode:
         flags |= os.O_APPEND
     elif "w" in mode:
@@ -68,13 +64,31 @@ def open_private(path: str | os.PathLike, mode: str = "ab", encoding: str | None
         flags |= os.O_EXCL
     if "+" in mode:
         flags = (flags & ~os.O_WRONLY) | os.O_RDWR
-    fd = os.open(path, flags, FILE_MODE)
+    fd = open_private_fd(path, flags, make_parents)
     try:
-        _tighten(fd)
         return os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None)
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_private_fd(path: str | os.PathLike, flags: int = os.O_WRONLY | os.O_APPEND,
+                    make_parents: bool = True) -> int:
+    """A raw file descriptor opened with ``flags`` (plus create and close-on-exec), the file
+    created 0600 and tightened like :func:`open_private` (for writers that want one
+    ``os.write`` and no buffered file object)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent and make_parents:
+        private_dir(parent)
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0),
+                 FILE_MODE)
+    try:
+        _tighten(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write_atomic_private(path: str | os.PathLike, data: bytes) -> None:

@@ -6,9 +6,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import ssl
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sensor import cli
 from sensor.deliver.protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, Output
@@ -209,6 +211,33 @@ def test_ecs_odd_value_types_are_left_out_not_raised():
     # text that cannot be encoded as UTF-8 (a lone surrogate) in the rule: still a document
     odd = to_ecs(_rule_alert({"id": "r", "title": "bad \ud800 title"}))
     assert odd["rule"]["name"] == "bad \ud800 title"
+
+
+_EV_VALUES = st.one_of(st.none(), st.text(max_size=12), st.integers(-5, 70000), st.booleans(),
+                      st.sampled_from(["C:\\Windows\\cmd.exe", "DOM\\user", "0x1F", "SHA256=AB,MD5=cd",
+                                       "2026-01-01 00:00:00.5", "2026-01-01T00:00:00Z", "bad \ud800"]))
+_EV_KEYS = st.sampled_from(["Image", "CommandLine", "ProcessId", "ParentProcessId", "ParentImage", "User",
+                            "Hashes", "EventID", "OriginalFileName", "IntegrityLevel", "Computer"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(_EV_KEYS, _EV_VALUES, max_size=8), _EV_VALUES, _EV_VALUES,
+                          st.sampled_from(["low", "high", None])), min_size=1, max_size=6))
+def test_ecs_documents_are_the_same_with_warm_caches(alerts):
+    """The alerts of one event share its fields and times (cached): a document built with the
+    caches warm from other alerts is the one built from nothing, whatever the values."""
+    from sensor.deliver import ecs
+    built = []
+    for i, (event, ts, et, level) in enumerate(alerts):
+        alert = _rule_alert({"id": f"r{i % 2}", "title": "T", "level": level}, event=event, timestamp=ts,
+                            event_time=et)
+        built.append((alert, to_ecs(alert), to_ecs(_rule_alert(event=dict(event), timestamp=ts))))
+    for alert, warm, _ in built:
+        ecs._EVENT_CACHE.clear()
+        ecs._ISO_CACHE.clear()
+        assert json.dumps(to_ecs(alert)) == json.dumps(warm)
+    for alert, warm, other in built:   # one event, another rule: the event's fields are the same
+        assert warm.get("process") == other.get("process") and warm.get("user") == other.get("user")
 
 
 def test_ecs_health_alert_tags_are_the_health_rules():
@@ -545,6 +574,25 @@ def test_jsonl_output_appends_ecs_lines(tmp_path):
     assert out.send_batch(ALERTS[2:3]).outcome == OK
     lines = (tmp_path / "a" / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(x)["event"]["id"] for x in lines] == IDS[:3]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file mode bits are POSIX (Windows uses the folder's ACL)")
+def test_jsonl_output_file_is_private_and_its_folder_comes_back(tmp_path):
+    """One write and one fsync per batch through a raw descriptor: the file is still created
+    0600, a folder removed after the first batch is made again, and an unwritable path is a
+    retry that keeps the alerts."""
+    folder = tmp_path / "a"
+    out = build_output({"format": "jsonl", "path": str(folder / "alerts.jsonl")})
+    assert out.send_batch(ALERTS[:1]).outcome == OK
+    assert (folder / "alerts.jsonl").stat().st_mode & 0o777 == 0o600
+    (folder / "alerts.jsonl").unlink()
+    folder.rmdir()
+    assert out.send_batch(ALERTS[1:3]).delivered == IDS[1:3]
+    assert [json.loads(x)["event"]["id"] for x in (folder / "alerts.jsonl").read_text().splitlines()] == IDS[1:3]
+    (folder / "alerts.jsonl").unlink()
+    (folder / "alerts.jsonl").mkdir()        # a folder where the file should be
+    res = out.send_batch(ALERTS[:1])
+    assert res.outcome == RETRY and "cannot write" in res.error and not res.delivered
 
 
 def test_memory_output_records_and_scripts():

@@ -81,9 +81,28 @@ def _basename(path: Any) -> str | None:
     return path.replace("/", "\\").rsplit("\\", 1)[-1] or None
 
 
+_ISO_CACHE: dict[str, str | None] = {}
+
+
 def iso_time(value: Any) -> str | None:
-    """ISO 8601 UTC text for a Sysmon ``UtcTime`` ("2026-08-20 10:11:12.345") or ISO string."""
-    if not isinstance(value, str) or not value.strip():
+    """ISO 8601 UTC text for a Sysmon ``UtcTime`` ("2026-08-20 10:11:12.345") or ISO string.
+
+    Remembered for the last few hundred values: the alerts of one event share their times."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _ISO_CACHE[value]
+    except KeyError:
+        pass
+    out = _iso_time(value)
+    if len(_ISO_CACHE) >= 256:
+        _ISO_CACHE.clear()
+    _ISO_CACHE[value] = out
+    return out
+
+
+def _iso_time(value: str) -> str | None:
+    if not value.strip():
         return None
     text = value.strip().replace(" ", "T", 1)
     if text.endswith("Z"):
@@ -187,6 +206,56 @@ def _rule_part(rule: Mapping[str, Any]) -> tuple:
     return part
 
 
+_EVENT_CACHE: dict[bytes, tuple] = {}
+
+
+def _event_part(ev: Mapping[str, Any]) -> tuple[dict, str | None]:
+    """(the fields an event gives a document: process, user; its event.code) for an alert's
+    event; cached, since the alerts of one event (several rules) share it.
+
+    Like the rule block, the cached dicts are shared between documents: only read (encoded).
+    """
+    try:
+        key = _RULE_ENC.encode(ev)
+    except (TypeError, ValueError, msgspec.EncodeError):
+        key = None
+    hit = _EVENT_CACHE.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    doc: dict[str, Any] = {}
+    code = None
+    for sigma, dotted in FIELD_MAP.items():
+        value = ev.get(sigma)
+        if sigma in ("ProcessId", "ParentProcessId", "EventID"):
+            value = _as_int(value)
+            if sigma == "EventID":
+                if value is not None:
+                    code = str(value)  # event.code is a keyword
+                continue
+        _put(doc, dotted, value)
+    _put(doc, "process.name", _basename(ev.get("Image")))
+    _put(doc, "process.parent.name", _basename(ev.get("ParentImage")))
+    hashes = ev.get("Hashes")
+    if isinstance(hashes, str):
+        for part in hashes.split(","):
+            k, _, v = part.partition("=")
+            if k.strip().upper() in _HASH_KEYS and v.strip():
+                key_ = _HASH_KEYS[k.strip().upper()]
+                _put(doc, "process.pe.imphash" if key_ == "imphash" else f"process.hash.{key_}", v.strip().lower())
+    user = ev.get("User")
+    if isinstance(user, str) and user:
+        domain, sep, name = user.rpartition("\\")
+        _put(doc, "user.name", name if sep else user)
+        if sep:
+            _put(doc, "user.domain", domain)
+    out = (doc, code)
+    if key is not None:
+        if len(_EVENT_CACHE) >= 256:
+            _EVENT_CACHE.clear()
+        _EVENT_CACHE[key] = out
+    return out
+
+
 def to_ecs(alert: Mapping[str, Any]) -> dict:
     """The ECS document for one alert (or health event)."""
     doc: dict[str, Any] = {}
@@ -250,28 +319,10 @@ def to_ecs(alert: Mapping[str, Any]) -> dict:
         event["severity"] = SEVERITY[level]
         event["risk_score"] = float(SEVERITY[level])
     doc["event"] = event
-    for sigma, dotted in FIELD_MAP.items():
-        value = ev.get(sigma)
-        if sigma in ("ProcessId", "ParentProcessId", "EventID"):
-            value = _as_int(value)
-            if sigma == "EventID" and value is not None:
-                value = str(value)  # event.code is a keyword
-        _put(doc, dotted, value)
-    _put(doc, "process.name", _basename(ev.get("Image")))
-    _put(doc, "process.parent.name", _basename(ev.get("ParentImage")))
-    hashes = ev.get("Hashes")
-    if isinstance(hashes, str):
-        for part in hashes.split(","):
-            k, _, v = part.partition("=")
-            if k.strip().upper() in _HASH_KEYS and v.strip():
-                key = _HASH_KEYS[k.strip().upper()]
-                _put(doc, "process.pe.imphash" if key == "imphash" else f"process.hash.{key}", v.strip().lower())
-    user = ev.get("User")
-    if isinstance(user, str) and user:
-        domain, sep, name = user.rpartition("\\")
-        _put(doc, "user.name", name if sep else user)
-        if sep:
-            _put(doc, "user.domain", domain)
+    part, code = _event_part(ev)
+    if code is not None:
+        event["code"] = code
+    doc.update(part)
     _put(doc, "message", alert.get("MESSAGE") or rule.get("title"))
     rule_doc, threat, tags, extra = _rule_part(rule)
     if rule_doc:

@@ -1,4 +1,9 @@
-"""A local JSON Lines file: one document per line, flushed and fsynced before success is reported."""
+"""A local JSON Lines file: one document per line, written and fsynced before success is reported.
+
+A batch is one ``write`` of all its lines and one ``fsync`` (durability per batch): the file is
+opened for each batch and closed after it, so it is never held open between batches (rotation,
+and on Windows a rename, stay possible), through a raw descriptor rather than a buffered file
+object. Its folder is created once; a folder removed later is created again."""
 from __future__ import annotations
 
 import os
@@ -6,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .._files import open_private
+from .._files import open_private_fd
 from .protocol import OK, RETRY, SendResult
 from .ecs import to_ecs
 from .http import encode_json
@@ -21,24 +26,37 @@ class JsonlOutput:
         self.path = Path(path)
         self.document = document
         self._lock = threading.Lock()
+        self._opened = False   # the folder exists (made on the first batch)
 
     def send_batch(self, alerts: Sequence[Mapping[str, Any]]) -> SendResult:
         """Append and fsync; an I/O error keeps the alerts in the spool."""
         rejected: dict[str, str] = {}
         lines = []
         ids = []
+        ecs = self.document == "ecs"
         for a in alerts:
             try:
-                lines.append(encode_json(to_ecs(a) if self.document == "ecs" else dict(a)) + b"\n")
+                lines.append(encode_json(to_ecs(a) if ecs else dict(a)))
                 ids.append(str(a.get("id")))
             except (TypeError, ValueError) as exc:
                 rejected[str(a.get("id"))] = f"cannot encode: {exc}"
+        data = b"\n".join(lines) + b"\n" if lines else b""
         try:
             with self._lock:
-                with open_private(self.path, "ab") as f:   # alerts hold command lines: 0600
-                    f.write(b"".join(lines))
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:   # alerts hold command lines: 0600
+                    fd = open_private_fd(self.path, make_parents=not self._opened)
+                except FileNotFoundError:
+                    if not self._opened:
+                        raise
+                    fd = open_private_fd(self.path)   # the folder went away: make it again
+                self._opened = True
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             return SendResult(RETRY, error=f"cannot write {self.path}: {exc.strerror or exc}")
         return SendResult(OK, delivered=ids, rejected=rejected)

@@ -27,6 +27,7 @@ difference (``net``); the ratio sensor/floor is printed too.
     python bench/live_cost.py --flush-ms 500         # bursts every 500 ms (source.etw.flush_ms = 500)
     python bench/live_cost.py --rates 10 --sections parts.json   # thread CPU of each part of the worker
     python bench/live_cost.py --rates 10 --profile worker.prof    # cProfile of the ETW worker (and .forwarder)
+    python bench/live_cost.py --spool-sync normal    # [spool] sync = "normal": no fsync per spool commit
 
 ``--sections`` times (thread CPU, per call) the record decoders, each kind of record through the
 processor, the pipeline's batch, the matcher, the alert build, the log line, the spool commit and
@@ -598,7 +599,7 @@ def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting:
     return out
 
 
-def write_config(tmp: str, rules: str, flush_ms: int = 20) -> str:
+def write_config(tmp: str, rules: str, flush_ms: int = 20, spool_sync: str = "full") -> str:
     data = os.path.join(tmp, "data")
     path = os.path.join(tmp, "sensor.toml")
     with open(path, "w") as fh:
@@ -615,6 +616,8 @@ flush_ms = {int(flush_ms)}
 [rules]
 paths = [{json.dumps(rules)}]
 on_error = "skip"
+[spool]
+sync = "{spool_sync}"
 [output]
 format = "jsonl"
 """)
@@ -651,6 +654,8 @@ def main() -> int:
                          "(the forwarder's threads: FILE.forwarder)")
     ap.add_argument("--sections", help="write the thread CPU time of the worker's parts (JSON) to this file")
     ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
+    ap.add_argument("--spool-sync", choices=["full", "normal"], default="full",
+                    help="the sensor's [spool] sync (default full: an fsync per commit)")
     args = ap.parse_args()
     if args.child == "sensor":
         return child_sensor(args.config)
@@ -684,7 +689,7 @@ def main() -> int:
             rec = Records()
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind]
             if kind == "sensor":
-                argv += ["--config", write_config(tmp, pack, args.flush_ms)]
+                argv += ["--config", write_config(tmp, pack, args.flush_ms, args.spool_sync)]
             print(f"{kind}:", file=sys.stderr, flush=True)
             if kind == "sensor" and args.profile:
                 os.environ["LIVE_COST_PROFILE"] = os.path.abspath(args.profile)

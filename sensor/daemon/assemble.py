@@ -385,7 +385,8 @@ def build(cfg: Config, checked: Validation | None = None, *, with_source: bool =
             private_dir(cfg.sensor.data_dir)
             parts.spool = Spool(cfg.spool.path, max_bytes=int(cfg.spool.max_mb * 1024 * 1024),
                                 max_age=cfg.spool.max_age_days * 86400,
-                                dead_max_rows=cfg.spool.dead_letter_max, owner=owner)
+                                dead_max_rows=cfg.spool.dead_letter_max, owner=owner,
+                                sync=cfg.spool.sync)
         except (SpoolError, OSError, ValueError) as exc:
             parts.output.close()
             raise ConfigError(f"spool.path: {exc}", cfg.path) from None

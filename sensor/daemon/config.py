@@ -236,6 +236,7 @@ class SpoolSection(_S):
     max_mb: float = 256.0
     max_age_days: float = 7.0
     dead_letter_max: int = 10000       # rejected alerts kept for inspection/requeue
+    sync: Literal["full", "normal"] = "full"   # normal: no fsync per commit (a power cut may lose the last ones)
 
 
 class DeliverySection(_S):

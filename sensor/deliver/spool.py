@@ -4,7 +4,10 @@ Every alert is committed here before any delivery attempt and deleted only when 
 confirmed it. FULL makes each commit survive power loss, not only a crash of the process ("a
 transaction committed in WAL mode with NORMAL might roll back following a power loss"). Bodies are
 JSON bytes (msgspec): no pickle, so a tampered spool file cannot run code in a SYSTEM service.
-Each row carries a CRC-32 of its id and body, checked before the row is sent.
+Each row carries a CRC-32 of its id and body, checked before the row is sent. ``sync="normal"``
+(``[spool] sync``, not the default) trades the power-cut guarantee for fewer fsyncs: a crash or
+kill of the process still loses nothing, a power cut may lose the commits since the last
+checkpoint.
 
 The spool is bounded by bytes and by age. When full it drops the *oldest* alerts (Fluent Bit's
 policy: blocking would stall the ETW consumer and lose events anyway), counts them, records a health
@@ -67,6 +70,7 @@ HEALTH_MAX_ROWS = 1000
 # is 1000, 4 MiB). A lost -wal file loses what was committed since the last checkpoint, so a small
 # WAL bounds that loss; bench/spool_wal.py measures the cost (docs/delivery.md, "The WAL").
 WAL_AUTOCHECKPOINT = 32
+SYNC_MODES = ("full", "normal")   # the spool's synchronous setting ([spool] sync)
 TX_MAX_BYTES = 256 * 1024         # alert bytes per transaction: one large batch cannot swell the WAL
 JOURNAL_SIZE_LIMIT = MiB          # a WAL grown past this (a long reader pinned it) is cut back after a checkpoint
 # Disk space set aside for the moment the disk is full: freeing it lets the checkpoint copy the WAL
@@ -315,9 +319,17 @@ class Spool:
                  max_age: float = DEFAULT_MAX_AGE, dead_max_rows: int = DEFAULT_DEAD_MAX_ROWS,
                  health_alerts: bool = True, clock: Callable[[], float] = time.time,
                  on_health: Callable[[dict], None] | None = None, owner: bool = False,
-                 reserve_bytes: int = RESERVE_BYTES, held_max_bytes: int = HELD_MAX_BYTES) -> None:
+                 reserve_bytes: int = RESERVE_BYTES, held_max_bytes: int = HELD_MAX_BYTES,
+                 sync: str = "full") -> None:
         if max_bytes <= 0 or max_age <= 0 or dead_max_rows <= 0:
             raise ValueError("max_bytes, max_age and dead_max_rows must be positive")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        # "full" (the default): every commit of new alerts is fsynced and survives a power cut.
+        # "normal": commits are fsynced only at checkpoints; a crash or kill of the process still
+        # loses nothing, a power cut or OS crash the commits since the last checkpoint
+        # (docs/delivery.md, "The loss window").
+        self.sync = sync
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.max_age = float(max_age)
@@ -631,7 +643,7 @@ class Spool:
             # (the row's checksum then fails) instead of failing every read of the table.
             conn.text_factory = _text
             try:
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
                 conn.execute("PRAGMA busy_timeout=30000")
                 conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
                 conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
@@ -1700,12 +1712,13 @@ class _Tx:
 
     A failed COMMIT (a full disk) may leave SQLite inside the transaction or may have rolled it
     back already: either way the connection leaves here outside any transaction, with
-    ``synchronous`` back at FULL.
+    ``synchronous`` back at FULL. (A spool opened with ``sync="normal"`` is NORMAL throughout:
+    nothing to switch.)
     """
 
     def __init__(self, spool: Spool, durable: bool = True) -> None:
         self.spool = spool
-        self.durable = durable
+        self.durable = durable or spool.sync != "full"
         self.outer = False
         self.limit = 0
 

@@ -240,6 +240,16 @@ def test_ecs_documents_are_the_same_with_warm_caches(alerts):
         assert warm.get("process") == other.get("process") and warm.get("user") == other.get("user")
 
 
+def test_ecs_caches_stay_small_whatever_the_alerts():
+    """Events may be large (32,767-character command lines) and times are input too: the caches
+    keep a few entries, and a long time text is not kept at all."""
+    from sensor.deliver import ecs
+    for i in range(50):
+        to_ecs(_rule_alert(event={"CommandLine": f"{i} " + "x" * 32_000}, timestamp="2026-01-01T00:00:00Z " + "y" * i * 100))
+    assert len(ecs._EVENT_CACHE) <= ecs._EVENT_CACHE_MAX == 8
+    assert all(len(k) <= ecs._ISO_CACHE_TEXT for k in ecs._ISO_CACHE) and len(ecs._ISO_CACHE) <= 64
+
+
 def test_ecs_health_alert_tags_are_the_health_rules():
     doc = to_ecs({"id": "h", "type": "health", "timestamp": "2026-01-01T00:00:00Z",
                   "health": {"event": "spool_overflow", "dropped": 3}})

@@ -82,12 +82,14 @@ def _basename(path: Any) -> str | None:
 
 
 _ISO_CACHE: dict[str, str | None] = {}
+_ISO_CACHE_MAX = 64          # entries; a value longer than _ISO_CACHE_TEXT is not remembered
+_ISO_CACHE_TEXT = 64
 
 
 def iso_time(value: Any) -> str | None:
     """ISO 8601 UTC text for a Sysmon ``UtcTime`` ("2026-08-20 10:11:12.345") or ISO string.
 
-    Remembered for the last few hundred values: the alerts of one event share their times."""
+    Remembered for the last few values: the alerts of one event share their times."""
     if not isinstance(value, str):
         return None
     try:
@@ -95,9 +97,10 @@ def iso_time(value: Any) -> str | None:
     except KeyError:
         pass
     out = _iso_time(value)
-    if len(_ISO_CACHE) >= 256:
-        _ISO_CACHE.clear()
-    _ISO_CACHE[value] = out
+    if len(value) <= _ISO_CACHE_TEXT:
+        if len(_ISO_CACHE) >= _ISO_CACHE_MAX:
+            _ISO_CACHE.clear()
+        _ISO_CACHE[value] = out
     return out
 
 
@@ -207,6 +210,9 @@ def _rule_part(rule: Mapping[str, Any]) -> tuple:
 
 
 _EVENT_CACHE: dict[bytes, tuple] = {}
+# The alerts of one event come one after the other: a few entries are enough, and an event may
+# be large (command lines of 32,767 characters), so few are kept.
+_EVENT_CACHE_MAX = 8
 
 
 def _event_part(ev: Mapping[str, Any]) -> tuple[dict, str | None]:
@@ -250,7 +256,7 @@ def _event_part(ev: Mapping[str, Any]) -> tuple[dict, str | None]:
             _put(doc, "user.domain", domain)
     out = (doc, code)
     if key is not None:
-        if len(_EVENT_CACHE) >= 256:
+        if len(_EVENT_CACHE) >= _EVENT_CACHE_MAX:
             _EVENT_CACHE.clear()
         _EVENT_CACHE[key] = out
     return out

@@ -470,13 +470,40 @@ def test_a_stop_between_the_stop_check_and_the_wait_is_not_lost(spool):
     fwd.stop(1)
 
 
+def test_stop_ends_a_request_the_receiver_never_answers(receiver, spool):
+    # The receiver takes the request and never answers (its read timeout is an hour): stop()
+    # ends the request in flight instead of waiting for it; the alert stays in the spool.
+    receiver.delay = 3600.0
+    spool.put(sample_alert(1))
+    fwd = run_forwarder(spool, output_for(receiver, read_timeout=3600), poll_interval=3600.0)
+    try:
+        assert wait_until(lambda: receiver.stats()["in_flight"] == 1, 60)
+        fwd.stop(60)                       # 60 s only guards a hang
+        assert not fwd.is_alive()
+        assert spool.depth() == 1 and fwd.stats()["sent"] == 0
+    finally:
+        receiver.delay = 0.0
+        fwd.stop(1)
+
+
+def test_a_request_after_the_abort_is_not_sent(receiver, spool):
+    # A stop that lands while the worker is between two requests: the next one is refused at
+    # once instead of connecting (and then waiting on a receiver that does not answer).
+    out = output_for(receiver)
+    out.abort()
+    result = out.send_batch([sample_alert(1)])
+    assert result.outcome == RETRY and "stopping" in result.error
+    assert receiver.stats()["requests"] == 0
+
+
 def test_in_process_writes_wake_the_forwarder(spool):
     out = MemoryOutput()
-    fwd = run_forwarder(spool, out, poll_interval=30.0)  # would sleep 30 s without the wake-up
+    # it would sleep an hour without the wake-up (60 s only guards a hang)
+    fwd = run_forwarder(spool, out, poll_interval=3600.0)
     try:
         time.sleep(0.05)
         spool.put(sample_alert(1))
-        assert wait_until(lambda: out.ids == [sample_alert(1)["id"]], 3)
+        assert wait_until(lambda: out.ids == [sample_alert(1)["id"]], 60)
     finally:
         fwd.stop()
 

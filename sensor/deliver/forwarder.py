@@ -602,11 +602,19 @@ class Forwarder(threading.Thread):
         return bool(st.get("held") or st.get("disk_full") or st.get("damaged"))
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Ask the thread to finish its current request and exit."""
+        """Ask the threads to exit: a request still in flight is ended now (its alerts stay in
+        the spool and are sent after the next start), so a receiver that does not answer cannot
+        hold the stop for the output's read timeout."""
         self._stop_event.set()
         with self._lock:                  # a step() clearing _help cannot undo this set
             self._help.set()
         self.spool.wake()
+        abort = getattr(self.output, "abort", None)
+        if abort is not None:
+            try:
+                abort()
+            except Exception:  # noqa: BLE001 - stopping goes on
+                log.exception("could not end the request in flight")
         if self.is_alive():
             self.join(timeout)
 

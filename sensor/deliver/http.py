@@ -9,8 +9,11 @@ from __future__ import annotations
 import email.utils
 import gzip as _gzip
 import logging
+import socket
 import ssl
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -161,10 +164,18 @@ class HttpTransport:
         else:
             log.warning("alerts to %s travel over plain http (allow_http=true)", self.safe_url)
             self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port or 80, **common)
+        # The pool's connections, so abort() can end a request blocked on a receiver that does
+        # not answer (a stop must not wait for ``read_timeout``).
+        self._live: weakref.WeakSet = weakref.WeakSet()
+        self._live_lock = threading.Lock()
+        self._aborted = False
+        self.pool.ConnectionCls = _tracking(self.pool.ConnectionCls, self)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> HttpResponse:
         """One request; raises TransportFailure when no HTTP answer came back."""
+        if self._aborted:
+            raise TransportFailure(RETRY, "not sent: the sensor is stopping")
         hdrs = {"User-Agent": f"etw-sensor/{__version__}", "Accept-Encoding": "gzip"}
         hdrs.update(headers or {})
         if body is not None and self.gzip:
@@ -199,6 +210,48 @@ class HttpTransport:
 
     def close(self) -> None:
         self.pool.close()
+
+    def _register(self, conn) -> None:
+        with self._live_lock:
+            if self._aborted:
+                raise OSError("not connecting: the sensor is stopping")
+            self._live.add(conn)
+
+    def abort(self) -> None:
+        """(any thread) End every request in flight now and refuse new ones: the socket of each
+        connection is shut down, so a read or write blocked on it returns at once (the request
+        fails and is retried after the next start: its alerts stay in the spool)."""
+        with self._live_lock:
+            self._aborted = True
+            conns = list(self._live)
+        for conn in conns:
+            shutdown_socket(getattr(conn, "sock", None))
+
+
+def shutdown_socket(sock) -> None:
+    """Shut a socket down in both directions from any thread (a thread blocked on it wakes up);
+    for a TLS socket the TCP socket itself, without a TLS close that would need the other thread's
+    TLS state."""
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, TypeError, ValueError):
+        pass
+
+
+def _tracking(base: type, transport: "HttpTransport") -> type:
+    """``base`` (the pool's connection class) registering each connection with ``transport``
+    as it connects (its TCP socket exists from then on, TLS handshake included)."""
+    class Tracked(base):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            transport._register(self)
+            super().connect()
+            if transport._aborted:     # abort() ran while the socket was being made
+                self.close()
+                raise OSError("not connecting: the sensor is stopping")
+    Tracked.__name__ = Tracked.__qualname__ = f"Tracked{base.__name__}"
+    return Tracked
 
 
 def read_bounded(resp, limit: int, timeout: float, decode_content: bool = True) -> bytes | None:
@@ -384,6 +437,10 @@ class HttpOutput:
 
     def close(self) -> None:
         self.transport.close()
+
+    def abort(self) -> None:
+        """(any thread, at stop) End the request in flight now (see HttpTransport.abort)."""
+        self.transport.abort()
 
 
 class EcsNdjsonOutput(HttpOutput):

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from .ecs import to_ecs
-from .http import classify_exception, encode_json
+from .http import classify_exception, encode_json, shutdown_socket
 from .protocol import OK, PARK, RETRY, SendResult
 from .tls import ConfigError, TLSConfig
 
@@ -151,6 +151,7 @@ class SyslogOutput:
         self.send_timeout = send_timeout
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
+        self._aborted = False
         self.connects = 0
         self.settle = min(1.0, connect_timeout)
 
@@ -267,11 +268,15 @@ class SyslogOutput:
             return SendResult(OK, rejected=rejected)
         data = b"".join(frames)
         with self._lock:
+            if self._aborted:
+                return SendResult(RETRY, rejected=rejected, error="not sent: the sensor is stopping")
             try:
                 if self._sock is not None and not self._alive(self._sock):
                     self._drop()
                 if self._sock is None:
                     self._sock = self._connect()
+                if self._aborted:          # abort() set the flag before it read ``_sock``
+                    raise OSError("not sent: the sensor is stopping")
                 self._sock.sendall(data)
             except ConfigError as exc:
                 self._drop()
@@ -283,6 +288,12 @@ class SyslogOutput:
                     outcome, message = RETRY, f"cannot connect to {self.url}: connection refused"
                 return SendResult(outcome, rejected=rejected, error=f"syslog {self.url}: {message}")
         return SendResult(OK, delivered=ids, rejected=rejected)
+
+    def abort(self) -> None:
+        """(any thread, at stop) End a write blocked on a collector that does not read: the
+        connection is shut down (the batch is retried after the next start) and no new one made."""
+        self._aborted = True
+        shutdown_socket(self._sock)
 
     def close(self) -> None:
         with self._lock:

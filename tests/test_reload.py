@@ -488,6 +488,34 @@ def test_an_update_server_sending_a_byte_at_a_time_cannot_hold_the_reload_thread
         server.close()
 
 
+def test_closing_the_update_poller_ends_a_fetch_in_flight(tmp_path):
+    # A stop closes the poller: a fetch from a server that sends nothing more (its timeout is
+    # an hour) ends then, instead of holding the reload thread past the stop.
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = _PackServer(cert, b"x" * 1000, drip=3600.0)
+    try:
+        cfg = parse({"sensor": {"data_dir": str(tmp_path / "data"), "control": False},
+                     "rules": {"watch_s": 0, "update": {"url": server.url, "ca_file": str(ca_file),
+                                                        "timeout_s": 3600}}}, "<t>")
+        p = reload_mod.UpdatePoller(cfg)
+        outcome: list[str] = []
+        t = threading.Thread(target=lambda: outcome.append(p.poll()), daemon=True)
+        t.start()
+        end = time.monotonic() + WAIT
+        while not server.requests and time.monotonic() < end:
+            time.sleep(0.01)
+        assert server.requests
+        p.close()
+        t.join(WAIT)
+        assert not t.is_alive() and outcome == ["error"]
+    finally:
+        server.close()
+
+
 # -- correlations across a reload --------------------------------------------------------------
 
 CORR_KEPT = "20000000-0000-4000-8000-00000000000a"
@@ -644,3 +672,135 @@ def test_reload_to_a_set_without_correlations_counts_the_windows_lost(tmp_path):
         pipe.wait_source(WAIT)
         pipe.stop(drain_timeout=WAIT)
     assert pipe.alerts_by_rule[CORR_CHANGED] == 1 and pipe.alerts_by_rule[CORR_KEPT] == 0
+
+
+# -- stop while a reload runs; requests that race the reload thread ------------------------------
+
+def _idle_pipeline(tmp_path, n_files: int = 1):
+    """A started pipeline on generation 0 and a reloader over ``n_files`` rule packs."""
+    paths = []
+    for i in range(n_files):
+        pack = tmp_path / f"rules{i}.pack"
+        write_pack(pack, gen_rules(1))
+        paths.append(str(pack))
+    cfg = parse({"rules": {"paths": paths, "builtin": False, "watch_s": 0},
+                 "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+    beats: list[str] = []
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    real_beat = pipe.beat
+    pipe.beat = lambda reason="heartbeat": (beats.append(reason), real_beat(reason))[1]
+    return pipe, reload_mod.Reloader(pipe, cfg), beats
+
+
+def test_a_stop_does_not_wait_for_a_reload_and_nothing_is_swapped_in_after_it(tmp_path, monkeypatch):
+    # The reload is held inside its matcher compile (seconds of CPU for a large set, which
+    # cannot be cut short) when the stop comes: stop() returns without waiting for it, and the
+    # set it finishes afterwards is neither swapped in nor reported.
+    import sensor.detect.matcher as matcher_mod
+    entered, release = threading.Event(), threading.Event()
+    real_create = matcher_mod.create
+
+    def held_create(rules, engine=None):
+        entered.set()
+        release.wait(WAIT)
+        return real_create(rules, engine)
+
+    pipe, reloader, beats = _idle_pipeline(tmp_path)
+    monkeypatch.setattr(matcher_mod, "create", held_create)
+    reloader.start()
+    try:
+        reloader.request("signal")
+        assert entered.wait(WAIT)
+        reloader.stop()
+        stopped_first = not release.is_set()
+    finally:
+        release.set()
+    reloader._thread.join(WAIT)
+    assert stopped_first and not reloader._thread.is_alive()
+    assert pipe.generation == 0 and [r.id for r in pipe.rules] == [r.id for r in gen_rules(0)]
+    assert pipe.reload_stats["reloads"] == 0 and pipe.reload_stats["failures"] == 0
+    assert "reload" not in beats
+
+
+def test_a_stop_during_the_load_ends_it_before_the_next_file(tmp_path, monkeypatch):
+    import sensor.detect.loader as loader_mod
+    entered, release = threading.Event(), threading.Event()
+    real_load_file = loader_mod._load_file
+    loaded: list[str] = []
+
+    def held_load_file(path, *args, **kwargs):
+        loaded.append(str(path))
+        entered.set()
+        release.wait(WAIT)
+        return real_load_file(path, *args, **kwargs)
+
+    pipe, reloader, beats = _idle_pipeline(tmp_path, n_files=3)
+    monkeypatch.setattr(loader_mod, "_load_file", held_load_file)
+    reloader.start()
+    try:
+        reloader.request("signal")
+        assert entered.wait(WAIT)
+        reloader.stop()
+    finally:
+        release.set()
+    reloader._thread.join(WAIT)
+    assert not reloader._thread.is_alive()
+    assert len(loaded) == 1               # the other two files were never read
+    assert pipe.generation == 0 and "reload" not in beats
+
+
+def test_a_request_landing_while_the_reload_thread_takes_the_requests_is_not_lost(tmp_path):
+    # request() reads the reloader's request queue, then appends to it. The reload thread takes
+    # the requests in between: the append must still be seen by its next pass.
+    pipe, reloader, _ = _idle_pipeline(tmp_path)
+    done: list[str] = []
+    reloader.reload = lambda trigger="control", wait=10.0: done.append(trigger)
+    reloader.request("signal")
+    queue_seen_by_a_request = reloader._requests      # the racing request() has read it ...
+    reloader._tick()                                   # ... the reload thread takes the requests ...
+    queue_seen_by_a_request.append("control")          # ... and then the request() appends
+    reloader._wake.set()
+    reloader._tick()
+    assert done == ["signal", "control"]
+
+
+def test_beats_after_the_stop_beat_spool_nothing(tmp_path):
+    # The stop's health document is the ledger's last entry for a boot: a reload abandoned by
+    # the stop that still calls beat() must not spool a document after it.
+    from sensor.deliver.spool import Spool
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0, spool=spool)
+    pipe.start()
+    pipe.stop(drain_timeout=WAIT)
+    seq = pipe.ledger.seq
+    depth = spool.depth()
+    pipe.beat("reload")
+    assert pipe.ledger.seq == seq and spool.depth() == depth
+    spool.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX control socket")
+def test_control_stop_cuts_off_a_client_that_sends_nothing(tmp_path, monkeypatch):
+    # One connection at a time: a client that connects and stays silent held the channel's
+    # thread for the whole I/O timeout (an hour here) past the stop.
+    import socket as _socket
+    from sensor.daemon import control as control_mod
+    monkeypatch.setattr(control_mod, "IO_TIMEOUT", 3600.0)
+    accepted = threading.Event()
+    real_allowed = control_mod.peer_allowed
+
+    def allowed(uid, own):              # called once the server took the connection
+        accepted.set()
+        return real_allowed(uid, own)
+    monkeypatch.setattr(control_mod, "peer_allowed", allowed)
+    server = control_mod.UnixControlServer(str(tmp_path / "ctl" / "control.sock"), reloader=None)
+    server.start()
+    client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        client.connect(server.path)
+        assert accepted.wait(WAIT)
+        server.stop()
+        server._thread.join(WAIT / 2)
+        assert not server._thread.is_alive()
+    finally:
+        client.close()

@@ -22,6 +22,7 @@ log = logging.getLogger("sensor.control")
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 4096
+STOP_WAIT = 1.0         # stop() waits this long for the thread (it is a daemon)
 IO_TIMEOUT = 5.0
 COMMANDS = ("reload", "ping")
 # AF_UNIX path limit (sun_path): 108 bytes on Linux, 104 on the BSDs and macOS
@@ -76,6 +77,7 @@ class UnixControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._conn: socket.socket | None = None   # the connection being served (stop ends it)
         self.refused = 0
 
     def start(self) -> None:
@@ -109,6 +111,10 @@ class UnixControlServer:
                     return
                 self._stop.wait(0.1)    # e.g. out of descriptors: not a busy loop
                 continue
+            self._conn = conn
+            if self._stop.is_set():          # stop() ran before the connection was published
+                conn.close()
+                return
             with conn:
                 try:
                     if not peer_allowed(_peer_uid(conn), own):
@@ -126,8 +132,12 @@ class UnixControlServer:
                     continue
                 except Exception:  # noqa: BLE001 - one bad request must not end the channel
                     log.exception("control request failed")
+                finally:
+                    self._conn = None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Stop serving. A client that connected and sends nothing is cut off (it would hold
+        the thread for IO_TIMEOUT); a reload it asked for is abandoned by the reloader's stop."""
         self._stop.set()
         if self._sock is not None:
             try:
@@ -135,8 +145,14 @@ class UnixControlServer:
             except OSError:
                 pass
             self._sock.close()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)        # wakes a recv() waiting on the client
+            except OSError:
+                pass
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout)
         try:
             if _is_socket(self.path):
                 os.unlink(self.path)

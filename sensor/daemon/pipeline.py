@@ -130,6 +130,7 @@ class Pipeline:
         self.heartbeat = Heartbeat(self.beat, heartbeat_interval) \
             if heartbeat_interval and heartbeat_interval > 0 else None
         self._beat_lock = threading.Lock()
+        self._ledger_closed = False          # the stop's health document was spooled
         self._prev: Status | None = None
         self._state = "running"
         # counters (written by the worker thread only)
@@ -706,8 +707,12 @@ class Pipeline:
         return to_dict(self.health())
 
     def beat(self, reason: str = "heartbeat") -> Status:
-        """One heartbeat: the status file, the log line, a health document and health alerts."""
+        """One heartbeat: the status file, the log line, a health document and health alerts.
+        After the stop's own (the ledger's last entry for this boot), a late caller (a reload
+        abandoned by the stop) gets the status without spooling or writing anything."""
         with self._beat_lock:
+            if self._ledger_closed:
+                return self.health()
             st = self.health(advance=True)
             if self.ledger is not None:
                 st.ledger.seq = self.ledger.next_seq()
@@ -722,6 +727,8 @@ class Pipeline:
                 for kind, message, details, key in transitions(self._prev, st):
                     self.ledger.alert(kind, message, details, key)
             self._prev = st
+            if reason == "stop":
+                self._ledger_closed = True
             return st
 
 

@@ -16,6 +16,7 @@ needing a restart.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -75,10 +76,12 @@ class Loaded:
     not_applicable: int = 0
 
 
-def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
+def load_configured(cfg: Config, reloading: bool = False,
+                    cancelled: Callable[[], bool] | None = None) -> Loaded:
     """Load the rules ``cfg`` names (signatures checked when keys are trusted); the problems
     become errors under ``on_error = "fail"`` and warnings under ``"skip"``. Shared by the
-    start-up check (``assemble.validate``) and every reload."""
+    start-up check (``assemble.validate``) and every reload. ``cancelled``: see ``load_rules``
+    (raises ``LoadCancelled``)."""
     from ..detect.loader import load_rules
     out = Loaded()
     trust, key_errors = trust_for(cfg)
@@ -95,7 +98,7 @@ def load_configured(cfg: Config, reloading: bool = False) -> Loaded:
             return out
     report = load_rules(rule_paths(cfg), builtin=cfg.rules.builtin, trust=trust,
                         allow_backtracking=cfg.rules.allow_backtracking,
-                        placeholders=placeholders)
+                        placeholders=placeholders, cancelled=cancelled)
     out.rules = report.rules
     out.correlations = list(report.correlations)
     out.problems = report.problems()
@@ -226,7 +229,7 @@ class UpdatePoller:
     """
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
-        from ..deliver.http import safe_url
+        from ..deliver.http import Aborter, safe_url
         u = cfg.rules.update
         self.cfg = cfg
         self.url = u.url
@@ -242,6 +245,7 @@ class UpdatePoller:
         self._meta = self._read_meta()
         self.stats["etag"] = self._meta.get("etag")
         self._pool = None
+        self._aborter = Aborter()
         self._path = "/"
 
     def _read_meta(self) -> dict:
@@ -271,6 +275,7 @@ class UpdatePoller:
         self._pool = urllib3.HTTPSConnectionPool(
             parts.hostname, parts.port or 443, ssl_context=tls.ssl_context(), maxsize=1,
             retries=False, timeout=urllib3.Timeout(connect=min(10.0, u.timeout_s), read=u.timeout_s))
+        self._aborter.track(self._pool)     # close() ends a fetch in flight (a stop)
 
     def _error(self, message: str) -> str:
         self.stats["failures"] += 1
@@ -366,6 +371,8 @@ class UpdatePoller:
         _write_atomic(self.meta_path, json.dumps(self._meta).encode())
 
     def close(self) -> None:
+        """(any thread) End a fetch in flight and release the connection."""
+        self._aborter.abort()
         if self._pool is not None:
             self._pool.close()
 
@@ -376,6 +383,14 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 # -- the reloader ------------------------------------------------------------------------------
+
+# How long Reloader.stop() waits for its thread: a reload in progress is abandoned at its next
+# step, the thread (a daemon) does not hold the process.
+STOP_WAIT = 1.0
+
+
+class _Stopping(Exception):
+    """Raised inside a reload when the reloader was stopped meanwhile."""
 
 @dataclass
 class ReloadResult:
@@ -424,7 +439,9 @@ class Reloader:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._requests: list[str] = []
+        # deque: request() appends from any thread (a signal handler included) while the reload
+        # thread pops; a list swapped for an empty one could lose an append that raced the swap
+        self._requests: collections.deque[str] = collections.deque()
         self._thread: threading.Thread | None = None
         self._signature = self._watch_signature()
         self.poller = UpdatePoller(cfg) if cfg.rules.update.url else None
@@ -442,13 +459,16 @@ class Reloader:
         self._thread = threading.Thread(target=self._run, name="rules-reload", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Stop the thread. A reload in progress is abandoned, not waited for: it swaps nothing
+        in and reports nothing once stopped (loading and compiling a large set takes seconds of
+        CPU that cannot be cut short); an update fetch in flight is ended."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
         if self.poller is not None:
             self.poller.close()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
 
     def _watch_paths(self) -> list[str]:
         paths = list(self.cfg.rules.paths)
@@ -479,8 +499,12 @@ class Reloader:
                 log.exception("rule reload failed unexpectedly (the current rules keep running)")
 
     def _tick(self) -> None:
-        requests, self._requests = self._requests, []
+        requests = []
+        while self._requests:
+            requests.append(self._requests.popleft())
         for trigger in dict.fromkeys(requests):    # one reload per kind of request
+            if self._stop.is_set():
+                return
             self.reload(trigger)
         if self.poller is not None and time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + self.poller.interval
@@ -515,7 +539,12 @@ class Reloader:
         """Load, check and compile the configured rules; swap them in, or keep the running set."""
         with self._lock:
             t0 = time.perf_counter()
-            res = self._reload(trigger, wait)
+            try:
+                res = self._reload(trigger, wait)
+            except _Stopping:
+                log.info("rule reload (%s) abandoned: the sensor is stopping", trigger)
+                return ReloadResult(ok=False, trigger=trigger,
+                                    errors=["the sensor is stopping: the reload was abandoned"])
             res.seconds = round(time.perf_counter() - t0, 3)
             self.results.append(res)
             del self.results[:-100]
@@ -540,6 +569,8 @@ class Reloader:
                                {"trigger": trigger, "errors": res.errors[:100],
                                 "running_generation": self.pipeline.generation},
                                f"{stats['failures']}")
+        if self._stop.is_set():
+            return res                     # the stop's own health document tells the rest
         try:
             # status.json, the log line and a health document: the SIEM sees the set in force
             # (generation, key ids) and the reload counters
@@ -562,7 +593,13 @@ class Reloader:
             base = self.file_cfg or file_cfg
             res.live, res.restart_needed = split_changes(base, file_cfg)
             new_cfg = self._merge_live(file_cfg)
-        loaded = load_configured(new_cfg, reloading=True)
+        self._check_stop()
+        from ..detect.loader import LoadCancelled
+        try:
+            loaded = load_configured(new_cfg, reloading=True, cancelled=self._stop.is_set)
+        except LoadCancelled:
+            raise _Stopping from None
+        self._check_stop()
         res.errors += loaded.errors
         res.warnings += loaded.warnings
         if res.errors:
@@ -587,6 +624,7 @@ class Reloader:
             throttle = Throttle(window)
         else:
             throttle.window = float(window)
+        self._check_stop()               # compiled after the stop: nothing to swap into
         new = RuleSet(loaded.rules, matcher, exclusions, throttle, generation=old.generation + 1,
                       info={"trigger": trigger, "loaded_at": self.clock(), "packs": loaded.packs,
                             "problems": loaded.problems},
@@ -601,6 +639,10 @@ class Reloader:
         if new_cfg is not self.cfg:
             self._apply_live(new_cfg)
         return res
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Stopping
 
     def _merge_live(self, file_cfg: Config) -> Config:
         """The running config with the live sections of ``file_cfg``."""

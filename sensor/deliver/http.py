@@ -166,15 +166,13 @@ class HttpTransport:
             self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port or 80, **common)
         # The pool's connections, so abort() can end a request blocked on a receiver that does
         # not answer (a stop must not wait for ``read_timeout``).
-        self._live: weakref.WeakSet = weakref.WeakSet()
-        self._live_lock = threading.Lock()
-        self._aborted = False
-        self.pool.ConnectionCls = _tracking(self.pool.ConnectionCls, self)
+        self._aborter = Aborter()
+        self._aborter.track(self.pool)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> HttpResponse:
         """One request; raises TransportFailure when no HTTP answer came back."""
-        if self._aborted:
+        if self._aborter.aborted:
             raise TransportFailure(RETRY, "not sent: the sensor is stopping")
         hdrs = {"User-Agent": f"etw-sensor/{__version__}", "Accept-Encoding": "gzip"}
         hdrs.update(headers or {})
@@ -211,18 +209,36 @@ class HttpTransport:
     def close(self) -> None:
         self.pool.close()
 
-    def _register(self, conn) -> None:
-        with self._live_lock:
-            if self._aborted:
+    def abort(self) -> None:
+        """(any thread) End every request in flight now and refuse new ones (Aborter.abort):
+        the request fails and its alerts stay in the spool, sent after the next start."""
+        self._aborter.abort()
+
+
+class Aborter:
+    """The connections of a urllib3 pool, so that another thread can end the requests on them:
+    abort() shuts each connection's socket down, and a read or write blocked on it (a receiver
+    that does not answer) returns at once instead of after the read timeout. A connection made
+    after the abort is refused."""
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self.aborted = False
+
+    def track(self, pool) -> None:
+        """Have ``pool`` make its connections through a class that registers them here."""
+        pool.ConnectionCls = _tracking(pool.ConnectionCls, self)
+
+    def register(self, conn) -> None:
+        with self._lock:
+            if self.aborted:
                 raise OSError("not connecting: the sensor is stopping")
             self._live.add(conn)
 
     def abort(self) -> None:
-        """(any thread) End every request in flight now and refuse new ones: the socket of each
-        connection is shut down, so a read or write blocked on it returns at once (the request
-        fails and is retried after the next start: its alerts stay in the spool)."""
-        with self._live_lock:
-            self._aborted = True
+        with self._lock:
+            self.aborted = True
             conns = list(self._live)
         for conn in conns:
             shutdown_socket(getattr(conn, "sock", None))
@@ -240,14 +256,14 @@ def shutdown_socket(sock) -> None:
         pass
 
 
-def _tracking(base: type, transport: "HttpTransport") -> type:
-    """``base`` (the pool's connection class) registering each connection with ``transport``
-    as it connects (its TCP socket exists from then on, TLS handshake included)."""
+def _tracking(base: type, aborter: Aborter) -> type:
+    """``base`` (a pool's connection class) registering each connection with ``aborter`` as it
+    connects (its TCP socket exists from then on, TLS handshake included)."""
     class Tracked(base):  # type: ignore[misc, valid-type]
         def connect(self) -> None:
-            transport._register(self)
+            aborter.register(self)
             super().connect()
-            if transport._aborted:     # abort() ran while the socket was being made
+            if aborter.aborted:        # abort() ran while the socket was being made
                 self.close()
                 raise OSError("not connecting: the sensor is stopping")
     Tracked.__name__ = Tracked.__qualname__ = f"Tracked{base.__name__}"

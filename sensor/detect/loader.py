@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 from .ir import Rule, RuleError
 from .pack import PACK_SUFFIX, MAX_PACK_BYTES, decode_pack_content, is_pack, read_regular, write_pack
@@ -221,8 +221,13 @@ def rule_warnings(rules: Sequence[Rule]) -> list[Rejection]:
     return out
 
 
+class LoadCancelled(Exception):
+    """``load_rules`` was told to stop (``cancelled()`` became true) before it finished."""
+
+
 def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=None,
-               allow_backtracking: Collection[str] = (), placeholders=None) -> LoadReport:
+               allow_backtracking: Collection[str] = (), placeholders=None,
+               cancelled: Callable[[], bool] | None = None) -> LoadReport:
     """Load rule files, folders (.yml/.yaml/.pack, recursively) and packs; seed rule first.
 
     ``trust`` (``signing.Trust``): when it holds keys, only packs signed with one of them load
@@ -234,6 +239,8 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
     they name and correlation references are resolved across every file (``report.rules``
     are the filtered rules, ``report.correlations`` the usable correlations).
     ``placeholders`` (name -> values) resolves ``|expand`` in YAML rules.
+    ``cancelled`` is asked before each file; when it answers true the load raises
+    :class:`LoadCancelled` (a stopping sensor does not finish loading a set it will not run).
     """
     allow_backtracking = frozenset(allow_backtracking)
     t0 = time.perf_counter()
@@ -248,8 +255,12 @@ def load_rules(paths: Sequence[str | os.PathLike], builtin: bool = True, trust=N
             if not files:
                 report.warnings.append(Rejection(str(path), None, "folder holds no rule files"))
             for f in files:
+                if cancelled is not None and cancelled():
+                    raise LoadCancelled(str(f))
                 _load_file(f, report, trust, allow_backtracking, placeholders)
         elif path.exists():
+            if cancelled is not None and cancelled():
+                raise LoadCancelled(str(path))
             _load_file(path, report, trust, allow_backtracking, placeholders)
         else:
             report.rejected.append(Rejection(str(path), None, "no such file or folder"))

@@ -758,3 +758,25 @@ def test_sid_resolver_is_bounded():
     assert st["queue_full"] >= 7 and st["pending"] <= 3
     gate.set()
     r.stop()
+
+
+def test_sid_resolver_stops_with_a_full_queue():
+    # The stop marker finds no room in a full queue: the thread must end all the same once the
+    # lookup it is in returns, not resolve the queue and then wait for a marker that never came.
+    from sensor.sources.etw import SidResolver
+    gate, asked = threading.Event(), []
+
+    def resolve(sid):
+        asked.append(sid)
+        gate.wait(60)
+        return "x"
+
+    r = SidResolver(resolve, max_pending=1)
+    r.name("S-1-5-21-1")
+    assert wait_for(lambda: asked == ["S-1-5-21-1"])   # in its lookup, the queue empty
+    r.name("S-1-5-21-2")                               # the queue is full
+    t = r._thread
+    r.stop()                                           # no room for the marker
+    gate.set()
+    t.join(60)                                         # 60 s only guards a hang
+    assert not t.is_alive()

@@ -101,6 +101,7 @@ class SidResolver:
         self._threaded = threaded
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = False             # stop(): the thread ends after its current lookup
         self.c: Counter = Counter()
 
     def name(self, sid: str) -> str | None:
@@ -144,7 +145,7 @@ class SidResolver:
     def _run(self) -> None:
         while True:
             sid = self._q.get()
-            if sid is None:
+            if sid is None or self._stopping:
                 return
             name = self._lookup(sid)
             with self._lock:
@@ -152,9 +153,12 @@ class SidResolver:
                 self._queued.discard(sid)
 
     def stop(self) -> None:
-        """End the resolver thread (pending lookups are dropped)."""
+        """End the resolver thread (pending lookups are dropped). The flag, then the marker: a
+        full queue has no room for the marker, and then the thread sees the flag at its next
+        item (there is one: the queue is full)."""
         t = self._thread
         if t is not None:
+            self._stopping = True
             try:
                 self._q.put_nowait(None)
             except queue.Full:

@@ -29,7 +29,7 @@ def test_put_wait_waits_for_room():
     q = BoundedQueue(1)
     q.put(1)
     threading.Timer(0.05, q.get_batch, args=(1, 0)).start()
-    assert q.put_wait(2, timeout=2.0)
+    assert q.put_wait(2, timeout=60.0)         # 60 s only guards a hang
     assert q.put_wait(3, timeout=0.05) is False and q.dropped == 1
 
 
@@ -44,3 +44,18 @@ def test_many_producers_lose_nothing_below_capacity():
     for t in threads:
         t.join()
     assert len(set(got)) == 20000 and q.dropped == 0
+
+
+def test_a_producer_waiting_for_room_gives_up_when_the_queue_is_closed():
+    # The consumer is gone for good (the pipeline stopped): nobody will make room, so a producer
+    # waiting without a timeout must not wait forever.
+    q = BoundedQueue(1)
+    q.put(1)
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.put_wait(2)), daemon=True)
+    t.start()
+    while not q._space._waiters and t.is_alive():   # it waits for room
+        t.join(0.01)
+    q.close()
+    t.join(60)                                       # 60 s only guards a hang
+    assert not t.is_alive() and got == [False] and q.dropped == 1

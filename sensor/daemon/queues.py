@@ -47,15 +47,18 @@ class BoundedQueue:
         return True
 
     def put_wait(self, item: Any, timeout: float | None = None) -> bool:
-        """Add ``item``, waiting for room (replay sources use this, never ETW)."""
+        """Add ``item``, waiting for room (replay sources use this, never ETW). False: dropped
+        (no room within ``timeout``, or the queue was closed: no consumer will make room)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while len(self._dq) >= self.maxsize:
-            with self._space:
+        with self._space:
+            # checked under the lock get_batch() notifies under: room made between the check
+            # and the wait is not missed, so the wait needs no polling timeout
+            while len(self._dq) >= self.maxsize:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if self._closed or (remaining is not None and remaining <= 0):
                     self.dropped += 1
                     return False
-                self._space.wait(0.05 if remaining is None else min(remaining, 0.05))
+                self._space.wait(remaining)
         return self.put(item)
 
     def get_batch(self, max_items: int, timeout: float | None = None) -> list:
@@ -92,6 +95,8 @@ class BoundedQueue:
         once. Items still queued are still handed out."""
         self._closed = True
         self._ready.set()
+        with self._space:                 # a producer waiting for room gives up
+            self._space.notify_all()
 
     def stats(self) -> dict:
         return {"depth": len(self._dq), "capacity": self.maxsize, "accepted": self.accepted,

@@ -213,3 +213,35 @@ def test_exit_1_on_unreadable_or_missing_input(tmp_path, capsys):
         from sensor.cli import build_parser
         build_parser().parse_args(["run", "--replay", str(rec), "--speed", "-1"])
     assert main(["run", "--replay", str(rec), "--speed", "-1"]) == 2
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+def _interrupted_inside_wait(stop, handler):
+    """What Python does when a signal lands while the main thread is inside ``stop.wait()`` at a
+    moment it holds the event's own lock: it runs the handler right there, in that thread."""
+    import threading
+
+    def main_thread():
+        with stop._cond:
+            handler(signal.SIGTERM, None)
+    t = threading.Thread(target=main_thread, daemon=True)
+    t.start()
+    t.join(60)                                   # 60 s only guards a hang
+    return not t.is_alive()
+
+
+def test_a_stop_signal_landing_inside_the_stop_wait_does_not_hang_the_sensor():
+    import threading
+    from sensor.daemon.runner import SignalRelay
+    stop = threading.Event()
+    relay = SignalRelay({signal.SIGTERM: lambda signum: stop.set()}).install()
+    try:
+        assert _interrupted_inside_wait(stop, relay.handler)
+        assert stop.wait(60)                     # the relay thread set it
+        stop.clear()
+        os.kill(os.getpid(), signal.SIGTERM)     # and a real one
+        assert stop.wait(60)
+    finally:
+        relay.close()
+    assert signal.getsignal(signal.SIGTERM) is not relay.handler   # the handler found is back

@@ -80,15 +80,17 @@ def run_capture(output: str, seconds: float | None = None, records: int | None =
 
 
 def main(args) -> int:
+    from ..daemon.runner import SignalRelay, stop_signals
     stop = threading.Event()
-    import signal
+    # the handler only writes to a pipe (one setting the event could hang in stop.wait's lock)
+    relay = SignalRelay({sig: lambda signum: stop.set() for sig in stop_signals()}).install()
+    try:
+        return _capture(args, stop)
+    finally:
+        relay.close()
 
-    def _signal(signum, frame):
-        stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
-        if sig is not None:
-            signal.signal(sig, _signal)
+def _capture(args, stop: threading.Event) -> int:
     try:
         result = run_capture(args.output, args.seconds, args.records, not args.no_system_logger, stop)
     except SourceUnavailable as exc:

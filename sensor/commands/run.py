@@ -48,7 +48,7 @@ def register(sub) -> None:
 def main(args) -> int:
     from ..daemon.assemble import instance_lock, prepare, setup_logging, validate
     from ..daemon.lock import AlreadyRunning
-    from ..daemon.runner import serve
+    from ..daemon.runner import SignalRelay, serve, stop_signals
     if args.speed is not None and not args.replay:
         print("etw-sensor: --speed needs --replay", file=sys.stderr)
         return 2
@@ -104,18 +104,19 @@ def main(args) -> int:
         return 2
     stop = threading.Event()
 
-    def _signal(signum, frame):
+    def _stop(signum):
         log.info("signal %d: stopping", signum)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
-        if sig is not None:
-            signal.signal(sig, _signal)
+    actions = {sig: _stop for sig in stop_signals()}
     reloader = getattr(pipeline, "reloader", None)
     if hasattr(signal, "SIGHUP") and reloader is not None:
-        # SIGHUP: reload the rules (the handler only wakes the reload thread)
-        signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request("signal"))
+        actions[signal.SIGHUP] = lambda signum: reloader.request("signal")   # reload the rules
+    # the handlers only write to a pipe: one that set the event itself could land inside the
+    # main thread's stop.wait() while it holds the event's lock, and hang (SignalRelay)
+    relay = SignalRelay(actions).install()
     try:
         return serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
     finally:
+        relay.close()
         lock.release()

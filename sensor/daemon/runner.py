@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+from typing import Callable
 
 from .health import Status
 
@@ -79,3 +81,69 @@ def serve(pipeline, stop: threading.Event, drain_timeout: float) -> int:
     for w in why:
         log.error("%s", w)
     return code
+
+
+class SignalRelay:
+    """Signal handlers that take no lock.
+
+    Python runs a signal handler in the main thread between two bytecodes, also inside
+    ``Event.wait()`` while that holds the event's own lock: a handler calling ``stop.set()``
+    then waits for a lock its own thread holds, for ever (a SIGTERM that hangs the sensor). The
+    handler here only writes the signal number to a pipe; a thread of its own reads it and runs
+    the action (set the stop event, ask for a reload), where taking a lock is safe. At rest the
+    thread blocks on the pipe: no wake-up."""
+
+    def __init__(self, actions: dict[int, Callable[[int], None]]) -> None:
+        self.actions = {int(k): v for k, v in actions.items()}
+        self._r, self._w = os.pipe()
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(self._w, False)    # a full pipe drops a repeat, never blocks the handler
+        self._thread = threading.Thread(target=self._run, name="signals", daemon=True)
+        self._previous: dict[int, object] = {}
+
+    def handler(self, signum, frame) -> None:
+        try:
+            os.write(self._w, bytes([signum & 0xFF]))
+        except OSError:
+            pass
+
+    def install(self) -> "SignalRelay":
+        """Start the thread and install the handler for every signal of ``actions`` (main thread)."""
+        self._thread.start()
+        for sig in self.actions:
+            self._previous[sig] = signal.signal(sig, self.handler)
+        return self
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data = os.read(self._r, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                action = self.actions.get(signum)
+                if action is None:
+                    continue
+                try:
+                    action(signum)
+                except Exception:  # noqa: BLE001 - the relay must outlive one failed action
+                    log.exception("handling signal %d failed", signum)
+
+    def close(self) -> None:
+        """Put the handlers found at install() back and end the thread."""
+        for sig, previous in self._previous.items():
+            try:
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+            except (OSError, ValueError, TypeError):
+                pass
+        os.close(self._w)                  # the thread reads the end of the pipe and returns
+        self._thread.join(1.0)
+        os.close(self._r)
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop the sensor on this OS."""
+    return [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s is not None]
+

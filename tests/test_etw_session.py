@@ -229,7 +229,7 @@ def test_ticker_thread_flushes():
     mgr.start()
     ticker = SessionTicker([mgr])
     ticker.start()
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + 60.0           # only guards a hang
     while be.flushes < 5 and time.monotonic() < deadline:
         time.sleep(0.005)
     ticker.stop()
@@ -359,9 +359,11 @@ def test_source_end_to_end_with_fake_backend():
     sink((SRC_KERNEL_PROCESS, 1, 5, 1, 4, 8, 0, 0, kp_payload(5, ProcessID=201, ParentProcessID=200,
                                                           ParentProcessSequenceNumber=6000)))
     sink((SRC_KERNEL_PROCESS, 1, 2, 1, 4, 8, 0, 0, kp_payload(2, ProcessID=202, ParentProcessID=9999)))
-    assert done.wait(5.0)
+    assert done.wait(60.0)                                # 60 s only guards a hang
     be.sessions[cfg.session.name]["EventsLost"] = 7
-    time.sleep(0.2)                                       # let the watchdog query once
+    deadline = time.monotonic() + 60.0                    # the watchdog's next query reads it
+    while src.stats()["events_lost"] != 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
     src.stop()
     st = src.stats()
     ev = got[0]
@@ -394,7 +396,7 @@ def test_source_watchdog_restarts_dead_consumer():
     src.start(lambda ev: True)
     be.consumers[0].die()
     assert not src.alive
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + 60.0           # only guards a hang
     while not src.alive and time.monotonic() < deadline:
         time.sleep(0.01)
     st = src.stats()

@@ -87,8 +87,9 @@ def test_a_second_worker_sleeps_through_a_commit_the_first_takes(tmp_path):
     """With two workers, the alerts of a commit that fit in one request cost one fetch: the
     second worker wakes for the write but leaves them to the first."""
     sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
-    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"), DeliveryConfig(linger=0.02, concurrency=2),
-                    clock=time.monotonic)
+    # (no idle poll during the test: a periodic fetch would count on a slow machine)
+    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"),
+                    DeliveryConfig(linger=0.02, concurrency=2, poll_interval=3600.0), clock=time.monotonic)
     fwd.start()
     deadline = time.monotonic() + 60
     try:
@@ -133,6 +134,11 @@ def test_a_second_worker_joins_a_backlog(tmp_path):
     assert fwd.stats()["requests"] == 12
 
 
+def _state(tid: int) -> str:
+    with open(f"/proc/self/task/{tid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
 def _switches(tid: int) -> int:
     with open(f"/proc/self/task/{tid}/status") as fh:
         return sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
@@ -143,15 +149,18 @@ def test_a_second_worker_is_not_woken_by_a_commit_the_first_takes(tmp_path):
     """A commit that fits in one request wakes the first worker alone: the second one sleeps
     through it (it waits for a fetch that left rows behind, and for stop)."""
     sp = CountingSpool(tmp_path / "s.db", clock=time.monotonic)
-    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"), DeliveryConfig(linger=0.02, concurrency=2),
-                    clock=time.monotonic)
+    # (no idle poll during the test: a periodic fetch would count on a slow machine)
+    fwd = Forwarder(sp, JsonlOutput(tmp_path / "a.jsonl"),
+                    DeliveryConfig(linger=0.02, concurrency=2, poll_interval=3600.0), clock=time.monotonic)
     fwd.start()
     deadline = time.monotonic() + 60
     try:
         while (sp.fetches < 2 or not fwd._workers) and time.monotonic() < deadline:   # each worker's first look
             time.sleep(0.01)
-        time.sleep(0.2)                  # the second worker is asleep by now
         helper = fwd._workers[0].native_id
+        # the second worker is asleep: waiting for help to be needed, and blocked in the kernel
+        while not (fwd._help._cond._waiters and _state(helper) == "S") and time.monotonic() < deadline:
+            time.sleep(0.01)
         before = _switches(helper)
         for c in range(5):
             sp.put_many([sample_alert(10 * c + i) for i in range(3)])

@@ -319,12 +319,14 @@ def test_live_children_through_table_and_backfill(tmp_path):
         parent.stdout.close()
 
     # Short-lived and still running when its start is handled: captured.
-    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)", "short-marker"])
+    # (it ends when the test kills it: a fixed lifetime could end first on a loaded machine)
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "short-marker"])
     try:
         [qev] = proc.on_start(start_fields(quick.pid, os.getpid(), _ft(quick.pid), sys.executable))
         assert qev["CommandLine"].endswith("short-marker") and qev.origin["CommandLine"] == "backfill"
     finally:
-        quick.wait(10)
+        quick.kill()
+        quick.wait(60)
 
     # Short-lived and gone (reaped) before its start is handled: a counted miss, field missing.
     gone_before = bf.gone

@@ -133,7 +133,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(receiver, tmp_path):
             assert line, "forwarder process died"
             if line != "done":
                 committed.append(line)
-        assert wait_until(lambda: receiver.counters["in_flight"] >= 1, 10)
+        assert wait_until(lambda: receiver.counters["in_flight"] >= 1, 60)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         committed += [ln for ln in proc.stdout.read().decode().split() if ln != "done"]
@@ -150,7 +150,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(receiver, tmp_path):
     proc = _spawn(db, receiver, 0)  # restart: forwarder only
     try:
         with Spool(db) as sp:
-            assert wait_until(lambda: sp.depth() == 0, 20)
+            assert wait_until(lambda: sp.depth() == 0, 120)   # a fresh process: imports, TLS
     finally:
         proc.kill()
         proc.wait()

@@ -122,9 +122,9 @@ def test_in_a_400_storm_only_the_rejected_alert_is_dead_lettered(tmp_path, where
         try:
             # the poison alert is judged once something is accepted after its lone rejection: the
             # next alert written is enough (here, one more alert after the batch)
-            assert rec.wait_for(39, 20)
+            assert rec.wait_for(39, 60)
             sp.put(sample_alert(99))
-            assert wait_until(lambda: sp.depth() == 0, 20)
+            assert wait_until(lambda: sp.depth() == 0, 60)
         finally:
             fwd.stop()
             out.close()
@@ -149,12 +149,12 @@ def test_a_lone_rejected_alert_does_not_hold_up_the_others(tmp_path):
         fwd.start()
         try:
             sp.put(sample_alert(0))
-            assert wait_until(lambda: fwd.stats()["rejected_alone"] >= 1, 10)
+            assert wait_until(lambda: fwd.stats()["rejected_alone"] >= 1, 60)
             sp.put_many([sample_alert(i) for i in range(1, 6)])
-            assert rec.wait_for(5, 20)
+            assert rec.wait_for(5, 60)
             assert fwd.stats()["consecutive_failures"] == 0
             # and the first of them accepted is the evidence that judges the set-aside alert
-            assert wait_until(lambda: sp.depth() == 0, 20)
+            assert wait_until(lambda: sp.depth() == 0, 60)
         finally:
             fwd.stop()
             out.close()

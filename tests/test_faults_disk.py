@@ -112,7 +112,7 @@ def test_disk_filled_by_someone_else_no_resend_storm_and_recovery(volume, capsys
         fwd.start()
         try:
             sp.put_many([sample_alert(i) for i in range(100)])
-            assert rec.wait_for(100, 20)
+            assert rec.wait_for(100, 60)
             filler = fill(vol)
             # A reader pinning the WAL (as `etw-sensor spool status` may) keeps SQLite from reusing
             # it: even confirmations cannot be written now.
@@ -201,8 +201,8 @@ def test_confirmations_the_disk_refuses_are_retried_never_resent(volume):
         fwd = Forwarder(sp, output_for(rec), DeliveryConfig(**FAST))
         fwd.start()
         try:
-            assert rec.wait_for(51, 20)
-            assert wait_until(lambda: fwd.stats()["ack_pending"] == 51, 10)
+            assert rec.wait_for(51, 60)
+            assert wait_until(lambda: fwd.stats()["ack_pending"] == 51, 60)
             time.sleep(1.5)  # several confirmation retries (back-off from 0.25 s): none may resend
             st = fwd.stats()
             assert st["ack_failures"] >= 1 and st["ack_pending"] == 51

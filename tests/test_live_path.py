@@ -23,7 +23,7 @@ from sensor.sources.etw_session import SessionSpec
 from .test_etw_session import FakeBackend
 from .test_health import VOL, rundown, start
 
-GUARD = 10.0      # only guards a hang
+GUARD = 60.0      # only guards a hang
 
 
 def wait_for(cond, timeout: float = GUARD) -> bool:

@@ -804,3 +804,43 @@ def test_control_stop_cuts_off_a_client_that_sends_nothing(tmp_path, monkeypatch
         assert not server._thread.is_alive()
     finally:
         client.close()
+
+
+class _QuietSource:
+    name = "quiet"
+
+    def start(self, emit):
+        pass
+
+    def stop(self):
+        pass
+
+    def stats(self):
+        return {}
+
+
+def test_a_swap_waiting_for_a_worker_that_ends_gives_up_then(tmp_path):
+    # A reload hands its set over just as the stop ends the matcher thread: nobody will take
+    # the set, so the swap must not wait out its whole timeout (an hour here).
+    swapping: list[threading.Thread] = []
+    result: list[bool] = []
+
+    class Racing(Pipeline):
+        def commit(self):
+            if self._stop.is_set() and not swapping:   # the worker's last act before it ends
+                t = threading.Thread(target=lambda: result.append(
+                    self.swap_rules(reload_mod.RuleSet(gen_rules(1), create_matcher(gen_rules(1)),
+                                                       generation=1), wait=3600.0)), daemon=True)
+                swapping.append(t)
+                t.start()
+                end = time.monotonic() + WAIT
+                while not self._swapped._waiters and t.is_alive() and time.monotonic() < end:
+                    time.sleep(0.005)                 # the swap waits for this worker now
+            super().commit()
+
+    pipe = Racing(source=_QuietSource(), rules=gen_rules(0), heartbeat_interval=0, ledger=False)
+    pipe.start()
+    pipe.stop(drain_timeout=WAIT)
+    swapping[0].join(WAIT)
+    assert not swapping[0].is_alive() and result == [False]
+    assert pipe.generation == 0

@@ -83,6 +83,7 @@ class Pipeline:
                                correlator=correlator)
         self._next: RuleSet | None = None
         self._swapped = threading.Condition()
+        self._worker_done = False           # the matcher thread ended (set under _swapped)
         self.swap_log: list[tuple[int, int]] = []   # (generation, events before it took over)
         self.reload_stats: dict[str, Any] = {"reloads": 0, "failures": 0, "last_error": None,
                                              "last_at": None, "last_trigger": None,
@@ -199,7 +200,9 @@ class Pipeline:
                 if self._worker is None or not self._worker.is_alive():
                     self._take_next()
                 return self._active is new
-            self._swapped.wait_for(lambda: self._active is new or self._next is not new, wait)
+            # (or the worker ended: a stop came first, nobody takes the set any more)
+            self._swapped.wait_for(lambda: self._active is new or self._next is not new
+                                   or self._worker_done, wait)
             return self._active is new
 
     def _take_next(self) -> None:
@@ -368,6 +371,9 @@ class Pipeline:
             if not batch:
                 if self._stop.is_set() and not len(q):
                     self.commit()
+                    with self._swapped:        # a swap_rules() waiting for this worker gives up
+                        self._worker_done = True
+                        self._swapped.notify_all()
                     return
                 if self.correlator is not None:
                     self._correlation_idle()

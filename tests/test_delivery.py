@@ -481,6 +481,7 @@ def test_stop_ends_a_request_the_receiver_never_answers(receiver, spool):
         fwd.stop(60)                       # 60 s only guards a hang
         assert not fwd.is_alive()
         assert spool.depth() == 1 and fwd.stats()["sent"] == 0
+        assert fwd.stats()["failed_attempts"] == 0        # the stop ended it, not the receiver
     finally:
         receiver.delay = 0.0
         fwd.stop(1)

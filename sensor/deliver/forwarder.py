@@ -472,6 +472,11 @@ class Forwarder(threading.Thread):
 
     def _failed(self, result: SendResult, rowids: list[int], round_: int | None = None) -> float:
         error = self._redact(result.error) or f"HTTP {result.status}"
+        if self._stop_event.is_set() and result.outcome == RETRY:
+            # ended by stop() (the request was aborted): not a failure of the receiver
+            log.info("delivery of %d alert(s) ended by the stop: they stay in the spool and are "
+                     "sent after the next start", len(rowids))
+            return 0.0
         try:
             self.spool.mark_failed(rowids, error)
         except SpoolError as exc:  # attempt counters are for display: never worth stopping for

@@ -1081,7 +1081,7 @@ def test_pipeline_spools_correlation_alerts_and_keeps_state_across_restarts(tmp_
         p = Pipeline(source=ReplaySource([path]), rules=rep.rules, spool=spool, engine=engine,
                      heartbeat_interval=0, correlator=eng, correlation_state=state)
         p.start()
-        assert p.wait_source(10)
+        assert p.wait_source(60)
         status = p.stop(drain_timeout=10)
         spooled = [a for a in (item.decode() for item in spool.fetch(100))
                    if a.get("rule", {}).get("kind") == "correlation"]   # not health documents
@@ -1122,8 +1122,8 @@ def test_pipeline_evaluates_what_it_holds_when_the_source_goes_quiet(tmp_path):
                  heartbeat_interval=0, correlator=eng, alert_hook=hook, idle_flush_s=0.2)
     p.start()
     try:
-        assert p.wait_source(10)
-        assert seen.wait(15), "the held events were not evaluated while the sensor ran"
+        assert p.wait_source(60)                  # 60 s only guards a hang
+        assert seen.wait(60), "the held events were not evaluated while the sensor ran"
         assert [a["correlation"]["value"] for a in got] == [3]
         assert p.status()["correlation"]["reorder_buffered"] == 0
     finally:

@@ -256,7 +256,7 @@ def _run_with_output(tmp_path, output: str, beats: int = 2):
     assert checked.ok, checked.errors
     pipe = make_pipeline(build(cfg, checked))
     pipe.start()
-    assert pipe.wait_source(20)
+    assert pipe.wait_source(60)
     for _ in range(beats):
         pipe.beat()
     pipe.stop(drain_timeout=20)

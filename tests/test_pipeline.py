@@ -47,7 +47,7 @@ def test_alerts_flow_to_the_output(tmp_path, engine):
     events = [dict(MOF, ProcessId=i) for i in range(50)] + [{"Image": "C:\\x.exe"}] * 50
     p, out, spool = make(tmp_path, events, engine)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=10)
     assert status["events"]["in"] == 100
     assert status["alerts"]["total"] == 50
@@ -65,7 +65,7 @@ def test_alert_written_to_spool_before_delivery(tmp_path, engine):
     p, out, spool = make(tmp_path, [dict(MOF, ProcessId=i) for i in range(10)], engine)
     out.script = lambda alerts: SendResult(RETRY, status=503, error="down")
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     p.stop(drain_timeout=0.5)
     assert spool.depth() == 10 + 2 and out.alerts == []     # + the start and stop health documents
 
@@ -77,7 +77,7 @@ def test_noise_control_in_pipeline(tmp_path, make_matcher, engine):
                       make_matcher)
     p, out, _ = make(tmp_path, events, engine, exclusions=excl, throttle=Throttle(3600))
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=10)
     assert len(ids_of(out)) == 1                     # 5 identical -> 1, cscript one excluded
     assert status["noise"]["throttled"] == {"seed-cc784d634d6f7fd1": 4}
@@ -111,7 +111,7 @@ def test_full_queue_drops_and_counts(tmp_path, engine):
     src = BurstSource(5000)
     p = Pipeline(source=src, rules=[seed_rule()], engine=engine, queue_size=100, heartbeat_interval=0)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=5)
     dropped = status["events"]["queue_dropped"]
     assert dropped > 0 and dropped + status["events"]["in"] == 5000
@@ -124,7 +124,7 @@ def test_status_file_heartbeat(tmp_path, engine):
     from sensor.daemon.health import Heartbeat
     p.heartbeat = Heartbeat(p.beat, 0.05)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     p.stop(drain_timeout=5)
     st = read_status(str(status_file))
     assert st.alerts.by_rule == {"seed-cc784d634d6f7fd1": 1}
@@ -141,7 +141,7 @@ def test_one_bad_event_does_not_cost_the_batch_its_alerts(tmp_path, engine):
                       "ParentImage": "C:\\Windows\\System32\\cmd.exe"})
     p, out, spool = make(tmp_path, events, engine)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=10)
     assert status["events"]["in"] == 7
     assert len(set(ids_of(out))) == status["alerts"]["total"] >= 6
@@ -165,7 +165,7 @@ def test_lone_surrogate_does_not_sink_the_spool_write(tmp_path, engine):
     p = Pipeline(source=ListSource(0), rules=[seed_rule()], spool=spool, forwarder=fwd,
                  engine=engine, heartbeat_interval=0)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=10)
     assert not src_path.exists()
     assert status["spool"]["write_failures"] == 0
@@ -177,7 +177,7 @@ def test_replay_drops_are_counted_once(tmp_path, engine):
     src = ReplaySource([recording(tmp_path, [{"Image": "C:\\a.exe"}] * 3000)], block=False)
     p = Pipeline(source=src, rules=[seed_rule()], engine=engine, queue_size=8, heartbeat_interval=0)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=5)
     assert status["events"]["in"] + status["events"]["queue_dropped"] == 3000
 
@@ -213,7 +213,7 @@ def test_pe_cache_checks_each_image_once_per_batch(tmp_path, engine):
               for i in range(40)]
     p, out, _spool = make(tmp_path, events, engine, enricher=enr, batch_size=8)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     status = p.stop(drain_timeout=10)
     assert status["alerts"]["total"] == 40
     st = cache.stats()
@@ -246,7 +246,7 @@ def test_pe_cache_reads_a_changed_image_in_the_next_batch(tmp_path, engine):
         p, _out, _spool = make(sub, [dict(ev, ProcessId=i) for i in range(5)], engine,
                                enricher=enr)
         p.start()
-        assert p.wait_source(10)
+        assert p.wait_source(60)
         totals.append(p.stop(drain_timeout=10)["alerts"]["total"])
         shutil.copy(root / "tests" / "data" / "pe" / "basic64.exe", img)  # not mofcomp any more
     assert totals == [5, 0] and cache.stats()["misses"] == 2
@@ -261,7 +261,7 @@ def test_matcher_thread_commits_held_alerts_when_their_delay_ends(tmp_path, engi
                  commit_delay=0.05, ledger=False)
     p.start()
     try:
-        assert p.wait_source(10)
+        assert p.wait_source(60)
         assert spool.depth() == 5
     finally:
         p.stop(drain_timeout=5)

@@ -229,7 +229,7 @@ def _pipeline_alerts(tmp_path, rules, exclusions=None) -> list[tuple[str, str]]:
     p = Pipeline(source=ReplaySource([str(rec)]), rules=rules, exclusions=excl,
                  engine="reference", heartbeat_interval=0, alert_hook=got.append)
     p.start()
-    assert p.wait_source(10)
+    assert p.wait_source(60)
     p.stop(drain_timeout=5)
     return sorted((a["rule"]["id"], a["event"]["ProcessId"]) for a in got)
 

@@ -77,6 +77,36 @@ def test_options_are_checked():
     out.close()
 
 
+def test_abort_ends_a_write_the_collector_does_not_read():
+    # A collector that takes the connection and never reads: the batch's write blocks once the
+    # socket buffers are full (for read_timeout, an hour here). abort() (a stop) ends it.
+    import threading
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{port}", "allow_http": True,
+                            "read_timeout": 3600})
+        big = [alert(i, cmd="x" * 60_000) for i in range(400)]    # 24 MB: more than the buffers
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(out.send_batch(big)), daemon=True)
+        t.start()
+        conn, _ = srv.accept()
+        try:
+            end = time.monotonic() + WAIT
+            while out._sock is None and time.monotonic() < end:   # connected: the write goes on
+                time.sleep(0.01)
+            time.sleep(0.2)                    # (24 MB to a peer that reads nothing: it blocks)
+            assert t.is_alive()
+            out.abort()
+            t.join(WAIT)                                       # WAIT only guards a hang
+            assert not t.is_alive() and got[0].outcome == RETRY
+            assert out.send_batch([alert(1)]).outcome == RETRY  # and nothing more is sent
+        finally:
+            conn.close()
+            out.close()
+
+
 def test_config_accepts_syslog_and_names_bad_keys():
     from sensor.daemon.config import ConfigError, parse
     cfg = parse({"output": {"format": "syslog", "url": "tls://siem:6514"}}, "<t>")

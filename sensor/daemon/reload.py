@@ -392,6 +392,7 @@ STOP_WAIT = 1.0
 class _Stopping(Exception):
     """Raised inside a reload when the reloader was stopped meanwhile."""
 
+
 @dataclass
 class ReloadResult:
     ok: bool
@@ -548,6 +549,10 @@ class Reloader:
             res.seconds = round(time.perf_counter() - t0, 3)
             self.results.append(res)
             del self.results[:-100]
+        if self._stop.is_set():
+            # a result that came after the stop (a refusal included) is not reported: the stop's
+            # own health document is the last one of this boot
+            return res
         stats = self.pipeline.reload_stats
         stats["last_at"] = self.clock()
         stats["last_trigger"] = trigger
@@ -570,7 +575,7 @@ class Reloader:
                                 "running_generation": self.pipeline.generation},
                                f"{stats['failures']}")
         if self._stop.is_set():
-            return res                     # the stop's own health document tells the rest
+            return res                     # (a stop while the counters were updated)
         try:
             # status.json, the log line and a health document: the SIEM sees the set in force
             # (generation, key ids) and the reload counters

@@ -259,3 +259,151 @@ def test_a_glob_with_many_stars_on_a_32767_character_value_ends():
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# -- the bounds on one rule: exactly at each bound loads, one more is refused ---------------------
+
+def _rule(preds, cond=("pred", 0)):
+    return Rule(id="r", title="r", predicates=tuple(preds), condition=cond)
+
+
+def test_a_rule_of_exactly_the_predicate_bound_loads_and_one_more_is_refused():
+    from sensor.detect import ir
+    p = Predicate("CommandLine", "contains", ("x",))
+    assert len(_rule([p] * ir.MAX_PREDICATES_PER_RULE).predicates) == ir.MAX_PREDICATES_PER_RULE
+    with pytest.raises(RuleError) as err:
+        _rule([p] * (ir.MAX_PREDICATES_PER_RULE + 1))
+    assert str(err.value) == (f"rule has {ir.MAX_PREDICATES_PER_RULE + 1:,} predicates; at most "
+                              f"{ir.MAX_PREDICATES_PER_RULE:,} are accepted")
+
+
+def test_the_value_bound_counts_the_values_of_every_predicate():
+    from sensor.detect import ir
+    half = ir.MAX_VALUES_PER_RULE // 2
+    a = Predicate("CommandLine", "contains", tuple(f"a{i}" for i in range(half)))
+    b = Predicate("Image", "endswith", tuple(f"b{i}" for i in range(ir.MAX_VALUES_PER_RULE - half)))
+    _rule([a, b], ("or", ("pred", 0), ("pred", 1)))          # exactly the bound: loads
+    c = Predicate("Image", "endswith", tuple(f"b{i}" for i in range(ir.MAX_VALUES_PER_RULE - half + 1)))
+    with pytest.raises(RuleError) as err:
+        _rule([a, c], ("or", ("pred", 0), ("pred", 1)))
+    assert f"rule has {ir.MAX_VALUES_PER_RULE + 1:,} values" in str(err.value)
+    assert f"at most {ir.MAX_VALUES_PER_RULE:,} are accepted" in str(err.value)
+
+
+def test_the_value_text_bound_counts_the_characters_of_every_predicate():
+    from sensor.detect import ir
+    n = ir.MAX_VALUE_CHARS_PER_RULE
+    a = Predicate("CommandLine", "contains", ("x" * (n // 2 - 1), "y"))
+    b = Predicate("Image", "eq", ("z" * (n - n // 2),))
+    _rule([a, b], ("and", ("pred", 0), ("pred", 1)))         # exactly the bound: loads
+    b2 = Predicate("Image", "eq", ("z" * (n - n // 2 + 1),))
+    with pytest.raises(RuleError) as err:
+        _rule([a, b2], ("and", ("pred", 0), ("pred", 1)))
+    assert f"rule has {n + 1:,} characters of values; at most {n:,} are accepted" in str(err.value)
+    # numbers are no text: they never count
+    nums = Predicate("ProcessId", "gt", tuple(range(100)))
+    _rule([a, b, nums], ("and", ("pred", 0), ("pred", 1), ("pred", 2)))
+
+
+def test_the_regex_length_bound_is_per_regex_and_only_for_regexes():
+    from sensor.detect import ir
+    n = ir.MAX_REGEX_CHARS
+    _rule([Predicate("CommandLine", "re", ("a" * n,))])
+    _rule([Predicate("CommandLine", "contains", ("a" * (n + 1),))])     # a literal may be longer
+    with pytest.raises(RuleError) as err:
+        _rule([Predicate("CommandLine", "re", ("b", "a" * (n + 1)))])
+    assert str(err.value) == (f"regular expression of {n + 1:,} characters; at most {n:,} "
+                              "are accepted")
+
+
+def test_a_condition_nested_exactly_to_the_depth_bound_loads_and_one_level_more_is_refused():
+    from sensor.detect import ir
+    cond: object = ("pred", 0)
+    for _ in range(ir.MAX_CONDITION_DEPTH):
+        cond = ("not", cond)
+    p = Predicate("Image", "eq", ("x",))
+    assert _rule([p], cond).condition == cond
+    with pytest.raises(RuleError) as err:
+        _rule([p], ("not", cond))
+    assert str(err.value) == f"condition is nested more than {ir.MAX_CONDITION_DEPTH} levels deep"
+    # and/or nest the same way
+    cond = ("pred", 0)
+    for _ in range(ir.MAX_CONDITION_DEPTH):
+        cond = ("and", cond, ("pred", 0))
+    _rule([p], cond)
+    with pytest.raises(RuleError, match="nested more than"):
+        _rule([p], ("or", ("pred", 0), cond))
+
+
+def test_a_condition_of_exactly_the_node_bound_loads_and_one_node_more_is_refused():
+    from sensor.detect import ir
+    n = ir.MAX_CONDITION_NODES
+    p = Predicate("Image", "eq", ("x",))
+    flat = ("or",) + (("pred", 0),) * (n - 1)                 # n nodes: the "or" and n - 1 leaves
+    assert len(_rule([p], flat).condition) == n
+    with pytest.raises(RuleError) as err:
+        _rule([p], flat + (("pred", 0),))
+    assert str(err.value) == f"condition has more than {n:,} nodes"
+    # nodes are counted over the whole tree, not per branch
+    half = ("or",) + (("pred", 0),) * (n // 2)
+    with pytest.raises(RuleError, match="nodes"):
+        _rule([p], ("and", half, half))
+
+
+# -- time parts ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", ["hour:gt", "minute:eq", "day:lt", "week:lte", "month:gte",
+                                   "year:eq"])
+def test_a_time_part_test_names_a_part_and_a_comparison(flags):
+    assert Predicate("UtcTime", "timepart", (3,), flags=flags).flags == flags
+
+
+@pytest.mark.parametrize("flags,values,message", [
+    ("hour", (3,), "unknown time part test 'hour'"),
+    ("hours:eq", (3,), "unknown time part test 'hours:eq'"),
+    ("hour:ne", (3,), "unknown time part test 'hour:ne'"),
+    (":eq", (3,), "unknown time part test ':eq'"),
+    ("hour:eq", ("3",), "time parts are integers, got '3'"),
+    ("hour:eq", (True,), "time parts are integers, got True"),
+    ("hour:eq", (3, 2.0), "time parts are integers, got 2.0"),
+])
+def test_a_malformed_time_part_test_is_refused(flags, values, message):
+    with pytest.raises(RuleError) as err:
+        Predicate("UtcTime", "timepart", values, flags=flags)
+    assert str(err.value) == message
+
+
+def test_time_part_reads_each_part_of_a_sysmon_time():
+    import datetime
+    from sensor.detect.ir import time_part
+    text = "2024-03-05 14:07:09.123"
+    got = {p: time_part(text, p) for p in ("minute", "hour", "day", "week", "month", "year")}
+    want_week = int(datetime.date(2024, 3, 5).strftime("%W"))
+    assert got == {"minute": 7, "hour": 14, "day": 5, "week": want_week, "month": 3, "year": 2024}
+    assert time_part("2024-03-05T14:07Z", "minute") == 7          # T, no seconds, Z
+    assert time_part("2024-03-05", "hour") == 0                   # a date alone: midnight
+
+
+@pytest.mark.parametrize("text,part,want", [
+    ("2024-03-05 23:59:59", "hour", 23),
+    ("2024-03-05 23:59:59", "minute", 59),
+    ("2024-03-05 24:00:00", "hour", None),
+    ("2024-03-05 12:60:00", "minute", None),
+    ("2024-03-05 12:00:60", "hour", None),       # no leap second: not a time
+    ("2023-02-29 12:00:00", "day", None),        # no such date
+    ("2024-02-29 12:00:00", "day", 29),
+    ("2024-13-01", "month", None),
+    ("yesterday", "day", None),
+])
+def test_time_part_refuses_what_is_not_a_date_or_time(text, part, want):
+    from sensor.detect.ir import time_part
+    assert time_part(text, part) == want
+
+
+@pytest.mark.parametrize("day", range(-8, 9))
+def test_time_part_week_is_strftime_w_around_new_year(day):
+    import datetime
+    from sensor.detect.ir import time_part
+    for year in (2018, 2023, 2024):          # 1 January on a Monday, a Sunday, a Monday (leap)
+        d = datetime.date(year, 1, 1) + datetime.timedelta(days=day)
+        assert time_part(f"{d} 10:00:00", "week") == int(d.strftime("%W")), d

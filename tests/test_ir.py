@@ -407,3 +407,16 @@ def test_time_part_week_is_strftime_w_around_new_year(day):
     for year in (2018, 2023, 2024):          # 1 January on a Monday, a Sunday, a Monday (leap)
         d = datetime.date(year, 1, 1) + datetime.timedelta(days=day)
         assert time_part(f"{d} 10:00:00", "week") == int(d.strftime("%W")), d
+
+
+def test_the_bounds_on_one_rule_are_the_ones_docs_matcher_md_promises():
+    import re as _re
+    from pathlib import Path
+    from sensor.detect import ir
+    text = " ".join((Path(__file__).parents[1] / "docs" / "matcher.md").read_text(encoding="utf-8").split())
+    promise = _re.search(r"a rule at most (.*?) \(`sensor/detect/ir\.py`\)", text).group(1)
+    assert ir.MAX_VALUE_CHARS_PER_RULE % 1024 == 0
+    assert promise == (f"{ir.MAX_VALUES_PER_RULE:,} values, {ir.MAX_VALUE_CHARS_PER_RULE // 1024} KiB of "
+                       f"value text, {ir.MAX_PREDICATES_PER_RULE:,} predicates, a "
+                       f"{ir.MAX_REGEX_CHARS:,}-character regex, a condition of depth "
+                       f"{ir.MAX_CONDITION_DEPTH} and {ir.MAX_CONDITION_NODES:,} nodes")

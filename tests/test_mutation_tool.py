@@ -168,6 +168,9 @@ def in_subprocess(n):
 @functools.lru_cache(maxsize=None)
 def cached(n):
     return n + 100
+
+def never_called(n):
+    return n * 5
 '''
 
 _DEMO_TEST_A = '''\
@@ -273,6 +276,11 @@ def test_coverage_map_and_selected_runs_on_a_small_project(tmp_path, monkeypatch
     m = run(12, ("maxsize=None", "maxsize=0"))     # a decorator: the tests that call it
     assert (m.selected, m.outcome) == (1, "survived")
     assert m.full_outcome == "killed"              # (the cache reader again)
+    # a line no test executes: a survivor without a run, and its log says so (never the log of
+    # the mutant before it)
+    m = run(17, ("n * 5", "n * 6"))
+    assert (m.selected, m.outcome) == (0, "survived")
+    assert (tmp_path / "m.log").read_text().startswith("no test of the list executes lines 17-17")
     m = run(1, ("import functools", "import functools, os"))   # module level: the full set
     assert (m.selected, m.outcome) == (-1, "survived")
     # the conftest's import fails: the session refuses to start (exit code 4), a caught mutant
@@ -289,3 +297,69 @@ def test_a_selected_runs_timeout_is_generous_and_never_above_the_full_lists():
     assert tool.selected_timeout(["c"], cmap, 200) == 90              # 4x + 10 s
     assert tool.selected_timeout(["b", "c"], cmap, 60) == 60          # the full list's cap
     assert tool.selected_timeout(["x"], cmap, 60) == 60               # unknown: the full list's
+
+
+def test_a_resumed_run_keeps_what_was_finished_and_runs_only_the_pending_mutants(tmp_path, monkeypatch):
+    import argparse
+    import json
+    import pytest
+    pytest.importorskip("cosmic_ray", reason="cosmic-ray is installed by `make mutation` only")
+    tool = _tool()
+    proj = tmp_path / "proj"
+    (proj / "mutdemo_pkg").mkdir(parents=True)
+    (proj / "tests").mkdir()
+    (proj / "mutdemo_pkg" / "__init__.py").write_text("")
+    (proj / "mutdemo_pkg" / "mod.py").write_text("def add(a, b):\n    return a + b\n\n"
+                                                 "def neg(a):\n    return -a\n")
+    (proj / "tests" / "test_a.py").write_text(
+        "from mutdemo_pkg import mod\n\ndef test_add():\n    assert mod.add(2, 3) == 5\n\n"
+        "def test_neg():\n    assert mod.neg(2) == -2\n")
+    (proj / "pytest.ini").write_text("[pytest]\n")
+    monkeypatch.setattr(tool, "TREE", proj)
+    monkeypatch.setattr(tool, "ROOT", proj)
+    monkeypatch.setattr(tool, "WORK", tmp_path / "work")
+    monkeypatch.setattr(tool, "RESULTS", tmp_path / "work" / "results")
+    monkeypatch.setenv("PYTHONPATH", str(proj))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    ran = []
+    real = tool.run_mutant
+    monkeypatch.setattr(tool, "run_mutant", lambda m, *a, **k: (ran.append(m.id), real(m, *a, **k)))
+    args = argparse.Namespace(tests="tests/test_a.py", markers="", timeout=60, lines=None, sample=None,
+                              seed=1, full_set=True, compare=False, confirm=False, resume=False)
+    first = tool.run_module("mutdemo_pkg/mod.py", args, [])
+    ids = [m["id"] for m in first["mutants"]]
+    assert len(ids) >= 3 and ran == ids and all(m["outcome"] == "killed" for m in first["mutants"])
+    # a run stopped after its first mutant: the rest pending
+    out = tmp_path / "work" / "results" / "mutdemo_pkg__mod.py.json"
+    saved = json.loads(out.read_text())
+    saved["mutants"][0]["seconds"] = 12345.0
+    for m in saved["mutants"][1:]:
+        m["outcome"] = "pending"
+    out.write_text(json.dumps(saved))
+    ran.clear()
+    args.resume = True
+    again = tool.run_module("mutdemo_pkg/mod.py", args, [])
+    assert ran == ids[1:]                                  # only the pending ones ran
+    assert again["mutants"][0]["seconds"] == 12345.0       # the finished one is kept as it was
+    assert all(m["outcome"] == "killed" for m in again["mutants"])
+    # stopped during its second mutant (SIGTERM, ^C: the runner's _stop raises SystemExit): the
+    # first one's outcome is saved, the rest stay pending for --resume
+    args.resume = False
+
+    def stop_at_second(m, *a, **k):
+        if m.id == ids[1]:
+            raise SystemExit(143)
+        real(m, *a, **k)
+    monkeypatch.setattr(tool, "run_mutant", stop_at_second)
+    with pytest.raises(SystemExit):
+        tool.run_module("mutdemo_pkg/mod.py", args, [])
+    stopped = json.loads(out.read_text())
+    assert [m["outcome"] for m in stopped["mutants"]] == ["killed"] + ["pending"] * (len(ids) - 1)
+    assert stopped["partial"] is True
+    assert (proj / "mutdemo_pkg" / "mod.py").read_text().startswith("def add(a, b):\n    return a + b")
+    # the source changed since: no resume on results of other code
+    args.resume = True
+    (proj / "mutdemo_pkg" / "mod.py").write_text("def add(a, b):\n    return b + a\n\n"
+                                                 "def neg(a):\n    return -a\n")
+    with pytest.raises(SystemExit, match="changed since its last results"):
+        tool.run_module("mutdemo_pkg/mod.py", args, [])

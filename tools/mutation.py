@@ -7,6 +7,7 @@
     python tools/mutation.py --show sensor/detect/ir.py OPERATOR#N      one mutant's diff
     python tools/mutation.py --check sensor/detect/ir.py OPERATOR#N     run its tests on it
     python tools/mutation.py --sample 200 sensor/deliver/spool.py      a seeded random sample of 200
+    python tools/mutation.py --resume sensor/detect/ir.py               continue a stopped run
 
 Mutants come from cosmic-ray's operators (a curated subset, ``OPERATORS``); the runner is ours,
 because a fresh interpreter per mutant costs more than most mutants' tests on a shared 2-core
@@ -750,6 +751,18 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
 
     sha = hashlib.sha256(original.encode()).hexdigest()
     out = RESULTS / f"{module_key(module)}.json"
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if old["source_sha256"] != sha:
+            raise SystemExit(f"--resume: {module} changed since its last results; run it afresh")
+        finished = {x["id"]: x for x in old["mutants"] if x["outcome"] != "pending"}
+        for m in mutants:
+            x = finished.get(m.id)
+            if x is not None and x["original"] == m.original and x["mutated"] == m.mutated:
+                for k in ("outcome", "seconds", "selected", "first_outcome", "reason", "rechecked"):
+                    setattr(m, k, x.get(k, getattr(m, k)))
+        say(f"   resumed: {sum(m.outcome != 'pending' for m in mutants)} mutants kept from "
+            f"{old['finished']}")
 
     def save(done: int) -> dict:
         result = {
@@ -784,8 +797,12 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
         out.write_text(json.dumps(result, indent=1))
         return result
 
+    done = 0
     try:
         for i, m in enumerate(mutants, 1):
+            if m.outcome != "pending":         # --resume: finished by the run it continues
+                done = i
+                continue
             path.write_text(mutated_source(path, m), encoding="utf-8")
             run_mutant(m, tests, cmap, runtime, logs / "last.log", timeout, extra, args.compare,
                        args.confirm)
@@ -799,6 +816,14 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
                 say(f"   {i}/{len(mutants)} done, {n_surv} survived, "
                     f"{time.monotonic() - t_start:.0f} s")
                 save(i)    # an interrupted run keeps what it measured (the rest stays pending)
+            done = i
+    except SystemExit:
+        # stopped (SIGTERM, ^C: _stop): keep every mutant finished since the last save
+        path.write_text(original, encoding="utf-8")
+        mark_equivalents(module, mutants, entries)
+        save(done)
+        say(f"   stopped after {done}/{len(mutants)} mutants; the rest stay pending in {out}")
+        raise
     finally:
         path.write_text(original, encoding="utf-8")
     mark_equivalents(module, mutants, entries)
@@ -1011,6 +1036,9 @@ def main(argv=None) -> int:
                          "report agreement and mutants per minute of each")
     ap.add_argument("--tree", default="tree",
                     help="name of the scratch copy under .mutation/ (two runs at once need two)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the finished mutants of the module's last results (same source) "
+                         "and run only the pending ones (a stopped run continued)")
     ap.add_argument("--fail-under", action="store_true",
                     help="exit 1 when a module scores below the target or has an unlisted survivor")
     args = ap.parse_args(argv)

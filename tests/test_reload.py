@@ -197,6 +197,28 @@ def test_stat_signature_sees_changes_without_reading(tmp_path):
     assert reload_mod.stat_signature([str(d), str(tmp_path / "missing.pack")]) != s1
 
 
+def test_a_watch_past_its_file_cap_says_so(tmp_path, monkeypatch, caplog):
+    # Past MAX_WATCHED_FILES rule files the watch stats no more: the signature ends with a marker
+    # and the reloader warns once, naming what still works (lowered from 100,000 for the test).
+    monkeypatch.setattr(reload_mod, "MAX_WATCHED_FILES", 5)
+    d = tmp_path / "rules"
+    d.mkdir()
+    for i in range(5):
+        (d / f"r{i}.yml").write_text("x")
+    sig = reload_mod.stat_signature([str(d)])
+    assert len(sig) == 5 and reload_mod.WATCH_CAPPED not in sig       # at the cap: all watched
+    (d / "r5.yml").write_text("x")
+    sig = reload_mod.stat_signature([str(d)])
+    assert len(sig) == 6 and sig[-1] == reload_mod.WATCH_CAPPED
+    r = object.__new__(reload_mod.Reloader)
+    monkeypatch.setattr(r, "_watch_paths", lambda: [str(d)], raising=False)
+    with caplog.at_level("WARNING", logger="sensor.reload"):
+        assert r._watch_signature() == sig
+        r._watch_signature()
+    said = [m for m in caplog.messages if "more than 5 rule files" in m]
+    assert len(said) == 1 and "etw-sensor reload" in said[0]
+
+
 def test_control_protocol_and_windows_plan():
     calls = []
 

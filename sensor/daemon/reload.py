@@ -38,6 +38,7 @@ log = logging.getLogger("sensor.reload")
 LIVE_KEYS = ("rules", "exclusions", "throttle", "logging.level", "logging.alerts",
              "sensor.cpu_limit_percent", "sensor.cpu_window_s")
 MAX_WATCHED_FILES = 100_000
+WATCH_CAPPED = ("<more rule files than the watch stats>",)    # the last entry when capped
 UPDATE_PACK_NAME = "rules-update.pack"
 
 
@@ -189,8 +190,8 @@ def _entry(path: str, st: os.stat_result) -> tuple:
 
 def stat_signature(paths) -> tuple:
     """What the rule files look like now, from ``stat`` alone: name, size, mtime, inode and
-    ctime of every rule file (folders walked, at most :data:`MAX_WATCHED_FILES`). Equal
-    signatures: nothing to reload. No file is read."""
+    ctime of every rule file (folders walked, at most :data:`MAX_WATCHED_FILES`; past them the
+    last entry is :data:`WATCH_CAPPED`). Equal signatures: nothing to reload. No file is read."""
     from ..detect.loader import PACK_SUFFIX, YAML_SUFFIXES
     out: list[tuple] = []
     for p in paths:
@@ -207,13 +208,13 @@ def stat_signature(paths) -> tuple:
             for name in sorted(files):
                 if not name.lower().endswith(YAML_SUFFIXES + (PACK_SUFFIX,)):
                     continue
+                if len(out) >= MAX_WATCHED_FILES:
+                    return tuple(out) + (WATCH_CAPPED,)
                 fp = os.path.join(root, name)
                 try:
                     out.append(_entry(fp, os.stat(fp)))
                 except OSError:
                     out.append((fp, "missing"))
-                if len(out) >= MAX_WATCHED_FILES:
-                    return tuple(out)
     return tuple(out)
 
 
@@ -480,7 +481,15 @@ class Reloader:
         return paths
 
     def _watch_signature(self) -> tuple:
-        return stat_signature(self._watch_paths())
+        sig = stat_signature(self._watch_paths())
+        if sig and sig[-1] == WATCH_CAPPED and not self._watch_capped_said:
+            self._watch_capped_said = True
+            log.warning("the rule paths hold more than %d rule files: the watch (watch_s) sees "
+                        "changes to the first %d only; after changing others, reload the rules "
+                        "(`etw-sensor reload` or SIGHUP)", MAX_WATCHED_FILES, MAX_WATCHED_FILES)
+        return sig
+
+    _watch_capped_said = False
 
     def _run(self) -> None:
         while not self._stop.is_set():

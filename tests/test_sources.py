@@ -163,6 +163,55 @@ def test_a_damaged_record_header_reports_the_records_it_hides(tmp_path):
                              "(a damaged record hides the rest of its chunk)")
 
 
+class _StuckParser:
+    """Fault injection for the EVTX parser (a third-party library): after ``good`` real
+    records it fails ``bad`` times in a row (None: for ever, a parser that never moves on),
+    then goes on with the real records."""
+
+    def __init__(self, real_cls, bad, good=3):
+        self.real_cls, self.bad, self.good = real_cls, bad, good
+
+    def __call__(self, path):
+        self.real = self.real_cls(path).records_json()
+        self.given = self.failed = 0
+        return self
+
+    def records_json(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.given < self.good:
+            self.given += 1
+            return next(self.real)
+        if self.bad is None or self.failed < self.bad:
+            self.failed += 1
+            raise RuntimeError(f"damaged record {self.failed}")
+        return next(self.real)
+
+
+@pytest.mark.parametrize("bad,stopped", [(100_000, False), (100_001, True), (None, True)])
+def test_a_parser_stuck_on_unreadable_records_ends_the_file_after_100000_in_a_row(monkeypatch, bad, stopped):
+    # docs/hostile-inputs.md: 100,000 unreadable records in a row mean the parser is not moving
+    # on; the file is given up with an error saying so (the next file is read); up to that many
+    # are each counted and skipped, and the records after them still read. The error that gives
+    # the file up is listed even though the record errors before it filled their allowance.
+    evtx = pytest.importorskip("evtx")
+    monkeypatch.setattr(evtx, "PyEvtxParser", _StuckParser(evtx.PyEvtxParser, bad))
+    stats = ReadStats()
+    events = list(read_paths([EVTX_4688], stats))
+    if stopped:
+        assert len(events) == 3 and stats.records == 3 + 100_001
+        assert str(stats.errors[-1]) == (f"{EVTX_4688}:record {3 + 100_001}: 100000 unreadable records "
+                                         f"in a row: the rest of the file is skipped")
+    else:
+        assert len(events) == 28 and stats.records == 28 + 100_000
+        assert stats.error_count == 100_000
+        assert all("corrupt record: damaged record" in str(e) for e in stats.errors)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX (Windows has named pipes, not FIFO files)")
 @pytest.mark.parametrize("name", ["x.evtx", "x.jsonl", "x.jsonl.gz"])
 def test_a_fifo_named_as_an_input_is_skipped_not_waited_on(tmp_path, name):

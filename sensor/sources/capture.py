@@ -182,11 +182,11 @@ def read_records(path: str, stats: ReadStats) -> tuple[dict | None, Iterator[tup
         header = check_header(_decode(first))
     except (msgspec.DecodeError, CaptureError) as exc:
         fh.close()
-        stats.error(path, "line 1", f"capture header: {exc}")
+        stats.error(path, "line 1", f"capture header: {exc}", whole_file=True)
         return None, iter(())
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         fh.close()
-        stats.error(path, "line 1", f"read failed: {exc}")
+        stats.error(path, "line 1", f"read failed: {exc}", whole_file=True)
         return None, iter(())
     stats.files += 1
 
@@ -218,7 +218,7 @@ def read_records(path: str, stats: ReadStats) -> tuple[dict | None, Iterator[tup
                         continue
                     yield lineno, raw
             except (OSError, EOFError, zlib.error, gzip.BadGzipFile, io.UnsupportedOperation) as exc:
-                stats.error(path, f"line {lineno + 1}", f"read failed: {exc}")
+                stats.error(path, f"line {lineno + 1}", f"read failed: {exc}", whole_file=True)
     return header, records()
 
 

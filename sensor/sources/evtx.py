@@ -110,7 +110,7 @@ def read_evtx(path: str, stats: ReadStats) -> Iterator[ProcessEvent]:
             stats.error(path, f"record {n}", f"corrupt record: {exc}")
             if n - last_good > MAX_BAD_IN_A_ROW:  # the parser is not moving on: stop this file
                 stats.error(path, f"record {n}", f"{MAX_BAD_IN_A_ROW} unreadable records in a row: "
-                                                 f"the rest of the file is skipped")
+                                                 f"the rest of the file is skipped", whole_file=True)
                 stuck = True
                 break
             continue

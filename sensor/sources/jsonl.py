@@ -110,4 +110,4 @@ def read_jsonl(path: str, stats: ReadStats, max_line_bytes: int = MAX_LINE_BYTES
                     stats.position = (path, "line", lineno)
                     yield ev
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile, io.UnsupportedOperation) as exc:
-            stats.error(path, f"line {lineno + 1}", f"read failed: {exc}")
+            stats.error(path, f"line {lineno + 1}", f"read failed: {exc}", whole_file=True)

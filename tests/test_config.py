@@ -65,6 +65,10 @@ def rec(tmp_path):
     ('[output]\nheaders = { "X-A" = "a\\r\\nInjected: 1" }\n', "output.headers.X-A: the value holds a line break"),
     ('[output]\nheaders = { "Bad Name" = "v" }\n', "output.headers.Bad Name: not a valid HTTP header name"),
     ('[output]\nformat = "memory"\n', "output.format: must be one of"),
+    # a final line break (a "$" in a check lets one through): every request would then fail
+    ('[output]\nauth_scheme = "Bearer\\n"\n', "output.auth_scheme: must be one word"),
+    ('[output]\nsignature_header = "X-Sig\\n"\n', "output.signature_header: not a valid HTTP header name"),
+    ('[output]\nheaders = { "X-A\\n" = "v" }\n', "output.headers.X-A\n: not a valid HTTP header name"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, message):
     path = write(tmp_path, REPLAY + text if text.startswith("[") else text)

@@ -329,7 +329,7 @@ USER_FORMATS = {
 HTTP_FORMATS = ("ecs", "splunk_hec", "elasticsearch", "webhook")
 
 _PATH_RE = re.compile(r"\$\.?([^` ]*)")
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")      # an HTTP header name (RFC 9110)
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")    # an HTTP header name (RFC 9110); fullmatch only
 _UNSET_VAR = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -574,16 +574,16 @@ def _check_output(o: OutputSection) -> list[str]:
         if any(not 33 <= ord(c) <= 126 for c in o.syslog_app_name) or len(o.syslog_app_name) > 48:
             out.append("output.syslog_app_name: at most 48 printable characters, no spaces")
     for name, value in o.headers.items():
-        if not _TOKEN_RE.match(name):
+        if not _TOKEN_RE.fullmatch(name):
             out.append(f"output.headers.{name}: not a valid HTTP header name")
         if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
             out.append(f"output.headers.{name}: the value holds a line break or control character")
         if name.lower() in ("authorization", "content-type", "content-encoding", "content-length",
                             "host", "idempotency-key"):
             out.append(f"output.headers.{name}: set by the sensor itself (use token / the format)")
-    if o.auth_scheme and not _TOKEN_RE.match(o.auth_scheme):
+    if o.auth_scheme and not _TOKEN_RE.fullmatch(o.auth_scheme):
         out.append("output.auth_scheme: must be one word (like Bearer)")
-    if o.signature_header and not _TOKEN_RE.match(o.signature_header):
+    if o.signature_header and not _TOKEN_RE.fullmatch(o.signature_header):
         out.append("output.signature_header: not a valid HTTP header name")
     for key in ("token", "hmac_secret"):
         if any(ord(c) < 32 or ord(c) == 127 for c in getattr(o, key)):

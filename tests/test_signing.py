@@ -350,3 +350,225 @@ def test_signed_pack_with_a_backtracking_rule_needs_both_the_key_and_the_opt_in(
                         allow_backtracking=[rid])
     assert not report.rejected and [r.id for r in report.rules] == [rid]
     assert report.packs[0]["key_id"] == "fleet-2025" and report.packs[0]["rules"] == 1
+
+
+# -- the block format, key parsing and dates, unit by unit (README "Build and sign rule packs",
+# the module's format description) -------------------------------------------------------------
+
+def _pair(kid="unit-key"):
+    from sensor.detect.signing import _parse_key_text, generate_key
+    priv_text, pub_text = generate_key(kid)
+    return (_parse_key_text(priv_text, PRIVATE_TAG, "k")[1], _parse_key_text(pub_text, PUBLIC_TAG, "p")[1],
+            pub_text)
+
+
+def _trust_of(kid, pub, not_after=None, clock=None):
+    t = Trust() if clock is None else Trust(clock=clock)
+    t.add(TrustedKey(kid, pub, not_after))
+    return t
+
+
+BODY = b"ETW-SENSOR-PACK\n{}\nrules"
+WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+
+
+def test_a_signed_block_is_one_canonical_json_line_of_version_1():
+    priv, pub, _ = _pair()
+    signed = sign_pack(BODY, "unit-key", priv, now=WHEN)
+    body, meta = split_signature(signed)
+    assert body == BODY
+    line = signed[len(BODY) + len(MARKER):]
+    assert line == json.dumps(meta, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    assert meta["v"] == 1 and meta["alg"] == "ed25519" and meta["key_id"] == "unit-key"
+    assert meta["signed_at"] == "2026-01-02T03:04:05Z"
+    # Ed25519 is deterministic: the same pack, key and time sign to the same bytes
+    assert sign_pack(BODY, "unit-key", priv, now=WHEN) == signed
+
+
+def test_what_a_pack_reports_verified_only_when_checked_against_a_trusted_key():
+    from sensor.detect.signing import PackSignature
+    priv, pub, _ = _pair()
+    signed = sign_pack(BODY, "unit-key", priv, now=WHEN)
+    # no trusted keys: an unsigned pack, and a signed one whose SHA-256 only is checked
+    assert open_pack(BODY, "p", None) == (BODY, PackSignature(None, False))
+    assert open_pack(BODY, "p", Trust()) == (BODY, PackSignature(None, False))
+    body, sig = open_pack(signed, "p", None)
+    assert body == BODY and sig.key_id == "unit-key" and sig.verified is False
+    assert sig.signed_at == "2026-01-02T03:04:05Z"
+    body, sig = open_pack(signed, "p", _trust_of("unit-key", pub))
+    assert sig.verified is True and sig.as_dict()["verified"] is True
+    # what was read is a value: neither record can be changed after the check
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sig.verified = False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrustedKey("k", pub).public = b"\0" * 32
+
+
+def test_a_block_at_the_very_start_of_the_file_is_still_the_block():
+    priv, _pub, _ = _pair()
+    signed = sign_pack(b"", "unit-key", priv, now=WHEN)
+    assert signed.startswith(MARKER)
+    body, meta = split_signature(signed)
+    assert body == b"" and meta["key_id"] == "unit-key"
+
+
+@pytest.mark.parametrize("tail", [b"", b"\n", b"x\n", b" \n"])
+def test_a_block_that_is_not_exactly_one_line_is_damaged(tail):
+    priv, _pub, _ = _pair()
+    signed = sign_pack(BODY, "unit-key", priv, now=WHEN)
+    if tail == b"":
+        damaged = signed[:-1]                       # no final newline
+    else:
+        damaged = signed + tail                     # a second line after the block
+    with pytest.raises(RuleError, match="damaged"):
+        split_signature(damaged)
+    if tail != b"":
+        with pytest.raises(RuleError, match="not one line"):
+            split_signature(damaged)
+
+
+@pytest.mark.parametrize("field,value", [("sig", None), ("key_id", 7), ("sha256", None), ("alg", ["ed25519"])])
+def test_a_block_missing_a_field_or_with_a_field_of_another_type_is_damaged(field, value):
+    priv, pub, _ = _pair()
+    _body, meta = split_signature(sign_pack(BODY, "unit-key", priv, now=WHEN))
+    meta = dict(meta)
+    if value is None:
+        del meta[field]
+    else:
+        meta[field] = value
+    data = BODY + MARKER + json.dumps(meta).encode() + b"\n"
+    for t in (None, _trust_of("unit-key", pub)):
+        with pytest.raises(RuleError, match="signature block is damaged"):
+            open_pack(data, "p", t)
+
+
+@pytest.mark.parametrize("alg,v", [("ed25519", 2), ("ed25519", 0), ("rsa", 1), ("ed25519", "1")])
+def test_another_algorithm_or_version_is_refused(alg, v):
+    priv, pub, _ = _pair()
+    _body, meta = split_signature(sign_pack(BODY, "unit-key", priv, now=WHEN))
+    data = BODY + MARKER + json.dumps(dict(meta, alg=alg, v=v)).encode() + b"\n"
+    for t in (None, _trust_of("unit-key", pub)):
+        with pytest.raises(RuleError, match="is not supported"):
+            open_pack(data, "p", t)
+
+
+@pytest.mark.parametrize("change", ["junk", "non-ascii"])
+def test_a_signature_with_characters_base64_does_not_have_is_refused(change):
+    # A lenient decoder would drop the stray characters and verify the rest: the block was
+    # altered, so it must not load.
+    priv, pub, _ = _pair()
+    _body, meta = split_signature(sign_pack(BODY, "unit-key", priv, now=WHEN))
+    sig = meta["sig"]
+    bad = sig[:10] + ("!" if change == "junk" else "\u00e9") + sig[10:]
+    data = BODY + MARKER + json.dumps(dict(meta, sig=bad), sort_keys=True).encode() + b"\n"
+    with pytest.raises(RuleError, match="does not verify"):
+        open_pack(data, "p", _trust_of("unit-key", pub))
+
+
+def test_a_key_is_trusted_up_to_and_including_its_not_after_second():
+    priv, pub, _ = _pair()
+    signed = sign_pack(BODY, "unit-key", priv, now=WHEN)
+    until = dt.datetime(2026, 6, 30, 23, 59, 59, tzinfo=dt.timezone.utc)
+    assert open_pack(signed, "p", _trust_of("unit-key", pub, until, clock=lambda: until))[1].verified
+    with pytest.raises(RuleError, match="expired"):
+        open_pack(signed, "p", _trust_of("unit-key", pub, until,
+                                          clock=lambda: until + dt.timedelta(microseconds=1)))
+
+
+def test_the_trust_store_uses_the_clock_it_is_given_and_else_the_real_one():
+    priv, pub, pub_text = _pair()
+    signed = sign_pack(BODY, "unit-key", priv, now=WHEN)
+    entry = {"public_key": pub_text.strip(), "not_after": "2020-01-01"}
+    t, errors = trust_from_entries([entry], clock=lambda: dt.datetime(2019, 12, 31, tzinfo=dt.timezone.utc))
+    assert not errors and open_pack(signed, "p", t)[1].verified       # 2019 by the given clock
+    t, errors = trust_from_entries([entry])                            # today: long past 2020
+    assert not errors
+    with pytest.raises(RuleError, match="expired"):
+        open_pack(signed, "p", t)
+    t, errors = trust_from_entries([dict(entry, not_after="2999-01-01")])
+    assert not errors and open_pack(signed, "p", t)[1].verified
+
+
+def test_not_after_dates_and_times():
+    from sensor.detect.signing import KeyError_, parse_not_after
+    utc = dt.timezone.utc
+    end = dt.datetime(2026, 6, 30, 23, 59, 59, tzinfo=utc)
+    assert parse_not_after("2026-06-30") == end                       # a date: the end of that day
+    assert parse_not_after(" 2026-06-30 ") == end
+    assert parse_not_after(dt.date(2026, 6, 30)) == end
+    assert parse_not_after("2026-06-30T12:00:00Z") == dt.datetime(2026, 6, 30, 12, tzinfo=utc)
+    assert parse_not_after("2026-06-30T12:00:00+02:00") == dt.datetime(2026, 6, 30, 10, tzinfo=utc)
+    assert parse_not_after("2026-06-30 12:00") == dt.datetime(2026, 6, 30, 12, tzinfo=utc)
+    # a TOML datetime: without an offset it is UTC, with one it is kept
+    assert parse_not_after(dt.datetime(2026, 6, 30, 12)) == dt.datetime(2026, 6, 30, 12, tzinfo=utc)
+    plus2 = dt.datetime(2026, 6, 30, 12, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert parse_not_after(plus2) == plus2 and parse_not_after(plus2).utcoffset() == dt.timedelta(hours=2)
+    assert parse_not_after(None) is None and parse_not_after("") is None
+    for bad in ("2026-6-30", "30.06.2026", "soon", "2026-06-31"):
+        with pytest.raises(KeyError_, match="not a date"):
+            parse_not_after(bad)
+
+
+@pytest.mark.parametrize("kid,ok", [("a", True), ("fleet-2026.v2_x", True), ("a" * 64, True),
+                                    ("a" * 65, False), ("", False), ("-lead", False), ("bad id", False),
+                                    ("../x", False), ("k\u00e9", False), ("k\n", False)])
+def test_key_ids(kid, ok):
+    from sensor.detect.signing import KeyError_, check_key_id
+    if ok:
+        assert check_key_id(kid) == kid
+    else:
+        with pytest.raises(KeyError_, match="1-64 characters"):
+            check_key_id(kid)
+        with pytest.raises(KeyError_):
+            sign_pack(BODY, kid, b"\1" * 32)
+
+
+def test_inline_public_keys_must_be_strict_base64_of_32_bytes():
+    from sensor.detect.signing import KeyError_, parse_public_key
+    _priv, pub, pub_text = _pair()
+    b64 = pub_text.split()[2]
+    assert parse_public_key(b64) == (None, pub)
+    assert parse_public_key(pub_text) == ("unit-key", pub)
+    for bad in (b64[:10] + "!" + b64[10:], b64[:10] + "\u00e9" + b64[10:], b64[:10] + " " + b64[10:]):
+        with pytest.raises(KeyError_, match="not base64"):
+            parse_public_key(bad)
+    with pytest.raises(KeyError_, match="an Ed25519 key has 32"):
+        parse_public_key(b64[:-4])
+    # the same problems in [rules] trusted_keys come back as errors naming the entry, not raised
+    _t, errors = trust_from_entries([{"id": "a", "public_key": b64[:10] + "\u00e9" + b64[10:]},
+                                     {"id": "bad id", "public_key": b64}])
+    assert errors == ["rules.trusted_keys[0]: public_key: not base64",
+                      "rules.trusted_keys[1]: key id 'bad id': 1-64 characters of letters, digits, '.', "
+                      "'_' or '-', starting with a letter or digit"]
+
+
+def test_where_a_trusted_key_came_from(tmp_path):
+    _priv, pub, pub_text = _pair()
+    f = tmp_path / "k.pub"
+    f.write_text(pub_text)
+    t, errors = trust_from_entries([{"public_key": pub_text.strip()}])
+    assert not errors and t.keys["unit-key"].source == "inline"
+    t, errors = trust_from_entries([{"file": str(f)}])
+    assert not errors and t.keys["unit-key"].source == str(f)
+
+
+def test_key_files_at_the_size_cap_and_one_byte_over(tmp_path):
+    from sensor.detect.signing import KeyError_
+    _priv, pub, pub_text = _pair()
+    line = pub_text.encode()
+    at = tmp_path / "at.pub"
+    at.write_bytes(line + b" " * (4096 - len(line)))              # 4,096 bytes: read
+    assert len(at.read_bytes()) == 4096
+    assert read_key_file(str(at), PUBLIC_TAG) == ("unit-key", pub)
+    over = tmp_path / "over.pub"
+    over.write_bytes(line + b" " * (4097 - len(line)))            # 4,097: refused
+    with pytest.raises(KeyError_, match="too large for a key file"):
+        read_key_file(str(over), PUBLIC_TAG)
+    latin = tmp_path / "latin.pub"
+    latin.write_bytes(line.replace(b"unit-key", b"unit-k\xe9y"))
+    with pytest.raises(KeyError_, match="not an etw-sensor key file"):
+        read_key_file(str(latin), PUBLIC_TAG)
+    with pytest.raises(KeyError_) as err:
+        read_key_file(str(tmp_path / "missing.pub"), PUBLIC_TAG)
+    assert str(err.value) == f"{tmp_path / 'missing.pub'}: cannot read: No such file or directory"

@@ -42,7 +42,7 @@ PUBLIC_TAG = "etw-sensor-ed25519-public"
 PRIVATE_TAG = "etw-sensor-ed25519-private"
 MAX_TRAILER = 4096          # a signature block is ~300 bytes; a bigger tail is not one
 MAX_KEY_FILE = 4096
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # fullmatch only (a "$" would let a final "\n" in)
 
 
 class KeyError_(ValueError):
@@ -64,7 +64,7 @@ def _unb64(text: str, what: str, size: int) -> bytes:
 
 
 def check_key_id(key_id: str) -> str:
-    if not isinstance(key_id, str) or not KEY_ID_RE.match(key_id):
+    if not isinstance(key_id, str) or not KEY_ID_RE.fullmatch(key_id):
         raise KeyError_(f"key id {key_id!r}: 1-64 characters of letters, digits, '.', '_' or '-', "
                         f"starting with a letter or digit")
     return key_id

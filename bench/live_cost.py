@@ -335,6 +335,9 @@ def child_sensor(config: str) -> int:
     pipeline = make_pipeline(parts)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    names = os.environ.get("LIVE_COST_THREADS")
+    if names:
+        _write_thread_names(names, stop)
     code = serve(pipeline, stop, drain_timeout=cfg.sensor.drain_timeout_s)
     if prof is not None:
         prof()
@@ -343,6 +346,19 @@ def child_sensor(config: str) -> int:
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
+
+
+def _write_thread_names(path: str, stop: threading.Event) -> None:
+    """``--threads``: on SIGUSR1 (sent by the bench after it sampled a phase) write the sensor's
+    thread names by native id to ``path`` (JSON); no thread of its own, no timer."""
+    def write(*_) -> None:
+        names = {str(t.native_id): t.name for t in threading.enumerate() if t.native_id}
+        names[str(os.getpid())] = "main"
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(names, fh)
+        os.replace(tmp, path)
+    signal.signal(signal.SIGUSR1, write)
 
 
 def _profile_worker(path: str | None):
@@ -485,16 +501,23 @@ def child_floor() -> int:
 def sample(pid: int) -> dict:
     """CPU ns, context switches and RSS of a process, summed over its threads."""
     cpu = ctx = 0
+    tasks: dict[str, list[int]] = {}
     for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
             with open(f"{task}/schedstat") as f:
-                cpu += int(f.read().split()[0])
+                t_cpu = int(f.read().split()[0])
+            t_ctx = [0, 0]
             with open(f"{task}/status") as f:
                 for line in f:
-                    if "ctxt_switches:" in line:     # voluntary and nonvoluntary
-                        ctx += int(line.split()[1])
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        t_ctx[0] = int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        t_ctx[1] = int(line.split()[1])
         except (OSError, ValueError, IndexError):
-            pass
+            continue
+        cpu += t_cpu
+        ctx += t_ctx[0] + t_ctx[1]
+        tasks[task.rsplit("/", 1)[1]] = [t_cpu, t_ctx[0], t_ctx[1]]
     rss = hwm = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -502,7 +525,23 @@ def sample(pid: int) -> dict:
                 rss = int(line.split()[1]) / 1024
             elif line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) / 1024
-    return {"cpu_ns": cpu, "ctx": ctx, "rss_mb": rss, "hwm_mb": hwm, "t": time.monotonic()}
+    return {"cpu_ns": cpu, "ctx": ctx, "rss_mb": rss, "hwm_mb": hwm, "t": time.monotonic(), "tasks": tasks}
+
+
+def by_thread(s0: dict, s1: dict, names: dict, starts: int) -> dict:
+    """Per thread of the phase: CPU us, voluntary and involuntary switches, each per start
+    (per second when there were no starts)."""
+    per = starts or max(1e-9, s1["t"] - s0["t"])
+    out: dict[str, list[float]] = {}
+    for tid, (cpu, vol, inv) in s1["tasks"].items():
+        c0, v0, i0 = s0["tasks"].get(tid, (0, 0, 0))
+        if cpu == c0 and vol == v0 and inv == i0:
+            continue
+        row = out.setdefault(names.get(tid, f"tid {tid}"), [0.0, 0.0, 0.0])
+        row[0] += (cpu - c0) / 1e3 / per
+        row[1] += (vol - v0) / per
+        row[2] += (inv - i0) / per
+    return out
 
 
 def settle(pid: int, quiet_ns: int = 2_000_000, step: float = 0.25, cap: float = 60.0) -> dict:
@@ -579,7 +618,25 @@ def feed(child: Child, rec: Records, rate: float, duration: float, benign: list,
     return n, n_alert
 
 
-def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting: list) -> list[dict]:
+def thread_names(child: "Child", path: str) -> dict:
+    """The sensor's thread names by native id (asked for with SIGUSR1, after the sample)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    child.proc.send_signal(signal.SIGUSR1)
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    return {}
+
+
+def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting: list,
+               names_path: str | None = None) -> list[dict]:
     out = []
     for name, rate, duration, frac in phases:
         s0 = settle(child.proc.pid)
@@ -593,6 +650,12 @@ def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting:
                     "us_per_start": cpu / 1e3 / starts if starts else None,
                     "wakeups_per_s": (s1["ctx"] - s0["ctx"]) / (s1["t"] - s0["t"]),
                     "rss_mb": s1["rss_mb"], "hwm_mb": s1["hwm_mb"]})
+        if names_path:
+            out[-1]["threads"] = by_thread(s0, s1, thread_names(child, names_path), starts)
+            unit = "start" if starts else "s"
+            for thread, (us, vol, inv) in sorted(out[-1]["threads"].items(), key=lambda kv: -kv[1][0]):
+                print(f"      {thread:<26} {us:9.1f} us/{unit}  {vol:6.2f} + {inv:5.2f} switches/{unit} "
+                      f"(voluntary + involuntary)", file=sys.stderr, flush=True)
         print(f"  {name:<28} {out[-1]['cpu_pct']:8.3f} % cpu  "
               f"{(out[-1]['us_per_start'] or 0):9.1f} us/start  {out[-1]['wakeups_per_s']:8.1f} wake/s",
               file=sys.stderr, flush=True)
@@ -645,7 +708,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of a phase below 1,000 starts/s")
     ap.add_argument("--fast-seconds", type=float, default=4.0, help="length of a phase at >= 1,000 starts/s")
     ap.add_argument("--rest-seconds", type=float, default=30.0, help="length of the rest phase")
-    ap.add_argument("--alert-frac", type=float, default=0.05)
+    ap.add_argument("--alert-frac", type=float, default=0.05, help="share of alerting starts in the second pass (0: none)")
     ap.add_argument("--flush-ms", type=int, default=20,
                     help="burst interval = the sensor's source.etw.flush_ms (default 20)")
     ap.add_argument("--quick", action="store_true", help="rates up to 1,000/s, shorter phases")
@@ -653,6 +716,8 @@ def main() -> int:
     ap.add_argument("--profile", help="write cProfile statistics of the sensor's ETW worker thread to this file "
                          "(the forwarder's threads: FILE.forwarder)")
     ap.add_argument("--sections", help="write the thread CPU time of the worker's parts (JSON) to this file")
+    ap.add_argument("--threads", action="store_true",
+                    help="print each sensor thread's CPU and context switches per start in each phase")
     ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
     ap.add_argument("--spool-sync", choices=["full", "normal"], default="full",
                     help="the sensor's [spool] sync (default full: an fsync per commit)")
@@ -677,7 +742,7 @@ def main() -> int:
               f"alerting {len(alerting)} (left out {info['alerting_left_out']}): "
               f"alerts per alerting start {info['alerts_per_alerting_start']}", file=sys.stderr)
         phases = []
-        for frac in (0.0, args.alert_frac):
+        for frac in (0.0,) + ((args.alert_frac,) if args.alert_frac else ()):   # 0: no alerting phases
             for r in rates:
                 if r == 0 and frac:
                     continue
@@ -695,10 +760,14 @@ def main() -> int:
                 os.environ["LIVE_COST_PROFILE"] = os.path.abspath(args.profile)
             if kind == "sensor" and args.sections:
                 os.environ["LIVE_COST_SECTIONS"] = os.path.abspath(args.sections)
+            names_path = None
+            if kind == "sensor" and args.threads:
+                names_path = os.path.join(tmp, "threads.json")
+                os.environ["LIVE_COST_THREADS"] = names_path
             child = Child(argv, rec.header(), os.path.join(tmp, f"{kind}.log"))
             child.write(rec.rundown(time.time()))
             run = [p for p in phases if kind == "sensor" or not p[3]]
-            results[kind] = run_phases(child, rec, run, benign, alerting)
+            results[kind] = run_phases(child, rec, run, benign, alerting, names_path)
             code = child.stop()
             results[kind + "_exit"] = code
             if kind == "sensor":

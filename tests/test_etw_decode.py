@@ -543,3 +543,66 @@ def test_the_twin_reads_x64_pointers_by_default_like_the_fast_decoder():
         assert decode_system_process(opcode, ver, payload) == want
         assert decode_system_process_generic(opcode, ver, payload) == want
         assert decode_generic(etw_manifest.system_process_schema(opcode, ver), payload) == want
+
+
+# -- ProcessStop: only what the process table needs ---------------------------------------------
+
+STOP_KEYS = sorted(k for k in KP_ROWS if k[0] == 2)
+
+
+def stop_ids_from_fields(fields):
+    """What ``process_stop`` must answer, derived from the full decoder's fields."""
+    if fields is None:
+        return None
+    return (fields["ProcessID"], fields.get("CreateTime"), fields.get("ProcessSequenceNumber"),
+            fields.get("ExitTime"))
+
+
+def assert_stop_agrees(version: int, payload: bytes) -> None:
+    """process_stop == the full decoder's fields, and both decoders count the same."""
+    for compiled in (True, False):
+        lean, full = PayloadDecoder(compiled=compiled), PayloadDecoder(compiled=compiled)
+        assert lean.process_stop(version, payload) == stop_ids_from_fields(full.kernel_process(2, version, payload))
+        assert lean.stats() == full.stats()
+        assert lean.last_error == full.last_error
+
+
+def test_process_stop_every_layout_and_every_truncation():
+    checked = 0
+    for (eid, ver), (_, fields) in KP_ROWS.items():
+        if eid != 2:
+            continue
+        payload = encode(fields, sample_values(fields, 11))
+        ids = PayloadDecoder().process_stop(ver, payload)
+        assert ids is not None and ids[0] == sample_values(fields, 11)["ProcessID"]
+        for cut in range(len(payload) + 1):
+            assert_stop_agrees(ver, payload[:cut])
+            checked += 1
+    assert checked > 100
+    # versions the module does not know: read with the newest layout, counted as unknown
+    _, fields = KP_ROWS[(2, 2)]
+    payload = encode(fields, sample_values(fields, 12))
+    for ver in (-1, 3, 9):
+        assert_stop_agrees(ver, payload)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(STOP_KEYS), st.data())
+def test_process_stop_equals_the_full_decoder_on_random_values(key, data):
+    _, fields = KP_ROWS[key]
+    vals = {name: data.draw(strategy_for(typ, name, False, 8)) for typ, name in fields}
+    payload = encode(fields, vals)
+    assert_stop_agrees(key[1], payload)
+    cut = data.draw(st.integers(0, len(payload)))
+    flip = data.draw(st.lists(st.tuples(st.integers(0, max(len(payload) - 1, 0)), st.integers(0, 255)), max_size=3))
+    mutated = bytearray(payload[:cut])
+    for i, b in flip:
+        if i < len(mutated):
+            mutated[i] = b
+    assert_stop_agrees(data.draw(st.integers(-1, 4)), bytes(mutated))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-2, 6), st.binary(max_size=160))
+def test_process_stop_equals_the_full_decoder_on_random_bytes(version, blob):
+    assert_stop_agrees(version, blob)

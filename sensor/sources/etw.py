@@ -21,6 +21,8 @@ import logging
 
 import platform
 import queue
+import select
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -174,6 +176,81 @@ class SidResolver:
         return out
 
 
+class Waker:
+    """``threading.Event``'s ``set`` / ``is_set`` / ``clear`` / ``wait`` on a connected socket pair.
+
+    The ETW consumer wakes the worker from inside a record callback, holding the GIL. With an
+    Event the woken worker runs at once (the scheduler favours a thread that slept) and then
+    blocks again on the GIL until the callback returns: two wake-ups of the worker and a
+    preempted consumer per start. Here ``set`` wakes the worker with a one-byte ``send``, which
+    runs with the GIL released, and the worker waits in ``select`` (GIL released too): the
+    woken worker takes the GIL without waiting for it. ``socket.socketpair`` is a Unix socket
+    pair on POSIX and a loopback TCP pair on Windows (where ``select`` takes sockets only).
+
+    At most one byte is pending: ``set`` sends only when the flag was clear, ``clear`` drops the
+    flag and reads what is pending. The flag is set before the byte is sent and the worker clears
+    it before it takes the queued records, so a record queued before ``set`` is never missed (at
+    worst one spurious wake-up, which finds the queue empty).
+    """
+
+    __slots__ = ("_r", "_w", "_flag")
+
+    def __init__(self) -> None:
+        self._r: socket.socket | None = None
+        self._w: socket.socket | None = None
+        self._flag = False
+
+    def open(self) -> None:
+        """Make the socket pair (before the worker starts; ``set`` before it only sets the flag)."""
+        if self._r is None:
+            r, w = socket.socketpair()
+            r.setblocking(False)
+            w.setblocking(False)
+            self._r, self._w = r, w
+            if self._flag:
+                w.send(b"\0")
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            w = self._w
+            if w is not None:
+                try:
+                    w.send(b"\0")
+                except OSError:    # closed, or (never with one pending byte) full: the flag stands
+                    pass
+
+    def clear(self) -> None:
+        self._flag = False
+        r = self._r
+        if r is not None:
+            try:
+                r.recv(64)
+            except OSError:        # nothing pending (or closed)
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``set`` or ``timeout`` seconds; True when set."""
+        if self._flag:
+            return True
+        try:
+            select.select((self._r,), (), (), timeout)
+        except (OSError, ValueError, TypeError):   # not open or closed: no spinning
+            time.sleep(0.1 if timeout is None else min(timeout, 0.1))
+        return self._flag
+
+    def close(self) -> None:
+        """Close the socket pair (the flag keeps working; ``open`` makes a new pair)."""
+        r, w = self._r, self._w
+        self._r = self._w = None
+        for sock in (r, w):
+            if sock is not None:
+                sock.close()
+
+
 class _Held:
     __slots__ = ("deadline", "event", "entry", "create_time", "ppid")
 
@@ -217,6 +294,13 @@ class EtwProcessor:
         try:
             src, event_id, version, opcode, hpid, _htid, ts, hflags, payload = raw
             if src == SRC_KERNEL_PROCESS:
+                if event_id == m.PROCESS_STOP:
+                    # Only the table needs a stop: its identity and exit time, no field dict.
+                    ids = self.decoder.process_stop(version, payload)
+                    if ids is not None:
+                        self.c["stops"] += 1
+                        self.table.exited(*ids)
+                    return []
                 fields = self.decoder.kernel_process(event_id, version, payload)
                 if fields is None:
                     return []
@@ -571,7 +655,7 @@ class EtwSource:
         # record waits for the next wake-up (the worker then takes every record, in order), so a
         # quiet host costs one wake-up per start, not one per record.
         self._dq: deque = deque()
-        self._wake = threading.Event()
+        self._wake = Waker()                   # its sockets: opened by start(), closed by stop()
         self._handed = [0]                  # records the sinks queued (read by the session ticker)
         self._drops = [0, 0]              # per session: records dropped because the queue was full
         self.managers: list[SessionManager] = []
@@ -659,6 +743,7 @@ class EtwSource:
         self._emit = emit
         self._batches = batches
         self._stopping.clear()
+        self._wake.open()                      # (a record fed before the start wakes the worker)
         if self.tree_store is not None:
             # Before the seed and the rundown, which confirm the entries still running.
             try:
@@ -807,6 +892,8 @@ class EtwSource:
             self._dq.append(_STOP)
             self._wake.set()
             self._worker.join(timeout)
+            if not self._worker.is_alive():
+                self._wake.close()             # a worker stuck past the timeout keeps its sockets
             self._worker = None
         if self.processor is not None and self.processor.sids is not None:
             self.processor.sids.stop()

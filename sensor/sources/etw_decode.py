@@ -326,6 +326,13 @@ def decode_system_process(opcode: int, version: int, buf: bytes, pointer_size: i
     return out
 
 
+# ProcessStop's identity fields (what the process table needs), at the heads' offsets.
+_STOP_HEADS = (_STOP_V0, _STOP_V1, _STOP_V2)
+_STOP_TOP = 2                                  # the newest layout this module knows
+_STOP_IDS_V0 = struct.Struct("<IQQ")           # ProcessID, CreateTime, ExitTime (v0, v1)
+_STOP_IDS_V2 = struct.Struct("<IQQQ")          # ProcessID, ProcessSequenceNumber, CreateTime, ExitTime
+
+
 class PayloadDecoder:
     """The decoders for the ETW path: return None instead of raising, and count what happened."""
 
@@ -357,6 +364,29 @@ class PayloadDecoder:
             return None
         self.decoded += 1
         return out
+
+    def process_stop(self, version: int, buf: bytes) -> tuple | None:
+        """What the process table needs of a ProcessStop: ``(ProcessID, CreateTime,
+        ProcessSequenceNumber or None, ExitTime)``, or None (malformed; counted).
+
+        The same answer as ``kernel_process(2, version, buf)``'s fields, without building them:
+        the fixed head is read at its offsets and the ImageName's terminator only looked for.
+        Whatever that does not accept (a short head, no terminator, a negative version) goes
+        through ``kernel_process``, so the error and its count are the full decoder's."""
+        if 0 <= version <= _STOP_TOP:
+            head = _STOP_HEADS[version]
+            if len(buf) >= head.size and buf.find(b"\0", head.size) != -1:
+                self.decoded += 1
+                if version >= 2:
+                    pid, seq, ct, exit_time = _STOP_IDS_V2.unpack_from(buf, 0)
+                    return pid, ct, seq, exit_time
+                pid, ct, exit_time = _STOP_IDS_V0.unpack_from(buf, 0)
+                return pid, ct, None, exit_time
+        fields = self.kernel_process(m.PROCESS_STOP, version, buf)
+        if fields is None:
+            return None
+        return (fields["ProcessID"], fields.get("CreateTime"), fields.get("ProcessSequenceNumber"),
+                fields.get("ExitTime"))
 
     def system_process(self, opcode: int, version: int, buf: bytes, pointer_size: int = 8) -> dict | None:
         """Decoded fields of a kernel-logger Process record, or None (counted)."""

@@ -404,3 +404,49 @@ def test_a_client_dripping_its_request_cannot_hold_the_control_channel(tmp_path,
         stop.set()
         srv.stop()
         d.join(GUARD)
+
+
+def voluntary(thread: threading.Thread) -> int:
+    with open(f"/proc/self/task/{thread.native_id}/status") as fh:
+        for line in fh:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_a_start_from_a_consumer_callback_wakes_the_worker_once():
+    """The consumer wakes the worker from inside its callback, holding the GIL. A wake-up that
+    lets the worker run before the callback returns makes it block again at once, on the GIL
+    (a second voluntary switch, for most starts); the socket-pair waker wakes it with the GIL
+    released. Each start arrives alone, after the worker went back to sleep, from a thread that
+    keeps the GIL busy for a while after the wake-up (as the rest of a callback would)."""
+    from .test_health import VOL, start
+    src, be = etw_source()
+    got: list = []
+    src.start(lambda ev: got.append(ev) or True)
+    try:
+        sink = be.consumers[0].sink
+        worker = thread_named("etw-worker")
+        n = 40
+        sw = []
+
+        def consumer() -> None:
+            for i in range(n):
+                assert wait_for(lambda: settled(worker))
+                before = voluntary(worker)
+                sink(start(7000 + 4 * i, VOL + "\\Windows\\notepad.exe"))
+                end = time.perf_counter() + 0.002
+                x = 0
+                while time.perf_counter() < end:     # the rest of the callback, GIL held
+                    x += 1
+                assert wait_for(lambda: len(got) == i + 1)
+                assert wait_for(lambda: settled(worker))
+                sw.append(voluntary(worker) - before)
+        t = threading.Thread(target=consumer, name="test-consumer")
+        t.start()
+        t.join(GUARD)
+        assert len(got) == n, sw
+        # One wake-up per start; a GIL wait after it would make most of them two (or more).
+        assert sorted(sw)[n // 2] == 1, sw
+    finally:
+        src.stop()

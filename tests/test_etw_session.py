@@ -459,3 +459,45 @@ def test_system_logger_failure_is_not_fatal():
         assert src.processor.join_wait == 0.0       # starts are not held for a join
     finally:
         src.stop()
+
+
+def test_waker_flag_and_sockets():
+    """The worker's waker: a set before the sockets exist still wakes the first wait, a set
+    while nobody waits is seen by the next wait, a clear drops the pending byte (the next wait
+    blocks until its timeout), and after close set/clear never raise and wait never spins."""
+    import time
+    from sensor.sources.etw import Waker
+    w = Waker()
+    w.set()
+    assert w.is_set()
+    w.open()
+    try:
+        assert w.wait(5.0) is True
+        w.clear()
+        assert not w.is_set()
+        t0 = time.monotonic()
+        assert w.wait(0.05) is False                 # nothing pending after the clear
+        assert time.monotonic() - t0 >= 0.04
+        done = []
+
+        def waiter():
+            done.append(w.wait(30.0))
+        import threading
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.05)
+        w.set()
+        t.join(30.0)
+        assert done == [True]
+        w.clear()
+        w.set()
+        w.set()                                       # one byte pending at most
+        w.clear()
+        assert w.wait(0.01) is False
+    finally:
+        w.close()
+    w.set()
+    w.clear()
+    t0 = time.monotonic()
+    assert w.wait(None) is False                     # closed: answers after a pause, no spin
+    assert time.monotonic() - t0 >= 0.05

@@ -627,3 +627,48 @@ def test_a_generation_gone_before_the_child_rules_out_every_older_one():
     t.exited(310, T0 + 3 * S, exit_time=T0 + 4 * S)
     assert t.parent_of(310, T0 + 5 * S) is None
     assert t.parent_of(310, T0 + 3 * S + S // 2).image == "C:\\new.exe"
+
+
+# -- the lineage walk from a parent already looked up ------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_OPS = st.lists(st.tuples(st.sampled_from(["add", "exit", "tick"]), st.integers(1, 6), st.integers(0, 6),
+                          st.integers(0, 40), st.one_of(st.none(), st.integers(1, 5)),
+                          st.one_of(st.none(), st.integers(1, 5))), max_size=40)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_OPS, st.integers(1, 6), st.integers(0, 6), st.integers(20, 60), st.one_of(st.none(), st.integers(1, 5)),
+       st.one_of(st.none(), st.none(), st.integers(1, 5)), st.integers(1, 12))
+def test_walk_from_the_looked_up_parent_is_the_walk(ops, pid, ppid, ct, seq, pseq, cap):
+    """What ``EtwProcessor.on_start`` does: look the parent up, add the child, then walk its
+    ancestors from that parent when the entry kept the looked-up values, the parent is still in
+    the table and is not of the child's pid (``first_step``). The walk must be the one
+    ``ancestors`` makes alone,
+    in tables small enough to evict, with entries expiring and pids reused."""
+    now = [0.0]
+    table = ProcessTable(max_entries=cap, exit_ttl=5.0, create_tolerance=0.0, clock=lambda: now[0])
+    for op, p, pp, t, s, ps in ops:
+        if op == "add":
+            table.add(p, t or None, s, pp, ps, f"img{p}")
+        elif op == "exit":
+            table.exited(p, t or None, s, t + 1)
+        else:
+            now[0] += 3.0
+    ct = ct or None
+    parent = table.parent_of(ppid, ct, pseq)
+    entry = table.add(pid, ct, seq, ppid, pseq, "child")
+    first = table.first_step(entry, parent, ppid, ct, pseq)
+    assert table.ancestors(entry, first=first) == table.ancestors(entry)
+    if first is not None:
+        took[0] += 1
+
+
+took = [0]
+
+
+def test_the_walk_property_took_the_short_way():
+    took[0] = 0
+    test_walk_from_the_looked_up_parent_is_the_walk()
+    assert took[0] > 100              # the property above mostly tested the shortcut

@@ -501,3 +501,34 @@ def test_waker_flag_and_sockets():
     t0 = time.monotonic()
     assert w.wait(None) is False                     # closed: answers after a pause, no spin
     assert time.monotonic() - t0 >= 0.05
+
+
+def test_waker_falls_back_to_an_event_where_no_socket_pair_can_be_made(monkeypatch):
+    """A host that refuses the socket pair (on Windows it is a loopback TCP connection) still
+    gets a working source: the worker is woken through a threading.Event, and stats say why."""
+    import socket
+    from sensor.sources.etw import Waker
+    from .test_health import VOL, start
+
+    def refuse(*a, **kw):
+        raise OSError(10013, "access denied (test)")
+    monkeypatch.setattr(socket, "socketpair", refuse)
+    w = Waker()
+    w.set()
+    w.open()
+    assert w.wait(5.0) is True and "access denied (test)" in w.fallback
+    w.clear()
+    assert w.wait(0.01) is False
+    w.close()
+    src = EtwSource(EtwConfig(seed_from_psutil=False, backfill=False), backend=FakeBackend(), helpers={})
+    got = []
+    src.start(lambda ev: got.append(ev) or True)
+    try:
+        src.feed(start(5200, VOL + "\\Windows\\notepad.exe"))
+        end = time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            time.sleep(0.01)
+        assert len(got) == 1 and got[0]["ProcessId"] == 5200
+        assert "access denied (test)" in src.stats()["wake_fallback"]
+    finally:
+        src.stop()

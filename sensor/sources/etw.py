@@ -193,22 +193,34 @@ class Waker:
     worst one spurious wake-up, which finds the queue empty).
     """
 
-    __slots__ = ("_r", "_w", "_flag")
+    __slots__ = ("_r", "_w", "_flag", "_event", "fallback")
 
     def __init__(self) -> None:
         self._r: socket.socket | None = None
         self._w: socket.socket | None = None
         self._flag = False
+        self._event: threading.Event | None = None   # where no socket pair can be made
+        self.fallback: str | None = None             # why (the error), for the source's stats
 
     def open(self) -> None:
-        """Make the socket pair (before the worker starts; ``set`` before it only sets the flag)."""
-        if self._r is None:
+        """Make the socket pair (before the worker starts; ``set`` before it only sets the flag).
+        Where the system refuses one, a ``threading.Event`` does the job (one wake-up more)."""
+        if self._r is not None or self._event is not None:
+            return
+        try:
             r, w = socket.socketpair()
-            r.setblocking(False)
-            w.setblocking(False)
-            self._r, self._w = r, w
+        except OSError as exc:
+            self.fallback = f"socket pair refused ({exc}); the worker is woken through an Event"
+            logging.getLogger("sensor.etw").warning("ETW worker wake-up: %s", self.fallback)
+            self._event = threading.Event()
             if self._flag:
-                w.send(b"\0")
+                self._event.set()
+            return
+        r.setblocking(False)
+        w.setblocking(False)
+        self._r, self._w = r, w
+        if self._flag:
+            w.send(b"\0")
 
     def is_set(self) -> bool:
         return self._flag
@@ -216,6 +228,9 @@ class Waker:
     def set(self) -> None:
         if not self._flag:
             self._flag = True
+            if self._event is not None:
+                self._event.set()
+                return
             w = self._w
             if w is not None:
                 try:
@@ -225,6 +240,9 @@ class Waker:
 
     def clear(self) -> None:
         self._flag = False
+        if self._event is not None:
+            self._event.clear()
+            return
         r = self._r
         if r is not None:
             try:
@@ -236,6 +254,9 @@ class Waker:
         """Block until ``set`` or ``timeout`` seconds; True when set."""
         if self._flag:
             return True
+        if self._event is not None:
+            self._event.wait(timeout)
+            return self._flag
         try:
             select.select((self._r,), (), (), timeout)
         except (OSError, ValueError, TypeError):   # not open or closed: no spinning
@@ -943,6 +964,7 @@ class EtwSource:
             "start_failures": sum(s["start_failures"] for s in sessions),
             "callback_errors": sum(s["callback_errors"] for s in sessions),
             "tap_errors": self.tap_errors,
+            "wake_fallback": self._wake.fallback,
             "seeded": self.seeded,
             "seed_error": self.seed_error,
             "tree_restored": self.tree_restored,

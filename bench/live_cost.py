@@ -28,6 +28,11 @@ difference (``net``); the ratio sensor/floor is printed too.
     python bench/live_cost.py --rates 10 --sections parts.json   # thread CPU of each part of the worker
     python bench/live_cost.py --rates 10 --profile worker.prof    # cProfile of the ETW worker (and .forwarder)
     python bench/live_cost.py --spool-sync normal    # [spool] sync = "normal": no fsync per spool commit
+    python bench/live_cost.py --rates 10 --alert-frac 0 --threads   # per thread: CPU and switches per start
+
+``--threads`` prints, for each phase, every sensor thread's CPU and its voluntary and involuntary
+context switches per start (the names come from the sensor on SIGUSR1, after the phase's sample).
+``--alert-frac 0`` leaves out the alerting phases.
 
 ``--sections`` times (thread CPU, per call) the record decoders, each kind of record through the
 processor, the pipeline's batch, the matcher, the alert build, the log line, the spool commit and

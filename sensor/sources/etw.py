@@ -858,12 +858,19 @@ class EtwSource:
             out: list[ProcessEvent] = []
             deliver = self._deliver if batches is None else out.append
             n = 0
+            if dq:
+                self.last_record = time.monotonic()
+            handle = proc.handle
+            tap = self._tap
             for _ in range(len(dq)):           # every record queued when woken, in order
                 raw = popleft()
                 if raw is _STOP:
                     stop = True
                     break
-                self._record(proc, raw, deliver)
+                if tap is not None:
+                    self._tap_one(tap, raw)
+                for ev in handle(raw):         # (no call of its own per record: this runs cold)
+                    deliver(ev)
                 n += 1
                 if batches is not None and n >= limit:
                     if out:
@@ -886,15 +893,11 @@ class EtwSource:
             self._run(rest)
         self._save_tree()
 
-    def _record(self, proc: "EtwProcessor", raw: tuple, deliver: Callable[[ProcessEvent], Any]) -> None:
-        self.last_record = time.monotonic()
-        if self._tap is not None:
-            try:
-                self._tap(raw)
-            except Exception:  # noqa: BLE001 - counted; the record is still processed
-                self.tap_errors += 1
-        for ev in proc.handle(raw):
-            deliver(ev)
+    def _tap_one(self, tap: Callable[[tuple], None], raw: tuple) -> None:
+        try:
+            tap(raw)
+        except Exception:  # noqa: BLE001 - counted; the record is still processed
+            self.tap_errors += 1
 
     def _run(self, events: list[ProcessEvent]) -> None:
         try:

@@ -270,44 +270,24 @@ class ProcessTable:
         """The generation of ``pid`` whose lifetime can contain ``when`` (no counters touched)."""
         return self._find(pid, when, None)[0]
 
-    def ancestors(self, entry: ProcessInfo, max_depth: int = MAX_CHAIN,
-                  first: ProcessInfo | None = None) -> list[ProcessInfo]:
+    def ancestors(self, entry: ProcessInfo, max_depth: int = MAX_CHAIN) -> list[ProcessInfo]:
         """The parent, grandparent, ... of ``entry`` (nearest first), at most ``max_depth`` of them.
 
         Each step applies the same lifetime test as ``parent_of`` against the *child's* start (an
         ancestor that exited before its child started is a recycled pid and ends the chain), a
         process seen twice ends it too (a pid loop), so the walk is bounded for any table.
-        ``first``: the answer of the first step (``_find`` of ``entry``'s parent), when the caller
-        has it already (it must be that answer: the walk is the same).
         """
         out: list[ProcessInfo] = []
         seen = {id(entry)}
         child = entry
         while len(out) < max_depth:
-            if first is not None:
-                parent, first = first, None
-            else:
-                parent, _ = self._find(child.ppid, child.create_time, child.parent_seq)
+            parent, _ = self._find(child.ppid, child.create_time, child.parent_seq)
             if parent is None or id(parent) in seen:
                 break
             seen.add(id(parent))
             out.append(parent)
             child = parent
         return out
-
-    def first_step(self, entry: ProcessInfo, parent: ProcessInfo | None, ppid: int | None,
-                   create_time: int | None, parent_seq: int | None) -> ProcessInfo | None:
-        """``parent`` when it is still the first step of ``ancestors(entry)``, else None.
-
-        ``parent`` is ``parent_of(ppid, create_time, parent_seq)`` looked up before ``entry`` was
-        added. It is still the answer while nothing that lookup depends on changed: ``entry``
-        carries the values it was looked up with (a start merged into an older entry of its pid
-        may not), the parent is still in the table (``add`` expires and evicts) and is not of
-        the child's own pid (``add`` ends that pid's older generation)."""
-        if (parent is None or parent._removed or entry.pid == ppid or entry.ppid != ppid
-                or entry.create_time != create_time or entry.parent_seq != parent_seq):
-            return None
-        return parent
 
     def _find(self, ppid: int | None, child_create_time: int | None,
               parent_seq: int | None) -> tuple[ProcessInfo | None, bool]:

@@ -325,9 +325,6 @@ class EtwProcessor:
                 fields = self.decoder.kernel_process(event_id, version, payload)
                 if fields is None:
                     return []
-                if event_id == m.PROCESS_START:      # (on_kernel_process's first branch, one call less)
-                    self.c["starts"] += 1
-                    return self.on_start(fields, hpid)
                 return self.on_kernel_process(event_id, fields, hpid)
             if src == SRC_SYSTEM_LOGGER:
                 psize = 4 if hflags & EVENT_HEADER_FLAG_32_BIT_HEADER else 8
@@ -389,11 +386,7 @@ class EtwProcessor:
         seq = get("ProcessSequenceNumber")
         ppid = get("ParentProcessID")
         pseq = get("ParentProcessSequenceNumber")
-        try:                                   # (``_map``, inline: this runs cold per start)
-            image = self.map_path(get("ImageName"))
-        except Exception:  # noqa: BLE001
-            self.c["path_map_errors"] += 1
-            image = get("ImageName")
+        image = self._map(get("ImageName"))
         utc = utc_time(ct)
         ev = ProcessEvent()
         # (one dict each, filled at once: this runs cache-cold for every start on a quiet host)
@@ -431,21 +424,15 @@ class EtwProcessor:
             if creator is not None and creator.image:
                 ev["CreatorImage"] = creator.image
                 origin["CreatorImage"] = ORIGIN_PROCESS_TABLE
-        entry = table.add(pid, ct, seq, ppid, pseq, image, source="etw")
+        entry = self.table.add(pid, ct, seq, ppid, pseq, image, source="etw")
         if parent is not None:
-            # (the walk starts from the parent looked up above when that is still its first step)
-            self._lineage(ev, origin, entry, table.first_step(entry, parent, ppid, ct, pseq))
-        joined = self._take_sl(pid, ppid, ct) if self._sl_pending else None
+            self._lineage(ev, origin, entry)
+        joined = self._take_sl(pid, ppid, ct)
         if joined is not None:
             self._apply_sl(ev, origin, joined)
         if self.backfiller is not None:
             self.backfiller.fill(ev, pid, ct, origin)
-        cmd = ev.get("CommandLine")            # (``_remember``, inline)
-        if cmd:
-            entry.command_line = cmd
-        user = ev.get("User")
-        if user:
-            entry.user = user
+        self._remember(entry, ev)
         if joined is None and self.join_wait > 0:
             old = self._held.pop(pid, None)
             out = [self._finish(old.event, "join_timeouts")] if old is not None else []
@@ -453,10 +440,9 @@ class EtwProcessor:
             return out
         return [self._finish(ev)]
 
-    def _lineage(self, ev: ProcessEvent, origin: dict, entry, parent=None) -> None:
-        """GrandParent* fields, ParentChain and ProcessTree from the table's ancestors of ``entry``
-        (``parent``: its first step, when the caller has looked it up already)."""
-        chain = self.table.ancestors(entry, first=parent)
+    def _lineage(self, ev: ProcessEvent, origin: dict, entry) -> None:
+        """GrandParent* fields, ParentChain and ProcessTree from the table's ancestors of ``entry``."""
+        chain = self.table.ancestors(entry)
         if len(chain) >= 2:
             gp = chain[1]
             ev["GrandParentProcessId"] = gp.pid
@@ -858,19 +844,12 @@ class EtwSource:
             out: list[ProcessEvent] = []
             deliver = self._deliver if batches is None else out.append
             n = 0
-            if dq:
-                self.last_record = time.monotonic()
-            handle = proc.handle
-            tap = self._tap
             for _ in range(len(dq)):           # every record queued when woken, in order
                 raw = popleft()
                 if raw is _STOP:
                     stop = True
                     break
-                if tap is not None:
-                    self._tap_one(tap, raw)
-                for ev in handle(raw):         # (no call of its own per record: this runs cold)
-                    deliver(ev)
+                self._record(proc, raw, deliver)
                 n += 1
                 if batches is not None and n >= limit:
                     if out:
@@ -893,11 +872,15 @@ class EtwSource:
             self._run(rest)
         self._save_tree()
 
-    def _tap_one(self, tap: Callable[[tuple], None], raw: tuple) -> None:
-        try:
-            tap(raw)
-        except Exception:  # noqa: BLE001 - counted; the record is still processed
-            self.tap_errors += 1
+    def _record(self, proc: "EtwProcessor", raw: tuple, deliver: Callable[[ProcessEvent], Any]) -> None:
+        self.last_record = time.monotonic()
+        if self._tap is not None:
+            try:
+                self._tap(raw)
+            except Exception:  # noqa: BLE001 - counted; the record is still processed
+                self.tap_errors += 1
+        for ev in proc.handle(raw):
+            deliver(ev)
 
     def _run(self, events: list[ProcessEvent]) -> None:
         try:

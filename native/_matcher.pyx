@@ -1435,6 +1435,7 @@ cdef class Matcher:
             noff.append(len(blob))
             blob.extend(nd)
         grams = {4: set(), 8: set()}
+        gate = set()      # 4-byte words the 4-gram filter lets through (see below)
         un.q_ascii = 1
         for j in range(len(needles)):
             k, alen = plan[j]
@@ -1442,6 +1443,7 @@ cdef class Matcher:
                 un.q_ascii = 0
             if alen == 4 or alen == 8:
                 grams[alen].add(needles[j][k:k + alen])
+                gate.add(needles[j][k:k + 4])
 
         def log2_at_least(v, lo, hi):
             b = lo
@@ -1451,7 +1453,11 @@ cdef class Matcher:
 
         # filter: >= 16 bits per distinct anchor (3 bits each: ~1 % let through by
         # chance); buckets: >= 4 per distinct anchor
-        fw = {a: log2_at_least(len(grams[a]) // 4 + 1, 1, 24) for a in (4, 8)}
+        # The 4-gram filter also holds the first 4 bytes of every 8-gram anchor, so it is
+        # the gate of a position: the 8-gram filter is probed only where it lets the
+        # position through (a position whose 4 bytes begin no anchor costs one probe).
+        fw = {4: log2_at_least(len(gate) // 4 + 1, 1, 24),
+              8: log2_at_least(len(grams[8]) // 4 + 1, 1, 24)}
         qb = {a: log2_at_least(4 * len(grams[a]), 6, 26) for a in (4, 8)}
         filt = {a: [0] * (1 << fw[a]) for a in (4, 8)}
         buckets = {2: {}, 4: {}, 8: {}}
@@ -1477,6 +1483,10 @@ cdef class Matcher:
                 x = mt_load64(<const unsigned char *>nd + k) if alen == 8 else \
                     <uint64_t>mt_load32(<const unsigned char *>nd + k)
                 filt[alen][mt_af_fword(x, fshift)] |= mt_af_fbits(x)
+                if alen == 8:
+                    x = <uint64_t>mt_load32(<const unsigned char *>nd + k)
+                    filt[4][mt_af_fword(x, 64 - fw[4])] |= mt_af_fbits(x)
+                    x = mt_load64(<const unsigned char *>nd + k)
                 g = mt_af_bucket(x, bshift)
             buckets[alen].setdefault(g, []).append(entry(j, k, alen))
         ents = list(e1)
@@ -1519,9 +1529,10 @@ cdef class Matcher:
             un.q2bits = self._u64(bitmaps[2][0])
             un.q2rank = self._u32(bitmaps[2][1])
             un.q2base = bases[2]
-        if buckets[4]:
+        if buckets[4] or buckets[8]:
             un.q4filt = self._u64(filt[4])
             un.q4fshift = 64 - fw[4]
+        if buckets[4]:
             un.q4bits = self._u64(bitmaps[4][0])
             un.q4rank = self._u32(bitmaps[4][1])
             un.q4bshift = 64 - qb[4]
@@ -2134,7 +2145,7 @@ cdef class Matcher:
                 r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(mt_load64(h + i), un.q8bshift))
                 if r >= 0:
                     self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
-            if which & 2:
+            if which & 2 and un.q4bits != NULL:
                 r = mt_af_rank(un.q4bits, un.q4rank, mt_af_bucket(<uint64_t>mt_load32(h + i), un.q4bshift))
                 if r >= 0:
                     self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)

@@ -341,8 +341,11 @@ static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uin
 /* The first position >= i that the 8-gram filter (f8), the 4-gram filter (f4) or the
  * exact 2-gram bitmap (b2) lets through (each may be NULL), n when none, and in *which
  * the tables that let it through (bit 0 f8, bit 1 f4, bit 2 b2), so the caller looks up
- * only those buckets without testing the position again.  The tests of one position are
- * independent loads from small tables.  ``ascii``: no anchor starts with a byte >= 0x80,
+ * only those buckets without testing the position again.  f4 is the gate: it also holds
+ * the first 4 bytes of every 8-gram anchor, so f8 is probed only where f4 lets the
+ * position through (bit 1 then says "look up the 4-gram bucket", which is empty for
+ * most such positions), and an ordinary position costs one hashed probe and one bit
+ * of b2 instead of two probes and a bit.  ``ascii``: no anchor starts with a byte >= 0x80,
  * so a position holding one cannot start an anchor and is passed over without a probe
  * (runs of such bytes, i.e. non-ASCII text, eight at a time). */
 #define MT_HI8 0x8080808080808080ull
@@ -360,10 +363,13 @@ static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t
             continue;
         }
         w = 0;
-        if (f8 != NULL && mt_af_ftest(f8, fs8, mt_load64(h + i)))
-            w |= 1u;
-        if (f4 != NULL && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i)))
-            w |= 2u;
+        /* f4 is the gate: it holds the first 4 bytes of the 8-gram anchors too (f8 is
+         * never set without f4) */
+        if (f4 != NULL && mt_af_ftest(f4, fs4, (uint64_t)mt_load32(h + i))) {
+            w = 2u;
+            if (f8 != NULL && mt_af_ftest(f8, fs8, mt_load64(h + i)))
+                w |= 1u;
+        }
         if (b2 != NULL && mt_bit(b2, (unsigned)h[i] | ((unsigned)h[i + 1] << 8)))
             w |= 4u;
         if (w) {

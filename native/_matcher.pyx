@@ -2130,10 +2130,22 @@ cdef class Matcher:
         cdef uint32_t ep = st.epoch
         cdef const uint32_t *ent
         cdef unsigned which = 0
-        for e in range(un.q1e):
-            ent = un.q_ent + 8 * e
-            if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
-                self._found(st, un.lit0 + ent[4], mark, pmask)
+        cdef unsigned char seen[256]
+        if un.q1e >= 8:
+            # many 1-byte literals (CommandLine: 39): one pass notes the bytes present,
+            # instead of one memchr per literal that mostly runs to the end of the text
+            memset(seen, 0, sizeof(seen))
+            for i in range(n):
+                seen[h[i]] = 1
+            for e in range(un.q1e):
+                ent = un.q_ent + 8 * e
+                if seen[un.q_bytes[ent[2]]]:
+                    self._found(st, un.lit0 + ent[4], mark, pmask)
+        else:
+            for e in range(un.q1e):
+                ent = un.q_ent + 8 * e
+                if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
+                    self._found(st, un.lit0 + ent[4], mark, pmask)
         i = 0
         while True:
             # the tables that let position i through, each tested once

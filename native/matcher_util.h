@@ -115,7 +115,23 @@ static inline size_t mt_count(const unsigned char *h, size_t n, unsigned char c,
 /* Does h hold k consecutive bytes whose table entry is set? */
 static inline int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
 {
-    size_t i, run = 0;
+    size_t i, run = 0, s = 0, g = 0, j;
+    if (k > 1) {
+        /* Window [s, s + k), bytes [s, g) known to be in the class: test its other bytes
+         * from the last one down; a byte outside the class rules out every window that
+         * holds it, so the next window starts after it.  No byte is tested twice, and
+         * text with few bytes of the class costs about n / k tests. */
+        while (s + k <= n) {
+            j = s + k;
+            while (j > g && table[h[j - 1]])
+                j--;
+            if (j == g)
+                return 1;
+            g = s + k;
+            s = j;
+        }
+        return 0;
+    }
     for (i = 0; i < n; i++) {
         if (table[h[i]]) {
             if (++run >= k)

@@ -344,6 +344,31 @@ def test_anchor_filter_passes_over_non_ascii_runs():
                         same(ref, comp, {"CommandLine": v})
 
 
+def test_anchor_filter_with_only_long_anchors_and_many_one_byte_literals():
+    # a unit whose anchors are all 8-grams (the 4-gram filter then only gates the 8-gram
+    # probe: no 4-gram buckets) and that holds 8+ one-byte literals (found by one pass
+    # noting the bytes present): texts holding each literal, its first 4 or 7 bytes only,
+    # a changed last byte, and each single character present or absent
+    from sensor.detect.ir import Predicate, Rule
+
+    long_lits = [f"k{i:05d}\\zz" for i in range(1500)] + ["grunthttp", "invoke-mimikatz", "\\appdata\\"]
+    singles = ["&", "|", "^", "`", "%", ";", "+", "$", "é"]
+    lits = long_lits + singles
+    rules = [Rule(id=f"l{i}", title="l", predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
+                  condition=("pred", 0)) for i, lit in enumerate(lits)]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
+    texts = ["", "plain text with none of them", "x" * 300]
+    for lit in long_lits[:40] + long_lits[-3:]:
+        texts += [lit, "a " + lit + " b", lit.upper(), lit[:4], "q" + lit[:7] + "q", lit[:-1] + "#",
+                  lit[:4] + " " + lit[4:], (lit[:6] + " ") * 5 + lit]
+    for c in singles:
+        texts += [c, "abc" + c, c + "abc" + "z" * 40, ("y" * 37 + c) * 3, "\u00e9\u4e2d" + c]
+    texts.append(" ".join(long_lits[:50]) + "".join(singles))
+    for t in texts:
+        same(ref, comp, {"CommandLine": t})
+
+
 def test_regexes_sharing_an_alphabet_map_a_text_once_with_the_same_answers():
     # regexes with equal alphabets reuse one mapping of a field's text per event (up to
     # 1 MiB per event, then each maps its own); the answers stay re.search's, for ASCII

@@ -549,14 +549,29 @@ def by_thread(s0: dict, s1: dict, names: dict, starts: int) -> dict:
     return out
 
 
-def settle(pid: int, quiet_ns: int = 2_000_000, step: float = 0.25, cap: float = 60.0) -> dict:
-    """Wait until the process has worked off its backlog (less than ``quiet_ns`` CPU in a step)."""
+def spool_depth(path: str | None) -> int:
+    """Rows waiting in the sensor's spool (0 when there is no spool to look at)."""
+    if not path or not os.path.exists(path):
+        return 0
+    import sqlite3
+    try:
+        with sqlite3.connect(path, timeout=5.0) as db:
+            return db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+    except sqlite3.Error:
+        return 1
+
+
+def settle(pid: int, quiet_ns: int = 2_000_000, step: float = 0.25, cap: float = 60.0,
+           spool: str | None = None) -> dict:
+    """Wait until the process has worked off its backlog (less than ``quiet_ns`` CPU in a step)
+    and, with ``spool``, delivered every alert it spooled (a forwarder that lingers sends the
+    last batch of a phase after the phase: its CPU belongs to that phase)."""
     end = time.monotonic() + cap
     prev = sample(pid)
     while time.monotonic() < end:
         time.sleep(step)
         cur = sample(pid)
-        if cur["cpu_ns"] - prev["cpu_ns"] < quiet_ns:
+        if cur["cpu_ns"] - prev["cpu_ns"] < quiet_ns and not spool_depth(spool):
             return cur
         prev = cur
     return prev
@@ -641,14 +656,14 @@ def thread_names(child: "Child", path: str) -> dict:
 
 
 def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting: list,
-               names_path: str | None = None) -> list[dict]:
+               names_path: str | None = None, spool: str | None = None) -> list[dict]:
     out = []
     for name, rate, duration, frac in phases:
-        s0 = settle(child.proc.pid)
+        s0 = settle(child.proc.pid, spool=spool)
         starts, hot = feed(child, rec, rate, duration, benign, alerting, frac) if rate else (0, 0)
         if not rate:
             time.sleep(duration)
-        s1 = sample(child.proc.pid) if not rate else settle(child.proc.pid)
+        s1 = sample(child.proc.pid) if not rate else settle(child.proc.pid, spool=spool)
         cpu = s1["cpu_ns"] - s0["cpu_ns"]
         out.append({"phase": name, "rate": rate, "alert_frac": frac, "seconds": duration, "starts": starts,
                     "alerting_starts": hot, "cpu_ms": cpu / 1e6, "cpu_pct": 100 * cpu / 1e9 / duration,
@@ -667,7 +682,8 @@ def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting:
     return out
 
 
-def write_config(tmp: str, rules: str, flush_ms: int = 20, spool_sync: str = "full") -> str:
+def write_config(tmp: str, rules: str, flush_ms: int = 20, spool_sync: str = "full",
+                 batch_wait_ms: int | None = None) -> str:
     data = os.path.join(tmp, "data")
     path = os.path.join(tmp, "sensor.toml")
     with open(path, "w") as fh:
@@ -689,6 +705,8 @@ sync = "{spool_sync}"
 [output]
 format = "jsonl"
 """)
+        if batch_wait_ms is not None:
+            fh.write(f"[delivery]\nbatch_wait_ms = {int(batch_wait_ms)}\n")
     os.chmod(path, 0o600)
     return path
 
@@ -726,6 +744,8 @@ def main() -> int:
     ap.add_argument("--workdir", help="keep the sensor's data, config and logs in this folder")
     ap.add_argument("--spool-sync", choices=["full", "normal"], default="full",
                     help="the sensor's [spool] sync (default full: an fsync per commit)")
+    ap.add_argument("--batch-wait-ms", type=int, default=None,
+                    help="the sensor's [delivery] batch_wait_ms (default: the tree's own default)")
     args = ap.parse_args()
     if args.child == "sensor":
         return child_sensor(args.config)
@@ -759,7 +779,7 @@ def main() -> int:
             rec = Records()
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind]
             if kind == "sensor":
-                argv += ["--config", write_config(tmp, pack, args.flush_ms, args.spool_sync)]
+                argv += ["--config", write_config(tmp, pack, args.flush_ms, args.spool_sync, args.batch_wait_ms)]
             print(f"{kind}:", file=sys.stderr, flush=True)
             if kind == "sensor" and args.profile:
                 os.environ["LIVE_COST_PROFILE"] = os.path.abspath(args.profile)
@@ -772,7 +792,8 @@ def main() -> int:
             child = Child(argv, rec.header(), os.path.join(tmp, f"{kind}.log"))
             child.write(rec.rundown(time.time()))
             run = [p for p in phases if kind == "sensor" or not p[3]]
-            results[kind] = run_phases(child, rec, run, benign, alerting, names_path)
+            spool = os.path.join(tmp, "data", "spool.sqlite") if kind == "sensor" else None
+            results[kind] = run_phases(child, rec, run, benign, alerting, names_path, spool)
             code = child.stop()
             results[kind + "_exit"] = code
             if kind == "sensor":

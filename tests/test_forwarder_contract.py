@@ -69,7 +69,7 @@ def test_the_defaults_are_the_documented_ones():
     cfg = DeliveryConfig()
     assert cfg.batch_size == 500
     assert cfg.batch_max_bytes == 4096 * 1024          # batch_max_kb = 4096
-    assert cfg.linger == 0.2                            # batch_wait_ms = 200
+    assert cfg.linger == 5.0                            # batch_wait_ms = 5000
     assert cfg.concurrency == 2
     assert (cfg.backoff_base, cfg.backoff_cap) == (1.0, 300.0)
     assert cfg.park_interval == 60.0

@@ -242,7 +242,7 @@ class SpoolSection(_S):
 class DeliverySection(_S):
     batch_size: int = 500
     batch_max_kb: int = 4096           # spooled bytes per request at most (before gzip)
-    batch_wait_ms: int = 200           # wait this long to fill a batch
+    batch_wait_ms: int = 5000          # the linger: wait this long to fill a batch
     concurrency: int = 2               # requests in flight, each with its own batch
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0

@@ -56,7 +56,7 @@ class DeliveryConfig:
 
     batch_size: int = 500              # alerts per request at most
     batch_max_bytes: int = 4 * 1024 * 1024   # spooled bytes per request at most (before gzip)
-    linger: float = 0.2                # send a partial batch once its oldest alert waited this long
+    linger: float = 5.0                # send a partial batch once its oldest alert waited this long
     poll_interval: float = 30.0        # idle: re-read the spool for alerts written by other processes
     backoff_base: float = 1.0          # full jitter: sleep U(0, min(cap, base * 2**failures))
     backoff_cap: float = 300.0         # also caps Retry-After
@@ -97,6 +97,8 @@ class Forwarder(threading.Thread):
         self.rng = rng
         self.on_delivered = on_delivered
         self._stop_event = threading.Event()
+        # wait_drained() callers: while there is one, no batch waits for its linger.
+        self._draining = 0
         self._lock = threading.RLock()  # re-entrant: a spool health callback may ask for stats()
         self._failures = 0                 # consecutive failed rounds (drives the backoff)
         self._round = 0                    # bumped when a failure is counted: in-flight requests of
@@ -200,7 +202,10 @@ class Forwarder(threading.Thread):
                 self._help.clear()          # (under the lock: stop() sets it under the same lock)
             if not items:
                 return IDLE if not self._unconfirmed else max(CONFIRM_RETRY_BASE, self._confirm_at - now)
-            if len(items) < self._cap and self.config.linger > 0:
+            # A batch the fetch cut at the size or byte cap is full, and a drain (stop) sends at
+            # once: neither waits for the linger.
+            if (len(items) < self._cap and self.config.linger > 0 and not more and not self._draining
+                    and sum(len(i.body) for i in items) < self.config.batch_max_bytes):
                 waited = now - items[0].created
                 if 0 <= waited < self.config.linger:
                     return self.config.linger - waited
@@ -591,12 +596,19 @@ class Forwarder(threading.Thread):
                 wait = poll
                 if poll is not None and self._spool_in_fault():
                     wait = min(poll, FAULT_POLL)   # keep up the upkeep: held alerts, disk full
+                volume = self.spool.put_volume
                 if self.spool.wait_for_data(mark, wait) != mark and self.config.linger > 0:
-                    # New alerts: let the batch fill for ``linger`` before the one fetch
-                    # that sends it (fetching at once only learns that it is too young).
-                    self._stop_event.wait(self.config.linger)
+                    # New alerts: let the batch fill for ``linger`` before the one fetch that
+                    # sends it, so the commits of that time share one fetch, one request and
+                    # one acknowledgement. The commits in between do not wake this thread; a
+                    # full batch (count or bytes), a drain and stop end the wait at once.
+                    self.spool.wait_for_volume(volume, self._cap, self.config.batch_max_bytes,
+                                               self.config.linger, done=self._linger_over)
             elif delay > 0:
                 self._stop_event.wait(delay)
+
+    def _linger_over(self) -> bool:
+        return self._stop_event.is_set() or self._draining > 0
 
     def _spool_in_fault(self) -> bool:
         """True while the spool holds alerts in memory, is in its disk-full state or damaged."""
@@ -632,13 +644,21 @@ class Forwarder(threading.Thread):
         return not busy and not memory["held"] and not memory["storing"] and self._depth() <= settled
 
     def wait_drained(self, timeout: float) -> bool:
-        """Wait until everything spooled so far is delivered (tests, shutdown)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.drained():
-                return True
-            time.sleep(0.01)
-        return self.drained()
+        """Wait until everything spooled so far is delivered (tests, shutdown). Meanwhile no
+        batch waits for its linger: what is spooled is sent at once."""
+        with self._lock:
+            self._draining += 1
+        self.spool.wake()
+        try:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                if self.drained():
+                    return True
+                time.sleep(0.01)
+            return self.drained()
+        finally:
+            with self._lock:
+                self._draining -= 1
 
 
 class _Skip:

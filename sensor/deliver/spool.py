@@ -348,6 +348,12 @@ class Spool:
         self._lock = threading.Lock()  # guards _conns and the write mark
         self._new_data = threading.Condition(self._lock)
         self._seq = 0  # bumped on every in-process write, for wait_for_data()
+        # Rows and body bytes committed by this process (new alerts), for wait_for_volume(): a
+        # forwarder that lingers learns that a full batch is waiting without reading the file.
+        self._put_rows = 0
+        self._put_bytes = 0
+        self._volume_goal: tuple[int, int] | None = None   # (rows, bytes) a lingering forwarder waits for
+        self._volume = threading.Condition(self._lock)
         self._closed = False
         # Disk-full state (memory only: it exists because the disk cannot take it).
         self._put_lock = threading.RLock()  # one writer of new alerts at a time (held queue order)
@@ -790,10 +796,17 @@ class Spool:
         self._callback({"event": "spool_damaged", "message": f"alert spool damaged while running: {why}",
                         "path": str(self.path)})
 
-    def _notify(self) -> None:
+    def _notify(self, rows: int = 0, nbytes: int = 0) -> None:
         with self._new_data:
             self._seq += 1
+            self._put_rows += rows
+            self._put_bytes += nbytes
             self._new_data.notify_all()
+            goal = self._volume_goal
+            # A lingering forwarder is woken only when its batch is full (or by wake()): the
+            # commits in between cost it no wake-up.
+            if goal is not None and (self._put_rows >= goal[0] or self._put_bytes >= goal[1]):
+                self._volume.notify_all()
 
     def _tx(self, durable: bool = True) -> "_Tx":
         return _Tx(self, durable)
@@ -884,7 +897,7 @@ class Spool:
                 raise
             finally:
                 self._storing = 0
-        self._notify()
+        self._notify(len(batch), sum(r[2] for r in batch))
         return len(rows) if had_held or left else added
 
     def _store(self, batch: list[_Row], now: float) -> tuple[int, list[_Row]]:
@@ -1541,8 +1554,36 @@ class Spool:
             return self._seq
 
     def wake(self) -> None:
-        """Wake threads blocked in wait_for_data() (used on shutdown)."""
+        """Wake threads blocked in wait_for_data() or wait_for_volume() (used on shutdown)."""
+        with self._new_data:
+            self._volume.notify_all()
         self._notify()
+
+    @property
+    def put_volume(self) -> tuple[int, int]:
+        """(rows, body bytes) this process has committed so far (a running count)."""
+        return self._put_rows, self._put_bytes
+
+    def wait_for_volume(self, since: tuple[int, int], rows: int, nbytes: int, timeout: float,
+                        done: Callable[[], bool] = lambda: False) -> bool:
+        """Block until this process committed at least ``rows`` rows or ``nbytes`` body bytes
+        after ``since`` (a :attr:`put_volume`), ``done()`` is true (checked when wake() is
+        called), or ``timeout`` seconds passed. True when the volume was reached. The commits
+        before that wake no one."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._volume:
+            goal = (since[0] + max(1, rows), since[1] + max(1, nbytes))
+            try:
+                while True:
+                    if self._put_rows >= goal[0] or self._put_bytes >= goal[1]:
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0 or done():
+                        return False
+                    self._volume_goal = goal
+                    self._volume.wait(left)
+            finally:
+                self._volume_goal = None
 
     @property
     def write_mark(self) -> int:

@@ -305,3 +305,128 @@ def test_mutual_tls_and_rfc3164(tmp_path, pki):
     assert (sev, fac, host, app) == ("2", "4", "host_one", "etw-sensor")
     assert json.loads(msg)["event"]["id"] == "a-00007"
     assert not any("a-00001" in ln[5] for ln in rs.lines())
+
+
+# -- the connection's checks, against small collectors made here ------------------------------
+
+import ssl as _ssl
+import threading as _threading
+
+
+def test_framing_follows_the_option_whatever_the_format():
+    a = alert(1)
+    for fmt, framing, octet in (("rfc5424", "", True), ("rfc5424", "lf", False),
+                                ("rfc3164", "", False), ("rfc3164", "octet-counting", True)):
+        out = build_output({"format": "syslog", "url": "tcp://127.0.0.1:9", "allow_http": True,
+                            "syslog_format": fmt, "syslog_framing": framing})
+        frame = out.encode_one(a)
+        head, _, rest = frame.partition(b" ")
+        if octet:
+            assert head.isdigit() and int(head) == len(rest) and not frame.endswith(b"\n"), (fmt, framing)
+        else:
+            assert not head.isdigit() and frame.endswith(b"\n") and frame.count(b"\n") == 1, (fmt, framing)
+
+
+def test_header_fields_keep_every_printable_ascii_character_and_only_those():
+    # RFC 5424 PRINTUSASCII is %d33-126: "!" and "~" are kept, a space or DEL is not
+    msg = format_5424(alert(1), b"{}", facility=16, app_name="a!p~p", hostname="h!o~st x\x7fy")
+    assert msg.startswith(b"<131>1 2024-05-01T12:00:00.123Z h!o~st_x_y a!p~p - alert - ")
+
+
+class _Collector:
+    """A TCP (or TLS) listener on localhost that records what each connection sent; with
+    ``close_after_first`` it closes the first connection once it read something, and with
+    ``refuse`` it closes every TLS connection right after the handshake (a refused client)."""
+
+    def __init__(self, ctx=None, close_after_first=False, refuse=False):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.ctx, self.close_after_first, self.refuse = ctx, close_after_first, refuse
+        self.received: list[bytes] = []
+        self.first_closed = _threading.Event()
+        self.connections = 0
+        self.thread = _threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                self._serve(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def _serve(self, conn):
+        if self.ctx is not None:
+            conn = self.ctx.wrap_socket(conn, server_side=True)
+            try:
+                if self.refuse:
+                    conn.unwrap().close()
+                    return
+                self._read(conn)
+            finally:
+                conn.close()
+        else:
+            self._read(conn)
+
+    def _read(self, conn):
+        conn.settimeout(WAIT)
+        data = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if self.close_after_first and self.connections == 1:
+                break
+        self.received.append(data)
+        conn.close()
+        if self.connections == 1:
+            self.first_closed.set()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_collector_that_closed_the_connection_gets_the_next_batch_on_a_new_one():
+    col = _Collector(close_after_first=True)
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    try:
+        assert out.send_batch([alert(1)]).outcome == OK
+        assert col.first_closed.wait(WAIT)
+        time.sleep(0.1)                    # the FIN has reached the sensor's side
+        res = out.send_batch([alert(2)])
+        assert res.outcome == OK and res.delivered == ["a-00002"]
+        out.close()
+        wait_for(lambda: len(col.received) == 2, "the second connection's bytes")
+    finally:
+        out.close()
+        col.close()
+    assert b"a-00001" in col.received[0] and b"a-00002" in col.received[1]
+    assert out.connects == 2
+
+
+def test_a_tls_collector_that_closes_right_after_the_handshake_is_not_sent_to(tmp_path, pki):
+    # A collector refusing the client (TLS 1.3 checks a client certificate after the client's
+    # side of the handshake) closes the connection at once: the batch must not count as
+    # delivered, since the bytes written into that connection are lost.
+    ca, cert = pki
+    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+    col = _Collector(ctx=ctx, refuse=True)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    out = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{col.port}",
+                        "ca_file": str(tmp_path / "ca.pem")})
+    try:
+        res = out.send_batch([alert(1)])
+        assert res.outcome != OK and res.delivered == [], res
+        assert "closed the TLS connection right after the handshake" in (res.error or ""), res
+    finally:
+        out.close()
+        col.close()

@@ -430,3 +430,115 @@ def test_a_tls_collector_that_closes_right_after_the_handshake_is_not_sent_to(tm
     finally:
         out.close()
         col.close()
+
+
+def test_severity_of_every_rule_level():
+    # docs/delivery.md: severity from the rule level (RFC 5424 6.2.1: 2 critical .. 6 informational)
+    for level, sev in (("critical", 2), ("high", 3), ("medium", 4), ("low", 5), ("informational", 6),
+                       ("HIGH", 3), (None, 4)):
+        assert severity({"rule": {"level": level}}) == sev, level
+        pri = int(format_5424({"rule": {"level": level}}, b"", facility=16, app_name="a")[1:4])
+        assert pri == 16 * 8 + sev
+
+
+def test_header_fields_are_cut_at_their_rfc_lengths():
+    for n, kept in ((255, 255), (256, 255)):
+        msg = format_5424(alert(1), b"{}", facility=16, app_name="a", hostname="h" * n)
+        assert msg.split(b" ")[2] == b"h" * kept
+        msg = format_3164(alert(1), b"{}", facility=16, app_name="a", hostname="h" * n)
+        assert msg.split(b" ")[4] == b"h" * kept
+    for n, kept in ((48, 48), (49, 48)):
+        msg = format_5424(alert(1), b"{}", facility=16, app_name="a" * n)
+        assert msg.split(b" ")[3] == b"a" * kept
+
+
+def test_a_timestamp_that_is_not_iso_8601_is_left_out_or_taken_as_now():
+    odd = dict(alert(1), timestamp="yesterday")
+    assert format_5424(odd, b"{}", facility=16, app_name="a").split(b" ")[1] == b"-"
+    assert format_5424(dict(alert(1), timestamp=5), b"{}", facility=16, app_name="a").split(b" ")[1] == b"-"
+    msg = format_3164(odd, b"{}", facility=16, app_name="a")
+    assert msg.startswith(b"<131>") and b"host_one a: {}" in msg      # a BSD stamp of the sending time
+
+
+def test_urls_ports_and_the_plain_tcp_opt_in(caplog):
+    from sensor.deliver.syslog import SyslogOutput
+    from sensor.deliver.tls import ConfigError
+    assert SyslogOutput("tls://127.0.0.1").url == "tls://127.0.0.1:6514"
+    assert SyslogOutput("tls://127.0.0.1:7000").port == 7000
+    with pytest.raises(ConfigError, match="clear text"):
+        SyslogOutput("tcp://127.0.0.1")                  # plain TCP needs the explicit opt-in
+    import logging
+    with caplog.at_level(logging.WARNING, logger="sensor.outputs.syslog"):
+        out = SyslogOutput("tcp://127.0.0.1", allow_plaintext=True)
+    assert out.url == "tcp://127.0.0.1:514" and not out.use_tls
+    assert "alerts to tcp://127.0.0.1:514 travel as plain TCP syslog" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sensor.outputs.syslog"):
+        SyslogOutput("tls://127.0.0.1")
+    assert "plain TCP" not in caplog.text
+    for bad in ("tls://127.0.0.1:99999", "tls://127.0.0.1:x", "tls://[::1"):
+        with pytest.raises(ConfigError, match="url must be|syslog url"):
+            SyslogOutput(bad)
+
+
+def test_host_and_app_name_defaults():
+    from sensor.deliver.syslog import SyslogOutput
+    out = SyslogOutput("tcp://127.0.0.1:9", allow_plaintext=True, app_name="", hostname="")
+    frame = out.encode_one(alert(1))
+    assert b" host_one etw-sensor - alert - " in frame       # the alert's own host, the default app
+    out = SyslogOutput("tcp://127.0.0.1:9", allow_plaintext=True, app_name="edr", hostname="fixed")
+    assert b" fixed edr - alert - " in out.encode_one(alert(1))
+
+
+def test_alerts_that_cannot_be_encoded_are_rejected_alone():
+    col = _Collector()
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True,
+                        "document": "alert"})
+    try:
+        bad = dict(alert(1), extra="\ud800")                 # a lone surrogate: not UTF-8
+        res = out.send_batch([bad, alert(2)])
+        assert res.outcome == OK and res.delivered == ["a-00002"]
+        assert list(res.rejected) == ["a-00001"]
+        assert res.rejected["a-00001"].startswith("cannot encode: UnicodeEncodeError")
+        assert out.send_batch([bad]).delivered == []         # nothing to write: nothing sent
+        out.close()
+        wait_for(lambda: col.received, "the collector's bytes")
+    finally:
+        out.close()
+        col.close()
+    assert b"a-00002" in col.received[0] and b"a-00001" not in col.received[0]
+
+
+def test_a_tls_1_3_collector_keeps_one_connection_across_batches(tmp_path, pki):
+    # TLS 1.3 sends session tickets after the handshake, so a fresh connection is readable with
+    # nothing for the application: neither the refusal check nor the liveness check may take
+    # that for a refusal or a close.
+    ca, cert = pki
+    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _ssl.TLSVersion.TLSv1_3
+    cert.configure_cert(ctx)
+    col = _Collector(ctx=ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    out = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{col.port}",
+                        "ca_file": str(tmp_path / "ca.pem")})
+    try:
+        for i in (1, 2, 3):
+            res = out.send_batch([alert(i)])
+            assert res.outcome == OK and res.delivered == [f"a-{i:05d}"], res
+        assert out.connects == 1
+        out.close()
+        wait_for(lambda: col.received, "the collector's bytes")
+    finally:
+        out.close()
+        col.close()
+    assert all(f"a-{i:05d}".encode() in col.received[0] for i in (1, 2, 3))
+
+
+def test_closing_after_the_collector_went_away_raises_nothing():
+    col = _Collector(close_after_first=True)
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    assert out.send_batch([alert(1)]).outcome == OK
+    assert col.first_closed.wait(WAIT)
+    col.close()
+    out.close()
+    out.close()

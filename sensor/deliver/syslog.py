@@ -38,7 +38,7 @@ FACILITIES = {name: code for code, name in enumerate(
 # rule level -> syslog severity (2 crit, 3 err, 4 warning, 5 notice, 6 info)
 SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
 DEFAULT_PORT = {"tls": 6514, "tcp": 514}
-MAX_HEADER_FIELD = {"hostname": 255, "app_name": 48, "msgid": 32}
+MAX_HEADER_FIELD = {"hostname": 255, "app_name": 48}   # RFC 5424 6.2.4 and 6.2.5
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -77,7 +77,7 @@ def format_5424(alert: Mapping[str, Any], body: bytes, *, facility: int, app_nam
         if when else "-"
     host = _token(hostname or alert.get("HOSTNAME"), MAX_HEADER_FIELD["hostname"])
     pri = facility * 8 + severity(alert)
-    head = f"<{pri}>1 {stamp} {host} {_token(app_name, 48)} - {msgid(alert)} - "
+    head = f"<{pri}>1 {stamp} {host} {_token(app_name, MAX_HEADER_FIELD['app_name'])} - {msgid(alert)} - "
     return head.encode("ascii") + body
 
 
@@ -86,7 +86,7 @@ def format_3164(alert: Mapping[str, Any], body: bytes, *, facility: int, app_nam
     """``<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: MSG`` (BSD syslog; the time in UTC)."""
     when = (_when(alert) or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
     stamp = f"{_MONTHS[when.month - 1]} {when.day:2d} {when:%H:%M:%S}"
-    host = _token(hostname or alert.get("HOSTNAME"), 255)
+    host = _token(hostname or alert.get("HOSTNAME"), MAX_HEADER_FIELD["hostname"])
     tag = "".join(c for c in app_name if c.isalnum() or c in "-_.")[:32] or "etw-sensor"
     pri = facility * 8 + severity(alert)
     return f"<{pri}>{stamp} {host} {tag}: ".encode("ascii") + body

@@ -46,8 +46,9 @@ def test_timeouts_are_above_zero_and_at_most_their_top(key, top):
             _build(**{key: bad})
 
 
-@pytest.mark.parametrize("value", ["a\tb", "~x~", "é"])
+@pytest.mark.parametrize("value", ["a\tb", "~x~", "é", "team blue", " "])
 def test_header_values_with_tab_and_printable_text_are_accepted(value):
+    # a space is printable text (an ordinary header value: "team blue"), not a control character
     _build(headers={"X-Tag": value})
 
 
@@ -308,3 +309,101 @@ def test_an_answer_dripped_a_byte_at_a_time_is_bounded_by_the_read_timeout_as_a_
     finally:
         t.close()
         stop()
+
+
+def test_an_answer_read_to_its_end_leaves_its_connection_open_for_the_next_request():
+    # docs/delivery.md, pool_maxsize: keep-alive connections are kept open to the receiver. An
+    # answer read whole goes back to the pool, so the next request rides the same connection.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    accepted = []
+    answered = []
+
+    def serve_one(conn):
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                               if h.lower().startswith(b"content-length:")), 0)
+                while len(data) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                data = data[length:]
+                answered.append(len(accepted))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    t = HttpTransport(f"http://127.0.0.1:{port}/in", allow_http=True, gzip=False)
+    try:
+        for _ in range(3):
+            resp = _post(t)
+            assert resp.status == 200 and resp.data == b"ok"
+        assert answered == [1, 1, 1] and len(accepted) == 1
+    finally:
+        t.close()
+        try:
+            srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        srv.close()
+        th.join(30)
+
+
+def test_an_answer_not_read_to_its_end_closes_its_connection():
+    # An answer the transport stops reading (here: it takes longer than the read timeout as a
+    # whole) must not stay half read on an open connection: the transport hangs up, and the
+    # receiver's next write fails instead of going on for the whole answer.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    result = []
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+            try:
+                for _ in range(200):        # 10 s in all; the transport gives up after 0.5 s
+                    conn.sendall(b"z")
+                    time.sleep(0.05)
+            except OSError:
+                result.append("hung up")
+                return
+            result.append("sent the whole answer")
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    t = HttpTransport(f"http://127.0.0.1:{port}/in", allow_http=True, gzip=False, read_timeout=0.5)
+    try:
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == RETRY
+        th.join(60)                         # only guards a hang
+        assert result == ["hung up"]
+    finally:
+        t.close()
+        srv.close()

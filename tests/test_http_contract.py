@@ -407,3 +407,38 @@ def test_an_answer_not_read_to_its_end_closes_its_connection():
     finally:
         t.close()
         srv.close()
+
+
+def test_a_failure_without_a_message_or_wrapped_in_another_is_classified_by_its_cause():
+    # A socket error that carries no text at all is a connection error like any other (retried),
+    # never a crash of the classification.
+    outcome, msg = classify_exception(ConnectionResetError())
+    assert outcome == RETRY and msg.startswith("connection error: ConnectionResetError")
+    # urllib3 wraps the ssl module's error as its first argument (no __cause__): the park says
+    # that verification failed, not that the handshake did.
+    wrapped = u3.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    outcome, msg = classify_exception(wrapped)
+    assert outcome == PARK and msg.startswith("TLS verification failed")
+
+
+def test_a_receiver_that_echoes_the_token_in_its_error_never_gets_it_into_the_result():
+    # Secrets never reach a log: the error and the detail of a result are redacted, also when
+    # the receiver's own error text repeats the token it was sent.
+    token = "hec-s3cr3t-t0ken"
+
+    def answer(conn):
+        body = b'{"text": "Invalid token hec-s3cr3t-t0ken", "code": 4}'
+        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    url, stop = _answering(answer)
+    out = build_output({"format": "splunk_hec", "url": url, "allow_http": True, "gzip": False,
+                        "token": token})
+    try:
+        from sensor.testing.receiver import sample_alert
+        res = out.send_batch([sample_alert(1)])
+        assert res.outcome == PARK and res.status == 403
+        assert "Invalid token ***" in res.error
+        assert token not in res.error and token not in res.detail
+    finally:
+        out.close()
+        stop()

@@ -89,7 +89,7 @@ def test_transport_defaults_are_the_documented_ones():
 def _check_defaults(out):
     try:
         tr = out.transport
-        assert tr.pool.port == 443 and tr.gzip_level == 1
+        assert tr.pool.port == 443 and tr.gzip is True and tr.gzip_level == 1
         assert tr.pool.timeout.connect_timeout == 5.0 and tr.pool.timeout.read_timeout == 30.0
         assert tr.pool.pool.maxsize == 2
     finally:
@@ -419,6 +419,32 @@ def test_a_failure_without_a_message_or_wrapped_in_another_is_classified_by_its_
     wrapped = u3.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed"))
     outcome, msg = classify_exception(wrapped)
     assert outcome == PARK and msg.startswith("TLS verification failed")
+    assert "certificate verify failed" in msg             # the reason itself, for the operator
+    # ... and so when the verification failure is the cause (raise ... from) or the context (an
+    # error raised while handling it) of an error whose own text says nothing about it.
+    cause = u3.SSLError("connection closed")
+    cause.__cause__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    context = u3.SSLError("connection closed")
+    context.__context__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    for exc in (cause, context):
+        outcome, msg = classify_exception(exc)
+        assert outcome == PARK and msg.startswith("TLS verification failed"), exc
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/in", "https:///in", "file:///etc/passwd",
+                                 "127.0.0.1:8088/in"])
+def test_a_url_of_another_scheme_or_without_a_host_is_refused(url):
+    with pytest.raises(ConfigError, match="url must be"):
+        HttpTransport(url, allow_http=True)
+
+
+@pytest.mark.parametrize("value", ["+9999 Feb 9999999999 99:99", "Wed, 21 Oct 99999 07:28:00 GMT",
+                                   "soon", "Wed, 32 Oct 2015 07:28:00 GMT", "1.5", "-1"])
+def test_a_retry_after_that_is_no_date_a_computer_can_hold_is_ignored(value):
+    # A hostile receiver's Retry-After never breaks delivery: a value that is not a number of
+    # seconds or a date (or a date past what a clock holds) is as if there were none.
+    from sensor.deliver.http import parse_retry_after
+    assert parse_retry_after(value) is None
 
 
 def test_a_receiver_that_echoes_the_token_in_its_error_never_gets_it_into_the_result():
@@ -442,3 +468,143 @@ def test_a_receiver_that_echoes_the_token_in_its_error_never_gets_it_into_the_re
     finally:
         out.close()
         stop()
+
+
+
+def _counting(handle):
+    """A receiver on a real socket that handles one connection at a time with ``handle(conn)``
+    and counts them. ``finish()`` returns the count once every connection made before it was
+    handled (a last connection of its own marks the end: connections are accepted in order)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    count = [0]
+
+    def serve():
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                first = conn.recv(65536)
+                if first == b"END":
+                    return
+                count[0] += 1
+                try:
+                    handle(conn, first)
+                except OSError:
+                    pass
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+
+    def finish():
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"END")
+        th.join(60)                              # only guards a hang
+        srv.close()
+        return count[0]
+    return port, finish
+
+
+def test_a_failed_tls_handshake_is_one_connection_urllib3_never_retries_on_its_own():
+    # One attempt per call (docs/delivery.md: the spool and the forwarder own retrying): a
+    # receiver that answers the TLS hello with plain text costs one connection, then parks.
+    def handle(conn, first):
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    port, finish = _counting(handle)
+    t = HttpTransport(f"https://127.0.0.1:{port}/in", gzip=False)
+    try:
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == PARK
+    finally:
+        t.close()
+    assert finish() == 1
+
+
+def test_a_receiver_that_drops_every_connection_gets_exactly_one_retry_then_a_retry_outcome():
+    # The one immediate retry on a fresh connection (a stale keep-alive connection), no more:
+    # then the request fails as a retry for the forwarder's back-off, never as a crash.
+    def handle(conn, first):
+        pass                                     # read the request, close without a word
+    port, finish = _counting(handle)
+    t = HttpTransport(f"http://127.0.0.1:{port}/in", allow_http=True, gzip=False)
+    try:
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == RETRY
+    finally:
+        t.close()
+    assert finish() == 2
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_it_parks(status):
+    # docs/delivery.md: 3xx parks (a configuration to fix); the alerts are not posted elsewhere.
+    from sensor.testing.receiver import sample_alert
+    seen = []
+
+    def answer(conn):
+        seen.append(status)
+        conn.sendall(b"HTTP/1.1 %d Moved\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n" % status)
+    url, stop = _answering(answer)
+    out = build_output({"url": url, "allow_http": True, "gzip": False, "token": "t0ken"})
+    try:
+        res = out.send_batch([sample_alert(1)])
+        assert res.outcome == PARK and res.status == status
+        assert seen == [status]
+    finally:
+        out.close()
+        stop()
+
+
+def test_a_pool_smaller_than_the_requests_in_flight_does_not_hold_one_behind_the_other():
+    # pool_maxsize is how many keep-alive connections are kept open (docs/delivery.md), not a
+    # cap on requests in flight: with one kept open, two requests still go at once.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    arrived = []
+    both = threading.Event()
+
+    def serve_one(conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 2:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            arrived.append(1)
+            if len(arrived) >= 2:
+                both.set()
+            both.wait(30)                        # only guards a hang
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    t = HttpTransport(f"http://127.0.0.1:{port}/in", allow_http=True, gzip=False, pool_maxsize=1)
+    got = []
+    senders = [threading.Thread(target=lambda: got.append(_post(t).status)) for _ in range(2)]
+    try:
+        for th in senders:
+            th.start()
+        for th in senders:
+            th.join(60)                          # only guards a hang
+        assert got == [200, 200]
+        assert both.is_set()                     # the two were at the receiver at the same time
+    finally:
+        t.close()
+        try:
+            srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        srv.close()

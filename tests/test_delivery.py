@@ -167,7 +167,7 @@ def test_429_retry_after_is_honoured(receiver, spool):
     out = output_for(receiver)
     fwd = run_forwarder(spool, out, backoff_base=0.01, backoff_cap=5)
     try:
-        assert fwd.wait_drained(10)
+        assert fwd.wait_drained(60)   # 60 s only guards a hang
     finally:
         fwd.stop()
         out.close()
@@ -184,7 +184,7 @@ def test_413_splits_the_batch_and_all_arrive(receiver, spool):
     out = output_for(receiver)
     fwd = run_forwarder(spool, out)
     try:
-        assert fwd.wait_drained(10)
+        assert fwd.wait_drained(60)   # 60 s only guards a hang
     finally:
         fwd.stop()
         out.close()
@@ -203,7 +203,7 @@ def test_400_poison_alert_goes_to_dead_letter_rest_delivered(receiver, spool, fm
     out = output_for(receiver, format=fmt)
     fwd = run_forwarder(spool, out)
     try:
-        assert fwd.wait_drained(10)
+        assert fwd.wait_drained(60)   # 60 s only guards a hang
     finally:
         fwd.stop()
         out.close()
@@ -248,7 +248,7 @@ def test_401_parks_loudly_then_resumes_when_fixed(receiver, spool, caplog):
             st = fwd.stats()
             assert "401" in st["last_error"] and "s3cr3t-token" not in st["last_error"]
             receiver.token = "s3cr3t-token"  # fixed on the receiver side
-            assert fwd.wait_drained(10)
+            assert fwd.wait_drained(60)   # 60 s only guards a hang
             assert not fwd.stats()["parked"]
         finally:
             fwd.stop()
@@ -276,7 +276,7 @@ def test_spool_cap_drops_oldest_counts_and_health_event_is_delivered(receiver, t
         health_ids = {it.alert_id for it in sp.fetch(100) if it.decode().get("type") == "health"}
         assert health_ids
         receiver.up()
-        assert fwd.wait_drained(10)
+        assert fwd.wait_drained(60)   # 60 s only guards a hang
     finally:
         fwd.stop()
         out.close()

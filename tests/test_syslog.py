@@ -338,10 +338,11 @@ class _Collector:
     ``close_after_first`` it closes the first connection once it read something, and with
     ``refuse`` it closes every TLS connection right after the handshake (a refused client)."""
 
-    def __init__(self, ctx=None, close_after_first=False, refuse=False):
+    def __init__(self, ctx=None, close_after_first=False, refuse=False, banner=b"", reset=False):
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.ctx, self.close_after_first, self.refuse = ctx, close_after_first, refuse
+        self.banner, self.reset = banner, reset
         self.received: list[bytes] = []
         self.first_closed = _threading.Event()
         self.connections = 0
@@ -373,6 +374,8 @@ class _Collector:
             finally:
                 conn.close()
         else:
+            if self.banner:
+                conn.sendall(self.banner)
             self._read(conn)
 
     def _read(self, conn):
@@ -386,6 +389,9 @@ class _Collector:
             if self.close_after_first and self.connections == 1:
                 break
         self.received.append(data)
+        if self.reset and self.connections == 1:       # an abortive close: RST, not FIN
+            import struct
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
         if self.connections == 1:
             self.first_closed.set()
@@ -542,3 +548,72 @@ def test_closing_after_the_collector_went_away_raises_nothing():
     col.close()
     out.close()
     out.close()
+
+
+def _second_batch_after(col, out, upset) -> None:
+    """Send a batch, let ``upset`` break the connection, then a second batch: it must arrive."""
+    try:
+        assert out.send_batch([alert(1)]).outcome == OK
+        upset()
+        res = out.send_batch([alert(2)])
+        assert res.outcome == OK and res.delivered == ["a-00002"], res
+        out.close()
+        wait_for(lambda: any(b"a-00002" in r for r in col.received), "the second batch")
+    finally:
+        out.close()
+        col.close()
+
+
+def test_a_connection_the_collector_reset_is_made_again():
+    col = _Collector(close_after_first=True, reset=True)
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+
+    def upset():
+        assert col.first_closed.wait(WAIT)
+        time.sleep(0.1)                           # the RST has reached the sensor's side
+    _second_batch_after(col, out, upset)
+    assert out.connects == 2
+
+
+def test_a_connection_closed_under_the_output_is_made_again():
+    col = _Collector()
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    _second_batch_after(col, out, lambda: out._sock.close())
+    assert out.connects == 2
+
+
+def test_a_plain_tcp_collector_that_talks_still_gets_its_alerts():
+    # The refusal check after connecting is for TLS (a refused client certificate); on plain
+    # TCP there is no handshake to refuse, and a banner is no refusal.
+    col = _Collector(banner=b"hello\n")
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    try:
+        res = out.send_batch([alert(1)])
+        assert res.outcome == OK, res
+        out.close()
+        wait_for(lambda: col.received, "the collector's bytes")
+    finally:
+        out.close()
+        col.close()
+
+
+def test_tls_records_without_data_arriving_later_are_no_close(tmp_path, pki):
+    # Session tickets that arrive after the refusal check (here: no check at all) make the
+    # stream readable with nothing for the application: the connection is alive and kept.
+    ca, cert = pki
+    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _ssl.TLSVersion.TLSv1_3
+    cert.configure_cert(ctx)
+    col = _Collector(ctx=ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    out = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{col.port}",
+                        "ca_file": str(tmp_path / "ca.pem")})
+    out.settle = 0
+    try:
+        assert out.send_batch([alert(1)]).outcome == OK
+        time.sleep(0.2)                           # the tickets are in
+        assert out.send_batch([alert(2)]).outcome == OK
+        assert out.connects == 1
+    finally:
+        out.close()
+        col.close()

@@ -506,13 +506,18 @@ def test_alerts_that_cannot_be_encoded_are_rejected_alone():
         assert res.outcome == OK and res.delivered == ["a-00002"]
         assert list(res.rejected) == ["a-00001"]
         assert res.rejected["a-00001"].startswith("cannot encode: UnicodeEncodeError")
+        ecs = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+        res = ecs.send_batch([dict(alert(3), rule=5), alert(4)])   # no ECS document for that rule
+        ecs.close()
+        assert res.delivered == ["a-00004"] and res.rejected["a-00003"].startswith("cannot encode: AttributeError")
         assert out.send_batch([bad]).delivered == []         # nothing to write: nothing sent
         out.close()
         wait_for(lambda: col.received, "the collector's bytes")
     finally:
         out.close()
         col.close()
-    assert b"a-00002" in col.received[0] and b"a-00001" not in col.received[0]
+    got = b"".join(col.received)
+    assert b"a-00002" in got and b"a-00004" in got and b"a-00001" not in got and b"a-00003" not in got
 
 
 def test_a_tls_1_3_collector_keeps_one_connection_across_batches(tmp_path, pki):

@@ -508,8 +508,14 @@ def test_alerts_that_cannot_be_encoded_are_rejected_alone():
         assert res.rejected["a-00001"].startswith("cannot encode: UnicodeEncodeError")
         ecs = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
         res = ecs.send_batch([dict(alert(3), rule=5), alert(4)])   # no ECS document for that rule
-        ecs.close()
         assert res.delivered == ["a-00004"] and res.rejected["a-00003"].startswith("cannot encode: AttributeError")
+        # the reason kept is at most 300 characters (docs/delivery.md: item errors are cut there)
+        class Talkative(dict):
+            def get(self, *args):
+                raise AttributeError("x" * 1000)
+        res = ecs.send_batch([dict(alert(5), rule=Talkative())])
+        assert len(res.rejected["a-00005"]) == 300 and res.rejected["a-00005"].startswith("cannot encode: ")
+        ecs.close()
         assert out.send_batch([bad]).delivered == []         # nothing to write: nothing sent
         out.close()
         wait_for(lambda: col.received, "the collector's bytes")

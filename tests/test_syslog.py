@@ -526,18 +526,23 @@ def test_alerts_that_cannot_be_encoded_are_rejected_alone():
     assert b"a-00002" in got and b"a-00004" in got and b"a-00001" not in got and b"a-00003" not in got
 
 
-def test_a_tls_1_3_collector_keeps_one_connection_across_batches(tmp_path, pki):
-    # TLS 1.3 sends session tickets after the handshake, so a fresh connection is readable with
-    # nothing for the application: neither the refusal check nor the liveness check may take
-    # that for a refusal or a close.
+def _tls13_collector(tmp_path, pki):
+    """A TLS 1.3 collector made here and an output that trusts its CA."""
     ca, cert = pki
     ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _ssl.TLSVersion.TLSv1_3
     cert.configure_cert(ctx)
     col = _Collector(ctx=ctx)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    out = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{col.port}",
-                        "ca_file": str(tmp_path / "ca.pem")})
+    return col, build_output({"format": "syslog", "url": f"tls://127.0.0.1:{col.port}",
+                              "ca_file": str(tmp_path / "ca.pem")})
+
+
+def test_a_tls_1_3_collector_keeps_one_connection_across_batches(tmp_path, pki):
+    # TLS 1.3 sends session tickets after the handshake, so a fresh connection is readable with
+    # nothing for the application: neither the refusal check nor the liveness check may take
+    # that for a refusal or a close.
+    col, out = _tls13_collector(tmp_path, pki)
     try:
         for i in (1, 2, 3):
             res = out.send_batch([alert(i)])
@@ -611,14 +616,7 @@ def test_a_plain_tcp_collector_that_talks_still_gets_its_alerts():
 def test_tls_records_without_data_arriving_later_are_no_close(tmp_path, pki):
     # Session tickets that arrive after the refusal check (here: no check at all) make the
     # stream readable with nothing for the application: the connection is alive and kept.
-    ca, cert = pki
-    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _ssl.TLSVersion.TLSv1_3
-    cert.configure_cert(ctx)
-    col = _Collector(ctx=ctx)
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    out = build_output({"format": "syslog", "url": f"tls://127.0.0.1:{col.port}",
-                        "ca_file": str(tmp_path / "ca.pem")})
+    col, out = _tls13_collector(tmp_path, pki)
     out.settle = 0
     try:
         assert out.send_batch([alert(1)]).outcome == OK

@@ -382,7 +382,10 @@ class _Collector:
         conn.settimeout(WAIT)
         data = b""
         while True:
-            chunk = conn.recv(65536)
+            try:
+                chunk = conn.recv(65536)
+            except ConnectionResetError:   # the client closed with our banner unread: RST, not FIN
+                break
             if not chunk:
                 break
             data += chunk

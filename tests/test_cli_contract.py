@@ -106,6 +106,10 @@ def files(tmp_path_factory):
                                         for i in range(3000)))
     (d / "garbage.bin").write_bytes(os.urandom(4096))
     (d / "status.json").write_text("[not a status")
+    if hasattr(os, "mkfifo"):                      # nothing ever writes to it: opening it to read would wait
+        os.mkfifo(d / "fifo")
+    with open(d / "big.json", "wb") as fh:         # sparse: larger than any status file
+        fh.truncate((16 << 20) + 1)
     # Each a whole config (a replay of ev.jsonl, alerts to an HTTPS receiver that is not there,
     # data in ./state) with one thing wrong.
     base = ('[sensor]\ndata_dir = "state"\ndrain_timeout_s = 1.0\n[source]\nkind = "replay"\n'
@@ -147,6 +151,9 @@ BAD = [
     (["status", "--status-file", "/nonexistent.json"], 1),
     (["status", "--status-file", "{d}/status.json"], 1),
     (["status", "--status-file", "{d}/garbage.bin"], 1),
+    (["status", "--status-file", "{d}/fifo"], 1),
+    (["status", "--status-file", "/dev/zero"], 1),
+    (["status", "--status-file", "{d}/big.json"], 1),
     (["status", "-c", "{d}/deep.toml"], 2),
     (["spool", "status", "--path", "/nonexistent.sqlite"], 1),
     (["spool", "status", "--path", "{d}/garbage.bin"], 1),

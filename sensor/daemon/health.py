@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import msgspec
 
 from .. import __version__
-from .._files import private_dir
+from .._files import private_dir, read_regular
 from ..deliver.health import health_alert, health_document
 
 log = logging.getLogger("sensor.health")
@@ -434,10 +434,17 @@ def write_status(path: str, status: Status) -> None:
         raise
 
 
+# A status the sensor writes is a few KiB; anything past this is not one.
+MAX_STATUS_BYTES = 16 << 20
+
+
 def read_status(path: str) -> Status:
-    """The last status the sensor wrote (ValueError when the file is not one)."""
-    with open(path, "rb") as fh:
-        data = fh.read(16 * 1024 * 1024)
+    """The last status the sensor wrote (ValueError when the file is not one).
+
+    A FIFO or a device given as the status file is refused (OSError), not waited on."""
+    data = read_regular(path, MAX_STATUS_BYTES)
+    if data is None:
+        raise ValueError(f"not a sensor status file: larger than {MAX_STATUS_BYTES >> 20} MiB")
     try:
         return _DEC.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -47,6 +47,18 @@ def test_peinfo_folder(capsys, tmp_path):
     assert [r["OriginalFilename"] for r in rows] == ["basic.exe", "neutral.exe"]
 
 
+def test_peinfo_a_folder_without_pe_files_says_so_and_fails(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a PE extension")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.dll").write_bytes((DATA / "basic64.exe").read_bytes())
+    code = cli.main(["peinfo", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert f"{tmp_path}: folder holds no PE files" in captured.err and "-r descends" in captured.err
+    code, rows = run(capsys, "-r", str(tmp_path))   # the sub-folder's file is found with -r
+    assert code == 0 and [r["OriginalFilename"] for r in rows] == ["basic.exe"]
+
+
 def test_peinfo_missing_file(capsys, tmp_path):
     code, rows = run(capsys, str(tmp_path / "nope.exe"))
     assert code == 1 and rows[0]["code"] == "io" and "No such file" in rows[0]["error"]

@@ -16,7 +16,8 @@ def register(sub) -> None:
         description="Read the VERSIONINFO resource of each PE file statically (any OS) and print "
                     "one JSON object per file: path, OriginalFilename, InternalName, CompanyName, "
                     "ProductName, FileDescription, FileVersion, ProductVersion, file_version, "
-                    "product_version; or path and error. Exit code 1 when any file failed.")
+                    "product_version; or path and error. Exit code 1 when any file failed or a "
+                    "folder held no PE file.")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="PE file, or folder (its " + ", ".join(sorted(PE_EXTENSIONS)) + " files)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
@@ -25,18 +26,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _expand(paths: list[str], recursive: bool) -> Iterator[str]:
+def _expand(paths: list[str], recursive: bool) -> Iterator[tuple[str, bool]]:
+    """(path, True) for each file to read; (folder, False) for a folder that holds none."""
     for path in paths:
         if not os.path.isdir(path):
-            yield path
+            yield path, True
             continue
+        found = False
         for top, dirs, files in os.walk(path):
             dirs.sort()
             for name in sorted(files):
                 if os.path.splitext(name)[1].lower() in PE_EXTENSIONS:
-                    yield os.path.join(top, name)
+                    found = True
+                    yield os.path.join(top, name), True
             if not recursive:
                 break
+        if not found:
+            yield path, False
 
 
 def run(args, out: IO[str] | None = None) -> int:
@@ -50,7 +56,12 @@ def run(args, out: IO[str] | None = None) -> int:
         return 2
     read = READERS[impl][0]
     failed = 0
-    for path in _expand(args.paths, args.recursive):
+    for path, is_file in _expand(args.paths, args.recursive):
+        if not is_file:
+            failed += 1
+            print(f"etw-sensor: {path}: folder holds no PE files ({', '.join(sorted(PE_EXTENSIONS))})"
+                  + ("" if args.recursive else "; -r descends into sub-folders"), file=sys.stderr)
+            continue
         try:
             record = {"path": path, **read(path)}
         except PeError as exc:

@@ -28,6 +28,7 @@ difference (``net``); the ratio sensor/floor is printed too.
     python bench/live_cost.py --rates 10 --sections parts.json   # thread CPU of each part of the worker
     python bench/live_cost.py --rates 10 --profile worker.prof    # cProfile of the ETW worker (and .forwarder)
     python bench/live_cost.py --spool-sync normal    # [spool] sync = "normal": no fsync per spool commit
+    python bench/live_cost.py --rates 10,100 --commit-delay 1   # [sensor] commit_delay_s = 1
     python bench/live_cost.py --rates 10 --alert-frac 0 --threads   # per thread: CPU and switches per start
 
 ``--threads`` prints, for each phase, every sensor thread's CPU and its voluntary and involuntary
@@ -683,13 +684,14 @@ def run_phases(child: Child, rec: Records, phases: list, benign: list, alerting:
 
 
 def write_config(tmp: str, rules: str, flush_ms: int = 20, spool_sync: str = "full",
-                 batch_wait_ms: int | None = None) -> str:
+                 batch_wait_ms: int | None = None, commit_delay_s: float | None = None) -> str:
     data = os.path.join(tmp, "data")
     path = os.path.join(tmp, "sensor.toml")
     with open(path, "w") as fh:
         fh.write(f"""[sensor]
 data_dir = {json.dumps(data)}
 hostname = "BENCH-HOST"
+{f"commit_delay_s = {float(commit_delay_s)}" if commit_delay_s is not None else ""}
 [logging]
 level = "info"
 [source]
@@ -746,6 +748,8 @@ def main() -> int:
                     help="the sensor's [spool] sync (default full: an fsync per commit)")
     ap.add_argument("--batch-wait-ms", type=int, default=None,
                     help="the sensor's [delivery] batch_wait_ms (default: the tree's own default)")
+    ap.add_argument("--commit-delay", type=float, default=None,
+                    help="the sensor's [sensor] commit_delay_s (default: the tree's own default)")
     args = ap.parse_args()
     if args.child == "sensor":
         return child_sensor(args.config)
@@ -779,7 +783,8 @@ def main() -> int:
             rec = Records()
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind]
             if kind == "sensor":
-                argv += ["--config", write_config(tmp, pack, args.flush_ms, args.spool_sync, args.batch_wait_ms)]
+                argv += ["--config", write_config(tmp, pack, args.flush_ms, args.spool_sync, args.batch_wait_ms,
+                                                    args.commit_delay)]
             print(f"{kind}:", file=sys.stderr, flush=True)
             if kind == "sensor" and args.profile:
                 os.environ["LIVE_COST_PROFILE"] = os.path.abspath(args.profile)

@@ -317,3 +317,23 @@ def test_acknowledged_rows_leave_the_counters_with_or_without_delete_returning(t
         left = sum(len(it.body) for it in sp.fetch(10))
     assert full["written"] == 6 and full["duplicates"] == 1 and full["depth"] == full_rows == 6
     assert st["depth"] == st_rows == 2 and st["bytes"] == left
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 300)), max_size=6), min_size=1, max_size=6))
+def test_counters_follow_the_rows_whatever_ids_a_commit_repeats(tmp_path_factory, batches):
+    # One commit's rows go in with one statement; the ids already spooled (or repeated within the
+    # commit) are ignored, and the counters must count exactly the rows that went in.
+    path = tmp_path_factory.mktemp("dup") / "s.db"
+    seen: set[int] = set()
+    with Spool(path) as sp:
+        for batch in batches:
+            new = len({i for i, _ in batch} - seen)
+            assert sp.put_many([alert(i, pad) for i, pad in batch]) == new
+            seen |= {i for i, _ in batch}
+        st_, rows = sp.stats(), sp._counter("rows")
+        depth, total = sp._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM alerts").fetchone()
+    n = sum(len(b) for b in batches)
+    assert depth == rows == len(seen)
+    assert st_["bytes"] == total and st_["depth"] == depth
+    assert st_["written"] == len(seen) and st_["duplicates"] == n - len(seen)

@@ -12,6 +12,7 @@ import time
 
 from hypothesis import given, settings, strategies as st
 
+from sensor.daemon.config import SensorSection
 from sensor.daemon.pipeline import Pipeline, RuleSet
 from sensor.deliver.spool import Spool
 from sensor.detect.matcher import create as create_matcher
@@ -93,7 +94,8 @@ def test_alerts_of_batches_within_the_delay_share_one_transaction_and_stop_commi
 
 
 def test_held_alerts_are_committed_when_their_delay_ends_while_nothing_else_arrives(tmp_path):
-    pipe, src, be, spool = etw_pipeline(tmp_path, commit_delay=0.05)
+    # the configured default: the loss window docs/delivery.md gives closes by itself
+    pipe, src, be, spool = etw_pipeline(tmp_path, commit_delay=SensorSection().commit_delay_s)
     pipe.start()
     try:
         sink = be.consumers[0].sink

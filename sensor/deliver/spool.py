@@ -137,16 +137,6 @@ _COUNTERS = ("bytes", "rows", "dropped", "expired", "dead_lettered", "dead_dropp
              "duplicates", "dropped_disk_full", "salvaged", "damaged_rows")
 _PUBLIC_COUNTERS = tuple(k for k in _COUNTERS if k not in ("bytes", "rows"))
 
-# The statements of the write path (a commit of new alerts), each cached by its connection.
-_INSERT_ROW = ("INSERT OR IGNORE INTO alerts(alert_uuid, created, size, body, crc, kind) "
-               "VALUES (?,?,?,?,?,?)")
-_LAST_ROWS_BYTES = "SELECT COALESCE(SUM(size), 0) FROM (SELECT size FROM alerts ORDER BY id DESC LIMIT ?)"
-# bytes += ?1, rows += ?2, written += ?2, duplicates += ?3: the counters of a commit in one statement
-_BUMP_PUT = ("UPDATE meta SET value = value + CASE key WHEN 'bytes' THEN ?1 WHEN 'duplicates' THEN ?3 "
-             "ELSE ?2 END WHERE key IN ('bytes', 'rows', 'written', 'duplicates')")
-_CAPS_READ = ("SELECT (SELECT created FROM alerts ORDER BY id LIMIT 1), "
-              "COALESCE((SELECT value FROM meta WHERE key = 'bytes'), 0)")
-
 _ENC = msgspec.json.Encoder(enc_hook=str)
 _DEC = msgspec.json.Decoder()
 
@@ -158,11 +148,8 @@ def _clean(value: Any) -> Any:
     """Replace what JSON cannot carry (lone UTF-16 surrogates, which Windows allows in
     command lines) with U+FFFD, recursively."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")   # in C: fails exactly on a lone surrogate
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-        return value
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") \
+            if any("\ud800" <= c <= "\udfff" for c in value) else value
     if isinstance(value, dict):
         return {_clean(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -941,17 +928,17 @@ class Spool:
             db = self._db
             if room:
                 made = self._drop_oldest(room, "spool_disk_full_dropped", now, {"path": str(self.path)})
-            changes = db.total_changes
-            db.executemany(_INSERT_ROW, rows)
-            added = db.total_changes - changes
-            if added == len(rows):
-                added_bytes = sum(r[2] for r in rows)
-            else:
-                # Some ids were spooled already (ignored). This transaction holds the write lock
-                # and a new row's id is above every id in the table, so the new rows are the
-                # last ``added`` ones.
-                added_bytes = db.execute(_LAST_ROWS_BYTES, (added,)).fetchone()[0]
-            db.execute(_BUMP_PUT, (added_bytes, added, len(rows) - added))
+            added = added_bytes = 0
+            for r in rows:
+                cur = db.execute("INSERT OR IGNORE INTO alerts(alert_uuid, created, size, body, crc, kind) "
+                                 "VALUES (?,?,?,?,?,?)", r)
+                if cur.rowcount == 1:
+                    added += 1
+                    added_bytes += r[2]
+            self._bump("bytes", added_bytes)
+            self._bump("rows", added)
+            self._bump("written", added)
+            self._bump("duplicates", len(rows) - added)
             unsaved, unsaved_full = self._unsaved_dropped, self._unsaved_dropped_full
             if unsaved:
                 self._bump("dropped", unsaved)
@@ -1046,12 +1033,11 @@ class Spool:
     def _enforce(self, now: float) -> int:
         """Drop expired, then oldest-over-cap rows (inside the caller's transaction)."""
         dropped = 0
-        # One statement reads both caps' inputs: the oldest row's time and the bytes waiting.
-        oldest, total = self._db.execute(_CAPS_READ).fetchone()
+        oldest = self._db.execute("SELECT created FROM alerts ORDER BY id LIMIT 1").fetchone()
         cutoff = now - self.max_age
         # The oldest row by insertion order is the cheap test; the delete then goes by time, so rows
         # spooled across a clock step are caught too.
-        if oldest is not None and oldest < cutoff:
+        if oldest is not None and oldest[0] < cutoff:
             n, size = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM alerts WHERE created < ?", (cutoff,)).fetchone()
             if n:
@@ -1062,15 +1048,14 @@ class Spool:
                 self._bump("dropped", n)
                 dropped += n
                 self._health("spool_expired", n, {"max_age_s": self.max_age}, now)
-                total = self._counter("bytes")
         for _ in range(2):  # a second pass makes room for the health alert the first one added
+            total = self._counter("bytes")
             if total <= self.max_bytes:
                 break
             n = self._drop_oldest(total - self.max_bytes, "spool_overflow", now, {"max_bytes": self.max_bytes})
             if not n:
                 break
             dropped += n
-            total = self._counter("bytes")
         return dropped
 
     def _drop_oldest(self, excess: int, kind: str, now: float, detail: dict) -> int:

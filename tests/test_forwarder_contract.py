@@ -471,3 +471,84 @@ def test_a_new_spool_error_after_a_good_step_is_said_at_once(spool):
     finally:
         logging.getLogger("sensor.delivery").removeHandler(handler)
     assert said == [1, 5]       # the first error of each episode
+
+
+# -- what the module's mutation run found unchecked ------------------------------------------------
+
+def test_an_outcome_the_forwarder_does_not_know_keeps_the_alerts_and_backs_off(spool, clock):
+    # an output is only trusted to report; an answer outside the protocol is a failed attempt,
+    # never a reason to drop the alerts or to raise out of the step
+    out = MemoryOutput(lambda b: SendResult("teapot", status=418, error="HTTP 418"))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0                         # the back-off of a first failed round
+    st = fwd.stats()
+    assert st["failed_attempts"] == 1 and st["retries"] == 1 and st["consecutive_failures"] == 1
+    assert "unknown outcome 'teapot'" in st["last_error"]
+    assert spool.depth() == 2 and spool.dead_letters() == []
+    assert [it.attempts for it in spool.fetch(2)] == [1, 1]
+
+
+def test_every_alert_set_aside_counts_the_failed_attempt_of_an_outage(spool, clock):
+    # three alerts rejected alone, a fourth accepted after them (evidence for all three); the
+    # first one asked again meets an outage: all three stay and count the failed attempt
+    ids = [alert(i)["id"] for i in range(4)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400")] * 6
+                   + [None, SendResult(RETRY, status=503, error="HTTP 503")])
+    out = MemoryOutput(lambda b: next(answers))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(4)])
+    assert fwd.step() == 1.0
+    assert out.calls == [ids, ids[:2], [ids[0]], [ids[1]], ids[2:], [ids[2]], [ids[3]], [ids[0]]]
+    assert spool.ids() == ids[:3] and spool.dead_letters() == []
+    assert [it.attempts for it in spool.fetch(3)] == [1, 1, 1]
+
+
+def test_at_the_bound_of_unconfirmed_rows_nothing_more_is_sent_until_the_retry(spool, clock, monkeypatch):
+    # MAX_UNCONFIRMED delivered rows waiting for disk space: the forwarder sends nothing more
+    # (it would only add to what the disk cannot record) and waits for the next confirmation try
+    monkeypatch.setattr(forwarder_mod, "MAX_UNCONFIRMED", 2)
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(0), alert(1)])
+    acks = refuse_once(spool, "ack", times=2)
+    assert fwd.step() == 0.0 and fwd.stats()["ack_pending"] == 2
+    spool.put(alert(2))
+    assert fwd.step() == 0.25                        # the confirmation is due in 0.25 s
+    assert out.calls == [[alert(0)["id"], alert(1)["id"]]]
+    clock.t += 0.25
+    assert fwd.step() == 0.5                         # refused again: still at the bound, waits longer
+    assert len(acks) == 2 and len(out.calls) == 1
+    clock.t += 0.5
+    assert fwd.step() == 0.0                         # recorded: the third goes out
+    assert out.ids == [alert(i)["id"] for i in range(3)] and fwd.stats()["ack_pending"] == 0
+
+
+def test_the_spools_upkeep_runs_on_its_intervals_not_on_every_step(spool, clock):
+    # each upkeep call costs the spool a query: the age cap every enforce_interval, the held
+    # alerts and the disk-full state every MAINTAIN_INTERVAL (0.5 s), whatever the number of steps
+    assert forwarder_mod.MAINTAIN_INTERVAL == 0.5
+    fwd = forwarder(spool, MemoryOutput(), clock, enforce_interval=5.0)
+    calls: dict[str, list[float]] = {"maintain": [], "enforce": []}
+    for name, seen in calls.items():
+        real = getattr(spool, name)
+
+        def wrapper(*a, _real=real, _seen=seen, **kw):
+            _seen.append(clock.t)
+            return _real(*a, **kw)
+
+        setattr(spool, name, wrapper)
+    t0 = clock.t
+    for dt in (0.0, 0.25, 0.25, 4.0, 0.25, 0.25):    # at t0, +0.25, +0.5, +4.5, +4.75, +5.0
+        clock.t += dt
+        assert fwd.step() is IDLE
+    assert calls["maintain"] == [t0, t0 + 0.5, t0 + 4.5, t0 + 5.0]
+    assert calls["enforce"] == [t0, t0 + 5.0]
+
+
+def test_the_forwarder_takes_its_parts_by_name_and_its_hooks_by_name_only(spool, clock):
+    out = MemoryOutput()
+    fwd = Forwarder(spool=spool, output=out, config=DeliveryConfig(linger=0.0), clock=clock)
+    assert fwd.spool is spool and fwd.output is out and fwd.clock is clock
+    with pytest.raises(TypeError):
+        Forwarder(spool, out, DeliveryConfig(), clock)   # a clock by position is a mistaken call

@@ -355,10 +355,14 @@ class Forwarder(threading.Thread):
             if outcome in (RETRY, PARK):
                 keep = [item.rowid for item, _ in rest] + [s[0].rowid for s in suspects]
                 return self._failed(result, keep, round_)
+            if outcome not in (RESEND, SPLIT, BISECT):
+                # not in the protocol: one failed attempt (counted by _failed alone), kept
+                keep = [item.rowid for item, _ in rest] + [s[0].rowid for s in suspects]
+                return self._failed(SendResult(RETRY, error=f"unknown outcome {outcome!r}"), keep, round_)
             self._note(failed_attempts=1, last_error=self._redact(result.error), last_error_time=self.clock())
             if outcome == RESEND:
                 stack.append(rest)
-            elif outcome in (SPLIT, BISECT):
+            else:  # SPLIT, BISECT
                 if len(rest) == 1:
                     item, alert = rest[0]
                     if outcome == SPLIT:
@@ -378,9 +382,6 @@ class Forwarder(threading.Thread):
                     self._note(splits=1)
                 stack.append(rest[half:])
                 stack.append(rest[:half])
-            else:
-                keep = [item.rowid for item, _ in rest] + [s[0].rowid for s in suspects]
-                return self._failed(SendResult(RETRY, error=f"unknown outcome {outcome!r}"), keep, round_)
         return self._confirm_suspects(suspects, round_, accepted or requests < 2)
 
     def _send(self, chunk: list[tuple[SpooledAlert, dict]]) -> tuple[SendResult, int]:

@@ -552,3 +552,15 @@ def test_the_forwarder_takes_its_parts_by_name_and_its_hooks_by_name_only(spool,
     assert fwd.spool is spool and fwd.output is out and fwd.clock is clock
     with pytest.raises(TypeError):
         Forwarder(spool, out, DeliveryConfig(), clock)   # a clock by position is a mistaken call
+
+
+def test_a_batch_of_exactly_the_byte_budget_is_full_and_does_not_wait_for_the_linger(spool, clock):
+    # docs: the linger "ends at once when the batch is full (batch_size alerts or batch_max_kb
+    # spooled)"
+    spool.put_many([alert(i) for i in range(3)])
+    budget = sum(len(i.body) for i in spool.fetch(3))
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, linger=5.0, batch_max_bytes=budget)
+    assert fwd.step() == 0.0 and out.ids == [alert(i)["id"] for i in range(3)]
+    spool.put_many([alert(i) for i in range(3, 5)])          # two: under the budget, it lingers
+    assert fwd.step() == 5.0 and len(out.calls) == 1

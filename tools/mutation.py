@@ -122,9 +122,11 @@ MODULES: dict[str, list[str]] = {
                                     "test_a_spool_opened_on_a_full_disk_runs_on_what_is_there",
                                     "test_a_partial_reserve_is_topped_up_on_a_small_volume_with_room_for_the_rest")),
                                 "tests/test_spool.py", "tests/test_faults_damage.py",
-                                "tests/test_spool_cli.py", "tests/test_delivery.py"],
+                                "tests/test_spool_cli.py", "tests/test_delivery.py",
+                                # wait_for_volume, the linger's wait, at its edges
+                                "tests/test_forwarder_linger.py"],
     "sensor/deliver/forwarder.py": ["tests/test_forwarder_contract.py", "tests/test_forwarder_fetches.py",
-                                    "tests/test_delivery.py",
+                                    "tests/test_forwarder_linger.py", "tests/test_delivery.py",
                                     "tests/test_faults_delivery.py"],
     "sensor/deliver/syslog.py": ["tests/test_syslog.py"],
     "sensor/detect/signing.py": ["tests/test_signing.py"],

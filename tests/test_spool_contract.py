@@ -564,6 +564,23 @@ def test_fetch_passes_over_skipped_rows_and_still_fills_the_batch(tmp_path):
         assert [it.alert_id for it in sp.fetch(100, after=rows[7])] == ["a-000008", "a-000009"]
 
 
+def test_fetch_says_whether_rows_may_be_left(tmp_path):
+    # `more`: rows may be left when the answer stopped at the limit or the byte budget, or passed
+    # over rows in `skip` (settled or set aside: they may be due after the next send); nothing
+    # when it holds every row there was
+    one = size_of(alert(0))
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(4)])
+        rows = [it.rowid for it in sp.fetch(10)]
+        for kw, n, left in [({}, 4, []), ({"limit": 4}, 4, [True]), ({"max_bytes": 2 * one}, 2, [True]),
+                            ({"skip": {rows[1]}}, 3, [True]), ({"skip": {rows[3]}}, 3, [True]),
+                            ({"skip": {rows[0], rows[2]}}, 2, [True])]:
+            more: list = []
+            args = {"limit": 10, **kw}
+            assert len(sp.fetch(args.pop("limit"), more=more, **args)) == n, kw
+            assert more == left, kw
+
+
 def test_fetch_byte_budget_counts_every_body(tmp_path):
     one = size_of(alert(0, pad=100))
     with Spool(tmp_path / "s.db") as sp:

@@ -5,6 +5,7 @@ sensor/deliver/spool.py runs this file for every mutant."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import re
@@ -1306,3 +1307,46 @@ def test_a_full_spool_whose_folder_was_renamed_stays_full_without_an_error(volum
     sp.maintain()
     assert not sp.disk_full
     sp.close()
+
+
+
+def _open_connections() -> int:
+    n = 0
+    for o in gc.get_objects():
+        if isinstance(o, sqlite3.Connection):
+            try:
+                o.execute("SELECT 1")
+                n += 1
+            except sqlite3.ProgrammingError:      # closed
+                pass
+    return n
+
+
+def test_a_connection_that_meets_a_damaged_file_is_closed_at_once(tmp_path):
+    # a thread's first use opens its own connection; when the file is damaged that open fails,
+    # and the connection is closed then, not when the error is dropped: the caller holds the
+    # error while the spool heals (forwarder), and on Windows an open handle keeps the file from
+    # being moved aside
+    path = tmp_path / "s.db"
+    sp = Spool(path)
+    try:
+        sp.put(alert(1))
+        sp._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(path, "r+b") as fh:
+            fh.write(os.urandom(100))           # the header is gone: "file is not a database"
+        before = _open_connections()
+
+        def first_use():
+            try:
+                sp.depth()
+            except SpoolError as exc:
+                return exc, _open_connections()  # while the error is held
+            return None, None
+
+        t, out = _in_thread(first_use)
+        t.join(60)
+        assert out, "the read in the other thread did not end"
+        exc, during = out[0]
+        assert isinstance(exc, SpoolDamaged) and during == before
+    finally:
+        sp.close()

@@ -1350,3 +1350,18 @@ def test_a_connection_that_meets_a_damaged_file_is_closed_at_once(tmp_path):
         assert isinstance(exc, SpoolDamaged) and during == before
     finally:
         sp.close()
+
+
+def test_put_volume_counts_what_was_committed_and_nothing_else(tmp_path):
+    # put_volume: (rows, body bytes) this process committed, a running count; wake() and the
+    # other writes (a requeue, a health event) commit no new alert and leave it as it was
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put_volume == (0, 0)
+        sp.put_many([alert(1), alert(2)])
+        vol = sp.put_volume
+        assert vol == (2, size_of(alert(1)) + size_of(alert(2)))
+        sp.wake()
+        (item,) = sp.fetch(1)
+        sp.dead_letter([(item.rowid, "bad", 400)])
+        sp.requeue_dead()
+        assert sp.put_volume == vol

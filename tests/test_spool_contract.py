@@ -1365,3 +1365,34 @@ def test_put_volume_counts_what_was_committed_and_nothing_else(tmp_path):
         sp.dead_letter([(item.rowid, "bad", 400)])
         sp.requeue_dead()
         assert sp.put_volume == vol
+
+
+
+def test_alerts_dropped_over_the_memory_cap_on_a_full_disk_are_counted_once(volume):
+    # nothing can be written (a full disk, and a reader pins the WAL): new alerts wait in memory
+    # up to held_max_bytes, the oldest held are dropped beyond it, and each drop counts once in
+    # dropped_disk_full: every alert is accounted for (in the spool, dropped, or still held)
+    vol = volume("2m")
+    clock = Clock()
+    one = size_of(alert(0, pad=4000))
+    sp = Spool(vol / "s.db", clock=clock, held_max_bytes=2 * one)   # not the owner: no reserve
+    try:
+        sp.put_many([alert(i, pad=4000) for i in range(5)])
+        reader = raw(vol / "s.db")
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM alerts").fetchone()    # pins the WAL
+        filler = fill(vol)
+        sp.put_many([alert(i, pad=4000) for i in range(5, 55)])
+        fault = sp.fault_stats()
+        assert fault["held"] == 2 and fault["held_dropped"] > 0
+        reader.rollback()
+        reader.close()
+        filler.unlink()
+        clock.t += 3600                                            # past any retry delay
+        assert sp.flush_held() == 2
+        st_ = sp.stats()
+        kept = [i for i in sp.ids() if i.startswith("a-")]
+        assert st_["held"] == 0 and st_["dropped_disk_full"] > 0
+        assert len(kept) + st_["dropped_disk_full"] == 55
+    finally:
+        sp.close()

@@ -564,3 +564,78 @@ def test_a_batch_of_exactly_the_byte_budget_is_full_and_does_not_wait_for_the_li
     assert fwd.step() == 0.0 and out.ids == [alert(i)["id"] for i in range(3)]
     spool.put_many([alert(i) for i in range(3, 5)])          # two: under the budget, it lingers
     assert fwd.step() == 5.0 and len(out.calls) == 1
+
+
+def test_alerts_rejected_alone_are_remembered_up_to_a_bound(spool, clock, monkeypatch):
+    # MAX_SUSPECTS alerts waiting for a second verdict at most: the oldest is forgotten first
+    monkeypatch.setattr(forwarder_mod, "MAX_SUSPECTS", 2)
+    out = MemoryOutput(lambda b: SendResult(BISECT, status=400, error="HTTP 400"))
+    fwd = forwarder(spool, out, clock)
+    rowids = []
+    for i in range(3):
+        spool.put(alert(i))
+        assert fwd.step() == 0.0                 # a round of one request: set aside
+        rowids.append(spool.fetch(10)[-1].rowid)   # the alert just sent
+        assert len(fwd._suspects) == min(i + 1, 2)
+    assert list(fwd._suspects) == rowids[1:]
+
+
+def test_an_alert_set_aside_and_then_accepted_is_reported_as_delivered(spool, clock):
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),
+                    SendResult(BISECT, status=400, error="HTTP 400"),      # the first alone: set aside
+                    None,                                                   # the second: accepted
+                    None])                                                  # the first again: accepted
+    delivered: list = []
+    fwd = Forwarder(spool, MemoryOutput(lambda b: next(answers, None)),
+                    DeliveryConfig(linger=0.0, enforce_interval=1e9), clock=clock, rng=lambda: 1.0,
+                    on_delivered=delivered.extend)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 0.0
+    assert delivered == [alert(1)["id"], alert(0)["id"]] and spool.depth() == 0
+
+
+def test_the_idle_wait_is_a_second_while_the_spool_is_in_a_fault(spool, clock):
+    # docs: one thread wakes every poll_interval (30 s) to re-read the spool, "every second while
+    # the spool holds alerts in memory or is in its disk-full state"
+    fwd = forwarder(spool, MemoryOutput(), clock, poll_interval=30.0)
+    assert fwd.step() is IDLE                    # the first upkeep ran; the next is not due
+    waits: list = []
+
+    def wait_for_data(mark, timeout):
+        waits.append(timeout)
+        fwd._stop_event.set()
+        return mark
+
+    spool.wait_for_data = wait_for_data
+    fwd._loop()
+    spool._full_since = clock()                  # the disk-full state
+    fwd._stop_event.clear()
+    fwd._loop()
+    spool._full_since = None
+    assert waits == [30.0, 1.0]
+
+
+def test_the_second_worker_is_called_only_while_rows_are_left(spool, clock):
+    # docs: "The second worker joins only when the first one's fetch left rows behind"; once a
+    # fetch holds every row there is, the call is withdrawn, so the second worker sleeps again
+    # instead of waking to find nothing (a wake-up that never ends would spin it)
+    fwd = forwarder(spool, MemoryOutput(), clock, batch_size=1)
+    spool.put_many([alert(0), alert(1)])
+    assert fwd.step() == 0.0 and fwd._help.is_set()          # a row left behind: help wanted
+    assert fwd.step() == 0.0                                 # (stopped at its limit: maybe more)
+    assert fwd.step() is IDLE and not fwd._help.is_set()     # nothing left: withdrawn
+    assert fwd.step() is IDLE and not fwd._help.is_set()
+
+
+def test_a_spool_that_cannot_be_read_is_not_waited_on_to_drain(spool, clock):
+    # with nothing in flight or held in memory, an unreadable depth does not hold a stop's drain
+    # for its whole timeout: what the spool holds stays there for the next start
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    spool.put(alert(1))
+    assert fwd.drained() is False
+
+    def unreadable():
+        raise SpoolError(f"spool {spool.path}: read failed: disk I/O error")
+
+    spool.depth = unreadable
+    assert fwd.drained() is True

@@ -1396,3 +1396,21 @@ def test_alerts_dropped_over_the_memory_cap_on_a_full_disk_are_counted_once(volu
         assert len(kept) + st_["dropped_disk_full"] == 55
     finally:
         sp.close()
+
+
+def test_wait_for_volume_with_no_time_left_returns_at_once(tmp_path):
+    # a timeout that is over does not wait on the condition, nor ask done() (asked when wake()
+    # is called, while there is time left)
+    asked: list = []
+
+    def done() -> bool:
+        asked.append(1)
+        return False
+
+    with Spool(tmp_path / "s.db") as sp:
+        since = sp.put_volume
+        assert sp.wait_for_volume(since, 1, 10**9, 0.0, done=done) is False
+        assert sp.wait_for_volume(since, 1, 10**9, -5.0, done=done) is False
+        assert asked == []
+        sp.put(alert(1))
+        assert sp.wait_for_volume(since, 1, 10**9, 0.0, done=done) is True

@@ -639,3 +639,23 @@ def test_a_spool_that_cannot_be_read_is_not_waited_on_to_drain(spool, clock):
 
     spool.depth = unreadable
     assert fwd.drained() is True
+
+
+def test_a_second_refused_confirmation_joins_the_waiting_ones(spool, clock, caplog):
+    # docs: a fault is a state: said once when it begins; a confirmation refused while others
+    # wait joins them, on their retry schedule (the back-off does not start over)
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock)
+    acks = refuse_once(spool, "ack", times=2)
+    with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
+        spool.put(alert(1))
+        assert fwd.step() == 0.0 and fwd.stats()["ack_retry_in"] == 0.25
+        clock.t += 0.1
+        spool.put(alert(2))
+        assert fwd.step() == 0.0 and len(acks) == 2        # sent, its confirmation refused too
+        st = fwd.stats()
+        assert st["ack_pending"] == 2 and st["ack_retry_in"] == pytest.approx(0.15)
+        assert caplog.text.count("cannot record") == 1
+        clock.t += 0.15
+        assert fwd.step() is IDLE and spool.depth() == 0   # both recorded by the one retry
+    assert out.ids == [alert(1)["id"], alert(2)["id"]]

@@ -14,7 +14,7 @@ from sensor.deliver import forwarder as forwarder_mod
 from sensor.deliver.forwarder import IDLE, DeliveryConfig, Forwarder
 from sensor.deliver.memory import MemoryOutput
 from sensor.deliver.protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, SendResult
-from sensor.deliver.spool import Spool, SpoolError, SpoolFull
+from sensor.deliver.spool import Spool, SpoolDamaged, SpoolError, SpoolFull
 from sensor.deliver.tls import ConfigError
 
 
@@ -659,3 +659,105 @@ def test_a_second_refused_confirmation_joins_the_waiting_ones(spool, clock, capl
         clock.t += 0.15
         assert fwd.step() is IDLE and spool.depth() == 0   # both recorded by the one retry
     assert out.ids == [alert(1)["id"], alert(2)["id"]]
+
+
+def test_a_round_the_receiver_refused_alone_says_its_status(spool, clock):
+    # docs: "400 or 422 without naming the alert": the status the receiver gave is the one the
+    # round's error and the alert's failed attempt say
+    out = MemoryOutput(lambda b: SendResult(BISECT, status=422, error="HTTP 422"))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0                     # a failed round: nothing was accepted
+    st = fwd.stats()
+    assert st["last_error"].startswith("HTTP 422 for every request of the batch")
+    errors = {r[0] for r in spool._db.execute("SELECT last_error FROM alerts")}
+    assert errors == {"HTTP 422 for alert(s) sent alone: 2 set aside until the receiver accepts "
+                      "something else"}
+
+
+def test_a_second_lone_rejection_after_an_acceptance_is_a_verdict_at_once(spool, clock):
+    answers = {0: SendResult(BISECT, status=400, error="HTTP 400"),      # a0 alone: set aside
+               2: SendResult(BISECT, status=400, error="HTTP 400"),      # a0 + a2
+               3: SendResult(BISECT, status=400, error="HTTP 400")}      # a0 alone again
+    out = MemoryOutput(lambda b: answers.get(len(out.calls) - 1))
+    fwd = forwarder(spool, out, clock)
+    ids = [alert(i)["id"] for i in range(3)]
+    spool.put(alert(0))
+    assert fwd.step() == 0.0
+    spool.put(alert(1))
+    assert fwd.step() == 0.0                     # accepted: the evidence
+    spool.put(alert(2))
+    assert fwd.step() == 0.0
+    assert out.calls == [[ids[0]], [ids[1]], [ids[0], ids[2]], [ids[0]], [ids[2]]]   # no extra ask
+    assert [d["id"] for d in spool.dead_letters()] == [ids[0]] and spool.depth() == 0
+
+
+def test_confirmations_waiting_at_stop_are_tried_once_more_and_said_if_still_refused(spool, clock, caplog):
+    out = MemoryOutput()
+    fwd = Forwarder(spool, out, DeliveryConfig(concurrency=1, linger=0.0, enforce_interval=1e9),
+                    clock=clock)                 # a clock that stands still: no retry is due
+    refuse_once(spool, "ack", times=1)
+    spool.put(alert(1))
+    assert fwd.daemon is True and fwd.name == "sensor-forwarder"   # never holds the process open
+    fwd.start()
+    try:
+        end = threading.Event()
+        for _ in range(6000):                    # guards a hang only
+            if fwd.stats()["ack_pending"] == 1:
+                break
+            end.wait(0.01)
+    finally:
+        fwd.stop(60)
+    assert not fwd.is_alive() and spool.depth() == 0 and fwd.stats()["ack_pending"] == 0
+    assert out.ids == [alert(1)["id"]]
+    # and when the disk still refuses at stop: said, and sent again after the next start
+    fwd = Forwarder(spool, out, DeliveryConfig(concurrency=1, linger=0.0, enforce_interval=1e9),
+                    clock=clock)
+    refuse_once(spool, "ack", times=1000)
+    spool.put(alert(2))
+    with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
+        fwd.start()
+        try:
+            for _ in range(6000):
+                if fwd.stats()["ack_pending"] == 1:
+                    break
+                end.wait(0.01)
+        finally:
+            fwd.stop(60)
+    assert "1 delivered alert(s) could not be recorded in the spool (disk full)" in caplog.text
+    assert spool.ids() == [alert(2)["id"]]
+
+
+def test_a_spool_error_waits_park_interval_and_damage_waits_for_the_heal(spool, clock):
+    fwd = forwarder(spool, MemoryOutput(), clock, park_interval=60.0)
+    waits: list = []
+
+    def wait(delay):
+        waits.append(delay)
+        fwd._stop_event.set()
+        return True
+
+    fwd._stop_event.wait = wait
+    errors = iter([SpoolError("read failed: disk I/O error"), SpoolDamaged("read failed: malformed"),
+                   SpoolDamaged("read failed: malformed")])
+
+    def broken(*a, **kw):
+        exc = next(errors, None)
+        if exc is None:
+            fwd._stop_event.set()
+            spool.wake()                         # as stop() does: the idle wait ends at once
+            return []
+        raise exc
+
+    spool.fetch = broken
+    fwd._loop()                                  # a spool error: retried after park_interval
+    assert waits == [60.0]
+    heals = iter([False, True])
+    healed: list = []
+    spool.heal_if_due = lambda: healed.append(next(heals)) or healed[-1]
+    fwd._stop_event.clear()
+    fwd._loop()                                  # damage, not healed yet: the next heal's time
+    assert waits == [60.0, forwarder_mod.HEAL_RETRY_INTERVAL] and healed == [False]
+    fwd._stop_event.clear()
+    fwd._loop()                                  # damage healed: on at once, no wait
+    assert waits == [60.0, forwarder_mod.HEAL_RETRY_INTERVAL] and healed == [False, True]

@@ -279,6 +279,7 @@ def test_concurrency_is_the_number_of_workers(spool):
         fwd.stop(60)
     assert not fwd.is_alive()
     assert len(fwd._workers) == 2           # and this thread: three in all
+    assert all(t.daemon for t in fwd._workers)   # none holds the process open
     assert all(not t.is_alive() for t in fwd._workers)
 
 
@@ -761,3 +762,12 @@ def test_a_spool_error_waits_park_interval_and_damage_waits_for_the_heal(spool, 
     fwd._stop_event.clear()
     fwd._loop()                                  # damage healed: on at once, no wait
     assert waits == [60.0, forwarder_mod.HEAL_RETRY_INTERVAL] and healed == [False, True]
+
+
+def test_a_step_during_stop_never_withdraws_the_call_that_wakes_the_second_worker(spool, clock):
+    # stop() sets the call so that a second worker sleeping on it wakes and exits; a step that
+    # finds nothing meanwhile must leave it set, or that worker would sleep on (and hold the stop)
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    fwd._stop_event.set()
+    fwd._help.set()
+    assert fwd.step() is IDLE and fwd._help.is_set()

@@ -771,3 +771,28 @@ def test_a_step_during_stop_never_withdraws_the_call_that_wakes_the_second_worke
     fwd._stop_event.set()
     fwd._help.set()
     assert fwd.step() is IDLE and fwd._help.is_set()
+
+
+def test_a_drain_sends_a_partial_batch_at_once(spool, clock):
+    # docs: the linger ends at once "when the sensor stops (it drains: everything spooled is sent
+    # at once)"
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, linger=5.0)
+    spool.put(alert(1))
+    assert fwd.step() == 5.0 and out.calls == []        # a partial batch lingers
+    fwd._draining = 1                                    # what wait_drained() sets
+    assert fwd.step() == 0.0 and out.ids == [alert(1)["id"]]
+
+
+def test_a_worker_never_waits_for_another_ones_confirmation_retry(spool, clock):
+    # one worker at a time retries the confirmations the disk refused; another one finding it
+    # busy goes on with its own work instead of waiting for the disk
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    fwd._confirm_lock.acquire()
+    try:
+        t = threading.Thread(target=fwd._confirm_pending, args=(clock(),), daemon=True)
+        t.start()
+        t.join(60)                                       # guards a hang only
+        assert not t.is_alive()
+    finally:
+        fwd._confirm_lock.release()

@@ -1310,15 +1310,16 @@ def test_a_full_spool_whose_folder_was_renamed_stays_full_without_an_error(volum
 
 
 
-def _open_connections() -> int:
+def _open_connections(path: Path) -> int:
+    """Open SQLite connections of this process to ``path`` (other tests' are not counted)."""
     n = 0
     for o in gc.get_objects():
         if isinstance(o, sqlite3.Connection):
             try:
-                o.execute("SELECT 1")
-                n += 1
-            except sqlite3.ProgrammingError:      # closed
-                pass
+                files = [r[2] for r in o.execute("PRAGMA database_list").fetchall()]
+            except sqlite3.Error:                 # closed, or another thread's own
+                continue
+            n += str(path) in files
     return n
 
 
@@ -1334,13 +1335,13 @@ def test_a_connection_that_meets_a_damaged_file_is_closed_at_once(tmp_path):
         sp._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with open(path, "r+b") as fh:
             fh.write(os.urandom(100))           # the header is gone: "file is not a database"
-        before = _open_connections()
+        before = _open_connections(path)
 
         def first_use():
             try:
                 sp.depth()
             except SpoolError as exc:
-                return exc, _open_connections()  # while the error is held
+                return exc, _open_connections(path)  # while the error is held
             return None, None
 
         t, out = _in_thread(first_use)

@@ -657,3 +657,98 @@ def test_a_resource_directory_cut_by_the_end_of_the_file_is_truncated(tmp_path):
     # bytes before the end of the section, which is the end of the file
     rsrc = _directory(16, 0x80000000 | 24) + bytes(15)
     assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "truncated")
+
+
+# --- the reader's bounds, at the bound and one past it (docs/pe.md, steps 3, 7 and 8) ---------
+
+def _dir_table(entries, named: int = 0) -> bytes:
+    """A resource directory: the 16-byte header (``named`` name entries, the rest IDs), then
+    the 8-byte entries (name or ID, offset; high bit of the offset = a subdirectory)."""
+    return struct.pack("<IIHHHH", 0, 0, 0, 0, named, len(entries) - named) + b"".join(
+        struct.pack("<II", name, target) for name, target in entries)
+
+
+def resource_tree(blob: bytes, types=((16, True),), names=((1, True),), langs=((0x409, True),),
+                  named=(0, 0, 0)) -> bytes:
+    """A .rsrc section of three directories (type, name, language) and one data entry for
+    ``blob``. Each level lists (id, leads on); an entry that leads on points at the next
+    level (a subdirectory for the first two, the data entry for the languages), any other
+    at a subdirectory with no entries, so it leads nowhere."""
+    sizes = [16 + 8 * len(level) for level in (types, names, langs)]
+    d1, d2 = sizes[0], sizes[0] + sizes[1]
+    empty = d2 + sizes[2]                     # a directory with no entries
+    data_at = empty + 16
+    blob_at = data_at + 16
+    sub = 0x80000000
+    rsrc = (_dir_table([(i, sub | d1 if on else sub | empty) for i, on in types], named[0])
+            + _dir_table([(i, sub | d2 if on else sub | empty) for i, on in names], named[1])
+            + _dir_table([(i, data_at if on else sub | empty) for i, on in langs], named[2])
+            + _dir_table([])
+            + struct.pack("<IIII", SEC_VA + blob_at, len(blob), 0, 0)
+            + blob)
+    return rsrc + b"\0" * (-len(rsrc) % 4)
+
+
+def test_the_resource_tree_builder_reads_like_the_plain_one(tmp_path):
+    # the builder above, with one entry per level, gives what version_section gives
+    got = _strings_of(minimal_pe(rsrc=resource_tree(EDGE_BLOB)), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_a_directory_of_4096_entries_is_walked_and_4097_is_malformed(level, tmp_path):
+    # At most 4,096 entries per directory (step 3). The wanted entry is the last of 4,096: the
+    # reader walks to it; one entry more and the directory is refused, whole as it is.
+    def level_entries(n):
+        want = (16, 1, 0x409)[level]
+        return tuple((i, False) for i in range(10000, 10000 + n - 1)) + ((want, True),)
+    for n, want in ((4096, "edge.exe"), (4097, "resdir")):
+        kw = {("types", "names", "langs")[level]: level_entries(n)}
+        got = _strings_of(minimal_pe(rsrc=resource_tree(EDGE_BLOB, **kw)), tmp_path)
+        assert (got["OriginalFilename"] if isinstance(got, dict) else got[1]) == want, (n, got)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_named_entries_count_toward_the_directory_and_are_skipped(level, tmp_path):
+    # The header gives the named entries first, then the IDs; both are entries of the table.
+    # A named entry (high bit of its name set) never is RT_VERSION, ID 1 or a language.
+    entries = [((0x80000000 | 0x40), True), (((16, 1, 0x409)[level]), True)]
+    named = tuple(1 if i == level else 0 for i in range(3))
+    kw = {("types", "names", "langs")[level]: tuple(entries)}
+    got = _strings_of(minimal_pe(rsrc=resource_tree(EDGE_BLOB, named=named, **kw)), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+    # 4,096 IDs and one named entry are 4,097 entries: too many
+    ids = tuple((i, False) for i in range(10000, 14095)) + (((16, 1, 0x409)[level], True),)
+    kw = {("types", "names", "langs")[level]: ((0x80000040, False),) + ids}
+    got = _strings_of(minimal_pe(rsrc=resource_tree(EDGE_BLOB, named=named, **kw)), tmp_path)
+    assert got == ("error", "resdir"), got
+
+
+def _tables_blob(n_before: int, trans=()) -> bytes:
+    """A StringFileInfo of ``n_before`` tables 041104B0 (first.exe, then other.exe), then an
+    040904B0 table (late.exe); Translation pairs ``trans``."""
+    tables = [gen.table("041104B0", gen.string("OriginalFilename", "first.exe" if i == 0 else "other.exe"))
+              for i in range(n_before)]
+    tables.append(gen.table("040904B0", gen.string("OriginalFilename", "late.exe")))
+    children = [gen.sfi(*tables)]
+    if trans:
+        children.append(gen.translation(*trans))
+    return gen.root(children)
+
+
+def test_only_the_first_64_string_tables_are_considered(tmp_path):
+    # The en-US table as the 64th is chosen by the fallback order; as the 65th it is not seen,
+    # and with no Translation, fallback or neutral table among the 64 the first one is used
+    for n_before, want in ((63, "late.exe"), (64, "first.exe")):
+        got = _strings_of(minimal_pe(_tables_blob(n_before)), tmp_path)
+        assert isinstance(got, dict) and got["OriginalFilename"] == want, (n_before, got)
+
+
+def test_only_the_first_32_translation_pairs_are_used(tmp_path):
+    # 31 or 32 pairs naming tables that do not exist, then the pair of the 041104B0 tables.
+    # As the 32nd pair it is used (first.exe is its first table); as the 33rd it is not read,
+    # so the en-US fallback (late.exe) is chosen
+    for n_missing, want in ((31, "first.exe"), (32, "late.exe")):
+        trans = [(0x800 + i, 0x4B0) for i in range(n_missing)] + [(0x411, 0x4B0)]
+        got = _strings_of(minimal_pe(_tables_blob(2, trans)), tmp_path)
+        assert isinstance(got, dict) and got["OriginalFilename"] == want, (n_missing, got)

@@ -752,3 +752,14 @@ def test_only_the_first_32_translation_pairs_are_used(tmp_path):
         trans = [(0x800 + i, 0x4B0) for i in range(n_missing)] + [(0x411, 0x4B0)]
         got = _strings_of(minimal_pe(_tables_blob(2, trans)), tmp_path)
         assert isinstance(got, dict) and got["OriginalFilename"] == want, (n_missing, got)
+
+
+def test_thousands_of_nodes_below_the_node_cap_are_all_read(tmp_path):
+    # 5,000 empty Strings (12 bytes each), then OriginalFilename: 5,004 nodes in all, well
+    # under the 8,192 the walk may visit (step 5), so the last String is still read
+    filler = gen.node("x", wtype=1)
+    blob = gen.root([gen.sfi(gen.table("040904B0", *[filler] * 5000,
+                                       gen.string("OriginalFilename", "last.exe")))])
+    assert len(blob) < 65536
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "last.exe", got

@@ -763,3 +763,62 @@ def test_thousands_of_nodes_below_the_node_cap_are_all_read(tmp_path):
     assert len(blob) < 65536
     got = _strings_of(minimal_pe(blob), tmp_path)
     assert isinstance(got, dict) and got["OriginalFilename"] == "last.exe", got
+
+
+def test_fixed_info_cut_by_the_roots_end_is_not_read(tmp_path):
+    # wValueLength says 52 bytes of VS_FIXEDFILEINFO, but the root's wLength (88) ends 4 bytes
+    # into it: the value must lie inside the node (step 6), so no versions, even though the
+    # resource (92 bytes) holds the rest
+    blob = bytearray(gen.node("VS_VERSION_INFO", gen.fixed(fv=(1, 2, 3, 4))))
+    assert len(blob) == 92
+    struct.pack_into("<H", blob, 0, 88)
+    got = _strings_of(minimal_pe(bytes(blob)), tmp_path)
+    assert isinstance(got, dict) and got["file_version"] is None and got["product_version"] is None, got
+    # the same root whole: the versions are read
+    whole = _strings_of(minimal_pe(gen.node("VS_VERSION_INFO", gen.fixed(fv=(1, 2, 3, 4)))), tmp_path)
+    assert whole["file_version"] == "1.2.3.4", whole
+
+
+@pytest.mark.parametrize("size", [64 + 24, 64 + 25])
+def test_an_image_cut_before_the_optional_header_magic_is_truncated(size, tmp_path):
+    # e_lfanew 64: the PE signature and the COFF header are whole at 88 bytes, the optional
+    # header's 2-byte magic at 88 is not (step 1)
+    img = minimal_pe(EDGE_BLOB)[:size]
+    assert _strings_of(img, tmp_path) == ("error", "truncated")
+
+
+def test_an_optional_header_one_byte_short_of_the_resource_entry_has_no_resources(tmp_path):
+    # SizeOfOptionalHeader 119: DataDirectory[2] (bytes 112-119 of a PE32 optional header)
+    # is not wholly inside it, whatever the bytes there say (step 1)
+    assert _strings_of(minimal_pe(EDGE_BLOB, nrva=3, optsz=119), tmp_path) == ("error", "no_resources")
+
+
+def test_a_version_root_ending_two_bytes_after_its_last_child_is_read(tmp_path):
+    # The root's wLength leaves 2 bytes after its last child (and its padding), and the
+    # resource ends there: no room for another node header, so the child list ends (step 5)
+    # without reading past
+    blob = EDGE_BLOB + b"\0" * (-len(EDGE_BLOB) % 4) + b"\0\0"
+    blob = struct.pack("<H", len(blob)) + blob[2:]
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+
+
+def test_a_key_terminated_only_in_the_padding_after_its_node_is_skipped(tmp_path):
+    # A "StringFileInfo" whose wLength (34) ends right after its 14 key characters: the NUL
+    # is in the 2 padding bytes after the node, outside it, so the node is skipped (step 5)
+    # and the StringFileInfo after it is the one read
+    cut = gen.node("x", raw_key="StringFileInfo".encode("utf-16-le"), wlen=34)
+    assert len(cut) == 36 and cut[34:] == b"\0\0"
+    got = _strings_of(minimal_pe(gen.root([cut, gen.sfi(gen.table(
+        "040904B0", gen.string("OriginalFilename", "real.exe")))])), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "real.exe", got
+
+
+def test_a_key_unit_with_a_zero_low_byte_does_not_end_the_key(tmp_path):
+    # U+0100 is written 00 01: only a whole zero unit ends a key. A node of 8 bytes whose key
+    # is that one unit has no terminator inside it and is skipped, so the real table after it
+    # is the first table (step 8)
+    odd = struct.pack("<HHH", 8, 0, 0) + "\u0100".encode("utf-16-le")
+    got = _strings_of(minimal_pe(gen.root([gen.sfi(odd, gen.table(
+        "041104B0", gen.string("OriginalFilename", "ja.exe")))])), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", got

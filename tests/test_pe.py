@@ -822,3 +822,13 @@ def test_a_key_unit_with_a_zero_low_byte_does_not_end_the_key(tmp_path):
     got = _strings_of(minimal_pe(gen.root([gen.sfi(odd, gen.table(
         "041104B0", gen.string("OriginalFilename", "ja.exe")))])), tmp_path)
     assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", got
+
+
+@pytest.mark.parametrize("back, want", [(16, "no_version"), (15, "rva"), (8, "rva")])
+def test_the_resource_directory_header_must_lie_in_the_sections_raw_data(back, want, tmp_path):
+    # DataDirectory[2] points ``back`` bytes before the end of the section's raw data (inside
+    # its virtual span): 16 bytes there hold a whole directory header (the data entry's last
+    # 16 bytes: no entries, so no version resource); fewer do not (step 2: ``rva``)
+    rsrc = version_section(EDGE_BLOB)
+    img = minimal_pe(rsrc=rsrc, res_dir=(SEC_VA + len(rsrc) - back, 16))
+    assert _strings_of(img, tmp_path) == ("error", want)

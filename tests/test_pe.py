@@ -832,3 +832,12 @@ def test_the_resource_directory_header_must_lie_in_the_sections_raw_data(back, w
     rsrc = version_section(EDGE_BLOB)
     img = minimal_pe(rsrc=rsrc, res_dir=(SEC_VA + len(rsrc) - back, 16))
     assert _strings_of(img, tmp_path) == ("error", want)
+
+
+@pytest.mark.parametrize("size", [88 + 2, 88 + 100, 88 + 119, 312, 312 + 8, 312 + 39])
+def test_an_image_cut_inside_the_optional_header_or_the_section_table_is_truncated(size, tmp_path):
+    # e_lfanew 64: the optional header starts at 88 and DataDirectory[2] ends at 88 + 120;
+    # the section table (one 40-byte entry) starts at 88 + 224 = 312. A file that ends
+    # inside either is cut (step 1)
+    img = minimal_pe(EDGE_BLOB)[:size]
+    assert _strings_of(img, tmp_path) == ("error", "truncated")

@@ -841,3 +841,27 @@ def test_an_image_cut_inside_the_optional_header_or_the_section_table_is_truncat
     # inside either is cut (step 1)
     img = minimal_pe(EDGE_BLOB)[:size]
     assert _strings_of(img, tmp_path) == ("error", "truncated")
+
+
+def _dos(size: int, lfanew: int = 64, sig: bytes = b"") -> bytes:
+    """``size`` bytes: "MZ", e_lfanew at 0x3C (when it fits), ``sig`` at e_lfanew."""
+    img = bytearray(size)
+    img[0:2] = b"MZ"[:size]
+    if size >= 64:
+        struct.pack_into("<I", img, 0x3C, lfanew)
+    img[lfanew:lfanew + len(sig)] = sig
+    return bytes(img[:size])
+
+
+@pytest.mark.parametrize("img, want", [
+    (b"", "not_mz"), (b"M", "not_mz"), (b"ZM", "not_mz"),
+    (b"MZ", "truncated"), (_dos(63), "truncated"),               # a DOS header is 64 bytes
+    (_dos(64, lfanew=0), "not_pe"),                              # "MZ\0\0" is no "PE\0\0"
+    (_dos(68, sig=b"NE\0\0"), "not_pe"),                         # the signature ends the file
+    (_dos(68, sig=b"PE\0\0"), "truncated"),                      # ... and no COFF header
+    (_dos(128, lfanew=125), "truncated"),                        # a signature cut by the end
+    (_dos(128, lfanew=0xFFFFFFF0), "truncated"),
+], ids=["empty", "M", "ZM", "MZ", "63", "64-lfanew-0", "NE", "PE-only", "sig-cut", "lfanew-huge"])
+def test_the_dos_header_and_pe_signature_at_their_edges(img, want, tmp_path):
+    # step 1: MZ first, then at least 64 bytes, then "PE\0\0" at e_lfanew inside the file
+    assert _strings_of(img, tmp_path) == ("error", want)

@@ -865,3 +865,150 @@ def _dos(size: int, lfanew: int = 64, sig: bytes = b"") -> bytes:
 def test_the_dos_header_and_pe_signature_at_their_edges(img, want, tmp_path):
     # step 1: MZ first, then at least 64 bytes, then "PE\0\0" at e_lfanew inside the file
     assert _strings_of(img, tmp_path) == ("error", want)
+
+
+def test_a_directory_past_the_sections_raw_data_is_malformed_even_inside_the_file(tmp_path):
+    # The root directory sits 16 bytes into the section; its entry points at a subdirectory
+    # that would start at the section's end. The file goes on (an overlay of zeros, which
+    # would read as an empty directory), but resource structures must lie in the section's
+    # raw data (step 3): resdir, not truncated and not "no version"
+    rsrc = bytes(16) + _directory(16, 0x80000000 | 24)
+    img = minimal_pe(rsrc=rsrc, res_dir=(SEC_VA + 16, len(rsrc) - 16)) + bytes(64)
+    assert _strings_of(img, tmp_path) == ("error", "resdir")
+    # the same image cut at the section's end: the subdirectory runs past the end of the file
+    assert _strings_of(img[:-64], tmp_path) == ("error", "truncated")
+
+
+def test_an_image_without_sections_maps_no_rva(tmp_path):
+    img = bytearray(minimal_pe(EDGE_BLOB))
+    struct.pack_into("<H", img, 64 + 6, 0)                 # COFF NumberOfSections
+    assert _strings_of(bytes(img), tmp_path) == ("error", "rva")
+
+
+def test_a_directory_whose_entries_run_past_the_end_of_the_file_is_truncated(tmp_path):
+    # The root directory says 2 ID entries; the first (type 3) is whole, the second is cut
+    rsrc = struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 2) + struct.pack("<II", 3, 0x80000000 | 40) + bytes(4)
+    assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "truncated")
+
+
+@pytest.mark.parametrize("status", [-1, len(_pe_py.ERRORS), len(_pe_py.ERRORS) + 7])
+def test_a_status_outside_the_table_is_an_unknown_error(status):
+    err = _pe_py.error_for(status)
+    assert (err.code, err.reason) == ("unknown", "unknown error")
+
+
+def test_each_status_names_its_own_code_and_reason():
+    for status, (code, reason) in enumerate(_pe_py.ERRORS):
+        err = _pe_py.error_for(status)
+        assert (err.code, err.reason) == (code, reason)
+        assert _pe_py.error_for(status, "detail").reason == f"{reason}: detail"
+        assert _pe_py.PeError(code).reason == reason       # the table's reason by default
+    assert _pe_py.PeError("io", "why").reason == "why"
+    assert _pe_py.PeError("other").reason == "other"
+
+
+def _with_data_entry(rva_delta: int, size: int) -> bytes:
+    """version_section(EDGE_BLOB) with its data entry (the last 16 bytes) set to RVA
+    SEC_VA + ``rva_delta`` and ``size``."""
+    rsrc = bytearray(version_section(EDGE_BLOB))
+    struct.pack_into("<II", rsrc, len(rsrc) - 16, SEC_VA + rva_delta, size)
+    return bytes(rsrc)
+
+
+def test_a_data_entry_at_the_sections_end_maps_to_no_section(tmp_path):
+    # RVA = VirtualAddress + VirtualSize is outside the section's range (step 2), even for a
+    # declared size of 0 (which would otherwise be a malformed version resource)
+    rsrc = _with_data_entry(0, 0)
+    rsrc = _with_data_entry(len(rsrc), 0)
+    assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "rva")
+
+
+@pytest.mark.parametrize("size, want", [(5, "bad_version"), (6, "bad_version")])
+def test_a_version_resource_too_small_for_a_node_is_malformed(size, want, tmp_path):
+    assert _strings_of(minimal_pe(rsrc=_with_data_entry(72, size)), tmp_path) == ("error", want)
+
+
+def test_every_key_is_matched_in_upper_case(tmp_path):
+    # Keys are compared without ASCII case (step 4): every structural key and every String
+    # name written in capitals (which holds the A and Y that other fixtures never capitalise)
+    names = {k: k.upper() for k in _pe_py.STRING_KEYS}
+    blob = gen.root([
+        gen.node("STRINGFILEINFO", children=[
+            gen.table("040904B0", gen.string("ORIGINALFILENAME", "en.exe")),
+            gen.table("041104B0", *[gen.string(names[k], f"v-{k}") for k in _pe_py.STRING_KEYS])]),
+        gen.node("VARFILEINFO", children=[gen.node("TRANSLATION", struct.pack("<HH", 0x411, 0x4B0))]),
+    ], key="VS_VERSION_INFO")
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict), got
+    assert {k: got[k] for k in _pe_py.STRING_KEYS} == {k: f"v-{k}" for k in _pe_py.STRING_KEYS}
+
+
+def test_keys_with_letters_past_the_alphabets_edges_are_not_folded(tmp_path):
+    # Only A-Z fold: '@' (just before A) and '[' (just after Z) are kept, so a String named
+    # "@RIGINALFILENAME" or "ORIGINALFILENAM[" is not OriginalFilename ('`' and '{' are
+    # what a wider fold would make of them, and no key holds those either)
+    blob = gen.root([gen.sfi(gen.table("040904B0",
+                                       gen.string("`riginalFilename", "tick.exe"),
+                                       gen.string("@RIGINALFILENAME", "at.exe"),
+                                       gen.string("OriginalFilenam{", "brace.exe"),
+                                       gen.string("ORIGINALFILENAM[", "bracket.exe"),
+                                       gen.string("COMPANYNAME", "Zed")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] is None and got["CompanyName"] == "Zed", got
+
+
+def test_table_keys_use_every_hex_digit_range_at_its_edges(tmp_path):
+    # "09afAF90": 0, 9, a, f, A and F, the first and last digit of each range (step 8). The
+    # Translation pair (09AF, AF90) names it; an en-US table is the fallback
+    blob = gen.root([
+        gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "en.exe")),
+                gen.table("09afAF90", gen.string("OriginalFilename", "edges.exe"))),
+        gen.translation((0x09AF, 0xAF90)),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edges.exe", got
+
+
+@pytest.mark.parametrize("key", ["/0000000", "0000000:", "`0000000", "0000000g", "@0000000", "0000000G"])
+def test_a_character_next_to_a_hex_digit_range_makes_the_key_no_table_id(key, tmp_path):
+    # Each of these is one character outside 0-9, a-f or A-F: no table id, so the table is
+    # neither the translation's nor neutral, and the first table (ja) is chosen (step 8)
+    blob = gen.root([
+        gen.sfi(gen.table("041104B0", gen.string("OriginalFilename", "ja.exe")),
+                gen.table(key, gen.string("OriginalFilename", "odd.exe"))),
+        gen.translation((0, 0)),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", (key, got)
+
+
+def test_a_value_without_its_nul_is_read_to_its_nodes_end(tmp_path):
+    # "abc" with no terminator, the String ending right after it: all three units are read
+    blob = gen.root([gen.sfi(gen.table("040904B0",
+                                       gen.node("OriginalFilename", "abc".encode("utf-16-le"), 1)))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "abc", got
+
+
+def test_the_first_string_file_info_is_used_even_when_it_ends_at_its_key(tmp_path):
+    # A StringFileInfo of wLength 36 (header and key only: no tables) is a whole node and the
+    # first one, so it is the one used (step 7): no strings, the second is not read
+    empty = gen.node("StringFileInfo")
+    assert struct.unpack_from("<H", empty)[0] == 36
+    blob = gen.root([empty, gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "second.exe")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] is None, got
+
+
+def test_translation_pairs_past_the_nodes_end_are_not_read(tmp_path):
+    # wValueLength says 8 bytes (two pairs), but the Translation's wLength ends after the
+    # first (which names no table); the second, outside the node, would name the ja table
+    pairs = struct.pack("<HHHH", 0x800, 0x4B0, 0x411, 0x4B0)
+    trans = gen.node("Translation", pairs, wlen=36)
+    blob = gen.root([
+        gen.sfi(gen.table("041104B0", gen.string("OriginalFilename", "ja.exe")),
+                gen.table("040904B0", gen.string("OriginalFilename", "en.exe"))),
+        gen.node("VarFileInfo", children=[trans]),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "en.exe", got

@@ -1012,3 +1012,13 @@ def test_translation_pairs_past_the_nodes_end_are_not_read(tmp_path):
     ])
     got = _strings_of(minimal_pe(blob), tmp_path)
     assert isinstance(got, dict) and got["OriginalFilename"] == "en.exe", got
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_a_type_or_name_entry_that_is_not_a_subdirectory_is_malformed(level, tmp_path):
+    # RT_VERSION and ID 1 must lead to subdirectories (high bit of the offset set, step 3);
+    # the same offset without the high bit names a data entry: resdir, not followed
+    rsrc = bytearray(version_section(EDGE_BLOB))
+    at = 24 * level + 20                                   # the one entry's offset field
+    struct.pack_into("<I", rsrc, at, struct.unpack_from("<I", rsrc, at)[0] & 0x7FFFFFFF)
+    assert _strings_of(minimal_pe(rsrc=bytes(rsrc)), tmp_path) == ("error", "resdir")

@@ -518,8 +518,10 @@ def version_section(blob: bytes, lang: int = 0x409) -> bytes:
 
 
 def minimal_pe(blob: bytes = b"", lang: int = 0x409, *, rsrc: bytes | None = None,
-               nrva: int = 16, optsz: int = 224, res_dir: tuple[int, int] | None = None) -> bytes:
-    """The image; ``rsrc`` replaces the section's bytes, ``res_dir`` DataDirectory[2]."""
+               nrva: int = 16, optsz: int = 224, res_dir: tuple[int, int] | None = None,
+               vsize: int | None = None) -> bytes:
+    """The image; ``rsrc`` replaces the section's bytes, ``res_dir`` DataDirectory[2],
+    ``vsize`` the section's VirtualSize (its raw size by default)."""
     if rsrc is None:
         rsrc = version_section(blob, lang)
     img = bytearray(SEC_PTR)
@@ -534,7 +536,8 @@ def minimal_pe(blob: bytes = b"", lang: int = 0x409, *, rsrc: bytes | None = Non
     sec = opt + optsz
     img[sec:sec + 40] = bytes(40)                # the section entry replaces what lay there
     img[sec:sec + 8] = b".rsrc\0\0\0"
-    struct.pack_into("<IIII", img, sec + 8, len(rsrc), SEC_VA, len(rsrc), SEC_PTR)
+    struct.pack_into("<IIII", img, sec + 8, len(rsrc) if vsize is None else vsize, SEC_VA,
+                     len(rsrc), SEC_PTR)
     return bytes(img) + rsrc
 
 
@@ -875,6 +878,8 @@ def test_a_directory_past_the_sections_raw_data_is_malformed_even_inside_the_fil
     rsrc = bytes(16) + _directory(16, 0x80000000 | 24)
     img = minimal_pe(rsrc=rsrc, res_dir=(SEC_VA + 16, len(rsrc) - 16)) + bytes(64)
     assert _strings_of(img, tmp_path) == ("error", "resdir")
+    # ... also when the file ends exactly where that header would end
+    assert _strings_of(img[:-48], tmp_path) == ("error", "resdir")
     # the same image cut at the section's end: the subdirectory runs past the end of the file
     assert _strings_of(img[:-64], tmp_path) == ("error", "truncated")
 
@@ -1022,3 +1027,90 @@ def test_a_type_or_name_entry_that_is_not_a_subdirectory_is_malformed(level, tmp
     at = 24 * level + 20                                   # the one entry's offset field
     struct.pack_into("<I", rsrc, at, struct.unpack_from("<I", rsrc, at)[0] & 0x7FFFFFFF)
     assert _strings_of(minimal_pe(rsrc=bytes(rsrc)), tmp_path) == ("error", "resdir")
+
+
+def test_a_section_with_no_virtual_size_spans_its_raw_data(tmp_path):
+    # VirtualSize 0 (as some linkers write for data-only sections): SizeOfRawData gives the
+    # range an RVA may fall in (step 2)
+    got = _strings_of(minimal_pe(EDGE_BLOB, vsize=0), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+
+
+@pytest.mark.parametrize("tables, want", [
+    (("041104B0", "040904E4"), "040904E4"),
+    (("041104B0", "04090000"), "04090000"),
+    (("04090000", "040904E4", "040904B0"), "040904B0"),
+    (("04090000", "040904E4"), "040904E4"),
+    (("041104B0", "00000000", "04090000"), "04090000"),
+], ids=["E4", "0000", "B0-first", "E4-before-0000", "0000-before-neutral"])
+def test_the_en_us_fallback_tables_in_their_order(tables, want, tmp_path):
+    # No Translation: 040904B0, then 040904E4, then 04090000, before a neutral table and
+    # before the first table (step 8)
+    blob = gen.root([gen.sfi(*[gen.table(t, gen.string("OriginalFilename", f"{t}.exe")) for t in tables])])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == f"{want}.exe", got
+
+
+def test_a_repeated_string_keeps_its_first_value_and_the_strings_after_it_are_read(tmp_path):
+    blob = gen.root([gen.sfi(gen.table("040904B0",
+                                       gen.string("OriginalFilename", "first.exe"),
+                                       gen.string("originalfilename", "second.exe"),
+                                       gen.string("CompanyName", "After Co")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict), got
+    assert (got["OriginalFilename"], got["CompanyName"]) == ("first.exe", "After Co"), got
+
+
+def test_a_language_entry_leading_to_a_subdirectory_is_skipped(tmp_path):
+    # The language level must name data entries: a neutral entry that leads to another
+    # directory is passed over, and the next language (0x407, the first data entry) is read
+    langs = [(0, True), (0x407, True)]
+    rsrc = bytearray(resource_tree(EDGE_BLOB, langs=tuple(langs)))
+    d3 = 16 + 8 + 16 + 8                                   # the language directory
+    struct.pack_into("<I", rsrc, d3 + 16 + 4, 0x80000000 | 48)   # entry 0 -> a directory
+    got = _strings_of(minimal_pe(rsrc=bytes(rsrc)), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+
+
+def test_the_first_var_file_info_is_found_after_other_root_children(tmp_path):
+    # Between StringFileInfo and VarFileInfo: an unknown root child; in VarFileInfo a Var
+    # that is not Translation comes first. Only the keys decide (step 7): the Translation
+    # (ja) is found and used
+    blob = gen.root([
+        gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "en.exe")),
+                gen.table("041104B0", gen.string("OriginalFilename", "ja.exe"))),
+        gen.node("Comments", children=[gen.node("Translation", struct.pack("<HH", 0x409, 0x4B0))]),
+        gen.node("VarFileInfo", children=[gen.node("Other", struct.pack("<HH", 0x409, 0x4B0)),
+                                          gen.node("Translation", struct.pack("<HH", 0x411, 0x4B0))]),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", got
+
+
+def test_fixed_info_bytes_not_declared_as_the_value_are_not_read(tmp_path):
+    # A whole VS_FIXEDFILEINFO after the key, but wValueLength 0: the root has no value, so
+    # no versions (step 6)
+    blob = gen.node("VS_VERSION_INFO", gen.fixed(fv=(1, 2, 3, 4)), vlen=0)
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["file_version"] is None, got
+
+
+@pytest.mark.parametrize("value, want", [(".mui", None), (".MUI", None), ("a.mui", "a"), ("a.mux", "a.mux")])
+def test_a_value_that_is_only_a_mui_suffix_is_empty(value, want, tmp_path):
+    blob = gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", value)))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == want, got
+
+
+def test_cuts_at_each_header_boundary_give_the_next_check_its_say(tmp_path):
+    full = minimal_pe(EDGE_BLOB, optsz=119)
+    # 90 bytes: the magic is whole (a bad one is bad_optional; a good one with too short an
+    # optional header is no_resources)
+    bad_magic = bytearray(full[:90])
+    struct.pack_into("<H", bad_magic, 88, 0x107)
+    assert _strings_of(bytes(bad_magic), tmp_path) == ("error", "bad_optional")
+    assert _strings_of(full[:90], tmp_path) == ("error", "no_resources")
+    # 208 bytes: DataDirectory[2] is whole; with 2 directories only, no resources
+    assert _strings_of(minimal_pe(EDGE_BLOB, nrva=2)[:208], tmp_path) == ("error", "no_resources")
+    # 352 bytes: the section table is whole; an RVA in no section is rva
+    assert _strings_of(minimal_pe(EDGE_BLOB, res_dir=(0x9000, 16))[:352], tmp_path) == ("error", "rva")

@@ -1114,3 +1114,44 @@ def test_cuts_at_each_header_boundary_give_the_next_check_its_say(tmp_path):
     assert _strings_of(minimal_pe(EDGE_BLOB, nrva=2)[:208], tmp_path) == ("error", "no_resources")
     # 352 bytes: the section table is whole; an RVA in no section is rva
     assert _strings_of(minimal_pe(EDGE_BLOB, res_dir=(0x9000, 16))[:352], tmp_path) == ("error", "rva")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_file_that_cannot_be_opened_says_why_in_the_same_words_for_both_readers(impl, tmp_path):
+    read, _ = pe.READERS[impl]
+    with pytest.raises(PeError) as err:
+        read(tmp_path / "missing.exe")
+    # the system's reason, not the exception's text (no errno, no path)
+    assert (err.value.code, err.value.reason) == ("io", "cannot open or read the file: "
+                                                  + os.strerror(2))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd (Linux)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_refusing_a_folder_leaves_no_descriptor_open(impl, tmp_path):
+    read, _ = pe.READERS[impl]
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(16):
+        assert outcome(read, tmp_path) == ("error", "not_regular")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_twin_reads_only_the_needed_ranges(tmp_path):
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("/proc/self/io (read byte counter) is Linux-only")
+    # As the native reader (test_native_reads_only_the_needed_ranges): unbuffered reads of
+    # the ranges it needs, so a read-ahead buffer never pulls in the 32 MiB overlay's start
+    big = tmp_path / "big.exe"
+    big.write_bytes((DATA / "basic64.exe").read_bytes() + b"\0" * (32 << 20))
+
+    def rchar():
+        return int(next(line for line in io.read_text().splitlines()
+                        if line.startswith("rchar")).split()[1])
+    read = pe.READERS["python"][0]
+    before = rchar()
+    assert read(big)["OriginalFilename"] == "basic.exe"
+    used = rchar() - before - 400  # the /proc read itself
+    # about 1 KB of headers, directories and blob (the image is 5 KB); a buffered reader
+    # would fill a 4 KiB block at the first read
+    assert used < 2048, used

@@ -1155,3 +1155,56 @@ def test_the_twin_reads_only_the_needed_ranges(tmp_path):
     # about 1 KB of headers, directories and blob (the image is 5 KB); a buffered reader
     # would fill a 4 KiB block at the first read
     assert used < 2048, used
+
+
+_TTY_PROBE = """
+import os, sys
+from sensor.enrich import pe
+master, slave = os.openpty()
+name = os.ttyname(slave)
+os.close(slave)
+try:
+    pe.READERS[sys.argv[1]][0](name)
+except pe.PeError as exc:
+    print(exc.code)
+try:
+    os.close(os.open("/dev/tty", os.O_RDONLY))
+    print("controlling-terminal")
+except OSError:
+    print("none")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "openpty") or not os.path.exists("/dev/tty"),
+                    reason="POSIX terminals only")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_terminal_named_as_an_image_never_becomes_the_controlling_terminal(impl):
+    # An image path naming a terminal (an attacker's choice) is opened with O_NOCTTY: in a
+    # process that has no controlling terminal (a new session, as a service runs), a plain
+    # open would make that terminal its own. Refused as not_regular, and no terminal after.
+    out = subprocess.run([sys.executable, "-c", _TTY_PROBE, impl], cwd=ROOT, capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL, start_new_session=True, timeout=120)
+    assert out.stdout.split() == ["not_regular", "none"], out.stderr
+
+
+_NO_FLAGS_PROBE = """
+import os, sys
+for flag in ("O_NONBLOCK", "O_NOCTTY", "O_BINARY"):
+    if hasattr(os, flag):
+        delattr(os, flag)
+from sensor.enrich import _pe_py
+assert _pe_py._OPEN_FLAGS == os.O_RDONLY, _pe_py._OPEN_FLAGS
+print(_pe_py.read_version_info(sys.argv[1])["OriginalFilename"])
+"""
+
+
+def test_a_platform_without_the_optional_open_flags_opens_read_only(tmp_path):
+    # O_NONBLOCK and O_NOCTTY are POSIX, O_BINARY is Windows': where one is missing it adds
+    # nothing, so the file is opened for reading only (a read-only copy of a fixture is read)
+    f = tmp_path / "ro.exe"
+    shutil.copyfile(DATA / "basic64.exe", f)
+    f.chmod(0o444)
+    out = subprocess.run([sys.executable, "-c", _NO_FLAGS_PROBE, str(f)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["basic.exe"], out.stderr
+    assert f.read_bytes() == (DATA / "basic64.exe").read_bytes()

@@ -1208,3 +1208,36 @@ def test_a_platform_without_the_optional_open_flags_opens_read_only(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["basic.exe"], out.stderr
     assert f.read_bytes() == (DATA / "basic64.exe").read_bytes()
+
+
+def _languages_section(langs) -> bytes:
+    """A .rsrc section whose language directory holds ``langs`` ((id, OriginalFilename)
+    in the order given), each with its own data entry and version blob."""
+    n = len(langs)
+    d1, d2 = 24, 48
+    entries_at = d2 + 16 + 8 * n
+    blobs = [gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", name)))])
+             for _, name in langs]
+    blob_at, at = [], entries_at + 16 * n
+    for b in blobs:
+        blob_at.append(at)
+        at += len(b) + (-len(b) % 4)
+    rsrc = (_directory(16, 0x80000000 | d1) + _directory(1, 0x80000000 | d2)
+            + _dir_table([(lang, entries_at + 16 * i) for i, (lang, _) in enumerate(langs)])
+            + b"".join(struct.pack("<IIII", SEC_VA + a, len(b), 0, 0) for a, b in zip(blob_at, blobs))
+            + b"".join(b + b"\0" * (-len(b) % 4) for b in blobs))
+    return rsrc
+
+
+@pytest.mark.parametrize("langs, want", [
+    (((0x407, "de"), (0x409, "en")), "en"),
+    (((0, "neutral"), (0x409, "en")), "neutral"),
+    (((0x409, "en"), (0, "neutral")), "neutral"),
+    (((0x407, "de"), (0x40C, "fr")), "de"),
+    (((0, "n1"), (0, "n2")), "n1"),
+    (((0x407, "de"), (0x409, "e1"), (0x409, "e2")), "e1"),
+], ids=["en-over-first", "neutral-over-en", "neutral-listed-last", "first", "first-neutral", "first-en"])
+def test_the_language_preference(langs, want, tmp_path):
+    # Neutral (0), then 0x409, then the first entry, each the first of its kind (step 3)
+    got = _strings_of(minimal_pe(rsrc=_languages_section(langs)), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == want, got

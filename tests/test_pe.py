@@ -949,9 +949,8 @@ def test_every_key_is_matched_in_upper_case(tmp_path):
 
 
 def test_keys_with_letters_past_the_alphabets_edges_are_not_folded(tmp_path):
-    # Only A-Z fold: '@' (just before A) and '[' (just after Z) are kept, so a String named
-    # "@RIGINALFILENAME" or "ORIGINALFILENAM[" is not OriginalFilename ('`' and '{' are
-    # what a wider fold would make of them, and no key holds those either)
+    # Only A-Z fold to a-z: '@' and '[' (either side of A-Z) and '`' and '{' (either side of
+    # a-z) stay what they are, so none of these Strings is OriginalFilename
     blob = gen.root([gen.sfi(gen.table("040904B0",
                                        gen.string("`riginalFilename", "tick.exe"),
                                        gen.string("@RIGINALFILENAME", "at.exe"),

@@ -796,11 +796,12 @@ def test_an_optional_header_one_byte_short_of_the_resource_entry_has_no_resource
     assert _strings_of(minimal_pe(EDGE_BLOB, nrva=3, optsz=119), tmp_path) == ("error", "no_resources")
 
 
-def test_a_version_root_ending_two_bytes_after_its_last_child_is_read(tmp_path):
-    # The root's wLength leaves 2 bytes after its last child (and its padding), and the
+@pytest.mark.parametrize("gap", [2, 4, 5])
+def test_a_version_root_ending_a_few_bytes_after_its_last_child_is_read(gap, tmp_path):
+    # The root's wLength leaves ``gap`` bytes after its last child (and its padding), and the
     # resource ends there: no room for another node header, so the child list ends (step 5)
     # without reading past
-    blob = EDGE_BLOB + b"\0" * (-len(EDGE_BLOB) % 4) + b"\0\0"
+    blob = EDGE_BLOB + b"\0" * (-len(EDGE_BLOB) % 4) + b"\0" * gap
     blob = struct.pack("<H", len(blob)) + blob[2:]
     got = _strings_of(minimal_pe(blob), tmp_path)
     assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
@@ -892,8 +893,12 @@ def test_an_image_without_sections_maps_no_rva(tmp_path):
 
 def test_a_directory_whose_entries_run_past_the_end_of_the_file_is_truncated(tmp_path):
     # The root directory says 2 ID entries; the first (type 3) is whole, the second is cut
-    rsrc = struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 2) + struct.pack("<II", 3, 0x80000000 | 40) + bytes(4)
-    assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "truncated")
+    for cut in (4, 7):
+        rsrc = struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 2) + struct.pack("<II", 3, 0x80000000 | 40) + bytes(cut)
+        assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "truncated"), cut
+    # whole, and ending exactly at the end of the section and the file: read (no RT_VERSION)
+    rsrc = struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 2) + struct.pack("<IIII", 3, 0x80000000 | 40, 4, 0x80000000 | 40)
+    assert _strings_of(minimal_pe(rsrc=rsrc), tmp_path) == ("error", "no_version")
 
 
 @pytest.mark.parametrize("status", [-1, len(_pe_py.ERRORS), len(_pe_py.ERRORS) + 7])
@@ -1239,4 +1244,42 @@ def _languages_section(langs) -> bytes:
 def test_the_language_preference(langs, want, tmp_path):
     # Neutral (0), then 0x409, then the first entry, each the first of its kind (step 3)
     got = _strings_of(minimal_pe(rsrc=_languages_section(langs)), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == want, got
+
+
+def test_a_wlength_of_5_ends_the_list(tmp_path):
+    # "A wLength below 6 ends the sibling list" (step 5): 5 as well as 0, so the String after
+    # it is not read
+    five = struct.pack("<HHH", 5, 0, 0) + b"\0\0"
+    blob = gen.root([gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "before.exe"),
+                                       five, gen.string("CompanyName", "After Co")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and (got["OriginalFilename"], got["CompanyName"]) == ("before.exe", None), got
+
+
+def test_a_key_whose_nul_straddles_the_nodes_end_is_skipped(tmp_path):
+    # wLength 39 ends one byte into the key's NUL: the key is not terminated inside the node,
+    # which is skipped (step 5), so the OriginalFilename after it is the first one
+    cut = gen.node("OriginalFilename", wtype=1, wlen=39)
+    blob = gen.root([gen.sfi(gen.table("040904B0", cut, gen.string("OriginalFilename", "real.exe")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "real.exe", got
+
+
+@pytest.mark.parametrize("pairs, want", [
+    (((0x801, 0x4B0), (0x802, 0x4B0), (0x411, 0x4B0)), "en.exe"),
+    (((0x801, 0x4B0), (0x407, 0x4B0)), "de.exe"),
+], ids=["third-pair-outside-the-value", "second-pair-inside"])
+def test_a_text_typed_translation_counts_its_value_in_16_bit_units(pairs, want, tmp_path):
+    # wType 1: wValueLength 4 is 4 units, 8 bytes, 2 pairs (step 5). A third pair that the
+    # node holds after them is not part of the value
+    value = b"".join(struct.pack("<HH", *p) for p in pairs)
+    trans = gen.node("Translation", value, wtype=1, vlen=4)
+    blob = gen.root([
+        gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "en.exe")),
+                gen.table("040704B0", gen.string("OriginalFilename", "de.exe")),
+                gen.table("041104B0", gen.string("OriginalFilename", "ja.exe"))),
+        gen.node("VarFileInfo", children=[trans]),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
     assert isinstance(got, dict) and got["OriginalFilename"] == want, got

@@ -772,17 +772,19 @@ def test_fixed_info_cut_by_the_roots_end_is_not_read(tmp_path):
     # wValueLength says 52 bytes of VS_FIXEDFILEINFO, but the root's wLength (88) ends 4 bytes
     # into it: the value must lie inside the node (step 6), so no versions, even though the
     # resource (92 bytes) holds the rest
-    blob = bytearray(gen.node("VS_VERSION_INFO", gen.fixed(fv=(1, 2, 3, 4))))
-    assert len(blob) == 92
-    struct.pack_into("<H", blob, 0, 88)
-    got = _strings_of(minimal_pe(bytes(blob)), tmp_path)
-    assert isinstance(got, dict) and got["file_version"] is None and got["product_version"] is None, got
+    for wlen, vlen in ((88, 52), (91, 52), (92, 51)):
+        # (... and 91, one byte short; or the whole root with wValueLength 51, one short)
+        blob = bytearray(gen.node("VS_VERSION_INFO", gen.fixed(fv=(1, 2, 3, 4))))
+        assert len(blob) == 92
+        struct.pack_into("<HH", blob, 0, wlen, vlen)
+        got = _strings_of(minimal_pe(bytes(blob)), tmp_path)
+        assert isinstance(got, dict) and got["file_version"] is None and got["product_version"] is None, (wlen, got)
     # the same root whole: the versions are read
     whole = _strings_of(minimal_pe(gen.node("VS_VERSION_INFO", gen.fixed(fv=(1, 2, 3, 4)))), tmp_path)
     assert whole["file_version"] == "1.2.3.4", whole
 
 
-@pytest.mark.parametrize("size", [64 + 24, 64 + 25])
+@pytest.mark.parametrize("size", [64 + 23, 64 + 24, 64 + 25])
 def test_an_image_cut_before_the_optional_header_magic_is_truncated(size, tmp_path):
     # e_lfanew 64: the PE signature and the COFF header are whole at 88 bytes, the optional
     # header's 2-byte magic at 88 is not (step 1)
@@ -1283,3 +1285,27 @@ def test_a_text_typed_translation_counts_its_value_in_16_bit_units(pairs, want, 
     ])
     got = _strings_of(minimal_pe(blob), tmp_path)
     assert isinstance(got, dict) and got["OriginalFilename"] == want, got
+
+
+def test_translation_pairs_are_whole_4_byte_pairs_of_the_value(tmp_path):
+    # Three pairs (12 bytes) naming no table; the node after the Translation begins with
+    # wLength 16, wValueLength 0, which read as a fourth pair would name table 00100000
+    trans = gen.node("Translation", struct.pack("<6H", 0x801, 0x4B0, 0x802, 0x4B0, 0x803, 0x4B0))
+    after = gen.node("Pad")
+    assert struct.unpack_from("<HH", after) == (16, 0)
+    blob = gen.root([
+        gen.sfi(gen.table("040904B0", gen.string("OriginalFilename", "en.exe")),
+                gen.table("00100000", gen.string("OriginalFilename", "odd.exe"))),
+        gen.node("VarFileInfo", children=[trans, after]),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "en.exe", got
+
+
+def test_a_neutral_table_is_one_whose_language_is_0(tmp_path):
+    # Language 0001 is not neutral; 0000 with any code page (FDE9 included) is (step 8)
+    blob = gen.root([gen.sfi(gen.table("041104B0", gen.string("OriginalFilename", "ja.exe")),
+                             gen.table("000104B0", gen.string("OriginalFilename", "one.exe")),
+                             gen.table("0000FDE9", gen.string("OriginalFilename", "neutral.exe")))])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "neutral.exe", got

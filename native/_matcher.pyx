@@ -2182,7 +2182,10 @@ cdef class Matcher:
             # without touching the needle bytes
             if ent[0] == x0 and ent[1] == x1:
                 lid = un.lit0 + ent[4]
-                if st.lit_epoch[lid] != ep and mt_q_verify(h, n, i, un.q_bytes + ent[2], ent[3], ent[7]):
+                # a needle that is its whole anchor (2-byte bucket: the bigram itself; 4 and
+                # 8: the bytes just compared) is found without reading its bytes
+                if st.lit_epoch[lid] != ep and (ent[3] == <uint32_t>alen or mt_q_verify(
+                        h, n, i, un.q_bytes + ent[2], ent[3], ent[7])):
                     self._found(st, lid, mark, pmask)
             if more == 0:
                 break
@@ -2286,18 +2289,14 @@ cdef class Matcher:
         st.is_dict = st.is_pe or tp is dict
         st.event = event
 
-    cpdef list match(self, event):
-        """Indices of the rules whose condition holds for ``event``, ascending."""
-        cdef _State st = self._state
-        cdef list out = []
+    cdef int _run(self, _State st, object event, list out) except -1:
+        """Evaluate ``event`` with ``st`` (held busy by the caller): append the indices of
+        the matching rules to ``out``, ascending."""
         cdef Py_ssize_t wd
         cdef uint64_t bits
         cdef uint32_t r
         cdef int res
         cdef const uint32_t *roots
-        if st.busy:   # re-entered from a resolver, or another thread: private scratch
-            st = self._new_state()
-        st.busy = True
         st.epoch += 1
         if st.epoch >= 0x3FFFFFFF:
             st._reset()
@@ -2318,10 +2317,53 @@ cdef class Matcher:
                         out.append(r)
                     elif res == 2:
                         self._undecided[r] += 1
-            return out
         finally:
             st._release()
+        return 0
+
+    cpdef list match(self, event):
+        """Indices of the rules whose condition holds for ``event``, ascending."""
+        cdef _State st = self._state
+        cdef list out = []
+        if st.busy:   # re-entered from a resolver, or another thread: private scratch
+            st = self._new_state()
+        st.busy = True
+        try:
+            self._run(st, event, out)
+            return out
+        finally:
             st.busy = False
+
+    def match_batch(self, events):
+        """``match`` for every event of ``events`` (any iterable), in one call: a list as
+        long as ``events``, in their order, holding for each event a tuple of the indices
+        of its matching rules, ascending (``()`` when none), or the exception its
+        evaluation raised (a failing resolver, say); the events after it are still
+        evaluated.  Exceptions that are not ``Exception`` (KeyboardInterrupt) propagate.
+        Answers equal ``sensor.detect.matcher.match_batch`` over ``match``."""
+        cdef _State st = self._state
+        cdef list seq = events if type(events) is list else list(events)
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(seq)
+        cdef list res = [()] * n
+        cdef list hits = []
+        if st.busy:
+            st = self._new_state()
+        st.busy = True
+        try:
+            for i in range(n):
+                try:
+                    self._run(st, seq[i], hits)
+                except Exception as exc:
+                    res[i] = exc
+                    if PyList_GET_SIZE(hits):
+                        del hits[:]
+                    continue
+                if PyList_GET_SIZE(hits):
+                    res[i] = tuple(hits)
+                    del hits[:]
+        finally:
+            st.busy = False
+        return res
 
     def candidates(self, event):
         """Indices of the rules the index lets through for ``event`` (a superset of ``match``)."""

@@ -588,3 +588,71 @@ def test_a_contains_literal_longer_than_64_kib_is_found(engine):
     assert hit(engine, r, {"CommandLine": needle})
     assert not hit(engine, r, {"CommandLine": needle[:-1]})
     assert not hit(engine, r, {"CommandLine": needle[:30000] + "c" + needle[30001:]})
+
+
+# ---------------------------------------------------------------- batches
+def test_batch_answers_every_event_in_order(engine):
+    m = make(engine, [seed_rule(), rule(P("Image", "endswith", "\\b.exe")), rule(P("CommandLine", "contains", "-x"))])
+    events = [ProcessEvent(Image="C:\\b.exe", CommandLine="b -X"), {"Image": "C:\\a.exe"},
+              ProcessEvent(Image="C:\\Windows\\System32\\mofcomp.exe", CommandLine="mofcomp a.mof"),
+              ProcessEvent(), {"CommandLine": "-x"}, ProcessEvent(Image="C:\\b.exe")]
+    want = [tuple(m.match(e)) for e in events]
+    assert [w for w in want if w] and () in want          # hits and misses both present
+    assert matcher_mod.match_batch(m, events) == want
+    assert matcher_mod.match_batch(m, tuple(events)) == want
+    assert matcher_mod.match_batch(m, iter(events)) == want
+    assert matcher_mod.match_batch(m, events[::-1]) == want[::-1]
+    assert matcher_mod.match_batch(m, []) == []
+
+
+def test_batch_goes_on_after_an_event_fails(engine):
+    m = make(engine, [rule(P("OriginalFileName", "eq", "x")), rule(P("Image", "eq", "y"))])
+
+    def boom(event, name):
+        raise OSError("pe read failed")
+
+    bad = ProcessEvent(Image="Y")
+    bad.set_pending("OriginalFileName", boom)
+    got = matcher_mod.match_batch(m, [ProcessEvent(OriginalFileName="X"), bad, 7, ProcessEvent(Image="y")])
+    assert got[0] == (0,)
+    assert isinstance(got[1], OSError) and str(got[1]) == "pe read failed"
+    assert isinstance(got[2], AttributeError)          # not a mapping: that event's error only
+    assert got[3] == (1,)
+    assert m.match(ProcessEvent(Image="y", OriginalFileName="x")) == [0, 1]   # still usable
+
+
+def test_batch_lets_an_interrupt_through(engine):
+    m = make(engine, [rule(P("OriginalFileName", "eq", "x"))])
+
+    def stop(event, name):
+        raise KeyboardInterrupt
+
+    ev = ProcessEvent(Image="a")
+    ev.set_pending("OriginalFileName", stop)
+    with pytest.raises(KeyboardInterrupt):
+        matcher_mod.match_batch(m, [ProcessEvent(OriginalFileName="x"), ev])
+    assert matcher_mod.match_batch(m, [ProcessEvent(OriginalFileName="X")]) == [(0,)]
+
+
+def test_batch_reentered_from_a_resolver(engine):
+    m = make(engine, [rule(P("OriginalFileName", "eq", "a.exe")), rule(P("Image", "eq", "b"))])
+    inner = []
+
+    def resolve(event, name):
+        inner.append(matcher_mod.match_batch(m, [ProcessEvent(Image="B"), ProcessEvent(Image="c")]))
+        return "A.EXE"
+
+    ev = ProcessEvent(Image="b")
+    ev.set_pending("OriginalFileName", resolve)
+    assert matcher_mod.match_batch(m, [ev, ProcessEvent(Image="B")]) == [(0, 1), (1,)]
+    assert inner == [[(1,), ()]]
+
+
+def test_compiled_engine_evaluates_a_batch_in_one_call():
+    if "compiled" not in matcher_mod.ENGINES:
+        pytest.skip("compiled matcher not built")
+    m = make("compiled", [seed_rule()])
+    assert callable(getattr(m, "match_batch", None))
+    assert not hasattr(make("reference", [seed_rule()]), "match_batch")   # the reference is defined by batch_of
+    with pytest.raises(TypeError):
+        m.match_batch(5)                                  # not iterable

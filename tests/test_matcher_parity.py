@@ -387,3 +387,27 @@ def test_regexes_sharing_an_alphabet_map_a_text_once_with_the_same_answers():
             same(ref, comp, {"CommandLine": t, "ParentCommandLine": other})
     big = "a\u00e9c" + "\u4e2d" * 300_000 + " x z 7é"     # mappings past 1 MiB
     same(ref, comp, {"CommandLine": big, "ParentCommandLine": big[::-1]})
+
+
+# ---------------------------------------------------------------- batches
+@needs_shared
+@given(st.lists(events(), max_size=12))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_sigmahq_batch_parity(evs):
+    # one compiled call for the whole batch == the reference's match on each event in turn
+    _, ref, comp = sigmahq()
+    assert comp.match_batch([ProcessEvent(e) for e in evs]) == \
+        M.batch_of(ref.match, [ProcessEvent(e) for e in evs])
+
+
+@needs_shared
+def test_heldout_batch_parity():
+    # the held-out events as the pipeline hands them over (batches of 512), every 2nd event
+    heldout = _bench_module("heldout")
+    look, measure = heldout.halves(heldout.load())
+    evs = (look + measure)[::2]
+    _, ref, comp = sigmahq()
+    got = []
+    for k in range(0, len(evs), 512):
+        got += comp.match_batch(evs[k:k + 512])
+    assert got == M.batch_of(ref.match, evs)

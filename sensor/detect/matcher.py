@@ -6,7 +6,7 @@ defines what a match is and ``sensor.detect._matcher`` (Cython) must give the sa
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from .._native import NO_EXTENSIONS
 from ._matcher_py import Matcher as ReferenceMatcher
@@ -51,3 +51,26 @@ def create(rules: Sequence[Rule], engine: str | None = None,
         raise ValueError(f"matcher engine {engine!r} is not available "
                          f"(have: {', '.join(sorted(ENGINES))})") from None
     return cls(rules, regex_budget=regex_budget)
+
+
+def batch_of(match: Callable[[Mapping[str, Any]], list[int]], events: Iterable) -> list:
+    """What a batch call answers, defined by ``match`` on each event in turn: per event, in
+    order, a tuple of its matching rules' indices, ascending (``()`` when none), or the
+    ``Exception`` its evaluation raised (the events after it are still evaluated)."""
+    out: list = []
+    for ev in events:
+        try:
+            out.append(tuple(match(ev)))
+        except Exception as exc:  # noqa: BLE001 - the caller counts it; the batch goes on
+            out.append(exc)
+    return out
+
+
+def match_batch(matcher: Matcher, events: Iterable) -> list:
+    """The answers of ``matcher`` for ``events`` as :func:`batch_of` defines them; the
+    compiled engine evaluates the whole batch in one call (``Matcher.match_batch``), which
+    saves the Python call and the result list per event."""
+    fast = getattr(matcher, "match_batch", None)
+    if fast is not None:
+        return fast(events)
+    return batch_of(matcher.match, events)

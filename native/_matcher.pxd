@@ -14,6 +14,7 @@ cdef extern from "matcher_util.h":
     int mt_ctz64(uint64_t x)
     uint32_t mt_load32(const unsigned char *p)
     uint64_t mt_load64(const unsigned char *p)
+    uint64_t MT_HI8
     int mt_bit(const uint64_t *b, uint32_t g)
     uint32_t mt_af_fword(uint64_t x, unsigned fshift)
     uint64_t mt_af_fbits(uint64_t x)
@@ -22,6 +23,7 @@ cdef extern from "matcher_util.h":
     int mt_popcount64(uint64_t x)
     int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uint32_t g)
     size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4, const uint64_t *b2, int ascii, const unsigned char *h, size_t i, size_t n, unsigned *which)
+    void mt_af_block(const uint64_t *f4, unsigned fs4, const uint64_t *b2, int ascii, const unsigned char *h, size_t i0, unsigned cnt, uint64_t *m4, uint64_t *m2)
     int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd, unsigned len, unsigned k)
     size_t mt_ac_run16(const uint16_t *t, const uint32_t *col, const unsigned char *h, size_t i, size_t n, uint32_t *ps)
     size_t mt_ac_run16s(const uint16_t *t, const uint32_t *col, const unsigned char *start, int one, const unsigned char *h, size_t i, size_t n, uint32_t *ps)

@@ -2129,7 +2129,8 @@ cdef class Matcher:
         cdef uint64_t x
         cdef uint32_t ep = st.epoch
         cdef const uint32_t *ent
-        cdef unsigned which = 0
+        cdef unsigned which = 0, cnt, b
+        cdef uint64_t m4, m2
         cdef unsigned char seen[256]
         if un.q1e >= 8:
             # many 1-byte literals (CommandLine: 39): one pass notes the bytes present,
@@ -2147,26 +2148,57 @@ cdef class Matcher:
                 if st.lit_epoch[un.lit0 + ent[4]] != ep and memchr(h, un.q_bytes[ent[2]], n) != NULL:
                     self._found(st, un.lit0 + ent[4], mark, pmask)
         i = 0
+        # blocks of up to 64 positions with 8 bytes of text from each: all positions'
+        # tables tested without a branch each, then only the ones let through visited
+        while i + 8 <= n:
+            if un.q_ascii and (h[i] & 0x80):
+                i += 1
+                while i + 8 <= n and (mt_load64(h + i) & MT_HI8) == MT_HI8:
+                    i += 8
+                continue
+            cnt = <unsigned>(n - 7 - i) if n - 7 - i < 64 else 64
+            mt_af_block(un.q4filt, un.q4fshift, un.q2bits, un.q_ascii, h, i, cnt, &m4, &m2)
+            x = m4 | m2
+            while x:
+                b = <unsigned>mt_ctz64(x)
+                x &= x - 1
+                which = 0
+                if (m4 >> b) & 1:
+                    which = 2
+                    if un.q8filt != NULL and mt_af_ftest(un.q8filt, un.q8fshift, mt_load64(h + i + b)):
+                        which = 3
+                if (m2 >> b) & 1:
+                    which |= 4
+                self._af_at(st, un, h, n, i + b, which, mark, pmask)
+            i += cnt
         while True:
-            # the tables that let position i through, each tested once
+            # the last positions (fewer than 8 bytes left): the tables that let position i
+            # through, each tested once
             i = mt_af_next(un.q8filt, un.q8fshift, un.q4filt, un.q4fshift, un.q2bits,
                             un.q_ascii, h, i, n, &which)
             if i >= n:
                 break
-            if which & 1:
-                r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(mt_load64(h + i), un.q8bshift))
-                if r >= 0:
-                    self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
-            if which & 2 and un.q4bits != NULL:
-                r = mt_af_rank(un.q4bits, un.q4rank, mt_af_bucket(<uint64_t>mt_load32(h + i), un.q4bshift))
-                if r >= 0:
-                    self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)
-            if which & 4:
-                r = mt_af_rank(un.q2bits, un.q2rank, <unsigned>h[i] | (<unsigned>h[i + 1] << 8))
-                if r >= 0:
-                    self._af_bucket(st, un, un.q2base + <size_t>r, h, n, i, 2, mark, pmask)
+            self._af_at(st, un, h, n, i, which, mark, pmask)
             i += 1
         return 0
+
+    cdef inline void _af_at(self, _State st, Unit *un, const unsigned char *h, size_t n, size_t i,
+                            unsigned which, bint mark, uint64_t pmask) noexcept:
+        """Look up the buckets of position ``i`` whose tables let it through (``which``:
+        1 the 8-gram filter, 2 the 4-gram one, 4 the bigram bitmap) and verify them."""
+        cdef int64_t r
+        if which & 1:
+            r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(mt_load64(h + i), un.q8bshift))
+            if r >= 0:
+                self._af_bucket(st, un, un.q8base + <size_t>r, h, n, i, 8, mark, pmask)
+        if which & 2 and un.q4bits != NULL:
+            r = mt_af_rank(un.q4bits, un.q4rank, mt_af_bucket(<uint64_t>mt_load32(h + i), un.q4bshift))
+            if r >= 0:
+                self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)
+        if which & 4:
+            r = mt_af_rank(un.q2bits, un.q2rank, <unsigned>h[i] | (<unsigned>h[i + 1] << 8))
+            if r >= 0:
+                self._af_bucket(st, un, un.q2base + <size_t>r, h, n, i, 2, mark, pmask)
 
     cdef inline void _af_bucket(self, _State st, Unit *un, size_t e, const unsigned char *h, size_t n,
                                 size_t i, int alen, bint mark, uint64_t pmask) noexcept:
@@ -2349,18 +2381,22 @@ cdef class Matcher:
         if st.busy:
             st = self._new_state()
         st.busy = True
+        i = 0
         try:
-            for i in range(n):
+            while i < n:
+                # one try for the run of events up to a failing one, not one per event
                 try:
-                    self._run(st, seq[i], hits)
+                    while i < n:
+                        self._run(st, seq[i], hits)
+                        if PyList_GET_SIZE(hits):
+                            res[i] = tuple(hits)
+                            del hits[:]
+                        i += 1
                 except Exception as exc:
                     res[i] = exc
                     if PyList_GET_SIZE(hits):
                         del hits[:]
-                    continue
-                if PyList_GET_SIZE(hits):
-                    res[i] = tuple(hits)
-                    del hits[:]
+                    i += 1
         finally:
             st.busy = False
         return res

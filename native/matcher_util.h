@@ -411,6 +411,42 @@ static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t
     return n;
 }
 
+/* The same tests for a block of cnt (<= 64) positions i0 .. i0 + cnt - 1, each with 8
+ * bytes of text from it on, without a branch per position: bit j of *m4 is set when the
+ * 4-gram filter (the gate) lets position i0 + j through, of *m2 when its bigram is in b2;
+ * with ``ascii``, positions holding a byte >= 0x80 are left out of both.  Most positions
+ * pass neither table, and which ones do cannot be predicted, so testing them all and
+ * then visiting the set bits costs no mispredicted branch per position. */
+static inline void mt_af_block(const uint64_t *f4, unsigned fs4, const uint64_t *b2, int ascii,
+                               const unsigned char *h, size_t i0, unsigned cnt,
+                               uint64_t *m4, uint64_t *m2)
+{
+    uint64_t a = 0, b = 0, hi = 0, hh, m;
+    const unsigned char *p = h + i0;
+    unsigned j, g;
+    if (f4 != NULL) {
+        for (j = 0; j < cnt; j++) {
+            hh = mt_af_fh((uint64_t)mt_load32(p + j));
+            m = mt_af_fmask(hh);
+            a |= (uint64_t)((f4[hh >> fs4] & m) == m) << j;
+        }
+    }
+    if (b2 != NULL) {
+        for (j = 0; j < cnt; j++) {
+            g = (unsigned)p[j] | ((unsigned)p[j + 1] << 8);
+            b |= ((b2[g >> 6] >> (g & 63)) & 1u) << j;
+        }
+    }
+    if (ascii) {
+        for (j = 0; j < cnt; j++)
+            hi |= (uint64_t)(p[j] >> 7) << j;
+        a &= ~hi;
+        b &= ~hi;
+    }
+    *m4 = a;
+    *m2 = b;
+}
+
 /* Does the needle nd (len bytes, anchored at its offset k) occur with its anchor at i?
  * Compared inline: needles are short and usually differ early. */
 static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd,

@@ -369,6 +369,29 @@ def test_anchor_filter_with_only_long_anchors_and_many_one_byte_literals():
         same(ref, comp, {"CommandLine": t})
 
 
+def test_anchor_filter_finds_literals_at_every_offset_across_its_blocks():
+    # the scan tests 64 positions at a time (8 bytes of text from each), then the last
+    # 7 positions one by one: needles of 2 to 9 bytes (some of them their whole anchor, so
+    # found without reading their bytes) at every offset around the block edges and at
+    # the very end, with a non-ASCII character right before them, and near misses
+    from sensor.detect.ir import Predicate, Rule
+
+    lits = ["q~", "q~z", "vb.9", "vb.9w", "grunthtt", "grunthttp", "k00042\\z"]
+    rules = [Rule(id="filler", title="f", predicates=(Predicate("CommandLine", "contains", _FILLER, False, ""),),
+                  condition=("pred", 0))]
+    rules += [Rule(id=f"l{i}", title="l", predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
+                   condition=("pred", 0)) for i, lit in enumerate(lits)]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
+    for lit in lits:
+        for k in list(range(0, 20)) + list(range(50, 80)) + list(range(118, 140)):
+            for pad in ("-", "\u00e9"):
+                for tail in ("", "x", "xxxxxx", "x" * 7, "x" * 70):
+                    same(ref, comp, {"CommandLine": "a" * k + pad + lit + tail})
+                    same(ref, comp, {"CommandLine": "a" * k + pad + lit[:-1] + "#" + tail})
+                    same(ref, comp, {"CommandLine": "a" * k + pad + "#" + lit[1:] + tail})
+
+
 def test_regexes_sharing_an_alphabet_map_a_text_once_with_the_same_answers():
     # regexes with equal alphabets reuse one mapping of a field's text per event (up to
     # 1 MiB per event, then each maps its own); the answers stay re.search's, for ASCII

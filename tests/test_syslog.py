@@ -629,3 +629,170 @@ def test_tls_records_without_data_arriving_later_are_no_close(tmp_path, pki):
     finally:
         out.close()
         col.close()
+
+
+# -- what the mutation run of syslog.py found unchecked --------------------------------------------
+
+def test_rfc3164_tag_is_at_most_32_ascii_letters_and_digits():
+    # RFC 3164 4.1.3: the TAG is alphanumeric and MUST NOT exceed 32 characters; the header is
+    # ASCII, so a configured app name with other letters must still give a message, not a
+    # rejection of every alert.
+    for name, tag in (("a" * 32, b"a" * 32), ("b" * 33, b"b" * 32), ("c" * 40, b"c" * 32),
+                      ("sens\u00f6r-1", b"sensr-1"), ("\u00e9\u00e9", b"etw-sensor")):
+        msg = format_3164(alert(1), b"{}", facility=16, app_name=name)
+        assert msg.split(b" ")[5] == tag + b":", (name, msg)
+    from sensor.deliver.syslog import SyslogOutput
+    out = SyslogOutput("tcp://127.0.0.1:9", allow_plaintext=True, syslog_format="rfc3164",
+                       app_name="d\u00e9tecteur")
+    assert b" dtecteur: {" in out.encode_one(alert(1))
+
+
+def test_timeouts_settle_time_and_keep_alive_are_the_documented_ones():
+    # docs/delivery.md: connect_timeout 5 s and read_timeout 30 s by default (the constructor's
+    # defaults and the options' alike); after a TLS handshake the output waits up to 1 s (never
+    # longer than connect_timeout) for a refusal; the connection has TCP keep-alive on and its
+    # writes are bounded by read_timeout.
+    from sensor.deliver.syslog import SyslogOutput
+    for out in (SyslogOutput("tls://127.0.0.1"), build_output({"format": "syslog", "url": "tls://127.0.0.1"})):
+        assert (out.connect_timeout, out.send_timeout, out.settle) == (5.0, 30.0, 1.0)
+    assert SyslogOutput("tls://127.0.0.1", connect_timeout=0.25).settle == 0.25
+    col = _Collector()
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    try:
+        assert out.send_batch([alert(1)]).outcome == OK
+        assert out._sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+        assert out._sock.gettimeout() == 30.0
+    finally:
+        out.close()
+        col.close()
+
+
+class _Parting(_Collector):
+    """Reads the first connection's batch, then sends ``parting`` (as urgent data with
+    ``urgent``) and closes that connection; later connections are read as usual."""
+
+    def __init__(self, parting: bytes, urgent: bool = False):
+        self.parting, self.urgent = parting, urgent
+        super().__init__(close_after_first=True)
+
+    def _read(self, conn):
+        if self.connections == 1:
+            conn.settimeout(WAIT)
+            self.received.append(conn.recv(65536))
+            conn.send(self.parting, socket.MSG_OOB if self.urgent else 0)
+            conn.close()
+            self.first_closed.set()
+            return
+        super()._read(conn)
+
+
+@pytest.mark.parametrize("parting, urgent", [(b"bye\n", False), (b"x" * 3000, False), (b"!", True)],
+                         ids=["a-line", "more-than-one-read", "urgent-byte"])
+def test_a_collector_that_said_something_then_closed_gets_the_next_batch_on_a_new_one(parting, urgent):
+    # docs/delivery.md: the connection is checked before each batch, so a collector that closed
+    # it is noticed, whatever it sent before its close; the next batch goes out on a new
+    # connection, not into the closed one (where its bytes would be lost).
+    col = _Parting(parting, urgent)
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+
+    def upset():
+        assert col.first_closed.wait(WAIT)
+        time.sleep(0.1)                           # the FIN has reached the sensor's side
+    _second_batch_after(col, out, upset)
+    assert out.connects == 2
+
+
+def test_a_collector_that_greets_keeps_its_one_connection():
+    # What a collector sends without closing is no close: one connection for every batch.
+    col = _Collector(banner=b"hello\n" * 100)
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    try:
+        for i in (1, 2, 3):
+            assert out.send_batch([alert(i)]).outcome == OK
+            time.sleep(0.05)                      # (the greeting is in before the next check)
+        assert out.connects == 1
+    finally:
+        out.close()
+        col.close()
+
+
+def test_a_collector_that_keeps_talking_keeps_its_connection_and_bounds_each_check():
+    # A collector that sends more than one check reads (1 MiB): still no close, so the same
+    # connection; each check reads a bounded amount and the rest waits for the next one.
+    import threading
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        got: list[bytes] = []
+        talking = threading.Event()
+
+        def serve():
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(WAIT)
+                t = threading.Thread(target=lambda: _ignore_oserror(conn.sendall, b"z" * (4 << 20)),
+                                     daemon=True)
+                t.start()
+                talking.set()
+                while True:
+                    try:
+                        chunk = conn.recv(65536)
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    got.append(chunk)
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{port}", "allow_http": True})
+        try:
+            assert out.send_batch([alert(1)]).outcome == OK
+            assert talking.wait(WAIT)
+            time.sleep(0.2)                       # the collector's bytes fill the buffers
+            for i in (2, 3):
+                assert out.send_batch([alert(i)]).outcome == OK
+            assert out.connects == 1
+            # (read before the close: closing with the collector's bytes unread is a reset)
+            wait_for(lambda: b"a-00003" in b"".join(got), "the third batch")
+        finally:
+            out.close()
+        th.join(WAIT)
+
+
+def _ignore_oserror(fn, *args):
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def test_a_connection_whose_descriptor_went_bad_is_made_again():
+    # The check before a batch finds a broken connection (here its descriptor closed under the
+    # output: the check's select and the close of the old socket both fail) and the batch goes
+    # out on a new connection in the same call.
+    col = _Collector()
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
+    _second_batch_after(col, out, lambda: os.close(out._sock.fileno()))
+    assert out.connects == 2
+
+
+@pytest.mark.parametrize("document, odd, error", [
+    ("ecs", {"type": "metric", "health": 5}, "TypeError"),                  # no health mapping
+    ("ecs", {"type": "metric", "health": "ab"}, "ValueError"),
+    ("alert", {"timestamp": "0001-01-01T00:00:00+01:00"}, "OverflowError"),  # before year 1 in UTC
+])
+def test_an_alert_of_a_shape_the_sensor_never_writes_is_rejected_alone(document, odd, error):
+    # docs/delivery.md: an alert that cannot be encoded is rejected with the reason, the rest of
+    # its batch is delivered (a damaged or hostile spool row must not hold the others).
+    col = _Collector()
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True,
+                        "document": document})
+    try:
+        res = out.send_batch([dict(alert(1), **odd), alert(2)])
+        assert res.outcome == OK and res.delivered == ["a-00002"], res
+        assert res.rejected["a-00001"].startswith(f"cannot encode: {error}"), res.rejected
+        out.close()
+        wait_for(lambda: col.received, "the collector's bytes")
+    finally:
+        out.close()
+        col.close()
+    assert b"a-00002" in col.received[0] and b"a-00001" not in col.received[0]

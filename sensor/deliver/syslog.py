@@ -39,6 +39,9 @@ FACILITIES = {name: code for code, name in enumerate(
 SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
 DEFAULT_PORT = {"tls": 6514, "tcp": 514}
 MAX_HEADER_FIELD = {"hostname": 255, "app_name": 48}   # RFC 5424 6.2.4 and 6.2.5
+# Reads of what a collector sent, per liveness check (at most 1 MiB): the check's work is bounded
+# whatever the collector sends.
+_DRAIN_READS = 16
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -87,7 +90,7 @@ def format_3164(alert: Mapping[str, Any], body: bytes, *, facility: int, app_nam
     when = (_when(alert) or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
     stamp = f"{_MONTHS[when.month - 1]} {when.day:2d} {when:%H:%M:%S}"
     host = _token(hostname or alert.get("HOSTNAME"), MAX_HEADER_FIELD["hostname"])
-    tag = "".join(c for c in app_name if c.isalnum() or c in "-_.")[:32] or "etw-sensor"
+    tag = "".join(c for c in app_name if c.isascii() and (c.isalnum() or c in "-_."))[:32] or "etw-sensor"
     pri = facility * 8 + severity(alert)
     return f"<{pri}>{stamp} {host} {tag}: ".encode("ascii") + body
 
@@ -224,28 +227,31 @@ class SyslogOutput:
         raise ssl.SSLError("the collector sent data on a syslog stream (not a syslog collector?)")
 
     def _alive(self, sock: socket.socket) -> bool:
-        """False when the collector closed the connection (readable with nothing to read) or
-        it broke. A collector sends nothing on a syslog stream, so readable means closed."""
+        """False when the collector closed the connection or it broke. A collector has nothing
+        to say on a syslog stream; what one sent anyway (a banner) is read and dropped here, so
+        a close behind it is seen: a connection is alive only when its end of stream is not in."""
         try:
             readable, _, errored = select.select([sock], [], [sock], 0)
         except (OSError, ValueError):
             return False
-        if errored:
+        if errored:                # urgent data: no syslog collector sends that; start afresh
             return False
         if not readable:
             return True
         try:
             sock.setblocking(False)
             try:
-                data = sock.recv(1)
+                for _ in range(_DRAIN_READS):
+                    if not sock.recv(65536):
+                        return False        # the end of the stream, after what it sent
             finally:
                 sock.setblocking(True)
                 sock.settimeout(self.send_timeout)
-        except ssl.SSLWantReadError:
-            return True
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True                     # all it sent is read, and no end of stream
         except (OSError, ssl.SSLError):
             return False
-        return bool(data)
+        return True                         # still talking; the next check reads on
 
     def _drop(self) -> None:
         if self._sock is not None:

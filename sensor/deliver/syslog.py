@@ -39,9 +39,9 @@ FACILITIES = {name: code for code, name in enumerate(
 SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
 DEFAULT_PORT = {"tls": 6514, "tcp": 514}
 MAX_HEADER_FIELD = {"hostname": 255, "app_name": 48}   # RFC 5424 6.2.4 and 6.2.5
-# Reads of what a collector sent, per liveness check (at most 1 MiB): the check's work is bounded
-# whatever the collector sends.
-_DRAIN_READS = 16
+# What a liveness check reads of a collector's chatter: more than this and the connection is
+# made afresh (a close behind it could not be seen), so the check's work is bounded.
+DRAIN_BYTES = 1 << 16
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -241,9 +241,12 @@ class SyslogOutput:
         try:
             sock.setblocking(False)
             try:
-                for _ in range(_DRAIN_READS):
-                    if not sock.recv(65536):
+                left = DRAIN_BYTES
+                while left >= 0:
+                    data = sock.recv(65536)
+                    if not data:
                         return False        # the end of the stream, after what it sent
+                    left -= len(data)
             finally:
                 sock.setblocking(True)
                 sock.settimeout(self.send_timeout)
@@ -251,7 +254,7 @@ class SyslogOutput:
             return True                     # all it sent is read, and no end of stream
         except (OSError, ssl.SSLError):
             return False
-        return True                         # still talking; the next check reads on
+        return False                        # it said more than a check reads: start afresh
 
     def _drop(self) -> None:
         if self._sock is not None:

@@ -609,3 +609,98 @@ def test_a_pool_smaller_than_the_requests_in_flight_does_not_hold_one_behind_the
         except OSError:
             pass
         srv.close()
+
+
+# -- what the mutation run of http.py (2026-11-30, all 290 mutants) found unchecked --------------
+
+def test_the_receivers_answer_is_kept_to_300_characters_in_the_result():
+    # docs/hostile-inputs.md: MAX_DETAIL = 300 characters of what the receiver said are kept,
+    # so a receiver's text cannot grow the status, the log or the spool without bound.
+    from sensor.testing.receiver import sample_alert
+    text = bytes(range(48, 58)) * 500                    # 5,000 characters, no two cuts alike
+
+    def answer(conn):
+        conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+    url, stop = _answering(answer)
+    out = build_output({"url": url, "allow_http": True, "gzip": False})
+    try:
+        res = out.send_batch([sample_alert(1)])
+        assert res.outcome == RETRY and res.status == 503
+        assert res.detail == text[:300].decode()
+    finally:
+        out.close()
+        stop()
+
+
+def test_an_encode_rejection_reason_is_kept_to_300_characters():
+    from sensor.deliver.http import HttpOutput
+    from sensor.testing.receiver import sample_alert
+
+    class Wordy(HttpOutput):
+        def render(self, alert):
+            raise ValueError("".join(str(i % 10) for i in range(1000)))
+
+    out = Wordy(URL)
+    try:
+        good, bad = out.encode_each([sample_alert(1)])
+        reason = bad[sample_alert(1)["id"]]
+        assert good == [] and len(reason) == 300
+        assert reason == ("cannot encode: ValueError: " + "".join(str(i % 10) for i in range(1000)))[:300]
+    finally:
+        out.close()
+
+
+def test_an_option_error_of_the_tls_or_secret_layer_keeps_its_own_words():
+    # A refused option names its key once (docs/delivery.md: a bad output option is refused at
+    # start with the key that is wrong), not wrapped in a second, vaguer message.
+    for opts, words in (({"ca_file": "/nonexistent/ca.pem"}, "ca_file: /nonexistent/ca.pem does not exist"),
+                        ({"token_file": "/nonexistent/t"}, "token_file: cannot read /nonexistent/t")):
+        with pytest.raises(ConfigError) as err:
+            _build(**opts)
+        assert str(err.value).startswith(words), err.value
+
+
+@pytest.mark.parametrize("value", ["many", [2], None.__class__])
+def test_an_option_of_the_wrong_type_is_a_configuration_error_not_a_crash(value):
+    # build_output is also handed options by code, not only by the checked config file: a value
+    # that is not a number is refused as a configuration error, never raised as a TypeError.
+    with pytest.raises(ConfigError, match="bad output option"):
+        _build(pool_maxsize=value)
+
+
+def test_abort_after_the_receiver_reset_a_pooled_connection_raises_nothing():
+    # docs/threads.md: abort() (a stop) shuts down every connection of the pool; one the
+    # receiver already reset cannot be shut down (ENOTCONN), and the stop goes on regardless:
+    # no exception, and no request is sent after it.
+    import struct
+    srv = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        conn, _ = srv.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        held.append(conn)                               # kept open: the client pools it
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    t = HttpTransport(f"http://127.0.0.1:{srv.getsockname()[1]}/in", allow_http=True, gzip=False)
+    try:
+        assert _post(t).status == 200                   # its connection goes back to the pool
+        th.join(30)
+        conns = [c for c in t._aborter._live if getattr(c, "sock", None) is not None]
+        assert len(conns) == 1 and held
+        held[0].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        held[0].close()                                 # an abortive close: a reset
+        deadline = time.monotonic() + 30                # (only guards a hang)
+        while not conns[0].sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            assert time.monotonic() < deadline, "the reset never arrived"
+            time.sleep(0.01)
+        t.abort()
+        with pytest.raises(TransportFailure) as err:
+            _post(t)
+        assert err.value.outcome == RETRY and "stopping" in err.value.message
+    finally:
+        t.close()
+        srv.close()

@@ -704,3 +704,14 @@ def test_abort_after_the_receiver_reset_a_pooled_connection_raises_nothing():
     finally:
         t.close()
         srv.close()
+
+
+def test_a_cause_given_as_the_first_of_several_arguments_is_found():
+    # A wrapper that passes its cause first and its own words after it (Error(cause, "while
+    # ...")) is classified by the cause like a wrapper with the cause alone.
+    wrapped = u3.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed"),
+                          "while connecting to the receiver")
+    outcome, msg = classify_exception(wrapped)
+    assert outcome == PARK and msg.startswith("TLS verification failed"), msg
+    outcome, msg = classify_exception(OSError(ConnectionResetError(), "while sending"))
+    assert outcome == RETRY

@@ -715,3 +715,13 @@ def test_a_cause_given_as_the_first_of_several_arguments_is_found():
     assert outcome == PARK and msg.startswith("TLS verification failed"), msg
     outcome, msg = classify_exception(OSError(ConnectionResetError(), "while sending"))
     assert outcome == RETRY
+
+
+def test_a_plain_http_url_without_a_port_goes_to_port_80():
+    # RFC 9110 4.2.1: http's default port is 80 (https's 443, checked above); plain http only
+    # with allow_http.
+    t = HttpTransport("http://127.0.0.1/in", allow_http=True)
+    try:
+        assert t.pool.port == 80 and t.pool.scheme == "http"
+    finally:
+        t.close()

@@ -736,6 +736,8 @@ def test_a_collector_that_talks_keeps_its_connection_up_to_what_a_check_reads(sa
         return struct.unpack("i", fcntl.ioctl(out._sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
     try:
         assert out.send_batch([alert(1)]).outcome == OK
+        # room for all of it on the sensor's side (a kernel's first window may be 64 KiB)
+        out._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         wait_for(lambda: waiting() == said or said == 0, "the collector's words")   # all in
         res = out.send_batch([alert(2)])
         assert res.outcome == OK and res.delivered == ["a-00002"], res

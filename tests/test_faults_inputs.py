@@ -182,3 +182,53 @@ def test_a_rule_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(fifo)
     r = validate(fifo)        # before: blocked for good in open()
     assert r.returncode == 1 and f"{fifo}: cannot read: not a regular file" in r.stdout, r.stdout + r.stderr
+
+
+def nested(depth: int) -> dict:
+    """A value ``depth`` levels deep (the record holding it is one level more)."""
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_a_record_nested_past_the_bound_is_refused_and_the_one_at_it_read(tmp_path):
+    from sensor.sources.jsonl import MAX_NESTING
+    at = dict(MOF, CommandLine="mofcomp 1.mof", ProcessId=1001, Extra=nested(MAX_NESTING - 1))
+    past = dict(MOF, CommandLine="mofcomp 2.mof", ProcessId=1002, Extra=[nested(MAX_NESTING - 1)])
+    record = {"eid": 1, "channel": "Microsoft-Windows-Sysmon/Operational", "computer": "h",
+              "data": dict(MOF, CommandLine="x", ProcessId=1003, Extra=nested(MAX_NESTING))}
+    p = tmp_path / "n.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in (at, past, record)) + mof(4).decode())
+    stats = ReadStats()
+    events = list(read_jsonl(str(p), stats))
+    assert [e["ProcessId"] for e in events] == [1001, 1004]
+    assert [(e.where, e.message) for e in stats.errors] == [
+        ("line 2", f"nested deeper than {MAX_NESTING} levels: not a process start"),
+        ("line 3", f"nested deeper than {MAX_NESTING} levels: not a process start")]
+
+
+def test_a_record_nested_as_deep_as_the_decoder_allows_cannot_hold_up_delivery(tmp_path):
+    # 987 levels decode on the replay thread; the alert carrying them could not be encoded again
+    # on the forwarder's deeper stack, so the output failed the batch on every attempt and no
+    # alert of it (the good one included) ever reached the receiver.
+    from sensor.testing.receiver import Receiver
+    good = json.dumps(dict(MOF, CommandLine="mofcomp 1.mof", ProcessId=1001))
+    bad = good[:-1] + ', "Extra": ' + '{"a": ' * 986 + "1" + "}" * 986 + "}"
+    p = tmp_path / "n.jsonl"
+    p.write_text(bad + "\n" + mof(2).decode())
+    with Receiver(token="s3cr3t-token") as rec:
+        cfg = tmp_path / "sensor.toml"
+        cfg.write_text(f'[sensor]\ndata_dir = "{tmp_path / "state"}"\nheartbeat_s = 0\ndrain_timeout_s = 10\n'
+                       f'[source]\nkind = "replay"\n[source.replay]\npaths = ["{p}"]\n'
+                       f'[output]\nformat = "ecs"\nurl = "{rec.url}/x"\ntoken = "s3cr3t-token"\n'
+                       f'ca_file = "{rec.ca_file}"\n')
+        cfg.chmod(0o600)
+        r = subprocess.run([sys.executable, "-m", "sensor", "run", "-c", str(cfg)], capture_output=True,
+                           text=True, env=env(), timeout=120)
+        ids = rec.ids()
+    assert "Traceback" not in r.stderr and "RecursionError" not in r.stderr, r.stderr
+    assert "n.jsonl:line 1: nested deeper than" in r.stderr
+    assert "0 left in the spool" in r.stderr, r.stderr
+    assert r.returncode == 1                      # the refused line is an input error
+    assert len(ids) >= 1                          # the good start's alert (and health documents) delivered

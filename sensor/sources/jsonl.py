@@ -24,12 +24,32 @@ _decode = msgspec.json.Decoder().decode
 
 MAX_LINE_BYTES = 1024 * 1024   # longer lines are skipped and reported (``[source.replay] max_line_bytes``)
 _SKIP_CHUNK = 1024 * 1024       # bytes read at a time while skipping the rest of a long line
+# A process start's fields are flat (a value may be a list or an object of a level or two). A
+# record nested deeper is refused at the source: the JSON decoder takes up to about 990 levels,
+# and an alert carrying such a value could not be encoded again on a deeper stack (an output's
+# encoder raised RecursionError on every attempt, so the batch holding it never left the spool).
+MAX_NESTING = 32
 
 
 def _open(path: str) -> IO[bytes]:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     return open(path, "rb")
+
+
+def nested_deeper_than(obj: object, limit: int) -> bool:
+    """True when ``obj`` holds lists or objects more than ``limit`` levels deep (``obj`` itself
+    is level 1). Iterative: any depth is checked without recursion."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+    return False
 
 
 def event_from_json(obj: dict, stats: ReadStats | None = None) -> ProcessEvent | None:
@@ -96,6 +116,10 @@ def read_jsonl(path: str, stats: ReadStats, max_line_bytes: int = MAX_LINE_BYTES
                     if not isinstance(obj, dict):
                         stats.error(path, f"line {lineno}",
                                     f"JSON value is a {type(obj).__name__}, not an object")
+                        continue
+                    if nested_deeper_than(obj, MAX_NESTING):
+                        stats.error(path, f"line {lineno}", f"nested deeper than {MAX_NESTING} levels: "
+                                                            f"not a process start")
                         continue
                     ev = event_from_json(obj, stats)
                 except msgspec.DecodeError as exc:

@@ -280,6 +280,20 @@ _FILLER = _FILLER + tuple(f"k{i:05d}\\z" for i in range(1500))
 LIT_ALPHABET = st.sampled_from(list("abcAB\\.- z09") + ["é", "İ", "中", "\U0001F600", "\ud800"])
 
 
+def anchor_filter_engines(lits):
+    """The reference and the compiled matcher over one `contains` rule per literal, with enough
+    filler literals that CommandLine goes through the compiled anchor filter."""
+    from sensor.detect.ir import Predicate, Rule
+
+    rules = [Rule(id="filler", title="f", predicates=(Predicate("CommandLine", "contains", _FILLER, False, ""),),
+                  condition=("pred", 0))]
+    rules += [Rule(id=f"l{i}", title="l", predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
+                   condition=("pred", 0)) for i, lit in enumerate(lits)]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
+    return ref, comp
+
+
 def _lit():
     short = st.text(LIT_ALPHABET, min_size=1, max_size=12)
     # longer than 65,535 bytes: lengths and anchor offsets past 16 bits
@@ -303,15 +317,8 @@ def _anchor_case(draw):
 def test_anchor_filter_parity(case):
     # literals of every length (1 byte to > 64 KiB), non-ASCII, texts made of their pieces,
     # values that are not strings: the compiled anchor filter finds exactly what str does
-    from sensor.detect.ir import Predicate, Rule
-
     lits, values = case
-    rules = [Rule(id="filler", title="f", predicates=(Predicate("CommandLine", "contains", _FILLER, False, ""),),
-                  condition=("pred", 0))]
-    rules += [Rule(id=f"l{i}", title="l", predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
-                   condition=("pred", 0)) for i, lit in enumerate(lits)]
-    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
-    assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
+    ref, comp = anchor_filter_engines(lits)
     for v in values:
         same(ref, comp, {"CommandLine": v})
 
@@ -374,15 +381,8 @@ def test_anchor_filter_finds_literals_at_every_offset_across_its_blocks():
     # 7 positions one by one: needles of 2 to 9 bytes (some of them their whole anchor, so
     # found without reading their bytes) at every offset around the block edges and at
     # the very end, with a non-ASCII character right before them, and near misses
-    from sensor.detect.ir import Predicate, Rule
-
     lits = ["q~", "q~z", "vb.9", "vb.9w", "grunthtt", "grunthttp", "k00042\\z"]
-    rules = [Rule(id="filler", title="f", predicates=(Predicate("CommandLine", "contains", _FILLER, False, ""),),
-                  condition=("pred", 0))]
-    rules += [Rule(id=f"l{i}", title="l", predicates=(Predicate("CommandLine", "contains", (lit,), False, ""),),
-                   condition=("pred", 0)) for i, lit in enumerate(lits)]
-    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
-    assert {u["field"]: u["mode"] for u in comp.stats["units"]}["CommandLine"] == "anchor filter"
+    ref, comp = anchor_filter_engines(lits)
     for lit in lits:
         for k in list(range(0, 20)) + list(range(50, 80)) + list(range(118, 140)):
             for pad in ("-", "\u00e9"):

@@ -219,18 +219,24 @@ def test_error_codes_match_native_table():
         assert ffi.string(lib.pev_strerror(status)).decode() == reason
 
 
-@needs_native
-def test_native_reads_only_the_needed_ranges(tmp_path):
+def image_before_an_overlay(tmp_path):
+    """basic64.exe followed by a 32 MiB overlay, and this process's count of bytes read."""
     io = Path("/proc/self/io")
     if not io.exists():
         pytest.skip("/proc/self/io (read byte counter) is Linux-only")
-    # The version resource sits before a 32 MiB overlay: none of the overlay may be read.
     big = tmp_path / "big.exe"
     big.write_bytes((DATA / "basic64.exe").read_bytes() + b"\0" * (32 << 20))
 
     def rchar():
         return int(next(line for line in io.read_text().splitlines()
                         if line.startswith("rchar")).split()[1])
+    return big, rchar
+
+
+@needs_native
+def test_native_reads_only_the_needed_ranges(tmp_path):
+    # The version resource sits before a 32 MiB overlay: none of the overlay may be read.
+    big, rchar = image_before_an_overlay(tmp_path)
     read = pe.READERS["native"][0]
     read(big)  # warm the per-thread buffers
     before = rchar()
@@ -1143,17 +1149,9 @@ def test_refusing_a_folder_leaves_no_descriptor_open(impl, tmp_path):
 
 
 def test_the_twin_reads_only_the_needed_ranges(tmp_path):
-    io = Path("/proc/self/io")
-    if not io.exists():
-        pytest.skip("/proc/self/io (read byte counter) is Linux-only")
     # As the native reader (test_native_reads_only_the_needed_ranges): unbuffered reads of
     # the ranges it needs, so a read-ahead buffer never pulls in the 32 MiB overlay's start
-    big = tmp_path / "big.exe"
-    big.write_bytes((DATA / "basic64.exe").read_bytes() + b"\0" * (32 << 20))
-
-    def rchar():
-        return int(next(line for line in io.read_text().splitlines()
-                        if line.startswith("rchar")).split()[1])
+    big, rchar = image_before_an_overlay(tmp_path)
     read = pe.READERS["python"][0]
     before = rchar()
     assert read(big)["OriginalFilename"] == "basic.exe"

@@ -184,6 +184,25 @@ def test_an_alert_a_format_cannot_encode_is_rejected_not_fatal(exc):
 
 # -- the answer's body is bounded (docs/delivery.md): size decoded, time as a whole -----------
 
+def read_request(conn, data=b""):
+    """One HTTP/1.1 request read from ``conn`` (``data``: bytes already received): (head, body,
+    the bytes after it), or None when the client closed before its end."""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, data = data.partition(b"\r\n\r\n")
+    length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                   if h.lower().startswith(b"content-length:")), 0)
+    while len(data) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return head, data[:length], data[length:]
+
+
 def _answering(answer):
     """A plain-HTTP receiver on a real socket: reads each request, then ``answer(conn)``;
     serves connections until closed. Returns (url, stop)."""
@@ -200,20 +219,7 @@ def _answering(answer):
             except OSError:
                 return
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
-                               if h.lower().startswith(b"content-length:")), 0)
-                while len(rest) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    rest += chunk
+                read_request(conn)      # answered even when the client closed early
                 try:
                     answer(conn)
                 except OSError:
@@ -325,20 +331,10 @@ def test_an_answer_read_to_its_end_leaves_its_connection_open_for_the_next_reque
         with conn:
             data = b""
             while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, data = data.partition(b"\r\n\r\n")
-                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
-                               if h.lower().startswith(b"content-length:")), 0)
-                while len(data) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                data = data[length:]
+                request = read_request(conn, data)
+                if request is None:
+                    return
+                _, _, data = request
                 answered.append(len(accepted))
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 

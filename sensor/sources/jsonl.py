@@ -39,16 +39,14 @@ def _open(path: str) -> IO[bytes]:
 
 def nested_deeper_than(obj: object, limit: int) -> bool:
     """True when ``obj`` holds lists or objects more than ``limit`` levels deep (``obj`` itself
-    is level 1). Iterative: any depth is checked without recursion."""
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
+    is level 1). Level by level, without recursion: any depth and width is checked."""
+    level, depth = [obj], 1
+    while level:
         if depth > limit:
             return True
-        items = value.values() if isinstance(value, dict) else value
-        for item in items:
-            if isinstance(item, (dict, list)):
-                stack.append((item, depth + 1))
+        level = [item for value in level for item in (value.values() if type(value) is dict else value)
+                 if type(item) is dict or type(item) is list]
+        depth += 1
     return False
 
 

@@ -41,7 +41,8 @@ machine. It works like this:
   except "no tests collected", which is a configuration error.
 
 One worker, one module at a time: the machine is shared. Results go to
-``.mutation/results/<module>.json`` and the report to ``.mutation/report.md``; the score of a
+``tests/mutation-results/<module>.json`` (tracked, so a score stays checkable after the run's
+machine is gone) and the report to ``.mutation/report.md``; the score of a
 module is killed / (mutants - equivalent). A survivor is either killed by a new test or listed in
 ``tests/mutation-equivalents.toml`` with the reason it cannot be told apart (matched by module,
 source line and mutated line, so it follows the code when lines move).
@@ -70,7 +71,9 @@ _hookimpl = pluggy.HookimplMarker("pytest")     # pytest.hookimpl, without impor
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
 TREE = WORK / "tree"
-RESULTS = WORK / "results"
+# Results are kept with the tests (tracked): a score is only worth what its results show, and a
+# run takes hours, so the record outlives the machine it ran on.
+RESULTS = ROOT / "tests" / "mutation-results"
 EQUIVALENTS = ROOT / "tests" / "mutation-equivalents.toml"
 TARGET = 0.90
 

@@ -139,6 +139,16 @@ MODULES: dict[str, list[str]] = {
     "sensor/daemon/reload.py": ["tests/test_reload.py"],
     "sensor/detect/correlate.py": ["tests/test_correlation.py", "tests/test_correlation_sqlite.py",
                                    "tests/test_sigma_filters.py"],
+    # which engine a rule regex runs on, and the budgeted engine for the ones that opt in
+    "sensor/detect/regex.py": ["tests/test_regex.py", "tests/test_rule_bounds.py",
+                               "tests/test_sigma_refusals.py", "tests/test_matcher.py"],
+    "sensor/detect/backtrack.py": ["tests/test_regex.py", "tests/test_rule_bounds.py",
+                                   "tests/test_matcher.py"],
+    # a damaged spool's alerts, read back
+    "sensor/deliver/salvage.py": ["tests/test_salvage_bounds.py", "tests/test_faults_damage.py",
+                                  "tests/test_spool_contract.py"],
+    # the bounded hand-off between the source and the worker
+    "sensor/daemon/queues.py": ["tests/test_queues.py", "tests/test_budget.py", "tests/test_at_rest.py"],
 }
 
 # cosmic-ray's operators, curated. Dropped: the other binary-operator swaps (one wrong operator

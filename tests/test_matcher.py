@@ -203,6 +203,15 @@ def test_glob_escape_round_trip(engine):
     ("(?:x|y)z{2}", "", "yzz", True),
     ("\\w+`(?:\\w+|-|.)`[\\w+|\\s]", "", "abc`d`e", True),
     ("\\w+`(?:\\w+|-|.)`[\\w+|\\s]", "", "abc`d e", False),
+    # a part that may occur zero times is not needed for a match (the compiled matcher's
+    # prefilter must not demand it, docs/matcher.md "Prefilter")
+    ("ab(cd)?ef", "", "xx abef yy", True),
+    ("ab(cd)?ef", "", "xx abcd yy", False),
+    ("foo(?:bar)*baz", "", "foobaz", True),
+    ("foo(?:bar)*?baz", "", "foobaz", True),
+    ("a(?:bc){0,3}d", "", "ad", True),
+    ("evil(\\.exe)?$", "", "run evil", True),
+    ("x(?:yz|)w", "", "xw", True),
 ])
 def test_regex(engine, pattern, flags, text, expected):
     assert hit(engine, P("CommandLine", "re", pattern, flags=flags), {"CommandLine": text}) is expected

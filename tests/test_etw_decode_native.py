@@ -96,7 +96,11 @@ def test_hostile_records_compiled_equals_twin(eid, ver, blob, psize):
 
 @pytest.mark.parametrize("sid", [bytes([1, 0]) + bytes(6),                      # S-1-0, no sub-authority
                                  bytes([1, 15]) + b"\xff" * 6 + b"\xff" * 60,   # 15 x 4294967295, hex authority
-                                 bytes([1, 1, 0, 0, 0, 0, 0, 16]) + b"\x00\x30\x00\x00"])
+                                 bytes([1, 1, 0, 0, 0, 0, 0, 16]) + b"\x00\x30\x00\x00",
+                                 # the identifier authority either side of 2**32, where the text
+                                 # turns from decimal to hex (ConvertSidToStringSid)
+                                 bytes([1, 1]) + (2**32 - 1).to_bytes(6, "big") + b"\x12\x00\x00\x00",
+                                 bytes([1, 1]) + (2**32).to_bytes(6, "big") + b"\x12\x00\x00\x00"])
 def test_sid_forms(sid):
     _, fields = KP_ROWS[(1, 3)]
     payload = bytearray(encode(fields, sample_values(fields, 3)))

@@ -254,6 +254,33 @@ def test_a_refused_dead_letter_is_retried_with_its_reason_and_status(spool, cloc
     assert spool.depth() == 0 and len(out.calls) == 1
 
 
+def test_a_retry_the_disk_refuses_asks_it_once_and_waits_for_the_back_off(spool, clock):
+    # docs/delivery.md: a confirmation the disk refuses is retried with back-off. A retry whose
+    # acknowledgements the disk refused does not go on to write the dead letters at once (the
+    # same full disk, asked again without the wait): they wait for the next retry with the rest
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
+                               item_status={ids[1]: 422})])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    acks = refuse_once(spool, "ack", times=2)
+    deads = refuse_once(spool, "dead_letter", times=1)
+    assert fwd.step() == 0.0                       # both confirmations refused
+    assert len(acks) == 1 and len(deads) == 1
+    assert fwd.stats()["ack_pending"] == 2
+    clock.t += 0.25
+    assert fwd.step() == 0.5                       # the retry: the acknowledgement refused again
+    assert len(acks) == 2 and len(deads) == 1      # ... and the disk was not asked a second time
+    assert fwd.stats()["ack_pending"] == 2
+    clock.t += 0.5
+    assert fwd.step() is IDLE                      # the next retry records both
+    assert len(acks) == 3 and len(deads) == 2
+    (d,) = spool.dead_letters()
+    assert d["id"] == ids[1] and d["reason"] == "bad field" and d["status"] == 422
+    assert spool.depth() == 0 and fwd.stats()["ack_pending"] == 0 and len(out.calls) == 1
+
+
 def test_a_refused_failure_count_never_stops_delivery(spool, clock):
     out = MemoryOutput(lambda b: SendResult(RETRY, status=503, error="HTTP 503"))
     fwd = forwarder(spool, out, clock)

@@ -53,8 +53,10 @@ def test_alerts_flow_to_the_output(tmp_path, engine):
     assert status["alerts"]["total"] == 50
     assert len(set(ids_of(out))) == 50 and len(ids_of(out)) == 50
     assert spool.depth() == 0                       # delivered alerts left the spool
-    # and the ledger: a health document at start and one at stop, numbered 0 and 1
-    docs = [a for a in out.alerts if a.get("type") == "metric"]
+    # and the ledger: a health document at start and one at stop, numbered 0 and 1. Two workers
+    # deliver (docs/delivery.md, `concurrency`: alerts may arrive out of order), so the stop's
+    # document can arrive first; its sequence number is what orders them
+    docs = sorted((a for a in out.alerts if a.get("type") == "metric"), key=lambda d: d["ledger"]["seq"])
     assert [(d["ledger"]["seq"], d["ledger"]["reason"]) for d in docs] == [(0, "start"), (1, "stop")]
     assert status["matcher"]["us_per_event"] > 0
 

@@ -294,6 +294,117 @@ def test_each_format_delivers_over_tls(receiver, fmt):
     assert entry["gzip"] is True and entry["n"] == len(IDS)
 
 
+def _deep(levels: int = 2000) -> list:
+    """A value nested past any encoder's recursion limit (Python's is 1000 frames)."""
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _with_cmd(i: int, cmd) -> dict:
+    a = sample_alert(i)
+    return dict(a, event=dict(a["event"], CommandLine=cmd))
+
+
+def _no_traceback(caplog) -> None:
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+# docs/delivery.md "Formats": an alert an output cannot encode is rejected alone with the reason
+# (whatever the encoder raised), the rest of its batch is delivered; a lone UTF-16 surrogate is
+# sent as U+FFFD, never a reason to hold or lose the alert.
+@pytest.mark.parametrize("document", ["ecs", "alert"])
+@pytest.mark.parametrize("fmt", ["ecs", "splunk_hec", "elasticsearch", "webhook"])
+def test_an_alert_too_deep_to_encode_is_rejected_alone_and_a_lone_surrogate_is_sent(fmt, document, caplog):
+    with Receiver(token="s3cr3t-token", keep_documents=True) as rec:
+        out = build_output(opts(rec, format=fmt, document=document))
+        batch = [ALERTS[0], _with_cmd(1, _deep()), ALERTS[2], _with_cmd(3, "cmd.exe /c \ud800 x\udfff")]
+        try:
+            with caplog.at_level(logging.DEBUG):
+                res = out.send_batch(batch)
+        finally:
+            out.close()
+        assert res.outcome == OK and res.delivered == [IDS[0], IDS[2], IDS[3]]
+        assert list(res.rejected) == [IDS[1]]
+        assert res.rejected[IDS[1]].startswith("cannot encode: RecursionError: ")
+        assert len(res.rejected[IDS[1]]) <= 300
+        assert rec.ids() == [IDS[0], IDS[2], IDS[3]]
+        text = json.dumps(rec.documents()[-1], ensure_ascii=False)
+        assert "cmd.exe /c \ufffd x\ufffd" in text and "\ud800" not in text
+        _no_traceback(caplog)
+
+
+@pytest.mark.parametrize("document", ["ecs", "alert"])
+def test_jsonl_rejects_an_alert_too_deep_to_encode_alone_and_writes_a_lone_surrogate(tmp_path, document, caplog):
+    path = tmp_path / "alerts.jsonl"
+    out = build_output({"format": "jsonl", "path": str(path), "document": document})
+    batch = [ALERTS[0], _with_cmd(1, _deep()), _with_cmd(2, "a\udc80b \ud83d\ude00")]
+    with caplog.at_level(logging.DEBUG):
+        res = out.send_batch(batch)
+    assert res.outcome == OK and res.delivered == [IDS[0], IDS[2]]
+    assert list(res.rejected) == [IDS[1]]
+    assert res.rejected[IDS[1]].startswith("cannot encode: RecursionError: ")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    # one U+FFFD for the lone surrogate; the two halves of a pair make their character again
+    assert len(lines) == 2 and "a\ufffdb \U0001f600" in lines[1]
+    _no_traceback(caplog)
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "splunk_hec", "elasticsearch", "webhook", "jsonl"])
+def test_whatever_one_alerts_encoding_raises_rejects_that_alert_alone(fmt, tmp_path, monkeypatch):
+    """Not a list of exception types: any Exception the encoder raises for one alert (here a
+    LookupError and a RuntimeError from the ECS mapping) is that alert's rejection."""
+    import sensor.deliver.http as http_mod
+    import sensor.deliver.jsonl as jsonl_mod
+
+    real = http_mod.to_ecs
+
+    def picky(alert):
+        if alert["id"] == IDS[1]:
+            raise LookupError("no such thing")
+        if alert["id"] == IDS[2]:
+            raise RuntimeError("odd")
+        return real(alert)
+
+    monkeypatch.setattr(http_mod, "to_ecs", picky)
+    monkeypatch.setattr(jsonl_mod, "to_ecs", picky)
+    options = ({"format": "jsonl", "path": str(tmp_path / "a.jsonl")} if fmt == "jsonl"
+               else {"format": fmt, "url": "https://127.0.0.1:9/in", "token": "t"})
+    out = build_output(options)
+    if fmt == "jsonl":
+        res = out.send_batch(ALERTS[:4])
+        assert res.delivered == [IDS[0], IDS[3]]
+        rejected = res.rejected
+    else:
+        good, rejected = out.encode_each(ALERTS[:4])
+        assert [a["id"] for a, _ in good] == [IDS[0], IDS[3]]
+        out.close()
+    assert rejected == {IDS[1]: "cannot encode: LookupError: no such thing",
+                        IDS[2]: "cannot encode: RuntimeError: odd"}
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "jsonl"])
+def test_memory_error_while_encoding_is_not_the_alerts_fault(fmt, tmp_path, monkeypatch):
+    """Short of memory, no alert is rejected: the call raises and the batch stays spooled."""
+    import sensor.deliver.http as http_mod
+    import sensor.deliver.jsonl as jsonl_mod
+
+    def starved(alert):
+        raise MemoryError()
+
+    monkeypatch.setattr(http_mod, "to_ecs", starved)
+    monkeypatch.setattr(jsonl_mod, "to_ecs", starved)
+    options = ({"format": "jsonl", "path": str(tmp_path / "a.jsonl")} if fmt == "jsonl"
+               else {"format": fmt, "url": "https://127.0.0.1:9/in"})
+    out = build_output(options)
+    with pytest.raises(MemoryError):
+        out.send_batch(ALERTS[:2])
+    out.close()
+    assert not (tmp_path / "a.jsonl").exists()
+
+
 def test_hec_envelopes_auth_and_health(receiver):
     seen = {}
     orig = receiver._dispatch

@@ -5,6 +5,7 @@ TLS, every alert arriving once, health documents and RFC 3164 for older collecto
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -499,16 +500,51 @@ def test_host_and_app_name_defaults():
     assert b" fixed edr - alert - " in out.encode_one(alert(1))
 
 
+def _deep(levels: int = 2000) -> list:
+    """A value nested past any encoder's recursion limit (Python's is 1000 frames)."""
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("syslog_format", ["rfc5424", "rfc3164"])
+@pytest.mark.parametrize("document", ["ecs", "alert"])
+def test_a_lone_surrogate_is_sent_and_an_alert_too_deep_to_encode_rejected_alone(document, syslog_format, caplog):
+    """docs/delivery.md "Formats": a lone UTF-16 surrogate (legal in a Windows command line)
+    goes out as U+FFFD; an alert the encoder cannot write, whatever it raised, is rejected
+    alone with the reason and the rest of its batch is sent, with no traceback in the log."""
+    col = _Collector()
+    out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True,
+                        "document": document, "syslog_format": syslog_format})
+    try:
+        batch = [alert(1), alert(2, cmd=_deep()), alert(3, cmd="x.exe \ud800 y\udfff"), alert(4)]
+        with caplog.at_level(logging.DEBUG):
+            res = out.send_batch(batch)
+        assert res.outcome == OK and res.delivered == ["a-00001", "a-00003", "a-00004"]
+        assert list(res.rejected) == ["a-00002"]
+        assert res.rejected["a-00002"].startswith("cannot encode: RecursionError: ")
+        out.close()
+        wait_for(lambda: col.received, "the collector's bytes")
+    finally:
+        out.close()
+        col.close()
+    got = b"".join(col.received)
+    assert b"a-00001" in got and b"a-00004" in got and b"a-00002" not in got
+    assert "x.exe \ufffd y\ufffd".encode() in got
+    assert not [r for r in caplog.records if r.exc_info] and "Traceback" not in caplog.text
+
+
 def test_alerts_that_cannot_be_encoded_are_rejected_alone():
     col = _Collector()
     out = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True,
                         "document": "alert"})
     try:
-        bad = dict(alert(1), extra="\ud800")                 # a lone surrogate: not UTF-8
+        bad = dict(alert(1), extra=_deep())                   # past the encoder's recursion limit
         res = out.send_batch([bad, alert(2)])
         assert res.outcome == OK and res.delivered == ["a-00002"]
         assert list(res.rejected) == ["a-00001"]
-        assert res.rejected["a-00001"].startswith("cannot encode: UnicodeEncodeError")
+        assert res.rejected["a-00001"].startswith("cannot encode: RecursionError: ")
         ecs = build_output({"format": "syslog", "url": f"tcp://127.0.0.1:{col.port}", "allow_http": True})
         res = ecs.send_batch([dict(alert(3), rule=5), alert(4)])   # no ECS document for that rule
         assert res.delivered == ["a-00004"] and res.rejected["a-00003"].startswith("cannot encode: AttributeError")

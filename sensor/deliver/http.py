@@ -40,8 +40,43 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def encode_json(obj: Any) -> bytes:
-    """Compact JSON bytes (msgspec)."""
-    return _ENCODER.encode(obj)
+    """Compact JSON bytes (msgspec). A lone UTF-16 surrogate (Windows allows them in command
+    lines; UTF-8 cannot carry one) becomes one U+FFFD: the alert is sent, never refused for it."""
+    try:
+        return _ENCODER.encode(obj)
+    except UnicodeEncodeError:
+        return _ENCODER.encode(_repair_text(obj))
+
+
+def _repair_text(value: Any) -> Any:
+    """``value`` with each lone surrogate in its text (keys included) replaced by U+FFFD; two
+    halves of a pair held as two characters are joined (the text as UTF-16 read it)."""
+    if isinstance(value, str):
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if isinstance(value, Mapping):
+        return {_repair_text(k): _repair_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_repair_text(v) for v in value]
+    return value
+
+
+def encode_failure(exc: Exception) -> str:
+    """The rejection reason of an alert whose encoding raised ``exc`` (type and message, bounded).
+
+    Every output encodes alert by alert and catches ``Exception`` there: whatever one alert
+    holds (a value nested past the encoder's recursion limit, a type it cannot write, a bug
+    its content triggers) rejects that alert alone, the rest of its batch goes on. Except
+    MemoryError: the process is short of memory, which is no fault of the alert; the call
+    raises and the batch stays in the spool for the next attempt. KeyboardInterrupt and
+    SystemExit are not ``Exception`` and pass as well.
+    """
+    if isinstance(exc, MemoryError):
+        raise exc
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot say what it is
+        text = "(no message)"
+    return f"cannot encode: {type(exc).__name__}: {text}"[:MAX_DETAIL]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -391,8 +426,8 @@ class HttpOutput:
         for alert in alerts:
             try:
                 good.append((alert, self.encode_one(alert)))
-            except (TypeError, ValueError, OverflowError, KeyError, AttributeError, msgspec.EncodeError) as exc:
-                bad[str(alert.get("id"))] = f"cannot encode: {type(exc).__name__}: {exc}"[:MAX_DETAIL]
+            except Exception as exc:  # noqa: BLE001 - that alert's rejection (encode_failure)
+                bad[str(alert.get("id"))] = encode_failure(exc)
         return good, bad
 
     def encode_one(self, alert: Mapping[str, Any]) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from .._files import open_private_fd
 from .protocol import OK, RETRY, SendResult
 from .ecs import to_ecs
-from .http import encode_json
+from .http import encode_failure, encode_json
 
 
 class JsonlOutput:
@@ -38,8 +38,8 @@ class JsonlOutput:
             try:
                 lines.append(encode_json(to_ecs(a) if ecs else dict(a)))
                 ids.append(str(a.get("id")))
-            except (TypeError, ValueError) as exc:
-                rejected[str(a.get("id"))] = f"cannot encode: {exc}"
+            except Exception as exc:  # noqa: BLE001 - that alert's rejection (encode_failure)
+                rejected[str(a.get("id"))] = encode_failure(exc)
         data = b"\n".join(lines) + b"\n" if lines else b""
         try:
             with self._lock:

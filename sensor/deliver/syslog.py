@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from .ecs import to_ecs
-from .http import classify_exception, encode_json, shutdown_socket
+from .http import classify_exception, encode_failure, encode_json, shutdown_socket
 from .protocol import OK, PARK, RETRY, SendResult
 from .tls import ConfigError, TLSConfig
 
@@ -271,8 +271,8 @@ class SyslogOutput:
             try:
                 frames.append(self.encode_one(a))
                 ids.append(str(a.get("id")))
-            except (TypeError, ValueError, OverflowError, KeyError, AttributeError, UnicodeError) as exc:
-                rejected[str(a.get("id"))] = f"cannot encode: {type(exc).__name__}: {exc}"[:300]
+            except Exception as exc:  # noqa: BLE001 - that alert's rejection (encode_failure)
+                rejected[str(a.get("id"))] = encode_failure(exc)
         if not frames:
             return SendResult(OK, rejected=rejected)
         data = b"".join(frames)

@@ -659,9 +659,16 @@ def test_an_option_error_of_the_tls_or_secret_layer_keeps_its_own_words():
 @pytest.mark.parametrize("value", ["many", [2], None.__class__])
 def test_an_option_of_the_wrong_type_is_a_configuration_error_not_a_crash(value):
     # build_output is also handed options by code, not only by the checked config file: a value
-    # that is not a number is refused as a configuration error, never raised as a TypeError.
-    with pytest.raises(ConfigError, match="bad output option"):
+    # that is not a number is refused as a configuration error naming the key, never raised as a
+    # TypeError.
+    with pytest.raises(ConfigError, match="^pool_maxsize: must be an integer"):
         _build(pool_maxsize=value)
+
+
+def test_an_option_the_builder_cannot_use_is_a_configuration_error_not_a_crash():
+    # right type, yet unusable (a NUL in a file name): still a configuration error
+    with pytest.raises(ConfigError, match="bad output option: .*null"):
+        _build(token_file="/tmp/a\0b")
 
 
 def test_abort_after_the_receiver_reset_a_pooled_connection_raises_nothing():

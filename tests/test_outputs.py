@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from sensor import cli
 from sensor.deliver.protocol import BISECT, OK, PARK, RESEND, RETRY, SPLIT, Output
 from sensor.deliver.tls import ConfigError
-from sensor.deliver.outputs import build_output
+from sensor.deliver.outputs import OPTION_KEYS, build_output
 from sensor.deliver.ecs import iso_time, to_ecs
 from sensor.deliver.http import HttpResponse, classify_status, parse_retry_after, safe_url
 from sensor.deliver.memory import MemoryOutput
@@ -685,6 +685,103 @@ def test_bad_options_are_config_errors(tmp_path):
         build_output({"url": "https://x", "pin_sha256": "abc"})
     with pytest.raises(ConfigError, match="ca_file"):
         build_output({"url": "https://x", "ca_file": str(tmp_path / "none.pem")})
+
+
+# Each key's documented type (docs/delivery.md "Configuration keys", the config file's types).
+_KEY_KIND = {
+    **dict.fromkeys(("insecure_skip_verify", "allow_http", "gzip"), "bool"),
+    **dict.fromkeys(("gzip_level", "pool_maxsize"), "int"),
+    **dict.fromkeys(("connect_timeout", "read_timeout"), "number"),
+    **dict.fromkeys(("path", "token_file", "hmac_secret_file", "ca_file", "client_cert", "client_key"), "path"),
+    "headers": "table",
+}
+_WRONG = {
+    "bool": [1, 0, "yes", "false", [True]],
+    "int": ["5", 1.5, True, [1]],
+    "number": ["5", True, [1.0], {"s": 1}],
+    "path": [5, True, ["a"], {"a": "b"}],
+    "table": [5, "X-A: b", ["X-A", "b"], True, {"X-A": 5}],
+    "text": [5, 1.5, True, ["a"], {"a": "b"}],
+}
+_BASE = {"ecs": {"url": "https://127.0.0.1:9/in"},
+         "splunk_hec": {"url": "https://127.0.0.1:9/in", "token": "t"},
+         "elasticsearch": {"url": "https://127.0.0.1:9/in"},
+         "webhook": {"url": "https://127.0.0.1:9/in"},
+         "syslog": {"url": "tls://127.0.0.1:6514"},
+         "jsonl": {"path": "alerts.jsonl"}}
+_TYPE_CASES = [(fmt, key, value) for fmt in _BASE for key in sorted(OPTION_KEYS - {"format"})
+               for value in _WRONG[_KEY_KIND.get(key, "text")]]
+
+
+@pytest.mark.parametrize("fmt,key,value", _TYPE_CASES, ids=[f"{f}-{k}-{v!r}" for f, k, v in _TYPE_CASES])
+def test_an_option_of_the_wrong_type_is_a_configuration_error_naming_its_key(fmt, key, value, tmp_path, monkeypatch):
+    """docs/delivery.md: every option of the wrong type (a number where a table goes, a list where
+    text goes, text where true/false goes) is a ConfigError that starts with the key: never a
+    raw TypeError, never a value silently turned into something else (``allow_http = "no"``
+    is not true). build_output and each format's from_options alike."""
+    monkeypatch.chdir(tmp_path)
+    options = dict(_BASE[fmt], format=fmt)
+    options[key] = value
+    with pytest.raises(ConfigError) as caught:
+        build_output(options)
+    assert str(caught.value).startswith(key), str(caught.value)
+    if fmt in ("ecs", "splunk_hec", "elasticsearch", "webhook", "syslog"):
+        from sensor.deliver.elastic import ElasticsearchOutput
+        from sensor.deliver.http import EcsNdjsonOutput
+        from sensor.deliver.splunk import SplunkHecOutput
+        from sensor.deliver.syslog import SyslogOutput
+        from sensor.deliver.webhook import WebhookOutput
+        cls = {"ecs": EcsNdjsonOutput, "splunk_hec": SplunkHecOutput, "elasticsearch": ElasticsearchOutput,
+               "webhook": WebhookOutput, "syslog": SyslogOutput}[fmt]
+        with pytest.raises(ConfigError) as caught:
+            cls.from_options(options)
+        assert str(caught.value).startswith(key), str(caught.value)
+
+
+def test_option_type_errors_never_show_the_value():
+    # a secret given with the wrong type is still a secret: the error names its type only
+    with pytest.raises(ConfigError) as caught:
+        build_output({"url": "https://127.0.0.1:9/in", "token": 8675309123})
+    assert str(caught.value) == "token: must be text, got a number"
+    with pytest.raises(ConfigError, match=r"^format: must be text, got a list$"):
+        build_output({"format": ["ecs"], "url": "https://127.0.0.1:9/in"})
+    with pytest.raises(ConfigError, match=r"^headers\.X-A: must be text, got a number$"):
+        build_output({"url": "https://127.0.0.1:9/in", "headers": {"X-A": 5}})
+    with pytest.raises(ConfigError, match=r"^headers: a name must be text, got a number$"):
+        build_output({"url": "https://127.0.0.1:9/in", "headers": {5: "b"}})
+
+
+def test_unset_options_and_right_types_build(tmp_path):
+    # None is an unset option; a path may be a path object; every type as documented builds
+    out = build_output({"url": "https://127.0.0.1:9/in", "token": None, "headers": {"X-A": "b"},
+                        "gzip": False, "allow_http": False, "gzip_level": 3, "connect_timeout": 2,
+                        "read_timeout": 2.5, "pool_maxsize": 4, "index": "i"})
+    out.close()
+    assert build_output({"format": "jsonl", "path": tmp_path / "a.jsonl"}).path == tmp_path / "a.jsonl"
+
+
+@pytest.mark.parametrize("key,value", [("connect_timeout", 0), ("connect_timeout", -1),
+                                       ("read_timeout", 0), ("read_timeout", 3601), ("connect_timeout", 601)])
+def test_syslog_timeouts_out_of_range_are_configuration_errors(key, value):
+    with pytest.raises(ConfigError, match=f"^{key} must be a number of seconds above 0"):
+        build_output({"format": "syslog", "url": "tls://127.0.0.1:6514", key: value})
+
+
+def test_jsonl_document_is_ecs_or_alert(tmp_path):
+    with pytest.raises(ConfigError, match="document must be ecs or alert"):
+        build_output({"format": "jsonl", "path": str(tmp_path / "a.jsonl"), "document": "xml"})
+
+
+def test_config_test_names_a_wrongly_typed_output_key_without_a_traceback(tmp_path, capsys):
+    """README "Configuration": ``config test`` lists each problem with its key; exit 2."""
+    cfg = tmp_path / "sensor.toml"
+    cfg.write_text('[output]\nformat = "ecs"\nurl = "https://127.0.0.1:9/in"\ntoken = "t"\n'
+                   'headers = 5\nallow_http = "no"\n')
+    os.chmod(cfg, 0o600)
+    code = cli.main(["config", "test", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "output.headers" in err and "output.allow_http" in err and "Traceback" not in err
 
 
 # -- local outputs ---------------------------------------------------------------------------------

@@ -348,6 +348,8 @@ def classify_status(resp: HttpResponse) -> str:
 
 
 def _common_kwargs(options: Mapping[str, Any]) -> dict:
+    from .outputs import check_option_types
+    check_option_types(options)
     url = options.get("url")
     if not url:
         raise ConfigError("url is required for this format")

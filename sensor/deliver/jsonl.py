@@ -23,6 +23,9 @@ class JsonlOutput:
     name = "jsonl"
 
     def __init__(self, path: str | os.PathLike, document: str = "ecs") -> None:
+        if document not in ("ecs", "alert"):
+            from .tls import ConfigError
+            raise ConfigError("document must be ecs or alert")
         self.path = Path(path)
         self.document = document
         self._lock = threading.Lock()

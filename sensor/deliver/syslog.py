@@ -160,9 +160,16 @@ class SyslogOutput:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "SyslogOutput":
+        from .outputs import check_option_types
+        check_option_types(options)
         url = options.get("url")
         if not url:
             raise ConfigError("format syslog needs url (tls://host:port)")
+        for key, top in (("connect_timeout", 600.0), ("read_timeout", 3600.0)):
+            value = options.get(key)
+            if value is not None and not 0 < value <= top:
+                raise ConfigError(f"{key} must be a number of seconds above 0 and at most {top:g}, "
+                                  f"got {value!r}")
         return cls(str(url), TLSConfig.from_options(options),
                    allow_plaintext=bool(options.get("allow_http", False)),
                    syslog_format=str(options.get("syslog_format") or "rfc5424"),

@@ -45,9 +45,9 @@ class WebhookOutput(HttpOutput):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "WebhookOutput":
+        kw = _common_kwargs(options)    # first: it checks every option's type
         return cls(hmac_secret=load_secret(options, "hmac_secret"),
-                   signature_header=options.get("signature_header") or SIGNATURE_HEADER,
-                   **_common_kwargs(options))
+                   signature_header=options.get("signature_header") or SIGNATURE_HEADER, **kw)
 
     def body(self, encoded: Sequence[bytes]) -> bytes:
         return b'{"alerts":[' + b",".join(encoded) + b"]}"

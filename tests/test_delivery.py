@@ -194,6 +194,44 @@ def test_413_splits_the_batch_and_all_arrive(receiver, spool):
     assert st["splits"] >= 1 and st["batch_cap"] <= 7 and st["dead_lettered"] == 0
 
 
+@pytest.mark.parametrize("fmt", ["ecs", "jsonl"])
+def test_an_alert_the_output_cannot_encode_goes_to_dead_letter_alone(receiver, spool, fmt, tmp_path,
+                                                                        monkeypatch, caplog):
+    # docs/delivery.md "Formats": whatever one alert's encoding raises (here RecursionError, as
+    # a value nested past the encoder's limit raises on the forwarder's stack), that alert goes
+    # to dead-letter with the reason, every other alert of its batch is delivered, and the log
+    # holds no traceback.
+    import sensor.deliver.http as http_mod
+    import sensor.deliver.jsonl as jsonl_mod
+    batch = alerts(20)
+    poison = batch[7]["id"]
+    real = http_mod.to_ecs
+
+    def deep(alert):
+        if alert.get("id") == poison:
+            raise RecursionError("maximum recursion depth exceeded while serializing an object")
+        return real(alert)
+
+    monkeypatch.setattr(http_mod, "to_ecs", deep)
+    monkeypatch.setattr(jsonl_mod, "to_ecs", deep)
+    spool.put_many(batch)
+    path = tmp_path / "out.jsonl"
+    out = build_output({"format": "jsonl", "path": str(path)}) if fmt == "jsonl" else output_for(receiver)
+    with caplog.at_level(logging.DEBUG):
+        fwd = run_forwarder(spool, out)
+        try:
+            assert fwd.wait_drained(30)   # 30 s only guards a hang
+        finally:
+            fwd.stop()
+            out.close()
+    dead = spool.dead_letters()
+    assert [d["id"] for d in dead] == [poison]
+    assert dead[0]["reason"].startswith("cannot encode: RecursionError: maximum recursion depth")
+    got = receiver.ids() if fmt == "ecs" else [json.loads(x)["event"]["id"] for x in path.read_text().splitlines()]
+    assert sorted(got) == sorted(a["id"] for a in batch if a["id"] != poison)
+    assert not [r for r in caplog.records if r.exc_info] and "Traceback" not in caplog.text
+
+
 @pytest.mark.parametrize("fmt", ["ecs", "splunk_hec", "elasticsearch", "webhook"])
 def test_400_poison_alert_goes_to_dead_letter_rest_delivered(receiver, spool, fmt):
     batch = alerts(40)

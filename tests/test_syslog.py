@@ -18,6 +18,7 @@ import pytest
 from sensor.deliver.forwarder import DeliveryConfig, Forwarder
 from sensor.deliver.health import health_alert, health_document
 from sensor.deliver.outputs import build_output
+from sensor.deliver.tls import ConfigError
 from sensor.deliver.protocol import OK, PARK, RETRY
 from sensor.deliver.spool import Spool
 from sensor.deliver.syslog import (format_3164, format_5424, frame_lf, frame_octet_counting,
@@ -498,6 +499,34 @@ def test_host_and_app_name_defaults():
     assert b" host_one etw-sensor - alert - " in frame       # the alert's own host, the default app
     out = SyslogOutput("tcp://127.0.0.1:9", allow_plaintext=True, app_name="edr", hostname="fixed")
     assert b" fixed edr - alert - " in out.encode_one(alert(1))
+
+
+@pytest.mark.parametrize("key,value", [("connect_timeout", 0), ("connect_timeout", -1),
+                                       ("connect_timeout", 600.5), ("read_timeout", 0),
+                                       ("read_timeout", -0.5), ("read_timeout", 3600.5),
+                                       ("connect_timeout", float("nan")), ("read_timeout", float("inf"))])
+def test_syslog_timeouts_out_of_range_are_configuration_errors(key, value):
+    # docs/delivery.md: connect_timeout 0.01-600 s, read_timeout 0.01-3600 s (a negative one
+    # used to fail every send instead of the configuration)
+    with pytest.raises(ConfigError, match=f"^{key} must be a number of seconds above 0"):
+        build_output({"format": "syslog", "url": "tls://127.0.0.1:6514", key: value})
+
+
+def test_syslog_timeouts_at_their_bounds_are_taken():
+    from sensor.deliver.syslog import SyslogOutput
+    for connect, read in ((600, 3600), (0.01, 0.01), (600.0, 3600.0)):
+        out = SyslogOutput.from_options({"url": "tls://127.0.0.1:6514", "connect_timeout": connect,
+                                         "read_timeout": read})
+        assert (out.connect_timeout, out.send_timeout) == (connect, read)
+        out.close()
+
+
+def test_syslog_options_of_the_wrong_type_are_configuration_errors_naming_the_key():
+    from sensor.deliver.syslog import SyslogOutput
+    for key, value in (("syslog_facility", 5), ("allow_http", "yes"), ("connect_timeout", "5"),
+                       ("ca_file", 5), ("syslog_app_name", ["a"])):
+        with pytest.raises(ConfigError, match=f"^{key}: must be"):
+            SyslogOutput.from_options({"url": "tls://127.0.0.1:6514", key: value})
 
 
 def _deep(levels: int = 2000) -> list:

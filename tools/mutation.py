@@ -144,6 +144,9 @@ MODULES: dict[str, list[str]] = {
                                "tests/test_sigma_refusals.py", "tests/test_matcher.py"],
     "sensor/detect/backtrack.py": ["tests/test_regex.py", "tests/test_rule_bounds.py",
                                    "tests/test_matcher.py"],
+    # the compiled matcher's prefilter (anchors, required literals): a wrong one misses matches
+    "sensor/detect/index.py": ["tests/test_matcher.py", "tests/test_regex.py",
+                               "tests/test_matcher_parity.py"],
     # a damaged spool's alerts, read back
     "sensor/deliver/salvage.py": ["tests/test_salvage_bounds.py", "tests/test_faults_damage.py",
                                   "tests/test_spool_contract.py"],

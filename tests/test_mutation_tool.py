@@ -342,6 +342,18 @@ def test_a_resumed_run_keeps_what_was_finished_and_runs_only_the_pending_mutants
     assert ran == ids[1:]                                  # only the pending ones ran
     assert again["mutants"][0]["seconds"] == 12345.0       # the finished one is kept as it was
     assert all(m["outcome"] == "killed" for m in again["mutants"])
+    # --survivors: a mutant that survived (before a test was written for it) runs again, the
+    # killed ones are kept as they were
+    saved = json.loads(out.read_text())
+    saved["mutants"][2]["outcome"] = "survived"
+    out.write_text(json.dumps(saved))
+    ran.clear()
+    args.resume, args.survivors = False, True
+    third = tool.run_module("mutdemo_pkg/mod.py", args, [])
+    assert ran == [ids[2]]
+    assert third["mutants"][0]["seconds"] == 12345.0
+    assert all(m["outcome"] == "killed" for m in third["mutants"])
+    args.survivors = False
     # stopped during its second mutant (SIGTERM, ^C: the runner's _stop raises SystemExit): the
     # first one's outcome is saved, the rest stay pending for --resume
     args.resume = False

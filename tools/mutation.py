@@ -8,6 +8,7 @@
     python tools/mutation.py --check sensor/detect/ir.py OPERATOR#N     run its tests on it
     python tools/mutation.py --sample 200 sensor/deliver/spool.py      a seeded random sample of 200
     python tools/mutation.py --resume sensor/detect/ir.py               continue a stopped run
+    python tools/mutation.py --survivors sensor/detect/ir.py            its survivors again, after new tests
 
 Mutants come from cosmic-ray's operators (a curated subset, ``OPERATORS``); the runner is ours,
 because a fresh interpreter per mutant costs more than most mutants' tests on a shared 2-core
@@ -772,11 +773,16 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
 
     sha = hashlib.sha256(original.encode()).hexdigest()
     out = RESULTS / f"{module_key(module)}.json"
-    if args.resume and out.exists():
+    again = getattr(args, "survivors", False)
+    if (args.resume or again) and out.exists():
         old = json.loads(out.read_text())
+        flag = "--survivors" if again else "--resume"
         if old["source_sha256"] != sha:
-            raise SystemExit(f"--resume: {module} changed since its last results; run it afresh")
-        finished = {x["id"]: x for x in old["mutants"] if x["outcome"] != "pending"}
+            raise SystemExit(f"{flag}: {module} changed since its last results; run it afresh")
+        # --survivors: the tests changed since (new ones written for the survivors), the code did
+        # not; every mutant that survived runs again, the rest keep their outcome
+        rerun = ("pending", "survived") if again else ("pending",)
+        finished = {x["id"]: x for x in old["mutants"] if x["outcome"] not in rerun}
         for m in mutants:
             x = finished.get(m.id)
             if x is not None and x["original"] == m.original and x["mutated"] == m.mutated:
@@ -1060,6 +1066,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="keep the finished mutants of the module's last results (same source) "
                          "and run only the pending ones (a stopped run continued)")
+    ap.add_argument("--survivors", action="store_true",
+                    help="run again only the mutants that survived in the module's last results "
+                         "(same source), with the tests as they are now (after tests were written "
+                         "for them); the other outcomes are kept")
     ap.add_argument("--fail-under", action="store_true",
                     help="exit 1 when a module scores below the target or has an unlisted survivor")
     args = ap.parse_args(argv)

@@ -586,6 +586,36 @@ def test_process_stop_every_layout_and_every_truncation():
         assert_stop_agrees(ver, payload)
 
 
+def test_process_stop_reads_every_known_layout_without_the_full_decoder(monkeypatch):
+    """The lean read's promise: a well-formed ProcessStop of every layout the module knows is
+    answered from its fixed head, without building the full decoder's fields (the full decoder
+    is only the fallback for what the lean read does not accept)."""
+    full_calls = []
+    real = PayloadDecoder.kernel_process
+
+    def counting(self, *a, **k):
+        full_calls.append(a)
+        return real(self, *a, **k)
+    monkeypatch.setattr(PayloadDecoder, "kernel_process", counting)
+    versions = sorted(ver for eid, ver in KP_ROWS if eid == 2)
+    assert versions[0] == 0
+    for ver in versions:
+        _, fields = KP_ROWS[(2, ver)]
+        vals = sample_values(fields, 13)
+        for name in ("ImageName",):        # the shortest ImageName too: its terminator right after the head
+            for image in (vals.get(name, ""), ""):
+                payload = encode(fields, {**vals, name: image})
+                dec = PayloadDecoder(compiled=False)
+                ids = dec.process_stop(ver, payload)
+                assert ids is not None and ids[0] == vals["ProcessID"], (ver, image)
+                assert dec.stats()["decoded"] == 1
+    assert full_calls == []
+    # and what it does not accept still reaches the full decoder (a cut head)
+    _, fields = KP_ROWS[(2, versions[-1])]
+    PayloadDecoder(compiled=False).process_stop(versions[-1], encode(fields, sample_values(fields, 13))[:8])
+    assert len(full_calls) == 1
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(STOP_KEYS), st.data())
 def test_process_stop_equals_the_full_decoder_on_random_values(key, data):

@@ -773,6 +773,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
 
     sha = hashlib.sha256(original.encode()).hexdigest()
     out = RESULTS / f"{module_key(module)}.json"
+    prior_seconds = 0.0
     again = getattr(args, "survivors", False)
     if (args.resume or again) and out.exists():
         old = json.loads(out.read_text())
@@ -783,6 +784,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
         # not; every mutant that survived runs again, the rest keep their outcome
         rerun = ("pending", "survived") if again else ("pending",)
         finished = {x["id"]: x for x in old["mutants"] if x["outcome"] not in rerun}
+        prior_seconds = float(old.get("seconds") or 0.0)     # the run time is the sum of the parts
         for m in mutants:
             x = finished.get(m.id)
             if x is not None and x["original"] == m.original and x["mutated"] == m.mutated:
@@ -795,7 +797,7 @@ def run_module(module: str, args, entries: list[dict]) -> dict:
         result = {
             "module": module, "tests": tests, "source_sha256": sha,
             "baseline_seconds": round(base, 2), "timeout": timeout,
-            "seconds": round(time.monotonic() - t_start, 1),
+            "seconds": round(prior_seconds + time.monotonic() - t_start, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M"),
             "lines": [list(args.lines)] if args.lines else None,
             "partial": done < len(mutants),

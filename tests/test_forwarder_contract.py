@@ -823,3 +823,230 @@ def test_a_worker_never_waits_for_another_ones_confirmation_retry(spool, clock):
         assert not t.is_alive()
     finally:
         fwd._confirm_lock.release()
+
+
+# -- what a round counts as accepted (docs: "Failure handling", 400 that names no alert) --------
+
+def test_a_round_with_a_partial_delivery_is_no_failed_round(spool, clock):
+    # docs: "A round of several requests in which the receiver accepted nothing is a failed round";
+    # an answer that stores some alerts of the batch (protocol: `delivered`, whatever the outcome
+    # says about the others) is an acceptance, so an alert rejected alone after it is only set aside
+    ids = [alert(i)["id"] for i in range(3)]
+    answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
+                               error="HTTP 400"),
+                    SendResult(BISECT, status=400, error="HTTP 400")])       # the rest alone
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(3)])
+    assert fwd.step() == 0.0                     # no back-off
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 0 and st["sent"] == 1 and st["rejected_alone"] == 1
+    assert out.calls == [ids, [ids[2]]]
+    assert spool.ids() == [ids[2]] and [d["id"] for d in spool.dead_letters()] == [ids[1]]
+
+
+def test_an_acceptance_early_in_a_round_still_counts_after_later_rejections(spool, clock):
+    # the first half is accepted, then the second half and each of its alerts alone answer 400:
+    # the receiver accepted something in this round, so it is no failed round
+    ids = [alert(i)["id"] for i in range(3)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # all three
+                    None,                                                     # the first: accepted
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the other two
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # each alone
+                    SendResult(BISECT, status=400, error="HTTP 400")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(3)])
+    assert fwd.step() == 0.0
+    assert out.calls == [ids, [ids[0]], ids[1:], [ids[1]], [ids[2]]]
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 0 and st["rejected_alone"] == 2
+    assert spool.ids() == ids[1:] and spool.dead_letters() == []   # set aside, not dead-lettered
+
+
+def test_a_partial_delivery_is_the_acceptance_a_second_verdict_needs(spool, clock):
+    # docs: an alert rejected alone goes to dead-letter when it is rejected alone again "after the
+    # receiver accepted something in between": an answer that stored one alert of its batch did
+    ids = [alert(i)["id"] for i in range(3)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # all three
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
+                    SendResult(RESEND, status=400, delivered=[ids[1]], rejected={ids[2]: "bad field"},
+                               error="HTTP 400"),                            # the other two
+                    SendResult(BISECT, status=400, error="HTTP 400")])       # the first again
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(3)])
+    assert fwd.step() == 0.0
+    assert out.calls == [ids, [ids[0]], ids[1:], [ids[0]]]      # asked again at once
+    assert sorted(d["id"] for d in spool.dead_letters()) == [ids[0], ids[2]]
+    assert spool.depth() == 0 and fwd.stats()["sent"] == 1
+
+
+def test_an_alert_listed_as_delivered_is_delivered_whatever_the_outcome(spool, clock):
+    # protocol: the outcome is for the alerts a result does not list as delivered or rejected;
+    # an alert set aside and asked again that the answer lists as delivered is delivered, never
+    # dead-lettered or sent again
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
+                    None,                                                     # the second: accepted
+                    SendResult(RESEND, status=400, delivered=[ids[0]], error="HTTP 400")])
+    delivered: list = []
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9), clock=clock,
+                    rng=lambda: 1.0, on_delivered=delivered.extend)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 0.0
+    assert len(out.calls) == 4 and delivered == [ids[1], ids[0]]
+    assert spool.depth() == 0 and spool.dead_letters() == []
+    st = fwd.stats()
+    assert st["sent"] == 2 and st["dead_lettered"] == 0 and st["consecutive_failures"] == 0
+
+
+# -- dead letters say why (docs: "spool dead" lists rejected alerts "with their reason and HTTP
+#    status"; the reason carries the receiver's error and the excerpt of its answer) ------------
+
+def test_a_single_alert_too_large_is_dead_lettered_with_the_receivers_words(spool, clock):
+    # docs: "413: ... A single alert that still gets 413 goes to dead-letter"
+    error, detail = "HTTP 413 from https://siem.example/ingest", "body over the 1 MiB limit"
+    out = MemoryOutput(lambda b: SendResult(SPLIT, status=413, error=error, detail=detail))
+    fwd = forwarder(spool, out, clock)
+    spool.put(alert(1))
+    assert fwd.step() == 0.0
+    (d,) = spool.dead_letters()
+    assert d["id"] == alert(1)["id"] and d["status"] == 413
+    assert "too large" in d["reason"] and error in d["reason"] and detail in d["reason"]
+    assert spool.depth() == 0 and len(out.calls) == 1
+
+
+def test_an_alert_set_aside_then_too_large_alone_is_dead_lettered_with_the_error(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    error = "HTTP 413 from https://siem.example/ingest"
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
+                    None,                                                     # the second: accepted
+                    SendResult(SPLIT, status=413, error=error)])             # the first again: 413
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 0.0
+    (d,) = spool.dead_letters()
+    assert d["id"] == ids[0] and d["status"] == 413
+    assert "too large" in d["reason"] and error in d["reason"]
+    assert spool.depth() == 0 and out.calls[-1] == [ids[0]]
+
+
+def test_a_second_lone_rejection_is_dead_lettered_with_the_receivers_words(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    error, detail = "HTTP 400 from https://siem.example/ingest", '{"error": "field event.n: not a date"}'
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
+                    None,                                                     # the second: accepted
+                    SendResult(BISECT, status=400, error=error, detail=detail)])   # alone again
+    fwd = forwarder(spool, MemoryOutput(lambda b: next(answers, None)), clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 0.0
+    (d,) = spool.dead_letters()
+    assert d["id"] == ids[0] and d["status"] == 400
+    assert "rejected alone twice" in d["reason"] and error in d["reason"] and detail in d["reason"]
+
+
+# -- the workers' waits --------------------------------------------------------------------------
+
+def test_an_idle_poll_that_finds_no_new_alert_does_not_linger(spool, clock):
+    # docs: the linger is the wait of a forwarder "woken by a commit"; the poll that finds nothing
+    # new goes back to its upkeep at once ("every second while the spool ... is in its disk-full
+    # state"), it does not wait a linger on top
+    fwd = forwarder(spool, MemoryOutput(), clock, linger=5.0, poll_interval=30.0)
+    assert fwd.step() is IDLE                    # the first upkeep ran; the next is not due
+    spool._full_since = clock()                  # the disk-full state: polls every second
+    waits: list = []
+    new = [0]
+
+    def wait_for_data(mark, timeout):
+        waits.append(("poll", timeout))
+        fwd._stop_event.set()
+        return mark + new[0]
+
+    def wait_for_volume(since, rows, nbytes, timeout, done=None):
+        waits.append(("linger", timeout))
+        return False
+
+    spool.wait_for_data = wait_for_data
+    spool.wait_for_volume = wait_for_volume
+    fwd._loop()                                  # nothing new: back to the upkeep
+    assert waits == [("poll", 1.0)]
+    new[0] = 1                                   # a commit woke it: the batch fills for the linger
+    fwd._stop_event.clear()
+    fwd._loop()
+    spool._full_since = None
+    assert waits == [("poll", 1.0), ("poll", 1.0), ("linger", 5.0)]
+
+
+def test_the_second_worker_helps_each_time_it_is_called_until_stop(spool, clock):
+    # docs: the second worker "joins only when the first one's fetch left rows behind"; after
+    # that work it sleeps again until the next such fetch, and ends on stop only
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, batch_size=1)
+    changed, asleep, ended = threading.Event(), threading.Event(), threading.Event()
+
+    class Watched(threading.Event):
+        def wait(self, timeout=None):
+            asleep.set()
+            changed.set()
+            return super().wait(timeout)
+
+    def work():
+        try:
+            fwd._loop(None)
+        finally:
+            ended.set()
+            changed.set()
+
+    fwd._help = Watched()
+    helper = threading.Thread(target=work, daemon=True)
+    helper.start()
+    try:
+        assert changed.wait(60) and asleep.is_set()          # 60 s guards a hang only
+        for rnd in range(2):
+            asleep.clear()
+            changed.clear()
+            spool.put_many([alert(3 * rnd + i) for i in range(3)])
+            assert fwd.step() == 0.0                 # one alert; rows left behind: help called
+            assert changed.wait(60)
+            assert not ended.is_set() and asleep.is_set()   # helped (the other two), asleep again
+            assert sorted(out.ids) == [alert(i)["id"] for i in range(3 * rnd + 3)]
+            assert spool.depth() == 0
+    finally:
+        fwd.stop()
+        helper.join(60)
+    assert not helper.is_alive()
+
+
+# -- confirmations the disk refuses, again ---------------------------------------------------------
+
+def test_a_dead_letter_refused_again_on_its_retry_waits_longer_and_delivery_goes_on(spool, clock, caplog):
+    # docs (Faults, disk full): "Delivery goes on. A confirmation the disk refuses is kept in
+    # memory ... and retried with back-off (0.25 s doubling)"; a fault is a state, not an error
+    ids = [alert(i)["id"] for i in range(3)]
+    answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
+                               item_status={ids[1]: 422})])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(0), alert(1)])
+    calls = refuse_once(spool, "dead_letter", times=2)
+    with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
+        assert fwd.step() == 0.0 and fwd.stats()["ack_pending"] == 1
+        spool.put(alert(2))
+        clock.t += 0.25
+        assert fwd.step() == 0.0                 # the retry refused again: the new alert goes out
+        assert len(calls) == 2 and out.ids == [ids[0], ids[2]]
+        st = fwd.stats()
+        assert st["ack_pending"] == 1 and st["ack_retry_in"] == 0.5     # the wait doubled
+        assert "still cannot record 1 delivered alert(s)" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        clock.t += 0.5
+        assert fwd.step() is IDLE
+    (d,) = spool.dead_letters()
+    assert d["id"] == ids[1] and d["reason"] == "bad field" and d["status"] == 422
+    assert spool.depth() == 0 and fwd.stats()["ack_pending"] == 0 and len(out.calls) == 2

@@ -74,6 +74,7 @@ def test_the_defaults_are_the_documented_ones():
     assert (cfg.backoff_base, cfg.backoff_cap) == (1.0, 300.0)
     assert cfg.park_interval == 60.0
     assert cfg.poll_interval == 30.0                    # "wakes every 30 s"
+    assert cfg.enforce_interval == 5.0                  # the age cap "at most every 5 s"
 
 
 @pytest.mark.parametrize("options, message", [
@@ -535,6 +536,7 @@ def test_every_alert_set_aside_counts_the_failed_attempt_of_an_outage(spool, clo
 def test_at_the_bound_of_unconfirmed_rows_nothing_more_is_sent_until_the_retry(spool, clock, monkeypatch):
     # MAX_UNCONFIRMED delivered rows waiting for disk space: the forwarder sends nothing more
     # (it would only add to what the disk cannot record) and waits for the next confirmation try
+    assert forwarder_mod.MAX_UNCONFIRMED == 100_000      # docs: "At most 100,000 such rows are kept"
     monkeypatch.setattr(forwarder_mod, "MAX_UNCONFIRMED", 2)
     out = MemoryOutput()
     fwd = forwarder(spool, out, clock)
@@ -596,6 +598,7 @@ def test_a_batch_of_exactly_the_byte_budget_is_full_and_does_not_wait_for_the_li
 
 def test_alerts_rejected_alone_are_remembered_up_to_a_bound(spool, clock, monkeypatch):
     # MAX_SUSPECTS alerts waiting for a second verdict at most: the oldest is forgotten first
+    assert forwarder_mod.MAX_SUSPECTS == 10_000          # docs: "At most 10,000 alerts are set aside"
     monkeypatch.setattr(forwarder_mod, "MAX_SUSPECTS", 2)
     out = MemoryOutput(lambda b: SendResult(BISECT, status=400, error="HTTP 400"))
     fwd = forwarder(spool, out, clock)

@@ -1053,3 +1053,49 @@ def test_a_dead_letter_refused_again_on_its_retry_waits_longer_and_delivery_goes
     (d,) = spool.dead_letters()
     assert d["id"] == ids[1] and d["reason"] == "bad field" and d["status"] == 422
     assert spool.depth() == 0 and fwd.stats()["ack_pending"] == 0 and len(out.calls) == 2
+
+
+# -- the linger (docs: "a partial batch is sent once its oldest alert has waited this long") -----
+
+def test_a_partial_batch_waits_for_the_linger_of_its_oldest_alert(spool, clock):
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, linger=5.0)
+    spool.put(alert(0))
+    clock.t += 3.0
+    spool.put(alert(1))
+    clock.t += 1.0
+    assert fwd.step() == 1.0 and out.calls == []      # the oldest waited 4 s of 5
+    clock.t += 1.0
+    assert fwd.step() == 0.0 and out.ids == [alert(0)["id"], alert(1)["id"]]
+
+
+def test_a_clock_that_stepped_back_never_holds_a_batch_past_the_linger(spool, clock):
+    # docs, latency bound: an alert reaches the output at most the linger (and the commit delay
+    # and one request) after it was committed, also when the clock was set back meanwhile
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, linger=5.0)
+    spool.put(alert(0))
+    clock.t -= 0.5                                    # the alert looks half a second younger than now
+    delay = fwd.step()
+    assert delay is not IDLE and 0.0 <= delay <= 5.0
+    clock.t += delay
+    fwd.step()
+    assert out.ids == [alert(0)["id"]]
+
+
+# -- stop ----------------------------------------------------------------------------------------
+
+def test_an_output_that_cannot_end_its_request_never_fails_the_stop(spool, clock, caplog):
+    # stop() ends a request in flight through the output's abort(); an abort that fails is said,
+    # and the stop goes on: the threads end, nothing raises to the caller
+    class Output(MemoryOutput):
+        def abort(self):
+            raise RuntimeError("connection already gone")
+
+    fwd = Forwarder(spool, Output(), DeliveryConfig(concurrency=1, linger=0.0, enforce_interval=1e9),
+                    clock=clock)
+    fwd.start()
+    with caplog.at_level(logging.ERROR, logger="sensor.delivery"):
+        fwd.stop(60)                             # 60 s guards a hang only
+    assert not fwd.is_alive()
+    assert "could not end the request in flight" in caplog.text

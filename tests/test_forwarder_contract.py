@@ -952,6 +952,8 @@ def test_a_second_lone_rejection_is_dead_lettered_with_the_receivers_words(spool
     (d,) = spool.dead_letters()
     assert d["id"] == ids[0] and d["status"] == 400
     assert "rejected alone twice" in d["reason"] and error in d["reason"] and detail in d["reason"]
+    st = fwd.stats()   # four requests: three refused (both, the first alone twice), two of them alone
+    assert st["requests"] == 4 and st["failed_attempts"] == 3 and st["rejected_alone"] == 2
 
 
 # -- the workers' waits --------------------------------------------------------------------------
@@ -1099,3 +1101,107 @@ def test_an_output_that_cannot_end_its_request_never_fails_the_stop(spool, clock
         fwd.stop(60)                             # 60 s guards a hang only
     assert not fwd.is_alive()
     assert "could not end the request in flight" in caplog.text
+
+
+# -- rounds, waits and the stop ------------------------------------------------------------------
+
+def test_an_unknown_outcome_after_a_lone_rejection_keeps_both(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
+                    SendResult("teapot", status=418, error="HTTP 418")])     # the second: unknown
+    fwd = forwarder(spool, MemoryOutput(lambda b: next(answers, None)), clock)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 1.0                     # one failed round, backed off
+    assert spool.ids() == ids and spool.dead_letters() == []
+    assert [it.attempts for it in spool.fetch(2)] == [1, 1]    # both counted the failed attempt
+
+
+def test_after_a_413_on_two_alerts_batches_hold_one(spool, clock):
+    # docs: "413: splits the batch in halves and sends smaller batches from then on"
+    answers = iter([SendResult(SPLIT, status=413, error="HTTP 413")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock, batch_size=8)
+    spool.put_many([alert(0), alert(1)])
+    assert fwd.step() == 0.0 and fwd.stats()["batch_cap"] == 1
+    spool.put_many([alert(2), alert(3)])
+    assert fwd.step() == 0.0
+    assert out.calls[3:] == [[alert(2)["id"]]]
+
+
+@pytest.mark.parametrize("base, aside", [(0.5, 0.5), (0.01, 0.05)])
+def test_an_alert_rejected_alone_is_set_aside_for_the_backoff_base_at_least_50_ms(spool, clock, base, aside):
+    # docs: set aside "for backoff_base_s, at least 0.05 s" after its first lone rejection
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock, backoff_base=base)
+    spool.put(alert(1))
+    assert fwd.step() == 0.0 and len(out.calls) == 1     # rejected alone: set aside
+    t0 = clock.t
+    clock.t = t0 + aside * 0.9
+    assert fwd.step() is IDLE and len(out.calls) == 1    # still set aside
+    clock.t = t0 + aside
+    assert fwd.step() == 0.0 and out.ids == [alert(1)["id"]]
+
+
+def test_a_request_the_stop_ended_is_no_failure_and_is_said_once_per_alert(spool, clock, caplog):
+    # docs (stop): a request still in flight is ended, "its alerts stay in the spool and are sent
+    # after the next start"; it is no failed attempt of the receiver and starts no back-off
+    ids = [alert(i)["id"] for i in range(2)]
+
+    def script(batch):
+        n = len(out.calls)
+        if n <= 2:                                # both, then the first alone: 400
+            return SendResult(BISECT, status=400, error="HTTP 400")
+        if n == 3:                                # the second: accepted
+            return None
+        fwd._stop_event.set()                     # the first asked again: stop() ends it
+        return SendResult(RETRY, error="request ended by the stop")
+
+    out = MemoryOutput(script)
+    fwd = forwarder(spool, out, clock)
+    spool.put_many([alert(i) for i in range(2)])
+    with caplog.at_level(logging.INFO, logger="sensor.delivery"):
+        assert fwd.step() == 0.0                  # no wait: not a failure
+    assert len(out.calls) == 4
+    assert "delivery of 1 alert(s) ended by the stop" in caplog.text
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 0 and st["retries"] == 0
+    assert spool.ids() == [ids[0]] and [it.attempts for it in spool.fetch(1)] == [0]
+
+
+@pytest.mark.parametrize("retry_after", [0.0, -5.0])
+def test_a_retry_after_that_is_due_already_is_no_wait(spool, clock, retry_after):
+    # docs: "Retry-After on 429/503 ... replaces the jittered wait": 0 s (or a date already past)
+    # means now, never a negative wait
+    answers = iter([SendResult(RETRY, status=503, retry_after=retry_after, error="HTTP 503")])
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = forwarder(spool, out, clock)
+    spool.put(alert(1))
+    assert fwd.step() == 0.0
+    st = fwd.stats()
+    assert st["next_attempt_in"] == 0.0 and st["consecutive_failures"] == 1
+    assert fwd.step() == 0.0 and out.ids == [alert(1)["id"]]
+
+
+@pytest.mark.parametrize("elapsed, left", [(0.2, 0.3), (1.0, 0.0)])
+def test_a_request_in_flight_when_its_round_failed_waits_only_what_is_left(spool, clock, elapsed, left):
+    # docs: "requests already in flight when a failure was counted belong to that round and do not
+    # count again, so the n-th failed round waits U(0, min(cap, base·2ⁿ⁻¹))": the round's one wait
+    ids = [alert(i)["id"] for i in range(2)]
+    inner: list = []
+
+    def script(batch):
+        if batch[0]["id"] == ids[0]:
+            inner.append(fwd.step())              # another worker's request fails meanwhile
+            clock.t += elapsed
+        return SendResult(RETRY, status=503, error="HTTP 503")
+
+    out = MemoryOutput(script)
+    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9, batch_size=1,
+                                               backoff_base=1.0), clock=clock, rng=lambda: 0.5)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == pytest.approx(left)
+    assert inner == [0.5] and out.calls == [[ids[0]], [ids[1]]]
+    st = fwd.stats()
+    assert st["consecutive_failures"] == 1 and st["next_attempt_in"] == pytest.approx(left)

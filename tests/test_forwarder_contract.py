@@ -1205,3 +1205,77 @@ def test_a_request_in_flight_when_its_round_failed_waits_only_what_is_left(spool
     assert inner == [0.5] and out.calls == [[ids[0]], [ids[1]]]
     st = fwd.stats()
     assert st["consecutive_failures"] == 1 and st["next_attempt_in"] == pytest.approx(left)
+
+
+@pytest.mark.parametrize("base, wait", [(0.5, 0.5), (0.01, 0.05)])
+def test_an_unexpected_error_is_tried_again_after_the_backoff_base_at_least_50_ms(spool, clock, base, wait):
+    # docs (Failure handling): an output that raises: the alerts are kept and tried again after
+    # backoff_base_s, at least 0.05 s
+    calls: list = []
+
+    def script(batch):
+        calls.append(1)
+        if len(calls) >= 50:                     # guards a spin only
+            fwd._stop_event.set()
+        raise RuntimeError("output bug")
+
+    fwd = forwarder(spool, MemoryOutput(script), clock, backoff_base=base, concurrency=1)
+    waits: list = []
+
+    def wait_(delay):
+        waits.append(delay)
+        fwd._stop_event.set()
+        return True
+
+    fwd._stop_event.wait = wait_
+    spool.put(alert(1))
+    fwd._loop()
+    assert waits == [wait] and len(calls) == 1 and spool.ids() == [alert(1)["id"]]
+    assert fwd.stats()["last_error"] == "RuntimeError: output bug"
+
+
+def test_a_worker_sleeps_through_a_backoff_shorter_than_a_second(spool, clock):
+    # the back-off is a wait: a worker sleeps until it is over instead of stepping again and again
+    out = MemoryOutput(lambda b: SendResult(RETRY, status=503, error="HTTP 503"))
+    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9, concurrency=1),
+                    clock=clock, rng=lambda: 0.5)
+    waits: list = []
+    steps: list = []
+
+    def wait_(delay):
+        waits.append(delay)
+        fwd._stop_event.set()
+        return True
+
+    real_step = fwd.step
+
+    def step():
+        steps.append(1)
+        if len(steps) >= 50:                     # guards a spin only
+            fwd._stop_event.set()
+        return real_step()
+
+    fwd._stop_event.wait = wait_
+    fwd.step = step
+    spool.put(alert(1))
+    fwd._loop()
+    assert waits == [0.5] and len(steps) == 1 and len(out.calls) == 1
+
+
+def test_after_a_drain_a_partial_batch_lingers_again(spool, clock):
+    # wait_drained(): "Meanwhile no batch waits for its linger"; once it returned, batches do
+    out = MemoryOutput()
+    fwd = forwarder(spool, out, clock, linger=5.0)
+    assert fwd.wait_drained(60)                  # nothing spooled: drained at once
+    spool.put(alert(1))
+    assert fwd.step() == 5.0 and out.calls == []
+
+
+def test_stop_waits_for_the_forwarder_thread_10_s_at_most(spool, clock):
+    # docs/threads.md: the forwarder's stop is bounded by its join, 10 s
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    joins: list = []
+    fwd.is_alive = lambda: True                  # a thread that does not end
+    fwd.join = lambda timeout=None: joins.append(timeout)
+    fwd.stop()
+    assert joins == [10.0]

@@ -1279,3 +1279,53 @@ def test_stop_waits_for_the_forwarder_thread_10_s_at_most(spool, clock):
     fwd.join = lambda timeout=None: joins.append(timeout)
     fwd.stop()
     assert joins == [10.0]
+
+
+def test_the_forwarder_thread_ends_only_after_its_workers(spool):
+    # docs/threads.md: the forwarder's stop is bounded by its join; that join covers every worker,
+    # so a forwarder thread that ended leaves no worker delivering behind it
+    changed, joining, ended, helper_in, main_in, release = (threading.Event() for _ in range(6))
+
+    class Output(MemoryOutput):
+        def send_batch(self, alerts):
+            if threading.current_thread().name == "sensor-forwarder":
+                helper_in.wait(60)                # (guards a hang only) the other worker joins first
+                main_in.set()                     # (the workers are all started by now)
+            else:
+                helper_in.set()
+                release.wait(60)                  # a request of the second worker, in flight
+            return super().send_batch(alerts)
+
+    fwd = Forwarder(spool, Output(), DeliveryConfig(concurrency=2, batch_size=1, linger=0.0))
+    real_run = fwd.run
+
+    def run():
+        try:
+            real_run()
+        finally:
+            ended.set()
+            changed.set()
+
+    fwd.run = run
+    spool.put_many([alert(i) for i in range(4)])
+    fwd.start()
+    try:
+        assert helper_in.wait(60) and main_in.wait(60)
+        (worker,) = fwd._workers
+        real_join = worker.join
+
+        def join(timeout=None):
+            joining.set()
+            changed.set()
+            return real_join(timeout)
+
+        worker.join = join
+        fwd._stop_event.set()                     # what stop() does, before its own join
+        fwd._help.set()
+        spool.wake()
+        assert changed.wait(60)
+        assert joining.is_set() and not ended.is_set()   # it waits for the worker in flight
+    finally:
+        release.set()
+        fwd.stop(60)
+    assert not fwd.is_alive() and not worker.is_alive()

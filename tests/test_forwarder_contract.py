@@ -120,7 +120,7 @@ def test_stats_never_raise_when_the_spool_cannot_be_read(spool, clock):
     assert st["spool_depth"] == 0
 
 
-def test_a_park_counts_one_failed_attempt_and_keeps_everything(spool, clock):
+def test_a_park_counts_one_failed_attempt_and_keeps_everything(spool, clock, caplog):
     out = MemoryOutput(lambda b: SendResult(PARK, status=401, error="HTTP 401 token refused"))
     fwd = forwarder(spool, out, clock)
     spool.put_many([alert(i) for i in range(3)])
@@ -137,7 +137,11 @@ def test_a_park_counts_one_failed_attempt_and_keeps_everything(spool, clock):
 
     spool.depth = unreadable
     clock.t += 50
-    assert fwd.step() == 60.0 and len(out.calls) == 2      # the log line's count is unknown: no error
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="sensor.deliver.forwarder"):
+        assert fwd.step() == 60.0 and len(out.calls) == 2  # the log line's count is unknown: no error
+    (line,) = [r.getMessage() for r in caplog.records if "PARKED" in r.getMessage()]
+    assert "an unknown number of alert(s) kept in the spool" in line, line
     del spool.depth
 
 
@@ -904,6 +908,31 @@ def test_an_alert_listed_as_delivered_is_delivered_whatever_the_outcome(spool, c
     assert spool.depth() == 0 and spool.dead_letters() == []
     st = fwd.stats()
     assert st["sent"] == 2 and st["dead_lettered"] == 0 and st["consecutive_failures"] == 0
+
+
+def test_an_alert_set_aside_and_rejected_by_name_in_a_200_answer_is_dead_lettered(spool, clock):
+    # protocol: an alert the result lists as rejected is rejected, whatever the outcome (an
+    # Elasticsearch bulk answer is a 200 whose item for that alert is a 400); an alert set aside
+    # after a lone 400 and rejected by name when asked again is dead-lettered with the
+    # receiver's reason and its item's status: never counted as sent, never lost
+    ids = [alert(i)["id"] for i in range(2)]
+    why = "item 400 mapper_parsing_exception: failed to parse field [process.pid]"
+    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
+                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
+                    None,                                                     # the second: accepted
+                    SendResult(OK, status=200, rejected={ids[0]: why}, item_status={ids[0]: 400})])
+    delivered: list = []
+    out = MemoryOutput(lambda b: next(answers, None))
+    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9), clock=clock,
+                    rng=lambda: 1.0, on_delivered=delivered.extend)
+    spool.put_many([alert(i) for i in range(2)])
+    assert fwd.step() == 0.0
+    assert len(out.calls) == 4 and delivered == [ids[1]]
+    assert spool.depth() == 0
+    (d,) = spool.dead_letters()
+    assert d["id"] == ids[0] and d["reason"] == why and d["status"] == 400
+    st = fwd.stats()
+    assert st["sent"] == 1 and st["dead_lettered"] == 1
 
 
 # -- dead letters say why (docs: "spool dead" lists rejected alerts "with their reason and HTTP

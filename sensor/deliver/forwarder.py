@@ -435,7 +435,10 @@ class Forwarder(threading.Thread):
                 last = first_result
                 continue
             result, seq = self._send([(item, alert)])
-            if result.outcome == OK or str(alert.get("id")) in result.delivered:
+            aid = str(alert.get("id"))
+            # an answer that names the alert decides it, whatever its outcome: a 200 whose item
+            # for it is a 400 (Elasticsearch's bulk answer) is a rejection, not a delivery
+            if aid in result.delivered or (result.outcome == OK and aid not in result.rejected):
                 accepted = True
                 self._ack([item.rowid])
                 self._note(sent=1, last_success_time=self.clock())
@@ -445,8 +448,9 @@ class Forwarder(threading.Thread):
             elif result.rejected or result.outcome in (BISECT, RESEND):
                 self._note(rejected_alone=1, failed_attempts=1, last_error=self._redact(result.error),
                            last_error_time=self.clock())
-                reason = next(iter(result.rejected.values()), None) or self._rejection_reason(result)
-                self._dead([(item.rowid, reason, result.status)])
+                reason = (result.rejected.get(aid) or next(iter(result.rejected.values()), None)
+                          or self._rejection_reason(result))
+                self._dead([(item.rowid, reason, result.item_status.get(aid, result.status))])
             elif result.outcome == SPLIT:
                 self._dead([(item.rowid, f"too large for the receiver (413 alone): {result.error or ''}".strip(),
                              result.status)])
@@ -493,9 +497,10 @@ class Forwarder(threading.Thread):
             delay = self.config.park_interval
             self._note(failed_attempts=1, parked=True, park_reason=error, last_error=error,
                        last_error_time=now, next_attempt_in=delay)
-            log.error("ALERT DELIVERY PARKED: %s. %d alert(s) kept in the spool, none dropped; fix the "
+            depth = self._depth()
+            log.error("ALERT DELIVERY PARKED: %s. %s alert(s) kept in the spool, none dropped; fix the "
                       "output configuration (token, CA file, pin, URL). Retrying every %.0f s.",
-                      error, self._depth(), delay)
+                      error, "an unknown number of" if depth is None else depth, delay)
             with self._lock:
                 self._resume_at = max(self._resume_at, now + delay)
             return delay
@@ -522,11 +527,12 @@ class Forwarder(threading.Thread):
         log.warning("alert delivery failed (%s); retry in %.2f s", error, delay)
         return delay
 
-    def _depth(self) -> int:
+    def _depth(self) -> int | None:
+        """The spool's depth, or None when the spool cannot say (it is in a fault)."""
         try:
             return self.spool.depth()
         except SpoolError:
-            return -1
+            return None
 
     # -- thread ---------------------------------------------------------------------------------
 
@@ -642,7 +648,12 @@ class Forwarder(threading.Thread):
             busy = bool(self._claims)
             settled = len(self._unconfirmed)
         memory = self.spool.fault_stats()   # alerts held on a full disk, or being committed now
-        return not busy and not memory["held"] and not memory["storing"] and self._depth() <= settled
+        if busy or memory["held"] or memory["storing"]:
+            return False
+        # a spool that cannot say what it holds cannot be delivered from either: a stop's drain
+        # does not wait its whole timeout for it (what the spool holds stays for the next start)
+        depth = self._depth()
+        return depth is None or depth <= settled
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until everything spooled so far is delivered (tests, shutdown). Meanwhile no

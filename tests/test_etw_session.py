@@ -545,3 +545,70 @@ def test_waker_falls_back_to_an_event_where_no_socket_pair_can_be_made(monkeypat
         assert "access denied (test)" in src.stats()["wake_fallback"]
     finally:
         src.stop()
+
+
+class _Batches:
+    """The pipeline's side of ``start(emit, batches=...)``: records each batch it is handed."""
+
+    def __init__(self):
+        self.events: list = []
+        self.done = threading.Event()
+        self.want = 0
+
+    def run_batch(self, events):
+        self.events.extend(events)
+        if len(self.events) >= self.want:
+            self.done.set()
+
+    def commit_due(self):
+        return None
+
+    def commit_if_due(self):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["emit", "batches"])
+def test_the_capture_tap_sees_every_record_in_order_and_a_failing_tap_loses_no_event(mode):
+    # ``capture`` taps the worker: it must see each raw record once, in arrival order (also the
+    # records that make no event), and a tap that raises is counted while the record still
+    # becomes its event.
+    from .test_health import VOL, start
+    seen: list = []
+
+    def tap(raw):
+        seen.append(raw)
+        if raw[1] == 1 and len(seen) == 2:
+            raise OSError("capture disk full (test)")
+
+    src = EtwSource(EtwConfig(seed_from_psutil=False, backfill=False), backend=FakeBackend(),
+                    helpers={}, tap=tap)
+    got: list = []
+    batches = _Batches() if mode == "batches" else None
+    emitted = threading.Event()
+
+    def emit(ev):
+        got.append(ev)
+        if len(got) == 2:
+            emitted.set()
+        return True
+
+    records = [(SRC_KERNEL_PROCESS, 15, 1, 0, 4, 8, 0, 0, _rundown_payload()),
+               start(5300, VOL + "\\Windows\\notepad.exe"),
+               (SRC_LOST, 0, 2, 32, 4, 8, 0, 0, b""),
+               start(5304, VOL + "\\Windows\\write.exe")]
+    if batches is not None:
+        batches.want = 2
+    src.start(emit, batches=batches)
+    try:
+        assert src.stats()["seconds_since_record"] is None          # nothing taken yet
+        for raw in records:
+            src.feed(raw)
+        assert (batches.done if batches is not None else emitted).wait(60.0)   # guards a hang
+        events = batches.events if batches is not None else got
+        assert [ev["ProcessId"] for ev in events] == [5300, 5304]
+        assert seen == records
+        st = src.stats()
+        assert st["tap_errors"] == 1 and st["emitted"] == 2 and st["records_in"] == 4
+        assert st["seconds_since_record"] is not None
+    finally:
+        src.stop()

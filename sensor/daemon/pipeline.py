@@ -479,6 +479,8 @@ class Pipeline:
         mns = clock() - m0
         active = self._active             # the batch's set (swapped only between batches)
         corr = active.correlator
+        if not matched and corr is None:
+            return mns                    # most events: nothing more to do for them
         fed = [] if corr is not None else None
         chosen = []
         for i in matched:

@@ -471,11 +471,12 @@ class EtwProcessor:
         if counter:
             self.c[counter] += 1
         origin = ev.origin
+        get = ev.get
         for k in OWN_FIELDS:
-            if k not in origin:
-                origin[k] = ORIGIN_MISSING if ev.get(k) is None else ORIGIN_ETW
-            elif ev.get(k) is None:
+            if get(k) is None:
                 origin[k] = ORIGIN_MISSING
+            elif k not in origin:
+                origin[k] = ORIGIN_ETW
         self.c["events"] += 1
         return ev
 
@@ -499,8 +500,9 @@ class EtwProcessor:
                 self._update_entry(entry, f)
                 self.c["sl_late"] += 1
                 return []
-            self._sl_pending[pid] = (self._clock() + self.sl_keep, ts, f)
-            self._expire_sl()
+            now = self._clock()
+            self._sl_pending[pid] = (now + self.sl_keep, ts, f)
+            self._expire_sl(now)
             return []
         if opcode == m.SL_DC_START:
             self.c["sl_rundowns"] += 1
@@ -561,8 +563,9 @@ class EtwProcessor:
             name = self.sids.name(sid)
         return name or sid
 
-    def _expire_sl(self) -> None:
-        now = self._clock()
+    def _expire_sl(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock()
         pending = self._sl_pending
         while pending:
             pid, (expiry, _, _) = next(iter(pending.items()))
@@ -819,6 +822,7 @@ class EtwSource:
 
     def _work(self) -> None:
         proc = self.processor
+        handle = proc.handle
         dq = self._dq
         popleft = dq.popleft
         wake = self._wake
@@ -844,12 +848,25 @@ class EtwSource:
             out: list[ProcessEvent] = []
             deliver = self._deliver if batches is None else out.append
             n = 0
-            for _ in range(len(dq)):           # every record queued when woken, in order
+            taken = len(dq)
+            if taken:
+                self.last_record = time.monotonic()   # once per wake-up, not per record
+            tap = self._tap
+            # (inline, no call per record: at a few starts per second every record runs cold)
+            for _ in range(taken):             # every record queued when woken, in order
                 raw = popleft()
                 if raw is _STOP:
                     stop = True
                     break
-                self._record(proc, raw, deliver)
+                if tap is not None:
+                    self._tapped(raw)
+                evs = handle(raw)
+                if evs:
+                    if batches is None:
+                        for ev in evs:
+                            deliver(ev)
+                    else:
+                        out += evs
                 n += 1
                 if batches is not None and n >= limit:
                     if out:
@@ -872,15 +889,11 @@ class EtwSource:
             self._run(rest)
         self._save_tree()
 
-    def _record(self, proc: "EtwProcessor", raw: tuple, deliver: Callable[[ProcessEvent], Any]) -> None:
-        self.last_record = time.monotonic()
-        if self._tap is not None:
-            try:
-                self._tap(raw)
-            except Exception:  # noqa: BLE001 - counted; the record is still processed
-                self.tap_errors += 1
-        for ev in proc.handle(raw):
-            deliver(ev)
+    def _tapped(self, raw: tuple) -> None:
+        try:
+            self._tap(raw)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - counted; the record is still processed
+            self.tap_errors += 1
 
     def _run(self, events: list[ProcessEvent]) -> None:
         try:

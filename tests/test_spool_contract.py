@@ -1415,3 +1415,212 @@ def test_wait_for_volume_with_no_time_left_returns_at_once(tmp_path):
         assert asked == []
         sp.put(alert(1))
         assert sp.wait_for_volume(since, 1, 10**9, 0.0, done=done) is True
+
+
+# -- survivors of the full mutation run, each from the promise it breaks -------------------------
+
+class FrozenMonotonic:
+    """The spool module's ``time`` with ``monotonic()`` under the test's control (the heal timer
+    and wait_for_volume's deadline read it); everything else is the real module."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def __getattr__(self, name: str):
+        import time as real
+        return getattr(real, name)
+
+
+def test_a_salvage_gives_rows_of_an_old_spool_their_checksum(tmp_path):
+    # "Every row carries a CRC-32 of its id and body": a row written before checksums (crc NULL)
+    # and recovered by a salvage comes back with its checksum, so later damage to it is caught
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+    con = raw(path)
+    con.execute("UPDATE alerts SET crc=NULL WHERE alert_uuid='a-000001'")
+    con.commit()
+    con.close()
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.salvage is not None and sp.salvage["recovered"] == 3
+        rows = dict(sp._db.execute("SELECT alert_uuid, crc FROM alerts WHERE alert_uuid LIKE 'a-%'"))
+        body = msgspec.json.encode(alert(1))
+        assert rows["a-000001"] == row_crc("a-000001", body)
+        assert all(rows[f"a-{i:06d}"] == row_crc(f"a-{i:06d}", msgspec.json.encode(alert(i)))
+                   for i in range(3))
+
+
+def _heal_at(sp: Spool, clock: FrozenMonotonic, t: float) -> bool:
+    clock.t = t
+    healed = sp.heal_if_due()
+    if healed:
+        sp._mark_damaged("damaged again")     # what SQLite would report next (a failing disk)
+    return healed
+
+
+def test_a_heal_is_due_exactly_when_its_wait_is_over(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": the second heal within the hour waits 10 s (5 s doubled per
+    # heal in the last hour); at 10 s it is due, not a moment later
+    clock = FrozenMonotonic(50_000.0)
+    monkeypatch.setattr(spool_mod, "time", clock)
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+        sp._opening = False
+        sp._mark_damaged("simulated")
+        assert _heal_at(sp, clock, 50_000.0)          # the first heal: at once
+        assert _heal_at(sp, clock, 50_001.0)          # the second: the first costs nothing
+        assert sp._next_heal == 50_011.0
+        assert not _heal_at(sp, clock, 50_010.5)
+        assert _heal_at(sp, clock, 50_011.0)
+        assert sp.heals == 3 and alert(1)["id"] in sp.ids()
+
+
+def test_heals_slow_down_by_the_heals_of_the_last_hour_only(tmp_path, monkeypatch):
+    # a heal an hour old no longer counts: after it, the next heal is due at once again; one
+    # less than an hour old still doubles the wait (whatever the monotonic clock reads)
+    clock = FrozenMonotonic(1_000_000.0)
+    monkeypatch.setattr(spool_mod, "time", clock)
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp._opening = False
+        sp._mark_damaged("simulated")
+        t0 = 1_000_000.0
+        assert _heal_at(sp, clock, t0)
+        assert _heal_at(sp, clock, t0 + 3599.0)       # the first is 3,599 s old: it counts
+        assert sp._next_heal == t0 + 3599.0 + 10.0
+        assert _heal_at(sp, clock, t0 + 3599.0 + 3600.0)   # the last is an hour old: it does not
+        assert sp._next_heal <= clock.t                  # the next is due at once
+        assert _heal_at(sp, clock, t0 + 3599.0 + 3600.0)
+        assert sp.heals == 4
+
+
+def test_a_waiter_wakes_for_the_commit_that_reaches_its_byte_goal_exactly(tmp_path):
+    # wait_for_volume: "at least nbytes body bytes": a commit that brings exactly that many wakes
+    # the waiter (the guard only bounds a hang)
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put(alert(1))
+        one = sp.put_volume[1]                  # every alert of the same pad has the same size
+        since = sp.put_volume
+        got: list[bool] = []
+        stop = threading.Event()
+        t = threading.Thread(target=lambda: got.append(
+            sp.wait_for_volume(since, 1000, one, 3600.0, done=stop.is_set)), daemon=True)
+        t.start()
+        deadline = 60.0
+        while not sp._volume._waiters and deadline > 0:
+            threading.Event().wait(0.01)
+            deadline -= 0.01
+        try:
+            sp.put(alert(2))
+            t.join(60)
+            assert got == [True]
+        finally:
+            stop.set()
+            sp.wake()
+            t.join(60)
+
+
+def test_an_expired_alert_leaves_the_row_count(tmp_path):
+    # "rows" is what a salvage counts its losses against (docs: "L lost"): the age cap too
+    clock = Clock()
+    with Spool(tmp_path / "s.db", max_age=100.0, health_alerts=False, clock=clock) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        clock.t += 101.0
+        sp.put(alert(10))
+        assert sp.stats()["expired"] == 3
+        assert sp._counter("rows") == sp.depth() == 1
+
+
+def test_a_health_callback_sees_its_event_committed(tmp_path):
+    # the callback (and the log) announce a drop only once it is committed: another connection
+    # (another process, a SIEM reading the spool) already finds the event when the callback runs
+    path = tmp_path / "s.db"
+    one = size_of(alert(0))
+    seen: list[int] = []
+
+    def on_health(event):
+        con = raw(path)
+        try:
+            seen.append(con.execute("SELECT COUNT(*) FROM health WHERE kind=?", (event["event"],)).fetchone()[0])
+        finally:
+            con.close()
+
+    with Spool(path, max_bytes=2 * one, health_alerts=False, on_health=on_health) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+    assert seen == [1]
+
+
+def test_wait_for_volume_with_exactly_no_time_left_does_not_ask_done(tmp_path, monkeypatch):
+    # a deadline reached exactly is over: no wait, and done() (asked when wake() is called while
+    # there is time left) is not asked
+    clock = FrozenMonotonic(7_000.0)
+    monkeypatch.setattr(spool_mod, "time", clock)
+    asked: list = []
+
+    def done() -> bool:
+        asked.append(1)
+        return True
+
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.wait_for_volume(sp.put_volume, 1, 10**9, 0.0, done=done) is False
+        assert asked == []
+
+
+def test_close_checkpoints_even_while_another_process_has_the_file_open(tmp_path):
+    # docs: the WAL is checkpointed into the file; SQLite checkpoints by itself only when the
+    # last connection closes, so a clean stop while `etw-sensor spool` looks in must do it
+    path = tmp_path / "s.db"
+    sp = Spool(path)
+    sp.put_many([alert(i) for i in range(5)])
+    other = raw(path)
+    assert other.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 5
+    sp.close()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(path.read_bytes())          # the main file alone, without its -wal
+    try:
+        assert raw(copy).execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 5
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("how", ["put_when_the_retry_is_due", "maintain_when_the_retry_is_due",
+                                 "put_after_the_state_ended"])
+def test_alerts_held_on_a_full_disk_go_in_once_space_is_back_and_the_episode_says_begin_then_end(volume, how):
+    # docs/delivery.md, "Faults": when nothing can be written, new alerts wait in memory "and are
+    # written when space returns"; the next try is FULL_RETRY_INTERVAL (0.5 s) after a failed one
+    # (due at exactly 0.5 s), and once the state has ended a new alert needs no retry delay. The
+    # SIEM gets the episode's health alerts in order: `begin`, then `end`.
+    vol = volume("2m")
+    clock = Clock()
+    events: list[dict] = []
+    sp = Spool(vol / "s.db", clock=clock, on_health=events.append)   # not the owner: no reserve
+    try:
+        sp.put_many([alert(i) for i in range(5)])
+        pin = raw(vol / "s.db")
+        pin.execute("BEGIN")
+        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+        filler = fill(vol)
+        sp.put_many([alert(100 + i, pad=4000) for i in range(50)])  # nothing fits: held
+        assert sp.disk_full and sp.fault_stats()["held"] > 0
+        pin.rollback()
+        pin.close()
+        filler.unlink()
+        if how == "put_when_the_retry_is_due":
+            clock.t += spool_mod.FULL_RETRY_INTERVAL
+            sp.put(alert(300))
+        elif how == "maintain_when_the_retry_is_due":
+            clock.t += spool_mod.FULL_RETRY_INTERVAL
+            sp.maintain()
+        else:
+            sp.maintain()              # too soon to retry the write: only the state ends
+            assert not sp.disk_full and sp.fault_stats()["held"] > 0
+            sp.put(alert(300))         # space is back: no reason to wait
+        assert not sp.disk_full and sp.fault_stats()["held"] == 0
+        assert {f"a-{100 + i:06d}" for i in range(50)} <= set(sp.ids())
+        health = [it.decode()["health"] for it in sp.fetch(10_000) if not it.alert_id.startswith("a-")]
+        assert [h["state"] for h in health if h["event"] == "spool_disk_full"] == ["begin", "end"]
+    finally:
+        sp.close()

@@ -1624,3 +1624,63 @@ def test_alerts_held_on_a_full_disk_go_in_once_space_is_back_and_the_episode_say
         assert [h["state"] for h in health if h["event"] == "spool_disk_full"] == ["begin", "end"]
     finally:
         sp.close()
+
+
+
+
+class FakeDisk:
+    """The spool module's ``shutil`` with ``disk_usage()`` answering the test's figures."""
+
+    def __init__(self, total: int, free: int) -> None:
+        self.total, self.free = total, free
+
+    def disk_usage(self, path):
+        import shutil
+        return shutil._ntuple_diskusage(self.total, self.total - self.free, self.free)
+
+    def __getattr__(self, name: str):
+        import shutil
+        return getattr(shutil, name)
+
+
+@pytest.mark.parametrize("free, kept", [(2 * 100_000 - 1, False), (2 * 100_000, True)])
+def test_the_reserve_is_set_aside_only_with_twice_its_size_free(tmp_path, monkeypatch, free, kept):
+    # docs/delivery.md, "Faults": the reserve is set aside when the volume has twice the bytes
+    # it still lacks free, so the reserve itself never fills the disk
+    monkeypatch.setattr(spool_mod, "shutil", FakeDisk(100 * MiB, free))
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=100_000) as sp:
+        reserve = Path(str(tmp_path / "s.db") + ".reserve")
+        assert sp.reserve_bytes == (100_000 if kept else 0)
+        assert (reserve.exists() and reserve.stat().st_size) == (100_000 if kept else False)
+
+
+def test_a_complete_reserve_is_not_written_again(tmp_path, monkeypatch):
+    # a reserve already at its size is left as it is: no open, no write, no fsync at each start
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=100_000):
+        pass
+    opened: list = []
+    real = spool_mod.open_private
+
+    def spy(p, *a, **kw):
+        opened.append(Path(p).name)
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(spool_mod, "open_private", spy)
+    with Spool(path, owner=True, reserve_bytes=100_000) as sp:
+        assert sp.reserve_bytes == 100_000
+    assert "s.db.reserve" not in opened
+
+
+@pytest.mark.parametrize("total, free, back", [(100 * MiB, MiB, True), (100 * MiB, MiB - 1, False),
+                                               (4 * MiB, 4 * MiB // 8, True),
+                                               (4 * MiB, 4 * MiB // 8 - 1, False)])
+def test_a_spool_without_a_reserve_leaves_the_full_state_at_1_mib_free(tmp_path, monkeypatch, total, free, back):
+    # docs/delivery.md, "Faults": a process that does not own the spool (no reserve) takes the
+    # disk for full until the volume has 1 MiB free again (an eighth of a volume under 8 MiB)
+    clock = Clock()
+    with Spool(tmp_path / "s.db", clock=clock) as sp:
+        sp._enter_full("simulated")
+        monkeypatch.setattr(spool_mod, "shutil", FakeDisk(total, free))
+        sp.maintain()
+        assert sp.disk_full is not back

@@ -1684,3 +1684,56 @@ def test_a_spool_without_a_reserve_leaves_the_full_state_at_1_mib_free(tmp_path,
         monkeypatch.setattr(spool_mod, "shutil", FakeDisk(total, free))
         sp.maintain()
         assert sp.disk_full is not back
+
+
+def test_on_a_full_disk_new_alerts_take_the_free_pages_before_any_alert_is_dropped(volume):
+    # docs/delivery.md, "Faults": on a full disk "new alerts go into the free pages it already
+    # has, and when those run short the oldest undelivered alerts are dropped": confirmed rows
+    # left free pages for far more than the new alerts, so none is dropped and none waits
+    vol = volume("2m")
+    sp = Spool(vol / "s.db")                      # not the owner: no reserve
+    try:
+        sp.put_many([alert(i, pad=3000) for i in range(120)])
+        sp.ack([it.rowid for it in sp.fetch(100)])
+        sp._checkpoint()
+        assert sp._free_pages_bytes() > 60 * size_of(alert(0, pad=3000))
+        filler = fill(vol)
+        try:
+            sp._enter_full("simulated: the disk refused a write")
+            sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
+            st_ = sp.stats()
+            assert st_["disk_full"] and st_["dropped_disk_full"] == 0 and st_["held"] == 0
+            assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(sp.ids())
+            assert len([i for i in sp.ids() if i.startswith("a-")]) == 40
+        finally:
+            filler.unlink()
+    finally:
+        sp.close()
+
+
+def test_on_a_full_disk_new_alerts_fill_the_free_pages_then_replace_the_oldest_one_for_one(volume):
+    # docs/delivery.md, "Faults": new alerts go into the free pages first; "when those run short
+    # the oldest undelivered alerts are dropped in the same transaction": for alerts of one size,
+    # making room for a new alert takes no more than one old one, so fewer alerts are dropped
+    # than written, and every alert is accounted for
+    vol = volume("2m")
+    sp = Spool(vol / "s.db")                      # not the owner: no reserve
+    try:
+        sp.put_many([alert(i, pad=3000) for i in range(60)])
+        sp.ack([it.rowid for it in sp.fetch(12)])
+        sp._checkpoint()
+        assert 0 < sp._free_pages_bytes() < 20 * size_of(alert(0, pad=3000))   # too few for 20
+        filler = fill(vol)
+        try:
+            sp._enter_full("simulated: the disk refused a write")
+            sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
+            st_ = sp.stats()
+            kept = [i for i in sp.ids() if i.startswith("a-")]
+            assert st_["disk_full"] and st_["held"] == 0
+            assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(kept)
+            assert 0 < st_["dropped_disk_full"] < 20
+            assert len(kept) + st_["dropped_disk_full"] == 48 + 20
+        finally:
+            filler.unlink()
+    finally:
+        sp.close()

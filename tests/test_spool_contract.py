@@ -1622,6 +1622,8 @@ def test_alerts_held_on_a_full_disk_go_in_once_space_is_back_and_the_episode_say
         assert {f"a-{100 + i:06d}" for i in range(50)} <= set(sp.ids())
         health = [it.decode()["health"] for it in sp.fetch(10_000) if not it.alert_id.startswith("a-")]
         assert [h["state"] for h in health if h["event"] == "spool_disk_full"] == ["begin", "end"]
+        # ... and on_health hears each once
+        assert [e["state"] for e in events if e["event"] == "spool_disk_full"] == ["begin", "end"]
     finally:
         sp.close()
 
@@ -1737,3 +1739,19 @@ def test_on_a_full_disk_new_alerts_fill_the_free_pages_then_replace_the_oldest_o
             filler.unlink()
     finally:
         sp.close()
+
+
+def test_the_full_state_ends_as_soon_as_the_reserve_is_in_place(tmp_path):
+    # docs/delivery.md, "Faults": the owner's disk-full state "ends once the reserve can be set
+    # aside again": at the first upkeep that finds it in place, or that writes it
+    clock = Clock()
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=100_000, clock=clock) as sp:
+        sp._enter_full("simulated: the disk refused a write")     # the reserve still in place
+        sp.maintain()
+        assert not sp.disk_full
+        sp._enter_full("simulated: the disk refused a write")
+        Path(str(path) + ".reserve").unlink()                       # released; room for it now
+        sp.maintain()
+        assert not sp.disk_full and sp.reserve_bytes == 100_000
+        assert Path(str(path) + ".reserve").stat().st_size == 100_000

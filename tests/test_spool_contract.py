@@ -1755,3 +1755,29 @@ def test_the_full_state_ends_as_soon_as_the_reserve_is_in_place(tmp_path):
         sp.maintain()
         assert not sp.disk_full and sp.reserve_bytes == 100_000
         assert Path(str(path) + ".reserve").stat().st_size == 100_000
+
+
+def test_a_stop_writes_the_alerts_held_on_a_full_disk_once_space_is_back(volume, caplog):
+    # docs/delivery.md: held alerts "are written when space returns", and a stop commits what it
+    # holds: the next start finds every one of them, and the log does not call them lost
+    vol = volume("2m")
+    clock = Clock()
+    sp = Spool(vol / "s.db", clock=clock)                 # not the owner: no reserve
+    try:
+        sp.put_many([alert(i) for i in range(5)])
+        pin = raw(vol / "s.db")
+        pin.execute("BEGIN")
+        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+        filler = fill(vol)
+        sp.put_many([alert(100 + i, pad=4000) for i in range(50)])  # nothing fits: held
+        assert sp.fault_stats()["held"] == 50
+        pin.rollback()
+        pin.close()
+        filler.unlink()
+        clock.t += spool_mod.FULL_RETRY_INTERVAL
+    finally:
+        with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+            sp.close()
+    assert "lost at shutdown" not in caplog.text
+    with Spool(vol / "s.db") as sp:
+        assert {f"a-{100 + i:06d}" for i in range(50)} <= set(sp.ids())

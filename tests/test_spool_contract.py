@@ -1781,3 +1781,16 @@ def test_a_stop_writes_the_alerts_held_on_a_full_disk_once_space_is_back(volume,
     assert "lost at shutdown" not in caplog.text
     with Spool(vol / "s.db") as sp:
         assert {f"a-{100 + i:06d}" for i in range(50)} <= set(sp.ids())
+
+
+def test_a_row_read_back_is_a_value_that_cannot_be_changed(tmp_path):
+    # SpooledAlert: the row as read back; its body is checked against the checksum read with it,
+    # so neither can be swapped afterwards, and equal rows are one value (a set or dict key)
+    import dataclasses
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put(alert(1))
+        (item,) = sp.fetch(1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            item.body = b'{"id":"a-000001"}'
+        (again,) = sp.fetch(1)
+        assert {item, again} == {item} and {item: 1}[again] == 1

@@ -1794,3 +1794,36 @@ def test_a_row_read_back_is_a_value_that_cannot_be_changed(tmp_path):
             item.body = b'{"id":"a-000001"}'
         (again,) = sp.fetch(1)
         assert {item, again} == {item} and {item: 1}[again] == 1
+
+
+def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was_freed(volume):
+    # docs/delivery.md, "Failure handling": the full disk is not asked twice in a row; an empty
+    # reserve file frees nothing, and a checkpoint a reader blocks frees nothing either
+    vol = volume("2m")
+    sp = Spool(vol / "s.db")
+    try:
+        sp.put_many([alert(i) for i in range(5)])
+        (item,) = sp.fetch(1)
+        Path(str(vol / "s.db") + ".reserve").write_bytes(b"")   # a reserve of 0 bytes
+        pin = raw(vol / "s.db")
+        pin.execute("BEGIN")
+        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()    # pins the WAL
+        filler = fill(vol)
+        tries: list = []
+        real = sp._dead_letter
+
+        def counted(items):
+            tries.append(1)
+            return real(items)
+
+        sp._dead_letter = counted
+        try:
+            with pytest.raises(SpoolFull):
+                sp.dead_letter([(item.rowid, "rejected", 400)])
+            assert len(tries) == 1
+        finally:
+            pin.rollback()
+            pin.close()
+            filler.unlink()
+    finally:
+        sp.close()

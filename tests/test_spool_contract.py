@@ -1827,3 +1827,28 @@ def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was
             filler.unlink()
     finally:
         sp.close()
+
+
+def test_on_a_full_disk_new_alerts_replace_the_oldest_rather_than_wait_in_memory(volume):
+    # docs/delivery.md, "Faults": new alerts wait in memory only "when nothing at all can be
+    # written"; while the spool holds alerts it can drop, they replace the oldest, even when the
+    # first estimate of the room they need falls short (here: many small old alerts, large new
+    # ones). Every alert is accounted for: in the spool or counted as dropped.
+    vol = volume("2m")
+    sp = Spool(vol / "s.db")                      # not the owner: no reserve
+    try:
+        sp.put_many([alert(i) for i in range(400)])
+        sp._checkpoint()
+        filler = fill(vol)
+        try:
+            sp._enter_full("simulated: the disk refused a write")
+            sp.put_many([alert(10_000 + i, pad=20_000) for i in range(10)])
+            st_ = sp.stats()
+            kept = [i for i in sp.ids() if i.startswith("a-")]
+            assert st_["disk_full"] and st_["held"] == 0
+            assert alert(10_009)["id"] in kept                 # the newest is never the one dropped
+            assert len(kept) + st_["dropped_disk_full"] == 400 + 10
+        finally:
+            filler.unlink()
+    finally:
+        sp.close()

@@ -1835,7 +1835,8 @@ def test_on_a_full_disk_new_alerts_replace_the_oldest_rather_than_wait_in_memory
     # first estimate of the room they need falls short (here: many small old alerts, large new
     # ones). Every alert is accounted for: in the spool or counted as dropped.
     vol = volume("2m")
-    sp = Spool(vol / "s.db")                      # not the owner: no reserve
+    heard: list[dict] = []
+    sp = Spool(vol / "s.db", on_health=heard.append)   # not the owner: no reserve
     try:
         sp.put_many([alert(i) for i in range(400)])
         sp._checkpoint()
@@ -1848,7 +1849,31 @@ def test_on_a_full_disk_new_alerts_replace_the_oldest_rather_than_wait_in_memory
             assert st_["disk_full"] and st_["held"] == 0
             assert alert(10_009)["id"] in kept                 # the newest is never the one dropped
             assert len(kept) + st_["dropped_disk_full"] == 400 + 10
+            # the writes whose commit the disk refused were rolled back, drops included: on_health
+            # hears of the drops that were committed only (one event, counted in the spool)
+            drops = [e for e in heard if e["event"] == "spool_disk_full_dropped"]
+            (event,) = [e for e in sp.health_events() if e["kind"] == "spool_disk_full_dropped"]
+            assert len(drops) == 1 and drops[0]["dropped"] <= event["count"] == st_["dropped_disk_full"]
         finally:
             filler.unlink()
     finally:
         sp.close()
+
+
+def test_a_salvage_says_the_loss_is_unknown_when_the_row_count_is_not_a_number(tmp_path, caplog):
+    # docs/delivery.md, "Faults": L is "counted against the row count the damaged file kept, or
+    # said to be unknown when that count is unreadable" (a hostile or damaged meta row)
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+    con = raw(path)
+    con.execute("UPDATE meta SET value='many' WHERE key='rows'")
+    con.commit()
+    con.close()
+    with open(path, "r+b") as fh:          # a header SQLite cannot read: the start salvages
+        fh.write(b"\xa5" * 100)
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        with Spool(path, owner=True, reserve_bytes=0) as sp:
+            assert sp.salvage is not None and sp.salvage["recovered"] == 3
+            assert sp.salvage["lost"] is None
+    assert "an unknown number of alerts may be lost" in caplog.text

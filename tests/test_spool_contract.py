@@ -1877,3 +1877,81 @@ def test_a_salvage_says_the_loss_is_unknown_when_the_row_count_is_not_a_number(t
             assert sp.salvage is not None and sp.salvage["recovered"] == 3
             assert sp.salvage["lost"] is None
     assert "an unknown number of alerts may be lost" in caplog.text
+
+
+def test_a_put_right_after_a_failed_attempt_leaves_the_full_disk_alone(volume):
+    # a full disk is not hammered: within FULL_RETRY_INTERVAL of a write the disk refused, new
+    # alerts join the ones waiting in memory without a write attempt
+    vol = volume("2m")
+    clock = Clock()
+    sp = Spool(vol / "s.db", clock=clock)                  # not the owner: no reserve
+    try:
+        sp.put_many([alert(i) for i in range(5)])
+        pin = raw(vol / "s.db")
+        pin.execute("BEGIN")
+        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+        filler = fill(vol)
+        try:
+            sp.put_many([alert(100 + i, pad=4000) for i in range(50)])
+            assert sp.disk_full and sp.fault_stats()["held"] == 50
+            tries: list = []
+            real = sp._store
+            sp._store = lambda batch, now: (tries.append(1), real(batch, now))[1]
+            clock.t += spool_mod.FULL_RETRY_INTERVAL / 2
+            assert sp.put(alert(200)) is True                      # counted as new, held
+            assert tries == [] and sp.fault_stats()["held"] == 51
+        finally:
+            pin.rollback()
+            pin.close()
+            filler.unlink()
+    finally:
+        sp.close()
+
+
+def test_heal_does_nothing_on_a_healthy_or_a_closed_spool(tmp_path):
+    # heal(): "True when it was done"; a spool with no damage has nothing to heal, and a closed
+    # spool refuses work: damage reported after the stop stays for the next start to salvage
+    path = tmp_path / "s.db"
+    sp = Spool(path, owner=True, reserve_bytes=0)
+    sp.put(alert(1))
+    assert sp.heal() is False and sp.heals == 0
+    sp.close()
+    sp._mark_damaged("simulated")
+    assert sp.heal() is False and sp.heals == 0
+    assert list(tmp_path.glob("s.db.damaged-*")) == [] and Path(str(path) + ".damaged").exists()
+
+
+def test_a_reader_that_is_not_the_owner_is_told_of_damage_not_left_holding(tmp_path):
+    # only the owner heals; `etw-sensor spool` writing into a damaged file gets SpoolDamaged
+    # ("the call that met it raises SpoolDamaged") and keeps nothing in memory
+    with Spool(tmp_path / "s.db") as sp:
+        def damaged(batch, now):
+            raise SpoolDamaged(f"spool {sp.path}: write failed: database disk image is malformed")
+
+        sp._store = damaged
+        with pytest.raises(SpoolDamaged):
+            sp.put(alert(1))
+        assert sp.fault_stats()["held"] == 0
+
+
+def test_a_spool_that_cannot_be_moved_aside_says_why_in_words(tmp_path):
+    # the error names the OS's reason ("Is a directory"), not Python's repr of it
+    clock = Clock()
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
+        sp.put(alert(1))
+    other = raw(path)                       # another reader keeps the -wal in place
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    blocker = tmp_path / "s.db.damaged-19700124T033320Z-wal"
+    blocker.mkdir()
+    (blocker / "x").write_text("taken")     # the -wal's new name is a folder that is not empty
+    try:
+        with pytest.raises(SpoolError) as err:
+            Spool(path, owner=True, reserve_bytes=0, clock=clock)
+    finally:
+        other.close()
+    text = str(err.value)
+    assert "cannot be moved aside: " in text and "[Errno" not in text
+    assert text.endswith((os.strerror(errno.EISDIR), os.strerror(errno.ENOTEMPTY)))

@@ -1955,3 +1955,36 @@ def test_a_spool_that_cannot_be_moved_aside_says_why_in_words(tmp_path):
     text = str(err.value)
     assert "cannot be moved aside: " in text and "[Errno" not in text
     assert text.endswith((os.strerror(errno.EISDIR), os.strerror(errno.ENOTEMPTY)))
+
+
+def test_a_salvage_recovers_the_rows_only_the_write_ahead_log_holds(tmp_path):
+    # docs/delivery.md, "The WAL": a commit lives only in the -wal until a checkpoint copies it;
+    # a salvage moves the -wal aside with the file and recovers those rows too (here a reader of
+    # another process keeps the last commits from being checkpointed)
+    path = tmp_path / "s.db"
+    sp = Spool(path, owner=True, reserve_bytes=0)
+    sp.put_many([alert(i) for i in range(3)])
+    reader = raw(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM alerts").fetchone()   # its snapshot: before the next
+    sp.put_many([alert(i) for i in range(3, 6)])
+    sp._close_connections()                                     # a stop without the clean mark
+    try:
+        Path(str(path) + ".damaged").write_text("simulated\n")
+        with Spool(path, owner=True, reserve_bytes=0) as sp2:
+            assert sp2.salvage is not None and sp2.salvage["recovered"] == 6
+            assert [i for i in sp2.ids() if i.startswith("a-")] == [alert(i)["id"] for i in range(6)]
+    finally:
+        reader.rollback()
+        reader.close()
+
+
+def test_a_heal_names_the_damage_sqlite_reported(tmp_path):
+    # docs/delivery.md, "Faults": the heal's report gives the reason the damage marker holds
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+        sp._opening = False
+        sp._mark_damaged("index sqlite_autoindex_alerts_1 does not match its table")
+        assert sp.heal() is True
+        reason = sp.last_heal["reason"]
+        assert "while running" in reason and "does not match its table" in reason

@@ -1988,3 +1988,67 @@ def test_a_heal_names_the_damage_sqlite_reported(tmp_path):
         assert sp.heal() is True
         reason = sp.last_heal["reason"]
         assert "while running" in reason and "does not match its table" in reason
+
+
+def test_a_salvage_that_cannot_create_the_fresh_spool_says_why_in_words(tmp_path, monkeypatch):
+    # the error names the OS's reason, not Python's repr of it ("[Errno 13] ...")
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    real_touch = spool_mod.touch_private
+
+    def refuse(p, *a, **kw):
+        if Path(p) == path:
+            raise PermissionError(errno.EACCES, "access refused")
+        return real_touch(p, *a, **kw)
+
+    monkeypatch.setattr(spool_mod, "touch_private", refuse)
+    with pytest.raises(SpoolError) as err:
+        Spool(path, owner=True, reserve_bytes=0)
+    assert str(err.value).endswith("cannot create a fresh spool: access refused")
+    monkeypatch.setattr(spool_mod, "touch_private", real_touch)
+    with Spool(path, owner=True, reserve_bytes=0) as sp:      # the damaged file was put back
+        assert sp.salvage is not None and alert(1)["id"] in sp.ids()
+
+
+def test_a_rolled_back_transaction_announces_nothing(tmp_path):
+    # "logs and callbacks must not announce what a failed commit rolled back"
+    heard: list = []
+    with Spool(tmp_path / "s.db", on_health=heard.append) as sp:
+        with pytest.raises(RuntimeError):
+            with sp._guard("test"), sp._tx():
+                sp._insert_event("spool_overflow", "dropped 1", {"dropped": 1}, 1.0)
+                raise RuntimeError("the transaction fails before its commit")
+        assert heard == [] and sp.health_events() == []
+
+
+def test_a_nested_transaction_is_part_of_the_outer_one(tmp_path):
+    # _Tx nests: an inner block commits nothing by itself, so the outer one's rollback undoes it
+    with Spool(tmp_path / "s.db") as sp:
+        with pytest.raises(RuntimeError):
+            with sp._guard("test"), sp._tx():
+                with sp._tx():
+                    sp._bump("written", 5)
+                raise RuntimeError("the outer transaction fails")
+        assert sp.stats()["written"] == 0
+        assert sp.put(alert(1)) and sp.stats()["written"] == 1
+
+
+def test_a_transaction_that_fails_to_start_leaves_the_connection_usable(tmp_path):
+    # the connection leaves a failed BEGIN outside any transaction: the next write works
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put(alert(0))
+        sp._enter_full("simulated")          # a transaction then reads the page limit
+        real = sp._page_limit
+
+        def broken():
+            raise sqlite3.OperationalError("disk I/O error")
+
+        sp._page_limit = broken
+        with pytest.raises(SpoolError):
+            sp.enforce()
+        sp._page_limit = real
+        assert not sp._db.in_transaction
+        sp._full_since = None                # the state ended
+        assert sp.put(alert(1)) is True and alert(1)["id"] in sp.ids()

@@ -2052,3 +2052,58 @@ def test_a_transaction_that_fails_to_start_leaves_the_connection_usable(tmp_path
         assert not sp._db.in_transaction
         sp._full_since = None                # the state ended
         assert sp.put(alert(1)) is True and alert(1)["id"] in sp.ids()
+
+
+def _refusing_replace(monkeypatch, refuse):
+    """os.replace that raises EACCES ("access refused") for the (src, dst) pairs refuse() picks."""
+    real = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if refuse(str(src), str(dst)):
+            raise PermissionError(errno.EACCES, "access refused")
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_a_file_that_cannot_be_moved_back_is_named_with_the_reason_in_words(tmp_path, monkeypatch, caplog):
+    # the damaged file went aside, its -wal could not follow, and moving the file back failed
+    # too: the CRITICAL line names the file and the OS's reason in words
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+    reader = raw(path)                      # keeps a -wal next to the file
+    reader.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    _refusing_replace(monkeypatch, lambda src, dst: src.endswith("-wal") or dst == str(path))
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
+            with pytest.raises(SpoolError):
+                Spool(path, owner=True, reserve_bytes=0)
+    finally:
+        reader.close()
+    (line,) = [r.getMessage() for r in caplog.records if "back" in r.getMessage()]
+    assert line.endswith(": access refused") and "[Errno" not in line
+
+
+def test_a_damaged_file_that_cannot_be_put_back_is_named_with_the_reason_in_words(tmp_path, monkeypatch, caplog):
+    # the fresh spool could not be made, and the damaged file could not go back in its place:
+    # the CRITICAL line says where its rows are and why, in words
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    real_touch = spool_mod.touch_private
+
+    def refuse_touch(p, *a, **kw):
+        if Path(p) == path:
+            raise PermissionError(errno.EACCES, "access refused")
+        return real_touch(p, *a, **kw)
+
+    monkeypatch.setattr(spool_mod, "touch_private", refuse_touch)
+    _refusing_replace(monkeypatch, lambda src, dst: ".damaged-" in src and dst == str(path))
+    with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
+        with pytest.raises(SpoolError):
+            Spool(path, owner=True, reserve_bytes=0)
+    (line,) = [r.getMessage() for r in caplog.records if "cannot put the damaged file back" in r.getMessage()]
+    assert line.endswith(": access refused; its rows are there") and "[Errno" not in line

@@ -2107,3 +2107,30 @@ def test_a_damaged_file_that_cannot_be_put_back_is_named_with_the_reason_in_word
             Spool(path, owner=True, reserve_bytes=0)
     (line,) = [r.getMessage() for r in caplog.records if "cannot put the damaged file back" in r.getMessage()]
     assert line.endswith(": access refused; its rows are there") and "[Errno" not in line
+
+
+def test_a_dead_letter_of_a_row_already_gone_still_moves_the_rest(tmp_path):
+    # dead_letter(): rows gone meanwhile (confirmed, dropped) are passed over, the others move
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        items = sp.fetch(3)
+        sp.ack([items[0].rowid])
+        assert sp.dead_letter([(it.rowid, "rejected", 400) for it in items]) == 2
+        assert sp.depth() == 0 and {d["id"] for d in sp.dead_letters()} == {"a-000001", "a-000002"}
+
+
+def test_a_full_spool_whose_file_was_renamed_still_confirms(tmp_path):
+    # the page limit of the disk-full state reads the file's size; a file that is no longer at
+    # its path (renamed by someone) counts as no pages on disk, not as an error: a confirmation,
+    # which never grows the file, still goes through
+    path = tmp_path / "s.db"
+    with Spool(path) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        items = sp.fetch(3)
+        sp._enter_full("simulated")
+        moved = tmp_path / "moved.db"
+        os.rename(path, moved)
+        try:
+            assert sp.ack([items[0].rowid]) == 1
+        finally:
+            os.rename(moved, path)

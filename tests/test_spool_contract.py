@@ -2134,3 +2134,29 @@ def test_a_full_spool_whose_file_was_renamed_still_confirms(tmp_path):
             assert sp.ack([items[0].rowid]) == 1
         finally:
             os.rename(moved, path)
+
+
+def test_a_salvage_whose_copy_fails_part_way_loses_no_row(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": a salvage that fails after moving the file aside (the fresh
+    # spool cannot be filled: a full disk) puts the damaged file back, so the next attempt
+    # recovers its rows; it never ends as a salvage of the rows read so far
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(600)])      # more than one copy transaction
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    real = Spool._insert_dead
+    failed: list = []
+
+    def insert_dead(self, rows, now):
+        if self._opening and not failed:
+            failed.append(1)
+            raise SpoolFull(f"spool {self.path}: salvage failed: database or disk is full")
+        return real(self, rows, now)
+
+    monkeypatch.setattr(Spool, "_insert_dead", insert_dead)
+    with pytest.raises(SpoolError):
+        Spool(path, owner=True, reserve_bytes=0)
+    assert failed == [1] and not list(tmp_path.glob("s.db.damaged-*"))
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.salvage is not None and sp.salvage["lost"] == 0
+        assert {alert(i)["id"] for i in range(600)} <= set(sp.ids())

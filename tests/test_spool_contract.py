@@ -2160,3 +2160,24 @@ def test_a_salvage_whose_copy_fails_part_way_loses_no_row(tmp_path, monkeypatch)
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         assert sp.salvage is not None and sp.salvage["lost"] == 0
         assert {alert(i)["id"] for i in range(600)} <= set(sp.ids())
+
+
+def test_a_confirmation_the_disk_refuses_in_small_transactions_says_what_is_left(tmp_path):
+    # ack(): "Raises SpoolFull when the disk cannot take even a small confirmation;
+    # exc.remaining then lists the row ids still to delete (the ones before it were deleted)"
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put_many([alert(i) for i in range(150)])
+        rows = [it.rowid for it in sp.fetch(150)]
+        real, calls = sp._ack, []
+
+        def refusing(chunk):
+            calls.append(len(chunk))
+            if len(calls) in (1, 3):          # the whole batch, then the second small one
+                raise SpoolFull(f"spool {sp.path}: ack failed: database or disk is full")
+            return real(chunk)
+
+        sp._ack = refusing
+        with pytest.raises(SpoolFull) as err:
+            sp.ack(rows)
+        assert err.value.remaining == rows[64:] and err.value.done == 64
+        assert sp.depth() == 150 - 64

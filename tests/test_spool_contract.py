@@ -2181,3 +2181,27 @@ def test_a_confirmation_the_disk_refuses_in_small_transactions_says_what_is_left
             sp.ack(rows)
         assert err.value.remaining == rows[64:] and err.value.done == 64
         assert sp.depth() == 150 - 64
+
+
+def test_a_reserve_that_cannot_be_released_is_no_error_of_the_call(volume):
+    # "Every spool call raises the spool's own SpoolFull": a reserve path that cannot be
+    # deleted (here a folder took its name) frees nothing, and the caller still gets SpoolFull
+    vol = volume("2m")
+    sp = Spool(vol / "s.db")
+    try:
+        sp.put_many([alert(i) for i in range(5)])
+        (item,) = sp.fetch(1)
+        Path(str(vol / "s.db") + ".reserve").mkdir()
+        pin = raw(vol / "s.db")
+        pin.execute("BEGIN")
+        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()    # pins the WAL
+        filler = fill(vol)
+        try:
+            with pytest.raises(SpoolFull):
+                sp.dead_letter([(item.rowid, "rejected", 400)])
+        finally:
+            pin.rollback()
+            pin.close()
+            filler.unlink()
+    finally:
+        sp.close()

@@ -2205,3 +2205,26 @@ def test_a_reserve_that_cannot_be_released_is_no_error_of_the_call(volume):
             filler.unlink()
     finally:
         sp.close()
+
+
+def test_a_salvage_whose_reader_fails_keeps_what_it_read(tmp_path, monkeypatch, caplog):
+    # the reader of a damaged file meets something it cannot read (any exception): the rows read
+    # so far are recovered and the start goes on, with the reason in the log
+    from sensor.deliver import salvage
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(5)])
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    real = salvage.scan
+
+    def failing(*a, **kw):
+        for n, row in enumerate(real(*a, **kw)):
+            if n == 3:
+                raise ValueError("a cell the reader cannot parse")
+            yield row
+
+    monkeypatch.setattr(salvage, "scan", failing)
+    with caplog.at_level(logging.ERROR, logger="sensor.spool"):
+        with Spool(path, owner=True, reserve_bytes=0) as sp:
+            assert sp.salvage is not None and 0 < sp.salvage["recovered"] <= 3
+    assert "stopped: ValueError: a cell the reader cannot parse" in caplog.text

@@ -1908,16 +1908,20 @@ def test_a_put_right_after_a_failed_attempt_leaves_the_full_disk_alone(volume):
         sp.close()
 
 
-def test_heal_does_nothing_on_a_healthy_or_a_closed_spool(tmp_path):
+def test_heal_does_nothing_on_a_healthy_or_a_closed_spool(tmp_path, caplog):
     # heal(): "True when it was done"; a spool with no damage has nothing to heal, and a closed
-    # spool refuses work: damage reported after the stop stays for the next start to salvage
+    # spool refuses work: damage reported after the stop stays for the next start to salvage,
+    # untouched (no move aside and back, nothing logged)
     path = tmp_path / "s.db"
     sp = Spool(path, owner=True, reserve_bytes=0)
     sp.put(alert(1))
     assert sp.heal() is False and sp.heals == 0
     sp.close()
     sp._mark_damaged("simulated")
-    assert sp.heal() is False and sp.heals == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sensor.spool"):
+        assert sp.heal() is False and sp.heals == 0
+    assert caplog.records == []
     assert list(tmp_path.glob("s.db.damaged-*")) == [] and Path(str(path) + ".damaged").exists()
 
 

@@ -1983,15 +1983,19 @@ def test_a_salvage_recovers_the_rows_only_the_write_ahead_log_holds(tmp_path):
         reader.close()
 
 
-def test_a_heal_names_the_damage_sqlite_reported(tmp_path):
-    # docs/delivery.md, "Faults": the heal's report gives the reason the damage marker holds
+def test_a_heal_names_the_damage_sqlite_reported(tmp_path, caplog):
+    # docs/delivery.md, "Faults": the heal's report gives the reason the damage marker holds;
+    # the heal's own work on the fresh spool does not start a second heal (which could only
+    # find the file taken and say "still in use")
     with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
         sp.put(alert(1))
         sp._opening = False
         sp._mark_damaged("index sqlite_autoindex_alerts_1 does not match its table")
-        assert sp.heal() is True
+        with caplog.at_level(logging.WARNING, logger="sensor.spool"):
+            assert sp.heal() is True
         reason = sp.last_heal["reason"]
         assert "while running" in reason and "does not match its table" in reason
+        assert "still in use" not in caplog.text and sp.heals == 1
 
 
 def test_a_salvage_that_cannot_create_the_fresh_spool_says_why_in_words(tmp_path, monkeypatch):

@@ -127,6 +127,10 @@ def test_defaults_are_the_documented_ones(tmp_path):
     assert spool_mod.HELD_MAX_BYTES == 16 * MiB       # "wait in memory (16 MiB ...)"
     assert spool_mod.HEALTH_COALESCE == 60            # "drops within 60 s are merged"
     assert spool_mod.FULL_REMIND_INTERVAL == 300      # "a reminder every 5 minutes at most"
+    assert spool_mod.FULL_RETRY_INTERVAL == 0.5       # held alerts: "tried again at most every 0.5 s"
+    assert spool_mod.HEAL_RETRY_INTERVAL == 5         # "the heal is tried again every 5 s"
+    assert spool_mod.HEAL_WAIT == 10                  # "that thread waits (at most 10 s)"
+    assert spool_mod.HEAL_MAX_INTERVAL == 3600        # heals slow down "at most an hour"
 
 
 @pytest.mark.parametrize("key", ["max_bytes", "max_age", "dead_max_rows"])
@@ -2236,3 +2240,53 @@ def test_a_salvage_whose_reader_fails_keeps_what_it_read(tmp_path, monkeypatch, 
         with Spool(path, owner=True, reserve_bytes=0) as sp:
             assert sp.salvage is not None and 0 < sp.salvage["recovered"] <= 3
     assert "stopped: ValueError: a cell the reader cannot parse" in caplog.text
+
+
+def test_a_thread_already_in_the_file_is_not_alone_while_another_is_in(tmp_path):
+    # the gate: a healer that is itself inside the file still waits for every other thread
+    gate = spool_mod._Gate()
+    inside, release = threading.Event(), threading.Event()
+
+    def stay():
+        gate.enter()
+        inside.set()
+        release.wait(30)
+        gate.leave()
+
+    t = threading.Thread(target=stay, daemon=True)
+    t.start()
+    try:
+        assert inside.wait(30)
+        gate.enter()
+        assert gate.alone(0.05) is False
+        gate.leave()
+    finally:
+        release.set()
+        t.join(30)
+
+
+@pytest.mark.parametrize("reserve", [0, -5])
+def test_an_owner_without_a_reserve_leaves_the_full_state_only_at_1_mib_free(tmp_path, monkeypatch, reserve):
+    # reserve_bytes 0 (or less: none) means no reserve: the full state then ends as for a
+    # process that does not own the spool, when the volume has 1 MiB free again
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=reserve) as sp:
+        assert sp.reserve_target == 0
+        sp._enter_full("simulated")
+        monkeypatch.setattr(spool_mod, "shutil", FakeDisk(100 * MiB, MiB - 1))
+        sp.maintain()
+        assert sp.disk_full
+        monkeypatch.setattr(spool_mod, "shutil", FakeDisk(100 * MiB, MiB))
+        sp.maintain()
+        assert not sp.disk_full
+
+
+def test_heals_slow_down_to_an_hour_at_most(tmp_path, monkeypatch):
+    # damage that keeps coming back: the wait doubles per heal in the last hour, up to an hour
+    clock = FrozenMonotonic(2_000_000.0)
+    monkeypatch.setattr(spool_mod, "time", clock)
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp._opening = False
+        for _ in range(12):                   # 5 s * 2**11 is far past an hour
+            sp._mark_damaged("damaged again")
+            assert sp.heal()
+        assert sp._next_heal - clock.t == 3600.0

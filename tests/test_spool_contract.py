@@ -2290,3 +2290,28 @@ def test_heals_slow_down_to_an_hour_at_most(tmp_path, monkeypatch):
             sp._mark_damaged("damaged again")
             assert sp.heal()
         assert sp._next_heal - clock.t == 3600.0
+
+
+def test_a_heal_that_finds_the_spool_healed_by_the_thread_it_waited_for_says_done(tmp_path):
+    # docs/delivery.md, "Faults": threads that arrive during a heal wait for it; one that asked
+    # for a heal itself finds it done (True), without a second salvage
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+        sp._opening = False
+        sp._mark_damaged("simulated")
+        real_alone = sp._gate.alone
+        other: list = []
+        started: list = []
+
+        def alone_after_another_heal(timeout):
+            if not started:          # another thread heals first, while this one waits its turn
+                started.append(1)
+                t = threading.Thread(target=lambda: other.append(sp.heal()), daemon=True)
+                t.start()
+                t.join(60)
+            return real_alone(timeout)
+
+        sp._gate.alone = alone_after_another_heal
+        assert sp.heal() is True
+        assert other == [True] and sp.heals == 1
+        assert len(list(tmp_path.glob("s.db.damaged-*"))) == 1

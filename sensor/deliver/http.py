@@ -24,6 +24,7 @@ from urllib3.exceptions import (HTTPError, InsecureRequestWarning, NewConnection
                                 SSLError, TimeoutError as Urllib3Timeout)
 
 from .. import __version__
+from .options import check_option_types
 from .protocol import BISECT, OK, PARK, RETRY, SPLIT, SendResult
 from .ecs import to_ecs
 from .tls import ConfigError, Secret, TLSConfig, load_secret
@@ -348,7 +349,6 @@ def classify_status(resp: HttpResponse) -> str:
 
 
 def _common_kwargs(options: Mapping[str, Any]) -> dict:
-    from .outputs import check_option_types
     check_option_types(options)
     url = options.get("url")
     if not url:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from .ecs import to_ecs
 from .http import classify_exception, encode_failure, encode_json, shutdown_socket
+from .options import check_option_types
 from .protocol import OK, PARK, RETRY, SendResult
 from .tls import ConfigError, TLSConfig
 
@@ -160,7 +161,6 @@ class SyslogOutput:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "SyslogOutput":
-        from .outputs import check_option_types
         check_option_types(options)
         url = options.get("url")
         if not url:

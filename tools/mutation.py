@@ -143,8 +143,8 @@ MODULES: dict[str, list[str]] = {
     # which engine a rule regex runs on, and the budgeted engine for the ones that opt in
     "sensor/detect/regex.py": ["tests/test_regex.py", "tests/test_rule_bounds.py",
                                "tests/test_sigma_refusals.py", "tests/test_matcher.py"],
-    "sensor/detect/backtrack.py": ["tests/test_regex.py", "tests/test_rule_bounds.py",
-                                   "tests/test_matcher.py"],
+    "sensor/detect/backtrack.py": ["tests/test_backtrack.py", "tests/test_regex.py",
+                                   "tests/test_rule_bounds.py", "tests/test_matcher.py"],
     # the compiled matcher's prefilter (anchors, required literals): a wrong one misses matches
     "sensor/detect/index.py": ["tests/test_matcher.py", "tests/test_regex.py",
                                "tests/test_matcher_parity.py"],

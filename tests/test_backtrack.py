@@ -1,0 +1,130 @@
+"""The budgeted backtracking engine (sensor/detect/backtrack.py) answers as Python's ``re``.
+
+``BudgetRegex.search(text)`` promises ``re.search(source, text, flags) is not None`` for the
+constructs it accepts, or BudgetExceeded once the step budget is used up.  Every case here is a
+short regex on a short text, far inside the default budget of 200,000 steps, so the answer must
+be Python's: each case is compared with ``re`` itself, never with a stored result.  The cases are
+the places where a slip in the engine shows: flags inside and outside groups, anchors with and
+without ``m``, ``\\b`` under ASCII, backreferences (case, length, position, the end of the text),
+conditionals, look-behind, lazy repeats, and repeats nested in repeats whose bodies can match
+nothing (sre stops such a repeat after an empty iteration).
+"""
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from sensor.detect.backtrack import DEFAULT_BUDGET, BudgetRegex
+from sensor.detect.regex import py_flags
+
+
+def python_says(pattern: str, flags: str, text: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.search(pattern, text, py_flags(flags)) is not None
+
+
+CASES = [
+    # \b under (?a): only ASCII letters, digits and "_" are word characters
+    (r"(?a)\b", "", ["-", "_", "\u00e9", "a-", " _"]),
+    (r"(?a)x\b", "", ["x-", "x_", "x\u00e9", "x"]),
+    # a flag given for the whole regex holds inside a group too
+    (r"(a)", "i", ["A"]),
+    (r"(?i)x(a|b)", "", ["XB"]),
+    (r"(a)", "s", ["A"]),
+    # a backreference ignores case only under IGNORECASE, one character at a time (U+0130
+    # lower-cases to "i" there, not to two characters)
+    (r"(a)\1", "", ["aA", "aa"]),
+    (r"(a)\1", "i", ["aA", "Aa"]),
+    (r"(i)\1", "i", ["i\u0130", "I\u0130"]),
+    (r"(\u0130)\1", "i", ["\u0130i", "\u0130\u0130"]),
+    (r"(ab)\1", "i", ["aba", "abAB", "ab"]),
+    (r"x(ab)\1", "i", ["xabAB", "xabAx"]),
+    (r"(abc)\1", "i", ["abcABC", "abcABc", "abcAB"]),
+    # the length and place of a backreference's text
+    (r"x(a)\1", "", ["xaa", "xa"]),
+    (r"x(ab)\1", "", ["xabab", "xaba"]),
+    # ^ and $ see line ends only under m; $ also matches before a final newline
+    (r"a$", "", ["a\nb", "a\n", "a", "a\n\n"]),
+    (r"a$", "m", ["a\nb"]),
+    (r"^b", "", ["a\nb"]),
+    (r"^b", "m", ["a\nb"]),
+    # a conditional takes its "yes" branch once the group has matched
+    (r"(a)?(?(1)b|c)", "", ["ab", "c", "ac"]),
+    (r"x(a)?(?(1)b|c)", "", ["xab", "xc", "xb"]),
+    # look-behind looks at the characters before the position
+    (r"(?<=a)b", "", ["ab", "bb", "b"]),
+    (r"(?<=ab)c", "", ["abc", "bc"]),
+    (r"(?<!a)b", "", ["ab", "cb"]),
+    # lazy repeats
+    (r"a*?b", "", ["aab", "b", "aa"]),
+    (r"a{2,}?b", "", ["aab", "ab", "aaab"]),
+    (r"(?:ab)+?c", "", ["ababc", "abc", "c"]),
+    # repeats in repeats whose bodies can match nothing
+    (r"(?:b+|)*", "", ["", "b"]),
+    (r"(?:b+|)*c", "", ["c", "bbc", "x"]),
+    (r"(?:(?:a*)*)*a", "", ["a", ""]),
+    (r"((a*)*)*a", "", ["a", "b"]),
+]
+
+
+@pytest.mark.parametrize("pattern,flags,texts", CASES)
+def test_answers_as_python_does(pattern, flags, texts):
+    rx = BudgetRegex(pattern, flags)
+    assert rx.budget == DEFAULT_BUDGET
+    for text in texts:
+        assert rx.search(text) == python_says(pattern, flags, text), (pattern, flags, text)
+
+
+# ---------------------------------------------------------------------------------
+# Generated regexes of the accepted constructs, nested, on texts made of their letters.
+
+_LEAVES = ["a", "b", "A", "", ".", "[ab]", r"\b", r"\B", "$", "^", r"\w", "-", "_", "\u0130"]
+_REPS = ["*", "+", "?", "*?", "+?", "??", "{1,2}", "{0,2}?", "{2}", "*+", "++"]
+
+
+def _regex():
+    def extend(inner):
+        return st.one_of(
+            st.lists(inner, min_size=2, max_size=3).map("".join),
+            st.tuples(inner, inner).map(lambda t: f"(?:{t[0]}|{t[1]})"),
+            st.tuples(inner, st.sampled_from(_REPS)).map(lambda t: f"(?:{t[0]}){t[1]}"),
+            st.tuples(inner, st.sampled_from(_REPS)).map(lambda t: f"({t[0]}){t[1]}"),
+            inner.map(lambda x: f"({x})"),
+            st.tuples(st.sampled_from(["(?=%s)", "(?!%s)", "(?>%s)", "(?i:%s)", "(?-i:%s)"]),
+                      inner).map(lambda t: t[0] % t[1]),
+            st.sampled_from([r"\1", r"\2", "(?(1)a|b)", "(?(1)b)", "(?(2)a|)",
+                             "(?<=a)", "(?<!b)", "(?<=ab)", "(?<!a.)"]),
+        )
+    return st.recursive(st.sampled_from(_LEAVES), extend, max_leaves=6)
+
+
+_FLAGS = st.sampled_from(["", "i", "m", "s", "im"])
+_TEXTS = st.lists(st.text(alphabet=st.sampled_from("abAB_-\n\u0130i"), max_size=6),
+                  min_size=1, max_size=4)
+
+
+def _valid(pattern: str, flags: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            re.compile(pattern, py_flags(flags))
+        return True
+    except re.error:
+        return False
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_regex(), _FLAGS, _TEXTS)
+@example(r"(?:b+|)*", "", [""])
+@example(r"(?:(?:a*)*)*a", "", ["a"])
+def test_generated_nested_regexes_answer_as_python_does(pattern, flags, texts):
+    if not _valid(pattern, flags):
+        return
+    rx = BudgetRegex(pattern, flags)
+    for text in texts:
+        assert rx.search(text) == python_says(pattern, flags, text), (pattern, flags, text)

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sensor.detect.backtrack import DEFAULT_BUDGET, BudgetRegex
+from sensor.detect.backtrack import DEFAULT_BUDGET, BudgetExceeded, BudgetRegex
+from sensor.detect.charsets import MAX_SCANS_PER_REGEX, RegexUnsupported
 from sensor.detect.regex import py_flags
 
 
@@ -29,6 +30,11 @@ def python_says(pattern: str, flags: str, text: str) -> bool:
 
 
 CASES = [
+    # \b and \B: letters and digits of any script are word characters; no boundary and no
+    # non-boundary in the empty text
+    (r"\b", "", ["\u00e9", "-", ""]),
+    (r"x\b", "", ["x\u00e9", "x-"]),
+    (r"\B", "", ["", "a", "ab", "-"]),
     # \b under (?a): only ASCII letters, digits and "_" are word characters
     (r"(?a)\b", "", ["-", "_", "\u00e9", "a-", " _"]),
     (r"(?a)x\b", "", ["x-", "x_", "x\u00e9", "x"]),
@@ -53,9 +59,34 @@ CASES = [
     (r"a$", "m", ["a\nb"]),
     (r"^b", "", ["a\nb"]),
     (r"^b", "m", ["a\nb"]),
+    # \A and \Z: the start and the end of the text, with or without m
+    (r"\Aa", "", ["ba", "a"]),
+    (r"\Aa", "m", ["b\na", "a"]),
+    (r"a\Z", "", ["a\n", "a"]),
+    (r"a\Z", "m", ["a\n", "a"]),
+    # bounded and unbounded repeats
+    (r"^a{2}$", "", ["aaa", "aa", "a"]),
+    (r"^(?:ab){1,2}$", "", ["ababab", "abab", "ab", ""]),
+    (r"^a*$", "", ["aa", ""]),
+    (r"^a*?$", "", ["aa"]),
+    # an atomic group keeps its first way of matching: greedy takes all it can, lazy the least
+    (r"(?>a+)a", "", ["aa", "aaa"]),
+    (r"(?>a+?)a", "", ["aa"]),
+    (r"(?>a*?)b", "", ["aab"]),
+    (r"a*+a", "", ["aa"]),
+    # groups set inside a look-around or an atomic group keep their text after it
+    (r"(?=(a))\1", "", ["a", "b"]),
+    (r"(?>(a))\1", "", ["aa", "a"]),
+    (r"(?<=(a))\1", "", ["aa", "ab"]),
+    (r"(?!(a))\1", "", ["ab"]),
+    # a group undone by backtracking no longer holds its text, and the others keep theirs
+    (r"(a)(?:(b)x|b)\1", "", ["aba", "abx"]),
+    (r"(?:(a)x|a)(?(1)y|z)", "", ["az", "ay", "axy"]),
+    (r"(?:(a)(b)x|ab)\2", "", ["abb", "abx"]),
     # a conditional takes its "yes" branch once the group has matched
     (r"(a)?(?(1)b|c)", "", ["ab", "c", "ac"]),
     (r"x(a)?(?(1)b|c)", "", ["xab", "xc", "xb"]),
+    (r"()(?(1)a|b)", "", ["a", "b"]),
     # look-behind looks at the characters before the position
     (r"(?<=a)b", "", ["ab", "bb", "b"]),
     (r"(?<=ab)c", "", ["abc", "bc"]),
@@ -78,6 +109,58 @@ def test_answers_as_python_does(pattern, flags, texts):
     assert rx.budget == DEFAULT_BUDGET
     for text in texts:
         assert rx.search(text) == python_says(pattern, flags, text), (pattern, flags, text)
+
+
+@pytest.mark.xfail(strict=True, reason="the engine stops a repeat after an empty required "
+                   "iteration; sre starts one more iteration there (its last_ptr is set only "
+                   "once the minimum is reached)")
+@pytest.mark.parametrize("pattern,text", [
+    (r"^(?:(?(1)a|)()){1,}$", "a"),
+    (r"^(?:(?(1)a|)()){1,}?$", "a"),
+    (r"^(?:(?(1)a|)()){1,}b", "ab"),
+])
+def test_a_repeat_goes_on_after_an_empty_required_iteration(pattern, text):
+    # the first iteration must run and matches nothing (group 1 is not set yet); Python then
+    # tries one more iteration, where group 1 is set and the conditional takes "a"
+    assert python_says(pattern, "", text) is True
+    assert BudgetRegex(pattern).search(text) is True
+
+
+def test_the_default_budget_is_the_documented_200000_steps():
+    assert DEFAULT_BUDGET == 200_000
+    assert BudgetRegex("a").budget == 200_000
+    assert BudgetRegex("a", budget=7).budget == 7
+
+
+def test_a_budget_of_n_steps_allows_exactly_n_instructions():
+    # the program of a one-character regex is two instructions: test the character, match.
+    # On "a" the search runs both; on "ba" the first start position fails after one and the
+    # second runs both: three steps, counted across the start positions
+    assert BudgetRegex("a", budget=2).search("a") is True
+    with pytest.raises(BudgetExceeded):
+        BudgetRegex("a", budget=1).search("a")
+    assert BudgetRegex("a", budget=3).search("ba") is True
+    with pytest.raises(BudgetExceeded):
+        BudgetRegex("a", budget=2).search("ba")
+    # the empty regex is the match instruction alone
+    assert BudgetRegex("", budget=1).search("") is True
+    with pytest.raises(BudgetExceeded):
+        BudgetRegex("", budget=0).search("")
+
+
+def test_each_regex_may_need_up_to_the_bound_of_character_set_scans():
+    # a case-insensitive non-ASCII literal needs a scan of the code points; a regex may need
+    # MAX_SCANS_PER_REGEX of them (each regex on its own: the count starts again), one more is
+    # refused with the reason
+    at_bound = "(?i)" + "".join(chr(0xE0 + i) for i in range(MAX_SCANS_PER_REGEX))
+    for _ in range(2):
+        rx = BudgetRegex(at_bound)
+        text = at_bound[4:].upper()
+        assert rx.search(text) is True and python_says(at_bound, "", text)
+    over = "(?i)" + "".join(chr(0xE0 + i) for i in range(MAX_SCANS_PER_REGEX + 1))
+    with pytest.raises(RegexUnsupported) as err:
+        BudgetRegex(over)
+    assert err.value.refused and f"more than {MAX_SCANS_PER_REGEX}" in err.value.reason
 
 
 # ---------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ CASES = [
     # the length and place of a backreference's text
     (r"x(a)\1", "", ["xaa", "xa"]),
     (r"x(ab)\1", "", ["xabab", "xaba"]),
+    (r"^()\1", "", ["", "a"]),
+    (r"^(a?)\1b", "", ["b", "aab"]),
     # ^ and $ see line ends only under m; $ also matches before a final newline
     (r"a$", "", ["a\nb", "a\n", "a", "a\n\n"]),
     (r"a$", "m", ["a\nb"]),

@@ -58,7 +58,7 @@ CASES = [
     (r"^(a?)\1b", "", ["b", "aab"]),
     # ^ and $ see line ends only under m; $ also matches before a final newline
     (r"a$", "", ["a\nb", "a\n", "a", "a\n\n"]),
-    (r"a$", "m", ["a\nb"]),
+    (r"a$", "m", ["a\nb", "ab"]),
     (r"^b", "", ["a\nb"]),
     (r"^b", "m", ["a\nb"]),
     # \A and \Z: the start and the end of the text, with or without m
@@ -89,6 +89,7 @@ CASES = [
     (r"(a)?(?(1)b|c)", "", ["ab", "c", "ac"]),
     (r"x(a)?(?(1)b|c)", "", ["xab", "xc", "xb"]),
     (r"()(?(1)a|b)", "", ["a", "b"]),
+    (r"(a)?(?(1)b)c", "", ["c", "abc", "ac"]),
     # look-behind looks at the characters before the position
     (r"(?<=a)b", "", ["ab", "bb", "b"]),
     (r"(?<=ab)c", "", ["abc", "bc"]),
@@ -97,6 +98,8 @@ CASES = [
     (r"a*?b", "", ["aab", "b", "aa"]),
     (r"a{2,}?b", "", ["aab", "ab", "aaab"]),
     (r"(?:ab)+?c", "", ["ababc", "abc", "c"]),
+    (r"(?:^)*?a", "", ["-", "a", "ba"]),
+    (r"(?:^)*?a", "im", ["-", "\na"]),
     # repeats in repeats whose bodies can match nothing
     (r"(?:b+|)*", "", ["", "b"]),
     (r"(?:b+|)*c", "", ["c", "bbc", "x"]),

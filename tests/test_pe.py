@@ -999,6 +999,28 @@ def test_a_character_next_to_a_hex_digit_range_makes_the_key_no_table_id(key, tm
     assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", (key, got)
 
 
+@pytest.mark.parametrize("key", ["`0000000", "@0000000"])
+def test_a_character_just_below_a_letter_range_is_not_the_digit_after_it(key, tmp_path):
+    # '`' and '@' sit just below a-f and A-F, where a reader that let them in would take them
+    # for the digit 9 (a - 1 + 10). The Translation names table 90000000, which the key is
+    # not: the first table (ja) is chosen (step 8: 8 hex digits in either case)
+    blob = gen.root([
+        gen.sfi(gen.table("041104B0", gen.string("OriginalFilename", "ja.exe")),
+                gen.table(key, gen.string("OriginalFilename", "odd.exe"))),
+        gen.translation((0x9000, 0x0000)),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "ja.exe", (key, got)
+    # the same Translation does name a table keyed 90000000
+    blob = gen.root([
+        gen.sfi(gen.table("041104B0", gen.string("OriginalFilename", "ja.exe")),
+                gen.table("90000000", gen.string("OriginalFilename", "nine.exe"))),
+        gen.translation((0x9000, 0x0000)),
+    ])
+    got = _strings_of(minimal_pe(blob), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "nine.exe", got
+
+
 def test_a_value_without_its_nul_is_read_to_its_nodes_end(tmp_path):
     # "abc" with no terminator, the String ending right after it: all three units are read
     blob = gen.root([gen.sfi(gen.table("040904B0",

@@ -525,9 +525,10 @@ def version_section(blob: bytes, lang: int = 0x409) -> bytes:
 
 def minimal_pe(blob: bytes = b"", lang: int = 0x409, *, rsrc: bytes | None = None,
                nrva: int = 16, optsz: int = 224, res_dir: tuple[int, int] | None = None,
-               vsize: int | None = None) -> bytes:
+               vsize: int | None = None, plus: bool = False) -> bytes:
     """The image; ``rsrc`` replaces the section's bytes, ``res_dir`` DataDirectory[2],
-    ``vsize`` the section's VirtualSize (its raw size by default)."""
+    ``vsize`` the section's VirtualSize (its raw size by default); ``plus`` makes the
+    optional header PE32+ (NumberOfRvaAndSizes and the directories 16 bytes further on)."""
     if rsrc is None:
         rsrc = version_section(blob, lang)
     img = bytearray(SEC_PTR)
@@ -536,9 +537,10 @@ def minimal_pe(blob: bytes = b"", lang: int = 0x409, *, rsrc: bytes | None = Non
     img[64:68] = b"PE\0\0"
     struct.pack_into("<HHIIIHH", img, 68, 0x14C, 1, 0, 0, 0, optsz, 0x102)
     opt = 88
-    struct.pack_into("<H", img, opt, 0x10B)                          # PE32
-    struct.pack_into("<I", img, opt + 92, nrva)                      # NumberOfRvaAndSizes
-    struct.pack_into("<II", img, opt + 96 + 16, *(res_dir or (SEC_VA, len(rsrc))))
+    nrva_off, dd_off = (108, 112) if plus else (92, 96)
+    struct.pack_into("<H", img, opt, 0x20B if plus else 0x10B)       # PE32+ or PE32
+    struct.pack_into("<I", img, opt + nrva_off, nrva)                # NumberOfRvaAndSizes
+    struct.pack_into("<II", img, opt + dd_off + 16, *(res_dir or (SEC_VA, len(rsrc))))
     sec = opt + optsz
     img[sec:sec + 40] = bytes(40)                # the section entry replaces what lay there
     img[sec:sec + 8] = b".rsrc\0\0\0"
@@ -622,6 +624,15 @@ def test_a_resource_directory_entry_with_a_zero_rva_or_size_means_no_resources(r
 def test_fewer_than_three_data_directories_means_no_resources(tmp_path):
     # NumberOfRvaAndSizes 2: DataDirectory[2] is not there, whatever its bytes say
     assert _strings_of(minimal_pe(EDGE_BLOB, nrva=2), tmp_path) == ("error", "no_resources")
+
+
+@pytest.mark.parametrize("plus", [False, True], ids=["PE32", "PE32+"])
+def test_the_directory_count_is_read_where_each_optional_header_layout_keeps_it(plus, tmp_path):
+    # NumberOfRvaAndSizes sits at offset 92 (PE32) or 108 (PE32+) of the optional header:
+    # 2 there means no DataDirectory[2] (step 1), 3 means it is read
+    assert _strings_of(minimal_pe(EDGE_BLOB, nrva=2, plus=plus), tmp_path) == ("error", "no_resources")
+    got = _strings_of(minimal_pe(EDGE_BLOB, nrva=3, plus=plus), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
 
 
 def test_an_optional_header_just_long_enough_for_the_resource_entry_is_read(tmp_path):

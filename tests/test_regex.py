@@ -9,6 +9,7 @@ regex on generated texts made of its own literals.
 from __future__ import annotations
 
 import re
+import string
 import warnings
 from functools import lru_cache
 
@@ -17,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.detect.backtrack import BudgetExceeded, BudgetRegex
-from sensor.detect.regex import (ENGINE_BACKTRACK, ENGINE_RE2, LinearRegex, cat_bits,
-                                 compile_regex, plan, py_flags)
+from sensor.detect.regex import (ENGINE_BACKTRACK, ENGINE_RE2, ENGINE_REFUSED, LinearRegex,
+                                 RegexUnsupported, cat_bits, compile_regex, plan, py_flags)
 
 from .conftest import SHARED, needs_shared
 
@@ -75,6 +76,23 @@ CORNERS = [
     (r"(?i)echo.*clip", "", ["ECHocl\u0131P", "echo\nclip"]),
     (r"https?://(?:(?:25[0-5]|(?:2[0-4]|1\d|[1-9])?\d)(?:\.|\b)){4}", "",
      ["http://1.2.3.4", "http://1.2.3.\u0663", "http://255.255.255.255x", "https://9.9.9.9\u00e9"]),
+    # U+0080, the first non-ASCII code point, is mapped like any other (here to an ASCII twin,
+    # not to the byte 0x80 that stands for the class of \u00e9)
+    (r"\u00e9", "", ["\x80", "x\x80y", "\u00e9"]),
+    # a non-ASCII word class no ASCII character shares: every class gets a byte of its own
+    (r"\b\u00e9\b", "", ["\u00e9", "0", " 0 ", "a\u00e9", " \u00e9 ", "0\u00e9"]),
+    # the same, with ten punctuation classes besides the rest: none of them may become the
+    # newline byte the anchors look at (the {0} repeat only adds the classes)
+    (r"(?m)\u00e9\b!$(?:!\"#\$%&'\(\)\*){0}", "", ["\u00e9!*", "\u00e9!", "\u00e9!\n", "\u00e9!)"]),
+    # $ (without m) inside an optional group at the end of the pattern is at its end
+    (r"a(?:b$)?", "", ["ab\n", "a", "ab", "abc", "ab\nc", "b\n"]),
+    (r"a(?:b$){0,1}", "", ["ab\n", "abc", "ab\nc"]),
+    # repeat counts of exactly 1,000 (RE2's limit) run on RE2
+    (r"xa{1000}", "", ["x" + "a" * 999, "x" + "a" * 1000]),
+    (r"xa{0,1000}y", "", ["x" + "a" * 1000 + "y", "x" + "a" * 1001 + "y", "xy"]),
+    # open repeats of every lower bound
+    (r"xa{2,}y", "", ["xay", "xaay", "xaaay"]),
+    (r"xa{1,}y|za{0,}w", "", ["xy", "xay", "zw", "zaaw"]),
 ]
 
 
@@ -103,6 +121,86 @@ def test_backtracking_features_are_named(pattern, why):
     p = plan(pattern, "")
     assert p.engine == ENGINE_BACKTRACK
     assert why in p.reason
+
+
+@pytest.mark.parametrize("pattern,count", [
+    (r"a{1001}", "{1001,1001}"), (r"a{0,1001}", "{0,1001}"), (r"a{1001,}", "{1001,}"),
+])
+def test_a_repeat_count_above_1000_is_named_as_written(pattern, count):
+    p = plan(pattern, "")
+    assert p.engine == ENGINE_BACKTRACK
+    assert f"a repeat count above 1000 ({count})" in p.reason, p.reason
+
+
+@pytest.mark.parametrize("pattern", [r"(?:b$)*", r"(?:b$){2}", r"(?:b$)+", r"(?:b$)?c", r"(?:b$){0,1}c"])
+def test_a_dollar_that_something_may_follow_needs_backtracking(pattern):
+    # $ (without m) only at the end of the pattern: a repeat that may run again, or anything
+    # after the group, puts text after it
+    p = plan(pattern, "")
+    assert p.engine == ENGINE_BACKTRACK
+    assert "before the end of the pattern" in p.reason
+
+
+def test_128_non_ascii_classes_fit_the_bytes_0x80_to_0xff():
+    # A non-ASCII character without an ASCII twin takes a byte 0x80-0xFF: 128 such classes
+    # run on RE2 (ASCII text as is, beside 73 ASCII classes), a 129th does not fit a byte
+    asc = string.ascii_letters + string.digits + "!#%&,;<=>@~"
+    non_ascii = "".join(chr(0x100 + i) for i in range(128))
+    pattern = re.escape(asc) + non_ascii
+    p = plan(pattern, "")
+    assert p.engine == ENGINE_RE2, p.reason
+    assert p.alphabet.ascii_map is None
+    rx = compile_regex(pattern, "")
+    text = asc + non_ascii
+    for t in (text, text[:-1] + "\u0100", "\x80" + text + "\u00ff", text.replace("\u0142", "\u0143")):
+        assert rx.search(t) == python_says(pattern, "", t), t
+    more = plan(pattern + "\u0200", "")
+    assert more.engine == ENGINE_BACKTRACK
+    assert "more distinct character classes than a byte holds" in more.reason
+    # 127 literals and the class of every other non-ASCII character (up to U+10FFFF, past
+    # which there is none) are 128 memberships no ASCII character has (every ASCII character
+    # is in [\x00-\x7f]): they fit too
+    pattern = re.escape(asc) + non_ascii[:-1] + r"[\x00-\x7f][\x80-\U0010ffff]"
+    assert plan(pattern, "").engine == ENGINE_RE2
+    rx = compile_regex(pattern, "")
+    for t in (asc + non_ascii[:-1] + "a\U0010ffff", asc + non_ascii[:-1] + "\x80a"):
+        assert rx.search(t) == python_says(pattern, "", t), t
+
+
+def test_a_class_of_all_bytes_but_one_keeps_that_one_out():
+    # 128 non-ASCII classes take every byte 0x80-0xFF, and each of them is in [^a], as is
+    # every ASCII character but a: [^a] holds 255 of the 256 bytes, and still not a's
+    non_ascii = "".join(chr(0x100 + i) for i in range(128))
+    pattern = non_ascii + "[^a]"
+    assert plan(pattern, "").engine == ENGINE_RE2
+    rx = compile_regex(pattern, "")
+    for t in (non_ascii + "a", non_ascii + "b", non_ascii + "\u0100", non_ascii + "\n"):
+        assert rx.search(t) == python_says(pattern, "", t), t
+
+
+@pytest.mark.parametrize("pattern", [r"\u00e9", r"\u00e9|x", "(?i)\u00e9", r"[^\u0100-\u0200]\d"])
+def test_ascii_text_needs_no_mapping_without_a_word_boundary(pattern):
+    # the module's promise: ASCII characters stand for themselves (only a \b regex whose word
+    # class has no ASCII twin renames them)
+    assert plan(pattern, "").alphabet.ascii_map is None
+
+
+def test_a_regex_refused_for_any_engine_is_refused_by_compile_regex_too():
+    # more than 8 case-insensitive non-ASCII sets would each need a scan of every code point
+    pattern = "(?i)" + "".join(chr(0x1E00 + 2 * i) for i in range(9))
+    assert plan(pattern, "").engine == ENGINE_REFUSED
+    with pytest.raises(RegexUnsupported) as exc:
+        compile_regex(pattern, "")
+    assert exc.value.refused and "case-insensitive non-ASCII" in exc.value.reason
+
+
+def test_a_translation_re2_cannot_run_is_reported_in_the_plan_not_on_stderr(capfd):
+    # nested repeats within 1,000 each that RE2 still refuses: the plan says why, and RE2's
+    # own error log stays off the sensor's stderr
+    capfd.readouterr()
+    p = plan(r"(?:q{100}){99}", "")
+    assert p.engine == ENGINE_BACKTRACK and "RE2 cannot run the translation" in p.reason
+    assert capfd.readouterr().err == ""
 
 
 def test_categories_match_python_on_every_code_point():

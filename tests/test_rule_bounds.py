@@ -63,6 +63,27 @@ def test_opt_in_per_rule_runs_it_under_the_budget(tmp_path, engine):
     assert m.regex_engines()[0][0][1] == "backtrack"
 
 
+def test_opt_in_does_not_let_a_regex_no_engine_may_prepare_through(tmp_path):
+    # The backreference stops the RE2 plan before the nine case-insensitive non-ASCII
+    # literals after it are looked at; the backtracking engine needs all nine, each a scan
+    # of every code point, and more than 8 is refused for any engine: the allowed rule is
+    # still rejected, with that reason, and the other rules load
+    letters = "".join(chr(0x1E00 + 2 * i) for i in range(9))
+    f = tmp_path / "costly.yml"
+    f.write_text(sigma(f"""\
+selection:
+    CommandLine|re: '(?i)(\\w+) \\1{letters}'
+condition: selection
+"""), encoding="utf-8")
+    g = tmp_path / "other.yml"
+    g.write_text(BACKREF.replace(RULE_ID, RULE_ID[:-1] + "c"), encoding="utf-8")
+    report = load_rules([f, g], builtin=False, allow_backtracking=[RULE_ID, RULE_ID[:-1] + "c"])
+    assert [r.id for r in report.rules] == [RULE_ID[:-1] + "c"]
+    (rej,) = report.rejected
+    assert rej.path == str(f)
+    assert "more than 8 case-insensitive non-ASCII character sets; refused" in rej.reason, rej.reason
+
+
 def test_pack_rules_need_the_opt_in_too(tmp_path):
     f = tmp_path / "backref.yml"
     f.write_text(BACKREF, encoding="utf-8")

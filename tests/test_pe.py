@@ -904,6 +904,56 @@ def test_a_directory_past_the_sections_raw_data_is_malformed_even_inside_the_fil
     assert _strings_of(img[:-64], tmp_path) == ("error", "truncated")
 
 
+def _odd_tree(blob: bytes, type_sub: bool = True, name_sub: bool = True) -> bytes:
+    """A .rsrc section whose name directory (25), language directory (49), data entry (73)
+    and blob (89) all sit at odd offsets; ``type_sub``/``name_sub`` False clear the
+    subdirectory bit of the type or name entry (the offset stays odd)."""
+    sub = 0x80000000
+    rsrc = (_directory(16, (sub if type_sub else 0) | 25) + b"\0"
+            + _directory(1, (sub if name_sub else 0) | 49)
+            + _directory(0x409, 73)                          # no high bit: the data entry
+            + struct.pack("<IIII", SEC_VA + 89, len(blob), 0, 0)
+            + blob)
+    assert len(rsrc) == 89 + len(blob)
+    return rsrc + b"\0" * (-len(rsrc) % 4)
+
+
+def test_directory_and_data_entry_offsets_are_used_as_written_odd_ones_too(tmp_path):
+    # An entry's offset is the low 31 bits as they are (step 3: the high bit says a
+    # subdirectory, and only that bit): odd offsets lead to the directories written there
+    got = _strings_of(minimal_pe(rsrc=_odd_tree(EDGE_BLOB)), tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+    # without the high bit, the type or name entry is not a subdirectory: malformed
+    for kw in ({"type_sub": False}, {"name_sub": False}):
+        assert _strings_of(minimal_pe(rsrc=_odd_tree(EDGE_BLOB, **kw)), tmp_path) == ("error", "resdir"), kw
+
+
+def test_a_data_entry_one_byte_past_the_sections_raw_data_is_malformed(tmp_path):
+    # The data entry is the last 16 bytes of the section; with SizeOfRawData one byte short
+    # its last byte lies past the raw data, still inside the file (step 3): resdir. The blob
+    # itself lies inside the raw data
+    rsrc = version_section(EDGE_BLOB)
+    img = bytearray(minimal_pe(rsrc=rsrc))
+    assert _strings_of(bytes(img), tmp_path)["OriginalFilename"] == "edge.exe"
+    struct.pack_into("<I", img, 312 + 16, len(rsrc) - 1)       # SizeOfRawData
+    assert _strings_of(bytes(img), tmp_path) == ("error", "resdir")
+
+
+def test_a_section_table_at_the_end_of_the_file_must_be_whole(tmp_path):
+    # Two 40-byte entries placed after the section data (SizeOfOptionalHeader reaches
+    # there): the first maps the resources. A file that ends one byte before the second
+    # entry's end is cut (step 1: the section table must lie inside the file)
+    img = bytearray(minimal_pe(EDGE_BLOB))
+    entry = bytes(img[312:352])
+    sec = len(img)
+    struct.pack_into("<H", img, 64 + 4 + 2, 2)                 # NumberOfSections
+    struct.pack_into("<H", img, 64 + 4 + 16, sec - 88)         # SizeOfOptionalHeader
+    whole = bytes(img) + entry + b".second" + bytes(33)
+    got = _strings_of(whole, tmp_path)
+    assert isinstance(got, dict) and got["OriginalFilename"] == "edge.exe", got
+    assert _strings_of(whole[:-1], tmp_path) == ("error", "truncated")
+
+
 def test_an_image_without_sections_maps_no_rva(tmp_path):
     img = bytearray(minimal_pe(EDGE_BLOB))
     struct.pack_into("<H", img, 64 + 6, 0)                 # COFF NumberOfSections

@@ -30,6 +30,8 @@ def python_says(pattern: str, flags: str, text: str) -> bool:
         return re.search(pattern, text, py_flags(flags)) is not None
 
 
+NONWORD = "".join(chr(c) for c in range(128) if c != 10 and not (chr(c).isalnum() or c == 0x5F))
+
 # pattern, flags, texts: each a place where RE2's own reading of the pattern text differs
 CORNERS = [
     (r"a$", "", ["a\n", "a", "a\n\n", "ba", "a\nb"]),
@@ -78,7 +80,7 @@ CORNERS = [
      ["http://1.2.3.4", "http://1.2.3.\u0663", "http://255.255.255.255x", "https://9.9.9.9\u00e9"]),
     # U+0080, the first non-ASCII code point, is mapped like any other (here to an ASCII twin,
     # not to the byte 0x80 that stands for the class of \u00e9)
-    (r"\u00e9", "", ["\x80", "x\x80y", "\u00e9"]),
+    (r"\u00e9", "", ["\x80", "x\x80y", "\u00e9", "\u00ea", "\u00e8", "\x7f"]),
     # a non-ASCII word class no ASCII character shares: every class gets a byte of its own
     (r"\b\u00e9\b", "", ["\u00e9", "0", " 0 ", "a\u00e9", " \u00e9 ", "0\u00e9"]),
     # the same, with ten punctuation classes besides the rest: none of them may become the
@@ -93,6 +95,20 @@ CORNERS = [
     # open repeats of every lower bound
     (r"xa{2,}y", "", ["xay", "xaay", "xaaay"]),
     (r"xa{1,}y|za{0,}w", "", ["xy", "xay", "zw", "zaaw"]),
+    (r"ya{0,2}z", "", ["yz", "yaz", "yaaz", "yaaaz"]),
+    # non-ASCII ranges at their edges, and at the first non-ASCII code point
+    (r"[\u0100-\u0105]", "", ["\u0106", "\u0105", "\u00ff", "\u0100"]),
+    (r"[\x81-\x90]", "", ["\x81", "\x80", "\x90", "\x91"]),
+    (r"[\x80]", "", ["\x80", "\x81"]),
+    (r"[\x80-\x90]", "", ["\x85", "\x91", "\x7f"]),
+    # DEL, the last ASCII character, stands for itself like the others
+    (r"x\x7f", "", ["x\x00", "x\x7f"]),
+    (r"\b\u00e9\b|x\x7f", "", ["x\x00", "x\x7f", " \u00e9 "]),
+    # a class for every non-word ASCII character (besides the newline) in a \b regex that
+    # renames ASCII: none of them may take a byte RE2 counts as a word character
+    pytest.param("\u00e9\\b(?:" + re.escape(NONWORD) + "){0}", "",
+                 ["\u00e9" + c for c in NONWORD] + [c + "\u00e9" for c in "`^_"],
+                 id="a-class-for-every-non-word-ascii-character"),
 ]
 
 

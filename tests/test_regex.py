@@ -8,6 +8,7 @@ regex on generated texts made of its own literals.
 """
 from __future__ import annotations
 
+import itertools
 import re
 import string
 import warnings
@@ -308,6 +309,60 @@ def test_budgeted_engine_agrees_with_python(pattern, flags, texts):
     rx = BudgetRegex(pattern, flags, budget=10_000_000)
     for t in texts:
         assert rx.search(t) == python_says(pattern, flags, t), (pattern, flags, t)
+
+
+# pattern, alphabet, longest text: the budgeted engine against re on every text over the
+# alphabet up to that length, for each kind of instruction (captures and the loop state
+# restored on backtracking, lazy and bounded repeats, backreferences with and without
+# IGNORECASE, lookaround, conditionals, anchors, scoped flags)
+BUDGET_CORNERS = [
+    (r"(a|ab)(c|bcd)(d*)", "abcd", 4),
+    (r"(?:(?:a|b)*?b)*a$", "ab\n", 4),
+    (r"(?:a*)*b", "ab", 4),
+    (r"(a*)+b", "ab", 4),
+    (r"(a?)*?b", "ab", 4),
+    (r"a*?b", "ab", 4),
+    (r"(?:a{0,2}b?){2,3}a", "ab", 5),
+    (r"(?:(a)|b)*\1", "ab", 4),
+    (r"(?:(a|b)(?:c|\1))+d", "abcd", 5),
+    (r"(a|b)\1", "abA", 3),
+    (r"x(a)\1", "xaA", 4),
+    (r"(a*)b\1", "ab", 5),
+    (r"(?i)(a+)\1", "aAb", 4),
+    (r"(?i)(ab)\1", "abAB", 4),
+    (r"(?i)(\u0130)\1", "\u0130iI\u0131", 2),
+    (r"(?i)(i)\1", "\u0130iI\u0131", 2),
+    (r"(?<=ab)c", "abc", 4),
+    (r"(?<!a)b", "ab", 3),
+    (r"(?<=a|b)c", "abc", 3),
+    (r"(?=(a+))a*b\1", "ab", 5),
+    (r"(?!ab)a", "ab", 3),
+    (r"(?>a+)b", "ab", 4),
+    (r"a*+a", "ab", 3),
+    (r"(a)?(?(1)b|c)", "abc", 3),
+    (r"(a)?b(?(1)c)", "abc", 3),
+    (r"a$", "a\n", 3),
+    (r"^b", "ab\n", 3),
+    (r"(?m)^b$", "ab\n", 4),
+    (r"\Aa|b\Z", "ab\n", 3),
+    (r"a\b", "a_-", 2),
+    (r"(?a)a\b", "a_-\u00e9", 2),
+    (r"\Ba\B", "a_-\u00e9", 3),
+    (r"(?i:a)b", "aAbB", 2),
+    (r"(?i)a(?-i:b)", "aAbB", 2),
+    # loops inside loops whose iterations can match nothing, entered again after backtracking
+    (r"(?:(?:a?)+?){2}b", "ab", 3),
+    (r"(?:(?:a?)+|)+$", "ab", 3),
+    (r"(?:(a?|)+?|b)$", "ab", 2),
+]
+
+
+@pytest.mark.parametrize("pattern,alphabet,longest", BUDGET_CORNERS)
+def test_budgeted_engine_agrees_with_python_on_every_short_text(pattern, alphabet, longest):
+    rx = BudgetRegex(pattern, "")        # the default budget decides texts this short
+    for n in range(longest + 1):
+        for t in map("".join, itertools.product(alphabet, repeat=n)):
+            assert rx.search(t) == python_says(pattern, "", t), (pattern, t)
 
 
 def test_budget_is_a_hard_limit_and_deterministic():

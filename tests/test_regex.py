@@ -354,6 +354,14 @@ BUDGET_CORNERS = [
     (r"(?:(?:a?)+?){2}b", "ab", 3),
     (r"(?:(?:a?)+|)+$", "ab", 3),
     (r"(?:(a?|)+?|b)$", "ab", 2),
+    # bounded repeats stop at their bound; a group that matched the empty text at 0 did match
+    (r"^(?:ab){1,2}$", "ab", 6),
+    (r"^a{2}$", "a", 3),
+    (r"(a?)(?(1)b|c)", "abc", 3),
+    # an atomic group keeps the first way its repeat matched: greedy, lazy
+    (r"(?>a*)a", "a", 3),
+    (r"(?>a*?)a", "a", 3),
+    (r"(?>(a+?))\1b", "ab", 4),
 ]
 
 
@@ -374,6 +382,14 @@ def test_budget_is_a_hard_limit_and_deterministic():
     short = BudgetRegex(r"(a+)+$", "", budget=10_000_000)
     assert short.search("a" * 8 + "!") is False
     assert short.search("a" * 8) is True
+
+
+def test_a_step_is_one_instruction_counted_across_start_positions():
+    # "b" is two instructions (the character, then the match): on "ab" the try at 0 takes
+    # one step and fails, the try at 1 takes two: 3 steps in all, and a budget of 3 is enough
+    assert BudgetRegex("b", "", budget=3).search("ab") is True
+    with pytest.raises(BudgetExceeded):
+        BudgetRegex("b", "", budget=2).search("ab")
 
 
 def test_linear_time_on_the_inputs_that_freeze_python():

@@ -392,6 +392,15 @@ def test_a_step_is_one_instruction_counted_across_start_positions():
         BudgetRegex("b", "", budget=2).search("ab")
 
 
+def test_the_default_budget_is_200000_steps_per_search():
+    # docs/matcher.md: 200,000 steps per search by default. "b" on k times "a" fails one
+    # step at each of the k + 1 start positions (the last at the end of the text)
+    rx = BudgetRegex("b", "")
+    assert rx.search("a" * 199_999) is False            # 200,000 steps
+    with pytest.raises(BudgetExceeded):
+        rx.search("a" * 200_000)                       # 200,001
+
+
 def test_linear_time_on_the_inputs_that_freeze_python():
     # issue 13's inputs: each runs in one pass (the test only guards against a hang)
     for pattern, text in [

@@ -211,6 +211,11 @@ def test_a_regex_refused_for_any_engine_is_refused_by_compile_regex_too():
     with pytest.raises(RegexUnsupported) as exc:
         compile_regex(pattern, "")
     assert exc.value.refused and "case-insensitive non-ASCII" in exc.value.reason
+    # the backtracking engine allows the same 8 (here behind a backreference)
+    eight = pattern[:-1] + r"(.)\1"
+    rx = BudgetRegex(eight, "")
+    text = "".join(chr(0x1E00 + 2 * i) for i in range(8)) + "xx"
+    assert rx.search(text) is True and python_says(eight, "", text) is True
 
 
 def test_a_translation_re2_cannot_run_is_reported_in_the_plan_not_on_stderr(capfd):
@@ -362,6 +367,13 @@ BUDGET_CORNERS = [
     (r"(?>a*)a", "a", 3),
     (r"(?>a*?)a", "a", 3),
     (r"(?>(a+?))\1b", "ab", 4),
+    # \B never matches the empty text (Python 3.11); a loop at the start of the text may
+    # iterate there; a group is not matched while it is still open; a lookahead that matches
+    # the empty text at 0
+    (r"\B", "ab", 1),
+    (r"^a*$", "ab", 3),
+    (r"(a(?(1)b|c))", "abc", 3),
+    (r"(?=a*)b", "ab", 2),
 ]
 
 

@@ -2315,3 +2315,64 @@ def test_a_heal_that_finds_the_spool_healed_by_the_thread_it_waited_for_says_don
         assert sp.heal() is True
         assert other == [True] and sp.heals == 1
         assert len(list(tmp_path.glob("s.db.damaged-*"))) == 1
+
+
+# -- survivors of the full mutation run, second pass ---------------------------------------------
+
+def test_wait_for_volume_counts_bytes_from_the_bytes_of_since(tmp_path):
+    # "at least nbytes body bytes after since": since is (rows, bytes); the byte goal starts at
+    # its byte count, not its row count (nothing committed after since: no goal is reached)
+    with Spool(tmp_path / "s.db") as sp:
+        sp.put(alert(1, pad=200))
+        since = sp.put_volume
+        assert since[1] > since[0] + 50
+        assert sp.wait_for_volume(since, 1000, 50, 0.0) is False
+        sp.put(alert(2))
+        assert sp.wait_for_volume(since, 1000, 50, 0.0) is True
+
+
+def test_a_waiter_with_under_a_second_left_still_waits_for_the_commit(tmp_path, monkeypatch):
+    # "block until ... or timeout seconds passed": 0.5 s left is time left (the clock is held
+    # still, so the deadline never passes; the guards only bound a hang)
+    clock = FrozenMonotonic(9_000.0)
+    monkeypatch.setattr(spool_mod, "time", clock)
+    with Spool(tmp_path / "s.db") as sp:
+        since = sp.put_volume
+        got: list[bool] = []
+        stop = threading.Event()
+        t = threading.Thread(target=lambda: got.append(
+            sp.wait_for_volume(since, 1, 10**9, 0.5, done=stop.is_set)), daemon=True)
+        t.start()
+        waiting = threading.Event()
+        try:
+            while t.is_alive() and not waiting.wait(0.01):
+                with sp._volume:
+                    if sp._volume._waiters:
+                        waiting.set()
+            assert waiting.is_set(), "the waiter returned without waiting"
+            sp.put(alert(1))
+            t.join(60)
+            assert got == [True]
+        finally:
+            stop.set()
+            sp.wake()
+            t.join(60)
+
+
+def test_a_released_reserve_of_any_size_is_room_freed_and_says_its_size(tmp_path, caplog):
+    # docs/delivery.md, "Faults": on a full disk the owner deletes its reserve file; the log says
+    # how many KiB that freed, and the fault state's reserve_bytes is 0 from then on. Even a
+    # reserve of 1 byte is room freed (True: worth trying the write again).
+    path = tmp_path / "s.db"
+    reserve = Path(str(path) + ".reserve")
+    with Spool(path, owner=True, reserve_bytes=1) as sp:
+        assert reserve.stat().st_size == 1 == sp.reserve_bytes
+        assert sp._release_reserve() is True
+        assert not reserve.exists() and sp.fault_stats()["reserve_bytes"] == 0
+    size = 100 * 1024 + 1022                  # 100 KiB and a bit: 100, in whole KiB
+    with Spool(path, owner=True, reserve_bytes=size) as sp, \
+            caplog.at_level(logging.WARNING, logger="sensor.spool"):
+        assert reserve.stat().st_size == size
+        assert sp._release_reserve() is True
+        assert "released the 100 KiB reserve" in caplog.text
+        assert sp.fault_stats()["reserve_bytes"] == 0

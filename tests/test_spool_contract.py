@@ -2376,3 +2376,19 @@ def test_a_released_reserve_of_any_size_is_room_freed_and_says_its_size(tmp_path
         assert sp._release_reserve() is True
         assert "released the 100 KiB reserve" in caplog.text
         assert sp.fault_stats()["reserve_bytes"] == 0
+
+
+def test_a_foreign_constraint_on_the_spools_tables_is_treated_like_damage(tmp_path):
+    # the spool is input too: a file with a trigger of its own that refuses the spool's writes at
+    # open (SQLITE_CONSTRAINT) is not the spool's; treated like damage, as a foreign schema is
+    path = tmp_path / "s.db"
+    Spool(path).close()
+    con = raw(path)
+    con.execute("CREATE TRIGGER no_meta BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'no'); END")
+    con.commit()
+    con.close()
+    with pytest.raises(SpoolDamaged):
+        Spool(path)
+    with Spool(path, owner=True, reserve_bytes=0) as sp:   # the owner moves it aside, afresh
+        assert sp.salvage is not None and sp.put(alert(1)) is True
+    assert list(tmp_path.glob("s.db.damaged-*"))

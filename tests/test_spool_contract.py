@@ -2392,3 +2392,47 @@ def test_a_foreign_constraint_on_the_spools_tables_is_treated_like_damage(tmp_pa
     with Spool(path, owner=True, reserve_bytes=0) as sp:   # the owner moves it aside, afresh
         assert sp.salvage is not None and sp.put(alert(1)) is True
     assert list(tmp_path.glob("s.db.damaged-*"))
+
+
+def _full_without_room(sp: Spool, monkeypatch) -> None:
+    """The full state as a write on a full disk leaves it, on a volume that stays full (statvfs
+    says 0 bytes free): the spool file may not grow, so new rows have only its free pages."""
+    monkeypatch.setattr(spool_mod, "shutil", FakeDisk(100 * MiB, 0))
+    sp._enter_full("simulated: the disk refused a write")
+
+
+def test_on_a_full_disk_free_pages_take_new_alerts_before_any_is_dropped(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": "new alerts go into the free pages it already has, and when
+    # those run short the oldest undelivered alerts are dropped": confirmed rows left free
+    # pages for far more than the new alerts, so none is dropped and none waits in memory
+    with Spool(tmp_path / "s.db", health_alerts=False) as sp:    # not the owner: no reserve
+        sp.put_many([alert(i, pad=3000) for i in range(120)])
+        sp.ack([it.rowid for it in sp.fetch(100)])
+        sp._checkpoint()
+        assert sp._free_pages_bytes() > 60 * size_of(alert(0, pad=3000))
+        _full_without_room(sp, monkeypatch)
+        sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
+        st_ = sp.stats()
+        assert st_["disk_full"] and st_["dropped_disk_full"] == 0 and st_["held"] == 0
+        assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(sp.ids())
+        assert len([i for i in sp.ids() if i.startswith("a-")]) == 40
+
+
+def test_on_a_full_disk_too_few_free_pages_replace_the_oldest_one_for_one(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": new alerts go into the free pages first; "when those run short
+    # the oldest undelivered alerts are dropped in the same transaction": for alerts of one size,
+    # room for a new alert takes no more than one old one, so fewer alerts are dropped than
+    # written, none waits in memory, and every alert is accounted for
+    with Spool(tmp_path / "s.db", health_alerts=False) as sp:
+        sp.put_many([alert(i, pad=3000) for i in range(60)])
+        sp.ack([it.rowid for it in sp.fetch(12)])
+        sp._checkpoint()
+        assert 0 < sp._free_pages_bytes() < 20 * size_of(alert(0, pad=3000))   # too few for 20
+        _full_without_room(sp, monkeypatch)
+        sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
+        st_ = sp.stats()
+        kept = [i for i in sp.ids() if i.startswith("a-")]
+        assert st_["disk_full"] and st_["held"] == 0
+        assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(kept)
+        assert 0 < st_["dropped_disk_full"] < 20
+        assert len(kept) + st_["dropped_disk_full"] == 48 + 20

@@ -2436,3 +2436,34 @@ def test_on_a_full_disk_too_few_free_pages_replace_the_oldest_one_for_one(tmp_pa
         assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(kept)
         assert 0 < st_["dropped_disk_full"] < 20
         assert len(kept) + st_["dropped_disk_full"] == 48 + 20
+
+
+def test_a_commit_short_of_a_waiters_goal_wakes_no_one(tmp_path):
+    # wait_for_volume: "the commits before that wake no one": a commit that reaches neither the
+    # row goal nor the byte goal does not notify the waiter (the guards only bound a hang)
+    with Spool(tmp_path / "s.db") as sp:
+        since = sp.put_volume
+        stop = threading.Event()
+        got: list[bool] = []
+        t = threading.Thread(target=lambda: got.append(
+            sp.wait_for_volume(since, 5, 10**9, 3600.0, done=stop.is_set)), daemon=True)
+        t.start()
+        waiting = threading.Event()
+        while t.is_alive() and not waiting.wait(0.01):
+            with sp._volume:
+                if sp._volume._waiters:
+                    waiting.set()
+        notified: list = []
+        real = sp._volume.notify_all
+        sp._volume.notify_all = lambda: (notified.append(1), real())[1]
+        try:
+            assert waiting.is_set()
+            sp.put(alert(1, pad=100))           # 1 row of 5, and far more bytes than 5
+            assert notified == []
+            sp.put_many([alert(i) for i in range(2, 6)])   # the fifth row: the goal
+            t.join(60)
+            assert notified == [1] and got == [True]
+        finally:
+            stop.set()
+            sp.wake()
+            t.join(60)

@@ -2467,3 +2467,18 @@ def test_a_commit_short_of_a_waiters_goal_wakes_no_one(tmp_path):
             stop.set()
             sp.wake()
             t.join(60)
+
+
+def test_the_first_heal_of_the_hour_costs_nothing_whatever_the_clock_reads(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": a heal waits twice as long per heal in the last hour, so after
+    # the first one the next is due at once; the monotonic clock's zero is undefined (the time
+    # since boot on Windows and Linux), so a reading of half a second is a reading like any other
+    clock = FrozenMonotonic(0.5)
+    monkeypatch.setattr(spool_mod, "time", clock)
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
+        sp.put(alert(1))
+        sp._opening = False
+        sp._mark_damaged("simulated")
+        assert _heal_at(sp, clock, 0.5)
+        assert _heal_at(sp, clock, 0.5)          # due at once: the first heal costs nothing
+        assert sp.heals == 2 and alert(1)["id"] in sp.ids()

@@ -2482,3 +2482,15 @@ def test_the_first_heal_of_the_hour_costs_nothing_whatever_the_clock_reads(tmp_p
         assert _heal_at(sp, clock, 0.5)
         assert _heal_at(sp, clock, 0.5)          # due at once: the first heal costs nothing
         assert sp.heals == 2 and alert(1)["id"] in sp.ids()
+
+
+def test_the_cap_holds_with_the_health_alert_its_first_drop_adds(tmp_path):
+    # docs/delivery.md, "Cap": past max_bytes the oldest alerts are dropped; the health alert
+    # that says so is spooled too and counts in the bytes, so the cap makes room for it as well
+    one = size_of(alert(0, pad=400))
+    with Spool(tmp_path / "s.db", max_bytes=8 * one) as sp:
+        for i in range(9):
+            sp.put(alert(i, pad=400))
+        st_ = sp.stats()
+        assert st_["dropped"] > 0 and any(h["kind"] == "spool_overflow" for h in sp.health_events())
+        assert st_["bytes"] <= sp.max_bytes

@@ -2494,3 +2494,16 @@ def test_the_cap_holds_with_the_health_alert_its_first_drop_adds(tmp_path):
         st_ = sp.stats()
         assert st_["dropped"] > 0 and any(h["kind"] == "spool_overflow" for h in sp.health_events())
         assert st_["bytes"] <= sp.max_bytes
+
+
+def test_a_cap_only_health_alerts_exceed_drops_nothing_and_says_0(tmp_path):
+    # enforce() "returns how many alerts were dropped"; health alerts are kept (they say what was
+    # lost), so a spool over its cap with nothing but health alerts left drops none: 0
+    with Spool(tmp_path / "s.db", max_bytes=size_of(alert(0))) as sp:
+        sp.put_many([alert(1), alert(2)])            # one dropped, and its health alert is kept
+        assert sp.stats()["dropped"] >= 1
+        assert [i for i in sp.ids() if i.startswith("a-")] == []
+        assert sp.stats()["bytes"] > sp.max_bytes  # the health alert alone is over this cap
+        dropped = sp.stats()["dropped"]
+        assert sp.enforce() == 0
+        assert sp.stats()["dropped"] == dropped

@@ -2507,3 +2507,26 @@ def test_a_cap_only_health_alerts_exceed_drops_nothing_and_says_0(tmp_path):
         dropped = sp.stats()["dropped"]
         assert sp.enforce() == 0
         assert sp.stats()["dropped"] == dropped
+
+
+def test_alerts_dropped_from_memory_on_a_full_disk_count_once_each(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": when nothing at all can be written, new alerts wait in memory
+    # (oldest dropped beyond its cap) and are written when space returns; each one dropped counts
+    # once: in dropped, in dropped_disk_full and in the end event's dropped_held
+    clock = Clock()
+    one = size_of(alert(0, pad=4000))
+    events: list = []
+    with Spool(tmp_path / "s.db", clock=clock, held_max_bytes=2 * one, health_alerts=False,
+               on_health=events.append) as sp:
+        _full_without_room(sp, monkeypatch)          # an empty spool: no free page, nothing to drop
+        sp.put_many([alert(i, pad=4000) for i in range(5)])
+        assert sp.fault_stats()["held"] == 2
+        monkeypatch.setattr(spool_mod, "shutil", FakeDisk(100 * MiB, 50 * MiB))   # space is back
+        clock.t += 3600
+        sp.maintain()
+        st_ = sp.stats()
+        assert not st_["disk_full"] and st_["held"] == 0
+        assert sorted(i for i in sp.ids() if i.startswith("a-")) == [f"a-{i:06d}" for i in (3, 4)]
+        assert st_["dropped"] == 3 and st_["dropped_disk_full"] == 3
+        (end,) = [e for e in events if e["event"] == "spool_disk_full" and e.get("state") == "end"]
+        assert end["dropped_held"] == 3

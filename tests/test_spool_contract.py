@@ -2401,43 +2401,6 @@ def _full_without_room(sp: Spool, monkeypatch) -> None:
     sp._enter_full("simulated: the disk refused a write")
 
 
-def test_on_a_full_disk_free_pages_take_new_alerts_before_any_is_dropped(tmp_path, monkeypatch):
-    # docs/delivery.md, "Faults": "new alerts go into the free pages it already has, and when
-    # those run short the oldest undelivered alerts are dropped": confirmed rows left free
-    # pages for far more than the new alerts, so none is dropped and none waits in memory
-    with Spool(tmp_path / "s.db", health_alerts=False) as sp:    # not the owner: no reserve
-        sp.put_many([alert(i, pad=3000) for i in range(120)])
-        sp.ack([it.rowid for it in sp.fetch(100)])
-        sp._checkpoint()
-        assert sp._free_pages_bytes() > 60 * size_of(alert(0, pad=3000))
-        _full_without_room(sp, monkeypatch)
-        sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
-        st_ = sp.stats()
-        assert st_["disk_full"] and st_["dropped_disk_full"] == 0 and st_["held"] == 0
-        assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(sp.ids())
-        assert len([i for i in sp.ids() if i.startswith("a-")]) == 40
-
-
-def test_on_a_full_disk_too_few_free_pages_replace_the_oldest_one_for_one(tmp_path, monkeypatch):
-    # docs/delivery.md, "Faults": new alerts go into the free pages first; "when those run short
-    # the oldest undelivered alerts are dropped in the same transaction": for alerts of one size,
-    # room for a new alert takes no more than one old one, so fewer alerts are dropped than
-    # written, none waits in memory, and every alert is accounted for
-    with Spool(tmp_path / "s.db", health_alerts=False) as sp:
-        sp.put_many([alert(i, pad=3000) for i in range(60)])
-        sp.ack([it.rowid for it in sp.fetch(12)])
-        sp._checkpoint()
-        assert 0 < sp._free_pages_bytes() < 20 * size_of(alert(0, pad=3000))   # too few for 20
-        _full_without_room(sp, monkeypatch)
-        sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
-        st_ = sp.stats()
-        kept = [i for i in sp.ids() if i.startswith("a-")]
-        assert st_["disk_full"] and st_["held"] == 0
-        assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(kept)
-        assert 0 < st_["dropped_disk_full"] < 20
-        assert len(kept) + st_["dropped_disk_full"] == 48 + 20
-
-
 def test_a_commit_short_of_a_waiters_goal_wakes_no_one(tmp_path):
     # wait_for_volume: "the commits before that wake no one": a commit that reaches neither the
     # row goal nor the byte goal does not notify the waiter (the guards only bound a hang)

@@ -462,3 +462,13 @@ def test_sigmahq_regexes_agree_with_python(data):
     pieces = _literal_pieces(pattern) + TEXT_CHARS + ["\\", '"', "'", "&&", "{0}", "+", "`"]
     text = "".join(data.draw(st.lists(st.sampled_from(pieces), max_size=30)))
     assert compile_regex(pattern, flags).search(text) == python_says(pattern, flags, text)
+
+
+def test_a_regex_is_planned_once_per_source_and_flags():
+    # docs/matcher.md: the engine choice is made once per (source, flags); a rule set repeats
+    # the same regex across rules, and a reload plans the same rules again
+    from sensor.detect import regex as rx
+    source = r"\\(?:windows|winnt)\\sys(?:tem32|wow64)\\[a-z0-9_]{1,40}\.exe$"
+    first = rx.plan(source, "i")
+    assert rx.plan(source, "i") is first
+    assert rx.plan(source, "") is not first          # other flags: another plan

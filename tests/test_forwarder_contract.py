@@ -910,7 +910,19 @@ def test_an_alert_listed_as_delivered_is_delivered_whatever_the_outcome(spool, c
     assert st["sent"] == 2 and st["dead_lettered"] == 0 and st["consecutive_failures"] == 0
 
 
-def test_an_alert_set_aside_and_rejected_by_name_in_a_200_answer_is_dead_lettered(spool, clock):
+def test_alerts_held_in_memory_or_being_committed_are_not_drained(spool, clock, monkeypatch):
+    # drained(): "every spooled alert was delivered (or settled)": alerts the spool holds in
+    # memory (a full disk) or is committing now are not delivered, even with its file empty
+    fwd = forwarder(spool, MemoryOutput(), clock)
+    assert spool.depth() == 0 and fwd.drained() is True
+    real = spool.fault_stats
+    for held, storing in ((3, 0), (0, 2), (3, 2)):
+        monkeypatch.setattr(spool, "fault_stats", lambda h=held, s=storing: {**real(), "held": h, "storing": s})
+        assert fwd.drained() is False, (held, storing)
+
+
+@pytest.mark.parametrize("others", [{}, {"a-999999": "item 400 another alert's reason"}], ids=["alone", "among-others"])
+def test_an_alert_set_aside_and_rejected_by_name_in_a_200_answer_is_dead_lettered(spool, clock, others):
     # protocol: an alert the result lists as rejected is rejected, whatever the outcome (an
     # Elasticsearch bulk answer is a 200 whose item for that alert is a 400); an alert set aside
     # after a lone 400 and rejected by name when asked again is dead-lettered with the
@@ -920,7 +932,7 @@ def test_an_alert_set_aside_and_rejected_by_name_in_a_200_answer_is_dead_lettere
     answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
                     SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
                     None,                                                     # the second: accepted
-                    SendResult(OK, status=200, rejected={ids[0]: why}, item_status={ids[0]: 400})])
+                    SendResult(OK, status=200, rejected={**others, ids[0]: why}, item_status={ids[0]: 400})])
     delivered: list = []
     out = MemoryOutput(lambda b: next(answers, None))
     fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9), clock=clock,

@@ -1761,9 +1761,11 @@ def test_the_full_state_ends_as_soon_as_the_reserve_is_in_place(tmp_path):
         assert Path(str(path) + ".reserve").stat().st_size == 100_000
 
 
-def test_a_stop_writes_the_alerts_held_on_a_full_disk_once_space_is_back(volume, caplog):
+@pytest.mark.parametrize("waited", [0.0, spool_mod.FULL_RETRY_INTERVAL], ids=["at-once", "after-the-retry-interval"])
+def test_a_stop_writes_the_alerts_held_on_a_full_disk_once_space_is_back(volume, caplog, waited):
     # docs/delivery.md: held alerts "are written when space returns", and a stop commits what it
-    # holds: the next start finds every one of them, and the log does not call them lost
+    # holds: the next start finds every one of them, and the log does not call them lost; also
+    # a stop right after the refused write, before its retry would be due (they were lost)
     vol = volume("2m")
     clock = Clock()
     sp = Spool(vol / "s.db", clock=clock)                 # not the owner: no reserve
@@ -1778,7 +1780,7 @@ def test_a_stop_writes_the_alerts_held_on_a_full_disk_once_space_is_back(volume,
         pin.rollback()
         pin.close()
         filler.unlink()
-        clock.t += spool_mod.FULL_RETRY_INTERVAL
+        clock.t += waited
     finally:
         with caplog.at_level(logging.ERROR, logger="sensor.spool"):
             sp.close()
@@ -2493,3 +2495,34 @@ def test_alerts_dropped_from_memory_on_a_full_disk_count_once_each(tmp_path, mon
         assert st_["dropped"] == 3 and st_["dropped_disk_full"] == 3
         (end,) = [e for e in events if e["event"] == "spool_disk_full" and e.get("state") == "end"]
         assert end["dropped_held"] == 3
+
+
+@pytest.mark.parametrize("rowid", [0, -7, -(1 << 63)])
+def test_a_row_numbered_0_or_below_by_another_program_is_fetched_and_dropped(tmp_path, rowid):
+    # the spool file is input too: SQLite allows any 64-bit row id, and a row the spool did not
+    # number (0 or below) is still an alert in it: fetched, acknowledged and dropped by the cap
+    # like the others, so the depth reaches 0 and a drain ends
+    path = tmp_path / "s.db"
+    with Spool(path) as sp:
+        sp.put_many([alert(1), alert(2)])
+    con = raw(path)
+    con.execute("UPDATE alerts SET id = ? WHERE id = (SELECT MIN(id) FROM alerts WHERE kind = 'alert')",
+                (rowid,))
+    con.commit()
+    con.close()
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.depth() == 2
+        items = sp.fetch(10)
+        assert [i.rowid for i in items][0] == rowid and len(items) == 2
+        sp.ack([i.rowid for i in items])
+        assert sp.depth() == 0
+    with Spool(path) as sp:
+        sp.put_many([alert(3), alert(4)])
+    con = raw(path)
+    con.execute("UPDATE alerts SET id = ? WHERE id = (SELECT MIN(id) FROM alerts WHERE kind = 'alert')",
+                (rowid,))
+    con.commit()
+    con.close()
+    with Spool(path, max_bytes=1) as sp:      # over its cap: the oldest go first, that row too
+        sp.enforce()
+        assert rowid not in {i.rowid for i in sp.fetch(10)}

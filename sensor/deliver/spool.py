@@ -72,6 +72,10 @@ HEALTH_MAX_ROWS = 1000
 WAL_AUTOCHECKPOINT = 32
 SYNC_MODES = ("full", "normal")   # the spool's synchronous setting ([spool] sync)
 TX_MAX_BYTES = 256 * 1024         # alert bytes per transaction: one large batch cannot swell the WAL
+# Below every row id: the spool numbers its rows from 1, but a file another program wrote may
+# hold ids of 0 or below (SQLite allows any 64-bit id), and such a row must be fetched and
+# dropped like the others, not counted for ever (a drain that never ends).
+BEFORE_EVERY_ROW = float("-inf")
 JOURNAL_SIZE_LIMIT = MiB          # a WAL grown past this (a long reader pinned it) is cut back after a checkpoint
 # Disk space set aside for the moment the disk is full: freeing it lets the checkpoint copy the WAL
 # into the database file (which needs room for the pages the WAL added), after which SQLite reuses
@@ -1076,7 +1080,7 @@ class Spool:
                 self._bump("rows", -n)
                 freed += size
         victims: list[int] = []
-        cut = 0
+        cut: float = BEFORE_EVERY_ROW
         while freed < excess:
             # Health rows are tiny, one per HEALTH_COALESCE at most, and say what was lost: keep them.
             batch = self._db.execute("SELECT id, size FROM alerts WHERE id > ? AND kind='alert' "
@@ -1336,7 +1340,7 @@ class Spool:
 
     # -- reading and confirming ----------------------------------------------------------------
 
-    def fetch(self, limit: int, max_bytes: int | None = None, after: int = 0,
+    def fetch(self, limit: int, max_bytes: int | None = None, after: float = BEFORE_EVERY_ROW,
               exclude: Sequence[tuple[int, int]] = (), skip: Collection[int] = (),
               more: list | None = None) -> list[SpooledAlert]:
         """The oldest ``limit`` alerts (at most ``max_bytes`` of bodies, at least one).
@@ -1661,7 +1665,9 @@ class Spool:
         if self._held:
             if self.damaged_since is not None:
                 self.heal()        # last chance for the alerts waiting on a heal: not when due, now
-                self._next_try = 0.0
+            # the last chance for held alerts too: a write now, not when the next retry is due
+            # (a stop within FULL_RETRY_INTERVAL of a refused write lost them with space back)
+            self._next_try = 0.0
             self.flush_held()
             if self._held:
                 log.error("alert spool: %d alert(s) held in memory (a full disk or a damaged spool) are "

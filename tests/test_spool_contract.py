@@ -1242,7 +1242,8 @@ def test_a_row_with_columns_of_the_wrong_type_fails_its_checks():
     assert spool_mod._spooled((1, "a", 2.5, 3, b"{}", None)).crc is None
 
 
-def test_a_damaged_spool_that_cannot_be_moved_aside_is_an_error_that_says_so(tmp_path):
+def _unmovable_damaged_spool(tmp_path: Path) -> tuple[Path, Clock, sqlite3.Connection]:
+    """A spool marked damaged whose -wal cannot be moved aside; the caller closes the reader."""
     clock = Clock()
     path = tmp_path / "s.db"
     with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
@@ -1254,6 +1255,11 @@ def test_a_damaged_spool_that_cannot_be_moved_aside_is_an_error_that_says_so(tmp
     blocker = tmp_path / "s.db.damaged-19700124T033320Z-wal"
     blocker.mkdir()
     (blocker / "x").write_text("taken")     # the -wal's new name is a folder that is not empty
+    return path, clock, other
+
+
+def test_a_damaged_spool_that_cannot_be_moved_aside_is_an_error_that_says_so(tmp_path):
+    path, clock, other = _unmovable_damaged_spool(tmp_path)
     try:
         assert Path(str(path) + "-wal").exists()
         with pytest.raises(SpoolError, match="cannot be moved aside"):
@@ -1946,17 +1952,7 @@ def test_a_reader_that_is_not_the_owner_is_told_of_damage_not_left_holding(tmp_p
 
 def test_a_spool_that_cannot_be_moved_aside_says_why_in_words(tmp_path):
     # the error names the OS's reason ("Is a directory"), not Python's repr of it
-    clock = Clock()
-    path = tmp_path / "s.db"
-    with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
-        sp.put(alert(1))
-    other = raw(path)                       # another reader keeps the -wal in place
-    other.execute("PRAGMA journal_mode=WAL")
-    other.execute("SELECT COUNT(*) FROM alerts").fetchone()
-    Path(str(path) + ".damaged").write_text("simulated\n")
-    blocker = tmp_path / "s.db.damaged-19700124T033320Z-wal"
-    blocker.mkdir()
-    (blocker / "x").write_text("taken")     # the -wal's new name is a folder that is not empty
+    path, clock, other = _unmovable_damaged_spool(tmp_path)
     try:
         with pytest.raises(SpoolError) as err:
             Spool(path, owner=True, reserve_bytes=0, clock=clock)

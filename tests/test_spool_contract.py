@@ -2000,8 +2000,9 @@ def test_a_heal_names_the_damage_sqlite_reported(tmp_path, caplog):
         assert "still in use" not in caplog.text and sp.heals == 1
 
 
-def test_a_salvage_that_cannot_create_the_fresh_spool_says_why_in_words(tmp_path, monkeypatch):
-    # the error names the OS's reason, not Python's repr of it ("[Errno 13] ...")
+def _damaged_spool_that_cannot_be_made_fresh(tmp_path: Path, monkeypatch) -> tuple[Path, object]:
+    """A spool marked damaged where creating the fresh file is refused (EACCES, "access
+    refused"); returns its path and the real touch_private, to put back."""
     path = tmp_path / "s.db"
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         sp.put(alert(1))
@@ -2014,6 +2015,12 @@ def test_a_salvage_that_cannot_create_the_fresh_spool_says_why_in_words(tmp_path
         return real_touch(p, *a, **kw)
 
     monkeypatch.setattr(spool_mod, "touch_private", refuse)
+    return path, real_touch
+
+
+def test_a_salvage_that_cannot_create_the_fresh_spool_says_why_in_words(tmp_path, monkeypatch):
+    # the error names the OS's reason, not Python's repr of it ("[Errno 13] ...")
+    path, real_touch = _damaged_spool_that_cannot_be_made_fresh(tmp_path, monkeypatch)
     with pytest.raises(SpoolError) as err:
         Spool(path, owner=True, reserve_bytes=0)
     assert str(err.value).endswith("cannot create a fresh spool: access refused")
@@ -2099,18 +2106,7 @@ def test_a_file_that_cannot_be_moved_back_is_named_with_the_reason_in_words(tmp_
 def test_a_damaged_file_that_cannot_be_put_back_is_named_with_the_reason_in_words(tmp_path, monkeypatch, caplog):
     # the fresh spool could not be made, and the damaged file could not go back in its place:
     # the CRITICAL line says where its rows are and why, in words
-    path = tmp_path / "s.db"
-    with Spool(path, owner=True, reserve_bytes=0) as sp:
-        sp.put(alert(1))
-    Path(str(path) + ".damaged").write_text("simulated\n")
-    real_touch = spool_mod.touch_private
-
-    def refuse_touch(p, *a, **kw):
-        if Path(p) == path:
-            raise PermissionError(errno.EACCES, "access refused")
-        return real_touch(p, *a, **kw)
-
-    monkeypatch.setattr(spool_mod, "touch_private", refuse_touch)
+    path, _ = _damaged_spool_that_cannot_be_made_fresh(tmp_path, monkeypatch)
     _refusing_replace(monkeypatch, lambda src, dst: ".damaged-" in src and dst == str(path))
     with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
         with pytest.raises(SpoolError):

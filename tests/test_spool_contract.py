@@ -1698,22 +1698,38 @@ def test_a_spool_without_a_reserve_leaves_the_full_state_at_1_mib_free(tmp_path,
         assert sp.disk_full is not back
 
 
+def _spool_with_free_pages(vol: Path, written: int, confirmed: int) -> Spool:
+    """A spool that does not own its file (no reserve) on `vol`, with `written` alerts of one
+    size, the first `confirmed` of them confirmed and checkpointed into free pages."""
+    sp = Spool(vol / "s.db")
+    try:
+        sp.put_many([alert(i, pad=3000) for i in range(written)])
+        sp.ack([it.rowid for it in sp.fetch(confirmed)])
+        sp._checkpoint()
+    except BaseException:
+        sp.close()
+        raise
+    return sp
+
+
+def _twenty_new_alerts_on_a_full_disk(sp: Spool) -> dict:
+    """Write 20 new alerts of the same size in the disk-full state; the spool's stats after."""
+    sp._enter_full("simulated: the disk refused a write")
+    sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
+    return sp.stats()
+
+
 def test_on_a_full_disk_new_alerts_take_the_free_pages_before_any_alert_is_dropped(volume):
     # docs/delivery.md, "Faults": on a full disk "new alerts go into the free pages it already
     # has, and when those run short the oldest undelivered alerts are dropped": confirmed rows
     # left free pages for far more than the new alerts, so none is dropped and none waits
     vol = volume("2m")
-    sp = Spool(vol / "s.db")                      # not the owner: no reserve
+    sp = _spool_with_free_pages(vol, written=120, confirmed=100)
     try:
-        sp.put_many([alert(i, pad=3000) for i in range(120)])
-        sp.ack([it.rowid for it in sp.fetch(100)])
-        sp._checkpoint()
         assert sp._free_pages_bytes() > 60 * size_of(alert(0, pad=3000))
         filler = fill(vol)
         try:
-            sp._enter_full("simulated: the disk refused a write")
-            sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
-            st_ = sp.stats()
+            st_ = _twenty_new_alerts_on_a_full_disk(sp)
             assert st_["disk_full"] and st_["dropped_disk_full"] == 0 and st_["held"] == 0
             assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(sp.ids())
             assert len([i for i in sp.ids() if i.startswith("a-")]) == 40
@@ -1729,17 +1745,12 @@ def test_on_a_full_disk_new_alerts_fill_the_free_pages_then_replace_the_oldest_o
     # making room for a new alert takes no more than one old one, so fewer alerts are dropped
     # than written, and every alert is accounted for
     vol = volume("2m")
-    sp = Spool(vol / "s.db")                      # not the owner: no reserve
+    sp = _spool_with_free_pages(vol, written=60, confirmed=12)
     try:
-        sp.put_many([alert(i, pad=3000) for i in range(60)])
-        sp.ack([it.rowid for it in sp.fetch(12)])
-        sp._checkpoint()
         assert 0 < sp._free_pages_bytes() < 20 * size_of(alert(0, pad=3000))   # too few for 20
         filler = fill(vol)
         try:
-            sp._enter_full("simulated: the disk refused a write")
-            sp.put_many([alert(1000 + i, pad=3000) for i in range(20)])
-            st_ = sp.stats()
+            st_ = _twenty_new_alerts_on_a_full_disk(sp)
             kept = [i for i in sp.ids() if i.startswith("a-")]
             assert st_["disk_full"] and st_["held"] == 0
             assert {f"a-{1000 + i:06d}" for i in range(20)} <= set(kept)

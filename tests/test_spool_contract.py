@@ -1185,19 +1185,26 @@ def test_confirmations_and_failure_counts_skip_the_fsync_alert_writes_do_not(tmp
         sp._db.set_trace_callback(None)
 
 
+def _150_alerts_with_acks_refused(sp: Spool, refused: tuple[int, ...]) -> tuple[list, list]:
+    """Spool 150 alerts and fetch them; the disk refuses the confirmation transactions whose
+    numbers (from 1) are in `refused`. Returns the row ids and the size of every transaction."""
+    sp.put_many([alert(i) for i in range(150)])
+    rows = [it.rowid for it in sp.fetch(150)]
+    real, calls = sp._ack, []
+
+    def refusing(chunk):
+        calls.append(len(chunk))
+        if len(calls) in refused:
+            raise SpoolFull(f"spool {sp.path}: ack failed: database or disk is full")
+        return real(chunk)
+
+    sp._ack = refusing
+    return rows, calls
+
+
 def test_a_confirmation_refused_once_is_written_in_small_transactions(tmp_path):
     with Spool(tmp_path / "s.db") as sp:
-        sp.put_many([alert(i) for i in range(150)])
-        rows = [it.rowid for it in sp.fetch(150)]
-        real, calls = sp._ack, []
-
-        def refusing(chunk):
-            calls.append(len(chunk))
-            if len(calls) == 1:
-                raise SpoolFull(f"spool {sp.path}: ack failed: database or disk is full")
-            return real(chunk)
-
-        sp._ack = refusing
+        rows, calls = _150_alerts_with_acks_refused(sp, refused=(1,))
         assert sp.ack(rows) == 150
         assert calls == [150, 64, 64, 22] and sp.depth() == 0
         assert sp.disk_full            # the refusal began the disk-full state
@@ -2183,17 +2190,7 @@ def test_a_confirmation_the_disk_refuses_in_small_transactions_says_what_is_left
     # ack(): "Raises SpoolFull when the disk cannot take even a small confirmation;
     # exc.remaining then lists the row ids still to delete (the ones before it were deleted)"
     with Spool(tmp_path / "s.db") as sp:
-        sp.put_many([alert(i) for i in range(150)])
-        rows = [it.rowid for it in sp.fetch(150)]
-        real, calls = sp._ack, []
-
-        def refusing(chunk):
-            calls.append(len(chunk))
-            if len(calls) in (1, 3):          # the whole batch, then the second small one
-                raise SpoolFull(f"spool {sp.path}: ack failed: database or disk is full")
-            return real(chunk)
-
-        sp._ack = refusing
+        rows, calls = _150_alerts_with_acks_refused(sp, refused=(1, 3))   # the whole batch, then the second small one
         with pytest.raises(SpoolFull) as err:
             sp.ack(rows)
         assert err.value.remaining == rows[64:] and err.value.done == 64

@@ -4,6 +4,7 @@ dead letters, health events, observing calls and a clean close. Fast: the mutati
 sensor/deliver/spool.py runs this file for every mutant."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import logging
@@ -1479,15 +1480,23 @@ def _heal_at(sp: Spool, clock: FrozenMonotonic, t: float) -> bool:
     return healed
 
 
-def test_a_heal_is_due_exactly_when_its_wait_is_over(tmp_path, monkeypatch):
-    # docs/delivery.md, "Faults": the second heal within the hour waits 10 s (5 s doubled per
-    # heal in the last hour); at 10 s it is due, not a moment later
-    clock = FrozenMonotonic(50_000.0)
+@contextlib.contextmanager
+def _damaged_owner_spool(tmp_path: Path, monkeypatch, t: float):
+    """The owner's spool, open (no longer opening), holding alert 1 and marked damaged, on a
+    monotonic clock frozen at `t`; yields the spool and the clock."""
+    clock = FrozenMonotonic(t)
     monkeypatch.setattr(spool_mod, "time", clock)
     with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
         sp.put(alert(1))
         sp._opening = False
         sp._mark_damaged("simulated")
+        yield sp, clock
+
+
+def test_a_heal_is_due_exactly_when_its_wait_is_over(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": the second heal within the hour waits 10 s (5 s doubled per
+    # heal in the last hour); at 10 s it is due, not a moment later
+    with _damaged_owner_spool(tmp_path, monkeypatch, 50_000.0) as (sp, clock):
         assert _heal_at(sp, clock, 50_000.0)          # the first heal: at once
         assert _heal_at(sp, clock, 50_001.0)          # the second: the first costs nothing
         assert sp._next_heal == 50_011.0
@@ -2438,12 +2447,7 @@ def test_the_first_heal_of_the_hour_costs_nothing_whatever_the_clock_reads(tmp_p
     # docs/delivery.md, "Faults": a heal waits twice as long per heal in the last hour, so after
     # the first one the next is due at once; the monotonic clock's zero is undefined (the time
     # since boot on Windows and Linux), so a reading of half a second is a reading like any other
-    clock = FrozenMonotonic(0.5)
-    monkeypatch.setattr(spool_mod, "time", clock)
-    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0) as sp:
-        sp.put(alert(1))
-        sp._opening = False
-        sp._mark_damaged("simulated")
+    with _damaged_owner_spool(tmp_path, monkeypatch, 0.5) as (sp, clock):
         assert _heal_at(sp, clock, 0.5)
         assert _heal_at(sp, clock, 0.5)          # due at once: the first heal costs nothing
         assert sp.heals == 2 and alert(1)["id"] in sp.ids()

@@ -52,6 +52,15 @@ def raw(path: Path) -> sqlite3.Connection:
 
 # -- defaults and settings (docs/delivery.md, "[spool]" and "The WAL") ------------------------
 
+def _pin_the_wal(path: Path) -> sqlite3.Connection:
+    """A reader in an open read transaction on `path`: it pins the WAL (no checkpoint can
+    reset it) until it rolls back; the caller closes it."""
+    con = raw(path)
+    con.execute("BEGIN")
+    con.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    return con
+
+
 def _in_thread(fn) -> tuple[threading.Thread, list]:
     out: list = []
     t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
@@ -1048,9 +1057,7 @@ def test_a_reader_that_is_not_the_owner_leaves_the_full_state_when_space_returns
     clock = Clock()
     sp = Spool(vol / "s.db", clock=clock)      # not the owner: no reserve
     sp.put_many([alert(i) for i in range(5)])
-    pin = raw(vol / "s.db")
-    pin.execute("BEGIN")
-    pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+    pin = _pin_the_wal(vol / "s.db")
     filler = fill(vol)
     sp.put_many([alert(100 + i, pad=4000) for i in range(50)])  # held in memory, not raised
     held = sp.fault_stats()["held"]
@@ -1306,9 +1313,7 @@ def test_a_full_spool_whose_folder_was_renamed_stays_full_without_an_error(volum
     clock = Clock()
     sp = Spool(sub / "s.db", clock=clock)      # not the owner: it asks the volume for space
     sp.put_many([alert(i) for i in range(5)])
-    pin = raw(sub / "s.db")
-    pin.execute("BEGIN")
-    pin.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    pin = _pin_the_wal(sub / "s.db")
     filler = fill(vol)
     sp.put_many([alert(100 + i, pad=4000) for i in range(50)])
     assert sp.disk_full
@@ -1397,9 +1402,7 @@ def test_alerts_dropped_over_the_memory_cap_on_a_full_disk_are_counted_once(volu
     sp = Spool(vol / "s.db", clock=clock, held_max_bytes=2 * one)   # not the owner: no reserve
     try:
         sp.put_many([alert(i, pad=4000) for i in range(5)])
-        reader = raw(vol / "s.db")
-        reader.execute("BEGIN")
-        reader.execute("SELECT COUNT(*) FROM alerts").fetchone()    # pins the WAL
+        reader = _pin_the_wal(vol / "s.db")
         filler = fill(vol)
         sp.put_many([alert(i, pad=4000) for i in range(5, 55)])
         fault = sp.fault_stats()
@@ -1625,9 +1628,7 @@ def test_alerts_held_on_a_full_disk_go_in_once_space_is_back_and_the_episode_say
     sp = Spool(vol / "s.db", clock=clock, on_health=events.append)   # not the owner: no reserve
     try:
         sp.put_many([alert(i) for i in range(5)])
-        pin = raw(vol / "s.db")
-        pin.execute("BEGIN")
-        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+        pin = _pin_the_wal(vol / "s.db")
         filler = fill(vol)
         sp.put_many([alert(100 + i, pad=4000) for i in range(50)])  # nothing fits: held
         assert sp.disk_full and sp.fault_stats()["held"] > 0
@@ -1804,9 +1805,7 @@ def test_a_stop_writes_the_alerts_held_on_a_full_disk_once_space_is_back(volume,
     sp = Spool(vol / "s.db", clock=clock)                 # not the owner: no reserve
     try:
         sp.put_many([alert(i) for i in range(5)])
-        pin = raw(vol / "s.db")
-        pin.execute("BEGIN")
-        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+        pin = _pin_the_wal(vol / "s.db")
         filler = fill(vol)
         sp.put_many([alert(100 + i, pad=4000) for i in range(50)])  # nothing fits: held
         assert sp.fault_stats()["held"] == 50
@@ -1844,9 +1843,7 @@ def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was
         sp.put_many([alert(i) for i in range(5)])
         (item,) = sp.fetch(1)
         Path(str(vol / "s.db") + ".reserve").write_bytes(b"")   # a reserve of 0 bytes
-        pin = raw(vol / "s.db")
-        pin.execute("BEGIN")
-        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()    # pins the WAL
+        pin = _pin_the_wal(vol / "s.db")
         filler = fill(vol)
         tries: list = []
         real = sp._dead_letter
@@ -1926,9 +1923,7 @@ def test_a_put_right_after_a_failed_attempt_leaves_the_full_disk_alone(volume):
     sp = Spool(vol / "s.db", clock=clock)                  # not the owner: no reserve
     try:
         sp.put_many([alert(i) for i in range(5)])
-        pin = raw(vol / "s.db")
-        pin.execute("BEGIN")
-        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()       # pins the WAL
+        pin = _pin_the_wal(vol / "s.db")
         filler = fill(vol)
         try:
             sp.put_many([alert(100 + i, pad=4000) for i in range(50)])
@@ -2215,9 +2210,7 @@ def test_a_reserve_that_cannot_be_released_is_no_error_of_the_call(volume):
         sp.put_many([alert(i) for i in range(5)])
         (item,) = sp.fetch(1)
         Path(str(vol / "s.db") + ".reserve").mkdir()
-        pin = raw(vol / "s.db")
-        pin.execute("BEGIN")
-        pin.execute("SELECT COUNT(*) FROM alerts").fetchone()    # pins the WAL
+        pin = _pin_the_wal(vol / "s.db")
         filler = fill(vol)
         try:
             with pytest.raises(SpoolFull):

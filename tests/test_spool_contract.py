@@ -61,6 +61,19 @@ def _pin_the_wal(path: Path) -> sqlite3.Connection:
     return con
 
 
+@contextlib.contextmanager
+def _full_with_the_wal_pinned(vol: Path):
+    """A reader pins the WAL of vol/s.db and a file fills the volume; both go at the end."""
+    pin = _pin_the_wal(vol / "s.db")
+    filler = fill(vol)
+    try:
+        yield
+    finally:
+        pin.rollback()
+        pin.close()
+        filler.unlink()
+
+
 def _in_thread(fn) -> tuple[threading.Thread, list]:
     out: list = []
     t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
@@ -1843,24 +1856,18 @@ def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was
         sp.put_many([alert(i) for i in range(5)])
         (item,) = sp.fetch(1)
         Path(str(vol / "s.db") + ".reserve").write_bytes(b"")   # a reserve of 0 bytes
-        pin = _pin_the_wal(vol / "s.db")
-        filler = fill(vol)
-        tries: list = []
-        real = sp._dead_letter
+        with _full_with_the_wal_pinned(vol):
+            tries: list = []
+            real = sp._dead_letter
 
-        def counted(items):
-            tries.append(1)
-            return real(items)
+            def counted(items):
+                tries.append(1)
+                return real(items)
 
-        sp._dead_letter = counted
-        try:
+            sp._dead_letter = counted
             with pytest.raises(SpoolFull):
                 sp.dead_letter([(item.rowid, "rejected", 400)])
             assert len(tries) == 1
-        finally:
-            pin.rollback()
-            pin.close()
-            filler.unlink()
     finally:
         sp.close()
 
@@ -1923,9 +1930,7 @@ def test_a_put_right_after_a_failed_attempt_leaves_the_full_disk_alone(volume):
     sp = Spool(vol / "s.db", clock=clock)                  # not the owner: no reserve
     try:
         sp.put_many([alert(i) for i in range(5)])
-        pin = _pin_the_wal(vol / "s.db")
-        filler = fill(vol)
-        try:
+        with _full_with_the_wal_pinned(vol):
             sp.put_many([alert(100 + i, pad=4000) for i in range(50)])
             assert sp.disk_full and sp.fault_stats()["held"] == 50
             tries: list = []
@@ -1934,10 +1939,6 @@ def test_a_put_right_after_a_failed_attempt_leaves_the_full_disk_alone(volume):
             clock.t += spool_mod.FULL_RETRY_INTERVAL / 2
             assert sp.put(alert(200)) is True                      # counted as new, held
             assert tries == [] and sp.fault_stats()["held"] == 51
-        finally:
-            pin.rollback()
-            pin.close()
-            filler.unlink()
     finally:
         sp.close()
 
@@ -2210,15 +2211,9 @@ def test_a_reserve_that_cannot_be_released_is_no_error_of_the_call(volume):
         sp.put_many([alert(i) for i in range(5)])
         (item,) = sp.fetch(1)
         Path(str(vol / "s.db") + ".reserve").mkdir()
-        pin = _pin_the_wal(vol / "s.db")
-        filler = fill(vol)
-        try:
+        with _full_with_the_wal_pinned(vol):
             with pytest.raises(SpoolFull):
                 sp.dead_letter([(item.rowid, "rejected", 400)])
-        finally:
-            pin.rollback()
-            pin.close()
-            filler.unlink()
     finally:
         sp.close()
 

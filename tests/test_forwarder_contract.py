@@ -240,13 +240,20 @@ def test_the_confirmation_wait_never_exceeds_park_interval(spool, clock, caplog)
     assert said == [1, 5, 10, 50]  # the 1st, 5th and 10th refused retry are said, then every 50th
 
 
-def test_a_refused_dead_letter_is_retried_with_its_reason_and_status(spool, clock):
-    ids = [alert(i)["id"] for i in range(2)]
+def _first_delivered_second_rejected(spool, clock, ids: list) -> tuple[MemoryOutput, Forwarder]:
+    """Alerts 0 and 1 spooled; the receiver's one answer stores ids[0] and rejects ids[1]
+    ("bad field", status 422); every later batch is accepted. Returns the output and forwarder."""
     answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
                                item_status={ids[1]: 422})])
     out = MemoryOutput(lambda b: next(answers, None))
     fwd = forwarder(spool, out, clock)
-    spool.put_many([alert(i) for i in range(2)])
+    spool.put_many([alert(0), alert(1)])
+    return out, fwd
+
+
+def test_a_refused_dead_letter_is_retried_with_its_reason_and_status(spool, clock):
+    ids = [alert(i)["id"] for i in range(2)]
+    out, fwd = _first_delivered_second_rejected(spool, clock, ids)
     refuse_once(spool, "dead_letter")
     assert fwd.step() == 0.0
     st = fwd.stats()
@@ -264,11 +271,7 @@ def test_a_retry_the_disk_refuses_asks_it_once_and_waits_for_the_back_off(spool,
     # acknowledgements the disk refused does not go on to write the dead letters at once (the
     # same full disk, asked again without the wait): they wait for the next retry with the rest
     ids = [alert(i)["id"] for i in range(2)]
-    answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
-                               item_status={ids[1]: 422})])
-    out = MemoryOutput(lambda b: next(answers, None))
-    fwd = forwarder(spool, out, clock)
-    spool.put_many([alert(i) for i in range(2)])
+    out, fwd = _first_delivered_second_rejected(spool, clock, ids)
     acks = refuse_once(spool, "ack", times=2)
     deads = refuse_once(spool, "dead_letter", times=1)
     assert fwd.step() == 0.0                       # both confirmations refused
@@ -1075,11 +1078,7 @@ def test_a_dead_letter_refused_again_on_its_retry_waits_longer_and_delivery_goes
     # docs (Faults, disk full): "Delivery goes on. A confirmation the disk refuses is kept in
     # memory ... and retried with back-off (0.25 s doubling)"; a fault is a state, not an error
     ids = [alert(i)["id"] for i in range(3)]
-    answers = iter([SendResult(RESEND, status=400, delivered=[ids[0]], rejected={ids[1]: "bad field"},
-                               item_status={ids[1]: 422})])
-    out = MemoryOutput(lambda b: next(answers, None))
-    fwd = forwarder(spool, out, clock)
-    spool.put_many([alert(0), alert(1)])
+    out, fwd = _first_delivered_second_rejected(spool, clock, ids)
     calls = refuse_once(spool, "dead_letter", times=2)
     with caplog.at_level(logging.WARNING, logger="sensor.delivery"):
         assert fwd.step() == 0.0 and fwd.stats()["ack_pending"] == 1

@@ -766,8 +766,9 @@ def test_confirmations_waiting_at_stop_are_tried_once_more_and_said_if_still_ref
     assert spool.ids() == [alert(2)["id"]]
 
 
-def test_a_spool_error_waits_park_interval_and_damage_waits_for_the_heal(spool, clock):
-    fwd = forwarder(spool, MemoryOutput(), clock, park_interval=60.0)
+def _stop_at_the_first_wait(fwd: Forwarder) -> list:
+    """The forwarder's loop stops at its first wait instead of sleeping; the list that is
+    returned gets the delay of every wait asked for."""
     waits: list = []
 
     def wait(delay):
@@ -776,6 +777,12 @@ def test_a_spool_error_waits_park_interval_and_damage_waits_for_the_heal(spool, 
         return True
 
     fwd._stop_event.wait = wait
+    return waits
+
+
+def test_a_spool_error_waits_park_interval_and_damage_waits_for_the_heal(spool, clock):
+    fwd = forwarder(spool, MemoryOutput(), clock, park_interval=60.0)
+    waits = _stop_at_the_first_wait(fwd)
     errors = iter([SpoolError("read failed: disk I/O error"), SpoolDamaged("read failed: malformed"),
                    SpoolDamaged("read failed: malformed")])
 
@@ -1260,14 +1267,7 @@ def test_an_unexpected_error_is_tried_again_after_the_backoff_base_at_least_50_m
         raise RuntimeError("output bug")
 
     fwd = forwarder(spool, MemoryOutput(script), clock, backoff_base=base, concurrency=1)
-    waits: list = []
-
-    def wait_(delay):
-        waits.append(delay)
-        fwd._stop_event.set()
-        return True
-
-    fwd._stop_event.wait = wait_
+    waits = _stop_at_the_first_wait(fwd)
     spool.put(alert(1))
     fwd._loop()
     assert waits == [wait] and len(calls) == 1 and spool.ids() == [alert(1)["id"]]
@@ -1279,13 +1279,8 @@ def test_a_worker_sleeps_through_a_backoff_shorter_than_a_second(spool, clock):
     out = MemoryOutput(lambda b: SendResult(RETRY, status=503, error="HTTP 503"))
     fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9, concurrency=1),
                     clock=clock, rng=lambda: 0.5)
-    waits: list = []
+    waits = _stop_at_the_first_wait(fwd)
     steps: list = []
-
-    def wait_(delay):
-        waits.append(delay)
-        fwd._stop_event.set()
-        return True
 
     real_step = fwd.step
 
@@ -1295,7 +1290,6 @@ def test_a_worker_sleeps_through_a_backoff_shorter_than_a_second(spool, clock):
             fwd._stop_event.set()
         return real_step()
 
-    fwd._stop_event.wait = wait_
     fwd.step = step
     spool.put(alert(1))
     fwd._loop()

@@ -899,20 +899,29 @@ def test_a_partial_delivery_is_the_acceptance_a_second_verdict_needs(spool, cloc
     assert spool.depth() == 0 and fwd.stats()["sent"] == 1
 
 
-def test_an_alert_listed_as_delivered_is_delivered_whatever_the_outcome(spool, clock):
-    # protocol: the outcome is for the alerts a result does not list as delivered or rejected;
-    # an alert set aside and asked again that the answer lists as delivered is delivered, never
-    # dead-lettered or sent again
-    ids = [alert(i)["id"] for i in range(2)]
+def _the_first_alert_set_aside_then_answered(spool, clock, last: SendResult):
+    """Alerts 0 and 1 spooled; the receiver splits the pair, then refuses alert 0 alone (a lone
+    400: set aside), accepts alert 1, and answers `last` when alert 0 is asked again. Returns
+    the output, the forwarder and the list its on_delivered fills."""
     answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
                     SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
                     None,                                                     # the second: accepted
-                    SendResult(RESEND, status=400, delivered=[ids[0]], error="HTTP 400")])
+                    last])
     delivered: list = []
     out = MemoryOutput(lambda b: next(answers, None))
     fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9), clock=clock,
                     rng=lambda: 1.0, on_delivered=delivered.extend)
     spool.put_many([alert(i) for i in range(2)])
+    return out, fwd, delivered
+
+
+def test_an_alert_listed_as_delivered_is_delivered_whatever_the_outcome(spool, clock):
+    # protocol: the outcome is for the alerts a result does not list as delivered or rejected;
+    # an alert set aside and asked again that the answer lists as delivered is delivered, never
+    # dead-lettered or sent again
+    ids = [alert(i)["id"] for i in range(2)]
+    out, fwd, delivered = _the_first_alert_set_aside_then_answered(
+        spool, clock, SendResult(RESEND, status=400, delivered=[ids[0]], error="HTTP 400"))
     assert fwd.step() == 0.0
     assert len(out.calls) == 4 and delivered == [ids[1], ids[0]]
     assert spool.depth() == 0 and spool.dead_letters() == []
@@ -939,15 +948,8 @@ def test_an_alert_set_aside_and_rejected_by_name_in_a_200_answer_is_dead_lettere
     # receiver's reason and its item's status: never counted as sent, never lost
     ids = [alert(i)["id"] for i in range(2)]
     why = "item 400 mapper_parsing_exception: failed to parse field [process.pid]"
-    answers = iter([SendResult(BISECT, status=400, error="HTTP 400"),        # both
-                    SendResult(BISECT, status=400, error="HTTP 400"),        # the first alone
-                    None,                                                     # the second: accepted
-                    SendResult(OK, status=200, rejected={**others, ids[0]: why}, item_status={ids[0]: 400})])
-    delivered: list = []
-    out = MemoryOutput(lambda b: next(answers, None))
-    fwd = Forwarder(spool, out, DeliveryConfig(linger=0.0, enforce_interval=1e9), clock=clock,
-                    rng=lambda: 1.0, on_delivered=delivered.extend)
-    spool.put_many([alert(i) for i in range(2)])
+    out, fwd, delivered = _the_first_alert_set_aside_then_answered(
+        spool, clock, SendResult(OK, status=200, rejected={**others, ids[0]: why}, item_status={ids[0]: 400}))
     assert fwd.step() == 0.0
     assert len(out.calls) == 4 and delivered == [ids[1]]
     assert spool.depth() == 0

@@ -11,22 +11,14 @@ nothing (sre stops such a repeat after an empty iteration).
 """
 from __future__ import annotations
 
-import re
-import warnings
-
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sensor.detect.backtrack import DEFAULT_BUDGET, BudgetExceeded, BudgetRegex
 from sensor.detect.charsets import MAX_SCANS_PER_REGEX, RegexUnsupported
-from sensor.detect.regex import py_flags
 
-
-def python_says(pattern: str, flags: str, text: str) -> bool:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return re.search(pattern, text, py_flags(flags)) is not None
+from .test_regex import _valid, python_says   # what re answers, and whether re takes the pattern
 
 
 CASES = [
@@ -194,16 +186,6 @@ def _regex():
 _FLAGS = st.sampled_from(["", "i", "m", "s", "im"])
 _TEXTS = st.lists(st.text(alphabet=st.sampled_from("abAB_-\n\u0130i"), max_size=6),
                   min_size=1, max_size=4)
-
-
-def _valid(pattern: str, flags: str) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            re.compile(pattern, py_flags(flags))
-        return True
-    except re.error:
-        return False
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1847,29 +1847,38 @@ def test_a_row_read_back_is_a_value_that_cannot_be_changed(tmp_path):
         assert {item, again} == {item} and {item: 1}[again] == 1
 
 
-def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was_freed(volume):
-    # docs/delivery.md, "Failure handling": the full disk is not asked twice in a row; an empty
-    # reserve file frees nothing, and a checkpoint a reader blocks frees nothing either
+@contextlib.contextmanager
+def _one_fetched_alert_on_a_full_disk(volume, make_reserve):
+    """A spool that does not own its file, on a 2 MiB volume, with 5 alerts, the first fetched;
+    `make_reserve` puts something at the reserve's path, then the volume is filled with the
+    WAL pinned. Yields the spool and the fetched alert."""
     vol = volume("2m")
     sp = Spool(vol / "s.db")
     try:
         sp.put_many([alert(i) for i in range(5)])
         (item,) = sp.fetch(1)
-        Path(str(vol / "s.db") + ".reserve").write_bytes(b"")   # a reserve of 0 bytes
+        make_reserve(Path(str(vol / "s.db") + ".reserve"))
         with _full_with_the_wal_pinned(vol):
-            tries: list = []
-            real = sp._dead_letter
-
-            def counted(items):
-                tries.append(1)
-                return real(items)
-
-            sp._dead_letter = counted
-            with pytest.raises(SpoolFull):
-                sp.dead_letter([(item.rowid, "rejected", 400)])
-            assert len(tries) == 1
+            yield sp, item
     finally:
         sp.close()
+
+
+def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was_freed(volume):
+    # docs/delivery.md, "Failure handling": the full disk is not asked twice in a row; an empty
+    # reserve file frees nothing, and a checkpoint a reader blocks frees nothing either
+    with _one_fetched_alert_on_a_full_disk(volume, lambda p: p.write_bytes(b"")) as (sp, item):  # a reserve of 0 bytes
+        tries: list = []
+        real = sp._dead_letter
+
+        def counted(items):
+            tries.append(1)
+            return real(items)
+
+        sp._dead_letter = counted
+        with pytest.raises(SpoolFull):
+            sp.dead_letter([(item.rowid, "rejected", 400)])
+        assert len(tries) == 1
 
 
 def test_on_a_full_disk_new_alerts_replace_the_oldest_rather_than_wait_in_memory(volume):
@@ -2205,17 +2214,9 @@ def test_a_confirmation_the_disk_refuses_in_small_transactions_says_what_is_left
 def test_a_reserve_that_cannot_be_released_is_no_error_of_the_call(volume):
     # "Every spool call raises the spool's own SpoolFull": a reserve path that cannot be
     # deleted (here a folder took its name) frees nothing, and the caller still gets SpoolFull
-    vol = volume("2m")
-    sp = Spool(vol / "s.db")
-    try:
-        sp.put_many([alert(i) for i in range(5)])
-        (item,) = sp.fetch(1)
-        Path(str(vol / "s.db") + ".reserve").mkdir()
-        with _full_with_the_wal_pinned(vol):
-            with pytest.raises(SpoolFull):
-                sp.dead_letter([(item.rowid, "rejected", 400)])
-    finally:
-        sp.close()
+    with _one_fetched_alert_on_a_full_disk(volume, Path.mkdir) as (sp, item):
+        with pytest.raises(SpoolFull):
+            sp.dead_letter([(item.rowid, "rejected", 400)])
 
 
 def test_a_salvage_whose_reader_fails_keeps_what_it_read(tmp_path, monkeypatch, caplog):

@@ -52,6 +52,14 @@ def raw(path: Path) -> sqlite3.Connection:
 
 # -- defaults and settings (docs/delivery.md, "[spool]" and "The WAL") ------------------------
 
+def _edit(path: Path, sql: str, *params) -> None:
+    """Another program changes the spool file: one statement, committed."""
+    con = raw(path)
+    con.execute(sql, *params)
+    con.commit()
+    con.close()
+
+
 def _pin_the_wal(path: Path) -> sqlite3.Connection:
     """A reader in an open read transaction on `path`: it pins the WAL (no checkpoint can
     reset it) until it rolls back; the caller closes it."""
@@ -315,10 +323,7 @@ def test_a_file_that_is_not_a_database_is_refused_as_damaged(tmp_path):
 
 def test_a_foreign_schema_is_treated_like_damage(tmp_path):
     path = tmp_path / "s.db"
-    con = raw(path)
-    con.execute("CREATE VIEW alerts AS SELECT 1 AS id")
-    con.commit()
-    con.close()
+    _edit(path, "CREATE VIEW alerts AS SELECT 1 AS id")
     with pytest.raises(SpoolDamaged):
         Spool(path)
     with Spool(path, owner=True) as sp:   # the owner moves it aside and starts afresh
@@ -826,10 +831,7 @@ def test_the_counters_are_rederived_at_open(tmp_path):
     path = tmp_path / "s.db"
     with Spool(path) as sp:
         sp.put_many([alert(i) for i in range(4)])
-    con = raw(path)
-    con.execute("UPDATE meta SET value=12345 WHERE key IN ('bytes', 'rows')")
-    con.commit()
-    con.close()
+    _edit(path, "UPDATE meta SET value=12345 WHERE key IN ('bytes', 'rows')")
     with Spool(path) as sp:
         assert sp.stats()["bytes"] == sum(size_of(alert(i)) for i in range(4))
         assert sp._counter("rows") == 4
@@ -989,10 +991,7 @@ def test_a_salvage_bounds_the_reasons_a_hostile_file_holds(tmp_path):
 def test_a_foreign_meta_table_is_treated_like_damage(tmp_path):
     # a value of the wrong type for the table (SQLITE_MISMATCH) at open
     path = tmp_path / "s.db"
-    con = raw(path)
-    con.execute("CREATE TABLE meta (key INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
-    con.commit()
-    con.close()
+    _edit(path, "CREATE TABLE meta (key INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
     with pytest.raises(SpoolDamaged):
         Spool(path)
     with Spool(path, owner=True, reserve_bytes=0) as sp:
@@ -1474,10 +1473,7 @@ def test_a_salvage_gives_rows_of_an_old_spool_their_checksum(tmp_path):
     path = tmp_path / "s.db"
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         sp.put_many([alert(i) for i in range(3)])
-    con = raw(path)
-    con.execute("UPDATE alerts SET crc=NULL WHERE alert_uuid='a-000001'")
-    con.commit()
-    con.close()
+    _edit(path, "UPDATE alerts SET crc=NULL WHERE alert_uuid='a-000001'")
     Path(str(path) + ".damaged").write_text("simulated\n")
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         assert sp.salvage is not None and sp.salvage["recovered"] == 3
@@ -1918,10 +1914,7 @@ def test_a_salvage_says_the_loss_is_unknown_when_the_row_count_is_not_a_number(t
     path = tmp_path / "s.db"
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         sp.put_many([alert(i) for i in range(3)])
-    con = raw(path)
-    con.execute("UPDATE meta SET value='many' WHERE key='rows'")
-    con.commit()
-    con.close()
+    _edit(path, "UPDATE meta SET value='many' WHERE key='rows'")
     with open(path, "r+b") as fh:          # a header SQLite cannot read: the start salvages
         fh.write(b"\xa5" * 100)
     with caplog.at_level(logging.ERROR, logger="sensor.spool"):
@@ -2383,10 +2376,7 @@ def test_a_foreign_constraint_on_the_spools_tables_is_treated_like_damage(tmp_pa
     # open (SQLITE_CONSTRAINT) is not the spool's; treated like damage, as a foreign schema is
     path = tmp_path / "s.db"
     Spool(path).close()
-    con = raw(path)
-    con.execute("CREATE TRIGGER no_meta BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'no'); END")
-    con.commit()
-    con.close()
+    _edit(path, "CREATE TRIGGER no_meta BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'no'); END")
     with pytest.raises(SpoolDamaged):
         Spool(path)
     with Spool(path, owner=True, reserve_bytes=0) as sp:   # the owner moves it aside, afresh
@@ -2498,11 +2488,8 @@ def test_a_row_numbered_0_or_below_by_another_program_is_fetched_and_dropped(tmp
     path = tmp_path / "s.db"
     with Spool(path) as sp:
         sp.put_many([alert(1), alert(2)])
-    con = raw(path)
-    con.execute("UPDATE alerts SET id = ? WHERE id = (SELECT MIN(id) FROM alerts WHERE kind = 'alert')",
-                (rowid,))
-    con.commit()
-    con.close()
+    _edit(path, "UPDATE alerts SET id = ? WHERE id = (SELECT MIN(id) FROM alerts WHERE kind = 'alert')",
+          (rowid,))
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         assert sp.depth() == 2
         items = sp.fetch(10)
@@ -2511,11 +2498,8 @@ def test_a_row_numbered_0_or_below_by_another_program_is_fetched_and_dropped(tmp
         assert sp.depth() == 0
     with Spool(path) as sp:
         sp.put_many([alert(3), alert(4)])
-    con = raw(path)
-    con.execute("UPDATE alerts SET id = ? WHERE id = (SELECT MIN(id) FROM alerts WHERE kind = 'alert')",
-                (rowid,))
-    con.commit()
-    con.close()
+    _edit(path, "UPDATE alerts SET id = ? WHERE id = (SELECT MIN(id) FROM alerts WHERE kind = 'alert')",
+          (rowid,))
     with Spool(path, max_bytes=1) as sp:      # over its cap: the oldest go first, that row too
         sp.enforce()
         assert rowid not in {i.rowid for i in sp.fetch(10)}

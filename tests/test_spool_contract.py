@@ -1535,30 +1535,39 @@ def test_heals_slow_down_by_the_heals_of_the_last_hour_only(tmp_path, monkeypatc
         assert sp.heals == 4
 
 
+@contextlib.contextmanager
+def _a_volume_waiter(sp: Spool, since, nrows: int, nbytes: int, timeout: float):
+    """A thread calls sp.wait_for_volume(since, nrows, nbytes, timeout); this yields once it
+    waits (or returned), with the thread, the list its answer goes to and an event set if it
+    was seen waiting; at the end it is told to stop, woken and joined."""
+    got: list[bool] = []
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: got.append(
+        sp.wait_for_volume(since, nrows, nbytes, timeout, done=stop.is_set)), daemon=True)
+    t.start()
+    waiting = threading.Event()
+    try:
+        while t.is_alive() and not waiting.wait(0.01):
+            with sp._volume:
+                if sp._volume._waiters:
+                    waiting.set()
+        yield t, got, waiting
+    finally:
+        stop.set()
+        sp.wake()
+        t.join(60)
+
+
 def test_a_waiter_wakes_for_the_commit_that_reaches_its_byte_goal_exactly(tmp_path):
     # wait_for_volume: "at least nbytes body bytes": a commit that brings exactly that many wakes
     # the waiter (the guard only bounds a hang)
     with Spool(tmp_path / "s.db") as sp:
         sp.put(alert(1))
         one = sp.put_volume[1]                  # every alert of the same pad has the same size
-        since = sp.put_volume
-        got: list[bool] = []
-        stop = threading.Event()
-        t = threading.Thread(target=lambda: got.append(
-            sp.wait_for_volume(since, 1000, one, 3600.0, done=stop.is_set)), daemon=True)
-        t.start()
-        deadline = 60.0
-        while not sp._volume._waiters and deadline > 0:
-            threading.Event().wait(0.01)
-            deadline -= 0.01
-        try:
+        with _a_volume_waiter(sp, sp.put_volume, 1000, one, 3600.0) as (t, got, _):
             sp.put(alert(2))
             t.join(60)
             assert got == [True]
-        finally:
-            stop.set()
-            sp.wake()
-            t.join(60)
 
 
 def test_an_expired_alert_leaves_the_row_count(tmp_path):
@@ -2330,26 +2339,11 @@ def test_a_waiter_with_under_a_second_left_still_waits_for_the_commit(tmp_path, 
     clock = FrozenMonotonic(9_000.0)
     monkeypatch.setattr(spool_mod, "time", clock)
     with Spool(tmp_path / "s.db") as sp:
-        since = sp.put_volume
-        got: list[bool] = []
-        stop = threading.Event()
-        t = threading.Thread(target=lambda: got.append(
-            sp.wait_for_volume(since, 1, 10**9, 0.5, done=stop.is_set)), daemon=True)
-        t.start()
-        waiting = threading.Event()
-        try:
-            while t.is_alive() and not waiting.wait(0.01):
-                with sp._volume:
-                    if sp._volume._waiters:
-                        waiting.set()
+        with _a_volume_waiter(sp, sp.put_volume, 1, 10**9, 0.5) as (t, got, waiting):
             assert waiting.is_set(), "the waiter returned without waiting"
             sp.put(alert(1))
             t.join(60)
             assert got == [True]
-        finally:
-            stop.set()
-            sp.wake()
-            t.join(60)
 
 
 def test_a_released_reserve_of_any_size_is_room_freed_and_says_its_size(tmp_path, caplog):
@@ -2395,31 +2389,16 @@ def test_a_commit_short_of_a_waiters_goal_wakes_no_one(tmp_path):
     # wait_for_volume: "the commits before that wake no one": a commit that reaches neither the
     # row goal nor the byte goal does not notify the waiter (the guards only bound a hang)
     with Spool(tmp_path / "s.db") as sp:
-        since = sp.put_volume
-        stop = threading.Event()
-        got: list[bool] = []
-        t = threading.Thread(target=lambda: got.append(
-            sp.wait_for_volume(since, 5, 10**9, 3600.0, done=stop.is_set)), daemon=True)
-        t.start()
-        waiting = threading.Event()
-        while t.is_alive() and not waiting.wait(0.01):
-            with sp._volume:
-                if sp._volume._waiters:
-                    waiting.set()
-        notified: list = []
-        real = sp._volume.notify_all
-        sp._volume.notify_all = lambda: (notified.append(1), real())[1]
-        try:
+        with _a_volume_waiter(sp, sp.put_volume, 5, 10**9, 3600.0) as (t, got, waiting):
+            notified: list = []
+            real = sp._volume.notify_all
+            sp._volume.notify_all = lambda: (notified.append(1), real())[1]
             assert waiting.is_set()
             sp.put(alert(1, pad=100))           # 1 row of 5, and far more bytes than 5
             assert notified == []
             sp.put_many([alert(i) for i in range(2, 6)])   # the fifth row: the goal
             t.join(60)
             assert notified == [1] and got == [True]
-        finally:
-            stop.set()
-            sp.wake()
-            t.join(60)
 
 
 def test_the_first_heal_of_the_hour_costs_nothing_whatever_the_clock_reads(tmp_path, monkeypatch):

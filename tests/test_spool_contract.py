@@ -89,6 +89,21 @@ def _in_thread(fn) -> tuple[threading.Thread, list]:
     return t, out
 
 
+def _a_thread_inside(gate) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """A thread enters the gate, sets `inside` and stays until `release` is set (the 30 s
+    only guards a hang); returns the thread and the two events."""
+    inside, release = threading.Event(), threading.Event()
+
+    def stay():
+        gate.enter()
+        inside.set()
+        release.wait(30)
+        gate.leave()
+
+    t, _ = _in_thread(stay)
+    return t, inside, release
+
+
 def test_the_gate_lets_threads_in_together_and_a_healer_in_alone():
     """The gate a heal uses (docs/delivery.md, "Faults": the healing thread waits, bounded, until
     the other threads are out of the file; threads that arrive meanwhile wait for it). First in
@@ -100,16 +115,7 @@ def test_the_gate_lets_threads_in_together_and_a_healer_in_alone():
                                  gate.depth(), gate.leave(), gate.depth()))
     t.join(30)
     assert out and out[0][2::2] == (2, 1, 0)
-    inside, release = threading.Event(), threading.Event()
-
-    def stay():
-        gate.enter()
-        inside.set()
-        release.wait(30)
-        gate.leave()
-        return True
-
-    t, _ = _in_thread(stay)
+    t, inside, release = _a_thread_inside(gate)
     assert inside.wait(30)
     t2, out2 = _in_thread(lambda: (gate.enter(), gate.leave(), "in"))   # another user: not blocked
     t2.join(30)
@@ -2247,16 +2253,7 @@ def test_a_salvage_whose_reader_fails_keeps_what_it_read(tmp_path, monkeypatch, 
 def test_a_thread_already_in_the_file_is_not_alone_while_another_is_in(tmp_path):
     # the gate: a healer that is itself inside the file still waits for every other thread
     gate = spool_mod._Gate()
-    inside, release = threading.Event(), threading.Event()
-
-    def stay():
-        gate.enter()
-        inside.set()
-        release.wait(30)
-        gate.leave()
-
-    t = threading.Thread(target=stay, daemon=True)
-    t.start()
+    t, inside, release = _a_thread_inside(gate)
     try:
         assert inside.wait(30)
         gate.enter()

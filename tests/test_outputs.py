@@ -1246,3 +1246,38 @@ def test_the_receivers_answer_reaches_the_result_with_the_token_masked():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# -- the ECS document's caches: the alerts of one event share its fields and times, and a
+#    stream of distinct events or times (any host's normal traffic, or a hostile one) never
+#    grows them past their bounds ---------------------------------------------------------------
+
+def test_ecs_caches_are_bounded_and_shared_by_the_alerts_of_one_event():
+    from sensor.deliver import ecs as ecs_mod
+    ecs_mod._ISO_CACHE.clear()
+    for i in range(3 * ecs_mod._ISO_CACHE_MAX):
+        assert ecs_mod.iso_time(f"2026-08-20 10:{i // 60 % 60:02d}:{i % 60:02d}.000") is not None
+        assert len(ecs_mod._ISO_CACHE) <= ecs_mod._ISO_CACHE_MAX
+    # a value of exactly the remembered length is remembered, a longer one never is
+    ecs_mod._ISO_CACHE.clear()
+    at = "2026-08-20T10:11:12.345Z".ljust(ecs_mod._ISO_CACHE_TEXT)
+    over = at + " "
+    ecs_mod.iso_time(at)
+    ecs_mod.iso_time(over)
+    assert at in ecs_mod._ISO_CACHE and over not in ecs_mod._ISO_CACHE
+    ecs_mod._EVENT_CACHE.clear()
+    for i in range(3 * ecs_mod._EVENT_CACHE_MAX):
+        ecs_mod._event_part({"Image": f"C:\\x\\{i}.exe", "ProcessId": i})
+        assert len(ecs_mod._EVENT_CACHE) <= ecs_mod._EVENT_CACHE_MAX
+    ev = {"Image": "C:\\Windows\\System32\\cmd.exe", "ProcessId": 4, "User": "DOM\\alice"}
+    first = ecs_mod._event_part(ev)
+    assert ecs_mod._event_part(dict(ev)) is first          # one event's alerts share one part
+    # "the last few": more than one at a time (a batch interleaves the alerts of a few events)
+    ecs_mod._ISO_CACHE.clear()
+    ecs_mod.iso_time("2026-08-20 10:11:12.345")
+    ecs_mod.iso_time("2026-08-20 10:11:13.345")
+    assert {"2026-08-20 10:11:12.345", "2026-08-20 10:11:13.345"} <= set(ecs_mod._ISO_CACHE)
+    other = {"Image": "C:\\Windows\\System32\\whoami.exe", "ProcessId": 8}
+    ecs_mod._EVENT_CACHE.clear()
+    first, second = ecs_mod._event_part(ev), ecs_mod._event_part(other)
+    assert ecs_mod._event_part(dict(ev)) is first and ecs_mod._event_part(dict(other)) is second

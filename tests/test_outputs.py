@@ -783,6 +783,70 @@ def test_unset_options_and_right_types_build(tmp_path):
     assert build_output({"format": "jsonl", "path": tmp_path / "a.jsonl"}).path == tmp_path / "a.jsonl"
 
 
+_UNSET_ALL = {key: None for key in OPTION_KEYS - {"format", "url", "path"}}
+
+
+def test_an_option_set_to_none_takes_its_default_as_if_absent():
+    """An option whose value is None is unset (docs/delivery.md): it takes its default, the same
+    as an absent key; it is neither an error nor a value read as false (``gzip = None`` once
+    turned compression off, ``connect_timeout = None`` failed a range check, and the syslog
+    output raised a raw TypeError)."""
+    from sensor.deliver.http import _common_kwargs
+    url = {"url": "https://127.0.0.1:9/in"}
+    assert _common_kwargs(dict(url, **_UNSET_ALL)) == _common_kwargs(url)
+    kw = _common_kwargs(dict(url, **_UNSET_ALL))
+    assert (kw["gzip"], kw["gzip_level"], kw["connect_timeout"], kw["read_timeout"]) == (True, 1, 5.0, 30.0)
+    assert (kw["allow_http"], kw["pool_maxsize"], kw["headers"], kw["document"]) == (False, 2, {}, "ecs")
+    for fmt, base in _BASE.items():
+        out = build_output(dict(base, format=fmt, **{k: None for k in _UNSET_ALL if k not in base}))
+        try:
+            if fmt in ("ecs", "splunk_hec", "elasticsearch", "webhook"):
+                t = out.transport
+                assert (t.gzip, t.gzip_level, t.read_timeout) == (True, 1, 30.0), fmt
+                assert out.extra_headers == {} and out.document == "ecs", fmt
+            elif fmt == "syslog":
+                assert (out.connect_timeout, out.send_timeout, out.use_tls) == (5.0, 30.0, True)
+                assert out.format == "rfc5424" and out.app_name == "etw-sensor" and out.document == "ecs"
+            else:
+                assert out.document == "ecs"
+        finally:
+            out.close()
+
+
+def test_a_secret_file_path_that_cannot_name_a_file_is_a_configuration_error(tmp_path):
+    # a NUL cannot be in a path; a secret file that is not UTF-8 cannot be a token: both are the
+    # key's error, never a raw ValueError, and the error never shows the file's content
+    with pytest.raises(ConfigError, match=r"^token_file: cannot read"):
+        build_output({"url": "https://127.0.0.1:9/in", "token_file": "tok\0en"})
+    bad = tmp_path / "token"
+    bad.write_bytes(b"s3cr3t\xff\xfe")
+    with pytest.raises(ConfigError, match=r"^hmac_secret_file: cannot read") as caught:
+        build_output({"format": "webhook", "url": "https://127.0.0.1:9/in", "hmac_secret_file": str(bad)})
+    assert "s3cr3t" not in str(caught.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), max_size=30))
+def test_text_repair_gives_utf8_text_as_utf16_reads_it(text):
+    # docs/delivery.md: each lone surrogate is one U+FFFD, a pair held as two halves is joined,
+    # all else is unchanged; the result is always UTF-8 text, and repairing it again changes nothing
+    from sensor.deliver.text import repair
+    fixed = repair(text)
+    fixed.encode("utf-8")                                   # strict: raises on any surrogate left
+    assert repair(fixed) == fixed
+    want, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if "\ud800" <= c <= "\udbff" and i + 1 < len(text) and "\udc00" <= text[i + 1] <= "\udfff":
+            want.append(chr(0x10000 + ((ord(c) - 0xD800) << 10) + ord(text[i + 1]) - 0xDC00))
+            i += 2
+            continue
+        want.append("\ufffd" if "\ud800" <= c <= "\udfff" else c)
+        i += 1
+    assert fixed == "".join(want)
+    assert repair({text: [text, (text,)], 1: None}) == {fixed: [fixed, [fixed]], 1: None}
+
+
 def test_jsonl_document_is_ecs_or_alert(tmp_path):
     with pytest.raises(ConfigError, match="document must be ecs or alert"):
         build_output({"format": "jsonl", "path": str(tmp_path / "a.jsonl"), "document": "xml"})

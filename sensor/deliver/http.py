@@ -24,7 +24,8 @@ from urllib3.exceptions import (HTTPError, InsecureRequestWarning, NewConnection
                                 SSLError, TimeoutError as Urllib3Timeout)
 
 from .. import __version__
-from .options import check_option_types
+from .options import set_options
+from .text import repair
 from .protocol import BISECT, OK, PARK, RETRY, SPLIT, SendResult
 from .ecs import to_ecs
 from .tls import ConfigError, Secret, TLSConfig, load_secret
@@ -46,19 +47,7 @@ def encode_json(obj: Any) -> bytes:
     try:
         return _ENCODER.encode(obj)
     except UnicodeEncodeError:
-        return _ENCODER.encode(_repair_text(obj))
-
-
-def _repair_text(value: Any) -> Any:
-    """``value`` with each lone surrogate in its text (keys included) replaced by U+FFFD; two
-    halves of a pair held as two characters are joined (the text as UTF-16 read it)."""
-    if isinstance(value, str):
-        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    if isinstance(value, Mapping):
-        return {_repair_text(k): _repair_text(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_repair_text(v) for v in value]
-    return value
+        return _ENCODER.encode(repair(obj))
 
 
 def encode_failure(exc: Exception) -> str:
@@ -349,36 +338,31 @@ def classify_status(resp: HttpResponse) -> str:
 
 
 def _common_kwargs(options: Mapping[str, Any]) -> dict:
-    check_option_types(options)
+    options = set_options(options)     # every value of the right type; unset ones left out
     url = options.get("url")
     if not url:
         raise ConfigError("url is required for this format")
     level = options.get("gzip_level", 1)
-    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+    if not 0 <= level <= 9:
         raise ConfigError(f"gzip_level must be an integer from 0 to 9, got {level!r}")
     for key, default, top in (("connect_timeout", 5.0, 600.0), ("read_timeout", 30.0, 3600.0)):
         value = options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+        if not 0 < value <= top:
             raise ConfigError(f"{key} must be a number of seconds above 0 and at most {top:g}, got {value!r}")
-    for name, value in dict(options.get("headers") or {}).items():
+    for name, value in options.get("headers", {}).items():
         if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in f"{name}{value}"):
             raise ConfigError(f"header {name!r}: holds a line break or control character")
-    try:
-        return dict(
-            url=str(url), tls=TLSConfig.from_options(options), token=load_secret(options, "token"),
-            auth_scheme=options.get("auth_scheme"), gzip=bool(options.get("gzip", True)),
-            gzip_level=int(options.get("gzip_level", 1)),
-            connect_timeout=float(options.get("connect_timeout", 5.0)),
-            read_timeout=float(options.get("read_timeout", 30.0)),
-            allow_http=bool(options.get("allow_http", False)),
-            pool_maxsize=int(options.get("pool_maxsize", 2)),
-            headers=dict(options.get("headers") or {}),
-            document=str(options.get("document") or "ecs"),
-        )
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad output option: {exc}") from None
+    return dict(
+        url=str(url), tls=TLSConfig.from_options(options), token=load_secret(options, "token"),
+        auth_scheme=options.get("auth_scheme"), gzip=options.get("gzip", True),
+        gzip_level=level,
+        connect_timeout=float(options.get("connect_timeout", 5.0)),
+        read_timeout=float(options.get("read_timeout", 30.0)),
+        allow_http=options.get("allow_http", False),
+        pool_maxsize=options.get("pool_maxsize", 2),
+        headers=dict(options.get("headers", {})),
+        document=str(options.get("document") or "ecs"),
+    )
 
 
 class HttpOutput:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from .tls import ConfigError
 
-__all__ = ["OPTION_KEYS", "check_option_types"]
+__all__ = ["OPTION_KEYS", "check_option_types", "set_options"]
 
 # Every option key build_output() understands (documented in docs/delivery.md).
 OPTION_KEYS = frozenset({
@@ -72,3 +72,10 @@ def check_option_types(options: Mapping[str, Any]) -> None:
             ok, want = isinstance(value, str), "text"
         if not ok:
             raise ConfigError(f"{key}: must be {want}, got {_kind(value)}")
+
+
+def set_options(options: Mapping[str, Any]) -> dict:
+    """The options that are set, type-checked (:func:`check_option_types`): a key whose value is
+    None is left out, so it takes its default exactly as if it were absent."""
+    check_option_types(options)
+    return {key: value for key, value in options.items() if value is not None}

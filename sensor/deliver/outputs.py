@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .options import OPTION_KEYS, check_option_types
+from .options import OPTION_KEYS, check_option_types, set_options
 from .protocol import Output
 from .tls import ConfigError
 
@@ -34,7 +34,7 @@ def build_output(options: Mapping[str, Any]) -> Output:
     unknown = sorted(set(options) - OPTION_KEYS)
     if unknown:
         raise ConfigError(f"unknown output option(s): {', '.join(unknown)}")
-    check_option_types(options)
+    options = set_options(options)     # every value of the right type; unset (None) ones left out
     fmt = FORMATS.get(str(options.get("format") or "ecs").lower())
     if fmt is None:
         raise ConfigError(f"format must be one of {', '.join(PUBLIC_FORMATS)}")

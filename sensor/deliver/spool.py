@@ -56,6 +56,7 @@ import msgspec
 
 from .. import __version__
 from .._files import open_private, private_dir, touch_private
+from .text import repair
 
 log = logging.getLogger("sensor.spool")
 
@@ -148,25 +149,12 @@ _DROP_WHAT = {"spool_expired": "older than max_age", "spool_overflow": "over max
               "spool_disk_full_dropped": "disk full"}
 
 
-def _clean(value: Any) -> Any:
-    """Replace what JSON cannot carry (lone UTF-16 surrogates, which Windows allows in
-    command lines) with U+FFFD, recursively."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") \
-            if any("\ud800" <= c <= "\udfff" for c in value) else value
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _encode(alert: Mapping[str, Any]) -> bytes:
     """JSON bytes of one alert; a value JSON cannot hold is repaired, never fatal."""
     try:
         return _ENC.encode(alert)
     except (msgspec.EncodeError, UnicodeEncodeError, TypeError, OverflowError):
-        return _ENC.encode(_clean(alert))
+        return _ENC.encode(repair(alert))
 
 
 def row_crc(alert_id: str, body: bytes) -> int:
@@ -857,7 +845,7 @@ class Spool:
                 # Every alert from build_alert() has an id; one without still must not be lost.
                 alert = dict(alert)
                 alert_id = alert["id"] = str(uuid.uuid4())
-            alert_id = _clean(str(alert_id))
+            alert_id = repair(str(alert_id))
             body = _encode(alert)
             rows.append((alert_id, now, len(body), body, row_crc(alert_id, body), kind))
         if not rows and not self._held:
@@ -1444,7 +1432,7 @@ class Spool:
         """Count a failed attempt on these rows (kept for status and the dead-letter record)."""
         if not rowids:
             return
-        error = _clean((error or "")[:500])   # the receiver's text: lone surrogates repaired
+        error = repair((error or "")[:500])   # the receiver's text: lone surrogates repaired
         with self._guard("mark failed"), self._tx(durable=False):
             for chunk in _chunks(list(rowids)):
                 marks = ",".join("?" * len(chunk))
@@ -1469,7 +1457,7 @@ class Spool:
         logged = []
         with self._guard("dead letter"), self._tx():
             for rowid, reason, status in items:
-                reason = _clean(reason[:1000])   # the receiver's text: lone surrogates repaired
+                reason = repair(reason[:1000])   # the receiver's text: lone surrogates repaired
                 row = self._db.execute("SELECT COALESCE(size, 0), alert_uuid FROM alerts WHERE id=?",
                                        (rowid,)).fetchone()
                 if row is None:
@@ -1532,7 +1520,7 @@ class Spool:
                 # ids as stored (an id from a command line may hold lone surrogates: repaired
                 # like the stored ones, never taken for damage)
                 where, args = (f"WHERE alert_uuid IN ({','.join('?' * len(alert_ids))})",
-                               [_clean(str(i)) for i in alert_ids])
+                               [repair(str(i)) for i in alert_ids])
             rows = self._db.execute(f"SELECT id, alert_uuid, body, crc FROM dead_letter {where} ORDER BY id",
                                     args).fetchall()
             n = 0

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from .ecs import to_ecs
 from .http import classify_exception, encode_failure, encode_json, shutdown_socket
-from .options import check_option_types
+from .options import set_options
 from .protocol import OK, PARK, RETRY, SendResult
 from .tls import ConfigError, TLSConfig
 
@@ -161,7 +161,7 @@ class SyslogOutput:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "SyslogOutput":
-        check_option_types(options)
+        options = set_options(options)     # every value of the right type; unset ones left out
         url = options.get("url")
         if not url:
             raise ConfigError("format syslog needs url (tls://host:port)")
@@ -171,7 +171,7 @@ class SyslogOutput:
                 raise ConfigError(f"{key} must be a number of seconds above 0 and at most {top:g}, "
                                   f"got {value!r}")
         return cls(str(url), TLSConfig.from_options(options),
-                   allow_plaintext=bool(options.get("allow_http", False)),
+                   allow_plaintext=options.get("allow_http", False),
                    syslog_format=str(options.get("syslog_format") or "rfc5424"),
                    framing=str(options.get("syslog_framing") or ""),
                    facility=str(options.get("syslog_facility") or "local0"),

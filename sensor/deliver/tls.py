@@ -77,6 +77,8 @@ def load_secret(options: Mapping[str, Any], key: str) -> Secret | None:
             value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{key}_file: cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError:     # a NUL in the path (or text that is not UTF-8): no such file
+            raise ConfigError(f"{key}_file: cannot read {path!r}: not a usable path, or not UTF-8 text") from None
         if not value:
             raise ConfigError(f"{key}_file: {path} is empty")
         return Secret(value)

@@ -153,6 +153,20 @@ MODULES: dict[str, list[str]] = {
                                   "tests/test_spool_contract.py"],
     # the bounded hand-off between the source and the worker
     "sensor/daemon/queues.py": ["tests/test_queues.py", "tests/test_budget.py", "tests/test_at_rest.py"],
+    # the outputs' TLS policy (verification, pinning, client certificates) and secrets
+    "sensor/deliver/tls.py": ["tests/test_http_contract.py", "tests/test_outputs.py", "tests/test_syslog.py",
+                              "tests/test_delivery.py"],
+    # the one repair of text a receiver cannot carry, on every delivery path
+    "sensor/deliver/text.py": ["tests/test_outputs.py", "tests/test_spool_contract.py"],
+    # the file output
+    "sensor/deliver/jsonl.py": ["tests/test_outputs.py", "tests/test_delivery.py", "tests/test_private_files.py"],
+    # Sigma loading: placeholders, the character sets of |windash and friends, filters and
+    # correlation rules as data, and the suppression that decides whether an alert is sent
+    "sensor/detect/placeholders.py": ["tests/test_placeholders.py"],
+    "sensor/detect/charsets.py": ["tests/test_regex.py", "tests/test_backtrack.py",
+                                  "tests/test_sigma_modifiers_spec.py"],
+    "sensor/detect/metarules.py": ["tests/test_correlation.py", "tests/test_sigma_filters.py"],
+    "sensor/detect/noise.py": ["tests/test_noise.py", "tests/test_sigma_filters.py", "tests/test_pipeline.py"],
 }
 
 # cosmic-ray's operators, curated. Dropped: the other binary-operator swaps (one wrong operator

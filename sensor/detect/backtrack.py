@@ -11,7 +11,8 @@ event (counted and reported; every other rule is still evaluated).
 The program follows Python's ``re`` (``sre``) semantics: it is compiled from Python's own
 parse tree, tries alternatives and repeats in the same order (greedy first unless lazy,
 left to right), keeps the captures of the last iteration, stops repeating a group whose
-last iteration matched nothing (as sre's MAX_UNTIL does), and uses the exact character sets
+last optional iteration matched nothing (as sre's MAX_UNTIL and MIN_UNTIL do: the iterations
+up to the minimum are exempt, so one more may follow an empty required one), and uses the exact character sets
 of :mod:`sensor.detect.regex`.  Both matchers call this one implementation, so they agree
 by construction, including on when the budget runs out; tests compare it with ``re``.
 """
@@ -139,7 +140,7 @@ def _repeat(av, greedy: bool, flags: int, prog: _Prog) -> None:
     prog.nloops += 1
     prog.emit(_REP0, k)
     head = prog.emit(_REP, k, lo, None if hi is _K.MAXREPEAT else hi, greedy, 0)
-    prog.emit(_ITER, k)
+    prog.emit(_ITER, k, lo)
     _compile(list(sub), flags, prog)
     prog.emit(_INC, k)
     prog.emit(_JMP, head)
@@ -238,9 +239,12 @@ class _Run:
                     stack.append((pc + 1, sp, len(undo)))
                     pc = out
             elif op == _ITER:
-                k = 2 * ins[1] + 1
-                undo.append((loops, k, loops[k]))
-                loops[k] = sp
+                # an optional iteration starts here: remember where, so one that matches nothing
+                # is the last (sre's zero-width guard); a required one leaves the mark alone
+                k = 2 * ins[1]
+                if loops[k] >= ins[2]:
+                    undo.append((loops, k + 1, loops[k + 1]))
+                    loops[k + 1] = sp
                 pc += 1
             elif op == _INC:
                 k = 2 * ins[1]

@@ -177,7 +177,7 @@ def test_each_regex_may_need_up_to_the_bound_of_character_set_scans():
 # Generated regexes of the accepted constructs, nested, on texts made of their letters.
 
 _LEAVES = ["a", "b", "A", "", ".", "[ab]", r"\b", r"\B", "$", "^", r"\w", "-", "_", "\u0130"]
-_REPS = ["*", "+", "?", "*?", "+?", "??", "{1,2}", "{0,2}?", "{2}", "*+", "++"]
+_REPS = ["*", "+", "?", "*?", "+?", "??", "{1,2}", "{0,2}?", "{2}", "*+", "++", "{1,}", "{2,}?"]
 
 
 def _regex():
@@ -190,7 +190,7 @@ def _regex():
             inner.map(lambda x: f"({x})"),
             st.tuples(st.sampled_from(["(?=%s)", "(?!%s)", "(?>%s)", "(?i:%s)", "(?-i:%s)"]),
                       inner).map(lambda t: t[0] % t[1]),
-            st.sampled_from([r"\1", r"\2", "(?(1)a|b)", "(?(1)b)", "(?(2)a|)",
+            st.sampled_from([r"\1", r"\2", "(?(1)a|b)", "(?(1)b)", "(?(2)a|)", "()",
                              "(?<=a)", "(?<!b)", "(?<=ab)", "(?<!a.)"]),
         )
     return st.recursive(st.sampled_from(_LEAVES), extend, max_leaves=6)
@@ -205,6 +205,7 @@ _TEXTS = st.lists(st.text(alphabet=st.sampled_from("abAB_-\n\u0130i"), max_size=
 @given(_regex(), _FLAGS, _TEXTS)
 @example(r"(?:b+|)*", "", [""])
 @example(r"(?:(?:a*)*)*a", "", ["a"])
+@example(r"^(?:(?(1)a|)()){1,}$", "", ["a", ""])
 def test_generated_nested_regexes_answer_as_python_does(pattern, flags, texts):
     if not _valid(pattern, flags):
         return

@@ -468,6 +468,35 @@ def test_a_rule_one_value_over_the_bound_is_refused_at_its_detection():
     assert "too many detection values" in bad.reason and bad.line == 6, bad
 
 
+@pytest.mark.parametrize("key", [
+    "CommandLine|contains",     # dashes without |windash: each value is one value
+    "windash|contains",         # a field named like a modifier: the modifiers follow its name
+    "base64offset|contains",
+])
+def test_only_the_modifiers_after_the_field_name_multiply_the_count(key):
+    # 80 values with three dashes each: 81 values as written, 10,001 if each were expanded
+    values = "".join(f"            - ' -a{i} /b -c'\n" for i in range(80))
+    text = HEAD + f"detection:\n    sel:\n        {key}:\n" + values + "    condition: sel\n"
+    (rule,) = load_sigma_text(text, "dashes.yml").rules
+    assert len(rule.predicates[0].values) == 80
+
+
+# A value with more dashes than |windash expands (three) is pySigma's own refusal: it makes no
+# values of it, so the value counts as written, once, not as 5 ** 4 variants.
+@pytest.mark.parametrize("count", [17, 5000])
+def test_a_value_with_more_dashes_than_windash_expands_is_pysigmas_refusal(count):
+    bad = _rejected(_expanding("windash|contains", [f" -a{i} /b -c -d" for i in range(count)]))
+    assert bad.reason.startswith("SigmaModifiedError: windash modifier expands at most three "
+                                 "dash occurrences in one value"), bad
+    assert 6 <= bad.line <= 9 + count, bad      # within the detection
+
+
+def test_values_with_more_dashes_than_windash_expands_still_count_toward_the_bound():
+    values = [f" -a{i} /b -c -d" for i in range(MAX_RULE_VALUES)]      # + the condition
+    bad = _rejected(_expanding("windash|contains", values))
+    assert "too many detection values" in bad.reason and bad.line == 6, bad
+
+
 def _conditioned(cond: str) -> str:
     return HEAD + "detection:\n    sel:\n        Image: a.exe\n    condition: " + cond + "\n"   # line 9
 
@@ -484,6 +513,10 @@ def _ors(chars: int) -> str:
     # a chain of one operator is one group in the IR, however deep it is written
     "".join("sel and (" for _ in range(MAX_CONDITION_DEPTH)) + "sel" + ")" * MAX_CONDITION_DEPTH,
     "(sel and not (not sel)) or " * 30 + "sel",      # shallow, however long
+    # a closed group and a not that has its operand are no level any more
+    "(sel) or " * 200 + "sel",
+    "not sel or " * 200 + "sel",
+    "not (sel) or " * 200 + "sel",
 ])
 def test_a_condition_nested_up_to_the_bound_loads(cond):
     (rule,) = load_sigma_text(_conditioned(cond), "deep.yml").rules
@@ -496,11 +529,44 @@ def test_a_condition_nested_up_to_the_bound_loads(cond):
     "sel and " + "not (" * 64 + "not sel" + ")" * 64,
     "".join("sel and (" for _ in range(200)) + "sel" + ")" * 200,   # before: RecursionError
     "not " * 3000 + "sel",                                            # before: RecursionError
+    # what comes before a group neither lowers nor raises its depth
+    "(sel) or " + "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1),
+    "not sel and " + "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1),
+    "not (sel) and " + "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1),
+    # a stray closing parenthesis closes no level
+    "sel) or " + "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1),
 ])
 def test_a_condition_nested_deeper_than_the_bound_is_refused_at_its_line(cond):
     bad = _rejected(_conditioned(cond))
     assert bad.reason == ("condition nested more than 128 levels deep as written (parentheses "
                           "and not): simplify it") and bad.line == 9, bad
+
+
+@pytest.mark.parametrize("cond", ["sel)", "sel" + ")" * (MAX_CONDITION_DEPTH + 1)])
+def test_stray_closing_parentheses_are_a_condition_error_not_a_nesting(cond):
+    bad = _rejected(_conditioned(cond))
+    assert bad.reason.startswith("SigmaConditionError: ") and bad.line == 9, bad
+
+
+def test_a_deep_condition_after_a_document_that_is_not_a_mapping_still_refuses_the_file():
+    text = (
+        "just a scalar\n"                       # 1: a document that is no rule
+        "---\n"                                 # 2
+        + _conditioned("(" * (MAX_CONDITION_DEPTH + 1) + "sel"
+                       + ")" * (MAX_CONDITION_DEPTH + 1)))    # 3-11: the condition at 11
+    bad = _rejected(text)
+    assert bad.reason.startswith("condition nested more than 128 levels deep") and bad.line == 11, bad
+
+
+@pytest.mark.parametrize("make,line,reason", [
+    (lambda: _conditioned("(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1)),
+     10, "condition nested more than 128 levels deep"),
+    (lambda: _values(MAX_RULE_VALUES + 1), 7, "too many detection values"),
+])
+def test_a_file_refused_whole_that_starts_with_a_blank_line_is_refused_at_the_right_line(
+        make, line, reason):
+    bad = _rejected("\n" + make())       # the file's line 1 is empty
+    assert bad.reason.startswith(reason) and bad.line == line, bad
 
 
 def test_a_condition_within_the_written_bound_still_meets_the_ir_bound():
@@ -599,6 +665,67 @@ def test_a_control_character_is_refused_at_its_own_line(comment):
     assert bad.line == 9, bad
     assert bad.reason == ("YAML syntax error: unacceptable character #x0007: "
                           "control characters are not allowed"), bad
+
+
+def test_a_control_character_after_a_blank_first_line_is_refused_at_its_own_line():
+    text = "\n" + HEAD + (                      # 1: empty, then the head at 2-6
+        "detection:\n"                          # 7
+        "    sel:\n"                            # 8
+        "        Image: \"a\x07\"\n"            # 9: the control character
+        "    condition: sel\n")
+    bad = _rejected(text)
+    assert bad.line == 9 and "unacceptable character #x0007" in bad.reason, bad
+
+
+_NOT_ASCII_ABOVE = "\n" + "# 日本語 é ü ß\n" * 3 + "title: \"a\x07\"\n"   # the character on line 5
+
+
+def _pure_reader_error(text):
+    import yaml
+    with pytest.raises(yaml.reader.ReaderError) as err:
+        yaml.load(text, Loader=yaml.SafeLoader)     # PyYAML's reader in Python
+    return err.value
+
+
+def test_the_line_of_a_character_error_from_the_python_yaml_reader_counts_characters():
+    # That reader gives a character offset where libyaml gives a byte offset (sigma._reader_line)
+    from sensor.detect.sigma import _reader_line
+    import yaml
+
+    exc = _pure_reader_error(_NOT_ASCII_ABOVE)
+    assert _reader_line(_NOT_ASCII_ABOVE, exc, yaml.SafeLoader) == 5
+
+
+def test_the_line_of_a_character_error_without_libyaml(monkeypatch):
+    # PyYAML built without libyaml has no yaml.cyaml: the reader is the Python one
+    import sys
+
+    import yaml
+    from sensor.detect.sigma import _reader_line
+
+    exc = _pure_reader_error(_NOT_ASCII_ABOVE)
+    monkeypatch.setitem(sys.modules, "yaml.cyaml", None)     # its import fails
+    assert _reader_line(_NOT_ASCII_ABOVE, exc, yaml.SafeLoader) == 5
+
+
+def test_the_checks_before_conversion_place_a_problem_in_a_whole_files_text():
+    # prepare_rule takes the text the rule was read from, a file's or one document's
+    import yaml
+    from sigma.rule import SigmaRule
+
+    from sensor.detect.ir import RuleError
+    from sensor.detect.sigma import prepare_rule
+
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        UtcTime|hour|minute: 3\n"      # 8: two parts
+        "    condition: sel\n")
+    srule = SigmaRule.from_dict(yaml.safe_load(text))
+    with pytest.raises(RuleError) as err:
+        prepare_rule(srule, None, text)
+    assert err.value.line == 8, err.value
+    assert err.value.message.startswith("two time-part modifiers on one value (|hour|minute)")
 
 
 def test_a_rule_without_a_detection_is_refused_at_its_documents_first_line():

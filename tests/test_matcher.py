@@ -257,6 +257,27 @@ def test_budgeted_regex_three_valued(engine):
     assert m.undecided == {}
 
 
+@pytest.mark.skipif(len(ENGINES) < 2, reason="the compiled matcher is not built (make build)")
+def test_the_reference_matcher_reports_no_figure_the_compiled_one_lacks():
+    # the reference twin defines the behaviour: every figure it reports, the compiled matcher
+    # reports too, with the same value on the same work (a figure only one engine keeps is one
+    # a reader of `status` would see come and go with the build)
+    slow = P("CommandLine", "re", "(a|aa)+\\1b")
+    rules = [rule(slow, rid="alone"), rule(P("Image", "endswith", "x.exe"), rid="other")]
+    events = [ProcessEvent({"Image": "c:\\x.exe", "CommandLine": "a" * 60}),
+              ProcessEvent({"Image": "c:\\y.exe", "CommandLine": "ab"})]
+    stats = {}
+    for name in ENGINES:
+        m = matcher_mod.create(rules, name, regex_budget=200)
+        for ev in events:
+            m.match(ev)
+        stats[name] = m.stats
+    ref = stats.pop("reference")
+    (compiled,) = stats.values()
+    assert set(ref) <= set(compiled), set(ref) - set(compiled)
+    assert {k: compiled[k] for k in ref if k != "engine"} == {k: v for k, v in ref.items() if k != "engine"}
+
+
 def test_regex_engines_reported(engine):
     rules = [rule(P("CommandLine", "re", "net\\s+view"), rid="a"),
              rule(P("CommandLine", "re", "(a)\\1"), rid="b"),

@@ -193,7 +193,6 @@ class Matcher:
                 remap.append(slots[p])
             self._conds.append(_remap(rule.condition, remap))
         self._undecided = [0] * len(self.rules)
-        self._budget_runs = 0
 
     def match(self, event: Mapping[str, Any]) -> list[int]:
         """Indices of the rules whose condition holds for ``event``, ascending."""
@@ -210,7 +209,6 @@ class Matcher:
                     r = tests[i].evaluate(event)
                 except BudgetExceeded:
                     r = UNDECIDED
-                    self._budget_runs += 1
                 memo[i] = r
                 return r
             if kind == "and":
@@ -262,7 +260,7 @@ class Matcher:
     @property
     def stats(self) -> dict:
         return {"engine": self.engine, "rules": len(self.rules), "predicates": len(self._tests),
-                "undecided_events": sum(self._undecided), "regex_budget_runouts": self._budget_runs}
+                "undecided_events": sum(self._undecided)}
 
 
 def regex_engines(rules: Sequence[Rule]) -> dict[int, list]:

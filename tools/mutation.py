@@ -152,7 +152,10 @@ MODULES: dict[str, list[str]] = {
     "sensor/deliver/salvage.py": ["tests/test_salvage_bounds.py", "tests/test_faults_damage.py",
                                   "tests/test_spool_contract.py"],
     # the bounded hand-off between the source and the worker
-    "sensor/daemon/queues.py": ["tests/test_queues.py", "tests/test_budget.py", "tests/test_at_rest.py"],
+    # (less the wake-up count that the machine's other work can blur: it measures the waker's
+    # scheduling, which no mutant of queues.py changes, and a run under load fails it)
+    "sensor/daemon/queues.py": ["tests/test_queues.py", "tests/test_budget.py", "tests/test_at_rest.py",
+                                "!tests/test_at_rest.py::test_a_start_from_a_consumer_callback_wakes_the_worker_once"],
     # the outputs' TLS policy (verification, pinning, client certificates) and secrets
     "sensor/deliver/tls.py": ["tests/test_http_contract.py", "tests/test_outputs.py", "tests/test_syslog.py",
                               "tests/test_delivery.py"],

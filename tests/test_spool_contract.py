@@ -2490,3 +2490,97 @@ def test_a_row_numbered_0_or_below_by_another_program_is_fetched_and_dropped(tmp
     with Spool(path, max_bytes=1) as sp:      # over its cap: the oldest go first, that row too
         sp.enforce()
         assert rowid not in {i.rowid for i in sp.fetch(10)}
+
+
+# -- a full disk: how new alerts are fitted into the spool file's free pages -------------------
+# (docs/delivery.md, "How new alerts are fitted into a full disk"). The free space and the disk's
+# answers are the test's: the file's free pages are a fixed figure, and each transaction the
+# spool writes is recorded (its alert ids and the bytes of old alerts it drops first) and
+# accepted or refused as the test says.
+
+@contextlib.contextmanager
+def _full_with_scripted_writes(tmp_path: Path, monkeypatch, free: int, refused: int = 0):
+    """A spool that does not own its file, holding 3 old alerts, in the disk-full state (the
+    volume stays full); its file has `free` bytes of free pages, and the disk refuses the first
+    `refused` transactions. Yields the spool and the list of (ids, room) transactions tried."""
+    monkeypatch.setattr(spool_mod, "shutil", FakeDisk(100 * MiB, 0))
+    with Spool(tmp_path / "s.db", clock=Clock()) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+        sp._enter_full("simulated: the disk refused a write")
+        tried: list = []
+
+        def write(rows, now, room=0):
+            tried.append(([r[0] for r in rows], room))
+            if len(tried) <= refused:
+                raise SpoolFull(f"spool {sp.path}: write failed: database or disk is full")
+            return len(rows)
+
+        monkeypatch.setattr(sp, "_free_pages_bytes", lambda: free)
+        monkeypatch.setattr(sp, "_write_rows", write)
+        yield sp, tried
+
+
+NEW = [alert(100 + i) for i in range(4)]
+NEW_IDS = [a["id"] for a in NEW]
+
+
+@pytest.mark.parametrize("spare", [0, -1], ids=["exactly-room-for-two", "a-byte-short-of-two"])
+def test_on_a_full_disk_a_transaction_takes_the_new_alerts_its_free_pages_hold(tmp_path, monkeypatch, spare):
+    # a row counts as its bytes plus a page; rows join one transaction while they leave two pages
+    # of the free space spare: k rows of s bytes need k*s + (k+1) pages. The free space is read
+    # again before each transaction; rows that fit need no room made (no alert dropped).
+    page = 4096
+    s = size_of(NEW[0])
+    with _full_with_scripted_writes(tmp_path, monkeypatch, free=2 * s + 3 * page + spare) as (sp, tried):
+        assert sp._page_size() == page
+        assert sp.put_many(NEW) == 4
+        if spare == 0:
+            assert tried == [(NEW_IDS[:2], 0), (NEW_IDS[2:], 0)]
+        else:
+            assert tried == [([i], 0) for i in NEW_IDS]
+        assert sp.fault_stats()["held"] == 0
+
+
+@pytest.mark.parametrize("spare", [0, -1], ids=["exactly-room-for-one", "a-byte-short-of-one"])
+def test_on_a_full_disk_an_alert_with_no_room_goes_alone_and_makes_room_for_itself(tmp_path, monkeypatch, spare):
+    # one row needs its bytes plus two pages; with less free, each new alert is written alone,
+    # in a transaction that first drops the oldest alerts holding its bytes plus four pages
+    page = 4096
+    s = size_of(NEW[0])
+    with _full_with_scripted_writes(tmp_path, monkeypatch, free=s + 2 * page + spare) as (sp, tried):
+        assert sp.put_many(NEW) == 4
+        room = 0 if spare == 0 else s + 4 * page
+        assert tried == [([i], room) for i in NEW_IDS]
+
+
+def test_on_a_full_disk_a_refused_transaction_is_tried_again_making_four_times_the_room(tmp_path, monkeypatch):
+    # the estimate fell short (the disk refused the commit): the same rows are tried again,
+    # dropping four times their bytes plus four pages of the oldest alerts, then four times
+    # that; the third attempt goes through and the next transaction starts from no room again
+    page = 4096
+    s = size_of(NEW[0])
+    with _full_with_scripted_writes(tmp_path, monkeypatch, free=2 * s + 3 * page, refused=2) as (sp, tried):
+        assert sp.put_many(NEW) == 4
+        first = 4 * (2 * s + 4 * page)
+        assert tried == [(NEW_IDS[:2], 0), (NEW_IDS[:2], first), (NEW_IDS[:2], 4 * first),
+                         (NEW_IDS[2:], 0)]
+        assert sp.fault_stats()["held"] == 0
+
+
+def test_on_a_full_disk_an_alert_refused_with_room_made_is_tried_with_four_times_that_room(tmp_path, monkeypatch):
+    page = 4096
+    s = size_of(NEW[0])
+    with _full_with_scripted_writes(tmp_path, monkeypatch, free=0, refused=1) as (sp, tried):
+        assert sp.put_many(NEW[:1]) == 1
+        assert tried == [(NEW_IDS[:1], s + 4 * page), (NEW_IDS[:1], 4 * (s + 4 * page))]
+
+
+def test_on_a_full_disk_three_refusals_in_a_row_leave_the_rest_waiting_in_memory(tmp_path, monkeypatch):
+    # three attempts at most: then the rows not yet written wait in memory (counted as new),
+    # to be written when space returns
+    page = 4096
+    s = size_of(NEW[0])
+    with _full_with_scripted_writes(tmp_path, monkeypatch, free=2 * s + 3 * page, refused=3) as (sp, tried):
+        assert sp.put_many(NEW) == 4
+        assert [ids for ids, _ in tried] == [NEW_IDS[:2]] * 3
+        assert sp.fault_stats()["held"] == 4

@@ -2584,3 +2584,17 @@ def test_on_a_full_disk_three_refusals_in_a_row_leave_the_rest_waiting_in_memory
         assert sp.put_many(NEW) == 4
         assert [ids for ids, _ in tried] == [NEW_IDS[:2]] * 3
         assert sp.fault_stats()["held"] == 4
+
+
+def test_the_listings_show_the_newest_100_dead_letters_and_50_health_events_by_default(tmp_path):
+    # docs/delivery.md, "The spool": Spool.dead_letters() lists the newest 100 dead letters and
+    # Spool.health_events() the newest 50 health events unless asked for another number
+    clock = Clock()
+    with Spool(tmp_path / "s.db", clock=clock, health_alerts=False) as sp:
+        sp.put_many([alert(i) for i in range(101)])
+        sp.dead_letter([(it.rowid, "rejected", 400) for it in sp.fetch(101)])
+        assert [d["id"] for d in sp.dead_letters()] == [alert(i)["id"] for i in range(100, 0, -1)]
+        for i in range(51):
+            with sp._tx():
+                sp._insert_event("spool_overflow", f"m{i}", {"n": i}, clock())
+        assert [e["detail"]["n"] for e in sp.health_events()] == list(range(50, 0, -1))

@@ -2598,3 +2598,15 @@ def test_the_listings_show_the_newest_100_dead_letters_and_50_health_events_by_d
             with sp._tx():
                 sp._insert_event("spool_overflow", f"m{i}", {"n": i}, clock())
         assert [e["detail"]["n"] for e in sp.health_events()] == list(range(50, 0, -1))
+
+
+def test_a_volume_goal_of_nothing_still_waits_for_a_commit(tmp_path):
+    # wait_for_volume(): a goal of 0 rows or 0 bytes counts as one (the wait is for a commit,
+    # never reached before anything was committed after `since`)
+    with Spool(tmp_path / "s.db") as sp:
+        since = sp.put_volume
+        assert sp.wait_for_volume(since, 0, 10**9, 0.0) is False
+        assert sp.wait_for_volume(since, 10**9, 0, 0.0) is False
+        sp.put(alert(1))
+        assert sp.wait_for_volume(since, 0, 10**9, 0.0) is True
+        assert sp.wait_for_volume(since, 10**9, 0, 0.0) is True

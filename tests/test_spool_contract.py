@@ -2610,3 +2610,19 @@ def test_a_volume_goal_of_nothing_still_waits_for_a_commit(tmp_path):
         sp.put(alert(1))
         assert sp.wait_for_volume(since, 0, 10**9, 0.0) is True
         assert sp.wait_for_volume(since, 10**9, 0, 0.0) is True
+
+
+def test_a_heal_numbers_the_fresh_rows_from_just_above_the_highest_id_handed_out(tmp_path):
+    # docs/delivery.md, "Faults": the fresh spool numbers its rows from just above the highest
+    # row id fetch() handed out before the heal, and from 1, like any new spool, when none was
+    # (a fetch that found nothing hands out nothing)
+    with Spool(tmp_path / "s.db", owner=True, reserve_bytes=0, health_alerts=False) as sp:
+        assert sp.fetch(10) == []
+        sp.put_many([alert(i) for i in range(3)])
+        sp._mark_damaged("simulated")
+        assert sp.heal() is True
+        assert [(it.rowid, it.alert_id) for it in sp.fetch(2)] == [(1, "a-000000"), (2, "a-000001")]
+        sp._mark_damaged("simulated")
+        assert sp.heal() is True
+        assert [(it.rowid, it.alert_id) for it in sp.fetch(10)] == [
+            (3, "a-000000"), (4, "a-000001"), (5, "a-000002")]

@@ -1170,10 +1170,12 @@ def test_a_lost_wal_is_reported_in_the_files_own_page_size(tmp_path, caplog):
     assert "at most about 2048 KiB" in caplog.text
 
 
-def test_two_salvages_in_one_second_keep_both_files(tmp_path):
+def test_salvages_in_one_second_keep_every_file_numbered_in_turn(tmp_path):
+    # docs/delivery.md, "Faults": the file moved aside is named <spool>.damaged-<UTC time>, with
+    # -1, -2, ... appended when that name is taken
     clock = Clock()
     path = tmp_path / "s.db"
-    for n in range(2):
+    for n in range(3):
         with Spool(path, owner=True, reserve_bytes=0, clock=clock) as sp:
             sp.put(alert(n))
         Path(str(path) + ".damaged").write_text("simulated\n")
@@ -1181,7 +1183,7 @@ def test_two_salvages_in_one_second_keep_both_files(tmp_path):
             assert sp.salvage is not None
     stamp = "19700124T033320Z"
     assert sorted(p.name for p in tmp_path.glob("s.db.damaged-*")) == [
-        f"s.db.damaged-{stamp}", f"s.db.damaged-{stamp}-1"]
+        f"s.db.damaged-{stamp}", f"s.db.damaged-{stamp}-1", f"s.db.damaged-{stamp}-2"]
 
 
 def test_a_marker_that_cannot_be_written_still_says_so(tmp_path, caplog):

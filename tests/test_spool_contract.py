@@ -2628,3 +2628,32 @@ def test_a_heal_numbers_the_fresh_rows_from_just_above_the_highest_id_handed_out
         assert sp.heal() is True
         assert [(it.rowid, it.alert_id) for it in sp.fetch(10)] == [
             (3, "a-000000"), (4, "a-000001"), (5, "a-000002")]
+
+
+class _PageSizeUnreadable(sqlite3.Connection):
+    """A connection on which PRAGMA page_size fails (an I/O error), everything else as usual."""
+
+    def execute(self, sql, *args):
+        if sql.strip().lower() == "pragma page_size":
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+def test_a_page_size_that_cannot_be_read_is_taken_as_sqlites_default_4096(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": the bound of a lost WAL is 32 pages of the file's page size,
+    # of 4,096 bytes (SQLite's default) when that size cannot be read
+    path = tmp_path / "s.db"
+    con = raw(path)
+    con.execute("PRAGMA page_size=65536")
+    con.execute("CREATE TABLE x (a)")
+    con.commit()
+    con.close()
+    sp = Spool(path, owner=True, reserve_bytes=0)
+    sp.put(alert(1))
+    sp._close_connections()
+    Path(str(path) + "-wal").unlink(missing_ok=True)
+    real = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: real(*a, factory=_PageSizeUnreadable, **kw))
+    with Spool(path, owner=True, reserve_bytes=0) as sp2:
+        assert sp2.wal_lost == {"at_risk_bytes": 32 * 4096}
+        assert sp2._page_size() == 4096

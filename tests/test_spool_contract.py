@@ -2657,3 +2657,37 @@ def test_a_page_size_that_cannot_be_read_is_taken_as_sqlites_default_4096(tmp_pa
     with Spool(path, owner=True, reserve_bytes=0) as sp2:
         assert sp2.wal_lost == {"at_risk_bytes": 32 * 4096}
         assert sp2._page_size() == 4096
+
+
+def test_a_failed_salvage_puts_back_the_damaged_file_alone_without_the_fresh_spools_log(tmp_path, monkeypatch):
+    # docs/delivery.md, "Faults": a salvage that fails after moving the file aside puts the
+    # damaged file back; the fresh spool's -wal and -shm go with the fresh spool, even when another
+    # process (etw-sensor spool, looking in) kept them: a -wal left next to the damaged file would
+    # be read as that file's own log by the next attempt
+    path = tmp_path / "s.db"
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        sp.put_many([alert(i) for i in range(3)])
+    Path(str(path) + ".damaged").write_text("simulated\n")
+    real = Spool._insert_dead
+    looking: list = []
+
+    def insert_dead(self, rows, now):
+        if self._opening and not looking:
+            reader = raw(path)                        # another process reads the fresh spool
+            reader.execute("SELECT COUNT(*) FROM alerts").fetchone()
+            looking.append(reader)
+            raise SpoolFull(f"spool {self.path}: salvage failed: database or disk is full")
+        return real(self, rows, now)
+
+    monkeypatch.setattr(Spool, "_insert_dead", insert_dead)
+    try:
+        with pytest.raises(SpoolError):
+            Spool(path, owner=True, reserve_bytes=0)
+        assert len(looking) == 1 and not list(tmp_path.glob("s.db.damaged-*"))
+        assert not os.path.exists(str(path) + "-wal") and not os.path.exists(str(path) + "-shm")
+    finally:
+        for reader in looking:
+            reader.close()
+    with Spool(path, owner=True, reserve_bytes=0) as sp:
+        assert sp.salvage is not None and sp.salvage["lost"] == 0
+        assert {alert(i)["id"] for i in range(3)} <= set(sp.ids())

@@ -2691,3 +2691,36 @@ def test_a_failed_salvage_puts_back_the_damaged_file_alone_without_the_fresh_spo
     with Spool(path, owner=True, reserve_bytes=0) as sp:
         assert sp.salvage is not None and sp.salvage["lost"] == 0
         assert {alert(i)["id"] for i in range(3)} <= set(sp.ids())
+
+
+def test_a_dead_letter_is_not_tried_again_when_a_reader_keeps_the_checkpoint_from_the_end(volume):
+    # docs/delivery.md, "Failure handling": the full disk is not asked twice in a row. A
+    # checkpoint that a reader stops short of the end of the WAL (the reader began before the
+    # last commits) frees nothing: the WAL cannot start over while that reader is in it
+    vol = volume("2m")
+    sp = Spool(vol / "s.db")                                 # not the owner: no reserve
+    try:
+        sp.put_many([alert(i) for i in range(5)])
+        (item,) = sp.fetch(1)
+        sp._checkpoint()
+        pin = _pin_the_wal(vol / "s.db")
+        sp.put_many([alert(100 + i, pad=3000) for i in range(5)])   # after the reader's snapshot
+        filler = fill(vol)
+        try:
+            tries: list = []
+            real = sp._dead_letter
+
+            def counted(items):
+                tries.append(1)
+                return real(items)
+
+            sp._dead_letter = counted
+            with pytest.raises(SpoolFull):
+                sp.dead_letter([(item.rowid, "rejected", 400)])
+            assert len(tries) == 1
+        finally:
+            pin.rollback()
+            pin.close()
+            filler.unlink()
+    finally:
+        sp.close()

@@ -425,6 +425,26 @@ def test_a_write_that_finds_the_damage_heals_and_writes_at_once(tmp_path):
         assert {a["id"] for a in new} <= set(sp.ids())
 
 
+def test_a_write_that_finds_the_damage_heals_and_writes_at_once_whatever_the_callback_reads(tmp_path):
+    # the same promise with a health callback that looks into the spool when it hears of the
+    # damage (a status writer would): the callback runs inside the failing write, and its read
+    # does not heal there; the write itself heals and writes into the fresh spool, nothing waits
+    path = tmp_path / "spool.sqlite"
+    alerts = make_spool(path, n=40)
+    seen: list = []
+    with Spool(path, owner=True, on_health=lambda e: seen.append((e["event"], sp.stats()["damaged"]))) as sp:
+        sp._close_connections()
+        raw, last = path.read_bytes(), alerts[-1].encode()
+        leaf = next(i - i % 4096 for i in range(len(raw)) if raw.startswith(last, i) and raw[i - i % 4096] == 0x0D)
+        overwrite(path, leaf, b"\x00")
+        new = [sample_alert(200), sample_alert(201)]
+        assert sp.put_many(new) == 2
+        st = sp.fault_stats()
+        assert st["heals"] == 1 and not st["damaged"] and st["held"] == 0
+        assert {a["id"] for a in new} <= set(sp.ids())
+        assert seen[0] == ("spool_damaged", True)
+
+
 def test_a_heal_waits_for_the_threads_using_the_file_and_others_wait_for_it(tmp_path):
     import threading
 

@@ -2724,3 +2724,22 @@ def test_a_dead_letter_is_not_tried_again_when_a_reader_keeps_the_checkpoint_fro
             filler.unlink()
     finally:
         sp.close()
+
+
+def test_damage_found_after_the_spools_folder_was_moved_makes_no_folder_for_its_marker(tmp_path, caplog):
+    # docs/delivery.md, "Faults": the owner writes the <spool>.damaged marker next to the spool
+    # file; when that folder is gone (moved away by someone), no folder is made at its old path
+    # (a new spool there would be salvaged for damage it never had); the log and the callback
+    # still say so
+    folder = tmp_path / "data"
+    seen: list = []
+    with Spool(folder / "s.db", owner=True, reserve_bytes=0, on_health=seen.append) as sp:
+        folder.rename(tmp_path / "moved")
+        try:
+            with caplog.at_level(logging.CRITICAL, logger="sensor.spool"):
+                sp._mark_damaged("index does not match its table")
+            assert not folder.exists()
+            assert sp.fault_stats()["damaged"] is True and "ALERT SPOOL DAMAGED" in caplog.text
+            assert [e["event"] for e in seen] == ["spool_damaged"]
+        finally:
+            (tmp_path / "moved").rename(folder)

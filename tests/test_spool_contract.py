@@ -2743,3 +2743,20 @@ def test_damage_found_after_the_spools_folder_was_moved_makes_no_folder_for_its_
             assert [e["event"] for e in seen] == ["spool_damaged"]
         finally:
             (tmp_path / "moved").rename(folder)
+
+
+def test_the_cap_holds_when_the_health_alert_grows_as_it_counts_more_drops(tmp_path):
+    # docs/delivery.md, "Cap": past max_bytes the oldest alerts are dropped. Making room for the
+    # health alert drops more, and counting those in the same health alert makes its text longer
+    # (9 dropped becomes 10): the cap makes room for that too, as long as alerts are left to drop.
+    # 15 alerts written at once under every cap above 6 alerts' bytes up to 7 (9 dropped first).
+    one = size_of(alert(0))
+    over = []
+    for cap in range(6 * one + 1, 7 * one + 1):
+        path = tmp_path / f"s{cap}.db"
+        with Spool(path, max_bytes=cap, clock=Clock(), sync="normal") as sp:
+            sp.put_many([alert(i) for i in range(15)])
+            st_ = sp.stats()
+            if st_["bytes"] > cap and any(i.startswith("a-") for i in sp.ids()):
+                over.append((cap, st_["bytes"]))
+    assert over == []

@@ -1040,7 +1040,10 @@ class Spool:
                 self._bump("dropped", n)
                 dropped += n
                 self._health("spool_expired", n, {"max_age_s": self.max_age}, now)
-        for _ in range(2):  # a second pass makes room for the health alert the first one added
+        # Until the cap holds: the health alert a drop adds takes room too, and counting the next
+        # drops in it makes its text longer (9 dropped becomes 10). Each pass drops at least one
+        # alert or ends the loop, so it ends.
+        while True:
             total = self._counter("bytes")
             if total <= self.max_bytes:
                 break

@@ -1220,3 +1220,99 @@ def test_evictions_are_a_health_problem_and_a_health_alert():
         correlations=1, state={"restored": False, "reason": "saved state unusable, windows "
                                                              "start empty: bad JSON"}))
     assert any("lost at restart" in p for p in problems(lost))
+
+
+# ---------------------------------------------------------------------------------
+# A correlation document's own checks: each bad value refused with its reason at its key.
+
+@pytest.mark.parametrize("doc,why,line", [
+    # the stub rule takes lines 1-9, the separator 10; the correlation starts on line 11
+    ("title: '  '\ncorrelation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}\n",
+     "a correlation needs a title (specification: title is mandatory)", 11),
+    ("level: high\ncorrelation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}\n",
+     "a correlation needs a title (specification: title is mandatory)", 11),
+    ("title: c\ncorrelation:\n    type: event_count\n    rules:\n        - true\n"
+     "    timespan: 1m\n    condition: {gte: 2}\n",
+     "correlation rules: must be a string or a list of strings", 14),
+    ("title: c\ncorrelation:\n    type: event_count\n    rules: [a, {b: 1}]\n"
+     "    timespan: 1m\n    condition: {gte: 2}\n",
+     "correlation rules: must be a string or a list of strings", 14),
+    ("title: c\ncorrelation:\n    type: value_count\n    rules: [a]\n    timespan: 1m\n"
+     "    condition:\n        field: ''\n        gte: 2\n",
+     "condition.field: must be a field name", 17),
+    ("title: c\ncorrelation:\n    type: value_count\n    rules: [a]\n    timespan: 1m\n"
+     "    condition:\n        field: 5\n        gte: 2\n",
+     "condition.field: must be a field name", 17),
+    ("title: c\ncorrelation:\n    type: value_percentile\n    rules: [a]\n    timespan: 1m\n"
+     "    condition:\n        field: User\n        percentile: true\n        gte: 2\n",
+     "condition.percentile: must be a number from 0 to 100", 18),
+    ("title: c\ncorrelation:\n    type: value_percentile\n    rules: [a]\n    timespan: 1m\n"
+     "    condition:\n        field: User\n        percentile: '50'\n        gte: 2\n",
+     "condition.percentile: must be a number from 0 to 100", 18),
+    ("title: c\ngenerate: 'yes'\ncorrelation: {type: event_count, rules: [a], timespan: 1m, "
+     "condition: {gte: 2}}\n", "generate: must be true or false", 12),
+    ("title: c\ncorrelation:\n    type: event_count\n    rules: [a]\n    timespan: 1m\n"
+     "    condition: {gte: 2}\n    generate: 1\n", "generate: must be true or false", 17),
+    ("title: c\ncorrelation:\n    type: event_count\n    rules: [a]\n    group-by: ['']\n"
+     "    timespan: 1m\n    condition: {gte: 2}\n", "correlation group-by: needs field names", 15),
+    ("title: c\ncorrelation:\n    type: event_count\n    rules: [a]\n    timespan: 1m\n"
+     "    condition: {}\n",
+     "a event_count correlation needs a condition (gt, gte, lt, lte, eq, neq: <number>)", 16),
+])
+def test_a_bad_correlation_is_refused_with_its_reason_at_its_key(tmp_path, doc, why, line):
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" + doc)
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations
+    (bad,) = rep.rejected
+    assert (bad.line, bad.reason) == (line, why), bad
+
+
+def test_exactly_ten_unknown_correlation_keys_are_each_named_and_none_counted(tmp_path):
+    # docs/sigma.md: "each named with their line up to ten; the rest are counted in one more
+    # warning": with ten there is no rest.
+    keys = "".join(f"    k{i}: 1\n" for i in range(10))
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" +
+              "title: c\ncorrelation:\n    type: event_count\n    rules: [a]\n"      # 11-14
+              "    timespan: 1m\n    condition: {gte: 2}\n" + keys)                   # 15-16, 17-
+    rep = load_rules([p], builtin=False)
+    assert rep.correlations and not rep.rejected
+    assert [(w.line, w.reason) for w in rep.warnings] == [
+        (17 + i, f"correlation: unknown key 'k{i}' ignored") for i in range(10)]
+
+
+def test_a_correlations_description_author_and_status_reach_its_alerts(tmp_path):
+    # docs/sigma.md, "Alerts carry the correlation's metadata (rule: id, title, level,
+    # description, tags, author, references, falsepositives, status, source ...)"
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        description: '  two starts of a.exe  '
+        author: Jane Doe
+        status: experimental
+        date: 2025-01-02
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
+        """, """
+        title: bare
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
+        """)
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
+    by_title = {a["rule"]["title"]: a["rule"] for a in alerts}
+    assert sorted(by_title) == ["bare", "c"], alerts
+    full, bare = by_title["c"], by_title["bare"]
+    assert (full["description"], full["author"], full["status"], full["date"]) == (
+        "two starts of a.exe", "Jane Doe", "experimental", "2025-01-02"), full
+    # nothing written, nothing made up
+    assert (bare["description"], bare["author"]) == ("", ""), bare
+    assert "status" not in bare and "date" not in bare, bare
+
+
+def test_a_rule_refused_for_a_name_that_is_not_text_is_reported_and_the_rest_loads(tmp_path):
+    # pySigma refuses the rule; its name, a list, must not be used to index references.
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" +
+              "title: r\nname: [x]\nlogsource: {category: process_creation}\n"
+              "detection: {s: {Image: b.exe}, condition: s}\n"
+              "---\ntitle: c\ncorrelation: {type: event_count, rules: [a], timespan: 1m, "
+              "condition: {gte: 2}}\n")
+    rep = load_rules([p], builtin=False)
+    assert [r.title for r in rep.rules] == ["stub a"] and len(rep.correlations) == 1, rep
+    (bad,) = rep.rejected
+    assert bad.reason == "SigmaTypeError: Sigma rule name must be a string", bad

@@ -834,3 +834,70 @@ def test_two_time_part_modifiers_in_a_flow_mapping_are_refused_at_their_line():
     bad = _rejected(text)
     assert bad.line == 8 and bad.reason.startswith(
         "two time-part modifiers on one value (|day|month)"), bad
+
+
+def test_a_condition_list_is_bounded_past_an_item_that_is_not_a_string():
+    # The bound applies to every condition of the list before pySigma's parser sees any:
+    # an item that is not text (1) does not end the count for the items after it.
+    deep = "(" * (MAX_CONDITION_DEPTH + 1) + "sel" + ")" * (MAX_CONDITION_DEPTH + 1)
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        Image: a\n"                    # 8
+        "    condition:\n"                      # 9
+        "        - 1\n"                         # 10
+        f"        - '{deep}'\n")                # 11
+    bad = _rejected(text)
+    assert bad.reason.startswith("condition nested more than 128 levels deep"), bad
+    assert bad.line == 9, bad
+
+
+def test_a_document_opened_on_its_marker_line_is_placed_at_that_line():
+    # `--- {` with the mapping going on below: the document's content starts on the marker
+    # line (10), so a problem without a line of its own (no detection) is placed there.
+    text = (RULE                                                        # 1-9
+            + "--- {\n"                                                 # 10
+            + "  title: t, logsource: {category: process_creation}}\n")  # 11
+    (bad,) = load_sigma_text(text, "t.yml").rejected
+    assert bad.line == 10, bad
+    assert bad.reason == "SigmaDetectionError: Sigma rule must have a detection definitions"
+
+
+@pytest.mark.parametrize("doc,line", [
+    ("---\nlevel: low\naction: global\ntitle: x\n", 12),    # the action key, not the start (11)
+    ("--- {level: low, action: global}\n", 10),             # no line of its own: the start
+])
+def test_a_rule_collection_is_refused_at_its_action(doc, line):
+    res = load_sigma_text(RULE + doc, "t.yml")      # the rule of lines 1-9 comes first
+    assert not res.rules
+    (bad,) = res.rejected
+    assert bad.line == line and bad.reason.startswith("Sigma rule collections"), bad
+
+
+def test_two_time_part_modifiers_are_placed_at_their_item_not_at_an_earlier_single_one():
+    # An earlier item with one of the two parts alone (line 8) is not the item refused.
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        UtcTime|hour: 5\n"             # 8: one part: fine
+        "    # was UtcTime|hour|minute: 3\n"    # 9: a comment is not an item
+        "    other:\n"                          # 10
+        "        UtcTime|hour|minute: 3\n"      # 11: two parts
+        "    condition: sel and other\n")
+    bad = _rejected(text)
+    assert bad.line == 11, bad
+    assert bad.reason.startswith("two time-part modifiers on one value (|hour|minute)"), bad
+
+
+@pytest.mark.parametrize("earlier", [
+    "    sel: {UtcTime|hour: 5, Image|minute: 6}\n",       # two items, one part each
+    "    sel:\n        CommandLine|contains: 'x|hour|minute'\n",   # the chain in a value
+])
+def test_two_time_part_modifiers_are_placed_at_the_key_that_chains_them(earlier):
+    text = HEAD + "detection:\n" + earlier + (     # detection at 6, the earlier item(s) after
+        "    other:\n"
+        "        UtcTime|hour|minute: 3\n"         # the refused item
+        "    condition: sel and other\n")
+    bad = _rejected(text)
+    assert bad.line == text.split("\n").index("        UtcTime|hour|minute: 3") + 1, bad
+    assert bad.reason.startswith("two time-part modifiers on one value (|hour|minute)"), bad

@@ -753,7 +753,7 @@ def prepare_rule(srule, placeholders=None, text: str = "") -> None:
         if len(used) > 1:   # pySigma keeps the last part only (|hour|minute reads the minute)
             raise RuleError(f"two time-part modifiers on one value (|{used[0]}|{used[1]}): a "
                             "value is compared with one part of the date; write one item per "
-                            "part", None, _modifiers_line(text, used[:2]))
+                            "part", None, _modifiers_line(text, used))
         if SigmaAllModifier in item.modifiers and len(item.original_value or ()) == 1:
             raise RuleError("the all modifier needs a list of values (specification: "
                             "\"Single item values are not allowed to have an all modifier\")",
@@ -767,14 +767,21 @@ def prepare_rule(srule, placeholders=None, text: str = "") -> None:
         raise RuleError(exc.message, None, line or _line_of(text, r"^[^#\n]*\|expand\b")) from None
 
 
+_MODIFIER_CHAIN = re.compile(r"(?:\|\w+)+")      # |hour|minute (each found once: linear)
+_KEY_END = re.compile(r"['\"]?[ \t]*:")         # what ends a key after its chain
+
+
 def _modifiers_line(text: str, modifiers: list[str]) -> int | None:
-    """The first line that carries all of ``modifiers`` (``|name``, block or flow style; one
-    pass over the text)."""
+    """The first line with a key that carries all of ``modifiers`` (``|name``, block or flow
+    style; one pass over the text). The modifiers must be on one key: two items of a flow
+    mapping, a value or a comment that mention them are not the item."""
     for i, line in enumerate(text.split("\n")):
         if "|" in line:
-            have = set(re.findall(r"\|(\w+)", line.split("#", 1)[0]))
-            if all(m in have for m in modifiers):
-                return _first_line(text) + i
+            code = line.split("#", 1)[0]
+            for chain in _MODIFIER_CHAIN.finditer(code):
+                have = set(chain.group().split("|"))
+                if _KEY_END.match(code, chain.end()) and all(m in have for m in modifiers):
+                    return _first_line(text) + i
     return None
 
 
@@ -978,8 +985,9 @@ def correlation_from_dict(doc: dict, path: str, line_of) -> tuple[Any, list]:
                "rules,correlation" if "rules:" in msg else
                "aliases,correlation" if "aliases" in msg else
                "percentile,condition,correlation" if "percentile" in msg else
-               "condition,correlation" if "condition" in msg and "needs a condition" not in msg
-               else "correlation")
+               "group-by,correlation" if "group-by" in msg else
+               # an empty condition is the line that is wrong; a missing one, the correlation
+               "condition,correlation" if "condition" in msg else "correlation")
         fail(msg, key)
 
 

@@ -374,3 +374,47 @@ def test_a_filter_that_would_push_its_rule_past_the_bounds_is_refused_for_that_r
               {"Image": "C:\\rar.exe", "CommandLine": "b001" + "x" * 100}]
     ev = [dict(e, CommandLine=e["CommandLine"][:4] + "x" * (half // 100 - 4)) for e in events]
     assert hits(rep, ev) == [(RAR, 1)]
+
+
+LS = "logsource: {category: process_creation}\n"
+
+
+@pytest.mark.parametrize("doc,why,line", [
+    # the rule takes lines 1-9, the separator 10; the filter starts on line 11
+    ("title: '  '\n" + LS + "filter:\n    rules: any\n    a: {User: x}\n    condition: not a\n",
+     "a filter needs a title (specification: title is mandatory)", 11),
+    (LS + "filter:\n    rules: any\n    a: {User: x}\n    condition: not a\n",
+     "a filter needs a title (specification: title is mandatory)", 11),
+    ("title: f\nlogsource: {}\nfilter:\n    rules: any\n    a: {User: x}\n    condition: not a\n",
+     "a filter needs a logsource (specification: logsource is mandatory)", 12),
+    ("title: f\nlogsource: windows\nfilter:\n    rules: any\n    a: {User: x}\n"
+     "    condition: not a\n",
+     "a filter needs a logsource (specification: logsource is mandatory)", 12),
+    ("title: f\n" + LS + "filter:\n    a: {User: x}\n    condition: not a\n",
+     "filter: needs rules (rule ids or names, or 'any')", 13),
+    ("title: f\n" + LS + "filter:\n    rules:\n        - {id: x}\n    a: {User: x}\n"
+     "    condition: not a\n", "filter rules: must be a string or a list of strings", 14),
+    ("title: f\n" + LS + "filter:\n    rules: any\n    a:\n        User|all: x\n"
+     "    condition: not a\n",
+     "the all modifier needs a list of values (specification: \"Single item values are not "
+     "allowed to have an all modifier\")", 16),
+    ("title: f\n" + LS + "filter:\n    rules: any\n    a:\n        User|containz: x\n"
+     "    condition: not a\n", "SigmaModifierError: Unknown modifier 'containz'", 16),
+])
+def test_a_bad_filter_is_refused_with_its_reason_at_its_line(tmp_path, doc, why, line):
+    p = tmp_path / "f.yml"
+    p.write_text(rule(RAR, "rar.exe") + "---\n" + doc)
+    rep = load_rules([p], builtin=False)
+    assert not rep.filters and len(rep.rules) == 1
+    (bad,) = rep.rejected
+    assert (bad.line, bad.reason) == (line, why), bad
+
+
+def test_a_filters_description_is_kept_and_none_is_empty(tmp_path):
+    rep = load(tmp_path, rule(RAR, "rar.exe"), SPEC_FILTER,
+               "title: bare\n" + LS + "filter:\n    rules: any\n    a: {User: x}\n"
+               "    condition: not a\n")
+    assert not rep.rejected, rep.rejected
+    assert [(f.title, f.description) for f in rep.filters] == [
+        ("Filter Administrator account", "The valid administrator account start with adm_"),
+        ("bare", "")]

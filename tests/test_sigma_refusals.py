@@ -901,3 +901,36 @@ def test_two_time_part_modifiers_are_placed_at_the_key_that_chains_them(earlier)
     bad = _rejected(text)
     assert bad.line == text.split("\n").index("        UtcTime|hour|minute: 3") + 1, bad
     assert bad.reason.startswith("two time-part modifiers on one value (|hour|minute)"), bad
+
+
+@pytest.mark.parametrize("bad,what", [
+    ("date: 2024-02-30", "'2024-02-30'"),                 # a date YAML reads, not a real day
+    ("modified: 2025-01-01 25:00:00", "'2025-01-01 25:00:00'"),
+    ("level: !!int high", "'high'"),                      # explicit tags YAML cannot apply
+    ("status: !!bool maybe", "'maybe'"),
+    ("author: !!timestamp someone", "'someone'"),
+    ("references: !!float [1]", None),                    # (YAML's own error: a tag on a list)
+    ("tags: !!set [a]", "expected a mapping, found a sequence"),
+    ("author: !!float " + "x" * 100_000, "cannot read this float (line 6)"),   # not quoted
+])
+def test_a_value_yaml_cannot_read_is_refused_at_its_line(bad, what):
+    text = HEAD + bad + "\n" + RULE[len(HEAD):]           # the bad value on line 6
+    res = load_sigma_text(text, "t.yml")
+    assert not res.rules
+    (problem,) = res.rejected
+    assert problem.line == 6 and problem.reason.startswith("YAML syntax error: "), problem
+    assert what is None or what in problem.reason, problem
+    assert len(problem.reason) < 200, problem
+
+
+@pytest.mark.parametrize("key", ["[a, b]", "{a: 1}"])
+def test_a_list_or_mapping_as_a_key_is_refused_at_its_line(key):
+    text = HEAD + (
+        "detection:\n"                          # 6
+        "    sel:\n"                            # 7
+        "        Image: a.exe\n"                # 8
+        f"        {key}: 1\n"                   # 9: the key
+        "    condition: sel\n")
+    (problem,) = load_sigma_text(text, "t.yml").rejected
+    assert problem.line == 9, problem
+    assert problem.reason.startswith("YAML syntax error: found unhashable key"), problem

@@ -574,6 +574,48 @@ def _pattern_line(text: str, pattern: str) -> int | None:
     return _line_of(text, r"^[^#\n]*\|re\b[^:\n]*:") or _key_line(text, "detection")
 
 
+_LOADER: type | None = None
+
+
+def _yaml_loader() -> type:
+    """pySigma's YAML loader, refusing what YAML cannot make a value of as a YAML error at its
+    line: a value its tag cannot read (``date: 2024-02-30``, ``!!int high``: the constructor's
+    ValueError, KeyError, ...) and a list or mapping as a key (pySigma's duplicate-key check
+    hashes each key before PyYAML's own check can refuse it)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+    from sigma.rule.base import SigmaYAMLLoader
+    from yaml.constructor import ConstructorError
+
+    class Loader(SigmaYAMLLoader):
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                kind = str(node.tag).rsplit(":", 1)[-1]
+                why = f" ({exc})" if isinstance(exc, ValueError) else ""
+                # the value is only quoted when short (float()'s message quotes all of it)
+                short = isinstance(node, yaml.ScalarNode) and len(node.value) <= 60
+                raise ConstructorError(None, None, f"cannot read {node.value!r} as a {kind}{why}"
+                                       if short else f"cannot read this {kind}",
+                                       node.start_mark) from None
+
+        def construct_mapping(self, node, deep=False):
+            if not isinstance(node, yaml.MappingNode):      # (!!set on a scalar or a list)
+                raise ConstructorError(None, None, f"expected a mapping, found a {node.id}",
+                                       node.start_mark)
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    raise ConstructorError(None, None, "found unhashable key (a list or a "
+                                           "mapping cannot be a key)", key.start_mark)
+            return super().construct_mapping(node, deep)
+
+    _LOADER = Loader
+    return Loader
+
+
 def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=None) -> FileResult:
     """Parse and convert every rule document of one Sigma YAML text (bounded: at most
     MAX_RULE_FILE_BYTES of text and MAX_RULE_VALUES detection values).  A rule with a regex
@@ -584,8 +626,8 @@ def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=No
     """
     import yaml
     from sigma.rule import SigmaRule
-    from sigma.rule.base import SigmaYAMLLoader
 
+    SigmaYAMLLoader = _yaml_loader()
     _register_aliases()
     out = FileResult()
     if len(text) > MAX_RULE_FILE_BYTES:

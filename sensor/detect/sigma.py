@@ -580,8 +580,9 @@ _LOADER: type | None = None
 def _yaml_loader() -> type:
     """pySigma's YAML loader, refusing what YAML cannot make a value of as a YAML error at its
     line: a value its tag cannot read (``date: 2024-02-30``, ``!!int high``: the constructor's
-    ValueError, KeyError, ...) and a list or mapping as a key (pySigma's duplicate-key check
-    hashes each key before PyYAML's own check can refuse it)."""
+    ValueError, KeyError, ...; the value is quoted when it has at most 60 characters) and a
+    list or mapping as a key (pySigma's duplicate-key check hashes each key before PyYAML's
+    own check can refuse it)."""
     global _LOADER
     if _LOADER is not None:
         return _LOADER
@@ -590,11 +591,13 @@ def _yaml_loader() -> type:
     from yaml.constructor import ConstructorError
 
     class Loader(SigmaYAMLLoader):
-        def construct_object(self, node, deep=False):
+        def construct_object(self, node, *args, **kwargs):
             try:
-                return super().construct_object(node, deep)
-            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-                kind = str(node.tag).rsplit(":", 1)[-1]
+                return super().construct_object(node, *args, **kwargs)
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:    # ValueError, KeyError, IndexError, AttributeError
+                kind = str(node.tag).rpartition(":")[2]
                 why = f" ({exc})" if isinstance(exc, ValueError) else ""
                 # the value is only quoted when short (float()'s message quotes all of it)
                 short = isinstance(node, yaml.ScalarNode) and len(node.value) <= 60
@@ -602,7 +605,7 @@ def _yaml_loader() -> type:
                                        if short else f"cannot read this {kind}",
                                        node.start_mark) from None
 
-        def construct_mapping(self, node, deep=False):
+        def construct_mapping(self, node, *args, **kwargs):
             if not isinstance(node, yaml.MappingNode):      # (!!set on a scalar or a list)
                 raise ConstructorError(None, None, f"expected a mapping, found a {node.id}",
                                        node.start_mark)
@@ -610,7 +613,7 @@ def _yaml_loader() -> type:
                 if not isinstance(key, yaml.ScalarNode):
                     raise ConstructorError(None, None, "found unhashable key (a list or a "
                                            "mapping cannot be a key)", key.start_mark)
-            return super().construct_mapping(node, deep)
+            return super().construct_mapping(node, *args, **kwargs)
 
     _LOADER = Loader
     return Loader

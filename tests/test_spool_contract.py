@@ -4,6 +4,7 @@ dead letters, health events, observing calls and a clean close. Fast: the mutati
 sensor/deliver/spool.py runs this file for every mutant."""
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import errno
 import gc
@@ -21,7 +22,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from sensor.deliver import spool as spool_mod
-from sensor.deliver.spool import (Spool, SpooledAlert, SpoolDamaged, SpoolError, SpoolFull,
+from sensor.deliver.spool import (MAX_NESTING, Spool, SpooledAlert, SpoolDamaged, SpoolError, SpoolFull,
                                   SpoolRowError, row_crc)
 
 from .conftest import fill
@@ -283,6 +284,65 @@ def test_the_spool_and_the_outputs_repair_text_alike(tmp_path):
             assert sp.put(a) is True
             (item,) = sp.fetch(1)
             assert item.decode() == msgspec.json.decode(encode_json(a)), text
+
+class _TextRaises:
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+class _ItemsRaise(collections.abc.Mapping):
+    """A mapping that cannot be walked (its repr is what JSON's fallback writes)."""
+    def __getitem__(self, key):
+        raise KeyError(key)
+
+    def __iter__(self):
+        raise RuntimeError("no items")
+
+    def __len__(self):
+        return 1
+
+
+def _nested(levels: int):
+    top = inner = []
+    for _ in range(levels):
+        inner.append([])
+        inner = inner[0]
+    return top
+
+
+def test_an_alert_json_cannot_hold_is_stored_repaired_and_its_batch_with_it(tmp_path, caplog):
+    # docs/delivery.md: one alert's content never costs its batch (a value nested past the
+    # encoder's limit raised RecursionError out of put_many: every alert of the batch was lost)
+    deep = {"id": "deep", "event": {"CommandLine": "x", "args": _nested(5000)}, "n": 1}
+    odd = {"id": "odd", "event": {"CommandLine": "y", "obj": _TextRaises()}}
+    unreadable = {"id": "unreadable", "args": _nested(5000), "m": _ItemsRaise()}
+    batch = [alert(0), deep, alert(1), odd, unreadable, alert(2)]
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put_many(batch) == 6
+        got = {it.alert_id: it.decode() for it in sp.fetch(10)}
+    assert [got[a["id"]] for a in (alert(0), alert(1), alert(2))] == [alert(0), alert(1), alert(2)]
+    # the deep alert: everything down to the limit kept, the rest one note
+    d = got["deep"]
+    assert d["id"] == "deep" and d["n"] == 1 and d["event"]["CommandLine"] == "x"
+    level, depth = d, 0
+    while isinstance(level, (dict, list)):
+        level = level["event"] if depth == 0 else level["args"] if depth == 1 else level[0]
+        depth += 1
+    assert level == f"(nested deeper than {MAX_NESTING} levels: left out)" and depth == MAX_NESTING
+    # a value whose text raises: the rest of the alert kept, the value a note
+    assert got["odd"] == {"id": "odd", "event": {"CommandLine": "y", "obj": "(cannot be written: RuntimeError)"}}
+    # one that cannot be walked at all: its id and the reason
+    assert got["unreadable"]["id"] == "unreadable" and "could not read" in got["unreadable"]["error"]
+    assert "alert deep: stored with what JSON cannot hold replaced (RecursionError)" in caplog.text
+
+
+def test_a_lone_surrogate_is_repaired_without_a_warning(tmp_path, caplog):
+    # a lone surrogate is the documented, ordinary repair: no log line per alert (a command line
+    # chosen to hold one must not flood the log)
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put_many([{"id": f"s-{i}", "CommandLine": "a\ud800"} for i in range(20)]) == 20
+    assert "JSON cannot hold" not in caplog.text
+
 
 def test_values_json_has_no_type_for_are_stored_as_text(tmp_path):
     with Spool(tmp_path / "s.db") as sp:

@@ -56,7 +56,7 @@ import msgspec
 
 from .. import __version__
 from .._files import open_private, private_dir, touch_private
-from .text import repair
+from .text import repair, repair_text
 
 log = logging.getLogger("sensor.spool")
 
@@ -149,12 +149,57 @@ _DROP_WHAT = {"spool_expired": "older than max_age", "spool_overflow": "over max
               "spool_disk_full_dropped": "disk full"}
 
 
+MAX_NESTING = 64     # levels of an alert kept as they are when it cannot be stored whole
+_TOO_DEEP = f"(nested deeper than {MAX_NESTING} levels: left out)"
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` that JSON can hold: text repaired (lone surrogates), nesting past
+    MAX_NESTING levels replaced by a note, a value of any other type as its text (at most
+    4,096 characters)."""
+    if isinstance(value, str):
+        return repair_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth >= MAX_NESTING:
+        return _TOO_DEEP
+    if isinstance(value, Mapping):
+        return {repair_text(str(k)): _storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v, depth + 1) for v in value]
+    try:
+        return repair_text(str(value))[:4096]
+    except MemoryError:
+        raise
+    except Exception as exc:    # a value whose own text raises
+        return f"(cannot be written: {type(exc).__name__})"
+
+
 def _encode(alert: Mapping[str, Any]) -> bytes:
-    """JSON bytes of one alert; a value JSON cannot hold is repaired, never fatal."""
+    """JSON bytes of one alert. What JSON cannot hold is stored repaired (:func:`_storable`),
+    never fatal to the batch: a lone surrogate silently (docs/delivery.md), a value nested
+    past the encoder's limit or one whose text raises with a warning; an alert that cannot
+    even be read that way keeps its id and the reason."""
     try:
         return _ENC.encode(alert)
-    except (msgspec.EncodeError, UnicodeEncodeError, TypeError, OverflowError):
-        return _ENC.encode(repair(alert))
+    except MemoryError:
+        raise
+    except Exception as exc:      # the alert's content: UnicodeEncodeError, RecursionError, ...
+        first = exc
+    name = repair_text(str(alert.get("id")))
+    try:
+        body = _ENC.encode(_storable(alert))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        log.warning("alert %s: stored as its id alone: its content cannot be read (%s)",
+                    name, type(exc).__name__)
+        return _ENC.encode({"id": name, "error": f"the sensor could not read this alert: "
+                                                 f"{type(exc).__name__}"})
+    if not isinstance(first, UnicodeEncodeError):
+        log.warning("alert %s: stored with what JSON cannot hold replaced (%s)", name,
+                    type(first).__name__)
+    return body
 
 
 def row_crc(alert_id: str, body: bytes) -> int:

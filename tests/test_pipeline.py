@@ -268,3 +268,59 @@ def test_matcher_thread_commits_held_alerts_when_their_delay_ends(tmp_path, engi
     finally:
         p.stop(drain_timeout=5)
     assert p.final.alerts.total == 5 and p.final.spool.write_failures == 0
+
+
+def _mof_events():
+    """Matching and non-matching starts, one excluded by its parent, one whose pending field
+    fails when the matcher asks for it, a repeated one the throttle holds back."""
+    def broken(ev, name):
+        raise OSError("the image cannot be read")
+    evs = []
+    for i in range(12):
+        if i % 3 == 0:
+            ev = ProcessEvent(dict(MOF, ProcessId=i, CommandLine=f"mofcomp {i}.mof"))
+        elif i % 3 == 1:
+            ev = ProcessEvent({"Image": "C:\\x.exe", "ProcessId": i})
+        else:
+            ev = ProcessEvent(dict(MOF, ProcessId=i, CommandLine="mofcomp same.mof"))
+        if i == 5:
+            ev = ProcessEvent(dict(MOF, ProcessId=i, ParentImage="C:\\Windows\\System32\\cscript.exe"))
+        if i == 6:
+            ev = ProcessEvent({"ProcessId": i, "Image": MOF["Image"]})
+            ev.set_pending("CommandLine", broken)
+        evs.append(ev)
+    return evs
+
+
+def _alerts_by_batches(tmp_path, engine, make_matcher, sizes, caplog):
+    excl = Exclusions([Exclusion(rules=["seed-*"], fields={"parent_image|endswith": "\\cscript.exe"}),
+                       Exclusion(fields={"command_line": "mofcomp 9.mof"})], make_matcher)
+    spool = Spool(tmp_path / f"spool-{'-'.join(map(str, sizes))}.sqlite")
+    p = Pipeline(source=ReplaySource([]), rules=[seed_rule()], spool=spool,
+                 forwarder=Forwarder(spool, MemoryOutput(), DeliveryConfig()), engine=engine,
+                 heartbeat_interval=0, exclusions=excl, throttle=Throttle(3600))
+    evs, at = _mof_events(), 0
+    for n in sizes:
+        p.run_batch(evs[at:at + n])
+        at += n
+    p.commit()
+    got = [(a["event"]["ProcessId"], a["rule"]["id"])
+           for a in (it.decode() for it in spool.fetch(100)) if a.get("type") is None]
+    spool.close()
+    return got, p.event_errors, p.events_excluded, p.events_in
+
+
+def test_batches_of_any_size_give_the_same_alerts_and_a_failing_event_costs_only_itself(tmp_path, engine, make_matcher, caplog):
+    """However the source cuts the events into batches, the alerts, their order, the
+    exclusions, the throttle and the event that fails are the same; the event whose matching
+    fails (a pending field that raises) is counted and skipped, the others keep their alerts."""
+    one, errs1, excl1, in1 = _alerts_by_batches(tmp_path, engine, make_matcher, [1] * 12, caplog)
+    whole, errs2, excl2, in2 = _alerts_by_batches(tmp_path, engine, make_matcher, [12], caplog)
+    split, errs3, excl3, in3 = _alerts_by_batches(tmp_path, engine, make_matcher, [5, 4, 3], caplog)
+    assert one == whole == split
+    # the seed rule alerts on mofcomp starts: 0 and 3 (distinct command lines); 2 is the first
+    # "same.mof" one, 8 and 11 repeat it inside the throttle window; 5's alert is excluded, 9 is
+    # dropped whole by an exclusion of every rule, 6 fails
+    assert [pid for pid, _ in one] == [0, 2, 3], one
+    assert (errs1, excl1, in1) == (errs2, excl2, in2) == (errs3, excl3, in3) == (1, 1, 12)
+    assert "event skipped: processing failed" in caplog.text and "the image cannot be read" in caplog.text

@@ -939,3 +939,25 @@ def test_a_list_or_mapping_as_a_key_is_refused_at_its_line(key):
     (problem,) = load_sigma_text(text, "t.yml").rejected
     assert problem.line == 9, problem
     assert problem.reason.startswith("YAML syntax error: found unhashable key"), problem
+
+
+# -- a rule attribute of the wrong kind: refused at its own key, not at detection: --------------
+
+@pytest.mark.parametrize("attribute,value,words", [
+    ("name", "[x]", "name must be a string"),
+    ("title", "[a, b]", "title must be a string"),
+    ("author", "{a: b}", "author must be a string"),
+    ("level", "[high]", "level must be a string"),
+    ("tags", "attack.t1047", "tags fields must be a list"),
+    ("description", "[d]", "description must be a string"),
+    ("id", "5", "identifier must be an UUID"),
+    ("id", "[5f2c7d9a-0000-4000-8000-0000000000aa]", "identifier must be an UUID"),
+])
+def test_a_rule_attribute_of_the_wrong_kind_is_refused_at_its_key(attribute, value, words):
+    # README: a malformed rule names its file and line; the line is the attribute's (an id that
+    # is a number raised AttributeError inside pySigma, the others were placed at detection:)
+    lines = [line for line in HEAD.splitlines() if not line.startswith(f"{attribute}:")]
+    lines.insert(1, f"{attribute}: {value}")             # line 2, before logsource:
+    text = "\n".join(lines) + "\ndetection:\n    sel:\n        Image|endswith: '\\x.exe'\n    condition: sel\n"
+    p = _rejected(text)
+    assert p.line == 2 and words in p.reason, (p.line, p.reason)

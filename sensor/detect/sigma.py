@@ -178,7 +178,15 @@ def _locate(text: str, exc: BaseException) -> int | None:
     m = re.search(r"field '([^']+)'", msg)
     if m:
         return _line_of(text, r"^[ \t]*(?:-[ \t]+)?['\"]?" + re.escape(m.group(1)) + r"[|:]")
+    m = re.match(r"Sigma (?:rule )?(\w+) (?:fields )?(?:must|length)", msg)   # an attribute of the wrong kind
+    if m:
+        key = _ATTRIBUTE_KEYS.get(m.group(1), m.group(1))
+        return _line_of(text, r"^['\"]?" + re.escape(key) + r"['\"]?[ \t]*:") or _key_line(text, "detection")
     return _key_line(text, "detection")
+
+
+# pySigma names a rule attribute by its name in the model; the YAML key where it differs
+_ATTRIBUTE_KEYS = {"identifier": "id"}
 
 
 # ---------------------------------------------------------------------------------
@@ -715,6 +723,11 @@ def load_sigma_text(text: str, path: str, allow_backtracking=(), placeholders=No
             load_meta_document(doc, path, text, _locator(text), out, placeholders)
             continue
         ident, name = _ident(doc)
+        if doc.get("id") is not None and not isinstance(doc["id"], str):
+            # (pySigma raised AttributeError on a number or a list here)
+            out.rejected.append(Problem(path, _line_of(text, r"^['\"]?id['\"]?[ \t]*:") or _first_line(text),
+                                        "Sigma rule identifier must be an UUID (text)", ident, name))
+            continue
         try:
             srule = SigmaRule.from_dict(doc, source=SigmaRuleLocation(Path(path)), policy=_policy())
             prepare_rule(srule, placeholders, text)

@@ -1316,3 +1316,20 @@ def test_a_rule_refused_for_a_name_that_is_not_text_is_reported_and_the_rest_loa
     assert [r.title for r in rep.rules] == ["stub a"] and len(rep.correlations) == 1, rep
     (bad,) = rep.rejected
     assert bad.reason == "SigmaTypeError: Sigma rule name must be a string", bad
+
+
+@pytest.mark.parametrize("head,why,line", [
+    ("title: c\nname: [x]\n", "name: must be text (a correlation is referred to by its name)", 12),
+    ("title: c\nname: ''\n", "name: must be text (a correlation is referred to by its name)", 12),
+    ("title: c\nname: 5\n", "name: must be text (a correlation is referred to by its name)", 12),
+    ("title: c\nid: 7\n", "id: must be text (a UUID)", 12),
+])
+def test_a_correlation_named_or_identified_by_something_not_text_is_refused_at_that_key(tmp_path, head, why, line):
+    # a rule whose name is not text is refused (pySigma); so is a correlation's, which other
+    # correlations refer to by name: it was silently dropped, and a reference to it failed elsewhere
+    p = write(tmp_path, "c.yml", stub(name="a", image="a.exe") + "---\n" + head +
+              "correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}\n")
+    rep = load_rules([p], builtin=False)
+    assert not rep.correlations
+    (bad,) = rep.rejected
+    assert (bad.line, bad.reason) == (line, why), bad

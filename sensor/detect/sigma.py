@@ -951,6 +951,11 @@ def correlation_from_dict(doc: dict, path: str, line_of) -> tuple[Any, list]:
     title = doc.get("title")
     if not isinstance(title, str) or not title.strip():
         fail("a correlation needs a title (specification: title is mandatory)")
+    if "name" in doc and not (isinstance(doc["name"], str) and doc["name"].strip()):
+        # other correlations refer to it by name: dropping one silently broke them elsewhere
+        fail("name: must be text (a correlation is referred to by its name)", "name")
+    if doc.get("id") is not None and not isinstance(doc["id"], str):
+        fail("id: must be text (a UUID)", "id")
     ident, name = _ident(doc)
     unknown = [key for key in corr if key not in CORRELATION_KEYS]
     # each named at its line (one search of the document apiece), so only the first few:

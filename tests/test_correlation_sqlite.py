@@ -251,6 +251,18 @@ def c1(ctype, refs, cond=None, gb=("Computer",), span="1m", extra=""):
                                                          list(gb), span, cond, extra=extra)
 
 
+# a rule that matches every event rule "a" matches (one event, two referenced rules)
+OVERLAP = ("title: rule x\nid: 00000000-0000-4000-8000-000000000099\nname: x\nlogsource:\n"
+           "    category: process_creation\n    product: windows\ndetection:\n    selection:\n"
+           "        Image|endswith: 'a.exe'\n    condition: selection\n")
+
+
+def c2(ctype, cond):
+    """A correlation over rule "a" and rule "x", which matches the same events."""
+    return (base_rules("a") + "\n---\n" + OVERLAP + "\n---\n"
+            + corr("probe", TOP, ctype, ["a", "x"], ["Computer"], "1m", cond))
+
+
 CHAIN = base_rules("ab") + "\n---\n" + corr("inner", INNER, "event_count", ["a"], ["Computer"],
                                             "1m", {"gte": 2}, name="inner") + "\n---\n"
 EXPLICIT = {
@@ -297,6 +309,21 @@ EXPLICIT = {
     "ordered_two_of_three_any_pair_in_order": (c1("temporal_ordered", "abc", {"gte": 2},
                                                   span="5m"),
                                                [ev(0, "c"), ev(10_000, "a"), ev(20_000, "b")], 1),
+    "ordered_eq_with_a_rule_absent_in_order": (c1("temporal_ordered", "abc", {"eq": 2}, span="5m"),
+                                               [ev(0, "a"), ev(10_000, "b")], 1),
+    "ordered_eq_with_a_rule_absent_out_of_order": (c1("temporal_ordered", "abc", {"eq": 2},
+                                                      span="5m"),
+                                                   [ev(0, "b"), ev(10_000, "a")], 0),
+    "ordered_lt_counts_the_rules_seen_in_order": (c1("temporal_ordered", "abc", {"lt": 3},
+                                                     span="5m"),
+                                                  [ev(0, "a"), ev(10_000, "c")], 2),
+    "one_event_of_two_rules_is_one_event": (c2("event_count", {"gte": 2}),
+                                            [ev(0, "a"), ev(1000, "a")], 1),
+    "one_event_of_two_rules_is_one_value": (c2("value_sum", {"field": "Size", "gte": 1}),
+                                            [ev(0, "a", size=5), ev(1000, "a", size=7)], 2),
+    "one_event_of_two_rules_is_one_number": (c2("value_median", {"field": "Size", "gte": 1}),
+                                             [ev(0, "a", size=5), ev(1000, "a", size=7),
+                                              ev(2000, "a", size=100)], 3),
     "sum_numbers_and_numeric_text_skip_junk": (
         c1("value_sum", "a", {"field": "Size", "gt": 100}),
         [ev(0, "a", size=60), ev(10_000, "a", size="50"), ev(20_000, "a", size="junk"),

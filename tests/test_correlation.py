@@ -965,6 +965,12 @@ def test_chained_state_survives_a_restart(tmp_path):
     ("2025-01-01T12:00:00Z", T0),
     ("2025-01-01T13:00:00+01:00", T0),
     ("2025-01-01 12:00:00", T0),
+    ("2025-01-01T17:30:00+05:30", T0),             # a zone offset with minutes
+    ("2025-01-01T08:15:00-03:45", T0),
+    ("2025-01-01 23:59:59.000", T0 + 43_199_000),  # the last hour of the day
+    ("2025-01-01 24:00:00", None),
+    ("2016-12-31 23:59:60", parse_time_ms("2017-01-01 00:00:00")),    # a leap second (ISO 8601)
+    ("2016-12-31 23:59:61", None),
     ("2025-02-30 12:00:00", None),
     ("12:00", None),
     (None, None),
@@ -1333,3 +1339,103 @@ def test_a_correlation_named_or_identified_by_something_not_text_is_refused_at_t
     assert not rep.correlations
     (bad,) = rep.rejected
     assert (bad.line, bad.reason) == (line, why), bad
+
+
+def test_a_metric_reads_numbers_and_json_number_text():
+    from sensor.detect.correlate import number_of
+    assert number_of(7) == 7 and number_of(2.5) == 2.5 and number_of(" 1e1 ") == 10.0
+    assert number_of(True) is None and number_of("0x10") is None and number_of("junk") is None
+    assert number_of(float("nan")) is None and number_of("1e999") is None
+    long = "1." + "0" * 398                # a JSON number of 400 characters is a number
+    assert len(long) == 400 and number_of(long) == 1.0
+
+
+def test_an_alert_shows_the_event_that_completed_its_window(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "h1", "CommandLine": "a.exe first"}),
+                             (5000, {"Image": "C:\\a.exe", "Computer": "h1", "CommandLine": "a.exe second",
+                                     "User": "CORP\\bob"})])
+    (a,) = alerts
+    assert a["HOSTNAME"] == "h1" and a["COMMANDLINE"] == "a.exe second"
+    assert a["PROCESSNAME"] == "C:\\a.exe" and a["event"]["CommandLine"] == "a.exe second"
+    assert a["MESSAGE"].startswith("Correlation 'c': event_count 2 (gte 2) for Computer=h1")
+    # the window is [T - timespan, T]
+    assert a["correlation"]["window"] == {"start": "2025-01-01T11:59:05.000Z",
+                                          "end": "2025-01-01T12:00:05.000Z"}
+
+
+def test_a_number_and_its_text_are_one_group(tmp_path):
+    # docs/sigma.md: "a value that is an integer and its text (5 and "5") are one group"
+    rep = simple(tmp_path, "gte: 2", group_by="[ProcessId]")
+    _, alerts, eng = run(rep, [(0, {"Image": "C:\\a.exe", "ProcessId": 5}),
+                               (1000, {"Image": "C:\\a.exe", "ProcessId": "5"})])
+    assert [a["correlation"]["group"] for a in alerts] == [{"ProcessId": "5"}]
+    assert eng.stats()["missing_group_key"] == 0
+
+
+def test_an_event_older_than_what_a_flush_evaluated_is_late(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    rules = rep.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, rep.correlations, lateness_ms=10_000)
+    a = lambda t: ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + t))  # noqa: E731
+    for t in (0, 1000, 2000):
+        assert eng.feed(a(t), m.match(a(t))) == []
+    assert [x["correlation"]["value"] for x in eng.flush()] == [2, 3]
+    # 2000 was evaluated: an event 1 ms before it (or at it) can no longer be counted
+    assert eng.feed(a(1999), m.match(a(1999))) == [] and eng.flush() == []
+    assert eng.stats()["late_events"] == 1
+
+
+def test_a_restored_clock_without_a_floor_still_refuses_what_was_evaluated(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    rules = rep.rules
+    m = create(rules, "reference")
+    one = CorrelationEngine(rules, rep.correlations)
+    e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 2000))
+    one.feed(e, m.match(e))
+    one.flush()
+    doc = one.export_state()
+    doc["floor"] = None                  # a state file that names only the evaluated time
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(doc))
+    two = CorrelationEngine(rules, rep.correlations)
+    assert two.load_state(str(state))["restored"] is True
+    assert two.flush() == []
+    late = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 1999))
+    assert two.feed(late, m.match(late)) == [] and two.flush() == []
+    assert two.stats()["late_events"] == 1
+
+
+def test_events_in_order_are_never_forced_out_of_the_reorder_buffer(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    stream = [(i * 1000, {"Image": "C:\\a.exe", "Computer": "h"}) for i in range(5)]
+    _, alerts, eng = run(rep, stream)              # lateness 0: each event is evaluated at once
+    assert len(alerts) == 4
+    st = eng.stats()
+    assert st["reorder_forced"] == 0 and st["late_events"] == 0 and st["lateness_s"] == 0
+
+
+def test_an_event_is_held_until_the_newest_time_is_lateness_past_it(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    rules = rep.rules
+    m = create(rules, "reference")
+    eng = CorrelationEngine(rules, rep.correlations, lateness_ms=1000)
+    assert eng.stats()["lateness_s"] == 1
+    a = lambda t: ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + t))  # noqa: E731
+    eng.feed(a(0), m.match(a(0)))
+    eng.feed(a(999), m.match(a(999)))
+    assert eng.stats()["reorder_buffered"] == 2      # 999 ms past the first: both held
+    eng.feed(a(1000), m.match(a(1000)))
+    assert eng.stats()["reorder_buffered"] == 2      # 1000 ms past the first: it is let go
+    assert eng.stats()["reorder_forced"] == 0
+
+
+def test_the_state_estimate_per_correlation_is_in_megabytes(tmp_path):
+    rep = simple(tmp_path, "gte: 2", group_by="[CommandLine]")
+    _, _, eng = run(rep, [(i, {"Image": "C:\\a.exe", "CommandLine": f"{i:04d}" + "x" * 300_000})
+                          for i in range(8)])
+    st = eng.stats()
+    per = st["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
+    # each entry keeps its command line and its folded group key: 8 x 2 x 300 KB = 4.6 MiB
+    assert 4.5 < st["state_mb"] < 5 and per["state_mb"] == st["state_mb"]

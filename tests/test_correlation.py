@@ -1439,3 +1439,118 @@ def test_the_state_estimate_per_correlation_is_in_megabytes(tmp_path):
     per = st["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
     # each entry keeps its command line and its folded group key: 8 x 2 x 300 KB = 4.6 MiB
     assert 4.5 < st["state_mb"] < 5 and per["state_mb"] == st["state_mb"]
+
+
+def test_reloads_carry_the_counts_of_windows_they_drop(tmp_path):
+    # docs/sigma.md, Reloads: the windows of a correlation that changed are dropped and counted
+    # (windows_discarded), and the engine's counters continue across the swaps
+    rules_of = lambda cond: simple(tmp_path, cond)      # noqa: E731
+    rep = rules_of("gte: 2")
+    m = create(rep.rules, "reference")
+    one = CorrelationEngine(rep.rules, rep.correlations, max_state=3)
+    for i in range(5):
+        e = ProcessEvent(Image="C:\\a.exe", Computer=f"h{i}", UtcTime=utc(T0 + i))
+        one.feed(e, m.match(e))
+    one.flush()
+    assert one.stats()["evicted"] == 2 and one.stats()["entries"] == 3
+    rep2 = rules_of("gte: 3")
+    two = CorrelationEngine(rep2.rules, rep2.correlations)
+    note = two.take_over(one)
+    assert note["discarded"] == ["10000000-0000-4000-8000-0000000000cc"]
+    assert note["entries_discarded"] == 3
+    st = two.stats()
+    assert st["windows_discarded"] == 3 and st["evicted"] == 2 and st["entries"] == 0
+    rep3 = rules_of("gte: 4")
+    three = CorrelationEngine(rep3.rules, rep3.correlations)
+    three.take_over(two)
+    st = three.stats()
+    assert st["windows_discarded"] == 3 and st["evicted"] == 2 and st["events_correlated"] == 5
+
+
+def test_child_alert_ids_are_capped_like_event_ids(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1s, condition: {gte: 1}}
+        """, """
+        title: outer
+        correlation: {type: event_count, rules: [inner], group-by: [Computer], timespan: 1m, condition: {gte: 3}}
+        """)
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations, max_evidence=2)
+    out = []
+    for i in range(3):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + i * 2000))
+        out += eng.feed(e, m.match(e))       # each inner alert has its own one event
+    out += eng.flush()
+    (c,) = [a["correlation"] for a in out if a["rule"]["title"] == "outer"]
+    assert c["value"] == 3 and len(c["alert_ids"]) == 2 and len(c["event_ids"]) == 2
+    assert c["evidence_truncated"] is True
+
+
+def test_a_window_at_exactly_its_caps_keeps_what_it_holds(tmp_path):
+    # "at most max_state entries and at most max_state_mb megabytes": at the caps, nothing goes
+    rep = simple(tmp_path, "gte: 2")
+    m = create(rep.rules, "reference")
+    a = lambda t: ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + t))  # noqa: E731
+    probe = CorrelationEngine(rep.rules, rep.correlations)
+    probe.feed(a(1), m.match(a(1)))
+    one_entry = probe.nodes[0].bytes                # one entry and its group key
+    eng = CorrelationEngine(rep.rules, rep.correlations, max_state=1,
+                            max_state_mb=one_entry / (1 << 20))
+    for t in (0, 1):
+        eng.feed(a(t), m.match(a(t)))
+    st = eng.stats()
+    assert st["entries"] == 1 and st["evicted"] == 1     # over max_state by one: one goes
+
+
+def test_the_reorder_buffer_at_exactly_its_cap_holds_its_event(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    m = create(rep.rules, "reference")
+    e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0))
+    probe = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=3_600_000)
+    probe.feed(e, m.match(e))
+    held = probe._heap_bytes
+    eng = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=3_600_000,
+                            max_state_mb=held / (1 << 20))
+    eng.feed(e, m.match(e))
+    st = eng.stats()
+    assert st["reorder_buffered"] == 1 and st["reorder_forced"] == 0
+
+
+def test_a_state_file_naming_a_rule_slot_the_correlation_lacks_is_refused(tmp_path):
+    rep = simple(tmp_path, "gte: 3")
+    m = create(rep.rules, "reference")
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0))
+    one.feed(e, m.match(e))
+    one.flush()
+    doc = one.export_state()
+    (group,) = doc["nodes"]["10000000-0000-4000-8000-0000000000cc"]["groups"]
+    group[1][0][1] = 1                   # the correlation references one rule: slot 0 only
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(doc))
+    two = CorrelationEngine(rep.rules, rep.correlations)
+    note = two.load_state(str(state))
+    assert note["restored"] is False and note["reason"].endswith(": bad slot")
+    assert two.stats()["entries"] == 0
+
+
+def test_the_engine_options_are_keyword_only(tmp_path):
+    rep = simple(tmp_path)
+    with pytest.raises(TypeError):
+        CorrelationEngine(rep.rules, rep.correlations, 5000)     # a bare number names nothing
+    eng = CorrelationEngine(rules=rep.rules, correlations=rep.correlations, lateness_ms=5000)
+    assert eng.stats()["lateness_s"] == 5
+
+
+def test_groups_whose_window_emptied_are_forgotten_and_live_ones_kept(tmp_path):
+    # 300 hosts once, then one host every second for 10 minutes (a 1-minute window)
+    rep = simple(tmp_path, "gte: 2")
+    stream = [(i, {"Image": "C:\\a.exe", "Computer": f"h{i}"}) for i in range(300)]
+    stream += [(200_000 + i * 1000, {"Image": "C:\\a.exe", "Computer": "k"}) for i in range(600)]
+    _, alerts, eng = run(rep, stream)
+    # the live window counts on through every clean-up: 2, 3, ... up to 61 (both ends included)
+    assert [a["correlation"]["value"] for a in alerts] == [min(i + 1, 61) for i in range(1, 600)]
+    per = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
+    assert per["groups"] == 1 and per["entries"] == 61

@@ -1516,6 +1516,14 @@ def test_the_reorder_buffer_at_exactly_its_cap_holds_its_event(tmp_path):
     eng.feed(e, m.match(e))
     st = eng.stats()
     assert st["reorder_buffered"] == 1 and st["reorder_forced"] == 0
+    # a byte less: the first event already goes early, and anything older than it is late
+    eng = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=3_600_000,
+                            max_state_mb=(held - 1) / (1 << 20))
+    eng.feed(e, m.match(e))
+    older = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 - 1))
+    eng.feed(older, m.match(older))
+    st = eng.stats()
+    assert st["reorder_forced"] == 1 and st["reorder_buffered"] == 0 and st["late_events"] == 1
 
 
 def test_a_state_file_naming_a_rule_slot_the_correlation_lacks_is_refused(tmp_path):
@@ -1554,3 +1562,61 @@ def test_groups_whose_window_emptied_are_forgotten_and_live_ones_kept(tmp_path):
     assert [a["correlation"]["value"] for a in alerts] == [min(i + 1, 61) for i in range(1, 600)]
     per = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
     assert per["groups"] == 1 and per["entries"] == 61
+
+
+def test_a_child_alert_counts_in_its_parent_with_what_it_keeps(tmp_path):
+    # docs/sigma.md: "an alert of a correlation that another one references counts with its
+    # evidence". The outer window keeps the inner alert for an hour, and with it the inner group
+    # key, its evidence event and the fields its alert shows: here a 1 MB user name and a 1 MB
+    # command line, which nothing else keeps once the inner window lets its event go.
+    import tracemalloc
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [User], timespan: 1s, condition: {gte: 1}}
+        """, """
+        title: outer
+        id: 10000000-0000-4000-8000-0000000000dd
+        correlation: {type: event_count, rules: [inner], group-by: [User], timespan: 1h, condition: {gte: 100}}
+        """)
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        e = ProcessEvent(Image="C:\\a.exe", User="U" * 1_000_000, CommandLine="C" * 1_000_000,
+                         UtcTime=utc(T0))
+        assert eng.feed(e, m.match(e)) + eng.flush() == []
+        del e
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    outer = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000dd"]
+    assert held > 3 << 20 and outer["entries"] == 1
+    assert outer["state_mb"] >= held / (1 << 20)
+
+
+def test_a_flush_after_unmatched_events_keeps_their_time_as_evaluated(tmp_path):
+    # Events no referenced rule matched still move the clock: after them and a flush, a matched
+    # event older than the newest time seen is late.
+    rep = simple(tmp_path, "gte: 2")
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    a = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0))
+    other = ProcessEvent(Image="C:\\other.exe", Computer="h", UtcTime=utc(T0 + 10_000))
+    eng.feed(a, m.match(a))
+    eng.feed(other, m.match(other))
+    assert eng.flush() == []
+    b = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 5000))
+    assert eng.feed(b, m.match(b)) + eng.flush() == []
+    assert eng.stats()["late_events"] == 1
+
+
+def test_a_percentile_alert_names_its_percentile(tmp_path):
+    rep = simple(tmp_path, "gte: 1, field: Size, percentile: 90", ctype="value_percentile")
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "h", "Size": 10})])
+    assert alerts[0]["correlation"]["percentile"] == 90
+    _, alerts, _ = run(simple(tmp_path, "gte: 1"), [(0, {"Image": "C:\\a.exe", "Computer": "h"})])
+    assert "percentile" not in alerts[0]["correlation"]

@@ -1620,3 +1620,23 @@ def test_a_percentile_alert_names_its_percentile(tmp_path):
     assert alerts[0]["correlation"]["percentile"] == 90
     _, alerts, _ = run(simple(tmp_path, "gte: 1"), [(0, {"Image": "C:\\a.exe", "Computer": "h"})])
     assert "percentile" not in alerts[0]["correlation"]
+
+
+def test_a_sum_is_exact_after_a_large_value_leaves_the_window(tmp_path):
+    # sum and mean of the numbers in the window: 1e16 leaves it, 1 and 1 remain (a running
+    # floating-point sum would have lost both ones to the large value's rounding)
+    for ctype, want in (("value_sum", 2.0), ("value_avg", 1.0)):
+        rep = simple(tmp_path, "gte: 0, field: Size", ctype=ctype)
+        _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "h", "Size": 1e16}),
+                                 (30_000, {"Image": "C:\\a.exe", "Computer": "h", "Size": 1}),
+                                 (61_000, {"Image": "C:\\a.exe", "Computer": "h", "Size": 1})])
+        assert alerts[-1]["correlation"]["value"] == want, ctype
+
+
+def test_a_boolean_groups_as_its_text(tmp_path):
+    # fold: a group-by value is its text, folded to lower case (True is "true", False "false")
+    rep = simple(tmp_path, "gte: 2", group_by="[Elevated]")
+    for value, text in ((True, "TRUE"), (False, "False")):
+        _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Elevated": value}),
+                                 (1000, {"Image": "C:\\a.exe", "Elevated": text})])
+        assert [a["correlation"]["group"] for a in alerts] == [{"Elevated": text.lower()}]

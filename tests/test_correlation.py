@@ -1640,3 +1640,63 @@ def test_a_boolean_groups_as_its_text(tmp_path):
         _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Elevated": value}),
                                  (1000, {"Image": "C:\\a.exe", "Elevated": text})])
         assert [a["correlation"]["group"] for a in alerts] == [{"Elevated": text.lower()}]
+
+
+def _held_after(feed) -> int:
+    """Memory still allocated after ``feed()`` ran, garbage collected (tracemalloc)."""
+    import tracemalloc
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        feed()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_lived_window_holds_only_what_is_in_it(tmp_path):
+    # One host for an hour of a 1-second window: what left the window is let go, so memory
+    # stays at a few entries' worth however long the stream runs.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="b.exe"), """
+        title: values
+        correlation: {type: value_count, rules: [a], group-by: [Computer], timespan: 1s,
+                      condition: {gte: 100, field: CommandLine}}
+        """, """
+        title: ordered
+        correlation: {type: temporal_ordered, rules: [a, b], group-by: [Computer], timespan: 1s}
+        """)
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    ia, ib = (next(i for i, r in enumerate(rep.rules) if r.title == f"stub {x}") for x in "ab")
+
+    def feed():
+        for i in range(6000):
+            e = {"Computer": "h", "CommandLine": f"{i:06d}" + "x" * 2000,
+                 "UtcTime": utc(T0 + i * 600)}
+            fired[0] += len(eng.feed(e, [ib if i % 2 else ia]))  # (alerts not kept)
+
+    fired = [0]
+
+    held = _held_after(feed)
+    assert fired[0] == 2999 and eng.stats()["entries"] <= 8      # a then b, 600 ms apart
+    assert held < 1 << 20, f"{held / 2**20:.1f} MiB held for a window of a few entries"
+
+
+def test_a_long_lived_ordered_window_holds_only_the_times_in_it(tmp_path):
+    # temporal_ordered keeps each rule's times in the window; those that left it are let go
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="b.exe"), """
+        title: ordered
+        correlation: {type: temporal_ordered, rules: [a, b], group-by: [Computer], timespan: 1s}
+        """)
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    ia, ib = (next(i for i, r in enumerate(rep.rules) if r.title == f"stub {x}") for x in "ab")
+    e = {"Computer": "h"}
+
+    def feed():
+        for i in range(10_000):
+            eng.feed(e, [ib if i % 2 else ia], ts=T0 + i * 600)
+
+    held = _held_after(feed)
+    assert eng.stats()["alerts"] == 4999 and eng.stats()["entries"] <= 4
+    assert held < 128 << 10, f"{held >> 10} KiB held for a window of a few entries"

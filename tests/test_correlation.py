@@ -1700,3 +1700,11 @@ def test_a_long_lived_ordered_window_holds_only_the_times_in_it(tmp_path):
     held = _held_after(feed)
     assert eng.stats()["alerts"] == 4999 and eng.stats()["entries"] <= 4
     assert held < 128 << 10, f"{held >> 10} KiB held for a window of a few entries"
+
+
+def test_an_alert_built_without_a_kept_rule_block_makes_its_own(tmp_path):
+    from sensor.detect.correlate import build_correlation_alert, correlation_summary
+    (corr,) = simple(tmp_path).correlations
+    alert = build_correlation_alert(corr, {"Computer": "h"}, T0, 2, [], [], False, {}, "id",
+                                    "now")
+    assert alert["rule"] == correlation_summary(corr) and alert["rule"]["id"] == corr.id

@@ -969,6 +969,7 @@ def test_chained_state_survives_a_restart(tmp_path):
     ("2025-01-01T08:15:00-03:45", T0),
     ("2025-01-01 23:59:59.000", T0 + 43_199_000),  # the last hour of the day
     ("2025-01-01 24:00:00", None),
+    ("2025-01-01 12:60:00", None),
     ("2016-12-31 23:59:60", parse_time_ms("2017-01-01 00:00:00")),    # a leap second (ISO 8601)
     ("2016-12-31 23:59:61", None),
     ("2025-02-30 12:00:00", None),
@@ -1362,6 +1363,13 @@ def test_an_alert_shows_the_event_that_completed_its_window(tmp_path):
     # the window is [T - timespan, T]
     assert a["correlation"]["window"] == {"start": "2025-01-01T11:59:05.000Z",
                                           "end": "2025-01-01T12:00:05.000Z"}
+    assert a["correlation"]["rules"] == [rep.rules[0].id]        # ids, not the references
+    assert rep.rules[0].id != "a"
+    # the sensor block carries what the engine was given about the sensor
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "h1"}),
+                             (1, {"Image": "C:\\a.exe", "Computer": "h1"})],
+                       sensor_info={"hostname": "box"})
+    assert alerts[0]["sensor"]["hostname"] == "box" and alerts[0]["sensor"]["version"]
 
 
 def test_a_number_and_its_text_are_one_group(tmp_path):
@@ -1704,3 +1712,149 @@ def test_an_alert_built_without_a_kept_rule_block_makes_its_own(tmp_path):
     alert = build_correlation_alert(corr, {"Computer": "h"}, T0, 2, [], [], False, {}, "id",
                                     "now")
     assert alert["rule"] == correlation_summary(corr) and alert["rule"]["id"] == corr.id
+
+
+def test_a_child_alerts_truncated_evidence_makes_its_parents_truncated(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 3}}
+        """, """
+        title: outer
+        generate: true
+        correlation: {type: event_count, rules: [inner], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """)
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations, max_evidence=2)
+    out = []
+    for i in range(3):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + i * 1000))
+        out += eng.feed(e, m.match(e))
+    out += eng.flush()
+    by = {a["rule"]["title"]: a["correlation"] for a in out}
+    assert by["inner"]["evidence_truncated"] is True and len(by["inner"]["event_ids"]) == 2
+    # the outer alert shows the two events it got, and that more contributed
+    assert by["outer"]["event_ids"] == by["inner"]["event_ids"]
+    assert by["outer"]["evidence_truncated"] is True
+
+
+def test_pending_says_when_something_waits_for_evaluation(tmp_path):
+    rep = simple(tmp_path, "gte: 2")
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=1000)
+    assert eng.pending() is False
+    e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0))
+    eng.feed(e, m.match(e))
+    assert eng.stats()["reorder_buffered"] == 1 and eng.pending() is True    # held
+    later = ProcessEvent(Image="C:\\other.exe", Computer="h", UtcTime=utc(T0 + 1000))
+    eng.feed(later, m.match(later))
+    # let go of the buffer, its time not yet final (another event at it may come)
+    assert eng.stats()["reorder_buffered"] == 0 and eng.pending() is True
+    eng.flush()
+    assert eng.pending() is False
+
+
+def test_a_restored_state_is_the_saved_one(tmp_path):
+    # a chain whose outer window keeps an inner alert after the inner window let its events go
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="b.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [User], timespan: 1s, condition: {gte: 2}}
+        """, """
+        title: outer
+        id: 10000000-0000-4000-8000-0000000000ee
+        correlation: {type: temporal_ordered, rules: [inner, b], group-by: [User], timespan: 1h}
+        """, """
+        title: other
+        id: 10000000-0000-4000-8000-0000000000ef
+        correlation: {type: event_count, rules: [b], group-by: [Computer], timespan: 1h, condition: {gte: 5}}
+        """)
+    m = create(rep.rules, "reference")
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    for img, t in (("a", 0), ("a", 500), ("a", 5000), ("b", 6000)):
+        e = ProcessEvent(Image=f"C:\\{img}.exe", User="bob", Computer="pc",
+                         CommandLine=f"{img} " + "x" * 5000, UtcTime=utc(T0 + t))
+        one.feed(e, m.match(e))
+    one.flush()
+    state = str(tmp_path / "s.json")
+    one.save_state(state)
+    two = CorrelationEngine(rep.rules, rep.correlations)
+    assert two.load_state(state) == {"restored": True, "correlations": 3,
+                                     "saved_at": two.state_note["saved_at"]}
+    keys = ("entries", "groups", "state_mb", "alerts", "evicted")
+    was = {c: {k: v[k] for k in keys} for c, v in one.stats()["by_correlation"].items()}
+    now = {c: {k: v[k] for k in keys} for c, v in two.stats()["by_correlation"].items()}
+    assert now == was and was["10000000-0000-4000-8000-0000000000ee"]["entries"] == 2
+    # it goes on as the first engine would have
+    e = ProcessEvent(Image="C:\\b.exe", User="bob", Computer="pc", UtcTime=utc(T0 + 7000))
+    a1 = one.feed(e, m.match(e)) + one.flush()
+    a2 = two.feed(e, m.match(e)) + two.flush()
+    strip = lambda xs: [(x["id"], x["correlation"]) for x in xs]     # noqa: E731
+    assert strip(a1) == strip(a2) and len(a1) == 1
+
+
+def test_a_restart_keeps_the_windows_of_unchanged_correlations_beside_changed_ones(tmp_path):
+    docs = [stub(name="a", image="a.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: COND}}
+        """, """
+        title: outer
+        correlation: {type: event_count, rules: [inner], group-by: [Computer], timespan: 1m, condition: {gte: 9}}
+        """, """
+        title: kept
+        id: 10000000-0000-4000-8000-0000000000ea
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 3}}
+        """]
+    rep = loaded(tmp_path, *[d.replace("COND", "1") for d in docs])
+    m = create(rep.rules, "reference")
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    for t in (0, 1000):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="pc", UtcTime=utc(T0 + t))
+        one.feed(e, m.match(e))
+    one.flush()
+    state = str(tmp_path / "s.json")
+    one.save_state(state)
+    # the inner correlation changed: its windows and its alerts kept by "outer" are dropped
+    rep2 = loaded(tmp_path, *[d.replace("COND", "2") for d in docs])
+    two = CorrelationEngine(rep2.rules, rep2.correlations)
+    note = two.load_state(state)
+    assert note["restored"] is True and note["discarded"] == ["sigma-rules-inner"]
+    per = two.stats()["by_correlation"]
+    assert per["10000000-0000-4000-8000-0000000000ea"]["entries"] == 2
+    m = create(rep2.rules, "reference")
+    e = ProcessEvent(Image="C:\\a.exe", Computer="pc", UtcTime=utc(T0 + 2000))
+    out = two.feed(e, m.match(e)) + two.flush()
+    assert [a["correlation"]["value"] for a in out if a["rule"]["title"] == "kept"] == [3]
+
+
+def test_a_restart_without_a_chain_keeps_the_other_chains(tmp_path):
+    def chain(n, rule):
+        return [f"""
+        title: inner{n}
+        name: inner{n}
+        correlation: {{type: event_count, rules: [{rule}], group-by: [Computer], timespan: 1m, condition: {{gte: 1}}}}
+        """, f"""
+        title: outer{n}
+        id: 10000000-0000-4000-8000-00000000010{n}
+        correlation: {{type: event_count, rules: [inner{n}], group-by: [Computer], timespan: 1m, condition: {{gte: 2}}}}
+        """]
+    base = [stub(name="a", image="a.exe"), stub(name="b", image="b.exe")]
+    rep = loaded(tmp_path, *base, *chain(1, "a"), *chain(2, "b"))
+    m = create(rep.rules, "reference")
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    for img in "ab":
+        e = ProcessEvent(Image=f"C:\\{img}.exe", Computer="pc", UtcTime=utc(T0))
+        one.feed(e, m.match(e))
+    one.flush()
+    state = str(tmp_path / "s.json")
+    one.save_state(state)
+    rep2 = loaded(tmp_path, *base, *chain(2, "b"))        # the first chain was removed
+    two = CorrelationEngine(rep2.rules, rep2.correlations)
+    note = two.load_state(state)
+    assert note["restored"] is True and note["correlations"] == 2
+    assert sorted(note["discarded"]) == ["10000000-0000-4000-8000-000000000101", "sigma-rules-inner1"]
+    m = create(rep2.rules, "reference")
+    e = ProcessEvent(Image="C:\\b.exe", Computer="pc", UtcTime=utc(T0 + 1000))
+    out = two.feed(e, m.match(e)) + two.flush()
+    assert [(a["rule"]["title"], a["correlation"]["value"]) for a in out] == [("outer2", 2)]

@@ -1858,3 +1858,45 @@ def test_a_restart_without_a_chain_keeps_the_other_chains(tmp_path):
     e = ProcessEvent(Image="C:\\b.exe", Computer="pc", UtcTime=utc(T0 + 1000))
     out = two.feed(e, m.match(e)) + two.flush()
     assert [(a["rule"]["title"], a["correlation"]["value"]) for a in out] == [("outer2", 2)]
+
+
+def _saved(tmp_path):
+    """A correlation's saved state document (two entries) and its rule set."""
+    rep = simple(tmp_path, "gte: 3")
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    for t in (0, 1000):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + t))
+        eng.feed(e, m.match(e))
+    eng.flush()
+    return json.loads(json.dumps(eng.export_state())), rep
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda d: d.update(format="something-else"), "not a correlation state file of this version"),
+    (lambda d: d.update(version=2), "not a correlation state file of this version"),
+    (lambda d: d.pop("events"), "'events'"),                                 # KeyError
+    (lambda d: d.update(events=5), "not iterable"),                          # TypeError
+    (lambda d: d["events"][0].__setitem__(3, "x"), "bad event record"),      # ValueError
+    (lambda d: d.update(nodes=[]), "no attribute 'items'"),                  # AttributeError
+    (lambda d: d["events"].__setitem__(0, [1, 2]), "not enough values"),     # ValueError
+])
+def test_a_damaged_state_file_starts_empty_and_says_why(tmp_path, damage, why):
+    doc, rep = _saved(tmp_path)
+    damage(doc)
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(doc))
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    note = eng.load_state(str(state))
+    assert note["restored"] is False and why in note["reason"], note
+    assert note["reason"].startswith("saved state unusable, windows start empty: ")
+    assert eng.stats()["entries"] == 0 and eng.stats()["state"] == note
+
+
+def test_a_state_file_that_cannot_be_read_starts_empty_and_says_why(tmp_path):
+    doc, rep = _saved(tmp_path)
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    note = eng.load_state(str(tmp_path))                 # a folder, not a file
+    assert note["restored"] is False and note["reason"].startswith("saved state unusable")
+    note = eng.load_state(str(tmp_path / "none.json"))
+    assert note["restored"] is False and note["reason"].startswith("no saved state")

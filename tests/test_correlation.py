@@ -567,6 +567,21 @@ def test_a_correlations_tags_reach_its_alerts(tmp_path):
     _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
     assert len(alerts) == 1 and alerts[0]["rule"]["tags"] == ["attack.credential-access",
                                                               "attack.t1110"], alerts
+    # the ATT&CK technique ids among them, as rule alerts show them
+    assert alerts[0]["rule"]["mitre"] == ["T1110"]
+    assert "name" not in alerts[0]["rule"]                  # the correlation has no name
+
+
+def test_a_correlations_name_and_techniques_reach_its_alerts(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: c
+        name: pair
+        tags: [attack.t1059.001, attack.execution, attack.g0016, cve.2021-44228, Attack.T1003]
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 2}}
+        """)
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
+    rule = alerts[0]["rule"]
+    assert rule["name"] == "pair" and rule["mitre"] == ["T1059.001", "T1003"]
 
 
 @pytest.mark.parametrize("where", ["top", "inside"])
@@ -1358,6 +1373,7 @@ def test_an_alert_shows_the_event_that_completed_its_window(tmp_path):
                                      "User": "CORP\\bob"})])
     (a,) = alerts
     assert a["HOSTNAME"] == "h1" and a["COMMANDLINE"] == "a.exe second"
+    assert len(a["correlation"]["event_ids"]) == 2 and a["correlation"]["evidence_truncated"] is False
     assert a["PROCESSNAME"] == "C:\\a.exe" and a["event"]["CommandLine"] == "a.exe second"
     assert a["MESSAGE"].startswith("Correlation 'c': event_count 2 (gte 2) for Computer=h1")
     # the window is [T - timespan, T]
@@ -1463,7 +1479,9 @@ def test_reloads_carry_the_counts_of_windows_they_drop(tmp_path):
     assert one.stats()["evicted"] == 2 and one.stats()["entries"] == 3
     rep2 = rules_of("gte: 3")
     two = CorrelationEngine(rep2.rules, rep2.correlations)
+    assert two.stats()["state"] == {"restored": False, "reason": "not saved or loaded"}
     note = two.take_over(one)
+    assert note["restored"] is True and note["at"] == "reload" and two.stats()["state"] == note
     assert note["discarded"] == ["10000000-0000-4000-8000-0000000000cc"]
     assert note["entries_discarded"] == 3
     st = two.stats()
@@ -1900,3 +1918,26 @@ def test_a_state_file_that_cannot_be_read_starts_empty_and_says_why(tmp_path):
     assert note["restored"] is False and note["reason"].startswith("saved state unusable")
     note = eng.load_state(str(tmp_path / "none.json"))
     assert note["restored"] is False and note["reason"].startswith("no saved state")
+
+
+def test_a_restart_keeps_the_values_a_parent_read_from_its_children(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: outer
+        correlation: {type: value_sum, rules: [inner], group-by: [Computer], timespan: 1m,
+                      condition: {gte: 3, field: sigma_metric}}
+        """)
+    m = create(rep.rules, "reference")
+    e = lambda t: ProcessEvent(Image="C:\\a.exe", Computer="pc", UtcTime=utc(T0 + t))  # noqa: E731
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    one.feed(e(0), m.match(e(0)))            # inner: 1; outer: 1
+    one.flush()
+    state = str(tmp_path / "s.json")
+    one.save_state(state)
+    two = CorrelationEngine(rep.rules, rep.correlations)
+    assert two.load_state(state)["restored"] is True
+    out = two.feed(e(1000), m.match(e(1000))) + two.flush()     # inner: 2; outer: 1 + 2
+    assert [a["correlation"]["value"] for a in out] == [3]

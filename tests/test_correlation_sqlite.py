@@ -321,6 +321,9 @@ EXPLICIT = {
                                             [ev(0, "a"), ev(1000, "a")], 1),
     "one_event_of_two_rules_is_one_value": (c2("value_sum", {"field": "Size", "gte": 1}),
                                             [ev(0, "a", size=5), ev(1000, "a", size=7)], 2),
+    "one_event_of_two_rules_leaves_the_window_once": (
+        c2("value_sum", {"field": "Size", "gte": 1}),
+        [ev(0, "a", size=5), ev(30_000, "a", size=7), ev(61_000, "a", size=11)], 3),
     "one_event_of_two_rules_is_one_number": (c2("value_median", {"field": "Size", "gte": 1}),
                                              [ev(0, "a", size=5), ev(1000, "a", size=7),
                                               ev(2000, "a", size=100)], 3),

@@ -1941,3 +1941,21 @@ def test_a_restart_keeps_the_values_a_parent_read_from_its_children(tmp_path):
     assert two.load_state(state)["restored"] is True
     out = two.feed(e(1000), m.match(e(1000))) + two.flush()     # inner: 2; outer: 1 + 2
     assert [a["correlation"]["value"] for a in out] == [3]
+
+
+def test_an_event_without_one_correlations_group_field_still_counts_for_the_others(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: by tag
+        id: 10000000-0000-4000-8000-0000000000b1
+        correlation: {type: event_count, rules: [a], group-by: [Tag], timespan: 1m, condition: {gte: 2}}
+        """, """
+        title: by host
+        id: 10000000-0000-4000-8000-0000000000b2
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 2}}
+        """)
+    _, alerts, eng = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "pc"}),
+                               (1000, {"Image": "C:\\a.exe", "Computer": "pc"})])
+    assert [a["rule"]["title"] for a in alerts] == ["by host"]
+    per = eng.stats()["by_correlation"]
+    assert per["10000000-0000-4000-8000-0000000000b1"]["missing_group_key"] == 2
+    assert per["10000000-0000-4000-8000-0000000000b2"]["missing_group_key"] == 0

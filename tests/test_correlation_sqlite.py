@@ -327,6 +327,9 @@ EXPLICIT = {
     "one_event_of_two_rules_is_one_number": (c2("value_median", {"field": "Size", "gte": 1}),
                                              [ev(0, "a", size=5), ev(1000, "a", size=7),
                                               ev(2000, "a", size=100)], 3),
+    "ordered_two_of_three_a_later_pair_in_order": (c1("temporal_ordered", "abc", {"gte": 2},
+                                                      span="5m"),
+                                                   [ev(0, "b"), ev(10_000, "a"), ev(20_000, "c")], 1),
     "sum_numbers_and_numeric_text_skip_junk": (
         c1("value_sum", "a", {"field": "Size", "gt": 100}),
         [ev(0, "a", size=60), ev(10_000, "a", size="50"), ev(20_000, "a", size="junk"),

@@ -1959,3 +1959,35 @@ def test_an_event_without_one_correlations_group_field_still_counts_for_the_othe
     per = eng.stats()["by_correlation"]
     assert per["10000000-0000-4000-8000-0000000000b1"]["missing_group_key"] == 2
     assert per["10000000-0000-4000-8000-0000000000b2"]["missing_group_key"] == 0
+
+
+def test_the_documented_defaults_and_bounds(tmp_path):
+    # docs/hostile-inputs.md ("Correlation state") and docs/sigma.md ("Time, order and bounds")
+    import sys
+
+    import sensor.detect.correlate as correlate_mod
+    assert correlate_mod.MAX_STATE_FILE == 512 << 20
+    rep = simple(tmp_path, "gte: 101")
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    st = eng.stats()
+    assert st["max_state"] == 20_000 and st["max_state_mb"] == 64
+    out = []
+    for i in range(101):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="h", RecordId=str(i), UtcTime=utc(T0 + i))
+        out += eng.feed(e, m.match(e))
+    out += eng.flush()
+    (c,) = [a["correlation"] for a in out]
+    assert c["value"] == 101 and len(c["event_ids"]) == 100 and c["evidence_truncated"] is True
+    # the state estimate: the kept strings' exact sizes plus 256 bytes per entry and per group
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    e = ProcessEvent(Image="C:\\a.exe", Computer="Host", UtcTime=utc(T0))
+    one.feed(e, m.match(e))
+    assert one.nodes[0].bytes == 256 + sys.getsizeof("host") + 256 + sys.getsizeof("Host")
+
+
+def test_a_state_file_says_its_format_and_version(tmp_path):
+    # files saved by earlier runs carry version 1 and must keep loading
+    rep = simple(tmp_path, "gte: 3")
+    doc = CorrelationEngine(rep.rules, rep.correlations).export_state()
+    assert doc["format"] == "etw-sensor-correlation-state" and doc["version"] == 1

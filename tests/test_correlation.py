@@ -1438,6 +1438,8 @@ def test_events_in_order_are_never_forced_out_of_the_reorder_buffer(tmp_path):
     assert len(alerts) == 4
     st = eng.stats()
     assert st["reorder_forced"] == 0 and st["late_events"] == 0 and st["lateness_s"] == 0
+    assert st["events_correlated"] == 5 and st["window_updates"] == 5 and st["alerts"] == 4
+    assert st["no_event_time"] == 0 and st["windows_discarded"] == 0 and st["evicted"] == 0
 
 
 def test_an_event_is_held_until_the_newest_time_is_lateness_past_it(tmp_path):
@@ -1534,9 +1536,8 @@ def test_the_reorder_buffer_at_exactly_its_cap_holds_its_event(tmp_path):
     rep = simple(tmp_path, "gte: 2")
     m = create(rep.rules, "reference")
     e = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0))
-    probe = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=3_600_000)
-    probe.feed(e, m.match(e))
-    held = probe._heap_bytes
+    from sensor.detect.correlate import _event_bytes
+    held = _event_bytes(e)                          # the whole event's estimate
     eng = CorrelationEngine(rep.rules, rep.correlations, lateness_ms=3_600_000,
                             max_state_mb=held / (1 << 20))
     eng.feed(e, m.match(e))
@@ -1991,3 +1992,20 @@ def test_a_state_file_says_its_format_and_version(tmp_path):
     rep = simple(tmp_path, "gte: 3")
     doc = CorrelationEngine(rep.rules, rep.correlations).export_state()
     assert doc["format"] == "etw-sensor-correlation-state" and doc["version"] == 1
+
+
+def test_a_child_alert_without_its_parents_group_field_is_counted_as_missing(tmp_path):
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: outer
+        id: 10000000-0000-4000-8000-0000000000c1
+        correlation: {type: event_count, rules: [inner], group-by: [User], timespan: 1m, condition: {gte: 1}}
+        """)
+    _, alerts, eng = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "pc"}),
+                               (1000, {"Image": "C:\\a.exe", "Computer": "pc"})])
+    assert alerts == []             # the inner alerts' events have no User
+    per = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000c1"]
+    assert per["missing_group_key"] == 2 and per["entries"] == 0

@@ -977,6 +977,9 @@ def test_chained_state_survives_a_restart(tmp_path):
     ("2025-01-01 12:00:00.000", T0),
     ("2025-01-01 12:00:00.1234", T0 + 123),
     ("2025-01-01 12:00:00.1235", T0 + 124),       # rounded to the millisecond
+    ("2025-01-01 12:00:00.0005", T0 + 1),         # half a millisecond rounds up
+    ("2025-01-01 12:00:00.000499999", T0),        # less rounds down
+    ("2025-01-01 12:00:00.999499999", T0 + 999),
     ("2025-01-01T12:00:00Z", T0),
     ("2025-01-01T13:00:00+01:00", T0),
     ("2025-01-01 12:00:00", T0),
@@ -1364,6 +1367,7 @@ def test_a_metric_reads_numbers_and_json_number_text():
     assert number_of(float("nan")) is None and number_of("1e999") is None
     long = "1." + "0" * 398                # a JSON number of 400 characters is a number
     assert len(long) == 400 and number_of(long) == 1.0
+    assert number_of(long + "0") is None    # longer text is not read (docs/sigma.md, Decisions)
 
 
 def test_an_alert_shows_the_event_that_completed_its_window(tmp_path):
@@ -1985,6 +1989,12 @@ def test_the_documented_defaults_and_bounds(tmp_path):
     e = ProcessEvent(Image="C:\\a.exe", Computer="Host", UtcTime=utc(T0))
     one.feed(e, m.match(e))
     assert one.nodes[0].bytes == 256 + sys.getsizeof("host") + 256 + sys.getsizeof("Host")
+    two = simple(tmp_path, "gte: 2", group_by="[Computer, User]")
+    eng = CorrelationEngine(two.rules, two.correlations)
+    e = ProcessEvent(Image="C:\\a.exe", Computer="Host", User="Bob", UtcTime=utc(T0))
+    eng.feed(e, create(two.rules, "reference").match(e))
+    assert eng.nodes[0].bytes == (256 + sys.getsizeof("host") + sys.getsizeof("bob")
+                                  + 256 + sys.getsizeof("Host") + sys.getsizeof("Bob"))
 
 
 def test_a_state_file_says_its_format_and_version(tmp_path):

@@ -2019,3 +2019,23 @@ def test_a_child_alert_without_its_parents_group_field_is_counted_as_missing(tmp
     assert alerts == []             # the inner alerts' events have no User
     per = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000c1"]
     assert per["missing_group_key"] == 2 and per["entries"] == 0
+
+
+def test_one_correlation_over_its_cap_leaves_the_others_alerts_alone(tmp_path):
+    # Both keep the event (its 100 KB command line is carried); "by command line" also keeps the
+    # command line as its group key, which puts its one entry over the 0.15 MB cap, so it is
+    # evicted at once. "by host" keeps its entry and alerts at that time as usual.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: by host
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: by command line
+        correlation: {type: event_count, rules: [a], group-by: [CommandLine], timespan: 1m, condition: {gte: 1}}
+        """)
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations, max_state_mb=0.15)
+    e = ProcessEvent(Image="C:\\a.exe", Computer="pc", CommandLine="x" * 100_000, UtcTime=utc(T0))
+    out = eng.feed(e, m.match(e)) + eng.flush()
+    assert [a["rule"]["title"] for a in out] == ["by host"]
+    per = {v["title"]: v for v in eng.stats()["by_correlation"].values()}
+    assert per["by command line"]["evicted"] == 1 and per["by host"]["entries"] == 1

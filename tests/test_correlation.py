@@ -1444,6 +1444,8 @@ def test_events_in_order_are_never_forced_out_of_the_reorder_buffer(tmp_path):
     assert st["reorder_forced"] == 0 and st["late_events"] == 0 and st["lateness_s"] == 0
     assert st["events_correlated"] == 5 and st["window_updates"] == 5 and st["alerts"] == 4
     assert st["no_event_time"] == 0 and st["windows_discarded"] == 0 and st["evicted"] == 0
+    per = st["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
+    assert per["alerts"] == 4 and per["missing_group_key"] == 0 and per["evicted"] == 0
 
 
 def test_an_event_is_held_until_the_newest_time_is_lateness_past_it(tmp_path):

@@ -330,6 +330,11 @@ EXPLICIT = {
     "ordered_two_of_three_a_later_pair_in_order": (c1("temporal_ordered", "abc", {"gte": 2},
                                                       span="5m"),
                                                    [ev(0, "b"), ev(10_000, "a"), ev(20_000, "c")], 1),
+    "ordered_gte_0_shows_every_event": (c1("temporal_ordered", "abc", {"gte": 0}, span="5m"),
+                                        [ev(0, "a"), ev(10_000, "a"), ev(20_000, "b")], 3),
+    "ordered_gte_below_0_shows_every_event": (c1("temporal_ordered", "abc", {"gte": -1},
+                                                 span="5m"),
+                                              [ev(0, "a"), ev(10_000, "a"), ev(20_000, "b")], 3),
     "sum_numbers_and_numeric_text_skip_junk": (
         c1("value_sum", "a", {"field": "Size", "gt": 100}),
         [ev(0, "a", size=60), ev(10_000, "a", size="50"), ev(20_000, "a", size="junk"),

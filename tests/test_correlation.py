@@ -1410,9 +1410,12 @@ def test_an_event_older_than_what_a_flush_evaluated_is_late(tmp_path):
     for t in (0, 1000, 2000):
         assert eng.feed(a(t), m.match(a(t))) == []
     assert [x["correlation"]["value"] for x in eng.flush()] == [2, 3]
-    # 2000 was evaluated: an event 1 ms before it (or at it) can no longer be counted
+    # 2000 was evaluated: an event 1 ms before it, or at it, can no longer be counted
     assert eng.feed(a(1999), m.match(a(1999))) == [] and eng.flush() == []
-    assert eng.stats()["late_events"] == 1
+    assert eng.feed(a(2000), m.match(a(2000))) == [] and eng.flush() == []
+    assert eng.stats()["late_events"] == 2
+    # one 1 ms after it still counts
+    assert [x["correlation"]["value"] for x in eng.feed(a(2001), m.match(a(2001))) + eng.flush()] == [4]
 
 
 def test_a_restored_clock_without_a_floor_still_refuses_what_was_evaluated(tmp_path):
@@ -1430,9 +1433,12 @@ def test_a_restored_clock_without_a_floor_still_refuses_what_was_evaluated(tmp_p
     two = CorrelationEngine(rules, rep.correlations)
     assert two.load_state(str(state))["restored"] is True
     assert two.flush() == []
-    late = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 1999))
+    late = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 2000))
     assert two.feed(late, m.match(late)) == [] and two.flush() == []
     assert two.stats()["late_events"] == 1
+    on_time = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 2001))
+    out = two.feed(on_time, m.match(on_time)) + two.flush()
+    assert [x["correlation"]["value"] for x in out] == [2]
 
 
 def test_events_in_order_are_never_forced_out_of_the_reorder_buffer(tmp_path):
@@ -1559,7 +1565,8 @@ def test_the_reorder_buffer_at_exactly_its_cap_holds_its_event(tmp_path):
     assert st["reorder_forced"] == 1 and st["reorder_buffered"] == 0 and st["late_events"] == 1
 
 
-def test_a_state_file_naming_a_rule_slot_the_correlation_lacks_is_refused(tmp_path):
+@pytest.mark.parametrize("slot", [1, -1])
+def test_a_state_file_naming_a_rule_slot_the_correlation_lacks_is_refused(tmp_path, slot):
     rep = simple(tmp_path, "gte: 3")
     m = create(rep.rules, "reference")
     one = CorrelationEngine(rep.rules, rep.correlations)
@@ -1568,7 +1575,7 @@ def test_a_state_file_naming_a_rule_slot_the_correlation_lacks_is_refused(tmp_pa
     one.flush()
     doc = one.export_state()
     (group,) = doc["nodes"]["10000000-0000-4000-8000-0000000000cc"]["groups"]
-    group[1][0][1] = 1                   # the correlation references one rule: slot 0 only
+    group[1][0][1] = slot                # the correlation references one rule: slot 0 only
     state = tmp_path / "s.json"
     state.write_text(json.dumps(doc))
     two = CorrelationEngine(rep.rules, rep.correlations)
@@ -1916,6 +1923,7 @@ def test_a_damaged_state_file_starts_empty_and_says_why(tmp_path, damage, why):
     assert note["restored"] is False and why in note["reason"], note
     assert note["reason"].startswith("saved state unusable, windows start empty: ")
     assert eng.stats()["entries"] == 0 and eng.stats()["state"] == note
+    assert [n.bytes for n in eng.nodes] == [0]          # nothing half restored stays counted
 
 
 def test_a_state_file_that_cannot_be_read_starts_empty_and_says_why(tmp_path):
@@ -2041,3 +2049,19 @@ def test_one_correlation_over_its_cap_leaves_the_others_alerts_alone(tmp_path):
     assert [a["rule"]["title"] for a in out] == ["by host"]
     per = {v["title"]: v for v in eng.stats()["by_correlation"].values()}
     assert per["by command line"]["evicted"] == 1 and per["by host"]["entries"] == 1
+
+
+def test_a_window_keeps_only_the_carried_fields_of_its_events(tmp_path):
+    # grouped by host: the 20 KB command lines are not carried, so once an event's time is
+    # evaluated the window keeps its host name, not the whole event
+    rep = simple(tmp_path, "gte: 1000")
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+
+    def feed():
+        for i in range(600):
+            e = {"Computer": "h", "CommandLine": f"{i:06d}" + "x" * 20_000}
+            assert eng.feed(e, [0], ts=T0 + i * 100) == []
+
+    held = _held_after(feed)
+    assert eng.stats()["entries"] == 600           # all within the minute
+    assert held < 1 << 20, f"{held / 2**20:.1f} MiB held for 600 host names"

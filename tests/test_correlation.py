@@ -2065,3 +2065,15 @@ def test_a_window_keeps_only_the_carried_fields_of_its_events(tmp_path):
     held = _held_after(feed)
     assert eng.stats()["entries"] == 600           # all within the minute
     assert held < 1 << 20, f"{held / 2**20:.1f} MiB held for 600 host names"
+
+
+def test_a_state_file_without_the_counters_restores_them_as_zero(tmp_path):
+    doc, rep = _saved(tmp_path)
+    for saved in doc["nodes"].values():
+        del saved["alerts"], saved["evicted"]
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(doc))
+    eng = CorrelationEngine(rep.rules, rep.correlations)
+    assert eng.load_state(str(state))["restored"] is True
+    per = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
+    assert per["entries"] == 2 and per["alerts"] == 0 and per["evicted"] == 0

@@ -335,6 +335,11 @@ EXPLICIT = {
     "ordered_gte_below_0_shows_every_event": (c1("temporal_ordered", "abc", {"gte": -1},
                                                  span="5m"),
                                               [ev(0, "a"), ev(10_000, "a"), ev(20_000, "b")], 3),
+    # 39 a that leave the window together (the kept list of a's times is trimmed meanwhile),
+    # one a that stays, then b: the a that stays comes before b
+    "ordered_after_many_times_left_the_window": (
+        c1("temporal_ordered", "ab", span="1m"),
+        [ev(i * 125, "a") for i in range(39)] + [ev(50_000, "a"), ev(64_875, "b")], 1),
     "sum_numbers_and_numeric_text_skip_junk": (
         c1("value_sum", "a", {"field": "Size", "gt": 100}),
         [ev(0, "a", size=60), ev(10_000, "a", size="50"), ev(20_000, "a", size="junk"),

@@ -356,6 +356,10 @@ EXPLICIT = {
     "chain_child_at_window_end": (CHAIN + corr("outer", TOP, "temporal_ordered", ["inner", "b"],
                                                ["Computer"], "5m", None),
                                   [ev(0, "a"), ev(30_000, "a"), ev(100_000, "b")], 1),
+    "chain_child_and_b_at_one_time_is_one_alert": (
+        CHAIN.replace("gte: 2", "gte: 1") + corr("outer", TOP, "event_count", ["inner", "b"],
+                                                 ["Computer"], "5m", {"gte": 1}),
+        [ev(0, "b"), ev(0, "a")], 1),
     "chain_b_before_child_completes": (CHAIN + corr("outer", TOP, "temporal_ordered",
                                                     ["inner", "b"], ["Computer"], "5m", None),
                                        [ev(0, "a"), ev(10_000, "b"), ev(30_000, "a")], 0),

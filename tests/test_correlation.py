@@ -1912,6 +1912,8 @@ def _saved(tmp_path):
     (lambda d: d["events"][0].__setitem__(3, "x"), "bad event record"),      # ValueError
     (lambda d: d.update(nodes=[]), "no attribute 'items'"),                  # AttributeError
     (lambda d: d["events"].__setitem__(0, [1, 2]), "not enough values"),     # ValueError
+    # the first entry restores, the second names an event the file lacks: nothing half kept
+    (lambda d: next(iter(d["nodes"].values()))["groups"][0][1][1].__setitem__(3, 999), "999"),
 ])
 def test_a_damaged_state_file_starts_empty_and_says_why(tmp_path, damage, why):
     doc, rep = _saved(tmp_path)

@@ -1213,8 +1213,8 @@ def test_text_that_cannot_be_stored_is_an_error_of_the_call_not_damage(tmp_path)
     assert not Path(str(path) + ".damaged").exists()
 
 
-def test_a_lost_wal_is_reported_in_the_files_own_page_size(tmp_path, caplog):
-    path = tmp_path / "s.db"
+def _lose_the_wal_of_a_64k_page_spool(path) -> None:
+    """A spool file with 64 KiB pages, one alert committed to its WAL, and that WAL lost."""
     con = raw(path)
     con.execute("PRAGMA page_size=65536")
     con.execute("CREATE TABLE x (a)")
@@ -1224,6 +1224,11 @@ def test_a_lost_wal_is_reported_in_the_files_own_page_size(tmp_path, caplog):
     sp.put(alert(1))
     sp._close_connections()
     Path(str(path) + "-wal").unlink(missing_ok=True)
+
+
+def test_a_lost_wal_is_reported_in_the_files_own_page_size(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    _lose_the_wal_of_a_64k_page_spool(path)
     with caplog.at_level(logging.ERROR, logger="sensor.spool"):
         with Spool(path, owner=True, reserve_bytes=0) as sp2:
             assert sp2.wal_lost == {"at_risk_bytes": 32 * 65536}
@@ -2703,15 +2708,7 @@ def test_a_page_size_that_cannot_be_read_is_taken_as_sqlites_default_4096(tmp_pa
     # docs/delivery.md, "Faults": the bound of a lost WAL is 32 pages of the file's page size,
     # of 4,096 bytes (SQLite's default) when that size cannot be read
     path = tmp_path / "s.db"
-    con = raw(path)
-    con.execute("PRAGMA page_size=65536")
-    con.execute("CREATE TABLE x (a)")
-    con.commit()
-    con.close()
-    sp = Spool(path, owner=True, reserve_bytes=0)
-    sp.put(alert(1))
-    sp._close_connections()
-    Path(str(path) + "-wal").unlink(missing_ok=True)
+    _lose_the_wal_of_a_64k_page_spool(path)
     real = sqlite3.connect
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: real(*a, factory=_PageSizeUnreadable, **kw))
     with Spool(path, owner=True, reserve_bytes=0) as sp2:

@@ -2079,3 +2079,30 @@ def test_a_state_file_without_the_counters_restores_them_as_zero(tmp_path):
     assert eng.load_state(str(state))["restored"] is True
     per = eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]
     assert per["entries"] == 2 and per["alerts"] == 0 and per["evicted"] == 0
+
+
+@pytest.mark.parametrize("seq", [None, 1])
+def test_a_state_file_without_a_usable_next_number_still_counts_new_events_apart(tmp_path, seq):
+    # A state file is input: one that lost (or understates) its `seq` must not make a new event
+    # pass for a restored one (the count would stay 1 and the evidence lose an event).
+    rep = simple(tmp_path, "gte: 2")
+    rules = rep.rules
+    m = create(rules, "reference")
+    state = tmp_path / "state.json"
+    evs = [ProcessEvent(Image="C:\\a.exe", Computer="h", RecordId=str(i),
+                        UtcTime=utc(T0 + i * 1000)) for i in range(2)]
+    one = CorrelationEngine(rules, rep.correlations)
+    assert one.feed(evs[0], m.match(evs[0])) == [] and one.flush() == []
+    one.save_state(str(state))
+    doc = json.loads(state.read_text())
+    if seq is None:
+        del doc["seq"]
+    else:
+        doc["seq"] = seq
+    state.write_text(json.dumps(doc))
+    two = CorrelationEngine(rules, rep.correlations)
+    assert two.load_state(str(state))["restored"] is True
+    out = two.feed(evs[1], m.match(evs[1])) + two.flush()
+    from sensor.detect.correlate import event_id
+    assert [a["correlation"]["value"] for a in out] == [2]
+    assert sorted(out[0]["correlation"]["event_ids"]) == sorted(event_id(e) for e in evs)

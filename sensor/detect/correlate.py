@@ -1017,7 +1017,10 @@ class CorrelationEngine:
         self.now = doc.get("now")
         self.max_seen = doc.get("max_seen")
         self.floor = doc.get("floor")
-        nxt = int(doc.get("seq") or 1)
+        # A new event or child alert must not take the number of a restored one (the number is
+        # what tells one event in two slots from two events): a file without `seq`, or with one
+        # too small, still numbers new ones above everything it restored.
+        nxt = max([int(doc.get("seq") or 1)] + [s + 1 for s in evs] + [s + 1 for s in kids])
         self._seq = itertools.count(nxt)
         note = {"restored": True, "correlations": len(kept)}
         if dropped:

@@ -2106,3 +2106,58 @@ def test_a_state_file_without_a_usable_next_number_still_counts_new_events_apart
     from sensor.detect.correlate import event_id
     assert [a["correlation"]["value"] for a in out] == [2]
     assert sorted(out[0]["correlation"]["event_ids"]) == sorted(event_id(e) for e in evs)
+
+
+@pytest.mark.parametrize("ctype, cond, value", [("value_sum", "gte: 5", 5), ("value_avg", "gte: 5", 5),
+                                                ("value_count", "gte: 1", 1),
+                                                ("event_count", "gte: 1", 1)])
+def test_an_event_in_two_slots_keeps_its_value_when_the_cap_drops_one_of_its_entries(tmp_path, ctype,
+                                                                                    cond, value):
+    # One event in two slots is one event with one value; with max_state=1 the cap drops one of
+    # its two entries, the other keeps the event in the window, and with it the value.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="a.exe"), f"""
+        title: c
+        id: 10000000-0000-4000-8000-0000000000ce
+        correlation:
+            type: {ctype}
+            rules: [a, b]
+            group-by: [Computer]
+            timespan: 1m
+            condition: {{{cond}, field: bytes_sent}}""" if ctype != "event_count" else f"""
+        title: c
+        id: 10000000-0000-4000-8000-0000000000ce
+        correlation:
+            type: {ctype}
+            rules: [a, b]
+            group-by: [Computer]
+            timespan: 1m
+            condition: {{{cond}}}""")
+    assert not rep.rejected
+    _, alerts, eng = run(rep, [(0, {"Image": "C:\\a.exe", "Computer": "h", "bytes_sent": "5"})],
+                         max_state=1)
+    assert eng.stats()["entries"] == 1 and eng.stats()["evicted"] == 1
+    assert [a["correlation"]["value"] for a in alerts] == [value]
+
+
+def test_an_event_keeps_each_of_its_values_when_the_cap_drops_its_first_slot(tmp_path):
+    # Three slots read the value through aliases (x, y, x): the event's values are 5 and 7, once
+    # each. The cap drops its first entry; the other two still hold both values.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="a.exe"),
+                 stub(name="c", image="a.exe"), """
+        title: c
+        id: 10000000-0000-4000-8000-0000000000cf
+        correlation:
+            type: value_sum
+            rules: [a, b, c]
+            group-by: [Computer]
+            timespan: 1m
+            aliases:
+                v: {a: x, b: y, c: x}
+            condition: {gte: 1, field: v}""")
+    assert not rep.rejected
+    event = {"Image": "C:\\a.exe", "Computer": "h", "x": "5", "y": "7"}
+    _, alerts, eng = run(rep, [(0, event)])
+    assert [a["correlation"]["value"] for a in alerts] == [12]         # uncapped: 5 + 7
+    _, alerts, eng = run(rep, [(0, event)], max_state=2)
+    assert eng.stats()["entries"] == 2 and eng.stats()["evicted"] == 1
+    assert [a["correlation"]["value"] for a in alerts] == [12]

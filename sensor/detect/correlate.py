@@ -414,6 +414,14 @@ class _Node:
                 else:
                     del g.values[value]
             elif self.numeric and e[_AGG]:
+                # the same event may stay in the window through another slot with this value
+                # (an eviction dropped only part of it): that entry now carries its one value
+                i = g.lo
+                while i < len(entries) and entries[i][_SEQ] == e[_SEQ]:
+                    if entries[i][_VAL] == value:
+                        entries[i] = entries[i][:_AGG] + (True,)
+                        return
+                    i += 1
                 g.vcount -= 1
                 if g.sorted is None:
                     g.vsum -= _exact(value)

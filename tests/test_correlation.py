@@ -2161,3 +2161,60 @@ def test_an_event_keeps_each_of_its_values_when_the_cap_drops_its_first_slot(tmp
     _, alerts, eng = run(rep, [(0, event)], max_state=2)
     assert eng.stats()["entries"] == 2 and eng.stats()["evicted"] == 1
     assert [a["correlation"]["value"] for a in alerts] == [12]
+
+
+def _mixed_window(tmp_path, inners: int):
+    """outer counts a's events and the alerts of ``inners`` correlations over b (one per b event);
+    the inner alerts are kept (``generate: true``) to name them."""
+    docs = [stub(name="a", image="a.exe"), stub(name="b", image="b.exe")]
+    for i in range(inners):
+        docs.append(f"""
+        title: inner{i}
+        name: inner{i}
+        correlation: {{type: event_count, rules: [b], group-by: [Computer], timespan: 1s, condition: {{gte: 1}}}}
+        """)
+    refs = ", ".join([f"inner{i}" for i in range(inners)] + ["a"])
+    docs.append(f"""
+        title: outer
+        generate: true
+        correlation: {{type: event_count, rules: [{refs}], group-by: [Computer], timespan: 1m, condition: {{gte: 4}}}}
+        """)
+    return loaded(tmp_path, *docs)
+
+
+@pytest.mark.parametrize("inners, stream, events, kids", [
+    # newest first: a, a (event_ids full), child of b@2000 (its id fits, its event does not):
+    # the listing stops there; the older child is not listed
+    (1, [("b", 0), ("b", 2000), ("a", 4000), ("a", 6000)], [6000, 4000], [2000]),
+    # newest first: a, a (full), a (does not fit): the listing stops; the child is not listed
+    (1, [("b", 0), ("a", 2000), ("a", 4000), ("a", 6000)], [6000, 4000], []),
+    # three children of one b event, then an older a: alert_ids is full at the third child, and
+    # the listing stops there though event_ids has room
+    (3, [("a", 0), ("b", 10)], [10], None),
+])
+def test_evidence_of_a_mixed_window_is_its_newest_part_up_to_the_first_that_does_not_fit(
+        tmp_path, inners, stream, events, kids):
+    # event_ids and alert_ids (at most max_evidence each) list the newest contributions, newest
+    # first, and stop at the first event or child alert that does not fit: both lists describe
+    # the same newest part of the window, and evidence_truncated says more contributed.
+    rep = _mixed_window(tmp_path, inners)
+    assert not rep.rejected
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations, max_evidence=2)
+    from sensor.detect.correlate import event_id
+    evs, out = {}, []
+    for name, t in stream:
+        e = ProcessEvent(Image=f"C:\\{name}.exe", Computer="h", UtcTime=utc(T0 + t))
+        evs[t] = event_id(e)
+        out += eng.feed(e, m.match(e))
+    out += eng.flush()
+    (c,) = [a["correlation"] for a in out if a["rule"]["title"] == "outer"]
+    assert c["value"] == 4 and c["evidence_truncated"] is True
+    assert sorted(c["event_ids"]) == sorted(evs[t] for t in events)
+    if kids is None:
+        assert len(c["alert_ids"]) == 2
+    else:
+        from sensor.detect.correlate import parse_time_ms as ms
+        inner = {ms(a["event_time"]) - T0: a["id"] for a in out if a["rule"]["title"] == "inner0"}
+        assert sorted(inner) == [t for name, t in stream if name == "b"]
+        assert sorted(c["alert_ids"]) == sorted(inner[t] for t in kids)

@@ -2218,3 +2218,41 @@ def test_evidence_of_a_mixed_window_is_its_newest_part_up_to_the_first_that_does
         inner = {ms(a["event_time"]) - T0: a["id"] for a in out if a["rule"]["title"] == "inner0"}
         assert sorted(inner) == [t for name, t in stream if name == "b"]
         assert sorted(c["alert_ids"]) == sorted(inner[t] for t in kids)
+
+
+def test_a_child_alert_costs_64_bytes_per_child_alert_id_it_lists(tmp_path):
+    # i counts a's events, m counts i's alerts, o counts m's alerts, all grouped by Computer.
+    # i's alert (in m's window) and m's alert (in o's window) keep the same event, group and
+    # anchor; m's also lists i's alert id: o's one entry costs 64 bytes more than m's.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: i
+        name: i
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: m
+        name: m
+        correlation: {type: event_count, rules: [i], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: o
+        correlation: {type: event_count, rules: [m], group-by: [Computer], timespan: 1m, condition: {gte: 2}}
+        """)
+    assert not rep.rejected
+    m = create(rep.rules, "reference")
+    e = ProcessEvent(Image="C:\\a.exe", Computer="h", CommandLine="x" * 100, UtcTime=utc(T0))
+
+    def engine(cap_bytes=None):
+        eng = CorrelationEngine(rep.rules, rep.correlations,
+                                **({} if cap_bytes is None else {"max_state_mb": cap_bytes / (1 << 20)}))
+        eng.feed(e, m.match(e))
+        eng.flush()
+        return eng, {n.corr.title: n for n in eng.nodes}
+
+    _, nodes = engine()
+    mid, out = nodes["m"].bytes, nodes["o"].bytes
+    assert nodes["m"].total == nodes["o"].total == 1
+    assert out - mid == 64
+    # a cap of exactly o's estimate keeps its entry; a byte less drops it (and only it)
+    eng, nodes = engine(mid + 64)
+    assert eng.stats()["evicted"] == 0 and nodes["o"].total == 1
+    eng, nodes = engine(mid + 63)
+    assert nodes["o"].evicted == 1 and nodes["o"].total == 0 and nodes["m"].total == 1

@@ -2256,3 +2256,31 @@ def test_a_child_alert_costs_64_bytes_per_child_alert_id_it_lists(tmp_path):
     assert eng.stats()["evicted"] == 0 and nodes["o"].total == 1
     eng, nodes = engine(mid + 63)
     assert nodes["o"].evicted == 1 and nodes["o"].total == 0 and nodes["m"].total == 1
+
+
+def test_a_group_whose_window_emptied_is_forgotten_at_the_next_sweep_every_256_evaluations(tmp_path):
+    # The windows are evaluated at each event time as time moves past it; every 256th
+    # evaluation (counted from the start) sweeps: a group whose window emptied is forgotten then,
+    # and the status counts it under `groups` until then. A group whose last event is exactly
+    # `timespan` before the swept time is still in its window and stays.
+    rep = simple(tmp_path, "gte: 100000")
+    m = create(rep.rules, "reference")
+    eng = CorrelationEngine(rep.rules, rep.correlations)        # lateness 0
+    cid = "10000000-0000-4000-8000-0000000000cc"
+
+    def feed(host, t):
+        e = ProcessEvent(Image="C:\\a.exe", Computer=host, UtcTime=utc(T0 + t))
+        assert eng.feed(e, m.match(e)) == []
+        return eng.stats()["by_correlation"][cid]["groups"]
+
+    # distinct times 1..256: h1 at 0, then h2 up to 60,000 (one minute after h1)
+    times = [0] + [60_000 - 254 + i for i in range(255)]
+    assert feed("h1", times[0]) == 1
+    for t in times[1:]:
+        assert feed("h2", t) == 2
+    # the 257th time makes time move past the 256th (60,000): the sweep keeps h1, whose event
+    # is exactly one timespan before it; nothing is swept again until the 512th evaluation
+    for t in range(60_001, 60_001 + 256):
+        assert feed("h2", t) == 2, t
+    # the 513th time: the 512th evaluation sweeps, h1's window is empty and it goes
+    assert feed("h2", 60_001 + 256) == 1

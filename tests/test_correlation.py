@@ -2161,6 +2161,10 @@ def test_an_event_keeps_each_of_its_values_when_the_cap_drops_its_first_slot(tmp
     _, alerts, eng = run(rep, [(0, event)], max_state=2)
     assert eng.stats()["entries"] == 2 and eng.stats()["evicted"] == 1
     assert [a["correlation"]["value"] for a in alerts] == [12]
+    # with one entry left (c's, read from x) the event counts with that slot's value only
+    _, alerts, eng = run(rep, [(0, event)], max_state=1)
+    assert eng.stats()["entries"] == 1 and eng.stats()["evicted"] == 2
+    assert [a["correlation"]["value"] for a in alerts] == [5]
 
 
 def _mixed_window(tmp_path, inners: int):

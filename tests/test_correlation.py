@@ -2288,3 +2288,31 @@ def test_a_group_whose_window_emptied_is_forgotten_at_the_next_sweep_every_256_e
         assert feed("h2", t) == 2, t
     # the 513th time: the 512th evaluation sweeps, h1's window is empty and it goes
     assert feed("h2", 60_001 + 256) == 1
+
+
+def test_a_child_alert_counts_the_fields_its_alert_shows_not_the_events_message(tmp_path):
+    # The anchor fields an alert shows (HOSTNAME, COMMANDLINE, ..., event) come from the event
+    # that completed the window; MESSAGE says what was counted. A child alert kept in its
+    # parent's window counts what it shows: two events that differ only in ProcessId (in the
+    # event's own message, not shown) cost the same.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), """
+        title: i
+        name: i
+        correlation: {type: event_count, rules: [a], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: m
+        correlation: {type: event_count, rules: [i], group-by: [Computer], timespan: 1m, condition: {gte: 2}}
+        """)
+    assert not rep.rejected
+    m = create(rep.rules, "reference")
+    sizes = []
+    for pid in ("1", "4" * 40):
+        e = ProcessEvent(Image="C:\\a.exe", Computer="h", CommandLine="x", ProcessId=pid,
+                         UtcTime=utc(T0))
+        eng = CorrelationEngine(rep.rules, rep.correlations)
+        eng.feed(e, m.match(e))
+        eng.flush()
+        (node,) = [n for n in eng.nodes if n.corr.title == "m"]
+        assert node.total == 1
+        sizes.append(node.bytes)
+    assert sizes[0] == sizes[1]

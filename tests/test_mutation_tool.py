@@ -385,3 +385,22 @@ def test_the_weekly_workflow_runs_every_mapped_module():
     workflow = (ROOT / ".github" / "workflows" / "mutation.yml").read_text()
     scheduled = set(re.findall(r"module: (sensor/\S+\.py)", workflow))
     assert scheduled == modules, (modules - scheduled, scheduled - modules)
+
+
+def test_an_entry_for_a_removed_line_says_so_and_matches_that_mutant_only(tmp_path, monkeypatch):
+    import pytest
+    tool = _tool()
+    head = 'module = "m.py"\nline = "@cache def f(x):"\nreason = "a cache of a pure function"\n'
+    path = tmp_path / "eq.toml"
+    monkeypatch.setattr(tool, "EQUIVALENTS", path)
+    # an empty mutant is a forgotten one unless the entry says the mutation deletes the line
+    for body in ('mutant = ""\n', 'mutant = ""\nremoved = false\n', 'mutant = "def f(x):"\nremoved = true\n'):
+        path.write_text("[[equivalent]]\n" + head + body)
+        with pytest.raises(SystemExit):
+            tool.load_equivalents()
+    path.write_text("[[equivalent]]\n" + head + 'mutant = ""\nremoved = true\n')
+    entries = tool.load_equivalents()
+    ms = [tool.Mutant("RemoveDecorator#0", "RemoveDecorator", 0, 3, "@cache def f(x):", "", "survived"),
+          tool.Mutant("X#0", "X", 0, 3, "@cache def f(x):", "def f(x):", "survived")]
+    assert tool.mark_equivalents("m.py", ms, entries) == {0}
+    assert [m.outcome for m in ms] == ["equivalent", "survived"]

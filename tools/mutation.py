@@ -357,7 +357,11 @@ def load_equivalents() -> list[dict]:
     data = tomllib.loads(EQUIVALENTS.read_text(encoding="utf-8"))
     entries = data.get("equivalent", [])
     for e in entries:
+        if "removed" in e and (e["removed"] is not True or e.get("mutant") != ""):
+            raise SystemExit(f"{EQUIVALENTS}: `removed = true` goes with `mutant = \"\"` only: {e}")
         for key in ("module", "line", "mutant", "reason"):
+            if key == "mutant" and e.get("removed") is True:
+                continue    # the mutation deletes the line (a removed decorator): nothing is left
             if not str(e.get(key, "")).strip():
                 raise SystemExit(f"{EQUIVALENTS}: an entry lacks {key!r}: {e}")
     return entries

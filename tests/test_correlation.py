@@ -2316,3 +2316,25 @@ def test_a_child_alert_counts_the_fields_its_alert_shows_not_the_events_message(
         assert node.total == 1
         sizes.append(node.bytes)
     assert sizes[0] == sizes[1]
+
+
+def test_a_correlation_reads_techniques_from_its_tags_as_a_rule_does(tmp_path):
+    # rule.mitre is the same for a correlation as for a rule with the same tags (docs/delivery.md
+    # maps both to threat.technique): `attack.t` and a digit, whatever follows
+    tags = "[attack.t1059.001, attack.t1a, attack.t1, attack.t2.x, attack.tx, attack.execution]"
+    rep = loaded(tmp_path, f"""
+        title: a
+        name: a
+        tags: {tags}
+        logsource: {{category: process_creation, product: windows}}
+        detection: {{selection: {{Image|endswith: '\\a.exe'}}, condition: selection}}
+        """, f"""
+        title: c
+        tags: {tags}
+        correlation: {{type: event_count, rules: [a], timespan: 1m, condition: {{gte: 2}}}}
+        """)
+    assert not rep.rejected
+    (rule,) = rep.rules
+    _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
+    assert alerts[0]["rule"]["mitre"] == rule.mitre_techniques
+    assert "T1059.001" in rule.mitre_techniques and "TX" not in rule.mitre_techniques

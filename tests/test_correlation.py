@@ -2338,3 +2338,34 @@ def test_a_correlation_reads_techniques_from_its_tags_as_a_rule_does(tmp_path):
     _, alerts, _ = run(rep, [(0, {"Image": "C:\\a.exe"}), (1, {"Image": "C:\\a.exe"})])
     assert alerts[0]["rule"]["mitre"] == rule.mitre_techniques
     assert "T1059.001" in rule.mitre_techniques and "TX" not in rule.mitre_techniques
+
+
+def test_a_restored_child_alert_is_not_taken_for_a_new_event(tmp_path):
+    # outer counts b's child alerts (through inner) and a's events. The saved window holds one
+    # child alert, numbered after its evidence event; a state file without `seq` must still
+    # count a new a event as a second contribution.
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"), stub(name="b", image="b.exe"), """
+        title: inner
+        name: inner
+        correlation: {type: event_count, rules: [b], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: outer
+        correlation: {type: event_count, rules: [inner, a], group-by: [Computer], timespan: 1m, condition: {gte: 2}}
+        """)
+    assert not rep.rejected
+    m = create(rep.rules, "reference")
+    state = tmp_path / "state.json"
+    b = ProcessEvent(Image="C:\\b.exe", Computer="h", UtcTime=utc(T0))
+    a = ProcessEvent(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0 + 1000))
+    one = CorrelationEngine(rep.rules, rep.correlations)
+    assert one.feed(b, m.match(b)) + one.flush() == []
+    one.save_state(str(state))
+    doc = json.loads(state.read_text())
+    assert doc["children"]
+    del doc["seq"]
+    state.write_text(json.dumps(doc))
+    two = CorrelationEngine(rep.rules, rep.correlations)
+    assert two.load_state(str(state))["restored"] is True
+    out = two.feed(a, m.match(a)) + two.flush()
+    (c,) = [x["correlation"] for x in out if x["rule"]["title"] == "outer"]
+    assert c["value"] == 2 and len(c["alert_ids"]) == 1

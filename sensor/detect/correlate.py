@@ -1026,10 +1026,9 @@ class CorrelationEngine:
         self.max_seen = doc.get("max_seen")
         self.floor = doc.get("floor")
         # A new event or child alert must not take the number of a restored one (the number is
-        # what tells one event in two slots from two events): a file without `seq`, or with one
-        # too small, still numbers new ones above everything it restored.
-        nxt = max([int(doc.get("seq") or 1)] + [s + 1 for s in evs] + [s + 1 for s in kids])
-        self._seq = itertools.count(nxt)
+        # what tells one event in two slots from two events): new ones are numbered above
+        # everything restored, whatever the file's `seq` says (a number nothing holds is free).
+        self._seq = itertools.count(max([*evs, *kids], default=0) + 1)
         note = {"restored": True, "correlations": len(kept)}
         if dropped:
             note["discarded"] = dropped

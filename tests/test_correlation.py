@@ -2369,3 +2369,26 @@ def test_a_restored_child_alert_is_not_taken_for_a_new_event(tmp_path):
     out = two.feed(a, m.match(a)) + two.flush()
     (c,) = [x["correlation"] for x in out if x["rule"]["title"] == "outer"]
     assert c["value"] == 2 and len(c["alert_ids"]) == 1
+
+
+def test_an_event_that_counted_nowhere_is_let_go_once_its_time_is_evaluated(tmp_path):
+    # The engine holds a matched event whole only until its time is evaluated (then its windows
+    # keep the fields they need). One without the group-by field counts nowhere (it is counted
+    # under missing_group_key) and is let go as well, once time moves past it.
+    import weakref
+
+    class Event(dict):          # a mapping that can be watched (ProcessEvent has no weak refs)
+        pass
+
+    rep = simple(tmp_path, "gte: 2", group_by="[User]")
+    (i,) = range(len(rep.rules))
+    eng = CorrelationEngine(rep.rules, rep.correlations)        # lateness 0
+    e = Event(Image="C:\\a.exe", Computer="h", UtcTime=utc(T0))  # no User
+    gone = weakref.ref(e)
+    assert eng.feed(e, [i]) == []
+    del e
+    # a later event that no referenced rule matched moves time past the first one
+    assert eng.feed(Event(Image="C:\\z.exe", UtcTime=utc(T0 + 1)), []) == []
+    gc.collect()
+    assert gone() is None
+    assert eng.stats()["by_correlation"]["10000000-0000-4000-8000-0000000000cc"]["missing_group_key"] == 1

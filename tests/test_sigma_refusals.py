@@ -952,6 +952,7 @@ def test_a_list_or_mapping_as_a_key_is_refused_at_its_line(key):
     ("description", "[d]", "description must be a string"),
     ("id", "5", "identifier must be an UUID"),
     ("id", "[5f2c7d9a-0000-4000-8000-0000000000aa]", "identifier must be an UUID"),
+    ("id", "not-a-uuid", "identifier must be an UUID"),          # text, yet no UUID: pySigma's words
 ])
 def test_a_rule_attribute_of_the_wrong_kind_is_refused_at_its_key(attribute, value, words):
     # README: a malformed rule names its file and line; the line is the attribute's (an id that
@@ -961,3 +962,20 @@ def test_a_rule_attribute_of_the_wrong_kind_is_refused_at_its_key(attribute, val
     text = "\n".join(lines) + "\ndetection:\n    sel:\n        Image|endswith: '\\x.exe'\n    condition: sel\n"
     p = _rejected(text)
     assert p.line == 2 and words in p.reason, (p.line, p.reason)
+
+
+def test_a_rule_refused_for_its_id_leaves_the_next_document_of_its_file_to_load():
+    text = HEAD.replace("id: 5f2c7d9a-0000-4000-8000-0000000000aa", "id: 7") + \
+        "detection:\n    sel:\n        Image|endswith: '\\x.exe'\n    condition: sel\n---\n" + \
+        HEAD + "detection:\n    sel:\n        Image|endswith: '\\y.exe'\n    condition: sel\n"
+    res = load_sigma_text(text, "t.yml")
+    assert [p.line for p in res.rejected] == [2] and len(res.rules) == 1
+
+
+def test_a_bad_log_source_in_an_indented_document_is_refused_at_its_line():
+    # YAML lets a whole document sit indented; the log source's error is still placed at its key
+    text = "".join("  " + line + "\n" for line in (
+        "title: Test Rule", "logsource: [a]", "detection:", "    sel:",
+        "        Image|endswith: 'x.exe'", "    condition: sel"))
+    p = _rejected(text)
+    assert p.line == 2 and "logsource" in p.reason, (p.line, p.reason)

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from sensor.deliver import spool as spool_mod
-from sensor.deliver.spool import (MAX_NESTING, Spool, SpooledAlert, SpoolDamaged, SpoolError, SpoolFull,
+from sensor.deliver.spool import (Spool, SpooledAlert, SpoolDamaged, SpoolError, SpoolFull,
                                   SpoolRowError, row_crc)
 
 from .conftest import fill
@@ -328,12 +328,28 @@ def test_an_alert_json_cannot_hold_is_stored_repaired_and_its_batch_with_it(tmp_
     while isinstance(level, (dict, list)):
         level = level["event"] if depth == 0 else level["args"] if depth == 1 else level[0]
         depth += 1
-    assert level == f"(nested deeper than {MAX_NESTING} levels: left out)" and depth == MAX_NESTING
+    # docs/delivery.md: "nesting past 64 levels replaced by a note"
+    assert level == "(nested deeper than 64 levels: left out)" and depth == 64
     # a value whose text raises: the rest of the alert kept, the value a note
     assert got["odd"] == {"id": "odd", "event": {"CommandLine": "y", "obj": "(cannot be written: RuntimeError)"}}
     # one that cannot be walked at all: its id and the reason
     assert got["unreadable"]["id"] == "unreadable" and "could not read" in got["unreadable"]["error"]
     assert "alert deep: stored with what JSON cannot hold replaced (RecursionError)" in caplog.text
+
+
+class _LongText:
+    def __str__(self):
+        return "".join(chr(ord("a") + i % 26) for i in range(5000))
+
+
+def test_a_value_stored_as_its_text_is_cut_to_4096_characters(tmp_path):
+    # _storable: a value of a type JSON has no place for, in an alert that must be repaired, is
+    # stored as its text, at most 4,096 characters (its beginning)
+    text = str(_LongText())
+    with Spool(tmp_path / "s.db") as sp:
+        assert sp.put({"id": "long", "args": _nested(5000), "obj": _LongText()}) is True
+        got = sp.fetch(1)[0].decode()
+    assert got["obj"] == text[:4096]
 
 
 def test_a_lone_surrogate_is_repaired_without_a_warning(tmp_path, caplog):

@@ -352,6 +352,36 @@ def test_a_value_stored_as_its_text_is_cut_to_4096_characters(tmp_path):
     assert got["obj"] == text[:4096]
 
 
+class _OutOfMemory:
+    """A value whose text cannot be made: the process is short of memory (``times`` times)."""
+    def __init__(self, times: int = 1_000_000):
+        self.times = times
+
+    def __str__(self):
+        if self.times > 0:
+            self.times -= 1
+            raise MemoryError
+        return "fine"
+
+
+@pytest.mark.parametrize("make", [
+    # short of memory while the alert is repaired (its first encoding failed on the nesting)
+    lambda: {"id": "oom", "args": _nested(5000), "obj": _OutOfMemory()},
+    # short of memory at the first encoding only: a repair must not be tried in its place
+    lambda: {"id": "oom", "obj": _OutOfMemory(times=1)},
+], ids=["while-repairing", "at-first-encoding"])
+def test_memory_error_while_encoding_is_not_the_alerts_fault(tmp_path, make):
+    # docs/delivery.md: MemoryError is not the alert's fault: put_many raises it and stores
+    # nothing of that call (never a repaired or id-only row in the alert's place)
+    with Spool(tmp_path / "s.db") as sp:
+        with pytest.raises(MemoryError):
+            sp.put_many([alert(0), make(), alert(1)])
+        assert sp.fetch(10) == []
+        assert sp.stats()["written"] == 0
+        assert sp.put_many([alert(0), alert(1)]) == 2   # and the spool goes on
+        assert [it.alert_id for it in sp.fetch(10)] == [alert(0)["id"], alert(1)["id"]]
+
+
 def test_a_lone_surrogate_is_repaired_without_a_warning(tmp_path, caplog):
     # a lone surrogate is the documented, ordinary repair: no log line per alert (a command line
     # chosen to hold one must not flood the log)

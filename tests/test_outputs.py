@@ -1345,3 +1345,84 @@ def test_ecs_caches_are_bounded_and_shared_by_the_alerts_of_one_event():
     ecs_mod._EVENT_CACHE.clear()
     first, second = ecs_mod._event_part(ev), ecs_mod._event_part(other)
     assert ecs_mod._event_part(dict(ev)) is first and ecs_mod._event_part(dict(other)) is second
+
+
+# -- the TLS policy's own promises (docs/delivery.md "TLS and secrets") ----------------------------
+
+def test_a_pin_may_carry_a_sha256_prefix_and_colons():
+    from sensor.deliver.tls import TLSConfig
+    hexpin = hashlib.sha256(b"leaf").hexdigest()
+    colons = ":".join(hexpin[i:i + 2] for i in range(0, 64, 2)).upper()
+    for given in (hexpin, "sha256/" + hexpin, "sha256=" + hexpin, "SHA256/" + colons, "sha256=" + colons):
+        assert TLSConfig.from_options({"pin_sha256": given}).pin_sha256 == hexpin, given
+    for wrong in ("sha256/" + hexpin[:-1], "sha256:" + hexpin[:-2] + "x", "sha1/" + hexpin):
+        with pytest.raises(ConfigError, match="^pin_sha256 must be 64 hex digits"):
+            TLSConfig.from_options({"pin_sha256": wrong})
+
+
+def test_verification_is_on_unless_asked_and_a_built_policy_cannot_be_changed():
+    import dataclasses
+    from sensor.deliver.tls import TLSConfig
+    for cfg in (TLSConfig(), TLSConfig.from_options({})):
+        assert cfg.insecure_skip_verify is False
+        ctx = cfg.ssl_context()
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        # from_options checked it (files exist, client_key has its client_cert): it stays so
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.insecure_skip_verify = True  # type: ignore[misc]
+    assert TLSConfig.from_options({"insecure_skip_verify": True}).ssl_context().verify_mode == ssl.CERT_NONE
+
+
+def test_a_ca_file_or_client_certificate_that_cannot_be_loaded_is_a_configuration_error(tmp_path):
+    from sensor.deliver.tls import TLSConfig
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    gone = tmp_path / "gone.pem"
+    gone.write_text("x")
+    for key, path in (("ca_file", junk), ("client_cert", junk), ("ca_file", gone), ("client_cert", gone)):
+        cfg = TLSConfig.from_options({key: str(path)})
+        if path == gone:
+            gone.unlink()   # removed after the options were checked, before the context is built
+        with pytest.raises(ConfigError, match=f"^{key}: cannot load {path}"):
+            cfg.ssl_context()
+        gone.write_text("x")
+
+
+def test_secrets_are_equal_only_to_the_same_secret():
+    assert Secret("hunter2") == Secret("hunter2")
+    assert Secret("hunter2") != Secret("hunter3") and Secret("a") != Secret("")
+    assert Secret("hunter2") != "hunter2" and "hunter2" != Secret("hunter2")
+
+
+def test_the_insecure_warning_names_the_pin_only_when_one_is_set(caplog):
+    from sensor.deliver.tls import TLSConfig
+    with caplog.at_level(logging.WARNING):
+        TLSConfig(insecure_skip_verify=True).warn_if_insecure("https://h.example/x")
+    assert "verification is DISABLED" in caplog.text and "pin" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        TLSConfig(insecure_skip_verify=True, pin_sha256="ab" * 32).warn_if_insecure("https://h.example/x")
+    assert "only the SHA-256 pin protects it" in caplog.text
+
+
+def test_a_pin_mismatch_says_which_certificate_the_server_presented(receiver):
+    out = build_output(opts(receiver, pin_sha256="ab" * 32))
+    res = out.send_batch(ALERTS[:1])
+    out.close()
+    assert res.outcome == PARK
+    assert f"pin mismatch: server presented sha256 {receiver.cert_sha256}" in res.error
+
+
+def test_an_unreadable_secret_file_or_output_file_says_why_in_the_system_s_words(tmp_path):
+    import errno
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError) as caught:
+        load_secret({"token_file": str(missing)}, "token")
+    assert str(caught.value) == f"token_file: cannot read {missing}: {os.strerror(errno.ENOENT)}"
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    out = build_output({"format": "jsonl", "path": str(folder)})
+    res = out.send_batch(ALERTS[:1])
+    out.close()
+    assert res.outcome == RETRY
+    assert res.error == f"cannot write {folder}: {os.strerror(errno.EISDIR)}"

@@ -1259,6 +1259,21 @@ def test_text_that_cannot_be_stored_is_an_error_of_the_call_not_damage(tmp_path)
     assert not Path(str(path) + ".damaged").exists()
 
 
+def _refused_after_one_try(sp, item) -> None:
+    """A dead letter the full disk refuses raises SpoolFull after one attempt, not a loop of them."""
+    tries: list = []
+    real = sp._dead_letter
+
+    def counted(items):
+        tries.append(1)
+        return real(items)
+
+    sp._dead_letter = counted
+    with pytest.raises(SpoolFull):
+        sp.dead_letter([(item.rowid, "rejected", 400)])
+    assert len(tries) == 1
+
+
 def _lose_the_wal_of_a_64k_page_spool(path) -> None:
     """A spool file with 64 KiB pages, one alert committed to its WAL, and that WAL lost."""
     con = raw(path)
@@ -2003,17 +2018,7 @@ def test_a_dead_letter_the_full_disk_refuses_is_not_tried_again_when_nothing_was
     # docs/delivery.md, "Failure handling": the full disk is not asked twice in a row; an empty
     # reserve file frees nothing, and a checkpoint a reader blocks frees nothing either
     with _one_fetched_alert_on_a_full_disk(volume, lambda p: p.write_bytes(b"")) as (sp, item):  # a reserve of 0 bytes
-        tries: list = []
-        real = sp._dead_letter
-
-        def counted(items):
-            tries.append(1)
-            return real(items)
-
-        sp._dead_letter = counted
-        with pytest.raises(SpoolFull):
-            sp.dead_letter([(item.rowid, "rejected", 400)])
-        assert len(tries) == 1
+        _refused_after_one_try(sp, item)
 
 
 def test_on_a_full_disk_new_alerts_replace_the_oldest_rather_than_wait_in_memory(volume):
@@ -2810,17 +2815,7 @@ def test_a_dead_letter_is_not_tried_again_when_a_reader_keeps_the_checkpoint_fro
         sp.put_many([alert(100 + i, pad=3000) for i in range(5)])   # after the reader's snapshot
         filler = fill(vol)
         try:
-            tries: list = []
-            real = sp._dead_letter
-
-            def counted(items):
-                tries.append(1)
-                return real(items)
-
-            sp._dead_letter = counted
-            with pytest.raises(SpoolFull):
-                sp.dead_letter([(item.rowid, "rejected", 400)])
-            assert len(tries) == 1
+            _refused_after_one_try(sp, item)
         finally:
             pin.rollback()
             pin.close()

@@ -84,3 +84,99 @@ def test_throttle_off():
     t = Throttle(0)
     e = ev(Image="a")
     assert all(t.allow("r", e) for _ in range(5))
+
+
+def test_exclusion_without_rules_applies_to_every_rule():
+    # `rules` empty means every rule (an exclusion without rules is a process exclusion).
+    assert Exclusion(fields={"image": "*"}).applies_to(RULE_A)
+    assert Exclusion(rules=["rule-*"], fields={"image": "*"}).applies_to(RULE_A)
+    assert not Exclusion(rules=["other"], fields={"image": "*"}).applies_to(RULE_A)
+
+
+def test_compiled_exclusion_is_named_after_its_entry():
+    # The IR rule an exclusion compiles to carries the exclusion's name; an unnamed one is
+    # still named, after its position.
+    assert Exclusion(name="sccm", fields={"image": "*"}).to_rule(0).title == "sccm"
+    title = Exclusion(fields={"image": "*"}).to_rule(3).title
+    assert title and "3" in title
+
+
+def _throttled(t, rule, e, times):
+    return [t.allow(rule, e) for _ in range(times)]
+
+
+def test_throttle_window_edges():
+    # A repeat counts as the same alert within `window` seconds of the first one; at exactly
+    # `window` seconds the window has closed: flush reports it and the alert is raised again.
+    now = [1000.0]
+    t = Throttle(60, clock=lambda: now[0])
+    e = ev(Image="C:\\x.exe", CommandLine="x", User="u", Computer="h")
+    assert _throttled(t, "r", e, 3) == [True, False, False]
+    now[0] = 1059.5
+    assert t.flush() == []                                # window still open: nothing closed
+    assert not t.allow("r", e)                            # and a repeat still suppressed
+    now[0] = 1060.0
+    assert t.flush() == [{"rule": "r", "suppressed": 3, "window_s": 60.0}]
+    assert t.allow("r", e)
+
+
+def test_throttle_window_below_one_second():
+    # Any window above 0 throttles (the config allows fractions of a second).
+    now = [5.0]
+    t = Throttle(0.5, clock=lambda: now[0])
+    e = ev(Image="a")
+    assert _throttled(t, "r", e, 2) == [True, False]
+    now[0] = 5.5
+    assert t.allow("r", e)
+
+
+def test_closed_window_reported_once_when_the_alert_returns():
+    # A window closes when the same alert comes back after it, even before a flush: its
+    # suppressions are reported once, under the rule, and a window without repeats reports nothing.
+    now = [0.0]
+    t = Throttle(10, clock=lambda: now[0])
+    e, quiet = ev(Image="a", CommandLine="1"), ev(Image="b", CommandLine="2")
+    assert _throttled(t, "rule-x", e, 3) == [True, False, False]
+    assert t.allow("rule-y", quiet)
+    now[0] = 20.0
+    assert t.allow("rule-x", e) and t.allow("rule-y", quiet)
+    assert t.flush() == [{"rule": "rule-x", "suppressed": 2, "window_s": 10.0}]
+    now[0] = 40.0
+    assert t.flush() == []
+
+
+def test_throttle_forgets_the_oldest_keys_beyond_max_keys():
+    # Memory is bounded: beyond max_keys open windows the oldest is forgotten, so its next
+    # repeat raises an alert again (never a lost alert); the others stay throttled.
+    now = [0.0]
+    t = Throttle(60, clock=lambda: now[0], max_keys=2)
+    a, b, c = ev(Image="a"), ev(Image="b"), ev(Image="c")
+    assert t.allow("r", a) and t.allow("r", b) and t.allow("r", c)
+    assert not t.allow("r", c)
+    assert not t.allow("r", b)
+    assert t.allow("r", a)
+
+
+def test_throttle_default_bound_is_100000_keys():
+    # README: the throttle remembers at most 100,000 open windows; then the oldest is forgotten.
+    t = Throttle(60, clock=lambda: 0.0)
+    for i in range(100_001):
+        assert t.allow("r", {"Image": str(i)})
+    assert not t.allow("r", {"Image": "1"})              # the second oldest is still known
+    assert t.allow("r", {"Image": "0"})                  # the oldest was forgotten
+
+
+def test_widened_window_applies_to_open_windows():
+    # A live reload can widen the window of a running throttle; an alert first seen 75 s ago is
+    # then still inside a 120 s window, whatever the table did in between.
+    now = [0.0]
+    t = Throttle(60, clock=lambda: now[0], max_keys=2)
+    a, b = ev(Image="a"), ev(Image="b")
+    assert _throttled(t, "r", a, 2) == [True, False]
+    now[0] = 70.0
+    assert t.allow("r", b)
+    t.window = 120.0
+    now[0] = 75.0
+    assert not t.allow("r", a)
+    now[0] = 120.0
+    assert t.flush() == [{"rule": "r", "suppressed": 2, "window_s": 120.0}]

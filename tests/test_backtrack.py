@@ -158,6 +158,20 @@ def test_a_budget_of_n_steps_allows_exactly_n_instructions():
         BudgetRegex("", budget=0).search("")
 
 
+def test_a_required_iteration_counts_every_instruction_of_its_loop():
+    # "a{2}" compiles to: reset the loop, then per iteration test the count, start the
+    # iteration, test the character, count it and jump back; then the count test leaves the
+    # loop and the match instruction ends. On "aa" that is 1 + 2 * 5 + 1 + 1 = 13 steps: a
+    # required iteration runs its start instruction too (it only records nothing), so 13 is
+    # the least budget that finds the match
+    assert BudgetRegex("a{2}", budget=13).search("aa") is True
+    with pytest.raises(BudgetExceeded):
+        BudgetRegex("a{2}", budget=12).search("aa")
+    # two characters per iteration: two steps more
+    assert BudgetRegex("(?:ab){2}", budget=15).search("abab") is True
+    with pytest.raises(BudgetExceeded):
+        BudgetRegex("(?:ab){2}", budget=14).search("abab")
+
 def test_each_regex_may_need_up_to_the_bound_of_character_set_scans():
     # a case-insensitive non-ASCII literal needs a scan of the code points; a regex may need
     # MAX_SCANS_PER_REGEX of them (each regex on its own: the count starts again), one more is

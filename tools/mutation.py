@@ -168,7 +168,8 @@ MODULES: dict[str, list[str]] = {
     "sensor/detect/placeholders.py": ["tests/test_placeholders.py"],
     "sensor/detect/charsets.py": ["tests/test_regex.py", "tests/test_backtrack.py",
                                   "tests/test_sigma_modifiers_spec.py"],
-    "sensor/detect/metarules.py": ["tests/test_correlation.py", "tests/test_sigma_filters.py"],
+    "sensor/detect/metarules.py": ["tests/test_correlation.py", "tests/test_sigma_filters.py",
+                                   "tests/test_metarules.py"],
     "sensor/detect/noise.py": ["tests/test_noise.py", "tests/test_sigma_filters.py", "tests/test_pipeline.py"],
 }
 

@@ -453,6 +453,161 @@ def test_cycles_and_self_references_are_refused(tmp_path):
     assert "cycle" in reasons and "itself" in reasons and reasons.count("[correlation") == 4
 
 
+@pytest.mark.parametrize("first, why", [
+    ("nope", "'nope' names no loaded rule"),
+    ("dup", "'dup' is ambiguous"),
+    ("linux", "'linux' names a rule that is not applicable"),
+    ("bad_rule", "'bad_rule' names a rule that is rejected"),
+    ("self", "'self' names the correlation itself"),
+])
+def test_a_correlation_with_several_bad_references_is_refused_for_the_first(tmp_path, first, why):
+    # pySigma resolves `rules:` in order and stops at the first reference it cannot use;
+    # the reason is that one, and so is the list it lands in (rejected or not applicable)
+    write(tmp_path, "d1.yml", stub(name="dup", image="d.exe"))
+    write(tmp_path, "d2.yml", stub(name="dup", image="e.exe"))
+    write(tmp_path, "bad.yml", stub(name="bad_rule").replace("endswith", "containz"))
+    write(tmp_path, "linux.yml", stub(name="linux").replace("product: windows", "product: linux"))
+    write(tmp_path, "c.yml", "title: c\nname: self\ncorrelation: {type: temporal, rules: "
+                             f"[{first}, also_nope], timespan: 1m}}\n")
+    rep = load_rules([tmp_path], builtin=False)
+    assert not rep.correlations
+    (found,) = [r for r in rep.rejected + rep.not_applicable if "[correlation " in r.reason]
+    assert why in found.reason and "also_nope" not in found.reason, found
+    assert (found in rep.not_applicable) == (first == "linux")
+
+
+@pytest.mark.parametrize("child_ref, kind, why", [
+    ("linux", "not_applicable", "which is not applicable"),
+    ("nope", "rejected", "which is refused"),
+])
+def test_a_correlation_over_an_unusable_correlation_is_unusable_the_same_way(tmp_path, child_ref,
+                                                                            kind, why):
+    # a reference to a correlation that cannot be used makes the parent (and its parent)
+    # unusable with the child's kind, naming the child; a sibling chain is not touched
+    rep = loaded(tmp_path, stub(name="a", image="a.exe"),
+                 stub(name="linux").replace("product: windows", "product: linux"), f"""
+        title: child
+        id: child-1
+        name: child
+        correlation: {{type: event_count, rules: [{child_ref}], timespan: 1m, condition: {{gte: 1}}}}
+        """, """
+        title: parent
+        id: parent-1
+        name: parent
+        correlation: {type: event_count, rules: [child], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: grandparent
+        id: grandparent-1
+        correlation: {type: event_count, rules: [parent], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: fine
+        id: fine-1
+        name: fine
+        correlation: {type: event_count, rules: [a], timespan: 1m, condition: {gte: 1}}
+        """, """
+        title: over fine
+        id: over-fine-1
+        correlation: {type: event_count, rules: [fine], timespan: 1m, condition: {gte: 1}}
+        """)
+    assert [c.id for c in rep.correlations] == ["fine-1", "over-fine-1"]
+    unusable = [r for r in getattr(rep, kind) if "[correlation " in r.reason]
+    other = [r for r in rep.rejected + rep.not_applicable
+             if "[correlation " in r.reason and r not in unusable]
+    assert not other, other
+    by = {r.reason.rsplit("[correlation ", 1)[1].split(":")[0]: r.reason for r in unusable}
+    assert sorted(by) == ["child-1", "grandparent-1", "parent-1"]
+    assert f"references correlation child-1 (child), {why}" in by["parent-1"]
+    assert f"references correlation parent-1 (parent), {why}" in by["grandparent-1"]
+    assert "cycle" not in " ".join(by.values())
+
+
+def test_a_name_two_documents_share_is_a_warning_with_their_count(tmp_path):
+    rep = loaded(tmp_path, stub(name="dup", image="a.exe"), stub(name="dup", image="b.exe"),
+                 stub(name="three", image="c.exe"), stub(name="three", image="d.exe"),
+                 stub(name="alone", image="e.exe"), stub(ident="no-name-1", image="f.exe"),
+                 stub(ident="no-name-2", image="g.exe"), """
+        title: c
+        name: three
+        correlation: {type: event_count, rules: [alone], timespan: 1m, condition: {gte: 1}}
+        """)
+    shared = sorted(w.reason for w in rep.warnings if "is used by" in w.reason)
+    assert shared == [
+        "name 'dup' is used by 2 rules or correlations (a correlation that references it is refused)",
+        "name 'three' is used by 3 rules or correlations (a correlation that references it is "
+        "refused)"], rep.warnings
+
+
+def test_an_ambiguous_reference_names_what_shares_the_name(tmp_path):
+    # a rule, a correlation and a rejected rule named alike: the reason says which is which
+    write(tmp_path, "r.yml", stub("00000000-0000-4000-8000-0000000000d1", "dup", "d.exe"))
+    write(tmp_path, "bad.yml", stub("00000000-0000-4000-8000-0000000000d2", "dup")
+          .replace("endswith", "containz"))
+    write(tmp_path, "c.yml", "title: the correlation\nid: 10000000-0000-4000-8000-0000000000d3\n"
+                             "name: dup\ncorrelation: {type: event_count, rules: [x], "
+                             "timespan: 1m, condition: {gte: 1}}\n---\n"
+                             "title: over dup\ncorrelation: {type: event_count, rules: [dup], "
+                             "timespan: 1m, condition: {gte: 1}}\n")
+    write(tmp_path, "x.yml", stub(name="x", image="x.exe"))
+    rep = load_rules([tmp_path], builtin=False)
+    (found,) = [r for r in rep.rejected if "over dup" in r.reason]
+    assert "'dup' is ambiguous" in found.reason
+    assert "rule 00000000-0000-4000-8000-0000000000d1 (stub dup)" in found.reason
+    assert ("correlation 10000000-0000-4000-8000-0000000000d3 (the correlation)"
+            in found.reason)
+    assert "00000000-0000-4000-8000-0000000000d2 (" in found.reason and "bad.yml" in found.reason
+
+
+def test_an_ambiguous_reference_to_a_rejected_rule_without_an_id_names_it_by_name(tmp_path):
+    write(tmp_path, "r.yml", stub(name="dup", image="d.exe"))
+    write(tmp_path, "bad.yml", stub(name="dup").replace("endswith", "containz"))
+    write(tmp_path, "c.yml", "title: over dup\ncorrelation: {type: event_count, rules: [dup], "
+                             "timespan: 1m, condition: {gte: 1}}\n")
+    rep = load_rules([tmp_path], builtin=False)
+    (found,) = [r for r in rep.rejected if "over dup" in r.reason]
+    assert "'dup' is ambiguous" in found.reason and "dup (" in found.reason
+    assert "None" not in found.reason
+
+
+A_ID = "00000000-0000-4000-8000-00000000000a"
+
+
+@pytest.mark.parametrize("ref, key", [
+    ("rule_a", "rule_a"),                          # the reference as written, the name
+    ("rule_a", A_ID),                              # the id
+    ("'{" + A_ID.upper() + "}'", "{" + A_ID.upper() + "}"),   # the reference as written
+    (A_ID, "rule_a"),                              # the name
+])
+def test_an_alias_keyed_by_reference_name_or_id_is_no_warning(tmp_path, ref, key):
+    # docs/sigma.md: the key may be the reference as written, the rule's name or its id; a key
+    # that names none of the rules is a warning (and ignored)
+    rep = loaded(tmp_path, stub(A_ID, "rule_a", "a.exe"), stub(name="b", image="b.exe"), f"""
+        title: c
+        correlation:
+            type: temporal
+            rules: [{ref}, b]
+            group-by: [host]
+            timespan: 1m
+            aliases:
+                host: {{'{key}': Computer, b: Host}}
+        """)
+    assert len(rep.correlations) == 1 and not rep.rejected
+    assert not [w for w in rep.warnings if "aliases" in w.reason], rep.warnings
+    rep = loaded(tmp_path, stub(A_ID, "rule_a", "a.exe"), stub(name="b", image="b.exe"), """
+        title: c
+        correlation:
+            type: temporal
+            rules: [rule_a, b]
+            group-by: [host]
+            timespan: 1m
+            aliases:
+                host: {rule_a: Computer, b: Host, c: Other, d: More}
+        """)
+    assert len(rep.correlations) == 1
+    assert sorted(w.reason.split(" [")[0] for w in rep.warnings if "aliases" in w.reason) == [
+        "aliases: 'c' is not one of the correlation's rules (ignored)",
+        "aliases: 'd' is not one of the correlation's rules (ignored)"]
+
+
 @pytest.mark.parametrize("body,why,line", [
     ("type: temporal\n    rules: [a, b]\n    timespan: 1m\n    condition: a and not b",
      "Sigma 2.2 draft", 4),
@@ -864,6 +1019,31 @@ def test_temporal_ordered_k_of_n_is_bounded_by_the_orders_it_checks(tmp_path, n,
         assert not rep.rejected and len(rep.correlations) == 1
     else:
         assert not rep.correlations and f"{comb(n, need)} orders to check" in rep.rejected[0].reason
+
+
+@pytest.mark.parametrize("cond, need, ok", [
+    ("gt: 2", 3, True), ("gt: 2.5", 3, True), ("gt: 3", 4, False), ("gt: 3.5", 4, False),
+    ("gte: 3", 3, True), ("gte: 2.5", 3, True), ("gte: 4", 4, False), ("gte: 3.5", 4, False),
+    ("gte: 0", 0, True), ("gte: -1", 0, True), ("gt: -2", 0, True), ("gte: 11", 11, True),
+    ("gt: 10", 11, True), ("lt: 5", None, True),
+])
+def test_temporal_ordered_k_of_n_counts_the_rules_its_condition_needs(tmp_path, cond, need, ok):
+    # "gt: k" needs k+1 rules (the next whole number above k), "gte: k" needs k (rounded up);
+    # the bound applies to that many of n = 11 rules: C(11,3) = 165 orders, C(11,4) = 330
+    from math import comb
+
+    n = 11
+    assert need is None or (comb(n, need) <= 256) == ok
+    rep = loaded(tmp_path, *_many(n), f"""
+        title: c
+        correlation: {{type: temporal_ordered, rules: [{", ".join(f"r{i}" for i in range(n))}],
+                      timespan: 1m, group-by: [Computer], condition: {{{cond}}}}}""")
+    if ok:
+        assert not rep.rejected and len(rep.correlations) == 1, rep.rejected
+    else:
+        assert not rep.correlations
+        assert f"temporal_ordered: {need} of {n} rules gives {comb(n, need)} orders to check" \
+            in rep.rejected[0].reason, rep.rejected
 
 
 def test_a_saved_windows_file_over_its_bound_is_not_read(tmp_path, monkeypatch):

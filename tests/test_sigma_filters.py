@@ -418,3 +418,100 @@ def test_a_filters_description_is_kept_and_none_is_empty(tmp_path):
     assert [(f.title, f.description) for f in rep.filters] == [
         ("Filter Administrator account", "The valid administrator account start with adm_"),
         ("bare", "")]
+
+
+def _filters_of(report) -> dict[str, list[str]]:
+    return {r.id: [f["title"] for f in r.meta.get("filters", ())] for r in report.rules}
+
+
+def test_a_filter_applies_to_each_rule_it_names_wherever_it_stands(tmp_path):
+    rep = load(tmp_path, rule(OTHER, "x.exe"), rule(RAR, "rar.exe", name="rar"),
+               rule(JUMP, "mstsc.exe"), f"""\
+        title: f
+        logsource: {{category: process_creation}}
+        filter:
+            rules: [rar]
+            svc:
+                User: svc
+            condition: not svc
+        """)
+    assert _filters_of(rep) == {OTHER: [], RAR: ["f"], JUMP: []}
+    assert not [w for w in rep.warnings if "filter" in w.reason], rep.warnings
+
+
+def test_a_filter_skips_the_rules_its_logsource_does_not_cover_and_applies_to_the_rest(tmp_path):
+    # the first rule sets no product, so a windows filter does not cover it: the filter goes
+    # on to the next rules; with `any` that is no warning (the filter applies somewhere)
+    cat_only = "category: process_creation"
+    flt = """\
+        title: f
+        logsource: {category: process_creation, product: windows}
+        filter:
+            rules: RULES
+            svc:
+                User: svc
+            condition: not svc
+        """
+    rep = load(tmp_path, rule(OTHER, "x.exe", logsource=cat_only), rule(RAR, "rar.exe"),
+               rule(JUMP, "mstsc.exe"), flt.replace("RULES", "any"))
+    assert _filters_of(rep) == {OTHER: [], RAR: ["f"], JUMP: ["f"]}
+    assert not [w for w in rep.warnings if "filter" in w.reason], rep.warnings
+    # named, the rule it cannot apply to is a warning, and so is applying to none at all
+    rep = load(tmp_path, rule(OTHER, "x.exe", logsource=cat_only), rule(RAR, "rar.exe"),
+               flt.replace("RULES", f"[{OTHER}]"))
+    assert _filters_of(rep) == {OTHER: [], RAR: []}
+    reasons = sorted(w.reason.split(" [")[0] for w in rep.warnings if "filter" in w.reason)
+    assert len(reasons) == 2, reasons
+    assert reasons[0] == "filter applies to no loaded rule"
+    assert reasons[1].startswith(f"filter does not apply to rule {OTHER}: its logsource ")
+    # named, one it covers and one it does not: the one warning, no "applies to none"
+    rep = load(tmp_path, rule(OTHER, "x.exe", logsource=cat_only), rule(RAR, "rar.exe"),
+               flt.replace("RULES", f"[{OTHER}, {RAR}]"))
+    assert _filters_of(rep) == {OTHER: [], RAR: ["f"]}
+    reasons = [w.reason for w in rep.warnings if "filter" in w.reason]
+    assert len(reasons) == 1 and reasons[0].startswith(f"filter does not apply to rule {OTHER}")
+
+
+def big_rule(ident: str, image: str, chars: int) -> str:
+    vals = "".join(f"        - 'r{i:03d}{'x' * (chars // 100 - 4)}'\n" for i in range(100))
+    return (f"title: big {image}\nid: {ident}\nlogsource: {{category: process_creation, "
+            f"product: windows}}\ndetection:\n    selection:\n        Image|endswith: '\\{image}'\n"
+            f"    long:\n        CommandLine|contains:\n{vals}    condition: selection and not long\n")
+
+
+def test_a_filter_refused_for_one_rule_still_applies_to_the_next(tmp_path):
+    from sensor.detect.ir import MAX_VALUE_CHARS_PER_RULE
+    half = MAX_VALUE_CHARS_PER_RULE // 2 + 1000
+    rep = load(tmp_path, big_rule(OTHER, "x.exe", half), rule(RAR, "rar.exe"),
+               big_filter("a", half).replace(f"[{RAR}]", "any"))
+    assert _filters_of(rep) == {OTHER: [], RAR: ["Filter a"]}
+    assert len(rep.rejected) == 1 and f"filter not applied to rule {OTHER}" in rep.rejected[0].reason
+    assert not [w for w in rep.warnings if "applies to no loaded rule" in w.reason]
+
+
+@pytest.mark.parametrize("cond, kept", [
+    ("not (svc and quiet)", [1, 2, 3]),
+    ("not (svc or quiet)", [3]),
+    ("not svc or not quiet", [1, 2, 3]),
+    ("(not svc and not quiet) or (svc and not quiet)", [1, 3]),
+    ("not (svc and (quiet or loud))", [2, 3]),
+])
+def test_a_filters_and_or_conditions_test_the_filters_own_selections(tmp_path, cond, kept):
+    # the filter's condition is ANDed to the rule's as written, over the filter's selections
+    # (not over the rule's, which come first in the combined rule)
+    rep = load(tmp_path, rule(RAR, "rar.exe"), f"""\
+        title: f
+        logsource: {{category: process_creation}}
+        filter:
+            rules: any
+            svc:
+                User: svc
+            quiet:
+                CommandLine|contains: '-q'
+            loud:
+                CommandLine|contains: '-v'
+            condition: {cond}
+        """)
+    events = [{"Image": "C:\\rar.exe", "User": u, "CommandLine": c}
+              for u, c in (("svc", "a -q"), ("svc", "a -v"), ("bob", "a -q"), ("bob", "a"))]
+    assert hits(rep, events) == [(RAR, i) for i in kept]

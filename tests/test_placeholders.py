@@ -211,3 +211,68 @@ def test_doctor_takes_the_placeholders_file_like_validate(tmp_path, capsys):
                  "--placeholders", str(ph)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["rejected"] == [] and "5f2c7d9a-0000-4000-8000-0000000000e1" in json.dumps(doc)
+
+
+def test_a_placeholders_file_that_is_not_utf8_is_refused_at_its_line(tmp_path):
+    p = tmp_path / "ph.yml"
+    p.write_bytes(b"\na: x\nb: '\xff'\nc: y\n")         # the bad byte is on line 3
+    with pytest.raises(PlaceholderError) as e:
+        load_placeholders(p)
+    assert e.value.message.startswith("not UTF-8 text") and e.value.line == 3
+    assert str(e.value).startswith(f"{p}:3: ")
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda p: None, "No such file or directory"),
+    (lambda p: p.mkdir(), "not a regular file"),
+])
+def test_an_unreadable_placeholders_file_is_named_once_with_the_reason(tmp_path, make, reason):
+    p = tmp_path / "ph.yml"
+    make(p)
+    with pytest.raises(PlaceholderError) as e:
+        load_placeholders(p)
+    # the path is given once (as file:), the reason as the system states it, no "[Errno ...]"
+    assert str(e.value) == f"{p}: cannot read placeholders file: {reason}"
+
+
+def test_a_yaml_error_is_one_line_at_the_files_line(tmp_path):
+    p = tmp_path / "ph.yml"
+    p.write_text("a: x\nb: [y\n")
+    with pytest.raises(PlaceholderError) as e:
+        load_placeholders(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:3: YAML syntax error: ") and "\n" not in msg
+    assert "<unicode string>" not in msg          # the parser's own name for the text
+
+
+def test_a_name_that_is_not_text_is_refused_at_its_line(tmp_path):
+    p = tmp_path / "ph.yml"
+    p.write_text("a: x\n2: y\n")
+    with pytest.raises(PlaceholderError) as e:
+        load_placeholders(p)
+    assert "placeholder name 2 must be text" in e.value.message and e.value.line == 2
+
+
+def test_placeholder_values_are_bounded_at_exactly_max_values(tmp_path):
+    from sensor.detect.placeholders import MAX_VALUES
+    assert MAX_VALUES == 10_000                   # docs/hostile-inputs.md states the number
+    p = tmp_path / "ph.yml"
+    p.write_text("a: [" + ", ".join(["x"] * 9_999) + "]\nb: y\n")
+    values = load_placeholders(p)
+    assert len(values["a"]) + len(values["b"]) == MAX_VALUES
+    p.write_text("a: [" + ", ".join(["x"] * 9_999) + "]\nb: [y, z]\n")
+    with pytest.raises(PlaceholderError) as e:
+        load_placeholders(p)
+    assert e.value.message == "more than 10000 placeholder values" and e.value.line == 2
+
+
+def test_a_placeholders_file_of_exactly_the_bound_is_read(tmp_path):
+    from sensor.detect.placeholders import MAX_FILE_BYTES
+    assert MAX_FILE_BYTES == 1 << 20              # docs/hostile-inputs.md states the number
+    p = tmp_path / "ph.yml"
+    head = b"a: '"
+    p.write_bytes(head + b"x" * (MAX_FILE_BYTES - len(head) - 2) + b"'\n")
+    assert load_placeholders(p) == {"a": ("x" * (MAX_FILE_BYTES - len(head) - 2),)}
+    p.write_bytes(head + b"x" * (MAX_FILE_BYTES - len(head) - 1) + b"'\n")
+    with pytest.raises(PlaceholderError, match="larger than"):
+        load_placeholders(p)

@@ -276,3 +276,58 @@ def test_a_placeholders_file_of_exactly_the_bound_is_read(tmp_path):
     p.write_bytes(head + b"x" * (MAX_FILE_BYTES - len(head) - 1) + b"'\n")
     with pytest.raises(PlaceholderError, match="larger than"):
         load_placeholders(p)
+
+
+# A value that uses the specification's \% is read by the sensor itself (pySigma reads \% as a
+# backslash before a placeholder): the rest of the value keeps the Sigma escapes and wildcards
+# (rules specification, "Escaping": a backslash escapes *, ? and itself, and is a plain
+# backslash before anything else, or at the end).
+@pytest.mark.parametrize("value,text,expected", [
+    ("\\%p%name%\\", "%pX\\", True),                 # a backslash at the end is plain
+    ("\\%p%name%C:\\Win", "%pXC:\\Win", True),       # a backslash before a letter is plain
+    ("\\%p%name%C:\\Win", "%pXC:Win", False),
+    ("\\%p%name%a\\*", "%pXa*", True),               # \* is a plain star, even at the end
+    ("\\%p%name%a\\*", "%pXa\\zz", False),
+    ("\\%p*x", "%pabcx", True),                      # * is any run of characters
+    ("\\%p*x", "%pabc", False),
+    ("\\%p?x", "%pZx", True),                        # ? is exactly one character
+    ("\\%p?x", "%pZ", False),
+    ("\\%p?x", "%pZZx", False),
+    ("\\%p%N%", "%pn1", True),                       # a one-character placeholder name
+    ("\\%p%%name%", "%p%X", True),                   # a lone % is text, then the placeholder
+    ("%%name%", "%X", True),                         # the same without \% (pySigma's reading)
+])
+def test_a_value_with_an_escaped_percent_keeps_the_sigma_escapes(value, text, expected):
+    det = f"s:\n  CommandLine|expand: '{value}'\ncondition: s"
+    assert matches(det, dict(VALUES, N=("n1",)), {"CommandLine": text}) is expected
+
+
+def test_expand_after_windash_expands_every_variant():
+    det = "s:\n  CommandLine|windash|expand|contains: '-f %name%'\ncondition: s"
+    assert matches(det, VALUES, {"CommandLine": "run /f X"})
+    assert matches(det, VALUES, {"CommandLine": "run -f X"})
+    assert not matches(det, VALUES, {"CommandLine": "run -f Y"})
+
+
+def test_every_map_of_a_list_has_its_placeholders_resolved():
+    det = ("s:\n  - User|expand: '%Administrators%'\n  - Computer|expand: '%JumpServers%'\n"
+           "condition: s")
+    assert matches(det, VALUES, {"Computer": "jump01"})
+    assert matches(det, VALUES, {"User": "adm_x"})
+    assert not matches(det, VALUES, {"Computer": "jump02"})
+
+
+def test_expansion_bound_is_200_values_and_names_the_values_line():
+    values = {"A": tuple(str(i) for i in range(20)), "B": tuple(str(i) for i in range(10))}
+    res = compile_("s:\n  User|expand: '%A%%B%'\ncondition: s", values)
+    assert not res.rejected and res.rules                 # 20 x 10 = 200: at the bound
+    assert matches("s:\n  User|expand: '%A%%B%'\ncondition: s", values, {"User": "199"})
+    values = {"A": tuple(str(i) for i in range(201)), "B": ("b",)}
+    res = compile_("s:\n  User|expand: '%A%'\ncondition: s", values)
+    (r,) = res.rejected
+    assert "into 201 values (at most 200)" in r.reason and r.line == 8
+    # the line is the one of the value that expands too far (%B% alone is fine on line 8)
+    res = compile_("s:\n  Computer|expand: '%B%'\nu:\n  User|expand: '%A%%B%'\n"
+                   "condition: s or u", values)
+    (r,) = res.rejected
+    assert "into 201 values" in r.reason and r.line == 10

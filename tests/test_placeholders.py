@@ -331,3 +331,37 @@ def test_expansion_bound_is_200_values_and_names_the_values_line():
                    "condition: s or u", values)
     (r,) = res.rejected
     assert "into 201 values" in r.reason and r.line == 10
+
+
+# "\%" is a plain percent sign whatever modifiers come before expand, and adding it to a value
+# changes nothing else in how the value reads: a placeholder lies between two wildcards at most
+# (pySigma's reading of a value without \%), an escaped wildcard may be part of its name.
+@pytest.mark.parametrize("key,value,text,expected", [
+    ("CommandLine|contains|expand", "\\%p%name%", "run %pX now", True),
+    ("CommandLine|contains|expand", "\\%p%name%", "run \\pX now", False),
+    ("CommandLine|startswith|expand", "\\%p%name%", "%pX now", True),
+    ("CommandLine|windash|expand|contains", "-f \\%p%name%", "run /f %pX", True),
+    ("CommandLine|re|expand", "^\\%p%name%$", "%pX", True),     # \% in a regex: a plain %
+    ("CommandLine|re|expand", "^\\%p%name%$", "\\pX", False),
+    ("CommandLine|re|expand", "^a\\\\%name%$", "a\\X", True),  # \\ in a regex, then %name%
+    ("CommandLine|expand", "%a*b%", "%aZb%", True),             # not a placeholder: text and *
+    ("CommandLine|expand", "\\%%a*b%", "%%aZb%", True),         # the same after \%
+    ("CommandLine|expand", "\\%%a*b%", "%Q", False),
+    ("CommandLine|expand", "%a\\*b%", "Q", True),               # the placeholder a*b
+    ("CommandLine|expand", "\\%%a\\*b%", "%Q", True),
+    ("CommandLine|expand", "%a\\%b%name%", "%a%bX", True),      # a name holds no escaped %
+])
+def test_an_escaped_percent_is_plain_before_any_modifier(key, value, text, expected):
+    det = f"s:\n  {key}: '{value}'\ncondition: s"
+    assert matches(det, dict(VALUES, **{"a*b": ("Q",)}), {"CommandLine": text}) is expected
+
+
+def test_a_value_with_every_mark_is_rejected_clearly():
+    # the sensor marks \% with a private-use character (U+E000 to U+F8FF) the values do not hold
+    marks = "".join(chr(c) for c in range(0xE000, 0xF900))
+    res = compile_(f"s:\n  CommandLine|expand: '{marks}\\%p%name%'\ncondition: s", VALUES)
+    (r,) = res.rejected
+    assert "uses every private-use character" in r.reason and r.line == 8
+    # one left free is enough
+    det = f"s:\n  CommandLine|expand: '{marks[1:]}\\%p%name%'\ncondition: s"
+    assert matches(det, VALUES, {"CommandLine": marks[1:] + "%pX"})

@@ -10,13 +10,18 @@ A value is a Sigma string, so ``*`` and ``?`` in it are wildcards (pySigma's
 ``value_placeholders``).  A placeholder with several values stands for any of them; several
 placeholders in one value expand to every combination (at most :data:`MAX_EXPANSIONS`).
 ``\%`` keeps a percent sign literal, as the specification says (``\%plain%name%`` is the text
-``%plain`` followed by the placeholder ``name``); ``\\%name%`` is a backslash and then the
-placeholder (``DOMAIN\\%user%``).  A rule whose placeholder has no value is rejected naming
-the placeholder: "If the tool isn't able to handle placeholders, it must reject the rule."
+``%plain`` followed by the placeholder ``name``), whatever modifiers come before ``expand``
+(``|contains|expand``, and ``|re|expand``, where it is a plain ``%`` in the expression);
+``\\%name%`` is a backslash and then the placeholder (``DOMAIN\\%user%``).  Otherwise a value
+reads as pySigma reads it: a placeholder lies between two wildcards at most, and its name holds
+no backslash (``%a\*b%`` is the placeholder ``a*b``; ``%a*b%`` is text around a wildcard).
+A rule whose placeholder has no value is rejected naming the placeholder: "If the tool isn't
+able to handle placeholders, it must reject the rule."
 """
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -100,66 +105,64 @@ def load_placeholders(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def spec_parts(text: str) -> list:
-    r"""A value's parts read with the Sigma escapes and the specification's placeholder escape.
+# Marks for the specification's \% while pySigma's modifiers run: a private-use character the
+# item's values do not contain stands for each escaped percent sign, so no modifier and no
+# placeholder reading can take it for a %; it becomes a plain % when the value is expanded.
+_MARKS = range(0xE000, 0xF900)
+_ESCAPE_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
-    ``\\`` ``\*`` ``\?`` are a literal backslash, star and question mark (rules
-    specification, "Escaping"); ``\%`` is a literal percent sign ("A plain percent character can
-    be used by escaping it with a backslash"); ``%name%`` is a placeholder; ``*`` and ``?``
-    are wildcards.  pySigma reads ``\%`` as a backslash and then looks for a placeholder.
+
+def _mark_escaped_percents(text: str, mark: str) -> str:
+    r"""``text`` with each ``\%`` escape replaced by ``mark``.
+
+    A backslash and the character after it are read as a pair, as pySigma reads a string's
+    escapes (and as a regular expression reads ``\\``): ``\\%name%`` is an escaped backslash
+    and then a placeholder, ``\%name%`` the text ``%name`` and then a plain ``%``.
     """
-    from sigma.types import Placeholder, SpecialChars
+    return _ESCAPE_PAIR.sub(lambda m: mark if m.group(1) == "%" else m.group(0), text)
 
+
+def _read_placeholders(parts: list, mark: str) -> list:
+    """pySigma's reading of ``%name%`` in a value's parts (a placeholder lies within one text
+    part, its name is not empty and holds no backslash; any other ``%`` is text), where
+    ``mark`` is an escaped percent sign: never a placeholder's end, never in a name, and a
+    plain ``%`` in the result."""
+    from sigma.types import Placeholder
+
+    # at each %, the name runs to the next %; a failed match makes that % text and the scan
+    # goes on from the next character, as pySigma's does
+    placeholder = re.compile("%([^%\\\\" + mark + "]+)%")
     out: list = []
-
-    def emit(s: str) -> None:
-        if out and isinstance(out[-1], str):
-            out[-1] += s
-        else:
-            out.append(s)
-
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n and text[i + 1] in "\\*?%":
-            emit(text[i + 1])
-            i += 2
-        elif c == "*":
-            out.append(SpecialChars.WILDCARD_MULTI)
-            i += 1
-        elif c == "?":
-            out.append(SpecialChars.WILDCARD_SINGLE)
-            i += 1
-        elif c == "%":
-            end = text.find("%", i + 1)
-            name = text[i + 1:end] if end > i + 1 else ""
-            if name and "\\" not in name:
-                out.append(Placeholder(name))
-                i = end + 1
-            else:
-                emit("%")
-                i += 1
-        else:
-            emit(c)
-            i += 1
+    for part in parts:
+        if not isinstance(part, str):
+            out.append(part)
+            continue
+        pos = 0
+        for m in placeholder.finditer(part):
+            if m.start() > pos:
+                out.append(part[pos:m.start()].replace(mark, "%"))
+            out.append(Placeholder(m.group(1)))
+            pos = m.end()
+        if pos < len(part):
+            out.append(part[pos:].replace(mark, "%"))
     return out
 
 
 @lru_cache(maxsize=1)
 def _spec_expand():
-    """pySigma's expand modifier, reading an unmodified value with :func:`spec_parts`."""
+    """pySigma's expand modifier, and the one that reads a marked value's placeholders with
+    :func:`_read_placeholders` (its subclasses set ``mark``)."""
     from sigma.modifiers import SigmaExpandModifier
     from sigma.types import SigmaRegularExpression, SigmaString
 
     class SpecExpand(SigmaExpandModifier):
         def modify(self, val):
-            original = getattr(val, "original", None)
-            if isinstance(val, SigmaString) and isinstance(original, str) and \
-                    list(SigmaString(original).s) == list(val.s):
-                out = SigmaString(original)
-                out.s = spec_parts(original)
-                return out
-            return super().modify(val)
+            if isinstance(val, SigmaRegularExpression):
+                val.regexp.s = _read_placeholders(val.regexp.s, self.mark)
+                val.compile()
+            else:
+                val.s = _read_placeholders(val.s, self.mark)
+            return val
 
     SpecExpand.modify.__annotations__ = {
         "val": SigmaString | SigmaRegularExpression,
@@ -169,24 +172,30 @@ def _spec_expand():
 
 def _spec_escapes(item) -> None:
     r"""Re-read a detection item's values with the specification's ``\%`` escape, when a
-    value uses it (pySigma reads it otherwise)."""
-    import copy
-
+    value uses it (pySigma reads it as a backslash before a placeholder), whatever modifiers
+    come before ``expand`` (``|contains|expand``, ``|re|expand``)."""
     from sigma.rule.detection import SigmaDetectionItem
     from sigma.types import SigmaString
 
     pysigma_expand, spec_expand = _spec_expand()
     if pysigma_expand not in item.modifiers:
         return
-    if not any(
-            isinstance(v, SigmaString) and "\\%" in (getattr(v, "original", "") or "")
-            for v in item.original_value or ()):
+    # pySigma refuses expand on a value that is not a string when it parses the rule, so
+    # every value here is a SigmaString
+    values = item.original_value or ()
+    if not any("\\%" in v.original for v in values):
         return
+    used = set().union(*(v.original for v in values))
+    mark = next((chr(c) for c in _MARKS if chr(c) not in used), None)
+    if mark is None:
+        raise PlaceholderError("a value with \\% uses every private-use character "
+                               f"(U+{_MARKS[0]:04X} to U+{_MARKS[-1]:04X}); the sensor marks "
+                               "escaped percent signs with one of them")
+    expand = type("SpecExpand", (spec_expand,), {"mark": mark})
     fresh = SigmaDetectionItem(item.field,
-                               [spec_expand if m is pysigma_expand else m for m in item.modifiers],
-                               [SigmaString(v.original)
-                                if isinstance(v, SigmaString) and isinstance(v.original, str)
-                                else copy.deepcopy(v) for v in item.original_value],
+                               [expand if m is pysigma_expand else m for m in item.modifiers],
+                               [SigmaString(_mark_escaped_percents(v.original, mark))
+                                for v in values],
                                source=item.source, policy=getattr(item, "policy", None))
     item.value = fresh.value
     item.value_linking = fresh.value_linking

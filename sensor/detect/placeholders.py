@@ -139,12 +139,14 @@ def _read_placeholders(parts: list, mark: str) -> list:
             continue
         pos = 0
         for m in placeholder.finditer(part):
-            if m.start() > pos:
-                out.append(part[pos:m.start()].replace(mark, "%"))
+            text = part[pos:m.start()]
+            if text:
+                out.append(text.replace(mark, "%"))
             out.append(Placeholder(m.group(1)))
             pos = m.end()
-        if pos < len(part):
-            out.append(part[pos:].replace(mark, "%"))
+        text = part[pos:]
+        if text:
+            out.append(text.replace(mark, "%"))
     return out
 
 

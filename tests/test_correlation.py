@@ -557,6 +557,19 @@ def test_an_ambiguous_reference_names_what_shares_the_name(tmp_path):
     assert "00000000-0000-4000-8000-0000000000d2 (" in found.reason and "bad.yml" in found.reason
 
 
+def test_an_ambiguous_reference_names_three_of_the_documents_at_most(tmp_path):
+    # docs/sigma.md ("References"): the message is bounded whatever the rule set holds
+    for i in range(5):
+        write(tmp_path, f"r{i}.yml", stub(f"00000000-0000-4000-8000-0000000000e{i}", "dup",
+                                          f"d{i}.exe"))
+    write(tmp_path, "c.yml", "title: over dup\ncorrelation: {type: event_count, rules: [dup], "
+                             "timespan: 1m, condition: {gte: 1}}\n")
+    rep = load_rules([tmp_path], builtin=False)
+    (found,) = [r for r in rep.rejected if "over dup" in r.reason]
+    assert "'dup' is ambiguous" in found.reason
+    assert found.reason.count("rule 00000000-0000-4000-8000-0000000000e") == 3
+
+
 def test_an_ambiguous_reference_to_a_rejected_rule_without_an_id_names_it_by_name(tmp_path):
     write(tmp_path, "r.yml", stub(name="dup", image="d.exe"))
     write(tmp_path, "bad.yml", stub(name="dup").replace("endswith", "containz"))

@@ -4,6 +4,7 @@ form itself, reference spelling, the state fingerprint and the defaults."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 
 import pytest
@@ -240,7 +241,8 @@ def test_a_malformed_correlation_in_a_pack_is_a_meta_error(change):
     ({"type": "value_max"}, "is not one of"),
     ({"rules": [""]}, "references must be rule ids or names"),
     ({"rules": [5]}, "references must be rule ids or names"),
-    ({"rules": ["b", "a", "b"]}, "'b' is listed twice"),
+    ({"rules": ["b", "a", "b"]}, "listed twice: 'b'"),
+    ({"rules": ["b", "c", "a", "c", "b"]}, "listed twice: 'b', 'c'"),   # every one, at once
     ({"condition": [["above", 2]]}, "unknown operator 'above'"),
     ({"condition": [["gte", "abc"]]}, "must be a number"),
     ({"aliases": {"host": {}}}, "must map rule names to field names"),
@@ -320,3 +322,9 @@ def test_the_fingerprint_does_not_depend_on_how_aliases_are_written():
     three = corr(rules=("a", "b"), group_by=("host",),
                  aliases={"host": {"a": "Computer", "b": "User"}, "user": {"a": "User", "b": "U"}})
     assert three.fingerprint() != one.fingerprint()
+
+
+def test_the_fingerprint_is_the_documented_96_bit_digest():
+    # docs/sigma.md ("Reloads"): 24 lower-case hex digits, saved in the state file
+    for c in (corr(), corr(id="c2", rules=("a", "b"), group_by=("host",))):
+        assert re.fullmatch(r"[0-9a-f]{24}", c.fingerprint())

@@ -126,7 +126,7 @@ class Correlation:
             raise MetaError("correlation rules: references must be rule ids or names")
         dup = sorted({r for r in self.rules if self.rules.count(r) > 1})
         if dup:
-            raise MetaError(f"correlation rules: {dup[0]!r} is listed twice")
+            raise MetaError("correlation rules: listed twice: " + ", ".join(map(repr, dup)))
         timespan_ms(self.timespan)
         if not all(isinstance(g, str) and g for g in self.group_by):
             raise MetaError("correlation group-by: needs field names")

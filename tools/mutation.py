@@ -137,7 +137,7 @@ MODULES: dict[str, list[str]] = {
                                     "tests/test_faults_delivery.py"],
     "sensor/deliver/syslog.py": ["tests/test_syslog.py"],
     "sensor/detect/signing.py": ["tests/test_signing.py"],
-    "sensor/daemon/reload.py": ["tests/test_reload.py"],
+    "sensor/daemon/reload.py": ["tests/test_reload.py", "tests/test_reload_units.py"],
     "sensor/detect/correlate.py": ["tests/test_correlation.py", "tests/test_correlation_sqlite.py",
                                    "tests/test_sigma_filters.py"],
     # which engine a rule regex runs on, and the budgeted engine for the ones that opt in

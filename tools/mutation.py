@@ -149,7 +149,8 @@ MODULES: dict[str, list[str]] = {
     "sensor/detect/index.py": ["tests/test_matcher.py", "tests/test_regex.py",
                                "tests/test_matcher_parity.py"],
     # a damaged spool's alerts, read back
-    "sensor/deliver/salvage.py": ["tests/test_salvage_bounds.py", "tests/test_faults_damage.py",
+    "sensor/deliver/salvage.py": ["tests/test_salvage_units.py", "tests/test_salvage_pages.py",
+                                  "tests/test_salvage_bounds.py", "tests/test_faults_damage.py",
                                   "tests/test_spool_contract.py"],
     # the bounded hand-off between the source and the worker
     # (less the wake-up count that the machine's other work can blur: it measures the waker's

@@ -281,13 +281,13 @@ def test_an_exact_aho_corasick_unit_finds_exactly_the_literals_present(needles, 
 
 
 def test_automaton_tables_are_dense_and_numbered_breadth_first():
-    needles = [b"abc", b"b\xc3\xa9", b"ca", b"\xe4\xb8\xad"]
+    needles = [b"abc", b"b\xc3\xa9", b"ca", b"\xe4\xb8\xad", b"\xc2\x80\x7f"]
     for mode, root in ((0, 0), (1, 1)):
         for exact in (True, False):
             auto = ix.build_automaton(needles, mode, exact)
             n, ncls, cls, trans, out_off, out_ids, groups, seqlen = auto
             assert sorted(set(cls)) == list(range(ncls))        # every class is used, 0 = no needle byte
-            assert all(cls[b] == 0 for b in range(256) if b not in b"abc\xc3\xa9\xe4\xb8\xad"
+            assert all(cls[b] == 0 for b in range(256) if b not in b"abc\xc3\xa9\xe4\xb8\xad\xc2\x80\x7f"
                        and b not in b"ABC")
             assert len(trans) == n * ncls and len(out_off) == n + 1
             depth = bfs_depths(auto, root)
@@ -298,8 +298,9 @@ def test_automaton_tables_are_dense_and_numbered_breadth_first():
     # exact: every non-ASCII byte its own class; inexact: one class for all of them
     exact = ix.build_automaton(needles, 0, True)[2]
     loose = ix.build_automaton(needles, 0, False)[2]
-    assert len({exact[b] for b in b"\xc3\xa9\xe4\xb8\xad"}) == 5
-    assert len({loose[b] for b in b"\xc3\xa9\xe4\xb8\xad"}) == 1
+    assert len({exact[b] for b in b"\xc3\xa9\xe4\xb8\xad\xc2\x80"}) == 7
+    assert len({loose[b] for b in b"\xc3\xa9\xe4\xb8\xad\xc2\x80"}) == 1
+    assert loose[0x7F] not in (0, loose[0x80])          # 0x7f is ASCII: a class of its own
 
 
 def test_needles_with_one_class_sequence_share_an_output():
@@ -315,8 +316,9 @@ def test_case_sensitive_units_keep_capitals_apart():
     auto = ix.build_automaton([b"ab", b"CD"], 0, True, fold_ascii=False)
     assert scan_ac(auto, b"AB cd") == set()
     assert scan_ac(auto, b"ab CD") == {0, 1}
-    folded = ix.build_automaton([b"ab"], 0, True, fold_ascii=True)
-    assert scan_ac(folded, b"AB") == {0}
+    folded = ix.build_automaton([b"ab", b"yz", b"`", b"{"], 0, True, fold_ascii=True)
+    assert scan_ac(folded, b"AB YZ") == {0, 1}          # a..z: the whole alphabet
+    assert scan_ac(folded, b"@[") == set()              # the bytes beside it are not letters
 
 
 @FAST
@@ -506,6 +508,8 @@ def literal_cost(b: bytes) -> float:
 @example(pattern="ice", letters="i", text="ıce")                  # re folds ı with i: no "i" literal
 @example(pattern="ss", letters="i", text="ſs")
 @example(pattern="(i)", letters="i", text="ı")                   # a group keeps the flags
+@example(pattern="ca+d", letters="", text="caad")                 # a repeat ends an exact run
+@example(pattern="c(ab){1,2}d", letters="", text="cababd")
 @example(pattern="a[bc]", letters="", text="xac")
 @example(pattern=r"x\d{8,}", letters="", text="x٣٣٣٣٣٣٣٣٣")      # a run of non-ASCII digits
 @example(pattern="[ab][ab][ab][ab][ab]c", letters="", text="babab c ababac")
@@ -543,6 +547,7 @@ def test_a_regex_prefilter_holds_on_every_match(pattern, letters, text):
     ("a|", 0, (0, ("any",))),
     ("(foo|ba.r)", 0, (3, ("or", [("lit", b"foo"), ("and", [("lit", b"ba"), ("lit", b"r")])]))),
     ("a(?=b)c", 0, (2, ("and", [("lit", b"a"), ("lit", b"c")]))),   # lookaround: nothing known
+    ("(ab|c*)de", 0, (2, ("lit", b"de"))),            # an alternative with nothing known
     ("(", 0, (0, ("any",))),                         # not a regex: nothing known
 ])
 def test_prefilter_forms(pattern, flags, want):

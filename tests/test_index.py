@@ -108,6 +108,13 @@ def test_a_byte_seen_more_often_is_more_likely_at_every_order():
     pr = ix.Priors([contains("abce", "xbcd")])
     assert cond_p(pr, b"abc", ord("e")) > cond_p(pr, b"abc", ord("d"))
     assert cond_p(pr, b"xbc", ord("d")) > cond_p(pr, b"xbc", ord("e"))
+    # the same at orders 1 and 2, through whole-literal probabilities
+    pr = ix.Priors([contains("ae", "xd")])
+    assert pr.seq_p(b"ae") > pr.seq_p(b"ad") and pr.seq_p(b"xd") > pr.seq_p(b"xe")
+    pr = ix.Priors([contains("abe", "xbd")])
+    assert pr.seq_p(b"abe") > pr.seq_p(b"abd") and pr.seq_p(b"xbd") > pr.seq_p(b"xbe")
+    pr = ix.Priors([contains("abce", "xbcd")])
+    assert pr.seq_p(b"abce") > pr.seq_p(b"abcd") and pr.seq_p(b"xbcd") > pr.seq_p(b"xbce")
     # the model reads at most 3 bytes of context: a 4th one changes nothing
     assert cond_p(pr, b"qabc", ord("e")) == pytest.approx(cond_p(pr, b"abc", ord("e")), rel=1e-12)
 
@@ -174,8 +181,9 @@ def test_lit_p_scales_by_the_positions_a_literal_can_start_at():
     assert pr.lit_p("CommandLine", b, "eq") == pytest.approx(sp, rel=1e-12)   # one position
     assert pr.lit_p("CommandLine", b, "any") == pytest.approx(ix.TYPICAL_POSITIONS["CommandLine"] * sp, rel=1e-12)
     assert pr.lit_p("Image", b, "any") == pytest.approx(ix.DEFAULT_POSITIONS * sp, rel=1e-12)
-    # command lines are long, paths shorter
+    # command lines are long, paths shorter; a parent's command line is a command line
     assert ix.TYPICAL_POSITIONS["CommandLine"] > ix.DEFAULT_POSITIONS
+    assert ix.TYPICAL_POSITIONS["ParentCommandLine"] == ix.TYPICAL_POSITIONS["CommandLine"]
     start, end = pr.lit_p("Image", b, "start"), pr.lit_p("Image", b, "end")
     assert start == end
     assert pr.lit_p("Image", b, "eq") < start < pr.lit_p("Image", b, "any")
@@ -290,6 +298,9 @@ def test_automaton_tables_are_dense_and_numbered_breadth_first():
             assert all(cls[b] == 0 for b in range(256) if b not in b"abc\xc3\xa9\xe4\xb8\xad\xc2\x80\x7f"
                        and b not in b"ABC")
             assert len(trans) == n * ncls and len(out_off) == n + 1
+            # out_off: each state's outputs are out_ids[out_off[s]:out_off[s + 1]]
+            assert out_off[0] == 0 and out_off[-1] == len(out_ids)
+            assert all(a <= b for a, b in zip(out_off, out_off[1:]))
             depth = bfs_depths(auto, root)
             live = [d for d in depth[root:] if d >= 0]
             assert live == sorted(live)                           # shallow states first
@@ -548,6 +559,10 @@ def test_a_regex_prefilter_holds_on_every_match(pattern, letters, text):
     ("(foo|ba.r)", 0, (3, ("or", [("lit", b"foo"), ("and", [("lit", b"ba"), ("lit", b"r")])]))),
     ("a(?=b)c", 0, (2, ("and", [("lit", b"a"), ("lit", b"c")]))),   # lookaround: nothing known
     ("(ab|c*)de", 0, (2, ("lit", b"de"))),            # an alternative with nothing known
+    ("([ab]c|d.e)", 0, (2, ("or", [("lit", b"ac"), ("lit", b"bc"),   # or inside or: one or
+                                   ("and", [("lit", b"d"), ("lit", b"e")])]))),
+    ("xa{1}b", 0, (3, ("lit", b"xab"))),             # a repeat of exactly once stays exact
+    ("x(ab){1}c", 0, (4, ("lit", b"xabc"))),
     ("(", 0, (0, ("any",))),                         # not a regex: nothing known
 ])
 def test_prefilter_forms(pattern, flags, want):

@@ -267,7 +267,6 @@ def bfs_depths(auto, root: int) -> list[int]:
     return depth
 
 
-BYTES = [0x61, 0x62, 0x63, 0x41, 0xC3, 0xA9, 0xA8]   # a b c A and the bytes of é / è
 needle = st.lists(st.sampled_from([0x61, 0x62, 0x63, 0xC3, 0xA9, 0xA8]), min_size=1, max_size=5).map(bytes)
 folded_text = st.lists(st.sampled_from([0x61, 0x62, 0x63, 0xC3, 0xA9, 0xA8, 0x20]), max_size=24).map(bytes)
 
@@ -447,8 +446,9 @@ def test_when_every_gram_is_full_the_least_loaded_one_is_taken():
 
 
 def test_shorter_needles_choose_first():
-    # 8 two-gram needles "ab" ... and a 3-byte one listed first: "ab" is full by the time the
-    # 3-byte needle chooses, so it takes its second bigram even though it comes first here
+    # a needle with fewer grams has less choice, so shorter needles choose first: with 8 needles
+    # "ab" and a 3-byte one listed before them, "ab" is full by the time the 3-byte needle
+    # chooses, so it takes its second bigram although "ab" is the rarer one
     needles = [b"abb"] + [b"ab"] * 8
     plan = ix.anchor_plan(needles, ix.Priors([contains("bb")]))
     assert plan[1:] == [(0, 2)] * 8

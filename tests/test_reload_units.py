@@ -431,3 +431,17 @@ def test_closing_a_poller_that_never_polled(tmp_path, server):
     assert q.poll() == "error"
     q.close()
     assert q.poll() == "error"                  # closed: no fetch, no exception
+
+
+def test_the_last_error_keeps_the_first_300_characters_and_the_log_the_whole(tmp_path, caplog):
+    # README, the status table: rules.update.last_error
+    token = tmp_path / ("t" * 200) / ("u" * 200)
+    cfg = _cfg(tmp_path, {"update": {"url": "https://127.0.0.1:9/rules.pack",
+                                     "token_file": str(token)}})
+    p = reload_mod.UpdatePoller(cfg)
+    with caplog.at_level("WARNING", logger="sensor.reload"):
+        assert p.poll() == "error"
+    said = [m for m in caplog.messages if "rule update from" in m]
+    assert len(said) == 1 and str(token) in said[0]
+    whole = said[0].split(" failed: ", 1)[1].rsplit(" (the current rules keep running)", 1)[0]
+    assert len(whole) > 300 and p.stats["last_error"] == whole[:300]

@@ -3,6 +3,7 @@ apply live, the watched files' signature, the rule pack update poller and its sa
 (README, "Running a fleet": "Distribute and reload"). tests/test_reload.py runs whole reloads."""
 from __future__ import annotations
 
+import errno
 import gc
 import http.server
 import json
@@ -375,7 +376,7 @@ def test_a_pack_that_cannot_be_kept_is_a_failure_with_the_reason(tmp_path, serve
     p = _poller(tmp_path, server)
     server.answers.append(_ok(encode_pack(_rules(2)), '"v1"'))
     assert p.poll() == "error"
-    assert p.stats["last_error"] == f"cannot keep the pack at {p.dest}: {os.strerror(17)}"
+    assert p.stats["last_error"] == f"cannot keep the pack at {p.dest}: {os.strerror(errno.EEXIST)}"
     assert p.stats["failures"] == 1 and p.stats["updates"] == 0
 
 
@@ -414,7 +415,7 @@ def test_saved_validators_are_used_only_for_the_same_url_and_a_kept_pack(tmp_pat
 
 
 def test_the_saved_validators_file_is_read_up_to_64_kib(tmp_path, server):
-    # docs/hostile-inputs.md: a bigger file is ignored (the next poll is unconditional)
+    # docs/hostile-inputs.md, "The update poller's saved validators": a bigger file is ignored
     url = server.base + "/rules.pack"
     os.makedirs(tmp_path / "data")
     (tmp_path / "data" / reload_mod.UPDATE_PACK_NAME).write_bytes(encode_pack(_rules(1)))

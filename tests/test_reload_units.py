@@ -238,7 +238,8 @@ class _Server:
         cert.configure_cert(ctx)
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.base = f"https://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
 
     def close(self):
         self.httpd.shutdown()
@@ -343,11 +344,11 @@ def test_a_refused_connection_is_reported_once_naming_the_https_port(tmp_path):
 
 
 def test_a_slow_answer_is_reported_as_such(tmp_path, server):
-    server.drip = 0.05                                       # 40 bytes: 2 s, each byte in time
-    server.answers.append(_ok(b"x" * 40, '"v1"'))
-    p = _poller(tmp_path, server, timeout_s=0.5)
+    server.drip = 0.02                                       # 100 bytes: 2 s, each byte in time
+    server.answers.append(_ok(b"x" * 100, '"v1"'))
+    p = _poller(tmp_path, server, timeout_s=1)
     assert p.poll() == "error"
-    assert p.stats["last_error"] == "the answer took longer than 0.5 s to read"
+    assert p.stats["last_error"] == "the answer took longer than 1 s to read"
 
 
 def test_an_unreadable_kept_pack_is_replaced_not_raised(tmp_path, server, monkeypatch):

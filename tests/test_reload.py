@@ -866,3 +866,486 @@ def test_a_swap_waiting_for_a_worker_that_ends_gives_up_then(tmp_path):
     swapping[0].join(WAIT)
     assert not swapping[0].is_alive() and result == [False]
     assert pipe.generation == 0
+
+
+# -- the reloader's answer, its thread, the live config ------------------------------------------
+
+def _toml(sections: dict) -> str:
+    """A config file's text (JSON scalars and lists are TOML values too)."""
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items())
+                   for name, kv in sections.items())
+
+
+def _file_config(tmp_path: Path, **changes) -> tuple[Path, dict]:
+    """A config file naming one pack of generation 1; ``changes`` add or replace sections."""
+    pack = tmp_path / "rules.pack"
+    if not pack.exists():
+        write_pack(pack, gen_rules(1))
+    sections = {"sensor": {"data_dir": str(tmp_path / "data"), "control": False},
+                "rules": {"paths": [str(pack)], "builtin": False, "watch_s": 0},
+                "logging": {"level": "info"}}
+    for name, kv in changes.items():
+        sections[name.replace("__", ".")] = kv
+    path = tmp_path / "sensor.toml"
+    path.write_text(_toml(sections))
+    path.chmod(0o600)
+    return path, sections
+
+
+def _rewrite(path: Path, sections: dict, **changes) -> None:
+    for name, kv in changes.items():
+        sections[name.replace("__", ".")] = kv
+    path.write_text(_toml(sections))
+
+
+def _health_rows(spool) -> list[dict]:
+    return [r for r in (it.decode() for it in spool.fetch(1000, 1 << 26)) if r.get("type") == "health"]
+
+
+def test_a_refused_reload_names_no_new_set_and_speaks_of_the_running_sensor(tmp_path):
+    # README ("Distribute and reload"): a refused reload's answer names no new set; the reason
+    # tells the operator of a running sensor that no set was swapped in (not that it "does not
+    # start", the start-up wording)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write_pack(rules / "a.pack", gen_rules(1))
+    (rules / "broken.yml").write_text("title: broken\ndetection: {condition: nothing}\n")
+    cfg = parse({"rules": {"paths": [str(rules)], "builtin": False, "watch_s": 0},
+                 "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, cfg=cfg)
+    res = reloader.reload("control")
+    answer = res.as_dict()
+    assert not answer["ok"] and "broken.yml" in answer["errors"][0]
+    assert (answer["generation"], answer["rules"], answer["correlations"], answer["applied"]) \
+        == (0, 0, 0, False)
+    assert "does not swap in a rule set" in answer["errors"][-1]
+    assert "does not start" not in answer["errors"][-1]
+    assert pipe.generation == 0
+    (rules / "broken.yml").unlink()
+    res = reloader.reload("control")
+    # a reload that swapped a set in changed something ("changed: False: nothing changed,
+    # nothing swapped")
+    assert res.ok and res.applied and res.changed and res.generation == 1 and res.rules == 3
+
+
+def test_an_invalid_config_file_refuses_the_reload_and_does_not_break_the_reloader(tmp_path):
+    # The config file is read again on every reload; an invalid one changes nothing and is
+    # refused like a bad rule. It may already be invalid when the reloader starts (edited after
+    # the sensor read it): that is no reason for the reloader itself to fail.
+    path, sections = _file_config(tmp_path)
+    cfg = reload_mod.load_config(str(path))
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    path.write_text(path.read_text() + "[throttle]\nwindow_s = -5\n")
+    reloader = reload_mod.Reloader(pipe, cfg)
+    res = reloader.reload("signal")
+    assert not res.ok and res.errors and all(e.startswith("config: ") for e in res.errors)
+    assert "window_s" in " ".join(res.errors)
+    assert pipe.generation == 0 and pipe.reload_stats["failures"] == 1
+    _rewrite(path, sections, throttle={"window_s": 5})
+    res = reloader.reload("signal")
+    assert res.ok and pipe.generation == 1 and pipe.throttle.window == 5.0
+
+
+def test_a_stopped_reloader_abandons_a_reload_and_answers_so(tmp_path):
+    # stop() before start() (a sensor stopping before its services all ran) stops nothing that
+    # is not there; a reload asked for afterwards is abandoned, answered, and changes nothing
+    pipe, reloader, beats = _idle_pipeline(tmp_path)
+    reloader.stop()
+    res = reloader.reload("control")
+    assert not res.ok and res.errors == ["the sensor is stopping: the reload was abandoned"]
+    assert res.seconds == 0 and res.generation == 0 and not res.applied
+    assert pipe.generation == 0 and "reload" not in beats
+    assert pipe.reload_stats["reloads"] == 0 and pipe.reload_stats["failures"] == 0
+
+
+def test_the_reload_thread_is_a_daemon_and_stop_waits_for_it(tmp_path):
+    # docs/threads.md: Reloader.stop() waits for the thread (1 s by default), which is a daemon
+    # so that a reload it cannot wait for does not hold the process
+    pipe, reloader, _ = _idle_pipeline(tmp_path)
+    reloader.start()
+    assert reloader._thread.daemon
+    reloader.stop(timeout=WAIT)
+    assert not reloader._thread.is_alive()
+
+
+class _RecordingWake(threading.Event):
+    """The reload thread's wake event: records how long each wait may last and returns at once
+    (``stop_after`` waits: the reloader is stopped then, so ``_run`` returns)."""
+
+    def __init__(self, reloader, stop_after: int = 1):
+        super().__init__()
+        self.reloader, self.stop_after, self.timeouts = reloader, stop_after, []
+
+    def wait(self, timeout=None):
+        self.timeouts.append(timeout)
+        if len(self.timeouts) >= self.stop_after:
+            self.reloader._stop.set()
+        return True
+
+
+def _first_wait(reloader) -> float | None:
+    wake = _RecordingWake(reloader)
+    reloader._wake = wake
+    reloader._run()
+    reloader._stop.clear()
+    return wake.timeouts[0]
+
+
+def test_the_reload_thread_sleeps_until_the_next_watch_or_poll(tmp_path):
+    # docs/threads.md: the thread waits up to watch_s or the next update poll; not at all when a
+    # poll is due; with the watch off and no update URL it waits for a request alone
+    def reloader_for(watch_s, url=""):
+        cfg = parse({"rules": {"paths": [str(tmp_path / "r.pack")], "builtin": False,
+                               "watch_s": watch_s, "update": {"url": url}},
+                     "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+        pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+        return reload_mod.Reloader(pipe, cfg)
+
+    assert _first_wait(reloader_for(0)) is None
+    assert _first_wait(reloader_for(2.5)) == 2.5
+    url = "https://127.0.0.1:9/rules.pack"            # never fetched here
+    r = reloader_for(0, url)
+    assert _first_wait(r) <= 0                          # the first poll is due at once
+    r._next_poll = time.monotonic() + 50
+    assert 0 < _first_wait(r) <= 50                     # until the next poll
+    assert _first_wait(reloader_for(20, url)) <= 0      # a due poll beats the watch
+    r = reloader_for(20, url)
+    r._next_poll = time.monotonic() + 50
+    assert 0 < _first_wait(r) <= 20
+
+
+def test_the_reload_thread_survives_a_pass_that_fails(tmp_path, caplog):
+    pipe, reloader, _ = _idle_pipeline(tmp_path)
+    passes = []
+
+    def tick():
+        passes.append(1)
+        if len(passes) == 1:
+            raise RuntimeError("an unforeseen failure")
+    reloader._tick = tick
+    reloader._wake = _RecordingWake(reloader, stop_after=3)
+    with caplog.at_level("ERROR", logger="sensor.reload"):
+        reloader._run()                     # returns (stopped), does not raise
+    assert len(passes) == 2
+    assert any("rule reload failed unexpectedly" in m for m in caplog.messages)
+
+
+class _FakePoller:
+    """The update URL's poller as the reload thread sees it: ``poll`` answers from a script."""
+
+    interval = 60.0
+    safe_url = "https://updates.example/rules.pack"
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+        self.stats = {"url": self.safe_url, "polls": 0, "failures": 0, "last_error": None}
+        self.closed = False
+
+    def poll(self):
+        self.stats["polls"] += 1
+        outcome = self.outcomes.pop(0)
+        if outcome == "error":
+            self.stats["failures"] += 1
+            self.stats["last_error"] = f"HTTP 503 ({self.stats['failures']})"
+        return outcome
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_update_url_is_polled_every_interval_and_a_failure_raises_a_health_alert(tmp_path, monkeypatch):
+    # README: the URL is polled every interval_s; a failed poll raises
+    # sensor-health-rules-update-failed (a 304 does not)
+    import types
+    from sensor.deliver.spool import Spool
+    now = [1000.0]
+    monkeypatch.setattr(reload_mod, "time", types.SimpleNamespace(
+        monotonic=lambda: now[0], perf_counter=time.perf_counter, time=time.time))
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    try:
+        pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0, spool=spool)
+        cfg = parse({"rules": {"paths": [str(tmp_path / "r.pack")], "builtin": False, "watch_s": 0},
+                     "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+        reloader = reload_mod.Reloader(pipe, cfg)
+        poller = reloader.poller = _FakePoller(["not_modified", "error", "error"])
+        reloader._tick()                                   # due at once
+        assert poller.stats["polls"] == 1 and pipe.reload_stats["update"]["polls"] == 1
+        assert _health_rows(spool) == []                   # a 304 is no failure
+        now[0] = 1059.9
+        reloader._tick()
+        assert poller.stats["polls"] == 1                  # not yet due
+        now[0] = 1060.0
+        reloader._tick()                                   # interval_s after the last poll
+        assert poller.stats["polls"] == 2
+        rows = _health_rows(spool)
+        assert [r["rule"]["id"] for r in rows] == ["sensor-health-rules-update-failed"]
+        assert rows[0]["health"]["url"] == poller.safe_url
+        assert rows[0]["health"]["error"] == "HTTP 503 (1)"
+        reloader._tick()
+        assert poller.stats["polls"] == 2                  # the next one is due at 1120
+        now[0] = 1120.0
+        reloader._tick()
+        assert poller.stats["polls"] == 3
+        assert [r["health"]["error"] for r in _health_rows(spool)] == ["HTTP 503 (1)", "HTTP 503 (2)"]
+    finally:
+        spool.close()
+
+
+def test_the_watch_sees_rule_and_placeholder_files_and_is_off_at_watch_s_0(tmp_path):
+    # README: a change of a rule file or of the placeholders file reloads (watch_s); 0 turns
+    # the watch off, whatever changes
+    pack = tmp_path / "rules.pack"
+    write_pack(pack, gen_rules(1))
+    ph = tmp_path / "placeholders.yml"
+    ph.write_text("Admins: [adm]\n")
+
+    def setup(watch_s):
+        cfg = parse({"rules": {"paths": [str(pack)], "builtin": False, "watch_s": watch_s,
+                               "placeholders": str(ph)},
+                     "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+        pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+        return pipe, reload_mod.Reloader(pipe, cfg)
+
+    off_pipe, off = setup(0)
+    on_pipe, on = setup(5)
+    on._tick()
+    assert on_pipe.generation == 0                     # nothing changed yet
+    write_pack(pack, gen_rules(2))
+    off._tick()
+    on._tick()
+    assert off_pipe.generation == 0 and off_pipe.reload_stats["reloads"] == 0
+    assert on_pipe.generation == 1 and on_pipe.health().rules.trigger == "watch"
+    ph.write_text("Admins: [adm, root]\n")
+    off._tick()
+    on._tick()
+    assert off_pipe.generation == 0
+    assert on_pipe.generation == 2 and on_pipe.reload_stats["reloads"] == 2
+
+
+def test_a_reload_survives_a_health_alert_or_a_heartbeat_that_fails(tmp_path, caplog):
+    # No traceback reaches the one who asked: a ledger that cannot take the alert, a beat that
+    # fails, are logged; the reload's answer and its counters stand
+    pipe, reloader, _ = _idle_pipeline(tmp_path)
+
+    class BrokenLedger:
+        boot_id = "b"
+
+        def alert(self, *args):
+            raise OSError("the spool is gone")
+
+    def broken_beat(reason="heartbeat"):
+        raise OSError("the status file is gone")
+    pipe.ledger = BrokenLedger()
+    pipe.beat = broken_beat
+    pack = tmp_path / "rules0.pack"
+    pack.write_bytes(b"not a pack")
+    with caplog.at_level("ERROR", logger="sensor.reload"):
+        res = reloader.reload("signal")
+        assert not res.ok and pipe.reload_stats["failures"] == 1
+        write_pack(pack, gen_rules(2))
+        res = reloader.reload("signal")
+        assert res.ok and pipe.generation == 1 and pipe.reload_stats["reloads"] == 1
+    said = caplog.messages
+    assert any("cannot raise the health alert rules_reload_failed" in m for m in said)
+    assert sum("heartbeat after reload failed" in m for m in said) == 2
+
+
+def test_a_refusal_is_reported_in_bounded_form(tmp_path):
+    # README: rules.last_reload_error keeps the first 1,000 characters; the health alert's
+    # message names the first five reasons (" ..." when there are more), its details up to 100
+    from sensor.deliver.spool import Spool
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write_pack(rules / "a.pack", gen_rules(1))
+    cfg = parse({"rules": {"paths": [str(rules)], "builtin": False, "watch_s": 0},
+                 "sensor": {"data_dir": str(tmp_path / "data"), "control": False}}, "<test>")
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    try:
+        pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0, spool=spool)
+        reloader = reload_mod.Reloader(pipe, cfg)
+        seen = 0
+
+        def refuse(n_broken):
+            nonlocal seen
+            for i in range(n_broken):
+                (rules / f"b{i:03d}.yml").write_text("title: broken\ndetection: {condition: x}\n")
+            res = reloader.reload("control")
+            assert not res.ok and len(res.errors) == n_broken + 1     # one per file, a summary
+            rows = _health_rows(spool)[seen:]
+            seen += len(rows)
+            assert len(rows) == 1
+            return res, rows[0]
+
+        res, doc = refuse(4)                   # five reasons: all named, nothing left out
+        msg = doc["health"]["message"]
+        assert msg == "rule reload (control) refused: " + "; ".join(res.errors)
+        assert not msg.endswith(" ...")
+        res, doc = refuse(5)                   # six: the first five, then " ..."
+        assert doc["health"]["message"] == ("rule reload (control) refused: "
+                                            + "; ".join(res.errors[:5]) + " ...")
+        assert len(doc["health"]["errors"]) == 6
+        res, doc = refuse(100)                 # 101 reasons
+        assert doc["health"]["errors"] == res.errors[:100]
+        last = pipe.reload_stats["last_error"]
+        assert last == "; ".join(res.errors)[:1000] and len(last) == 1000
+        assert pipe.health().rules.last_reload_error == last
+    finally:
+        spool.close()
+
+
+def test_the_log_line_of_a_reload_names_the_keys_needing_a_restart(tmp_path, caplog):
+    path, sections = _file_config(tmp_path)
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)))
+    with caplog.at_level("INFO", logger="sensor.reload"):
+        assert reloader.reload("control").ok
+        _rewrite(path, sections, sensor=dict(sections["sensor"], queue_size=999))
+        res = reloader.reload("control")
+    assert res.ok and res.restart_needed == ["sensor.queue_size"]
+    lines = [m for m in caplog.messages if m.startswith("rules reloaded (control)")]
+    assert len(lines) == 2
+    assert "restart needed" not in lines[0]
+    assert lines[1].endswith("; restart needed for sensor.queue_size")
+    assert pipe.reload_stats["restart_needed"] == ["sensor.queue_size"]
+
+
+def test_a_reload_applies_the_live_config(tmp_path):
+    # README: the log level and the CPU limit apply live (the CPU limit through the callback
+    # the sensor gives the reloader)
+    import logging
+    path, sections = _file_config(tmp_path)
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    seen = []
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)), on_config=seen.append)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.INFO)
+        _rewrite(path, sections, logging={"level": "error"},
+                 sensor=dict(sections["sensor"], cpu_limit_percent=20))
+        res = reloader.reload("control")
+        assert res.ok and set(res.live) == {"logging.level", "sensor.cpu_limit_percent"}
+        assert root.level == logging.ERROR
+        assert seen and seen[-1].sensor.cpu_limit_percent == 20 and seen[-1].logging.level == "error"
+        assert reloader.cfg.sensor.cpu_limit_percent == 20
+    finally:
+        root.setLevel(level)
+
+
+def test_a_reload_that_changes_the_update_section_starts_the_polling_over(tmp_path):
+    # README: a changed [rules.update] starts its polling over (the first poll at once); a reload
+    # that leaves it as it was keeps the poll's schedule and counters
+    path, sections = _file_config(tmp_path)
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)))
+    assert reloader.poller is None and "update" not in pipe.reload_stats
+    url = "https://127.0.0.1:9/rules.pack"               # never fetched here
+    _rewrite(path, sections, rules__update={"url": url, "interval_s": 600})
+    assert reloader.reload("control").ok
+    first = reloader.poller
+    assert first is not None and first.interval == 600
+    assert pipe.reload_stats["update"]["url"] == url
+    assert _first_wait(reloader) <= 0                      # its first poll is due at once
+    reloader._next_poll = time.monotonic() + 600           # as after a poll
+    first.stats["polls"] = 1
+    reloader._publish_update_stats()
+    _rewrite(path, sections, throttle={"window_s": 5})      # the update section as it was
+    assert reloader.reload("control").ok
+    assert reloader.poller is first and not first._aborter.aborted
+    assert _first_wait(reloader) > 0 and pipe.reload_stats["update"]["polls"] == 1
+    _rewrite(path, sections, rules__update={"url": url, "interval_s": 900})
+    assert reloader.reload("control").ok
+    assert reloader.poller is not first and reloader.poller.interval == 900
+    assert first._aborter.aborted                          # the old one is closed
+    assert _first_wait(reloader) <= 0 and pipe.reload_stats["update"]["polls"] == 0
+
+
+def test_a_reload_waits_for_the_worker_as_documented(tmp_path):
+    # docs/threads.md: a swap waits for the worker to take the set up to 10 s
+    pipe, reloader, _ = _idle_pipeline(tmp_path)
+    waits = []
+    real_swap = pipe.swap_rules
+    pipe.swap_rules = lambda new, wait=None: (waits.append(wait), real_swap(new, wait=wait))[1]
+    assert reloader.reload("control").ok
+    assert waits == [10.0]
+
+
+def test_the_answer_times_the_reload_to_the_millisecond(tmp_path, monkeypatch):
+    import types
+    pipe, reloader, _ = _idle_pipeline(tmp_path)
+    ticks = iter([100.0, 100.0123456])
+    monkeypatch.setattr(reload_mod, "time", types.SimpleNamespace(
+        perf_counter=lambda: next(ticks), monotonic=time.monotonic, time=time.time))
+    res = reloader.reload("control")
+    assert res.ok and res.seconds == 0.012 and res.as_dict()["seconds"] == 0.012
+
+
+def test_a_reload_turns_the_throttle_on_and_off(tmp_path):
+    # README: the throttle applies live; window_s > 0 suppresses repeats, 0 turns it off
+    path, sections = _file_config(tmp_path)
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)))
+    ev = {"Image": "C:\\x\\a.exe", "CommandLine": "a"}
+
+    def repeat_suppressed():
+        t = pipe.throttle
+        if t is None:
+            return False
+        t.clock = lambda: 5000.0                # both alerts at the same instant
+        return t.allow("r", ev) and not t.allow("r", ev)
+
+    assert not repeat_suppressed()
+    _rewrite(path, sections, throttle={"window_s": 1})
+    assert reloader.reload("control").ok and repeat_suppressed()
+    assert pipe.throttle.window == 1.0
+    _rewrite(path, sections, throttle={"window_s": 0})
+    assert reloader.reload("control").ok and not repeat_suppressed()
+
+
+def test_a_stop_during_the_load_of_a_reload_asked_for_directly_answers_it_abandoned(tmp_path, monkeypatch):
+    # The control channel's thread runs the reload itself: a stop that ends its load must give
+    # that thread an answer, not an exception
+    import sensor.detect.loader as loader_mod
+    entered, release = threading.Event(), threading.Event()
+    real_load_file = loader_mod._load_file
+
+    def held_load_file(path, *args, **kwargs):
+        entered.set()
+        release.wait(WAIT)
+        return real_load_file(path, *args, **kwargs)
+
+    pipe, reloader, beats = _idle_pipeline(tmp_path, n_files=2)
+    monkeypatch.setattr(loader_mod, "_load_file", held_load_file)
+    out: list = []
+
+    def ask():
+        try:
+            out.append(reloader.reload("control"))
+        except BaseException as exc:  # noqa: BLE001 - what the caller would have got
+            out.append(exc)
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    try:
+        assert entered.wait(WAIT)
+        reloader.stop()
+    finally:
+        release.set()
+    t.join(WAIT)
+    assert len(out) == 1 and isinstance(out[0], reload_mod.ReloadResult), out
+    assert not out[0].ok and "abandoned" in out[0].errors[0]
+    assert pipe.generation == 0 and "reload" not in beats
+
+
+def test_a_set_that_cannot_be_compiled_is_refused(tmp_path):
+    # An exclusion whose regular expression does not compile passes the config's own checks;
+    # the reload refuses it like a bad rule, and the running set stays
+    path, sections = _file_config(tmp_path)
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)))
+    text = path.read_text() + '[[exclusions]]\nmatch = { "image|re" = "(" }\n'
+    path.write_text(text)
+    res = reloader.reload("control")
+    assert not res.ok and res.errors[-1].startswith("rules: cannot compile: ")
+    assert "invalid regular expression" in res.errors[-1]
+    assert pipe.generation == 0 and pipe.reload_stats["failures"] == 1

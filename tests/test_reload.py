@@ -1349,3 +1349,20 @@ def test_a_set_that_cannot_be_compiled_is_refused(tmp_path):
     assert not res.ok and res.errors[-1].startswith("rules: cannot compile: ")
     assert "invalid regular expression" in res.errors[-1]
     assert pipe.generation == 0 and pipe.reload_stats["failures"] == 1
+
+
+def test_a_reload_that_removes_the_update_url_stops_naming_it_in_the_status(tmp_path):
+    # status rules.update is "the update URL's polls": once a reload removed the URL, nothing is
+    # polled and the status names no URL (before: the removed URL and its counters stayed)
+    url = "https://127.0.0.1:9/rules.pack"               # never fetched here
+    path, sections = _file_config(tmp_path, rules__update={"url": url})
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)))
+    first = reloader.poller
+    assert pipe.health().rules.update.url == url
+    _rewrite(path, sections, rules__update={})
+    assert reloader.reload("control").ok
+    assert reloader.poller is None and first._aborter.aborted
+    assert _first_wait(reloader) is None                   # no poll to wait for (watch_s 0)
+    assert pipe.health().rules.update.url == ""
+    assert pipe.health().rules.update.polls == 0

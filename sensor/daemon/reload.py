@@ -535,6 +535,8 @@ class Reloader:
     def _publish_update_stats(self) -> None:
         if self.poller is not None:
             self.pipeline.reload_stats["update"] = dict(self.poller.stats)
+        else:                              # no update URL (any more): the status names none
+            self.pipeline.reload_stats.pop("update", None)
 
     def _health_alert(self, kind: str, message: str, details: dict, key: str) -> None:
         ledger = getattr(self.pipeline, "ledger", None)

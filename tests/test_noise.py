@@ -157,6 +157,27 @@ def test_throttle_forgets_the_oldest_keys_beyond_max_keys():
     assert t.allow("r", a)
 
 
+def test_a_window_closed_early_or_by_close_reports_its_count():
+    # README: the log reports each closed window's count. A window forgotten at the key bound is
+    # closed early, and close() (a reload that turns the throttle off) closes every open window:
+    # their counts are reported like those of windows that expired; a window with no repeat
+    # reports nothing
+    now = [0.0]
+    t = Throttle(60, clock=lambda: now[0], max_keys=2)
+    a, b, c = ev(Image="a"), ev(Image="b"), ev(Image="c")
+    assert _throttled(t, "ra", a, 3) == [True, False, False]
+    assert _throttled(t, "rb", b, 2) == [True, False]
+    assert t.allow("rc", c)                               # a's window is forgotten here
+    assert t.flush() == [{"rule": "ra", "suppressed": 2, "window_s": 60.0}]
+    assert not t.allow("rc", c)
+    now[0] = 1.0                                          # nothing expired yet
+    assert t.close() == [{"rule": "rb", "suppressed": 1, "window_s": 60.0},
+                         {"rule": "rc", "suppressed": 1, "window_s": 60.0}]
+    assert t.close() == [] and t.flush() == []
+    assert t.allow("rb", b)                               # closed: the next one opens a window
+    assert t.suppressed == {"ra": 2, "rb": 1, "rc": 1}
+
+
 def test_throttle_default_bound_is_100000_keys():
     # README: the throttle remembers at most 100,000 open windows; then the oldest is forgotten.
     t = Throttle(60, clock=lambda: 0.0)

@@ -1303,6 +1303,41 @@ def test_a_reload_turns_the_throttle_on_and_off(tmp_path):
     assert reloader.reload("control").ok and not repeat_suppressed()
 
 
+def test_the_noise_counts_and_open_throttle_windows_outlive_a_reload(tmp_path, caplog):
+    # README (Health): noise.* count what noise control suppressed since the start; the log
+    # reports each closed throttle window's count. A reload rebuilds the exclusions and may turn
+    # the throttle off: the counts so far stay in the status, and the windows still open are
+    # closed with their counts logged
+    path, sections = _file_config(tmp_path)
+    pipe = Pipeline(source=CountingSource(), rules=gen_rules(0), heartbeat_interval=0)
+    reloader = reload_mod.Reloader(pipe, reload_mod.load_config(str(path)))
+    import logging
+
+    def write(window_s: int, image: str) -> None:
+        sections["throttle"] = {"window_s": window_s}
+        path.write_text(_toml(sections) + f"[[exclusions]]\nmatch = {{ image = '*\\{image}' }}\n")
+
+    write(60, "quiet.exe")
+    assert reloader.reload("control").ok
+    ev = {"Image": "C:\\x\\a.exe", "CommandLine": "a"}
+    t = pipe.throttle
+    assert t.allow("r", ev) and not t.allow("r", ev) and not t.allow("r", ev)
+    hits = pipe.exclusions.matching({"Image": "C:\\x\\quiet.exe"})
+    assert pipe.exclusions.drops_event(hits)
+    before = pipe.health().noise
+    assert before.throttled == {"r": 2} and before.excluded_events == 1
+    write(0, "other.exe")
+    with caplog.at_level(logging.INFO, logger="sensor.pipeline"):
+        assert reloader.reload("control").ok
+    assert pipe.throttle is None
+    assert "throttle: suppressed 2 repeat(s) of rule r within 60 s" in caplog.text
+    after = pipe.health().noise
+    assert after.throttled == {"r": 2} and after.excluded_events == 1
+    hits = pipe.exclusions.matching({"Image": "C:\\x\\other.exe"})
+    assert pipe.exclusions.drops_event(hits)
+    assert pipe.health().noise.excluded_events == 2
+
+
 def test_a_stop_during_the_load_of_a_reload_asked_for_directly_answers_it_abandoned(tmp_path, monkeypatch):
     # The control channel's thread runs the reload itself: a stop that ends its load must give
     # that thread an answer, not an exception

@@ -115,6 +115,11 @@ class Pipeline:
         if self.correlator is not None:
             self._titles.update((n.corr.id, n.corr.title) for n in self.correlator.nodes)
         self.windows_discarded = 0          # dropped by reloads to a set without correlations
+        # what the exclusions and throttles a reload replaced had suppressed (the status counts
+        # since the start, across reloads)
+        self._excluded_events_before = 0
+        self._excluded_alerts_before: Counter = Counter()
+        self._throttled_before: Counter = Counter()
         self._reload_note: dict | None = None
         self.correlation_state = correlation_state
         self.checkpoint_s = checkpoint_s
@@ -536,6 +541,7 @@ class Pipeline:
         set: the old engine evaluates what it holds (its alerts are spooled), then the new one
         takes over the windows of the correlations whose definition did not change; the
         windows of those that changed or went away are dropped, counted and logged."""
+        self._retire_noise(old, new)
         oc, nc = old.correlator, new.correlator
         if oc is None or oc is nc:
             return
@@ -562,6 +568,19 @@ class Pipeline:
         if nc is not None:
             log.info("correlation windows carried over at the rule swap: %d correlation(s)",
                      note.get("correlations", 0))
+
+    def _retire_noise(self, old: RuleSet, new: RuleSet) -> None:
+        """(worker, at a swap) Keep what the exclusions and the throttle a reload replaces have
+        suppressed, and close the windows of a throttle the reload turns off (each window's
+        count is logged when it closes, as the heartbeat logs expired ones)."""
+        ex = old.exclusions
+        if ex is not None and ex is not new.exclusions:
+            self._excluded_events_before += ex.suppressed_events
+            self._excluded_alerts_before.update(dict(ex.suppressed_alerts))
+        th = old.throttle
+        if th is not None and th is not new.throttle:
+            self._throttled_before.update(dict(th.suppressed))
+            _log_throttled(th.close())
 
     def _correlation_flush(self, save: bool) -> None:
         alerts: list[dict] = []
@@ -671,14 +690,17 @@ class Pipeline:
         st.alerts = AlertsHealth(total=sum(by_rule.values()), by_rule=by_rule,
                                  titles={rid: self._titles.get(rid, "") for rid in by_rule})
         noise = NoiseHealth()
+        excluded = Counter(self._excluded_alerts_before)
+        noise.excluded_events = self._excluded_events_before
         if self.exclusions is not None:
-            noise.excluded_events = self.exclusions.suppressed_events
-            noise.excluded_alerts = dict(self.exclusions.suppressed_alerts)
+            noise.excluded_events += self.exclusions.suppressed_events
+            excluded.update(dict(self.exclusions.suppressed_alerts))
+        throttled = Counter(self._throttled_before)
         if self.throttle is not None:
-            noise.throttled = dict(self.throttle.suppressed)
-            for r in self.throttle.flush():
-                log.info("throttle: suppressed %d repeat(s) of rule %s within %.0f s",
-                         r["suppressed"], r["rule"], r["window_s"])
+            throttled.update(dict(self.throttle.suppressed))
+            _log_throttled(self.throttle.flush())
+        noise.excluded_alerts = dict(excluded)
+        noise.throttled = dict(throttled)
         st.noise = noise
         if self.correlator is not None:
             cs = _safe(self.correlator.stats)
@@ -738,6 +760,12 @@ class Pipeline:
             if reason == "stop":
                 self._ledger_closed = True
             return st
+
+
+def _log_throttled(reports: list[dict]) -> None:
+    for r in reports:
+        log.info("throttle: suppressed %d repeat(s) of rule %s within %.0f s",
+                 r["suppressed"], r["rule"], r["window_s"])
 
 
 def _int(v: Any) -> int:

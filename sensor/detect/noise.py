@@ -145,9 +145,8 @@ class Throttle:
                 entry[1] += 1
                 self.suppressed[rule_id] += 1
                 return False
-            if entry is not None and entry[1]:
-                self.reports.append({"rule": entry[2], "suppressed": entry[1],
-                                     "window_s": self.window})
+            if entry is not None:
+                self._report(entry)
             self._seen[k] = [now, 0, rule_id]
             if len(self._seen) > self.max_keys:
                 self._expire(now)
@@ -155,15 +154,27 @@ class Throttle:
 
     def _expire(self, now: float) -> None:
         for k in [k for k, e in self._seen.items() if now - e[0] >= self.window]:
-            e = self._seen.pop(k)
-            if e[1]:
-                self.reports.append({"rule": e[2], "suppressed": e[1], "window_s": self.window})
-        while len(self._seen) > self.max_keys:  # still too many: forget the oldest
-            self._seen.pop(next(iter(self._seen)))
+            self._report(self._seen.pop(k))
+        while len(self._seen) > self.max_keys:  # still too many: close the oldest early
+            self._report(self._seen.pop(next(iter(self._seen))))
+
+    def _report(self, entry: list) -> None:
+        if entry[1]:
+            self.reports.append({"rule": entry[2], "suppressed": entry[1], "window_s": self.window})
 
     def flush(self) -> list[dict]:
         """Close expired windows and return (and clear) the suppression reports."""
         with self._lock:
             self._expire(self.clock())
+            out, self.reports = self.reports, []
+        return out
+
+    def close(self) -> list[dict]:
+        """Close every window, open or not (a reload turns the throttle off), and return (and
+        clear) the suppression reports."""
+        with self._lock:
+            for entry in self._seen.values():
+                self._report(entry)
+            self._seen.clear()
             out, self.reports = self.reports, []
         return out

@@ -289,6 +289,21 @@ def test_polls_are_counted_and_a_pack_served_again_is_not_modified(tmp_path, ser
     assert p.stats["updates"] == 1
 
 
+def test_a_compressed_answer_is_refused_not_inflated(tmp_path, server):
+    # README ("Distribute and reload"): the answer is taken as sent; the request asks for the
+    # identity encoding, and a gzip answer from a server that ignores it is not a pack
+    import gzip
+    pack = encode_pack(_rules(3))
+    p = _poller(tmp_path, server)
+    server.answers.append((200, {"ETag": '"z"', "Content-Encoding": "gzip"}, gzip.compress(pack)))
+    assert p.poll() == "error"
+    assert server.requests[-1][1].get("Accept-Encoding") == "identity"
+    assert p.stats["last_error"].startswith("the fetched pack is refused")
+    assert not os.path.exists(p.dest)
+    server.answers.append(_ok(pack, '"v1"'))                 # the same pack as sent: taken
+    assert p.poll() == "updated"
+
+
 def test_a_url_without_a_path_asks_for_the_root(tmp_path, server):
     p = _poller(tmp_path, server, "")
     assert p.poll() == "error" and p.stats["last_error"] == "HTTP 404"

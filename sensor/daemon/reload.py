@@ -402,7 +402,6 @@ class ReloadResult:
     rules: int = 0
     correlations: int = 0             # Sigma correlations in the new set (an engine of their own)
     applied: bool = False             # the worker runs the new set
-    changed: bool = True              # False: nothing changed, nothing swapped
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     live: list[str] = field(default_factory=list)
@@ -448,7 +447,6 @@ class Reloader:
         self._signature = self._watch_signature()
         self.poller = UpdatePoller(cfg) if cfg.rules.update.url else None
         self._next_poll = 0.0
-        self.results: list[ReloadResult] = []
         self._publish_update_stats()
 
     # -- triggers ------------------------------------------------------------------------------
@@ -558,8 +556,6 @@ class Reloader:
                 return ReloadResult(ok=False, trigger=trigger,
                                     errors=["the sensor is stopping: the reload was abandoned"])
             res.seconds = round(time.perf_counter() - t0, 3)
-            self.results.append(res)
-            del self.results[:-100]
         if self._stop.is_set():
             # a result that came after the stop (a refusal included) is not reported: the stop's
             # own health document is the last one of this boot

@@ -1320,17 +1320,21 @@ def test_the_noise_counts_and_open_throttle_windows_outlive_a_reload(tmp_path, c
     ev = {"Image": "C:\\x\\a.exe", "CommandLine": "a"}
     t = pipe.throttle
     assert t.allow("r", ev) and not t.allow("r", ev) and not t.allow("r", ev)
+    ev2 = dict(ev, CommandLine="b")                         # a second window of the same rule
+    assert t.allow("r", ev2) and not t.allow("r", ev2)
     hits = pipe.exclusions.matching({"Image": "C:\\x\\quiet.exe"})
     assert pipe.exclusions.drops_event(hits)
     before = pipe.health().noise
-    assert before.throttled == {"r": 2} and before.excluded_events == 1
+    assert before.throttled == {"r": 3} and before.excluded_events == 1
     write(0, "other.exe")
     with caplog.at_level(logging.INFO, logger="sensor.pipeline"):
         assert reloader.reload("control").ok
     assert pipe.throttle is None
-    assert "throttle: suppressed 2 repeat(s) of rule r within 60 s" in caplog.text
+    # one line for the rule, however many of its windows closed
+    assert caplog.text.count("throttle: suppressed") == 1
+    assert "throttle: suppressed 3 repeat(s) of rule r in 2 window(s) of 60 s" in caplog.text
     after = pipe.health().noise
-    assert after.throttled == {"r": 2} and after.excluded_events == 1
+    assert after.throttled == {"r": 3} and after.excluded_events == 1
     hits = pipe.exclusions.matching({"Image": "C:\\x\\other.exe"})
     assert pipe.exclusions.drops_event(hits)
     assert pipe.health().noise.excluded_events == 2

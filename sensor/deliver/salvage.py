@@ -144,6 +144,7 @@ class _Pages:
             report.notes.append("WAL page size differs from the database's: WAL ignored")
             self.overlay.clear()
             self.db_pages = 0
+            report.wal_frames = 0      # none of its frames is applied
         self.usable = self.page_size - self.reserved
         file_pages = self.size // self.page_size
         self.count = max(file_pages, self.db_pages, max(self.overlay, default=0))

@@ -231,7 +231,8 @@ def test_records_by_the_format_and_malformed_ones_refused():
     malformed = [
         b"\x00",                                 # header size 0: not even its own size
         b"\x05\x00",                             # header longer than the record
-        _record([10], b""), _record([11], b""),  # reserved serial types
+        _record([10], b""), _record([11], b""),  # reserved serial types (10 and 11)
+        _record([10, 1], b""), _record([11, 1], b""),   # ... even with a value after them
         _record([1], b""),                       # a value past the end of the record
         _record([7], b"\x00" * 7),
         _record([23], b"abcd"),                  # a text of 5 bytes with 4 there
@@ -241,6 +242,9 @@ def test_records_by_the_format_and_malformed_ones_refused():
     for payload in malformed:
         with pytest.raises((ValueError, IndexError, UnicodeDecodeError, struct.error)):
             salvage.decode_record(payload)
+    for t in (10, 11):                           # reserved: no value, of any length, is read
+        with pytest.raises(ValueError):
+            salvage._serial(t, b"\x00" * 16, 4)
 
 
 @pytest.mark.parametrize("t, room", [(1, 0), (4, 3), (6, 7), (7, 0), (7, 7), (14, 0), (21, 3)])

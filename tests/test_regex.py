@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.detect.backtrack import BudgetExceeded, BudgetRegex
+from sensor.detect.charsets import MAX_SCANS_PER_REGEX
 from sensor.detect.regex import (ENGINE_BACKTRACK, ENGINE_RE2, ENGINE_REFUSED, LinearRegex,
                                  RegexUnsupported, cat_bits, compile_regex, plan, py_flags)
 
@@ -236,6 +237,105 @@ def test_categories_match_python_on_every_code_point():
         by_re = {128 + m.start() for m in re.finditer(cls, text)}
         by_bits = {128 + i for i, ch in enumerate(text) if cat_bits(128 + i) & bit}
         assert by_re == by_bits, cls
+
+
+# ---------------------------------------------------------------------------------
+# Character sets (sensor/detect/charsets.py): each one-character node is an exact set of code
+# points, on RE2 and on the budgeted engine alike. The cases sit where a set's parts meet: the
+# last ASCII and the first non-ASCII code point, a class whose items are of several kinds (a
+# category and explicit characters: a character in any one item is a member), a negated class,
+# the categories under (?a), case-insensitive non-ASCII items and the last code point.
+
+CHARSET_CASES = [
+    # DEL and U+0080 on either side of the ASCII mask
+    (r"x\x7f", "", ["x\x7f", "x\x80", "x~"]),
+    (r"x\x80", "", ["x\x80", "x\x7f", "x\x81"]),
+    (r"x.", "", ["x\x7f", "x\x80"]),
+    (r"x[~\x7f]", "", ["x\x7f", "x\x80"]),
+    # a class item that ends at U+0080 holds U+0080
+    (r"[a\x80]", "", ["\x80", "\x81", "\x7f"]),
+    (r"[\x00-\x80]", "", ["\x80", "\x81"]),
+    (r"[\x7f-\xff]", "", ["\x7f", "\x80", "\xff", "\u0100"]),
+    # a class of an explicit character and a category: a member of either is a member
+    (r"[\u00e9\d]", "", ["\u00e9", "\u0663", "\u00ea", "5", "x"]),
+    (r"[\u00e9\s\d]", "", ["\u00e9", "\u3000", "\u0663", "\u00ea"]),
+    # every item of a class counts, the non-ASCII ones after an ASCII one too
+    (r"[a\u00e9]", "", ["\u00e9", "a", "\u00ea"]),
+    (r"[ab\u0100-\u0102c]", "", ["\u0101", "\u0102", "\u0103", "c"]),
+    # a negated class leaves out every one of its items
+    (r"[^\u00e9x]", "", ["\u00e9", "x", "\u00ea", "y"]),
+    (r"[^\d\u00e9]", "", ["\u00e9", "\u0663", "\u00ea"]),
+    # under (?a) a negated category holds every non-ASCII character
+    (r"(?a)\W", "", ["\u00e9", "\u0663", "a", "-"]),
+    (r"(?a)[\Sx]", "", ["\u3000", "\u00e9", " "]),
+    (r"(?a)[^\d]", "", ["\u0663", "5"]),
+    # case-insensitive non-ASCII class items hold their other cases
+    (r"[\u00e9\u00ea]", "i", ["\u00c9", "\u00ca", "\u00cb", "e"]),
+    (r"[\u0101-\u0103]", "i", ["\u0100", "\u0102", "\u0104", "\u00e1"]),
+]
+
+
+@pytest.mark.parametrize("pattern,flags,texts", CHARSET_CASES)
+def test_character_sets_at_their_edges_agree_with_python_on_both_engines(pattern, flags, texts):
+    assert plan(pattern, flags).engine == ENGINE_RE2
+    engines = (compile_regex(pattern, flags), BudgetRegex(pattern, flags))
+    for t in texts:
+        want = python_says(pattern, flags, t)
+        assert [rx.search(t) for rx in engines] == [want, want], (pattern, flags, t)
+
+
+def test_a_scan_from_a_cold_start_finds_every_case_partner_and_no_more(monkeypatch):
+    # a case-insensitive non-ASCII literal or class item is found by running Python's engine
+    # over every non-ASCII code point, in order up to U+10FFFF (built on first need); the ranges
+    # it finds start and end at the right code points
+    from sensor.detect import charsets
+
+    monkeypatch.setattr(charsets, "_NONASCII_TEXT", None)
+    monkeypatch.setattr(charsets, "_SCANS", {})
+    assert charsets._nonascii_text() == "".join(map(chr, range(0x80, 0x110000)))
+    for pattern, texts in [
+        ("(?i)x\u01c5", ["x\u01c3", "x\u01c4", "x\u01c5", "x\u01c6", "x\u01c7", "X\u01c4"]),
+        ("(?i)[\u1e00\u1e01]", ["\u1dff", "\u1e00", "\u1e01", "\u1e02"]),
+        ("(?i)[\U0010fff0-\U0010ffff]", ["\U0010ffef", "\U0010fff0", "\U0010ffff"]),
+        ("(?i)\\x80|[\\x80\\xff]", ["\x80", "\x7f", "\xff", "\u0178"]),
+    ]:
+        engines = (compile_regex(pattern, ""), BudgetRegex(pattern, ""))
+        for t in texts:
+            want = python_says(pattern, "", t)
+            assert [rx.search(t) for rx in engines] == [want, want], (pattern, t)
+
+
+def _both_engines_run(pattern: str) -> None:
+    assert plan(pattern, "").engine == ENGINE_RE2, plan(pattern, "").reason
+    BudgetRegex(pattern, "")
+
+
+def test_only_case_insensitive_non_ascii_sets_count_towards_the_scan_bound():
+    # A set needs a scan of every non-ASCII code point (regex.py) only under IGNORECASE, and
+    # there only for a non-ASCII item or a class mixing letters with a category; a regex may
+    # need MAX_SCANS_PER_REGEX of them, one more is refused for any engine. Case-sensitive sets
+    # of any kind need none: nine classes mixing a category, a letter and a non-ASCII range,
+    # and nine non-ASCII literals, run on RE2 and agree with Python
+    nine = MAX_SCANS_PER_REGEX + 1
+    mixed = "".join(f"[\\w{chr(0x61 + i)}\\u{0x100 + 2 * i:04x}-\\u{0x101 + 2 * i:04x}]"
+                    for i in range(nine))
+    _both_engines_run(mixed + "".join(chr(0x1E00 + 2 * i) for i in range(nine)))
+    rx = compile_regex(mixed, "")
+    for t in ("a\u0100b\u0102" + "x" * 7, "-" * 9, "\u0101" * 9, "\u00e9\u0663" + "_" * 7):
+        assert rx.search(t) == python_says(mixed, "", t), t
+    # nor do ASCII characters and ASCII classes under IGNORECASE (their non-ASCII case partners
+    # are among four known code points): they run beside the eight allowed scans
+    eight = "(?i)" + "".join(chr(0x1E00 + 2 * i) for i in range(MAX_SCANS_PER_REGEX))
+    _both_engines_run(eight + r"\x7f[b-d][y-\x7f][^\x00-\x7f]\w\D")
+    # a class mixing letters with a category under IGNORECASE is scanned (regex.py), and so is
+    # each case-insensitive non-ASCII class item: eight run, one more is refused
+    classes = [f"[\\d{c}]" for c in "abcdefghjkmn"[:nine]]
+    _both_engines_run("(?i)" + "".join(classes[:-1]))
+    for pattern in ("(?i)" + "".join(classes), eight + "[\\d\u00e9]", eight + "[a-c\u0100]"):
+        assert plan(pattern, "").engine == ENGINE_REFUSED, pattern
+        with pytest.raises(RegexUnsupported) as exc:
+            BudgetRegex(pattern, "")
+        assert exc.value.refused, pattern
 
 
 # ---------------------------------------------------------------------------------

@@ -569,6 +569,21 @@ def test_prefilter_forms(pattern, flags, want):
     assert ix.regex_prefilter(pattern, flags) == want
 
 
+def test_a_regex_prefilter_does_not_depend_on_the_regexes_planned_before_it():
+    # docs/matcher.md: each regex may need its own bounded number of character-set scans; a
+    # prefilter is a function of its regex, so planning another regex (here one that uses up
+    # the scans) first must not cost the next one its literals
+    from sensor.detect.charsets import MAX_SCANS_PER_REGEX
+    from sensor.detect.regex import plan
+    rx = "(?i)" + "".join(chr(0xE0 + i) for i in range(5)) + "abcd"
+    fresh = ix.regex_prefilter(rx, 0)
+    assert fresh[1] != ("any",) and b"abcd" in ix.prefilter_literals(fresh[1])
+    plan("(?i)" + "".join(chr(0x100 + 2 * i) for i in range(MAX_SCANS_PER_REGEX)))
+    assert ix.regex_prefilter(rx, 0) == fresh
+    plan(rx)
+    assert ix.regex_prefilter(rx, 0) == fresh
+
+
 def test_exact_sets_multiply_up_to_sixteen_strings():
     lo, cond = ix.regex_prefilter("[ab][ab][ab][ab]", 0)      # 16 strings: still exact
     assert lo == 4 and cond[0] == "or" and len(cond[1]) == 16

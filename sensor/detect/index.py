@@ -33,6 +33,8 @@ import re._parser as _sre_parse
 from array import array
 from collections import deque
 
+from . import charsets as _charsets
+
 SIGMA_FOLD = frozenset("\u03c3\u03c2")   # the only characters whose fold depends on context
 
 # Fields whose values come from a small vocabulary: a literal equal to (or inside) one
@@ -463,6 +465,7 @@ def regex_prefilter(pattern: str, flags: int):
     except Exception:
         return 0, _ANY
     gflags = parsed.state.flags
+    _charsets.scan_count[0] = 0      # the bound on character-set scans is per regex
     try:
         ex, cond = _info(list(parsed), gflags)
     except Exception:

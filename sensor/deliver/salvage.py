@@ -226,15 +226,18 @@ class _Pages:
         free: set[int] = set()
         seen: set[int] = set()
         cap = (self.usable - 8) // 4
-        while trunk and trunk not in seen and len(free) <= total:
+        # The header's count bounds the chain: a damaged next-trunk number can lead to a live
+        # page, which must not be taken for a trunk (its rows would be skipped); nor is a page
+        # whose leaf count does not fit a trunk page.
+        while trunk and trunk not in seen and len(free) < total:
             seen.add(trunk)
             data = self.page(trunk)
             if data is None:
                 break
-            free.add(trunk)
             nxt, n = _u32(data, 0)[0], _u32(data, 4)[0]
             if n > cap:
                 break
+            free.add(trunk)
             free.update(_u32(data, 8 + 4 * i)[0] for i in range(n))
             trunk = nxt
         return free

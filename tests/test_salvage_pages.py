@@ -369,3 +369,432 @@ def test_the_freelist_of_an_unreadable_header_is_not_used(tmp_path):
     got, report = _scan(path)
     assert not report.header_ok and report.free_pages == 0
     assert not (want - got) and got - want
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk of the tables' b-trees from the schema
+
+
+def _tree(tmp_path, n: int = 400, start: int = 1):
+    """A spool of 512-byte pages whose alerts b-tree has interior pages."""
+    path = tmp_path / "spool.db"
+    db = _open(path, 512)
+    _fill(db, n, start=start)
+    db.close()
+    return path
+
+
+def _root(path, table: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (table,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def _interior(raw: bytes, page: int, page_size: int = 512) -> tuple[int, list[int]]:
+    """(offset of page ``page``, its cell pointers) of an interior table page."""
+    off = (page - 1) * page_size
+    assert raw[off] == 0x05
+    n = struct.unpack_from(">H", raw, off + 3)[0]
+    return off, list(struct.unpack_from(f">{n}H", raw, off + 12))
+
+
+def test_the_walk_reads_only_the_leaves_of_the_tables_asked_for(tmp_path):
+    path = _tree(tmp_path)
+    assert _root(path, "alerts") not in _leaves(path)           # the tree has interior pages
+    got, report = _scan(path, TABLES)
+    assert report.walked and got == _rows(path, TABLES)         # no health row, no schema row
+    assert report.pages == report.leaf_pages == len(_leaves(path, TABLES))
+
+
+def test_a_trigger_named_like_a_table_does_not_hide_the_table(tmp_path):
+    # SQLite keeps triggers in a namespace of their own: a trigger may bear a table's name. Its
+    # schema row (root page 0) names no b-tree; only the schema's table rows do.
+    path = _tree(tmp_path, 40)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TRIGGER meta AFTER INSERT ON health BEGIN SELECT 1; END")
+    db.execute("CREATE INDEX alerts_kind ON alerts(kind)")
+    db.commit()
+    db.close()
+    got, report = _scan(path, TABLES)
+    assert report.walked and got == _rows(path, TABLES)
+
+
+def test_the_walk_finds_a_table_by_its_name_column(tmp_path):
+    # The schema row of a table holds its name twice: name, and tbl_name, a copy (the file
+    # format). With the copy damaged SQLite refuses the file ("malformed database schema"), but
+    # the table's name and root page are intact: the walk still reads exactly its leaves.
+    path = _tree(tmp_path, 40)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    at = _schema_record(path, raw) + 7
+    assert raw[at:at + 17] == b"tablealertsalerts"
+    raw[at + 11:at + 17] = b"zzzzzz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(sqlite3.DatabaseError):
+        _rows(path, TABLES)
+    got, report = _scan(path, TABLES)
+    assert report.walked and got == want
+
+
+def _cell_offsets(raw: bytes, page: int, page_size: int) -> list[int]:
+    """File offsets of the cells of table leaf page ``page``, through its cell-pointer array."""
+    off = (page - 1) * page_size
+    base = off + (100 if page == 1 else 0)
+    assert raw[base] == 0x0D
+    n = struct.unpack_from(">H", raw, base + 3)[0]
+    return [off + p for p in struct.unpack_from(f">{n}H", raw, base + 8)]
+
+
+def _schema_record(path, raw: bytes) -> int:
+    """Offset of the record header of the alerts table's schema row (its live cell, not a stale
+    copy in a page's free space)."""
+    page_size = struct.unpack_from(">H", raw, 16)[0]
+    body = None
+    for page in _leaves(path, ("sqlite_schema",)):
+        for cell in _cell_offsets(raw, page, page_size):
+            at = raw.find(b"tablealertsalerts", cell, cell + 40)
+            if at > 0:
+                body = at
+    assert body is not None
+    hsize = 7          # its size, the type and two names (1 byte each), the root page, the SQL (2)
+    assert raw[body - hsize] == hsize
+    return body - hsize
+
+
+@pytest.mark.parametrize("damage", ["header size", "value past the payload", "not UTF-8"])
+def test_a_schema_row_that_does_not_decode_stops_the_walk_not_the_scan(tmp_path, damage):
+    # The walk needs the whole schema: a schema row that does not decode means every leaf page is
+    # read instead (counted as a bad cell itself), with every row of the tables.
+    path = _tree(tmp_path, 40)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    rec = _schema_record(path, raw)
+    if damage == "header size":
+        raw[rec] = 0                                  # a record header is at least its own size
+    elif damage == "value past the payload":
+        raw[rec + 5] = 0x7F                          # the SQL's text serial type, now 8 KiB long
+    else:
+        raw[rec + 7 + 5] = 0xFF                      # the table's name: not UTF-8
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked and report.bad_cells == 1
+    assert not (want - got)
+
+
+def test_an_interior_page_naming_page_0_stops_the_walk_not_the_scan(tmp_path):
+    # Page numbers start at 1: a child pointer of 0 is damage. Every row is still read, from all
+    # leaf pages.
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _interior(raw, _root(path, "alerts"))
+    struct.pack_into(">I", raw, off + ptrs[0], 0)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert not (want - got)
+
+
+def test_an_interior_page_naming_one_child_twice_is_not_a_tree(tmp_path):
+    # A cell of the root naming the root's right child: the tree is damaged, and the subtree the
+    # cell named must not be lost: every leaf page is read.
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _interior(raw, _root(path, "alerts"))
+    right = struct.unpack_from(">I", raw, off + 8)[0]
+    struct.pack_into(">I", raw, off + ptrs[0], right)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert not (want - got)
+
+
+@pytest.mark.parametrize("where", ["the last 3 bytes", "past the page"])
+def test_an_interior_cell_pointer_with_no_room_for_its_child_stops_the_walk(tmp_path, where):
+    # A child page number is 4 bytes: a cell pointer leaving fewer before the end of the page is
+    # damage. Every row is still read, from all leaf pages.
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _interior(raw, _root(path, "alerts"))
+    struct.pack_into(">H", raw, off + 12, 512 - 3 if where == "the last 3 bytes" else 600)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert not (want - got)
+
+
+@pytest.mark.parametrize("extra", [1, 300, 0xFFFF])
+def test_an_interior_page_whose_cell_count_overruns_the_page_stops_the_walk(tmp_path, extra):
+    # The cell pointers of an interior page follow its 12-byte header; a count whose pointers
+    # would run past the page is damage. Every row is still read, from all leaf pages.
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    off, _ = _interior(raw, _root(path, "alerts"))
+    struct.pack_into(">H", raw, off + 3, min((512 - 12) // 2 + extra, 0xFFFF))
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert not (want - got)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells of a leaf page: taken through the cell-pointer array, never guessed
+
+
+def _blobs(tmp_path, reserved: int = 0, sizes=(20, 21, 22, 23, 24)):
+    """A spool-shaped file whose blobs table is one leaf page of len(sizes) rows, rowids 1...;
+    returns (path, page, usable)."""
+    path = tmp_path / "spool.db"
+    db = _open(path, 512, reserved)
+    _fill(db, 3)
+    db.execute("BEGIN")
+    for i, n in enumerate(sizes, 1):
+        db.execute("INSERT INTO blobs VALUES (?, ?)", (i, bytes([i]) * n))
+    db.execute("COMMIT")
+    db.close()
+    page = _root(path, "blobs")
+    assert page in _leaves(path, ("blobs",))
+    return path, page, 512 - reserved
+
+
+def _ptrs(raw, page) -> tuple[int, list[int]]:
+    off = (page - 1) * 512
+    n = struct.unpack_from(">H", raw, off + 3)[0]
+    return off, list(struct.unpack_from(f">{n}H", raw, off + 8))
+
+
+def _cell(rowid: int, blob: bytes) -> bytes:
+    """A table leaf cell of ``blobs`` (a record of NULL and one blob), by the file format."""
+    serial = _varint(2 * len(blob) + 12)
+    record = _varint(2 + len(serial)) + b"\x00" + serial + blob
+    return _varint(len(record)) + _varint(rowid) + record
+
+
+def test_a_cell_right_after_the_pointer_array_is_read(tmp_path):
+    # A full page's cell content area starts right after the cell-pointer array: a cell there is
+    # a cell (SQLite reads the page the same).
+    path, page, _ = _blobs(tmp_path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, page)
+    end = 8 + 2 * len(ptrs)
+    cell = _cell(1, b"\x01" * 20)
+    assert raw[off + ptrs[0]:off + ptrs[0] + len(cell)] == cell
+    raw[off + end:off + end + len(cell)] = cell
+    struct.pack_into(">H", raw, off + 8, end)
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+    assert _rows(path) == want
+
+    got, report = _scan(path)
+    assert got == want and report.bad_cells == 0
+
+
+def test_bytes_inside_the_pointer_array_are_never_read_as_a_cell(tmp_path):
+    # The last cell pointer damaged to point one byte before the array's end, where the bytes
+    # happen to form a cell (row 99): a pointer into the header or the array is damage, so that
+    # row is not guessed at, and the cell is counted.
+    path, page, _ = _blobs(tmp_path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, page)
+    at = 8 + 2 * len(ptrs) - 1                       # the pointer's own low byte
+    cell = _cell(99, b"\x63" * (at - 3))             # its payload size is that byte
+    assert cell[0] == at and len(cell) < min(ptrs) - at
+    struct.pack_into(">H", raw, off + 8 + 2 * (len(ptrs) - 1), at)
+    raw[off + at + 1:off + at + len(cell)] = cell[1:]
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert not any(rowid == 99 for rowid, _ in got)
+    assert report.bad_cells == 1 and len(want - got) == 1 and not (got - want)
+
+
+def test_a_pointer_into_the_reserved_bytes_is_never_read_as_a_cell(tmp_path):
+    # The reserved bytes at a page's end are not part of its b-tree: a cell pointer to them is
+    # damage even when they hold what looks like a cell.
+    path, page, usable = _blobs(tmp_path, reserved=32)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, page)
+    cell = _cell(98, b"\x62" * 20)
+    raw[off + usable:off + usable + len(cell)] = cell
+    struct.pack_into(">H", raw, off + 8, usable)
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert not any(rowid == 98 for rowid, _ in got)
+    assert report.bad_cells == 1 and len(want - got) == 1 and not (got - want)
+
+
+def test_a_payload_running_into_the_reserved_bytes_is_not_read(tmp_path):
+    # The cell at the end of the content area, its payload size (and blob length) damaged to run
+    # 5 bytes into the reserved bytes: counted, not read with those bytes.
+    path, page, usable = _blobs(tmp_path, reserved=32)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, page)
+    cells = {p: raw[off + p] + 2 for p in ptrs}      # cell length: payload size, rowid, payload
+    [last] = [p for p, n in cells.items() if p + n == usable]
+    size, rowid, hsize, null, serial = raw[off + last:off + last + 5]
+    assert hsize == 3 and null == 0 and serial < 0x80 - 10
+    raw[off + last] = size + 5
+    raw[off + last + 4] = serial + 10
+    raw[off + usable:off + usable + 5] = b"\xee" * 5
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert report.bad_cells == 1 and not (got - want)
+    assert [r for r, _ in want - got] == [rowid]
+
+
+def test_a_cell_cut_off_by_the_page_end_is_counted(tmp_path):
+    # A cell pointer damaged to the page's last byte, which starts a varint that would run past
+    # the page: that cell is counted and the page's other cells are read.
+    path, page, usable = _blobs(tmp_path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, page)
+    last = max(ptrs)
+    i = ptrs.index(last)
+    struct.pack_into(">H", raw, off + 8 + 2 * i, usable - 1)
+    raw[off + usable - 1] = 0xFF
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert report.bad_cells == 1 and len(want - got) == 1 and not (got - want)
+
+
+@pytest.mark.parametrize("reserved", [0, 5])
+def test_a_leaf_cell_count_is_bounded_by_the_page(tmp_path, reserved):
+    # The cell pointers of a leaf page follow its 8-byte header. A count damaged to the most
+    # pointers the usable bytes can hold: each entry points into the header or the array itself,
+    # so each is a cell that did not decode, counted. One more, and the array does not fit: the
+    # page has no readable cells.
+    path, page, usable = _blobs(tmp_path, reserved)
+    fit = (usable - 8) // 2
+    raw = bytearray(path.read_bytes())
+    off = (page - 1) * 512
+    for count, bad in ((fit, fit), (fit + 1, 0)):
+        struct.pack_into(">H", raw, off + 3, count)
+        path.write_bytes(bytes(raw))
+        got, report = _scan(path)
+        assert report.bad_cells == bad
+        assert not any(len(v) == 2 and isinstance(v[1], bytes) and v[0] is None for _, v in got)
+
+
+def test_an_overflow_chain_that_loops_is_a_bad_cell(tmp_path):
+    # The second overflow page of a row names the first as its next: the chain is damaged, the
+    # row is counted and not read with repeated bytes, and the other rows are read.
+    path = tmp_path / "spool.db"
+    db = _open(path, 512)
+    _fill(db, 3)
+    db.execute("INSERT INTO blobs VALUES (1, ?)", (bytes(range(256)) * 6,))
+    db.execute("INSERT INTO blobs VALUES (2, x'0102')")
+    db.close()
+    want = _rows(path)
+    db = sqlite3.connect(path)
+    overflow = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name='blobs' AND pagetype='overflow' "
+                                          "ORDER BY pageno")]
+    db.close()
+    assert len(overflow) >= 3
+    raw = bytearray(path.read_bytes())
+    chain = []
+    # the chain, by the overflow pages' own next numbers, from the one no other names
+    named = {struct.unpack_from(">I", raw, (p - 1) * 512)[0] for p in overflow}
+    [head] = [p for p in overflow if p not in named]
+    while head:
+        chain.append(head)
+        head = struct.unpack_from(">I", raw, (head - 1) * 512)[0]
+    struct.pack_into(">I", raw, (chain[1] - 1) * 512, chain[0])
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert report.bad_cells == 1
+    assert [r for r, v in want - got] == [1] and not (got - want)
+
+
+def test_a_row_that_does_not_decode_is_counted_and_the_rest_of_its_page_read(tmp_path):
+    # Two rows of one leaf page damaged in their record headers (a header size of 0; a blob
+    # longer than the payload): both counted, every other row read, before and after them.
+    path, page, _ = _blobs(tmp_path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, page)
+    rowid_of = {p: raw[off + p + 1] for p in ptrs}
+    raw[off + ptrs[1] + 2] = 0                       # record header size
+    raw[off + ptrs[2] + 4] += 2                      # blob serial type: one byte longer
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert report.bad_cells == 2
+    assert sorted(r for r, _ in want - got) == sorted([rowid_of[ptrs[1]], rowid_of[ptrs[2]]])
+    assert not (got - want)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scan over a main file cut short, under its write-ahead log
+
+
+def test_committed_wal_pages_past_a_cut_in_the_main_file_are_read(tmp_path):
+    # The main file keeps only its first 2 pages; the WAL's last commit says how long the
+    # database is and holds every page written since the checkpoint: the rows on those pages
+    # are read, past the pages that are missing from both.
+    live = tmp_path / "live.db"
+    db = _open(live, 512, wal=True)
+    _fill(db, 100)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("BEGIN")
+    for i in range(1001, 1101):
+        _alert(db, i, bytes([i % 251]) * 60)
+    db.execute("COMMIT")
+    later = {(r[0], (None,) + tuple(r[2:])) for r in db.execute("SELECT rowid, * FROM alerts WHERE id > 1000")}
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(live, copy)
+    shutil.copyfile(str(live) + "-wal", str(copy) + "-wal")
+    db.close()
+    with open(copy, "r+b") as fh:
+        fh.truncate(2 * 512)
+
+    got, report = _scan(copy, wal=str(copy) + "-wal")
+    assert report.wal_frames > 0
+    assert later <= set(got)
+
+
+def test_a_freelist_chain_leading_past_its_count_into_a_row_lists_no_page(tmp_path):
+    # The last trunk page's next-trunk number damaged to name the first overflow page of a live
+    # row, whose bytes (an alert body is whatever the event held) read like a trunk page listing
+    # two live leaves of the alerts table. The header's freelist count is reached before that
+    # page: nothing it lists is skipped.
+    path = _freed(tmp_path)
+    victims = sorted(_leaves(path, ("alerts",)))[:2]
+    # A payload of 1,000 bytes keeps 39 on its leaf page (512-byte pages: the format's minimum
+    # local size): its first overflow page holds payload bytes 39 on, blob bytes 35 on.
+    blob = bytearray(996)
+    blob[35:47] = struct.pack(">III", len(victims), *victims)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO blobs VALUES (1, ?)", (bytes(blob),))
+    db.commit()
+    db.close()
+    overflow = sorted(p for (p,) in sqlite3.connect(path).execute(
+        "SELECT pageno FROM dbstat WHERE name='blobs' AND pagetype='overflow'"))
+    raw = bytearray(path.read_bytes())
+    [first] = [p for p in overflow if raw[(p - 1) * 512 + 4:(p - 1) * 512 + 16] == blob[35:47]]
+    trunks = _trunks(raw, 512)
+    last, _, leaves = trunks[-1]
+    _set_trunk(raw, 512, last, first, leaves)
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert got == want
+    assert report.free_pages == _pragma(path, "freelist_count")

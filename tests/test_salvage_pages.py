@@ -798,3 +798,31 @@ def test_a_freelist_chain_leading_past_its_count_into_a_row_lists_no_page(tmp_pa
     got, report = _scan(path)
     assert got == want
     assert report.free_pages == _pragma(path, "freelist_count")
+
+
+def test_an_overflow_chain_naming_page_1_is_a_bad_cell(tmp_path):
+    # Page 1 is always the schema's root page, never an overflow page: a row whose overflow
+    # pointer is damaged to 1 is counted, not read with page 1's bytes as its body.
+    path = tmp_path / "spool.db"
+    db = _open(path, 512)
+    _fill(db, 3)
+    db.execute("INSERT INTO blobs VALUES (1, ?)", (b"\x07" * 600,))
+    db.execute("INSERT INTO blobs VALUES (2, x'0102')")
+    db.close()
+    want = _rows(path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, _root(path, "blobs"))
+    [big] = [p for p in ptrs if raw[off + p] & 0x80]
+    size, pos = salvage.varint(raw, off + big)
+    _, pos = salvage.varint(raw, pos)
+    usable = 512
+    max_local, min_local = _local_bounds(usable)
+    k = min_local + (size - min_local) % (usable - 4)
+    local = k if k <= max_local else min_local     # the file format's local part of the payload
+    assert struct.unpack_from(">I", raw, pos + local)[0] > 1
+    struct.pack_into(">I", raw, pos + local, 1)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert report.bad_cells == 1
+    assert [r for r, _ in want - got] == [1] and not (got - want)

@@ -24,7 +24,9 @@ How it stays honest:
   the damaged one; a row that does not decode is skipped and counted, never guessed at.
 
 Work is bounded: each page is read once for the scan, an overflow chain stops at a page seen
-before in that chain, past the end of the file, or beyond ``MAX_PAYLOAD``.
+before in that chain, past the end of the file, or beyond ``MAX_PAYLOAD``; a chain that names
+page 0 or page 1 (the schema's root, never an overflow page) makes its row a bad cell, and the
+freelist is followed no further than the count the header gives it.
 """
 from __future__ import annotations
 
@@ -354,7 +356,7 @@ def _cells(pages: _Pages, n: int, data: bytes) -> Iterator[tuple[int, bytes] | N
             nxt = _u32(data, pos + local)[0]
             seen = set()
             while got < size:
-                if nxt in seen or nxt == 0:
+                if nxt in seen or nxt < 2:   # page 1 is the schema's root, never overflow
                     raise ValueError("broken overflow chain")
                 seen.add(nxt)
                 ov = pages.page(nxt)

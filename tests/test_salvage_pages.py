@@ -474,7 +474,8 @@ def test_a_schema_row_that_does_not_decode_stops_the_walk_not_the_scan(tmp_path,
     if damage == "header size":
         raw[rec] = 0                                  # a record header is at least its own size
     elif damage == "value past the payload":
-        raw[rec + 5] = 0x7F                          # the SQL's text serial type, now 8 KiB long
+        assert raw[rec + 5] < 0x8F
+        raw[rec + 5] = 0x8F                          # the SQL's text: longer than the payload
     else:
         raw[rec + 7 + 5] = 0xFF                      # the table's name: not UTF-8
     path.write_bytes(bytes(raw))
@@ -821,6 +822,58 @@ def test_an_overflow_chain_naming_page_1_is_a_bad_cell(tmp_path):
     local = k if k <= max_local else min_local     # the file format's local part of the payload
     assert struct.unpack_from(">I", raw, pos + local)[0] > 1
     struct.pack_into(">I", raw, pos + local, 1)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path)
+    assert report.bad_cells == 1
+    assert [r for r, _ in want - got] == [1] and not (got - want)
+
+
+def test_an_overflow_page_may_be_page_2(tmp_path):
+    # Any page but the first can hold overflow: page 2, freed by a dropped table, is reused for
+    # a large row's chain, which is read whole.
+    path = tmp_path / "spool.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA page_size=512")
+    db.execute("CREATE TABLE gone (x)")
+    db.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, body BLOB)")
+    db.execute("DROP TABLE gone")
+    db.execute("INSERT INTO blobs VALUES (1, ?)", (bytes(range(200)) * 6,))
+    db.close()
+    assert 2 in {p for (p,) in sqlite3.connect(path).execute(
+        "SELECT pageno FROM dbstat WHERE name='blobs' AND pagetype='overflow'")}
+    got, report = _scan(path)
+    assert got == _rows(path) and report.bad_cells == 0
+
+
+def test_an_overflow_pointer_in_the_reserved_bytes_is_not_followed(tmp_path):
+    # A spilling cell ends with the number of its first overflow page, inside the usable bytes.
+    # The cell at the end of the content area, its payload size (and blob length) damaged one
+    # byte longer: its local part grows by a byte (the format's split keeps the overflow part a
+    # whole number of overflow pages) and the page number would lie one byte into the reserved
+    # bytes, where it is written: counted, not followed.
+    path = tmp_path / "spool.db"
+    db = _open(path, 512, reserved=32)
+    _fill(db, 3)
+    usable = 480
+    max_local, min_local = _local_bounds(usable)
+    size = 600
+    local = min_local + (size - min_local) % (usable - 4)
+    assert local <= max_local and local + 1 <= max_local
+    blob = _blob_for(size)
+    db.execute("INSERT INTO blobs VALUES (1, ?)", (b"\x05" * blob,))
+    db.execute("INSERT INTO blobs VALUES (2, x'0102')")
+    db.close()
+    want = _rows(path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, _root(path, "blobs"))
+    [cell] = [p for p in ptrs if raw[off + p] & 0x80]
+    assert cell + 2 + 1 + local + 4 == usable          # size (2 bytes), rowid, local, pointer
+    first = struct.unpack_from(">I", raw, off + usable - 4)[0]
+    raw[off + cell + 1] += 1                            # payload size + 1
+    assert raw[off + cell + 3:off + cell + 5] == b"\x04\x00"
+    raw[off + cell + 6] += 2                            # the blob's serial type: one byte longer
+    struct.pack_into(">I", raw, off + usable - 3, first)
     path.write_bytes(bytes(raw))
 
     got, report = _scan(path)

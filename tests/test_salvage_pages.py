@@ -500,6 +500,39 @@ def test_an_interior_page_naming_page_0_stops_the_walk_not_the_scan(tmp_path):
     assert not (want - got)
 
 
+def test_an_interior_page_that_lost_cells_does_not_hide_their_leaves(tmp_path):
+    # The root's cell count damaged to fewer cells still walks as a tree (the right child and
+    # what the cells left name), but the leaves of the lost cells are in the file, reached by no
+    # tree and not on the freelist: every leaf page is read, and none of their rows is lost
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _interior(raw, _root(path, "alerts"))
+    assert ptrs
+    struct.pack_into(">H", raw, off + 3, 0)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert any("no b-tree reaches" in n for n in report.notes)
+    assert not (want - got)
+
+
+def test_a_healthy_tree_with_free_pages_and_other_tables_is_still_walked(tmp_path):
+    # Leaves of tables not asked for (health, blobs) and pages on the freelist are accounted
+    # for: no stray leaf, the walk stands
+    path = _tree(tmp_path)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO blobs(body) VALUES (zeroblob(3000))")
+    db.execute("DELETE FROM alerts WHERE id > 200")
+    db.commit()
+    db.close()
+    assert _pragma(path, "freelist_count") > 0
+    got, report = _scan(path, TABLES)
+    assert report.walked and got == _rows(path, TABLES)
+    assert not report.notes
+
+
 def test_an_interior_page_naming_one_child_twice_is_not_a_tree(tmp_path):
     # A cell of the root naming the root's right child: the tree is damaged, and the subtree the
     # cell named must not be lost: every leaf page is read.

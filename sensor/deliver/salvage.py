@@ -16,7 +16,9 @@ How it stays honest:
   from free space; the spool runs with ``secure_delete=FAST``, so a deleted row's bytes in a leaf
   page are zeroed. Pages freed by a b-tree rebalance still hold stale copies of rows that live
   (or were deleted) elsewhere, so when the tables' b-trees can be walked from the schema on
-  page 1 without meeting a damaged page, exactly the leaves they reach are read. Otherwise every
+  page 1 without meeting a damaged page, and (when the header leads to the freelist) every
+  table leaf page in the file is reached by a tree or named by the freelist, exactly the leaves
+  the walk reaches are read. Otherwise every
   leaf page is read except those the freelist names (when the header that leads to it is
   readable); then a stale copy of a row confirmed long ago can come back, and the caller keeps
   one row per alert id (at-least-once: a duplicate, never a loss).
@@ -126,6 +128,7 @@ class _Pages:
         self.size = os.fstat(self.fh.fileno()).st_size
         self.wal_fh: BinaryIO | None = None
         self.overlay: dict[int, int] = {}  # page number -> offset of its page image in the WAL
+        self.tree_leaves: set[int] = set()   # every table's leaf pages (set by btree_leaves)
         head = self.fh.read(100)
         page_size = 0
         if len(head) >= 100 and head[:16] == MAGIC:
@@ -273,7 +276,27 @@ class _Pages:
             if got is None:
                 return None
             leaves |= got
+        # every table's leaves, to tell a leaf page no tree reaches (a damaged interior page
+        # that lost cells still walks) from the leaves of the other tables
+        self.tree_leaves = set(schema) | leaves
+        for name, root in found.items():
+            if name not in tables:
+                got = self._walk(root)
+                if got is None:
+                    return None
+                self.tree_leaves |= got
         return leaves
+
+    def stray_leaf(self, free: set[int]) -> int | None:
+        """A table leaf page that neither a b-tree of the schema (after btree_leaves) nor the
+        freelist accounts for: a tree lost it, so the walk is not the whole table."""
+        for n in range(1, self.count + 1):
+            if n in self.tree_leaves or n in free:
+                continue
+            data = self.page(n)
+            if data is not None and data[100 if n == 1 else 0] == 0x0D:
+                return n
+        return None
 
     def _walk(self, root: int) -> set[int] | None:
         """Leaf pages under ``root`` (a table b-tree); None on any page that is not what the
@@ -384,6 +407,12 @@ def scan(path: str, wal: str | None = None, report: ScanReport | None = None,
     pages = _Pages(path, wal, report)
     try:
         live = pages.btree_leaves(tables) if tables else None
+        if live is not None and report.header_ok:   # (no freelist to tell freed pages by)
+            stray = pages.stray_leaf(pages.freelist())
+            if stray is not None:
+                report.notes.append(f"page {stray} is a table leaf no b-tree reaches: "
+                                    "every leaf page read")
+                live = None
         report.walked = live is not None
         free = pages.freelist() if live is None else set()
         for n in range(1, pages.count + 1):

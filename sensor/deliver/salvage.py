@@ -5,7 +5,10 @@ alerts in it are usually still on disk: damage hits a few pages, and a truncated
 page before the cut. This module reads the file by the documented SQLite file format (the
 database header, table b-tree leaf pages, overflow chains, record encoding, and the write-ahead
 log's frames) and yields every row of the spool's tables that it can still decode, whatever
-happened to the header, the schema page or the interior pages of the b-trees.
+happened to the header, the schema page or the interior pages of the b-trees, with one limit:
+a header that still reads as one is trusted for the count of reserved bytes at the end of each
+page (byte 20; the spool has none), so damage to that byte alone makes the cells that end in
+those bytes count as bad cells (lost, and counted as such) where SQLite would still read them.
 
 How it stays honest:
 

@@ -533,6 +533,55 @@ def test_a_healthy_tree_with_free_pages_and_other_tables_is_still_walked(tmp_pat
     assert not report.notes
 
 
+def test_a_stray_leaf_is_found_on_any_page_page_1_and_the_last_included(tmp_path):
+    # _Pages.stray_leaf decides whether the walk is the whole table: every table leaf page in
+    # the file that no tree reaches counts, page 1 (whose page header follows the 100-byte file
+    # header) and the last page included; an interior page does not
+    small = tmp_path / "small.db"                                 # the schema fits page 1
+    db = _open(small, 4096)
+    _fill(db, 5)
+    db.close()
+    path = _tree(tmp_path)
+    # (the small file's last page is the root of the table created last: a leaf)
+    for file, pick in ((small, lambda every, count: [1, count]),
+                       (path, lambda every, count: [sorted(every)[len(every) // 2]])):
+        pages = salvage._Pages(str(file), None, salvage.ScanReport())
+        try:
+            assert pages.btree_leaves(TABLES) is not None
+            everything = set(pages.tree_leaves)
+            assert pages.stray_leaf(set()) is None
+            for n in pick(everything, pages.count):
+                assert n in everything                            # a leaf of a tree
+                pages.tree_leaves = everything - {n}
+                assert pages.stray_leaf(set()) == n
+                assert pages.stray_leaf({n}) is None              # the freelist names it
+        finally:
+            pages.close()
+    pages = salvage._Pages(str(path), None, salvage.ScanReport())
+    try:
+        assert pages.btree_leaves(TABLES) is not None
+        root = _root(path, "alerts")
+        assert root not in pages.tree_leaves and pages.stray_leaf(set()) is None   # interior
+    finally:
+        pages.close()
+
+
+def test_an_interior_page_naming_itself_is_not_a_tree(tmp_path):
+    # A child pointer damaged to name the page it is on: a cycle, not a tree (and no endless
+    # walk): every leaf page is read and no row is lost
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    root = _root(path, "alerts")
+    off, ptrs = _interior(raw, root)
+    struct.pack_into(">I", raw, off + ptrs[0], root)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert not (want - got)
+
+
 def test_an_interior_page_naming_one_child_twice_is_not_a_tree(tmp_path):
     # A cell of the root naming the root's right child: the tree is damaged, and the subtree the
     # cell named must not be lost: every leaf page is read.

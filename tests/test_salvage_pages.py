@@ -566,6 +566,26 @@ def test_a_stray_leaf_is_found_on_any_page_page_1_and_the_last_included(tmp_path
         pages.close()
 
 
+@pytest.mark.parametrize("ncells", [251, 300, 499, 0xFFFF])
+def test_an_interior_cell_count_past_the_page_stops_the_walk_not_the_scan(tmp_path, ncells):
+    # 512-byte pages: a pointer array of more than (512 - 12) / 2 = 250 cells does not fit the
+    # page. The count damaged past that (the rest of the page zeroed, so every pointer the array
+    # would hold reads as a small number) is refused before any pointer is read past the page:
+    # the walk is given up, every leaf page is read, no row is lost and nothing raises
+    path = _tree(tmp_path)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    root = _root(path, "alerts")
+    off, _ = _interior(raw, root)
+    raw[off + 12:off + 512] = bytes(500)
+    struct.pack_into(">H", raw, off + 3, ncells)
+    path.write_bytes(bytes(raw))
+
+    got, report = _scan(path, TABLES)
+    assert not report.walked
+    assert not (want - got)
+
+
 def test_an_interior_page_naming_itself_is_not_a_tree(tmp_path):
     # A child pointer damaged to name the page it is on: a cycle, not a tree (and no endless
     # walk): every leaf page is read and no row is lost

@@ -15,6 +15,8 @@ import pytest
 from sensor.deliver import salvage
 from sensor.deliver.spool import _SCHEMA
 
+from .sqlite_format import enc_varint
+
 TABLES = ("alerts", "dead_letter", "meta")
 ALIASED = ("alerts", "dead_letter", "health", "blobs")   # INTEGER PRIMARY KEY: NULL in the record
 
@@ -132,19 +134,10 @@ def _ok(path) -> bool:
         db.close()
 
 
-def _varint(v: int) -> bytes:
-    out = [v & 0x7F]
-    v >>= 7
-    while v:
-        out.append(0x80 | (v & 0x7F))
-        v >>= 7
-    return bytes(reversed(out))
-
-
 def _blob_for(payload: int) -> int:
     """The blob length whose record in ``blobs`` (NULL id, one blob) is ``payload`` bytes."""
     for n in range(payload, 0, -1):
-        if 2 + len(_varint(2 * n + 12)) + n == payload:
+        if 2 + len(enc_varint(2 * n + 12)) + n == payload:
             return n
     raise AssertionError(payload)
 
@@ -485,37 +478,40 @@ def test_a_schema_row_that_does_not_decode_stops_the_walk_not_the_scan(tmp_path,
     assert not (want - got)
 
 
-def test_an_interior_page_naming_page_0_stops_the_walk_not_the_scan(tmp_path):
-    # Page numbers start at 1: a child pointer of 0 is damage. Every row is still read, from all
-    # leaf pages.
+def _walk_given_up(tmp_path, damage) -> salvage.ScanReport:
+    """Damage the alerts tree's root (``damage(raw, off, ptrs, root)``: the file's bytes, the
+    root's offset, its cell pointers and page number), then scan: the walk must be given up and
+    every row still read (from all leaf pages)."""
     path = _tree(tmp_path)
     want = _rows(path, TABLES)
     raw = bytearray(path.read_bytes())
-    off, ptrs = _interior(raw, _root(path, "alerts"))
-    struct.pack_into(">I", raw, off + ptrs[0], 0)
+    root = _root(path, "alerts")
+    off, ptrs = _interior(raw, root)
+    damage(raw, off, ptrs, root)
     path.write_bytes(bytes(raw))
-
     got, report = _scan(path, TABLES)
     assert not report.walked
     assert not (want - got)
+    return report
+
+
+def test_an_interior_page_naming_page_0_stops_the_walk_not_the_scan(tmp_path):
+    # Page numbers start at 1: a child pointer of 0 is damage. Every row is still read, from all
+    # leaf pages.
+    _walk_given_up(tmp_path, lambda raw, off, ptrs, root:
+                   struct.pack_into(">I", raw, off + ptrs[0], 0))
 
 
 def test_an_interior_page_that_lost_cells_does_not_hide_their_leaves(tmp_path):
     # The root's cell count damaged to fewer cells still walks as a tree (the right child and
     # what the cells left name), but the leaves of the lost cells are in the file, reached by no
     # tree and not on the freelist: every leaf page is read, and none of their rows is lost
-    path = _tree(tmp_path)
-    want = _rows(path, TABLES)
-    raw = bytearray(path.read_bytes())
-    off, ptrs = _interior(raw, _root(path, "alerts"))
-    assert ptrs
-    struct.pack_into(">H", raw, off + 3, 0)
-    path.write_bytes(bytes(raw))
+    def damage(raw, off, ptrs, root):
+        assert ptrs
+        struct.pack_into(">H", raw, off + 3, 0)
 
-    got, report = _scan(path, TABLES)
-    assert not report.walked
+    report = _walk_given_up(tmp_path, damage)
     assert any("no b-tree reaches" in n for n in report.notes)
-    assert not (want - got)
 
 
 def test_a_healthy_tree_with_free_pages_and_other_tables_is_still_walked(tmp_path):
@@ -572,82 +568,44 @@ def test_an_interior_cell_count_past_the_page_stops_the_walk_not_the_scan(tmp_pa
     # page. The count damaged past that (the rest of the page zeroed, so every pointer the array
     # would hold reads as a small number) is refused before any pointer is read past the page:
     # the walk is given up, every leaf page is read, no row is lost and nothing raises
-    path = _tree(tmp_path)
-    want = _rows(path, TABLES)
-    raw = bytearray(path.read_bytes())
-    root = _root(path, "alerts")
-    off, _ = _interior(raw, root)
-    raw[off + 12:off + 512] = bytes(500)
-    struct.pack_into(">H", raw, off + 3, ncells)
-    path.write_bytes(bytes(raw))
+    def damage(raw, off, ptrs, root):
+        raw[off + 12:off + 512] = bytes(500)
+        struct.pack_into(">H", raw, off + 3, ncells)
 
-    got, report = _scan(path, TABLES)
-    assert not report.walked
-    assert not (want - got)
+    _walk_given_up(tmp_path, damage)
 
 
 def test_an_interior_page_naming_itself_is_not_a_tree(tmp_path):
     # A child pointer damaged to name the page it is on: a cycle, not a tree (and no endless
     # walk): every leaf page is read and no row is lost
-    path = _tree(tmp_path)
-    want = _rows(path, TABLES)
-    raw = bytearray(path.read_bytes())
-    root = _root(path, "alerts")
-    off, ptrs = _interior(raw, root)
-    struct.pack_into(">I", raw, off + ptrs[0], root)
-    path.write_bytes(bytes(raw))
-
-    got, report = _scan(path, TABLES)
-    assert not report.walked
-    assert not (want - got)
+    _walk_given_up(tmp_path, lambda raw, off, ptrs, root:
+                   struct.pack_into(">I", raw, off + ptrs[0], root))
 
 
 def test_an_interior_page_naming_one_child_twice_is_not_a_tree(tmp_path):
     # A cell of the root naming the root's right child: the tree is damaged, and the subtree the
     # cell named must not be lost: every leaf page is read.
-    path = _tree(tmp_path)
-    want = _rows(path, TABLES)
-    raw = bytearray(path.read_bytes())
-    off, ptrs = _interior(raw, _root(path, "alerts"))
-    right = struct.unpack_from(">I", raw, off + 8)[0]
-    struct.pack_into(">I", raw, off + ptrs[0], right)
-    path.write_bytes(bytes(raw))
+    def damage(raw, off, ptrs, root):
+        right = struct.unpack_from(">I", raw, off + 8)[0]
+        struct.pack_into(">I", raw, off + ptrs[0], right)
 
-    got, report = _scan(path, TABLES)
-    assert not report.walked
-    assert not (want - got)
+    _walk_given_up(tmp_path, damage)
 
 
 @pytest.mark.parametrize("where", ["the last 3 bytes", "past the page"])
 def test_an_interior_cell_pointer_with_no_room_for_its_child_stops_the_walk(tmp_path, where):
     # A child page number is 4 bytes: a cell pointer leaving fewer before the end of the page is
     # damage. Every row is still read, from all leaf pages.
-    path = _tree(tmp_path)
-    want = _rows(path, TABLES)
-    raw = bytearray(path.read_bytes())
-    off, ptrs = _interior(raw, _root(path, "alerts"))
-    struct.pack_into(">H", raw, off + 12, 512 - 3 if where == "the last 3 bytes" else 600)
-    path.write_bytes(bytes(raw))
-
-    got, report = _scan(path, TABLES)
-    assert not report.walked
-    assert not (want - got)
+    _walk_given_up(tmp_path, lambda raw, off, ptrs, root: struct.pack_into(
+        ">H", raw, off + 12, 512 - 3 if where == "the last 3 bytes" else 600))
 
 
 @pytest.mark.parametrize("extra", [1, 300, 0xFFFF])
 def test_an_interior_page_whose_cell_count_overruns_the_page_stops_the_walk(tmp_path, extra):
     # The cell pointers of an interior page follow its 12-byte header; a count whose pointers
     # would run past the page is damage. Every row is still read, from all leaf pages.
-    path = _tree(tmp_path)
-    want = _rows(path, TABLES)
-    raw = bytearray(path.read_bytes())
-    off, _ = _interior(raw, _root(path, "alerts"))
-    struct.pack_into(">H", raw, off + 3, min((512 - 12) // 2 + extra, 0xFFFF))
-    path.write_bytes(bytes(raw))
-
-    got, report = _scan(path, TABLES)
-    assert not report.walked
-    assert not (want - got)
+    _walk_given_up(tmp_path, lambda raw, off, ptrs, root: struct.pack_into(
+        ">H", raw, off + 3, min((512 - 12) // 2 + extra, 0xFFFF)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,9 +636,9 @@ def _ptrs(raw, page) -> tuple[int, list[int]]:
 
 def _cell(rowid: int, blob: bytes) -> bytes:
     """A table leaf cell of ``blobs`` (a record of NULL and one blob), by the file format."""
-    serial = _varint(2 * len(blob) + 12)
-    record = _varint(2 + len(serial)) + b"\x00" + serial + blob
-    return _varint(len(record)) + _varint(rowid) + record
+    serial = enc_varint(2 * len(blob) + 12)
+    record = enc_varint(2 + len(serial)) + b"\x00" + serial + blob
+    return enc_varint(len(record)) + enc_varint(rowid) + record
 
 
 def test_a_cell_right_after_the_pointer_array_is_read(tmp_path):

@@ -22,30 +22,13 @@ import pytest
 from sensor.deliver import salvage
 from sensor.deliver.spool import _SCHEMA
 
+from .sqlite_format import enc_varint
+
 M32 = 0xFFFFFFFF
 ALERT_COLUMNS = 10   # the spool's alerts table: id (a rowid alias, stored as NULL) and 9 more
 
 
 # -- the format, written from the spec (not from the reader under test) ------------------------
-
-def enc_varint(v: int) -> bytes:
-    """A SQLite varint: 7 bits a byte, high bit set on all but the last, big-endian; the ninth
-    byte (when 8 are not enough for 64 bits) holds 8 bits."""
-    v &= (1 << 64) - 1
-    if v >> 56:
-        out = [v & 0xFF]
-        v >>= 8
-        for _ in range(8):
-            out.append(0x80 | (v & 0x7F))
-            v >>= 7
-        return bytes(reversed(out))
-    out = [v & 0x7F]
-    v >>= 7
-    while v:
-        out.append(0x80 | (v & 0x7F))
-        v >>= 7
-    return bytes(reversed(out))
-
 
 def wal_checksum(data: bytes, s0: int, s1: int, big: bool) -> tuple[int, int]:
     """The WAL's cumulative checksum (fileformat2, "Checksum Algorithm")."""

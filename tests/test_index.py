@@ -175,18 +175,18 @@ def test_rare_offset_is_the_offset_of_the_rarest_byte():
 
 
 def test_lit_p_scales_by_the_positions_a_literal_can_start_at():
+    # the module docstring: anywhere, 200 positions in a command line, 150 in Hashes, 50 in
+    # any other field; a whole value one; a prefix or suffix three times a whole value
     pr = ix.Priors([contains("powershell -enc")])
     b = b"-enc "
     sp = pr.seq_p(b)
-    assert pr.lit_p("CommandLine", b, "eq") == pytest.approx(sp, rel=1e-12)   # one position
-    assert pr.lit_p("CommandLine", b, "any") == pytest.approx(ix.TYPICAL_POSITIONS["CommandLine"] * sp, rel=1e-12)
-    assert pr.lit_p("Image", b, "any") == pytest.approx(ix.DEFAULT_POSITIONS * sp, rel=1e-12)
-    # command lines are long, paths shorter; a parent's command line is a command line
-    assert ix.TYPICAL_POSITIONS["CommandLine"] > ix.DEFAULT_POSITIONS
-    assert ix.TYPICAL_POSITIONS["ParentCommandLine"] == ix.TYPICAL_POSITIONS["CommandLine"]
-    start, end = pr.lit_p("Image", b, "start"), pr.lit_p("Image", b, "end")
-    assert start == end
-    assert pr.lit_p("Image", b, "eq") < start < pr.lit_p("Image", b, "any")
+    for field in ("CommandLine", "Image", "Hashes"):
+        assert pr.lit_p(field, b, "eq") == pytest.approx(sp, rel=1e-12)   # one position
+        assert pr.lit_p(field, b, "start") == pytest.approx(3 * sp, rel=1e-12)
+        assert pr.lit_p(field, b, "end") == pytest.approx(3 * sp, rel=1e-12)
+    for field, positions in (("CommandLine", 200), ("ParentCommandLine", 200), ("Hashes", 150),
+                             ("Image", 50), ("ParentImage", 50), ("TargetFilename", 50), (None, 50)):
+        assert pr.lit_p(field, b, "any") == pytest.approx(positions * sp, rel=1e-12), field
 
 
 def test_lit_p_is_a_probability():
@@ -211,6 +211,63 @@ def test_a_vocabulary_field_holds_no_rare_value_and_a_filtered_one_is_common():
     assert pr.lit_p("Company", b"microsoft corporation", "eq") >= 0.5   # a filter names it
     assert pr.lit_p("Company", b"evil corp", "eq") < 0.5    # named, but not by a filter
     assert pr.lit_p("Image", b"microsoft corporation", "eq") < 0.5   # not a vocabulary field
+
+
+def test_a_product_below_1e_15_is_not_multiplied_further():
+    # no counts: every byte 1/256; 256**-6 is above 1e-15, 256**-7 below it, so the bytes
+    # after the 7th are not multiplied in
+    pr = ix.Priors([])
+    assert pr.seq_p(b"abcdef") == 256.0 ** -6
+    assert pr.seq_p(b"abcdefg") == 256.0 ** -7
+    assert pr.seq_p(b"abcdefgh") == 256.0 ** -7
+    assert pr.seq_p(b"abcdefg" + b"x" * 20) == 256.0 ** -7
+
+
+def test_a_product_of_exactly_1e_15_goes_on():
+    # One-byte literals only, so every byte's probability is order 0: (count + 1) / (65,280
+    # counted bytes + 256).  With counts + 1 = 3, 191, 467, 571, 1,867, 2,713 and 6,709 for
+    # "abcdefg" the product is 3*191*...*6709 / 65536**7, which rounds (once, at the last
+    # byte: the partial products are exact) to exactly 1e-15: not below it, so the next byte
+    # is multiplied in.
+    rules, total = [], 0
+    for ch, n in zip("abcdefg", (3, 191, 467, 571, 1867, 2713, 6709)):
+        rules.append(contains(*[ch] * (n - 1)))
+        total += n - 1
+    rules.append(contains("z" * (65280 - total)))    # the rest of the counts ("z": not in the text)
+    pr = ix.Priors(rules)
+    assert pr.seq_p(b"abcdef") > 1e-15
+    assert pr.seq_p(b"abcdefg") == 1e-15
+    assert pr.seq_p(b"abcdefgh") == 1e-15 / 65536   # 'h' never counted: 1 / 65536
+
+
+def test_a_memoised_probability_is_not_computed_again():
+    # the memo is what keeps the anchor plans' ~10^5 questions cheap: while it holds fewer
+    # than CACHE entries, a probability asked for again is answered without the model
+    pr = ix.Priors([contains("abc", "bcd")])
+    fresh = ix.Priors([contains("abc", "bcd")])
+    grams = [bytes([0x61 + i % 5, 0x61 + i // 5 % 5, 0x61 + i // 25]) for i in range(40)]
+    model_calls, seq_calls = [0], [0]
+    inner_p, inner_seq = pr._p, pr.seq_p
+
+    def counted_p(h, c):
+        model_calls[0] += 1
+        return inner_p(h, c)
+
+    def counted_seq(b):
+        seq_calls[0] += 1
+        return inner_seq(b)
+
+    pr._p, pr.seq_p = counted_p, counted_seq
+    for g in grams:
+        assert pr.lit_p("CommandLine", g, "any") == fresh.lit_p("CommandLine", g, "any")
+    assert model_calls[0] > 0 and seq_calls[0] == len(grams)
+    model_calls[0] = seq_calls[0] = 0
+    for g in grams:
+        assert pr.lit_p("CommandLine", g, "any") == fresh.lit_p("CommandLine", g, "any")
+    assert seq_calls[0] == 0                         # lit_p's own memo
+    for g in grams:
+        assert pr.seq_p(g) == fresh.seq_p(g)
+    assert model_calls[0] == 0                       # seq_p's memo
 
 
 def test_memoised_probabilities_never_change_and_stay_bounded():

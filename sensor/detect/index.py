@@ -23,6 +23,15 @@ an over-approximation, and the priors only steer which literals are looked for f
   ``IntegrityLevel``, ``User``... take values from a small vocabulary, so no value there
   is rare, and one a filter names is common).  The matcher does not re-rank from the
   events it sees: the ranking is fixed when the rules are loaded.
+  A literal's probability in a field is the model's probability of its bytes at one
+  position (:meth:`Priors.seq_p`: the product of the byte probabilities, no longer
+  multiplied once it falls below 1e-15, since a literal that rare is rare enough for any
+  ranking: the product so far is the answer) times the positions it can sit at.  An
+  "anywhere" literal can start at the typical number of positions of its field: 200 in
+  ``CommandLine`` and ``ParentCommandLine``, 150 in ``Hashes``, 50 in any other field.  A
+  whole value (``eq``) sits at one position; so does a prefix or a suffix, but the rest
+  of the value is free, so it counts three times as likely as the same bytes as a whole
+  value.
 """
 from __future__ import annotations
 
@@ -121,7 +130,9 @@ class Priors:
         return (self._counts[k][h].get(c, 0) + kinds * lower) / (tot + kinds)
 
     def seq_p(self, b: bytes) -> float:
-        """Probability of the bytes ``b`` at one position of rule-like text."""
+        """Probability of the bytes ``b`` at one position of rule-like text.  Once the product
+        of the byte probabilities is below 1e-15 the bytes after it are not multiplied in:
+        the product up to that byte is returned (a product of exactly 1e-15 goes on)."""
         got = self._seq.get(b)
         if got is None:
             p = 1.0

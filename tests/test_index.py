@@ -172,6 +172,10 @@ def test_rare_offset_is_the_offset_of_the_rarest_byte():
     rank_of[ord("z")] = 0
     rank_of[0] = 5
     assert ix.rare_offset(b"\x00\x00z", rank_of) == 2
+    # the rarest byte twice: its first offset
+    rank_of = list(range(256))
+    assert ix.rare_offset(b"zbcbb", rank_of) == 1
+    assert ix.rare_offset(b"aa", rank_of) == 0
 
 
 def test_lit_p_scales_by_the_positions_a_literal_can_start_at():

@@ -183,7 +183,8 @@ def _negated_preds(cond, neg: bool = False):
 
 
 def rare_offset(b: bytes, rank_of: list[int]) -> int:
-    """Offset of the rarest byte of ``b`` (``rank_of[c]``: 0 = rarest)."""
+    """Offset of the rarest byte of ``b`` (``rank_of[c]``: 0 = rarest), its first one when
+    that byte occurs more than once."""
     best, br = 0, 1 << 30
     for i, c in enumerate(b):
         if rank_of[c] < br:

@@ -339,13 +339,26 @@ folded_text = st.lists(st.sampled_from([0x61, 0x62, 0x63, 0xC3, 0xA9, 0xA8, 0x20
 @example(needles=[b"cab", b"ab"], text=b"zzcab")                   # at the very end
 @example(needles=[b"\xc3\xa9", b"\xc3\xa8"], text=b"a\xc3\xa8")    # non-ASCII, exact classes
 @example(needles=[b"aab"], text=b"aaab")                           # a failure back to depth 2
+@example(needles=[b"\xc3\xa9"], text=b"ab")                          # no non-ASCII byte in the text
+@example(needles=[b"\xc3"], text=b"\xa9")                            # a non-ASCII byte no needle holds
 def test_an_exact_aho_corasick_unit_finds_exactly_the_literals_present(needles, text):
     auto = ix.build_automaton(needles, 0, True)
     assert scan_ac(auto, text) == {i for i, nd in enumerate(needles) if nd in text}
     # ASCII capitals share their lower-case letter's class: the unfolded text walks the same
     assert scan_ac(auto, text.upper()) == scan_ac(auto, text)
-    # an inexact unit (all non-ASCII bytes in one class) only adds hits
-    assert scan_ac(ix.build_automaton(needles, 0, False), text) >= scan_ac(auto, text)
+    # an inexact unit (the needles' non-ASCII bytes in one class) only adds hits: exactly the
+    # needles present once those bytes are read as one and the same byte
+    loose = ix.build_automaton(needles, 0, False)
+    wide_text = one_wide(text, needles)
+    assert scan_ac(loose, text) == {i for i, nd in enumerate(needles) if one_wide(nd, needles) in wide_text}
+    assert scan_ac(loose, text) >= scan_ac(auto, text)
+
+
+def one_wide(b: bytes, needles) -> str:
+    """``b`` as an inexact unit over ``needles`` reads it: the needles' non-ASCII bytes are one
+    and the same symbol (``"\0"``), every other byte is itself."""
+    wide = {x for nd in needles for x in nd if x >= 0x80}
+    return "".join("\0" if x in wide else chr(x + 1) for x in b)
 
 
 def test_automaton_tables_are_dense_and_numbered_breadth_first():
@@ -357,6 +370,7 @@ def test_automaton_tables_are_dense_and_numbered_breadth_first():
             assert sorted(set(cls)) == list(range(ncls))        # every class is used, 0 = no needle byte
             assert all(cls[b] == 0 for b in range(256) if b not in b"abc\xc3\xa9\xe4\xb8\xad\xc2\x80\x7f"
                        and b not in b"ABC")
+            assert all(cls[b] != 0 for b in b"abc\xc3\xa9\xe4\xb8\xad\xc2\x80\x7f")   # 0: no needle byte
             assert len(trans) == n * ncls and len(out_off) == n + 1
             # out_off: each state's outputs are out_ids[out_off[s]:out_off[s + 1]]
             assert out_off[0] == 0 and out_off[-1] == len(out_ids)
@@ -403,8 +417,11 @@ def test_a_trie_finds_exactly_the_prefixes_or_suffixes(needles, text):
     # mode 2: the suffix trie, built over reversed needles and walked from the last byte
     suf = ix.build_automaton([nd[::-1] for nd in needles], 2, True)
     assert walk_trie(suf, text[::-1]) == {i for i, nd in enumerate(needles) if text.endswith(nd)}
-    # a witness trie (inexact) may only add hits
-    assert walk_trie(ix.build_automaton(needles, 1, False), text) >= walk_trie(pre, text)
+    # a witness trie (inexact) may only add hits: those of the needles' non-ASCII bytes read as one
+    loose = walk_trie(ix.build_automaton(needles, 1, False), text)
+    wide_text = one_wide(text, needles)
+    assert loose == {i for i, nd in enumerate(needles) if wide_text.startswith(one_wide(nd, needles))}
+    assert loose >= walk_trie(pre, text)
 
 
 # ---------------------------------------------------------------------------------

@@ -203,9 +203,9 @@ def build_automaton(needles: list[bytes], mode: int, exact: bool, fold_ascii: bo
     lower-case letter (unless ``fold_ascii`` is false: case-sensitive literals), so
     ASCII text is walked without folding.  ``exact``: every
     distinct byte keeps its own class, so outputs are exact occurrences (a folded text
-    holds no ASCII capitals).  Otherwise all non-ASCII bytes share one class, which only
-    adds spurious hits (fine for a witness trie).  Needles with the same class sequence
-    share one output id; ``groups[id]`` lists their indices.
+    holds no ASCII capitals).  Otherwise all the needles' non-ASCII bytes share one class,
+    which only adds spurious hits (fine for a witness trie).  Needles with the same class
+    sequence share one output id; ``groups[id]`` lists their indices.
     """
     used = sorted({b for nd in needles for b in nd})
     cls = [0] * 256

@@ -10,6 +10,7 @@ the pattern means. The oracles are plain Python (``in``, ``startswith``, ``re.se
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter, deque
 
@@ -603,6 +604,7 @@ def literal_cost(b: bytes) -> float:
 @example(pattern=r"x\d{8,}", letters="", text="x٣٣٣٣٣٣٣٣٣")      # a run of non-ASCII digits
 @example(pattern="[ab][ab][ab][ab][ab]c", letters="", text="babab c ababac")
 @example(pattern="(abc|ab.d)e", letters="", text="abxde")
+@example(pattern="z([ab][ab][ab][ab][cd])", letters="", text="zababc")   # 32 strings: cut
 def test_a_regex_prefilter_holds_on_every_match(pattern, letters, text):
     flags = regex_flags(letters)
     m = re.search(pattern, text, flags)
@@ -642,6 +644,11 @@ def test_a_regex_prefilter_holds_on_every_match(pattern, letters, text):
     ("xa{1}b", 0, (3, ("lit", b"xab"))),             # a repeat of exactly once stays exact
     ("x(ab){1}c", 0, (4, ("lit", b"xabc"))),
     ("(", 0, (0, ("any",))),                         # not a regex: nothing known
+    ("(ab|cd)e", 0, (3, ("or", [("lit", b"abe"), ("lit", b"cde")]))),   # exact alternatives
+    ("z([ab][ab][ab][ab][cd])", 0, (6, ("and", [     # 16 strings, then 32: cut after 16
+        ("or", [("lit", bytes(x)) for x in sorted(itertools.product(b"ab", repeat=4))]),
+        ("or", [("lit", b"c"), ("lit", b"d")]), ("lit", b"z")]))),
+    (r"ab[^\W\w]cd", re.A, (5, ("and", [("lit", b"ab"), ("lit", b"cd")]))),   # a class of nothing
 ])
 def test_prefilter_forms(pattern, flags, want):
     assert ix.regex_prefilter(pattern, flags) == want
@@ -671,6 +678,9 @@ def test_exact_sets_multiply_up_to_sixteen_strings():
     lo, cond = ix.regex_prefilter("(a|b|c|d)(e|f|g|h)", 0)     # 16 from alternations
     assert cond[0] == "or" and len(cond[1]) == 16
     alts = "|".join(c * 2 for c in "abcdefghjklmnopqr")
+    sixteen = alts[:-3]
+    lo, cond = ix.regex_prefilter(f"({sixteen})x", 0)       # 16 alternatives: still exact
+    assert cond == ("or", [("lit", c.encode() * 2 + b"x") for c in "abcdefghjklmnopq"])
     lo, cond = ix.regex_prefilter(f"({alts})x", 0)          # 17 alternatives: not exact
     assert cond == ("and", [("or", [("lit", c.encode() * 2) for c in "abcdefghjklmnopqr"]), ("lit", b"x")])
 
@@ -751,7 +761,8 @@ def test_a_chain_form_answers_like_the_regex(lits, letters, text):
     ("12.*34", re.I, ([b"12", b"34"], False)),       # no case: still a chain under i
     ("ab.*?cd", 0, ([b"ab", b"cd"], False)),
     ("a.+b", 0, None), ("a.{0,5}b", 0, None), ("a[bc]", 0, None), ("ab|cd", 0, None),
-    ("aé", 0, None), ("ab", re.I, None), ("a\\.*b", 0, None), (".*", 0, None), ("", 0, None),
+    ("aé", 0, None), ("a\x80b", 0, None), ("\x7fb", 0, ([b"\x7fb"], False)),   # ASCII: below 128
+    ("ab", re.I, None), ("a\\.*b", 0, None), (".*", 0, None), ("", 0, None),
     ("(", 0, None),
 ])
 def test_chain_forms(pattern, flags, want):

@@ -389,7 +389,9 @@ def _or(fs) -> tuple:
 
 
 def _char_exact(node, flags: int):
-    """The folded strings a one-character node can match when they are few and certain."""
+    """The folded strings a one-character node can match when they are few and certain;
+    None when there are none (a class that matches nothing, e.g. ``(?a)[^\\W\\w]``): as for
+    ``.``, nothing is known of it, and the literals around it still count."""
     from .charsets import char_set
 
     cs = char_set(node, flags)

@@ -116,8 +116,13 @@ def test_a_byte_seen_more_often_is_more_likely_at_every_order():
     assert pr.seq_p(b"abe") > pr.seq_p(b"abd") and pr.seq_p(b"xbd") > pr.seq_p(b"xbe")
     pr = ix.Priors([contains("abce", "xbcd")])
     assert pr.seq_p(b"abce") > pr.seq_p(b"abcd") and pr.seq_p(b"xbcd") > pr.seq_p(b"xbce")
-    # the model reads at most 3 bytes of context: a 4th one changes nothing
+    # the model reads at most 3 bytes of context: a 4th one changes nothing, even one the
+    # rules' literals hold before those 3 bytes
     assert cond_p(pr, b"qabc", ord("e")) == pytest.approx(cond_p(pr, b"abc", ord("e")), rel=1e-12)
+    pr = ix.Priors([contains("qabce", "xabcd")])
+    for h in (b"qabc", b"xabc"):
+        for c in b"de":
+            assert cond_p(pr, h, c) == pytest.approx(cond_p(pr, b"abc", c), rel=1e-12)
 
 
 def test_a_literal_of_recurring_grams_is_more_common_than_one_of_grams_seen_once():
@@ -156,6 +161,9 @@ def test_only_literal_text_is_counted_folded():
     assert pr.seq_p(b"z") == pytest.approx(1 / 256, rel=1e-12)
     pr = ix.Priors([contains("QQQ")])
     assert pr.seq_p(b"q") > 1 / 256 > pr.seq_p(b"Q")
+    # a value that is not text does not keep the predicate's other values from counting
+    pr = ix.Priors([rule(P("SourceIp", "cidr", 167772160, "10.10.10.10/32"))])   # 167772160: 10.0.0.0
+    assert pr.seq_p(b".") > 1 / 256
 
 
 def test_rarity_rank_lists_every_byte_rarest_first():
@@ -667,6 +675,28 @@ def test_a_regex_prefilter_does_not_depend_on_the_regexes_planned_before_it():
     assert ix.regex_prefilter(rx, 0) == fresh
     plan(rx)
     assert ix.regex_prefilter(rx, 0) == fresh
+
+
+def test_negated_characters_cost_no_character_set_scan():
+    # docs/matcher.md: a regex may need only a bounded number of character-set scans (8);
+    # a negated character is never an exact set, so it needs none, and nine of them
+    # (non-ASCII, under i) leave the literal after them in the prefilter
+    from sensor.detect.charsets import MAX_SCANS_PER_REGEX
+    rx = "(?i)" + "".join(f"[^{chr(0xE0 + i)}]" for i in range(MAX_SCANS_PER_REGEX + 1)) + "abcd"
+    lo, cond = ix.regex_prefilter(rx, 0)
+    assert lo == MAX_SCANS_PER_REGEX + 5 and b"abcd" in ix.prefilter_literals(cond)
+
+
+def test_a_regex_past_the_scan_bound_gets_a_prefilter_without_an_error():
+    # nine non-ASCII characters under i need nine scans, one more than allowed: the
+    # prefilter is still a necessary condition (it may know less), and nothing is raised
+    from sensor.detect.charsets import MAX_SCANS_PER_REGEX
+    chars = "".join(chr(0xE0 + i) for i in range(MAX_SCANS_PER_REGEX + 1))
+    lo, cond = ix.regex_prefilter("(?i)" + chars + "abcd", 0)
+    assert lo == len(chars) + 4
+    for text in (chars + "abcd", "x" + chars.upper() + "ABCD"):
+        assert re.search("(?i)" + chars + "abcd", text)
+        assert holds(cond, ix.enc(text.lower()), ix.enc(text))
 
 
 def test_exact_sets_multiply_up_to_sixteen_strings():

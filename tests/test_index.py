@@ -100,6 +100,37 @@ def test_next_byte_probabilities_sum_to_one_and_are_positive(lits, h):
     assert sum(ps) == pytest.approx(1.0, rel=1e-9)
 
 
+def witten_bell(texts, h: bytes, c: int) -> float:
+    """P(c | h) of the module docstring's model, computed from its definition: counts of each
+    byte after each context of 0..3 bytes over the weighted literals; order 0 is add-one over
+    the 256 byte values; order k > 0 mixes its counts with order k - 1 by the number of
+    distinct bytes seen after the context (Witten-Bell), and an unseen context is order k - 1."""
+    if not h:
+        counts = Counter()
+        for t, w in texts:
+            for x in t:
+                counts[x] += w
+        return (counts[c] + 1) / (sum(counts.values()) + 256)
+    after = Counter()
+    for t, w in texts:
+        for i in range(len(h), len(t)):
+            if t[i - len(h):i] == h:
+                after[t[i]] += w
+    lower = witten_bell(texts, h[1:], c)
+    if not after:
+        return lower
+    kinds = len(after)
+    return (after[c] + kinds * lower) / (sum(after.values()) + kinds)
+
+
+def test_the_model_is_witten_bell_interpolated_down_to_single_bytes():
+    pr = ix.Priors([contains("abce", "xbcd", "abcabd"), excluded("bcd")])
+    texts = [(b"abce", 1), (b"xbcd", 1), (b"abcabd", 1), (b"bcd", 3)]
+    for h in (b"", b"a", b"c", b"bc", b"abc", b"cab", b"zbc", b"qq"):
+        for c in b"abcdexz":
+            assert cond_p(pr, h, c) == pytest.approx(witten_bell(texts, h, c), rel=1e-9), (h, c)
+
+
 def test_a_byte_seen_more_often_is_more_likely_at_every_order():
     # order 0: 'e' seen three times, 'd' once, 'z' never
     pr = ix.Priors([contains("e", "e", "d"), contains("e")])
@@ -185,6 +216,7 @@ def test_rare_offset_is_the_offset_of_the_rarest_byte():
     rank_of = list(range(256))
     assert ix.rare_offset(b"zbcbb", rank_of) == 1
     assert ix.rare_offset(b"aa", rank_of) == 0
+    assert ix.rare_offset(b"", rank_of) == 0          # no byte: offset 0
 
 
 def test_lit_p_scales_by_the_positions_a_literal_can_start_at():
@@ -220,8 +252,8 @@ def test_a_vocabulary_field_holds_no_rare_value_and_a_filtered_one_is_common():
     for f in ("Company", "Product", "Description", "FileVersion", "IntegrityLevel", "User",
               "ParentUser", "LogonId", "TerminalSessionId", "Provider_Name"):
         assert f in ix.VOCAB_FIELDS
-        assert 0.02 <= pr.lit_p(f, rare, "eq") < 0.5       # far from rare
-    assert pr.lit_p("Company", b"microsoft corporation", "eq") >= 0.5   # a filter names it
+        assert pr.lit_p(f, rare, "eq") == 0.02             # far from rare: 0.02 at least
+    assert pr.lit_p("Company", b"microsoft corporation", "eq") == 0.5   # a filter names it: 0.5
     assert pr.lit_p("Company", b"evil corp", "eq") < 0.5    # named, but not by a filter
     assert pr.lit_p("Image", b"microsoft corporation", "eq") < 0.5   # not a vocabulary field
 
@@ -376,6 +408,7 @@ def test_automaton_tables_are_dense_and_numbered_breadth_first():
         for exact in (True, False):
             auto = ix.build_automaton(needles, mode, exact)
             n, ncls, cls, trans, out_off, out_ids, groups, seqlen = auto
+            assert len(cls) == 256                                # a class for each byte value
             assert sorted(set(cls)) == list(range(ncls))        # every class is used, 0 = no needle byte
             assert all(cls[b] == 0 for b in range(256) if b not in b"abc\xc3\xa9\xe4\xb8\xad\xc2\x80\x7f"
                        and b not in b"ABC")
@@ -653,6 +686,7 @@ def test_a_regex_prefilter_holds_on_every_match(pattern, letters, text):
     ("x(ab){1}c", 0, (4, ("lit", b"xabc"))),
     ("(", 0, (0, ("any",))),                         # not a regex: nothing known
     ("(ab|cd)e", 0, (3, ("or", [("lit", b"abe"), ("lit", b"cde")]))),   # exact alternatives
+    ("a\x7f[\x7f]b", 0, (4, ("lit", b"a\x7f\x7fb"))),   # 0x7f is ASCII
     ("z([ab][ab][ab][ab][cd])", 0, (6, ("and", [     # 16 strings, then 32: cut after 16
         ("or", [("lit", bytes(x)) for x in sorted(itertools.product(b"ab", repeat=4))]),
         ("or", [("lit", b"c"), ("lit", b"d")]), ("lit", b"z")]))),
@@ -688,15 +722,17 @@ def test_negated_characters_cost_no_character_set_scan():
 
 
 def test_a_regex_past_the_scan_bound_gets_a_prefilter_without_an_error():
-    # nine non-ASCII characters under i need nine scans, one more than allowed: the
-    # prefilter is still a necessary condition (it may know less), and nothing is raised
+    # charsets: a regex may need at most 8 character-set scans (one per non-ASCII character
+    # under i), and one that needs more is refused: its prefilter is "nothing known", with
+    # no error; one that needs exactly 8 keeps its literals
     from sensor.detect.charsets import MAX_SCANS_PER_REGEX
-    chars = "".join(chr(0xE0 + i) for i in range(MAX_SCANS_PER_REGEX + 1))
+    assert MAX_SCANS_PER_REGEX == 8
+    chars = "".join(chr(0xE0 + i) for i in range(8))
     lo, cond = ix.regex_prefilter("(?i)" + chars + "abcd", 0)
-    assert lo == len(chars) + 4
-    for text in (chars + "abcd", "x" + chars.upper() + "ABCD"):
-        assert re.search("(?i)" + chars + "abcd", text)
-        assert holds(cond, ix.enc(text.lower()), ix.enc(text))
+    assert lo == 12 and b"abcd" in ix.prefilter_literals(cond)
+    chars += "\u00e8"
+    lo, cond = ix.regex_prefilter("(?i)" + chars + "abcd", 0)
+    assert (lo, cond) == (13, ("any",))
 
 
 def test_exact_sets_multiply_up_to_sixteen_strings():
@@ -726,6 +762,14 @@ def test_a_long_repeat_of_a_class_becomes_a_run():
     lo, cond = ix.regex_prefilter("[a-z]{9}", re.ASCII)
     assert cond[0] == "run" and not any(cond[1][128:])      # ASCII only: no byte 0x80+
     assert ix.regex_prefilter("(ab){9}", 0)[1] == ("lit", b"ab")   # not one character: no run
+    # a table has one entry per byte value, 1 for a member and 0 for the others
+    for rx, flags in ((r"\d{8}", 0), ("[a-z]{9}", re.ASCII), ("[^a]{8}", 0), ("[\x00-\x7f]{8}", re.ASCII)):
+        table = ix.regex_prefilter(rx, flags)[1][1]
+        assert len(table) == 256 and set(table) <= {0, 1}, rx
+    table = ix.regex_prefilter("[^a]{8}", 0)[1][1]
+    assert [c for c in range(256) if not table[c]] == [ord("a")]
+    table = ix.regex_prefilter("[\x00-\x7f]{8}", re.ASCII)[1][1]
+    assert list(table) == [1] * 128 + [0] * 128
 
 
 def test_prefilter_witness_picks_the_cheapest_operand_of_and_the_union_of_or():

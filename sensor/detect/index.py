@@ -21,8 +21,9 @@ an over-approximation, and the priors only steer which literals are looked for f
   rules use again and again (``\\windows\\system32\\``, ``.exe``) counts as common and
   one built from grams seen once as rare; and the field's kind (``Company``,
   ``IntegrityLevel``, ``User``... take values from a small vocabulary, so no value there
-  is rare, and one a filter names is common).  The matcher does not re-rank from the
-  events it sees: the ranking is fixed when the rules are loaded.
+  is rare: its probability is 0.02 at least, and 0.5 at least for one a filter names
+  there).  The matcher does not re-rank from the events it sees: the ranking is fixed
+  when the rules are loaded.
   A literal's probability in a field is the model's probability of its bytes at one
   position (:meth:`Priors.seq_p`: the product of the byte probabilities, no longer
   multiplied once it falls below 1e-15, since a literal that rare is rare enough for any
@@ -184,7 +185,7 @@ def _negated_preds(cond, neg: bool = False):
 
 def rare_offset(b: bytes, rank_of: list[int]) -> int:
     """Offset of the rarest byte of ``b`` (``rank_of[c]``: 0 = rarest), its first one when
-    that byte occurs more than once."""
+    that byte occurs more than once; 0 for an empty ``b``."""
     best, br = 0, 1 << 30
     for i, c in enumerate(b):
         if rank_of[c] < br:
@@ -472,7 +473,9 @@ def _node_info(op, av, flags: int):
 
 
 def regex_prefilter(pattern: str, flags: int):
-    """(minimum length in characters, condition) that every match satisfies."""
+    """(minimum length in characters, condition) that every match satisfies; nothing known
+    (``("any",)``) for a pattern Python cannot parse or one that needs more character-set
+    scans than charsets allows (it is refused at load)."""
     try:
         parsed = _sre_parse.parse(pattern, flags)
         lo = parsed.getwidth()[0]

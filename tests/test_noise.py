@@ -75,7 +75,7 @@ def test_throttle_window_and_report():
     assert t.allow("r", ev(Image="C:\\x.exe", CommandLine="y", User="u", Computer="h"))
     assert t.suppressed == {"r": 2}
     now[0] += 61
-    assert t.flush() == [{"rule": "r", "suppressed": 2, "window_s": 60.0}]
+    assert t.flush() == [{"rule": "r", "suppressed": 2, "windows": 1, "window_s": 60.0}]
     assert t.allow("r", e)                                # new window
     assert t.flush() == []
 
@@ -116,7 +116,7 @@ def test_throttle_window_edges():
     assert t.flush() == []                                # window still open: nothing closed
     assert not t.allow("r", e)                            # and a repeat still suppressed
     now[0] = 1060.0
-    assert t.flush() == [{"rule": "r", "suppressed": 3, "window_s": 60.0}]
+    assert t.flush() == [{"rule": "r", "suppressed": 3, "windows": 1, "window_s": 60.0}]
     assert t.allow("r", e)
 
 
@@ -140,7 +140,7 @@ def test_closed_window_reported_once_when_the_alert_returns():
     assert t.allow("rule-y", quiet)
     now[0] = 20.0
     assert t.allow("rule-x", e) and t.allow("rule-y", quiet)
-    assert t.flush() == [{"rule": "rule-x", "suppressed": 2, "window_s": 10.0}]
+    assert t.flush() == [{"rule": "rule-x", "suppressed": 2, "windows": 1, "window_s": 10.0}]
     now[0] = 40.0
     assert t.flush() == []
 
@@ -168,14 +168,27 @@ def test_a_window_closed_early_or_by_close_reports_its_count():
     assert _throttled(t, "ra", a, 3) == [True, False, False]
     assert _throttled(t, "rb", b, 2) == [True, False]
     assert t.allow("rc", c)                               # a's window is forgotten here
-    assert t.flush() == [{"rule": "ra", "suppressed": 2, "window_s": 60.0}]
+    assert t.flush() == [{"rule": "ra", "suppressed": 2, "windows": 1, "window_s": 60.0}]
     assert not t.allow("rc", c)
     now[0] = 1.0                                          # nothing expired yet
-    assert t.close() == [{"rule": "rb", "suppressed": 1, "window_s": 60.0},
-                         {"rule": "rc", "suppressed": 1, "window_s": 60.0}]
+    assert t.close() == [{"rule": "rb", "suppressed": 1, "windows": 1, "window_s": 60.0},
+                         {"rule": "rc", "suppressed": 1, "windows": 1, "window_s": 60.0}]
     assert t.close() == [] and t.flush() == []
     assert t.allow("rb", b)                               # closed: the next one opens a window
     assert t.suppressed == {"ra": 2, "rb": 1, "rc": 1}
+
+
+def test_the_reports_hold_one_entry_per_rule_however_many_windows_close():
+    # What waits for the next heartbeat is one count per rule (repeats and windows), not one
+    # entry per window: 1,000 windows closed early at the key bound leave one entry
+    now = [0.0]
+    t = Throttle(60, clock=lambda: now[0], max_keys=2)
+    for i in range(1000):
+        e = ev(Image=str(i))
+        assert _throttled(t, "r", e, 3) == [True, False, False]
+    assert len(t.reports) == 1
+    assert t.flush() == [{"rule": "r", "suppressed": 2 * 998, "windows": 998, "window_s": 60.0}]
+    assert t.close() == [{"rule": "r", "suppressed": 4, "windows": 2, "window_s": 60.0}]
 
 
 def test_throttle_default_bound_is_100000_keys():
@@ -200,4 +213,4 @@ def test_widened_window_applies_to_open_windows():
     now[0] = 75.0
     assert not t.allow("r", a)
     now[0] = 120.0
-    assert t.flush() == [{"rule": "r", "suppressed": 2, "window_s": 120.0}]
+    assert t.flush() == [{"rule": "r", "suppressed": 2, "windows": 1, "window_s": 120.0}]

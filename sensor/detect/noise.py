@@ -125,7 +125,9 @@ class Throttle:
         self._seen: dict[bytes, list] = {}   # key -> [first_seen, suppressed, rule_id]
         self._lock = threading.Lock()
         self.suppressed: Counter = Counter()
-        self.reports: list[dict] = []        # closed windows with suppressions (drained by health)
+        # closed windows with suppressions, per (rule, window): [repeats, windows] (drained by
+        # health; one entry per rule, however many windows close between two heartbeats)
+        self.reports: dict[tuple[str, float], list[int]] = {}
 
     def key(self, rule_id: str, event: Mapping[str, Any]) -> bytes:
         h = hashlib.blake2b(rule_id.encode(), digest_size=16)
@@ -160,14 +162,22 @@ class Throttle:
 
     def _report(self, entry: list) -> None:
         if entry[1]:
-            self.reports.append({"rule": entry[2], "suppressed": entry[1], "window_s": self.window})
+            got = self.reports.setdefault((entry[2], self.window), [0, 0])
+            got[0] += entry[1]
+            got[1] += 1
+
+    def _drain(self) -> list[dict]:
+        out = [{"rule": rule, "suppressed": n, "windows": w, "window_s": window_s}
+               for (rule, window_s), (n, w) in self.reports.items()]
+        self.reports = {}
+        return out
 
     def flush(self) -> list[dict]:
-        """Close expired windows and return (and clear) the suppression reports."""
+        """Close expired windows and return (and clear) the suppression reports: per rule, the
+        repeats suppressed in the windows that closed since the last call, and how many."""
         with self._lock:
             self._expire(self.clock())
-            out, self.reports = self.reports, []
-        return out
+            return self._drain()
 
     def close(self) -> list[dict]:
         """Close every window, open or not (a reload turns the throttle off), and return (and
@@ -176,5 +186,4 @@ class Throttle:
             for entry in self._seen.values():
                 self._report(entry)
             self._seen.clear()
-            out, self.reports = self.reports, []
-        return out
+            return self._drain()

@@ -368,10 +368,10 @@ def test_the_freelist_of_an_unreadable_header_is_not_used(tmp_path):
 # The walk of the tables' b-trees from the schema
 
 
-def _tree(tmp_path, n: int = 400, start: int = 1):
+def _tree(tmp_path, n: int = 400, start: int = 1, reserved: int = 0):
     """A spool of 512-byte pages whose alerts b-tree has interior pages."""
     path = tmp_path / "spool.db"
-    db = _open(path, 512)
+    db = _open(path, 512, reserved)
     _fill(db, n, start=start)
     db.close()
     return path
@@ -598,6 +598,108 @@ def test_an_interior_cell_pointer_with_no_room_for_its_child_stops_the_walk(tmp_
     # damage. Every row is still read, from all leaf pages.
     _walk_given_up(tmp_path, lambda raw, off, ptrs, root: struct.pack_into(
         ">H", raw, off + 12, 512 - 3 if where == "the last 3 bytes" else 600))
+
+
+def _interior_cells(raw: bytes, off: int, ptrs: list[int]) -> list[bytes]:
+    """The cells of an interior table page: a 4-byte child page number and the key's varint."""
+    cells = []
+    for p in ptrs:
+        end = off + p + 4
+        while raw[end] & 0x80 and end < off + p + 12:
+            end += 1
+        cells.append(bytes(raw[off + p:end + 1]))
+    return cells
+
+
+def _relaid(tmp_path, place, reserved: int = 0) -> tuple[bool, bool]:
+    """The alerts tree's root with its cells laid out again by ``place(raw, off, cells,
+    usable)``, which writes the cells and returns their new pointers; (walked, no row lost)."""
+    path = _tree(tmp_path, reserved=reserved)
+    want = _rows(path, TABLES)
+    raw = bytearray(path.read_bytes())
+    # the interior table page with the most cells (the root may have one)
+    page = max((n for n in range(1, len(raw) // 512) if raw[(n - 1) * 512] == 0x05),
+               key=lambda n: raw[(n - 1) * 512 + 3] << 8 | raw[(n - 1) * 512 + 4])
+    off, ptrs = _interior(raw, page)
+    cells = _interior_cells(raw, off, ptrs)
+    assert len(cells) >= 2
+    raw[off + 12 + 2 * len(cells):off + 512] = bytes(512 - 12 - 2 * len(cells))
+    new = place(raw, off, cells, 512 - reserved)
+    struct.pack_into(f">{len(new)}H", raw, off + 12, *new)
+    path.write_bytes(bytes(raw))
+    got, report = _scan(path, TABLES)
+    return report.walked, not (want - got)
+
+
+def _packed(raw, off, cells, start: int) -> list[int]:
+    """The cells written one after the other from ``start``; their pointers."""
+    new = []
+    for cell in cells:
+        raw[off + start:off + start + len(cell)] = cell
+        new.append(start)
+        start += len(cell)
+    return new
+
+
+@pytest.mark.parametrize("reserved", [0, 12])
+def test_interior_cells_right_after_the_pointer_array_are_walked(tmp_path, reserved):
+    # A full page's cell content area starts right after the pointer array: the walk follows
+    # cells there (SQLite reads such a page the same)
+    walked, whole = _relaid(tmp_path, lambda raw, off, cells, usable:
+                            _packed(raw, off, cells, 12 + 2 * len(cells)), reserved)
+    assert walked and whole
+
+
+@pytest.mark.parametrize("reserved", [0, 12])
+def test_an_interior_cell_of_five_bytes_at_the_end_of_the_usable_area_is_walked(tmp_path,
+                                                                               reserved):
+    # The smallest cell, a child page number and a one-byte key, ending where the reserved
+    # bytes begin: the walk follows it
+    def place(raw, off, cells, usable):
+        new = _packed(raw, off, cells[:-1], 12 + 2 * len(cells))
+        raw[off + usable - 5:off + usable] = cells[-1][:4] + b"\x01"
+        return new + [usable - 5]
+
+    walked, whole = _relaid(tmp_path, place, reserved)
+    assert walked and whole
+
+
+@pytest.mark.parametrize("reserved", [0, 12])
+def test_an_interior_cell_with_no_room_for_its_key_stops_the_walk(tmp_path, reserved):
+    # Four bytes before the end of the usable area hold a child page number but no key: damage.
+    # The walk is given up and every row is still read, from all leaf pages.
+    def place(raw, off, cells, usable):
+        new = _packed(raw, off, cells[:-1], 12 + 2 * len(cells))
+        raw[off + usable - 4:off + usable] = cells[-1][:4]
+        return new + [usable - 4]
+
+    walked, whole = _relaid(tmp_path, place, reserved)
+    assert not walked and whole
+
+
+def test_an_interior_cell_pointer_into_the_pointer_array_stops_the_walk(tmp_path):
+    # The first cell's pointer damaged to the last byte of the pointer array, where the bytes
+    # read as that cell's own child page number (the last pointer's low byte is 0, the next
+    # three are the child's): a pointer into the header or the array is damage, never a cell.
+    # The walk is given up and every row is still read, from all leaf pages.
+    def place(raw, off, cells, usable):
+        end = 12 + 2 * len(cells)
+        child = struct.unpack(">I", cells[0][:4])[0]
+        assert child < 1 << 24
+        raw[off + end:off + end + 3] = child.to_bytes(3, "big")
+        raw[off + 256:off + 256 + len(cells[-1])] = cells[-1]
+        new, at = [], end + 3                 # the others around it
+        for cell in cells[1:-1]:
+            if at < 256 + len(cells[-1]) and at + len(cell) > 256:
+                at = 256 + len(cells[-1])
+            raw[off + at:off + at + len(cell)] = cell
+            new.append(at)
+            at += len(cell)
+        assert at <= usable
+        return [end - 1] + new + [256]
+
+    walked, whole = _relaid(tmp_path, place)
+    assert not walked and whole
 
 
 @pytest.mark.parametrize("extra", [1, 300, 0xFFFF])

@@ -323,12 +323,14 @@ class _Pages:
             if kind != 0x05:
                 return None
             ncells = _u16(data, base + 3)[0]
-            if base + 12 + 2 * ncells > self.usable:
-                return None
+            first = base + 12 + 2 * ncells      # cells lie after the 12-byte header's pointers
             todo.append(_u32(data, base + 8)[0])
             for i in range(ncells):
                 ptr = _u16(data, base + 12 + 2 * i)[0]
-                if ptr + 4 > self.usable:
+                # a cell is a 4-byte child page number and a key of at least one byte; a count
+                # whose pointers overrun the page fails here on the first pointer, before any
+                # pointer past the page is read
+                if not first <= ptr <= self.usable - 5:
                     return None
                 todo.append(_u32(data, ptr)[0])
         return leaves

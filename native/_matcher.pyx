@@ -626,6 +626,7 @@ cdef class Matcher:
     cdef Unit *_units
     cdef int32_t _kw_unit
     cdef bint _kw_num              # a keyword literal could occur in a number's or bool's text
+    cdef Py_ssize_t _kw_minlen     # bytes of the shortest keyword literal
     cdef uint32_t *_lw_off         # per literal: rules it is a witness of
     cdef uint32_t *_lw_rule
     cdef uint8_t *_lw_tag
@@ -912,6 +913,8 @@ cdef class Matcher:
         numeric = set(b"0123456789-+.eEtruefalsinINFAN")
         self._kw_num = any(set(b) <= numeric for b in unit_lits[self._kw_unit]) \
             if self._kw_unit >= 0 else False
+        self._kw_minlen = min((len(b) for b in unit_lits[self._kw_unit]), default=0) \
+            if self._kw_unit >= 0 else 0
 
         def gid(ref, j=None):
             return lit0[ref] + j if j is not None else lit0[ref[0]] + ref[1]
@@ -2044,7 +2047,19 @@ cdef class Matcher:
             value = <object>vp
             if value is None:
                 continue
-            if not PyUnicode_Check(value) and not self._kw_num:
+            if PyUnicode_Check(value):
+                if PyUnicode_IS_ASCII(value):
+                    # ASCII folds to as many bytes: a shorter value holds no literal; the
+                    # automaton's classes fold ASCII capitals, so it walks the value as
+                    # stored, with no need to know which field it is
+                    n = PyUnicode_GET_LENGTH(value)
+                    if n < self._kw_minlen:
+                        continue
+                    if un.mode == 0:
+                        self._scan_text(st, un, <const unsigned char *>PyUnicode_DATA(value),
+                                        n, 0, 0)
+                        continue
+            elif not self._kw_num:
                 tp = type(value)
                 if tp is int or tp is bool or tp is float:
                     continue     # its text cannot hold any keyword literal

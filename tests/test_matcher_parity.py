@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sensor.detect import matcher as M
@@ -441,3 +441,46 @@ def test_heldout_batch_parity():
     for k in range(0, len(evs), 512):
         got += comp.match_batch(evs[k:k + 512])
     assert got == M.batch_of(ref.match, evs)
+
+
+KW_ALPHABET = st.sampled_from(list("abAB\\.- 09") + ["é", "İ", "K", "中", "\U0001F600"])
+
+
+@st.composite
+def _keyword_case(draw):
+    # keyword literals (several, so that some units are short and some long), and events
+    # whose values are around their lengths: one byte short, exact, case changed, numbers,
+    # booleans, fields the rules read and fields they do not
+    lits = draw(st.lists(st.text(KW_ALPHABET, min_size=1, max_size=9), min_size=1, max_size=4))
+    cut = [lit[:-1] for lit in lits] + [lit[1:] for lit in lits]
+    piece = st.one_of(st.sampled_from(lits), st.sampled_from(lits).map(str.upper),
+                      st.sampled_from(cut), st.text(KW_ALPHABET, max_size=4))
+    val = st.one_of(st.lists(piece, max_size=3).map("".join), st.integers(-10, 10 ** 6),
+                    st.booleans(), st.none())
+    evs = draw(st.lists(st.dictionaries(st.sampled_from(["CommandLine", "Image", "User", "Other",
+                                                         "Z"]), val, max_size=5),
+                        min_size=1, max_size=4))
+    return lits, evs
+
+
+@given(_keyword_case())
+@example((["ab", "\u00e9\\x"], [{"Image": "AB"}, {"Other": "a"}, {"CommandLine": "xAb"},
+                                  {"User": 7, "Z": "\u00c9\\X"}, {"CommandLine": "\u00e9\\"}]))
+@example((["0"], [{"Other": "0"}, {"Other": 0}, {"Other": True}, {"Other": ""}]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_keyword_search_parity(case):
+    # a keyword search reads every stored value: the compiled engine skips an ASCII value
+    # shorter than the shortest keyword and walks other ASCII values as stored (its classes
+    # fold capitals); the answers are the reference's. A second rule reads CommandLine, so a
+    # value there is also folded in that field's slot.
+    from sensor.detect.ir import Predicate, Rule
+
+    lits, evs = case
+    rules = [Rule(id="kw", title="k", predicates=(Predicate(None, "contains", tuple(lits), False, ""),),
+                  condition=("pred", 0)),
+             Rule(id="cl", title="c", predicates=(Predicate("CommandLine", "contains", ("é",), False, ""),),
+                  condition=("pred", 0))]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    for ev in evs:
+        a, b = ref.match(ProcessEvent(ev)), comp.match(ProcessEvent(ev))
+        assert a == b, f"reference {a} != compiled {b} for {ev!r} with keywords {lits!r}"

@@ -1053,6 +1053,10 @@ cdef class Matcher:
             p = preds[pid]
             kind = p_kind[pid]
             f = p.field
+            if kind == K_KW:
+                # a keyword search: its literals in any stored value, found by the keyword
+                # unit (witness field None), which selection then scans for every event
+                return [lit_entry(lit(-1, 0, _enc(v.lower())), None) for v in p.values]
             if p.cased or f is None or p_pyf[pid] or (avoid_lazy and f in lazy) or f == "@Message":
                 return None
             s = p_slot[pid]
@@ -1209,7 +1213,7 @@ cdef class Matcher:
         self._nw = len(wfields)
         self._w_names = sorted(wfields, key=wfields.get)
         self._wslot_of = dict(wfields)
-        self._w_slot = self._i32([slot(n) for n in self._w_names])
+        self._w_slot = self._i32([slot(n) if n is not None else -1 for n in self._w_names])
         # fields created by the witness (never by a predicate) still need state
         self._nfields = len(self._names)
         self._derived = self._u8([1 if n in DERIVED else 0 for n in self._names])
@@ -1261,7 +1265,7 @@ cdef class Matcher:
                                                1 if u in marks else 0, priors))
         w_unit = []
         for name in self._w_names:
-            u = unit_of.get((self._slot_of[name], 0), -1)
+            u = unit_of.get((self._slot_of[name] if name is not None else -1, 0), -1)
             w_unit.append(u if u in marks else -1)
         self._w_unit = self._i32(w_unit)
 
@@ -2015,7 +2019,7 @@ cdef class Matcher:
         cdef Py_ssize_t n
         st.uepoch[u] = st.epoch
         if un.slot < 0:
-            return self._run_keywords(st, un)
+            return self._run_keywords(st, un, mark, pmask)
         if un.cased:
             if not self._field(st, un.slot, 1):
                 return 0
@@ -2032,8 +2036,9 @@ cdef class Matcher:
         self._scan_text(st, un, h, n, mark, pmask)
         return 0
 
-    cdef int _run_keywords(self, _State st, Unit *un) except -1:
-        """Keyword searches: the unit over every stored value of the event (folded)."""
+    cdef int _run_keywords(self, _State st, Unit *un, bint mark, uint64_t pmask) except -1:
+        """Keyword searches: the unit over every stored value of the event (folded); with
+        ``mark`` (selection), the rules whose witness a keyword found become candidates."""
         cdef object t, value, ev = st.event
         cdef Py_ssize_t n, pos = 0
         cdef PyObject *kp
@@ -2041,7 +2046,7 @@ cdef class Matcher:
         cdef const unsigned char *h
         if not st.is_dict:
             for value in list(ev.values()):
-                self._kw_value(st, un, value, -1)
+                self._kw_value(st, un, value, -1, mark, pmask)
             return 0
         while PyDict_Next(ev, &pos, &kp, &vp):
             value = <object>vp
@@ -2057,17 +2062,18 @@ cdef class Matcher:
                         continue
                     if un.mode == 0:
                         self._scan_text(st, un, <const unsigned char *>PyUnicode_DATA(value),
-                                        n, 0, 0)
+                                        n, mark, pmask)
                         continue
             elif not self._kw_num:
                 tp = type(value)
                 if tp is int or tp is bool or tp is float:
                     continue     # its text cannot hold any keyword literal
             sl = self._slot_of.get(<object>kp, -1)
-            self._kw_value(st, un, value, sl)
+            self._kw_value(st, un, value, sl, mark, pmask)
         return 0
 
-    cdef int _kw_value(self, _State st, Unit *un, object value, int32_t sl) except -1:
+    cdef int _kw_value(self, _State st, Unit *un, object value, int32_t sl, bint mark,
+                       uint64_t pmask) except -1:
         cdef object t
         cdef Py_ssize_t n
         cdef const unsigned char *h
@@ -2098,7 +2104,7 @@ cdef class Matcher:
         else:
             n = _cfold(t, &st.kwbuf, &st.kwcap)
             h = st.kwbuf
-        self._scan_text(st, un, h, n, 0, 0)
+        self._scan_text(st, un, h, n, mark, pmask)
         return 0
 
     cdef int _scan_text(self, _State st, Unit *un, const unsigned char *h, Py_ssize_t n,

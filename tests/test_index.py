@@ -221,7 +221,8 @@ def test_rare_offset_is_the_offset_of_the_rarest_byte():
 
 def test_lit_p_scales_by_the_positions_a_literal_can_start_at():
     # the module docstring: anywhere, 200 positions in a command line, 150 in Hashes, 50 in
-    # any other field; a whole value one; a prefix or suffix three times a whole value
+    # any other field, 2,000 for a keyword search (field None: every value of the event); a
+    # whole value one; a prefix or suffix three times a whole value
     pr = ix.Priors([contains("powershell -enc")])
     b = b"-enc "
     sp = pr.seq_p(b)
@@ -230,7 +231,7 @@ def test_lit_p_scales_by_the_positions_a_literal_can_start_at():
         assert pr.lit_p(field, b, "start") == pytest.approx(3 * sp, rel=1e-12)
         assert pr.lit_p(field, b, "end") == pytest.approx(3 * sp, rel=1e-12)
     for field, positions in (("CommandLine", 200), ("ParentCommandLine", 200), ("Hashes", 150),
-                             ("Image", 50), ("ParentImage", 50), ("TargetFilename", 50), (None, 50)):
+                             ("Image", 50), ("ParentImage", 50), ("TargetFilename", 50), ("Other", 50), (None, 2000)):
         assert pr.lit_p(field, b, "any") == pytest.approx(positions * sp, rel=1e-12), field
 
 

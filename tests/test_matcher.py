@@ -505,6 +505,28 @@ def test_candidates_cover_every_match():
     assert 0 not in m.candidates(ProcessEvent(Image="C:\\Windows\\notepad.exe"))
 
 
+def test_a_keyword_search_is_a_witness_of_its_rule():
+    # A rule of `1 of selection_*` with a keyword selection (NotPetya's shape) used to be a
+    # candidate for every event, since a keyword had no witness. Its literals are found in any
+    # stored value during selection now: the rule is evaluated only when one of them, or a
+    # witness of its other selections, occurs.
+    if "compiled" not in matcher_mod.ENGINES:
+        pytest.skip("compiled matcher not built")
+    r = rule(P("CommandLine", "contains", "deletejournal /d c:"), P(None, "contains", "\\perfc.dat"),
+             cond=("or", ("pred", 0), ("pred", 1)))
+    m = make("compiled", [r, rule(P("Image", "contains", "zz\u00e9"), rid="other")])
+    assert (None, "anywhere", b"\\perfc.dat") in [w[:3] for w in m.witness(0)]
+    benign = {"Image": "C:\\Windows\\notepad.exe", "CommandLine": "notepad a.txt", "User": "x\u00e9"}
+    assert 0 not in m.candidates(ProcessEvent(benign))
+    for extra, want in (({"Other": "C:\\PERFC.DAT"}, [0]),                         # any value, folded
+                        ({"User": "\u00c9\\Perfc.dat"}, [0]),                      # a non-ASCII value
+                        ({"CommandLine": "fsutil usn DeleteJournal /D C:"}, [0]),    # the other branch
+                        ({"Other": "\\perfc.da"}, []), ({"Other": 7}, [])):
+        ev = ProcessEvent({**benign, **extra})
+        assert (0 in m.candidates(ev)) is bool(want), extra
+        assert m.match(ev) == want == make("reference", [r]).match(ev), extra
+
+
 def test_no_extensions_selects_the_twins():
     # one switch (sensor/_native.py) for every native part, read in a fresh interpreter
     import json

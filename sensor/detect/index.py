@@ -29,7 +29,8 @@ an over-approximation, and the priors only steer which literals are looked for f
   multiplied once it falls below 1e-15, since a literal that rare is rare enough for any
   ranking: the product so far is the answer) times the positions it can sit at.  An
   "anywhere" literal can start at the typical number of positions of its field: 200 in
-  ``CommandLine`` and ``ParentCommandLine``, 150 in ``Hashes``, 50 in any other field.  A
+  ``CommandLine`` and ``ParentCommandLine``, 150 in ``Hashes``, 50 in any other field,
+  2,000 for a keyword search (any value of the event; its literals are witnesses too).  A
   whole value (``eq``) sits at one position; so does a prefix or a suffix, but the rest
   of the value is free, so it counts three times as likely as the same bytes as a whole
   value.
@@ -53,7 +54,10 @@ VOCAB_FIELDS = frozenset({"Company", "Product", "Description", "FileVersion", "I
                           "User", "ParentUser", "LogonId", "TerminalSessionId", "Provider_Name"})
 # Typical number of positions a literal can start at in a field (command lines are
 # long, paths shorter): a rule-independent assumption, used for "anywhere" literals.
-TYPICAL_POSITIONS = {"CommandLine": 200.0, "ParentCommandLine": 200.0, "Hashes": 150.0}
+# A keyword search (field None) reads every value of the event: the sum over a process
+# start's fields, about 30 of them (two command lines, Hashes, the rest at 50), ~2,000.
+TYPICAL_POSITIONS = {"CommandLine": 200.0, "ParentCommandLine": 200.0, "Hashes": 150.0,
+                     None: 2000.0}
 DEFAULT_POSITIONS = 50.0
 
 

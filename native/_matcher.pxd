@@ -32,6 +32,8 @@ cdef extern from "matcher_util.h":
     size_t mt_count(const unsigned char *h, size_t n, unsigned char c, size_t enough)
     int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
     int mt_glob2(const uint32_t *prog, const unsigned char *s, size_t n)
+    void mt_prefetch_range(const void *p, size_t n)
+    uint64_t mt_tick_ms()
 
 
 cdef struct Automaton:

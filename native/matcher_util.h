@@ -461,6 +461,48 @@ static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const 
     return mt_eq_fwd(h + s, nd, len);
 }
 
+/* Ask for every cache line of [p, p + n) to be brought in: the tables a scan will probe at
+ * random positions, read ahead in one pass whose misses overlap (a hint: no effect on any
+ * result). */
+#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <xmmintrin.h>
+#define MT_PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#elif defined(_MSC_VER)
+#define MT_PREFETCH(p) ((void)(p))
+#else
+#define MT_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#endif
+
+static inline void mt_prefetch_range(const void *p, size_t n)
+{
+    const char *c = (const char *)p, *e = (const char *)p + n;
+    for (; c < e; c += 64)
+        MT_PREFETCH(c);
+}
+
+/* A coarse monotonic clock in milliseconds, as cheap as the platform has: it only says
+ * whether time has passed since the last call (its tick is 1-16 ms).  (Python.h, included
+ * before this header, makes clock_gettime visible.) */
+#if defined(_WIN32)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+static inline uint64_t mt_tick_ms(void) { return (uint64_t)GetTickCount64(); }
+#else
+#include <time.h>
+static inline uint64_t mt_tick_ms(void)
+{
+    struct timespec ts;
+#if defined(CLOCK_MONOTONIC_COARSE)
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+#else
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+#endif
+
 /* Index of the lowest set bit of a non-zero word. */
 #if defined(_MSC_VER)
 #include <intrin.h>

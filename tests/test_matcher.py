@@ -527,6 +527,39 @@ def test_a_keyword_search_is_a_witness_of_its_rule():
         assert m.match(ev) == want == make("reference", [r]).match(ev), extra
 
 
+def test_the_probe_tables_are_prefetched_once_per_clock_tick():
+    # After the matcher has been idle, the anchor filters' probe tables are asked for ahead of
+    # the scan (a cache hint): at most once per tick of a coarse clock (1-16 ms), so calls
+    # back to back pay a clock read, not the prefetch; never for a rule set without an anchor
+    # filter (the seed rule); once per match_batch call at most.
+    import time
+
+    if "compiled" not in matcher_mod.ENGINES:
+        pytest.skip("compiled matcher not built")
+    seed = make("compiled", [seed_rule()])
+    assert seed.stats["prefetch_bytes"] == 0
+    for _ in range(3):
+        time.sleep(0.03)
+        seed.match(ProcessEvent(Image="x"))
+    assert seed.stats["prefetches"] == 0
+    lits = tuple(f"k{i:05d}\\z" for i in range(3000))            # CommandLine: an anchor filter
+    m = make("compiled", [rule(P("CommandLine", "contains", *lits))])
+    assert {u["field"]: u["mode"] for u in m.stats["units"]}["CommandLine"] == "anchor filter"
+    assert m.stats["prefetch_bytes"] > 0 and m.stats["prefetches"] == 0
+    ev = ProcessEvent(CommandLine="run k00042\\z now")
+    assert m.match(ev) == [0] and m.stats["prefetches"] == 1
+    t0 = time.monotonic()
+    for _ in range(2000):
+        assert m.match(ev) == [0]
+    elapsed_ms = (time.monotonic() - t0) * 1000
+    assert m.stats["prefetches"] <= 1 + elapsed_ms + 1             # a tick is 1 ms at least
+    for _ in range(3):
+        before = m.stats["prefetches"]
+        time.sleep(0.05)                                            # longer than any tick
+        assert m.match_batch([ev] * 50) == [(0,)] * 50
+        assert m.stats["prefetches"] == before + 1
+
+
 def test_no_extensions_selects_the_twins():
     # one switch (sensor/_native.py) for every native part, read in a fresh interpreter
     import json

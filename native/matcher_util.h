@@ -487,6 +487,9 @@ static inline void mt_prefetch_range(const void *p, size_t n)
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
 #endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
 #include <windows.h>
 static inline uint64_t mt_tick_ms(void) { return (uint64_t)GetTickCount64(); }
 #else

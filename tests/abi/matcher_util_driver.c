@@ -1,0 +1,28 @@
+/* native/matcher_util.h's platform lines (the coarse clock, the prefetch hint) built for
+ * Windows with mingw-w64 and run under Wine, beside the host build: prints
+ * "<the clock advanced over a 60 ms sleep> <ctz of 2^40> <popcount of 0xF0F0>". */
+#include <stdio.h>
+#include "matcher_util.h"
+
+#ifdef _WIN32
+static void sleep_ms(unsigned n) { Sleep(n); }
+#else
+static void sleep_ms(unsigned n)
+{
+    struct timespec t = {0, (long)n * 1000000L};
+    nanosleep(&t, NULL);
+}
+#endif
+
+int main(void)
+{
+    static unsigned char buf[1 << 16];
+    uint64_t t0, t1;
+    mt_prefetch_range(buf, sizeof buf);
+    t0 = mt_tick_ms();
+    sleep_ms(60);
+    t1 = mt_tick_ms();
+    printf("%d %d %d\n", (int)(t1 - t0 >= 30 && t1 - t0 < 10000), mt_ctz64((uint64_t)1 << 40),
+           mt_popcount64(0xF0F0u));
+    return 0;
+}

@@ -33,6 +33,7 @@ cdef extern from "matcher_util.h":
     int mt_has_run(const unsigned char *h, size_t n, const unsigned char *table, size_t k)
     int mt_glob2(const uint32_t *prog, const unsigned char *s, size_t n)
     void mt_prefetch_range(const void *p, size_t n)
+    uint32_t mt_t3_hash(const unsigned char *p, unsigned k, unsigned shift)
     uint64_t mt_tick_ms()
 
 
@@ -83,6 +84,12 @@ cdef struct Unit:
     uint64_t *q2bits       # exact 2-gram bitmap (65,536 bits); NULL when no 2-3 byte literals
     uint32_t *q2rank       # set bits before each word of q2bits
     uint32_t q2base        # entry index of the first 2-gram bucket
+    uint64_t *q2x          # 2-grams whose bucket holds a needle other than 3 bytes long: a
+                           # position there is always looked up; NULL when no 3-byte needle
+    uint64_t *q3t          # the 3-byte needles (with their anchor offset) in a Bloom filter of
+                           # one probe: any other position of the 2-gram bitmap is looked up
+                           # only when one of them may be there
+    uint32_t q3shift
     uint64_t *q4filt       # blocked Bloom filter of the 4-gram anchors; NULL when none
     uint32_t q4fshift
     uint64_t *q4bits       # non-empty 4-gram buckets

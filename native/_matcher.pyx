@@ -1325,6 +1325,8 @@ cdef class Matcher:
                 wb += (<size_t>1 << (64 - un.q8fshift)) * 8
             if un.q2bits != NULL:
                 wb += 8192 + 4096
+            if un.q3t != NULL:
+                wb += 8192 + (<size_t>1 << (32 - un.q3shift)) // 8
             if un.q4bits != NULL:
                 wb += ((<size_t>1 << (64 - un.q4bshift)) + 7) // 8 + ((<size_t>1 << (64 - un.q4bshift)) + 63) // 64 * 4
             if un.q8bits != NULL:
@@ -1422,6 +1424,8 @@ cdef class Matcher:
         un.q4filt = NULL
         un.q4bits = NULL
         un.q2bits = NULL
+        un.q2x = NULL
+        un.q3t = NULL
         un.q_ent = NULL
         nbytes = sum(len(x) for x in needles)
         distinct = len({b for nd in needles for b in nd})
@@ -1441,7 +1445,8 @@ cdef class Matcher:
                         "mode": "aho-corasick", "states": n}
         self._build_anchor_filter(un, needles, priors)
         return {"field": self._names[un.slot] if un.slot >= 0 else None, "cased": bool(un.cased),
-                "literals": len(needles), "mode": "anchor filter", "ascii_anchors": bool(un.q_ascii)}
+                "literals": len(needles), "mode": "anchor filter", "ascii_anchors": bool(un.q_ascii),
+                "three_byte_gate": un.q3t != NULL}
 
     cdef int _build_anchor_filter(self, Unit *un, list needles, priors) except -1:
         """Anchor filter (mode 3): each needle is anchored at one of its grams (1 byte:
@@ -1496,6 +1501,11 @@ cdef class Matcher:
             w1 = int.from_bytes(nd[k + 4:k + 8], _sys.byteorder) if alen >= 8 else 0
             return [w0, w1, noff[j], len(nd), j, 0, 0, k]
 
+        # 2-gram buckets: a position whose 2-gram holds only 3-byte needles is looked up
+        # only when the trigram filter has one of them there (most such positions are a
+        # common pair of bytes, e.g. " -", before a third byte no needle has)
+        words2x = [0] * 1024
+        tri = []
         for j in range(len(needles)):
             k, alen = plan[j]
             nd = needles[j]
@@ -1504,6 +1514,10 @@ cdef class Matcher:
                 continue
             if alen == 2:
                 g = nd[k] | (nd[k + 1] << 8)
+                if len(nd) == 3:
+                    tri.append((nd, k))
+                else:
+                    words2x[g >> 6] |= 1 << (g & 63)
             else:
                 fshift = 64 - fw[alen]
                 bshift = 64 - qb[alen]
@@ -1556,6 +1570,16 @@ cdef class Matcher:
             un.q2bits = self._u64(bitmaps[2][0])
             un.q2rank = self._u32(bitmaps[2][1])
             un.q2base = bases[2]
+            if tri:
+                # 32 bits per needle, one probe: ~3 % of the positions without one let through
+                tb = log2_at_least(32 * len(tri), 10, 24)
+                un.q3shift = 32 - tb
+                words3 = [0] * ((1 << tb) // 64)
+                for nd, k in tri:
+                    t = mt_t3_hash(<const unsigned char *>nd, <unsigned>k, un.q3shift)
+                    words3[t >> 6] |= 1 << (t & 63)
+                un.q3t = self._u64(words3)
+                un.q2x = self._u64(words2x)
         if buckets[4] or buckets[8]:
             un.q4filt = self._u64(filt[4])
             un.q4fshift = 64 - fw[4]
@@ -2228,6 +2252,7 @@ cdef class Matcher:
         """Look up the buckets of position ``i`` whose tables let it through (``which``:
         1 the 8-gram filter, 2 the 4-gram one, 4 the bigram bitmap) and verify them."""
         cdef int64_t r
+        cdef unsigned g
         if which & 1:
             r = mt_af_rank(un.q8bits, un.q8rank, mt_af_bucket(mt_load64(h + i), un.q8bshift))
             if r >= 0:
@@ -2237,7 +2262,12 @@ cdef class Matcher:
             if r >= 0:
                 self._af_bucket(st, un, un.q4base + <size_t>r, h, n, i, 4, mark, pmask)
         if which & 4:
-            r = mt_af_rank(un.q2bits, un.q2rank, <unsigned>h[i] | (<unsigned>h[i + 1] << 8))
+            g = <unsigned>h[i] | (<unsigned>h[i + 1] << 8)
+            if un.q3t != NULL and not mt_bit(un.q2x, g) \
+                    and not (i + 3 <= n and mt_bit(un.q3t, mt_t3_hash(h + i, 0, un.q3shift))) \
+                    and not (i >= 1 and mt_bit(un.q3t, mt_t3_hash(h + i - 1, 1, un.q3shift))):
+                return      # only 3-byte needles are anchored here, and none of them is
+            r = mt_af_rank(un.q2bits, un.q2rank, g)
             if r >= 0:
                 self._af_bucket(st, un, un.q2base + <size_t>r, h, n, i, 2, mark, pmask)
 
@@ -2396,7 +2426,7 @@ cdef class Matcher:
 
     cdef void _warm(self) noexcept:
         """After the matcher has been idle (the coarse clock ticked since the last call),
-        ask for the anchor filters' probe tables (~96 KB for the SigmaHQ set) ahead of the
+        ask for the anchor filters' probe tables (~128 KB for the SigmaHQ set) ahead of the
         scan: a scan of a cold event probes most of their cache lines at random positions,
         and reading them ahead lets the misses overlap.  A hint: no answer depends on it.
         Back-to-back calls (a busy host, a batch) pay one clock read each."""
@@ -2418,6 +2448,9 @@ cdef class Matcher:
             if un.q2bits != NULL:
                 mt_prefetch_range(un.q2bits, 8192)
                 mt_prefetch_range(un.q2rank, 4096)
+            if un.q3t != NULL:
+                mt_prefetch_range(un.q2x, 8192)
+                mt_prefetch_range(un.q3t, (<size_t>1 << (32 - un.q3shift)) // 8)
             if un.q4bits != NULL:
                 mt_prefetch_range(un.q4bits, ((<size_t>1 << (64 - un.q4bshift)) + 7) // 8)
                 mt_prefetch_range(un.q4rank, ((<size_t>1 << (64 - un.q4bshift)) + 63) // 64 * 4)

@@ -447,6 +447,14 @@ static inline void mt_af_block(const uint64_t *f4, unsigned fs4, const uint64_t 
     *m2 = b;
 }
 
+/* The bit of a 3-byte needle p[0..2] anchored at its offset k (0 or 1) in the trigram filter
+ * of 2^(32 - shift) bits (one probe). */
+static inline uint32_t mt_t3_hash(const unsigned char *p, unsigned k, unsigned shift)
+{
+    uint32_t x = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)k << 24);
+    return (x * 0x9E3779B1u) >> shift;
+}
+
 /* Does the needle nd (len bytes, anchored at its offset k) occur with its anchor at i?
  * Compared inline: needles are short and usually differ early. */
 static inline int mt_q_verify(const unsigned char *h, size_t n, size_t i, const unsigned char *nd,

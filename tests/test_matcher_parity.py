@@ -443,6 +443,29 @@ def test_heldout_batch_parity():
     assert got == M.batch_of(ref.match, evs)
 
 
+def test_three_byte_needles_behind_their_gate_are_found_exactly():
+    # A 2-gram position whose bucket holds only 3-byte needles is looked up only when the
+    # trigram filter may hold one of them there, with the needle starting at the position or
+    # one byte before (its anchor offset): every 3-byte needle at the start, the middle and
+    # the end of a text, each of its 2-grams before or after a wrong byte, and 2-byte needles
+    # sharing a 2-gram with 3-byte ones, are found exactly as the reference finds them
+    import random
+
+    rng = random.Random(7)
+    alphabet = "ab-e /x\\qz0"
+    three = sorted({"".join(rng.choice(alphabet) for _ in range(3)) for _ in range(60)})
+    two = ["-e", "ab", "/x"]
+    ref, comp = anchor_filter_engines(three + two)
+    assert {u["field"]: u.get("three_byte_gate") for u in comp.stats["units"]}["CommandLine"]
+    texts = []
+    for lit in three:
+        texts += [lit, lit + "k" * 9, "k" * 9 + lit, "kk" + lit + "kk", lit[:2] + "K", "K" + lit[1:],
+                  lit[:2], lit[1:], "k" * 9 + lit[:2], lit[1:] + "k" * 9, lit.upper()]
+    texts += ["-e", "x-e", "-ex", "ab" * 20, "k" * 9 + "/x"]
+    for t in texts:
+        same(ref, comp, {"CommandLine": t})
+
+
 KW_ALPHABET = st.sampled_from(list("abAB\\.- 09") + ["é", "İ", "K", "中", "\U0001F600"])
 
 

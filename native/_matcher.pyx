@@ -642,6 +642,7 @@ cdef class Matcher:
     cdef int32_t *_w_unit          # witness field -> unit scanned during selection, or -1
     cdef list _w_names
     cdef uint64_t _w_scan1         # witness fields scanned on every event
+    cdef uint64_t _kw_wbit         # the keyword unit's witness-field bit (0: no keyword witness)
     cdef uint64_t _w_scan2         # extra fields scanned when a witness field is pending
     cdef uint64_t *_r_f1           # per rule: primary witness fields
     cdef uint32_t *_always
@@ -1058,7 +1059,12 @@ cdef class Matcher:
             f = p.field
             if kind == K_KW:
                 # a keyword search: its literals in any stored value, found by the keyword
-                # unit (witness field None), which selection then scans for every event
+                # unit (witness field None), which selection then scans for every event.
+                # Not a fallback: while a field is pending, which values a keyword search
+                # sees depends on what the rules evaluated before it resolved (as in the
+                # reference), so it is scanned then, at evaluation, never at selection
+                if avoid_lazy:
+                    return None
                 return [lit_entry(lit(-1, 0, _enc(v.lower())), None) for v in p.values]
             if p.cased or f is None or p_pyf[pid] or (avoid_lazy and f in lazy) or f == "@Message":
                 return None
@@ -1195,7 +1201,7 @@ cdef class Matcher:
             r_f1[ri] = m1
             scan1 |= m1
             fb = None
-            if any(e[1] in lazy for e in w1[1]):
+            if any(e[1] in lazy or e[1] is None for e in w1[1]):
                 w2 = witness(c, True)
                 if w2 is not None:
                     m2 = place(ri, w2[1], 2)
@@ -1226,6 +1232,7 @@ cdef class Matcher:
         for i in range(self._nfields):
             self._nameptr[i] = <PyObject *>self._names[i]
         self._w_scan1 = scan1
+        self._kw_wbit = (<uint64_t>1) << <int>wfields[None] if None in wfields else 0
         self._w_scan2 = scan2 & ~scan1
         self._r_f1 = self._u64(r_f1)
         self._always = self._u32(always)
@@ -2360,9 +2367,12 @@ cdef class Matcher:
             pending = _pending_of(ev, st.is_pe)
             if pending:
                 for name in pending:
-                    wi = self._wslot_of.get(name)
-                    if wi is not None and ev.get(name) is None and name not in DERIVED:
-                        pmask |= (<uint64_t>1) << <int>wi
+                    if ev.get(name) is None and name not in DERIVED:
+                        wi = self._wslot_of.get(name)
+                        if wi is not None:
+                            pmask |= (<uint64_t>1) << <int>wi
+                        # a value still to be resolved: keyword searches wait for evaluation
+                        pmask |= self._kw_wbit
         scan = self._w_scan1 | (self._w_scan2 if pmask else 0)
         scan &= ~pmask
         while scan:

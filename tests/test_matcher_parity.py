@@ -507,3 +507,56 @@ def test_keyword_search_parity(case):
     for ev in evs:
         a, b = ref.match(ProcessEvent(ev)), comp.match(ProcessEvent(ev))
         assert a == b, f"reference {a} != compiled {b} for {ev!r} with keywords {lits!r}"
+
+
+def test_keyword_searches_see_what_the_rules_before_them_resolved():
+    # While a field is pending, the values a keyword search sees depend on what the rules
+    # evaluated before it resolved (the reference evaluates rules in order, and a resolved
+    # value is stored): the compiled engine scans keywords at evaluation then, not at
+    # selection, and gives the reference's answers, for a keyword alone, OR-ed and AND-ed
+    # with a field literal, before and after the rule that resolves the field
+    from sensor.detect.ir import Predicate, Rule
+
+    def r(rid, *preds, cond=("pred", 0)):
+        return Rule(id=rid, title=rid, predicates=tuple(preds), condition=cond)
+
+    hashes = r("h", Predicate("Hashes", "contains", ("md5=",), False, ""))
+    kw = Predicate(None, "contains", ("md5=abc",), False, "")
+    img = Predicate("Image", "endswith", ("\\x.exe",), False, "")
+    shapes = [r("kw", kw), r("or", kw, img, cond=("or", ("pred", 0), ("pred", 1))),
+              r("and", kw, img, cond=("and", ("pred", 0), ("pred", 1)))]
+    for order in ([hashes] + shapes, shapes + [hashes]):
+        ref, comp = M.create(order, "reference"), M.create(order, "compiled")
+        for image in ("C:\\x.exe", "C:\\y.exe"):
+            for stored in (None, "MD5=ABC"):
+                evs = []
+                for _ in range(2):
+                    ev = ProcessEvent(Image=image)
+                    if stored:
+                        ev["Other"] = stored
+                    ev.set_pending("Hashes", lambda e, n: "MD5=ABC,SHA256=00")
+                    evs.append(ev)
+                a, b = ref.match(evs[0]), comp.match(evs[1])
+                assert a == b, (image, stored, [x.id for x in order], a, b)
+
+
+def test_keyword_searches_through_an_anchor_filter_unit():
+    # Thousands of keywords make the keyword unit an anchor filter (folded text, no raw ASCII
+    # walk): ASCII values shorter than every keyword, values of fields the rules read and of
+    # others, capitals, non-ASCII values, numbers: the reference's answers
+    from sensor.detect.ir import Predicate, Rule
+
+    many = tuple(f"q{i:05d}\\w" for i in range(2500)) + ("-e ", "ab", "zz\u00e9", "0x1f")
+    rules = [Rule(id="kw", title="k", predicates=(Predicate(None, "contains", many, False, ""),),
+                  condition=("pred", 0)),
+             Rule(id="cl", title="c", predicates=(Predicate("CommandLine", "contains", ("zz",), False, ""),),
+                  condition=("pred", 0))]
+    ref, comp = M.create(rules, "reference"), M.create(rules, "compiled")
+    assert {u["field"]: u["mode"] for u in comp.stats["units"]}[None] == "anchor filter"
+    values = ["a", "AB", "xAb", "q00042\\w", "Q02499\\W!", "q0004\\w", "x-e y", "-E", "ZZ\u00c9",
+              "\u0130q00007\\w", "0X1F", "k" * 40 + "ab", 31, True, None, ""]
+    for v in values:
+        for field in ("CommandLine", "Other"):
+            ev = {field: v, "Image": "C:\\a.exe"}
+            a, b = ref.match(ProcessEvent(ev)), comp.match(ProcessEvent(ev))
+            assert a == b, (ev, a, b)

@@ -628,6 +628,9 @@ cdef class Matcher:
     cdef bint _kw_num              # a keyword literal could occur in a number's or bool's text
     cdef Py_ssize_t _kw_minlen     # bytes of the shortest keyword literal
     cdef size_t _warm_bytes        # bytes of the anchor filters' probe tables
+    cdef list _probe_tables        # (address, bytes) of each, recorded as they are made
+    cdef uint64_t *_warm_ranges    # the same as a C array: address, bytes, address, ...
+    cdef Py_ssize_t _nwarm
     cdef uint64_t _warm_tick       # the coarse clock's tick of the last prefetch
     cdef uint64_t _warms           # prefetches made (stats)
     cdef uint32_t *_lw_off         # per literal: rules it is a witness of
@@ -703,6 +706,13 @@ cdef class Matcher:
 
     cdef uint64_t *_u64(self, values):
         return <uint64_t *>self._keep("Q", values).data.as_ulonglongs
+
+    cdef void *_probe(self, str code, values):
+        """A table the anchor-filter scan probes at random positions (see _warm): kept like
+        any other, and its place recorded for the prefetch."""
+        cdef array.array a = self._keep(code, values)
+        self._probe_tables.append((a.buffer_info()[0], len(a) * a.itemsize))
+        return <void *>a.data.as_voidptr
 
     cdef uint16_t *_u16(self, values):
         return <uint16_t *>self._keep("H", values).data.as_ushorts
@@ -1264,6 +1274,7 @@ cdef class Matcher:
         if self._units == NULL:
             raise MemoryError()
         unit_stats = []
+        self._probe_tables = []
         marks = set()
         for g in lw:
             for u in range(self._nunits):
@@ -1321,24 +1332,9 @@ cdef class Matcher:
                 aoff[w + 1] = aoff[w]
         self._w_aoff = self._u32(aoff)
 
-        cdef size_t wb = 0
-        for u in range(self._nunits):
-            if self._units[u].mode != 3:
-                continue
-            un = &self._units[u]
-            if un.q4filt != NULL:
-                wb += (<size_t>1 << (64 - un.q4fshift)) * 8
-            if un.q8filt != NULL:
-                wb += (<size_t>1 << (64 - un.q8fshift)) * 8
-            if un.q2bits != NULL:
-                wb += 8192 + 4096
-            if un.q3t != NULL:
-                wb += 8192 + (<size_t>1 << (32 - un.q3shift)) // 8
-            if un.q4bits != NULL:
-                wb += ((<size_t>1 << (64 - un.q4bshift)) + 7) // 8 + ((<size_t>1 << (64 - un.q4bshift)) + 63) // 64 * 4
-            if un.q8bits != NULL:
-                wb += ((<size_t>1 << (64 - un.q8bshift)) + 7) // 8 + ((<size_t>1 << (64 - un.q8bshift)) + 63) // 64 * 4
-        self._warm_bytes = wb
+        self._nwarm = len(self._probe_tables)
+        self._warm_ranges = self._u64([x for t in self._probe_tables for x in t])
+        self._warm_bytes = sum(n for _a, n in self._probe_tables)
         self._stats = {
             "engine": ENGINE,
             "rules": self._nrules,
@@ -1353,7 +1349,7 @@ cdef class Matcher:
             "units": unit_stats,
             "trie_states": total_states,
             "index_bytes": sum(x.buffer_info()[1] * x.itemsize for x in self._arrays),
-            "prefetch_bytes": wb,
+            "prefetch_bytes": self._warm_bytes,
         }
         # The helper functions above refer to themselves through this call's closure: a
         # reference cycle that would keep every build-time structure (the priors, the
@@ -1574,8 +1570,8 @@ cdef class Matcher:
         un.q4filt = un.q4bits = NULL
         un.q8filt = un.q8bits = NULL
         if buckets[2]:
-            un.q2bits = self._u64(bitmaps[2][0])
-            un.q2rank = self._u32(bitmaps[2][1])
+            un.q2bits = <uint64_t *>self._probe("Q", bitmaps[2][0])
+            un.q2rank = <uint32_t *>self._probe("I", bitmaps[2][1])
             un.q2base = bases[2]
             if tri:
                 # 32 bits per needle, one probe: ~3 % of the positions without one let through
@@ -1585,21 +1581,21 @@ cdef class Matcher:
                 for nd, k in tri:
                     t = mt_t3_hash(<const unsigned char *>nd, <unsigned>k, un.q3shift)
                     words3[t >> 6] |= 1 << (t & 63)
-                un.q3t = self._u64(words3)
-                un.q2x = self._u64(words2x)
+                un.q3t = <uint64_t *>self._probe("Q", words3)
+                un.q2x = <uint64_t *>self._probe("Q", words2x)
         if buckets[4] or buckets[8]:
-            un.q4filt = self._u64(filt[4])
+            un.q4filt = <uint64_t *>self._probe("Q", filt[4])
             un.q4fshift = 64 - fw[4]
         if buckets[4]:
-            un.q4bits = self._u64(bitmaps[4][0])
-            un.q4rank = self._u32(bitmaps[4][1])
+            un.q4bits = <uint64_t *>self._probe("Q", bitmaps[4][0])
+            un.q4rank = <uint32_t *>self._probe("I", bitmaps[4][1])
             un.q4bshift = 64 - qb[4]
             un.q4base = bases[4]
         if buckets[8]:
-            un.q8filt = self._u64(filt[8])
+            un.q8filt = <uint64_t *>self._probe("Q", filt[8])
             un.q8fshift = 64 - fw[8]
-            un.q8bits = self._u64(bitmaps[8][0])
-            un.q8rank = self._u32(bitmaps[8][1])
+            un.q8bits = <uint64_t *>self._probe("Q", bitmaps[8][0])
+            un.q8rank = <uint32_t *>self._probe("I", bitmaps[8][1])
             un.q8bshift = 64 - qb[8]
             un.q8base = bases[8]
         un.mode = 3
@@ -2440,33 +2436,15 @@ cdef class Matcher:
         scan: a scan of a cold event probes most of their cache lines at random positions,
         and reading them ahead lets the misses overlap.  A hint: no answer depends on it.
         Back-to-back calls (a busy host, a batch) pay one clock read each."""
-        cdef Unit *un
-        cdef int u
+        cdef Py_ssize_t k
         cdef uint64_t t = mt_tick_ms()
         if t == self._warm_tick:
             return
         self._warm_tick = t
         self._warms += 1
-        for u in range(self._nunits):
-            un = &self._units[u]
-            if un.mode != 3:
-                continue
-            if un.q4filt != NULL:
-                mt_prefetch_range(un.q4filt, (<size_t>1 << (64 - un.q4fshift)) * 8)
-            if un.q8filt != NULL:
-                mt_prefetch_range(un.q8filt, (<size_t>1 << (64 - un.q8fshift)) * 8)
-            if un.q2bits != NULL:
-                mt_prefetch_range(un.q2bits, 8192)
-                mt_prefetch_range(un.q2rank, 4096)
-            if un.q3t != NULL:
-                mt_prefetch_range(un.q2x, 8192)
-                mt_prefetch_range(un.q3t, (<size_t>1 << (32 - un.q3shift)) // 8)
-            if un.q4bits != NULL:
-                mt_prefetch_range(un.q4bits, ((<size_t>1 << (64 - un.q4bshift)) + 7) // 8)
-                mt_prefetch_range(un.q4rank, ((<size_t>1 << (64 - un.q4bshift)) + 63) // 64 * 4)
-            if un.q8bits != NULL:
-                mt_prefetch_range(un.q8bits, ((<size_t>1 << (64 - un.q8bshift)) + 7) // 8)
-                mt_prefetch_range(un.q8rank, ((<size_t>1 << (64 - un.q8bshift)) + 63) // 64 * 4)
+        for k in range(self._nwarm):
+            mt_prefetch_range(<const void *><size_t>self._warm_ranges[2 * k],
+                              <size_t>self._warm_ranges[2 * k + 1])
 
     cpdef list match(self, event):
         """Indices of the rules whose condition holds for ``event``, ascending."""

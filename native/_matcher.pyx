@@ -2086,61 +2086,49 @@ cdef class Matcher:
     cdef int _run_keywords(self, _State st, Unit *un, bint mark, uint64_t pmask) except -1:
         """Keyword searches: the unit over every stored value of the event (folded); with
         ``mark`` (selection), the rules whose witness a keyword found become candidates."""
-        cdef object t, value, ev = st.event
-        cdef Py_ssize_t n, pos = 0
+        cdef object value, ev = st.event
+        cdef Py_ssize_t pos = 0
         cdef PyObject *kp
         cdef PyObject *vp
-        cdef const unsigned char *h
         if not st.is_dict:
             for value in list(ev.values()):
-                self._kw_value(st, un, value, -1, mark, pmask)
+                self._kw_value(st, un, value, None, mark, pmask)
             return 0
         while PyDict_Next(ev, &pos, &kp, &vp):
-            value = <object>vp
-            if value is None:
-                continue
-            if PyUnicode_Check(value):
-                if PyUnicode_IS_ASCII(value):
-                    # ASCII folds to as many bytes: a shorter value holds no literal; the
-                    # automaton's classes fold ASCII capitals, so it walks the value as
-                    # stored, with no need to know which field it is
-                    n = PyUnicode_GET_LENGTH(value)
-                    if n < self._kw_minlen:
-                        continue
-                    if un.mode == 0:
-                        self._scan_text(st, un, <const unsigned char *>PyUnicode_DATA(value),
-                                        n, mark, pmask)
-                        continue
-            elif not self._kw_num:
-                tp = type(value)
-                if tp is int or tp is bool or tp is float:
-                    continue     # its text cannot hold any keyword literal
-            sl = self._slot_of.get(<object>kp, -1)
-            self._kw_value(st, un, value, sl, mark, pmask)
+            self._kw_value(st, un, <object>vp, <object>kp, mark, pmask)
         return 0
 
-    cdef int _kw_value(self, _State st, Unit *un, object value, int32_t sl, bint mark,
+    cdef int _kw_value(self, _State st, Unit *un, object value, object key, bint mark,
                        uint64_t pmask) except -1:
+        """One stored value (of field ``key``; None: not known) through the keyword unit."""
         cdef object t
         cdef Py_ssize_t n
+        cdef int32_t sl
         cdef const unsigned char *h
         if value is None:
             return 0
         if PyUnicode_Check(value):
             t = value
-        elif value is True:
-            t = "true"
-        elif value is False:
-            t = "false"
         else:
-            t = str(value)
+            tp = type(value)
+            if not self._kw_num and (tp is int or tp is bool or tp is float):
+                return 0         # its text cannot hold any keyword literal
+            t = "true" if value is True else "false" if value is False else str(value)
+        if PyUnicode_IS_ASCII(t):
+            # ASCII folds to as many bytes: a shorter value holds no literal; the automaton's
+            # classes fold ASCII capitals, so it walks the value as stored, whichever field
+            # holds it
+            n = PyUnicode_GET_LENGTH(t)
+            if n < self._kw_minlen:
+                return 0
+            if un.mode == 0:
+                self._scan_text(st, un, <const unsigned char *>PyUnicode_DATA(t), n, mark, pmask)
+                return 0
+        sl = self._slot_of.get(key, -1) if key is not None else -1
         if sl >= 0 and st.vepoch[sl] == st.epoch and not st.fnone[sl] \
                 and <PyObject *>t == st.ftext[sl] and st.lepoch[sl] == st.epoch:
             h = st.fptr[sl]      # folded already for a predicate on this field
             n = st.flen[sl]
-        elif PyUnicode_IS_ASCII(t) and un.mode == 0:
-            h = <const unsigned char *>PyUnicode_DATA(t)
-            n = PyUnicode_GET_LENGTH(t)
         elif sl >= 0 and (st.vepoch[sl] == st.epoch or self._fetch(st, sl)) \
                 and not st.fnone[sl] and <PyObject *>t == st.ftext[sl]:
             # a stored value of a field the rules read: fold it once, in the field's

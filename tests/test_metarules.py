@@ -156,9 +156,9 @@ def test_a_percentile_is_from_0_to_100_inclusive(tmp_path, p, ok):
 # ---------------------------------------------------------------------------------
 # Aliases: each alias maps rule references to field names (text, not empty).
 
-@pytest.mark.parametrize("mapping", ["{}", "{1: Computer}", "{a: 5}", "{a: ''}", "{a: [x]}"])
-def test_an_alias_that_does_not_map_rules_to_field_names_is_refused(tmp_path, mapping):
-    rep = load(tmp_path, RULE, f"""\
+def _aliased(mapping: str) -> str:
+    """An event_count correlation over rule ``a`` grouped by ``host``, an alias mapping it so."""
+    return f"""\
         title: c
         correlation:
             type: event_count
@@ -168,23 +168,18 @@ def test_an_alias_that_does_not_map_rules_to_field_names_is_refused(tmp_path, ma
             aliases:
                 host: {mapping}
             condition: {{gte: 2}}
-        """)
+        """
+
+
+@pytest.mark.parametrize("mapping", ["{}", "{1: Computer}", "{a: 5}", "{a: ''}", "{a: [x]}"])
+def test_an_alias_that_does_not_map_rules_to_field_names_is_refused(tmp_path, mapping):
+    rep = load(tmp_path, RULE, _aliased(mapping))
     assert not rep.correlations
     assert "'host' must map rule names to field names" in rep.rejected[0].reason, rep.rejected
 
 
 def test_an_alias_that_maps_rules_to_field_names_is_taken(tmp_path):
-    rep = load(tmp_path, RULE, """\
-        title: c
-        correlation:
-            type: event_count
-            rules: [a]
-            group-by: [host]
-            timespan: 1m
-            aliases:
-                host: {a: Computer}
-            condition: {gte: 2}
-        """)
+    rep = load(tmp_path, RULE, _aliased("{a: Computer}"))
     assert not rep.rejected and rep.correlations[0].aliases == {"host": {"a": "Computer"}}
 
 

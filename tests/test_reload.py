@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import signal
-import ssl
 import stat
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from sensor.detect.matcher import create as create_matcher
 from sensor.detect.pack import encode_pack
 from sensor.detect.seed import builtin_rules
 from sensor.events import ProcessEvent
+from .https_server import serve_https, stop_https
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 120.0      # guards a hang only
@@ -411,19 +411,14 @@ class _PackServer:
             def log_message(self, *a):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        cert.configure_cert(ctx)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd = serve_https(H, cert)
         self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/rules.pack"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def set(self, body: bytes, etag: str):
         self.body, self.etag = body, etag
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_https(self.httpd)
 
 
 def test_update_url_polled_with_etag_signed_and_fail_closed(tmp_path):

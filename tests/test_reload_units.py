@@ -8,8 +8,6 @@ import gc
 import http.server
 import json
 import os
-import ssl
-import threading
 import time
 
 import pytest
@@ -18,6 +16,7 @@ from sensor.daemon import reload as reload_mod
 from sensor.daemon.config import parse
 from sensor.detect.ir import Predicate, Rule
 from sensor.detect.pack import encode_pack
+from .https_server import serve_https, stop_https
 
 
 def _cfg(tmp_path, rules: dict | None = None, **sections):
@@ -233,17 +232,11 @@ class _Server:
             def log_message(self, *a):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        cert.configure_cert(ctx)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd = serve_https(H, cert)
         self.base = f"https://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_https(self.httpd)
 
 
 @pytest.fixture

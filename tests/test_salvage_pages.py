@@ -762,6 +762,17 @@ def test_a_cell_right_after_the_pointer_array_is_read(tmp_path):
     assert got == want and report.bad_cells == 0
 
 
+def _pointer_counted_not_read(path, raw: bytearray, rowid: int) -> None:
+    """Write ``raw`` (one cell pointer of a leaf aimed at bytes that look like row ``rowid``)
+    over ``path`` and scan: that row is not read, its cell is counted, and the pointer's own
+    row is the only one lost."""
+    want = _rows(path)
+    path.write_bytes(bytes(raw))
+    got, report = _scan(path)
+    assert not any(r == rowid for r, _ in got)
+    assert report.bad_cells == 1 and len(want - got) == 1 and not (got - want)
+
+
 def test_bytes_inside_the_pointer_array_are_never_read_as_a_cell(tmp_path):
     # The last cell pointer damaged to point one byte before the array's end, where the bytes
     # happen to form a cell (row 99): a pointer into the header or the array is damage, so that
@@ -774,12 +785,7 @@ def test_bytes_inside_the_pointer_array_are_never_read_as_a_cell(tmp_path):
     assert cell[0] == at and len(cell) < min(ptrs) - at
     struct.pack_into(">H", raw, off + 8 + 2 * (len(ptrs) - 1), at)
     raw[off + at + 1:off + at + len(cell)] = cell[1:]
-    want = _rows(path)
-    path.write_bytes(bytes(raw))
-
-    got, report = _scan(path)
-    assert not any(rowid == 99 for rowid, _ in got)
-    assert report.bad_cells == 1 and len(want - got) == 1 and not (got - want)
+    _pointer_counted_not_read(path, raw, 99)
 
 
 def test_a_pointer_into_the_reserved_bytes_is_never_read_as_a_cell(tmp_path):
@@ -791,12 +797,7 @@ def test_a_pointer_into_the_reserved_bytes_is_never_read_as_a_cell(tmp_path):
     cell = _cell(98, b"\x62" * 20)
     raw[off + usable:off + usable + len(cell)] = cell
     struct.pack_into(">H", raw, off + 8, usable)
-    want = _rows(path)
-    path.write_bytes(bytes(raw))
-
-    got, report = _scan(path)
-    assert not any(rowid == 98 for rowid, _ in got)
-    assert report.bad_cells == 1 and len(want - got) == 1 and not (got - want)
+    _pointer_counted_not_read(path, raw, 98)
 
 
 def test_a_payload_running_into_the_reserved_bytes_is_not_read(tmp_path):
@@ -963,19 +964,26 @@ def test_a_freelist_chain_leading_past_its_count_into_a_row_lists_no_page(tmp_pa
     assert report.free_pages == _pragma(path, "freelist_count")
 
 
+def _spilling_row(db, path, body: bytes):
+    """Rows 1 (``body``, which spills to overflow pages) and 2 (two bytes) into ``blobs``, then
+    the rows SQLite reads, the file's bytes, the blobs leaf's offset and row 1's cell offset."""
+    db.execute("INSERT INTO blobs VALUES (1, ?)", (body,))
+    db.execute("INSERT INTO blobs VALUES (2, x'0102')")
+    db.close()
+    want = _rows(path)
+    raw = bytearray(path.read_bytes())
+    off, ptrs = _ptrs(raw, _root(path, "blobs"))
+    [cell] = [p for p in ptrs if raw[off + p] & 0x80]     # its payload size needs 2 bytes
+    return want, raw, off, cell
+
+
 def test_an_overflow_chain_naming_page_1_is_a_bad_cell(tmp_path):
     # Page 1 is always the schema's root page, never an overflow page: a row whose overflow
     # pointer is damaged to 1 is counted, not read with page 1's bytes as its body.
     path = tmp_path / "spool.db"
     db = _open(path, 512)
     _fill(db, 3)
-    db.execute("INSERT INTO blobs VALUES (1, ?)", (b"\x07" * 600,))
-    db.execute("INSERT INTO blobs VALUES (2, x'0102')")
-    db.close()
-    want = _rows(path)
-    raw = bytearray(path.read_bytes())
-    off, ptrs = _ptrs(raw, _root(path, "blobs"))
-    [big] = [p for p in ptrs if raw[off + p] & 0x80]
+    want, raw, off, big = _spilling_row(db, path, b"\x07" * 600)
     size, pos = salvage.varint(raw, off + big)
     _, pos = salvage.varint(raw, pos)
     usable = 512
@@ -1023,13 +1031,7 @@ def test_an_overflow_pointer_in_the_reserved_bytes_is_not_followed(tmp_path):
     local = min_local + (size - min_local) % (usable - 4)
     assert local <= max_local and local + 1 <= max_local
     blob = _blob_for(size)
-    db.execute("INSERT INTO blobs VALUES (1, ?)", (b"\x05" * blob,))
-    db.execute("INSERT INTO blobs VALUES (2, x'0102')")
-    db.close()
-    want = _rows(path)
-    raw = bytearray(path.read_bytes())
-    off, ptrs = _ptrs(raw, _root(path, "blobs"))
-    [cell] = [p for p in ptrs if raw[off + p] & 0x80]
+    want, raw, off, cell = _spilling_row(db, path, b"\x05" * blob)
     assert cell + 2 + 1 + local + 4 == usable          # size (2 bytes), rowid, local, pointer
     first = struct.unpack_from(">I", raw, off + usable - 4)[0]
     raw[off + cell + 1] += 1                            # payload size + 1

@@ -9,6 +9,11 @@ held-out set (bench/heldout.py).
     .venv/bin/python bench/matcher_ab.py old=/tmp/main_matcher.so,new=sensor/detect/_matcher.cpython-311-x86_64-linux-gnu.so
     .venv/bin/python bench/matcher_ab.py A=a.so,B=b.so --rulesets seed --rounds 6
     .venv/bin/python bench/matcher_ab.py A=a.so,B=b.so --batch   # and B's match_batch (B/batch)
+    .venv/bin/python bench/matcher_ab.py A=a.so,B=b.so --rulesets all --adversarial
+
+``--adversarial`` adds, per rule set, the whole-set events of bench/adversarial.py (every
+rule's literals, their near misses, 'a' * 32,767 and a non-ASCII mix in every field, and
+all literals in CommandLine alone), each its own row.
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", action="store_true",
                     help="also time match_batch (batches of 512) of the builds that have it: TAG/batch")
+    ap.add_argument("--adversarial", action="store_true",
+                    help="also time the whole-set events of bench/adversarial.py, one row each")
     args = ap.parse_args(argv)
     import heldout
     import matcher as bm
@@ -78,6 +85,15 @@ def main(argv=None) -> int:
         rules = bm.load_ruleset(rs)
         ms = [(tag, mod.Matcher(rules)) for tag, mod in builds]
         runs = [(tag, m.match, False) for tag, m in ms]
+        if args.adversarial:
+            import adversarial
+
+            from sensor.events import ProcessEvent
+
+            sets = {k: v for k, v in sets.items() if not k.startswith("adv:")}
+            for k, (name, fields) in enumerate(adversarial.global_events(rules)):
+                sets[f"adv:{k}"] = [ProcessEvent(fields)]
+                print(f"adv:{k} = {name}")
         if args.batch:
             runs += [(tag + "/batch", m.match_batch, True) for tag, m in ms if hasattr(m, "match_batch")]
         for name, evs in sets.items():

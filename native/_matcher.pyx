@@ -110,19 +110,45 @@ cdef extern from *:
     #else
     static void mt_release_free_memory(void) { }
     #endif
+    /* Eight characters at i, all ASCII, lowered into b[o..o+8); the block is left to
+     * the character loop (nothing written) as soon as one of them is not ASCII. */
+    #define MT_FOLD_ASCII8(T)                                                        \
+        while (i + 8 <= n) {                                                         \
+            const T *q = (const T *)data + i;                                        \
+            uint64_t x;                                                              \
+            if (sizeof(T) == 1) {                                                    \
+                x = mt_load64((const unsigned char *)q);                             \
+                if (x & MT_HI8)                                                      \
+                    break;                                                           \
+            } else {                                                                 \
+                if ((Py_UCS4)(q[0] | q[1] | q[2] | q[3] | q[4] | q[5] | q[6] | q[7]) \
+                        >= 0x80)                                                     \
+                    break;                                                           \
+                /* packed in registers: eight byte stores read back as one word  \
+                 * would stall on store forwarding */                                \
+                x = MT_BYTE_AT(q[0], 0) | MT_BYTE_AT(q[1], 1) | MT_BYTE_AT(q[2], 2)  \
+                    | MT_BYTE_AT(q[3], 3) | MT_BYTE_AT(q[4], 4) | MT_BYTE_AT(q[5], 5) \
+                    | MT_BYTE_AT(q[6], 6) | MT_BYTE_AT(q[7], 7);                     \
+            }                                                                        \
+            x = mt_lower8(x);                                                        \
+            memcpy(b + o, &x, 8);                                                    \
+            i += 8;                                                                  \
+            o += 8;                                                                  \
+        }
     /* str.lower() of n characters of one kind as UTF-8 (surrogatepass) into b (room for
      * 4 n bytes); the byte count.  One loop per kind: no kind switch per character.
-     * ASCII lowered, U+0130 to "i" + U+0307, anything else to its simple lower case. */
+     * ASCII lowered, U+0130 to "i" + U+0307, anything else to its simple lower case.
+     * A run of ASCII goes eight characters at a time, then one at a time up to the
+     * character that ends it (at most seven, or the end of the text). */
     #define MT_FOLD_LOOP(T)                                                          \
         for (i = 0; i < n;) {                                                        \
             Py_UCS4 c = ((const T *)data)[i];                                        \
-            if (c < 0x80) {  /* a run of ASCII in a tight loop of its own */        \
-                do {                                                                 \
+            if (c < 0x80) {                                                          \
+                MT_FOLD_ASCII8(T)                                                    \
+                while (i < n && (c = ((const T *)data)[i]) < 0x80) {                 \
                     b[o++] = (unsigned char)(c + ((unsigned)(c - 0x41) < 26u) * 32); \
-                    if (++i >= n)                                                    \
-                        break;                                                       \
-                    c = ((const T *)data)[i];                                        \
-                } while (c < 0x80);                                                  \
+                    i++;                                                             \
+                }                                                                    \
                 continue;                                                            \
             }                                                                        \
             i++;                                                                     \

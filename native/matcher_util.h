@@ -366,6 +366,26 @@ static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uin
  * (runs of such bytes, i.e. non-ASCII text, eight at a time). */
 #define MT_HI8 0x8080808080808080ull
 
+/* Eight ASCII bytes (bit 7 clear in each) with A-Z lowered, every other byte as it was.
+ * Per byte, adding 0x3F sets bit 7 from 'A' (0x41) up and adding 0x25 from '[' (0x5B)
+ * up; no sum leaves its byte (0x7F + 0x3F = 0xBE), so the bytes never carry into each
+ * other, and the result does not depend on the machine's byte order.  The bit set in
+ * the first sum and clear in the second, moved down to bit 5, is the case bit (clear in
+ * every capital letter). */
+/* Byte k (0 = lowest address) of an 8-byte word stored with memcpy. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define MT_BYTE_AT(v, k) ((uint64_t)(v) << (56 - 8 * (k)))
+#else
+#define MT_BYTE_AT(v, k) ((uint64_t)(v) << (8 * (k)))
+#endif
+
+static inline uint64_t mt_lower8(uint64_t x)
+{
+    uint64_t ge_a = x + 0x3F3F3F3F3F3F3F3Full;
+    uint64_t gt_z = x + 0x2525252525252525ull;
+    return x | ((ge_a & ~gt_z & MT_HI8) >> 2);
+}
+
 static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
                                  const uint64_t *b2, int ascii, const unsigned char *h, size_t i,
                                  size_t n, unsigned *which)

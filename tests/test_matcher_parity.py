@@ -560,3 +560,29 @@ def test_keyword_searches_through_an_anchor_filter_unit():
             ev = {field: v, "Image": "C:\\a.exe"}
             a, b = ref.match(ProcessEvent(ev)), comp.match(ProcessEvent(ev))
             assert a == b, (ev, a, b)
+
+
+def test_fold_of_ascii_blocks_is_str_lower_at_every_offset():
+    # ASCII goes through the fold eight characters at a time: each byte that borders the
+    # capital letters (and the ASCII edge) at every offset of a block, in runs that end
+    # inside, at and after a block, in strings of each width, and cut by a non-ASCII
+    # character at every position
+    from sensor.detect._matcher import fold_utf8
+
+    edges = ["@", "A", "M", "Z", "[", "`", "a", "z", "{", "\x00", "\x7f"]
+    for lead in ("", "\xe9", "\u4e2d", "\U0001f600"):
+        for n in range(0, 26):
+            for pos in range(n):
+                for e in edges:
+                    t = lead + "".join(e if k == pos else "Q" for k in range(n))
+                    assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass"), repr(t)
+            for cut in ("\x80", "\u0130", "\u212a", "\U0001f600"):
+                for pos in range(n + 1):
+                    t = lead + "AbZ@[" * 5
+                    t = t[:len(lead) + pos] + cut + t[len(lead) + pos:len(lead) + n]
+                    assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass"), repr(t)
+    every = "".join(chr(c) for c in range(128)) * 3
+    for lead in ("", "\xe9", "\u4e2d", "\U0001f600"):
+        for k in range(9):
+            t = lead + every[k:]
+            assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass")

@@ -1,6 +1,7 @@
 /* native/matcher_util.h's platform lines (the coarse clock, the prefetch hint) built for
  * Windows with mingw-w64 and run under Wine, beside the host build: prints
- * "<the clock advanced over a 60 ms sleep> <ctz of 2^40> <popcount of 0xF0F0>". */
+ * "<the clock advanced over a 60 ms sleep> <ctz of 2^40> <popcount of 0xF0F0> <eight
+ * characters packed into a word in order and lowered, as the fold does>". */
 #include <stdio.h>
 #include "matcher_util.h"
 
@@ -17,12 +18,19 @@ static void sleep_ms(unsigned n)
 int main(void)
 {
     static unsigned char buf[1 << 16];
-    uint64_t t0, t1;
+    static const char up[] = "AZ@[`az{";
+    char low[9] = {0};
+    uint64_t t0, t1, w = 0;
+    int k;
+    for (k = 0; k < 8; k++)
+        w |= MT_BYTE_AT((unsigned char)up[k], k);
+    w = mt_lower8(w);
+    memcpy(low, &w, 8);
     mt_prefetch_range(buf, sizeof buf);
     t0 = mt_tick_ms();
     sleep_ms(60);
     t1 = mt_tick_ms();
-    printf("%d %d %d\n", (int)(t1 - t0 >= 30 && t1 - t0 < 10000), mt_ctz64((uint64_t)1 << 40),
-           mt_popcount64(0xF0F0u));
+    printf("%d %d %d %s\n", (int)(t1 - t0 >= 30 && t1 - t0 < 10000), mt_ctz64((uint64_t)1 << 40),
+           mt_popcount64(0xF0F0u), low);
     return 0;
 }

@@ -37,6 +37,28 @@ cdef extern from "matcher_util.h":
     uint64_t mt_tick_ms()
 
 
+cdef struct PredInfo:
+    # What evaluating one predicate reads about it, in one place: a cold event touches
+    # one cache line per predicate for these instead of one per array.
+    int32_t slot           # field slot
+    int32_t unit           # the literal unit its values (or required literals) are in
+    uint32_t voff          # its values: _v_*[voff:voff + vcnt]
+    uint32_t vcnt
+    uint8_t kind
+    uint8_t cased
+    uint8_t pyf            # values hold a sigma: tested on str.lower() itself
+    uint8_t empty          # a contains value is empty (true when the field is present)
+    uint8_t fmode          # fieldref: 0 eq, 1 contains, 2 startswith, 3 endswith
+
+
+cdef struct NodeInfo:
+    # One node of the condition program.
+    int32_t arg            # N_PRED: the predicate; N_CONST: the value
+    uint32_t coff          # children: _children[coff:coff + ccnt]
+    uint32_t ccnt
+    uint8_t kind
+
+
 cdef struct Automaton:
     # A witness trie of one field: mode 1 walks the value from its start (prefix
     # literals), mode 2 from its end (suffix and whole-value literals).

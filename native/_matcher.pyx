@@ -621,15 +621,7 @@ cdef class Matcher:
     cdef Py_ssize_t _nlits
     cdef Py_ssize_t _nunits
     # predicates
-    cdef uint8_t *_p_kind
-    cdef uint8_t *_p_cased
-    cdef uint8_t *_p_pyf           # values hold a sigma: tested on str.lower() itself
-    cdef uint8_t *_p_empty         # a contains value is empty (true when the field is present)
-    cdef uint8_t *_p_fmode         # fieldref: 0 eq, 1 contains, 2 startswith, 3 endswith
-    cdef int32_t *_p_slot
-    cdef int32_t *_p_unit          # the literal unit its values (or required literals) are in
-    cdef uint32_t *_p_voff
-    cdef uint32_t *_p_vcnt
+    cdef PredInfo *_pi
     cdef uint32_t *_v_off          # per value: bytes in _blob (folded unless cased)
     cdef uint32_t *_v_len
     cdef uint32_t *_v_rare         # memchr anchor (sigma predicates)
@@ -641,10 +633,7 @@ cdef class Matcher:
     cdef const unsigned char *_bytes
     cdef const uint32_t *_globs
     # condition program
-    cdef uint8_t *_n_kind
-    cdef int32_t *_n_arg
-    cdef uint32_t *_n_coff
-    cdef uint32_t *_n_ccnt
+    cdef NodeInfo *_ni
     cdef uint32_t *_children
     cdef uint32_t *_root
     cdef uint32_t *_root_nl        # per rule: program ordered for events with nothing pending
@@ -992,15 +981,17 @@ cdef class Matcher:
         self._blob = bytes(blob)
         self._bytes = <const unsigned char *>self._blob
         self._globs = <const uint32_t *>self._u32(globs)
-        self._p_kind = self._u8(p_kind)
-        self._p_cased = self._u8(p_cased)
-        self._p_pyf = self._u8(p_pyf)
-        self._p_empty = self._u8(p_empty)
-        self._p_fmode = self._u8(p_fmode)
-        self._p_slot = self._i32(p_slot)
-        self._p_unit = self._i32(p_unit)
-        self._p_voff = self._u32(p_voff)
-        self._p_vcnt = self._u32(p_vcnt)
+        self._pi = <PredInfo *>self._keep("B", bytes(sizeof(PredInfo) * len(p_kind))).data.as_voidptr
+        for i in range(len(p_kind)):
+            self._pi[i].kind = p_kind[i]
+            self._pi[i].cased = p_cased[i]
+            self._pi[i].pyf = p_pyf[i]
+            self._pi[i].empty = p_empty[i]
+            self._pi[i].fmode = p_fmode[i]
+            self._pi[i].slot = p_slot[i]
+            self._pi[i].unit = p_unit[i]
+            self._pi[i].voff = p_voff[i]
+            self._pi[i].vcnt = p_vcnt[i]
         self._v_off = self._u32(v_off)
         self._v_len = self._u32(v_len)
         self._v_rare = self._u32(v_rare)
@@ -1064,10 +1055,12 @@ cdef class Matcher:
                 root_nl.append(emit(c))
             else:
                 root_nl.append(root[ri])
-        self._n_kind = self._u8(n_kind)
-        self._n_arg = self._i32(n_arg)
-        self._n_coff = self._u32(n_coff)
-        self._n_ccnt = self._u32(n_ccnt)
+        self._ni = <NodeInfo *>self._keep("B", bytes(sizeof(NodeInfo) * len(n_kind))).data.as_voidptr
+        for i in range(len(n_kind)):
+            self._ni[i].kind = n_kind[i]
+            self._ni[i].arg = n_arg[i]
+            self._ni[i].coff = n_coff[i]
+            self._ni[i].ccnt = n_ccnt[i]
         self._children = self._u32(children)
         self._root = self._u32(root)
         self._root_nl = self._u32(root_nl)
@@ -1774,11 +1767,11 @@ cdef class Matcher:
         return 0
 
     cdef int _pred_eval(self, _State st, uint32_t p) except -1:
-        cdef uint8_t kind = self._p_kind[p]
-        cdef int32_t slot = self._p_slot[p]
-        cdef int32_t u = self._p_unit[p]
-        cdef uint32_t v = self._p_voff[p]
-        cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef uint8_t kind = self._pi[p].kind
+        cdef int32_t slot = self._pi[p].slot
+        cdef int32_t u = self._pi[p].unit
+        cdef uint32_t v = self._pi[p].voff
+        cdef uint32_t vend = v + self._pi[p].vcnt
         cdef uint32_t ep = st.epoch, t0, tend
         cdef const unsigned char *h
         cdef const unsigned char *nd
@@ -1794,7 +1787,7 @@ cdef class Matcher:
             if st.uepoch[u] != ep:
                 self._run_unit(st, u, 0, 0)
             return self._any_found(st, v, vend)
-        present = self._field(st, slot, self._p_cased[p] or kind == K_RE)
+        present = self._field(st, slot, self._pi[p].cased or kind == K_RE)
         if kind == K_EXISTS:
             return present
         if kind == K_MISSING:
@@ -1803,17 +1796,17 @@ cdef class Matcher:
             return 0
         if kind == K_FREF:
             return self._pred_fieldref(st, p)
-        if self._p_pyf[p]:
+        if self._pi[p].pyf:
             return self._pred_sigma(st, p)
         if kind == K_RE:
             return self._pred_re(st, p)
         if kind == K_CONTAINS:
-            if self._p_empty[p]:
+            if self._pi[p].empty:
                 return 1
             if st.uepoch[u] != ep:
                 self._run_unit(st, u, 0, 0)
             return self._any_found(st, v, vend)
-        if self._p_cased[p]:
+        if self._pi[p].cased:
             h = st.rptr[slot]
             hn = st.rlen[slot]
         else:
@@ -1863,10 +1856,10 @@ cdef class Matcher:
 
     cdef int _pred_fieldref(self, _State st, uint32_t p) except -1:
         """The field (folded) against each other field named (folded), in order."""
-        cdef int32_t slot = self._p_slot[p], os
-        cdef uint32_t v = self._p_voff[p]
-        cdef uint32_t vend = v + self._p_vcnt[p]
-        cdef uint8_t mode = self._p_fmode[p]
+        cdef int32_t slot = self._pi[p].slot, os
+        cdef uint32_t v = self._pi[p].voff
+        cdef uint32_t vend = v + self._pi[p].vcnt
+        cdef uint8_t mode = self._pi[p].fmode
         cdef const unsigned char *h
         cdef const unsigned char *o
         cdef Py_ssize_t hn, on
@@ -1908,10 +1901,10 @@ cdef class Matcher:
 
     cdef int _pred_sigma(self, _State st, uint32_t p) except -1:
         """A predicate whose values hold a sigma, on ``str.lower()`` of the field."""
-        cdef uint8_t kind = self._p_kind[p]
-        cdef int32_t slot = self._p_slot[p]
-        cdef uint32_t v = self._p_voff[p]
-        cdef uint32_t vend = v + self._p_vcnt[p]
+        cdef uint8_t kind = self._pi[p].kind
+        cdef int32_t slot = self._pi[p].slot
+        cdef uint32_t v = self._pi[p].voff
+        cdef uint32_t vend = v + self._pi[p].vcnt
         cdef const unsigned char *h
         cdef const unsigned char *nd
         cdef Py_ssize_t hn
@@ -1966,8 +1959,8 @@ cdef class Matcher:
         return 1
 
     cdef int _pred_re(self, _State st, uint32_t p) except -1:
-        cdef int32_t slot = self._p_slot[p]
-        cdef int32_t u = self._p_unit[p]
+        cdef int32_t slot = self._pi[p].slot
+        cdef int32_t u = self._pi[p].unit
         cdef uint32_t ep = st.epoch
         cdef const unsigned char *h
         cdef Py_ssize_t hn, tlen
@@ -2036,18 +2029,18 @@ cdef class Matcher:
     cdef int _eval(self, _State st, uint32_t node) except -1:
         """1 true, 0 false, 2 undecided (three-valued: the order of operands never
         changes the result; see sensor.detect._matcher_py)."""
-        cdef uint8_t k = self._n_kind[node]
+        cdef uint8_t k = self._ni[node].kind
         cdef uint32_t c, cend
         cdef int r, out
         if k == N_PRED:
-            return self._pred(st, <uint32_t>self._n_arg[node])
+            return self._pred(st, <uint32_t>self._ni[node].arg)
         if k == N_CONST:
-            return self._n_arg[node]
-        c = self._n_coff[node]
+            return self._ni[node].arg
+        c = self._ni[node].coff
         if k == N_NOT:
             r = self._eval(st, self._children[c])
             return 2 if r == 2 else 1 - r
-        cend = c + self._n_ccnt[node]
+        cend = c + self._ni[node].ccnt
         if k == N_AND:
             out = 1
             while c < cend:

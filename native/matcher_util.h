@@ -74,15 +74,6 @@ static inline void mt_lower_ascii(unsigned char *dst, const unsigned char *src, 
     }
 }
 
-static inline int mt_has_upper_ascii(const unsigned char *s, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if ((unsigned char)(s[i] - 'A') < 26u)
-            return 1;
-    return 0;
-}
-
 /* Length of the UTF-8 (surrogatepass) sequence starting with lead byte b. */
 static inline size_t mt_charlen(unsigned char b)
 {
@@ -354,6 +345,45 @@ static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uin
     return (int64_t)rank[g >> 6] + mt_popcount64(w & (b - 1));
 }
 
+/* Bit 7 of each byte of a 64-bit word. */
+#define MT_HI8 0x8080808080808080ull
+
+/* Of eight ASCII bytes (bit 7 clear in each), bit 7 set in each capital letter A-Z.
+ * Per byte, adding 0x3F sets bit 7 from 'A' (0x41) up and adding 0x25 from '[' (0x5B)
+ * up; no sum leaves its byte (0x7F + 0x3F = 0xBE), so the bytes never carry into each
+ * other, and the result does not depend on the machine's byte order. */
+static inline uint64_t mt_upper8(uint64_t x)
+{
+    return (x + 0x3F3F3F3F3F3F3F3Full) & ~(x + 0x2525252525252525ull) & MT_HI8;
+}
+
+/* Whether ASCII text (every byte below 0x80) holds a capital letter: eight bytes a step. */
+static inline int mt_has_upper_ascii(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        if (mt_upper8(mt_load64(s + i)))
+            return 1;
+    for (; i < n; i++)
+        if ((unsigned char)(s[i] - 'A') < 26u)
+            return 1;
+    return 0;
+}
+
+/* Byte k (0 = lowest address) of an 8-byte word stored with memcpy. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define MT_BYTE_AT(v, k) ((uint64_t)(v) << (56 - 8 * (k)))
+#else
+#define MT_BYTE_AT(v, k) ((uint64_t)(v) << (8 * (k)))
+#endif
+
+/* Eight ASCII bytes with A-Z lowered, every other byte as it was: each capital's flag
+ * (mt_upper8) moved down to bit 5, the case bit (clear in every capital letter). */
+static inline uint64_t mt_lower8(uint64_t x)
+{
+    return x | (mt_upper8(x) >> 2);
+}
+
 /* The first position >= i that the 8-gram filter (f8), the 4-gram filter (f4) or the
  * exact 2-gram bitmap (b2) lets through (each may be NULL), n when none, and in *which
  * the tables that let it through (bit 0 f8, bit 1 f4, bit 2 b2), so the caller looks up
@@ -364,28 +394,6 @@ static inline int64_t mt_af_rank(const uint64_t *bits, const uint32_t *rank, uin
  * of b2 instead of two probes and a bit.  ``ascii``: no anchor starts with a byte >= 0x80,
  * so a position holding one cannot start an anchor and is passed over without a probe
  * (runs of such bytes, i.e. non-ASCII text, eight at a time). */
-#define MT_HI8 0x8080808080808080ull
-
-/* Eight ASCII bytes (bit 7 clear in each) with A-Z lowered, every other byte as it was.
- * Per byte, adding 0x3F sets bit 7 from 'A' (0x41) up and adding 0x25 from '[' (0x5B)
- * up; no sum leaves its byte (0x7F + 0x3F = 0xBE), so the bytes never carry into each
- * other, and the result does not depend on the machine's byte order.  The bit set in
- * the first sum and clear in the second, moved down to bit 5, is the case bit (clear in
- * every capital letter). */
-/* Byte k (0 = lowest address) of an 8-byte word stored with memcpy. */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#define MT_BYTE_AT(v, k) ((uint64_t)(v) << (56 - 8 * (k)))
-#else
-#define MT_BYTE_AT(v, k) ((uint64_t)(v) << (8 * (k)))
-#endif
-
-static inline uint64_t mt_lower8(uint64_t x)
-{
-    uint64_t ge_a = x + 0x3F3F3F3F3F3F3F3Full;
-    uint64_t gt_z = x + 0x2525252525252525ull;
-    return x | ((ge_a & ~gt_z & MT_HI8) >> 2);
-}
-
 static inline size_t mt_af_next(const uint64_t *f8, unsigned fs8, const uint64_t *f4, unsigned fs4,
                                  const uint64_t *b2, int ascii, const unsigned char *h, size_t i,
                                  size_t n, unsigned *which)

@@ -586,3 +586,30 @@ def test_fold_of_ascii_blocks_is_str_lower_at_every_offset():
         for k in range(9):
             t = lead + every[k:]
             assert fold_utf8(t) == t.lower().encode("utf-8", "surrogatepass")
+
+
+def test_an_ascii_field_is_lowered_whatever_the_offset_of_its_capitals():
+    # an ASCII field is tested for capitals eight bytes at a time before it is lowered:
+    # one capital pair at every offset of strings of every length around the word size,
+    # and the edges of the capital range, must all be found case-insensitively
+    from sensor.detect.ir import Predicate, Rule
+
+    # (globs: they read the folded text itself, where a literal scan's classes fold
+    # ASCII capitals on their own)
+    rules = [Rule(id="zq", title="zq", predicates=(Predicate("CommandLine", "glob", ("*zq*",), False),),
+                  condition=("pred", 0)),
+             Rule(id="az", title="az", predicates=(Predicate("CommandLine", "glob", ("*@a[z`*",), False),),
+                  condition=("pred", 0))]
+    comp, ref = M.create(rules, "compiled"), M.create(rules, "reference")
+    for n in range(2, 26):
+        for pos in range(n - 1):
+            for pair in ("ZQ", "Zq", "zQ", "zq"):
+                t = "x" * pos + pair + "y" * (n - pos - 2)
+                ev = {"CommandLine": t}
+                assert comp.match(ev) == ref.match(ev) == [0], t
+        for pos in range(n + 1):
+            t = ("b" * n)[:pos] + "@A[Z`" + ("b" * n)[pos:]
+            ev = {"CommandLine": t}
+            assert comp.match(ev) == ref.match(ev) == [1], t
+            ev = {"CommandLine": t.lower()}
+            assert comp.match(ev) == ref.match(ev) == [1], t

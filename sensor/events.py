@@ -39,6 +39,9 @@ INT_FIELDS = frozenset({"ProcessId", "ParentProcessId", "GrandParentProcessId", 
 # never occur in a Windows path).  ``ProcessTree`` (not a rule field; alerts carry it) lists the
 # same ancestors as ``{"ProcessId", "Image", "UtcTime"}`` objects, the oldest first.
 CHAIN_SEPARATOR = " > "
+# The most ancestors ``ParentChain`` and ``ProcessTree`` name (the nearest ones), live and in a
+# replay alike.
+MAX_CHAIN = 8
 
 # Where a value came from (issue: each event records the origin of each field).
 ORIGIN_ETW = "etw"

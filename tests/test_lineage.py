@@ -112,6 +112,24 @@ def test_the_chain_is_bounded_and_a_pid_loop_ends_it():
     assert [a.image for a in loop.ancestors(loop.add(3, FT0 + 1, ppid=1))] == ["a", "b"]
 
 
+def test_a_live_chain_names_the_same_number_of_ancestors_as_a_replayed_one(tmp_path):
+    # one bound for ParentChain and ProcessTree, whether the ancestors come from the live
+    # process table or from a Sysmon recording (sensor.sources.lineage uses the same constant)
+    from sensor.events import MAX_CHAIN
+    from sensor.sources import lineage
+    assert lineage.MAX_CHAIN is MAX_CHAIN
+    line = [rec(SRC_KERNEL_PROCESS, 15, 1, 0,
+                kp(15, 1, ProcessID=100 + i, ParentProcessID=99 + i, CreateTime=FT0 - (100 - i) * S,
+                   ProcessSequenceNumber=1 + i, ParentProcessSequenceNumber=i,
+                   ImageName=f"{VOL}\\Windows\\g{i}.exe"))
+            for i in range(20)]
+    ev = replay(tmp_path, [*line, start(500, 119, 500, 20, CMD, FT0)])[500]
+    chain = ev["ParentChain"].split(" > ")
+    assert len(chain) == MAX_CHAIN and len(ev["ProcessTree"]) == MAX_CHAIN
+    assert [c.rsplit("\\", 1)[1] for c in chain] == [f"g{i}.exe" for i in range(20 - MAX_CHAIN, 20)]
+    assert [a["ProcessId"] for a in ev["ProcessTree"]] == list(range(120 - MAX_CHAIN, 120))
+
+
 def spoof_trace(creator_image=WORD, extra=()):
     return [
         rundown(700, 600, 7, 6, creator_image, FT0 - 90 * S),

@@ -15,6 +15,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterator
 
+from ..events import MAX_CHAIN
+
 FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
 TICKS_PER_SECOND = 10_000_000
 
@@ -22,7 +24,6 @@ TICKS_PER_SECOND = 10_000_000
 # is boot time (1 s resolution) plus clock ticks, so compare loosely there.
 DEFAULT_TOLERANCE = 0.01 if sys.platform == "win32" else 1.5
 MAX_GENERATIONS = 4   # per pid: enough for reuse while an old entry waits for expiry
-MAX_CHAIN = 8         # ancestors an event carries (ParentChain / ProcessTree)
 
 
 MAX_TEXT = 32768      # characters of a saved image, command line or user

@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from ..events import CHAIN_SEPARATOR, ProcessEvent
+from ..events import CHAIN_SEPARATOR, MAX_CHAIN, ProcessEvent
 
-MAX_CHAIN = 8
 LINEAGE_FIELDS = ("GrandParentImage", "GrandParentCommandLine", "GrandParentProcessId", "ParentChain")
 
 

@@ -386,6 +386,13 @@ static inline int mt_has_upper_ascii(const unsigned char *s, size_t n)
 #define MT_BYTE_AT(v, k) ((uint64_t)(v) << (8 * (k)))
 #endif
 
+/* p[0] | p[1] << 8 of a 4-byte word x loaded from p with memcpy. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define MT_LO16(x) ((unsigned)((x) >> 24) | ((unsigned)((x) >> 8) & 0xFF00u))
+#else
+#define MT_LO16(x) ((unsigned)(x) & 0xFFFFu)
+#endif
+
 /* Eight ASCII bytes with A-Z lowered, every other byte as it was: each capital's flag
  * (mt_upper8) moved down to bit 5, the case bit (clear in every capital letter). */
 static inline uint64_t mt_lower8(uint64_t x)
@@ -461,17 +468,27 @@ static inline void mt_af_block(const uint64_t *f4, unsigned fs4, const uint64_t 
     uint64_t a = 0, b = 0, hi = 0, hh, m;
     const unsigned char *p = h + i0;
     unsigned j, g;
+    uint32_t x;
     /* The positions are visited from the last to the first and each result shifted in at
      * bit 0, so position j ends at bit j with a shift by a constant (a shift by j would be a
      * shift by a variable count: three micro-ops on Intel cores). */
-    if (f4 != NULL) {
+    if (f4 != NULL && b2 != NULL) {
+        /* both tables in one pass: the bigram is the first two bytes of the 4-gram */
+        for (j = cnt; j-- > 0;) {
+            x = mt_load32(p + j);
+            hh = mt_af_fh((uint64_t)x);
+            m = mt_af_fmask(hh);
+            a = (a << 1) | (uint64_t)((f4[hh >> fs4] & m) == m);
+            g = MT_LO16(x);
+            b = (b << 1) | (uint64_t)((b2[g >> 6] & MT_BIT[g & 63]) != 0);
+        }
+    } else if (f4 != NULL) {
         for (j = cnt; j-- > 0;) {
             hh = mt_af_fh((uint64_t)mt_load32(p + j));
             m = mt_af_fmask(hh);
             a = (a << 1) | (uint64_t)((f4[hh >> fs4] & m) == m);
         }
-    }
-    if (b2 != NULL) {
+    } else if (b2 != NULL) {
         for (j = cnt; j-- > 0;) {
             g = (unsigned)p[j] | ((unsigned)p[j + 1] << 8);
             b = (b << 1) | (uint64_t)((b2[g >> 6] & MT_BIT[g & 63]) != 0);

@@ -1,7 +1,8 @@
 /* native/matcher_util.h's platform lines (the coarse clock, the prefetch hint) built for
  * Windows with mingw-w64 and run under Wine, beside the host build: prints
  * "<the clock advanced over a 60 ms sleep> <ctz of 2^40> <popcount of 0xF0F0> <eight
- * characters packed into a word in order and lowered, as the fold does>". */
+ * characters packed into a word in order and lowered, as the fold does> <the first two bytes
+ * of a 4-byte load, as the block scan takes its bigram, in hex>". */
 #include <stdio.h>
 #include "matcher_util.h"
 
@@ -30,7 +31,7 @@ int main(void)
     t0 = mt_tick_ms();
     sleep_ms(60);
     t1 = mt_tick_ms();
-    printf("%d %d %d %s\n", (int)(t1 - t0 >= 30 && t1 - t0 < 10000), mt_ctz64((uint64_t)1 << 40),
-           mt_popcount64(0xF0F0u), low);
+    printf("%d %d %d %s %x\n", (int)(t1 - t0 >= 30 && t1 - t0 < 10000), mt_ctz64((uint64_t)1 << 40),
+           mt_popcount64(0xF0F0u), low, MT_LO16(mt_load32((const unsigned char *)"abcd")));
     return 0;
 }

@@ -272,9 +272,17 @@ static inline uint32_t mt_load32(const unsigned char *p)
     return x;
 }
 
+/* 1 << k for k < 64, read from a table: on Intel cores a shift by a variable count is three
+ * micro-ops, a load from this (L1-resident) table one. */
+#define MT_B4(k) 1ull << (k), 1ull << ((k) + 1), 1ull << ((k) + 2), 1ull << ((k) + 3)
+#define MT_B16(k) MT_B4(k), MT_B4((k) + 4), MT_B4((k) + 8), MT_B4((k) + 12)
+static const uint64_t MT_BIT[64] = {MT_B16(0), MT_B16(16), MT_B16(32), MT_B16(48)};
+#undef MT_B16
+#undef MT_B4
+
 static inline int mt_bit(const uint64_t *b, uint32_t g)
 {
-    return (int)((b[g >> 6] >> (g & 63)) & 1);
+    return (b[g >> 6] & MT_BIT[g & 63]) != 0;
 }
 
 /* Anchor filter, hashed grams (4 or 8 bytes loaded as one word x).  A blocked Bloom
@@ -297,14 +305,6 @@ static inline uint64_t mt_af_fh(uint64_t x)
     uint64_t h = x * MT_AF_C1;
     return h ^ (h >> 32);
 }
-
-/* 1 << k for k < 64, read from a table: on Intel cores a shift by a variable count is three
- * micro-ops, a load from this (L1-resident) table one. */
-#define MT_B4(k) 1ull << (k), 1ull << ((k) + 1), 1ull << ((k) + 2), 1ull << ((k) + 3)
-#define MT_B16(k) MT_B4(k), MT_B4((k) + 4), MT_B4((k) + 8), MT_B4((k) + 12)
-static const uint64_t MT_BIT[64] = {MT_B16(0), MT_B16(16), MT_B16(32), MT_B16(48)};
-#undef MT_B16
-#undef MT_B4
 
 /* The filter bits of hash h: three bits of one 64-bit word. */
 static inline uint64_t mt_af_fmask(uint64_t h)
@@ -465,9 +465,9 @@ static inline void mt_af_block(const uint64_t *f4, unsigned fs4, const uint64_t 
                                const unsigned char *h, size_t i0, unsigned cnt,
                                uint64_t *m4, uint64_t *m2)
 {
-    uint64_t a = 0, b = 0, hi = 0, hh, m;
+    uint64_t a = 0, b = 0, hi = 0;
     const unsigned char *p = h + i0;
-    unsigned j, g;
+    unsigned j;
     uint32_t x;
     /* The positions are visited from the last to the first and each result shifted in at
      * bit 0, so position j ends at bit j with a shift by a constant (a shift by j would be a
@@ -476,23 +476,15 @@ static inline void mt_af_block(const uint64_t *f4, unsigned fs4, const uint64_t 
         /* both tables in one pass: the bigram is the first two bytes of the 4-gram */
         for (j = cnt; j-- > 0;) {
             x = mt_load32(p + j);
-            hh = mt_af_fh((uint64_t)x);
-            m = mt_af_fmask(hh);
-            a = (a << 1) | (uint64_t)((f4[hh >> fs4] & m) == m);
-            g = MT_LO16(x);
-            b = (b << 1) | (uint64_t)((b2[g >> 6] & MT_BIT[g & 63]) != 0);
+            a = (a << 1) | (uint64_t)mt_af_ftest(f4, fs4, x);
+            b = (b << 1) | (uint64_t)mt_bit(b2, MT_LO16(x));
         }
     } else if (f4 != NULL) {
-        for (j = cnt; j-- > 0;) {
-            hh = mt_af_fh((uint64_t)mt_load32(p + j));
-            m = mt_af_fmask(hh);
-            a = (a << 1) | (uint64_t)((f4[hh >> fs4] & m) == m);
-        }
+        for (j = cnt; j-- > 0;)
+            a = (a << 1) | (uint64_t)mt_af_ftest(f4, fs4, mt_load32(p + j));
     } else if (b2 != NULL) {
-        for (j = cnt; j-- > 0;) {
-            g = (unsigned)p[j] | ((unsigned)p[j + 1] << 8);
-            b = (b << 1) | (uint64_t)((b2[g >> 6] & MT_BIT[g & 63]) != 0);
-        }
+        for (j = cnt; j-- > 0;)
+            b = (b << 1) | (uint64_t)mt_bit(b2, (unsigned)p[j] | ((unsigned)p[j + 1] << 8));
     }
     if (ascii) {
         for (j = cnt; j-- > 0;)
